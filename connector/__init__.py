@@ -1,0 +1,96 @@
+"""Keygate's connector: the Flask service.
+
+``create_app(overrides)`` reads settings once, binds extensions, registers the blueprints and
+the error handlers. There is no module-level app (``connector.wsgi`` builds one for servers).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g
+
+from connector.config import Settings, load_settings
+from connector.db import db as database
+from connector.errors import register_error_handlers
+from connector.extensions import csrf, limiter
+from connector.vault.crypto import Keyring
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+# (module, blueprint attribute, CSRF exempt): JSON APIs authenticate by token or signature.
+BLUEPRINTS: list[tuple[str, str, bool]] = [
+    ("connector.orders.views", "bp", True),
+    ("connector.admin.api", "bp", True),
+    ("connector.admin.views", "bp", False),
+    ("connector.licensing.views", "bp", True),
+    ("connector.downloads.views", "bp", False),
+    ("connector.portal.views", "bp", False),
+    ("connector.vault.views", "bp", True),
+    ("connector.privacy.views", "bp", True),
+]
+
+
+def get_settings() -> Settings:
+    from flask import current_app
+
+    settings: Settings = current_app.extensions["keygate.settings"]
+    return settings
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """Build a Keygate app.
+
+    Args:
+        overrides: settings that win over the environment (field names of ``Settings``),
+            plus ``start_worker`` (bool) to control the in-process job thread.
+    """
+    overrides = dict(overrides or {})
+    start_worker = overrides.pop("start_worker", None)
+    settings = load_settings(overrides)
+
+    app = Flask("connector", template_folder=str(TEMPLATES))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_ENABLED=settings.ratelimit_enabled,
+        RATELIMIT_HEADERS_ENABLED=True,
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.extensions["keygate.settings"] = settings
+    app.extensions["keygate.keyring"] = Keyring(settings.master_keys, settings.secret_key)
+    logging.getLogger("connector").setLevel(settings.log_level.upper())
+
+    database.init_app(app, settings.database_url)
+    limiter.init_app(app)
+    csrf.init_app(app)
+
+    for module_name, attribute, csrf_exempt in BLUEPRINTS:
+        blueprint = getattr(importlib.import_module(module_name), attribute)
+        if csrf_exempt:
+            csrf.exempt(blueprint)
+        app.register_blueprint(blueprint)
+
+    register_error_handlers(app)
+    app.after_request(_commit_at_boundary)
+
+    if start_worker if start_worker is not None else settings.worker == "thread":
+        from connector.jobs import start_worker_thread
+
+        start_worker_thread(app)
+    return app
+
+
+def _commit_at_boundary(response: Response) -> Response:
+    """The one commit of a request (Indico's pattern): services only flush."""
+    session = g.get("_keygate_session")
+    if session is not None and response.status_code < 500:
+        session.commit()
+    return response

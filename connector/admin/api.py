@@ -1,0 +1,137 @@
+"""The admin JSON API (``/api/v1/admin``), scoped to the store of the Bearer token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from connector.admin.auth import current_store, require_store_token
+from connector.catalog import ProductSpec, configure_product, parse_file_spec, product_json
+from connector.db import db
+from connector.errors import NotFound, ValidationFailed
+from connector.models import Order
+from connector.orders.service import find_order
+from connector.orders.summary import order_entitlements
+from connector.validation import json_body, optional_bool, optional_int, required_str
+
+bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
+
+DAYS_MAX = 100 * 366
+
+
+def _shop_id(value: str) -> str:
+    if not value or len(value) > 64 or not value.isascii() or not value.isalnum():
+        raise NotFound("Shop ids are letters and digits.")
+    return value
+
+
+def _product_spec(data: dict[str, Any]) -> ProductSpec:
+    raw_policy = data.get("policy") or {}
+    if not isinstance(raw_policy, dict):
+        raise ValidationFailed("policy must be an object", field="policy")
+    policy = {
+        "activation_limit": optional_int(
+            raw_policy, "activation_limit", minimum=0, maximum=100_000
+        ),
+        "duration_days": optional_int(raw_policy, "duration_days", minimum=1, maximum=DAYS_MAX),
+        "update_days": optional_int(raw_policy, "update_days", minimum=0, maximum=DAYS_MAX),
+        "staging_free": optional_bool(raw_policy, "staging_free"),
+        "download_limit": optional_int(raw_policy, "download_limit", minimum=0, maximum=1_000_000),
+        "download_days": optional_int(raw_policy, "download_days", minimum=1, maximum=DAYS_MAX),
+    }
+    raw_files = data.get("files") or []
+    if not isinstance(raw_files, list) or len(raw_files) > 100:
+        raise ValidationFailed("files must be a list of at most 100 files", field="files")
+    files = [parse_file_spec(raw, i) for i, raw in enumerate(raw_files)]
+    if len({f.object_key for f in files}) != len(files):
+        raise ValidationFailed("files lists the same object_key twice", field="files")
+    return ProductSpec(name=required_str(data, "name"), policy=policy, files=files)
+
+
+@bp.put("/products/<shop_product_id>")
+@require_store_token
+def put_product(shop_product_id: str) -> ResponseReturnValue:
+    spec = _product_spec(json_body())
+    product = configure_product(
+        db.session, current_store(), _shop_id(shop_product_id), spec, actor="api"
+    )
+    body = product_json(product)
+    body["warnings"] = missing_file_warnings(product)
+    return jsonify(body)
+
+
+def missing_file_warnings(product: Any) -> list[str]:
+    """Owner-facing warnings for files not (yet) in storage; never an error."""
+    from connector.downloads.storage import missing_objects
+
+    keys = [f.object_key for f in product.files if f.active]
+    return [f"{key}: not found in storage yet" for key in missing_objects(current_store(), keys)]
+
+
+def order_json(order: Order) -> dict[str, Any]:
+    entitlements = order_entitlements(db.session, order)
+    return {
+        "order": {
+            "id": order.shop_order_id,
+            "number": order.number,
+            "status": order.status,
+            "deleted": order.deleted,
+            "email": order.email,
+            "name": order.name,
+            "company": order.company,
+            "currency": order.currency,
+            "total": str(order.total) if order.total is not None else None,
+            "payment_method": order.payment_method,
+            "transaction_id": order.transaction_id,
+            "date_paid": _iso(order.date_paid),
+            "line_items": [
+                {
+                    "id": line.shop_line_item_id,
+                    "product_id": line.shop_product_id,
+                    "variation_id": line.shop_variation_id,
+                    "name": line.name,
+                    "quantity": line.quantity,
+                    "refunded_quantity": line.refunded_quantity,
+                    "licensed": line.product_id is not None,
+                }
+                for line in order.line_items
+            ],
+        },
+        "licenses": [
+            {
+                "key": lic.key,
+                "product_id": lic.product_id,
+                "status": lic.status,
+                "expires_at": _iso(lic.expires_at),
+                "updates_until": _iso(lic.updates_until),
+                "activation_limit": lic.activation_limit,
+            }
+            for lic in entitlements["licenses"]
+        ],
+        "downloads": [
+            {
+                "filename": d.filename,
+                "link": d.link,
+                "downloads_left": d.downloads_left,
+                "expires_at": _iso(d.expires_at),
+                "revoked": d.revoked,
+            }
+            for d in entitlements["downloads"]
+        ],
+        "portal_url": entitlements["portal_url"],
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+@bp.get("/orders/<shop_order_id>")
+@require_store_token
+def get_order(shop_order_id: str) -> ResponseReturnValue:
+    order = find_order(db.session, current_store(), _shop_id(shop_order_id))
+    if order is None:
+        raise NotFound("Keygate has not received this order.")
+    return jsonify(order_json(order))

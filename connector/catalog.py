@@ -1,0 +1,123 @@
+"""The owner's catalog: which shop products Keygate licenses, with what policy and files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.errors import ValidationFailed
+from connector.models import WATERMARKS, Product, ProductFile, Store
+
+POLICY_FIELDS = (
+    "activation_limit",
+    "duration_days",
+    "update_days",
+    "staging_free",
+    "download_limit",
+    "download_days",
+)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    object_key: str
+    filename: str
+    watermark: str = "none"
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    name: str
+    policy: dict[str, Any]
+    files: list[FileSpec] = field(default_factory=list)
+
+
+def _check_object_key(key: str) -> str:
+    if key.startswith("/") or "\\" in key or any(part in {"..", "."} for part in key.split("/")):
+        raise ValidationFailed(
+            "object_key must be a relative path without '..'", field="object_key"
+        )
+    if any(ord(c) < 32 for c in key):
+        raise ValidationFailed("object_key has control characters", field="object_key")
+    return key
+
+
+def parse_file_spec(raw: Any, index: int) -> FileSpec:
+    if not isinstance(raw, dict):
+        raise ValidationFailed(f"files[{index}] must be an object", field="files")
+    key = raw.get("object_key")
+    if not isinstance(key, str) or not key.strip() or len(key) > 1024:
+        raise ValidationFailed(f"files[{index}].object_key is required text", field="files")
+    filename = raw.get("filename") or key.rsplit("/", 1)[-1]
+    if not isinstance(filename, str) or len(filename) > 300 or "/" in filename:
+        raise ValidationFailed(f"files[{index}].filename must be a plain file name", field="files")
+    watermark = raw.get("watermark", "none") or "none"
+    if watermark not in WATERMARKS:
+        raise ValidationFailed(
+            f"files[{index}].watermark must be one of {', '.join(WATERMARKS)}", field="files"
+        )
+    return FileSpec(
+        object_key=_check_object_key(key.strip()), filename=filename, watermark=watermark
+    )
+
+
+def configure_product(
+    session: Session, store: Store, shop_product_id: str, spec: ProductSpec, *, actor: str
+) -> Product:
+    """Create or replace a product's settings. Omitted policy fields become None (defaults).
+
+    Files no longer listed stop getting new grants; grants already issued keep working.
+    """
+    product = session.execute(
+        select(Product).where(
+            Product.store_id == store.id, Product.shop_product_id == shop_product_id
+        )
+    ).scalar_one_or_none()
+    if product is None:
+        product = Product(store_id=store.id, shop_product_id=shop_product_id, name=spec.name)
+        session.add(product)
+    product.name = spec.name
+    product.source = "keygate" if actor != "shop" else "shop"
+    for name in POLICY_FIELDS:
+        setattr(product, name, spec.policy.get(name))
+    by_key = {f.object_key: f for f in product.files}
+    wanted = {f.object_key for f in spec.files}
+    for position, file_spec in enumerate(spec.files):
+        product_file = by_key.get(file_spec.object_key)
+        if product_file is None:
+            product_file = ProductFile(object_key=file_spec.object_key)
+            product.files.append(product_file)
+        product_file.filename = file_spec.filename
+        product_file.watermark = file_spec.watermark
+        product_file.position = position
+        product_file.active = True
+    for key, product_file in by_key.items():
+        if key not in wanted:
+            product_file.active = False
+    session.flush()
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="product.configured",
+        subject=f"product:{shop_product_id}",
+        detail={"policy": {k: spec.policy.get(k) for k in POLICY_FIELDS}, "files": sorted(wanted)},
+    )
+    return product
+
+
+def product_json(product: Product) -> dict[str, Any]:
+    return {
+        "product_id": product.shop_product_id,
+        "name": product.name,
+        "policy": {name: getattr(product, name) for name in POLICY_FIELDS},
+        "files": [
+            {"object_key": f.object_key, "filename": f.filename, "watermark": f.watermark}
+            for f in product.files
+            if f.active
+        ],
+    }

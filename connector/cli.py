@@ -1,0 +1,183 @@
+"""The ``keygate`` command."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.fernet import Fernet
+from flask import Flask
+from sqlalchemy import select
+from werkzeug.security import generate_password_hash
+
+from connector.config import MASTER_KEY_FILE, SECRET_KEY_FILE, ConfigError
+
+# Modules that add commands: each has ``register(group: click.Group) -> None``.
+COMMAND_MODULES: list[str] = [
+    "connector.licensing.commands",
+    "connector.downloads.commands",
+    "connector.vault.commands",
+    "connector.orders.commands",
+]
+
+
+def make_app(**overrides: Any) -> Flask:
+    from connector import create_app
+
+    overrides.setdefault("start_worker", False)
+    try:
+        return create_app(overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _instance_dir() -> Path:
+    return Path(os.environ.get("KEYGATE_INSTANCE_DIR") or "instance").resolve()
+
+
+def _write_secret_file(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+
+
+@click.group()
+def main() -> None:
+    """Keygate: licenses and watermarked downloads for your shop."""
+
+
+@main.command()
+@click.option("--admin-user", default="admin", show_default=True, help="Name of the first admin.")
+def init(admin_user: str) -> None:
+    """Create instance/ (database, master key, secret key) and the first admin. Idempotent."""
+    from connector.db import db
+    from connector.migrate import upgrade
+    from connector.models import AdminUser
+
+    instance = _instance_dir()
+    instance.mkdir(parents=True, exist_ok=True)
+    (instance / "files").mkdir(exist_ok=True)
+    has_env_key = bool(
+        os.environ.get("KEYGATE_MASTER_KEY") or os.environ.get("KEYGATE_MASTER_KEYS")
+    )
+    if not has_env_key and not (instance / MASTER_KEY_FILE).exists():
+        _write_secret_file(instance / MASTER_KEY_FILE, Fernet.generate_key().decode())
+        click.echo(f"wrote {instance / MASTER_KEY_FILE} (keep it safe: it decrypts every secret)")
+    if not os.environ.get("KEYGATE_SECRET_KEY") and not (instance / SECRET_KEY_FILE).exists():
+        _write_secret_file(instance / SECRET_KEY_FILE, secrets.token_urlsafe(48))
+        click.echo(f"wrote {instance / SECRET_KEY_FILE}")
+
+    app = make_app()
+    with app.app_context():
+        upgrade(db.get_engine())
+        click.echo("database is up to date")
+        session = db.session
+        if session.execute(select(AdminUser).limit(1)).scalar_one_or_none() is None:
+            password = os.environ.get("KEYGATE_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+            session.add(
+                AdminUser(username=admin_user, password_hash=generate_password_hash(password))
+            )
+            session.commit()
+            click.echo(f"created admin user '{admin_user}'")
+            if not os.environ.get("KEYGATE_ADMIN_PASSWORD"):
+                # Shown once, on the terminal of the person who set Keygate up; never logged.
+                click.echo(f"  initial password: {password}  (change it after signing in)")
+        else:
+            click.echo("admin user exists")
+
+
+@main.group()
+def store() -> None:
+    """Manage connected shops."""
+
+
+@store.command("add")
+@click.option("--name", required=True, help="Shop name, shown to buyers in mails.")
+@click.option("--url", required=True, help="Shop URL, e.g. https://shop.example")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def store_add(name: str, url: str, as_json: bool) -> None:
+    """Register a shop; prints its webhook URL, webhook secret and admin API token once."""
+    from connector import get_settings
+    from connector.db import db
+    from connector.errors import KeygateError
+    from connector.stores import create_store
+
+    app = make_app()
+    with app.app_context():
+        try:
+            created = create_store(db.session, name, url)
+        except KeygateError as exc:
+            raise click.ClickException(exc.detail) from None
+        db.session.commit()
+        store_id = created.store.public_id
+        info = {
+            "store_id": store_id,
+            "webhook_url": f"{get_settings().base_url}/webhooks/woocommerce/{store_id}",
+            "webhook_secret": created.webhook_secret,
+            "api_token": created.api_token,
+        }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo(f"{key}: {value}")
+    click.echo("The secret and token are shown once; Keygate keeps only encrypted/hashed copies.")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--threads", default=8, show_default=True, type=int)
+def run(host: str, port: int, threads: int) -> None:
+    """Serve Keygate with waitress (jobs run in a thread of this process by default)."""
+    import waitress
+
+    from connector import create_app
+
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Keygate on http://{host}:{port}  (admin: http://{host}:{port}/admin)")
+    click.echo("Add a store:  keygate store add --name 'My shop' --url https://shop.example")
+    waitress.serve(app, host=host, port=port, threads=threads, ident="keygate")
+
+
+@main.command()
+def worker() -> None:
+    """Run outbox jobs until stopped (any number of workers may share the database)."""
+    from connector.jobs import work_forever
+
+    app = make_app()
+    stop = threading.Event()
+
+    def _stop(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    click.echo("keygate worker running; Ctrl-C to stop")
+    work_forever(app, stop)
+
+
+for _module in COMMAND_MODULES:
+    try:
+        _commands = importlib.import_module(_module)
+    except ModuleNotFoundError as _exc:  # a domain without commands yet
+        if _exc.name != _module:
+            raise
+        continue
+    _commands.register(main)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

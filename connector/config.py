@@ -1,0 +1,190 @@
+"""Settings, read once at boot from ``KEYGATE_*`` environment variables.
+
+Every setting may also be written in ``<instance>/keygate.toml`` (keys without the
+``KEYGATE_`` prefix, lower case); the environment wins. A bad value stops the app at boot
+with a message that names the setting, never later in the middle of a request.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+
+MASTER_KEY_FILE = "master.key"
+SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name
+CONFIG_FILE = "keygate.toml"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; raised at boot."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Built by :func:`load_settings`; never mutated afterwards."""
+
+    instance_dir: Path
+    database_url: str
+    master_keys: tuple[str, ...]
+    secret_key: str
+    base_url: str = "http://127.0.0.1:8000"
+    max_body_bytes: int = 1024 * 1024
+    worker: str = (
+        "thread"  # "thread" runs jobs inside the server; "off" leaves them to `keygate worker`
+    )
+    worker_poll_seconds: float = 2.0
+    job_max_attempts: int = 8
+    mail_backend: str = "console"
+    mail_echo: bool = True
+    ratelimit_storage_uri: str = "memory://"
+    ratelimit_license_per_key: str = "60/minute"
+    ratelimit_license_per_ip: str = "600/minute"
+    ratelimit_enabled: bool = True
+    download_url_ttl: int = 300
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage_dir(self) -> Path:
+        """Embedded object storage: ``<instance>/files/<object_key>``."""
+        return self.instance_dir / "files"
+
+
+_ENUMS = {"worker": {"thread", "off"}, "mail_backend": {"console", "brevo"}}
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"KEYGATE_{name.upper()} must be true or false, not {raw!r}")
+    if kind in (int, float):
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"KEYGATE_{name.upper()} must be a number, not {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"KEYGATE_{name.upper()} must not be negative")
+        return value
+    return str(raw)
+
+
+def _read_key_file(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _check_fernet_keys(keys: list[str]) -> tuple[str, ...]:
+    for key in keys:
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            # Say which key by position only: the value itself is a secret.
+            position = keys.index(key) + 1
+            raise ConfigError(
+                f"master key #{position} is not a valid Fernet key "
+                "(32 url-safe base64-encoded bytes)"
+            ) from None
+    return tuple(keys)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read and validate settings.
+
+    Args:
+        overrides: values that win over everything (tests, embedding); keys are field names.
+        environ: the environment to read (defaults to ``os.environ``).
+
+    Raises:
+        ConfigError: a value is malformed or a required secret is missing.
+    """
+    env = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    instance_dir = Path(
+        overrides.pop("instance_dir", None) or env.get("KEYGATE_INSTANCE_DIR") or "instance"
+    ).resolve()
+
+    file_values: dict[str, Any] = {}
+    config_path = instance_dir / CONFIG_FILE
+    if config_path.exists():
+        try:
+            file_values = tomllib.loads(config_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_path} is not valid TOML: {exc}") from None
+
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for name, spec in known.items():
+        if name in {"instance_dir", "extra", "master_keys", "secret_key"}:
+            continue
+        env_name = f"KEYGATE_{name.upper()}"
+        if name in overrides:
+            raw = overrides.pop(name)
+        elif env_name in env:
+            raw = env[env_name]
+        elif name in file_values:
+            raw = file_values[name]
+        else:
+            continue
+        kind = type(spec.default) if not isinstance(spec.default, type(None)) else str
+        values[name] = _coerce(name, raw, kind if name != "database_url" else str)
+
+    for name, allowed in _ENUMS.items():
+        if name in values and values[name] not in allowed:
+            raise ConfigError(
+                f"KEYGATE_{name.upper()} must be one of {sorted(allowed)}, not {values[name]!r}"
+            )
+
+    values.setdefault("database_url", f"sqlite:///{instance_dir / 'keygate.db'}")
+    values["base_url"] = str(values.get("base_url", Settings.base_url)).rstrip("/")
+    if not values["base_url"].startswith(("http://", "https://")):
+        raise ConfigError("KEYGATE_BASE_URL must start with http:// or https://")
+    if values.get("download_url_ttl", 300) < 1 or values.get("download_url_ttl", 300) > 604800:
+        raise ConfigError("KEYGATE_DOWNLOAD_URL_TTL must be between 1 and 604800 seconds")
+
+    # Master keys: newest first. KEYGATE_MASTER_KEYS (comma separated) or KEYGATE_MASTER_KEY,
+    # else the instance file written by `keygate init`.
+    if "master_keys" in overrides:
+        master = list(overrides.pop("master_keys"))
+    elif env.get("KEYGATE_MASTER_KEYS"):
+        master = [k.strip() for k in env["KEYGATE_MASTER_KEYS"].split(",") if k.strip()]
+    elif env.get("KEYGATE_MASTER_KEY"):
+        master = [env["KEYGATE_MASTER_KEY"].strip()]
+    else:
+        master = _read_key_file(instance_dir / MASTER_KEY_FILE)
+    if not master:
+        raise ConfigError(
+            "no master key: run `keygate init` (writes instance/master.key) "
+            "or set KEYGATE_MASTER_KEY"
+        )
+
+    secret = overrides.pop("secret_key", None) or env.get("KEYGATE_SECRET_KEY")
+    if not secret:
+        secret_lines = _read_key_file(instance_dir / SECRET_KEY_FILE)
+        secret = secret_lines[0] if secret_lines else None
+    if not secret or len(secret) < 32:
+        raise ConfigError(
+            "no secret key (32+ characters): run `keygate init` or set KEYGATE_SECRET_KEY"
+        )
+
+    return Settings(
+        instance_dir=instance_dir,
+        master_keys=_check_fernet_keys(master),
+        secret_key=secret,
+        extra=overrides,
+        **values,
+    )

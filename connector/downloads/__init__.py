@@ -1,0 +1,1 @@
+"""Downloads: stable buyer links, storage backends, watermarks."""

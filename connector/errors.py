@@ -1,0 +1,164 @@
+"""One error hierarchy; handlers in one place.
+
+API and webhook paths answer ``application/problem+json`` (RFC 9457); pages for people render
+``templates/errors/<status>.html``. The catch-all logs the exception and says "internal
+error": it never echoes ``str(exc)``, which could carry a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://keygate.dev/problems/"
+JSON_PREFIXES = ("/api/", "/webhooks/")
+
+
+class KeygateError(Exception):
+    """An error with an HTTP status and a stable problem type."""
+
+    status = 400
+    type = "bad-request"
+    title = "Bad request"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+
+class InvalidInput(KeygateError):
+    status = 400
+    type = "invalid-input"
+    title = "The request body is not valid"
+
+
+class ValidationFailed(KeygateError):
+    status = 422
+    type = "validation-failed"
+    title = "A field is missing or malformed"
+
+
+class Unauthorized(KeygateError):
+    status = 401
+    type = "unauthorized"
+    title = "Missing or wrong credentials"
+
+
+class SignatureInvalid(Unauthorized):
+    type = "signature-invalid"
+    title = "The webhook signature does not match"
+
+
+class Forbidden(KeygateError):
+    status = 403
+    type = "forbidden"
+    title = "Not allowed"
+
+
+class NotFound(KeygateError):
+    status = 404
+    type = "not-found"
+    title = "Not found"
+
+
+class Gone(KeygateError):
+    status = 410
+    type = "gone"
+    title = "No longer available"
+
+
+class Conflict(KeygateError):
+    status = 409
+    type = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(KeygateError):
+    status = 413
+    type = "payload-too-large"
+    title = "The request body is too large"
+
+
+class TooManyRequests(KeygateError):
+    status = 429
+    type = "too-many-requests"
+    title = "Too many requests"
+
+
+class ServiceUnavailable(KeygateError):
+    status = 503
+    type = "unavailable"
+    title = "Temporarily unavailable"
+
+
+def wants_json() -> bool:
+    return request.path.startswith(JSON_PREFIXES) or request.accept_mimetypes.best == (
+        "application/json"
+    )
+
+
+def problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> tuple[Response, int]:
+    body = {"type": PROBLEM_BASE + type_, "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    response = jsonify(body)
+    response.mimetype = "application/problem+json"
+    return response, status
+
+
+def _page(status: int, title: str, detail: str) -> tuple[str, int]:
+    try:
+        return render_template(f"errors/{status}.html", title=title, detail=detail), status
+    except Exception:  # a missing template must not turn a 404 into a 500
+        return render_template(
+            "errors/generic.html", status=status, title=title, detail=detail
+        ), status
+
+
+def _rollback() -> None:
+    """Undo what a failed request flushed, so the commit at the boundary stores nothing."""
+    session = g.get("_keygate_session")
+    if session is not None:
+        session.rollback()
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(KeygateError)
+    def handle_keygate_error(exc: KeygateError) -> Any:
+        _rollback()
+        if wants_json():
+            response, status = problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
+            if "retry_after" in exc.extra:
+                response.headers["Retry-After"] = str(exc.extra["retry_after"])
+            return response, status
+        return _page(exc.status, exc.title, exc.detail)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        title = exc.name or "Error"
+        detail = exc.description or title
+        if status == 413:
+            detail = "The request body is larger than this server accepts."
+        if wants_json():
+            response, status = problem(status, title.lower().replace(" ", "-"), title, detail)
+            if exc.response is not None and "Retry-After" in exc.response.headers:
+                response.headers["Retry-After"] = exc.response.headers["Retry-After"]
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(retry_after)
+            return response, status
+        return _page(status, title, detail)
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception) -> Any:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        _rollback()
+        if wants_json():
+            return problem(500, "internal-error", "Internal error", "internal error")
+        return _page(500, "Internal error", "Something went wrong on our side.")

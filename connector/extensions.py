@@ -1,0 +1,20 @@
+"""Unbound Flask extensions, bound in ``create_app``."""
+
+from __future__ import annotations
+
+from flask import request
+from flask_limiter import Limiter
+from flask_wtf.csrf import CSRFProtect
+
+
+def client_ip() -> str:
+    """The caller's address as the WSGI server saw it.
+
+    Behind a proxy, wrap the app with werkzeug's ProxyFix (KEYGATE_PROXY_HOPS) so that
+    ``remote_addr`` is the client and not the proxy.
+    """
+    return request.remote_addr or "unknown"
+
+
+limiter = Limiter(key_func=client_ip, default_limits=[], headers_enabled=True)
+csrf = CSRFProtect()

@@ -1,0 +1,1 @@
+"""Outside systems behind small Protocols, picked by config."""

@@ -1,0 +1,223 @@
+"""The durable outbox: jobs are rows written in the same transaction as the data they follow.
+
+A job carries ids, never secrets. Handlers must be safe to run twice (a crash between the
+work and the commit runs them again). Failures retry with exponential backoff; after
+``job_max_attempts`` a job is ``dead`` and shows in the admin outbox.
+
+Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of ``keygate worker``
+processes can share the table; on SQLite ``BEGIN IMMEDIATE`` serializes claims.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event, or_, select
+from sqlalchemy.orm import Session
+
+from connector.db import db, insert_ignoring_conflicts, transaction, utcnow
+from connector.models import Job
+
+log = logging.getLogger(__name__)
+
+# Key under which a handler finds its own job id in the payload it is given.
+JOB_ID = "_job_id"
+
+Handler = Callable[[dict[str, Any]], None]
+HANDLERS: dict[str, Handler] = {}
+
+# Modules whose import registers handlers (with @handles).
+HANDLER_MODULES = [
+    "connector.orders.jobs",
+    "connector.mail.service",
+]
+
+LEASE = dt.timedelta(minutes=10)
+_wakeup = threading.Event()
+
+
+class RetryLater(Exception):
+    """Raised by a handler whose outside peer is down: retry with backoff, no traceback."""
+
+
+def handles(kind: str) -> Callable[[Handler], Handler]:
+    """Register ``fn`` as the handler of jobs of ``kind``."""
+
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def load_handlers() -> None:
+    for module in HANDLER_MODULES:
+        importlib.import_module(module)
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    dedupe_key: str | None = None,
+    run_after: dt.datetime | None = None,
+) -> None:
+    """Add a job to the current transaction. With ``dedupe_key``, a second enqueue is a no-op."""
+    values: dict[str, Any] = {
+        "kind": kind,
+        "payload": payload,
+        "status": "pending",
+        "attempts": 0,
+        "run_after": run_after or utcnow(),
+        "created_at": utcnow(),
+    }
+    if dedupe_key is None:
+        session.add(Job(**values))
+    else:
+        values["dedupe_key"] = dedupe_key
+        insert_ignoring_conflicts(session, Job.__table__, values, ["dedupe_key"])
+    session.info["keygate_jobs_added"] = True
+
+
+@event.listens_for(Session, "after_commit")
+def _wake_worker_after_commit(session: Session) -> None:
+    # Dispatch only after commit: a job must never run against data that may roll back.
+    if session.info.pop("keygate_jobs_added", False):
+        _wakeup.set()
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_jobs_on_rollback(session: Session) -> None:
+    session.info.pop("keygate_jobs_added", None)
+
+
+def backoff(attempts: int) -> dt.timedelta:
+    """5 s, 10 s, 20 s ... capped at one hour."""
+    return dt.timedelta(seconds=min(3600, 5 * 2 ** max(0, attempts - 1)))
+
+
+def _claim_one(kinds: set[str] | None) -> tuple[int, str, dict[str, Any]] | None:
+    now = utcnow()
+    with transaction() as session:
+        query = (
+            select(Job)
+            .where(
+                or_(
+                    (Job.status == "pending") & (Job.run_after <= now),
+                    (Job.status == "running") & (Job.locked_until < now),
+                )
+            )
+            .order_by(Job.run_after, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if kinds is not None:
+            query = query.where(Job.kind.in_(kinds))
+        job = session.execute(query).scalar_one_or_none()
+        if job is None:
+            return None
+        job.status = "running"
+        job.attempts += 1
+        job.locked_until = now + LEASE
+        return job.id, job.kind, {**job.payload, JOB_ID: job.id}
+
+
+def _finish(job_id: int, error: BaseException | None) -> None:
+    from connector import get_settings
+
+    with transaction() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        job.locked_until = None
+        if error is None:
+            job.status = "done"
+            job.finished_at = utcnow()
+            job.last_error = None
+            return
+        # Only the type and a short text: library messages can be long, never echo secrets.
+        job.last_error = f"{type(error).__name__}: {str(error)[:200]}"
+        if job.attempts >= get_settings().job_max_attempts:
+            job.status = "dead"
+            job.finished_at = utcnow()
+            log.error("job %s (%s) is dead after %s attempts", job.id, job.kind, job.attempts)
+        else:
+            job.status = "pending"
+            job.run_after = utcnow() + backoff(job.attempts)
+
+
+def run_one(kinds: set[str] | None = None) -> bool:
+    """Claim and run one due job. Returns False when none was due."""
+    load_handlers()
+    claimed = _claim_one(kinds)
+    if claimed is None:
+        return False
+    job_id, kind, payload = claimed
+    handler = HANDLERS.get(kind)
+    error: BaseException | None = None
+    if handler is None:
+        error = LookupError(f"no handler for job kind {kind!r}")
+    else:
+        try:
+            with transaction():
+                handler(payload)
+        except RetryLater as exc:
+            error = exc
+            log.warning("job %s (%s) will retry: %s", job_id, kind, exc)
+        except Exception as exc:
+            error = exc
+            log.exception("job %s (%s) failed", job_id, kind)
+    _finish(job_id, error)
+    return True
+
+
+def run_pending(app: Flask, *, limit: int = 1000, kinds: set[str] | None = None) -> int:
+    """Run due jobs until none is left (or ``limit``); returns how many ran."""
+    ran = 0
+    while ran < limit:
+        with app.app_context():
+            if not run_one(kinds):
+                break
+        ran += 1
+    return ran
+
+
+def work_forever(app: Flask, stop: threading.Event) -> None:
+    """The worker loop: run what is due, then sleep until woken or the poll interval passes."""
+    from connector.config import Settings
+
+    settings: Settings = app.extensions["keygate.settings"]
+    while not stop.is_set():
+        try:
+            run_pending(app)
+        except Exception:
+            # The database may be briefly away; never let the worker die of it.
+            log.exception("worker loop error; retrying")
+        _wakeup.wait(settings.worker_poll_seconds)
+        _wakeup.clear()
+
+
+def start_worker_thread(app: Flask) -> threading.Event:
+    """Run jobs in a daemon thread of this process (the embedded default)."""
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=work_forever, args=(app, stop), name="keygate-worker", daemon=True
+    )
+    thread.start()
+    app.extensions["keygate.worker_stop"] = stop
+    return stop
+
+
+def stats() -> dict[str, int]:
+    """Count of jobs per status, for the admin outbox view."""
+    from sqlalchemy import func
+
+    rows = db.session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: count for status, count in rows}

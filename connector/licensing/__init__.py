@@ -1,0 +1,1 @@
+"""Licenses: keys, policy, and the API products call."""

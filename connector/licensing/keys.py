@@ -1,0 +1,80 @@
+"""License key format: readable groups, no look-alike characters, a check character.
+
+``KG-7XK4M-PQ2RT-9HWDC-AB3F5``: random characters from a CSPRNG, drawn from an alphabet
+without 0/O, 1/I/L and U; the last character is a Luhn mod N check over the rest, which
+catches every single mistyped character and every swap of two neighbours.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
+_INDEX = {c: i for i, c in enumerate(ALPHABET)}
+_N = len(ALPHABET)
+MAX_KEY_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class KeyFormat:
+    prefix: str = ""
+    groups: int = 4
+    group_length: int = 5
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.groups <= 8 or not 3 <= self.group_length <= 10:
+            raise ValueError("a key has 2-8 groups of 3-10 characters")
+        if self.groups * self.group_length - 1 < 16:
+            raise ValueError("a key needs at least 16 random characters (about 78 bits)")
+        if self.prefix and not (self.prefix.isascii() and self.prefix.isalnum()):
+            raise ValueError("a key prefix is letters and digits only")
+
+
+def check_character(body: str) -> str:
+    """Luhn mod N check character for ``body`` (characters of ALPHABET)."""
+    factor = 2
+    total = 0
+    for char in reversed(body):
+        addend = factor * _INDEX[char]
+        factor = 1 if factor == 2 else 2
+        total += addend // _N + addend % _N
+    return ALPHABET[(_N - total % _N) % _N]
+
+
+def generate_key(fmt: KeyFormat) -> str:
+    """A new random key in ``fmt``."""
+    length = fmt.groups * fmt.group_length
+    body = "".join(secrets.choice(ALPHABET) for _ in range(length - 1))
+    chars = body + check_character(body)
+    groups = [chars[i : i + fmt.group_length] for i in range(0, length, fmt.group_length)]
+    return "-".join(([fmt.prefix.upper()] if fmt.prefix else []) + groups)
+
+
+def _body_valid(parts: list[str]) -> bool:
+    chars = "".join(parts)
+    if len(chars) < 2 or any(c not in _INDEX for c in chars):
+        return False
+    return check_character(chars[:-1]) == chars[-1]
+
+
+def normalize_key(raw: object) -> str | None:
+    """Canonical form of a key as typed (case, spaces, dashes forgiven), or None if malformed.
+
+    The first group may be a prefix (letters and digits); the check covers the rest. A
+    prefix made of alphabet characters is ambiguous with a first group, so both readings
+    are tried; they share one lookup form, so the answer does not depend on the reading.
+    """
+    if not isinstance(raw, str) or len(raw) > MAX_KEY_LENGTH:
+        return None
+    parts = [p for p in raw.strip().upper().replace(" ", "-").split("-") if p]
+    if len(parts) < 2 or not all(p.isascii() and p.isalnum() for p in parts):
+        return None
+    if _body_valid(parts) or _body_valid(parts[1:]):
+        return "-".join(parts)
+    return None
+
+
+def lookup_form(canonical: str) -> str:
+    """What the keyed hash is taken of: separators dropped, so regrouping still matches."""
+    return canonical.replace("-", "")

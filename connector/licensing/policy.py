@@ -1,0 +1,47 @@
+"""A product's license policy with its defaults filled in.
+
+Stored policy fields are ``None`` when the owner left them out; these are the defaults:
+unlimited activations, a lifetime license, updates while the license lasts, staging sites
+free, unlimited downloads, downloads while the license lasts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from connector.models import Product
+
+
+@dataclass(frozen=True)
+class Policy:
+    activation_limit: int | None  # None: unlimited
+    duration_days: int | None  # None: lifetime
+    update_days: int | None  # None: updates while the license lasts
+    staging_free: bool
+    download_limit: int | None  # None: unlimited
+    download_days: int | None  # None: while the license lasts
+
+    @classmethod
+    def of(cls, product: Product) -> Policy:
+        return cls(
+            activation_limit=product.activation_limit,
+            duration_days=product.duration_days,
+            update_days=product.update_days,
+            staging_free=True if product.staging_free is None else product.staging_free,
+            download_limit=product.download_limit,
+            download_days=product.download_days,
+        )
+
+    def expires_at(self, start: dt.datetime) -> dt.datetime | None:
+        return None if self.duration_days is None else start + dt.timedelta(days=self.duration_days)
+
+    def updates_until(self, start: dt.datetime) -> dt.datetime | None:
+        if self.update_days is None:
+            return self.expires_at(start)
+        return start + dt.timedelta(days=self.update_days)
+
+    def downloads_until(self, start: dt.datetime) -> dt.datetime | None:
+        if self.download_days is None:
+            return self.expires_at(start)
+        return start + dt.timedelta(days=self.download_days)

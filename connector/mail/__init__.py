@@ -1,0 +1,1 @@
+"""Mails to buyers: composed from templates, stored encrypted, sent by the configured backend."""

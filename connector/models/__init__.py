@@ -1,0 +1,28 @@
+"""All models, imported so that ``Base.metadata`` knows every table.
+
+Each domain keeps its tables in a module of its own here.
+"""
+
+from connector.models.catalog import WATERMARKS, Product, ProductFile
+from connector.models.downloads import DownloadGrant
+from connector.models.licensing import LICENSE_STATUSES, License
+from connector.models.orders import LineItem, Order
+from connector.models.records import AuditEvent, Job, Mail, WebhookDelivery
+from connector.models.store import AdminUser, Store
+
+__all__ = [
+    "LICENSE_STATUSES",
+    "WATERMARKS",
+    "AdminUser",
+    "AuditEvent",
+    "DownloadGrant",
+    "Job",
+    "License",
+    "LineItem",
+    "Mail",
+    "Order",
+    "Product",
+    "ProductFile",
+    "Store",
+    "WebhookDelivery",
+]

@@ -1,0 +1,57 @@
+"""Products the owner configured, their license policy and their files."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Boolean, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from connector.db import Base, UTCDateTime, utcnow
+
+WATERMARKS = ("none", "pdf", "zip")
+
+
+class Product(Base):
+    """A shop product (or variation) Keygate licenses. Policy fields: None means default."""
+
+    __tablename__ = "products"
+    __table_args__ = (UniqueConstraint("store_id", "shop_product_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)
+    shop_product_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(300))
+    activation_limit: Mapped[int | None] = mapped_column(Integer, default=None)
+    duration_days: Mapped[int | None] = mapped_column(Integer, default=None)
+    update_days: Mapped[int | None] = mapped_column(Integer, default=None)
+    staging_free: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    download_limit: Mapped[int | None] = mapped_column(Integer, default=None)
+    download_days: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Where the settings came from: "keygate" (admin API/UI) wins over "shop" (product meta).
+    source: Mapped[str] = mapped_column(String(16), default="keygate")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    files: Mapped[list[ProductFile]] = relationship(
+        back_populates="product", order_by="ProductFile.position", cascade="all, delete-orphan"
+    )
+
+
+class ProductFile(Base):
+    """A file in the owner's bucket (or embedded storage) delivered with a product."""
+
+    __tablename__ = "product_files"
+    __table_args__ = (UniqueConstraint("product_id", "object_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    object_key: Mapped[str] = mapped_column(String(1024))
+    filename: Mapped[str] = mapped_column(String(300))
+    watermark: Mapped[str] = mapped_column(String(8), default="none")
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    # Kept when the owner removes a file from the product, so grants already issued still
+    # resolve; removed files get no new grants.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    product: Mapped[Product] = relationship(back_populates="files")

@@ -1,0 +1,41 @@
+"""License keys issued for paid line items."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from connector.db import Base, UTCDateTime, utcnow
+from connector.vault.crypto import Encrypted
+
+LICENSE_STATUSES = ("active", "suspended", "revoked")
+
+
+class License(Base):
+    """One license per (line item, unit): the unique key makes issuing exactly-once.
+
+    The key itself is never stored in the clear: ``key_hash`` finds it, ``key_encrypted``
+    shows it to its owner.
+    """
+
+    __tablename__ = "licenses"
+    __table_args__ = (UniqueConstraint("line_item_id", "unit"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    line_item_id: Mapped[int | None] = mapped_column(ForeignKey("line_items.id"))
+    unit: Mapped[int] = mapped_column(Integer, default=1)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_encrypted: Mapped[str] = mapped_column(Encrypted)
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    # Why it is revoked/suspended: "order:<status>", "refund", "admin", "abuse".
+    status_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    activation_limit: Mapped[int | None] = mapped_column(Integer, default=None)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    updates_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -1,0 +1,68 @@
+"""Orders as the shop reported them, and their line items."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from sqlalchemy import ForeignKey, Integer, Numeric, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from connector.db import Base, UTCDateTime, utcnow
+
+
+class Order(Base):
+    """One shop order. Only what the privacy promises list is kept (no addresses, no cards)."""
+
+    __tablename__ = "orders"
+    __table_args__ = (UniqueConstraint("store_id", "shop_order_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)
+    shop_order_id: Mapped[str] = mapped_column(String(64))
+    number: Mapped[str | None] = mapped_column(String(64), default=None)
+    status: Mapped[str] = mapped_column(String(32))
+    deleted: Mapped[bool] = mapped_column(default=False)
+    email: Mapped[str | None] = mapped_column(String(320), index=True, default=None)
+    name: Mapped[str | None] = mapped_column(String(300), default=None)
+    company: Mapped[str | None] = mapped_column(String(300), default=None)
+    currency: Mapped[str | None] = mapped_column(String(8), default=None)
+    total: Mapped[Decimal | None] = mapped_column(Numeric(14, 2), default=None)
+    customer_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    payment_method: Mapped[str | None] = mapped_column(String(100), default=None)
+    payment_method_title: Mapped[str | None] = mapped_column(String(200), default=None)
+    # Payment reference: card gateways' charge id, or a crypto transaction hash. Never a card.
+    transaction_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    payment_note: Mapped[str | None] = mapped_column(Text, default=None)
+    date_paid: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The shop's date_modified_gmt of the newest payload applied; older payloads change nothing.
+    shop_modified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    line_items: Mapped[list[LineItem]] = relationship(
+        back_populates="order", order_by="LineItem.id", cascade="all, delete-orphan"
+    )
+
+
+class LineItem(Base):
+    """A line of an order. ``product_id`` is set when a configured product matched."""
+
+    __tablename__ = "line_items"
+    __table_args__ = (UniqueConstraint("order_id", "shop_line_item_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    shop_line_item_id: Mapped[str] = mapped_column(String(64))
+    shop_product_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    shop_variation_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    name: Mapped[str | None] = mapped_column(String(300), default=None)
+    sku: Mapped[str | None] = mapped_column(String(100), default=None)
+    quantity: Mapped[int] = mapped_column(Integer, default=1)
+    refunded_quantity: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[Decimal | None] = mapped_column(Numeric(14, 2), default=None)
+    product_id: Mapped[int | None] = mapped_column(ForeignKey("products.id"), default=None)
+    # The shop id that matched (variation first, then product), as answered to the owner.
+    matched_shop_product_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    order: Mapped[Order] = relationship(back_populates="line_items")

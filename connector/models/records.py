@@ -1,0 +1,87 @@
+"""Records: webhook deliveries, the outbox, audit events, stored mails."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from connector.db import Base, UTCDateTime, utcnow
+from connector.vault.crypto import Encrypted
+
+
+class WebhookDelivery(Base):
+    """A webhook we received. The body is not kept (it holds addresses); its hash is."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)
+    topic: Mapped[str | None] = mapped_column(String(64), default=None)
+    shop_delivery_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    shop_webhook_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    resource_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    # applied | stale | ignored | ping | rejected
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text, default=None)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Job(Base):
+    """An outbox row, written in the same transaction as the data it follows.
+
+    Payloads carry ids only, never secrets or keys. ``dedupe_key`` (unique) makes enqueueing
+    the same work twice a no-op.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    # pending | running | done | dead
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_after: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class AuditEvent(Base):
+    """Who did what to which license, order, credential or setting."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str | None] = mapped_column(String(200), default=None)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Mail(Base):
+    """A mail Keygate sent (or will send). Recipient and body are stored encrypted."""
+
+    __tablename__ = "mails"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), index=True)
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    to_email: Mapped[str] = mapped_column(Encrypted)
+    subject: Mapped[str] = mapped_column(Encrypted)
+    body_text: Mapped[str] = mapped_column(Encrypted)
+    body_html: Mapped[str | None] = mapped_column(Encrypted, default=None)
+    backend: Mapped[str] = mapped_column(String(16))
+    provider_message_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -1,0 +1,42 @@
+"""Stores (one shop each) and the people who administer Keygate."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from connector.db import Base, UTCDateTime, utcnow
+from connector.vault.crypto import Encrypted
+
+
+class Store(Base):
+    """A connected shop. ``public_id`` is the store_id in webhook URLs and the CLI."""
+
+    __tablename__ = "stores"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(500))
+    platform: Mapped[str] = mapped_column(String(32), default="woocommerce")
+    webhook_secret: Mapped[str] = mapped_column(Encrypted)
+    api_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # License key format: PREFIX-XXXXX-XXXXX-XXXXX-XXXXC (the last character is a check).
+    key_prefix: Mapped[str] = mapped_column(String(16), default="")
+    key_groups: Mapped[int] = mapped_column(Integer, default=4)
+    key_group_length: Mapped[int] = mapped_column(Integer, default=5)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AdminUser(Base):
+    """A person who may sign in to /admin (created by `keygate init`)."""
+
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,1 @@
+"""Orders: shop webhooks in, licenses and download grants out."""

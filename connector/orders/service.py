@@ -1,0 +1,373 @@
+"""Orders: a shop's order state becomes licenses and download grants, exactly once.
+
+``apply_shop_order`` is the one verb. Whatever the delivery (webhook, redelivery, a
+reconciliation re-read), it makes Keygate's records match the order's state as the shop last
+reported it:
+
+- paid (processing, completed): one license and one grant per product file for every unit of
+  every line item whose product is configured (variation first, then parent product);
+  refunded units are revoked, newest unit first;
+- refunded, cancelled, failed, deleted: everything of the order is revoked;
+- pending, on-hold: wait; nothing is issued and nothing already issued is taken away.
+
+Exactly-once comes from the unique keys (line item, unit) and (line item, unit, file) with
+``ON CONFLICT DO NOTHING``, under a lock on the order row (PostgreSQL ``FOR UPDATE``; SQLite
+writers are serialized by ``BEGIN IMMEDIATE``). A payload older than the one applied (by the
+shop's ``date_modified``) changes nothing. Revocations made by the owner are never undone by
+a later delivery; revocations made because of the order's state are, if the order is paid
+again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.db import insert_ignoring_conflicts, utcnow
+from connector.jobs import enqueue
+from connector.licensing.keys import KeyFormat, generate_key, lookup_form
+from connector.licensing.policy import Policy
+from connector.models import DownloadGrant, License, LineItem, Order, Product, Store
+from connector.vault.crypto import keyed_hash
+from plugin.shop import PAID_STATUSES, WAITING_STATUSES, ShopLineItem, ShopOrder
+
+# Reasons that the order's own state caused; only these are undone when the order is paid again.
+AUTOMATIC_REASONS = ("order:", "refund")
+LICENSE_KEY_HASH = "license-key"
+
+
+@dataclass
+class ApplyResult:
+    """What one application of an order changed."""
+
+    outcome: str  # applied | stale
+    order_id: int | None = None
+    issued_licenses: list[int] = field(default_factory=list)
+    issued_grants: list[int] = field(default_factory=list)
+    revoked_licenses: list[int] = field(default_factory=list)
+    reinstated_licenses: list[int] = field(default_factory=list)
+
+
+def hash_license_key(canonical_key: str) -> str:
+    return keyed_hash(LICENSE_KEY_HASH, lookup_form(canonical_key))
+
+
+def _lock_order(session: Session, store: Store, shop_order_id: str, status: str) -> Order:
+    now = utcnow()
+    insert_ignoring_conflicts(
+        session,
+        Order.__table__,
+        {
+            "store_id": store.id,
+            "shop_order_id": shop_order_id,
+            "status": status,
+            "deleted": False,
+            "created_at": now,
+            "updated_at": now,
+        },
+        ["store_id", "shop_order_id"],
+    )
+    return session.execute(
+        select(Order)
+        .where(Order.store_id == store.id, Order.shop_order_id == shop_order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def _is_stale(order: Order, shop_order: ShopOrder) -> bool:
+    if order.shop_modified_at is None:
+        return False
+    if shop_order.date_modified is None:
+        # Deletions carry no date; anything else without one is older than what we know.
+        return not shop_order.deleted
+    if shop_order.date_modified < order.shop_modified_at:
+        return True
+    # Same second (WooCommerce dates have one-second resolution): never step back from a
+    # decided state (paid or revoked) to a waiting one.
+    return (
+        shop_order.date_modified == order.shop_modified_at
+        and shop_order.status in WAITING_STATUSES
+        and order.status not in WAITING_STATUSES
+    )
+
+
+def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
+    order.status = shop_order.status
+    if shop_order.deleted:
+        order.deleted = True
+        # A deletion has no shop date: take ours, so deliveries sent before it are stale.
+        order.shop_modified_at = max(order.shop_modified_at or utcnow(), utcnow())
+        return
+    order.deleted = False
+    order.number = shop_order.number
+    order.email = shop_order.email
+    order.name = shop_order.full_name
+    order.company = shop_order.company
+    order.currency = shop_order.currency
+    order.total = shop_order.total
+    order.customer_id = shop_order.customer_id
+    order.payment_method = shop_order.payment_method
+    order.payment_method_title = shop_order.payment_method_title
+    order.transaction_id = shop_order.transaction_id
+    order.date_paid = shop_order.date_paid or order.date_paid
+    if shop_order.date_modified is not None:
+        order.shop_modified_at = shop_order.date_modified
+
+
+def _configured_product(
+    session: Session, store: Store, item: ShopLineItem
+) -> tuple[Product | None, str | None]:
+    """The configured product for a line: its variation first, then its parent product."""
+    for shop_id in (item.variation_id, item.product_id):
+        if shop_id is None:
+            continue
+        product = session.execute(
+            select(Product).where(Product.store_id == store.id, Product.shop_product_id == shop_id)
+        ).scalar_one_or_none()
+        if product is not None:
+            return product, shop_id
+    return None, None
+
+
+def _refunded_units(shop_order: ShopOrder, item: ShopLineItem) -> int:
+    from_refunds = sum(r.line_quantities.get(item.id, 0) for r in shop_order.refunds)
+    return max(item.refunded_quantity, from_refunds)
+
+
+def _sync_line_items(session: Session, store: Store, order: Order, shop_order: ShopOrder) -> None:
+    existing = {line.shop_line_item_id: line for line in order.line_items}
+    seen: set[str] = set()
+    for item in shop_order.line_items:
+        seen.add(item.id)
+        line = existing.get(item.id)
+        if line is None:
+            line = LineItem(order=order, shop_line_item_id=item.id)
+            session.add(line)
+        product, matched = _configured_product(session, store, item)
+        line.shop_product_id = item.product_id
+        line.shop_variation_id = item.variation_id
+        line.name = item.name
+        line.sku = item.sku
+        line.quantity = item.quantity
+        line.total = item.total
+        line.refunded_quantity = min(item.quantity, _refunded_units(shop_order, item))
+        line.product_id = product.id if product is not None else line.product_id
+        line.matched_shop_product_id = (
+            matched if product is not None else line.matched_shop_product_id
+        )
+    for shop_line_id, line in existing.items():
+        if shop_line_id not in seen:
+            # Removed from the order in the shop: nothing of it is owed any more.
+            line.quantity = 0
+    session.flush()
+
+
+def _issue_unit(
+    session: Session,
+    store: Store,
+    order: Order,
+    line: LineItem,
+    product: Product,
+    unit: int,
+    result: ApplyResult,
+) -> None:
+    policy = Policy.of(product)
+    start = order.date_paid or utcnow()
+    fmt = KeyFormat(store.key_prefix, store.key_groups, store.key_group_length)
+    key = generate_key(fmt)
+    now = utcnow()
+    inserted = insert_ignoring_conflicts(
+        session,
+        License.__table__,
+        {
+            "store_id": store.id,
+            "product_id": product.id,
+            "order_id": order.id,
+            "line_item_id": line.id,
+            "unit": unit,
+            "key_hash": hash_license_key(key),
+            "key_encrypted": key,
+            "status": "active",
+            "activation_limit": policy.activation_limit,
+            "expires_at": policy.expires_at(start),
+            "updates_until": policy.updates_until(start),
+            "issued_at": now,
+            "updated_at": now,
+        },
+        ["line_item_id", "unit"],
+    )
+    license_ = session.execute(
+        select(License).where(License.line_item_id == line.id, License.unit == unit)
+    ).scalar_one()
+    if inserted is not None:
+        result.issued_licenses.append(inserted)
+    for product_file in product.files:
+        if not product_file.active:
+            continue
+        granted = insert_ignoring_conflicts(
+            session,
+            DownloadGrant.__table__,
+            {
+                "store_id": store.id,
+                "order_id": order.id,
+                "line_item_id": line.id,
+                "unit": unit,
+                "product_file_id": product_file.id,
+                "license_id": license_.id,
+                "expires_at": policy.downloads_until(start),
+                "download_limit": policy.download_limit,
+                "download_count": 0,
+                "created_at": now,
+            },
+            ["line_item_id", "unit", "product_file_id"],
+        )
+        if granted is not None:
+            result.issued_grants.append(granted)
+
+
+def _set_unit_revoked(
+    session: Session, line: LineItem, unit: int, reason: str, result: ApplyResult
+) -> None:
+    now = utcnow()
+    for license_ in session.scalars(
+        select(License).where(License.line_item_id == line.id, License.unit == unit)
+    ):
+        if license_.status != "revoked":
+            license_.status = "revoked"
+            license_.status_reason = reason
+            result.revoked_licenses.append(license_.id)
+    for grant in session.scalars(
+        select(DownloadGrant).where(
+            DownloadGrant.line_item_id == line.id, DownloadGrant.unit == unit
+        )
+    ):
+        if grant.revoked_at is None:
+            grant.revoked_at = now
+            grant.revoked_reason = reason
+
+
+def _reinstate_unit(session: Session, line: LineItem, unit: int, result: ApplyResult) -> None:
+    for license_ in session.scalars(
+        select(License).where(License.line_item_id == line.id, License.unit == unit)
+    ):
+        if license_.status == "revoked" and (license_.status_reason or "").startswith(
+            AUTOMATIC_REASONS
+        ):
+            license_.status = "active"
+            license_.status_reason = None
+            result.reinstated_licenses.append(license_.id)
+    for grant in session.scalars(
+        select(DownloadGrant).where(
+            DownloadGrant.line_item_id == line.id, DownloadGrant.unit == unit
+        )
+    ):
+        if grant.revoked_at is not None and (grant.revoked_reason or "").startswith(
+            AUTOMATIC_REASONS
+        ):
+            grant.revoked_at = None
+            grant.revoked_reason = None
+
+
+def _issued_units(session: Session, line: LineItem) -> list[int]:
+    return list(session.scalars(select(License.unit).where(License.line_item_id == line.id)))
+
+
+def _converge_paid(session: Session, store: Store, order: Order, result: ApplyResult) -> None:
+    for line in order.line_items:
+        if line.product_id is None:
+            continue  # recorded, not licensed: nobody configured this product
+        product = session.get(Product, line.product_id)
+        if product is None:  # pragma: no cover - products are never deleted
+            continue
+        entitled = max(0, line.quantity - line.refunded_quantity)
+        for unit in range(1, entitled + 1):
+            _reinstate_unit(session, line, unit, result)
+            _issue_unit(session, store, order, line, product, unit, result)
+        # Refunded or removed units: newest first, so the first keys bought stay valid.
+        for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
+            _set_unit_revoked(session, line, unit, "refund", result)
+
+
+def _converge_revoked(session: Session, order: Order, result: ApplyResult) -> None:
+    reason = "order:deleted" if order.deleted else f"order:{order.status}"
+    for line in order.line_items:
+        for unit in _issued_units(session, line):
+            _set_unit_revoked(session, line, unit, reason, result)
+
+
+def apply_shop_order(session: Session, store: Store, shop_order: ShopOrder) -> ApplyResult:
+    """Make Keygate's records of an order match the state the shop reports.
+
+    Safe to call any number of times, in any order, from any number of processes.
+
+    Args:
+        session: the request's or job's session; this flushes, the caller commits.
+        store: the store the order belongs to.
+        shop_order: the order as the shop reports it now.
+    """
+    order = _lock_order(session, store, shop_order.id, shop_order.status)
+    if _is_stale(order, shop_order):
+        return ApplyResult(outcome="stale", order_id=order.id)
+    result = ApplyResult(outcome="applied", order_id=order.id)
+    _copy_order_fields(order, shop_order)
+    if not shop_order.deleted:
+        _sync_line_items(session, store, order, shop_order)
+    if shop_order.is_revoking:
+        _converge_revoked(session, order, result)
+    elif shop_order.status in PAID_STATUSES:
+        _converge_paid(session, store, order, result)
+    session.flush()
+    _record_changes(session, store, order, result)
+    return result
+
+
+def _record_changes(session: Session, store: Store, order: Order, result: ApplyResult) -> None:
+    if result.revoked_licenses or result.reinstated_licenses:
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="shop",
+            action="order.licenses_changed",
+            subject=f"order:{order.shop_order_id}",
+            detail={
+                "status": order.status,
+                "revoked": result.revoked_licenses,
+                "reinstated": result.reinstated_licenses,
+            },
+        )
+    if result.issued_licenses or result.issued_grants:
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="shop",
+            action="order.fulfilled",
+            subject=f"order:{order.shop_order_id}",
+            detail={"licenses": result.issued_licenses, "grants": result.issued_grants},
+        )
+        # One follow-up job per issuance; it fans out the slow work (mail, watermarks,
+        # write-back) as jobs of their own so each retries on its own.
+        enqueue(
+            session,
+            "order.issued",
+            {
+                "order_id": order.id,
+                "license_ids": result.issued_licenses,
+                "grant_ids": result.issued_grants,
+            },
+        )
+    if result.revoked_licenses:
+        enqueue(
+            session,
+            "order.revoked",
+            {"order_id": order.id, "license_ids": result.revoked_licenses},
+        )
+
+
+def find_order(session: Session, store: Store, shop_order_id: str) -> Order | None:
+    return session.execute(
+        select(Order).where(Order.store_id == store.id, Order.shop_order_id == shop_order_id)
+    ).scalar_one_or_none()

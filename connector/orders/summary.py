@@ -1,0 +1,81 @@
+"""What a buyer has from an order: license keys and download links, for mails and pages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connector.models import DownloadGrant, License, LineItem, Order, Product, ProductFile
+from connector.tokens import download_url, portal_url
+
+
+@dataclass(frozen=True)
+class LicenseView:
+    id: int
+    key: str
+    product_id: str | None
+    product_name: str
+    status: str
+    expires_at: dt.datetime | None
+    updates_until: dt.datetime | None
+    activation_limit: int | None
+
+
+@dataclass(frozen=True)
+class DownloadView:
+    grant_id: int
+    filename: str
+    link: str
+    downloads_left: int | None
+    expires_at: dt.datetime | None
+    revoked: bool
+
+
+def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
+    """Licenses and downloads of an order (revoked ones included, marked), and the portal."""
+    license_rows = session.execute(
+        select(License, LineItem, Product)
+        .join(LineItem, License.line_item_id == LineItem.id)
+        .join(Product, License.product_id == Product.id)
+        .where(License.order_id == order.id)
+        .order_by(LineItem.id, License.unit)
+    ).all()
+    licenses = [
+        LicenseView(
+            id=lic.id,
+            key=lic.key_encrypted,
+            product_id=line.matched_shop_product_id,
+            product_name=product.name,
+            status=lic.status,
+            expires_at=lic.expires_at,
+            updates_until=lic.updates_until,
+            activation_limit=lic.activation_limit,
+        )
+        for lic, line, product in license_rows
+    ]
+    grant_rows = session.execute(
+        select(DownloadGrant, ProductFile)
+        .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+        .where(DownloadGrant.order_id == order.id)
+        .order_by(DownloadGrant.line_item_id, DownloadGrant.unit, ProductFile.position)
+    ).all()
+    downloads = [
+        DownloadView(
+            grant_id=grant.id,
+            filename=product_file.filename,
+            link=download_url(grant.id),
+            downloads_left=(
+                None
+                if grant.download_limit is None
+                else max(0, grant.download_limit - grant.download_count)
+            ),
+            expires_at=grant.expires_at,
+            revoked=grant.revoked_at is not None,
+        )
+        for grant, product_file in grant_rows
+    ]
+    return {"licenses": licenses, "downloads": downloads, "portal_url": portal_url(order.id)}

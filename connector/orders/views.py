@@ -1,0 +1,71 @@
+"""Shop webhooks: verify raw bytes, record, answer fast; slow work goes to the outbox."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from connector.db import db
+from connector.errors import InvalidInput, NotFound, SignatureInvalid
+from connector.models import Store, WebhookDelivery
+from connector.orders.service import apply_shop_order
+from connector.stores import find_store
+from plugin.shop import PayloadError
+from plugin.woocommerce import webhooks as wc
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+
+def _record(store: Store, body: bytes, outcome: str, detail: str | None = None) -> WebhookDelivery:
+    delivery = WebhookDelivery(
+        store_id=store.id,
+        topic=(request.headers.get(wc.TOPIC_HEADER) or "")[:64] or None,
+        shop_delivery_id=(request.headers.get(wc.DELIVERY_HEADER) or "")[:64] or None,
+        shop_webhook_id=(request.headers.get(wc.WEBHOOK_ID_HEADER) or "")[:64] or None,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+        outcome=outcome,
+        detail=detail,
+    )
+    db.session.add(delivery)
+    return delivery
+
+
+@bp.post("/webhooks/woocommerce/<store_id>")
+def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
+    store = find_store(db.session, store_id)
+    if store is None:
+        raise NotFound("No store has this id.")
+    body = request.get_data(cache=True)
+    if wc.is_ping(body, request.headers):
+        # WooCommerce's creation ping is unsigned: answer 200, change nothing.
+        return jsonify({"ok": True, "ping": True})
+    if not wc.signature_valid(body, request.headers.get(wc.SIGNATURE_HEADER), store.webhook_secret):
+        log.warning("webhook for store %s with a missing or wrong signature", store.public_id)
+        raise SignatureInvalid("X-WC-Webhook-Signature is missing or does not match.")
+
+    topic = request.headers.get(wc.TOPIC_HEADER, "")
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        _record(store, body, "rejected", "body is not JSON")
+        db.session.commit()
+        raise InvalidInput("The body is not valid JSON.") from None
+    if topic not in wc.ORDER_TOPICS:
+        _record(store, body, "ignored", f"topic {topic[:40]!r} is not handled")
+        return jsonify({"ok": True, "outcome": "ignored"})
+    try:
+        shop_order = wc.parse_order(payload, deleted=topic == "order.deleted")
+    except PayloadError as exc:
+        _record(store, body, "rejected", str(exc))
+        db.session.commit()
+        raise InvalidInput(f"The order payload is not valid: {exc}") from None
+
+    result = apply_shop_order(db.session, store, shop_order)
+    delivery = _record(store, body, result.outcome)
+    delivery.resource_id = shop_order.id
+    return jsonify({"ok": True, "outcome": result.outcome})

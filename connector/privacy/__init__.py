@@ -1,0 +1,1 @@
+"""Privacy: export and erasure of a customer's data, retention and purge."""

@@ -1,0 +1,76 @@
+"""Stores: creating one, finding one by its public id or by its admin API token."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.errors import ValidationFailed
+from connector.models import Store
+from connector.vault.crypto import keyed_hash
+
+API_TOKEN_HASH = "store-api-token"  # noqa: S105 - a hash purpose label
+_ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+@dataclass(frozen=True)
+class NewStore:
+    """What `keygate store add` prints once: the token and secret are not shown again."""
+
+    store: Store
+    api_token: str
+    webhook_secret: str
+
+
+def random_alphanumeric(length: int) -> str:
+    # WooCommerce HTML-entity-decodes webhook secrets before hashing: keep them alphanumeric.
+    return "".join(secrets.choice(_ALPHANUMERIC) for _ in range(length))
+
+
+def normalize_store_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValidationFailed("the store URL must be an http(s) URL such as https://shop.example")
+    return url.strip().rstrip("/")
+
+
+def create_store(session: Session, name: str, url: str) -> NewStore:
+    """Register a shop; returns its one-time api token and webhook secret."""
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("a store needs a name")
+    api_token = "kg_" + secrets.token_urlsafe(32)
+    webhook_secret = random_alphanumeric(40)
+    store = Store(
+        public_id=secrets.token_hex(8),
+        name=name[:200],
+        url=normalize_store_url(url),
+        webhook_secret=webhook_secret,
+        api_token_hash=keyed_hash(API_TOKEN_HASH, api_token),
+    )
+    session.add(store)
+    session.flush()
+    record_audit(
+        session, store_id=store.id, actor="cli", action="store.created", subject=store.public_id
+    )
+    return NewStore(store=store, api_token=api_token, webhook_secret=webhook_secret)
+
+
+def find_store(session: Session, public_id: str) -> Store | None:
+    if len(public_id) > 32:
+        return None
+    return session.execute(select(Store).where(Store.public_id == public_id)).scalar_one_or_none()
+
+
+def store_for_api_token(session: Session, token: str) -> Store | None:
+    if not token or len(token) > 200:
+        return None
+    return session.execute(
+        select(Store).where(Store.api_token_hash == keyed_hash(API_TOKEN_HASH, token))
+    ).scalar_one_or_none()

@@ -1,0 +1,95 @@
+"""Signed tokens for private links. One salt per purpose; never reuse a salt.
+
+Library errors become ours: a tampered or unknown token is ``LinkInvalid`` (404); an expired
+one (for timed purposes) is ``LinkExpired`` (410).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+from connector.errors import Gone, NotFound
+
+DOWNLOAD = "keygate.download"
+PORTAL = "keygate.portal"
+CONNECT_STATE = "keygate.wc-connect-state"
+ADMIN_ACTION = "keygate.admin-action"
+
+
+class LinkInvalid(NotFound):
+    type = "link-invalid"
+    title = "This link is not valid"
+
+
+class LinkExpired(Gone):
+    type = "link-expired"
+    title = "This link has expired"
+
+
+def _secret() -> str:
+    secret: str = current_app.config["SECRET_KEY"]
+    return secret
+
+
+def dumps(purpose: str, value: Any) -> str:
+    """A stable signed token (validity is decided by the row it names, not by the token)."""
+    return URLSafeSerializer(_secret(), salt=purpose).dumps(value)
+
+
+def loads(purpose: str, token: str) -> Any:
+    try:
+        return URLSafeSerializer(_secret(), salt=purpose).loads(token)
+    except BadData:
+        raise LinkInvalid("This link is not valid. Check that it was copied whole.") from None
+
+
+def dumps_timed(purpose: str, value: Any) -> str:
+    return URLSafeTimedSerializer(_secret(), salt=purpose).dumps(value)
+
+
+def loads_timed(purpose: str, token: str, max_age: int) -> Any:
+    try:
+        return URLSafeTimedSerializer(_secret(), salt=purpose).loads(token, max_age=max_age)
+    except SignatureExpired:
+        raise LinkExpired("This link has expired.") from None
+    except BadData:
+        raise LinkInvalid("This link is not valid. Check that it was copied whole.") from None
+
+
+def download_token(grant_id: int) -> str:
+    return dumps(DOWNLOAD, {"g": grant_id})
+
+
+def grant_id_from_token(token: str) -> int:
+    data = loads(DOWNLOAD, token)
+    if not isinstance(data, dict) or not isinstance(data.get("g"), int):
+        raise LinkInvalid("This link is not valid.")
+    grant_id: int = data["g"]
+    return grant_id
+
+
+def portal_token(order_id: int) -> str:
+    return dumps(PORTAL, {"o": order_id})
+
+
+def order_id_from_portal_token(token: str) -> int:
+    data = loads(PORTAL, token)
+    if not isinstance(data, dict) or not isinstance(data.get("o"), int):
+        raise LinkInvalid("This link is not valid.")
+    order_id: int = data["o"]
+    return order_id
+
+
+def download_url(grant_id: int) -> str:
+    from connector import get_settings
+
+    return f"{get_settings().base_url}/d/{download_token(grant_id)}"
+
+
+def portal_url(order_id: int) -> str:
+    from connector import get_settings
+
+    return f"{get_settings().base_url}/my/{portal_token(order_id)}"

@@ -1,0 +1,1 @@
+"""Secrets at rest: the master keyring, the Encrypted column type, keyed hashes."""

@@ -1,0 +1,106 @@
+"""Encryption at rest and keyed hashes.
+
+Secrets and license-key copies are Fernet tokens made with a ``MultiFernet`` of the master
+keys (newest first): new writes use the newest key, every listed key still decrypts, and
+``keygate rotate-keys`` re-encrypts old tokens with :meth:`Keyring.rotate`.
+
+Lookups (license keys, API tokens, IP addresses) use HMAC-SHA256 with a key derived from the
+app's secret key and a purpose label, so a hash made for one purpose is useless for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from flask import current_app
+from sqlalchemy import Text
+from sqlalchemy.types import TypeDecorator
+
+
+class Keyring:
+    """The master keys of one app and the keyed-hash secret."""
+
+    def __init__(self, master_keys: tuple[str, ...], secret_key: str) -> None:
+        self._fernet = MultiFernet([Fernet(k) for k in master_keys])
+        self._secret = secret_key.encode()
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._fernet.encrypt(plaintext.encode()).decode("ascii")
+
+    def decrypt(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode("ascii")).decode()
+        except InvalidToken:
+            raise DecryptionError(
+                "stored secret cannot be decrypted with the master keys"
+            ) from None
+
+    def rotate(self, token: str) -> str:
+        """Re-encrypt a token with the newest master key."""
+        return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+
+    def keyed_hash(self, purpose: str, value: str) -> str:
+        """HMAC-SHA256 of ``value`` under a key for ``purpose`` (hex)."""
+        purpose_key = hmac.new(self._secret, purpose.encode(), hashlib.sha256).digest()
+        return hmac.new(purpose_key, value.encode(), hashlib.sha256).hexdigest()
+
+
+class DecryptionError(RuntimeError):
+    """A stored token was made with a master key that is no longer configured."""
+
+
+def current_keyring() -> Keyring:
+    keyring: Keyring = current_app.extensions["keygate.keyring"]
+    return keyring
+
+
+def keyed_hash(purpose: str, value: str) -> str:
+    return current_keyring().keyed_hash(purpose, value)
+
+
+class Encrypted(TypeDecorator[str]):
+    """A text column stored as a Fernet token. ``None`` stays ``None``; ``""`` is encrypted."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return current_keyring().encrypt(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return current_keyring().decrypt(value)
+
+
+class EncryptedJSON(TypeDecorator[dict[str, Any]]):
+    """A JSON object stored as one Fernet token (credentials sets)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: dict[str, Any] | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return current_keyring().encrypt(json.dumps(value, separators=(",", ":")))
+
+    def process_result_value(self, value: str | None, dialect: Any) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        loaded: dict[str, Any] = json.loads(current_keyring().decrypt(value))
+        return loaded
+
+
+def mask(secret: str | None) -> str | None:
+    """Show a secret as its last four characters at most (shorter ones fully masked)."""
+    if secret is None:
+        return None
+    if len(secret) <= 8:
+        return "****"
+    return "****" + secret[-4:]

@@ -1,0 +1,1 @@
+"""WooCommerce: webhook checks and payload parsing, the REST client, the connect handshake."""

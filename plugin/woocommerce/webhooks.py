@@ -1,0 +1,202 @@
+"""WooCommerce webhook deliveries: signature check, ping detection, order parsing.
+
+WooCommerce signs ``base64(HMAC-SHA256(raw body, secret))`` in ``X-WC-Webhook-Signature``.
+On creation it sends an unsigned ping whose form body is ``webhook_id=<n>``.
+Payloads are the REST v3 order schema (see ../shared/notes/woocommerce.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from plugin.shop import PayloadError, ShopLineItem, ShopOrder, ShopRefund
+
+SIGNATURE_HEADER = "X-WC-Webhook-Signature"
+TOPIC_HEADER = "X-WC-Webhook-Topic"
+DELIVERY_HEADER = "X-WC-Webhook-Delivery-ID"
+WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
+ORDER_TOPICS = frozenset({"order.created", "order.updated", "order.deleted", "order.restored"})
+
+_PING = re.compile(rb"^webhook_id=\d+$")
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The signature WooCommerce would send for ``body``."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def signature_valid(body: bytes, header: str | None, secret: str) -> bool:
+    """Constant-time check of ``X-WC-Webhook-Signature`` against the raw body."""
+    if not header:
+        return False
+    return hmac.compare_digest(
+        sign(body, secret).encode("ascii"), header.strip().encode("ascii", "replace")
+    )
+
+
+def is_ping(body: bytes, headers: Mapping[str, str] | Any) -> bool:
+    """The creation ping: form body ``webhook_id=N`` and no topic header."""
+    return TOPIC_HEADER not in headers and bool(_PING.match(body.strip()))
+
+
+def _id(value: Any) -> str | None:
+    if value is None or value == "" or value == 0 or value == "0":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise PayloadError(f"id must be a number, not {type(value).__name__}")
+    return str(value)
+
+
+def _decimal(value: Any, name: str) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise PayloadError(f"{name} is not a number") from None
+
+
+def _datetime_gmt(value: Any, name: str) -> dt.datetime | None:
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(f"{name} must be a date string")
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise PayloadError(f"{name} is not an ISO 8601 date") from None
+    # *_gmt fields carry no offset; they are UTC.
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+
+
+def _meta(items: Any) -> dict[str, Any]:
+    if not isinstance(items, list):
+        return {}
+    meta: dict[str, Any] = {}
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("key"), str):
+            meta[item["key"]] = item.get("value")
+    return meta
+
+
+def _text(value: Any, limit: int = 300) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text[:limit] or None
+
+
+def parse_line_item(raw: Any) -> ShopLineItem:
+    if not isinstance(raw, dict):
+        raise PayloadError("line_items entries must be objects")
+    line_id = _id(raw.get("id"))
+    if line_id is None:
+        raise PayloadError("a line item has no id")
+    quantity = raw.get("quantity", 1)
+    if isinstance(quantity, bool) or not isinstance(quantity, int | str):
+        raise PayloadError("line item quantity must be a whole number")
+    try:
+        quantity = int(quantity)
+    except ValueError:
+        raise PayloadError("line item quantity must be a whole number") from None
+    if quantity < 0 or quantity > 10_000:
+        raise PayloadError("line item quantity is out of range")
+    return ShopLineItem(
+        id=line_id,
+        product_id=_id(raw.get("product_id")),
+        variation_id=_id(raw.get("variation_id")),
+        quantity=quantity,
+        name=_text(raw.get("name")),
+        sku=_text(raw.get("sku"), 100),
+        total=_decimal(raw.get("total"), "line item total"),
+        meta=_meta(raw.get("meta_data")),
+    )
+
+
+def parse_refund(raw: Any) -> ShopRefund:
+    if not isinstance(raw, dict):
+        raise PayloadError("refunds entries must be objects")
+    refund_id = _id(raw.get("id"))
+    if refund_id is None:
+        raise PayloadError("a refund has no id")
+    total = _decimal(raw.get("total") or raw.get("amount"), "refund total")
+    line_quantities: dict[str, int] = {}
+    # The refunds endpoint lists line_items with negative quantities and refunded_item_id meta.
+    for line in raw.get("line_items") or []:
+        if not isinstance(line, dict):
+            continue
+        meta = _meta(line.get("meta_data"))
+        refunded_item = _id(meta.get("_refunded_item_id"))
+        try:
+            quantity = abs(int(line.get("quantity") or 0))
+        except (TypeError, ValueError):
+            raise PayloadError("refund line quantity must be a whole number") from None
+        if refunded_item and quantity:
+            line_quantities[refunded_item] = line_quantities.get(refunded_item, 0) + quantity
+    return ShopRefund(
+        id=refund_id,
+        reason=_text(raw.get("reason")),
+        total=abs(total) if total is not None else None,
+        line_quantities=line_quantities,
+    )
+
+
+def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
+    """Turn a REST v3 order (webhook payload) into a :class:`ShopOrder`.
+
+    Extra fields are ignored and optional ones may be missing; ``id`` and ``status`` are
+    required (``order.deleted`` deliveries carry only ``id``).
+
+    Raises:
+        PayloadError: the payload is not an order.
+    """
+    if not isinstance(payload, dict):
+        raise PayloadError("the body must be a JSON object")
+    order_id = _id(payload.get("id"))
+    if order_id is None:
+        raise PayloadError("the order has no id")
+    status = payload.get("status")
+    if deleted and status is None:
+        status = "trash"
+    if not isinstance(status, str) or not status:
+        raise PayloadError("the order has no status")
+    status = status.removeprefix("wc-")
+    billing = payload.get("billing")
+    if not isinstance(billing, dict):
+        billing = {}
+    raw_items = payload.get("line_items") or []
+    if not isinstance(raw_items, list):
+        raise PayloadError("line_items must be a list")
+    raw_refunds = payload.get("refunds") or []
+    if not isinstance(raw_refunds, list):
+        raise PayloadError("refunds must be a list")
+    email = _text(billing.get("email"), 320)
+    return ShopOrder(
+        id=order_id,
+        status=status,
+        number=_text(payload.get("number"), 64),
+        currency=_text(payload.get("currency"), 8),
+        total=_decimal(payload.get("total"), "total"),
+        customer_id=_id(payload.get("customer_id")),
+        email=email.lower() if email else None,
+        first_name=_text(billing.get("first_name")),
+        last_name=_text(billing.get("last_name")),
+        company=_text(billing.get("company")),
+        payment_method=_text(payload.get("payment_method"), 100),
+        payment_method_title=_text(payload.get("payment_method_title"), 200),
+        transaction_id=_text(payload.get("transaction_id"), 200),
+        date_paid=_datetime_gmt(payload.get("date_paid_gmt"), "date_paid_gmt"),
+        date_modified=_datetime_gmt(payload.get("date_modified_gmt"), "date_modified_gmt"),
+        line_items=tuple(parse_line_item(item) for item in raw_items),
+        refunds=tuple(parse_refund(refund) for refund in raw_refunds),
+        meta=_meta(payload.get("meta_data")),
+        deleted=deleted,
+    )

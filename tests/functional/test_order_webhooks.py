@@ -1,0 +1,321 @@
+"""The spine: a signed WooCommerce order webhook becomes licenses and grants, exactly once."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select, text
+
+from connector.db import db
+from connector.jobs import run_pending
+from connector.licensing.keys import normalize_key
+from connector.models import DownloadGrant, Job, License, Mail, Order, WebhookDelivery
+from tests.factories import WebhookSender, line_item, sign, wc_order
+
+
+def count(app: Flask, model: type) -> int:
+    with app.app_context():
+        return db.session.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_paid_order_with_quantity_two_issues_two_licenses_and_grants(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Quantity 2 of a configured product: two licenses, one grant per file per unit."""
+    shop.configure(501, activation_limit=3, duration_days=365, download_limit=5)
+    response = shop.deliver(
+        wc_order(9001, "processing", [line_item(501, quantity=2)]), "order.created"
+    )
+    assert response.status_code == 200
+    assert response.get_json()["outcome"] == "applied"
+
+    body = shop.order(9001)
+    assert body["order"]["status"] == "processing"
+    assert len(body["licenses"]) == 2
+    keys = {lic["key"] for lic in body["licenses"]}
+    assert len(keys) == 2
+    for lic in body["licenses"]:
+        assert normalize_key(lic["key"]) == lic["key"]
+        assert lic["product_id"] == "501"
+        assert lic["status"] == "active"
+        assert lic["expires_at"].startswith("2027-11-20")
+    assert len(body["downloads"]) == 2
+    for download in body["downloads"]:
+        assert download["filename"] == "manual.pdf"
+        assert download["link"].startswith("http://keygate.test/d/")
+        assert download["downloads_left"] == 5
+    assert body["portal_url"].startswith("http://keygate.test/my/")
+
+
+def test_variation_is_matched_before_its_parent_product(shop: WebhookSender) -> None:
+    """A line item matches its variation_id first, then its product_id."""
+    shop.configure(501, activation_limit=1)
+    shop.configure(777, activation_limit=5)
+    shop.deliver(wc_order(9002, "completed", [line_item(501, variation_id=777), line_item(501)]))
+    licenses = shop.order(9002)["licenses"]
+    assert sorted((lic["product_id"], lic["activation_limit"]) for lic in licenses) == [
+        ("501", 1),
+        ("777", 5),
+    ]
+
+
+def test_guest_order_with_non_ascii_names_is_stored(app: Flask, shop: WebhookSender) -> None:
+    """customer_id 0 is a guest; names in any script survive."""
+    shop.configure(501)
+    shop.deliver(
+        wc_order(9003, "processing", customer_id=0, first_name="Zoë", last_name="Ørsted 山田")
+    )
+    order = shop.order(9003)["order"]
+    assert order["name"] == "Zoë Ørsted 山田"
+    assert order["company"] == "Bücher GmbH"
+    assert order["email"] == "jurgen@example.org"
+    with app.app_context():
+        stored = db.session.execute(select(Order)).scalar_one()
+        assert stored.customer_id is None
+
+
+def test_redelivery_issues_no_second_license(app: Flask, shop: WebhookSender) -> None:
+    """A redelivered webhook (and created + updated with the same state) issues nothing twice."""
+    shop.configure(501)
+    payload = wc_order(9004, "processing", [line_item(501, quantity=2)])
+    for topic in ("order.created", "order.updated", "order.updated"):
+        assert shop.deliver(payload, topic).status_code == 200
+    assert count(app, License) == 2
+    assert count(app, DownloadGrant) == 2
+    with app.app_context():
+        assert (
+            db.session.execute(
+                select(func.count()).select_from(Job).where(Job.kind == "order.issued")
+            ).scalar_one()
+            == 1
+        )
+
+
+@pytest.mark.parametrize("permutation", list(itertools.permutations(range(3))))
+def test_shuffled_deliveries_converge_on_the_true_state(
+    app: Flask, shop: WebhookSender, permutation: tuple[int, ...]
+) -> None:
+    """pending -> processing -> completed in any delivery order ends completed and licensed."""
+    shop.configure(501)
+    item = line_item(501, quantity=1, line_id=71)
+    states = [
+        wc_order(9005, "pending", [item], modified=0),
+        wc_order(9005, "processing", [item], modified=10),
+        wc_order(9005, "completed", [item], modified=20),
+    ]
+    for index in permutation:
+        assert shop.deliver(states[index]).status_code == 200
+    body = shop.order(9005)
+    assert body["order"]["status"] == "completed"
+    assert [lic["status"] for lic in body["licenses"]] == ["active"]
+
+
+def test_refund_after_completion_revokes_and_a_stale_redelivery_changes_nothing(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Refunded takes the licenses and links away; the older 'completed' delivery can't undo it."""
+    shop.configure(501)
+    item = line_item(501, quantity=2, line_id=72)
+    completed = wc_order(9006, "completed", [item], modified=10)
+    shop.deliver(completed)
+    shop.deliver(wc_order(9006, "refunded", [item], modified=20))
+    body = shop.order(9006)
+    assert [lic["status"] for lic in body["licenses"]] == ["revoked", "revoked"]
+    assert all(d["revoked"] for d in body["downloads"])
+
+    assert shop.deliver(completed).get_json()["outcome"] == "stale"
+    assert [lic["status"] for lic in shop.order(9006)["licenses"]] == ["revoked", "revoked"]
+    assert count(app, License) == 2
+
+
+@pytest.mark.parametrize("status", ["cancelled", "failed"])
+def test_cancelled_and_failed_revoke(shop: WebhookSender, status: str) -> None:
+    shop.configure(501)
+    item = line_item(501, line_id=73)
+    shop.deliver(wc_order(9007, "processing", [item], modified=1))
+    shop.deliver(wc_order(9007, status, [item], modified=2))
+    assert [lic["status"] for lic in shop.order(9007)["licenses"]] == ["revoked"]
+
+
+def test_order_paid_again_after_cancellation_gets_its_licenses_back(shop: WebhookSender) -> None:
+    """Revocations caused by the order's state are undone when the shop marks it paid again."""
+    shop.configure(501)
+    item = line_item(501, line_id=74)
+    shop.deliver(wc_order(9008, "processing", [item], modified=1))
+    key = shop.order(9008)["licenses"][0]["key"]
+    shop.deliver(wc_order(9008, "cancelled", [item], modified=2))
+    shop.deliver(wc_order(9008, "processing", [item], modified=3))
+    licenses = shop.order(9008)["licenses"]
+    assert [(lic["key"], lic["status"]) for lic in licenses] == [(key, "active")]
+
+
+def test_order_deleted_revokes_and_older_updates_stay_stale(shop: WebhookSender) -> None:
+    shop.configure(501)
+    item = line_item(501, line_id=75)
+    paid = wc_order(9009, "processing", [item], modified=1)
+    shop.deliver(paid)
+    assert shop.deliver({"id": 9009}, "order.deleted").status_code == 200
+    assert [lic["status"] for lic in shop.order(9009)["licenses"]] == ["revoked"]
+    assert shop.deliver(paid).get_json()["outcome"] == "stale"
+    assert [lic["status"] for lic in shop.order(9009)["licenses"]] == ["revoked"]
+
+
+@pytest.mark.parametrize("status", ["pending", "on-hold"])
+def test_waiting_orders_issue_nothing_until_paid(
+    app: Flask, shop: WebhookSender, status: str
+) -> None:
+    shop.configure(501)
+    item = line_item(501, line_id=76)
+    shop.deliver(wc_order(9010, status, [item], modified=1))
+    assert count(app, License) == 0
+    assert shop.order(9010)["order"]["status"] == status
+    shop.deliver(wc_order(9010, "processing", [item], modified=2))
+    assert count(app, License) == 1
+
+
+def test_unconfigured_products_are_recorded_not_licensed(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501)
+    shop.deliver(wc_order(9011, "completed", [line_item(501), line_item(999, name="T-shirt")]))
+    body = shop.order(9011)
+    assert len(body["order"]["line_items"]) == 2
+    assert sorted(li["licensed"] for li in body["order"]["line_items"]) == [False, True]
+    assert len(body["licenses"]) == 1
+
+
+def test_wrong_or_missing_signature_is_401_and_stores_nothing(
+    app: Flask, shop: WebhookSender
+) -> None:
+    shop.configure(501)
+    response = shop.deliver(wc_order(9012), secret="not-the-secret")
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["status"] == 401
+    body = json.dumps(wc_order(9012)).encode()
+    unsigned = shop.client.post(
+        shop.url, data=body, headers={"X-WC-Webhook-Topic": "order.created"}
+    )
+    assert unsigned.status_code == 401
+    assert count(app, Order) == 0
+    assert count(app, WebhookDelivery) == 0
+
+
+def test_creation_ping_answers_200_and_changes_nothing(app: Flask, shop: WebhookSender) -> None:
+    response = shop.client.post(
+        shop.url,
+        data=b"webhook_id=12",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert count(app, WebhookDelivery) == 0
+    assert count(app, Order) == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b"{not json", "JSON"),
+        (json.dumps({"status": "processing"}).encode(), "no id"),
+        (json.dumps({"id": 5, "status": "processing", "line_items": "x"}).encode(), "line_items"),
+        (json.dumps([1, 2]).encode(), "object"),
+        (
+            json.dumps(
+                {"id": 5, "status": "processing", "line_items": [{"id": 1, "quantity": "two"}]}
+            ).encode(),
+            "quantity",
+        ),
+    ],
+)
+def test_malformed_body_is_400_and_recorded_as_rejected(
+    app: Flask, shop: WebhookSender, raw: bytes, detail: str
+) -> None:
+    response = shop.deliver(None, raw=raw)
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    assert detail in response.get_json()["detail"]
+    with app.app_context():
+        delivery = db.session.execute(select(WebhookDelivery)).scalar_one()
+        assert delivery.outcome == "rejected"
+    assert count(app, Order) == 0
+
+
+def test_unknown_store_is_404(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post("/webhooks/woocommerce/nope", data=b"{}")
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"
+
+
+def test_body_over_the_limit_is_413(shop: WebhookSender) -> None:
+    huge = b'{"id": 1, "pad": "' + b"x" * (1024 * 1024 + 10) + b'"}'
+    response = shop.client.post(
+        shop.url,
+        data=huge,
+        headers={"X-WC-Webhook-Signature": sign(huge, shop.store.webhook_secret)},
+    )
+    assert response.status_code == 413
+    assert response.mimetype == "application/problem+json"
+
+
+def test_other_topics_are_acknowledged_and_ignored(app: Flask, shop: WebhookSender) -> None:
+    response = shop.deliver({"id": 3, "name": "Plugin"}, "product.updated")
+    assert response.status_code == 200
+    assert response.get_json()["outcome"] == "ignored"
+    assert count(app, Order) == 0
+
+
+def test_issuing_mails_the_buyer_once_and_keeps_no_plaintext(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The outbox mails keys and links; the stored mail and the jobs hold no key in clear."""
+    shop.configure(501)
+    payload = wc_order(9013, "processing", [line_item(501)])
+    shop.deliver(payload)
+    key = shop.order(9013)["licenses"][0]["key"]
+    assert run_pending(app) >= 2  # order.issued fans out to mail.order_issued
+    assert run_pending(app) == 0
+    with app.app_context():
+        mail = db.session.execute(select(Mail)).scalar_one()
+        assert mail.sent_at is not None
+        assert key in mail.body_text
+        assert "/d/" in mail.body_text
+        raw_rows = db.session.execute(text("SELECT to_email, subject, body_text FROM mails")).all()
+        raw_licenses = db.session.execute(
+            text("SELECT key_hash, key_encrypted FROM licenses")
+        ).all()
+        raw_jobs = db.session.execute(text("SELECT CAST(payload AS TEXT) FROM jobs")).all()
+    dump = repr(raw_rows) + repr(raw_licenses) + repr(raw_jobs)
+    assert key not in dump
+    assert key.replace("-", "") not in dump
+    assert "jurgen@example.org" not in repr(raw_rows)
+    # Running a redelivery does not mail again.
+    shop.deliver(payload)
+    run_pending(app)
+    assert count(app, Mail) == 1
+
+
+def test_concurrent_deliveries_of_one_order_issue_exactly_once(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Ten simultaneous deliveries of the same paid order: exactly quantity licenses."""
+    shop.configure(501)
+    payload = wc_order(9014, "processing", [line_item(501, quantity=3, line_id=77)])
+    statuses: list[int] = []
+    barrier = threading.Barrier(10)
+
+    def deliver() -> None:
+        client = app.test_client()
+        sender = WebhookSender(client, shop.store)
+        barrier.wait()
+        statuses.append(sender.deliver(payload).status_code)
+
+    threads = [threading.Thread(target=deliver) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 10
+    assert count(app, License) == 3
+    assert count(app, DownloadGrant) == 3
