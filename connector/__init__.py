@@ -64,6 +64,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         RATELIMIT_HEADERS_ENABLED=True,
         WTF_CSRF_TIME_LIMIT=None,
     )
+    # Mails are plain text too: drop the blank lines block tags would leave.
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True
     app.extensions["keygate.settings"] = settings
     app.extensions["keygate.keyring"] = Keyring(settings.master_keys, settings.secret_key)
     logging.getLogger("connector").setLevel(settings.log_level.upper())
