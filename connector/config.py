@@ -48,6 +48,11 @@ class Settings:
     ratelimit_enabled: bool = True
     download_url_ttl: int = 300
     log_level: str = "INFO"
+    # Retention (days) of records that are not needed for accounting or license enforcement.
+    retention_webhook_days: int = 90
+    retention_jobs_days: int = 30
+    retention_mail_days: int = 365
+    retention_security_days: int = 180
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -34,6 +34,8 @@ class Order(Base):
     # Payment reference: card gateways' charge id, or a crypto transaction hash. Never a card.
     transaction_id: Mapped[str | None] = mapped_column(String(200), default=None)
     payment_note: Mapped[str | None] = mapped_column(Text, default=None)
+    # Set when the customer's data was erased: later deliveries keep it erased.
+    erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     date_paid: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     # The shop's date_modified_gmt of the newest payload applied; older payloads change nothing.
     shop_modified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)

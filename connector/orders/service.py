@@ -104,9 +104,10 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
         return
     order.deleted = False
     order.number = shop_order.number
-    order.email = shop_order.email
-    order.name = shop_order.full_name
-    order.company = shop_order.company
+    if order.erased_at is None:
+        order.email = shop_order.email
+        order.name = shop_order.full_name
+        order.company = shop_order.company
     order.currency = shop_order.currency
     order.total = shop_order.total
     order.customer_id = shop_order.customer_id

@@ -129,7 +129,7 @@ def test_the_server_thread_mails_without_being_asked(app: Flask, shop: WebhookSe
     app.extensions["keygate.settings"] = app.extensions["keygate.settings"].__class__(
         **{**app.extensions["keygate.settings"].__dict__, "worker_poll_seconds": 0.2}
     )
-    stop = jobs.start_worker_thread(app)
+    jobs.start_worker_thread(app)
     try:
         shop.configure(501)
         shop.deliver(wc_order(9100, "processing", [line_item(501)]))
@@ -143,5 +143,4 @@ def test_the_server_thread_mails_without_being_asked(app: Flask, shop: WebhookSe
             time.sleep(0.1)
         assert sent is not None
     finally:
-        stop.set()
-        jobs._wakeup.set()
+        jobs.stop_worker_thread(app)
