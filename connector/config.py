@@ -40,7 +40,10 @@ class Settings:
     )
     worker_poll_seconds: float = 2.0
     job_max_attempts: int = 8
-    mail_backend: str = "console"
+    # auto: Brevo for stores with Brevo credentials, else the console; console: always the
+    # console (development); brevo: only Brevo (mail waits in the outbox until configured).
+    mail_backend: str = "auto"
+    brevo_api_host: str = "https://api.brevo.com/v3"
     mail_echo: bool = True
     ratelimit_storage_uri: str = "memory://"
     ratelimit_license_per_key: str = "60/minute"
@@ -61,7 +64,7 @@ class Settings:
         return self.instance_dir / "files"
 
 
-_ENUMS = {"worker": {"thread", "off"}, "mail_backend": {"console", "brevo"}}
+_ENUMS = {"worker": {"thread", "off"}, "mail_backend": {"auto", "console", "brevo"}}
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:

@@ -21,7 +21,7 @@ def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
     settings = load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path)))
     assert settings.database_url == f"sqlite:///{tmp_path / 'keygate.db'}"
     assert settings.storage_dir == tmp_path / "files"
-    assert settings.mail_backend == "console"
+    assert settings.mail_backend == "auto"
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.ratelimit_license_per_key == "60/minute"
 
