@@ -35,6 +35,8 @@ class Settings:
     secret_key: str
     base_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 1024 * 1024
+    # Reverse proxies in front of Keygate whose X-Forwarded-For/-Proto to trust (0: none).
+    proxy_hops: int = 0
     worker: str = (
         "thread"  # "thread" runs jobs inside the server; "off" leaves them to `keygate worker`
     )

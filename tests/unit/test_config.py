@@ -70,3 +70,28 @@ def test_instance_file_is_read_and_env_wins(tmp_path: Path) -> None:
     )
     assert settings.base_url == "https://keys.example"
     assert settings.max_body_bytes == 4096
+
+
+def test_forwarded_for_is_trusted_only_behind_configured_proxies(tmp_path: Path) -> None:
+    from connector import create_app
+    from connector.extensions import client_ip
+
+    for hops, expected in ((0, "127.0.0.1"), (1, "198.51.100.9")):
+        app = create_app(
+            {
+                "instance_dir": tmp_path,
+                "database_url": f"sqlite:///{tmp_path / 'x.db'}",
+                "master_keys": [KEY],
+                "secret_key": SECRET,
+                "proxy_hops": hops,
+                "start_worker": False,
+            }
+        )
+        app.add_url_rule("/ip", "ip", client_ip)
+        answer = app.test_client().get(
+            "/ip",
+            headers={"X-Forwarded-For": "198.51.100.9"},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        )
+        assert answer.get_data(as_text=True) == expected
+        app.extensions["keygate.db"].engine.dispose()
