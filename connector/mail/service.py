@@ -15,20 +15,10 @@ from connector.orders.summary import order_entitlements
 
 
 def mailer_for(store: Store | None) -> Mailer:
-    """The backend for a store: Brevo when configured for it, else the console."""
+    """The backend for a store's mail."""
     from connector import get_settings
 
-    settings = get_settings()
-    if settings.mail_backend == "brevo" and store is not None:
-        try:
-            from connector.integrations.brevo import brevo_mailer_for_store
-        except ImportError:  # pragma: no cover - brevo integration not installed
-            pass
-        else:
-            mailer = brevo_mailer_for_store(store)
-            if mailer is not None:
-                return mailer
-    return ConsoleMailer(echo=settings.mail_echo)
+    return ConsoleMailer(echo=get_settings().mail_echo)
 
 
 def send_stored_mail(mail_row: Mail, mailer: Mailer, to_name: str | None) -> None:
