@@ -36,6 +36,9 @@ HANDLERS: dict[str, Handler] = {}
 HANDLER_MODULES = [
     "connector.orders.jobs",
     "connector.mail.service",
+    "connector.vault.jobs",
+    "connector.orders.reconcile",
+    "connector.orders.writeback",
 ]
 
 LEASE = dt.timedelta(minutes=10)
