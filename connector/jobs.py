@@ -39,6 +39,7 @@ HANDLER_MODULES = [
     "connector.vault.jobs",
     "connector.orders.reconcile",
     "connector.orders.writeback",
+    "connector.orders.product_sync",
 ]
 
 LEASE = dt.timedelta(minutes=10)

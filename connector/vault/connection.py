@@ -80,9 +80,7 @@ def shop_client_for(session: Session, store: Store) -> WooCommerceClient | None:
     credentials = credentials_for(session, store, "woocommerce")
     if credentials is None:
         return None
-    return WooCommerceClient(
-        store.url, credentials["consumer_key"], credentials["consumer_secret"]
-    )
+    return WooCommerceClient(store.url, credentials["consumer_key"], credentials["consumer_secret"])
 
 
 def accept_callback(session: Session, store: Store, callback: AuthCallback) -> bool:
@@ -123,7 +121,7 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
     connection.key_permissions = callback.key_permissions
     connection.connected_at = utcnow()
     connection.disconnected_at = None
-    start_webhook_registration(session, store)
+    start_connection_jobs(session, store)
     record_audit(
         session,
         store_id=store.id,
@@ -135,10 +133,14 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
     return True
 
 
-def start_webhook_registration(session: Session, store: Store) -> None:
-    """Forget the webhooks registered so far and enqueue registering new ones."""
+def start_connection_jobs(session: Session, store: Store) -> None:
+    """After a (re)connection: forget the webhooks registered so far, enqueue registering
+    new ones, a first reconciliation (orders paid before the connection get fulfilled) and
+    a product sync; the last two then repeat periodically."""
     session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
     enqueue(session, REGISTER_JOB, {"store_id": store.id})
+    enqueue(session, "shop.reconcile", {"store_id": store.id, "periodic": True})
+    enqueue(session, "shop.sync_products", {"store_id": store.id, "periodic": True})
 
 
 @dataclass(frozen=True)
@@ -220,9 +222,7 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
         Shop ids of the webhooks re-activated or re-created.
     """
     registrations = list(
-        session.scalars(
-            select(WebhookRegistration).where(WebhookRegistration.store_id == store.id)
-        )
+        session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
     )
     if not registrations:
         return []
@@ -274,9 +274,7 @@ def disconnect(session: Session, store: Store, *, actor: str) -> list[str]:
     """
     client = shop_client_for(session, store)
     registrations = list(
-        session.scalars(
-            select(WebhookRegistration).where(WebhookRegistration.store_id == store.id)
-        )
+        session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
     )
     deleted: list[str] = []
     if client is not None:

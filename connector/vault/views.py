@@ -18,7 +18,6 @@ from sqlalchemy import select
 from connector.admin.auth import current_store, require_store_token
 from connector.db import db
 from connector.errors import InvalidInput, NotFound, ValidationFailed
-from connector.jobs import enqueue
 from connector.models import WebhookRegistration
 from connector.stores import find_store
 from connector.validation import json_body, optional_int, optional_str
@@ -74,7 +73,7 @@ def put_store_credentials(kind: str) -> ResponseReturnValue:
         # Keys given by hand count as a connection: register the webhooks with them.
         connection = shop_connection.connection_of(db.session, store)
         connection.status = "connected"
-        shop_connection.start_webhook_registration(db.session, store)
+        shop_connection.start_connection_jobs(db.session, store)
     return jsonify({"kind": kind, "credentials": masked(kind, stored)})
 
 
@@ -143,9 +142,6 @@ def wc_auth_callback(store_id: str) -> ResponseReturnValue:
     except PayloadError as exc:
         raise InvalidInput(f"The authorization callback is not valid: {exc}") from None
     changed = shop_connection.accept_callback(db.session, store, callback)
-    if changed:
-        # First reconciliation right away: orders paid before the connection are fulfilled.
-        enqueue(db.session, "shop.reconcile", {"store_id": store.id, "periodic": True})
     log.info("store %s: shop authorization accepted (changed=%s)", store.public_id, changed)
     return jsonify({"ok": True, "changed": changed})
 
