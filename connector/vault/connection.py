@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import utcnow
-from connector.errors import Forbidden, ServiceUnavailable
+from connector.errors import Forbidden, KeygateError, ServiceUnavailable
 from connector.jobs import enqueue
 from connector.models import ShopConnection, Store, WebhookRegistration
 from connector.stores import random_alphanumeric
@@ -94,7 +94,10 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
     Raises:
         Forbidden: the state is not one Keygate signed for this store (or is too old).
     """
-    data = loads_timed(CONNECT_STATE, callback.state, max_age=STATE_MAX_AGE)
+    try:
+        data = loads_timed(CONNECT_STATE, callback.state, max_age=STATE_MAX_AGE)
+    except KeygateError:  # tampered or expired: the same answer, nothing stored
+        data = None
     if not isinstance(data, dict) or data.get("s") != store.public_id:
         raise Forbidden("This authorization was not started for this store.")
     if callback.key_permissions != "read_write":
