@@ -209,8 +209,9 @@ def test_periodic_reconcile_schedules_its_next_run_even_when_the_shop_is_down(
             select(Job).where(Job.kind == "shop.reconcile").order_by(Job.id)
         ).all()
         assert [j.status for j in jobs if j.status != "done"] == ["pending"]
-        future = [j for j in jobs if j.status == "pending"][0]
+        future = next(j for j in jobs if j.status == "pending")
         assert future.dedupe_key is not None
+        assert future.run_after > dt.datetime.now(dt.UTC)
         from connector.models import ShopConnection
 
         connection = db.session.execute(select(ShopConnection)).scalar_one()
