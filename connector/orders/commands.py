@@ -7,6 +7,8 @@ import datetime as dt
 import click
 from sqlalchemy import select
 
+from connector.vault.commands import command_app
+
 
 def register(group: click.Group) -> None:
     group.add_command(reconcile)
@@ -44,17 +46,15 @@ def _stores(store_id: str | None) -> list[int]:
 @click.option("--store", "store_id", help="Only this store (its store_id).")
 def reconcile(since: str | None, store_id: str | None) -> None:
     """Re-read changed orders from each connected shop and apply them like webhooks."""
-    from connector.cli import make_app
-    from connector.db import db, transaction
+    from connector.db import transaction
     from connector.models import Store
     from connector.orders.reconcile import reconcile_store
     from connector.vault.connection import shop_client_for
     from plugin.woocommerce.rest import ShopError
 
     moment = _parse_since(since)
-    app = make_app()
     failed = False
-    with app.app_context():
+    with command_app():
         for pk in _stores(store_id):
             with transaction() as session:
                 store = session.get(Store, pk)
@@ -82,7 +82,6 @@ def reconcile(since: str | None, store_id: str | None) -> None:
                         else ""
                     )
                 )
-        db.session.close()
     if failed:
         raise SystemExit(1)
 
@@ -91,16 +90,14 @@ def reconcile(since: str | None, store_id: str | None) -> None:
 @click.option("--store", "store_id", help="Only this store (its store_id).")
 def sync_products(store_id: str | None) -> None:
     """Read _keygate_* product meta from each connected shop (Keygate's own settings win)."""
-    from connector.cli import make_app
     from connector.db import transaction
     from connector.models import Store
     from connector.orders.product_sync import sync_products as sync
     from connector.vault.connection import shop_client_for
     from plugin.woocommerce.rest import ShopError
 
-    app = make_app()
     failed = False
-    with app.app_context():
+    with command_app():
         for pk in _stores(store_id):
             with transaction() as session:
                 store = session.get(Store, pk)

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
+from flask import Flask
 
 
 def register(group: click.Group) -> None:
     group.add_command(rotate_keys)
+
+
+@contextmanager
+def command_app() -> Iterator[Flask]:
+    """An app context for one command; its database connections are closed at the end."""
+    from connector.cli import make_app
+
+    app = make_app()
+    try:
+        with app.app_context():
+            yield app
+    finally:
+        app.extensions["keygate.db"].get_engine().dispose()
 
 
 @click.command("rotate-keys")
@@ -16,13 +33,11 @@ def rotate_keys() -> None:
     Put the new key first in KEYGATE_MASTER_KEYS (comma separated, newest first), keeping
     the old ones; run this; then the old keys may be removed.
     """
-    from connector.cli import make_app
     from connector.db import db
     from connector.vault.crypto import DecryptionError, current_keyring
     from connector.vault.rotation import count_rows, rotate_all
 
-    app = make_app()
-    with app.app_context():
+    with command_app():
         session = db.session
         total = count_rows(session)
         session.commit()

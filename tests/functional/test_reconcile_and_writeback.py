@@ -141,9 +141,7 @@ def test_partial_refund_revokes_only_the_refunded_unit(
     # The same delivery again starts no second re-read.
     connected.deliver(shop.client, "order.updated", order)
     with app.app_context():
-        refresh_jobs = db.session.scalars(
-            select(Job).where(Job.kind == "shop.refresh_order")
-        ).all()
+        refresh_jobs = db.session.scalars(select(Job).where(Job.kind == "shop.refresh_order")).all()
     assert len(refresh_jobs) == 1
 
 
