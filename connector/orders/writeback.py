@@ -40,8 +40,15 @@ def compose_note(
 ) -> str | None:
     """Plain-text note for the buyer with the keys and links of this issuance (None if empty)."""
     entitlements = order_entitlements(session, order)
-    licenses = [lic for lic in entitlements["licenses"] if lic.id in set(license_ids)]
-    downloads = [d for d in entitlements["downloads"] if d.grant_id in set(grant_ids)]
+    # Only what is still valid: an order refunded before this job ran gets no note.
+    licenses = [
+        lic
+        for lic in entitlements["licenses"]
+        if lic.id in set(license_ids) and lic.status == "active"
+    ]
+    downloads = [
+        d for d in entitlements["downloads"] if d.grant_id in set(grant_ids) and not d.revoked
+    ]
     if not licenses and not downloads:
         return None
     lines: list[str] = []

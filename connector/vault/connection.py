@@ -138,12 +138,14 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
 
 def start_connection_jobs(session: Session, store: Store) -> None:
     """After a (re)connection: forget the webhooks registered so far, enqueue registering
-    new ones, a first reconciliation (orders paid before the connection get fulfilled) and
-    a product sync; the last two then repeat periodically."""
+    new ones, a product sync and a first reconciliation (orders the shop changed in the
+    last days get fulfilled); the last two then repeat periodically."""
     session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
     enqueue(session, REGISTER_JOB, {"store_id": store.id})
-    enqueue(session, "shop.reconcile", {"store_id": store.id, "periodic": True})
+    # Products first, so orders of products configured by meta are fulfilled by the first
+    # reconciliation (which looks back 7 days).
     enqueue(session, "shop.sync_products", {"store_id": store.id, "periodic": True})
+    enqueue(session, "shop.reconcile", {"store_id": store.id, "periodic": True})
 
 
 @dataclass(frozen=True)

@@ -214,3 +214,17 @@ def test_periodic_reconcile_schedules_its_next_run_even_when_the_shop_is_down(
 
         connection = db.session.execute(select(ShopConnection)).scalar_one()
         assert "503" in (connection.last_error or "")
+
+
+def test_no_note_for_an_order_refunded_before_the_job_ran(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """Keys revoked by the time the write-back runs are not written to the buyer."""
+    shop.configure(501)
+    order = wc_order(9703, "processing", [line_item(501)])
+    connected.orders[9703] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.deliver(shop.client, "order.updated", wc_order(9703, "refunded", modified=30))
+    run_pending(app)
+    assert 9703 not in connected.notes
+    assert shop.order(9703)["licenses"][0]["status"] == "revoked"

@@ -172,3 +172,26 @@ def test_callback_parsing_checks_every_field_and_hides_secrets() -> None:
             parse_callback(json.dumps({**body, field: bad}).encode())
     with pytest.raises(PayloadError):
         parse_callback(b"\xff")
+
+
+def test_plain_http_oauth_values_are_redacted_from_urllib3_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """urllib3 logs request lines at DEBUG; OAuth query values never reach the log."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="urllib3.connectionpool")
+    logging.getLogger("urllib3.connectionpool").debug(
+        '%s://%s:%s "%s %s %s" %s %s',
+        "http",
+        "shop.test",
+        80,
+        "GET",
+        f"/wp-json/wc/v3/orders?oauth_consumer_key={CONSUMER_KEY}&oauth_signature=abc%3D&x=1",
+        "HTTP/1.1",
+        200,
+        None,
+    )
+    assert CONSUMER_KEY not in caplog.text
+    assert "abc%3D" not in caplog.text
+    assert "oauth_consumer_key=<hidden>&oauth_signature=<hidden>&x=1" in caplog.text
