@@ -46,9 +46,10 @@ def _stores(store_id: str | None) -> list[int]:
 @click.option("--store", "store_id", help="Only this store (its store_id).")
 def reconcile(since: str | None, store_id: str | None) -> None:
     """Re-read changed orders from each connected shop and apply them like webhooks."""
+    from connector import get_settings
     from connector.db import transaction
     from connector.models import Store
-    from connector.orders.reconcile import reconcile_store
+    from connector.orders.reconcile import RECONCILE_JOB, reconcile_store, schedule_next
     from connector.vault.connection import shop_client_for
     from plugin.woocommerce.rest import ShopError
 
@@ -65,6 +66,10 @@ def reconcile(since: str | None, store_id: str | None) -> None:
                     continue
                 try:
                     result = reconcile_store(session, store, client, since=moment)
+                    # Resume the periodic runs if their chain was broken (one per time slot).
+                    schedule_next(
+                        session, store, RECONCILE_JOB, get_settings().reconcile_interval_seconds
+                    )
                 except ShopError as exc:
                     session.rollback()
                     click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)

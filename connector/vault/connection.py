@@ -64,6 +64,11 @@ def connect_url(store: Store) -> str:
     )
 
 
+def lock_store(session: Session, store: Store) -> None:
+    """Serialize connection changes of one store (PostgreSQL row lock; SQLite writers queue)."""
+    session.execute(select(Store.id).where(Store.id == store.id).with_for_update())
+
+
 def connection_of(session: Session, store: Store) -> ShopConnection:
     connection = session.execute(
         select(ShopConnection).where(ShopConnection.store_id == store.id)
@@ -102,6 +107,7 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
         raise Forbidden("This authorization was not started for this store.")
     if callback.key_permissions != "read_write":
         raise Forbidden("Keygate needs read_write access to register webhooks.")
+    lock_store(session, store)
     connection = connection_of(session, store)
     current = credentials_for(session, store, "woocommerce")
     if (
@@ -166,6 +172,7 @@ def register_webhooks(
     Raises:
         ShopError: the shop refused or could not be reached (nothing is committed then).
     """
+    lock_store(session, store)
     url = webhook_url(store)
     registered = {
         r.topic: r

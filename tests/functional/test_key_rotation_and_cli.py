@@ -18,7 +18,7 @@ from connector import create_app
 from connector.cli import main
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import Mail, Store
+from connector.models import Job, Mail, Store
 from connector.vault.crypto import Keyring
 from connector.vault.rotation import encrypted_tables
 from connector.vault.service import credentials_for
@@ -155,6 +155,11 @@ def test_reconcile_command_fulfils_a_missed_order(
     assert "1 orders since 2026-11-20T11:00:00+00:00: 1 applied" in result.output
     assert "1 licenses issued" in result.output
     assert len(shop.order(9902)["licenses"]) == 1
+    with app.app_context():
+        scheduled = db.session.scalars(
+            select(Job).where(Job.kind == "shop.reconcile", Job.status == "pending")
+        ).all()
+        assert len(scheduled) == 1, "the periodic run is (still) scheduled, once"
 
 
 def test_reconcile_command_reports_a_shop_that_is_down(
