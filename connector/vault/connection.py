@@ -52,6 +52,19 @@ def return_url(store: Store) -> str:
     return f"{get_settings().base_url}/connect/woocommerce/{store.public_id}/done"
 
 
+def connect_warning() -> str | None:
+    """Why the wc-auth link cannot work from here, if it cannot (WooCommerce only posts the
+    key to a public https callback_url)."""
+    from connector import get_settings
+
+    if get_settings().base_url.startswith("https://"):
+        return None
+    return (
+        "WooCommerce posts the key only to a public https address: set KEYGATE_BASE_URL to "
+        "it, or give the key by hand (PUT /api/v1/admin/credentials/woocommerce)."
+    )
+
+
 def connect_url(store: Store) -> str:
     """The wc-auth link for this store; its state is signed and names the store."""
     state = dumps_timed(CONNECT_STATE, {"s": store.public_id})

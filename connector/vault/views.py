@@ -112,6 +112,7 @@ def get_connection() -> ResponseReturnValue:
         {
             "status": connection.status,
             "connect_url": shop_connection.connect_url(store),
+            "connect_warning": shop_connection.connect_warning(),
             "webhook_url": shop_connection.webhook_url(store),
             "connected_at": _iso(connection.connected_at),
             "reconciled_until": _iso(connection.reconciled_until),

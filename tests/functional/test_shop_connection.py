@@ -35,6 +35,7 @@ def test_connect_url_is_a_wc_auth_link_with_a_signed_state(shop: WebhookSender) 
     """The link asks the shop for a read_write key and names our callback and return pages."""
     body = shop.admin("GET", "/connection").get_json()
     assert body["status"] == "disconnected"
+    assert "https" in body["connect_warning"]  # the test app runs on http://keygate.test
     parts = urlsplit(body["connect_url"])
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
         "https://shop.example/wc-auth/v1/authorize"
