@@ -34,12 +34,12 @@ HANDLERS: dict[str, Handler] = {}
 
 # Modules whose import registers handlers (with @handles).
 HANDLER_MODULES = [
-    "connector.orders.jobs",
-    "connector.mail.service",
     "connector.vault.jobs",
     "connector.orders.reconcile",
     "connector.orders.writeback",
     "connector.orders.product_sync",
+    "connector.orders.jobs",
+    "connector.mail.service",
 ]
 
 LEASE = dt.timedelta(minutes=10)
