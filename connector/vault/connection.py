@@ -238,7 +238,8 @@ def _same_url(value: object, url: str) -> bool:
 
 
 def check_webhooks(session: Session, store: Store, client: WooCommerceClient) -> list[str]:
-    """Re-activate Keygate's webhooks that WooCommerce disabled; re-create missing ones.
+    """Re-activate Keygate's webhooks that WooCommerce disabled; re-create missing ones
+    (all of them when none is registered).
 
     A webhook the owner *paused* is left paused (that is the owner's choice); one the shop
     *disabled* after failed deliveries is set active again, with an audit entry.
@@ -250,7 +251,8 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
         session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
     )
     if not registrations:
-        return []
+        # Connected but nothing registered (the registration job gave up): register now.
+        return register_webhooks(session, store, client).created
     remote = {str(w.get("id")): w for w in client.list_webhooks()}
     repaired: list[str] = []
     missing = False

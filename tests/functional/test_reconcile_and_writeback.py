@@ -228,3 +228,20 @@ def test_no_note_for_an_order_refunded_before_the_job_ran(
     run_pending(app)
     assert 9703 not in connected.notes
     assert shop.order(9703)["licenses"][0]["status"] == "revoked"
+
+
+def test_reconcile_registers_webhooks_when_registration_gave_up(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Connected while the shop was down for good: the next reconciliation registers them."""
+    fake_shop.down = True
+    connect_store(app, shop, fake_shop)
+    assert fake_shop.webhooks == {}
+    fake_shop.down = False
+    result = reconcile(app, shop)
+    assert len(result.webhooks_repaired) == 3
+    assert sorted(w["topic"] for w in fake_shop.webhooks.values()) == [
+        "order.created",
+        "order.deleted",
+        "order.updated",
+    ]
