@@ -155,6 +155,28 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
     return True
 
 
+def accept_manual_key(session: Session, store: Store, *, changed: bool) -> None:
+    """A WooCommerce key given by hand (PUT /credentials/woocommerce) connects the store;
+    the same key again changes nothing."""
+    connection = connection_of(session, store)
+    if connection.status == "connected" and not changed:
+        return
+    reconnect = connection.status == "connected"
+    connection.status = "connected"
+    connection.shop_key_id = None  # not known for a key made by hand
+    connection.connected_at = utcnow()
+    connection.disconnected_at = None
+    start_connection_jobs(session, store)
+    record_audit(
+        session,
+        store_id=store.id,
+        actor="api",
+        action="shop.reconnected" if reconnect else "shop.connected",
+        subject=f"store:{store.public_id}",
+        detail={"key_id": None},
+    )
+
+
 def start_connection_jobs(session: Session, store: Store) -> None:
     """After a (re)connection: forget the webhooks registered so far, enqueue registering
     new ones, a product sync and a first reconciliation (orders the shop changed in the

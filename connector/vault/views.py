@@ -68,12 +68,11 @@ def put_store_credentials(kind: str) -> ResponseReturnValue:
     kind = check_kind(kind)
     values = _parse_credentials(kind, json_body())
     store = current_store()
+    previous = credentials_for(db.session, store, kind)
     stored = put_credentials(db.session, store, kind, values, actor="api")
     if kind == "woocommerce":
         # Keys given by hand count as a connection: register the webhooks with them.
-        connection = shop_connection.connection_of(db.session, store)
-        connection.status = "connected"
-        shop_connection.start_connection_jobs(db.session, store)
+        shop_connection.accept_manual_key(db.session, store, changed=stored != previous)
     return jsonify({"kind": kind, "credentials": masked(kind, stored)})
 
 

@@ -241,6 +241,15 @@ def test_keys_given_by_hand_also_register_webhooks(
     assert response.get_json()["credentials"]["consumer_secret"] == "****" + CONSUMER_SECRET[-4:]
     run_pending(app)
     assert {w["topic"] for w in fake_shop.webhooks.values()} == TOPICS
+    before = dict(fake_shop.webhooks)
+    again = shop.admin(
+        "PUT",
+        "/credentials/woocommerce",
+        {"consumer_key": CONSUMER_KEY, "consumer_secret": CONSUMER_SECRET},
+    )
+    assert again.status_code == 200
+    run_pending(app)
+    assert fake_shop.webhooks == before, "the same key again re-registers nothing"
 
 
 def test_return_page_tells_the_owner(shop: WebhookSender) -> None:
