@@ -52,6 +52,9 @@ class Settings:
     ratelimit_license_per_ip: str = "600/minute"
     ratelimit_enabled: bool = True
     download_url_ttl: int = 300
+    # Shop connection (vault): how often orders are re-read and product meta is synced.
+    reconcile_interval_seconds: int = 900
+    product_sync_interval_seconds: int = 3600
     log_level: str = "INFO"
     # Retention (days) of records that are not needed for accounting or license enforcement.
     retention_webhook_days: int = 90

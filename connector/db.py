@@ -71,15 +71,23 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine with the settings Keygate relies on for each backend."""
+    """Create an engine with the settings Keygate relies on for each backend.
+
+    ``hide_parameters``: SQL logging and database errors never show bound values, which
+    are secrets before the ``Encrypted`` type encrypts them.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, poolclass=NullPool if ":memory:" not in url else None)
+        engine = create_engine(
+            url, poolclass=NullPool if ":memory:" not in url else None, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+    )
 
 
 class Database:

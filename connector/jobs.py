@@ -34,6 +34,10 @@ HANDLERS: dict[str, Handler] = {}
 
 # Modules whose import registers handlers (with @handles).
 HANDLER_MODULES = [
+    "connector.vault.jobs",
+    "connector.orders.reconcile",
+    "connector.orders.writeback",
+    "connector.orders.product_sync",
     "connector.orders.jobs",
     "connector.mail.service",
     "connector.privacy.service",

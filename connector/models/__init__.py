@@ -6,23 +6,36 @@ Each domain keeps its tables in a module of its own here.
 from connector.models.catalog import WATERMARKS, Product, ProductFile
 from connector.models.downloads import DownloadGrant
 from connector.models.licensing import LICENSE_STATUSES, License
-from connector.models.orders import LineItem, Order
+from connector.models.orders import LicenseRenewal, LineItem, Order
 from connector.models.records import AuditEvent, Job, Mail, WebhookDelivery
 from connector.models.store import AdminUser, Store
+from connector.models.vault import (
+    CREDENTIAL_KINDS,
+    Credential,
+    ShopConnection,
+    ShopNote,
+    WebhookRegistration,
+)
 
 __all__ = [
+    "CREDENTIAL_KINDS",
     "LICENSE_STATUSES",
     "WATERMARKS",
     "AdminUser",
     "AuditEvent",
+    "Credential",
     "DownloadGrant",
     "Job",
     "License",
+    "LicenseRenewal",
     "LineItem",
     "Mail",
     "Order",
     "Product",
     "ProductFile",
+    "ShopConnection",
+    "ShopNote",
     "Store",
     "WebhookDelivery",
+    "WebhookRegistration",
 ]
