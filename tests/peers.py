@@ -30,9 +30,11 @@ class FakeBrevo:
     requests: list[RecordedRequest] = field(default_factory=list)
     failures: list[int] = field(default_factory=list)
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accepted_mails: list[RecordedRequest] = field(default_factory=list)
 
     def sent(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == "/v3/smtp/email"]
+        """Mails Brevo accepted (answered 201)."""
+        return list(self.accepted_mails)
 
 
 @contextmanager
@@ -55,11 +57,10 @@ def fake_brevo() -> Iterator[FakeBrevo]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             body = json.loads(raw) if raw else None
-            state.requests.append(
-                RecordedRequest(
-                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
-                )
+            request = RecordedRequest(
+                "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
             )
+            state.requests.append(request)
             if self.headers.get("api-key") != "xkeysib-test-key":
                 self._answer(401, {"code": "unauthorized", "message": "Key not found"})
                 return
@@ -68,7 +69,10 @@ def fake_brevo() -> Iterator[FakeBrevo]:
                 self._answer(status, {"code": "error", "message": "try later"})
                 return
             if self.path == "/v3/smtp/email":
-                self._answer(201, {"messageId": f"<{len(state.sent())}@smtp-relay.brevo.test>"})
+                state.accepted_mails.append(request)
+                self._answer(
+                    201, {"messageId": f"<{len(state.accepted_mails)}@smtp-relay.brevo.test>"}
+                )
             elif self.path == "/v3/contacts":
                 email = body["email"]
                 existed = email in state.contacts
