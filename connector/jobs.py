@@ -36,6 +36,7 @@ HANDLERS: dict[str, Handler] = {}
 HANDLER_MODULES = [
     "connector.orders.jobs",
     "connector.mail.service",
+    "connector.downloads.jobs",
 ]
 
 LEASE = dt.timedelta(minutes=10)

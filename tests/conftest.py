@@ -27,6 +27,7 @@ from connector.db import Base, db, make_engine
 from connector.migrate import upgrade
 from connector.stores import NewStore, create_store
 from tests.factories import WebhookSender
+from tests.localstack import localstack_endpoint  # noqa: F401 - a session fixture
 
 MASTER_KEY = Fernet.generate_key().decode()
 SECRET_KEY = "test-secret-" + "x" * 40

@@ -4,6 +4,7 @@ Each domain keeps its tables in a module of its own here.
 """
 
 from connector.models.catalog import WATERMARKS, Product, ProductFile
+from connector.models.download_events import DOWNLOAD_OUTCOMES, DownloadEvent, WatermarkCopy
 from connector.models.downloads import DownloadGrant
 from connector.models.licensing import LICENSE_STATUSES, License
 from connector.models.orders import LineItem, Order
@@ -11,10 +12,12 @@ from connector.models.records import AuditEvent, Job, Mail, WebhookDelivery
 from connector.models.store import AdminUser, Store
 
 __all__ = [
+    "DOWNLOAD_OUTCOMES",
     "LICENSE_STATUSES",
     "WATERMARKS",
     "AdminUser",
     "AuditEvent",
+    "DownloadEvent",
     "DownloadGrant",
     "Job",
     "License",
@@ -24,5 +27,6 @@ __all__ = [
     "Product",
     "ProductFile",
     "Store",
+    "WatermarkCopy",
     "WebhookDelivery",
 ]
