@@ -75,10 +75,9 @@ def put_product(shop_product_id: str) -> ResponseReturnValue:
 
 def missing_file_warnings(product: Any) -> list[str]:
     """Owner-facing warnings for files not (yet) in storage; never an error."""
-    from connector.downloads.storage import missing_objects
+    from connector.downloads.storage import storage_warnings
 
-    keys = [f.object_key for f in product.files if f.active]
-    return [f"{key}: not found in storage yet" for key in missing_objects(current_store(), keys)]
+    return storage_warnings(current_store(), [f.object_key for f in product.files if f.active])
 
 
 def order_json(order: Order) -> dict[str, Any]:

@@ -7,13 +7,16 @@ and a buyer's click becomes a :class:`Delivery`: a redirect (R2) or a local file
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from connector.integrations.r2 import R2Config, R2Store
+from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable
 from connector.models import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,15 @@ def store_for(store: Store) -> ObjectStore:
 def missing_objects(store: Store, keys: list[str]) -> list[str]:
     backend = store_for(store)
     return [key for key in keys if not backend.exists(key)]
+
+
+def storage_warnings(store: Store, keys: list[str]) -> list[str]:
+    """Owner-facing warnings about files not (yet) in storage; never an error.
+
+    A store that does not answer is a warning too: the owner's settings are saved anyway.
+    """
+    try:
+        return [f"{key}: not found in storage yet" for key in missing_objects(store, keys)]
+    except StorageUnavailable:
+        log.warning("could not check files of store %s: storage unavailable", store.id)
+        return ["the file storage did not answer; files were not checked"]

@@ -188,7 +188,12 @@ def stamp_pdf(source: Path, target: Path, stamp: Stamp) -> None:
             raise WatermarkError("the PDF is encrypted; stamping would drop its protection")
         stamp_pdf_open(pdf, render_stamp(stamp), stamp.fingerprint)
         try:
-            pdf.save(target)
+            # Copy the original streams as they are: no decoding, no recompression.
+            pdf.save(
+                target,
+                compress_streams=False,
+                stream_decode_level=pikepdf.StreamDecodeLevel.none,
+            )
         except (pikepdf.PdfError, OSError, ValueError) as exc:
             raise WatermarkError(f"the PDF cannot be rewritten ({type(exc).__name__})") from None
 
