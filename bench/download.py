@@ -135,8 +135,10 @@ def main() -> None:
         click_rps, click_bad = load(port, click_path, args.clients, args.seconds)
         server.close()
     backend = "PostgreSQL" if args.database_url else "SQLite"
-    print(f"{backend}, waitress {args.threads} threads, {args.clients} keep-alive clients, "
-          f"{args.seconds:.0f} s each")
+    print(
+        f"{backend}, waitress {args.threads} threads, {args.clients} keep-alive clients, "
+        f"{args.seconds:.0f} s each"
+    )
     print(f"  bare 302 endpoint:        {bare_rps:8.0f} req/s")
     print(f"  /d/<token> click -> 302:  {click_rps:8.0f} req/s  (non-302 answers: {click_bad})")
     print(f"  ratio click / bare:       {click_rps / bare_rps:8.2f}  (target >= 0.4)")

@@ -28,7 +28,7 @@ import pikepdf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from connector.downloads.watermark import (  # noqa: E402
+from connector.downloads.watermark import (
     Stamp,
     render_stamp,
     stamp_pdf,
@@ -87,9 +87,7 @@ def image_pdf(path: Path, pages: int, image_bytes: int) -> Path:
 def pikepdf_stamp(source: Path, target: Path, strip: bytes) -> None:
     with pikepdf.open(source) as pdf:
         stamp_pdf_open(pdf, strip, STAMP.fingerprint)
-        pdf.save(
-            target, compress_streams=False, stream_decode_level=pikepdf.StreamDecodeLevel.none
-        )
+        pdf.save(target, compress_streams=False, stream_decode_level=pikepdf.StreamDecodeLevel.none)
 
 
 def qpdf_overlay(source: Path, target: Path, strip_path: Path) -> None:
@@ -159,10 +157,13 @@ def main() -> None:
         theirs = timed(lambda: qpdf_overlay(source, root / "b.pdf", strip_path), args.runs)
         full = timed(lambda: stamp_pdf(source, root / "c.pdf", STAMP), args.runs)
         for produced in ("a.pdf", "b.pdf", "c.pdf"):
-            subprocess.run(["qpdf", "--check", str(root / produced)], check=True,
-                           capture_output=True)
-        print(f"{args.pages}-page PDF ({source.stat().st_size / 1e6:.1f} MB), median of "
-              f"{args.runs} runs")
+            subprocess.run(
+                ["qpdf", "--check", str(root / produced)], check=True, capture_output=True
+            )
+        print(
+            f"{args.pages}-page PDF ({source.stat().st_size / 1e6:.1f} MB), median of "
+            f"{args.runs} runs"
+        )
         print(f"  pikepdf stamping (same strip):   {ours * 1000:8.1f} ms")
         print(f"  qpdf --overlay (same strip):     {theirs * 1000:8.1f} ms")
         print(f"  ratio pikepdf / qpdf:            {ours / theirs:8.2f}  (target <= 1.0)")
@@ -174,8 +175,10 @@ def main() -> None:
         print("Peak RSS of a process stamping end to end:")
         print(f"  {small.stat().st_size / 1e6:6.1f} MB PDF: {small_rss:7.1f} MiB")
         print(f"  {big.stat().st_size / 1e6:6.1f} MB PDF: {big_rss:7.1f} MiB")
-        print(f"  growth: {big_rss - small_rss:+.1f} MiB for "
-              f"{(big.stat().st_size - small.stat().st_size) / 1e6:.0f} MB more input")
+        print(
+            f"  growth: {big_rss - small_rss:+.1f} MiB for "
+            f"{(big.stat().st_size - small.stat().st_size) / 1e6:.0f} MB more input"
+        )
 
 
 if __name__ == "__main__":
