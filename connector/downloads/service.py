@@ -148,6 +148,18 @@ def _refuse(
     return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
 
 
+def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
+    """What a click would get now, without counting or logging (HEAD requests, previews)."""
+    grant = session.get(DownloadGrant, grant_id)
+    if grant is None:
+        raise LinkInvalid("This link is not valid.")
+    reason = _refusal_reason(grant, utcnow())
+    if reason is None:
+        return DownloadAnswer(status=200, outcome="available")
+    status, title, detail = REFUSALS[reason]
+    return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
+
+
 def start_download(
     session: Session, grant_id: int, *, ip: str | None, user_agent: str | None, ttl: int = 300
 ) -> DownloadAnswer:

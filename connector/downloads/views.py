@@ -9,7 +9,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from connector import get_settings
 from connector.db import db
-from connector.downloads.service import start_download
+from connector.downloads.service import peek_download, start_download
 from connector.tokens import grant_id_from_token
 
 bp = Blueprint("downloads_views", __name__)
@@ -26,6 +26,10 @@ def _page(status: int, title: str, detail: str) -> Response:
 @bp.get("/d/<token>")
 def download(token: str) -> ResponseReturnValue:
     grant_id = grant_id_from_token(token)  # 404 page when tampered with
+    if request.method == "HEAD":
+        # Link checkers and mail scanners probe with HEAD: answer, but count nothing.
+        peek = peek_download(db.session, grant_id)
+        return Response(status=peek.status, headers={"Cache-Control": "no-store"})
     answer = start_download(
         db.session,
         grant_id,

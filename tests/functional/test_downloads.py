@@ -414,3 +414,17 @@ def test_refusal_pages_are_html_even_for_json_clients(
     response = get(shop.client, link_path(downloads[0]), headers={"Accept": "application/json"})
     assert response.status_code == 410
     assert response.mimetype == "text/html"
+
+
+def test_head_requests_count_nothing(app: Flask, shop: WebhookSender) -> None:
+    """A HEAD probe (link checkers, mail scanners) says whether the link works, uncounted."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(
+        shop, 7015, [{"object_key": "files/a.pdf", "filename": "a.pdf"}], download_limit=1
+    )
+    path = link_path(downloads[0])
+    assert shop.client.head(path).status_code == 200
+    assert shop.client.head(path).status_code == 200
+    assert get(shop.client, path).status_code == 200
+    assert shop.client.head(path).status_code == 429
+    assert [e.outcome for e in events(app)] == ["served"]
