@@ -116,16 +116,26 @@ def timed(fn: object, runs: int) -> float:
     return statistics.median(samples)
 
 
-def peak_rss_child(path: Path) -> None:
-    """Child process: stamp ``path`` end to end, print peak RSS in MiB."""
+def peak_rss_child(path: Path, strip_path: Path | None) -> None:
+    """Child process: stamp ``path`` (end to end, or with a ready strip), print peak MiB."""
     with tempfile.TemporaryDirectory() as folder:
-        stamp_pdf(path, Path(folder) / "out.pdf", STAMP)
+        if strip_path is None:
+            stamp_pdf(path, Path(folder) / "out.pdf", STAMP)
+        else:
+            pikepdf_stamp(path, Path(folder) / "out.pdf", strip_path.read_bytes())
+    # VmHWM is this process image's own peak; ru_maxrss would carry the parent's peak
+    # across fork and exec on Linux.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            print(int(line.split()[1]) / 1024)
+            return
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def measure_rss(path: Path) -> float:
+def measure_rss(path: Path, strip_path: Path | None = None) -> float:
+    extra = ["--strip", str(strip_path)] if strip_path is not None else []
     output = subprocess.run(
-        [sys.executable, __file__, "--rss-child", str(path)],
+        [sys.executable, __file__, "--rss-child", str(path), *extra],
         check=True,
         capture_output=True,
         text=True,
@@ -139,9 +149,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--big-mb", type=int, default=200)
     parser.add_argument("--rss-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--strip", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        peak_rss_child(args.rss_child)
+        peak_rss_child(args.rss_child, args.strip)
         return
     if shutil.which("qpdf") is None:
         sys.exit("qpdf is not installed (Debian package qpdf: apt-get install -y qpdf)")
@@ -171,14 +182,14 @@ def main() -> None:
 
         small = image_pdf(root / "small.pdf", 25, 200_000)
         big = image_pdf(root / "big.pdf", 500, args.big_mb * 1_000_000 // 500)
-        small_rss, big_rss = measure_rss(small), measure_rss(big)
-        print("Peak RSS of a process stamping end to end:")
-        print(f"  {small.stat().st_size / 1e6:6.1f} MB PDF: {small_rss:7.1f} MiB")
-        print(f"  {big.stat().st_size / 1e6:6.1f} MB PDF: {big_rss:7.1f} MiB")
-        print(
-            f"  growth: {big_rss - small_rss:+.1f} MiB for "
-            f"{(big.stat().st_size - small.stat().st_size) / 1e6:.0f} MB more input"
-        )
+        grown = (big.stat().st_size - small.stat().st_size) / 1e6
+        cases = (("end to end: font, strip, pages", None), ("pages only: strip ready", strip_path))
+        for label, strip_arg in cases:
+            small_rss, big_rss = measure_rss(small, strip_arg), measure_rss(big, strip_arg)
+            print(f"Peak RSS of a process stamping, {label}:")
+            print(f"  {small.stat().st_size / 1e6:6.1f} MB PDF: {small_rss:7.1f} MiB")
+            print(f"  {big.stat().st_size / 1e6:6.1f} MB PDF: {big_rss:7.1f} MiB")
+            print(f"  growth: {big_rss - small_rss:+.1f} MiB for {grown:.0f} MB more input")
 
 
 if __name__ == "__main__":

@@ -285,6 +285,10 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
     backend = store_for(store)
     key = watermarked_key(order, grant, product_file.filename)
     error: str | None = None
+    # Stamping a large file takes seconds: end the transaction first so no lock is held
+    # meanwhile (SQLite's BEGIN IMMEDIATE would stall every writer). Nothing of this click
+    # or job is lost: only reads came before, or finished copies that are safe to keep.
+    session.commit()
     with tempfile.TemporaryDirectory(prefix="keygate-wm-") as folder:
         original, stamped = Path(folder) / "original", Path(folder) / "stamped"
         try:
