@@ -133,7 +133,10 @@ def leak_lookup() -> ResponseReturnValue:
             upload = request.files.get("file")
             if upload is None:
                 raise InvalidInput("Send the file as the multipart field 'file'.")
-            upload.save(path)
+            try:
+                upload.save(path)
+            finally:
+                upload.close()  # large parts are spooled to a temporary file
         else:
             with path.open("wb") as target:
                 while chunk := request.stream.read(1024 * 1024):

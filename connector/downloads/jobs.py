@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+
 from connector.db import db
 from connector.downloads.service import MAX_WATERMARK_ATTEMPTS, make_watermarked_copy
 from connector.integrations.r2 import StorageUnavailable
@@ -22,7 +24,9 @@ def make_watermarks(payload: dict[str, Any]) -> None:
         product_file = session.get(ProductFile, grant.product_file_id)
         if product_file is None or product_file.watermark == "none":
             continue
-        copy = session.query(WatermarkCopy).filter_by(grant_id=grant.id).one_or_none()
+        copy = session.execute(
+            select(WatermarkCopy).where(WatermarkCopy.grant_id == grant.id)
+        ).scalar_one_or_none()
         if copy is not None and (copy.status == "ready" or copy.attempts >= MAX_WATERMARK_ATTEMPTS):
             continue
         try:

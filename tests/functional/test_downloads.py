@@ -428,3 +428,58 @@ def test_head_requests_count_nothing(app: Flask, shop: WebhookSender) -> None:
     assert get(shop.client, path).status_code == 200
     assert shop.client.head(path).status_code == 429
     assert [e.outcome for e in events(app)] == ["served"]
+
+
+def test_leak_lookup_accepts_files_larger_than_the_api_body_limit(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """Leaked copies are big: the lookup takes files past the 1 MB API limit, as multipart too."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    downloads = paid_order(shop, 7016, _pdf_files())
+    stamped = get(shop.client, link_path(downloads[0])).data
+    with pikepdf.open(io.BytesIO(stamped)) as pdf:
+        # Pad the copy past the limit the way real books are big: an incompressible image.
+        pdf.pages[0].Resources.XObject = pikepdf.Dictionary(
+            Pad=pdf.make_stream(os.urandom(1_500_000), Type=pikepdf.Name.XObject)
+        )
+        big = tmp_path / "big.pdf"
+        pdf.save(big, compress_streams=False)
+    assert big.stat().st_size > app.config["MAX_CONTENT_LENGTH"]
+    headers = {"Authorization": f"Bearer {shop.store.api_token}"}
+    raw = shop.client.post("/api/v1/admin/leak-lookup", data=big.read_bytes(), headers=headers)
+    assert raw.status_code == 200, raw.get_data(as_text=True)
+    assert raw.get_json()["order"]["id"] == "7016"
+    # Encoded by hand: the test client spools large multipart bodies to a file it never closes.
+    body = (
+        b"--kgboundary\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="found.pdf"\r\n'
+        b"Content-Type: application/pdf\r\n\r\n" + big.read_bytes() + b"\r\n--kgboundary--\r\n"
+    )
+    multipart = shop.client.post(
+        "/api/v1/admin/leak-lookup",
+        data=body,
+        headers=headers,
+        content_type="multipart/form-data; boundary=kgboundary",
+    )
+    assert multipart.status_code == 200, multipart.get_data(as_text=True)
+    assert multipart.get_json()["buyer"]["name"] == BUYER
+
+
+def test_leak_lookup_does_not_reveal_other_stores_buyers(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """Another store's token cannot learn who a copy was made for."""
+    from connector.stores import create_store
+
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    downloads = paid_order(shop, 7017, _pdf_files())
+    stamped = get(shop.client, link_path(downloads[0])).data
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+    answer = shop.client.post(
+        "/api/v1/admin/leak-lookup",
+        data=stamped,
+        headers={"Authorization": f"Bearer {other.api_token}"},
+    )
+    assert answer.status_code == 404
