@@ -483,3 +483,14 @@ def test_leak_lookup_does_not_reveal_other_stores_buyers(
         headers={"Authorization": f"Bearer {other.api_token}"},
     )
     assert answer.status_code == 404
+
+
+def test_missing_file_is_a_503_page_and_costs_no_download(app: Flask, shop: WebhookSender) -> None:
+    """A file missing from storage is the shop's fault: a 503 page, and the click is not counted."""
+    downloads = paid_order(
+        shop, 7018, [{"object_key": "files/gone.pdf", "filename": "gone.pdf"}], download_limit=1
+    )
+    response = get(shop.client, link_path(downloads[0]))
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert shop.order(7018)["downloads"][0]["downloads_left"] == 1
