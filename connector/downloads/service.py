@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, or_, select, text, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -177,16 +177,23 @@ def start_download(
         FileUnavailable: storage is down or the file is missing (503; nothing is counted).
     """
     # One round trip for everything a click needs (the hot path of the service).
-    row = session.execute(
+    query = (
         select(DownloadGrant, ProductFile, Store, WatermarkCopy)
         .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
         .join(Store, DownloadGrant.store_id == Store.id)
         .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
         .where(DownloadGrant.id == grant_id)
-    ).one_or_none()
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # SET LOCAL synchronous_commit = off, riding on the same round trip: a click's count
+        # and log row need not wait for the WAL flush (~3 ms here). A database crash can
+        # lose the last fraction of a second of clicks (at worst a buyer gets one download
+        # more); it never corrupts or double-counts them.
+        query = query.add_columns(func.set_config("synchronous_commit", "off", True))
+    row = session.execute(query).one_or_none()
     if row is None:
         raise LinkInvalid("This link is not valid.")
-    grant, product_file, store, copy = row
+    grant, product_file, store, copy = row[:4]
     now = utcnow()
     reason = _refusal_reason(grant, now)
     if reason is not None:
@@ -199,11 +206,6 @@ def start_download(
         return _refuse(session, grant, "refused", ip, user_agent)
     object_key, served = choice
 
-    if session.get_bind().dialect.name == "postgresql":
-        # A click's count and log row need not wait for the WAL flush (~3 ms here): a
-        # database crash can lose the last fraction of a second of clicks (at worst a
-        # buyer gets one download more), never corrupt or double-count them.
-        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
     if not _count_download(session, grant.id, now):
         # Another click took the last download (or a refund landed) since we read the grant.
         session.refresh(grant)
