@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from itsdangerous import BadData
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.downloads.watermark import read_fingerprints
 from connector.errors import KeygateError
-from connector.models import DownloadGrant, Order, ProductFile, Store
+from connector.models import DownloadGrant, Order, ProductFile, Store, WatermarkCopy
 from connector.tokens import grant_id_from_fingerprint
 
 
@@ -40,13 +41,20 @@ class LeakMatch:
 def identify_leak(session: Session, path: Path, store: Store | None = None) -> LeakMatch | None:
     """Read the fingerprints in a PDF or ZIP and name the grant they were made for.
 
-    Only fingerprints signed by this Keygate count (a forged one names nobody). With
+    Only fingerprints signed by this Keygate, or recorded for a copy it made, count (a
+    forged one names nobody). With
     ``store``, grants of other stores are not revealed.
     """
     for fingerprint in read_fingerprints(path):
         try:
-            grant_id = grant_id_from_fingerprint(fingerprint)
+            grant_id: int | None = grant_id_from_fingerprint(fingerprint)
         except (KeygateError, BadData):
+            # Not signed by the current secret key (forged, or made before a key change):
+            # only a fingerprint recorded for a copy we made counts then.
+            grant_id = session.execute(
+                select(WatermarkCopy.grant_id).where(WatermarkCopy.fingerprint == fingerprint)
+            ).scalar_one_or_none()
+        if grant_id is None:
             continue
         grant = session.get(DownloadGrant, grant_id)
         if grant is None or (store is not None and grant.store_id != store.id):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,7 +64,7 @@ class LocalStore:
     def upload(self, key: str, source: Path) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
         shutil.copyfile(source, partial)
         partial.replace(target)  # readers never see half a file
 

@@ -22,7 +22,7 @@ from connector.downloads.watermark import (
     stamp_zip,
 )
 from connector.integrations.r2 import clamp_ttl, content_disposition
-from connector.models import DownloadGrant
+from connector.models import DownloadGrant, WatermarkCopy
 from connector.stores import NewStore
 from connector.tokens import fingerprint_token
 from tests.factories import WebhookSender, line_item, wc_order
@@ -122,3 +122,24 @@ def test_local_store_refuses_keys_that_escape_its_folder(tmp_path: Path) -> None
     with pytest.raises(ValueError):
         store.path("../secret.key")
     assert store.exists("../secret.key") is False
+
+
+def test_fingerprint_recorded_for_a_copy_still_names_it_after_a_key_change(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """A copy made under an older secret key is still found by its recorded fingerprint."""
+    shop.configure(501)
+    shop.deliver(wc_order(6002, "processing", [line_item(501)]))
+    with app.app_context():
+        grant_id = db.session.execute(select(DownloadGrant.id)).scalar_one()
+        db.session.add(
+            WatermarkCopy(grant_id=grant_id, status="ready", kind="zip", fingerprint="old.key.fp")
+        )
+        db.session.commit()
+    source = tmp_path / "in.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("a.txt", "a")
+    stamp_zip(source, tmp_path / "old.zip", stamp(fingerprint="old.key.fp"))
+    with app.app_context():
+        match = identify_leak(db.session, tmp_path / "old.zip")
+        assert match is not None and match.grant_id == grant_id
