@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, Table, func, insert, or_, select, update
+from sqlalchemy.orm import Session, defer
 
 from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, utcnow
@@ -98,21 +98,25 @@ def _refusal_reason(grant: DownloadGrant, now: dt.datetime) -> str | None:
     return None
 
 
+GRANTS = cast(Table, DownloadGrant.__table__)
+EVENTS = cast(Table, DownloadEvent.__table__)
+
+
 def _count_download(session: Session, grant_id: int, now: dt.datetime) -> bool:
     """Add one download if the grant still allows it; atomic under concurrent clicks."""
+    # Core statements on the hot path: the ORM's bulk-update bookkeeping is not needed here.
     statement = (
-        update(DownloadGrant)
+        update(GRANTS)
         .where(
-            DownloadGrant.id == grant_id,
-            DownloadGrant.revoked_at.is_(None),
-            or_(DownloadGrant.expires_at.is_(None), DownloadGrant.expires_at > now),
+            GRANTS.c.id == grant_id,
+            GRANTS.c.revoked_at.is_(None),
+            or_(GRANTS.c.expires_at.is_(None), GRANTS.c.expires_at > now),
             or_(
-                DownloadGrant.download_limit.is_(None),
-                DownloadGrant.download_count < DownloadGrant.download_limit,
+                GRANTS.c.download_limit.is_(None),
+                GRANTS.c.download_count < GRANTS.c.download_limit,
             ),
         )
-        .values(download_count=DownloadGrant.download_count + 1)
-        .execution_options(synchronize_session=False)
+        .values(download_count=GRANTS.c.download_count + 1)
     )
     result = cast(CursorResult[Any], session.execute(statement))
     return result.rowcount == 1
@@ -127,8 +131,8 @@ def _log_click(
     user_agent: str | None,
     served: str | None = None,
 ) -> None:
-    session.add(
-        DownloadEvent(
+    session.execute(
+        insert(EVENTS).values(
             store_id=grant.store_id,
             order_id=grant.order_id,
             grant_id=grant.id,
@@ -136,6 +140,7 @@ def _log_click(
             served=served,
             ip_hash=keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
             user_agent=(user_agent or None) and user_agent[:400],
+            created_at=utcnow(),
         )
     )
 
@@ -183,6 +188,8 @@ def start_download(
         .join(Store, DownloadGrant.store_id == Store.id)
         .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
         .where(DownloadGrant.id == grant_id)
+        # A click has no use for the store's webhook secret: don't decrypt it.
+        .options(defer(Store.webhook_secret))
     )
     if session.get_bind().dialect.name == "postgresql":
         # SET LOCAL synchronous_commit = off, riding on the same round trip: a click's count
@@ -220,7 +227,6 @@ def start_download(
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
     _log_click(session, grant, "served", ip=ip, user_agent=user_agent, served=served)
-    session.flush()
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
 
 
