@@ -82,8 +82,8 @@ REFUSALS = {
     "refused": (
         409,
         "This file cannot be delivered yet",
-        "Your personal copy of this file "
-        "could not be prepared. The shop has been told and will be in touch.",
+        "Your personal copy of this file could not be prepared. The shop can see the "
+        "problem; please contact them if it is not solved soon.",
     ),
 }
 
@@ -222,7 +222,7 @@ def start_download(
     except FileNotFoundError:
         log.warning("grant %s: object missing from storage", grant.id)
         raise FileUnavailable(
-            "The file is missing from the shop's storage. The shop has been told."
+            "The file is missing from the shop's storage; please contact the shop."
         ) from None
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
