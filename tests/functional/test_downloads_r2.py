@@ -57,10 +57,9 @@ def bucket(localstack_endpoint: str) -> str:
     return name
 
 
-@pytest.fixture
-def r2_app(
-    tmp_path: Path, database_url: str, localstack_endpoint: str, bucket: str
-) -> Iterator[Flask]:
+def make_r2_app(
+    tmp_path: Path, database_url: str, endpoint: str, bucket: str, **extra: Any
+) -> Flask:
     (tmp_path / "instance" / "files").mkdir(parents=True)
     application = create_app(
         app_overrides(
@@ -70,10 +69,19 @@ def r2_app(
             r2_access_key_id=ACCESS_KEY_ID,
             r2_secret_access_key=SECRET_ACCESS_KEY,
             r2_bucket=bucket,
-            r2_endpoint_url=localstack_endpoint,
+            r2_endpoint_url=endpoint,
+            **extra,
         )
     )
     application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def r2_app(
+    tmp_path: Path, database_url: str, localstack_endpoint: str, bucket: str
+) -> Iterator[Flask]:
+    application = make_r2_app(tmp_path, database_url, localstack_endpoint, bucket)
     yield application
     application.extensions["keygate.db"].engine.dispose()
 
@@ -221,3 +229,23 @@ def test_missing_object_in_the_bucket_is_a_warning_for_the_owner(
         ],
     )
     assert response.get_json()["warnings"] == ["later.pdf: not found in storage yet"]
+
+
+def test_redirect_from_a_short_lived_link_expires_at_the_server(
+    tmp_path: Path, database_url: str, localstack_endpoint: str, bucket: str
+) -> None:
+    """With KEYGATE_DOWNLOAD_URL_TTL=1, the URL a click redirects to is refused 3 s later."""
+    app = make_r2_app(tmp_path, database_url, localstack_endpoint, bucket, download_url_ttl=1)
+    try:
+        with app.app_context():
+            created = create_store(db.session, "R2 Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="a.bin", Body=b"abc")
+        path = paid_link(shop, 8003, [{"object_key": "a.bin", "filename": "a.bin"}])
+        location = shop.client.get(path).headers["Location"]
+        assert "X-Amz-Expires=1&" in location or location.endswith("X-Amz-Expires=1")
+        time.sleep(3)  # X-Amz-Date has one-second resolution
+        assert fetch(location)[0] == 403
+    finally:
+        app.extensions["keygate.db"].engine.dispose()
