@@ -30,9 +30,10 @@ typecheck: $(STAMP)
 
 ## Set up and run the whole test suite, on SQLite and PostgreSQL (127.0.0.1:5432).
 test: $(STAMP)
+	@command -v qpdf >/dev/null || apt-get install -y qpdf || (apt-get update && apt-get install -y qpdf)
 	$(BIN)/ruff check connector plugin tests $(wildcard bench)
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 --dist loadgroup -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

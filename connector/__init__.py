@@ -28,6 +28,7 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.admin.views", "bp", False),
     ("connector.licensing.views", "bp", True),
     ("connector.downloads.views", "bp", False),
+    ("connector.downloads.admin_api", "bp", True),
     ("connector.portal.views", "bp", False),
     ("connector.vault.views", "bp", True),
     ("connector.privacy.views", "bp", True),

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.errors import ValidationFailed
 from connector.models import WATERMARKS, Product, ProductFile, Store
+from connector.models.catalog import WATERMARK_FALLBACKS
 
 POLICY_FIELDS = (
     "activation_limit",
@@ -34,6 +35,7 @@ class ProductSpec:
     name: str
     policy: dict[str, Any]
     files: list[FileSpec] = field(default_factory=list)
+    watermark_fallback: str = "refuse"
 
 
 def _check_object_key(key: str) -> str:
@@ -65,6 +67,17 @@ def parse_file_spec(raw: Any, index: int) -> FileSpec:
     )
 
 
+def parse_watermark_fallback(data: dict[str, Any]) -> str:
+    """What to serve when a buyer's watermarked copy cannot be made: refuse or the original."""
+    value = data.get("watermark_fallback") or "refuse"
+    if value not in WATERMARK_FALLBACKS:
+        raise ValidationFailed(
+            f"watermark_fallback must be one of {', '.join(WATERMARK_FALLBACKS)}",
+            field="watermark_fallback",
+        )
+    return str(value)
+
+
 def configure_product(
     session: Session, store: Store, shop_product_id: str, spec: ProductSpec, *, actor: str
 ) -> Product:
@@ -82,6 +95,7 @@ def configure_product(
         session.add(product)
     product.name = spec.name
     product.source = "keygate" if actor != "shop" else "shop"
+    product.watermark_fallback = spec.watermark_fallback
     for name in POLICY_FIELDS:
         setattr(product, name, spec.policy.get(name))
     by_key = {f.object_key: f for f in product.files}
@@ -115,6 +129,7 @@ def product_json(product: Product) -> dict[str, Any]:
         "product_id": product.shop_product_id,
         "name": product.name,
         "policy": {name: getattr(product, name) for name in POLICY_FIELDS},
+        "watermark_fallback": product.watermark_fallback,
         "files": [
             {"object_key": f.object_key, "filename": f.filename, "watermark": f.watermark}
             for f in product.files

@@ -55,6 +55,17 @@ class Settings:
     # Shop connection (vault): how often orders are re-read and product meta is synced.
     reconcile_interval_seconds: int = 900
     product_sync_interval_seconds: int = 3600
+    # Cloudflare R2 (or another S3-compatible endpoint) for every store, until the
+    # per-store credential vault holds them. Empty bucket = embedded local storage.
+    r2_account_id: str = ""
+    r2_access_key_id: str = ""
+    r2_secret_access_key: str = ""
+    r2_bucket: str = ""
+    r2_endpoint_url: str = ""
+    # The visible line on watermarked PDFs; fields {name} {email} {order} {date}.
+    watermark_template: str = "Licensed to {name} <{email}> · Order {order} · {date}"
+    # Largest file the admin leak lookup accepts (the whole file is needed to read a PDF).
+    leak_lookup_max_bytes: int = 512 * 1024 * 1024
     log_level: str = "INFO"
     # Retention (days) of records that are not needed for accounting or license enforcement.
     retention_webhook_days: int = 90

@@ -41,6 +41,7 @@ HANDLER_MODULES = [
     "connector.orders.jobs",
     "connector.mail.service",
     "connector.privacy.service",
+    "connector.downloads.jobs",
 ]
 
 # Jobs the worker starts on a schedule: (kind, interval in seconds). One job per kind and

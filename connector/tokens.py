@@ -17,6 +17,7 @@ DOWNLOAD = "keygate.download"
 PORTAL = "keygate.portal"
 CONNECT_STATE = "keygate.wc-connect-state"
 ADMIN_ACTION = "keygate.admin-action"
+FINGERPRINT = "keygate.fingerprint"
 
 
 class LinkInvalid(NotFound):
@@ -67,6 +68,19 @@ def grant_id_from_token(token: str) -> int:
     data = loads(DOWNLOAD, token)
     if not isinstance(data, dict) or not isinstance(data.get("g"), int):
         raise LinkInvalid("This link is not valid.")
+    grant_id: int = data["g"]
+    return grant_id
+
+
+def fingerprint_token(grant_id: int) -> str:
+    """The hidden fingerprint of a buyer's watermarked copy: names its grant, signed."""
+    return dumps(FINGERPRINT, {"g": grant_id})
+
+
+def grant_id_from_fingerprint(token: str) -> int:
+    data = loads(FINGERPRINT, token)
+    if not isinstance(data, dict) or not isinstance(data.get("g"), int):
+        raise LinkInvalid("This fingerprint is not valid.")
     grant_id: int = data["g"]
     return grant_id
 

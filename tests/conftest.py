@@ -28,6 +28,7 @@ from connector.jobs import stop_worker_thread
 from connector.migrate import upgrade
 from connector.stores import NewStore, create_store
 from tests.factories import WebhookSender
+from tests.localstack import localstack_endpoint  # noqa: F401 - a session fixture
 
 MASTER_KEY = Fernet.generate_key().decode()
 SECRET_KEY = "test-secret-" + "x" * 40

@@ -8,7 +8,13 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from connector.admin.auth import current_store, require_store_token
-from connector.catalog import ProductSpec, configure_product, parse_file_spec, product_json
+from connector.catalog import (
+    ProductSpec,
+    configure_product,
+    parse_file_spec,
+    parse_watermark_fallback,
+    product_json,
+)
 from connector.db import db
 from connector.errors import NotFound, ValidationFailed
 from connector.models import Order
@@ -47,7 +53,12 @@ def _product_spec(data: dict[str, Any]) -> ProductSpec:
     files = [parse_file_spec(raw, i) for i, raw in enumerate(raw_files)]
     if len({f.object_key for f in files}) != len(files):
         raise ValidationFailed("files lists the same object_key twice", field="files")
-    return ProductSpec(name=required_str(data, "name"), policy=policy, files=files)
+    return ProductSpec(
+        name=required_str(data, "name"),
+        policy=policy,
+        files=files,
+        watermark_fallback=parse_watermark_fallback(data),
+    )
 
 
 @bp.put("/products/<shop_product_id>")
@@ -64,10 +75,9 @@ def put_product(shop_product_id: str) -> ResponseReturnValue:
 
 def missing_file_warnings(product: Any) -> list[str]:
     """Owner-facing warnings for files not (yet) in storage; never an error."""
-    from connector.downloads.storage import missing_objects
+    from connector.downloads.storage import storage_warnings
 
-    keys = [f.object_key for f in product.files if f.active]
-    return [f"{key}: not found in storage yet" for key in missing_objects(current_store(), keys)]
+    return storage_warnings(current_store(), [f.object_key for f in product.files if f.active])
 
 
 def order_json(order: Order) -> dict[str, Any]:

@@ -1,19 +1,50 @@
-"""Object storage behind a small Protocol: embedded local files or Cloudflare R2."""
+"""Object storage behind a small Protocol: embedded local files or Cloudflare R2.
+
+``store_for(store)`` picks the backend of a store: R2 when ``r2_config_for(store)`` finds
+credentials, else the embedded folder ``<instance>/files``. Both answer the same questions,
+and a buyer's click becomes a :class:`Delivery`: a redirect (R2) or a local file to stream.
+"""
 
 from __future__ import annotations
 
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable
 from connector.models import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How to hand a file to a buyer: redirect to ``url``, or stream ``path`` ourselves."""
+
+    filename: str
+    url: str | None = None
+    path: Path | None = None
 
 
 class ObjectStore(Protocol):
+    name: str
+
     def exists(self, key: str) -> bool: ...
+
+    def upload(self, key: str, source: Path) -> None: ...
+
+    def download(self, key: str, target: Path) -> None: ...
+
+    def delivery(self, key: str, filename: str, ttl: int) -> Delivery: ...
 
 
 class LocalStore:
     """Embedded storage: objects under ``<instance>/files/<object_key>``."""
+
+    name = "local"
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -30,13 +61,80 @@ class LocalStore:
         except ValueError:
             return False
 
+    def upload(self, key: str, source: Path) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        shutil.copyfile(source, partial)
+        partial.replace(target)  # readers never see half a file
 
-def store_for(store: Store) -> ObjectStore:
+    def download(self, key: str, target: Path) -> None:
+        source = self.path(key)
+        if not source.is_file():
+            raise FileNotFoundError(key)
+        shutil.copyfile(source, target)
+
+    def delivery(self, key: str, filename: str, ttl: int) -> Delivery:
+        path = self.path(key)
+        if not path.is_file():
+            raise FileNotFoundError(key)
+        return Delivery(filename=filename, path=path)
+
+
+class R2ObjectStore(R2Store):
+    """R2 as an :class:`ObjectStore`: deliveries are fresh presigned URLs."""
+
+    def delivery(self, key: str, filename: str, ttl: int) -> Delivery:
+        return Delivery(filename=filename, url=self.presigned_url(key, filename, ttl))
+
+
+STORES = {"local": LocalStore, "r2": R2ObjectStore}
+
+
+def r2_config_for(store: Store) -> R2Config | None:
+    """The R2 credentials of ``store``, or None for embedded storage.
+
+    For now every store shares the ``KEYGATE_R2_*`` settings; the encrypted per-store
+    credential vault (kind "r2") will answer here instead.
+    """
     from connector import get_settings
 
+    settings = get_settings()
+    if not (settings.r2_bucket and settings.r2_access_key_id and settings.r2_secret_access_key):
+        return None
+    if not (settings.r2_account_id or settings.r2_endpoint_url):
+        return None
+    return R2Config(
+        account_id=settings.r2_account_id,
+        access_key_id=settings.r2_access_key_id,
+        secret_access_key=settings.r2_secret_access_key,
+        bucket=settings.r2_bucket,
+        endpoint_url=settings.r2_endpoint_url or None,
+    )
+
+
+def store_for(store: Store) -> ObjectStore:
+    """The object store that holds ``store``'s files."""
+    from connector import get_settings
+
+    config = r2_config_for(store)
+    if config is not None:
+        return R2ObjectStore(config)
     return LocalStore(get_settings().storage_dir)
 
 
 def missing_objects(store: Store, keys: list[str]) -> list[str]:
     backend = store_for(store)
     return [key for key in keys if not backend.exists(key)]
+
+
+def storage_warnings(store: Store, keys: list[str]) -> list[str]:
+    """Owner-facing warnings about files not (yet) in storage; never an error.
+
+    A store that does not answer is a warning too: the owner's settings are saved anyway.
+    """
+    try:
+        return [f"{key}: not found in storage yet" for key in missing_objects(store, keys)]
+    except StorageUnavailable:
+        log.warning("could not check files of store %s: storage unavailable", store.id)
+        return ["the file storage did not answer; files were not checked"]

@@ -1,7 +1,60 @@
-"""Blueprint for connector.downloads; routes are added by its issue."""
+"""The buyer's stable link, ``GET /d/<token>``: a friendly page for people, never JSON."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response, redirect, render_template, request, send_file
+from flask.typing import ResponseReturnValue
+from jinja2 import TemplateNotFound
+from werkzeug.wrappers import Response as BaseResponse
+
+from connector import get_settings
+from connector.db import db
+from connector.downloads.service import peek_download, start_download
+from connector.tokens import grant_id_from_token
 
 bp = Blueprint("downloads_views", __name__)
+
+
+def _page(status: int, title: str, detail: str) -> Response:
+    try:
+        body = render_template(f"errors/{status}.html", title=title, detail=detail)
+    except TemplateNotFound:
+        body = render_template("errors/generic.html", status=status, title=title, detail=detail)
+    return Response(body, status=status, mimetype="text/html")
+
+
+@bp.get("/d/<token>")
+def download(token: str) -> ResponseReturnValue:
+    grant_id = grant_id_from_token(token)  # 404 page when tampered with
+    if request.method == "HEAD":
+        # Link checkers and mail scanners probe with HEAD: answer, but count nothing.
+        peek = peek_download(db.session, grant_id)
+        return Response(status=peek.status, headers={"Cache-Control": "no-store"})
+    answer = start_download(
+        db.session,
+        grant_id,
+        ip=request.remote_addr,
+        user_agent=request.user_agent.string,
+        ttl=get_settings().download_url_ttl,
+    )
+    delivery = answer.delivery
+    response: BaseResponse
+    if delivery is None:
+        response = _page(answer.status, answer.title, answer.detail)
+    elif delivery.url is not None:
+        response = redirect(delivery.url, code=302)
+    else:
+        assert delivery.path is not None  # noqa: S101 - a local delivery always has a path
+        # conditional=True answers Range requests (resumed downloads) with 206.
+        response = send_file(
+            delivery.path,
+            as_attachment=True,
+            download_name=delivery.filename,
+            conditional=True,
+            etag=True,
+            max_age=0,
+        )
+    # Each click is counted: neither browsers nor proxies may keep or replay the answer.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response

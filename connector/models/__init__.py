@@ -4,6 +4,7 @@ Each domain keeps its tables in a module of its own here.
 """
 
 from connector.models.catalog import WATERMARKS, Product, ProductFile
+from connector.models.download_events import DOWNLOAD_OUTCOMES, DownloadEvent, WatermarkCopy
 from connector.models.downloads import DownloadGrant
 from connector.models.licensing import LICENSE_STATUSES, License
 from connector.models.orders import LicenseRenewal, LineItem, Order
@@ -19,11 +20,13 @@ from connector.models.vault import (
 
 __all__ = [
     "CREDENTIAL_KINDS",
+    "DOWNLOAD_OUTCOMES",
     "LICENSE_STATUSES",
     "WATERMARKS",
     "AdminUser",
     "AuditEvent",
     "Credential",
+    "DownloadEvent",
     "DownloadGrant",
     "Job",
     "License",
@@ -36,6 +39,7 @@ __all__ = [
     "ShopConnection",
     "ShopNote",
     "Store",
+    "WatermarkCopy",
     "WebhookDelivery",
     "WebhookRegistration",
 ]

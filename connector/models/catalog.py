@@ -10,6 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from connector.db import Base, UTCDateTime, utcnow
 
 WATERMARKS = ("none", "pdf", "zip")
+# When a buyer's watermarked copy cannot be made (encrypted or broken file).
+WATERMARK_FALLBACKS = ("refuse", "original")
 
 
 class Product(Base):
@@ -29,6 +31,7 @@ class Product(Base):
     download_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     download_days: Mapped[int | None] = mapped_column(Integer, default=None)
     # Where the settings came from: "keygate" (admin API/UI) wins over "shop" (product meta).
+    watermark_fallback: Mapped[str] = mapped_column(String(16), default="refuse")
     source: Mapped[str] = mapped_column(String(16), default="keygate")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

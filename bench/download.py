@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Benchmark: click-to-redirect requests/s of ``GET /d/<token>`` vs a bare endpoint.
+
+Run from the repository root:  .venv/bin/python bench/download.py [--database-url URL]
+
+One waitress server (the production server of ``keygate run``) serves both, in the same run:
+- ``/d/<token>``: verify the token, read the grant, count the download with the conditional
+  UPDATE, log the click (keyed IP hash), presign an R2 URL, commit, answer 302;
+- ``/bench/bare``: answers the same 302 to a fixed URL and touches nothing.
+Client processes (keep-alive HTTP/1.1) hammer each for the same time; the ratio
+click / bare is printed (target >= 0.4). R2 presigning is local (no request leaves), so no
+bucket is needed. SQLite by default (the embedded default); pass a PostgreSQL URL to
+measure that instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import multiprocessing
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def client_loop(port: int, path: str, seconds: float, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    done, bad = 0, 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        connection.request("GET", path, headers={"User-Agent": "keygate-bench"})
+        response = connection.getresponse()
+        response.read()
+        if response.status == 302:
+            done += 1
+        else:
+            bad += 1
+    connection.close()
+    queue.put((done, bad))
+
+
+def load(port: int, path: str, clients: int, seconds: float) -> tuple[float, int]:
+    queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    workers = [
+        multiprocessing.Process(target=client_loop, args=(port, path, seconds, queue))
+        for _ in range(clients)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [queue.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(r[0] for r in results) / seconds, sum(r[1] for r in results)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def build_app(folder: Path, database_url: str | None) -> tuple[object, str]:
+    from cryptography.fernet import Fernet
+    from flask import redirect
+
+    from connector import create_app
+    from connector.db import db
+    from connector.migrate import upgrade
+    from connector.stores import create_store
+    from tests.factories import WebhookSender, line_item, wc_order
+
+    (folder / "instance" / "files").mkdir(parents=True)
+    app = create_app(
+        {
+            "instance_dir": folder / "instance",
+            "database_url": database_url or f"sqlite:///{folder / 'bench.db'}",
+            "master_keys": [Fernet.generate_key().decode()],
+            "secret_key": "bench-secret-" + "x" * 40,
+            "worker": "off",
+            "start_worker": False,
+            "mail_echo": False,
+            "log_level": "WARNING",
+            "base_url": "http://keygate.bench",
+            "r2_account_id": "0123456789abcdef0123456789abcdef",
+            "r2_access_key_id": "bench-key-id",
+            "r2_secret_access_key": "bench-secret-access-key",
+            "r2_bucket": "bench",
+            # Presigning is local; nothing listens here, so the product's file check
+            # fails fast instead of reaching out.
+            "r2_endpoint_url": "http://127.0.0.1:9",
+        }
+    )
+    fixed = "http://127.0.0.1:9/bench/apps/tool.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+
+    @app.get("/bench/bare")
+    def bare() -> object:
+        return redirect(fixed, code=302)
+
+    with app.app_context():
+        upgrade(db.get_engine())
+        created = create_store(db.session, "Bench shop", "https://shop.example")
+        db.session.commit()
+    shop = WebhookSender(app.test_client(), created)
+    shop.configure(501, files=[{"object_key": "apps/tool.zip", "filename": "tool.zip"}])
+    shop.deliver(wc_order(1, "processing", [line_item(501)]))
+    link: str = shop.order(1)["downloads"][0]["link"]
+    return app, link.removeprefix("http://keygate.bench")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+
+    import waitress
+
+    with tempfile.TemporaryDirectory(prefix="keygate-bench-") as folder:
+        app, click_path = build_app(Path(folder), args.database_url)
+        port = free_port()
+        server = waitress.create_server(app, host="127.0.0.1", port=port, threads=args.threads)
+        threading.Thread(target=server.run, daemon=True).start()
+        time.sleep(0.3)
+        load(port, "/bench/bare", args.clients, 1.0)  # warm up both paths
+        load(port, click_path, args.clients, 1.0)
+        # Alternate the two in rounds so load from elsewhere on the machine hits both alike.
+        rounds = []
+        for _ in range(args.rounds):
+            bare_rps, bare_bad = load(port, "/bench/bare", args.clients, args.seconds)
+            click_rps, click_bad = load(port, click_path, args.clients, args.seconds)
+            rounds.append((bare_rps, click_rps, bare_bad + click_bad))
+        server.close()
+    backend = "PostgreSQL" if args.database_url else "SQLite"
+    print(
+        f"{backend}, waitress {args.threads} threads, {args.clients} keep-alive clients, "
+        f"{args.rounds} rounds of {args.seconds:.0f} s each"
+    )
+    for number, (bare_rps, click_rps, bad) in enumerate(rounds, 1):
+        print(
+            f"  round {number}: bare 302 {bare_rps:6.0f} req/s, /d/<token> click -> 302 "
+            f"{click_rps:6.0f} req/s, ratio {click_rps / bare_rps:.2f}"
+            + (f" ({bad} non-302 answers)" if bad else "")
+        )
+    ratio = statistics.median(click / bare for bare, click, _ in rounds)
+    print(f"  median ratio click / bare: {ratio:.2f}  (target >= 0.4)")
+
+
+if __name__ == "__main__":
+    main()

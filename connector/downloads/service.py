@@ -1,0 +1,361 @@
+"""Downloads: a buyer's click becomes a counted, logged delivery of their copy of a file.
+
+``start_download`` is the verb behind ``GET /d/<token>``. In the request's one transaction
+it checks the grant, counts the download with a conditional UPDATE (so concurrent clicks can
+never pass the limit), logs the click with the IP as a keyed hash, and answers how to deliver
+the file. Refusals are answers too (and logged), not exceptions, so their log rows commit.
+
+``make_watermarked_copy`` stamps a buyer's copy (outbox job at payment, or on the spot when
+a click comes first) and stores it beside the original under a per-order key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Table, func, insert, or_, select, update
+from sqlalchemy.orm import Session, defer
+
+from connector.audit import record_audit
+from connector.db import insert_ignoring_conflicts, utcnow
+from connector.downloads.storage import Delivery, store_for
+from connector.downloads.watermark import Stamp, WatermarkError, stamp_pdf, stamp_zip
+from connector.errors import ServiceUnavailable
+from connector.integrations.r2 import StorageUnavailable
+from connector.models import (
+    DownloadEvent,
+    DownloadGrant,
+    License,
+    Order,
+    Product,
+    ProductFile,
+    Store,
+    WatermarkCopy,
+)
+from connector.tokens import LinkInvalid, fingerprint_token
+from connector.vault.crypto import keyed_hash
+
+log = logging.getLogger(__name__)
+
+IP_HASH_PURPOSE = "download-ip"
+# A copy that failed this many times is not tried again on clicks (the fallback applies).
+MAX_WATERMARK_ATTEMPTS = 3
+
+
+class FileUnavailable(ServiceUnavailable):
+    type = "file-unavailable"
+    title = "This file is not available right now"
+
+
+@dataclass(frozen=True)
+class DownloadAnswer:
+    """What to answer a click: a delivery, or a refusal with its status and words."""
+
+    status: int
+    outcome: str
+    title: str = ""
+    detail: str = ""
+    delivery: Delivery | None = None
+
+
+REFUSALS = {
+    "revoked": (
+        410,
+        "This download is no longer available",
+        "The order was refunded or cancelled, so its downloads have been withdrawn.",
+    ),
+    "expired": (
+        410,
+        "This download link has expired",
+        "The download period of this purchase has ended.",
+    ),
+    "limit": (
+        429,
+        "Download limit reached",
+        "This link has been used as many times as the purchase allows.",
+    ),
+    "refused": (
+        409,
+        "This file cannot be delivered yet",
+        "Your personal copy of this file could not be prepared. The shop can see the "
+        "problem; please contact them if it is not solved soon.",
+    ),
+}
+
+
+def _refusal_reason(grant: DownloadGrant, now: dt.datetime) -> str | None:
+    if grant.revoked_at is not None:
+        return "revoked"
+    if grant.expires_at is not None and grant.expires_at <= now:
+        return "expired"
+    if grant.download_limit is not None and grant.download_count >= grant.download_limit:
+        return "limit"
+    return None
+
+
+GRANTS = cast(Table, DownloadGrant.__table__)
+EVENTS = cast(Table, DownloadEvent.__table__)
+
+
+def _count_download(session: Session, grant_id: int, now: dt.datetime) -> bool:
+    """Add one download if the grant still allows it; atomic under concurrent clicks."""
+    # Core statements on the hot path: the ORM's bulk-update bookkeeping is not needed here.
+    statement = (
+        update(GRANTS)
+        .where(
+            GRANTS.c.id == grant_id,
+            GRANTS.c.revoked_at.is_(None),
+            or_(GRANTS.c.expires_at.is_(None), GRANTS.c.expires_at > now),
+            or_(
+                GRANTS.c.download_limit.is_(None),
+                GRANTS.c.download_count < GRANTS.c.download_limit,
+            ),
+        )
+        .values(download_count=GRANTS.c.download_count + 1)
+    )
+    result = cast(CursorResult[Any], session.execute(statement))
+    return result.rowcount == 1
+
+
+def _log_click(
+    session: Session,
+    grant: DownloadGrant,
+    outcome: str,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    served: str | None = None,
+) -> None:
+    session.execute(
+        insert(EVENTS).values(
+            store_id=grant.store_id,
+            order_id=grant.order_id,
+            grant_id=grant.id,
+            outcome=outcome,
+            served=served,
+            ip_hash=keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
+            user_agent=(user_agent or None) and user_agent[:400],
+            created_at=utcnow(),
+        )
+    )
+
+
+def _refuse(
+    session: Session, grant: DownloadGrant, reason: str, ip: str | None, user_agent: str | None
+) -> DownloadAnswer:
+    _log_click(session, grant, reason, ip=ip, user_agent=user_agent)
+    status, title, detail = REFUSALS[reason]
+    return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
+
+
+def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
+    """What a click would get now, without counting or logging (HEAD requests, previews)."""
+    grant = session.get(DownloadGrant, grant_id)
+    if grant is None:
+        raise LinkInvalid("This link is not valid.")
+    reason = _refusal_reason(grant, utcnow())
+    if reason is None:
+        return DownloadAnswer(status=200, outcome="available")
+    status, title, detail = REFUSALS[reason]
+    return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
+
+
+def start_download(
+    session: Session, grant_id: int, *, ip: str | None, user_agent: str | None, ttl: int = 300
+) -> DownloadAnswer:
+    """Check, count and log one click on a grant's link, and say how to deliver the file.
+
+    Args:
+        session: the request's session; this flushes, the request commits.
+        grant_id: from the verified link token.
+        ip: the client address; only its keyed hash is stored.
+        user_agent: the client's User-Agent header.
+        ttl: lifetime of a presigned URL, in seconds.
+
+    Raises:
+        LinkInvalid: no such grant (404).
+        FileUnavailable: storage is down or the file is missing (503; nothing is counted).
+    """
+    # One round trip for everything a click needs (the hot path of the service).
+    query = (
+        select(DownloadGrant, ProductFile, Store, WatermarkCopy)
+        .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+        .join(Store, DownloadGrant.store_id == Store.id)
+        .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
+        .where(DownloadGrant.id == grant_id)
+        # A click has no use for the store's webhook secret: don't decrypt it.
+        .options(defer(Store.webhook_secret))
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # SET LOCAL synchronous_commit = off, riding on the same round trip: a click's count
+        # and log row need not wait for the WAL flush (~3 ms here). A database crash can
+        # lose the last fraction of a second of clicks (at worst a buyer gets one download
+        # more); it never corrupts or double-counts them.
+        query = query.add_columns(func.set_config("synchronous_commit", "off", True))
+    row = session.execute(query).one_or_none()
+    if row is None:
+        raise LinkInvalid("This link is not valid.")
+    grant, product_file, store, copy = row[:4]
+    now = utcnow()
+    reason = _refusal_reason(grant, now)
+    if reason is not None:
+        return _refuse(session, grant, reason, ip, user_agent)
+    try:
+        choice = _object_to_serve(session, grant, product_file, copy)
+    except StorageUnavailable:
+        raise FileUnavailable("The file store is not answering; try again shortly.") from None
+    if choice is None:
+        return _refuse(session, grant, "refused", ip, user_agent)
+    object_key, served = choice
+
+    if not _count_download(session, grant.id, now):
+        # Another click took the last download (or a refund landed) since we read the grant.
+        session.refresh(grant)
+        return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
+    try:
+        delivery = store_for(store).delivery(object_key, product_file.filename, ttl)
+    except FileNotFoundError:
+        log.warning("grant %s: object missing from storage", grant.id)
+        raise FileUnavailable(
+            "The file is missing from the shop's storage; please contact the shop."
+        ) from None
+    except StorageUnavailable:
+        raise FileUnavailable("The file store is not answering; try again shortly.") from None
+    _log_click(session, grant, "served", ip=ip, user_agent=user_agent, served=served)
+    return DownloadAnswer(status=200, outcome="served", delivery=delivery)
+
+
+def _object_to_serve(
+    session: Session, grant: DownloadGrant, product_file: ProductFile, copy: WatermarkCopy | None
+) -> tuple[str, str] | None:
+    """(object key, what it is) for this grant, making the watermarked copy if need be.
+
+    None when the copy cannot be made and the product says to refuse rather than fall back.
+    """
+    if product_file.watermark == "none":
+        return product_file.object_key, "original"
+    if copy is None or (copy.status != "ready" and copy.attempts < MAX_WATERMARK_ATTEMPTS):
+        copy = make_watermarked_copy(session, grant)
+    if copy.status == "ready" and copy.object_key is not None:
+        return copy.object_key, "watermarked"
+    product = session.get(Product, product_file.product_id)
+    if product is not None and product.watermark_fallback == "original":
+        return product_file.object_key, "original-fallback"
+    return None
+
+
+def watermarked_key(order: Order, grant: DownloadGrant, filename: str) -> str:
+    """Per-order key of a buyer's copy, beside the originals in the same store."""
+    return f"watermarked/{order.store_id}/{order.id}/{grant.id}/{filename}"
+
+
+def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:
+    from connector import get_settings
+
+    order = session.get(Order, grant.order_id)
+    product_file = session.get(ProductFile, grant.product_file_id)
+    if order is None or product_file is None:  # pragma: no cover - foreign keys forbid it
+        raise LookupError(f"grant {grant.id} has no order or file")
+    product = session.get(Product, product_file.product_id)
+    license_ = session.get(License, grant.license_id) if grant.license_id is not None else None
+    paid = order.date_paid or grant.created_at
+    return Stamp(
+        name=order.name or order.email or "",
+        email=order.email or "",
+        order=order.number or order.shop_order_id,
+        date=paid.date().isoformat(),
+        fingerprint=fingerprint_token(grant.id),
+        license_key=license_.key_encrypted if license_ is not None else None,
+        product=product.name if product is not None else None,
+        template=get_settings().watermark_template,
+    )
+
+
+def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCopy:
+    """Stamp the buyer's copy of the grant's file and store it; record success or why not.
+
+    Safe to run twice: the copy's key and content depend only on the grant.
+
+    Raises:
+        StorageUnavailable: the store did not answer (the caller retries later).
+    """
+    order = session.get(Order, grant.order_id)
+    product_file = session.get(ProductFile, grant.product_file_id)
+    store = session.get(Store, grant.store_id)
+    if order is None or product_file is None or store is None:  # pragma: no cover
+        raise LookupError(f"grant {grant.id} has no order, file or store")
+    stamp = stamp_for(session, grant)
+    backend = store_for(store)
+    key = watermarked_key(order, grant, product_file.filename)
+    error: str | None = None
+    # Stamping a large file takes seconds: end the transaction first so no lock is held
+    # meanwhile (SQLite's BEGIN IMMEDIATE would stall every writer). Nothing of this click
+    # or job is lost: only reads came before, or finished copies that are safe to keep.
+    session.commit()
+    with tempfile.TemporaryDirectory(prefix="keygate-wm-") as folder:
+        original, stamped = Path(folder) / "original", Path(folder) / "stamped"
+        try:
+            backend.download(product_file.object_key, original)
+            if product_file.watermark == "pdf":
+                stamp_pdf(original, stamped, stamp)
+            else:
+                stamp_zip(original, stamped, stamp)
+            backend.upload(key, stamped)
+        except FileNotFoundError:
+            error = "the original file is not in storage"
+        except WatermarkError as exc:
+            error = str(exc)
+    return _record_copy(session, grant, order, product_file, key, stamp.fingerprint, error)
+
+
+def _record_copy(
+    session: Session,
+    grant: DownloadGrant,
+    order: Order,
+    product_file: ProductFile,
+    key: str,
+    fingerprint: str,
+    error: str | None,
+) -> WatermarkCopy:
+    insert_ignoring_conflicts(
+        session,
+        WatermarkCopy.__table__,
+        {
+            "grant_id": grant.id,
+            "status": "failed",
+            "kind": product_file.watermark,
+            "attempts": 0,
+            "updated_at": utcnow(),
+        },
+        ["grant_id"],
+    )
+    copy = session.execute(
+        select(WatermarkCopy)
+        .where(WatermarkCopy.grant_id == grant.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    copy.attempts += 1
+    copy.kind = product_file.watermark
+    copy.fingerprint = fingerprint
+    if error is None:
+        copy.status, copy.object_key, copy.error = "ready", key, None
+        grant.watermarked_key = key
+    else:
+        copy.status, copy.error = "failed", error
+        log.warning("watermark for grant %s failed: %s", grant.id, error)
+        record_audit(
+            session,
+            store_id=grant.store_id,
+            actor="keygate",
+            action="watermark.failed",
+            subject=f"order:{order.shop_order_id}",
+            detail={"grant": grant.id, "file": product_file.filename, "error": error},
+        )
+    session.flush()
+    return copy

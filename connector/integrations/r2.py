@@ -1,0 +1,132 @@
+"""Cloudflare R2 (any S3-compatible endpoint) through boto3: presigned GETs, uploads, reads.
+
+R2 wants SigV4, region ``auto`` and no default CRC32 checksums (boto3 >= 1.36 sends them;
+R2 and other non-AWS endpoints need ``when_required``). Presigned URLs work only on
+``<account_id>.r2.cloudflarestorage.com`` and live 1 s to 7 days.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+PRESIGN_MIN_SECONDS = 1
+PRESIGN_MAX_SECONDS = 604_800
+PRESIGN_DEFAULT_SECONDS = 300
+
+
+class StorageUnavailable(RuntimeError):
+    """The object store did not answer (network, credentials, server error)."""
+
+
+@dataclass(frozen=True)
+class R2Config:
+    """Where a store's files live in R2. ``endpoint_url`` overrides the account endpoint."""
+
+    account_id: str
+    access_key_id: str
+    secret_access_key: str
+    bucket: str
+    endpoint_url: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoint_url or f"https://{self.account_id}.r2.cloudflarestorage.com"
+
+    def __repr__(self) -> str:  # never show the secret in logs or tracebacks
+        return f"R2Config(account_id={self.account_id!r}, bucket={self.bucket!r})"
+
+
+def clamp_ttl(seconds: int) -> int:
+    """Presigned URL lifetime within what R2 accepts (1 s .. 7 days)."""
+    return max(PRESIGN_MIN_SECONDS, min(PRESIGN_MAX_SECONDS, int(seconds)))
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback and an RFC 6266 / 5987 ``filename*``."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\%;' else "_" for c in filename
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@functools.lru_cache(maxsize=32)
+def _client(config: R2Config) -> Any:
+    # Building a client costs tens of milliseconds; clients are thread-safe, so keep one.
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=config.endpoint,
+        aws_access_key_id=config.access_key_id,
+        aws_secret_access_key=config.secret_access_key,
+        region_name="auto",
+        config=Config(
+            signature_version="s3v4",
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+        ),
+    )
+
+
+class R2Store:
+    """Objects in an R2 bucket; buyers fetch them through short-lived presigned URLs."""
+
+    name = "r2"
+
+    def __init__(self, config: R2Config) -> None:
+        self.config = config
+        self.client = _client(config)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise StorageUnavailable(f"R2 HEAD failed ({_code(exc)})") from None
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"R2 unreachable ({type(exc).__name__})") from None
+        return True
+
+    def upload(self, key: str, source: Path) -> None:
+        try:
+            self.client.upload_file(str(source), self.config.bucket, key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"R2 upload failed ({type(exc).__name__})") from None
+
+    def download(self, key: str, target: Path) -> None:
+        try:
+            self.client.download_file(self.config.bucket, key, str(target))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                raise FileNotFoundError(key) from None
+            raise StorageUnavailable(f"R2 download failed ({_code(exc)})") from None
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"R2 unreachable ({type(exc).__name__})") from None
+
+    def presigned_url(self, key: str, filename: str, ttl: int = PRESIGN_DEFAULT_SECONDS) -> str:
+        """A GET URL for ``key`` that saves as ``filename`` and expires after ``ttl`` s."""
+        url: str = self.client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.config.bucket,
+                "Key": key,
+                "ResponseContentDisposition": content_disposition(filename),
+            },
+            ExpiresIn=clamp_ttl(ttl),
+        )
+        return url
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "error"))

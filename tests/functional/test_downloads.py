@@ -1,0 +1,496 @@
+"""Buyers' download links on embedded storage: counted, logged, refused with friendly pages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pikepdf
+import pytest
+from flask import Flask
+from pypdf import PdfReader
+from sqlalchemy import select, update
+
+from connector.db import db
+from connector.jobs import run_pending
+from connector.models import DownloadEvent, DownloadGrant, Job, WatermarkCopy
+from connector.vault.crypto import keyed_hash
+from tests.conftest import MASTER_KEY, SECRET_KEY
+from tests.factories import WebhookSender, line_item, wc_order
+
+BUYER = "Jürgen Ørsted 山田"
+
+
+def make_pdf(path: Path, pages: int = 3, *, password: str | None = None) -> Path:
+    pdf = pikepdf.new()
+    for number in range(pages):
+        pdf.add_blank_page(page_size=(595, 842))
+        font = pikepdf.Dictionary(
+            Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1, BaseFont=pikepdf.Name.Helvetica
+        )
+        page = pdf.pages[-1]
+        page.Resources = pikepdf.Dictionary(Font=pikepdf.Dictionary(F1=font))
+        page.Contents = pdf.make_stream(b"BT /F1 24 Tf 72 700 Td (Chapter %d) Tj ET" % number)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encryption = pikepdf.Encryption(user=password, owner=password) if password else False
+    pdf.save(path, encryption=encryption)
+    return path
+
+
+def put_file(app: Flask, key: str, data: bytes) -> Path:
+    path = Path(app.extensions["keygate.settings"].storage_dir) / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def paid_order(
+    shop: WebhookSender, order_id: int, files: list[dict[str, Any]], **policy: Any
+) -> list[dict[str, Any]]:
+    shop.configure(501, files=files, **policy)
+    response = shop.deliver(wc_order(order_id, "processing", [line_item(501)]))
+    assert response.status_code == 200
+    downloads: list[dict[str, Any]] = shop.order(order_id)["downloads"]
+    return downloads
+
+
+def get(client: Any, path: str, **kwargs: Any) -> Any:
+    """GET and close (a streamed file stays open until its response is closed)."""
+    response = client.get(path, **kwargs)
+    response.get_data()
+    response.close()
+    return response
+
+
+def link_path(download: dict[str, Any]) -> str:
+    return download["link"].removeprefix("http://keygate.test")
+
+
+def events(app: Flask) -> list[DownloadEvent]:
+    with app.app_context():
+        return list(db.session.scalars(select(DownloadEvent).order_by(DownloadEvent.id)))
+
+
+def test_link_streams_the_local_file_with_its_unicode_filename(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Embedded mode streams the file itself, named per RFC 6266 so Unicode survives."""
+    put_file(app, "files/handbuch.pdf", b"%PDF-1.4 manual bytes")
+    downloads = paid_order(
+        shop, 7001, [{"object_key": "files/handbuch.pdf", "filename": "Handbuch Ü 山.pdf"}]
+    )
+    response = get(
+        shop.client, link_path(downloads[0]), environ_base={"REMOTE_ADDR": "198.51.100.9"}
+    )
+    assert response.status_code == 200
+    assert response.data == b"%PDF-1.4 manual bytes"
+    disposition = response.headers["Content-Disposition"]
+    assert disposition.startswith("attachment;")
+    assert "filename*=UTF-8''Handbuch%20%C3%9C%20%E5%B1%B1.pdf" in disposition
+    assert response.headers["Cache-Control"] == "no-store"
+
+    [event] = events(app)
+    assert (event.outcome, event.served) == ("served", "original")
+    with app.app_context():
+        assert event.ip_hash == keyed_hash("download-ip", "198.51.100.9")
+    assert "198.51.100.9" not in (event.ip_hash or "")
+    assert event.user_agent is not None
+
+
+def test_range_requests_resume_local_downloads(app: Flask, shop: WebhookSender) -> None:
+    """A Range request gets 206 and just the asked-for bytes."""
+    put_file(app, "files/big.bin", bytes(range(256)) * 40)
+    downloads = paid_order(shop, 7002, [{"object_key": "files/big.bin", "filename": "big.bin"}])
+    response = get(shop.client, link_path(downloads[0]), headers={"Range": "bytes=100-199"})
+    assert response.status_code == 206
+    assert response.data == (bytes(range(256)) * 40)[100:200]
+
+
+def test_tampered_token_is_a_404_page_not_json(app: Flask, shop: WebhookSender) -> None:
+    """A link with one character changed answers a friendly 404 page."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(shop, 7003, [{"object_key": "files/a.pdf", "filename": "a.pdf"}])
+    path = link_path(downloads[0])
+    tampered = path[:-1] + ("A" if path[-1] != "A" else "B")
+    response = get(shop.client, tampered)
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "not valid" in response.get_data(as_text=True)
+    assert events(app) == []
+
+
+def test_expired_grant_is_410(app: Flask, shop: WebhookSender) -> None:
+    """After its download period a link answers 410 and logs the refusal."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(shop, 7004, [{"object_key": "files/a.pdf", "filename": "a.pdf"}])
+    with app.app_context():
+        db.session.execute(
+            update(DownloadGrant).values(
+                expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+            )
+        )
+        db.session.commit()
+    response = get(shop.client, link_path(downloads[0]))
+    assert response.status_code == 410
+    assert response.mimetype == "text/html"
+    assert "expired" in response.get_data(as_text=True)
+    assert [e.outcome for e in events(app)] == ["expired"]
+
+
+def test_refund_makes_the_link_410(app: Flask, shop: WebhookSender) -> None:
+    """A refunded order's links stop at once."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(shop, 7005, [{"object_key": "files/a.pdf", "filename": "a.pdf"}])
+    assert get(shop.client, link_path(downloads[0])).status_code == 200
+    shop.deliver(wc_order(7005, "refunded", [line_item(501)], modified=60))
+    response = get(shop.client, link_path(downloads[0]))
+    assert response.status_code == 410
+    assert "withdrawn" in response.get_data(as_text=True)
+    assert [e.outcome for e in events(app)] == ["served", "revoked"]
+
+
+def test_limit_reached_is_429(app: Flask, shop: WebhookSender) -> None:
+    """download_limit 2: two downloads, then a 429 page; the grant counts exactly two."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(
+        shop, 7006, [{"object_key": "files/a.pdf", "filename": "a.pdf"}], download_limit=2
+    )
+    statuses = [get(shop.client, link_path(downloads[0])).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert shop.order(7006)["downloads"][0]["downloads_left"] == 0
+    assert [e.outcome for e in events(app)] == ["served", "served", "limit"]
+
+
+def test_concurrent_clicks_never_exceed_the_limit(app: Flask, shop: WebhookSender) -> None:
+    """Twelve simultaneous clicks on a link allowing three: exactly three are served."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(
+        shop, 7007, [{"object_key": "files/a.pdf", "filename": "a.pdf"}], download_limit=3
+    )
+    path = link_path(downloads[0])
+    statuses: list[int] = []
+    barrier = threading.Barrier(12)
+
+    def click() -> None:
+        client = app.test_client()
+        barrier.wait()
+        statuses.append(get(client, path).status_code)
+
+    threads = [threading.Thread(target=click) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] * 3 + [429] * 9
+    with app.app_context():
+        grant = db.session.execute(select(DownloadGrant)).scalar_one()
+        assert grant.download_count == 3
+
+
+def _pdf_files() -> list[dict[str, Any]]:
+    return [{"object_key": "books/guide.pdf", "filename": "guide.pdf", "watermark": "pdf"}]
+
+
+def test_paid_order_watermarks_pdf_and_leak_lookup_names_the_buyer(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """The job stamps every page with the buyer; qpdf accepts it; the fingerprint leads back."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=4)
+    downloads = paid_order(shop, 7008, _pdf_files())
+    run_pending(app)
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.status == "ready", copy.error
+        assert copy.object_key is not None and copy.object_key.startswith("watermarked/")
+
+    response = get(shop.client, link_path(downloads[0]))
+    assert response.status_code == 200
+    stamped = tmp_path / "leaked.pdf"
+    stamped.write_bytes(response.data)
+    check = subprocess.run(["qpdf", "--check", str(stamped)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    pages = PdfReader(stamped).pages
+    assert len(pages) == 4
+    for number, page in enumerate(pages):
+        text = page.extract_text()
+        assert f"Chapter {number}" in text
+        assert f"Licensed to {BUYER} <jurgen@example.org> · Order 7008" in text
+    assert [e.served for e in events(app)] == ["watermarked"]
+
+    # In a process of its own, as an owner runs it (a second app in this process would
+    # rebind the shared ``db`` engine of the test's app).
+    env = {
+        **os.environ,
+        "KEYGATE_DATABASE_URL": database_url,
+        "KEYGATE_MASTER_KEY": MASTER_KEY,
+        "KEYGATE_SECRET_KEY": SECRET_KEY,
+        "KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "connector.cli", "leak-lookup", "--json", str(stamped)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(result.stdout)
+    assert found["order"]["id"] == "7008"
+    assert found["buyer"]["name"] == BUYER
+
+    answer = shop.client.post(
+        "/api/v1/admin/leak-lookup",
+        data=stamped.read_bytes(),
+        headers={
+            "Authorization": f"Bearer {shop.store.api_token}",
+            "Content-Type": "application/pdf",
+        },
+    )
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["order"]["id"] == "7008"
+    assert body["buyer"] == {"name": BUYER, "email": "jurgen@example.org"}
+    with app.app_context():
+        assert body["grant_id"] == db.session.execute(select(DownloadGrant.id)).scalar_one()
+
+
+def test_unwatermarked_file_names_nobody_in_leak_lookup(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """A PDF without a fingerprint is a 404 from the leak lookup, not a guess."""
+    plain = make_pdf(tmp_path / "plain.pdf")
+    answer = shop.client.post(
+        "/api/v1/admin/leak-lookup",
+        data=plain.read_bytes(),
+        headers={"Authorization": f"Bearer {shop.store.api_token}"},
+    )
+    assert answer.status_code == 404
+    assert answer.mimetype == "application/problem+json"
+
+
+def test_first_click_makes_the_missing_copy_on_the_spot(app: Flask, shop: WebhookSender) -> None:
+    """A watermarked file whose copy is not made yet is made on the spot, not refused."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    downloads = paid_order(shop, 7009, _pdf_files())
+    response = get(shop.client, link_path(downloads[0]))  # no job has run
+    assert response.status_code == 200
+    assert "Order 7009" in PdfReader(io.BytesIO(response.data)).pages[0].extract_text()
+    assert [e.served for e in events(app)] == ["watermarked"]
+    # The job then finds the copy made and does not stamp again.
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy.attempts)).scalar_one() == 1
+        assert (
+            db.session.execute(
+                select(Job.status).where(Job.kind == "downloads.watermark")
+            ).scalar_one()
+            == "done"
+        )
+
+
+def test_encrypted_pdf_is_refused_by_default_and_the_owner_sees_why(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """An encrypted PDF cannot be stamped: a clear page for the buyer, an error for the owner."""
+    make_pdf(
+        Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", password="pw"
+    )
+    downloads = paid_order(shop, 7010, _pdf_files())
+    run_pending(app)
+    response = get(shop.client, link_path(downloads[0]))
+    assert response.status_code == 409
+    assert response.mimetype == "text/html"
+    assert "could not be prepared" in response.get_data(as_text=True)
+    assert shop.order(7010)["downloads"][0]["downloads_left"] is None
+    log = shop.admin("GET", "/orders/7010/downloads").get_json()
+    assert log["grants"][0]["watermark_status"] == "failed"
+    assert "encrypted" in log["grants"][0]["watermark_error"]
+    assert [e["outcome"] for e in log["events"]] == ["refused"]
+
+
+def test_fallback_original_serves_the_unstamped_file(app: Flask, shop: WebhookSender) -> None:
+    """With watermark_fallback "original", a file that cannot be stamped is served as is."""
+    original = make_pdf(
+        Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", password="pw"
+    )
+    response = shop.admin(
+        "PUT",
+        "/products/501",
+        {"name": "Guide", "policy": {}, "files": _pdf_files(), "watermark_fallback": "original"},
+    )
+    assert response.get_json()["watermark_fallback"] == "original"
+    shop.deliver(wc_order(7011, "processing", [line_item(501)]))
+    downloads = shop.order(7011)["downloads"]
+    answer = get(shop.client, link_path(downloads[0]))
+    assert answer.status_code == 200
+    assert answer.data == original.read_bytes()
+    assert [e.served for e in events(app)] == ["original-fallback"]
+
+
+def test_zip_gets_license_txt_and_comment_without_recompression(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The buyer's ZIP opens with LICENSE.txt (key, buyer, order); other members are untouched."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("plugin/plugin.php", "<?php // plugin " * 200)
+        archive.writestr("readme.txt", "Read me")
+    original = put_file(app, "zips/plugin.zip", buffer.getvalue())
+    downloads = paid_order(
+        shop,
+        7012,
+        [{"object_key": "zips/plugin.zip", "filename": "plugin.zip", "watermark": "zip"}],
+    )
+    answer = get(shop.client, link_path(downloads[0]))
+    assert answer.status_code == 200
+    key = shop.order(7012)["licenses"][0]["key"]
+    with zipfile.ZipFile(io.BytesIO(answer.data)) as archive:
+        assert archive.testzip() is None
+        license_txt = archive.read("LICENSE.txt").decode()
+        assert key in license_txt
+        assert BUYER in license_txt and "Order: 7012" in license_txt
+        assert b"keygate-fp:" in archive.comment
+        for info in zipfile.ZipFile(original).infolist():
+            stamped = archive.getinfo(info.filename)
+            assert (stamped.compress_size, stamped.CRC) == (info.compress_size, info.CRC)
+    # Byte for byte: the original archive's members are the start of the buyer's copy.
+    members_end = min(zipfile.ZipFile(original).start_dir, len(answer.data))
+    assert answer.data[:members_end] == original.read_bytes()[:members_end]
+
+
+def test_downloads_log_per_order_and_per_buyer(app: Flask, shop: WebhookSender) -> None:
+    """The owner sees each click with outcome, hashed IP and user agent, by order and buyer."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(
+        shop, 7013, [{"object_key": "files/a.pdf", "filename": "a.pdf"}], download_limit=1
+    )
+    for _ in range(2):
+        get(
+            shop.client,
+            link_path(downloads[0]),
+            headers={"User-Agent": "Firefox/140"},
+            environ_base={"REMOTE_ADDR": "203.0.113.5"},
+        )
+    by_order = shop.admin("GET", "/orders/7013/downloads").get_json()
+    assert [e["outcome"] for e in by_order["events"]] == ["limit", "served"]
+    assert by_order["events"][0]["user_agent"] == "Firefox/140"
+    assert by_order["events"][0]["filename"] == "a.pdf"
+    assert "203.0.113.5" not in str(by_order)
+    assert by_order["grants"][0]["download_count"] == 1
+    by_buyer = shop.admin("GET", "/customers/jurgen@example.org/downloads").get_json()
+    assert by_buyer["orders"] == ["7013"]
+    assert by_buyer["events"] == by_order["events"]
+    assert shop.admin("GET", "/customers/nobody@example.org/downloads").get_json()["events"] == []
+    assert shop.admin("GET", "/orders/404404/downloads").status_code == 404
+
+
+def test_admin_downloads_log_needs_the_store_token(client: Any) -> None:
+    """Without the Bearer token the downloads log is a 401 problem."""
+    response = client.get("/api/v1/admin/orders/1/downloads")
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("name", ["revoked", "expired"])
+def test_refusal_pages_are_html_even_for_json_clients(
+    app: Flask, shop: WebhookSender, name: str
+) -> None:
+    """A 410 on /d/ is a page for people, whatever the client asks for."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(shop, 7014, [{"object_key": "files/a.pdf", "filename": "a.pdf"}])
+    with app.app_context():
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        values = {"revoked_at": past} if name == "revoked" else {"expires_at": past}
+        db.session.execute(update(DownloadGrant).values(**values))
+        db.session.commit()
+    response = get(shop.client, link_path(downloads[0]), headers={"Accept": "application/json"})
+    assert response.status_code == 410
+    assert response.mimetype == "text/html"
+
+
+def test_head_requests_count_nothing(app: Flask, shop: WebhookSender) -> None:
+    """A HEAD probe (link checkers, mail scanners) says whether the link works, uncounted."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(
+        shop, 7015, [{"object_key": "files/a.pdf", "filename": "a.pdf"}], download_limit=1
+    )
+    path = link_path(downloads[0])
+    assert shop.client.head(path).status_code == 200
+    assert shop.client.head(path).status_code == 200
+    assert get(shop.client, path).status_code == 200
+    assert shop.client.head(path).status_code == 429
+    assert [e.outcome for e in events(app)] == ["served"]
+
+
+def test_leak_lookup_accepts_files_larger_than_the_api_body_limit(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """Leaked copies are big: the lookup takes files past the 1 MB API limit, as multipart too."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    downloads = paid_order(shop, 7016, _pdf_files())
+    stamped = get(shop.client, link_path(downloads[0])).data
+    with pikepdf.open(io.BytesIO(stamped)) as pdf:
+        # Pad the copy past the limit the way real books are big: an incompressible image.
+        pdf.pages[0].Resources.XObject = pikepdf.Dictionary(
+            Pad=pdf.make_stream(os.urandom(1_500_000), Type=pikepdf.Name.XObject)
+        )
+        big = tmp_path / "big.pdf"
+        pdf.save(big, compress_streams=False)
+    assert big.stat().st_size > app.config["MAX_CONTENT_LENGTH"]
+    headers = {"Authorization": f"Bearer {shop.store.api_token}"}
+    raw = shop.client.post("/api/v1/admin/leak-lookup", data=big.read_bytes(), headers=headers)
+    assert raw.status_code == 200, raw.get_data(as_text=True)
+    assert raw.get_json()["order"]["id"] == "7016"
+    # Encoded by hand: the test client spools large multipart bodies to a file it never closes.
+    body = (
+        b"--kgboundary\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="found.pdf"\r\n'
+        b"Content-Type: application/pdf\r\n\r\n" + big.read_bytes() + b"\r\n--kgboundary--\r\n"
+    )
+    multipart = shop.client.post(
+        "/api/v1/admin/leak-lookup",
+        data=body,
+        headers=headers,
+        content_type="multipart/form-data; boundary=kgboundary",
+    )
+    assert multipart.status_code == 200, multipart.get_data(as_text=True)
+    assert multipart.get_json()["buyer"]["name"] == BUYER
+
+
+def test_leak_lookup_does_not_reveal_other_stores_buyers(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """Another store's token cannot learn who a copy was made for."""
+    from connector.stores import create_store
+
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    downloads = paid_order(shop, 7017, _pdf_files())
+    stamped = get(shop.client, link_path(downloads[0])).data
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+    answer = shop.client.post(
+        "/api/v1/admin/leak-lookup",
+        data=stamped,
+        headers={"Authorization": f"Bearer {other.api_token}"},
+    )
+    assert answer.status_code == 404
+
+
+def test_missing_file_is_a_503_page_and_costs_no_download(app: Flask, shop: WebhookSender) -> None:
+    """A file missing from storage is the shop's fault: a 503 page, and the click is not counted."""
+    downloads = paid_order(
+        shop, 7018, [{"object_key": "files/gone.pdf", "filename": "gone.pdf"}], download_limit=1
+    )
+    response = get(shop.client, link_path(downloads[0]))
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert shop.order(7018)["downloads"][0]["downloads_left"] == 1

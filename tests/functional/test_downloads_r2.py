@@ -1,0 +1,251 @@
+"""Downloads from R2, against LocalStack's S3, which checks presigned signatures and expiry."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pikepdf
+import pytest
+from botocore.config import Config
+from flask import Flask
+from pypdf import PdfReader
+from sqlalchemy import select
+
+from connector import create_app
+from connector.db import db
+from connector.downloads.storage import R2ObjectStore, r2_config_for, store_for
+from connector.integrations.r2 import R2Config
+from connector.jobs import run_pending
+from connector.models import DownloadEvent, Store, WatermarkCopy
+from connector.stores import create_store
+from tests.conftest import app_overrides
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.localstack import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localstack")]
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        region_name="auto",
+        config=Config(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+@pytest.fixture
+def bucket(localstack_endpoint: str) -> str:
+    name = f"keygate-{uuid.uuid4().hex[:12]}"
+    s3_client(localstack_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def make_r2_app(
+    tmp_path: Path, database_url: str, endpoint: str, bucket: str, **extra: Any
+) -> Flask:
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(
+        app_overrides(
+            tmp_path,
+            database_url,
+            r2_account_id="0123456789abcdef",
+            r2_access_key_id=ACCESS_KEY_ID,
+            r2_secret_access_key=SECRET_ACCESS_KEY,
+            r2_bucket=bucket,
+            r2_endpoint_url=endpoint,
+            **extra,
+        )
+    )
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def r2_app(
+    tmp_path: Path, database_url: str, localstack_endpoint: str, bucket: str
+) -> Iterator[Flask]:
+    application = make_r2_app(tmp_path, database_url, localstack_endpoint, bucket)
+    yield application
+    application.extensions["keygate.db"].engine.dispose()
+
+
+@pytest.fixture
+def r2_shop(r2_app: Flask) -> WebhookSender:
+    with r2_app.app_context():
+        created = create_store(db.session, "R2 Shop", "https://shop.example")
+        db.session.commit()
+    return WebhookSender(r2_app.test_client(), created)
+
+
+def fetch(url: str) -> tuple[int, bytes, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read(), dict(answer.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), dict(error.headers)
+
+
+def paid_link(shop: WebhookSender, order_id: int, files: list[dict[str, Any]]) -> str:
+    shop.configure(501, files=files)
+    assert shop.deliver(wc_order(order_id, "processing", [line_item(501)])).status_code == 200
+    link: str = shop.order(order_id)["downloads"][0]["link"]
+    return link.removeprefix("http://keygate.test")
+
+
+def test_store_with_r2_settings_uses_r2(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str
+) -> None:
+    """With KEYGATE_R2_* set, a store's files live in R2; the account endpoint is derived."""
+    with r2_app.app_context():
+        store = db.session.execute(select(Store)).scalar_one()
+        config = r2_config_for(store)
+        assert config is not None
+        assert isinstance(store_for(store), R2ObjectStore)
+        assert config.endpoint == localstack_endpoint
+        assert "secret" not in repr(config)
+    # Without an endpoint override, the account's R2 endpoint.
+    account = R2Config("0123456789abcdef", "key-id", "very-secret", "b")
+    assert account.endpoint == "https://0123456789abcdef.r2.cloudflarestorage.com"
+    assert "very-secret" not in repr(account)
+
+
+def test_click_redirects_to_a_presigned_url_that_serves_the_file(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """Upload, click, follow the 302: the bytes arrive with the Unicode filename intact."""
+    s3_client(localstack_endpoint).put_object(
+        Bucket=bucket, Key="apps/tool.zip", Body=b"PK tool bytes"
+    )
+    path = paid_link(
+        r2_shop, 8001, [{"object_key": "apps/tool.zip", "filename": "Werkzeug ß 工具.zip"}]
+    )
+    response = r2_shop.client.get(path)
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert location.startswith(f"{localstack_endpoint}/{bucket}/apps/tool.zip?")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)
+    assert query["X-Amz-Expires"] == ["300"]
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert "/auto/s3/aws4_request" in query["X-Amz-Credential"][0]
+    assert response.headers["Cache-Control"] == "no-store"
+
+    status, body, headers = fetch(location)
+    assert status == 200
+    assert body == b"PK tool bytes"
+    disposition = headers["Content-Disposition"]
+    assert "filename*=UTF-8''Werkzeug%20%C3%9F%20%E5%B7%A5%E5%85%B7.zip" in disposition
+    with r2_app.app_context():
+        [event] = db.session.scalars(select(DownloadEvent))
+        assert (event.outcome, event.served) == ("served", "original")
+
+
+def test_presigned_url_is_refused_when_expired_or_tampered(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """The server refuses a presigned URL after it expires and when any signed part changes."""
+    s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="k.bin", Body=b"secret")
+    with r2_app.app_context():
+        store = db.session.execute(select(Store)).scalar_one()
+        backend = store_for(store)
+        assert isinstance(backend, R2ObjectStore)
+        fresh = backend.presigned_url("k.bin", "k.bin", ttl=300)
+        short = backend.presigned_url("k.bin", "k.bin", ttl=1)
+    assert fetch(fresh)[0] == 200
+
+    signature = fresh.rsplit("X-Amz-Signature=", 1)[1][:64]
+    flipped = ("0" if signature[0] != "0" else "1") + signature[1:]
+    assert fetch(fresh.replace(signature, flipped))[0] == 403
+    assert fetch(fresh.replace("X-Amz-Expires=300", "X-Amz-Expires=600"))[0] == 403
+    assert fetch(fresh.replace("filename%3D%22k.bin", "filename%3D%22x.bin"))[0] == 403
+
+    time.sleep(3)  # X-Amz-Date has one-second resolution
+    assert fetch(short)[0] == 403
+
+
+def test_watermarked_pdf_is_made_in_the_bucket_and_served_from_there(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    """The job stamps the copy into the bucket under a per-order key; the link serves it."""
+    pdf = pikepdf.new()
+    for _ in range(2):
+        pdf.add_blank_page()
+    source = tmp_path / "book.pdf"
+    pdf.save(source)
+    client = s3_client(localstack_endpoint)
+    client.upload_file(str(source), bucket, "books/book.pdf")
+    path = paid_link(
+        r2_shop,
+        8002,
+        [{"object_key": "books/book.pdf", "filename": "book.pdf", "watermark": "pdf"}],
+    )
+    run_pending(r2_app)
+    with r2_app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.status == "ready", copy.error
+        assert copy.object_key is not None
+        key = copy.object_key
+    assert key.startswith("watermarked/") and client.head_object(Bucket=bucket, Key=key)
+
+    response = r2_shop.client.get(path)
+    assert response.status_code == 302
+    assert f"/{bucket}/watermarked/" in response.headers["Location"]
+    status, body, _ = fetch(response.headers["Location"])
+    assert status == 200
+    stamped = tmp_path / "stamped.pdf"
+    stamped.write_bytes(body)
+    check = subprocess.run(["qpdf", "--check", str(stamped)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    for page in PdfReader(io.BytesIO(body)).pages:
+        assert "Jürgen Ørsted 山田" in page.extract_text()
+
+
+def test_missing_object_in_the_bucket_is_a_warning_for_the_owner(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """PUT product with a file not uploaded yet: 200 with a warning naming it."""
+    s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="there.pdf", Body=b"x")
+    response = r2_shop.configure(
+        501,
+        files=[
+            {"object_key": "there.pdf", "filename": "there.pdf"},
+            {"object_key": "later.pdf", "filename": "later.pdf"},
+        ],
+    )
+    assert response.get_json()["warnings"] == ["later.pdf: not found in storage yet"]
+
+
+def test_redirect_from_a_short_lived_link_expires_at_the_server(
+    tmp_path: Path, database_url: str, localstack_endpoint: str, bucket: str
+) -> None:
+    """With KEYGATE_DOWNLOAD_URL_TTL=1, the URL a click redirects to is refused 3 s later."""
+    app = make_r2_app(tmp_path, database_url, localstack_endpoint, bucket, download_url_ttl=1)
+    try:
+        with app.app_context():
+            created = create_store(db.session, "R2 Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="a.bin", Body=b"abc")
+        path = paid_link(shop, 8003, [{"object_key": "a.bin", "filename": "a.bin"}])
+        location = shop.client.get(path).headers["Location"]
+        assert "X-Amz-Expires=1&" in location or location.endswith("X-Amz-Expires=1")
+        time.sleep(3)  # X-Amz-Date has one-second resolution
+        assert fetch(location)[0] == 403
+    finally:
+        app.extensions["keygate.db"].engine.dispose()

@@ -1,0 +1,64 @@
+"""Both object stores keep the same contract (local folder and R2 on LocalStack)."""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from connector.downloads.storage import LocalStore, ObjectStore, R2ObjectStore
+from connector.integrations.r2 import R2Config
+from tests.localstack import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localstack")]
+
+
+@pytest.fixture(params=["local", "r2"])
+def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalStore(tmp_path / "files")
+    endpoint: str = request.getfixturevalue("localstack_endpoint")
+    bucket = f"contract-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        region_name="auto",
+    ).create_bucket(Bucket=bucket)
+    return R2ObjectStore(R2Config("acct", ACCESS_KEY_ID, SECRET_ACCESS_KEY, bucket, endpoint))
+
+
+def fetch(delivery: Any) -> bytes:
+    if delivery.url is not None:
+        with urllib.request.urlopen(delivery.url, timeout=10) as answer:
+            body: bytes = answer.read()
+            return body
+    return Path(delivery.path).read_bytes()
+
+
+def test_upload_then_exists_download_and_deliver(object_store: ObjectStore, tmp_path: Path) -> None:
+    """What is uploaded exists, downloads byte for byte, and its delivery serves it."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"\x00keygate\xff" * 1000)
+    key = "products/42/Ünïcode file.bin"
+    assert object_store.exists(key) is False
+    object_store.upload(key, source)
+    assert object_store.exists(key) is True
+    object_store.download(key, tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    delivery = object_store.delivery(key, "file.bin", 60)
+    assert delivery.filename == "file.bin"
+    assert fetch(delivery) == source.read_bytes()
+
+
+def test_downloading_a_missing_object_is_file_not_found(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    """A missing object is FileNotFoundError on every backend (never a storage outage)."""
+    with pytest.raises(FileNotFoundError):
+        object_store.download("nope/missing.bin", tmp_path / "x")

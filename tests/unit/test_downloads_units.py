@@ -1,0 +1,145 @@
+"""Small promises of the downloads pieces: presign limits, filenames, stamps, fingerprints."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from connector.db import db
+from connector.downloads.leaks import identify_leak
+from connector.downloads.storage import LocalStore, r2_config_for, store_for
+from connector.downloads.watermark import (
+    DEFAULT_TEMPLATE,
+    Stamp,
+    WatermarkError,
+    read_fingerprints,
+    stamp_pdf,
+    stamp_zip,
+)
+from connector.integrations.r2 import clamp_ttl, content_disposition
+from connector.models import DownloadGrant, WatermarkCopy
+from connector.stores import NewStore
+from connector.tokens import fingerprint_token
+from tests.factories import WebhookSender, line_item, wc_order
+
+
+def stamp(**changes: str) -> Stamp:
+    values = {
+        "name": "Jürgen Ø 山田",
+        "email": "j@example.org",
+        "order": "42",
+        "date": "2026-11-24",
+        "fingerprint": "forged.fingerprint",
+    }
+    values.update(changes)
+    return Stamp(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("asked", "given"), [(0, 1), (-5, 1), (1, 1), (300, 300), (604_800, 604_800), (10**7, 604_800)]
+)
+def test_presigned_lifetime_is_clamped_to_what_r2_accepts(asked: int, given: int) -> None:
+    """R2 accepts 1 s to 7 days; anything else is brought within."""
+    assert clamp_ttl(asked) == given
+
+
+def test_content_disposition_keeps_unicode_and_has_an_ascii_fallback() -> None:
+    """RFC 6266: a plain filename for old clients, filename* (UTF-8) for the real name."""
+    value = content_disposition('Über "report"; 山.pdf')
+    assert value.startswith('attachment; filename="')
+    fallback = value.split('filename="')[1].split('"')[0]
+    assert fallback.isascii() and ";" not in fallback
+    assert unquote(value.split("filename*=UTF-8''")[1]) == 'Über "report"; 山.pdf'
+
+
+def test_unknown_template_fields_fall_back_to_the_default_line() -> None:
+    """A template with a typo still stamps the buyer, with the default wording."""
+    assert stamp(template="{nmae}").text == DEFAULT_TEMPLATE.format(  # type: ignore[call-arg]
+        name="Jürgen Ø 山田", email="j@example.org", order="42", date="2026-11-24"
+    )
+
+
+def test_broken_pdf_and_zip_raise_watermark_errors(tmp_path: Path) -> None:
+    """Files that cannot be stamped say so; they never produce a half-stamped copy."""
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.7\n this is not a pdf")
+    with pytest.raises(WatermarkError):
+        stamp_pdf(broken, tmp_path / "out.pdf", stamp())
+    with pytest.raises(WatermarkError):
+        stamp_zip(broken, tmp_path / "out.zip", stamp())
+    assert not (tmp_path / "out.zip").exists()
+
+
+def test_zip_with_its_own_license_keeps_it(tmp_path: Path) -> None:
+    """A ZIP that ships a LICENSE.txt keeps it; the buyer's license gets another name."""
+    source = tmp_path / "in.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("LICENSE.txt", "GPL")
+    member = stamp_zip(source, tmp_path / "out.zip", stamp())
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert archive.read("LICENSE.txt") == b"GPL"
+        assert "Jürgen" in archive.read(member).decode()
+    assert read_fingerprints(tmp_path / "out.zip") == ["forged.fingerprint"]
+
+
+def test_forged_fingerprint_names_nobody(app: Flask, shop: WebhookSender, tmp_path: Path) -> None:
+    """Only fingerprints signed by this Keygate lead to a grant: a forged one names nobody."""
+    shop.configure(501)
+    shop.deliver(wc_order(6001, "processing", [line_item(501)]))
+    with app.app_context():
+        grant_id = db.session.execute(select(DownloadGrant.id)).scalar_one()
+        genuine = fingerprint_token(grant_id)
+    payload = genuine.split(".")[0]
+    source = tmp_path / "in.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("a.txt", "a")
+    stamp_zip(source, tmp_path / "forged.zip", stamp(fingerprint=payload + ".forgedsignature"))
+    stamp_zip(source, tmp_path / "genuine.zip", stamp(fingerprint=genuine))
+    with app.app_context():
+        assert identify_leak(db.session, tmp_path / "forged.zip") is None
+        match = identify_leak(db.session, tmp_path / "genuine.zip")
+        assert match is not None
+        assert (match.grant_id, match.shop_order_id) == (grant_id, "6001")
+
+
+def test_without_r2_settings_stores_use_embedded_files(app: Flask, new_store: NewStore) -> None:
+    """No KEYGATE_R2_* settings: files are served from <instance>/files."""
+    with app.app_context():
+        assert r2_config_for(new_store.store) is None
+        backend = store_for(new_store.store)
+        assert isinstance(backend, LocalStore)
+        assert backend.root == app.extensions["keygate.settings"].storage_dir
+
+
+def test_local_store_refuses_keys_that_escape_its_folder(tmp_path: Path) -> None:
+    """An object key cannot reach outside the storage folder."""
+    store = LocalStore(tmp_path / "files")
+    with pytest.raises(ValueError):
+        store.path("../secret.key")
+    assert store.exists("../secret.key") is False
+
+
+def test_fingerprint_recorded_for_a_copy_still_names_it_after_a_key_change(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """A copy made under an older secret key is still found by its recorded fingerprint."""
+    shop.configure(501)
+    shop.deliver(wc_order(6002, "processing", [line_item(501)]))
+    with app.app_context():
+        grant_id = db.session.execute(select(DownloadGrant.id)).scalar_one()
+        db.session.add(
+            WatermarkCopy(grant_id=grant_id, status="ready", kind="zip", fingerprint="old.key.fp")
+        )
+        db.session.commit()
+    source = tmp_path / "in.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("a.txt", "a")
+    stamp_zip(source, tmp_path / "old.zip", stamp(fingerprint="old.key.fp"))
+    with app.app_context():
+        match = identify_leak(db.session, tmp_path / "old.zip")
+        assert match is not None and match.grant_id == grant_id
