@@ -17,6 +17,7 @@ DOWNLOAD = "keygate.download"
 PORTAL = "keygate.portal"
 CONNECT_STATE = "keygate.wc-connect-state"
 ADMIN_ACTION = "keygate.admin-action"
+RELEASE = "keygate.release-download"
 
 
 class LinkInvalid(NotFound):

@@ -6,6 +6,14 @@ Each domain keeps its tables in a module of its own here.
 from connector.models.catalog import WATERMARKS, Product, ProductFile
 from connector.models.downloads import DownloadGrant
 from connector.models.licensing import LICENSE_STATUSES, License
+from connector.models.licensing_api import (
+    Activation,
+    BindingChange,
+    LicenseFlag,
+    Release,
+    SecurityEvent,
+    SigningKey,
+)
 from connector.models.orders import LineItem, Order
 from connector.models.records import AuditEvent, Job, Mail, WebhookDelivery
 from connector.models.store import AdminUser, Store
@@ -13,16 +21,22 @@ from connector.models.store import AdminUser, Store
 __all__ = [
     "LICENSE_STATUSES",
     "WATERMARKS",
+    "Activation",
     "AdminUser",
     "AuditEvent",
+    "BindingChange",
     "DownloadGrant",
     "Job",
     "License",
+    "LicenseFlag",
     "LineItem",
     "Mail",
     "Order",
     "Product",
     "ProductFile",
+    "Release",
+    "SecurityEvent",
+    "SigningKey",
     "Store",
     "WebhookDelivery",
 ]
