@@ -34,8 +34,13 @@ def public_keys(client: FlaskClient) -> dict[str, str]:
 
 
 def call(
-    client: FlaskClient, endpoint: str, body: Any = None, *, raw: bytes | None = None,
-    check: bool = True, headers: dict[str, str] | None = None,
+    client: FlaskClient,
+    endpoint: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    check: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> TestResponse:
     """POST to /api/v1/licenses/<endpoint>; with ``check``, verify the signature."""
     path = f"/api/v1/licenses/{endpoint}"

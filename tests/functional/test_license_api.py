@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-from flask import Flask
-from sqlalchemy import func, select
-
-from connector.db import db
-from connector.models import Activation
 from tests.factories import WebhookSender
 from tests.licensing_helpers import call, issue_key
 

@@ -10,8 +10,7 @@ from connector.db import Base, db
 
 
 def test_migrations_match_the_models(app: Flask) -> None:
-    with app.app_context():
-        with db.get_engine().connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
-            differences = compare_metadata(context, Base.metadata)
+    with app.app_context(), db.get_engine().connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        differences = compare_metadata(context, Base.metadata)
     assert differences == []
