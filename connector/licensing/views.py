@@ -62,10 +62,18 @@ SECURITY_IP_HASH = "security-ip"
 
 def _read_payload() -> dict[str, Any]:
     """The JSON object of the body, read once per request (400 not JSON, 413 too large)."""
-    cached: dict[str, Any] | None = g.get("_license_payload")
-    if cached is not None:
-        return cached
-    g._license_payload = {}
+    if "_license_payload" not in g:
+        try:
+            g._license_payload = _parse_body()
+        except KeygateError as exc:
+            g._license_payload = exc
+    payload: dict[str, Any] | KeygateError = g._license_payload
+    if isinstance(payload, KeygateError):
+        raise payload
+    return payload
+
+
+def _parse_body() -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > MAX_LICENSE_BODY:
         raise PayloadTooLarge(f"The body must be at most {MAX_LICENSE_BODY} bytes.")
@@ -78,7 +86,6 @@ def _read_payload() -> dict[str, Any]:
         raise InvalidInput("The body must be a JSON object.") from None
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object.")
-    g._license_payload = data
     return data
 
 
