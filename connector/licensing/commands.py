@@ -15,12 +15,14 @@ def register(group: click.Group) -> None:
         within 30 seconds.
         """
         from connector.cli import make_app
-        from connector.db import transaction
+        from connector.db import db, transaction
         from connector.signing import rotate_signing_key
 
         app = make_app()
-        with app.app_context(), transaction() as session:
-            row = rotate_signing_key(session)
-            kid, public_key = row.kid, row.public_key
+        with app.app_context():
+            with transaction() as session:
+                row = rotate_signing_key(session)
+                kid, public_key = row.kid, row.public_key
+            db.get_engine().dispose()
         click.echo(f"new signing key {kid} (ed25519, public key {public_key})")
         click.echo("Pin it in your products next to the old ones; old keys stay published.")
