@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, and_, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -77,6 +77,8 @@ class Answer:
     license: License | None = None
     product: Product | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Seats taken, when the lookup already counted them (validate's one-query path).
+    seats: int | None = None
 
 
 def make_identity(site: str | None, fingerprint: str | None) -> Identity:
@@ -178,15 +180,21 @@ def _is_free_staging(product: Product, identity: Identity) -> bool:
     )
 
 
+def _touch(activation: Activation) -> None:
+    """Record that the activation was seen, at most once per SEEN_RESOLUTION (no write
+    per validate)."""
+    now = utcnow()
+    if now - activation.last_seen_at > SEEN_RESOLUTION:
+        activation.last_seen_at = now
+
+
 def _identity_answer(
     session: Session, lic: License, product: Product, identity: Identity
 ) -> Answer:
     """VALID when ``identity`` is activated (or a free staging site), else why not."""
     activation = _find_activation(session, lic, identity)
     if activation is not None:
-        now = utcnow()
-        if now - activation.last_seen_at > SEEN_RESOLUTION:
-            activation.last_seen_at = now
+        _touch(activation)
         return Answer(True, "VALID", "The license is valid here.", lic, product)
     if _is_free_staging(product, identity):
         return Answer(True, "VALID", "Staging site: free, no activation needed.", lic, product)
@@ -209,6 +217,51 @@ def _identity_answer(
     return Answer(False, "NO_ACTIVATION", "The license is not activated here.", lic, product)
 
 
+def _validate_statement() -> Select[Any]:
+    """Built once: license, product, the identity's activation and seats taken."""
+    seats = (
+        select(func.count())
+        .select_from(Activation)
+        .where(Activation.license_id == License.id, Activation.staging.is_(False))
+        .correlate(License)
+        .scalar_subquery()
+    )
+    return (
+        select(License, Product, Activation, seats)
+        .join(Product, License.product_id == Product.id)
+        .outerjoin(
+            Activation,
+            and_(
+                Activation.license_id == License.id,
+                Activation.site == bindparam("site"),
+                Activation.fingerprint == bindparam("fingerprint"),
+            ),
+        )
+        .where(License.key_hash == bindparam("key_hash"))
+    )
+
+
+_VALIDATE = _validate_statement()
+
+
+def _lookup_for_validate(
+    session: Session, raw_key: str, identity: Identity
+) -> tuple[License | None, Product | None, Activation | None, int, bool]:
+    """One query for the common case (see ``_validate_statement``)."""
+    canonical = normalize_key(raw_key)
+    row = session.execute(
+        _VALIDATE,
+        {
+            "key_hash": hash_license_key(canonical or _DUMMY_KEY),
+            "site": identity.site,
+            "fingerprint": identity.fingerprint,
+        },
+    ).first()
+    if canonical is None or row is None:
+        return None, None, None, 0, canonical is None
+    return row[0], row[1], row[2] if identity.given else None, int(row[3]), False
+
+
 def validate(
     session: Session,
     raw_key: str,
@@ -220,18 +273,25 @@ def validate(
 ) -> Answer:
     """Is this key good (for this product, on this site/machine, for this version)?
 
-    Without a site or fingerprint only the license itself is checked.
+    Without a site or fingerprint only the license itself is checked. The common answer
+    (VALID) costs one query.
     """
     identity = make_identity(site, fingerprint)
-    lic, product, malformed = find_license(session, raw_key)
+    lic, product, activation, seats, malformed = _lookup_for_validate(session, raw_key, identity)
     if lic is None or product is None:
         return _not_found(malformed)
     state = _license_state(session, lic, product, product_id=product_id, version=version)
     if state is not None:
+        state.seats = seats
         return state
     if not identity.given:
-        return Answer(True, "VALID", "The license is valid.", lic, product)
-    return _identity_answer(session, lic, product, identity)
+        return Answer(True, "VALID", "The license is valid.", lic, product, seats=seats)
+    if activation is not None:
+        _touch(activation)
+        return Answer(True, "VALID", "The license is valid here.", lic, product, seats=seats)
+    answer = _identity_answer(session, lic, product, identity)
+    answer.seats = seats
+    return answer
 
 
 def activation_json(activation: Activation) -> dict[str, Any]:
@@ -463,8 +523,10 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def license_json(session: Session, lic: License, product: Product) -> dict[str, Any]:
-    """The ``license`` block of an answer."""
+def license_json(
+    session: Session, lic: License, product: Product, seats: int | None = None
+) -> dict[str, Any]:
+    """The ``license`` block of an answer (``seats``: already counted, else counted here)."""
     status = lic.status
     if status == "active" and _is_expired(lic, utcnow()):
         status = "expired"
@@ -474,7 +536,7 @@ def license_json(session: Session, lic: License, product: Product) -> dict[str, 
         "expires_at": iso(lic.expires_at),
         "updates_until": iso(lic.updates_until),
         "activation_limit": lic.activation_limit,
-        "activations_used": activations_used(session, lic.id),
+        "activations_used": seats if seats is not None else activations_used(session, lic.id),
     }
 
 

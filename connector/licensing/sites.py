@@ -8,6 +8,7 @@ and ``bücher.example`` are both ``xn--bcher-kva.example``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ def _invalid(detail: str) -> ValidationFailed:
     return ValidationFailed(f"site {detail}", field="site")
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_site(raw: str) -> str:
     """The canonical host of ``raw`` (a URL or a bare host).
 
@@ -60,6 +62,7 @@ def normalize_site(raw: str) -> str:
     return ascii_host
 
 
+@functools.lru_cache(maxsize=4096)
 def is_staging_site(site: str) -> bool:
     """Whether a canonical site is a staging site. Whole labels only, never substrings.
 

@@ -115,8 +115,12 @@ def _shop_id_field(data: dict[str, Any], name: str, *, required: bool = False) -
 
 
 def _key_bucket() -> str | None:
-    key = _payload_quietly().get("key")
-    return service.key_fingerprint(key) if isinstance(key, str) else None
+    """The per-key rate-limit bucket (a hash, never the key), computed once per request."""
+    if "_key_bucket" not in g:
+        key = _payload_quietly().get("key")
+        g._key_bucket = service.key_fingerprint(key) if isinstance(key, str) else None
+    bucket: str | None = g._key_bucket
+    return bucket
 
 
 def _breached(scope: str) -> Any:
@@ -244,7 +248,7 @@ def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
         "code": result.code,
         "detail": result.detail,
         "license": (
-            service.license_json(session, result.license, result.product)
+            service.license_json(session, result.license, result.product, result.seats)
             if result.license is not None and result.product is not None
             else None
         ),
