@@ -12,7 +12,7 @@ from sqlalchemy import select
 from connector.admin.auth import current_store, require_store_token
 from connector.db import db
 from connector.errors import NotFound, ValidationFailed
-from connector.licensing.admin import change_license, list_licenses
+from connector.licensing.admin import change_license, find_store_license, list_licenses
 from connector.licensing.releases import (
     SHA256,
     VERSION,
@@ -20,8 +20,8 @@ from connector.licensing.releases import (
     create_release,
     release_json,
 )
-from connector.licensing.service import iso
-from connector.models import Product, Release
+from connector.licensing.service import activation_json, iso
+from connector.models import Activation, Product, Release
 from connector.validation import json_body, optional_int, optional_str, required_str
 
 bp = Blueprint("licensing_admin_api", __name__, url_prefix="/api/v1/admin")
@@ -52,6 +52,22 @@ def get_licenses() -> ResponseReturnValue:
         product=args.get("product") or None,
     )
     return jsonify({"licenses": licenses})
+
+
+@bp.get("/licenses/<key>")
+@require_store_token
+def get_license(key: str) -> ResponseReturnValue:
+    """One license with its activations (the owner sees where a key is used)."""
+    lic = find_store_license(db.session, current_store(), key)
+    activations = db.session.scalars(
+        select(Activation).where(Activation.license_id == lic.id).order_by(Activation.id)
+    )
+    return jsonify(
+        {
+            "license": _license_summary(lic),
+            "activations": [activation_json(a) for a in activations],
+        }
+    )
 
 
 @bp.post("/licenses/<key>/<action>")

@@ -201,6 +201,9 @@ def test_activation_limit_and_same_identity_twice(app: Flask, shop: WebhookSende
     third = call(shop.client, "activate", {"key": key, "site": "shop-three.com"}).get_json()
     assert (third["valid"], third["code"]) == (False, "TOO_MANY_ACTIVATIONS")
     assert _count_activations(app) == 2
+    detail = shop.admin("GET", f"/licenses/{key}").get_json()
+    assert [a["site"] for a in detail["activations"]] == ["shop-one.com", "shop-two.com"]
+    assert detail["activations"][1]["label"] == "B"
 
 
 def test_activate_needs_a_site_or_fingerprint(shop: WebhookSender) -> None:
