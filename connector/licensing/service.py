@@ -45,6 +45,7 @@ from connector.models import (
     BindingChange,
     License,
     LicenseFlag,
+    LineItem,
     Product,
     Release,
 )
@@ -141,6 +142,30 @@ def _released_before_expiry(
     return release is not None and release.published_at <= lic.expires_at
 
 
+def _product_ids(session: Session, lic: License, product: Product) -> set[str]:
+    """Shop ids a product may name its key by: the configured id that matched, and the
+    parent product and variation of the line item it was sold on."""
+    ids = {product.shop_product_id}
+    if lic.line_item_id is not None:
+        line = session.get(LineItem, lic.line_item_id)
+        if line is not None:
+            ids.update(i for i in (line.shop_product_id, line.shop_variation_id) if i)
+    return ids
+
+
+def _release_product_id(session: Session, lic: License, product: Product, product_id: str) -> int:
+    """Releases are published on a configured product: the one the caller names when the
+    store configured it (a variation's parent, say), else the license's own."""
+    if product_id == product.shop_product_id:
+        return product.id
+    named = session.execute(
+        select(Product.id).where(
+            Product.store_id == lic.store_id, Product.shop_product_id == product_id
+        )
+    ).scalar_one_or_none()
+    return named if named is not None else product.id
+
+
 def _license_state(
     session: Session,
     lic: License,
@@ -150,7 +175,7 @@ def _license_state(
     version: str | None = None,
 ) -> Answer | None:
     """The answer when the license itself is not good, else None."""
-    if product_id is not None and product_id != product.shop_product_id:
+    if product_id is not None and product_id not in _product_ids(session, lic, product):
         return Answer(False, "PRODUCT_MISMATCH", "This key is for another product.", lic, product)
     if lic.status == "revoked":
         return Answer(False, "REVOKED", "This license was revoked.", lic, product)
@@ -497,9 +522,10 @@ def check_update(
         if not answer.valid:
             return answer
     current = version_key(version)
+    release_product = _release_product_id(session, lic, product, product_id)
     newer = [
         r
-        for r in session.scalars(select(Release).where(Release.product_id == product.id))
+        for r in session.scalars(select(Release).where(Release.product_id == release_product))
         if version_key(r.version) > current
     ]
     if not newer:

@@ -179,3 +179,27 @@ def test_release_download_of_a_missing_file_is_404(shop: WebhookSender, tmp_path
     ).get_json()
     url = body["update"]["download_url"].removeprefix("http://keygate.test")
     assert shop.client.get(url).status_code == 404
+
+
+def test_a_variation_key_answers_to_its_parent_product_and_its_releases(
+    shop: WebhookSender,
+) -> None:
+    """Sold as variation 777 of product 501: product=501 is no mismatch, and update-check
+    offers releases published on 501."""
+    from tests.factories import line_item, wc_order
+
+    shop.configure(501)
+    shop.configure(777, activation_limit=1)
+    shop.deliver(wc_order(6001, "processing", [line_item(501, variation_id=777)]))
+    key = shop.order(6001)["licenses"][0]["key"]
+    for named in ("501", "777"):
+        body = call(shop.client, "validate", {"key": key, "product": named}).get_json()
+        assert body["code"] == "VALID", named
+    assert call(shop.client, "validate", {"key": key, "product": "502"}).get_json()["code"] == (
+        "PRODUCT_MISMATCH"
+    )
+    publish(shop, "2.0.0", PAID)
+    body = call(
+        shop.client, "update-check", {"key": key, "product": "501", "version": "1.0"}
+    ).get_json()
+    assert body["update"]["version"] == "2.0.0"
