@@ -30,20 +30,24 @@ from tests.licensing_helpers import free_port, issue_key, public_keys, wait_unti
 
 
 class LiveServer:
-    """The test app served by waitress in a thread, on a free loopback port."""
+    """The test app served over real HTTP in a thread, on a free loopback port.
+
+    werkzeug's threaded server, because it stops cleanly from another thread (each
+    connection is closed after its request).
+    """
 
     def __init__(self, app: Flask) -> None:
-        import waitress
+        from werkzeug.serving import make_server
 
-        self.server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
-        self.port = self.server.effective_port  # type: ignore[union-attr]
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
-        self.server.task_dispatcher.shutdown()  # type: ignore[union-attr]
-        self.server.close()
+        self.server.shutdown()
+        self.server.server_close()
         self.thread.join(timeout=10)
 
 
