@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, utcnow
@@ -175,7 +175,11 @@ def _license_state(
     version: str | None = None,
 ) -> Answer | None:
     """The answer when the license itself is not good, else None."""
-    if product_id is not None and product_id not in _product_ids(session, lic, product):
+    if (
+        product_id is not None
+        and product_id != product.shop_product_id
+        and product_id not in _product_ids(session, lic, product)
+    ):
         return Answer(False, "PRODUCT_MISMATCH", "This key is for another product.", lic, product)
     if lic.status == "revoked":
         return Answer(False, "REVOKED", "This license was revoked.", lic, product)
@@ -263,6 +267,8 @@ def _validate_statement() -> Select[Any]:
             ),
         )
         .where(License.key_hash == bindparam("key_hash"))
+        # The encrypted copy of the key is for people; a check never needs to decrypt it.
+        .options(defer(License.key_encrypted))
     )
 
 
