@@ -21,6 +21,7 @@ from connector.client import (
     RequestRejected,
     SignatureError,
     Unavailable,
+    verify_response,
 )
 from connector.db import db
 from connector.models import Activation
@@ -134,9 +135,10 @@ def test_offline_grace_uses_the_last_good_answer(
 def test_fifty_parallel_activations_of_three_seats_from_two_processes(
     app: Flask, shop: WebhookSender, tmp_path: Path
 ) -> None:
-    """Two server processes, 50 activations of a 3-seat key at once: exactly 3 succeed."""
+    """Two server processes, 50 activations of a 3-seat key at once: exactly 3 succeed
+    (and every answer waitress delivers verifies)."""
     key = issue_key(shop, activation_limit=3)
-    public_keys(shop.client)  # the signing key exists before the servers race for it
+    keys = public_keys(shop.client)  # the signing key exists before the servers race for it
     env = dict(
         os.environ,
         KEYGATE_DATABASE_URL=app.extensions["keygate.settings"].database_url,
@@ -180,7 +182,14 @@ def test_fifty_parallel_activations_of_three_seats_from_two_processes(
             )
             barrier.wait(timeout=30)
             with urllib.request.urlopen(request, timeout=60) as response:
-                code: str = json.load(response)["code"]
+                data = verify_response(
+                    method="POST",
+                    url=request.full_url,
+                    headers=dict(response.headers.items()),
+                    body=response.read(),
+                    public_keys=keys,
+                )
+                code: str = data["code"]
                 return code
 
         with ThreadPoolExecutor(max_workers=50) as pool:
