@@ -189,10 +189,13 @@ def verify_response(
     return data
 
 
+def _compact(license_key: str) -> str:
+    return "".join(p for p in license_key.strip().upper().replace(" ", "-").split("-") if p)
+
+
 def _file_key(license_key: str) -> bytes:
-    compact = "".join(p for p in license_key.strip().upper().replace(" ", "-").split("-") if p)
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(
-        compact.encode()
+        _compact(license_key).encode()
     )
 
 
@@ -204,6 +207,8 @@ def verify_license_file(
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Check an offline license file; return its content (license, site, expiry...).
+
+    Pass ``key`` to decrypt an encrypted file and to check that a plain one names this key.
 
     Raises:
         LicenseFileError: malformed, forged, encrypted for another key, or past its expiry.
@@ -239,8 +244,17 @@ def verify_license_file(
         raise LicenseFileError("this license file was made for another key") from None
     except (ValueError, binascii.Error):
         raise LicenseFileError("the license file is damaged") from None
+    if not isinstance(content, dict):
+        raise LicenseFileError("the license file is damaged")
+    if key is not None and "key_sha256" in content:
+        expected = hashlib.sha256(_compact(key).encode()).hexdigest()
+        if not hmac.compare_digest(str(content["key_sha256"]), expected):
+            raise LicenseFileError("this license file was made for another key")
     moment = now or dt.datetime.now(dt.UTC)
-    expiry = dt.datetime.fromisoformat(str(content.get("expiry", "")).replace("Z", "+00:00"))
+    try:
+        expiry = dt.datetime.fromisoformat(str(content.get("expiry", "")).replace("Z", "+00:00"))
+    except ValueError:
+        raise LicenseFileError("the license file has no valid expiry") from None
     if moment >= expiry:
         raise LicenseFileError(f"the license file expired at {content.get('expiry')}")
     return dict(content)

@@ -157,3 +157,26 @@ def change_license(
         },
     )
     return lic
+
+
+def remove_activation_as_owner(
+    session: Session, store: StoreModel, raw_key: str, activation_id: int, *, actor: str = "api"
+) -> None:
+    """Free a seat for the owner (audited; not counted as the buyer's binding change)."""
+    lic = find_store_license(session, store, raw_key)
+    activation = session.execute(
+        select(Activation).where(Activation.id == activation_id, Activation.license_id == lic.id)
+    ).scalar_one_or_none()
+    if activation is None:
+        raise NotFound("This license has no such activation.")
+    detail = {"site": activation.site or None, "fingerprint": activation.fingerprint or None}
+    session.delete(activation)
+    session.flush()
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="license.activation_removed",
+        subject=f"license:{lic.id}",
+        detail=detail,
+    )

@@ -12,7 +12,12 @@ from sqlalchemy import select
 from connector.admin.auth import current_store, require_store_token
 from connector.db import db
 from connector.errors import NotFound, ValidationFailed
-from connector.licensing.admin import change_license, find_store_license, list_licenses
+from connector.licensing.admin import (
+    change_license,
+    find_store_license,
+    list_licenses,
+    remove_activation_as_owner,
+)
 from connector.licensing.releases import (
     SHA256,
     VERSION,
@@ -68,6 +73,13 @@ def get_license(key: str) -> ResponseReturnValue:
             "activations": [activation_json(a) for a in activations],
         }
     )
+
+
+@bp.delete("/licenses/<key>/activations/<int:activation_id>")
+@require_store_token
+def delete_activation(key: str, activation_id: int) -> ResponseReturnValue:
+    remove_activation_as_owner(db.session, current_store(), key, activation_id, actor="api")
+    return "", 204
 
 
 @bp.post("/licenses/<key>/<action>")

@@ -8,15 +8,17 @@ Keygen's idea. The file is::
 
 ``enc`` is standard base64 of the license JSON (``alg`` = ``base64+ed25519``), or of
 ``nonce(12) || AES-256-GCM ciphertext+tag`` (``alg`` = ``aes-256-gcm+ed25519``) under a key
-derived from the license key with HKDF-SHA256 (info ``keygate license file v1``). ``sig`` is
-the Ed25519 signature, by signing key ``kid``, of ``b"license/" + enc``. The client library
-(connector/client.py) verifies and decrypts it without the network.
+derived from the license key with HKDF-SHA256 (info ``keygate license file v1``). ``sig``
+is the Ed25519 signature, by signing key ``kid``, of ``b"license/" + enc``. The content
+names its key by ``key_sha256`` (SHA-256 of the key without separators, upper case). The
+client library (connector/client.py) verifies and decrypts it without the network.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import os
 from typing import Any
@@ -35,13 +37,21 @@ MIN_TTL = 3600
 MAX_TTL = 365 * 24 * 3600
 
 
+def compact_key(raw_key: str) -> str:
+    """The key as typed, with case, spaces and dashes forgiven (as connector/client.py)."""
+    return "".join(p for p in raw_key.strip().upper().replace(" ", "-").split("-") if p)
+
+
 def file_key(raw_key: str) -> bytes:
-    """The AES key of an encrypted file, derived from the key as typed (case, spaces and
-    dashes forgiven, exactly as connector/client.py does it)."""
-    compact = "".join(p for p in raw_key.strip().upper().replace(" ", "-").split("-") if p)
+    """The AES key of an encrypted file, derived from the license key."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(
-        compact.encode()
+        compact_key(raw_key).encode()
     )
+
+
+def key_digest(raw_key: str) -> str:
+    """Names the key a file is for (SHA-256 of the compact key; keys carry ~95 random bits)."""
+    return hashlib.sha256(compact_key(raw_key).encode()).hexdigest()
 
 
 def build_license_file(

@@ -34,6 +34,7 @@ from connector.licensing.files import (
     MIN_TTL,
     build_license_file,
     file_expiry,
+    key_digest,
 )
 from connector.licensing.releases import release_download_url
 from connector.models import Release, SecurityEvent, Store
@@ -359,6 +360,7 @@ def checkout() -> ResponseReturnValue:
     expiry = file_expiry(issued, ttl, result.license.expires_at)
     content = {
         "license": service.license_json(db.session, result.license, result.product),
+        "key_sha256": key_digest(key),
         "site": identity.site or None,
         "fingerprint": identity.fingerprint or None,
         "issued": service.iso(issued),

@@ -204,6 +204,10 @@ def test_activation_limit_and_same_identity_twice(app: Flask, shop: WebhookSende
     detail = shop.admin("GET", f"/licenses/{key}").get_json()
     assert [a["site"] for a in detail["activations"]] == ["shop-one.com", "shop-two.com"]
     assert detail["activations"][1]["label"] == "B"
+    first_id = detail["activations"][0]["id"]
+    assert shop.admin("DELETE", f"/licenses/{key}/activations/{first_id}").status_code == 204
+    assert shop.admin("DELETE", f"/licenses/{key}/activations/{first_id}").status_code == 404
+    assert call(shop.client, "activate", {"key": key, "site": "shop-three.com"}).get_json()["valid"]
 
 
 def test_activate_needs_a_site_or_fingerprint(shop: WebhookSender) -> None:

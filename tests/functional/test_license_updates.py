@@ -166,6 +166,11 @@ def test_plain_license_file_and_invalid_checkout(shop: WebhookSender) -> None:
     plain = call(shop.client, "checkout", {"key": key, "encrypt": False}).get_json()
     content = verify_license_file(plain["license_file"], public_keys(shop.client))
     assert content["license"]["status"] == "active"
+    assert verify_license_file(plain["license_file"], public_keys(shop.client), key=key)
+    with pytest.raises(LicenseFileError, match="another key"):
+        verify_license_file(
+            plain["license_file"], public_keys(shop.client), key="KG-AAAAA-BBBBB-CCCCC-DDDDD"
+        )
     refused = call(shop.client, "checkout", {"key": key, "site": "not-activated.com"}).get_json()
     assert (refused["code"], refused["license_file"]) == ("NO_ACTIVATION", None)
 
