@@ -83,7 +83,7 @@ def _parse_body() -> dict[str, Any]:
         raise PayloadTooLarge(f"The body must be at most {MAX_LICENSE_BODY} bytes.")
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
         raise InvalidInput("The body must be a JSON object.") from None
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object.")

@@ -80,6 +80,8 @@ def test_key_is_forgiving_about_case_and_spaces(shop: WebhookSender) -> None:
         (b"key=ABC", None, 400),
         (b"[1, 2]", None, 400),
         (b"{", None, 400),
+        (b"[" * 16000, None, 400),
+        (b'{"key": "\xff\xfe"}', None, 400),
         (b'{"key": "' + b"A" * 20000 + b'"}', None, 413),
     ],
 )
