@@ -17,15 +17,22 @@ from connector.db import utcnow
 from connector.errors import NotFound, ValidationFailed
 from connector.licensing.keys import normalize_key
 from connector.licensing.service import iso
-from connector.models import LICENSE_STATUSES, Activation, License, LicenseFlag, Order, Product
-from connector.models import Store as StoreModel
+from connector.models import (
+    LICENSE_STATUSES,
+    Activation,
+    License,
+    LicenseFlag,
+    Order,
+    Product,
+    Store,
+)
 from connector.orders.service import hash_license_key
 
 ACTIONS = ("revoke", "suspend", "reinstate", "extend")
 LIST_LIMIT = 500
 
 
-def find_store_license(session: Session, store: StoreModel, raw_key: str) -> License:
+def find_store_license(session: Session, store: Store, raw_key: str) -> License:
     """The store's license with this key, or 404 (another store's key is not found either)."""
     canonical = normalize_key(raw_key)
     lic = None
@@ -42,7 +49,7 @@ def find_store_license(session: Session, store: StoreModel, raw_key: str) -> Lic
 
 def list_licenses(
     session: Session,
-    store: StoreModel,
+    store: Store,
     *,
     email: str | None = None,
     status: str | None = None,
@@ -108,7 +115,7 @@ def list_licenses(
 
 def change_license(
     session: Session,
-    store: StoreModel,
+    store: Store,
     raw_key: str,
     action: str,
     *,
@@ -160,7 +167,7 @@ def change_license(
 
 
 def remove_activation_as_owner(
-    session: Session, store: StoreModel, raw_key: str, activation_id: int, *, actor: str = "api"
+    session: Session, store: Store, raw_key: str, activation_id: int, *, actor: str = "api"
 ) -> None:
     """Free a seat for the owner (audited; not counted as the buyer's binding change)."""
     lic = find_store_license(session, store, raw_key)
