@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/keygate run --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check connector plugin tests bench
+	$(BIN)/ruff check connector plugin tests $(wildcard bench)
 	$(BIN)/ruff format --check connector plugin || true
 
 typecheck: $(STAMP)
@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 
 ## Set up and run the whole test suite, on SQLite and PostgreSQL (127.0.0.1:5432).
 test: $(STAMP)
-	$(BIN)/ruff check connector plugin tests bench
+	$(BIN)/ruff check connector plugin tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2 -q
 

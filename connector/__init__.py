@@ -65,10 +65,20 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         RATELIMIT_HEADERS_ENABLED=True,
         WTF_CSRF_TIME_LIMIT=None,
     )
+    # Mails are plain text too: drop the blank lines block tags would leave.
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True
     app.extensions["keygate.settings"] = settings
     app.extensions["keygate.keyring"] = Keyring(settings.master_keys, settings.secret_key)
     logging.getLogger("connector").setLevel(settings.log_level.upper())
 
+    if settings.proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Client address and scheme only: the Host header stays as received (it is signed).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
+        )
     database.init_app(app, settings.database_url)
     limiter.init_app(app)
     csrf.init_app(app)

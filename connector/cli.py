@@ -103,20 +103,33 @@ def store() -> None:
 @store.command("add")
 @click.option("--name", required=True, help="Shop name, shown to buyers in mails.")
 @click.option("--url", required=True, help="Shop URL, e.g. https://shop.example")
+@click.option("--key-prefix", default="", help="Letters/digits before every license key.")
+@click.option("--key-groups", default=4, show_default=True, help="Groups in a license key.")
+@click.option("--key-group-length", default=5, show_default=True, help="Characters per group.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def store_add(name: str, url: str, as_json: bool) -> None:
+def store_add(
+    name: str, url: str, key_prefix: str, key_groups: int, key_group_length: int, as_json: bool
+) -> None:
     """Register a shop; prints its webhook URL, webhook secret and admin API token once."""
     from connector import get_settings
     from connector.db import db
     from connector.errors import KeygateError
+    from connector.licensing.keys import KeyFormat
     from connector.stores import create_store
 
     app = make_app()
     with app.app_context():
         try:
-            created = create_store(db.session, name, url)
+            created = create_store(
+                db.session,
+                name,
+                url,
+                key_format=KeyFormat(key_prefix.upper(), key_groups, key_group_length),
+            )
         except KeygateError as exc:
             raise click.ClickException(exc.detail) from None
+        except ValueError as exc:  # a key format out of range
+            raise click.ClickException(str(exc)) from None
         db.session.commit()
         store_id = created.store.public_id
         info = {
@@ -143,8 +156,12 @@ def run(host: str, port: int, threads: int) -> None:
 
     from connector import create_app
 
+    overrides: dict[str, Any] = {}
+    if not os.environ.get("KEYGATE_BASE_URL"):
+        # Links in mails must point at this server unless a public URL is configured.
+        overrides["base_url"] = f"http://{host}:{port}"
     try:
-        app = create_app()
+        app = create_app(overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Keygate on http://{host}:{port}  (admin: http://{host}:{port}/admin)")

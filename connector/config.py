@@ -35,19 +35,32 @@ class Settings:
     secret_key: str
     base_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 1024 * 1024
+    # Reverse proxies in front of Keygate whose X-Forwarded-For/-Proto to trust (0: none).
+    proxy_hops: int = 0
     worker: str = (
         "thread"  # "thread" runs jobs inside the server; "off" leaves them to `keygate worker`
     )
     worker_poll_seconds: float = 2.0
     job_max_attempts: int = 8
-    mail_backend: str = "console"
+    # auto: Brevo for stores with Brevo credentials, else the console; console: always the
+    # console (development); brevo: only Brevo (mail waits in the outbox until configured).
+    mail_backend: str = "auto"
+    brevo_api_host: str = "https://api.brevo.com/v3"
     mail_echo: bool = True
     ratelimit_storage_uri: str = "memory://"
     ratelimit_license_per_key: str = "60/minute"
     ratelimit_license_per_ip: str = "600/minute"
     ratelimit_enabled: bool = True
     download_url_ttl: int = 300
+    # Shop connection (vault): how often orders are re-read and product meta is synced.
+    reconcile_interval_seconds: int = 900
+    product_sync_interval_seconds: int = 3600
     log_level: str = "INFO"
+    # Retention (days) of records that are not needed for accounting or license enforcement.
+    retention_webhook_days: int = 90
+    retention_jobs_days: int = 30
+    retention_mail_days: int = 365
+    retention_security_days: int = 180
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -56,7 +69,7 @@ class Settings:
         return self.instance_dir / "files"
 
 
-_ENUMS = {"worker": {"thread", "off"}, "mail_backend": {"console", "brevo"}}
+_ENUMS = {"worker": {"thread", "off"}, "mail_backend": {"auto", "console", "brevo"}}
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:

@@ -71,54 +71,70 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine with the settings Keygate relies on for each backend."""
+    """Create an engine with the settings Keygate relies on for each backend.
+
+    ``hide_parameters``: SQL logging and database errors never show bound values, which
+    are secrets before the ``Encrypted`` type encrypts them.
+    """
     if url.startswith("sqlite"):
-        engine = create_engine(url, poolclass=NullPool if ":memory:" not in url else None)
+        engine = create_engine(
+            url, poolclass=NullPool if ":memory:" not in url else None, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+    )
+
+
+class DatabaseState:
+    """The engine and session factory of one app (``app.extensions["keygate.db"]``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessionmaker: sessionmaker[Session] = sessionmaker(bind=engine, expire_on_commit=False)
+
+    def get_engine(self) -> Engine:
+        return self.engine
 
 
 class Database:
-    """The engine and session factory of one app; reached through ``connector.db.db``."""
+    """Reaches the current app's database; ``connector.db.db`` is the one instance.
 
-    def __init__(self) -> None:
-        self.engine: Engine | None = None
-        self.sessionmaker: sessionmaker[Session] | None = None
+    It holds no engine itself, so several apps in one process (tests, an in-process CLI)
+    never share or steal each other's engine.
+    """
 
     def init_app(self, app: Flask, url: str) -> None:
-        self.engine = make_engine(url)
-        self.sessionmaker = sessionmaker(bind=self.engine, expire_on_commit=False)
-        app.extensions["keygate.db"] = self
+        app.extensions["keygate.db"] = DatabaseState(make_engine(url))
         app.teardown_appcontext(_close_session)
 
     @staticmethod
-    def current() -> Database:
-        database: Database = current_app.extensions["keygate.db"]
-        return database
+    def current() -> DatabaseState:
+        state: DatabaseState = current_app.extensions["keygate.db"]
+        return state
 
     @property
     def session(self) -> Session:
         """The session of the current app context, opened on first use."""
         session: Session | None = g.get("_keygate_session")
         if session is None:
-            factory = Database.current().sessionmaker
-            if factory is None:
-                raise RuntimeError("the database is not initialised (create_app first)")
-            session = factory()
+            session = Database.current().sessionmaker()
             g._keygate_session = session
         return session
 
     @property
+    def engine(self) -> Engine:
+        return Database.current().engine
+
+    @property
     def dialect(self) -> str:
-        return Database.current().get_engine().dialect.name
+        return self.engine.dialect.name
 
     def get_engine(self) -> Engine:
-        if self.engine is None:
-            raise RuntimeError("the database is not initialised (create_app first)")
         return self.engine
 
 

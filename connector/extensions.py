@@ -10,8 +10,8 @@ from flask_wtf.csrf import CSRFProtect
 def client_ip() -> str:
     """The caller's address as the WSGI server saw it.
 
-    Behind a proxy, wrap the app with werkzeug's ProxyFix (KEYGATE_PROXY_HOPS) so that
-    ``remote_addr`` is the client and not the proxy.
+    Behind a proxy, set KEYGATE_PROXY_HOPS (werkzeug's ProxyFix) so that ``remote_addr`` is
+    the client and not the proxy; otherwise forwarded headers are ignored (they can be forged).
     """
     return request.remote_addr or "unknown"
 

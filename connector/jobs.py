@@ -34,8 +34,19 @@ HANDLERS: dict[str, Handler] = {}
 
 # Modules whose import registers handlers (with @handles).
 HANDLER_MODULES = [
+    "connector.vault.jobs",
+    "connector.orders.reconcile",
+    "connector.orders.writeback",
+    "connector.orders.product_sync",
     "connector.orders.jobs",
     "connector.mail.service",
+    "connector.privacy.service",
+]
+
+# Jobs the worker starts on a schedule: (kind, interval in seconds). One job per kind and
+# interval slot, whatever the number of workers (the slot is the dedupe key).
+PERIODIC: list[tuple[str, int]] = [
+    ("privacy.purge", 24 * 3600),
 ]
 
 LEASE = dt.timedelta(minutes=10)
@@ -189,6 +200,14 @@ def run_pending(app: Flask, *, limit: int = 1000, kinds: set[str] | None = None)
     return ran
 
 
+def schedule_periodic(app: Flask) -> None:
+    """Enqueue the periodic jobs whose slot has started (idempotent across workers)."""
+    now = int(utcnow().timestamp())
+    with app.app_context(), transaction() as session:
+        for kind, interval in PERIODIC:
+            enqueue(session, kind, {}, dedupe_key=f"periodic:{kind}:{now // interval}")
+
+
 def work_forever(app: Flask, stop: threading.Event) -> None:
     """The worker loop: run what is due, then sleep until woken or the poll interval passes."""
     from connector.config import Settings
@@ -196,6 +215,7 @@ def work_forever(app: Flask, stop: threading.Event) -> None:
     settings: Settings = app.extensions["keygate.settings"]
     while not stop.is_set():
         try:
+            schedule_periodic(app)
             run_pending(app)
         except Exception:
             # The database may be briefly away; never let the worker die of it.
@@ -211,8 +231,19 @@ def start_worker_thread(app: Flask) -> threading.Event:
         target=work_forever, args=(app, stop), name="keygate-worker", daemon=True
     )
     thread.start()
-    app.extensions["keygate.worker_stop"] = stop
+    app.extensions["keygate.worker"] = (thread, stop)
     return stop
+
+
+def stop_worker_thread(app: Flask, timeout: float = 10.0) -> None:
+    """Stop the in-process worker (if any) and wait for its current job to finish."""
+    worker = app.extensions.pop("keygate.worker", None)
+    if worker is None:
+        return
+    thread, stop = worker
+    stop.set()
+    _wakeup.set()
+    thread.join(timeout)
 
 
 def stats() -> dict[str, int]:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.errors import ValidationFailed
+from connector.licensing.keys import KeyFormat
 from connector.models import Store
 from connector.vault.crypto import keyed_hash
 
@@ -40,8 +41,11 @@ def normalize_store_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-def create_store(session: Session, name: str, url: str) -> NewStore:
+def create_store(
+    session: Session, name: str, url: str, key_format: KeyFormat | None = None
+) -> NewStore:
     """Register a shop; returns its one-time api token and webhook secret."""
+    key_format = key_format or KeyFormat()
     name = name.strip()
     if not name:
         raise ValidationFailed("a store needs a name")
@@ -53,6 +57,9 @@ def create_store(session: Session, name: str, url: str) -> NewStore:
         url=normalize_store_url(url),
         webhook_secret=webhook_secret,
         api_token_hash=keyed_hash(API_TOKEN_HASH, api_token),
+        key_prefix=key_format.prefix,
+        key_groups=key_format.groups,
+        key_group_length=key_format.group_length,
     )
     session.add(store)
     session.flush()

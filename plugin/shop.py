@@ -54,6 +54,8 @@ class ShopOrder:
     payment_method: str | None = None
     payment_method_title: str | None = None
     transaction_id: str | None = None
+    # A manual payment's note (bank transfer reference, who confirmed it), when the shop has one.
+    payment_note: str | None = None
     date_paid: dt.datetime | None = None
     date_modified: dt.datetime | None = None
     line_items: tuple[ShopLineItem, ...] = ()

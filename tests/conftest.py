@@ -24,6 +24,7 @@ from sqlalchemy import create_engine, text
 
 from connector import create_app
 from connector.db import Base, db, make_engine
+from connector.jobs import stop_worker_thread
 from connector.migrate import upgrade
 from connector.stores import NewStore, create_store
 from tests.factories import WebhookSender
@@ -148,6 +149,7 @@ def app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
     application = create_app(app_overrides(tmp_path, database_url))
     application.config["TESTING"] = True
     yield application
+    stop_worker_thread(application)
     engine = application.extensions["keygate.db"].engine
     engine.dispose()
 

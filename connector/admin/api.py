@@ -88,6 +88,7 @@ def order_json(order: Order) -> dict[str, Any]:
             "total": str(order.total) if order.total is not None else None,
             "payment_method": order.payment_method,
             "transaction_id": order.transaction_id,
+            "payment_note": order.payment_note,
             "date_paid": _iso(order.date_paid),
             "line_items": [
                 {

@@ -1,7 +1,187 @@
-"""Blueprint for connector.admin; routes are added by its issue."""
+"""The owner's admin pages (/admin): sign in, orders, outbox and mails, audit log.
+
+Every page needs a signed-in admin; every form is CSRF-protected (Flask-WTF); templates are
+autoescaped. Admins created by `keygate init` see every store.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import secrets
+from collections.abc import Callable
+from functools import cache, wraps
+from typing import Any, TypeVar, cast
 
-bp = Blueprint("admin_views", __name__)
+from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from connector.audit import record_audit
+from connector.db import db
+from connector.extensions import limiter
+from connector.jobs import stats as job_stats
+from connector.models import AdminUser, AuditEvent, Job, Mail, Order, Store, WebhookDelivery
+from connector.orders.summary import order_entitlements
+
+from .forms import ConfirmForm, LoginForm
+
+bp = Blueprint("admin_views", __name__, url_prefix="/admin")
+F = TypeVar("F", bound=Callable[..., Any])
+PAGE = 50
+
+
+@cache
+def _dummy_hash() -> str:
+    """A hash to check against when the user does not exist, so both paths cost the same."""
+    return generate_password_hash(secrets.token_urlsafe(16))
+
+
+def login_required(view: F) -> F:
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        user_id = session.get("admin_user_id")
+        user = db.session.get(AdminUser, user_id) if isinstance(user_id, int) else None
+        if user is None:
+            return redirect(url_for("admin_views.login", next=request.path))
+        return view(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only local paths: never an open redirect to another site.
+    if target and target.startswith("/admin") and "//" not in target and "\\" not in target:
+        return target
+    return url_for("admin_views.dashboard")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit("10/minute", methods=["POST"])
+def login() -> ResponseReturnValue:
+    form = LoginForm()
+    error = None
+    if form.validate_on_submit():
+        user = db.session.execute(
+            select(AdminUser).where(AdminUser.username == form.username.data)
+        ).scalar_one_or_none()
+        password = form.password.data or ""
+        valid = check_password_hash(user.password_hash if user else _dummy_hash(), password)
+        if user is not None and valid:
+            session.clear()
+            session["admin_user_id"] = user.id
+            record_audit(db.session, store_id=None, actor=user.username, action="admin.login")
+            return redirect(_safe_next(request.args.get("next")))
+        error = "Wrong user or password."
+    return render_template("admin/login.html", form=form, error=error), 401 if error else 200
+
+
+@bp.post("/logout")
+@login_required
+def logout() -> ResponseReturnValue:
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    session.clear()
+    return redirect(url_for("admin_views.login"))
+
+
+@bp.get("/")
+@login_required
+def dashboard() -> ResponseReturnValue:
+    stores = db.session.execute(select(Store).order_by(Store.id)).scalars().all()
+    counts = dict(
+        db.session.execute(select(Order.store_id, func.count()).group_by(Order.store_id)).all()
+    )
+    deliveries = (
+        db.session.execute(select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(20))
+        .scalars()
+        .all()
+    )
+    return render_template(
+        "admin/dashboard.html",
+        stores=stores,
+        order_counts=counts,
+        jobs=job_stats(),
+        deliveries=deliveries,
+        form=ConfirmForm(),
+    )
+
+
+@bp.get("/orders")
+@login_required
+def orders() -> ResponseReturnValue:
+    query = select(Order).order_by(Order.id.desc()).limit(PAGE)
+    email = (request.args.get("email") or "").strip().lower()
+    if email:
+        query = query.where(Order.email == email)
+    rows = db.session.execute(query).scalars().all()
+    return render_template("admin/orders.html", orders=rows, email=email, form=ConfirmForm())
+
+
+@bp.get("/orders/<int:order_id>")
+@login_required
+def order_detail(order_id: int) -> ResponseReturnValue:
+    order = db.session.get(Order, order_id)
+    if order is None:
+        abort(404)
+    mails = (
+        db.session.execute(select(Mail).where(Mail.order_id == order.id).order_by(Mail.id))
+        .scalars()
+        .all()
+    )
+    return render_template(
+        "admin/order.html",
+        order=order,
+        mails=mails,
+        form=ConfirmForm(),
+        **order_entitlements(db.session, order),
+    )
+
+
+@bp.get("/outbox")
+@login_required
+def outbox() -> ResponseReturnValue:
+    job_rows = db.session.execute(select(Job).order_by(Job.id.desc()).limit(PAGE)).scalars().all()
+    mails = db.session.execute(select(Mail).order_by(Mail.id.desc()).limit(PAGE)).scalars().all()
+    return render_template(
+        "admin/outbox.html", jobs=job_rows, mails=mails, stats=job_stats(), form=ConfirmForm()
+    )
+
+
+@bp.get("/outbox/mails/<int:mail_id>")
+@login_required
+def mail_detail(mail_id: int) -> ResponseReturnValue:
+    mail = db.session.get(Mail, mail_id)
+    if mail is None:
+        abort(404)
+    return render_template("admin/mail.html", mail=mail, form=ConfirmForm())
+
+
+@bp.post("/outbox/jobs/<int:job_id>/retry")
+@login_required
+def retry_job(job_id: int) -> ResponseReturnValue:
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    job = db.session.get(Job, job_id)
+    if job is None:
+        abort(404)
+    if job.status == "dead":
+        from connector.db import utcnow
+
+        job.status = "pending"
+        job.attempts = 0
+        job.run_after = utcnow()
+        record_audit(
+            db.session, store_id=None, actor="admin", action="job.retried", subject=f"job:{job.id}"
+        )
+    return redirect(url_for("admin_views.outbox"))
+
+
+@bp.get("/audit")
+@login_required
+def audit() -> ResponseReturnValue:
+    events = (
+        db.session.execute(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(PAGE * 4))
+        .scalars()
+        .all()
+    )
+    return render_template("admin/audit.html", events=events, form=ConfirmForm())

@@ -8,26 +8,36 @@ from flask import render_template
 from sqlalchemy import select
 
 from connector.db import db, utcnow
+from connector.integrations.brevo import BrevoConfig, BrevoMailer, push_contact
 from connector.integrations.mail import ConsoleMailer, Mailer, OutgoingMail
-from connector.jobs import JOB_ID, handles
+from connector.jobs import JOB_ID, RetryLater, handles
 from connector.models import Mail, Order, Store
 from connector.orders.summary import order_entitlements
 
 
-def mailer_for(store: Store | None) -> Mailer:
-    """The backend for a store: Brevo when configured for it, else the console."""
+def brevo_config_for(store: Store) -> BrevoConfig | None:
+    """The store's Brevo settings from the vault, or None when it has none."""
+    from connector.vault.service import credentials_for
+
+    values = credentials_for(db.session, store, "brevo")
+    return BrevoConfig.from_credentials(values) if values else None
+
+
+def mailer_for(store: Store) -> Mailer:
+    """The backend for a store's mail (see Settings.mail_backend).
+
+    Raises:
+        RetryLater: the backend is ``brevo`` and the store has no Brevo credentials yet.
+    """
     from connector import get_settings
 
     settings = get_settings()
-    if settings.mail_backend == "brevo" and store is not None:
-        try:
-            from connector.integrations.brevo import brevo_mailer_for_store
-        except ImportError:  # pragma: no cover - brevo integration not installed
-            pass
-        else:
-            mailer = brevo_mailer_for_store(store)
-            if mailer is not None:
-                return mailer
+    if settings.mail_backend != "console":
+        config = brevo_config_for(store)
+        if config is not None:
+            return BrevoMailer(config, settings.brevo_api_host)
+        if settings.mail_backend == "brevo":
+            raise RetryLater("no Brevo credentials for this store yet")
     return ConsoleMailer(echo=settings.mail_echo)
 
 
@@ -87,3 +97,20 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
         session.add(mail_row)
         session.flush()
     send_stored_mail(mail_row, mailer_for(store), order.name)
+
+
+@handles("brevo.push_contact")
+def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
+    """Create or update the buyer as a Brevo contact when the store has a Brevo list."""
+    session = db.session
+    order = session.get(Order, payload["order_id"])
+    if order is None or order.email is None or order.erased_at is not None:
+        return
+    store = session.get(Store, order.store_id)
+    config = brevo_config_for(store) if store is not None else None
+    if config is None or config.list_id is None:
+        return  # pushing contacts is optional: only for stores that chose a list
+    from connector import get_settings
+
+    first, _, last = (order.name or "").partition(" ")
+    push_contact(config, get_settings().brevo_api_host, order.email, first or None, last or None)

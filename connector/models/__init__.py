@@ -14,21 +14,31 @@ from connector.models.licensing_api import (
     SecurityEvent,
     SigningKey,
 )
-from connector.models.orders import LineItem, Order
+from connector.models.orders import LicenseRenewal, LineItem, Order
 from connector.models.records import AuditEvent, Job, Mail, WebhookDelivery
 from connector.models.store import AdminUser, Store
+from connector.models.vault import (
+    CREDENTIAL_KINDS,
+    Credential,
+    ShopConnection,
+    ShopNote,
+    WebhookRegistration,
+)
 
 __all__ = [
+    "CREDENTIAL_KINDS",
     "LICENSE_STATUSES",
     "WATERMARKS",
     "Activation",
     "AdminUser",
     "AuditEvent",
     "BindingChange",
+    "Credential",
     "DownloadGrant",
     "Job",
     "License",
     "LicenseFlag",
+    "LicenseRenewal",
     "LineItem",
     "Mail",
     "Order",
@@ -36,7 +46,10 @@ __all__ = [
     "ProductFile",
     "Release",
     "SecurityEvent",
+    "ShopConnection",
+    "ShopNote",
     "SigningKey",
     "Store",
     "WebhookDelivery",
+    "WebhookRegistration",
 ]

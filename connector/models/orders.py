@@ -34,6 +34,8 @@ class Order(Base):
     # Payment reference: card gateways' charge id, or a crypto transaction hash. Never a card.
     transaction_id: Mapped[str | None] = mapped_column(String(200), default=None)
     payment_note: Mapped[str | None] = mapped_column(Text, default=None)
+    # Set when the customer's data was erased: later deliveries keep it erased.
+    erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     date_paid: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     # The shop's date_modified_gmt of the newest payload applied; older payloads change nothing.
     shop_modified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
@@ -66,3 +68,27 @@ class LineItem(Base):
     matched_shop_product_id: Mapped[str | None] = mapped_column(String(64), default=None)
 
     order: Mapped[Order] = relationship(back_populates="line_items")
+
+
+class LicenseRenewal(Base):
+    """A paid unit of a renewal line item that extended an existing license.
+
+    One per (line item, unit), so a renewal extends once however often it is delivered; the
+    expiry before it is kept so that refunding the renewal shortens the license back.
+    """
+
+    __tablename__ = "license_renewals"
+    __table_args__ = (UniqueConstraint("line_item_id", "unit"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    license_id: Mapped[int] = mapped_column(ForeignKey("licenses.id"), index=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
+    unit: Mapped[int] = mapped_column(Integer, default=1)
+    previous_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    previous_updates_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    updates_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Set when the renewal was refunded or its order revoked: the extension is taken back.
+    reverted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

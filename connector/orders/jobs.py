@@ -8,7 +8,7 @@ from connector.db import db
 from connector.jobs import JOB_ID, enqueue, handles
 
 # Kinds of job started for every issuance; domains add theirs (watermarks, shop write-back).
-ISSUED_FOLLOWUPS = ["mail.order_issued"]
+ISSUED_FOLLOWUPS = ["mail.order_issued", "brevo.push_contact", "shop.order_note"]
 REVOKED_FOLLOWUPS: list[str] = []
 
 

@@ -31,6 +31,7 @@ from connector.jobs import enqueue
 from connector.licensing.keys import KeyFormat, generate_key, lookup_form
 from connector.licensing.policy import Policy
 from connector.models import DownloadGrant, License, LineItem, Order, Product, Store
+from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
 from plugin.shop import PAID_STATUSES, WAITING_STATUSES, ShopLineItem, ShopOrder
 
@@ -49,6 +50,8 @@ class ApplyResult:
     issued_grants: list[int] = field(default_factory=list)
     revoked_licenses: list[int] = field(default_factory=list)
     reinstated_licenses: list[int] = field(default_factory=list)
+    renewed_licenses: list[int] = field(default_factory=list)
+    reverted_renewals: list[int] = field(default_factory=list)
 
 
 def hash_license_key(canonical_key: str) -> str:
@@ -104,15 +107,18 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
         return
     order.deleted = False
     order.number = shop_order.number
-    order.email = shop_order.email
-    order.name = shop_order.full_name
-    order.company = shop_order.company
+    if order.erased_at is None:
+        order.email = shop_order.email
+        order.name = shop_order.full_name
+        order.company = shop_order.company
     order.currency = shop_order.currency
     order.total = shop_order.total
     order.customer_id = shop_order.customer_id
     order.payment_method = shop_order.payment_method
     order.payment_method_title = shop_order.payment_method_title
-    order.transaction_id = shop_order.transaction_id
+    # A later payload without them (e.g. after a manual status change) keeps what we had.
+    order.transaction_id = shop_order.transaction_id or order.transaction_id
+    order.payment_note = shop_order.payment_note or order.payment_note
     order.date_paid = shop_order.date_paid or order.date_paid
     if shop_order.date_modified is not None:
         order.shop_modified_at = shop_order.date_modified
@@ -276,7 +282,10 @@ def _issued_units(session: Session, line: LineItem) -> list[int]:
     return list(session.scalars(select(License.unit).where(License.line_item_id == line.id)))
 
 
-def _converge_paid(session: Session, store: Store, order: Order, result: ApplyResult) -> None:
+def _converge_paid(
+    session: Session, store: Store, order: Order, shop_order: ShopOrder, result: ApplyResult
+) -> None:
+    shop_items = {item.id: item for item in shop_order.line_items}
     for line in order.line_items:
         if line.product_id is None:
             continue  # recorded, not licensed: nobody configured this product
@@ -284,6 +293,23 @@ def _converge_paid(session: Session, store: Store, order: Order, result: ApplyRe
         if product is None:  # pragma: no cover - products are never deleted
             continue
         entitled = max(0, line.quantity - line.refunded_quantity)
+        shop_item = shop_items.get(line.shop_line_item_id)
+        renewed = renewals.renewal_target(
+            session,
+            store,
+            order,
+            line,
+            product,
+            shop_item.meta if shop_item else {},
+            shop_order.meta,
+        )
+        if renewed is not None:
+            # Extends an existing license instead of issuing one (issue 7).
+            applied, reverted = renewals.converge_renewal(session, order, line, renewed, entitled)
+            if applied:
+                result.renewed_licenses.append(renewed.id)
+            result.reverted_renewals.extend(reverted)
+            continue
         for unit in range(1, entitled + 1):
             _reinstate_unit(session, line, unit, result)
             _issue_unit(session, store, order, line, product, unit, result)
@@ -295,6 +321,7 @@ def _converge_paid(session: Session, store: Store, order: Order, result: ApplyRe
 def _converge_revoked(session: Session, order: Order, result: ApplyResult) -> None:
     reason = "order:deleted" if order.deleted else f"order:{order.status}"
     for line in order.line_items:
+        result.reverted_renewals.extend(renewals.revert_renewals(session, line))
         for unit in _issued_units(session, line):
             _set_unit_revoked(session, line, unit, reason, result)
 
@@ -319,13 +346,26 @@ def apply_shop_order(session: Session, store: Store, shop_order: ShopOrder) -> A
     if shop_order.is_revoking:
         _converge_revoked(session, order, result)
     elif shop_order.status in PAID_STATUSES:
-        _converge_paid(session, store, order, result)
+        _converge_paid(session, store, order, shop_order, result)
     session.flush()
     _record_changes(session, store, order, result)
     return result
 
 
 def _record_changes(session: Session, store: Store, order: Order, result: ApplyResult) -> None:
+    if result.renewed_licenses or result.reverted_renewals:
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="shop",
+            action="order.renewals_changed",
+            subject=f"order:{order.shop_order_id}",
+            detail={
+                "status": order.status,
+                "renewed": result.renewed_licenses,
+                "reverted": result.reverted_renewals,
+            },
+        )
     if result.revoked_licenses or result.reinstated_licenses:
         record_audit(
             session,

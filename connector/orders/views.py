@@ -12,6 +12,7 @@ from flask.typing import ResponseReturnValue
 from connector.db import db
 from connector.errors import InvalidInput, NotFound, SignatureInvalid
 from connector.models import Store, WebhookDelivery
+from connector.orders.reconcile import enqueue_refresh
 from connector.orders.service import apply_shop_order
 from connector.stores import find_store
 from plugin.shop import PayloadError
@@ -66,6 +67,9 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
         raise InvalidInput(f"The order payload is not valid: {exc}") from None
 
     result = apply_shop_order(db.session, store, shop_order)
+    if result.outcome == "applied" and any(not r.line_quantities for r in shop_order.refunds):
+        # Payloads list refunds without their lines: re-read /refunds in a job, answer now.
+        enqueue_refresh(db.session, store, shop_order)
     delivery = _record(store, body, result.outcome)
     delivery.resource_id = shop_order.id
     return jsonify({"ok": True, "outcome": result.outcome})

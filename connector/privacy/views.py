@@ -1,7 +1,41 @@
-"""Blueprint for connector.privacy; routes are added by its issue."""
+"""Privacy requests over the admin API: export and erase a customer's data."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 
-bp = Blueprint("privacy_views", __name__)
+from connector.admin.auth import current_store, require_store_token
+from connector.db import db
+from connector.errors import NotFound, ValidationFailed
+from connector.privacy.service import customer_orders, erase_customer, export_customer
+
+bp = Blueprint("privacy_views", __name__, url_prefix="/api/v1/admin/customers")
+
+
+def _email(raw: str) -> str:
+    email = raw.strip().lower()
+    if "@" not in email or len(email) > 320:
+        raise ValidationFailed("an email address is expected", field="email")
+    return email
+
+
+@bp.get("/<email>/export")
+@require_store_token
+def export(email: str) -> ResponseReturnValue:
+    email = _email(email)
+    if not customer_orders(db.session, current_store(), email):
+        raise NotFound("Keygate keeps no data about this customer.")
+    response = jsonify(export_customer(db.session, current_store(), email))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.delete("/<email>")
+@require_store_token
+def erase(email: str) -> ResponseReturnValue:
+    email = _email(email)
+    erased = erase_customer(db.session, current_store(), email, actor="api")
+    if erased == 0:
+        raise NotFound("Keygate keeps no data about this customer.")
+    return jsonify({"erased_orders": erased})

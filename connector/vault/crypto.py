@@ -62,6 +62,23 @@ def keyed_hash(purpose: str, value: str) -> str:
     return current_keyring().keyed_hash(purpose, value)
 
 
+class Concealed(str):
+    """A decrypted secret. It is its text everywhere (``str()``, f-strings, JSON, templates)
+    except in ``repr``, which is what logs of rows, ``%r`` and tracebacks show."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<concealed>'"
+
+
+class ConcealedDict(dict[str, Any]):
+    """A decrypted credentials set; its ``repr`` hides the values (see :class:`Concealed`)."""
+
+    def __repr__(self) -> str:
+        return "{<concealed>}"
+
+
 class Encrypted(TypeDecorator[str]):
     """A text column stored as a Fernet token. ``None`` stays ``None``; ``""`` is encrypted."""
 
@@ -76,7 +93,7 @@ class Encrypted(TypeDecorator[str]):
     def process_result_value(self, value: str | None, dialect: Any) -> str | None:
         if value is None:
             return None
-        return current_keyring().decrypt(value)
+        return Concealed(current_keyring().decrypt(value))
 
 
 class EncryptedJSON(TypeDecorator[dict[str, Any]]):
@@ -94,7 +111,7 @@ class EncryptedJSON(TypeDecorator[dict[str, Any]]):
         if value is None:
             return None
         loaded: dict[str, Any] = json.loads(current_keyring().decrypt(value))
-        return loaded
+        return ConcealedDict(loaded)
 
 
 def mask(secret: str | None) -> str | None:

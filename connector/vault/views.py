@@ -1,7 +1,165 @@
-"""Blueprint for connector.vault; routes are added by its issue."""
+"""Vault routes: credentials API, the shop connection API, the wc-auth callback.
+
+``PUT|GET|DELETE /api/v1/admin/credentials/<kind>`` (Bearer token): secrets are write-only.
+``GET|DELETE /api/v1/admin/connection`` (Bearer token): status, the wc-auth link, disconnect.
+``POST /webhooks/woocommerce/<store_id>/auth-callback``: WooCommerce posts the REST key here.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import logging
+from typing import Any
 
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+from markupsafe import escape
+from sqlalchemy import select
+
+from connector.admin.auth import current_store, require_store_token
+from connector.db import db
+from connector.errors import InvalidInput, NotFound, ValidationFailed
+from connector.models import WebhookRegistration
+from connector.stores import find_store
+from connector.validation import json_body, optional_int, optional_str
+from connector.vault import connection as shop_connection
+from connector.vault.service import (
+    FIELDS,
+    check_kind,
+    credentials_for,
+    delete_credentials,
+    masked,
+    put_credentials,
+)
+from plugin.shop import PayloadError
+from plugin.woocommerce.connect import parse_callback
+
+log = logging.getLogger(__name__)
 bp = Blueprint("vault_views", __name__)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    spec = FIELDS[kind]
+    unknown = sorted(set(data) - set(spec))
+    if unknown:
+        raise ValidationFailed(f"unknown field {unknown[0]}", field=unknown[0])
+    values: dict[str, Any] = {}
+    for name, field_spec in spec.items():
+        if field_spec.kind is int:
+            values[name] = optional_int(data, name, minimum=1, maximum=10**12)
+        else:
+            value = optional_str(data, name, max_length=500)
+            values[name] = value or None  # an empty field counts as left out
+    endpoint = values.get("endpoint_url")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ValidationFailed("endpoint_url must be an http(s) URL", field="endpoint_url")
+    email = values.get("sender_email")
+    if email is not None and ("@" not in email or " " in email):
+        raise ValidationFailed("sender_email must be an email address", field="sender_email")
+    return values
+
+
+@bp.put("/api/v1/admin/credentials/<kind>")
+@require_store_token
+def put_store_credentials(kind: str) -> ResponseReturnValue:
+    kind = check_kind(kind)
+    values = _parse_credentials(kind, json_body())
+    store = current_store()
+    previous = credentials_for(db.session, store, kind)
+    stored = put_credentials(db.session, store, kind, values, actor="api")
+    if kind == "woocommerce":
+        # Keys given by hand count as a connection: register the webhooks with them.
+        shop_connection.accept_manual_key(db.session, store, changed=stored != previous)
+    return jsonify({"kind": kind, "credentials": masked(kind, stored)})
+
+
+@bp.get("/api/v1/admin/credentials/<kind>")
+@require_store_token
+def get_store_credentials(kind: str) -> ResponseReturnValue:
+    kind = check_kind(kind)
+    stored = credentials_for(db.session, current_store(), kind)
+    if stored is None:
+        raise NotFound(f"No {kind} credentials are stored for this store.")
+    return jsonify({"kind": kind, "credentials": masked(kind, stored)})
+
+
+@bp.delete("/api/v1/admin/credentials/<kind>")
+@require_store_token
+def delete_store_credentials(kind: str) -> ResponseReturnValue:
+    kind = check_kind(kind)
+    if kind == "woocommerce":
+        raise InvalidInput("Disconnect the shop instead: DELETE /api/v1/admin/connection.")
+    if not delete_credentials(db.session, current_store(), kind, actor="api"):
+        raise NotFound(f"No {kind} credentials are stored for this store.")
+    return jsonify({"kind": kind, "deleted": True})
+
+
+@bp.get("/api/v1/admin/connection")
+@require_store_token
+def get_connection() -> ResponseReturnValue:
+    store = current_store()
+    connection = shop_connection.connection_of(db.session, store)
+    registrations = db.session.scalars(
+        select(WebhookRegistration)
+        .where(WebhookRegistration.store_id == store.id)
+        .order_by(WebhookRegistration.topic)
+    )
+    return jsonify(
+        {
+            "status": connection.status,
+            "connect_url": shop_connection.connect_url(store),
+            "connect_warning": shop_connection.connect_warning(),
+            "webhook_url": shop_connection.webhook_url(store),
+            "connected_at": _iso(connection.connected_at),
+            "reconciled_until": _iso(connection.reconciled_until),
+            "products_synced_at": _iso(connection.products_synced_at),
+            "webhooks": [
+                {"topic": r.topic, "id": r.shop_webhook_id, "status": r.status}
+                for r in registrations
+            ],
+        }
+    )
+
+
+@bp.delete("/api/v1/admin/connection")
+@require_store_token
+def delete_connection() -> ResponseReturnValue:
+    deleted = shop_connection.disconnect(db.session, current_store(), actor="api")
+    return jsonify({"status": "disconnected", "webhooks_deleted": deleted})
+
+
+@bp.post("/webhooks/woocommerce/<store_id>/auth-callback")
+def wc_auth_callback(store_id: str) -> ResponseReturnValue:
+    """WooCommerce posts the key it made for Keygate; answer 200 so it finishes."""
+    store = find_store(db.session, store_id)
+    if store is None:
+        raise NotFound("No store has this id.")
+    try:
+        callback = parse_callback(request.get_data(cache=False))
+    except PayloadError as exc:
+        raise InvalidInput(f"The authorization callback is not valid: {exc}") from None
+    changed = shop_connection.accept_callback(db.session, store, callback)
+    log.info("store %s: shop authorization accepted (changed=%s)", store.public_id, changed)
+    return jsonify({"ok": True, "changed": changed})
+
+
+@bp.get("/connect/woocommerce/<store_id>/done")
+def wc_auth_return(store_id: str) -> ResponseReturnValue:
+    """Where the owner's browser lands after approving (or denying) in the shop."""
+    store = find_store(db.session, store_id)
+    if store is None:
+        raise NotFound("No store has this id.")
+    approved = request.args.get("success") == "1"
+    message = (
+        "Keygate is connected to your shop. Webhooks are being registered."
+        if approved
+        else "The connection was not approved. You can start it again from Keygate."
+    )
+    page = (
+        "<!doctype html><meta charset=utf-8><title>Keygate</title>"
+        f"<h1>{escape(store.name)}</h1><p>{escape(message)}</p>"
+    )
+    return page, 200, {"Content-Type": "text/html; charset=utf-8"}

@@ -24,6 +24,11 @@ DELIVERY_HEADER = "X-WC-Webhook-Delivery-ID"
 WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
 ORDER_TOPICS = frozenset({"order.created", "order.updated", "order.deleted", "order.restored"})
 
+# Documented order meta for manual and crypto payments: the owner's note on a manual payment,
+# and a transaction hash (e.g. USDT) when the gateway does not fill transaction_id.
+PAYMENT_NOTE_META = "_keygate_payment_note"
+TRANSACTION_HASH_META = "_keygate_transaction_hash"
+
 _PING = re.compile(rb"^webhook_id=\d+$")
 
 
@@ -179,6 +184,7 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     if not isinstance(raw_refunds, list):
         raise PayloadError("refunds must be a list")
     email = _text(billing.get("email"), 320)
+    meta = _meta(payload.get("meta_data"))
     return ShopOrder(
         id=order_id,
         status=status,
@@ -192,11 +198,13 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
         company=_text(billing.get("company")),
         payment_method=_text(payload.get("payment_method"), 100),
         payment_method_title=_text(payload.get("payment_method_title"), 200),
-        transaction_id=_text(payload.get("transaction_id"), 200),
+        transaction_id=_text(payload.get("transaction_id"), 200)
+        or _text(meta.get(TRANSACTION_HASH_META), 200),
+        payment_note=_text(meta.get(PAYMENT_NOTE_META), 2000),
         date_paid=_datetime_gmt(payload.get("date_paid_gmt"), "date_paid_gmt"),
         date_modified=_datetime_gmt(payload.get("date_modified_gmt"), "date_modified_gmt"),
         line_items=tuple(parse_line_item(item) for item in raw_items),
         refunds=tuple(parse_refund(refund) for refund in raw_refunds),
-        meta=_meta(payload.get("meta_data")),
+        meta=meta,
         deleted=deleted,
     )

@@ -12,8 +12,9 @@ from sqlalchemy import func, select, text
 
 from connector.db import db
 from connector.jobs import run_pending
-from connector.licensing.keys import normalize_key
+from connector.licensing.keys import KeyFormat, normalize_key
 from connector.models import DownloadGrant, Job, License, Mail, Order, WebhookDelivery
+from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, sign, wc_order
 
 
@@ -319,3 +320,19 @@ def test_concurrent_deliveries_of_one_order_issue_exactly_once(
     assert statuses == [200] * 10
     assert count(app, License) == 3
     assert count(app, DownloadGrant) == 3
+
+
+def test_keys_follow_the_stores_format(app: Flask) -> None:
+    """A store's key format (prefix, groups) shapes every key it issues."""
+    with app.app_context():
+        created = create_store(
+            db.session, "Acme", "https://acme.example", key_format=KeyFormat("ACME", 5, 4)
+        )
+        db.session.commit()
+    sender = WebhookSender(app.test_client(), created)
+    sender.configure(501)
+    sender.deliver(wc_order(9200, "processing", [line_item(501)]))
+    (lic,) = sender.order(9200)["licenses"]
+    assert lic["key"].startswith("ACME-")
+    assert [len(part) for part in lic["key"].split("-")[1:]] == [4] * 5
+    assert normalize_key(lic["key"].lower()) == lic["key"]

@@ -98,6 +98,7 @@ def upgrade() -> None:
     sa.Column('payment_method_title', sa.String(length=200), nullable=True),
     sa.Column('transaction_id', sa.String(length=200), nullable=True),
     sa.Column('payment_note', sa.Text(), nullable=True),
+    sa.Column('erased_at', connector.db.UTCDateTime(), nullable=True),
     sa.Column('date_paid', connector.db.UTCDateTime(), nullable=True),
     sa.Column('shop_modified_at', connector.db.UTCDateTime(), nullable=True),
     sa.Column('created_at', connector.db.UTCDateTime(), nullable=False),

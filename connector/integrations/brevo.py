@@ -1,0 +1,105 @@
+"""Brevo (sib-api-v3-sdk): transactional mail and contact push for stores that configured it.
+
+The SDK talks to ``KEYGATE_BREVO_API_HOST`` (Brevo's v3 base by default; a local server in
+tests). 429 and 5xx answers, and a network failure, become ``RetryLater`` so the outbox
+retries with backoff: a customer's mail is never lost because Brevo was briefly down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sib_api_v3_sdk
+from sib_api_v3_sdk.rest import ApiException
+from urllib3.exceptions import HTTPError
+
+from connector.integrations.mail import OutgoingMail
+from connector.jobs import RetryLater
+
+
+class BrevoRejected(RuntimeError):
+    """Brevo refused the request for good (4xx other than 429); retrying will not help."""
+
+
+@dataclass(frozen=True)
+class BrevoConfig:
+    api_key: str
+    sender_email: str
+    sender_name: str
+    list_id: int | None = None
+    template_id: int | None = None
+
+    def __repr__(self) -> str:  # never show the key in a traceback or log
+        return f"BrevoConfig(sender_email={self.sender_email!r}, list_id={self.list_id!r})"
+
+    @classmethod
+    def from_credentials(cls, values: dict[str, Any]) -> BrevoConfig:
+        return cls(
+            api_key=values["api_key"],
+            sender_email=values["sender_email"],
+            sender_name=values.get("sender_name") or values["sender_email"],
+            list_id=values.get("list_id"),
+            template_id=values.get("template_id"),
+        )
+
+
+def _client(config: BrevoConfig, host: str) -> sib_api_v3_sdk.ApiClient:
+    configuration = sib_api_v3_sdk.Configuration()
+    configuration.api_key["api-key"] = config.api_key
+    configuration.host = host
+    return sib_api_v3_sdk.ApiClient(configuration)
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ApiException as exc:
+        status = exc.status or 0
+        if status == 429 or status >= 500:
+            raise RetryLater(f"Brevo answered {status}") from None
+        # Only the status and reason: the body may echo the address we sent.
+        raise BrevoRejected(f"Brevo refused the request: {status} {exc.reason}") from None
+    except (HTTPError, OSError) as exc:
+        raise RetryLater(f"Brevo unreachable: {type(exc).__name__}") from None
+
+
+class BrevoMailer:
+    """Sends through Brevo's transactional API; returns Brevo's messageId."""
+
+    name = "brevo"
+
+    def __init__(self, config: BrevoConfig, host: str) -> None:
+        self.config = config
+        self.host = host
+
+    def send(self, mail: OutgoingMail) -> str | None:
+        recipient: dict[str, str] = {"email": mail.to_email}
+        if mail.to_name:
+            recipient["name"] = mail.to_name
+        message = sib_api_v3_sdk.SendSmtpEmail(
+            to=[recipient],
+            sender={"email": self.config.sender_email, "name": self.config.sender_name},
+            subject=mail.subject,
+            html_content=mail.html or None,
+            text_content=mail.text,
+        )
+        api = sib_api_v3_sdk.TransactionalEmailsApi(_client(self.config, self.host))
+        result = _call(api.send_transac_email, message)
+        message_id = getattr(result, "message_id", None)
+        return str(message_id) if message_id else None
+
+
+def push_contact(
+    config: BrevoConfig, host: str, email: str, first: str | None, last: str | None
+) -> None:
+    """Create or update the buyer as a Brevo contact, in the store's list when it has one."""
+    attributes = {k: v for k, v in {"FIRSTNAME": first, "LASTNAME": last}.items() if v}
+    contact = sib_api_v3_sdk.CreateContact(
+        email=email,
+        attributes=attributes or None,
+        list_ids=[config.list_id] if config.list_id is not None else None,
+        update_enabled=True,
+    )
+    api = sib_api_v3_sdk.ContactsApi(_client(config, host))
+    _call(api.create_contact, contact)

@@ -1,0 +1,129 @@
+"""``keygate reconcile`` and ``keygate sync-products``: re-read the shop on demand."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+from sqlalchemy import select
+
+from connector.vault.commands import command_app
+
+
+def register(group: click.Group) -> None:
+    group.add_command(reconcile)
+    group.add_command(sync_products)
+
+
+def _parse_since(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("use an ISO date such as 2026-11-01 or 2026-11-01T12:00") from None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def _stores(store_id: str | None) -> list[int]:
+    from connector.db import db
+    from connector.models import Store
+
+    query = select(Store.id).order_by(Store.id)
+    if store_id is not None:
+        query = query.where(Store.public_id == store_id)
+    ids = list(db.session.scalars(query))
+    if store_id is not None and not ids:
+        raise click.ClickException(f"no store has the id {store_id}")
+    return ids
+
+
+@click.command()
+@click.option(
+    "--since",
+    help="Re-read orders modified after this date (UTC). Default: since the last run, or 7 days.",
+)
+@click.option("--store", "store_id", help="Only this store (its store_id).")
+def reconcile(since: str | None, store_id: str | None) -> None:
+    """Re-read changed orders from each connected shop and apply them like webhooks."""
+    from connector import get_settings
+    from connector.db import transaction
+    from connector.models import Store
+    from connector.orders.reconcile import RECONCILE_JOB, reconcile_store, schedule_next
+    from connector.vault.connection import shop_client_for
+    from plugin.woocommerce.rest import ShopError
+
+    moment = _parse_since(since)
+    failed = False
+    with command_app():
+        for pk in _stores(store_id):
+            with transaction() as session:
+                store = session.get(Store, pk)
+                assert store is not None  # noqa: S101 - listed just above
+                client = shop_client_for(session, store)
+                if client is None:
+                    click.echo(f"{store.public_id}: not connected (no WooCommerce key), skipped")
+                    continue
+                try:
+                    result = reconcile_store(session, store, client, since=moment)
+                    # Resume the periodic runs if their chain was broken (one per time slot).
+                    schedule_next(
+                        session, store, RECONCILE_JOB, get_settings().reconcile_interval_seconds
+                    )
+                except ShopError as exc:
+                    session.rollback()
+                    click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)
+                    failed = True
+                    continue
+                click.echo(
+                    f"{store.public_id}: {result.seen} orders since "
+                    f"{result.since.isoformat(timespec='seconds')}: {result.applied} applied, "
+                    f"{result.stale} unchanged, {result.issued_licenses} licenses issued, "
+                    f"{result.revoked_licenses} revoked"
+                    + (f", {len(result.unreadable)} unreadable" if result.unreadable else "")
+                    + (
+                        f", webhooks repaired: {', '.join(result.webhooks_repaired)}"
+                        if result.webhooks_repaired
+                        else ""
+                    )
+                )
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command("sync-products")
+@click.option("--store", "store_id", help="Only this store (its store_id).")
+def sync_products(store_id: str | None) -> None:
+    """Read _keygate_* product meta from each connected shop (Keygate's own settings win)."""
+    from connector.db import transaction
+    from connector.models import Store
+    from connector.orders.product_sync import sync_products as sync
+    from connector.vault.connection import shop_client_for
+    from plugin.woocommerce.rest import ShopError
+
+    failed = False
+    with command_app():
+        for pk in _stores(store_id):
+            with transaction() as session:
+                store = session.get(Store, pk)
+                assert store is not None  # noqa: S101 - listed just above
+                client = shop_client_for(session, store)
+                if client is None:
+                    click.echo(f"{store.public_id}: not connected (no WooCommerce key), skipped")
+                    continue
+                try:
+                    result = sync(session, store, client)
+                except ShopError as exc:
+                    session.rollback()
+                    click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)
+                    failed = True
+                    continue
+                click.echo(
+                    f"{store.public_id}: {len(result.configured)} configured, "
+                    f"{len(result.unchanged)} unchanged, {len(result.kept_keygate)} kept "
+                    f"(set in Keygate), {len(result.invalid)} with unreadable meta"
+                )
+                for shop_id, problem in result.invalid.items():
+                    click.echo(f"  product {shop_id}: {problem}", err=True)
+    if failed:
+        raise SystemExit(1)

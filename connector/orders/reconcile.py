@@ -1,0 +1,215 @@
+"""Reconciliation: re-read orders from the shop and feed them through ``apply_shop_order``.
+
+WooCommerce does not retry a failed webhook and disables one after repeated failures, so a
+paid order can be missed. Reconciliation lists the orders modified since the last run (with
+an overlap) and applies each exactly as a webhook would, reading ``/orders/<id>/refunds``
+for orders with refunds so partial refunds revoke only the refunded units. It also
+re-activates webhooks the shop disabled.
+
+Jobs: ``shop.reconcile`` (periodic per store, re-enqueues itself) and ``shop.refresh_order``
+(one order, enqueued by the webhook view when a delivery lists refunds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.db import db, utcnow
+from connector.jobs import RetryLater, enqueue, handles
+from connector.models import Store
+from connector.orders.service import apply_shop_order
+from connector.vault.connection import check_webhooks, connection_of, shop_client_for
+from plugin.shop import PayloadError, ShopOrder
+from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
+from plugin.woocommerce.webhooks import parse_order, parse_refund
+
+log = logging.getLogger(__name__)
+
+RECONCILE_JOB = "shop.reconcile"
+REFRESH_JOB = "shop.refresh_order"
+# Re-read a little before the last run's start: the shop's clock and ours may differ.
+OVERLAP = dt.timedelta(minutes=10)
+FIRST_LOOKBACK = dt.timedelta(days=7)
+
+
+@dataclass
+class ReconcileResult:
+    since: dt.datetime
+    seen: int = 0
+    applied: int = 0
+    stale: int = 0
+    issued_licenses: int = 0
+    revoked_licenses: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    webhooks_repaired: list[str] = field(default_factory=list)
+
+
+def read_shop_order(client: WooCommerceClient, raw: dict[str, Any]) -> ShopOrder:
+    """Parse a REST order; when it lists refunds, read their line quantities too."""
+    shop_order = parse_order(raw)
+    if shop_order.refunds:
+        refunds = tuple(parse_refund(r) for r in client.list_refunds(shop_order.id))
+        shop_order = dataclasses.replace(shop_order, refunds=refunds)
+    return shop_order
+
+
+def default_since(session: Session, store: Store) -> dt.datetime:
+    connection = connection_of(session, store)
+    if connection.reconciled_until is None:
+        return utcnow() - FIRST_LOOKBACK
+    return connection.reconciled_until - OVERLAP
+
+
+def reconcile_store(
+    session: Session,
+    store: Store,
+    client: WooCommerceClient,
+    *,
+    since: dt.datetime | None = None,
+    check_hooks: bool = True,
+) -> ReconcileResult:
+    """Apply every order the shop changed since ``since`` (default: the last run).
+
+    Raises:
+        ShopError: the shop could not be read (what was applied so far is kept by the
+            caller's commit only if it chooses to).
+    """
+    started = utcnow()
+    since = since or default_since(session, store)
+    result = ReconcileResult(since=since)
+    if check_hooks:
+        result.webhooks_repaired = check_webhooks(session, store, client)
+    for raw in client.orders_modified_after(since):
+        result.seen += 1
+        try:
+            shop_order = read_shop_order(client, raw)
+        except PayloadError as exc:
+            result.unreadable.append(str(raw.get("id")))
+            log.warning("store %s: order %s unreadable: %s", store.public_id, raw.get("id"), exc)
+            continue
+        applied = apply_shop_order(session, store, shop_order)
+        if applied.outcome == "stale":
+            result.stale += 1
+            continue
+        result.applied += 1
+        result.issued_licenses += len(applied.issued_licenses)
+        result.revoked_licenses += len(applied.revoked_licenses)
+    connection = connection_of(session, store)
+    if connection.reconciled_until is None or started > connection.reconciled_until:
+        connection.reconciled_until = started
+    connection.last_error = None
+    session.flush()
+    if result.issued_licenses or result.revoked_licenses or result.unreadable:
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="system",
+            action="shop.reconciled",
+            subject=f"store:{store.public_id}",
+            detail={
+                "since": since.isoformat(),
+                "seen": result.seen,
+                "issued": result.issued_licenses,
+                "revoked": result.revoked_licenses,
+                "unreadable": result.unreadable,
+            },
+        )
+    return result
+
+
+def refresh_order(
+    session: Session, store: Store, client: WooCommerceClient, shop_order_id: str
+) -> str:
+    """Re-read one order (and its refunds) and apply it. Returns the outcome."""
+    try:
+        raw = client.get_order(shop_order_id)
+    except ShopRejected as exc:
+        if exc.status == 404:
+            return "gone"
+        raise
+    return apply_shop_order(session, store, read_shop_order(client, raw)).outcome
+
+
+def enqueue_refresh(session: Session, store: Store, shop_order: ShopOrder) -> None:
+    """Ask for a REST re-read of an order whose delivery lists refunds (once per refund set)."""
+    refund_ids = ",".join(sorted(r.id for r in shop_order.refunds))
+    enqueue(
+        session,
+        REFRESH_JOB,
+        {"store_id": store.id, "shop_order_id": shop_order.id},
+        dedupe_key=f"{REFRESH_JOB}:{store.id}:{shop_order.id}:{_digest(refund_ids)}",
+    )
+
+
+def schedule_next(session: Session, store: Store, kind: str, interval: int) -> None:
+    """Enqueue the next run of a periodic store job (one per time slot, however often asked)."""
+    slot = int(utcnow().timestamp() // max(1, interval)) + 1
+    run_after = dt.datetime.fromtimestamp(slot * interval, dt.UTC)
+    enqueue(
+        session,
+        kind,
+        {"store_id": store.id, "periodic": True},
+        dedupe_key=f"{kind}:{store.id}:{slot}",
+        run_after=run_after,
+    )
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@handles(RECONCILE_JOB)
+def reconcile_job(payload: dict[str, Any]) -> None:
+    """Reconcile one store; a periodic run schedules the next even when the shop is down."""
+    from connector import get_settings
+
+    session = db.session
+    store = session.get(Store, payload["store_id"])
+    if store is None:
+        return
+    client = shop_client_for(session, store)
+    if client is None:
+        return  # disconnected: the chain of periodic runs ends here
+    try:
+        reconcile_store(session, store, client)
+    except ShopError as exc:
+        session.rollback()
+        store = session.get(Store, payload["store_id"])
+        if store is None:  # pragma: no cover - deleted meanwhile
+            return
+        connection_of(session, store).last_error = str(exc)[:500]
+        log.warning("store %s: reconciliation failed: %s", store.public_id, exc)
+        if not payload.get("periodic"):
+            raise RetryLater(str(exc)) from None
+    if payload.get("periodic"):
+        schedule_next(session, store, RECONCILE_JOB, get_settings().reconcile_interval_seconds)
+
+
+@handles(REFRESH_JOB)
+def refresh_order_job(payload: dict[str, Any]) -> None:
+    """Re-read an order and its refunds over REST and apply them (partial refunds)."""
+    session = db.session
+    store = session.get(Store, payload["store_id"])
+    if store is None:
+        return
+    client = shop_client_for(session, store)
+    if client is None:
+        log.info(
+            "store %s has no WooCommerce key: refunds of order %s not re-read",
+            store.public_id,
+            payload["shop_order_id"],
+        )
+        return
+    try:
+        refresh_order(session, store, client, str(payload["shop_order_id"]))
+    except ShopUnavailable as exc:
+        raise RetryLater(str(exc)) from None

@@ -1,0 +1,198 @@
+"""Renewals: a paid line item that renews an existing license extends it, once per unit.
+
+A line renews a license when
+
+- its meta ``_keygate_renew_license`` holds the key (documented for shops and custom
+  checkouts), or
+- its order is a WooCommerce Subscriptions renewal (order meta ``_subscription_renewal``):
+  the license renewed is the newest one of the same product bought by the same customer
+  (customer id, else email) in an earlier order, which is the subscription's first order.
+
+Each unit extends the license by the product's duration (from its expiry, or from now if it
+has lapsed) and update period; a :class:`LicenseRenewal` row per (line item, unit) makes
+that exactly-once and remembers the expiry before, so a refund of the renewal takes the
+extension back (by its length, so later renewals stay counted). A line that renews nothing
+found is issued a new license as usual.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from connector.db import insert_ignoring_conflicts, utcnow
+from connector.licensing.keys import normalize_key
+from connector.licensing.policy import Policy
+from connector.models import License, LicenseRenewal, LineItem, Order, Product, Store
+
+RENEW_META = "_keygate_renew_license"
+SUBSCRIPTION_RENEWAL_META = "_subscription_renewal"
+
+
+def renewal_target(
+    session: Session,
+    store: Store,
+    order: Order,
+    line: LineItem,
+    product: Product,
+    line_meta: dict[str, Any],
+    order_meta: dict[str, Any],
+) -> License | None:
+    """The license this line renews, or None when it is an ordinary purchase."""
+    known = session.scalars(
+        select(LicenseRenewal.license_id).where(LicenseRenewal.line_item_id == line.id).limit(1)
+    ).first()
+    if known is not None:
+        return session.get(License, known)
+    if session.scalars(select(License.id).where(License.line_item_id == line.id)).first():
+        return None  # already licensed as a new purchase: stays one
+    raw_key = line_meta.get(RENEW_META)
+    if isinstance(raw_key, str) and raw_key.strip():
+        return _license_by_key(session, store, product, raw_key)
+    if order_meta.get(SUBSCRIPTION_RENEWAL_META) not in (None, "", 0, "0"):
+        return _customers_latest_license(session, store, order, product)
+    return None
+
+
+def _license_by_key(session: Session, store: Store, product: Product, raw: str) -> License | None:
+    from connector.orders.service import hash_license_key
+
+    canonical = normalize_key(raw)
+    if canonical is None:
+        return None
+    return session.execute(
+        select(License).where(
+            License.store_id == store.id,
+            License.product_id == product.id,
+            License.key_hash == hash_license_key(canonical),
+        )
+    ).scalar_one_or_none()
+
+
+def _customers_latest_license(
+    session: Session, store: Store, order: Order, product: Product
+) -> License | None:
+    if order.customer_id is not None:
+        same_customer = Order.customer_id == order.customer_id
+    elif order.email is not None:
+        same_customer = Order.email == order.email
+    else:
+        return None
+    return session.execute(
+        select(License)
+        .join(Order, License.order_id == Order.id)
+        .where(
+            License.store_id == store.id,
+            License.product_id == product.id,
+            Order.id != order.id,
+            same_customer,
+            or_(License.status != "revoked", License.status_reason.like("order:%")),
+        )
+        .order_by(License.issued_at.desc(), License.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def _later(moment: dt.datetime | None, now: dt.datetime) -> dt.datetime:
+    return now if moment is None or moment < now else moment
+
+
+def _extend(renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime) -> None:
+    renewal.previous_expires_at = license_.expires_at
+    renewal.previous_updates_until = license_.updates_until
+    if policy.duration_days is not None and license_.expires_at is not None:
+        license_.expires_at = _later(license_.expires_at, now) + dt.timedelta(
+            days=policy.duration_days
+        )
+    if policy.update_days is not None and license_.updates_until is not None:
+        license_.updates_until = _later(license_.updates_until, now) + dt.timedelta(
+            days=policy.update_days
+        )
+    elif policy.update_days is None and license_.updates_until is not None:
+        license_.updates_until = license_.expires_at  # updates while the license lasts
+    renewal.expires_at = license_.expires_at
+    renewal.updates_until = license_.updates_until
+    renewal.reverted_at = None
+
+
+def _revert(renewal: LicenseRenewal, license_: License, now: dt.datetime) -> None:
+    if (
+        renewal.expires_at is not None
+        and renewal.previous_expires_at is not None
+        and license_.expires_at is not None
+    ):
+        license_.expires_at -= renewal.expires_at - renewal.previous_expires_at
+    if (
+        renewal.updates_until is not None
+        and renewal.previous_updates_until is not None
+        and license_.updates_until is not None
+    ):
+        license_.updates_until -= renewal.updates_until - renewal.previous_updates_until
+    renewal.reverted_at = now
+
+
+def converge_renewal(
+    session: Session, order: Order, line: LineItem, license_: License, entitled: int
+) -> tuple[list[int], list[int]]:
+    """Extend ``license_`` once for each paid unit of ``line``; take back refunded units.
+
+    Returns:
+        Ids of the renewals applied now and of those reverted now.
+    """
+    product = session.get(Product, license_.product_id)
+    if product is None:  # pragma: no cover - products are never deleted
+        return [], []
+    policy = Policy.of(product)
+    now = utcnow()
+    applied: list[int] = []
+    for unit in range(1, entitled + 1):
+        inserted = insert_ignoring_conflicts(
+            session,
+            LicenseRenewal.__table__,
+            {
+                "license_id": license_.id,
+                "order_id": order.id,
+                "line_item_id": line.id,
+                "unit": unit,
+                "reverted_at": now,  # "not applied yet"; _extend clears it
+                "created_at": now,
+            },
+            ["line_item_id", "unit"],
+        )
+        renewal = session.execute(
+            select(LicenseRenewal)
+            .where(LicenseRenewal.line_item_id == line.id, LicenseRenewal.unit == unit)
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+        if inserted is not None or renewal.reverted_at is not None:
+            _extend(renewal, license_, policy, now)
+            applied.append(renewal.id)
+    reverted = revert_renewals(session, line, license_, above_unit=entitled)
+    session.flush()
+    return applied, reverted
+
+
+def revert_renewals(
+    session: Session, line: LineItem, license_: License | None = None, *, above_unit: int = 0
+) -> list[int]:
+    """Take back the extensions of ``line``'s units above ``above_unit`` (newest first)."""
+    now = utcnow()
+    reverted: list[int] = []
+    for renewal in session.scalars(
+        select(LicenseRenewal)
+        .where(
+            LicenseRenewal.line_item_id == line.id,
+            LicenseRenewal.unit > above_unit,
+            LicenseRenewal.reverted_at.is_(None),
+        )
+        .order_by(LicenseRenewal.unit.desc())
+    ):
+        target = license_ or session.get(License, renewal.license_id)
+        if target is None:  # pragma: no cover - licenses are never deleted
+            continue
+        _revert(renewal, target, now)
+        reverted.append(renewal.id)
+    return reverted

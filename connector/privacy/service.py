@@ -1,0 +1,168 @@
+"""A customer's data: export it, erase it, and purge records past their retention.
+
+Erasure keeps what accounting and license enforcement must keep (order number, amounts,
+currency, payment reference, dates, license keys and their status) and removes or
+pseudonymises the rest: name, company, email become an erasure marker; stored mails are
+deleted. Domains with records of their own add them through ``EXPORTERS`` and ``ERASERS``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import CursorResult, delete, select
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.db import db, utcnow
+from connector.jobs import handles
+from connector.models import Job, Mail, Order, Store, WebhookDelivery
+from connector.orders.summary import order_entitlements
+from connector.vault.crypto import keyed_hash
+
+# Per-domain hooks: exporter(session, orders) -> {section: data}; eraser(session, orders) -> None.
+Exporter = Callable[[Session, list[Order]], dict[str, Any]]
+Eraser = Callable[[Session, list[Order]], None]
+EXPORTERS: list[Exporter] = []
+ERASERS: list[Eraser] = []
+# Purgers run daily: purger(session, now) -> {record kind: rows removed}.
+Purger = Callable[[Session, dt.datetime], dict[str, int]]
+PURGERS: list[Purger] = []
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def customer_orders(session: Session, store: Store, email: str) -> list[Order]:
+    return list(
+        session.execute(
+            select(Order)
+            .where(Order.store_id == store.id, Order.email == email.strip().lower())
+            .order_by(Order.id)
+        ).scalars()
+    )
+
+
+def export_customer(session: Session, store: Store, email: str) -> dict[str, Any]:
+    """Everything Keygate keeps about ``email`` in ``store``, as JSON-ready data."""
+    orders = customer_orders(session, store, email)
+    exported: dict[str, Any] = {
+        "email": email.strip().lower(),
+        "store": store.name,
+        "exported_at": _iso(utcnow()),
+        "orders": [],
+    }
+    for order in orders:
+        entitlements = order_entitlements(session, order)
+        exported["orders"].append(
+            {
+                "order": order.shop_order_id,
+                "number": order.number,
+                "status": order.status,
+                "name": order.name,
+                "company": order.company,
+                "currency": order.currency,
+                "total": str(order.total) if order.total is not None else None,
+                "payment_method": order.payment_method_title or order.payment_method,
+                "payment_reference": order.transaction_id,
+                "date_paid": _iso(order.date_paid),
+                "licenses": [
+                    {
+                        "key": lic.key,
+                        "product": lic.product_name,
+                        "status": lic.status,
+                        "expires_at": _iso(lic.expires_at),
+                        "updates_until": _iso(lic.updates_until),
+                    }
+                    for lic in entitlements["licenses"]
+                ],
+                "downloads": [
+                    {
+                        "filename": d.filename,
+                        "downloads_left": d.downloads_left,
+                        "expires_at": _iso(d.expires_at),
+                    }
+                    for d in entitlements["downloads"]
+                ],
+                "mails": [
+                    {"subject": m.subject, "sent_at": _iso(m.sent_at)}
+                    for m in session.execute(
+                        select(Mail).where(Mail.order_id == order.id)
+                    ).scalars()
+                ],
+            }
+        )
+    for exporter in EXPORTERS:
+        exported.update(exporter(session, orders))
+    return exported
+
+
+def erase_customer(session: Session, store: Store, email: str, *, actor: str) -> int:
+    """Erase a customer's personal data; returns how many orders were touched."""
+    orders = customer_orders(session, store, email)
+    marker = "erased-" + keyed_hash("erasure", email.strip().lower())[:16]
+    for eraser in ERASERS:
+        eraser(session, orders)
+    for order in orders:
+        session.execute(delete(Mail).where(Mail.order_id == order.id))
+        order.email = f"{marker}@erased.invalid"
+        order.name = None
+        order.company = None
+        order.customer_id = None
+        order.payment_note = None
+        order.erased_at = utcnow()
+    # The audit entry names the pseudonym, not the address.
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="customer.erased",
+        subject=marker,
+        detail={"orders": len(orders)},
+    )
+    session.flush()
+    return len(orders)
+
+
+def purge_expired_records(session: Session, now: dt.datetime | None = None) -> dict[str, int]:
+    """Remove records past their retention period."""
+    from connector import get_settings
+
+    settings = get_settings()
+    now = now or utcnow()
+    removed: dict[str, int] = {}
+
+    def older(days: int) -> dt.datetime:
+        return now - dt.timedelta(days=days)
+
+    def deleted(statement: Any) -> int:
+        result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+        return result.rowcount
+
+    removed["webhook_deliveries"] = deleted(
+        delete(WebhookDelivery).where(
+            WebhookDelivery.received_at < older(settings.retention_webhook_days)
+        )
+    )
+    removed["mails"] = deleted(
+        delete(Mail).where(Mail.created_at < older(settings.retention_mail_days))
+    )
+    removed["jobs"] = deleted(
+        delete(Job).where(
+            Job.status == "done",
+            Job.finished_at < older(settings.retention_jobs_days),
+            Job.id.not_in(select(Mail.job_id).where(Mail.job_id.is_not(None))),
+        )
+    )
+    for purger in PURGERS:
+        removed.update(purger(session, now))
+    return removed
+
+
+@handles("privacy.purge")
+def purge_job(_payload: dict[str, Any]) -> None:
+    removed = purge_expired_records(db.session)
+    record_audit(db.session, store_id=None, actor="system", action="privacy.purged", detail=removed)

@@ -1,0 +1,354 @@
+"""The store's connection to its shop: wc-auth handshake, webhooks Keygate registers itself.
+
+Flow: the owner opens :func:`connect_url` in the shop admin and approves; WooCommerce POSTs
+the new REST key to the callback (:func:`accept_callback`), which stores it in the vault and
+enqueues ``vault.register_webhooks``. That job (:func:`register_webhooks`) replaces every
+webhook pointing at this store's delivery URL with order.created / order.updated /
+order.deleted webhooks signed with a fresh secret, and remembers their ids.
+:func:`check_webhooks` (run by reconciliation) re-activates one WooCommerce disabled after
+failed deliveries; :func:`disconnect` deletes them and forgets the key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.db import utcnow
+from connector.errors import Forbidden, KeygateError, ServiceUnavailable
+from connector.jobs import enqueue
+from connector.models import ShopConnection, Store, WebhookRegistration
+from connector.stores import random_alphanumeric
+from connector.tokens import CONNECT_STATE, dumps_timed, loads_timed
+from connector.vault.service import credentials_for, delete_credentials, put_credentials
+from plugin.woocommerce.connect import AuthCallback, authorize_url
+from plugin.woocommerce.rest import ShopError, WooCommerceClient
+
+log = logging.getLogger(__name__)
+
+TOPICS = ("order.created", "order.updated", "order.deleted")
+APP_NAME = "Keygate"
+STATE_MAX_AGE = 24 * 3600  # the owner may approve the next day, not next month
+REGISTER_JOB = "vault.register_webhooks"
+
+
+def webhook_url(store: Store) -> str:
+    from connector import get_settings
+
+    return f"{get_settings().base_url}/webhooks/woocommerce/{store.public_id}"
+
+
+def callback_url(store: Store) -> str:
+    return f"{webhook_url(store)}/auth-callback"
+
+
+def return_url(store: Store) -> str:
+    from connector import get_settings
+
+    return f"{get_settings().base_url}/connect/woocommerce/{store.public_id}/done"
+
+
+def connect_warning() -> str | None:
+    """Why the wc-auth link cannot work from here, if it cannot (WooCommerce only posts the
+    key to a public https callback_url)."""
+    from connector import get_settings
+
+    if get_settings().base_url.startswith("https://"):
+        return None
+    return (
+        "WooCommerce posts the key only to a public https address: set KEYGATE_BASE_URL to "
+        "it, or give the key by hand (PUT /api/v1/admin/credentials/woocommerce)."
+    )
+
+
+def connect_url(store: Store) -> str:
+    """The wc-auth link for this store; its state is signed and names the store."""
+    state = dumps_timed(CONNECT_STATE, {"s": store.public_id})
+    return authorize_url(
+        store.url,
+        app_name=APP_NAME,
+        state=state,
+        return_url=return_url(store),
+        callback_url=callback_url(store),
+    )
+
+
+def lock_store(session: Session, store: Store) -> None:
+    """Serialize connection changes of one store (PostgreSQL row lock; SQLite writers queue)."""
+    session.execute(select(Store.id).where(Store.id == store.id).with_for_update())
+
+
+def connection_of(session: Session, store: Store) -> ShopConnection:
+    connection = session.execute(
+        select(ShopConnection).where(ShopConnection.store_id == store.id)
+    ).scalar_one_or_none()
+    if connection is None:
+        connection = ShopConnection(store_id=store.id, status="disconnected")
+        session.add(connection)
+        session.flush()
+    return connection
+
+
+def shop_client_for(session: Session, store: Store) -> WooCommerceClient | None:
+    """A REST client with the store's WooCommerce key, or None when it has none."""
+    credentials = credentials_for(session, store, "woocommerce")
+    if credentials is None:
+        return None
+    return WooCommerceClient(store.url, credentials["consumer_key"], credentials["consumer_secret"])
+
+
+def accept_callback(session: Session, store: Store, callback: AuthCallback) -> bool:
+    """Store the key WooCommerce made for Keygate and start registering webhooks.
+
+    Idempotent: the same key delivered again changes nothing.
+
+    Returns:
+        True when something changed (first connection or a new key).
+
+    Raises:
+        Forbidden: the state is not one Keygate signed for this store (or is too old).
+    """
+    try:
+        data = loads_timed(CONNECT_STATE, callback.state, max_age=STATE_MAX_AGE)
+    except KeygateError:  # tampered or expired: the same answer, nothing stored
+        data = None
+    if not isinstance(data, dict) or data.get("s") != store.public_id:
+        raise Forbidden("This authorization was not started for this store.")
+    if callback.key_permissions != "read_write":
+        raise Forbidden("Keygate needs read_write access to register webhooks.")
+    lock_store(session, store)
+    connection = connection_of(session, store)
+    current = credentials_for(session, store, "woocommerce")
+    if (
+        connection.status == "connected"
+        and current is not None
+        and current.get("consumer_key") == callback.consumer_key
+        and current.get("consumer_secret") == callback.consumer_secret
+    ):
+        return False
+    put_credentials(
+        session,
+        store,
+        "woocommerce",
+        {"consumer_key": callback.consumer_key, "consumer_secret": callback.consumer_secret},
+        actor="shop",
+    )
+    reconnect = connection.status == "connected"
+    connection.status = "connected"
+    connection.shop_key_id = callback.key_id
+    connection.key_permissions = callback.key_permissions
+    connection.connected_at = utcnow()
+    connection.disconnected_at = None
+    start_connection_jobs(session, store)
+    record_audit(
+        session,
+        store_id=store.id,
+        actor="shop",
+        action="shop.reconnected" if reconnect else "shop.connected",
+        subject=f"store:{store.public_id}",
+        detail={"key_id": callback.key_id},
+    )
+    return True
+
+
+def accept_manual_key(session: Session, store: Store, *, changed: bool) -> None:
+    """A WooCommerce key given by hand (PUT /credentials/woocommerce) connects the store;
+    the same key again changes nothing."""
+    connection = connection_of(session, store)
+    if connection.status == "connected" and not changed:
+        return
+    reconnect = connection.status == "connected"
+    connection.status = "connected"
+    connection.shop_key_id = None  # not known for a key made by hand
+    connection.connected_at = utcnow()
+    connection.disconnected_at = None
+    start_connection_jobs(session, store)
+    record_audit(
+        session,
+        store_id=store.id,
+        actor="api",
+        action="shop.reconnected" if reconnect else "shop.connected",
+        subject=f"store:{store.public_id}",
+        detail={"key_id": None},
+    )
+
+
+def start_connection_jobs(session: Session, store: Store) -> None:
+    """After a (re)connection: forget the webhooks registered so far, enqueue registering
+    new ones, a product sync and a first reconciliation (orders the shop changed in the
+    last days get fulfilled); the last two then repeat periodically."""
+    session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
+    enqueue(session, REGISTER_JOB, {"store_id": store.id})
+    # Products first, so orders of products configured by meta are fulfilled by the first
+    # reconciliation (which looks back 7 days).
+    enqueue(session, "shop.sync_products", {"store_id": store.id, "periodic": True})
+    enqueue(session, "shop.reconcile", {"store_id": store.id, "periodic": True})
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    created: list[str]
+    deleted: list[str]
+
+
+def register_webhooks(
+    session: Session, store: Store, client: WooCommerceClient
+) -> RegistrationResult:
+    """Make the shop's webhooks for this store exactly Keygate's registrations.
+
+    Safe to run twice: webhooks pointing at this store's URL that Keygate does not remember
+    (older connections, manual setups, a crashed earlier run) are deleted; each missing
+    topic is created. When no registration is left, a fresh secret is made first.
+
+    Raises:
+        ShopError: the shop refused or could not be reached (nothing is committed then).
+    """
+    lock_store(session, store)
+    url = webhook_url(store)
+    registered = {
+        r.topic: r
+        for r in session.scalars(
+            select(WebhookRegistration).where(WebhookRegistration.store_id == store.id)
+        )
+    }
+    if not registered:
+        store.webhook_secret = random_alphanumeric(40)
+        session.flush()
+    created: list[str] = []
+    for topic in TOPICS:
+        if topic in registered:
+            continue
+        webhook = client.create_webhook(
+            name=f"Keygate {topic}", topic=topic, delivery_url=url, secret=store.webhook_secret
+        )
+        registration = WebhookRegistration(
+            store_id=store.id,
+            topic=topic,
+            shop_webhook_id=str(webhook["id"]),
+            status=str(webhook.get("status") or "active"),
+            checked_at=utcnow(),
+        )
+        session.add(registration)
+        registered[topic] = registration
+        created.append(registration.shop_webhook_id)
+    keep = {r.shop_webhook_id for r in registered.values()}
+    deleted: list[str] = []
+    for webhook in client.list_webhooks():
+        webhook_id = str(webhook.get("id"))
+        if _same_url(webhook.get("delivery_url"), url) and webhook_id not in keep:
+            client.delete_webhook(webhook_id)
+            deleted.append(webhook_id)
+    session.flush()
+    if created or deleted:
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="system",
+            action="shop.webhooks_registered",
+            subject=f"store:{store.public_id}",
+            detail={"created": created, "deleted": deleted},
+        )
+    return RegistrationResult(created=created, deleted=deleted)
+
+
+def _same_url(value: object, url: str) -> bool:
+    return isinstance(value, str) and value.rstrip("/") == url.rstrip("/")
+
+
+def check_webhooks(session: Session, store: Store, client: WooCommerceClient) -> list[str]:
+    """Re-activate Keygate's webhooks that WooCommerce disabled; re-create missing ones
+    (all of them when none is registered).
+
+    A webhook the owner *paused* is left paused (that is the owner's choice); one the shop
+    *disabled* after failed deliveries is set active again, with an audit entry.
+
+    Returns:
+        Shop ids of the webhooks re-activated or re-created.
+    """
+    registrations = list(
+        session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
+    )
+    if not registrations:
+        # Connected but nothing registered (the registration job gave up): register now.
+        return register_webhooks(session, store, client).created
+    remote = {str(w.get("id")): w for w in client.list_webhooks()}
+    repaired: list[str] = []
+    missing = False
+    for registration in registrations:
+        webhook = remote.get(registration.shop_webhook_id)
+        registration.checked_at = utcnow()
+        if webhook is None:
+            missing = True
+            continue
+        status = str(webhook.get("status") or "")
+        if status == "disabled":
+            client.update_webhook(registration.shop_webhook_id, status="active")
+            status = "active"
+            repaired.append(registration.shop_webhook_id)
+            record_audit(
+                session,
+                store_id=store.id,
+                actor="system",
+                action="shop.webhook_reactivated",
+                subject=f"webhook:{registration.shop_webhook_id}",
+                detail={"topic": registration.topic},
+            )
+            log.warning(
+                "store %s: webhook %s (%s) was disabled by the shop; re-activated",
+                store.public_id,
+                registration.shop_webhook_id,
+                registration.topic,
+            )
+        registration.status = status or registration.status
+    if missing:
+        for registration in registrations:
+            if registration.shop_webhook_id not in remote:
+                session.delete(registration)
+        session.flush()
+        result = register_webhooks(session, store, client)
+        repaired.extend(result.created)
+    session.flush()
+    return repaired
+
+
+def disconnect(session: Session, store: Store, *, actor: str) -> list[str]:
+    """Delete Keygate's webhooks in the shop and forget the shop's key.
+
+    Raises:
+        ServiceUnavailable: the shop could not be reached; nothing changed.
+    """
+    client = shop_client_for(session, store)
+    registrations = list(
+        session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
+    )
+    deleted: list[str] = []
+    if client is not None:
+        try:
+            for registration in registrations:
+                client.delete_webhook(registration.shop_webhook_id)
+                deleted.append(registration.shop_webhook_id)
+        except ShopError as exc:
+            raise ServiceUnavailable(
+                f"The shop could not be reached to delete its webhooks ({exc})."
+            ) from None
+    for registration in registrations:
+        session.delete(registration)
+    delete_credentials(session, store, "woocommerce", actor=actor)
+    connection = connection_of(session, store)
+    connection.status = "disconnected"
+    connection.disconnected_at = utcnow()
+    connection.shop_key_id = None
+    session.flush()
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="shop.disconnected",
+        subject=f"store:{store.public_id}",
+        detail={"webhooks_deleted": deleted},
+    )
+    return deleted

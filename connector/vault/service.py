@@ -1,0 +1,146 @@
+"""The vault: a store's credentials, encrypted at rest, write-only over the API.
+
+Each kind is one ``EncryptedJSON`` row. Secret fields are never answered back: reads show them
+masked (last four characters at most). Other domains read what they need with
+:func:`credentials_for`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.errors import NotFound, ValidationFailed
+from connector.models import CREDENTIAL_KINDS, Credential, Store
+from connector.vault.crypto import mask
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    required: bool
+    secret: bool
+    kind: type = str
+
+
+# The fields of each kind of credentials. Secrets are write-only.
+FIELDS: dict[str, dict[str, FieldSpec]] = {
+    "r2": {
+        "account_id": FieldSpec(required=True, secret=False),
+        "access_key_id": FieldSpec(required=True, secret=True),
+        "secret_access_key": FieldSpec(required=True, secret=True),
+        "bucket": FieldSpec(required=True, secret=False),
+        "endpoint_url": FieldSpec(required=False, secret=False),
+    },
+    "brevo": {
+        "api_key": FieldSpec(required=True, secret=True),
+        "sender_email": FieldSpec(required=True, secret=False),
+        "sender_name": FieldSpec(required=True, secret=False),
+        "list_id": FieldSpec(required=False, secret=False, kind=int),
+        "template_id": FieldSpec(required=False, secret=False, kind=int),
+    },
+    "woocommerce": {
+        "consumer_key": FieldSpec(required=True, secret=True),
+        "consumer_secret": FieldSpec(required=True, secret=True),
+    },
+}
+assert set(FIELDS) == set(CREDENTIAL_KINDS)  # noqa: S101 - a module invariant
+
+
+def check_kind(kind: str) -> str:
+    if kind not in FIELDS:
+        raise NotFound(f"Credential kinds are {', '.join(CREDENTIAL_KINDS)}.")
+    return kind
+
+
+def _row(session: Session, store: Store, kind: str) -> Credential | None:
+    return session.execute(
+        select(Credential).where(Credential.store_id == store.id, Credential.kind == kind)
+    ).scalar_one_or_none()
+
+
+def credentials_for(session: Session, store: Store, kind: str) -> dict[str, Any] | None:
+    """The decrypted credentials of ``kind`` for ``store``, or None when none are stored.
+
+    Returns a copy: changing it changes nothing stored.
+    """
+    row = _row(session, store, check_kind(kind))
+    return dict(row.data) if row is not None else None
+
+
+def put_credentials(
+    session: Session, store: Store, kind: str, values: dict[str, Any], *, actor: str
+) -> dict[str, Any]:
+    """Store a kind's credentials, replacing what was there.
+
+    A secret field left out keeps its stored value (so the owner can change a bucket name
+    without typing the secret again); any other field left out is removed.
+
+    Args:
+        values: parsed fields of ``kind`` (unknown names are refused by the caller).
+
+    Returns:
+        The stored set, decrypted.
+
+    Raises:
+        ValidationFailed: a required field is missing and none is stored.
+    """
+    spec = FIELDS[check_kind(kind)]
+    row = _row(session, store, kind)
+    previous = dict(row.data) if row is not None else {}
+    merged: dict[str, Any] = {}
+    for name, field_spec in spec.items():
+        value = values.get(name)
+        if value is None and field_spec.secret:
+            value = previous.get(name)
+        if value is None:
+            if field_spec.required:
+                raise ValidationFailed(f"{name} is required", field=name)
+            continue
+        merged[name] = value
+    if row is None:
+        row = Credential(store_id=store.id, kind=kind, data=merged)
+        session.add(row)
+    else:
+        row.data = merged
+    session.flush()
+    changed = sorted(n for n in spec if merged.get(n) != previous.get(n))
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="credentials.updated",
+        subject=f"credentials:{kind}",
+        detail={"fields_changed": changed},  # names only, never values
+    )
+    return merged
+
+
+def delete_credentials(session: Session, store: Store, kind: str, *, actor: str) -> bool:
+    """Forget a kind's credentials. Returns False when none were stored."""
+    row = _row(session, store, check_kind(kind))
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="credentials.deleted",
+        subject=f"credentials:{kind}",
+    )
+    return True
+
+
+def masked(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+    """What may be shown of a set: secrets masked to their last four characters."""
+    spec = FIELDS[check_kind(kind)]
+    shown: dict[str, Any] = {}
+    for name, field_spec in spec.items():
+        value = values.get(name)
+        shown[name] = mask(str(value)) if field_spec.secret and value is not None else value
+    return shown

@@ -1,0 +1,219 @@
+"""WooCommerce REST v3 through the ``woocommerce`` package: what Keygate asks the shop.
+
+Webhook registration, order re-reads (by id, or listed by ``modified_after``), refunds with
+their line quantities, order notes, and product meta. Errors become two of ours:
+:class:`ShopUnavailable` (network, timeouts, 429 and 5xx: try again later) and
+:class:`ShopRejected` (any other 4xx: retrying will not help). Neither message ever carries
+the consumer key or secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+from woocommerce import API
+
+PER_PAGE = 100
+DEFAULT_TIMEOUT = 20
+_OAUTH_VALUE = re.compile(r"(oauth_(?:consumer_key|signature)=)[^&\s\"']+")
+
+
+class RedactOAuth(logging.Filter):
+    """Plain-HTTP shops (local setups) get OAuth 1.0a values in the query string, which
+    urllib3 logs at DEBUG: keep the consumer key and signature out of those lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        record.msg = _OAUTH_VALUE.sub(r"\1<hidden>", str(record.msg))
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(RedactOAuth())
+
+
+class ShopError(Exception):
+    """The shop did not do what was asked."""
+
+
+class ShopUnavailable(ShopError):
+    """Network error, timeout, 429 or 5xx: the same request may work later."""
+
+
+class ShopRejected(ShopError):
+    """A 4xx answer (bad credentials, unknown id): the same request will fail again."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _isoformat_gmt(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+class WooCommerceClient:
+    """A store's WooCommerce REST v3 API, authenticated with its consumer key and secret."""
+
+    def __init__(
+        self,
+        store_url: str,
+        consumer_key: str,
+        consumer_secret: str,
+        *,
+        timeout: int = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._api = API(
+            url=store_url,
+            consumer_key=consumer_key,
+            consumer_secret=consumer_secret,
+            version="wc/v3",
+            timeout=timeout,
+        )
+
+    def __repr__(self) -> str:  # never show the credentials
+        return f"WooCommerceClient({self._api.url!r})"
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _call(self, method: str, endpoint: str, data: Any = None, **params: Any) -> Any:
+        response = self._response(method, endpoint, data, **params)
+        try:
+            return response.json()
+        except ValueError:
+            raise ShopUnavailable(f"{method} {endpoint}: the shop answered no JSON") from None
+
+    def _response(
+        self, method: str, endpoint: str, data: Any = None, **params: Any
+    ) -> requests.Response:
+        try:
+            if method in {"POST", "PUT"}:
+                response = getattr(self._api, method.lower())(endpoint, data, params=params)
+            else:
+                response = getattr(self._api, method.lower())(endpoint, params=params)
+        except requests.RequestException as exc:
+            # The exception text may hold the URL, and plain-HTTP shops put OAuth values in
+            # it: name the type only.
+            raise ShopUnavailable(f"{method} {endpoint}: {type(exc).__name__}") from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise ShopUnavailable(f"{method} {endpoint}: HTTP {status}")
+        if status >= 400:
+            code = _error_code(response)
+            raise ShopRejected(f"{method} {endpoint}: HTTP {status} {code}".rstrip(), status)
+        return response
+
+    def _pages(self, endpoint: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a paged list (WooCommerce: ``page``/``per_page``, X-WP-TotalPages)."""
+        page = 1
+        while True:
+            response = self._response("GET", endpoint, page=page, per_page=PER_PAGE, **params)
+            try:
+                items = response.json()
+            except ValueError:
+                raise ShopUnavailable(f"GET {endpoint}: the shop answered no JSON") from None
+            if not isinstance(items, list):
+                raise ShopUnavailable(f"GET {endpoint}: expected a list")
+            yield from (item for item in items if isinstance(item, dict))
+            total_pages = _int_header(response, "X-WP-TotalPages")
+            if total_pages is not None:
+                if page >= total_pages:
+                    return
+            elif len(items) < PER_PAGE:
+                return
+            page += 1
+
+    # --- webhooks ---------------------------------------------------------------------
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        return list(self._pages("webhooks"))
+
+    def create_webhook(
+        self, *, name: str, topic: str, delivery_url: str, secret: str
+    ) -> dict[str, Any]:
+        created: dict[str, Any] = self._call(
+            "POST",
+            "webhooks",
+            {
+                "name": name,
+                "topic": topic,
+                "delivery_url": delivery_url,
+                "secret": secret,
+                "status": "active",
+            },
+        )
+        return created
+
+    def update_webhook(self, webhook_id: str, **fields: Any) -> dict[str, Any]:
+        updated: dict[str, Any] = self._call("PUT", f"webhooks/{webhook_id}", fields)
+        return updated
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Delete for good (webhooks have no trash); an already deleted one is fine."""
+        try:
+            self._call("DELETE", f"webhooks/{webhook_id}", force="true")
+        except ShopRejected as exc:
+            if exc.status != 404:
+                raise
+
+    # --- orders -----------------------------------------------------------------------
+
+    def get_order(self, order_id: str) -> dict[str, Any]:
+        order: dict[str, Any] = self._call("GET", f"orders/{order_id}")
+        return order
+
+    def orders_modified_after(self, since: dt.datetime) -> Iterator[dict[str, Any]]:
+        """Orders changed after ``since`` (UTC), oldest change first, every page."""
+        return self._pages(
+            "orders",
+            modified_after=_isoformat_gmt(since),
+            dates_are_gmt="true",
+            orderby="modified",
+            order="asc",
+        )
+
+    def list_refunds(self, order_id: str) -> list[dict[str, Any]]:
+        return list(self._pages(f"orders/{order_id}/refunds"))
+
+    def list_order_notes(self, order_id: str) -> list[dict[str, Any]]:
+        notes = self._call("GET", f"orders/{order_id}/notes", type="any")
+        return [n for n in notes if isinstance(n, dict)] if isinstance(notes, list) else []
+
+    def create_order_note(
+        self, order_id: str, note: str, *, customer_note: bool = True
+    ) -> dict[str, Any]:
+        created: dict[str, Any] = self._call(
+            "POST", f"orders/{order_id}/notes", {"note": note, "customer_note": customer_note}
+        )
+        return created
+
+    # --- products ---------------------------------------------------------------------
+
+    def list_products(self) -> Iterator[dict[str, Any]]:
+        return self._pages("products")
+
+    def list_variations(self, product_id: str) -> Iterator[dict[str, Any]]:
+        return self._pages(f"products/{product_id}/variations")
+
+
+def _int_header(response: requests.Response, name: str) -> int | None:
+    try:
+        return int(response.headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _error_code(response: requests.Response) -> str:
+    """WooCommerce's error ``code`` (e.g. woocommerce_rest_cannot_view), never the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    code = body.get("code") if isinstance(body, dict) else None
+    return str(code)[:80] if isinstance(code, str) else ""

@@ -1,0 +1,96 @@
+"""Admin pages: sign-in with CSRF, escaped output, the outbox and the audit log."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.security import generate_password_hash
+
+from connector.db import db
+from connector.jobs import run_pending
+from connector.models import AdminUser
+from tests.factories import WebhookSender, line_item, wc_order
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def admin_client(app: Flask) -> FlaskClient:
+    with app.app_context():
+        db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
+        db.session.commit()
+    return app.test_client()
+
+
+def csrf_token(client: FlaskClient, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def sign_in(client: FlaskClient, password: str = PASSWORD) -> int:
+    token = csrf_token(client, "/admin/login")
+    response = client.post(
+        "/admin/login", data={"username": "owner", "password": password, "csrf_token": token}
+    )
+    return response.status_code
+
+
+def test_pages_need_a_signed_in_admin(admin_client: FlaskClient) -> None:
+    response = admin_client.get("/admin/orders")
+    assert response.status_code == 302
+    assert "/admin/login" in response.headers["Location"]
+
+
+def test_wrong_password_is_refused(admin_client: FlaskClient) -> None:
+    assert sign_in(admin_client, "wrong") == 401
+    assert admin_client.get("/admin/").status_code == 302
+
+
+def test_login_without_csrf_token_is_refused(admin_client: FlaskClient) -> None:
+    response = admin_client.post("/admin/login", data={"username": "owner", "password": PASSWORD})
+    assert response.status_code == 400
+    assert "CSRF" in response.get_data(as_text=True)
+    assert admin_client.get("/admin/").status_code == 302
+
+
+def test_signed_in_admin_sees_orders_escaped_and_the_outbox(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    shop.configure(501)
+    shop.deliver(
+        wc_order(9300, "processing", [line_item(501)], first_name="<script>alert(1)</script>")
+    )
+    run_pending(app)
+    assert sign_in(admin_client) == 302
+    orders = admin_client.get("/admin/orders").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in orders
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in orders
+    outbox = admin_client.get("/admin/outbox").get_data(as_text=True)
+    assert "mail.order_issued" in outbox
+    assert "jurgen@example.org" in outbox  # decrypted for the owner
+    audit = admin_client.get("/admin/audit").get_data(as_text=True)
+    assert "order.fulfilled" in audit
+
+
+def test_logout_needs_the_csrf_token(admin_client: FlaskClient) -> None:
+    assert sign_in(admin_client) == 302
+    assert admin_client.post("/admin/logout").status_code == 400
+    assert admin_client.get("/admin/").status_code == 200
+    token = csrf_token(admin_client, "/admin/")
+    assert admin_client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    assert admin_client.get("/admin/").status_code == 302
+
+
+def test_next_is_never_an_open_redirect(admin_client: FlaskClient) -> None:
+    token = csrf_token(admin_client, "/admin/login")
+    response = admin_client.post(
+        "/admin/login?next=//evil.example/admin",
+        data={"username": "owner", "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.status_code == 302
+    assert "evil.example" not in response.headers["Location"]

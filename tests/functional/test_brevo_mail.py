@@ -1,0 +1,112 @@
+"""A store with Brevo credentials mails buyers through Brevo and pushes them as contacts.
+
+The real sib-api-v3-sdk talks to a local server that speaks Brevo's API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from connector import create_app
+from connector.db import db, transaction, utcnow
+from connector.jobs import run_pending, stop_worker_thread
+from connector.models import Job, Mail
+from connector.stores import create_store
+from tests.conftest import app_overrides
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.peers import FakeBrevo, fake_brevo
+
+BREVO = {
+    "api_key": "xkeysib-test-key",
+    "sender_email": "shop@example.org",
+    "sender_name": "Bücher Shop",
+    "list_id": 7,
+}
+
+
+@pytest.fixture
+def brevo() -> Iterator[FakeBrevo]:
+    with fake_brevo() as server:
+        yield server
+
+
+@pytest.fixture
+def brevo_app(tmp_path: Path, database_url: str, brevo: FakeBrevo) -> Iterator[Flask]:
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(app_overrides(tmp_path, database_url, brevo_api_host=brevo.host))
+    yield application
+    stop_worker_thread(application)
+    application.extensions["keygate.db"].engine.dispose()
+
+
+@pytest.fixture
+def brevo_shop(brevo_app: Flask) -> WebhookSender:
+    with brevo_app.app_context():
+        created = create_store(db.session, "Bücher Shop", "https://shop.example")
+        db.session.commit()
+    sender = WebhookSender(brevo_app.test_client(), created)
+    assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+    sender.configure(501)
+    return sender
+
+
+def make_due(app: Flask) -> None:
+    with app.app_context(), transaction() as session:
+        for job in session.execute(select(Job).where(Job.status == "pending")).scalars():
+            job.run_after = utcnow() - dt.timedelta(seconds=1)
+
+
+def test_buyer_is_mailed_through_brevo_and_pushed_to_the_list(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    brevo_shop.deliver(wc_order(9600, "processing", [line_item(501)], first_name="Zoë"))
+    key = brevo_shop.order(9600)["licenses"][0]["key"]
+    run_pending(brevo_app)
+    (sent,) = brevo.sent()
+    assert sent.body["to"][0]["email"] == "jurgen@example.org"
+    assert sent.body["sender"] == {"email": "shop@example.org", "name": "Bücher Shop"}
+    assert key in sent.body["textContent"]
+    assert key in sent.body["htmlContent"]
+    contact = brevo.contacts["jurgen@example.org"]
+    assert contact["listIds"] == [7]
+    assert contact["attributes"]["FIRSTNAME"] == "Zoë"
+    with brevo_app.app_context():
+        mail = db.session.execute(select(Mail)).scalar_one()
+        assert mail.backend == "brevo"
+        assert mail.provider_message_id == "<1@smtp-relay.brevo.test>"
+
+
+def test_a_brevo_outage_delays_the_mail_but_never_loses_it(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    brevo.failures.extend([503, 503, 429, 503])
+    brevo_shop.deliver(wc_order(9601, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    with brevo_app.app_context():
+        mail_job = db.session.execute(
+            select(Job).where(Job.kind == "mail.order_issued")
+        ).scalar_one()
+        assert mail_job.status == "pending" and mail_job.attempts >= 1
+        assert "Brevo answered" in (mail_job.last_error or "")
+    for _ in range(5):
+        make_due(brevo_app)
+        run_pending(brevo_app)
+    assert len(brevo.sent()) == 1
+    with brevo_app.app_context():
+        assert db.session.execute(select(Mail.sent_at)).scalar_one() is not None
+        statuses = set(db.session.execute(select(Job.status)).scalars())
+    assert statuses == {"done"}
+
+
+def test_stores_without_brevo_use_the_console(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501)
+    shop.deliver(wc_order(9602, "processing", [line_item(501)]))
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(Mail.backend)).scalar_one() == "console"

@@ -1,0 +1,80 @@
+"""The keygate command: init is idempotent and never prompts; store add prints what to paste."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def keygate(
+    tmp_path: Path, *args: str, database_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / "instance")
+    env["KEYGATE_WORKER"] = "off"
+    if database_url:
+        env["KEYGATE_DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "connector.cli", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_init_twice_without_a_terminal(tmp_path: Path) -> None:
+    first = keygate(tmp_path, "init")
+    assert first.returncode == 0, first.stderr
+    assert "created admin user 'admin'" in first.stdout
+    key_file = tmp_path / "instance" / "master.key"
+    master = key_file.read_text()
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    second = keygate(tmp_path, "init")
+    assert second.returncode == 0, second.stderr
+    assert "admin user exists" in second.stdout
+    assert key_file.read_text() == master
+
+
+def test_store_add_prints_json_and_keys_follow_its_format(tmp_path: Path) -> None:
+    assert keygate(tmp_path, "init").returncode == 0
+    result = keygate(
+        tmp_path,
+        "store",
+        "add",
+        "--name",
+        "Shop",
+        "--url",
+        "https://shop.example",
+        "--key-prefix",
+        "acme",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert set(info) == {"store_id", "webhook_url", "webhook_secret", "api_token"}
+    assert info["webhook_url"].endswith(f"/webhooks/woocommerce/{info['store_id']}")
+    assert info["webhook_secret"].isalnum()
+    # The secret is stored encrypted: it is not in the database file.
+    db_bytes = (tmp_path / "instance" / "keygate.db").read_bytes()
+    assert info["webhook_secret"].encode() not in db_bytes
+    assert info["api_token"].encode() not in db_bytes
+
+
+def test_store_add_refuses_a_bad_url(tmp_path: Path) -> None:
+    assert keygate(tmp_path, "init").returncode == 0
+    result = keygate(tmp_path, "store", "add", "--name", "Shop", "--url", "shop")
+    assert result.returncode != 0
+    assert "http(s) URL" in result.stderr
+
+
+def test_commands_without_init_explain_what_to_do(tmp_path: Path) -> None:
+    result = keygate(tmp_path, "store", "add", "--name", "Shop", "--url", "https://x.example")
+    assert result.returncode != 0
+    assert "keygate init" in result.stderr
+    assert "Traceback" not in result.stderr

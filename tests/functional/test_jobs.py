@@ -1,0 +1,146 @@
+"""The outbox: jobs commit with their data, retry with backoff, run once even when shared."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from connector import jobs
+from connector.db import db, transaction, utcnow
+from connector.models import Job, Mail
+from tests.factories import WebhookSender, line_item, wc_order
+
+CALLS: list[dict[str, Any]] = []
+
+
+@pytest.fixture(autouse=True)
+def _test_handlers() -> Iterator[None]:
+    CALLS.clear()
+
+    def ok(payload: dict[str, Any]) -> None:
+        CALLS.append(payload)
+
+    def flaky(payload: dict[str, Any]) -> None:
+        CALLS.append(payload)
+        raise jobs.RetryLater("peer is down")
+
+    def broken(payload: dict[str, Any]) -> None:
+        raise RuntimeError("bug")
+
+    jobs.HANDLERS.update({"test.ok": ok, "test.flaky": flaky, "test.broken": broken})
+    yield
+    for kind in ("test.ok", "test.flaky", "test.broken"):
+        jobs.HANDLERS.pop(kind, None)
+
+
+def job(app: Flask, kind: str) -> Job:
+    with app.app_context():
+        return db.session.execute(select(Job).where(Job.kind == kind)).scalar_one()
+
+
+def test_a_job_rolled_back_with_its_data_never_runs(app: Flask) -> None:
+    with app.app_context():
+        jobs.enqueue(db.session, "test.ok", {"n": 1})
+        db.session.rollback()
+    assert jobs.run_pending(app) == 0
+    assert CALLS == []
+
+
+def test_a_job_runs_once_and_gets_its_payload(app: Flask) -> None:
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.ok", {"n": 1})
+    assert jobs.run_pending(app) == 1
+    assert jobs.run_pending(app) == 0
+    assert [c["n"] for c in CALLS] == [1]
+    assert job(app, "test.ok").status == "done"
+
+
+def test_dedupe_key_makes_a_second_enqueue_a_no_op(app: Flask) -> None:
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.ok", {"n": 1}, dedupe_key="same")
+        jobs.enqueue(session, "test.ok", {"n": 2}, dedupe_key="same")
+    jobs.run_pending(app)
+    assert [c["n"] for c in CALLS] == [1]
+
+
+def test_failures_retry_with_backoff_then_die(app: Flask) -> None:
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.flaky", {})
+    before = utcnow()
+    assert jobs.run_pending(app) == 1
+    flaky = job(app, "test.flaky")
+    assert flaky.status == "pending"
+    assert flaky.attempts == 1
+    assert flaky.run_after >= before + dt.timedelta(seconds=4)
+    assert "peer is down" in (flaky.last_error or "")
+    # Not due yet: nothing runs.
+    assert jobs.run_pending(app) == 0
+    max_attempts = app.extensions["keygate.settings"].job_max_attempts
+    for _ in range(max_attempts - 1):
+        with app.app_context(), transaction() as session:
+            row = session.get(Job, flaky.id)
+            assert row is not None
+            row.run_after = utcnow() - dt.timedelta(seconds=1)
+        jobs.run_pending(app)
+    dead = job(app, "test.flaky")
+    assert dead.status == "dead"
+    assert dead.attempts == max_attempts
+    assert len(CALLS) == max_attempts
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    assert [jobs.backoff(n).total_seconds() for n in (1, 2, 3)] == [5, 10, 20]
+    assert jobs.backoff(30).total_seconds() == 3600
+
+
+def test_a_crashed_workers_job_is_taken_over_after_its_lease(app: Flask) -> None:
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.ok", {"n": 7})
+        session.flush()
+        row = session.execute(select(Job)).scalar_one()
+        row.status = "running"
+        row.locked_until = utcnow() - dt.timedelta(seconds=1)
+    assert jobs.run_pending(app) == 1
+    assert [c["n"] for c in CALLS] == [7]
+
+
+def test_two_workers_never_run_the_same_job(app: Flask) -> None:
+    """Claims are exclusive: 40 jobs, two threads, 40 calls."""
+    with app.app_context(), transaction() as session:
+        for n in range(40):
+            jobs.enqueue(session, "test.ok", {"n": n})
+    threads = [threading.Thread(target=jobs.run_pending, args=(app,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(c["n"] for c in CALLS) == list(range(40))
+
+
+def test_the_server_thread_mails_without_being_asked(app: Flask, shop: WebhookSender) -> None:
+    """With the in-process worker, a paid order's mail goes out after the webhook commits."""
+    app.extensions["keygate.settings"] = app.extensions["keygate.settings"].__class__(
+        **{**app.extensions["keygate.settings"].__dict__, "worker_poll_seconds": 0.2}
+    )
+    jobs.start_worker_thread(app)
+    try:
+        shop.configure(501)
+        shop.deliver(wc_order(9100, "processing", [line_item(501)]))
+        deadline = time.monotonic() + 10
+        sent = None
+        while time.monotonic() < deadline:
+            with app.app_context():
+                sent = db.session.execute(select(Mail.sent_at)).scalar_one_or_none()
+            if sent is not None:
+                break
+            time.sleep(0.1)
+        assert sent is not None
+    finally:
+        jobs.stop_worker_thread(app)

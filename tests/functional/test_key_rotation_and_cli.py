@@ -1,0 +1,197 @@
+"""`keygate rotate-keys` leaves everything readable; `keygate reconcile` and `sync-products`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.fernet import Fernet, InvalidToken
+from flask import Flask
+from sqlalchemy import select, text
+
+from connector import create_app
+from connector.cli import main
+from connector.db import db
+from connector.jobs import run_pending
+from connector.models import Job, Mail, Store
+from connector.vault.crypto import Keyring
+from connector.vault.rotation import encrypted_tables
+from connector.vault.service import credentials_for
+from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_vault_credentials import R2
+from tests.wc_rest import FakeShop, connect_store, fake_shop
+
+__all__ = ["fake_shop"]
+
+
+@contextmanager
+def another_app_in_this_process() -> Iterator[None]:
+    """A second app (the CLI's) in this process; each app keeps its own engine."""
+    yield
+
+
+def keygate(tmp_path: Path, database_url: str, *args: str, master_keys: str = MASTER_KEY) -> Result:
+    env = {
+        "KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"),
+        "KEYGATE_DATABASE_URL": database_url,
+        "KEYGATE_MASTER_KEYS": master_keys,
+        "KEYGATE_SECRET_KEY": SECRET_KEY,
+        "KEYGATE_WORKER": "off",
+        "KEYGATE_BASE_URL": "http://keygate.test",
+    }
+    with another_app_in_this_process():
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def raw_tokens(app: Flask) -> list[str]:
+    tokens = []
+    with app.app_context():
+        for spec in encrypted_tables():
+            for column in spec.columns:
+                tokens += [
+                    value
+                    for (value,) in db.session.execute(
+                        text(f'SELECT "{column.name}" FROM "{spec.table.name}"')  # noqa: S608
+                    )
+                    if value is not None
+                ]
+    return tokens
+
+
+def test_rotation_leaves_everything_readable_under_the_new_key_alone(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """After rotate-keys with (new, old), an app holding only the new key reads every secret."""
+    shop.admin("PUT", "/credentials/r2", R2)
+    shop.configure(501)
+    shop.deliver(wc_order(9901, "processing", [line_item(501, quantity=2)]))
+    run_pending(app)
+    before = shop.order(9901)
+    with app.app_context():
+        assert db.session.scalars(select(Mail)).all(), "the order mail is stored"
+    old_tokens = raw_tokens(app)
+    assert len(old_tokens) >= 6  # store secret, credentials, two keys, mail fields
+
+    new_key = Fernet.generate_key().decode()
+    result = keygate(tmp_path, database_url, "rotate-keys", master_keys=f"{new_key},{MASTER_KEY}")
+    assert result.exit_code == 0, result.output
+    assert "Re-encrypting" in result.output
+    rows = re.search(r"re-encrypted (\d+) rows", result.output)
+    assert rows is not None and int(rows.group(1)) >= 5
+    new_tokens = raw_tokens(app)
+    assert len(new_tokens) == len(old_tokens)
+    assert not set(new_tokens) & set(old_tokens)
+    for token in new_tokens:
+        with pytest.raises(InvalidToken):
+            Fernet(MASTER_KEY).decrypt(token.encode())
+
+    with another_app_in_this_process():
+        rotated = create_app(app_overrides(tmp_path, database_url, master_keys=[new_key]))
+        check_rotated_app(rotated, shop, before)
+
+
+def check_rotated_app(rotated: Flask, shop: WebhookSender, before: dict[str, Any]) -> None:
+    try:
+        with rotated.app_context():
+            store = db.session.get(Store, shop.store.store.id)
+            assert store is not None
+            assert store.webhook_secret == shop.store.webhook_secret
+            assert credentials_for(db.session, store, "r2") == R2
+            mails = db.session.scalars(select(Mail)).all()
+            assert all(m.to_email == "jurgen@example.org" for m in mails)
+        client = rotated.test_client()
+        after = client.get(
+            "/api/v1/admin/orders/9901",
+            headers={"Authorization": f"Bearer {shop.store.api_token}"},
+        ).get_json()
+        assert [lic["key"] for lic in after["licenses"]] == [
+            lic["key"] for lic in before["licenses"]
+        ]
+    finally:
+        rotated.extensions["keygate.db"].engine.dispose()
+
+
+def test_rotation_with_a_missing_old_key_stops_and_says_where(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """Without the key a value was made with, rotation fails naming the row, not the value."""
+    other = Fernet.generate_key().decode()
+    result = keygate(tmp_path, database_url, "rotate-keys", master_keys=other)
+    assert result.exit_code == 1
+    assert "stores.webhook_secret of row" in result.output
+    assert shop.store.webhook_secret not in result.output
+    with app.app_context():
+        assert db.session.get(Store, shop.store.store.id) is not None  # still readable
+
+
+def test_keyring_rotation_keeps_the_plaintext() -> None:
+    """Keyring.rotate re-encrypts under the newest key; both keyrings read the same text."""
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    token = Keyring((old,), SECRET_KEY).encrypt("cs_secret")
+    rotated = Keyring((new, old), SECRET_KEY).rotate(token)
+    assert Keyring((new,), SECRET_KEY).decrypt(rotated) == "cs_secret"
+
+
+def test_reconcile_command_fulfils_a_missed_order(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, tmp_path: Path, database_url: str
+) -> None:
+    """`keygate reconcile --since` applies orders the webhooks missed, and reports them."""
+    connect_store(app, shop, fake_shop)
+    shop.configure(501)
+    fake_shop.orders[9902] = wc_order(9902, "completed", [line_item(501)])
+    result = keygate(tmp_path, database_url, "reconcile", "--since", "2026-11-20T11:00:00")
+    assert result.exit_code == 0, result.output
+    assert "1 orders since 2026-11-20T11:00:00+00:00: 1 applied" in result.output
+    assert "1 licenses issued" in result.output
+    assert len(shop.order(9902)["licenses"]) == 1
+    with app.app_context():
+        scheduled = db.session.scalars(
+            select(Job).where(Job.kind == "shop.reconcile", Job.status == "pending")
+        ).all()
+        assert len(scheduled) == 1, "the periodic run is (still) scheduled, once"
+
+
+def test_reconcile_command_reports_a_shop_that_is_down(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, tmp_path: Path, database_url: str
+) -> None:
+    """A shop that answers 503 makes the command fail with a message, not a traceback."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.down = True
+    result = keygate(tmp_path, database_url, "reconcile")
+    assert result.exit_code == 1
+    assert "HTTP 503" in result.output
+    assert keygate(tmp_path, database_url, "reconcile", "--since", "yesterday").exit_code == 2
+
+
+def test_commands_skip_stores_that_are_not_connected(
+    shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """A store without a WooCommerce key is skipped with a word, not an error."""
+    for command in ("reconcile", "sync-products"):
+        result = keygate(tmp_path, database_url, command)
+        assert result.exit_code == 0, result.output
+        assert "not connected" in result.output
+    unknown = keygate(tmp_path, database_url, "sync-products", "--store", "nope")
+    assert unknown.exit_code == 1
+
+
+def test_sync_products_command(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, tmp_path: Path, database_url: str
+) -> None:
+    """`keygate sync-products` reads product meta and says what it configured."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.products[501] = {
+        "id": 501,
+        "name": "Plugin Pro",
+        "type": "simple",
+        "meta_data": [{"id": 1, "key": "_keygate_activation_limit", "value": "2"}],
+    }
+    result = keygate(tmp_path, database_url, "sync-products")
+    assert result.exit_code == 0, result.output
+    assert "1 configured" in result.output

@@ -1,0 +1,109 @@
+"""Over a full flow, no log line and no stored row holds a secret or a license key in clear."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, text
+
+from connector.db import Base, db, transaction
+from connector.jobs import run_pending
+from connector.models import Store
+from connector.orders.reconcile import reconcile_store
+from connector.vault.connection import shop_client_for
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_vault_credentials import BREVO, R2
+from tests.wc_rest import CONSUMER_KEY, CONSUMER_SECRET, FakeShop, connect_store, fake_shop
+
+__all__ = ["fake_shop"]
+
+
+def dump_database(app: Flask) -> str:
+    """Every row of every table, as the database returns it (no type decoding)."""
+    lines = []
+    with app.app_context():
+        for table in Base.metadata.sorted_tables:
+            for row in db.session.execute(text(f'SELECT * FROM "{table.name}"')):  # noqa: S608
+                lines.append(f"{table.name}: {tuple(row)!r}")
+    return "\n".join(lines)
+
+
+def test_full_flow_leaves_no_secret_in_logs_or_tables(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Credentials, connection, webhooks, issuing, mail, write-back, refund, reconcile."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("connector", "plugin", "sqlalchemy.engine", "urllib3", "responses"):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+    assert shop.admin("PUT", "/credentials/r2", R2).status_code == 200
+    assert shop.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+    connect_store(app, shop, fake_shop)
+    shop.configure(501)
+    order = wc_order(9990, "processing", [line_item(501, quantity=2, line_id=88)])
+    fake_shop.orders[9990] = order
+    assert fake_shop.deliver(shop.client, "order.created", order).status_code == 200
+    run_pending(app)
+    fake_shop.add_refund(9990, line_id=88, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = "2026-11-20T12:10:00"
+    assert fake_shop.deliver(shop.client, "order.updated", order).status_code == 200
+    run_pending(app)
+    with app.app_context(), transaction() as session:
+        store = session.get(Store, shop.store.store.id)
+        assert store is not None
+        client = shop_client_for(session, store)
+        assert client is not None
+        reconcile_store(session, store, client)
+        webhook_secret = store.webhook_secret
+    # A failed signature and a bad callback are logged too.
+    shop.deliver(wc_order(9991), "order.created")
+    shop.client.post(
+        f"/webhooks/woocommerce/{shop.store.store.public_id}/auth-callback",
+        json={"consumer_key": CONSUMER_KEY, "consumer_secret": CONSUMER_SECRET},
+    )
+
+    body = shop.order(9990)
+    keys = [lic["key"] for lic in body["licenses"]]
+    assert len(keys) == 2
+    assert [lic["status"] for lic in body["licenses"]] == ["active", "revoked"]
+    assert fake_shop.notes[9990], "the write-back ran"
+    assert caplog.records, "the flow logged something"
+
+    secrets = {
+        "consumer key": CONSUMER_KEY,
+        "consumer secret": CONSUMER_SECRET,
+        "webhook secret": webhook_secret,
+        "first webhook secret": shop.store.webhook_secret,
+        "api token": shop.store.api_token,
+        "r2 secret": R2["secret_access_key"],
+        "r2 access key": R2["access_key_id"],
+        "brevo key": BREVO["api_key"],
+    }
+    for n, key in enumerate(keys):
+        secrets[f"license key {n}"] = key
+        secrets[f"license key {n} without dashes"] = key.replace("-", "")
+    logs = caplog.text + "\n".join(
+        str(r.args) + (r.exc_text or "") for r in caplog.records if r.args or r.exc_text
+    )
+    database = dump_database(app)
+    assert "webhook_registrations" in database and "credentials" in database
+    for label, secret in secrets.items():
+        assert secret not in logs, f"{label} appears in the logs"
+        assert secret not in database, f"{label} appears in the database"
+        assert secret.lower() not in database.lower(), f"{label} appears in the database"
+
+
+def test_client_repr_and_errors_hide_credentials(app: Flask, shop: WebhookSender) -> None:
+    """The REST client's repr and its error messages never show the key or secret."""
+    from plugin.woocommerce.rest import ShopUnavailable, WooCommerceClient
+
+    client = WooCommerceClient("https://127.0.0.1:9", CONSUMER_KEY, CONSUMER_SECRET, timeout=1)
+    assert CONSUMER_KEY not in repr(client)
+    with pytest.raises(ShopUnavailable) as caught:
+        client.get_order("1")
+    assert CONSUMER_KEY not in str(caught.value)
+    assert CONSUMER_SECRET not in str(caught.value)
+    with app.app_context():
+        assert db.session.execute(select(Store)).scalars().first() is not None

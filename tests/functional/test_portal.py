@@ -1,0 +1,59 @@
+"""The buyer portal: a private page with the order's keys and links, and a resend button."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+from sqlalchemy import func, select
+
+from connector.db import db
+from connector.jobs import run_pending
+from connector.models import Mail
+from tests.factories import WebhookSender, line_item, wc_order
+
+
+def test_portal_shows_keys_and_links_and_resends(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501)
+    shop.deliver(wc_order(9400, "processing", [line_item(501)]))
+    body = shop.order(9400)
+    portal_path = body["portal_url"].removeprefix("http://keygate.test")
+    page = shop.client.get(portal_path)
+    assert page.status_code == 200
+    assert page.headers["X-Robots-Tag"] == "noindex"
+    html = page.get_data(as_text=True)
+    assert body["licenses"][0]["key"] in html
+    assert body["downloads"][0]["link"] in html
+
+    run_pending(app)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert token
+    assert shop.client.post(portal_path + "/resend").status_code == 400  # no CSRF token
+    response = shop.client.post(portal_path + "/resend", data={"csrf_token": token.group(1)})
+    assert response.status_code == 302
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 2
+
+
+def test_revoked_keys_are_not_shown(shop: WebhookSender) -> None:
+    shop.configure(501)
+    item = line_item(501, line_id=81)
+    shop.deliver(wc_order(9401, "processing", [item], modified=1))
+    body = shop.order(9401)
+    shop.deliver(wc_order(9401, "refunded", [item], modified=2))
+    html = shop.client.get(body["portal_url"].removeprefix("http://keygate.test")).get_data(
+        as_text=True
+    )
+    assert body["licenses"][0]["key"] not in html
+    assert "revoked" in html
+
+
+def test_tampered_portal_token_is_a_friendly_404(shop: WebhookSender) -> None:
+    shop.configure(501)
+    shop.deliver(wc_order(9402, "processing", [line_item(501)]))
+    path = shop.order(9402)["portal_url"].removeprefix("http://keygate.test")
+    response = shop.client.get(path[:-2] + "xx")
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "not valid" in response.get_data(as_text=True)

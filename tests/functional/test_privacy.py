@@ -1,0 +1,102 @@
+"""Privacy: a customer's data can be exported and erased; old records are purged."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Flask
+from sqlalchemy import func, select, text
+
+from connector.db import db, transaction, utcnow
+from connector.jobs import run_pending, schedule_periodic
+from connector.models import Job, License, Mail, Order, WebhookDelivery
+from connector.privacy.service import purge_expired_records
+from tests.factories import WebhookSender, line_item, wc_order
+
+EMAIL = "jurgen@example.org"
+
+
+def paid_order(app: Flask, shop: WebhookSender, order_id: int) -> dict:  # type: ignore[type-arg]
+    shop.configure(501)
+    shop.deliver(wc_order(order_id, "completed", [line_item(501)], email=EMAIL))
+    run_pending(app)
+    return shop.order(order_id)
+
+
+def test_export_has_the_orders_keys_and_mails(app: Flask, shop: WebhookSender) -> None:
+    body = paid_order(app, shop, 9500)
+    response = shop.admin("GET", f"/customers/{EMAIL.upper()}/export")
+    assert response.status_code == 200
+    exported = response.get_json()
+    (order,) = exported["orders"]
+    assert order["name"] == "Jürgen Ørsted 山田"
+    assert order["licenses"][0]["key"] == body["licenses"][0]["key"]
+    assert order["mails"][0]["sent_at"] is not None
+    assert shop.admin("GET", "/customers/nobody@example.org/export").status_code == 404
+
+
+def test_erasure_keeps_accounting_and_licenses_but_not_the_person(
+    app: Flask, shop: WebhookSender
+) -> None:
+    body = paid_order(app, shop, 9501)
+    response = shop.admin("DELETE", f"/customers/{EMAIL}")
+    assert response.status_code == 200
+    assert response.get_json() == {"erased_orders": 1}
+    with app.app_context():
+        order = db.session.execute(select(Order)).scalar_one()
+        assert order.name is None and order.company is None
+        assert order.email is not None and order.email.endswith("@erased.invalid")
+        assert str(order.total) == "49.00" and order.transaction_id == "ch_3PZ"
+        assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 0
+        license_ = db.session.execute(select(License)).scalar_one()
+        assert license_.status == "active"
+        everything = " ".join(
+            repr(db.session.execute(text(f"SELECT * FROM {table}")).all())  # noqa: S608
+            for table in ("orders", "audit_events", "mails", "jobs")
+        )
+    assert EMAIL not in everything
+    assert "Jürgen" not in everything
+    # A later delivery of the same order from the shop does not bring the person back.
+    shop.deliver(wc_order(9501, "completed", [line_item(501)], email=EMAIL, modified=5))
+    with app.app_context():
+        assert db.session.execute(select(Order.name)).scalar_one() is None
+    # The key still works for the product, and the owner still sees the order.
+    assert shop.order(9501)["licenses"][0]["key"] == body["licenses"][0]["key"]
+    assert shop.admin("GET", f"/customers/{EMAIL}/export").status_code == 404
+
+
+def test_privacy_endpoints_need_the_store_token(shop: WebhookSender) -> None:
+    assert shop.client.delete(f"/api/v1/admin/customers/{EMAIL}").status_code == 401
+    assert shop.admin("GET", "/customers/not-an-email/export").status_code == 422
+
+
+def test_purge_removes_only_records_past_retention(app: Flask, shop: WebhookSender) -> None:
+    paid_order(app, shop, 9502)
+    old = utcnow() - dt.timedelta(days=400)
+    with app.app_context(), transaction() as session:
+        for delivery in session.execute(select(WebhookDelivery)).scalars():
+            delivery.received_at = old
+        for mail in session.execute(select(Mail)).scalars():
+            mail.created_at = old
+        for job in session.execute(select(Job)).scalars():
+            job.finished_at = old
+    with app.app_context(), transaction() as session:
+        removed = purge_expired_records(session)
+    assert removed["webhook_deliveries"] == 1
+    assert removed["mails"] == 1
+    assert removed["jobs"] >= 2
+    shop.deliver(wc_order(9503, "completed", [line_item(501)]))
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["webhook_deliveries"] == 0
+
+
+def test_the_daily_purge_is_scheduled_once_per_day(app: Flask) -> None:
+    schedule_periodic(app)
+    schedule_periodic(app)
+    with app.app_context():
+        kinds = db.session.execute(select(Job.kind)).scalars().all()
+    assert kinds.count("privacy.purge") == 1
+    run_pending(app)
+    with app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "privacy.purge")).scalar_one()
+        assert job.status == "done"

@@ -1,0 +1,247 @@
+"""Reconciliation, partial refunds read over REST, and the order-note write-back."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from connector.db import db, transaction
+from connector.jobs import enqueue, run_pending
+from connector.models import AuditEvent, Job, License, ShopNote, Store
+from connector.orders.reconcile import reconcile_store
+from connector.vault.connection import shop_client_for
+from plugin.woocommerce import rest
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.wc_rest import FakeShop, connect_store, fake_shop
+
+__all__ = ["fake_shop"]
+
+
+@pytest.fixture
+def connected(app: Flask, shop: WebhookSender, fake_shop: FakeShop) -> FakeShop:
+    connect_store(app, shop, fake_shop)
+    return fake_shop
+
+
+def touched_now(order: dict[str, Any]) -> dict[str, Any]:
+    """The order as changed in the shop just now (after the last reconciliation)."""
+    moment = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+    order["date_modified_gmt"] = order["date_modified"] = moment
+    return order
+
+
+def reconcile(app: Flask, shop: WebhookSender, **kwargs: Any) -> Any:
+    with app.app_context(), transaction() as session:
+        store = session.get(Store, shop.store.store.id)
+        assert store is not None
+        client = shop_client_for(session, store)
+        assert client is not None
+        return reconcile_store(session, store, client, **kwargs)
+
+
+def test_a_missed_webhook_is_fulfilled_by_reconcile(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """An order whose webhook never arrived gets its license when reconciliation runs."""
+    shop.configure(501)
+    connected.orders[9401] = touched_now(wc_order(9401, "processing", [line_item(501)]))
+    assert shop.admin("GET", "/orders/9401").status_code == 404
+    result = reconcile(app, shop)
+    assert result.applied == 1
+    assert result.issued_licenses == 1
+    assert len(shop.order(9401)["licenses"]) == 1
+    again = reconcile(app, shop)
+    assert again.issued_licenses == 0
+    assert len(shop.order(9401)["licenses"]) == 1
+
+
+def test_reconcile_pages_through_orders_modified_after(
+    app: Flask, shop: WebhookSender, connected: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every page is read (X-WP-TotalPages), and only orders modified after --since."""
+    monkeypatch.setattr(rest, "PER_PAGE", 2)
+    shop.configure(501)
+    for n in range(5):
+        connected.orders[9500 + n] = wc_order(9500 + n, "completed", modified=100 + n)
+    connected.orders[9499] = wc_order(9499, "completed", modified=-3600)
+    since = dt.datetime(2026, 11, 20, 11, 30, tzinfo=dt.UTC)
+    connected.requests.clear()
+    result = reconcile(app, shop, since=since)
+    assert result.seen == 5
+    pages = [p for m, p in connected.requests if m == "GET" and p == "orders"]
+    assert len(pages) == 3
+    assert shop.admin("GET", "/orders/9499").status_code == 404
+    assert all(len(shop.order(9500 + n)["licenses"]) == 1 for n in range(5))
+
+
+def test_reconcile_reactivates_a_disabled_webhook_with_an_audit_entry(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """WooCommerce disabled a webhook after failures: reconciliation sets it active again."""
+    (updated_id,) = [i for i, w in connected.webhooks.items() if w["topic"] == "order.updated"]
+    connected.webhooks[updated_id]["status"] = "disabled"
+    result = reconcile(app, shop)
+    assert result.webhooks_repaired == [str(updated_id)]
+    assert connected.webhooks[updated_id]["status"] == "active"
+    with app.app_context():
+        event = db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "shop.webhook_reactivated")
+        ).scalar_one()
+        assert event.subject == f"webhook:{updated_id}"
+        assert event.detail == {"topic": "order.updated"}
+
+
+def test_a_paused_webhook_is_left_to_the_owner(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """Paused is the owner's choice: reconciliation does not override it."""
+    some_id = next(iter(connected.webhooks))
+    connected.webhooks[some_id]["status"] = "paused"
+    assert reconcile(app, shop).webhooks_repaired == []
+    assert connected.webhooks[some_id]["status"] == "paused"
+
+
+def test_a_deleted_webhook_is_registered_again(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A webhook removed in the shop admin is re-created by reconciliation."""
+    (deleted_id,) = [i for i, w in connected.webhooks.items() if w["topic"] == "order.deleted"]
+    del connected.webhooks[deleted_id]
+    result = reconcile(app, shop)
+    assert len(result.webhooks_repaired) == 1
+    topics = sorted(w["topic"] for w in connected.webhooks.values())
+    assert topics == ["order.created", "order.deleted", "order.updated"]
+
+
+def test_partial_refund_revokes_only_the_refunded_unit(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A webhook listing a refund starts a REST re-read; only the newest unit is revoked."""
+    shop.configure(501)
+    order = wc_order(9601, "processing", [line_item(501, quantity=3, line_id=77)])
+    connected.orders[9601] = order
+    assert connected.deliver(shop.client, "order.created", order).status_code == 200
+    connected.add_refund(9601, line_id=77, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    response = connected.deliver(shop.client, "order.updated", order)
+    assert response.status_code == 200
+    # The webhook answered without reading the shop; the job reads the refunds.
+    assert ("GET", "orders/9601/refunds") not in connected.requests
+    run_pending(app)
+    assert ("GET", "orders/9601/refunds") in connected.requests
+    with app.app_context():
+        units = dict(db.session.execute(select(License.unit, License.status)).all())
+    assert units == {1: "active", 2: "active", 3: "revoked"}
+    line = shop.order(9601)["order"]["line_items"][0]
+    assert line["refunded_quantity"] == 1
+    # The same delivery again starts no second re-read.
+    connected.deliver(shop.client, "order.updated", order)
+    with app.app_context():
+        refresh_jobs = db.session.scalars(select(Job).where(Job.kind == "shop.refresh_order")).all()
+    assert len(refresh_jobs) == 1
+
+
+def test_write_back_posts_one_customer_note_with_keys_and_links(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """After issuing, the buyer gets a customer note (WooCommerce mails it), once."""
+    shop.configure(501)
+    order = wc_order(9701, "processing", [line_item(501)])
+    connected.orders[9701] = order
+    connected.deliver(shop.client, "order.created", order)
+    run_pending(app)
+    (note,) = connected.notes[9701]
+    assert note["customer_note"] is True
+    body = shop.order(9701)
+    key = body["licenses"][0]["key"]
+    assert key in note["note"]
+    assert body["downloads"][0]["link"] in note["note"]
+    assert body["portal_url"] in note["note"]
+    # Redelivery, a re-run of the job: still one note.
+    connected.deliver(shop.client, "order.updated", order)
+    with app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "shop.order_note")).scalar_one()
+        enqueue(db.session, "shop.order_note", dict(job.payload))
+        db.session.commit()
+    run_pending(app)
+    assert len(connected.notes[9701]) == 1
+
+
+def test_write_back_finds_a_note_posted_before_a_crash(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A note posted by a run that crashed before committing is found, not posted again."""
+    shop.configure(501)
+    order = wc_order(9702, "processing", [line_item(501)])
+    connected.orders[9702] = order
+    connected.deliver(shop.client, "order.created", order)
+    run_pending(app)
+    with app.app_context():
+        db.session.execute(ShopNote.__table__.delete())
+        job = db.session.execute(select(Job).where(Job.kind == "shop.order_note")).scalar_one()
+        enqueue(db.session, "shop.order_note", dict(job.payload))
+        db.session.commit()
+    run_pending(app)
+    assert len(connected.notes[9702]) == 1
+    with app.app_context():
+        assert db.session.scalars(select(ShopNote)).one().shop_note_id == str(
+            connected.notes[9702][0]["id"]
+        )
+
+
+def test_periodic_reconcile_schedules_its_next_run_even_when_the_shop_is_down(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A failed periodic run records the error and keeps the chain of runs alive."""
+    connected.down = True
+    with app.app_context():
+        enqueue(db.session, "shop.reconcile", {"store_id": shop.store.store.id, "periodic": True})
+        db.session.commit()
+    run_pending(app)
+    with app.app_context():
+        jobs = db.session.scalars(
+            select(Job).where(Job.kind == "shop.reconcile").order_by(Job.id)
+        ).all()
+        assert [j.status for j in jobs if j.status != "done"] == ["pending"]
+        future = next(j for j in jobs if j.status == "pending")
+        assert future.dedupe_key is not None
+        assert future.run_after > dt.datetime.now(dt.UTC)
+        from connector.models import ShopConnection
+
+        connection = db.session.execute(select(ShopConnection)).scalar_one()
+        assert "503" in (connection.last_error or "")
+
+
+def test_no_note_for_an_order_refunded_before_the_job_ran(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """Keys revoked by the time the write-back runs are not written to the buyer."""
+    shop.configure(501)
+    order = wc_order(9703, "processing", [line_item(501)])
+    connected.orders[9703] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.deliver(shop.client, "order.updated", wc_order(9703, "refunded", modified=30))
+    run_pending(app)
+    assert 9703 not in connected.notes
+    assert shop.order(9703)["licenses"][0]["status"] == "revoked"
+
+
+def test_reconcile_registers_webhooks_when_registration_gave_up(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Connected while the shop was down for good: the next reconciliation registers them."""
+    fake_shop.down = True
+    connect_store(app, shop, fake_shop)
+    assert fake_shop.webhooks == {}
+    fake_shop.down = False
+    result = reconcile(app, shop)
+    assert len(result.webhooks_repaired) == 3
+    assert sorted(w["topic"] for w in fake_shop.webhooks.values()) == [
+        "order.created",
+        "order.deleted",
+        "order.updated",
+    ]

@@ -1,0 +1,110 @@
+"""Renewals extend the license they renew (and refunds take it back); manual payments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import func, select
+
+from connector.db import db
+from connector.models import License, LicenseRenewal
+from tests.factories import WebhookSender, line_item, wc_order
+
+
+def renewal_line(product_id: int, key: str, line_id: int) -> dict[str, Any]:
+    item = line_item(product_id, line_id=line_id)
+    item["meta_data"] = [{"id": 1, "key": "_keygate_renew_license", "value": key.lower()}]
+    return item
+
+
+def licenses(app: Flask) -> int:
+    with app.app_context():
+        return db.session.execute(select(func.count()).select_from(License)).scalar_one()
+
+
+def test_renewal_by_key_extends_instead_of_issuing(app: Flask, shop: WebhookSender) -> None:
+    """A paid line naming a license key adds the product's duration to it, once."""
+    shop.configure(501, duration_days=365, update_days=365)
+    shop.deliver(wc_order(9201, "completed", [line_item(501)]))
+    original = shop.order(9201)["licenses"][0]
+    assert original["expires_at"].startswith("2027-11-20")
+
+    renewal = wc_order(9202, "processing", [renewal_line(501, original["key"], 301)], modified=5)
+    assert shop.deliver(renewal).status_code == 200
+    shop.deliver(renewal)  # redelivered
+    assert licenses(app) == 1
+    assert shop.order(9201)["licenses"][0]["expires_at"].startswith("2028-11-19")
+    assert shop.order(9202)["licenses"] == []
+    with app.app_context():
+        row = db.session.execute(select(LicenseRenewal)).scalar_one()
+        assert row.previous_expires_at is not None
+        assert row.previous_expires_at.isoformat().startswith("2027-11-20")
+
+
+def test_refunding_the_renewal_shortens_the_expiry_back(app: Flask, shop: WebhookSender) -> None:
+    """A refunded renewal takes its extension back; paying it again re-applies it."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9203, "completed", [line_item(501)]))
+    key = shop.order(9203)["licenses"][0]["key"]
+    first_expiry = shop.order(9203)["licenses"][0]["expires_at"]
+    items = [renewal_line(501, key, 302)]
+    shop.deliver(wc_order(9204, "processing", items, modified=5))
+    extended = shop.order(9203)["licenses"][0]["expires_at"]
+    assert extended > first_expiry
+    shop.deliver(wc_order(9204, "refunded", items, modified=10))
+    assert shop.order(9203)["licenses"][0]["expires_at"] == first_expiry
+    assert shop.order(9203)["licenses"][0]["status"] == "active"  # the license itself stays
+    shop.deliver(wc_order(9204, "completed", items, modified=15))
+    assert shop.order(9203)["licenses"][0]["expires_at"] == extended
+
+
+def test_subscriptions_renewal_extends_the_customers_license(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A WooCommerce Subscriptions renewal order extends the license of its first order."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9205, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9206, "completed", [line_item(501)], customer_id=43, email="x@y.z"))
+    before = shop.order(9205)["licenses"][0]["expires_at"]
+    renewal = wc_order(9207, "processing", [line_item(501)], customer_id=42, modified=5)
+    renewal["meta_data"].append({"id": 9, "key": "_subscription_renewal", "value": "9199"})
+    shop.deliver(renewal)
+    assert shop.order(9207)["licenses"] == []
+    assert shop.order(9205)["licenses"][0]["expires_at"] > before
+    assert licenses(app) == 2
+
+
+def test_renewal_of_an_unknown_key_issues_a_new_license(app: Flask, shop: WebhookSender) -> None:
+    """A key that matches nothing (typo, other product) does not cost the buyer a license."""
+    shop.configure(501)
+    shop.deliver(wc_order(9208, "processing", [renewal_line(501, "KG-NOPE-NOPE", 303)]))
+    assert len(shop.order(9208)["licenses"]) == 1
+
+
+def test_on_hold_manual_payment_waits_then_keeps_its_reference(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Bank transfer / USDT: on-hold issues nothing; once paid, method, hash and note stay."""
+    shop.configure(501)
+    waiting = wc_order(9209, "on-hold", payment_method="bacs", transaction_id="")
+    waiting["meta_data"].append({"id": 5, "key": "_keygate_payment_note", "value": "Ref 4711"})
+    shop.deliver(waiting)
+    assert shop.order(9209)["licenses"] == []
+    paid = wc_order(9209, "processing", payment_method="usdt_trc20", transaction_id="", modified=5)
+    tx_hash = "0x" + "ab" * 32
+    paid["meta_data"] += [
+        {"id": 5, "key": "_keygate_payment_note", "value": "Ref 4711, confirmed by Ana"},
+        {"id": 6, "key": "_keygate_transaction_hash", "value": tx_hash},
+    ]
+    shop.deliver(paid)
+    body = shop.order(9209)
+    assert len(body["licenses"]) == 1
+    assert body["order"]["payment_method"] == "usdt_trc20"
+    assert body["order"]["transaction_id"] == tx_hash
+    assert body["order"]["payment_note"] == "Ref 4711, confirmed by Ana"
+    # A later update without them (status set to completed by hand) keeps them.
+    shop.deliver(
+        wc_order(9209, "completed", payment_method="usdt_trc20", transaction_id="", modified=10)
+    )
+    assert shop.order(9209)["order"]["transaction_id"] == tx_hash

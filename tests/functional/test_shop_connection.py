@@ -1,0 +1,260 @@
+"""Connecting from the shop admin: wc-auth callback, auto-registered webhooks, disconnect."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from flask import Flask
+from sqlalchemy import select
+
+from connector.db import db
+from connector.jobs import run_pending
+from connector.models import AuditEvent, ShopConnection, Store, WebhookRegistration
+from connector.vault.service import credentials_for
+from tests.factories import WebhookSender, wc_order
+from tests.wc_rest import (
+    CONSUMER_KEY,
+    CONSUMER_SECRET,
+    FakeShop,
+    auth_callback_body,
+    connect_store,
+    fake_shop,
+)
+
+__all__ = ["fake_shop"]
+TOPICS = {"order.created", "order.updated", "order.deleted"}
+
+
+def _store(app: Flask, shop: WebhookSender) -> Store:
+    store = db.session.get(Store, shop.store.store.id)
+    assert store is not None
+    return store
+
+
+def test_connect_url_is_a_wc_auth_link_with_a_signed_state(shop: WebhookSender) -> None:
+    """The link asks the shop for a read_write key and names our callback and return pages."""
+    body = shop.admin("GET", "/connection").get_json()
+    assert body["status"] == "disconnected"
+    assert "https" in body["connect_warning"]  # the test app runs on http://keygate.test
+    parts = urlsplit(body["connect_url"])
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
+        "https://shop.example/wc-auth/v1/authorize"
+    )
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    public_id = shop.store.store.public_id
+    assert query["app_name"] == "Keygate"
+    assert query["scope"] == "read_write"
+    assert query["callback_url"] == (
+        f"http://keygate.test/webhooks/woocommerce/{public_id}/auth-callback"
+    )
+    assert query["return_url"] == f"http://keygate.test/connect/woocommerce/{public_id}/done"
+    assert len(query["user_id"]) > 20 and public_id not in query["user_id"][-20:]
+
+
+def test_callback_stores_the_key_and_registers_three_webhooks(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Approval stores the key in the vault and registers order webhooks with a fresh secret."""
+    connection = connect_store(app, shop, fake_shop)
+    assert connection["status"] == "connected"
+    url = f"http://keygate.test/webhooks/woocommerce/{shop.store.store.public_id}"
+    registered = fake_shop.active_webhooks(url)
+    assert set(registered) == TOPICS
+    assert {(w["topic"], w["id"]) for w in connection["webhooks"]} == {
+        (t, str(i)) for t, i in registered.items()
+    }
+    with app.app_context():
+        store = _store(app, shop)
+        assert credentials_for(db.session, store, "woocommerce") == {
+            "consumer_key": CONSUMER_KEY,
+            "consumer_secret": CONSUMER_SECRET,
+        }
+        # A fresh secret, different from the one `store add` printed, known to the shop.
+        assert store.webhook_secret != shop.store.webhook_secret
+        assert set(fake_shop.webhook_secrets.values()) == {store.webhook_secret}
+
+
+def test_registered_webhook_delivers_an_order(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A delivery signed with the registered secret is applied; the old secret is refused."""
+    connect_store(app, shop, fake_shop)
+    shop.configure(501)
+    response = fake_shop.deliver(shop.client, "order.created", wc_order(9301))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(shop.order(9301)["licenses"]) == 1
+    old_secret = shop.deliver(wc_order(9302), "order.created")
+    assert old_secret.status_code == 401
+
+
+def test_callback_delivered_twice_changes_nothing(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The same key posted again is a no-op: no new webhooks, no new secret."""
+    connection = connect_store(app, shop, fake_shop)
+    before = dict(fake_shop.webhooks)
+    query = parse_qs(urlsplit(connection["connect_url"]).query)
+    again = shop.client.post(
+        urlsplit(query["callback_url"][0]).path, json=auth_callback_body(query["user_id"][0])
+    )
+    assert again.status_code == 200
+    assert again.get_json()["changed"] is False
+    run_pending(app)
+    assert fake_shop.webhooks == before
+
+
+def test_callback_with_a_forged_or_foreign_state_is_refused(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A state Keygate did not sign for this store is 403 and stores nothing."""
+    path = f"/webhooks/woocommerce/{shop.store.store.public_id}/auth-callback"
+    forged = shop.client.post(path, json=auth_callback_body("1"))
+    assert forged.status_code == 403
+    with app.app_context():
+        from connector.tokens import CONNECT_STATE, dumps_timed
+
+        other_state = dumps_timed(CONNECT_STATE, {"s": "someotherstore"})
+    foreign = shop.client.post(path, json=auth_callback_body(other_state))
+    assert foreign.status_code == 403
+    assert foreign.mimetype == "application/problem+json"
+    with app.app_context():
+        assert credentials_for(db.session, _store(app, shop), "woocommerce") is None
+    assert fake_shop.requests == []
+
+
+def test_malformed_callback_is_400_without_echoing_secrets(shop: WebhookSender) -> None:
+    """A callback missing a field or not JSON is 400; the answer never repeats a secret."""
+    path = f"/webhooks/woocommerce/{shop.store.store.public_id}/auth-callback"
+    not_json = shop.client.post(path, data=b"key_id=1", content_type="text/plain")
+    assert not_json.status_code == 400
+    bad = shop.client.post(path, json=auth_callback_body("s", consumer_key="nope-" + "x" * 30))
+    assert bad.status_code == 400
+    assert "consumer_key" in bad.get_json()["detail"]
+    assert "nope-" not in bad.get_data(as_text=True)
+    assert CONSUMER_SECRET not in bad.get_data(as_text=True)
+
+
+def test_reconnect_replaces_the_webhooks(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A new key from a second approval: old webhooks deleted, new ones made, new secret."""
+    first = connect_store(app, shop, fake_shop)
+    old_ids = {w["id"] for w in first["webhooks"]}
+    with app.app_context():
+        old_secret = _store(app, shop).webhook_secret
+    fake_shop.consumer_key = "ck_" + "9" * 40
+    fake_shop.consumer_secret = "cs_" + "8" * 40
+    query = parse_qs(urlsplit(first["connect_url"]).query)
+    response = shop.client.post(
+        urlsplit(query["callback_url"][0]).path,
+        json=auth_callback_body(
+            query["user_id"][0],
+            key_id=18,
+            consumer_key=fake_shop.consumer_key,
+            consumer_secret=fake_shop.consumer_secret,
+        ),
+    )
+    assert response.get_json()["changed"] is True
+    run_pending(app)
+    second = shop.admin("GET", "/connection").get_json()
+    new_ids = {w["id"] for w in second["webhooks"]}
+    assert len(new_ids) == 3 and not new_ids & old_ids
+    assert {str(i) for i in fake_shop.webhooks} == new_ids
+    with app.app_context():
+        assert _store(app, shop).webhook_secret != old_secret
+        actions = list(db.session.scalars(select(AuditEvent.action)))
+    assert "shop.reconnected" in actions
+
+
+def test_stray_webhooks_to_our_url_are_replaced(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A webhook the owner pasted by hand earlier is deleted; others' webhooks are left."""
+    url = f"http://keygate.test/webhooks/woocommerce/{shop.store.store.public_id}"
+    fake_shop.webhooks[5] = {"id": 5, "topic": "order.updated", "delivery_url": url}
+    fake_shop.webhook_secrets[5] = shop.store.webhook_secret
+    fake_shop.webhooks[6] = {"id": 6, "topic": "order.updated", "delivery_url": "https://x.test/"}
+    fake_shop.webhook_secrets[6] = "other"
+    connect_store(app, shop, fake_shop)
+    assert 5 not in fake_shop.webhooks
+    assert 6 in fake_shop.webhooks
+    assert len(fake_shop.active_webhooks(url)) == 3
+
+
+def test_registration_retries_while_the_shop_is_down(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A 503 from the shop leaves the job pending for a retry; nothing half-registered."""
+    fake_shop.down = True
+    connect_store(app, shop, fake_shop)
+    with app.app_context():
+        assert db.session.scalars(select(WebhookRegistration)).all() == []
+        from connector.models import Job
+
+        job = db.session.execute(
+            select(Job).where(Job.kind == "vault.register_webhooks")
+        ).scalar_one()
+        assert job.status == "pending"
+        assert job.attempts == 1
+        assert "503" in (job.last_error or "")
+
+
+def test_disconnect_deletes_the_webhooks_and_forgets_the_key(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """DELETE /connection removes Keygate's webhooks in the shop and the stored key."""
+    connect_store(app, shop, fake_shop)
+    response = shop.admin("DELETE", "/connection")
+    assert response.status_code == 200
+    assert len(response.get_json()["webhooks_deleted"]) == 3
+    assert fake_shop.webhooks == {}
+    body = shop.admin("GET", "/connection").get_json()
+    assert body["status"] == "disconnected"
+    assert body["webhooks"] == []
+    with app.app_context():
+        assert credentials_for(db.session, _store(app, shop), "woocommerce") is None
+        connection = db.session.execute(select(ShopConnection)).scalar_one()
+        assert connection.disconnected_at is not None
+
+
+def test_disconnect_while_the_shop_is_down_changes_nothing(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """If the webhooks cannot be deleted, the key is kept so a later disconnect can."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.down = True
+    response = shop.admin("DELETE", "/connection")
+    assert response.status_code == 503
+    assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
+
+
+def test_keys_given_by_hand_also_register_webhooks(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """PUT /credentials/woocommerce counts as connecting: the webhooks get registered."""
+    response = shop.admin(
+        "PUT",
+        "/credentials/woocommerce",
+        {"consumer_key": CONSUMER_KEY, "consumer_secret": CONSUMER_SECRET},
+    )
+    assert response.status_code == 200
+    assert response.get_json()["credentials"]["consumer_secret"] == "****" + CONSUMER_SECRET[-4:]
+    run_pending(app)
+    assert {w["topic"] for w in fake_shop.webhooks.values()} == TOPICS
+    before = dict(fake_shop.webhooks)
+    again = shop.admin(
+        "PUT",
+        "/credentials/woocommerce",
+        {"consumer_key": CONSUMER_KEY, "consumer_secret": CONSUMER_SECRET},
+    )
+    assert again.status_code == 200
+    run_pending(app)
+    assert fake_shop.webhooks == before, "the same key again re-registers nothing"
+
+
+def test_return_page_tells_the_owner(shop: WebhookSender) -> None:
+    """The page the owner's browser lands on says whether the connection was approved."""
+    path = f"/connect/woocommerce/{shop.store.store.public_id}/done"
+    assert b"is connected" in shop.client.get(path + "?success=1&user_id=x").data
+    assert b"not approved" in shop.client.get(path + "?success=0").data
+    assert shop.client.get("/connect/woocommerce/nope/done").status_code == 404

@@ -1,0 +1,131 @@
+"""Credentials API: secrets are write-only, shown masked, encrypted at rest."""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy import select, text
+
+from connector.db import db
+from connector.models import AuditEvent, Store
+from connector.vault.service import credentials_for
+from tests.factories import WebhookSender
+
+R2 = {
+    "account_id": "0123456789abcdef0123456789abcdef",
+    "access_key_id": "AKIAR2EXAMPLEKEY1234",
+    "secret_access_key": "r2-secret-Zq8mW3vN5bT7yU1pK9dF2gH4jL6",
+    "bucket": "downloads",
+    "endpoint_url": "http://127.0.0.1:9000",
+}
+BREVO = {
+    "api_key": "xkeysib-0123456789abcdef-BrevoKeyTail",
+    "sender_email": "shop@example.org",
+    "sender_name": "Bücher Shop",
+    "list_id": 7,
+}
+
+
+def test_r2_credentials_read_back_masked(shop: WebhookSender) -> None:
+    """After PUT, GET shows the secrets as their last four characters only."""
+    put = shop.admin("PUT", "/credentials/r2", R2)
+    assert put.status_code == 200, put.get_data(as_text=True)
+    body = shop.admin("GET", "/credentials/r2").get_json()
+    assert body["kind"] == "r2"
+    shown = body["credentials"]
+    assert shown["secret_access_key"] == "****" + R2["secret_access_key"][-4:]
+    assert shown["access_key_id"] == "****" + R2["access_key_id"][-4:]
+    assert shown["bucket"] == "downloads"
+    assert shown["account_id"] == R2["account_id"]
+    assert shown["endpoint_url"] == "http://127.0.0.1:9000"
+    for response in (put, shop.admin("GET", "/credentials/r2")):
+        raw = response.get_data(as_text=True)
+        assert R2["secret_access_key"] not in raw
+        assert R2["access_key_id"] not in raw
+
+
+def test_secret_left_out_keeps_the_stored_one(app: Flask, shop: WebhookSender) -> None:
+    """Changing the bucket does not require typing the secret again."""
+    shop.admin("PUT", "/credentials/r2", R2)
+    changed = {k: v for k, v in R2.items() if k not in {"secret_access_key", "access_key_id"}}
+    changed["bucket"] = "other-bucket"
+    assert shop.admin("PUT", "/credentials/r2", changed).status_code == 200
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        stored = credentials_for(db.session, store, "r2")
+    assert stored is not None
+    assert stored["bucket"] == "other-bucket"
+    assert stored["secret_access_key"] == R2["secret_access_key"]
+
+
+def test_brevo_credentials_and_optional_fields(app: Flask, shop: WebhookSender) -> None:
+    """Brevo: api key masked, sender shown, optional ids kept as numbers."""
+    assert shop.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+    shown = shop.admin("GET", "/credentials/brevo").get_json()["credentials"]
+    assert shown == {
+        "api_key": "****Tail",
+        "sender_email": "shop@example.org",
+        "sender_name": "Bücher Shop",
+        "list_id": 7,
+        "template_id": None,
+    }
+
+
+def test_missing_required_field_is_422_naming_it(shop: WebhookSender) -> None:
+    """A first PUT without a secret is refused, and the problem names the field."""
+    response = shop.admin("PUT", "/credentials/brevo", {"sender_email": "a@b.example"})
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["field"] == "api_key"
+
+
+def test_bad_input_is_never_a_500(shop: WebhookSender) -> None:
+    """Unknown kind 404, unknown field and wrong types 422, non-JSON 400, no token 401."""
+    assert shop.admin("PUT", "/credentials/paypal", {"x": 1}).status_code == 404
+    assert shop.admin("PUT", "/credentials/r2", {**R2, "region": "auto"}).status_code == 422
+    assert shop.admin("PUT", "/credentials/brevo", {**BREVO, "list_id": "7"}).status_code == 422
+    assert shop.admin("PUT", "/credentials/r2", {**R2, "bucket": 5}).status_code == 422
+    assert (
+        shop.admin("PUT", "/credentials/r2", {**R2, "endpoint_url": "ftp://x"}).status_code == 422
+    )
+    raw = shop.client.put(
+        "/api/v1/admin/credentials/r2",
+        data=b"not json",
+        headers={"Authorization": f"Bearer {shop.store.api_token}"},
+    )
+    assert raw.status_code == 400
+    assert shop.client.get("/api/v1/admin/credentials/r2").status_code == 401
+    assert shop.admin("GET", "/credentials/brevo").status_code == 404
+
+
+def test_credentials_are_one_encrypted_token_at_rest(app: Flask, shop: WebhookSender) -> None:
+    """The stored row holds a Fernet token, no field name or value in the clear."""
+    shop.admin("PUT", "/credentials/r2", R2)
+    with app.app_context():
+        raw = db.session.execute(text("SELECT kind, data FROM credentials")).all()
+    assert [row[0] for row in raw] == ["r2"]
+    assert raw[0][1].startswith("gAAAA")
+    for value in R2.values():
+        assert value not in raw[0][1]
+
+
+def test_changes_are_audited_by_field_name_only(app: Flask, shop: WebhookSender) -> None:
+    """The audit log says which fields changed, never their values."""
+    shop.admin("PUT", "/credentials/r2", R2)
+    with app.app_context():
+        event = db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "credentials.updated")
+        ).scalar_one()
+        assert event.detail["fields_changed"] == sorted(R2)
+        assert R2["secret_access_key"] not in str(event.detail)
+
+
+def test_delete_forgets_credentials(app: Flask, shop: WebhookSender) -> None:
+    """DELETE removes a set; credentials_for then answers None."""
+    shop.admin("PUT", "/credentials/brevo", BREVO)
+    assert shop.admin("DELETE", "/credentials/brevo").status_code == 200
+    assert shop.admin("DELETE", "/credentials/brevo").status_code == 404
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        assert credentials_for(db.session, store, "brevo") is None

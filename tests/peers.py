@@ -1,0 +1,101 @@
+"""Real HTTP peers on 127.0.0.1 that outside SDKs talk to in tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeBrevo:
+    """Brevo's v3 API as far as Keygate uses it: /smtp/email and /contacts.
+
+    ``failures`` is a list of HTTP statuses to answer (in order) before answering normally.
+    """
+
+    host: str = ""
+    requests: list[RecordedRequest] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)
+    contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accepted_mails: list[RecordedRequest] = field(default_factory=list)
+
+    def sent(self) -> list[RecordedRequest]:
+        """Mails Brevo accepted (answered 201)."""
+        return list(self.accepted_mails)
+
+
+@contextmanager
+def fake_brevo() -> Iterator[FakeBrevo]:
+    state = FakeBrevo()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:  # keep test output clean
+            return
+
+        def _answer(self, status: int, body: Any = None) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            body = json.loads(raw) if raw else None
+            request = RecordedRequest(
+                "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
+            )
+            state.requests.append(request)
+            if self.headers.get("api-key") != "xkeysib-test-key":
+                self._answer(401, {"code": "unauthorized", "message": "Key not found"})
+                return
+            if state.failures:
+                status = state.failures.pop(0)
+                self._answer(status, {"code": "error", "message": "try later"})
+                return
+            if self.path == "/v3/smtp/email":
+                state.accepted_mails.append(request)
+                self._answer(
+                    201, {"messageId": f"<{len(state.accepted_mails)}@smtp-relay.brevo.test>"}
+                )
+            elif self.path == "/v3/contacts":
+                email = body["email"]
+                existed = email in state.contacts
+                if existed and not body.get("updateEnabled"):
+                    self._answer(
+                        400, {"code": "duplicate_parameter", "message": "Contact already exist"}
+                    )
+                    return
+                state.contacts[email] = body
+                if existed:
+                    self._answer(204)
+                else:
+                    self._answer(201, {"id": len(state.contacts)})
+            else:
+                self._answer(404, {"code": "not_found", "message": "no such endpoint"})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.host = f"http://127.0.0.1:{server.server_address[1]}/v3"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

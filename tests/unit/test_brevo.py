@@ -1,0 +1,74 @@
+"""Brevo through the real sib-api-v3-sdk, against a local server that speaks its API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from connector.integrations.brevo import BrevoConfig, BrevoMailer, BrevoRejected, push_contact
+from connector.integrations.mail import OutgoingMail
+from connector.jobs import RetryLater
+from tests.peers import FakeBrevo, fake_brevo
+
+CONFIG = BrevoConfig(
+    api_key="xkeysib-test-key", sender_email="shop@example.org", sender_name="Shop", list_id=7
+)
+MAIL = OutgoingMail(
+    to_email="zoe@example.org",
+    to_name="Zoë Ørsted",
+    subject="Your keys",
+    text="KEY",
+    html="<b>KEY</b>",
+)
+
+
+@pytest.fixture
+def brevo() -> Iterator[FakeBrevo]:
+    with fake_brevo() as server:
+        yield server
+
+
+def test_mail_is_sent_with_sender_recipient_and_both_bodies(brevo: FakeBrevo) -> None:
+    message_id = BrevoMailer(CONFIG, brevo.host).send(MAIL)
+    assert message_id == "<1@smtp-relay.brevo.test>"
+    (request,) = brevo.sent()
+    assert request.headers["api-key"] == "xkeysib-test-key"
+    assert request.body["to"] == [{"email": "zoe@example.org", "name": "Zoë Ørsted"}]
+    assert request.body["sender"] == {"email": "shop@example.org", "name": "Shop"}
+    assert request.body["subject"] == "Your keys"
+    assert request.body["textContent"] == "KEY"
+    assert request.body["htmlContent"] == "<b>KEY</b>"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_rate_limits_and_outages_retry_later(brevo: FakeBrevo, status: int) -> None:
+    brevo.failures.append(status)
+    with pytest.raises(RetryLater):
+        BrevoMailer(CONFIG, brevo.host).send(MAIL)
+    assert BrevoMailer(CONFIG, brevo.host).send(MAIL) is not None
+
+
+def test_a_wrong_key_is_refused_for_good_without_echoing_it(brevo: FakeBrevo) -> None:
+    bad = BrevoConfig(api_key="xkeysib-wrong", sender_email="s@example.org", sender_name="S")
+    with pytest.raises(BrevoRejected) as caught:
+        BrevoMailer(bad, brevo.host).send(MAIL)
+    assert "401" in str(caught.value)
+    assert "xkeysib-wrong" not in str(caught.value)
+    assert "xkeysib-wrong" not in repr(bad)
+
+
+def test_an_unreachable_brevo_retries_later() -> None:
+    with fake_brevo() as server:
+        host = server.host
+    with pytest.raises(RetryLater):
+        BrevoMailer(CONFIG, host).send(MAIL)
+
+
+def test_contacts_are_created_then_updated_in_the_list(brevo: FakeBrevo) -> None:
+    push_contact(CONFIG, brevo.host, "zoe@example.org", "Zoë", "Ørsted")
+    push_contact(CONFIG, brevo.host, "zoe@example.org", "Zoë", "Ørsted-Yamada")
+    contact = brevo.contacts["zoe@example.org"]
+    assert contact["attributes"] == {"FIRSTNAME": "Zoë", "LASTNAME": "Ørsted-Yamada"}
+    assert contact["listIds"] == [7]
+    assert contact["updateEnabled"] is True

@@ -1,0 +1,97 @@
+"""Settings are validated once, at boot, with messages that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from connector.config import ConfigError, load_settings
+
+KEY = Fernet.generate_key().decode()
+SECRET = "s" * 40
+
+
+def env(**extra: str) -> dict[str, str]:
+    return {"KEYGATE_MASTER_KEY": KEY, "KEYGATE_SECRET_KEY": SECRET, **extra}
+
+
+def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
+    settings = load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path)))
+    assert settings.database_url == f"sqlite:///{tmp_path / 'keygate.db'}"
+    assert settings.storage_dir == tmp_path / "files"
+    assert settings.mail_backend == "auto"
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.ratelimit_license_per_key == "60/minute"
+
+
+def test_master_keys_newest_first(tmp_path: Path) -> None:
+    older = Fernet.generate_key().decode()
+    settings = load_settings(
+        environ={
+            "KEYGATE_MASTER_KEYS": f"{KEY}, {older}",
+            "KEYGATE_SECRET_KEY": SECRET,
+            "KEYGATE_INSTANCE_DIR": str(tmp_path),
+        }
+    )
+    assert settings.master_keys == (KEY, older)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"KEYGATE_MAX_BODY_BYTES": "lots"}, "KEYGATE_MAX_BODY_BYTES"),
+        ({"KEYGATE_WORKER": "sometimes"}, "KEYGATE_WORKER"),
+        ({"KEYGATE_MAIL_ECHO": "maybe"}, "KEYGATE_MAIL_ECHO"),
+        ({"KEYGATE_BASE_URL": "ftp://x"}, "KEYGATE_BASE_URL"),
+        ({"KEYGATE_MASTER_KEY": "not-a-key"}, "master key #1"),
+        ({"KEYGATE_SECRET_KEY": "short"}, "secret key"),
+    ],
+)
+def test_bad_values_fail_at_boot(tmp_path: Path, variables: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path), **variables))
+    # The offending secret itself is never part of the message.
+    assert "not-a-key" not in str(caught.value)
+
+
+def test_missing_master_key_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="keygate init"):
+        load_settings(environ={"KEYGATE_INSTANCE_DIR": str(tmp_path), "KEYGATE_SECRET_KEY": SECRET})
+
+
+def test_instance_file_is_read_and_env_wins(tmp_path: Path) -> None:
+    (tmp_path / "keygate.toml").write_text(
+        'base_url = "https://keys.example"\nmax_body_bytes = 2048\n'
+    )
+    settings = load_settings(
+        environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path), KEYGATE_MAX_BODY_BYTES="4096")
+    )
+    assert settings.base_url == "https://keys.example"
+    assert settings.max_body_bytes == 4096
+
+
+def test_forwarded_for_is_trusted_only_behind_configured_proxies(tmp_path: Path) -> None:
+    from connector import create_app
+    from connector.extensions import client_ip
+
+    for hops, expected in ((0, "127.0.0.1"), (1, "198.51.100.9")):
+        app = create_app(
+            {
+                "instance_dir": tmp_path,
+                "database_url": f"sqlite:///{tmp_path / 'x.db'}",
+                "master_keys": [KEY],
+                "secret_key": SECRET,
+                "proxy_hops": hops,
+                "start_worker": False,
+            }
+        )
+        app.add_url_rule("/ip", "ip", client_ip)
+        answer = app.test_client().get(
+            "/ip",
+            headers={"X-Forwarded-For": "198.51.100.9"},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        )
+        assert answer.get_data(as_text=True) == expected
+        app.extensions["keygate.db"].engine.dispose()

@@ -1,0 +1,71 @@
+"""License keys: readable, random, and a typo never finds another key."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.licensing.keys import ALPHABET, KeyFormat, generate_key, lookup_form, normalize_key
+
+
+def test_generated_keys_have_the_configured_shape_and_validate() -> None:
+    fmt = KeyFormat(prefix="KG", groups=5, group_length=4)
+    key = generate_key(fmt)
+    parts = key.split("-")
+    assert parts[0] == "KG"
+    assert [len(p) for p in parts[1:]] == [4] * 5
+    assert all(c in ALPHABET for c in "".join(parts[1:]))
+    assert normalize_key(key) == key
+
+
+def test_keys_are_not_repeated() -> None:
+    keys = {generate_key(KeyFormat()) for _ in range(2000)}
+    assert len(keys) == 2000
+
+
+def test_no_look_alike_characters() -> None:
+    assert not set("0O1IL") & set(ALPHABET)
+
+
+def test_every_single_character_typo_is_caught() -> None:
+    """Changing any one character of a key never yields a valid key."""
+    key = generate_key(KeyFormat())
+    chars = key.replace("-", "")
+    for position in range(len(chars)):
+        for replacement in ALPHABET:
+            if replacement == chars[position]:
+                continue
+            typo = chars[:position] + replacement + chars[position + 1 :]
+            assert normalize_key(typo) is None, typo
+
+
+def test_swapped_neighbours_are_caught() -> None:
+    caught = 0
+    total = 0
+    for _ in range(200):
+        chars = generate_key(KeyFormat()).replace("-", "")
+        for i in range(len(chars) - 1):
+            if chars[i] == chars[i + 1]:
+                continue
+            total += 1
+            swapped = chars[:i] + chars[i + 1] + chars[i] + chars[i + 2 :]
+            caught += normalize_key(swapped) is None
+    # Luhn mod N misses only the swap of the two characters whose values sum to N-1.
+    assert caught / total > 0.95
+
+
+def test_typing_is_forgiven_case_spaces_and_dashes() -> None:
+    key = generate_key(KeyFormat())
+    sloppy = " " + key.lower().replace("-", " ") + " "
+    normalized = normalize_key(sloppy)
+    assert normalized is not None
+    assert lookup_form(normalized) == lookup_form(key)
+
+
+@pytest.mark.parametrize("garbage", ["", "-", "ABC", "x" * 500, "KG-!!!!-AAAA", 12345, None])
+def test_garbage_is_not_a_key(garbage: object) -> None:
+    assert normalize_key(garbage) is None
+
+
+def test_formats_with_too_little_entropy_are_refused() -> None:
+    with pytest.raises(ValueError, match="random characters"):
+        KeyFormat(groups=2, group_length=5)

@@ -1,0 +1,197 @@
+"""The WooCommerce REST client and the wc-auth helpers, against REST v3 shaped answers."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+import responses
+
+from plugin.shop import PayloadError
+from plugin.woocommerce.connect import authorize_url, parse_callback
+from plugin.woocommerce.rest import ShopRejected, ShopUnavailable, WooCommerceClient
+from plugin.woocommerce.webhooks import parse_refund
+from tests.wc_rest import API, CONSUMER_KEY, CONSUMER_SECRET
+
+
+@pytest.fixture
+def client() -> WooCommerceClient:
+    return WooCommerceClient("https://shop.example", CONSUMER_KEY, CONSUMER_SECRET)
+
+
+@responses.activate
+def test_requests_use_basic_auth_over_https(client: WooCommerceClient) -> None:
+    """Over HTTPS the key goes in an Authorization header, never in the URL."""
+    responses.get(f"{API}/orders/5", json={"id": 5, "status": "processing"})
+    assert client.get_order("5")["id"] == 5
+    sent = responses.calls[0].request
+    token = base64.b64encode(f"{CONSUMER_KEY}:{CONSUMER_SECRET}".encode()).decode()
+    assert sent.headers["Authorization"] == f"Basic {token}"
+    assert CONSUMER_KEY not in (sent.url or "")
+
+
+@responses.activate
+def test_orders_modified_after_asks_in_gmt_and_follows_total_pages(
+    client: WooCommerceClient,
+) -> None:
+    """modified_after is sent as a GMT date; pages are read until X-WP-TotalPages."""
+    for page in (1, 2):
+        responses.get(
+            f"{API}/orders",
+            match=[
+                responses.matchers.query_param_matcher(
+                    {
+                        "modified_after": "2026-11-20T11:00:00",
+                        "dates_are_gmt": "true",
+                        "orderby": "modified",
+                        "order": "asc",
+                        "page": str(page),
+                        "per_page": "100",
+                    }
+                )
+            ],
+            json=[{"id": page * 10}],
+            headers={"X-WP-Total": "2", "X-WP-TotalPages": "2"},
+        )
+    since = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert [o["id"] for o in client.orders_modified_after(since)] == [10, 20]
+
+
+@responses.activate
+def test_server_errors_and_timeouts_are_unavailable(client: WooCommerceClient) -> None:
+    """5xx, 429 and network errors mean "later"; the message names no credential."""
+    responses.get(f"{API}/orders/1", status=502, body="<html>Bad gateway</html>")
+    responses.get(f"{API}/orders/2", status=429, json={"code": "too_many"})
+    responses.get(f"{API}/orders/3", body=requests.ConnectTimeout(f"{API}?ck={CONSUMER_KEY}"))
+    for order_id in ("1", "2", "3"):
+        with pytest.raises(ShopUnavailable) as caught:
+            client.get_order(order_id)
+        assert CONSUMER_KEY not in str(caught.value)
+
+
+@responses.activate
+def test_client_errors_are_rejected_with_the_woocommerce_code(client: WooCommerceClient) -> None:
+    """A 401 carries WooCommerce's error code and the status; deleting a gone webhook is ok."""
+    responses.get(
+        f"{API}/webhooks",
+        status=401,
+        json={"code": "woocommerce_rest_cannot_view", "message": "Sorry", "data": {"status": 401}},
+    )
+    responses.delete(
+        f"{API}/webhooks/9",
+        status=404,
+        json={"code": "woocommerce_rest_webhook_invalid_id", "message": "Invalid ID."},
+    )
+    with pytest.raises(ShopRejected) as caught:
+        client.list_webhooks()
+    assert caught.value.status == 401
+    assert "woocommerce_rest_cannot_view" in str(caught.value)
+    client.delete_webhook("9")
+    assert parse_qs(urlsplit(responses.calls[-1].request.url or "").query)["force"] == ["true"]
+
+
+@responses.activate
+def test_order_note_is_posted_as_a_customer_note(client: WooCommerceClient) -> None:
+    """POST /orders/<id>/notes with customer_note true (WooCommerce mails those)."""
+    responses.post(
+        f"{API}/orders/7/notes",
+        json={"id": 281, "note": "Your keys", "customer_note": True, "author": "system"},
+        status=201,
+    )
+    assert client.create_order_note("7", "Your keys")["id"] == 281
+    assert json.loads(responses.calls[0].request.body or b"") == {
+        "note": "Your keys",
+        "customer_note": True,
+    }
+
+
+def test_refund_lines_map_to_the_refunded_order_items() -> None:
+    """A refund from /orders/<id>/refunds: negative quantities, _refunded_item_id meta."""
+    refund = parse_refund(
+        {
+            "id": 726,
+            "amount": "98.00",
+            "reason": "",
+            "line_items": [
+                {
+                    "id": 314,
+                    "quantity": -2,
+                    "total": "-98.00",
+                    "meta_data": [{"id": 3, "key": "_refunded_item_id", "value": "311"}],
+                },
+                {"id": 315, "quantity": 0, "total": "0.00", "meta_data": []},
+            ],
+        }
+    )
+    assert refund.line_quantities == {"311": 2}
+    assert str(refund.total) == "98.00"
+
+
+def test_authorize_url_carries_every_wc_auth_parameter() -> None:
+    url = authorize_url(
+        "https://shop.example/",
+        app_name="Keygate",
+        state="st.ate-1",
+        return_url="https://k.example/done",
+        callback_url="https://k.example/cb",
+    )
+    parts = urlsplit(url)
+    assert parts.path == "/wc-auth/v1/authorize"
+    assert {k: v[0] for k, v in parse_qs(parts.query).items()} == {
+        "app_name": "Keygate",
+        "scope": "read_write",
+        "user_id": "st.ate-1",
+        "return_url": "https://k.example/done",
+        "callback_url": "https://k.example/cb",
+    }
+
+
+def test_callback_parsing_checks_every_field_and_hides_secrets() -> None:
+    body = {
+        "key_id": 1,
+        "user_id": "state",
+        "consumer_key": CONSUMER_KEY,
+        "consumer_secret": CONSUMER_SECRET,
+        "key_permissions": "read_write",
+    }
+    parsed = parse_callback(json.dumps(body).encode())
+    assert (parsed.key_id, parsed.state, parsed.consumer_key) == ("1", "state", CONSUMER_KEY)
+    assert CONSUMER_SECRET not in repr(parsed) and CONSUMER_KEY not in repr(parsed)
+    for field, bad in [
+        ("key_id", "x"),
+        ("user_id", ""),
+        ("consumer_key", "ck_short"),
+        ("consumer_secret", None),
+        ("key_permissions", "admin"),
+    ]:
+        with pytest.raises(PayloadError, match=field):
+            parse_callback(json.dumps({**body, field: bad}).encode())
+    with pytest.raises(PayloadError):
+        parse_callback(b"\xff")
+
+
+def test_plain_http_oauth_values_are_redacted_from_urllib3_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """urllib3 logs request lines at DEBUG; OAuth query values never reach the log."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="urllib3.connectionpool")
+    logging.getLogger("urllib3.connectionpool").debug(
+        '%s://%s:%s "%s %s %s" %s %s',
+        "http",
+        "shop.test",
+        80,
+        "GET",
+        f"/wp-json/wc/v3/orders?oauth_consumer_key={CONSUMER_KEY}&oauth_signature=abc%3D&x=1",
+        "HTTP/1.1",
+        200,
+        None,
+    )
+    assert CONSUMER_KEY not in caplog.text
+    assert "abc%3D" not in caplog.text
+    assert "oauth_consumer_key=<hidden>&oauth_signature=<hidden>&x=1" in caplog.text

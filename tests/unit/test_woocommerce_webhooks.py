@@ -1,0 +1,90 @@
+"""WooCommerce webhook checks and parsing into neutral dataclasses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from plugin.shop import PayloadError
+from plugin.woocommerce import webhooks as wc
+from tests.factories import line_item, sign, wc_order
+
+
+def test_signature_matches_what_woocommerce_sends() -> None:
+    body = b'{"id": 1}'
+    assert wc.signature_valid(body, sign(body, "s3cret"), "s3cret")
+    assert not wc.signature_valid(body, sign(body, "other"), "s3cret")
+    assert not wc.signature_valid(body + b" ", sign(body, "s3cret"), "s3cret")
+    assert not wc.signature_valid(body, None, "s3cret")
+    assert not wc.signature_valid(body, "", "s3cret")
+    assert not wc.signature_valid(body, "ünïcode", "s3cret")
+
+
+def test_ping_is_only_the_unsigned_form_body() -> None:
+    assert wc.is_ping(b"webhook_id=15", {})
+    assert not wc.is_ping(b"webhook_id=15", {wc.TOPIC_HEADER: "order.created"})
+    assert not wc.is_ping(b'{"webhook_id": 15}', {})
+
+
+def test_a_full_rest_v3_order_parses() -> None:
+    order = wc.parse_order(wc_order(7, "completed", [line_item(501, quantity=2, variation_id=9)]))
+    assert order.id == "7"
+    assert order.status == "completed"
+    assert order.is_paid
+    assert order.full_name == "Jürgen Ørsted 山田"
+    assert order.customer_id is None  # 0 is a guest
+    assert order.date_modified == dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+    (item,) = order.line_items
+    assert (item.product_id, item.variation_id, item.quantity) == ("501", "9", 2)
+    assert item.total == Decimal("98.00")
+
+
+def test_missing_optional_fields_and_extra_fields_are_fine() -> None:
+    order = wc.parse_order({"id": 3, "status": "wc-on-hold", "unexpected": {"x": 1}})
+    assert order.status == "on-hold"
+    assert order.line_items == ()
+    assert order.email is None
+
+
+def test_deleted_payload_needs_only_an_id() -> None:
+    order = wc.parse_order({"id": 3}, deleted=True)
+    assert order.deleted and order.is_revoking
+
+
+def test_refund_lines_give_refunded_quantities() -> None:
+    refund = wc.parse_refund(
+        {
+            "id": 88,
+            "reason": "changed mind",
+            "amount": "49.00",
+            "line_items": [
+                {
+                    "id": 5,
+                    "quantity": -1,
+                    "meta_data": [{"key": "_refunded_item_id", "value": "71"}],
+                }
+            ],
+        }
+    )
+    assert refund.line_quantities == {"71": 1}
+    assert refund.total == Decimal("49.00")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [],
+        {"status": "processing"},
+        {"id": 1},
+        {"id": 1, "status": "processing", "line_items": [{"quantity": 1}]},
+        {"id": 1, "status": "processing", "line_items": [{"id": 2, "quantity": -3}]},
+        {"id": 1, "status": "processing", "date_modified_gmt": "yesterday"},
+        {"id": 1, "status": "processing", "total": "lots"},
+        {"id": {"nested": True}, "status": "processing"},
+    ],
+)
+def test_malformed_orders_raise_payload_error(payload: object) -> None:
+    with pytest.raises(PayloadError):
+        wc.parse_order(payload)
