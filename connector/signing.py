@@ -142,9 +142,7 @@ def current_signer(app: Flask | None = None) -> Signer:
         cached = app.extensions.get("keygate.signer")
         if cached is not None and now - cached.loaded_at < CACHE_SECONDS:
             return cached
-        factory = Database.current().sessionmaker
-        assert factory is not None  # noqa: S101 - create_app ran
-        with factory() as session:
+        with Database.current().sessionmaker() as session:
             row = ensure_signing_key(session)
             session.commit()
             seed = base64.b64decode(row.private_key)
