@@ -36,6 +36,7 @@ from connector.licensing.files import (
     file_expiry,
     key_digest,
 )
+from connector.licensing.privacy import register as register_privacy_hooks
 from connector.licensing.releases import release_download_url
 from connector.models import Release, SecurityEvent, Store
 from connector.signing import (
@@ -52,6 +53,7 @@ from connector.validation import optional_bool, optional_int, optional_str, requ
 from connector.vault.crypto import keyed_hash
 
 bp = Blueprint("licensing_views", __name__, url_prefix="/api/v1")
+register_privacy_hooks()
 
 MAX_LICENSE_BODY = 16 * 1024
 SIGNED_PREFIXES = ("/api/v1/licenses/", "/api/v1/signing-keys")
