@@ -28,6 +28,7 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.admin.views", "bp", False),
     ("connector.licensing.views", "bp", True),
     ("connector.licensing.admin_api", "bp", True),
+    ("connector.licensing.portal", "bp", False),
     ("connector.downloads.views", "bp", False),
     ("connector.portal.views", "bp", False),
     ("connector.vault.views", "bp", True),
