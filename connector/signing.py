@@ -1,8 +1,10 @@
 """Ed25519 signatures on every license API answer, with key ids and rotation.
 
-The newest signing key that is not retired signs. ``keygate rotate-signing-key`` retires the
-current key and makes a new one; retired keys stay listed at ``GET /api/v1/signing-keys`` so
-answers and license files signed with them can still be checked. Private keys are encrypted
+The newest activated key that is not retired signs. ``keygate rotate-signing-key --prepare``
+publishes the next key (listed, not signing) so products can pin it first;
+``keygate rotate-signing-key`` then retires the current key and signs with the next one (or
+a new one); retired keys stay listed at ``GET /api/v1/signing-keys`` so answers and license
+files signed with them can still be checked. Private keys are encrypted
 at rest (``Encrypted`` column); the signer of a process is cached for ``CACHE_SECONDS`` so a
 rotation done elsewhere is picked up within that time.
 
@@ -75,35 +77,66 @@ def signature_header(kid: str, signature: str) -> str:
     )
 
 
-def _new_key_row() -> SigningKey:
+def _new_key_row(*, active: bool) -> SigningKey:
     private = Ed25519PrivateKey.generate()
     seed = private.private_bytes_raw()
     public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    now = utcnow()
     return SigningKey(
         kid="kg-" + secrets.token_hex(6),
         algorithm=ALGORITHM,
         public_key=b64(public),
         private_key=b64(seed),
-        created_at=utcnow(),
+        created_at=now,
+        activated_at=now if active else None,
     )
 
 
 def _active_key(session: Session) -> SigningKey | None:
     return session.execute(
         select(SigningKey)
-        .where(SigningKey.retired_at.is_(None))
+        .where(SigningKey.retired_at.is_(None), SigningKey.activated_at.is_not(None))
         .order_by(SigningKey.id.desc())
         .limit(1)
     ).scalar_one_or_none()
 
 
+def _next_key(session: Session) -> SigningKey | None:
+    return session.execute(
+        select(SigningKey)
+        .where(SigningKey.retired_at.is_(None), SigningKey.activated_at.is_(None))
+        .order_by(SigningKey.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def prepare_signing_key(session: Session) -> SigningKey:
+    """Publish the next key without signing with it (idempotent: one next key at a time)."""
+    row = _next_key(session)
+    if row is None:
+        row = _new_key_row(active=False)
+        session.add(row)
+        session.flush()
+    return row
+
+
 def rotate_signing_key(session: Session) -> SigningKey:
-    """Retire the signing keys in use and add a new one (the caller commits)."""
+    """Retire the signing key in use and sign with the prepared next key (or a new one).
+
+    The caller commits.
+    """
+    now = utcnow()
+    row = _next_key(session)
     session.execute(
-        update(SigningKey).where(SigningKey.retired_at.is_(None)).values(retired_at=utcnow())
+        update(SigningKey)
+        .where(SigningKey.retired_at.is_(None), SigningKey.activated_at.is_not(None))
+        .values(retired_at=now)
     )
-    row = _new_key_row()
-    session.add(row)
+    if row is None:
+        row = _new_key_row(active=True)
+        session.add(row)
+    else:
+        row.activated_at = now
     session.flush()
     return row
 
@@ -112,7 +145,7 @@ def ensure_signing_key(session: Session) -> SigningKey:
     """The key that signs now, made on first use (the caller commits)."""
     row = _active_key(session)
     if row is None:
-        row = _new_key_row()
+        row = _new_key_row(active=True)
         session.add(row)
         session.flush()
     return row

@@ -381,7 +381,7 @@ def signing_keys() -> ResponseReturnValue:
             "kid": row.kid,
             "alg": row.algorithm,
             "public_key": row.public_key,
-            "status": "retired" if row.retired_at is not None else "active",
+            "status": row.status,
             "created_at": service.iso(row.created_at),
             "retired_at": service.iso(row.retired_at),
         }

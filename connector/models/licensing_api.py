@@ -58,8 +58,9 @@ class LicenseFlag(Base):
 class SigningKey(Base):
     """An Ed25519 key that signs answers. The private half is encrypted at rest.
 
-    The newest key without ``retired_at`` signs; retired keys stay published so that answers
-    and license files signed with them can still be checked.
+    States: *next* (published, not signing yet: ship it in products first), *active* (the
+    newest activated key that is not retired signs), *retired* (still published so that
+    answers and license files signed with it can be checked).
     """
 
     __tablename__ = "signing_keys"
@@ -70,7 +71,14 @@ class SigningKey(Base):
     public_key: Mapped[str] = mapped_column(String(64))  # standard base64 of the raw 32 bytes
     private_key: Mapped[str] = mapped_column(Encrypted)  # base64 of the raw 32-byte seed
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    activated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    @property
+    def status(self) -> str:
+        if self.retired_at is not None:
+            return "retired"
+        return "active" if self.activated_at is not None else "next"
 
 
 class Release(Base):

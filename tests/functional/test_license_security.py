@@ -128,7 +128,8 @@ def test_signing_keys_are_signed_and_listed(shop: WebhookSender) -> None:
 
 
 def test_rotation_keeps_old_keys_published(app: Flask, shop: WebhookSender, tmp_path: Path) -> None:
-    """keygate rotate-signing-key: new answers use the new kid, the old one stays listed."""
+    """rotate-signing-key --prepare publishes the next key without signing with it; the
+    rotation then signs with that key, and the old one stays listed as retired."""
     from connector.cli import main
     from connector.signing import forget_cached_signer
 
@@ -141,18 +142,33 @@ def test_rotation_keeps_old_keys_published(app: Flask, shop: WebhookSender, tmp_
         "KEYGATE_SECRET_KEY": SECRET_KEY,
         "KEYGATE_WORKER": "off",
     }
+
+    def statuses() -> dict[str, str]:
+        listed = shop.client.get("/api/v1/signing-keys").get_json()["keys"]
+        return {k["kid"]: k["status"] for k in listed}
+
+    def signing_kid() -> str:
+        header = call(shop.client, "validate", {"key": key}).headers["Keygate-Signature"]
+        return header.split('keyid="', 1)[1].split('"', 1)[0]
+
+    prepared = CliRunner().invoke(main, ["rotate-signing-key", "--prepare"], env=env)
+    assert prepared.exit_code == 0, prepared.output
+    forget_cached_signer(app)
+    (next_kid,) = [kid for kid, status in statuses().items() if status == "next"]
+    assert statuses()[old_kid] == "active"
+    assert signing_kid() == old_kid  # published, not signing yet
+
     result = CliRunner().invoke(main, ["rotate-signing-key"], env=env)
     assert result.exit_code == 0, result.output
-    assert "new signing key" in result.output
+    assert next_kid in result.output
     forget_cached_signer(app)
+    assert statuses() == {old_kid: "retired", next_kid: "active"}
+    assert signing_kid() == next_kid
 
-    listed = shop.client.get("/api/v1/signing-keys").get_json()["keys"]
-    assert len(listed) == 2
-    statuses = {k["kid"]: k["status"] for k in listed}
-    assert statuses[old_kid] == "retired"
-    (new_kid,) = [kid for kid, status in statuses.items() if status == "active"]
-    response = call(shop.client, "validate", {"key": key})
-    assert f'keyid="{new_kid}"' in response.headers["Keygate-Signature"]
+    again = CliRunner().invoke(main, ["rotate-signing-key"], env=env)
+    assert again.exit_code == 0, again.output
+    forget_cached_signer(app)
+    assert sorted(statuses().values()) == ["active", "retired", "retired"]
 
 
 def test_unknown_path_under_the_api_is_signed_too(shop: WebhookSender) -> None:

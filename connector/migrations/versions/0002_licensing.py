@@ -24,6 +24,7 @@ def upgrade() -> None:
     sa.Column('public_key', sa.String(length=64), nullable=False),
     sa.Column('private_key', connector.vault.crypto.Encrypted(), nullable=False),
     sa.Column('created_at', connector.db.UTCDateTime(), nullable=False),
+    sa.Column('activated_at', connector.db.UTCDateTime(), nullable=True),
     sa.Column('retired_at', connector.db.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_signing_keys')),
     sa.UniqueConstraint('kid', name=op.f('uq_signing_keys_kid'))
