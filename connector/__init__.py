@@ -27,6 +27,8 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.admin.api", "bp", True),
     ("connector.admin.views", "bp", False),
     ("connector.licensing.views", "bp", True),
+    ("connector.licensing.admin_api", "bp", True),
+    ("connector.licensing.portal", "bp", False),
     ("connector.downloads.views", "bp", False),
     ("connector.downloads.admin_api", "bp", True),
     ("connector.portal.views", "bp", False),

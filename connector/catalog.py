@@ -20,6 +20,9 @@ POLICY_FIELDS = (
     "staging_free",
     "download_limit",
     "download_days",
+    "perpetual_fallback",
+    "abuse_threshold",
+    "abuse_suspend",
 )
 
 

@@ -18,6 +18,7 @@ PORTAL = "keygate.portal"
 CONNECT_STATE = "keygate.wc-connect-state"
 ADMIN_ACTION = "keygate.admin-action"
 FINGERPRINT = "keygate.fingerprint"
+RELEASE = "keygate.release-download"
 
 
 class LinkInvalid(NotFound):

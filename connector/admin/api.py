@@ -46,6 +46,9 @@ def _product_spec(data: dict[str, Any]) -> ProductSpec:
         "staging_free": optional_bool(raw_policy, "staging_free"),
         "download_limit": optional_int(raw_policy, "download_limit", minimum=0, maximum=1_000_000),
         "download_days": optional_int(raw_policy, "download_days", minimum=1, maximum=DAYS_MAX),
+        "perpetual_fallback": optional_bool(raw_policy, "perpetual_fallback"),
+        "abuse_threshold": optional_int(raw_policy, "abuse_threshold", minimum=1, maximum=100_000),
+        "abuse_suspend": optional_bool(raw_policy, "abuse_suspend"),
     }
     raw_files = data.get("files") or []
     if not isinstance(raw_files, list) or len(raw_files) > 100:

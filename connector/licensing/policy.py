@@ -2,7 +2,8 @@
 
 Stored policy fields are ``None`` when the owner left them out; these are the defaults:
 unlimited activations, a lifetime license, updates while the license lasts, staging sites
-free, unlimited downloads, downloads while the license lasts.
+free, unlimited downloads, downloads while the license lasts, no perpetual fallback, no
+abuse signal.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ class Policy:
     staging_free: bool
     download_limit: int | None  # None: unlimited
     download_days: int | None  # None: while the license lasts
+    perpetual_fallback: bool = False  # expired licenses keep working for older releases
+    abuse_threshold: int | None = None  # binding changes in 30 days; None: no abuse signal
+    abuse_suspend: bool = False  # suspend (not only flag) past the threshold
 
     @classmethod
     def of(cls, product: Product) -> Policy:
@@ -31,6 +35,9 @@ class Policy:
             staging_free=True if product.staging_free is None else product.staging_free,
             download_limit=product.download_limit,
             download_days=product.download_days,
+            perpetual_fallback=bool(product.perpetual_fallback),
+            abuse_threshold=product.abuse_threshold,
+            abuse_suspend=bool(product.abuse_suspend),
         )
 
     def expires_at(self, start: dt.datetime) -> dt.datetime | None:

@@ -1,7 +1,410 @@
-"""Blueprint for connector.licensing; routes are added by its issue."""
+"""The license API for products: thin views over connector.licensing.service.
+
+Every answer on these paths, errors and 429s included, is signed (connector.signing): the
+headers ``Date``, ``Digest`` and ``Keygate-Signature`` cover the request target, the Host
+header as received, the date and the body's digest. Bodies carry the caller's ``nonce`` and
+a ``ts``. Rate limits (Flask-Limiter) apply per IP and per key; a breach is answered 429 with
+``Retry-After`` and kept as a security record with the IP hashed.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import json
+import time
+from typing import Any
 
-bp = Blueprint("licensing_views", __name__)
+from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from connector import get_settings
+from connector.db import db, utcnow
+from connector.errors import (
+    PROBLEM_BASE,
+    InvalidInput,
+    KeygateError,
+    NotFound,
+    PayloadTooLarge,
+)
+from connector.extensions import client_ip, limiter
+from connector.licensing import service
+from connector.licensing.files import (
+    DEFAULT_TTL,
+    MAX_TTL,
+    MIN_TTL,
+    build_license_file,
+    file_expiry,
+    key_digest,
+)
+from connector.licensing.privacy import register as register_privacy_hooks
+from connector.licensing.releases import release_download_url
+from connector.models import Release, SecurityEvent, Store
+from connector.signing import (
+    current_signer,
+    digest_header,
+    http_date,
+    published_keys,
+    request_target,
+    signature_header,
+    signing_string,
+)
+from connector.tokens import RELEASE, loads_timed
+from connector.validation import optional_bool, optional_int, optional_str, required_str
+from connector.vault.crypto import keyed_hash
+
+bp = Blueprint("licensing_views", __name__, url_prefix="/api/v1")
+register_privacy_hooks()
+
+MAX_LICENSE_BODY = 16 * 1024
+SIGNED_PREFIXES = ("/api/v1/licenses/", "/api/v1/signing-keys")
+SECURITY_IP_HASH = "security-ip"
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+def _read_payload() -> dict[str, Any]:
+    """The JSON object of the body, read once per request (400 not JSON, 413 too large)."""
+    if "_license_payload" not in g:
+        try:
+            g._license_payload = _parse_body()
+        except KeygateError as exc:
+            g._license_payload = exc
+    payload: dict[str, Any] | KeygateError = g._license_payload
+    if isinstance(payload, KeygateError):
+        raise payload
+    return payload
+
+
+def _parse_body() -> dict[str, Any]:
+    length = request.content_length
+    if length is not None and length > MAX_LICENSE_BODY:
+        raise PayloadTooLarge(f"The body must be at most {MAX_LICENSE_BODY} bytes.")
+    raw = request.stream.read(MAX_LICENSE_BODY + 1)
+    if len(raw) > MAX_LICENSE_BODY:
+        raise PayloadTooLarge(f"The body must be at most {MAX_LICENSE_BODY} bytes.")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
+        raise InvalidInput("The body must be a JSON object.") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("The body must be a JSON object.")
+    return data
+
+
+def _payload_quietly() -> dict[str, Any]:
+    try:
+        return _read_payload()
+    except KeygateError:
+        return {}
+
+
+def _nonce() -> str | None:
+    value = _payload_quietly().get("nonce")
+    return value[:200] if isinstance(value, str) else None
+
+
+def _shop_id_field(data: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = data.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+        data = {**data, name: value}
+    if required:
+        return required_str(data, name, max_length=64)
+    return optional_str(data, name, max_length=64)
+
+
+# --- rate limits ---------------------------------------------------------------------------
+
+
+def _key_bucket() -> str | None:
+    """The per-key rate-limit bucket (a hash, never the key), computed once per request."""
+    if "_key_bucket" not in g:
+        key = _payload_quietly().get("key")
+        g._key_bucket = service.key_fingerprint(key) if isinstance(key, str) else None
+    bucket: str | None = g._key_bucket
+    return bucket
+
+
+def _breached(scope: str) -> Any:
+    def remember(_limit: Any) -> None:
+        g.keygate_breach = scope
+
+    return remember
+
+
+per_ip = limiter.shared_limit(
+    lambda: get_settings().ratelimit_license_per_ip,
+    scope="license-ip",
+    key_func=client_ip,
+    on_breach=_breached("ip"),
+)
+per_key = limiter.shared_limit(
+    lambda: get_settings().ratelimit_license_per_key,
+    scope="license-key",
+    key_func=lambda: _key_bucket() or "",
+    exempt_when=lambda: _key_bucket() is None,
+    on_breach=_breached("key"),
+)
+
+
+def _record_breach() -> None:
+    license_id = None
+    key = _payload_quietly().get("key")
+    if isinstance(key, str):
+        lic, _product, _malformed = service.find_license(db.session, key)
+        license_id = lic.id if lic is not None else None
+    db.session.add(
+        SecurityEvent(
+            kind="rate_limited",
+            scope=g.get("keygate_breach"),
+            ip_hash=keyed_hash(SECURITY_IP_HASH, client_ip()),
+            path=request.path[:200],
+            license_id=license_id,
+            user_agent=(request.user_agent.string or None) and request.user_agent.string[:300],
+        )
+    )
+
+
+# --- signing -------------------------------------------------------------------------------
+
+
+def _is_signed_path() -> bool:
+    return request.path.startswith(SIGNED_PREFIXES)
+
+
+@bp.before_app_request
+def _load_signer() -> None:
+    # Loaded before the request's own session starts, so signing never waits on it.
+    if _is_signed_path():
+        g.keygate_signer = current_signer()
+
+
+@bp.after_app_request
+def _sign_answer(response: Response) -> Response:
+    if not _is_signed_path() or response.direct_passthrough:
+        return response
+    signer = g.get("keygate_signer") or current_signer()
+    body = response.get_data()
+    date = http_date()
+    digest = digest_header(body)
+    target = request_target(request.method, request.path, request.query_string.decode("latin-1"))
+    host = request.headers.get("Host", "")
+    response.headers["Date"] = date
+    response.headers["Digest"] = digest
+    response.headers["Keygate-Signature"] = signature_header(
+        signer.kid, signer.sign(signing_string(target, host, date, digest))
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def _problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> Response:
+    body = {"type": PROBLEM_BASE + type_, "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    body.update(nonce=_nonce(), ts=service.iso(utcnow()))
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def _rollback() -> None:
+    session = g.get("_keygate_session")
+    if session is not None:
+        session.rollback()
+
+
+@bp.errorhandler(KeygateError)
+def _keygate_error(exc: KeygateError) -> Response:
+    _rollback()
+    return _problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    _rollback()
+    status = exc.code or 500
+    title = exc.name or "Error"
+    detail = exc.description or title
+    if status == 413:
+        detail = f"The body must be at most {MAX_LICENSE_BODY} bytes."
+    response = _problem(status, title.lower().replace(" ", "-"), title, detail)
+    if status == 429:
+        _record_breach()
+        current = limiter.current_limit
+        wait = int(current.reset_at - time.time()) if current is not None else 60
+        response.headers["Retry-After"] = str(max(1, wait))
+    return response
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
+    session = db.session
+    body: dict[str, Any] = {
+        "valid": result.valid,
+        "code": result.code,
+        "detail": result.detail,
+        "license": (
+            service.license_json(session, result.license, result.product, result.seats)
+            if result.license is not None and result.product is not None
+            else None
+        ),
+    }
+    body.update({k: v for k, v in result.extra.items() if k != "release"})
+    body.update(extra)
+    body["nonce"] = _nonce()
+    body["ts"] = service.iso(utcnow())
+    return jsonify(body)
+
+
+@bp.post("/licenses/validate")
+@per_ip
+@per_key
+def validate() -> ResponseReturnValue:
+    data = _read_payload()
+    result = service.validate(
+        db.session,
+        required_str(data, "key"),
+        product_id=_shop_id_field(data, "product"),
+        site=optional_str(data, "site", max_length=2048),
+        fingerprint=optional_str(data, "fingerprint"),
+        version=optional_str(data, "version", max_length=64),
+    )
+    return _answer(result)
+
+
+@bp.post("/licenses/activate")
+@per_ip
+@per_key
+def activate() -> ResponseReturnValue:
+    data = _read_payload()
+    result = service.activate(
+        db.session,
+        required_str(data, "key"),
+        site=optional_str(data, "site", max_length=2048),
+        fingerprint=optional_str(data, "fingerprint"),
+        label=optional_str(data, "label", max_length=200),
+    )
+    return _answer(result)
+
+
+@bp.post("/licenses/deactivate")
+@per_ip
+@per_key
+def deactivate() -> ResponseReturnValue:
+    data = _read_payload()
+    result = service.deactivate(
+        db.session,
+        required_str(data, "key"),
+        site=optional_str(data, "site", max_length=2048),
+        fingerprint=optional_str(data, "fingerprint"),
+    )
+    return _answer(result)
+
+
+@bp.post("/licenses/update-check")
+@per_ip
+@per_key
+def update_check() -> ResponseReturnValue:
+    data = _read_payload()
+    result = service.check_update(
+        db.session,
+        required_str(data, "key"),
+        product_id=_shop_id_field(data, "product", required=True) or "",
+        version=required_str(data, "version", max_length=64),
+        site=optional_str(data, "site", max_length=2048),
+        fingerprint=optional_str(data, "fingerprint"),
+    )
+    release: Release | None = result.extra.get("release")
+    if release is None:
+        return _answer(result)
+    store = db.session.get(Store, result.license.store_id) if result.license else None
+    assert store is not None  # noqa: S101 - a license always has a store
+    ttl = get_settings().download_url_ttl
+    update = {
+        "version": release.version,
+        "sha256": release.sha256,
+        "size": release.size,
+        "changelog": release.changelog,
+        "published_at": service.iso(release.published_at),
+        "download_url": release_download_url(store, release, ttl),
+        "download_expires_in": ttl,
+    }
+    return _answer(result, update=update)
+
+
+@bp.post("/licenses/checkout")
+@per_ip
+@per_key
+def checkout() -> ResponseReturnValue:
+    """A signed offline license file for the license (and identity, when given)."""
+    data = _read_payload()
+    key = required_str(data, "key")
+    ttl = optional_int(data, "ttl", minimum=MIN_TTL, maximum=MAX_TTL) or DEFAULT_TTL
+    encrypt = optional_bool(data, "encrypt")
+    result = service.validate(
+        db.session,
+        key,
+        product_id=_shop_id_field(data, "product"),
+        site=optional_str(data, "site", max_length=2048),
+        fingerprint=optional_str(data, "fingerprint"),
+    )
+    if not result.valid or result.license is None or result.product is None:
+        return _answer(result, license_file=None)
+    identity = service.make_identity(data.get("site"), data.get("fingerprint"))
+    issued = utcnow()
+    expiry = file_expiry(issued, ttl, result.license.expires_at)
+    content = {
+        "license": service.license_json(db.session, result.license, result.product),
+        "key_sha256": key_digest(key),
+        "site": identity.site or None,
+        "fingerprint": identity.fingerprint or None,
+        "issued": service.iso(issued),
+        "expiry": service.iso(expiry),
+        "ttl": ttl,
+    }
+    signer = g.get("keygate_signer") or current_signer()
+    license_file = build_license_file(content, signer, encrypt_with=key if encrypt else None)
+    return _answer(result, license_file=license_file, license_file_expiry=content["expiry"])
+
+
+@bp.get("/signing-keys")
+def signing_keys() -> ResponseReturnValue:
+    keys = [
+        {
+            "kid": row.kid,
+            "alg": row.algorithm,
+            "public_key": row.public_key,
+            "status": row.status,
+            "created_at": service.iso(row.created_at),
+            "retired_at": service.iso(row.retired_at),
+        }
+        for row in published_keys(db.session)
+    ]
+    return jsonify({"keys": keys, "ts": service.iso(utcnow())})
+
+
+@bp.get("/releases/download/<token>")
+def download_release(token: str) -> ResponseReturnValue:
+    """The embedded-storage file behind an update-check download URL (short-lived token)."""
+    from connector.downloads.storage import LocalStore
+
+    data = loads_timed(RELEASE, token, max_age=get_settings().download_url_ttl)
+    release_id = data.get("r") if isinstance(data, dict) else None
+    release = db.session.get(Release, release_id) if isinstance(release_id, int) else None
+    if release is None:
+        raise NotFound("No such release.")
+    try:
+        path = LocalStore(get_settings().storage_dir).path(release.object_key)
+    except ValueError:
+        raise NotFound("No such release.") from None
+    if not path.is_file():
+        raise NotFound("The release file is not in storage.")
+    current_app.logger.debug("release %s downloaded", release.id)
+    return send_file(path, as_attachment=True, download_name=path.name)

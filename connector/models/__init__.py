@@ -7,6 +7,14 @@ from connector.models.catalog import WATERMARKS, Product, ProductFile
 from connector.models.download_events import DOWNLOAD_OUTCOMES, DownloadEvent, WatermarkCopy
 from connector.models.downloads import DownloadGrant
 from connector.models.licensing import LICENSE_STATUSES, License
+from connector.models.licensing_api import (
+    Activation,
+    BindingChange,
+    LicenseFlag,
+    Release,
+    SecurityEvent,
+    SigningKey,
+)
 from connector.models.orders import LicenseRenewal, LineItem, Order
 from connector.models.records import AuditEvent, Job, Mail, WebhookDelivery
 from connector.models.store import AdminUser, Store
@@ -23,21 +31,27 @@ __all__ = [
     "DOWNLOAD_OUTCOMES",
     "LICENSE_STATUSES",
     "WATERMARKS",
+    "Activation",
     "AdminUser",
     "AuditEvent",
+    "BindingChange",
     "Credential",
     "DownloadEvent",
     "DownloadGrant",
     "Job",
     "License",
+    "LicenseFlag",
     "LicenseRenewal",
     "LineItem",
     "Mail",
     "Order",
     "Product",
     "ProductFile",
+    "Release",
+    "SecurityEvent",
     "ShopConnection",
     "ShopNote",
+    "SigningKey",
     "Store",
     "WatermarkCopy",
     "WebhookDelivery",

@@ -30,6 +30,11 @@ class Product(Base):
     staging_free: Mapped[bool | None] = mapped_column(Boolean, default=None)
     download_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     download_days: Mapped[int | None] = mapped_column(Integer, default=None)
+    # An expired license keeps working for versions released before it expired.
+    perpetual_fallback: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # Binding changes (activations + deactivations) in 30 days past which a license is flagged.
+    abuse_threshold: Mapped[int | None] = mapped_column(Integer, default=None)
+    abuse_suspend: Mapped[bool | None] = mapped_column(Boolean, default=None)
     # Where the settings came from: "keygate" (admin API/UI) wins over "shop" (product meta).
     watermark_fallback: Mapped[str] = mapped_column(String(16), default="refuse")
     source: Mapped[str] = mapped_column(String(16), default="keygate")

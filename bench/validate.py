@@ -1,0 +1,301 @@
+"""Benchmark: license validate requests/s against a bare Flask JSON endpoint.
+
+Both are served the same way (waitress, one process, same thread count) in the same run, on
+loopback. For each backend (SQLite file, PostgreSQL) it measures:
+
+1. peak: closed loop, CONCURRENCY keep-alive connections for DURATION seconds -> requests/s;
+2. latency at half the peak: an open loop paced at peak/2 req/s; latency is counted from the
+   scheduled send time (so queueing counts), p50 and p99.
+
+The bare endpoint is measured the same way; the ratio is validate peak / bare peak.
+Targets (issue 3): ratio >= 0.6 and p99 < 25 ms at half the measured peak.
+
+    .venv/bin/python bench/validate.py [--duration 5] [--backends sqlite,postgresql]
+
+PostgreSQL: KEYGATE_BENCH_PG_ADMIN_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
+the bench creates and drops its own database. Traffic goes to 127.0.0.1 only and every loop
+is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PG_ADMIN_URL = os.environ.get(
+    "KEYGATE_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+THREADS = 8
+CONCURRENCY = 8
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_serving(port: int, path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("POST", path, body=b"{}", headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def serve(call: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "waitress", "--listen", f"127.0.0.1:{port}",
+         "--threads", str(THREADS), "--call", call],
+        env=env,
+        cwd=str(ROOT),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until_serving(port, "/api/v1/licenses/validate")
+    return process, port
+
+
+def setup_keygate(database_url: str, instance: Path) -> tuple[dict[str, str], str]:
+    """Migrate, add a store and a product, sell one license; return the server env and key."""
+    from cryptography.fernet import Fernet
+
+    from connector import create_app
+    from connector.db import db
+    from connector.stores import create_store
+    from tests.factories import WebhookSender, line_item, wc_order
+
+    env = dict(
+        os.environ,
+        KEYGATE_DATABASE_URL=database_url,
+        KEYGATE_MASTER_KEY=Fernet.generate_key().decode(),
+        KEYGATE_SECRET_KEY="bench-secret-" + "x" * 40,
+        KEYGATE_INSTANCE_DIR=str(instance),
+        KEYGATE_WORKER="off",
+        KEYGATE_MAIL_ECHO="false",
+        KEYGATE_LOG_LEVEL="WARNING",
+        KEYGATE_RATELIMIT_LICENSE_PER_KEY="100000000/minute",
+        KEYGATE_RATELIMIT_LICENSE_PER_IP="100000000/minute",
+    )
+    (instance / "files").mkdir(parents=True, exist_ok=True)
+    overrides = {
+        "instance_dir": instance,
+        "database_url": database_url,
+        "master_keys": [env["KEYGATE_MASTER_KEY"]],
+        "secret_key": env["KEYGATE_SECRET_KEY"],
+        "start_worker": False,
+        "mail_echo": False,
+    }
+    app = create_app(overrides)
+    from connector.migrate import upgrade
+
+    with app.app_context():
+        upgrade(db.get_engine())
+        created = create_store(db.session, "Bench shop", "https://shop.example")
+        db.session.commit()
+    shop = WebhookSender(app.test_client(), created)
+    shop.configure(501, activation_limit=3, duration_days=365)
+    shop.deliver(wc_order(1, "processing", [line_item(501)]))
+    key: str = shop.order(1)["licenses"][0]["key"]
+    shop.client.post("/api/v1/licenses/activate", json={"key": key, "site": "bench-shop.com"})
+    with app.app_context():
+        db.get_engine().dispose()
+    return env, key
+
+
+class Worker(threading.Thread):
+    """One keep-alive connection sending requests until told to stop."""
+
+    def __init__(self, port: int, body: bytes, stop_at: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.body, self.stop_at = port, body, stop_at
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        headers = {"Content-Type": "application/json"}
+        while time.monotonic() < self.stop_at:
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/api/v1/licenses/validate", body=self.body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    self.errors += 1
+            except OSError:
+                self.errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                continue
+            self.latencies.append(time.perf_counter() - start)
+        conn.close()
+
+
+def peak(port: int, body: bytes, duration: float) -> tuple[float, int]:
+    stop_at = time.monotonic() + duration
+    workers = [Worker(port, body, stop_at) for _ in range(CONCURRENCY)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(duration + 30)
+    elapsed = time.perf_counter() - started
+    done = sum(len(w.latencies) for w in workers)
+    return done / elapsed, sum(w.errors for w in workers)
+
+
+def paced(port: int, body: bytes, rate: float, duration: float) -> list[float]:
+    """Open loop at ``rate`` req/s; latency from each request's scheduled time."""
+    total = max(1, int(rate * duration))
+    interval = 1.0 / rate
+    start = time.perf_counter() + 0.05
+    next_index = 0
+    lock = threading.Lock()
+    latencies: list[float] = []
+
+    def run() -> None:
+        nonlocal next_index
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Content-Type": "application/json"}
+        while True:
+            with lock:
+                index = next_index
+                next_index += 1
+            if index >= total:
+                break
+            scheduled = start + index * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            conn.request("POST", "/api/v1/licenses/validate", body=body, headers=headers)
+            conn.getresponse().read()
+            latencies.append(time.perf_counter() - scheduled)
+        conn.close()
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(CONCURRENCY * 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(duration + 60)
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(port: int, body: bytes, duration: float) -> dict[str, Any]:
+    peak(port, body, 1.0)  # warm up
+    rate, errors = peak(port, body, duration)
+    latencies = paced(port, body, rate / 2, duration)
+    return {
+        "peak_rps": rate,
+        "errors": errors,
+        "half_rate": rate / 2,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+    }
+
+
+def create_pg_database() -> tuple[str, Any]:
+    from sqlalchemy import create_engine, text
+
+    name = f"keygate_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(
+        PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def bench_backend(backend: str, duration: float, bare: dict[str, Any]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="keygate-bench-") as tmp:
+        drop = None
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp}/keygate.db"
+        else:
+            url, drop = create_pg_database()
+        try:
+            env, key = setup_keygate(url, Path(tmp) / "instance")
+            body = json.dumps(
+                {"key": key, "product": "501", "site": "bench-shop.com", "nonce": "n"}
+            ).encode()
+            process, port = serve("connector:create_app", env)
+            try:
+                result = measure(port, body, duration)
+            finally:
+                process.terminate()
+                process.wait(timeout=10)
+        finally:
+            if drop is not None:
+                drop()
+    result["ratio"] = result["peak_rps"] / bare["peak_rps"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    args = parser.parse_args()
+    duration = min(max(args.duration, 1.0), 60.0)
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "bench"))
+    process, port = serve("bare_app:create_app", env)
+    body = json.dumps({"key": "X", "nonce": "n"}).encode()
+    try:
+        bare = measure(port, body, duration)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    rows = [("bare flask", bare)]
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        rows.append((f"validate/{backend}", bench_backend(backend, duration, bare)))
+
+    print(f"waitress, {THREADS} threads, {CONCURRENCY} keep-alive clients, {duration:.0f}s phases")
+    print(f"{'endpoint':<22}{'peak req/s':>11}{'ratio':>7}{'@ req/s':>9}{'p50 ms':>8}{'p99 ms':>8}")
+    for name, r in rows:
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        print(
+            f"{name:<22}{r['peak_rps']:>11.0f}{ratio:>7}{r['half_rate']:>9.0f}"
+            f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
+            + (f"  ({r['errors']} errors)" if r["errors"] else "")
+        )
+
+
+if __name__ == "__main__":
+    main()

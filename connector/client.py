@@ -1,0 +1,461 @@
+"""Keygate's client library for the sold software. One file: vendor it into your product.
+
+Needs only the standard library and ``cryptography``. It checks every answer before trusting
+it: the Ed25519 signature (against public keys you pin), the body's ``Digest``, the ``Date``
+(clock skew), and that the answer echoes the nonce it sent. The last good ``validate`` answer
+is kept (in memory, and in ``cache_path`` if given) and used while Keygate cannot be reached,
+for ``grace_period`` seconds after it was signed.
+
+    from keygate_client import KeygateClient   # this file, renamed as you like
+
+    client = KeygateClient(
+        "https://licenses.example.com",
+        public_keys={"kg-1a2b3c4d5e6f": "base64-of-the-32-byte-key="},
+        product="501",
+        cache_path="~/.myapp/license-cache.json",
+    )
+    result = client.activate(key, site="https://shop.example.com")
+    result = client.validate(key, site="https://shop.example.com")
+    if not result.valid:
+        print(result.code, result.detail)
+
+Offline files: ``client.checkout(key, ...)`` returns one; ``verify_license_file(text,
+public_keys, key=key)`` checks it later without the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "KeygateClient",
+    "KeygateClientError",
+    "LicenseFileError",
+    "RequestRejected",
+    "Result",
+    "SignatureError",
+    "Unavailable",
+    "verify_license_file",
+    "verify_response",
+]
+
+SIGNED_HEADERS = "(request-target) host date digest"
+FILE_BEGIN = "-----BEGIN KEYGATE LICENSE FILE-----"
+FILE_END = "-----END KEYGATE LICENSE FILE-----"
+HKDF_INFO = b"keygate license file v1"
+_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+class KeygateClientError(Exception):
+    """Base of this module's errors."""
+
+
+class SignatureError(KeygateClientError):
+    """The answer is not provably from Keygate (signature, digest, date or nonce)."""
+
+
+class Unavailable(KeygateClientError):
+    """Keygate could not be reached and no cached answer is within the grace period."""
+
+
+class RequestRejected(KeygateClientError):
+    """A signed error answer (4xx): bad input, or rate limited (status 429)."""
+
+    def __init__(self, status: int, body: dict[str, Any], retry_after: int | None) -> None:
+        super().__init__(f"{status}: {body.get('detail', '')}")
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class LicenseFileError(KeygateClientError):
+    """An offline license file is malformed, forged, expired or for another key."""
+
+
+@dataclass
+class Result:
+    """A verified answer. ``offline`` is True when it came from the cache."""
+
+    valid: bool
+    code: str
+    detail: str
+    license: dict[str, Any] | None
+    data: dict[str, Any] = field(default_factory=dict)
+    offline: bool = False
+
+
+def _public_key(value: str | bytes) -> Ed25519PublicKey:
+    raw = value if isinstance(value, bytes) else base64.b64decode(value, validate=True)
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _pinned(public_keys: Mapping[str, str | bytes]) -> dict[str, Ed25519PublicKey]:
+    return {kid: _public_key(value) for kid, value in public_keys.items()}
+
+
+def _digest(body: bytes) -> str:
+    return "sha-256=" + base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+
+
+def verify_response(
+    *,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    public_keys: Mapping[str, str | bytes],
+    nonce: str | None = None,
+    max_skew: float | None = 300.0,
+    now: float | None = None,
+    host: str | None = None,
+) -> dict[str, Any]:
+    """Check a Keygate answer and return its JSON body.
+
+    Args:
+        method, url: the request as sent (the URL's path and query are signed).
+        headers, body: the answer as received.
+        public_keys: pinned keys, key id -> standard base64 of the raw 32 bytes (or bytes).
+        nonce: the nonce sent; the body must echo it.
+        max_skew: how far the answer's Date may be from ``now`` (None: not checked).
+        host: the Host header sent, when it differs from the URL's host[:port].
+
+    Raises:
+        SignatureError: anything does not check out.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    params = dict(_PARAM.findall(lowered.get("keygate-signature", "")))
+    if params.get("algorithm") != "ed25519" or params.get("headers") != SIGNED_HEADERS:
+        raise SignatureError("the answer is not signed the way Keygate signs")
+    keys = (
+        public_keys
+        if all(isinstance(v, Ed25519PublicKey) for v in public_keys.values())
+        else (_pinned(public_keys))
+    )
+    key = keys.get(params.get("keyid", ""))
+    if key is None:
+        raise SignatureError(f"unknown signing key id {params.get('keyid')!r}")
+    digest = lowered.get("digest", "")
+    if not hmac.compare_digest(digest, _digest(body)):
+        raise SignatureError("the body does not match its Digest")
+    date = lowered.get("date", "")
+    try:
+        signed_at = email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        raise SignatureError("the answer has no valid Date") from None
+    if max_skew is not None and abs((time.time() if now is None else now) - signed_at) > max_skew:
+        raise SignatureError("the answer's Date is too far from this machine's clock")
+    parts = urlsplit(url)
+    target = f"{method.lower()} {parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+    signed = (
+        f"(request-target): {target}\nhost: {host or parts.netloc}\ndate: {date}\ndigest: {digest}"
+    ).encode()
+    try:
+        signature = base64.b64decode(params.get("signature", ""), validate=True)
+        key.verify(signature, signed)  # type: ignore[union-attr]
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise SignatureError("the signature does not verify") from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise SignatureError("the signed body is not JSON") from None
+    if not isinstance(data, dict):
+        raise SignatureError("the signed body is not a JSON object")
+    if nonce is not None and data.get("nonce") != nonce:
+        raise SignatureError("the answer does not echo this request's nonce (a replay?)")
+    return data
+
+
+def _compact(license_key: str) -> str:
+    return "".join(p for p in license_key.strip().upper().replace(" ", "-").split("-") if p)
+
+
+def _file_key(license_key: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(
+        _compact(license_key).encode()
+    )
+
+
+def verify_license_file(
+    text: str,
+    public_keys: Mapping[str, str | bytes],
+    *,
+    key: str | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Check an offline license file; return its content (license, site, expiry...).
+
+    Pass ``key`` to decrypt an encrypted file and to check that a plain one names this key.
+
+    Raises:
+        LicenseFileError: malformed, forged, encrypted for another key, or past its expiry.
+    """
+    body = text.strip()
+    if not body.startswith(FILE_BEGIN) or not body.endswith(FILE_END):
+        raise LicenseFileError("not a Keygate license file")
+    encoded = "".join(body[len(FILE_BEGIN) : -len(FILE_END)].split())
+    try:
+        envelope = json.loads(base64.b64decode(encoded, validate=True))
+        enc, sig, alg, kid = envelope["enc"], envelope["sig"], envelope["alg"], envelope["kid"]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise LicenseFileError("the license file is damaged") from None
+    keys = _pinned(public_keys)
+    if kid not in keys:
+        raise LicenseFileError(f"the license file is signed by an unknown key {kid!r}")
+    try:
+        keys[kid].verify(base64.b64decode(sig, validate=True), b"license/" + enc.encode())
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise LicenseFileError("the license file's signature does not verify") from None
+    try:
+        raw = base64.b64decode(enc, validate=True)
+        if alg == "aes-256-gcm+ed25519":
+            if key is None:
+                raise LicenseFileError("this license file is encrypted: pass the license key")
+            plain = AESGCM(_file_key(key)).decrypt(raw[:12], raw[12:], None)
+        elif alg == "base64+ed25519":
+            plain = raw
+        else:
+            raise LicenseFileError(f"unknown license file algorithm {alg!r}")
+        content = json.loads(plain)
+    except InvalidTag:
+        raise LicenseFileError("this license file was made for another key") from None
+    except (ValueError, binascii.Error):
+        raise LicenseFileError("the license file is damaged") from None
+    if not isinstance(content, dict):
+        raise LicenseFileError("the license file is damaged")
+    if key is not None and "key_sha256" in content:
+        expected = hashlib.sha256(_compact(key).encode()).hexdigest()
+        if not hmac.compare_digest(str(content["key_sha256"]), expected):
+            raise LicenseFileError("this license file was made for another key")
+    moment = now or dt.datetime.now(dt.UTC)
+    try:
+        expiry = dt.datetime.fromisoformat(str(content.get("expiry", "")).replace("Z", "+00:00"))
+    except ValueError:
+        raise LicenseFileError("the license file has no valid expiry") from None
+    if moment >= expiry:
+        raise LicenseFileError(f"the license file expired at {content.get('expiry')}")
+    return dict(content)
+
+
+class KeygateClient:
+    """Talks to Keygate's license API and trusts only verified answers."""
+
+    def __init__(
+        self,
+        base_url: str,
+        public_keys: Mapping[str, str | bytes],
+        *,
+        product: str | None = None,
+        cache_path: str | os.PathLike[str] | None = None,
+        grace_period: float = 7 * 24 * 3600,
+        max_skew: float = 300.0,
+        timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.public_keys = _pinned(public_keys)
+        self.product = product
+        self.cache_path = Path(cache_path).expanduser() if cache_path else None
+        self.grace_period = grace_period
+        self.max_skew = max_skew
+        self.timeout = timeout
+        self._cache: dict[str, dict[str, Any]] = self._load_cache()
+
+    # --- the API ---------------------------------------------------------------------------
+
+    def validate(
+        self,
+        key: str,
+        *,
+        site: str | None = None,
+        fingerprint: str | None = None,
+        version: str | None = None,
+    ) -> Result:
+        """Validate; while Keygate is unreachable, the last good answer within the grace."""
+        payload = self._payload(key, site=site, fingerprint=fingerprint, version=version)
+        payload["product"] = self.product
+        cache_key = self._cache_key(key, site, fingerprint)
+        try:
+            result, record = self._call("/api/v1/licenses/validate", payload)
+        except Unavailable:
+            cached = self._cached(cache_key)
+            if cached is None:
+                raise
+            return cached
+        if result.valid:
+            self._remember(cache_key, record)
+        else:
+            self._forget(cache_key)
+        return result
+
+    def activate(
+        self,
+        key: str,
+        *,
+        site: str | None = None,
+        fingerprint: str | None = None,
+        label: str | None = None,
+    ) -> Result:
+        payload = self._payload(key, site=site, fingerprint=fingerprint, label=label)
+        return self._call("/api/v1/licenses/activate", payload)[0]
+
+    def deactivate(
+        self, key: str, *, site: str | None = None, fingerprint: str | None = None
+    ) -> Result:
+        self._forget(self._cache_key(key, site, fingerprint))
+        payload = self._payload(key, site=site, fingerprint=fingerprint)
+        return self._call("/api/v1/licenses/deactivate", payload)[0]
+
+    def check_update(
+        self, key: str, version: str, *, site: str | None = None, fingerprint: str | None = None
+    ) -> Result:
+        """``result.data["update"]`` has version, sha256, size, changelog and download_url."""
+        payload = self._payload(key, site=site, fingerprint=fingerprint, version=version)
+        payload["product"] = self.product
+        return self._call("/api/v1/licenses/update-check", payload)[0]
+
+    def checkout(
+        self,
+        key: str,
+        *,
+        site: str | None = None,
+        fingerprint: str | None = None,
+        ttl: int | None = None,
+        encrypt: bool = True,
+    ) -> Result:
+        """``result.data["license_file"]``: check it later with :func:`verify_license_file`."""
+        payload = self._payload(key, site=site, fingerprint=fingerprint, ttl=ttl)
+        payload["encrypt"] = encrypt
+        payload["product"] = self.product
+        return self._call("/api/v1/licenses/checkout", payload)[0]
+
+    # --- transport -------------------------------------------------------------------------
+
+    @staticmethod
+    def _payload(key: str, **fields: Any) -> dict[str, Any]:
+        payload = {"key": key, "nonce": secrets.token_urlsafe(16)}
+        payload.update({k: v for k, v in fields.items() if v is not None})
+        return payload
+
+    def _call(self, path: str, payload: dict[str, Any]) -> tuple[Result, dict[str, Any]]:
+        url = self.base_url + path
+        body = json.dumps({k: v for k, v in payload.items() if v is not None}).encode()
+        request = urllib.request.Request(  # noqa: S310 - the product's own Keygate URL
+            url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                status, headers, raw = (
+                    response.status,
+                    dict(response.headers.items()),
+                    response.read(),
+                )
+        except urllib.error.HTTPError as exc:
+            status, headers, raw = exc.code, dict(exc.headers.items()), exc.read()
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+            raise Unavailable(f"Keygate is not reachable: {exc}") from None
+        if status >= 500:
+            raise Unavailable(f"Keygate answered {status}")
+        data = verify_response(
+            method="POST",
+            url=url,
+            headers=headers,
+            body=raw,
+            public_keys=self.public_keys,  # type: ignore[arg-type]
+            nonce=payload["nonce"],
+            max_skew=self.max_skew,
+        )
+        if status >= 400:
+            retry = headers.get("Retry-After")
+            raise RequestRejected(status, data, int(retry) if retry and retry.isdigit() else None)
+        record = {"url": url, "headers": headers, "body": raw.decode("utf-8")}
+        return self._result(data), record
+
+    @staticmethod
+    def _result(data: dict[str, Any], *, offline: bool = False) -> Result:
+        return Result(
+            valid=bool(data.get("valid")),
+            code=str(data.get("code")),
+            detail=str(data.get("detail", "")),
+            license=data.get("license"),
+            data=data,
+            offline=offline,
+        )
+
+    # --- offline grace ---------------------------------------------------------------------
+
+    def _cache_key(self, key: str, site: str | None, fingerprint: str | None) -> str:
+        material = "\n".join(
+            [key.strip().upper(), site or "", fingerprint or "", self.product or ""]
+        )
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def _remember(self, cache_key: str, record: dict[str, Any]) -> None:
+        self._cache[cache_key] = record
+        self._save_cache()
+
+    def _forget(self, cache_key: str) -> None:
+        if self._cache.pop(cache_key, None) is not None:
+            self._save_cache()
+
+    def _cached(self, cache_key: str) -> Result | None:
+        """The stored answer, re-verified; its age comes from its signed Date, not the file."""
+        record = self._cache.get(cache_key)
+        if record is None:
+            return None
+        try:
+            data = verify_response(
+                method="POST",
+                url=record["url"],
+                headers=record["headers"],
+                body=record["body"].encode("utf-8"),
+                public_keys=self.public_keys,  # type: ignore[arg-type]
+                max_skew=None,
+            )
+            lowered = {k.lower(): v for k, v in record["headers"].items()}
+            signed_at = email.utils.parsedate_to_datetime(lowered["date"]).timestamp()
+        except (SignatureError, KeyError, TypeError, ValueError):
+            return None
+        if time.time() - signed_at > self.grace_period:
+            return None
+        return self._result(data, offline=True)
+
+    def _load_cache(self) -> dict[str, dict[str, Any]]:
+        if self.cache_path is None or not self.cache_path.exists():
+            return {}
+        try:
+            loaded = json.loads(self.cache_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    def _save_cache(self) -> None:
+        if self.cache_path is None:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".keygate-cache")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self._cache, handle)
+        os.replace(tmp, self.cache_path)

@@ -1,0 +1,60 @@
+"""The buyer's activations on the portal page ``/my/<token>``: see them, free a seat.
+
+The portal template includes ``portal/activations.html`` in its ``activations`` block; this
+blueprint gives that template ``license_activations(license_id)`` and the deactivate button's
+POST (CSRF-protected like every portal form; the signed portal token is the credential).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, redirect, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from connector.admin.forms import ConfirmForm
+from connector.audit import record_audit
+from connector.db import db
+from connector.licensing.service import remove_activation
+from connector.models import Activation, License, Order
+from connector.tokens import order_id_from_portal_token
+
+bp = Blueprint("licensing_portal", __name__)
+
+
+def license_activations(license_id: int) -> list[Activation]:
+    return list(
+        db.session.scalars(
+            select(Activation).where(Activation.license_id == license_id).order_by(Activation.id)
+        )
+    )
+
+
+@bp.app_context_processor
+def _portal_helpers() -> dict[str, object]:
+    return {"license_activations": license_activations}
+
+
+@bp.post("/my/<token>/activations/<int:activation_id>/deactivate")
+def deactivate(token: str, activation_id: int) -> ResponseReturnValue:
+    """The buyer frees a seat (counted as a binding change, like the API's deactivate)."""
+    order = db.session.get(Order, order_id_from_portal_token(token))
+    if order is None:
+        abort(404)
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    lic = db.session.execute(
+        select(License)
+        .join(Activation, Activation.license_id == License.id)
+        .where(Activation.id == activation_id, License.order_id == order.id)
+    ).scalar_one_or_none()
+    if lic is None or not remove_activation(db.session, lic, activation_id):
+        abort(404)
+    record_audit(
+        db.session,
+        store_id=order.store_id,
+        actor="buyer",
+        action="license.deactivated",
+        subject=f"license:{lic.id}",
+        detail={"activation_id": activation_id},
+    )
+    return redirect(url_for("portal.portal", token=token, deactivated=1))

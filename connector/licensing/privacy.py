@@ -1,0 +1,78 @@
+"""The license API's records in privacy requests and retention.
+
+- export: a customer's activations (site, fingerprint, label, when);
+- erase: activation labels (free text a buyer may have filled with a name) are cleared;
+  sites and fingerprints stay, as license enforcement needs them;
+- purge: security records older than ``retention_security_days``, and binding changes once
+  they are out of the abuse window as well.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from connector.licensing.service import ABUSE_WINDOW, iso
+from connector.models import Activation, BindingChange, License, Order, SecurityEvent
+from connector.privacy.service import ERASERS, EXPORTERS, PURGERS
+
+
+def _activations(session: Session, orders: list[Order]) -> list[Activation]:
+    order_ids = [o.id for o in orders]
+    if not order_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Activation)
+            .join(License, Activation.license_id == License.id)
+            .where(License.order_id.in_(order_ids))
+            .order_by(Activation.id)
+        )
+    )
+
+
+def export_activations(session: Session, orders: list[Order]) -> dict[str, Any]:
+    return {
+        "activations": [
+            {
+                "site": a.site or None,
+                "fingerprint": a.fingerprint or None,
+                "label": a.label,
+                "created_at": iso(a.created_at),
+                "last_seen_at": iso(a.last_seen_at),
+            }
+            for a in _activations(session, orders)
+        ]
+    }
+
+
+def erase_activation_labels(session: Session, orders: list[Order]) -> None:
+    ids = [a.id for a in _activations(session, orders)]
+    if ids:
+        session.execute(update(Activation).where(Activation.id.in_(ids)).values(label=None))
+
+
+def purge_license_records(session: Session, now: dt.datetime) -> dict[str, int]:
+    from connector import get_settings
+
+    days = get_settings().retention_security_days
+    cutoff = now - dt.timedelta(days=days)
+    events: Any = session.execute(delete(SecurityEvent).where(SecurityEvent.created_at < cutoff))
+    changes: Any = session.execute(
+        delete(BindingChange).where(BindingChange.created_at < min(cutoff, now - ABUSE_WINDOW))
+    )
+    return {"security_events": events.rowcount, "binding_changes": changes.rowcount}
+
+
+def register() -> None:
+    """Add the hooks once (the views module calls this at import)."""
+    for hooks, hook in (
+        (EXPORTERS, export_activations),
+        (ERASERS, erase_activation_labels),
+        (PURGERS, purge_license_records),
+    ):
+        if hook not in hooks:
+            hooks.append(hook)  # type: ignore[arg-type]

@@ -1,0 +1,91 @@
+"""Releases of a product, and short-lived download URLs for them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.catalog import _check_object_key
+from connector.errors import Conflict
+from connector.models import Product, Release, Store
+from connector.tokens import RELEASE, dumps_timed
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+\-_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    version: str
+    object_key: str
+    sha256: str
+    size: int
+    published_at: dt.datetime
+    changelog: str | None
+
+
+def create_release(
+    session: Session, store: Store, product: Product, spec: ReleaseSpec, *, actor: str
+) -> Release:
+    """Publish a release. A version is published once; a second POST of it is 409."""
+    exists = session.execute(
+        select(Release.id).where(Release.product_id == product.id, Release.version == spec.version)
+    ).scalar_one_or_none()
+    if exists is not None:
+        raise Conflict(f"version {spec.version} is already published for this product")
+    release = Release(
+        product_id=product.id,
+        version=spec.version,
+        object_key=_check_object_key(spec.object_key),
+        sha256=spec.sha256,
+        size=spec.size,
+        published_at=spec.published_at,
+        changelog=spec.changelog,
+    )
+    session.add(release)
+    session.flush()
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="release.published",
+        subject=f"product:{product.shop_product_id}",
+        detail={"version": spec.version, "object_key": spec.object_key},
+    )
+    return release
+
+
+def release_json(release: Release) -> dict[str, Any]:
+    return {
+        "version": release.version,
+        "object_key": release.object_key,
+        "sha256": release.sha256,
+        "size": release.size,
+        "published_at": release.published_at.isoformat().replace("+00:00", "Z"),
+        "changelog": release.changelog,
+    }
+
+
+def release_download_url(store: Store, release: Release, ttl: int) -> str:
+    """A URL that fetches the release for ``ttl`` seconds.
+
+    A storage backend that presigns (R2) answers with its own URL; embedded storage gets a
+    timed, signed Keygate link (``/api/v1/releases/download/<token>``).
+    """
+    from connector import get_settings
+    from connector.downloads.storage import store_for
+
+    filename = release.object_key.rsplit("/", 1)[-1]
+    backend: Any = store_for(store)
+    presign = getattr(backend, "download_url", None)
+    if presign is not None:
+        url: str = presign(release.object_key, filename, ttl)
+        return url
+    token = dumps_timed(RELEASE, {"r": release.id})
+    return f"{get_settings().base_url}/api/v1/releases/download/{token}"

@@ -1,0 +1,82 @@
+"""Site identity: one canonical host per site, and which sites are staging sites.
+
+A site is a host: lowercased, IDNA (UTS #46) to its ASCII form, a leading ``www.`` and a
+trailing dot dropped; scheme, user info, port, path and query are ignored. An IP literal is a
+host too (IPv6 in its compressed form, without brackets). So ``https://WWW.Bücher.example:443/shop/``
+and ``bücher.example`` are both ``xn--bcher-kva.example``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from urllib.parse import urlsplit
+
+import idna
+
+from connector.errors import ValidationFailed
+
+MAX_SITE_INPUT = 2048
+STAGING_TLDS = frozenset({"test", "local", "localhost", "example", "invalid"})
+STAGING_FIRST_LABELS = frozenset({"staging", "stage", "dev", "test", "local"})
+
+
+def _invalid(detail: str) -> ValidationFailed:
+    return ValidationFailed(f"site {detail}", field="site")
+
+
+@functools.lru_cache(maxsize=4096)
+def normalize_site(raw: str) -> str:
+    """The canonical host of ``raw`` (a URL or a bare host).
+
+    Raises:
+        ValidationFailed: ``raw`` does not name a host (422).
+    """
+    text = raw.strip()
+    if not text or len(text) > MAX_SITE_INPUT or any(ord(c) < 33 for c in text):
+        raise _invalid("must be a host name or URL without spaces")
+    if "://" not in text:
+        text = "//" + text
+    try:
+        host = urlsplit(text).hostname
+    except ValueError:
+        raise _invalid("is not a valid URL") from None
+    if not host:
+        raise _invalid("has no host")
+    host = host.rstrip(".")
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    if all(label.isdigit() for label in host.split(".")):
+        raise _invalid("is not a valid IP address")
+    try:
+        ascii_host = idna.encode(host, uts46=True, std3_rules=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        raise _invalid("is not a valid host name") from None
+    ascii_host = ascii_host.lower()
+    if ascii_host.startswith("www.") and ascii_host.count(".") >= 2:
+        ascii_host = ascii_host[4:]
+    if len(ascii_host) > 253 or ("." not in ascii_host and ascii_host != "localhost"):
+        raise _invalid("must be a full host name such as example.com")
+    return ascii_host
+
+
+@functools.lru_cache(maxsize=4096)
+def is_staging_site(site: str) -> bool:
+    """Whether a canonical site is a staging site. Whole labels only, never substrings.
+
+    ``localhost``; a TLD of test, local, localhost, example or invalid; a first label of
+    staging, stage, dev, test or local; or a ``staging`` label before the registrable domain
+    (``shop.staging.example.com``). Loopback IP addresses count as ``localhost``.
+    """
+    try:
+        return ipaddress.ip_address(site).is_loopback
+    except ValueError:
+        pass
+    labels = site.split(".")
+    if site == "localhost" or labels[-1] in STAGING_TLDS:
+        return True
+    if len(labels) > 1 and labels[0] in STAGING_FIRST_LABELS:
+        return True
+    return "staging" in labels[:-2]

@@ -1,0 +1,189 @@
+"""Ed25519 signatures on every license API answer, with key ids and rotation.
+
+The newest activated key that is not retired signs. ``keygate rotate-signing-key --prepare``
+publishes the next key (listed, not signing) so products can pin it first;
+``keygate rotate-signing-key`` then retires the current key and signs with the next one (or
+a new one); retired keys stay listed at ``GET /api/v1/signing-keys`` so answers and license
+files signed with them can still be checked. Private keys are encrypted
+at rest (``Encrypted`` column); the signer of a process is cached for ``CACHE_SECONDS`` so a
+rotation done elsewhere is picked up within that time.
+
+Signed string (DESIGN.md), one line each, joined by ``\\n``::
+
+    (request-target): <lowercase method> <path>[?<query>]
+    host: <Host header as received>
+    date: <Date header>
+    digest: <Digest header>
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from flask import Flask, current_app
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from connector.db import Database, utcnow
+from connector.models import SigningKey
+
+ALGORITHM = "ed25519"
+SIGNED_HEADERS = "(request-target) host date digest"
+CACHE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Signer:
+    kid: str
+    private_key: Ed25519PrivateKey
+    loaded_at: float
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self.private_key.sign(data)).decode("ascii")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def digest_header(body: bytes) -> str:
+    return "sha-256=" + b64(hashlib.sha256(body).digest())
+
+
+def http_date(when: float | None = None) -> str:
+    return formatdate(when, usegmt=True)
+
+
+def request_target(method: str, path: str, query: str = "") -> str:
+    return f"{method.lower()} {path}" + (f"?{query}" if query else "")
+
+
+def signing_string(target: str, host: str, date: str, digest: str) -> bytes:
+    return f"(request-target): {target}\nhost: {host}\ndate: {date}\ndigest: {digest}".encode()
+
+
+def signature_header(kid: str, signature: str) -> str:
+    return (
+        f'keyid="{kid}", algorithm="{ALGORITHM}", signature="{signature}", '
+        f'headers="{SIGNED_HEADERS}"'
+    )
+
+
+def _new_key_row(*, active: bool) -> SigningKey:
+    private = Ed25519PrivateKey.generate()
+    seed = private.private_bytes_raw()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    now = utcnow()
+    return SigningKey(
+        kid="kg-" + secrets.token_hex(6),
+        algorithm=ALGORITHM,
+        public_key=b64(public),
+        private_key=b64(seed),
+        created_at=now,
+        activated_at=now if active else None,
+    )
+
+
+def _active_key(session: Session) -> SigningKey | None:
+    return session.execute(
+        select(SigningKey)
+        .where(SigningKey.retired_at.is_(None), SigningKey.activated_at.is_not(None))
+        .order_by(SigningKey.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def _next_key(session: Session) -> SigningKey | None:
+    return session.execute(
+        select(SigningKey)
+        .where(SigningKey.retired_at.is_(None), SigningKey.activated_at.is_(None))
+        .order_by(SigningKey.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def prepare_signing_key(session: Session) -> SigningKey:
+    """Publish the next key without signing with it (idempotent: one next key at a time)."""
+    row = _next_key(session)
+    if row is None:
+        row = _new_key_row(active=False)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def rotate_signing_key(session: Session) -> SigningKey:
+    """Retire the signing key in use and sign with the prepared next key (or a new one).
+
+    The caller commits.
+    """
+    now = utcnow()
+    row = _next_key(session)
+    session.execute(
+        update(SigningKey)
+        .where(SigningKey.retired_at.is_(None), SigningKey.activated_at.is_not(None))
+        .values(retired_at=now)
+    )
+    if row is None:
+        row = _new_key_row(active=True)
+        session.add(row)
+    else:
+        row.activated_at = now
+    session.flush()
+    return row
+
+
+def ensure_signing_key(session: Session) -> SigningKey:
+    """The key that signs now, made on first use (the caller commits)."""
+    row = _active_key(session)
+    if row is None:
+        row = _new_key_row(active=True)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def published_keys(session: Session) -> list[SigningKey]:
+    """Every key, newest first, retired ones included."""
+    ensure_signing_key(session)
+    return list(session.scalars(select(SigningKey).order_by(SigningKey.id.desc())))
+
+
+_lock = threading.Lock()
+
+
+def current_signer(app: Flask | None = None) -> Signer:
+    """This process's signer, reloaded from the database every ``CACHE_SECONDS``.
+
+    It uses a session of its own, so signing never commits (or is rolled back with) the
+    request's work.
+    """
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    cached: Signer | None = app.extensions.get("keygate.signer")
+    now = time.monotonic()
+    if cached is not None and now - cached.loaded_at < CACHE_SECONDS:
+        return cached
+    with _lock:
+        cached = app.extensions.get("keygate.signer")
+        if cached is not None and now - cached.loaded_at < CACHE_SECONDS:
+            return cached
+        with Database.current().sessionmaker() as session:
+            row = ensure_signing_key(session)
+            session.commit()
+            seed = base64.b64decode(row.private_key)
+            signer = Signer(row.kid, Ed25519PrivateKey.from_private_bytes(seed), now)
+        app.extensions["keygate.signer"] = signer
+        return signer
+
+
+def forget_cached_signer(app: Flask) -> None:
+    """Make the next answer reload the signing key (after a rotation in this process)."""
+    app.extensions.pop("keygate.signer", None)

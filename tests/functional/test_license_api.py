@@ -1,0 +1,348 @@
+"""The license API: every code, signed answers, seats, staging, bad input."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from connector.db import db
+from connector.models import Activation
+from tests.factories import WebhookSender
+from tests.licensing_helpers import call, issue_key
+
+
+def test_valid_key_answers_valid_with_license_block(shop: WebhookSender) -> None:
+    """A good key validates: signed 200, license block as the contract lists, nonce and ts."""
+    key = issue_key(shop, activation_limit=3, duration_days=365)
+    response = call(shop.client, "validate", {"key": key, "nonce": "n-123"})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["valid"] is True
+    assert body["code"] == "VALID"
+    assert body["nonce"] == "n-123"
+    assert body["ts"].endswith("Z")
+    assert body["license"] == {
+        "status": "active",
+        "product": "501",
+        "expires_at": "2027-11-20T11:59:30Z",
+        "updates_until": "2027-11-20T11:59:30Z",
+        "activation_limit": 3,
+        "activations_used": 0,
+    }
+
+
+def _count_activations(app: Flask) -> int:
+    with app.app_context():
+        return db.session.execute(select(func.count()).select_from(Activation)).scalar_one()
+
+
+def test_unknown_key_is_signed_200_not_found(shop: WebhookSender) -> None:
+    """A well-formed key nobody was sold: 200, valid=false, NOT_FOUND, no license block."""
+    from connector.licensing.keys import KeyFormat, generate_key
+
+    issue_key(shop)
+    unknown = generate_key(KeyFormat())
+    body = call(shop.client, "validate", {"key": unknown, "nonce": "x"}).get_json()
+    assert (body["valid"], body["code"], body["license"]) == (False, "NOT_FOUND", None)
+    assert body["nonce"] == "x"
+
+
+def test_mistyped_key_is_not_found_with_a_typo_hint(shop: WebhookSender) -> None:
+    """One wrong character fails the check character: NOT_FOUND, and the detail says typo."""
+    from connector.licensing.keys import ALPHABET, normalize_key
+
+    key = issue_key(shop)
+    # A wrong last character; skip the rare one that a prefix reading would still accept.
+    typo = next(
+        key[:-1] + c for c in ALPHABET if c != key[-1] and normalize_key(key[:-1] + c) is None
+    )
+    response = call(shop.client, "validate", {"key": typo})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["valid"], body["code"]) == (False, "NOT_FOUND")
+    assert "typo" in body["detail"]
+
+
+def test_key_is_forgiving_about_case_and_spaces(shop: WebhookSender) -> None:
+    """The key as a person retypes it (lower case, spaces) still validates."""
+    key = issue_key(shop)
+    body = call(shop.client, "validate", {"key": key.lower().replace("-", " ")}).get_json()
+    assert body["code"] == "VALID"
+
+
+@pytest.mark.parametrize(
+    ("raw", "body", "status"),
+    [
+        (None, {"nonce": "n"}, 422),
+        (None, {"key": 12345}, 422),
+        (None, {"key": ""}, 422),
+        (b"key=ABC", None, 400),
+        (b"[1, 2]", None, 400),
+        (b"{", None, 400),
+        (b"[" * 16000, None, 400),
+        (b'{"key": "\xff\xfe"}', None, 400),
+        (b'{"key": "' + b"A" * 20000 + b'"}', None, 413),
+    ],
+)
+def test_bad_input_is_a_signed_problem(
+    shop: WebhookSender, raw: bytes | None, body: dict[str, object] | None, status: int
+) -> None:
+    """Missing key 422, non-JSON 400, oversized 413: problem+json, signed like any answer."""
+    response = call(
+        shop.client, "validate", body, raw=raw, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["status"] == status
+    assert "ts" in problem
+
+
+def test_missing_key_problem_echoes_the_nonce(shop: WebhookSender) -> None:
+    """Errors carry the nonce too, so a client can match them to its request."""
+    response = call(shop.client, "activate", {"nonce": "abc", "site": "shop.com"})
+    assert response.status_code == 422
+    assert response.get_json()["nonce"] == "abc"
+
+
+def test_product_mismatch(shop: WebhookSender) -> None:
+    """A key for product 501 asked about product 777: PRODUCT_MISMATCH."""
+    key = issue_key(shop)
+    body = call(shop.client, "validate", {"key": key, "product": "777"}).get_json()
+    assert (body["valid"], body["code"]) == (False, "PRODUCT_MISMATCH")
+    assert call(shop.client, "validate", {"key": key, "product": 501}).get_json()["valid"]
+
+
+def test_expired_license(shop: WebhookSender) -> None:
+    """A one-day license paid days ago is EXPIRED, and its status reads expired."""
+    key = issue_key(shop, duration_days=1)
+    body = call(shop.client, "validate", {"key": key}).get_json()
+    assert (body["valid"], body["code"]) == (False, "EXPIRED")
+    assert body["license"]["status"] == "expired"
+
+
+def test_owner_revokes_suspends_reinstates_and_extends(app: Flask, shop: WebhookSender) -> None:
+    """Owner actions change what products hear, carry reason "admin" and are audited."""
+    from connector.models import AuditEvent, License
+
+    key = issue_key(shop, duration_days=1)
+    assert shop.admin("POST", f"/licenses/{key}/suspend").status_code == 200
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "SUSPENDED"
+    response = shop.admin("POST", f"/licenses/{key}/revoke")
+    assert response.get_json()["license"]["status_reason"] == "admin"
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "REVOKED"
+    shop.admin("POST", f"/licenses/{key}/reinstate")
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "EXPIRED"
+    extended = shop.admin("POST", f"/licenses/{key}/extend", {"days": 30})
+    assert extended.status_code == 200
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "VALID"
+    assert shop.admin("POST", f"/licenses/{key}/extend", {}).status_code == 422
+    assert shop.admin("POST", f"/licenses/{key}/explode").status_code == 404
+    assert shop.admin("POST", "/licenses/NOPE-NOPE/revoke").status_code == 404
+    with app.app_context():
+        actions = db.session.scalars(
+            select(AuditEvent.action).where(AuditEvent.action.like("license.%"))
+        ).all()
+        assert sorted(actions) == [
+            "license.extend",
+            "license.reinstate",
+            "license.revoke",
+            "license.suspend",
+        ]
+        lic = db.session.execute(select(License)).scalar_one()
+        assert lic.status == "active"
+
+
+def test_owner_revocation_survives_a_redelivered_paid_order(shop: WebhookSender) -> None:
+    """The order service never undoes a revocation the owner made."""
+    from tests.factories import line_item, wc_order
+
+    shop.configure(501)
+    shop.deliver(wc_order(8801, "processing", [line_item(501, line_id=1)]))
+    key = shop.order(8801)["licenses"][0]["key"]
+    shop.admin("POST", f"/licenses/{key}/revoke")
+    shop.deliver(wc_order(8801, "completed", [line_item(501, line_id=1)], modified=60))
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "REVOKED"
+
+
+def test_admin_license_list_filters(shop: WebhookSender) -> None:
+    """GET /licenses filters by email, status and product, scoped to the store."""
+    from tests.factories import line_item, wc_order
+
+    shop.configure(501)
+    shop.configure(777)
+    shop.deliver(wc_order(8901, "processing", [line_item(501)], email="ada@example.org"))
+    shop.deliver(wc_order(8902, "processing", [line_item(777)], email="bob@example.org"))
+    bob_key = shop.order(8902)["licenses"][0]["key"]
+    shop.admin("POST", f"/licenses/{bob_key}/suspend")
+
+    def listed(query: str) -> list[str]:
+        response = shop.admin("GET", f"/licenses?{query}")
+        assert response.status_code == 200
+        return [lic["email"] for lic in response.get_json()["licenses"]]
+
+    assert sorted(listed("")) == ["ada@example.org", "bob@example.org"]
+    assert listed("email=ADA@example.org") == ["ada@example.org"]
+    assert listed("status=suspended") == ["bob@example.org"]
+    assert listed("status=active") == ["ada@example.org"]
+    assert listed("product=777") == ["bob@example.org"]
+    assert shop.admin("GET", "/licenses?status=bogus").status_code == 422
+    assert shop.client.get("/api/v1/admin/licenses").status_code == 401
+
+
+def test_activation_limit_and_same_identity_twice(app: Flask, shop: WebhookSender) -> None:
+    """Two seats: the same identity twice is one activation; a third site is refused."""
+    key = issue_key(shop, activation_limit=2)
+    first = call(shop.client, "activate", {"key": key, "site": "shop-one.com"}).get_json()
+    again = call(shop.client, "activate", {"key": key, "site": "https://shop-one.com/"}).get_json()
+    assert first["code"] == again["code"] == "VALID"
+    assert first["activation"]["id"] == again["activation"]["id"]
+    second = call(shop.client, "activate", {"key": key, "site": "shop-two.com", "label": "B"})
+    assert second.get_json()["license"]["activations_used"] == 2
+    third = call(shop.client, "activate", {"key": key, "site": "shop-three.com"}).get_json()
+    assert (third["valid"], third["code"]) == (False, "TOO_MANY_ACTIVATIONS")
+    assert _count_activations(app) == 2
+    detail = shop.admin("GET", f"/licenses/{key}").get_json()
+    assert [a["site"] for a in detail["activations"]] == ["shop-one.com", "shop-two.com"]
+    assert detail["activations"][1]["label"] == "B"
+    first_id = detail["activations"][0]["id"]
+    assert shop.admin("DELETE", f"/licenses/{key}/activations/{first_id}").status_code == 204
+    assert shop.admin("DELETE", f"/licenses/{key}/activations/{first_id}").status_code == 404
+    assert call(shop.client, "activate", {"key": key, "site": "shop-three.com"}).get_json()["valid"]
+
+
+def test_activate_needs_a_site_or_fingerprint(shop: WebhookSender) -> None:
+    """Activating nothing in particular is bad input (422), not a silent seat."""
+    key = issue_key(shop)
+    assert call(shop.client, "activate", {"key": key}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    "staging",
+    [
+        "localhost",
+        "http://localhost:8080",
+        "127.0.0.1",
+        "shop.test",
+        "dev.shop.com",
+        "staging.shop.com",
+        "shop.staging.example.com",
+        "stage.shop.com",
+        "mysite.local",
+    ],
+)
+def test_staging_sites_take_no_seat(shop: WebhookSender, staging: str) -> None:
+    """With one seat used, staging sites still activate and validate: they are free."""
+    key = issue_key(shop, activation_limit=1)
+    call(shop.client, "activate", {"key": key, "site": "production.com"})
+    body = call(shop.client, "activate", {"key": key, "site": staging}).get_json()
+    assert body["code"] == "VALID", body
+    assert body["activation"]["staging"] is True
+    assert body["license"]["activations_used"] == 1
+
+
+@pytest.mark.parametrize(
+    "production",
+    ["devices.com", "mystaging.com", "mydev.com", "testing.com", "shop.localdomain.com"],
+)
+def test_lookalike_staging_names_are_production_sites(shop: WebhookSender, production: str) -> None:
+    """Whole labels only: devices.com and friends take a seat like any production site."""
+    key = issue_key(shop, activation_limit=1)
+    call(shop.client, "activate", {"key": key, "site": "production.com"})
+    body = call(shop.client, "activate", {"key": key, "site": production}).get_json()
+    assert body["code"] == "TOO_MANY_ACTIVATIONS"
+
+
+def test_staging_is_not_free_when_the_policy_says_so(shop: WebhookSender) -> None:
+    """staging_free=false: localhost takes a seat like any site."""
+    key = issue_key(shop, activation_limit=1, staging_free=False)
+    call(shop.client, "activate", {"key": key, "site": "production.com"})
+    body = call(shop.client, "activate", {"key": key, "site": "localhost"}).get_json()
+    assert body["code"] == "TOO_MANY_ACTIVATIONS"
+
+
+def test_idna_site_forms_are_one_site(app: Flask, shop: WebhookSender) -> None:
+    """https://WWW.Bücher.de:443/shop/ and bücher.de and xn--bcher-kva.de. are one site."""
+    key = issue_key(shop, activation_limit=1)
+    body = call(
+        shop.client, "activate", {"key": key, "site": "https://WWW.Bücher.de:443/shop/"}
+    ).get_json()
+    assert body["activation"]["site"] == "xn--bcher-kva.de"
+    for form in ["bücher.de", "xn--bcher-kva.de.", "http://www.BÜCHER.de/x?y=1"]:
+        assert call(shop.client, "validate", {"key": key, "site": form}).get_json()["valid"]
+        again = call(shop.client, "activate", {"key": key, "site": form}).get_json()
+        assert again["activation"]["id"] == body["activation"]["id"]
+    assert _count_activations(app) == 1
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ["not a site", "http://", "a_b.com", "-x-.com", "999.1.1.1", "example", "https://exa mple.com"],
+)
+def test_garbage_sites_are_422(shop: WebhookSender, garbage: str) -> None:
+    """A site that is not a host is refused, signed, never a 500."""
+    key = issue_key(shop)
+    response = call(shop.client, "activate", {"key": key, "site": garbage})
+    assert response.status_code == 422
+    assert response.get_json()["field"] == "site"
+
+
+def test_identity_codes(shop: WebhookSender) -> None:
+    """NO_ACTIVATION, SITE_MISMATCH and FINGERPRINT_MISMATCH say what is wrong."""
+    key = issue_key(shop, activation_limit=3)
+    body = call(shop.client, "validate", {"key": key, "site": "a-shop.com"}).get_json()
+    assert (body["valid"], body["code"]) == (False, "NO_ACTIVATION")
+    call(shop.client, "activate", {"key": key, "site": "a-shop.com", "fingerprint": "fp-1"})
+
+    def code(**identity: str) -> str:
+        result: str = call(shop.client, "validate", {"key": key, **identity}).get_json()["code"]
+        return result
+
+    assert code(site="a-shop.com", fingerprint="fp-1") == "VALID"
+    assert code(site="a-shop.com", fingerprint="fp-2") == "FINGERPRINT_MISMATCH"
+    assert code(site="b-shop.com", fingerprint="fp-1") == "SITE_MISMATCH"
+    assert code(site="b-shop.com") == "SITE_MISMATCH"
+    assert code(fingerprint="fp-9") == "FINGERPRINT_MISMATCH"
+
+
+def test_deactivate_frees_the_seat(shop: WebhookSender) -> None:
+    """Deactivating releases the seat for another site; a second time there is nothing."""
+    key = issue_key(shop, activation_limit=1)
+    call(shop.client, "activate", {"key": key, "site": "one.com"})
+    body = call(shop.client, "deactivate", {"key": key, "site": "www.one.com"}).get_json()
+    assert (body["valid"], body["code"]) == (True, "DEACTIVATED")
+    assert body["license"]["activations_used"] == 0
+    again = call(shop.client, "deactivate", {"key": key, "site": "one.com"}).get_json()
+    assert again["code"] == "NO_ACTIVATION"
+    assert call(shop.client, "activate", {"key": key, "site": "two.com"}).get_json()["valid"]
+
+
+def test_binding_changes_past_the_threshold_flag_and_suspend(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """abuse_threshold=3 with abuse_suspend: the 4th change flags, suspends and audits."""
+    from connector.models import AuditEvent, LicenseFlag
+
+    key = issue_key(shop, activation_limit=1, abuse_threshold=3, abuse_suspend=True)
+    for site in ["a.com", "b.com"]:
+        call(shop.client, "activate", {"key": key, "site": site})
+        call(shop.client, "deactivate", {"key": key, "site": site})
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "SUSPENDED"
+    listed = shop.admin("GET", "/licenses").get_json()["licenses"][0]
+    assert listed["flagged"] is True
+    assert listed["status_reason"] == "abuse"
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(LicenseFlag)).scalar_one() == 1
+        actions = set(db.session.scalars(select(AuditEvent.action)))
+        assert {"license.flagged", "license.suspended"} <= actions
+
+
+def test_binding_changes_under_the_threshold_do_nothing(shop: WebhookSender) -> None:
+    """Three changes with a threshold of 3 is normal use."""
+    key = issue_key(shop, activation_limit=1, abuse_threshold=3, abuse_suspend=True)
+    call(shop.client, "activate", {"key": key, "site": "a.com"})
+    call(shop.client, "deactivate", {"key": key, "site": "a.com"})
+    call(shop.client, "activate", {"key": key, "site": "b.com"})
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "VALID"
+    assert shop.admin("GET", "/licenses").get_json()["licenses"][0]["flagged"] is False

@@ -1,0 +1,204 @@
+"""Against real servers on loopback: the client library, and seats across two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from connector.client import (
+    KeygateClient,
+    RequestRejected,
+    SignatureError,
+    Unavailable,
+    verify_response,
+)
+from connector.db import db
+from connector.models import Activation
+from tests.conftest import MASTER_KEY, SECRET_KEY
+from tests.factories import WebhookSender
+from tests.licensing_helpers import free_port, issue_key, public_keys, wait_until_serving
+
+
+class LiveServer:
+    """The test app served over real HTTP in a thread, on a free loopback port.
+
+    werkzeug's threaded server, because it stops cleanly from another thread (each
+    connection is closed after its request).
+    """
+
+    def __init__(self, app: Flask) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live(app: Flask) -> Iterator[LiveServer]:
+    server = LiveServer(app)
+    wait_until_serving(server.port)
+    yield server
+    server.stop()
+
+
+def _pinned(live: LiveServer) -> dict[str, str]:
+    with urllib.request.urlopen(live.url + "/api/v1/signing-keys", timeout=5) as response:
+        return {k["kid"]: k["public_key"] for k in json.load(response)["keys"]}
+
+
+def test_client_activates_and_validates_against_the_live_server(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """The client verifies each real answer (signature, digest, date, nonce) and reads it."""
+    key = issue_key(shop, activation_limit=1)
+    client = KeygateClient(live.url, _pinned(live), product="501")
+    activated = client.activate(key, site="https://www.customer-shop.com/")
+    assert (activated.valid, activated.code) == (True, "VALID")
+    assert activated.data["activation"]["site"] == "customer-shop.com"
+    result = client.validate(key, site="customer-shop.com")
+    assert (result.valid, result.code, result.offline) == (True, "VALID", False)
+    assert result.license is not None and result.license["activations_used"] == 1
+    refused = client.activate(key, site="another-shop.com")
+    assert refused.code == "TOO_MANY_ACTIVATIONS"
+    with pytest.raises(RequestRejected) as rejected:
+        client.activate(key)
+    assert rejected.value.status == 422
+    file = client.checkout(key, site="customer-shop.com").data["license_file"]
+    from connector.client import verify_license_file
+
+    assert verify_license_file(file, _pinned(live), key=key)["site"] == "customer-shop.com"
+
+
+def test_client_refuses_answers_from_an_unpinned_key(shop: WebhookSender, live: LiveServer) -> None:
+    """Pinned keys that are not Keygate's: every answer is refused."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = issue_key(shop)
+    stranger = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    pinned = {kid: stranger for kid in _pinned(live)}
+    with pytest.raises(SignatureError):
+        KeygateClient(live.url, pinned).validate(key)
+
+
+def test_offline_grace_uses_the_last_good_answer(
+    shop: WebhookSender, app: Flask, tmp_path: Path
+) -> None:
+    """Keygate down: the last verified answer serves within the grace period, from the file
+    too; a tampered cache file or an elapsed grace period gives Unavailable."""
+    key = issue_key(shop)
+    server = LiveServer(app)
+    wait_until_serving(server.port)
+    cache = tmp_path / "cache.json"
+    keys = _pinned(server)
+    client = KeygateClient(server.url, keys, product="501", cache_path=cache)
+    assert client.validate(key).offline is False
+    server.stop()
+
+    offline = client.validate(key)
+    assert (offline.valid, offline.code, offline.offline) == (True, "VALID", True)
+    restarted = KeygateClient(server.url, keys, product="501", cache_path=cache, timeout=2)
+    assert restarted.validate(key).offline is True
+    with pytest.raises(Unavailable):
+        KeygateClient(server.url, keys, product="501", cache_path=cache, grace_period=0).validate(
+            key
+        )
+    with pytest.raises(Unavailable):
+        client.validate(key, site="never-validated.com")
+
+    stored = json.loads(cache.read_text())
+    for record in stored.values():
+        record["body"] = record["body"].replace('"status":"active"', '"status":"revoked"')
+    cache.write_text(json.dumps(stored))
+    with pytest.raises(Unavailable):
+        KeygateClient(server.url, keys, product="501", cache_path=cache).validate(key)
+
+
+def test_fifty_parallel_activations_of_three_seats_from_two_processes(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """Two server processes, 50 activations of a 3-seat key at once: exactly 3 succeed
+    (and every answer waitress delivers verifies)."""
+    key = issue_key(shop, activation_limit=3)
+    keys = public_keys(shop.client)  # the signing key exists before the servers race for it
+    env = dict(
+        os.environ,
+        KEYGATE_DATABASE_URL=app.extensions["keygate.settings"].database_url,
+        KEYGATE_MASTER_KEY=MASTER_KEY,
+        KEYGATE_SECRET_KEY=SECRET_KEY,
+        KEYGATE_INSTANCE_DIR=str(tmp_path / "instance"),
+        KEYGATE_WORKER="off",
+        KEYGATE_RATELIMIT_ENABLED="false",
+    )
+    ports = [free_port(), free_port()]
+    servers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "waitress",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--threads",
+                "8",
+                "--call",
+                "connector:create_app",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            wait_until_serving(port)
+        barrier = threading.Barrier(50)
+
+        def activate(i: int) -> str:
+            body = json.dumps({"key": key, "site": f"shop-{i}.com"}).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{ports[i % 2]}/api/v1/licenses/activate",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            barrier.wait(timeout=30)
+            with urllib.request.urlopen(request, timeout=60) as response:
+                data = verify_response(
+                    method="POST",
+                    url=request.full_url,
+                    headers=dict(response.headers.items()),
+                    body=response.read(),
+                    public_keys=keys,
+                )
+                code: str = data["code"]
+                return code
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            codes = list(pool.map(activate, range(50)))
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+    assert codes.count("VALID") == 3, codes
+    assert codes.count("TOO_MANY_ACTIVATIONS") == 47
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Activation)).scalar_one() == 3

@@ -1,0 +1,263 @@
+"""Signatures on every answer, key rotation, tampering, and rate limits with records."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from flask import Flask
+from sqlalchemy import select
+
+from connector import create_app
+from connector.client import SignatureError, verify_response
+from connector.db import db
+from connector.models import SecurityEvent
+from connector.stores import create_store
+from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
+from tests.factories import WebhookSender
+from tests.licensing_helpers import call, issue_key, public_keys, verify_signed
+
+
+def _signed_answer(shop: WebhookSender) -> tuple[dict[str, str], bytes, dict[str, str]]:
+    key = issue_key(shop)
+    response = shop.client.post("/api/v1/licenses/validate", json={"key": key, "nonce": "n1"})
+    return dict(response.headers.items()), response.get_data(), public_keys(shop.client)
+
+
+def _verify(headers: dict[str, str], body: bytes, keys: dict[str, str], **kw: object) -> None:
+    verify_response(
+        method="POST",
+        url="http://localhost/api/v1/licenses/validate",
+        headers=headers,
+        body=body,
+        public_keys=keys,
+        nonce=kw.pop("nonce", "n1"),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_signature_covers_target_host_date_and_digest(shop: WebhookSender) -> None:
+    """The header names the key and the signed headers; the signed string is DESIGN's."""
+    headers, body, keys = _signed_answer(shop)
+    assert headers["Digest"].startswith("sha-256=")
+    assert 'algorithm="ed25519"' in headers["Keygate-Signature"]
+    assert 'headers="(request-target) host date digest"' in headers["Keygate-Signature"]
+    _verify(headers, body, keys)
+    # Checked by hand too, from DESIGN.md's definition, not through the client library.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    params = dict(part.strip().split("=", 1) for part in headers["Keygate-Signature"].split(","))
+    kid = params["keyid"].strip('"')
+    signed = (
+        "(request-target): post /api/v1/licenses/validate\nhost: localhost\n"
+        f"date: {headers['Date']}\ndigest: {headers['Digest']}"
+    ).encode()
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(keys[kid]))
+    public.verify(base64.b64decode(params["signature"].strip('"')), signed)
+
+
+def test_client_rejects_a_changed_body(shop: WebhookSender) -> None:
+    headers, body, keys = _signed_answer(shop)
+    forged = body.replace(b'"valid":true', b'"valid":false')
+    assert forged != body
+    with pytest.raises(SignatureError, match="Digest"):
+        _verify(headers, forged, keys)
+
+
+def test_client_rejects_a_changed_body_with_a_recomputed_digest(shop: WebhookSender) -> None:
+    """An attacker who also fixes the Digest still fails the signature."""
+    import hashlib
+
+    headers, body, keys = _signed_answer(shop)
+    forged = body.replace(b'"valid":true', b'"valid":false')
+    headers["Digest"] = "sha-256=" + base64.b64encode(hashlib.sha256(forged).digest()).decode()
+    with pytest.raises(SignatureError, match="signature"):
+        _verify(headers, forged, keys)
+
+
+def test_client_rejects_changed_headers(shop: WebhookSender) -> None:
+    """A changed Date, a stripped signature, another key id: all refused."""
+    headers, body, keys = _signed_answer(shop)
+    moved = dict(headers, Date="Mon, 23 Nov 2026 10:00:00 GMT")
+    with pytest.raises(SignatureError):
+        _verify(moved, body, keys, max_skew=None)
+    with pytest.raises(SignatureError):
+        _verify({k: v for k, v in headers.items() if k != "Keygate-Signature"}, body, keys)
+    other = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    with pytest.raises(SignatureError, match="signature"):
+        _verify(headers, body, {kid: base64.b64encode(other).decode() for kid in keys})
+    with pytest.raises(SignatureError, match="unknown signing key"):
+        _verify(headers, body, {"kg-nope": next(iter(keys.values()))})
+
+
+def test_client_rejects_replays_and_stale_answers(shop: WebhookSender) -> None:
+    """Another request's nonce, or an answer older than the allowed skew, is refused."""
+    headers, body, keys = _signed_answer(shop)
+    with pytest.raises(SignatureError, match="nonce"):
+        _verify(headers, body, keys, nonce="another")
+    with pytest.raises(SignatureError, match="Date"):
+        _verify(headers, body, keys, now=time.time() + 3600)
+
+
+def test_client_rejects_a_different_request_target(shop: WebhookSender) -> None:
+    """An answer to /validate replayed as the answer to /activate fails."""
+    headers, body, keys = _signed_answer(shop)
+    with pytest.raises(SignatureError):
+        verify_response(
+            method="POST",
+            url="http://localhost/api/v1/licenses/activate",
+            headers=headers,
+            body=body,
+            public_keys=keys,
+        )
+
+
+def test_signing_keys_are_signed_and_listed(shop: WebhookSender) -> None:
+    """GET /signing-keys: kid, alg ed25519, 32-byte public keys in standard base64, signed."""
+    response = shop.client.get("/api/v1/signing-keys")
+    body = verify_signed(shop.client, "GET", "/api/v1/signing-keys", response)
+    (key,) = body["keys"]
+    assert key["alg"] == "ed25519"
+    assert len(base64.b64decode(key["public_key"], validate=True)) == 32
+
+
+def test_rotation_keeps_old_keys_published(app: Flask, shop: WebhookSender, tmp_path: Path) -> None:
+    """rotate-signing-key --prepare publishes the next key without signing with it; the
+    rotation then signs with that key, and the old one stays listed as retired."""
+    from connector.cli import main
+    from connector.signing import forget_cached_signer
+
+    key = issue_key(shop)
+    old_kid = next(iter(public_keys(shop.client)))
+    env = {
+        "KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"),
+        "KEYGATE_DATABASE_URL": app.extensions["keygate.settings"].database_url,
+        "KEYGATE_MASTER_KEY": MASTER_KEY,
+        "KEYGATE_SECRET_KEY": SECRET_KEY,
+        "KEYGATE_WORKER": "off",
+    }
+
+    def statuses() -> dict[str, str]:
+        listed = shop.client.get("/api/v1/signing-keys").get_json()["keys"]
+        return {k["kid"]: k["status"] for k in listed}
+
+    def signing_kid() -> str:
+        header = call(shop.client, "validate", {"key": key}).headers["Keygate-Signature"]
+        return header.split('keyid="', 1)[1].split('"', 1)[0]
+
+    prepared = CliRunner().invoke(main, ["rotate-signing-key", "--prepare"], env=env)
+    assert prepared.exit_code == 0, prepared.output
+    forget_cached_signer(app)
+    (next_kid,) = [kid for kid, status in statuses().items() if status == "next"]
+    assert statuses()[old_kid] == "active"
+    assert signing_kid() == old_kid  # published, not signing yet
+
+    result = CliRunner().invoke(main, ["rotate-signing-key"], env=env)
+    assert result.exit_code == 0, result.output
+    assert next_kid in result.output
+    forget_cached_signer(app)
+    assert statuses() == {old_kid: "retired", next_kid: "active"}
+    assert signing_kid() == next_kid
+
+    again = CliRunner().invoke(main, ["rotate-signing-key"], env=env)
+    assert again.exit_code == 0, again.output
+    forget_cached_signer(app)
+    assert sorted(statuses().values()) == ["active", "retired", "retired"]
+
+
+def test_unknown_path_under_the_api_is_signed_too(shop: WebhookSender) -> None:
+    """Even a routing error (wrong method) on the license API is a signed answer."""
+    response = shop.client.get("/api/v1/licenses/validate")
+    assert response.status_code == 405
+    verify_signed(shop.client, "GET", "/api/v1/licenses/validate", response)
+
+
+@pytest.fixture
+def limited_app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(
+        app_overrides(
+            tmp_path,
+            database_url,
+            ratelimit_license_per_key="3/minute",
+            ratelimit_license_per_ip="5/minute",
+        )
+    )
+    yield application
+    application.extensions["keygate.db"].engine.dispose()
+
+
+def _limited_shop(app: Flask) -> WebhookSender:
+    with app.app_context():
+        created = create_store(db.session, "Limited", "https://shop.example")
+        db.session.commit()
+    return WebhookSender(app.test_client(), created)
+
+
+def test_per_key_limit_answers_signed_429_and_keeps_a_record(limited_app: Flask) -> None:
+    """The 4th call with one key in a minute: 429 + Retry-After, signed; IP kept hashed."""
+    shop = _limited_shop(limited_app)
+    key = issue_key(shop)
+    for _ in range(3):
+        assert call(shop.client, "validate", {"key": key}).status_code == 200
+    response = call(shop.client, "validate", {"key": key, "nonce": "r"})
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.get_json()["nonce"] == "r"
+    with limited_app.app_context():
+        (event,) = db.session.scalars(select(SecurityEvent)).all()
+        assert (event.kind, event.scope) == ("rate_limited", "key")
+        assert event.license_id is not None
+        assert "127.0.0.1" not in event.ip_hash and len(event.ip_hash) == 64
+    # Another key from the same address is still served (per-IP limit is 5).
+    other = issue_key(shop, product_id=502)
+    assert call(shop.client, "validate", {"key": other}).status_code == 200
+
+
+def test_per_ip_limit_covers_keyless_and_unknown_keys(limited_app: Flask) -> None:
+    """Guessing keys from one address hits the per-IP limit."""
+    shop = _limited_shop(limited_app)
+    statuses = [
+        call(shop.client, "validate", {"key": f"KG-GUESS-{i}"}).status_code for i in range(6)
+    ]
+    assert statuses == [200] * 5 + [429]
+    with limited_app.app_context():
+        (event,) = db.session.scalars(select(SecurityEvent)).all()
+        assert event.scope == "ip"
+
+
+def test_limits_are_shared_through_redis(tmp_path: Path, database_url: str) -> None:
+    """Two app instances (two servers) on one Redis share the per-key budget.
+
+    Buckets are per (random) license key, so runs never share one; they expire in a minute.
+    """
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    apps = [
+        create_app(
+            app_overrides(
+                tmp_path,
+                database_url,
+                ratelimit_storage_uri="redis://127.0.0.1:6379/0",
+                ratelimit_license_per_key="4/minute",
+            )
+        )
+        for _ in range(2)
+    ]
+    try:
+        shop = _limited_shop(apps[0])
+        key = issue_key(shop)
+        clients = [a.test_client() for a in apps]
+        statuses = [
+            clients[i % 2].post("/api/v1/licenses/validate", json={"key": key}).status_code
+            for i in range(6)
+        ]
+        assert statuses == [200, 200, 200, 200, 429, 429]
+    finally:
+        for a in apps:
+            a.extensions["keygate.db"].engine.dispose()

@@ -1,0 +1,210 @@
+"""Releases, update-check, perpetual fallback and offline license files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from connector import get_settings
+from connector.client import LicenseFileError, verify_license_file
+from tests.factories import WebhookSender
+from tests.licensing_helpers import call, issue_key, public_keys
+
+# wc_order's date_paid is 2026-11-20T11:59:30Z; policies count from there.
+PAID = dt.datetime(2026, 11, 20, 11, 59, 30, tzinfo=dt.UTC)
+
+
+def publish(shop: WebhookSender, version: str, published: dt.datetime, **extra: object) -> None:
+    body = {
+        "version": version,
+        "object_key": f"releases/plugin-{version}.zip",
+        "sha256": hashlib.sha256(version.encode()).hexdigest(),
+        "size": 1234,
+        "published_at": published.isoformat(),
+        "changelog": f"Changes in {version}",
+        **extra,
+    }
+    response = shop.admin("POST", "/products/501/releases", body)
+    assert response.status_code == 201, response.get_data(as_text=True)
+
+
+def test_release_input_is_checked(shop: WebhookSender) -> None:
+    """A release needs a version, hex sha256 and size; a version is published once."""
+    issue_key(shop)
+    publish(shop, "1.0.0", PAID)
+    good = {"version": "1.0.1", "object_key": "r/x.zip", "sha256": "a" * 64, "size": 1}
+    for bad in [
+        {**good, "sha256": "xyz"},
+        {**good, "size": None},
+        {**good, "version": "1 0"},
+        {**good, "object_key": "../etc/passwd"},
+        {**good, "published_at": "yesterday"},
+    ]:
+        assert shop.admin("POST", "/products/501/releases", bad).status_code == 422, bad
+    assert shop.admin("POST", "/products/999/releases", good).status_code == 404
+    assert (
+        shop.admin("POST", "/products/501/releases", {**good, "version": "1.0.0"}).status_code
+        == 409
+    )
+    listed = shop.admin("GET", "/products/501/releases").get_json()["releases"]
+    assert [r["version"] for r in listed] == ["1.0.0"]
+
+
+def test_update_offered_within_the_update_window(app: Flask, shop: WebhookSender) -> None:
+    """The newest release published before updates_until is offered with a working URL."""
+    key = issue_key(shop, update_days=30)
+    publish(shop, "1.0.0", PAID - dt.timedelta(days=10))
+    publish(shop, "1.2.0", PAID + dt.timedelta(days=5))
+    publish(shop, "1.10.0", PAID + dt.timedelta(days=20))
+    publish(shop, "2.0.0", PAID + dt.timedelta(days=60))
+    with app.app_context():
+        target = get_settings().storage_dir / "releases" / "plugin-1.10.0.zip"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"zip bytes of 1.10.0")
+
+    body = call(
+        shop.client, "update-check", {"key": key, "product": "501", "version": "1.0.0"}
+    ).get_json()
+    assert (body["valid"], body["code"]) == (True, "VALID")
+    update = body["update"]
+    assert update["version"] == "1.10.0"
+    assert update["sha256"] == hashlib.sha256(b"1.10.0").hexdigest()
+    assert update["size"] == 1234
+    assert update["changelog"] == "Changes in 1.10.0"
+    url = update["download_url"]
+    assert url.startswith("http://keygate.test/api/v1/releases/download/")
+    download = shop.client.get(url.removeprefix("http://keygate.test"))
+    assert download.status_code == 200
+    assert download.get_data() == b"zip bytes of 1.10.0"
+    download.close()
+    tampered = shop.client.get(url.removeprefix("http://keygate.test")[:-3] + "abc")
+    assert tampered.status_code == 404
+
+    latest = call(
+        shop.client, "update-check", {"key": key, "product": "501", "version": "1.10.0"}
+    ).get_json()
+    assert (latest["valid"], latest["code"]) == (False, "UPDATES_EXPIRED")
+    assert latest["update"] is None
+
+
+def test_up_to_date_and_product_mismatch(shop: WebhookSender) -> None:
+    """Nothing newer: VALID with update null. Another product's key: PRODUCT_MISMATCH."""
+    key = issue_key(shop)
+    publish(shop, "1.0.0", PAID)
+    body = call(
+        shop.client, "update-check", {"key": key, "product": "501", "version": "1.0.0"}
+    ).get_json()
+    assert (body["code"], body["update"]) == ("VALID", None)
+    other = call(
+        shop.client, "update-check", {"key": key, "product": "9", "version": "1.0.0"}
+    ).get_json()
+    assert other["code"] == "PRODUCT_MISMATCH"
+    missing = call(shop.client, "update-check", {"key": key, "version": "1.0.0"})
+    assert missing.status_code == 422
+
+
+def test_perpetual_fallback_keeps_old_versions_working(shop: WebhookSender) -> None:
+    """Expired + perpetual_fallback: versions released before expiry validate, newer don't."""
+    key = issue_key(shop, duration_days=2, perpetual_fallback=True)
+    publish(shop, "1.0.0", PAID + dt.timedelta(days=1))
+    publish(shop, "2.0.0", PAID + dt.timedelta(days=3))
+    old = call(shop.client, "validate", {"key": key, "version": "1.0.0"}).get_json()
+    assert (old["valid"], old["code"]) == (True, "VALID")
+    new = call(shop.client, "validate", {"key": key, "version": "2.0.0"}).get_json()
+    assert (new["valid"], new["code"]) == (False, "EXPIRED")
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "EXPIRED"
+
+
+def test_no_fallback_without_the_policy(shop: WebhookSender) -> None:
+    """Without perpetual_fallback an expired license is expired for every version."""
+    key = issue_key(shop, duration_days=2)
+    publish(shop, "1.0.0", PAID + dt.timedelta(days=1))
+    body = call(shop.client, "validate", {"key": key, "version": "1.0.0"}).get_json()
+    assert body["code"] == "EXPIRED"
+
+
+def test_offline_license_file_verifies_without_the_network(shop: WebhookSender) -> None:
+    """checkout gives a signed, encrypted file the client checks offline, with a TTL."""
+    key = issue_key(shop, duration_days=365)
+    call(shop.client, "activate", {"key": key, "site": "shop-one.com"})
+    body = call(
+        shop.client,
+        "checkout",
+        {"key": key, "site": "shop-one.com", "ttl": 7200, "encrypt": True, "nonce": "c"},
+    ).get_json()
+    assert body["code"] == "VALID"
+    text = body["license_file"]
+    keys = public_keys(shop.client)
+    content = verify_license_file(text, keys, key=key.lower())
+    assert content["license"]["product"] == "501"
+    assert content["site"] == "shop-one.com"
+    expiry = dt.datetime.fromisoformat(content["expiry"].replace("Z", "+00:00"))
+    issued = dt.datetime.fromisoformat(content["issued"].replace("Z", "+00:00"))
+    assert expiry - issued == dt.timedelta(seconds=7200)
+
+    with pytest.raises(LicenseFileError, match="pass the license key"):
+        verify_license_file(text, keys)
+    with pytest.raises(LicenseFileError, match="another key"):
+        verify_license_file(text, keys, key="KG-AAAAA-BBBBB-CCCCC-DDDDD")
+    with pytest.raises(LicenseFileError, match="expired"):
+        verify_license_file(text, keys, key=key, now=expiry + dt.timedelta(seconds=1))
+    lines = text.splitlines()
+    lines[2] = lines[2][:10] + ("A" if lines[2][10] != "A" else "B") + lines[2][11:]
+    with pytest.raises(LicenseFileError):
+        verify_license_file("\n".join(lines), keys, key=key)
+    with pytest.raises(LicenseFileError, match="unknown key"):
+        verify_license_file(text, {"kg-other": next(iter(keys.values()))}, key=key)
+
+
+def test_plain_license_file_and_invalid_checkout(shop: WebhookSender) -> None:
+    """encrypt=false gives a readable signed file; an invalid license gets no file."""
+    key = issue_key(shop, activation_limit=1)
+    plain = call(shop.client, "checkout", {"key": key, "encrypt": False}).get_json()
+    content = verify_license_file(plain["license_file"], public_keys(shop.client))
+    assert content["license"]["status"] == "active"
+    assert verify_license_file(plain["license_file"], public_keys(shop.client), key=key)
+    with pytest.raises(LicenseFileError, match="another key"):
+        verify_license_file(
+            plain["license_file"], public_keys(shop.client), key="KG-AAAAA-BBBBB-CCCCC-DDDDD"
+        )
+    refused = call(shop.client, "checkout", {"key": key, "site": "not-activated.com"}).get_json()
+    assert (refused["code"], refused["license_file"]) == ("NO_ACTIVATION", None)
+
+
+def test_release_download_of_a_missing_file_is_404(shop: WebhookSender, tmp_path: Path) -> None:
+    """A release whose file is not in storage yet: the link answers 404, not 500."""
+    key = issue_key(shop)
+    publish(shop, "3.0.0", PAID)
+    body = call(
+        shop.client, "update-check", {"key": key, "product": "501", "version": "2.0"}
+    ).get_json()
+    url = body["update"]["download_url"].removeprefix("http://keygate.test")
+    assert shop.client.get(url).status_code == 404
+
+
+def test_a_variation_key_answers_to_its_parent_product_and_its_releases(
+    shop: WebhookSender,
+) -> None:
+    """Sold as variation 777 of product 501: product=501 is no mismatch, and update-check
+    offers releases published on 501."""
+    from tests.factories import line_item, wc_order
+
+    shop.configure(501)
+    shop.configure(777, activation_limit=1)
+    shop.deliver(wc_order(6001, "processing", [line_item(501, variation_id=777)]))
+    key = shop.order(6001)["licenses"][0]["key"]
+    for named in ("501", "777"):
+        body = call(shop.client, "validate", {"key": key, "product": named}).get_json()
+        assert body["code"] == "VALID", named
+    assert call(shop.client, "validate", {"key": key, "product": "502"}).get_json()["code"] == (
+        "PRODUCT_MISMATCH"
+    )
+    publish(shop, "2.0.0", PAID)
+    body = call(
+        shop.client, "update-check", {"key": key, "product": "501", "version": "1.0"}
+    ).get_json()
+    assert body["update"]["version"] == "2.0.0"

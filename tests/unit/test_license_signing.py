@@ -1,0 +1,84 @@
+"""Signing strings, versions and license files, without a server."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from connector.client import LicenseFileError, verify_license_file
+from connector.licensing.files import build_license_file, file_expiry
+from connector.licensing.service import version_key
+from connector.signing import Signer, digest_header, request_target, signing_string
+
+
+def test_signing_string_is_exactly_designs() -> None:
+    """Four lines: request target (query only when present), host, date, digest."""
+    assert request_target("POST", "/api/v1/licenses/validate") == "post /api/v1/licenses/validate"
+    assert request_target("GET", "/api/v1/signing-keys", "a=1") == "get /api/v1/signing-keys?a=1"
+    signed = signing_string("post /x", "keygate.test:8443", "D", "sha-256=Z")
+    assert (
+        signed == b"(request-target): post /x\nhost: keygate.test:8443\ndate: D\ndigest: sha-256=Z"
+    )
+
+
+def test_digest_is_standard_base64_sha256() -> None:
+    expected = base64.b64encode(hashlib.sha256(b"{}").digest()).decode()
+    assert digest_header(b"{}") == "sha-256=" + expected
+    assert expected.endswith("=")
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        ("1.0.0", "1.0.1"),
+        ("1.2", "1.10"),
+        ("1.9.9", "2.0"),
+        ("2.0.0-beta.1", "2.0.0"),
+        ("v1.0", "1.0.1"),
+        ("1.0", "1.0.0.1"),
+    ],
+)
+def test_versions_sort_numerically(older: str, newer: str) -> None:
+    assert version_key(older) < version_key(newer)
+
+
+def _signer() -> tuple[Signer, dict[str, bytes]]:
+    private = Ed25519PrivateKey.generate()
+    return Signer("kg-test", private, time.monotonic()), {
+        "kg-test": private.public_key().public_bytes_raw()
+    }
+
+
+def test_license_file_round_trip_plain_and_encrypted() -> None:
+    signer, keys = _signer()
+    now = dt.datetime.now(dt.UTC)
+    content = {"license": {"status": "active"}, "expiry": (now + dt.timedelta(hours=1)).isoformat()}
+    assert verify_license_file(build_license_file(content, signer), keys)["license"] == {
+        "status": "active"
+    }
+    sealed = build_license_file(content, signer, encrypt_with="KG-ABCDE-FGHJK")
+    assert "active" not in base64.b64decode("".join(sealed.splitlines()[1:-1])).decode()
+    assert verify_license_file(sealed, keys, key="kg abcde fghjk")["license"]["status"] == "active"
+
+
+def test_a_license_file_never_outlives_its_license() -> None:
+    issued = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    ends = issued + dt.timedelta(hours=2)
+    assert file_expiry(issued, 86400, ends) == ends
+    assert file_expiry(issued, 3600, None) == issued + dt.timedelta(hours=1)
+
+
+def test_garbage_is_not_a_license_file() -> None:
+    keys = _signer()[1]
+    for text in [
+        "",
+        "hello",
+        "-----BEGIN KEYGATE LICENSE FILE-----\n!!\n-----END KEYGATE LICENSE FILE-----",
+    ]:
+        with pytest.raises(LicenseFileError):
+            verify_license_file(text, keys)

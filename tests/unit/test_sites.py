@@ -1,0 +1,100 @@
+"""Site identity: one canonical host per site; staging by whole labels only."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.errors import ValidationFailed
+from connector.licensing.sites import is_staging_site, normalize_site
+
+
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("https://WWW.Bücher.example:443/shop/", "xn--bcher-kva.example"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("xn--bcher-kva.example.", "xn--bcher-kva.example"),
+        ("HTTP://Shop.COM", "shop.com"),
+        ("shop.com:8080/path?query=1#frag", "shop.com"),
+        ("user:secret@shop.com", "shop.com"),
+        ("www.shop.co.uk", "shop.co.uk"),
+        ("www.com", "www.com"),
+        ("faß.de", "xn--fa-hia.de"),
+        ("ШОП.рф", "xn--n1acz.xn--p1ai"),
+        ("192.0.2.10", "192.0.2.10"),
+        ("http://192.0.2.10:8080/", "192.0.2.10"),
+        ("[2001:DB8::1]:443", "2001:db8::1"),
+        ("localhost:3000", "localhost"),
+    ],
+)
+def test_site_forms_normalize_to_one_host(raw: str, canonical: str) -> None:
+    """Scheme, www., port, path, trailing dot, case and IDNA never make a second site."""
+    assert normalize_site(raw) == canonical
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "   ",
+        "not a site",
+        "http://",
+        "a_b.com",
+        "-bad-.com",
+        "999.1.1.1",
+        "192.168.001.1",
+        "example",
+        "exa mple.com",
+        "http://[::1",
+        "x" * 300 + ".com",
+        "shop\n.com",
+    ],
+)
+def test_garbage_is_refused(garbage: str) -> None:
+    with pytest.raises(ValidationFailed):
+        normalize_site(garbage)
+
+
+@pytest.mark.parametrize(
+    "site",
+    [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "shop.test",
+        "shop.local",
+        "app.localhost",
+        "x.example",
+        "shop.invalid",
+        "staging.shop.com",
+        "stage.shop.com",
+        "dev.shop.com",
+        "test.shop.com",
+        "local.shop.com",
+        "shop.staging.example.com",
+        "a.b.staging.shop.co",
+    ],
+)
+def test_staging_sites(site: str) -> None:
+    assert is_staging_site(site)
+
+
+@pytest.mark.parametrize(
+    "site",
+    [
+        "devices.com",
+        "shop.com",
+        "mystaging.com",
+        "staging-shop.com",
+        "shop.dev",
+        "testing.com",
+        "developer.shop.com",
+        "shop.localdomain.com",
+        "shop.com.staging",
+        "192.0.2.10",
+    ],
+)
+def test_production_sites(site: str) -> None:
+    """Substrings never count: devices.com is production; staging must be a whole label
+    before the registrable domain (the last two labels)."""
+    assert not is_staging_site(site)
