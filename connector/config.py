@@ -72,6 +72,7 @@ class Settings:
     retention_jobs_days: int = 30
     retention_mail_days: int = 365
     retention_security_days: int = 180
+    retention_download_log_days: int = 365
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

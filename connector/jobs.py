@@ -42,6 +42,7 @@ HANDLER_MODULES = [
     "connector.mail.service",
     "connector.privacy.service",
     "connector.downloads.jobs",
+    "connector.downloads.privacy",
 ]
 
 # Jobs the worker starts on a schedule: (kind, interval in seconds). One job per kind and

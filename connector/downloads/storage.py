@@ -40,6 +40,8 @@ class ObjectStore(Protocol):
 
     def delivery(self, key: str, filename: str, ttl: int) -> Delivery: ...
 
+    def delete(self, key: str) -> None: ...
+
 
 class LocalStore:
     """Embedded storage: objects under ``<instance>/files/<object_key>``."""
@@ -80,6 +82,9 @@ class LocalStore:
             raise FileNotFoundError(key)
         return Delivery(filename=filename, path=path)
 
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
 
 class R2ObjectStore(R2Store):
     """R2 as an :class:`ObjectStore`: deliveries are fresh presigned URLs."""
@@ -94,11 +99,22 @@ STORES = {"local": LocalStore, "r2": R2ObjectStore}
 def r2_config_for(store: Store) -> R2Config | None:
     """The R2 credentials of ``store``, or None for embedded storage.
 
-    For now every store shares the ``KEYGATE_R2_*`` settings; the encrypted per-store
-    credential vault (kind "r2") will answer here instead.
+    The store's own credentials from the encrypted vault (kind "r2") win; the instance-wide
+    ``KEYGATE_R2_*`` settings serve stores that have none.
     """
     from connector import get_settings
+    from connector.db import db
+    from connector.vault.service import credentials_for
 
+    stored = credentials_for(db.session, store, "r2")
+    if stored is not None:
+        return R2Config(
+            account_id=stored["account_id"],
+            access_key_id=stored["access_key_id"],
+            secret_access_key=stored["secret_access_key"],
+            bucket=stored["bucket"],
+            endpoint_url=stored.get("endpoint_url") or None,
+        )
     settings = get_settings()
     if not (settings.r2_bucket and settings.r2_access_key_id and settings.r2_secret_access_key):
         return None

@@ -9,10 +9,12 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from connector import get_settings
 from connector.db import db
+from connector.downloads.privacy import register as register_privacy_hooks
 from connector.downloads.service import peek_download, start_download
 from connector.tokens import grant_id_from_token
 
 bp = Blueprint("downloads_views", __name__)
+register_privacy_hooks()
 
 
 def _page(status: int, title: str, detail: str) -> Response:

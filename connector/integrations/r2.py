@@ -114,6 +114,13 @@ class R2Store:
         except BotoCoreError as exc:
             raise StorageUnavailable(f"R2 unreachable ({type(exc).__name__})") from None
 
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a key that is already gone is fine."""
+        try:
+            self.client.delete_object(Bucket=self.config.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"R2 delete failed ({type(exc).__name__})") from None
+
     def presigned_url(self, key: str, filename: str, ttl: int = PRESIGN_DEFAULT_SECONDS) -> str:
         """A GET URL for ``key`` that saves as ``filename`` and expires after ``ttl`` s."""
         url: str = self.client.generate_presigned_url(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from connector.licensing.service import ABUSE_WINDOW, iso
 from connector.models import Activation, BindingChange, License, Order, SecurityEvent
-from connector.privacy.service import ERASERS, EXPORTERS, PURGERS
+from connector.privacy.service import register_hooks
 
 
 def _activations(session: Session, orders: list[Order]) -> list[Activation]:
@@ -69,10 +69,4 @@ def purge_license_records(session: Session, now: dt.datetime) -> dict[str, int]:
 
 def register() -> None:
     """Add the hooks once (the views module calls this at import)."""
-    for hooks, hook in (
-        (EXPORTERS, export_activations),
-        (ERASERS, erase_activation_labels),
-        (PURGERS, purge_license_records),
-    ):
-        if hook not in hooks:
-            hooks.append(hook)  # type: ignore[arg-type]
+    register_hooks(export_activations, erase_activation_labels, purge_license_records)

@@ -82,10 +82,10 @@ def release_download_url(store: Store, release: Release, ttl: int) -> str:
     from connector.downloads.storage import store_for
 
     filename = release.object_key.rsplit("/", 1)[-1]
-    backend: Any = store_for(store)
-    presign = getattr(backend, "download_url", None)
-    if presign is not None:
-        url: str = presign(release.object_key, filename, ttl)
-        return url
+    backend = store_for(store)
+    if backend.name != "local":
+        url = backend.delivery(release.object_key, filename, ttl).url
+        if url is not None:
+            return url
     token = dumps_timed(RELEASE, {"r": release.id})
     return f"{get_settings().base_url}/api/v1/releases/download/{token}"

@@ -32,6 +32,15 @@ Purger = Callable[[Session, dt.datetime], dict[str, int]]
 PURGERS: list[Purger] = []
 
 
+def register_hooks(
+    exporter: Exporter | None = None, eraser: Eraser | None = None, purger: Purger | None = None
+) -> None:
+    """Add a domain's privacy hooks once (safe to call on every import)."""
+    for hooks, hook in ((EXPORTERS, exporter), (ERASERS, eraser), (PURGERS, purger)):
+        if hook is not None and hook not in hooks:
+            hooks.append(hook)  # type: ignore[arg-type]
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import time
@@ -30,6 +31,7 @@ from connector.models import DownloadEvent, Store, WatermarkCopy
 from connector.stores import create_store
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
+from tests.licensing_helpers import call, issue_key
 from tests.localstack import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localstack")]
@@ -249,3 +251,49 @@ def test_redirect_from_a_short_lived_link_expires_at_the_server(
         assert fetch(location)[0] == 403
     finally:
         app.extensions["keygate.db"].engine.dispose()
+
+
+def test_a_stores_own_r2_credentials_from_the_vault_serve_its_files(
+    app: Flask, shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """No KEYGATE_R2_* settings: the store's encrypted R2 credentials decide where files live."""
+    s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="vault/tool.zip", Body=b"PK vault")
+    path = paid_link(shop, 8101, [{"object_key": "vault/tool.zip", "filename": "tool.zip"}])
+    assert shop.client.get(path).status_code == 503  # embedded storage has no such file
+    credentials = {
+        "account_id": "0123456789abcdef",
+        "access_key_id": ACCESS_KEY_ID,
+        "secret_access_key": SECRET_ACCESS_KEY,
+        "bucket": bucket,
+        "endpoint_url": localstack_endpoint,
+    }
+    assert shop.admin("PUT", "/credentials/r2", credentials).status_code == 200
+    response = shop.client.get(path)
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert location.startswith(f"{localstack_endpoint}/{bucket}/vault/tool.zip?")
+    assert fetch(location)[:2] == (200, b"PK vault")
+
+
+def test_update_check_hands_out_a_presigned_r2_url_for_the_release(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """A store on R2 gets release downloads straight from the bucket, short-lived."""
+    s3_client(localstack_endpoint).put_object(
+        Bucket=bucket, Key="releases/plugin-1.1.0.zip", Body=b"PK release 1.1.0"
+    )
+    key = issue_key(r2_shop)
+    release = {
+        "version": "1.1.0",
+        "object_key": "releases/plugin-1.1.0.zip",
+        "sha256": hashlib.sha256(b"PK release 1.1.0").hexdigest(),
+        "size": 16,
+        "published_at": "2026-11-21T00:00:00Z",
+    }
+    assert r2_shop.admin("POST", "/products/501/releases", release).status_code == 201
+    body = call(
+        r2_shop.client, "update-check", {"key": key, "product": "501", "version": "1.0.0"}
+    ).get_json()
+    url = body["update"]["download_url"]
+    assert url.startswith(f"{localstack_endpoint}/{bucket}/releases/plugin-1.1.0.zip?")
+    assert fetch(url)[:2] == (200, b"PK release 1.1.0")

@@ -1,0 +1,105 @@
+"""The downloads log and watermarked copies in privacy requests and retention.
+
+- export: the customer's clicks (time, outcome, what was served, user agent) and copies;
+- erase: clicks keep their time and outcome (download limits are enforced from the grant)
+  but lose the IP hash and user agent; watermarked copies carry the buyer's name, so they
+  are forgotten and deleted from storage by a job (a later click stamps a new copy with the
+  erased identity);
+- purge: clicks older than ``retention_download_log_days``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from connector.db import db
+from connector.jobs import enqueue, handles
+from connector.models import DownloadEvent, DownloadGrant, Order, Store, WatermarkCopy
+from connector.privacy.service import register_hooks
+
+DELETE_COPIES_JOB = "downloads.delete_copies"
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def export_downloads(session: Session, orders: list[Order]) -> dict[str, Any]:
+    order_ids = [o.id for o in orders]
+    events: list[DownloadEvent] = []
+    if order_ids:
+        events = list(
+            session.scalars(
+                select(DownloadEvent)
+                .where(DownloadEvent.order_id.in_(order_ids))
+                .order_by(DownloadEvent.id)
+            )
+        )
+    return {
+        "download_log": [
+            {
+                "at": _iso(e.created_at),
+                "outcome": e.outcome,
+                "served": e.served,
+                "user_agent": e.user_agent,
+            }
+            for e in events
+        ]
+    }
+
+
+def erase_downloads(session: Session, orders: list[Order]) -> None:
+    order_ids = [o.id for o in orders]
+    if not order_ids:
+        return
+    session.execute(
+        update(DownloadEvent)
+        .where(DownloadEvent.order_id.in_(order_ids))
+        .values(ip_hash=None, user_agent=None)
+    )
+    copies = session.execute(
+        select(WatermarkCopy, DownloadGrant)
+        .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
+        .where(DownloadGrant.order_id.in_(order_ids))
+    ).all()
+    keys_by_store: dict[int, list[str]] = {}
+    for copy, grant in copies:
+        if copy.object_key:
+            keys_by_store.setdefault(grant.store_id, []).append(copy.object_key)
+        grant.watermarked_key = None
+        session.delete(copy)
+    for store_id, keys in keys_by_store.items():
+        enqueue(session, DELETE_COPIES_JOB, {"store_id": store_id, "object_keys": keys})
+
+
+def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
+    from connector import get_settings
+
+    cutoff = now - dt.timedelta(days=get_settings().retention_download_log_days)
+    result: Any = session.execute(delete(DownloadEvent).where(DownloadEvent.created_at < cutoff))
+    return {"download_events": result.rowcount}
+
+
+@handles(DELETE_COPIES_JOB)
+def delete_copies(payload: dict[str, Any]) -> None:
+    """Delete erased buyers' stamped copies from storage (safe to run twice)."""
+    from connector.downloads.storage import StorageUnavailable, store_for
+    from connector.jobs import RetryLater
+
+    store = db.session.get(Store, payload["store_id"])
+    if store is None:
+        return
+    backend = store_for(store)
+    for key in payload["object_keys"]:
+        try:
+            backend.delete(key)
+        except StorageUnavailable as exc:
+            raise RetryLater(str(exc)) from None
+
+
+def register() -> None:
+    register_hooks(export_downloads, erase_downloads, purge_download_log)

@@ -1,0 +1,82 @@
+"""The downloads log and stamped copies in export, erasure and retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+
+from flask import Flask
+from pypdf import PdfReader
+from sqlalchemy import select, update
+
+from connector.db import db, transaction, utcnow
+from connector.jobs import run_pending
+from connector.models import DownloadEvent, DownloadGrant, WatermarkCopy
+from connector.privacy.service import purge_expired_records
+from tests.factories import WebhookSender
+from tests.functional.test_downloads import get, link_path, make_pdf, paid_order, put_file
+
+EMAIL = "jurgen@example.org"
+
+
+def stamped_order(app: Flask, shop: WebhookSender, order_id: int) -> tuple[str, Path]:
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    make_pdf(storage / "books/guide.pdf")
+    downloads = paid_order(
+        shop,
+        order_id,
+        [{"object_key": "books/guide.pdf", "filename": "guide.pdf", "watermark": "pdf"}],
+    )
+    run_pending(app)
+    path = link_path(downloads[0])
+    assert get(shop.client, path, environ_base={"REMOTE_ADDR": "198.51.100.9"}).status_code == 200
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.object_key is not None
+        return path, storage / copy.object_key
+
+
+def test_export_lists_the_customers_clicks(app: Flask, shop: WebhookSender) -> None:
+    stamped_order(app, shop, 7901)
+    exported = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()
+    [click] = exported["download_log"]
+    assert (click["outcome"], click["served"]) == ("served", "watermarked")
+
+
+def test_erasure_forgets_ips_agents_and_stamped_copies(app: Flask, shop: WebhookSender) -> None:
+    path, copy_file = stamped_order(app, shop, 7902)
+    assert copy_file.is_file()
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+    run_pending(app)  # the job deletes the stamped copy from storage
+    assert not copy_file.exists()
+    with app.app_context():
+        event = db.session.execute(select(DownloadEvent)).scalar_one()
+        assert (event.ip_hash, event.user_agent) == (None, None)
+        assert db.session.execute(select(WatermarkCopy)).scalar_one_or_none() is None
+        assert db.session.execute(select(DownloadGrant.watermarked_key)).scalar_one() is None
+    # The link still works (the buyer paid); the new copy carries no erased name.
+    again = get(shop.client, path)
+    assert again.status_code == 200
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(again.data)).pages)
+    assert "erased" in text
+    assert "Jürgen" not in text and EMAIL not in text
+
+
+def test_old_clicks_are_purged(app: Flask, shop: WebhookSender) -> None:
+    put_file(app, "files/a.bin", b"x")
+    downloads = paid_order(shop, 7903, [{"object_key": "files/a.bin", "filename": "a.bin"}])
+    get(shop.client, link_path(downloads[0]))
+    get(shop.client, link_path(downloads[0]))
+    with app.app_context(), transaction() as session:
+        first = (
+            session.execute(select(DownloadEvent.id).order_by(DownloadEvent.id)).scalars().first()
+        )
+        session.execute(
+            update(DownloadEvent)
+            .where(DownloadEvent.id == first)
+            .values(created_at=utcnow() - dt.timedelta(days=400))
+        )
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["download_events"] == 1
+        assert len(session.execute(select(DownloadEvent)).all()) == 1
