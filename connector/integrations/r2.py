@@ -17,6 +17,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from connector.redact import AWS_PATTERNS, RedactingFilter, redact_loggers
+
 PRESIGN_MIN_SECONDS = 1
 PRESIGN_MAX_SECONDS = 604_800
 PRESIGN_DEFAULT_SECONDS = 300
@@ -57,10 +59,13 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+_AWS_REDACTOR = RedactingFilter(AWS_PATTERNS)
+
+
 @functools.lru_cache(maxsize=32)
 def _client(config: R2Config) -> Any:
     # Building a client costs tens of milliseconds; clients are thread-safe, so keep one.
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3",
         endpoint_url=config.endpoint,
         aws_access_key_id=config.access_key_id,
@@ -76,6 +81,9 @@ def _client(config: R2Config) -> Any:
             read_timeout=60,
         ),
     )
+    # botocore logs whole signed requests at DEBUG; its loggers exist once a client does.
+    redact_loggers(("botocore", "boto3", "s3transfer", "urllib3"), _AWS_REDACTOR)
+    return client
 
 
 class R2Store:
