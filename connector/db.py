@@ -16,7 +16,6 @@ from flask import Flask, current_app, g
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -77,9 +76,9 @@ def make_engine(url: str) -> Engine:
     are secrets before the ``Encrypted`` type encrypts them.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url, poolclass=NullPool if ":memory:" not in url else None, hide_parameters=True
-        )
+        # A pool of file connections (SQLAlchemy's default for SQLite files): opening one per
+        # request would redo the PRAGMAs and checkpoint the WAL on every close.
+        engine = create_engine(url, pool_size=16, max_overflow=16, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
