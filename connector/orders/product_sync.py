@@ -35,7 +35,7 @@ from connector.errors import ValidationFailed
 from connector.jobs import RetryLater, handles
 from connector.models import Product, Store
 from connector.orders.reconcile import schedule_next
-from connector.vault.connection import connection_of, shop_client_for
+from connector.vault.connection import connection_of
 from plugin.woocommerce.rest import ShopUnavailable, WooCommerceClient
 
 log = logging.getLogger(__name__)
@@ -194,12 +194,13 @@ def sync_products(session: Session, store: Store, client: WooCommerceClient) -> 
 def sync_products_job(payload: dict[str, Any]) -> None:
     """Sync product meta for one store; a periodic run schedules the next."""
     from connector import get_settings
+    from connector.orders.reconcile import store_and_client
 
     session = db.session
-    store = session.get(Store, payload["store_id"])
-    if store is None:
+    found = store_and_client(session, payload)
+    if found is None:
         return
-    client = shop_client_for(session, store)
+    store, client = found
     if client is None:
         return
     try:

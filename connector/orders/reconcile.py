@@ -167,25 +167,36 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def store_and_client(
+    session: Session, payload: dict[str, Any]
+) -> tuple[Store, WooCommerceClient | None] | None:
+    """The store a shop job names and its REST client (None when it has no WooCommerce key)."""
+    store = session.get(Store, payload["store_id"])
+    if store is None:
+        return None
+    return store, shop_client_for(session, store)
+
+
 @handles(RECONCILE_JOB)
 def reconcile_job(payload: dict[str, Any]) -> None:
     """Reconcile one store; a periodic run schedules the next even when the shop is down."""
     from connector import get_settings
 
     session = db.session
-    store = session.get(Store, payload["store_id"])
-    if store is None:
+    found = store_and_client(session, payload)
+    if found is None:
         return
-    client = shop_client_for(session, store)
+    store, client = found
     if client is None:
         return  # disconnected: the chain of periodic runs ends here
     try:
         reconcile_store(session, store, client)
     except ShopError as exc:
         session.rollback()
-        store = session.get(Store, payload["store_id"])
-        if store is None:  # pragma: no cover - deleted meanwhile
+        reloaded = session.get(Store, payload["store_id"])
+        if reloaded is None:  # pragma: no cover - deleted meanwhile
             return
+        store = reloaded
         connection_of(session, store).last_error = str(exc)[:500]
         log.warning("store %s: reconciliation failed: %s", store.public_id, exc)
         if not payload.get("periodic"):
@@ -198,10 +209,10 @@ def reconcile_job(payload: dict[str, Any]) -> None:
 def refresh_order_job(payload: dict[str, Any]) -> None:
     """Re-read an order and its refunds over REST and apply them (partial refunds)."""
     session = db.session
-    store = session.get(Store, payload["store_id"])
-    if store is None:
+    found = store_and_client(session, payload)
+    if found is None:
         return
-    client = shop_client_for(session, store)
+    store, client = found
     if client is None:
         log.info(
             "store %s has no WooCommerce key: refunds of order %s not re-read",
