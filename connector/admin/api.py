@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
 from connector.catalog import (
@@ -17,7 +18,7 @@ from connector.catalog import (
 )
 from connector.db import db
 from connector.errors import NotFound, ValidationFailed
-from connector.models import Order
+from connector.models import AuditEvent, Mail, Order
 from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
 from connector.validation import json_body, optional_bool, optional_int, required_str
@@ -149,3 +150,74 @@ def get_order(shop_order_id: str) -> ResponseReturnValue:
     if order is None:
         raise NotFound("Keygate has not received this order.")
     return jsonify(order_json(order))
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise ValidationFailed("limit must be a whole number from 1 to 1000", field="limit")
+    return int(raw)
+
+
+@bp.get("/audit")
+@require_store_token
+def audit_log() -> ResponseReturnValue:
+    """The store's audit log, newest first (``?action=`` filters, ``?limit=`` caps)."""
+    query = (
+        select(AuditEvent)
+        .where(AuditEvent.store_id == current_store().id)
+        .order_by(AuditEvent.id.desc())
+        .limit(_limit())
+    )
+    action = request.args.get("action")
+    if action:
+        query = query.where(AuditEvent.action == action)
+    events = db.session.execute(query).scalars()
+    return jsonify(
+        {
+            "events": [
+                {
+                    "at": _iso(e.created_at),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "subject": e.subject,
+                    "detail": e.detail,
+                }
+                for e in events
+            ]
+        }
+    )
+
+
+@bp.get("/outbox")
+@require_store_token
+def outbox() -> ResponseReturnValue:
+    """The store's mails, sent or waiting (``sent_at`` null), newest first."""
+    mails = db.session.execute(
+        select(Mail)
+        .where(Mail.store_id == current_store().id)
+        .order_by(Mail.id.desc())
+        .limit(_limit())
+    ).scalars()
+    return jsonify(
+        {
+            "mails": [
+                {
+                    "id": m.id,
+                    "kind": m.kind,
+                    "to": mask_email(m.to_email),
+                    "subject": m.subject,
+                    "backend": m.backend,
+                    "sent_at": _iso(m.sent_at),
+                    "created_at": _iso(m.created_at),
+                }
+                for m in mails
+            ]
+        }
+    )
+
+
+def mask_email(email: str) -> str:
+    """``j***@example.org``: enough for the owner to recognise, not to harvest."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"

@@ -1,0 +1,35 @@
+"""The owner's audit log and outbox over the admin API, scoped to their store."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from connector.db import db
+from connector.jobs import run_pending
+from connector.stores import create_store
+from tests.factories import WebhookSender, line_item, wc_order
+
+
+def test_audit_log_and_outbox_show_only_this_store(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501)
+    shop.deliver(wc_order(9700, "processing", [line_item(501)]))
+    run_pending(app)
+    with app.app_context():
+        other = create_store(db.session, "Other", "https://other.example")
+        db.session.commit()
+    other_shop = WebhookSender(app.test_client(), other)
+
+    audit = shop.admin("GET", "/audit").get_json()["events"]
+    assert "order.fulfilled" in [e["action"] for e in audit]
+    assert (
+        shop.admin("GET", "/audit?action=product.configured").get_json()["events"][0]["subject"]
+        == "product:501"
+    )
+    assert other_shop.admin("GET", "/audit?action=order.fulfilled").get_json()["events"] == []
+
+    mails = shop.admin("GET", "/outbox").get_json()["mails"]
+    assert [m["to"] for m in mails] == ["j***@example.org"]
+    assert mails[0]["sent_at"] is not None
+    assert other_shop.admin("GET", "/outbox").get_json()["mails"] == []
+    assert shop.admin("GET", "/outbox?limit=0").status_code == 422
+    assert shop.client.get("/api/v1/admin/audit").status_code == 401
