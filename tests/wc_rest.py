@@ -151,8 +151,13 @@ class FakeShop:
         if not rest:
             after = query.get("modified_after")
             assert query.get("dates_are_gmt") == "true"
+            # As WooCommerce: the default ("any") leaves trashed orders out.
+            trashed = query.get("status") == "trash"
             items = [
-                o for o in self.orders.values() if after is None or o["date_modified_gmt"] > after
+                o
+                for o in self.orders.values()
+                if (after is None or o["date_modified_gmt"] > after)
+                and (o["status"] == "trash") == trashed
             ]
             items.sort(key=lambda o: (o["date_modified_gmt"], o["id"]))
             return self._page(items, query)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,7 +87,11 @@ def reconcile_store(
     result = ReconcileResult(since=since)
     if check_hooks:
         result.webhooks_repaired = check_webhooks(session, store, client)
-    for raw in client.orders_modified_after(since):
+    # Trashed orders are listed only when asked for: a missed order.deleted is caught too.
+    changed = itertools.chain(
+        client.orders_modified_after(since), client.orders_modified_after(since, status="trash")
+    )
+    for raw in changed:
         result.seen += 1
         try:
             shop_order = read_shop_order(client, raw)

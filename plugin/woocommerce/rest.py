@@ -168,15 +168,22 @@ class WooCommerceClient:
         order: dict[str, Any] = self._call("GET", f"orders/{order_id}")
         return order
 
-    def orders_modified_after(self, since: dt.datetime) -> Iterator[dict[str, Any]]:
-        """Orders changed after ``since`` (UTC), oldest change first, every page."""
-        return self._pages(
-            "orders",
-            modified_after=_isoformat_gmt(since),
-            dates_are_gmt="true",
-            orderby="modified",
-            order="asc",
-        )
+    def orders_modified_after(
+        self, since: dt.datetime, *, status: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Orders changed after ``since`` (UTC), oldest change first, every page.
+
+        WooCommerce's default (``any``) leaves trashed orders out; ask with ``status="trash"``.
+        """
+        query = {
+            "modified_after": _isoformat_gmt(since),
+            "dates_are_gmt": "true",
+            "orderby": "modified",
+            "order": "asc",
+        }
+        if status is not None:
+            query["status"] = status
+        return self._pages("orders", **query)
 
     def list_refunds(self, order_id: str) -> list[dict[str, Any]]:
         return list(self._pages(f"orders/{order_id}/refunds"))

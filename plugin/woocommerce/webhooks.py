@@ -174,6 +174,8 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     if not isinstance(status, str) or not status:
         raise PayloadError("the order has no status")
     status = status.removeprefix("wc-")
+    # A trashed order (read back over REST) is a deleted one, whatever the topic said.
+    deleted = deleted or status == "trash"
     billing = payload.get("billing")
     if not isinstance(billing, dict):
         billing = {}

@@ -59,6 +59,23 @@ def test_a_missed_webhook_is_fulfilled_by_reconcile(
     assert len(shop.order(9401)["licenses"]) == 1
 
 
+def test_an_order_trashed_while_its_webhook_was_missed_is_revoked_by_reconcile(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """WooCommerce lists trashed orders only when asked; reconcile asks, and revokes."""
+    shop.configure(501)
+    paid = touched_now(wc_order(9402, "processing", [line_item(501)]))
+    connected.orders[9402] = paid
+    reconcile(app, shop)
+    assert [lic["status"] for lic in shop.order(9402)["licenses"]] == ["active"]
+    connected.orders[9402] = touched_now({**paid, "status": "trash"})
+    result = reconcile(app, shop)
+    assert result.revoked_licenses == 1
+    body = shop.order(9402)
+    assert body["order"]["deleted"] is True
+    assert [lic["status"] for lic in body["licenses"]] == ["revoked"]
+
+
 def test_reconcile_pages_through_orders_modified_after(
     app: Flask, shop: WebhookSender, connected: FakeShop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -73,7 +90,7 @@ def test_reconcile_pages_through_orders_modified_after(
     result = reconcile(app, shop, since=since)
     assert result.seen == 5
     pages = [p for m, p in connected.requests if m == "GET" and p == "orders"]
-    assert len(pages) == 3
+    assert len(pages) == 3 + 1  # three pages of changed orders, one of trashed ones
     assert shop.admin("GET", "/orders/9499").status_code == 404
     assert all(len(shop.order(9500 + n)["licenses"]) == 1 for n in range(5))
 
