@@ -20,7 +20,16 @@ from connector.audit import record_audit
 from connector.db import db
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
-from connector.models import AdminUser, AuditEvent, Job, Mail, Order, Store, WebhookDelivery
+from connector.models import (
+    AdminUser,
+    AuditEvent,
+    Job,
+    License,
+    Mail,
+    Order,
+    Store,
+    WebhookDelivery,
+)
 from connector.orders.summary import order_entitlements
 
 from .forms import ConfirmForm, LoginForm
@@ -185,3 +194,80 @@ def audit() -> ResponseReturnValue:
         .all()
     )
     return render_template("admin/audit.html", events=events, form=ConfirmForm())
+
+
+LICENSE_ACTIONS = ("revoke", "suspend", "reinstate")
+
+
+@bp.post("/licenses/<int:license_id>/<action>")
+@login_required
+def license_action(license_id: int, action: str) -> ResponseReturnValue:
+    """Revoke, suspend or reinstate a license from the order page (audited as the admin)."""
+    from connector.licensing.admin import change_license
+
+    if action not in LICENSE_ACTIONS or not ConfirmForm().validate_on_submit():
+        abort(400)
+    license_ = db.session.get(License, license_id)
+    store = db.session.get(Store, license_.store_id) if license_ is not None else None
+    if license_ is None or store is None:
+        abort(404)
+    change_license(db.session, store, license_.key_encrypted, action, actor=_admin_name())
+    return redirect(url_for("admin_views.order_detail", order_id=license_.order_id))
+
+
+def _admin_name() -> str:
+    user = db.session.get(AdminUser, session.get("admin_user_id"))
+    return f"admin:{user.username}" if user is not None else "admin"
+
+
+@bp.route("/stores/<int:store_id>/credentials", methods=["GET", "POST"])
+@login_required
+def store_credentials(store_id: int) -> ResponseReturnValue:
+    """R2 and Brevo settings of a store: secrets write-only (blank keeps the stored one)."""
+    from connector.errors import KeygateError
+    from connector.vault.service import (
+        FIELDS,
+        credentials_for,
+        masked,
+        parse_credentials,
+        put_credentials,
+    )
+
+    store = db.session.get(Store, store_id)
+    if store is None:
+        abort(404)
+    form = ConfirmForm()
+    error = None
+    saved = None
+    if request.method == "POST":
+        kind = request.form.get("kind", "")
+        if not form.validate_on_submit() or kind not in ("r2", "brevo"):
+            abort(400)
+        raw: dict[str, Any] = {}
+        for name, spec in FIELDS[kind].items():
+            value = (request.form.get(name) or "").strip()
+            if value and spec.kind is int:
+                raw[name] = int(value) if value.isdigit() else value
+            elif value:
+                raw[name] = value
+        try:
+            put_credentials(
+                db.session, store, kind, parse_credentials(kind, raw), actor=_admin_name()
+            )
+            saved = kind
+        except KeygateError as exc:
+            db.session.rollback()
+            error = exc.detail
+    current = {
+        kind: masked(kind, credentials_for(db.session, store, kind) or {})
+        for kind in ("r2", "brevo", "woocommerce")
+    }
+    return render_template(
+        "admin/credentials.html",
+        store=store,
+        fields=FIELDS,
+        current=current,
+        form=form,
+        error=error,
+        saved=saved,
+    ), (422 if error else 200)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.errors import NotFound, ValidationFailed
 from connector.models import CREDENTIAL_KINDS, Credential, Store
+from connector.validation import optional_int, optional_str
 from connector.vault.crypto import mask
 
 
@@ -69,6 +70,28 @@ def credentials_for(session: Session, store: Store, kind: str) -> dict[str, Any]
     """
     row = _row(session, store, check_kind(kind))
     return dict(row.data) if row is not None else None
+
+
+def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Check a kind's fields as sent (unknown names refused; empty text counts as left out)."""
+    spec = FIELDS[kind]
+    unknown = sorted(set(data) - set(spec))
+    if unknown:
+        raise ValidationFailed(f"unknown field {unknown[0]}", field=unknown[0])
+    values: dict[str, Any] = {}
+    for name, field_spec in spec.items():
+        if field_spec.kind is int:
+            values[name] = optional_int(data, name, minimum=1, maximum=10**12)
+        else:
+            value = optional_str(data, name, max_length=500)
+            values[name] = value or None  # an empty field counts as left out
+    endpoint = values.get("endpoint_url")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ValidationFailed("endpoint_url must be an http(s) URL", field="endpoint_url")
+    email = values.get("sender_email")
+    if email is not None and ("@" not in email or " " in email):
+        raise ValidationFailed("sender_email must be an email address", field="sender_email")
+    return values
 
 
 def put_credentials(

@@ -17,17 +17,17 @@ from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
 from connector.db import db
-from connector.errors import InvalidInput, NotFound, ValidationFailed
+from connector.errors import InvalidInput, NotFound
 from connector.models import WebhookRegistration
 from connector.stores import find_store
-from connector.validation import json_body, optional_int, optional_str
+from connector.validation import json_body
 from connector.vault import connection as shop_connection
 from connector.vault.service import (
-    FIELDS,
     check_kind,
     credentials_for,
     delete_credentials,
     masked,
+    parse_credentials,
     put_credentials,
 )
 from plugin.shop import PayloadError
@@ -41,32 +41,11 @@ def _iso(value: Any) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def _parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
-    spec = FIELDS[kind]
-    unknown = sorted(set(data) - set(spec))
-    if unknown:
-        raise ValidationFailed(f"unknown field {unknown[0]}", field=unknown[0])
-    values: dict[str, Any] = {}
-    for name, field_spec in spec.items():
-        if field_spec.kind is int:
-            values[name] = optional_int(data, name, minimum=1, maximum=10**12)
-        else:
-            value = optional_str(data, name, max_length=500)
-            values[name] = value or None  # an empty field counts as left out
-    endpoint = values.get("endpoint_url")
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        raise ValidationFailed("endpoint_url must be an http(s) URL", field="endpoint_url")
-    email = values.get("sender_email")
-    if email is not None and ("@" not in email or " " in email):
-        raise ValidationFailed("sender_email must be an email address", field="sender_email")
-    return values
-
-
 @bp.put("/api/v1/admin/credentials/<kind>")
 @require_store_token
 def put_store_credentials(kind: str) -> ResponseReturnValue:
     kind = check_kind(kind)
-    values = _parse_credentials(kind, json_body())
+    values = parse_credentials(kind, json_body())
     store = current_store()
     previous = credentials_for(db.session, store, kind)
     stored = put_credentials(db.session, store, kind, values, actor="api")

@@ -7,11 +7,12 @@ import re
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import AdminUser
+from connector.models import AdminUser, License, Order
 from tests.factories import WebhookSender, line_item, wc_order
 
 PASSWORD = "correct horse battery staple"
@@ -94,3 +95,62 @@ def test_next_is_never_an_open_redirect(admin_client: FlaskClient) -> None:
     )
     assert response.status_code == 302
     assert "evil.example" not in response.headers["Location"]
+
+
+def test_admin_revokes_and_reinstates_a_license_from_the_order_page(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    shop.configure(501)
+    paid = wc_order(9310, "processing", [line_item(501)])
+    shop.deliver(paid)
+    assert sign_in(admin_client) == 302
+    with app.app_context():
+        order = db.session.execute(select(Order)).scalar_one()
+        license_ = db.session.execute(select(License)).scalar_one()
+    page = f"/admin/orders/{order.id}"
+    token = csrf_token(admin_client, page)
+    assert admin_client.post(f"/admin/licenses/{license_.id}/revoke").status_code == 400
+    response = admin_client.post(
+        f"/admin/licenses/{license_.id}/revoke", data={"csrf_token": token}
+    )
+    assert response.status_code == 302
+    assert [lic["status"] for lic in shop.order(9310)["licenses"]] == ["revoked"]
+    # A redelivery of the paid order does not undo the owner's revocation.
+    shop.deliver(paid)
+    assert "Reinstate" in admin_client.get(page).get_data(as_text=True)
+    admin_client.post(f"/admin/licenses/{license_.id}/reinstate", data={"csrf_token": token})
+    assert [lic["status"] for lic in shop.order(9310)["licenses"]] == ["active"]
+    actions = shop.admin("GET", "/audit").get_json()["events"]
+    assert {"license.revoke", "license.reinstate"} <= {e["action"] for e in actions}
+    assert any(e["actor"] == "admin:owner" for e in actions)
+
+
+def test_credentials_page_keeps_secrets_write_only(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    assert sign_in(admin_client) == 302
+    page = f"/admin/stores/{shop.store.store.id}/credentials"
+    token = csrf_token(admin_client, page)
+    form = {
+        "csrf_token": token,
+        "kind": "brevo",
+        "api_key": "xkeysib-very-secret-key-9876",
+        "sender_email": "shop@example.org",
+        "sender_name": "Shop",
+        "list_id": "7",
+    }
+    assert admin_client.post(page, data=form).status_code == 200
+    html = admin_client.get(page).get_data(as_text=True)
+    assert "xkeysib-very-secret-key-9876" not in html
+    assert "****9876" in html
+    # Saving again with the secret left blank keeps it.
+    assert (
+        admin_client.post(page, data={**form, "api_key": "", "sender_name": "Shop 2"}).status_code
+        == 200
+    )
+    stored = shop.admin("GET", "/credentials/brevo").get_json()["credentials"]
+    assert stored["sender_name"] == "Shop 2"
+    assert stored["api_key"] == "****9876"
+    bad = admin_client.post(page, data={**form, "sender_email": "not-an-email"})
+    assert bad.status_code == 422
+    assert "sender_email" in bad.get_data(as_text=True)
