@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
-from markupsafe import escape
 from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
@@ -137,8 +136,4 @@ def wc_auth_return(store_id: str) -> ResponseReturnValue:
         if approved
         else "The connection was not approved. You can start it again from Keygate."
     )
-    page = (
-        "<!doctype html><meta charset=utf-8><title>Keygate</title>"
-        f"<h1>{escape(store.name)}</h1><p>{escape(message)}</p>"
-    )
-    return page, 200, {"Content-Type": "text/html; charset=utf-8"}
+    return render_template("connect_done.html", store=store, message=message)
