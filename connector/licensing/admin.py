@@ -20,6 +20,7 @@ from connector.licensing.service import iso
 from connector.models import (
     LICENSE_STATUSES,
     Activation,
+    DownloadGrant,
     License,
     LicenseFlag,
     Order,
@@ -113,6 +114,18 @@ def list_licenses(
     ]
 
 
+def _set_downloads_blocked(session: Session, lic: License, *, blocked: bool) -> None:
+    """The license's download links follow the owner's action (only grants it blocked)."""
+    grants = select(DownloadGrant).where(DownloadGrant.license_id == lic.id)
+    for grant in session.scalars(grants):
+        if blocked and grant.revoked_at is None:
+            grant.revoked_at = utcnow()
+            grant.revoked_reason = "admin"
+        elif not blocked and grant.revoked_reason == "admin":
+            grant.revoked_at = None
+            grant.revoked_reason = None
+
+
 def change_license(
     session: Session,
     store: Store,
@@ -136,9 +149,11 @@ def change_license(
     if action in ("revoke", "suspend"):
         lic.status = "revoked" if action == "revoke" else "suspended"
         lic.status_reason = "admin"
+        _set_downloads_blocked(session, lic, blocked=True)
     elif action == "reinstate":
         lic.status = "active"
         lic.status_reason = None
+        _set_downloads_blocked(session, lic, blocked=False)
     else:
         if days is None:
             raise ValidationFailed("extend needs days", field="days")

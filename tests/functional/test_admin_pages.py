@@ -154,3 +154,16 @@ def test_credentials_page_keeps_secrets_write_only(
     bad = admin_client.post(page, data={**form, "sender_email": "not-an-email"})
     assert bad.status_code == 422
     assert "sender_email" in bad.get_data(as_text=True)
+
+
+def test_an_owner_revocation_also_stops_the_licenses_downloads(shop: WebhookSender) -> None:
+    """Revoke/suspend block the license's links; reinstate opens exactly those again."""
+    shop.configure(501)
+    shop.deliver(wc_order(9320, "processing", [line_item(501)]))
+    key = shop.order(9320)["licenses"][0]["key"]
+    assert shop.admin("POST", f"/licenses/{key}/suspend").status_code == 200
+    assert [d["revoked"] for d in shop.order(9320)["downloads"]] == [True]
+    link = shop.order(9320)["downloads"][0]["link"].removeprefix("http://keygate.test")
+    assert shop.client.get(link).status_code == 410
+    assert shop.admin("POST", f"/licenses/{key}/reinstate").status_code == 200
+    assert [d["revoked"] for d in shop.order(9320)["downloads"]] == [False]
