@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from connector.models import Store
 from connector.vault.commands import command_app
+from plugin.woocommerce.rest import ShopError, WooCommerceClient
 
 
 def register(group: click.Group) -> None:
@@ -23,6 +27,25 @@ def _parse_since(value: str | None) -> dt.datetime | None:
     except ValueError:
         raise click.BadParameter("use an ISO date such as 2026-11-01 or 2026-11-01T12:00") from None
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def _connected_stores(
+    store_id: str | None,
+) -> Iterator[tuple[Session, Store, WooCommerceClient]]:
+    """Each connected store with its REST client, one transaction per store."""
+    from connector.db import transaction
+    from connector.vault.connection import shop_client_for
+
+    for pk in _stores(store_id):
+        with transaction() as session:
+            store = session.get(Store, pk)
+            if store is None:  # deleted since it was listed
+                continue
+            client = shop_client_for(session, store)
+            if client is None:
+                click.echo(f"{store.public_id}: not connected (no WooCommerce key), skipped")
+                continue
+            yield session, store, client
 
 
 def _stores(store_id: str | None) -> list[int]:
@@ -47,46 +70,35 @@ def _stores(store_id: str | None) -> list[int]:
 def reconcile(since: str | None, store_id: str | None) -> None:
     """Re-read changed orders from each connected shop and apply them like webhooks."""
     from connector import get_settings
-    from connector.db import transaction
-    from connector.models import Store
     from connector.orders.reconcile import RECONCILE_JOB, reconcile_store, schedule_next
-    from connector.vault.connection import shop_client_for
-    from plugin.woocommerce.rest import ShopError
 
     moment = _parse_since(since)
     failed = False
     with command_app():
-        for pk in _stores(store_id):
-            with transaction() as session:
-                store = session.get(Store, pk)
-                assert store is not None  # noqa: S101 - listed just above
-                client = shop_client_for(session, store)
-                if client is None:
-                    click.echo(f"{store.public_id}: not connected (no WooCommerce key), skipped")
-                    continue
-                try:
-                    result = reconcile_store(session, store, client, since=moment)
-                    # Resume the periodic runs if their chain was broken (one per time slot).
-                    schedule_next(
-                        session, store, RECONCILE_JOB, get_settings().reconcile_interval_seconds
-                    )
-                except ShopError as exc:
-                    session.rollback()
-                    click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)
-                    failed = True
-                    continue
-                click.echo(
-                    f"{store.public_id}: {result.seen} orders since "
-                    f"{result.since.isoformat(timespec='seconds')}: {result.applied} applied, "
-                    f"{result.stale} unchanged, {result.issued_licenses} licenses issued, "
-                    f"{result.revoked_licenses} revoked"
-                    + (f", {len(result.unreadable)} unreadable" if result.unreadable else "")
-                    + (
-                        f", webhooks repaired: {', '.join(result.webhooks_repaired)}"
-                        if result.webhooks_repaired
-                        else ""
-                    )
+        for session, store, client in _connected_stores(store_id):
+            try:
+                result = reconcile_store(session, store, client, since=moment)
+                # Resume the periodic runs if their chain was broken (one per time slot).
+                schedule_next(
+                    session, store, RECONCILE_JOB, get_settings().reconcile_interval_seconds
                 )
+            except ShopError as exc:
+                session.rollback()
+                click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)
+                failed = True
+                continue
+            click.echo(
+                f"{store.public_id}: {result.seen} orders since "
+                f"{result.since.isoformat(timespec='seconds')}: {result.applied} applied, "
+                f"{result.stale} unchanged, {result.issued_licenses} licenses issued, "
+                f"{result.revoked_licenses} revoked"
+                + (f", {len(result.unreadable)} unreadable" if result.unreadable else "")
+                + (
+                    f", webhooks repaired: {', '.join(result.webhooks_repaired)}"
+                    if result.webhooks_repaired
+                    else ""
+                )
+            )
     if failed:
         raise SystemExit(1)
 
@@ -95,35 +107,24 @@ def reconcile(since: str | None, store_id: str | None) -> None:
 @click.option("--store", "store_id", help="Only this store (its store_id).")
 def sync_products(store_id: str | None) -> None:
     """Read _keygate_* product meta from each connected shop (Keygate's own settings win)."""
-    from connector.db import transaction
-    from connector.models import Store
     from connector.orders.product_sync import sync_products as sync
-    from connector.vault.connection import shop_client_for
-    from plugin.woocommerce.rest import ShopError
 
     failed = False
     with command_app():
-        for pk in _stores(store_id):
-            with transaction() as session:
-                store = session.get(Store, pk)
-                assert store is not None  # noqa: S101 - listed just above
-                client = shop_client_for(session, store)
-                if client is None:
-                    click.echo(f"{store.public_id}: not connected (no WooCommerce key), skipped")
-                    continue
-                try:
-                    result = sync(session, store, client)
-                except ShopError as exc:
-                    session.rollback()
-                    click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)
-                    failed = True
-                    continue
-                click.echo(
-                    f"{store.public_id}: {len(result.configured)} configured, "
-                    f"{len(result.unchanged)} unchanged, {len(result.kept_keygate)} kept "
-                    f"(set in Keygate), {len(result.invalid)} with unreadable meta"
-                )
-                for shop_id, problem in result.invalid.items():
-                    click.echo(f"  product {shop_id}: {problem}", err=True)
+        for session, store, client in _connected_stores(store_id):
+            try:
+                result = sync(session, store, client)
+            except ShopError as exc:
+                session.rollback()
+                click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)
+                failed = True
+                continue
+            click.echo(
+                f"{store.public_id}: {len(result.configured)} configured, "
+                f"{len(result.unchanged)} unchanged, {len(result.kept_keygate)} kept "
+                f"(set in Keygate), {len(result.invalid)} with unreadable meta"
+            )
+            for shop_id, problem in result.invalid.items():
+                click.echo(f"  product {shop_id}: {problem}", err=True)
     if failed:
         raise SystemExit(1)
