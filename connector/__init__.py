@@ -17,6 +17,7 @@ from connector.config import Settings, load_settings
 from connector.db import db as database
 from connector.errors import register_error_handlers
 from connector.extensions import csrf, limiter
+from connector.ratelimit import storage_uri
 from connector.vault.crypto import Keyring
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -62,7 +63,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
-        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_STORAGE_URI=storage_uri(settings.ratelimit_storage_uri),
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_HEADERS_ENABLED=True,
         WTF_CSRF_TIME_LIMIT=None,
