@@ -30,7 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, load_only
 
 from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, utcnow
@@ -132,6 +132,34 @@ _COUNT_DOWNLOAD = (
 _LOG_CLICK = insert(EVENTS)
 
 
+def _count_and_log_statement() -> Any:
+    counted = _COUNT_DOWNLOAD.returning(GRANTS.c.id).cte("counted")
+    values = select(
+        bindparam("ev_store_id", type_=EVENTS.c.store_id.type),
+        bindparam("ev_order_id", type_=EVENTS.c.order_id.type),
+        counted.c.id,
+        bindparam("ev_outcome", type_=EVENTS.c.outcome.type),
+        bindparam("ev_served", type_=EVENTS.c.served.type),
+        bindparam("ev_ip_hash", type_=EVENTS.c.ip_hash.type),
+        bindparam("ev_user_agent", type_=EVENTS.c.user_agent.type),
+        bindparam("ev_created_at", type_=EVENTS.c.created_at.type),
+    )
+    columns = [
+        "store_id",
+        "order_id",
+        "grant_id",
+        "outcome",
+        "served",
+        "ip_hash",
+        "user_agent",
+        "created_at",
+    ]
+    return insert(EVENTS).from_select(columns, values).returning(EVENTS.c.id)
+
+
+_COUNT_AND_LOG_PG = _count_and_log_statement()
+
+
 def _count_download(session: Session, grant_id: int, now: dt.datetime) -> bool:
     """Add one download if the grant still allows it; atomic under concurrent clicks."""
     result = cast(
@@ -196,8 +224,9 @@ def _click_statement() -> Select[Any]:
         .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
         .outerjoin(Credential, and_(Credential.store_id == Store.id, Credential.kind == "r2"))
         .where(DownloadGrant.id == bindparam("grant_id"))
-        # A click has no use for the store's webhook secret: don't decrypt it.
-        .options(defer(Store.webhook_secret))
+        # A click needs only the store's id (its R2 credentials come in this row): no other
+        # column, and never the webhook secret, is loaded or decrypted.
+        .options(load_only(Store.id))
     )
 
 
@@ -242,10 +271,8 @@ def start_download(
         return _refuse(session, grant, "refused", ip, user_agent)
     object_key, served = choice
 
-    if not _count_download(session, grant.id, now):
-        # Another click took the last download (or a refund landed) since we read the grant.
-        session.refresh(grant)
-        return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
+    # The delivery first (it has no side effects): a file that cannot be delivered is never
+    # counted, and the count and its log row can then go together.
     try:
         delivery = store_for(store, r2_credentials).delivery(object_key, product_file.filename, ttl)
     except FileNotFoundError:
@@ -255,8 +282,51 @@ def start_download(
         ) from None
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
-    _log_click(session, grant, "served", ip=ip, user_agent=user_agent, served=served)
+    if not _count_and_log(session, grant, now, ip=ip, user_agent=user_agent, served=served):
+        # Another click took the last download (or a refund landed) since we read the grant.
+        session.refresh(grant)
+        return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
+
+
+def _count_and_log(
+    session: Session,
+    grant: DownloadGrant,
+    now: dt.datetime,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    served: str,
+) -> bool:
+    """Count one download (if the grant still allows it) and log the served click.
+
+    PostgreSQL does both in one statement (the UPDATE in a CTE, the INSERT from what it
+    returned): one round trip, and the log row exists exactly when the count went up.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        if not _count_download(session, grant.id, now):
+            return False
+        _log_click(session, grant, "served", ip=ip, user_agent=user_agent, served=served)
+        return True
+    row = (
+        session.connection()
+        .execute(
+            _COUNT_AND_LOG_PG,
+            {
+                "grant_id": grant.id,
+                "now": now,
+                "ev_store_id": grant.store_id,
+                "ev_order_id": grant.order_id,
+                "ev_outcome": "served",
+                "ev_served": served,
+                "ev_ip_hash": keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
+                "ev_user_agent": (user_agent or None) and user_agent[:400],
+                "ev_created_at": utcnow(),
+            },
+        )
+        .first()
+    )
+    return row is not None
 
 
 def _object_to_serve(
