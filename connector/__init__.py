@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 from connector.config import Settings, load_settings
 from connector.db import db as database
@@ -38,6 +40,26 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
 ]
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer built once per key set.
+
+    Flask builds it on every request (license API calls and clicks included); it only
+    depends on the secret key and its fallbacks, so it is rebuilt only when they change.
+    """
+
+    def __init__(self) -> None:
+        self._cached: tuple[object, URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        cached = self._cached
+        if cached is not None and cached[0] == keys:
+            return cached[1]
+        serializer = super().get_signing_serializer(app)
+        self._cached = (keys, serializer)
+        return serializer
+
+
 def get_settings() -> Settings:
     from flask import current_app
 
@@ -57,6 +79,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides)
 
     app = Flask("connector", template_folder=str(TEMPLATES))
+    app.session_interface = _SessionInterface()
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
