@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 from connector.config import Settings, load_settings
 from connector.db import db as database
 from connector.errors import register_error_handlers
 from connector.extensions import csrf, limiter
+from connector.ratelimit import storage_uri
 from connector.vault.crypto import Keyring
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -35,6 +38,26 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.vault.views", "bp", True),
     ("connector.privacy.views", "bp", True),
 ]
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer built once per key set.
+
+    Flask builds it on every request (license API calls and clicks included); it only
+    depends on the secret key and its fallbacks, so it is rebuilt only when they change.
+    """
+
+    def __init__(self) -> None:
+        self._cached: tuple[object, URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        cached = self._cached
+        if cached is not None and cached[0] == keys:
+            return cached[1]
+        serializer = super().get_signing_serializer(app)
+        self._cached = (keys, serializer)
+        return serializer
 
 
 def get_settings() -> Settings:
@@ -56,13 +79,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides)
 
     app = Flask("connector", template_folder=str(TEMPLATES))
+    app.session_interface = _SessionInterface()
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
-        RATELIMIT_STORAGE_URI=settings.ratelimit_storage_uri,
+        RATELIMIT_STORAGE_URI=storage_uri(settings.ratelimit_storage_uri),
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_HEADERS_ENABLED=True,
         WTF_CSRF_TIME_LIMIT=None,

@@ -3,14 +3,23 @@
 Services only ``flush``; the request (or job) boundary commits once. SQLite runs in WAL mode
 with ``BEGIN IMMEDIATE`` so that two writers queue instead of failing half-way; PostgreSQL
 gets row locks where the services ask for them (``with_for_update``).
+
+Hot read paths (license validate) run as a :func:`read_mostly` unit: on SQLite a deferred
+``BEGIN`` (readers never take the write lock, so they no longer queue behind each other), on
+PostgreSQL autocommit (no ``BEGIN``/``COMMIT`` round trips; each statement reads committed
+data, as under the default READ COMMITTED). A statement that would write in such a unit is
+stopped before it runs, and the unit is run again from the start in an ordinary writing
+transaction, so a read that turns into a write never upgrades a SQLite read lock (which
+could fail with SQLITE_BUSY) and never writes outside a transaction on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
@@ -65,8 +74,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+T = TypeVar("T")
+
+# Set while a read_mostly unit opens its transaction (per thread / task).
+_READ_ONLY_BEGIN: ContextVar[bool] = ContextVar("keygate_read_only_begin", default=False)
+# Marks a DBAPI connection (``Connection.info``) whose transaction must not write.
+_READ_ONLY = "keygate.read_only"
+
+
+class NeedsWrite(Exception):
+    """A statement that writes was about to run inside a read-only unit (it did not run)."""
+
+
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    if _READ_ONLY_BEGIN.get():
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _guard_read_only(
+    conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+) -> None:
+    if conn.info.get(_READ_ONLY) and not statement.lstrip()[:6].upper() == "SELECT":
+        raise NeedsWrite(statement.split(None, 1)[0] if statement.strip() else "?")
 
 
 def make_engine(url: str) -> Engine:
@@ -81,12 +112,59 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_size=16, max_overflow=16, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "before_cursor_execute", _guard_read_only)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+    # No pool_pre_ping: it costs a round trip on every checkout. Connections are recycled
+    # after POOL_RECYCLE_SECONDS instead, and a connection that turns out dead (the server
+    # restarted) fails its request once: SQLAlchemy detects the disconnect, drops it and
+    # invalidates the connections older than it, so the next requests get fresh ones.
+    engine = create_engine(
+        url,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        pool_size=10,
+        max_overflow=10,
+        hide_parameters=True,
     )
+    event.listen(engine, "before_cursor_execute", _guard_read_only)
+    return engine
+
+
+POOL_RECYCLE_SECONDS = 300
+
+
+def read_mostly(session: Session, unit: Callable[[], T]) -> T:
+    """Run ``unit`` (reads, rarely a write) as cheaply as a read, and correctly if it writes.
+
+    The unit runs in a read-only transaction (module docstring) that ends here, committed;
+    loaded objects stay usable (``expire_on_commit=False``). If it would write (a statement
+    or a pending ORM change), nothing was written: the transaction is rolled back and the
+    unit runs again in the session's ordinary transaction, which the request commits. A
+    session already in a transaction just runs the unit in it.
+    """
+    if session.in_transaction():
+        return unit()
+    token = _READ_ONLY_BEGIN.set(True)
+    try:
+        options: dict[str, Any] = {}
+        if session.get_bind().dialect.name == "postgresql":
+            options["isolation_level"] = "AUTOCOMMIT"
+        connection = session.connection(execution_options=options)
+        connection.info[_READ_ONLY] = True
+        try:
+            result = unit()
+            session.flush()
+        finally:
+            connection.info.pop(_READ_ONLY, None)
+    except NeedsWrite:
+        session.rollback()
+    else:
+        session.commit()
+        return result
+    finally:
+        _READ_ONLY_BEGIN.reset(token)
+    return unit()
 
 
 class DatabaseState:

@@ -18,8 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, func, insert, or_, select, update
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import (
+    CursorResult,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session, load_only
 
 from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, utcnow
@@ -28,6 +39,7 @@ from connector.downloads.watermark import Stamp, WatermarkError, stamp_pdf, stam
 from connector.errors import ServiceUnavailable
 from connector.integrations.r2 import StorageUnavailable
 from connector.models import (
+    Credential,
     DownloadEvent,
     DownloadGrant,
     License,
@@ -102,23 +114,58 @@ GRANTS = cast(Table, DownloadGrant.__table__)
 EVENTS = cast(Table, DownloadEvent.__table__)
 
 
+# Core statements on the hot path, built once: the ORM's bulk-update bookkeeping and the
+# per-call statement building are not needed here.
+_COUNT_DOWNLOAD = (
+    update(GRANTS)
+    .where(
+        GRANTS.c.id == bindparam("grant_id"),
+        GRANTS.c.revoked_at.is_(None),
+        or_(GRANTS.c.expires_at.is_(None), GRANTS.c.expires_at > bindparam("now")),
+        or_(
+            GRANTS.c.download_limit.is_(None),
+            GRANTS.c.download_count < GRANTS.c.download_limit,
+        ),
+    )
+    .values(download_count=GRANTS.c.download_count + 1)
+)
+_LOG_CLICK = insert(EVENTS)
+
+
+def _count_and_log_statement() -> Any:
+    counted = _COUNT_DOWNLOAD.returning(GRANTS.c.id).cte("counted")
+    values = select(
+        bindparam("ev_store_id", type_=EVENTS.c.store_id.type),
+        bindparam("ev_order_id", type_=EVENTS.c.order_id.type),
+        counted.c.id,
+        bindparam("ev_outcome", type_=EVENTS.c.outcome.type),
+        bindparam("ev_served", type_=EVENTS.c.served.type),
+        bindparam("ev_ip_hash", type_=EVENTS.c.ip_hash.type),
+        bindparam("ev_user_agent", type_=EVENTS.c.user_agent.type),
+        bindparam("ev_created_at", type_=EVENTS.c.created_at.type),
+    )
+    columns = [
+        "store_id",
+        "order_id",
+        "grant_id",
+        "outcome",
+        "served",
+        "ip_hash",
+        "user_agent",
+        "created_at",
+    ]
+    return insert(EVENTS).from_select(columns, values).returning(EVENTS.c.id)
+
+
+_COUNT_AND_LOG_PG = _count_and_log_statement()
+
+
 def _count_download(session: Session, grant_id: int, now: dt.datetime) -> bool:
     """Add one download if the grant still allows it; atomic under concurrent clicks."""
-    # Core statements on the hot path: the ORM's bulk-update bookkeeping is not needed here.
-    statement = (
-        update(GRANTS)
-        .where(
-            GRANTS.c.id == grant_id,
-            GRANTS.c.revoked_at.is_(None),
-            or_(GRANTS.c.expires_at.is_(None), GRANTS.c.expires_at > now),
-            or_(
-                GRANTS.c.download_limit.is_(None),
-                GRANTS.c.download_count < GRANTS.c.download_limit,
-            ),
-        )
-        .values(download_count=GRANTS.c.download_count + 1)
+    result = cast(
+        CursorResult[Any],
+        session.connection().execute(_COUNT_DOWNLOAD, {"grant_id": grant_id, "now": now}),
     )
-    result = cast(CursorResult[Any], session.execute(statement))
     return result.rowcount == 1
 
 
@@ -131,17 +178,18 @@ def _log_click(
     user_agent: str | None,
     served: str | None = None,
 ) -> None:
-    session.execute(
-        insert(EVENTS).values(
-            store_id=grant.store_id,
-            order_id=grant.order_id,
-            grant_id=grant.id,
-            outcome=outcome,
-            served=served,
-            ip_hash=keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
-            user_agent=(user_agent or None) and user_agent[:400],
-            created_at=utcnow(),
-        )
+    session.connection().execute(
+        _LOG_CLICK,
+        {
+            "store_id": grant.store_id,
+            "order_id": grant.order_id,
+            "grant_id": grant.id,
+            "outcome": outcome,
+            "served": served,
+            "ip_hash": keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
+            "user_agent": (user_agent or None) and user_agent[:400],
+            "created_at": utcnow(),
+        },
     )
 
 
@@ -165,6 +213,31 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
     return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
 
 
+def _click_statement() -> Select[Any]:
+    """One round trip for everything a click needs (the hot path of the service), built once:
+    the grant, its file, its store, the buyer's watermarked copy and the store's R2
+    credentials from the vault (None when it has none)."""
+    return (
+        select(DownloadGrant, ProductFile, Store, WatermarkCopy, Credential.data)
+        .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+        .join(Store, DownloadGrant.store_id == Store.id)
+        .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
+        .outerjoin(Credential, and_(Credential.store_id == Store.id, Credential.kind == "r2"))
+        .where(DownloadGrant.id == bindparam("grant_id"))
+        # A click needs only the store's id (its R2 credentials come in this row): no other
+        # column, and never the webhook secret, is loaded or decrypted.
+        .options(load_only(Store.id))
+    )
+
+
+_CLICK = _click_statement()
+# SET LOCAL synchronous_commit = off, riding on the same round trip: a click's count and log
+# row need not wait for the WAL flush (~3 ms here). A database crash can lose the last
+# fraction of a second of clicks (at worst a buyer gets one download more); it never
+# corrupts or double-counts them.
+_CLICK_PG = _CLICK.add_columns(func.set_config("synchronous_commit", "off", True))
+
+
 def start_download(
     session: Session, grant_id: int, *, ip: str | None, user_agent: str | None, ttl: int = 300
 ) -> DownloadAnswer:
@@ -181,26 +254,11 @@ def start_download(
         LinkInvalid: no such grant (404).
         FileUnavailable: storage is down or the file is missing (503; nothing is counted).
     """
-    # One round trip for everything a click needs (the hot path of the service).
-    query = (
-        select(DownloadGrant, ProductFile, Store, WatermarkCopy)
-        .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
-        .join(Store, DownloadGrant.store_id == Store.id)
-        .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
-        .where(DownloadGrant.id == grant_id)
-        # A click has no use for the store's webhook secret: don't decrypt it.
-        .options(defer(Store.webhook_secret))
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        # SET LOCAL synchronous_commit = off, riding on the same round trip: a click's count
-        # and log row need not wait for the WAL flush (~3 ms here). A database crash can
-        # lose the last fraction of a second of clicks (at worst a buyer gets one download
-        # more); it never corrupts or double-counts them.
-        query = query.add_columns(func.set_config("synchronous_commit", "off", True))
-    row = session.execute(query).one_or_none()
+    query = _CLICK_PG if session.get_bind().dialect.name == "postgresql" else _CLICK
+    row = session.execute(query, {"grant_id": grant_id}).one_or_none()
     if row is None:
         raise LinkInvalid("This link is not valid.")
-    grant, product_file, store, copy = row[:4]
+    grant, product_file, store, copy, r2_credentials = row[:5]
     now = utcnow()
     reason = _refusal_reason(grant, now)
     if reason is not None:
@@ -213,12 +271,10 @@ def start_download(
         return _refuse(session, grant, "refused", ip, user_agent)
     object_key, served = choice
 
-    if not _count_download(session, grant.id, now):
-        # Another click took the last download (or a refund landed) since we read the grant.
-        session.refresh(grant)
-        return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
+    # The delivery first (it has no side effects): a file that cannot be delivered is never
+    # counted, and the count and its log row can then go together.
     try:
-        delivery = store_for(store).delivery(object_key, product_file.filename, ttl)
+        delivery = store_for(store, r2_credentials).delivery(object_key, product_file.filename, ttl)
     except FileNotFoundError:
         log.warning("grant %s: object missing from storage", grant.id)
         raise FileUnavailable(
@@ -226,8 +282,51 @@ def start_download(
         ) from None
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
-    _log_click(session, grant, "served", ip=ip, user_agent=user_agent, served=served)
+    if not _count_and_log(session, grant, now, ip=ip, user_agent=user_agent, served=served):
+        # Another click took the last download (or a refund landed) since we read the grant.
+        session.refresh(grant)
+        return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
+
+
+def _count_and_log(
+    session: Session,
+    grant: DownloadGrant,
+    now: dt.datetime,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    served: str,
+) -> bool:
+    """Count one download (if the grant still allows it) and log the served click.
+
+    PostgreSQL does both in one statement (the UPDATE in a CTE, the INSERT from what it
+    returned): one round trip, and the log row exists exactly when the count went up.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        if not _count_download(session, grant.id, now):
+            return False
+        _log_click(session, grant, "served", ip=ip, user_agent=user_agent, served=served)
+        return True
+    row = (
+        session.connection()
+        .execute(
+            _COUNT_AND_LOG_PG,
+            {
+                "grant_id": grant.id,
+                "now": now,
+                "ev_store_id": grant.store_id,
+                "ev_order_id": grant.order_id,
+                "ev_outcome": "served",
+                "ev_served": served,
+                "ev_ip_hash": keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
+                "ev_user_agent": (user_agent or None) and user_agent[:400],
+                "ev_created_at": utcnow(),
+            },
+        )
+        .first()
+    )
+    return row is not None
 
 
 def _object_to_serve(

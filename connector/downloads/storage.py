@@ -12,7 +12,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable
 from connector.models import Store
@@ -96,17 +96,22 @@ class R2ObjectStore(R2Store):
 STORES = {"local": LocalStore, "r2": R2ObjectStore}
 
 
-def r2_config_for(store: Store) -> R2Config | None:
+_LOOK_UP: Any = object()
+
+
+def r2_config_for(store: Store, stored: dict[str, Any] | None = _LOOK_UP) -> R2Config | None:
     """The R2 credentials of ``store``, or None for embedded storage.
 
     The store's own credentials from the encrypted vault (kind "r2") win; the instance-wide
-    ``KEYGATE_R2_*`` settings serve stores that have none.
+    ``KEYGATE_R2_*`` settings serve stores that have none. ``stored``: the vault's "r2"
+    set when the caller already read it in its own query (None: the store has none).
     """
     from connector import get_settings
     from connector.db import db
     from connector.vault.service import credentials_for
 
-    stored = credentials_for(db.session, store, "r2")
+    if stored is _LOOK_UP:
+        stored = credentials_for(db.session, store, "r2")
     if stored is not None:
         return R2Config(
             account_id=stored["account_id"],
@@ -129,11 +134,11 @@ def r2_config_for(store: Store) -> R2Config | None:
     )
 
 
-def store_for(store: Store) -> ObjectStore:
-    """The object store that holds ``store``'s files."""
+def store_for(store: Store, stored: dict[str, Any] | None = _LOOK_UP) -> ObjectStore:
+    """The object store that holds ``store``'s files (``stored``: see ``r2_config_for``)."""
     from connector import get_settings
 
-    config = r2_config_for(store)
+    config = r2_config_for(store, stored)
     if config is not None:
         return R2ObjectStore(config)
     return LocalStore(get_settings().storage_dir)

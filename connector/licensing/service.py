@@ -80,6 +80,8 @@ class Answer:
     extra: dict[str, Any] = field(default_factory=dict)
     # Seats taken, when the lookup already counted them (validate's one-query path).
     seats: int | None = None
+    # The answer's ``license`` block, when made without loading ORM objects (validate_fast).
+    license_view: dict[str, Any] | None = None
 
 
 def make_identity(site: str | None, fingerprint: str | None) -> Identity:
@@ -291,6 +293,94 @@ def _lookup_for_validate(
     if canonical is None or row is None:
         return None, None, None, 0, canonical is None
     return row[0], row[1], row[2] if identity.given else None, int(row[3]), False
+
+
+def _validate_fast_statement() -> Select[Any]:
+    """Built once: the columns of a common VALID answer, as plain values (no ORM objects)."""
+    seats = (
+        select(func.count())
+        .select_from(Activation)
+        .where(Activation.license_id == License.id, Activation.staging.is_(False))
+        .correlate(License)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            License.status,
+            License.expires_at,
+            License.updates_until,
+            License.activation_limit,
+            Product.shop_product_id,
+            Activation.id,
+            Activation.last_seen_at,
+            seats,
+        )
+        .select_from(License)
+        .join(Product, License.product_id == Product.id)
+        .outerjoin(
+            Activation,
+            and_(
+                Activation.license_id == License.id,
+                Activation.site == bindparam("site"),
+                Activation.fingerprint == bindparam("fingerprint"),
+            ),
+        )
+        .where(License.key_hash == bindparam("key_hash"))
+    )
+
+
+_VALIDATE_FAST = _validate_fast_statement()
+
+
+def validate_fast(
+    session: Session,
+    raw_key: str,
+    *,
+    product_id: str | None = None,
+    site: str | None = None,
+    fingerprint: str | None = None,
+) -> Answer | None:
+    """The common answer of :func:`validate` (VALID, nothing to write) from one Core query.
+
+    None whenever anything else could be the answer (unknown key, another product id, a
+    license that is not good, an identity that is not activated here, a last-seen stamp to
+    write): the caller then asks :func:`validate`, which decides every case. Same answer,
+    without the ORM's per-row cost on the hot path.
+    """
+    identity = make_identity(site, fingerprint)
+    canonical = normalize_key(raw_key)
+    if canonical is None:
+        return None
+    row = (
+        session.connection()
+        .execute(
+            _VALIDATE_FAST,
+            {
+                "key_hash": hash_license_key(canonical),
+                "site": identity.site,
+                "fingerprint": identity.fingerprint,
+            },
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    status, expires_at, updates_until, limit, shop_product_id, activation_id, seen, seats = row
+    now = utcnow()
+    if product_id is not None and product_id != shop_product_id:
+        return None
+    if status in ("revoked", "suspended") or (expires_at is not None and expires_at <= now):
+        return None
+    if identity.given:
+        if activation_id is None or now - seen > SEEN_RESOLUTION:
+            return None
+        detail = "The license is valid here."
+    else:
+        detail = "The license is valid."
+    view = _license_block(
+        status, shop_product_id, expires_at, updates_until, limit, int(seats), now
+    )
+    return Answer(True, "VALID", detail, seats=int(seats), license_view=view)
 
 
 def validate(
@@ -559,16 +649,35 @@ def license_json(
     session: Session, lic: License, product: Product, seats: int | None = None
 ) -> dict[str, Any]:
     """The ``license`` block of an answer (``seats``: already counted, else counted here)."""
-    status = lic.status
-    if status == "active" and _is_expired(lic, utcnow()):
+    return _license_block(
+        lic.status,
+        product.shop_product_id,
+        lic.expires_at,
+        lic.updates_until,
+        lic.activation_limit,
+        seats if seats is not None else activations_used(session, lic.id),
+        utcnow(),
+    )
+
+
+def _license_block(
+    status: str,
+    shop_product_id: str,
+    expires_at: dt.datetime | None,
+    updates_until: dt.datetime | None,
+    activation_limit: int | None,
+    seats: int,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    if status == "active" and expires_at is not None and expires_at <= now:
         status = "expired"
     return {
         "status": status,
-        "product": product.shop_product_id,
-        "expires_at": iso(lic.expires_at),
-        "updates_until": iso(lic.updates_until),
-        "activation_limit": lic.activation_limit,
-        "activations_used": seats if seats is not None else activations_used(session, lic.id),
+        "product": shop_product_id,
+        "expires_at": iso(expires_at),
+        "updates_until": iso(updates_until),
+        "activation_limit": activation_limit,
+        "activations_used": seats,
     }
 
 

@@ -18,7 +18,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from connector import get_settings
-from connector.db import db, utcnow
+from connector.db import db, read_mostly, utcnow
 from connector.errors import (
     PROBLEM_BASE,
     InvalidInput,
@@ -251,7 +251,9 @@ def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
         "code": result.code,
         "detail": result.detail,
         "license": (
-            service.license_json(session, result.license, result.product, result.seats)
+            result.license_view
+            if result.license_view is not None
+            else service.license_json(session, result.license, result.product, result.seats)
             if result.license is not None and result.product is not None
             else None
         ),
@@ -268,13 +270,29 @@ def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
 @per_key
 def validate() -> ResponseReturnValue:
     data = _read_payload()
-    result = service.validate(
-        db.session,
-        required_str(data, "key"),
-        product_id=_shop_id_field(data, "product"),
-        site=optional_str(data, "site", max_length=2048),
-        fingerprint=optional_str(data, "fingerprint"),
-        version=optional_str(data, "version", max_length=64),
+    key = required_str(data, "key")
+    product_id = _shop_id_field(data, "product")
+    site = optional_str(data, "site", max_length=2048)
+    fingerprint = optional_str(data, "fingerprint")
+    version = optional_str(data, "version", max_length=64)
+    session = db.session
+    # Almost always a pure read: no write lock (SQLite) or BEGIN/COMMIT (PostgreSQL); the
+    # rare write (an activation's hourly last-seen stamp) reruns it in a real transaction.
+    result = read_mostly(
+        session,
+        lambda: (
+            service.validate_fast(
+                session, key, product_id=product_id, site=site, fingerprint=fingerprint
+            )
+            or service.validate(
+                session,
+                key,
+                product_id=product_id,
+                site=site,
+                fingerprint=fingerprint,
+                version=version,
+            )
+        ),
     )
     return _answer(result)
 

@@ -1,0 +1,39 @@
+"""Keygate signs R2 download URLs itself (hot path): they must be botocore's, byte for byte."""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from connector.integrations.r2 import R2Config, R2Store
+
+CONFIGS = [
+    R2Config("0123456789abcdef0123456789abcdef", "AKIDEXAMPLE", "secret/with+chars", "bucket"),
+    R2Config("acct", "AK", "S", "my-bucket", endpoint_url="http://127.0.0.1:4566"),
+    R2Config("acct", "AK", "S", "b", endpoint_url="https://s3.example.com:8443"),
+]
+OBJECTS = [
+    ("apps/tool.zip", "tool.zip"),
+    ("apps/tool é+x.zip", "tool é.zip"),
+    ("a/b c/d~e;f%g&h=i?.pdf", 'na"me;%\\.pdf'),
+    ("watermarked/1/2/3/Ünïcode 漢字.pdf", "Ünïcode 漢字.pdf"),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.endpoint)
+@pytest.mark.parametrize(("key", "filename"), OBJECTS)
+def test_presigned_url_is_botocores(config: R2Config, key: str, filename: str) -> None:
+    store = R2Store(config)
+    for ttl in (1, 300, 604_800):
+        expected = store.presigned_url_botocore(key, filename, ttl)
+        stamp = parse_qs(urlsplit(expected).query)["X-Amz-Date"][0]
+        now = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        assert store.presigned_url(key, filename, ttl, now=now) == expected
+
+
+def test_presigned_url_clamps_ttl() -> None:
+    store = R2Store(CONFIGS[0])
+    url = store.presigned_url("k", "k", 10**9)
+    assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["604800"]
