@@ -7,17 +7,17 @@ R2 and other non-AWS endpoints need ``when_required``). Presigned URLs work only
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
-import hashlib
-import hmac
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import boto3
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 from connector.redact import AWS_PATTERNS, RedactingFilter, redact_loggers
@@ -98,6 +98,9 @@ class R2Store:
     def __init__(self, config: R2Config) -> None:
         self.config = config
         self.client = _client(config)
+        self._credentials = ReadOnlyCredentials(
+            config.access_key_id, config.secret_access_key, None
+        )
 
     def exists(self, key: str) -> bool:
         try:
@@ -133,23 +136,25 @@ class R2Store:
         except (ClientError, BotoCoreError) as exc:
             raise StorageUnavailable(f"R2 delete failed ({type(exc).__name__})") from None
 
-    def presigned_url(
-        self,
-        key: str,
-        filename: str,
-        ttl: int = PRESIGN_DEFAULT_SECONDS,
-        *,
-        now: dt.datetime | None = None,
-    ) -> str:
+    def presigned_url(self, key: str, filename: str, ttl: int = PRESIGN_DEFAULT_SECONDS) -> str:
         """A GET URL for ``key`` that saves as ``filename`` and expires after ``ttl`` s.
 
-        Signed here (:func:`presign_get`), not by botocore: the same SigV4 query signature
-        (a test holds them equal), without ~1 ms of botocore's request machinery per click.
+        Signed by botocore's SigV4 query signer directly: the same URL as the client's
+        ``generate_presigned_url`` (a test holds them equal) without the client's request
+        pipeline, which costs about 0.2 ms more per click.
         """
-        return presign_get(self.config, key, filename, clamp_ttl(ttl), now or _utcnow())
+        url = f"{self.config.endpoint.rstrip('/')}/{_path(self.config.bucket)}/{_path(key)}"
+        request = AWSRequest(
+            method="GET",
+            url=url,
+            params={"response-content-disposition": content_disposition(filename)},
+        )
+        S3SigV4QueryAuth(self._credentials, "s3", REGION, expires=clamp_ttl(ttl)).add_auth(request)
+        signed: str = request.prepare().url
+        return signed
 
     def presigned_url_botocore(self, key: str, filename: str, ttl: int) -> str:
-        """botocore's presigned URL for the same object (what ``presign_get`` must match)."""
+        """The client's presigned URL for the same object (what ``presigned_url`` must match)."""
         url: str = self.client.generate_presigned_url(
             "get_object",
             Params={
@@ -162,53 +167,9 @@ class R2Store:
         return url
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _sign(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode(), hashlib.sha256).digest()
-
-
-def _quote(value: str) -> str:
-    return quote(value, safe="-_.~")
-
-
-def presign_get(config: R2Config, key: str, filename: str, ttl: int, now: dt.datetime) -> str:
-    """A SigV4 presigned GET (path-style, region ``auto``, unsigned payload) for ``key``.
-
-    What botocore's ``generate_presigned_url("get_object", ...)`` makes with Keygate's client
-    settings, byte for byte: the canonical request signs the host, the path, and the query
-    (the Content-Disposition to answer with and the X-Amz-* parameters).
-    """
-    parts = urlsplit(config.endpoint)
-    host = parts.hostname or ""
-    if parts.port is not None and parts.port != {"http": 80, "https": 443}.get(parts.scheme):
-        host = f"{host}:{parts.port}"
-    path = f"{parts.path.rstrip('/')}/{quote(config.bucket, safe='/~')}/{quote(key, safe='/~')}"
-    amz_date = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    scope = f"{amz_date[:8]}/{REGION}/s3/aws4_request"
-    params = [
-        ("response-content-disposition", content_disposition(filename)),
-        ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
-        ("X-Amz-Credential", f"{config.access_key_id}/{scope}"),
-        ("X-Amz-Date", amz_date),
-        ("X-Amz-Expires", str(ttl)),
-        ("X-Amz-SignedHeaders", "host"),
-    ]
-    query = "&".join(f"{_quote(name)}={_quote(value)}" for name, value in params)
-    canonical_query = "&".join(f"{_quote(name)}={_quote(value)}" for name, value in sorted(params))
-    canonical_request = f"GET\n{path}\n{canonical_query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD"
-    string_to_sign = (
-        f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
-        + hashlib.sha256(canonical_request.encode()).hexdigest()
-    )
-    signing_key = _sign(
-        _sign(_sign(_sign(f"AWS4{config.secret_access_key}".encode(), amz_date[:8]), REGION), "s3"),
-        "aws4_request",
-    )
-    signature = hmac.new(signing_key, string_to_sign.encode(), hashlib.sha256).hexdigest()
-    return f"{parts.scheme}://{parts.netloc}{path}?{query}&X-Amz-Signature={signature}"
+def _path(segment: str) -> str:
+    # botocore's S3 serializer quotes bucket and key this way for path-style URLs.
+    return quote(segment, safe="/~")
 
 
 def _code(exc: ClientError) -> str:
