@@ -49,6 +49,7 @@ HANDLER_MODULES = [
 # interval slot, whatever the number of workers (the slot is the dedupe key).
 PERIODIC: list[tuple[str, int]] = [
     ("privacy.purge", 24 * 3600),
+    ("shop.keep_schedules", 3600),
 ]
 
 LEASE = dt.timedelta(minutes=10)

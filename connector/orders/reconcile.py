@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -229,3 +230,30 @@ def refresh_order_job(payload: dict[str, Any]) -> None:
         refresh_order(session, store, client, str(payload["shop_order_id"]))
     except ShopUnavailable as exc:
         raise RetryLater(str(exc)) from None
+
+
+KEEP_SCHEDULES_JOB = "shop.keep_schedules"
+
+
+@handles(KEEP_SCHEDULES_JOB)
+def keep_schedules(_payload: dict[str, Any]) -> None:
+    """Make sure every connected store has its next reconcile and product sync queued.
+
+    Each periodic run queues the next one; this hourly job restarts a chain that ended (a
+    run that died after its last attempt). ``schedule_next`` is one job per time slot, so a
+    chain that is alive is not doubled.
+    """
+    from connector import get_settings
+    from connector.models import ShopConnection
+    from connector.orders.product_sync import SYNC_JOB
+
+    settings = get_settings()
+    session = db.session
+    stores = session.scalars(
+        select(Store)
+        .join(ShopConnection, ShopConnection.store_id == Store.id)
+        .where(ShopConnection.status == "connected")
+    )
+    for store in stores:
+        schedule_next(session, store, RECONCILE_JOB, settings.reconcile_interval_seconds)
+        schedule_next(session, store, SYNC_JOB, settings.product_sync_interval_seconds)

@@ -233,6 +233,34 @@ def test_periodic_reconcile_schedules_its_next_run_even_when_the_shop_is_down(
         assert "503" in (connection.last_error or "")
 
 
+def test_an_ended_chain_of_periodic_runs_is_restarted_once(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """The hourly keep-schedules job queues the next runs of a connected store, never twice."""
+    from connector.jobs import schedule_periodic
+
+    with app.app_context(), transaction() as session:
+        # The chain ended: no periodic reconcile or product sync is queued any more.
+        for job in session.scalars(select(Job).where(Job.status == "pending")):
+            session.delete(job)
+    schedule_periodic(app)
+    run_pending(app, kinds={"shop.keep_schedules"})
+    with app.app_context():
+        queued = db.session.scalars(
+            select(Job.kind).where(Job.status == "pending", Job.kind.like("shop.%"))
+        ).all()
+    assert sorted(queued) == ["shop.reconcile", "shop.sync_products"]
+    with app.app_context(), transaction() as session:
+        for job in session.scalars(select(Job).where(Job.kind == "shop.keep_schedules")):
+            job.status, job.dedupe_key = "pending", None  # run it again in the same hour
+    run_pending(app, kinds={"shop.keep_schedules"})
+    with app.app_context():
+        queued = db.session.scalars(
+            select(Job.kind).where(Job.status == "pending", Job.kind.like("shop.%"))
+        ).all()
+    assert sorted(queued) == ["shop.reconcile", "shop.sync_products"]
+
+
 def test_no_note_for_an_order_refunded_before_the_job_ran(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
