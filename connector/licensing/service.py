@@ -248,18 +248,22 @@ def _identity_answer(
     return Answer(False, "NO_ACTIVATION", "The license is not activated here.", lic, product)
 
 
-def _validate_statement() -> Select[Any]:
-    """Built once: license, product, the identity's activation and seats taken."""
-    seats = (
+def _seats_taken() -> Any:
+    """Seats a license uses: its activations on production sites (staging ones are free)."""
+    return (
         select(func.count())
         .select_from(Activation)
         .where(Activation.license_id == License.id, Activation.staging.is_(False))
         .correlate(License)
         .scalar_subquery()
     )
+
+
+def _by_key_with_identity(statement: Select[Any]) -> Select[Any]:
+    """The license of ``:key_hash`` with its product and the ``:site``/``:fingerprint``
+    activation (if any)."""
     return (
-        select(License, Product, Activation, seats)
-        .join(Product, License.product_id == Product.id)
+        statement.join(Product, License.product_id == Product.id)
         .outerjoin(
             Activation,
             and_(
@@ -269,18 +273,20 @@ def _validate_statement() -> Select[Any]:
             ),
         )
         .where(License.key_hash == bindparam("key_hash"))
-        # The encrypted copy of the key is for people; a check never needs to decrypt it.
-        .options(defer(License.key_encrypted))
     )
 
 
-_VALIDATE = _validate_statement()
+# Built once: license, product, the identity's activation and seats taken.
+_VALIDATE = _by_key_with_identity(select(License, Product, Activation, _seats_taken())).options(
+    # The encrypted copy of the key is for people; a check never needs to decrypt it.
+    defer(License.key_encrypted)
+)
 
 
 def _lookup_for_validate(
     session: Session, raw_key: str, identity: Identity
 ) -> tuple[License | None, Product | None, Activation | None, int, bool]:
-    """One query for the common case (see ``_validate_statement``)."""
+    """One query for the common case (see ``_VALIDATE``)."""
     canonical = normalize_key(raw_key)
     row = session.execute(
         _VALIDATE,
@@ -295,41 +301,19 @@ def _lookup_for_validate(
     return row[0], row[1], row[2] if identity.given else None, int(row[3]), False
 
 
-def _validate_fast_statement() -> Select[Any]:
-    """Built once: the columns of a common VALID answer, as plain values (no ORM objects)."""
-    seats = (
-        select(func.count())
-        .select_from(Activation)
-        .where(Activation.license_id == License.id, Activation.staging.is_(False))
-        .correlate(License)
-        .scalar_subquery()
-    )
-    return (
-        select(
-            License.status,
-            License.expires_at,
-            License.updates_until,
-            License.activation_limit,
-            Product.shop_product_id,
-            Activation.id,
-            Activation.last_seen_at,
-            seats,
-        )
-        .select_from(License)
-        .join(Product, License.product_id == Product.id)
-        .outerjoin(
-            Activation,
-            and_(
-                Activation.license_id == License.id,
-                Activation.site == bindparam("site"),
-                Activation.fingerprint == bindparam("fingerprint"),
-            ),
-        )
-        .where(License.key_hash == bindparam("key_hash"))
-    )
-
-
-_VALIDATE_FAST = _validate_fast_statement()
+# Built once: the columns of a common VALID answer, as plain values (no ORM objects).
+_VALIDATE_FAST = _by_key_with_identity(
+    select(
+        License.status,
+        License.expires_at,
+        License.updates_until,
+        License.activation_limit,
+        Product.shop_product_id,
+        Activation.id,
+        Activation.last_seen_at,
+        _seats_taken(),
+    ).select_from(License)
+)
 
 
 def validate_fast(
