@@ -19,7 +19,7 @@ from connector.config import Settings, load_settings
 from connector.db import db as database
 from connector.errors import register_error_handlers
 from connector.extensions import csrf, limiter
-from connector.ratelimit import storage_uri
+from connector.ratelimit import Budgets, storage_uri
 from connector.vault.crypto import Keyring
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -107,6 +107,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         )
     database.init_app(app, settings.database_url)
     limiter.init_app(app)
+    app.extensions["keygate.license_budgets"] = Budgets(
+        settings.ratelimit_storage_uri,
+        {
+            "license-ip": settings.ratelimit_license_per_ip,
+            "license-key": settings.ratelimit_license_per_key,
+        },
+        enabled=settings.ratelimit_enabled,
+    )
     csrf.init_app(app)
 
     for module_name, attribute, csrf_exempt in BLUEPRINTS:

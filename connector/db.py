@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, Executable, MetaData, Row, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -82,11 +82,17 @@ _READ_ONLY_BEGIN: ContextVar[bool] = ContextVar("keygate_read_only_begin", defau
 _READ_ONLY = "keygate.read_only"
 
 
+# Execution option of a SQLite connection that runs its statements without BEGIN (read_one).
+_NO_BEGIN = "keygate_no_begin"
+
+
 class NeedsWrite(Exception):
     """A statement that writes was about to run inside a read-only unit (it did not run)."""
 
 
 def _sqlite_begin(conn: Any) -> None:
+    if conn.get_execution_options().get(_NO_BEGIN):
+        return
     if _READ_ONLY_BEGIN.get():
         conn.exec_driver_sql("BEGIN")
     else:
@@ -165,6 +171,23 @@ def read_mostly(session: Session, unit: Callable[[], T]) -> T:
     finally:
         _READ_ONLY_BEGIN.reset(token)
     return unit()
+
+
+def read_one(
+    engine: Engine, statement: Executable, params: dict[str, Any]
+) -> Row[*tuple[Any, ...]] | None:
+    """The first row of one SELECT, run on a pooled connection outside any transaction.
+
+    A single statement reads one consistent snapshot on both backends, so the hottest
+    reads (license validate) skip BEGIN/COMMIT: no round trips on PostgreSQL (autocommit),
+    no SQLAlchemy session or transaction bookkeeping on either.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        else:
+            conn.execution_options(**{_NO_BEGIN: True})
+        return conn.execute(statement, params).first()
 
 
 class DatabaseState:

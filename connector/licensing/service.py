@@ -31,11 +31,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, delete, func, select
+from sqlalchemy import Engine, Select, and_, bindparam, delete, func, select
 from sqlalchemy.orm import Session, defer
 
 from connector.audit import record_audit
-from connector.db import insert_ignoring_conflicts, utcnow
+from connector.db import insert_ignoring_conflicts, read_one, utcnow
 from connector.errors import ValidationFailed
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import Policy
@@ -317,38 +317,36 @@ _VALIDATE_FAST = _by_key_with_identity(
 
 
 def validate_fast(
-    session: Session,
+    engine: Engine,
     raw_key: str,
     *,
     product_id: str | None = None,
     site: str | None = None,
     fingerprint: str | None = None,
 ) -> Answer | None:
-    """The common answer of :func:`validate` (VALID, nothing to write) from one Core query.
+    """The common answers of :func:`validate` (VALID, NOT_FOUND: nothing to write) from one
+    Core statement outside any transaction (``read_one``).
 
-    None whenever anything else could be the answer (unknown key, another product id, a
+    None whenever anything else could be the answer (a malformed key, another product id, a
     license that is not good, an identity that is not activated here, a last-seen stamp to
     write): the caller then asks :func:`validate`, which decides every case. Same answer,
-    without the ORM's per-row cost on the hot path.
+    without a session or the ORM's per-row cost on the hot path.
     """
     identity = make_identity(site, fingerprint)
     canonical = normalize_key(raw_key)
     if canonical is None:
         return None
-    row = (
-        session.connection()
-        .execute(
-            _VALIDATE_FAST,
-            {
-                "key_hash": hash_license_key(canonical),
-                "site": identity.site,
-                "fingerprint": identity.fingerprint,
-            },
-        )
-        .first()
+    row = read_one(
+        engine,
+        _VALIDATE_FAST,
+        {
+            "key_hash": hash_license_key(canonical),
+            "site": identity.site,
+            "fingerprint": identity.fingerprint,
+        },
     )
     if row is None:
-        return None
+        return _not_found(malformed=False)
     status, expires_at, updates_until, limit, shop_product_id, activation_id, seen, seats = row
     now = utcnow()
     if product_id is not None and product_id != shop_product_id:

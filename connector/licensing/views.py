@@ -3,14 +3,16 @@
 Every answer on these paths, errors and 429s included, is signed (connector.signing): the
 headers ``Date``, ``Digest`` and ``Keygate-Signature`` cover the request target, the Host
 header as received, the date and the body's digest. Bodies carry the caller's ``nonce`` and
-a ``ts``. Rate limits (Flask-Limiter) apply per IP and per key; a breach is answered 429 with
-``Retry-After`` and kept as a security record with the IP hashed.
+a ``ts``. Rate limits apply per IP and per key (``connector.ratelimit.Budgets``, in the
+storage Flask-Limiter uses); a breach is answered 429 with ``Retry-After`` and kept as a
+security record with the IP hashed.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
@@ -25,8 +27,9 @@ from connector.errors import (
     KeygateError,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
 )
-from connector.extensions import client_ip, limiter
+from connector.extensions import client_ip
 from connector.licensing import service
 from connector.licensing.files import (
     DEFAULT_TTL,
@@ -39,6 +42,7 @@ from connector.licensing.files import (
 from connector.licensing.privacy import register as register_privacy_hooks
 from connector.licensing.releases import release_download_url
 from connector.models import Release, SecurityEvent, Store
+from connector.ratelimit import Breach, Budgets
 from connector.signing import (
     current_signer,
     digest_header,
@@ -56,7 +60,8 @@ bp = Blueprint("licensing_views", __name__, url_prefix="/api/v1")
 register_privacy_hooks()
 
 MAX_LICENSE_BODY = 16 * 1024
-SIGNED_PREFIXES = ("/api/v1/licenses/", "/api/v1/signing-keys")
+LICENSE_PREFIX = "/api/v1/licenses/"
+SIGNED_PREFIXES = (LICENSE_PREFIX, "/api/v1/signing-keys")
 SECURITY_IP_HASH = "security-ip"
 
 
@@ -126,29 +131,29 @@ def _key_bucket() -> str | None:
     return bucket
 
 
-def _breached(scope: str) -> Any:
-    def remember(_limit: Any) -> None:
-        g.keygate_breach = scope
+def rate_limited(view: Callable[[], ResponseReturnValue]) -> Callable[[], ResponseReturnValue]:
+    """Spend the caller's per-IP budget, then the key's (a request without a key spends the
+    IP budget only); a spent budget is answered 429 with Retry-After."""
 
-    return remember
+    @wraps(view)
+    def limited() -> ResponseReturnValue:
+        budgets: Budgets = current_app.extensions["keygate.license_budgets"]
+        breach = budgets.spend("license-ip", client_ip())
+        bucket = _key_bucket()
+        if breach is None and bucket is not None:
+            breach = budgets.spend("license-key", bucket)
+        if breach is not None:
+            g.keygate_breach = breach
+            raise TooManyRequests(
+                f"Too many license calls from this {breach.scope.removeprefix('license-')}; "
+                f"try again in {breach.retry_after} s."
+            )
+        return view()
+
+    return limited
 
 
-per_ip = limiter.shared_limit(
-    lambda: get_settings().ratelimit_license_per_ip,
-    scope="license-ip",
-    key_func=client_ip,
-    on_breach=_breached("ip"),
-)
-per_key = limiter.shared_limit(
-    lambda: get_settings().ratelimit_license_per_key,
-    scope="license-key",
-    key_func=lambda: _key_bucket() or "",
-    exempt_when=lambda: _key_bucket() is None,
-    on_breach=_breached("key"),
-)
-
-
-def _record_breach() -> None:
+def _record_breach(breach: Breach) -> None:
     license_id = None
     key = _payload_quietly().get("key")
     if isinstance(key, str):
@@ -157,7 +162,7 @@ def _record_breach() -> None:
     db.session.add(
         SecurityEvent(
             kind="rate_limited",
-            scope=g.get("keygate_breach"),
+            scope=breach.scope.removeprefix("license-"),
             ip_hash=keyed_hash(SECURITY_IP_HASH, client_ip()),
             path=request.path[:200],
             license_id=license_id,
@@ -221,7 +226,12 @@ def _rollback() -> None:
 @bp.errorhandler(KeygateError)
 def _keygate_error(exc: KeygateError) -> Response:
     _rollback()
-    return _problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
+    response = _problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
+    breach: Breach | None = g.get("keygate_breach")
+    if isinstance(exc, TooManyRequests) and breach is not None:
+        _record_breach(breach)
+        response.headers["Retry-After"] = str(breach.retry_after)
+    return response
 
 
 @bp.errorhandler(HTTPException)
@@ -232,20 +242,13 @@ def _http_error(exc: HTTPException) -> Response:
     detail = exc.description or title
     if status == 413:
         detail = f"The body must be at most {MAX_LICENSE_BODY} bytes."
-    response = _problem(status, title.lower().replace(" ", "-"), title, detail)
-    if status == 429:
-        _record_breach()
-        current = limiter.current_limit
-        wait = int(current.reset_at - time.time()) if current is not None else 60
-        response.headers["Retry-After"] = str(max(1, wait))
-    return response
+    return _problem(status, title.lower().replace(" ", "-"), title, detail)
 
 
 # --- answers -------------------------------------------------------------------------------
 
 
 def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
-    session = db.session
     body: dict[str, Any] = {
         "valid": result.valid,
         "code": result.code,
@@ -253,7 +256,7 @@ def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
         "license": (
             result.license_view
             if result.license_view is not None
-            else service.license_json(session, result.license, result.product, result.seats)
+            else service.license_json(db.session, result.license, result.product, result.seats)
             if result.license is not None and result.product is not None
             else None
         ),
@@ -266,8 +269,7 @@ def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
 
 
 @bp.post("/licenses/validate")
-@per_ip
-@per_key
+@rate_limited
 def validate() -> ResponseReturnValue:
     data = _read_payload()
     key = required_str(data, "key")
@@ -275,31 +277,29 @@ def validate() -> ResponseReturnValue:
     site = optional_str(data, "site", max_length=2048)
     fingerprint = optional_str(data, "fingerprint")
     version = optional_str(data, "version", max_length=64)
-    session = db.session
-    # Almost always a pure read: no write lock (SQLite) or BEGIN/COMMIT (PostgreSQL); the
-    # rare write (an activation's hourly last-seen stamp) reruns it in a real transaction.
-    result = read_mostly(
-        session,
-        lambda: (
-            service.validate_fast(
-                session, key, product_id=product_id, site=site, fingerprint=fingerprint
-            )
-            or service.validate(
+    # Almost always one read outside any transaction; the rest (an activation's hourly
+    # last-seen stamp, every answer but VALID and NOT_FOUND) in a read-mostly unit.
+    result = service.validate_fast(
+        db.engine, key, product_id=product_id, site=site, fingerprint=fingerprint
+    )
+    if result is None:
+        session = db.session
+        result = read_mostly(
+            session,
+            lambda: service.validate(
                 session,
                 key,
                 product_id=product_id,
                 site=site,
                 fingerprint=fingerprint,
                 version=version,
-            )
-        ),
-    )
+            ),
+        )
     return _answer(result)
 
 
 @bp.post("/licenses/activate")
-@per_ip
-@per_key
+@rate_limited
 def activate() -> ResponseReturnValue:
     data = _read_payload()
     result = service.activate(
@@ -313,8 +313,7 @@ def activate() -> ResponseReturnValue:
 
 
 @bp.post("/licenses/deactivate")
-@per_ip
-@per_key
+@rate_limited
 def deactivate() -> ResponseReturnValue:
     data = _read_payload()
     result = service.deactivate(
@@ -327,8 +326,7 @@ def deactivate() -> ResponseReturnValue:
 
 
 @bp.post("/licenses/update-check")
-@per_ip
-@per_key
+@rate_limited
 def update_check() -> ResponseReturnValue:
     data = _read_payload()
     result = service.check_update(
@@ -358,8 +356,7 @@ def update_check() -> ResponseReturnValue:
 
 
 @bp.post("/licenses/checkout")
-@per_ip
-@per_key
+@rate_limited
 def checkout() -> ResponseReturnValue:
     """A signed offline license file for the license (and identity, when given)."""
     data = _read_payload()

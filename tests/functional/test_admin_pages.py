@@ -167,3 +167,17 @@ def test_an_owner_revocation_also_stops_the_licenses_downloads(shop: WebhookSend
     assert shop.client.get(link).status_code == 410
     assert shop.admin("POST", f"/licenses/{key}/reinstate").status_code == 200
     assert [d["revoked"] for d in shop.order(9320)["downloads"]] == [False]
+
+
+def test_sign_in_attempts_are_rate_limited(admin_client: FlaskClient) -> None:
+    """Flask-Limiter's decorator limit (10 POSTs a minute) holds on the login form."""
+    statuses = [sign_in(admin_client, "wrong") for _ in range(10)]
+    assert statuses == [401] * 10
+    token = csrf_token(admin_client, "/admin/login")  # GETs are not limited
+    response = admin_client.post(
+        "/admin/login", data={"username": "owner", "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "text/html" in response.content_type
+    assert admin_client.get("/admin/").status_code == 302  # the right password did not count

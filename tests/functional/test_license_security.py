@@ -232,6 +232,41 @@ def test_per_ip_limit_covers_keyless_and_unknown_keys(limited_app: Flask) -> Non
         assert event.scope == "ip"
 
 
+def test_only_a_breach_carries_retry_after(limited_app: Flask) -> None:
+    shop = _limited_shop(limited_app)
+    key = issue_key(shop)
+    answers = [call(shop.client, "validate", {"key": key}) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert all("Retry-After" not in a.headers for a in answers[:3])
+    assert 1 <= int(answers[3].headers["Retry-After"]) <= 60
+    assert answers[3].get_json()["type"].endswith("/too-many-requests")
+
+
+def test_an_unreachable_limit_store_does_not_stop_products(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens on the Redis port given: calls are answered, and it is logged once."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(
+        app_overrides(
+            tmp_path,
+            database_url,
+            ratelimit_storage_uri="redis://127.0.0.1:1/0",
+            ratelimit_license_per_key="1/minute",
+        )
+    )
+    try:
+        shop = _limited_shop(application)
+        key = issue_key(shop)
+        with caplog.at_level("WARNING", logger="connector.ratelimit"):
+            statuses = [call(shop.client, "validate", {"key": key}).status_code for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        warnings = [r for r in caplog.records if "rate-limit storage unreachable" in r.message]
+        assert len(warnings) == 1
+    finally:
+        application.extensions["keygate.db"].engine.dispose()
+
+
 def test_limits_are_shared_through_redis(tmp_path: Path, database_url: str) -> None:
     """Two app instances (two servers) on one Redis share the per-key budget.
 

@@ -34,6 +34,13 @@ def test_portal_shows_keys_and_links_and_resends(app: Flask, shop: WebhookSender
     run_pending(app)
     with app.app_context():
         assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 2
+    # At most 3 resends an hour (the CSRF-less try above was refused before it counted).
+    resend = {"csrf_token": token.group(1)}
+    for _ in range(2):
+        assert shop.client.post(portal_path + "/resend", data=resend).status_code == 302
+    limited = shop.client.post(portal_path + "/resend", data=resend)
+    assert limited.status_code == 429
+    assert "Retry-After" in limited.headers
 
 
 def test_revoked_keys_are_not_shown(shop: WebhookSender) -> None:
