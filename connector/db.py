@@ -4,25 +4,28 @@ Services only ``flush``; the request (or job) boundary commits once. SQLite runs
 with ``BEGIN IMMEDIATE`` so that two writers queue instead of failing half-way; PostgreSQL
 gets row locks where the services ask for them (``with_for_update``).
 
-Hot read paths (license validate) run as a :func:`read_mostly` unit: on SQLite a deferred
-``BEGIN`` (readers never take the write lock, so they no longer queue behind each other), on
-PostgreSQL autocommit (no ``BEGIN``/``COMMIT`` round trips; each statement reads committed
-data, as under the default READ COMMITTED). A statement that would write in such a unit is
-stopped before it runs, and the unit is run again from the start in an ordinary writing
-transaction, so a read that turns into a write never upgrades a SQLite read lock (which
-could fail with SQLITE_BUSY) and never writes outside a transaction on PostgreSQL.
+The hottest read (a license validate answered VALID or NOT_FOUND) is one statement outside
+any transaction (:func:`read_one`). Other hot read paths run as a :func:`read_mostly` unit:
+on SQLite a deferred ``BEGIN`` (readers never take the write lock, so they no longer queue
+behind each other), on PostgreSQL autocommit (no ``BEGIN``/``COMMIT`` round trips; each
+statement reads committed data, as under the default READ COMMITTED). A statement that
+would write in such a unit is stopped before it runs, and the unit is run again from the
+start in an ordinary writing transaction, so a read that turns into a write never upgrades
+a SQLite read lock (which could fail with SQLITE_BUSY) and never writes outside a
+transaction on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
-from sqlalchemy import DateTime, Engine, Executable, MetaData, Row, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, Select, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -82,17 +85,11 @@ _READ_ONLY_BEGIN: ContextVar[bool] = ContextVar("keygate_read_only_begin", defau
 _READ_ONLY = "keygate.read_only"
 
 
-# Execution option of a SQLite connection that runs its statements without BEGIN (read_one).
-_NO_BEGIN = "keygate_no_begin"
-
-
 class NeedsWrite(Exception):
     """A statement that writes was about to run inside a read-only unit (it did not run)."""
 
 
 def _sqlite_begin(conn: Any) -> None:
-    if conn.get_execution_options().get(_NO_BEGIN):
-        return
     if _READ_ONLY_BEGIN.get():
         conn.exec_driver_sql("BEGIN")
     else:
@@ -173,21 +170,84 @@ def read_mostly(session: Session, unit: Callable[[], T]) -> T:
     return unit()
 
 
-def read_one(
-    engine: Engine, statement: Executable, params: dict[str, Any]
-) -> Row[*tuple[Any, ...]] | None:
-    """The first row of one SELECT, run on a pooled connection outside any transaction.
+@dataclass(frozen=True)
+class _Prepared:
+    """A SELECT compiled for one dialect, with its parameter order and value converters."""
 
-    A single statement reads one consistent snapshot on both backends, so the hottest
-    reads (license validate) skip BEGIN/COMMIT: no round trips on PostgreSQL (autocommit),
-    no SQLAlchemy session or transaction bookkeeping on either.
+    sql: str
+    positions: tuple[str, ...] | None  # parameter names in order (qmark), None: by name
+    binds: Mapping[str, Callable[[Any], Any]]
+    results: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def compile(cls, statement: Select[Any], dialect: Any) -> _Prepared:
+        compiled = statement.compile(dialect=dialect)
+        binds = {
+            name: processor
+            for name, bind in compiled.binds.items()
+            if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect))
+        }
+        results = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in statement.selected_columns
+        )
+        positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+        return cls(compiled.string, positions, binds, results)
+
+    def parameters(self, params: dict[str, Any]) -> Any:
+        values = {
+            name: self.binds[name](value) if name in self.binds else value
+            for name, value in params.items()
+        }
+        if self.positions is None:
+            return values
+        return tuple(values[name] for name in self.positions)
+
+    def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(
+            value if process is None else process(value)
+            for process, value in zip(self.results, raw, strict=True)
+        )
+
+
+_prepared: dict[tuple[str, Select[Any]], _Prepared] = {}
+
+
+def read_one(
+    engine: Engine, statement: Select[Any], params: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    """The first row of one SELECT, run on a pooled DBAPI connection outside any transaction.
+
+    For the hottest read (license validate). A single statement reads one consistent
+    snapshot on both backends, so it needs no BEGIN/COMMIT (autocommit on PostgreSQL: no
+    round trips; SQLite connections already run without an implicit transaction). The
+    statement is compiled once per dialect, with SQLAlchemy's own bind and result
+    converters for its column types (UTC datetimes come back aware); what is skipped is
+    the per-call execution machinery, which cost more than the query itself.
     """
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-        else:
-            conn.execution_options(**{_NO_BEGIN: True})
-        return conn.execute(statement, params).first()
+    key = (engine.dialect.name, statement)
+    prepared = _prepared.get(key)
+    if prepared is None:
+        prepared = _prepared[key] = _Prepared.compile(statement, engine.dialect)
+    connection = engine.raw_connection()
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        if postgres:
+            connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+        cursor = connection.cursor()
+        try:
+            cursor.execute(prepared.sql, prepared.parameters(params))
+            raw = cursor.fetchone()
+        finally:
+            cursor.close()
+        if postgres:
+            connection.driver_connection.autocommit = False  # type: ignore[union-attr]
+    except BaseException:
+        connection.invalidate()  # a failed read leaves no half-known state in the pool
+        raise
+    finally:
+        connection.close()
+    return None if raw is None else prepared.row(raw)
 
 
 class DatabaseState:

@@ -4,13 +4,15 @@ the unit in an ordinary transaction, on both backends."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, update
+from psycopg.pq import TransactionStatus
+from sqlalchemy import bindparam, func, select, update
 
 from connector.audit import record_audit
-from connector.db import db, read_mostly, utcnow
+from connector.db import db, read_mostly, read_one, utcnow
 from connector.models import Activation, AuditEvent
 from connector.stores import NewStore
 from tests.factories import WebhookSender
@@ -74,3 +76,44 @@ def test_validate_still_stamps_last_seen(
     again = client.post("/api/v1/licenses/validate", json={"key": key, "site": "buyer-shop.com"})
     assert again.get_json()["code"] == "VALID"
     assert again.get_json()["license"] == answer.get_json()["license"]
+
+
+def test_read_one_gives_what_sqlalchemy_gives(
+    client: FlaskClient, shop: WebhookSender, app: Flask
+) -> None:
+    """Same values and types as a Core execution (aware datetimes, booleans, NULLs), and the
+    pooled connection goes back without a transaction or autocommit left on."""
+    key = issue_key(shop, activation_limit=2)
+    for site in ("buyer-shop.com", "staging.buyer-shop.com"):
+        client.post("/api/v1/licenses/activate", json={"key": key, "site": site, "label": "a"})
+    statement = (
+        select(
+            Activation.id,
+            Activation.site,
+            Activation.staging,
+            Activation.created_at,
+            Activation.last_seen_at,
+            Activation.fingerprint,
+            func.count().over(),
+        )
+        .where(Activation.site.like(bindparam("pattern")), Activation.id > bindparam("after"))
+        .order_by(Activation.id.desc())
+    )
+    with app.app_context():
+        engine = db.engine
+        params = {"pattern": "%buyer-shop.com", "after": 0}
+        with engine.connect() as conn:
+            expected = tuple(conn.execute(statement, params).first() or ())
+        got = read_one(engine, statement, params)
+        assert got == expected and len(expected) == 7
+        assert [type(v) for v in got] == [type(v) for v in expected]
+        assert got[2] is True and got[3].tzinfo == dt.UTC
+        assert read_one(engine, statement, {"pattern": "nothing", "after": 0}) is None
+        for _ in range(engine.pool.size() + 2):  # every pooled connection came back clean
+            with engine.connect() as conn:
+                raw: Any = conn.connection.driver_connection
+                if engine.dialect.name == "postgresql":
+                    assert raw.autocommit is False
+                    assert raw.info.transaction_status == TransactionStatus.IDLE
+                else:
+                    assert not raw.in_transaction
