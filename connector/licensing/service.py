@@ -318,32 +318,26 @@ _VALIDATE_FAST = _by_key_with_identity(
 
 def validate_fast(
     engine: Engine,
-    raw_key: str,
+    key_hash: str,
     *,
     product_id: str | None = None,
     site: str | None = None,
     fingerprint: str | None = None,
 ) -> Answer | None:
-    """The common answers of :func:`validate` (VALID, NOT_FOUND: nothing to write) from one
-    Core statement outside any transaction (``read_one``).
+    """The common answers of :func:`validate` (VALID, NOT_FOUND: nothing to write) for a
+    well-formed key (its :func:`lookup_hash`), from one Core statement outside any
+    transaction (``read_one``).
 
-    None whenever anything else could be the answer (a malformed key, another product id, a
-    license that is not good, an identity that is not activated here, a last-seen stamp to
-    write): the caller then asks :func:`validate`, which decides every case. Same answer,
-    without a session or the ORM's per-row cost on the hot path.
+    None whenever anything else could be the answer (another product id, a license that is
+    not good, an identity that is not activated here, a last-seen stamp to write): the
+    caller then asks :func:`validate`, which decides every case. Same answer, without a
+    session or the ORM's per-row cost on the hot path.
     """
     identity = make_identity(site, fingerprint)
-    canonical = normalize_key(raw_key)
-    if canonical is None:
-        return None
     row = read_one(
         engine,
         _VALIDATE_FAST,
-        {
-            "key_hash": hash_license_key(canonical),
-            "site": identity.site,
-            "fingerprint": identity.fingerprint,
-        },
+        {"key_hash": key_hash, "site": identity.site, "fingerprint": identity.fingerprint},
     )
     if row is None:
         return _not_found(malformed=False)
@@ -663,9 +657,13 @@ def _license_block(
     }
 
 
-def key_fingerprint(raw_key: str) -> str | None:
-    """A stable, non-secret tag of a key for rate-limit buckets (never the key itself)."""
+def lookup_hash(raw_key: object) -> str | None:
+    """The keyed lookup hash of a key as typed; None for a malformed key."""
     canonical = normalize_key(raw_key)
-    if canonical is None:
-        return None
-    return hashlib.sha256(hash_license_key(canonical).encode()).hexdigest()[:32]
+    return None if canonical is None else hash_license_key(canonical)
+
+
+def key_fingerprint(key_hash: str) -> str:
+    """A stable, non-secret tag of a key for rate-limit buckets (never the key itself, nor
+    its lookup hash)."""
+    return hashlib.sha256(key_hash.encode()).hexdigest()[:32]

@@ -122,13 +122,12 @@ def _shop_id_field(data: dict[str, Any], name: str, *, required: bool = False) -
 # --- rate limits ---------------------------------------------------------------------------
 
 
-def _key_bucket() -> str | None:
-    """The per-key rate-limit bucket (a hash, never the key), computed once per request."""
-    if "_key_bucket" not in g:
-        key = _payload_quietly().get("key")
-        g._key_bucket = service.key_fingerprint(key) if isinstance(key, str) else None
-    bucket: str | None = g._key_bucket
-    return bucket
+def _key_hash() -> str | None:
+    """The lookup hash of the request's key (None: no key, or a malformed one), made once."""
+    if "_key_hash" not in g:
+        g._key_hash = service.lookup_hash(_payload_quietly().get("key"))
+    key_hash: str | None = g._key_hash
+    return key_hash
 
 
 def rate_limited(view: Callable[[], ResponseReturnValue]) -> Callable[[], ResponseReturnValue]:
@@ -139,9 +138,9 @@ def rate_limited(view: Callable[[], ResponseReturnValue]) -> Callable[[], Respon
     def limited() -> ResponseReturnValue:
         budgets: Budgets = current_app.extensions["keygate.license_budgets"]
         breach = budgets.spend("license-ip", client_ip())
-        bucket = _key_bucket()
-        if breach is None and bucket is not None:
-            breach = budgets.spend("license-key", bucket)
+        key_hash = _key_hash()
+        if breach is None and key_hash is not None:
+            breach = budgets.spend("license-key", service.key_fingerprint(key_hash))
         if breach is not None:
             g.keygate_breach = breach
             raise TooManyRequests(
@@ -279,8 +278,13 @@ def validate() -> ResponseReturnValue:
     version = optional_str(data, "version", max_length=64)
     # Almost always one read outside any transaction; the rest (an activation's hourly
     # last-seen stamp, every answer but VALID and NOT_FOUND) in a read-mostly unit.
-    result = service.validate_fast(
-        db.engine, key, product_id=product_id, site=site, fingerprint=fingerprint
+    key_hash = _key_hash()
+    result = (
+        service.validate_fast(
+            db.engine, key_hash, product_id=product_id, site=site, fingerprint=fingerprint
+        )
+        if key_hash is not None
+        else None
     )
     if result is None:
         session = db.session
