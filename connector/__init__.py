@@ -11,13 +11,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, Response, g
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
 from connector.config import Settings, load_settings
 from connector.db import db as database
-from connector.errors import register_error_handlers
+from connector.errors import JSON_PREFIXES, register_error_handlers
 from connector.extensions import csrf, limiter
 from connector.ratelimit import Budgets, storage_uri
 from connector.vault.crypto import Keyring
@@ -41,7 +41,7 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
 
 
 class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, with the signing serializer built once per key set.
+    """Flask's signed-cookie sessions for pages, with the serializer built once per key set.
 
     Flask builds it on every request (license API calls and clicks included); it only
     depends on the secret key and its fallbacks, so it is rebuilt only when they change.
@@ -49,6 +49,14 @@ class _SessionInterface(SecureCookieSessionInterface):
 
     def __init__(self) -> None:
         self._cached: tuple[object, URLSafeTimedSerializer | None] | None = None
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        # Machine endpoints (JSON APIs, webhooks) authenticate by token or signature and
+        # never use the cookie session: None gives them Flask's null session, unread and
+        # never saved.
+        if request.path.startswith(JSON_PREFIXES):
+            return None
+        return super().open_session(app, request)
 
     def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
         keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))

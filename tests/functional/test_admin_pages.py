@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from flask import Flask
+from flask import Flask, session
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash
@@ -181,3 +181,18 @@ def test_sign_in_attempts_are_rate_limited(admin_client: FlaskClient) -> None:
     assert int(response.headers["Retry-After"]) >= 1
     assert "text/html" in response.content_type
     assert admin_client.get("/admin/").status_code == 302  # the right password did not count
+
+
+@pytest.mark.parametrize(
+    ("path", "null"),
+    [
+        ("/api/v1/licenses/validate", True),
+        ("/webhooks/woocommerce/1", True),
+        ("/admin/login", False),
+        ("/my/some-token", False),
+    ],
+)
+def test_only_pages_open_the_cookie_session(app: Flask, path: str, null: bool) -> None:
+    """Machine endpoints get Flask's null session (never read, never saved); pages a real one."""
+    with app.test_request_context(path):
+        assert app.session_interface.is_null_session(session) is null
