@@ -1,9 +1,16 @@
 """Benchmark: license validate requests/s against a bare Flask JSON endpoint.
 
-Both are served the same way (waitress, one process, same thread count) in the same run, on
-loopback. For each backend (SQLite file, PostgreSQL) it measures:
+Both are served the same way in the same run, on loopback, by each of Keygate's two
+documented servers:
 
-1. peak: closed loop, CONCURRENCY keep-alive connections for DURATION seconds -> requests/s;
+- ``waitress``: what ``keygate run`` serves (one process, 8 threads);
+- ``gunicorn``: the deployment of the README's "At scale" (``gunicorn -w 2*cores+1``, its
+  default sync workers, as gunicorn's documentation recommends).
+
+For each server and backend (SQLite file, PostgreSQL) it measures:
+
+1. peak: closed loop, CONCURRENCY client connections (kept alive where the server keeps them:
+   waitress does, gunicorn's sync workers close each) for DURATION seconds -> requests/s;
 2. latency at half the peak: an open loop paced at peak/2 req/s; latency is counted from the
    scheduled send time (so queueing counts), p50 and p99.
 
@@ -11,6 +18,7 @@ The bare endpoint is measured the same way; the ratio is validate peak / bare pe
 Targets (issue 3): ratio >= 0.6 and p99 < 25 ms at half the measured peak.
 
     .venv/bin/python bench/validate.py [--duration 5] [--backends sqlite,postgresql]
+        [--servers waitress,gunicorn]
 
 PostgreSQL: KEYGATE_BENCH_PG_ADMIN_URL (default postgresql://postgres@127.0.0.1:5432/postgres);
 the bench creates and drops its own database. Traffic goes to 127.0.0.1 only and every loop
@@ -41,6 +49,7 @@ PG_ADMIN_URL = os.environ.get(
 )
 THREADS = 8
 CONCURRENCY = 8
+GUNICORN_WORKERS = 2 * (os.cpu_count() or 1) + 1
 
 
 def free_port() -> int:
@@ -66,11 +75,18 @@ def wait_until_serving(port: int, path: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"server on port {port} did not start")
 
 
-def serve(call: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+def server_command(server: str, call: str, port: int) -> list[str]:
+    if server == "waitress":
+        return [sys.executable, "-m", "waitress", "--listen", f"127.0.0.1:{port}",
+                "--threads", str(THREADS), "--call", call]
+    return [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+            "--workers", str(GUNICORN_WORKERS), f"{call}()"]
+
+
+def serve(server: str, call: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "waitress", "--listen", f"127.0.0.1:{port}",
-         "--threads", str(THREADS), "--call", call],
+        server_command(server, call, port),
         env=env,
         cwd=str(ROOT),
         stdout=subprocess.DEVNULL,
@@ -241,7 +257,9 @@ def create_pg_database() -> tuple[str, Any]:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name, drop
 
 
-def bench_backend(backend: str, duration: float, bare: dict[str, Any]) -> dict[str, Any]:
+def bench_backend(
+    server: str, backend: str, duration: float, bare: dict[str, Any]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="keygate-bench-") as tmp:
         drop = None
         if backend == "sqlite":
@@ -253,7 +271,7 @@ def bench_backend(backend: str, duration: float, bare: dict[str, Any]) -> dict[s
             body = json.dumps(
                 {"key": key, "product": "501", "site": "bench-shop.com", "nonce": "n"}
             ).encode()
-            process, port = serve("connector:create_app", env)
+            process, port = serve(server, "connector:create_app", env)
             try:
                 result = measure(port, body, duration)
             finally:
@@ -266,32 +284,44 @@ def bench_backend(backend: str, duration: float, bare: dict[str, Any]) -> dict[s
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
-    parser.add_argument("--backends", default="sqlite,postgresql")
-    args = parser.parse_args()
-    duration = min(max(args.duration, 1.0), 60.0)
-
+def bench_server(server: str, backends: list[str], duration: float) -> list[tuple[str, Any]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "bench"))
-    process, port = serve("bare_app:create_app", env)
+    process, port = serve(server, "bare_app:create_app", env)
     body = json.dumps({"key": "X", "nonce": "n"}).encode()
     try:
         bare = measure(port, body, duration)
     finally:
         process.terminate()
         process.wait(timeout=10)
+    rows: list[tuple[str, Any]] = [(f"{server}: bare flask", bare)]
+    for backend in backends:
+        result = bench_backend(server, backend, duration, bare)
+        rows.append((f"{server}: validate/{backend}", result))
+    return rows
 
-    rows = [("bare flask", bare)]
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        rows.append((f"validate/{backend}", bench_backend(backend, duration, bare)))
 
-    print(f"waitress, {THREADS} threads, {CONCURRENCY} keep-alive clients, {duration:.0f}s phases")
-    print(f"{'endpoint':<22}{'peak req/s':>11}{'ratio':>7}{'@ req/s':>9}{'p50 ms':>8}{'p99 ms':>8}")
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--servers", default="waitress,gunicorn")
+    args = parser.parse_args()
+    duration = min(max(args.duration, 1.0), 60.0)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+
+    rows = []
+    for server in [s.strip() for s in args.servers.split(",") if s.strip()]:
+        rows.extend(bench_server(server, backends, duration))
+
+    print(
+        f"waitress: 1 process, {THREADS} threads; gunicorn: {GUNICORN_WORKERS} sync workers; "
+        f"{CONCURRENCY} clients, {duration:.0f}s phases"
+    )
+    print(f"{'endpoint':<32}{'peak req/s':>11}{'ratio':>7}{'@ req/s':>9}{'p50 ms':>8}{'p99 ms':>8}")
     for name, r in rows:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         print(
-            f"{name:<22}{r['peak_rps']:>11.0f}{ratio:>7}{r['half_rate']:>9.0f}"
+            f"{name:<32}{r['peak_rps']:>11.0f}{ratio:>7}{r['half_rate']:>9.0f}"
             f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
             + (f"  ({r['errors']} errors)" if r["errors"] else "")
         )
