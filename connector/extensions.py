@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from flask import request
+from collections.abc import Callable
+from functools import partial, wraps
+from typing import Any, TypeVar
+
+from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_wtf.csrf import CSRFProtect
+
+T = TypeVar("T")
 
 
 def client_ip() -> str:
@@ -16,20 +22,44 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+_CHECKED = "_keygate_limits_checked"
+
+
 class DecoratorLimiter(Limiter):
     """Flask-Limiter with its limits on the routes that name them, and nowhere else.
 
     Keygate sets no default or application-wide limits: routes opt in with
-    ``@limiter.limit``, which checks in the decorator. Flask-Limiter's before-request pass
-    over every other request (license calls, download clicks, webhooks) would only look
-    for limits and find none, so it is skipped.
+    ``@limiter.limit``, which checks in the decorator. On every other request (license
+    calls, download clicks, webhooks) Flask-Limiter's hooks would only look for limits and
+    find none: its before-request pass is skipped, and its after-request (rate-limit
+    headers) and teardown hooks run only on requests whose limits it checked.
     """
+
+    def init_app(self, app: Flask) -> None:
+        super().init_app(app)
+        for hooks in (app.after_request_funcs[None], app.teardown_request_funcs[None]):
+            hooks[:] = [_only_if_checked(h) if _bound_to(h, self) else h for h in hooks]
 
     def _check_request_limit(
         self, callable_name: str | None = None, in_middleware: bool = True
     ) -> None:
         if not in_middleware:
+            setattr(g, _CHECKED, True)
             super()._check_request_limit(callable_name=callable_name, in_middleware=False)
+
+
+def _bound_to(hook: Callable[..., Any], owner: object) -> bool:
+    if isinstance(hook, partial):
+        return any(arg is owner for arg in hook.args)
+    return getattr(hook, "__self__", None) is owner
+
+
+def _only_if_checked(hook: Callable[[T], T]) -> Callable[[T], T]:
+    @wraps(hook)
+    def run(value: T) -> T:
+        return hook(value) if g.get(_CHECKED) else value
+
+    return run
 
 
 limiter = DecoratorLimiter(key_func=client_ip, default_limits=[], headers_enabled=True)

@@ -196,3 +196,14 @@ def test_only_pages_open_the_cookie_session(app: Flask, path: str, null: bool) -
     """Machine endpoints get Flask's null session (never read, never saved); pages a real one."""
     with app.test_request_context(path):
         assert app.session_interface.is_null_session(session) is null
+
+
+def test_rate_limit_headers_only_where_a_limit_was_checked(admin_client: FlaskClient) -> None:
+    token = csrf_token(admin_client, "/admin/login")
+    form = {"username": "owner", "password": "wrong", "csrf_token": token}
+    limited = admin_client.post("/admin/login", data=form)
+    assert (limited.headers["X-RateLimit-Limit"], limited.headers["X-RateLimit-Remaining"]) == (
+        "10",
+        "9",
+    )
+    assert "X-RateLimit-Limit" not in admin_client.get("/admin/login").headers  # GET: no limit
