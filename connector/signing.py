@@ -58,8 +58,19 @@ def digest_header(body: bytes) -> str:
     return "sha-256=" + b64(hashlib.sha256(body).digest())
 
 
+_last_date: tuple[int, str] = (0, "")
+
+
 def http_date(when: float | None = None) -> str:
-    return formatdate(when, usegmt=True)
+    """An IMF-fixdate (``Date`` header); the current one is made once per second."""
+    global _last_date
+    if when is not None:
+        return formatdate(when, usegmt=True)
+    second = int(time.time())
+    cached = _last_date
+    if cached[0] != second:
+        cached = _last_date = (second, formatdate(second, usegmt=True))
+    return cached[1]
 
 
 def request_target(method: str, path: str, query: str = "") -> str:

@@ -27,6 +27,9 @@ class Keyring:
     def __init__(self, master_keys: tuple[str, ...], secret_key: str) -> None:
         self._fernet = MultiFernet([Fernet(k) for k in master_keys])
         self._secret = secret_key.encode()
+        # Per-purpose HMAC states, keyed once; each hash copies one (license calls make one
+        # or two per request).
+        self._purposes: dict[str, hmac.HMAC] = {}
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode("ascii")
@@ -45,8 +48,13 @@ class Keyring:
 
     def keyed_hash(self, purpose: str, value: str) -> str:
         """HMAC-SHA256 of ``value`` under a key for ``purpose`` (hex)."""
-        purpose_key = hmac.new(self._secret, purpose.encode(), hashlib.sha256).digest()
-        return hmac.new(purpose_key, value.encode(), hashlib.sha256).hexdigest()
+        keyed = self._purposes.get(purpose)
+        if keyed is None:
+            purpose_key = hmac.new(self._secret, purpose.encode(), hashlib.sha256).digest()
+            keyed = self._purposes[purpose] = hmac.new(purpose_key, digestmod=hashlib.sha256)
+        state = keyed.copy()
+        state.update(value.encode())
+        return state.hexdigest()
 
 
 class DecryptionError(RuntimeError):

@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import hmac
 import time
+from email.utils import parsedate_to_datetime
 
 import pytest
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.client import LicenseFileError, verify_license_file
 from connector.licensing.files import build_license_file, file_expiry
 from connector.licensing.service import version_key
-from connector.signing import Signer, digest_header, request_target, signing_string
+from connector.signing import Signer, digest_header, http_date, request_target, signing_string
+from connector.vault.crypto import Keyring
 
 
 def test_signing_string_is_exactly_designs() -> None:
@@ -82,3 +86,25 @@ def test_garbage_is_not_a_license_file() -> None:
     ]:
         with pytest.raises(LicenseFileError):
             verify_license_file(text, keys)
+
+
+def test_date_header_is_the_current_imf_fixdate() -> None:
+    before = time.time()
+    value = http_date()
+    parsed = parsedate_to_datetime(value).timestamp()
+    assert value.endswith(" GMT") and int(before) <= parsed <= time.time()
+    assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def test_keyed_hashes_are_the_two_step_hmac_stored_hashes_were_made_with() -> None:
+    """Per-purpose keys are cached, but every hash stays HMAC(HMAC(secret, purpose), value)."""
+    keyring = Keyring((Fernet.generate_key().decode(),), "s3cret")
+    for purpose, value in [
+        ("license-key", "KG-ABCD"),
+        ("security-ip", "::1"),
+        ("license-key", "x"),
+    ]:
+        purpose_key = hmac.new(b"s3cret", purpose.encode(), hashlib.sha256).digest()
+        expected = hmac.new(purpose_key, value.encode(), hashlib.sha256).hexdigest()
+        assert keyring.keyed_hash(purpose, value) == expected
+        assert keyring.keyed_hash(purpose, value) == expected  # the cached state is untouched
