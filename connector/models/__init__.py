@@ -15,7 +15,7 @@ from connector.models.licensing_api import (
     SecurityEvent,
     SigningKey,
 )
-from connector.models.orders import LicenseRenewal, LineItem, Order
+from connector.models.orders import GrantExtension, LicenseRenewal, LineItem, Order
 from connector.models.records import AuditEvent, Job, Mail, WebhookDelivery
 from connector.models.store import AdminUser, Store
 from connector.models.vault import (
@@ -38,6 +38,7 @@ __all__ = [
     "Credential",
     "DownloadEvent",
     "DownloadGrant",
+    "GrantExtension",
     "Job",
     "License",
     "LicenseFlag",

@@ -92,3 +92,21 @@ class LicenseRenewal(Base):
     # Set when the renewal was refunded or its order revoked: the extension is taken back.
     reverted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GrantExtension(Base):
+    """A download grant's expiry moved by a renewal of its license.
+
+    Grants that follow the license ("downloads while the license lasts") move with it; those
+    with their own window get a fresh one. Kept per (renewal, grant) so a refunded renewal
+    takes exactly its extension back, by its length, like the license's.
+    """
+
+    __tablename__ = "grant_extensions"
+    __table_args__ = (UniqueConstraint("renewal_id", "grant_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    renewal_id: Mapped[int] = mapped_column(ForeignKey("license_renewals.id"), index=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("download_grants.id"), index=True)
+    previous_expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -11,8 +11,12 @@ A line renews a license when
 Each unit extends the license by the product's duration (from its expiry, or from now if it
 has lapsed) and update period; a :class:`LicenseRenewal` row per (line item, unit) makes
 that exactly-once and remembers the expiry before, so a refund of the renewal takes the
-extension back (by its length, so later renewals stay counted). A line that renews nothing
-found is issued a new license as usual.
+extension back (by its length, so later renewals stay counted). The license's download
+grants that expire move too (:class:`GrantExtension`, undone the same way): grants that last
+while the license lasts get its new expiry, grants with a window of their own
+(``download_days``) a fresh window from their expiry, or from now if it has passed. Counts
+and download limits stay as they are. A line that renews nothing found is issued a new
+license as usual.
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ from sqlalchemy.orm import Session
 from connector.db import insert_ignoring_conflicts, utcnow
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import Policy
-from connector.models import License, LicenseRenewal, LineItem, Order, Product, Store
+from connector.models import (
+    DownloadGrant,
+    GrantExtension,
+    License,
+    LicenseRenewal,
+    LineItem,
+    Order,
+    Product,
+    Store,
+)
 
 RENEW_META = "_keygate_renew_license"
 SUBSCRIPTION_RENEWAL_META = "_subscription_renewal"
@@ -100,7 +113,9 @@ def _later(moment: dt.datetime | None, now: dt.datetime) -> dt.datetime:
     return now if moment is None or moment < now else moment
 
 
-def _extend(renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime) -> None:
+def _extend(
+    session: Session, renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime
+) -> None:
     renewal.previous_expires_at = license_.expires_at
     renewal.previous_updates_until = license_.updates_until
     if policy.duration_days is not None and license_.expires_at is not None:
@@ -116,9 +131,43 @@ def _extend(renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.
     renewal.expires_at = license_.expires_at
     renewal.updates_until = license_.updates_until
     renewal.reverted_at = None
+    _extend_grants(session, renewal, license_, policy, now)
 
 
-def _revert(renewal: LicenseRenewal, license_: License, now: dt.datetime) -> None:
+def _extend_grants(
+    session: Session, renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime
+) -> None:
+    for grant in session.scalars(
+        select(DownloadGrant).where(
+            DownloadGrant.license_id == license_.id, DownloadGrant.expires_at.is_not(None)
+        )
+    ):
+        previous = grant.expires_at
+        assert previous is not None  # noqa: S101 - selected above
+        if policy.download_days is not None:
+            moved = _later(previous, now) + dt.timedelta(days=policy.download_days)
+        elif license_.expires_at is not None:
+            moved = max(previous, license_.expires_at)
+        else:
+            continue
+        if moved == previous:
+            continue
+        grant.expires_at = moved
+        extension = session.execute(
+            select(GrantExtension).where(
+                GrantExtension.renewal_id == renewal.id, GrantExtension.grant_id == grant.id
+            )
+        ).scalar_one_or_none()
+        if extension is None:
+            extension = GrantExtension(renewal_id=renewal.id, grant_id=grant.id)
+            session.add(extension)
+        extension.previous_expires_at = previous
+        extension.expires_at = moved
+
+
+def _revert(
+    session: Session, renewal: LicenseRenewal, license_: License, now: dt.datetime
+) -> None:
     if (
         renewal.expires_at is not None
         and renewal.previous_expires_at is not None
@@ -132,6 +181,13 @@ def _revert(renewal: LicenseRenewal, license_: License, now: dt.datetime) -> Non
     ):
         license_.updates_until -= renewal.updates_until - renewal.previous_updates_until
     renewal.reverted_at = now
+    for extension, grant in session.execute(
+        select(GrantExtension, DownloadGrant)
+        .join(DownloadGrant, GrantExtension.grant_id == DownloadGrant.id)
+        .where(GrantExtension.renewal_id == renewal.id)
+    ).all():
+        if grant.expires_at is not None:
+            grant.expires_at -= extension.expires_at - extension.previous_expires_at
 
 
 def converge_renewal(
@@ -168,7 +224,7 @@ def converge_renewal(
             .execution_options(populate_existing=True)
         ).scalar_one()
         if inserted is not None or renewal.reverted_at is not None:
-            _extend(renewal, license_, policy, now)
+            _extend(session, renewal, license_, policy, now)
             applied.append(renewal.id)
     reverted = revert_renewals(session, line, license_, above_unit=entitled)
     session.flush()
@@ -193,6 +249,6 @@ def revert_renewals(
         target = license_ or session.get(License, renewal.license_id)
         if target is None:  # pragma: no cover - licenses are never deleted
             continue
-        _revert(renewal, target, now)
+        _revert(session, renewal, target, now)
         reverted.append(renewal.id)
     return reverted

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from connector.db import db
-from connector.models import License, LicenseRenewal
+from connector.db import db, utcnow
+from connector.models import DownloadGrant, License, LicenseRenewal
 from tests.factories import WebhookSender, line_item, wc_order
 
 
@@ -73,6 +74,49 @@ def test_subscriptions_renewal_extends_the_customers_license(
     assert shop.order(9207)["licenses"] == []
     assert shop.order(9205)["licenses"][0]["expires_at"] > before
     assert licenses(app) == 2
+
+
+def test_renewals_move_the_download_links_with_the_license(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Links that last while the license lasts follow its new expiry; a refund of the
+    renewal takes exactly that back, and the buyer's links work again once it is paid."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9210, "completed", [line_item(501)]))
+    first = shop.order(9210)
+    key, before = first["licenses"][0]["key"], first["downloads"][0]["expires_at"]
+    assert before == first["licenses"][0]["expires_at"]
+    items = [renewal_line(501, key, 304)]
+    shop.deliver(wc_order(9211, "processing", items, modified=5))
+    renewed = shop.order(9210)
+    assert renewed["downloads"][0]["expires_at"] == renewed["licenses"][0]["expires_at"] > before
+    shop.deliver(wc_order(9211, "processing", items, modified=6))  # redelivered: moved once
+    assert shop.order(9210)["downloads"][0]["expires_at"] == renewed["downloads"][0]["expires_at"]
+    shop.deliver(wc_order(9211, "refunded", items, modified=10))
+    assert shop.order(9210)["downloads"][0]["expires_at"] == before
+    shop.deliver(wc_order(9211, "completed", items, modified=15))
+    assert shop.order(9210)["downloads"][0]["expires_at"] == renewed["downloads"][0]["expires_at"]
+
+
+def test_a_renewal_reopens_a_lapsed_download_window(app: Flask, shop: WebhookSender) -> None:
+    """A product with its own download window (download_days) gets a fresh one from now
+    when the old one has passed; an expired link works again."""
+    shop.configure(501, duration_days=365, download_days=7)
+    shop.deliver(wc_order(9212, "completed", [line_item(501)]))
+    body = shop.order(9212)
+    lapsed = utcnow() - dt.timedelta(days=1)
+    with app.app_context():
+        db.session.execute(update(DownloadGrant).values(expires_at=lapsed))
+        db.session.commit()
+    link = body["downloads"][0]["link"].removeprefix("http://keygate.test")
+    assert shop.client.get(link).status_code == 410
+    shop.deliver(wc_order(9213, "processing", [renewal_line(501, body["licenses"][0]["key"], 305)]))
+    with app.app_context():
+        grant = db.session.execute(select(DownloadGrant)).scalar_one()
+        assert grant.expires_at is not None
+        window = grant.expires_at - utcnow()
+        assert dt.timedelta(days=6, hours=23) < window <= dt.timedelta(days=7)
+    assert shop.client.get(link).status_code != 410  # not "expired" (no file stored here)
 
 
 def test_renewal_of_an_unknown_key_issues_a_new_license(app: Flask, shop: WebhookSender) -> None:
