@@ -207,12 +207,12 @@ def stamp_pdf_open(pdf: pikepdf.Pdf, stamp_pdf_bytes: bytes, fingerprint: str) -
     form[FINGERPRINT_KEY] = pikepdf.String(fingerprint)
     for page in pdf.pages:
         try:
-            box = page.cropbox
-            llx, lly, urx = float(box[0]), float(box[1]), float(box[2])
-            height = (urx - llx) * STAMP_HEIGHT / STAMP_WIDTH
-            rect = pikepdf.Rectangle(llx, lly, urx, lly + height)
+            rect = _foot_strip(page.cropbox, _rotation(page.obj))
             name = page.add_resource(form, pikepdf.Name.XObject, prefix="Kg")
-            placement = page.calc_form_xobject_placement(form, name, rect)
+            # qpdf turns the strip against the page's /Rotate, so it reads upright.
+            placement = page.calc_form_xobject_placement(
+                form, name, rect, invert_transformations=True
+            )
         except (pikepdf.PdfError, ValueError, TypeError, KeyError) as exc:
             raise WatermarkError(f"a page cannot be stamped ({type(exc).__name__})") from None
         # Wrap the page's own content in q/Q so its graphics state cannot move the stamp;
@@ -220,6 +220,40 @@ def stamp_pdf_open(pdf: pikepdf.Pdf, stamp_pdf_bytes: bytes, fingerprint: str) -
         page.contents_add(pikepdf.Stream(pdf, b"q\n"), prepend=True)
         page.contents_add(pikepdf.Stream(pdf, b"Q\n" + placement), prepend=False)
     pdf.docinfo[FINGERPRINT_KEY] = pikepdf.String(fingerprint)
+
+
+def _rotation(page: pikepdf.Dictionary) -> int:
+    """The page's /Rotate (inherited from its page tree if unset): 0, 90, 180 or 270."""
+    node: pikepdf.Object | None = page
+    for _ in range(64):  # page trees are shallow; a cycle must not hang us
+        if node is None or not isinstance(node, pikepdf.Dictionary):
+            break
+        if "/Rotate" in node:
+            try:
+                angle = int(node.Rotate) % 360
+            except (TypeError, ValueError):
+                return 0
+            return angle if angle in (90, 180, 270) else 0
+        node = node.get("/Parent")
+    return 0
+
+
+def _foot_strip(box: pikepdf.Array, rotation: int) -> pikepdf.Rectangle:
+    """The strip, in the page's own coordinates, along the edge a reader sees at the foot
+    of the page once the viewer has applied /Rotate (clockwise)."""
+    llx, lly, urx, ury = (float(v) for v in box)
+    llx, urx = min(llx, urx), max(llx, urx)
+    lly, ury = min(lly, ury), max(lly, ury)
+    # The strip is shrunk to fit a narrow page but never enlarged: as deep as it is drawn.
+    if rotation in (90, 270):  # the page's height is the width a reader sees
+        depth = min(ury - lly, STAMP_WIDTH) * STAMP_HEIGHT / STAMP_WIDTH
+        if rotation == 90:  # the right edge is shown at the foot
+            return pikepdf.Rectangle(urx - depth, lly, urx, ury)
+        return pikepdf.Rectangle(llx, lly, llx + depth, ury)
+    depth = min(urx - llx, STAMP_WIDTH) * STAMP_HEIGHT / STAMP_WIDTH
+    if rotation == 180:  # the top edge is shown at the foot
+        return pikepdf.Rectangle(llx, ury - depth, urx, ury)
+    return pikepdf.Rectangle(llx, lly, urx, lly + depth)
 
 
 def license_text(stamp: Stamp) -> str:

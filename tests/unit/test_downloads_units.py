@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote
 
+import pikepdf
 import pytest
 from flask import Flask
 from sqlalchemy import select
@@ -15,6 +16,8 @@ from connector.downloads.leaks import identify_leak
 from connector.downloads.storage import LocalStore, r2_config_for, store_for
 from connector.downloads.watermark import (
     DEFAULT_TEMPLATE,
+    STAMP_HEIGHT,
+    STAMP_WIDTH,
     Stamp,
     WatermarkError,
     read_fingerprints,
@@ -143,3 +146,59 @@ def test_fingerprint_recorded_for_a_copy_still_names_it_after_a_key_change(
     with app.app_context():
         match = identify_leak(db.session, tmp_path / "old.zip")
         assert match is not None and match.grant_id == grant_id
+
+
+def _on_screen(
+    point: tuple[float, float], rotation: int, box: tuple[float, float]
+) -> tuple[float, float]:
+    """Where a point of the page's own space is shown once a viewer applies /Rotate
+    (clockwise), origin at the bottom left of what the reader sees."""
+    x, y = point
+    width, height = box
+    return {0: (x, y), 90: (y, width - x), 180: (width - x, height - y), 270: (height - y, x)}[
+        rotation
+    ]
+
+
+@pytest.mark.parametrize("inherited", [False, True])
+def test_the_stamp_reads_upright_along_the_foot_of_rotated_pages(
+    tmp_path: Path, inherited: bool
+) -> None:
+    """On pages with /Rotate (set on the page or inherited from the page tree) the line runs
+    left to right, upright, along the edge the reader sees at the bottom, at full size."""
+    from reportlab.pdfgen import canvas
+
+    source, target = tmp_path / "rotated.pdf", tmp_path / "stamped.pdf"
+    drawing = canvas.Canvas(str(source), pagesize=(595, 842))
+    for _ in range(4):
+        drawing.drawString(100, 700, "content")
+        drawing.showPage()
+    drawing.save()
+    rotations = (0, 90, 180, 270)
+    with pikepdf.open(source, allow_overwriting_input=True) as pdf:
+        # The raw page tree (before qpdf builds its page list): with ``inherited`` the second
+        # page says nothing and its tree says 90; the other pages say their own.
+        if inherited:
+            pdf.Root.Pages.Rotate = 90
+        for kid, rotation in zip(pdf.Root.Pages.Kids, rotations, strict=True):
+            if inherited and rotation == 90:
+                del kid.Rotate
+            else:
+                kid.Rotate = rotation
+        pdf.save(source)
+    stamp_pdf(source, target, Stamp("Jürgen", "j@example.org", "7", "2026-11-24", "fp-rot"))
+    with pikepdf.open(target) as pdf:
+        for page, rotation in zip(pdf.pages, rotations, strict=True):
+            placement = page.obj.Contents[-1].read_bytes().decode()
+            a, b, c, d, e, f = (float(v) for v in placement.split("cm")[0].split()[-6:])
+            corners = [(0.0, 0.0), (STAMP_WIDTH, 0.0), (0.0, STAMP_HEIGHT)]
+            shown = [
+                _on_screen((a * x + c * y + e, b * x + d * y + f), rotation, (595, 842))
+                for x, y in corners
+            ]
+            origin, along, up = shown
+            seen_width = 842 if rotation in (90, 270) else 595
+            assert -0.5 <= origin[1] <= 1.0, (rotation, shown)  # at the foot
+            assert along[0] - origin[0] >= STAMP_WIDTH - 0.5 and abs(along[1] - origin[1]) < 0.5
+            assert up[1] - origin[1] >= STAMP_HEIGHT - 0.5 and abs(up[0] - origin[0]) < 0.5
+            assert origin[0] >= 0 and along[0] <= seen_width + 0.5  # on the page
