@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -178,19 +180,29 @@ def test_unknown_path_under_the_api_is_signed_too(shop: WebhookSender) -> None:
     verify_signed(shop.client, "GET", "/api/v1/licenses/validate", response)
 
 
+@contextmanager
+def apps_with(
+    tmp_path: Path, database_url: str, count: int = 1, **settings: Any
+) -> Iterator[list[Flask]]:
+    """``count`` apps (servers) on one database with these settings, disposed after."""
+    (tmp_path / "instance" / "files").mkdir(parents=True, exist_ok=True)
+    apps = [create_app(app_overrides(tmp_path, database_url, **settings)) for _ in range(count)]
+    try:
+        yield apps
+    finally:
+        for application in apps:
+            application.extensions["keygate.db"].engine.dispose()
+
+
 @pytest.fixture
 def limited_app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    application = create_app(
-        app_overrides(
-            tmp_path,
-            database_url,
-            ratelimit_license_per_key="3/minute",
-            ratelimit_license_per_ip="5/minute",
-        )
-    )
-    yield application
-    application.extensions["keygate.db"].engine.dispose()
+    with apps_with(
+        tmp_path,
+        database_url,
+        ratelimit_license_per_key="3/minute",
+        ratelimit_license_per_ip="5/minute",
+    ) as (application,):
+        yield application
 
 
 def _limited_shop(app: Flask) -> WebhookSender:
@@ -246,25 +258,19 @@ def test_an_unreachable_limit_store_does_not_stop_products(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Nothing listens on the Redis port given: calls are answered, and it is logged once."""
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    application = create_app(
-        app_overrides(
-            tmp_path,
-            database_url,
-            ratelimit_storage_uri="redis://127.0.0.1:1/0",
-            ratelimit_license_per_key="1/minute",
-        )
-    )
-    try:
+    with apps_with(
+        tmp_path,
+        database_url,
+        ratelimit_storage_uri="redis://127.0.0.1:1/0",
+        ratelimit_license_per_key="1/minute",
+    ) as (application,):
         shop = _limited_shop(application)
         key = issue_key(shop)
         with caplog.at_level("WARNING", logger="connector.ratelimit"):
             statuses = [call(shop.client, "validate", {"key": key}).status_code for _ in range(3)]
-        assert statuses == [200, 200, 200]
-        warnings = [r for r in caplog.records if "rate-limit storage unreachable" in r.message]
-        assert len(warnings) == 1
-    finally:
-        application.extensions["keygate.db"].engine.dispose()
+    assert statuses == [200, 200, 200]
+    warnings = [r for r in caplog.records if "rate-limit storage unreachable" in r.message]
+    assert len(warnings) == 1
 
 
 def test_limits_are_shared_through_redis(tmp_path: Path, database_url: str) -> None:
@@ -272,19 +278,13 @@ def test_limits_are_shared_through_redis(tmp_path: Path, database_url: str) -> N
 
     Buckets are per (random) license key, so runs never share one; they expire in a minute.
     """
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    apps = [
-        create_app(
-            app_overrides(
-                tmp_path,
-                database_url,
-                ratelimit_storage_uri="redis://127.0.0.1:6379/0",
-                ratelimit_license_per_key="4/minute",
-            )
-        )
-        for _ in range(2)
-    ]
-    try:
+    with apps_with(
+        tmp_path,
+        database_url,
+        2,
+        ratelimit_storage_uri="redis://127.0.0.1:6379/0",
+        ratelimit_license_per_key="4/minute",
+    ) as apps:
         shop = _limited_shop(apps[0])
         key = issue_key(shop)
         clients = [a.test_client() for a in apps]
@@ -292,7 +292,4 @@ def test_limits_are_shared_through_redis(tmp_path: Path, database_url: str) -> N
             clients[i % 2].post("/api/v1/licenses/validate", json={"key": key}).status_code
             for i in range(6)
         ]
-        assert statuses == [200, 200, 200, 200, 429, 429]
-    finally:
-        for a in apps:
-            a.extensions["keygate.db"].engine.dispose()
+    assert statuses == [200, 200, 200, 200, 429, 429]
