@@ -89,6 +89,9 @@ class LicenseRenewal(Base):
     previous_updates_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     updates_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The WooCommerce Subscriptions subscription renewed, if any: its next renewals extend
+    # the same license.
+    subscription_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     # Set when the renewal was refunded or its order revoked: the extension is taken back.
     reverted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

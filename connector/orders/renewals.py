@@ -4,9 +4,12 @@ A line renews a license when
 
 - its meta ``_keygate_renew_license`` holds the key (documented for shops and custom
   checkouts), or
-- its order is a WooCommerce Subscriptions renewal (order meta ``_subscription_renewal``):
-  the license renewed is the newest one of the same product bought by the same customer
-  (customer id, else email) in an earlier order, which is the subscription's first order.
+- its order is a WooCommerce Subscriptions renewal (order meta ``_subscription_renewal``,
+  the subscription's id): the license an earlier renewal of the same subscription renewed;
+  for a subscription's first renewal, of the same customer's (customer id, else email)
+  licenses of the product from earlier orders that no other subscription renews, the one
+  that runs out first (the renewal is due because it runs out; a customer with two
+  subscriptions of one product renews each on its own date).
 
 Each unit extends the license by the product's duration (from its expiry, or from now if it
 has lapsed) and update period; a :class:`LicenseRenewal` row per (line item, unit) makes
@@ -65,9 +68,18 @@ def renewal_target(
     raw_key = line_meta.get(RENEW_META)
     if isinstance(raw_key, str) and raw_key.strip():
         return _license_by_key(session, store, product, raw_key)
-    if order_meta.get(SUBSCRIPTION_RENEWAL_META) not in (None, "", 0, "0"):
-        return _customers_latest_license(session, store, order, product)
+    subscription = subscription_of(order_meta)
+    if subscription is not None:
+        return _subscriptions_license(session, store, order, product, subscription)
     return None
+
+
+def subscription_of(order_meta: dict[str, Any]) -> str | None:
+    """The WooCommerce Subscriptions subscription a renewal order renews, if it is one."""
+    value = order_meta.get(SUBSCRIPTION_RENEWAL_META)
+    if value in (None, "", 0, "0"):
+        return None
+    return str(value)[:64]
 
 
 def _license_by_key(session: Session, store: Store, product: Product, raw: str) -> License | None:
@@ -85,15 +97,36 @@ def _license_by_key(session: Session, store: Store, product: Product, raw: str) 
     ).scalar_one_or_none()
 
 
-def _customers_latest_license(
-    session: Session, store: Store, order: Order, product: Product
+def _subscriptions_license(
+    session: Session, store: Store, order: Order, product: Product, subscription: str
 ) -> License | None:
+    renewed_before = session.scalars(
+        select(LicenseRenewal.license_id)
+        .join(License, LicenseRenewal.license_id == License.id)
+        .where(
+            LicenseRenewal.subscription_id == subscription,
+            License.store_id == store.id,
+            License.product_id == product.id,
+        )
+        .order_by(LicenseRenewal.id.desc())
+        .limit(1)
+    ).first()
+    if renewed_before is not None:
+        return session.get(License, renewed_before)
     if order.customer_id is not None:
         same_customer = Order.customer_id == order.customer_id
     elif order.email is not None:
         same_customer = Order.email == order.email
     else:
         return None
+    other_subscriptions = (
+        select(LicenseRenewal.license_id)
+        .where(
+            LicenseRenewal.subscription_id.is_not(None),
+            LicenseRenewal.subscription_id != subscription,
+        )
+        .scalar_subquery()
+    )
     return session.execute(
         select(License)
         .join(Order, License.order_id == Order.id)
@@ -103,8 +136,10 @@ def _customers_latest_license(
             Order.id != order.id,
             same_customer,
             or_(License.status != "revoked", License.status_reason.like("order:%")),
+            License.id.not_in(other_subscriptions),
         )
-        .order_by(License.issued_at.desc(), License.id.desc())
+        # Lifetime licenses (no expiry) last: they never need a renewal.
+        .order_by(License.expires_at.is_(None), License.expires_at, License.id)
         .limit(1)
     ).scalar_one_or_none()
 
@@ -191,9 +226,17 @@ def _revert(
 
 
 def converge_renewal(
-    session: Session, order: Order, line: LineItem, license_: License, entitled: int
+    session: Session,
+    order: Order,
+    line: LineItem,
+    license_: License,
+    entitled: int,
+    subscription: str | None = None,
 ) -> tuple[list[int], list[int]]:
     """Extend ``license_`` once for each paid unit of ``line``; take back refunded units.
+
+    ``subscription``: the WooCommerce Subscriptions subscription the order renews, kept so
+    its later renewals extend the same license.
 
     Returns:
         Ids of the renewals applied now and of those reverted now.
@@ -213,6 +256,7 @@ def converge_renewal(
                 "order_id": order.id,
                 "line_item_id": line.id,
                 "unit": unit,
+                "subscription_id": subscription,
                 "reverted_at": now,  # "not applied yet"; _extend clears it
                 "created_at": now,
             },

@@ -305,7 +305,14 @@ def _converge_paid(
         )
         if renewed is not None:
             # Extends an existing license instead of issuing one (issue 7).
-            applied, reverted = renewals.converge_renewal(session, order, line, renewed, entitled)
+            applied, reverted = renewals.converge_renewal(
+                session,
+                order,
+                line,
+                renewed,
+                entitled,
+                renewals.subscription_of(shop_order.meta),
+            )
             if applied:
                 result.renewed_licenses.append(renewed.id)
             result.reverted_renewals.extend(reverted)

@@ -76,9 +76,43 @@ def test_subscriptions_renewal_extends_the_customers_license(
     assert licenses(app) == 2
 
 
-def test_renewals_move_the_download_links_with_the_license(
+def subscription_renewal(order_id: int, subscription: int, modified: int) -> dict[str, Any]:
+    order = wc_order(order_id, "processing", [line_item(501)], customer_id=42, modified=modified)
+    order["meta_data"].append({"id": 9, "key": "_subscription_renewal", "value": str(subscription)})
+    return order
+
+
+def test_two_subscriptions_of_one_product_each_renew_their_own_license(
     app: Flask, shop: WebhookSender
 ) -> None:
+    """A customer with two subscriptions: a renewal extends the license that runs out first
+    and no other subscription renews; later renewals of a subscription follow its first."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9220, "completed", [line_item(501)], customer_id=42))
+    with app.app_context():  # the first subscription was bought 10 days before the second
+        bought = db.session.execute(select(License)).scalar_one()
+        assert bought.expires_at is not None
+        bought.expires_at -= dt.timedelta(days=10)
+        db.session.commit()
+    shop.deliver(wc_order(9221, "completed", [line_item(501)], customer_id=42, modified=2))
+    first, second = (shop.order(i)["licenses"][0]["expires_at"] for i in (9220, 9221))
+    assert first < second
+
+    shop.deliver(subscription_renewal(9222, 7001, modified=5))  # subscription A, due first
+    a_once = shop.order(9220)["licenses"][0]["expires_at"]
+    assert a_once > second and shop.order(9221)["licenses"][0]["expires_at"] == second
+    # Subscription B's renewal: A's license now runs out later, but B's is B's.
+    shop.deliver(subscription_renewal(9223, 7002, modified=6))
+    b_once = shop.order(9221)["licenses"][0]["expires_at"]
+    assert b_once > second and shop.order(9220)["licenses"][0]["expires_at"] == a_once
+    # A's next renewal extends A's license again, although B's now runs out first.
+    shop.deliver(subscription_renewal(9224, 7001, modified=7))
+    assert shop.order(9220)["licenses"][0]["expires_at"] > a_once
+    assert shop.order(9221)["licenses"][0]["expires_at"] == b_once
+    assert licenses(app) == 2
+
+
+def test_renewals_move_the_download_links_with_the_license(app: Flask, shop: WebhookSender) -> None:
     """Links that last while the license lasts follow its new expiry; a refund of the
     renewal takes exactly that back, and the buyer's links work again once it is paid."""
     shop.configure(501, duration_days=30)

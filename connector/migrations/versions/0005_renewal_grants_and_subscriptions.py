@@ -1,4 +1,4 @@
-"""renewals extend download grants: one row per (renewal, grant) it moved
+"""renewals: the download grants each one moved, and the subscription it renewed
 
 Revision ID: 0005
 Revises: 0004
@@ -17,6 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('license_renewals', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('subscription_id', sa.String(length=64), nullable=True))
+        batch_op.create_index(batch_op.f('ix_license_renewals_subscription_id'), ['subscription_id'], unique=False)
+
     op.create_table('grant_extensions',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('renewal_id', sa.Integer(), nullable=False),
@@ -40,3 +44,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_grant_extensions_grant_id'))
 
     op.drop_table('grant_extensions')
+    with op.batch_alter_table('license_renewals', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_license_renewals_subscription_id'))
+        batch_op.drop_column('subscription_id')
