@@ -82,17 +82,73 @@ def init(admin_user: str) -> None:
         click.echo("database is up to date")
         session = db.session
         if session.execute(select(AdminUser).limit(1)).scalar_one_or_none() is None:
-            password = os.environ.get("KEYGATE_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
-            session.add(
-                AdminUser(username=admin_user, password_hash=generate_password_hash(password))
-            )
-            session.commit()
+            password = _create_admin(session, admin_user, None)
             click.echo(f"created admin user '{admin_user}'")
-            if not os.environ.get("KEYGATE_ADMIN_PASSWORD"):
-                # Shown once, on the terminal of the person who set Keygate up; never logged.
-                click.echo(f"  initial password: {password}  (change it after signing in)")
+            _show_password(password)
         else:
             click.echo("admin user exists")
+
+
+def _create_admin(session: Any, username: str, store_id: int | None) -> str | None:
+    """Add an admin with KEYGATE_ADMIN_PASSWORD, else a new password, which is returned to
+    be shown once (on the terminal of the person who runs the command; never logged)."""
+    from connector.models import AdminUser
+
+    given = os.environ.get("KEYGATE_ADMIN_PASSWORD")
+    password = given or secrets.token_urlsafe(12)
+    session.add(
+        AdminUser(
+            username=username, password_hash=generate_password_hash(password), store_id=store_id
+        )
+    )
+    session.commit()
+    return None if given else password
+
+
+def _show_password(password: str | None) -> None:
+    if password is not None:
+        click.echo(f"  initial password: {password}  (change it after signing in)")
+
+
+@main.group()
+def admin() -> None:
+    """Manage who may sign in to /admin."""
+
+
+@admin.command("add")
+@click.option("--username", required=True)
+@click.option(
+    "--store",
+    "store_public_id",
+    default=None,
+    help="The store_id (from `keygate store add`) this admin may see; omit for every store.",
+)
+def admin_add(username: str, store_public_id: str | None) -> None:
+    """Add an admin; the password is KEYGATE_ADMIN_PASSWORD, or a new one printed once."""
+    from connector.db import db
+    from connector.models import AdminUser, Store
+
+    app = make_app()
+    with app.app_context():
+        session = db.session
+        store_id = None
+        if store_public_id is not None:
+            store_row = session.execute(
+                select(Store).where(Store.public_id == store_public_id)
+            ).scalar_one_or_none()
+            if store_row is None:
+                raise click.ClickException(f"no store with store_id {store_public_id}")
+            store_id = store_row.id
+        username = username.strip()
+        if not username or len(username) > 100:
+            raise click.ClickException("the username must be 1 to 100 characters")
+        taken = session.execute(select(AdminUser.id).where(AdminUser.username == username))
+        if taken.first() is not None:
+            raise click.ClickException(f"admin user '{username}' exists")
+        password = _create_admin(session, username, store_id)
+    scope = f"store {store_public_id} only" if store_public_id else "every store"
+    click.echo(f"created admin user '{username}' ({scope})")
+    _show_password(password)
 
 
 @main.group()

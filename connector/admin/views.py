@@ -1,7 +1,10 @@
 """The owner's admin pages (/admin): sign in, orders, outbox and mails, audit log.
 
 Every page needs a signed-in admin; every form is CSRF-protected (Flask-WTF); templates are
-autoescaped. Admins created by `keygate init` see every store.
+autoescaped. Admins created by `keygate init` see every store; admins added with
+`keygate admin add --store ID` see that store only: its orders, licenses, mails, audit
+entries, webhook deliveries and credentials (anything else is 404), and not the job queue,
+which is shared by all stores.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Callable
 from functools import cache, wraps
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -52,9 +55,31 @@ def login_required(view: F) -> F:
         user = db.session.get(AdminUser, user_id) if isinstance(user_id, int) else None
         if user is None:
             return redirect(url_for("admin_views.login", next=request.path))
+        g.admin_user = user
         return view(*args, **kwargs)
 
     return cast(F, wrapper)
+
+
+def _scope() -> int | None:
+    """The one store the signed-in admin may see, or None for every store."""
+    user: AdminUser = g.admin_user
+    return user.store_id
+
+
+def _scoped(query: Any, store_column: Any) -> Any:
+    scope = _scope()
+    return query if scope is None else query.where(store_column == scope)
+
+
+def _visible(store_id: int | None) -> bool:
+    scope = _scope()
+    return scope is None or store_id == scope
+
+
+def _global_only() -> None:
+    if _scope() is not None:
+        abort(404)
 
 
 def _safe_next(target: str | None) -> str:
@@ -96,21 +121,23 @@ def logout() -> ResponseReturnValue:
 @bp.get("/")
 @login_required
 def dashboard() -> ResponseReturnValue:
-    stores = db.session.execute(select(Store).order_by(Store.id)).scalars().all()
+    stores = db.session.execute(_scoped(select(Store), Store.id).order_by(Store.id)).scalars()
     counts = dict(
-        db.session.execute(select(Order.store_id, func.count()).group_by(Order.store_id)).all()
+        db.session.execute(
+            _scoped(select(Order.store_id, func.count()), Order.store_id).group_by(Order.store_id)
+        ).all()
     )
-    deliveries = (
-        db.session.execute(select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(20))
-        .scalars()
-        .all()
-    )
+    deliveries = db.session.execute(
+        _scoped(select(WebhookDelivery), WebhookDelivery.store_id)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(20)
+    ).scalars()
     return render_template(
         "admin/dashboard.html",
-        stores=stores,
+        stores=stores.all(),
         order_counts=counts,
-        jobs=job_stats(),
-        deliveries=deliveries,
+        jobs=job_stats() if _scope() is None else None,
+        deliveries=deliveries.all(),
         form=ConfirmForm(),
     )
 
@@ -118,7 +145,7 @@ def dashboard() -> ResponseReturnValue:
 @bp.get("/orders")
 @login_required
 def orders() -> ResponseReturnValue:
-    query = select(Order).order_by(Order.id.desc()).limit(PAGE)
+    query = _scoped(select(Order), Order.store_id).order_by(Order.id.desc()).limit(PAGE)
     email = (request.args.get("email") or "").strip().lower()
     if email:
         query = query.where(Order.email == email)
@@ -130,7 +157,7 @@ def orders() -> ResponseReturnValue:
 @login_required
 def order_detail(order_id: int) -> ResponseReturnValue:
     order = db.session.get(Order, order_id)
-    if order is None:
+    if order is None or not _visible(order.store_id):
         abort(404)
     mails = (
         db.session.execute(select(Mail).where(Mail.order_id == order.id).order_by(Mail.id))
@@ -149,10 +176,21 @@ def order_detail(order_id: int) -> ResponseReturnValue:
 @bp.get("/outbox")
 @login_required
 def outbox() -> ResponseReturnValue:
-    job_rows = db.session.execute(select(Job).order_by(Job.id.desc()).limit(PAGE)).scalars().all()
-    mails = db.session.execute(select(Mail).order_by(Mail.id.desc()).limit(PAGE)).scalars().all()
+    everything = _scope() is None
+    job_rows = (
+        db.session.execute(select(Job).order_by(Job.id.desc()).limit(PAGE)).scalars().all()
+        if everything
+        else None
+    )
+    mails = db.session.execute(
+        _scoped(select(Mail), Mail.store_id).order_by(Mail.id.desc()).limit(PAGE)
+    ).scalars()
     return render_template(
-        "admin/outbox.html", jobs=job_rows, mails=mails, stats=job_stats(), form=ConfirmForm()
+        "admin/outbox.html",
+        jobs=job_rows,
+        mails=mails.all(),
+        stats=job_stats() if everything else None,
+        form=ConfirmForm(),
     )
 
 
@@ -160,7 +198,7 @@ def outbox() -> ResponseReturnValue:
 @login_required
 def mail_detail(mail_id: int) -> ResponseReturnValue:
     mail = db.session.get(Mail, mail_id)
-    if mail is None:
+    if mail is None or not _visible(mail.store_id):
         abort(404)
     return render_template("admin/mail.html", mail=mail, form=ConfirmForm())
 
@@ -168,6 +206,7 @@ def mail_detail(mail_id: int) -> ResponseReturnValue:
 @bp.post("/outbox/jobs/<int:job_id>/retry")
 @login_required
 def retry_job(job_id: int) -> ResponseReturnValue:
+    _global_only()
     if not ConfirmForm().validate_on_submit():
         abort(400)
     job = db.session.get(Job, job_id)
@@ -180,7 +219,11 @@ def retry_job(job_id: int) -> ResponseReturnValue:
         job.attempts = 0
         job.run_after = utcnow()
         record_audit(
-            db.session, store_id=None, actor="admin", action="job.retried", subject=f"job:{job.id}"
+            db.session,
+            store_id=None,
+            actor=_admin_name(),
+            action="job.retried",
+            subject=f"job:{job.id}",
         )
     return redirect(url_for("admin_views.outbox"))
 
@@ -188,12 +231,12 @@ def retry_job(job_id: int) -> ResponseReturnValue:
 @bp.get("/audit")
 @login_required
 def audit() -> ResponseReturnValue:
-    events = (
-        db.session.execute(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(PAGE * 4))
-        .scalars()
-        .all()
-    )
-    return render_template("admin/audit.html", events=events, form=ConfirmForm())
+    events = db.session.execute(
+        _scoped(select(AuditEvent), AuditEvent.store_id)
+        .order_by(AuditEvent.id.desc())
+        .limit(PAGE * 4)
+    ).scalars()
+    return render_template("admin/audit.html", events=events.all(), form=ConfirmForm())
 
 
 LICENSE_ACTIONS = ("revoke", "suspend", "reinstate")
@@ -209,15 +252,15 @@ def license_action(license_id: int, action: str) -> ResponseReturnValue:
         abort(400)
     license_ = db.session.get(License, license_id)
     store = db.session.get(Store, license_.store_id) if license_ is not None else None
-    if license_ is None or store is None:
+    if license_ is None or store is None or not _visible(store.id):
         abort(404)
     change_license(db.session, store, license_.key_encrypted, action, actor=_admin_name())
     return redirect(url_for("admin_views.order_detail", order_id=license_.order_id))
 
 
 def _admin_name() -> str:
-    user = db.session.get(AdminUser, session.get("admin_user_id"))
-    return f"admin:{user.username}" if user is not None else "admin"
+    user: AdminUser = g.admin_user
+    return f"admin:{user.username}"
 
 
 @bp.route("/stores/<int:store_id>/credentials", methods=["GET", "POST"])
@@ -234,7 +277,7 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
     )
 
     store = db.session.get(Store, store_id)
-    if store is None:
+    if store is None or not _visible(store.id):
         abort(404)
     form = ConfirmForm()
     error = None

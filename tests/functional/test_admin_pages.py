@@ -12,7 +12,8 @@ from werkzeug.security import generate_password_hash
 
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import AdminUser, License, Order
+from connector.models import AdminUser, AuditEvent, License, Mail, Order
+from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
 
 PASSWORD = "correct horse battery staple"
@@ -207,3 +208,61 @@ def test_rate_limit_headers_only_where_a_limit_was_checked(admin_client: FlaskCl
         "9",
     )
     assert "X-RateLimit-Limit" not in admin_client.get("/admin/login").headers  # GET: no limit
+
+
+def test_a_store_admin_sees_only_their_store(app: Flask, shop: WebhookSender) -> None:
+    """Admins added for one store: its orders, licenses, mails, audit and credentials only;
+    the other store's pages are 404 and the shared job queue is not shown."""
+    shop.configure(501)
+    shop.deliver(wc_order(9700, "processing", [line_item(501)], email="mine@example.org"))
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+    other_shop = WebhookSender(app.test_client(), other)
+    other_shop.configure(601)
+    other_shop.deliver(wc_order(9701, "processing", [line_item(601)], email="theirs@example.org"))
+    run_pending(app)
+    with app.app_context():
+        mine, theirs = (
+            db.session.execute(select(Order).where(Order.shop_order_id == str(i))).scalar_one()
+            for i in (9700, 9701)
+        )
+        their_license = db.session.execute(
+            select(License).where(License.order_id == theirs.id)
+        ).scalar_one()
+        their_mail = db.session.execute(select(Mail).where(Mail.order_id == theirs.id)).scalar_one()
+        db.session.add(
+            AdminUser(
+                username="ana",
+                password_hash=generate_password_hash(PASSWORD),
+                store_id=mine.store_id,
+            )
+        )
+        db.session.commit()
+        mine_id, theirs_id, their_store = mine.id, theirs.id, theirs.store_id
+        their_license_id, their_mail_id = their_license.id, their_mail.id
+    client = app.test_client()
+    token = csrf_token(client, "/admin/login")
+    signed_in = client.post(
+        "/admin/login", data={"username": "ana", "password": PASSWORD, "csrf_token": token}
+    )
+    assert signed_in.status_code == 302
+
+    listing = client.get("/admin/orders").get_data(as_text=True)
+    assert "mine@example.org" in listing and "theirs@example.org" not in listing
+    assert client.get(f"/admin/orders/{mine_id}").status_code == 200
+    assert client.get(f"/admin/orders/{theirs_id}").status_code == 404
+    assert client.get(f"/admin/outbox/mails/{their_mail_id}").status_code == 404
+    assert client.get(f"/admin/stores/{their_store}/credentials").status_code == 404
+    outbox = client.get("/admin/outbox").get_data(as_text=True)
+    assert "<h2>Jobs</h2>" not in outbox and "theirs@example.org" not in outbox
+    assert "Other shop" not in client.get("/admin/").get_data(as_text=True)
+    form = {"csrf_token": csrf_token(client, f"/admin/orders/{mine_id}")}
+    assert client.post(f"/admin/licenses/{their_license_id}/revoke", data=form).status_code == 404
+    assert client.post("/admin/outbox/jobs/1/retry", data=form).status_code == 404
+    with app.app_context():
+        assert db.session.get(License, their_license_id).status == "active"  # type: ignore[union-attr]
+        subjects = {e.subject for e in db.session.scalars(select(AuditEvent))}
+    assert {"order:9700", "order:9701"} <= subjects  # both stores have audit entries
+    audit_page = client.get("/admin/audit").get_data(as_text=True)
+    assert "order:9700" in audit_page and "order:9701" not in audit_page

@@ -78,3 +78,23 @@ def test_commands_without_init_explain_what_to_do(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "keygate init" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_admin_add_for_one_store(tmp_path: Path) -> None:
+    """`keygate admin add --store` makes an admin of that store only; names are unique."""
+    assert keygate(tmp_path, "init").returncode == 0
+    added = keygate(
+        tmp_path, "store", "add", "--name", "Shop", "--url", "https://s.example", "--json"
+    )
+    store_id = json.loads(added.stdout)["store_id"]
+    result = keygate(tmp_path, "admin", "add", "--username", "ana", "--store", store_id)
+    assert result.returncode == 0, result.stderr
+    assert f"created admin user 'ana' (store {store_id} only)" in result.stdout
+    password = result.stdout.split("initial password: ")[1].split()[0]
+    assert len(password) >= 16
+    db_bytes = (tmp_path / "instance" / "keygate.db").read_bytes()
+    assert password.encode() not in db_bytes  # only its hash is kept
+    again = keygate(tmp_path, "admin", "add", "--username", "ana")
+    assert again.returncode != 0 and "exists" in again.stderr
+    unknown = keygate(tmp_path, "admin", "add", "--username", "bo", "--store", "nope")
+    assert unknown.returncode != 0 and "no store" in unknown.stderr
