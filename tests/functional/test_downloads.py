@@ -17,7 +17,7 @@ import pikepdf
 import pytest
 from flask import Flask
 from pypdf import PdfReader
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from connector.db import db
 from connector.jobs import run_pending
@@ -167,6 +167,38 @@ def test_limit_reached_is_429(app: Flask, shop: WebhookSender) -> None:
     assert statuses == [200, 200, 429]
     assert shop.order(7006)["downloads"][0]["downloads_left"] == 0
     assert [e.outcome for e in events(app)] == ["served", "served", "limit"]
+
+
+def test_a_click_is_two_statements_each_its_own_transaction_on_postgresql(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """PostgreSQL: the read and the count-and-log statement run in autocommit (no BEGIN or
+    COMMIT round trips), the latter with synchronous_commit off; SQLite: one transaction."""
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(shop, 7010, [{"object_key": "files/a.pdf", "filename": "a.pdf"}])
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        raw = conn.connection.driver_connection
+        autocommit = bool(getattr(raw, "autocommit", False)) if postgres else False
+        seen.append((statement.split(None, 1)[0].upper(), autocommit))
+
+    with app.app_context():
+        engine = db.engine
+        postgres = engine.dialect.name == "postgresql"
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert get(shop.client, link_path(downloads[0])).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    if postgres:
+        assert seen == [("SELECT", True), ("WITH", True)]
+    else:
+        assert [kind for kind, _ in seen] == ["BEGIN", "SELECT", "UPDATE", "INSERT"]
+    assert [e.outcome for e in events(app)] == ["served"]
+    assert shop.order(7010)["downloads"][0]["downloads_left"] is None  # unlimited, counted
+    with app.app_context():
+        assert db.session.execute(select(DownloadGrant.download_count)).scalar_one() == 1
 
 
 def test_concurrent_clicks_never_exceed_the_limit(app: Flask, shop: WebhookSender) -> None:
