@@ -213,6 +213,10 @@ class _Prepared:
 _prepared: dict[tuple[str, Select[Any]], _Prepared] = {}
 
 
+class _Disconnected(Exception):
+    """The database dropped the connection a read ran on (the original error is chained)."""
+
+
 def read_one(
     engine: Engine, statement: Select[Any], params: dict[str, Any]
 ) -> tuple[Any, ...] | None:
@@ -224,16 +228,34 @@ def read_one(
     statement is compiled once per dialect, with SQLAlchemy's own bind and result
     converters for its column types (UTC datetimes come back aware); what is skipped is
     the per-call execution machinery, which cost more than the query itself.
+
+    If the database dropped the connection (it restarted; the pool does not ping), every
+    pooled connection is as stale: the pool is replaced and the read runs once more.
     """
     key = (engine.dialect.name, statement)
     prepared = _prepared.get(key)
     if prepared is None:
         prepared = _prepared[key] = _Prepared.compile(statement, engine.dialect)
+    try:
+        return _read_raw(engine, prepared, params)
+    except _Disconnected:
+        engine.dispose(close=False)  # connections in use elsewhere finish on their own
+        try:
+            return _read_raw(engine, prepared, params)
+        except _Disconnected as again:
+            raise again.__cause__ from None  # type: ignore[misc]
+
+
+def _read_raw(
+    engine: Engine, prepared: _Prepared, params: dict[str, Any]
+) -> tuple[Any, ...] | None:
     connection = engine.raw_connection()
+    dbapi_connection = connection.driver_connection
     postgres = engine.dialect.name == "postgresql"
+    cursor = None
     try:
         if postgres:
-            connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+            dbapi_connection.autocommit = True  # type: ignore[union-attr]
         cursor = connection.cursor()
         try:
             cursor.execute(prepared.sql, prepared.parameters(params))
@@ -241,9 +263,13 @@ def read_one(
         finally:
             cursor.close()
         if postgres:
-            connection.driver_connection.autocommit = False  # type: ignore[union-attr]
-    except BaseException:
+            dbapi_connection.autocommit = False  # type: ignore[union-attr]
+    except BaseException as exc:
         connection.invalidate()  # a failed read leaves no half-known state in the pool
+        if isinstance(exc, engine.dialect.loaded_dbapi.Error) and engine.dialect.is_disconnect(
+            exc, dbapi_connection, cursor
+        ):
+            raise _Disconnected() from exc
         raise
     finally:
         connection.close()

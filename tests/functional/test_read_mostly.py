@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import psycopg
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.pq import TransactionStatus
@@ -117,3 +118,35 @@ def test_read_one_gives_what_sqlalchemy_gives(
                     assert raw.info.transaction_status == TransactionStatus.IDLE
                 else:
                     assert not raw.in_transaction
+
+
+def test_validate_rides_out_a_database_restart(app: Flask, shop: WebhookSender) -> None:
+    """Every pooled connection dies (PostgreSQL restarted, or a proxy dropped them): the
+    next validate still answers (its read starts a new pool and runs again), and so do the
+    ones after it. (Other paths go through SQLAlchemy, which fails such a request once.)"""
+    key = issue_key(shop)
+    assert shop.client.post("/api/v1/licenses/validate", json={"key": key}).status_code == 200
+    with app.app_context():
+        engine = db.engine
+        held = [engine.raw_connection() for _ in range(3)]  # three pooled connections
+        dbapi_connections = [connection.driver_connection for connection in held]
+        for connection in held:
+            connection.close()
+        if engine.dialect.name == "postgresql":
+            database = engine.url.database
+            with psycopg.connect(
+                "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True
+            ) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (database,),
+                )
+        else:  # SQLite has no server: close the pooled connections' files under them
+            for dbapi_connection in dbapi_connections:
+                dbapi_connection.close()  # type: ignore[union-attr]
+    statuses = [
+        shop.client.post("/api/v1/licenses/validate", json={"key": key}).status_code
+        for _ in range(5)
+    ]
+    assert statuses == [200] * 5
