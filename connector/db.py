@@ -239,7 +239,9 @@ def read_one(
     try:
         return _read_raw(engine, prepared, params)
     except _Disconnected:
-        engine.dispose(close=False)  # connections in use elsewhere finish on their own
+        # A new pool; the old one's idle connections are closed (connections in use in other
+        # threads finish their work and go back to the old pool).
+        engine.dispose()
         try:
             return _read_raw(engine, prepared, params)
         except _Disconnected as again:
