@@ -207,7 +207,8 @@ def stamp_pdf_open(pdf: pikepdf.Pdf, stamp_pdf_bytes: bytes, fingerprint: str) -
     form[FINGERPRINT_KEY] = pikepdf.String(fingerprint)
     for page in pdf.pages:
         try:
-            rect = _foot_strip(page.cropbox, _rotation(page.obj))
+            # pikepdf reads /Rotate as set on the page or inherited from its page tree.
+            rect = _foot_strip(page.cropbox, page.rotation)
             name = page.add_resource(form, pikepdf.Name.XObject, prefix="Kg")
             # qpdf turns the strip against the page's /Rotate, so it reads upright.
             placement = page.calc_form_xobject_placement(
@@ -222,25 +223,10 @@ def stamp_pdf_open(pdf: pikepdf.Pdf, stamp_pdf_bytes: bytes, fingerprint: str) -
     pdf.docinfo[FINGERPRINT_KEY] = pikepdf.String(fingerprint)
 
 
-def _rotation(page: pikepdf.Dictionary) -> int:
-    """The page's /Rotate (inherited from its page tree if unset): 0, 90, 180 or 270."""
-    node: pikepdf.Object | None = page
-    for _ in range(64):  # page trees are shallow; a cycle must not hang us
-        if node is None or not isinstance(node, pikepdf.Dictionary):
-            break
-        if "/Rotate" in node:
-            try:
-                angle = int(node.Rotate) % 360
-            except (TypeError, ValueError):
-                return 0
-            return angle if angle in (90, 180, 270) else 0
-        node = node.get("/Parent")
-    return 0
-
-
 def _foot_strip(box: pikepdf.Array, rotation: int) -> pikepdf.Rectangle:
     """The strip, in the page's own coordinates, along the edge a reader sees at the foot
-    of the page once the viewer has applied /Rotate (clockwise)."""
+    of the page once the viewer has applied /Rotate (clockwise; an angle that is not a
+    quarter turn counts as none)."""
     llx, lly, urx, ury = (float(v) for v in box)
     llx, urx = min(llx, urx), max(llx, urx)
     lly, ury = min(lly, ury), max(lly, ury)

@@ -21,7 +21,9 @@ from connector.downloads.watermark import (
     Stamp,
     WatermarkError,
     read_fingerprints,
+    render_stamp,
     stamp_pdf,
+    stamp_pdf_open,
     stamp_zip,
 )
 from connector.integrations.r2 import clamp_ttl, content_disposition
@@ -168,16 +170,18 @@ def test_the_stamp_reads_upright_along_the_foot_of_rotated_pages(
     left to right, upright, along the edge the reader sees at the bottom, at full size."""
     from reportlab.pdfgen import canvas
 
-    source, target = tmp_path / "rotated.pdf", tmp_path / "stamped.pdf"
+    source = tmp_path / "rotated.pdf"
     drawing = canvas.Canvas(str(source), pagesize=(595, 842))
     for _ in range(4):
         drawing.drawString(100, 700, "content")
         drawing.showPage()
     drawing.save()
     rotations = (0, 90, 180, 270)
-    with pikepdf.open(source, allow_overwriting_input=True) as pdf:
-        # The raw page tree (before qpdf builds its page list): with ``inherited`` the second
-        # page says nothing and its tree says 90; the other pages say their own.
+    stamp = Stamp("Jürgen", "j@example.org", "7", "2026-11-24", "fp-rot")
+    with pikepdf.open(source) as pdf:
+        # The raw page tree: with ``inherited`` the second page says nothing and its tree
+        # says 90; the other pages say their own. Stamped in memory, because saving first
+        # would have qpdf copy the inherited /Rotate onto the page.
         if inherited:
             pdf.Root.Pages.Rotate = 90
         for kid, rotation in zip(pdf.Root.Pages.Kids, rotations, strict=True):
@@ -185,10 +189,9 @@ def test_the_stamp_reads_upright_along_the_foot_of_rotated_pages(
                 del kid.Rotate
             else:
                 kid.Rotate = rotation
-        pdf.save(source)
-    stamp_pdf(source, target, Stamp("Jürgen", "j@example.org", "7", "2026-11-24", "fp-rot"))
-    with pikepdf.open(target) as pdf:
+        stamp_pdf_open(pdf, render_stamp(stamp), stamp.fingerprint)
         for page, rotation in zip(pdf.pages, rotations, strict=True):
+            assert "/Rotate" in page.obj or (inherited and rotation == 90)
             placement = page.obj.Contents[-1].read_bytes().decode()
             a, b, c, d, e, f = (float(v) for v in placement.split("cm")[0].split()[-6:])
             corners = [(0.0, 0.0), (STAMP_WIDTH, 0.0), (0.0, STAMP_HEIGHT)]
