@@ -55,9 +55,12 @@ def renewal_target(
     line: LineItem,
     product: Product,
     line_meta: dict[str, Any],
-    order_meta: dict[str, Any],
+    subscription: str | None,
 ) -> License | None:
-    """The license this line renews, or None when it is an ordinary purchase."""
+    """The license this line renews, or None when it is an ordinary purchase.
+
+    ``subscription``: the order's :func:`subscription_of`.
+    """
     known = session.scalars(
         select(LicenseRenewal.license_id).where(LicenseRenewal.line_item_id == line.id).limit(1)
     ).first()
@@ -68,7 +71,6 @@ def renewal_target(
     raw_key = line_meta.get(RENEW_META)
     if isinstance(raw_key, str) and raw_key.strip():
         return _license_by_key(session, store, product, raw_key)
-    subscription = subscription_of(order_meta)
     if subscription is not None:
         return _subscriptions_license(session, store, order, product, subscription)
     return None
@@ -172,6 +174,12 @@ def _extend(
 def _extend_grants(
     session: Session, renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime
 ) -> None:
+    extensions = {
+        extension.grant_id: extension
+        for extension in session.scalars(
+            select(GrantExtension).where(GrantExtension.renewal_id == renewal.id)
+        )
+    }
     for grant in session.scalars(
         select(DownloadGrant).where(
             DownloadGrant.license_id == license_.id, DownloadGrant.expires_at.is_not(None)
@@ -188,11 +196,7 @@ def _extend_grants(
         if moved == previous:
             continue
         grant.expires_at = moved
-        extension = session.execute(
-            select(GrantExtension).where(
-                GrantExtension.renewal_id == renewal.id, GrantExtension.grant_id == grant.id
-            )
-        ).scalar_one_or_none()
+        extension = extensions.get(grant.id)
         if extension is None:
             extension = GrantExtension(renewal_id=renewal.id, grant_id=grant.id)
             session.add(extension)

@@ -286,6 +286,7 @@ def _converge_paid(
     session: Session, store: Store, order: Order, shop_order: ShopOrder, result: ApplyResult
 ) -> None:
     shop_items = {item.id: item for item in shop_order.line_items}
+    subscription = renewals.subscription_of(shop_order.meta)
     for line in order.line_items:
         if line.product_id is None:
             continue  # recorded, not licensed: nobody configured this product
@@ -301,17 +302,12 @@ def _converge_paid(
             line,
             product,
             shop_item.meta if shop_item else {},
-            shop_order.meta,
+            subscription,
         )
         if renewed is not None:
             # Extends an existing license instead of issuing one (issue 7).
             applied, reverted = renewals.converge_renewal(
-                session,
-                order,
-                line,
-                renewed,
-                entitled,
-                renewals.subscription_of(shop_order.meta),
+                session, order, line, renewed, entitled, subscription
             )
             if applied:
                 result.renewed_licenses.append(renewed.id)
