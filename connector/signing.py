@@ -19,6 +19,7 @@ Signed string (DESIGN.md), one line each, joined by ``\\n``::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
 import threading
@@ -58,19 +59,16 @@ def digest_header(body: bytes) -> str:
     return "sha-256=" + b64(hashlib.sha256(body).digest())
 
 
-_last_date: tuple[int, str] = (0, "")
-
-
 def http_date(when: float | None = None) -> str:
     """An IMF-fixdate (``Date`` header); the current one is made once per second."""
-    global _last_date
     if when is not None:
         return formatdate(when, usegmt=True)
-    second = int(time.time())
-    cached = _last_date
-    if cached[0] != second:
-        cached = _last_date = (second, formatdate(second, usegmt=True))
-    return cached[1]
+    return _date_of_second(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _date_of_second(second: int) -> str:
+    return formatdate(second, usegmt=True)
 
 
 def request_target(method: str, path: str, query: str = "") -> str:
