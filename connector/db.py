@@ -242,10 +242,7 @@ def read_one(
         # A new pool; the old one's idle connections are closed (connections in use in other
         # threads finish their work and go back to the old pool).
         engine.dispose()
-        try:
-            return _read_raw(engine, prepared, params)
-        except _Disconnected as again:
-            raise again.__cause__ from None  # type: ignore[misc]
+    return _read_raw(engine, prepared, params)
 
 
 def _read_raw(
