@@ -121,23 +121,23 @@ def logout() -> ResponseReturnValue:
 @bp.get("/")
 @login_required
 def dashboard() -> ResponseReturnValue:
-    stores = db.session.execute(_scoped(select(Store), Store.id).order_by(Store.id)).scalars()
+    stores = db.session.scalars(_scoped(select(Store), Store.id).order_by(Store.id)).all()
     counts = dict(
         db.session.execute(
             _scoped(select(Order.store_id, func.count()), Order.store_id).group_by(Order.store_id)
         ).all()
     )
-    deliveries = db.session.execute(
+    deliveries = db.session.scalars(
         _scoped(select(WebhookDelivery), WebhookDelivery.store_id)
         .order_by(WebhookDelivery.id.desc())
         .limit(20)
-    ).scalars()
+    ).all()
     return render_template(
         "admin/dashboard.html",
-        stores=stores.all(),
+        stores=stores,
         order_counts=counts,
         jobs=job_stats() if _scope() is None else None,
-        deliveries=deliveries.all(),
+        deliveries=deliveries,
         form=ConfirmForm(),
     )
 
@@ -182,13 +182,13 @@ def outbox() -> ResponseReturnValue:
         if everything
         else None
     )
-    mails = db.session.execute(
+    mails = db.session.scalars(
         _scoped(select(Mail), Mail.store_id).order_by(Mail.id.desc()).limit(PAGE)
-    ).scalars()
+    ).all()
     return render_template(
         "admin/outbox.html",
         jobs=job_rows,
-        mails=mails.all(),
+        mails=mails,
         stats=job_stats() if everything else None,
         form=ConfirmForm(),
     )
@@ -231,12 +231,12 @@ def retry_job(job_id: int) -> ResponseReturnValue:
 @bp.get("/audit")
 @login_required
 def audit() -> ResponseReturnValue:
-    events = db.session.execute(
+    events = db.session.scalars(
         _scoped(select(AuditEvent), AuditEvent.store_id)
         .order_by(AuditEvent.id.desc())
         .limit(PAGE * 4)
-    ).scalars()
-    return render_template("admin/audit.html", events=events.all(), form=ConfirmForm())
+    ).all()
+    return render_template("admin/audit.html", events=events, form=ConfirmForm())
 
 
 LICENSE_ACTIONS = ("revoke", "suspend", "reinstate")
