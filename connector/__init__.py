@@ -20,6 +20,7 @@ from connector.db import db as database
 from connector.errors import JSON_PREFIXES, register_error_handlers
 from connector.extensions import csrf, limiter
 from connector.ratelimit import Budgets, storage_uri
+from connector.validation import refuse_nul_in_address
 from connector.vault.crypto import Keyring
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -114,6 +115,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
             app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
         )
     database.init_app(app, settings.database_url)
+    app.before_request(refuse_nul_in_address)
     limiter.init_app(app)
     app.extensions["keygate.license_budgets"] = Budgets(
         settings.ratelimit_storage_uri,

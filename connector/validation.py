@@ -1,17 +1,47 @@
-"""Small, explicit checks for JSON bodies; each failure names the field (422)."""
+"""Small, explicit checks for JSON bodies; each failure names the field (422).
+
+Text is refused where a database could not store it the same way on both backends: a NUL
+character (PostgreSQL's text types cannot hold one; SQLite would) or half of a surrogate
+pair (``"\\ud800"`` in JSON; it has no UTF-8 form). :func:`refuse_nul_in_address` does the
+same for the URL and the pages' forms, before any view runs.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import BadRequest
 
-from connector.errors import InvalidInput, ValidationFailed
+from connector.errors import JSON_PREFIXES, InvalidInput, ValidationFailed
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def refuse_nul_in_address() -> None:
+    """``before_request``: 400 for a NUL character in the path, the query or a page's form.
+
+    API and webhook bodies are JSON and checked field by field (their forms, like
+    WooCommerce's creation ping, are left to their views: reading one here would consume
+    the body the signature check needs).
+    """
+    query = request.query_string
+    if "\x00" in request.path or b"%00" in query or b"\x00" in query:
+        raise BadRequest("The address must not contain NUL characters.")
+    if (
+        request.mimetype in FORM_TYPES
+        and not request.path.startswith(JSON_PREFIXES)
+        and any("\x00" in value for value in request.form.values())
+    ):
+        raise BadRequest("The form must not contain NUL characters.")
 
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or 400 when the body is not one."""
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # absurdly nested arrays or objects
+        data = None
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object (Content-Type: application/json).")
     return data
@@ -43,7 +73,7 @@ def required_str(data: dict[str, Any], name: str, *, max_length: int = 300) -> s
         raise ValidationFailed(f"{name} is required and must be text", field=name)
     if len(value) > max_length:
         raise ValidationFailed(f"{name} is longer than {max_length} characters", field=name)
-    return value.strip()
+    return storable_text(value, name).strip()
 
 
 def optional_str(data: dict[str, Any], name: str, *, max_length: int = 300) -> str | None:
@@ -54,4 +84,15 @@ def optional_str(data: dict[str, Any], name: str, *, max_length: int = 300) -> s
         raise ValidationFailed(f"{name} must be text", field=name)
     if len(value) > max_length:
         raise ValidationFailed(f"{name} is longer than {max_length} characters", field=name)
-    return value.strip()
+    return storable_text(value, name).strip()
+
+
+def storable_text(value: str, name: str) -> str:
+    """``value`` if both databases can store it as text, else 422 naming the field."""
+    if "\x00" in value:
+        raise ValidationFailed(f"{name} must not contain NUL characters", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationFailed(f"{name} must be valid Unicode text", field=name) from None
+    return value

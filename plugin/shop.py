@@ -10,6 +10,8 @@ from typing import Any
 PAID_STATUSES = frozenset({"processing", "completed"})
 WAITING_STATUSES = frozenset({"pending", "on-hold"})
 REVOKING_STATUSES = frozenset({"refunded", "cancelled", "failed"})
+# A buyer's full name is kept (and stamped) up to this many characters.
+NAME_LENGTH = 300
 
 
 class PayloadError(ValueError):
@@ -66,7 +68,7 @@ class ShopOrder:
     @property
     def full_name(self) -> str | None:
         parts = [p for p in (self.first_name, self.last_name) if p]
-        return " ".join(parts) or None
+        return " ".join(parts)[:NAME_LENGTH] or None
 
     @property
     def is_paid(self) -> bool:

@@ -36,7 +36,9 @@ from connector.jobs import RetryLater, handles
 from connector.models import Product, Store
 from connector.orders.reconcile import schedule_next
 from connector.vault.connection import connection_of
+from plugin.shop import PayloadError
 from plugin.woocommerce.rest import ShopUnavailable, WooCommerceClient
+from plugin.woocommerce.webhooks import clean_text, parse_id
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ def spec_from_meta(name: str, meta: dict[str, Any]) -> ProductSpec:
     if isinstance(raw_files, str):
         try:
             raw_files = json.loads(raw_files)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise MetaError(f"{META_PREFIX}files must be a JSON list") from None
     if not isinstance(raw_files, list):
         raise MetaError(f"{META_PREFIX}files must be a JSON list")
@@ -165,20 +167,29 @@ def sync_products(session: Session, store: Store, client: WooCommerceClient) -> 
     """Configure every shop product (and variation) that carries ``_keygate_*`` meta."""
     result = SyncResult()
     for raw in client.list_products():
-        shop_id = str(raw.get("id"))
-        name = str(raw.get("name") or "")
+        try:
+            shop_id = parse_id(raw.get("id"))
+        except PayloadError:
+            shop_id = None
+        if shop_id is None:
+            continue  # not a product Keygate could ever be asked about
+        name = clean_text(raw.get("name")) or ""
         meta = _meta(raw)
         if meta:
             _apply(session, store, shop_id, name, meta, result)
         if raw.get("type") == "variable":
             for variation in client.list_variations(shop_id):
+                try:
+                    variation_id = parse_id(variation.get("id"))
+                except PayloadError:
+                    variation_id = None
                 variation_meta = _meta(variation)
-                if variation_meta:
-                    variation_name = f"{name} ({variation.get('id')})"
+                if variation_id is not None and variation_meta:
+                    variation_name = f"{name} ({variation_id})"
                     _apply(
                         session,
                         store,
-                        str(variation.get("id")),
+                        variation_id,
                         variation_name,
                         {**meta, **variation_meta},
                         result,

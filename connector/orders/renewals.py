@@ -79,9 +79,11 @@ def renewal_target(
 def subscription_of(order_meta: dict[str, Any]) -> str | None:
     """The WooCommerce Subscriptions subscription a renewal order renews, if it is one."""
     value = order_meta.get(SUBSCRIPTION_RENEWAL_META)
-    if value in (None, "", 0, "0"):
+    if value in (None, "", 0, "0") or isinstance(value, bool):
         return None
-    return str(value)[:64]
+    text = str(value)
+    # Subscription ids are numbers; anything else is not a renewal Keygate can follow.
+    return text if text.isascii() and text.isalnum() and len(text) <= 64 else None
 
 
 def _license_by_key(session: Session, store: Store, product: Product, raw: str) -> License | None:

@@ -52,7 +52,7 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
     topic = request.headers.get(wc.TOPIC_HEADER, "")
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, absurdly nested
         _record(store, body, "rejected", "body is not JSON")
         db.session.commit()
         raise InvalidInput("The body is not valid JSON.") from None

@@ -59,12 +59,16 @@ def parse_callback(body: bytes) -> AuthCallback:
     """
     try:
         data: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, absurdly nested
         raise PayloadError("the callback body is not JSON") from None
     if not isinstance(data, dict):
         raise PayloadError("the callback body must be a JSON object")
     key_id = data.get("key_id")
-    if isinstance(key_id, bool) or not isinstance(key_id, int | str) or not str(key_id).isdigit():
+    if (
+        isinstance(key_id, bool)
+        or not isinstance(key_id, int | str)
+        or not (str(key_id).isascii() and str(key_id).isdigit() and len(str(key_id)) <= 20)
+    ):
         raise PayloadError("key_id is missing or not a number")
     state = data.get("user_id")
     if not isinstance(state, str | int) or not str(state):

@@ -52,21 +52,31 @@ def is_ping(body: bytes, headers: Mapping[str, str] | Any) -> bool:
     return TOPIC_HEADER not in headers and bool(_PING.match(body.strip()))
 
 
-def _id(value: Any) -> str | None:
+def parse_id(value: Any) -> str | None:
     if value is None or value == "" or value == 0 or value == "0":
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise PayloadError(f"id must be a number, not {type(value).__name__}")
-    return str(value)
+    text = str(value)
+    if not (text.isascii() and text.isalnum() and len(text) <= 64):
+        raise PayloadError("an id must be at most 64 letters and digits")
+    return text
+
+
+# Amounts are stored as NUMERIC(14, 2).
+MAX_AMOUNT = Decimal("1e12")
 
 
 def _decimal(value: Any, name: str) -> Decimal | None:
     if value is None or value == "":
         return None
     try:
-        return Decimal(str(value))
+        amount = Decimal(str(value))
     except InvalidOperation:
         raise PayloadError(f"{name} is not a number") from None
+    if not amount.is_finite() or abs(amount) >= MAX_AMOUNT:
+        raise PayloadError(f"{name} is out of range")
+    return amount
 
 
 def _datetime_gmt(value: Any, name: str) -> dt.datetime | None:
@@ -92,17 +102,21 @@ def _meta(items: Any) -> dict[str, Any]:
     return meta
 
 
-def _text(value: Any, limit: int = 300) -> str | None:
+def clean_text(value: Any, limit: int = 300) -> str | None:
+    """Shop text as Keygate keeps it: without NUL characters (PostgreSQL cannot store them)
+    or unpaired surrogates (no UTF-8 form), stripped and cut at ``limit``. A buyer's name
+    is never a reason to refuse their order."""
     if value is None:
         return None
-    text = str(value).strip()
+    text = str(value).replace("\x00", "")
+    text = text.encode("utf-8", "replace").decode("utf-8").strip()
     return text[:limit] or None
 
 
 def parse_line_item(raw: Any) -> ShopLineItem:
     if not isinstance(raw, dict):
         raise PayloadError("line_items entries must be objects")
-    line_id = _id(raw.get("id"))
+    line_id = parse_id(raw.get("id"))
     if line_id is None:
         raise PayloadError("a line item has no id")
     quantity = raw.get("quantity", 1)
@@ -116,11 +130,11 @@ def parse_line_item(raw: Any) -> ShopLineItem:
         raise PayloadError("line item quantity is out of range")
     return ShopLineItem(
         id=line_id,
-        product_id=_id(raw.get("product_id")),
-        variation_id=_id(raw.get("variation_id")),
+        product_id=parse_id(raw.get("product_id")),
+        variation_id=parse_id(raw.get("variation_id")),
         quantity=quantity,
-        name=_text(raw.get("name")),
-        sku=_text(raw.get("sku"), 100),
+        name=clean_text(raw.get("name")),
+        sku=clean_text(raw.get("sku"), 100),
         total=_decimal(raw.get("total"), "line item total"),
         meta=_meta(raw.get("meta_data")),
     )
@@ -129,7 +143,7 @@ def parse_line_item(raw: Any) -> ShopLineItem:
 def parse_refund(raw: Any) -> ShopRefund:
     if not isinstance(raw, dict):
         raise PayloadError("refunds entries must be objects")
-    refund_id = _id(raw.get("id"))
+    refund_id = parse_id(raw.get("id"))
     if refund_id is None:
         raise PayloadError("a refund has no id")
     total = _decimal(raw.get("total") or raw.get("amount"), "refund total")
@@ -139,7 +153,7 @@ def parse_refund(raw: Any) -> ShopRefund:
         if not isinstance(line, dict):
             continue
         meta = _meta(line.get("meta_data"))
-        refunded_item = _id(meta.get("_refunded_item_id"))
+        refunded_item = parse_id(meta.get("_refunded_item_id"))
         try:
             quantity = abs(int(line.get("quantity") or 0))
         except (TypeError, ValueError):
@@ -148,7 +162,7 @@ def parse_refund(raw: Any) -> ShopRefund:
             line_quantities[refunded_item] = line_quantities.get(refunded_item, 0) + quantity
     return ShopRefund(
         id=refund_id,
-        reason=_text(raw.get("reason")),
+        reason=clean_text(raw.get("reason")),
         total=abs(total) if total is not None else None,
         line_quantities=line_quantities,
     )
@@ -165,7 +179,7 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     """
     if not isinstance(payload, dict):
         raise PayloadError("the body must be a JSON object")
-    order_id = _id(payload.get("id"))
+    order_id = parse_id(payload.get("id"))
     if order_id is None:
         raise PayloadError("the order has no id")
     status = payload.get("status")
@@ -174,6 +188,10 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     if not isinstance(status, str) or not status:
         raise PayloadError("the order has no status")
     status = status.removeprefix("wc-")
+    if not (status.isascii() and status.replace("-", "").replace("_", "").isalnum()):
+        raise PayloadError("the order status is not a status name")
+    if len(status) > 32:
+        raise PayloadError("the order status is longer than 32 characters")
     # A trashed order (read back over REST) is a deleted one, whatever the topic said.
     deleted = deleted or status == "trash"
     billing = payload.get("billing")
@@ -185,24 +203,24 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     raw_refunds = payload.get("refunds") or []
     if not isinstance(raw_refunds, list):
         raise PayloadError("refunds must be a list")
-    email = _text(billing.get("email"), 320)
+    email = clean_text(billing.get("email"), 320)
     meta = _meta(payload.get("meta_data"))
     return ShopOrder(
         id=order_id,
         status=status,
-        number=_text(payload.get("number"), 64),
-        currency=_text(payload.get("currency"), 8),
+        number=clean_text(payload.get("number"), 64),
+        currency=clean_text(payload.get("currency"), 8),
         total=_decimal(payload.get("total"), "total"),
-        customer_id=_id(payload.get("customer_id")),
+        customer_id=parse_id(payload.get("customer_id")),
         email=email.lower() if email else None,
-        first_name=_text(billing.get("first_name")),
-        last_name=_text(billing.get("last_name")),
-        company=_text(billing.get("company")),
-        payment_method=_text(payload.get("payment_method"), 100),
-        payment_method_title=_text(payload.get("payment_method_title"), 200),
-        transaction_id=_text(payload.get("transaction_id"), 200)
-        or _text(meta.get(TRANSACTION_HASH_META), 200),
-        payment_note=_text(meta.get(PAYMENT_NOTE_META), 2000),
+        first_name=clean_text(billing.get("first_name")),
+        last_name=clean_text(billing.get("last_name")),
+        company=clean_text(billing.get("company")),
+        payment_method=clean_text(payload.get("payment_method"), 100),
+        payment_method_title=clean_text(payload.get("payment_method_title"), 200),
+        transaction_id=clean_text(payload.get("transaction_id"), 200)
+        or clean_text(meta.get(TRANSACTION_HASH_META), 200),
+        payment_note=clean_text(meta.get(PAYMENT_NOTE_META), 2000),
         date_paid=_datetime_gmt(payload.get("date_paid_gmt"), "date_paid_gmt"),
         date_modified=_datetime_gmt(payload.get("date_modified_gmt"), "date_modified_gmt"),
         line_items=tuple(parse_line_item(item) for item in raw_items),

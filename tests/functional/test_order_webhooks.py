@@ -79,6 +79,23 @@ def test_guest_order_with_non_ascii_names_is_stored(app: Flask, shop: WebhookSen
         assert stored.customer_id is None
 
 
+def test_a_name_no_database_could_store_still_gets_the_buyer_their_order(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A NUL character (PostgreSQL cannot store one), half a surrogate pair or a name far
+    longer than any column: the order is applied with the name cleaned, never refused (the
+    shop would only send it again)."""
+    shop.configure(501)
+    order = wc_order(9004, "processing", first_name="Jo\x00hn", last_name="\ud800" + "x" * 400)
+    body = json.dumps(order).encode()  # ASCII escapes, as PHP's json_encode writes them
+    assert b"\\u0000" in body and b"\\ud800" in body
+    response = shop.deliver(None, raw=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(shop.order(9004)["licenses"]) == 1
+    name = shop.order(9004)["order"]["name"]
+    assert name.startswith("John ?xxx") and len(name) == 300
+
+
 def test_redelivery_issues_no_second_license(app: Flask, shop: WebhookSender) -> None:
     """A redelivered webhook (and created + updated with the same state) issues nothing twice."""
     shop.configure(501)
@@ -227,6 +244,21 @@ def test_creation_ping_answers_200_and_changes_nothing(app: Flask, shop: Webhook
                 {"id": 5, "status": "processing", "line_items": [{"id": 1, "quantity": "two"}]}
             ).encode(),
             "quantity",
+        ),
+        (b'{"id": 5, "line_items": ' + b"[" * 100_000, "JSON"),  # nested past any stack
+        (json.dumps({"id": "5\x00", "status": "processing"}).encode(), "letters and digits"),
+        (json.dumps({"id": 5, "status": "wc-\x00"}).encode(), "status"),
+        (
+            json.dumps(
+                {"id": 5, "status": "processing", "line_items": [{"id": 1, "total": "1e999999"}]}
+            ).encode(),
+            "out of range",
+        ),
+        (
+            json.dumps(
+                {"id": 5, "status": "processing", "line_items": [{"id": 1, "total": "NaN"}]}
+            ).encode(),
+            "out of range",
         ),
     ],
 )

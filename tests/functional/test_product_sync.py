@@ -6,9 +6,10 @@ import json
 from typing import Any
 
 from flask import Flask
+from sqlalchemy import select
 
-from connector.db import transaction
-from connector.models import Store
+from connector.db import db, transaction
+from connector.models import Product, Store
 from connector.orders.product_sync import SyncResult, sync_products
 from connector.vault.connection import shop_client_for
 from tests.factories import WebhookSender, line_item, wc_order
@@ -138,3 +139,22 @@ def test_unreadable_meta_is_reported_and_changes_nothing(
     }
     fake_shop.deliver(shop.client, "order.created", wc_order(9806, "processing", [line_item(501)]))
     assert shop.order(9806)["licenses"] == []
+
+
+def test_product_text_no_database_could_store_is_cleaned_or_skipped(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A NUL in a product name is dropped (PostgreSQL cannot store it); a product whose id
+    is not an id is skipped; files meta nested past the parser's stack is reported, not a
+    crashed sync. Nothing stops the other products."""
+    meta = {"_keygate_activation_limit": "2"}
+    fake_shop.products[501] = wc_product(501, "Plugin\x00Pro", meta)
+    fake_shop.products[502] = {**wc_product(502, "Odd", meta), "id": "50\x002"}
+    fake_shop.products[503] = wc_product(503, "Deep", {"_keygate_files": "[" * 5000})
+    connect_store(app, shop, fake_shop)
+    result = sync(app, shop)
+    assert result.unchanged == ["501"]  # configured by the first sync, on connecting
+    assert list(result.invalid) == ["503"]
+    assert "_keygate_files" in result.invalid["503"]
+    with app.app_context():
+        assert db.session.scalars(select(Product.name)).all() == ["PluginPro"]
