@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask, Request, Response, g
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
+from werkzeug.routing import IntegerConverter, Map
 
 from connector.config import Settings, load_settings
 from connector.db import db as database
@@ -24,6 +25,7 @@ from connector.validation import refuse_nul_in_address
 from connector.vault.crypto import Keyring
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+MAX_ROW_ID = 2**63 - 1
 
 # (module, blueprint attribute, CSRF exempt): JSON APIs authenticate by token or signature.
 BLUEPRINTS: list[tuple[str, str, bool]] = [
@@ -69,6 +71,24 @@ class _SessionInterface(SecureCookieSessionInterface):
         return serializer
 
 
+class _RowIdConverter(IntegerConverter):
+    """``<int:...>`` in every route: a number a database id can be (64-bit), else 404.
+
+    Werkzeug's own accepts any number of digits, and a 20-digit id overflows the database
+    driver (a 500) instead of finding nothing.
+    """
+
+    def __init__(
+        self,
+        map: Map,
+        fixed_digits: int = 0,
+        min: int | None = None,
+        max: int | None = MAX_ROW_ID,
+        signed: bool = False,
+    ) -> None:
+        super().__init__(map, fixed_digits, min, max, signed)
+
+
 def get_settings() -> Settings:
     from flask import current_app
 
@@ -88,6 +108,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     settings = load_settings(overrides)
 
     app = Flask("connector", template_folder=str(TEMPLATES))
+    app.url_map.converters["int"] = _RowIdConverter
     app.session_interface = _SessionInterface()
     app.config.update(
         SECRET_KEY=settings.secret_key,

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 
 from connector.db import db, utcnow
 from connector.models import DownloadGrant, License, LicenseRenewal
+from connector.orders.renewals import SUBSCRIPTION_RENEWAL_META, subscription_of
 from tests.factories import WebhookSender, line_item, wc_order
 
 
@@ -186,3 +187,11 @@ def test_on_hold_manual_payment_waits_then_keeps_its_reference(
         wc_order(9209, "completed", payment_method="usdt_trc20", transaction_id="", modified=10)
     )
     assert shop.order(9209)["order"]["transaction_id"] == tx_hash
+
+
+def test_only_a_subscription_id_names_a_subscription() -> None:
+    """The renewal meta is followed only when it is an id (it is stored and looked up)."""
+    assert subscription_of({SUBSCRIPTION_RENEWAL_META: 812}) == "812"
+    assert subscription_of({SUBSCRIPTION_RENEWAL_META: "812"}) == "812"
+    for value in ("81\x002", "1" * 65, True, "", 0, None, [812]):
+        assert subscription_of({SUBSCRIPTION_RENEWAL_META: value}) is None
