@@ -1,32 +1,44 @@
 #!/usr/bin/env python3
 """Benchmark: click-to-redirect requests/s of ``GET /d/<token>`` vs a bare endpoint.
 
-Run from the repository root:  .venv/bin/python bench/download.py [--database-url URL]
+Run from the repository root:
 
-One waitress server (the production server of ``keygate run``) serves both, in the same run:
+    .venv/bin/python bench/download.py [--database-url URL] [--servers waitress,gunicorn]
+
+Both endpoints are served by one app (bench/download_app.py), the same way, in the same run,
+by each of Keygate's two documented servers: waitress as ``keygate run`` serves (one
+process, ``--threads`` threads) and gunicorn as "At scale" deploys it (2 x cores + 1 sync
+workers).
+
 - ``/d/<token>``: verify the token, read the grant, count the download with the conditional
   UPDATE, log the click (keyed IP hash), presign an R2 URL, commit, answer 302;
 - ``/bench/bare``: answers the same 302 to a fixed URL and touches nothing.
-Client processes (keep-alive HTTP/1.1) hammer each for the same time; the ratio
-click / bare is printed (target >= 0.4). R2 presigning is local (no request leaves), so no
-bucket is needed. SQLite by default (the embedded default); pass a PostgreSQL URL to
-measure that instead.
+
+Client processes (HTTP/1.1, kept alive where the server keeps connections) hammer each for
+the same time, in alternating rounds; the median ratio click / bare is printed (target >=
+0.4). R2 presigning is local (no request leaves), so no bucket is needed. SQLite by default
+(the embedded default); pass a PostgreSQL URL to measure that instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import multiprocessing
+import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GUNICORN_WORKERS = 2 * (os.cpu_count() or 1) + 1
 
 
 def client_loop(port: int, path: str, seconds: float, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -66,9 +78,10 @@ def free_port() -> int:
         return port
 
 
-def build_app(folder: Path, database_url: str | None) -> tuple[object, str]:
+def set_up(folder: Path, database_url: str | None) -> tuple[Path, str]:
+    """Migrate, add a store and a product, sell one download; return the settings file the
+    servers read and the click path."""
     from cryptography.fernet import Fernet
-    from flask import redirect
 
     from connector import create_app
     from connector.db import db
@@ -77,32 +90,26 @@ def build_app(folder: Path, database_url: str | None) -> tuple[object, str]:
     from tests.factories import WebhookSender, line_item, wc_order
 
     (folder / "instance" / "files").mkdir(parents=True)
-    app = create_app(
-        {
-            "instance_dir": folder / "instance",
-            "database_url": database_url or f"sqlite:///{folder / 'bench.db'}",
-            "master_keys": [Fernet.generate_key().decode()],
-            "secret_key": "bench-secret-" + "x" * 40,
-            "worker": "off",
-            "start_worker": False,
-            "mail_echo": False,
-            "log_level": "WARNING",
-            "base_url": "http://keygate.bench",
-            "r2_account_id": "0123456789abcdef0123456789abcdef",
-            "r2_access_key_id": "bench-key-id",
-            "r2_secret_access_key": "bench-secret-access-key",
-            "r2_bucket": "bench",
-            # Presigning is local; nothing listens here, so the product's file check
-            # fails fast instead of reaching out.
-            "r2_endpoint_url": "http://127.0.0.1:9",
-        }
-    )
-    fixed = "http://127.0.0.1:9/bench/apps/tool.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256"
-
-    @app.get("/bench/bare")
-    def bare() -> object:
-        return redirect(fixed, code=302)
-
+    overrides = {
+        "instance_dir": str(folder / "instance"),
+        "database_url": database_url or f"sqlite:///{folder / 'bench.db'}",
+        "master_keys": [Fernet.generate_key().decode()],
+        "secret_key": "bench-secret-" + "x" * 40,
+        "worker": "off",
+        "mail_echo": False,
+        "log_level": "WARNING",
+        "base_url": "http://keygate.bench",
+        "r2_account_id": "0123456789abcdef0123456789abcdef",
+        "r2_access_key_id": "bench-key-id",
+        "r2_secret_access_key": "bench-secret-access-key",
+        "r2_bucket": "bench",
+        # Presigning is local; nothing listens here, so the product's file check fails fast
+        # instead of reaching out.
+        "r2_endpoint_url": "http://127.0.0.1:9",
+    }
+    settings = folder / "settings.json"
+    settings.write_text(json.dumps(overrides))
+    app = create_app({**overrides, "start_worker": False})
     with app.app_context():
         upgrade(db.get_engine())
         created = create_store(db.session, "Bench shop", "https://shop.example")
@@ -111,26 +118,46 @@ def build_app(folder: Path, database_url: str | None) -> tuple[object, str]:
     shop.configure(501, files=[{"object_key": "apps/tool.zip", "filename": "tool.zip"}])
     shop.deliver(wc_order(1, "processing", [line_item(501)]))
     link: str = shop.order(1)["downloads"][0]["link"]
-    return app, link.removeprefix("http://keygate.bench")
+    app.extensions["keygate.db"].engine.dispose()
+    return settings, link.removeprefix("http://keygate.bench")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=8, help="waitress threads")
-    parser.add_argument("--database-url", default=None)
-    args = parser.parse_args()
+def serve(server: str, threads: int, settings: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    call = "download_app:create_app"
+    if server == "waitress":
+        command = [sys.executable, "-m", "waitress", "--listen", f"127.0.0.1:{port}"]
+        command += ["--threads", str(threads), "--call", call]
+    else:
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+        command += ["--workers", str(GUNICORN_WORKERS), f"{call}()"]
+    env = dict(
+        os.environ,
+        KEYGATE_BENCH_SETTINGS=str(settings),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "bench"), str(ROOT)]),
+    )
+    process = subprocess.Popen(
+        command, env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            probe.request("GET", "/bench/bare")
+            probe.getresponse().read()
+            probe.close()
+            return process, port
+        except OSError:
+            time.sleep(0.1)
+    process.terminate()
+    raise RuntimeError(f"{server} did not start")
 
-    import waitress
 
-    with tempfile.TemporaryDirectory(prefix="keygate-bench-") as folder:
-        app, click_path = build_app(Path(folder), args.database_url)
-        port = free_port()
-        server = waitress.create_server(app, host="127.0.0.1", port=port, threads=args.threads)
-        threading.Thread(target=server.run, daemon=True).start()
-        time.sleep(0.3)
+def measure(
+    server: str, args: argparse.Namespace, settings: Path, click_path: str
+) -> list[tuple[float, float, int]]:
+    process, port = serve(server, args.threads, settings)
+    try:
         load(port, "/bench/bare", args.clients, 1.0)  # warm up both paths
         load(port, click_path, args.clients, 1.0)
         # Alternate the two in rounds so load from elsewhere on the machine hits both alike.
@@ -139,20 +166,44 @@ def main() -> None:
             bare_rps, bare_bad = load(port, "/bench/bare", args.clients, args.seconds)
             click_rps, click_bad = load(port, click_path, args.clients, args.seconds)
             rounds.append((bare_rps, click_rps, bare_bad + click_bad))
-        server.close()
+        return rounds
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads")
+    parser.add_argument("--servers", default="waitress,gunicorn")
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+
     backend = "PostgreSQL" if args.database_url else "SQLite"
-    print(
-        f"{backend}, waitress {args.threads} threads, {args.clients} keep-alive clients, "
-        f"{args.rounds} rounds of {args.seconds:.0f} s each"
-    )
-    for number, (bare_rps, click_rps, bad) in enumerate(rounds, 1):
-        print(
-            f"  round {number}: bare 302 {bare_rps:6.0f} req/s, /d/<token> click -> 302 "
-            f"{click_rps:6.0f} req/s, ratio {click_rps / bare_rps:.2f}"
-            + (f" ({bad} non-302 answers)" if bad else "")
-        )
-    ratio = statistics.median(click / bare for bare, click, _ in rounds)
-    print(f"  median ratio click / bare: {ratio:.2f}  (target >= 0.4)")
+    with tempfile.TemporaryDirectory(prefix="keygate-bench-") as folder:
+        settings, click_path = set_up(Path(folder), args.database_url)
+        for server in [s.strip() for s in args.servers.split(",") if s.strip()]:
+            rounds = measure(server, args, settings, click_path)
+            how = (
+                f"{args.threads} threads"
+                if server == "waitress"
+                else f"{GUNICORN_WORKERS} sync workers"
+            )
+            print(
+                f"{backend}, {server} ({how}), {args.clients} clients, "
+                f"{args.rounds} rounds of {args.seconds:.0f} s each"
+            )
+            for number, (bare_rps, click_rps, bad) in enumerate(rounds, 1):
+                print(
+                    f"  round {number}: bare 302 {bare_rps:6.0f} req/s, /d/<token> click -> 302 "
+                    f"{click_rps:6.0f} req/s, ratio {click_rps / bare_rps:.2f}"
+                    + (f" ({bad} non-302 answers)" if bad else "")
+                )
+            ratio = statistics.median(click / bare for bare, click, _ in rounds)
+            print(f"  median ratio click / bare: {ratio:.2f}  (target >= 0.4)")
 
 
 if __name__ == "__main__":
