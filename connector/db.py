@@ -4,8 +4,9 @@ Services only ``flush``; the request (or job) boundary commits once. SQLite runs
 with ``BEGIN IMMEDIATE`` so that two writers queue instead of failing half-way; PostgreSQL
 gets row locks where the services ask for them (``with_for_update``).
 
-The hottest read (a license validate answered VALID or NOT_FOUND) is one statement outside
-any transaction (:func:`read_one`). Other hot read paths run as a :func:`read_mostly` unit:
+The hottest read (a license validate answered VALID or NOT_FOUND, a download click) is one
+statement outside any transaction (:func:`read_one`), and the hottest write (a click's
+count and its log row) one short unit on a pooled DBAPI connection (:func:`write_raw`). Other hot read paths run as a :func:`read_mostly` unit:
 on SQLite a deferred ``BEGIN`` (readers never take the write lock, so they no longer queue
 behind each other), on PostgreSQL autocommit (no ``BEGIN``/``COMMIT`` round trips; each
 statement reads committed data, as under the default READ COMMITTED). A statement that
@@ -22,12 +23,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, g
-from sqlalchemy import DateTime, Engine, MetaData, Select, create_engine, event
+from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Select, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -177,40 +180,56 @@ class _Prepared:
     sql: str
     positions: tuple[str, ...] | None  # parameter names in order (qmark), None: by name
     binds: Mapping[str, Callable[[Any], Any]]
-    results: tuple[Callable[[Any], Any] | None, ...]
+    results: tuple[Callable[[Any], Any] | None, ...]  # empty: rows come back as they are
+    fixed: Mapping[str, Any]  # values the statement carries itself (``count + 1``)
 
     @classmethod
-    def compile(cls, statement: Select[Any], dialect: Any) -> _Prepared:
-        compiled = statement.compile(dialect=dialect)
+    def compile(cls, statement: ClauseElement, dialect: Any) -> _Prepared:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
         binds = {
             name: processor
             for name, bind in compiled.binds.items()
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect))
         }
-        results = tuple(
-            column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in statement.selected_columns
+        results = (
+            tuple(
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in statement.selected_columns
+            )
+            if isinstance(statement, Select)
+            else ()
         )
         positions = tuple(compiled.positiontup or ()) if compiled.positional else None
-        return cls(compiled.string, positions, binds, results)
+        fixed = {name: value for name, value in compiled.params.items() if value is not None}
+        return cls(compiled.string, positions, binds, results, fixed)
 
     def parameters(self, params: dict[str, Any]) -> Any:
         values = {
             name: self.binds[name](value) if name in self.binds else value
-            for name, value in params.items()
+            for name, value in ({**self.fixed, **params} if self.fixed else params).items()
         }
         if self.positions is None:
             return values
         return tuple(values[name] for name in self.positions)
 
     def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        if not self.results:
+            return tuple(raw)
         return tuple(
             value if process is None else process(value)
             for process, value in zip(self.results, raw, strict=True)
         )
 
 
-_prepared: dict[tuple[str, Select[Any]], _Prepared] = {}
+_prepared: dict[tuple[str, ClauseElement], _Prepared] = {}
+
+
+def _prepare(dialect: Any, statement: ClauseElement) -> _Prepared:
+    key = (dialect.name, statement)
+    prepared = _prepared.get(key)
+    if prepared is None:
+        prepared = _prepared[key] = _Prepared.compile(statement, dialect)
+    return prepared
 
 
 class _Disconnected(Exception):
@@ -218,7 +237,7 @@ class _Disconnected(Exception):
 
 
 def read_one(
-    engine: Engine, statement: Select[Any], params: dict[str, Any]
+    engine: Engine, statement: Select[*tuple[Any, ...]], params: dict[str, Any]
 ) -> tuple[Any, ...] | None:
     """The first row of one SELECT, run on a pooled DBAPI connection outside any transaction.
 
@@ -232,10 +251,7 @@ def read_one(
     If the database dropped the connection (it restarted; the pool does not ping), every
     pooled connection is as stale: the pool is replaced and the read runs once more.
     """
-    key = (engine.dialect.name, statement)
-    prepared = _prepared.get(key)
-    if prepared is None:
-        prepared = _prepared[key] = _Prepared.compile(statement, engine.dialect)
+    prepared = _prepare(engine.dialect, statement)
     try:
         return _read_raw(engine, prepared, params)
     except _Disconnected:
@@ -273,6 +289,79 @@ def _read_raw(
     finally:
         connection.close()
     return None if raw is None else prepared.row(raw)
+
+
+class SessionStatements:
+    """The :class:`RawStatements` calls, run through ``session``'s connection (in its
+    transaction), so one piece of code can run either way."""
+
+    def __init__(self, session: Session) -> None:
+        self._connection = session.connection()
+
+    def run(self, statement: ClauseElement, params: dict[str, Any]) -> int:
+        result = cast(CursorResult[Any], self._connection.execute(cast(Any, statement), params))
+        return result.rowcount
+
+    def one(self, statement: ClauseElement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        row = self._connection.execute(cast(Any, statement), params).first()
+        return None if row is None else tuple(row)
+
+
+class RawStatements:
+    """Runs prepared statements on the cursor of a :func:`write_raw` unit."""
+
+    def __init__(self, cursor: Any, dialect: Any) -> None:
+        self._cursor = cursor
+        self._dialect = dialect
+
+    def run(self, statement: ClauseElement, params: dict[str, Any]) -> int:
+        """Execute a statement that returns no rows; its row count."""
+        prepared = _prepare(self._dialect, statement)
+        self._cursor.execute(prepared.sql, prepared.parameters(params))
+        count: int = self._cursor.rowcount
+        return count
+
+    def one(self, statement: ClauseElement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Execute a statement that returns rows (a SELECT, a RETURNING); its first row."""
+        prepared = _prepare(self._dialect, statement)
+        self._cursor.execute(prepared.sql, prepared.parameters(params))
+        raw = self._cursor.fetchone()
+        return None if raw is None else prepared.row(raw)
+
+
+def write_raw(engine: Engine, unit: Callable[[RawStatements], T]) -> T:
+    """Run ``unit``'s statements as one short write on a pooled DBAPI connection, outside any
+    session: for the hottest write (a download click's count and its log row).
+
+    SQLite: ``BEGIN IMMEDIATE`` ... ``COMMIT``, the lock every writer queues on, held for
+    just these statements. PostgreSQL: autocommit, so ``unit`` must make its write one
+    self-contained statement (no BEGIN/COMMIT round trips). Whatever ``unit`` returns is
+    committed; if it raises, nothing is, the connection is dropped from the pool and the
+    exception goes on.
+    """
+    connection = engine.raw_connection()
+    dbapi_connection: Any = connection.driver_connection
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        if postgres:
+            dbapi_connection.autocommit = True
+        cursor = connection.cursor()
+        try:
+            if not postgres:
+                cursor.execute("BEGIN IMMEDIATE")
+            result = unit(RawStatements(cursor, engine.dialect))
+            if not postgres:
+                dbapi_connection.commit()
+        finally:
+            cursor.close()
+        if postgres:
+            dbapi_connection.autocommit = False
+    except BaseException:
+        connection.invalidate()  # closing it rolls back whatever was begun
+        raise
+    finally:
+        connection.close()
+    return result
 
 
 class DatabaseState:

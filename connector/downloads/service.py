@@ -16,10 +16,10 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
-    CursorResult,
+    Engine,
     Select,
     Table,
     and_,
@@ -34,7 +34,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, load_only
 
 from connector.audit import record_audit
-from connector.db import insert_ignoring_conflicts, utcnow
+from connector.db import (
+    RawStatements,
+    SessionStatements,
+    insert_ignoring_conflicts,
+    read_one,
+    utcnow,
+    write_raw,
+)
 from connector.downloads.storage import Delivery, store_for
 from connector.downloads.watermark import Stamp, WatermarkError, stamp_pdf, stamp_zip
 from connector.errors import ServiceUnavailable
@@ -101,7 +108,28 @@ REFUSALS = {
 }
 
 
-def _refusal_reason(grant: DownloadGrant, now: dt.datetime) -> str | None:
+class _GrantLimits(Protocol):
+    """What decides whether a grant may be downloaded now (a DownloadGrant, or its columns)."""
+
+    @property
+    def revoked_at(self) -> dt.datetime | None: ...
+    @property
+    def expires_at(self) -> dt.datetime | None: ...
+    @property
+    def download_limit(self) -> int | None: ...
+    @property
+    def download_count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class _ClickedGrant:
+    revoked_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    download_limit: int | None
+    download_count: int
+
+
+def _refusal_reason(grant: _GrantLimits, now: dt.datetime) -> str | None:
     if grant.revoked_at is not None:
         return "revoked"
     if grant.expires_at is not None and grant.expires_at <= now:
@@ -130,7 +158,17 @@ _COUNT_DOWNLOAD = (
     )
     .values(download_count=GRANTS.c.download_count + 1)
 )
-_LOG_CLICK = insert(EVENTS)
+_EVENT_COLUMNS = (
+    "store_id",
+    "order_id",
+    "grant_id",
+    "outcome",
+    "served",
+    "ip_hash",
+    "user_agent",
+    "created_at",
+)
+_LOG_CLICK = insert(EVENTS).values({name: bindparam(name) for name in _EVENT_COLUMNS})
 
 
 def _count_and_log_statement() -> Any:
@@ -139,9 +177,9 @@ def _count_and_log_statement() -> Any:
     # the count and its log row need not wait for the WAL flush (~3 ms here). A database
     # crash can lose the last fraction of a second of clicks (at worst a buyer gets one
     # download more); it never corrupts or double-counts them.
-    no_flush_wait = select(
-        func.set_config("synchronous_commit", "off", True).label("setting")
-    ).cte("no_flush_wait")
+    no_flush_wait = select(func.set_config("synchronous_commit", "off", True).label("setting")).cte(
+        "no_flush_wait"
+    )
     values = select(
         bindparam("ev_store_id", type_=EVENTS.c.store_id.type),
         bindparam("ev_order_id", type_=EVENTS.c.order_id.type),
@@ -152,29 +190,10 @@ def _count_and_log_statement() -> Any:
         bindparam("ev_user_agent", type_=EVENTS.c.user_agent.type),
         bindparam("ev_created_at", type_=EVENTS.c.created_at.type),
     ).select_from(counted.join(no_flush_wait, true()))
-    columns = [
-        "store_id",
-        "order_id",
-        "grant_id",
-        "outcome",
-        "served",
-        "ip_hash",
-        "user_agent",
-        "created_at",
-    ]
-    return insert(EVENTS).from_select(columns, values).returning(EVENTS.c.id)
+    return insert(EVENTS).from_select(list(_EVENT_COLUMNS), values).returning(EVENTS.c.id)
 
 
 _COUNT_AND_LOG_PG = _count_and_log_statement()
-
-
-def _count_download(session: Session, grant_id: int, now: dt.datetime) -> bool:
-    """Add one download if the grant still allows it; atomic under concurrent clicks."""
-    result = cast(
-        CursorResult[Any],
-        session.connection().execute(_COUNT_DOWNLOAD, {"grant_id": grant_id, "now": now}),
-    )
-    return result.rowcount == 1
 
 
 def _log_click(
@@ -188,17 +207,30 @@ def _log_click(
 ) -> None:
     session.connection().execute(
         _LOG_CLICK,
-        {
-            "store_id": grant.store_id,
-            "order_id": grant.order_id,
-            "grant_id": grant.id,
-            "outcome": outcome,
-            "served": served,
-            "ip_hash": keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
-            "user_agent": (user_agent or None) and user_agent[:400],
-            "created_at": utcnow(),
-        },
+        _event(grant.store_id, grant.order_id, grant.id, outcome, served, ip, user_agent),
     )
+
+
+def _event(
+    store_id: int,
+    order_id: int,
+    grant_id: int,
+    outcome: str,
+    served: str | None,
+    ip: str | None,
+    user_agent: str | None,
+) -> dict[str, Any]:
+    """The values of a click's log row (the IP only as its keyed hash)."""
+    return {
+        "store_id": store_id,
+        "order_id": order_id,
+        "grant_id": grant_id,
+        "outcome": outcome,
+        "served": served,
+        "ip_hash": keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
+        "user_agent": (user_agent or None) and user_agent[:400],
+        "created_at": utcnow(),
+    }
 
 
 def _refuse(
@@ -221,24 +253,92 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
     return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
 
 
-def _click_statement() -> Select[Any]:
-    """One round trip for everything a click needs (the hot path of the service), built once:
-    the grant, its file, its store, the buyer's watermarked copy and the store's R2
-    credentials from the vault (None when it has none)."""
+def _click_statement(
+    statement: Select[*tuple[Any, ...]],
+) -> Select[*tuple[Any, ...]]:
+    """One round trip for everything a click needs, built once: the grant, its file, its
+    store, the buyer's watermarked copy and the store's R2 credentials from the vault (None
+    when it has none)."""
     return (
-        select(DownloadGrant, ProductFile, Store, WatermarkCopy, Credential.data)
-        .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+        statement.join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
         .join(Store, DownloadGrant.store_id == Store.id)
         .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
         .outerjoin(Credential, and_(Credential.store_id == Store.id, Credential.kind == "r2"))
         .where(DownloadGrant.id == bindparam("grant_id"))
-        # A click needs only the store's id (its R2 credentials come in this row): no other
-        # column, and never the webhook secret, is loaded or decrypted.
-        .options(load_only(Store.id))
     )
 
 
-_CLICK = _click_statement()
+_CLICK = _click_statement(
+    select(DownloadGrant, ProductFile, Store, WatermarkCopy, Credential.data)
+    # A click needs only the store's id (its R2 credentials come in this row): no other
+    # column, and never the webhook secret, is loaded or decrypted.
+    .options(load_only(Store.id))
+)
+# The same as plain values, for the common click (start_download_fast).
+_CLICK_FAST = _click_statement(
+    select(
+        DownloadGrant.store_id,
+        DownloadGrant.order_id,
+        DownloadGrant.revoked_at,
+        DownloadGrant.expires_at,
+        DownloadGrant.download_limit,
+        DownloadGrant.download_count,
+        ProductFile.object_key,
+        ProductFile.filename,
+        ProductFile.watermark,
+        WatermarkCopy.status,
+        WatermarkCopy.object_key,
+        Credential.data,
+    ).select_from(DownloadGrant)
+)
+
+
+def start_download_fast(
+    engine: Engine, grant_id: int, *, ip: str | None, user_agent: str | None, ttl: int = 300
+) -> DownloadAnswer | None:
+    """The common click, without a session: a grant that may be downloaded, whose original
+    (or ready watermarked copy) the storage can deliver, counted and logged.
+
+    One read outside any transaction (``read_one``), the delivery, then the count and its
+    log row as one short write (``write_raw``; the conditional UPDATE decides, as in
+    :func:`start_download`). None whenever anything else could be the answer (no such grant,
+    a refusal to log, a copy to make, a storage error, the last download taken meanwhile):
+    the caller then asks :func:`start_download`, which decides every case.
+    """
+    row = read_one(engine, _CLICK_FAST, {"grant_id": grant_id})
+    if row is None:
+        return None
+    store_id, order_id, *limits = row[:6]
+    object_key, filename, watermark, copy_status, copy_key, r2_credentials = row[6:]
+    now = utcnow()
+    if _refusal_reason(_ClickedGrant(*limits), now) is not None:
+        return None
+    if watermark == "none":
+        served = "original"
+    elif copy_status == "ready" and copy_key is not None:
+        object_key, served = copy_key, "watermarked"
+    else:
+        return None
+    try:
+        delivery = store_for(None, r2_credentials).delivery(object_key, filename, ttl)
+    except (FileNotFoundError, StorageUnavailable):
+        return None
+    postgres = engine.dialect.name == "postgresql"
+    counted = write_raw(
+        engine,
+        lambda statements: _count_and_log(
+            statements,
+            postgres,
+            grant_id,
+            store_id,
+            order_id,
+            now,
+            ip=ip,
+            user_agent=user_agent,
+            served=served,
+        ),
+    )
+    return DownloadAnswer(status=200, outcome="served", delivery=delivery) if counted else None
 
 
 def start_download(
@@ -290,7 +390,18 @@ def start_download(
         ) from None
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
-    if not _count_and_log(session, grant, now, ip=ip, user_agent=user_agent, served=served):
+    counted = _count_and_log(
+        SessionStatements(session),
+        session.get_bind().dialect.name == "postgresql",
+        grant.id,
+        grant.store_id,
+        grant.order_id,
+        now,
+        ip=ip,
+        user_agent=user_agent,
+        served=served,
+    )
+    if not counted:
         # Another click took the last download (or a refund landed) since we read the grant.
         session.refresh(grant)
         return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
@@ -298,43 +409,31 @@ def start_download(
 
 
 def _count_and_log(
-    session: Session,
-    grant: DownloadGrant,
+    statements: SessionStatements | RawStatements,
+    postgres: bool,
+    grant_id: int,
+    store_id: int,
+    order_id: int,
     now: dt.datetime,
     *,
     ip: str | None,
     user_agent: str | None,
     served: str,
 ) -> bool:
-    """Count one download (if the grant still allows it) and log the served click.
+    """Count one download (if the grant still allows it) and log the served click; False
+    when the grant no longer allows it (nothing written).
 
     PostgreSQL does both in one statement (the UPDATE in a CTE, the INSERT from what it
     returned): one round trip, and the log row exists exactly when the count went up.
     """
-    if session.get_bind().dialect.name != "postgresql":
-        if not _count_download(session, grant.id, now):
-            return False
-        _log_click(session, grant, "served", ip=ip, user_agent=user_agent, served=served)
-        return True
-    row = (
-        session.connection()
-        .execute(
-            _COUNT_AND_LOG_PG,
-            {
-                "grant_id": grant.id,
-                "now": now,
-                "ev_store_id": grant.store_id,
-                "ev_order_id": grant.order_id,
-                "ev_outcome": "served",
-                "ev_served": served,
-                "ev_ip_hash": keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
-                "ev_user_agent": (user_agent or None) and user_agent[:400],
-                "ev_created_at": utcnow(),
-            },
-        )
-        .first()
-    )
-    return row is not None
+    event = _event(store_id, order_id, grant_id, "served", served, ip, user_agent)
+    if postgres:
+        params = {"grant_id": grant_id, "now": now} | {f"ev_{k}": v for k, v in event.items()}
+        return statements.one(_COUNT_AND_LOG_PG, params) is not None
+    if statements.run(_COUNT_DOWNLOAD, {"grant_id": grant_id, "now": now}) != 1:
+        return False
+    statements.run(_LOG_CLICK, event)
+    return True
 
 
 def _object_to_serve(

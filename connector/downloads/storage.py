@@ -99,18 +99,21 @@ STORES = {"local": LocalStore, "r2": R2ObjectStore}
 _LOOK_UP: Any = object()
 
 
-def r2_config_for(store: Store, stored: dict[str, Any] | None = _LOOK_UP) -> R2Config | None:
+def r2_config_for(store: Store | None, stored: dict[str, Any] | None = _LOOK_UP) -> R2Config | None:
     """The R2 credentials of ``store``, or None for embedded storage.
 
     The store's own credentials from the encrypted vault (kind "r2") win; the instance-wide
     ``KEYGATE_R2_*`` settings serve stores that have none. ``stored``: the vault's "r2"
-    set when the caller already read it in its own query (None: the store has none).
+    set when the caller already read it in its own query (None: the store has none); then
+    ``store`` itself is not needed.
     """
     from connector import get_settings
     from connector.db import db
     from connector.vault.service import credentials_for
 
     if stored is _LOOK_UP:
+        if store is None:
+            raise ValueError("a store, or its stored credentials, is needed")
         stored = credentials_for(db.session, store, "r2")
     if stored is not None:
         return R2Config(
@@ -134,7 +137,7 @@ def r2_config_for(store: Store, stored: dict[str, Any] | None = _LOOK_UP) -> R2C
     )
 
 
-def store_for(store: Store, stored: dict[str, Any] | None = _LOOK_UP) -> ObjectStore:
+def store_for(store: Store | None, stored: dict[str, Any] | None = _LOOK_UP) -> ObjectStore:
     """The object store that holds ``store``'s files (``stored``: see ``r2_config_for``)."""
     from connector import get_settings
 

@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from connector import get_settings
 from connector.db import db
 from connector.downloads.privacy import register as register_privacy_hooks
-from connector.downloads.service import peek_download, start_download
+from connector.downloads.service import peek_download, start_download, start_download_fast
 from connector.tokens import grant_id_from_token
 
 bp = Blueprint("downloads_views", __name__)
@@ -32,13 +32,15 @@ def download(token: str) -> ResponseReturnValue:
         # Link checkers and mail scanners probe with HEAD: answer, but count nothing.
         peek = peek_download(db.session, grant_id)
         return Response(status=peek.status, headers={"Cache-Control": "no-store"})
-    answer = start_download(
-        db.session,
-        grant_id,
-        ip=request.remote_addr,
-        user_agent=request.user_agent.string,
-        ttl=get_settings().download_url_ttl,
+    ip, user_agent, ttl = (
+        request.remote_addr,
+        request.user_agent.string,
+        get_settings().download_url_ttl,
     )
+    # The common click without a session; every other case (and its words) from the full path.
+    answer = start_download_fast(
+        db.engine, grant_id, ip=ip, user_agent=user_agent, ttl=ttl
+    ) or start_download(db.session, grant_id, ip=ip, user_agent=user_agent, ttl=ttl)
     delivery = answer.delivery
     response: BaseResponse
     if delivery is None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pikepdf
+import psycopg
 import pytest
 from flask import Flask
 from pypdf import PdfReader
@@ -169,32 +170,44 @@ def test_limit_reached_is_429(app: Flask, shop: WebhookSender) -> None:
     assert [e.outcome for e in events(app)] == ["served", "served", "limit"]
 
 
-def test_a_click_is_two_statements_each_its_own_transaction_on_postgresql(
-    app: Flask, shop: WebhookSender
-) -> None:
-    """PostgreSQL: the read and the count-and-log statement run in autocommit (no BEGIN or
-    COMMIT round trips), the latter with synchronous_commit off; SQLite: one transaction."""
+def test_a_click_is_one_read_and_one_short_write(app: Flask, shop: WebhookSender) -> None:
+    """What the database sees of a served click, read off the DBAPI connections themselves.
+    PostgreSQL: the read and the count-and-log statement, each in autocommit (no BEGIN or
+    COMMIT round trips). SQLite: the read outside any transaction, then the count and its
+    log row in one short write transaction (the write lock held for two statements)."""
     put_file(app, "files/a.pdf", b"x")
     downloads = paid_order(shop, 7010, [{"object_key": "files/a.pdf", "filename": "a.pdf"}])
     seen: list[tuple[str, bool]] = []
 
-    def record(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        raw = conn.connection.driver_connection
-        autocommit = bool(getattr(raw, "autocommit", False)) if postgres else False
-        seen.append((statement.split(None, 1)[0].upper(), autocommit))
+    def first_word(sql: str) -> str:
+        return sql.split(None, 1)[0].upper()
+
+    class RecordingCursor(psycopg.Cursor[Any]):
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append((first_word(str(query)), self.connection.autocommit))
+            return super().execute(query, *args, **kwargs)
+
+    def watch(dbapi_connection: Any, _record: Any) -> None:
+        if postgres:
+            dbapi_connection.cursor_factory = RecordingCursor
+        else:
+            dbapi_connection.set_trace_callback(lambda sql: seen.append((first_word(sql), False)))
 
     with app.app_context():
         engine = db.engine
         postgres = engine.dialect.name == "postgresql"
-    event.listen(engine, "before_cursor_execute", record)
+    engine.dispose()  # every connection from now on is watched
+    event.listen(engine, "connect", watch)
     try:
         assert get(shop.client, link_path(downloads[0])).status_code == 200
     finally:
-        event.remove(engine, "before_cursor_execute", record)
+        event.remove(engine, "connect", watch)
+        engine.dispose()
+    statements = [entry for entry in seen if entry[0] != "PRAGMA"]
     if postgres:
-        assert seen == [("SELECT", True), ("WITH", True)]
+        assert statements == [("SELECT", True), ("WITH", True)]
     else:
-        assert [kind for kind, _ in seen] == ["BEGIN", "SELECT", "UPDATE", "INSERT"]
+        assert [kind for kind, _ in statements] == ["SELECT", "BEGIN", "UPDATE", "INSERT", "COMMIT"]
     assert [e.outcome for e in events(app)] == ["served"]
     assert shop.order(7010)["downloads"][0]["downloads_left"] is None  # unlimited, counted
     with app.app_context():
