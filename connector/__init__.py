@@ -26,6 +26,7 @@ from connector.vault.crypto import Keyring
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_ROW_ID = 2**63 - 1
+SESSIONLESS_PREFIXES = (*JSON_PREFIXES, "/d/")
 
 # (module, blueprint attribute, CSRF exempt): JSON APIs authenticate by token or signature.
 BLUEPRINTS: list[tuple[str, str, bool]] = [
@@ -54,10 +55,10 @@ class _SessionInterface(SecureCookieSessionInterface):
         self._cached: tuple[object, URLSafeTimedSerializer | None] | None = None
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        # Machine endpoints (JSON APIs, webhooks) authenticate by token or signature and
-        # never use the cookie session: None gives them Flask's null session, unread and
-        # never saved.
-        if request.path.startswith(JSON_PREFIXES):
+        # Machine endpoints (JSON APIs, webhooks) authenticate by token or signature, and a
+        # download link is its own credential: none of them uses the cookie session. None
+        # gives them Flask's null session, unread and never saved.
+        if request.path.startswith(SESSIONLESS_PREFIXES):
             return None
         return super().open_session(app, request)
 

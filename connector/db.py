@@ -6,9 +6,10 @@ gets row locks where the services ask for them (``with_for_update``).
 
 The hottest read (a license validate answered VALID or NOT_FOUND, a download click) is one
 statement outside any transaction (:func:`read_one`), and the hottest write (a click's
-count and its log row) one short unit on a pooled DBAPI connection (:func:`write_raw`). Other hot read paths run as a :func:`read_mostly` unit:
-on SQLite a deferred ``BEGIN`` (readers never take the write lock, so they no longer queue
-behind each other), on PostgreSQL autocommit (no ``BEGIN``/``COMMIT`` round trips; each
+count and its log row) one short unit on a pooled DBAPI connection (:func:`write_raw`).
+Other hot read paths run as a :func:`read_mostly` unit: on SQLite a deferred ``BEGIN``
+(readers never take the write lock, so they no longer queue behind each other), on
+PostgreSQL autocommit (no ``BEGIN``/``COMMIT`` round trips; each
 statement reads committed data, as under the default READ COMMITTED). A statement that
 would write in such a unit is stopped before it runs, and the unit is run again from the
 start in an ordinary writing transaction, so a read that turns into a write never upgrades
