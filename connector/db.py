@@ -20,15 +20,18 @@ transaction on PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 from flask import Flask, current_app, g
 from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Select, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
@@ -82,6 +85,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 T = TypeVar("T")
+P = ParamSpec("P")
+log = logging.getLogger(__name__)
 
 # Set while a read_mostly unit opens its transaction (per thread / task).
 _READ_ONLY_BEGIN: ContextVar[bool] = ContextVar("keygate_read_only_begin", default=False)
@@ -290,6 +295,32 @@ def _read_raw(
     finally:
         connection.close()
     return None if raw is None else prepared.row(raw)
+
+
+def survives_a_dropped_connection(view: Callable[P, T]) -> Callable[P, T]:
+    """Run ``view`` once more if the database had dropped the connection it got.
+
+    After the database restarts, every pooled connection is dead, and the pool does not ping
+    (see ``make_engine``): the first statement of a request fails, SQLAlchemy marks the
+    pool's older connections stale, and the request would be a 500. For views whose work is
+    safe to repeat (a webhook delivery converges, license calls are idempotent), that
+    statement wrote nothing yet: the session is rolled back and the view runs again on a
+    fresh connection. Anything else (a failed COMMIT, whose outcome is unknown, happens
+    after the view) is left alone.
+    """
+
+    @functools.wraps(view)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return view(*args, **kwargs)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("database connection was dropped; running the request again")
+            db.session.rollback()
+        return view(*args, **kwargs)
+
+    return run
 
 
 class SessionStatements:

@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import psycopg
+from flask import Flask
+
+from connector.db import db
+
 
 @dataclass
 class RecordedRequest:
@@ -99,3 +104,28 @@ def fake_brevo() -> Iterator[FakeBrevo]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def drop_database_connections(app: Flask) -> None:
+    """What a database restart does to a running Keygate: every pooled connection is dead.
+
+    PostgreSQL: the server terminates every session on the test database. SQLite has no
+    server: the pooled connections' files are closed under them."""
+    with app.app_context():
+        engine = db.engine
+        held = [engine.raw_connection() for _ in range(3)]  # three pooled connections
+        dbapi_connections = [connection.driver_connection for connection in held]
+        for connection in held:
+            connection.close()
+        if engine.dialect.name == "postgresql":
+            with psycopg.connect(
+                "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True
+            ) as admin:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (engine.url.database,),
+                )
+        else:
+            for dbapi_connection in dbapi_connections:
+                dbapi_connection.close()  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from connector import get_settings
-from connector.db import db, read_mostly, utcnow
+from connector.db import db, read_mostly, survives_a_dropped_connection, utcnow
 from connector.errors import (
     PROBLEM_BASE,
     InvalidInput,
@@ -269,6 +269,7 @@ def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
 
 @bp.post("/licenses/validate")
 @rate_limited
+@survives_a_dropped_connection
 def validate() -> ResponseReturnValue:
     data = _read_payload()
     key = required_str(data, "key")
@@ -304,6 +305,7 @@ def validate() -> ResponseReturnValue:
 
 @bp.post("/licenses/activate")
 @rate_limited
+@survives_a_dropped_connection
 def activate() -> ResponseReturnValue:
     data = _read_payload()
     result = service.activate(
@@ -318,6 +320,7 @@ def activate() -> ResponseReturnValue:
 
 @bp.post("/licenses/deactivate")
 @rate_limited
+@survives_a_dropped_connection
 def deactivate() -> ResponseReturnValue:
     data = _read_payload()
     result = service.deactivate(
@@ -331,6 +334,7 @@ def deactivate() -> ResponseReturnValue:
 
 @bp.post("/licenses/update-check")
 @rate_limited
+@survives_a_dropped_connection
 def update_check() -> ResponseReturnValue:
     data = _read_payload()
     result = service.check_update(
@@ -361,6 +365,7 @@ def update_check() -> ResponseReturnValue:
 
 @bp.post("/licenses/checkout")
 @rate_limited
+@survives_a_dropped_connection
 def checkout() -> ResponseReturnValue:
     """A signed offline license file for the license (and identity, when given)."""
     data = _read_payload()

@@ -9,7 +9,7 @@ import logging
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from connector.db import db
+from connector.db import db, survives_a_dropped_connection
 from connector.errors import InvalidInput, NotFound, SignatureInvalid
 from connector.models import Store, WebhookDelivery
 from connector.orders.reconcile import enqueue_refresh
@@ -37,6 +37,7 @@ def _record(store: Store, body: bytes, outcome: str, detail: str | None = None) 
 
 
 @bp.post("/webhooks/woocommerce/<store_id>")
+@survives_a_dropped_connection
 def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
     store = find_store(db.session, store_id)
     if store is None:

@@ -16,6 +16,7 @@ from connector.licensing.keys import KeyFormat, normalize_key
 from connector.models import DownloadGrant, Job, License, Mail, Order, WebhookDelivery
 from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, sign, wc_order
+from tests.peers import drop_database_connections
 
 
 def count(app: Flask, model: type) -> int:
@@ -94,6 +95,20 @@ def test_a_name_no_database_could_store_still_gets_the_buyer_their_order(
     assert len(shop.order(9004)["licenses"]) == 1
     name = shop.order(9004)["order"]["name"]
     assert name.startswith("John ?xxx") and len(name) == 300
+
+
+def test_a_delivery_right_after_a_database_restart_is_applied(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """WooCommerce does not send a failed delivery again: the one that meets a dead pooled
+    connection runs once more on a fresh one instead of failing."""
+    shop.configure(501)
+    drop_database_connections(app)
+    response = shop.deliver(wc_order(9005, "processing", [line_item(501)]))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(shop.order(9005)["licenses"]) == 1
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(WebhookDelivery)).scalar() == 1
 
 
 def test_redelivery_issues_no_second_license(app: Flask, shop: WebhookSender) -> None:

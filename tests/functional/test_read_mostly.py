@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import psycopg
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.pq import TransactionStatus
@@ -18,6 +17,7 @@ from connector.models import Activation, AuditEvent
 from connector.stores import NewStore
 from tests.factories import WebhookSender
 from tests.licensing_helpers import issue_key
+from tests.peers import drop_database_connections
 
 
 def test_a_read_runs_once_and_leaves_no_transaction(app: Flask) -> None:
@@ -123,30 +123,28 @@ def test_read_one_gives_what_sqlalchemy_gives(
 def test_validate_rides_out_a_database_restart(app: Flask, shop: WebhookSender) -> None:
     """Every pooled connection dies (PostgreSQL restarted, or a proxy dropped them): the
     next validate still answers (its read starts a new pool and runs again), and so do the
-    ones after it. (Other paths go through SQLAlchemy, which fails such a request once.)"""
+    ones after it."""
     key = issue_key(shop)
     assert shop.client.post("/api/v1/licenses/validate", json={"key": key}).status_code == 200
-    with app.app_context():
-        engine = db.engine
-        held = [engine.raw_connection() for _ in range(3)]  # three pooled connections
-        dbapi_connections = [connection.driver_connection for connection in held]
-        for connection in held:
-            connection.close()
-        if engine.dialect.name == "postgresql":
-            database = engine.url.database
-            with psycopg.connect(
-                "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True
-            ) as admin:
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (database,),
-                )
-        else:  # SQLite has no server: close the pooled connections' files under them
-            for dbapi_connection in dbapi_connections:
-                dbapi_connection.close()  # type: ignore[union-attr]
+    drop_database_connections(app)
     statuses = [
         shop.client.post("/api/v1/licenses/validate", json={"key": key}).status_code
         for _ in range(5)
     ]
     assert statuses == [200] * 5
+
+
+def test_license_calls_ride_out_a_database_restart(app: Flask, shop: WebhookSender) -> None:
+    """Session paths too: the first statement finds its connection dead, nothing was
+    written, and the call runs again on a fresh connection (survives_a_dropped_connection)."""
+    key = issue_key(shop)
+    body = {"key": key, "site": "buyer-shop.com"}
+    assert shop.client.post("/api/v1/licenses/activate", json=body).status_code == 200
+    drop_database_connections(app)
+    again = shop.client.post("/api/v1/licenses/activate", json=body)
+    assert again.status_code == 200, again.get_data(as_text=True)
+    assert again.get_json()["code"] == "VALID"
+    drop_database_connections(app)
+    gone = shop.client.post("/api/v1/licenses/deactivate", json=body)
+    assert gone.status_code == 200, gone.get_data(as_text=True)
+    assert shop.admin("GET", f"/licenses/{key}").get_json()["activations"] == []
