@@ -6,7 +6,8 @@ gets row locks where the services ask for them (``with_for_update``).
 
 The hottest read (a license validate answered VALID or NOT_FOUND, a download click) is one
 statement outside any transaction (:func:`read_one`), and the hottest write (a click's
-count and its log row) one short unit on a pooled DBAPI connection (:func:`write_raw`).
+count and its log row) one short write on the same pooled DBAPI connection
+(:func:`raw_connection`).
 Other hot read paths run as a :func:`read_mostly` unit: on SQLite a deferred ``BEGIN``
 (readers never take the write lock, so they no longer queue behind each other), on
 PostgreSQL autocommit (no ``BEGIN``/``COMMIT`` round trips; each
@@ -238,8 +239,9 @@ def _prepare(dialect: Any, statement: ClauseElement) -> _Prepared:
     return prepared
 
 
-class _Disconnected(Exception):
-    """The database dropped the connection a read ran on (the original error is chained)."""
+class Disconnected(Exception):
+    """The database dropped the connection (the original error is chained); the pool that
+    held it has been replaced."""
 
 
 def read_one(
@@ -257,44 +259,93 @@ def read_one(
     If the database dropped the connection (it restarted; the pool does not ping), every
     pooled connection is as stale: the pool is replaced and the read runs once more.
     """
-    prepared = _prepare(engine.dialect, statement)
     try:
-        return _read_raw(engine, prepared, params)
-    except _Disconnected:
-        # A new pool; the old one's idle connections are closed (connections in use in other
-        # threads finish their work and go back to the old pool).
-        engine.dispose()
-    return _read_raw(engine, prepared, params)
+        with raw_connection(engine) as raw:
+            return raw.one(statement, params)
+    except Disconnected:
+        pass
+    with raw_connection(engine) as raw:
+        return raw.one(statement, params)
 
 
-def _read_raw(
-    engine: Engine, prepared: _Prepared, params: dict[str, Any]
-) -> tuple[Any, ...] | None:
+class RawConnection:
+    """Prepared statements on one pooled DBAPI connection (:func:`raw_connection`)."""
+
+    def __init__(self, cursor: Any, dbapi_connection: Any, dialect: Any) -> None:
+        self._cursor = cursor
+        self._dbapi_connection = dbapi_connection
+        self._dialect = dialect
+
+    def run(self, statement: ClauseElement, params: dict[str, Any]) -> int:
+        """Execute a statement that returns no rows; its row count."""
+        prepared = _prepare(self._dialect, statement)
+        self._cursor.execute(prepared.sql, prepared.parameters(params))
+        count: int = self._cursor.rowcount
+        return count
+
+    def one(self, statement: ClauseElement, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Execute a statement that returns rows (a SELECT, a RETURNING); its first row.
+
+        Outside :meth:`write`, a statement is its own transaction."""
+        prepared = _prepare(self._dialect, statement)
+        self._cursor.execute(prepared.sql, prepared.parameters(params))
+        raw = self._cursor.fetchone()
+        if self._dialect.name != "postgresql":
+            self._cursor.fetchall()  # SQLite: the statement ends (and its snapshot) here
+        return None if raw is None else prepared.row(raw)
+
+    def write(self, unit: Callable[[RawConnection], T]) -> T:
+        """Run ``unit``'s statements as one short write and commit what it returns.
+
+        SQLite: ``BEGIN IMMEDIATE`` ... ``COMMIT``, the lock every writer queues on, held for
+        just these statements. PostgreSQL: autocommit, so ``unit`` must make its write one
+        self-contained statement (no BEGIN/COMMIT round trips). If ``unit`` raises, nothing
+        is committed (:func:`raw_connection` drops the connection)."""
+        if self._dialect.name == "postgresql":
+            return unit(self)
+        self._cursor.execute("BEGIN IMMEDIATE")
+        result = unit(self)
+        self._dbapi_connection.commit()
+        return result
+
+
+@contextmanager
+def raw_connection(engine: Engine) -> Iterator[RawConnection]:
+    """A pooled DBAPI connection for one short piece of the hottest work (a validate, a
+    download click), outside any session; autocommit on PostgreSQL.
+
+    What SQLAlchemy's execution machinery would add per statement cost more than the
+    statements (compiled once per dialect, run with SQLAlchemy's own type converters). If
+    anything fails, the connection is dropped (closing it rolls back what was begun); if
+    the database had dropped it (it restarted; the pool does not ping), every pooled
+    connection is as stale: the pool is replaced and :class:`Disconnected` raised.
+    """
     connection = engine.raw_connection()
-    dbapi_connection = connection.driver_connection
+    dbapi_connection: Any = connection.driver_connection
     postgres = engine.dialect.name == "postgresql"
     cursor = None
     try:
         if postgres:
-            dbapi_connection.autocommit = True  # type: ignore[union-attr]
+            dbapi_connection.autocommit = True
         cursor = connection.cursor()
         try:
-            cursor.execute(prepared.sql, prepared.parameters(params))
-            raw = cursor.fetchone()
+            yield RawConnection(cursor, dbapi_connection, engine.dialect)
         finally:
             cursor.close()
         if postgres:
-            dbapi_connection.autocommit = False  # type: ignore[union-attr]
+            dbapi_connection.autocommit = False
     except BaseException as exc:
-        connection.invalidate()  # a failed read leaves no half-known state in the pool
+        connection.invalidate()
         if isinstance(exc, engine.dialect.loaded_dbapi.Error) and engine.dialect.is_disconnect(
             exc, dbapi_connection, cursor
         ):
-            raise _Disconnected() from exc
+            # A new pool; the old one's idle connections are closed (connections in use in
+            # other threads finish their work and go back to the old pool).
+            engine.dispose()
+            raise Disconnected() from exc
         raise
     finally:
         connection.close()
-    return None if raw is None else prepared.row(raw)
 
 
 def survives_a_dropped_connection(view: Callable[P, T]) -> Callable[P, T]:
@@ -324,7 +375,7 @@ def survives_a_dropped_connection(view: Callable[P, T]) -> Callable[P, T]:
 
 
 class SessionStatements:
-    """The :class:`RawStatements` calls, run through ``session``'s connection (in its
+    """The :class:`RawConnection` calls, run through ``session``'s connection (in its
     transaction), so one piece of code can run either way."""
 
     def __init__(self, session: Session) -> None:
@@ -337,63 +388,6 @@ class SessionStatements:
     def one(self, statement: ClauseElement, params: dict[str, Any]) -> tuple[Any, ...] | None:
         row = self._connection.execute(cast(Any, statement), params).first()
         return None if row is None else tuple(row)
-
-
-class RawStatements:
-    """Runs prepared statements on the cursor of a :func:`write_raw` unit."""
-
-    def __init__(self, cursor: Any, dialect: Any) -> None:
-        self._cursor = cursor
-        self._dialect = dialect
-
-    def run(self, statement: ClauseElement, params: dict[str, Any]) -> int:
-        """Execute a statement that returns no rows; its row count."""
-        prepared = _prepare(self._dialect, statement)
-        self._cursor.execute(prepared.sql, prepared.parameters(params))
-        count: int = self._cursor.rowcount
-        return count
-
-    def one(self, statement: ClauseElement, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Execute a statement that returns rows (a SELECT, a RETURNING); its first row."""
-        prepared = _prepare(self._dialect, statement)
-        self._cursor.execute(prepared.sql, prepared.parameters(params))
-        raw = self._cursor.fetchone()
-        return None if raw is None else prepared.row(raw)
-
-
-def write_raw(engine: Engine, unit: Callable[[RawStatements], T]) -> T:
-    """Run ``unit``'s statements as one short write on a pooled DBAPI connection, outside any
-    session: for the hottest write (a download click's count and its log row).
-
-    SQLite: ``BEGIN IMMEDIATE`` ... ``COMMIT``, the lock every writer queues on, held for
-    just these statements. PostgreSQL: autocommit, so ``unit`` must make its write one
-    self-contained statement (no BEGIN/COMMIT round trips). Whatever ``unit`` returns is
-    committed; if it raises, nothing is, the connection is dropped from the pool and the
-    exception goes on.
-    """
-    connection = engine.raw_connection()
-    dbapi_connection: Any = connection.driver_connection
-    postgres = engine.dialect.name == "postgresql"
-    try:
-        if postgres:
-            dbapi_connection.autocommit = True
-        cursor = connection.cursor()
-        try:
-            if not postgres:
-                cursor.execute("BEGIN IMMEDIATE")
-            result = unit(RawStatements(cursor, engine.dialect))
-            if not postgres:
-                dbapi_connection.commit()
-        finally:
-            cursor.close()
-        if postgres:
-            dbapi_connection.autocommit = False
-    except BaseException:
-        connection.invalidate()  # closing it rolls back whatever was begun
-        raise
-    finally:
-        connection.close()
-    return result
 
 
 class DatabaseState:

@@ -35,12 +35,12 @@ from sqlalchemy.orm import Session, load_only
 
 from connector.audit import record_audit
 from connector.db import (
-    RawStatements,
+    Disconnected,
+    RawConnection,
     SessionStatements,
     insert_ignoring_conflicts,
-    read_one,
+    raw_connection,
     utcnow,
-    write_raw,
 )
 from connector.downloads.storage import Delivery, store_for
 from connector.downloads.watermark import Stamp, WatermarkError, stamp_pdf, stamp_zip
@@ -256,20 +256,24 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
 def _click_statement(
     statement: Select[*tuple[Any, ...]],
 ) -> Select[*tuple[Any, ...]]:
-    """One round trip for everything a click needs, built once: the grant, its file, its
-    store, the buyer's watermarked copy and the store's R2 credentials from the vault (None
-    when it has none)."""
+    """One round trip for everything a click needs, built once: the grant, its file, the
+    buyer's watermarked copy and the store's R2 credentials from the vault (None when it
+    has none)."""
     return (
         statement.join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
-        .join(Store, DownloadGrant.store_id == Store.id)
         .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
-        .outerjoin(Credential, and_(Credential.store_id == Store.id, Credential.kind == "r2"))
+        .outerjoin(
+            Credential,
+            and_(Credential.store_id == DownloadGrant.store_id, Credential.kind == "r2"),
+        )
         .where(DownloadGrant.id == bindparam("grant_id"))
     )
 
 
 _CLICK = _click_statement(
     select(DownloadGrant, ProductFile, Store, WatermarkCopy, Credential.data)
+    .select_from(DownloadGrant)
+    .join(Store, DownloadGrant.store_id == Store.id)
     # A click needs only the store's id (its R2 credentials come in this row): no other
     # column, and never the webhook secret, is loaded or decrypted.
     .options(load_only(Store.id))
@@ -299,45 +303,53 @@ def start_download_fast(
     """The common click, without a session: a grant that may be downloaded, whose original
     (or ready watermarked copy) the storage can deliver, counted and logged.
 
-    One read outside any transaction (``read_one``), the delivery, then the count and its
-    log row as one short write (``write_raw``; the conditional UPDATE decides, as in
-    :func:`start_download`). None whenever anything else could be the answer (no such grant,
-    a refusal to log, a copy to make, a storage error, the last download taken meanwhile):
-    the caller then asks :func:`start_download`, which decides every case.
+    On one pooled connection (``raw_connection``): one read outside any transaction, the
+    delivery, then the count and its log row as one short write (the conditional UPDATE
+    decides, as in :func:`start_download`). None whenever anything else could be the
+    answer (no such grant, a refusal to log, a copy to make, a storage error, the last
+    download taken meanwhile, a connection the database dropped before anything was
+    written): the caller then asks :func:`start_download`, which decides every case.
     """
-    row = read_one(engine, _CLICK_FAST, {"grant_id": grant_id})
-    if row is None:
-        return None
-    store_id, order_id, *limits = row[:6]
-    object_key, filename, watermark, copy_status, copy_key, r2_credentials = row[6:]
-    now = utcnow()
-    if _refusal_reason(_ClickedGrant(*limits), now) is not None:
-        return None
-    if watermark == "none":
-        served = "original"
-    elif copy_status == "ready" and copy_key is not None:
-        object_key, served = copy_key, "watermarked"
-    else:
-        return None
-    try:
-        delivery = store_for(None, r2_credentials).delivery(object_key, filename, ttl)
-    except (FileNotFoundError, StorageUnavailable):
-        return None
     postgres = engine.dialect.name == "postgresql"
-    counted = write_raw(
-        engine,
-        lambda statements: _count_and_log(
-            statements,
-            postgres,
-            grant_id,
-            store_id,
-            order_id,
-            now,
-            ip=ip,
-            user_agent=user_agent,
-            served=served,
-        ),
-    )
+    writing = False
+    try:
+        with raw_connection(engine) as raw:
+            row = raw.one(_CLICK_FAST, {"grant_id": grant_id})
+            if row is None:
+                return None
+            store_id, order_id, *limits = row[:6]
+            object_key, filename, watermark, copy_status, copy_key, r2_credentials = row[6:]
+            now = utcnow()
+            if _refusal_reason(_ClickedGrant(*limits), now) is not None:
+                return None
+            if watermark == "none":
+                served = "original"
+            elif copy_status == "ready" and copy_key is not None:
+                object_key, served = copy_key, "watermarked"
+            else:
+                return None
+            try:
+                delivery = store_for(None, r2_credentials).delivery(object_key, filename, ttl)
+            except (FileNotFoundError, StorageUnavailable):
+                return None
+            writing = True
+            counted = raw.write(
+                lambda statements: _count_and_log(
+                    statements,
+                    postgres,
+                    grant_id,
+                    store_id,
+                    order_id,
+                    now,
+                    ip=ip,
+                    user_agent=user_agent,
+                    served=served,
+                )
+            )
+    except Disconnected:
+        if writing:  # the count may or may not have been made: never risk a second one
+            raise
+        return None
     return DownloadAnswer(status=200, outcome="served", delivery=delivery) if counted else None
 
 
@@ -409,7 +421,7 @@ def start_download(
 
 
 def _count_and_log(
-    statements: SessionStatements | RawStatements,
+    statements: SessionStatements | RawConnection,
     postgres: bool,
     grant_id: int,
     store_id: int,

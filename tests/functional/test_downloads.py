@@ -26,6 +26,7 @@ from connector.models import DownloadEvent, DownloadGrant, Job, WatermarkCopy
 from connector.vault.crypto import keyed_hash
 from tests.conftest import MASTER_KEY, SECRET_KEY
 from tests.factories import WebhookSender, line_item, wc_order
+from tests.peers import drop_database_connections
 
 BUYER = "Jürgen Ørsted 山田"
 
@@ -210,6 +211,18 @@ def test_a_click_is_one_read_and_one_short_write(app: Flask, shop: WebhookSender
         assert [kind for kind, _ in statements] == ["SELECT", "BEGIN", "UPDATE", "INSERT", "COMMIT"]
     assert [e.outcome for e in events(app)] == ["served"]
     assert shop.order(7010)["downloads"][0]["downloads_left"] is None  # unlimited, counted
+    with app.app_context():
+        assert db.session.execute(select(DownloadGrant.download_count)).scalar_one() == 1
+
+
+def test_a_click_right_after_a_database_restart_is_served_and_counted_once(
+    app: Flask, shop: WebhookSender
+) -> None:
+    put_file(app, "files/a.pdf", b"x")
+    downloads = paid_order(shop, 7011, [{"object_key": "files/a.pdf", "filename": "a.pdf"}])
+    drop_database_connections(app)
+    assert get(shop.client, link_path(downloads[0])).status_code == 200
+    assert [e.outcome for e in events(app)] == ["served"]
     with app.app_context():
         assert db.session.execute(select(DownloadGrant.download_count)).scalar_one() == 1
 
