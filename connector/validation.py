@@ -25,12 +25,15 @@ def refuse_nul_in_address() -> None:
     WooCommerce's creation ping, are left to their views: reading one here would consume
     the body the signature check needs).
     """
-    query = request.query_string
-    if "\x00" in request.path or b"%00" in query or b"\x00" in query:
+    # Read off the WSGI environ: this runs before every request, the license API's included.
+    environ = request.environ
+    path: str = environ.get("PATH_INFO", "")
+    query: str = environ.get("QUERY_STRING", "")
+    if "\x00" in path or "%00" in query or "\x00" in query:
         raise BadRequest("The address must not contain NUL characters.")
     if (
-        request.mimetype in FORM_TYPES
-        and not request.path.startswith(JSON_PREFIXES)
+        environ.get("CONTENT_TYPE", "").startswith(FORM_TYPES)
+        and not path.startswith(JSON_PREFIXES)
         and any("\x00" in value for value in request.form.values())
     ):
         raise BadRequest("The form must not contain NUL characters.")
