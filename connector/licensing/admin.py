@@ -126,6 +126,21 @@ def _set_downloads_blocked(session: Session, lic: License, *, blocked: bool) -> 
             grant.revoked_reason = None
 
 
+def _extend_downloads(session: Session, lic: License, until: dt.datetime) -> None:
+    """Downloads that last while the license lasts (its product sets no ``download_days``)
+    end with it again; downloads with a window of their own keep it."""
+    product = session.get(Product, lic.product_id)
+    if product is None or product.download_days is not None:
+        return
+    grants = select(DownloadGrant).where(
+        DownloadGrant.license_id == lic.id,
+        DownloadGrant.expires_at.is_not(None),
+        DownloadGrant.expires_at < until,
+    )
+    for grant in session.scalars(grants):
+        grant.expires_at = until
+
+
 def change_license(
     session: Session,
     store: Store,
@@ -140,7 +155,8 @@ def change_license(
     - revoke / suspend: status with reason "admin";
     - reinstate: back to active (whatever the reason was);
     - extend: ``days`` more, counted from the expiry if it is still ahead, else from now;
-      an update window that ran with the license moves with it. A lifetime license is 422.
+      an update window that ran with the license moves with it, and so do downloads that
+      last while the license lasts. A lifetime license is 422.
     """
     if action not in ACTIONS:
         raise NotFound(f"Unknown action; use one of {', '.join(ACTIONS)}.")
@@ -165,6 +181,7 @@ def change_license(
         if lic.updates_until is not None and lic.updates_until == lic.expires_at:
             lic.updates_until = new_expiry
         lic.expires_at = new_expiry
+        _extend_downloads(session, lic, new_expiry)
     session.flush()
     record_audit(
         session,

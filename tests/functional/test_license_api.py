@@ -154,6 +154,27 @@ def test_owner_revokes_suspends_reinstates_and_extends(app: Flask, shop: Webhook
         assert lic.status == "active"
 
 
+def test_owner_extension_moves_downloads_that_last_with_the_license(shop: WebhookSender) -> None:
+    """Extending a license extends its downloads too when they last while the license lasts
+    (no download_days); downloads with a window of their own keep it."""
+    from tests.factories import line_item, wc_order
+
+    one = [{"object_key": "a/one.pdf", "filename": "one.pdf"}]
+    two = [{"object_key": "a/two.pdf", "filename": "two.pdf"}]
+    shop.configure(501, duration_days=30, files=one)
+    shop.configure(502, duration_days=30, download_days=5, files=two)
+    shop.deliver(wc_order(9301, "processing", [line_item(501), line_item(502)]))
+    before = {d["filename"]: d["expires_at"] for d in shop.order(9301)["downloads"]}
+    for lic in shop.order(9301)["licenses"]:
+        extended = shop.admin("POST", f"/licenses/{lic['key']}/extend", {"days": 10})
+        assert extended.status_code == 200
+    after = shop.order(9301)
+    expiry = {lic["product_id"]: lic["expires_at"] for lic in after["licenses"]}
+    downloads = {d["filename"]: d["expires_at"] for d in after["downloads"]}
+    assert downloads["one.pdf"] == expiry["501"] > before["one.pdf"]
+    assert downloads["two.pdf"] == before["two.pdf"]
+
+
 def test_owner_revocation_survives_a_redelivered_paid_order(shop: WebhookSender) -> None:
     """The order service never undoes a revocation the owner made."""
     from tests.factories import line_item, wc_order
