@@ -163,14 +163,18 @@ def _apply(
     result.configured.append(shop_id)
 
 
+def _shop_id(raw: dict[str, Any]) -> str | None:
+    try:
+        return parse_id(raw.get("id"))
+    except PayloadError:
+        return None
+
+
 def sync_products(session: Session, store: Store, client: WooCommerceClient) -> SyncResult:
     """Configure every shop product (and variation) that carries ``_keygate_*`` meta."""
     result = SyncResult()
     for raw in client.list_products():
-        try:
-            shop_id = parse_id(raw.get("id"))
-        except PayloadError:
-            shop_id = None
+        shop_id = _shop_id(raw)
         if shop_id is None:
             continue  # not a product Keygate could ever be asked about
         name = clean_text(raw.get("name")) or ""
@@ -179,10 +183,7 @@ def sync_products(session: Session, store: Store, client: WooCommerceClient) -> 
             _apply(session, store, shop_id, name, meta, result)
         if raw.get("type") == "variable":
             for variation in client.list_variations(shop_id):
-                try:
-                    variation_id = parse_id(variation.get("id"))
-                except PayloadError:
-                    variation_id = None
+                variation_id = _shop_id(variation)
                 variation_meta = _meta(variation)
                 if variation_id is not None and variation_meta:
                     variation_name = f"{name} ({variation_id})"

@@ -43,6 +43,8 @@ from connector.models import (
     Product,
     Store,
 )
+from plugin.shop import PayloadError
+from plugin.woocommerce.webhooks import parse_id
 
 RENEW_META = "_keygate_renew_license"
 SUBSCRIPTION_RENEWAL_META = "_subscription_renewal"
@@ -78,12 +80,10 @@ def renewal_target(
 
 def subscription_of(order_meta: dict[str, Any]) -> str | None:
     """The WooCommerce Subscriptions subscription a renewal order renews, if it is one."""
-    value = order_meta.get(SUBSCRIPTION_RENEWAL_META)
-    if value in (None, "", 0, "0") or isinstance(value, bool):
-        return None
-    text = str(value)
-    # Subscription ids are numbers; anything else is not a renewal Keygate can follow.
-    return text if text.isascii() and text.isalnum() and len(text) <= 64 else None
+    try:
+        return parse_id(order_meta.get(SUBSCRIPTION_RENEWAL_META))
+    except PayloadError:
+        return None  # not an id: not a renewal Keygate can follow
 
 
 def _license_by_key(session: Session, store: Store, product: Product, raw: str) -> License | None:
