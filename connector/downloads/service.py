@@ -322,12 +322,10 @@ def start_download_fast(
             now = utcnow()
             if _refusal_reason(_ClickedGrant(*limits), now) is not None:
                 return None
-            if watermark == "none":
-                served = "original"
-            elif copy_status == "ready" and copy_key is not None:
-                object_key, served = copy_key, "watermarked"
-            else:
+            ready = _ready_object(watermark, object_key, copy_status, copy_key)
+            if ready is None:
                 return None
+            object_key, served = ready
             try:
                 delivery = store_for(None, r2_credentials).delivery(object_key, filename, ttl)
             except (FileNotFoundError, StorageUnavailable):
@@ -448,6 +446,18 @@ def _count_and_log(
     return True
 
 
+def _ready_object(
+    watermark: str, original_key: str, copy_status: str | None, copy_key: str | None
+) -> tuple[str, str] | None:
+    """(object key, what it is) when the file can be served as it stands: the original of an
+    unwatermarked file, or the buyer's copy once it is ready. None: a copy is still to make."""
+    if watermark == "none":
+        return original_key, "original"
+    if copy_status == "ready" and copy_key is not None:
+        return copy_key, "watermarked"
+    return None
+
+
 def _object_to_serve(
     session: Session, grant: DownloadGrant, product_file: ProductFile, copy: WatermarkCopy | None
 ) -> tuple[str, str] | None:
@@ -459,8 +469,11 @@ def _object_to_serve(
         return product_file.object_key, "original"
     if copy is None or (copy.status != "ready" and copy.attempts < MAX_WATERMARK_ATTEMPTS):
         copy = make_watermarked_copy(session, grant)
-    if copy.status == "ready" and copy.object_key is not None:
-        return copy.object_key, "watermarked"
+    ready = _ready_object(
+        product_file.watermark, product_file.object_key, copy.status, copy.object_key
+    )
+    if ready is not None:
+        return ready
     product = session.get(Product, product_file.product_id)
     if product is not None and product.watermark_fallback == "original":
         return product_file.object_key, "original-fallback"
