@@ -11,8 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Request, Response, g
+from flask import Flask, Request, Response, g, redirect, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask.typing import ResponseReturnValue
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.routing import IntegerConverter, Map
 
@@ -155,6 +156,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
             csrf.exempt(blueprint)
         app.register_blueprint(blueprint)
 
+    app.add_url_rule("/", "home", _home)
     register_error_handlers(app)
     app.after_request(_commit_at_boundary)
 
@@ -163,6 +165,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
         start_worker_thread(app)
     return app
+
+
+def _home() -> ResponseReturnValue:
+    """The bare address leads to the admin pages (buyers come through their own links)."""
+    return redirect(url_for("admin_views.dashboard"))
 
 
 def _commit_at_boundary(response: Response) -> Response:

@@ -206,9 +206,7 @@ def _extend_grants(
         extension.expires_at = moved
 
 
-def _revert(
-    session: Session, renewal: LicenseRenewal, license_: License, now: dt.datetime
-) -> None:
+def _revert(session: Session, renewal: LicenseRenewal, license_: License, now: dt.datetime) -> None:
     if (
         renewal.expires_at is not None
         and renewal.previous_expires_at is not None

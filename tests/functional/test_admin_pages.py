@@ -266,3 +266,10 @@ def test_a_store_admin_sees_only_their_store(app: Flask, shop: WebhookSender) ->
     assert {"order:9700", "order:9701"} <= subjects  # both stores have audit entries
     audit_page = client.get("/admin/audit").get_data(as_text=True)
     assert "order:9700" in audit_page and "order:9701" not in audit_page
+
+
+def test_the_bare_address_leads_to_the_admin_sign_in(admin_client: FlaskClient) -> None:
+    response = admin_client.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/admin/"
+    assert admin_client.get("/", follow_redirects=True).request.path == "/admin/login"
