@@ -17,6 +17,12 @@ For each server and backend (SQLite file, PostgreSQL) it measures:
 The bare endpoint is measured the same way; the ratio is validate peak / bare peak.
 Targets (issue 3): ratio >= 0.6 and p99 < 25 ms at half the measured peak.
 
+The client runs on the same cores as the server, so the throughput ratio also depends on
+how much of the machine the client takes in that run. Beside it the bench prints what
+each request cost the server in CPU time (Linux ``/proc``: the server's processes and
+threads, and for PostgreSQL the database's backends serving the bench database), and the
+bare/validate ratio of those costs: the throughput ratio the server alone would allow.
+
     .venv/bin/python bench/validate.py [--duration 5] [--backends sqlite,postgresql]
         [--servers waitress,gunicorn]
 
@@ -39,6 +45,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +59,37 @@ PG_ADMIN_URL = os.environ.get(
 THREADS = 8
 CONCURRENCY = 8
 GUNICORN_WORKERS = 2 * (os.cpu_count() or 1) + 1
+PROC = Path("/proc")
+
+
+def _process_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds used so far, its threads included), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return stats
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU time used so far by the processes ``roots`` and all their descendants."""
+    stats = _process_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _cpu) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    total, todo = 0.0, list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            todo.extend(children.get(pid, []))
+    return total
 
 
 def free_port() -> int:
@@ -190,7 +229,8 @@ class Worker(threading.Thread):
         conn.close()
 
 
-def peak(port: int, body: bytes, duration: float) -> tuple[float, int]:
+def peak(port: int, body: bytes, duration: float) -> tuple[float, int, int]:
+    """Requests/s, failed requests and answered requests of one closed-loop phase."""
     stop_at = time.monotonic() + duration
     workers = [Worker(port, body, stop_at) for _ in range(CONCURRENCY)]
     started = time.perf_counter()
@@ -200,7 +240,7 @@ def peak(port: int, body: bytes, duration: float) -> tuple[float, int]:
         worker.join(duration + 30)
     elapsed = time.perf_counter() - started
     done = sum(len(w.latencies) for w in workers)
-    return done / elapsed, sum(w.errors for w in workers)
+    return done / elapsed, sum(w.errors for w in workers), done
 
 
 def paced(port: int, body: bytes, rate: float, duration: float) -> list[float]:
@@ -253,7 +293,18 @@ def latency(port: int, body: bytes, rate: float, duration: float) -> dict[str, f
     }
 
 
-def create_pg_database() -> tuple[str, Any]:
+@dataclass
+class Endpoint:
+    """One served endpoint, and the processes whose CPU time its requests cost."""
+
+    name: str
+    port: int
+    body: bytes
+    processes: Callable[[], list[int]]
+
+
+def create_pg_database() -> tuple[str, Callable[[], None], Callable[[], list[int]]]:
+    """A fresh database: its URL, how to drop it, and the pids of its current backends."""
     from sqlalchemy import create_engine, text
 
     name = f"keygate_bench_{uuid.uuid4().hex[:8]}"
@@ -268,23 +319,33 @@ def create_pg_database() -> tuple[str, Any]:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name, drop
+    def backends() -> list[int]:
+        with admin.connect() as conn:
+            query = text("SELECT pid FROM pg_stat_activity WHERE datname = :name")
+            return [int(pid) for pid in conn.execute(query, {"name": name}).scalars()]
+
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name, drop, backends
 
 
-def keygate_endpoint(stack: contextlib.ExitStack, server: str, backend: str) -> tuple[int, bytes]:
+def keygate_endpoint(stack: contextlib.ExitStack, server: str, backend: str) -> Endpoint:
     """A Keygate server on a fresh database of ``backend`` with one sold license."""
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="keygate-bench-"))
+    backends: Callable[[], list[int]] = list
     if backend == "sqlite":
         url = f"sqlite:///{tmp}/keygate.db"
     else:
-        url, drop = create_pg_database()
+        url, drop, backends = create_pg_database()
         stack.callback(drop)
     env, key = setup_keygate(url, Path(tmp) / "instance")
     body = json.dumps({"key": key, "product": "501", "site": "bench-shop.com", "nonce": "n"})
-    return started(stack, server, "connector:create_app", env), body.encode()
+    port, pid = started(stack, server, "connector:create_app", env)
+    return Endpoint(f"validate/{backend}", port, body.encode(), lambda: [pid, *backends()])
 
 
-def started(stack: contextlib.ExitStack, server: str, call: str, env: dict[str, str]) -> int:
+def started(
+    stack: contextlib.ExitStack, server: str, call: str, env: dict[str, str]
+) -> tuple[int, int]:
+    """Serve ``call``; its port and the server's pid (gunicorn's workers are its children)."""
     process, port = serve(server, call, env)
 
     def stop() -> None:
@@ -292,7 +353,7 @@ def started(stack: contextlib.ExitStack, server: str, call: str, env: dict[str, 
         process.wait(timeout=10)
 
     stack.callback(stop)
-    return port
+    return port, process.pid
 
 
 def bench_server(
@@ -302,33 +363,42 @@ def bench_server(
     slow spell of this shared machine hits both sides of a ratio; medians are reported."""
     with contextlib.ExitStack() as stack:
         bare_env = dict(os.environ, PYTHONPATH=str(ROOT / "bench"))
+        bare_port, bare_pid = started(stack, server, "bare_app:create_app", bare_env)
         bare_body = json.dumps({"key": "X", "nonce": "n"}).encode()
-        endpoints = [
-            ("bare flask", started(stack, server, "bare_app:create_app", bare_env), bare_body)
-        ]
-        for backend in backends:
-            endpoints.append((f"validate/{backend}", *keygate_endpoint(stack, server, backend)))
-        for _name, port, body in endpoints:
-            peak(port, body, 1.0)  # warm up
-        peaks: dict[str, list[float]] = {name: [] for name, _port, _body in endpoints}
+        endpoints = [Endpoint("bare flask", bare_port, bare_body, lambda: [bare_pid])]
+        endpoints += [keygate_endpoint(stack, server, backend) for backend in backends]
+        for endpoint in endpoints:
+            peak(endpoint.port, endpoint.body, 1.0)  # warm up
+        peaks: dict[str, list[float]] = {endpoint.name: [] for endpoint in endpoints}
+        costs: dict[str, list[float]] = {endpoint.name: [] for endpoint in endpoints}
         errors: dict[str, int] = dict.fromkeys(peaks, 0)
+        measure_cpu = PROC.is_dir()
         for _ in range(rounds):
-            for name, port, body in endpoints:
-                rate, failed = peak(port, body, duration)
-                peaks[name].append(rate)
-                errors[name] += failed
+            for endpoint in endpoints:
+                processes = endpoint.processes() if measure_cpu else []
+                before = cpu_seconds(processes) if measure_cpu else 0.0
+                rate, failed, done = peak(endpoint.port, endpoint.body, duration)
+                if measure_cpu and done:
+                    costs[endpoint.name].append((cpu_seconds(processes) - before) / done)
+                peaks[endpoint.name].append(rate)
+                errors[endpoint.name] += failed
         rows: list[tuple[str, dict[str, Any]]] = []
-        for name, port, body in endpoints:
+        bare = endpoints[0].name
+        for endpoint in endpoints:
+            name = endpoint.name
             rate = statistics.median(peaks[name])
             row: dict[str, Any] = {"peak_rps": rate, "errors": errors[name]}
-            if name != "bare flask":
-                row["ratio"] = statistics.median(
-                    mine / bare for mine, bare in zip(peaks[name], peaks["bare flask"], strict=True)
-                )
-                row["ratios"] = [
-                    mine / bare for mine, bare in zip(peaks[name], peaks["bare flask"], strict=True)
-                ]
-            row.update(latency(port, body, rate, duration))
+            if len(costs[name]) == rounds:
+                row["cpu_ms"] = statistics.median(costs[name]) * 1000
+            if name != bare:
+                ratios = [mine / base for mine, base in zip(peaks[name], peaks[bare], strict=True)]
+                row["ratio"] = statistics.median(ratios)
+                row["ratios"] = ratios
+                if "cpu_ms" in row and len(costs[bare]) == rounds:
+                    row["cpu_ratio"] = statistics.median(
+                        base / mine for mine, base in zip(costs[name], costs[bare], strict=True)
+                    )
+            row.update(latency(endpoint.port, endpoint.body, rate, duration))
             rows.append((f"{server}: {name}", row))
         return rows
 
@@ -352,12 +422,17 @@ def main() -> None:
         f"waitress: 1 process, {THREADS} threads; gunicorn: {GUNICORN_WORKERS} sync workers; "
         f"{CONCURRENCY} clients; median of {rounds} interleaved {duration:.0f}s peak rounds"
     )
-    print(f"{'endpoint':<32}{'peak req/s':>11}{'ratio':>7}{'@ req/s':>9}{'p50 ms':>8}{'p99 ms':>8}")
+    print(
+        f"{'endpoint':<32}{'peak req/s':>11}{'ratio':>7}{'@ req/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'cpu ms/req':>11}{'cpu ratio':>10}"
+    )
     for name, r in rows:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        cpu = f"{r['cpu_ms']:.3f}" if "cpu_ms" in r else "-"
+        cpu_ratio = f"{r['cpu_ratio']:.2f}" if "cpu_ratio" in r else "-"
         print(
             f"{name:<32}{r['peak_rps']:>11.0f}{ratio:>7}{r['half_rate']:>9.0f}"
-            f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}"
+            f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{cpu:>11}{cpu_ratio:>10}"
             + (f"  ({r['errors']} errors)" if r["errors"] else "")
             + ("  ratios " + " ".join(f"{x:.2f}" for x in r["ratios"]) if "ratios" in r else "")
         )
