@@ -19,6 +19,7 @@ from werkzeug.routing import IntegerConverter, Map
 
 from connector.config import Settings, load_settings
 from connector.db import db as database
+from connector.db import reads_survive_a_dropped_connection
 from connector.errors import JSON_PREFIXES, register_error_handlers
 from connector.extensions import csrf, limiter
 from connector.ratelimit import Budgets, storage_uri
@@ -157,6 +158,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
 
     app.add_url_rule("/", "home", _home)
+    reads_survive_a_dropped_connection(app)
     register_error_handlers(app)
     app.after_request(_commit_at_boundary)
 

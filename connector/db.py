@@ -29,7 +29,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request
 from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Select, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -320,7 +320,11 @@ def raw_connection(engine: Engine) -> Iterator[RawConnection]:
     the database had dropped it (it restarted; the pool does not ping), every pooled
     connection is as stale: the pool is replaced and :class:`Disconnected` raised.
     """
-    connection = engine.raw_connection()
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        connection = engine.raw_connection()
+    except dbapi_error as exc:  # the pool hands out the driver's own errors: wrap them
+        raise DBAPIError.instance(None, None, exc, dbapi_error, dialect=engine.dialect) from exc
     dbapi_connection: Any = connection.driver_connection
     postgres = engine.dialect.name == "postgresql"
     cursor = None
@@ -336,7 +340,7 @@ def raw_connection(engine: Engine) -> Iterator[RawConnection]:
             dbapi_connection.autocommit = False
     except BaseException as exc:
         connection.invalidate()
-        if isinstance(exc, engine.dialect.loaded_dbapi.Error) and engine.dialect.is_disconnect(
+        if isinstance(exc, dbapi_error) and engine.dialect.is_disconnect(
             exc, dbapi_connection, cursor
         ):
             # A new pool; the old one's idle connections are closed (connections in use in
@@ -353,19 +357,38 @@ def survives_a_dropped_connection(view: Callable[P, T]) -> Callable[P, T]:
 
     After the database restarts, every pooled connection is dead, and the pool does not ping
     (see ``make_engine``): the first statement of a request fails, SQLAlchemy marks the
-    pool's older connections stale, and the request would be a 500. For views whose work is
+    pool's older connections stale, and the request would fail. For views whose work is
     safe to repeat (a webhook delivery converges, license calls are idempotent), that
     statement wrote nothing yet: the session is rolled back and the view runs again on a
     fresh connection. Anything else (a failed COMMIT, whose outcome is unknown, happens
     after the view) is left alone.
     """
+    return _run_again_after_a_drop(view, lambda: True)
 
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def reads_survive_a_dropped_connection(app: Flask) -> None:
+    """Every view of ``app`` runs once more after a dropped connection when the request is
+    a safe one (GET, HEAD: pages, the portal, downloads), which HTTP lets a server repeat;
+    a form or API call that is not marked :func:`survives_a_dropped_connection` is answered
+    503 instead (``connector.errors``), and the person or shop sends it again."""
+    for endpoint, view in app.view_functions.items():
+        app.view_functions[endpoint] = cast(Any, _run_again_after_a_drop(view, _safe_request))
+
+
+def _safe_request() -> bool:
+    return request.method in SAFE_METHODS
+
+
+def _run_again_after_a_drop(view: Callable[P, T], allowed: Callable[[], bool]) -> Callable[P, T]:
     @functools.wraps(view)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return view(*args, **kwargs)
         except DBAPIError as exc:
-            if not exc.connection_invalidated:
+            if not exc.connection_invalidated or not allowed():
                 raise
             log.warning("database connection was dropped; running the request again")
             db.session.rollback()

@@ -2,7 +2,9 @@
 
 API and webhook paths answer ``application/problem+json`` (RFC 9457); pages for people render
 ``templates/errors/<status>.html``. The catch-all logs the exception and says "internal
-error": it never echoes ``str(exc)``, which could carry a secret.
+error": it never echoes ``str(exc)``, which could carry a secret. A database that cannot be
+reached (down, restarting, a dropped connection, SQLite still locked after its busy timeout)
+is 503 with ``Retry-After``: nothing of the request was stored, and it can be sent again.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, render_template, request
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
+
+from connector.db import Disconnected
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,31 @@ class ServiceUnavailable(KeygateError):
     title = "Temporarily unavailable"
 
 
+DATABASE_RETRY_AFTER = 5
+
+
+def database_unavailable(exc: BaseException) -> ServiceUnavailable | None:
+    """What to answer for a database error that says the database is out of reach for now
+    (None for any other error, a bug until shown otherwise)."""
+    unreachable = isinstance(exc, Disconnected) or (
+        isinstance(exc, DBAPIError)
+        and (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError))
+    )
+    if not unreachable:
+        return None
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc.__cause__
+    log.warning(
+        "database unavailable on %s %s (%s): answered 503",
+        request.method,
+        request.path,
+        type(cause).__name__,
+    )
+    return ServiceUnavailable(
+        "The database cannot be reached right now; nothing was stored. Try again in a moment.",
+        retry_after=DATABASE_RETRY_AFTER,
+    )
+
+
 def wants_json() -> bool:
     return request.path.startswith(JSON_PREFIXES) or request.accept_mimetypes.best == (
         "application/json"
@@ -124,7 +154,10 @@ def _rollback() -> None:
     """Undo what a failed request flushed, so the commit at the boundary stores nothing."""
     session = g.get("_keygate_session")
     if session is not None:
-        session.rollback()
+        try:
+            session.rollback()
+        except DBAPIError:  # its connection is gone, and what it held with it
+            session.invalidate()
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -154,6 +187,14 @@ def register_error_handlers(app: Flask) -> None:
                 response.headers["Retry-After"] = str(retry_after)
             return response, status
         return _page(status, title, detail)
+
+    @app.errorhandler(DBAPIError)
+    @app.errorhandler(Disconnected)
+    def handle_database_error(exc: Exception) -> Any:
+        unavailable = database_unavailable(exc)
+        if unavailable is None:
+            return handle_unexpected(exc)
+        return handle_keygate_error(unavailable)
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Any:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -31,10 +32,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flask import Flask, current_app
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from connector.db import Database, utcnow
 from connector.models import SigningKey
+
+log = logging.getLogger(__name__)
 
 ALGORITHM = "ed25519"
 SIGNED_HEADERS = "(request-target) host date digest"
@@ -173,7 +177,9 @@ def current_signer(app: Flask | None = None) -> Signer:
     """This process's signer, reloaded from the database every ``CACHE_SECONDS``.
 
     It uses a session of its own, so signing never commits (or is rolled back with) the
-    request's work.
+    request's work. While the database cannot be reached, the signer loaded last keeps
+    signing (the 503s of an outage are signed too); with none loaded yet, the error is
+    raised.
     """
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     cached: Signer | None = app.extensions.get("keygate.signer")
@@ -184,11 +190,17 @@ def current_signer(app: Flask | None = None) -> Signer:
         cached = app.extensions.get("keygate.signer")
         if cached is not None and now - cached.loaded_at < CACHE_SECONDS:
             return cached
-        with Database.current().sessionmaker() as session:
-            row = ensure_signing_key(session)
-            session.commit()
-            seed = base64.b64decode(row.private_key)
-            signer = Signer(row.kid, Ed25519PrivateKey.from_private_bytes(seed), now)
+        try:
+            with Database.current().sessionmaker() as session:
+                row = ensure_signing_key(session)
+                session.commit()
+                seed = base64.b64decode(row.private_key)
+                signer = Signer(row.kid, Ed25519PrivateKey.from_private_bytes(seed), now)
+        except DBAPIError:
+            if cached is None:
+                raise
+            log.warning("signing key not reloaded (database unavailable); %s signs", cached.kid)
+            return cached
         app.extensions["keygate.signer"] = signer
         return signer
 

@@ -10,17 +10,20 @@ security record with the IP hashed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from connector import get_settings
-from connector.db import db, read_mostly, survives_a_dropped_connection, utcnow
+from connector.db import Disconnected, db, read_mostly, survives_a_dropped_connection, utcnow
 from connector.errors import (
     PROBLEM_BASE,
     InvalidInput,
@@ -28,6 +31,7 @@ from connector.errors import (
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
+    database_unavailable,
 )
 from connector.extensions import client_ip
 from connector.licensing import service
@@ -57,6 +61,7 @@ from connector.validation import optional_bool, optional_int, optional_str, requ
 from connector.vault.crypto import keyed_hash
 
 bp = Blueprint("licensing_views", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
 register_privacy_hooks()
 
 MAX_LICENSE_BODY = 16 * 1024
@@ -181,14 +186,25 @@ def _is_signed_path() -> bool:
 def _load_signer() -> None:
     # Loaded before the request's own session starts, so signing never waits on it.
     if _is_signed_path():
-        g.keygate_signer = current_signer()
+        with contextlib.suppress(DBAPIError):  # no key yet and no database: see _sign_answer
+            g.keygate_signer = current_signer()
 
 
 @bp.after_app_request
 def _sign_answer(response: Response) -> Response:
     if not _is_signed_path() or response.direct_passthrough:
         return response
-    signer = g.get("keygate_signer") or current_signer()
+    signer = g.get("keygate_signer")
+    if signer is None:
+        try:
+            signer = current_signer()
+        except DBAPIError:
+            # The database is out of reach and this process has no key loaded yet: its
+            # 503 cannot be signed (clients treat any 5xx as "unavailable"); nothing else
+            # ever leaves unsigned.
+            if response.status_code < 500:
+                raise
+            return response
     body = response.get_data()
     date = http_date()
     digest = digest_header(body)
@@ -230,7 +246,19 @@ def _keygate_error(exc: KeygateError) -> Response:
     if isinstance(exc, TooManyRequests) and breach is not None:
         _record_breach(breach)
         response.headers["Retry-After"] = str(breach.retry_after)
+    elif "retry_after" in exc.extra:
+        response.headers["Retry-After"] = str(exc.extra["retry_after"])
     return response
+
+
+@bp.errorhandler(DBAPIError)
+@bp.errorhandler(Disconnected)
+def _database_error(exc: Exception) -> Response:
+    unavailable = database_unavailable(exc)
+    if unavailable is None:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _http_error(InternalServerError())
+    return _keygate_error(unavailable)
 
 
 @bp.errorhandler(HTTPException)

@@ -1,0 +1,105 @@
+"""A database that restarts or is out of reach: a page or a read rides out a dropped
+connection; what cannot be answered is 503 with Retry-After (never a 500), nothing of it is
+stored, and it goes through when sent again."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from flask import Flask
+from sqlalchemy import func, select
+
+from connector.db import DatabaseState, db, make_engine
+from connector.jobs import run_pending
+from connector.models import Mail
+from connector.signing import digest_header, forget_cached_signer
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.peers import drop_database_connections
+
+
+def _portal(shop: WebhookSender, order_id: int) -> tuple[str, str]:
+    """A sold order's portal path and its license key."""
+    shop.configure(501)
+    shop.deliver(wc_order(order_id, "processing", [line_item(501)]))
+    body = shop.order(order_id)
+    return body["portal_url"].removeprefix("http://keygate.test"), body["licenses"][0]["key"]
+
+
+def test_pages_and_reads_ride_out_a_database_restart(app: Flask, shop: WebhookSender) -> None:
+    portal_path, key = _portal(shop, 9500)
+    drop_database_connections(app)
+    page = shop.client.get(portal_path)
+    assert page.status_code == 200, page.get_data(as_text=True)
+    assert key in page.get_data(as_text=True)
+    drop_database_connections(app)
+    listed = shop.admin("GET", f"/licenses/{key}")
+    assert listed.status_code == 200
+    assert listed.get_json()["license"]["key"] == key
+
+
+def test_a_form_sent_over_a_dropped_connection_is_503_and_goes_through_again(
+    app: Flask, shop: WebhookSender
+) -> None:
+    portal_path, _key = _portal(shop, 9501)
+    html = shop.client.get(portal_path).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert token
+    run_pending(app)  # the order's own mail
+    drop_database_connections(app)
+    refused = shop.client.post(portal_path + "/resend", data={"csrf_token": token.group(1)})
+    assert refused.status_code == 503
+    assert "Try again in a moment" in refused.get_data(as_text=True)
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 1
+    again = shop.client.post(portal_path + "/resend", data={"csrf_token": token.group(1)})
+    assert again.status_code == 302
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 2
+
+
+def test_an_unreachable_database_is_503_everywhere(
+    app: Flask, shop: WebhookSender, database_url: str, tmp_path: Path
+) -> None:
+    portal_path, key = _portal(shop, 9502)
+    assert shop.client.post("/api/v1/licenses/validate", json={"key": key}).status_code == 200
+    working = app.extensions["keygate.db"]
+    unreachable = (
+        "postgresql://postgres@127.0.0.1:9/keygate"  # discard port: nothing listens
+        if database_url.startswith("postgresql")
+        else f"sqlite:///{tmp_path}/no-such-folder/keygate.db"
+    )
+    app.extensions["keygate.db"] = DatabaseState(make_engine(unreachable))
+    try:
+        answer = shop.client.post("/api/v1/licenses/validate", json={"key": key, "nonce": "n1"})
+        assert answer.status_code == 503
+        assert answer.mimetype == "application/problem+json"
+        assert answer.headers["Retry-After"] == "5"
+        assert answer.headers["Digest"] == digest_header(answer.get_data())
+        assert "Keygate-Signature" in answer.headers
+        body = answer.get_json()
+        assert body["status"] == 503 and body["nonce"] == "n1" and body["ts"]
+
+        delivery = shop.deliver(wc_order(9503, "processing", [line_item(501)]))
+        assert delivery.status_code == 503
+        assert delivery.get_json()["type"].endswith("/unavailable")
+        assert delivery.headers["Retry-After"] == "5"
+
+        page = shop.client.get(portal_path)
+        assert page.status_code == 503
+        assert "Try again in a moment" in page.get_data(as_text=True)
+
+        # A process that never loaded its signing key cannot sign: its 503 goes unsigned.
+        forget_cached_signer(app)
+        cold = shop.client.post("/api/v1/licenses/validate", json={"key": key, "nonce": "n2"})
+        assert cold.status_code == 503
+        assert "Keygate-Signature" not in cold.headers
+        assert cold.get_json()["nonce"] == "n2"
+    finally:
+        app.extensions["keygate.db"].engine.dispose()
+        app.extensions["keygate.db"] = working
+    # Back: the delivery that was refused goes through when WooCommerce sends it again.
+    assert shop.deliver(wc_order(9503, "processing", [line_item(501)])).status_code == 200
+    assert len(shop.order(9503)["licenses"]) == 1
