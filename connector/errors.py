@@ -4,7 +4,7 @@ API and webhook paths answer ``application/problem+json`` (RFC 9457); pages for 
 ``templates/errors/<status>.html``. The catch-all logs the exception and says "internal
 error": it never echoes ``str(exc)``, which could carry a secret. A database that cannot be
 reached (down, restarting, a dropped connection, SQLite still locked after its busy timeout)
-is 503 with ``Retry-After``: nothing of the request was stored, and it can be sent again.
+is 503 with ``Retry-After``: the request can be sent again.
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ DATABASE_RETRY_AFTER = 5
 
 
 def database_unavailable(exc: BaseException) -> ServiceUnavailable | None:
-    """What to answer for a database error that says the database is out of reach for now
-    (None for any other error, a bug until shown otherwise)."""
+    """What to answer for a database error that says "not now" rather than "never": out of
+    reach, a dropped connection, a lock or deadlock (the driver's OperationalError family).
+    None for any other error, a bug until shown otherwise."""
     unreachable = isinstance(exc, Disconnected) or (
         isinstance(exc, DBAPIError)
         and (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError))
@@ -122,7 +123,7 @@ def database_unavailable(exc: BaseException) -> ServiceUnavailable | None:
         type(cause).__name__,
     )
     return ServiceUnavailable(
-        "The database cannot be reached right now; nothing was stored. Try again in a moment.",
+        "The database could not answer this request just now. Try again in a moment.",
         retry_after=DATABASE_RETRY_AFTER,
     )
 
