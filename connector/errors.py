@@ -151,7 +151,7 @@ def _page(status: int, title: str, detail: str) -> tuple[str, int]:
         ), status
 
 
-def _rollback() -> None:
+def rollback_request() -> None:
     """Undo what a failed request flushed, so the commit at the boundary stores nothing."""
     session = g.get("_keygate_session")
     if session is not None:
@@ -164,7 +164,7 @@ def _rollback() -> None:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KeygateError)
     def handle_keygate_error(exc: KeygateError) -> Any:
-        _rollback()
+        rollback_request()
         if wants_json():
             response, status = problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
             if "retry_after" in exc.extra:
@@ -200,7 +200,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Any:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        _rollback()
+        rollback_request()
         if wants_json():
             return problem(500, "internal-error", "Internal error", "internal error")
         return _page(500, "Internal error", "Something went wrong on our side.")

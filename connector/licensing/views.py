@@ -32,6 +32,7 @@ from connector.errors import (
     PayloadTooLarge,
     TooManyRequests,
     database_unavailable,
+    rollback_request,
 )
 from connector.extensions import client_ip
 from connector.licensing import service
@@ -232,15 +233,9 @@ def _problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> 
     return response
 
 
-def _rollback() -> None:
-    session = g.get("_keygate_session")
-    if session is not None:
-        session.rollback()
-
-
 @bp.errorhandler(KeygateError)
 def _keygate_error(exc: KeygateError) -> Response:
-    _rollback()
+    rollback_request()
     response = _problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
     breach: Breach | None = g.get("keygate_breach")
     if isinstance(exc, TooManyRequests) and breach is not None:
@@ -263,7 +258,7 @@ def _database_error(exc: Exception) -> Response:
 
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
-    _rollback()
+    rollback_request()
     status = exc.code or 500
     title = exc.name or "Error"
     detail = exc.description or title
