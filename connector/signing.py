@@ -25,7 +25,7 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -200,7 +200,8 @@ def current_signer(app: Flask | None = None) -> Signer:
             if cached is None:
                 raise
             log.warning("signing key not reloaded (database unavailable); %s signs", cached.kid)
-            return cached
+            # Asked again in CACHE_SECONDS, not on every answer of the outage.
+            signer = replace(cached, loaded_at=now)
         app.extensions["keygate.signer"] = signer
         return signer
 

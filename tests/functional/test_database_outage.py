@@ -5,6 +5,7 @@ stored, and it goes through when sent again."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from flask import Flask
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 from connector.db import DatabaseState, db, make_engine
 from connector.jobs import run_pending
 from connector.models import Mail
-from connector.signing import digest_header, forget_cached_signer
+from connector.signing import CACHE_SECONDS, digest_header, forget_cached_signer
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.peers import drop_database_connections
 
@@ -72,8 +73,15 @@ def test_an_unreachable_database_is_503_everywhere(
         else f"sqlite:///{tmp_path}/no-such-folder/keygate.db"
     )
     app.extensions["keygate.db"] = DatabaseState(make_engine(unreachable))
+    # The signing key is due for its reload, which cannot happen now: the last one signs,
+    # and the reload is tried again a cache period later, not on every answer.
+    signer = app.extensions["keygate.signer"]
+    aged = replace(signer, loaded_at=signer.loaded_at - CACHE_SECONDS - 1)
+    app.extensions["keygate.signer"] = aged
     try:
         answer = shop.client.post("/api/v1/licenses/validate", json={"key": key, "nonce": "n1"})
+        assert app.extensions["keygate.signer"].kid == signer.kid
+        assert app.extensions["keygate.signer"].loaded_at > aged.loaded_at + CACHE_SECONDS
         assert answer.status_code == 503
         assert answer.mimetype == "application/problem+json"
         assert answer.headers["Retry-After"] == "5"
