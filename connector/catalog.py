@@ -88,6 +88,9 @@ def configure_product(
 
     Files no longer listed stop getting new grants; grants already issued keep working.
     """
+    from connector.downloads.storage import check_in_reach
+
+    check_in_reach(store, [f.object_key for f in spec.files])
     product = session.execute(
         select(Product).where(
             Product.store_id == store.id, Product.shop_product_id == shop_product_id

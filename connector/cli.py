@@ -169,6 +169,7 @@ def store_add(
     """Register a shop; prints its webhook URL, webhook secret and admin API token once."""
     from connector import get_settings
     from connector.db import db
+    from connector.downloads.storage import own_area
     from connector.errors import KeygateError
     from connector.licensing.keys import KeyFormat
     from connector.stores import create_store
@@ -193,6 +194,7 @@ def store_add(
             "webhook_url": f"{get_settings().base_url}/webhooks/woocommerce/{store_id}",
             "webhook_secret": created.webhook_secret,
             "api_token": created.api_token,
+            "storage_area": own_area(created.store.id),
         }
     if as_json:
         click.echo(json.dumps(info, indent=2))

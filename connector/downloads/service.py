@@ -327,7 +327,7 @@ def start_download_fast(
                 return None
             object_key, served = ready
             try:
-                delivery = store_for(None, r2_credentials).delivery(object_key, filename, ttl)
+                delivery = store_for(store_id, r2_credentials).delivery(object_key, filename, ttl)
             except (FileNotFoundError, StorageUnavailable):
                 return None
             writing = True

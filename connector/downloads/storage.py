@@ -1,8 +1,15 @@
 """Object storage behind a small Protocol: embedded local files or Cloudflare R2.
 
-``store_for(store)`` picks the backend of a store: R2 when ``r2_config_for(store)`` finds
-credentials, else the embedded folder ``<instance>/files``. Both answer the same questions,
-and a buyer's click becomes a :class:`Delivery`: a redirect (R2) or a local file to stream.
+``store_for(store)`` picks the backend of a store: its own R2 bucket when the vault holds its
+credentials; else its part of the instance's shared storage (the instance-wide
+``KEYGATE_R2_*`` bucket, or the embedded folder ``<instance>/files``). Both answer the same
+questions, and a buyer's click becomes a :class:`Delivery`: a redirect (R2) or a local file
+to stream.
+
+Shared storage is shared by every store of the instance, so each store has areas there that
+no other store can name: ``stores/<store id>/`` for the owner's own files, and
+``watermarked/<store id>/`` where Keygate keeps its buyers' stamped copies (their names and
+license keys are inside). Objects outside those two areas are the instance's common files.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from connector.errors import ValidationFailed
 from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable
 from connector.models import Store
 
@@ -95,34 +103,90 @@ class R2ObjectStore(R2Store):
 
 STORES = {"local": LocalStore, "r2": R2ObjectStore}
 
+STORE_AREA = "stores"
+COPIES_AREA = "watermarked"
+
+
+def own_area(store_id: int) -> str:
+    """The folder of shared storage that only store ``store_id`` can name."""
+    return f"{STORE_AREA}/{store_id}/"
+
+
+def in_another_stores_area(store_id: int, key: str) -> bool:
+    """Does ``key`` lie in another store's area of shared storage (``stores/<id>/``, or
+    the stamped copies under ``watermarked/<id>/``)? Any other spelling of those folders
+    (an empty or non-numeric id) counts as another store's."""
+    area, _, rest = key.partition("/")
+    return area in (STORE_AREA, COPIES_AREA) and rest.partition("/")[0] != str(store_id)
+
+
+class SharedArea:
+    """What one store may reach of shared storage: everything but other stores' areas.
+
+    To the store, an object in another store's area does not exist (reads and deliveries
+    raise ``FileNotFoundError``, ``exists`` is False), so neither its content nor whether it
+    is there can be learned; writing or deleting one is a programming error.
+    """
+
+    def __init__(self, backend: ObjectStore, store_id: int) -> None:
+        self.backend = backend
+        self.store_id = store_id
+        self.name = backend.name
+
+    def _readable(self, key: str) -> str:
+        if in_another_stores_area(self.store_id, key):
+            raise FileNotFoundError(key)
+        return key
+
+    def _writable(self, key: str) -> str:
+        if in_another_stores_area(self.store_id, key):
+            raise ValueError(f"store {self.store_id} may not write {key!r}")
+        return key
+
+    def exists(self, key: str) -> bool:
+        return not in_another_stores_area(self.store_id, key) and self.backend.exists(key)
+
+    def upload(self, key: str, source: Path) -> None:
+        self.backend.upload(self._writable(key), source)
+
+    def download(self, key: str, target: Path) -> None:
+        self.backend.download(self._readable(key), target)
+
+    def delivery(self, key: str, filename: str, ttl: int) -> Delivery:
+        return self.backend.delivery(self._readable(key), filename, ttl)
+
+    def delete(self, key: str) -> None:
+        self.backend.delete(self._writable(key))
+
 
 _LOOK_UP: Any = object()
 
 
-def r2_config_for(store: Store | None, stored: dict[str, Any] | None = _LOOK_UP) -> R2Config | None:
-    """The R2 credentials of ``store``, or None for embedded storage.
-
-    The store's own credentials from the encrypted vault (kind "r2") win; the instance-wide
-    ``KEYGATE_R2_*`` settings serve stores that have none. ``stored``: the vault's "r2"
-    set when the caller already read it in its own query (None: the store has none); then
-    ``store`` itself is not needed.
-    """
-    from connector import get_settings
+def _own_credentials(store: Store | int, stored: dict[str, Any] | None) -> dict[str, Any] | None:
     from connector.db import db
     from connector.vault.service import credentials_for
 
-    if stored is _LOOK_UP:
-        if store is None:
-            raise ValueError("a store, or its stored credentials, is needed")
-        stored = credentials_for(db.session, store, "r2")
-    if stored is not None:
-        return R2Config(
-            account_id=stored["account_id"],
-            access_key_id=stored["access_key_id"],
-            secret_access_key=stored["secret_access_key"],
-            bucket=stored["bucket"],
-            endpoint_url=stored.get("endpoint_url") or None,
-        )
+    if stored is not _LOOK_UP:
+        return stored
+    if isinstance(store, int):
+        raise ValueError("a store, or its stored credentials, is needed")
+    return credentials_for(db.session, store, "r2")
+
+
+def _r2_config(stored: dict[str, Any]) -> R2Config:
+    return R2Config(
+        account_id=stored["account_id"],
+        access_key_id=stored["access_key_id"],
+        secret_access_key=stored["secret_access_key"],
+        bucket=stored["bucket"],
+        endpoint_url=stored.get("endpoint_url") or None,
+    )
+
+
+def instance_r2_config() -> R2Config | None:
+    """The instance-wide bucket (``KEYGATE_R2_*``) shared by stores without their own."""
+    from connector import get_settings
+
     settings = get_settings()
     if not (settings.r2_bucket and settings.r2_access_key_id and settings.r2_secret_access_key):
         return None
@@ -137,14 +201,44 @@ def r2_config_for(store: Store | None, stored: dict[str, Any] | None = _LOOK_UP)
     )
 
 
-def store_for(store: Store | None, stored: dict[str, Any] | None = _LOOK_UP) -> ObjectStore:
-    """The object store that holds ``store``'s files (``stored``: see ``r2_config_for``)."""
+def r2_config_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> R2Config | None:
+    """The R2 credentials that serve ``store``'s files, or None for embedded storage.
+
+    The store's own credentials from the encrypted vault (kind "r2") win; the instance-wide
+    ``KEYGATE_R2_*`` settings serve stores that have none. ``stored``: the vault's "r2"
+    set when the caller already read it in its own query (None: the store has none); then
+    the store's id is enough.
+    """
+    own = _own_credentials(store, stored)
+    return _r2_config(own) if own is not None else instance_r2_config()
+
+
+def store_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> ObjectStore:
+    """The object store that holds ``store``'s files: its own bucket, or its
+    :class:`SharedArea` of the shared storage (``stored``: see ``r2_config_for``)."""
     from connector import get_settings
 
-    config = r2_config_for(store, stored)
-    if config is not None:
-        return R2ObjectStore(config)
-    return LocalStore(get_settings().storage_dir)
+    own = _own_credentials(store, stored)
+    if own is not None:
+        return R2ObjectStore(_r2_config(own))
+    shared = instance_r2_config()
+    backend: ObjectStore = (
+        R2ObjectStore(shared) if shared is not None else LocalStore(get_settings().storage_dir)
+    )
+    return SharedArea(backend, store if isinstance(store, int) else store.id)
+
+
+def check_in_reach(store: Store, keys: list[str]) -> None:
+    """Refuse (422) object keys in another store's area of the storage ``store`` uses."""
+    if not isinstance(store_for(store), SharedArea):
+        return  # the store's own bucket: every key in it is its own
+    for key in keys:
+        if in_another_stores_area(store.id, key):
+            raise ValidationFailed(
+                f"object_key {key!r} is in another store's area of the shared storage; "
+                f"this store's own area is {own_area(store.id)}",
+                field="object_key",
+            )
 
 
 def missing_objects(store: Store, keys: list[str]) -> list[str]:

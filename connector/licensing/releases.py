@@ -34,6 +34,9 @@ def create_release(
     session: Session, store: Store, product: Product, spec: ReleaseSpec, *, actor: str
 ) -> Release:
     """Publish a release. A version is published once; a second POST of it is 409."""
+    from connector.downloads.storage import check_in_reach
+
+    check_in_reach(store, [spec.object_key])
     exists = session.execute(
         select(Release.id).where(Release.product_id == product.id, Release.version == spec.version)
     ).scalar_one_or_none()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, send_file
+from flask import Blueprint, Response, current_app, g, jsonify, redirect, request, send_file
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -46,7 +46,7 @@ from connector.licensing.files import (
 )
 from connector.licensing.privacy import register as register_privacy_hooks
 from connector.licensing.releases import release_download_url
-from connector.models import Release, SecurityEvent, Store
+from connector.models import Product, Release, SecurityEvent, Store
 from connector.ratelimit import Breach, Budgets
 from connector.signing import (
     current_signer,
@@ -440,18 +440,23 @@ def signing_keys() -> ResponseReturnValue:
 @bp.get("/releases/download/<token>")
 def download_release(token: str) -> ResponseReturnValue:
     """The embedded-storage file behind an update-check download URL (short-lived token)."""
-    from connector.downloads.storage import LocalStore
+    from connector.downloads.storage import store_for
 
-    data = loads_timed(RELEASE, token, max_age=get_settings().download_url_ttl)
+    ttl = get_settings().download_url_ttl
+    data = loads_timed(RELEASE, token, max_age=ttl)
     release_id = data.get("r") if isinstance(data, dict) else None
     release = db.session.get(Release, release_id) if isinstance(release_id, int) else None
-    if release is None:
+    product = db.session.get(Product, release.product_id) if release is not None else None
+    store = db.session.get(Store, product.store_id) if product is not None else None
+    if release is None or store is None:
         raise NotFound("No such release.")
+    filename = release.object_key.rsplit("/", 1)[-1]
     try:
-        path = LocalStore(get_settings().storage_dir).path(release.object_key)
-    except ValueError:
-        raise NotFound("No such release.") from None
-    if not path.is_file():
-        raise NotFound("The release file is not in storage.")
+        delivery = store_for(store).delivery(release.object_key, filename, ttl)
+    except (FileNotFoundError, ValueError):  # ValueError: a key outside the storage folder
+        raise NotFound("The release file is not in storage.") from None
     current_app.logger.debug("release %s downloaded", release.id)
+    if delivery.path is None:  # the store has moved to R2 since the link was made
+        return redirect(delivery.url or "/", code=302)
+    path = delivery.path
     return send_file(path, as_attachment=True, download_name=path.name)

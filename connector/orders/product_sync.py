@@ -159,7 +159,11 @@ def _apply(
     if product is not None and _same(product, spec):
         result.unchanged.append(shop_id)
         return
-    configure_product(session, store, shop_id, spec, actor="shop")
+    try:
+        configure_product(session, store, shop_id, spec, actor="shop")
+    except ValidationFailed as exc:  # a file in another store's area of shared storage
+        result.invalid[shop_id] = exc.detail
+        return
     result.configured.append(shop_id)
 
 

@@ -57,7 +57,8 @@ def test_store_add_prints_json_and_keys_follow_its_format(tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    assert set(info) == {"store_id", "webhook_url", "webhook_secret", "api_token"}
+    assert set(info) == {"store_id", "webhook_url", "webhook_secret", "api_token", "storage_area"}
+    assert info["storage_area"].startswith("stores/") and info["storage_area"].endswith("/")
     assert info["webhook_url"].endswith(f"/webhooks/woocommerce/{info['store_id']}")
     assert info["webhook_secret"].isalnum()
     # The secret is stored encrypted: it is not in the database file.

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from connector import create_app
 from connector.db import db
-from connector.downloads.storage import R2ObjectStore, r2_config_for, store_for
+from connector.downloads.storage import R2ObjectStore, SharedArea, r2_config_for, store_for
 from connector.integrations.r2 import R2Config
 from connector.jobs import run_pending
 from connector.models import DownloadEvent, Store, WatermarkCopy
@@ -119,7 +119,8 @@ def test_store_with_r2_settings_uses_r2(
         store = db.session.execute(select(Store)).scalar_one()
         config = r2_config_for(store)
         assert config is not None
-        assert isinstance(store_for(store), R2ObjectStore)
+        shared = store_for(store)  # the instance-wide bucket, shared by stores without their own
+        assert isinstance(shared, SharedArea) and isinstance(shared.backend, R2ObjectStore)
         assert config.endpoint == localstack_endpoint
         assert "secret" not in repr(config)
     # Without an endpoint override, the account's R2 endpoint.
@@ -165,8 +166,9 @@ def test_presigned_url_is_refused_when_expired_or_tampered(
     s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="k.bin", Body=b"secret")
     with r2_app.app_context():
         store = db.session.execute(select(Store)).scalar_one()
-        backend = store_for(store)
-        assert isinstance(backend, R2ObjectStore)
+        shared = store_for(store)
+        assert isinstance(shared, SharedArea) and isinstance(shared.backend, R2ObjectStore)
+        backend = shared.backend
         fresh = backend.presigned_url("k.bin", "k.bin", ttl=300)
         short = backend.presigned_url("k.bin", "k.bin", ttl=1)
     assert fetch(fresh)[0] == 200

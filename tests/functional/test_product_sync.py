@@ -158,3 +158,21 @@ def test_product_text_no_database_could_store_is_cleaned_or_skipped(
     assert "_keygate_files" in result.invalid["503"]
     with app.app_context():
         assert db.session.scalars(select(Product.name)).all() == ["PluginPro"]
+
+
+def test_files_meta_in_another_stores_area_is_reported_and_changes_nothing(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Product meta cannot point a store at another store's area of shared storage: the
+    product is reported invalid and stays unconfigured; the other products are synced."""
+    other = shop.store.store.id + 1
+    fake_shop.products[501] = wc_product(
+        501, "Grab", {"_keygate_files": json.dumps([f"watermarked/{other}/1/1/a.zip"])}
+    )
+    fake_shop.products[502] = wc_product(502, "Fine", {"_keygate_files": json.dumps(["a.zip"])})
+    connect_store(app, shop, fake_shop)
+    result = sync(app, shop)
+    assert list(result.invalid) == ["501"]
+    assert "another store's area" in result.invalid["501"]
+    with app.app_context():
+        assert db.session.scalars(select(Product.shop_product_id)).all() == ["502"]

@@ -13,7 +13,13 @@ from sqlalchemy import select
 
 from connector.db import db
 from connector.downloads.leaks import identify_leak
-from connector.downloads.storage import LocalStore, r2_config_for, store_for
+from connector.downloads.storage import (
+    LocalStore,
+    SharedArea,
+    in_another_stores_area,
+    r2_config_for,
+    store_for,
+)
 from connector.downloads.watermark import (
     DEFAULT_TEMPLATE,
     STAMP_HEIGHT,
@@ -117,8 +123,51 @@ def test_without_r2_settings_stores_use_embedded_files(app: Flask, new_store: Ne
     with app.app_context():
         assert r2_config_for(new_store.store) is None
         backend = store_for(new_store.store)
-        assert isinstance(backend, LocalStore)
-        assert backend.root == app.extensions["keygate.settings"].storage_dir
+        assert isinstance(backend, SharedArea)
+        assert backend.store_id == new_store.store.id
+        assert isinstance(backend.backend, LocalStore)
+        assert backend.backend.root == app.extensions["keygate.settings"].storage_dir
+
+
+@pytest.mark.parametrize(
+    ("key", "foreign"),
+    [
+        ("pro.zip", False),
+        ("products/501/manual.pdf", False),
+        ("stores/7/pro.zip", False),
+        ("watermarked/7/1/2/pro.zip", False),
+        ("storesx/8/pro.zip", False),
+        ("stores/8/pro.zip", True),
+        ("stores/07/pro.zip", True),
+        ("stores//7/pro.zip", True),
+        ("stores/x/pro.zip", True),
+        ("watermarked/8/1/2/pro.zip", True),
+        ("stores", True),
+    ],
+)
+def test_a_stores_area_of_shared_storage_is_its_own(key: str, foreign: bool) -> None:
+    """Only ``stores/<id>/`` and ``watermarked/<id>/`` of store 7 are its areas; every other
+    spelling of those folders counts as another store's."""
+    assert in_another_stores_area(7, key) is foreign
+
+
+def test_shared_area_hides_other_stores_objects(tmp_path: Path) -> None:
+    """To a store, another store's object does not exist: no read, no delivery, no write."""
+    local = LocalStore(tmp_path / "files")
+    (tmp_path / "files" / "stores" / "8").mkdir(parents=True)
+    (tmp_path / "files" / "stores" / "8" / "pro.zip").write_bytes(b"store 8's")
+    area = SharedArea(local, 7)
+    assert local.exists("stores/8/pro.zip") and not area.exists("stores/8/pro.zip")
+    with pytest.raises(FileNotFoundError):
+        area.delivery("stores/8/pro.zip", "pro.zip", 60)
+    with pytest.raises(FileNotFoundError):
+        area.download("stores/8/pro.zip", tmp_path / "copy")
+    with pytest.raises(ValueError):
+        area.delete("stores/8/pro.zip")
+    with pytest.raises(ValueError):
+        area.upload("stores/8/pro.zip", tmp_path / "files" / "stores" / "8" / "pro.zip")
+    assert (tmp_path / "files" / "stores" / "8" / "pro.zip").read_bytes() == b"store 8's"
+    assert SharedArea(local, 8).delivery("stores/8/pro.zip", "pro.zip", 60).path is not None
 
 
 def test_local_store_refuses_keys_that_escape_its_folder(tmp_path: Path) -> None:
