@@ -55,8 +55,11 @@ def normalize_site(raw: str) -> str:
     except (idna.IDNAError, UnicodeError, ValueError):
         raise _invalid("is not a valid host name") from None
     ascii_host = ascii_host.lower()
-    if ascii_host.startswith("www.") and ascii_host.count(".") >= 2:
-        ascii_host = ascii_host[4:]
+    # ``www.`` goes when what remains is a site itself: www.shop.com and www.localhost are
+    # shop.com and localhost; www.com and www.example stay (com, example name no site).
+    rest = ascii_host.removeprefix("www.")
+    if rest != ascii_host and ("." in rest or rest == "localhost"):
+        ascii_host = rest
     if len(ascii_host) > 253 or ("." not in ascii_host and ascii_host != "localhost"):
         raise _invalid("must be a full host name such as example.com")
     return ascii_host

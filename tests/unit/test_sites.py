@@ -19,6 +19,8 @@ from connector.licensing.sites import is_staging_site, normalize_site
         ("user:secret@shop.com", "shop.com"),
         ("www.shop.co.uk", "shop.co.uk"),
         ("www.com", "www.com"),
+        ("WWW.LOCALHOST:8080", "localhost"),
+        ("www.example", "www.example"),
         ("faß.de", "xn--fa-hia.de"),
         ("ШОП.рф", "xn--n1acz.xn--p1ai"),
         ("192.0.2.10", "192.0.2.10"),
