@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.jobs import RetryLater, enqueue, handles
-from connector.models import Store
+from connector.models import Order, Store
 from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
-from plugin.shop import PayloadError, ShopOrder
+from plugin.shop import PAID_STATUSES, PayloadError, ShopOrder
 from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
 from plugin.woocommerce.webhooks import parse_order, parse_refund
 
@@ -220,16 +220,40 @@ def refresh_order_job(payload: dict[str, Any]) -> None:
         return
     store, client = found
     if client is None:
-        log.info(
-            "store %s has no WooCommerce key: refunds of order %s not re-read",
-            store.public_id,
-            payload["shop_order_id"],
-        )
+        _refund_left_unapplied(session, store, str(payload["shop_order_id"]))
         return
     try:
         refresh_order(session, store, client, str(payload["shop_order_id"]))
     except ShopUnavailable as exc:
         raise RetryLater(str(exc)) from None
+
+
+def _refund_left_unapplied(session: Session, store: Store, shop_order_id: str) -> None:
+    """A delivery lists refunds but not which items they cover, and without a WooCommerce
+    REST key Keygate cannot ask: tell the owner (audit log), unless the order is paid no
+    more (a refunded or cancelled order is revoked whole anyway)."""
+    order = session.execute(
+        select(Order).where(Order.store_id == store.id, Order.shop_order_id == shop_order_id)
+    ).scalar_one_or_none()
+    if order is None or order.status not in PAID_STATUSES:
+        return
+    log.warning(
+        "store %s has no WooCommerce key: refunds of order %s not applied",
+        store.public_id,
+        shop_order_id,
+    )
+    record_audit(
+        session,
+        store_id=store.id,
+        actor="system",
+        action="order.refund_not_applied",
+        subject=f"order:{shop_order_id}",
+        detail={
+            "reason": "the store has no WooCommerce REST key, so which items the refund "
+            "covers is unknown: connect the shop (its key re-reads refunds) or revoke the "
+            "refunded licenses by hand"
+        },
+    )
 
 
 KEEP_SCHEDULES_JOB = "shop.keep_schedules"

@@ -162,6 +162,32 @@ def test_partial_refund_revokes_only_the_refunded_unit(
     assert len(refresh_jobs) == 1
 
 
+def test_a_partial_refund_a_store_without_rest_key_cannot_read_is_shown_to_the_owner(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Without a WooCommerce key, which items a refund covers is unknown: nothing is revoked
+    by guesswork, and the owner's audit log says what to do; a refunded order needs no
+    such entry (it is revoked whole)."""
+    shop.configure(501)
+    order = wc_order(9611, "processing", [line_item(501, quantity=3, line_id=77)])
+    assert shop.deliver(order, "order.created").status_code == 200
+    order["refunds"] = [{"id": 5001, "reason": "", "total": "-49.00"}]
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    assert shop.deliver(order).status_code == 200
+    refunded = wc_order(9612, "refunded", [line_item(501)], modified=30)
+    refunded["refunds"] = [{"id": 5002, "reason": "", "total": "-49.00"}]
+    assert shop.deliver(refunded).status_code == 200
+    run_pending(app)
+    with app.app_context():
+        statuses = db.session.scalars(select(License.status)).all()
+        entries = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "order.refund_not_applied")
+        ).all()
+    assert sorted(statuses) == ["active", "active", "active"]
+    assert [e.subject for e in entries] == ["order:9611"]
+    assert "REST key" in entries[0].detail["reason"]
+
+
 def test_write_back_posts_one_customer_note_with_keys_and_links(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
