@@ -6,6 +6,7 @@ the error handlers. There is no module-level app (``connector.wsgi`` builds one 
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import logging
 from pathlib import Path
@@ -119,6 +120,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        # A signed session cookie is honoured for 12 hours at most (Flask's default: 31 days).
+        PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
         RATELIMIT_STORAGE_URI=storage_uri(settings.ratelimit_storage_uri),
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_HEADERS_ENABLED=True,

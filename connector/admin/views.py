@@ -14,7 +14,17 @@ from collections.abc import Callable
 from functools import cache, wraps
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -34,12 +44,14 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.orders.summary import order_entitlements
+from connector.vault.crypto import keyed_hash
 
 from .forms import ConfirmForm, LoginForm
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
 PAGE = 50
+ACCOUNT_HASH = "admin-login-account"
 
 
 @cache
@@ -53,7 +65,7 @@ def login_required(view: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         user_id = session.get("admin_user_id")
         user = db.session.get(AdminUser, user_id) if isinstance(user_id, int) else None
-        if user is None:
+        if user is None or session.get("generation") != user.session_generation:
             return redirect(url_for("admin_views.login", next=request.path))
         g.admin_user = user
         return view(*args, **kwargs)
@@ -89,8 +101,21 @@ def _safe_next(target: str | None) -> str:
     return url_for("admin_views.dashboard")
 
 
+def _account_bucket() -> str:
+    """The rate-limit bucket of the account a sign-in names (a keyed hash, not the name)."""
+    username = str(request.form.get("username", ""))[:200].strip().lower()
+    return "admin-login:" + keyed_hash(ACCOUNT_HASH, username)
+
+
+def _failed(response: Response) -> bool:
+    return response.status_code == 401
+
+
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit("10/minute", methods=["POST"])
+# Per account too, whatever the address: guesses spread over many IPs still stop. Only
+# failed sign-ins count, so the owner is never locked out by signing in often.
+@limiter.limit("20/hour", methods=["POST"], key_func=_account_bucket, deduct_when=_failed)
 def login() -> ResponseReturnValue:
     form = LoginForm()
     error = None
@@ -103,6 +128,7 @@ def login() -> ResponseReturnValue:
         if user is not None and valid:
             session.clear()
             session["admin_user_id"] = user.id
+            session["generation"] = user.session_generation
             record_audit(db.session, store_id=None, actor=user.username, action="admin.login")
             return redirect(_safe_next(request.args.get("next")))
         error = "Wrong user or password."
@@ -114,6 +140,8 @@ def login() -> ResponseReturnValue:
 def logout() -> ResponseReturnValue:
     if not ConfirmForm().validate_on_submit():
         abort(400)
+    user: AdminUser = g.admin_user
+    user.session_generation += 1  # every copy of this sign-in's cookie ends here
     session.clear()
     return redirect(url_for("admin_views.login"))
 

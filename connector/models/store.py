@@ -40,3 +40,6 @@ class AdminUser(Base):
     password_hash: Mapped[str] = mapped_column(Text)
     store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Sessions carry the generation they were signed in under; signing out moves it on, so
+    # a copy of the session cookie taken before is refused from then on.
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from flask import Flask, session
 from flask.testing import FlaskClient
+from itsdangerous import TimestampSigner
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
@@ -86,6 +88,56 @@ def test_logout_needs_the_csrf_token(admin_client: FlaskClient) -> None:
     token = csrf_token(admin_client, "/admin/")
     assert admin_client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
     assert admin_client.get("/admin/").status_code == 302
+
+
+def test_signing_out_ends_every_copy_of_the_session(app: Flask, admin_client: FlaskClient) -> None:
+    """A copy of the session cookie taken before signing out is refused after it."""
+    assert sign_in(admin_client) == 302
+    cookie = admin_client.get_cookie("session")
+    assert cookie is not None
+    token = csrf_token(admin_client, "/admin/")
+    assert admin_client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    copy = app.test_client()
+    copy.set_cookie("session", cookie.value)
+    assert copy.get("/admin/").status_code == 302
+    assert sign_in(admin_client) == 302  # signing in again is a new, working session
+    assert admin_client.get("/admin/").status_code == 200
+
+
+def test_a_session_is_honoured_for_twelve_hours(
+    app: Flask, admin_client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session cookie signed 13 hours ago is refused; one signed 11 hours ago works."""
+    serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    with app.app_context():
+        user = db.session.execute(select(AdminUser)).scalar_one()
+        state = {"admin_user_id": user.id, "generation": user.session_generation}
+    now = int(time.time())
+    for hours, status in [(13, 302), (11, 200)]:
+        monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self, h=hours: now - h * 3600)
+        cookie = serializer.dumps(state)
+        monkeypatch.undo()
+        client = app.test_client()
+        client.set_cookie("session", cookie)
+        assert client.get("/admin/").status_code == status, hours
+
+
+def test_guesses_from_many_addresses_stop_at_the_account_limit(admin_client: FlaskClient) -> None:
+    """20 failed sign-ins an hour per account, from whatever addresses; then the account
+    waits (429), even with the right password. Other accounts are not affected."""
+    token = csrf_token(admin_client, "/admin/login")
+
+    def attempt(username: str, password: str, address: str) -> int:
+        form = {"username": username, "password": password, "csrf_token": token}
+        response = admin_client.post(
+            "/admin/login", data=form, environ_base={"REMOTE_ADDR": address}
+        )
+        return response.status_code
+
+    statuses = [attempt("Owner", "wrong", f"198.51.100.{n}") for n in range(20)]
+    assert statuses == [401] * 20
+    assert attempt("owner", PASSWORD, "203.0.113.7") == 429
+    assert attempt("someone-else", "wrong", "203.0.113.8") == 401
 
 
 def test_next_is_never_an_open_redirect(admin_client: FlaskClient) -> None:
