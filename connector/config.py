@@ -52,6 +52,9 @@ class Settings:
     ratelimit_license_per_ip: str = "600/minute"
     ratelimit_enabled: bool = True
     download_url_ttl: int = 300
+    # How long a buyer's portal link (/my/<token>) works; an expired one offers a fresh link
+    # by mail to the order's address.
+    portal_link_days: int = 30
     # Shop connection (vault): how often orders are re-read and product meta is synced.
     reconcile_interval_seconds: int = 900
     product_sync_interval_seconds: int = 3600
@@ -180,6 +183,8 @@ def load_settings(
         raise ConfigError("KEYGATE_BASE_URL must start with http:// or https://")
     if values.get("download_url_ttl", 300) < 1 or values.get("download_url_ttl", 300) > 604800:
         raise ConfigError("KEYGATE_DOWNLOAD_URL_TTL must be between 1 and 604800 seconds")
+    if not 1 <= values.get("portal_link_days", 30) <= 3650:
+        raise ConfigError("KEYGATE_PORTAL_LINK_DAYS must be between 1 and 3650")
 
     # Master keys: newest first. KEYGATE_MASTER_KEYS (comma separated) or KEYGATE_MASTER_KEY,
     # else the instance file written by `keygate init`.

@@ -52,7 +52,8 @@ def dumps_timed(purpose: str, value: Any) -> str:
     return URLSafeTimedSerializer(_secret(), salt=purpose).dumps(value)
 
 
-def loads_timed(purpose: str, token: str, max_age: int) -> Any:
+def loads_timed(purpose: str, token: str, max_age: int | None) -> Any:
+    """The value of a timed token; ``max_age`` None: authentic, whatever its age."""
     try:
         return URLSafeTimedSerializer(_secret(), salt=purpose).loads(token, max_age=max_age)
     except SignatureExpired:
@@ -87,11 +88,31 @@ def grant_id_from_fingerprint(token: str) -> int:
 
 
 def portal_token(order_id: int) -> str:
-    return dumps(PORTAL, {"o": order_id})
+    """The buyer's portal link token: names the order, expires (``portal_link_days``)."""
+    return dumps_timed(PORTAL, {"o": order_id})
 
 
-def order_id_from_portal_token(token: str) -> int:
-    data = loads(PORTAL, token)
+def order_id_from_portal_token(token: str, *, expired_too: bool = False) -> int:
+    """The order a portal token names.
+
+    Args:
+        expired_too: accept an authentic token however old (to mail a fresh link to the
+            order's own address, never to show the order).
+
+    Raises:
+        LinkExpired: an authentic token past ``portal_link_days``, or one made before
+            portal links expired (no time in it).
+        LinkInvalid: anything else.
+    """
+    from connector import get_settings
+
+    max_age = None if expired_too else get_settings().portal_link_days * 86400
+    try:
+        data = loads_timed(PORTAL, token, max_age)
+    except LinkInvalid:
+        data = loads(PORTAL, token)  # LinkInvalid again unless it is an untimed link
+        if not expired_too:
+            raise LinkExpired("This link has expired.") from None
     if not isinstance(data, dict) or not isinstance(data.get("o"), int):
         raise LinkInvalid("This link is not valid.")
     order_id: int = data["o"]

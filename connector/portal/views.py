@@ -1,7 +1,9 @@
 """The buyer's private page ``/my/<token>``: licenses, downloads, a resend button.
 
-The token is signed (salt ``keygate.portal``) and names the order; it is the buyer's only
-credential, so the page shows nothing another buyer could use and is not indexed.
+The token is signed (salt ``keygate.portal``), names the order and expires after
+``KEYGATE_PORTAL_LINK_DAYS``; it is the buyer's only credential, so the page shows nothing
+another buyer could use and is not indexed. An expired link shows nothing of the order but
+a button that mails a fresh link to the order's own address.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from connector.extensions import limiter
 from connector.jobs import enqueue
 from connector.models import Order, Store
 from connector.orders.summary import order_entitlements
-from connector.tokens import order_id_from_portal_token
+from connector.tokens import LinkExpired, order_id_from_portal_token
 
 bp = Blueprint("portal", __name__)
+PRIVATE = {"X-Robots-Tag": "noindex", "Cache-Control": "private, no-store"}
 
 
 def _order_for(token: str) -> Order:
@@ -30,7 +33,10 @@ def _order_for(token: str) -> Order:
 
 @bp.get("/my/<token>")
 def portal(token: str) -> ResponseReturnValue:
-    order = _order_for(token)
+    try:
+        order = _order_for(token)
+    except LinkExpired:
+        return render_template("portal/expired.html", token=token, form=ConfirmForm()), 410, PRIVATE
     store = db.session.get(Store, order.store_id)
     response = render_template(
         "portal/order.html",
@@ -40,7 +46,7 @@ def portal(token: str) -> ResponseReturnValue:
         form=ConfirmForm(),
         **order_entitlements(db.session, order),
     )
-    return response, 200, {"X-Robots-Tag": "noindex", "Cache-Control": "private, no-store"}
+    return response, 200, PRIVATE
 
 
 @bp.post("/my/<token>/resend")
@@ -59,3 +65,25 @@ def resend(token: str) -> ResponseReturnValue:
             subject=f"order:{order.shop_order_id}",
         )
     return redirect(url_for("portal.portal", token=token, sent=1))
+
+
+@bp.post("/my/<token>/renew")
+@limiter.limit("3/hour")
+def renew(token: str) -> ResponseReturnValue:
+    """Mail a fresh portal link (with the order's keys and links) to the order's address."""
+    order = db.session.get(Order, order_id_from_portal_token(token, expired_too=True))
+    if order is None:
+        abort(404)
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    if order.email is not None:
+        enqueue(db.session, "mail.order_issued", {"order_id": order.id, "resend": True})
+        record_audit(
+            db.session,
+            store_id=order.store_id,
+            actor="buyer",
+            action="mail.portal_link_renewed",
+            subject=f"order:{order.shop_order_id}",
+        )
+    page = render_template("portal/expired.html", token=token, form=ConfirmForm(), sent=True)
+    return page, 200, PRIVATE

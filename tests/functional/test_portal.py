@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+import time
 
+import pytest
 from flask import Flask
+from itsdangerous import TimestampSigner, URLSafeSerializer
 from sqlalchemy import func, select
 
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import Mail
+from connector.models import Mail, Order
+from connector.tokens import PORTAL, portal_url
 from tests.factories import WebhookSender, line_item, wc_order
 
 
@@ -64,3 +68,79 @@ def test_tampered_portal_token_is_a_friendly_404(shop: WebhookSender) -> None:
     assert response.status_code == 404
     assert response.mimetype == "text/html"
     assert "not valid" in response.get_data(as_text=True)
+
+
+def csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def test_an_expired_portal_link_shows_nothing_and_mails_a_fresh_one(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past KEYGATE_PORTAL_LINK_DAYS the page is 410 with no key or link on it, only a
+    button that mails a fresh link to the order's own address; the fresh link works."""
+    shop.configure(501)
+    shop.deliver(wc_order(9403, "processing", [line_item(501)]))
+    body = shop.order(9403)
+    run_pending(app)  # the first mail
+    days = app.extensions["keygate.settings"].portal_link_days
+    now = time.time()
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(now) - days * 86400 - 60)
+    with app.test_request_context():
+        old_path = portal_url(_order_row_id(app, "9403"))
+    monkeypatch.undo()
+    old_path = old_path.removeprefix("http://keygate.test")
+
+    page = shop.client.get(old_path)
+    assert page.status_code == 410
+    html = page.get_data(as_text=True)
+    assert body["licenses"][0]["key"] not in html
+    assert body["downloads"][0]["link"] not in html
+    assert "Email me a fresh link" in html
+    sent = shop.client.post(old_path + "/renew", data={"csrf_token": csrf(html)})
+    assert sent.status_code == 200
+    assert "Check your email" in sent.get_data(as_text=True)
+    run_pending(app)
+    with app.app_context():
+        mails = db.session.scalars(select(Mail).order_by(Mail.id)).all()
+        assert len(mails) == 2
+        assert mails[-1].to_email == "jurgen@example.org"
+        fresh = re.search(r"http://keygate\.test(/my/[^\s\"<]+)", mails[-1].body_text)
+    assert fresh is not None
+    assert shop.client.get(fresh.group(1)).status_code == 200
+
+
+def test_a_link_from_before_portal_links_expired_counts_as_expired(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """An untimed link (made before links expired) shows nothing of the order; a fresh
+    link can be asked for; a forged one stays a 404."""
+    shop.configure(501)
+    shop.deliver(wc_order(9404, "processing", [line_item(501)]))
+    order_id = _order_row_id(app, "9404")
+    with app.test_request_context():
+        legacy = "/my/" + URLSafeSerializer(app.config["SECRET_KEY"], salt=PORTAL).dumps(
+            {"o": order_id}
+        )
+    page = shop.client.get(legacy)
+    assert page.status_code == 410
+    assert (
+        shop.client.post(
+            legacy + "/renew", data={"csrf_token": csrf(page.get_data(as_text=True))}
+        ).status_code
+        == 200
+    )
+    forged = "/my/" + URLSafeSerializer("not the key", salt=PORTAL).dumps({"o": order_id})
+    assert shop.client.get(forged).status_code == 404
+    token = csrf(page.get_data(as_text=True))
+    assert shop.client.post(forged + "/renew", data={"csrf_token": token}).status_code == 404
+
+
+def _order_row_id(app: Flask, shop_order_id: str) -> int:
+    with app.app_context():
+        order_id: int = db.session.execute(
+            select(Order.id).where(Order.shop_order_id == shop_order_id)
+        ).scalar_one()
+    return order_id
