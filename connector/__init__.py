@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from flask import Flask, Request, Response, g, redirect, url_for
+from flask import Flask, Request, Response, g, redirect, request, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from itsdangerous import URLSafeTimedSerializer
@@ -20,7 +21,7 @@ from werkzeug.routing import IntegerConverter, Map
 from connector.config import Settings, load_settings
 from connector.db import db as database
 from connector.db import reads_survive_a_dropped_connection
-from connector.errors import JSON_PREFIXES, register_error_handlers
+from connector.errors import JSON_PREFIXES, register_error_handlers, route_for_log
 from connector.extensions import csrf, limiter
 from connector.ratelimit import Budgets, storage_uri
 from connector.validation import refuse_nul_in_address
@@ -44,6 +45,21 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.vault.views", "bp", True),
     ("connector.privacy.views", "bp", True),
 ]
+
+
+class _Keygate(Flask):
+    """Flask, with its last-resort exception log naming the route instead of the path.
+
+    Flask logs ``Exception on <path>`` for an exception no handler answered (one raised by an
+    after-request hook, such as a failed commit at the boundary); paths carry keys, emails
+    and tokens (see ``connector.errors.route_for_log``).
+    """
+
+    def log_exception(
+        self,
+        exc_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        self.logger.error("Exception on %s %s", request.method, route_for_log(), exc_info=exc_info)
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -110,7 +126,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     start_worker = overrides.pop("start_worker", None)
     settings = load_settings(overrides)
 
-    app = Flask("connector", template_folder=str(TEMPLATES))
+    app = _Keygate("connector", template_folder=str(TEMPLATES))
     app.url_map.converters["int"] = _RowIdConverter
     app.session_interface = _SessionInterface()
     app.config.update(

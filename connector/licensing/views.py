@@ -33,6 +33,7 @@ from connector.errors import (
     TooManyRequests,
     database_unavailable,
     rollback_request,
+    route_for_log,
 )
 from connector.extensions import client_ip
 from connector.licensing import service
@@ -251,7 +252,7 @@ def _keygate_error(exc: KeygateError) -> Response:
 def _database_error(exc: Exception) -> Response:
     unavailable = database_unavailable(exc)
     if unavailable is None:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, route_for_log())
         return _http_error(InternalServerError())
     return _keygate_error(unavailable)
 
