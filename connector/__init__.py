@@ -24,6 +24,7 @@ from connector.db import reads_survive_a_dropped_connection
 from connector.errors import JSON_PREFIXES, register_error_handlers, route_for_log
 from connector.extensions import csrf, limiter
 from connector.ratelimit import Budgets, storage_uri
+from connector.security_headers import security_headers
 from connector.validation import refuse_nul_in_address
 from connector.vault.crypto import Keyring
 
@@ -125,6 +126,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     overrides = dict(overrides or {})
     start_worker = overrides.pop("start_worker", None)
     settings = load_settings(overrides)
+    https = settings.base_url.startswith("https://")
 
     app = _Keygate("connector", template_folder=str(TEMPLATES))
     app.url_map.converters["int"] = _RowIdConverter
@@ -134,7 +136,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        SESSION_COOKIE_SECURE=https,
         RATELIMIT_STORAGE_URI=storage_uri(settings.ratelimit_storage_uri),
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_HEADERS_ENABLED=True,
@@ -176,6 +178,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.add_url_rule("/", "home", _home)
     reads_survive_a_dropped_connection(app)
     register_error_handlers(app)
+    # Runs before the blueprints' hooks (the license API's signing): the signed headers are
+    # Date, Digest, Host and the request target only, so these stay out of the signature.
+    app.after_request(security_headers(https=https))
     app.after_request(_commit_at_boundary)
 
     if start_worker if start_worker is not None else settings.worker == "thread":
