@@ -35,7 +35,7 @@ from connector.errors import (
     rollback_request,
     route_for_log,
 )
-from connector.extensions import client_ip
+from connector.extensions import client_ip, client_ip_key
 from connector.licensing import service
 from connector.licensing.files import (
     DEFAULT_TTL,
@@ -144,7 +144,7 @@ def rate_limited(view: Callable[[], ResponseReturnValue]) -> Callable[[], Respon
     @wraps(view)
     def limited() -> ResponseReturnValue:
         budgets: Budgets = current_app.extensions["keygate.license_budgets"]
-        breach = budgets.spend("license-ip", client_ip())
+        breach = budgets.spend("license-ip", client_ip_key())
         key_hash = _key_hash()
         if breach is None and key_hash is not None:
             breach = budgets.spend("license-key", service.key_fingerprint(key_hash))
