@@ -10,9 +10,10 @@ import datetime as dt
 import importlib
 import logging
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from flask import Flask, Request, Response, g, redirect, url_for
+from flask import Flask, Request, Response, g, redirect, request, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from itsdangerous import URLSafeTimedSerializer
@@ -21,9 +22,10 @@ from werkzeug.routing import IntegerConverter, Map
 from connector.config import Settings, load_settings
 from connector.db import db as database
 from connector.db import reads_survive_a_dropped_connection
-from connector.errors import JSON_PREFIXES, register_error_handlers
+from connector.errors import JSON_PREFIXES, register_error_handlers, route_for_log
 from connector.extensions import csrf, limiter
 from connector.ratelimit import Budgets, storage_uri
+from connector.security_headers import security_headers
 from connector.validation import refuse_nul_in_address
 from connector.vault.crypto import Keyring
 
@@ -45,6 +47,21 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.vault.views", "bp", True),
     ("connector.privacy.views", "bp", True),
 ]
+
+
+class _Keygate(Flask):
+    """Flask, with its last-resort exception log naming the route instead of the path.
+
+    Flask logs ``Exception on <path>`` for an exception no handler answered (one raised by an
+    after-request hook, such as a failed commit at the boundary); paths carry keys, emails
+    and tokens (see ``connector.errors.route_for_log``).
+    """
+
+    def log_exception(
+        self,
+        exc_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        self.logger.error("Exception on %s %s", request.method, route_for_log(), exc_info=exc_info)
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -110,8 +127,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     overrides = dict(overrides or {})
     start_worker = overrides.pop("start_worker", None)
     settings = load_settings(overrides)
+    https = settings.base_url.startswith("https://")
 
-    app = Flask("connector", template_folder=str(TEMPLATES))
+    app = _Keygate("connector", template_folder=str(TEMPLATES))
     app.url_map.converters["int"] = _RowIdConverter
     app.session_interface = _SessionInterface()
     app.config.update(
@@ -119,7 +137,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        SESSION_COOKIE_SECURE=https,
         # A signed session cookie is honoured for 12 hours at most (Flask's default: 31 days).
         PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=12),
         RATELIMIT_STORAGE_URI=storage_uri(settings.ratelimit_storage_uri),
@@ -163,6 +181,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.add_url_rule("/", "home", _home)
     reads_survive_a_dropped_connection(app)
     register_error_handlers(app)
+    # Runs before the blueprints' hooks (the license API's signing): the signed headers are
+    # Date, Digest, Host and the request target only, so these stay out of the signature.
+    app.after_request(security_headers(https=https))
     app.after_request(_commit_at_boundary)
 
     if start_worker if start_worker is not None else settings.worker == "thread":

@@ -103,6 +103,18 @@ class ServiceUnavailable(KeygateError):
 
 
 DATABASE_RETRY_AFTER = 5
+UNMATCHED_ROUTE = "<no matching route>"
+
+
+def route_for_log() -> str:
+    """The request's route pattern (``/my/<token>``) for log lines, never its path.
+
+    Paths carry secrets: license keys and emails on the admin API, bearer tokens on portal
+    and download links. The pattern names the endpoint without them; a request that no
+    route matched is logged as a fixed placeholder, since its path is whatever was sent.
+    """
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED_ROUTE
 
 
 def database_unavailable(exc: BaseException) -> ServiceUnavailable | None:
@@ -119,7 +131,7 @@ def database_unavailable(exc: BaseException) -> ServiceUnavailable | None:
     log.warning(
         "database unavailable on %s %s (%s): answered 503",
         request.method,
-        request.path,
+        route_for_log(),
         type(cause).__name__,
     )
     return ServiceUnavailable(
@@ -199,7 +211,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Any:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, route_for_log())
         rollback_request()
         if wants_json():
             return problem(500, "internal-error", "Internal error", "internal error")

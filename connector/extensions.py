@@ -10,7 +10,11 @@ from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_wtf.csrf import CSRFProtect
 
+from connector.vault.crypto import keyed_hash
+
 T = TypeVar("T")
+RATELIMIT_IP_HASH = "ratelimit-ip"
+_IP_KEY = "_keygate_ratelimit_ip"
 
 
 def client_ip() -> str:
@@ -20,6 +24,19 @@ def client_ip() -> str:
     the client and not the proxy; otherwise forwarded headers are ignored (they can be forged).
     """
     return request.remote_addr or "unknown"
+
+
+def client_ip_key() -> str:
+    """The caller's address as a rate-limit key: a keyed hash, never the address itself.
+
+    Rate-limit counters live in their storage (Redis at scale) under this key; one address
+    is still one key, so limits count per IP exactly as before. Made once per request.
+    """
+    key: str | None = g.get(_IP_KEY)
+    if key is None:
+        key = keyed_hash(RATELIMIT_IP_HASH, client_ip())
+        setattr(g, _IP_KEY, key)
+    return key
 
 
 _CHECKED = "_keygate_limits_checked"
@@ -62,5 +79,5 @@ def _only_if_checked(hook: Callable[[T], T]) -> Callable[[T], T]:
     return run
 
 
-limiter = DecoratorLimiter(key_func=client_ip, default_limits=[], headers_enabled=True)
+limiter = DecoratorLimiter(key_func=client_ip_key, default_limits=[], headers_enabled=True)
 csrf = CSRFProtect()

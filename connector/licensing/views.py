@@ -33,8 +33,9 @@ from connector.errors import (
     TooManyRequests,
     database_unavailable,
     rollback_request,
+    route_for_log,
 )
-from connector.extensions import client_ip
+from connector.extensions import client_ip, client_ip_key
 from connector.licensing import service
 from connector.licensing.files import (
     DEFAULT_TTL,
@@ -143,7 +144,7 @@ def rate_limited(view: Callable[[], ResponseReturnValue]) -> Callable[[], Respon
     @wraps(view)
     def limited() -> ResponseReturnValue:
         budgets: Budgets = current_app.extensions["keygate.license_budgets"]
-        breach = budgets.spend("license-ip", client_ip())
+        breach = budgets.spend("license-ip", client_ip_key())
         key_hash = _key_hash()
         if breach is None and key_hash is not None:
             breach = budgets.spend("license-key", service.key_fingerprint(key_hash))
@@ -251,7 +252,7 @@ def _keygate_error(exc: KeygateError) -> Response:
 def _database_error(exc: Exception) -> Response:
     unavailable = database_unavailable(exc)
     if unavailable is None:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, route_for_log())
         return _http_error(InternalServerError())
     return _keygate_error(unavailable)
 

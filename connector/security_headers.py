@@ -1,0 +1,50 @@
+"""Security headers on every answer, added by one after-request hook.
+
+Every response: ``X-Content-Type-Options: nosniff`` (a download or a JSON body is never
+sniffed into a page). Pages (``text/html``): no framing (``X-Frame-Options`` and CSP
+``frame-ancestors``), no ``<base>`` or plugins, and no ``Referer``: portal and download
+pages carry their bearer token in the URL. The CSP sets no ``default-src``/``script-src``:
+the templates use inline styles, and these directives are all the pages need.
+``Strict-Transport-Security`` when the public base URL is https (then every browser-facing
+answer carries it, pages or not).
+
+The license API (``/api/v1/licenses/``) is the hot path and is called by products, not
+browsers: it gets ``nosniff`` and nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Response, request
+
+LICENSE_PREFIX = "/api/v1/licenses/"
+HSTS = ("Strict-Transport-Security", "max-age=31536000")
+PAGE_HEADERS = (
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+
+def security_headers(*, https: bool) -> Callable[[Response], Response]:
+    """The after-request hook for an app whose public base URL is https (or not).
+
+    Args:
+        https: whether the configured public base URL is https: only then is HSTS sent
+            (over plain http a browser ignores it, and a test or local setup must not
+            be pinned to https).
+    """
+    page_headers = (*PAGE_HEADERS, HSTS) if https else PAGE_HEADERS
+
+    def add_security_headers(response: Response) -> Response:
+        headers = response.headers
+        headers["X-Content-Type-Options"] = "nosniff"
+        if response.mimetype == "text/html":
+            for name, value in page_headers:
+                headers[name] = value
+        elif https and not request.path.startswith(LICENSE_PREFIX):
+            headers[HSTS[0]] = HSTS[1]
+        return response
+
+    return add_security_headers
