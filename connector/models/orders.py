@@ -46,6 +46,12 @@ class Order(Base):
         back_populates="order", order_by="LineItem.id", cascade="all, delete-orphan"
     )
 
+    @property
+    def is_erased(self) -> bool:
+        """The customer's data was erased: the order is kept for accounting and enforcement,
+        but its stored address is a placeholder, so nothing is mailed or copied back to it."""
+        return self.erased_at is not None
+
 
 class LineItem(Base):
     """A line of an order. ``product_id`` is set when a configured product matched."""

@@ -65,6 +65,37 @@ def test_erasure_keeps_accounting_and_licenses_but_not_the_person(
     assert shop.admin("GET", f"/customers/{EMAIL}/export").status_code == 404
 
 
+def with_payment_note(payload: dict, note: str) -> dict:  # type: ignore[type-arg]
+    payload["meta_data"].append({"id": 2, "key": "_keygate_payment_note", "value": note})
+    return payload
+
+
+def test_no_personal_field_of_an_erased_order_comes_back_with_a_later_delivery(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """An erased customer's payment note and customer id do not come back with the next
+    delivery; the order's accounting fields still follow the shop."""
+    shop.configure(501)
+    first = wc_order(9504, "processing", [line_item(501)], email=EMAIL, customer_id=77)
+    shop.deliver(with_payment_note(first, "Paid by Jürgen's bank transfer"))
+    with app.app_context():
+        order = db.session.execute(select(Order)).scalar_one()
+        assert (order.customer_id, order.payment_note) == ("77", "Paid by Jürgen's bank transfer")
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+
+    later = wc_order(9504, "completed", [line_item(501)], email=EMAIL, customer_id=77, modified=5)
+    later["total"] = "59.00"
+    shop.deliver(with_payment_note(later, "Paid by Jürgen's bank transfer"))
+    with app.app_context():
+        order = db.session.execute(select(Order)).scalar_one()
+        assert order.status == "completed" and str(order.total) == "59.00"
+        personal = (order.name, order.company, order.customer_id, order.payment_note)
+        assert personal == (None, None, None, None)
+        assert order.email is not None and order.email.endswith("@erased.invalid")
+        stored = repr(db.session.execute(text("SELECT * FROM orders")).all())
+    assert "Jürgen" not in stored and EMAIL not in stored
+
+
 def test_privacy_endpoints_need_the_store_token(shop: WebhookSender) -> None:
     assert shop.client.delete(f"/api/v1/admin/customers/{EMAIL}").status_code == 401
     assert shop.admin("GET", "/customers/not-an-email/export").status_code == 422
