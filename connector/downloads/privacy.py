@@ -1,6 +1,8 @@
 """The downloads log and watermarked copies in privacy requests and retention.
 
-- export: the customer's clicks (time, outcome, what was served, user agent) and copies;
+- export: the customer's clicks (time, outcome, what was served, IP hash, user agent), their
+  watermarked copies (file, state, the fingerprint hidden in them) and download windows a
+  renewal moved;
 - erase: clicks keep their time and outcome (download limits are enforced from the grant)
   but lose the IP hash and user agent; watermarked copies carry the buyer's name, so they
   are forgotten and deleted from storage by a job (a later click stamps a new copy with the
@@ -18,7 +20,15 @@ from sqlalchemy.orm import Session
 
 from connector.db import db
 from connector.jobs import enqueue, handles
-from connector.models import DownloadEvent, DownloadGrant, Order, Store, WatermarkCopy
+from connector.models import (
+    DownloadEvent,
+    DownloadGrant,
+    GrantExtension,
+    Order,
+    ProductFile,
+    Store,
+    WatermarkCopy,
+)
 from connector.privacy.service import register_hooks
 
 DELETE_COPIES_JOB = "downloads.delete_copies"
@@ -39,16 +49,59 @@ def export_downloads(session: Session, orders: list[Order]) -> dict[str, Any]:
                 .order_by(DownloadEvent.id)
             )
         )
+    copies: list[tuple[WatermarkCopy, str]] = []
+    extensions: list[tuple[GrantExtension, str]] = []
+    if order_ids:
+        copies = [
+            (copy, filename)
+            for copy, filename in session.execute(
+                select(WatermarkCopy, ProductFile.filename)
+                .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
+                .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+                .where(DownloadGrant.order_id.in_(order_ids))
+                .order_by(WatermarkCopy.id)
+            )
+        ]
+        extensions = [
+            (extension, filename)
+            for extension, filename in session.execute(
+                select(GrantExtension, ProductFile.filename)
+                .join(DownloadGrant, GrantExtension.grant_id == DownloadGrant.id)
+                .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+                .where(DownloadGrant.order_id.in_(order_ids))
+                .order_by(GrantExtension.id)
+            )
+        ]
     return {
         "download_log": [
             {
                 "at": _iso(e.created_at),
                 "outcome": e.outcome,
                 "served": e.served,
+                "ip_hash": e.ip_hash,
                 "user_agent": e.user_agent,
             }
             for e in events
-        ]
+        ],
+        "watermarked_copies": [
+            {
+                "filename": filename,
+                "status": copy.status,
+                "kind": copy.kind,
+                "fingerprint": copy.fingerprint,
+                "error": copy.error,
+                "updated_at": _iso(copy.updated_at),
+            }
+            for copy, filename in copies
+        ],
+        "download_extensions": [
+            {
+                "filename": filename,
+                "previous_expires_at": _iso(extension.previous_expires_at),
+                "expires_at": _iso(extension.expires_at),
+            }
+            for extension, filename in extensions
+        ],
     }
 
 

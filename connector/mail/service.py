@@ -74,8 +74,9 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
     """Mail the buyer every key and link of their order; a rerun of the job sends nothing new."""
     session = db.session
     order = session.get(Order, payload["order_id"])
-    if order is None or order.email is None:
-        return
+    if order is None or order.mail_address is None:
+        return  # nothing to mail to (no address, or the customer was erased)
+    to_email = order.mail_address
     store = session.get(Store, order.store_id)
     if store is None:
         return
@@ -88,7 +89,7 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
             order_id=order.id,
             job_id=job_id,
             kind="order_issued",
-            to_email=order.email,
+            to_email=to_email,
             subject=subject,
             body_text=text,
             body_html=html,
@@ -104,7 +105,7 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
     """Create or update the buyer as a Brevo contact when the store has a Brevo list."""
     session = db.session
     order = session.get(Order, payload["order_id"])
-    if order is None or order.email is None or order.erased_at is not None:
+    if order is None or order.mail_address is None:
         return
     store = session.get(Store, order.store_id)
     config = brevo_config_for(store) if store is not None else None
@@ -113,4 +114,6 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
     from connector import get_settings
 
     first, _, last = (order.name or "").partition(" ")
-    push_contact(config, get_settings().brevo_api_host, order.email, first or None, last or None)
+    push_contact(
+        config, get_settings().brevo_api_host, order.mail_address, first or None, last or None
+    )

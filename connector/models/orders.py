@@ -46,6 +46,18 @@ class Order(Base):
         back_populates="order", order_by="LineItem.id", cascade="all, delete-orphan"
     )
 
+    @property
+    def is_erased(self) -> bool:
+        """The customer's data was erased: the order is kept for accounting and enforcement,
+        but its stored address is a placeholder, so nothing is mailed or copied back to it."""
+        return self.erased_at is not None
+
+    @property
+    def mail_address(self) -> str | None:
+        """Where the buyer may be mailed: None when the order has no address or was erased
+        (its address is then only a placeholder). Every mail and contact push asks this."""
+        return None if self.is_erased else self.email
+
 
 class LineItem(Base):
     """A line of an order. ``product_id`` is set when a configured product matched."""

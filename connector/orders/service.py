@@ -98,6 +98,19 @@ def _is_stale(order: Order, shop_order: ShopOrder) -> bool:
     )
 
 
+def _copy_personal_fields(order: Order, shop_order: ShopOrder) -> None:
+    """The buyer's personal fields: every one that erasure clears, and only those.
+
+    Never called once the order is erased, so a later delivery cannot bring any of them back.
+    """
+    order.email = shop_order.email
+    order.name = shop_order.full_name
+    order.company = shop_order.company
+    order.customer_id = shop_order.customer_id
+    # A later payload without it (e.g. after a manual status change) keeps what we had.
+    order.payment_note = shop_order.payment_note or order.payment_note
+
+
 def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
     order.status = shop_order.status
     if shop_order.deleted:
@@ -107,18 +120,14 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
         return
     order.deleted = False
     order.number = shop_order.number
-    if order.erased_at is None:
-        order.email = shop_order.email
-        order.name = shop_order.full_name
-        order.company = shop_order.company
+    if not order.is_erased:
+        _copy_personal_fields(order, shop_order)
     order.currency = shop_order.currency
     order.total = shop_order.total
-    order.customer_id = shop_order.customer_id
     order.payment_method = shop_order.payment_method
     order.payment_method_title = shop_order.payment_method_title
     # A later payload without them (e.g. after a manual status change) keeps what we had.
     order.transaction_id = shop_order.transaction_id or order.transaction_id
-    order.payment_note = shop_order.payment_note or order.payment_note
     order.date_paid = shop_order.date_paid or order.date_paid
     if shop_order.date_modified is not None:
         order.shop_modified_at = shop_order.date_modified

@@ -55,15 +55,18 @@ def resend(token: str) -> ResponseReturnValue:
     order = _order_for(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    if order.email is not None:
-        enqueue(db.session, "mail.order_issued", {"order_id": order.id, "resend": True})
-        record_audit(
-            db.session,
-            store_id=order.store_id,
-            actor="buyer",
-            action="mail.resend_requested",
-            subject=f"order:{order.shop_order_id}",
-        )
+    if order.mail_address is None:
+        # No address to mail (none given, or erased at the buyer's request): nothing is
+        # queued, and the page says why instead of claiming a mail is on its way.
+        return redirect(url_for("portal.portal", token=token))
+    enqueue(db.session, "mail.order_issued", {"order_id": order.id, "resend": True})
+    record_audit(
+        db.session,
+        store_id=order.store_id,
+        actor="buyer",
+        action="mail.resend_requested",
+        subject=f"order:{order.shop_order_id}",
+    )
     return redirect(url_for("portal.portal", token=token, sent=1))
 
 
@@ -76,7 +79,7 @@ def renew(token: str) -> ResponseReturnValue:
         abort(404)
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    if order.email is not None:
+    if order.mail_address is not None:
         enqueue(db.session, "mail.order_issued", {"order_id": order.id, "resend": True})
         record_audit(
             db.session,

@@ -18,7 +18,15 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.jobs import handles
-from connector.models import Job, Mail, Order, Store, WebhookDelivery
+from connector.models import (
+    Job,
+    LicenseRenewal,
+    Mail,
+    Order,
+    ShopNote,
+    Store,
+    WebhookDelivery,
+)
 from connector.orders.summary import order_entitlements
 from connector.vault.crypto import keyed_hash
 
@@ -55,6 +63,26 @@ def customer_orders(session: Session, store: Store, email: str) -> list[Order]:
     )
 
 
+def _renewals(session: Session, order: Order) -> list[dict[str, Any]]:
+    """The licenses this order renewed, with the dates before and after."""
+    return [
+        {
+            "previous_expires_at": _iso(r.previous_expires_at),
+            "expires_at": _iso(r.expires_at),
+            "previous_updates_until": _iso(r.previous_updates_until),
+            "updates_until": _iso(r.updates_until),
+            "subscription": r.subscription_id,
+            "reverted_at": _iso(r.reverted_at),
+            "created_at": _iso(r.created_at),
+        }
+        for r in session.scalars(
+            select(LicenseRenewal)
+            .where(LicenseRenewal.order_id == order.id)
+            .order_by(LicenseRenewal.id)
+        )
+    ]
+
+
 def export_customer(session: Session, store: Store, email: str) -> dict[str, Any]:
     """Everything Keygate keeps about ``email`` in ``store``, as JSON-ready data."""
     orders = customer_orders(session, store, email)
@@ -75,24 +103,39 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                 "company": order.company,
                 "currency": order.currency,
                 "total": str(order.total) if order.total is not None else None,
+                "customer_id": order.customer_id,
                 "payment_method": order.payment_method_title or order.payment_method,
                 "payment_reference": order.transaction_id,
+                "payment_note": order.payment_note,
                 "date_paid": _iso(order.date_paid),
+                "items": [
+                    {
+                        "name": line.name,
+                        "sku": line.sku,
+                        "quantity": line.quantity,
+                        "refunded_quantity": line.refunded_quantity,
+                        "total": str(line.total) if line.total is not None else None,
+                    }
+                    for line in order.line_items
+                ],
                 "licenses": [
                     {
                         "key": lic.key,
                         "product": lic.product_name,
                         "status": lic.status,
+                        "activation_limit": lic.activation_limit,
                         "expires_at": _iso(lic.expires_at),
                         "updates_until": _iso(lic.updates_until),
                     }
                     for lic in entitlements["licenses"]
                 ],
+                "renewals": _renewals(session, order),
                 "downloads": [
                     {
                         "filename": d.filename,
                         "downloads_left": d.downloads_left,
                         "expires_at": _iso(d.expires_at),
+                        "revoked": d.revoked,
                     }
                     for d in entitlements["downloads"]
                 ],
@@ -101,6 +144,16 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                     for m in session.execute(
                         select(Mail).where(Mail.order_id == order.id)
                     ).scalars()
+                ],
+                "shop_notes": [
+                    {
+                        "marker": note.marker,
+                        "shop_note_id": note.shop_note_id,
+                        "created_at": _iso(note.created_at),
+                    }
+                    for note in session.scalars(
+                        select(ShopNote).where(ShopNote.order_id == order.id).order_by(ShopNote.id)
+                    )
                 ],
             }
         )

@@ -17,7 +17,7 @@ from connector.audit import record_audit
 from connector.errors import NotFound, ValidationFailed
 from connector.models import CREDENTIAL_KINDS, Credential, Store
 from connector.validation import optional_int, optional_str
-from connector.vault.crypto import mask
+from connector.vault.crypto import Concealed, ConcealedDict, mask
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,26 @@ def _row(session: Session, store: Store, kind: str) -> Credential | None:
     ).scalar_one_or_none()
 
 
-def credentials_for(session: Session, store: Store, kind: str) -> dict[str, Any] | None:
+def credentials_for(session: Session, store: Store, kind: str) -> ConcealedDict | None:
     """The decrypted credentials of ``kind`` for ``store``, or None when none are stored.
 
-    Returns a copy: changing it changes nothing stored.
+    Returns a copy: changing it changes nothing stored. It is a :class:`ConcealedDict` and
+    its secret fields are :class:`Concealed`, so neither the set nor a secret taken out of it
+    shows in a ``repr`` (logs, tracebacks); both are plain ``dict``/``str`` to their users.
     """
-    row = _row(session, store, check_kind(kind))
-    return dict(row.data) if row is not None else None
+    kind = check_kind(kind)
+    row = _row(session, store, kind)
+    if row is None:
+        return None
+    spec = FIELDS[kind]
+    return ConcealedDict(
+        {
+            name: Concealed(value)
+            if isinstance(value, str) and name in spec and spec[name].secret
+            else value
+            for name, value in row.data.items()
+        }
+    )
 
 
 def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:

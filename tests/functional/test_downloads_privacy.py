@@ -44,6 +44,25 @@ def test_export_lists_the_customers_clicks(app: Flask, shop: WebhookSender) -> N
     assert (click["outcome"], click["served"]) == ("served", "watermarked")
 
 
+def test_export_has_the_clicks_ip_hash_and_the_stamped_copies(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The export shows the IP hash kept for each click and every watermarked copy made for
+    the buyer, with the fingerprint hidden in it: both are stored about them."""
+    stamped_order(app, shop, 7904)
+    with app.app_context():
+        stored_hash = db.session.execute(select(DownloadEvent.ip_hash)).scalar_one()
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+    exported = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()
+    [click] = exported["download_log"]
+    assert stored_hash is not None and click["ip_hash"] == stored_hash
+    [exported_copy] = exported["watermarked_copies"]
+    assert exported_copy["filename"] == "guide.pdf"
+    assert (exported_copy["status"], exported_copy["kind"]) == (copy.status, copy.kind)
+    assert copy.fingerprint is not None and exported_copy["fingerprint"] == copy.fingerprint
+    assert exported["download_extensions"] == []
+
+
 def test_erasure_forgets_ips_agents_and_stamped_copies(app: Flask, shop: WebhookSender) -> None:
     path, copy_file = stamped_order(app, shop, 7902)
     assert copy_file.is_file()

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import Mail, Order
+from connector.models import Job, Mail, Order
 from connector.tokens import PORTAL, portal_url
 from tests.factories import WebhookSender, line_item, wc_order
 
@@ -144,3 +144,40 @@ def _order_row_id(app: Flask, shop_order_id: str) -> int:
             select(Order.id).where(Order.shop_order_id == shop_order_id)
         ).scalar_one()
     return order_id
+
+
+def test_an_erased_order_is_never_mailed_again(app: Flask, shop: WebhookSender) -> None:
+    """After erasure, "email me again" queues nothing and says why, and keys issued later are
+    not mailed either: the erased address is a placeholder, not the buyer's."""
+    shop.configure(501)
+    item = line_item(501, line_id=91)
+    shop.deliver(wc_order(9403, "processing", [item], email="ada@example.org", modified=1))
+    run_pending(app)
+    portal_path = shop.order(9403)["portal_url"].removeprefix("http://keygate.test")
+    token = re.search(
+        r'name="csrf_token" type="hidden" value="([^"]+)"',
+        shop.client.get(portal_path).get_data(as_text=True),
+    )
+    assert token
+    assert shop.admin("DELETE", "/customers/ada@example.org").status_code == 200
+
+    response = shop.client.post(
+        portal_path + "/resend", data={"csrf_token": token.group(1)}, follow_redirects=True
+    )
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "erased, so we no longer email it" in html
+    assert "sending your keys" not in html and "Email me my keys" not in html
+    # A second unit paid later is issued (and shown) but not mailed to the placeholder.
+    more = dict(item, quantity=2)
+    shop.deliver(wc_order(9403, "processing", [more], email="ada@example.org", modified=2))
+    assert len(shop.order(9403)["licenses"]) == 2
+    # Asking for a fresh portal link queues nothing either (and does not say it is erased).
+    renewed = shop.client.post(portal_path + "/renew", data={"csrf_token": token.group(1)})
+    assert renewed.status_code == 200
+    assert "erased" not in renewed.get_data(as_text=True)
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 0
+        jobs = db.session.execute(select(Job)).scalars().all()
+        assert not [job for job in jobs if job.payload.get("resend")]

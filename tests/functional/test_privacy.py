@@ -7,7 +7,7 @@ import datetime as dt
 from flask import Flask
 from sqlalchemy import func, select, text
 
-from connector.db import db, transaction, utcnow
+from connector.db import Base, db, transaction, utcnow
 from connector.jobs import run_pending, schedule_periodic
 from connector.models import Job, License, Mail, Order, WebhookDelivery
 from connector.privacy.service import purge_expired_records
@@ -33,6 +33,77 @@ def test_export_has_the_orders_keys_and_mails(app: Flask, shop: WebhookSender) -
     assert order["licenses"][0]["key"] == body["licenses"][0]["key"]
     assert order["mails"][0]["sent_at"] is not None
     assert shop.admin("GET", "/customers/nobody@example.org/export").status_code == 404
+
+
+def test_export_has_every_order_field_kept_about_the_customer(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The export shows the order's payment note, the shop's customer id and what was
+    bought, not only name and amounts: everything stored about the customer."""
+    shop.configure(501)
+    payload = wc_order(9505, "completed", [line_item(501, quantity=2)], email=EMAIL, customer_id=77)
+    shop.deliver(with_payment_note(payload, "USDT tx 0xabc, paid by Jürgen"))
+    exported = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()
+    (order,) = exported["orders"]
+    assert order["customer_id"] == "77"
+    assert order["payment_note"] == "USDT tx 0xabc, paid by Jürgen"
+    assert order["payment_reference"] == "ch_3PZ"
+    [item] = order["items"]
+    assert (item["name"], item["quantity"], item["refunded_quantity"]) == ("Plugin Pro", 2, 0)
+    assert len(order["licenses"]) == 2 and order["licenses"][0]["activation_limit"] is None
+    assert order["renewals"] == [] and order["shop_notes"] == []
+
+
+def test_export_has_the_renewals_and_the_download_windows_they_moved(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A renewal order and the download window it moved are in the customer's export."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9506, "completed", [line_item(501)], email=EMAIL))
+    key = shop.order(9506)["licenses"][0]["key"]
+    renewal = line_item(501, line_id=306)
+    renewal["meta_data"] = [{"id": 1, "key": "_keygate_renew_license", "value": key.lower()}]
+    shop.deliver(wc_order(9507, "processing", [renewal], email=EMAIL, modified=5))
+    exported = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()
+    original, renewing = exported["orders"]
+    assert original["renewals"] == []
+    [renewed] = renewing["renewals"]
+    assert renewed["expires_at"] > renewed["previous_expires_at"]
+    assert renewed["reverted_at"] is None
+    [moved] = exported["download_extensions"]
+    assert moved["filename"] == "manual.pdf"
+    assert moved["expires_at"] == renewed["expires_at"]
+
+
+# Export sections of the tables that point at a customer's order, line, license or grant.
+EXPORTED_TABLES = {
+    "line_items": "orders[].items",
+    "licenses": "orders[].licenses",
+    "license_renewals": "orders[].renewals",
+    "download_grants": "orders[].downloads",
+    "mails": "orders[].mails",
+    "shop_notes": "orders[].shop_notes",
+    "activations": "activations",
+    "security_events": "security_events",
+    "binding_changes": "binding_changes",
+    "license_flags": "license_flags",
+    "download_events": "download_log",
+    "watermark_copies": "watermarked_copies",
+    "grant_extensions": "download_extensions",
+}
+
+
+def test_every_table_about_a_customers_orders_is_in_the_export() -> None:
+    """A table that points at an order, line item, license or grant holds data about that
+    customer: it must have its place in the export (add it there, then here)."""
+    customer_tables = {"orders", "line_items", "licenses", "download_grants"}
+    linked = {
+        table.name
+        for table in Base.metadata.sorted_tables
+        for fk in table.foreign_keys
+        if fk.column.table.name in customer_tables
+    }
+    assert linked == set(EXPORTED_TABLES)
 
 
 def test_erasure_keeps_accounting_and_licenses_but_not_the_person(
@@ -63,6 +134,37 @@ def test_erasure_keeps_accounting_and_licenses_but_not_the_person(
     # The key still works for the product, and the owner still sees the order.
     assert shop.order(9501)["licenses"][0]["key"] == body["licenses"][0]["key"]
     assert shop.admin("GET", f"/customers/{EMAIL}/export").status_code == 404
+
+
+def with_payment_note(payload: dict, note: str) -> dict:  # type: ignore[type-arg]
+    payload["meta_data"].append({"id": 2, "key": "_keygate_payment_note", "value": note})
+    return payload
+
+
+def test_no_personal_field_of_an_erased_order_comes_back_with_a_later_delivery(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """An erased customer's payment note and customer id do not come back with the next
+    delivery; the order's accounting fields still follow the shop."""
+    shop.configure(501)
+    first = wc_order(9504, "processing", [line_item(501)], email=EMAIL, customer_id=77)
+    shop.deliver(with_payment_note(first, "Paid by Jürgen's bank transfer"))
+    with app.app_context():
+        order = db.session.execute(select(Order)).scalar_one()
+        assert (order.customer_id, order.payment_note) == ("77", "Paid by Jürgen's bank transfer")
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+
+    later = wc_order(9504, "completed", [line_item(501)], email=EMAIL, customer_id=77, modified=5)
+    later["total"] = "59.00"
+    shop.deliver(with_payment_note(later, "Paid by Jürgen's bank transfer"))
+    with app.app_context():
+        order = db.session.execute(select(Order)).scalar_one()
+        assert order.status == "completed" and str(order.total) == "59.00"
+        personal = (order.name, order.company, order.customer_id, order.payment_note)
+        assert personal == (None, None, None, None)
+        assert order.email is not None and order.email.endswith("@erased.invalid")
+        stored = repr(db.session.execute(text("SELECT * FROM orders")).all())
+    assert "Jürgen" not in stored and EMAIL not in stored
 
 
 def test_privacy_endpoints_need_the_store_token(shop: WebhookSender) -> None:

@@ -129,3 +129,33 @@ def test_delete_forgets_credentials(app: Flask, shop: WebhookSender) -> None:
         store = db.session.get(Store, shop.store.store.id)
         assert store is not None
         assert credentials_for(db.session, store, "brevo") is None
+
+
+def test_credentials_read_by_other_domains_never_show_a_secret_in_a_repr(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """What credentials_for hands to the mail and storage code hides every secret from repr
+    (logs, tracebacks), while still reading as the plain values they pass to R2 and Brevo."""
+    shop.admin("PUT", "/credentials/r2", R2)
+    shop.admin("PUT", "/credentials/brevo", BREVO)
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        r2 = credentials_for(db.session, store, "r2")
+        brevo = credentials_for(db.session, store, "brevo")
+    assert r2 is not None and brevo is not None
+    shown = " ".join(
+        [
+            repr(r2),
+            str(r2),
+            f"{brevo!r}",
+            repr(list(r2.values())),
+            repr(brevo["api_key"]),
+            repr(r2["secret_access_key"]),
+            repr(r2["access_key_id"]),
+        ]
+    )
+    for secret in (R2["secret_access_key"], R2["access_key_id"], BREVO["api_key"]):
+        assert secret not in shown
+    assert r2 == R2 and brevo == BREVO
+    assert f"{r2['secret_access_key']}" == R2["secret_access_key"]
