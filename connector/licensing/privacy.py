@@ -108,10 +108,19 @@ def export_activations(session: Session, orders: list[Order]) -> dict[str, Any]:
     }
 
 
-def erase_activation_labels(session: Session, orders: list[Order]) -> None:
+def erase_license_records(session: Session, orders: list[Order]) -> None:
+    """Activation labels (the buyer names them), and the IP hash and user agent of the
+    security records of the customer's licenses, as the download log's are erased."""
     ids = [a.id for a in _activations(session, orders)]
     if ids:
         session.execute(update(Activation).where(Activation.id.in_(ids)).values(label=None))
+    license_ids = _license_ids(session, orders)
+    if license_ids:
+        session.execute(
+            update(SecurityEvent)
+            .where(SecurityEvent.license_id.in_(license_ids))
+            .values(ip_hash=None, user_agent=None)
+        )
 
 
 def purge_license_records(session: Session, now: dt.datetime) -> dict[str, int]:
@@ -128,4 +137,4 @@ def purge_license_records(session: Session, now: dt.datetime) -> dict[str, int]:
 
 def register() -> None:
     """Add the hooks once (the views module calls this at import)."""
-    register_hooks(export_activations, erase_activation_labels, purge_license_records)
+    register_hooks(export_activations, erase_license_records, purge_license_records)

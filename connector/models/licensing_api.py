@@ -106,7 +106,7 @@ class SecurityEvent(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)  # rate_limited
     scope: Mapped[str | None] = mapped_column(String(16), default=None)  # ip | key
-    ip_hash: Mapped[str] = mapped_column(String(64))
+    ip_hash: Mapped[str | None] = mapped_column(String(64))  # None once erased
     path: Mapped[str] = mapped_column(String(200))
     license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id"), default=None)
     user_agent: Mapped[str | None] = mapped_column(String(300), default=None)

@@ -83,6 +83,16 @@ def test_export_has_the_security_records_of_the_customers_licenses(
     [flag] = exported["license_flags"]
     assert (flag["reason"], flag["binding_changes"]) == ("binding_changes", 9)
 
+    # Erasure takes the IP hash and user agent off Ada's records (as off her download log),
+    # and keeps the records themselves (license enforcement); Bob's stay whole.
+    assert shop.admin("DELETE", "/customers/ada@example.org").status_code in (200, 204)
+    with app.app_context():
+        kept = {
+            e.license_id: (e.ip_hash, e.user_agent)
+            for e in db.session.scalars(select(SecurityEvent))
+        }
+    assert kept == {ada: (None, None), bob: ("b" * 64, "AdaPlugin/1.0")}
+
 
 def test_purge_removes_old_security_records_only(app: Flask, shop: WebhookSender) -> None:
     """Security events past retention_security_days go; recent ones and recent changes stay."""
