@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from plugin.shop import PayloadError, ShopLineItem, ShopOrder, ShopRefund
+from plugin.shop import PayloadError, ShopLineItem, ShopOrder, ShopRefund, parse_utc_datetime
 
 SIGNATURE_HEADER = "X-WC-Webhook-Signature"
 TOPIC_HEADER = "X-WC-Webhook-Topic"
@@ -80,16 +80,16 @@ def _decimal(value: Any, name: str) -> Decimal | None:
 
 
 def _datetime_gmt(value: Any, name: str) -> dt.datetime | None:
+    # *_gmt fields carry no offset; they are UTC. A date far in the future (a paid date in
+    # year 9999) is garbage, and refused like one: a license could not expire after it.
     if not value:
         return None
     if not isinstance(value, str):
         raise PayloadError(f"{name} must be a date string")
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise PayloadError(f"{name} is not an ISO 8601 date") from None
-    # *_gmt fields carry no offset; they are UTC.
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+        return parse_utc_datetime(value)
+    except ValueError as exc:
+        raise PayloadError(f"{name} {exc}") from None
 
 
 def _meta(items: Any) -> dict[str, Any]:

@@ -9,6 +9,8 @@ page's form (400), the body (400). Every case runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -16,8 +18,14 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from connector.db import db
-from connector.models import Product
-from tests.factories import WebhookSender
+from connector.models import (
+    DownloadGrant,
+    License,
+    Order,
+    Product,
+    WebhookDelivery,
+)
+from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token
 from tests.licensing_helpers import issue_key
 
@@ -107,3 +115,82 @@ def test_json_nested_past_the_stack_is_a_400(shop: WebhookSender, app: Flask, pa
     )
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
+
+
+# --- Values a parser let through that broke later (an audit's findings) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("spoil", "detail"),
+    [
+        (lambda o: o.update(date_modified_gmt="0001-01-01T00:00:00+01:00"), "out of range"),
+        (lambda o: o.update(date_modified_gmt="9999-12-31T23:59:59-01:00"), "out of range"),
+        (lambda o: o.update(date_paid_gmt="9999-12-31T23:59:59"), "date_paid_gmt is out of"),
+    ],
+    ids=[
+        "modified-before-year-1",
+        "modified-after-year-9999",
+        "paid-in-year-9999",
+    ],
+)
+def test_a_signed_order_with_one_malformed_part_is_a_recorded_400(
+    app: Flask, shop: WebhookSender, spoil: Callable[[dict[str, Any]], Any], detail: str
+) -> None:
+    """A signed delivery with one malformed part is kept as a rejected delivery (WooCommerce
+    will not resend it; the owner can see it) and answered 400: never a 500, which would
+    roll the record back too, and nothing of the order is half-applied."""
+    shop.configure(501, duration_days=365)
+    order = wc_order(9401, "processing", [line_item(501)])
+    spoil(order)
+    response = shop.deliver(order)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    assert detail in response.get_json()["detail"]
+    with app.app_context():
+        delivery = db.session.execute(select(WebhookDelivery)).scalar_one()
+        assert delivery.outcome == "rejected"
+        assert detail in (delivery.detail or "")
+        assert db.session.scalars(select(Order)).all() == []
+        assert db.session.scalars(select(License)).all() == []
+
+
+@pytest.mark.parametrize(
+    "published_at",
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "9999-12-31", "1066-10-14"],
+)
+def test_a_release_date_out_of_range_is_422_naming_it(
+    shop: WebhookSender, published_at: str
+) -> None:
+    """Release dates share the shop's date parser and its range (years 1900 to 8999)."""
+    shop.configure(501)
+    release = {
+        "version": "1.1.0",
+        "object_key": "releases/plugin-1.1.0.zip",
+        "sha256": "a" * 64,
+        "size": 16,
+        "published_at": published_at,
+    }
+    response = shop.admin("POST", "/products/501/releases", release)
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "published_at"
+    assert "out of range" in response.get_json()["detail"]
+    assert shop.admin("GET", "/products/501/releases").get_json()["releases"] == []
+
+
+def test_extending_a_license_past_the_last_representable_year_is_422(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Repeated 100-year extensions stop with a 422 naming days, the expiry unchanged."""
+    key = issue_key(shop, duration_days=365)
+    for _ in range(100):
+        response = shop.admin("POST", f"/licenses/{key}/extend", {"days": 36600})
+        if response.status_code != 200:
+            break
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "days"
+    with app.app_context():
+        license_ = db.session.execute(select(License)).scalar_one()
+        assert license_.expires_at is not None
+        assert 9800 < license_.expires_at.year < 9999
+        grant = db.session.execute(select(DownloadGrant)).scalar_one()
+        assert grant.expires_at == license_.expires_at  # downloads last while it lasts

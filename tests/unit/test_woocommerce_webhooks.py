@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from plugin.shop import PayloadError
+from plugin.shop import PayloadError, parse_utc_datetime
 from plugin.woocommerce import webhooks as wc
 from tests.factories import line_item, sign, wc_order
 
@@ -88,3 +88,32 @@ def test_refund_lines_give_refunded_quantities() -> None:
 def test_malformed_orders_raise_payload_error(payload: object) -> None:
     with pytest.raises(PayloadError):
         wc.parse_order(payload)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-20T12:00:00", dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)),
+        ("2026-11-20T13:00:00+01:00", dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)),
+        ("2026-11-20T12:00:00Z", dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)),
+        ("8999-12-31T23:59:59", dt.datetime(8999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)),
+    ],
+)
+def test_dates_are_read_as_utc(text: str, expected: dt.datetime) -> None:
+    assert parse_utc_datetime(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0001-01-01T00:00:00+01:00",  # year 0 once in UTC
+        "9999-12-31T23:59:59-01:00",  # year 10000 once in UTC
+        "9000-01-01T00:00:00",
+        "1899-12-31T23:59:59",
+        "yesterday",
+    ],
+)
+def test_dates_python_or_a_license_could_not_hold_are_refused(text: str) -> None:
+    """The one date parser refuses, with a ValueError, what its callers turn into a 400/422."""
+    with pytest.raises(ValueError, match=r"out of range|ISO 8601"):
+        parse_utc_datetime(text)
