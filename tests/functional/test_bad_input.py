@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -119,18 +120,43 @@ def test_json_nested_past_the_stack_is_a_400(shop: WebhookSender, app: Flask, pa
 
 # --- Values a parser let through that broke later (an audit's findings) ---------------------
 
+INFINITY = float("inf")  # json.dumps writes it as Infinity, which Python's parser reads back
+
+
+def _with_refund_line(order: dict[str, Any], quantity: Any) -> None:
+    refunded = order["line_items"][0]["id"]
+    meta = [{"key": "_refunded_item_id", "value": str(refunded)}]
+    order["refunds"] = [
+        {"id": 1, "total": "1", "line_items": [{"id": 2, "quantity": quantity, "meta_data": meta}]}
+    ]
+
 
 @pytest.mark.parametrize(
     ("spoil", "detail"),
     [
+        (lambda o: o.update(refunds=[{"id": 1, "total": "1", "line_items": 5}]), "must be a list"),
+        (lambda o: _with_refund_line(o, INFINITY), "refund line quantity"),
+        (lambda o: _with_refund_line(o, "9" * 5000), "refund line quantity"),
         (lambda o: o.update(date_modified_gmt="0001-01-01T00:00:00+01:00"), "out of range"),
         (lambda o: o.update(date_modified_gmt="9999-12-31T23:59:59-01:00"), "out of range"),
         (lambda o: o.update(date_paid_gmt="9999-12-31T23:59:59"), "date_paid_gmt is out of"),
+        (lambda o: o.update(total="999999999999.995"), "total is out of range"),
+        (lambda o: o["line_items"][0].update(total="-999999999999.995"), "line item total"),
+        (
+            lambda o: o.update(line_items=[line_item(501, line_id=7), line_item(501, line_id=7)]),
+            "line item 7 appears twice",
+        ),
     ],
     ids=[
+        "refund-lines-not-a-list",
+        "refund-quantity-infinite",
+        "refund-quantity-5000-digits",
         "modified-before-year-1",
         "modified-after-year-9999",
         "paid-in-year-9999",
+        "total-rounds-past-numeric-14-2",
+        "line-total-rounds-past-numeric-14-2",
+        "duplicate-line-ids",
     ],
 )
 def test_a_signed_order_with_one_malformed_part_is_a_recorded_400(
@@ -152,6 +178,22 @@ def test_a_signed_order_with_one_malformed_part_is_a_recorded_400(
         assert detail in (delivery.detail or "")
         assert db.session.scalars(select(Order)).all() == []
         assert db.session.scalars(select(License)).all() == []
+
+
+def test_amounts_are_rounded_to_cents_the_same_way_on_both_backends(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Half a cent rounds away from zero, as PostgreSQL's NUMERIC does, on SQLite too; the
+    largest amount that still fits is kept."""
+    shop.configure(501)
+    order = wc_order(9402, "processing", [line_item(501)])
+    order["total"] = "999999999999.994"
+    order["line_items"][0]["total"] = "12.345"
+    assert shop.deliver(order).status_code == 200
+    with app.app_context():
+        stored = db.session.execute(select(Order)).scalar_one()
+        assert stored.total == Decimal("999999999999.99")
+        assert [line.total for line in stored.line_items] == [Decimal("12.35")]
 
 
 @pytest.mark.parametrize(
