@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connector.db import db
 from connector.models import (
@@ -24,10 +24,12 @@ from connector.models import (
     License,
     Order,
     Product,
+    ProductFile,
     WebhookDelivery,
 )
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token
+from tests.functional.test_downloads import get, link_path, paid_order, put_file
 from tests.licensing_helpers import issue_key
 
 __all__ = ["admin_client"]
@@ -236,3 +238,47 @@ def test_extending_a_license_past_the_last_representable_year_is_422(
         assert 9800 < license_.expires_at.year < 9999
         grant = db.session.execute(select(DownloadGrant)).scalar_one()
         assert grant.expires_at == license_.expires_at  # downloads last while it lasts
+
+
+@pytest.mark.parametrize("field", ["filename", "object_key"])
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [("a\ud800.pdf", "valid Unicode"), ("a\x00.pdf", "NUL"), ("a\r\nX: 1.pdf", "control")],
+    ids=["half-a-surrogate", "nul", "crlf"],
+)
+def test_a_product_file_name_or_key_no_header_or_database_takes_is_422(
+    app: Flask, shop: WebhookSender, field: str, value: str, detail: str
+) -> None:
+    """File names become a Content-Disposition header and both go to the database: text
+    neither can take is refused, naming the field, and nothing is saved."""
+    files = [{"object_key": "products/501/manual.pdf", "filename": "manual.pdf", field: value}]
+    response = shop.client.put(
+        "/api/v1/admin/products/501",
+        data=json.dumps({"name": "Plugin", "files": files}),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {shop.store.api_token}"},
+    )
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.get_json()["field"] == f"files[0].{field}"
+    assert detail in response.get_json()["detail"]
+    with app.app_context():
+        assert db.session.scalars(select(ProductFile)).all() == []
+
+
+def test_a_file_name_stored_before_the_check_still_downloads(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A name with CR/LF saved before names were checked is served with the controls
+    replaced: the buyer gets the file, and no header is split."""
+    put_file(app, "products/501/manual.pdf", b"%PDF-1.4 manual")
+    [download] = paid_order(
+        shop, 9403, [{"object_key": "products/501/manual.pdf", "filename": "manual.pdf"}]
+    )
+    with app.app_context():
+        db.session.execute(update(ProductFile).values(filename="a\r\nX-Injected: 1.pdf"))
+        db.session.commit()
+    response = get(shop.client, link_path(download))
+    assert response.status_code == 200
+    assert response.data == b"%PDF-1.4 manual"
+    assert "X-Injected" not in response.headers
+    assert 'filename="a__X-Injected: 1.pdf"' in response.headers["Content-Disposition"]
