@@ -64,6 +64,17 @@ def optional_int(
     return value
 
 
+def whole_number(text: str, *, max_digits: int = 18) -> int | None:
+    """The number ``text`` spells in ASCII digits (at most ``max_digits``), else None.
+
+    For query strings and forms. ``str.isdigit`` alone is not enough: it is true for "²"
+    and other digits ``int`` cannot read, and ``int`` refuses more than 4300 digits.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= max_digits):
+        return None
+    return int(text)
+
+
 def optional_bool(data: dict[str, Any], name: str) -> bool | None:
     value = data.get(name)
     if value is None or isinstance(value, bool):

@@ -44,6 +44,7 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.orders.summary import order_entitlements
+from connector.validation import whole_number
 from connector.vault.crypto import keyed_hash
 
 from .forms import ConfirmForm, LoginForm
@@ -318,7 +319,9 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
         for name, spec in FIELDS[kind].items():
             value = (request.form.get(name) or "").strip()
             if value and spec.kind is int:
-                raw[name] = int(value) if value.isdigit() else value
+                # Not a number: passed on as text, for parse_credentials' own 422.
+                number = whole_number(value)
+                raw[name] = number if number is not None else value
             elif value:
                 raw[name] = value
         try:

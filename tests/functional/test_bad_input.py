@@ -28,7 +28,7 @@ from connector.models import (
     WebhookDelivery,
 )
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token
+from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.functional.test_downloads import get, link_path, paid_order, put_file
 from tests.licensing_helpers import issue_key
 
@@ -282,3 +282,39 @@ def test_a_file_name_stored_before_the_check_still_downloads(
     assert response.data == b"%PDF-1.4 manual"
     assert "X-Injected" not in response.headers
     assert 'filename="a__X-Injected: 1.pdf"' in response.headers["Content-Disposition"]
+
+
+@pytest.mark.parametrize("path", ["/audit", "/outbox"])
+@pytest.mark.parametrize("limit", ["%C2%B2", "9" * 5000, "-1", "0", "1001", "1.5", "%EF%BC%95"])
+def test_a_limit_that_is_not_plain_digits_in_range_is_422(
+    shop: WebhookSender, path: str, limit: str
+) -> None:
+    """``?limit=`` takes ASCII digits from 1 to 1000: not "²", not a full-width five, not a
+    number too long for int()."""
+    response = shop.admin("GET", f"{path}?limit={limit}")
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["field"] == "limit"
+
+
+@pytest.mark.parametrize("list_id", ["²", "9" * 5000, "12a"])
+def test_a_credentials_form_number_that_is_not_plain_digits_is_a_422_page(
+    admin_client: FlaskClient, shop: WebhookSender, list_id: str
+) -> None:
+    """The credentials page answers an unreadable number with its own form and the field's
+    name (422), and keeps what was stored."""
+    assert sign_in(admin_client) == 302
+    page = f"/admin/stores/{shop.store.store.id}/credentials"
+    form = {
+        "csrf_token": csrf_token(admin_client, page),
+        "kind": "brevo",
+        "api_key": "xkeysib-very-secret-key-9876",
+        "sender_email": "shop@example.org",
+        "sender_name": "Shop",
+        "list_id": list_id,
+    }
+    response = admin_client.post(page, data=form)
+    assert response.status_code == 422
+    assert response.mimetype == "text/html"
+    assert "list_id" in response.get_data(as_text=True)
+    assert shop.admin("GET", "/credentials/brevo").status_code == 404
