@@ -25,8 +25,10 @@ from connector.models import (
     Order,
     Product,
     ProductFile,
+    Store,
     WebhookDelivery,
 )
+from connector.vault.service import put_credentials
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.functional.test_downloads import get, link_path, paid_order, put_file
@@ -318,3 +320,57 @@ def test_a_credentials_form_number_that_is_not_plain_digits_is_a_422_page(
     assert response.mimetype == "text/html"
     assert "list_id" in response.get_data(as_text=True)
     assert shop.admin("GET", "/credentials/brevo").status_code == 404
+
+
+BAD_ENDPOINTS = [
+    "http://",
+    "http://[::1",
+    "http://127.0.0.1:99999",
+    "http://127.0.0.1:0",
+    "http://bad host",
+    "ftp://127.0.0.1",
+]
+R2_CREDENTIALS = {
+    "account_id": "acct",
+    "access_key_id": "AKIAEXAMPLE",
+    "secret_access_key": "s3cr3t-s3cr3t-s3cr3t",
+    "bucket": "files",
+}
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS)
+def test_an_r2_endpoint_boto3_could_not_use_is_422(shop: WebhookSender, endpoint: str) -> None:
+    """An endpoint needs an http(s) scheme, a valid host and, if any, a port 1-65535."""
+    response = shop.admin("PUT", "/credentials/r2", {**R2_CREDENTIALS, "endpoint_url": endpoint})
+    assert response.status_code == 422, response.get_data(as_text=True)
+    assert response.get_json()["field"] == "endpoint_url"
+    assert shop.admin("GET", "/credentials/r2").status_code == 404
+
+
+@pytest.mark.parametrize("endpoint", BAD_ENDPOINTS[:3])
+def test_an_r2_endpoint_stored_before_the_check_makes_storage_unavailable(
+    app: Flask, shop: WebhookSender, endpoint: str
+) -> None:
+    """Credentials saved before endpoints were checked: the buyer's click is the friendly
+    503 page (nothing counted), the owner's product update a warning, never a 500."""
+    put_file(app, "products/501/manual.pdf", b"%PDF-1.4 manual")
+    [download] = paid_order(
+        shop, 9404, [{"object_key": "products/501/manual.pdf", "filename": "manual.pdf"}]
+    )
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        values = {**R2_CREDENTIALS, "endpoint_url": endpoint}
+        put_credentials(db.session, store, "r2", values, actor="test")
+        db.session.commit()
+    click = get(shop.client, link_path(download))
+    assert click.status_code == 503
+    assert click.mimetype == "text/html"
+    assert shop.order(9404)["downloads"][0]["downloads_left"] == download["downloads_left"]
+    update_product = shop.admin(
+        "PUT",
+        "/products/501",
+        {"name": "Plugin", "files": [{"object_key": "manual.pdf", "filename": "manual.pdf"}]},
+    )
+    assert update_product.status_code == 200, update_product.get_data(as_text=True)
+    assert any("did not answer" in w for w in update_product.get_json()["warnings"])
