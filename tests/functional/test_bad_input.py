@@ -322,6 +322,24 @@ def test_a_credentials_form_number_that_is_not_plain_digits_is_a_422_page(
     assert shop.admin("GET", "/credentials/brevo").status_code == 404
 
 
+@pytest.mark.parametrize(
+    "next_path", ["/admin%0aX", "/admin%0d%0aSet-Cookie:%20x=1", "/admin/orders%09", "/admin%7f"]
+)
+def test_sign_in_with_control_characters_in_next_goes_to_the_dashboard(
+    admin_client: FlaskClient, next_path: str
+) -> None:
+    """``next`` with a control character is not followed (it would split the Location
+    header): the admin lands on the dashboard, signed in."""
+    token = csrf_token(admin_client, "/admin/login")
+    response = admin_client.post(
+        f"/admin/login?next={next_path}",
+        data={"username": "owner", "password": PASSWORD, "csrf_token": token},
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/admin/"
+    assert "Set-Cookie" not in response.headers or "x=1" not in response.headers["Set-Cookie"]
+
+
 BAD_ENDPOINTS = [
     "http://",
     "http://[::1",
