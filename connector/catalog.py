@@ -12,6 +12,7 @@ from connector.audit import record_audit
 from connector.errors import ValidationFailed
 from connector.models import WATERMARKS, Product, ProductFile, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
+from connector.validation import plain_text
 
 POLICY_FIELDS = (
     "activation_limit",
@@ -41,14 +42,10 @@ class ProductSpec:
     watermark_fallback: str = "refuse"
 
 
-def _check_object_key(key: str) -> str:
+def _check_object_key(key: str, name: str = "object_key") -> str:
     if key.startswith("/") or "\\" in key or any(part in {"..", "."} for part in key.split("/")):
-        raise ValidationFailed(
-            "object_key must be a relative path without '..'", field="object_key"
-        )
-    if any(ord(c) < 32 for c in key):
-        raise ValidationFailed("object_key has control characters", field="object_key")
-    return key
+        raise ValidationFailed(f"{name} must be a relative path without '..'", field=name)
+    return plain_text(key, name)
 
 
 def parse_file_spec(raw: Any, index: int) -> FileSpec:
@@ -66,7 +63,10 @@ def parse_file_spec(raw: Any, index: int) -> FileSpec:
             f"files[{index}].watermark must be one of {', '.join(WATERMARKS)}", field="files"
         )
     return FileSpec(
-        object_key=_check_object_key(key.strip()), filename=filename, watermark=watermark
+        object_key=_check_object_key(key.strip(), f"files[{index}].object_key"),
+        # It becomes a Content-Disposition header: a CR or LF there would split it.
+        filename=plain_text(filename, f"files[{index}].filename"),
+        watermark=watermark,
     )
 
 

@@ -388,8 +388,11 @@ class KeygateClient:
             max_skew=self.max_skew,
         )
         if status >= 400:
-            retry = headers.get("Retry-After")
-            raise RequestRejected(status, data, int(retry) if retry and retry.isdigit() else None)
+            retry = str(headers.get("Retry-After") or "")
+            # ASCII digits, a few of them: isdigit() is also true for "²", which int() cannot
+            # read (this file stands alone, so it cannot use connector.validation).
+            readable = retry.isascii() and retry.isdigit() and len(retry) <= 9
+            raise RequestRejected(status, data, int(retry) if readable else None)
         record = {"url": url, "headers": headers, "body": raw.decode("utf-8")}
         return self._result(data), record
 

@@ -185,6 +185,12 @@ def load_settings(
         raise ConfigError("KEYGATE_DOWNLOAD_URL_TTL must be between 1 and 604800 seconds")
     if not 1 <= values.get("portal_link_days", 30) <= 3650:
         raise ConfigError("KEYGATE_PORTAL_LINK_DAYS must be between 1 and 3650")
+    if values.get("r2_endpoint_url"):
+        from connector.integrations.r2 import endpoint_problem  # boto3: only when configured
+
+        problem = endpoint_problem(str(values["r2_endpoint_url"]))
+        if problem is not None:
+            raise ConfigError(f"KEYGATE_R2_ENDPOINT_URL {problem}")
 
     # Master keys: newest first. KEYGATE_MASTER_KEYS (comma separated) or KEYGATE_MASTER_KEY,
     # else the instance file written by `keygate init`.

@@ -8,6 +8,7 @@ same for the URL and the pages' forms, before any view runs.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from flask import request
@@ -63,6 +64,17 @@ def optional_int(
     return value
 
 
+def whole_number(text: str, *, max_digits: int = 18) -> int | None:
+    """The number ``text`` spells in ASCII digits (at most ``max_digits``), else None.
+
+    For query strings and forms. ``str.isdigit`` alone is not enough: it is true for "²"
+    and other digits ``int`` cannot read, and ``int`` refuses more than 4300 digits.
+    """
+    if not (text.isascii() and text.isdigit() and len(text) <= max_digits):
+        return None
+    return int(text)
+
+
 def optional_bool(data: dict[str, Any], name: str) -> bool | None:
     value = data.get(name)
     if value is None or isinstance(value, bool):
@@ -99,3 +111,22 @@ def storable_text(value: str, name: str) -> str:
     except UnicodeEncodeError:
         raise ValidationFailed(f"{name} must be valid Unicode text", field=name) from None
     return value
+
+
+def is_control_character(char: str) -> bool:
+    """C0 and C1 controls and DEL (CR, LF, tab, NUL, ...): never part of a name or a path."""
+    return unicodedata.category(char) == "Cc"
+
+
+def plain_text(value: str, name: str) -> str:
+    """:func:`storable_text` without control characters (a file name, a path), else 422."""
+    storable_text(value, name)
+    if any(is_control_character(c) for c in value):
+        raise ValidationFailed(f"{name} must not contain control characters", field=name)
+    return value
+
+
+def without_control_characters(value: str) -> str:
+    """``value`` with each control character as ``_``: for names stored before they were
+    checked, on their way into a header."""
+    return "".join("_" if is_control_character(c) else c for c in value)

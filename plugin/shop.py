@@ -12,10 +12,39 @@ WAITING_STATUSES = frozenset({"pending", "on-hold"})
 REVOKING_STATUSES = frozenset({"refunded", "cancelled", "failed"})
 # A buyer's full name is kept (and stamped) up to this many characters.
 NAME_LENGTH = 300
+# Dates Keygate accepts from anyone (shop payloads, the owner's API, the CLI). Outside them
+# a date is garbage, and a license computed from it (a paid date plus up to 100 years)
+# could not be represented: Python's datetimes end with year 9999.
+EARLIEST_DATE = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
+LATEST_DATE = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 class PayloadError(ValueError):
     """A shop payload is malformed or misses a required field."""
+
+
+def parse_utc_datetime(value: str) -> dt.datetime:
+    """An ISO 8601 date or date-time as an aware UTC datetime; no offset means UTC.
+
+    Raises:
+        ValueError: not ISO 8601, or outside :data:`EARLIEST_DATE` .. :data:`LATEST_DATE`
+            (an offset that moves a date past year 1 or 9999 included); the message says
+            which, for the caller's own error.
+    """
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("is not an ISO 8601 date") from None
+    out_of_range = f"is out of range (years {EARLIEST_DATE.year} to {LATEST_DATE.year - 1})"
+    try:
+        moment = (
+            parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+        )
+    except OverflowError:  # an offset moved it past year 1 or 9999
+        raise ValueError(out_of_range) from None
+    if not EARLIEST_DATE <= moment < LATEST_DATE:
+        raise ValueError(out_of_range)
+    return moment
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,13 @@ from connector.errors import NotFound, ValidationFailed
 from connector.models import AuditEvent, Mail, Order
 from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
-from connector.validation import json_body, optional_bool, optional_int, required_str
+from connector.validation import (
+    json_body,
+    optional_bool,
+    optional_int,
+    required_str,
+    whole_number,
+)
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
 
@@ -153,10 +159,10 @@ def get_order(shop_order_id: str) -> ResponseReturnValue:
 
 
 def _limit() -> int:
-    raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    limit = whole_number(request.args.get("limit", "100"))
+    if limit is None or not 1 <= limit <= 1000:
         raise ValidationFailed("limit must be a whole number from 1 to 1000", field="limit")
-    return int(raw)
+    return limit
 
 
 @bp.get("/audit")

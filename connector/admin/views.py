@@ -44,6 +44,7 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.orders.summary import order_entitlements
+from connector.validation import is_control_character, whole_number
 from connector.vault.crypto import keyed_hash
 
 from .forms import ConfirmForm, LoginForm
@@ -95,8 +96,15 @@ def _global_only() -> None:
 
 
 def _safe_next(target: str | None) -> str:
-    # Only local paths: never an open redirect to another site.
-    if target and target.startswith("/admin") and "//" not in target and "\\" not in target:
+    # Only local paths: never an open redirect to another site. No control characters
+    # either: a CR or LF would split the Location header (a 500, or worse).
+    if (
+        target
+        and target.startswith("/admin")
+        and "//" not in target
+        and "\\" not in target
+        and not any(is_control_character(c) for c in target)
+    ):
         return target
     return url_for("admin_views.dashboard")
 
@@ -318,7 +326,9 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
         for name, spec in FIELDS[kind].items():
             value = (request.form.get(name) or "").strip()
             if value and spec.kind is int:
-                raw[name] = int(value) if value.isdigit() else value
+                # Not a number: passed on as text, for parse_credentials' own 422.
+                number = whole_number(value)
+                raw[name] = number if number is not None else value
             elif value:
                 raw[name] = value
         try:

@@ -12,6 +12,7 @@ from connector.db import db
 from connector.downloads.privacy import register as register_privacy_hooks
 from connector.downloads.service import peek_download, start_download, start_download_fast
 from connector.tokens import grant_id_from_token
+from connector.validation import without_control_characters
 
 bp = Blueprint("downloads_views", __name__)
 register_privacy_hooks()
@@ -53,7 +54,8 @@ def download(token: str) -> ResponseReturnValue:
         response = send_file(
             delivery.path,
             as_attachment=True,
-            download_name=delivery.filename,
+            # Names stored before control characters were refused must not split a header.
+            download_name=without_control_characters(delivery.filename),
             conditional=True,
             etag=True,
             max_age=0,

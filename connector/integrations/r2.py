@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import boto3
 from botocore.auth import S3SigV4QueryAuth
@@ -19,6 +19,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from connector.redact import AWS_PATTERNS, RedactingFilter, redact_loggers
 
@@ -48,6 +49,35 @@ class R2Config:
 
     def __repr__(self) -> str:  # never show the secret in logs or tracebacks
         return f"R2Config(account_id={self.account_id!r}, bucket={self.bucket!r})"
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why boto3 could not use ``url`` as an S3 endpoint, or None when it can.
+
+    An http(s) scheme, a host botocore accepts (a DNS name or an IP literal) and, if given,
+    a port from 1 to 65535. botocore checks only the host, and only when a client is built;
+    a bad port surfaces later still, when a URL is signed.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError:
+        return "is not a valid URL (check the brackets and the port)"
+    if parts.scheme not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "has no host"
+    if port == 0:
+        return "has port 0"
+    if parts.username is not None or parts.password is not None:
+        return "must not contain a user name or password"
+    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        return "has a host name that is not valid"
+    return None
+
+
+# Checked on every click; a store has one endpoint, so remember the answer.
+_endpoint_problem_of = functools.lru_cache(maxsize=256)(endpoint_problem)
 
 
 def clamp_ttl(seconds: int) -> int:
@@ -97,10 +127,22 @@ class R2Store:
 
     def __init__(self, config: R2Config) -> None:
         self.config = config
-        self.client = _client(config)
         self._credentials = ReadOnlyCredentials(
             config.access_key_id, config.secret_access_key, None
         )
+
+    def _check_endpoint(self) -> None:
+        # An endpoint URL stored before endpoints were checked: boto3 would refuse to build a
+        # client, a signed URL would point nowhere. The store is unavailable (a 503 page for
+        # the buyer, a warning for the owner), never a 500.
+        if _endpoint_problem_of(self.config.endpoint) is not None:
+            raise StorageUnavailable("the R2 endpoint URL is not usable")
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, built on first use (and cached per config)."""
+        self._check_endpoint()
+        return _client(self.config)
 
     def exists(self, key: str) -> bool:
         try:
@@ -143,6 +185,7 @@ class R2Store:
         ``generate_presigned_url`` (a test holds them equal) without the client's request
         pipeline, which costs about 0.2 ms more per click.
         """
+        self._check_endpoint()
         url = f"{self.config.endpoint.rstrip('/')}/{_path(self.config.bucket)}/{_path(key)}"
         request = AWSRequest(
             method="GET",

@@ -16,6 +16,7 @@ from connector.audit import record_audit
 from connector.db import utcnow
 from connector.errors import NotFound, ValidationFailed
 from connector.licensing.keys import normalize_key
+from connector.licensing.policy import LATEST_EXPIRY, add_days
 from connector.licensing.service import iso
 from connector.models import (
     LICENSE_STATUSES,
@@ -177,7 +178,13 @@ def change_license(
             raise ValidationFailed("a lifetime license cannot be extended", field="days")
         now = utcnow()
         start = max(lic.expires_at, now)
-        new_expiry = start + dt.timedelta(days=days)
+        new_expiry = add_days(start, days)
+        if new_expiry >= LATEST_EXPIRY:
+            raise ValidationFailed(
+                f"{days} more days would take the license past {LATEST_EXPIRY.year}; "
+                "make it a lifetime license instead",
+                field="days",
+            )
         if lic.updates_until is not None and lic.updates_until == lic.expires_at:
             lic.updates_until = new_expiry
         lic.expires_at = new_expiry

@@ -28,6 +28,7 @@ from connector.licensing.releases import (
 from connector.licensing.service import activation_json, iso
 from connector.models import Activation, Product, Release
 from connector.validation import json_body, optional_int, optional_str, required_str
+from plugin.shop import parse_utc_datetime
 
 bp = Blueprint("licensing_admin_api", __name__, url_prefix="/api/v1/admin")
 
@@ -119,13 +120,9 @@ def _release_spec(data: dict[str, Any]) -> ReleaseSpec:
     published = dt.datetime.now(dt.UTC)
     if raw_published:
         try:
-            published = dt.datetime.fromisoformat(raw_published.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValidationFailed(
-                "published_at must be an ISO 8601 date-time", field="published_at"
-            ) from None
-        if published.tzinfo is None:
-            published = published.replace(tzinfo=dt.UTC)
+            published = parse_utc_datetime(raw_published)
+        except ValueError as exc:
+            raise ValidationFailed(f"published_at {exc}", field="published_at") from None
     return ReleaseSpec(
         version=version,
         object_key=required_str(data, "object_key", max_length=1024),

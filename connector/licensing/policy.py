@@ -13,6 +13,19 @@ from dataclasses import dataclass
 
 from connector.models import Product
 
+# The latest expiry Keygate computes. Dates it accepts end before year 9000 and periods are at
+# most 100 years, so only repeated renewals or extensions come near it; an automatic one
+# (a shop's renewal order) stops here rather than fail, the owner's explicit one is refused.
+LATEST_EXPIRY = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+
+
+def add_days(start: dt.datetime, days: int) -> dt.datetime:
+    """``start`` plus ``days``, never later than :data:`LATEST_EXPIRY`."""
+    try:
+        return min(start + dt.timedelta(days=days), LATEST_EXPIRY)
+    except OverflowError:  # past year 9999
+        return LATEST_EXPIRY
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -41,14 +54,14 @@ class Policy:
         )
 
     def expires_at(self, start: dt.datetime) -> dt.datetime | None:
-        return None if self.duration_days is None else start + dt.timedelta(days=self.duration_days)
+        return None if self.duration_days is None else add_days(start, self.duration_days)
 
     def updates_until(self, start: dt.datetime) -> dt.datetime | None:
         if self.update_days is None:
             return self.expires_at(start)
-        return start + dt.timedelta(days=self.update_days)
+        return add_days(start, self.update_days)
 
     def downloads_until(self, start: dt.datetime) -> dt.datetime | None:
         if self.download_days is None:
             return self.expires_at(start)
-        return start + dt.timedelta(days=self.download_days)
+        return add_days(start, self.download_days)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from connector.models import Store
 from connector.vault.commands import command_app
+from plugin.shop import parse_utc_datetime
 from plugin.woocommerce.rest import ShopError, WooCommerceClient
 
 
@@ -23,10 +24,11 @@ def _parse_since(value: str | None) -> dt.datetime | None:
     if value is None:
         return None
     try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter("use an ISO date such as 2026-11-01 or 2026-11-01T12:00") from None
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+        return parse_utc_datetime(value)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{value!r} {exc}; use an ISO date such as 2026-11-01 or 2026-11-01T12:00"
+        ) from None
 
 
 def _connected_stores(

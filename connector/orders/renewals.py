@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from connector.db import insert_ignoring_conflicts, utcnow
 from connector.licensing.keys import normalize_key
-from connector.licensing.policy import Policy
+from connector.licensing.policy import Policy, add_days
 from connector.models import (
     DownloadGrant,
     GrantExtension,
@@ -158,13 +158,9 @@ def _extend(
     renewal.previous_expires_at = license_.expires_at
     renewal.previous_updates_until = license_.updates_until
     if policy.duration_days is not None and license_.expires_at is not None:
-        license_.expires_at = _later(license_.expires_at, now) + dt.timedelta(
-            days=policy.duration_days
-        )
+        license_.expires_at = add_days(_later(license_.expires_at, now), policy.duration_days)
     if policy.update_days is not None and license_.updates_until is not None:
-        license_.updates_until = _later(license_.updates_until, now) + dt.timedelta(
-            days=policy.update_days
-        )
+        license_.updates_until = add_days(_later(license_.updates_until, now), policy.update_days)
     elif policy.update_days is None and license_.updates_until is not None:
         license_.updates_until = license_.expires_at  # updates while the license lasts
     renewal.expires_at = license_.expires_at
@@ -190,7 +186,7 @@ def _extend_grants(
         previous = grant.expires_at
         assert previous is not None  # noqa: S101 - selected above
         if policy.download_days is not None:
-            moved = _later(previous, now) + dt.timedelta(days=policy.download_days)
+            moved = add_days(_later(previous, now), policy.download_days)
         elif license_.expires_at is not None:
             moved = max(previous, license_.expires_at)
         else:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.errors import NotFound, ValidationFailed
+from connector.integrations.r2 import endpoint_problem
 from connector.models import CREDENTIAL_KINDS, Credential, Store
 from connector.validation import optional_int, optional_str
 from connector.vault.crypto import Concealed, ConcealedDict, mask
@@ -99,8 +100,9 @@ def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
             value = optional_str(data, name, max_length=500)
             values[name] = value or None  # an empty field counts as left out
     endpoint = values.get("endpoint_url")
-    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-        raise ValidationFailed("endpoint_url must be an http(s) URL", field="endpoint_url")
+    problem = endpoint_problem(endpoint) if endpoint is not None else None
+    if problem is not None:
+        raise ValidationFailed(f"endpoint_url {problem}", field="endpoint_url")
     email = values.get("sender_email")
     if email is not None and ("@" not in email or " " in email):
         raise ValidationFailed("sender_email must be an email address", field="sender_email")

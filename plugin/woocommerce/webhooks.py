@@ -13,10 +13,10 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from plugin.shop import PayloadError, ShopLineItem, ShopOrder, ShopRefund
+from plugin.shop import PayloadError, ShopLineItem, ShopOrder, ShopRefund, parse_utc_datetime
 
 SIGNATURE_HEADER = "X-WC-Webhook-Signature"
 TOPIC_HEADER = "X-WC-Webhook-Topic"
@@ -65,6 +65,7 @@ def parse_id(value: Any) -> str | None:
 
 # Amounts are stored as NUMERIC(14, 2).
 MAX_AMOUNT = Decimal("1e12")
+CENT = Decimal("0.01")
 
 
 def _decimal(value: Any, name: str) -> Decimal | None:
@@ -76,20 +77,26 @@ def _decimal(value: Any, name: str) -> Decimal | None:
         raise PayloadError(f"{name} is not a number") from None
     if not amount.is_finite() or abs(amount) >= MAX_AMOUNT:
         raise PayloadError(f"{name} is out of range")
+    # Rounded here, as PostgreSQL would (half away from zero), and checked again: a value
+    # just under the bound can round up to it (999999999999.995), and both backends must
+    # then keep the same amount.
+    amount = amount.quantize(CENT, rounding=ROUND_HALF_UP)
+    if abs(amount) >= MAX_AMOUNT:
+        raise PayloadError(f"{name} is out of range")
     return amount
 
 
 def _datetime_gmt(value: Any, name: str) -> dt.datetime | None:
+    # *_gmt fields carry no offset; they are UTC. A date far in the future (a paid date in
+    # year 9999) is garbage, and refused like one: a license could not expire after it.
     if not value:
         return None
     if not isinstance(value, str):
         raise PayloadError(f"{name} must be a date string")
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise PayloadError(f"{name} is not an ISO 8601 date") from None
-    # *_gmt fields carry no offset; they are UTC.
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+        return parse_utc_datetime(value)
+    except ValueError as exc:
+        raise PayloadError(f"{name} {exc}") from None
 
 
 def _meta(items: Any) -> dict[str, Any]:
@@ -113,20 +120,33 @@ def clean_text(value: Any, limit: int = 300) -> str | None:
     return text[:limit] or None
 
 
+# WooCommerce has no limit; more units than this in one line are not a real sale.
+MAX_QUANTITY = 10_000
+
+
+def _quantity(value: Any, name: str) -> int:
+    """A whole number of units, sign kept, at most :data:`MAX_QUANTITY` either way."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: -1.0 is -1
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise PayloadError(f"{name} must be a whole number")
+    try:
+        quantity = int(value)
+    except ValueError:  # "x", "1.5", or more digits than int() reads
+        raise PayloadError(f"{name} must be a whole number") from None
+    if abs(quantity) > MAX_QUANTITY:
+        raise PayloadError(f"{name} is out of range")
+    return quantity
+
+
 def parse_line_item(raw: Any) -> ShopLineItem:
     if not isinstance(raw, dict):
         raise PayloadError("line_items entries must be objects")
     line_id = parse_id(raw.get("id"))
     if line_id is None:
         raise PayloadError("a line item has no id")
-    quantity = raw.get("quantity", 1)
-    if isinstance(quantity, bool) or not isinstance(quantity, int | str):
-        raise PayloadError("line item quantity must be a whole number")
-    try:
-        quantity = int(quantity)
-    except ValueError:
-        raise PayloadError("line item quantity must be a whole number") from None
-    if quantity < 0 or quantity > 10_000:
+    quantity = _quantity(raw.get("quantity", 1), "line item quantity")
+    if quantity < 0:
         raise PayloadError("line item quantity is out of range")
     return ShopLineItem(
         id=line_id,
@@ -147,17 +167,17 @@ def parse_refund(raw: Any) -> ShopRefund:
     if refund_id is None:
         raise PayloadError("a refund has no id")
     total = _decimal(raw.get("total") or raw.get("amount"), "refund total")
+    raw_lines = raw.get("line_items") or []
+    if not isinstance(raw_lines, list):
+        raise PayloadError("refund line_items must be a list")
     line_quantities: dict[str, int] = {}
     # The refunds endpoint lists line_items with negative quantities and refunded_item_id meta.
-    for line in raw.get("line_items") or []:
+    for line in raw_lines:
         if not isinstance(line, dict):
             continue
         meta = _meta(line.get("meta_data"))
         refunded_item = parse_id(meta.get("_refunded_item_id"))
-        try:
-            quantity = abs(int(line.get("quantity") or 0))
-        except (TypeError, ValueError):
-            raise PayloadError("refund line quantity must be a whole number") from None
+        quantity = abs(_quantity(line.get("quantity") or 0, "refund line quantity"))
         if refunded_item and quantity:
             line_quantities[refunded_item] = line_quantities.get(refunded_item, 0) + quantity
     return ShopRefund(
@@ -166,6 +186,18 @@ def parse_refund(raw: Any) -> ShopRefund:
         total=abs(total) if total is not None else None,
         line_quantities=line_quantities,
     )
+
+
+def _line_items(raw_items: list[Any]) -> tuple[ShopLineItem, ...]:
+    items = tuple(parse_line_item(item) for item in raw_items)
+    # Keygate keeps one row per line id; WooCommerce never repeats one in an order, so a
+    # payload that does is malformed (refused, not merged: which copy would be the truth?).
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise PayloadError(f"line item {item.id} appears twice")
+        seen.add(item.id)
+    return items
 
 
 def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
@@ -223,7 +255,7 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
         payment_note=clean_text(meta.get(PAYMENT_NOTE_META), 2000),
         date_paid=_datetime_gmt(payload.get("date_paid_gmt"), "date_paid_gmt"),
         date_modified=_datetime_gmt(payload.get("date_modified_gmt"), "date_modified_gmt"),
-        line_items=tuple(parse_line_item(item) for item in raw_items),
+        line_items=_line_items(raw_items),
         refunds=tuple(parse_refund(refund) for refund in raw_refunds),
         meta=meta,
         deleted=deleted,

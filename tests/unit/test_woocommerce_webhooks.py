@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from plugin.shop import PayloadError
+from plugin.shop import PayloadError, parse_utc_datetime
 from plugin.woocommerce import webhooks as wc
 from tests.factories import line_item, sign, wc_order
 
@@ -88,3 +88,77 @@ def test_refund_lines_give_refunded_quantities() -> None:
 def test_malformed_orders_raise_payload_error(payload: object) -> None:
     with pytest.raises(PayloadError):
         wc.parse_order(payload)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-20T12:00:00", dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)),
+        ("2026-11-20T13:00:00+01:00", dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)),
+        ("2026-11-20T12:00:00Z", dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)),
+        ("8999-12-31T23:59:59", dt.datetime(8999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)),
+    ],
+)
+def test_dates_are_read_as_utc(text: str, expected: dt.datetime) -> None:
+    assert parse_utc_datetime(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0001-01-01T00:00:00+01:00",  # year 0 once in UTC
+        "9999-12-31T23:59:59-01:00",  # year 10000 once in UTC
+        "9000-01-01T00:00:00",
+        "1899-12-31T23:59:59",
+        "yesterday",
+    ],
+)
+def test_dates_python_or_a_license_could_not_hold_are_refused(text: str) -> None:
+    """The one date parser refuses, with a ValueError, what its callers turn into a 400/422."""
+    with pytest.raises(ValueError, match=r"out of range|ISO 8601"):
+        parse_utc_datetime(text)
+
+
+@pytest.mark.parametrize("line_items", [5, "x", {"id": 1}], ids=["number", "text", "object"])
+def test_refund_lines_that_are_not_a_list_are_a_payload_error(line_items: object) -> None:
+    with pytest.raises(PayloadError, match="must be a list"):
+        wc.parse_refund({"id": 1, "total": "1", "line_items": line_items})
+
+
+@pytest.mark.parametrize(
+    "quantity", [float("inf"), float("-inf"), float("nan"), 1.5, "9" * 5000, -10_001, "²"]
+)
+def test_refund_line_quantities_that_are_not_whole_numbers_are_a_payload_error(
+    quantity: object,
+) -> None:
+    line = {"quantity": quantity, "meta_data": [{"key": "_refunded_item_id", "value": "71"}]}
+    with pytest.raises(PayloadError, match="refund line quantity"):
+        wc.parse_refund({"id": 1, "line_items": [line]})
+
+
+def test_a_whole_float_refund_quantity_is_read() -> None:
+    line = {"quantity": -2.0, "meta_data": [{"key": "_refunded_item_id", "value": "71"}]}
+    assert wc.parse_refund({"id": 1, "line_items": [line]}).line_quantities == {"71": 2}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("12.345", Decimal("12.35")), ("-12.345", Decimal("-12.35")), ("0.005", Decimal("0.01"))],
+)
+def test_amounts_round_half_away_from_zero(text: str, expected: Decimal) -> None:
+    """As PostgreSQL's NUMERIC does, so SQLite keeps the same cents."""
+    order = wc.parse_order({"id": 1, "status": "processing", "total": text})
+    assert order.total == expected
+
+
+@pytest.mark.parametrize("text", ["999999999999.995", "-999999999999.995", "1e12"])
+def test_amounts_that_round_past_numeric_14_2_are_a_payload_error(text: str) -> None:
+    with pytest.raises(PayloadError, match="out of range"):
+        wc.parse_order({"id": 1, "status": "processing", "total": text})
+
+
+def test_a_line_item_id_twice_in_one_order_is_a_payload_error() -> None:
+    """WooCommerce never repeats a line id; Keygate keeps one row per id, so it refuses."""
+    items = [line_item(501, line_id=7), line_item(502, line_id=7)]
+    with pytest.raises(PayloadError, match="line item 7 appears twice"):
+        wc.parse_order(wc_order(1, "processing", items))
