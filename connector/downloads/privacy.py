@@ -38,6 +38,21 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _with_filenames(session: Session, model: Any, order_ids: list[int]) -> list[Any]:
+    """Rows of ``model`` (a per-grant record: watermarked copies, grant extensions) of the
+    orders' grants, each with its file's name, oldest first."""
+    if not order_ids:
+        return []
+    rows = session.execute(
+        select(model, ProductFile.filename)
+        .join(DownloadGrant, model.grant_id == DownloadGrant.id)
+        .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+        .where(DownloadGrant.order_id.in_(order_ids))
+        .order_by(model.id)
+    )
+    return [(row, filename) for row, filename in rows]
+
+
 def export_downloads(session: Session, orders: list[Order]) -> dict[str, Any]:
     order_ids = [o.id for o in orders]
     events: list[DownloadEvent] = []
@@ -49,29 +64,10 @@ def export_downloads(session: Session, orders: list[Order]) -> dict[str, Any]:
                 .order_by(DownloadEvent.id)
             )
         )
-    copies: list[tuple[WatermarkCopy, str]] = []
-    extensions: list[tuple[GrantExtension, str]] = []
-    if order_ids:
-        copies = [
-            (copy, filename)
-            for copy, filename in session.execute(
-                select(WatermarkCopy, ProductFile.filename)
-                .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
-                .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
-                .where(DownloadGrant.order_id.in_(order_ids))
-                .order_by(WatermarkCopy.id)
-            )
-        ]
-        extensions = [
-            (extension, filename)
-            for extension, filename in session.execute(
-                select(GrantExtension, ProductFile.filename)
-                .join(DownloadGrant, GrantExtension.grant_id == DownloadGrant.id)
-                .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
-                .where(DownloadGrant.order_id.in_(order_ids))
-                .order_by(GrantExtension.id)
-            )
-        ]
+    copies: list[tuple[WatermarkCopy, str]] = _with_filenames(session, WatermarkCopy, order_ids)
+    extensions: list[tuple[GrantExtension, str]] = _with_filenames(
+        session, GrantExtension, order_ids
+    )
     return {
         "download_log": [
             {

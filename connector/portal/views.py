@@ -59,14 +59,7 @@ def resend(token: str) -> ResponseReturnValue:
         # No address to mail (none given, or erased at the buyer's request): nothing is
         # queued, and the page says why instead of claiming a mail is on its way.
         return redirect(url_for("portal.portal", token=token))
-    enqueue(db.session, "mail.order_issued", {"order_id": order.id, "resend": True})
-    record_audit(
-        db.session,
-        store_id=order.store_id,
-        actor="buyer",
-        action="mail.resend_requested",
-        subject=f"order:{order.shop_order_id}",
-    )
+    _mail_again(order, "mail.resend_requested")
     return redirect(url_for("portal.portal", token=token, sent=1))
 
 
@@ -80,13 +73,18 @@ def renew(token: str) -> ResponseReturnValue:
     if not ConfirmForm().validate_on_submit():
         abort(400)
     if order.mail_address is not None:
-        enqueue(db.session, "mail.order_issued", {"order_id": order.id, "resend": True})
-        record_audit(
-            db.session,
-            store_id=order.store_id,
-            actor="buyer",
-            action="mail.portal_link_renewed",
-            subject=f"order:{order.shop_order_id}",
-        )
+        _mail_again(order, "mail.portal_link_renewed")
     page = render_template("portal/expired.html", token=token, form=ConfirmForm(), sent=True)
     return page, 200, PRIVATE
+
+
+def _mail_again(order: Order, action: str) -> None:
+    """Queue the order's mail (keys, links and a fresh portal link) again, as the buyer asked."""
+    enqueue(db.session, "mail.order_issued", {"order_id": order.id, "resend": True})
+    record_audit(
+        db.session,
+        store_id=order.store_id,
+        actor="buyer",
+        action=action,
+        subject=f"order:{order.shop_order_id}",
+    )
