@@ -62,6 +62,24 @@ def _assert_names_route_only(caplog: pytest.LogCaptureFixture, sold: Sold, rule:
     assert rule in logged, logged
 
 
+def _secret_carrying_calls(sold: Sold) -> list[tuple[str, str, str]]:
+    """(method, path, route) of requests whose path carries a key, an email or a token."""
+    return [
+        (
+            "POST",
+            f"/api/v1/admin/licenses/{sold.key}/revoke",
+            "/api/v1/admin/licenses/<key>/<action>",
+        ),
+        (
+            "GET",
+            f"/api/v1/admin/customers/{sold.email}/export",
+            "/api/v1/admin/customers/<email>/export",
+        ),
+        ("GET", sold.portal_path, "/my/<token>"),
+        ("GET", sold.download_path, "/d/<token>"),
+    ]
+
+
 def test_an_unreachable_database_is_logged_with_the_route_not_the_path(
     app: Flask,
     shop: WebhookSender,
@@ -78,20 +96,7 @@ def test_an_unreachable_database_is_logged_with_the_route_not_the_path(
         else f"sqlite:///{tmp_path}/no-such-folder/keygate.db"
     )
     app.extensions["keygate.db"] = DatabaseState(make_engine(unreachable))
-    calls = [
-        (
-            "POST",
-            f"/api/v1/admin/licenses/{sold.key}/revoke",
-            "/api/v1/admin/licenses/<key>/<action>",
-        ),
-        (
-            "GET",
-            f"/api/v1/admin/customers/{sold.email}/export",
-            "/api/v1/admin/customers/<email>/export",
-        ),
-        ("GET", sold.portal_path, "/my/<token>"),
-        ("GET", sold.download_path, "/d/<token>"),
-    ]
+    calls = _secret_carrying_calls(sold)
     try:
         for method, path, rule in calls:
             caplog.clear()
@@ -123,20 +128,7 @@ def test_an_unhandled_error_is_logged_with_the_route_not_the_path(
     monkeypatch.setattr("connector.privacy.views.export_customer", broken)
     monkeypatch.setattr("connector.portal.views.order_entitlements", broken)
     monkeypatch.setattr("connector.downloads.views.start_download_fast", broken)
-    calls = [
-        (
-            "POST",
-            f"/api/v1/admin/licenses/{sold.key}/revoke",
-            "/api/v1/admin/licenses/<key>/<action>",
-        ),
-        (
-            "GET",
-            f"/api/v1/admin/customers/{sold.email}/export",
-            "/api/v1/admin/customers/<email>/export",
-        ),
-        ("GET", sold.portal_path, "/my/<token>"),
-        ("GET", sold.download_path, "/d/<token>"),
-    ]
+    calls = _secret_carrying_calls(sold)
     for method, path, rule in calls:
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="connector"):
