@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from flask import Flask
 
-from connector.db import db
+from connector.db import DatabaseState, db, make_engine
 
 
 @dataclass
@@ -129,3 +130,21 @@ def drop_database_connections(app: Flask) -> None:
         else:
             for dbapi_connection in dbapi_connections:
                 dbapi_connection.close()  # type: ignore[union-attr]
+
+
+@contextmanager
+def unreachable_database(app: Flask, database_url: str, folder: Path) -> Iterator[None]:
+    """While inside, the app's database cannot be reached: PostgreSQL on a port where nothing
+    listens, SQLite in a folder that does not exist. The working one is back afterwards."""
+    working = app.extensions["keygate.db"]
+    url = (
+        "postgresql://postgres@127.0.0.1:9/keygate"  # discard port: nothing listens
+        if database_url.startswith("postgresql")
+        else f"sqlite:///{folder}/no-such-folder/keygate.db"
+    )
+    app.extensions["keygate.db"] = DatabaseState(make_engine(url))
+    try:
+        yield
+    finally:
+        app.extensions["keygate.db"].engine.dispose()
+        app.extensions["keygate.db"] = working

@@ -11,12 +11,12 @@ from pathlib import Path
 from flask import Flask
 from sqlalchemy import func, select
 
-from connector.db import DatabaseState, db, make_engine
+from connector.db import db
 from connector.jobs import run_pending
 from connector.models import Mail
 from connector.signing import CACHE_SECONDS, digest_header, forget_cached_signer
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.peers import drop_database_connections
+from tests.peers import drop_database_connections, unreachable_database
 
 
 def _portal(shop: WebhookSender, order_id: int) -> tuple[str, str]:
@@ -66,19 +66,12 @@ def test_an_unreachable_database_is_503_everywhere(
 ) -> None:
     portal_path, key = _portal(shop, 9502)
     assert shop.client.post("/api/v1/licenses/validate", json={"key": key}).status_code == 200
-    working = app.extensions["keygate.db"]
-    unreachable = (
-        "postgresql://postgres@127.0.0.1:9/keygate"  # discard port: nothing listens
-        if database_url.startswith("postgresql")
-        else f"sqlite:///{tmp_path}/no-such-folder/keygate.db"
-    )
-    app.extensions["keygate.db"] = DatabaseState(make_engine(unreachable))
     # The signing key is due for its reload, which cannot happen now: the last one signs,
     # and the reload is tried again a cache period later, not on every answer.
     signer = app.extensions["keygate.signer"]
     aged = replace(signer, loaded_at=signer.loaded_at - CACHE_SECONDS - 1)
     app.extensions["keygate.signer"] = aged
-    try:
+    with unreachable_database(app, database_url, tmp_path):
         answer = shop.client.post("/api/v1/licenses/validate", json={"key": key, "nonce": "n1"})
         assert app.extensions["keygate.signer"].kid == signer.kid
         assert app.extensions["keygate.signer"].loaded_at > aged.loaded_at + CACHE_SECONDS
@@ -105,9 +98,6 @@ def test_an_unreachable_database_is_503_everywhere(
         assert cold.status_code == 503
         assert "Keygate-Signature" not in cold.headers
         assert cold.get_json()["nonce"] == "n2"
-    finally:
-        app.extensions["keygate.db"].engine.dispose()
-        app.extensions["keygate.db"] = working
     # Back: the delivery that was refused goes through when WooCommerce sends it again.
     assert shop.deliver(wc_order(9503, "processing", [line_item(501)])).status_code == 200
     assert len(shop.order(9503)["licenses"]) == 1

@@ -12,9 +12,9 @@ from flask import Flask
 from sqlalchemy import orm
 from sqlalchemy.exc import IntegrityError
 
-from connector.db import DatabaseState, make_engine
 from connector.errors import UNMATCHED_ROUTE, route_for_log
 from tests.factories import WebhookSender, line_item, wc_order
+from tests.peers import unreachable_database
 
 BASE = "http://keygate.test"
 
@@ -89,15 +89,8 @@ def test_an_unreachable_database_is_logged_with_the_route_not_the_path(
 ) -> None:
     """The "database unavailable" warning names the route of a key, email or token path."""
     sold = _sell(shop, 9600)
-    working = app.extensions["keygate.db"]
-    unreachable = (
-        "postgresql://postgres@127.0.0.1:9/keygate"  # discard port: nothing listens
-        if database_url.startswith("postgresql")
-        else f"sqlite:///{tmp_path}/no-such-folder/keygate.db"
-    )
-    app.extensions["keygate.db"] = DatabaseState(make_engine(unreachable))
     calls = _secret_carrying_calls(sold)
-    try:
+    with unreachable_database(app, database_url, tmp_path):
         for method, path, rule in calls:
             caplog.clear()
             with caplog.at_level(logging.WARNING, logger="connector"):
@@ -107,9 +100,6 @@ def test_an_unreachable_database_is_logged_with_the_route_not_the_path(
             assert answer.status_code == 503, (path, answer.get_data(as_text=True))
             assert "database unavailable on " + method in caplog.text
             _assert_names_route_only(caplog, sold, rule)
-    finally:
-        app.extensions["keygate.db"].engine.dispose()
-        app.extensions["keygate.db"] = working
 
 
 def test_an_unhandled_error_is_logged_with_the_route_not_the_path(
