@@ -188,9 +188,51 @@ def _issue_unit(
     line: LineItem,
     product: Product,
     unit: int,
+    license_id: int | None,
     result: ApplyResult,
 ) -> None:
+    """The unit's license (unless ``license_id`` names it) and its grants, each inserted
+    unless it exists: the unique keys make this exactly-once across processes."""
     policy = Policy.of(product)
+    start = order.date_paid or utcnow()
+    now = utcnow()
+    if license_id is None:
+        license_id = _insert_license(session, store, order, line, product, unit, policy, result)
+    for product_file in product.files:
+        if not product_file.active:
+            continue
+        granted = insert_ignoring_conflicts(
+            session,
+            DownloadGrant.__table__,
+            {
+                "store_id": store.id,
+                "order_id": order.id,
+                "line_item_id": line.id,
+                "unit": unit,
+                "product_file_id": product_file.id,
+                "license_id": license_id,
+                "expires_at": policy.downloads_until(start),
+                "download_limit": policy.download_limit,
+                "download_count": 0,
+                "created_at": now,
+            },
+            ["line_item_id", "unit", "product_file_id"],
+        )
+        if granted is not None:
+            result.issued_grants.append(granted)
+
+
+def _insert_license(
+    session: Session,
+    store: Store,
+    order: Order,
+    line: LineItem,
+    product: Product,
+    unit: int,
+    policy: Policy,
+    result: ApplyResult,
+) -> int:
+    """Issue the unit's license unless it exists; its id either way."""
     start = order.date_paid or utcnow()
     fmt = KeyFormat(store.key_prefix, store.key_groups, store.key_group_length)
     key = generate_key(fmt)
@@ -215,33 +257,14 @@ def _issue_unit(
         },
         ["line_item_id", "unit"],
     )
-    license_ = session.execute(
-        select(License).where(License.line_item_id == line.id, License.unit == unit)
-    ).scalar_one()
     if inserted is not None:
         result.issued_licenses.append(inserted)
-    for product_file in product.files:
-        if not product_file.active:
-            continue
-        granted = insert_ignoring_conflicts(
-            session,
-            DownloadGrant.__table__,
-            {
-                "store_id": store.id,
-                "order_id": order.id,
-                "line_item_id": line.id,
-                "unit": unit,
-                "product_file_id": product_file.id,
-                "license_id": license_.id,
-                "expires_at": policy.downloads_until(start),
-                "download_limit": policy.download_limit,
-                "download_count": 0,
-                "created_at": now,
-            },
-            ["line_item_id", "unit", "product_file_id"],
-        )
-        if granted is not None:
-            result.issued_grants.append(granted)
+        return inserted
+    # Another process issued it meanwhile (the unique key refused ours): theirs it is.
+    existing: int = session.execute(
+        select(License.id).where(License.line_item_id == line.id, License.unit == unit)
+    ).scalar_one()
+    return existing
 
 
 def _set_unit_revoked(
@@ -265,26 +288,50 @@ def _set_unit_revoked(
             grant.revoked_reason = reason
 
 
-def _reinstate_unit(session: Session, line: LineItem, unit: int, result: ApplyResult) -> None:
+def _reinstate_units(session: Session, line: LineItem, entitled: int, result: ApplyResult) -> None:
+    """Undo automatic revocations (a refund, an order status) of units 1..``entitled``;
+    an owner's revocation stays."""
     for license_ in session.scalars(
-        select(License).where(License.line_item_id == line.id, License.unit == unit)
+        select(License)
+        .where(
+            License.line_item_id == line.id,
+            License.unit <= entitled,
+            License.status == "revoked",
+        )
+        .order_by(License.unit)
     ):
-        if license_.status == "revoked" and (license_.status_reason or "").startswith(
-            AUTOMATIC_REASONS
-        ):
+        if (license_.status_reason or "").startswith(AUTOMATIC_REASONS):
             license_.status = "active"
             license_.status_reason = None
             result.reinstated_licenses.append(license_.id)
     for grant in session.scalars(
         select(DownloadGrant).where(
-            DownloadGrant.line_item_id == line.id, DownloadGrant.unit == unit
+            DownloadGrant.line_item_id == line.id,
+            DownloadGrant.unit <= entitled,
+            DownloadGrant.revoked_at.is_not(None),
         )
     ):
-        if grant.revoked_at is not None and (grant.revoked_reason or "").startswith(
-            AUTOMATIC_REASONS
-        ):
+        if (grant.revoked_reason or "").startswith(AUTOMATIC_REASONS):
             grant.revoked_at = None
             grant.revoked_reason = None
+
+
+def _issued_so_far(session: Session, line: LineItem) -> dict[int, tuple[int, set[int]]]:
+    """unit -> (its license id, the files it has grants for), in two queries per line."""
+    issued: dict[int, tuple[int, set[int]]] = {
+        unit: (license_id, set())
+        for unit, license_id in session.execute(
+            select(License.unit, License.id).where(License.line_item_id == line.id)
+        )
+    }
+    for unit, file_id in session.execute(
+        select(DownloadGrant.unit, DownloadGrant.product_file_id).where(
+            DownloadGrant.line_item_id == line.id
+        )
+    ):
+        if unit in issued:
+            issued[unit][1].add(file_id)
+    return issued
 
 
 def _issued_units(session: Session, line: LineItem) -> list[int]:
@@ -322,9 +369,15 @@ def _converge_paid(
                 result.renewed_licenses.append(renewed.id)
             result.reverted_renewals.extend(reverted)
             continue
+        # One pass per line, not per unit: a redelivery of an order with many units is a
+        # few queries; only what is missing is inserted.
+        _reinstate_units(session, line, entitled, result)
+        issued = _issued_so_far(session, line)
+        files = {f.id for f in product.files if f.active}
         for unit in range(1, entitled + 1):
-            _reinstate_unit(session, line, unit, result)
-            _issue_unit(session, store, order, line, product, unit, result)
+            license_id, granted = issued.get(unit, (None, set()))
+            if license_id is None or not files <= granted:
+                _issue_unit(session, store, order, line, product, unit, license_id, result)
         # Refunded or removed units: newest first, so the first keys bought stay valid.
         for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
             _set_unit_revoked(session, line, unit, "refund", result)

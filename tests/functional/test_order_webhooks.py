@@ -8,7 +8,7 @@ import threading
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from connector.db import db
 from connector.jobs import run_pending
@@ -126,6 +126,37 @@ def test_redelivery_issues_no_second_license(app: Flask, shop: WebhookSender) ->
             ).scalar_one()
             == 1
         )
+
+
+def test_the_cost_of_a_delivery_does_not_grow_with_units_already_issued(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Redelivering a paid order runs as many statements for 40 units as for 2 (one pass
+    per line, not per unit), and a first delivery inserts each unit's license and grant
+    without reading them back."""
+
+    def statements_of(payload: dict[str, object]) -> int:
+        seen: list[str] = []
+
+        def record(*args: object) -> None:
+            seen.append(str(args[2]))
+
+        with app.app_context():
+            engine = db.engine
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            assert shop.deliver(payload).status_code == 200
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        return len(seen)
+
+    shop.configure(501)
+    small = wc_order(9005, "processing", [line_item(501, quantity=2, line_id=1)])
+    large = wc_order(9006, "processing", [line_item(501, quantity=40, line_id=2)])
+    first_small, first_large = statements_of(small), statements_of(large)
+    assert first_large - first_small <= 2 * (40 - 2)  # a license and a grant per new unit
+    assert statements_of(small) == statements_of(large)
+    assert count(app, License) == 42 and count(app, DownloadGrant) == 42
 
 
 @pytest.mark.parametrize("permutation", list(itertools.permutations(range(3))))
