@@ -107,7 +107,7 @@ def _create_admin(session: Any, username: str, store_id: int | None) -> str | No
 
 def _show_password(password: str | None) -> None:
     if password is not None:
-        click.echo(f"  initial password: {password}  (change it after signing in)")
+        click.echo(f"  initial password: {password}  (change it at /admin/password)")
 
 
 @main.group()
@@ -149,6 +149,32 @@ def admin_add(username: str, store_public_id: str | None) -> None:
     scope = f"store {store_public_id} only" if store_public_id else "every store"
     click.echo(f"created admin user '{username}' ({scope})")
     _show_password(password)
+
+
+@admin.command("password")
+@click.option("--username", required=True)
+def admin_password(username: str) -> None:
+    """Give an admin a new password (KEYGATE_ADMIN_PASSWORD, or a new one printed once);
+    the admin's sessions end. For a forgotten password: signed in, use /admin/password."""
+    from connector.audit import record_audit
+    from connector.db import db
+    from connector.models import AdminUser
+
+    app = make_app()
+    with app.app_context():
+        user = db.session.execute(
+            select(AdminUser).where(AdminUser.username == username.strip())
+        ).scalar_one_or_none()
+        if user is None:
+            raise click.ClickException(f"no admin user '{username}'")
+        given = os.environ.get("KEYGATE_ADMIN_PASSWORD")
+        password = given or secrets.token_urlsafe(12)
+        user.set_password(password)
+        record_audit(db.session, store_id=None, actor="cli", action="admin.password")
+        db.session.commit()
+    click.echo(f"new password set for '{username}'; their sessions have ended")
+    if not given:
+        click.echo(f"  password: {password}  (shown once)")
 
 
 @main.group()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
-from wtforms.validators import DataRequired, Length
+from wtforms.validators import DataRequired, EqualTo, Length
+
+MIN_PASSWORD = 12
 
 
 class LoginForm(FlaskForm):
@@ -14,3 +16,16 @@ class LoginForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """A button that only posts a CSRF token (sign out, retry a job)."""
+
+
+class PasswordForm(FlaskForm):
+    """Change the signed-in admin's password (the current one is asked again)."""
+
+    current = PasswordField("Current password", validators=[DataRequired(), Length(max=200)])
+    new = PasswordField(
+        "New password", validators=[DataRequired(), Length(min=MIN_PASSWORD, max=200)]
+    )
+    repeat = PasswordField(
+        "New password again",
+        validators=[DataRequired(), EqualTo("new", message="The two new passwords differ.")],
+    )

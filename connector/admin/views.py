@@ -47,7 +47,7 @@ from connector.orders.summary import order_entitlements
 from connector.validation import is_control_character, whole_number
 from connector.vault.crypto import keyed_hash
 
-from .forms import ConfirmForm, LoginForm
+from .forms import ConfirmForm, LoginForm, PasswordForm
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -152,6 +152,25 @@ def logout() -> ResponseReturnValue:
     user.session_generation += 1  # every copy of this sign-in's cookie ends here
     session.clear()
     return redirect(url_for("admin_views.login"))
+
+
+@bp.route("/password", methods=["GET", "POST"])
+@login_required
+@limiter.limit("10/hour", methods=["POST"])
+def password() -> ResponseReturnValue:
+    """The signed-in admin changes their password; every other session of theirs ends."""
+    user: AdminUser = g.admin_user
+    form = PasswordForm()
+    error = None
+    if form.validate_on_submit():
+        if check_password_hash(user.password_hash, form.current.data or ""):
+            user.set_password(form.new.data or "")
+            session["generation"] = user.session_generation  # this browser stays signed in
+            record_audit(db.session, store_id=None, actor=user.username, action="admin.password")
+            return redirect(url_for("admin_views.dashboard"))
+        error = "The current password is not right."
+    status = 400 if error or form.errors else 200
+    return render_template("admin/password.html", form=form, error=error), status
 
 
 @bp.get("/")

@@ -6,6 +6,7 @@ import datetime as dt
 
 from sqlalchemy import ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
+from werkzeug.security import generate_password_hash
 
 from connector.db import Base, UTCDateTime, utcnow
 from connector.vault.crypto import Encrypted
@@ -43,3 +44,8 @@ class AdminUser(Base):
     # Sessions carry the generation they were signed in under; signing out moves it on, so
     # a copy of the session cookie taken before is refused from then on.
     session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+
+    def set_password(self, password: str) -> None:
+        """A new password; every session signed in before it ends."""
+        self.password_hash = generate_password_hash(password)
+        self.session_generation += 1

@@ -140,6 +140,37 @@ def test_guesses_from_many_addresses_stop_at_the_account_limit(admin_client: Fla
     assert attempt("someone-else", "wrong", "203.0.113.8") == 401
 
 
+def test_an_admin_changes_their_password_and_other_sessions_end(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """/admin/password needs the current password and a new one twice (12+ characters);
+    afterwards the new one signs in, the old one does not, and other sessions are ended
+    while this browser stays signed in."""
+    other = app.test_client()
+    assert sign_in(other) == 302
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, "/admin/password")
+    new = "a much longer new passphrase"
+    refused = [
+        {"current": "wrong", "new": new, "repeat": new},
+        {"current": PASSWORD, "new": "short", "repeat": "short"},
+        {"current": PASSWORD, "new": new, "repeat": new + "!"},
+    ]
+    for form in refused:
+        answer = admin_client.post("/admin/password", data={**form, "csrf_token": token})
+        assert answer.status_code == 400, form
+    changed = admin_client.post(
+        "/admin/password",
+        data={"current": PASSWORD, "new": new, "repeat": new, "csrf_token": token},
+    )
+    assert changed.status_code == 302
+    assert admin_client.get("/admin/").status_code == 200  # this browser stays signed in
+    assert other.get("/admin/").status_code == 302  # the other session has ended
+    fresh = app.test_client()
+    assert sign_in(fresh, PASSWORD) == 401
+    assert sign_in(fresh, new) == 302
+
+
 def test_next_is_never_an_open_redirect(admin_client: FlaskClient) -> None:
     token = csrf_token(admin_client, "/admin/login")
     response = admin_client.post(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+from werkzeug.security import check_password_hash
 
 
 def keygate(
@@ -99,3 +103,25 @@ def test_admin_add_for_one_store(tmp_path: Path) -> None:
     assert again.returncode != 0 and "exists" in again.stderr
     unknown = keygate(tmp_path, "admin", "add", "--username", "bo", "--store", "nope")
     assert unknown.returncode != 0 and "no store" in unknown.stderr
+
+
+def test_admin_password_sets_a_new_password_once_shown(tmp_path: Path) -> None:
+    """`keygate admin password` prints a new password once; the old one stops working."""
+    created = keygate(tmp_path, "init")
+    old = re.search(r"initial password: (\S+)", created.stdout)
+    assert old, created.stdout
+    assert "/admin/password" in created.stdout
+    reset = keygate(tmp_path, "admin", "password", "--username", "admin")
+    assert reset.returncode == 0, reset.stderr
+    new = re.search(r"password: (\S+)", reset.stdout.split("\n", 1)[1])
+    assert new and new.group(1) != old.group(1)
+    database = sqlite3.connect(tmp_path / "instance" / "keygate.db")
+    stored, generation = database.execute(
+        "SELECT password_hash, session_generation FROM admin_users WHERE username = 'admin'"
+    ).fetchone()
+    database.close()
+    assert check_password_hash(stored, new.group(1))
+    assert not check_password_hash(stored, old.group(1))
+    assert generation == 1
+    unknown = keygate(tmp_path, "admin", "password", "--username", "nobody")
+    assert unknown.returncode != 0 and "no admin user 'nobody'" in unknown.stderr
