@@ -111,7 +111,7 @@ def _safe_next(target: str | None) -> str:
 
 def _account_bucket() -> str:
     """The rate-limit bucket of the account a sign-in names (a keyed hash, not the name)."""
-    username = str(request.form.get("username", ""))[:200].strip().lower()
+    username = str(request.form.get("username", ""))[:200]  # as the sign-in matches it
     return "admin-login:" + keyed_hash(ACCOUNT_HASH, username)
 
 

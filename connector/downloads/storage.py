@@ -117,7 +117,9 @@ def in_another_stores_area(store_id: int, key: str) -> bool:
     the stamped copies under ``watermarked/<id>/``)? Any other spelling of those folders
     (an empty or non-numeric id) counts as another store's."""
     area, _, rest = key.partition("/")
-    return area in (STORE_AREA, COPIES_AREA) and rest.partition("/")[0] != str(store_id)
+    # Any case of the folder names: an embedded folder on a case-insensitive file system
+    # (macOS, Windows) reads Stores/ as stores/.
+    return area.casefold() in (STORE_AREA, COPIES_AREA) and rest.partition("/")[0] != str(store_id)
 
 
 class SharedArea:

@@ -82,12 +82,15 @@ def release_download_url(store: Store, release: Release, ttl: int) -> str:
     timed, signed Keygate link (``/api/v1/releases/download/<token>``).
     """
     from connector import get_settings
-    from connector.downloads.storage import store_for
+    from connector.downloads.storage import StorageUnavailable, store_for
 
     filename = release.object_key.rsplit("/", 1)[-1]
     backend = store_for(store)
     if backend.name != "local":
-        url = backend.delivery(release.object_key, filename, ttl).url
+        try:
+            url = backend.delivery(release.object_key, filename, ttl).url
+        except (FileNotFoundError, StorageUnavailable):
+            url = None  # Keygate's own link then says why when it is fetched (404 / 503)
         if url is not None:
             return url
     token = dumps_timed(RELEASE, {"r": release.id})

@@ -30,6 +30,7 @@ from connector.errors import (
     KeygateError,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     TooManyRequests,
     database_unavailable,
     rollback_request,
@@ -441,7 +442,7 @@ def signing_keys() -> ResponseReturnValue:
 @bp.get("/releases/download/<token>")
 def download_release(token: str) -> ResponseReturnValue:
     """The embedded-storage file behind an update-check download URL (short-lived token)."""
-    from connector.downloads.storage import store_for
+    from connector.downloads.storage import StorageUnavailable, store_for
 
     ttl = get_settings().download_url_ttl
     data = loads_timed(RELEASE, token, max_age=ttl)
@@ -456,6 +457,8 @@ def download_release(token: str) -> ResponseReturnValue:
         delivery = store_for(store).delivery(release.object_key, filename, ttl)
     except (FileNotFoundError, ValueError):  # ValueError: a key outside the storage folder
         raise NotFound("The release file is not in storage.") from None
+    except StorageUnavailable:
+        raise ServiceUnavailable("The file store is not answering; try again shortly.") from None
     current_app.logger.debug("release %s downloaded", release.id)
     if delivery.path is None:  # the store has moved to R2 since the link was made
         return redirect(delivery.url or "/", code=302)

@@ -134,7 +134,7 @@ def test_guesses_from_many_addresses_stop_at_the_account_limit(admin_client: Fla
         )
         return response.status_code
 
-    statuses = [attempt("Owner", "wrong", f"198.51.100.{n}") for n in range(20)]
+    statuses = [attempt("owner", "wrong", f"198.51.100.{n}") for n in range(20)]
     assert statuses == [401] * 20
     assert attempt("owner", PASSWORD, "203.0.113.7") == 429
     assert attempt("someone-else", "wrong", "203.0.113.8") == 401

@@ -15,12 +15,14 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, update
 
+from connector import create_app
 from connector.db import db
 from connector.downloads.storage import check_in_reach
 from connector.errors import ValidationFailed
 from connector.models import Product, ProductFile, Release, Store
 from connector.stores import create_store
 from connector.vault.service import put_credentials
+from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.licensing_helpers import call, issue_key
 
@@ -165,3 +167,49 @@ def test_a_store_with_its_own_bucket_may_use_any_key_in_it(app: Flask, shop: Web
             actor="test",
         )
         check_in_reach(store, ["stores/999/pro.zip", "watermarked/999/1/1/x.zip"])
+
+
+def test_update_check_of_a_release_in_another_stores_area_of_the_shared_bucket(
+    tmp_path: Path, database_url: str
+) -> None:
+    """On the instance-wide bucket, a release recorded in another store's area gets no
+    presigned URL: the update is still answered (signed, 200) with Keygate's own link,
+    which says the file is not in storage."""
+    overrides = app_overrides(
+        tmp_path,
+        database_url,
+        r2_bucket="shared",
+        r2_access_key_id="key-id",
+        r2_secret_access_key="very-secret",
+        r2_endpoint_url="http://127.0.0.1:9",  # presigning is local: nothing is contacted
+    )
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    app = create_app(overrides)
+    try:
+        with app.app_context():
+            created = create_store(db.session, "Owner", "https://owner.example")
+            other_created = create_store(db.session, "Other", "https://other.example")
+            db.session.commit()
+        other = WebhookSender(app.test_client(), other_created)
+        key = issue_key(other)
+        release = {
+            "version": "2.0.0",
+            "object_key": "common/plugin-2.0.zip",
+            "sha256": hashlib.sha256(b"x").hexdigest(),
+            "size": 10,
+            "published_at": dt.datetime(2026, 11, 1, tzinfo=dt.UTC).isoformat(),
+        }
+        assert other.admin("POST", "/products/501/releases", release).status_code == 201
+        with app.app_context():
+            db.session.execute(
+                update(Release).values(object_key=f"stores/{created.store.id}/plugin-2.0.zip")
+            )
+            db.session.commit()
+        answer = call(other.client, "update-check", {"key": key, "product": "501", "version": "1"})
+        assert answer.status_code == 200
+        assert "Keygate-Signature" in answer.headers
+        url = answer.get_json()["update"]["download_url"]
+        assert url.startswith("http://keygate.test/api/v1/releases/download/")
+        assert other.client.get(url.removeprefix("http://keygate.test")).status_code == 404
+    finally:
+        app.extensions["keygate.db"].engine.dispose()

@@ -143,6 +143,9 @@ def test_without_r2_settings_stores_use_embedded_files(app: Flask, new_store: Ne
         ("stores/x/pro.zip", True),
         ("watermarked/8/1/2/pro.zip", True),
         ("stores", True),
+        ("Stores/8/pro.zip", True),
+        ("WATERMARKED/8/1/2/pro.zip", True),
+        ("Stores/7/pro.zip", False),
     ],
 )
 def test_a_stores_area_of_shared_storage_is_its_own(key: str, foreign: bool) -> None:
