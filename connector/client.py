@@ -31,6 +31,7 @@ import datetime as dt
 import email.utils
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import re
@@ -68,6 +69,16 @@ FILE_BEGIN = "-----BEGIN KEYGATE LICENSE FILE-----"
 FILE_END = "-----END KEYGATE LICENSE FILE-----"
 HKDF_INFO = b"keygate license file v1"
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
+VALIDATE_PATH = "/api/v1/licenses/validate"
+DEFAULT_SKEW = 300.0
+# The largest answer read: a license answer or file is a few KiB.
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
+def _bound_nonce(salt: str, cache_key: str) -> str:
+    """A nonce that names one question: ``<salt>.<hash of salt and the question>``."""
+    binding = hashlib.sha256(f"{salt}\n{cache_key}".encode()).hexdigest()[:32]
+    return f"{salt}.{binding}"
 
 
 class KeygateClientError(Exception):
@@ -159,7 +170,7 @@ def verify_response(
     if key is None:
         raise SignatureError(f"unknown signing key id {params.get('keyid')!r}")
     digest = lowered.get("digest", "")
-    if not hmac.compare_digest(digest, _digest(body)):
+    if not hmac.compare_digest(digest.encode("utf-8", "replace"), _digest(body).encode()):
         raise SignatureError("the body does not match its Digest")
     date = lowered.get("date", "")
     try:
@@ -297,8 +308,11 @@ class KeygateClient:
         payload = self._payload(key, site=site, fingerprint=fingerprint, version=version)
         payload["product"] = self.product
         cache_key = self._cache_key(key, site, fingerprint)
+        # The nonce names what was asked (key, site, fingerprint, product): the signed answer
+        # echoes it, so a saved answer can never stand in for another question offline.
+        payload["nonce"] = _bound_nonce(secrets.token_urlsafe(12), cache_key)
         try:
-            result, record = self._call("/api/v1/licenses/validate", payload)
+            result, record = self._call(VALIDATE_PATH, payload)
         except Unavailable:
             cached = self._cached(cache_key)
             if cached is None:
@@ -366,16 +380,24 @@ class KeygateClient:
             url, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                    status, headers, raw = (
+                        response.status,
+                        dict(response.headers.items()),
+                        response.read(MAX_ANSWER_BYTES + 1),
+                    )
+            except urllib.error.HTTPError as exc:
                 status, headers, raw = (
-                    response.status,
-                    dict(response.headers.items()),
-                    response.read(),
+                    exc.code,
+                    dict(exc.headers.items()),
+                    exc.read(MAX_ANSWER_BYTES + 1),
                 )
-        except urllib.error.HTTPError as exc:
-            status, headers, raw = exc.code, dict(exc.headers.items()), exc.read()
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        # HTTPException: a broken status line or headers, a body cut short (IncompleteRead).
+        except (OSError, http.client.HTTPException) as exc:
             raise Unavailable(f"Keygate is not reachable: {exc}") from None
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise Unavailable("Keygate's answer is larger than any answer it gives")
         if status >= 500:
             raise Unavailable(f"Keygate answered {status}")
         data = verify_response(
@@ -439,10 +461,18 @@ class KeygateClient:
             )
             lowered = {k.lower(): v for k, v in record["headers"].items()}
             signed_at = email.utils.parsedate_to_datetime(lowered["date"]).timestamp()
-        except (SignatureError, KeyError, TypeError, ValueError):
-            return None
-        if time.time() - signed_at > self.grace_period:
-            return None
+        except (SignatureError, KeyError, TypeError, ValueError, AttributeError):
+            return None  # not a saved answer this client made, or a damaged one
+        salt, _, _binding = str(data.get("nonce") or "").partition(".")
+        if (
+            urlsplit(record["url"]).path != VALIDATE_PATH
+            or not hmac.compare_digest(str(data.get("nonce")), _bound_nonce(salt, cache_key))
+            or data.get("valid") is not True
+        ):
+            return None  # an answer to another question (another key, site, product, call)
+        age = time.time() - signed_at
+        if age > self.grace_period or age < -(self.max_skew or DEFAULT_SKEW):
+            return None  # too old, or dated in the future (a clock set back)
         return self._result(data, offline=True)
 
     def _load_cache(self) -> dict[str, dict[str, Any]]:
@@ -455,10 +485,15 @@ class KeygateClient:
         return loaded if isinstance(loaded, dict) else {}
 
     def _save_cache(self) -> None:
+        """Write the saved answers (best effort: an unwritable cache never fails a call;
+        the answers stay in memory for this process)."""
         if self.cache_path is None:
             return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".keygate-cache")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self._cache, handle)
-        os.replace(tmp, self.cache_path)
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".keygate-cache")
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self._cache, handle)
+            os.replace(tmp, self.cache_path)
+        except OSError:
+            return

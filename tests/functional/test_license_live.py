@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -130,6 +131,108 @@ def test_offline_grace_uses_the_last_good_answer(
     cache.write_text(json.dumps(stored))
     with pytest.raises(Unavailable):
         KeygateClient(server.url, keys, product="501", cache_path=cache).validate(key)
+
+
+def test_a_saved_answer_never_stands_in_for_another_question(
+    shop: WebhookSender, app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copied into the cache slot of another site, key or product, a saved answer is refused
+    offline (its signed nonce names the question it answered); so is one dated in the future
+    (a clock set back)."""
+    key = issue_key(shop)
+    server = LiveServer(app)
+    wait_until_serving(server.port)
+    cache = tmp_path / "cache.json"
+    keys = _pinned(server)
+    client = KeygateClient(server.url, keys, product="501", cache_path=cache)
+    assert client.activate(key, site="a.com").valid
+    assert client.validate(key, site="a.com").valid
+    server.stop()
+    [saved] = json.loads(cache.read_text()).values()
+
+    def offline(product: str, key: str, site: str) -> KeygateClient:
+        other = KeygateClient(server.url, keys, product=product, cache_path=cache, timeout=2)
+        slot = other._cache_key(key, site, None)
+        cache.write_text(json.dumps({slot: saved}))
+        return KeygateClient(server.url, keys, product=product, cache_path=cache, timeout=2)
+
+    assert offline("501", key, "a.com").validate(key, site="a.com").offline is True
+    for product, other_key, site in [
+        ("501", key, "b.com"),
+        ("501", "KG-ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ", "a.com"),
+        ("999", key, "a.com"),
+    ]:
+        with pytest.raises(Unavailable):
+            offline(product, other_key, site).validate(other_key, site=site)
+    later = offline("501", key, "a.com")
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
+    with pytest.raises(Unavailable):
+        later.validate(key, site="a.com")
+
+
+def test_broken_answers_are_unavailable_and_fall_back_to_the_saved_one(
+    shop: WebhookSender, app: Flask, tmp_path: Path
+) -> None:
+    """A garbage status line, a body cut short or one larger than any answer is "Keygate
+    unavailable" (the saved answer serves), never a raw exception; a Digest of other
+    characters is a bad signature; an unwritable cache never fails a live call."""
+    import socket
+
+    key = issue_key(shop)
+    server = LiveServer(app)
+    wait_until_serving(server.port)
+    keys = _pinned(server)
+    cache = tmp_path / "cache.json"
+    assert KeygateClient(server.url, keys, product="501", cache_path=cache).validate(key).valid
+    unwritable = KeygateClient(
+        server.url, keys, product="501", cache_path=tmp_path / "file" / "sub" / "c.json"
+    )
+    (tmp_path / "file").write_text("not a folder")
+    assert unwritable.validate(key).valid
+    server.stop()
+
+    answers = [
+        b"GARBAGE\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort",
+        b"HTTP/1.1 503 Unavailable\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2_000_000,
+    ]
+    for answer in answers:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def reply(listener: socket.socket = listener, answer: bytes = answer) -> None:
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.sendall(answer)
+            connection.close()
+
+        thread = threading.Thread(target=reply, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        client = KeygateClient(url, keys, product="501", cache_path=cache, timeout=5)
+        client._cache = {  # the saved answer, under this client's slot for the same question
+            client._cache_key(key, None, None): next(iter(json.loads(cache.read_text()).values()))
+        }
+        result = client.validate(key)
+        assert (result.valid, result.offline) == (True, True), answer[:20]
+        thread.join(timeout=10)
+        listener.close()
+
+    with pytest.raises(SignatureError):
+        verify_response(
+            method="POST",
+            url="http://keygate.test/api/v1/licenses/validate",
+            headers={
+                "Digest": "sha-256=é",
+                "Date": "x",
+                "Keygate-Signature": f'keyid="{next(iter(keys))}", algorithm="ed25519", '
+                'signature="AAAA", headers="(request-target) host date digest"',
+            },
+            body=b"{}",
+            public_keys=keys,
+        )
 
 
 def test_fifty_parallel_activations_of_three_seats_from_two_processes(
