@@ -398,6 +398,9 @@ class KeygateClient:
             raise Unavailable(f"Keygate is not reachable: {exc}") from None
         if len(raw) > MAX_ANSWER_BYTES:
             raise Unavailable("Keygate's answer is larger than any answer it gives")
+        length = {k.lower(): v for k, v in headers.items()}.get("content-length", "")
+        if length.isascii() and length.isdigit() and len(raw) < int(length):
+            raise Unavailable("Keygate's answer was cut short")
         if status >= 500:
             raise Unavailable(f"Keygate answered {status}")
         data = verify_response(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ class FakeBrevo:
     failures: list[int] = field(default_factory=list)
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     accepted_mails: list[RecordedRequest] = field(default_factory=list)
+    # Like Brevo: a mail whose headers.idempotencyKey was seen is answered, not sent again.
+    idempotency: dict[str, str] = field(default_factory=dict)
+    # Accept this many mails, then drop the connection instead of answering (a lost answer).
+    lost_answers: int = 0
+    # Seconds to wait before answering (a stalled Brevo).
+    stall_seconds: float = 0.0
 
     def sent(self) -> list[RecordedRequest]:
         """Mails Brevo accepted (answered 201)."""
@@ -74,11 +81,22 @@ def fake_brevo() -> Iterator[FakeBrevo]:
                 status = state.failures.pop(0)
                 self._answer(status, {"code": "error", "message": "try later"})
                 return
+            if state.stall_seconds:
+                time.sleep(state.stall_seconds)
             if self.path == "/v3/smtp/email":
+                key = (body.get("headers") or {}).get("idempotencyKey")
+                if key in state.idempotency:
+                    self._answer(201, {"messageId": state.idempotency[key]})
+                    return
                 state.accepted_mails.append(request)
-                self._answer(
-                    201, {"messageId": f"<{len(state.accepted_mails)}@smtp-relay.brevo.test>"}
-                )
+                message_id = f"<{len(state.accepted_mails)}@smtp-relay.brevo.test>"
+                if key:
+                    state.idempotency[key] = message_id
+                if state.lost_answers:
+                    state.lost_answers -= 1
+                    self.close_connection = True  # accepted, but the answer never arrives
+                    return
+                self._answer(201, {"messageId": message_id})
             elif self.path == "/v3/contacts":
                 email = body["email"]
                 existed = email in state.contacts

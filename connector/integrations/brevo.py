@@ -51,9 +51,14 @@ def _client(config: BrevoConfig, host: str) -> sib_api_v3_sdk.ApiClient:
     return sib_api_v3_sdk.ApiClient(configuration)
 
 
+# (connect, read) seconds: a Brevo that stalls must not hold the job worker (and, on SQLite,
+# the write lock its job holds) for ever; a timeout is "try later" like any outage.
+TIMEOUT = (5.0, 30.0)
+
+
 def _call(fn: Any, *args: Any) -> Any:
     try:
-        return fn(*args)
+        return fn(*args, _request_timeout=TIMEOUT)
     except ApiException as exc:
         status = exc.status or 0
         if status == 429 or status >= 500:
@@ -83,6 +88,9 @@ class BrevoMailer:
             subject=mail.subject,
             html_content=mail.html or None,
             text_content=mail.text,
+            # Brevo sends a mail once per key (for 15-30 minutes): a retry after a lost
+            # answer does not mail the buyer twice.
+            headers={"idempotencyKey": mail.idempotency_key} if mail.idempotency_key else None,
         )
         api = sib_api_v3_sdk.TransactionalEmailsApi(_client(self.config, self.host))
         result = _call(api.send_transac_email, message)

@@ -15,6 +15,9 @@ class OutgoingMail:
     subject: str
     text: str
     html: str | None = None
+    # The same for every attempt to send one mail: a provider that supports it sends a
+    # mail once even when its answer to an earlier attempt was lost.
+    idempotency_key: str | None = None
 
 
 class Mailer(Protocol):

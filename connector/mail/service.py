@@ -41,8 +41,13 @@ def mailer_for(store: Store) -> Mailer:
     return ConsoleMailer(echo=settings.mail_echo)
 
 
-def send_stored_mail(mail_row: Mail, mailer: Mailer, to_name: str | None) -> None:
-    """Send a stored mail once; a second call after success does nothing."""
+def send_stored_mail(
+    mail_row: Mail, mailer: Mailer, to_name: str | None, idempotency_key: str | None = None
+) -> None:
+    """Send a stored mail once; a second call after success does nothing.
+
+    ``idempotency_key`` is the same for every attempt of the job that sends it, so a
+    provider that got the mail but whose answer was lost does not send it again."""
     if mail_row.sent_at is not None:
         return
     message_id = mailer.send(
@@ -52,6 +57,7 @@ def send_stored_mail(mail_row: Mail, mailer: Mailer, to_name: str | None) -> Non
             subject=mail_row.subject,
             text=mail_row.body_text,
             html=mail_row.body_html,
+            idempotency_key=idempotency_key,
         )
     )
     mail_row.backend = mailer.name
@@ -97,7 +103,7 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
         )
         session.add(mail_row)
         session.flush()
-    send_stored_mail(mail_row, mailer_for(store), order.name)
+    send_stored_mail(mail_row, mailer_for(store), order.name, f"keygate-{store.public_id}-{job_id}")
 
 
 @handles("brevo.push_contact")

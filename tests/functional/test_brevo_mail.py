@@ -6,6 +6,7 @@ The real sib-api-v3-sdk talks to a local server that speaks Brevo's API.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +111,49 @@ def test_stores_without_brevo_use_the_console(app: Flask, shop: WebhookSender) -
     run_pending(app)
     with app.app_context():
         assert db.session.execute(select(Mail.backend)).scalar_one() == "console"
+
+
+def test_a_mail_brevo_took_whose_answer_was_lost_is_not_sent_twice(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Every attempt of one mail carries the same idempotency key: when Brevo accepted the
+    mail but its answer never arrived, the retry is answered without a second mail."""
+    brevo.lost_answers = 1
+    brevo_shop.deliver(wc_order(9602, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    with brevo_app.app_context():
+        assert db.session.execute(select(Mail.sent_at)).scalar_one_or_none() is None
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    mail_requests = [r for r in brevo.requests if r.path == "/v3/smtp/email"]
+    keys = {r.body["headers"]["idempotencyKey"] for r in mail_requests}
+    assert len(mail_requests) == 2 and len(keys) == 1
+    assert len(brevo.sent()) == 1
+    with brevo_app.app_context():
+        mail = db.session.execute(select(Mail)).scalar_one()
+        assert mail.sent_at is not None
+        assert mail.provider_message_id == "<1@smtp-relay.brevo.test>"
+
+
+def test_a_stalled_brevo_is_an_outage_not_a_hung_worker(
+    brevo_app: Flask,
+    brevo_shop: WebhookSender,
+    brevo: FakeBrevo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Brevo that does not answer within the timeout is "try later": the job is retried,
+    the worker goes on."""
+    monkeypatch.setattr("connector.integrations.brevo.TIMEOUT", (1.0, 1.0))
+    brevo.stall_seconds = 3.0
+    brevo_shop.deliver(wc_order(9603, "processing", [line_item(501)]))
+    started = time.monotonic()
+    run_pending(brevo_app)
+    assert time.monotonic() - started < 10
+    with brevo_app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalar_one()
+        assert job.status == "pending" and "Brevo unreachable" in (job.last_error or "")
+    brevo.stall_seconds = 0.0
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    with brevo_app.app_context():
+        assert db.session.execute(select(Mail.sent_at)).scalar_one() is not None
