@@ -230,6 +230,9 @@ def store_add(
     click.echo("The secret and token are shown once; Keygate keeps only encrypted/hashed copies.")
 
 
+STOP_SECONDS = 40.0  # longer than a Brevo call may take (its timeout), so a mail ends cleanly
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -248,9 +251,20 @@ def run(host: str, port: int, threads: int) -> None:
         app = create_app(overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    from connector.jobs import stop_worker_thread
+
     click.echo(f"Keygate on http://{host}:{port}  (admin: http://{host}:{port}/admin)")
     click.echo("Add a store:  keygate store add --name 'My shop' --url https://shop.example")
-    waitress.serve(app, host=host, port=port, threads=threads, ident="keygate")
+
+    def _interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt  # waitress stops serving on it, as on Ctrl-C
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        waitress.serve(app, host=host, port=port, threads=threads, ident="keygate")
+    finally:
+        # The job in hand finishes (and is marked done) instead of waiting out its lease.
+        stop_worker_thread(app, timeout=STOP_SECONDS)
 
 
 @main.command()

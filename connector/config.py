@@ -41,7 +41,9 @@ class Settings:
         "thread"  # "thread" runs jobs inside the server; "off" leaves them to `keygate worker`
     )
     worker_poll_seconds: float = 2.0
-    job_max_attempts: int = 8
+    # With the backoff (5 s doubling, capped at an hour): about 10 hours of retries, so a
+    # mail, storage or shop outage of a night does not leave a buyer's mail dead.
+    job_max_attempts: int = 20
     # auto: Brevo for stores with Brevo credentials, else the console; console: always the
     # console (development); brevo: only Brevo (mail waits in the outbox until configured).
     mail_backend: str = "auto"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from werkzeug.security import check_password_hash
+
+from tests.licensing_helpers import free_port, wait_until_serving
 
 
 def keygate(
@@ -125,3 +128,27 @@ def test_admin_password_sets_a_new_password_once_shown(tmp_path: Path) -> None:
     assert generation == 1
     unknown = keygate(tmp_path, "admin", "password", "--username", "nobody")
     assert unknown.returncode != 0 and "no admin user 'nobody'" in unknown.stderr
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """`keygate run` stopped by SIGTERM (a service manager, a container) stops serving and
+    lets its job worker finish the job in hand, exiting 0 instead of being killed."""
+    assert keygate(tmp_path, "init").returncode == 0
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / "instance")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "run", "--port", str(port)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_serving(port)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

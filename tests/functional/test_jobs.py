@@ -100,6 +100,14 @@ def test_backoff_grows_and_is_capped() -> None:
     assert jobs.backoff(30).total_seconds() == 3600
 
 
+def test_a_job_is_retried_through_an_outage_of_hours(app: Flask) -> None:
+    """With the default attempts, a job keeps being retried for more than eight hours (a
+    Brevo, R2 or shop outage of a night) before it is dead."""
+    attempts = app.extensions["keygate.settings"].job_max_attempts
+    window = sum(jobs.backoff(n).total_seconds() for n in range(1, attempts))
+    assert window > 8 * 3600
+
+
 def test_a_crashed_workers_job_is_taken_over_after_its_lease(app: Flask) -> None:
     with app.app_context(), transaction() as session:
         jobs.enqueue(session, "test.ok", {"n": 7})
