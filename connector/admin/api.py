@@ -18,7 +18,8 @@ from connector.catalog import (
 )
 from connector.db import db
 from connector.errors import NotFound, ValidationFailed
-from connector.models import AuditEvent, Mail, Order
+from connector.mail.service import ORDER_MAIL_JOB
+from connector.models import AuditEvent, Job, Mail, Order
 from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
 from connector.validation import (
@@ -198,15 +199,39 @@ def audit_log() -> ResponseReturnValue:
 @bp.get("/outbox")
 @require_store_token
 def outbox() -> ResponseReturnValue:
-    """The store's mails, sent or waiting (``sent_at`` null), newest first."""
+    """The store's mails, sent or waiting (``sent_at`` null), newest first; and its order
+    mails not delivered yet: retrying through an outage, or dead after their last attempt
+    (``undelivered``; an instance admin can retry a dead one on the admin outbox page)."""
     mails = db.session.execute(
         select(Mail)
         .where(Mail.store_id == current_store().id)
         .order_by(Mail.id.desc())
         .limit(_limit())
     ).scalars()
+    undelivered = db.session.execute(
+        select(Job, Order.shop_order_id)
+        .join(Order, Order.id == Job.payload["order_id"].as_integer())
+        .where(
+            Job.kind == ORDER_MAIL_JOB,
+            Job.status != "done",
+            Job.attempts > 0,
+            Order.store_id == current_store().id,
+        )
+        .order_by(Job.id.desc())
+        .limit(_limit())
+    ).all()
     return jsonify(
         {
+            "undelivered": [
+                {
+                    "order_id": shop_order_id,
+                    "status": "dead" if job.status == "dead" else "retrying",
+                    "attempts": job.attempts,
+                    "last_error": job.last_error,
+                    "next_attempt_at": None if job.status == "dead" else _iso(job.run_after),
+                }
+                for job, shop_order_id in undelivered
+            ],
             "mails": [
                 {
                     "id": m.id,
@@ -218,7 +243,7 @@ def outbox() -> ResponseReturnValue:
                     "created_at": _iso(m.created_at),
                 }
                 for m in mails
-            ]
+            ],
         }
     )
 

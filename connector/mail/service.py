@@ -75,7 +75,10 @@ def compose_order_mail(order: Order, store: Store) -> tuple[str, str, str]:
     return subject, text, html
 
 
-@handles("mail.order_issued")
+ORDER_MAIL_JOB = "mail.order_issued"
+
+
+@handles(ORDER_MAIL_JOB)
 def mail_order_issued(payload: dict[str, Any]) -> None:
     """Mail the buyer every key and link of their order; a rerun of the job sends nothing new."""
     session = db.session

@@ -16,6 +16,7 @@ from connector.audit import record_audit
 from connector.db import db
 from connector.extensions import limiter
 from connector.jobs import enqueue
+from connector.mail.service import ORDER_MAIL_JOB
 from connector.models import Order, Store
 from connector.orders.summary import order_entitlements
 from connector.tokens import LinkExpired, order_id_from_portal_token
@@ -80,7 +81,7 @@ def renew(token: str) -> ResponseReturnValue:
 
 def _mail_again(order: Order, action: str) -> None:
     """Queue the order's mail (keys, links and a fresh portal link) again, as the buyer asked."""
-    enqueue(db.session, "mail.order_issued", {"order_id": order.id, "resend": True})
+    enqueue(db.session, ORDER_MAIL_JOB, {"order_id": order.id, "resend": True})
     record_audit(
         db.session,
         store_id=order.store_id,

@@ -157,3 +157,32 @@ def test_a_stalled_brevo_is_an_outage_not_a_hung_worker(
     run_pending(brevo_app)
     with brevo_app.app_context():
         assert db.session.execute(select(Mail.sent_at)).scalar_one() is not None
+
+
+def test_the_owner_sees_order_mails_not_delivered_yet(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """The owner's outbox lists an order mail held up by an outage (retrying, with the
+    next attempt) and one past its last attempt (dead); another store sees neither."""
+    brevo.failures.extend([503])
+    brevo_shop.deliver(wc_order(9604, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    [waiting] = brevo_shop.admin("GET", "/outbox").get_json()["undelivered"]
+    assert (waiting["order_id"], waiting["status"], waiting["attempts"]) == ("9604", "retrying", 1)
+    assert "Brevo answered 503" in waiting["last_error"] and waiting["next_attempt_at"]
+    with brevo_app.app_context(), transaction() as session:
+        for job in session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalars():
+            job.status = "dead"
+        other = create_store(session, "Other", "https://other.example")
+    [dead] = brevo_shop.admin("GET", "/outbox").get_json()["undelivered"]
+    assert (dead["status"], dead["next_attempt_at"]) == ("dead", None)
+    assert (
+        WebhookSender(brevo_shop.client, other).admin("GET", "/outbox").get_json()["undelivered"]
+        == []
+    )
+    with brevo_app.app_context(), transaction() as session:
+        for job in session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalars():
+            job.status = "pending"
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    assert brevo_shop.admin("GET", "/outbox").get_json()["undelivered"] == []
