@@ -165,6 +165,9 @@ _LOOK_UP: Any = object()
 
 
 def _own_credentials(store: Store | int, stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The store's own R2 credentials from the encrypted vault (kind "r2"), or None.
+    ``stored``: that set when the caller already read it in its own query (None: the store
+    has none); then the store's id is enough."""
     from connector.db import db
     from connector.vault.service import credentials_for
 
@@ -203,21 +206,10 @@ def instance_r2_config() -> R2Config | None:
     )
 
 
-def r2_config_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> R2Config | None:
-    """The R2 credentials that serve ``store``'s files, or None for embedded storage.
-
-    The store's own credentials from the encrypted vault (kind "r2") win; the instance-wide
-    ``KEYGATE_R2_*`` settings serve stores that have none. ``stored``: the vault's "r2"
-    set when the caller already read it in its own query (None: the store has none); then
-    the store's id is enough.
-    """
-    own = _own_credentials(store, stored)
-    return _r2_config(own) if own is not None else instance_r2_config()
-
-
 def store_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> ObjectStore:
-    """The object store that holds ``store``'s files: its own bucket, or its
-    :class:`SharedArea` of the shared storage (``stored``: see ``r2_config_for``)."""
+    """The object store that holds ``store``'s files: its own bucket when the vault holds
+    its R2 credentials (``stored``: see ``_own_credentials``), else its :class:`SharedArea`
+    of the shared storage (the instance-wide bucket, or the embedded folder)."""
     from connector import get_settings
 
     own = _own_credentials(store, stored)
@@ -232,7 +224,7 @@ def store_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> O
 
 def check_in_reach(store: Store, keys: list[str]) -> None:
     """Refuse (422) object keys in another store's area of the storage ``store`` uses."""
-    if not isinstance(store_for(store), SharedArea):
+    if _own_credentials(store, _LOOK_UP) is not None:
         return  # the store's own bucket: every key in it is its own
     for key in keys:
         if in_another_stores_area(store.id, key):

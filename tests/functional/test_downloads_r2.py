@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from connector import create_app
 from connector.db import db
-from connector.downloads.storage import R2ObjectStore, SharedArea, r2_config_for, store_for
+from connector.downloads.storage import R2ObjectStore, SharedArea, store_for
 from connector.integrations.r2 import R2Config
 from connector.jobs import run_pending
 from connector.models import DownloadEvent, Store, WatermarkCopy
@@ -117,10 +117,9 @@ def test_store_with_r2_settings_uses_r2(
     """With KEYGATE_R2_* set, a store's files live in R2; the account endpoint is derived."""
     with r2_app.app_context():
         store = db.session.execute(select(Store)).scalar_one()
-        config = r2_config_for(store)
-        assert config is not None
         shared = store_for(store)  # the instance-wide bucket, shared by stores without their own
         assert isinstance(shared, SharedArea) and isinstance(shared.backend, R2ObjectStore)
+        config = shared.backend.config
         assert config.endpoint == localstack_endpoint
         assert "secret" not in repr(config)
     # Without an endpoint override, the account's R2 endpoint.

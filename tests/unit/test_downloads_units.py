@@ -17,7 +17,7 @@ from connector.downloads.storage import (
     LocalStore,
     SharedArea,
     in_another_stores_area,
-    r2_config_for,
+    instance_r2_config,
     store_for,
 )
 from connector.downloads.watermark import (
@@ -121,7 +121,7 @@ def test_forged_fingerprint_names_nobody(app: Flask, shop: WebhookSender, tmp_pa
 def test_without_r2_settings_stores_use_embedded_files(app: Flask, new_store: NewStore) -> None:
     """No KEYGATE_R2_* settings: files are served from <instance>/files."""
     with app.app_context():
-        assert r2_config_for(new_store.store) is None
+        assert instance_r2_config() is None
         backend = store_for(new_store.store)
         assert isinstance(backend, SharedArea)
         assert backend.store_id == new_store.store.id
