@@ -20,6 +20,7 @@ again.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -197,7 +198,9 @@ def _issue_unit(
     start = order.date_paid or utcnow()
     now = utcnow()
     if license_id is None:
-        license_id = _insert_license(session, store, order, line, product, unit, policy, result)
+        license_id = _insert_license(
+            session, store, order, line, product, unit, policy, start, now, result
+        )
     for product_file in product.files:
         if not product_file.active:
             continue
@@ -230,13 +233,14 @@ def _insert_license(
     product: Product,
     unit: int,
     policy: Policy,
+    start: dt.datetime,
+    now: dt.datetime,
     result: ApplyResult,
 ) -> int:
-    """Issue the unit's license unless it exists; its id either way."""
-    start = order.date_paid or utcnow()
+    """Issue the unit's license unless it exists; its id either way. ``start``: what its
+    policy counts from (the paid date); ``now``: the moment of issue, as for its grants."""
     fmt = KeyFormat(store.key_prefix, store.key_groups, store.key_group_length)
     key = generate_key(fmt)
-    now = utcnow()
     inserted = insert_ignoring_conflicts(
         session,
         License.__table__,
