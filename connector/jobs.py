@@ -4,6 +4,10 @@ A job carries ids, never secrets. Handlers must be safe to run twice (a crash be
 work and the commit runs them again). Failures retry with exponential backoff; after
 ``job_max_attempts`` a job is ``dead`` and shows in the admin outbox.
 
+A claim holds the job for ``LEASE``; a job whose worker stopped is taken again when the lease
+ends (that attempt counts as failed, so a job that stops its worker every time ends ``dead``),
+and a worker that outlived its lease does not overwrite the new owner's outcome.
+
 Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of ``keygate worker``
 processes can share the table; on SQLite ``BEGIN IMMEDIATE`` serializes claims.
 """
@@ -15,7 +19,7 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Flask
 from sqlalchemy import event, or_, select
@@ -117,7 +121,20 @@ def backoff(attempts: int) -> dt.timedelta:
     return dt.timedelta(seconds=min(3600, 5 * 2 ** max(0, attempts - 1)))
 
 
-def _claim_one(kinds: set[str] | None) -> tuple[int, str, dict[str, Any]] | None:
+class Claim(NamedTuple):
+    """A job taken by one worker. ``attempt`` is the claim's token: a later claim of the same
+    job (after this one's lease ran out) has a higher attempt, and this one's result no longer
+    counts."""
+
+    job_id: int
+    attempt: int
+    kind: str
+    payload: dict[str, Any]
+
+
+def _claim_one(kinds: set[str] | None) -> Claim | None:
+    from connector import get_settings
+
     now = utcnow()
     with transaction() as session:
         query = (
@@ -134,21 +151,48 @@ def _claim_one(kinds: set[str] | None) -> tuple[int, str, dict[str, Any]] | None
         )
         if kinds is not None:
             query = query.where(Job.kind.in_(kinds))
-        job = session.execute(query).scalar_one_or_none()
+        while (job := session.execute(query).scalar_one_or_none()) is not None:
+            if job.status == "pending":
+                break
+            # Its worker stopped (crash, kill, lost host) before finishing: that attempt failed.
+            job.last_error = f"Interrupted: the worker stopped during attempt {job.attempts}"
+            if job.attempts < get_settings().job_max_attempts:
+                break
+            # A job that stops its worker every time (memory, a native crash) must not be
+            # taken forever: after its last attempt it is dead like any failing job.
+            _bury(job)
+            session.flush()
         if job is None:
             return None
         job.status = "running"
         job.attempts += 1
         job.locked_until = now + LEASE
-        return job.id, job.kind, {**job.payload, JOB_ID: job.id}
+        return Claim(job.id, job.attempts, job.kind, {**job.payload, JOB_ID: job.id})
 
 
-def _finish(job_id: int, error: BaseException | None) -> None:
+def _bury(job: Job) -> None:
+    job.status = "dead"
+    job.locked_until = None
+    job.finished_at = utcnow()
+    log.error("job %s (%s) is dead after %s attempts", job.id, job.kind, job.attempts)
+
+
+def _finish(claim: Claim, error: BaseException | None) -> None:
     from connector import get_settings
 
     with transaction() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, claim.job_id, with_for_update=True)
         if job is None:
+            return
+        if job.status != "running" or job.attempts != claim.attempt:
+            # The lease ran out while this worker ran the job, and another worker has it (or
+            # has finished it): its outcome is the one that counts.
+            log.warning(
+                "job %s (%s) outlived its lease; attempt %s is not recorded",
+                job.id,
+                job.kind,
+                claim.attempt,
+            )
             return
         job.locked_until = None
         if error is None:
@@ -159,9 +203,7 @@ def _finish(job_id: int, error: BaseException | None) -> None:
         # Only the type and a short text: library messages can be long, never echo secrets.
         job.last_error = f"{type(error).__name__}: {str(error)[:200]}"
         if job.attempts >= get_settings().job_max_attempts:
-            job.status = "dead"
-            job.finished_at = utcnow()
-            log.error("job %s (%s) is dead after %s attempts", job.id, job.kind, job.attempts)
+            _bury(job)
         else:
             job.status = "pending"
             job.run_after = utcnow() + backoff(job.attempts)
@@ -173,7 +215,7 @@ def run_one(kinds: set[str] | None = None) -> bool:
     claimed = _claim_one(kinds)
     if claimed is None:
         return False
-    job_id, kind, payload = claimed
+    job_id, _, kind, payload = claimed
     handler = HANDLERS.get(kind)
     error: BaseException | None = None
     if handler is None:
@@ -188,7 +230,7 @@ def run_one(kinds: set[str] | None = None) -> bool:
         except Exception as exc:
             error = exc
             log.exception("job %s (%s) failed", job_id, kind)
-    _finish(job_id, error)
+    _finish(claimed, error)
     return True
 
 

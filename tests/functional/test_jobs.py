@@ -119,6 +119,47 @@ def test_a_crashed_workers_job_is_taken_over_after_its_lease(app: Flask) -> None
     assert [c["n"] for c in CALLS] == [7]
 
 
+def test_a_job_that_stops_its_worker_every_time_dies_after_its_last_attempt(app: Flask) -> None:
+    """A job that kills its worker (memory, a native crash) is never finished by anyone; after
+    its last attempt's lease ends it is dead and says why, instead of being taken forever."""
+    max_attempts = app.extensions["keygate.settings"].job_max_attempts
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.ok", {"n": 7})
+        session.flush()
+        row = session.execute(select(Job)).scalar_one()
+        row.status = "running"
+        row.attempts = max_attempts
+        row.locked_until = utcnow() - dt.timedelta(seconds=1)
+    assert jobs.run_pending(app) == 0
+    assert CALLS == []
+    dead = job(app, "test.ok")
+    assert (dead.status, dead.attempts, dead.locked_until) == ("dead", max_attempts, None)
+    assert dead.last_error == f"Interrupted: the worker stopped during attempt {max_attempts}"
+
+
+def test_a_worker_whose_lease_ran_out_does_not_overwrite_the_new_owner(app: Flask) -> None:
+    """Worker A runs past its lease; worker B takes the job over. A's late result must not
+    mark B's running job pending (to run a third time) or done while B still works."""
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.ok", {"n": 1})
+    with app.app_context():
+        first = jobs._claim_one(None)
+        assert first is not None
+        with transaction() as session:
+            row = session.get(Job, first.job_id)
+            assert row is not None
+            row.locked_until = utcnow() - dt.timedelta(seconds=1)
+        second = jobs._claim_one(None)
+        assert second is not None and second.attempt == first.attempt + 1
+        jobs._finish(first, RuntimeError("late failure"))
+        taken = job(app, "test.ok")
+        assert (taken.status, taken.attempts) == ("running", 2)
+        assert taken.last_error == "Interrupted: the worker stopped during attempt 1"
+        jobs._finish(second, None)
+    finished = job(app, "test.ok")
+    assert (finished.status, finished.last_error) == ("done", None)
+
+
 def test_two_workers_never_run_the_same_job(app: Flask) -> None:
     """Claims are exclusive: 40 jobs, two threads, 40 calls."""
     with app.app_context(), transaction() as session:
