@@ -17,8 +17,8 @@ from connector.catalog import (
     product_json,
 )
 from connector.db import db
-from connector.errors import NotFound, ValidationFailed
-from connector.mail.service import ORDER_MAIL_JOB
+from connector.errors import Conflict, NotFound, ValidationFailed
+from connector.mail.service import ORDER_MAIL_JOB, mail_order_again
 from connector.models import AuditEvent, Job, Mail, Order
 from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
@@ -159,6 +159,21 @@ def get_order(shop_order_id: str) -> ResponseReturnValue:
     return jsonify(order_json(order))
 
 
+@bp.post("/orders/<shop_order_id>/resend")
+@require_store_token
+def resend_order_mail(shop_order_id: str) -> ResponseReturnValue:
+    """Mail the buyer their order's keys and links again (202: queued in the outbox)."""
+    order = find_order(db.session, current_store(), _shop_id(shop_order_id))
+    if order is None:
+        raise NotFound("Keygate has not received this order.")
+    if not mail_order_again(db.session, order, actor="api", action="mail.resent"):
+        raise Conflict(NO_ADDRESS)
+    return jsonify({"queued": True}), 202
+
+
+NO_ADDRESS = "This order has no address to mail: none was given, or the customer was erased."
+
+
 def _limit() -> int:
     limit = whole_number(request.args.get("limit", "100"))
     if limit is None or not 1 <= limit <= 1000:
@@ -201,7 +216,7 @@ def audit_log() -> ResponseReturnValue:
 def outbox() -> ResponseReturnValue:
     """The store's mails, sent or waiting (``sent_at`` null), newest first; and its order
     mails not delivered yet: retrying through an outage, or dead after their last attempt
-    (``undelivered``; an instance admin can retry a dead one on the admin outbox page)."""
+    (``undelivered``, until the buyer has had a later one: ``POST .../orders/<id>/resend``)."""
     mails = db.session.execute(
         select(Mail)
         .where(Mail.store_id == current_store().id)
@@ -216,6 +231,8 @@ def outbox() -> ResponseReturnValue:
             Job.status != "done",
             Job.attempts > 0,
             Order.store_id == current_store().id,
+            # A dead mail the buyer has had since (the owner resent it) is no longer news.
+            (Job.status != "dead") | ~select(Mail.id).where(*_sent_later).exists(),
         )
         .order_by(Job.id.desc())
         .limit(_limit())
@@ -246,6 +263,9 @@ def outbox() -> ResponseReturnValue:
             ],
         }
     )
+
+
+_sent_later = (Mail.order_id == Order.id, Mail.sent_at.is_not(None), Mail.job_id > Job.id)
 
 
 def mask_email(email: str) -> str:

@@ -294,6 +294,21 @@ def audit() -> ResponseReturnValue:
     return render_template("admin/audit.html", events=events, form=ConfirmForm())
 
 
+@bp.post("/orders/<int:order_id>/resend")
+@login_required
+def resend_order_mail(order_id: int) -> ResponseReturnValue:
+    """Mail the buyer their order's keys and links again (audited as the admin)."""
+    from connector.mail.service import mail_order_again
+
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    order = db.session.get(Order, order_id)
+    if order is None or not _visible(order.store_id):
+        abort(404)
+    queued = mail_order_again(db.session, order, actor=_admin_name(), action="mail.resent")
+    return redirect(url_for("admin_views.order_detail", order_id=order.id, resent=int(queued)))
+
+
 LICENSE_ACTIONS = ("revoke", "suspend", "reinstate")
 
 

@@ -6,11 +6,13 @@ from typing import Any
 
 from flask import render_template
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.integrations.brevo import BrevoConfig, BrevoMailer, push_contact
 from connector.integrations.mail import ConsoleMailer, Mailer, OutgoingMail
-from connector.jobs import JOB_ID, RetryLater, handles
+from connector.jobs import JOB_ID, RetryLater, enqueue, handles
 from connector.models import Mail, Order, Store
 from connector.orders.summary import order_entitlements
 
@@ -76,6 +78,25 @@ def compose_order_mail(order: Order, store: Store) -> tuple[str, str, str]:
 
 
 ORDER_MAIL_JOB = "mail.order_issued"
+
+
+def mail_order_again(session: Session, order: Order, *, actor: str, action: str) -> bool:
+    """Queue the order's mail (its current keys and links, a fresh portal link) again.
+
+    False, and nothing queued, when the order has no address to mail: none was given, or the
+    customer was erased.
+    """
+    if order.mail_address is None:
+        return False
+    enqueue(session, ORDER_MAIL_JOB, {"order_id": order.id, "resend": True})
+    record_audit(
+        session,
+        store_id=order.store_id,
+        actor=actor,
+        action=action,
+        subject=f"order:{order.shop_order_id}",
+    )
+    return True
 
 
 @handles(ORDER_MAIL_JOB)

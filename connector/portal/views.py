@@ -12,11 +12,9 @@ from flask import Blueprint, abort, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 
 from connector.admin.forms import ConfirmForm
-from connector.audit import record_audit
 from connector.db import db
 from connector.extensions import limiter
-from connector.jobs import enqueue
-from connector.mail.service import ORDER_MAIL_JOB
+from connector.mail.service import mail_order_again
 from connector.models import Order, Store
 from connector.orders.summary import order_entitlements
 from connector.tokens import LinkExpired, order_id_from_portal_token
@@ -56,11 +54,10 @@ def resend(token: str) -> ResponseReturnValue:
     order = _order_for(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    if order.mail_address is None:
+    if not mail_order_again(db.session, order, actor="buyer", action="mail.resend_requested"):
         # No address to mail (none given, or erased at the buyer's request): nothing is
         # queued, and the page says why instead of claiming a mail is on its way.
         return redirect(url_for("portal.portal", token=token))
-    _mail_again(order, "mail.resend_requested")
     return redirect(url_for("portal.portal", token=token, sent=1))
 
 
@@ -73,19 +70,6 @@ def renew(token: str) -> ResponseReturnValue:
         abort(404)
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    if order.mail_address is not None:
-        _mail_again(order, "mail.portal_link_renewed")
+    mail_order_again(db.session, order, actor="buyer", action="mail.portal_link_renewed")
     page = render_template("portal/expired.html", token=token, form=ConfirmForm(), sent=True)
     return page, 200, PRIVATE
-
-
-def _mail_again(order: Order, action: str) -> None:
-    """Queue the order's mail (keys, links and a fresh portal link) again, as the buyer asked."""
-    enqueue(db.session, ORDER_MAIL_JOB, {"order_id": order.id, "resend": True})
-    record_audit(
-        db.session,
-        store_id=order.store_id,
-        actor="buyer",
-        action=action,
-        subject=f"order:{order.shop_order_id}",
-    )

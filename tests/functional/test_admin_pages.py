@@ -209,6 +209,39 @@ def test_admin_revokes_and_reinstates_a_license_from_the_order_page(
     assert any(e["actor"] == "admin:owner" for e in actions)
 
 
+def test_admin_mails_the_buyer_again_from_the_order_page(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    shop.configure(501)
+    shop.deliver(wc_order(9311, "processing", [line_item(501)]))
+    run_pending(app)
+    assert sign_in(admin_client) == 302
+    with app.app_context():
+        order_id = db.session.execute(select(Order.id)).scalar_one()
+    page = f"/admin/orders/{order_id}"
+    assert "Mail the buyer their keys and links again" in admin_client.get(page).get_data(
+        as_text=True
+    )
+    assert admin_client.post(f"{page}/resend").status_code == 400  # no CSRF token
+    token = csrf_token(admin_client, page)
+    response = admin_client.post(f"{page}/resend", data={"csrf_token": token})
+    assert response.status_code == 302 and response.headers["Location"].endswith("?resent=1")
+    assert "on their way again" in admin_client.get(f"{page}?resent=1").get_data(as_text=True)
+    run_pending(app)
+    [license_] = shop.order(9311)["licenses"]
+    with app.app_context():
+        mails = db.session.execute(select(Mail).order_by(Mail.id)).scalars().all()
+        assert len(mails) == 2 and all(m.sent_at is not None for m in mails)
+        assert license_["key"] in mails[1].body_text
+        actors = [
+            e.actor
+            for e in db.session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "mail.resent")
+            )
+        ]
+    assert actors == ["admin:owner"]
+
+
 def test_credentials_page_keeps_secrets_write_only(
     app: Flask, admin_client: FlaskClient, shop: WebhookSender
 ) -> None:
@@ -343,6 +376,7 @@ def test_a_store_admin_sees_only_their_store(app: Flask, shop: WebhookSender) ->
     form = {"csrf_token": csrf_token(client, f"/admin/orders/{mine_id}")}
     assert client.post(f"/admin/licenses/{their_license_id}/revoke", data=form).status_code == 404
     assert client.post("/admin/outbox/jobs/1/retry", data=form).status_code == 404
+    assert client.post(f"/admin/orders/{theirs_id}/resend", data=form).status_code == 404
     with app.app_context():
         assert db.session.get(License, their_license_id).status == "active"  # type: ignore[union-attr]
         subjects = {e.subject for e in db.session.scalars(select(AuditEvent))}

@@ -186,3 +186,49 @@ def test_the_owner_sees_order_mails_not_delivered_yet(
     make_due(brevo_app)
     run_pending(brevo_app)
     assert brevo_shop.admin("GET", "/outbox").get_json()["undelivered"] == []
+
+
+def test_the_owner_resends_a_dead_order_mail(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A mail dead after a long outage: the owner mails the buyer again (current keys and
+    links), audited; once it is delivered the dead one is no longer listed as undelivered."""
+    brevo.failures.extend([503])
+    brevo_shop.deliver(wc_order(9605, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    with brevo_app.app_context(), transaction() as session:
+        for job in session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalars():
+            job.status = "dead"
+    assert brevo_shop.admin("GET", "/outbox").get_json()["undelivered"][0]["status"] == "dead"
+
+    answer = brevo_shop.admin("POST", "/orders/9605/resend")
+    assert (answer.status_code, answer.get_json()) == (202, {"queued": True})
+    run_pending(brevo_app)
+    outbox = brevo_shop.admin("GET", "/outbox").get_json()
+    assert outbox["undelivered"] == []
+    [mail] = outbox["mails"]
+    assert mail["sent_at"] is not None
+    [sent] = brevo.sent()
+    key = brevo_shop.admin("GET", "/orders/9605").get_json()["licenses"][0]["key"]
+    assert key in sent.body["textContent"]
+    [event] = brevo_shop.admin("GET", "/audit?action=mail.resent").get_json()["events"]
+    assert (event["actor"], event["subject"]) == ("api", "order:9605")
+
+
+def test_a_resend_the_owner_cannot_make_is_a_clear_error(
+    brevo_app: Flask, brevo_shop: WebhookSender
+) -> None:
+    brevo_shop.deliver(wc_order(9606, "processing", [line_item(501)]))
+    with brevo_app.app_context(), transaction() as session:
+        other = create_store(session, "Other", "https://other.example")
+    unknown = brevo_shop.admin("POST", "/orders/1234/resend")
+    assert unknown.status_code == 404
+    assert unknown.content_type == "application/problem+json"
+    elsewhere = WebhookSender(brevo_shop.client, other).admin("POST", "/orders/9606/resend")
+    assert elsewhere.status_code == 404
+    assert brevo_shop.admin("DELETE", "/customers/jurgen@example.org").status_code == 200
+    erased = brevo_shop.admin("POST", "/orders/9606/resend")
+    assert erased.status_code == 409
+    assert "no address to mail" in erased.get_json()["detail"]
+    with brevo_app.app_context():
+        assert db.session.execute(select(Job).where(Job.payload["resend"].as_boolean())).all() == []
