@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import email.message
 import email.utils
 import hashlib
 import hmac
@@ -132,11 +133,33 @@ def _digest(body: bytes) -> str:
     return "sha-256=" + base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
 
 
+# Headers the check reads that must come once: which Digest or signature counts must not
+# depend on who reads the answer. Others may repeat (a CDN's Set-Cookie; Date, below).
+SINGLE_HEADERS = ("keygate-signature", "digest")
+
+
+def _signed_dates(received: list[str]) -> list[tuple[str, float]]:
+    """The Dates the answer may have been signed with, and their times: each Date received,
+    then each a second earlier. A server or proxy in front of Keygate (gunicorn, nginx)
+    replaces Keygate's Date with its own, made a moment later, which may fall in the next
+    second; some (werkzeug) send theirs besides Keygate's."""
+    candidates = []
+    for value in received:
+        try:
+            at = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError):
+            continue
+        candidates.append((value, at))
+    return candidates + [
+        (email.utils.formatdate(at - 1, usegmt=True), at - 1) for _, at in candidates
+    ]
+
+
 def verify_response(
     *,
     method: str,
     url: str,
-    headers: Mapping[str, str],
+    headers: Mapping[str, str] | email.message.Message,
     body: bytes,
     public_keys: Mapping[str, str | bytes],
     nonce: str | None = None,
@@ -157,7 +180,11 @@ def verify_response(
     Raises:
         SignatureError: anything does not check out.
     """
-    lowered = {k.lower(): v for k, v in headers.items()}
+    received = [(k.lower(), v) for k, v in headers.items()]
+    for name in SINGLE_HEADERS:
+        if sum(1 for k, _ in received if k == name) > 1:
+            raise SignatureError(f"the answer carries {name} twice")
+    lowered = dict(received)
     params = dict(_PARAM.findall(lowered.get("keygate-signature", "")))
     if params.get("algorithm") != "ed25519" or params.get("headers") != SIGNED_HEADERS:
         raise SignatureError("the answer is not signed the way Keygate signs")
@@ -172,23 +199,32 @@ def verify_response(
     digest = lowered.get("digest", "")
     if not hmac.compare_digest(digest.encode("utf-8", "replace"), _digest(body).encode()):
         raise SignatureError("the body does not match its Digest")
-    date = lowered.get("date", "")
-    try:
-        signed_at = email.utils.parsedate_to_datetime(date).timestamp()
-    except (TypeError, ValueError):
-        raise SignatureError("the answer has no valid Date") from None
-    if max_skew is not None and abs((time.time() if now is None else now) - signed_at) > max_skew:
-        raise SignatureError("the answer's Date is too far from this machine's clock")
+    dates = _signed_dates([v for k, v in received if k == "date"])
+    if not dates:
+        raise SignatureError("the answer has no valid Date")
     parts = urlsplit(url)
     target = f"{method.lower()} {parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
-    signed = (
-        f"(request-target): {target}\nhost: {host or parts.netloc}\ndate: {date}\ndigest: {digest}"
-    ).encode()
     try:
         signature = base64.b64decode(params.get("signature", ""), validate=True)
-        key.verify(signature, signed)  # type: ignore[union-attr]
-    except (InvalidSignature, binascii.Error, ValueError):
+    except (binascii.Error, ValueError):
         raise SignatureError("the signature does not verify") from None
+
+    def signed_with(date: str) -> bool:
+        signed = (
+            f"(request-target): {target}\nhost: {host or parts.netloc}\n"
+            f"date: {date}\ndigest: {digest}"
+        ).encode()
+        try:
+            key.verify(signature, signed)  # type: ignore[union-attr]
+        except InvalidSignature:
+            return False
+        return True
+
+    signed_at = next((at for date, at in dates if signed_with(date)), None)
+    if signed_at is None:
+        raise SignatureError("the signature does not verify")
+    if max_skew is not None and abs((time.time() if now is None else now) - signed_at) > max_skew:
+        raise SignatureError("the answer's Date is too far from this machine's clock")
     try:
         data = json.loads(body)
     except ValueError:
@@ -382,22 +418,19 @@ class KeygateClient:
         try:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                    status, headers, raw = (
+                    status, message, raw = (
                         response.status,
-                        dict(response.headers.items()),
+                        response.headers,
                         response.read(MAX_ANSWER_BYTES + 1),
                     )
             except urllib.error.HTTPError as exc:
-                status, headers, raw = (
-                    exc.code,
-                    dict(exc.headers.items()),
-                    exc.read(MAX_ANSWER_BYTES + 1),
-                )
+                status, message, raw = exc.code, exc.headers, exc.read(MAX_ANSWER_BYTES + 1)
         # HTTPException: a broken status line or headers, a body cut short (IncompleteRead).
         except (OSError, http.client.HTTPException) as exc:
             raise Unavailable(f"Keygate is not reachable: {exc}") from None
         if len(raw) > MAX_ANSWER_BYTES:
             raise Unavailable("Keygate's answer is larger than any answer it gives")
+        headers = dict(message.items())
         length = {k.lower(): v for k, v in headers.items()}.get("content-length", "")
         if length.isascii() and length.isdigit() and len(raw) < int(length):
             raise Unavailable("Keygate's answer was cut short")
@@ -406,7 +439,7 @@ class KeygateClient:
         data = verify_response(
             method="POST",
             url=url,
-            headers=headers,
+            headers=message,  # every header as received, repeated ones included
             body=raw,
             public_keys=self.public_keys,  # type: ignore[arg-type]
             nonce=payload["nonce"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 from connector.client import (
     KeygateClient,
     RequestRejected,
+    Result,
     SignatureError,
     Unavailable,
     verify_response,
@@ -233,6 +235,96 @@ def test_broken_answers_are_unavailable_and_fall_back_to_the_saved_one(
             body=b"{}",
             public_keys=keys,
         )
+
+
+Rewrite = Callable[[list[tuple[str, str]]], list[tuple[str, str]]]
+
+
+def _rewriting_proxy(target_port: int, rewrite: Rewrite) -> tuple[str, threading.Thread]:
+    """A one-request proxy to the live server that passes the answer's headers through
+    ``rewrite``, as a server or proxy in front of Keygate might."""
+    import http.client
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        stream = connection.makefile("rb")
+        method, target, _ = stream.readline().decode().split()
+        headers = {}
+        while (line := stream.readline().decode().strip()) != "":
+            name, _, value = line.partition(":")
+            headers[name.strip()] = value.strip()
+        body = stream.read(int(headers.get("Content-Length", "0")))
+        upstream = http.client.HTTPConnection("127.0.0.1", target_port, timeout=10)
+        upstream.request(method, target, body=body, headers=headers)
+        answer = upstream.getresponse()
+        content = answer.read()
+        lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+        lines += [f"{name}: {value}" for name, value in rewrite(answer.getheaders())]
+        connection.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + content)
+        connection.close()
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+def _repeat(header: str) -> Rewrite:
+    return lambda headers: [h for h in headers for _ in range(2 if h[0].lower() == header else 1)]
+
+
+def _date_moved(seconds: int) -> Rewrite:
+    """Keygate's signed Date replaced by a later one, as gunicorn and nginx replace it."""
+
+    def rewrite(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        signed = next(v for k, v in headers if k.lower() == "date")
+        later = email.utils.parsedate_to_datetime(signed).timestamp() + seconds
+        others = [(k, v) for k, v in headers if k.lower() != "date"]
+        return [*others, ("Date", email.utils.formatdate(later, usegmt=True))]
+
+    return rewrite
+
+
+def _through(live: LiveServer, key: str, rewrite: Rewrite) -> Result:
+    url, thread = _rewriting_proxy(live.port, rewrite)
+    try:
+        return KeygateClient(url, _pinned(live), product="501").validate(key)
+    finally:
+        thread.join(timeout=10)
+
+
+def test_answers_verify_through_servers_that_rewrite_or_repeat_headers(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """gunicorn (and nginx) replace Keygate's Date with their own, made a moment later and so
+    sometimes in the next second; werkzeug sends its Date besides Keygate's; a CDN may repeat
+    headers of its own. The client finds the Date that was signed."""
+    key = issue_key(shop)
+    for rewrite in (_date_moved(1), _repeat("date"), _repeat("x-content-type-options")):
+        assert _through(live, key, rewrite).valid
+
+
+@pytest.mark.parametrize("header", ["digest", "keygate-signature"])
+def test_an_answer_repeating_its_digest_or_signature_is_refused(
+    shop: WebhookSender, live: LiveServer, header: str
+) -> None:
+    """Which Digest or signature counts must not depend on who reads the answer: one sent
+    twice, even with the same value, is a bad signature."""
+    key = issue_key(shop)
+    with pytest.raises(SignatureError, match="twice"):
+        _through(live, key, _repeat(header))
+
+
+def test_a_date_moved_by_more_than_a_second_does_not_verify(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    with pytest.raises(SignatureError, match="does not verify"):
+        _through(live, issue_key(shop), _date_moved(2))
 
 
 def test_fifty_parallel_activations_of_three_seats_from_two_processes(
