@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -336,6 +338,32 @@ def test_body_over_the_limit_is_413(shop: WebhookSender) -> None:
     )
     assert response.status_code == 413
     assert response.mimetype == "application/problem+json"
+
+
+def test_the_plain_text_mail_puts_every_key_and_link_on_a_line_of_its_own(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Mail clients make a link of everything up to the next space: a link followed by the
+    next line's words on the same line is a link that does not work."""
+    shop.configure(501, download_limit=3, duration_days=365)
+    stored = Path(app.extensions["keygate.settings"].storage_dir) / "products/501/manual.pdf"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"%PDF-1.4 not stamped: watermark none")
+    shop.deliver(wc_order(9014, "processing", [line_item(501, quantity=2)]))
+    run_pending(app)
+    with app.app_context():
+        text_body = db.session.execute(select(Mail.body_text)).scalar_one()
+    lines = text_body.splitlines()
+    keys = [lic["key"] for lic in shop.order(9014)["licenses"]]
+    for key in keys:
+        [line] = [line for line in lines if key in line]
+        assert re.fullmatch(rf"  Product 501: {key} \(valid until \d{{4}}-\d\d-\d\d\)", line)
+    links = re.findall(r"http://keygate\.test(/d/\S+)", text_body)
+    assert len(links) == 2
+    for link in links:
+        with shop.client.get(link) as response:
+            assert response.status_code == 200
+    assert lines[-1].startswith("Manage your licenses and activations: http://keygate.test/my/")
 
 
 def test_other_topics_are_acknowledged_and_ignored(app: Flask, shop: WebhookSender) -> None:
