@@ -126,7 +126,9 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
             backend="pending",
         )
         session.add(mail_row)
-        session.flush()
+        # Kept whatever the send does: a mail held up by an outage shows in the outbox as
+        # waiting, and every retry sends this same stored mail.
+        session.commit()
     send_stored_mail(mail_row, mailer_for(store), order.name, f"keygate-{store.public_id}-{job_id}")
 
 

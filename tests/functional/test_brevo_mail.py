@@ -167,8 +167,11 @@ def test_the_owner_sees_order_mails_not_delivered_yet(
     brevo.failures.extend([503])
     brevo_shop.deliver(wc_order(9604, "processing", [line_item(501)]))
     run_pending(brevo_app)
-    [waiting] = brevo_shop.admin("GET", "/outbox").get_json()["undelivered"]
+    outbox = brevo_shop.admin("GET", "/outbox").get_json()
+    [waiting] = outbox["undelivered"]
     assert (waiting["order_id"], waiting["status"], waiting["attempts"]) == ("9604", "retrying", 1)
+    [stored] = outbox["mails"]  # the mail itself is kept, not sent yet
+    assert stored["sent_at"] is None
     assert "Brevo answered 503" in waiting["last_error"] and waiting["next_attempt_at"]
     with brevo_app.app_context(), transaction() as session:
         for job in session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalars():
@@ -185,7 +188,10 @@ def test_the_owner_sees_order_mails_not_delivered_yet(
             job.status = "pending"
     make_due(brevo_app)
     run_pending(brevo_app)
-    assert brevo_shop.admin("GET", "/outbox").get_json()["undelivered"] == []
+    outbox = brevo_shop.admin("GET", "/outbox").get_json()
+    assert outbox["undelivered"] == []
+    [sent] = outbox["mails"]
+    assert (sent["id"], sent["sent_at"] is not None) == (stored["id"], True)
 
 
 def test_the_owner_resends_a_dead_order_mail(
@@ -206,8 +212,8 @@ def test_the_owner_resends_a_dead_order_mail(
     run_pending(brevo_app)
     outbox = brevo_shop.admin("GET", "/outbox").get_json()
     assert outbox["undelivered"] == []
-    [mail] = outbox["mails"]
-    assert mail["sent_at"] is not None
+    resent, dead = outbox["mails"]  # newest first
+    assert (resent["sent_at"] is not None, dead["sent_at"]) == (True, None)
     [sent] = brevo.sent()
     key = brevo_shop.admin("GET", "/orders/9605").get_json()["licenses"][0]["key"]
     assert key in sent.body["textContent"]
