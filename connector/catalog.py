@@ -48,17 +48,23 @@ def _check_object_key(key: str, name: str = "object_key") -> str:
     return plain_text(key, name)
 
 
+def _or_default(value: Any, default: str) -> Any:
+    """``default`` for a field left out (null or ""); anything else as sent, for checking: a
+    ``[]`` or ``{}`` is a mistake to report, not a request for the default."""
+    return default if value is None or value == "" else value
+
+
 def parse_file_spec(raw: Any, index: int) -> FileSpec:
     if not isinstance(raw, dict):
         raise ValidationFailed(f"files[{index}] must be an object", field="files")
     key = raw.get("object_key")
     if not isinstance(key, str) or not key.strip() or len(key) > 1024:
         raise ValidationFailed(f"files[{index}].object_key is required text", field="files")
-    filename = raw.get("filename") or key.rsplit("/", 1)[-1]
+    filename = _or_default(raw.get("filename"), key.rsplit("/", 1)[-1])
     if not isinstance(filename, str) or len(filename) > 300 or "/" in filename:
         raise ValidationFailed(f"files[{index}].filename must be a plain file name", field="files")
-    watermark = raw.get("watermark", "none") or "none"
-    if watermark not in WATERMARKS:
+    watermark = _or_default(raw.get("watermark"), "none")
+    if not isinstance(watermark, str) or watermark not in WATERMARKS:
         raise ValidationFailed(
             f"files[{index}].watermark must be one of {', '.join(WATERMARKS)}", field="files"
         )
@@ -72,8 +78,8 @@ def parse_file_spec(raw: Any, index: int) -> FileSpec:
 
 def parse_watermark_fallback(data: dict[str, Any]) -> str:
     """What to serve when a buyer's watermarked copy cannot be made: refuse or the original."""
-    value = data.get("watermark_fallback") or "refuse"
-    if value not in WATERMARK_FALLBACKS:
+    value = _or_default(data.get("watermark_fallback"), "refuse")
+    if not isinstance(value, str) or value not in WATERMARK_FALLBACKS:
         raise ValidationFailed(
             f"watermark_fallback must be one of {', '.join(WATERMARK_FALLBACKS)}",
             field="watermark_fallback",

@@ -9,6 +9,7 @@ same for the URL and the pages' forms, before any view runs.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 from flask import request
@@ -49,6 +50,15 @@ def json_body() -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object (Content-Type: application/json).")
     return data
+
+
+def known_fields(data: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
+    """Refuse a field the API does not know: a misspelt ``activation_limt`` would otherwise be
+    ignored, leaving the owner with a default (no seat limit) they never asked for."""
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        name = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ValidationFailed(f"unknown field {name}", field=name)
 
 
 def optional_int(

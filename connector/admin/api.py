@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
 from connector.catalog import (
+    POLICY_FIELDS,
     ProductSpec,
     configure_product,
     parse_file_spec,
@@ -24,6 +25,7 @@ from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
 from connector.validation import (
     json_body,
+    known_fields,
     optional_bool,
     optional_int,
     required_str,
@@ -41,10 +43,16 @@ def _shop_id(value: str) -> str:
     return value
 
 
+PRODUCT_FIELDS = ("name", "policy", "files", "watermark_fallback")
+FILE_FIELDS = ("object_key", "filename", "watermark")
+
+
 def _product_spec(data: dict[str, Any]) -> ProductSpec:
-    raw_policy = data.get("policy") or {}
+    known_fields(data, PRODUCT_FIELDS)
+    raw_policy = {} if data.get("policy") is None else data["policy"]
     if not isinstance(raw_policy, dict):
         raise ValidationFailed("policy must be an object", field="policy")
+    known_fields(raw_policy, POLICY_FIELDS, "policy")
     policy = {
         "activation_limit": optional_int(
             raw_policy, "activation_limit", minimum=0, maximum=100_000
@@ -58,9 +66,12 @@ def _product_spec(data: dict[str, Any]) -> ProductSpec:
         "abuse_threshold": optional_int(raw_policy, "abuse_threshold", minimum=1, maximum=100_000),
         "abuse_suspend": optional_bool(raw_policy, "abuse_suspend"),
     }
-    raw_files = data.get("files") or []
+    raw_files = [] if data.get("files") is None else data["files"]
     if not isinstance(raw_files, list) or len(raw_files) > 100:
         raise ValidationFailed("files must be a list of at most 100 files", field="files")
+    for i, raw in enumerate(raw_files):
+        if isinstance(raw, dict):
+            known_fields(raw, FILE_FIELDS, f"files[{i}]")
     files = [parse_file_spec(raw, i) for i, raw in enumerate(raw_files)]
     if len({f.object_key for f in files}) != len(files):
         raise ValidationFailed("files lists the same object_key twice", field="files")

@@ -27,7 +27,13 @@ from connector.licensing.releases import (
 )
 from connector.licensing.service import activation_json, iso
 from connector.models import Activation, Product, Release
-from connector.validation import json_body, optional_int, optional_str, required_str
+from connector.validation import (
+    json_body,
+    known_fields,
+    optional_int,
+    optional_str,
+    required_str,
+)
 from plugin.shop import parse_utc_datetime
 
 bp = Blueprint("licensing_admin_api", __name__, url_prefix="/api/v1/admin")
@@ -106,7 +112,11 @@ def _product(shop_product_id: str) -> Product:
     return product
 
 
+RELEASE_FIELDS = ("version", "object_key", "sha256", "size", "published_at", "changelog")
+
+
 def _release_spec(data: dict[str, Any]) -> ReleaseSpec:
+    known_fields(data, RELEASE_FIELDS)
     version = required_str(data, "version", max_length=64)
     if not VERSION.match(version):
         raise ValidationFailed("version has characters other than 0-9 A-Z . + - _", field="version")

@@ -17,7 +17,7 @@ from connector.audit import record_audit
 from connector.errors import NotFound, ValidationFailed
 from connector.integrations.r2 import endpoint_problem
 from connector.models import CREDENTIAL_KINDS, Credential, Store
-from connector.validation import optional_int, optional_str
+from connector.validation import known_fields, optional_int, optional_str
 from connector.vault.crypto import Concealed, ConcealedDict, mask
 
 
@@ -89,9 +89,7 @@ def credentials_for(session: Session, store: Store, kind: str) -> ConcealedDict 
 def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     """Check a kind's fields as sent (unknown names refused; empty text counts as left out)."""
     spec = FIELDS[kind]
-    unknown = sorted(set(data) - set(spec))
-    if unknown:
-        raise ValidationFailed(f"unknown field {unknown[0]}", field=unknown[0])
+    known_fields(data, spec)
     values: dict[str, Any] = {}
     for name, field_spec in spec.items():
         if field_spec.kind is int:

@@ -392,3 +392,39 @@ def test_an_r2_endpoint_stored_before_the_check_makes_storage_unavailable(
     )
     assert update_product.status_code == 200, update_product.get_data(as_text=True)
     assert any("did not answer" in w for w in update_product.get_json()["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "n", "policy": {"activation_limt": 3}}, "policy.activation_limt"),
+        ({"name": "n", "polcy": {"activation_limit": 3}}, "polcy"),
+        ({"name": "n", "files": [{"object_key": "a.pdf", "watermak": "pdf"}]}, "files[0].watermak"),
+        ({"name": "n", "policy": []}, "policy"),
+        ({"name": "n", "policy": ""}, "policy"),
+        ({"name": "n", "files": {}}, "files"),
+        ({"name": "n", "files": ""}, "files"),
+        ({"name": "n", "files": [{"object_key": "a.pdf", "filename": []}]}, "files"),
+        ({"name": "n", "files": [{"object_key": "a.pdf", "filename": {}}]}, "files"),
+        ({"name": "n", "files": [{"object_key": "a.pdf", "watermark": {}}]}, "files"),
+        ({"name": "n", "watermark_fallback": []}, "watermark_fallback"),
+    ],
+)
+def test_a_product_field_misspelt_or_of_the_wrong_type_is_422_not_a_default(
+    shop: WebhookSender, body: dict[str, Any], field: str
+) -> None:
+    """A typo or a wrong type must not quietly become a default: a misspelt activation limit
+    would sell unlimited seats, a files of {} would remove every file."""
+    shop.configure(501, activation_limit=2)
+    response = shop.admin("PUT", "/products/501", body)
+    assert response.status_code == 422, response.get_json()
+    assert response.get_json()["field"] == field
+    assert shop.admin("PUT", "/products/501", {"name": "n", "policy": None}).status_code == 200
+
+
+def test_a_release_with_an_unknown_field_is_422(shop: WebhookSender) -> None:
+    shop.configure(501)
+    release = {"version": "1.0.0", "object_key": "r.zip", "sha256": "a" * 64, "size": 1}
+    response = shop.admin("POST", "/products/501/releases", {**release, "change_log": "x"})
+    assert (response.status_code, response.get_json()["field"]) == (422, "change_log")
+    assert shop.admin("POST", "/products/501/releases", release).status_code == 201
