@@ -10,7 +10,8 @@ is 503 with ``Retry-After``: the request can be sent again.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from flask import Flask, Response, g, jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://keygate.dev/problems/"
 JSON_PREFIXES = ("/api/", "/webhooks/")
+# Pages people open from a mail: always a page, whatever the client asks for.
+PAGE_PREFIXES = ("/d/", "/my/")
 
 
 class KeygateError(Exception):
@@ -30,6 +33,10 @@ class KeygateError(Exception):
     status = 400
     type = "bad-request"
     title = "Bad request"
+    # Headers the answer carries, JSON or page; ``retry_after`` (seconds) in ``extra`` or
+    # here becomes Retry-After.
+    headers: ClassVar[Mapping[str, str]] = {}
+    retry_after: int | None = None
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail or self.title)
@@ -53,11 +60,15 @@ class Unauthorized(KeygateError):
     status = 401
     type = "unauthorized"
     title = "Missing or wrong credentials"
+    headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": 'Bearer realm="keygate"'}
 
 
 class SignatureInvalid(Unauthorized):
     type = "signature-invalid"
     title = "The webhook signature does not match"
+    headers: ClassVar[
+        Mapping[str, str]
+    ] = {}  # a webhook proves itself by its signature, not a token
 
 
 class Forbidden(KeygateError):
@@ -100,6 +111,7 @@ class ServiceUnavailable(KeygateError):
     status = 503
     type = "unavailable"
     title = "Temporarily unavailable"
+    retry_after = 30
 
 
 DATABASE_RETRY_AFTER = 5
@@ -141,9 +153,34 @@ def database_unavailable(exc: BaseException) -> ServiceUnavailable | None:
 
 
 def wants_json() -> bool:
+    """Problem JSON for the API and webhooks, and for a client asking for JSON anywhere but
+    on the pages buyers open from a mail (a browser extension or a download manager may ask
+    for JSON there; the buyer must still see a page)."""
+    if request.path.startswith(PAGE_PREFIXES):
+        return False
     return request.path.startswith(JSON_PREFIXES) or request.accept_mimetypes.best == (
         "application/json"
     )
+
+
+def _keygate_headers(exc: KeygateError) -> dict[str, str]:
+    headers = dict(exc.headers)
+    retry_after = exc.extra.get("retry_after", exc.retry_after)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return headers
+
+
+def _http_headers(exc: HTTPException) -> dict[str, str]:
+    """The headers werkzeug (or Flask-Limiter) gave the error: Allow on a 405, Retry-After on
+    a 429. The body's own Content-Type is not one of them."""
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    if exc.response is not None and "Retry-After" in exc.response.headers:
+        headers["Retry-After"] = exc.response.headers["Retry-After"]
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return headers
 
 
 def problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> tuple[Response, int]:
@@ -177,12 +214,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(KeygateError)
     def handle_keygate_error(exc: KeygateError) -> Any:
         rollback_request()
+        answer: tuple[Response | str, int]
         if wants_json():
-            response, status = problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
-            if "retry_after" in exc.extra:
-                response.headers["Retry-After"] = str(exc.extra["retry_after"])
-            return response, status
-        return _page(exc.status, exc.title, exc.detail)
+            answer = problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
+        else:
+            answer = _page(exc.status, exc.title, exc.detail)
+        return (*answer, _keygate_headers(exc))
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException) -> Any:
@@ -191,15 +228,12 @@ def register_error_handlers(app: Flask) -> None:
         detail = exc.description or title
         if status == 413:
             detail = "The request body is larger than this server accepts."
+        answer: tuple[Response | str, int]
         if wants_json():
-            response, status = problem(status, title.lower().replace(" ", "-"), title, detail)
-            if exc.response is not None and "Retry-After" in exc.response.headers:
-                response.headers["Retry-After"] = exc.response.headers["Retry-After"]
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                response.headers["Retry-After"] = str(retry_after)
-            return response, status
-        return _page(status, title, detail)
+            answer = problem(status, title.lower().replace(" ", "-"), title, detail)
+        else:
+            answer = _page(status, title, detail)
+        return (*answer, _http_headers(exc))
 
     @app.errorhandler(DBAPIError)
     @app.errorhandler(Disconnected)

@@ -14,6 +14,9 @@ AWS_PATTERNS = [
     re.compile(r"((?:X-Amz-)?Credential=)[^/\s,'\"&]+", re.IGNORECASE),
     re.compile(r"((?:X-Amz-)?Signature=)[0-9a-fA-F]+", re.IGNORECASE),
     re.compile(r"((?:X-Amz-)?Security-Token=)[^\s,'\"&]+", re.IGNORECASE),
+    # botocore.auth's own DEBUG line "Signature:\n<hex>": with the URL's other parameters
+    # (in the CanonicalRequest line) it would rebuild a working presigned URL.
+    re.compile(r"(Signature:\s*)[0-9a-fA-F]+"),
 ]
 
 

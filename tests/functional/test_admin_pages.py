@@ -297,6 +297,7 @@ def test_sign_in_attempts_are_rate_limited(admin_client: FlaskClient) -> None:
     assert response.status_code == 429
     assert int(response.headers["Retry-After"]) >= 1
     assert "text/html" in response.content_type
+    assert "downloads" not in response.get_data(as_text=True)  # that advice is for buyers
     assert admin_client.get("/admin/").status_code == 302  # the right password did not count
 
 

@@ -259,6 +259,7 @@ def test_wrong_or_missing_signature_is_401_and_stores_nothing(
     response = shop.deliver(wc_order(9012), secret="not-the-secret")
     assert response.status_code == 401
     assert response.mimetype == "application/problem+json"
+    assert "WWW-Authenticate" not in response.headers  # no token would help a webhook
     assert response.get_json()["status"] == 401
     body = json.dumps(wc_order(9012)).encode()
     unsigned = shop.client.post(

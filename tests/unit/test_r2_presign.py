@@ -44,3 +44,14 @@ def test_presigned_url_clamps_ttl() -> None:
     store = R2Store(CONFIGS[0])
     url = store.presigned_url("k", "k", 10**9)
     assert parse_qs(urlsplit(url).query)["X-Amz-Expires"] == ["604800"]
+
+
+def test_botocores_debug_log_never_holds_a_signature(caplog: pytest.LogCaptureFixture) -> None:
+    """With DEBUG on, botocore logs the canonical request and the signature of every URL it
+    signs: together a working download link. The signature is hidden."""
+    store = R2Store(CONFIGS[1])
+    with caplog.at_level("DEBUG", logger="botocore"):
+        url = store.presigned_url_botocore("apps/tool.zip", "tool.zip", 300)
+    signature = parse_qs(urlsplit(url).query)["X-Amz-Signature"][0]
+    assert "Signature" in caplog.text  # botocore did log the step
+    assert signature not in caplog.text
