@@ -52,6 +52,14 @@ def json_body() -> dict[str, Any]:
     return data
 
 
+def customer_email(raw: str) -> str:
+    """A customer's address as orders store it (trimmed, lower case), or 422."""
+    email = raw.strip().lower()
+    if "@" not in email or len(email) > 320:
+        raise ValidationFailed("an email address is expected", field="email")
+    return email
+
+
 def known_fields(data: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
     """Refuse a field the API does not know: a misspelt ``activation_limt`` would otherwise be
     ignored, leaving the owner with a default (no seat limit) they never asked for."""

@@ -17,6 +17,8 @@ from connector.downloads.leaks import identify_leak
 from connector.errors import InvalidInput, NotFound, PayloadTooLarge
 from connector.models import DownloadEvent, DownloadGrant, Order, ProductFile, WatermarkCopy
 from connector.orders.service import find_order
+from connector.privacy.service import customer_orders
+from connector.validation import customer_email
 
 bp = Blueprint("downloads_admin_api", __name__, url_prefix="/api/v1/admin")
 
@@ -103,13 +105,8 @@ def order_downloads(shop_order_id: str) -> ResponseReturnValue:
 @require_store_token
 def customer_downloads(email: str) -> ResponseReturnValue:
     """Every click on the links of this buyer's orders (matched by order email), newest first."""
-    orders = list(
-        db.session.scalars(
-            select(Order).where(
-                Order.store_id == current_store().id, Order.email == email.strip()[:320]
-            )
-        )
-    )
+    email = customer_email(email)
+    orders = customer_orders(db.session, current_store(), email)
     return jsonify(
         {
             "email": email,

@@ -7,23 +7,17 @@ from flask.typing import ResponseReturnValue
 
 from connector.admin.auth import current_store, require_store_token
 from connector.db import db
-from connector.errors import NotFound, ValidationFailed
+from connector.errors import NotFound
 from connector.privacy.service import customer_orders, erase_customer, export_customer
+from connector.validation import customer_email
 
 bp = Blueprint("privacy_views", __name__, url_prefix="/api/v1/admin/customers")
-
-
-def _email(raw: str) -> str:
-    email = raw.strip().lower()
-    if "@" not in email or len(email) > 320:
-        raise ValidationFailed("an email address is expected", field="email")
-    return email
 
 
 @bp.get("/<email>/export")
 @require_store_token
 def export(email: str) -> ResponseReturnValue:
-    email = _email(email)
+    email = customer_email(email)
     if not customer_orders(db.session, current_store(), email):
         raise NotFound("Keygate keeps no data about this customer.")
     response = jsonify(export_customer(db.session, current_store(), email))
@@ -34,7 +28,7 @@ def export(email: str) -> ResponseReturnValue:
 @bp.delete("/<email>")
 @require_store_token
 def erase(email: str) -> ResponseReturnValue:
-    email = _email(email)
+    email = customer_email(email)
     erased = erase_customer(db.session, current_store(), email, actor="api")
     if erased == 0:
         raise NotFound("Keygate keeps no data about this customer.")

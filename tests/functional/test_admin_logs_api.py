@@ -33,3 +33,16 @@ def test_audit_log_and_outbox_show_only_this_store(app: Flask, shop: WebhookSend
     assert other_shop.admin("GET", "/outbox").get_json()["mails"] == []
     assert shop.admin("GET", "/outbox?limit=0").status_code == 422
     assert shop.client.get("/api/v1/admin/audit").status_code == 401
+
+
+def test_a_customers_downloads_are_found_by_the_address_as_the_shop_shows_it(
+    shop: WebhookSender,
+) -> None:
+    """Order emails are stored in lower case; the owner pastes them as WooCommerce shows
+    them. Export, erase and the licenses filter match any case: so do the downloads."""
+    shop.configure(501)
+    shop.deliver(wc_order(9701, "processing", [line_item(501)], email="Bob@Example.org"))
+    for address in ("bob@example.org", "Bob@Example.org", " BOB@EXAMPLE.ORG "):
+        assert shop.admin("GET", f"/customers/{address}/downloads").get_json()["orders"] == ["9701"]
+    missing_at = shop.admin("GET", "/customers/no-at/downloads")
+    assert (missing_at.status_code, missing_at.get_json()["field"]) == (422, "email")
