@@ -87,6 +87,15 @@ def parse_watermark_fallback(data: dict[str, Any]) -> str:
     return str(value)
 
 
+def find_product(session: Session, store: Store, shop_product_id: str) -> Product | None:
+    """The store's product configured under the shop's id, if any."""
+    return session.execute(
+        select(Product).where(
+            Product.store_id == store.id, Product.shop_product_id == shop_product_id
+        )
+    ).scalar_one_or_none()
+
+
 def configure_product(
     session: Session, store: Store, shop_product_id: str, spec: ProductSpec, *, actor: str
 ) -> Product:
@@ -97,11 +106,7 @@ def configure_product(
     from connector.downloads.storage import check_in_reach
 
     check_in_reach(store, [f.object_key for f in spec.files])
-    product = session.execute(
-        select(Product).where(
-            Product.store_id == store.id, Product.shop_product_id == shop_product_id
-        )
-    ).scalar_one_or_none()
+    product = find_product(session, store, shop_product_id)
     if product is None:
         product = Product(store_id=store.id, shop_product_id=shop_product_id, name=spec.name)
         session.add(product)

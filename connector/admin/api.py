@@ -13,6 +13,7 @@ from connector.catalog import (
     POLICY_FIELDS,
     ProductSpec,
     configure_product,
+    find_product,
     parse_file_spec,
     parse_watermark_fallback,
     product_json,
@@ -20,7 +21,7 @@ from connector.catalog import (
 from connector.db import db
 from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.mail.service import ORDER_MAIL_JOB, mail_order_again
-from connector.models import AuditEvent, Job, Mail, Order
+from connector.models import AuditEvent, Job, Mail, Order, Product
 from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
 from connector.validation import (
@@ -90,6 +91,28 @@ def put_product(shop_product_id: str) -> ResponseReturnValue:
     product = configure_product(
         db.session, current_store(), _shop_id(shop_product_id), spec, actor="api"
     )
+    body = product_json(product)
+    body["warnings"] = missing_file_warnings(product)
+    return jsonify(body)
+
+
+@bp.get("/products")
+@require_store_token
+def list_products() -> ResponseReturnValue:
+    """Every product configured for the store (by the API or the shop's product sync)."""
+    products = db.session.scalars(
+        select(Product).where(Product.store_id == current_store().id).order_by(Product.id)
+    )
+    return jsonify({"products": [product_json(p) for p in products]})
+
+
+@bp.get("/products/<shop_product_id>")
+@require_store_token
+def get_product(shop_product_id: str) -> ResponseReturnValue:
+    """A product as configured, with warnings for files not (yet) in storage."""
+    product = find_product(db.session, current_store(), _shop_id(shop_product_id))
+    if product is None:
+        raise NotFound("No product with this id is configured.")
     body = product_json(product)
     body["warnings"] = missing_file_warnings(product)
     return jsonify(body)

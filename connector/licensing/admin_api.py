@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
+from connector.catalog import find_product
 from connector.db import db
 from connector.errors import NotFound, ValidationFailed
 from connector.licensing.admin import (
@@ -102,11 +103,7 @@ def post_license_action(key: str, action: str) -> ResponseReturnValue:
 
 
 def _product(shop_product_id: str) -> Product:
-    product = db.session.execute(
-        select(Product).where(
-            Product.store_id == current_store().id, Product.shop_product_id == shop_product_id
-        )
-    ).scalar_one_or_none()
+    product = find_product(db.session, current_store(), shop_product_id)
     if product is None:
         raise NotFound("No product with this id is configured.")
     return product

@@ -46,3 +46,24 @@ def test_a_customers_downloads_are_found_by_the_address_as_the_shop_shows_it(
         assert shop.admin("GET", f"/customers/{address}/downloads").get_json()["orders"] == ["9701"]
     missing_at = shop.admin("GET", "/customers/no-at/downloads")
     assert (missing_at.status_code, missing_at.get_json()["field"]) == (422, "email")
+
+
+def test_the_owner_reads_back_what_a_product_is_configured_as(
+    app: Flask, shop: WebhookSender
+) -> None:
+    put = shop.configure(501, activation_limit=2, duration_days=365).get_json()
+    shop.configure(502)
+    got = shop.admin("GET", "/products/501")
+    assert got.status_code == 200
+    assert got.get_json() == put
+    assert got.get_json()["policy"]["activation_limit"] == 2
+    listed = shop.admin("GET", "/products").get_json()["products"]
+    assert [p["product_id"] for p in listed] == ["501", "502"]
+    unknown = shop.admin("GET", "/products/999")
+    assert (unknown.status_code, unknown.mimetype) == (404, "application/problem+json")
+    with app.app_context():
+        other = create_store(db.session, "Other", "https://other.example")
+        db.session.commit()
+    other_shop = WebhookSender(app.test_client(), other)
+    assert other_shop.admin("GET", "/products/501").status_code == 404
+    assert other_shop.admin("GET", "/products").get_json()["products"] == []
