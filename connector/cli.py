@@ -18,7 +18,7 @@ from flask import Flask
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
-from connector.config import MASTER_KEY_FILE, SECRET_KEY_FILE, ConfigError
+from connector.config import MASTER_KEY_FILE, SECRET_KEY_FILE, ConfigError, Settings
 
 # Modules that add commands: each has ``register(group: click.Group) -> None``.
 COMMAND_MODULES: list[str] = [
@@ -215,19 +215,59 @@ def store_add(
             raise click.ClickException(str(exc)) from None
         db.session.commit()
         store_id = created.store.public_id
+        base_url = get_settings().base_url
         info = {
             "store_id": store_id,
-            "webhook_url": f"{get_settings().base_url}/webhooks/woocommerce/{store_id}",
+            "webhook_url": f"{base_url}/webhooks/woocommerce/{store_id}",
             "webhook_secret": created.webhook_secret,
             "api_token": created.api_token,
             "storage_area": own_area(created.store.id),
         }
+    if base_url == Settings.base_url and not os.environ.get("KEYGATE_BASE_URL"):
+        click.echo(
+            f"Note: webhook_url assumes Keygate is reached at {Settings.base_url}; set "
+            "KEYGATE_BASE_URL to the address the shop can reach it at.",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     for key, value in info.items():
         click.echo(f"{key}: {value}")
     click.echo("The secret and token are shown once; Keygate keeps only encrypted/hashed copies.")
+
+
+@store.command("list")
+def store_list() -> None:
+    """The stores Keygate serves: id, name, shop address, storage area."""
+    from sqlalchemy import select
+
+    from connector.db import db
+    from connector.downloads.storage import own_area
+    from connector.models import Store
+
+    app = make_app()
+    with app.app_context():
+        for row in db.session.scalars(select(Store).order_by(Store.id)):
+            click.echo(f"{row.public_id}  {row.name}  {row.url}  {own_area(row.id)}")
+
+
+@store.command("token")
+@click.argument("store_id")
+def store_token(store_id: str) -> None:
+    """Replace a store's admin API token (lost or leaked); the old one stops working."""
+    from connector.db import db
+    from connector.stores import find_store, replace_api_token
+
+    app = make_app()
+    with app.app_context():
+        found = find_store(db.session, store_id)
+        if found is None:
+            raise click.ClickException(f"no store with id {store_id!r} (see `keygate store list`)")
+        token = replace_api_token(db.session, found, actor="cli")
+        db.session.commit()
+    click.echo(f"api_token: {token}")
+    click.echo("Shown once; the previous token no longer works.")
 
 
 STOP_SECONDS = 40.0  # longer than a Brevo call may take (its timeout), so a mail ends cleanly

@@ -41,6 +41,10 @@ def normalize_store_url(url: str) -> str:
     return url.strip().rstrip("/")
 
 
+def _api_token() -> str:
+    return "kg_" + secrets.token_urlsafe(32)
+
+
 def create_store(
     session: Session, name: str, url: str, key_format: KeyFormat | None = None
 ) -> NewStore:
@@ -49,7 +53,7 @@ def create_store(
     name = name.strip()
     if not name:
         raise ValidationFailed("a store needs a name")
-    api_token = "kg_" + secrets.token_urlsafe(32)
+    api_token = _api_token()
     webhook_secret = random_alphanumeric(40)
     store = Store(
         public_id=secrets.token_hex(8),
@@ -81,3 +85,20 @@ def store_for_api_token(session: Session, token: str) -> Store | None:
     return session.execute(
         select(Store).where(Store.api_token_hash == keyed_hash(API_TOKEN_HASH, token))
     ).scalar_one_or_none()
+
+
+def replace_api_token(session: Session, store: Store, *, actor: str) -> str:
+    """Give the store a new admin API token (a lost or leaked one stops working at once).
+
+    Returns the token; like the first one, only its keyed hash is kept.
+    """
+    api_token = _api_token()
+    store.api_token_hash = keyed_hash(API_TOKEN_HASH, api_token)
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="store.api_token_replaced",
+        subject=store.public_id,
+    )
+    return api_token

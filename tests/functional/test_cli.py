@@ -152,3 +152,34 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_a_lost_api_token_is_replaced_from_the_server(tmp_path: Path) -> None:
+    """The token is shown once: `keygate store token` gives a new one and the old one stops
+    working; `keygate store list` names the stores to pick from."""
+    from connector import create_app
+
+    assert keygate(tmp_path, "init").returncode == 0
+    added = keygate(tmp_path, "store", "add", "--name", "Shop", "--url", "https://s.example")
+    assert "set KEYGATE_BASE_URL" in added.stderr  # the printed webhook URL is a guess
+    info = dict(line.split(": ", 1) for line in added.stdout.splitlines() if ": " in line)
+    listed = keygate(tmp_path, "store", "list")
+    assert listed.stdout.split()[:2] == [info["store_id"], "Shop"]
+    replaced = keygate(tmp_path, "store", "token", info["store_id"])
+    assert replaced.returncode == 0, replaced.stderr
+    new_token = re.search(r"api_token: (\S+)", replaced.stdout).group(1)  # type: ignore[union-attr]
+    assert new_token != info["api_token"]
+    unknown = keygate(tmp_path, "store", "token", "nope")
+    assert unknown.returncode != 0 and "keygate store list" in unknown.stderr
+
+    app = create_app({"instance_dir": tmp_path / "instance", "start_worker": False})
+    client = app.test_client()
+    for token, status in ((info["api_token"], 401), (new_token, 200)):
+        answer = client.get("/api/v1/admin/audit", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == status
+    events = client.get(
+        "/api/v1/admin/audit?action=store.api_token_replaced",
+        headers={"Authorization": f"Bearer {new_token}"},
+    ).get_json()["events"]
+    assert [e["actor"] for e in events] == ["cli"]
+    app.extensions["keygate.db"].engine.dispose()
