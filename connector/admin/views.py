@@ -140,6 +140,9 @@ def login() -> ResponseReturnValue:
             record_audit(db.session, store_id=None, actor=user.username, action="admin.login")
             return redirect(_safe_next(request.args.get("next")))
         error = "Wrong user or password."
+    elif request.method == "POST":
+        # An empty or overlong field: no account could match, and it counts as a failure.
+        error = "Wrong user or password."
     return render_template("admin/login.html", form=form, error=error), 401 if error else 200
 
 

@@ -7,6 +7,7 @@ masked (last four characters at most). Other domains read what they need with
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,10 @@ def credentials_for(session: Session, store: Store, kind: str) -> ConcealedDict 
     )
 
 
+# One @, something before it, a dotted domain after it; no spaces, quotes or angle brackets.
+SENDER_EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
+
+
 def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     """Check a kind's fields as sent (unknown names refused; empty text counts as left out)."""
     spec = FIELDS[kind]
@@ -102,7 +107,8 @@ def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     if problem is not None:
         raise ValidationFailed(f"endpoint_url {problem}", field="endpoint_url")
     email = values.get("sender_email")
-    if email is not None and ("@" not in email or " " in email):
+    if email is not None and not SENDER_EMAIL.fullmatch(email):
+        # Brevo would refuse every mail from it, each retried for hours: refuse it here.
         raise ValidationFailed("sender_email must be an email address", field="sender_email")
     return values
 

@@ -268,9 +268,10 @@ def test_credentials_page_keeps_secrets_write_only(
     stored = shop.admin("GET", "/credentials/brevo").get_json()["credentials"]
     assert stored["sender_name"] == "Shop 2"
     assert stored["api_key"] == "****9876"
-    bad = admin_client.post(page, data={**form, "sender_email": "not-an-email"})
-    assert bad.status_code == 422
-    assert "sender_email" in bad.get_data(as_text=True)
+    for address in ("not-an-email", "@", "a@", "a@b@c.org", "<script>@x.org", "shop@local"):
+        bad = admin_client.post(page, data={**form, "sender_email": address})
+        assert bad.status_code == 422, address
+        assert "sender_email" in bad.get_data(as_text=True)
 
 
 def test_an_owner_revocation_also_stops_the_licenses_downloads(shop: WebhookSender) -> None:
@@ -391,3 +392,17 @@ def test_the_bare_address_leads_to_the_admin_sign_in(admin_client: FlaskClient) 
     assert response.status_code == 302
     assert response.headers["Location"] == "/admin/"
     assert admin_client.get("/", follow_redirects=True).request.path == "/admin/login"
+
+
+@pytest.mark.parametrize(
+    ("username", "password"), [("", PASSWORD), ("owner", ""), ("o" * 101, PASSWORD)]
+)
+def test_a_sign_in_with_an_empty_or_overlong_field_says_it_failed(
+    admin_client: FlaskClient, username: str, password: str
+) -> None:
+    token = csrf_token(admin_client, "/admin/login")
+    response = admin_client.post(
+        "/admin/login", data={"username": username, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == 401
+    assert "Wrong user or password." in response.get_data(as_text=True)
