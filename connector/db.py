@@ -55,6 +55,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def iso(value: dt.datetime | None) -> str | None:
+    """A UTC time as the JSON APIs give it: ISO 8601 with a ``Z``."""
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
 

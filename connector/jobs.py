@@ -25,7 +25,7 @@ from flask import Flask
 from sqlalchemy import event, or_, select
 from sqlalchemy.orm import Session
 
-from connector.db import db, insert_ignoring_conflicts, transaction, utcnow
+from connector.db import db, insert_ignoring_conflicts, iso, transaction, utcnow
 from connector.models import Job
 
 log = logging.getLogger(__name__)
@@ -289,6 +289,18 @@ def stop_worker_thread(app: Flask, timeout: float = 10.0) -> None:
     stop.set()
     _wakeup.set()
     thread.join(timeout)
+
+
+def trouble_json(job: Job) -> dict[str, Any]:
+    """A job that failed at least once, as an owner sees it: retrying (with its next
+    attempt) or dead after its last one, and why."""
+    dead = job.status == "dead"
+    return {
+        "status": "dead" if dead else "retrying",
+        "attempts": job.attempts,
+        "last_error": job.last_error,
+        "next_attempt_at": None if dead else iso(job.run_after),
+    }
 
 
 def stats() -> dict[str, int]:

@@ -18,8 +18,9 @@ from connector.catalog import (
     parse_watermark_fallback,
     product_json,
 )
-from connector.db import db
+from connector.db import db, iso
 from connector.errors import Conflict, NotFound, ValidationFailed
+from connector.jobs import trouble_json
 from connector.mail.service import ORDER_MAIL_JOB, mail_order_again
 from connector.models import AuditEvent, Job, Mail, Order, Product
 from connector.orders.service import find_order
@@ -141,7 +142,7 @@ def order_json(order: Order) -> dict[str, Any]:
             "payment_method": order.payment_method,
             "transaction_id": order.transaction_id,
             "payment_note": order.payment_note,
-            "date_paid": _iso(order.date_paid),
+            "date_paid": iso(order.date_paid),
             "line_items": [
                 {
                     "id": line.shop_line_item_id,
@@ -160,8 +161,8 @@ def order_json(order: Order) -> dict[str, Any]:
                 "key": lic.key,
                 "product_id": lic.product_id,
                 "status": lic.status,
-                "expires_at": _iso(lic.expires_at),
-                "updates_until": _iso(lic.updates_until),
+                "expires_at": iso(lic.expires_at),
+                "updates_until": iso(lic.updates_until),
                 "activation_limit": lic.activation_limit,
             }
             for lic in entitlements["licenses"]
@@ -171,17 +172,13 @@ def order_json(order: Order) -> dict[str, Any]:
                 "filename": d.filename,
                 "link": d.link,
                 "downloads_left": d.downloads_left,
-                "expires_at": _iso(d.expires_at),
+                "expires_at": iso(d.expires_at),
                 "revoked": d.revoked,
             }
             for d in entitlements["downloads"]
         ],
         "portal_url": entitlements["portal_url"],
     }
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 @bp.get("/orders/<shop_order_id>")
@@ -233,7 +230,7 @@ def audit_log() -> ResponseReturnValue:
         {
             "events": [
                 {
-                    "at": _iso(e.created_at),
+                    "at": iso(e.created_at),
                     "actor": e.actor,
                     "action": e.action,
                     "subject": e.subject,
@@ -274,13 +271,7 @@ def outbox() -> ResponseReturnValue:
     return jsonify(
         {
             "undelivered": [
-                {
-                    "order_id": shop_order_id,
-                    "status": "dead" if job.status == "dead" else "retrying",
-                    "attempts": job.attempts,
-                    "last_error": job.last_error,
-                    "next_attempt_at": None if job.status == "dead" else _iso(job.run_after),
-                }
+                {"order_id": shop_order_id, **trouble_json(job)}
                 for job, shop_order_id in undelivered
             ],
             "mails": [
@@ -290,8 +281,8 @@ def outbox() -> ResponseReturnValue:
                     "to": mask_email(m.to_email),
                     "subject": m.subject,
                     "backend": m.backend,
-                    "sent_at": _iso(m.sent_at),
-                    "created_at": _iso(m.created_at),
+                    "sent_at": iso(m.sent_at),
+                    "created_at": iso(m.created_at),
                 }
                 for m in mails
             ],

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from connector import get_settings
 from connector.admin.auth import current_store, require_store_token
-from connector.db import db
+from connector.db import db, iso
 from connector.downloads.leaks import identify_leak
 from connector.errors import InvalidInput, NotFound, PayloadTooLarge
 from connector.models import DownloadEvent, DownloadGrant, Order, ProductFile, WatermarkCopy
@@ -23,10 +23,6 @@ from connector.validation import customer_email
 bp = Blueprint("downloads_admin_api", __name__, url_prefix="/api/v1/admin")
 
 MAX_EVENTS = 1000
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def _events_json(orders: list[Order]) -> list[dict[str, Any]]:
@@ -43,7 +39,7 @@ def _events_json(orders: list[Order]) -> list[dict[str, Any]]:
     ).all()
     return [
         {
-            "at": _iso(event.created_at),
+            "at": iso(event.created_at),
             "order_id": by_id[event.order_id].shop_order_id,
             "grant_id": event.grant_id,
             "filename": filename,
@@ -70,7 +66,7 @@ def _grants_json(order: Order) -> list[dict[str, Any]]:
             "filename": product_file.filename,
             "download_count": grant.download_count,
             "download_limit": grant.download_limit,
-            "expires_at": _iso(grant.expires_at),
+            "expires_at": iso(grant.expires_at),
             "revoked": grant.revoked_at is not None,
             "watermark": product_file.watermark,
             # pending | ready | failed; the error is for the owner (never shown to buyers).

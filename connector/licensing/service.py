@@ -35,7 +35,7 @@ from sqlalchemy import Engine, Select, and_, bindparam, delete, func, select
 from sqlalchemy.orm import Session, defer
 
 from connector.audit import record_audit
-from connector.db import insert_ignoring_conflicts, read_one, utcnow
+from connector.db import insert_ignoring_conflicts, iso, read_one, utcnow
 from connector.errors import ValidationFailed
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import Policy
@@ -615,10 +615,6 @@ def check_update(
         )
     best = max(covered, key=lambda r: version_key(r.version))
     return Answer(True, "VALID", "An update is available.", lic, product, {"release": best})
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 def license_json(

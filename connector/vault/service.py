@@ -20,6 +20,7 @@ from connector.integrations.r2 import endpoint_problem
 from connector.models import CREDENTIAL_KINDS, Credential, Store
 from connector.validation import known_fields, optional_int, optional_str
 from connector.vault.crypto import Concealed, ConcealedDict, mask
+from plugin.woocommerce.connect import CONSUMER_KEY, CONSUMER_SECRET
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,13 @@ class FieldSpec:
     required: bool
     secret: bool
     kind: type = str
+    # Text fields with a known shape: checked when stored, not when every job fails.
+    shape: re.Pattern[str] | None = None
+    shape_name: str = ""
+
+
+# One @, something before it, a dotted domain after it; no spaces, quotes or angle brackets.
+EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
 
 
 # The fields of each kind of credentials. Secrets are write-only.
@@ -40,14 +48,23 @@ FIELDS: dict[str, dict[str, FieldSpec]] = {
     },
     "brevo": {
         "api_key": FieldSpec(required=True, secret=True),
-        "sender_email": FieldSpec(required=True, secret=False),
+        "sender_email": FieldSpec(
+            required=True, secret=False, shape=EMAIL, shape_name="an email address"
+        ),
         "sender_name": FieldSpec(required=True, secret=False),
         "list_id": FieldSpec(required=False, secret=False, kind=int),
         "template_id": FieldSpec(required=False, secret=False, kind=int),
     },
     "woocommerce": {
-        "consumer_key": FieldSpec(required=True, secret=True),
-        "consumer_secret": FieldSpec(required=True, secret=True),
+        "consumer_key": FieldSpec(
+            required=True, secret=True, shape=CONSUMER_KEY, shape_name="a WooCommerce key (ck_…)"
+        ),
+        "consumer_secret": FieldSpec(
+            required=True,
+            secret=True,
+            shape=CONSUMER_SECRET,
+            shape_name="a WooCommerce secret (cs_…)",
+        ),
     },
 }
 assert set(FIELDS) == set(CREDENTIAL_KINDS)  # noqa: S101 - a module invariant
@@ -87,10 +104,6 @@ def credentials_for(session: Session, store: Store, kind: str) -> ConcealedDict 
     )
 
 
-# One @, something before it, a dotted domain after it; no spaces, quotes or angle brackets.
-SENDER_EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
-
-
 def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     """Check a kind's fields as sent (unknown names refused; empty text counts as left out)."""
     spec = FIELDS[kind]
@@ -102,14 +115,13 @@ def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
         else:
             value = optional_str(data, name, max_length=500)
             values[name] = value or None  # an empty field counts as left out
+            if value and field_spec.shape is not None and not field_spec.shape.fullmatch(value):
+                # The message names the shape, never the value (it may be a secret).
+                raise ValidationFailed(f"{name} must be {field_spec.shape_name}", field=name)
     endpoint = values.get("endpoint_url")
     problem = endpoint_problem(endpoint) if endpoint is not None else None
     if problem is not None:
         raise ValidationFailed(f"endpoint_url {problem}", field="endpoint_url")
-    email = values.get("sender_email")
-    if email is not None and not SENDER_EMAIL.fullmatch(email):
-        # Brevo would refuse every mail from it, each retried for hours: refuse it here.
-        raise ValidationFailed("sender_email must be an email address", field="sender_email")
     return values
 
 

@@ -15,12 +15,14 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
-from connector.db import db
-from connector.errors import InvalidInput, NotFound
-from connector.models import WebhookRegistration
+from connector.db import db, iso
+from connector.errors import Conflict, InvalidInput, NotFound
+from connector.jobs import trouble_json
+from connector.models import Job, Store, WebhookRegistration
 from connector.stores import find_store
 from connector.validation import json_body
 from connector.vault import connection as shop_connection
+from connector.vault.connection import REGISTER_JOB
 from connector.vault.service import (
     check_kind,
     credentials_for,
@@ -34,10 +36,6 @@ from plugin.woocommerce.connect import parse_callback
 
 log = logging.getLogger(__name__)
 bp = Blueprint("vault_views", __name__)
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 @bp.put("/api/v1/admin/credentials/<kind>")
@@ -69,7 +67,7 @@ def get_store_credentials(kind: str) -> ResponseReturnValue:
 def delete_store_credentials(kind: str) -> ResponseReturnValue:
     kind = check_kind(kind)
     if kind == "woocommerce":
-        raise InvalidInput("Disconnect the shop instead: DELETE /api/v1/admin/connection.")
+        raise Conflict("Disconnect the shop instead: DELETE /api/v1/admin/connection.")
     if not delete_credentials(db.session, current_store(), kind, actor="api"):
         raise NotFound(f"No {kind} credentials are stored for this store.")
     return jsonify({"kind": kind, "deleted": True})
@@ -91,15 +89,33 @@ def get_connection() -> ResponseReturnValue:
             "connect_url": shop_connection.connect_url(store),
             "connect_warning": shop_connection.connect_warning(),
             "webhook_url": shop_connection.webhook_url(store),
-            "connected_at": _iso(connection.connected_at),
-            "reconciled_until": _iso(connection.reconciled_until),
-            "products_synced_at": _iso(connection.products_synced_at),
+            "connected_at": iso(connection.connected_at),
+            "reconciled_until": iso(connection.reconciled_until),
+            "products_synced_at": iso(connection.products_synced_at),
             "webhooks": [
                 {"topic": r.topic, "id": r.shop_webhook_id, "status": r.status}
                 for r in registrations
             ],
+            "webhook_registration": _registration_trouble(store),
         }
     )
+
+
+def _registration_trouble(store: Store) -> dict[str, Any] | None:
+    """Registering the shop's webhooks, when it has failed at least once and not succeeded
+    since: the shop may be down, or the key wrong. None when nothing is wrong."""
+    job = db.session.scalars(
+        select(Job)
+        .where(
+            Job.kind == REGISTER_JOB,
+            Job.payload["store_id"].as_integer() == store.id,
+            Job.status != "done",
+            Job.attempts > 0,
+        )
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    return None if job is None else trouble_json(job)
 
 
 @bp.delete("/api/v1/admin/connection")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
@@ -197,6 +198,21 @@ def test_registration_retries_while_the_shop_is_down(
         assert job.status == "pending"
         assert job.attempts == 1
         assert "503" in (job.last_error or "")
+    # The owner sees it: connected, but the webhooks are not registered yet, and why.
+    connection = shop.admin("GET", "/connection").get_json()
+    assert (connection["status"], connection["webhooks"]) == ("connected", [])
+    trouble = connection["webhook_registration"]
+    assert (trouble["status"], trouble["attempts"]) == ("retrying", 1)
+    assert "503" in trouble["last_error"] and trouble["next_attempt_at"]
+    fake_shop.down = False
+    with app.app_context():
+        from connector.models import Job
+
+        for job in db.session.scalars(select(Job)):
+            job.run_after = job.created_at
+        db.session.commit()
+    run_pending(app)
+    assert shop.admin("GET", "/connection").get_json()["webhook_registration"] is None
 
 
 def test_disconnect_deletes_the_webhooks_and_forgets_the_key(
@@ -258,3 +274,30 @@ def test_return_page_tells_the_owner(shop: WebhookSender) -> None:
     assert b"is connected" in shop.client.get(path + "?success=1&user_id=x").data
     assert b"not approved" in shop.client.get(path + "?success=0").data
     assert shop.client.get("/connect/woocommerce/nope/done").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"consumer_key": "short", "consumer_secret": CONSUMER_SECRET},
+        {"consumer_key": CONSUMER_KEY, "consumer_secret": "x"},
+        {"consumer_key": CONSUMER_SECRET, "consumer_secret": CONSUMER_KEY},
+    ],
+)
+def test_keys_given_by_hand_must_look_like_woocommerces(
+    shop: WebhookSender, credentials: dict[str, str]
+) -> None:
+    """A key that cannot be WooCommerce's would be stored as "connected" while every
+    registration fails for hours: 422, naming the field, never echoing the value."""
+    response = shop.admin("PUT", "/credentials/woocommerce", credentials)
+    assert response.status_code == 422
+    detail = response.get_json()["detail"]
+    assert response.get_json()["field"] in detail
+    assert not any(value in detail for value in credentials.values())
+    assert shop.admin("GET", "/connection").get_json()["status"] != "connected"
+
+
+def test_the_shop_key_is_removed_by_disconnecting_not_deleting(shop: WebhookSender) -> None:
+    response = shop.admin("DELETE", "/credentials/woocommerce")
+    assert (response.status_code, response.mimetype) == (409, "application/problem+json")
+    assert "DELETE /api/v1/admin/connection" in response.get_json()["detail"]
