@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -86,7 +87,20 @@ def init(admin_user: str) -> None:
             click.echo(f"created admin user '{admin_user}'")
             _show_password(password)
         else:
-            click.echo("admin user exists")
+            click.echo(
+                f"admin user exists (forgot the password? {_command()} admin password "
+                "--username NAME)"
+            )
+
+
+def _command() -> str:
+    """How this shell runs keygate: the path it was started by when that is not on PATH
+    (``make run`` starts ``.venv/bin/keygate`` without activating the venv)."""
+    started = sys.argv[0]
+    on_path = shutil.which("keygate")
+    if os.path.basename(started) != "keygate" or (on_path and os.path.samefile(on_path, started)):
+        return "keygate"
+    return os.path.relpath(started)
 
 
 def _create_admin(session: Any, username: str, store_id: int | None) -> str | None:
@@ -294,7 +308,7 @@ def run(host: str, port: int, threads: int) -> None:
     from connector.jobs import stop_worker_thread
 
     click.echo(f"Keygate on http://{host}:{port}  (admin: http://{host}:{port}/admin)")
-    click.echo("Add a store:  keygate store add --name 'My shop' --url https://shop.example")
+    click.echo(f"Add a store:  {_command()} store add --name 'My shop' --url https://shop.example")
 
     def _interrupt(*_: Any) -> None:
         raise KeyboardInterrupt  # waitress stops serving on it, as on Ctrl-C

@@ -45,6 +45,7 @@ def test_init_twice_without_a_terminal(tmp_path: Path) -> None:
     second = keygate(tmp_path, "init")
     assert second.returncode == 0, second.stderr
     assert "admin user exists" in second.stdout
+    assert "keygate admin password --username" in second.stdout  # the way back in
     assert key_file.read_text() == master
 
 
