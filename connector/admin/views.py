@@ -170,7 +170,7 @@ def password() -> ResponseReturnValue:
             user.set_password(form.new.data or "")
             session["generation"] = user.session_generation  # this browser stays signed in
             record_audit(db.session, store_id=None, actor=user.username, action="admin.password")
-            return redirect(url_for("admin_views.dashboard"))
+            return redirect(url_for("admin_views.password", changed=1))
         error = "The current password is not right."
     status = 400 if error or form.errors else 200
     return render_template("admin/password.html", form=form, error=error), status

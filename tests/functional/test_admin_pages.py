@@ -164,6 +164,8 @@ def test_an_admin_changes_their_password_and_other_sessions_end(
         data={"current": PASSWORD, "new": new, "repeat": new, "csrf_token": token},
     )
     assert changed.status_code == 302
+    confirmation = admin_client.get(changed.headers["Location"]).get_data(as_text=True)
+    assert "Your password was changed" in confirmation
     assert admin_client.get("/admin/").status_code == 200  # this browser stays signed in
     assert other.get("/admin/").status_code == 302  # the other session has ended
     fresh = app.test_client()
