@@ -160,7 +160,7 @@ def _claim_one(kinds: set[str] | None) -> Claim | None:
                 break
             # A job that stops its worker every time (memory, a native crash) must not be
             # taken forever: after its last attempt it is dead like any failing job.
-            _bury(job)
+            _bury(session, job)
             session.flush()
         if job is None:
             return None
@@ -170,11 +170,42 @@ def _claim_one(kinds: set[str] | None) -> Claim | None:
         return Claim(job.id, job.attempts, job.kind, {**job.payload, JOB_ID: job.id})
 
 
-def _bury(job: Job) -> None:
+def _bury(session: Session, job: Job) -> None:
+    """Give up on a job after its last attempt, and tell the owner: an audit entry
+    ``job.dead`` in the store's log (the instance's, for jobs of no store)."""
+    from connector.audit import record_audit
+
     job.status = "dead"
     job.locked_until = None
     job.finished_at = utcnow()
     log.error("job %s (%s) is dead after %s attempts", job.id, job.kind, job.attempts)
+    record_audit(
+        session,
+        store_id=_store_of(session, job.payload),
+        actor="keygate",
+        action="job.dead",
+        subject=f"job:{job.id}",
+        # The error's type only: its text (kept on the job, which is purged) may name a
+        # customer, and the audit log is kept longer.
+        detail={"kind": job.kind, "attempts": job.attempts, "error": _error_type(job)},
+    )
+
+
+def _error_type(job: Job) -> str | None:
+    return job.last_error.split(":", 1)[0] if job.last_error else None
+
+
+def _store_of(session: Session, payload: dict[str, Any]) -> int | None:
+    """The store a job works for: named in its payload, or the store of its order."""
+    from connector.models import Order
+
+    store_id = payload.get("store_id")
+    if isinstance(store_id, int):
+        return store_id
+    order_id = payload.get("order_id")
+    if isinstance(order_id, int):
+        return session.scalar(select(Order.store_id).where(Order.id == order_id))
+    return None
 
 
 def _finish(claim: Claim, error: BaseException | None) -> None:
@@ -203,7 +234,7 @@ def _finish(claim: Claim, error: BaseException | None) -> None:
         # Only the type and a short text: library messages can be long, never echo secrets.
         job.last_error = f"{type(error).__name__}: {str(error)[:200]}"
         if job.attempts >= get_settings().job_max_attempts:
-            _bury(job)
+            _bury(session, job)
         else:
             job.status = "pending"
             job.run_after = utcnow() + backoff(job.attempts)

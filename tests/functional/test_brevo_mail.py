@@ -238,3 +238,27 @@ def test_a_resend_the_owner_cannot_make_is_a_clear_error(
     assert "no address to mail" in erased.get_json()["detail"]
     with brevo_app.app_context():
         assert db.session.execute(select(Job).where(Job.payload["resend"].as_boolean())).all() == []
+
+
+def test_a_mail_that_dies_is_in_the_owners_audit_log(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Nobody watches the outbox: a mail given up on after its last attempt leaves an
+    entry in the store's audit log (type of error only), which the owner can poll."""
+    brevo.failures.extend([503] * 3)
+    brevo_shop.deliver(wc_order(9607, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    max_attempts = brevo_app.extensions["keygate.settings"].job_max_attempts
+    with brevo_app.app_context(), transaction() as session:
+        job = session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalar_one()
+        job.attempts = max_attempts - 1
+        job_id = job.id
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    [event] = brevo_shop.admin("GET", "/audit?action=job.dead").get_json()["events"]
+    assert event["subject"] == f"job:{job_id}"
+    assert event["detail"] == {
+        "kind": "mail.order_issued",
+        "attempts": max_attempts,
+        "error": "RetryLater",
+    }

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from connector import jobs
 from connector.db import db, transaction, utcnow
-from connector.models import Job, Mail
+from connector.models import AuditEvent, Job, Mail
 from tests.factories import WebhookSender, line_item, wc_order
 
 CALLS: list[dict[str, Any]] = []
@@ -135,6 +135,9 @@ def test_a_job_that_stops_its_worker_every_time_dies_after_its_last_attempt(app:
     dead = job(app, "test.ok")
     assert (dead.status, dead.attempts, dead.locked_until) == ("dead", max_attempts, None)
     assert dead.last_error == f"Interrupted: the worker stopped during attempt {max_attempts}"
+    with app.app_context():
+        [event] = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "job.dead"))
+        assert (event.subject, event.detail["error"]) == (f"job:{dead.id}", "Interrupted")
 
 
 def test_a_worker_whose_lease_ran_out_does_not_overwrite_the_new_owner(app: Flask) -> None:
