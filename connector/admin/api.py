@@ -92,9 +92,7 @@ def put_product(shop_product_id: str) -> ResponseReturnValue:
     product = configure_product(
         db.session, current_store(), _shop_id(shop_product_id), spec, actor="api"
     )
-    body = product_json(product)
-    body["warnings"] = missing_file_warnings(product)
-    return jsonify(body)
+    return _product_answer(product)
 
 
 @bp.get("/products")
@@ -114,9 +112,12 @@ def get_product(shop_product_id: str) -> ResponseReturnValue:
     product = find_product(db.session, current_store(), _shop_id(shop_product_id))
     if product is None:
         raise NotFound("No product with this id is configured.")
-    body = product_json(product)
-    body["warnings"] = missing_file_warnings(product)
-    return jsonify(body)
+    return _product_answer(product)
+
+
+def _product_answer(product: Product) -> ResponseReturnValue:
+    """A product as configured, with owner-facing warnings for files not (yet) in storage."""
+    return jsonify({**product_json(product), "warnings": missing_file_warnings(product)})
 
 
 def missing_file_warnings(product: Any) -> list[str]:
