@@ -297,11 +297,15 @@ def verify_license_file(
         expected = hashlib.sha256(_compact(key).encode()).hexdigest()
         if not hmac.compare_digest(str(content["key_sha256"]), expected):
             raise LicenseFileError("this license file was made for another key")
+    if now is not None and now.tzinfo is None:
+        raise ValueError("now must be timezone-aware, e.g. datetime.now(timezone.utc)")
     moment = now or dt.datetime.now(dt.UTC)
     try:
         expiry = dt.datetime.fromisoformat(str(content.get("expiry", "")).replace("Z", "+00:00"))
     except ValueError:
         raise LicenseFileError("the license file has no valid expiry") from None
+    if expiry.tzinfo is None:  # Keygate writes UTC with a Z: this file was not made by it
+        raise LicenseFileError("the license file has no valid expiry")
     if moment >= expiry:
         raise LicenseFileError(f"the license file expired at {content.get('expiry')}")
     return dict(content)

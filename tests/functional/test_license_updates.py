@@ -152,6 +152,8 @@ def test_offline_license_file_verifies_without_the_network(shop: WebhookSender) 
         verify_license_file(text, keys, key="KG-AAAAA-BBBBB-CCCCC-DDDDD")
     with pytest.raises(LicenseFileError, match="expired"):
         verify_license_file(text, keys, key=key, now=expiry + dt.timedelta(seconds=1))
+    with pytest.raises(ValueError, match="timezone-aware"):  # a clear word, not a TypeError
+        verify_license_file(text, keys, key=key, now=dt.datetime.now())
     lines = text.splitlines()
     lines[2] = lines[2][:10] + ("A" if lines[2][10] != "A" else "B") + lines[2][11:]
     with pytest.raises(LicenseFileError):
