@@ -203,12 +203,24 @@ def dashboard() -> ResponseReturnValue:
 @bp.get("/orders")
 @login_required
 def orders() -> ResponseReturnValue:
-    query = _scoped(select(Order), Order.store_id).order_by(Order.id.desc()).limit(PAGE)
+    query = _scoped(select(Order), Order.store_id)
     email = (request.args.get("email") or "").strip().lower()
     if email:
         query = query.where(Order.email == email)
-    rows = db.session.execute(query).scalars().all()
-    return render_template("admin/orders.html", orders=rows, email=email, form=ConfirmForm())
+    rows, older = _newest_first(query, Order.id, PAGE)
+    return render_template(
+        "admin/orders.html", orders=rows, email=email, older=older, form=ConfirmForm()
+    )
+
+
+def _newest_first(query: Any, id_column: Any, size: int) -> tuple[list[Any], int | None]:
+    """One page of rows, newest first, from ``?before=<id>`` on; and the id to pass as
+    ``before`` for the next older page (None on the last one)."""
+    before = whole_number(request.args.get("before") or "")
+    if before is not None:
+        query = query.where(id_column < before)
+    rows = db.session.scalars(query.order_by(id_column.desc()).limit(size + 1)).all()
+    return list(rows[:size]), (rows[size - 1].id if len(rows) > size else None)
 
 
 @bp.get("/orders/<int:order_id>")
@@ -289,12 +301,10 @@ def retry_job(job_id: int) -> ResponseReturnValue:
 @bp.get("/audit")
 @login_required
 def audit() -> ResponseReturnValue:
-    events = db.session.scalars(
-        _scoped(select(AuditEvent), AuditEvent.store_id)
-        .order_by(AuditEvent.id.desc())
-        .limit(PAGE * 4)
-    ).all()
-    return render_template("admin/audit.html", events=events, form=ConfirmForm())
+    events, older = _newest_first(
+        _scoped(select(AuditEvent), AuditEvent.store_id), AuditEvent.id, PAGE * 4
+    )
+    return render_template("admin/audit.html", events=events, older=older, form=ConfirmForm())
 
 
 @bp.post("/orders/<int:order_id>/resend")

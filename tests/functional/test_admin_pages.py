@@ -12,6 +12,7 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import select
 from werkzeug.security import generate_password_hash
 
+from connector.audit import record_audit
 from connector.db import db
 from connector.jobs import run_pending
 from connector.models import AdminUser, AuditEvent, License, Mail, Order
@@ -408,3 +409,31 @@ def test_a_sign_in_with_an_empty_or_overlong_field_says_it_failed(
     )
     assert response.status_code == 401
     assert "Wrong user or password." in response.get_data(as_text=True)
+
+
+def test_orders_and_the_audit_log_page_back_to_the_oldest(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list stopped at its page size, with no way to older orders but by email."""
+    monkeypatch.setattr("connector.admin.views.PAGE", 2)
+    for order_id in (9401, 9402, 9403):
+        shop.deliver(wc_order(order_id, "processing", [line_item(777)]))
+    assert sign_in(admin_client) == 302
+    shown: list[str] = []
+    page = "/admin/orders"
+    while page:
+        html = admin_client.get(page).get_data(as_text=True)
+        shown += re.findall(r">(94\d\d)</a>", html)
+        older = re.search(r'href="([^"]+)">Older</a>', html)
+        page = older.group(1).replace("&amp;", "&") if older else ""
+    assert shown == ["9403", "9402", "9401"]
+    with app.app_context():
+        for n in range(9):
+            record_audit(db.session, store_id=None, actor="test", action=f"test.{n}")
+        db.session.commit()
+    audit = admin_client.get("/admin/audit").get_data(as_text=True)
+    assert audit.count("<td>test.") == 8  # 4 pages of orders make one of the audit log
+    assert "<td>test.8</td>" in audit and "<td>test.0</td>" not in audit
+    older = re.search(r'href="([^"]+)">Older</a>', audit)
+    assert older is not None
+    assert "<td>test.0</td>" in admin_client.get(older.group(1)).get_data(as_text=True)
