@@ -271,7 +271,8 @@ def test_keys_given_by_hand_also_register_webhooks(
 def test_return_page_tells_the_owner(shop: WebhookSender) -> None:
     """The page the owner's browser lands on says whether the connection was approved."""
     path = f"/connect/woocommerce/{shop.store.store.public_id}/done"
-    assert b"is connected" in shop.client.get(path + "?success=1&user_id=x").data
+    done = shop.client.get(path + "?success=1&user_id=x").data
+    assert b"is connected" in done and b"/wp-admin/" in done
     assert b"not approved" in shop.client.get(path + "?success=0").data
     assert shop.client.get("/connect/woocommerce/nope/done").status_code == 404
 
