@@ -62,3 +62,9 @@ def test_downloading_a_missing_object_is_file_not_found(
     """A missing object is FileNotFoundError on every backend (never a storage outage)."""
     with pytest.raises(FileNotFoundError):
         object_store.download("nope/missing.bin", tmp_path / "x")
+
+
+def test_delivering_a_missing_object_is_file_not_found(object_store: ObjectStore) -> None:
+    """No backend hands out a delivery (an R2 presigned URL) for an object that is not there."""
+    with pytest.raises(FileNotFoundError):
+        object_store.delivery("nope/missing.bin", "missing.bin", 60)
