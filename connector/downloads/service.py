@@ -11,6 +11,7 @@ a click comes first) and stores it beside the original under a per-order key.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import tempfile
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -42,7 +44,7 @@ from connector.db import (
     raw_connection,
     utcnow,
 )
-from connector.downloads.storage import Delivery, store_for
+from connector.downloads.storage import Delivery, ObjectStore, store_for
 from connector.downloads.watermark import Stamp, WatermarkError, stamp_pdf, stamp_zip
 from connector.errors import ServiceUnavailable
 from connector.integrations.r2 import StorageUnavailable
@@ -469,6 +471,8 @@ def _object_to_serve(
         return product_file.object_key, "original"
     if copy is None or (copy.status != "ready" and copy.attempts < MAX_WATERMARK_ATTEMPTS):
         copy = make_watermarked_copy(session, grant)
+        if copy is None:
+            raise FileUnavailable("Your copy of this file is being prepared; try again shortly.")
     ready = _ready_object(
         product_file.watermark, product_file.object_key, copy.status, copy.object_key
     )
@@ -507,10 +511,12 @@ def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:
     )
 
 
-def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCopy:
+def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCopy | None:
     """Stamp the buyer's copy of the grant's file and store it; record success or why not.
 
-    Safe to run twice: the copy's key and content depend only on the grant.
+    Safe to run twice: the copy's key and content depend only on the grant. None when the
+    buyer's details changed while stamping (an erasure, a new name): that copy is thrown
+    away and the next click or job stamps again.
 
     Raises:
         StorageUnavailable: the store did not answer (the caller retries later).
@@ -541,7 +547,43 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
             error = "the original file is not in storage"
         except WatermarkError as exc:
             error = str(exc)
+    if error is None and not _stamp_still_current(session, grant, stamp):
+        _discard_copy(session, grant, backend, key)
+        return None
     return _record_copy(session, grant, order, product_file, key, stamp.fingerprint, error)
+
+
+def _stamp_still_current(session: Session, grant: DownloadGrant, stamp: Stamp) -> bool:
+    """Does the stamp still say what the order says? Read under the order's row lock, which
+    an erasure takes too (``erase_downloads``): an erasure that landed while the copy was
+    being stamped is seen here, and one that comes later sees the copy this records."""
+    session.execute(
+        select(Order)
+        .where(Order.id == grant.order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()  # fetched, so the session's copy of the order is refreshed
+    current = stamp_for(session, grant)
+    # The fingerprint is signed anew each time; everything else must match.
+    return dataclasses.replace(current, fingerprint=stamp.fingerprint) == stamp
+
+
+def _discard_copy(session: Session, grant: DownloadGrant, backend: ObjectStore, key: str) -> None:
+    """Throw away a copy stamped with details the order no longer has (the buyer's name
+    must not stay in storage after an erasure), and any record of an earlier copy at the
+    same key, which the upload replaced. Committed at once: the click then fails (503),
+    and its rollback must not bring the record back."""
+    from connector.downloads.privacy import DELETE_COPIES_JOB
+    from connector.jobs import enqueue
+
+    log.info("grant %s: buyer's details changed while stamping; copy discarded", grant.id)
+    try:
+        backend.delete(key)
+    except StorageUnavailable:
+        enqueue(session, DELETE_COPIES_JOB, {"store_id": grant.store_id, "object_keys": [key]})
+    session.execute(delete(WatermarkCopy).where(WatermarkCopy.grant_id == grant.id))
+    grant.watermarked_key = None
+    session.commit()
 
 
 def _record_copy(
