@@ -123,6 +123,27 @@ class _GrantLimits(Protocol):
     def download_count(self) -> int: ...
 
 
+class _CopyFacts(Protocol):
+    """What decides whether a buyer's copy can be served (a WatermarkCopy, or its columns)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def object_key(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def source_version(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class _ClickedCopy:
+    status: str
+    object_key: str | None
+    kind: str
+    source_version: str | None
+
+
 @dataclass(frozen=True)
 class _ClickedGrant:
     revoked_at: dt.datetime | None
@@ -294,6 +315,8 @@ _CLICK_FAST = _click_statement(
         ProductFile.watermark,
         WatermarkCopy.status,
         WatermarkCopy.object_key,
+        WatermarkCopy.kind,
+        WatermarkCopy.source_version,
         Credential.data,
     ).select_from(DownloadGrant)
 )
@@ -320,16 +343,18 @@ def start_download_fast(
             if row is None:
                 return None
             store_id, order_id, *limits = row[:6]
-            object_key, filename, watermark, copy_status, copy_key, r2_credentials = row[6:]
+            object_key, filename, watermark, *copy_facts, r2_credentials = row[6:]
             now = utcnow()
             if _refusal_reason(_ClickedGrant(*limits), now) is not None:
                 return None
-            ready = _ready_object(watermark, object_key, copy_status, copy_key)
-            if ready is None:
-                return None
-            object_key, served = ready
+            copy = _ClickedCopy(*copy_facts) if copy_facts[0] is not None else None
+            backend = store_for(store_id, r2_credentials)
             try:
-                delivery = store_for(store_id, r2_credentials).delivery(object_key, filename, ttl)
+                ready = _ready_object(backend, watermark, object_key, copy)
+                if ready is None:
+                    return None
+                object_key, served = ready
+                delivery = backend.delivery(object_key, filename, ttl)
             except (FileNotFoundError, StorageUnavailable):
                 return None
             writing = True
@@ -383,8 +408,9 @@ def start_download(
     reason = _refusal_reason(grant, now)
     if reason is not None:
         return _refuse(session, grant, reason, ip, user_agent)
+    backend = store_for(store, r2_credentials)
     try:
-        choice = _object_to_serve(session, grant, product_file, copy)
+        choice = _object_to_serve(session, backend, grant, product_file, copy)
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
     if choice is None:
@@ -394,7 +420,7 @@ def start_download(
     # The delivery first (it has no side effects): a file that cannot be delivered is never
     # counted, and the count and its log row can then go together.
     try:
-        delivery = store_for(store, r2_credentials).delivery(object_key, product_file.filename, ttl)
+        delivery = backend.delivery(object_key, product_file.filename, ttl)
     except FileNotFoundError:
         log.warning("grant %s: object missing from storage", grant.id)
         raise FileUnavailable(
@@ -449,35 +475,58 @@ def _count_and_log(
 
 
 def _ready_object(
-    watermark: str, original_key: str, copy_status: str | None, copy_key: str | None
+    backend: ObjectStore, watermark: str, original_key: str, copy: _CopyFacts | None
 ) -> tuple[str, str] | None:
     """(object key, what it is) when the file can be served as it stands: the original of an
-    unwatermarked file, or the buyer's copy once it is ready. None: a copy is still to make."""
+    unwatermarked file, or the buyer's copy once it is ready and current. None: a copy is
+    still to make (or to make anew).
+
+    Raises:
+        StorageUnavailable: the store did not answer.
+    """
     if watermark == "none":
         return original_key, "original"
-    if copy_status == "ready" and copy_key is not None:
-        return copy_key, "watermarked"
-    return None
+    if copy is None or copy.status != "ready" or copy.object_key is None:
+        return None
+    if not _copy_is_current(backend, watermark, original_key, copy):
+        return None
+    return copy.object_key, "watermarked"
+
+
+def _copy_is_current(
+    backend: ObjectStore, watermark: str, original_key: str, copy: _CopyFacts
+) -> bool:
+    """Was the copy stamped from the original as it is now, with the file's kind of
+    watermark? The owner may replace the original under the same key or change the kind;
+    buyers must then get the new file. A copy with no recorded version (made before versions
+    were recorded) is stamped anew once. An original missing now keeps its copy: it is what
+    the buyer paid for, and the owner may be moving the file."""
+    if copy.kind != watermark:
+        return False
+    now = backend.version(original_key)  # remembered briefly on R2: no HEAD on most clicks
+    return now is None or now == copy.source_version
 
 
 def _object_to_serve(
-    session: Session, grant: DownloadGrant, product_file: ProductFile, copy: WatermarkCopy | None
+    session: Session,
+    backend: ObjectStore,
+    grant: DownloadGrant,
+    product_file: ProductFile,
+    copy: WatermarkCopy | None,
 ) -> tuple[str, str] | None:
     """(object key, what it is) for this grant, making the watermarked copy if need be.
 
     None when the copy cannot be made and the product says to refuse rather than fall back.
     """
-    if product_file.watermark == "none":
-        return product_file.object_key, "original"
-    if copy is None or (copy.status != "ready" and copy.attempts < MAX_WATERMARK_ATTEMPTS):
+    ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy)
+    if ready is not None:
+        return ready
+    if copy is None or copy.status == "ready" or copy.attempts < MAX_WATERMARK_ATTEMPTS:
         copy = make_watermarked_copy(session, grant)
         if copy is None:
             raise FileUnavailable("Your copy of this file is being prepared; try again shortly.")
-    ready = _ready_object(
-        product_file.watermark, product_file.object_key, copy.status, copy.object_key
-    )
-    if ready is not None:
-        return ready
+    if copy.status == "ready" and copy.object_key is not None:
+        return copy.object_key, "watermarked"
     product = session.get(Product, product_file.product_id)
     if product is not None and product.watermark_fallback == "original":
         return product_file.object_key, "original-fallback"
@@ -530,6 +579,9 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
     backend = store_for(store)
     key = watermarked_key(order, grant, product_file.filename)
     error: str | None = None
+    # Read before the download: should the original change in between, the copy records
+    # the older version and is stamped again, never the other way round.
+    source = backend.version(product_file.object_key)
     # Stamping a large file takes seconds: end the transaction first so no lock is held
     # meanwhile (SQLite's BEGIN IMMEDIATE would stall every writer). Nothing of this click
     # or job is lost: only reads came before, or finished copies that are safe to keep.
@@ -550,7 +602,9 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
     if error is None and not _stamp_still_current(session, grant, stamp):
         _discard_copy(session, grant, backend, key)
         return None
-    return _record_copy(session, grant, order, product_file, key, stamp.fingerprint, error)
+    return _record_copy(
+        session, grant, order, product_file, key, (stamp.fingerprint, source), error
+    )
 
 
 def _stamp_still_current(session: Session, grant: DownloadGrant, stamp: Stamp) -> bool:
@@ -592,9 +646,11 @@ def _record_copy(
     order: Order,
     product_file: ProductFile,
     key: str,
-    fingerprint: str,
+    made_from: tuple[str, str | None],
     error: str | None,
 ) -> WatermarkCopy:
+    """Record the copy ready (with its fingerprint and the original's version it was made
+    from, ``made_from``) or failed, under the copy's row lock."""
     insert_ignoring_conflicts(
         session,
         WatermarkCopy.__table__,
@@ -615,7 +671,7 @@ def _record_copy(
     ).scalar_one()
     copy.attempts += 1
     copy.kind = product_file.watermark
-    copy.fingerprint = fingerprint
+    copy.fingerprint, copy.source_version = made_from
     if error is None:
         copy.status, copy.object_key, copy.error = "ready", key, None
         grant.watermarked_key = key
