@@ -583,3 +583,19 @@ def test_a_replaced_original_is_stamped_anew(app: Flask, shop: WebhookSender) ->
     text = PdfReader(io.BytesIO(second.data)).pages[0].extract_text()
     assert "EDITION TWO" in text and BUYER in text
     assert [e.served for e in events(app)] == ["watermarked", "watermarked"]
+
+
+@pytest.mark.parametrize("filename", [".", "..", ".hidden.pdf"])
+def test_a_file_name_starting_with_a_dot_is_refused(shop: WebhookSender, filename: str) -> None:
+    """ "." or ".." as a file name would make a line's units share one stamped copy (the name
+    ends its storage key): refused with 422, like any other name that is not a plain name."""
+    response = shop.admin(
+        "PUT",
+        "/products/501",
+        {
+            "name": "P",
+            "policy": {},
+            "files": [{"object_key": "books/guide.pdf", "filename": filename, "watermark": "pdf"}],
+        },
+    )
+    assert response.status_code == 422
