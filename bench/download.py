@@ -16,8 +16,9 @@ workers).
 
 Client processes (HTTP/1.1, kept alive where the server keeps connections) hammer each for
 the same time, in alternating rounds; the median ratio click / bare is printed (target >=
-0.4). R2 presigning is local (no request leaves), so no bucket is needed. SQLite by default
-(the embedded default); pass a PostgreSQL URL to measure that instead.
+0.4). R2 presigning is local; the click's existence check (a HEAD, remembered for
+``SEEN_SECONDS`` per object and process) goes to a stand-in bucket on loopback that has every
+object. SQLite by default (the embedded default); pass a PostgreSQL URL to measure that instead.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +81,27 @@ def free_port() -> int:
         return port
 
 
+class _BucketHead(BaseHTTPRequestHandler):
+    """A stand-in bucket that has every object: a click asks it (HEAD) whether the file is
+    there before presigning, at most once per object per ``SEEN_SECONDS`` and process."""
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("ETag", '"bench"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def stand_in_bucket() -> str:
+    """Serve :class:`_BucketHead` on a free loopback port for the rest of the run."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BucketHead)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def set_up(folder: Path, database_url: str | None) -> tuple[Path, str]:
     """Migrate, add a store and a product, sell one download; return the settings file the
     servers read and the click path."""
@@ -103,9 +127,9 @@ def set_up(folder: Path, database_url: str | None) -> tuple[Path, str]:
         "r2_access_key_id": "bench-key-id",
         "r2_secret_access_key": "bench-secret-access-key",
         "r2_bucket": "bench",
-        # Presigning is local; nothing listens here, so the product's file check fails fast
-        # instead of reaching out.
-        "r2_endpoint_url": "http://127.0.0.1:9",
+        # Presigning is local; only the existence check (HEAD, remembered briefly) reaches
+        # the stand-in bucket on loopback.
+        "r2_endpoint_url": stand_in_bucket(),
     }
     settings = folder / "settings.json"
     settings.write_text(json.dumps(overrides))

@@ -61,8 +61,19 @@ def parse_file_spec(raw: Any, index: int) -> FileSpec:
     if not isinstance(key, str) or not key.strip() or len(key) > 1024:
         raise ValidationFailed(f"files[{index}].object_key is required text", field="files")
     filename = _or_default(raw.get("filename"), key.rsplit("/", 1)[-1])
-    if not isinstance(filename, str) or len(filename) > 300 or "/" in filename:
-        raise ValidationFailed(f"files[{index}].filename must be a plain file name", field="files")
+    # A leading dot ("." and ".." too) would make the name of the buyer's stamped copy, the
+    # last part of its storage key, a folder of the key or a hidden file: a line's units
+    # would share one copy (and its license key).
+    if (
+        not isinstance(filename, str)
+        or len(filename) > 300
+        or "/" in filename
+        or filename.startswith(".")
+    ):
+        raise ValidationFailed(
+            f"files[{index}].filename must be a plain file name (not starting with '.')",
+            field="files",
+        )
     watermark = _or_default(raw.get("watermark"), "none")
     if not isinstance(watermark, str) or watermark not in WATERMARKS:
         raise ValidationFailed(

@@ -105,6 +105,10 @@ def erase_downloads(session: Session, orders: list[Order]) -> None:
     order_ids = [o.id for o in orders]
     if not order_ids:
         return
+    # The orders' row locks first: a copy being recorded right now (it takes the same lock,
+    # ``_stamp_still_current``) is either seen below and deleted, or sees the erasure and
+    # throws itself away. Never a buyer's name left behind in storage.
+    session.execute(select(Order.id).where(Order.id.in_(order_ids)).with_for_update())
     session.execute(
         update(DownloadEvent)
         .where(DownloadEvent.order_id.in_(order_ids))

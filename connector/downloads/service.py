@@ -11,6 +11,7 @@ a click comes first) and stores it beside the original under a per-order key.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import tempfile
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -42,7 +44,7 @@ from connector.db import (
     raw_connection,
     utcnow,
 )
-from connector.downloads.storage import Delivery, store_for
+from connector.downloads.storage import Delivery, ObjectStore, store_for
 from connector.downloads.watermark import Stamp, WatermarkError, stamp_pdf, stamp_zip
 from connector.errors import ServiceUnavailable
 from connector.integrations.r2 import StorageUnavailable
@@ -119,6 +121,27 @@ class _GrantLimits(Protocol):
     def download_limit(self) -> int | None: ...
     @property
     def download_count(self) -> int: ...
+
+
+class _CopyFacts(Protocol):
+    """What decides whether a buyer's copy can be served (a WatermarkCopy, or its columns)."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def object_key(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def source_version(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class _ClickedCopy:
+    status: str
+    object_key: str | None
+    kind: str
+    source_version: str | None
 
 
 @dataclass(frozen=True)
@@ -292,6 +315,8 @@ _CLICK_FAST = _click_statement(
         ProductFile.watermark,
         WatermarkCopy.status,
         WatermarkCopy.object_key,
+        WatermarkCopy.kind,
+        WatermarkCopy.source_version,
         Credential.data,
     ).select_from(DownloadGrant)
 )
@@ -318,16 +343,18 @@ def start_download_fast(
             if row is None:
                 return None
             store_id, order_id, *limits = row[:6]
-            object_key, filename, watermark, copy_status, copy_key, r2_credentials = row[6:]
+            object_key, filename, watermark, *copy_facts, r2_credentials = row[6:]
             now = utcnow()
             if _refusal_reason(_ClickedGrant(*limits), now) is not None:
                 return None
-            ready = _ready_object(watermark, object_key, copy_status, copy_key)
-            if ready is None:
-                return None
-            object_key, served = ready
+            copy = _ClickedCopy(*copy_facts) if copy_facts[0] is not None else None
+            backend = store_for(store_id, r2_credentials)
             try:
-                delivery = store_for(store_id, r2_credentials).delivery(object_key, filename, ttl)
+                ready = _ready_object(backend, watermark, object_key, copy)
+                if ready is None:
+                    return None
+                object_key, served = ready
+                delivery = backend.delivery(object_key, filename, ttl)
             except (FileNotFoundError, StorageUnavailable):
                 return None
             writing = True
@@ -381,8 +408,9 @@ def start_download(
     reason = _refusal_reason(grant, now)
     if reason is not None:
         return _refuse(session, grant, reason, ip, user_agent)
+    backend = store_for(store, r2_credentials)
     try:
-        choice = _object_to_serve(session, grant, product_file, copy)
+        choice = _object_to_serve(session, backend, grant, product_file, copy)
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
     if choice is None:
@@ -392,7 +420,7 @@ def start_download(
     # The delivery first (it has no side effects): a file that cannot be delivered is never
     # counted, and the count and its log row can then go together.
     try:
-        delivery = store_for(store, r2_credentials).delivery(object_key, product_file.filename, ttl)
+        delivery = backend.delivery(object_key, product_file.filename, ttl)
     except FileNotFoundError:
         log.warning("grant %s: object missing from storage", grant.id)
         raise FileUnavailable(
@@ -447,33 +475,58 @@ def _count_and_log(
 
 
 def _ready_object(
-    watermark: str, original_key: str, copy_status: str | None, copy_key: str | None
+    backend: ObjectStore, watermark: str, original_key: str, copy: _CopyFacts | None
 ) -> tuple[str, str] | None:
     """(object key, what it is) when the file can be served as it stands: the original of an
-    unwatermarked file, or the buyer's copy once it is ready. None: a copy is still to make."""
+    unwatermarked file, or the buyer's copy once it is ready and current. None: a copy is
+    still to make (or to make anew).
+
+    Raises:
+        StorageUnavailable: the store did not answer.
+    """
     if watermark == "none":
         return original_key, "original"
-    if copy_status == "ready" and copy_key is not None:
-        return copy_key, "watermarked"
-    return None
+    if copy is None or copy.status != "ready" or copy.object_key is None:
+        return None
+    if not _copy_is_current(backend, watermark, original_key, copy):
+        return None
+    return copy.object_key, "watermarked"
+
+
+def _copy_is_current(
+    backend: ObjectStore, watermark: str, original_key: str, copy: _CopyFacts
+) -> bool:
+    """Was the copy stamped from the original as it is now, with the file's kind of
+    watermark? The owner may replace the original under the same key or change the kind;
+    buyers must then get the new file. A copy with no recorded version (made before versions
+    were recorded) is stamped anew once. An original missing now keeps its copy: it is what
+    the buyer paid for, and the owner may be moving the file."""
+    if copy.kind != watermark:
+        return False
+    now = backend.version(original_key)  # remembered briefly on R2: no HEAD on most clicks
+    return now is None or now == copy.source_version
 
 
 def _object_to_serve(
-    session: Session, grant: DownloadGrant, product_file: ProductFile, copy: WatermarkCopy | None
+    session: Session,
+    backend: ObjectStore,
+    grant: DownloadGrant,
+    product_file: ProductFile,
+    copy: WatermarkCopy | None,
 ) -> tuple[str, str] | None:
     """(object key, what it is) for this grant, making the watermarked copy if need be.
 
     None when the copy cannot be made and the product says to refuse rather than fall back.
     """
-    if product_file.watermark == "none":
-        return product_file.object_key, "original"
-    if copy is None or (copy.status != "ready" and copy.attempts < MAX_WATERMARK_ATTEMPTS):
-        copy = make_watermarked_copy(session, grant)
-    ready = _ready_object(
-        product_file.watermark, product_file.object_key, copy.status, copy.object_key
-    )
+    ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy)
     if ready is not None:
         return ready
+    if copy is None or copy.status == "ready" or copy.attempts < MAX_WATERMARK_ATTEMPTS:
+        copy = make_watermarked_copy(session, grant)
+        if copy is None:
+            raise FileUnavailable("Your copy of this file is being prepared; try again shortly.")
+    if copy.status == "ready" and copy.object_key is not None:
+        return copy.object_key, "watermarked"
     product = session.get(Product, product_file.product_id)
     if product is not None and product.watermark_fallback == "original":
         return product_file.object_key, "original-fallback"
@@ -507,10 +560,12 @@ def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:
     )
 
 
-def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCopy:
+def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCopy | None:
     """Stamp the buyer's copy of the grant's file and store it; record success or why not.
 
-    Safe to run twice: the copy's key and content depend only on the grant.
+    Safe to run twice: the copy's key and content depend only on the grant. None when the
+    buyer's details changed while stamping (an erasure, a new name): that copy is thrown
+    away and the next click or job stamps again.
 
     Raises:
         StorageUnavailable: the store did not answer (the caller retries later).
@@ -524,6 +579,9 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
     backend = store_for(store)
     key = watermarked_key(order, grant, product_file.filename)
     error: str | None = None
+    # Read before the download: should the original change in between, the copy records
+    # the older version and is stamped again, never the other way round.
+    source = backend.version(product_file.object_key)
     # Stamping a large file takes seconds: end the transaction first so no lock is held
     # meanwhile (SQLite's BEGIN IMMEDIATE would stall every writer). Nothing of this click
     # or job is lost: only reads came before, or finished copies that are safe to keep.
@@ -541,7 +599,45 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
             error = "the original file is not in storage"
         except WatermarkError as exc:
             error = str(exc)
-    return _record_copy(session, grant, order, product_file, key, stamp.fingerprint, error)
+    if error is None and not _stamp_still_current(session, grant, stamp):
+        _discard_copy(session, grant, backend, key)
+        return None
+    return _record_copy(
+        session, grant, order, product_file, key, (stamp.fingerprint, source), error
+    )
+
+
+def _stamp_still_current(session: Session, grant: DownloadGrant, stamp: Stamp) -> bool:
+    """Does the stamp still say what the order says? Read under the order's row lock, which
+    an erasure takes too (``erase_downloads``): an erasure that landed while the copy was
+    being stamped is seen here, and one that comes later sees the copy this records."""
+    session.execute(
+        select(Order)
+        .where(Order.id == grant.order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()  # fetched, so the session's copy of the order is refreshed
+    current = stamp_for(session, grant)
+    # The fingerprint is signed anew each time; everything else must match.
+    return dataclasses.replace(current, fingerprint=stamp.fingerprint) == stamp
+
+
+def _discard_copy(session: Session, grant: DownloadGrant, backend: ObjectStore, key: str) -> None:
+    """Throw away a copy stamped with details the order no longer has (the buyer's name
+    must not stay in storage after an erasure), and any record of an earlier copy at the
+    same key, which the upload replaced. Committed at once: the click then fails (503),
+    and its rollback must not bring the record back."""
+    from connector.downloads.privacy import DELETE_COPIES_JOB
+    from connector.jobs import enqueue
+
+    log.info("grant %s: buyer's details changed while stamping; copy discarded", grant.id)
+    try:
+        backend.delete(key)
+    except StorageUnavailable:
+        enqueue(session, DELETE_COPIES_JOB, {"store_id": grant.store_id, "object_keys": [key]})
+    session.execute(delete(WatermarkCopy).where(WatermarkCopy.grant_id == grant.id))
+    grant.watermarked_key = None
+    session.commit()
 
 
 def _record_copy(
@@ -550,9 +646,11 @@ def _record_copy(
     order: Order,
     product_file: ProductFile,
     key: str,
-    fingerprint: str,
+    made_from: tuple[str, str | None],
     error: str | None,
 ) -> WatermarkCopy:
+    """Record the copy ready (with its fingerprint and the original's version it was made
+    from, ``made_from``) or failed, under the copy's row lock."""
     insert_ignoring_conflicts(
         session,
         WatermarkCopy.__table__,
@@ -573,7 +671,7 @@ def _record_copy(
     ).scalar_one()
     copy.attempts += 1
     copy.kind = product_file.watermark
-    copy.fingerprint = fingerprint
+    copy.fingerprint, copy.source_version = made_from
     if error is None:
         copy.status, copy.object_key, copy.error = "ready", key, None
         grant.watermarked_key = key

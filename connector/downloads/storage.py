@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ class ObjectStore(Protocol):
     name: str
 
     def exists(self, key: str) -> bool: ...
+
+    def version(self, key: str) -> str | None: ...
 
     def upload(self, key: str, source: Path) -> None: ...
 
@@ -71,6 +75,14 @@ class LocalStore:
         except ValueError:
             return False
 
+    def version(self, key: str) -> str | None:
+        """Size and modification time: they change whenever the file is replaced."""
+        try:
+            status = self.path(key).stat()
+        except (ValueError, OSError):
+            return None
+        return f"{status.st_size}:{status.st_mtime_ns}"
+
     def upload(self, key: str, source: Path) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,11 +106,83 @@ class LocalStore:
         self.path(key).unlink(missing_ok=True)
 
 
+# How long a bucket's "the object is there, with this ETag" is believed without asking again.
+SEEN_SECONDS = 30.0
+_SEEN_MAX_ENTRIES = 10_000
+
+
+class _SeenObjects:
+    """Objects recently found in a bucket, with their ETags, for :data:`SEEN_SECONDS`.
+
+    Presigning never contacts the bucket, so a click asks it first (HEAD) whether the object
+    is there; remembering the positive answers briefly keeps that off most clicks. Missing
+    objects and errors are never remembered: an upload is seen on the very next click. An
+    object deleted or replaced behind Keygate's back is noticed within the window.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str, str], tuple[str, float]] = {}
+
+    def get(self, where: tuple[str, str, str]) -> str | None:
+        entry = self._entries.get(where)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
+
+    def remember(self, where: tuple[str, str, str], etag: str) -> None:
+        with self._lock:
+            if len(self._entries) >= _SEEN_MAX_ENTRIES:
+                self._entries.clear()  # rare; the next clicks just ask the bucket again
+            self._entries[where] = (etag, time.monotonic() + SEEN_SECONDS)
+
+    def forget(self, where: tuple[str, str, str]) -> None:
+        with self._lock:
+            self._entries.pop(where, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+SEEN_OBJECTS = _SeenObjects()
+
+
 class R2ObjectStore(R2Store):
-    """R2 as an :class:`ObjectStore`: deliveries are fresh presigned URLs."""
+    """R2 as an :class:`ObjectStore`: deliveries are fresh presigned URLs, for objects the
+    bucket has just confirmed (a missing object or a bucket that is down is not delivered,
+    so it is never counted)."""
+
+    def _where(self, key: str) -> tuple[str, str, str]:
+        return (self.config.endpoint, self.config.bucket, key)
+
+    def version(self, key: str) -> str | None:
+        """The object's ETag (remembered briefly), None when the bucket says it is missing.
+
+        Raises:
+            StorageUnavailable: the bucket did not answer.
+        """
+        where = self._where(key)
+        known = SEEN_OBJECTS.get(where)
+        if known is not None:
+            return known
+        etag = self.etag(key)
+        if etag is not None:
+            SEEN_OBJECTS.remember(where, etag)
+        return etag
 
     def delivery(self, key: str, filename: str, ttl: int) -> Delivery:
+        if self.version(key) is None:
+            raise FileNotFoundError(key)
         return Delivery(filename=filename, url=self.presigned_url(key, filename, ttl))
+
+    def upload(self, key: str, source: Path) -> None:
+        super().upload(key, source)
+        SEEN_OBJECTS.forget(self._where(key))  # a new ETag: ask the bucket next time
+
+    def delete(self, key: str) -> None:
+        super().delete(key)
+        SEEN_OBJECTS.forget(self._where(key))
 
 
 STORES = {"local": LocalStore, "r2": R2ObjectStore}
@@ -147,6 +231,11 @@ class SharedArea:
 
     def exists(self, key: str) -> bool:
         return not in_another_stores_area(self.store_id, key) and self.backend.exists(key)
+
+    def version(self, key: str) -> str | None:
+        if in_another_stores_area(self.store_id, key):
+            return None
+        return self.backend.version(key)
 
     def upload(self, key: str, source: Path) -> None:
         self.backend.upload(self._writable(key), source)

@@ -145,15 +145,19 @@ class R2Store:
         return _client(self.config)
 
     def exists(self, key: str) -> bool:
+        return self.etag(key) is not None
+
+    def etag(self, key: str) -> str | None:
+        """The object's ETag (it changes whenever the object is replaced), None when missing."""
         try:
-            self.client.head_object(Bucket=self.config.bucket, Key=key)
+            answer = self.client.head_object(Bucket=self.config.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return False
+                return None
             raise StorageUnavailable(f"R2 HEAD failed ({_code(exc)})") from None
         except BotoCoreError as exc:
             raise StorageUnavailable(f"R2 unreachable ({type(exc).__name__})") from None
-        return True
+        return str(answer.get("ETag") or "")
 
     def upload(self, key: str, source: Path) -> None:
         try:

@@ -42,6 +42,9 @@ class WatermarkCopy(Base):
     status: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(8))
     object_key: Mapped[str | None] = mapped_column(String(1024), default=None)
+    # The original's version (ObjectStore.version: ETag, or size and mtime) when it was
+    # stamped: a click restamps once the owner has replaced the original.
+    source_version: Mapped[str | None] = mapped_column(String(200), default=None)
     # The signed fingerprint hidden in the copy; leak lookup verifies it and finds the grant.
     fingerprint: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
     error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -552,3 +552,50 @@ def test_missing_file_is_a_503_page_and_costs_no_download(app: Flask, shop: Webh
     assert response.status_code == 503
     assert response.mimetype == "text/html"
     assert shop.order(7018)["downloads"][0]["downloads_left"] == 1
+
+
+def pdf_saying(path: Path, text: bytes) -> None:
+    pdf = pikepdf.new()
+    pdf.add_blank_page(page_size=(595, 842))
+    font = pikepdf.Dictionary(
+        Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1, BaseFont=pikepdf.Name.Helvetica
+    )
+    page = pdf.pages[-1]
+    page.Resources = pikepdf.Dictionary(Font=pikepdf.Dictionary(F1=font))
+    page.Contents = pdf.make_stream(b"BT /F1 24 Tf 72 700 Td (" + text + b") Tj ET")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pdf.save(path)
+
+
+def test_a_replaced_original_is_stamped_anew(app: Flask, shop: WebhookSender) -> None:
+    """The owner uploads a corrected file under the same key: a buyer whose copy was already
+    stamped gets the new edition (stamped), not the old copy for ever."""
+    original = Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf"
+    pdf_saying(original, b"EDITION ONE")
+    downloads = paid_order(
+        shop, 7019, [{"object_key": "books/guide.pdf", "filename": "guide.pdf", "watermark": "pdf"}]
+    )
+    first = get(shop.client, link_path(downloads[0]))
+    assert "EDITION ONE" in PdfReader(io.BytesIO(first.data)).pages[0].extract_text()
+
+    pdf_saying(original, b"EDITION TWO")
+    second = get(shop.client, link_path(downloads[0]))
+    text = PdfReader(io.BytesIO(second.data)).pages[0].extract_text()
+    assert "EDITION TWO" in text and BUYER in text
+    assert [e.served for e in events(app)] == ["watermarked", "watermarked"]
+
+
+@pytest.mark.parametrize("filename", [".", "..", ".hidden.pdf"])
+def test_a_file_name_starting_with_a_dot_is_refused(shop: WebhookSender, filename: str) -> None:
+    """ "." or ".." as a file name would make a line's units share one stamped copy (the name
+    ends its storage key): refused with 422, like any other name that is not a plain name."""
+    response = shop.admin(
+        "PUT",
+        "/products/501",
+        {
+            "name": "P",
+            "policy": {},
+            "files": [{"object_key": "books/guide.pdf", "filename": filename, "watermark": "pdf"}],
+        },
+    )
+    assert response.status_code == 422

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 from flask import Flask
 from pypdf import PdfReader
 from sqlalchemy import select, update
 
+import connector.downloads.service as service
 from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending
 from connector.models import DownloadEvent, DownloadGrant, WatermarkCopy
@@ -99,3 +103,44 @@ def test_old_clicks_are_purged(app: Flask, shop: WebhookSender) -> None:
     with app.app_context(), transaction() as session:
         assert purge_expired_records(session)["download_events"] == 1
         assert len(session.execute(select(DownloadEvent)).all()) == 1
+
+
+def test_an_erasure_while_a_copy_is_stamped_leaves_no_name_behind(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner erases the buyer while their copy is being stamped on the spot: the copy with
+    their name is thrown away (not recorded, not in storage); the next click stamps anew."""
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    make_pdf(storage / "books/guide.pdf")
+    downloads = paid_order(
+        shop, 7601, [{"object_key": "books/guide.pdf", "filename": "guide.pdf", "watermark": "pdf"}]
+    )
+    stamp_pdf = service.stamp_pdf
+    erased: list[int] = []
+
+    def stamp_while_erasing(source: Path, target: Path, stamp: Any) -> None:
+        def erase() -> None:
+            answer = app.test_client().delete(
+                f"/api/v1/admin/customers/{EMAIL}",
+                headers={"Authorization": f"Bearer {shop.store.api_token}"},
+            )
+            erased.append(answer.status_code)
+
+        eraser = threading.Thread(target=erase)
+        eraser.start()
+        eraser.join()
+        stamp_pdf(source, target, stamp)
+
+    monkeypatch.setattr(service, "stamp_pdf", stamp_while_erasing)
+    path = link_path(downloads[0])
+    assert get(shop.client, path).status_code == 503
+    assert erased == [200]
+    monkeypatch.setattr(service, "stamp_pdf", stamp_pdf)
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy)).scalar_one_or_none() is None
+    assert not [p for p in (storage / "watermarked").rglob("*") if p.is_file()]
+
+    again = get(shop.client, path)
+    assert again.status_code == 200
+    text = PdfReader(io.BytesIO(again.data)).pages[0].extract_text()
+    assert "Jürgen" not in text and EMAIL not in text

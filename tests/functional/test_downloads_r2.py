@@ -31,7 +31,7 @@ from connector.models import DownloadEvent, Store, WatermarkCopy
 from connector.stores import create_store
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.licensing_helpers import call, issue_key
+from tests.licensing_helpers import call, free_port, issue_key
 from tests.localstack import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localstack")]
@@ -298,3 +298,57 @@ def test_update_check_hands_out_a_presigned_r2_url_for_the_release(
     url = body["update"]["download_url"]
     assert url.startswith(f"{localstack_endpoint}/{bucket}/releases/plugin-1.1.0.zip?")
     assert fetch(url)[:2] == (200, b"PK release 1.1.0")
+
+
+def downloads_left(shop: WebhookSender, order_id: int) -> list[int | None]:
+    return [d["downloads_left"] for d in shop.order(order_id)["downloads"]]
+
+
+def test_an_object_missing_from_the_bucket_is_a_503_page_and_costs_no_download(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """Presigning never asks the bucket, so a click does first: a missing object is the 503
+    page (not a redirect to the bucket's XML 404), nothing is counted, and once the owner
+    uploads the file the buyer's retry is served."""
+    r2_shop.configure(
+        501, files=[{"object_key": "apps/later.zip", "filename": "t.zip"}], download_limit=1
+    )
+    assert r2_shop.deliver(wc_order(8010, "processing", [line_item(501)])).status_code == 200
+    path = r2_shop.order(8010)["downloads"][0]["link"].removeprefix("http://keygate.test")
+
+    response = r2_shop.client.get(path)
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert downloads_left(r2_shop, 8010) == [1]
+
+    s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="apps/later.zip", Body=b"PK")
+    again = r2_shop.client.get(path)
+    assert again.status_code == 302
+    assert fetch(again.headers["Location"])[:2] == (200, b"PK")
+    assert downloads_left(r2_shop, 8010) == [0]
+
+
+def test_a_bucket_that_is_down_is_a_503_page_and_costs_no_download(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A click while the bucket does not answer: the 503 page, for plain and watermarked
+    files alike, and no download is counted."""
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    app = make_r2_app(tmp_path, database_url, dead, "gone")
+    try:
+        with app.app_context():
+            created = create_store(db.session, "R2 Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        files = [
+            {"object_key": "a.zip", "filename": "a.zip"},
+            {"object_key": "b.pdf", "filename": "b.pdf", "watermark": "pdf"},
+        ]
+        shop.configure(501, files=files, download_limit=3)
+        assert shop.deliver(wc_order(8011, "processing", [line_item(501)])).status_code == 200
+        for download in shop.order(8011)["downloads"]:
+            response = shop.client.get(download["link"].removeprefix("http://keygate.test"))
+            assert (response.status_code, response.mimetype) == (503, "text/html")
+        assert downloads_left(shop, 8011) == [3, 3]
+    finally:
+        app.extensions["keygate.db"].engine.dispose()

@@ -62,3 +62,25 @@ def test_downloading_a_missing_object_is_file_not_found(
     """A missing object is FileNotFoundError on every backend (never a storage outage)."""
     with pytest.raises(FileNotFoundError):
         object_store.download("nope/missing.bin", tmp_path / "x")
+
+
+def test_delivering_a_missing_object_is_file_not_found(object_store: ObjectStore) -> None:
+    """No backend hands out a delivery (an R2 presigned URL) for an object that is not there."""
+    with pytest.raises(FileNotFoundError):
+        object_store.delivery("nope/missing.bin", "missing.bin", 60)
+
+
+def test_the_version_of_an_object_changes_when_it_is_replaced(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    """version() is None for a missing object and changes when the object is replaced
+    (buyers' stamped copies of it are then made anew)."""
+    source = tmp_path / "source.bin"
+    assert object_store.version("books/guide.pdf") is None
+    source.write_bytes(b"edition one")
+    object_store.upload("books/guide.pdf", source)
+    first = object_store.version("books/guide.pdf")
+    assert first is not None and object_store.version("books/guide.pdf") == first
+    source.write_bytes(b"edition two")
+    object_store.upload("books/guide.pdf", source)
+    assert object_store.version("books/guide.pdf") not in (None, first)
