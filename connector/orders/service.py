@@ -53,6 +53,9 @@ class ApplyResult:
     reinstated_licenses: list[int] = field(default_factory=list)
     renewed_licenses: list[int] = field(default_factory=list)
     reverted_renewals: list[int] = field(default_factory=list)
+    # The delivery lists refunds whose lines were not read from the shop yet: "<listed ids>|
+    # <ids last read>", for the caller to ask for a read (once per such difference).
+    unread_refunds: str | None = None
 
 
 def hash_license_key(canonical_key: str) -> str:
@@ -149,12 +152,31 @@ def _configured_product(
     return None, None
 
 
-def _refunded_units(shop_order: ShopOrder, item: ShopLineItem) -> int:
+def _refund_ids(shop_order: ShopOrder) -> str:
+    return ",".join(sorted(refund.id for refund in shop_order.refunds))
+
+
+def _refunds_itemized(shop_order: ShopOrder, reread: bool) -> bool:
+    """The refunds carry their lines: read from the shop's refunds endpoint, or none listed.
+
+    Webhook payloads list refunds without their lines; counting those would make every
+    later delivery take a partial refund back.
+    """
+    return reread or not shop_order.refunds
+
+
+def _refunded_units(shop_order: ShopOrder, item: ShopLineItem, line: LineItem, reread: bool) -> int:
     from_refunds = sum(r.line_quantities.get(item.id, 0) for r in shop_order.refunds)
-    return max(item.refunded_quantity, from_refunds)
+    refunded = max(item.refunded_quantity, from_refunds)
+    if _refunds_itemized(shop_order, reread):
+        return refunded
+    # Lines unknown: what the last read of the refunds found stands until the next read.
+    return max(refunded, line.refunded_quantity or 0)
 
 
-def _sync_line_items(session: Session, store: Store, order: Order, shop_order: ShopOrder) -> None:
+def _sync_line_items(
+    session: Session, store: Store, order: Order, shop_order: ShopOrder, reread: bool
+) -> None:
     existing = {line.shop_line_item_id: line for line in order.line_items}
     seen: set[str] = set()
     for item in shop_order.line_items:
@@ -170,7 +192,7 @@ def _sync_line_items(session: Session, store: Store, order: Order, shop_order: S
         line.sku = item.sku
         line.quantity = item.quantity
         line.total = item.total
-        line.refunded_quantity = min(item.quantity, _refunded_units(shop_order, item))
+        line.refunded_quantity = min(item.quantity, _refunded_units(shop_order, item, line, reread))
         line.product_id = product.id if product is not None else line.product_id
         line.matched_shop_product_id = (
             matched if product is not None else line.matched_shop_product_id
@@ -395,7 +417,20 @@ def _converge_revoked(session: Session, order: Order, result: ApplyResult) -> No
             _set_unit_revoked(session, line, unit, reason, result)
 
 
-def apply_shop_order(session: Session, store: Store, shop_order: ShopOrder) -> ApplyResult:
+def _note_refunds_read(
+    order: Order, shop_order: ShopOrder, reread: bool, result: ApplyResult
+) -> None:
+    """Remember which refunds' lines are counted; flag a delivery listing any others."""
+    listed = _refund_ids(shop_order)
+    if _refunds_itemized(shop_order, reread):
+        order.refund_ids_read = listed
+    elif listed != order.refund_ids_read:
+        result.unread_refunds = f"{listed}|{order.refund_ids_read or ''}"
+
+
+def apply_shop_order(
+    session: Session, store: Store, shop_order: ShopOrder, *, reread: bool = False
+) -> ApplyResult:
     """Make Keygate's records of an order match the state the shop reports.
 
     Safe to call any number of times, in any order, from any number of processes.
@@ -404,6 +439,8 @@ def apply_shop_order(session: Session, store: Store, shop_order: ShopOrder) -> A
         session: the request's or job's session; this flushes, the caller commits.
         store: the store the order belongs to.
         shop_order: the order as the shop reports it now.
+        reread: ``shop_order`` was read from the shop's REST API (its refunds with their
+            lines), not delivered by a webhook.
     """
     order = _lock_order(session, store, shop_order.id, shop_order.status)
     if _is_stale(order, shop_order):
@@ -411,7 +448,8 @@ def apply_shop_order(session: Session, store: Store, shop_order: ShopOrder) -> A
     result = ApplyResult(outcome="applied", order_id=order.id)
     _copy_order_fields(order, shop_order)
     if not shop_order.deleted:
-        _sync_line_items(session, store, order, shop_order)
+        _sync_line_items(session, store, order, shop_order, reread)
+        _note_refunds_read(order, shop_order, reread, result)
     if shop_order.is_revoking:
         _converge_revoked(session, order, result)
     elif shop_order.status in PAID_STATUSES:

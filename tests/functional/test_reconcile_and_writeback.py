@@ -162,6 +162,58 @@ def test_partial_refund_revokes_only_the_refunded_unit(
     assert len(refresh_jobs) == 1
 
 
+def unit_statuses(app: Flask) -> dict[int, str]:
+    with app.app_context():
+        return dict(db.session.execute(select(License.unit, License.status)).all())
+
+
+def test_a_later_delivery_keeps_a_partial_refund(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A delivery after the refunds were read (its refunds without lines) takes nothing back,
+    and asks the shop nothing again."""
+    shop.configure(501)
+    order = wc_order(9602, "processing", [line_item(501, quantity=3, line_id=78)])
+    connected.orders[9602] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.add_refund(9602, line_id=78, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    order["status"] = "completed"
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:10:00"
+    connected.deliver(shop.client, "order.updated", order)
+    assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
+    assert connected.requests.count(("GET", "orders/9602/refunds")) == 1
+
+
+def test_a_deleted_refund_gives_back_its_unit_and_only_its_unit(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """Refunds A, then A and B, then B deleted: the refund set came back to one read before,
+    and is read again; A's unit stays revoked, B's is active again."""
+    shop.configure(501)
+    order = wc_order(9603, "processing", [line_item(501, quantity=3, line_id=79)])
+    connected.orders[9603] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.add_refund(9603, line_id=79, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    refund_b = connected.add_refund(9603, line_id=79, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:06:00"
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "revoked", 3: "revoked"}
+    connected.refunds[9603] = [r for r in connected.refunds[9603] if r["id"] != refund_b["id"]]
+    order["refunds"] = [r for r in order["refunds"] if r["id"] != refund_b["id"]]
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
+
+
 def test_a_partial_refund_a_store_without_rest_key_cannot_read_is_shown_to_the_owner(
     app: Flask, shop: WebhookSender
 ) -> None:
