@@ -296,11 +296,16 @@ def _insert_license(
 def _set_unit_revoked(
     session: Session, line: LineItem, unit: int, reason: str, result: ApplyResult
 ) -> None:
+    """Revoke the unit's license, if active, and its links for ``reason``.
+
+    A license the owner (or abuse detection) suspended or revoked keeps that state and
+    reason: overwritten by the order's, paying the order again would make it active.
+    """
     now = utcnow()
     for license_ in session.scalars(
         select(License).where(License.line_item_id == line.id, License.unit == unit)
     ):
-        if license_.status != "revoked":
+        if license_.status == "active":
             license_.status = "revoked"
             license_.status_reason = reason
             result.revoked_licenses.append(license_.id)

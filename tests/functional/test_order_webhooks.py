@@ -217,6 +217,20 @@ def test_order_paid_again_after_cancellation_gets_its_licenses_back(shop: Webhoo
     assert [(lic["key"], lic["status"]) for lic in licenses] == [(key, "active")]
 
 
+def test_the_owners_suspension_outlives_a_cancellation_and_payment(shop: WebhookSender) -> None:
+    """Cancelled, then paid again: a license the owner suspended stays suspended, links too."""
+    shop.configure(501)
+    item = line_item(501, line_id=81)
+    shop.deliver(wc_order(9011, "processing", [item], modified=1))
+    key = shop.order(9011)["licenses"][0]["key"]
+    assert shop.admin("POST", f"/licenses/{key}/suspend").status_code == 200
+    shop.deliver(wc_order(9011, "cancelled", [item], modified=2))
+    shop.deliver(wc_order(9011, "processing", [item], modified=3))
+    body = shop.order(9011)
+    assert [lic["status"] for lic in body["licenses"]] == ["suspended"]
+    assert all(d["revoked"] for d in body["downloads"])
+
+
 def test_order_deleted_revokes_and_older_updates_stay_stale(shop: WebhookSender) -> None:
     shop.configure(501)
     item = line_item(501, line_id=75)
