@@ -335,11 +335,16 @@ def _reinstate_units(session: Session, line: LineItem, entitled: int, result: Ap
             license_.status = "active"
             license_.status_reason = None
             result.reinstated_licenses.append(license_.id)
+    # Links come back only with a license that is active again: one the owner revoked or
+    # suspended keeps its links shut, whatever shut them first.
     for grant in session.scalars(
-        select(DownloadGrant).where(
+        select(DownloadGrant)
+        .join(License, DownloadGrant.license_id == License.id)
+        .where(
             DownloadGrant.line_item_id == line.id,
             DownloadGrant.unit <= entitled,
             DownloadGrant.revoked_at.is_not(None),
+            License.status == "active",
         )
     ):
         if (grant.revoked_reason or "").startswith(AUTOMATIC_REASONS):
@@ -347,12 +352,19 @@ def _reinstate_units(session: Session, line: LineItem, entitled: int, result: Ap
             grant.revoked_reason = None
 
 
-def _issued_so_far(session: Session, line: LineItem) -> dict[int, tuple[int, set[int]]]:
-    """unit -> (its license id, the files it has grants for), in two queries per line."""
-    issued: dict[int, tuple[int, set[int]]] = {
-        unit: (license_id, set())
-        for unit, license_id in session.execute(
-            select(License.unit, License.id).where(License.line_item_id == line.id)
+@dataclass
+class _IssuedUnit:
+    license_id: int
+    license_active: bool
+    file_ids: set[int] = field(default_factory=set)
+
+
+def _issued_so_far(session: Session, line: LineItem) -> dict[int, _IssuedUnit]:
+    """unit -> its license and the files it has grants for, in two queries per line."""
+    issued = {
+        unit: _IssuedUnit(license_id, status == "active")
+        for unit, license_id, status in session.execute(
+            select(License.unit, License.id, License.status).where(License.line_item_id == line.id)
         )
     }
     for unit, file_id in session.execute(
@@ -361,7 +373,7 @@ def _issued_so_far(session: Session, line: LineItem) -> dict[int, tuple[int, set
         )
     ):
         if unit in issued:
-            issued[unit][1].add(file_id)
+            issued[unit].file_ids.add(file_id)
     return issued
 
 
@@ -406,9 +418,12 @@ def _converge_paid(
         issued = _issued_so_far(session, line)
         files = {f.id for f in product.files if f.active}
         for unit in range(1, entitled + 1):
-            license_id, granted = issued.get(unit, (None, set()))
-            if license_id is None or not files <= granted:
-                _issue_unit(session, store, order, line, product, unit, license_id, result)
+            known = issued.get(unit)
+            if known is None:
+                _issue_unit(session, store, order, line, product, unit, None, result)
+            elif known.license_active and not files <= known.file_ids:
+                # A file added since; a license the owner shut gets no new link.
+                _issue_unit(session, store, order, line, product, unit, known.license_id, result)
         # Refunded or removed units: newest first, so the first keys bought stay valid.
         for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
             _set_unit_revoked(session, line, unit, "refund", result)

@@ -231,6 +231,43 @@ def test_the_owners_suspension_outlives_a_cancellation_and_payment(shop: Webhook
     assert all(d["revoked"] for d in body["downloads"])
 
 
+def test_a_license_the_owner_revoked_gets_no_link_to_a_file_added_later(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The product gains a file, the order is delivered again: no working link for a
+    license the owner revoked."""
+    shop.configure(501)
+    item = line_item(501, line_id=82)
+    shop.deliver(wc_order(9012, "processing", [item], modified=1))
+    key = shop.order(9012)["licenses"][0]["key"]
+    assert shop.admin("POST", f"/licenses/{key}/revoke").status_code == 200
+    files = [
+        {"object_key": "products/501/manual.pdf", "filename": "manual.pdf"},
+        {"object_key": "products/501/v2.zip", "filename": "v2.zip"},
+    ]
+    shop.configure(501, files=files)
+    shop.deliver(wc_order(9012, "completed", [item], modified=2))
+    assert all(d["revoked"] for d in shop.order(9012)["downloads"])
+    assert count(app, DownloadGrant) == 1
+
+
+def test_links_stay_shut_when_the_owner_revoked_a_cancelled_orders_license(
+    shop: WebhookSender,
+) -> None:
+    """Cancelled, revoked by the owner, paid again: neither the license nor its links
+    come back."""
+    shop.configure(501)
+    item = line_item(501, line_id=83)
+    shop.deliver(wc_order(9013, "processing", [item], modified=1))
+    key = shop.order(9013)["licenses"][0]["key"]
+    shop.deliver(wc_order(9013, "cancelled", [item], modified=2))
+    assert shop.admin("POST", f"/licenses/{key}/revoke").status_code == 200
+    shop.deliver(wc_order(9013, "processing", [item], modified=3))
+    body = shop.order(9013)
+    assert [lic["status"] for lic in body["licenses"]] == ["revoked"]
+    assert all(d["revoked"] for d in body["downloads"])
+
+
 def test_order_deleted_revokes_and_older_updates_stay_stale(shop: WebhookSender) -> None:
     shop.configure(501)
     item = line_item(501, line_id=75)
