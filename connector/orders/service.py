@@ -85,12 +85,14 @@ def _lock_order(session: Session, store: Store, shop_order_id: str, status: str)
     ).scalar_one()
 
 
-def _is_stale(order: Order, shop_order: ShopOrder) -> bool:
+def _is_stale(order: Order, shop_order: ShopOrder, reread: bool) -> bool:
     if order.shop_modified_at is None:
         return False
     if shop_order.date_modified is None:
         # Deletions carry no date; anything else without one is older than what we know.
         return not shop_order.deleted
+    if order.deleted and not shop_order.deleted:
+        return _restore_is_stale(order, shop_order, reread)
     if shop_order.date_modified < order.shop_modified_at:
         return True
     # Same second (WooCommerce dates have one-second resolution): never step back from a
@@ -100,6 +102,18 @@ def _is_stale(order: Order, shop_order: ShopOrder) -> bool:
         and shop_order.status in WAITING_STATUSES
         and order.status not in WAITING_STATUSES
     )
+
+
+def _restore_is_stale(order: Order, shop_order: ShopOrder, reread: bool) -> bool:
+    """A live order after a deletion, which carries no date of its own.
+
+    Trashing moves the shop's date_modified past the last payload applied, so a delivery
+    dated later than that was made after the trash: a restore. A redelivery dated at or
+    before it was not. A read from the shop is its state now, whatever the dates say.
+    """
+    assert order.shop_modified_at is not None  # noqa: S101 - checked by the caller
+    assert shop_order.date_modified is not None  # noqa: S101 - checked by the caller
+    return not reread and shop_order.date_modified <= order.shop_modified_at
 
 
 def _copy_personal_fields(order: Order, shop_order: ShopOrder) -> None:
@@ -119,8 +133,10 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
     order.status = shop_order.status
     if shop_order.deleted:
         order.deleted = True
-        # A deletion has no shop date: take ours, so deliveries sent before it are stale.
-        order.shop_modified_at = max(order.shop_modified_at or utcnow(), utcnow())
+        # A deletion has no shop date. The last one applied stays (see _restore_is_stale):
+        # Keygate's clock would refuse a restore the shop dated a little earlier, for ever.
+        # Only an order never seen before takes ours, so its older deliveries are stale.
+        order.shop_modified_at = order.shop_modified_at or utcnow()
         return
     order.deleted = False
     order.number = shop_order.number
@@ -459,11 +475,12 @@ def apply_shop_order(
         session: the request's or job's session; this flushes, the caller commits.
         store: the store the order belongs to.
         shop_order: the order as the shop reports it now.
-        reread: ``shop_order`` was read from the shop's REST API (its refunds with their
-            lines), not delivered by a webhook.
+        reread: ``shop_order`` was read from the shop's REST API just now, not delivered
+            by a webhook: its refunds carry their lines, and a live order restores a
+            deleted one whatever its date.
     """
     order = _lock_order(session, store, shop_order.id, shop_order.status)
-    if _is_stale(order, shop_order):
+    if _is_stale(order, shop_order, reread):
         return ApplyResult(outcome="stale", order_id=order.id)
     result = ApplyResult(outcome="applied", order_id=order.id)
     _copy_order_fields(order, shop_order)
