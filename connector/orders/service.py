@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select, true
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -36,8 +36,10 @@ from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
 from plugin.shop import PAID_STATUSES, WAITING_STATUSES, ShopLineItem, ShopOrder
 
+# A line's product was swapped in the shop: its licenses for the product it named before.
+LINE_CHANGED = "line-changed"
 # Reasons that the order's own state caused; only these are undone when the order is paid again.
-AUTOMATIC_REASONS = ("order:", "refund")
+AUTOMATIC_REASONS = ("order:", "refund", LINE_CHANGED)
 LICENSE_KEY_HASH = "license-key"
 
 
@@ -168,6 +170,22 @@ def _configured_product(
     return None, None
 
 
+def _line_match(
+    session: Session, store: Store, item: ShopLineItem, line: LineItem
+) -> tuple[int | None, str | None]:
+    """The configured product a line is licensed for, and the shop id that matched it.
+
+    A line that names another product (the owner swapped the product or variation) matches
+    that one, or nothing when nobody configured it. A line that names no product any more
+    (WooCommerce reports product_id 0 once the product is deleted from the shop) keeps its
+    match: the buyer still bought it.
+    """
+    if item.product_id is None and item.variation_id is None:
+        return line.product_id, line.matched_shop_product_id
+    product, matched = _configured_product(session, store, item)
+    return (product.id if product is not None else None), matched
+
+
 def _refund_ids(shop_order: ShopOrder) -> str:
     return ",".join(sorted(refund.id for refund in shop_order.refunds))
 
@@ -201,7 +219,7 @@ def _sync_line_items(
         if line is None:
             line = LineItem(order=order, shop_line_item_id=item.id)
             session.add(line)
-        product, matched = _configured_product(session, store, item)
+        line.product_id, line.matched_shop_product_id = _line_match(session, store, item, line)
         line.shop_product_id = item.product_id
         line.shop_variation_id = item.variation_id
         line.name = item.name
@@ -209,10 +227,6 @@ def _sync_line_items(
         line.quantity = item.quantity
         line.total = item.total
         line.refunded_quantity = min(item.quantity, _refunded_units(shop_order, item, line, reread))
-        line.product_id = product.id if product is not None else line.product_id
-        line.matched_shop_product_id = (
-            matched if product is not None else line.matched_shop_product_id
-        )
     for shop_line_id, line in existing.items():
         if shop_line_id not in seen:
             # Removed from the order in the shop: nothing of it is owed any more.
@@ -297,51 +311,67 @@ def _insert_license(
             "issued_at": now,
             "updated_at": now,
         },
-        ["line_item_id", "unit"],
+        ["line_item_id", "product_id", "unit"],
     )
     if inserted is not None:
         result.issued_licenses.append(inserted)
         return inserted
     # Another process issued it meanwhile (the unique key refused ours): theirs it is.
     existing: int = session.execute(
-        select(License.id).where(License.line_item_id == line.id, License.unit == unit)
+        select(License.id).where(
+            License.line_item_id == line.id, License.product_id == product.id, License.unit == unit
+        )
     ).scalar_one()
     return existing
 
 
-def _set_unit_revoked(
-    session: Session, line: LineItem, unit: int, reason: str, result: ApplyResult
-) -> None:
-    """Revoke the unit's license, if active, and its links for ``reason``.
+def _revoke(session: Session, which: ColumnElement[bool], reason: str, result: ApplyResult) -> None:
+    """Revoke the licenses ``which`` selects, if active, and their open links for ``reason``.
 
     A license the owner (or abuse detection) suspended or revoked keeps that state and
     reason: overwritten by the order's, paying the order again would make it active.
     """
     now = utcnow()
-    for license_ in session.scalars(
-        select(License).where(License.line_item_id == line.id, License.unit == unit)
-    ):
+    license_ids = []
+    for license_ in session.scalars(select(License).where(which)):
+        license_ids.append(license_.id)
         if license_.status == "active":
             license_.status = "revoked"
             license_.status_reason = reason
             result.revoked_licenses.append(license_.id)
+    if not license_ids:
+        return
     for grant in session.scalars(
         select(DownloadGrant).where(
-            DownloadGrant.line_item_id == line.id, DownloadGrant.unit == unit
+            DownloadGrant.license_id.in_(license_ids), DownloadGrant.revoked_at.is_(None)
         )
     ):
-        if grant.revoked_at is None:
-            grant.revoked_at = now
-            grant.revoked_reason = reason
+        grant.revoked_at = now
+        grant.revoked_reason = reason
+
+
+def _set_unit_revoked(
+    session: Session, line: LineItem, unit: int, reason: str, result: ApplyResult
+) -> None:
+    _revoke(session, and_(License.line_item_id == line.id, License.unit == unit), reason, result)
+
+
+def _revoke_other_products(session: Session, line: LineItem, result: ApplyResult) -> None:
+    """Licenses of the line for a product it no longer names (all of them when it names
+    none that is configured): the buyer's line is for something else now."""
+    other = true() if line.product_id is None else License.product_id != line.product_id
+    active = and_(License.line_item_id == line.id, License.status == "active", other)
+    _revoke(session, active, LINE_CHANGED, result)
 
 
 def _reinstate_units(session: Session, line: LineItem, entitled: int, result: ApplyResult) -> None:
-    """Undo automatic revocations (a refund, an order status) of units 1..``entitled``;
-    an owner's revocation stays."""
+    """Undo automatic revocations (a refund, an order status, a product swapped back) of the
+    line's units 1..``entitled`` of its product; an owner's revocation stays."""
     for license_ in session.scalars(
         select(License)
         .where(
             License.line_item_id == line.id,
+            License.product_id == line.product_id,
             License.unit <= entitled,
             License.status == "revoked",
         )
@@ -376,11 +406,14 @@ class _IssuedUnit:
 
 
 def _issued_so_far(session: Session, line: LineItem) -> dict[int, _IssuedUnit]:
-    """unit -> its license and the files it has grants for, in two queries per line."""
+    """unit -> its license for the line's product and the files it has grants for, in two
+    queries per line."""
     issued = {
         unit: _IssuedUnit(license_id, status == "active")
         for unit, license_id, status in session.execute(
-            select(License.unit, License.id, License.status).where(License.line_item_id == line.id)
+            select(License.unit, License.id, License.status).where(
+                License.line_item_id == line.id, License.product_id == line.product_id
+            )
         )
     }
     for unit, file_id in session.execute(
@@ -403,6 +436,7 @@ def _converge_paid(
     shop_items = {item.id: item for item in shop_order.line_items}
     subscription = renewals.subscription_of(shop_order.meta)
     for line in order.line_items:
+        _revoke_other_products(session, line, result)
         if line.product_id is None:
             continue  # recorded, not licensed: nobody configured this product
         product = session.get(Product, line.product_id)

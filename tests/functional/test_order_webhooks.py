@@ -301,6 +301,45 @@ def test_unconfigured_products_are_recorded_not_licensed(app: Flask, shop: Webho
     assert len(body["licenses"]) == 1
 
 
+def test_a_line_swapped_to_another_variation_is_licensed_for_it(shop: WebhookSender) -> None:
+    """The owner edits a paid line to another variation: the old key is revoked, the new
+    variation's issued; swapped back, the first key is active again."""
+    shop.configure(501, activation_limit=1)
+    shop.configure(502, activation_limit=5)
+    shop.deliver(wc_order(9014, "processing", [line_item(500, variation_id=501, line_id=86)]))
+    first = shop.order(9014)["licenses"][0]["key"]
+    shop.deliver(
+        wc_order(9014, "processing", [line_item(500, variation_id=502, line_id=86)], modified=60)
+    )
+    licenses = shop.order(9014)["licenses"]
+    assert sorted((lic["product_id"], lic["status"]) for lic in licenses) == [
+        ("501", "revoked"),
+        ("502", "active"),
+    ]
+    shop.deliver(
+        wc_order(9014, "processing", [line_item(500, variation_id=501, line_id=86)], modified=90)
+    )
+    active = [lic["key"] for lic in shop.order(9014)["licenses"] if lic["status"] == "active"]
+    assert active == [first]
+
+
+def test_a_line_swapped_to_an_unlicensed_product_loses_its_license(shop: WebhookSender) -> None:
+    """A line now for a product nobody configured: its license and links are revoked; a line
+    whose product was deleted from the shop (product_id 0) keeps them."""
+    shop.configure(501)
+    shop.deliver(
+        wc_order(9015, "processing", [line_item(501, line_id=87), line_item(501, line_id=88)])
+    )
+    deleted_product = line_item(501, line_id=88)
+    deleted_product["product_id"] = 0
+    shop.deliver(
+        wc_order(9015, "processing", [line_item(999, line_id=87), deleted_product], modified=60)
+    )
+    body = shop.order(9015)
+    assert sorted(lic["status"] for lic in body["licenses"]) == ["active", "revoked"]
+    assert sorted(d["revoked"] for d in body["downloads"]) == [False, True]
+
+
 def test_wrong_or_missing_signature_is_401_and_stores_nothing(
     app: Flask, shop: WebhookSender
 ) -> None:
