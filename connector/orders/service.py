@@ -34,7 +34,13 @@ from connector.licensing.policy import Policy
 from connector.models import DownloadGrant, License, LineItem, Order, Product, Store
 from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
-from plugin.shop import PAID_STATUSES, WAITING_STATUSES, ShopLineItem, ShopOrder
+from plugin.shop import (
+    PAID_STATUSES,
+    REVOKING_STATUSES,
+    WAITING_STATUSES,
+    ShopLineItem,
+    ShopOrder,
+)
 
 # A line's product was swapped in the shop: its licenses for the product it named before.
 LINE_CHANGED = "line-changed"
@@ -95,15 +101,20 @@ def _is_stale(order: Order, shop_order: ShopOrder, reread: bool) -> bool:
         return not shop_order.deleted
     if order.deleted and not shop_order.deleted:
         return _restore_is_stale(order, shop_order, reread)
-    if shop_order.date_modified < order.shop_modified_at:
-        return True
-    # Same second (WooCommerce dates have one-second resolution): never step back from a
-    # decided state (paid or revoked) to a waiting one.
-    return (
-        shop_order.date_modified == order.shop_modified_at
-        and shop_order.status in WAITING_STATUSES
-        and order.status not in WAITING_STATUSES
-    )
+    if shop_order.date_modified != order.shop_modified_at:
+        return shop_order.date_modified < order.shop_modified_at
+    # Same second (WooCommerce dates have one-second resolution): which came first is
+    # unknown, so the more decided state stands.
+    return _decisiveness(shop_order.status) < _decisiveness(order.status)
+
+
+def _decisiveness(status: str) -> int:
+    """Waiting < paid (or any other status) < revoking. A paid and a revoking payload of one
+    second (a fraud check cancelling a fresh order): the revocation wins, whichever is
+    delivered last; a wrongly revoked order is paid again by the shop's next change."""
+    if status in WAITING_STATUSES:
+        return 0
+    return 2 if status in REVOKING_STATUSES else 1
 
 
 def _restore_is_stale(order: Order, shop_order: ShopOrder, reread: bool) -> bool:

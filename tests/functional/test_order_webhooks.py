@@ -268,6 +268,18 @@ def test_links_stay_shut_when_the_owner_revoked_a_cancelled_orders_license(
     assert all(d["revoked"] for d in body["downloads"])
 
 
+def test_in_a_same_second_tie_the_revocation_stands(shop: WebhookSender) -> None:
+    """Paid and cancelled in the same second (a fraud check): the cancellation stands,
+    whichever of the two is delivered last."""
+    shop.configure(501)
+    item = line_item(501, line_id=89)
+    shop.deliver(wc_order(9016, "processing", [item], modified=1))
+    shop.deliver(wc_order(9016, "cancelled", [item], modified=2))
+    late = shop.deliver(wc_order(9016, "processing", [item], modified=2), "order.created")
+    assert late.get_json()["outcome"] == "stale"
+    assert [lic["status"] for lic in shop.order(9016)["licenses"]] == ["revoked"]
+
+
 def test_order_deleted_revokes_and_older_updates_stay_stale(shop: WebhookSender) -> None:
     shop.configure(501)
     item = line_item(501, line_id=75)
