@@ -133,13 +133,19 @@ def reconcile_store(
 def refresh_order(
     session: Session, store: Store, client: WooCommerceClient, shop_order_id: str
 ) -> str:
-    """Re-read one order (and its refunds) and apply it. Returns the outcome."""
+    """Re-read one order (and its refunds) and apply it. Returns the outcome.
+
+    An order the shop no longer has (404: deleted for good, not trashed) is applied as the
+    deletion it is; its order.deleted delivery may have been lost.
+    """
     try:
         raw = client.get_order(shop_order_id)
     except ShopRejected as exc:
-        if exc.status == 404:
-            return "gone"
-        raise
+        if exc.status != 404:
+            raise
+        return apply_shop_order(
+            session, store, parse_order({"id": shop_order_id}, deleted=True)
+        ).outcome
     return apply_shop_order(session, store, read_shop_order(client, raw), reread=True).outcome
 
 

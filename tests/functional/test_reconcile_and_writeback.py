@@ -263,6 +263,24 @@ def test_a_deleted_refund_gives_back_its_unit_and_only_its_unit(
     assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
 
 
+def test_an_order_the_shop_deleted_for_good_is_revoked_by_its_re_read(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """The re-read finds no order (404: deleted permanently, its order.deleted lost): it is
+    applied as a deletion."""
+    shop.configure(501)
+    order = wc_order(9604, "processing", [line_item(501, quantity=2, line_id=80)])
+    connected.orders[9604] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.add_refund(9604, line_id=80, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    connected.deliver(shop.client, "order.updated", order)
+    del connected.orders[9604]
+    run_pending(app)
+    assert unit_statuses(app) == {1: "revoked", 2: "revoked"}
+    assert shop.order(9604)["order"]["deleted"] is True
+
+
 def test_a_partial_refund_a_store_without_rest_key_cannot_read_is_shown_to_the_owner(
     app: Flask, shop: WebhookSender
 ) -> None:
