@@ -116,11 +116,15 @@ def list_licenses(
 
 
 def _set_downloads_blocked(session: Session, lic: License, *, blocked: bool) -> None:
-    """The license's download links follow the owner's action (only grants it blocked)."""
+    """The license's download links follow the owner's action.
+
+    Blocking marks every link the owner's, those an order status or refund had shut too:
+    otherwise paying that order again would reopen them. Unblocking opens only those.
+    """
     grants = select(DownloadGrant).where(DownloadGrant.license_id == lic.id)
     for grant in session.scalars(grants):
-        if blocked and grant.revoked_at is None:
-            grant.revoked_at = utcnow()
+        if blocked and grant.revoked_reason != "admin":
+            grant.revoked_at = grant.revoked_at or utcnow()
             grant.revoked_reason = "admin"
         elif not blocked and grant.revoked_reason == "admin":
             grant.revoked_at = None

@@ -14,14 +14,15 @@ LICENSE_STATUSES = ("active", "suspended", "revoked")
 
 
 class License(Base):
-    """One license per (line item, unit): the unique key makes issuing exactly-once.
+    """One license per (line item, product, unit): the unique key makes issuing exactly-once;
+    a line whose product the owner swapped gets licenses of the new product.
 
     The key itself is never stored in the clear: ``key_hash`` finds it, ``key_encrypted``
     shows it to its owner.
     """
 
     __tablename__ = "licenses"
-    __table_args__ = (UniqueConstraint("line_item_id", "unit"),)
+    __table_args__ = (UniqueConstraint("line_item_id", "product_id", "unit"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)

@@ -100,7 +100,7 @@ def reconcile_store(
             result.unreadable.append(str(raw.get("id")))
             log.warning("store %s: order %s unreadable: %s", store.public_id, raw.get("id"), exc)
             continue
-        applied = apply_shop_order(session, store, shop_order)
+        applied = apply_shop_order(session, store, shop_order, reread=True)
         if applied.outcome == "stale":
             result.stale += 1
             continue
@@ -133,24 +133,36 @@ def reconcile_store(
 def refresh_order(
     session: Session, store: Store, client: WooCommerceClient, shop_order_id: str
 ) -> str:
-    """Re-read one order (and its refunds) and apply it. Returns the outcome."""
+    """Re-read one order (and its refunds) and apply it. Returns the outcome.
+
+    An order the shop no longer has (404: deleted for good, not trashed) is applied as the
+    deletion it is; its order.deleted delivery may have been lost.
+    """
     try:
         raw = client.get_order(shop_order_id)
     except ShopRejected as exc:
-        if exc.status == 404:
-            return "gone"
-        raise
-    return apply_shop_order(session, store, read_shop_order(client, raw)).outcome
+        if exc.status != 404:
+            raise
+        return apply_shop_order(
+            session, store, parse_order({"id": shop_order_id}, deleted=True)
+        ).outcome
+    return apply_shop_order(session, store, read_shop_order(client, raw), reread=True).outcome
 
 
-def enqueue_refresh(session: Session, store: Store, shop_order: ShopOrder) -> None:
-    """Ask for a REST re-read of an order whose delivery lists refunds (once per refund set)."""
-    refund_ids = ",".join(sorted(r.id for r in shop_order.refunds))
+def enqueue_refresh(
+    session: Session, store: Store, shop_order_id: str, unread_refunds: str
+) -> None:
+    """Ask for a REST re-read of an order whose delivery lists refunds not read yet.
+
+    ``unread_refunds`` (:attr:`ApplyResult.unread_refunds`) names both the refunds listed
+    and those last read, so each difference is asked about once, even a refund set that
+    comes back to one read before (a refund deleted).
+    """
     enqueue(
         session,
         REFRESH_JOB,
-        {"store_id": store.id, "shop_order_id": shop_order.id},
-        dedupe_key=f"{REFRESH_JOB}:{store.id}:{shop_order.id}:{_digest(refund_ids)}",
+        {"store_id": store.id, "shop_order_id": shop_order_id},
+        dedupe_key=f"{REFRESH_JOB}:{store.id}:{shop_order_id}:{_digest(unread_refunds)}",
     )
 
 

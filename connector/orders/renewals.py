@@ -11,6 +11,10 @@ A line renews a license when
   that runs out first (the renewal is due because it runs out; a customer with two
   subscriptions of one product renews each on its own date).
 
+A revoked license is never extended: a subscription renews the customer's live license (or
+is issued a new one), and a ``_keygate_renew_license`` naming a revoked key is issued a new
+license, with an audit entry ``order.renewal_of_revoked_license`` for the owner.
+
 Each unit extends the license by the product's duration (from its expiry, or from now if it
 has lapsed) and update period; a :class:`LicenseRenewal` row per (line item, unit) makes
 that exactly-once and remembers the expiry before, so a refund of the renewal takes the
@@ -27,9 +31,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, utcnow
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import Policy, add_days
@@ -72,10 +77,34 @@ def renewal_target(
         return None  # already licensed as a new purchase: stays one
     raw_key = line_meta.get(RENEW_META)
     if isinstance(raw_key, str) and raw_key.strip():
-        return _license_by_key(session, store, product, raw_key)
+        named = _license_by_key(session, store, product, raw_key)
+        if named is not None and named.status == "revoked":
+            _record_revoked_renewal(session, store, order, line, named)
+            return None
+        return named
     if subscription is not None:
         return _subscriptions_license(session, store, order, product, subscription)
     return None
+
+
+def _record_revoked_renewal(
+    session: Session, store: Store, order: Order, line: LineItem, license_: License
+) -> None:
+    """A renewal names a revoked key: extending it would sell nothing that works, so the line
+    is issued a new license as a purchase; the owner is told, in case the revocation was
+    meant to keep this buyer out (then revoke the new key too)."""
+    record_audit(
+        session,
+        store_id=store.id,
+        actor="shop",
+        action="order.renewal_of_revoked_license",
+        subject=f"order:{order.shop_order_id}",
+        detail={
+            "line_item": line.shop_line_item_id,
+            "license": license_.id,
+            "license_status_reason": license_.status_reason,
+        },
+    )
 
 
 def subscription_of(order_meta: dict[str, Any]) -> str | None:
@@ -104,6 +133,8 @@ def _license_by_key(session: Session, store: Store, product: Product, raw: str) 
 def _subscriptions_license(
     session: Session, store: Store, order: Order, product: Product, subscription: str
 ) -> License | None:
+    # Only a license that is not revoked is renewed: extending a revoked one (an earlier
+    # order cancelled, the owner's revocation) would leave the buyer's live key to run out.
     renewed_before = session.scalars(
         select(LicenseRenewal.license_id)
         .join(License, LicenseRenewal.license_id == License.id)
@@ -111,6 +142,7 @@ def _subscriptions_license(
             LicenseRenewal.subscription_id == subscription,
             License.store_id == store.id,
             License.product_id == product.id,
+            License.status != "revoked",
         )
         .order_by(LicenseRenewal.id.desc())
         .limit(1)
@@ -139,7 +171,7 @@ def _subscriptions_license(
             License.product_id == product.id,
             Order.id != order.id,
             same_customer,
-            or_(License.status != "revoked", License.status_reason.like("order:%")),
+            License.status != "revoked",
             License.id.not_in(other_subscriptions),
         )
         # Lifetime licenses (no expiry) last: they never need a renewal.

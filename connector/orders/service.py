@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select, true
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -34,10 +34,18 @@ from connector.licensing.policy import Policy
 from connector.models import DownloadGrant, License, LineItem, Order, Product, Store
 from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
-from plugin.shop import PAID_STATUSES, WAITING_STATUSES, ShopLineItem, ShopOrder
+from plugin.shop import (
+    PAID_STATUSES,
+    REVOKING_STATUSES,
+    WAITING_STATUSES,
+    ShopLineItem,
+    ShopOrder,
+)
 
+# A line's product was swapped in the shop: its licenses for the product it named before.
+LINE_CHANGED = "line-changed"
 # Reasons that the order's own state caused; only these are undone when the order is paid again.
-AUTOMATIC_REASONS = ("order:", "refund")
+AUTOMATIC_REASONS = ("order:", "refund", LINE_CHANGED)
 LICENSE_KEY_HASH = "license-key"
 
 
@@ -53,6 +61,9 @@ class ApplyResult:
     reinstated_licenses: list[int] = field(default_factory=list)
     renewed_licenses: list[int] = field(default_factory=list)
     reverted_renewals: list[int] = field(default_factory=list)
+    # The delivery lists refunds whose lines were not read from the shop yet: "<listed ids>|
+    # <ids last read>", for the caller to ask for a read (once per such difference).
+    unread_refunds: str | None = None
 
 
 def hash_license_key(canonical_key: str) -> str:
@@ -82,21 +93,40 @@ def _lock_order(session: Session, store: Store, shop_order_id: str, status: str)
     ).scalar_one()
 
 
-def _is_stale(order: Order, shop_order: ShopOrder) -> bool:
+def _is_stale(order: Order, shop_order: ShopOrder, reread: bool) -> bool:
     if order.shop_modified_at is None:
         return False
     if shop_order.date_modified is None:
         # Deletions carry no date; anything else without one is older than what we know.
         return not shop_order.deleted
-    if shop_order.date_modified < order.shop_modified_at:
-        return True
-    # Same second (WooCommerce dates have one-second resolution): never step back from a
-    # decided state (paid or revoked) to a waiting one.
-    return (
-        shop_order.date_modified == order.shop_modified_at
-        and shop_order.status in WAITING_STATUSES
-        and order.status not in WAITING_STATUSES
-    )
+    if order.deleted and not shop_order.deleted:
+        return _restore_is_stale(order, shop_order, reread)
+    if shop_order.date_modified != order.shop_modified_at:
+        return shop_order.date_modified < order.shop_modified_at
+    # Same second (WooCommerce dates have one-second resolution): which came first is
+    # unknown, so the more decided state stands.
+    return _decisiveness(shop_order.status) < _decisiveness(order.status)
+
+
+def _decisiveness(status: str) -> int:
+    """Waiting < paid (or any other status) < revoking. A paid and a revoking payload of one
+    second (a fraud check cancelling a fresh order): the revocation wins, whichever is
+    delivered last; a wrongly revoked order is paid again by the shop's next change."""
+    if status in WAITING_STATUSES:
+        return 0
+    return 2 if status in REVOKING_STATUSES else 1
+
+
+def _restore_is_stale(order: Order, shop_order: ShopOrder, reread: bool) -> bool:
+    """A live order after a deletion, which carries no date of its own.
+
+    Trashing moves the shop's date_modified past the last payload applied, so a delivery
+    dated later than that was made after the trash: a restore. A redelivery dated at or
+    before it was not. A read from the shop is its state now, whatever the dates say.
+    """
+    assert order.shop_modified_at is not None  # noqa: S101 - checked by the caller
+    assert shop_order.date_modified is not None  # noqa: S101 - checked by the caller
+    return not reread and shop_order.date_modified <= order.shop_modified_at
 
 
 def _copy_personal_fields(order: Order, shop_order: ShopOrder) -> None:
@@ -116,8 +146,10 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
     order.status = shop_order.status
     if shop_order.deleted:
         order.deleted = True
-        # A deletion has no shop date: take ours, so deliveries sent before it are stale.
-        order.shop_modified_at = max(order.shop_modified_at or utcnow(), utcnow())
+        # A deletion has no shop date. The last one applied stays (see _restore_is_stale):
+        # Keygate's clock would refuse a restore the shop dated a little earlier, for ever.
+        # Only an order never seen before takes ours, so its older deliveries are stale.
+        order.shop_modified_at = order.shop_modified_at or utcnow()
         return
     order.deleted = False
     order.number = shop_order.number
@@ -149,12 +181,47 @@ def _configured_product(
     return None, None
 
 
-def _refunded_units(shop_order: ShopOrder, item: ShopLineItem) -> int:
+def _line_match(
+    session: Session, store: Store, item: ShopLineItem, line: LineItem
+) -> tuple[int | None, str | None]:
+    """The configured product a line is licensed for, and the shop id that matched it.
+
+    A line that names another product (the owner swapped the product or variation) matches
+    that one, or nothing when nobody configured it. A line that names no product any more
+    (WooCommerce reports product_id 0 once the product is deleted from the shop) keeps its
+    match: the buyer still bought it.
+    """
+    if item.product_id is None and item.variation_id is None:
+        return line.product_id, line.matched_shop_product_id
+    product, matched = _configured_product(session, store, item)
+    return (product.id if product is not None else None), matched
+
+
+def _refund_ids(shop_order: ShopOrder) -> str:
+    return ",".join(sorted(refund.id for refund in shop_order.refunds))
+
+
+def _refunds_itemized(shop_order: ShopOrder, reread: bool) -> bool:
+    """The refunds carry their lines: read from the shop's refunds endpoint, or none listed.
+
+    Webhook payloads list refunds without their lines; counting those would make every
+    later delivery take a partial refund back.
+    """
+    return reread or not shop_order.refunds
+
+
+def _refunded_units(shop_order: ShopOrder, item: ShopLineItem, line: LineItem, reread: bool) -> int:
     from_refunds = sum(r.line_quantities.get(item.id, 0) for r in shop_order.refunds)
-    return max(item.refunded_quantity, from_refunds)
+    refunded = max(item.refunded_quantity, from_refunds)
+    if _refunds_itemized(shop_order, reread):
+        return refunded
+    # Lines unknown: what the last read of the refunds found stands until the next read.
+    return max(refunded, line.refunded_quantity or 0)
 
 
-def _sync_line_items(session: Session, store: Store, order: Order, shop_order: ShopOrder) -> None:
+def _sync_line_items(
+    session: Session, store: Store, order: Order, shop_order: ShopOrder, reread: bool
+) -> None:
     existing = {line.shop_line_item_id: line for line in order.line_items}
     seen: set[str] = set()
     for item in shop_order.line_items:
@@ -163,18 +230,14 @@ def _sync_line_items(session: Session, store: Store, order: Order, shop_order: S
         if line is None:
             line = LineItem(order=order, shop_line_item_id=item.id)
             session.add(line)
-        product, matched = _configured_product(session, store, item)
+        line.product_id, line.matched_shop_product_id = _line_match(session, store, item, line)
         line.shop_product_id = item.product_id
         line.shop_variation_id = item.variation_id
         line.name = item.name
         line.sku = item.sku
         line.quantity = item.quantity
         line.total = item.total
-        line.refunded_quantity = min(item.quantity, _refunded_units(shop_order, item))
-        line.product_id = product.id if product is not None else line.product_id
-        line.matched_shop_product_id = (
-            matched if product is not None else line.matched_shop_product_id
-        )
+        line.refunded_quantity = min(item.quantity, _refunded_units(shop_order, item, line, reread))
     for shop_line_id, line in existing.items():
         if shop_line_id not in seen:
             # Removed from the order in the shop: nothing of it is owed any more.
@@ -259,46 +322,67 @@ def _insert_license(
             "issued_at": now,
             "updated_at": now,
         },
-        ["line_item_id", "unit"],
+        ["line_item_id", "product_id", "unit"],
     )
     if inserted is not None:
         result.issued_licenses.append(inserted)
         return inserted
     # Another process issued it meanwhile (the unique key refused ours): theirs it is.
     existing: int = session.execute(
-        select(License.id).where(License.line_item_id == line.id, License.unit == unit)
+        select(License.id).where(
+            License.line_item_id == line.id, License.product_id == product.id, License.unit == unit
+        )
     ).scalar_one()
     return existing
+
+
+def _revoke(session: Session, which: ColumnElement[bool], reason: str, result: ApplyResult) -> None:
+    """Revoke the licenses ``which`` selects, if active, and their open links for ``reason``.
+
+    A license the owner (or abuse detection) suspended or revoked keeps that state and
+    reason: overwritten by the order's, paying the order again would make it active.
+    """
+    now = utcnow()
+    license_ids = []
+    for license_ in session.scalars(select(License).where(which)):
+        license_ids.append(license_.id)
+        if license_.status == "active":
+            license_.status = "revoked"
+            license_.status_reason = reason
+            result.revoked_licenses.append(license_.id)
+    if not license_ids:
+        return
+    for grant in session.scalars(
+        select(DownloadGrant).where(
+            DownloadGrant.license_id.in_(license_ids), DownloadGrant.revoked_at.is_(None)
+        )
+    ):
+        grant.revoked_at = now
+        grant.revoked_reason = reason
 
 
 def _set_unit_revoked(
     session: Session, line: LineItem, unit: int, reason: str, result: ApplyResult
 ) -> None:
-    now = utcnow()
-    for license_ in session.scalars(
-        select(License).where(License.line_item_id == line.id, License.unit == unit)
-    ):
-        if license_.status != "revoked":
-            license_.status = "revoked"
-            license_.status_reason = reason
-            result.revoked_licenses.append(license_.id)
-    for grant in session.scalars(
-        select(DownloadGrant).where(
-            DownloadGrant.line_item_id == line.id, DownloadGrant.unit == unit
-        )
-    ):
-        if grant.revoked_at is None:
-            grant.revoked_at = now
-            grant.revoked_reason = reason
+    _revoke(session, and_(License.line_item_id == line.id, License.unit == unit), reason, result)
+
+
+def _revoke_other_products(session: Session, line: LineItem, result: ApplyResult) -> None:
+    """Licenses of the line for a product it no longer names (all of them when it names
+    none that is configured): the buyer's line is for something else now."""
+    other = true() if line.product_id is None else License.product_id != line.product_id
+    active = and_(License.line_item_id == line.id, License.status == "active", other)
+    _revoke(session, active, LINE_CHANGED, result)
 
 
 def _reinstate_units(session: Session, line: LineItem, entitled: int, result: ApplyResult) -> None:
-    """Undo automatic revocations (a refund, an order status) of units 1..``entitled``;
-    an owner's revocation stays."""
+    """Undo automatic revocations (a refund, an order status, a product swapped back) of the
+    line's units 1..``entitled`` of its product; an owner's revocation stays."""
     for license_ in session.scalars(
         select(License)
         .where(
             License.line_item_id == line.id,
+            License.product_id == line.product_id,
             License.unit <= entitled,
             License.status == "revoked",
         )
@@ -308,11 +392,16 @@ def _reinstate_units(session: Session, line: LineItem, entitled: int, result: Ap
             license_.status = "active"
             license_.status_reason = None
             result.reinstated_licenses.append(license_.id)
+    # Links come back only with a license that is active again: one the owner revoked or
+    # suspended keeps its links shut, whatever shut them first.
     for grant in session.scalars(
-        select(DownloadGrant).where(
+        select(DownloadGrant)
+        .join(License, DownloadGrant.license_id == License.id)
+        .where(
             DownloadGrant.line_item_id == line.id,
             DownloadGrant.unit <= entitled,
             DownloadGrant.revoked_at.is_not(None),
+            License.status == "active",
         )
     ):
         if (grant.revoked_reason or "").startswith(AUTOMATIC_REASONS):
@@ -320,12 +409,22 @@ def _reinstate_units(session: Session, line: LineItem, entitled: int, result: Ap
             grant.revoked_reason = None
 
 
-def _issued_so_far(session: Session, line: LineItem) -> dict[int, tuple[int, set[int]]]:
-    """unit -> (its license id, the files it has grants for), in two queries per line."""
-    issued: dict[int, tuple[int, set[int]]] = {
-        unit: (license_id, set())
-        for unit, license_id in session.execute(
-            select(License.unit, License.id).where(License.line_item_id == line.id)
+@dataclass
+class _IssuedUnit:
+    license_id: int
+    license_active: bool
+    file_ids: set[int] = field(default_factory=set)
+
+
+def _issued_so_far(session: Session, line: LineItem) -> dict[int, _IssuedUnit]:
+    """unit -> its license for the line's product and the files it has grants for, in two
+    queries per line."""
+    issued = {
+        unit: _IssuedUnit(license_id, status == "active")
+        for unit, license_id, status in session.execute(
+            select(License.unit, License.id, License.status).where(
+                License.line_item_id == line.id, License.product_id == line.product_id
+            )
         )
     }
     for unit, file_id in session.execute(
@@ -334,7 +433,7 @@ def _issued_so_far(session: Session, line: LineItem) -> dict[int, tuple[int, set
         )
     ):
         if unit in issued:
-            issued[unit][1].add(file_id)
+            issued[unit].file_ids.add(file_id)
     return issued
 
 
@@ -348,6 +447,7 @@ def _converge_paid(
     shop_items = {item.id: item for item in shop_order.line_items}
     subscription = renewals.subscription_of(shop_order.meta)
     for line in order.line_items:
+        _revoke_other_products(session, line, result)
         if line.product_id is None:
             continue  # recorded, not licensed: nobody configured this product
         product = session.get(Product, line.product_id)
@@ -379,9 +479,12 @@ def _converge_paid(
         issued = _issued_so_far(session, line)
         files = {f.id for f in product.files if f.active}
         for unit in range(1, entitled + 1):
-            license_id, granted = issued.get(unit, (None, set()))
-            if license_id is None or not files <= granted:
-                _issue_unit(session, store, order, line, product, unit, license_id, result)
+            known = issued.get(unit)
+            if known is None:
+                _issue_unit(session, store, order, line, product, unit, None, result)
+            elif known.license_active and not files <= known.file_ids:
+                # A file added since; a license the owner shut gets no new link.
+                _issue_unit(session, store, order, line, product, unit, known.license_id, result)
         # Refunded or removed units: newest first, so the first keys bought stay valid.
         for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
             _set_unit_revoked(session, line, unit, "refund", result)
@@ -395,7 +498,20 @@ def _converge_revoked(session: Session, order: Order, result: ApplyResult) -> No
             _set_unit_revoked(session, line, unit, reason, result)
 
 
-def apply_shop_order(session: Session, store: Store, shop_order: ShopOrder) -> ApplyResult:
+def _note_refunds_read(
+    order: Order, shop_order: ShopOrder, reread: bool, result: ApplyResult
+) -> None:
+    """Remember which refunds' lines are counted; flag a delivery listing any others."""
+    listed = _refund_ids(shop_order)
+    if _refunds_itemized(shop_order, reread):
+        order.refund_ids_read = listed
+    elif listed != order.refund_ids_read:
+        result.unread_refunds = f"{listed}|{order.refund_ids_read or ''}"
+
+
+def apply_shop_order(
+    session: Session, store: Store, shop_order: ShopOrder, *, reread: bool = False
+) -> ApplyResult:
     """Make Keygate's records of an order match the state the shop reports.
 
     Safe to call any number of times, in any order, from any number of processes.
@@ -404,14 +520,18 @@ def apply_shop_order(session: Session, store: Store, shop_order: ShopOrder) -> A
         session: the request's or job's session; this flushes, the caller commits.
         store: the store the order belongs to.
         shop_order: the order as the shop reports it now.
+        reread: ``shop_order`` was read from the shop's REST API just now, not delivered
+            by a webhook: its refunds carry their lines, and a live order restores a
+            deleted one whatever its date.
     """
     order = _lock_order(session, store, shop_order.id, shop_order.status)
-    if _is_stale(order, shop_order):
+    if _is_stale(order, shop_order, reread):
         return ApplyResult(outcome="stale", order_id=order.id)
     result = ApplyResult(outcome="applied", order_id=order.id)
     _copy_order_fields(order, shop_order)
     if not shop_order.deleted:
-        _sync_line_items(session, store, order, shop_order)
+        _sync_line_items(session, store, order, shop_order, reread)
+        _note_refunds_read(order, shop_order, reread, result)
     if shop_order.is_revoking:
         _converge_revoked(session, order, result)
     elif shop_order.status in PAID_STATUSES:

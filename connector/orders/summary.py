@@ -48,7 +48,9 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
         LicenseView(
             id=lic.id,
             key=lic.key_encrypted,
-            product_id=line.matched_shop_product_id,
+            # The shop id its product is configured under: the one that matched its line
+            # (a line swapped to another product since has licenses of both).
+            product_id=product.shop_product_id,
             product_name=product.name,
             status=lic.status,
             expires_at=lic.expires_at,

@@ -68,9 +68,9 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
         raise InvalidInput(f"The order payload is not valid: {exc}") from None
 
     result = apply_shop_order(db.session, store, shop_order)
-    if result.outcome == "applied" and any(not r.line_quantities for r in shop_order.refunds):
+    if result.unread_refunds is not None:
         # Payloads list refunds without their lines: re-read /refunds in a job, answer now.
-        enqueue_refresh(db.session, store, shop_order)
+        enqueue_refresh(db.session, store, shop_order.id, result.unread_refunds)
     delivery = _record(store, body, result.outcome)
     delivery.resource_id = shop_order.id
     return jsonify({"ok": True, "outcome": result.outcome})

@@ -30,7 +30,9 @@ from plugin.woocommerce.rest import ShopError, WooCommerceClient
 
 log = logging.getLogger(__name__)
 
-TOPICS = ("order.created", "order.updated", "order.deleted")
+# order.restored: an order taken out of the trash (applied like order.updated); without it
+# a restore is only seen at the order's next update or reconciliation.
+TOPICS = ("order.created", "order.updated", "order.deleted", "order.restored")
 APP_NAME = "Keygate"
 STATE_MAX_AGE = 24 * 3600  # the owner may approve the next day, not next month
 REGISTER_JOB = "vault.register_webhooks"
@@ -261,7 +263,7 @@ def _same_url(value: object, url: str) -> bool:
 
 def check_webhooks(session: Session, store: Store, client: WooCommerceClient) -> list[str]:
     """Re-activate Keygate's webhooks that WooCommerce disabled; re-create missing ones
-    (all of them when none is registered).
+    (all of them when none is registered, and topics added to :data:`TOPICS` since).
 
     A webhook the owner *paused* is left paused (that is the owner's choice); one the shop
     *disabled* after failed deliveries is set active again, with an audit entry.
@@ -277,7 +279,8 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
         return register_webhooks(session, store, client).created
     remote = {str(w.get("id")): w for w in client.list_webhooks()}
     repaired: list[str] = []
-    missing = False
+    # A topic Keygate registers since this store connected counts as missing too.
+    missing = bool(set(TOPICS) - {r.topic for r in registrations})
     for registration in registrations:
         webhook = remote.get(registration.shop_webhook_id)
         registration.checked_at = utcnow()

@@ -219,6 +219,69 @@ def test_order_paid_again_after_cancellation_gets_its_licenses_back(shop: Webhoo
     assert [(lic["key"], lic["status"]) for lic in licenses] == [(key, "active")]
 
 
+def test_the_owners_suspension_outlives_a_cancellation_and_payment(shop: WebhookSender) -> None:
+    """Cancelled, then paid again: a license the owner suspended stays suspended, links too."""
+    shop.configure(501)
+    item = line_item(501, line_id=81)
+    shop.deliver(wc_order(9011, "processing", [item], modified=1))
+    key = shop.order(9011)["licenses"][0]["key"]
+    assert shop.admin("POST", f"/licenses/{key}/suspend").status_code == 200
+    shop.deliver(wc_order(9011, "cancelled", [item], modified=2))
+    shop.deliver(wc_order(9011, "processing", [item], modified=3))
+    body = shop.order(9011)
+    assert [lic["status"] for lic in body["licenses"]] == ["suspended"]
+    assert all(d["revoked"] for d in body["downloads"])
+
+
+def test_a_license_the_owner_revoked_gets_no_link_to_a_file_added_later(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The product gains a file, the order is delivered again: no working link for a
+    license the owner revoked."""
+    shop.configure(501)
+    item = line_item(501, line_id=82)
+    shop.deliver(wc_order(9012, "processing", [item], modified=1))
+    key = shop.order(9012)["licenses"][0]["key"]
+    assert shop.admin("POST", f"/licenses/{key}/revoke").status_code == 200
+    files = [
+        {"object_key": "products/501/manual.pdf", "filename": "manual.pdf"},
+        {"object_key": "products/501/v2.zip", "filename": "v2.zip"},
+    ]
+    shop.configure(501, files=files)
+    shop.deliver(wc_order(9012, "completed", [item], modified=2))
+    assert all(d["revoked"] for d in shop.order(9012)["downloads"])
+    assert count(app, DownloadGrant) == 1
+
+
+def test_links_stay_shut_when_the_owner_revoked_a_cancelled_orders_license(
+    shop: WebhookSender,
+) -> None:
+    """Cancelled, revoked by the owner, paid again: neither the license nor its links
+    come back."""
+    shop.configure(501)
+    item = line_item(501, line_id=83)
+    shop.deliver(wc_order(9013, "processing", [item], modified=1))
+    key = shop.order(9013)["licenses"][0]["key"]
+    shop.deliver(wc_order(9013, "cancelled", [item], modified=2))
+    assert shop.admin("POST", f"/licenses/{key}/revoke").status_code == 200
+    shop.deliver(wc_order(9013, "processing", [item], modified=3))
+    body = shop.order(9013)
+    assert [lic["status"] for lic in body["licenses"]] == ["revoked"]
+    assert all(d["revoked"] for d in body["downloads"])
+
+
+def test_in_a_same_second_tie_the_revocation_stands(shop: WebhookSender) -> None:
+    """Paid and cancelled in the same second (a fraud check): the cancellation stands,
+    whichever of the two is delivered last."""
+    shop.configure(501)
+    item = line_item(501, line_id=89)
+    shop.deliver(wc_order(9016, "processing", [item], modified=1))
+    shop.deliver(wc_order(9016, "cancelled", [item], modified=2))
+    late = shop.deliver(wc_order(9016, "processing", [item], modified=2), "order.created")
+    assert late.get_json()["outcome"] == "stale"
+    assert [lic["status"] for lic in shop.order(9016)["licenses"]] == ["revoked"]
+
+
 def test_order_deleted_revokes_and_older_updates_stay_stale(shop: WebhookSender) -> None:
     shop.configure(501)
     item = line_item(501, line_id=75)
@@ -250,6 +313,45 @@ def test_unconfigured_products_are_recorded_not_licensed(app: Flask, shop: Webho
     assert len(body["order"]["line_items"]) == 2
     assert sorted(li["licensed"] for li in body["order"]["line_items"]) == [False, True]
     assert len(body["licenses"]) == 1
+
+
+def test_a_line_swapped_to_another_variation_is_licensed_for_it(shop: WebhookSender) -> None:
+    """The owner edits a paid line to another variation: the old key is revoked, the new
+    variation's issued; swapped back, the first key is active again."""
+    shop.configure(501, activation_limit=1)
+    shop.configure(502, activation_limit=5)
+    shop.deliver(wc_order(9014, "processing", [line_item(500, variation_id=501, line_id=86)]))
+    first = shop.order(9014)["licenses"][0]["key"]
+    shop.deliver(
+        wc_order(9014, "processing", [line_item(500, variation_id=502, line_id=86)], modified=60)
+    )
+    licenses = shop.order(9014)["licenses"]
+    assert sorted((lic["product_id"], lic["status"]) for lic in licenses) == [
+        ("501", "revoked"),
+        ("502", "active"),
+    ]
+    shop.deliver(
+        wc_order(9014, "processing", [line_item(500, variation_id=501, line_id=86)], modified=90)
+    )
+    active = [lic["key"] for lic in shop.order(9014)["licenses"] if lic["status"] == "active"]
+    assert active == [first]
+
+
+def test_a_line_swapped_to_an_unlicensed_product_loses_its_license(shop: WebhookSender) -> None:
+    """A line now for a product nobody configured: its license and links are revoked; a line
+    whose product was deleted from the shop (product_id 0) keeps them."""
+    shop.configure(501)
+    shop.deliver(
+        wc_order(9015, "processing", [line_item(501, line_id=87), line_item(501, line_id=88)])
+    )
+    deleted_product = line_item(501, line_id=88)
+    deleted_product["product_id"] = 0
+    shop.deliver(
+        wc_order(9015, "processing", [line_item(999, line_id=87), deleted_product], modified=60)
+    )
+    body = shop.order(9015)
+    assert sorted(lic["status"] for lic in body["licenses"]) == ["active", "revoked"]
+    assert sorted(d["revoked"] for d in body["downloads"]) == [False, True]
 
 
 def test_wrong_or_missing_signature_is_401_and_stores_nothing(

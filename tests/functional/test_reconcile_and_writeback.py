@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
-from connector.models import AuditEvent, Job, License, ShopNote, Store
+from connector.models import AuditEvent, Job, License, ShopNote, Store, WebhookRegistration
 from connector.orders.reconcile import reconcile_store
 from connector.vault.connection import shop_client_for
 from plugin.woocommerce import rest
@@ -76,6 +76,55 @@ def test_an_order_trashed_while_its_webhook_was_missed_is_revoked_by_reconcile(
     assert [lic["status"] for lic in body["licenses"]] == ["revoked"]
 
 
+def test_a_store_connected_before_order_restored_was_registered_gets_it(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A topic Keygate registers since a store connected is added by reconciliation."""
+    (restored_id,) = [i for i, w in connected.webhooks.items() if w["topic"] == "order.restored"]
+    del connected.webhooks[restored_id]
+    with app.app_context():
+        db.session.execute(
+            delete(WebhookRegistration).where(WebhookRegistration.topic == "order.restored")
+        )
+        db.session.commit()
+    assert len(reconcile(app, shop).webhooks_repaired) == 1
+    assert "order.restored" in {w["topic"] for w in connected.webhooks.values()}
+
+
+def test_a_restore_is_applied_after_a_deletion_delivered_late(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """Trashed, restored: the deletion's delivery came last, yet the restore stands, by the
+    next delivery dated after the trash or by reconciliation, whatever Keygate's clock says."""
+    shop.configure(501)
+    order = touched_now(wc_order(9404, "processing", [line_item(501, line_id=84)]))
+    connected.orders[9404] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.deliver(shop.client, "order.deleted", {"id": 9404})
+    assert [lic["status"] for lic in shop.order(9404)["licenses"]] == ["revoked"]
+    # A redelivery of the order as it was before the trash changes nothing ...
+    assert connected.deliver(shop.client, "order.updated", order).get_json()["outcome"] == "stale"
+    # ... a reconciliation reads it live: restored.
+    assert reconcile(app, shop).applied == 1
+    assert [lic["status"] for lic in shop.order(9404)["licenses"]] == ["active"]
+
+    connected.deliver(shop.client, "order.deleted", {"id": 9404})
+    restored = dict(order, date_modified_gmt="2099-01-01T00:00:00")  # dated after the trash
+    connected.deliver(shop.client, "order.restored", restored)
+    assert [lic["status"] for lic in shop.order(9404)["licenses"]] == ["active"]
+
+
+def test_a_restore_dated_before_keygates_clock_is_applied(shop: WebhookSender) -> None:
+    """A deletion delivered late, then the restore, dated by a shop whose clock runs behind
+    Keygate's: the order is paid again."""
+    shop.configure(501)
+    item = line_item(501, line_id=85)
+    shop.deliver(wc_order(9405, "processing", [item], modified=1))
+    shop.deliver({"id": 9405}, "order.deleted")
+    assert shop.deliver(wc_order(9405, "processing", [item], modified=2)).status_code == 200
+    assert [lic["status"] for lic in shop.order(9405)["licenses"]] == ["active"]
+
+
 def test_reconcile_pages_through_orders_modified_after(
     app: Flask, shop: WebhookSender, connected: FakeShop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,7 +180,7 @@ def test_a_deleted_webhook_is_registered_again(
     result = reconcile(app, shop)
     assert len(result.webhooks_repaired) == 1
     topics = sorted(w["topic"] for w in connected.webhooks.values())
-    assert topics == ["order.created", "order.deleted", "order.updated"]
+    assert topics == ["order.created", "order.deleted", "order.restored", "order.updated"]
 
 
 def test_partial_refund_revokes_only_the_refunded_unit(
@@ -160,6 +209,76 @@ def test_partial_refund_revokes_only_the_refunded_unit(
     with app.app_context():
         refresh_jobs = db.session.scalars(select(Job).where(Job.kind == "shop.refresh_order")).all()
     assert len(refresh_jobs) == 1
+
+
+def unit_statuses(app: Flask) -> dict[int, str]:
+    with app.app_context():
+        return dict(db.session.execute(select(License.unit, License.status)).all())
+
+
+def test_a_later_delivery_keeps_a_partial_refund(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A delivery after the refunds were read (its refunds without lines) takes nothing back,
+    and asks the shop nothing again."""
+    shop.configure(501)
+    order = wc_order(9602, "processing", [line_item(501, quantity=3, line_id=78)])
+    connected.orders[9602] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.add_refund(9602, line_id=78, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    order["status"] = "completed"
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:10:00"
+    connected.deliver(shop.client, "order.updated", order)
+    assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
+    assert connected.requests.count(("GET", "orders/9602/refunds")) == 1
+
+
+def test_a_deleted_refund_gives_back_its_unit_and_only_its_unit(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """Refunds A, then A and B, then B deleted: the refund set came back to one read before,
+    and is read again; A's unit stays revoked, B's is active again."""
+    shop.configure(501)
+    order = wc_order(9603, "processing", [line_item(501, quantity=3, line_id=79)])
+    connected.orders[9603] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.add_refund(9603, line_id=79, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    refund_b = connected.add_refund(9603, line_id=79, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:06:00"
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "revoked", 3: "revoked"}
+    connected.refunds[9603] = [r for r in connected.refunds[9603] if r["id"] != refund_b["id"]]
+    order["refunds"] = [r for r in order["refunds"] if r["id"] != refund_b["id"]]
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
+
+
+def test_an_order_the_shop_deleted_for_good_is_revoked_by_its_re_read(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """The re-read finds no order (404: deleted permanently, its order.deleted lost): it is
+    applied as a deletion."""
+    shop.configure(501)
+    order = wc_order(9604, "processing", [line_item(501, quantity=2, line_id=80)])
+    connected.orders[9604] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.add_refund(9604, line_id=80, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    connected.deliver(shop.client, "order.updated", order)
+    del connected.orders[9604]
+    run_pending(app)
+    assert unit_statuses(app) == {1: "revoked", 2: "revoked"}
+    assert shop.order(9604)["order"]["deleted"] is True
 
 
 def test_a_partial_refund_a_store_without_rest_key_cannot_read_is_shown_to_the_owner(
@@ -310,9 +429,10 @@ def test_reconcile_registers_webhooks_when_registration_gave_up(
     assert fake_shop.webhooks == {}
     fake_shop.down = False
     result = reconcile(app, shop)
-    assert len(result.webhooks_repaired) == 3
+    assert len(result.webhooks_repaired) == 4
     assert sorted(w["topic"] for w in fake_shop.webhooks.values()) == [
         "order.created",
         "order.deleted",
+        "order.restored",
         "order.updated",
     ]

@@ -9,7 +9,7 @@ from flask import Flask
 from sqlalchemy import func, select, update
 
 from connector.db import db, utcnow
-from connector.models import DownloadGrant, License, LicenseRenewal
+from connector.models import AuditEvent, DownloadGrant, License, LicenseRenewal
 from connector.orders.renewals import SUBSCRIPTION_RENEWAL_META, subscription_of
 from tests.factories import WebhookSender, line_item, wc_order
 
@@ -159,6 +159,48 @@ def test_renewal_of_an_unknown_key_issues_a_new_license(app: Flask, shop: Webhoo
     shop.configure(501)
     shop.deliver(wc_order(9208, "processing", [renewal_line(501, "KG-NOPE-NOPE", 303)]))
     assert len(shop.order(9208)["licenses"]) == 1
+
+
+def test_a_subscription_renews_the_live_license_not_a_cancelled_orders(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A customer whose earlier order was cancelled (its license revoked) and who bought
+    again: the subscription's renewal extends the live license, although the revoked one
+    would run out first."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9230, "processing", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9230, "cancelled", [line_item(501)], customer_id=42, modified=5))
+    shop.deliver(wc_order(9231, "completed", [line_item(501)], customer_id=42, modified=10))
+    with app.app_context():  # the live one was bought a day later
+        live = db.session.execute(select(License).where(License.status == "active")).scalar_one()
+        assert live.expires_at is not None
+        live.expires_at += dt.timedelta(days=1)
+        db.session.commit()
+    revoked_before = shop.order(9230)["licenses"][0]["expires_at"]
+    live_before = shop.order(9231)["licenses"][0]["expires_at"]
+    shop.deliver(subscription_renewal(9232, 7003, modified=20))
+    assert shop.order(9231)["licenses"][0]["expires_at"] > live_before
+    assert shop.order(9230)["licenses"][0]["expires_at"] == revoked_before
+    assert shop.order(9232)["licenses"] == []
+
+
+def test_renewal_naming_a_revoked_key_issues_a_new_license_and_tells_the_owner(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A revoked key is not extended (the buyer would have paid for nothing that works): the
+    line is issued a license of its own, and the owner's audit log names the revoked key."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9233, "completed", [line_item(501)]))
+    revoked = shop.order(9233)["licenses"][0]
+    assert shop.admin("POST", f"/licenses/{revoked['key']}/revoke").status_code == 200
+    shop.deliver(wc_order(9234, "processing", [renewal_line(501, revoked["key"], 304)]))
+    assert shop.order(9233)["licenses"][0]["expires_at"] == revoked["expires_at"]
+    assert [lic["status"] for lic in shop.order(9234)["licenses"]] == ["active"]
+    with app.app_context():
+        entries = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "order.renewal_of_revoked_license")
+        ).all()
+    assert [e.subject for e in entries] == ["order:9234"]
 
 
 def test_on_hold_manual_payment_waits_then_keeps_its_reference(

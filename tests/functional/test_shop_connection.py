@@ -23,7 +23,7 @@ from tests.wc_rest import (
 )
 
 __all__ = ["fake_shop"]
-TOPICS = {"order.created", "order.updated", "order.deleted"}
+TOPICS = {"order.created", "order.updated", "order.deleted", "order.restored"}
 
 
 def _store(app: Flask, shop: WebhookSender) -> Store:
@@ -159,7 +159,7 @@ def test_reconnect_replaces_the_webhooks(
     run_pending(app)
     second = shop.admin("GET", "/connection").get_json()
     new_ids = {w["id"] for w in second["webhooks"]}
-    assert len(new_ids) == 3 and not new_ids & old_ids
+    assert len(new_ids) == 4 and not new_ids & old_ids
     assert {str(i) for i in fake_shop.webhooks} == new_ids
     with app.app_context():
         assert _store(app, shop).webhook_secret != old_secret
@@ -179,7 +179,7 @@ def test_stray_webhooks_to_our_url_are_replaced(
     connect_store(app, shop, fake_shop)
     assert 5 not in fake_shop.webhooks
     assert 6 in fake_shop.webhooks
-    assert len(fake_shop.active_webhooks(url)) == 3
+    assert len(fake_shop.active_webhooks(url)) == 4
 
 
 def test_registration_retries_while_the_shop_is_down(
@@ -222,7 +222,7 @@ def test_disconnect_deletes_the_webhooks_and_forgets_the_key(
     connect_store(app, shop, fake_shop)
     response = shop.admin("DELETE", "/connection")
     assert response.status_code == 200
-    assert len(response.get_json()["webhooks_deleted"]) == 3
+    assert len(response.get_json()["webhooks_deleted"]) == 4
     assert fake_shop.webhooks == {}
     body = shop.admin("GET", "/connection").get_json()
     assert body["status"] == "disconnected"
