@@ -20,13 +20,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.catalog import (
     POLICY_FIELDS,
     ProductSpec,
     configure_product,
+    find_product,
     parse_file_spec,
     product_json,
 )
@@ -150,9 +150,7 @@ def _apply(
     except MetaError as exc:
         result.invalid[shop_id] = str(exc)
         return
-    product = session.execute(
-        select(Product).where(Product.store_id == store.id, Product.shop_product_id == shop_id)
-    ).scalar_one_or_none()
+    product = find_product(session, store, shop_id)
     if product is not None and product.source == "keygate":
         result.kept_keygate.append(shop_id)
         return

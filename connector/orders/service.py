@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, and_, select, true
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
+from connector.catalog import find_product
 from connector.db import insert_ignoring_conflicts, utcnow
 from connector.jobs import enqueue
 from connector.licensing.keys import KeyFormat, generate_key, lookup_form
@@ -173,9 +174,7 @@ def _configured_product(
     for shop_id in (item.variation_id, item.product_id):
         if shop_id is None:
             continue
-        product = session.execute(
-            select(Product).where(Product.store_id == store.id, Product.shop_product_id == shop_id)
-        ).scalar_one_or_none()
+        product = find_product(session, store, shop_id)
         if product is not None:
             return product, shop_id
     return None, None
