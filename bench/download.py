@@ -133,7 +133,7 @@ def set_up(folder: Path, database_url: str | None) -> tuple[Path, str]:
     }
     settings = folder / "settings.json"
     settings.write_text(json.dumps(overrides))
-    app = create_app({**overrides, "start_worker": False})
+    app = create_app({**overrides, "start_worker": False, "check_database": False})
     with app.app_context():
         upgrade(db.get_engine())
         created = create_store(db.session, "Bench shop", "https://shop.example")

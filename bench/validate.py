@@ -183,7 +183,7 @@ def setup_keygate(database_url: str, instance: Path) -> tuple[dict[str, str], st
         "start_worker": False,
         "mail_echo": False,
     }
-    app = create_app(overrides)
+    app = create_app({**overrides, "check_database": False})  # migrated just below
     from connector.migrate import upgrade
 
     with app.app_context():

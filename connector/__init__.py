@@ -122,10 +122,13 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
     Args:
         overrides: settings that win over the environment (field names of ``Settings``),
-            plus ``start_worker`` (bool) to control the in-process job thread.
+            plus ``start_worker`` (bool) to control the in-process job thread and
+            ``check_database`` (bool, default True: refuse to start on a database that is
+            not migrated or was made with other keys; ``keygate init`` migrates first).
     """
     overrides = dict(overrides or {})
     start_worker = overrides.pop("start_worker", None)
+    check_database = overrides.pop("check_database", True)
     settings = load_settings(overrides)
     https = settings.base_url.startswith("https://")
 
@@ -160,6 +163,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
             app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
         )
     database.init_app(app, settings.database_url)
+    if check_database:
+        _check_database(app)
     app.before_request(refuse_nul_in_address)
     limiter.init_app(app)
     app.extensions["keygate.license_budgets"] = Budgets(
@@ -191,6 +196,21 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
         start_worker_thread(app)
     return app
+
+
+def _check_database(app: Flask) -> None:
+    """Refuse to start on a database not migrated for this code or made with other keys
+    (:mod:`connector.vault.keycheck`)."""
+    from connector.vault.keycheck import check_database
+
+    with app.app_context():
+        try:
+            check_database(database.engine, database.session, app.extensions["keygate.keyring"])
+        finally:
+            database.session.close()
+            # No connection opened at start stays pooled: a server that forks workers after
+            # loading the app (gunicorn --preload) must not share one between processes.
+            database.engine.dispose()
 
 
 def _home() -> ResponseReturnValue:

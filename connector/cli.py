@@ -63,6 +63,7 @@ def init(admin_user: str) -> None:
     from connector.db import db
     from connector.migrate import upgrade
     from connector.models import AdminUser
+    from connector.vault.keycheck import check_keys
 
     instance = _instance_dir()
     instance.mkdir(parents=True, exist_ok=True)
@@ -70,18 +71,29 @@ def init(admin_user: str) -> None:
     has_env_key = bool(
         os.environ.get("KEYGATE_MASTER_KEY") or os.environ.get("KEYGATE_MASTER_KEYS")
     )
+    new_keys: dict[Path, str] = {}
     if not has_env_key and not (instance / MASTER_KEY_FILE).exists():
-        _write_secret_file(instance / MASTER_KEY_FILE, Fernet.generate_key().decode())
-        click.echo(f"wrote {instance / MASTER_KEY_FILE} (keep it safe: it decrypts every secret)")
+        new_keys[instance / MASTER_KEY_FILE] = Fernet.generate_key().decode()
     if not os.environ.get("KEYGATE_SECRET_KEY") and not (instance / SECRET_KEY_FILE).exists():
-        _write_secret_file(instance / SECRET_KEY_FILE, secrets.token_urlsafe(48))
-        click.echo(f"wrote {instance / SECRET_KEY_FILE}")
+        new_keys[instance / SECRET_KEY_FILE] = secrets.token_urlsafe(48)
+    if new_keys:
+        _refuse_new_keys_for_a_database_in_use(instance, new_keys)
+    for path, value in new_keys.items():
+        _write_secret_file(path, value)
+        click.echo(
+            f"wrote {path}"
+            + (" (keep it safe: it decrypts every secret)" if path.name == MASTER_KEY_FILE else "")
+        )
 
-    app = make_app()
+    app = make_app(check_database=False)
     with app.app_context():
         upgrade(db.get_engine())
         click.echo("database is up to date")
         session = db.session
+        try:
+            check_keys(session, app.extensions["keygate.keyring"])
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
         if session.execute(select(AdminUser).limit(1)).scalar_one_or_none() is None:
             password = _create_admin(session, admin_user, None)
             click.echo(f"created admin user '{admin_user}'")
@@ -91,6 +103,31 @@ def init(admin_user: str) -> None:
                 f"admin user exists (forgot the password? {_command()} admin password "
                 "--username NAME)"
             )
+
+
+def _refuse_new_keys_for_a_database_in_use(instance: Path, new_keys: dict[Path, str]) -> None:
+    """New keys for a database that already holds data would lock that data away for good
+    (its secrets unreadable, its license keys and tokens never found again)."""
+    from connector.vault.keycheck import database_in_use
+
+    overrides: dict[str, Any] = {"check_database": False}
+    if instance / MASTER_KEY_FILE in new_keys:
+        overrides["master_keys"] = [new_keys[instance / MASTER_KEY_FILE]]
+    if instance / SECRET_KEY_FILE in new_keys:
+        overrides["secret_key"] = new_keys[instance / SECRET_KEY_FILE]
+    app = make_app(**overrides)
+    try:
+        used = database_in_use(app.extensions["keygate.db"].engine)
+    finally:
+        app.extensions["keygate.db"].engine.dispose()
+    if used:
+        missing = " and ".join(path.name for path in new_keys)
+        raise click.ClickException(
+            f"this database already holds a Keygate instance's data, and {missing} is missing "
+            f"from {instance}: restore it from the machine or backup it was made on (or set "
+            "KEYGATE_MASTER_KEY / KEYGATE_SECRET_KEY). New keys would make every stored secret, "
+            "license key and token unreadable."
+        )
 
 
 def _command() -> str:

@@ -113,7 +113,12 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
 def _read_key_file(path: Path) -> list[str]:
     if not path.exists():
         return []
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise ConfigError(f"cannot read {path}: {reason}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _check_fernet_keys(keys: list[str]) -> tuple[str, ...]:
@@ -206,8 +211,9 @@ def load_settings(
         master = _read_key_file(instance_dir / MASTER_KEY_FILE)
     if not master:
         raise ConfigError(
-            "no master key: run `keygate init` (writes instance/master.key) "
-            "or set KEYGATE_MASTER_KEY"
+            f"no master key in {instance_dir / MASTER_KEY_FILE} or KEYGATE_MASTER_KEY: for a "
+            "new instance, run `keygate init`; an existing database needs the key it was made "
+            "with (restore the file)"
         )
 
     secret = overrides.pop("secret_key", None) or env.get("KEYGATE_SECRET_KEY")
@@ -216,7 +222,9 @@ def load_settings(
         secret = secret_lines[0] if secret_lines else None
     if not secret or len(secret) < 32:
         raise ConfigError(
-            "no secret key (32+ characters): run `keygate init` or set KEYGATE_SECRET_KEY"
+            f"no secret key (32+ characters) in {instance_dir / SECRET_KEY_FILE} or "
+            "KEYGATE_SECRET_KEY: for a new instance, run `keygate init`; an existing database "
+            "needs the key it was made with (restore the file)"
         )
 
     return Settings(

@@ -21,6 +21,7 @@ from connector.models.store import AdminUser, Store
 from connector.models.vault import (
     CREDENTIAL_KINDS,
     Credential,
+    KeyCheck,
     ShopConnection,
     ShopNote,
     WebhookRegistration,
@@ -40,6 +41,7 @@ __all__ = [
     "DownloadGrant",
     "GrantExtension",
     "Job",
+    "KeyCheck",
     "License",
     "LicenseFlag",
     "LicenseRenewal",

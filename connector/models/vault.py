@@ -9,9 +9,22 @@ from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from connector.db import Base, UTCDateTime, utcnow
-from connector.vault.crypto import EncryptedJSON
+from connector.vault.crypto import Encrypted, EncryptedJSON
 
 CREDENTIAL_KINDS = ("r2", "brevo", "woocommerce")
+
+
+class KeyCheck(Base):
+    """Proof of the keys this database was made with, checked when Keygate starts: a server
+    given another master key or secret key refuses to start, instead of answering 500s (or,
+    worse, "no such license" to every product). One row."""
+
+    __tablename__ = "key_checks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    master_check: Mapped[str] = mapped_column(Encrypted)  # a known text, encrypted
+    secret_check: Mapped[str] = mapped_column(String(64))  # a keyed hash of a known text
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Credential(Base):

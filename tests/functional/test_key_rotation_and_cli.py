@@ -120,11 +120,12 @@ def check_rotated_app(rotated: Flask, shop: WebhookSender, before: dict[str, Any
 def test_rotation_with_a_missing_old_key_stops_and_says_where(
     app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
 ) -> None:
-    """Without the key a value was made with, rotation fails naming the row, not the value."""
+    """Without the key the database was made with, rotation (like any start) stops before
+    touching a row, saying which key is wanted, never showing a value."""
     other = Fernet.generate_key().decode()
     result = keygate(tmp_path, database_url, "rotate-keys", master_keys=other)
     assert result.exit_code == 1
-    assert "stores.webhook_secret of row" in result.output
+    assert "the master key does not open this database's secrets" in result.output
     assert shop.store.webhook_secret not in result.output
     with app.app_context():
         assert db.session.get(Store, shop.store.store.id) is not None  # still readable

@@ -1,0 +1,141 @@
+"""Start only with the database's own keys, and only on a database that is up to date.
+
+A server given another master key (a lost ``instance/master.key``, a second host set up with
+its own ``keygate init``) answers 500 wherever a secret is read: every paid order's webhook
+fails and WooCommerce does not send it again. Another secret key is worse: every license
+lookup is a signed "NOT_FOUND", which products believe, and every mailed link stops working.
+So the database keeps a proof of its keys (``key_checks``: a known text encrypted with the
+master key, a keyed hash of it with the secret key), written on the first start and checked
+on every one after.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, Text, inspect, literal, select, type_coerce
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from connector.config import ConfigError
+from connector.db import Base, insert_ignoring_conflicts
+from connector.migrate import alembic_config
+from connector.models import KeyCheck
+from connector.vault.crypto import DecryptionError, Keyring
+
+log = logging.getLogger(__name__)
+
+KNOWN_TEXT = "keygate key check"
+HASH_PURPOSE = "key-check"
+# Tables whose rows mean the database is in use: new keys would lock their data away.
+IN_USE_TABLES = ("key_checks", "stores", "signing_keys", "admin_users")
+
+MASTER_MISMATCH = (
+    "the master key does not open this database's secrets: start with the key it was made "
+    "with (instance/master.key, or KEYGATE_MASTER_KEY / KEYGATE_MASTER_KEYS; after a rotation "
+    "the new key first, the old one after it)"
+)
+HASH_KEY_MISMATCH = (
+    "the secret key is not the one this database was made with: license lookups, API tokens "
+    "and mailed links would all fail; start with its own (instance/secret.key or "
+    "KEYGATE_SECRET_KEY)"
+)
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """What is wrong with the database's migration state for this code, or None."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if current is None:
+        return "the database has no Keygate tables: run `keygate init` (or check the URL)"
+    if current != head:
+        return (
+            f"the database is at migration {current}, this Keygate needs {head}: "
+            "run `keygate init` (it migrates)"
+        )
+    return None
+
+
+def database_in_use(engine: Engine) -> bool:
+    """Whether the database already holds a Keygate instance's data."""
+    present = set(inspect(engine).get_table_names())
+    with engine.connect() as connection:
+        for name in IN_USE_TABLES:
+            if name not in present:
+                continue
+            table = Base.metadata.tables[name]
+            if connection.execute(select(literal(1)).select_from(table).limit(1)).first():
+                return True
+    return False
+
+
+def check_keys(session: Session, keyring: Keyring) -> None:
+    """Refuse keys that are not the database's own; record them on a database without proof.
+
+    Raises:
+        ConfigError: the master key or the secret key is not the database's.
+    """
+    proof = session.execute(
+        select(type_coerce(KeyCheck.master_check, Text), KeyCheck.secret_check)
+    ).first()
+    if proof is None:
+        _check_some_secret(session, keyring)  # a database from before key checks
+        insert_ignoring_conflicts(
+            session,
+            KeyCheck.__table__,
+            {
+                "id": 1,
+                "master_check": keyring.encrypt(KNOWN_TEXT),
+                "secret_check": keyring.keyed_hash(HASH_PURPOSE, KNOWN_TEXT),
+            },
+            ["id"],
+        )
+        session.commit()
+        return
+    master_check, secret_check = proof
+    try:
+        keyring.decrypt(master_check)
+    except DecryptionError:
+        raise ConfigError(MASTER_MISMATCH) from None
+    if not hmac.compare_digest(secret_check, keyring.keyed_hash(HASH_PURPOSE, KNOWN_TEXT)):
+        raise ConfigError(HASH_KEY_MISMATCH)
+
+
+def _check_some_secret(session: Session, keyring: Keyring) -> None:
+    """Without a proof yet, the master key must still open a secret already stored."""
+    from connector.vault.rotation import encrypted_tables
+
+    for spec in encrypted_tables():
+        column = spec.columns[0]
+        token = session.execute(
+            select(type_coerce(column, Text)).where(column.is_not(None)).limit(1)
+        ).scalar()
+        if token is not None:
+            try:
+                keyring.decrypt(token)
+            except DecryptionError:
+                raise ConfigError(MASTER_MISMATCH) from None
+            return
+
+
+def check_database(engine: Engine, session: Session, keyring: Keyring) -> None:
+    """The start-up check: an up-to-date database and its own keys.
+
+    A database that cannot be reached is not a reason to refuse to start (it may come back
+    before the first request): the check is skipped, with a warning.
+
+    Raises:
+        ConfigError: what is wrong, and what to do.
+    """
+    try:
+        problem = schema_problem(engine)
+        if problem is not None:
+            raise ConfigError(problem)
+        check_keys(session, keyring)
+    except OperationalError as exc:
+        log.warning("could not check the database at start (%s)", type(exc.orig).__name__)
+        session.rollback()

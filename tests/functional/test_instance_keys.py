@@ -1,0 +1,121 @@
+"""Keygate starts only with the database's own keys, on a database migrated for it; `keygate
+init` never makes new keys for a database that already holds data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from flask import Flask
+from sqlalchemy import create_engine, delete
+
+from connector import create_app
+from connector.config import ConfigError
+from connector.db import db
+from connector.migrate import upgrade
+from connector.models import KeyCheck
+from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
+from tests.factories import WebhookSender
+
+
+def start(tmp_path: Path, database_url: str, **extra: Any) -> Flask:
+    app = create_app(app_overrides(tmp_path, database_url, **extra))
+    app.extensions["keygate.db"].engine.dispose()
+    return app
+
+
+def test_another_master_key_is_refused_at_start(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """Not a server that answers 500 to every webhook (which WooCommerce never resends)."""
+    other = Fernet.generate_key().decode()
+    with pytest.raises(ConfigError, match="master key does not open this database"):
+        start(tmp_path, database_url, master_keys=[other])
+    start(tmp_path, database_url, master_keys=[other, MASTER_KEY])  # mid-rotation: both
+
+
+def test_another_secret_key_is_refused_at_start(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """Not a server telling every product, signed, that its key does not exist."""
+    with pytest.raises(ConfigError, match="secret key is not the one"):
+        start(tmp_path, database_url, secret_key="s" * 40)
+    assert SECRET_KEY != "s" * 40
+
+
+def test_a_database_from_before_key_checks_is_checked_against_a_stored_secret(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """Without a proof row (a database made before this check), the master key must open a
+    secret already stored; then the proof is written."""
+    with app.app_context():
+        db.session.execute(delete(KeyCheck))
+        db.session.commit()
+    other = Fernet.generate_key().decode()
+    with pytest.raises(ConfigError, match="master key does not open this database"):
+        start(tmp_path, database_url, master_keys=[other])
+    start(tmp_path, database_url)
+    with app.app_context():
+        assert db.session.query(KeyCheck).count() == 1
+
+
+def test_a_database_not_migrated_for_this_code_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    with pytest.raises(ConfigError, match="no Keygate tables: run `keygate init`"):
+        start(tmp_path, url)
+    engine = create_engine(url)
+    upgrade(engine, "0006")
+    engine.dispose()
+    with pytest.raises(ConfigError, match=r"at migration 0006, .* run `keygate init`"):
+        start(tmp_path, url)
+
+
+def keygate_init(instance: Path, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env.update(KEYGATE_INSTANCE_DIR=str(instance), KEYGATE_DATABASE_URL=database_url)
+    return subprocess.run(
+        [sys.executable, "-m", "connector.cli", "init"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_init_never_makes_new_keys_for_a_database_in_use(tmp_path: Path) -> None:
+    """A lost master.key, or a second host set up with its own init: new keys would make
+    every stored secret, license key and API token unreadable for good."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = keygate_init(tmp_path / "one", url)
+    assert first.returncode == 0, first.stderr
+    second = keygate_init(tmp_path / "two", url)
+    assert second.returncode != 0
+    assert "already holds a Keygate instance's data" in second.stderr
+    assert not (tmp_path / "two" / "master.key").exists()
+    assert not (tmp_path / "two" / "secret.key").exists()
+    # With the first host's keys, the second host starts.
+    for name in ("master.key", "secret.key"):
+        (tmp_path / "two" / name).write_text((tmp_path / "one" / name).read_text())
+    assert keygate_init(tmp_path / "two", url).returncode == 0
+
+
+def test_an_unreadable_key_file_is_a_clear_error(tmp_path: Path, database_url: str) -> None:
+    """Not a traceback: a key "file" that is a folder, or is not text, says so and where."""
+    (tmp_path / "instance").mkdir()
+    key_file = tmp_path / "instance" / "master.key"
+    overrides = app_overrides(tmp_path, database_url)
+    del overrides["master_keys"]
+    key_file.mkdir()
+    with pytest.raises(ConfigError, match=r"cannot read .*master\.key"):
+        create_app(dict(overrides))
+    key_file.rmdir()
+    key_file.write_bytes(b"\xff\xfe not a key")
+    with pytest.raises(ConfigError, match=r"cannot read .*master\.key: not text"):
+        create_app(dict(overrides))
