@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from connector.db import db
 from connector.jobs import run_pending
 from connector.models import Job, Mail, Store
 from connector.vault.crypto import Keyring
-from connector.vault.rotation import encrypted_tables
+from connector.vault.rotation import encrypted_tables, rotate_all
 from connector.vault.service import credentials_for
 from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
@@ -115,6 +116,50 @@ def check_rotated_app(rotated: Flask, shop: WebhookSender, before: dict[str, Any
         ]
     finally:
         rotated.extensions["keygate.db"].engine.dispose()
+
+
+def test_rotation_never_undoes_a_secret_saved_while_it_runs(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """A secret a server saves while rotate-keys runs (after the rotation has read the old
+    one, before it writes it back re-encrypted) stays saved."""
+    keys = (Fernet.generate_key().decode(), MASTER_KEY)
+    store_id = shop.store.store.id
+    with app.app_context():
+        old_token = db.session.execute(text("SELECT webhook_secret FROM stores")).scalar_one()
+        db.session.rollback()
+    server = create_app(app_overrides(tmp_path, database_url, master_keys=list(keys)))
+    rotator = create_app(app_overrides(tmp_path, database_url, master_keys=list(keys)))
+
+    def save_a_new_secret() -> None:
+        with server.app_context():
+            store = db.session.get(Store, store_id)
+            assert store is not None
+            store.webhook_secret = "whsec-registered-during-rotation"
+            db.session.commit()
+
+    writer = threading.Thread(target=save_a_new_secret)
+
+    class SavesWhileRotating(Keyring):
+        def rotate(self, token: str) -> str:
+            if token == old_token:
+                writer.start()
+                if database_url.startswith("postgresql"):
+                    writer.join()  # committed between the rotation's read and its write
+                # SQLite: the writer queues behind the rotation's write lock.
+            return super().rotate(token)
+
+    try:
+        with rotator.app_context():
+            rotate_all(db.session, SavesWhileRotating(keys, SECRET_KEY))
+        writer.join()
+        with server.app_context():
+            store = db.session.get(Store, store_id)
+            assert store is not None
+            assert store.webhook_secret == "whsec-registered-during-rotation"
+    finally:
+        for application in (server, rotator):
+            application.extensions["keygate.db"].engine.dispose()
 
 
 def test_rotation_with_a_missing_old_key_stops_and_says_where(
