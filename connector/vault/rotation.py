@@ -116,3 +116,20 @@ def rotate_all(
             session.commit()
             advance(len(batch))
     return rewritten
+
+
+def count_needing_older_keys(session: Session, keyring: Keyring) -> tuple[int, int]:
+    """Stored tokens the newest master key alone cannot read, and all stored tokens.
+
+    None left (0) means the older keys can be dropped. Reads in batches, each its own
+    transaction (nothing is written).
+    """
+    needing = stored = 0
+    for spec in encrypted_tables():
+        for batch in _batches(session, spec):
+            for _row_id, tokens in batch:
+                present = [token for token in tokens if token is not None]
+                stored += len(present)
+                needing += sum(not keyring.newest_key_reads(token) for token in present)
+            session.rollback()
+    return needing, stored
