@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flask import Flask, current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from connector.db import Database, utcnow
 from connector.models import SigningKey
@@ -188,9 +188,19 @@ def ensure_signing_key(session: Session) -> SigningKey:
 
 
 def published_keys(session: Session) -> list[SigningKey]:
-    """Every key, newest first, retired ones included."""
-    ensure_signing_key(session)
-    return list(session.scalars(select(SigningKey).order_by(SigningKey.id.desc())))
+    """Every key, newest first, retired ones included.
+
+    Private halves are not loaded: the list needs none, and decrypting each would make it
+    fail on any one the master keys cannot read.
+    """
+    listed = (
+        select(SigningKey).options(defer(SigningKey.private_key)).order_by(SigningKey.id.desc())
+    )
+    keys = list(session.scalars(listed))
+    if not any(key.status == "active" for key in keys):  # the first answer makes one
+        ensure_signing_key(session)
+        keys = list(session.scalars(listed))
+    return keys
 
 
 _lock = threading.Lock()

@@ -131,6 +131,29 @@ def test_signing_keys_are_signed_and_listed(shop: WebhookSender) -> None:
     assert len(base64.b64decode(key["public_key"], validate=True)) == 32
 
 
+def test_listing_signing_keys_reads_no_private_key(app: Flask, shop: WebhookSender) -> None:
+    """GET /signing-keys lists public halves only: a retired key whose private half the
+    configured master keys cannot read (made under a key since dropped) is listed all the
+    same."""
+    from cryptography.fernet import Fernet
+
+    from connector.signing import ensure_signing_key, rotate_signing_key
+
+    with app.app_context(), app.extensions["keygate.db"].sessionmaker() as session:
+        retired = ensure_signing_key(session).kid
+        active = rotate_signing_key(session).kid
+        unreadable = Fernet(Fernet.generate_key()).encrypt(b"seed").decode()
+        session.execute(
+            text("UPDATE signing_keys SET private_key = :token WHERE kid = :kid"),
+            {"token": unreadable, "kid": retired},
+        )
+        session.commit()
+    response = shop.client.get("/api/v1/signing-keys")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = verify_signed(shop.client, "GET", "/api/v1/signing-keys", response)
+    assert {k["kid"]: k["status"] for k in body["keys"]} == {active: "active", retired: "retired"}
+
+
 def test_rotation_keeps_old_keys_published(app: Flask, shop: WebhookSender, tmp_path: Path) -> None:
     """rotate-signing-key --prepare publishes the next key without signing with it; the
     rotation then signs with that key, and the old one stays listed as retired."""
