@@ -6,7 +6,9 @@ publishes the next key (listed, not signing) so products can pin it first;
 a new one); retired keys stay listed at ``GET /api/v1/signing-keys`` so answers and license
 files signed with them can still be checked. Private keys are encrypted
 at rest (``Encrypted`` column); the signer of a process is cached for ``CACHE_SECONDS`` so a
-rotation done elsewhere is picked up within that time.
+rotation done elsewhere is picked up within that time. Changes to the keys (prepare, rotate,
+the first key) take a lock first, so two at once (two operators, two hosts) happen one after
+the other: one next key, one active key.
 
 Signed string (DESIGN.md), one line each, joined by ``\\n``::
 
@@ -31,9 +33,9 @@ from email.utils import formatdate
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flask import Flask, current_app
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from connector.db import Database, utcnow
 from connector.models import SigningKey
@@ -123,8 +125,25 @@ def _next_key(session: Session) -> SigningKey | None:
     ).scalar_one_or_none()
 
 
+# Any fixed number, the same in every process: PostgreSQL's advisory lock on key changes.
+_KEY_CHANGES_LOCK = 0x6B67_5349  # "kgSI"
+
+
+def _lock_key_changes(session: Session) -> None:
+    """Hold off other changes to the signing keys until this transaction ends.
+
+    The checks for a next or active key and the writes they lead to must not interleave with
+    another run's. PostgreSQL: a transaction-scoped advisory lock (no table to lock rows
+    of when there is no key yet). SQLite: already so, a writing transaction begins
+    IMMEDIATE (``connector.db``) and holds the one write lock from its first statement.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_KEY_CHANGES_LOCK)))
+
+
 def prepare_signing_key(session: Session) -> SigningKey:
     """Publish the next key without signing with it (idempotent: one next key at a time)."""
+    _lock_key_changes(session)
     row = _next_key(session)
     if row is None:
         row = _new_key_row(active=False)
@@ -138,6 +157,7 @@ def rotate_signing_key(session: Session) -> SigningKey:
 
     The caller commits.
     """
+    _lock_key_changes(session)
     now = utcnow()
     row = _next_key(session)
     session.execute(
@@ -158,6 +178,9 @@ def ensure_signing_key(session: Session) -> SigningKey:
     """The key that signs now, made on first use (the caller commits)."""
     row = _active_key(session)
     if row is None:
+        _lock_key_changes(session)  # two servers' first answers make one key
+        row = _active_key(session)
+    if row is None:
         row = _new_key_row(active=True)
         session.add(row)
         session.flush()
@@ -165,9 +188,19 @@ def ensure_signing_key(session: Session) -> SigningKey:
 
 
 def published_keys(session: Session) -> list[SigningKey]:
-    """Every key, newest first, retired ones included."""
-    ensure_signing_key(session)
-    return list(session.scalars(select(SigningKey).order_by(SigningKey.id.desc())))
+    """Every key, newest first, retired ones included.
+
+    Private halves are not loaded: the list needs none, and decrypting each would make it
+    fail on any one the master keys cannot read.
+    """
+    listed = (
+        select(SigningKey).options(defer(SigningKey.private_key)).order_by(SigningKey.id.desc())
+    )
+    keys = list(session.scalars(listed))
+    if not any(key.status == "active" for key in keys):  # the first answer makes one
+        ensure_signing_key(session)
+        keys = list(session.scalars(listed))
+    return keys
 
 
 _lock = threading.Lock()

@@ -27,23 +27,53 @@ def command_app() -> Iterator[Flask]:
 
 
 @click.command("rotate-keys")
-def rotate_keys() -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only count the stored values the newest key alone cannot read (0: the older "
+    "keys can be dropped).",
+)
+def rotate_keys(check: bool) -> None:
     """Re-encrypt every stored secret with the newest master key.
 
     Put the new key first in KEYGATE_MASTER_KEYS (comma separated, newest first), keeping
-    the old ones; run this; then the old keys may be removed.
+    the old ones; run this; then the old keys may be removed once --check finds nothing
+    that needs them. Keys are named by fingerprint (the first 8 hex digits of a key's
+    SHA-256), never shown.
     """
     from connector.db import db
     from connector.vault.crypto import DecryptionError, current_keyring
-    from connector.vault.rotation import count_rows, rotate_all
+    from connector.vault.rotation import count_needing_older_keys, count_rows, rotate_all
 
     with command_app():
         session = db.session
+        keyring = current_keyring()
+        newest = keyring.fingerprints[0]
+        if check:
+            needing, stored = count_needing_older_keys(session, keyring)
+            report = (
+                f"{needing} of {stored} encrypted values need a master key other than "
+                f"the newest (fingerprint {newest})"
+            )
+            if needing:
+                raise click.ClickException(
+                    f"{report}: keep the older keys, and run keygate rotate-keys with the "
+                    "new key first"
+                )
+            older = ", ".join(keyring.fingerprints[1:]) or "none configured"
+            click.echo(f"{report}: the older keys ({older}) can be dropped")
+            return
         total = count_rows(session)
         session.commit()
         try:
             with click.progressbar(length=total, label="Re-encrypting", show_pos=True) as bar:
-                rewritten = rotate_all(session, current_keyring(), bar.update)
+                rewritten = rotate_all(session, keyring, bar.update)
         except DecryptionError as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(f"re-encrypted {rewritten} rows with the newest master key")
+    click.echo(
+        f"re-encrypted {rewritten} rows with the newest master key (fingerprint {newest}), "
+        "the first in the list: is it your new key?"
+    )
+    if len(keyring.fingerprints) > 1:
+        older = ", ".join(keyring.fingerprints[1:])
+        click.echo(f"older keys: {older}; drop them once keygate rotate-keys --check says so")

@@ -26,6 +26,9 @@ class Keyring:
 
     def __init__(self, master_keys: tuple[str, ...], secret_key: str) -> None:
         self._fernet = MultiFernet([Fernet(k) for k in master_keys])
+        self._newest = Fernet(master_keys[0])
+        #: The master keys' fingerprints, newest first (:func:`key_fingerprint`).
+        self.fingerprints = tuple(key_fingerprint(k) for k in master_keys)
         self._secret = secret_key.encode()
         # Per-purpose HMAC states, keyed once; each hash copies one (license calls make one
         # or two per request).
@@ -46,6 +49,14 @@ class Keyring:
         """Re-encrypt a token with the newest master key."""
         return self._fernet.rotate(token.encode("ascii")).decode("ascii")
 
+    def newest_key_reads(self, token: str) -> bool:
+        """Whether the newest master key alone decrypts ``token``."""
+        try:
+            self._newest.decrypt(token.encode("ascii"))
+        except InvalidToken:
+            return False
+        return True
+
     def keyed_hash(self, purpose: str, value: str) -> str:
         """HMAC-SHA256 of ``value`` under a key for ``purpose`` (hex)."""
         keyed = self._purposes.get(purpose)
@@ -55,6 +66,14 @@ class Keyring:
         state = keyed.copy()
         state.update(value.encode())
         return state.hexdigest()
+
+
+def key_fingerprint(key: str) -> str:
+    """A master key's name for people: the first 8 hex digits of its SHA-256.
+
+    Says which key is which (``printf %s "$KEY" | sha256sum``) and nothing of the key.
+    """
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 class DecryptionError(RuntimeError):

@@ -2,16 +2,31 @@
 
 Columns are found from the models, so a table added later is rotated without a change here.
 Rows are rewritten in batches, each committed: every value is readable under the configured
-keys at every moment, so an interrupted rotation is simply run again.
+keys at every moment, so an interrupted rotation is simply run again. Running servers keep
+writing meanwhile: a value is written back only where the column still holds the token that
+was read, so a secret saved since (with the newest key already) is never undone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 from cryptography.fernet import InvalidToken
-from sqlalchemy import Column, Table, Text, func, literal, select, type_coerce, update
+from sqlalchemy import (
+    Column,
+    CursorResult,
+    Table,
+    Text,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from connector.db import Base
@@ -74,20 +89,47 @@ def rotate_all(
     for spec in encrypted_tables():
         for batch in _batches(session, spec):
             for row_id, tokens in batch:
-                values = {}
+                values: dict[str, Any] = {}
+                unchanged = []
                 for column, token in zip(spec.columns, tokens, strict=True):
                     if token is None:
                         continue
                     try:
-                        values[column.name] = literal(keyring.rotate(token), Text)
+                        rotated = literal(keyring.rotate(token), Text)
                     except InvalidToken:
                         raise DecryptionError(
                             f"{spec.table.name}.{column.name} of row {row_id} cannot be "
                             "decrypted with the configured master keys"
                         ) from None
+                    # Only where the column still holds the token read: a value saved since
+                    # (PostgreSQL lets servers write between this batch's read and its
+                    # write) was made with the newest key and must stand.
+                    still_read = type_coerce(column, Text) == literal(token, Text)
+                    values[column.name] = case((still_read, rotated), else_=column)
+                    unchanged.append(still_read)
                 if values:
-                    session.execute(update(spec.table).where(spec.key == row_id).values(values))
-                    rewritten += 1
+                    statement = (
+                        update(spec.table).where(spec.key == row_id, or_(*unchanged)).values(values)
+                    )
+                    result = cast(CursorResult[Any], session.execute(statement))
+                    rewritten += result.rowcount
             session.commit()
             advance(len(batch))
     return rewritten
+
+
+def count_needing_older_keys(session: Session, keyring: Keyring) -> tuple[int, int]:
+    """Stored tokens the newest master key alone cannot read, and all stored tokens.
+
+    None left (0) means the older keys can be dropped. Reads in batches, each its own
+    transaction (nothing is written).
+    """
+    needing = stored = 0
+    for spec in encrypted_tables():
+        for batch in _batches(session, spec):
+            for _row_id, tokens in batch:
+                present = [token for token in tokens if token is not None]
+                stored += len(present)
+                needing += sum(not keyring.newest_key_reads(token) for token in present)
+            session.rollback()
+    return needing, stored

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ from connector.db import db
 from connector.jobs import run_pending
 from connector.models import Job, Mail, Store
 from connector.vault.crypto import Keyring
-from connector.vault.rotation import encrypted_tables
+from connector.vault.rotation import encrypted_tables, rotate_all
 from connector.vault.service import credentials_for
 from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
@@ -115,6 +117,87 @@ def check_rotated_app(rotated: Flask, shop: WebhookSender, before: dict[str, Any
         ]
     finally:
         rotated.extensions["keygate.db"].engine.dispose()
+
+
+def fingerprint(key: str) -> str:
+    """README's: the first 8 hex digits of the key's SHA-256."""
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def test_rotation_names_its_key_and_check_says_when_old_keys_can_go(
+    shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """rotate-keys names the key it encrypted with by a fingerprint, never the key itself;
+    --check counts the values the newest key alone cannot read, so keys given oldest first
+    are caught before the old key is dropped."""
+    shop.admin("PUT", "/credentials/r2", R2)
+    new_key = Fernet.generate_key().decode()
+    new_first, old_first = f"{new_key},{MASTER_KEY}", f"{MASTER_KEY},{new_key}"
+
+    before = keygate(tmp_path, database_url, "rotate-keys", "--check", master_keys=new_first)
+    assert before.exit_code == 1, before.output
+    assert re.search(r"\b[1-9]\d* of \d+ encrypted values", before.output), before.output
+    assert fingerprint(new_key) in before.output
+
+    wrong = keygate(tmp_path, database_url, "rotate-keys", master_keys=old_first)
+    assert wrong.exit_code == 0, wrong.output
+    assert f"newest master key (fingerprint {fingerprint(MASTER_KEY)})" in wrong.output
+    assert MASTER_KEY not in wrong.output and new_key not in wrong.output
+    still = keygate(tmp_path, database_url, "rotate-keys", "--check", master_keys=new_first)
+    assert still.exit_code == 1, "the old key is still needed"
+
+    right = keygate(tmp_path, database_url, "rotate-keys", master_keys=new_first)
+    assert right.exit_code == 0, right.output
+    assert f"newest master key (fingerprint {fingerprint(new_key)})" in right.output
+    done = keygate(tmp_path, database_url, "rotate-keys", "--check", master_keys=new_first)
+    assert done.exit_code == 0, done.output
+    assert re.search(r"\b0 of [1-9]\d* encrypted values", done.output), done.output
+    assert f"the older keys ({fingerprint(MASTER_KEY)}) can be dropped" in done.output
+    assert MASTER_KEY not in done.output and new_key not in done.output
+
+
+def test_rotation_never_undoes_a_secret_saved_while_it_runs(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """A secret a server saves while rotate-keys runs (after the rotation has read the old
+    one, before it writes it back re-encrypted) stays saved."""
+    keys = (Fernet.generate_key().decode(), MASTER_KEY)
+    store_id = shop.store.store.id
+    with app.app_context():
+        old_token = db.session.execute(text("SELECT webhook_secret FROM stores")).scalar_one()
+        db.session.rollback()
+    server = create_app(app_overrides(tmp_path, database_url, master_keys=list(keys)))
+    rotator = create_app(app_overrides(tmp_path, database_url, master_keys=list(keys)))
+
+    def save_a_new_secret() -> None:
+        with server.app_context():
+            store = db.session.get(Store, store_id)
+            assert store is not None
+            store.webhook_secret = "whsec-registered-during-rotation"
+            db.session.commit()
+
+    writer = threading.Thread(target=save_a_new_secret)
+
+    class SavesWhileRotating(Keyring):
+        def rotate(self, token: str) -> str:
+            if token == old_token:
+                writer.start()
+                if database_url.startswith("postgresql"):
+                    writer.join()  # committed between the rotation's read and its write
+                # SQLite: the writer queues behind the rotation's write lock.
+            return super().rotate(token)
+
+    try:
+        with rotator.app_context():
+            rotate_all(db.session, SavesWhileRotating(keys, SECRET_KEY))
+        writer.join()
+        with server.app_context():
+            store = db.session.get(Store, store_id)
+            assert store is not None
+            assert store.webhook_secret == "whsec-registered-during-rotation"
+    finally:
+        for application in (server, rotator):
+            application.extensions["keygate.db"].engine.dispose()
 
 
 def test_rotation_with_a_missing_old_key_stops_and_says_where(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,13 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from connector import create_app
 from connector.client import SignatureError, verify_response
 from connector.db import db
-from connector.models import SecurityEvent
+from connector.models import SecurityEvent, SigningKey
 from connector.stores import create_store
 from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
 from tests.factories import WebhookSender
@@ -129,6 +131,29 @@ def test_signing_keys_are_signed_and_listed(shop: WebhookSender) -> None:
     assert len(base64.b64decode(key["public_key"], validate=True)) == 32
 
 
+def test_listing_signing_keys_reads_no_private_key(app: Flask, shop: WebhookSender) -> None:
+    """GET /signing-keys lists public halves only: a retired key whose private half the
+    configured master keys cannot read (made under a key since dropped) is listed all the
+    same."""
+    from cryptography.fernet import Fernet
+
+    from connector.signing import ensure_signing_key, rotate_signing_key
+
+    with app.app_context(), app.extensions["keygate.db"].sessionmaker() as session:
+        retired = ensure_signing_key(session).kid
+        active = rotate_signing_key(session).kid
+        unreadable = Fernet(Fernet.generate_key()).encrypt(b"seed").decode()
+        session.execute(
+            text("UPDATE signing_keys SET private_key = :token WHERE kid = :kid"),
+            {"token": unreadable, "kid": retired},
+        )
+        session.commit()
+    response = shop.client.get("/api/v1/signing-keys")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = verify_signed(shop.client, "GET", "/api/v1/signing-keys", response)
+    assert {k["kid"]: k["status"] for k in body["keys"]} == {active: "active", retired: "retired"}
+
+
 def test_rotation_keeps_old_keys_published(app: Flask, shop: WebhookSender, tmp_path: Path) -> None:
     """rotate-signing-key --prepare publishes the next key without signing with it; the
     rotation then signs with that key, and the old one stays listed as retired."""
@@ -171,6 +196,89 @@ def test_rotation_keeps_old_keys_published(app: Flask, shop: WebhookSender, tmp_
     assert again.exit_code == 0, again.output
     forget_cached_signer(app)
     assert sorted(statuses().values()) == ["active", "retired", "retired"]
+
+
+def _twice_at_once(
+    app: Flask, change: Callable[[Session], SigningKey], *, first_key: bool = True
+) -> list[str]:
+    """Run a signing-key ``change`` in two transactions (two operators, two hosts): the
+    second starts once the first has made its change and not committed yet. The kids they
+    were told, first's first. ``first_key``: a key signs already."""
+    from connector.signing import ensure_signing_key
+
+    sessions = app.extensions["keygate.db"].sessionmaker
+    postgres = app.extensions["keygate.db"].engine.dialect.name == "postgresql"
+    if first_key:
+        with app.app_context(), sessions() as session:
+            ensure_signing_key(session)
+            session.commit()
+    told: list[str] = []
+    second_pid: list[int] = []
+
+    def second() -> None:
+        with app.app_context(), sessions() as session:
+            if postgres:
+                second_pid.append(session.scalar(text("SELECT pg_backend_pid()")))
+            told.append(change(session).kid)
+            session.commit()
+
+    with app.app_context(), sessions() as session:
+        first = change(session).kid
+        thread = threading.Thread(target=second)
+        thread.start()
+        # Until the second has finished or waits on a lock (SQLite: its BEGIN IMMEDIATE
+        # waits on the first's write lock, which pg_stat_activity cannot show).
+        deadline = time.monotonic() + (10 if postgres else 0.5)
+        while thread.is_alive() and time.monotonic() < deadline:
+            if second_pid and _waits_on_a_lock(app, second_pid[0]):
+                break
+            time.sleep(0.01)
+        session.commit()
+    thread.join()
+    return [first, *told]
+
+
+def _waits_on_a_lock(app: Flask, pid: int) -> bool:
+    with app.extensions["keygate.db"].engine.connect() as connection:
+        waits = connection.scalar(
+            text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+        )
+    return waits == "Lock"
+
+
+def _statuses(app: Flask) -> dict[str, str]:
+    with app.app_context(), app.extensions["keygate.db"].sessionmaker() as session:
+        return {row.kid: row.status for row in session.scalars(select(SigningKey))}
+
+
+def test_two_prepares_at_once_publish_one_next_key(app: Flask) -> None:
+    """Two rotate-signing-key --prepare runs at once publish one next key, and both operators
+    are told to pin that one."""
+    from connector.signing import prepare_signing_key
+
+    first, second = _twice_at_once(app, prepare_signing_key)
+    assert first == second
+    assert [kid for kid, status in _statuses(app).items() if status == "next"] == [first]
+
+
+def test_two_rotations_at_once_leave_one_signing_key(app: Flask) -> None:
+    """Two rotate-signing-key runs at once rotate twice, one after the other: one key is
+    active, the one the second operator was told about."""
+    from connector.signing import rotate_signing_key
+
+    first, second = _twice_at_once(app, rotate_signing_key)
+    statuses = _statuses(app)
+    assert [kid for kid, status in statuses.items() if status == "active"] == [second]
+    assert statuses[first] == "retired"
+
+
+def test_two_servers_answering_first_at_once_make_one_signing_key(app: Flask) -> None:
+    """Two servers' first answers on an empty database make one signing key, used by both."""
+    from connector.signing import ensure_signing_key
+
+    first, second = _twice_at_once(app, ensure_signing_key, first_key=False)
+    assert first == second
+    assert _statuses(app) == {first: "active"}
 
 
 def test_unknown_path_under_the_api_is_signed_too(shop: WebhookSender) -> None:
