@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from connector.db import utcnow
 from connector.models import DownloadGrant, License, LineItem, Order, Product, ProductFile
 from connector.tokens import download_url, portal_url
 
@@ -33,6 +34,18 @@ class DownloadView:
     downloads_left: int | None
     expires_at: dt.datetime | None
     revoked: bool
+
+    @property
+    def ended(self) -> str | None:
+        """Why the link no longer gives the file ("revoked", "expired", "used up"), None
+        while it does: pages and mails show the reason instead of a link that answers 410."""
+        if self.revoked:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= utcnow():
+            return "expired"
+        if self.downloads_left == 0:
+            return "used up"
+        return None
 
 
 def order_entitlements(session: Session, order: Order) -> dict[str, Any]:

@@ -181,3 +181,45 @@ def test_an_erased_order_is_never_mailed_again(app: Flask, shop: WebhookSender) 
         assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 0
         jobs = db.session.execute(select(Job)).scalars().all()
         assert not [job for job in jobs if job.payload.get("resend")]
+
+
+def test_links_that_no_longer_give_the_file_are_not_offered(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """An expired or used-up link is named with why, not offered as a link that answers 410;
+    a mail sent again leaves it out."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from connector.models import DownloadGrant
+
+    shop.configure(501, download_limit=1)
+    shop.deliver(wc_order(9410, "processing", [line_item(501, quantity=2)]))
+    run_pending(app)
+    expired_link, used_link = (d["link"] for d in shop.order(9410)["downloads"])
+    with app.app_context():
+        first, second = db.session.scalars(select(DownloadGrant).order_by(DownloadGrant.id))
+        yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        db.session.execute(
+            update(DownloadGrant).where(DownloadGrant.id == first.id).values(expires_at=yesterday)
+        )
+        db.session.execute(
+            update(DownloadGrant).where(DownloadGrant.id == second.id).values(download_count=1)
+        )
+        db.session.commit()
+    portal_path = shop.order(9410)["portal_url"].removeprefix("http://keygate.test")
+    html = shop.client.get(portal_path).get_data(as_text=True)
+    assert expired_link not in html and used_link not in html
+    assert "no longer available" in html and "no downloads left" in html
+    with app.app_context():
+        order = db.session.execute(select(Order)).scalar_one()
+        from connector.mail.service import mail_order_again
+
+        mail_order_again(db.session, order, actor="test", action="mail.resent")
+        db.session.commit()
+    run_pending(app)
+    with app.app_context():
+        latest = db.session.scalars(select(Mail).order_by(Mail.id.desc())).first()
+        assert latest is not None and "/d/" not in latest.body_text
+        assert "Your downloads" not in latest.body_text
