@@ -521,7 +521,12 @@ def _object_to_serve(
     ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy)
     if ready is not None:
         return ready
-    if copy is None or copy.status == "ready" or copy.attempts < MAX_WATERMARK_ATTEMPTS:
+    if (
+        copy is None
+        or copy.status == "ready"
+        or copy.attempts < MAX_WATERMARK_ATTEMPTS
+        or _original_changed_since(backend, product_file, copy)
+    ):
         copy = make_watermarked_copy(session, grant)
         if copy is None:
             raise FileUnavailable("Your copy of this file is being prepared; try again shortly.")
@@ -531,6 +536,18 @@ def _object_to_serve(
     if product is not None and product.watermark_fallback == "original":
         return product_file.object_key, "original-fallback"
     return None
+
+
+def _original_changed_since(
+    backend: ObjectStore, product_file: ProductFile, copy: WatermarkCopy
+) -> bool:
+    """Has the owner replaced (or uploaded) the original, or changed the kind of watermark,
+    since the copy last failed? Then a copy that failed its attempts is tried again: the
+    owner fixed what made it fail (an encrypted PDF, a missing file)."""
+    if copy.kind != product_file.watermark:
+        return True
+    now = backend.version(product_file.object_key)
+    return now is not None and now != copy.source_version
 
 
 def watermarked_key(order: Order, grant: DownloadGrant, filename: str) -> str:

@@ -21,6 +21,7 @@ from pypdf import PdfReader
 from sqlalchemy import event, select, update
 
 from connector.db import db
+from connector.downloads.service import MAX_WATERMARK_ATTEMPTS
 from connector.jobs import run_pending
 from connector.models import DownloadEvent, DownloadGrant, Job, WatermarkCopy
 from connector.vault.crypto import keyed_hash
@@ -372,6 +373,25 @@ def test_encrypted_pdf_is_refused_by_default_and_the_owner_sees_why(
     assert log["grants"][0]["watermark_status"] == "failed"
     assert "encrypted" in log["grants"][0]["watermark_error"]
     assert [e["outcome"] for e in log["events"]] == ["refused"]
+
+
+def test_a_copy_that_failed_is_made_once_the_owner_replaces_the_original(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """After its attempts a failed copy is not tried on every click, but the owner's fix (a
+    new original under the same key) is: the next click gets the stamped copy."""
+    path = Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf"
+    make_pdf(path, password="pw")
+    downloads = paid_order(shop, 7012, _pdf_files())
+    for _ in range(MAX_WATERMARK_ATTEMPTS + 1):
+        assert get(shop.client, link_path(downloads[0])).status_code == 409
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.attempts == MAX_WATERMARK_ATTEMPTS  # the extra click did not try again
+    make_pdf(path)  # unencrypted now
+    fixed = get(shop.client, link_path(downloads[0]))
+    assert fixed.status_code == 200
+    assert "Order 7012" in PdfReader(io.BytesIO(fixed.data)).pages[0].extract_text()
 
 
 def test_fallback_original_serves_the_unstamped_file(app: Flask, shop: WebhookSender) -> None:
