@@ -49,6 +49,9 @@ class FakeShop:
     variations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     down: bool = False
+    # A security plugin or a broken permalink setting: the REST API answers WordPress's own
+    # 404 (rest_no_route) to everything, while webhooks still go out.
+    rest_blocked: bool = False
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(70))
 
     # --- wiring -----------------------------------------------------------------------
@@ -65,6 +68,8 @@ class FakeShop:
         self.requests.append((request.method, path))
         if self.down:
             return error(503, "service_unavailable", "Maintenance")
+        if self.rest_blocked:
+            return error(404, "rest_no_route", "No route was found matching the URL.")
         expected = base64.b64encode(f"{self.consumer_key}:{self.consumer_secret}".encode())
         if request.headers.get("Authorization") != "Basic " + expected.decode():
             return error(401, "woocommerce_rest_cannot_view", "Sorry, you cannot list resources.")

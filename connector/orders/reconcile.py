@@ -130,18 +130,23 @@ def reconcile_store(
     return result
 
 
+NO_SUCH_ORDER = "woocommerce_rest_shop_order_invalid_id"
+
+
 def refresh_order(
     session: Session, store: Store, client: WooCommerceClient, shop_order_id: str
 ) -> str:
     """Re-read one order (and its refunds) and apply it. Returns the outcome.
 
-    An order the shop no longer has (404: deleted for good, not trashed) is applied as the
-    deletion it is; its order.deleted delivery may have been lost.
+    An order the shop says it no longer has (deleted for good, not trashed) is applied as
+    the deletion it is; its order.deleted delivery may have been lost. Only WooCommerce's own
+    "no such order" counts: any other 404 (a REST API blocked or broken while webhooks still
+    arrive) says nothing about the order.
     """
     try:
         raw = client.get_order(shop_order_id)
     except ShopRejected as exc:
-        if exc.status != 404:
+        if exc.code != NO_SUCH_ORDER:
             raise
         return apply_shop_order(
             session, store, parse_order({"id": shop_order_id}, deleted=True)
@@ -149,20 +154,23 @@ def refresh_order(
     return apply_shop_order(session, store, read_shop_order(client, raw), reread=True).outcome
 
 
-def enqueue_refresh(
-    session: Session, store: Store, shop_order_id: str, unread_refunds: str
-) -> None:
-    """Ask for a REST re-read of an order whose delivery lists refunds not read yet.
+def enqueue_refresh(session: Session, store: Store, shop_order_id: str, reason: str) -> None:
+    """Ask for a REST re-read of an order: its delivery lists refunds not read yet, or it
+    is a live payload of an order Keygate has as deleted (``restore@<date>``).
 
-    ``unread_refunds`` (:attr:`ApplyResult.unread_refunds`) names both the refunds listed
-    and those last read, so each difference is asked about once, even a refund set that
-    comes back to one read before (a refund deleted).
+    ``reason`` makes each question asked once: for refunds (:attr:`ApplyResult.unread_refunds`)
+    it names both the refunds listed and those last read, so even a refund set that comes
+    back to one read before (a refund deleted) is asked about.
     """
     enqueue(
         session,
         REFRESH_JOB,
-        {"store_id": store.id, "shop_order_id": shop_order_id},
-        dedupe_key=f"{REFRESH_JOB}:{store.id}:{shop_order_id}:{_digest(unread_refunds)}",
+        {
+            "store_id": store.id,
+            "shop_order_id": shop_order_id,
+            "refunds": not reason.startswith("restore@"),
+        },
+        dedupe_key=f"{REFRESH_JOB}:{store.id}:{shop_order_id}:{_digest(reason)}",
     )
 
 
@@ -225,22 +233,39 @@ def reconcile_job(payload: dict[str, Any]) -> None:
 
 @handles(REFRESH_JOB)
 def refresh_order_job(payload: dict[str, Any]) -> None:
-    """Re-read an order and its refunds over REST and apply them (partial refunds)."""
+    """Re-read an order and its refunds over REST and apply them (partial refunds, an order
+    that may have been restored)."""
     session = db.session
     found = store_and_client(session, payload)
     if found is None:
         return
     store, client = found
     if client is None:
-        _refund_left_unapplied(session, store, str(payload["shop_order_id"]))
+        if payload.get("refunds", True):
+            _refund_left_unapplied(session, store, str(payload["shop_order_id"]), NO_KEY)
         return
     try:
         refresh_order(session, store, client, str(payload["shop_order_id"]))
     except ShopUnavailable as exc:
         raise RetryLater(str(exc)) from None
+    except ShopRejected as exc:
+        # Asking again gets the same answer (a REST API blocked, a key revoked): the owner
+        # must know the refund is not applied.
+        answer = f"HTTP {exc.status} {exc.code}".rstrip()
+        log.warning("store %s: the shop refused to read an order (%s)", store.public_id, answer)
+        if payload.get("refunds", True):
+            reason = f"the shop refused to read the order ({answer}): {BY_HAND}"
+            _refund_left_unapplied(session, store, str(payload["shop_order_id"]), reason)
 
 
-def _refund_left_unapplied(session: Session, store: Store, shop_order_id: str) -> None:
+BY_HAND = "revoke the refunded licenses by hand"
+NO_KEY = (
+    "the store has no WooCommerce REST key, so which items the refund covers is unknown: "
+    f"connect the shop (its key re-reads refunds) or {BY_HAND}"
+)
+
+
+def _refund_left_unapplied(session: Session, store: Store, shop_order_id: str, reason: str) -> None:
     """A delivery lists refunds but not which items they cover, and without a WooCommerce
     REST key Keygate cannot ask: tell the owner (audit log), unless the order is paid no
     more (a refunded or cancelled order is revoked whole anyway)."""
@@ -249,22 +274,14 @@ def _refund_left_unapplied(session: Session, store: Store, shop_order_id: str) -
     ).scalar_one_or_none()
     if order is None or order.status not in PAID_STATUSES:
         return
-    log.warning(
-        "store %s has no WooCommerce key: refunds of order %s not applied",
-        store.public_id,
-        shop_order_id,
-    )
+    log.warning("store %s: refunds of order %s not applied", store.public_id, shop_order_id)
     record_audit(
         session,
         store_id=store.id,
         actor="system",
         action="order.refund_not_applied",
         subject=f"order:{shop_order_id}",
-        detail={
-            "reason": "the store has no WooCommerce REST key, so which items the refund "
-            "covers is unknown: connect the shop (its key re-reads refunds) or revoke the "
-            "refunded licenses by hand"
-        },
+        detail={"reason": reason},
     )
 
 

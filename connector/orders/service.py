@@ -65,6 +65,9 @@ class ApplyResult:
     # The delivery lists refunds whose lines were not read from the shop yet: "<listed ids>|
     # <ids last read>", for the caller to ask for a read (once per such difference).
     unread_refunds: str | None = None
+    # A live payload of an order Keygate has as deleted, without the shop's word that it was
+    # restored: a read of the order now settles it (the caller asks for one).
+    restore_unconfirmed: bool = False
 
 
 def hash_license_key(canonical_key: str) -> str:
@@ -94,16 +97,21 @@ def _lock_order(session: Session, store: Store, shop_order_id: str, status: str)
     ).scalar_one()
 
 
-def _is_stale(order: Order, shop_order: ShopOrder, reread: bool) -> bool:
+def _is_stale(order: Order, shop_order: ShopOrder, reread: bool, restored: bool) -> bool:
+    if order.deleted and not shop_order.deleted:
+        # A deletion carries no date of its own: only the shop's word that the order was
+        # restored (order.restored) or a read of it now brings it back. A plain update may
+        # be one sent before the trash and delivered after it.
+        return not (reread or restored)
     if order.shop_modified_at is None:
         return False
     if shop_order.date_modified is None:
         # Deletions carry no date; anything else without one is older than what we know.
         return not shop_order.deleted
-    if order.deleted and not shop_order.deleted:
-        return _restore_is_stale(order, shop_order, reread)
     if shop_order.date_modified != order.shop_modified_at:
         return shop_order.date_modified < order.shop_modified_at
+    if reread:
+        return False  # a read is the order as it is now, whatever came in the same second
     # Same second (WooCommerce dates have one-second resolution): which came first is
     # unknown, so the more decided state stands.
     return _decisiveness(shop_order.status) < _decisiveness(order.status)
@@ -116,18 +124,6 @@ def _decisiveness(status: str) -> int:
     if status in WAITING_STATUSES:
         return 0
     return 2 if status in REVOKING_STATUSES else 1
-
-
-def _restore_is_stale(order: Order, shop_order: ShopOrder, reread: bool) -> bool:
-    """A live order after a deletion, which carries no date of its own.
-
-    Trashing moves the shop's date_modified past the last payload applied, so a delivery
-    dated later than that was made after the trash: a restore. A redelivery dated at or
-    before it was not. A read from the shop is its state now, whatever the dates say.
-    """
-    assert order.shop_modified_at is not None  # noqa: S101 - checked by the caller
-    assert shop_order.date_modified is not None  # noqa: S101 - checked by the caller
-    return not reread and shop_order.date_modified <= order.shop_modified_at
 
 
 def _copy_personal_fields(order: Order, shop_order: ShopOrder) -> None:
@@ -147,9 +143,9 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
     order.status = shop_order.status
     if shop_order.deleted:
         order.deleted = True
-        # A deletion has no shop date. The last one applied stays (see _restore_is_stale):
-        # Keygate's clock would refuse a restore the shop dated a little earlier, for ever.
-        # Only an order never seen before takes ours, so its older deliveries are stale.
+        # A deletion has no shop date: the last one applied stays (an order never seen
+        # before takes ours). What brings the order back is the shop's word, not a date
+        # (see _is_stale).
         order.shop_modified_at = order.shop_modified_at or utcnow()
         return
     order.deleted = False
@@ -186,11 +182,19 @@ def _line_match(
     """The configured product a line is licensed for, and the shop id that matched it.
 
     A line that names another product (the owner swapped the product or variation) matches
-    that one, or nothing when nobody configured it. A line that names no product any more
-    (WooCommerce reports product_id 0 once the product is deleted from the shop) keeps its
-    match: the buyer still bought it.
+    that one, or nothing when nobody configured it. A line that names the same product as
+    before keeps its match, even if a better one was configured since (a variation of the
+    product it matched): the buyer's key must not change under them. A line that names no
+    product any more (WooCommerce reports product_id 0 once the product is deleted from the
+    shop) keeps its match too: the buyer still bought it.
     """
     if item.product_id is None and item.variation_id is None:
+        return line.product_id, line.matched_shop_product_id
+    same_product = (line.shop_product_id, line.shop_variation_id) == (
+        item.product_id,
+        item.variation_id,
+    )
+    if same_product and line.product_id is not None:
         return line.product_id, line.matched_shop_product_id
     product, matched = _configured_product(session, store, item)
     return (product.id if product is not None else None), matched
@@ -509,7 +513,12 @@ def _note_refunds_read(
 
 
 def apply_shop_order(
-    session: Session, store: Store, shop_order: ShopOrder, *, reread: bool = False
+    session: Session,
+    store: Store,
+    shop_order: ShopOrder,
+    *,
+    reread: bool = False,
+    restored: bool = False,
 ) -> ApplyResult:
     """Make Keygate's records of an order match the state the shop reports.
 
@@ -522,10 +531,13 @@ def apply_shop_order(
         reread: ``shop_order`` was read from the shop's REST API just now, not delivered
             by a webhook: its refunds carry their lines, and a live order restores a
             deleted one whatever its date.
+        restored: delivered as ``order.restored``: the shop took the order out of the
+            trash, so it restores a deleted one.
     """
     order = _lock_order(session, store, shop_order.id, shop_order.status)
-    if _is_stale(order, shop_order, reread):
-        return ApplyResult(outcome="stale", order_id=order.id)
+    if _is_stale(order, shop_order, reread, restored):
+        unconfirmed = order.deleted and not shop_order.deleted
+        return ApplyResult(outcome="stale", order_id=order.id, restore_unconfirmed=unconfirmed)
     result = ApplyResult(outcome="applied", order_id=order.id)
     _copy_order_fields(order, shop_order)
     if not shop_order.deleted:

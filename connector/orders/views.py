@@ -67,10 +67,16 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
         db.session.commit()
         raise InvalidInput(f"The order payload is not valid: {exc}") from None
 
-    result = apply_shop_order(db.session, store, shop_order)
+    result = apply_shop_order(db.session, store, shop_order, restored=topic == "order.restored")
     if result.unread_refunds is not None:
         # Payloads list refunds without their lines: re-read /refunds in a job, answer now.
         enqueue_refresh(db.session, store, shop_order.id, result.unread_refunds)
+    elif result.restore_unconfirmed and shop_order.date_modified is not None:
+        # A live order Keygate has as deleted: restored, or an old update delivered late?
+        # A read of the order now tells (when the store has a REST key).
+        enqueue_refresh(
+            db.session, store, shop_order.id, f"restore@{shop_order.date_modified.isoformat()}"
+        )
     delivery = _record(store, body, result.outcome)
     delivery.resource_id = shop_order.id
     return jsonify({"ok": True, "outcome": result.outcome})

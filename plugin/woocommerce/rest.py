@@ -49,9 +49,10 @@ class ShopUnavailable(ShopError):
 class ShopRejected(ShopError):
     """A 4xx answer (bad credentials, unknown id): the same request will fail again."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, code: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.code = code  # WooCommerce's error code, e.g. woocommerce_rest_shop_order_invalid_id
 
 
 def _isoformat_gmt(moment: dt.datetime) -> str:
@@ -106,7 +107,7 @@ class WooCommerceClient:
             raise ShopUnavailable(f"{method} {endpoint}: HTTP {status}")
         if status >= 400:
             code = _error_code(response)
-            raise ShopRejected(f"{method} {endpoint}: HTTP {status} {code}".rstrip(), status)
+            raise ShopRejected(f"{method} {endpoint}: HTTP {status} {code}".rstrip(), status, code)
         return response
 
     def _pages(self, endpoint: str, **params: Any) -> Iterator[dict[str, Any]]:

@@ -15,8 +15,10 @@ from sqlalchemy import event, func, select, text
 from connector.db import db
 from connector.jobs import run_pending
 from connector.licensing.keys import KeyFormat, normalize_key
-from connector.models import DownloadGrant, Job, License, Mail, Order, WebhookDelivery
+from connector.models import DownloadGrant, Job, License, Mail, Order, Store, WebhookDelivery
+from connector.orders.service import apply_shop_order
 from connector.stores import create_store
+from plugin.woocommerce.webhooks import parse_order
 from tests.factories import WebhookSender, line_item, sign, wc_order
 from tests.peers import drop_database_connections
 
@@ -291,6 +293,38 @@ def test_order_deleted_revokes_and_older_updates_stay_stale(shop: WebhookSender)
     assert [lic["status"] for lic in shop.order(9009)["licenses"]] == ["revoked"]
     assert shop.deliver(paid).get_json()["outcome"] == "stale"
     assert [lic["status"] for lic in shop.order(9009)["licenses"]] == ["revoked"]
+
+
+def test_a_variation_configured_after_a_sale_does_not_change_the_buyers_key(
+    shop: WebhookSender,
+) -> None:
+    """The line matched its parent product; the owner configures the variation later. The
+    next update of the old order (processing -> completed) keeps the key the buyer has."""
+    shop.configure(501)
+    item = line_item(501, variation_id=601, line_id=76)
+    shop.deliver(wc_order(9015, "processing", [item], modified=0))
+    [before] = shop.order(9015)["licenses"]
+    shop.configure(601)
+    shop.deliver(wc_order(9015, "completed", [item], modified=10))
+    assert shop.order(9015)["licenses"] == [before]
+    assert before["status"] == "active"
+
+
+def test_a_read_of_the_order_settles_a_same_second_tie(app: Flask, shop: WebhookSender) -> None:
+    """failed and processing within one second (a declined card paid at once): the webhook
+    tie keeps the revocation, but a read of the order now is the order as it is."""
+    shop.configure(501)
+    item = line_item(501, line_id=77)
+    shop.deliver(wc_order(9016, "failed", [item], modified=5))
+    paid = wc_order(9016, "processing", [item], modified=5)
+    assert shop.deliver(paid).get_json()["outcome"] == "stale"
+    with app.app_context():
+        result = apply_shop_order(
+            db.session, db.session.get(Store, shop.store.store.id), parse_order(paid), reread=True
+        )
+        db.session.commit()
+    assert result.outcome == "applied"
+    assert [lic["status"] for lic in shop.order(9016)["licenses"]] == ["active"]
 
 
 @pytest.mark.parametrize("status", ["pending", "on-hold"])

@@ -114,15 +114,43 @@ def test_a_restore_is_applied_after_a_deletion_delivered_late(
     assert [lic["status"] for lic in shop.order(9404)["licenses"]] == ["active"]
 
 
-def test_a_restore_dated_before_keygates_clock_is_applied(shop: WebhookSender) -> None:
-    """A deletion delivered late, then the restore, dated by a shop whose clock runs behind
-    Keygate's: the order is paid again."""
+def test_a_restore_is_the_shops_word_not_a_date(shop: WebhookSender) -> None:
+    """An update sent before the trash and delivered after the deletion (dated later than
+    what was applied) does not bring the order back; order.restored does, whatever its date
+    (a shop whose clock runs behind Keygate's, a deletion delivered late)."""
     shop.configure(501)
     item = line_item(501, line_id=85)
     shop.deliver(wc_order(9405, "processing", [item], modified=1))
     shop.deliver({"id": 9405}, "order.deleted")
-    assert shop.deliver(wc_order(9405, "processing", [item], modified=2)).status_code == 200
+    late = shop.deliver(wc_order(9405, "completed", [item], modified=2))
+    assert late.get_json()["outcome"] == "stale"
+    assert [lic["status"] for lic in shop.order(9405)["licenses"]] == ["revoked"]
+    restored = shop.deliver(wc_order(9405, "processing", [item], modified=-30), "order.restored")
+    assert restored.get_json()["outcome"] == "applied"
     assert [lic["status"] for lic in shop.order(9405)["licenses"]] == ["active"]
+
+
+def test_a_late_update_of_a_deleted_order_asks_the_shop(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """With a REST key, a live payload of an order Keygate has as deleted is settled by
+    reading the order: restored in the shop (no order.restored webhook configured) is
+    applied, still in the trash stays deleted."""
+    shop.configure(501)
+    order = touched_now(wc_order(9406, "processing", [line_item(501, line_id=86)]))
+    connected.orders[9406] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.deliver(shop.client, "order.deleted", {"id": 9406})
+    connected.orders[9406] = dict(order, status="trash")
+    late = dict(order, date_modified_gmt="2099-01-01T00:00:00")
+    assert connected.deliver(shop.client, "order.updated", late).get_json()["outcome"] == "stale"
+    run_pending(app)
+    assert [lic["status"] for lic in shop.order(9406)["licenses"]] == ["revoked"]
+    connected.orders[9406] = dict(order, status="completed")
+    later = dict(order, date_modified_gmt="2099-01-01T00:00:05")
+    connected.deliver(shop.client, "order.updated", later)
+    run_pending(app)
+    assert [lic["status"] for lic in shop.order(9406)["licenses"]] == ["active"]
 
 
 def test_reconcile_pages_through_orders_modified_after(
@@ -279,6 +307,26 @@ def test_an_order_the_shop_deleted_for_good_is_revoked_by_its_re_read(
     run_pending(app)
     assert unit_statuses(app) == {1: "revoked", 2: "revoked"}
     assert shop.order(9604)["order"]["deleted"] is True
+
+
+def test_a_shop_whose_rest_api_is_blocked_is_not_taken_for_a_deleted_order(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """WordPress's own 404 (rest_no_route: a security plugin, broken permalinks) says
+    nothing about the order: the partial refund is left for the owner, nothing revoked."""
+    shop.configure(501)
+    order = wc_order(9605, "processing", [line_item(501, quantity=2, line_id=87)])
+    connected.orders[9605] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.add_refund(9605, line_id=87, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    connected.deliver(shop.client, "order.updated", order)
+    connected.rest_blocked = True
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "active"}
+    assert shop.order(9605)["order"]["deleted"] is False
+    [entry] = shop.admin("GET", "/audit?action=order.refund_not_applied").get_json()["events"]
+    assert "rest_no_route" in entry["detail"]["reason"]
 
 
 def test_a_partial_refund_a_store_without_rest_key_cannot_read_is_shown_to_the_owner(
