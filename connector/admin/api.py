@@ -46,11 +46,13 @@ def _shop_id(value: str) -> str:
 
 
 PRODUCT_FIELDS = ("name", "policy", "files", "watermark_fallback")
+# What GET answers besides: accepted back in a PUT (a product read, edited, sent back).
+READ_ONLY_PRODUCT_FIELDS = ("product_id", "warnings")
 FILE_FIELDS = ("object_key", "filename", "watermark")
 
 
 def _product_spec(data: dict[str, Any]) -> ProductSpec:
-    known_fields(data, PRODUCT_FIELDS)
+    known_fields(data, PRODUCT_FIELDS + READ_ONLY_PRODUCT_FIELDS)
     raw_policy = {} if data.get("policy") is None else data["policy"]
     if not isinstance(raw_policy, dict):
         raise ValidationFailed("policy must be an object", field="policy")
@@ -88,7 +90,12 @@ def _product_spec(data: dict[str, Any]) -> ProductSpec:
 @bp.put("/products/<shop_product_id>")
 @require_store_token
 def put_product(shop_product_id: str) -> ResponseReturnValue:
-    spec = _product_spec(json_body())
+    data = json_body()
+    if "product_id" in data and str(data["product_id"]) != shop_product_id:
+        raise ValidationFailed(
+            "product_id does not match the product in the address", field="product_id"
+        )
+    spec = _product_spec(data)
     product = configure_product(
         db.session, current_store(), _shop_id(shop_product_id), spec, actor="api"
     )

@@ -106,16 +106,15 @@ def _registration_trouble(store: Store) -> dict[str, Any] | None:
     since: the shop may be down, or the key wrong. None when nothing is wrong."""
     job = db.session.scalars(
         select(Job)
-        .where(
-            Job.kind == REGISTER_JOB,
-            Job.payload["store_id"].as_integer() == store.id,
-            Job.status != "done",
-            Job.attempts > 0,
-        )
+        .where(Job.kind == REGISTER_JOB, Job.payload["store_id"].as_integer() == store.id)
         .order_by(Job.id.desc())
         .limit(1)
     ).first()
-    return None if job is None else trouble_json(job)
+    # The newest registration says how things stand: one that succeeded after an older one
+    # died means nothing is wrong.
+    if job is None or job.status == "done" or job.attempts == 0:
+        return None
+    return trouble_json(job)
 
 
 @bp.delete("/api/v1/admin/connection")

@@ -57,6 +57,10 @@ def test_the_owner_reads_back_what_a_product_is_configured_as(
     assert got.status_code == 200
     assert got.get_json() == put
     assert got.get_json()["policy"]["activation_limit"] == 2
+    edited = {**got.get_json(), "name": "Renamed"}  # read, edited, sent back as it is
+    assert shop.admin("PUT", "/products/501", edited).get_json()["name"] == "Renamed"
+    elsewhere = shop.admin("PUT", "/products/502", edited)
+    assert (elsewhere.status_code, elsewhere.get_json()["field"]) == (422, "product_id")
     listed = shop.admin("GET", "/products").get_json()["products"]
     assert [p["product_id"] for p in listed] == ["501", "502"]
     unknown = shop.admin("GET", "/products/999")

@@ -302,3 +302,26 @@ def test_the_shop_key_is_removed_by_disconnecting_not_deleting(shop: WebhookSend
     response = shop.admin("DELETE", "/credentials/woocommerce")
     assert (response.status_code, response.mimetype) == (409, "application/problem+json")
     assert "DELETE /api/v1/admin/connection" in response.get_json()["detail"]
+
+
+def test_a_registration_that_succeeded_after_one_died_reports_nothing_wrong(
+    app: Flask, shop: WebhookSender
+) -> None:
+    from connector.db import transaction, utcnow
+    from connector.models import Job
+
+    store_id = shop.store.store.id
+    with app.app_context(), transaction() as session:
+        for status, attempts in (("dead", 20), ("done", 1)):
+            session.add(
+                Job(
+                    kind="vault.register_webhooks",
+                    payload={"store_id": store_id},
+                    status=status,
+                    attempts=attempts,
+                    last_error="ShopUnavailable: down" if status == "dead" else None,
+                    run_after=utcnow(),
+                    created_at=utcnow(),
+                )
+            )
+    assert shop.admin("GET", "/connection").get_json()["webhook_registration"] is None
