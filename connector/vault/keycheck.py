@@ -83,7 +83,7 @@ def check_keys(session: Session, keyring: Keyring) -> None:
         select(type_coerce(KeyCheck.master_check, Text), KeyCheck.secret_check)
     ).first()
     if proof is None:
-        _check_some_secret(session, keyring)  # a database from before key checks
+        _check_stored_data(session, keyring)  # a database from before key checks
         insert_ignoring_conflicts(
             session,
             KeyCheck.__table__,
@@ -95,18 +95,24 @@ def check_keys(session: Session, keyring: Keyring) -> None:
             ["id"],
         )
         session.commit()
-        return
+        # Another process may have written its proof first (two first starts at once, with
+        # other keys): what counts is the row that is there, checked like any other time.
+        proof = session.execute(
+            select(type_coerce(KeyCheck.master_check, Text), KeyCheck.secret_check)
+        ).one()
     master_check, secret_check = proof
-    try:
-        keyring.decrypt(master_check)
-    except DecryptionError:
-        raise ConfigError(MASTER_MISMATCH) from None
+    _decrypt_or_refuse(keyring, master_check)
     if not hmac.compare_digest(secret_check, keyring.keyed_hash(HASH_PURPOSE, KNOWN_TEXT)):
         raise ConfigError(HASH_KEY_MISMATCH)
 
 
-def _check_some_secret(session: Session, keyring: Keyring) -> None:
-    """Without a proof yet, the master key must still open a secret already stored."""
+def _check_stored_data(session: Session, keyring: Keyring) -> None:
+    """Without a proof yet (a database from before it), the keys must still fit what is
+    stored: the master key opens a stored secret, and a license key's keyed hash, made with
+    the secret key, is found again from its decrypted copy."""
+    from connector.licensing.keys import lookup_form
+    from connector.models import License
+    from connector.orders.service import LICENSE_KEY_HASH
     from connector.vault.rotation import encrypted_tables
 
     for spec in encrypted_tables():
@@ -115,11 +121,23 @@ def _check_some_secret(session: Session, keyring: Keyring) -> None:
             select(type_coerce(column, Text)).where(column.is_not(None)).limit(1)
         ).scalar()
         if token is not None:
-            try:
-                keyring.decrypt(token)
-            except DecryptionError:
-                raise ConfigError(MASTER_MISMATCH) from None
-            return
+            _decrypt_or_refuse(keyring, token)
+            break
+    license_row = session.execute(
+        select(type_coerce(License.key_encrypted, Text), License.key_hash).limit(1)
+    ).first()
+    if license_row is not None:
+        key = _decrypt_or_refuse(keyring, license_row[0])
+        found = keyring.keyed_hash(LICENSE_KEY_HASH, lookup_form(key))
+        if not hmac.compare_digest(found, license_row[1]):
+            raise ConfigError(HASH_KEY_MISMATCH)
+
+
+def _decrypt_or_refuse(keyring: Keyring, token: str) -> str:
+    try:
+        return keyring.decrypt(token)
+    except DecryptionError:
+        raise ConfigError(MASTER_MISMATCH) from None
 
 
 def check_database(engine: Engine, session: Session, keyring: Keyring) -> None:

@@ -3,9 +3,6 @@ init` never makes new keys for a database that already holds data."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,8 @@ from connector.migrate import upgrade
 from connector.models import KeyCheck
 from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
 from tests.factories import WebhookSender
+from tests.functional.test_cli import keygate
+from tests.licensing_helpers import issue_key
 
 
 def start(tmp_path: Path, database_url: str, **extra: Any) -> Flask:
@@ -64,6 +63,22 @@ def test_a_database_from_before_key_checks_is_checked_against_a_stored_secret(
         assert db.session.query(KeyCheck).count() == 1
 
 
+def test_a_database_from_before_key_checks_with_licenses_checks_the_secret_key_too(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """A license key's keyed hash, found again from its decrypted copy, proves the secret
+    key: the first start after the upgrade does not record a wrong one as the proof."""
+    issue_key(shop)
+    with app.app_context():
+        db.session.execute(delete(KeyCheck))
+        db.session.commit()
+    with pytest.raises(ConfigError, match="secret key is not the one"):
+        start(tmp_path, database_url, secret_key="s" * 40)
+    with app.app_context():
+        assert db.session.query(KeyCheck).count() == 0  # nothing recorded from the wrong key
+    start(tmp_path, database_url)
+
+
 def test_a_database_not_migrated_for_this_code_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(ConfigError, match="no Keygate tables: run `keygate init`"):
@@ -75,35 +90,22 @@ def test_a_database_not_migrated_for_this_code_is_refused(tmp_path: Path) -> Non
         start(tmp_path, url)
 
 
-def keygate_init(instance: Path, database_url: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env.update(KEYGATE_INSTANCE_DIR=str(instance), KEYGATE_DATABASE_URL=database_url)
-    return subprocess.run(
-        [sys.executable, "-m", "connector.cli", "init"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_init_never_makes_new_keys_for_a_database_in_use(tmp_path: Path) -> None:
     """A lost master.key, or a second host set up with its own init: new keys would make
     every stored secret, license key and API token unreadable for good."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first = keygate_init(tmp_path / "one", url)
+    one, two = tmp_path / "one", tmp_path / "two"
+    first = keygate(one, "init", database_url=url)
     assert first.returncode == 0, first.stderr
-    second = keygate_init(tmp_path / "two", url)
+    second = keygate(two, "init", database_url=url)
     assert second.returncode != 0
     assert "already holds a Keygate instance's data" in second.stderr
-    assert not (tmp_path / "two" / "master.key").exists()
-    assert not (tmp_path / "two" / "secret.key").exists()
+    assert not (two / "instance" / "master.key").exists()
+    assert not (two / "instance" / "secret.key").exists()
     # With the first host's keys, the second host starts.
     for name in ("master.key", "secret.key"):
-        (tmp_path / "two" / name).write_text((tmp_path / "one" / name).read_text())
-    assert keygate_init(tmp_path / "two", url).returncode == 0
+        (two / "instance" / name).write_text((one / "instance" / name).read_text())
+    assert keygate(two, "init", database_url=url).returncode == 0
 
 
 def test_an_unreadable_key_file_is_a_clear_error(tmp_path: Path, database_url: str) -> None:

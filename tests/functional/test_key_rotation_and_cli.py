@@ -222,6 +222,25 @@ def test_keyring_rotation_keeps_the_plaintext() -> None:
     assert Keyring((new,), SECRET_KEY).decrypt(rotated) == "cs_secret"
 
 
+def test_rotation_stops_at_a_value_no_configured_key_opens_and_names_it(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """A value made with a key no longer configured (an earlier rotation cut short, then its
+    old key dropped): rotation stops there, naming the row, never the value."""
+    stray = Fernet(Fernet.generate_key()).encrypt(b"secret from before").decode()
+    with app.app_context():
+        db.session.execute(
+            text("UPDATE stores SET webhook_secret = :token WHERE id = :id"),
+            {"token": stray, "id": shop.store.store.id},
+        )
+        db.session.commit()
+    new = Fernet.generate_key().decode()
+    result = keygate(tmp_path, database_url, "rotate-keys", master_keys=f"{new},{MASTER_KEY}")
+    assert result.exit_code == 1
+    assert f"stores.webhook_secret of row {shop.store.store.id}" in result.output
+    assert "secret from before" not in result.output
+
+
 def test_reconcile_command_fulfils_a_missed_order(
     app: Flask, shop: WebhookSender, fake_shop: FakeShop, tmp_path: Path, database_url: str
 ) -> None:
