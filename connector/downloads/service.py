@@ -379,7 +379,13 @@ def start_download_fast(
 
 
 def start_download(
-    session: Session, grant_id: int, *, ip: str | None, user_agent: str | None, ttl: int = 300
+    session: Session,
+    grant_id: int,
+    *,
+    ip: str | None,
+    user_agent: str | None,
+    ttl: int = 300,
+    resume: bool = False,
 ) -> DownloadAnswer:
     """Check, count and log one click on a grant's link, and say how to deliver the file.
 
@@ -389,6 +395,10 @@ def start_download(
         ip: the client address; only its keyed hash is stored.
         user_agent: the client's User-Agent header.
         ttl: lifetime of a presigned URL, in seconds.
+        resume: the request continues a download (a Range not starting at byte 0): free,
+            limit or not, when the same address was served this link within
+            ``RESUME_WINDOW`` (a dropped connection, a download manager's parallel parts);
+            counted like any click otherwise. A revoked or expired link is refused anyway.
 
     Raises:
         LinkInvalid: no such grant (404).
@@ -406,7 +416,8 @@ def start_download(
     grant, product_file, store, copy, r2_credentials = row[:5]
     now = utcnow()
     reason = _refusal_reason(grant, now)
-    if reason is not None:
+    resumed = resume and reason in (None, "limit") and _served_lately(session, grant.id, ip, now)
+    if reason is not None and not resumed:
         return _refuse(session, grant, reason, ip, user_agent)
     backend = store_for(store, r2_credentials)
     try:
@@ -428,6 +439,9 @@ def start_download(
         ) from None
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
+    if resumed:
+        _log_click(session, grant, "resumed", ip=ip, user_agent=user_agent, served=served)
+        return DownloadAnswer(status=200, outcome="resumed", delivery=delivery)
     counted = _count_and_log(
         SessionStatements(session),
         session.get_bind().dialect.name == "postgresql",
@@ -444,6 +458,29 @@ def start_download(
         session.refresh(grant)
         return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
+
+
+# How long after a served (and counted) download the same address may resume it for free.
+RESUME_WINDOW = dt.timedelta(hours=1)
+
+
+def _served_lately(session: Session, grant_id: int, ip: str | None, now: dt.datetime) -> bool:
+    """Was this link served to this address (its keyed hash) within ``RESUME_WINDOW``?"""
+    if not ip:
+        return False
+    return (
+        session.execute(
+            select(DownloadEvent.id)
+            .where(
+                DownloadEvent.grant_id == grant_id,
+                DownloadEvent.outcome == "served",
+                DownloadEvent.ip_hash == keyed_hash(IP_HASH_PURPOSE, ip),
+                DownloadEvent.created_at > now - RESUME_WINDOW,
+            )
+            .limit(1)
+        ).first()
+        is not None
+    )
 
 
 def _count_and_log(

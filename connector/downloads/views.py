@@ -38,10 +38,15 @@ def download(token: str) -> ResponseReturnValue:
         request.user_agent.string,
         get_settings().download_url_ttl,
     )
+    # A Range that does not start at byte 0 continues a download (a dropped connection, a
+    # download manager's parts): the full path decides whether it is free.
+    resume = request.range is not None and any(start > 0 for start, _ in request.range.ranges)
     # The common click without a session; every other case (and its words) from the full path.
-    answer = start_download_fast(
-        db.engine, grant_id, ip=ip, user_agent=user_agent, ttl=ttl
-    ) or start_download(db.session, grant_id, ip=ip, user_agent=user_agent, ttl=ttl)
+    answer = (
+        None
+        if resume
+        else start_download_fast(db.engine, grant_id, ip=ip, user_agent=user_agent, ttl=ttl)
+    ) or start_download(db.session, grant_id, ip=ip, user_agent=user_agent, ttl=ttl, resume=resume)
     delivery = answer.delivery
     response: BaseResponse
     if delivery is None:

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from connector.db import Base, UTCDateTime, utcnow
 
 # What a click on /d/<token> came to.
-DOWNLOAD_OUTCOMES = ("served", "expired", "revoked", "limit", "refused")
+# "resumed": a Range request continuing a download the same address was served (and
+# counted) within the last hour, served without counting again.
+DOWNLOAD_OUTCOMES = ("served", "resumed", "expired", "revoked", "limit", "refused")
 
 
 class DownloadEvent(Base):

@@ -117,6 +117,47 @@ def test_range_requests_resume_local_downloads(app: Flask, shop: WebhookSender) 
     assert response.data == (bytes(range(256)) * 40)[100:200]
 
 
+def test_a_download_resumed_from_the_same_address_costs_nothing(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A dropped connection, resumed (Range past byte 0) by the address that was served
+    within the hour, is free even at the limit; another address, a Range from byte 0, an
+    hour later or a revoked link is a click like any other."""
+    data = bytes(range(256)) * 40
+    put_file(app, "files/big.bin", data)
+    downloads = paid_order(
+        shop, 7013, [{"object_key": "files/big.bin", "filename": "big.bin"}], download_limit=1
+    )
+    path = link_path(downloads[0])
+    buyer = {"REMOTE_ADDR": "203.0.113.7"}
+    assert get(shop.client, path, environ_base=buyer).status_code == 200
+    resumed = get(shop.client, path, headers={"Range": "bytes=4000-"}, environ_base=buyer)
+    assert (resumed.status_code, resumed.data) == (206, data[4000:])
+    assert shop.order(7013)["downloads"][0]["downloads_left"] == 0  # the resume cost nothing
+    other = {"REMOTE_ADDR": "198.51.100.8"}
+    assert (
+        get(shop.client, path, headers={"Range": "bytes=4000-"}, environ_base=other).status_code
+        == 429
+    )
+    assert (
+        get(shop.client, path, headers={"Range": "bytes=0-"}, environ_base=buyer).status_code == 429
+    )
+    assert [e.outcome for e in events(app)] == ["served", "resumed", "limit", "limit"]
+    with app.app_context():
+        db.session.execute(
+            update(DownloadEvent).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
+        )
+        db.session.commit()
+    late = get(shop.client, path, headers={"Range": "bytes=4000-"}, environ_base=buyer)
+    assert late.status_code == 429
+    with app.app_context():
+        db.session.execute(update(DownloadEvent).values(created_at=dt.datetime.now(dt.UTC)))
+        db.session.execute(update(DownloadGrant).values(revoked_at=dt.datetime.now(dt.UTC)))
+        db.session.commit()
+    revoked = get(shop.client, path, headers={"Range": "bytes=4000-"}, environ_base=buyer)
+    assert revoked.status_code == 410
+
+
 def test_tampered_token_is_a_404_page_not_json(app: Flask, shop: WebhookSender) -> None:
     """A link with one character changed answers a friendly 404 page."""
     put_file(app, "files/a.pdf", b"x")
