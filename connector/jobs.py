@@ -44,6 +44,7 @@ HANDLER_MODULES = [
     "connector.orders.product_sync",
     "connector.orders.jobs",
     "connector.mail.service",
+    "connector.mail.contacts",
     "connector.privacy.service",
     "connector.downloads.jobs",
     "connector.downloads.privacy",

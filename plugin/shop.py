@@ -19,6 +19,21 @@ EARLIEST_DATE = dt.datetime(1900, 1, 1, tzinfo=dt.UTC)
 LATEST_DATE = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
+# What shops write for a ticked checkbox in order meta (WooCommerce: "yes"; plugins also
+# "1", "true", "on"), and JSON's true and 1.
+TRUTHY_META = frozenset({"yes", "1", "true", "on"})
+
+
+def meta_flag(value: Any) -> bool:
+    """Whether an order meta value is a ticked checkbox. Anything else (missing, "no", "",
+    0, another value) is not."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value == 1
+    return isinstance(value, str) and value.strip().lower() in TRUTHY_META
+
+
 class PayloadError(ValueError):
     """A shop payload is malformed or misses a required field."""
 
@@ -98,6 +113,10 @@ class ShopOrder:
     def full_name(self) -> str | None:
         parts = [p for p in (self.first_name, self.last_name) if p]
         return " ".join(parts)[:NAME_LENGTH] or None
+
+    def meta_flag(self, key: str) -> bool:
+        """Whether the order's meta ``key`` is a ticked checkbox (see :func:`meta_flag`)."""
+        return meta_flag(self.meta.get(key))
 
     @property
     def is_paid(self) -> bool:

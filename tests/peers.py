@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -28,9 +29,11 @@ class RecordedRequest:
 
 @dataclass
 class FakeBrevo:
-    """Brevo's v3 API as far as Keygate uses it: /smtp/email and /contacts.
+    """Brevo's v3 API as far as Keygate uses it: /smtp/email, /contacts and
+    /contacts/lists/<id>/contacts/remove.
 
     ``failures`` is a list of HTTP statuses to answer (in order) before answering normally.
+    ``lists`` are the account's list ids: removing from another list is a 404, as in Brevo.
     """
 
     host: str = ""
@@ -44,10 +47,17 @@ class FakeBrevo:
     lost_answers: int = 0
     # Seconds to wait before answering (a stalled Brevo).
     stall_seconds: float = 0.0
+    lists: set[int] = field(default_factory=lambda: {7})
+
+    def in_list(self, email: str, list_id: int) -> bool:
+        return list_id in (self.contacts.get(email, {}).get("listIds") or [])
 
     def sent(self) -> list[RecordedRequest]:
         """Mails Brevo accepted (answered 201)."""
         return list(self.accepted_mails)
+
+
+REMOVE_FROM_LIST = re.compile(r"/v3/contacts/lists/(\d+)/contacts/remove")
 
 
 @contextmanager
@@ -110,8 +120,23 @@ def fake_brevo() -> Iterator[FakeBrevo]:
                     self._answer(204)
                 else:
                     self._answer(201, {"id": len(state.contacts)})
+            elif (removal := REMOVE_FROM_LIST.fullmatch(self.path)) is not None:
+                self._remove_from_list(int(removal.group(1)), body.get("emails") or [])
             else:
                 self._answer(404, {"code": "not_found", "message": "no such endpoint"})
+
+        def _remove_from_list(self, list_id: int, emails: list[str]) -> None:
+            if list_id not in state.lists:
+                self._answer(404, {"code": "document_not_found", "message": "List ID not found"})
+                return
+            removed, failed = [], []
+            for email in emails:
+                if state.in_list(email, list_id):
+                    state.contacts[email]["listIds"].remove(list_id)
+                    removed.append(email)
+                else:
+                    failed.append(email)
+            self._answer(201, {"contacts": {"success": removed, "failure": failed}})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.host = f"http://127.0.0.1:{server.server_address[1]}/v3"

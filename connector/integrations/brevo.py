@@ -22,6 +22,10 @@ class BrevoRejected(RuntimeError):
     """Brevo refused the request for good (4xx other than 429); retrying will not help."""
 
 
+class BrevoNotFound(BrevoRejected):
+    """Brevo answered 404: what the request names (a list, a contact) does not exist."""
+
+
 @dataclass(frozen=True)
 class BrevoConfig:
     api_key: str
@@ -29,6 +33,8 @@ class BrevoConfig:
     sender_name: str
     list_id: int | None = None
     template_id: int | None = None
+    # Order meta key of the buyer's consent to the list; None: every buyer is pushed.
+    consent_meta_key: str | None = None
 
     def __repr__(self) -> str:  # never show the key in a traceback or log
         return f"BrevoConfig(sender_email={self.sender_email!r}, list_id={self.list_id!r})"
@@ -41,6 +47,7 @@ class BrevoConfig:
             sender_name=values.get("sender_name") or values["sender_email"],
             list_id=values.get("list_id"),
             template_id=values.get("template_id"),
+            consent_meta_key=values.get("consent_meta_key"),
         )
 
 
@@ -64,6 +71,8 @@ def _call(fn: Any, *args: Any) -> Any:
         if status == 429 or status >= 500:
             raise RetryLater(f"Brevo answered {status}") from None
         # Only the status and reason: the body may echo the address we sent.
+        if status == 404:
+            raise BrevoNotFound(f"Brevo found nothing to act on: {status} {exc.reason}") from None
         raise BrevoRejected(f"Brevo refused the request: {status} {exc.reason}") from None
     except (HTTPError, OSError) as exc:
         raise RetryLater(f"Brevo unreachable: {type(exc).__name__}") from None
@@ -111,3 +120,29 @@ def push_contact(
     )
     api = sib_api_v3_sdk.ContactsApi(_client(config, host))
     _call(api.create_contact, contact)
+
+
+def remove_from_list(config: BrevoConfig, host: str, list_id: int, email: str) -> str:
+    """Take ``email`` out of the Brevo list ``list_id`` (the contact itself stays in Brevo).
+
+    Returns:
+        ``removed``; ``not_in_list`` when Brevo reports the address as not removed (it was
+        not a member); ``gone`` when Brevo answers 404 (no such list or contact). Each means
+        the address is not in the list any more.
+
+    Raises:
+        RetryLater: Brevo is down, rate limiting or unreachable.
+        BrevoRejected: Brevo refused the request (the key, say).
+    """
+    api = sib_api_v3_sdk.ContactsApi(_client(config, host))
+    try:
+        result = _call(
+            api.remove_contact_from_list,
+            list_id,
+            sib_api_v3_sdk.RemoveContactFromList(emails=[email]),
+        )
+    except BrevoNotFound:
+        return "gone"
+    contacts = getattr(result, "contacts", None)
+    removed = [str(e).lower() for e in (getattr(contacts, "success", None) or [])]
+    return "removed" if email.lower() in removed else "not_in_list"

@@ -10,19 +10,17 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import db, utcnow
-from connector.integrations.brevo import BrevoConfig, BrevoMailer, push_contact
+from connector.integrations.brevo import BrevoConfig, BrevoMailer
 from connector.integrations.mail import ConsoleMailer, Mailer, OutgoingMail
 from connector.jobs import JOB_ID, RetryLater, enqueue, handles
+from connector.mail import contacts
 from connector.models import Mail, Order, Store
 from connector.orders.summary import order_entitlements
 
 
 def brevo_config_for(store: Store) -> BrevoConfig | None:
     """The store's Brevo settings from the vault, or None when it has none."""
-    from connector.vault.service import credentials_for
-
-    values = credentials_for(db.session, store, "brevo")
-    return BrevoConfig.from_credentials(values) if values else None
+    return contacts.brevo_config_for(db.session, store)
 
 
 def mailer_for(store: Store) -> Mailer:
@@ -130,22 +128,3 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
         # waiting, and every retry sends this same stored mail.
         session.commit()
     send_stored_mail(mail_row, mailer_for(store), order.name, f"keygate-{store.public_id}-{job_id}")
-
-
-@handles("brevo.push_contact")
-def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
-    """Create or update the buyer as a Brevo contact when the store has a Brevo list."""
-    session = db.session
-    order = session.get(Order, payload["order_id"])
-    if order is None or order.mail_address is None:
-        return
-    store = session.get(Store, order.store_id)
-    config = brevo_config_for(store) if store is not None else None
-    if config is None or config.list_id is None:
-        return  # pushing contacts is optional: only for stores that chose a list
-    from connector import get_settings
-
-    first, _, last = (order.name or "").partition(" ")
-    push_contact(
-        config, get_settings().brevo_api_host, order.mail_address, first or None, last or None
-    )

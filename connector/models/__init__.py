@@ -16,7 +16,7 @@ from connector.models.licensing_api import (
     SigningKey,
 )
 from connector.models.orders import GrantExtension, LicenseRenewal, LineItem, Order
-from connector.models.records import AuditEvent, Job, Mail, WebhookDelivery
+from connector.models.records import AuditEvent, BrevoRemoval, Job, Mail, WebhookDelivery
 from connector.models.store import AdminUser, Store
 from connector.models.vault import (
     CREDENTIAL_KINDS,
@@ -36,6 +36,7 @@ __all__ = [
     "AdminUser",
     "AuditEvent",
     "BindingChange",
+    "BrevoRemoval",
     "Credential",
     "DownloadEvent",
     "DownloadGrant",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Integer, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Integer, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from connector.db import Base, UTCDateTime, utcnow
@@ -42,6 +42,10 @@ class Order(Base):
     # The refund ids (sorted, comma separated) whose line quantities were last read from the
     # shop: a delivery listing other refunds needs another read before they count.
     refund_ids_read: Mapped[str | None] = mapped_column(Text, default=None)
+    # The Brevo list Keygate pushed the buyer into for this order (brevo.push_contact): an
+    # erasure, or the buyer's consent withdrawn, takes them out of it again. 0: pushed before
+    # Keygate recorded the list (migration 0011), the store's list is meant.
+    brevo_list_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from connector.db import Base, UTCDateTime, utcnow
@@ -85,3 +85,24 @@ class Mail(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(200), default=None)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class BrevoRemoval(Base):
+    """An address to take out of a store's Brevo list (customer erased, consent withdrawn),
+    kept until job ``brevo.remove_contact`` has done it, then deleted.
+
+    The job carries this row's id; the address is here, encrypted like every stored address
+    (and re-encrypted by ``keygate rotate-keys``, which a token in a job payload would not be).
+    """
+
+    __tablename__ = "brevo_removals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)
+    list_id: Mapped[int] = mapped_column(BigInteger)
+    email: Mapped[str] = mapped_column(Encrypted)
+    # erasure | withdrawal
+    reason: Mapped[str] = mapped_column(String(16))
+    # What the audit entry names: the erasure's pseudonym or the order, never the address.
+    subject: Mapped[str | None] = mapped_column(String(200), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

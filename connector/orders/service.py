@@ -32,6 +32,7 @@ from connector.db import insert_ignoring_conflicts, utcnow
 from connector.jobs import enqueue
 from connector.licensing.keys import KeyFormat, generate_key, lookup_form
 from connector.licensing.policy import Policy
+from connector.mail import contacts
 from connector.models import DownloadGrant, License, LineItem, Order, Product, Store
 from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
@@ -548,11 +549,15 @@ def apply_shop_order(
     elif shop_order.status in PAID_STATUSES:
         _converge_paid(session, store, order, shop_order, result)
     session.flush()
-    _record_changes(session, store, order, result)
+    if not shop_order.deleted:
+        contacts.pass_withdrawal_on(session, store, order, shop_order)
+    _record_changes(session, store, order, shop_order, result)
     return result
 
 
-def _record_changes(session: Session, store: Store, order: Order, result: ApplyResult) -> None:
+def _record_changes(
+    session: Session, store: Store, order: Order, shop_order: ShopOrder, result: ApplyResult
+) -> None:
     if result.renewed_licenses or result.reverted_renewals:
         record_audit(
             session,
@@ -589,7 +594,9 @@ def _record_changes(session: Session, store: Store, order: Order, result: ApplyR
             detail={"licenses": result.issued_licenses, "grants": result.issued_grants},
         )
         # One follow-up job per issuance; it fans out the slow work (mail, watermarks,
-        # write-back) as jobs of their own so each retries on its own.
+        # write-back) as jobs of their own so each retries on its own. The buyer's consent
+        # to the store's Brevo list travels as a boolean, as this delivery states it: it is
+        # not stored anywhere else.
         enqueue(
             session,
             "order.issued",
@@ -597,6 +604,7 @@ def _record_changes(session: Session, store: Store, order: Order, result: ApplyR
                 "order_id": order.id,
                 "license_ids": result.issued_licenses,
                 "grant_ids": result.issued_grants,
+                "brevo_consent": contacts.consent_to_push(session, store, shop_order),
             },
         )
     if result.revoked_licenses:

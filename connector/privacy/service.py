@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import CursorResult, delete, select
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.jobs import handles
+from connector.mail.contacts import pass_erasure_on
 from connector.models import (
     Job,
     LicenseRenewal,
@@ -108,6 +110,8 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                 "payment_reference": order.transaction_id,
                 "payment_note": order.payment_note,
                 "date_paid": _iso(order.date_paid),
+                # The Brevo list Keygate pushed the buyer into for this order (0: the store's).
+                "brevo_list": order.brevo_list_id,
                 "items": [
                     {
                         "name": line.name,
@@ -162,12 +166,24 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
     return exported
 
 
-def erase_customer(session: Session, store: Store, email: str, *, actor: str) -> int:
-    """Erase a customer's personal data; returns how many orders were touched."""
+@dataclass(frozen=True)
+class Erasure:
+    """What an erasure did."""
+
+    orders: int
+    # The erasure passed on to Brevo (see connector.mail.contacts.pass_erasure_on):
+    # queued, no_brevo_credentials, list_unknown, or None (Keygate never pushed them).
+    brevo_removal: str | None = None
+
+
+def erase_customer(session: Session, store: Store, email: str, *, actor: str) -> Erasure:
+    """Erase a customer's personal data, and have Brevo take them out of the lists Keygate
+    pushed them into."""
     orders = customer_orders(session, store, email)
     marker = "erased-" + keyed_hash("erasure", email.strip().lower())[:16]
     for eraser in ERASERS:
         eraser(session, orders)
+    brevo_removal = pass_erasure_on(session, store, orders, marker)
     for order in orders:
         session.execute(delete(Mail).where(Mail.order_id == order.id))
         order.email = f"{marker}@erased.invalid"
@@ -183,10 +199,10 @@ def erase_customer(session: Session, store: Store, email: str, *, actor: str) ->
         actor=actor,
         action="customer.erased",
         subject=marker,
-        detail={"orders": len(orders)},
+        detail={"orders": len(orders), "brevo_removal": brevo_removal},
     )
     session.flush()
-    return len(orders)
+    return Erasure(len(orders), brevo_removal)
 
 
 def purge_expired_records(session: Session, now: dt.datetime | None = None) -> dict[str, int]:

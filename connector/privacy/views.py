@@ -30,6 +30,7 @@ def export(email: str) -> ResponseReturnValue:
 def erase(email: str) -> ResponseReturnValue:
     email = customer_email(email)
     erased = erase_customer(db.session, current_store(), email, actor="api")
-    if erased == 0:
+    if erased.orders == 0:
         raise NotFound("Keygate keeps no data about this customer.")
-    return jsonify({"erased_orders": erased})
+    # brevo_removal: "queued" when Brevo is asked to take them out of the store's list.
+    return jsonify({"erased_orders": erased.orders, "brevo_removal": erased.brevo_removal})

@@ -37,6 +37,10 @@ class FieldSpec:
 EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
 
 
+# An order meta key as shops write them (WooCommerce: `_billing_newsletter`, `marketing-ok`).
+META_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
 # The fields of each kind of credentials. Secrets are write-only.
 FIELDS: dict[str, dict[str, FieldSpec]] = {
     "r2": {
@@ -54,6 +58,14 @@ FIELDS: dict[str, dict[str, FieldSpec]] = {
         "sender_name": FieldSpec(required=True, secret=False),
         "list_id": FieldSpec(required=False, secret=False, kind=int),
         "template_id": FieldSpec(required=False, secret=False, kind=int),
+        # The order meta key of the buyer's consent: when set, only buyers whose order has it
+        # ticked are pushed to list_id (connector.mail.contacts).
+        "consent_meta_key": FieldSpec(
+            required=False,
+            secret=False,
+            shape=META_KEY,
+            shape_name="an order meta key (letters, digits, _ and -, up to 100)",
+        ),
     },
     "woocommerce": {
         "consumer_key": FieldSpec(

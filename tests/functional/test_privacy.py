@@ -112,7 +112,7 @@ def test_erasure_keeps_accounting_and_licenses_but_not_the_person(
     body = paid_order(app, shop, 9501)
     response = shop.admin("DELETE", f"/customers/{EMAIL}")
     assert response.status_code == 200
-    assert response.get_json() == {"erased_orders": 1}
+    assert response.get_json() == {"erased_orders": 1, "brevo_removal": None}
     with app.app_context():
         order = db.session.execute(select(Order)).scalar_one()
         assert order.name is None and order.company is None

@@ -26,12 +26,12 @@ SEED = 20261201
 ROUNDS = 20  # requests per route and method
 
 # The contract's field names (and WooCommerce's), as random bodies mix them.
-FIELDS = (  # noqa: SIM905 - a word list reads better than 46 quoted lines
+FIELDS = (  # noqa: SIM905 - a word list reads better than 47 quoted lines
     "key product site fingerprint nonce label version ttl encrypt name policy activation_limit "
     "duration_days update_days staging_free files object_key filename watermark sha256 size "
     "published_at changelog reason email account_id access_key_id secret_access_key bucket "
-    "endpoint api_key sender_email list_id consumer_key consumer_secret key_id user_id "
-    "key_permissions id status line_items billing refunds quantity total date_modified_gmt"
+    "endpoint api_key sender_email list_id consent_meta_key consumer_key consumer_secret key_id "
+    "user_id key_permissions id status line_items billing refunds quantity total date_modified_gmt"
 ).split()
 TEXTS = (
     "",

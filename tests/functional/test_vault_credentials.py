@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask import Flask
 from sqlalchemy import select, text
 
@@ -68,7 +69,24 @@ def test_brevo_credentials_and_optional_fields(app: Flask, shop: WebhookSender) 
         "sender_name": "Bücher Shop",
         "list_id": 7,
         "template_id": None,
+        "consent_meta_key": None,
     }
+    with_consent = {**BREVO, "consent_meta_key": "_billing_newsletter-ok"}
+    assert shop.admin("PUT", "/credentials/brevo", with_consent).status_code == 200
+    shown = shop.admin("GET", "/credentials/brevo").get_json()["credentials"]
+    assert shown["consent_meta_key"] == "_billing_newsletter-ok"
+
+
+@pytest.mark.parametrize("key", ["news letter", "a.b", "x" * 101, "ja\u0308", "k'ey"])
+def test_a_consent_meta_key_that_is_no_meta_key_is_422(shop: WebhookSender, key: str) -> None:
+    """The consent meta key is a plain meta key: letters, digits, _ and -, up to 100."""
+    longest = {**BREVO, "consent_meta_key": "_Opt-in_" + "x" * 92}
+    assert shop.admin("PUT", "/credentials/brevo", longest).status_code == 200
+    response = shop.admin("PUT", "/credentials/brevo", {**BREVO, "consent_meta_key": key})
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["field"] == "consent_meta_key"
+    assert "letters, digits, _ and -" in problem["detail"]
 
 
 def test_missing_required_field_is_422_naming_it(shop: WebhookSender) -> None:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask import Flask
+from sqlalchemy import text
 
-from connector.db import Base, db
+from connector.db import Base, db, make_engine
+from connector.migrate import upgrade
 
 
 def test_migrations_match_the_models(app: Flask) -> None:
@@ -14,3 +19,49 @@ def test_migrations_match_the_models(app: Flask) -> None:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         differences = compare_metadata(context, Base.metadata)
     assert differences == []
+
+
+def test_0011_marks_orders_whose_buyer_was_pushed_before_lists_were_recorded(
+    tmp_path: Path,
+) -> None:
+    """Upgrading with finished contact pushes in the outbox: their orders are marked as
+    pushed into the store's list (0), so an erasure takes the buyer out of it."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
+    upgrade(engine, "0010")
+    now = "2026-11-20 12:00:00.000000"
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO stores (id, public_id, name, url, platform, webhook_secret,"
+                " api_token_hash, key_prefix, key_groups, key_group_length, created_at)"
+                " VALUES (1, 's1', 'Shop', 'https://shop.example', 'woocommerce', 'x', 'h',"
+                " '', 4, 5, :now)"
+            ),
+            {"now": now},
+        )
+        for order_id in (1, 2, 3):
+            connection.execute(
+                text(
+                    "INSERT INTO orders (id, store_id, shop_order_id, status, deleted,"
+                    " created_at, updated_at) VALUES (:id, 1, :id, 'completed', 0, :now, :now)"
+                ),
+                {"id": order_id, "now": now},
+            )
+        jobs = [
+            ("brevo.push_contact", "done", {"order_id": 1, "license_ids": [1]}),
+            ("brevo.push_contact", "pending", {"order_id": 2}),
+            ("mail.order_issued", "done", {"order_id": 3}),
+        ]
+        for kind, status, payload in jobs:
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (kind, payload, status, attempts, run_after, created_at)"
+                    " VALUES (:kind, :payload, :status, 1, :now, :now)"
+                ),
+                {"kind": kind, "payload": json.dumps(payload), "status": status, "now": now},
+            )
+    upgrade(engine)
+    with engine.connect() as connection:
+        marked = dict(connection.execute(text("SELECT id, brevo_list_id FROM orders")).all())
+    engine.dispose()
+    assert marked == {1: 0, 2: None, 3: None}

@@ -162,3 +162,34 @@ def test_a_line_item_id_twice_in_one_order_is_a_payload_error() -> None:
     items = [line_item(501, line_id=7), line_item(502, line_id=7)]
     with pytest.raises(PayloadError, match="line item 7 appears twice"):
         wc.parse_order(wc_order(1, "processing", items))
+
+
+@pytest.mark.parametrize(
+    ("value", "ticked"),
+    [
+        ("yes", True),
+        (" Yes ", True),
+        ("1", True),
+        ("TRUE", True),
+        ("on", True),
+        (True, True),
+        (1, True),
+        ("no", False),
+        ("", False),
+        ("0", False),
+        (0, False),
+        (False, False),
+        (None, False),
+        ("y", False),
+        (2, False),
+        (["yes"], False),
+    ],
+)
+def test_a_meta_checkbox_is_ticked_only_by_the_usual_yes_values(
+    value: object, ticked: bool
+) -> None:
+    """A consent checkbox in order meta: "yes", "1", "true", "on" (any case), JSON true or 1."""
+    payload = {"id": 1, "status": "processing", "meta_data": [{"key": "_ok", "value": value}]}
+    order = wc.parse_order(payload)
+    assert order.meta_flag("_ok") is ticked
+    assert order.meta_flag("_missing") is False

@@ -1,0 +1,215 @@
+"""Brevo contacts: buyers pushed into the store's list, and taken out of it again.
+
+**Consent.** With ``consent_meta_key`` in the store's Brevo credentials, a buyer is pushed
+only when their order's meta has that key ticked (``yes``, ``1``, ``true``, ``on``). The
+webhook path reads it when it issues (:func:`consent_to_push`) and the job chain carries only
+that boolean: no consent record, no meta, is stored. Without the key every buyer is pushed
+(the list must then be one the owner may use without consent, e.g. for service messages).
+
+**Passing it on.** Keygate records on the order which list it pushed the buyer into. When the
+customer is erased, or a later delivery of the order no longer has the consent ticked, the
+address is taken out of that list: a :class:`~connector.models.BrevoRemoval` row holds it
+encrypted, and job ``brevo.remove_contact`` (its id only) removes it and deletes the row. A
+Brevo outage only delays it, like mail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connector.audit import record_audit
+from connector.db import db
+from connector.integrations.brevo import BrevoConfig, push_contact, remove_from_list
+from connector.jobs import RetryLater, enqueue, handles
+from connector.models import BrevoRemoval, Order, Store
+from plugin.shop import ShopOrder
+
+PUSH_JOB = "brevo.push_contact"
+REMOVE_JOB = "brevo.remove_contact"
+# Order.brevo_list_id of buyers pushed before the list was recorded: the store's list.
+LIST_NOT_RECORDED = 0
+# The audit action of a removal, by its reason.
+REMOVAL_ACTIONS = {
+    "erasure": "customer.erased_in_brevo",
+    "withdrawal": "customer.consent_withdrawn_in_brevo",
+}
+
+
+def brevo_config_for(session: Session, store: Store) -> BrevoConfig | None:
+    """The store's Brevo settings from the vault, or None when it has none."""
+    from connector.vault.service import credentials_for
+
+    values = credentials_for(session, store, "brevo")
+    return BrevoConfig.from_credentials(values) if values else None
+
+
+def consent_to_push(session: Session, store: Store, shop_order: ShopOrder) -> bool:
+    """Whether the order, as the shop reports it now, carries the buyer's consent to the
+    store's Brevo list: its consent meta key ticked. False when the store names no such key
+    (the push job then does not ask) or has no Brevo credentials."""
+    config = brevo_config_for(session, store)
+    if config is None or config.consent_meta_key is None:
+        return False
+    return shop_order.meta_flag(config.consent_meta_key)
+
+
+def _list_to_leave(config: BrevoConfig | None, recorded: int) -> int | None:
+    if recorded != LIST_NOT_RECORDED:
+        return recorded
+    return config.list_id if config is not None else None
+
+
+def queue_removal(
+    session: Session, store_id: int, list_id: int, email: str, *, reason: str, subject: str | None
+) -> None:
+    """Queue taking ``email`` out of Brevo list ``list_id`` (the address kept encrypted
+    until it is done)."""
+    removal = BrevoRemoval(
+        store_id=store_id, list_id=list_id, email=email, reason=reason, subject=subject
+    )
+    session.add(removal)
+    session.flush()
+    enqueue(session, REMOVE_JOB, {"removal_id": removal.id, "store_id": store_id})
+
+
+def pass_withdrawal_on(session: Session, store: Store, order: Order, shop_order: ShopOrder) -> None:
+    """A delivery of an order whose buyer Keygate pushed, without the consent ticked any
+    more (the store asks for consent): take the buyer out of the list again.
+
+    A deletion is no withdrawal (its payload carries no meta at all).
+    """
+    if order.brevo_list_id is None or shop_order.deleted or order.mail_address is None:
+        return
+    config = brevo_config_for(session, store)
+    if config is None or config.consent_meta_key is None:
+        return
+    if shop_order.meta_flag(config.consent_meta_key):
+        return
+    list_id = _list_to_leave(config, order.brevo_list_id)
+    if list_id is not None:
+        queue_removal(
+            session,
+            store.id,
+            list_id,
+            order.mail_address,
+            reason="withdrawal",
+            subject=f"order:{order.shop_order_id}",
+        )
+    order.brevo_list_id = None
+
+
+def pass_erasure_on(
+    session: Session, store: Store, orders: list[Order], subject: str
+) -> str | None:
+    """Queue taking an erased customer out of the Brevo lists Keygate pushed them into.
+
+    Call before the orders' addresses are pseudonymised. Takes the orders' row locks, as a
+    push recording itself does: a push finishing now is either seen here or sees the erasure
+    (and queues the removal itself).
+
+    Returns:
+        ``queued``; ``no_brevo_credentials`` when Keygate pushed the customer but the store
+        has no Brevo credentials any more, ``list_unknown`` when it pushed them before it
+        recorded lists and the store has no list now (either way the owner must remove them
+        by hand); None when Keygate never pushed them.
+    """
+    if not orders:
+        return None
+    pushed = list(
+        session.scalars(
+            select(Order)
+            .where(Order.id.in_([o.id for o in orders]))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
+    pushed = [o for o in pushed if o.brevo_list_id is not None and o.email is not None]
+    if not pushed:
+        return None
+    config = brevo_config_for(session, store)
+    lists: dict[int, str] = {}
+    for order in pushed:
+        list_id = _list_to_leave(config, order.brevo_list_id or LIST_NOT_RECORDED)
+        if list_id is not None and order.email is not None:
+            lists.setdefault(list_id, order.email)
+        order.brevo_list_id = None  # the removal (or the owner, told so) takes over
+    if config is None:
+        return "no_brevo_credentials"
+    if not lists:
+        return "list_unknown"  # pushed before lists were recorded, and the store has none now
+    for list_id, email in sorted(lists.items()):
+        queue_removal(session, store.id, list_id, email, reason="erasure", subject=subject)
+    return "queued"
+
+
+def _host() -> str:
+    from connector import get_settings
+
+    return get_settings().brevo_api_host
+
+
+@handles(PUSH_JOB)
+def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
+    """Create or update the buyer as a Brevo contact in the store's list, when it has one
+    and, if it asks for consent, the order carried it (``brevo_consent`` in the payload)."""
+    session = db.session
+    order = session.get(Order, payload["order_id"])
+    if order is None or order.mail_address is None:
+        return
+    store = session.get(Store, order.store_id)
+    config = brevo_config_for(session, store) if store is not None else None
+    if store is None or config is None or config.list_id is None:
+        return  # pushing contacts is optional: only for stores that chose a list
+    if config.consent_meta_key is not None and payload.get("brevo_consent") is not True:
+        return  # no consent on the order (or it was issued before the store asked for it)
+    email = order.mail_address
+    first, _, last = (order.name or "").partition(" ")
+    push_contact(config, _host(), email, first or None, last or None)
+    _record_push(session, store, order.id, config.list_id, email)
+
+
+def _record_push(session: Session, store: Store, order_id: int, list_id: int, email: str) -> None:
+    """Remember the list on the order, under its row lock (which an erasure takes too): an
+    erasure that landed while the push ran did not see it, so the removal is queued here."""
+    order = session.execute(
+        select(Order)
+        .where(Order.id == order_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    if order.is_erased:
+        pseudonym = (order.email or "").partition("@")[0] or None
+        queue_removal(session, store.id, list_id, email, reason="erasure", subject=pseudonym)
+    else:
+        order.brevo_list_id = list_id
+
+
+@handles(REMOVE_JOB)
+def remove_contact_from_brevo_list(payload: dict[str, Any]) -> None:
+    """Take an address out of a store's Brevo list, audit it, forget the address.
+
+    Raises:
+        RetryLater: Brevo is down, or the store has no Brevo credentials now (the removal
+            waits for them; after the last attempt the owner sees ``job.dead``).
+    """
+    session = db.session
+    removal = session.get(BrevoRemoval, payload["removal_id"])
+    if removal is None:
+        return  # done by an earlier run
+    store = session.get(Store, removal.store_id)
+    config = brevo_config_for(session, store) if store is not None else None
+    if config is None:
+        raise RetryLater("no Brevo credentials for this store")
+    outcome = remove_from_list(config, _host(), removal.list_id, removal.email)
+    record_audit(
+        session,
+        store_id=removal.store_id,
+        actor="keygate",
+        action=REMOVAL_ACTIONS.get(removal.reason, "customer.removed_in_brevo"),
+        subject=removal.subject,
+        detail={"list_id": removal.list_id, "outcome": outcome},
+    )
+    session.delete(removal)

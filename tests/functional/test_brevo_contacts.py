@@ -1,0 +1,305 @@
+"""Buyers in the store's Brevo list: pushed only with consent when the store asks for it,
+and taken out again when erased or when they withdraw consent.
+
+The real sib-api-v3-sdk talks to a local server that speaks Brevo's API (tests/peers.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, text
+
+from connector.db import db, transaction
+from connector.jobs import run_pending
+from connector.models import AuditEvent, BrevoRemoval, Job, Order
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_brevo_mail import BREVO, brevo, brevo_app, brevo_shop, make_due
+from tests.peers import FakeBrevo
+
+__all__ = ["brevo", "brevo_app", "brevo_shop"]
+
+EMAIL = "jurgen@example.org"
+CONSENT_KEY = "_keygate_newsletter"
+REMOVE_PATH = "/v3/contacts/lists/7/contacts/remove"
+
+
+def with_meta(payload: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    payload["meta_data"].append({"id": 90, "key": key, "value": value})
+    return payload
+
+
+def ask_for_consent(shop: WebhookSender) -> None:
+    answer = shop.admin("PUT", "/credentials/brevo", {**BREVO, "consent_meta_key": CONSENT_KEY})
+    assert answer.status_code == 200
+
+
+def contact_pushes(brevo: FakeBrevo) -> list[str]:
+    return [r.body["email"] for r in brevo.requests if r.path == "/v3/contacts"]
+
+
+def removals(brevo: FakeBrevo) -> list[Any]:
+    return [r.body for r in brevo.requests if r.path.endswith("/contacts/remove")]
+
+
+def audit(shop: WebhookSender, action: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = shop.admin("GET", f"/audit?action={action}").get_json()["events"]
+    return events
+
+
+@pytest.mark.parametrize("ticked", ["yes", "YES", "1", "true", "on", True, 1])
+def test_with_a_consent_key_only_buyers_who_consented_are_pushed(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, ticked: Any
+) -> None:
+    """The store names the order meta of the buyer's consent: a buyer whose order does not
+    have it ticked is mailed but never pushed to the list; one whose order has it is."""
+    ask_for_consent(brevo_shop)
+    silent = wc_order(9700, "processing", [line_item(501)], email="no-meta@example.org")
+    declined = with_meta(
+        wc_order(9701, "processing", [line_item(501)], email="declined@example.org"),
+        CONSENT_KEY,
+        "no",
+    )
+    consented = with_meta(wc_order(9702, "processing", [line_item(501)]), CONSENT_KEY, ticked)
+    for payload in (silent, declined, consented):
+        assert brevo_shop.deliver(payload).status_code == 200
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+    assert brevo.in_list(EMAIL, 7)
+    assert len(brevo.sent()) == 3  # every buyer still gets their keys
+    with brevo_app.app_context():
+        statuses = set(db.session.execute(select(Job.status)).scalars())
+        pushed = dict(db.session.execute(select(Order.shop_order_id, Order.brevo_list_id)).all())
+    assert statuses == {"done"}
+    assert pushed == {"9700": None, "9701": None, "9702": 7}
+
+
+def test_without_a_consent_key_every_buyer_is_pushed(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """No consent key: the list is one the owner may use without consent, every buyer is
+    pushed (whatever the order's meta says), as before."""
+    payload = with_meta(wc_order(9703, "processing", [line_item(501)]), CONSENT_KEY, "no")
+    brevo_shop.deliver(payload)
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+    assert brevo.in_list(EMAIL, 7)
+
+
+def test_a_buyer_who_withdraws_consent_is_not_pushed_again_and_leaves_the_list(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A later delivery of the order with the consent no longer ticked (and a unit more
+    issued): no second push, and the buyer is taken out of the list."""
+    ask_for_consent(brevo_shop)
+    brevo_shop.deliver(
+        with_meta(wc_order(9704, "processing", [line_item(501, line_id=41)]), CONSENT_KEY, "yes")
+    )
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL] and brevo.in_list(EMAIL, 7)
+
+    later = wc_order(9704, "completed", [line_item(501, quantity=2, line_id=41)], modified=5)
+    brevo_shop.deliver(with_meta(later, CONSENT_KEY, "no"))
+    assert len(brevo_shop.order(9704)["licenses"]) == 2
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]  # not pushed again
+    assert removals(brevo) == [{"emails": [EMAIL]}]
+    assert not brevo.in_list(EMAIL, 7)
+    [event] = audit(brevo_shop, "customer.consent_withdrawn_in_brevo")
+    assert event["subject"] == "order:9704"
+    assert event["detail"] == {"list_id": 7, "outcome": "removed"}
+    # Another delivery without the consent asks nothing more of Brevo.
+    brevo_shop.deliver(
+        with_meta(
+            wc_order(9704, "completed", [line_item(501, quantity=2, line_id=41)], modified=9),
+            CONSENT_KEY,
+            "no",
+        )
+    )
+    run_pending(brevo_app)
+    assert len(removals(brevo)) == 1
+
+
+def erase(shop: WebhookSender) -> dict[str, Any]:
+    answer = shop.admin("DELETE", f"/customers/{EMAIL}")
+    assert answer.status_code == 200
+    body: dict[str, Any] = answer.get_json()
+    return body
+
+
+def test_erasure_takes_the_customer_out_of_the_brevo_list(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Erasing a customer Keygate pushed asks Brevo to take them out of the list, through
+    the outbox; nothing at rest holds their address in clear meanwhile."""
+    brevo_shop.deliver(wc_order(9705, "processing", [line_item(501)]))
+    brevo_shop.deliver(wc_order(9706, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    assert brevo.in_list(EMAIL, 7)
+
+    assert erase(brevo_shop) == {"erased_orders": 2, "brevo_removal": "queued"}
+    with brevo_app.app_context():
+        [job] = db.session.execute(select(Job).where(Job.kind == "brevo.remove_contact")).scalars()
+        assert job.status == "pending"
+        at_rest = " ".join(
+            repr(db.session.execute(text(f"SELECT * FROM {table}")).all())  # noqa: S608
+            for table in ("jobs", "brevo_removals", "orders", "audit_events")
+        )
+    assert EMAIL not in at_rest
+    assert removals(brevo) == []  # not in the request: in the outbox
+
+    run_pending(brevo_app)
+    assert removals(brevo) == [{"emails": [EMAIL]}]  # once, for both orders
+    assert not brevo.in_list(EMAIL, 7)
+    [event] = audit(brevo_shop, "customer.erased_in_brevo")
+    assert event["detail"] == {"list_id": 7, "outcome": "removed"}
+    assert event["subject"].startswith("erased-") and EMAIL not in repr(event)
+    [erased] = audit(brevo_shop, "customer.erased")
+    assert erased["subject"] == event["subject"]
+    with brevo_app.app_context():
+        assert db.session.execute(select(BrevoRemoval)).first() is None  # address forgotten
+        assert set(db.session.execute(select(Job.status)).scalars()) == {"done"}
+
+
+def test_a_brevo_outage_only_delays_the_removal(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    brevo_shop.deliver(wc_order(9707, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    brevo.failures.extend([503, 429])
+    assert erase(brevo_shop)["brevo_removal"] == "queued"
+    run_pending(brevo_app)
+    with brevo_app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "brevo.remove_contact")).scalar_one()
+        assert job.status == "pending" and "Brevo answered 503" in (job.last_error or "")
+    assert brevo.in_list(EMAIL, 7)
+    for _ in range(2):
+        make_due(brevo_app)
+        run_pending(brevo_app)
+    assert not brevo.in_list(EMAIL, 7)
+    with brevo_app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "brevo.remove_contact")).scalar_one()
+        assert (job.status, job.attempts) == ("done", 3)
+
+
+def test_a_list_gone_from_brevo_counts_as_done(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Brevo answers 404 (the owner deleted the list): the contact is in no such list."""
+    brevo_shop.deliver(wc_order(9708, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    brevo.lists.clear()
+    erase(brevo_shop)
+    run_pending(brevo_app)
+    assert len(removals(brevo)) == 1
+    [event] = audit(brevo_shop, "customer.erased_in_brevo")
+    assert event["detail"] == {"list_id": 7, "outcome": "gone"}
+    with brevo_app.app_context():
+        assert set(db.session.execute(select(Job.status)).scalars()) == {"done"}
+
+
+def test_a_store_without_a_list_queues_nothing(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    no_list = {k: v for k, v in BREVO.items() if k != "list_id"}
+    assert brevo_shop.admin("PUT", "/credentials/brevo", no_list).status_code == 200
+    brevo_shop.deliver(wc_order(9709, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    assert erase(brevo_shop) == {"erased_orders": 1, "brevo_removal": None}
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [] and removals(brevo) == []
+    with brevo_app.app_context():
+        kinds = set(db.session.execute(select(Job.kind)).scalars())
+    assert "brevo.remove_contact" not in kinds
+
+
+def test_a_buyer_pushed_before_lists_were_recorded_leaves_the_stores_list(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Orders pushed before Keygate recorded the list (migration 0011 marks them 0) are
+    taken out of the store's list."""
+    brevo_shop.deliver(wc_order(9710, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    with brevo_app.app_context(), transaction() as session:
+        session.execute(select(Order)).scalar_one().brevo_list_id = 0
+    assert erase(brevo_shop)["brevo_removal"] == "queued"
+    run_pending(brevo_app)
+    assert removals(brevo) == [{"emails": [EMAIL]}]
+    assert not brevo.in_list(EMAIL, 7)
+
+
+def test_erasure_waits_for_brevo_credentials_and_says_so(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """The store dropped its Brevo credentials after Keygate pushed the customer: the owner
+    is told the removal could not be queued (they remove the contact by hand)."""
+    brevo_shop.deliver(wc_order(9711, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    assert brevo_shop.admin("DELETE", "/credentials/brevo").status_code in (200, 204)
+    assert erase(brevo_shop)["brevo_removal"] == "no_brevo_credentials"
+    [erased] = audit(brevo_shop, "customer.erased")
+    assert erased["detail"] == {"orders": 1, "brevo_removal": "no_brevo_credentials"}
+    with brevo_app.app_context():
+        assert db.session.execute(select(Order.brevo_list_id)).scalar_one() is None
+        assert db.session.execute(select(BrevoRemoval)).first() is None
+
+
+def test_the_export_says_which_list_the_buyer_was_pushed_into(
+    brevo_app: Flask, brevo_shop: WebhookSender
+) -> None:
+    brevo_shop.deliver(wc_order(9712, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    [order] = brevo_shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["orders"]
+    assert order["brevo_list"] == 7
+
+
+def test_removal_rows_hold_the_address_encrypted(
+    brevo_app: Flask, brevo_shop: WebhookSender
+) -> None:
+    """Until Brevo has it done, the address to remove is stored like every other address:
+    encrypted (and so re-encrypted by key rotation)."""
+    brevo_shop.deliver(wc_order(9713, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    erase(brevo_shop)
+    with brevo_app.app_context():
+        removal = db.session.execute(select(BrevoRemoval)).scalar_one()
+        assert removal.email == EMAIL
+        raw = db.session.execute(text("SELECT email FROM brevo_removals")).scalar_one()
+        assert raw.startswith("gAAAA") and EMAIL not in raw
+        audit_rows = db.session.execute(select(AuditEvent.detail)).scalars().all()
+    assert EMAIL not in repr(audit_rows)
+
+
+def test_an_erasure_while_the_push_runs_still_reaches_brevo(
+    brevo_app: Flask,
+    brevo_shop: WebhookSender,
+    brevo: FakeBrevo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The customer is erased while Brevo takes the push: the erasure saw no push to pass
+    on, so the push, recording itself, queues the removal."""
+    from connector.mail import contacts
+    from connector.models import Store
+    from connector.privacy.service import erase_customer
+
+    real_push = contacts.push_contact
+
+    def push_then_erase(*args: Any) -> None:
+        real_push(*args)
+        session = db.session
+        store = session.get(Store, brevo_shop.store.store.id)
+        assert store is not None
+        assert erase_customer(session, store, EMAIL, actor="api").brevo_removal is None
+
+    monkeypatch.setattr(contacts, "push_contact", push_then_erase)
+    brevo_shop.deliver(wc_order(9714, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+    assert removals(brevo) == [{"emails": [EMAIL]}]
+    assert not brevo.in_list(EMAIL, 7)
+    [event] = audit(brevo_shop, "customer.erased_in_brevo")
+    assert event["subject"].startswith("erased-")
+    with brevo_app.app_context():
+        assert db.session.execute(select(Order.brevo_list_id)).scalar_one() is None
