@@ -47,6 +47,8 @@ class FakeBrevo:
     lost_answers: int = 0
     # Seconds to wait before answering (a stalled Brevo).
     stall_seconds: float = 0.0
+    # Answer 400 invalid_parameter when an address to take out of a list is not in it.
+    refuses_non_members: bool = False
     lists: set[int] = field(default_factory=lambda: {7})
 
     def in_list(self, email: str, list_id: int) -> bool:
@@ -128,6 +130,11 @@ def fake_brevo() -> Iterator[FakeBrevo]:
         def _remove_from_list(self, list_id: int, emails: list[str]) -> None:
             if list_id not in state.lists:
                 self._answer(404, {"code": "document_not_found", "message": "List ID not found"})
+                return
+            if state.refuses_non_members and not all(state.in_list(e, list_id) for e in emails):
+                # As Brevo may: one address not in the list is a bad request, not a failure.
+                message = "Contact already removed from list and/or does not exist"
+                self._answer(400, {"code": "invalid_parameter", "message": message})
                 return
             removed, failed = [], []
             for email in emails:

@@ -7,6 +7,7 @@ retries with backoff: a customer's mail is never lost because Brevo was briefly 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,11 @@ from connector.jobs import RetryLater
 
 class BrevoRejected(RuntimeError):
     """Brevo refused the request for good (4xx other than 429); retrying will not help."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code  # Brevo's error code (invalid_parameter, ...), never the message
 
 
 class BrevoNotFound(BrevoRejected):
@@ -63,6 +69,15 @@ def _client(config: BrevoConfig, host: str) -> sib_api_v3_sdk.ApiClient:
 TIMEOUT = (5.0, 30.0)
 
 
+def _error_code(body: Any) -> str:
+    """Brevo's error ``code`` from an error body (its message may echo an address)."""
+    try:
+        code = json.loads(body).get("code")
+    except (TypeError, ValueError, AttributeError):
+        return ""
+    return code if isinstance(code, str) and code.isidentifier() else ""
+
+
 def _call(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args, _request_timeout=TIMEOUT)
@@ -71,9 +86,14 @@ def _call(fn: Any, *args: Any) -> Any:
         if status == 429 or status >= 500:
             raise RetryLater(f"Brevo answered {status}") from None
         # Only the status and reason: the body may echo the address we sent.
+        code = _error_code(exc.body)
         if status == 404:
-            raise BrevoNotFound(f"Brevo found nothing to act on: {status} {exc.reason}") from None
-        raise BrevoRejected(f"Brevo refused the request: {status} {exc.reason}") from None
+            raise BrevoNotFound(
+                f"Brevo found nothing to act on: {status} {exc.reason}", status, code
+            ) from None
+        raise BrevoRejected(
+            f"Brevo refused the request: {status} {exc.reason}", status, code
+        ) from None
     except (HTTPError, OSError) as exc:
         raise RetryLater(f"Brevo unreachable: {type(exc).__name__}") from None
 
@@ -143,6 +163,12 @@ def remove_from_list(config: BrevoConfig, host: str, list_id: int, email: str) -
         )
     except BrevoNotFound:
         return "gone"
+    except BrevoRejected as exc:
+        # For one address, Brevo answers "invalid parameter" when it is not in the list (or
+        # not a contact at all): there is nothing to remove, and asking again never helps.
+        if exc.status == 400 and exc.code == "invalid_parameter":
+            return "not_in_list"
+        raise
     contacts = getattr(result, "contacts", None)
     removed = [str(e).lower() for e in (getattr(contacts, "success", None) or [])]
     return "removed" if email.lower() in removed else "not_in_list"

@@ -21,6 +21,7 @@ from connector.db import db, utcnow
 from connector.jobs import handles
 from connector.mail.contacts import pass_erasure_on
 from connector.models import (
+    BrevoRemoval,
     Job,
     LicenseRenewal,
     Mail,
@@ -235,9 +236,30 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
             Job.id.not_in(select(Mail.job_id).where(Mail.job_id.is_not(None))),
         )
     )
+    removed["brevo_removals"] = _give_up_brevo_removals(
+        session, older(settings.retention_jobs_days)
+    )
     for purger in PURGERS:
         removed.update(purger(session, now))
     return removed
+
+
+def _give_up_brevo_removals(session: Session, before: dt.datetime) -> int:
+    """Forget addresses still waiting to leave a Brevo list long after their job gave up
+    (credentials removed, Brevo refusing): the owner is told to take them out by hand,
+    under the pseudonym, and the address is not kept for ever."""
+    stale = session.scalars(select(BrevoRemoval).where(BrevoRemoval.created_at < before)).all()
+    for removal in stale:
+        record_audit(
+            session,
+            store_id=removal.store_id,
+            actor="system",
+            action="customer.brevo_removal_given_up",
+            subject=removal.subject,
+            detail={"list_id": removal.list_id, "reason": removal.reason},
+        )
+        session.delete(removal)
+    return len(stale)
 
 
 @handles("privacy.purge")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from connector.db import db, transaction
 from connector.jobs import run_pending
@@ -303,3 +303,49 @@ def test_an_erasure_while_the_push_runs_still_reaches_brevo(
     assert event["subject"].startswith("erased-")
     with brevo_app.app_context():
         assert db.session.execute(select(Order.brevo_list_id)).scalar_one() is None
+
+
+def test_an_address_brevo_says_is_not_in_the_list_counts_as_done(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """The owner took the buyer out by hand; Brevo then refuses the removal (400
+    invalid_parameter) instead of listing it as failed: nothing to remove, not retried for
+    hours, the address forgotten."""
+    brevo_shop.deliver(wc_order(9709, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    brevo.contacts[EMAIL]["listIds"].remove(7)
+    brevo.refuses_non_members = True
+    erase(brevo_shop)
+    run_pending(brevo_app)
+    [event] = audit(brevo_shop, "customer.erased_in_brevo")
+    assert event["detail"] == {"list_id": 7, "outcome": "not_in_list"}
+    with brevo_app.app_context():
+        assert db.session.execute(select(BrevoRemoval)).first() is None
+        assert set(db.session.execute(select(Job.status)).scalars()) == {"done"}
+
+
+def test_an_address_waiting_long_after_its_job_gave_up_is_forgotten(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A removal that never went through (credentials removed, Brevo refusing) is not a
+    reason to keep the erased customer's address for ever: the daily purge forgets it and
+    tells the owner to take them out by hand."""
+    import datetime as dt
+
+    from connector.privacy.service import purge_expired_records
+
+    brevo_shop.deliver(wc_order(9710, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    erase(brevo_shop)
+    with brevo_app.app_context():
+        db.session.execute(
+            update(BrevoRemoval).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=60))
+        )
+        removed = purge_expired_records(db.session)
+        db.session.commit()
+        assert removed["brevo_removals"] == 1
+        assert db.session.execute(select(BrevoRemoval)).first() is None
+    [event] = audit(brevo_shop, "customer.brevo_removal_given_up")
+    assert event["subject"].startswith("erased-") and EMAIL not in repr(event)
+    run_pending(brevo_app)  # the waiting job finds nothing left to do
+    assert removals(brevo) == []
