@@ -23,7 +23,8 @@ grants that expire move too (:class:`GrantExtension`, undone the same way): gran
 while the license lasts get its new expiry, grants with a window of their own
 (``download_days``) a fresh window from their expiry, or from now if it has passed. Counts
 and download limits stay as they are. A line that renews nothing found is issued a new
-license as usual.
+license as usual. Renewals of one license are applied and taken back one at a time, under a
+lock on its row (:func:`lock_license`), whichever orders and workers they come from.
 """
 
 from __future__ import annotations
@@ -180,6 +181,22 @@ def _subscriptions_license(
     ).scalar_one_or_none()
 
 
+def lock_license(session: Session, license_id: int) -> License:
+    """The license row, locked until the transaction ends and read again under the lock.
+
+    Every renewal applied or taken back computes the new expiry from the one stored: two
+    workers renewing one license at once (two orders, a renewal and a refund) must take
+    turns, or one extension is lost (PostgreSQL ``FOR UPDATE``; SQLite writers are
+    serialized anyway).
+    """
+    return session.execute(
+        select(License)
+        .where(License.id == license_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
 def _later(moment: dt.datetime | None, now: dt.datetime) -> dt.datetime:
     return now if moment is None or moment < now else moment
 
@@ -273,6 +290,7 @@ def converge_renewal(
     Returns:
         Ids of the renewals applied now and of those reverted now.
     """
+    license_ = lock_license(session, license_.id)
     product = session.get(Product, license_.product_id)
     if product is None:  # pragma: no cover - products are never deleted
         return [], []
@@ -302,14 +320,12 @@ def converge_renewal(
         if inserted is not None or renewal.reverted_at is not None:
             _extend(session, renewal, license_, policy, now)
             applied.append(renewal.id)
-    reverted = revert_renewals(session, line, license_, above_unit=entitled)
+    reverted = revert_renewals(session, line, above_unit=entitled)
     session.flush()
     return applied, reverted
 
 
-def revert_renewals(
-    session: Session, line: LineItem, license_: License | None = None, *, above_unit: int = 0
-) -> list[int]:
+def revert_renewals(session: Session, line: LineItem, *, above_unit: int = 0) -> list[int]:
     """Take back the extensions of ``line``'s units above ``above_unit`` (newest first)."""
     now = utcnow()
     reverted: list[int] = []
@@ -321,10 +337,8 @@ def revert_renewals(
             LicenseRenewal.reverted_at.is_(None),
         )
         .order_by(LicenseRenewal.unit.desc())
-    ):
-        target = license_ or session.get(License, renewal.license_id)
-        if target is None:  # pragma: no cover - licenses are never deleted
-            continue
+    ).all():
+        target = lock_license(session, renewal.license_id)
         _revert(session, renewal, target, now)
         reverted.append(renewal.id)
     return reverted

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import func, select, update
 
-from connector.db import db, utcnow
-from connector.models import AuditEvent, DownloadGrant, License, LicenseRenewal
+from connector.db import db, transaction, utcnow
+from connector.models import AuditEvent, DownloadGrant, License, LicenseRenewal, Store
+from connector.orders import renewals
 from connector.orders.renewals import SUBSCRIPTION_RENEWAL_META, subscription_of
+from connector.orders.service import apply_shop_order
+from plugin.woocommerce.webhooks import parse_order
 from tests.factories import WebhookSender, line_item, wc_order
 
 
@@ -18,6 +23,10 @@ def renewal_line(product_id: int, key: str, line_id: int) -> dict[str, Any]:
     item = line_item(product_id, line_id=line_id)
     item["meta_data"] = [{"id": 1, "key": "_keygate_renew_license", "value": key.lower()}]
     return item
+
+
+def parse_iso(moment: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
 
 
 def licenses(app: Flask) -> int:
@@ -237,3 +246,43 @@ def test_only_a_subscription_id_names_a_subscription() -> None:
     assert subscription_of({SUBSCRIPTION_RENEWAL_META: "812"}) == "812"
     for value in ("81\x002", "1" * 65, True, "", 0, None, [812]):
         assert subscription_of({SUBSCRIPTION_RENEWAL_META: value}) is None
+
+
+def test_two_renewals_of_one_license_at_once_both_count(
+    app: Flask, shop: WebhookSender, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers apply two renewal orders of one key at the same moment (PostgreSQL, where
+    writers run side by side): the license is extended twice, not once."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time")
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9240, "completed", [line_item(501)]))
+    key, before = (shop.order(9240)["licenses"][0][k] for k in ("key", "expires_at"))
+    barrier = threading.Barrier(2, timeout=10)
+    real_converge = renewals.converge_renewal
+
+    def converge_together(*args: Any, **kwargs: Any) -> tuple[list[int], list[int]]:
+        barrier.wait()  # both workers have read the license they renew
+        return real_converge(*args, **kwargs)
+
+    monkeypatch.setattr(renewals, "converge_renewal", converge_together)
+    errors: list[BaseException] = []
+
+    def worker(order_id: int, line_id: int) -> None:
+        payload = wc_order(order_id, "processing", [renewal_line(501, key, line_id)], modified=5)
+        try:
+            with app.app_context(), transaction() as session:
+                store = session.get(Store, shop.store.store.id)
+                assert store is not None
+                apply_shop_order(session, store, parse_order(payload))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(9241 + i, 321 + i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    after = shop.order(9240)["licenses"][0]["expires_at"]
+    assert parse_iso(after) - parse_iso(before) == dt.timedelta(days=60)
