@@ -15,16 +15,17 @@ A revoked license is never extended: a subscription renews the customer's live l
 is issued a new one), and a ``_keygate_renew_license`` naming a revoked key is issued a new
 license, with an audit entry ``order.renewal_of_revoked_license`` for the owner.
 
-Each unit extends the license by the product's duration (from its expiry, or from now if it
-has lapsed) and update period; a :class:`LicenseRenewal` row per (line item, unit) makes
-that exactly-once and remembers the expiry before, so a refund of the renewal takes the
-extension back (by its length, so later renewals stay counted). The license's download
-grants that expire move too (:class:`GrantExtension`, undone the same way): grants that last
-while the license lasts get its new expiry, grants with a window of their own
-(``download_days``) a fresh window from their expiry, or from now if it has passed. Counts
-and download limits stay as they are. A line that renews nothing found is issued a new
-license as usual. Renewals of one license are applied and taken back one at a time, under a
-lock on its row (:func:`lock_license`), whichever orders and workers they come from.
+Each unit extends the license by the product's duration (from its expiry, or from when the
+renewal was paid if it has lapsed: :func:`counts_from`) and update period; a
+:class:`LicenseRenewal` row per (line item, unit) makes that exactly-once and remembers the
+expiry before, so a refund of the renewal takes the extension back (by its length, so later
+renewals stay counted). The license's download grants that expire move too
+(:class:`GrantExtension`, undone the same way): grants that last while the license lasts get
+its new expiry, grants with a window of their own (``download_days``) a fresh window from
+their expiry, or from the payment if it has passed. Counts and download limits stay as they
+are. A line that renews nothing found is issued a new license as usual. Renewals of one
+license are applied and taken back one at a time, under a lock on its row
+(:func:`lock_license`), whichever orders and workers they come from.
 """
 
 from __future__ import annotations
@@ -197,29 +198,47 @@ def lock_license(session: Session, license_id: int) -> License:
     ).scalar_one()
 
 
-def _later(moment: dt.datetime | None, now: dt.datetime) -> dt.datetime:
-    return now if moment is None or moment < now else moment
+def counts_from(order: Order, renewal: LicenseRenewal) -> dt.datetime:
+    """When a renewal of a lapsed license (or download window) starts to count: when its
+    order was paid, not when Keygate got to apply it (a webhook lost and the order read by
+    the reconciliation hours later); never later than Keygate first applied it (a shop
+    whose clock runs ahead), which is also the moment for an order with no payment date."""
+    if order.date_paid is None:
+        return renewal.created_at
+    return min(order.date_paid, renewal.created_at)
+
+
+def _later(moment: dt.datetime | None, start: dt.datetime) -> dt.datetime:
+    return start if moment is None or moment < start else moment
 
 
 def _extend(
-    session: Session, renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime
+    session: Session,
+    renewal: LicenseRenewal,
+    license_: License,
+    policy: Policy,
+    start: dt.datetime,
 ) -> None:
     renewal.previous_expires_at = license_.expires_at
     renewal.previous_updates_until = license_.updates_until
     if policy.duration_days is not None and license_.expires_at is not None:
-        license_.expires_at = add_days(_later(license_.expires_at, now), policy.duration_days)
+        license_.expires_at = add_days(_later(license_.expires_at, start), policy.duration_days)
     if policy.update_days is not None and license_.updates_until is not None:
-        license_.updates_until = add_days(_later(license_.updates_until, now), policy.update_days)
+        license_.updates_until = add_days(_later(license_.updates_until, start), policy.update_days)
     elif policy.update_days is None and license_.updates_until is not None:
         license_.updates_until = license_.expires_at  # updates while the license lasts
     renewal.expires_at = license_.expires_at
     renewal.updates_until = license_.updates_until
     renewal.reverted_at = None
-    _extend_grants(session, renewal, license_, policy, now)
+    _extend_grants(session, renewal, license_, policy, start)
 
 
 def _extend_grants(
-    session: Session, renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime
+    session: Session,
+    renewal: LicenseRenewal,
+    license_: License,
+    policy: Policy,
+    start: dt.datetime,
 ) -> None:
     extensions = {
         extension.grant_id: extension
@@ -235,7 +254,7 @@ def _extend_grants(
         previous = grant.expires_at
         assert previous is not None  # noqa: S101 - selected above
         if policy.download_days is not None:
-            moved = add_days(_later(previous, now), policy.download_days)
+            moved = add_days(_later(previous, start), policy.download_days)
         elif license_.expires_at is not None:
             moved = max(previous, license_.expires_at)
         else:
@@ -318,7 +337,7 @@ def converge_renewal(
             .execution_options(populate_existing=True)
         ).scalar_one()
         if inserted is not None or renewal.reverted_at is not None:
-            _extend(session, renewal, license_, policy, now)
+            _extend(session, renewal, license_, policy, counts_from(order, renewal))
             applied.append(renewal.id)
     reverted = revert_renewals(session, line, above_unit=entitled)
     session.flush()

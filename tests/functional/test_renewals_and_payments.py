@@ -29,6 +29,21 @@ def parse_iso(moment: str) -> dt.datetime:
     return dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
 
 
+def paid_at(order: dict[str, Any], moment: dt.datetime) -> dict[str, Any]:
+    order["date_paid"] = order["date_paid_gmt"] = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return order
+
+
+def lapse(app: Flask, days: int) -> dt.datetime:
+    """Every license (and its links) ran out ``days`` ago."""
+    moment = (utcnow() - dt.timedelta(days=days)).replace(microsecond=0)
+    with app.app_context():
+        db.session.execute(update(License).values(expires_at=moment, updates_until=moment))
+        db.session.execute(update(DownloadGrant).values(expires_at=moment))
+        db.session.commit()
+    return moment
+
+
 def licenses(app: Flask) -> int:
     with app.app_context():
         return db.session.execute(select(func.count()).select_from(License)).scalar_one()
@@ -143,8 +158,8 @@ def test_renewals_move_the_download_links_with_the_license(app: Flask, shop: Web
 
 
 def test_a_renewal_reopens_a_lapsed_download_window(app: Flask, shop: WebhookSender) -> None:
-    """A product with its own download window (download_days) gets a fresh one from now
-    when the old one has passed; an expired link works again."""
+    """A product with its own download window (download_days) gets a fresh one from the
+    renewal's payment when the old one has passed; an expired link works again."""
     shop.configure(501, duration_days=365, download_days=7)
     shop.deliver(wc_order(9212, "completed", [line_item(501)]))
     body = shop.order(9212)
@@ -154,7 +169,8 @@ def test_a_renewal_reopens_a_lapsed_download_window(app: Flask, shop: WebhookSen
         db.session.commit()
     link = body["downloads"][0]["link"].removeprefix("http://keygate.test")
     assert shop.client.get(link).status_code == 410
-    shop.deliver(wc_order(9213, "processing", [renewal_line(501, body["licenses"][0]["key"], 305)]))
+    renewal = wc_order(9213, "processing", [renewal_line(501, body["licenses"][0]["key"], 305)])
+    shop.deliver(paid_at(renewal, utcnow()))
     with app.app_context():
         grant = db.session.execute(select(DownloadGrant)).scalar_one()
         assert grant.expires_at is not None
@@ -286,3 +302,18 @@ def test_two_renewals_of_one_license_at_once_both_count(
     assert errors == []
     after = shop.order(9240)["licenses"][0]["expires_at"]
     assert parse_iso(after) - parse_iso(before) == dt.timedelta(days=60)
+
+
+def test_a_renewal_applied_late_counts_from_its_payment(app: Flask, shop: WebhookSender) -> None:
+    """A lapsed license renewed by an order paid hours before Keygate saw it (its webhook
+    lost, the reconciliation read it later) runs from the payment, not from when Keygate got
+    to it: the buyer paid for those 30 days, not 30 days and some hours."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9250, "completed", [line_item(501)]))
+    key = shop.order(9250)["licenses"][0]["key"]
+    lapse(app, 100)
+    paid = utcnow().replace(microsecond=0) - dt.timedelta(hours=5)
+    shop.deliver(paid_at(wc_order(9251, "processing", [renewal_line(501, key, 322)]), paid))
+    renewed = shop.order(9250)
+    assert parse_iso(renewed["licenses"][0]["expires_at"]) == paid + dt.timedelta(days=30)
+    assert renewed["downloads"][0]["expires_at"] == renewed["licenses"][0]["expires_at"]
