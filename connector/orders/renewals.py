@@ -18,13 +18,16 @@ license, with an audit entry ``order.renewal_of_revoked_license`` for the owner.
 Each unit extends the license by the product's duration (from its expiry, or from when the
 renewal was paid if it has lapsed: :func:`counts_from`) and update period; a
 :class:`LicenseRenewal` row per (line item, unit) makes that exactly-once and remembers the
-expiry before, so a refund of the renewal takes the extension back (by its length, so later
-renewals stay counted). The license's download grants that expire move too
-(:class:`GrantExtension`, undone the same way): grants that last while the license lasts get
-its new expiry, grants with a window of their own (``download_days``) a fresh window from
-their expiry, or from the payment if it has passed. Counts and download limits stay as they
-are. A line that renews nothing found is issued a new license as usual. Renewals of one
-license are applied and taken back one at a time, under a lock on its row
+expiry before and after it. A refund of the renewal takes back what it adds given the
+renewals still paid for: the expiry is replayed from its value before the first renewal, in
+the order Keygate first applied them, with and without it, and the difference is taken off
+(so days the owner added by hand stay, and a refunded renewal of a lapsed license does not
+cancel a later one: its jump included the lapsed time). The license's download grants that
+expire move too (:class:`GrantExtension`, taken back the same way): grants that last while
+the license lasts get its new expiry, grants with a window of their own (``download_days``)
+a fresh window from their expiry, or from the payment if it has passed. Counts and download
+limits stay as they are. A line that renews nothing found is issued a new license as usual.
+Renewals of one license are applied and taken back one at a time, under a lock on its row
 (:func:`lock_license`), whichever orders and workers they come from.
 """
 
@@ -39,7 +42,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, utcnow
 from connector.licensing.keys import normalize_key
-from connector.licensing.policy import Policy, add_days
+from connector.licensing.policy import LATEST_EXPIRY, Policy, add_days
 from connector.models import (
     DownloadGrant,
     GrantExtension,
@@ -198,14 +201,15 @@ def lock_license(session: Session, license_id: int) -> License:
     ).scalar_one()
 
 
-def counts_from(order: Order, renewal: LicenseRenewal) -> dt.datetime:
+def counts_from(paid: dt.datetime | None, renewal: LicenseRenewal) -> dt.datetime:
     """When a renewal of a lapsed license (or download window) starts to count: when its
     order was paid, not when Keygate got to apply it (a webhook lost and the order read by
     the reconciliation hours later); never later than Keygate first applied it (a shop
-    whose clock runs ahead), which is also the moment for an order with no payment date."""
-    if order.date_paid is None:
-        return renewal.created_at
-    return min(order.date_paid, renewal.created_at)
+    whose clock runs ahead), which is also the moment for an order with no payment date.
+
+    ``paid``: the renewal order's ``date_paid``.
+    """
+    return renewal.created_at if paid is None else min(paid, renewal.created_at)
 
 
 def _later(moment: dt.datetime | None, start: dt.datetime) -> dt.datetime:
@@ -259,10 +263,12 @@ def _extend_grants(
             moved = max(previous, license_.expires_at)
         else:
             continue
+        extension = extensions.get(grant.id)
         if moved == previous:
+            if extension is not None:  # moved when applied before: nothing to take back now
+                extension.previous_expires_at = extension.expires_at = previous
             continue
         grant.expires_at = moved
-        extension = extensions.get(grant.id)
         if extension is None:
             extension = GrantExtension(renewal_id=renewal.id, grant_id=grant.id)
             session.add(extension)
@@ -270,27 +276,101 @@ def _extend_grants(
         extension.expires_at = moved
 
 
+# One renewal as seen on one timeline (the license's expiry, its update window, a grant's
+# expiry): its id, when it counts from, the value before it and after it.
+_Step = tuple[int, dt.datetime, dt.datetime | None, dt.datetime | None]
+
+
+def _plus(moment: dt.datetime, length: dt.timedelta) -> dt.datetime:
+    try:
+        return min(moment + length, LATEST_EXPIRY)
+    except OverflowError:  # past year 9999
+        return LATEST_EXPIRY
+
+
+def _replay(value: dt.datetime, steps: list[_Step]) -> dt.datetime:
+    """``value`` after ``steps`` in order, each adding the length it added when applied, from
+    the value then or, if that had passed, from when the renewal counts."""
+    for _, start, before, after in steps:
+        if before is None or after is None:
+            continue
+        origin = max(before, start)
+        if after <= origin:
+            continue  # added nothing (a lifetime license, a product without a duration)
+        value = _plus(max(value, start), after - origin)
+    return value
+
+
+def _taken_back(
+    current: dt.datetime | None, reverted: int, history: list[_Step], counted: set[int]
+) -> dt.datetime | None:
+    """``current`` less what renewal ``reverted`` adds to it given the other renewals still
+    counted: the timeline is replayed from its value before any renewal, with and without it.
+
+    Subtracting the difference rather than taking the replay keeps what happened besides
+    renewals (the owner's ``extend``). A renewal's own jump is not what it adds: on a lapsed
+    license it includes the lapsed time, and taking that back would cancel a later renewal
+    still paid for.
+    """
+    befores = [b for _, _, b, after in history if b is not None and after is not None]
+    if current is None or not befores:
+        return current
+    base = min(befores)
+    steps = [step for step in history if step[0] in counted]
+    with_it = _replay(base, steps)
+    without = _replay(base, [step for step in steps if step[0] != reverted])
+    return current - (with_it - without)
+
+
 def _revert(session: Session, renewal: LicenseRenewal, license_: License, now: dt.datetime) -> None:
-    if (
-        renewal.expires_at is not None
-        and renewal.previous_expires_at is not None
-        and license_.expires_at is not None
-    ):
-        license_.expires_at -= renewal.expires_at - renewal.previous_expires_at
-    if (
-        renewal.updates_until is not None
-        and renewal.previous_updates_until is not None
-        and license_.updates_until is not None
-    ):
-        license_.updates_until -= renewal.updates_until - renewal.previous_updates_until
+    session.flush()  # read back below, under the license's lock
+    rows = session.execute(
+        select(LicenseRenewal, Order.date_paid)
+        .join(Order, LicenseRenewal.order_id == Order.id)
+        .where(LicenseRenewal.license_id == license_.id)
+        .order_by(LicenseRenewal.id)
+        .execution_options(populate_existing=True)
+    ).all()
+    starts = {row.id: counts_from(paid, row) for row, paid in rows}
+    counted = {row.id for row, _ in rows if row.reverted_at is None} | {renewal.id}
+    license_.expires_at = _taken_back(
+        license_.expires_at,
+        renewal.id,
+        [(r.id, starts[r.id], r.previous_expires_at, r.expires_at) for r, _ in rows],
+        counted,
+    )
+    license_.updates_until = _taken_back(
+        license_.updates_until,
+        renewal.id,
+        [(r.id, starts[r.id], r.previous_updates_until, r.updates_until) for r, _ in rows],
+        counted,
+    )
     renewal.reverted_at = now
-    for extension, grant in session.execute(
-        select(GrantExtension, DownloadGrant)
-        .join(DownloadGrant, GrantExtension.grant_id == DownloadGrant.id)
-        .where(GrantExtension.renewal_id == renewal.id)
-    ).all():
-        if grant.expires_at is not None:
-            grant.expires_at -= extension.expires_at - extension.previous_expires_at
+    history: dict[int, list[_Step]] = {}
+    for extension in session.scalars(
+        select(GrantExtension)
+        .join(LicenseRenewal, GrantExtension.renewal_id == LicenseRenewal.id)
+        .where(LicenseRenewal.license_id == license_.id)
+        .order_by(GrantExtension.renewal_id)
+        .execution_options(populate_existing=True)
+    ):
+        history.setdefault(extension.grant_id, []).append(
+            (
+                extension.renewal_id,
+                starts[extension.renewal_id],
+                extension.previous_expires_at,
+                extension.expires_at,
+            )
+        )
+    for grant_id, steps in history.items():
+        if renewal.id not in {step[0] for step in steps}:
+            continue
+        grant = session.execute(
+            select(DownloadGrant)
+            .where(DownloadGrant.id == grant_id)
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+        grant.expires_at = _taken_back(grant.expires_at, renewal.id, steps, counted)
 
 
 def converge_renewal(
@@ -337,7 +417,7 @@ def converge_renewal(
             .execution_options(populate_existing=True)
         ).scalar_one()
         if inserted is not None or renewal.reverted_at is not None:
-            _extend(session, renewal, license_, policy, counts_from(order, renewal))
+            _extend(session, renewal, license_, policy, counts_from(order.date_paid, renewal))
             applied.append(renewal.id)
     reverted = revert_renewals(session, line, above_unit=entitled)
     session.flush()

@@ -317,3 +317,67 @@ def test_a_renewal_applied_late_counts_from_its_payment(app: Flask, shop: Webhoo
     renewed = shop.order(9250)
     assert parse_iso(renewed["licenses"][0]["expires_at"]) == paid + dt.timedelta(days=30)
     assert renewed["downloads"][0]["expires_at"] == renewed["licenses"][0]["expires_at"]
+
+
+def test_refunding_one_of_two_renewals_of_a_lapsed_license_keeps_the_other(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A license that ran out 100 days ago is renewed twice (a manual renewal and a
+    subscription's, 30 days each) and the first is refunded: the second, still paid, keeps
+    its 30 days from its payment, links with it; refunding both leaves the lapsed expiry."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9260, "completed", [line_item(501)]))
+    key = shop.order(9260)["licenses"][0]["key"]
+    lapsed = lapse(app, 100)
+    paid = utcnow().replace(microsecond=0) - dt.timedelta(hours=2)
+    first = [renewal_line(501, key, 323)]
+    second = [renewal_line(501, key, 324)]
+    shop.deliver(paid_at(wc_order(9261, "processing", first, modified=5), paid))
+    shop.deliver(
+        paid_at(wc_order(9262, "processing", second, modified=6), paid + dt.timedelta(hours=1))
+    )
+    shop.deliver(wc_order(9261, "refunded", first, modified=10))
+    body = shop.order(9260)
+    expected = paid + dt.timedelta(hours=1, days=30)
+    assert parse_iso(body["licenses"][0]["expires_at"]) == expected
+    assert parse_iso(body["downloads"][0]["expires_at"]) == expected
+    shop.deliver(wc_order(9262, "refunded", second, modified=10))
+    body = shop.order(9260)
+    assert parse_iso(body["licenses"][0]["expires_at"]) == lapsed
+    assert parse_iso(body["downloads"][0]["expires_at"]) == lapsed
+
+
+def test_refunding_one_of_two_renewals_keeps_the_others_download_window(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Links with a window of their own (download_days) that had passed: the renewal still
+    paid keeps its fresh window, from its payment, when the other one is refunded."""
+    shop.configure(501, duration_days=365, download_days=7)
+    shop.deliver(wc_order(9263, "completed", [line_item(501)]))
+    key = shop.order(9263)["licenses"][0]["key"]
+    lapse(app, 100)
+    paid = utcnow().replace(microsecond=0) - dt.timedelta(hours=2)
+    first = [renewal_line(501, key, 325)]
+    shop.deliver(paid_at(wc_order(9264, "processing", first, modified=5), paid))
+    shop.deliver(
+        paid_at(
+            wc_order(9265, "processing", [renewal_line(501, key, 326)], modified=6),
+            paid + dt.timedelta(hours=1),
+        )
+    )
+    shop.deliver(wc_order(9264, "refunded", first, modified=10))
+    window = shop.order(9263)["downloads"][0]["expires_at"]
+    assert parse_iso(window) == paid + dt.timedelta(hours=1, days=7)
+
+
+def test_refunding_a_renewal_keeps_the_owners_extension(app: Flask, shop: WebhookSender) -> None:
+    """Days the owner added by hand after a renewal stay when the renewal is refunded."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9266, "completed", [line_item(501)]))
+    key, before = (shop.order(9266)["licenses"][0][k] for k in ("key", "expires_at"))
+    items = [renewal_line(501, key, 327)]
+    shop.deliver(wc_order(9267, "processing", items, modified=5))
+    assert shop.admin("POST", f"/licenses/{key}/extend", {"days": 10}).status_code == 200
+    shop.deliver(wc_order(9267, "refunded", items, modified=10))
+    after = shop.order(9266)["licenses"][0]["expires_at"]
+    assert parse_iso(after) - parse_iso(before) == dt.timedelta(days=10)
