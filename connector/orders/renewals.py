@@ -8,8 +8,9 @@ A line renews a license when
   the subscription's id): the license an earlier renewal of the same subscription renewed;
   for a subscription's first renewal, of the same customer's (customer id, else email)
   licenses of the product from earlier orders that no other subscription renews, the one
-  that runs out first (the renewal is due because it runs out; a customer with two
-  subscriptions of one product renews each on its own date).
+  that runs out first of those live when the renewal was paid (the renewal is due because
+  it runs out; a customer with two subscriptions of one product renews each on its own
+  date), else the one that lapsed last (:func:`_due_first`).
 
 A revoked license is never extended: a subscription renews the customer's live license (or
 is issued a new one), and a ``_keygate_renew_license`` naming a revoked key is issued a new
@@ -168,7 +169,7 @@ def _subscriptions_license(
         )
         .scalar_subquery()
     )
-    return session.execute(
+    candidates = session.scalars(
         select(License)
         .join(Order, License.order_id == Order.id)
         .where(
@@ -179,10 +180,25 @@ def _subscriptions_license(
             License.status != "revoked",
             License.id.not_in(other_subscriptions),
         )
-        # Lifetime licenses (no expiry) last: they never need a renewal.
-        .order_by(License.expires_at.is_(None), License.expires_at, License.id)
-        .limit(1)
-    ).scalar_one_or_none()
+        .order_by(License.id)
+    ).all()
+    paid = order.date_paid or utcnow()
+    return min(candidates, key=lambda license_: _due_first(license_, paid), default=None)
+
+
+def _due_first(license_: License, paid: dt.datetime) -> tuple[int, float]:
+    """Which license a subscription's first renewal, paid at ``paid``, most likely renews:
+    of those live then, the one that runs out first (the renewal is due because it runs
+    out); else the one that lapsed last (a renewal paid late, after failed attempts), never
+    one that lapsed long ago while another is live (an old purchase of the same product);
+    lifetime licenses last (they need no renewal). The subscription's own license (of its
+    parent order) would be certain, but the renewal order does not name it: only the
+    subscription, whose parent order Keygate would have to ask the shop for."""
+    if license_.expires_at is None:
+        return 2, 0.0
+    if license_.expires_at > paid:
+        return 0, (license_.expires_at - paid).total_seconds()
+    return 1, (paid - license_.expires_at).total_seconds()
 
 
 def lock_license(session: Session, license_id: int) -> License:

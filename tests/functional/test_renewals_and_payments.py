@@ -381,3 +381,47 @@ def test_refunding_a_renewal_keeps_the_owners_extension(app: Flask, shop: Webhoo
     shop.deliver(wc_order(9267, "refunded", items, modified=10))
     after = shop.order(9266)["licenses"][0]["expires_at"]
     assert parse_iso(after) - parse_iso(before) == dt.timedelta(days=10)
+
+
+def bought_subscription_later(app: Flask, old_days: int, subscribed_days: int) -> None:
+    """The customer's first license (an outright purchase) ends in ``old_days``, the second
+    (the subscription's) in ``subscribed_days`` (negative: ago)."""
+    with app.app_context():
+        old, subscribed = db.session.scalars(select(License).order_by(License.id)).all()
+        old.expires_at = utcnow() + dt.timedelta(days=old_days)
+        subscribed.expires_at = utcnow() + dt.timedelta(days=subscribed_days)
+        db.session.commit()
+
+
+def test_a_subscriptions_first_renewal_passes_over_a_long_lapsed_license(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A customer who bought the product outright long ago (lapsed 20 days ago) and then as a
+    subscription (ends in 5 days): the subscription's first renewal extends the live license,
+    not the lapsed one that ran out first."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9270, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9271, "completed", [line_item(501)], customer_id=42, modified=1))
+    bought_subscription_later(app, old_days=-20, subscribed_days=5)
+    old, subscribed = (shop.order(i)["licenses"][0]["expires_at"] for i in (9270, 9271))
+    shop.deliver(paid_at(subscription_renewal(9272, 7004, modified=5), utcnow()))
+    assert shop.order(9271)["licenses"][0]["expires_at"] > subscribed
+    assert shop.order(9270)["licenses"][0]["expires_at"] == old
+
+
+def test_a_late_first_renewal_renews_the_license_that_lapsed_last(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """All of the customer's licenses have lapsed (the renewal's payment failed for days):
+    the first renewal extends the one that ran out most recently, the subscription's, not
+    one that lapsed long ago."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9273, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9274, "completed", [line_item(501)], customer_id=42, modified=1))
+    bought_subscription_later(app, old_days=-60, subscribed_days=-3)
+    old = shop.order(9273)["licenses"][0]["expires_at"]
+    paid = utcnow().replace(microsecond=0)
+    shop.deliver(paid_at(subscription_renewal(9275, 7005, modified=5), paid))
+    renewed = shop.order(9274)["licenses"][0]["expires_at"]
+    assert parse_iso(renewed) == paid + dt.timedelta(days=30)
+    assert shop.order(9273)["licenses"][0]["expires_at"] == old
