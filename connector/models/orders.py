@@ -93,7 +93,8 @@ class LicenseRenewal(Base):
     """A paid unit of a renewal line item that extended an existing license.
 
     One per (line item, unit), so a renewal extends once however often it is delivered; the
-    expiry before it is kept so that refunding the renewal shortens the license back.
+    expiries before and after it are kept so that refunding the renewal takes back what it
+    added (``connector.orders.renewals``).
     """
 
     __tablename__ = "license_renewals"
@@ -121,7 +122,7 @@ class GrantExtension(Base):
 
     Grants that follow the license ("downloads while the license lasts") move with it; those
     with their own window get a fresh one. Kept per (renewal, grant) so a refunded renewal
-    takes exactly its extension back, by its length, like the license's.
+    takes back what it added, like the license's.
     """
 
     __tablename__ = "grant_extensions"

@@ -8,22 +8,28 @@ A line renews a license when
   the subscription's id): the license an earlier renewal of the same subscription renewed;
   for a subscription's first renewal, of the same customer's (customer id, else email)
   licenses of the product from earlier orders that no other subscription renews, the one
-  that runs out first (the renewal is due because it runs out; a customer with two
-  subscriptions of one product renews each on its own date).
+  that runs out first of those live when the renewal was paid (the renewal is due because
+  it runs out; a customer with two subscriptions of one product renews each on its own
+  date), else the one that lapsed last (:func:`_due_first`).
 
 A revoked license is never extended: a subscription renews the customer's live license (or
 is issued a new one), and a ``_keygate_renew_license`` naming a revoked key is issued a new
 license, with an audit entry ``order.renewal_of_revoked_license`` for the owner.
 
-Each unit extends the license by the product's duration (from its expiry, or from now if it
-has lapsed) and update period; a :class:`LicenseRenewal` row per (line item, unit) makes
-that exactly-once and remembers the expiry before, so a refund of the renewal takes the
-extension back (by its length, so later renewals stay counted). The license's download
-grants that expire move too (:class:`GrantExtension`, undone the same way): grants that last
-while the license lasts get its new expiry, grants with a window of their own
-(``download_days``) a fresh window from their expiry, or from now if it has passed. Counts
-and download limits stay as they are. A line that renews nothing found is issued a new
-license as usual.
+Each unit extends the license by the product's duration (from its expiry, or from when the
+renewal was paid if it has lapsed: :func:`counts_from`) and update period; a
+:class:`LicenseRenewal` row per (line item, unit) makes that exactly-once and remembers the
+expiry before and after it. A refund of the renewal takes back what it adds given the
+renewals still paid for: the expiry is replayed from its value before the first renewal, in
+the order Keygate first applied them, with and without it, and the difference is taken off
+(so days the owner added by hand stay, and a refunded renewal of a lapsed license does not
+cancel a later one: its jump included the lapsed time). The license's download grants that
+expire move too (:class:`GrantExtension`, taken back the same way): grants that last while
+the license lasts get its new expiry, grants with a window of their own (``download_days``)
+a fresh window from their expiry, or from the payment if it has passed. Counts and download
+limits stay as they are. A line that renews nothing found is issued a new license as usual.
+Renewals of one license are applied and taken back one at a time, under a lock on its row
+(:func:`lock_license`), whichever orders and workers they come from.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, utcnow
 from connector.licensing.keys import normalize_key
-from connector.licensing.policy import Policy, add_days
+from connector.licensing.policy import LATEST_EXPIRY, Policy, add_days
 from connector.models import (
     DownloadGrant,
     GrantExtension,
@@ -163,7 +169,7 @@ def _subscriptions_license(
         )
         .scalar_subquery()
     )
-    return session.execute(
+    candidates = session.scalars(
         select(License)
         .join(Order, License.order_id == Order.id)
         .where(
@@ -174,35 +180,85 @@ def _subscriptions_license(
             License.status != "revoked",
             License.id.not_in(other_subscriptions),
         )
-        # Lifetime licenses (no expiry) last: they never need a renewal.
-        .order_by(License.expires_at.is_(None), License.expires_at, License.id)
-        .limit(1)
-    ).scalar_one_or_none()
+        .order_by(License.id)
+    ).all()
+    paid = order.date_paid or utcnow()
+    return min(candidates, key=lambda license_: _due_first(license_, paid), default=None)
 
 
-def _later(moment: dt.datetime | None, now: dt.datetime) -> dt.datetime:
-    return now if moment is None or moment < now else moment
+def _due_first(license_: License, paid: dt.datetime) -> tuple[int, float]:
+    """Which license a subscription's first renewal, paid at ``paid``, most likely renews:
+    of those live then, the one that runs out first (the renewal is due because it runs
+    out); else the one that lapsed last (a renewal paid late, after failed attempts), never
+    one that lapsed long ago while another is live (an old purchase of the same product);
+    lifetime licenses last (they need no renewal). The subscription's own license (of its
+    parent order) would be certain, but the renewal order does not name it: only the
+    subscription, whose parent order Keygate would have to ask the shop for."""
+    if license_.expires_at is None:
+        return 2, 0.0
+    if license_.expires_at > paid:
+        return 0, (license_.expires_at - paid).total_seconds()
+    return 1, (paid - license_.expires_at).total_seconds()
+
+
+def lock_license(session: Session, license_id: int) -> License:
+    """The license row, locked until the transaction ends and read again under the lock.
+
+    Every renewal applied or taken back computes the new expiry from the one stored: two
+    workers renewing one license at once (two orders, a renewal and a refund) must take
+    turns, or one extension is lost (PostgreSQL ``FOR UPDATE``; SQLite writers are
+    serialized anyway).
+    """
+    return session.execute(
+        select(License)
+        .where(License.id == license_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def counts_from(paid: dt.datetime | None, renewal: LicenseRenewal) -> dt.datetime:
+    """When a renewal of a lapsed license (or download window) starts to count: when its
+    order was paid, not when Keygate got to apply it (a webhook lost and the order read by
+    the reconciliation hours later); never later than Keygate first applied it (a shop
+    whose clock runs ahead), which is also the moment for an order with no payment date.
+
+    ``paid``: the renewal order's ``date_paid``.
+    """
+    return renewal.created_at if paid is None else min(paid, renewal.created_at)
+
+
+def _later(moment: dt.datetime | None, start: dt.datetime) -> dt.datetime:
+    return start if moment is None or moment < start else moment
 
 
 def _extend(
-    session: Session, renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime
+    session: Session,
+    renewal: LicenseRenewal,
+    license_: License,
+    policy: Policy,
+    start: dt.datetime,
 ) -> None:
     renewal.previous_expires_at = license_.expires_at
     renewal.previous_updates_until = license_.updates_until
     if policy.duration_days is not None and license_.expires_at is not None:
-        license_.expires_at = add_days(_later(license_.expires_at, now), policy.duration_days)
+        license_.expires_at = add_days(_later(license_.expires_at, start), policy.duration_days)
     if policy.update_days is not None and license_.updates_until is not None:
-        license_.updates_until = add_days(_later(license_.updates_until, now), policy.update_days)
+        license_.updates_until = add_days(_later(license_.updates_until, start), policy.update_days)
     elif policy.update_days is None and license_.updates_until is not None:
         license_.updates_until = license_.expires_at  # updates while the license lasts
     renewal.expires_at = license_.expires_at
     renewal.updates_until = license_.updates_until
     renewal.reverted_at = None
-    _extend_grants(session, renewal, license_, policy, now)
+    _extend_grants(session, renewal, license_, policy, start)
 
 
 def _extend_grants(
-    session: Session, renewal: LicenseRenewal, license_: License, policy: Policy, now: dt.datetime
+    session: Session,
+    renewal: LicenseRenewal,
+    license_: License,
+    policy: Policy,
+    start: dt.datetime,
 ) -> None:
     extensions = {
         extension.grant_id: extension
@@ -218,15 +274,17 @@ def _extend_grants(
         previous = grant.expires_at
         assert previous is not None  # noqa: S101 - selected above
         if policy.download_days is not None:
-            moved = add_days(_later(previous, now), policy.download_days)
+            moved = add_days(_later(previous, start), policy.download_days)
         elif license_.expires_at is not None:
             moved = max(previous, license_.expires_at)
         else:
             continue
+        extension = extensions.get(grant.id)
         if moved == previous:
+            if extension is not None:  # moved when applied before: nothing to take back now
+                extension.previous_expires_at = extension.expires_at = previous
             continue
         grant.expires_at = moved
-        extension = extensions.get(grant.id)
         if extension is None:
             extension = GrantExtension(renewal_id=renewal.id, grant_id=grant.id)
             session.add(extension)
@@ -234,27 +292,101 @@ def _extend_grants(
         extension.expires_at = moved
 
 
+# One renewal as seen on one timeline (the license's expiry, its update window, a grant's
+# expiry): its id, when it counts from, the value before it and after it.
+_Step = tuple[int, dt.datetime, dt.datetime | None, dt.datetime | None]
+
+
+def _plus(moment: dt.datetime, length: dt.timedelta) -> dt.datetime:
+    try:
+        return min(moment + length, LATEST_EXPIRY)
+    except OverflowError:  # past year 9999
+        return LATEST_EXPIRY
+
+
+def _replay(value: dt.datetime, steps: list[_Step]) -> dt.datetime:
+    """``value`` after ``steps`` in order, each adding the length it added when applied, from
+    the value then or, if that had passed, from when the renewal counts."""
+    for _, start, before, after in steps:
+        if before is None or after is None:
+            continue
+        origin = max(before, start)
+        if after <= origin:
+            continue  # added nothing (a lifetime license, a product without a duration)
+        value = _plus(max(value, start), after - origin)
+    return value
+
+
+def _taken_back(
+    current: dt.datetime | None, reverted: int, history: list[_Step], counted: set[int]
+) -> dt.datetime | None:
+    """``current`` less what renewal ``reverted`` adds to it given the other renewals still
+    counted: the timeline is replayed from its value before any renewal, with and without it.
+
+    Subtracting the difference rather than taking the replay keeps what happened besides
+    renewals (the owner's ``extend``). A renewal's own jump is not what it adds: on a lapsed
+    license it includes the lapsed time, and taking that back would cancel a later renewal
+    still paid for.
+    """
+    befores = [b for _, _, b, after in history if b is not None and after is not None]
+    if current is None or not befores:
+        return current
+    base = min(befores)
+    steps = [step for step in history if step[0] in counted]
+    with_it = _replay(base, steps)
+    without = _replay(base, [step for step in steps if step[0] != reverted])
+    return current - (with_it - without)
+
+
 def _revert(session: Session, renewal: LicenseRenewal, license_: License, now: dt.datetime) -> None:
-    if (
-        renewal.expires_at is not None
-        and renewal.previous_expires_at is not None
-        and license_.expires_at is not None
-    ):
-        license_.expires_at -= renewal.expires_at - renewal.previous_expires_at
-    if (
-        renewal.updates_until is not None
-        and renewal.previous_updates_until is not None
-        and license_.updates_until is not None
-    ):
-        license_.updates_until -= renewal.updates_until - renewal.previous_updates_until
+    session.flush()  # read back below, under the license's lock
+    rows = session.execute(
+        select(LicenseRenewal, Order.date_paid)
+        .join(Order, LicenseRenewal.order_id == Order.id)
+        .where(LicenseRenewal.license_id == license_.id)
+        .order_by(LicenseRenewal.id)
+        .execution_options(populate_existing=True)
+    ).all()
+    starts = {row.id: counts_from(paid, row) for row, paid in rows}
+    counted = {row.id for row, _ in rows if row.reverted_at is None} | {renewal.id}
+    license_.expires_at = _taken_back(
+        license_.expires_at,
+        renewal.id,
+        [(r.id, starts[r.id], r.previous_expires_at, r.expires_at) for r, _ in rows],
+        counted,
+    )
+    license_.updates_until = _taken_back(
+        license_.updates_until,
+        renewal.id,
+        [(r.id, starts[r.id], r.previous_updates_until, r.updates_until) for r, _ in rows],
+        counted,
+    )
     renewal.reverted_at = now
-    for extension, grant in session.execute(
-        select(GrantExtension, DownloadGrant)
-        .join(DownloadGrant, GrantExtension.grant_id == DownloadGrant.id)
-        .where(GrantExtension.renewal_id == renewal.id)
-    ).all():
-        if grant.expires_at is not None:
-            grant.expires_at -= extension.expires_at - extension.previous_expires_at
+    history: dict[int, list[_Step]] = {}
+    for extension in session.scalars(
+        select(GrantExtension)
+        .join(LicenseRenewal, GrantExtension.renewal_id == LicenseRenewal.id)
+        .where(LicenseRenewal.license_id == license_.id)
+        .order_by(GrantExtension.renewal_id)
+        .execution_options(populate_existing=True)
+    ):
+        history.setdefault(extension.grant_id, []).append(
+            (
+                extension.renewal_id,
+                starts[extension.renewal_id],
+                extension.previous_expires_at,
+                extension.expires_at,
+            )
+        )
+    for grant_id, steps in history.items():
+        if renewal.id not in {step[0] for step in steps}:
+            continue
+        grant = session.execute(
+            select(DownloadGrant)
+            .where(DownloadGrant.id == grant_id)
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+        grant.expires_at = _taken_back(grant.expires_at, renewal.id, steps, counted)
 
 
 def converge_renewal(
@@ -273,6 +405,7 @@ def converge_renewal(
     Returns:
         Ids of the renewals applied now and of those reverted now.
     """
+    license_ = lock_license(session, license_.id)
     product = session.get(Product, license_.product_id)
     if product is None:  # pragma: no cover - products are never deleted
         return [], []
@@ -300,16 +433,14 @@ def converge_renewal(
             .execution_options(populate_existing=True)
         ).scalar_one()
         if inserted is not None or renewal.reverted_at is not None:
-            _extend(session, renewal, license_, policy, now)
+            _extend(session, renewal, license_, policy, counts_from(order.date_paid, renewal))
             applied.append(renewal.id)
-    reverted = revert_renewals(session, line, license_, above_unit=entitled)
+    reverted = revert_renewals(session, line, above_unit=entitled)
     session.flush()
     return applied, reverted
 
 
-def revert_renewals(
-    session: Session, line: LineItem, license_: License | None = None, *, above_unit: int = 0
-) -> list[int]:
+def revert_renewals(session: Session, line: LineItem, *, above_unit: int = 0) -> list[int]:
     """Take back the extensions of ``line``'s units above ``above_unit`` (newest first)."""
     now = utcnow()
     reverted: list[int] = []
@@ -321,10 +452,8 @@ def revert_renewals(
             LicenseRenewal.reverted_at.is_(None),
         )
         .order_by(LicenseRenewal.unit.desc())
-    ):
-        target = license_ or session.get(License, renewal.license_id)
-        if target is None:  # pragma: no cover - licenses are never deleted
-            continue
+    ).all():
+        target = lock_license(session, renewal.license_id)
         _revert(session, renewal, target, now)
         reverted.append(renewal.id)
     return reverted

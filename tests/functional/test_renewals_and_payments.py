@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import func, select, update
 
-from connector.db import db, utcnow
-from connector.models import AuditEvent, DownloadGrant, License, LicenseRenewal
+from connector.db import db, transaction, utcnow
+from connector.models import AuditEvent, DownloadGrant, License, LicenseRenewal, Store
+from connector.orders import renewals
 from connector.orders.renewals import SUBSCRIPTION_RENEWAL_META, subscription_of
+from connector.orders.service import apply_shop_order
+from plugin.woocommerce.webhooks import parse_order
 from tests.factories import WebhookSender, line_item, wc_order
 
 
@@ -18,6 +23,25 @@ def renewal_line(product_id: int, key: str, line_id: int) -> dict[str, Any]:
     item = line_item(product_id, line_id=line_id)
     item["meta_data"] = [{"id": 1, "key": "_keygate_renew_license", "value": key.lower()}]
     return item
+
+
+def parse_iso(moment: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(moment.replace("Z", "+00:00"))
+
+
+def paid_at(order: dict[str, Any], moment: dt.datetime) -> dict[str, Any]:
+    order["date_paid"] = order["date_paid_gmt"] = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return order
+
+
+def lapse(app: Flask, days: int) -> dt.datetime:
+    """Every license (and its links) ran out ``days`` ago."""
+    moment = (utcnow() - dt.timedelta(days=days)).replace(microsecond=0)
+    with app.app_context():
+        db.session.execute(update(License).values(expires_at=moment, updates_until=moment))
+        db.session.execute(update(DownloadGrant).values(expires_at=moment))
+        db.session.commit()
+    return moment
 
 
 def licenses(app: Flask) -> int:
@@ -134,8 +158,8 @@ def test_renewals_move_the_download_links_with_the_license(app: Flask, shop: Web
 
 
 def test_a_renewal_reopens_a_lapsed_download_window(app: Flask, shop: WebhookSender) -> None:
-    """A product with its own download window (download_days) gets a fresh one from now
-    when the old one has passed; an expired link works again."""
+    """A product with its own download window (download_days) gets a fresh one from the
+    renewal's payment when the old one has passed; an expired link works again."""
     shop.configure(501, duration_days=365, download_days=7)
     shop.deliver(wc_order(9212, "completed", [line_item(501)]))
     body = shop.order(9212)
@@ -145,7 +169,8 @@ def test_a_renewal_reopens_a_lapsed_download_window(app: Flask, shop: WebhookSen
         db.session.commit()
     link = body["downloads"][0]["link"].removeprefix("http://keygate.test")
     assert shop.client.get(link).status_code == 410
-    shop.deliver(wc_order(9213, "processing", [renewal_line(501, body["licenses"][0]["key"], 305)]))
+    renewal = wc_order(9213, "processing", [renewal_line(501, body["licenses"][0]["key"], 305)])
+    shop.deliver(paid_at(renewal, utcnow()))
     with app.app_context():
         grant = db.session.execute(select(DownloadGrant)).scalar_one()
         assert grant.expires_at is not None
@@ -237,3 +262,166 @@ def test_only_a_subscription_id_names_a_subscription() -> None:
     assert subscription_of({SUBSCRIPTION_RENEWAL_META: "812"}) == "812"
     for value in ("81\x002", "1" * 65, True, "", 0, None, [812]):
         assert subscription_of({SUBSCRIPTION_RENEWAL_META: value}) is None
+
+
+def test_two_renewals_of_one_license_at_once_both_count(
+    app: Flask, shop: WebhookSender, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers apply two renewal orders of one key at the same moment (PostgreSQL, where
+    writers run side by side): the license is extended twice, not once."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time")
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9240, "completed", [line_item(501)]))
+    key, before = (shop.order(9240)["licenses"][0][k] for k in ("key", "expires_at"))
+    barrier = threading.Barrier(2, timeout=10)
+    real_converge = renewals.converge_renewal
+
+    def converge_together(*args: Any, **kwargs: Any) -> tuple[list[int], list[int]]:
+        barrier.wait()  # both workers have read the license they renew
+        return real_converge(*args, **kwargs)
+
+    monkeypatch.setattr(renewals, "converge_renewal", converge_together)
+    errors: list[BaseException] = []
+
+    def worker(order_id: int, line_id: int) -> None:
+        payload = wc_order(order_id, "processing", [renewal_line(501, key, line_id)], modified=5)
+        try:
+            with app.app_context(), transaction() as session:
+                store = session.get(Store, shop.store.store.id)
+                assert store is not None
+                apply_shop_order(session, store, parse_order(payload))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(9241 + i, 321 + i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    after = shop.order(9240)["licenses"][0]["expires_at"]
+    assert parse_iso(after) - parse_iso(before) == dt.timedelta(days=60)
+
+
+def test_a_renewal_applied_late_counts_from_its_payment(app: Flask, shop: WebhookSender) -> None:
+    """A lapsed license renewed by an order paid hours before Keygate saw it (its webhook
+    lost, the reconciliation read it later) runs from the payment, not from when Keygate got
+    to it: the buyer paid for those 30 days, not 30 days and some hours."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9250, "completed", [line_item(501)]))
+    key = shop.order(9250)["licenses"][0]["key"]
+    lapse(app, 100)
+    paid = utcnow().replace(microsecond=0) - dt.timedelta(hours=5)
+    shop.deliver(paid_at(wc_order(9251, "processing", [renewal_line(501, key, 322)]), paid))
+    renewed = shop.order(9250)
+    assert parse_iso(renewed["licenses"][0]["expires_at"]) == paid + dt.timedelta(days=30)
+    assert renewed["downloads"][0]["expires_at"] == renewed["licenses"][0]["expires_at"]
+
+
+def test_refunding_one_of_two_renewals_of_a_lapsed_license_keeps_the_other(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A license that ran out 100 days ago is renewed twice (a manual renewal and a
+    subscription's, 30 days each) and the first is refunded: the second, still paid, keeps
+    its 30 days from its payment, links with it; refunding both leaves the lapsed expiry."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9260, "completed", [line_item(501)]))
+    key = shop.order(9260)["licenses"][0]["key"]
+    lapsed = lapse(app, 100)
+    paid = utcnow().replace(microsecond=0) - dt.timedelta(hours=2)
+    first = [renewal_line(501, key, 323)]
+    second = [renewal_line(501, key, 324)]
+    shop.deliver(paid_at(wc_order(9261, "processing", first, modified=5), paid))
+    shop.deliver(
+        paid_at(wc_order(9262, "processing", second, modified=6), paid + dt.timedelta(hours=1))
+    )
+    shop.deliver(wc_order(9261, "refunded", first, modified=10))
+    body = shop.order(9260)
+    expected = paid + dt.timedelta(hours=1, days=30)
+    assert parse_iso(body["licenses"][0]["expires_at"]) == expected
+    assert parse_iso(body["downloads"][0]["expires_at"]) == expected
+    shop.deliver(wc_order(9262, "refunded", second, modified=10))
+    body = shop.order(9260)
+    assert parse_iso(body["licenses"][0]["expires_at"]) == lapsed
+    assert parse_iso(body["downloads"][0]["expires_at"]) == lapsed
+
+
+def test_refunding_one_of_two_renewals_keeps_the_others_download_window(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Links with a window of their own (download_days) that had passed: the renewal still
+    paid keeps its fresh window, from its payment, when the other one is refunded."""
+    shop.configure(501, duration_days=365, download_days=7)
+    shop.deliver(wc_order(9263, "completed", [line_item(501)]))
+    key = shop.order(9263)["licenses"][0]["key"]
+    lapse(app, 100)
+    paid = utcnow().replace(microsecond=0) - dt.timedelta(hours=2)
+    first = [renewal_line(501, key, 325)]
+    shop.deliver(paid_at(wc_order(9264, "processing", first, modified=5), paid))
+    shop.deliver(
+        paid_at(
+            wc_order(9265, "processing", [renewal_line(501, key, 326)], modified=6),
+            paid + dt.timedelta(hours=1),
+        )
+    )
+    shop.deliver(wc_order(9264, "refunded", first, modified=10))
+    window = shop.order(9263)["downloads"][0]["expires_at"]
+    assert parse_iso(window) == paid + dt.timedelta(hours=1, days=7)
+
+
+def test_refunding_a_renewal_keeps_the_owners_extension(app: Flask, shop: WebhookSender) -> None:
+    """Days the owner added by hand after a renewal stay when the renewal is refunded."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9266, "completed", [line_item(501)]))
+    key, before = (shop.order(9266)["licenses"][0][k] for k in ("key", "expires_at"))
+    items = [renewal_line(501, key, 327)]
+    shop.deliver(wc_order(9267, "processing", items, modified=5))
+    assert shop.admin("POST", f"/licenses/{key}/extend", {"days": 10}).status_code == 200
+    shop.deliver(wc_order(9267, "refunded", items, modified=10))
+    after = shop.order(9266)["licenses"][0]["expires_at"]
+    assert parse_iso(after) - parse_iso(before) == dt.timedelta(days=10)
+
+
+def bought_subscription_later(app: Flask, old_days: int, subscribed_days: int) -> None:
+    """The customer's first license (an outright purchase) ends in ``old_days``, the second
+    (the subscription's) in ``subscribed_days`` (negative: ago)."""
+    with app.app_context():
+        old, subscribed = db.session.scalars(select(License).order_by(License.id)).all()
+        old.expires_at = utcnow() + dt.timedelta(days=old_days)
+        subscribed.expires_at = utcnow() + dt.timedelta(days=subscribed_days)
+        db.session.commit()
+
+
+def test_a_subscriptions_first_renewal_passes_over_a_long_lapsed_license(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A customer who bought the product outright long ago (lapsed 20 days ago) and then as a
+    subscription (ends in 5 days): the subscription's first renewal extends the live license,
+    not the lapsed one that ran out first."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9270, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9271, "completed", [line_item(501)], customer_id=42, modified=1))
+    bought_subscription_later(app, old_days=-20, subscribed_days=5)
+    old, subscribed = (shop.order(i)["licenses"][0]["expires_at"] for i in (9270, 9271))
+    shop.deliver(paid_at(subscription_renewal(9272, 7004, modified=5), utcnow()))
+    assert shop.order(9271)["licenses"][0]["expires_at"] > subscribed
+    assert shop.order(9270)["licenses"][0]["expires_at"] == old
+
+
+def test_a_late_first_renewal_renews_the_license_that_lapsed_last(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """All of the customer's licenses have lapsed (the renewal's payment failed for days):
+    the first renewal extends the one that ran out most recently, the subscription's, not
+    one that lapsed long ago."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9273, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9274, "completed", [line_item(501)], customer_id=42, modified=1))
+    bought_subscription_later(app, old_days=-60, subscribed_days=-3)
+    old = shop.order(9273)["licenses"][0]["expires_at"]
+    paid = utcnow().replace(microsecond=0)
+    shop.deliver(paid_at(subscription_renewal(9275, 7005, modified=5), paid))
+    renewed = shop.order(9274)["licenses"][0]["expires_at"]
+    assert parse_iso(renewed) == paid + dt.timedelta(days=30)
+    assert shop.order(9273)["licenses"][0]["expires_at"] == old
