@@ -165,7 +165,11 @@ def change_license(
     """
     if action not in ACTIONS:
         raise NotFound(f"Unknown action; use one of {', '.join(ACTIONS)}.")
-    lic = find_store_license(session, store, raw_key)
+    from connector.orders.renewals import lock_license
+
+    # Locked, like renewals lock it: an extension made while a renewal is applied must not
+    # be lost to the other's write (PostgreSQL; SQLite writers take turns anyway).
+    lic = lock_license(session, find_store_license(session, store, raw_key).id)
     before = {"status": lic.status, "expires_at": iso(lic.expires_at)}
     if action in ("revoke", "suspend"):
         lic.status = "revoked" if action == "revoke" else "suspended"
