@@ -123,6 +123,7 @@ def configure_product(
         session.add(product)
     product.name = spec.name
     product.source = "keygate" if actor != "shop" else "shop"
+    product.retired_at = None
     product.watermark_fallback = spec.watermark_fallback
     for name in POLICY_FIELDS:
         setattr(product, name, spec.policy.get(name))

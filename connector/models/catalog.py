@@ -38,6 +38,9 @@ class Product(Base):
     # Where the settings came from: "keygate" (admin API/UI) wins over "shop" (product meta).
     watermark_fallback: Mapped[str] = mapped_column(String(16), default="refuse")
     source: Mapped[str] = mapped_column(String(16), default="keygate")
+    # A product configured from shop meta whose meta is gone (or the product): new sales
+    # no longer match it; what it licensed already keeps working (the row stays).
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from connector.db import Base, UTCDateTime, utcnow
@@ -58,6 +58,8 @@ class ShopConnection(Base):
     disconnected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     reconciled_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     products_synced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Shop product id -> why its _keygate_* meta was not applied, as of the last product sync.
+    products_invalid: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
 
 

@@ -124,7 +124,9 @@ def sync_products(store_id: str | None) -> None:
             click.echo(
                 f"{store.public_id}: {len(result.configured)} configured, "
                 f"{len(result.unchanged)} unchanged, {len(result.kept_keygate)} kept "
-                f"(set in Keygate), {len(result.invalid)} with unreadable meta"
+                f"(set in Keygate), {len(result.invalid)} with unreadable meta, "
+                f"{len(result.retired)} retired (meta gone), "
+                f"{len(result.reapplied)} sold before it read again"
             )
             for shop_id, problem in result.invalid.items():
                 click.echo(f"  product {shop_id}: {problem}", err=True)

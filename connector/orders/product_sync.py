@@ -6,11 +6,16 @@ Documented meta keys (on a product or a variation):
   ``_keygate_download_limit``, ``_keygate_download_days``: whole numbers ("" = default);
 - ``_keygate_staging_free``: yes/no;
 - ``_keygate_files``: JSON list of ``{object_key, filename?, watermark?}`` (or of plain
-  object keys).
+  object keys), each object key once.
 
-A product with any of these keys is licensed. Settings made in Keygate (admin API/UI) win:
-products whose settings came from Keygate are left as they are. Job ``shop.sync_products``
-runs it periodically per connected store.
+A product with any of these keys set (not empty) is licensed; a variation with meta of its
+own is licensed with its parent's meta overridden by its own, one without follows its
+parent. Settings made in Keygate (admin API/UI) win: products whose settings came from
+Keygate are left as they are. A product configured from meta whose meta is gone from a
+complete listing (cleared, removed, or the product deleted) is retired: new sales no longer
+match it, what it licensed keeps working. Paid orders that named a product before a sync
+configured it are read again and licensed. Job ``shop.sync_products`` runs it periodically
+per connected store.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import or_, select
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
+from connector.audit import record_audit
 from connector.catalog import (
     POLICY_FIELDS,
     ProductSpec,
@@ -33,19 +41,23 @@ from connector.catalog import (
 from connector.db import db, utcnow
 from connector.errors import ValidationFailed
 from connector.jobs import RetryLater, handles
-from connector.models import Product, Store
-from connector.orders.reconcile import schedule_next
+from connector.models import LineItem, Order, Product, Store
+from connector.orders.reconcile import refresh_order, schedule_next
 from connector.vault.connection import connection_of
-from plugin.shop import PayloadError
-from plugin.woocommerce.rest import ShopUnavailable, WooCommerceClient
+from plugin.shop import PAID_STATUSES, PayloadError
+from plugin.woocommerce.rest import ShopRejected, ShopUnavailable, WooCommerceClient
 from plugin.woocommerce.webhooks import clean_text, parse_id
 
 log = logging.getLogger(__name__)
 
 META_PREFIX = "_keygate_"
 SYNC_JOB = "shop.sync_products"
-_INT_FIELDS = {f for f in POLICY_FIELDS if f != "staging_free"}
+# Yes/no settings (the columns are booleans); the other policy fields are whole numbers.
+_BOOL_FIELDS = ("staging_free", "perpetual_fallback", "abuse_suspend")
+_INT_FIELDS = tuple(f for f in POLICY_FIELDS if f not in _BOOL_FIELDS)
 _MINIMUM = {"activation_limit": 0, "update_days": 0, "download_limit": 0}
+# Product types whose variations are sold (WooCommerce's, and WooCommerce Subscriptions').
+VARIABLE_TYPES = frozenset({"variable", "variable-subscription"})
 
 
 class MetaError(ValueError):
@@ -58,6 +70,19 @@ class SyncResult:
     unchanged: list[str] = field(default_factory=list)
     kept_keygate: list[str] = field(default_factory=list)
     invalid: dict[str, str] = field(default_factory=dict)
+    # Products configured from meta whose meta is gone: new sales no longer match them.
+    retired: list[str] = field(default_factory=list)
+    # Paid orders read again because a line named a product configured since (shop ids).
+    reapplied: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ListedProduct:
+    """A product or variation as the shop lists it, with the meta that configures it."""
+
+    shop_id: str
+    name: str
+    meta: dict[str, Any]
 
 
 def _meta(raw: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +98,12 @@ def _meta(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sets_anything(meta: dict[str, Any]) -> bool:
+    """Some ``_keygate_*`` key has a value: a product whose fields were all cleared in the
+    shop admin (WooCommerce keeps them as "") is not configured by its meta."""
+    return any(value is not None and value != "" for value in meta.values())
+
+
 def _int(name: str, value: Any) -> int | None:
     if value is None or value == "":
         return None
@@ -85,7 +116,7 @@ def _int(name: str, value: Any) -> int | None:
     return number
 
 
-def _bool(value: Any) -> bool | None:
+def _bool(name: str, value: Any) -> bool | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -95,7 +126,7 @@ def _bool(value: Any) -> bool | None:
         return True
     if text in {"no", "0", "false", "off"}:
         return False
-    raise MetaError(f"{META_PREFIX}staging_free must be yes or no")
+    raise MetaError(f"{META_PREFIX}{name} must be yes or no")
 
 
 def spec_from_meta(name: str, meta: dict[str, Any]) -> ProductSpec:
@@ -105,7 +136,7 @@ def spec_from_meta(name: str, meta: dict[str, Any]) -> ProductSpec:
         MetaError: a value cannot be read (the product is then left unchanged).
     """
     policy: dict[str, Any] = {f: _int(f, meta.get(META_PREFIX + f)) for f in _INT_FIELDS}
-    policy["staging_free"] = _bool(meta.get(META_PREFIX + "staging_free"))
+    policy.update({f: _bool(f, meta.get(META_PREFIX + f)) for f in _BOOL_FIELDS})
     raw_files = meta.get(META_PREFIX + "files") or []
     if isinstance(raw_files, str):
         try:
@@ -121,6 +152,10 @@ def spec_from_meta(name: str, meta: dict[str, Any]) -> ProductSpec:
         ]
     except ValidationFailed as exc:
         raise MetaError(f"{META_PREFIX}files: {exc.detail}") from None
+    # A product holds each object once (as the admin API requires).
+    keys = [f.object_key for f in files]
+    if len(set(keys)) != len(keys):
+        raise MetaError(f"{META_PREFIX}files lists the same object_key twice")
     return ProductSpec(name=(name or "Product")[:300], policy=policy, files=files)
 
 
@@ -131,38 +166,29 @@ def _same(product: Product, spec: ProductSpec) -> bool:
         for f in spec.files
     ]
     return (
-        current["name"] == spec.name
+        product.retired_at is None
+        and current["name"] == spec.name
         and current["policy"] == {k: spec.policy.get(k) for k in POLICY_FIELDS}
         and current["files"] == wanted_files
     )
 
 
-def _apply(
-    session: Session,
-    store: Store,
-    shop_id: str,
-    name: str,
-    meta: dict[str, Any],
-    result: SyncResult,
-) -> None:
+def _apply(session: Session, store: Store, listed: ListedProduct) -> tuple[str, str | None]:
+    """Configure one product from its meta: (what happened, the problem when invalid)."""
     try:
-        spec = spec_from_meta(name, meta)
+        spec = spec_from_meta(listed.name, listed.meta)
     except MetaError as exc:
-        result.invalid[shop_id] = str(exc)
-        return
-    product = find_product(session, store, shop_id)
+        return "invalid", str(exc)
+    product = find_product(session, store, listed.shop_id)
     if product is not None and product.source == "keygate":
-        result.kept_keygate.append(shop_id)
-        return
+        return "kept_keygate", None
     if product is not None and _same(product, spec):
-        result.unchanged.append(shop_id)
-        return
+        return "unchanged", None
     try:
-        configure_product(session, store, shop_id, spec, actor="shop")
+        configure_product(session, store, listed.shop_id, spec, actor="shop")
     except ValidationFailed as exc:  # a file in another store's area of shared storage
-        result.invalid[shop_id] = exc.detail
-        return
-    result.configured.append(shop_id)
+        return "invalid", exc.detail
+    return "configured", None
 
 
 def _shop_id(raw: dict[str, Any]) -> str | None:
@@ -172,35 +198,184 @@ def _shop_id(raw: dict[str, Any]) -> str | None:
         return None
 
 
-def sync_products(session: Session, store: Store, client: WooCommerceClient) -> SyncResult:
-    """Configure every shop product (and variation) that carries ``_keygate_*`` meta."""
-    result = SyncResult()
+def _has_variations(raw: dict[str, Any]) -> bool:
+    variations = raw.get("variations")
+    return raw.get("type") in VARIABLE_TYPES or (isinstance(variations, list) and bool(variations))
+
+
+def read_shop_products(client: WooCommerceClient) -> list[ListedProduct]:
+    """Every product and variation that carries ``_keygate_*`` meta, read to the end.
+
+    A variation is listed when it has meta of its own, with its parent's meta overridden by
+    its own; one without follows its parent (a line matches the parent product).
+
+    Raises:
+        ShopError: the shop could not be read (nothing is listed, nothing is applied).
+    """
+    listed: list[ListedProduct] = []
     for raw in client.list_products():
         shop_id = _shop_id(raw)
         if shop_id is None:
             continue  # not a product Keygate could ever be asked about
         name = clean_text(raw.get("name")) or ""
         meta = _meta(raw)
-        if meta:
-            _apply(session, store, shop_id, name, meta, result)
-        if raw.get("type") == "variable":
-            for variation in client.list_variations(shop_id):
-                variation_id = _shop_id(variation)
-                variation_meta = _meta(variation)
-                if variation_id is not None and variation_meta:
-                    variation_name = f"{name} ({variation_id})"
-                    _apply(
-                        session,
-                        store,
-                        variation_id,
-                        variation_name,
-                        {**meta, **variation_meta},
-                        result,
+        if _sets_anything(meta):
+            listed.append(ListedProduct(shop_id, name, meta))
+        if not _has_variations(raw):
+            continue
+        for variation in client.list_variations(shop_id):
+            variation_id = _shop_id(variation)
+            variation_meta = _meta(variation)
+            if variation_id is not None and _sets_anything(variation_meta):
+                listed.append(
+                    ListedProduct(
+                        variation_id, f"{name} ({variation_id})", {**meta, **variation_meta}
                     )
-    connection_of(session, store).products_synced_at = utcnow()
+                )
+    return listed
+
+
+def apply_listing(session: Session, store: Store, listed: list[ListedProduct]) -> SyncResult:
+    """Apply a complete listing of the shop's products (flushes; the caller commits).
+
+    Each product is applied in a savepoint: one the database refuses is reported as invalid
+    and the others are applied. Products configured from meta that the listing no longer
+    shows with meta are retired; meta problems are recorded for the owner (audit
+    ``product.meta_invalid``, once per problem, and the connection's ``products_invalid``).
+    """
+    result = SyncResult()
+    for item in listed:
+        try:
+            with session.begin_nested():
+                outcome, problem = _apply(session, store, item)
+        except (IntegrityError, DataError) as exc:
+            outcome, problem = "invalid", f"the settings could not be stored ({type(exc).__name__})"
+        if problem is not None:
+            result.invalid[item.shop_id] = problem
+        else:
+            getattr(result, outcome).append(item.shop_id)
+    _retire_unlisted(session, store, {item.shop_id for item in listed}, result)
+    connection = connection_of(session, store)
+    _record_invalid(session, store, connection.products_invalid or {}, result.invalid)
+    connection.products_invalid = dict(result.invalid) or None
+    connection.products_synced_at = utcnow()
     session.flush()
-    for shop_id, problem in result.invalid.items():
+    return result
+
+
+def _retire_unlisted(session: Session, store: Store, listed: set[str], result: SyncResult) -> None:
+    now = utcnow()
+    for product in session.scalars(
+        select(Product).where(
+            Product.store_id == store.id,
+            Product.source == "shop",
+            Product.retired_at.is_(None),
+        )
+    ):
+        if product.shop_product_id in listed:
+            continue
+        product.retired_at = now
+        result.retired.append(product.shop_product_id)
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="shop",
+            action="product.retired",
+            subject=f"product:{product.shop_product_id}",
+            detail={"reason": "no _keygate_* meta in the shop any more"},
+        )
+
+
+def _record_invalid(
+    session: Session, store: Store, before: dict[str, str], invalid: dict[str, str]
+) -> None:
+    """An audit entry per product and problem, not again while the problem stays the same.
+    The problem names the meta key, never its value."""
+    for shop_id, problem in invalid.items():
         log.warning("store %s: product %s meta ignored: %s", store.public_id, shop_id, problem)
+        if before.get(shop_id) == problem:
+            continue
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="shop",
+            action="product.meta_invalid",
+            subject=f"product:{shop_id}",
+            detail={"problem": problem},
+        )
+
+
+def unlicensed_paid_orders(session: Session, store: Store) -> list[str]:
+    """Paid orders with a line that matched no product when applied and names (variation or
+    product) one configured from meta now: sold before a sync configured it."""
+    configured = select(Product.shop_product_id).where(
+        Product.store_id == store.id, Product.source == "shop", Product.retired_at.is_(None)
+    )
+    return list(
+        session.scalars(
+            select(Order.shop_order_id)
+            .join(LineItem, LineItem.order_id == Order.id)
+            .where(
+                Order.store_id == store.id,
+                Order.status.in_(PAID_STATUSES),
+                Order.deleted.is_(False),
+                Order.erased_at.is_(None),
+                LineItem.product_id.is_(None),
+                LineItem.quantity > 0,
+                or_(
+                    LineItem.shop_variation_id.in_(configured),
+                    LineItem.shop_product_id.in_(configured),
+                ),
+            )
+            .distinct()
+            .order_by(Order.shop_order_id)
+        )
+    )
+
+
+def reapply_unlicensed_orders(
+    session: Session, store: Store, client: WooCommerceClient
+) -> list[str]:
+    """Read each of :func:`unlicensed_paid_orders` from the shop and apply it, one short
+    transaction per order (committed). A read, not the stored copy: it carries what a
+    delivery carries (refunds with their lines, renewal meta) and the order as it is now.
+
+    Raises:
+        ShopUnavailable: the shop is down; orders not read yet are found again next sync.
+    """
+    shop_order_ids = unlicensed_paid_orders(session, store)
+    session.commit()
+    reapplied: list[str] = []
+    for shop_order_id in shop_order_ids:
+        try:
+            outcome = refresh_order(session, store, client, shop_order_id)
+        except ShopRejected as exc:  # asking again gets the same answer: the next sync will
+            session.rollback()
+            log.warning("store %s: order %s not read: %s", store.public_id, shop_order_id, exc)
+            continue
+        session.commit()
+        if outcome == "applied":
+            reapplied.append(shop_order_id)
+    return reapplied
+
+
+def sync_products(session: Session, store: Store, client: WooCommerceClient) -> SyncResult:
+    """Configure every shop product (and variation) that carries ``_keygate_*`` meta.
+
+    Commits (the caller's work first): the shop is read to the end outside any transaction
+    (on SQLite a transaction holds the database's write lock, and every webhook would wait
+    on the shop), then the listing is applied in one short transaction, so a shop that fails
+    half-way changes nothing. Then paid orders that named a product before it was configured
+    are read again and licensed (:func:`reapply_unlicensed_orders`).
+
+    Raises:
+        ShopError: the shop could not be read.
+    """
+    session.commit()
+    listed = read_shop_products(client)
+    result = apply_listing(session, store, listed)
+    session.commit()
+    result.reapplied = reapply_unlicensed_orders(session, store, client)
     return result
 
 
@@ -220,6 +395,7 @@ def sync_products_job(payload: dict[str, Any]) -> None:
     try:
         sync_products(session, store, client)
     except ShopUnavailable as exc:
+        session.rollback()
         if not payload.get("periodic"):
             raise RetryLater(str(exc)) from None
         log.warning("store %s: product sync failed: %s", store.public_id, exc)

@@ -28,7 +28,7 @@ from connector.jobs import RetryLater, enqueue, handles
 from connector.models import Order, Store
 from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
-from plugin.shop import PAID_STATUSES, PayloadError, ShopOrder
+from plugin.shop import PAID_STATUSES, PayloadError, ShopOrder, parse_utc_datetime
 from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
 from plugin.woocommerce.webhooks import parse_order, parse_refund
 
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 RECONCILE_JOB = "shop.reconcile"
 REFRESH_JOB = "shop.refresh_order"
-# Re-read a little before the last run's start: the shop's clock and ours may differ.
+# Re-read a little before the newest change the last run read: a change saved in the shop
+# while that run read the list can carry an earlier date than the newest one listed.
 OVERLAP = dt.timedelta(minutes=10)
 FIRST_LOOKBACK = dt.timedelta(days=7)
 
@@ -69,6 +70,17 @@ def default_since(session: Session, store: Store) -> dt.datetime:
     return connection.reconciled_until - OVERLAP
 
 
+def _shop_date(raw: dict[str, Any]) -> dt.datetime | None:
+    """The order's ``date_modified_gmt``: the shop's clock, which ``modified_after`` uses."""
+    value = raw.get("date_modified_gmt")
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_utc_datetime(value)
+    except ValueError:
+        return None
+
+
 def reconcile_store(
     session: Session,
     store: Store,
@@ -79,21 +91,36 @@ def reconcile_store(
 ) -> ReconcileResult:
     """Apply every order the shop changed since ``since`` (default: the last run).
 
+    Commits: the caller's work first, then each order in a short transaction of its own.
+    The shop is never waited on inside a transaction (on SQLite one holds the database's
+    write lock: every webhook and license call would wait on the shop).
+
+    ``reconciled_until`` moves, only at the end of a run that read everything, to the
+    newest ``date_modified_gmt`` the shop listed (its clock, which ``modified_after`` is
+    compared with: Keygate's own could be ahead of it), and only when the run started
+    at or before it (a ``--since`` later than it leaves the gap before unread).
+
     Raises:
-        ShopError: the shop could not be read (what was applied so far is kept by the
-            caller's commit only if it chooses to).
+        ShopError: the shop could not be read; the orders applied so far stay applied,
+            ``reconciled_until`` does not move.
     """
-    started = utcnow()
+    covered = connection_of(session, store).reconciled_until
     since = since or default_since(session, store)
     result = ReconcileResult(since=since)
+    session.commit()
     if check_hooks:
         result.webhooks_repaired = check_webhooks(session, store, client)
+        session.commit()
+    newest: dt.datetime | None = None
     # Trashed orders are listed only when asked for: a missed order.deleted is caught too.
     changed = itertools.chain(
         client.orders_modified_after(since), client.orders_modified_after(since, status="trash")
     )
-    for raw in changed:
+    for raw in changed:  # each page is read between two transactions
         result.seen += 1
+        modified = _shop_date(raw)
+        if modified is not None and (newest is None or modified > newest):
+            newest = modified
         try:
             shop_order = read_shop_order(client, raw)
         except PayloadError as exc:
@@ -101,6 +128,7 @@ def reconcile_store(
             log.warning("store %s: order %s unreadable: %s", store.public_id, raw.get("id"), exc)
             continue
         applied = apply_shop_order(session, store, shop_order, reread=True)
+        session.commit()
         if applied.outcome == "stale":
             result.stale += 1
             continue
@@ -108,8 +136,11 @@ def reconcile_store(
         result.issued_licenses += len(applied.issued_licenses)
         result.revoked_licenses += len(applied.revoked_licenses)
     connection = connection_of(session, store)
-    if connection.reconciled_until is None or started > connection.reconciled_until:
-        connection.reconciled_until = started
+    if covered is None or since <= covered:
+        # Read without a gap from what was covered: covered now up to the newest change
+        # listed (the first run, with nothing listed: from where it started reading).
+        candidates = [connection.reconciled_until, newest, since if covered is None else None]
+        connection.reconciled_until = max(c for c in candidates if c is not None)
     connection.last_error = None
     session.flush()
     if result.issued_licenses or result.revoked_licenses or result.unreadable:
@@ -142,7 +173,11 @@ def refresh_order(
     the deletion it is; its order.deleted delivery may have been lost. Only WooCommerce's own
     "no such order" counts: any other 404 (a REST API blocked or broken while webhooks still
     arrive) says nothing about the order.
+
+    Commits the caller's work before asking the shop, so no transaction waits on it (on
+    SQLite one holds the database's write lock); the caller commits the order's.
     """
+    session.commit()
     try:
         raw = client.get_order(shop_order_id)
     except ShopRejected as exc:

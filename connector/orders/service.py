@@ -167,12 +167,13 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
 def _configured_product(
     session: Session, store: Store, item: ShopLineItem
 ) -> tuple[Product | None, str | None]:
-    """The configured product for a line: its variation first, then its parent product."""
+    """The configured product for a line: its variation first, then its parent product.
+    A retired product (its shop meta is gone) matches no new sale."""
     for shop_id in (item.variation_id, item.product_id):
         if shop_id is None:
             continue
         product = find_product(session, store, shop_id)
-        if product is not None:
+        if product is not None and product.retired_at is None:
             return product, shop_id
     return None, None
 

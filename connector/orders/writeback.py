@@ -86,6 +86,9 @@ def write_order_note(session: Session, payload: dict[str, Any]) -> str:
     )
     if text is None:
         return "nothing-to-say"
+    # Nothing is written yet: end the transaction, so none waits on the shop (on SQLite it
+    # holds the database's write lock).
+    session.commit()
     existing = next(
         (n for n in client.list_order_notes(order.shop_order_id) if marker in str(n.get("note"))),
         None,

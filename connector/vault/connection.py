@@ -271,13 +271,15 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
     Returns:
         Shop ids of the webhooks re-activated or re-created.
     """
+    # The shop first: a caller outside a transaction then starts one (on SQLite, the write
+    # lock) only once the answer is in.
+    remote = {str(w.get("id")): w for w in client.list_webhooks()}
     registrations = list(
         session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
     )
     if not registrations:
         # Connected but nothing registered (the registration job gave up): register now.
         return register_webhooks(session, store, client).created
-    remote = {str(w.get("id")): w for w in client.list_webhooks()}
     repaired: list[str] = []
     # A topic Keygate registers since this store connected counts as missing too.
     missing = bool(set(TOPICS) - {r.topic for r in registrations})

@@ -92,6 +92,11 @@ def get_connection() -> ResponseReturnValue:
             "connected_at": iso(connection.connected_at),
             "reconciled_until": iso(connection.reconciled_until),
             "products_synced_at": iso(connection.products_synced_at),
+            # Products whose _keygate_* meta the last sync could not apply, and why.
+            "products_invalid": [
+                {"product_id": shop_id, "problem": problem}
+                for shop_id, problem in sorted((connection.products_invalid or {}).items())
+            ],
             "webhooks": [
                 {"topic": r.topic, "id": r.shop_webhook_id, "status": r.status}
                 for r in registrations

@@ -115,18 +115,9 @@ class WooCommerceClient:
         page = 1
         while True:
             response = self._response("GET", endpoint, page=page, per_page=PER_PAGE, **params)
-            try:
-                items = response.json()
-            except ValueError:
-                raise ShopUnavailable(f"GET {endpoint}: the shop answered no JSON") from None
-            if not isinstance(items, list):
-                raise ShopUnavailable(f"GET {endpoint}: expected a list")
-            yield from (item for item in items if isinstance(item, dict))
-            total_pages = _int_header(response, "X-WP-TotalPages")
-            if total_pages is not None:
-                if page >= total_pages:
-                    return
-            elif len(items) < PER_PAGE:
+            items = _list_of_objects(response, endpoint)
+            yield from items
+            if _last_page(response, page, len(items)):
                 return
             page += 1
 
@@ -172,19 +163,51 @@ class WooCommerceClient:
     def orders_modified_after(
         self, since: dt.datetime, *, status: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Orders changed after ``since`` (UTC), oldest change first, every page.
+        """Orders changed after ``since`` (UTC), oldest change first, each change once.
+
+        Paged by a moving cursor, not by page number: page numbers over a list ordered by
+        modification shift when an order changes during the read (it moves to the end and
+        every later one a place forward, so one is never read). Each request asks for what
+        changed after the newest date read so far, less a second (WooCommerce dates have
+        one-second resolution and ``modified_after`` is strict: an order of that second may
+        be on the next page); orders already read with the same date are dropped. Page
+        numbers are used only while a whole page shares one second.
 
         WooCommerce's default (``any``) leaves trashed orders out; ask with ``status="trash"``.
         """
-        query = {
-            "modified_after": _isoformat_gmt(since),
-            "dates_are_gmt": "true",
-            "orderby": "modified",
-            "order": "asc",
-        }
+        query = {"dates_are_gmt": "true", "orderby": "modified", "order": "asc"}
         if status is not None:
             query["status"] = status
-        return self._pages("orders", **query)
+        after = since
+        newest: dt.datetime | None = None
+        read: set[tuple[Any, Any]] = set()
+        page = 1
+        while True:
+            response = self._response(
+                "GET",
+                "orders",
+                page=page,
+                per_page=PER_PAGE,
+                modified_after=_isoformat_gmt(after),
+                **query,
+            )
+            items = _list_of_objects(response, "orders")
+            moved = False
+            for item in items:
+                modified = _gmt_date(item.get("date_modified_gmt"))
+                if modified is not None and (newest is None or modified > newest):
+                    newest, moved = modified, True
+                change = (item.get("id"), item.get("date_modified_gmt"))
+                if change in read:
+                    continue
+                read.add(change)
+                yield item
+            if _last_page(response, page, len(items)):
+                return
+            if moved and newest is not None and newest - dt.timedelta(seconds=1) > after:
+                after, page = newest - dt.timedelta(seconds=1), 1
+            else:
+                page += 1
 
     def list_refunds(self, order_id: str) -> list[dict[str, Any]]:
         return list(self._pages(f"orders/{order_id}/refunds"))
@@ -208,6 +231,35 @@ class WooCommerceClient:
 
     def list_variations(self, product_id: str) -> Iterator[dict[str, Any]]:
         return self._pages(f"products/{product_id}/variations")
+
+
+def _list_of_objects(response: requests.Response, endpoint: str) -> list[dict[str, Any]]:
+    try:
+        items = response.json()
+    except ValueError:
+        raise ShopUnavailable(f"GET {endpoint}: the shop answered no JSON") from None
+    if not isinstance(items, list):
+        raise ShopUnavailable(f"GET {endpoint}: expected a list")
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _last_page(response: requests.Response, page: int, count: int) -> bool:
+    """X-WP-TotalPages says so, or (without it) the page was not full."""
+    total_pages = _int_header(response, "X-WP-TotalPages")
+    if total_pages is not None:
+        return page >= total_pages
+    return count < PER_PAGE
+
+
+def _gmt_date(value: Any) -> dt.datetime | None:
+    """A REST ``*_gmt`` date (no offset: UTC), or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
 
 def _int_header(response: requests.Response, name: str) -> int | None:

@@ -9,11 +9,12 @@ from flask import Flask
 from sqlalchemy import select
 
 from connector.db import db, transaction
-from connector.models import Product, Store
+from connector.jobs import enqueue, run_pending
+from connector.models import AuditEvent, Product, Store
 from connector.orders.product_sync import SyncResult, sync_products
 from connector.vault.connection import shop_client_for
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.wc_rest import FakeShop, connect_store, fake_shop
+from tests.wc_rest import FakeShop, connect_store, error, fake_shop
 
 __all__ = ["fake_shop"]
 
@@ -176,3 +177,145 @@ def test_files_meta_in_another_stores_area_is_reported_and_changes_nothing(
     assert "another store's area" in result.invalid["501"]
     with app.app_context():
         assert db.session.scalars(select(Product.shop_product_id)).all() == ["502"]
+
+
+def test_a_sale_made_before_the_sync_configured_its_product_is_licensed_by_the_sync(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A product given meta in the shop is sold before the next sync: the sync that
+    configures it reads the paid order again and licenses it."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.products[510] = wc_product(510, "New Plugin", {"_keygate_activation_limit": "1"})
+    order = wc_order(9810, "completed", [line_item(510)], modified=-3000)
+    fake_shop.orders[9810] = order
+    fake_shop.deliver(shop.client, "order.created", order)
+    assert shop.order(9810)["licenses"] == []  # not configured yet: recorded, not licensed
+    result = sync(app, shop)
+    assert result.configured == ["510"]
+    assert result.reapplied == ["9810"]
+    assert [lic["activation_limit"] for lic in shop.order(9810)["licenses"]] == [1]
+    assert sync(app, shop).reapplied == []  # once
+
+
+def test_yes_no_meta_and_a_file_listed_twice(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """perpetual_fallback and abuse_suspend are yes/no; a bad value or a file listed twice
+    makes that product invalid, never the whole sync."""
+    from connector.orders.product_sync import spec_from_meta
+
+    spec = spec_from_meta(
+        "x", {"_keygate_abuse_suspend": "yes", "_keygate_perpetual_fallback": "no"}
+    )
+    assert (spec.policy["abuse_suspend"], spec.policy["perpetual_fallback"]) == (True, False)
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_abuse_suspend": "2"})
+    fake_shop.products[502] = wc_product(
+        502, "Bundle", {"_keygate_files": json.dumps(["a/b.zip", "a/b.zip"])}
+    )
+    fake_shop.products[503] = wc_product(503, "Fine", {"_keygate_activation_limit": "2"})
+    connect_store(app, shop, fake_shop)
+    result = sync(app, shop)
+    assert result.invalid == {
+        "501": "_keygate_abuse_suspend must be yes or no",
+        "502": "_keygate_files lists the same object_key twice",
+    }
+    assert result.unchanged == ["503"]
+
+
+def test_a_shop_down_half_way_through_a_sync_changes_nothing(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The periodic sync reads the whole shop before applying anything: a shop failing at
+    the variations leaves no parent configured without its variation."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.products[600] = wc_product(
+        600, "Suite", {"_keygate_activation_limit": "1"}, type="variable", variations=[601]
+    )
+    dispatch = fake_shop._dispatch
+
+    def variations_down(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if "variations" in path:
+            return error(503, "down", "Maintenance")
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = variations_down  # type: ignore[method-assign]
+    with app.app_context(), transaction() as session:
+        enqueue(session, "shop.sync_products", {"store_id": shop.store.store.id, "periodic": True})
+    run_pending(app, kinds={"shop.sync_products"})
+    with app.app_context():
+        assert db.session.scalars(select(Product.shop_product_id)).all() == []
+
+
+def test_variations_of_a_variable_subscription_are_read(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """WooCommerce Subscriptions' variable products (type variable-subscription) have their
+    variations read like a variable product's."""
+    fake_shop.products[700] = wc_product(
+        700, "Suite subscription", {}, type="variable-subscription", variations=[701]
+    )
+    fake_shop.variations[700] = [
+        {"id": 701, "meta_data": [{"id": 1, "key": "_keygate_activation_limit", "value": "5"}]}
+    ]
+    connect_store(app, shop, fake_shop)
+    fake_shop.deliver(
+        shop.client,
+        "order.created",
+        wc_order(9811, "processing", [line_item(700, variation_id=701)]),
+    )
+    assert [lic["activation_limit"] for lic in shop.order(9811)["licenses"]] == [5]
+
+
+def test_meta_removed_retires_the_product_and_a_variation_follows_its_parent(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Meta cleared in the shop: new sales are not licensed, keys sold before keep working;
+    a variation whose own meta is removed follows its parent's; meta set again licenses
+    again."""
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
+    fake_shop.products[600] = wc_product(
+        600, "Suite", {"_keygate_activation_limit": "1"}, type="variable", variations=[601]
+    )
+    fake_shop.variations[600] = [
+        {"id": 601, "meta_data": [{"id": 1, "key": "_keygate_activation_limit", "value": "5"}]}
+    ]
+    connect_store(app, shop, fake_shop)
+    fake_shop.deliver(shop.client, "order.created", wc_order(9812, "processing", [line_item(501)]))
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": ""})
+    fake_shop.variations[600] = [{"id": 601, "meta_data": []}]
+    result = sync(app, shop)
+    assert sorted(result.retired) == ["501", "601"]
+    fake_shop.orders[9813] = wc_order(9813, "processing", [line_item(501)])
+    fake_shop.deliver(shop.client, "order.created", fake_shop.orders[9813])
+    fake_shop.deliver(
+        shop.client,
+        "order.created",
+        wc_order(9814, "processing", [line_item(600, variation_id=601)]),
+    )
+    assert shop.order(9812)["licenses"][0]["status"] == "active"
+    assert shop.order(9813)["licenses"] == []
+    assert [lic["product_id"] for lic in shop.order(9814)["licenses"]] == ["600"]
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
+    assert sync(app, shop).configured == ["501"]
+    assert len(shop.order(9813)["licenses"]) == 1  # sold while retired: licensed now
+
+
+def test_invalid_meta_is_shown_to_the_owner_once_per_problem(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The periodic sync's invalid meta is in the owner's audit log (once per product and
+    problem, naming the key, not its value) and in the connection answer until fixed."""
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "three"})
+    connect_store(app, shop, fake_shop)
+    sync(app, shop)
+    problem = "_keygate_activation_limit must be a whole number"
+    connection = shop.admin("GET", "/connection").get_json()
+    assert connection["products_invalid"] == [{"product_id": "501", "problem": problem}]
+    with app.app_context():
+        entries = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "product.meta_invalid")
+        ).all()
+        assert [(e.subject, e.detail) for e in entries] == [("product:501", {"problem": problem})]
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
+    sync(app, shop)
+    assert shop.admin("GET", "/connection").get_json()["products_invalid"] == []

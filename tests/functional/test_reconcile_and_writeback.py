@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -13,9 +15,9 @@ from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
 from connector.models import AuditEvent, Job, License, ShopNote, Store, WebhookRegistration
 from connector.orders.reconcile import reconcile_store
-from connector.vault.connection import shop_client_for
+from connector.vault.connection import connection_of, shop_client_for
 from plugin.woocommerce import rest
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, wc_order, wc_time
 from tests.wc_rest import FakeShop, connect_store, fake_shop
 
 __all__ = ["fake_shop"]
@@ -156,7 +158,8 @@ def test_a_late_update_of_a_deleted_order_asks_the_shop(
 def test_reconcile_pages_through_orders_modified_after(
     app: Flask, shop: WebhookSender, connected: FakeShop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every page is read (X-WP-TotalPages), and only orders modified after --since."""
+    """Every change is read, page after page (each from the newest date read, less a
+    second), and only orders modified after --since."""
     monkeypatch.setattr(rest, "PER_PAGE", 2)
     shop.configure(501)
     for n in range(5):
@@ -167,7 +170,9 @@ def test_reconcile_pages_through_orders_modified_after(
     result = reconcile(app, shop, since=since)
     assert result.seen == 5
     pages = [p for m, p in connected.requests if m == "GET" and p == "orders"]
-    assert len(pages) == 3 + 1  # three pages of changed orders, one of trashed ones
+    # Pages of two, each starting at the newest order read so far (read again, dropped);
+    # then one page of trashed orders.
+    assert len(pages) == 4 + 1
     assert shop.admin("GET", "/orders/9499").status_code == 404
     assert all(len(shop.order(9500 + n)["licenses"]) == 1 for n in range(5))
 
@@ -484,3 +489,111 @@ def test_reconcile_registers_webhooks_when_registration_gave_up(
         "order.restored",
         "order.updated",
     ]
+
+
+def _set_reconciled_until(app: Flask, shop: WebhookSender, moment: dt.datetime) -> None:
+    with app.app_context(), transaction() as session:
+        store = session.get(Store, shop.store.store.id)
+        assert store is not None
+        connection_of(session, store).reconciled_until = moment
+
+
+def _reconciled_until(app: Flask, shop: WebhookSender) -> dt.datetime | None:
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        return connection_of(db.session, store).reconciled_until
+
+
+def test_a_reconcile_waiting_on_the_shop_holds_no_database_lock(
+    app: Flask, shop: WebhookSender, connected: FakeShop, database_url: str
+) -> None:
+    """On SQLite a transaction holds the write lock: while a run waits on a slow shop, a
+    webhook is answered at once (it waited 30 s and got a 503)."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's single writer lock")
+    shop.configure(501)
+    listing, release = threading.Event(), threading.Event()
+    orders = connected._orders
+
+    def slow_listing(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
+        if not rest_:
+            listing.set()
+            release.wait(30)
+        return orders(method, rest_, query, body)
+
+    connected._orders = slow_listing  # type: ignore[method-assign]
+    run = threading.Thread(target=reconcile, args=(app, shop))
+    run.start()
+    try:
+        assert listing.wait(10)
+        began = time.monotonic()
+        response = connected.deliver(shop.client, "order.created", wc_order(9701))
+        took = time.monotonic() - began
+    finally:
+        release.set()
+        run.join(30)
+    assert response.status_code == 200
+    assert took < 5
+
+
+def test_an_order_changed_during_a_run_hides_no_other_order(
+    app: Flask, shop: WebhookSender, connected: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order changed while the first page is read moves to the end of the list: every
+    other order is still read (page numbers shifted one past the reader)."""
+    monkeypatch.setattr(rest, "PER_PAGE", 2)
+    shop.configure(501)
+    for n in range(4):
+        connected.orders[9600 + n] = wc_order(9600 + n, modified=100 + n)
+    orders = connected._orders
+    touched: list[int] = []
+
+    def owner_edits_during_page_one(
+        method: str, rest_: list[str], query: dict[str, str], body: Any
+    ) -> Any:
+        answer = orders(method, rest_, query, body)
+        if not rest_ and not touched and query.get("status") != "trash":
+            touched.append(9600)
+            connected.orders[9600]["date_modified_gmt"] = wc_time(200)
+        return answer
+
+    connected._orders = owner_edits_during_page_one  # type: ignore[method-assign]
+    reconcile(app, shop, since=dt.datetime(2026, 11, 20, 11, 30, tzinfo=dt.UTC))
+    assert all(len(shop.order(9600 + n)["licenses"]) == 1 for n in range(4))
+
+
+def test_the_window_follows_the_shops_clock(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """reconciled_until is the newest change the shop listed (its clock, which
+    modified_after uses): with the shop's clock 15 minutes slow, an order paid after a run
+    is still in the next one's window."""
+    shop.configure(501)
+    slow = dt.timedelta(minutes=15)
+    shop_now = dt.datetime.now(dt.UTC) - slow
+    stamp = lambda moment: moment.replace(tzinfo=None).isoformat(timespec="seconds")  # noqa: E731
+    connected.orders[9610] = dict(wc_order(9610), date_modified_gmt=stamp(shop_now))
+    reconcile(app, shop)
+    assert _reconciled_until(app, shop) == shop_now.replace(microsecond=0)
+    paid_after = shop_now + dt.timedelta(minutes=1)  # the shop's clock, a minute later
+    connected.orders[9611] = dict(wc_order(9611), date_modified_gmt=stamp(paid_after))
+    reconcile(app, shop)
+    assert len(shop.order(9611)["licenses"]) == 1
+
+
+def test_a_run_from_a_later_date_leaves_the_unread_gap_to_the_next_run(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """`keygate reconcile --since <later than reconciled_until>` does not move
+    reconciled_until over the orders before it, which the next periodic run reads."""
+    shop.configure(501)
+    behind = dt.datetime(2026, 11, 19, 12, 0, tzinfo=dt.UTC)
+    _set_reconciled_until(app, shop, behind)
+    connected.orders[9620] = wc_order(9620, modified=-5 * 3600)
+    connected.orders[9621] = wc_order(9621, modified=60)
+    reconcile(app, shop, since=dt.datetime(2026, 11, 20, 11, 0, tzinfo=dt.UTC))
+    assert _reconciled_until(app, shop) == behind
+    assert len(shop.order(9621)["licenses"]) == 1
+    reconcile(app, shop)
+    assert len(shop.order(9620)["licenses"]) == 1
