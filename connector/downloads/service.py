@@ -460,27 +460,38 @@ def start_download(
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
 
 
-# How long after a served (and counted) download the same address may resume it for free.
+# How long after a served (and counted) download the same address may resume it for free,
+# and how many resumes one download allows (a download manager's parts, a few reconnects).
+# A resume gets the rest of the file, or on R2 (and with a stale If-Range) the whole file:
+# within these bounds the same address can fetch it again without counting.
 RESUME_WINDOW = dt.timedelta(hours=1)
+RESUMES_PER_DOWNLOAD = 32
 
 
 def _served_lately(session: Session, grant_id: int, ip: str | None, now: dt.datetime) -> bool:
-    """Was this link served to this address (its keyed hash) within ``RESUME_WINDOW``?"""
+    """Was this link served to this address (its keyed hash) within ``RESUME_WINDOW``, with
+    fewer than ``RESUMES_PER_DOWNLOAD`` resumes since?"""
     if not ip:
         return False
-    return (
-        session.execute(
-            select(DownloadEvent.id)
-            .where(
-                DownloadEvent.grant_id == grant_id,
-                DownloadEvent.outcome == "served",
-                DownloadEvent.ip_hash == keyed_hash(IP_HASH_PURPOSE, ip),
-                DownloadEvent.created_at > now - RESUME_WINDOW,
-            )
-            .limit(1)
-        ).first()
-        is not None
+    mine = (
+        DownloadEvent.grant_id == grant_id,
+        DownloadEvent.ip_hash == keyed_hash(IP_HASH_PURPOSE, ip),
     )
+    served_at = session.execute(
+        select(func.max(DownloadEvent.created_at)).where(
+            *mine,
+            DownloadEvent.outcome == "served",
+            DownloadEvent.created_at > now - RESUME_WINDOW,
+        )
+    ).scalar()
+    if served_at is None:
+        return False
+    resumes = session.execute(
+        select(func.count()).where(
+            *mine, DownloadEvent.outcome == "resumed", DownloadEvent.created_at >= served_at
+        )
+    ).scalar_one()
+    return resumes < RESUMES_PER_DOWNLOAD
 
 
 def _count_and_log(

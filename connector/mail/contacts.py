@@ -76,17 +76,19 @@ def queue_removal(
 
 
 def pass_withdrawal_on(session: Session, store: Store, order: Order, shop_order: ShopOrder) -> None:
-    """A delivery of an order whose buyer Keygate pushed, without the consent ticked any
-    more (the store asks for consent): take the buyer out of the list again.
+    """A delivery of an order without the consent ticked any more (the store asks for
+    consent): a push still waiting must not happen (the order remembers the withdrawal),
+    and a buyer Keygate pushed is taken out of the list again.
 
     A deletion is no withdrawal (its payload carries no meta at all).
     """
-    if order.brevo_list_id is None or shop_order.deleted or order.mail_address is None:
+    if shop_order.deleted or order.mail_address is None:
         return
     config = brevo_config_for(session, store)
     if config is None or config.consent_meta_key is None:
         return
-    if shop_order.meta_flag(config.consent_meta_key):
+    order.brevo_consent_withdrawn = not shop_order.meta_flag(config.consent_meta_key)
+    if not order.brevo_consent_withdrawn or order.brevo_list_id is None:
         return
     list_id = _list_to_leave(config, order.brevo_list_id)
     if list_id is not None:
@@ -163,8 +165,10 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
     config = brevo_config_for(session, store) if store is not None else None
     if store is None or config is None or config.list_id is None:
         return  # pushing contacts is optional: only for stores that chose a list
-    if config.consent_meta_key is not None and payload.get("brevo_consent") is not True:
-        return  # no consent on the order (or it was issued before the store asked for it)
+    if config.consent_meta_key is not None and (
+        payload.get("brevo_consent") is not True or order.brevo_consent_withdrawn
+    ):
+        return  # no consent on the order (issued without it, or withdrawn since)
     email = order.mail_address
     first, _, last = (order.name or "").partition(" ")
     push_contact(config, _host(), email, first or None, last or None)
@@ -183,6 +187,10 @@ def _record_push(session: Session, store: Store, order_id: int, list_id: int, em
     if order.is_erased:
         pseudonym = (order.email or "").partition("@")[0] or None
         queue_removal(session, store.id, list_id, email, reason="erasure", subject=pseudonym)
+    elif order.brevo_consent_withdrawn:
+        # Withdrawn while the push ran: it did not see it, so it is undone here.
+        subject = f"order:{order.shop_order_id}"
+        queue_removal(session, store.id, list_id, email, reason="withdrawal", subject=subject)
     else:
         order.brevo_list_id = list_id
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, Numeric, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from connector.db import Base, UTCDateTime, utcnow
@@ -46,6 +55,9 @@ class Order(Base):
     # erasure, or the buyer's consent withdrawn, takes them out of it again. 0: pushed before
     # Keygate recorded the list (migration 0011), the store's list is meant.
     brevo_list_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The latest delivery of the order no longer carried the buyer's consent (a store that
+    # asks for it): a push still waiting in the outbox must not add them to the list.
+    brevo_consent_withdrawn: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -122,6 +122,45 @@ def test_a_buyer_who_withdraws_consent_is_not_pushed_again_and_leaves_the_list(
     assert len(removals(brevo)) == 1
 
 
+def test_consent_withdrawn_before_the_push_ran_stops_it(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """The push waits in the outbox (a Brevo outage, a busy worker) and the next delivery
+    no longer carries the consent: the buyer is not added to the list."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=43)
+    brevo_shop.deliver(with_meta(wc_order(9711, "processing", [item]), CONSENT_KEY, "yes"))
+    later = wc_order(9711, "completed", [item], modified=5)
+    brevo_shop.deliver(with_meta(later, CONSENT_KEY, "no"))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == []
+    assert not brevo.in_list(EMAIL, 7)
+
+
+def test_consent_withdrawn_while_the_push_ran_is_undone(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The withdrawal lands between Brevo's answer and the push recording itself: the push
+    did not see it, so it takes the buyer out again."""
+    from connector.mail import contacts
+
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=44)
+    real_record = contacts._record_push
+
+    def withdraw_meanwhile(*args: Any, **kwargs: Any) -> None:
+        later = wc_order(9712, "completed", [item], modified=5)
+        brevo_shop.deliver(with_meta(later, CONSENT_KEY, "no"))
+        real_record(*args, **kwargs)
+
+    monkeypatch.setattr(contacts, "_record_push", withdraw_meanwhile)
+    brevo_shop.deliver(with_meta(wc_order(9712, "processing", [item]), CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+    assert removals(brevo) == [{"emails": [EMAIL]}]
+    assert not brevo.in_list(EMAIL, 7)
+
+
 def erase(shop: WebhookSender) -> dict[str, Any]:
     answer = shop.admin("DELETE", f"/customers/{EMAIL}")
     assert answer.status_code == 200

@@ -158,6 +158,25 @@ def test_a_download_resumed_from_the_same_address_costs_nothing(
     assert revoked.status_code == 410
 
 
+def test_resumes_of_one_download_are_bounded(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume may hand out the whole file (R2, a stale If-Range): one download allows a
+    bounded number of them, then a Range request counts like any click."""
+    monkeypatch.setattr("connector.downloads.service.RESUMES_PER_DOWNLOAD", 2)
+    put_file(app, "files/big.bin", bytes(range(256)) * 40)
+    downloads = paid_order(
+        shop, 7014, [{"object_key": "files/big.bin", "filename": "big.bin"}], download_limit=1
+    )
+    path, buyer = link_path(downloads[0]), {"REMOTE_ADDR": "203.0.113.9"}
+    assert get(shop.client, path, environ_base=buyer).status_code == 200
+    statuses = [
+        get(shop.client, path, headers={"Range": "bytes=10-"}, environ_base=buyer).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [206, 206, 429]
+
+
 def test_tampered_token_is_a_404_page_not_json(app: Flask, shop: WebhookSender) -> None:
     """A link with one character changed answers a friendly 404 page."""
     put_file(app, "files/a.pdf", b"x")

@@ -24,8 +24,9 @@ def test_migrations_match_the_models(app: Flask) -> None:
 def test_0011_marks_orders_whose_buyer_was_pushed_before_lists_were_recorded(
     tmp_path: Path,
 ) -> None:
-    """Upgrading with finished contact pushes in the outbox: their orders are marked as
-    pushed into the store's list (0), so an erasure takes the buyer out of it."""
+    """Upgrading: orders of a store with Brevo credentials (their push jobs may be purged
+    already) and orders with a finished contact push are marked as pushed into the store's
+    list (0), so an erasure takes the buyer out of it; others are not."""
     engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
     upgrade(engine, "0010")
     now = "2026-11-20 12:00:00.000000"
@@ -39,13 +40,29 @@ def test_0011_marks_orders_whose_buyer_was_pushed_before_lists_were_recorded(
             ),
             {"now": now},
         )
-        for order_id in (1, 2, 3):
+        connection.execute(
+            text(
+                "INSERT INTO stores (id, public_id, name, url, platform, webhook_secret,"
+                " api_token_hash, key_prefix, key_groups, key_group_length, created_at)"
+                " VALUES (2, 's2', 'Brevo shop', 'https://b.example', 'woocommerce', 'x', 'h2',"
+                " '', 4, 5, :now)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO credentials (store_id, kind, data, created_at, updated_at)"
+                " VALUES (2, 'brevo', 'token', :now, :now)"
+            ),
+            {"now": now},
+        )
+        for order_id, store_id in ((1, 1), (2, 1), (3, 1), (4, 2)):
             connection.execute(
                 text(
                     "INSERT INTO orders (id, store_id, shop_order_id, status, deleted,"
-                    " created_at, updated_at) VALUES (:id, 1, :id, 'completed', 0, :now, :now)"
+                    " created_at, updated_at) VALUES (:id, :store, :id, 'completed', 0, :now, :now)"
                 ),
-                {"id": order_id, "now": now},
+                {"id": order_id, "store": store_id, "now": now},
             )
         jobs = [
             ("brevo.push_contact", "done", {"order_id": 1, "license_ids": [1]}),
@@ -64,4 +81,4 @@ def test_0011_marks_orders_whose_buyer_was_pushed_before_lists_were_recorded(
     with engine.connect() as connection:
         marked = dict(connection.execute(text("SELECT id, brevo_list_id FROM orders")).all())
     engine.dispose()
-    assert marked == {1: 0, 2: None, 3: None}
+    assert marked == {1: 0, 2: None, 3: None, 4: 0}  # 4: its push job purged long ago

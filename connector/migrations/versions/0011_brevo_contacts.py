@@ -39,13 +39,44 @@ def upgrade() -> None:
 
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.add_column(sa.Column('brevo_list_id', sa.BigInteger(), nullable=True))
+        batch_op.add_column(
+            sa.Column(
+                'brevo_consent_withdrawn', sa.Boolean(), nullable=False, server_default=sa.false()
+            )
+        )
 
     _mark_orders_already_pushed()
 
 
 def _mark_orders_already_pushed() -> None:
-    """Orders whose contact push finished before this (jobs not purged yet): their buyer is
-    in the store's list, and an erasure must take them out of it."""
+    """Orders whose buyer may have been pushed before lists were recorded: every order of a
+    store with Brevo credentials (finished push jobs are purged after 30 days, so they
+    cannot tell), and orders whose push job finished (their store may have removed its
+    credentials since). An erasure then takes the buyer out of the store's list; one who
+    was never in it is answered "not in the list", which is harmless."""
+    orders = sa.table(
+        'orders',
+        sa.column('id', sa.Integer()),
+        sa.column('store_id', sa.Integer()),
+        sa.column('brevo_list_id', sa.BigInteger()),
+    )
+    credentials = sa.table(
+        'credentials', sa.column('store_id', sa.Integer()), sa.column('kind', sa.String())
+    )
+    op.get_bind().execute(
+        sa.update(orders)
+        .where(
+            orders.c.brevo_list_id.is_(None),
+            orders.c.store_id.in_(
+                sa.select(credentials.c.store_id).where(credentials.c.kind == 'brevo')
+            ),
+        )
+        .values(brevo_list_id=LIST_NOT_RECORDED)
+    )
+    _mark_orders_with_a_finished_push()
+
+
+def _mark_orders_with_a_finished_push() -> None:
     jobs = sa.table(
         'jobs',
         sa.column('id', sa.Integer()),
@@ -81,6 +112,7 @@ def _mark_orders_already_pushed() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table('orders', schema=None) as batch_op:
+        batch_op.drop_column('brevo_consent_withdrawn')
         batch_op.drop_column('brevo_list_id')
 
     with op.batch_alter_table('brevo_removals', schema=None) as batch_op:
