@@ -105,7 +105,8 @@ class LicenseRenewal(Base):
     """A paid unit of a renewal line item that extended an existing license.
 
     One per (line item, unit), so a renewal extends once however often it is delivered; the
-    expiries before and after it are kept so that refunding the renewal takes back what it
+    expiries before and after it (as last applied, and before it was first applied) and the
+    order it was last applied in are kept so that refunding the renewal takes back what it
     added (``connector.orders.renewals``).
     """
 
@@ -121,6 +122,15 @@ class LicenseRenewal(Base):
     previous_updates_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     updates_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Before the renewal was first applied: paid again later, it extends from the expiry
+    # then, but a replay of the license's renewals starts before the first one ever applied.
+    first_previous_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    first_previous_updates_until: Mapped[dt.datetime | None] = mapped_column(
+        UTCDateTime, default=None
+    )
+    # 1, 2, ... per license in the order its renewals were last applied (a renewal paid again
+    # counts after those paid meanwhile); None until applied.
+    applied_seq: Mapped[int | None] = mapped_column(Integer, default=None)
     # The WooCommerce Subscriptions subscription renewed, if any: its next renewals extend
     # the same license.
     subscription_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
@@ -145,3 +155,5 @@ class GrantExtension(Base):
     grant_id: Mapped[int] = mapped_column(ForeignKey("download_grants.id"), index=True)
     previous_expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # Before the renewal first moved the grant (see LicenseRenewal.first_previous_expires_at).
+    first_previous_expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -21,13 +21,15 @@ renewal was paid if it has lapsed: :func:`counts_from`) and update period; a
 :class:`LicenseRenewal` row per (line item, unit) makes that exactly-once and remembers the
 expiry before and after it. A refund of the renewal takes back what it adds given the
 renewals still paid for: the expiry is replayed from its value before the first renewal, in
-the order Keygate first applied them, with and without it, and the difference is taken off
-(so days the owner added by hand stay, and a refunded renewal of a lapsed license does not
-cancel a later one: its jump included the lapsed time). The license's download grants that
-expire move too (:class:`GrantExtension`, taken back the same way): grants that last while
-the license lasts get its new expiry, grants with a window of their own (``download_days``)
-a fresh window from their expiry, or from the payment if it has passed. Counts and download
-limits stay as they are. A line that renews nothing found is issued a new license as usual.
+the order Keygate last applied them (a renewal cancelled and paid again extends from the
+expiry then, after those paid meanwhile), with and without it, and the difference is taken
+off (so days the owner added by hand stay, and a refunded renewal of a lapsed license does
+not cancel a later one: its jump included the lapsed time). The license's download grants
+that expire move too (:class:`GrantExtension`, taken back the same way): grants that last
+while the license lasts get its new expiry, grants with a window of their own
+(``download_days``) a fresh window from their expiry, or from the payment if it has passed.
+Counts and download limits stay as they are. A line that renews nothing found is issued a
+new license as usual.
 Renewals of one license are applied and taken back one at a time, under a lock on its row
 (:func:`lock_license`), whichever orders and workers they come from.
 """
@@ -35,9 +37,9 @@ Renewals of one license are applied and taken back one at a time, under a lock o
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -239,6 +241,14 @@ def _extend(
     policy: Policy,
     start: dt.datetime,
 ) -> None:
+    if renewal.applied_seq is None:  # first applied now: where replays of the license start
+        renewal.first_previous_expires_at = license_.expires_at
+        renewal.first_previous_updates_until = license_.updates_until
+    # Last of the license's renewals to count: a refund replays it after the others.
+    last_seq = session.scalar(
+        select(func.max(LicenseRenewal.applied_seq)).where(LicenseRenewal.license_id == license_.id)
+    )
+    renewal.applied_seq = (last_seq or 0) + 1
     renewal.previous_expires_at = license_.expires_at
     renewal.previous_updates_until = license_.updates_until
     if policy.duration_days is not None and license_.expires_at is not None:
@@ -286,15 +296,23 @@ def _extend_grants(
             continue
         grant.expires_at = moved
         if extension is None:
-            extension = GrantExtension(renewal_id=renewal.id, grant_id=grant.id)
+            extension = GrantExtension(
+                renewal_id=renewal.id, grant_id=grant.id, first_previous_expires_at=previous
+            )
             session.add(extension)
         extension.previous_expires_at = previous
         extension.expires_at = moved
 
 
-# One renewal as seen on one timeline (the license's expiry, its update window, a grant's
-# expiry): its id, when it counts from, the value before it and after it.
-_Step = tuple[int, dt.datetime, dt.datetime | None, dt.datetime | None]
+class _Step(NamedTuple):
+    """One renewal as seen on one timeline (the license's expiry, its update window, a
+    grant's expiry)."""
+
+    renewal_id: int
+    start: dt.datetime  # when it counts from (counts_from)
+    first_before: dt.datetime | None  # the value before it was first applied
+    before: dt.datetime | None  # the value before and after it, as last applied
+    after: dt.datetime | None
 
 
 def _plus(moment: dt.datetime, length: dt.timedelta) -> dt.datetime:
@@ -307,13 +325,13 @@ def _plus(moment: dt.datetime, length: dt.timedelta) -> dt.datetime:
 def _replay(value: dt.datetime, steps: list[_Step]) -> dt.datetime:
     """``value`` after ``steps`` in order, each adding the length it added when applied, from
     the value then or, if that had passed, from when the renewal counts."""
-    for _, start, before, after in steps:
-        if before is None or after is None:
+    for step in steps:
+        if step.before is None or step.after is None:
             continue
-        origin = max(before, start)
-        if after <= origin:
+        origin = max(step.before, step.start)
+        if step.after <= origin:
             continue  # added nothing (a lifetime license, a product without a duration)
-        value = _plus(max(value, start), after - origin)
+        value = _plus(max(value, step.start), step.after - origin)
     return value
 
 
@@ -323,18 +341,22 @@ def _taken_back(
     """``current`` less what renewal ``reverted`` adds to it given the other renewals still
     counted: the timeline is replayed from its value before any renewal, with and without it.
 
+    ``history``: every renewal of the timeline, in the order they were last applied. The
+    value before any renewal is the lowest before a first application: a renewal applied
+    again (or applied after one since taken back) has a later value before it.
+
     Subtracting the difference rather than taking the replay keeps what happened besides
     renewals (the owner's ``extend``). A renewal's own jump is not what it adds: on a lapsed
     license it includes the lapsed time, and taking that back would cancel a later renewal
     still paid for.
     """
-    befores = [b for _, _, b, after in history if b is not None and after is not None]
-    if current is None or not befores:
+    firsts = [s.first_before for s in history if s.first_before is not None and s.after is not None]
+    if current is None or not firsts:
         return current
-    base = min(befores)
-    steps = [step for step in history if step[0] in counted]
+    base = min(firsts)
+    steps = [step for step in history if step.renewal_id in counted]
     with_it = _replay(base, steps)
-    without = _replay(base, [step for step in steps if step[0] != reverted])
+    without = _replay(base, [step for step in steps if step.renewal_id != reverted])
     return current - (with_it - without)
 
 
@@ -344,7 +366,7 @@ def _revert(session: Session, renewal: LicenseRenewal, license_: License, now: d
         select(LicenseRenewal, Order.date_paid)
         .join(Order, LicenseRenewal.order_id == Order.id)
         .where(LicenseRenewal.license_id == license_.id)
-        .order_by(LicenseRenewal.id)
+        .order_by(LicenseRenewal.applied_seq, LicenseRenewal.id)
         .execution_options(populate_existing=True)
     ).all()
     starts = {row.id: counts_from(paid, row) for row, paid in rows}
@@ -352,13 +374,27 @@ def _revert(session: Session, renewal: LicenseRenewal, license_: License, now: d
     license_.expires_at = _taken_back(
         license_.expires_at,
         renewal.id,
-        [(r.id, starts[r.id], r.previous_expires_at, r.expires_at) for r, _ in rows],
+        [
+            _Step(
+                r.id, starts[r.id], r.first_previous_expires_at, r.previous_expires_at, r.expires_at
+            )
+            for r, _ in rows
+        ],
         counted,
     )
     license_.updates_until = _taken_back(
         license_.updates_until,
         renewal.id,
-        [(r.id, starts[r.id], r.previous_updates_until, r.updates_until) for r, _ in rows],
+        [
+            _Step(
+                r.id,
+                starts[r.id],
+                r.first_previous_updates_until,
+                r.previous_updates_until,
+                r.updates_until,
+            )
+            for r, _ in rows
+        ],
         counted,
     )
     renewal.reverted_at = now
@@ -367,19 +403,20 @@ def _revert(session: Session, renewal: LicenseRenewal, license_: License, now: d
         select(GrantExtension)
         .join(LicenseRenewal, GrantExtension.renewal_id == LicenseRenewal.id)
         .where(LicenseRenewal.license_id == license_.id)
-        .order_by(GrantExtension.renewal_id)
+        .order_by(LicenseRenewal.applied_seq, LicenseRenewal.id)
         .execution_options(populate_existing=True)
     ):
         history.setdefault(extension.grant_id, []).append(
-            (
+            _Step(
                 extension.renewal_id,
                 starts[extension.renewal_id],
+                extension.first_previous_expires_at,
                 extension.previous_expires_at,
                 extension.expires_at,
             )
         )
     for grant_id, steps in history.items():
-        if renewal.id not in {step[0] for step in steps}:
+        if renewal.id not in {step.renewal_id for step in steps}:
             continue
         grant = session.execute(
             select(DownloadGrant)

@@ -427,3 +427,86 @@ def test_a_late_first_renewal_renews_the_license_that_lapsed_last(
     renewed = shop.order(9274)["licenses"][0]["expires_at"]
     assert parse_iso(renewed) == paid + dt.timedelta(days=30)
     assert shop.order(9273)["licenses"][0]["expires_at"] == old
+
+
+class LapsedLicenseRenewals:
+    """A license (downloads while it lasts) that lapsed 100 days ago and two 30-day renewal
+    orders of it: A paid 20 days ago, B two hours ago. Each ``deliver`` is the shop's next
+    change of one of them."""
+
+    def __init__(self, app: Flask, shop: WebhookSender, order_id: int) -> None:
+        shop.configure(501, duration_days=30)
+        shop.deliver(wc_order(order_id, "completed", [line_item(501)]))
+        self.shop, self.order_id = shop, order_id
+        key = shop.order(order_id)["licenses"][0]["key"]
+        self.lapsed = lapse(app, 100)
+        now = utcnow().replace(microsecond=0)
+        self.paid = {"A": now - dt.timedelta(days=20), "B": now - dt.timedelta(hours=2)}
+        self.orders = {"A": order_id + 1, "B": order_id + 2}
+        self.lines = {name: [renewal_line(501, key, order_id + i)] for i, name in enumerate("AB")}
+        self.changes = 0
+
+    def deliver(self, renewal: str, status: str) -> None:
+        self.changes += 1
+        order = wc_order(self.orders[renewal], status, self.lines[renewal], modified=self.changes)
+        assert self.shop.deliver(paid_at(order, self.paid[renewal])).status_code == 200
+
+    def only(self, renewal: str) -> dt.datetime:
+        """The expiry with only ``renewal`` paid: its 30 days from its payment."""
+        return self.paid[renewal] + dt.timedelta(days=30)
+
+    def expiry(self) -> dt.datetime:
+        """The license's expiry; its update window and download link follow it."""
+        body = self.shop.order(self.order_id)
+        license_ = body["licenses"][0]
+        assert license_["updates_until"] == license_["expires_at"]
+        assert body["downloads"][0]["expires_at"] == license_["expires_at"]
+        return parse_iso(license_["expires_at"])
+
+
+def test_refunding_a_renewal_after_another_was_paid_again_keeps_only_what_is_paid(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Renewal A is cancelled, B paid, A paid again (it extends from B's expiry), then B
+    refunded: the license keeps A's 30 days from A's payment, not a day more; A refunded
+    too, it is back at its lapsed expiry."""
+    renewal = LapsedLicenseRenewals(app, shop, 9280)
+    renewal.deliver("A", "processing")
+    renewal.deliver("A", "cancelled")
+    renewal.deliver("B", "processing")
+    renewal.deliver("A", "processing")
+    renewal.deliver("B", "refunded")
+    assert renewal.expiry() == renewal.only("A")
+    renewal.deliver("A", "refunded")
+    assert renewal.expiry() == renewal.lapsed
+
+
+def test_refunding_a_renewal_paid_before_another_was_paid_again_keeps_only_what_is_paid(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A and B paid, A cancelled and paid again, B refunded: A's 30 days from its payment
+    remain (not B's expiry, which had counted A's first payment); A refunded too, the
+    lapsed expiry."""
+    renewal = LapsedLicenseRenewals(app, shop, 9284)
+    renewal.deliver("A", "processing")
+    renewal.deliver("B", "processing")
+    renewal.deliver("A", "cancelled")
+    renewal.deliver("A", "processing")
+    renewal.deliver("B", "refunded")
+    assert renewal.expiry() == renewal.only("A")
+    renewal.deliver("A", "refunded")
+    assert renewal.expiry() == renewal.lapsed
+
+
+def test_refunding_the_renewal_paid_again_keeps_the_other(app: Flask, shop: WebhookSender) -> None:
+    """A cancelled, B paid, A paid again and then refunded: B's 30 days from its payment
+    remain; B refunded too, the lapsed expiry."""
+    renewal = LapsedLicenseRenewals(app, shop, 9288)
+    renewal.deliver("A", "processing")
+    renewal.deliver("A", "cancelled")
+    renewal.deliver("B", "processing")
+    renewal.deliver("A", "processing")
+    renewal.deliver("A", "refunded")
+    assert renewal.expiry() == renewal.only("B")
+    renewal.deliver("B", "refunded")
+    assert renewal.expiry() == renewal.lapsed

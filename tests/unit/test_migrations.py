@@ -82,3 +82,60 @@ def test_0011_marks_orders_whose_buyer_was_pushed_before_lists_were_recorded(
         marked = dict(connection.execute(text("SELECT id, brevo_list_id FROM orders")).all())
     engine.dispose()
     assert marked == {1: 0, 2: None, 3: None, 4: 0}  # 4: its push job purged long ago
+
+
+def test_0013_keeps_the_replay_order_and_expiries_of_existing_renewals(tmp_path: Path) -> None:
+    """Upgrading with renewals applied: a refund still replays them in the order it did
+    (their id) from the expiries they hold, for the license's and its links' timelines."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
+    upgrade(engine, "0012")
+    now = "2026-11-20 12:00:00.000000"
+    before, after = "2026-12-20 12:00:00.000000", "2027-01-19 12:00:00.000000"
+    rows = [
+        "INSERT INTO stores (id, public_id, name, url, platform, webhook_secret, api_token_hash,"
+        " key_prefix, key_groups, key_group_length, created_at) VALUES (1, 's1', 'Shop',"
+        " 'https://shop.example', 'woocommerce', 'x', 'h', '', 4, 5, :now)",
+        "INSERT INTO products (id, store_id, shop_product_id, name, watermark_fallback, source,"
+        " created_at, updated_at) VALUES (1, 1, '501', 'App', 'plain', 'meta', :now, :now)",
+        "INSERT INTO product_files (id, product_id, object_key, filename, watermark, position,"
+        " active) VALUES (1, 1, 'files/app.zip', 'app.zip', 'none', 0, 1)",
+        "INSERT INTO orders (id, store_id, shop_order_id, status, deleted, created_at,"
+        " updated_at) VALUES (1, 1, '9201', 'completed', 0, :now, :now)",
+        "INSERT INTO orders (id, store_id, shop_order_id, status, deleted, created_at,"
+        " updated_at) VALUES (2, 1, '9202', 'completed', 0, :now, :now)",
+        "INSERT INTO line_items (id, order_id, shop_line_item_id, quantity, refunded_quantity)"
+        " VALUES (1, 1, '1', 1, 0)",
+        "INSERT INTO line_items (id, order_id, shop_line_item_id, quantity, refunded_quantity)"
+        " VALUES (2, 2, '2', 2, 0)",
+        "INSERT INTO licenses (id, store_id, product_id, order_id, line_item_id, unit, key_hash,"
+        " key_encrypted, status, expires_at, updates_until, issued_at, updated_at) VALUES (1, 1,"
+        " 1, 1, 1, 1, 'h', 'k', 'active', :after, :after, :now, :now)",
+        "INSERT INTO download_grants (id, store_id, order_id, line_item_id, unit,"
+        " product_file_id, license_id, expires_at, download_count, created_at) VALUES (1, 1, 1,"
+        " 1, 1, 1, 1, :after, 0, :now)",
+        "INSERT INTO license_renewals (id, license_id, order_id, line_item_id, unit,"
+        " previous_expires_at, previous_updates_until, expires_at, updates_until, created_at)"
+        " VALUES (7, 1, 2, 2, 1, :before, :before, :after, :after, :now)",
+        "INSERT INTO license_renewals (id, license_id, order_id, line_item_id, unit,"
+        " previous_expires_at, previous_updates_until, expires_at, updates_until, created_at)"
+        " VALUES (3, 1, 2, 2, 2, NULL, NULL, NULL, NULL, :now)",
+        "INSERT INTO grant_extensions (id, renewal_id, grant_id, previous_expires_at,"
+        " expires_at) VALUES (1, 7, 1, :before, :after)",
+    ]
+    with engine.begin() as connection:
+        for row in rows:
+            connection.execute(text(row), {"now": now, "before": before, "after": after})
+    upgrade(engine)
+    with engine.connect() as connection:
+        renewals = connection.execute(
+            text(
+                "SELECT id, applied_seq, first_previous_expires_at, first_previous_updates_until"
+                " FROM license_renewals ORDER BY id"
+            )
+        ).all()
+        extensions = connection.execute(
+            text("SELECT renewal_id, first_previous_expires_at FROM grant_extensions")
+        ).all()
+    engine.dispose()
+    assert [tuple(r) for r in renewals] == [(3, 3, None, None), (7, 7, before, before)]
+    assert [tuple(e) for e in extensions] == [(7, before)]
