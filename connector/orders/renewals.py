@@ -31,12 +31,14 @@ while the license lasts get its new expiry, grants with a window of their own
 Counts and download limits stay as they are. A line that renews nothing found is issued a
 new license as usual.
 Renewals of one license are applied and taken back one at a time, under a lock on its row
-(:func:`lock_license`), whichever orders and workers they come from.
+(:func:`lock_license`), whichever orders and workers they come from; an order renewing
+several licenses locks them all, in id order, before it changes any (:func:`lock_licenses`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
@@ -217,6 +219,28 @@ def lock_license(session: Session, license_id: int) -> License:
         .with_for_update()
         .execution_options(populate_existing=True)
     ).scalar_one()
+
+
+def lock_licenses(session: Session, license_ids: Iterable[int]) -> None:
+    """Lock the licenses an order renews, in id order, before any is changed.
+
+    Locked as its lines come, an order renewing L1 then L2 and another renewing L2 then L1
+    would each hold one and wait for the other: PostgreSQL aborts one of them (a deadlock),
+    and WooCommerce never sends a failed webhook again. In one order, the second waits.
+    """
+    for license_id in sorted(set(license_ids)):
+        lock_license(session, license_id)
+
+
+def renewed_by(session: Session, order: Order) -> list[int]:
+    """The licenses ``order``'s renewals extend now (not taken back)."""
+    return list(
+        session.scalars(
+            select(LicenseRenewal.license_id)
+            .where(LicenseRenewal.order_id == order.id, LicenseRenewal.reverted_at.is_(None))
+            .distinct()
+        )
+    )
 
 
 def counts_from(paid: dt.datetime | None, renewal: LicenseRenewal) -> dt.datetime:

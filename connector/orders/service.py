@@ -451,6 +451,7 @@ def _converge_paid(
 ) -> None:
     shop_items = {item.id: item for item in shop_order.line_items}
     subscription = renewals.subscription_of(shop_order.meta)
+    licensed: list[tuple[LineItem, Product, License | None]] = []
     for line in order.line_items:
         _revoke_other_products(session, line, result)
         if line.product_id is None:
@@ -458,7 +459,6 @@ def _converge_paid(
         product = session.get(Product, line.product_id)
         if product is None:  # pragma: no cover - products are never deleted
             continue
-        entitled = max(0, line.quantity - line.refunded_quantity)
         shop_item = shop_items.get(line.shop_line_item_id)
         renewed = renewals.renewal_target(
             session,
@@ -469,6 +469,13 @@ def _converge_paid(
             shop_item.meta if shop_item else {},
             subscription,
         )
+        licensed.append((line, product, renewed))
+    # Every license the order renews is locked before any is extended (see lock_licenses).
+    renewals.lock_licenses(
+        session, [renewed.id for _, _, renewed in licensed if renewed is not None]
+    )
+    for line, product, renewed in licensed:
+        entitled = max(0, line.quantity - line.refunded_quantity)
         if renewed is not None:
             # Extends an existing license instead of issuing one (issue 7).
             applied, reverted = renewals.converge_renewal(
@@ -497,6 +504,7 @@ def _converge_paid(
 
 def _converge_revoked(session: Session, order: Order, result: ApplyResult) -> None:
     reason = "order:deleted" if order.deleted else f"order:{order.status}"
+    renewals.lock_licenses(session, renewals.renewed_by(session, order))
     for line in order.line_items:
         result.reverted_renewals.extend(renewals.revert_renewals(session, line))
         for unit in _issued_units(session, line):

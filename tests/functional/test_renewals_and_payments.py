@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 from typing import Any
@@ -276,14 +277,14 @@ def test_two_renewals_of_one_license_at_once_both_count(
     shop.deliver(wc_order(9240, "completed", [line_item(501)]))
     key, before = (shop.order(9240)["licenses"][0][k] for k in ("key", "expires_at"))
     barrier = threading.Barrier(2, timeout=10)
-    real_converge = renewals.converge_renewal
+    real_lock = renewals.lock_licenses
 
-    def converge_together(*args: Any, **kwargs: Any) -> tuple[list[int], list[int]]:
+    def lock_together(*args: Any, **kwargs: Any) -> None:
         if side_by_side:
-            barrier.wait()  # both workers have read the license they renew
-        return real_converge(*args, **kwargs)
+            barrier.wait()  # both workers have read the license they renew, unlocked
+        real_lock(*args, **kwargs)
 
-    monkeypatch.setattr(renewals, "converge_renewal", converge_together)
+    monkeypatch.setattr(renewals, "lock_licenses", lock_together)
     errors: list[BaseException] = []
 
     def worker(order_id: int, line_id: int) -> None:
@@ -510,3 +511,71 @@ def test_refunding_the_renewal_paid_again_keeps_the_other(app: Flask, shop: Webh
     assert renewal.expiry() == renewal.only("B")
     renewal.deliver("B", "refunded")
     assert renewal.expiry() == renewal.lapsed
+
+
+def test_two_orders_renewing_two_licenses_in_opposite_order_both_apply(
+    app: Flask, shop: WebhookSender, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two renewal orders of the same two keys, one listing them in the opposite order of
+    the other, paid at once and then refunded at once: both apply each time, neither is
+    aborted by a deadlock (a failed webhook is never sent again). On PostgreSQL each worker,
+    once it holds its first license, waits up to two seconds for the other to hold one too:
+    locked line by line, each would then wait for the other's; SQLite runs one writer at a
+    time, so it runs without the wait."""
+    side_by_side = database_url.startswith("postgresql")
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9295, "completed", [line_item(501, quantity=2)]))
+    bought = shop.order(9295)["licenses"]
+    keys = [license_["key"] for license_ in bought]
+    before = {license_["key"]: parse_iso(license_["expires_at"]) for license_ in bought}
+    real_lock = renewals.lock_license
+    holding = threading.local()
+    rendezvous = threading.Barrier(2, timeout=2)
+
+    def lock_and_wait_for_the_other(session: Any, license_id: int) -> License:
+        license_ = real_lock(session, license_id)
+        if side_by_side and not getattr(holding, "waited", False):
+            holding.waited = True
+            # Timed out: the other waits for a license this worker holds; go on.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                rendezvous.wait()
+        return license_
+
+    monkeypatch.setattr(renewals, "lock_license", lock_and_wait_for_the_other)
+    orders = {
+        9296: [renewal_line(501, keys[0], 335), renewal_line(501, keys[1], 336)],
+        9297: [renewal_line(501, keys[1], 337), renewal_line(501, keys[0], 338)],
+    }
+
+    def both_at_once(status: str, modified: int) -> list[BaseException]:
+        errors: list[BaseException] = []
+        rendezvous.reset()
+
+        def worker(order_id: int) -> None:
+            holding.waited = False
+            payload = wc_order(order_id, status, orders[order_id], modified=modified)
+            try:
+                with app.app_context(), transaction() as session:
+                    store = session.get(Store, shop.store.store.id)
+                    assert store is not None
+                    apply_shop_order(session, store, parse_order(payload))
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(order_id,)) for order_id in orders]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        return errors
+
+    def extended() -> dict[str, dt.timedelta]:
+        return {
+            license_["key"]: parse_iso(license_["expires_at"]) - before[license_["key"]]
+            for license_ in shop.order(9295)["licenses"]
+        }
+
+    assert both_at_once("processing", modified=5) == []
+    assert extended() == dict.fromkeys(keys, dt.timedelta(days=60))
+    assert both_at_once("refunded", modified=10) == []
+    assert extended() == dict.fromkeys(keys, dt.timedelta(0))
