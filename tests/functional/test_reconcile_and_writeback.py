@@ -595,3 +595,31 @@ def test_a_run_from_a_later_date_leaves_the_unread_gap_to_the_next_run(
     assert len(shop.order(9621)["licenses"]) == 1
     reconcile(app, shop)
     assert len(shop.order(9620)["licenses"]) == 1
+
+
+def test_one_order_dated_in_the_future_hides_no_later_order(
+    app: Flask, shop: WebhookSender, connected: FakeShop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An order whose date_modified_gmt is ahead of Keygate's clock (a shop clock that
+    jumped once, an import) moves reconciled_until no further than the run's start, and is
+    logged: an order paid after that run, its webhook lost, is in the next run's window. A
+    watermark already in the future reads on from now."""
+    shop.configure(501)
+    now = dt.datetime.now(dt.UTC)
+    stamp = lambda moment: moment.replace(tzinfo=None).isoformat(timespec="seconds")  # noqa: E731
+    future = now + dt.timedelta(days=365)
+    connected.orders[9630] = dict(wc_order(9630), date_modified_gmt=stamp(future))
+    with caplog.at_level("WARNING", logger="connector.orders.reconcile"):
+        reconcile(app, shop)
+    until = _reconciled_until(app, shop)
+    assert until is not None and until <= dt.datetime.now(dt.UTC)
+    assert "ahead of Keygate's clock" in caplog.text
+    connected.orders[9631] = dict(wc_order(9631), date_modified_gmt=stamp(now))
+    reconcile(app, shop)
+    assert len(shop.order(9631)["licenses"]) == 1
+    _set_reconciled_until(app, shop, future)
+    connected.orders[9632] = touched_now(wc_order(9632))
+    reconcile(app, shop)
+    assert len(shop.order(9632)["licenses"]) == 1
+    until = _reconciled_until(app, shop)
+    assert until is not None and until <= dt.datetime.now(dt.UTC)
