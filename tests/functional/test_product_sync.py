@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
@@ -13,6 +14,8 @@ from connector.jobs import enqueue, run_pending
 from connector.models import AuditEvent, Product, Store
 from connector.orders.product_sync import SyncResult, sync_products
 from connector.vault.connection import shop_client_for
+from plugin.woocommerce import rest
+from plugin.woocommerce.rest import ShopUnavailable
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.wc_rest import FakeShop, connect_store, error, fake_shop
 
@@ -319,3 +322,60 @@ def test_invalid_meta_is_shown_to_the_owner_once_per_problem(
     fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
     sync(app, shop)
     assert shop.admin("GET", "/connection").get_json()["products_invalid"] == []
+
+
+def retired_products(app: Flask) -> list[str]:
+    with app.app_context():
+        return sorted(
+            db.session.scalars(
+                select(Product.shop_product_id).where(Product.retired_at.is_not(None))
+            )
+        )
+
+
+def test_an_incomplete_product_listing_retires_no_product_that_keeps_its_meta(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages that shift while read (a product trashed meanwhile: X-WP-Total disagrees) fail
+    the sync instead of retiring; an empty 200 listing (a caching or security plugin)
+    retires nothing; a listing that misses a product without saying so retires only what the
+    shop, asked by id, confirms deleted, trashed or without meta."""
+    monkeypatch.setattr(rest, "PER_PAGE", 2)
+    for pid in (801, 802):
+        fake_shop.products[pid] = wc_product(pid, f"Other {pid}", {})
+    for pid in (803, 804, 805, 806):
+        fake_shop.products[pid] = wc_product(pid, f"P{pid}", {"_keygate_activation_limit": "1"})
+    connect_store(app, shop, fake_shop)
+    dispatch = fake_shop._dispatch
+
+    def trashed_after_page_one(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        answer = dispatch(method, path, query, body)
+        if path == "products" and query.get("page") == "1":
+            fake_shop.products[801]["status"] = "trash"
+        return answer
+
+    fake_shop._dispatch = trashed_after_page_one  # type: ignore[method-assign]
+    with pytest.raises(ShopUnavailable):
+        sync(app, shop)
+
+    def empty(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path == "products":
+            return fake_shop._json([], **{"X-WP-Total": "0", "X-WP-TotalPages": "0"})
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = empty  # type: ignore[method-assign]
+    assert sync(app, shop).retired == []
+
+    def missing_some(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path == "products":  # no totals, and only the first product
+            return fake_shop._json([fake_shop.products[802]] if query["page"] == "1" else [])
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = missing_some  # type: ignore[method-assign]
+    fake_shop.products[804]["status"] = "trash"
+    del fake_shop.products[805]
+    fake_shop.products[806] = wc_product(806, "P806", {"_keygate_activation_limit": ""})
+    assert sorted(sync(app, shop).retired) == ["804", "805", "806"]
+    assert retired_products(app) == ["804", "805", "806"]
+    fake_shop.deliver(shop.client, "order.created", wc_order(9820, "processing", [line_item(803)]))
+    assert len(shop.order(9820)["licenses"]) == 1
