@@ -59,6 +59,8 @@ _MINIMUM = {"activation_limit": 0, "update_days": 0, "download_limit": 0}
 # Products a sync asks the shop about, one by one, before retiring them (the rest next sync).
 RECHECK_LIMIT = 50
 NO_SUCH_PRODUCT = "woocommerce_rest_product_invalid_id"
+# Order re-reads the shop could not answer in a row before it is taken to be down.
+DOWN_IN_A_ROW = 3
 # Product types whose variations are sold (WooCommerce's, and WooCommerce Subscriptions').
 VARIABLE_TYPES = frozenset({"variable", "variable-subscription"})
 
@@ -394,19 +396,27 @@ def reapply_unlicensed_orders(
     transaction per order (committed). A read, not the stored copy: it carries what a
     delivery carries (refunds with their lines, renewal meta) and the order as it is now.
 
-    Raises:
-        ShopUnavailable: the shop is down; orders not read yet are found again next sync.
+    One order the shop cannot read or answers unreadably is logged and skipped (the next
+    sync asks again); after :data:`DOWN_IN_A_ROW` orders in a row the shop could not answer,
+    it is taken to be down and the others wait for the next sync.
     """
     shop_order_ids = unlicensed_paid_orders(session, store)
     session.commit()
     reapplied: list[str] = []
+    down = 0
     for shop_order_id in shop_order_ids:
         try:
             outcome = refresh_order(session, store, client, shop_order_id)
-        except ShopRejected as exc:  # asking again gets the same answer: the next sync will
+        except (ShopUnavailable, ShopRejected, PayloadError) as exc:
             session.rollback()
+            # The message names the request or the field, never a value of the order.
             log.warning("store %s: order %s not read: %s", store.public_id, shop_order_id, exc)
+            down = down + 1 if isinstance(exc, ShopUnavailable) else 0
+            if down >= DOWN_IN_A_ROW:
+                log.warning("store %s: shop down, re-reads left to the next sync", store.public_id)
+                break
             continue
+        down = 0
         session.commit()
         if outcome == "applied":
             reapplied.append(shop_order_id)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
-from connector.models import AuditEvent, Product, Store
+from connector.models import AuditEvent, Job, Product, Store
 from connector.orders.product_sync import SyncResult, sync_products
 from connector.vault.connection import shop_client_for
 from plugin.woocommerce import rest
@@ -379,3 +379,48 @@ def test_an_incomplete_product_listing_retires_no_product_that_keeps_its_meta(
     assert retired_products(app) == ["804", "805", "806"]
     fake_shop.deliver(shop.client, "order.created", wc_order(9820, "processing", [line_item(803)]))
     assert len(shop.order(9820)["licenses"]) == 1
+
+
+def test_an_order_the_shop_cannot_read_holds_back_no_other_sale(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Sales re-read after a sync configured their product: one the shop fails on (HTTP
+    500) or answers unreadably is skipped and the others are licensed, the job does not
+    fail; a shop that fails three in a row is taken to be down and asked no more."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.products[510] = wc_product(510, "New Plugin", {"_keygate_activation_limit": "1"})
+    for oid in (9001, 9002, 9003):
+        fake_shop.orders[oid] = wc_order(oid, "completed", [line_item(510)], modified=-3000)
+        fake_shop.deliver(shop.client, "order.created", fake_shop.orders[oid])
+    fake_shop.orders[9002]["total"] = "NaN"  # as the shop answers it now
+    dispatch = fake_shop._dispatch
+
+    def broken_9001(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path == "orders/9001":
+            return error(500, "internal_server_error", "A plugin's fatal error")
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = broken_9001  # type: ignore[method-assign]
+    with app.app_context(), transaction() as session:
+        enqueue(session, "shop.sync_products", {"store_id": shop.store.store.id})
+    run_pending(app, kinds={"shop.sync_products"})
+    assert len(shop.order(9003)["licenses"]) == 1
+    assert shop.order(9001)["licenses"] == shop.order(9002)["licenses"] == []
+    with app.app_context():
+        jobs = db.session.scalars(select(Job).where(Job.kind == "shop.sync_products")).all()
+        ours = [(j.status, j.last_error) for j in jobs if not j.payload.get("periodic")]
+        assert ours == [("done", None)]
+    for oid in (9004, 9005, 9006, 9007):
+        fake_shop.orders[oid] = wc_order(oid, "completed", [line_item(511)], modified=-3000)
+        fake_shop.deliver(shop.client, "order.created", fake_shop.orders[oid])
+    fake_shop.products[511] = wc_product(511, "Newer Plugin", {"_keygate_activation_limit": "1"})
+
+    def orders_down(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path.startswith("orders/"):
+            return error(503, "down", "Maintenance")
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = orders_down  # type: ignore[method-assign]
+    fake_shop.requests.clear()
+    sync(app, shop)
+    assert sum(1 for _, path in fake_shop.requests if path.startswith("orders/")) == 3
