@@ -20,6 +20,7 @@ per connected store.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ RECHECK_LIMIT = 50
 NO_SUCH_PRODUCT = "woocommerce_rest_product_invalid_id"
 # Order re-reads the shop could not answer in a row before it is taken to be down.
 DOWN_IN_A_ROW = 3
+# Sales read again when a sync configures their product: recorded this recently, this many
+# per sync at most.
+REREAD_WINDOW = dt.timedelta(days=30)
+REREAD_LIMIT = 200
 # Product types whose variations are sold (WooCommerce's, and WooCommerce Subscriptions').
 VARIABLE_TYPES = frozenset({"variable", "variable-subscription"})
 
@@ -363,28 +368,42 @@ def _record_invalid(
 
 def unlicensed_paid_orders(session: Session, store: Store) -> list[str]:
     """Paid orders with a line that matched no product when applied and names (variation or
-    product) one configured from meta now: sold before a sync configured it."""
+    product) one configured from meta now: sold before a sync configured it.
+
+    Bounded, newest first: only sales Keygate recorded in the last :data:`REREAD_WINDOW`
+    (meta added to a product sold for years licenses no old sales in one job; an order the
+    shop always refuses is asked about for that long at most), at most
+    :data:`REREAD_LIMIT` per sync (the others next sync).
+    """
     configured = select(Product.shop_product_id).where(
         Product.store_id == store.id, Product.source == "shop", Product.retired_at.is_(None)
+    )
+    unmatched_line = (
+        select(LineItem.id)
+        .where(
+            LineItem.order_id == Order.id,
+            LineItem.product_id.is_(None),
+            LineItem.quantity > 0,
+            or_(
+                LineItem.shop_variation_id.in_(configured),
+                LineItem.shop_product_id.in_(configured),
+            ),
+        )
+        .exists()
     )
     return list(
         session.scalars(
             select(Order.shop_order_id)
-            .join(LineItem, LineItem.order_id == Order.id)
             .where(
                 Order.store_id == store.id,
                 Order.status.in_(PAID_STATUSES),
                 Order.deleted.is_(False),
                 Order.erased_at.is_(None),
-                LineItem.product_id.is_(None),
-                LineItem.quantity > 0,
-                or_(
-                    LineItem.shop_variation_id.in_(configured),
-                    LineItem.shop_product_id.in_(configured),
-                ),
+                Order.created_at >= utcnow() - REREAD_WINDOW,
+                unmatched_line,
             )
-            .distinct()
-            .order_by(Order.shop_order_id)
+            .order_by(Order.id.desc())
+            .limit(REREAD_LIMIT)
         )
     )
 

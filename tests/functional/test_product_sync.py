@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
-from connector.models import AuditEvent, Job, Product, Store
+from connector.models import AuditEvent, Job, Order, Product, Store
 from connector.orders.product_sync import SyncResult, sync_products
 from connector.vault.connection import shop_client_for
 from plugin.woocommerce import rest
@@ -424,3 +425,25 @@ def test_an_order_the_shop_cannot_read_holds_back_no_other_sale(
     fake_shop.requests.clear()
     sync(app, shop)
     assert sum(1 for _, path in fake_shop.requests if path.startswith("orders/")) == 3
+
+
+def test_sales_read_again_are_recent_and_bounded_per_sync(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Meta added to a product sold before licenses the sales of the last 30 days, newest
+    first and a bounded number per sync (the others next sync), never older ones."""
+    from connector.orders import product_sync
+
+    monkeypatch.setattr(product_sync, "REREAD_LIMIT", 2, raising=False)
+    connect_store(app, shop, fake_shop)
+    for oid in (9030, 9031, 9032, 9033):
+        fake_shop.orders[oid] = wc_order(oid, "completed", [line_item(510)], modified=-3000)
+        fake_shop.deliver(shop.client, "order.created", fake_shop.orders[oid])
+    with app.app_context(), transaction() as session:
+        old = session.scalars(select(Order).where(Order.shop_order_id == "9030")).one()
+        old.created_at = old.created_at - dt.timedelta(days=31)
+    fake_shop.products[510] = wc_product(510, "New Plugin", {"_keygate_activation_limit": "1"})
+    assert sync(app, shop).reapplied == ["9033", "9032"]
+    assert sync(app, shop).reapplied == ["9031"]
+    assert sync(app, shop).reapplied == []
+    assert shop.order(9030)["licenses"] == []
