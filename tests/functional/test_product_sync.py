@@ -447,3 +447,22 @@ def test_sales_read_again_are_recent_and_bounded_per_sync(
     assert sync(app, shop).reapplied == ["9031"]
     assert sync(app, shop).reapplied == []
     assert shop.order(9030)["licenses"] == []
+
+
+def test_the_owner_sees_a_retired_product_and_can_send_it_back(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """GET /admin/products answers retired_at (set once the shop meta is gone); the product
+    read can be PUT back as it is, which configures it in Keygate again."""
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
+    connect_store(app, shop, fake_shop)
+    assert shop.admin("GET", "/products/501").get_json()["retired_at"] is None
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {})
+    sync(app, shop)
+    (listed,) = shop.admin("GET", "/products").get_json()["products"]
+    assert listed["retired_at"] is not None
+    read = shop.admin("GET", "/products/501").get_json()
+    assert read["retired_at"] == listed["retired_at"]
+    put = shop.admin("PUT", "/products/501", read)
+    assert put.status_code == 200, put.get_json()
+    assert put.get_json()["retired_at"] is None
