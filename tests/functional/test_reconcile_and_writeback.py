@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import threading
 import time
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
 from connector.models import AuditEvent, Job, License, ShopNote, Store, WebhookRegistration
 from connector.orders.reconcile import reconcile_store
-from connector.vault.connection import connection_of, shop_client_for
+from connector.vault.connection import TOPICS, connection_of, shop_client_for
 from plugin.woocommerce import rest
 from tests.factories import WebhookSender, line_item, wc_order, wc_time
 from tests.wc_rest import FakeShop, connect_store, fake_shop
@@ -623,3 +624,60 @@ def test_one_order_dated_in_the_future_hides_no_later_order(
     assert len(shop.order(9632)["licenses"]) == 1
     until = _reconciled_until(app, shop)
     assert until is not None and until <= dt.datetime.now(dt.UTC)
+
+
+def transactions_left_open(app: Flask) -> int:
+    """PostgreSQL: connections to the test database idle inside a transaction (a run that
+    waits on the shop in one). SQLite has no such view: what shows its one write lock held
+    is a webhook delivery waiting on it."""
+    engine = app.extensions["keygate.db"].engine
+    if engine.dialect.name != "postgresql":
+        return 0
+    with engine.connect() as connection:
+        return connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+
+
+def test_repairing_webhooks_waits_on_the_shop_outside_any_transaction(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """While the shop re-activates a webhook it disabled, or creates one deleted, a webhook
+    delivery is answered at once (on SQLite a transaction holds the one write lock), and
+    no transaction waits on the shop (PostgreSQL)."""
+    topics = {w["topic"]: w["id"] for w in connected.webhooks.values()}
+    connected.webhooks[topics["order.updated"]]["status"] = "disabled"
+    del connected.webhooks[topics["order.deleted"]]
+    webhooks = connected._webhooks
+    waiting: queue.Queue[tuple[str, int, threading.Event]] = queue.Queue()
+
+    def slow(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
+        if method in {"PUT", "POST"}:
+            release = threading.Event()
+            waiting.put((method, transactions_left_open(app), release))
+            release.wait(30)
+        return webhooks(method, rest_, query, body)
+
+    connected._webhooks = slow  # type: ignore[method-assign]
+    run = threading.Thread(target=reconcile, args=(app, shop))
+    run.start()
+    seen: list[tuple[str, int, int, float]] = []
+    try:
+        for n in range(2):
+            method, open_transactions, release = waiting.get(timeout=10)
+            began = time.monotonic()
+            response = connected.deliver(shop.client, "order.created", wc_order(9720 + n))
+            seen.append((method, open_transactions, response.status_code, time.monotonic() - began))
+            release.set()
+    finally:
+        while not waiting.empty():
+            waiting.get()[2].set()
+        run.join(30)
+    assert [(method, status) for method, _, status, _ in seen] == [("PUT", 200), ("POST", 200)]
+    assert all(took < 5 for *_, took in seen), seen
+    assert [open_transactions for _, open_transactions, *_ in seen] == [0, 0]
+    assert sorted(w["topic"] for w in connected.webhooks.values()) == sorted(TOPICS)
+    assert all(w["status"] == "active" for w in connected.webhooks.values())
