@@ -509,14 +509,17 @@ def _reconciled_until(app: Flask, shop: WebhookSender) -> dt.datetime | None:
 def test_a_reconcile_waiting_on_the_shop_holds_no_database_lock(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
-    """While a run waits on a slow shop, a webhook is answered at once. On SQLite an open
-    transaction holds the one write lock (the webhook waited 30 s and got a 503)."""
+    """While a run waits on a slow shop, a webhook is answered at once and no transaction
+    is open. On SQLite an open transaction holds the one write lock (the webhook waited
+    30 s and got a 503); on PostgreSQL it shows as a connection idle in transaction."""
     shop.configure(501)
     listing, release = threading.Event(), threading.Event()
     orders = connected._orders
+    open_while_waiting: list[int] = []
 
     def slow_listing(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
         if not rest_:
+            open_while_waiting.append(transactions_left_open(app))
             listing.set()
             release.wait(30)
         return orders(method, rest_, query, body)
@@ -534,6 +537,7 @@ def test_a_reconcile_waiting_on_the_shop_holds_no_database_lock(
         run.join(30)
     assert response.status_code == 200
     assert took < 5
+    assert open_while_waiting and set(open_while_waiting) == {0}
 
 
 def test_an_order_changed_during_a_run_hides_no_other_order(
