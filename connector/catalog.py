@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
+from connector.db import iso
 from connector.errors import ValidationFailed
 from connector.models import WATERMARKS, Product, ProductFile, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
@@ -159,6 +160,8 @@ def product_json(product: Product) -> dict[str, Any]:
         "name": product.name,
         "policy": {name: getattr(product, name) for name in POLICY_FIELDS},
         "watermark_fallback": product.watermark_fallback,
+        # Set when the shop's meta that configured it is gone: new sales no longer match.
+        "retired_at": iso(product.retired_at),
         "files": [
             {"object_key": f.object_key, "filename": f.filename, "watermark": f.watermark}
             for f in product.files

@@ -97,13 +97,26 @@ class FakeShop:
         if segments[0] == "orders":
             return self._orders(method, segments[1:], query, body)
         if segments[0] == "products":
-            if len(segments) == 1:
-                return self._page(list(self.products.values()), query)
+            if len(segments) == 1:  # as WooCommerce: trashed products are not listed
+                listed = [p for p in self.products.values() if p.get("status") != "trash"]
+                return self._page(listed, query)
+            if len(segments) == 2:
+                return self._product(int(segments[1]))
             if len(segments) == 3 and segments[2] == "variations":
                 return self._page(self.variations.get(int(segments[1]), []), query)
         return error(
             404, "rest_no_route", "No route was found matching the URL and request method."
         )
+
+    def _product(self, product_id: int) -> tuple[int, dict, str]:
+        """products/<id> answers a product, trashed or not, or a variation."""
+        if product_id in self.products:
+            return self._json(self.products[product_id])
+        for variations in self.variations.values():
+            for variation in variations:
+                if variation.get("id") == product_id:
+                    return self._json(variation)
+        return error(404, "woocommerce_rest_product_invalid_id", "Invalid ID.")
 
     # --- webhooks ---------------------------------------------------------------------
 

@@ -46,8 +46,9 @@ def _shop_id(value: str) -> str:
 
 
 PRODUCT_FIELDS = ("name", "policy", "files", "watermark_fallback")
-# What GET answers besides: accepted back in a PUT (a product read, edited, sent back).
-READ_ONLY_PRODUCT_FIELDS = ("product_id", "warnings")
+# What GET answers besides: accepted back in a PUT (a product read, edited, sent back) and
+# ignored (a PUT configures the product in Keygate, which ends a retirement).
+READ_ONLY_PRODUCT_FIELDS = ("product_id", "retired_at", "warnings")
 FILE_FIELDS = ("object_key", "filename", "watermark")
 
 

@@ -20,6 +20,7 @@ per connected store.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from dataclasses import dataclass, field
@@ -56,6 +57,15 @@ SYNC_JOB = "shop.sync_products"
 _BOOL_FIELDS = ("staging_free", "perpetual_fallback", "abuse_suspend")
 _INT_FIELDS = tuple(f for f in POLICY_FIELDS if f not in _BOOL_FIELDS)
 _MINIMUM = {"activation_limit": 0, "update_days": 0, "download_limit": 0}
+# Products a sync asks the shop about, one by one, before retiring them (the rest next sync).
+RECHECK_LIMIT = 50
+NO_SUCH_PRODUCT = "woocommerce_rest_product_invalid_id"
+# Order re-reads the shop could not answer in a row before it is taken to be down.
+DOWN_IN_A_ROW = 3
+# Sales read again when a sync configures their product: recorded this recently, this many
+# per sync at most.
+REREAD_WINDOW = dt.timedelta(days=30)
+REREAD_LIMIT = 200
 # Product types whose variations are sold (WooCommerce's, and WooCommerce Subscriptions').
 VARIABLE_TYPES = frozenset({"variable", "variable-subscription"})
 
@@ -203,8 +213,9 @@ def _has_variations(raw: dict[str, Any]) -> bool:
     return raw.get("type") in VARIABLE_TYPES or (isinstance(variations, list) and bool(variations))
 
 
-def read_shop_products(client: WooCommerceClient) -> list[ListedProduct]:
-    """Every product and variation that carries ``_keygate_*`` meta, read to the end.
+def read_shop_products(client: WooCommerceClient) -> tuple[list[ListedProduct], int]:
+    """Every product and variation that carries ``_keygate_*`` meta, read to the end, and
+    how many products the shop listed (with meta or not).
 
     A variation is listed when it has meta of its own, with its parent's meta overridden by
     its own; one without follows its parent (a line matches the parent product).
@@ -213,7 +224,8 @@ def read_shop_products(client: WooCommerceClient) -> list[ListedProduct]:
         ShopError: the shop could not be read (nothing is listed, nothing is applied).
     """
     listed: list[ListedProduct] = []
-    for raw in client.list_products():
+    products = client.list_products()
+    for raw in products:
         shop_id = _shop_id(raw)
         if shop_id is None:
             continue  # not a product Keygate could ever be asked about
@@ -232,15 +244,62 @@ def read_shop_products(client: WooCommerceClient) -> list[ListedProduct]:
                         variation_id, f"{name} ({variation_id})", {**meta, **variation_meta}
                     )
                 )
-    return listed
+    return listed, len(products)
 
 
-def apply_listing(session: Session, store: Store, listed: list[ListedProduct]) -> SyncResult:
+def retirement_candidates(session: Session, store: Store, listed: list[ListedProduct]) -> list[str]:
+    """Products configured from meta, not retired, that the listing does not show with meta."""
+    shown = {item.shop_id for item in listed}
+    return [
+        shop_id
+        for shop_id in session.scalars(
+            select(Product.shop_product_id)
+            .where(
+                Product.store_id == store.id,
+                Product.source == "shop",
+                Product.retired_at.is_(None),
+            )
+            .order_by(Product.id)
+        )
+        if shop_id not in shown
+    ]
+
+
+def confirm_meta_gone(client: WooCommerceClient, store: Store, candidates: list[str]) -> set[str]:
+    """The candidates the shop confirms, one by one, to be without meta: no such product
+    (WooCommerce's own ``woocommerce_rest_product_invalid_id``), trashed, or read with no
+    ``_keygate_*`` value. A listing can miss a product that still has its meta (pages
+    shifted by a product trashed while it was read, an empty page from a caching or security
+    plugin): only the product's own answer retires it. At most :data:`RECHECK_LIMIT` per
+    sync (the others wait for the next one); a shop down stops the checks.
+    """
+    gone: set[str] = set()
+    for shop_id in candidates[:RECHECK_LIMIT]:
+        try:
+            raw = client.get_product(shop_id)
+        except ShopRejected as exc:
+            if exc.code == NO_SUCH_PRODUCT:
+                gone.add(shop_id)
+            else:
+                log.warning("store %s: product %s not checked: %s", store.public_id, shop_id, exc)
+            continue
+        except ShopUnavailable as exc:
+            log.warning("store %s: product checks stopped: %s", store.public_id, exc)
+            break
+        if raw.get("status") == "trash" or not _sets_anything(_meta(raw)):
+            gone.add(shop_id)
+    return gone
+
+
+def apply_listing(
+    session: Session, store: Store, listed: list[ListedProduct], gone: set[str]
+) -> SyncResult:
     """Apply a complete listing of the shop's products (flushes; the caller commits).
 
     Each product is applied in a savepoint: one the database refuses is reported as invalid
     and the others are applied. Products configured from meta that the listing no longer
-    shows with meta are retired; meta problems are recorded for the owner (audit
+    shows with meta and that the shop confirmed without meta (``gone``, see
+    :func:`confirm_meta_gone`) are retired; meta problems are recorded for the owner (audit
     ``product.meta_invalid``, once per problem, and the connection's ``products_invalid``).
     """
     result = SyncResult()
@@ -254,7 +313,7 @@ def apply_listing(session: Session, store: Store, listed: list[ListedProduct]) -
             result.invalid[item.shop_id] = problem
         else:
             getattr(result, outcome).append(item.shop_id)
-    _retire_unlisted(session, store, {item.shop_id for item in listed}, result)
+    _retire_unlisted(session, store, {item.shop_id for item in listed}, gone, result)
     connection = connection_of(session, store)
     _record_invalid(session, store, connection.products_invalid or {}, result.invalid)
     connection.products_invalid = dict(result.invalid) or None
@@ -263,7 +322,9 @@ def apply_listing(session: Session, store: Store, listed: list[ListedProduct]) -
     return result
 
 
-def _retire_unlisted(session: Session, store: Store, listed: set[str], result: SyncResult) -> None:
+def _retire_unlisted(
+    session: Session, store: Store, listed: set[str], gone: set[str], result: SyncResult
+) -> None:
     now = utcnow()
     for product in session.scalars(
         select(Product).where(
@@ -272,7 +333,7 @@ def _retire_unlisted(session: Session, store: Store, listed: set[str], result: S
             Product.retired_at.is_(None),
         )
     ):
-        if product.shop_product_id in listed:
+        if product.shop_product_id in listed or product.shop_product_id not in gone:
             continue
         product.retired_at = now
         result.retired.append(product.shop_product_id)
@@ -307,28 +368,42 @@ def _record_invalid(
 
 def unlicensed_paid_orders(session: Session, store: Store) -> list[str]:
     """Paid orders with a line that matched no product when applied and names (variation or
-    product) one configured from meta now: sold before a sync configured it."""
+    product) one configured from meta now: sold before a sync configured it.
+
+    Bounded, newest first: only sales Keygate recorded in the last :data:`REREAD_WINDOW`
+    (meta added to a product sold for years licenses no old sales in one job; an order the
+    shop always refuses is asked about for that long at most), at most
+    :data:`REREAD_LIMIT` per sync (the others next sync).
+    """
     configured = select(Product.shop_product_id).where(
         Product.store_id == store.id, Product.source == "shop", Product.retired_at.is_(None)
+    )
+    unmatched_line = (
+        select(LineItem.id)
+        .where(
+            LineItem.order_id == Order.id,
+            LineItem.product_id.is_(None),
+            LineItem.quantity > 0,
+            or_(
+                LineItem.shop_variation_id.in_(configured),
+                LineItem.shop_product_id.in_(configured),
+            ),
+        )
+        .exists()
     )
     return list(
         session.scalars(
             select(Order.shop_order_id)
-            .join(LineItem, LineItem.order_id == Order.id)
             .where(
                 Order.store_id == store.id,
                 Order.status.in_(PAID_STATUSES),
                 Order.deleted.is_(False),
                 Order.erased_at.is_(None),
-                LineItem.product_id.is_(None),
-                LineItem.quantity > 0,
-                or_(
-                    LineItem.shop_variation_id.in_(configured),
-                    LineItem.shop_product_id.in_(configured),
-                ),
+                Order.created_at >= utcnow() - REREAD_WINDOW,
+                unmatched_line,
             )
-            .distinct()
-            .order_by(Order.shop_order_id)
+            .order_by(Order.id.desc())
+            .limit(REREAD_LIMIT)
         )
     )
 
@@ -340,19 +415,27 @@ def reapply_unlicensed_orders(
     transaction per order (committed). A read, not the stored copy: it carries what a
     delivery carries (refunds with their lines, renewal meta) and the order as it is now.
 
-    Raises:
-        ShopUnavailable: the shop is down; orders not read yet are found again next sync.
+    One order the shop cannot read or answers unreadably is logged and skipped (the next
+    sync asks again); after :data:`DOWN_IN_A_ROW` orders in a row the shop could not answer,
+    it is taken to be down and the others wait for the next sync.
     """
     shop_order_ids = unlicensed_paid_orders(session, store)
     session.commit()
     reapplied: list[str] = []
+    down = 0
     for shop_order_id in shop_order_ids:
         try:
             outcome = refresh_order(session, store, client, shop_order_id)
-        except ShopRejected as exc:  # asking again gets the same answer: the next sync will
+        except (ShopUnavailable, ShopRejected, PayloadError) as exc:
             session.rollback()
+            # The message names the request or the field, never a value of the order.
             log.warning("store %s: order %s not read: %s", store.public_id, shop_order_id, exc)
+            down = down + 1 if isinstance(exc, ShopUnavailable) else 0
+            if down >= DOWN_IN_A_ROW:
+                log.warning("store %s: shop down, re-reads left to the next sync", store.public_id)
+                break
             continue
+        down = 0
         session.commit()
         if outcome == "applied":
             reapplied.append(shop_order_id)
@@ -365,15 +448,23 @@ def sync_products(session: Session, store: Store, client: WooCommerceClient) -> 
     Commits (the caller's work first): the shop is read to the end outside any transaction
     (on SQLite a transaction holds the database's write lock, and every webhook would wait
     on the shop), then the listing is applied in one short transaction, so a shop that fails
-    half-way changes nothing. Then paid orders that named a product before it was configured
-    are read again and licensed (:func:`reapply_unlicensed_orders`).
+    half-way changes nothing. A product the listing no longer shows with meta is asked for
+    by id first and retired only when the shop confirms its meta gone
+    (:func:`confirm_meta_gone`); an empty listing retires nothing. Then paid orders that
+    named a product before it was configured are read again and licensed
+    (:func:`reapply_unlicensed_orders`).
 
     Raises:
         ShopError: the shop could not be read.
     """
     session.commit()
-    listed = read_shop_products(client)
-    result = apply_listing(session, store, listed)
+    listed, shop_products = read_shop_products(client)
+    gone: set[str] = set()
+    if shop_products:  # an empty listing (a caching or security plugin's []) retires nothing
+        candidates = retirement_candidates(session, store, listed)
+        session.commit()
+        gone = confirm_meta_gone(client, store, candidates)
+    result = apply_listing(session, store, listed, gone)
     session.commit()
     result.reapplied = reapply_unlicensed_orders(session, store, client)
     return result

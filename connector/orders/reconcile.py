@@ -65,9 +65,11 @@ def read_shop_order(client: WooCommerceClient, raw: dict[str, Any]) -> ShopOrder
 
 def default_since(session: Session, store: Store) -> dt.datetime:
     connection = connection_of(session, store)
+    now = utcnow()
     if connection.reconciled_until is None:
-        return utcnow() - FIRST_LOOKBACK
-    return connection.reconciled_until - OVERLAP
+        return now - FIRST_LOOKBACK
+    # A watermark in the future (set before it was capped at Keygate's clock) reads on from now.
+    return min(connection.reconciled_until, now) - OVERLAP
 
 
 def _shop_date(raw: dict[str, Any]) -> dt.datetime | None:
@@ -97,13 +99,16 @@ def reconcile_store(
 
     ``reconciled_until`` moves, only at the end of a run that read everything, to the
     newest ``date_modified_gmt`` the shop listed (its clock, which ``modified_after`` is
-    compared with: Keygate's own could be ahead of it), and only when the run started
-    at or before it (a ``--since`` later than it leaves the gap before unread).
+    compared with: Keygate's own could be ahead of it), never past Keygate's clock at the
+    run's start (one order dated in the future, by a shop clock that jumped once or an
+    import, would otherwise hide every later change until that date), and only when the
+    run started at or before it (a ``--since`` later than it leaves the gap before unread).
 
     Raises:
         ShopError: the shop could not be read; the orders applied so far stay applied,
             ``reconciled_until`` does not move.
     """
+    started = utcnow()
     covered = connection_of(session, store).reconciled_until
     since = since or default_since(session, store)
     result = ReconcileResult(since=since)
@@ -112,6 +117,7 @@ def reconcile_store(
         result.webhooks_repaired = check_webhooks(session, store, client)
         session.commit()
     newest: dt.datetime | None = None
+    ahead = 0
     # Trashed orders are listed only when asked for: a missed order.deleted is caught too.
     changed = itertools.chain(
         client.orders_modified_after(since), client.orders_modified_after(since, status="trash")
@@ -119,6 +125,9 @@ def reconcile_store(
     for raw in changed:  # each page is read between two transactions
         result.seen += 1
         modified = _shop_date(raw)
+        if modified is not None and modified > started:
+            ahead += 1
+            modified = started
         if modified is not None and (newest is None or modified > newest):
             newest = modified
         try:
@@ -135,12 +144,20 @@ def reconcile_store(
         result.applied += 1
         result.issued_licenses += len(applied.issued_licenses)
         result.revoked_licenses += len(applied.revoked_licenses)
+    if ahead:
+        log.warning(
+            "store %s: %d order(s) listed with a date_modified_gmt ahead of Keygate's clock;"
+            " reconciled_until stops at %s (check the shop's clock)",
+            store.public_id,
+            ahead,
+            started.isoformat(timespec="seconds"),
+        )
     connection = connection_of(session, store)
     if covered is None or since <= covered:
         # Read without a gap from what was covered: covered now up to the newest change
         # listed (the first run, with nothing listed: from where it started reading).
         candidates = [connection.reconciled_until, newest, since if covered is None else None]
-        connection.reconciled_until = max(c for c in candidates if c is not None)
+        connection.reconciled_until = min(max(c for c in candidates if c is not None), started)
     connection.last_error = None
     session.flush()
     if result.issued_licenses or result.revoked_licenses or result.unreadable:

@@ -165,21 +165,22 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
 
 
 def _configured_product(
-    session: Session, store: Store, item: ShopLineItem
+    session: Session, store: Store, item: ShopLineItem, renewal: bool = False
 ) -> tuple[Product | None, str | None]:
     """The configured product for a line: its variation first, then its parent product.
-    A retired product (its shop meta is gone) matches no new sale."""
+    A retired product (its shop meta is gone) matches no new sale, only a ``renewal`` (a
+    paid subscription renewal or a line naming a key extends the key it renews)."""
     for shop_id in (item.variation_id, item.product_id):
         if shop_id is None:
             continue
         product = find_product(session, store, shop_id)
-        if product is not None and product.retired_at is None:
+        if product is not None and (product.retired_at is None or renewal):
             return product, shop_id
     return None, None
 
 
 def _line_match(
-    session: Session, store: Store, item: ShopLineItem, line: LineItem
+    session: Session, store: Store, item: ShopLineItem, line: LineItem, renewal: bool = False
 ) -> tuple[int | None, str | None]:
     """The configured product a line is licensed for, and the shop id that matched it.
 
@@ -198,7 +199,7 @@ def _line_match(
     )
     if same_product and line.product_id is not None:
         return line.product_id, line.matched_shop_product_id
-    product, matched = _configured_product(session, store, item)
+    product, matched = _configured_product(session, store, item, renewal)
     return (product.id if product is not None else None), matched
 
 
@@ -235,7 +236,12 @@ def _sync_line_items(
         if line is None:
             line = LineItem(order=order, shop_line_item_id=item.id)
             session.add(line)
-        line.product_id, line.matched_shop_product_id = _line_match(session, store, item, line)
+        renewal = bool(
+            renewals.subscription_of(shop_order.meta) or item.meta.get(renewals.RENEW_META)
+        )
+        line.product_id, line.matched_shop_product_id = _line_match(
+            session, store, item, line, renewal
+        )
         line.shop_product_id = item.product_id
         line.shop_variation_id = item.variation_id
         line.name = item.name

@@ -268,11 +268,14 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
     A webhook the owner *paused* is left paused (that is the owner's choice); one the shop
     *disabled* after failed deliveries is set active again, with an audit entry.
 
+    Commits (the caller's work first): the shop is asked outside any transaction (on SQLite
+    one holds the database's write lock: every webhook and license call would wait on the
+    shop), and what it answered is recorded after.
+
     Returns:
         Shop ids of the webhooks re-activated or re-created.
     """
-    # The shop first: a caller outside a transaction then starts one (on SQLite, the write
-    # lock) only once the answer is in.
+    session.commit()
     remote = {str(w.get("id")): w for w in client.list_webhooks()}
     registrations = list(
         session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
@@ -280,19 +283,30 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
     if not registrations:
         # Connected but nothing registered (the registration job gave up): register now.
         return register_webhooks(session, store, client).created
-    repaired: list[str] = []
     # A topic Keygate registers since this store connected counts as missing too.
-    missing = bool(set(TOPICS) - {r.topic for r in registrations})
-    for registration in registrations:
+    missing = bool(set(TOPICS) - {r.topic for r in registrations}) or any(
+        r.shop_webhook_id not in remote for r in registrations
+    )
+    disabled = [
+        r.shop_webhook_id
+        for r in registrations
+        if r.shop_webhook_id in remote and remote[r.shop_webhook_id].get("status") == "disabled"
+    ]
+    session.commit()  # read only so far: nothing held while the shop answers
+    for webhook_id in disabled:
+        client.update_webhook(webhook_id, status="active")
+        remote[webhook_id] = {**remote[webhook_id], "status": "active"}
+    repaired: list[str] = []
+    for registration in session.scalars(
+        select(WebhookRegistration).where(WebhookRegistration.store_id == store.id)
+    ):
         webhook = remote.get(registration.shop_webhook_id)
         registration.checked_at = utcnow()
         if webhook is None:
-            missing = True
+            session.delete(registration)  # re-created below
             continue
-        status = str(webhook.get("status") or "")
-        if status == "disabled":
-            client.update_webhook(registration.shop_webhook_id, status="active")
-            status = "active"
+        registration.status = str(webhook.get("status") or "") or registration.status
+        if registration.shop_webhook_id in disabled:
             repaired.append(registration.shop_webhook_id)
             record_audit(
                 session,
@@ -308,16 +322,73 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
                 registration.shop_webhook_id,
                 registration.topic,
             )
-        registration.status = status or registration.status
+    session.flush()
     if missing:
-        for registration in registrations:
-            if registration.shop_webhook_id not in remote:
-                session.delete(registration)
-        session.flush()
-        result = register_webhooks(session, store, client)
-        repaired.extend(result.created)
+        repaired.extend(_create_missing_webhooks(session, store, client))
     session.flush()
     return repaired
+
+
+def _create_missing_webhooks(
+    session: Session, store: Store, client: WooCommerceClient
+) -> list[str]:
+    """Create the webhook of each topic with no registration (commits): the shop is asked
+    outside any transaction, what it created is recorded after, even when it fails
+    half-way (then the error is raised). A topic another run registered meanwhile keeps its
+    webhook; the one made here is deleted again."""
+    registered = set(
+        session.scalars(
+            select(WebhookRegistration.topic).where(WebhookRegistration.store_id == store.id)
+        )
+    )
+    url, secret = webhook_url(store), store.webhook_secret
+    session.commit()
+    made: dict[str, str] = {}
+    failure: ShopError | None = None
+    for topic in TOPICS:
+        if topic in registered:
+            continue
+        try:
+            webhook = client.create_webhook(
+                name=f"Keygate {topic}", topic=topic, delivery_url=url, secret=secret
+            )
+        except ShopError as exc:
+            failure = exc
+            break
+        made[topic] = str(webhook["id"])
+    lock_store(session, store)
+    registered = set(
+        session.scalars(
+            select(WebhookRegistration.topic).where(WebhookRegistration.store_id == store.id)
+        )
+    )
+    created = [webhook_id for topic, webhook_id in made.items() if topic not in registered]
+    for topic, webhook_id in made.items():
+        if topic not in registered:
+            session.add(
+                WebhookRegistration(
+                    store_id=store.id,
+                    topic=topic,
+                    shop_webhook_id=webhook_id,
+                    status="active",
+                    checked_at=utcnow(),
+                )
+            )
+    if created:
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="system",
+            action="shop.webhooks_registered",
+            subject=f"store:{store.public_id}",
+            detail={"created": created, "deleted": []},
+        )
+    session.commit()
+    for webhook_id in set(made.values()) - set(created):
+        client.delete_webhook(webhook_id)
+    if failure is not None:
+        raise failure
+    return created
 
 
 def disconnect(session: Session, store: Store, *, actor: str) -> list[str]:

@@ -226,11 +226,43 @@ class WooCommerceClient:
 
     # --- products ---------------------------------------------------------------------
 
-    def list_products(self) -> Iterator[dict[str, Any]]:
-        return self._pages("products")
+    def list_products(self) -> list[dict[str, Any]]:
+        """Every product (trashed ones are not listed), checked to be complete.
 
-    def list_variations(self, product_id: str) -> Iterator[dict[str, Any]]:
-        return self._pages(f"products/{product_id}/variations")
+        Raises:
+            ShopUnavailable: also when the listing is not whole (see :meth:`_complete`).
+        """
+        return self._complete("products")
+
+    def list_variations(self, product_id: str) -> list[dict[str, Any]]:
+        return self._complete(f"products/{product_id}/variations")
+
+    def get_product(self, product_id: str) -> dict[str, Any]:
+        """One product or variation by id (WooCommerce answers both at products/<id>)."""
+        product: dict[str, Any] = self._call("GET", f"products/{product_id}")
+        return product
+
+    def _complete(self, endpoint: str) -> list[dict[str, Any]]:
+        """A paged list read to the end and checked against X-WP-Total when the shop sends
+        it: a product trashed or added while the pages are read shifts them (one item is
+        never read), and the totals then disagree. Such a listing is refused, not used.
+        """
+        items: list[dict[str, Any]] = []
+        totals: set[int] = set()
+        page = 1
+        while True:
+            response = self._response("GET", endpoint, page=page, per_page=PER_PAGE)
+            chunk = _list_of_objects(response, endpoint)
+            items.extend(chunk)
+            total = _int_header(response, "X-WP-Total")
+            if total is not None:
+                totals.add(total)
+            if _last_page(response, page, len(chunk)):
+                break
+            page += 1
+        if len(totals) > 1 or (totals and len(items) != totals.pop()):
+            raise ShopUnavailable(f"GET {endpoint}: the list changed while it was read")
+        return items
 
 
 def _list_of_objects(response: requests.Response, endpoint: str) -> list[dict[str, Any]]:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
-from connector.models import AuditEvent, Product, Store
+from connector.models import AuditEvent, Job, Order, Product, Store
 from connector.orders.product_sync import SyncResult, sync_products
 from connector.vault.connection import shop_client_for
+from plugin.woocommerce import rest
+from plugin.woocommerce.rest import ShopUnavailable
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.wc_rest import FakeShop, connect_store, error, fake_shop
 
@@ -319,3 +323,146 @@ def test_invalid_meta_is_shown_to_the_owner_once_per_problem(
     fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
     sync(app, shop)
     assert shop.admin("GET", "/connection").get_json()["products_invalid"] == []
+
+
+def retired_products(app: Flask) -> list[str]:
+    with app.app_context():
+        return sorted(
+            db.session.scalars(
+                select(Product.shop_product_id).where(Product.retired_at.is_not(None))
+            )
+        )
+
+
+def test_an_incomplete_product_listing_retires_no_product_that_keeps_its_meta(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages that shift while read (a product trashed meanwhile: X-WP-Total disagrees) fail
+    the sync instead of retiring; an empty 200 listing (a caching or security plugin)
+    retires nothing; a listing that misses a product without saying so retires only what the
+    shop, asked by id, confirms deleted, trashed or without meta."""
+    monkeypatch.setattr(rest, "PER_PAGE", 2)
+    for pid in (801, 802):
+        fake_shop.products[pid] = wc_product(pid, f"Other {pid}", {})
+    for pid in (803, 804, 805, 806):
+        fake_shop.products[pid] = wc_product(pid, f"P{pid}", {"_keygate_activation_limit": "1"})
+    connect_store(app, shop, fake_shop)
+    dispatch = fake_shop._dispatch
+
+    def trashed_after_page_one(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        answer = dispatch(method, path, query, body)
+        if path == "products" and query.get("page") == "1":
+            fake_shop.products[801]["status"] = "trash"
+        return answer
+
+    fake_shop._dispatch = trashed_after_page_one  # type: ignore[method-assign]
+    with pytest.raises(ShopUnavailable):
+        sync(app, shop)
+
+    def empty(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path == "products":
+            return fake_shop._json([], **{"X-WP-Total": "0", "X-WP-TotalPages": "0"})
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = empty  # type: ignore[method-assign]
+    assert sync(app, shop).retired == []
+
+    def missing_some(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path == "products":  # no totals, and only the first product
+            return fake_shop._json([fake_shop.products[802]] if query["page"] == "1" else [])
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = missing_some  # type: ignore[method-assign]
+    fake_shop.products[804]["status"] = "trash"
+    del fake_shop.products[805]
+    fake_shop.products[806] = wc_product(806, "P806", {"_keygate_activation_limit": ""})
+    assert sorted(sync(app, shop).retired) == ["804", "805", "806"]
+    assert retired_products(app) == ["804", "805", "806"]
+    fake_shop.deliver(shop.client, "order.created", wc_order(9820, "processing", [line_item(803)]))
+    assert len(shop.order(9820)["licenses"]) == 1
+
+
+def test_an_order_the_shop_cannot_read_holds_back_no_other_sale(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Sales re-read after a sync configured their product: one the shop fails on (HTTP
+    500) or answers unreadably is skipped and the others are licensed, the job does not
+    fail; a shop that fails three in a row is taken to be down and asked no more."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.products[510] = wc_product(510, "New Plugin", {"_keygate_activation_limit": "1"})
+    for oid in (9001, 9002, 9003):
+        fake_shop.orders[oid] = wc_order(oid, "completed", [line_item(510)], modified=-3000)
+        fake_shop.deliver(shop.client, "order.created", fake_shop.orders[oid])
+    fake_shop.orders[9002]["total"] = "NaN"  # as the shop answers it now
+    dispatch = fake_shop._dispatch
+
+    def broken_9001(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path == "orders/9001":
+            return error(500, "internal_server_error", "A plugin's fatal error")
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = broken_9001  # type: ignore[method-assign]
+    with app.app_context(), transaction() as session:
+        enqueue(session, "shop.sync_products", {"store_id": shop.store.store.id})
+    run_pending(app, kinds={"shop.sync_products"})
+    assert len(shop.order(9003)["licenses"]) == 1
+    assert shop.order(9001)["licenses"] == shop.order(9002)["licenses"] == []
+    with app.app_context():
+        jobs = db.session.scalars(select(Job).where(Job.kind == "shop.sync_products")).all()
+        ours = [(j.status, j.last_error) for j in jobs if not j.payload.get("periodic")]
+        assert ours == [("done", None)]
+    for oid in (9004, 9005, 9006, 9007):
+        fake_shop.orders[oid] = wc_order(oid, "completed", [line_item(511)], modified=-3000)
+        fake_shop.deliver(shop.client, "order.created", fake_shop.orders[oid])
+    fake_shop.products[511] = wc_product(511, "Newer Plugin", {"_keygate_activation_limit": "1"})
+
+    def orders_down(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path.startswith("orders/"):
+            return error(503, "down", "Maintenance")
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = orders_down  # type: ignore[method-assign]
+    fake_shop.requests.clear()
+    sync(app, shop)
+    assert sum(1 for _, path in fake_shop.requests if path.startswith("orders/")) == 3
+
+
+def test_sales_read_again_are_recent_and_bounded_per_sync(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Meta added to a product sold before licenses the sales of the last 30 days, newest
+    first and a bounded number per sync (the others next sync), never older ones."""
+    from connector.orders import product_sync
+
+    monkeypatch.setattr(product_sync, "REREAD_LIMIT", 2, raising=False)
+    connect_store(app, shop, fake_shop)
+    for oid in (9030, 9031, 9032, 9033):
+        fake_shop.orders[oid] = wc_order(oid, "completed", [line_item(510)], modified=-3000)
+        fake_shop.deliver(shop.client, "order.created", fake_shop.orders[oid])
+    with app.app_context(), transaction() as session:
+        old = session.scalars(select(Order).where(Order.shop_order_id == "9030")).one()
+        old.created_at = old.created_at - dt.timedelta(days=31)
+    fake_shop.products[510] = wc_product(510, "New Plugin", {"_keygate_activation_limit": "1"})
+    assert sync(app, shop).reapplied == ["9033", "9032"]
+    assert sync(app, shop).reapplied == ["9031"]
+    assert sync(app, shop).reapplied == []
+    assert shop.order(9030)["licenses"] == []
+
+
+def test_the_owner_sees_a_retired_product_and_can_send_it_back(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """GET /admin/products answers retired_at (set once the shop meta is gone); the product
+    read can be PUT back as it is, which configures it in Keygate again."""
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
+    connect_store(app, shop, fake_shop)
+    assert shop.admin("GET", "/products/501").get_json()["retired_at"] is None
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {})
+    sync(app, shop)
+    (listed,) = shop.admin("GET", "/products").get_json()["products"]
+    assert listed["retired_at"] is not None
+    read = shop.admin("GET", "/products/501").get_json()
+    assert read["retired_at"] == listed["retired_at"]
+    put = shop.admin("PUT", "/products/501", read)
+    assert put.status_code == 200, put.get_json()
+    assert put.get_json()["retired_at"] is None

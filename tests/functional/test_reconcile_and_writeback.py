@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import queue
 import threading
 import time
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
 from connector.models import AuditEvent, Job, License, ShopNote, Store, WebhookRegistration
 from connector.orders.reconcile import reconcile_store
-from connector.vault.connection import connection_of, shop_client_for
+from connector.vault.connection import TOPICS, connection_of, shop_client_for
 from plugin.woocommerce import rest
 from tests.factories import WebhookSender, line_item, wc_order, wc_time
 from tests.wc_rest import FakeShop, connect_store, fake_shop
@@ -508,14 +509,17 @@ def _reconciled_until(app: Flask, shop: WebhookSender) -> dt.datetime | None:
 def test_a_reconcile_waiting_on_the_shop_holds_no_database_lock(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
-    """While a run waits on a slow shop, a webhook is answered at once. On SQLite an open
-    transaction holds the one write lock (the webhook waited 30 s and got a 503)."""
+    """While a run waits on a slow shop, a webhook is answered at once and no transaction
+    is open. On SQLite an open transaction holds the one write lock (the webhook waited
+    30 s and got a 503); on PostgreSQL it shows as a connection idle in transaction."""
     shop.configure(501)
     listing, release = threading.Event(), threading.Event()
     orders = connected._orders
+    open_while_waiting: list[int] = []
 
     def slow_listing(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
         if not rest_:
+            open_while_waiting.append(transactions_left_open(app))
             listing.set()
             release.wait(30)
         return orders(method, rest_, query, body)
@@ -533,6 +537,7 @@ def test_a_reconcile_waiting_on_the_shop_holds_no_database_lock(
         run.join(30)
     assert response.status_code == 200
     assert took < 5
+    assert open_while_waiting and set(open_while_waiting) == {0}
 
 
 def test_an_order_changed_during_a_run_hides_no_other_order(
@@ -595,3 +600,88 @@ def test_a_run_from_a_later_date_leaves_the_unread_gap_to_the_next_run(
     assert len(shop.order(9621)["licenses"]) == 1
     reconcile(app, shop)
     assert len(shop.order(9620)["licenses"]) == 1
+
+
+def test_one_order_dated_in_the_future_hides_no_later_order(
+    app: Flask, shop: WebhookSender, connected: FakeShop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An order whose date_modified_gmt is ahead of Keygate's clock (a shop clock that
+    jumped once, an import) moves reconciled_until no further than the run's start, and is
+    logged: an order paid after that run, its webhook lost, is in the next run's window. A
+    watermark already in the future reads on from now."""
+    shop.configure(501)
+    now = dt.datetime.now(dt.UTC)
+    stamp = lambda moment: moment.replace(tzinfo=None).isoformat(timespec="seconds")  # noqa: E731
+    future = now + dt.timedelta(days=365)
+    connected.orders[9630] = dict(wc_order(9630), date_modified_gmt=stamp(future))
+    with caplog.at_level("WARNING", logger="connector.orders.reconcile"):
+        reconcile(app, shop)
+    until = _reconciled_until(app, shop)
+    assert until is not None and until <= dt.datetime.now(dt.UTC)
+    assert "ahead of Keygate's clock" in caplog.text
+    connected.orders[9631] = dict(wc_order(9631), date_modified_gmt=stamp(now))
+    reconcile(app, shop)
+    assert len(shop.order(9631)["licenses"]) == 1
+    _set_reconciled_until(app, shop, future)
+    connected.orders[9632] = touched_now(wc_order(9632))
+    reconcile(app, shop)
+    assert len(shop.order(9632)["licenses"]) == 1
+    until = _reconciled_until(app, shop)
+    assert until is not None and until <= dt.datetime.now(dt.UTC)
+
+
+def transactions_left_open(app: Flask) -> int:
+    """PostgreSQL: connections to the test database idle inside a transaction (a run that
+    waits on the shop in one). SQLite has no such view: what shows its one write lock held
+    is a webhook delivery waiting on it."""
+    engine = app.extensions["keygate.db"].engine
+    if engine.dialect.name != "postgresql":
+        return 0
+    with engine.connect() as connection:
+        return connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+
+
+def test_repairing_webhooks_waits_on_the_shop_outside_any_transaction(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """While the shop re-activates a webhook it disabled, or creates one deleted, a webhook
+    delivery is answered at once (on SQLite a transaction holds the one write lock), and
+    no transaction waits on the shop (PostgreSQL)."""
+    topics = {w["topic"]: w["id"] for w in connected.webhooks.values()}
+    connected.webhooks[topics["order.updated"]]["status"] = "disabled"
+    del connected.webhooks[topics["order.deleted"]]
+    webhooks = connected._webhooks
+    waiting: queue.Queue[tuple[str, int, threading.Event]] = queue.Queue()
+
+    def slow(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
+        if method in {"PUT", "POST"}:
+            release = threading.Event()
+            waiting.put((method, transactions_left_open(app), release))
+            release.wait(30)
+        return webhooks(method, rest_, query, body)
+
+    connected._webhooks = slow  # type: ignore[method-assign]
+    run = threading.Thread(target=reconcile, args=(app, shop))
+    run.start()
+    seen: list[tuple[str, int, int, float]] = []
+    try:
+        for n in range(2):
+            method, open_transactions, release = waiting.get(timeout=10)
+            began = time.monotonic()
+            response = connected.deliver(shop.client, "order.created", wc_order(9720 + n))
+            seen.append((method, open_transactions, response.status_code, time.monotonic() - began))
+            release.set()
+    finally:
+        while not waiting.empty():
+            waiting.get()[2].set()
+        run.join(30)
+    assert [(method, status) for method, _, status, _ in seen] == [("PUT", 200), ("POST", 200)]
+    assert all(took < 5 for *_, took in seen), seen
+    assert [open_transactions for _, open_transactions, *_ in seen] == [0, 0]
+    assert sorted(w["topic"] for w in connected.webhooks.values()) == sorted(TOPICS)
+    assert all(w["status"] == "active" for w in connected.webhooks.values())

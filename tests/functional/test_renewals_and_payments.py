@@ -12,7 +12,14 @@ from flask import Flask
 from sqlalchemy import func, select, update
 
 from connector.db import db, transaction, utcnow
-from connector.models import AuditEvent, DownloadGrant, License, LicenseRenewal, Store
+from connector.models import (
+    AuditEvent,
+    DownloadGrant,
+    License,
+    LicenseRenewal,
+    Product,
+    Store,
+)
 from connector.orders import renewals
 from connector.orders.renewals import SUBSCRIPTION_RENEWAL_META, subscription_of
 from connector.orders.service import apply_shop_order
@@ -579,3 +586,23 @@ def test_two_orders_renewing_two_licenses_in_opposite_order_both_apply(
     assert extended() == dict.fromkeys(keys, dt.timedelta(days=60))
     assert both_at_once("refunded", modified=10) == []
     assert extended() == dict.fromkeys(keys, dt.timedelta(0))
+
+
+def test_a_retired_products_paid_renewal_extends_its_key(app: Flask, shop: WebhookSender) -> None:
+    """A product retired (its shop meta removed) sells no new keys, but a paid renewal of a
+    key sold before (a subscription renewal, a line naming the key) still extends it."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9290, "completed", [line_item(501)], customer_id=42))
+    first = shop.order(9290)["licenses"][0]
+    with app.app_context():
+        db.session.execute(update(Product).values(retired_at=utcnow()))
+        db.session.commit()
+    shop.deliver(subscription_renewal(9291, 9199, modified=5))
+    assert shop.order(9291)["licenses"] == []
+    extended = shop.order(9290)["licenses"][0]["expires_at"]
+    assert extended > first["expires_at"]
+    shop.deliver(wc_order(9292, "processing", [renewal_line(501, first["key"], 302)], modified=9))
+    assert shop.order(9290)["licenses"][0]["expires_at"] > extended
+    shop.deliver(wc_order(9293, "processing", [line_item(501)], customer_id=43, modified=9))
+    assert shop.order(9293)["licenses"] == []
+    assert licenses(app) == 1

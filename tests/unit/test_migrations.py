@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from connector.db import Base, db, make_engine
-from connector.migrate import upgrade
+from connector.migrate import alembic_config, upgrade
+from tests.factories import WebhookSender, line_item, wc_order
 
 
 def test_migrations_match_the_models(app: Flask) -> None:
@@ -139,3 +141,37 @@ def test_0013_keeps_the_replay_order_and_expiries_of_existing_renewals(tmp_path:
     engine.dispose()
     assert [tuple(r) for r in renewals] == [(3, 3, None, None), (7, 7, before, before)]
     assert [tuple(e) for e in extensions] == [(7, before)]
+
+
+def test_0012_goes_down_and_up_again_with_data(shop: WebhookSender, database_url: str) -> None:
+    """0012's downgrade works with products that licenses and files refer to (SQLite's
+    batch rebuild of products was refused by foreign keys), and upgrading again keeps every
+    row."""
+    shop.configure(501)
+    shop.deliver(wc_order(9001, "processing", [line_item(501)]), "order.created")
+    engine = make_engine(database_url)
+    tables = ("products", "product_files", "licenses", "line_items", "shop_connections")
+
+    def counts() -> dict[str, int]:
+        with engine.connect() as connection:
+            return {
+                t: connection.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()  # noqa: S608
+                for t in tables
+            }
+
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE products SET retired_at = CURRENT_TIMESTAMP"))
+    before = counts()
+    assert before["licenses"] == 1
+    config = alembic_config(engine)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0011")
+        with engine.connect() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("products")}
+        assert "retired_at" not in columns
+        upgrade(engine)
+        assert counts() == before
+    finally:
+        engine.dispose()
