@@ -246,14 +246,7 @@ def register_webhooks(
             deleted.append(webhook_id)
     session.flush()
     if created or deleted:
-        record_audit(
-            session,
-            store_id=store.id,
-            actor="system",
-            action="shop.webhooks_registered",
-            subject=f"store:{store.public_id}",
-            detail={"created": created, "deleted": deleted},
-        )
+        _audit_registered(session, store, created, deleted)
     return RegistrationResult(created=created, deleted=deleted)
 
 
@@ -375,14 +368,7 @@ def _create_missing_webhooks(
                 )
             )
     if created:
-        record_audit(
-            session,
-            store_id=store.id,
-            actor="system",
-            action="shop.webhooks_registered",
-            subject=f"store:{store.public_id}",
-            detail={"created": created, "deleted": []},
-        )
+        _audit_registered(session, store, created, [])
     session.commit()
     for webhook_id in set(made.values()) - set(created):
         client.delete_webhook(webhook_id)
@@ -428,3 +414,16 @@ def disconnect(session: Session, store: Store, *, actor: str) -> list[str]:
         detail={"webhooks_deleted": deleted},
     )
     return deleted
+
+
+def _audit_registered(
+    session: Session, store: Store, created: list[str], deleted: list[str]
+) -> None:
+    record_audit(
+        session,
+        store_id=store.id,
+        actor="system",
+        action="shop.webhooks_registered",
+        subject=f"store:{store.public_id}",
+        detail={"created": created, "deleted": deleted},
+    )
