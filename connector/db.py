@@ -30,7 +30,16 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
 from flask import Flask, current_app, g, request
-from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Select, create_engine, event
+from sqlalchemy import (
+    CursorResult,
+    DateTime,
+    Engine,
+    MetaData,
+    Select,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -485,6 +494,18 @@ def transaction() -> Iterator[Session]:
     except BaseException:
         session.rollback()
         raise
+
+
+def lock_row(session: Session, model: type[T], row_id: int) -> T:
+    """The row, locked until the transaction ends (``FOR UPDATE`` on PostgreSQL; SQLite
+    writers take turns anyway) and read again under the lock, so the session's copy is what
+    the database holds now, not what was read before another writer committed."""
+    return session.execute(
+        select(model)
+        .where(model.id == row_id)  # type: ignore[attr-defined]
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
 
 
 def insert_ignoring_conflicts(

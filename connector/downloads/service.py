@@ -41,6 +41,7 @@ from connector.db import (
     RawConnection,
     SessionStatements,
     insert_ignoring_conflicts,
+    lock_row,
     raw_connection,
     utcnow,
 )
@@ -676,12 +677,7 @@ def _stamp_still_current(session: Session, grant: DownloadGrant, stamp: Stamp) -
     """Does the stamp still say what the order says? Read under the order's row lock, which
     an erasure takes too (``erase_downloads``): an erasure that landed while the copy was
     being stamped is seen here, and one that comes later sees the copy this records."""
-    session.execute(
-        select(Order)
-        .where(Order.id == grant.order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()  # fetched, so the session's copy of the order is refreshed
+    lock_row(session, Order, grant.order_id)  # and the session's copy of it refreshed
     current = stamp_for(session, grant)
     # The fingerprint is signed anew each time; everything else must match.
     return dataclasses.replace(current, fingerprint=stamp.fingerprint) == stamp

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import db
+from connector.db import db, lock_row
 from connector.integrations.brevo import BrevoConfig, push_contact, remove_from_list
 from connector.jobs import RetryLater, enqueue, handles
 from connector.models import BrevoRemoval, Order, Store
@@ -178,12 +178,7 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
 def _record_push(session: Session, store: Store, order_id: int, list_id: int, email: str) -> None:
     """Remember the list on the order, under its row lock (which an erasure takes too): an
     erasure that landed while the push ran did not see it, so the removal is queued here."""
-    order = session.execute(
-        select(Order)
-        .where(Order.id == order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
+    order = lock_row(session, Order, order_id)
     if order.is_erased:
         pseudonym = (order.email or "").partition("@")[0] or None
         queue_removal(session, store.id, list_id, email, reason="erasure", subject=pseudonym)

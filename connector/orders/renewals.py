@@ -45,7 +45,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import insert_ignoring_conflicts, utcnow
+from connector.db import insert_ignoring_conflicts, lock_row, utcnow
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import LATEST_EXPIRY, Policy, add_days
 from connector.models import (
@@ -213,12 +213,7 @@ def lock_license(session: Session, license_id: int) -> License:
     turns, or one extension is lost (PostgreSQL ``FOR UPDATE``; SQLite writers are
     serialized anyway).
     """
-    return session.execute(
-        select(License)
-        .where(License.id == license_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
+    return lock_row(session, License, license_id)
 
 
 def lock_licenses(session: Session, license_ids: Iterable[int]) -> None:
