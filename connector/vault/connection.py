@@ -3,8 +3,8 @@
 Flow: the owner opens :func:`connect_url` in the shop admin and approves; WooCommerce POSTs
 the new REST key to the callback (:func:`accept_callback`), which stores it in the vault and
 enqueues ``vault.register_webhooks``. That job (:func:`register_webhooks`) replaces every
-webhook pointing at this store's delivery URL with order.created / order.updated /
-order.deleted webhooks signed with a fresh secret, and remembers their ids.
+webhook pointing at this store's delivery URL with one webhook per topic signed with a
+fresh secret, and remembers their ids. The shop is never waited on inside a transaction.
 :func:`check_webhooks` (run by reconciliation) re-activates one WooCommerce disabled after
 failed deliveries; :func:`disconnect` deletes them and forgets the key.
 """
@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import utcnow
+from connector.db import lock_row, utcnow
 from connector.errors import Forbidden, KeygateError, ServiceUnavailable
 from connector.jobs import enqueue
 from connector.models import ShopConnection, Store, WebhookRegistration
@@ -206,48 +206,51 @@ def register_webhooks(
     (older connections, manual setups, a crashed earlier run) are deleted; each missing
     topic is created. When no registration is left, a fresh secret is made first.
 
+    Commits (the caller's work first): the shop is asked outside any transaction, so a slow
+    shop holds up none of the store's webhook deliveries, license calls or clicks (a
+    PostgreSQL row lock on the store, or SQLite's write lock, would). What it created is
+    recorded as it answers; a webhook made with a secret another run replaced meanwhile is
+    deleted again (:func:`_create_missing_webhooks`).
+
     Raises:
-        ShopError: the shop refused or could not be reached (nothing is committed then).
+        ShopError: the shop refused or could not be reached (what it made before is kept).
     """
     lock_store(session, store)
-    url = webhook_url(store)
-    registered = {
-        r.topic: r
-        for r in session.scalars(
-            select(WebhookRegistration).where(WebhookRegistration.store_id == store.id)
-        )
-    }
-    if not registered:
+    registered = session.scalar(
+        select(WebhookRegistration.id).where(WebhookRegistration.store_id == store.id).limit(1)
+    )
+    if registered is None:
         store.webhook_secret = random_alphanumeric(40)
-        session.flush()
-    created: list[str] = []
-    for topic in TOPICS:
-        if topic in registered:
-            continue
-        webhook = client.create_webhook(
-            name=f"Keygate {topic}", topic=topic, delivery_url=url, secret=store.webhook_secret
+    created = _create_missing_webhooks(session, store, client)
+    deleted = _delete_stray_webhooks(session, store, client)
+    return RegistrationResult(created=created, deleted=deleted)
+
+
+def _delete_stray_webhooks(
+    session: Session, store: Store, client: WooCommerceClient
+) -> list[str]:
+    """Delete the shop's webhooks to this store's URL that Keygate has not registered
+    (commits; the shop is asked outside any transaction). One made by a run still waiting
+    on the shop may go too: the periodic check re-creates a registered webhook that is gone."""
+    url = webhook_url(store)
+    keep = set(
+        session.scalars(
+            select(WebhookRegistration.shop_webhook_id).where(
+                WebhookRegistration.store_id == store.id
+            )
         )
-        registration = WebhookRegistration(
-            store_id=store.id,
-            topic=topic,
-            shop_webhook_id=str(webhook["id"]),
-            status=str(webhook.get("status") or "active"),
-            checked_at=utcnow(),
-        )
-        session.add(registration)
-        registered[topic] = registration
-        created.append(registration.shop_webhook_id)
-    keep = {r.shop_webhook_id for r in registered.values()}
+    )
+    session.commit()
     deleted: list[str] = []
     for webhook in client.list_webhooks():
         webhook_id = str(webhook.get("id"))
         if _same_url(webhook.get("delivery_url"), url) and webhook_id not in keep:
             client.delete_webhook(webhook_id)
             deleted.append(webhook_id)
-    session.flush()
-    if created or deleted:
-        _audit_registered(session, store, created, deleted)
-    return RegistrationResult(created=created, deleted=deleted)
+    if deleted:
+        _audit_registered(session, store, [], deleted)
+        session.commit()
+    return deleted
 
 
 def _same_url(value: object, url: str) -> bool:
@@ -269,23 +272,28 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
         Shop ids of the webhooks re-activated or re-created.
     """
     session.commit()
+    # What Keygate had registered before the shop's listing: the listing speaks for these
+    # only (another run may register a webhook after it).
+    listed = {
+        r.id: (r.topic, r.shop_webhook_id)
+        for r in session.scalars(
+            select(WebhookRegistration).where(WebhookRegistration.store_id == store.id)
+        )
+    }
+    session.commit()
     remote = {str(w.get("id")): w for w in client.list_webhooks()}
-    registrations = list(
-        session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
-    )
-    if not registrations:
+    if not listed:
         # Connected but nothing registered (the registration job gave up): register now.
         return register_webhooks(session, store, client).created
     # A topic Keygate registers since this store connected counts as missing too.
-    missing = bool(set(TOPICS) - {r.topic for r in registrations}) or any(
-        r.shop_webhook_id not in remote for r in registrations
+    missing = bool(set(TOPICS) - {topic for topic, _ in listed.values()}) or any(
+        webhook_id not in remote for _, webhook_id in listed.values()
     )
     disabled = [
-        r.shop_webhook_id
-        for r in registrations
-        if r.shop_webhook_id in remote and remote[r.shop_webhook_id].get("status") == "disabled"
+        webhook_id
+        for _, webhook_id in listed.values()
+        if webhook_id in remote and remote[webhook_id].get("status") == "disabled"
     ]
-    session.commit()  # read only so far: nothing held while the shop answers
     for webhook_id in disabled:
         client.update_webhook(webhook_id, status="active")
         remote[webhook_id] = {**remote[webhook_id], "status": "active"}
@@ -293,6 +301,8 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
     for registration in session.scalars(
         select(WebhookRegistration).where(WebhookRegistration.store_id == store.id)
     ):
+        if registration.id not in listed:
+            continue  # registered by another run since: made after the listing
         webhook = remote.get(registration.shop_webhook_id)
         registration.checked_at = utcnow()
         if webhook is None:
@@ -328,7 +338,8 @@ def _create_missing_webhooks(
     """Create the webhook of each topic with no registration (commits): the shop is asked
     outside any transaction, what it created is recorded after, even when it fails
     half-way (then the error is raised). A topic another run registered meanwhile keeps its
-    webhook; the one made here is deleted again."""
+    webhook, and a secret another run replaced meanwhile (a reconnection) makes every
+    webhook made here stale: those are deleted again, never registered."""
     registered = set(
         session.scalars(
             select(WebhookRegistration.topic).where(WebhookRegistration.store_id == store.id)
@@ -349,12 +360,14 @@ def _create_missing_webhooks(
             failure = exc
             break
         made[topic] = str(webhook["id"])
-    lock_store(session, store)
+    lock_row(session, Store, store.id)  # and the secret read again
     registered = set(
         session.scalars(
             select(WebhookRegistration.topic).where(WebhookRegistration.store_id == store.id)
         )
     )
+    if store.webhook_secret != secret:
+        registered = set(made)  # signed with a secret no delivery is checked against now
     created = [webhook_id for topic, webhook_id in made.items() if topic not in registered]
     for topic, webhook_id in made.items():
         if topic not in registered:
