@@ -90,6 +90,16 @@ class WooCommerceClient:
         except ValueError:
             raise ShopUnavailable(f"{method} {endpoint}: the shop answered no JSON") from None
 
+    def _object(
+        self, method: str, endpoint: str, data: Any = None, **params: Any
+    ) -> dict[str, Any]:
+        """A call answered by one JSON object (an order, a product, a webhook, a note); a
+        caching or security plugin's ``[]``, ``null`` or text is the shop not answering."""
+        answer = self._call(method, endpoint, data, **params)
+        if not isinstance(answer, dict):
+            raise ShopUnavailable(f"{method} {endpoint}: the shop answered no JSON object")
+        return answer
+
     def _response(
         self, method: str, endpoint: str, data: Any = None, **params: Any
     ) -> requests.Response:
@@ -129,7 +139,7 @@ class WooCommerceClient:
     def create_webhook(
         self, *, name: str, topic: str, delivery_url: str, secret: str
     ) -> dict[str, Any]:
-        created: dict[str, Any] = self._call(
+        created = self._object(
             "POST",
             "webhooks",
             {
@@ -140,11 +150,12 @@ class WooCommerceClient:
                 "status": "active",
             },
         )
+        if created.get("id") is None:
+            raise ShopUnavailable("POST webhooks: the shop's answer names no webhook id")
         return created
 
     def update_webhook(self, webhook_id: str, **fields: Any) -> dict[str, Any]:
-        updated: dict[str, Any] = self._call("PUT", f"webhooks/{webhook_id}", fields)
-        return updated
+        return self._object("PUT", f"webhooks/{webhook_id}", fields)
 
     def delete_webhook(self, webhook_id: str) -> None:
         """Delete for good (webhooks have no trash); an already deleted one is fine."""
@@ -157,8 +168,7 @@ class WooCommerceClient:
     # --- orders -----------------------------------------------------------------------
 
     def get_order(self, order_id: str) -> dict[str, Any]:
-        order: dict[str, Any] = self._call("GET", f"orders/{order_id}")
-        return order
+        return self._object("GET", f"orders/{order_id}")
 
     def orders_modified_after(
         self, since: dt.datetime, *, status: str | None = None
@@ -219,10 +229,9 @@ class WooCommerceClient:
     def create_order_note(
         self, order_id: str, note: str, *, customer_note: bool = True
     ) -> dict[str, Any]:
-        created: dict[str, Any] = self._call(
+        return self._object(
             "POST", f"orders/{order_id}/notes", {"note": note, "customer_note": customer_note}
         )
-        return created
 
     # --- products ---------------------------------------------------------------------
 
@@ -239,8 +248,7 @@ class WooCommerceClient:
 
     def get_product(self, product_id: str) -> dict[str, Any]:
         """One product or variation by id (WooCommerce answers both at products/<id>)."""
-        product: dict[str, Any] = self._call("GET", f"products/{product_id}")
-        return product
+        return self._object("GET", f"products/{product_id}")
 
     def _complete(self, endpoint: str) -> list[dict[str, Any]]:
         """A paged list read to the end and checked against X-WP-Total when the shop sends

@@ -466,3 +466,27 @@ def test_the_owner_sees_a_retired_product_and_can_send_it_back(
     put = shop.admin("PUT", "/products/501", read)
     assert put.status_code == 200, put.get_json()
     assert put.get_json()["retired_at"] is None
+
+
+def test_a_product_read_that_is_no_json_object_retires_nothing_and_breaks_no_sync(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A caching or security plugin answering ``[]`` for ``products/<id>`` (the check of a
+    product the listing shows without meta) is the shop not answering: the product is not
+    retired and the rest of the listing is applied."""
+    fake_shop.products[811] = wc_product(811, "Kept", {"_keygate_activation_limit": "1"})
+    fake_shop.products[812] = wc_product(812, "Cached", {"_keygate_activation_limit": "1"})
+    connect_store(app, shop, fake_shop)
+    fake_shop.products[811] = wc_product(811, "Kept", {"_keygate_activation_limit": "4"})
+    fake_shop.products[812] = wc_product(812, "Cached", {})  # listed without meta
+    dispatch = fake_shop._dispatch
+
+    def cached(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path == "products/812":
+            return fake_shop._json([])
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = cached  # type: ignore[method-assign]
+    assert sync(app, shop).retired == []
+    assert retired_products(app) == []
+    assert shop.admin("GET", "/products/811").get_json()["policy"]["activation_limit"] == 4
