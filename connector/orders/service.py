@@ -169,13 +169,19 @@ def _configured_product(
 ) -> tuple[Product | None, str | None]:
     """The configured product for a line: its variation first, then its parent product.
     A retired product (its shop meta is gone) matches no new sale, only a ``renewal`` (a
-    paid subscription renewal or a line naming a key extends the key it renews)."""
-    for shop_id in (item.variation_id, item.product_id):
-        if shop_id is None:
-            continue
-        product = find_product(session, store, shop_id)
-        if product is not None and (product.retired_at is None or renewal):
+    paid subscription renewal or a line naming a key extends the key it renews), and only
+    when no live one does: a variation retired to follow its parent again renews the
+    parent's key."""
+    found = [
+        (product, shop_id)
+        for shop_id in (item.variation_id, item.product_id)
+        if shop_id is not None and (product := find_product(session, store, shop_id)) is not None
+    ]
+    for product, shop_id in found:
+        if product.retired_at is None:
             return product, shop_id
+    if renewal and found:
+        return found[0]
     return None, None
 
 

@@ -606,3 +606,29 @@ def test_a_retired_products_paid_renewal_extends_its_key(app: Flask, shop: Webho
     shop.deliver(wc_order(9293, "processing", [line_item(501)], customer_id=43, modified=9))
     assert shop.order(9293)["licenses"] == []
     assert licenses(app) == 1
+
+
+def test_a_renewal_through_a_retired_variation_extends_the_parents_key(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A variation configured on its own, then its meta removed (retired: its lines follow
+    the parent again), sold with the parent's key: the subscription's renewal extends that
+    key and issues no key of the retired variation."""
+    shop.configure(600, duration_days=30)
+    shop.configure(601, duration_days=30)
+    with app.app_context():
+        db.session.execute(
+            update(Product).where(Product.shop_product_id == "601").values(retired_at=utcnow())
+        )
+        db.session.commit()
+    shop.deliver(wc_order(9500, "completed", [line_item(600, variation_id=601)], customer_id=42))
+    (first,) = shop.order(9500)["licenses"]
+    assert first["product_id"] == "600"
+    renewal = wc_order(
+        9501, "processing", [line_item(600, variation_id=601)], customer_id=42, modified=5
+    )
+    renewal["meta_data"].append({"id": 9, "key": SUBSCRIPTION_RENEWAL_META, "value": "9199"})
+    shop.deliver(renewal)
+    assert shop.order(9501)["licenses"] == []
+    assert shop.order(9500)["licenses"][0]["expires_at"] > first["expires_at"]
+    assert licenses(app) == 1
