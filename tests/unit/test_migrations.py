@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alembic import command
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from flask import Flask
 from sqlalchemy import inspect, text
 
 from connector.db import Base, db, make_engine
-from connector.migrate import alembic_config, upgrade
+from connector.migrate import downgrade, upgrade
 from tests.factories import WebhookSender, line_item, wc_order
 
 
@@ -163,15 +163,70 @@ def test_0012_goes_down_and_up_again_with_data(shop: WebhookSender, database_url
         connection.execute(text("UPDATE products SET retired_at = CURRENT_TIMESTAMP"))
     before = counts()
     assert before["licenses"] == 1
-    config = alembic_config(engine)
     try:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.downgrade(config, "0011")
+        downgrade(engine, "0011")
         with engine.connect() as connection:
             columns = {c["name"] for c in inspect(connection).get_columns("products")}
         assert "retired_at" not in columns
         upgrade(engine)
         assert counts() == before
+    finally:
+        engine.dispose()
+
+
+def test_every_migration_goes_down_and_up_again_with_data(
+    shop: WebhookSender, database_url: str
+) -> None:
+    """Each downgrade works on a database in use (SQLite's batch mode rebuilds a table with
+    DROP TABLE, which foreign keys refuse once a row refers to it), one revision at a time
+    back to the first, and upgrading again keeps every row."""
+    from tests.functional.test_renewals_and_payments import renewal_line
+
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9001, "processing", [line_item(501)]), "order.created")
+    key = shop.order(9001)["licenses"][0]["key"]
+    shop.deliver(wc_order(9002, "processing", [renewal_line(501, key, 77)]), "order.created")
+    engine = make_engine(database_url)
+    tables = ("orders", "line_items", "licenses", "license_renewals", "download_grants")
+
+    def counts() -> dict[str, int]:
+        with engine.connect() as connection:
+            return {
+                t: connection.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()  # noqa: S608
+                for t in tables
+            }
+
+    before = counts()
+    assert before["license_renewals"] == 1
+    try:
+        for target in ("0012", "0011", "0010", "0009", "0008", "0007", "0006", "0005"):
+            downgrade(engine, target)
+        upgrade(engine)
+        assert counts() == before
+    finally:
+        engine.dispose()
+
+
+def test_a_migration_leaving_a_dangling_reference_on_sqlite_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Foreign keys are off while SQLite migrates (table rebuilds), so every reference is
+    checked before the commit: a dangling one rolls the whole migration back."""
+    from connector.migrate import _migrating
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
+    try:
+        upgrade(engine)
+        with pytest.raises(RuntimeError, match="1 rows referring"), _migrating(engine) as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO admin_users (username, password_hash, store_id, created_at, "
+                    "session_generation) VALUES ('ana', 'x', 999, '2026-12-01 00:00:00', 0)"
+                )
+            )
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM admin_users")).scalar() == 0
+            # and foreign keys are on again for the next user of the pooled connection
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
