@@ -80,7 +80,10 @@ def pass_withdrawal_on(session: Session, store: Store, order: Order, shop_order:
     consent): a push still waiting must not happen (the order remembers the withdrawal),
     and a buyer Keygate pushed is taken out of the list again.
 
-    A deletion is no withdrawal (its payload carries no meta at all).
+    A deletion is no withdrawal (its payload carries no meta at all). An order migration
+    0011 marked (its buyer perhaps pushed before lists were recorded, never known to have
+    consented on it) takes nobody out: they may be in the list by another order's consent;
+    only an erasure takes such a buyer out.
     """
     if shop_order.deleted or order.mail_address is None:
         return
@@ -88,18 +91,17 @@ def pass_withdrawal_on(session: Session, store: Store, order: Order, shop_order:
     if config is None or config.consent_meta_key is None:
         return
     order.brevo_consent_withdrawn = not shop_order.meta_flag(config.consent_meta_key)
-    if not order.brevo_consent_withdrawn or order.brevo_list_id is None:
+    list_id = order.brevo_list_id
+    if not order.brevo_consent_withdrawn or list_id in (None, LIST_NOT_RECORDED):
         return
-    list_id = _list_to_leave(config, order.brevo_list_id)
-    if list_id is not None:
-        queue_removal(
-            session,
-            store.id,
-            list_id,
-            order.mail_address,
-            reason="withdrawal",
-            subject=f"order:{order.shop_order_id}",
-        )
+    queue_removal(
+        session,
+        store.id,
+        list_id,
+        order.mail_address,
+        reason="withdrawal",
+        subject=f"order:{order.shop_order_id}",
+    )
     order.brevo_list_id = None
 
 

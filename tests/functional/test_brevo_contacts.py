@@ -161,6 +161,30 @@ def test_consent_withdrawn_while_the_push_ran_is_undone(
     assert not brevo.in_list(EMAIL, 7)
 
 
+def test_an_order_marked_by_migration_0011_takes_no_consenting_buyer_out(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """0011 marks every order of a store with Brevo credentials as pushed (it cannot tell),
+    consent or not: a later delivery of such an order without consent is no withdrawal, so
+    a buyer who consented on their next order stays in the list (an erasure still takes
+    them out)."""
+    ask_for_consent(brevo_shop)
+    brevo_shop.deliver(wc_order(9750, "processing", [line_item(501, line_id=51)]))
+    run_pending(brevo_app)
+    with brevo_app.app_context(), transaction() as session:
+        session.execute(update(Order).where(Order.shop_order_id == "9750").values(brevo_list_id=0))
+    consented = wc_order(9751, "processing", [line_item(501, line_id=52)])
+    brevo_shop.deliver(with_meta(consented, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+    assert brevo.in_list(EMAIL, 7)
+    brevo_shop.deliver(wc_order(9750, "completed", [line_item(501, line_id=51)], modified=5))
+    run_pending(brevo_app)
+    assert removals(brevo) == []
+    assert brevo.in_list(EMAIL, 7)
+    assert erase(brevo_shop)["brevo_removal"] == "queued"
+
+
 def erase(shop: WebhookSender) -> dict[str, Any]:
     answer = shop.admin("DELETE", f"/customers/{EMAIL}")
     assert answer.status_code == 200
