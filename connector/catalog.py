@@ -13,7 +13,13 @@ from connector.db import iso
 from connector.errors import ValidationFailed
 from connector.models import WATERMARKS, Product, ProductFile, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
-from connector.validation import plain_text
+from connector.validation import (
+    known_fields,
+    optional_bool,
+    optional_int,
+    plain_text,
+    required_str,
+)
 
 POLICY_FIELDS = (
     "activation_limit",
@@ -26,6 +32,16 @@ POLICY_FIELDS = (
     "abuse_threshold",
     "abuse_suspend",
 )
+# The yes/no policy fields (the columns are booleans); the others are whole numbers.
+BOOL_POLICY_FIELDS = ("staging_free", "perpetual_fallback", "abuse_suspend")
+# The body of ``PUT /api/v1/admin/products/<id>`` (and of the admin page's form).
+PRODUCT_FIELDS = ("name", "policy", "files", "watermark_fallback")
+# What a product read answers besides: accepted back in a PUT (a product read, edited, sent
+# back) and ignored (a PUT configures the product in Keygate, which ends a retirement).
+READ_ONLY_PRODUCT_FIELDS = ("product_id", "retired_at", "warnings")
+FILE_FIELDS = ("object_key", "filename", "watermark")
+DAYS_MAX = 100 * 366
+MAX_FILES = 100
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,51 @@ def parse_watermark_fallback(data: dict[str, Any]) -> str:
     return str(value)
 
 
+def parse_product_spec(data: dict[str, Any]) -> ProductSpec:
+    """A product's settings from the body of a product PUT (the JSON API's, or the admin
+    page's form turned into the same shape).
+
+    Only a field left out or ``null`` takes its default; an unknown field (in the body,
+    ``policy`` or a file) or a wrong type is refused, so a typo never quietly removes a limit.
+
+    Raises:
+        ValidationFailed: (422) naming the first field that is wrong.
+    """
+    known_fields(data, PRODUCT_FIELDS + READ_ONLY_PRODUCT_FIELDS)
+    raw_policy = {} if data.get("policy") is None else data["policy"]
+    if not isinstance(raw_policy, dict):
+        raise ValidationFailed("policy must be an object", field="policy")
+    known_fields(raw_policy, POLICY_FIELDS, "policy")
+    policy = {
+        "activation_limit": optional_int(
+            raw_policy, "activation_limit", minimum=0, maximum=100_000
+        ),
+        "duration_days": optional_int(raw_policy, "duration_days", minimum=1, maximum=DAYS_MAX),
+        "update_days": optional_int(raw_policy, "update_days", minimum=0, maximum=DAYS_MAX),
+        "staging_free": optional_bool(raw_policy, "staging_free"),
+        "download_limit": optional_int(raw_policy, "download_limit", minimum=0, maximum=1_000_000),
+        "download_days": optional_int(raw_policy, "download_days", minimum=1, maximum=DAYS_MAX),
+        "perpetual_fallback": optional_bool(raw_policy, "perpetual_fallback"),
+        "abuse_threshold": optional_int(raw_policy, "abuse_threshold", minimum=1, maximum=100_000),
+        "abuse_suspend": optional_bool(raw_policy, "abuse_suspend"),
+    }
+    raw_files = [] if data.get("files") is None else data["files"]
+    if not isinstance(raw_files, list) or len(raw_files) > MAX_FILES:
+        raise ValidationFailed(f"files must be a list of at most {MAX_FILES} files", field="files")
+    for i, raw in enumerate(raw_files):
+        if isinstance(raw, dict):
+            known_fields(raw, FILE_FIELDS, f"files[{i}]")
+    files = [parse_file_spec(raw, i) for i, raw in enumerate(raw_files)]
+    if len({f.object_key for f in files}) != len(files):
+        raise ValidationFailed("files lists the same object_key twice", field="files")
+    return ProductSpec(
+        name=required_str(data, "name"),
+        policy=policy,
+        files=files,
+        watermark_fallback=parse_watermark_fallback(data),
+    )
+
+
 def find_product(session: Session, store: Store, shop_product_id: str) -> Product | None:
     """The store's product configured under the shop's id, if any."""
     return session.execute(
@@ -152,6 +213,21 @@ def configure_product(
         detail={"policy": {k: spec.policy.get(k) for k in POLICY_FIELDS}, "files": sorted(wanted)},
     )
     return product
+
+
+def product_warnings(store: Store, product: Product) -> list[str]:
+    """Owner-facing warnings for the product's files not (yet) in storage; never an error."""
+    return products_warnings(store, [product])[product.id]
+
+
+def products_warnings(store: Store, products: list[Product]) -> dict[int, list[str]]:
+    """:func:`product_warnings` of several products of ``store``, by product id: each file
+    is looked up once, and a storage that does not answer is waited for once."""
+    from connector.downloads.storage import storage_warnings
+
+    return storage_warnings(
+        store, {p.id: [f.object_key for f in p.files if f.active] for p in products}
+    )
 
 
 def product_json(product: Product) -> dict[str, Any]:

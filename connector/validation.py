@@ -131,6 +131,12 @@ def storable_text(value: str, name: str) -> str:
     return value
 
 
+def is_shop_id(value: str) -> bool:
+    """``value`` can be a shop's id (of an order, a product or a variation): ASCII letters
+    and digits, 1 to 64 of them."""
+    return 0 < len(value) <= 64 and value.isascii() and value.isalnum()
+
+
 def is_control_character(char: str) -> bool:
     """C0 and C1 controls and DEL (CR, LF, tab, NUL, ...): never part of a name or a path."""
     return unicodedata.category(char) == "Cc"

@@ -10,13 +10,11 @@ from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
 from connector.catalog import (
-    POLICY_FIELDS,
-    ProductSpec,
     configure_product,
     find_product,
-    parse_file_spec,
-    parse_watermark_fallback,
+    parse_product_spec,
     product_json,
+    product_warnings,
 )
 from connector.db import db, iso
 from connector.errors import Conflict, NotFound, ValidationFailed
@@ -25,67 +23,15 @@ from connector.mail.service import ORDER_MAIL_JOB, mail_order_again
 from connector.models import AuditEvent, Job, Mail, Order, Product
 from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
-from connector.validation import (
-    json_body,
-    known_fields,
-    optional_bool,
-    optional_int,
-    required_str,
-    whole_number,
-)
+from connector.validation import is_shop_id, json_body, whole_number
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
 
-DAYS_MAX = 100 * 366
-
 
 def _shop_id(value: str) -> str:
-    if not value or len(value) > 64 or not value.isascii() or not value.isalnum():
+    if not is_shop_id(value):
         raise NotFound("Shop ids are letters and digits.")
     return value
-
-
-PRODUCT_FIELDS = ("name", "policy", "files", "watermark_fallback")
-# What GET answers besides: accepted back in a PUT (a product read, edited, sent back) and
-# ignored (a PUT configures the product in Keygate, which ends a retirement).
-READ_ONLY_PRODUCT_FIELDS = ("product_id", "retired_at", "warnings")
-FILE_FIELDS = ("object_key", "filename", "watermark")
-
-
-def _product_spec(data: dict[str, Any]) -> ProductSpec:
-    known_fields(data, PRODUCT_FIELDS + READ_ONLY_PRODUCT_FIELDS)
-    raw_policy = {} if data.get("policy") is None else data["policy"]
-    if not isinstance(raw_policy, dict):
-        raise ValidationFailed("policy must be an object", field="policy")
-    known_fields(raw_policy, POLICY_FIELDS, "policy")
-    policy = {
-        "activation_limit": optional_int(
-            raw_policy, "activation_limit", minimum=0, maximum=100_000
-        ),
-        "duration_days": optional_int(raw_policy, "duration_days", minimum=1, maximum=DAYS_MAX),
-        "update_days": optional_int(raw_policy, "update_days", minimum=0, maximum=DAYS_MAX),
-        "staging_free": optional_bool(raw_policy, "staging_free"),
-        "download_limit": optional_int(raw_policy, "download_limit", minimum=0, maximum=1_000_000),
-        "download_days": optional_int(raw_policy, "download_days", minimum=1, maximum=DAYS_MAX),
-        "perpetual_fallback": optional_bool(raw_policy, "perpetual_fallback"),
-        "abuse_threshold": optional_int(raw_policy, "abuse_threshold", minimum=1, maximum=100_000),
-        "abuse_suspend": optional_bool(raw_policy, "abuse_suspend"),
-    }
-    raw_files = [] if data.get("files") is None else data["files"]
-    if not isinstance(raw_files, list) or len(raw_files) > 100:
-        raise ValidationFailed("files must be a list of at most 100 files", field="files")
-    for i, raw in enumerate(raw_files):
-        if isinstance(raw, dict):
-            known_fields(raw, FILE_FIELDS, f"files[{i}]")
-    files = [parse_file_spec(raw, i) for i, raw in enumerate(raw_files)]
-    if len({f.object_key for f in files}) != len(files):
-        raise ValidationFailed("files lists the same object_key twice", field="files")
-    return ProductSpec(
-        name=required_str(data, "name"),
-        policy=policy,
-        files=files,
-        watermark_fallback=parse_watermark_fallback(data),
-    )
 
 
 @bp.put("/products/<shop_product_id>")
@@ -96,7 +42,7 @@ def put_product(shop_product_id: str) -> ResponseReturnValue:
         raise ValidationFailed(
             "product_id does not match the product in the address", field="product_id"
         )
-    spec = _product_spec(data)
+    spec = parse_product_spec(data)
     product = configure_product(
         db.session, current_store(), _shop_id(shop_product_id), spec, actor="api"
     )
@@ -125,14 +71,9 @@ def get_product(shop_product_id: str) -> ResponseReturnValue:
 
 def _product_answer(product: Product) -> ResponseReturnValue:
     """A product as configured, with owner-facing warnings for files not (yet) in storage."""
-    return jsonify({**product_json(product), "warnings": missing_file_warnings(product)})
-
-
-def missing_file_warnings(product: Any) -> list[str]:
-    """Owner-facing warnings for files not (yet) in storage; never an error."""
-    from connector.downloads.storage import storage_warnings
-
-    return storage_warnings(current_store(), [f.object_key for f in product.files if f.active])
+    return jsonify(
+        {**product_json(product), "warnings": product_warnings(current_store(), product)}
+    )
 
 
 def order_json(order: Order) -> dict[str, Any]:

@@ -19,15 +19,17 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from connector.errors import ValidationFailed
 from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable
 from connector.models import Store
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -329,13 +331,23 @@ def missing_objects(store: Store, keys: list[str]) -> list[str]:
     return [key for key in keys if not backend.exists(key)]
 
 
-def storage_warnings(store: Store, keys: list[str]) -> list[str]:
-    """Owner-facing warnings about files not (yet) in storage; never an error.
+# A storage that did not answer: the owner's settings are saved anyway, unchecked.
+UNCHECKED = "the file storage did not answer; files were not checked"
 
-    A store that does not answer is a warning too: the owner's settings are saved anyway.
+
+def storage_warnings(store: Store, keys: Mapping[K, list[str]]) -> dict[K, list[str]]:
+    """Owner-facing warnings about files not (yet) in storage, never an error: for each list
+    of object keys of ``store`` (a product's files), by the same owner key.
+
+    Each object is looked up once, and a storage that does not answer is asked only once
+    (each list with keys then gets :data:`UNCHECKED`).
     """
     try:
-        return [f"{key}: not found in storage yet" for key in missing_objects(store, keys)]
+        missing = set(missing_objects(store, sorted({key for ks in keys.values() for key in ks})))
     except StorageUnavailable:
         log.warning("could not check files of store %s: storage unavailable", store.id)
-        return ["the file storage did not answer; files were not checked"]
+        return {owner: [UNCHECKED] if ks else [] for owner, ks in keys.items()}
+    return {
+        owner: [f"{key}: not found in storage yet" for key in ks if key in missing]
+        for owner, ks in keys.items()
+    }

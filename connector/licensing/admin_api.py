@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -20,22 +19,17 @@ from connector.licensing.admin import (
     remove_activation_as_owner,
 )
 from connector.licensing.releases import (
-    SHA256,
-    VERSION,
-    ReleaseSpec,
     create_release,
+    parse_release_spec,
+    product_releases,
     release_json,
 )
 from connector.licensing.service import activation_json, iso
-from connector.models import Activation, Product, Release
+from connector.models import Activation, Product
 from connector.validation import (
     json_body,
-    known_fields,
     optional_int,
-    optional_str,
-    required_str,
 )
-from plugin.shop import parse_utc_datetime
 
 bp = Blueprint("licensing_admin_api", __name__, url_prefix="/api/v1/admin")
 
@@ -109,41 +103,10 @@ def _product(shop_product_id: str) -> Product:
     return product
 
 
-RELEASE_FIELDS = ("version", "object_key", "sha256", "size", "published_at", "changelog")
-
-
-def _release_spec(data: dict[str, Any]) -> ReleaseSpec:
-    known_fields(data, RELEASE_FIELDS)
-    version = required_str(data, "version", max_length=64)
-    if not VERSION.match(version):
-        raise ValidationFailed("version has characters other than 0-9 A-Z . + - _", field="version")
-    sha256 = required_str(data, "sha256", max_length=64).lower()
-    if not SHA256.match(sha256):
-        raise ValidationFailed("sha256 must be 64 hex characters", field="sha256")
-    size = optional_int(data, "size", minimum=0, maximum=2**62)
-    if size is None:
-        raise ValidationFailed("size is required (bytes)", field="size")
-    raw_published = optional_str(data, "published_at", max_length=40)
-    published = dt.datetime.now(dt.UTC)
-    if raw_published:
-        try:
-            published = parse_utc_datetime(raw_published)
-        except ValueError as exc:
-            raise ValidationFailed(f"published_at {exc}", field="published_at") from None
-    return ReleaseSpec(
-        version=version,
-        object_key=required_str(data, "object_key", max_length=1024),
-        sha256=sha256,
-        size=size,
-        published_at=published,
-        changelog=optional_str(data, "changelog", max_length=100_000),
-    )
-
-
 @bp.post("/products/<shop_product_id>/releases")
 @require_store_token
 def post_release(shop_product_id: str) -> ResponseReturnValue:
-    spec = _release_spec(json_body())
+    spec = parse_release_spec(json_body())
     release = create_release(
         db.session, current_store(), _product(shop_product_id), spec, actor="api"
     )
@@ -153,8 +116,5 @@ def post_release(shop_product_id: str) -> ResponseReturnValue:
 @bp.get("/products/<shop_product_id>/releases")
 @require_store_token
 def get_releases(shop_product_id: str) -> ResponseReturnValue:
-    product = _product(shop_product_id)
-    releases = db.session.scalars(
-        select(Release).where(Release.product_id == product.id).order_by(Release.published_at)
-    )
+    releases = product_releases(db.session, _product(shop_product_id))
     return jsonify({"releases": [release_json(r) for r in releases]})

@@ -12,9 +12,11 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.catalog import _check_object_key
-from connector.errors import Conflict
+from connector.errors import Conflict, ValidationFailed
 from connector.models import Product, Release, Store
 from connector.tokens import RELEASE, dumps_timed
+from connector.validation import known_fields, optional_int, optional_str, required_str
+from plugin.shop import parse_utc_datetime
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+\-_]{0,63}$")
@@ -28,6 +30,52 @@ class ReleaseSpec:
     size: int
     published_at: dt.datetime
     changelog: str | None
+
+
+RELEASE_FIELDS = ("version", "object_key", "sha256", "size", "published_at", "changelog")
+
+
+def parse_release_spec(data: dict[str, Any]) -> ReleaseSpec:
+    """A release from the body of a release POST (the JSON API's, or the admin page's form
+    turned into the same shape); ``published_at`` left out is now.
+
+    Raises:
+        ValidationFailed: (422) naming the first field that is wrong or unknown.
+    """
+    known_fields(data, RELEASE_FIELDS)
+    version = required_str(data, "version", max_length=64)
+    if not VERSION.match(version):
+        raise ValidationFailed("version has characters other than 0-9 A-Z . + - _", field="version")
+    sha256 = required_str(data, "sha256", max_length=64).lower()
+    if not SHA256.match(sha256):
+        raise ValidationFailed("sha256 must be 64 hex characters", field="sha256")
+    size = optional_int(data, "size", minimum=0, maximum=2**62)
+    if size is None:
+        raise ValidationFailed("size is required (bytes)", field="size")
+    raw_published = optional_str(data, "published_at", max_length=40)
+    published = dt.datetime.now(dt.UTC)
+    if raw_published:
+        try:
+            published = parse_utc_datetime(raw_published)
+        except ValueError as exc:
+            raise ValidationFailed(f"published_at {exc}", field="published_at") from None
+    return ReleaseSpec(
+        version=version,
+        object_key=required_str(data, "object_key", max_length=1024),
+        sha256=sha256,
+        size=size,
+        published_at=published,
+        changelog=optional_str(data, "changelog", max_length=100_000),
+    )
+
+
+def product_releases(session: Session, product: Product) -> list[Release]:
+    """The product's releases, oldest first (by ``published_at``)."""
+    return list(
+        session.scalars(
+            select(Release).where(Release.product_id == product.id).order_by(Release.published_at)
+        )
+    )
 
 
 def create_release(

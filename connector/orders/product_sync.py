@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.catalog import (
+    BOOL_POLICY_FIELDS,
     POLICY_FIELDS,
     ProductSpec,
     configure_product,
@@ -53,8 +54,7 @@ log = logging.getLogger(__name__)
 
 META_PREFIX = "_keygate_"
 SYNC_JOB = "shop.sync_products"
-# Yes/no settings (the columns are booleans); the other policy fields are whole numbers.
-_BOOL_FIELDS = ("staging_free", "perpetual_fallback", "abuse_suspend")
+_BOOL_FIELDS = BOOL_POLICY_FIELDS
 _INT_FIELDS = tuple(f for f in POLICY_FIELDS if f not in _BOOL_FIELDS)
 _MINIMUM = {"activation_limit": 0, "update_days": 0, "download_limit": 0}
 # Products a sync asks the shop about, one by one, before retiring them (the rest next sync).
