@@ -246,10 +246,8 @@ def store_add(
     """Register a shop; prints its webhook URL, webhook secret and admin API token once."""
     from connector import get_settings
     from connector.db import db
-    from connector.downloads.storage import own_area
     from connector.errors import KeygateError
-    from connector.licensing.keys import KeyFormat
-    from connector.stores import create_store
+    from connector.stores import create_store, key_format, setup_details
 
     app = make_app()
     with app.app_context():
@@ -258,22 +256,14 @@ def store_add(
                 db.session,
                 name,
                 url,
-                key_format=KeyFormat(key_prefix.upper(), key_groups, key_group_length),
+                key_format=key_format(key_prefix, key_groups, key_group_length),
+                actor="cli",
             )
-        except KeygateError as exc:
+        except KeygateError as exc:  # a bad URL, an empty name, a key format out of range
             raise click.ClickException(exc.detail) from None
-        except ValueError as exc:  # a key format out of range
-            raise click.ClickException(str(exc)) from None
         db.session.commit()
-        store_id = created.store.public_id
+        info = setup_details(created)
         base_url = get_settings().base_url
-        info = {
-            "store_id": store_id,
-            "webhook_url": f"{base_url}/webhooks/woocommerce/{store_id}",
-            "webhook_secret": created.webhook_secret,
-            "api_token": created.api_token,
-            "storage_area": own_area(created.store.id),
-        }
     if base_url == Settings.base_url and not os.environ.get("KEYGATE_BASE_URL"):
         click.echo(
             f"Note: webhook_url assumes Keygate is reached at {Settings.base_url}; set "

@@ -1,4 +1,8 @@
-"""Stores: creating one, finding one by its public id or by its admin API token."""
+"""Stores: creating one, finding one by its public id or by its admin API token.
+
+`keygate store add` and the admin page "Add a store" both create through :func:`create_store`
+and show :func:`setup_details` once.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,13 @@ from connector.audit import record_audit
 from connector.errors import ValidationFailed
 from connector.licensing.keys import KeyFormat
 from connector.models import Store
+from connector.validation import is_control_character
 from connector.vault.crypto import keyed_hash
 
 API_TOKEN_HASH = "store-api-token"  # noqa: S105 - a hash purpose label
 _ALPHANUMERIC = string.ascii_letters + string.digits
+MAX_URL_LENGTH = 500  # the columns' lengths
+MAX_PREFIX_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -35,10 +42,37 @@ def random_alphanumeric(length: int) -> str:
 
 
 def normalize_store_url(url: str) -> str:
-    parts = urlsplit(url.strip())
+    url = url.strip()
+    problem = "the store URL must be an http(s) URL such as https://shop.example"
+    # No spaces or control characters inside: the wc-auth link and webhook checks are
+    # built from it. Too long would not fit the column (a 500 on PostgreSQL).
+    if len(url) > MAX_URL_LENGTH:
+        raise ValidationFailed(f"the store URL is longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or is_control_character(c) for c in url):
+        raise ValidationFailed(problem)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced [ of an IPv6 host
+        raise ValidationFailed(problem) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValidationFailed("the store URL must be an http(s) URL such as https://shop.example")
-    return url.strip().rstrip("/")
+        raise ValidationFailed(problem)
+    return url.rstrip("/")
+
+
+def key_format(prefix: str = "", groups: int = 4, group_length: int = 5) -> KeyFormat:
+    """The license key format of a new store, as the owner typed it (prefix upper-cased).
+
+    Raises:
+        ValidationFailed: out of range (see :class:`KeyFormat`), or a prefix too long to
+            store (checked here, not in KeyFormat: stores made before keep theirs).
+    """
+    prefix = prefix.strip().upper()
+    if len(prefix) > MAX_PREFIX_LENGTH:
+        raise ValidationFailed(f"a key prefix is at most {MAX_PREFIX_LENGTH} characters")
+    try:
+        return KeyFormat(prefix, groups, group_length)
+    except ValueError as exc:  # KeyFormat's messages name the rule, never a secret
+        raise ValidationFailed(str(exc)) from None
 
 
 def _api_token() -> str:
@@ -46,9 +80,19 @@ def _api_token() -> str:
 
 
 def create_store(
-    session: Session, name: str, url: str, key_format: KeyFormat | None = None
+    session: Session,
+    name: str,
+    url: str,
+    key_format: KeyFormat | None = None,
+    *,
+    actor: str = "cli",
 ) -> NewStore:
-    """Register a shop; returns its one-time api token and webhook secret."""
+    """Register a shop (audited as ``actor``); returns its one-time api token and webhook
+    secret.
+
+    Raises:
+        ValidationFailed: an empty name, or a URL that is not http(s).
+    """
     key_format = key_format or KeyFormat()
     name = name.strip()
     if not name:
@@ -68,9 +112,24 @@ def create_store(
     session.add(store)
     session.flush()
     record_audit(
-        session, store_id=store.id, actor="cli", action="store.created", subject=store.public_id
+        session, store_id=store.id, actor=actor, action="store.created", subject=store.public_id
     )
     return NewStore(store=store, api_token=api_token, webhook_secret=webhook_secret)
+
+
+def setup_details(created: NewStore) -> dict[str, str]:
+    """What the owner copies once after creating a store (the CLI prints it, the admin page
+    shows it): the secret and token are not kept in the clear anywhere after this."""
+    from connector.downloads.storage import own_area
+    from connector.vault.connection import webhook_url
+
+    return {
+        "store_id": created.store.public_id,
+        "webhook_url": webhook_url(created.store),
+        "webhook_secret": created.webhook_secret,
+        "api_token": created.api_token,
+        "storage_area": own_area(created.store.id),
+    }
 
 
 def find_store(session: Session, public_id: str) -> Store | None:

@@ -1,10 +1,13 @@
-"""The owner's admin pages (/admin): sign in, orders, outbox and mails, audit log.
+"""The owner's admin pages (/admin): sign in, stores, orders, outbox and mails, audit log.
 
 Every page needs a signed-in admin; every form is CSRF-protected (Flask-WTF); templates are
 autoescaped. Admins created by `keygate init` see every store; admins added with
 `keygate admin add --store ID` see that store only: its orders, licenses, mails, audit
-entries, webhook deliveries and credentials (anything else is 404), and not the job queue,
-which is shared by all stores.
+entries, webhook deliveries, store page and credentials (anything else is 404), and not the
+job queue, which is shared by all stores, nor adding a store.
+
+A store's webhook secret and admin API token are shown once, in the answer to the POST that
+made them (``Cache-Control: no-store``), never kept in the session or shown again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from flask import (
     Response,
     abort,
     g,
+    make_response,
     redirect,
     render_template,
     request,
@@ -31,8 +35,11 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from connector.audit import record_audit
 from connector.db import db
+from connector.downloads.storage import own_area
+from connector.errors import KeygateError, ServiceUnavailable, ValidationFailed
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
+from connector.licensing.keys import KeyFormat
 from connector.models import (
     AdminUser,
     AuditEvent,
@@ -44,8 +51,11 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.orders.summary import order_entitlements
+from connector.stores import create_store, key_format, replace_api_token, setup_details
 from connector.validation import is_control_character, whole_number
+from connector.vault import connection as shop_connection
 from connector.vault.crypto import keyed_hash
+from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
 
 from .forms import ConfirmForm, LoginForm, PasswordForm
 
@@ -195,6 +205,7 @@ def dashboard() -> ResponseReturnValue:
         stores=stores,
         order_counts=counts,
         jobs=job_stats() if _scope() is None else None,
+        may_add_stores=_scope() is None,
         deliveries=deliveries,
         form=ConfirmForm(),
     )
@@ -346,28 +357,142 @@ def _admin_name() -> str:
     return f"admin:{user.username}"
 
 
-@bp.route("/stores/<int:store_id>/credentials", methods=["GET", "POST"])
-@login_required
-def store_credentials(store_id: int) -> ResponseReturnValue:
-    """R2 and Brevo settings of a store: secrets write-only (blank keeps the stored one)."""
-    from connector.errors import KeygateError
-    from connector.vault.service import (
-        FIELDS,
-        credentials_for,
-        masked,
-        parse_credentials,
-        put_credentials,
-    )
-
+def _visible_store(store_id: int) -> Store:
     store = db.session.get(Store, store_id)
     if store is None or not _visible(store.id):
         abort(404)
+    return store
+
+
+def _shown_once(page: str) -> Response:
+    """A page that shows a secret or token once: no copy of it may be cached anywhere."""
+    response = make_response(page)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+DEFAULT_KEY_FORMAT = KeyFormat()
+STORE_FORM = {
+    "name": "",
+    "url": "",
+    "key_prefix": "",
+    "key_groups": str(DEFAULT_KEY_FORMAT.groups),
+    "key_group_length": str(DEFAULT_KEY_FORMAT.group_length),
+}
+
+
+def _form_number(values: dict[str, str], name: str) -> int:
+    number = whole_number(values[name])
+    if number is None:
+        raise ValidationFailed(f"{name} must be a whole number", field=name)
+    return number
+
+
+@bp.route("/stores/new", methods=["GET", "POST"])
+@login_required
+def add_store() -> ResponseReturnValue:
+    """Register a shop, as `keygate store add` does (admins of every store only). The
+    answer shows its webhook secret and admin API token once."""
+    _global_only()
+    form = ConfirmForm()
+    values = dict(STORE_FORM)
+    error = None
+    if request.method == "POST":
+        if not form.validate_on_submit():
+            abort(400)
+        values = {name: str(request.form.get(name) or "").strip() for name in STORE_FORM}
+        try:
+            created = create_store(
+                db.session,
+                values["name"],
+                values["url"],
+                key_format=key_format(
+                    values["key_prefix"],
+                    _form_number(values, "key_groups"),
+                    _form_number(values, "key_group_length"),
+                ),
+                actor=_admin_name(),
+            )
+        except KeygateError as exc:
+            db.session.rollback()
+            error = exc.detail
+        else:
+            # Rendered here, not redirected to: the secret and token exist only in this answer.
+            page = render_template(
+                "admin/store_created.html",
+                store=created.store,
+                details=setup_details(created),
+                connect_warning=shop_connection.connect_warning(),
+                form=form,
+            )
+            return _shown_once(page)
+    page = render_template("admin/store_new.html", values=values, error=error, form=form)
+    return page, (422 if error else 200)
+
+
+@bp.get("/stores/<int:store_id>")
+@login_required
+def store_detail(store_id: int) -> ResponseReturnValue:
+    """A store: its addresses, its connection to the shop and what can be done about it."""
+    return _store_page(_visible_store(store_id))
+
+
+def _store_page(store: Store, error: str | None = None, status: int = 200) -> ResponseReturnValue:
+    page = render_template(
+        "admin/store.html",
+        store=store,
+        connection=shop_connection.connection_report(db.session, store),
+        storage_area=own_area(store.id),
+        error=error,
+        form=ConfirmForm(),
+    )
+    return page, status
+
+
+@bp.post("/stores/<int:store_id>/disconnect")
+@login_required
+def disconnect_store(store_id: int) -> ResponseReturnValue:
+    """Delete Keygate's webhooks in the shop and forget its key (DELETE /connection)."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    store = _visible_store(store_id)
+    try:
+        deleted = shop_connection.disconnect(db.session, store, actor=_admin_name())
+    except ServiceUnavailable as exc:  # the shop is down: nothing changed
+        db.session.rollback()
+        return _store_page(store, error=exc.detail, status=exc.status)
+    return redirect(
+        url_for("admin_views.store_detail", store_id=store.id, disconnected=len(deleted))
+    )
+
+
+@bp.post("/stores/<int:store_id>/token")
+@login_required
+def replace_store_token(store_id: int) -> ResponseReturnValue:
+    """A new admin API token for the store, shown once; the old one stops working."""
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        abort(400)
+    store = _visible_store(store_id)
+    token = replace_api_token(db.session, store, actor=_admin_name())
+    return _shown_once(
+        render_template("admin/store_token.html", store=store, api_token=token, form=form)
+    )
+
+
+@bp.route("/stores/<int:store_id>/credentials", methods=["GET", "POST"])
+@login_required
+def store_credentials(store_id: int) -> ResponseReturnValue:
+    """R2, Brevo and WooCommerce settings of a store: secrets write-only (blank keeps the
+    stored one). Saved as PUT /api/v1/admin/credentials/<kind> saves them: a WooCommerce
+    key given by hand connects the store."""
+    store = _visible_store(store_id)
     form = ConfirmForm()
     error = None
     saved = None
     if request.method == "POST":
         kind = request.form.get("kind", "")
-        if not form.validate_on_submit() or kind not in ("r2", "brevo"):
+        if not form.validate_on_submit() or kind not in FIELDS:
             abort(400)
         raw: dict[str, Any] = {}
         for name, spec in FIELDS[kind].items():
@@ -379,22 +504,21 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
             elif value:
                 raw[name] = value
         try:
-            put_credentials(
-                db.session, store, kind, parse_credentials(kind, raw), actor=_admin_name()
-            )
+            values = parse_credentials(kind, raw)
+            shop_connection.save_credentials(db.session, store, kind, values, actor=_admin_name())
             saved = kind
         except KeygateError as exc:
             db.session.rollback()
             error = exc.detail
     current = {
-        kind: masked(kind, credentials_for(db.session, store, kind) or {})
-        for kind in ("r2", "brevo", "woocommerce")
+        kind: masked(kind, credentials_for(db.session, store, kind) or {}) for kind in FIELDS
     }
     return render_template(
         "admin/credentials.html",
         store=store,
         fields=FIELDS,
         current=current,
+        connection=shop_connection.connection_of(db.session, store),
         form=form,
         error=error,
         saved=saved,

@@ -7,21 +7,23 @@ webhook pointing at this store's delivery URL with one webhook per topic signed 
 fresh secret, and remembers their ids. The shop is never waited on inside a transaction.
 :func:`check_webhooks` (run by reconciliation) re-activates one WooCommerce disabled after
 failed deliveries; :func:`disconnect` deletes them and forgets the key.
+:func:`connection_report` is how things stand, as the admin API and the store page show it.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import lock_row, utcnow
+from connector.db import iso, lock_row, utcnow
 from connector.errors import Forbidden, KeygateError, ServiceUnavailable
-from connector.jobs import enqueue
-from connector.models import ShopConnection, Store, WebhookRegistration
+from connector.jobs import enqueue, trouble_json
+from connector.models import Job, ShopConnection, Store, WebhookRegistration
 from connector.stores import random_alphanumeric
 from connector.tokens import CONNECT_STATE, dumps_timed, loads_timed
 from connector.vault.service import credentials_for, delete_credentials, put_credentials
@@ -63,7 +65,8 @@ def connect_warning() -> str | None:
         return None
     return (
         "WooCommerce posts the key only to a public https address: set KEYGATE_BASE_URL to "
-        "it, or give the key by hand (PUT /api/v1/admin/credentials/woocommerce)."
+        "it, or give the key by hand (the store's credentials page in /admin, or "
+        "PUT /api/v1/admin/credentials/woocommerce)."
     )
 
 
@@ -93,6 +96,51 @@ def connection_of(session: Session, store: Store) -> ShopConnection:
         session.add(connection)
         session.flush()
     return connection
+
+
+def connection_report(session: Session, store: Store) -> dict[str, Any]:
+    """How the store's connection to its shop stands (GET /api/v1/admin/connection and the
+    admin store page): status, the wc-auth link, registered webhooks, sync progress."""
+    connection = connection_of(session, store)
+    registrations = session.scalars(
+        select(WebhookRegistration)
+        .where(WebhookRegistration.store_id == store.id)
+        .order_by(WebhookRegistration.topic)
+    )
+    return {
+        "status": connection.status,
+        "connect_url": connect_url(store),
+        "connect_warning": connect_warning(),
+        "webhook_url": webhook_url(store),
+        "connected_at": iso(connection.connected_at),
+        "reconciled_until": iso(connection.reconciled_until),
+        "products_synced_at": iso(connection.products_synced_at),
+        # Products whose _keygate_* meta the last sync could not apply, and why.
+        "products_invalid": [
+            {"product_id": shop_id, "problem": problem}
+            for shop_id, problem in sorted((connection.products_invalid or {}).items())
+        ],
+        "webhooks": [
+            {"topic": r.topic, "id": r.shop_webhook_id, "status": r.status} for r in registrations
+        ],
+        "webhook_registration": registration_trouble(session, store),
+    }
+
+
+def registration_trouble(session: Session, store: Store) -> dict[str, Any] | None:
+    """Registering the shop's webhooks, when it has failed at least once and not succeeded
+    since: the shop may be down, or the key wrong. None when nothing is wrong."""
+    job = session.scalars(
+        select(Job)
+        .where(Job.kind == REGISTER_JOB, Job.payload["store_id"].as_integer() == store.id)
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    # The newest registration says how things stand: one that succeeded after an older one
+    # died means nothing is wrong.
+    if job is None or job.status == "done" or job.attempts == 0:
+        return None
+    return trouble_json(job)
 
 
 def shop_client_for(session: Session, store: Store) -> WooCommerceClient | None:
@@ -157,9 +205,29 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
     return True
 
 
-def accept_manual_key(session: Session, store: Store, *, changed: bool) -> None:
-    """A WooCommerce key given by hand (PUT /credentials/woocommerce) connects the store;
-    the same key again changes nothing."""
+def save_credentials(
+    session: Session, store: Store, kind: str, values: dict[str, Any], *, actor: str
+) -> dict[str, Any]:
+    """Store a kind's credentials (PUT /api/v1/admin/credentials/<kind> and the admin
+    credentials page); a WooCommerce key given by hand also connects the store.
+
+    Args:
+        values: as :func:`connector.vault.service.parse_credentials` returns them.
+
+    Returns:
+        The stored set, decrypted (show it :func:`~connector.vault.service.masked`).
+    """
+    previous = credentials_for(session, store, kind)
+    stored = put_credentials(session, store, kind, values, actor=actor)
+    if kind == "woocommerce":
+        # Keys given by hand count as a connection: register the webhooks with them.
+        accept_manual_key(session, store, changed=stored != previous, actor=actor)
+    return stored
+
+
+def accept_manual_key(session: Session, store: Store, *, changed: bool, actor: str) -> None:
+    """A WooCommerce key given by hand (:func:`save_credentials`) connects the store; the
+    same key again changes nothing."""
     connection = connection_of(session, store)
     if connection.status == "connected" and not changed:
         return
@@ -172,7 +240,7 @@ def accept_manual_key(session: Session, store: Store, *, changed: bool) -> None:
     record_audit(
         session,
         store_id=store.id,
-        actor="api",
+        actor=actor,
         action="shop.reconnected" if reconnect else "shop.connected",
         subject=f"store:{store.public_id}",
         detail={"key_id": None},

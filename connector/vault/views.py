@@ -8,28 +8,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Blueprint, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
-from connector.db import db, iso
+from connector.db import db
 from connector.errors import Conflict, InvalidInput, NotFound
-from connector.jobs import trouble_json
-from connector.models import Job, Store, WebhookRegistration
 from connector.stores import find_store
 from connector.validation import json_body
 from connector.vault import connection as shop_connection
-from connector.vault.connection import REGISTER_JOB
 from connector.vault.service import (
     check_kind,
     credentials_for,
     delete_credentials,
     masked,
     parse_credentials,
-    put_credentials,
 )
 from plugin.shop import PayloadError
 from plugin.woocommerce.connect import parse_callback
@@ -43,12 +37,9 @@ bp = Blueprint("vault_views", __name__)
 def put_store_credentials(kind: str) -> ResponseReturnValue:
     kind = check_kind(kind)
     values = parse_credentials(kind, json_body())
-    store = current_store()
-    previous = credentials_for(db.session, store, kind)
-    stored = put_credentials(db.session, store, kind, values, actor="api")
-    if kind == "woocommerce":
-        # Keys given by hand count as a connection: register the webhooks with them.
-        shop_connection.accept_manual_key(db.session, store, changed=stored != previous)
+    stored = shop_connection.save_credentials(
+        db.session, current_store(), kind, values, actor="api"
+    )
     return jsonify({"kind": kind, "credentials": masked(kind, stored)})
 
 
@@ -76,50 +67,7 @@ def delete_store_credentials(kind: str) -> ResponseReturnValue:
 @bp.get("/api/v1/admin/connection")
 @require_store_token
 def get_connection() -> ResponseReturnValue:
-    store = current_store()
-    connection = shop_connection.connection_of(db.session, store)
-    registrations = db.session.scalars(
-        select(WebhookRegistration)
-        .where(WebhookRegistration.store_id == store.id)
-        .order_by(WebhookRegistration.topic)
-    )
-    return jsonify(
-        {
-            "status": connection.status,
-            "connect_url": shop_connection.connect_url(store),
-            "connect_warning": shop_connection.connect_warning(),
-            "webhook_url": shop_connection.webhook_url(store),
-            "connected_at": iso(connection.connected_at),
-            "reconciled_until": iso(connection.reconciled_until),
-            "products_synced_at": iso(connection.products_synced_at),
-            # Products whose _keygate_* meta the last sync could not apply, and why.
-            "products_invalid": [
-                {"product_id": shop_id, "problem": problem}
-                for shop_id, problem in sorted((connection.products_invalid or {}).items())
-            ],
-            "webhooks": [
-                {"topic": r.topic, "id": r.shop_webhook_id, "status": r.status}
-                for r in registrations
-            ],
-            "webhook_registration": _registration_trouble(store),
-        }
-    )
-
-
-def _registration_trouble(store: Store) -> dict[str, Any] | None:
-    """Registering the shop's webhooks, when it has failed at least once and not succeeded
-    since: the shop may be down, or the key wrong. None when nothing is wrong."""
-    job = db.session.scalars(
-        select(Job)
-        .where(Job.kind == REGISTER_JOB, Job.payload["store_id"].as_integer() == store.id)
-        .order_by(Job.id.desc())
-        .limit(1)
-    ).first()
-    # The newest registration says how things stand: one that succeeded after an older one
-    # died means nothing is wrong.
-    if job is None or job.status == "done" or job.attempts == 0:
-        return None
-    return trouble_json(job)
+    return jsonify(shop_connection.connection_report(db.session, current_store()))
 
 
 @bp.delete("/api/v1/admin/connection")

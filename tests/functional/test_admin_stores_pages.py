@@ -1,0 +1,406 @@
+"""Admin store pages: add a store (secrets shown once), the store page (connection, connect,
+disconnect, a new API token) and a WooCommerce key entered by hand on the credentials page."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from werkzeug.security import generate_password_hash
+from werkzeug.test import TestResponse
+
+from connector.db import db
+from connector.jobs import run_pending
+from connector.models import AdminUser, AuditEvent, Store
+from connector.stores import NewStore, create_store
+from tests.factories import WebhookSender, wc_order
+from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
+from tests.functional.test_cli import keygate
+from tests.wc_rest import CONSUMER_KEY, CONSUMER_SECRET, FakeShop, connect_store, fake_shop
+
+__all__ = ["admin_client", "fake_shop"]
+TOPICS = {"order.created", "order.updated", "order.deleted", "order.restored"}
+NEW_STORE = {
+    "name": "Bücher <Shop>",
+    "url": "https://buecher.example/",
+    "key_prefix": "acme",
+    "key_groups": "5",
+    "key_group_length": "4",
+}
+
+
+@pytest.fixture
+def owner(admin_client: FlaskClient) -> FlaskClient:
+    """A signed-in admin of every store."""
+    assert sign_in(admin_client) == 302
+    return admin_client
+
+
+def _shown(response: TestResponse) -> dict[str, str]:
+    """The name/value rows of a page that shows a store's setup values."""
+    html = response.get_data(as_text=True)
+    return {
+        name: unescape(value)
+        for name, value in re.findall(r"<tr><th>(\w+)</th><td><code>([^<]*)</code></td></tr>", html)
+    }
+
+
+def _audit(app: Flask, action: str) -> list[tuple[str, str | None]]:
+    with app.app_context():
+        return [
+            (e.actor, e.subject)
+            for e in db.session.scalars(select(AuditEvent).where(AuditEvent.action == action))
+        ]
+
+
+def _add_store(client: FlaskClient, **form: str) -> TestResponse:
+    token = csrf_token(client, "/admin/stores/new")
+    return client.post("/admin/stores/new", data={**NEW_STORE, **form, "csrf_token": token})
+
+
+def _sign_in_store_admin(app: Flask, store_id: int) -> FlaskClient:
+    with app.app_context():
+        db.session.add(
+            AdminUser(
+                username="ana", password_hash=generate_password_hash(PASSWORD), store_id=store_id
+            )
+        )
+        db.session.commit()
+    client = app.test_client()
+    token = csrf_token(client, "/admin/login")
+    signed_in = client.post(
+        "/admin/login", data={"username": "ana", "password": PASSWORD, "csrf_token": token}
+    )
+    assert signed_in.status_code == 302
+    return client
+
+
+def test_an_owner_adds_a_store_and_sees_its_secrets_once(app: Flask, owner: FlaskClient) -> None:
+    """The answer to the form shows what `keygate store add` prints, uncached and not via a
+    redirect; the token works, the secret signs webhooks, and neither is shown again."""
+    response = _add_store(owner)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "Location" not in response.headers
+    html = response.get_data(as_text=True)
+    assert "shown once" in html
+    assert "Bücher &lt;Shop&gt;" in html and "<Shop>" not in html
+    info = _shown(response)
+    assert set(info) == {"store_id", "webhook_url", "webhook_secret", "api_token", "storage_area"}
+    assert info["webhook_url"] == f"http://keygate.test/webhooks/woocommerce/{info['store_id']}"
+    with app.app_context():
+        store = db.session.execute(
+            select(Store).where(Store.public_id == info["store_id"])
+        ).scalar_one()
+        assert (store.name, store.url) == ("Bücher <Shop>", "https://buecher.example")
+        assert (store.key_prefix, store.key_groups, store.key_group_length) == ("ACME", 5, 4)
+        assert store.webhook_secret == info["webhook_secret"]
+        assert info["storage_area"] == f"stores/{store.id}/"
+        store_id = store.id
+    assert _audit(app, "store.created") == [("admin:owner", info["store_id"])]
+
+    # The token is the store's admin API token; the secret signs its webhooks.
+    sender = WebhookSender(
+        app.test_client(), NewStore(store, info["api_token"], info["webhook_secret"])
+    )
+    assert sender.admin("GET", "/connection").status_code == 200
+    assert sender.deliver(wc_order(9800)).status_code == 200
+    assert sender.deliver(wc_order(9801), secret="wrong").status_code == 401
+
+    # Never again: not in the store page, the dashboard, nor the session cookie.
+    cookie = owner.get_cookie("session")
+    assert cookie is not None
+    session_state = str(app.session_interface.get_signing_serializer(app).loads(cookie.value))  # type: ignore[attr-defined]
+    for page in ("/admin/", f"/admin/stores/{store_id}", f"/admin/stores/{store_id}/credentials"):
+        shown = owner.get(page).get_data(as_text=True)
+        for secret in (info["api_token"], info["webhook_secret"]):
+            assert secret not in shown, page
+            assert secret not in session_state
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "   ", "a store needs a name"),
+        ("url", "shop", "http(s) URL"),
+        ("url", "ftp://shop.example", "http(s) URL"),
+        ("url", "http://[::1", "http(s) URL"),
+        ("url", "https://shop example", "http(s) URL"),
+        ("url", "https://shop.example/" + "x" * 500, "longer than 500"),
+        ("key_groups", "9", "2-8 groups"),
+        ("key_groups", "four", "key_groups must be a whole number"),
+        ("key_groups", "", "key_groups must be a whole number"),
+        ("key_group_length", "2", "3-10 characters"),
+        ("key_group_length", "²", "key_group_length must be a whole number"),
+        ("key_prefix", "ac-me", "letters and digits only"),
+        ("key_prefix", "A" * 17, "at most 16 characters"),
+    ],
+)
+def test_bad_store_input_shows_the_form_again_with_why(
+    app: Flask, owner: FlaskClient, field: str, value: str, message: str
+) -> None:
+    """What `keygate store add` refuses is a 422 form saying why, with the input kept."""
+    response = _add_store(owner, **{field: value})
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert message in unescape(html)
+    kept = 'name="url" value="https://buecher.example/"'
+    if field != "name":
+        kept = 'name="name" value="Bücher &lt;Shop&gt;"'
+    assert kept in html  # what was typed is kept
+    assert "api_token" not in html
+    with app.app_context():
+        assert db.session.scalars(select(Store)).all() == []
+    assert _audit(app, "store.created") == []
+
+
+def test_too_few_random_characters_are_refused(owner: FlaskClient) -> None:
+    response = _add_store(owner, key_groups="2", key_group_length="3")
+    assert response.status_code == 422
+    assert "at least 16 random characters" in response.get_data(as_text=True)
+
+
+def test_adding_a_store_needs_the_csrf_token(app: Flask, owner: FlaskClient) -> None:
+    assert owner.post("/admin/stores/new", data=NEW_STORE).status_code == 400
+    with app.app_context():
+        assert db.session.scalars(select(Store)).all() == []
+
+
+def test_the_cli_refuses_a_key_format_out_of_range_cleanly(tmp_path: Path) -> None:
+    """`keygate store add` shares the form's checks: a clear message, no traceback."""
+    assert keygate(tmp_path, "init").returncode == 0
+    for option, value, message in (
+        ("--key-groups", "9", "2-8 groups"),
+        ("--key-prefix", "A" * 17, "at most 16 characters"),
+    ):
+        result = keygate(
+            tmp_path, "store", "add", "--name", "Shop", "--url", "https://s.example", option, value
+        )
+        assert result.returncode != 0
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_dashboard_links_each_store_to_its_page(
+    owner: FlaskClient, shop: WebhookSender
+) -> None:
+    html = owner.get("/admin/").get_data(as_text=True)
+    assert f'href="/admin/stores/{shop.store.store.id}">Test Shop</a>' in html
+    assert 'href="/admin/stores/new"' in html
+
+
+def test_the_store_page_shows_where_things_are_and_how_to_connect(
+    owner: FlaskClient, shop: WebhookSender
+) -> None:
+    """Name, URL, ids, webhook URL, storage area, the connection and the wc-auth link the
+    admin API gives, a disconnect button only when there is something to disconnect."""
+    store = shop.store.store
+    response = owner.get(f"/admin/stores/{store.id}")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    for shown in (
+        "Test Shop",
+        "https://shop.example",
+        store.public_id,
+        f"http://keygate.test/webhooks/woocommerce/{store.public_id}",
+        f"stores/{store.id}/",
+        "disconnected",
+        "KEYGATE_BASE_URL",  # the test app is on http: the wc-auth callback cannot work
+        f'href="/admin/stores/{store.id}/credentials"',
+    ):
+        assert shown in html, shown
+    assert "Disconnect</button>" not in html
+    link = re.search(r'<a href="([^"]+)"[^>]*>Connect WooCommerce</a>', html)
+    assert link is not None
+    ours, api = (
+        urlsplit(url)
+        for url in (
+            unescape(link.group(1)),
+            shop.admin("GET", "/connection").get_json()["connect_url"],
+        )
+    )
+    assert (
+        (ours.netloc, ours.path)
+        == (api.netloc, api.path)
+        == ("shop.example", "/wc-auth/v1/authorize")
+    )
+    ours_query, api_query = parse_qs(ours.query), parse_qs(api.query)
+    for name in ("app_name", "scope", "callback_url", "return_url"):
+        assert ours_query[name] == api_query[name], name
+
+
+def test_the_store_page_shows_the_registered_webhooks_and_disconnects(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Disconnect posts with the CSRF token and does what DELETE /connection does."""
+    connection = connect_store(app, shop, fake_shop)
+    page = f"/admin/stores/{shop.store.store.id}"
+    html = owner.get(page).get_data(as_text=True)
+    assert "<strong>connected</strong>" in html
+    for webhook in connection["webhooks"]:
+        assert f"<td>{webhook['topic']}</td><td>{webhook['id']}</td><td>active</td>" in html
+    assert "confirm(" in html and "Disconnect</button>" in html
+
+    assert owner.post(f"{page}/disconnect").status_code == 400
+    assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
+    response = owner.post(f"{page}/disconnect", data={"csrf_token": csrf_token(owner, page)})
+    assert response.status_code == 302
+    assert fake_shop.webhooks == {}
+    after = shop.admin("GET", "/connection").get_json()
+    assert (after["status"], after["webhooks"]) == ("disconnected", [])
+    assert shop.admin("GET", "/credentials/woocommerce").status_code == 404
+    assert "is disconnected" in owner.get(response.headers["Location"]).get_data(as_text=True)
+    assert [actor for actor, _ in _audit(app, "shop.disconnected")] == ["admin:owner"]
+
+
+def test_disconnecting_while_the_shop_is_down_says_so_and_changes_nothing(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    connect_store(app, shop, fake_shop)
+    fake_shop.down = True
+    page = f"/admin/stores/{shop.store.store.id}"
+    response = owner.post(f"{page}/disconnect", data={"csrf_token": csrf_token(owner, page)})
+    assert response.status_code == 503
+    assert "could not be reached" in response.get_data(as_text=True)
+    assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
+    assert len(fake_shop.webhooks) == 4
+    assert _audit(app, "shop.disconnected") == []
+
+
+def test_a_failing_webhook_registration_shows_on_the_store_page(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    fake_shop.down = True
+    connect_store(app, shop, fake_shop)
+    html = owner.get(f"/admin/stores/{shop.store.store.id}").get_data(as_text=True)
+    assert "Registering the webhooks failed 1 time" in html and "503" in html
+
+
+def test_replacing_the_api_token_shows_the_new_one_once(
+    app: Flask, owner: FlaskClient, shop: WebhookSender
+) -> None:
+    page = f"/admin/stores/{shop.store.store.id}"
+    assert owner.post(f"{page}/token").status_code == 400
+    assert shop.admin("GET", "/connection").status_code == 200  # unchanged without CSRF
+    response = owner.post(f"{page}/token", data={"csrf_token": csrf_token(owner, page)})
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "shown once" in response.get_data(as_text=True)
+    token = _shown(response)["api_token"]
+    assert token.startswith("kg_")
+    assert shop.admin("GET", "/connection").status_code == 401  # the old token stopped
+    new = shop.client.get("/api/v1/admin/connection", headers={"Authorization": f"Bearer {token}"})
+    assert new.status_code == 200
+    assert token not in owner.get(page).get_data(as_text=True)
+    assert _audit(app, "store.api_token_replaced") == [("admin:owner", shop.store.store.public_id)]
+
+
+def test_a_store_admin_sees_their_store_page_only_and_adds_no_store(
+    app: Flask, shop: WebhookSender
+) -> None:
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+        other_id = other.store.id
+    mine = shop.store.store.id
+    client = _sign_in_store_admin(app, mine)
+    assert client.get(f"/admin/stores/{mine}").status_code == 200
+    assert "/admin/stores/new" not in client.get("/admin/").get_data(as_text=True)
+    token = csrf_token(client, f"/admin/stores/{mine}")
+    assert client.get("/admin/stores/new").status_code == 404
+    added = client.post("/admin/stores/new", data={**NEW_STORE, "csrf_token": token})
+    assert added.status_code == 404
+    assert client.get(f"/admin/stores/{other_id}").status_code == 404
+    for action in ("disconnect", "token"):
+        answer = client.post(f"/admin/stores/{other_id}/{action}", data={"csrf_token": token})
+        assert answer.status_code == 404, action
+    assert client.get("/admin/stores/999999").status_code == 404
+    with app.app_context():
+        assert len(db.session.scalars(select(Store)).all()) == 2
+    assert _audit(app, "store.api_token_replaced") == []
+    # Their own store's token they may replace.
+    own = client.post(f"/admin/stores/{mine}/token", data={"csrf_token": token})
+    assert own.status_code == 200
+    assert _audit(app, "store.api_token_replaced") == [("admin:ana", shop.store.store.public_id)]
+
+
+def test_a_woocommerce_key_entered_by_hand_connects_the_store(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """As PUT /credentials/woocommerce: stored write-only, the store connected, webhooks
+    registered; the same key again (or left blank) registers nothing new."""
+    page = f"/admin/stores/{shop.store.store.id}/credentials"
+    html = owner.get(page).get_data(as_text=True)
+    assert 'id="woocommerce-consumer_secret" name="consumer_secret" type="password"' in html
+    form = {
+        "csrf_token": csrf_token(owner, page),
+        "kind": "woocommerce",
+        "consumer_key": CONSUMER_KEY,
+        "consumer_secret": CONSUMER_SECRET,
+    }
+    response = owner.post(page, data=form)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    html = response.get_data(as_text=True)
+    assert "Saved the WooCommerce key" in html
+    assert CONSUMER_KEY not in html and CONSUMER_SECRET not in html
+    assert "****" + CONSUMER_SECRET[-4:] in html
+    run_pending(app)
+    assert {w["topic"] for w in fake_shop.webhooks.values()} == TOPICS
+    assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
+    stored = shop.admin("GET", "/credentials/woocommerce").get_json()["credentials"]
+    assert stored == {
+        "consumer_key": "****" + CONSUMER_KEY[-4:],
+        "consumer_secret": "****" + CONSUMER_SECRET[-4:],
+    }
+    assert _audit(app, "shop.connected") == [("admin:owner", f"store:{shop.store.store.public_id}")]
+    before = dict(fake_shop.webhooks)
+    for again in (form, {**form, "consumer_key": "", "consumer_secret": ""}):
+        assert owner.post(page, data=again).status_code == 200
+        run_pending(app)
+        assert fake_shop.webhooks == before, "the same key again re-registers nothing"
+    # The registered webhooks deliver orders.
+    shop.configure(501)
+    assert fake_shop.deliver(shop.client, "order.created", wc_order(9801)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {"consumer_key": "short", "consumer_secret": CONSUMER_SECRET},
+        {"consumer_key": CONSUMER_KEY, "consumer_secret": "x"},
+        {"consumer_key": CONSUMER_SECRET, "consumer_secret": CONSUMER_KEY},
+        {"consumer_key": CONSUMER_KEY, "consumer_secret": ""},
+    ],
+)
+def test_a_woocommerce_key_by_hand_must_look_like_woocommerces(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, credentials: dict[str, str]
+) -> None:
+    """The JSON API's checks: 422 naming the field, never echoing a value, nothing stored."""
+    page = f"/admin/stores/{shop.store.store.id}/credentials"
+    form = {"csrf_token": csrf_token(owner, page), "kind": "woocommerce", **credentials}
+    response = owner.post(page, data=form)
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert re.search(r'<p class="error">consumer_(key|secret) (must be|is required)', html)
+    assert not any(len(value) > 4 and value in html for value in credentials.values())
+    assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
+    assert shop.admin("GET", "/credentials/woocommerce").status_code == 404
+    assert _audit(app, "shop.connected") == []
+
+
+def test_the_json_api_still_records_a_key_by_hand_as_the_apis(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Both paths share one service verb; each names its own actor."""
+    response = shop.admin(
+        "PUT",
+        "/credentials/woocommerce",
+        {"consumer_key": CONSUMER_KEY, "consumer_secret": CONSUMER_SECRET},
+    )
+    assert response.status_code == 200
+    assert [actor for actor, _ in _audit(app, "shop.connected")] == ["api"]
