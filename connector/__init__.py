@@ -38,6 +38,8 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.orders.views", "bp", True),
     ("connector.admin.api", "bp", True),
     ("connector.admin.views", "bp", False),
+    ("connector.admin.licenses", "bp", False),
+    ("connector.admin.customers", "bp", False),
     ("connector.licensing.views", "bp", True),
     ("connector.licensing.admin_api", "bp", True),
     ("connector.licensing.portal", "bp", False),
