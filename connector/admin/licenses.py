@@ -29,7 +29,7 @@ from connector.licensing.admin import (
     remove_activation_as_owner,
     search_licenses,
 )
-from connector.models import License, Order, Store
+from connector.models import License, Store
 from connector.validation import whole_number
 
 bp = Blueprint("admin_licenses", __name__, url_prefix="/admin")
@@ -109,18 +109,12 @@ def _visible_license(license_id: int) -> tuple[License, Store]:
 
 
 def _license_page(lic: License, error: str | None = None, status: int = 200) -> ResponseReturnValue:
-    links = link_states(db.session, license_id=lic.id)
-    orders = [db.session.get(Order, order_id) for order_id in {s.order_id for s in links}]
     done = request.args.get("done", "")
     return render_template(
         "admin/license.html",
         record=license_record(db.session, lic),
-        links=links,
-        clicks=clicks(
-            db.session,
-            [order for order in orders if order is not None],
-            grant_ids=[s.grant_id for s in links],
-        ),
+        links=link_states(db.session, license_id=lic.id),
+        clicks=clicks(db.session, license_id=lic.id),
         days_max=DAYS_MAX,
         done=DONE.get(done),
         error=error,

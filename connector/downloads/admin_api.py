@@ -33,7 +33,7 @@ def _events_json(orders: list[Order]) -> list[dict[str, Any]]:
             "ip_hash": click.ip_hash,
             "user_agent": click.user_agent,
         }
-        for click in clicks(db.session, orders)
+        for click in clicks(db.session, orders=orders)
     ]
 
 

@@ -57,31 +57,35 @@ class LinkState:
 
 def clicks(
     session: Session,
-    orders: Iterable[Order],
     *,
-    grant_ids: Iterable[int] | None = None,
+    orders: Iterable[Order] | None = None,
+    license_id: int | None = None,
     limit: int = MAX_EVENTS,
 ) -> list[Click]:
-    """Clicks on the links of ``orders`` (only those of ``grant_ids`` when given), newest
-    first, at most ``limit``."""
-    by_id = {order.id: order for order in orders}
-    if not by_id:
-        return []
+    """Clicks on the links of ``orders``, or of the license ``license_id`` (of both, when
+    both are given), newest first, at most ``limit``."""
+    if orders is None and license_id is None:
+        raise ValueError("clicks needs orders or a license")
     query = (
-        select(DownloadEvent, ProductFile.filename)
+        select(DownloadEvent, ProductFile.filename, Order.shop_order_id)
         .join(DownloadGrant, DownloadEvent.grant_id == DownloadGrant.id)
         .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
-        .where(DownloadEvent.order_id.in_(by_id))
+        .join(Order, DownloadEvent.order_id == Order.id)
         .order_by(DownloadEvent.created_at.desc(), DownloadEvent.id.desc())
         .limit(limit)
     )
-    if grant_ids is not None:
-        query = query.where(DownloadEvent.grant_id.in_(list(grant_ids)))
+    if orders is not None:
+        order_ids = [order.id for order in orders]
+        if not order_ids:
+            return []
+        query = query.where(DownloadEvent.order_id.in_(order_ids))
+    if license_id is not None:
+        query = query.where(DownloadGrant.license_id == license_id)
     return [
         Click(
             at=event.created_at,
             order_id=event.order_id,
-            shop_order_id=by_id[event.order_id].shop_order_id,
+            shop_order_id=shop_order_id,
             grant_id=event.grant_id,
             filename=filename,
             outcome=event.outcome,
@@ -89,7 +93,7 @@ def clicks(
             ip_hash=event.ip_hash,
             user_agent=event.user_agent,
         )
-        for event, filename in session.execute(query).all()
+        for event, filename, shop_order_id in session.execute(query).all()
     ]
 
 

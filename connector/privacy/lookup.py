@@ -57,5 +57,5 @@ def look_up_customer(session: Session, email: str, store_id: int | None) -> list
             entitled.append(
                 CustomerOrder(order, entitlements["licenses"], entitlements["downloads"])
             )
-        found.append(CustomerInStore(store, entitled, clicks(session, orders)))
+        found.append(CustomerInStore(store, entitled, clicks(session, orders=orders)))
     return found

@@ -20,7 +20,7 @@ from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse
 
 from connector.db import db
-from connector.models import Activation, AdminUser, AuditEvent, License, Order
+from connector.models import Activation, AdminUser, AuditEvent, DownloadEvent, License, Order
 from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
@@ -184,6 +184,8 @@ def test_the_license_page_shows_the_license_its_activations_and_downloads_escape
         environ_base={"REMOTE_ADDR": "198.51.100.20"},
     )
     assert clicked.status_code == 200
+    another = sell(shop, 9521)
+    get(shop.client, link_path(another["downloads"][0]), headers={"User-Agent": "Not this one"})
     assert sign_in(admin_client) == 302
     page = admin_client.get(f"/admin/licenses/{license_id(app, 9520)}")
     assert page.status_code == 200
@@ -195,11 +197,11 @@ def test_the_license_page_shows_the_license_its_activations_and_downloads_escape
     assert sold["licenses"][0]["expires_at"][:10] in html
     assert f'href="/admin/orders/{order_pk(app, 9520)}"' in html
     assert "manual.pdf" in html and sold["downloads"][0]["link"] in html
-    assert f"Agent {ESCAPED}" in html
+    assert f"Agent {ESCAPED}" in html and "Not this one" not in html
     with app.app_context():
-        from connector.models import DownloadEvent
-
-        ip_hash = db.session.execute(select(DownloadEvent.ip_hash)).scalar_one()
+        ip_hash = db.session.execute(
+            select(DownloadEvent.ip_hash).where(DownloadEvent.user_agent == f"Agent {XSS}")
+        ).scalar_one()
     assert ip_hash is not None and f"<code>{ip_hash[:12]}</code>" in html
     assert ip_hash not in html  # a prefix tells clicks apart; the whole hash is not shown
     assert admin_client.get("/admin/licenses/99999").status_code == 404
