@@ -39,6 +39,8 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.admin.api", "bp", True),
     ("connector.admin.views", "bp", False),
     ("connector.admin.products", "bp", False),
+    ("connector.admin.licenses", "bp", False),
+    ("connector.admin.customers", "bp", False),
     ("connector.licensing.views", "bp", True),
     ("connector.licensing.admin_api", "bp", True),
     ("connector.licensing.portal", "bp", False),

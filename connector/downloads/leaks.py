@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from itsdangerous import BadData
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.downloads.watermark import read_fingerprints
-from connector.errors import KeygateError
+from connector.errors import InvalidInput, KeygateError
 from connector.models import DownloadGrant, Order, ProductFile, Store, WatermarkCopy
 from connector.tokens import grant_id_from_fingerprint
 
@@ -20,6 +22,7 @@ from connector.tokens import grant_id_from_fingerprint
 class LeakMatch:
     grant_id: int
     store_public_id: str
+    order_id: int  # Keygate's own id of the order (the admin pages' links)
     shop_order_id: str
     order_number: str | None
     buyer_name: str | None
@@ -67,6 +70,7 @@ def identify_leak(session: Session, path: Path, store: Store | None = None) -> L
         return LeakMatch(
             grant_id=grant.id,
             store_public_id=owner.public_id,
+            order_id=order.id,
             shop_order_id=order.shop_order_id,
             order_number=order.number,
             buyer_name=order.name,
@@ -75,3 +79,20 @@ def identify_leak(session: Session, path: Path, store: Store | None = None) -> L
             license_id=grant.license_id,
         )
     return None
+
+
+def identify_leaked_copy(
+    session: Session, stream: IO[bytes], store: Store | None = None
+) -> LeakMatch | None:
+    """Copy an uploaded file to a private temporary folder and :func:`identify_leak` it.
+
+    Raises:
+        InvalidInput: the upload is empty.
+    """
+    with tempfile.TemporaryDirectory(prefix="keygate-leak-") as folder:
+        path = Path(folder) / "upload"
+        with path.open("wb") as target:
+            shutil.copyfileobj(stream, target, 1024 * 1024)
+        if path.stat().st_size == 0:
+            raise InvalidInput("The file is empty: send the copy that was found.")
+        return identify_leak(session, path, store)

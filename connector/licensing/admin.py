@@ -1,4 +1,6 @@
-"""The owner's verbs on licenses: list, revoke, suspend, reinstate, extend.
+"""The owner's verbs on licenses: find, list, revoke, suspend, reinstate, extend, free a seat.
+
+The admin JSON API and the admin pages both call these.
 
 Revocations and suspensions made here carry ``status_reason = "admin"``; the order service
 never undoes those (only reasons the order's state caused are undone when it is paid again).
@@ -7,6 +9,7 @@ never undoes those (only reasons the order's state caused are undone when it is 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
@@ -17,13 +20,14 @@ from connector.db import utcnow
 from connector.errors import NotFound, ValidationFailed
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import LATEST_EXPIRY, add_days
-from connector.licensing.service import iso
+from connector.licensing.service import activations_used, iso
 from connector.models import (
     LICENSE_STATUSES,
     Activation,
     DownloadGrant,
     License,
     LicenseFlag,
+    LicenseRenewal,
     Order,
     Product,
     Store,
@@ -31,40 +35,70 @@ from connector.models import (
 from connector.orders.service import hash_license_key
 
 ACTIONS = ("revoke", "suspend", "reinstate", "extend")
+STATUS_FILTERS = (*LICENSE_STATUSES, "expired")
 LIST_LIMIT = 500
+DAYS_MAX = 100 * 366  # what one extension may add
+
+
+def find_license_by_key(session: Session, raw_key: str, store_id: int | None) -> License | None:
+    """The license with this key (typed as the buyer got it), found by its keyed hash.
+
+    With ``store_id``, only a license of that store: another store's key is not found.
+    """
+    canonical = normalize_key(raw_key)
+    if canonical is None:
+        return None
+    query = select(License).where(License.key_hash == hash_license_key(canonical))
+    if store_id is not None:
+        query = query.where(License.store_id == store_id)
+    return session.execute(query).scalar_one_or_none()
 
 
 def find_store_license(session: Session, store: Store, raw_key: str) -> License:
     """The store's license with this key, or 404 (another store's key is not found either)."""
-    canonical = normalize_key(raw_key)
-    lic = None
-    if canonical is not None:
-        lic = session.execute(
-            select(License).where(
-                License.key_hash == hash_license_key(canonical), License.store_id == store.id
-            )
-        ).scalar_one_or_none()
+    lic = find_license_by_key(session, raw_key, store.id)
     if lic is None:
         raise NotFound("No license of this store has this key.")
     return lic
 
 
-def list_licenses(
+@dataclass(frozen=True)
+class LicenseRow:
+    """One license as the owner's lists show it: with its product, order and seats taken."""
+
+    license: License
+    product: Product
+    order: Order | None
+    activations_used: int
+    flagged: bool
+    expired: bool
+
+
+def check_status_filter(status: str | None) -> None:
+    """422 unless ``status`` is None or one the license lists filter by."""
+    if status is not None and status not in STATUS_FILTERS:
+        raise ValidationFailed(
+            "status must be one of active, suspended, revoked, expired", field="status"
+        )
+
+
+def search_licenses(
     session: Session,
-    store: Store,
+    store_id: int | None,
     *,
     email: str | None = None,
     status: str | None = None,
     product: str | None = None,
-) -> list[dict[str, Any]]:
-    """The store's licenses, newest first, filtered by buyer email, status and product id.
+    before: int | None = None,
+    limit: int = LIST_LIMIT,
+) -> list[LicenseRow]:
+    """Licenses newest first, filtered by buyer email, status and the shop's product id.
 
-    ``status`` is one of active, suspended, revoked, or ``expired`` (active but past expiry).
+    ``store_id`` None searches every store (an admin of all stores). ``status`` is one of
+    active, suspended, revoked, or ``expired`` (active but past expiry); another is 422.
+    ``before`` pages back: only licenses with a smaller id.
     """
-    if status is not None and status not in (*LICENSE_STATUSES, "expired"):
-        raise ValidationFailed(
-            "status must be one of active, suspended, revoked, expired", field="status"
-        )
+    check_status_filter(status)
     seats = (
         select(Activation.license_id, func.count().label("used"))
         .where(Activation.staging.is_(False))
@@ -77,10 +111,13 @@ def list_licenses(
         .outerjoin(Order, License.order_id == Order.id)
         .outerjoin(seats, seats.c.license_id == License.id)
         .outerjoin(LicenseFlag, LicenseFlag.license_id == License.id)
-        .where(License.store_id == store.id)
         .order_by(License.id.desc())
-        .limit(LIST_LIMIT)
+        .limit(limit)
     )
+    if store_id is not None:
+        query = query.where(License.store_id == store_id)
+    if before is not None:
+        query = query.where(License.id < before)
     now = utcnow()
     if email:
         query = query.where(func.lower(Order.email) == email.strip().lower())
@@ -94,25 +131,102 @@ def list_licenses(
         )
     elif status is not None:
         query = query.where(License.status == status)
-    rows = session.execute(query).all()
+    return [
+        LicenseRow(
+            license=lic,
+            product=prod,
+            order=order,
+            activations_used=used or 0,
+            flagged=flag_id is not None,
+            expired=lic.expires_at is not None and lic.expires_at <= now,
+        )
+        for lic, prod, order, used, flag_id in session.execute(query).all()
+    ]
+
+
+def list_licenses(
+    session: Session,
+    store: Store,
+    *,
+    email: str | None = None,
+    status: str | None = None,
+    product: str | None = None,
+) -> list[dict[str, Any]]:
+    """The store's licenses as JSON, newest first (at most ``LIST_LIMIT``), filtered as
+    :func:`search_licenses` filters them."""
+    rows = search_licenses(session, store.id, email=email, status=status, product=product)
     return [
         {
-            "key": lic.key_encrypted,
-            "product_id": prod.shop_product_id,
-            "status": lic.status,
-            "status_reason": lic.status_reason,
-            "expired": lic.expires_at is not None and lic.expires_at <= now,
-            "expires_at": iso(lic.expires_at),
-            "updates_until": iso(lic.updates_until),
-            "activation_limit": lic.activation_limit,
-            "activations_used": used or 0,
-            "flagged": flag_id is not None,
-            "order_id": order.shop_order_id if order is not None else None,
-            "email": order.email if order is not None else None,
-            "issued_at": iso(lic.issued_at),
+            "key": row.license.key_encrypted,
+            "product_id": row.product.shop_product_id,
+            "status": row.license.status,
+            "status_reason": row.license.status_reason,
+            "expired": row.expired,
+            "expires_at": iso(row.license.expires_at),
+            "updates_until": iso(row.license.updates_until),
+            "activation_limit": row.license.activation_limit,
+            "activations_used": row.activations_used,
+            "flagged": row.flagged,
+            "order_id": row.order.shop_order_id if row.order is not None else None,
+            "email": row.order.email if row.order is not None else None,
+            "issued_at": iso(row.license.issued_at),
         }
-        for lic, prod, order, used, flag_id in rows
+        for row in rows
     ]
+
+
+def license_activations(session: Session, lic: License) -> list[Activation]:
+    """Where the license is used, oldest binding first."""
+    return list(
+        session.scalars(
+            select(Activation).where(Activation.license_id == lic.id).order_by(Activation.id)
+        )
+    )
+
+
+def license_renewals(session: Session, lic: License) -> list[tuple[LicenseRenewal, Order]]:
+    """The renewals that extended the license (taken-back ones too, marked by
+    ``reverted_at``), oldest first, with the order each was paid in."""
+    return [
+        (renewal, order)
+        for renewal, order in session.execute(
+            select(LicenseRenewal, Order)
+            .join(Order, LicenseRenewal.order_id == Order.id)
+            .where(LicenseRenewal.license_id == lic.id)
+            .order_by(LicenseRenewal.id)
+        ).all()
+    ]
+
+
+@dataclass(frozen=True)
+class LicenseRecord:
+    """Everything the owner's license page shows of one license but its downloads."""
+
+    license: License
+    product: Product
+    order: Order | None
+    activations: list[Activation]
+    activations_used: int  # seats taken: free staging sites do not count
+    flag: LicenseFlag | None
+    renewals: list[tuple[LicenseRenewal, Order]]
+
+
+def license_record(session: Session, lic: License) -> LicenseRecord:
+    """The license with its product, order, activations, abuse flag and renewals."""
+    product = session.get(Product, lic.product_id)
+    if product is None:  # pragma: no cover - a foreign key
+        raise NotFound("This license's product is gone.")
+    return LicenseRecord(
+        license=lic,
+        product=product,
+        order=session.get(Order, lic.order_id) if lic.order_id is not None else None,
+        activations=license_activations(session, lic),
+        activations_used=activations_used(session, lic.id),
+        flag=session.execute(
+            select(LicenseFlag).where(LicenseFlag.license_id == lic.id)
+        ).scalar_one_or_none(),
+        renewals=license_renewals(session, lic),
+    )
 
 
 def _set_downloads_blocked(session: Session, lic: License, *, blocked: bool) -> None:
@@ -181,7 +295,9 @@ def change_license(
         _set_downloads_blocked(session, lic, blocked=False)
     else:
         if days is None:
-            raise ValidationFailed("extend needs days", field="days")
+            raise ValidationFailed("days is required", field="days")
+        if not 1 <= days <= DAYS_MAX:
+            raise ValidationFailed(f"days must be between 1 and {DAYS_MAX}", field="days")
         if lic.expires_at is None:
             raise ValidationFailed("a lifetime license cannot be extended", field="days")
         now = utcnow()

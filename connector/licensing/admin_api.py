@@ -6,15 +6,16 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
 from connector.catalog import find_product
 from connector.db import db
 from connector.errors import NotFound, ValidationFailed
 from connector.licensing.admin import (
+    DAYS_MAX,
     change_license,
     find_store_license,
+    license_activations,
     list_licenses,
     remove_activation_as_owner,
 )
@@ -25,15 +26,13 @@ from connector.licensing.releases import (
     release_json,
 )
 from connector.licensing.service import activation_json, iso
-from connector.models import Activation, Product
+from connector.models import Product
 from connector.validation import (
     json_body,
     optional_int,
 )
 
 bp = Blueprint("licensing_admin_api", __name__, url_prefix="/api/v1/admin")
-
-DAYS_MAX = 100 * 366
 
 
 def _license_summary(lic: Any) -> dict[str, Any]:
@@ -66,13 +65,10 @@ def get_licenses() -> ResponseReturnValue:
 def get_license(key: str) -> ResponseReturnValue:
     """One license with its activations (the owner sees where a key is used)."""
     lic = find_store_license(db.session, current_store(), key)
-    activations = db.session.scalars(
-        select(Activation).where(Activation.license_id == lic.id).order_by(Activation.id)
-    )
     return jsonify(
         {
             "license": _license_summary(lic),
-            "activations": [activation_json(a) for a in activations],
+            "activations": [activation_json(a) for a in license_activations(db.session, lic)],
         }
     )
 

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import db, utcnow
+from connector.errors import NotFound
 from connector.jobs import handles
 from connector.mail.contacts import pass_erasure_on
 from connector.models import (
@@ -64,6 +65,15 @@ def customer_orders(session: Session, store: Store, email: str) -> list[Order]:
             .order_by(Order.id)
         ).scalars()
     )
+
+
+def known_customer_orders(session: Session, store: Store, email: str) -> list[Order]:
+    """The customer's orders in ``store``, or 404 when Keygate keeps nothing about them
+    there (an export or an erasure of nobody is an error the owner should see)."""
+    orders = customer_orders(session, store, email)
+    if not orders:
+        raise NotFound("Keygate keeps no data about this customer.")
+    return orders
 
 
 def _renewals(session: Session, order: Order) -> list[dict[str, Any]]:

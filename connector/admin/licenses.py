@@ -1,0 +1,174 @@
+"""The owner's license pages: ``/admin/licenses`` (search) and ``/admin/licenses/<id>``.
+
+A license is named by its numeric id in every address, never by its key: paths and queries
+reach access logs and browser history, and a key is a secret. A key typed into the search
+is posted (CSRF) and found by its keyed hash, as the admin API finds it. The actions call
+the API's verbs (:mod:`connector.licensing.admin`), audited as ``admin:<username>``. An
+admin of one store sees and changes that store's licenses only; any other id is 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from connector.admin.forms import ConfirmForm
+from connector.admin.views import PAGE, _admin_name, _scope, _visible, login_required
+from connector.db import db
+from connector.downloads.log import clicks, link_states
+from connector.errors import ValidationFailed
+from connector.licensing.admin import (
+    ACTIONS,
+    DAYS_MAX,
+    STATUS_FILTERS,
+    change_license,
+    find_license_by_key,
+    license_record,
+    remove_activation_as_owner,
+    search_licenses,
+)
+from connector.models import License, Store
+from connector.validation import whole_number
+
+bp = Blueprint("admin_licenses", __name__, url_prefix="/admin")
+
+MAX_KEY_LENGTH = 200  # far longer than any key format; a longer text is no key
+DONE = {
+    "revoke": "The license is revoked; its download links are blocked.",
+    "suspend": "The license is suspended; its download links are blocked.",
+    "reinstate": "The license is active again; the links its suspension blocked are open.",
+    "extend": "The license is extended.",
+    "deactivate": "The activation is removed; its seat is free.",
+}
+
+
+def _filters() -> dict[str, str]:
+    """The list's filters from the query string, as the admin API reads them."""
+    args = request.args
+    raw = {
+        "email": (args.get("email") or "").strip().lower(),
+        "status": (args.get("status") or "").strip(),
+        "product": (args.get("product") or "").strip(),
+    }
+    return {name: value for name, value in raw.items() if value}
+
+
+def _license_list(find_error: str | None = None, status: int = 200) -> ResponseReturnValue:
+    filters = _filters()
+    rows = search_licenses(
+        db.session,
+        _scope(),
+        **filters,
+        before=whole_number(request.args.get("before") or ""),
+        limit=PAGE + 1,
+    )
+    older = rows[PAGE - 1].license.id if len(rows) > PAGE else None
+    return render_template(
+        "admin/licenses.html",
+        rows=rows[:PAGE],
+        filters=filters,
+        statuses=STATUS_FILTERS,
+        older=older,
+        find_error=find_error,
+        form=ConfirmForm(),
+    ), status
+
+
+@bp.get("/licenses")
+@login_required
+def licenses() -> ResponseReturnValue:
+    """Licenses newest first, by buyer email, status (``expired`` too) and shop product id."""
+    return _license_list()
+
+
+@bp.post("/licenses/find")
+@login_required
+def find_license() -> ResponseReturnValue:
+    """Open the license with the key typed in (posted: a key never goes into an address)."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    key = (request.form.get("key") or "").strip()
+    if not key:
+        return _license_list("Type a license key to find it.", 422)
+    lic = None
+    if len(key) <= MAX_KEY_LENGTH:
+        lic = find_license_by_key(db.session, key, _scope())
+    if lic is None:
+        return _license_list("No license of your stores has this key.", 404)
+    return redirect(url_for("admin_licenses.license_detail", license_id=lic.id))
+
+
+def _visible_license(license_id: int) -> tuple[License, Store]:
+    lic = db.session.get(License, license_id)
+    store = db.session.get(Store, lic.store_id) if lic is not None else None
+    if lic is None or store is None or not _visible(store.id):
+        abort(404)
+    return lic, store
+
+
+def _license_page(lic: License, error: str | None = None, status: int = 200) -> ResponseReturnValue:
+    done = request.args.get("done", "")
+    return render_template(
+        "admin/license.html",
+        record=license_record(db.session, lic),
+        links=link_states(db.session, license_id=lic.id),
+        clicks=clicks(db.session, license_id=lic.id),
+        days_max=DAYS_MAX,
+        done=DONE.get(done),
+        error=error,
+        form=ConfirmForm(),
+    ), status
+
+
+@bp.get("/licenses/<int:license_id>")
+@login_required
+def license_detail(license_id: int) -> ResponseReturnValue:
+    """One license: key, status, dates, seats, activations, renewals and download links."""
+    lic, _store = _visible_license(license_id)
+    return _license_page(lic)
+
+
+def _days(raw: str) -> int:
+    """The days an extension adds, as typed; the range is the service's to check."""
+    text = raw.strip()
+    if not text:
+        raise ValidationFailed("days is required", field="days")
+    days = whole_number(text, max_digits=9)
+    if days is None:
+        raise ValidationFailed("days must be a whole number of days", field="days")
+    return days
+
+
+@bp.post("/licenses/<int:license_id>/change")
+@login_required
+def change(license_id: int) -> ResponseReturnValue:
+    """Revoke, suspend, reinstate or extend (by ``days``), as the admin API does."""
+    action = request.form.get("action", "")
+    if action not in ACTIONS or not ConfirmForm().validate_on_submit():
+        abort(400)
+    lic, store = _visible_license(license_id)
+    options: dict[str, Any] = {}
+    try:
+        if action == "extend":
+            options["days"] = _days(request.form.get("days") or "")
+        change_license(db.session, store, lic.key_encrypted, action, actor=_admin_name(), **options)
+    except ValidationFailed as exc:
+        db.session.rollback()
+        return _license_page(_visible_license(license_id)[0], error=exc.detail, status=422)
+    return redirect(url_for("admin_licenses.license_detail", license_id=lic.id, done=action))
+
+
+@bp.post("/licenses/<int:license_id>/activations/<int:activation_id>/deactivate")
+@login_required
+def deactivate(license_id: int, activation_id: int) -> ResponseReturnValue:
+    """Free the seat an activation takes (the admin API's DELETE of an activation)."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    lic, store = _visible_license(license_id)
+    # Not an activation of this license (removed meanwhile): the service's 404 page.
+    remove_activation_as_owner(
+        db.session, store, lic.key_encrypted, activation_id, actor=_admin_name()
+    )
+    return redirect(url_for("admin_licenses.license_detail", license_id=lic.id, done="deactivate"))

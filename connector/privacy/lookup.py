@@ -1,0 +1,61 @@
+"""One customer as the owner looks them up: their orders, licenses and downloads per store.
+
+A customer is the orders of one email address in one store, as export and erasure find
+them (:func:`connector.privacy.service.customer_orders`): the page shows exactly what an
+export would hold and an erasure would reach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from connector.downloads.log import Click, clicks
+from connector.models import Order, Store
+from connector.orders.summary import DownloadView, LicenseView, order_entitlements
+from connector.privacy.service import customer_orders
+
+
+@dataclass(frozen=True)
+class CustomerOrder:
+    """One of the customer's orders with the keys and links it gave them."""
+
+    order: Order
+    licenses: list[LicenseView]
+    downloads: list[DownloadView]
+
+
+@dataclass(frozen=True)
+class CustomerInStore:
+    """What one store keeps about the customer: orders, and clicks on their links."""
+
+    store: Store
+    orders: list[CustomerOrder]
+    clicks: list[Click]
+
+
+def look_up_customer(session: Session, email: str, store_id: int | None) -> list[CustomerInStore]:
+    """The stores that have orders of ``email`` (only ``store_id`` when given), by store id,
+    each with the customer's orders, licenses, download links and clicks."""
+    stores_query = (
+        select(Store)
+        .where(Store.id.in_(select(Order.store_id).where(Order.email == email.strip().lower())))
+        .order_by(Store.id)
+    )
+    if store_id is not None:
+        stores_query = stores_query.where(Store.id == store_id)
+    found = []
+    for store in session.scalars(stores_query).all():
+        orders = customer_orders(session, store, email)
+        if not orders:  # pragma: no cover - the store was picked for its orders
+            continue
+        entitled = []
+        for order in orders:
+            entitlements = order_entitlements(session, order)
+            entitled.append(
+                CustomerOrder(order, entitlements["licenses"], entitlements["downloads"])
+            )
+        found.append(CustomerInStore(store, entitled, clicks(session, orders=orders)))
+    return found
