@@ -3,8 +3,9 @@
 Every response: ``X-Content-Type-Options: nosniff`` (a download or a JSON body is never
 sniffed into a page). Pages (``text/html``): no framing (``X-Frame-Options`` and CSP
 ``frame-ancestors``), no ``<base>`` or plugins, and no ``Referer``: portal and download
-pages carry their bearer token in the URL. The CSP sets no ``default-src``/``script-src``:
-the templates use inline styles, and these directives are all the pages need.
+pages carry their bearer token in the URL. No script runs on a page (``script-src
+'none'``: an injected one would not either) and forms post to Keygate only
+(``form-action 'self'``); no ``default-src``, as the templates use inline styles.
 ``Strict-Transport-Security`` when the public base URL is https (then every browser-facing
 answer carries it, pages or not).
 
@@ -22,7 +23,11 @@ LICENSE_PREFIX = "/api/v1/licenses/"
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
 PAGE_HEADERS = (
     ("X-Frame-Options", "DENY"),
-    ("Content-Security-Policy", "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"),
+    (
+        "Content-Security-Policy",
+        "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; script-src 'none'; "
+        "form-action 'self'",
+    ),
     ("Referrer-Policy", "no-referrer"),
 )
 

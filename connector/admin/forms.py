@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, StringField
+from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 MIN_PASSWORD = 12
@@ -16,6 +16,14 @@ class LoginForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """A button that only posts a CSRF token (sign out, retry a job)."""
+
+
+class ConfirmedForm(FlaskForm):
+    """A button whose effect cannot be undone (disconnect the shop, replace the API token):
+    a box ticked first. The pages run no script (CSP ``script-src 'none'``), so the
+    browser's ``required`` asks, and the server checks the box too."""
+
+    confirm = BooleanField("I understand", validators=[DataRequired()])
 
 
 class PasswordForm(FlaskForm):

@@ -57,7 +57,7 @@ from connector.vault import connection as shop_connection
 from connector.vault.crypto import keyed_hash
 from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
 
-from .forms import ConfirmForm, LoginForm, PasswordForm
+from .forms import ConfirmedForm, ConfirmForm, LoginForm, PasswordForm
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -453,7 +453,7 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
 @login_required
 def disconnect_store(store_id: int) -> ResponseReturnValue:
     """Delete Keygate's webhooks in the shop and forget its key (DELETE /connection)."""
-    if not ConfirmForm().validate_on_submit():
+    if not ConfirmedForm().validate_on_submit():
         abort(400)
     store = _visible_store(store_id)
     try:
@@ -470,7 +470,7 @@ def disconnect_store(store_id: int) -> ResponseReturnValue:
 @login_required
 def replace_store_token(store_id: int) -> ResponseReturnValue:
     """A new admin API token for the store, shown once; the old one stops working."""
-    form = ConfirmForm()
+    form = ConfirmedForm()
     if not form.validate_on_submit():
         abort(400)
     store = _visible_store(store_id)

@@ -19,7 +19,10 @@ from tests.factories import WebhookSender, line_item, wc_order
 from tests.licensing_helpers import call, issue_key
 
 BASE = "http://keygate.test"
-CSP = "frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+CSP = (
+    "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; script-src 'none'; "
+    "form-action 'self'"
+)
 PAGE_ONLY = ("X-Frame-Options", "Content-Security-Policy", "Referrer-Policy")
 
 
