@@ -16,14 +16,18 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
-from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse
 
 from connector.db import db
-from connector.models import Activation, AdminUser, AuditEvent, DownloadEvent, License, Order
+from connector.models import Activation, AuditEvent, DownloadEvent, License, Order
 from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
+from tests.functional.test_admin_pages import (
+    admin_client,
+    csrf_token,
+    sign_in,
+    store_admin,
+)
 from tests.functional.test_downloads import get, link_path, make_pdf, put_file
 from tests.functional.test_renewals_and_payments import renewal_line
 from tests.licensing_helpers import call
@@ -70,24 +74,6 @@ def audit(app: Flask, action: str) -> list[AuditEvent]:
                 select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
             )
         )
-
-
-def store_admin(app: Flask, store_id: int) -> FlaskClient:
-    """A signed-in admin of one store."""
-    with app.app_context():
-        db.session.add(
-            AdminUser(
-                username="ana", password_hash=generate_password_hash(PASSWORD), store_id=store_id
-            )
-        )
-        db.session.commit()
-    client = app.test_client()
-    token = csrf_token(client, "/admin/login")
-    signed_in = client.post(
-        "/admin/login", data={"username": "ana", "password": PASSWORD, "csrf_token": token}
-    )
-    assert signed_in.status_code == 302
-    return client
 
 
 def other_shop(app: Flask) -> WebhookSender:

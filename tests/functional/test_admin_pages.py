@@ -45,6 +45,24 @@ def sign_in(client: FlaskClient, password: str = PASSWORD) -> int:
     return response.status_code
 
 
+def store_admin(app: Flask, store_id: int) -> FlaskClient:
+    """A signed-in admin of one store only (``keygate admin add --store``), named ana."""
+    with app.app_context():
+        db.session.add(
+            AdminUser(
+                username="ana", password_hash=generate_password_hash(PASSWORD), store_id=store_id
+            )
+        )
+        db.session.commit()
+    client = app.test_client()
+    token = csrf_token(client, "/admin/login")
+    signed_in = client.post(
+        "/admin/login", data={"username": "ana", "password": PASSWORD, "csrf_token": token}
+    )
+    assert signed_in.status_code == 302
+    return client
+
+
 def test_pages_need_a_signed_in_admin(admin_client: FlaskClient) -> None:
     response = admin_client.get("/admin/orders")
     assert response.status_code == 302

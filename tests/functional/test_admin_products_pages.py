@@ -15,15 +15,19 @@ from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
 from sqlalchemy import select, update
-from werkzeug.security import generate_password_hash
 
 from connector.admin.products import POLICY_LABELS
 from connector.catalog import POLICY_FIELDS
 from connector.db import db, utcnow
-from connector.models import AdminUser, AuditEvent, Product
-from connector.stores import NewStore, create_store
+from connector.models import AuditEvent, Product
+from connector.stores import create_store
 from tests.factories import WebhookSender
-from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
+from tests.functional.test_admin_pages import (
+    admin_client,
+    csrf_token,
+    sign_in,
+    store_admin,
+)
 from tests.functional.test_downloads import put_file
 
 __all__ = ["admin_client"]
@@ -525,25 +529,6 @@ def test_releases_are_listed_and_published_as_the_api_does(
     assert actors == ["api", "admin:owner"]
 
 
-def _store_admin(app: Flask, store: NewStore) -> FlaskClient:
-    with app.app_context():
-        db.session.add(
-            AdminUser(
-                username="ana",
-                password_hash=generate_password_hash(PASSWORD),
-                store_id=store.store.id,
-            )
-        )
-        db.session.commit()
-    client = app.test_client()
-    token = csrf_token(client, "/admin/login")
-    signed_in = client.post(
-        "/admin/login", data={"username": "ana", "password": PASSWORD, "csrf_token": token}
-    )
-    assert signed_in.status_code == 302
-    return client
-
-
 def test_a_store_admin_sees_and_changes_only_their_stores_products(
     app: Flask, shop: WebhookSender
 ) -> None:
@@ -553,7 +538,7 @@ def test_a_store_admin_sees_and_changes_only_their_stores_products(
         db.session.commit()
     theirs = WebhookSender(app.test_client(), other)
     theirs.configure(601)
-    client = _store_admin(app, shop.store)
+    client = store_admin(app, shop.store.store.id)
     listing = client.get("/admin/products").get_data(as_text=True)
     assert ">501</a>" in listing and ">601</a>" not in listing
     assert "Other shop" not in listing

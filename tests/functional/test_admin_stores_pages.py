@@ -12,15 +12,19 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
-from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse
 
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import AdminUser, AuditEvent, Store
+from connector.models import AuditEvent, Store
 from connector.stores import NewStore, create_store
 from tests.factories import WebhookSender, wc_order
-from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
+from tests.functional.test_admin_pages import (
+    admin_client,
+    csrf_token,
+    sign_in,
+    store_admin,
+)
 from tests.functional.test_cli import keygate
 from tests.wc_rest import CONSUMER_KEY, CONSUMER_SECRET, FakeShop, connect_store, fake_shop
 
@@ -67,23 +71,6 @@ def _audit(app: Flask, action: str) -> list[tuple[str, str | None]]:
 def _add_store(client: FlaskClient, **form: str) -> TestResponse:
     token = csrf_token(client, "/admin/stores/new")
     return client.post("/admin/stores/new", data={**NEW_STORE, **form, "csrf_token": token})
-
-
-def _sign_in_store_admin(app: Flask, store_id: int) -> FlaskClient:
-    with app.app_context():
-        db.session.add(
-            AdminUser(
-                username="ana", password_hash=generate_password_hash(PASSWORD), store_id=store_id
-            )
-        )
-        db.session.commit()
-    client = app.test_client()
-    token = csrf_token(client, "/admin/login")
-    signed_in = client.post(
-        "/admin/login", data={"username": "ana", "password": PASSWORD, "csrf_token": token}
-    )
-    assert signed_in.status_code == 302
-    return client
 
 
 def test_an_owner_adds_a_store_and_sees_its_secrets_once(app: Flask, owner: FlaskClient) -> None:
@@ -313,7 +300,7 @@ def test_a_store_admin_sees_their_store_page_only_and_adds_no_store(
         db.session.commit()
         other_id = other.store.id
     mine = shop.store.store.id
-    client = _sign_in_store_admin(app, mine)
+    client = store_admin(app, mine)
     assert client.get(f"/admin/stores/{mine}").status_code == 200
     assert "/admin/stores/new" not in client.get("/admin/").get_data(as_text=True)
     token = csrf_token(client, f"/admin/stores/{mine}")
