@@ -26,11 +26,10 @@ from connector.errors import JSON_PREFIXES, register_error_handlers, route_for_l
 from connector.extensions import csrf, limiter
 from connector.ratelimit import Budgets, storage_uri
 from connector.security_headers import security_headers
-from connector.validation import refuse_nul_in_address
+from connector.validation import MAX_ROW_ID, refuse_nul_in_address
 from connector.vault.crypto import Keyring
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-MAX_ROW_ID = 2**63 - 1
 SESSIONLESS_PREFIXES = (*JSON_PREFIXES, "/d/")
 
 # (module, blueprint attribute, CSRF exempt): JSON APIs authenticate by token or signature.

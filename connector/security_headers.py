@@ -6,6 +6,7 @@ sniffed into a page). Pages (``text/html``): no framing (``X-Frame-Options`` and
 pages carry their bearer token in the URL. No script runs on a page (``script-src
 'none'``: an injected one would not either) and forms post to Keygate only
 (``form-action 'self'``); no ``default-src``, as the templates use inline styles.
+Pages are ``Cache-Control: no-store`` (they show keys, addresses, orders).
 ``Strict-Transport-Security`` when the public base URL is https (then every browser-facing
 answer carries it, pages or not).
 
@@ -48,6 +49,9 @@ def security_headers(*, https: bool) -> Callable[[Response], Response]:
         if response.mimetype == "text/html":
             for name, value in page_headers:
                 headers[name] = value
+            # Pages show keys, addresses and orders: never kept in a browser's or proxy's
+            # cache (a page that says more keeps its own).
+            headers.setdefault("Cache-Control", "no-store")
         elif https and not request.path.startswith(LICENSE_PREFIX):
             headers[HSTS[0]] = HSTS[1]
         return response

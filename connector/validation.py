@@ -82,6 +82,18 @@ def optional_int(
     return value
 
 
+# Row ids are INTEGER columns (32 bits on PostgreSQL): a larger id in a path, query or
+# form must find nothing, not overflow the driver (a 500).
+MAX_ROW_ID = 2**31 - 1
+
+
+def row_id(text: str) -> int | None:
+    """The row id ``text`` spells (see :func:`whole_number`), else None; so is one larger
+    than any row can have."""
+    number = whole_number(text, max_digits=10)
+    return number if number is not None and number <= MAX_ROW_ID else None
+
+
 def whole_number(text: str, *, max_digits: int = 18) -> int | None:
     """The number ``text`` spells in ASCII digits (at most ``max_digits``), else None.
 

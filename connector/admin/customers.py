@@ -25,7 +25,7 @@ from connector.errors import InvalidInput, ValidationFailed
 from connector.models import AdminUser, Store
 from connector.privacy.lookup import look_up_customer
 from connector.privacy.service import erase_customer, export_customer, known_customer_orders
-from connector.validation import customer_email, whole_number
+from connector.validation import customer_email, row_id
 
 bp = Blueprint("admin_customers", __name__, url_prefix="/admin")
 
@@ -87,7 +87,7 @@ def _posted_customer() -> tuple[Store, str]:
     not see, 422 for a malformed address."""
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    store_id = whole_number(request.form.get("store_id") or "")
+    store_id = row_id(request.form.get("store_id") or "")
     store = db.session.get(Store, store_id) if store_id is not None else None
     if store is None or not _visible(store.id):
         abort(404)

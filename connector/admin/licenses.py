@@ -30,7 +30,7 @@ from connector.licensing.admin import (
     search_licenses,
 )
 from connector.models import License, Store
-from connector.validation import whole_number
+from connector.validation import row_id, whole_number
 
 bp = Blueprint("admin_licenses", __name__, url_prefix="/admin")
 
@@ -61,7 +61,7 @@ def _license_list(find_error: str | None = None, status: int = 200) -> ResponseR
         db.session,
         _scope(),
         **filters,
-        before=whole_number(request.args.get("before") or ""),
+        before=row_id(request.args.get("before") or ""),
         limit=PAGE + 1,
     )
     older = rows[PAGE - 1].license.id if len(rows) > PAGE else None

@@ -44,7 +44,7 @@ from connector.licensing.releases import (
 )
 from connector.models import WATERMARKS, Product, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
-from connector.validation import is_shop_id, whole_number
+from connector.validation import is_shop_id, row_id
 
 from .forms import ConfirmForm
 from .views import PAGE, _admin_name, _newest_first, _scope, _scoped, _visible, login_required
@@ -219,7 +219,7 @@ def products() -> ResponseReturnValue:
     query = _scoped(select(Product), Product.store_id).options(selectinload(Product.files))
     store_filter = request.args.get("store") or ""
     if store_filter:
-        query = query.where(Product.store_id == _store_or_404(whole_number(store_filter)).id)
+        query = query.where(Product.store_id == _store_or_404(row_id(store_filter)).id)
     rows, older = _newest_first(query, Product.id, PAGE)
     by_id = {store.id: store for store in stores}
     warnings: dict[int, list[str]] = {}
@@ -283,7 +283,7 @@ def new_product() -> ResponseReturnValue:
     shop_product_id = (request.form.get("shop_product_id") or "").strip()
     product_form.values["shop_product_id"] = shop_product_id
     product_form.values["store"] = request.form.get("store") or ""
-    store = _store_or_404(whole_number(product_form.values["store"]))
+    store = _store_or_404(row_id(product_form.values["store"]))
     if request.form.get("action") == "more":
         product_form.blank_rows += MORE_ROWS
         return _render_product(None, None, product_form)

@@ -52,7 +52,7 @@ from connector.models import (
 )
 from connector.orders.summary import order_entitlements
 from connector.stores import create_store, key_format, replace_api_token, setup_details
-from connector.validation import is_control_character, whole_number
+from connector.validation import is_control_character, row_id, whole_number
 from connector.vault import connection as shop_connection
 from connector.vault.crypto import keyed_hash
 from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
@@ -227,7 +227,7 @@ def orders() -> ResponseReturnValue:
 def _newest_first(query: Any, id_column: Any, size: int) -> tuple[list[Any], int | None]:
     """One page of rows, newest first, from ``?before=<id>`` on; and the id to pass as
     ``before`` for the next older page (None on the last one)."""
-    before = whole_number(request.args.get("before") or "")
+    before = row_id(request.args.get("before") or "")
     if before is not None:
         query = query.where(id_column < before)
     rows = db.session.scalars(query.order_by(id_column.desc()).limit(size + 1)).all()

@@ -594,3 +594,66 @@ def test_the_new_pages_need_a_signed_in_admin_and_are_in_the_navigation(
     nav = admin_client.get("/admin/").get_data(as_text=True)
     for link in ('href="/admin/licenses"', 'href="/admin/customers"', 'href="/admin/leaks"'):
         assert link in nav
+
+
+def test_pages_showing_keys_are_never_cached(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """The license page and the customer lookup show keys: ``Cache-Control: no-store``."""
+    shop.configure(501)
+    key = sell(shop, 9810, email="cache@example.org")["licenses"][0]["key"]
+    assert sign_in(admin_client) == 302
+    page = admin_client.get(f"/admin/licenses/{license_id(app, 9810)}")
+    assert key in page.get_data(as_text=True)
+    assert page.headers["Cache-Control"] == "no-store"
+    token = csrf_token(admin_client, "/admin/customers")
+    found = post(admin_client, "/admin/customers", token, email="cache@example.org")
+    assert key in found.get_data(as_text=True)
+    assert found.headers["Cache-Control"] == "no-store"
+
+
+def test_the_older_link_under_a_failed_key_search_pages_the_list(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key search that finds nothing shows the list again; its "Older" link pages the
+    list (not the search, which is POST only)."""
+    monkeypatch.setattr("connector.admin.licenses.PAGE", 2)
+    shop.configure(501)
+    for order in (9801, 9802, 9803):
+        sell(shop, order)
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, "/admin/licenses")
+    answer = post(admin_client, "/admin/licenses/find", token, key="KG-AAAAA-BBBBB-CCCCC-DDDDD")
+    assert answer.status_code == 404
+    older = re.search(r'<a href="([^"]+)">Older</a>', answer.get_data(as_text=True))
+    assert older is not None
+    assert admin_client.get(older.group(1).replace("&amp;", "&")).status_code == 200
+
+
+def test_ids_larger_than_any_row_find_nothing(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """Ids past 32 bits (the id columns' size on PostgreSQL) in paths, queries and forms
+    are a 404 or are ignored, never a 500 from the database driver."""
+    shop.configure(501)
+    key = sell(shop, 9840)["licenses"][0]["key"]
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, "/admin/licenses")
+    big = "9999999999"
+    for path in (
+        f"/admin/licenses/{big}",
+        f"/admin/orders/{big}",
+        f"/admin/stores/{big}",
+        f"/admin/products/{big}/501",
+        f"/admin/products?store={big}",
+    ):
+        assert admin_client.get(path).status_code == 404, path
+    for path in (f"/admin/licenses?before={big}", f"/admin/orders?before={big}"):
+        assert admin_client.get(path).status_code == 200, path
+    for path, form in (
+        (f"/admin/licenses/{big}/change", {"action": "revoke"}),
+        ("/admin/customers/export", {"store_id": big, "email": "a@b.example"}),
+        ("/admin/products/new", {"store": big, "shop_product_id": "5", "name": "n"}),
+    ):
+        assert post(admin_client, path, token, **form).status_code == 404, path
+    assert shop.admin("DELETE", f"/licenses/{key}/activations/{big}").status_code == 404

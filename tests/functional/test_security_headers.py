@@ -32,6 +32,7 @@ def _assert_page_headers(response: TestResponse) -> None:
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Content-Security-Policy"] == CSP
     assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "no-store" in response.headers["Cache-Control"]
 
 
 def _assert_no_page_headers(response: TestResponse) -> None:
