@@ -457,12 +457,17 @@ def disconnect_store(store_id: int) -> ResponseReturnValue:
         abort(400)
     store = _visible_store(store_id)
     try:
-        deleted = shop_connection.disconnect(db.session, store, actor=_admin_name())
+        done = shop_connection.disconnect(db.session, store, actor=_admin_name())
     except ServiceUnavailable as exc:  # the shop is down: nothing changed
         db.session.rollback()
         return _store_page(store, error=exc.detail, status=exc.status)
     return redirect(
-        url_for("admin_views.store_detail", store_id=store.id, disconnected=len(deleted))
+        url_for(
+            "admin_views.store_detail",
+            store_id=store.id,
+            disconnected=len(done.deleted),
+            left=len(done.left) or None,
+        )
     )
 
 

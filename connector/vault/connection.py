@@ -28,7 +28,7 @@ from connector.stores import random_alphanumeric
 from connector.tokens import CONNECT_STATE, dumps_timed, loads_timed
 from connector.vault.service import credentials_for, delete_credentials, put_credentials
 from plugin.woocommerce.connect import AuthCallback, authorize_url
-from plugin.woocommerce.rest import ShopError, WooCommerceClient
+from plugin.woocommerce.rest import ShopError, ShopRejected, WooCommerceClient
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ TOPICS = ("order.created", "order.updated", "order.deleted", "order.restored")
 APP_NAME = "Keygate"
 STATE_MAX_AGE = 24 * 3600  # the owner may approve the next day, not next month
 REGISTER_JOB = "vault.register_webhooks"
+KEY_REFUSED = (401, 403)  # WooCommerce's answer to a key revoked or without the right
 
 
 def webhook_url(store: Store) -> str:
@@ -458,28 +459,51 @@ def _create_missing_webhooks(
     return created
 
 
-def disconnect(session: Session, store: Store, *, actor: str) -> list[str]:
+@dataclass(frozen=True)
+class Disconnection:
+    deleted: list[str]  # shop ids of the webhooks deleted in the shop
+    left: list[str]  # ... and of those left there: the shop no longer takes Keygate's key
+
+
+def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
     """Delete Keygate's webhooks in the shop and forget the shop's key.
 
+    Commits (the caller's work first): the shop is asked outside any transaction. A shop
+    that refuses the key (401/403: the owner revoked it in WooCommerce) cannot be asked to
+    delete anything: the key is forgotten all the same, and the webhooks left in the shop
+    are named for the owner to delete there.
+
     Raises:
-        ServiceUnavailable: the shop could not be reached; nothing changed.
+        ServiceUnavailable: the shop could not be reached; nothing changed here.
     """
     client = shop_client_for(session, store)
-    registrations = list(
-        session.scalars(select(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
+    webhook_ids = list(
+        session.scalars(
+            select(WebhookRegistration.shop_webhook_id).where(
+                WebhookRegistration.store_id == store.id
+            )
+        )
     )
+    session.commit()
     deleted: list[str] = []
+    left: list[str] = []
     if client is not None:
         try:
-            for registration in registrations:
-                client.delete_webhook(registration.shop_webhook_id)
-                deleted.append(registration.shop_webhook_id)
+            for webhook_id in webhook_ids:
+                client.delete_webhook(webhook_id)
+                deleted.append(webhook_id)
+        except ShopRejected as exc:
+            if exc.status not in KEY_REFUSED:
+                raise ServiceUnavailable(
+                    f"The shop refused to delete Keygate's webhooks ({exc})."
+                ) from None
+            left = [w for w in webhook_ids if w not in deleted]
         except ShopError as exc:
             raise ServiceUnavailable(
                 f"The shop could not be reached to delete its webhooks ({exc})."
             ) from None
-    for registration in registrations:
-        session.delete(registration)
+    lock_store(session, store)
+    session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
     delete_credentials(session, store, "woocommerce", actor=actor)
     connection = connection_of(session, store)
     connection.status = "disconnected"
@@ -492,9 +516,9 @@ def disconnect(session: Session, store: Store, *, actor: str) -> list[str]:
         actor=actor,
         action="shop.disconnected",
         subject=f"store:{store.public_id}",
-        detail={"webhooks_deleted": deleted},
+        detail={"webhooks_deleted": deleted, "webhooks_left": left},
     )
-    return deleted
+    return Disconnection(deleted=deleted, left=left)
 
 
 def _audit_registered(

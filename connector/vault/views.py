@@ -73,8 +73,10 @@ def get_connection() -> ResponseReturnValue:
 @bp.delete("/api/v1/admin/connection")
 @require_store_token
 def delete_connection() -> ResponseReturnValue:
-    deleted = shop_connection.disconnect(db.session, current_store(), actor="api")
-    return jsonify({"status": "disconnected", "webhooks_deleted": deleted})
+    done = shop_connection.disconnect(db.session, current_store(), actor="api")
+    return jsonify(
+        {"status": "disconnected", "webhooks_deleted": done.deleted, "webhooks_left": done.left}
+    )
 
 
 @bp.post("/webhooks/woocommerce/<store_id>/auth-callback")

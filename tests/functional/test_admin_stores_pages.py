@@ -416,3 +416,18 @@ def test_disconnecting_and_replacing_the_token_need_the_box_ticked(
     assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
     assert _audit(app, "shop.disconnected") == []
     assert _audit(app, "store.api_token_replaced") == []
+
+
+def test_disconnecting_a_shop_that_refuses_the_key_tells_the_owner_what_is_left(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The owner revoked Keygate's key in WooCommerce: the page disconnects all the same
+    and says the webhooks are still in the shop, to delete there."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.consumer_secret = "cs_" + "0" * 40
+    page = f"/admin/stores/{shop.store.store.id}"
+    response = owner.post(f"{page}/disconnect", data=confirmed(owner, page))
+    assert response.status_code == 302
+    html = owner.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Keygate's webhooks are still in it" in html
+    assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"

@@ -244,6 +244,28 @@ def test_disconnect_while_the_shop_is_down_changes_nothing(
     assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
 
 
+def test_disconnect_after_the_owner_revoked_the_key_in_the_shop_forgets_it(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The shop refuses Keygate's key (401: revoked in WooCommerce): nothing can be deleted
+    there, so the key is forgotten all the same and the webhooks left in the shop are named
+    for the owner to delete (a disconnect that could never succeed otherwise)."""
+    connect_store(app, shop, fake_shop)
+    in_shop = sorted(str(w) for w in fake_shop.webhooks)
+    fake_shop.consumer_secret = "cs_" + "0" * 40  # the key Keygate holds is refused now
+    response = shop.admin("DELETE", "/connection")
+    assert response.status_code == 200
+    assert response.get_json()["webhooks_deleted"] == []
+    assert sorted(response.get_json()["webhooks_left"]) == in_shop
+    assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
+    with app.app_context():
+        assert credentials_for(db.session, _store(app, shop), "woocommerce") is None
+        entry = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "shop.disconnected")
+        ).one()
+        assert sorted(entry.detail["webhooks_left"]) == in_shop
+
+
 def test_keys_given_by_hand_also_register_webhooks(
     app: Flask, shop: WebhookSender, fake_shop: FakeShop
 ) -> None:
