@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import iso, lock_row, utcnow
+from connector.db import insert_ignoring_conflicts, iso, lock_row, utcnow
 from connector.errors import Forbidden, KeygateError, ServiceUnavailable
 from connector.jobs import enqueue, trouble_json
 from connector.models import Job, ShopConnection, Store, WebhookRegistration
@@ -89,13 +89,17 @@ def lock_store(session: Session, store: Store) -> None:
 
 
 def connection_of(session: Session, store: Store) -> ShopConnection:
-    connection = session.execute(
-        select(ShopConnection).where(ShopConnection.store_id == store.id)
-    ).scalar_one_or_none()
+    """The store's connection row, made on first use (two first uses at once make one)."""
+    query = select(ShopConnection).where(ShopConnection.store_id == store.id)
+    connection = session.execute(query).scalar_one_or_none()
     if connection is None:
-        connection = ShopConnection(store_id=store.id, status="disconnected")
-        session.add(connection)
-        session.flush()
+        insert_ignoring_conflicts(
+            session,
+            ShopConnection.__table__,
+            {"store_id": store.id, "status": "disconnected"},
+            ["store_id"],
+        )
+        connection = session.execute(query).scalar_one()
     return connection
 
 

@@ -347,3 +347,45 @@ def test_a_registration_that_succeeded_after_one_died_reports_nothing_wrong(
                 )
             )
     assert shop.admin("GET", "/connection").get_json()["webhook_registration"] is None
+
+
+def test_two_first_looks_at_a_connection_at_once_make_one_row(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The connection row is made on first use (a store page, the connection API): two at
+    once make one, and the second use is not a unique-key error (a 500)."""
+    import threading
+
+    from connector.db import transaction
+    from connector.vault.connection import connection_of
+
+    first_made = threading.Event()
+    release = threading.Event()
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        with app.app_context(), transaction() as session:
+            connection_of(session, _store(app, shop))
+            first_made.set()
+            assert release.wait(10)
+
+    def second() -> None:
+        try:
+            with app.app_context(), transaction() as session:
+                assert connection_of(session, _store(app, shop)).status == "disconnected"
+        except BaseException as exc:
+            errors.append(exc)
+
+    one = threading.Thread(target=first, daemon=True)
+    one.start()
+    assert first_made.wait(10)
+    two = threading.Thread(target=second, daemon=True)
+    two.start()
+    two.join(0.5)  # waiting on the first one's row (PostgreSQL) or write lock (SQLite)
+    release.set()
+    one.join(10)
+    two.join(10)
+    assert not two.is_alive()
+    assert errors == []
+    with app.app_context():
+        assert len(db.session.scalars(select(ShopConnection)).all()) == 1
