@@ -52,7 +52,8 @@ def normalize_store_url(url: str) -> str:
         raise ValidationFailed(problem)
     try:
         parts = urlsplit(url)
-    except ValueError:  # an unbalanced [ of an IPv6 host
+        parts.port  # noqa: B018 - raises for a port that is no number or past 65535
+    except ValueError:  # an unbalanced [ of an IPv6 host, a port out of range
         raise ValidationFailed(problem) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValidationFailed(problem)

@@ -124,6 +124,8 @@ def test_an_owner_adds_a_store_and_sees_its_secrets_once(app: Flask, owner: Flas
         ("url", "ftp://shop.example", "http(s) URL"),
         ("url", "http://[::1", "http(s) URL"),
         ("url", "https://shop example", "http(s) URL"),
+        ("url", "https://shop.example:99999", "http(s) URL"),
+        ("url", "https://shop.example:port", "http(s) URL"),
         ("url", "https://shop.example/" + "x" * 500, "longer than 500"),
         ("key_groups", "9", "2-8 groups"),
         ("key_groups", "four", "key_groups must be a whole number"),
