@@ -70,13 +70,15 @@ def renewal_target(
     store: Store,
     order: Order,
     line: LineItem,
-    product: Product,
+    product_ids: list[int],
     line_meta: dict[str, Any],
     subscription: str | None,
 ) -> License | None:
     """The license this line renews, or None when it is an ordinary purchase.
 
-    ``subscription``: the order's :func:`subscription_of`.
+    ``product_ids``: the configured products the line names (its variation's and its
+    parent's): a key sold while the variation had its own settings, or while it followed
+    its parent, is renewed either way. ``subscription``: the order's :func:`subscription_of`.
     """
     known = session.scalars(
         select(LicenseRenewal.license_id).where(LicenseRenewal.line_item_id == line.id).limit(1)
@@ -87,13 +89,13 @@ def renewal_target(
         return None  # already licensed as a new purchase: stays one
     raw_key = line_meta.get(RENEW_META)
     if isinstance(raw_key, str) and raw_key.strip():
-        named = _license_by_key(session, store, product, raw_key)
+        named = _license_by_key(session, store, product_ids, raw_key)
         if named is not None and named.status == "revoked":
             _record_revoked_renewal(session, store, order, line, named)
             return None
         return named
     if subscription is not None:
-        return _subscriptions_license(session, store, order, product, subscription)
+        return _subscriptions_license(session, store, order, product_ids, subscription)
     return None
 
 
@@ -125,7 +127,9 @@ def subscription_of(order_meta: dict[str, Any]) -> str | None:
         return None  # not an id: not a renewal Keygate can follow
 
 
-def _license_by_key(session: Session, store: Store, product: Product, raw: str) -> License | None:
+def _license_by_key(
+    session: Session, store: Store, product_ids: list[int], raw: str
+) -> License | None:
     from connector.orders.service import hash_license_key
 
     canonical = normalize_key(raw)
@@ -134,14 +138,14 @@ def _license_by_key(session: Session, store: Store, product: Product, raw: str) 
     return session.execute(
         select(License).where(
             License.store_id == store.id,
-            License.product_id == product.id,
+            License.product_id.in_(product_ids),
             License.key_hash == hash_license_key(canonical),
         )
     ).scalar_one_or_none()
 
 
 def _subscriptions_license(
-    session: Session, store: Store, order: Order, product: Product, subscription: str
+    session: Session, store: Store, order: Order, product_ids: list[int], subscription: str
 ) -> License | None:
     # Only a license that is not revoked is renewed: extending a revoked one (an earlier
     # order cancelled, the owner's revocation) would leave the buyer's live key to run out.
@@ -151,7 +155,7 @@ def _subscriptions_license(
         .where(
             LicenseRenewal.subscription_id == subscription,
             License.store_id == store.id,
-            License.product_id == product.id,
+            License.product_id.in_(product_ids),
             License.status != "revoked",
         )
         .order_by(LicenseRenewal.id.desc())
@@ -178,7 +182,7 @@ def _subscriptions_license(
         .join(Order, License.order_id == Order.id)
         .where(
             License.store_id == store.id,
-            License.product_id == product.id,
+            License.product_id.in_(product_ids),
             Order.id != order.id,
             same_customer,
             License.status != "revoked",

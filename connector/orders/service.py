@@ -185,6 +185,19 @@ def _configured_product(
     return None, None
 
 
+def _line_product_ids(
+    session: Session, store: Store, line: LineItem, matched: Product
+) -> list[int]:
+    """The configured products a line names, the one it matched first: its variation's and
+    its parent's, retired or not (a renewal renews a key sold as either)."""
+    ids = [matched.id]
+    for shop_id in (line.shop_variation_id, line.shop_product_id):
+        product = find_product(session, store, shop_id) if shop_id is not None else None
+        if product is not None and product.id not in ids:
+            ids.append(product.id)
+    return ids
+
+
 def _line_match(
     session: Session, store: Store, item: ShopLineItem, line: LineItem, renewal: bool = False
 ) -> tuple[int | None, str | None]:
@@ -477,7 +490,7 @@ def _converge_paid(
             store,
             order,
             line,
-            product,
+            _line_product_ids(session, store, line, product),
             shop_item.meta if shop_item else {},
             subscription,
         )

@@ -608,6 +608,38 @@ def test_a_retired_products_paid_renewal_extends_its_key(app: Flask, shop: Webho
     assert licenses(app) == 1
 
 
+def test_a_variations_own_key_is_renewed_after_the_variation_retires(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A key sold while the variation had its own settings, then the variation retired (its
+    lines follow the live parent again): its subscription renewal, or a renewal line naming
+    the key, extends that key and issues no key of the parent."""
+    shop.configure(600, duration_days=30)
+    shop.configure(601, duration_days=30)
+    shop.deliver(wc_order(9510, "completed", [line_item(600, variation_id=601)], customer_id=42))
+    (first,) = shop.order(9510)["licenses"]
+    assert first["product_id"] == "601"
+    with app.app_context():
+        db.session.execute(
+            update(Product).where(Product.shop_product_id == "601").values(retired_at=utcnow())
+        )
+        db.session.commit()
+    renewal = wc_order(
+        9511, "processing", [line_item(600, variation_id=601)], customer_id=42, modified=5
+    )
+    renewal["meta_data"].append({"id": 9, "key": SUBSCRIPTION_RENEWAL_META, "value": "9198"})
+    shop.deliver(renewal)
+    assert shop.order(9511)["licenses"] == []
+    extended = shop.order(9510)["licenses"][0]["expires_at"]
+    assert extended > first["expires_at"]
+    named = renewal_line(600, first["key"], 303)
+    named["variation_id"] = 601
+    shop.deliver(wc_order(9512, "processing", [named], modified=9))
+    assert shop.order(9512)["licenses"] == []
+    assert shop.order(9510)["licenses"][0]["expires_at"] > extended
+    assert licenses(app) == 1
+
+
 def test_a_renewal_through_a_retired_variation_extends_the_parents_key(
     app: Flask, shop: WebhookSender
 ) -> None:
