@@ -374,8 +374,10 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
     for registration in session.scalars(
         select(WebhookRegistration).where(WebhookRegistration.store_id == store.id)
     ):
-        if registration.id not in listed:
-            continue  # registered by another run since: made after the listing
+        if listed.get(registration.id, (None, None))[1] != registration.shop_webhook_id:
+            # Registered by another run since (made after the listing; on SQLite it may
+            # even have the id of a row deleted meanwhile).
+            continue
         webhook = remote.get(registration.shop_webhook_id)
         registration.checked_at = utcnow()
         if webhook is None:
