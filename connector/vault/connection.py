@@ -38,6 +38,7 @@ TOPICS = ("order.created", "order.updated", "order.deleted", "order.restored")
 APP_NAME = "Keygate"
 STATE_MAX_AGE = 24 * 3600  # the owner may approve the next day, not next month
 REGISTER_JOB = "vault.register_webhooks"
+DISCONNECT_ROUNDS = 3
 KEY_REFUSED = (401, 403)  # WooCommerce's answer to a key revoked or without the right
 
 
@@ -483,17 +484,29 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
         ServiceUnavailable: the shop could not be reached; nothing changed here.
     """
     client = shop_client_for(session, store)
-    webhook_ids = list(
-        session.scalars(
-            select(WebhookRegistration.shop_webhook_id).where(
-                WebhookRegistration.store_id == store.id
-            )
-        )
-    )
-    session.commit()
     deleted: list[str] = []
     left: list[str] = []
-    if client is not None:
+    asked: set[str] = set()
+    for _ in range(DISCONNECT_ROUNDS):
+        # A webhook check running meanwhile (the key is still here) may register a webhook
+        # again: each round deletes what was registered since the last one.
+        lock_store(session, store)
+        webhook_ids = [
+            webhook_id
+            for webhook_id in session.scalars(
+                select(WebhookRegistration.shop_webhook_id).where(
+                    WebhookRegistration.store_id == store.id
+                )
+            )
+            if webhook_id not in asked
+        ]
+        if not webhook_ids or client is None:
+            break
+        session.commit()  # nothing held while the shop answers
+        asked.update(webhook_ids)
+        if left:
+            left.extend(webhook_ids)  # the shop refuses the key: nothing can be deleted
+            continue
         try:
             for webhook_id in webhook_ids:
                 client.delete_webhook(webhook_id)
@@ -503,12 +516,21 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
                 raise ServiceUnavailable(
                     f"The shop refused to delete Keygate's webhooks ({exc})."
                 ) from None
-            left = [w for w in webhook_ids if w not in deleted]
+            left.extend(w for w in webhook_ids if w not in deleted)
         except ShopError as exc:
             raise ServiceUnavailable(
                 f"The shop could not be reached to delete its webhooks ({exc})."
             ) from None
-    lock_store(session, store)
+    lock_store(session, store)  # held from here to the caller's commit
+    left.extend(
+        webhook_id
+        for webhook_id in session.scalars(
+            select(WebhookRegistration.shop_webhook_id).where(
+                WebhookRegistration.store_id == store.id
+            )
+        )
+        if webhook_id not in asked and client is not None
+    )
     session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
     delete_credentials(session, store, "woocommerce", actor=actor)
     connection = connection_of(session, store)

@@ -211,3 +211,48 @@ def test_two_webhook_checks_at_once_leave_no_webhook_keygate_forgot(
     in_shop = {str(w["id"]) for w in fake_shop.webhooks.values()}
     assert in_shop == registered
     assert len(in_shop) == len(TOPICS)
+
+
+def test_a_webhook_check_during_a_disconnection_leaves_no_webhook_behind(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """While the disconnection deletes the webhooks in the shop (outside any transaction),
+    the periodic check re-creates one it finds missing: the disconnection deletes that one
+    too, and no webhook is left delivering to a store that forgot its shop."""
+    from connector.vault.connection import disconnect
+
+    connect_store(app, shop, fake_shop)
+    first_delete, go_on = threading.Event(), threading.Event()
+    answer_webhooks = fake_shop._webhooks
+
+    def pause_after_first_delete(
+        method: str, rest: list[str], query: dict[str, str], body: Any
+    ) -> Any:
+        answer = answer_webhooks(method, rest, query, body)
+        first = method == "DELETE" and not first_delete.is_set()
+        if first and threading.current_thread().name == "disconnect":
+            first_delete.set()
+            assert go_on.wait(WAIT)
+        return answer
+
+    fake_shop._webhooks = pause_after_first_delete  # type: ignore[method-assign]
+    store_id = shop.store.store.id
+    done: list[Any] = []
+
+    def run_disconnect() -> None:
+        with app.app_context(), transaction() as session:
+            store = session.get(Store, store_id)
+            assert store is not None
+            done.append(disconnect(session, store, actor="test"))
+
+    thread = threading.Thread(target=run_disconnect, name="disconnect", daemon=True)
+    thread.start()
+    assert first_delete.wait(WAIT)
+    assert _check(app, store_id)  # re-creates the webhook just deleted
+    go_on.set()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert fake_shop.webhooks == {}
+    (result,) = done
+    assert len(result.deleted) == len(TOPICS) + 1
+    assert result.left == []
