@@ -90,7 +90,8 @@ REFUSALS = {
     "revoked": (
         410,
         "This download is no longer available",
-        "The order was refunded or cancelled, so its downloads have been withdrawn.",
+        "The shop has withdrawn this download: the order was refunded or cancelled, or "
+        "the license was paused or ended.",
     ),
     "expired": (
         410,

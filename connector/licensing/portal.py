@@ -14,6 +14,7 @@ from sqlalchemy import select
 from connector.admin.forms import ConfirmForm
 from connector.audit import record_audit
 from connector.db import db
+from connector.extensions import limiter
 from connector.licensing.service import remove_activation
 from connector.models import Activation, License, Order
 from connector.tokens import order_id_from_portal_token
@@ -35,6 +36,7 @@ def _portal_helpers() -> dict[str, object]:
 
 
 @bp.post("/my/<token>/activations/<int:activation_id>/deactivate")
+@limiter.limit("30/hour")
 def deactivate(token: str, activation_id: int) -> ResponseReturnValue:
     """The buyer frees a seat (counted as a binding change, like the API's deactivate)."""
     order = db.session.get(Order, order_id_from_portal_token(token))

@@ -25,11 +25,23 @@ class LicenseView:
     updates_until: dt.datetime | None
     activation_limit: int | None
 
+    @property
+    def expired(self) -> bool:
+        """Past its end: the stored status stays "active" (a renewal extends it again)."""
+        return self.expires_at is not None and self.expires_at <= utcnow()
+
+    @property
+    def shown_status(self) -> str:
+        """The status as a buyer reads it: "expired" once past the end."""
+        return "expired" if self.status == "active" and self.expired else self.status
+
 
 @dataclass(frozen=True)
 class DownloadView:
     grant_id: int
     filename: str
+    product_name: str
+    copy: int  # which unit of its line (1 for the first): a quantity of 2 has two links
     link: str
     downloads_left: int | None
     expires_at: dt.datetime | None
@@ -73,8 +85,9 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
         for lic, line, product in license_rows
     ]
     grant_rows = session.execute(
-        select(DownloadGrant, ProductFile)
+        select(DownloadGrant, ProductFile, Product.name)
         .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+        .join(Product, ProductFile.product_id == Product.id)
         .where(DownloadGrant.order_id == order.id)
         .order_by(DownloadGrant.line_item_id, DownloadGrant.unit, ProductFile.position)
     ).all()
@@ -82,6 +95,8 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
         DownloadView(
             grant_id=grant.id,
             filename=product_file.filename,
+            product_name=product_name,
+            copy=grant.unit,
             link=download_url(grant.id),
             downloads_left=(
                 None
@@ -91,6 +106,6 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
             expires_at=grant.expires_at,
             revoked=grant.revoked_at is not None,
         )
-        for grant, product_file in grant_rows
+        for grant, product_file, product_name in grant_rows
     ]
     return {"licenses": licenses, "downloads": downloads, "portal_url": portal_url(order.id)}

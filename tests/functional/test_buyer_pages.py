@@ -1,0 +1,132 @@
+"""What a buyer reads: portal, mails and download refusals say what happened, in words a
+buyer understands (found by a buyer's-eye audit)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from flask import Flask
+from sqlalchemy import select, update
+
+from connector.db import db, utcnow
+from connector.jobs import run_pending
+from connector.models import DownloadGrant, License, Mail
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.licensing_helpers import call
+
+BASE = "http://keygate.test"
+
+
+def _csrf(html: str) -> str:
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert token, html
+    return token.group(1)
+
+
+def _last_mail(app: Flask) -> str:
+    run_pending(app)
+    with app.app_context():
+        body = db.session.scalars(select(Mail.body_text).order_by(Mail.id.desc())).first()
+    assert body is not None
+    return body
+
+
+def test_a_download_the_owner_withdrew_is_not_called_a_refund(shop: WebhookSender) -> None:
+    """An owner's revocation ends the links with words that fit it (not "refunded")."""
+    shop.configure(501)
+    shop.deliver(wc_order(9900, "processing", [line_item(501)]))
+    body = shop.order(9900)
+    assert shop.admin("POST", f"/licenses/{body['licenses'][0]['key']}/revoke").status_code == 200
+    page = shop.client.get(body["downloads"][0]["link"].removeprefix(BASE))
+    assert page.status_code == 410
+    html = page.get_data(as_text=True)
+    assert "withdrawn" in html
+    assert "paused or ended" in html
+
+
+def test_the_download_limit_page_does_not_say_to_wait(shop: WebhookSender) -> None:
+    """Waiting never brings a used-up link back: the page says to ask the shop."""
+    shop.configure(501, download_limit=1)
+    shop.deliver(wc_order(9901, "processing", [line_item(501)]))
+    link = shop.order(9901)["downloads"][0]["link"].removeprefix(BASE)
+    with shop.client.application.app_context():
+        db.session.execute(update(DownloadGrant).values(download_count=1))
+        db.session.commit()
+    page = shop.client.get(link)
+    assert page.status_code == 429
+    html = page.get_data(as_text=True)
+    assert "Contact the shop if you need more downloads." in html
+    assert "wait" not in html
+
+
+def test_an_expired_license_reads_expired_on_the_portal_and_in_mail(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The stored status stays "active" past the end (a renewal extends it): the buyer
+    reads "expired", and a mail says when it expired instead of "valid until"."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9902, "processing", [line_item(501)]))
+    body = shop.order(9902)
+    with app.app_context():
+        db.session.execute(update(License).values(expires_at=utcnow() - dt.timedelta(days=3)))
+        db.session.commit()
+    portal = body["portal_url"].removeprefix(BASE)
+    html = shop.client.get(portal).get_data(as_text=True)
+    assert "<td>expired</td>" in html
+    assert "<td>active</td>" not in html
+    assert shop.client.post(portal + "/resend", data={"csrf_token": _csrf(html)}).status_code == 302
+    text = _last_mail(app)
+    assert "expired on" in text
+    assert "valid until" not in text
+
+
+def test_downloads_of_several_products_and_copies_are_told_apart(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Two products with a file of the same name, one bought twice: each link names its
+    product, and the second copy says so, on the portal and in the mail."""
+    manual = [{"object_key": "files/manual.pdf", "filename": "manual.pdf"}]
+    shop.configure(501, files=manual)
+    shop.configure(502, files=manual)
+    shop.deliver(
+        wc_order(
+            9903,
+            "processing",
+            [line_item(501, line_id=1, quantity=2), line_item(502, line_id=2)],
+        )
+    )
+    portal = shop.order(9903)["portal_url"].removeprefix(BASE)
+    html = shop.client.get(portal).get_data(as_text=True).split("<h2>Downloads</h2>")[1]
+    assert html.count("<td>Product 501</td>") == 1
+    assert 'Product 501 <span class="muted">(copy 2)</span>' in html
+    assert "<td>Product 502</td>" in html
+    text = _last_mail(app)
+    assert "Product 501, manual.pdf: " in text
+    assert "Product 501 (copy 2), manual.pdf: " in text
+    assert "Product 502, manual.pdf: " in text
+
+
+def test_the_last_deactivation_is_confirmed_and_deactivation_is_rate_limited(
+    shop: WebhookSender,
+) -> None:
+    """Freeing the only seat still says it worked (the activations table is gone then);
+    deactivations from one address are limited like the portal's other buttons."""
+    shop.configure(501)
+    shop.deliver(wc_order(9904, "processing", [line_item(501)]))
+    body = shop.order(9904)
+    key, portal = body["licenses"][0]["key"], body["portal_url"].removeprefix(BASE)
+    call(shop.client, "activate", {"key": key, "site": "https://shop.example.org/"})
+    html = shop.client.get(portal).get_data(as_text=True)
+    action = re.search(r'action="([^"]+/deactivate)"', html)
+    assert action is not None
+    assert 'aria-label="Deactivate on shop.example.org"' in html
+    form = {"csrf_token": _csrf(html)}
+    done = shop.client.post(action.group(1), data=form)
+    assert done.status_code == 302
+    after = shop.client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "Deactivated: that seat is free again." in after
+    assert "Where your licenses are activated" not in after
+    answers = [shop.client.post(action.group(1), data=form).status_code for _ in range(30)]
+    assert set(answers[:29]) == {404}  # nothing left to deactivate, but each one counted
+    assert answers[29] == 429
