@@ -17,7 +17,8 @@ from connector.db import db
 from connector.extensions import limiter
 from connector.licensing.service import remove_activation
 from connector.models import Activation, License, Order
-from connector.tokens import order_id_from_portal_token
+from connector.portal.views import expired_page
+from connector.tokens import LinkExpired, order_id_from_portal_token
 
 bp = Blueprint("licensing_portal", __name__)
 
@@ -39,7 +40,10 @@ def _portal_helpers() -> dict[str, object]:
 @limiter.limit("30/hour")
 def deactivate(token: str, activation_id: int) -> ResponseReturnValue:
     """The buyer frees a seat (counted as a binding change, like the API's deactivate)."""
-    order = db.session.get(Order, order_id_from_portal_token(token))
+    try:
+        order = db.session.get(Order, order_id_from_portal_token(token))
+    except LinkExpired:
+        return expired_page(token)
     if order is None:
         abort(404)
     if not ConfirmForm().validate_on_submit():

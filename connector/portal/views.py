@@ -30,12 +30,18 @@ def _order_for(token: str) -> Order:
     return order
 
 
+def expired_page(token: str) -> ResponseReturnValue:
+    """What an expired portal link answers, to any of the page's buttons too (a page
+    opened before the link expired): nothing of the order, a button for a fresh link."""
+    return render_template("portal/expired.html", token=token, form=ConfirmForm()), 410, PRIVATE
+
+
 @bp.get("/my/<token>")
 def portal(token: str) -> ResponseReturnValue:
     try:
         order = _order_for(token)
     except LinkExpired:
-        return render_template("portal/expired.html", token=token, form=ConfirmForm()), 410, PRIVATE
+        return expired_page(token)
     store = db.session.get(Store, order.store_id)
     response = render_template(
         "portal/order.html",
@@ -51,7 +57,10 @@ def portal(token: str) -> ResponseReturnValue:
 @bp.post("/my/<token>/resend")
 @limiter.limit("3/hour")
 def resend(token: str) -> ResponseReturnValue:
-    order = _order_for(token)
+    try:
+        order = _order_for(token)
+    except LinkExpired:
+        return expired_page(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
     if not mail_order_again(db.session, order, actor="buyer", action="mail.resend_requested"):

@@ -112,6 +112,27 @@ def test_an_expired_portal_link_shows_nothing_and_mails_a_fresh_one(
     assert shop.client.get(fresh.group(1)).status_code == 200
 
 
+def test_buttons_of_a_page_whose_link_expired_meanwhile_offer_a_fresh_link(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page opened before its link expired and used after: "mail me again" and
+    "Deactivate" answer the expired page (its "Email me a fresh link" button), not a bare
+    error."""
+    shop.configure(501)
+    shop.deliver(wc_order(9408, "processing", [line_item(501)]))
+    days = app.extensions["keygate.settings"].portal_link_days
+    now = time.time()
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(now) - days * 86400 - 60)
+    with app.test_request_context():
+        old_path = portal_url(_order_row_id(app, "9408")).removeprefix("http://keygate.test")
+    monkeypatch.undo()
+    token = csrf(shop.client.get(old_path).get_data(as_text=True))
+    for button in ("/resend", "/activations/1/deactivate"):
+        answer = shop.client.post(old_path + button, data={"csrf_token": token})
+        assert answer.status_code == 410, button
+        assert "Email me a fresh link" in answer.get_data(as_text=True), button
+
+
 def test_a_link_from_before_portal_links_expired_counts_as_expired(
     app: Flask, shop: WebhookSender
 ) -> None:
