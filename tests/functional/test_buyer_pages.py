@@ -130,3 +130,17 @@ def test_the_last_deactivation_is_confirmed_and_deactivation_is_rate_limited(
     answers = [shop.client.post(action.group(1), data=form).status_code for _ in range(30)]
     assert set(answers[:29]) == {404}  # nothing left to deactivate, but each one counted
     assert answers[29] == 429
+
+
+def test_a_refunded_orders_portal_offers_no_empty_mail(shop: WebhookSender) -> None:
+    """After a refund nothing of the order works: the portal says so instead of offering
+    to mail "thank you for your order" with no key or link in it."""
+    shop.configure(501)
+    item = line_item(501, line_id=91)
+    shop.deliver(wc_order(9905, "processing", [item], modified=1))
+    portal = shop.order(9905)["portal_url"].removeprefix(BASE)
+    assert "Email me my keys and links again" in shop.client.get(portal).get_data(as_text=True)
+    shop.deliver(wc_order(9905, "refunded", [item], modified=2))
+    html = shop.client.get(portal).get_data(as_text=True)
+    assert "Email me my keys and links again" not in html
+    assert "nothing to email" in html
