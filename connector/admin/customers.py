@@ -18,7 +18,7 @@ from flask.typing import ResponseReturnValue
 
 from connector import get_settings
 from connector.admin.forms import ConfirmForm
-from connector.admin.views import _admin_name, _scope, _visible, login_required
+from connector.admin.views import _admin_name, _scope, _visible_store, login_required
 from connector.db import db, utcnow
 from connector.downloads.leaks import identify_leaked_copy
 from connector.errors import InvalidInput, ValidationFailed
@@ -87,10 +87,7 @@ def _posted_customer() -> tuple[Store, str]:
     not see, 422 for a malformed address."""
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    store_id = row_id(request.form.get("store_id") or "")
-    store = db.session.get(Store, store_id) if store_id is not None else None
-    if store is None or not _visible(store.id):
-        abort(404)
+    store = _visible_store(row_id(request.form.get("store_id") or ""))
     return store, customer_email(request.form.get("email") or "")
 
 

@@ -15,7 +15,7 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from connector.admin.forms import ConfirmForm
-from connector.admin.views import PAGE, _admin_name, _scope, _visible, login_required
+from connector.admin.views import PAGE, _admin_name, _scope, _visible_license, login_required
 from connector.db import db
 from connector.downloads.log import clicks, link_states
 from connector.errors import ValidationFailed
@@ -29,7 +29,7 @@ from connector.licensing.admin import (
     remove_activation_as_owner,
     search_licenses,
 )
-from connector.models import License, Store
+from connector.models import License
 from connector.validation import row_id, whole_number
 
 bp = Blueprint("admin_licenses", __name__, url_prefix="/admin")
@@ -98,14 +98,6 @@ def find_license() -> ResponseReturnValue:
     if lic is None:
         return _license_list("No license of your stores has this key.", 404)
     return redirect(url_for("admin_licenses.license_detail", license_id=lic.id))
-
-
-def _visible_license(license_id: int) -> tuple[License, Store]:
-    lic = db.session.get(License, license_id)
-    store = db.session.get(Store, lic.store_id) if lic is not None else None
-    if lic is None or store is None or not _visible(store.id):
-        abort(404)
-    return lic, store
 
 
 def _license_page(lic: License, error: str | None = None, status: int = 200) -> ResponseReturnValue:

@@ -47,7 +47,16 @@ from connector.models.catalog import WATERMARK_FALLBACKS
 from connector.validation import is_shop_id, row_id
 
 from .forms import ConfirmForm
-from .views import PAGE, _admin_name, _newest_first, _scope, _scoped, _visible, login_required
+from .views import (
+    PAGE,
+    _admin_name,
+    _newest_first,
+    _scope,
+    _scoped,
+    _visible_store,
+    _visible_stores,
+    login_required,
+)
 
 bp = Blueprint("admin_products", __name__, url_prefix="/admin")
 
@@ -189,19 +198,8 @@ def _yes_no(text: str) -> Any:
     return {"": None, "yes": True, "no": False}.get(text, text)
 
 
-def _visible_stores() -> list[Store]:
-    return list(db.session.scalars(_scoped(select(Store), Store.id).order_by(Store.id)))
-
-
-def _store_or_404(store_id: int | None) -> Store:
-    store = db.session.get(Store, store_id) if store_id is not None else None
-    if store is None or not _visible(store.id):
-        abort(404)
-    return store
-
-
 def _product_or_404(store_id: int, shop_product_id: str) -> tuple[Store, Product]:
-    store = _store_or_404(store_id)
+    store = _visible_store(store_id)
     product = (
         find_product(db.session, store, shop_product_id) if is_shop_id(shop_product_id) else None
     )
@@ -219,7 +217,7 @@ def products() -> ResponseReturnValue:
     query = _scoped(select(Product), Product.store_id).options(selectinload(Product.files))
     store_filter = request.args.get("store") or ""
     if store_filter:
-        query = query.where(Product.store_id == _store_or_404(row_id(store_filter)).id)
+        query = query.where(Product.store_id == _visible_store(row_id(store_filter)).id)
     rows, older = _newest_first(query, Product.id, PAGE)
     by_id = {store.id: store for store in stores}
     warnings: dict[int, list[str]] = {}
@@ -283,7 +281,7 @@ def new_product() -> ResponseReturnValue:
     shop_product_id = (request.form.get("shop_product_id") or "").strip()
     product_form.values["shop_product_id"] = shop_product_id
     product_form.values["store"] = request.form.get("store") or ""
-    store = _store_or_404(row_id(product_form.values["store"]))
+    store = _visible_store(row_id(product_form.values["store"]))
     if request.form.get("action") == "more":
         product_form.blank_rows += MORE_ROWS
         return _render_product(None, None, product_form)

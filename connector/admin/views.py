@@ -189,7 +189,7 @@ def password() -> ResponseReturnValue:
 @bp.get("/")
 @login_required
 def dashboard() -> ResponseReturnValue:
-    stores = db.session.scalars(_scoped(select(Store), Store.id).order_by(Store.id)).all()
+    stores = _visible_stores()
     counts = dict(
         db.session.execute(
             _scoped(select(Order.store_id, func.count()), Order.store_id).group_by(Order.store_id)
@@ -344,10 +344,7 @@ def license_action(license_id: int, action: str) -> ResponseReturnValue:
 
     if action not in LICENSE_ACTIONS or not ConfirmForm().validate_on_submit():
         abort(400)
-    license_ = db.session.get(License, license_id)
-    store = db.session.get(Store, license_.store_id) if license_ is not None else None
-    if license_ is None or store is None or not _visible(store.id):
-        abort(404)
+    license_, store = _visible_license(license_id)
     change_license(db.session, store, license_.key_encrypted, action, actor=_admin_name())
     return redirect(url_for("admin_views.order_detail", order_id=license_.order_id))
 
@@ -357,11 +354,26 @@ def _admin_name() -> str:
     return f"admin:{user.username}"
 
 
-def _visible_store(store_id: int) -> Store:
-    store = db.session.get(Store, store_id)
+def _visible_stores() -> list[Store]:
+    """The stores the signed-in admin may see, oldest first."""
+    return list(db.session.scalars(_scoped(select(Store), Store.id).order_by(Store.id)))
+
+
+def _visible_store(store_id: int | None) -> Store:
+    """The store, if the signed-in admin may see it; else 404 (no such id included)."""
+    store = db.session.get(Store, store_id) if store_id is not None else None
     if store is None or not _visible(store.id):
         abort(404)
     return store
+
+
+def _visible_license(license_id: int) -> tuple[License, Store]:
+    """The license and its store, if the signed-in admin may see them; else 404."""
+    lic = db.session.get(License, license_id)
+    store = db.session.get(Store, lic.store_id) if lic is not None else None
+    if lic is None or store is None or not _visible(store.id):
+        abort(404)
+    return lic, store
 
 
 def _shown_once(page: str) -> Response:
