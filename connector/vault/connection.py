@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, iso, lock_row, utcnow
@@ -193,21 +193,8 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
         {"consumer_key": callback.consumer_key, "consumer_secret": callback.consumer_secret},
         actor="shop",
     )
-    reconnect = connection.status == "connected"
-    connection.status = "connected"
-    connection.shop_key_id = callback.key_id
     connection.key_permissions = callback.key_permissions
-    connection.connected_at = utcnow()
-    connection.disconnected_at = None
-    start_connection_jobs(session, store)
-    record_audit(
-        session,
-        store_id=store.id,
-        actor="shop",
-        action="shop.reconnected" if reconnect else "shop.connected",
-        subject=f"store:{store.public_id}",
-        detail={"key_id": callback.key_id},
-    )
+    _mark_connected(session, store, connection, key_id=callback.key_id, actor="shop")
     return True
 
 
@@ -237,9 +224,18 @@ def accept_manual_key(session: Session, store: Store, *, changed: bool, actor: s
     connection = connection_of(session, store)
     if connection.status == "connected" and not changed:
         return
+    # The shop's key id is not known for a key made by hand.
+    _mark_connected(session, store, connection, key_id=None, actor=actor)
+
+
+def _mark_connected(
+    session: Session, store: Store, connection: ShopConnection, *, key_id: str | None, actor: str
+) -> None:
+    """A new key (from the handshake or by hand): connected, the connection's jobs
+    started, audited as a connection or a reconnection."""
     reconnect = connection.status == "connected"
     connection.status = "connected"
-    connection.shop_key_id = None  # not known for a key made by hand
+    connection.shop_key_id = key_id
     connection.connected_at = utcnow()
     connection.disconnected_at = None
     start_connection_jobs(session, store)
@@ -249,7 +245,7 @@ def accept_manual_key(session: Session, store: Store, *, changed: bool, actor: s
         actor=actor,
         action="shop.reconnected" if reconnect else "shop.connected",
         subject=f"store:{store.public_id}",
-        detail={"key_id": None},
+        detail={"key_id": key_id},
     )
 
 
@@ -307,13 +303,7 @@ def _delete_stray_webhooks(
     (commits; the shop is asked outside any transaction). One made by a run still waiting
     on the shop may go too: the periodic check re-creates a registered webhook that is gone."""
     url = webhook_url(store)
-    keep = set(
-        session.scalars(
-            select(WebhookRegistration.shop_webhook_id).where(
-                WebhookRegistration.store_id == store.id
-            )
-        )
-    )
+    keep = set(_registered(session, store, WebhookRegistration.shop_webhook_id))
     session.commit()
     deleted: list[str] = []
     for webhook in client.list_webhooks():
@@ -325,6 +315,11 @@ def _delete_stray_webhooks(
         _audit_registered(session, store, [], deleted)
         session.commit()
     return deleted
+
+
+def _registered(session: Session, store: Store, column: InstrumentedAttribute[str]) -> list[str]:
+    """One column (topic, shop webhook id) of the store's webhook registrations."""
+    return list(session.scalars(select(column).where(WebhookRegistration.store_id == store.id)))
 
 
 def _same_url(value: object, url: str) -> bool:
@@ -416,11 +411,7 @@ def _create_missing_webhooks(
     half-way (then the error is raised). A topic another run registered meanwhile keeps its
     webhook, and a secret another run replaced meanwhile (a reconnection) makes every
     webhook made here stale: those are deleted again, never registered."""
-    registered = set(
-        session.scalars(
-            select(WebhookRegistration.topic).where(WebhookRegistration.store_id == store.id)
-        )
-    )
+    registered = set(_registered(session, store, WebhookRegistration.topic))
     url, secret = webhook_url(store), store.webhook_secret
     session.commit()
     made: dict[str, str] = {}
@@ -437,11 +428,7 @@ def _create_missing_webhooks(
             break
         made[topic] = str(webhook["id"])
     lock_row(session, Store, store.id)  # and the secret read again
-    registered = set(
-        session.scalars(
-            select(WebhookRegistration.topic).where(WebhookRegistration.store_id == store.id)
-        )
-    )
+    registered = set(_registered(session, store, WebhookRegistration.topic))
     if store.webhook_secret != secret:
         registered = set(made)  # signed with a secret no delivery is checked against now
     created = [webhook_id for topic, webhook_id in made.items() if topic not in registered]
@@ -493,11 +480,7 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
         lock_store(session, store)
         webhook_ids = [
             webhook_id
-            for webhook_id in session.scalars(
-                select(WebhookRegistration.shop_webhook_id).where(
-                    WebhookRegistration.store_id == store.id
-                )
-            )
+            for webhook_id in _registered(session, store, WebhookRegistration.shop_webhook_id)
             if webhook_id not in asked
         ]
         if not webhook_ids or client is None:
@@ -524,11 +507,7 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
     lock_store(session, store)  # held from here to the caller's commit
     left.extend(
         webhook_id
-        for webhook_id in session.scalars(
-            select(WebhookRegistration.shop_webhook_id).where(
-                WebhookRegistration.store_id == store.id
-            )
-        )
+        for webhook_id in _registered(session, store, WebhookRegistration.shop_webhook_id)
         if webhook_id not in asked and client is not None
     )
     session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
