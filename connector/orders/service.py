@@ -164,6 +164,18 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
         order.shop_modified_at = shop_order.date_modified
 
 
+def _named_products(
+    session: Session, store: Store, variation_id: str | None, product_id: str | None
+) -> list[tuple[Product, str]]:
+    """The configured products a line names, retired or not, with the shop id each is
+    configured under: its variation's first, then its parent's."""
+    return [
+        (product, shop_id)
+        for shop_id in (variation_id, product_id)
+        if shop_id is not None and (product := find_product(session, store, shop_id)) is not None
+    ]
+
+
 def _configured_product(
     session: Session, store: Store, item: ShopLineItem, renewal: bool = False
 ) -> tuple[Product | None, str | None]:
@@ -172,11 +184,7 @@ def _configured_product(
     paid subscription renewal or a line naming a key extends the key it renews), and only
     when no live one does: a variation retired to follow its parent again renews the
     parent's key."""
-    found = [
-        (product, shop_id)
-        for shop_id in (item.variation_id, item.product_id)
-        if shop_id is not None and (product := find_product(session, store, shop_id)) is not None
-    ]
+    found = _named_products(session, store, item.variation_id, item.product_id)
     for product, shop_id in found:
         if product.retired_at is None:
             return product, shop_id
@@ -188,14 +196,10 @@ def _configured_product(
 def _line_product_ids(
     session: Session, store: Store, line: LineItem, matched: Product
 ) -> list[int]:
-    """The configured products a line names, the one it matched first: its variation's and
-    its parent's, retired or not (a renewal renews a key sold as either)."""
-    ids = [matched.id]
-    for shop_id in (line.shop_variation_id, line.shop_product_id):
-        product = find_product(session, store, shop_id) if shop_id is not None else None
-        if product is not None and product.id not in ids:
-            ids.append(product.id)
-    return ids
+    """The configured products a line names, the one it matched first (a renewal renews
+    a key sold as either its variation or its parent)."""
+    named = _named_products(session, store, line.shop_variation_id, line.shop_product_id)
+    return [matched.id, *(p.id for p, _ in named if p.id != matched.id)]
 
 
 def _line_match(
