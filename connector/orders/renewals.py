@@ -46,7 +46,6 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, lock_row, utcnow
-from connector.licensing.keys import normalize_key
 from connector.licensing.policy import LATEST_EXPIRY, Policy, add_days
 from connector.models import (
     DownloadGrant,
@@ -130,18 +129,10 @@ def subscription_of(order_meta: dict[str, Any]) -> str | None:
 def _license_by_key(
     session: Session, store: Store, product_ids: list[int], raw: str
 ) -> License | None:
-    from connector.orders.service import hash_license_key
+    from connector.licensing.admin import find_license_by_key
 
-    canonical = normalize_key(raw)
-    if canonical is None:
-        return None
-    return session.execute(
-        select(License).where(
-            License.store_id == store.id,
-            License.product_id.in_(product_ids),
-            License.key_hash == hash_license_key(canonical),
-        )
-    ).scalar_one_or_none()
+    found = find_license_by_key(session, raw, store.id)
+    return found if found is not None and found.product_id in product_ids else None
 
 
 def _subscriptions_license(
