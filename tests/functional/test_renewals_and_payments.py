@@ -109,10 +109,25 @@ def test_subscriptions_renewal_extends_the_customers_license(
     assert licenses(app) == 2
 
 
-def subscription_renewal(order_id: int, subscription: int, modified: int) -> dict[str, Any]:
-    order = wc_order(order_id, "processing", [line_item(501)], customer_id=42, modified=modified)
+def subscription_renewal(
+    order_id: int, subscription: int, modified: int, item: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A paid renewal order of customer 42's subscription (of product 501 unless ``item``)."""
+    line = item if item is not None else line_item(501)
+    order = wc_order(order_id, "processing", [line], customer_id=42, modified=modified)
     order["meta_data"].append({"id": 9, "key": "_subscription_renewal", "value": str(subscription)})
     return order
+
+
+def retire(app: Flask, shop_product_id: str) -> None:
+    """The product's shop meta is gone: retired (sells no new keys)."""
+    with app.app_context():
+        db.session.execute(
+            update(Product)
+            .where(Product.shop_product_id == shop_product_id)
+            .values(retired_at=utcnow())
+        )
+        db.session.commit()
 
 
 def test_two_subscriptions_of_one_product_each_renew_their_own_license(
@@ -619,16 +634,8 @@ def test_a_variations_own_key_is_renewed_after_the_variation_retires(
     shop.deliver(wc_order(9510, "completed", [line_item(600, variation_id=601)], customer_id=42))
     (first,) = shop.order(9510)["licenses"]
     assert first["product_id"] == "601"
-    with app.app_context():
-        db.session.execute(
-            update(Product).where(Product.shop_product_id == "601").values(retired_at=utcnow())
-        )
-        db.session.commit()
-    renewal = wc_order(
-        9511, "processing", [line_item(600, variation_id=601)], customer_id=42, modified=5
-    )
-    renewal["meta_data"].append({"id": 9, "key": SUBSCRIPTION_RENEWAL_META, "value": "9198"})
-    shop.deliver(renewal)
+    retire(app, "601")
+    shop.deliver(subscription_renewal(9511, 9198, 5, line_item(600, variation_id=601)))
     assert shop.order(9511)["licenses"] == []
     extended = shop.order(9510)["licenses"][0]["expires_at"]
     assert extended > first["expires_at"]
@@ -648,19 +655,11 @@ def test_a_renewal_through_a_retired_variation_extends_the_parents_key(
     key and issues no key of the retired variation."""
     shop.configure(600, duration_days=30)
     shop.configure(601, duration_days=30)
-    with app.app_context():
-        db.session.execute(
-            update(Product).where(Product.shop_product_id == "601").values(retired_at=utcnow())
-        )
-        db.session.commit()
+    retire(app, "601")
     shop.deliver(wc_order(9500, "completed", [line_item(600, variation_id=601)], customer_id=42))
     (first,) = shop.order(9500)["licenses"]
     assert first["product_id"] == "600"
-    renewal = wc_order(
-        9501, "processing", [line_item(600, variation_id=601)], customer_id=42, modified=5
-    )
-    renewal["meta_data"].append({"id": 9, "key": SUBSCRIPTION_RENEWAL_META, "value": "9199"})
-    shop.deliver(renewal)
+    shop.deliver(subscription_renewal(9501, 9199, 5, line_item(600, variation_id=601)))
     assert shop.order(9501)["licenses"] == []
     assert shop.order(9500)["licenses"][0]["expires_at"] > first["expires_at"]
     assert licenses(app) == 1
