@@ -163,6 +163,26 @@ def test_webhooks_made_with_a_secret_replaced_meanwhile_are_not_kept(
     assert url.endswith(shop.store.store.public_id)
 
 
+def pause_after_first(
+    fake_shop: FakeShop, method: str, thread_name: str
+) -> tuple[threading.Event, threading.Event]:
+    """The shop answers the first ``method`` request on its webhooks from the thread named
+    ``thread_name``, then that thread waits: (reached, go on)."""
+    reached, go_on = threading.Event(), threading.Event()
+    answer_webhooks = fake_shop._webhooks
+
+    def pausing(verb: str, rest: list[str], query: dict[str, str], body: Any) -> Any:
+        answer = answer_webhooks(verb, rest, query, body)
+        first = verb == method and not reached.is_set()
+        if first and threading.current_thread().name == thread_name:
+            reached.set()
+            assert go_on.wait(WAIT)
+        return answer
+
+    fake_shop._webhooks = pausing  # type: ignore[method-assign]
+    return reached, go_on
+
+
 def _check(app: Flask, store_id: int) -> list[str]:
     with app.app_context(), transaction() as session:
         store = session.get(Store, store_id)
@@ -184,20 +204,7 @@ def test_two_webhook_checks_at_once_leave_no_webhook_keygate_forgot(
     connect_store(app, shop, fake_shop)
     by_topic = {w["topic"]: w["id"] for w in fake_shop.webhooks.values()}
     del fake_shop.webhooks[by_topic[missing]]  # the owner deleted it in the shop
-    listed, other_done = threading.Event(), threading.Event()
-    answer_webhooks = fake_shop._webhooks
-
-    def pause_after_first_listing(
-        method: str, rest: list[str], query: dict[str, str], body: Any
-    ) -> Any:
-        answer = answer_webhooks(method, rest, query, body)
-        first_listing = method == "GET" and not rest and not listed.is_set()
-        if first_listing and threading.current_thread().name == "first":
-            listed.set()
-            assert other_done.wait(WAIT)
-        return answer
-
-    fake_shop._webhooks = pause_after_first_listing  # type: ignore[method-assign]
+    listed, other_done = pause_after_first(fake_shop, "GET", "first")  # the listing
     store_id = shop.store.store.id
     first = threading.Thread(target=_check, args=(app, store_id), name="first", daemon=True)
     first.start()
@@ -222,20 +229,7 @@ def test_a_webhook_check_during_a_disconnection_leaves_no_webhook_behind(
     from connector.vault.connection import disconnect
 
     connect_store(app, shop, fake_shop)
-    first_delete, go_on = threading.Event(), threading.Event()
-    answer_webhooks = fake_shop._webhooks
-
-    def pause_after_first_delete(
-        method: str, rest: list[str], query: dict[str, str], body: Any
-    ) -> Any:
-        answer = answer_webhooks(method, rest, query, body)
-        first = method == "DELETE" and not first_delete.is_set()
-        if first and threading.current_thread().name == "disconnect":
-            first_delete.set()
-            assert go_on.wait(WAIT)
-        return answer
-
-    fake_shop._webhooks = pause_after_first_delete  # type: ignore[method-assign]
+    first_delete, go_on = pause_after_first(fake_shop, "DELETE", "disconnect")
     store_id = shop.store.store.id
     done: list[Any] = []
 
