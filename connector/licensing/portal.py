@@ -16,9 +16,9 @@ from connector.audit import record_audit
 from connector.db import db
 from connector.extensions import limiter
 from connector.licensing.service import remove_activation
-from connector.models import Activation, License, Order
-from connector.portal.views import expired_page
-from connector.tokens import LinkExpired, order_id_from_portal_token
+from connector.models import Activation, License
+from connector.portal.views import expired_page, order_for
+from connector.tokens import LinkExpired
 
 bp = Blueprint("licensing_portal", __name__)
 
@@ -31,6 +31,9 @@ def license_activations(license_id: int) -> list[Activation]:
     )
 
 
+bp.register_error_handler(LinkExpired, expired_page)  # its buttons live on the portal page
+
+
 @bp.app_context_processor
 def _portal_helpers() -> dict[str, object]:
     return {"license_activations": license_activations}
@@ -40,12 +43,7 @@ def _portal_helpers() -> dict[str, object]:
 @limiter.limit("30/hour")
 def deactivate(token: str, activation_id: int) -> ResponseReturnValue:
     """The buyer frees a seat (counted as a binding change, like the API's deactivate)."""
-    try:
-        order = db.session.get(Order, order_id_from_portal_token(token))
-    except LinkExpired:
-        return expired_page(token)
-    if order is None:
-        abort(404)
+    order = order_for(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
     lic = db.session.execute(

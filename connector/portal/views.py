@@ -8,7 +8,7 @@ a button that mails a fresh link to the order's own address.
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, redirect, render_template, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from connector.admin.forms import ConfirmForm
@@ -23,25 +23,26 @@ bp = Blueprint("portal", __name__)
 PRIVATE = {"X-Robots-Tag": "noindex", "Cache-Control": "private, no-store"}
 
 
-def _order_for(token: str) -> Order:
+def order_for(token: str) -> Order:
+    """The order a portal token names: 404 for none, :class:`LinkExpired` (the expired
+    page, :func:`expired_page`) for a token past its days."""
     order = db.session.get(Order, order_id_from_portal_token(token))
     if order is None:
         abort(404)
     return order
 
 
-def expired_page(token: str) -> ResponseReturnValue:
+@bp.errorhandler(LinkExpired)
+def expired_page(_exc: LinkExpired) -> ResponseReturnValue:
     """What an expired portal link answers, to any of the page's buttons too (a page
     opened before the link expired): nothing of the order, a button for a fresh link."""
+    token = str((request.view_args or {}).get("token", ""))
     return render_template("portal/expired.html", token=token, form=ConfirmForm()), 410, PRIVATE
 
 
 @bp.get("/my/<token>")
 def portal(token: str) -> ResponseReturnValue:
-    try:
-        order = _order_for(token)
-    except LinkExpired:
-        return expired_page(token)
+    order = order_for(token)
     store = db.session.get(Store, order.store_id)
     response = render_template(
         "portal/order.html",
@@ -57,10 +58,7 @@ def portal(token: str) -> ResponseReturnValue:
 @bp.post("/my/<token>/resend")
 @limiter.limit("3/hour")
 def resend(token: str) -> ResponseReturnValue:
-    try:
-        order = _order_for(token)
-    except LinkExpired:
-        return expired_page(token)
+    order = order_for(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
     if not mail_order_again(db.session, order, actor="buyer", action="mail.resend_requested"):
