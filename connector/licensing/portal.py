@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, redirect, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from connector.admin.forms import ConfirmForm
 from connector.audit import record_audit
@@ -17,6 +17,7 @@ from connector.db import db
 from connector.extensions import limiter
 from connector.licensing.service import remove_activation
 from connector.models import Activation, License
+from connector.orders.renewals import renewed_by_query
 from connector.portal.views import expired_page, order_for
 from connector.tokens import LinkExpired
 
@@ -46,10 +47,15 @@ def deactivate(token: str, activation_id: int) -> ResponseReturnValue:
     order = order_for(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
+    # The order's own licenses, and those it renews (a subscription's renewal order is the
+    # buyer's latest mail and page; the key it names is theirs).
     lic = db.session.execute(
         select(License)
         .join(Activation, Activation.license_id == License.id)
-        .where(Activation.id == activation_id, License.order_id == order.id)
+        .where(
+            Activation.id == activation_id,
+            or_(License.order_id == order.id, License.id.in_(renewed_by_query(order.id))),
+        )
     ).scalar_one_or_none()
     if lic is None or not remove_activation(db.session, lic, activation_id):
         abort(404)

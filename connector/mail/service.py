@@ -69,7 +69,11 @@ def compose_order_mail(order: Order, store: Store) -> tuple[str, str, str]:
     """Subject, text and HTML of the mail that gives a buyer their keys and links."""
     entitlements = order_entitlements(db.session, order)
     context: dict[str, Any] = {"order": order, "store": store, **entitlements}
-    subject = f"Your licenses and downloads for order {order.number or order.shop_order_id}"
+    number = order.number or order.shop_order_id
+    if entitlements["renewed"] and not (entitlements["licenses"] or entitlements["downloads"]):
+        subject = f"Your license renewal for order {number}"
+    else:
+        subject = f"Your licenses and downloads for order {number}"
     text = render_template("emails/order_issued.txt", **context)
     html = render_template("emails/order_issued.html", **context)
     return subject, text, html

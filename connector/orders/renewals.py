@@ -41,7 +41,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -222,15 +222,18 @@ def lock_licenses(session: Session, license_ids: Iterable[int]) -> None:
         lock_license(session, license_id)
 
 
+def renewed_by_query(order_id: int) -> Select[int]:
+    """Ids of the licenses the order's renewals extend now (not taken back)."""
+    return (
+        select(LicenseRenewal.license_id)
+        .where(LicenseRenewal.order_id == order_id, LicenseRenewal.reverted_at.is_(None))
+        .distinct()
+    )
+
+
 def renewed_by(session: Session, order: Order) -> list[int]:
     """The licenses ``order``'s renewals extend now (not taken back)."""
-    return list(
-        session.scalars(
-            select(LicenseRenewal.license_id)
-            .where(LicenseRenewal.order_id == order.id, LicenseRenewal.reverted_at.is_(None))
-            .distinct()
-        )
-    )
+    return list(session.scalars(renewed_by_query(order.id)))
 
 
 def counts_from(paid: dt.datetime | None, renewal: LicenseRenewal) -> dt.datetime:

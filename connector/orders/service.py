@@ -33,6 +33,7 @@ from connector.jobs import enqueue
 from connector.licensing.keys import KeyFormat, generate_key, lookup_form
 from connector.licensing.policy import Policy
 from connector.mail import contacts
+from connector.mail.service import ORDER_MAIL_JOB
 from connector.models import DownloadGrant, License, LineItem, Order, Product, Store
 from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
@@ -645,6 +646,11 @@ def _record_changes(
                 "brevo_consent": contacts.consent_to_push(session, store, shop_order),
             },
         )
+    elif result.renewed_licenses or result.reinstated_licenses:
+        # A renewal applied (or paid again after a refund), keys working again after a
+        # cancellation or refund was undone: the buyer is told what they have now. Each
+        # happens once per change of the order (replays change nothing), so no dedupe key.
+        enqueue(session, ORDER_MAIL_JOB, {"order_id": order.id})
     if result.revoked_licenses:
         enqueue(
             session,

@@ -10,7 +10,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.db import utcnow
-from connector.models import DownloadGrant, License, LineItem, Order, Product, ProductFile
+from connector.models import (
+    DownloadGrant,
+    License,
+    LineItem,
+    Order,
+    Product,
+    ProductFile,
+)
+from connector.orders.renewals import renewed_by_query
 from connector.tokens import download_url, portal_url
 
 
@@ -60,8 +68,24 @@ class DownloadView:
         return None
 
 
+def license_view(lic: License, product: Product) -> LicenseView:
+    return LicenseView(
+        id=lic.id,
+        key=lic.key_encrypted,
+        # The shop id its product is configured under: the one that matched its line (a
+        # line swapped to another product since has licenses of both).
+        product_id=product.shop_product_id,
+        product_name=product.name,
+        status=lic.status,
+        expires_at=lic.expires_at,
+        updates_until=lic.updates_until,
+        activation_limit=lic.activation_limit,
+    )
+
+
 def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
-    """Licenses and downloads of an order (revoked ones included, marked), and the portal."""
+    """Licenses and downloads of an order (revoked ones included, marked), the licenses it
+    renews, and the portal."""
     license_rows = session.execute(
         select(License, LineItem, Product)
         .join(LineItem, License.line_item_id == LineItem.id)
@@ -69,21 +93,16 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
         .where(License.order_id == order.id)
         .order_by(LineItem.id, License.unit)
     ).all()
-    licenses = [
-        LicenseView(
-            id=lic.id,
-            key=lic.key_encrypted,
-            # The shop id its product is configured under: the one that matched its line
-            # (a line swapped to another product since has licenses of both).
-            product_id=product.shop_product_id,
-            product_name=product.name,
-            status=lic.status,
-            expires_at=lic.expires_at,
-            updates_until=lic.updates_until,
-            activation_limit=lic.activation_limit,
-        )
-        for lic, line, product in license_rows
-    ]
+    licenses = [license_view(lic, product) for lic, _line, product in license_rows]
+    # Licenses this order renews (their own order is an earlier one): a renewal order's
+    # mail and page name the keys it extended, and until when they now last.
+    renewed_rows = session.execute(
+        select(License, Product)
+        .join(Product, License.product_id == Product.id)
+        .where(License.id.in_(renewed_by_query(order.id)))
+        .order_by(License.id)
+    ).all()
+    renewed = [license_view(lic, product) for lic, product in renewed_rows]
     grant_rows = session.execute(
         select(DownloadGrant, ProductFile, Product.name)
         .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
@@ -108,4 +127,9 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
         )
         for grant, product_file, product_name in grant_rows
     ]
-    return {"licenses": licenses, "downloads": downloads, "portal_url": portal_url(order.id)}
+    return {
+        "licenses": licenses,
+        "renewed": renewed,
+        "downloads": downloads,
+        "portal_url": portal_url(order.id),
+    }

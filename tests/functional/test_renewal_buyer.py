@@ -1,0 +1,136 @@
+"""What the buyer of a renewal sees: a mail naming the key and its new end, the renewed key
+on the renewal order's page (with its activations), and a mail when keys work again."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from connector.db import db
+from connector.jobs import run_pending
+from connector.models import License, Mail, Order
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_admin_pages import admin_client, sign_in
+from tests.functional.test_renewals_and_payments import renewal_line
+from tests.licensing_helpers import call
+
+__all__ = ["admin_client"]  # a fixture, used by name
+
+
+def mails(app: Flask) -> list[Mail]:
+    run_pending(app)
+    with app.app_context():
+        return list(db.session.scalars(select(Mail).order_by(Mail.id)))
+
+
+def portal_path(shop: WebhookSender, order_id: int) -> str:
+    return str(shop.order(order_id)["portal_url"]).removeprefix("http://keygate.test")
+
+
+def test_a_paid_renewal_mails_the_key_and_its_new_end_once(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501, duration_days=365, update_days=365)
+    shop.deliver(wc_order(9801, "completed", [line_item(501)]))
+    key = shop.order(9801)["licenses"][0]["key"]
+    assert len(mails(app)) == 1
+
+    items = [renewal_line(501, key, 381)]
+    shop.deliver(wc_order(9802, "processing", items, modified=5))
+    shop.deliver(wc_order(9802, "processing", items, modified=5))  # redelivered
+    shop.deliver(wc_order(9802, "completed", items, modified=6))  # completed later
+    sent = mails(app)
+    assert len(sent) == 2
+    renewal_mail = sent[1]
+    new_end = shop.order(9801)["licenses"][0]["expires_at"][:10]
+    assert renewal_mail.subject == "Your license renewal for order 9802"
+    assert key in renewal_mail.body_text
+    assert f"now valid until {new_end}" in renewal_mail.body_text
+    assert f"updates until {new_end}" in renewal_mail.body_text
+    assert renewal_mail.body_html is not None and key in renewal_mail.body_html
+
+    # A refund mails nothing; the renewal paid again is mailed again.
+    shop.deliver(wc_order(9802, "refunded", items, modified=10))
+    assert len(mails(app)) == 2
+    shop.deliver(wc_order(9802, "completed", items, modified=15))
+    sent = mails(app)
+    assert len(sent) == 3
+    assert f"now valid until {new_end}" in sent[2].body_text
+
+
+def test_the_renewal_orders_page_shows_the_renewed_key_and_frees_its_seats(
+    app: Flask, shop: WebhookSender
+) -> None:
+    shop.configure(501, duration_days=30, activation_limit=1)
+    shop.deliver(wc_order(9803, "completed", [line_item(501)]))
+    key = shop.order(9803)["licenses"][0]["key"]
+    items = [renewal_line(501, key, 382)]
+    shop.deliver(wc_order(9804, "processing", items, modified=5))
+    assert shop.order(9804)["licenses"] == []  # the admin API's licenses: issued by the order
+    call(shop.client, "activate", {"key": key, "site": "renewed-shop.com"})
+
+    page = portal_path(shop, 9804)
+    html = shop.client.get(page).get_data(as_text=True)
+    assert "Renewed by this order" in html
+    assert key in html
+    assert "No licenses." not in html
+    assert "renewed-shop.com" in html
+    assert "Email me my keys and links again" in html
+    action = re.search(r'action="([^"]+/deactivate)"', html)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert action and token
+    freed = shop.client.post(action.group(1), data={"csrf_token": token.group(1)})
+    assert freed.status_code == 302
+    assert call(shop.client, "activate", {"key": key, "site": "other.com"}).get_json()["valid"]
+
+    # Refunded, the renewal order no longer shows the key nor reaches its seats.
+    shop.deliver(wc_order(9804, "refunded", items, modified=10))
+    html = shop.client.get(page).get_data(as_text=True)
+    assert key not in html and "Renewed by this order" not in html
+    other = re.search(
+        r"/activations/(\d+)/deactivate",
+        shop.client.get(portal_path(shop, 9803)).get_data(as_text=True),
+    )
+    assert other
+    refused = shop.client.post(
+        f"{page}/activations/{other.group(1)}/deactivate", data={"csrf_token": token.group(1)}
+    )
+    assert refused.status_code == 404
+
+
+def test_keys_working_again_after_a_cancellation_are_mailed(
+    app: Flask, shop: WebhookSender
+) -> None:
+    shop.configure(501)
+    item = line_item(501, line_id=383)
+    shop.deliver(wc_order(9805, "processing", [item], modified=1))
+    key = shop.order(9805)["licenses"][0]["key"]
+    assert len(mails(app)) == 1
+    shop.deliver(wc_order(9805, "cancelled", [item], modified=2))
+    assert len(mails(app)) == 1  # nothing to give: no mail
+    shop.deliver(wc_order(9805, "processing", [item], modified=3))
+    shop.deliver(wc_order(9805, "completed", [item], modified=4))
+    sent = mails(app)
+    assert len(sent) == 2
+    assert sent[1].subject == "Your licenses and downloads for order 9805"
+    assert key in sent[1].body_text
+
+
+def test_the_owner_sees_what_a_renewal_order_renews(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9806, "completed", [line_item(501)]))
+    key = shop.order(9806)["licenses"][0]["key"]
+    shop.deliver(wc_order(9807, "processing", [renewal_line(501, key, 384)], modified=5))
+    assert sign_in(admin_client) == 302
+    with app.app_context():
+        renewal_order = db.session.execute(
+            select(Order).where(Order.shop_order_id == "9807")
+        ).scalar_one()
+        license_id = db.session.execute(select(License.id)).scalar_one()
+    html = admin_client.get(f"/admin/orders/{renewal_order.id}").get_data(as_text=True)
+    assert "<h2>Renews</h2>" in html
+    assert key in html
+    assert f"/admin/licenses/{license_id}" in html
