@@ -13,6 +13,15 @@ from connector.vault.crypto import Encrypted
 LICENSE_STATUSES = ("active", "suspended", "revoked")
 
 
+# Why a license is revoked or suspended (``License.status_reason``). A line's product was
+# swapped in the shop: its licenses for the product it named before.
+LINE_CHANGED = "line-changed"
+# Reasons that the order's own state caused ("order:<status>", a partial "refund", a swapped
+# line); only these are undone when the order is paid again. The owner's is "admin", the
+# abuse signal's "abuse".
+AUTOMATIC_REASONS = ("order:", "refund", LINE_CHANGED)
+
+
 class License(Base):
     """One license per (line item, product, unit): the unique key makes issuing exactly-once;
     a line whose product the owner swapped gets licenses of the new product.
@@ -33,7 +42,7 @@ class License(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     key_encrypted: Mapped[str] = mapped_column(Encrypted)
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
-    # Why it is revoked/suspended: "order:<status>", "refund", "admin", "abuse".
+    # Why it is revoked/suspended: one of AUTOMATIC_REASONS, "admin", "abuse".
     status_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     activation_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)

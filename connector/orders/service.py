@@ -35,6 +35,7 @@ from connector.licensing.policy import Policy
 from connector.mail import contacts
 from connector.mail.service import ORDER_MAIL_JOB
 from connector.models import DownloadGrant, License, LineItem, Order, Product, Store
+from connector.models.licensing import AUTOMATIC_REASONS, LINE_CHANGED
 from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
 from plugin.shop import (
@@ -45,10 +46,6 @@ from plugin.shop import (
     ShopOrder,
 )
 
-# A line's product was swapped in the shop: its licenses for the product it named before.
-LINE_CHANGED = "line-changed"
-# Reasons that the order's own state caused; only these are undone when the order is paid again.
-AUTOMATIC_REASONS = ("order:", "refund", LINE_CHANGED)
 LICENSE_KEY_HASH = "license-key"
 
 

@@ -18,6 +18,7 @@ from connector.models import (
     Product,
     ProductFile,
 )
+from connector.models.licensing import AUTOMATIC_REASONS, LINE_CHANGED
 from connector.orders.renewals import renewed_by_query
 from connector.tokens import download_url, portal_url
 
@@ -32,6 +33,24 @@ class LicenseView:
     expires_at: dt.datetime | None
     updates_until: dt.datetime | None
     activation_limit: int | None
+    status_reason: str | None = None
+
+    @property
+    def why_not_active(self) -> str | None:
+        """Why a suspended or revoked license no longer works, as its buyer reads it (None
+        while it works): a buyer whose key stopped must know whether to wait, pay, or ask."""
+        if self.status == "active":
+            return None
+        reason = self.status_reason or ""
+        if reason == "abuse":
+            return "paused: its activations changed unusually often; the shop can reinstate it"
+        if reason == LINE_CHANGED:
+            return "the order was changed to another product"
+        if reason.startswith(AUTOMATIC_REASONS):
+            return "the order was refunded or cancelled"
+        if self.status == "suspended":
+            return "paused by the shop; contact them to reinstate it"
+        return "withdrawn by the shop; contact them with questions"
 
     @property
     def expired(self) -> bool:
@@ -80,6 +99,7 @@ def license_view(lic: License, product: Product) -> LicenseView:
         expires_at=lic.expires_at,
         updates_until=lic.updates_until,
         activation_limit=lic.activation_limit,
+        status_reason=lic.status_reason,
     )
 
 

@@ -63,3 +63,42 @@ def test_another_orders_token_cannot_deactivate(shop: WebhookSender) -> None:
         data={"csrf_token": token.group(1)},
     )
     assert response.status_code == 404
+
+
+def test_the_portal_says_why_a_license_stopped_working(shop: WebhookSender) -> None:
+    """A buyer who freed seats until the abuse signal paused the key reads why, and what to
+    do, instead of a bare "suspended"; so does one whose key the owner or a refund took."""
+    shop.configure(501, activation_limit=1, abuse_threshold=2, abuse_suspend=True)
+    shop.deliver(wc_order(9710, "processing", [line_item(501)]))
+    body = shop.order(9710)
+    key = body["licenses"][0]["key"]
+    portal_path = body["portal_url"].removeprefix("http://keygate.test")
+    call(shop.client, "activate", {"key": key, "site": "first.com"})
+    html = shop.client.get(portal_path).get_data(as_text=True)
+    assert "unusually often" not in html
+    action = re.search(r'action="([^"]+/deactivate)"', html)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert action and token
+    shop.client.post(action.group(1), data={"csrf_token": token.group(1)})
+    call(shop.client, "activate", {"key": key, "site": "second.com"})  # the 3rd change
+    html = shop.client.get(portal_path).get_data(as_text=True)
+    assert "suspended" in html
+    assert "activations changed unusually often; the shop can reinstate it" in html
+
+    shop.deliver(wc_order(9711, "processing", [line_item(501)]))
+    other = shop.order(9711)
+    shop.admin("POST", f"/licenses/{other['licenses'][0]['key']}/revoke")
+    html = shop.client.get(other["portal_url"].removeprefix("http://keygate.test")).get_data(
+        as_text=True
+    )
+    assert "withdrawn by the shop; contact them" in html
+    shop.deliver(wc_order(9711, "refunded", [line_item(501)], modified=5))
+    html = shop.client.get(other["portal_url"].removeprefix("http://keygate.test")).get_data(
+        as_text=True
+    )
+    assert "withdrawn by the shop" in html  # the owner's revocation stays what it was
+
+    shop.deliver(wc_order(9712, "processing", [line_item(501)]))
+    shop.deliver(wc_order(9712, "refunded", [line_item(501)], modified=5))
+    refunded = shop.order(9712)["portal_url"].removeprefix("http://keygate.test")
+    assert "the order was refunded or cancelled" in shop.client.get(refunded).get_data(as_text=True)
