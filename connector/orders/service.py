@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, and_, select, true
+from sqlalchemy import ColumnElement, and_, func, select, true, update
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -34,7 +34,15 @@ from connector.licensing.keys import KeyFormat, generate_key, lookup_form
 from connector.licensing.policy import Policy
 from connector.mail import contacts
 from connector.mail.service import ORDER_MAIL_JOB
-from connector.models import DownloadGrant, License, LineItem, Order, Product, Store
+from connector.models import (
+    Activation,
+    DownloadGrant,
+    License,
+    LineItem,
+    Order,
+    Product,
+    Store,
+)
 from connector.models.licensing import AUTOMATIC_REASONS, LINE_CHANGED
 from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
@@ -524,9 +532,48 @@ def _converge_paid(
             elif known.license_active and not files <= known.file_ids:
                 # A file added since; a license the owner shut gets no new link.
                 _issue_unit(session, store, order, line, product, unit, known.license_id, result)
-        # Refunded or removed units: newest first, so the first keys bought stay valid.
+        # Refunded or removed units: newest first, so the first keys bought stay valid;
+        # but a key in use is kept over an idle one (WooCommerce does not say which).
+        _keep_keys_in_use(session, line, entitled)
         for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
             _set_unit_revoked(session, line, unit, "refund", result)
+
+
+def _keep_keys_in_use(session: Session, line: LineItem, entitled: int) -> None:
+    """Before units above ``entitled`` are revoked (a partial refund, a lower quantity): swap
+    each active one that is activated somewhere with an active one at or below ``entitled``
+    that is activated nowhere, so the refund takes back a key nobody uses rather than the
+    site or machine that runs on the newest one. Its links go with it (their unit too).
+
+    A redelivery finds nothing to swap: the units above ``entitled`` are revoked by then.
+    """
+    rows = session.execute(
+        select(License.id, License.unit, func.count(Activation.id))
+        .outerjoin(Activation, Activation.license_id == License.id)
+        .where(
+            License.line_item_id == line.id,
+            License.product_id == line.product_id,
+            License.status == "active",
+        )
+        .group_by(License.id, License.unit)
+    ).all()
+    going = sorted(
+        ((unit, license_id) for license_id, unit, used in rows if unit > entitled and used),
+        reverse=True,
+    )
+    idle = sorted(
+        ((unit, license_id) for license_id, unit, used in rows if unit <= entitled and not used),
+        reverse=True,
+    )
+    for (high, in_use), (low, unused) in zip(going, idle, strict=False):
+        # Through a unit no row has (the unique keys are checked per statement).
+        for license_id, unit in ((in_use, -high), (unused, high), (in_use, low)):
+            session.execute(update(License).where(License.id == license_id).values(unit=unit))
+            session.execute(
+                update(DownloadGrant)
+                .where(DownloadGrant.license_id == license_id)
+                .values(unit=unit)
+            )
 
 
 def _converge_revoked(session: Session, order: Order, result: ApplyResult) -> None:

@@ -20,6 +20,7 @@ from connector.orders.reconcile import reconcile_store
 from connector.vault.connection import TOPICS, connection_of, shop_client_for
 from plugin.woocommerce import rest
 from tests.factories import WebhookSender, line_item, wc_order, wc_time
+from tests.licensing_helpers import call
 from tests.wc_rest import FakeShop, connect_store, fake_shop
 
 __all__ = ["fake_shop"]
@@ -244,6 +245,37 @@ def test_partial_refund_revokes_only_the_refunded_unit(
     with app.app_context():
         refresh_jobs = db.session.scalars(select(Job).where(Job.kind == "shop.refresh_order")).all()
     assert len(refresh_jobs) == 1
+
+
+def test_a_partial_refund_takes_back_a_key_nobody_uses(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """Three keys, the first and the newest activated: refunding one takes back the idle
+    second key (and its links), not the newest one a site runs on; a redelivery keeps it so."""
+    shop.configure(501)
+    order = wc_order(9604, "processing", [line_item(501, quantity=3, line_id=80)])
+    connected.orders[9604] = order
+    connected.deliver(shop.client, "order.created", order)
+    first, second, newest = (lic["key"] for lic in shop.order(9604)["licenses"])
+    links = [d["link"] for d in shop.order(9604)["downloads"]]  # one file: units 1, 2, 3
+    call(shop.client, "activate", {"key": first, "site": "first-site.com"})
+    call(shop.client, "activate", {"key": newest, "site": "newest-site.com"})
+    connected.add_refund(9604, line_id=80, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    connected.deliver(shop.client, "order.updated", order)
+    statuses = {lic["key"]: lic["status"] for lic in shop.order(9604)["licenses"]}
+    assert statuses == {first: "active", second: "revoked", newest: "active"}
+    for key in (first, newest):
+        assert call(shop.client, "validate", {"key": key}).get_json()["valid"]
+    # The idle key's link went with it: the newest key's link (copy 3 before) still works.
+    downloads = {d["link"]: d for d in shop.order(9604)["downloads"]}
+    assert len(links) == 3
+    assert downloads[links[1]]["revoked"] and not downloads[links[2]]["revoked"]
+    assert shop.client.get(links[1].removeprefix("http://keygate.test")).status_code == 410
+    kept = shop.client.get(links[2].removeprefix("http://keygate.test"))
+    assert kept.status_code == 503  # not withdrawn; this test's storage has no file
 
 
 def unit_statuses(app: Flask) -> dict[int, str]:
