@@ -2,9 +2,10 @@
 
 Needs only the standard library and ``cryptography``. It checks every answer before trusting
 it: the Ed25519 signature (against public keys you pin), the body's ``Digest``, the ``Date``
-(clock skew), and that the answer echoes the nonce it sent. The last good ``validate`` answer
-is kept (in memory, and in ``cache_path`` if given) and used while Keygate cannot be reached,
-for ``grace_period`` seconds after it was signed.
+(clock skew), and that it answers the request sent (it echoes the nonce and the request
+body's digest). The last good ``validate`` answer is kept with its request (in memory, and
+in ``cache_path`` if given) and used for the same question while Keygate cannot be reached
+or asks the client to wait (429), for ``grace_period`` seconds after it was signed.
 
     from keygate_client import KeygateClient   # this file, renamed as you like
 
@@ -74,12 +75,6 @@ VALIDATE_PATH = "/api/v1/licenses/validate"
 DEFAULT_SKEW = 300.0
 # The largest answer read: a license answer or file is a few KiB.
 MAX_ANSWER_BYTES = 1024 * 1024
-
-
-def _bound_nonce(salt: str, cache_key: str) -> str:
-    """A nonce that names one question: ``<salt>.<hash of salt and the question>``."""
-    binding = hashlib.sha256(f"{salt}\n{cache_key}".encode()).hexdigest()[:32]
-    return f"{salt}.{binding}"
 
 
 class KeygateClientError(Exception):
@@ -166,6 +161,7 @@ def verify_response(
     max_skew: float | None = 300.0,
     now: float | None = None,
     host: str | None = None,
+    request_body: bytes | None = None,
 ) -> dict[str, Any]:
     """Check a Keygate answer and return its JSON body.
 
@@ -176,6 +172,8 @@ def verify_response(
         nonce: the nonce sent; the body must echo it.
         max_skew: how far the answer's Date may be from ``now`` (None: not checked).
         host: the Host header sent, when it differs from the URL's host[:port].
+        request_body: the body sent; the answer's ``request_digest`` must be its digest
+            (the answer is to this question: key, site, fingerprint, product, version).
 
     Raises:
         SignatureError: anything does not check out.
@@ -231,9 +229,34 @@ def verify_response(
         raise SignatureError("the signed body is not JSON") from None
     if not isinstance(data, dict):
         raise SignatureError("the signed body is not a JSON object")
-    if nonce is not None and data.get("nonce") != nonce:
-        raise SignatureError("the answer does not echo this request's nonce (a replay?)")
+    _check_echo(data, nonce, request_body, required=True)
     return data
+
+
+def _check_echo(
+    data: dict[str, Any], nonce: str | None, request_body: bytes | None, *, required: bool
+) -> None:
+    """The answer names the request it answers: its nonce and the digest of its body. Not
+    ``required``: only what the answer echoes is compared (an error about a body the
+    server could not read, too large or not JSON, cannot echo it)."""
+    for name, sent in (
+        ("nonce", nonce),
+        ("request_digest", None if request_body is None else _digest(request_body)),
+    ):
+        echoed = data.get(name)
+        if sent is None or (echoed is None and not required):
+            continue
+        if not isinstance(echoed, str) or not hmac.compare_digest(echoed.encode(), sent.encode()):
+            raise SignatureError(f"the answer is not to this request: its {name} differs")
+
+
+def _moment(value: Any) -> float | None:
+    """The time of an ISO 8601 UTC string Keygate wrote, or None."""
+    try:
+        at = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at.timestamp() if at.tzinfo is not None else None
 
 
 def _compact(license_key: str) -> str:
@@ -251,14 +274,22 @@ def verify_license_file(
     public_keys: Mapping[str, str | bytes],
     *,
     key: str | None = None,
+    product: str | None = None,
+    fingerprint: str | None = None,
     now: dt.datetime | None = None,
+    max_skew: float = DEFAULT_SKEW,
 ) -> dict[str, Any]:
     """Check an offline license file; return its content (license, site, expiry...).
 
-    Pass ``key`` to decrypt an encrypted file and to check that a plain one names this key.
+    Pass ``key`` to decrypt an encrypted file and to check that a plain one names this key,
+    ``product`` (the shop product id, as given to the client) and ``fingerprint`` (as sent
+    to checkout) to check the file is for this product and machine. A file for a site names
+    it in ``content["site"]`` as Keygate normalizes sites (lower case, no scheme, ``www.``,
+    port or path, IDNA as ``xn--``): compare it to yours normalized the same way.
 
     Raises:
-        LicenseFileError: malformed, forged, encrypted for another key, or past its expiry.
+        LicenseFileError: malformed, forged, encrypted for another key, for another product
+            or machine, issued in the future (a clock set back), or past its expiry.
     """
     body = text.strip()
     if not body.startswith(FILE_BEGIN) or not body.endswith(FILE_END):
@@ -308,7 +339,24 @@ def verify_license_file(
         raise LicenseFileError("the license file has no valid expiry")
     if moment >= expiry:
         raise LicenseFileError(f"the license file expired at {content.get('expiry')}")
+    issued = _moment(content.get("issued"))
+    if issued is not None and issued > moment.timestamp() + max_skew:
+        raise LicenseFileError("the license file was issued after this machine's time")
+    licensed = content.get("license")
+    if product is not None and (
+        not isinstance(licensed, dict) or licensed.get("product") != product
+    ):
+        raise LicenseFileError("this license file is for another product")
+    if fingerprint is not None and content.get("fingerprint") != fingerprint.strip():
+        raise LicenseFileError("this license file is for another machine")
     return dict(content)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as it is (urllib would follow it as a GET)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class KeygateClient:
@@ -344,17 +392,20 @@ class KeygateClient:
         fingerprint: str | None = None,
         version: str | None = None,
     ) -> Result:
-        """Validate; while Keygate is unreachable, the last good answer within the grace."""
-        payload = self._payload(key, site=site, fingerprint=fingerprint, version=version)
-        payload["product"] = self.product
+        """Validate; while Keygate is unreachable (or asks this client to wait: 429), the
+        last good answer to the same question within the grace period."""
+        question = self._question(key, site=site, fingerprint=fingerprint, version=version)
+        question["product"] = self.product
+        question = {k: v for k, v in question.items() if v is not None}
+        # One slot per key, site, fingerprint and product: the answer kept there serves
+        # only the question it answered (its request_digest names it, version included).
         cache_key = self._cache_key(key, site, fingerprint)
-        # The nonce names what was asked (key, site, fingerprint, product): the signed answer
-        # echoes it, so a saved answer can never stand in for another question offline.
-        payload["nonce"] = _bound_nonce(secrets.token_urlsafe(12), cache_key)
         try:
-            result, record = self._call(VALIDATE_PATH, payload)
-        except Unavailable:
-            cached = self._cached(cache_key)
+            result, record = self._call(VALIDATE_PATH, self._payload(**question))
+        except (Unavailable, RequestRejected) as exc:
+            if isinstance(exc, RequestRejected) and exc.status != 429:
+                raise
+            cached = self._cached(cache_key, question)
             if cached is None:
                 raise
             return cached
@@ -408,10 +459,13 @@ class KeygateClient:
     # --- transport -------------------------------------------------------------------------
 
     @staticmethod
-    def _payload(key: str, **fields: Any) -> dict[str, Any]:
-        payload = {"key": key, "nonce": secrets.token_urlsafe(16)}
-        payload.update({k: v for k, v in fields.items() if v is not None})
-        return payload
+    def _question(key: str, **fields: Any) -> dict[str, Any]:
+        """What a call asks: the key and the fields given (None: left out)."""
+        return {"key": key, **{k: v for k, v in fields.items() if v is not None}}
+
+    @classmethod
+    def _payload(cls, key: str, **fields: Any) -> dict[str, Any]:
+        return {**cls._question(key, **fields), "nonce": secrets.token_urlsafe(16)}
 
     def _call(self, path: str, payload: dict[str, Any]) -> tuple[Result, dict[str, Any]]:
         url = self.base_url + path
@@ -419,44 +473,75 @@ class KeygateClient:
         request = urllib.request.Request(  # noqa: S310 - the product's own Keygate URL
             url, data=body, method="POST", headers={"Content-Type": "application/json"}
         )
-        try:
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
-                    status, message, raw = (
-                        response.status,
-                        response.headers,
-                        response.read(MAX_ANSWER_BYTES + 1),
-                    )
-            except urllib.error.HTTPError as exc:
-                status, message, raw = exc.code, exc.headers, exc.read(MAX_ANSWER_BYTES + 1)
-        # HTTPException: a broken status line or headers, a body cut short (IncompleteRead).
-        except (OSError, http.client.HTTPException) as exc:
-            raise Unavailable(f"Keygate is not reachable: {exc}") from None
-        if len(raw) > MAX_ANSWER_BYTES:
-            raise Unavailable("Keygate's answer is larger than any answer it gives")
+        status, message, raw = self._exchange(request)
         headers = dict(message.items())
-        length = {k.lower(): v for k, v in headers.items()}.get("content-length", "")
-        if length.isascii() and length.isdigit() and len(raw) < int(length):
-            raise Unavailable("Keygate's answer was cut short")
+        lowered = {k.lower(): v for k, v in headers.items()}
         if status >= 500:
             raise Unavailable(f"Keygate answered {status}")
+        if "keygate-signature" not in lowered:
+            # Not Keygate's answer: a captive portal, a firewall's or CDN's page, a redirect
+            # (never followed: it would turn the POST into a GET). Treated as Keygate being
+            # out of reach, which whoever sits in between could cause anyway.
+            where = f" (redirected to {lowered.get('location')})" if 300 <= status < 400 else ""
+            raise Unavailable(f"an answer {status} not from Keygate{where}")
         data = verify_response(
             method="POST",
             url=url,
             headers=message,  # every header as received, repeated ones included
             body=raw,
             public_keys=self.public_keys,  # type: ignore[arg-type]
-            nonce=payload["nonce"],
             max_skew=self.max_skew,
         )
+        _check_echo(data, payload["nonce"], body, required=status < 400)
         if status >= 400:
-            retry = str(headers.get("Retry-After") or "")
+            retry = str(lowered.get("retry-after") or "")
             # ASCII digits, a few of them: isdigit() is also true for "²", which int() cannot
             # read (this file stands alone, so it cannot use connector.validation).
             readable = retry.isascii() and retry.isdigit() and len(retry) <= 9
             raise RequestRejected(status, data, int(retry) if readable else None)
-        record = {"url": url, "headers": headers, "body": raw.decode("utf-8")}
+        record = {
+            "url": url,
+            "headers": headers,
+            "body": raw.decode("utf-8"),
+            "request": body.decode("utf-8"),
+        }
         return self._result(data), record
+
+    def _exchange(
+        self, request: urllib.request.Request
+    ) -> tuple[int, email.message.Message, bytes]:
+        """Send the request; the status, headers and body, read within ``timeout`` seconds
+        in all (a server trickling its answer is out of reach too).
+
+        Raises:
+            Unavailable: no connection, no answer in time, a broken or cut-short one.
+        """
+        deadline = time.monotonic() + self.timeout
+        opener = urllib.request.build_opener(_NoRedirects)
+        try:
+            try:
+                response = opener.open(request, timeout=self.timeout)
+            except urllib.error.HTTPError as exc:
+                response = exc
+            with response:
+                status, message = response.status or 0, response.headers
+                raw = b""
+                while len(raw) <= MAX_ANSWER_BYTES:
+                    if time.monotonic() > deadline:
+                        raise Unavailable("Keygate's answer did not arrive in time")
+                    chunk = response.read1(65536) if hasattr(response, "read1") else response.read()
+                    if not chunk:
+                        break
+                    raw += chunk
+        # HTTPException: a broken status line or headers, a body cut short (IncompleteRead).
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unavailable(f"Keygate is not reachable: {exc}") from None
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise Unavailable("Keygate's answer is larger than any answer it gives")
+        length = message.get("content-length", "")
+        if length.isascii() and length.isdigit() and len(raw) < int(length):
+            raise Unavailable("Keygate's answer was cut short")
+        return status, message, raw
 
     @staticmethod
     def _result(data: dict[str, Any], *, offline: bool = False) -> Result:
@@ -485,12 +570,17 @@ class KeygateClient:
         if self._cache.pop(cache_key, None) is not None:
             self._save_cache()
 
-    def _cached(self, cache_key: str) -> Result | None:
-        """The stored answer, re-verified; its age comes from its signed Date, not the file."""
+    def _cached(self, cache_key: str, question: dict[str, Any]) -> Result | None:
+        """The answer kept for ``question``, verified again: signed by a pinned key, to a
+        validate request that asked exactly this (its ``request_digest`` is the digest of
+        the request kept with it), valid; its age (from its signed Date, not the file) within
+        the grace period, and the license not past an end it reached since."""
         record = self._cache.get(cache_key)
         if record is None:
             return None
         try:
+            request_body = record["request"].encode("utf-8")
+            asked = json.loads(request_body)
             data = verify_response(
                 method="POST",
                 url=record["url"],
@@ -498,21 +588,26 @@ class KeygateClient:
                 body=record["body"].encode("utf-8"),
                 public_keys=self.public_keys,  # type: ignore[arg-type]
                 max_skew=None,
+                request_body=request_body,
             )
             lowered = {k.lower(): v for k, v in record["headers"].items()}
             signed_at = email.utils.parsedate_to_datetime(lowered["date"]).timestamp()
-        except (SignatureError, KeyError, TypeError, ValueError, AttributeError):
+        except (SignatureError, KeyError, TypeError, ValueError, AttributeError, RecursionError):
             return None  # not a saved answer this client made, or a damaged one
-        salt, _, _binding = str(data.get("nonce") or "").partition(".")
         if (
             urlsplit(record["url"]).path != VALIDATE_PATH
-            or not hmac.compare_digest(str(data.get("nonce")), _bound_nonce(salt, cache_key))
+            or not isinstance(asked, dict)
+            or {k: v for k, v in asked.items() if k != "nonce"} != question
             or data.get("valid") is not True
         ):
             return None  # an answer to another question (another key, site, product, call)
-        age = time.time() - signed_at
+        now = time.time()
+        age = now - signed_at
         if age > self.grace_period or age < -(self.max_skew or DEFAULT_SKEW):
             return None  # too old, or dated in the future (a clock set back)
+        ends = _moment((data.get("license") or {}).get("expires_at"))
+        if ends is not None and signed_at < ends <= now:
+            return None  # valid when signed; the license has ended since
         return self._result(data, offline=True)
 
     def _load_cache(self) -> dict[str, dict[str, Any]]:
@@ -520,7 +615,7 @@ class KeygateClient:
             return {}
         try:
             loaded = json.loads(self.cache_path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested
             return {}
         return loaded if isinstance(loaded, dict) else {}
 

@@ -96,6 +96,7 @@ def _parse_body() -> dict[str, Any]:
     raw = request.stream.read(MAX_LICENSE_BODY + 1)
     if len(raw) > MAX_LICENSE_BODY:
         raise PayloadTooLarge(f"The body must be at most {MAX_LICENSE_BODY} bytes.")
+    g._license_request_digest = digest_header(raw)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
@@ -115,6 +116,20 @@ def _payload_quietly() -> dict[str, Any]:
 def _nonce() -> str | None:
     value = _payload_quietly().get("nonce")
     return value[:200] if isinstance(value, str) else None
+
+
+def _echo(body: dict[str, Any]) -> dict[str, Any]:
+    """What binds an answer to its request, set in every body: the caller's ``nonce``, the
+    ``request_digest`` of the body it answers (``sha-256=<base64>``, as ``Digest``; None
+    for a body never read: too large), and ``ts``. The digest names the whole question
+    (key, site, fingerprint, product, version), so an answer to one request, signed and
+    genuine, cannot be passed off as the answer to another (the client library checks it,
+    also for answers it keeps for offline use)."""
+    body["nonce"] = _nonce()
+    body["request_digest"] = g.get("_license_request_digest")
+    body["ts"] = service.iso(utcnow())
+    g._license_echoed = True
+    return body
 
 
 def _shop_id_field(data: dict[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -208,6 +223,12 @@ def _sign_answer(response: Response) -> Response:
             if response.status_code < 500:
                 raise
             return response
+    if request.path.startswith(LICENSE_PREFIX) and not g.get("_license_echoed"):
+        # An answer made outside this blueprint's views (a path or method no route has):
+        # it echoes the request too.
+        made = response.get_json(silent=True)
+        if isinstance(made, dict):
+            response.set_data(json.dumps(_echo(made)))
     body = response.get_data()
     date = http_date()
     digest = digest_header(body)
@@ -228,8 +249,7 @@ def _sign_answer(response: Response) -> Response:
 def _problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> Response:
     body = {"type": PROBLEM_BASE + type_, "title": title, "status": status, "detail": detail}
     body.update(extra)
-    body.update(nonce=_nonce(), ts=service.iso(utcnow()))
-    response = jsonify(body)
+    response = jsonify(_echo(body))
     response.status_code = status
     response.mimetype = "application/problem+json"
     return response
@@ -287,9 +307,7 @@ def _answer(result: service.Answer, **extra: Any) -> ResponseReturnValue:
     }
     body.update({k: v for k, v in result.extra.items() if k != "release"})
     body.update(extra)
-    body["nonce"] = _nonce()
-    body["ts"] = service.iso(utcnow())
-    return jsonify(body)
+    return jsonify(_echo(body))
 
 
 @bp.post("/licenses/validate")

@@ -240,9 +240,12 @@ def test_broken_answers_are_unavailable_and_fall_back_to_the_saved_one(
 Rewrite = Callable[[list[tuple[str, str]]], list[tuple[str, str]]]
 
 
-def _rewriting_proxy(target_port: int, rewrite: Rewrite) -> tuple[str, threading.Thread]:
+def _rewriting_proxy(
+    target_port: int, rewrite: Rewrite, rewrite_request: Callable[[bytes], bytes] | None = None
+) -> tuple[str, threading.Thread]:
     """A one-request proxy to the live server that passes the answer's headers through
-    ``rewrite``, as a server or proxy in front of Keygate might."""
+    ``rewrite``, as a server or proxy in front of Keygate might (and the request's body
+    through ``rewrite_request``, as one in the middle might)."""
     import http.client
     import socket
 
@@ -259,6 +262,9 @@ def _rewriting_proxy(target_port: int, rewrite: Rewrite) -> tuple[str, threading
             name, _, value = line.partition(":")
             headers[name.strip()] = value.strip()
         body = stream.read(int(headers.get("Content-Length", "0")))
+        if rewrite_request is not None:
+            body = rewrite_request(body)
+            headers["Content-Length"] = str(len(body))
         upstream = http.client.HTTPConnection("127.0.0.1", target_port, timeout=10)
         upstream.request(method, target, body=body, headers=headers)
         answer = upstream.getresponse()

@@ -1,0 +1,315 @@
+"""An answer is bound to the request it answers (``request_digest``), and the client library
+trusts nothing else: not a genuine answer to another key swapped in, online or in its cache;
+not an unsigned page from something in between; not an answer trickled past its timeout.
+
+Against the live server on loopback (``LiveServer``), with the real client."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import update
+
+from connector import create_app
+from connector.client import (
+    KeygateClient,
+    RequestRejected,
+    SignatureError,
+    Unavailable,
+    verify_response,
+)
+from connector.db import db, utcnow
+from connector.jobs import stop_worker_thread
+from connector.models import License
+from tests.conftest import app_overrides
+from tests.factories import WebhookSender
+from tests.functional.test_license_live import LiveServer, _pinned, _rewriting_proxy
+from tests.licensing_helpers import issue_key, wait_until_serving
+
+PER_KEY = 3  # validate calls a key may make a minute here
+
+
+@pytest.fixture
+def app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
+    """The test app with a small per-key budget (the 429 test)."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(
+        app_overrides(tmp_path, database_url, ratelimit_license_per_key=f"{PER_KEY}/minute")
+    )
+    application.config["TESTING"] = True
+    yield application
+    stop_worker_thread(application)
+    application.extensions["keygate.db"].engine.dispose()
+
+
+@pytest.fixture
+def live(app: Flask) -> Iterator[LiveServer]:
+    server = LiveServer(app)
+    wait_until_serving(server.port)
+    yield server
+    server.stop()
+
+
+def _raw_validate(live: LiveServer, body: dict[str, str]) -> tuple[dict[str, str], bytes]:
+    """A validate answer as any caller can get one: its headers and body."""
+    request = urllib.request.Request(
+        live.url + "/api/v1/licenses/validate",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return dict(response.headers.items()), response.read()
+
+
+def test_every_answer_names_the_request_it_answers(shop: WebhookSender, live: LiveServer) -> None:
+    key = issue_key(shop)
+    sent = {"key": key, "nonce": "n1"}
+    headers, body = _raw_validate(live, sent)
+    keys = _pinned(live)
+    url = live.url + "/api/v1/licenses/validate"
+    checked = verify_response(
+        method="POST",
+        url=url,
+        headers=headers,
+        body=body,
+        public_keys=keys,
+        nonce="n1",
+        request_body=json.dumps(sent).encode(),
+    )
+    assert checked["valid"] is True
+    assert checked["request_digest"].startswith("sha-256=")
+    # The same genuine answer offered as the answer to another key's question: refused.
+    with pytest.raises(SignatureError, match="request_digest"):
+        verify_response(
+            method="POST",
+            url=url,
+            headers=headers,
+            body=body,
+            public_keys=keys,
+            nonce="n1",
+            request_body=json.dumps({**sent, "key": "KG-OTHER"}).encode(),
+        )
+
+
+def test_a_valid_answer_to_another_key_is_refused_in_transit(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """Something in the middle keeps the nonce but asks about a key it owns: the genuine VALID
+    it gets back is not the answer to the product's question."""
+    owned = issue_key(shop)
+
+    def ask_about_owned(body: bytes) -> bytes:
+        return json.dumps({**json.loads(body), "key": owned, "site": None}).encode()
+
+    url, thread = _rewriting_proxy(live.port, lambda headers: headers, ask_about_owned)
+    try:
+        with pytest.raises(SignatureError, match="not to this request"):
+            KeygateClient(url, _pinned(live), product="501").validate(
+                "KG-NOT-A-REAL-KEY", site="pirate.example.com"
+            )
+    finally:
+        thread.join(timeout=10)
+
+
+def test_a_forged_cache_entry_never_validates_another_key(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """A pirate with a key of their own writes a genuine VALID answer into the cache slot of
+    a key that does not exist, with either request beside it: refused offline."""
+    owned = issue_key(shop)
+    keys = _pinned(live)
+    cache = tmp_path / "cache.json"
+    client = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+    forged = "KG-NOT-A-REAL-KEY"
+    slot = client._cache_key(forged, "pirate.example.com", None)
+    owned_request = {"key": owned, "product": "501", "nonce": "n"}
+    headers, body = _raw_validate(live, owned_request)
+    assert json.loads(body)["valid"] is True
+    live.stop()
+    forged_request = {"key": forged, "site": "pirate.example.com", "product": "501"}
+    for request in (owned_request, {**forged_request, "nonce": "n"}):
+        record = {
+            "url": live.url + "/api/v1/licenses/validate",
+            "headers": headers,
+            "body": body.decode(),
+            "request": json.dumps(request),
+        }
+        cache.write_text(json.dumps({slot: record}))
+        offline = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+        with pytest.raises(Unavailable):
+            offline.validate(forged, site="pirate.example.com")
+
+
+def test_offline_answers_keep_to_their_version_and_the_licenses_end(
+    app: Flask,
+    shop: WebhookSender,
+    live: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = issue_key(shop, duration_days=30)
+    with app.app_context():  # it ends in an hour
+        db.session.execute(update(License).values(expires_at=utcnow() + dt.timedelta(hours=1)))
+        db.session.commit()
+    cache = tmp_path / "cache.json"
+    client = KeygateClient(live.url, _pinned(live), product="501", cache_path=cache, timeout=2)
+    assert client.validate(key, version="1.9").valid
+    live.stop()
+    assert client.validate(key, version="1.9").offline is True
+    with pytest.raises(Unavailable):  # asked about another version: not what was answered
+        client.validate(key, version="2.5")
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3 * 3600)
+    with pytest.raises(Unavailable):  # within the grace period, but the license has ended
+        client.validate(key, version="1.9")
+
+
+def test_a_rate_limited_client_serves_its_fresh_answer(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """A signed 429 asks the product to wait: its last good answer serves meanwhile; without
+    one, the 429 is raised with its Retry-After."""
+    key = issue_key(shop)
+    client = KeygateClient(live.url, _pinned(live), product="501", cache_path=tmp_path / "c")
+    for _ in range(PER_KEY):
+        assert client.validate(key).offline is False
+    waited = client.validate(key)
+    assert (waited.valid, waited.offline) == (True, True)
+    with pytest.raises(RequestRejected) as rejected:
+        client.activate(key, site="a.com")
+    assert rejected.value.status == 429 and rejected.value.retry_after
+
+
+def _one_answer(answer: bytes, pause: float = 0.0) -> tuple[str, threading.Thread]:
+    """A server that answers one request with ``answer``, a byte every ``pause`` seconds
+    after its headers when ``pause`` is set."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def reply() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        try:
+            connection.sendall(head + b"\r\n\r\n")
+            for index in range(0, len(body), 1 if pause else len(body) or 1):
+                time.sleep(pause)
+                connection.sendall(body[index : index + (1 if pause else len(body))])
+        except OSError:
+            pass  # the client gave up
+        connection.close()
+        listener.close()
+
+    thread = threading.Thread(target=reply, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread
+
+
+def test_pages_not_from_keygate_are_unavailable_and_the_saved_answer_serves(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """A captive portal's 200, a firewall's 403, a CDN's 429, a redirect: none is signed, so
+    none is Keygate's answer; it counts as Keygate out of reach (a redirect is not followed)."""
+    key = issue_key(shop)
+    keys = _pinned(live)
+    cache = tmp_path / "cache.json"
+    assert KeygateClient(live.url, keys, product="501", cache_path=cache).validate(key).valid
+    saved = json.loads(cache.read_text())
+    pages = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 11\r\n\r\n<p>Wi-Fi</p>",
+        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nblocked",
+        b"HTTP/1.1 429 Too Many\r\nRetry-After: 30\r\nContent-Length: 4\r\n\r\nslow",
+        b"HTTP/1.1 301 Moved\r\nLocation: https://elsewhere.example/\r\nContent-Length: 0\r\n\r\n",
+    ]
+    for page in pages:
+        url, thread = _one_answer(page)
+        client = KeygateClient(url, keys, product="501", timeout=5)
+        with pytest.raises(Unavailable, match="not from Keygate"):
+            client.validate("KG-SOMETHING")
+        thread.join(timeout=10)
+        url, thread = _one_answer(page)
+        client = KeygateClient(url, keys, product="501", timeout=5)
+        client._cache = {client._cache_key(key, None, None): next(iter(saved.values()))}
+        result = client.validate(key)
+        assert (result.valid, result.offline) == (True, True), page[:30]
+        thread.join(timeout=10)
+
+
+def test_an_answer_trickled_past_the_timeout_is_unavailable() -> None:
+    body = b"x" * 40
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + body
+    url, thread = _one_answer(answer, pause=0.2)
+    client = KeygateClient(url, {}, product="501", timeout=1)
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match="in time"):
+        client.validate("KG-SOMETHING")
+    assert time.monotonic() - started < 4  # the whole answer would take 8 s
+    thread.join(timeout=15)
+
+
+def test_errors_about_unread_or_unrouted_requests_are_rejections(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """An unknown path, a wrong method, a body too large: signed problem answers that echo
+    what they can (nonce and request digest when the body was read), and the client raises
+    them as rejections, not as replays."""
+    keys = _pinned(live)
+    for path, method in (("/api/v1/licenses/nope", "POST"), ("/api/v1/licenses/validate", "PUT")):
+        request = urllib.request.Request(
+            live.url + path,
+            data=b'{"key": "x", "nonce": "n3"}',
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(request, timeout=5)
+        answer = verify_response(
+            method=method,
+            url=live.url + path,
+            headers=dict(failed.value.headers.items()),
+            body=failed.value.read(),
+            public_keys=keys,
+            nonce="n3",
+            request_body=b'{"key": "x", "nonce": "n3"}',
+        )
+        assert answer["status"] in (404, 405) and answer["ts"]
+    client = KeygateClient(live.url, keys, product="501")
+    with pytest.raises(RequestRejected) as too_large:
+        client.validate(issue_key(shop), site="a" * 17000)
+    assert too_large.value.status == 413
+    client.base_url = live.url + "/api/v1/licenses/unknown"
+    with pytest.raises(RequestRejected) as unknown:
+        client.validate("KG-ANY")
+    assert unknown.value.status == 404
+
+
+def test_a_license_file_is_checked_for_its_product_machine_and_issue_time(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    from connector.client import LicenseFileError, verify_license_file
+
+    keys = _pinned(live)
+    key = issue_key(shop, product_id=777)
+    client = KeygateClient(live.url, keys, product="777")
+    assert client.activate(key, fingerprint="machine-1").valid
+    file = client.checkout(key, fingerprint="machine-1").data["license_file"]
+    content = verify_license_file(file, keys, key=key, product="777", fingerprint=" machine-1 ")
+    assert content["fingerprint"] == "machine-1"
+    with pytest.raises(LicenseFileError, match="another product"):
+        verify_license_file(file, keys, key=key, product="501")
+    with pytest.raises(LicenseFileError, match="another machine"):
+        verify_license_file(file, keys, key=key, fingerprint="machine-2")
+    a_year_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=365)
+    with pytest.raises(LicenseFileError, match="issued after"):
+        verify_license_file(file, keys, key=key, now=a_year_ago)
