@@ -32,8 +32,10 @@ from connector.jobs import stop_worker_thread
 from connector.models import License
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender
-from tests.functional.test_license_live import LiveServer, _pinned, _rewriting_proxy
-from tests.licensing_helpers import issue_key, wait_until_serving
+from tests.functional.test_license_live import LiveServer, _pinned, _rewriting_proxy, live
+from tests.licensing_helpers import issue_key
+
+__all__ = ["live"]  # a fixture (on this module's app), used by name
 
 PER_KEY = 3  # validate calls a key may make a minute here
 
@@ -49,14 +51,6 @@ def app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
     yield application
     stop_worker_thread(application)
     application.extensions["keygate.db"].engine.dispose()
-
-
-@pytest.fixture
-def live(app: Flask) -> Iterator[LiveServer]:
-    server = LiveServer(app)
-    wait_until_serving(server.port)
-    yield server
-    server.stop()
 
 
 def _raw_validate(live: LiveServer, body: dict[str, str]) -> tuple[dict[str, str], bytes]:
@@ -76,29 +70,24 @@ def test_every_answer_names_the_request_it_answers(shop: WebhookSender, live: Li
     sent = {"key": key, "nonce": "n1"}
     headers, body = _raw_validate(live, sent)
     keys = _pinned(live)
-    url = live.url + "/api/v1/licenses/validate"
-    checked = verify_response(
-        method="POST",
-        url=url,
-        headers=headers,
-        body=body,
-        public_keys=keys,
-        nonce="n1",
-        request_body=json.dumps(sent).encode(),
-    )
-    assert checked["valid"] is True
-    assert checked["request_digest"].startswith("sha-256=")
-    # The same genuine answer offered as the answer to another key's question: refused.
-    with pytest.raises(SignatureError, match="request_digest"):
-        verify_response(
+
+    def answer_to(request: dict[str, str]) -> dict[str, object]:
+        return verify_response(
             method="POST",
-            url=url,
+            url=live.url + "/api/v1/licenses/validate",
             headers=headers,
             body=body,
             public_keys=keys,
             nonce="n1",
-            request_body=json.dumps({**sent, "key": "KG-OTHER"}).encode(),
+            request_body=json.dumps(request).encode(),
         )
+
+    checked = answer_to(sent)
+    assert checked["valid"] is True
+    assert str(checked["request_digest"]).startswith("sha-256=")
+    # The same genuine answer offered as the answer to another key's question: refused.
+    with pytest.raises(SignatureError, match="request_digest"):
+        answer_to({**sent, "key": "KG-OTHER"})
 
 
 def test_a_valid_answer_to_another_key_is_refused_in_transit(
