@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +39,7 @@ from connector.errors import ValidationFailed
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import Policy
 from connector.licensing.sites import is_staging_site, normalize_site
+from connector.licensing.versions import Version
 from connector.models import (
     Activation,
     BindingChange,
@@ -557,16 +557,6 @@ def _record_binding_change(session: Session, lic: License, product: Product, kin
 
 # --- releases and update-check ----------------------------------------------------------
 
-_VERSION_PART = re.compile(r"\d+")
-
-
-def version_key(version: str) -> tuple[tuple[int, ...], int, str]:
-    """Sort key for versions like ``1.10.2`` and ``2.0.0-beta.1`` (pre-releases sort first)."""
-    main, _, pre = version.strip().lstrip("vV").partition("-")
-    numbers = tuple(int(m.group()) for m in _VERSION_PART.finditer(main))
-    numbers = numbers + (0,) * max(0, 6 - len(numbers))
-    return numbers, 0 if pre else 1, pre
-
 
 def check_update(
     session: Session,
@@ -593,12 +583,12 @@ def check_update(
         answer = _identity_answer(session, lic, product, identity)
         if not answer.valid:
             return answer
-    current = version_key(version)
+    current = Version.parse(version)
     release_product = _release_product_id(session, lic, product, product_id)
     newer = [
         r
         for r in session.scalars(select(Release).where(Release.product_id == release_product))
-        if version_key(r.version) > current
+        if Version.parse(r.version) > current
     ]
     if not newer:
         return Answer(True, "VALID", "Up to date.", lic, product, {"update": None})
@@ -613,7 +603,8 @@ def check_update(
             product,
             {"update": None},
         )
-    best = max(covered, key=lambda r: version_key(r.version))
+    # Equal versions (1.10, 1.10+build.7): the one published last.
+    best = max(covered, key=lambda r: (Version.parse(r.version), r.published_at))
     return Answer(True, "VALID", "An update is available.", lic, product, {"release": best})
 
 

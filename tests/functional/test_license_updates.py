@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -105,6 +106,25 @@ def test_up_to_date_and_product_mismatch(shop: WebhookSender) -> None:
     assert other["code"] == "PRODUCT_MISMATCH"
     missing = call(shop.client, "update-check", {"key": key, "version": "1.0.0"})
     assert missing.status_code == 422
+
+
+def update_check(shop: WebhookSender, key: str, version: str) -> dict[str, Any]:
+    body: dict[str, Any] = call(
+        shop.client, "update-check", {"key": key, "product": "501", "version": version}
+    ).get_json()
+    return body
+
+
+def test_update_check_ranks_versions_by_semver_precedence(shop: WebhookSender) -> None:
+    """Build metadata makes no newer version; pre-release numbers compare as numbers."""
+    key = issue_key(shop)
+    publish(shop, "1.10+build.7", PAID)
+    for current in ("1.10", "1.10.0", "v1.10"):
+        body = update_check(shop, key, current)
+        assert (body["code"], body["update"]) == ("VALID", None), current
+    publish(shop, "2.0.0-beta.2", PAID)
+    publish(shop, "2.0.0-beta.10", PAID)
+    assert update_check(shop, key, "2.0.0-beta.1")["update"]["version"] == "2.0.0-beta.10"
 
 
 def test_perpetual_fallback_keeps_old_versions_working(shop: WebhookSender) -> None:

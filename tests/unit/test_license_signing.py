@@ -1,4 +1,4 @@
-"""Signing strings, versions and license files, without a server."""
+"""Signing strings and license files, without a server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.client import LicenseFileError, verify_license_file
 from connector.licensing.files import build_license_file, file_expiry
-from connector.licensing.service import version_key
 from connector.signing import Signer, digest_header, http_date, request_target, signing_string
 from connector.vault.crypto import Keyring
 
@@ -34,21 +33,6 @@ def test_digest_is_standard_base64_sha256() -> None:
     expected = base64.b64encode(hashlib.sha256(b"{}").digest()).decode()
     assert digest_header(b"{}") == "sha-256=" + expected
     assert expected.endswith("=")
-
-
-@pytest.mark.parametrize(
-    ("older", "newer"),
-    [
-        ("1.0.0", "1.0.1"),
-        ("1.2", "1.10"),
-        ("1.9.9", "2.0"),
-        ("2.0.0-beta.1", "2.0.0"),
-        ("v1.0", "1.0.1"),
-        ("1.0", "1.0.0.1"),
-    ],
-)
-def test_versions_sort_numerically(older: str, newer: str) -> None:
-    assert version_key(older) < version_key(newer)
 
 
 def _signer() -> tuple[Signer, dict[str, bytes]]:
