@@ -558,6 +558,11 @@ def _record_binding_change(session: Session, lic: License, product: Product, kin
 # --- releases and update-check ----------------------------------------------------------
 
 
+def _is_update(candidate: Version, current: Version) -> bool:
+    """Newer, and a stable release unless the caller runs a pre-release (it opted in)."""
+    return candidate > current and (candidate.stable or not current.stable)
+
+
 def check_update(
     session: Session,
     raw_key: str,
@@ -570,7 +575,8 @@ def check_update(
     """The newest release after ``version`` that the license's update window covers.
 
     A release is offered only when it was published before ``updates_until`` (no limit when
-    that is None). The caller adds the download URL.
+    that is None), and a pre-release only to a caller running one: stable versions get
+    stable releases. The caller adds the download URL.
     """
     identity = make_identity(site, fingerprint)
     lic, product, malformed = find_license(session, raw_key)
@@ -588,7 +594,7 @@ def check_update(
     newer = [
         r
         for r in session.scalars(select(Release).where(Release.product_id == release_product))
-        if Version.parse(r.version) > current
+        if _is_update(Version.parse(r.version), current)
     ]
     if not newer:
         return Answer(True, "VALID", "Up to date.", lic, product, {"update": None})

@@ -127,6 +127,23 @@ def test_update_check_ranks_versions_by_semver_precedence(shop: WebhookSender) -
     assert update_check(shop, key, "2.0.0-beta.1")["update"]["version"] == "2.0.0-beta.10"
 
 
+def test_pre_releases_are_offered_only_to_pre_release_callers(shop: WebhookSender) -> None:
+    """Stable versions are offered stable releases only; a caller on a pre-release is offered
+    the next pre-release, or the release itself once it is out."""
+    key = issue_key(shop, update_days=5)
+    publish(shop, "1.10.0", PAID)
+    publish(shop, "2.0.0-beta.2", PAID)
+    assert update_check(shop, key, "1.9")["update"]["version"] == "1.10.0"
+    for current in ("1.10", "1.10.0"):
+        body = update_check(shop, key, current)
+        assert (body["code"], body["update"]) == ("VALID", None), current
+    publish(shop, "3.0.0-alpha.1", PAID + dt.timedelta(days=6))
+    assert update_check(shop, key, "1.10")["code"] == "VALID"  # not UPDATES_EXPIRED
+    assert update_check(shop, key, "2.0.0-beta.1")["update"]["version"] == "2.0.0-beta.2"
+    publish(shop, "2.0.0", PAID + dt.timedelta(days=1))
+    assert update_check(shop, key, "2.0.0-beta.1")["update"]["version"] == "2.0.0"
+
+
 def test_perpetual_fallback_keeps_old_versions_working(shop: WebhookSender) -> None:
     """Expired + perpetual_fallback: versions released before expiry validate, newer don't."""
     key = issue_key(shop, duration_days=2, perpetual_fallback=True)
