@@ -576,7 +576,8 @@ def check_update(
 
     A release is offered only when it was published before ``updates_until`` (no limit when
     that is None), and a pre-release only to a caller running one: stable versions get
-    stable releases. The caller adds the download URL.
+    stable releases. A release dated after now is not out yet: it is not considered at all.
+    The caller adds the download URL.
     """
     identity = make_identity(site, fingerprint)
     lic, product, malformed = find_license(session, raw_key)
@@ -591,11 +592,10 @@ def check_update(
             return answer
     current = Version.parse(version)
     release_product = _release_product_id(session, lic, product, product_id)
-    newer = [
-        r
-        for r in session.scalars(select(Release).where(Release.product_id == release_product))
-        if _is_update(Version.parse(r.version), current)
-    ]
+    published = select(Release).where(
+        Release.product_id == release_product, Release.published_at <= utcnow()
+    )
+    newer = [r for r in session.scalars(published) if _is_update(Version.parse(r.version), current)]
     if not newer:
         return Answer(True, "VALID", "Up to date.", lic, product, {"update": None})
     covered = [r for r in newer if lic.updates_until is None or r.published_at <= lic.updates_until]

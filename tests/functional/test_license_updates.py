@@ -57,11 +57,11 @@ def test_release_input_is_checked(shop: WebhookSender) -> None:
 
 def test_update_offered_within_the_update_window(app: Flask, shop: WebhookSender) -> None:
     """The newest release published before updates_until is offered with a working URL."""
-    key = issue_key(shop, update_days=30)
+    key = issue_key(shop, update_days=5)
     publish(shop, "1.0.0", PAID - dt.timedelta(days=10))
-    publish(shop, "1.2.0", PAID + dt.timedelta(days=5))
-    publish(shop, "1.10.0", PAID + dt.timedelta(days=20))
-    publish(shop, "2.0.0", PAID + dt.timedelta(days=60))
+    publish(shop, "1.2.0", PAID + dt.timedelta(days=1))
+    publish(shop, "1.10.0", PAID + dt.timedelta(days=4))
+    publish(shop, "2.0.0", PAID + dt.timedelta(days=6))  # all in the past: future ones wait
     with app.app_context():
         target = get_settings().storage_dir / "releases" / "plugin-1.10.0.zip"
     target.parent.mkdir(parents=True)
@@ -142,6 +142,20 @@ def test_pre_releases_are_offered_only_to_pre_release_callers(shop: WebhookSende
     assert update_check(shop, key, "2.0.0-beta.1")["update"]["version"] == "2.0.0-beta.2"
     publish(shop, "2.0.0", PAID + dt.timedelta(days=1))
     assert update_check(shop, key, "2.0.0-beta.1")["update"]["version"] == "2.0.0"
+
+
+def test_releases_dated_in_the_future_are_not_considered(shop: WebhookSender) -> None:
+    """A release published later than now is neither offered nor a reason for
+    UPDATES_EXPIRED while the caller's update window is open."""
+    now = dt.datetime.now(dt.UTC)
+    # The window stays open for 30 days from now, whatever day the tests run.
+    key = issue_key(shop, update_days=(now - PAID).days + 30)
+    publish(shop, "1.0.0", PAID)
+    publish(shop, "2.0.0", now + dt.timedelta(days=60))
+    body = update_check(shop, key, "1.0.0")
+    assert (body["valid"], body["code"], body["update"]) == (True, "VALID", None)
+    publish(shop, "1.1.0", now + dt.timedelta(days=1))
+    assert update_check(shop, key, "1.0.0")["update"] is None
 
 
 def test_perpetual_fallback_keeps_old_versions_working(shop: WebhookSender) -> None:
