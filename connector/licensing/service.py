@@ -136,12 +136,17 @@ def _is_expired(lic: License, now: dt.datetime) -> bool:
 def _released_before_expiry(
     session: Session, lic: License, product: Product, version: str | None
 ) -> bool:
+    """Perpetual fallback: ``version`` is a release of the product published before the
+    license expired (equal as update-check compares versions: 1.9.0 and v1.9 are 1.9)."""
     if version is None or lic.expires_at is None or not Policy.of(product).perpetual_fallback:
         return False
-    release = session.execute(
-        select(Release).where(Release.product_id == product.id, Release.version == version)
-    ).scalar_one_or_none()
-    return release is not None and release.published_at <= lic.expires_at
+    wanted = Version.parse(version)
+    released = session.scalars(
+        select(Release.version).where(
+            Release.product_id == product.id, Release.published_at <= lic.expires_at
+        )
+    )
+    return any(Version.parse(v) == wanted for v in released)
 
 
 def _product_ids(session: Session, lic: License, product: Product) -> set[str]:

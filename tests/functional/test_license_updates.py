@@ -170,6 +170,18 @@ def test_perpetual_fallback_keeps_old_versions_working(shop: WebhookSender) -> N
     assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "EXPIRED"
 
 
+def test_perpetual_fallback_knows_a_version_however_it_is_written(shop: WebhookSender) -> None:
+    """The fallback compares versions as update-check does: 1.9.0, v1.9 and 1.9+build.3
+    are the 1.9 released before expiry; 1.10 is not."""
+    key = issue_key(shop, duration_days=2, perpetual_fallback=True)
+    publish(shop, "1.9", PAID + dt.timedelta(days=1))
+    for version in ("1.9", "1.9.0", "v1.9", "1.9+build.3"):
+        body = call(shop.client, "validate", {"key": key, "version": version}).get_json()
+        assert (body["valid"], body["code"]) == (True, "VALID"), version
+    body = call(shop.client, "validate", {"key": key, "version": "1.10"}).get_json()
+    assert body["code"] == "EXPIRED"
+
+
 def test_no_fallback_without_the_policy(shop: WebhookSender) -> None:
     """Without perpetual_fallback an expired license is expired for every version."""
     key = issue_key(shop, duration_days=2)
