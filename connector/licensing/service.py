@@ -582,7 +582,8 @@ def check_update(
     A release is offered only when it was published before ``updates_until`` (no limit when
     that is None), and a pre-release only to a caller running one: stable versions get
     stable releases. A release dated after now is not out yet: it is not considered at all.
-    The caller adds the download URL.
+    The answer's ``release`` (in ``extra``) is the one offered, if any; the caller adds the
+    download URL.
     """
     identity = make_identity(site, fingerprint)
     lic, product, malformed = find_license(session, raw_key)
@@ -602,7 +603,7 @@ def check_update(
     )
     newer = [r for r in session.scalars(published) if _is_update(Version.parse(r.version), current)]
     if not newer:
-        return Answer(True, "VALID", "Up to date.", lic, product, {"update": None})
+        return Answer(True, "VALID", "Up to date.", lic, product)
     covered = [r for r in newer if lic.updates_until is None or r.published_at <= lic.updates_until]
     if not covered:
         assert lic.updates_until is not None  # noqa: S101 - else every release is covered
@@ -612,7 +613,6 @@ def check_update(
             f"Updates ended on {lic.updates_until:%Y-%m-%d}; renew to get newer versions.",
             lic,
             product,
-            {"update": None},
         )
     # Equal versions (1.10, 1.10+build.7): the one published last.
     best = max(covered, key=lambda r: (Version.parse(r.version), r.published_at))

@@ -389,8 +389,8 @@ def update_check() -> ResponseReturnValue:
         fingerprint=optional_str(data, "fingerprint"),
     )
     release: Release | None = result.extra.get("release")
-    if release is None:
-        return _answer(result)
+    if release is None:  # every answer carries update, failed ones too
+        return _answer(result, update=None)
     store = db.session.get(Store, result.license.store_id) if result.license else None
     assert store is not None  # noqa: S101 - a license always has a store
     ttl = get_settings().download_url_ttl

@@ -158,6 +158,24 @@ def test_releases_dated_in_the_future_are_not_considered(shop: WebhookSender) ->
     assert update_check(shop, key, "1.0.0")["update"] is None
 
 
+def test_every_update_check_answer_carries_update(shop: WebhookSender) -> None:
+    """``update`` is in every signed update-check answer, failed ones too: null unless a
+    release is offered."""
+    key = issue_key(shop)
+    call(shop.client, "activate", {"key": key, "site": "shop-one.com"})
+    expired = issue_key(shop, product_id=502, duration_days=2)
+    publish(shop, "2.0.0", PAID)
+    asked = {"product": "501", "version": "1.0"}
+    for body, code in [
+        ({**asked, "key": "KG-AAAAA-BBBBB-CCCCC-DDDDD"}, "NOT_FOUND"),
+        ({**asked, "key": key, "product": "9"}, "PRODUCT_MISMATCH"),
+        ({**asked, "key": key, "site": "shop-two.com"}, "SITE_MISMATCH"),
+        ({**asked, "key": expired, "product": "502"}, "EXPIRED"),
+    ]:
+        answer = call(shop.client, "update-check", body).get_json()
+        assert (answer["code"], answer.get("update", "absent")) == (code, None), code
+
+
 def test_perpetual_fallback_keeps_old_versions_working(shop: WebhookSender) -> None:
     """Expired + perpetual_fallback: versions released before expiry validate, newer don't."""
     key = issue_key(shop, duration_days=2, perpetual_fallback=True)
