@@ -134,16 +134,20 @@ def _is_expired(lic: License, now: dt.datetime) -> bool:
 
 
 def _released_before_expiry(
-    session: Session, lic: License, product: Product, version: str | None
+    session: Session, lic: License, product: Product, version: str | None, product_id: str | None
 ) -> bool:
-    """Perpetual fallback: ``version`` is a release of the product published before the
-    license expired (equal as update-check compares versions: 1.9.0 and v1.9 are 1.9)."""
+    """Perpetual fallback: ``version`` is a release published before the license expired
+    (equal as update-check compares versions: 1.9.0 and v1.9 are 1.9), on the product whose
+    releases update-check offers the caller (``product_id``: a variation's parent, say)."""
     if version is None or lic.expires_at is None or not Policy.of(product).perpetual_fallback:
         return False
     wanted = Version.parse(version)
+    releases_of = (
+        product.id if product_id is None else _release_product_id(session, lic, product, product_id)
+    )
     released = session.scalars(
         select(Release.version).where(
-            Release.product_id == product.id, Release.published_at <= lic.expires_at
+            Release.product_id == releases_of, Release.published_at <= lic.expires_at
         )
     )
     return any(Version.parse(v) == wanted for v in released)
@@ -192,7 +196,9 @@ def _license_state(
         return Answer(False, "REVOKED", "This license was revoked.", lic, product)
     if lic.status == "suspended":
         return Answer(False, "SUSPENDED", "This license is suspended.", lic, product)
-    if _is_expired(lic, utcnow()) and not _released_before_expiry(session, lic, product, version):
+    if _is_expired(lic, utcnow()) and not _released_before_expiry(
+        session, lic, product, version, product_id
+    ):
         assert lic.expires_at is not None  # noqa: S101 - _is_expired checked it
         return Answer(
             False, "EXPIRED", f"This license expired on {lic.expires_at:%Y-%m-%d}.", lic, product

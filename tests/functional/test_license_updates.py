@@ -291,3 +291,23 @@ def test_a_variation_key_answers_to_its_parent_product_and_its_releases(
         shop.client, "update-check", {"key": key, "product": "501", "version": "1.0"}
     ).get_json()
     assert body["update"]["version"] == "2.0.0"
+
+
+def test_perpetual_fallback_of_a_variation_key_knows_its_parents_releases(
+    shop: WebhookSender,
+) -> None:
+    """Sold as variation 777 of 501, whose releases are published on 501: asking as 501 for
+    a version released before expiry is the fallback's, as update-check would offer it."""
+    from tests.factories import line_item, wc_order
+
+    shop.configure(501)
+    shop.configure(777, duration_days=2, perpetual_fallback=True)
+    shop.deliver(wc_order(6002, "processing", [line_item(501, variation_id=777)]))
+    key = shop.order(6002)["licenses"][0]["key"]
+    publish(shop, "1.0.0", PAID + dt.timedelta(days=1))
+    publish(shop, "2.0.0", PAID + dt.timedelta(days=3))
+    asked = {"key": key, "product": "501"}
+    old = call(shop.client, "validate", {**asked, "version": "1.0.0"}).get_json()
+    assert (old["valid"], old["code"]) == (True, "VALID")
+    new = call(shop.client, "validate", {**asked, "version": "2.0.0"}).get_json()
+    assert new["code"] == "EXPIRED"
