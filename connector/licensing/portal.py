@@ -17,7 +17,7 @@ from connector.db import db
 from connector.extensions import limiter
 from connector.licensing.service import remove_activation
 from connector.models import Activation, License
-from connector.orders.renewals import renewed_by_query
+from connector.orders.renewals import own_renewed_query
 from connector.portal.views import expired_page, order_for
 from connector.tokens import LinkExpired
 
@@ -47,14 +47,15 @@ def deactivate(token: str, activation_id: int) -> ResponseReturnValue:
     order = order_for(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    # The order's own licenses, and those it renews (a subscription's renewal order is the
-    # buyer's latest mail and page; the key it names is theirs).
+    # The order's own licenses, and those it renews for its own customer (a subscription's
+    # renewal order is the buyer's latest mail and page), never a key a stranger's renewal
+    # named (see own_renewed_query).
     lic = db.session.execute(
         select(License)
         .join(Activation, Activation.license_id == License.id)
         .where(
             Activation.id == activation_id,
-            or_(License.order_id == order.id, License.id.in_(renewed_by_query(order.id))),
+            or_(License.order_id == order.id, License.id.in_(own_renewed_query(order))),
         )
     ).scalar_one_or_none()
     if lic is None or not remove_activation(db.session, lic, activation_id):

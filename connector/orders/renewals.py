@@ -41,7 +41,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, false, func, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -154,11 +154,8 @@ def _subscriptions_license(
     ).first()
     if renewed_before is not None:
         return session.get(License, renewed_before)
-    if order.customer_id is not None:
-        same_customer = Order.customer_id == order.customer_id
-    elif order.email is not None:
-        same_customer = Order.email == order.email
-    else:
+    same_customer = same_customer_as(order)
+    if same_customer is None:
         return None
     other_subscriptions = (
         select(LicenseRenewal.license_id)
@@ -183,6 +180,16 @@ def _subscriptions_license(
     ).all()
     paid = order.date_paid or utcnow()
     return min(candidates, key=lambda license_: _due_first(license_, paid), default=None)
+
+
+def same_customer_as(order: Order) -> ColumnElement[bool] | None:
+    """Orders of ``order``'s customer: its shop customer id, else (a guest) its email; None
+    when it has neither."""
+    if order.customer_id is not None:
+        return Order.customer_id == order.customer_id
+    if order.email is not None:
+        return Order.email == order.email
+    return None
 
 
 def _due_first(license_: License, paid: dt.datetime) -> tuple[int, float]:
@@ -228,6 +235,20 @@ def renewed_by_query(order_id: int) -> Select[int]:
         select(LicenseRenewal.license_id)
         .where(LicenseRenewal.order_id == order_id, LicenseRenewal.reverted_at.is_(None))
         .distinct()
+    )
+
+
+def own_renewed_query(order: Order) -> Select[int]:
+    """Ids of the licenses ``order`` renews that its own customer bought: a renewal naming a
+    key (``_keygate_renew_license``) may be paid by anyone who has the key, and paying for
+    someone's license must not show them where it is activated nor free its seats."""
+    same_customer = same_customer_as(order)
+    if same_customer is None:
+        return select(License.id).where(false())
+    return (
+        select(License.id)
+        .join(Order, License.order_id == Order.id)
+        .where(License.id.in_(renewed_by_query(order.id)), same_customer)
     )
 
 

@@ -16,6 +16,7 @@ from connector.db import db
 from connector.extensions import limiter
 from connector.mail.service import mail_order_again
 from connector.models import Order, Store
+from connector.orders.renewals import own_renewed_query
 from connector.orders.summary import order_entitlements
 from connector.tokens import LinkExpired, order_id_from_portal_token
 
@@ -44,13 +45,19 @@ def expired_page(_exc: LinkExpired) -> ResponseReturnValue:
 def portal(token: str) -> ResponseReturnValue:
     order = order_for(token)
     store = db.session.get(Store, order.store_id)
+    entitlements = order_entitlements(db.session, order)
+    # Seats are managed here for the order's licenses and those it renews for its own
+    # customer (see own_renewed_query), not for a key someone else's renewal named.
+    own = set(db.session.scalars(own_renewed_query(order)))
+    seated = entitlements["licenses"] + [lic for lic in entitlements["renewed"] if lic.id in own]
     response = render_template(
         "portal/order.html",
         order=order,
         store=store,
         token=token,
         form=ConfirmForm(),
-        **order_entitlements(db.session, order),
+        seated=seated,
+        **entitlements,
     )
     return response, 200, PRIVATE
 

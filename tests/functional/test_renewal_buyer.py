@@ -134,3 +134,32 @@ def test_the_owner_sees_what_a_renewal_order_renews(
     assert "<h2>Renews</h2>" in html
     assert key in html
     assert f"/admin/licenses/{license_id}" in html
+
+
+def test_paying_a_renewal_of_someone_elses_key_shows_none_of_its_seats(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A renewal may name any key (the payer typed it): its page shows the key and its new
+    end, never where the owner of the key activated it, and frees none of those seats."""
+    shop.configure(501, duration_days=30, activation_limit=2)
+    shop.deliver(wc_order(9808, "completed", [line_item(501)], customer_id=11))
+    key = shop.order(9808)["licenses"][0]["key"]
+    call(shop.client, "activate", {"key": key, "site": "victim-intranet.com", "label": "Laptop"})
+    owner_page = shop.client.get(portal_path(shop, 9808)).get_data(as_text=True)
+    seat = re.search(r'action="([^"]+/activations/(\d+)/deactivate)"', owner_page)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', owner_page)
+    assert seat and token
+    stranger = wc_order(
+        9809, "processing", [renewal_line(501, key, 385)], customer_id=22, email="x@example.net"
+    )
+    shop.deliver(stranger)
+
+    page = portal_path(shop, 9809)
+    html = shop.client.get(page).get_data(as_text=True)
+    assert "Renewed by this order" in html and key in html
+    assert "victim-intranet.com" not in html and "Laptop" not in html
+    refused = shop.client.post(
+        f"{page}/activations/{seat.group(2)}/deactivate", data={"csrf_token": token.group(1)}
+    )
+    assert refused.status_code == 404
+    assert "victim-intranet.com" in shop.client.get(portal_path(shop, 9808)).get_data(as_text=True)
