@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, and_, func, select, true, update
+from sqlalchemy import ColumnElement, and_, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -38,6 +38,7 @@ from connector.models import (
     Activation,
     DownloadGrant,
     License,
+    LicenseRenewal,
     LineItem,
     Order,
     Product,
@@ -523,6 +524,8 @@ def _converge_paid(
         # One pass per line, not per unit: a redelivery of an order with many units is a
         # few queries; only what is missing is inserted.
         _reinstate_units(session, line, entitled, result)
+        # Before links for new files are issued: the key kept gets them.
+        _keep_keys_in_use(session, line, entitled)
         issued = _issued_so_far(session, line)
         files = {f.id for f in product.files if f.active}
         for unit in range(1, entitled + 1):
@@ -533,29 +536,32 @@ def _converge_paid(
                 # A file added since; a license the owner shut gets no new link.
                 _issue_unit(session, store, order, line, product, unit, known.license_id, result)
         # Refunded or removed units: newest first, so the first keys bought stay valid;
-        # but a key in use is kept over an idle one (WooCommerce does not say which).
-        _keep_keys_in_use(session, line, entitled)
+        # but a key in use was kept over an idle one above (WooCommerce does not say which).
         for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
             _set_unit_revoked(session, line, unit, "refund", result)
 
 
 def _keep_keys_in_use(session: Session, line: LineItem, entitled: int) -> None:
     """Before units above ``entitled`` are revoked (a partial refund, a lower quantity): swap
-    each active one that is activated somewhere with an active one at or below ``entitled``
-    that is activated nowhere, so the refund takes back a key nobody uses rather than the
-    site or machine that runs on the newest one. Its links go with it (their unit too).
+    each active one in use (activated somewhere, or extended by a renewal still paid for)
+    with an active one at or below ``entitled`` in no use, so the refund takes back a key
+    nobody uses rather than the site or machine that runs on the newest one, or a renewal
+    the buyer paid for. Its links go with it (their unit too).
 
     A redelivery finds nothing to swap: the units above ``entitled`` are revoked by then.
     """
+    activated = select(Activation.id).where(Activation.license_id == License.id).exists()
+    renewed = (
+        select(LicenseRenewal.id)
+        .where(LicenseRenewal.license_id == License.id, LicenseRenewal.reverted_at.is_(None))
+        .exists()
+    )
     rows = session.execute(
-        select(License.id, License.unit, func.count(Activation.id))
-        .outerjoin(Activation, Activation.license_id == License.id)
-        .where(
+        select(License.id, License.unit, or_(activated, renewed)).where(
             License.line_item_id == line.id,
             License.product_id == line.product_id,
             License.status == "active",
         )
-        .group_by(License.id, License.unit)
     ).all()
     going = sorted(
         ((unit, license_id) for license_id, unit, used in rows if unit > entitled and used),

@@ -579,3 +579,30 @@ def test_keys_follow_the_stores_format(app: Flask) -> None:
     assert lic["key"].startswith("ACME-")
     assert [len(part) for part in lic["key"].split("-")[1:]] == [4] * 5
     assert normalize_key(lic["key"].lower()) == lic["key"]
+
+
+def test_a_lower_quantity_keeps_renewed_keys_and_gives_the_kept_key_new_files(
+    shop: WebhookSender,
+) -> None:
+    """Four keys: the first renewed (paid for again), the second idle, the third and fourth
+    activated. The quantity drops to 2 while a file is added: the renewed key stays (in use
+    like an activated one), the fourth takes the idle second's place, and the two kept keys
+    get the new file's link."""
+    from tests.functional.test_renewals_and_payments import renewal_line
+    from tests.licensing_helpers import call
+
+    manual = {"object_key": "products/501/manual.pdf", "filename": "manual.pdf"}
+    shop.configure(501, duration_days=30, files=[manual])
+    item = line_item(501, quantity=4, line_id=91)
+    shop.deliver(wc_order(9930, "processing", [item], modified=1))
+    first, second, third, fourth = (lic["key"] for lic in shop.order(9930)["licenses"])
+    shop.deliver(wc_order(9931, "processing", [renewal_line(501, first, 92)], modified=2))
+    for key, site in ((third, "third.com"), (fourth, "fourth.com")):
+        call(shop.client, "activate", {"key": key, "site": site})
+    plugin = {"object_key": "products/501/plugin.zip", "filename": "plugin.zip"}
+    shop.configure(501, duration_days=30, files=[manual, plugin])
+    shop.deliver(wc_order(9930, "processing", [{**item, "quantity": 2}], modified=3))
+    statuses = {lic["key"]: lic["status"] for lic in shop.order(9930)["licenses"]}
+    assert statuses == {first: "active", second: "revoked", third: "revoked", fourth: "active"}
+    live = [d["filename"] for d in shop.order(9930)["downloads"] if not d["revoked"]]
+    assert sorted(live) == ["manual.pdf", "manual.pdf", "plugin.zip", "plugin.zip"]
