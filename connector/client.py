@@ -343,9 +343,9 @@ def verify_license_file(
     if issued is not None and issued > moment.timestamp() + max_skew:
         raise LicenseFileError("the license file was issued after this machine's time")
     licensed = content.get("license")
-    if product is not None and (
-        not isinstance(licensed, dict) or licensed.get("product") != product
-    ):
+    licensed = licensed if isinstance(licensed, dict) else {}
+    # The product checkout was asked for (a variation's parent), or the license's own.
+    if product is not None and product not in (content.get("product"), licensed.get("product")):
         raise LicenseFileError("this license file is for another product")
     if fingerprint is not None and content.get("fingerprint") != fingerprint.strip():
         raise LicenseFileError("this license file is for another machine")

@@ -415,10 +415,11 @@ def checkout() -> ResponseReturnValue:
     key = required_str(data, "key")
     ttl = optional_int(data, "ttl", minimum=MIN_TTL, maximum=MAX_TTL) or DEFAULT_TTL
     encrypt = optional_bool(data, "encrypt")
+    product_id = _shop_id_field(data, "product")
     result = service.validate(
         db.session,
         key,
-        product_id=_shop_id_field(data, "product"),
+        product_id=product_id,
         site=optional_str(data, "site", max_length=2048),
         fingerprint=optional_str(data, "fingerprint"),
     )
@@ -429,6 +430,9 @@ def checkout() -> ResponseReturnValue:
     expiry = file_expiry(issued, ttl, result.license.expires_at)
     content = {
         "license": service.license_json(db.session, result.license, result.product),
+        # The product asked for (a variation's parent, say), checked by validate above: a
+        # product verifying the file offline names the same id it asked with.
+        "product": product_id,
         "key_sha256": key_digest(key),
         "site": identity.site or None,
         "fingerprint": identity.fingerprint or None,

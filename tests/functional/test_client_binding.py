@@ -302,3 +302,23 @@ def test_a_license_file_is_checked_for_its_product_machine_and_issue_time(
     a_year_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=365)
     with pytest.raises(LicenseFileError, match="issued after"):
         verify_license_file(file, keys, key=key, now=a_year_ago)
+
+
+def test_a_variation_keys_license_file_verifies_for_the_parent_it_was_asked_for(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    from connector.client import LicenseFileError, verify_license_file
+    from tests.factories import line_item, wc_order
+
+    shop.configure(500)
+    shop.configure(502)
+    shop.deliver(wc_order(6003, "processing", [line_item(500, variation_id=502)]))
+    key = shop.order(6003)["licenses"][0]["key"]
+    keys = _pinned(live)
+    client = KeygateClient(live.url, keys, product="500")
+    assert client.validate(key).valid
+    file = client.checkout(key).data["license_file"]
+    for product in ("500", "502"):
+        assert verify_license_file(file, keys, key=key, product=product)["license"]
+    with pytest.raises(LicenseFileError, match="another product"):
+        verify_license_file(file, keys, key=key, product="501")
