@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import email.message
 import email.utils
@@ -38,7 +39,9 @@ import json
 import os
 import re
 import secrets
+import socket
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -352,6 +355,69 @@ def verify_license_file(
     return dict(content)
 
 
+class _Deadline:
+    """Ends a call's connection ``seconds`` after it started: urllib's timeout applies to
+    each read, so a server trickling its status line, headers or body a byte at a time
+    would hold the product for as long as it likes. The socket is shut, which ends the read
+    waiting on it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.ends = time.monotonic() + seconds
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def arm(self, sock: socket.socket) -> None:
+        def cut() -> None:
+            self.expired = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        self._timer = threading.Timer(max(0.0, self.ends - time.monotonic()), cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _within(base: type[http.client.HTTPConnection], deadline: _Deadline) -> Any:
+    """``base`` whose socket, once connected, is ended at ``deadline``."""
+
+    class Connection(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            connect = self._create_connection  # type: ignore[has-type]
+
+            def connect_and_arm(*args: Any, **kwargs: Any) -> socket.socket:
+                sock: socket.socket = connect(*args, **kwargs)
+                deadline.arm(sock)
+                return sock
+
+            self._create_connection = connect_and_arm
+
+    return Connection
+
+
+class _HTTPWithin(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_within(http.client.HTTPConnection, self.deadline), req)
+
+
+class _HTTPSWithin(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = _within(http.client.HTTPSConnection, self.deadline)
+        return self.do_open(connection, req, context=self._context)  # type: ignore[attr-defined]
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect is answered as it is (urllib would follow it as a GET)."""
 
@@ -492,6 +558,11 @@ class KeygateClient:
             public_keys=self.public_keys,  # type: ignore[arg-type]
             max_skew=self.max_skew,
         )
+        if status < 400 and "request_digest" not in data:
+            # Signed, but by a Keygate older than this client (or a fleet half upgraded):
+            # its answers cannot be bound to the request, so none is trusted; the product
+            # keeps its grace period meanwhile.
+            raise Unavailable("Keygate is older than this client (no request_digest): upgrade it")
         _check_echo(data, payload["nonce"], body, required=status < 400)
         if status >= 400:
             retry = str(lowered.get("retry-after") or "")
@@ -516,8 +587,10 @@ class KeygateClient:
         Raises:
             Unavailable: no connection, no answer in time, a broken or cut-short one.
         """
-        deadline = time.monotonic() + self.timeout
-        opener = urllib.request.build_opener(_NoRedirects)
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(
+            _NoRedirects, _HTTPWithin(deadline), _HTTPSWithin(deadline)
+        )
         try:
             try:
                 response = opener.open(request, timeout=self.timeout)
@@ -525,17 +598,16 @@ class KeygateClient:
                 response = exc
             with response:
                 status, message = response.status or 0, response.headers
-                raw = b""
-                while len(raw) <= MAX_ANSWER_BYTES:
-                    if time.monotonic() > deadline:
-                        raise Unavailable("Keygate's answer did not arrive in time")
-                    chunk = response.read1(65536) if hasattr(response, "read1") else response.read()
-                    if not chunk:
-                        break
-                    raw += chunk
+                raw = response.read(MAX_ANSWER_BYTES + 1)
         # HTTPException: a broken status line or headers, a body cut short (IncompleteRead).
         except (OSError, http.client.HTTPException) as exc:
+            if deadline.expired:
+                raise Unavailable("Keygate's answer did not arrive in time") from None
             raise Unavailable(f"Keygate is not reachable: {exc}") from None
+        finally:
+            deadline.cancel()
+        if deadline.expired:  # cut while reading the body: what came is not the answer
+            raise Unavailable("Keygate's answer did not arrive in time")
         if len(raw) > MAX_ANSWER_BYTES:
             raise Unavailable("Keygate's answer is larger than any answer it gives")
         length = message.get("content-length", "")

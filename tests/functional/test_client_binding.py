@@ -179,9 +179,11 @@ def test_a_rate_limited_client_serves_its_fresh_answer(
     assert rejected.value.status == 429 and rejected.value.retry_after
 
 
-def _one_answer(answer: bytes, pause: float = 0.0) -> tuple[str, threading.Thread]:
-    """A server that answers one request with ``answer``, a byte every ``pause`` seconds
-    after its headers when ``pause`` is set."""
+def _one_answer(
+    answer: bytes, pause: float = 0.0, *, from_byte: int = 0
+) -> tuple[str, threading.Thread]:
+    """A server that answers one request with ``answer``: at once, or with ``pause`` set,
+    its bytes from ``from_byte`` on one every ``pause`` seconds."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -189,12 +191,11 @@ def _one_answer(answer: bytes, pause: float = 0.0) -> tuple[str, threading.Threa
     def reply() -> None:
         connection, _ = listener.accept()
         connection.recv(65536)
-        head, _, body = answer.partition(b"\r\n\r\n")
         try:
-            connection.sendall(head + b"\r\n\r\n")
-            for index in range(0, len(body), 1 if pause else len(body) or 1):
+            connection.sendall(answer[:from_byte] if pause else answer)
+            for index in range(from_byte, len(answer) if pause else 0):
                 time.sleep(pause)
-                connection.sendall(body[index : index + (1 if pause else len(body))])
+                connection.sendall(answer[index : index + 1])
         except OSError:
             pass  # the client gave up
         connection.close()
@@ -235,16 +236,19 @@ def test_pages_not_from_keygate_are_unavailable_and_the_saved_answer_serves(
         thread.join(timeout=10)
 
 
-def test_an_answer_trickled_past_the_timeout_is_unavailable() -> None:
-    body = b"x" * 40
-    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + body
-    url, thread = _one_answer(answer, pause=0.2)
+@pytest.mark.parametrize("trickled", ["status line", "body"])
+def test_an_answer_trickled_past_the_timeout_is_unavailable(trickled: str) -> None:
+    """``timeout`` is a deadline for the whole answer, not for each read: a server sending a
+    byte at a time (of its status line and headers, or of its body) is out of reach."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + b"x" * 40
+    start = 0 if trickled == "status line" else answer.index(b"\r\n\r\n") + 4
+    url, thread = _one_answer(answer, pause=0.2, from_byte=start)
     client = KeygateClient(url, {}, product="501", timeout=1)
     started = time.monotonic()
     with pytest.raises(Unavailable, match="in time"):
         client.validate("KG-SOMETHING")
-    assert time.monotonic() - started < 4  # the whole answer would take 8 s
-    thread.join(timeout=15)
+    assert time.monotonic() - started < 1.8  # the whole answer would take 8 s or more
+    thread.join(timeout=30)
 
 
 def test_errors_about_unread_or_unrouted_requests_are_rejections(
@@ -322,3 +326,27 @@ def test_a_variation_keys_license_file_verifies_for_the_parent_it_was_asked_for(
         assert verify_license_file(file, keys, key=key, product=product)["license"]
     with pytest.raises(LicenseFileError, match="another product"):
         verify_license_file(file, keys, key=key, product="501")
+
+
+def test_a_keygate_older_than_the_client_is_unavailable_not_forged(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that signs answers without request_digest (an older Keygate, a fleet half
+    upgraded): nothing it says is trusted, and the saved answer serves meanwhile."""
+    from connector.licensing import views
+
+    key = issue_key(shop)
+    cache = tmp_path / "cache.json"
+    client = KeygateClient(live.url, _pinned(live), product="501", cache_path=cache)
+    assert client.validate(key).offline is False
+    echo = views._echo
+
+    def older(body: dict[str, object]) -> dict[str, object]:
+        echoed = echo(body)
+        del echoed["request_digest"]
+        return echoed
+
+    monkeypatch.setattr(views, "_echo", older)
+    assert client.validate(key).offline is True
+    with pytest.raises(Unavailable, match="older than this client"):
+        client.activate(key, site="a.com")
