@@ -45,9 +45,13 @@ class LicenseView:
         if reason == "abuse":
             return "paused: its activations changed unusually often; the shop can reinstate it"
         if reason == LINE_CHANGED:
-            return "the order was changed to another product"
+            return "the order that bought it was changed to another product"
+        if reason == "order:failed":
+            return "the payment of the order that bought it failed"
+        if reason == "order:deleted":
+            return "the order that bought it was deleted in the shop"
         if reason.startswith(AUTOMATIC_REASONS):
-            return "the order was refunded or cancelled"
+            return "the order that bought it was refunded or cancelled"
         if self.status == "suspended":
             return "paused by the shop; contact them to reinstate it"
         return "withdrawn by the shop; contact them with questions"

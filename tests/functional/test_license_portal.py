@@ -101,4 +101,6 @@ def test_the_portal_says_why_a_license_stopped_working(shop: WebhookSender) -> N
     shop.deliver(wc_order(9712, "processing", [line_item(501)]))
     shop.deliver(wc_order(9712, "refunded", [line_item(501)], modified=5))
     refunded = shop.order(9712)["portal_url"].removeprefix("http://keygate.test")
-    assert "the order was refunded or cancelled" in shop.client.get(refunded).get_data(as_text=True)
+    assert "the order that bought it was refunded or cancelled" in shop.client.get(
+        refunded
+    ).get_data(as_text=True)

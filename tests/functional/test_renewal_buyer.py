@@ -163,3 +163,17 @@ def test_paying_a_renewal_of_someone_elses_key_shows_none_of_its_seats(
     )
     assert refused.status_code == 404
     assert "victim-intranet.com" in shop.client.get(portal_path(shop, 9808)).get_data(as_text=True)
+
+
+def test_a_renewal_of_a_paused_license_says_so_in_its_mail(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9810, "completed", [line_item(501)]))
+    key = shop.order(9810)["licenses"][0]["key"]
+    shop.admin("POST", f"/licenses/{key}/suspend")
+    shop.deliver(wc_order(9811, "processing", [renewal_line(501, key, 386)], modified=5))
+    [renewal_mail] = [m for m in mails(app) if m.subject.endswith(" 9811")]
+    assert renewal_mail.subject == "Your license renewal for order 9811"
+    assert "Product 501: renewed, but the license is suspended (paused by the shop" in (
+        renewal_mail.body_text
+    )
+    assert key not in renewal_mail.body_text
