@@ -278,6 +278,7 @@ def verify_license_file(
     *,
     key: str | None = None,
     product: str | None = None,
+    store: str | None = None,
     fingerprint: str | None = None,
     now: dt.datetime | None = None,
     max_skew: float = DEFAULT_SKEW,
@@ -285,10 +286,11 @@ def verify_license_file(
     """Check an offline license file; return its content (license, site, expiry...).
 
     Pass ``key`` to decrypt an encrypted file and to check that a plain one names this key,
-    ``product`` (the shop product id, as given to the client) and ``fingerprint`` (as sent
-    to checkout) to check the file is for this product and machine. A file for a site names
-    it in ``content["site"]`` as Keygate normalizes sites (lower case, no scheme, ``www.``,
-    port or path, IDNA as ``xn--``): compare it to yours normalized the same way.
+    ``product`` and ``store`` (as given to the client) and ``fingerprint`` (as sent to
+    checkout) to check the file is for this store's product and this machine. A file for
+    a site names it in ``content["site"]`` as Keygate normalizes sites (lower case, no
+    scheme, ``www.``, port or path, IDNA as ``xn--``): compare it to yours normalized the
+    same way.
 
     Raises:
         LicenseFileError: malformed, forged, encrypted for another key, for another product
@@ -350,6 +352,8 @@ def verify_license_file(
     # The product checkout was asked for (a variation's parent), or the license's own.
     if product is not None and product not in (content.get("product"), licensed.get("product")):
         raise LicenseFileError("this license file is for another product")
+    if store is not None and content.get("store") != store:
+        raise LicenseFileError("this license file is for another store's product")
     if fingerprint is not None and content.get("fingerprint") != fingerprint.strip():
         raise LicenseFileError("this license file is for another machine")
     return dict(content)
@@ -434,14 +438,19 @@ class KeygateClient:
         public_keys: Mapping[str, str | bytes],
         *,
         product: str | None = None,
+        store: str | None = None,
         cache_path: str | os.PathLike[str] | None = None,
         grace_period: float = 7 * 24 * 3600,
         max_skew: float = 300.0,
         timeout: float = 10.0,
     ) -> None:
+        """``product``: the shop product id the product is sold as; ``store``: the store id
+        it is sold in (sent with every call; needed on a Keygate several stores share,
+        whose shops may number products alike)."""
         self.base_url = base_url.rstrip("/")
         self.public_keys = _pinned(public_keys)
         self.product = product
+        self.store = store
         self.cache_path = Path(cache_path).expanduser() if cache_path else None
         self.grace_period = grace_period
         self.max_skew = max_skew
@@ -460,9 +469,9 @@ class KeygateClient:
     ) -> Result:
         """Validate; while Keygate is unreachable (or asks this client to wait: 429), the
         last good answer to the same question within the grace period."""
-        question = self._question(key, site=site, fingerprint=fingerprint, version=version)
-        question["product"] = self.product
-        question = {k: v for k, v in question.items() if v is not None}
+        question = self._question(
+            key, site=site, fingerprint=fingerprint, version=version, product=self.product
+        )
         # One slot per key, site, fingerprint and product: the answer kept there serves
         # only the question it answered (its request_digest names it, version included).
         cache_key = self._cache_key(key, site, fingerprint)
@@ -503,8 +512,9 @@ class KeygateClient:
         self, key: str, version: str, *, site: str | None = None, fingerprint: str | None = None
     ) -> Result:
         """``result.data["update"]`` has version, sha256, size, changelog and download_url."""
-        payload = self._payload(key, site=site, fingerprint=fingerprint, version=version)
-        payload["product"] = self.product
+        payload = self._payload(
+            key, site=site, fingerprint=fingerprint, version=version, product=self.product
+        )
         return self._call("/api/v1/licenses/update-check", payload)[0]
 
     def checkout(
@@ -517,21 +527,20 @@ class KeygateClient:
         encrypt: bool = True,
     ) -> Result:
         """``result.data["license_file"]``: check it later with :func:`verify_license_file`."""
-        payload = self._payload(key, site=site, fingerprint=fingerprint, ttl=ttl)
-        payload["encrypt"] = encrypt
-        payload["product"] = self.product
+        payload = self._payload(
+            key, site=site, fingerprint=fingerprint, ttl=ttl, encrypt=encrypt, product=self.product
+        )
         return self._call("/api/v1/licenses/checkout", payload)[0]
 
     # --- transport -------------------------------------------------------------------------
 
-    @staticmethod
-    def _question(key: str, **fields: Any) -> dict[str, Any]:
-        """What a call asks: the key and the fields given (None: left out)."""
-        return {"key": key, **{k: v for k, v in fields.items() if v is not None}}
+    def _question(self, key: str, **fields: Any) -> dict[str, Any]:
+        """What a call asks: the key, the fields given (None: left out) and the store."""
+        fields = {"key": key, **fields, "store": self.store}
+        return {k: v for k, v in fields.items() if v is not None}
 
-    @classmethod
-    def _payload(cls, key: str, **fields: Any) -> dict[str, Any]:
-        return {**cls._question(key, **fields), "nonce": secrets.token_urlsafe(16)}
+    def _payload(self, key: str, **fields: Any) -> dict[str, Any]:
+        return {**self._question(key, **fields), "nonce": secrets.token_urlsafe(16)}
 
     def _call(self, path: str, payload: dict[str, Any]) -> tuple[Result, dict[str, Any]]:
         url = self.base_url + path

@@ -48,6 +48,7 @@ from connector.models import (
     LineItem,
     Product,
     Release,
+    Store,
 )
 from connector.orders.service import hash_license_key
 
@@ -184,8 +185,18 @@ def _license_state(
     *,
     product_id: str | None = None,
     version: str | None = None,
+    store: str | None = None,
 ) -> Answer | None:
-    """The answer when the license itself is not good, else None."""
+    """The answer when the license itself is not good, else None.
+
+    ``store``: the store id (``Store.public_id``) the caller's product is sold in. Shop
+    product ids are only unique within a shop: on an instance several stores share, a key
+    of another shop's product 501 is not a key of this one's.
+    """
+    if store is not None and store != store_public_id(session, lic):
+        return Answer(
+            False, "PRODUCT_MISMATCH", "This key is for another store's product.", lic, product
+        )
     if (
         product_id is not None
         and product_id != product.shop_product_id
@@ -204,6 +215,13 @@ def _license_state(
             False, "EXPIRED", f"This license expired on {lic.expires_at:%Y-%m-%d}.", lic, product
         )
     return None
+
+
+def store_public_id(session: Session, lic: License) -> str:
+    """The store id of the license's store (its public id)."""
+    store = session.get(Store, lic.store_id)
+    assert store is not None  # noqa: S101 - a license always has a store
+    return store.public_id
 
 
 def _find_activation(session: Session, lic: License, identity: Identity) -> Activation | None:
@@ -323,7 +341,10 @@ _VALIDATE_FAST = _by_key_with_identity(
         Activation.id,
         Activation.last_seen_at,
         _seats_taken(),
-    ).select_from(License)
+        Store.public_id,
+    )
+    .select_from(License)
+    .join(Store, License.store_id == Store.id)
 )
 
 
@@ -334,6 +355,7 @@ def validate_fast(
     product_id: str | None = None,
     site: str | None = None,
     fingerprint: str | None = None,
+    store: str | None = None,
 ) -> Answer | None:
     """The common answers of :func:`validate` (VALID, NOT_FOUND: nothing to write) for a
     well-formed key (its :func:`lookup_hash`), from one Core statement outside any
@@ -352,9 +374,11 @@ def validate_fast(
     )
     if row is None:
         return _not_found(malformed=False)
-    status, expires_at, updates_until, limit, shop_product_id, activation_id, seen, seats = row
+    status, expires_at, updates_until, limit, shop_product_id, activation_id, seen, seats = row[:8]
     now = utcnow()
-    if product_id is not None and product_id != shop_product_id:
+    if (product_id is not None and product_id != shop_product_id) or (
+        store is not None and store != row[8]
+    ):
         return None
     if status in ("revoked", "suspended") or (expires_at is not None and expires_at <= now):
         return None
@@ -378,8 +402,9 @@ def validate(
     site: str | None = None,
     fingerprint: str | None = None,
     version: str | None = None,
+    store: str | None = None,
 ) -> Answer:
-    """Is this key good (for this product, on this site/machine, for this version)?
+    """Is this key good (for this store's product, on this site/machine, for this version)?
 
     Without a site or fingerprint only the license itself is checked. The common answer
     (VALID) costs one query.
@@ -388,7 +413,9 @@ def validate(
     lic, product, activation, seats, malformed = _lookup_for_validate(session, raw_key, identity)
     if lic is None or product is None:
         return _not_found(malformed)
-    state = _license_state(session, lic, product, product_id=product_id, version=version)
+    state = _license_state(
+        session, lic, product, product_id=product_id, version=version, store=store
+    )
     if state is not None:
         state.seats = seats
         return state
@@ -420,6 +447,7 @@ def activate(
     site: str | None = None,
     fingerprint: str | None = None,
     label: str | None = None,
+    store: str | None = None,
 ) -> Answer:
     """Bind the license to (site, fingerprint), taking a seat unless it is a free staging site.
 
@@ -431,7 +459,7 @@ def activate(
     lic, product, malformed = find_license(session, raw_key)
     if lic is None or product is None:
         return _not_found(malformed)
-    state = _license_state(session, lic, product)
+    state = _license_state(session, lic, product, store=store)
     if state is not None:
         return state
     # The seat lock: every activation of this license queues here, on any host.
@@ -582,6 +610,7 @@ def check_update(
     version: str,
     site: str | None = None,
     fingerprint: str | None = None,
+    store: str | None = None,
 ) -> Answer:
     """The newest release after ``version`` that the license's update window covers.
 
@@ -595,7 +624,9 @@ def check_update(
     lic, product, malformed = find_license(session, raw_key)
     if lic is None or product is None:
         return _not_found(malformed)
-    state = _license_state(session, lic, product, product_id=product_id, version=version)
+    state = _license_state(
+        session, lic, product, product_id=product_id, version=version, store=store
+    )
     if state is not None:
         return state
     if identity.given:

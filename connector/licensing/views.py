@@ -142,6 +142,11 @@ def _shop_id_field(data: dict[str, Any], name: str, *, required: bool = False) -
     return optional_str(data, name, max_length=64)
 
 
+def _store_field(data: dict[str, Any]) -> str | None:
+    """The store id the caller's product is sold in (optional; see service._license_state)."""
+    return optional_str(data, "store", max_length=64)
+
+
 # --- rate limits ---------------------------------------------------------------------------
 
 
@@ -320,12 +325,18 @@ def validate() -> ResponseReturnValue:
     site = optional_str(data, "site", max_length=2048)
     fingerprint = optional_str(data, "fingerprint")
     version = optional_str(data, "version", max_length=64)
+    store = _store_field(data)
     # Almost always one read outside any transaction; the rest (an activation's hourly
     # last-seen stamp, every answer but VALID and NOT_FOUND) in a read-mostly unit.
     key_hash = _key_hash()
     result = (
         service.validate_fast(
-            db.engine, key_hash, product_id=product_id, site=site, fingerprint=fingerprint
+            db.engine,
+            key_hash,
+            product_id=product_id,
+            site=site,
+            fingerprint=fingerprint,
+            store=store,
         )
         if key_hash is not None
         else None
@@ -341,6 +352,7 @@ def validate() -> ResponseReturnValue:
                 site=site,
                 fingerprint=fingerprint,
                 version=version,
+                store=store,
             ),
         )
     return _answer(result)
@@ -357,6 +369,7 @@ def activate() -> ResponseReturnValue:
         site=optional_str(data, "site", max_length=2048),
         fingerprint=optional_str(data, "fingerprint"),
         label=optional_str(data, "label", max_length=200),
+        store=_store_field(data),
     )
     return _answer(result)
 
@@ -387,6 +400,7 @@ def update_check() -> ResponseReturnValue:
         version=required_str(data, "version", max_length=64),
         site=optional_str(data, "site", max_length=2048),
         fingerprint=optional_str(data, "fingerprint"),
+        store=_store_field(data),
     )
     release: Release | None = result.extra.get("release")
     if release is None:  # every answer carries update, failed ones too
@@ -422,6 +436,7 @@ def checkout() -> ResponseReturnValue:
         product_id=product_id,
         site=optional_str(data, "site", max_length=2048),
         fingerprint=optional_str(data, "fingerprint"),
+        store=_store_field(data),
     )
     if not result.valid or result.license is None or result.product is None:
         return _answer(result, license_file=None)
@@ -433,6 +448,7 @@ def checkout() -> ResponseReturnValue:
         # The product asked for (a variation's parent, say), checked by validate above: a
         # product verifying the file offline names the same id it asked with.
         "product": product_id,
+        "store": service.store_public_id(db.session, result.license),
         "key_sha256": key_digest(key),
         "site": identity.site or None,
         "fingerprint": identity.fingerprint or None,

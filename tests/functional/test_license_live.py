@@ -403,3 +403,36 @@ def test_fifty_parallel_activations_of_three_seats_from_two_processes(
     assert codes.count("TOO_MANY_ACTIVATIONS") == 47
     with app.app_context():
         assert db.session.execute(select(func.count()).select_from(Activation)).scalar_one() == 3
+
+
+def test_a_key_of_another_store_sharing_the_instance_is_refused_when_the_store_is_named(
+    app: Flask, shop: WebhookSender, live: LiveServer
+) -> None:
+    """Two shops on one Keygate both sell a product 501: store B's key is not a key for
+    store A's product once the product names its store, in every call and offline file."""
+    from connector.client import LicenseFileError, verify_license_file
+    from tests.functional.test_admin_licenses_pages import other_shop
+
+    store_a = shop.store.store.public_id
+    other = other_shop(app)
+    store_b = other.store.store.public_id
+    key_b = issue_key(other)
+    keys = _pinned(live)
+    as_a = KeygateClient(live.url, keys, product="501", store=store_a)
+    as_b = KeygateClient(live.url, keys, product="501", store=store_b)
+    unnamed = KeygateClient(live.url, keys, product="501")
+    refused = as_a.validate(key_b)
+    assert (refused.valid, refused.code) == (False, "PRODUCT_MISMATCH")
+    assert "another store" in refused.detail
+    assert as_a.activate(key_b, site="a.com").code == "PRODUCT_MISMATCH"
+    assert as_a.check_update(key_b, "1.0").code == "PRODUCT_MISMATCH"
+    assert as_a.checkout(key_b).data["license_file"] is None
+    assert unnamed.validate(key_b).valid  # what a product that names no store gets
+    for _ in range(2):  # the second VALID comes from the one-statement fast path
+        assert as_b.validate(key_b).valid
+    assert as_b.activate(key_b, site="b.com").valid
+    assert as_b.validate(key_b, site="b.com").valid
+    file = as_b.checkout(key_b, site="b.com").data["license_file"]
+    assert verify_license_file(file, keys, key=key_b, store=store_b)["store"] == store_b
+    with pytest.raises(LicenseFileError, match="another store"):
+        verify_license_file(file, keys, key=key_b, store=store_a)
