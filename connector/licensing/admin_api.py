@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from connector.admin.auth import current_store, require_store_token
 from connector.catalog import find_product
 from connector.db import db
+from connector.downloads.storage import storage_warnings
 from connector.errors import NotFound, ValidationFailed
 from connector.licensing.admin import (
     DAYS_MAX,
@@ -103,10 +104,12 @@ def _product(shop_product_id: str) -> Product:
 @require_store_token
 def post_release(shop_product_id: str) -> ResponseReturnValue:
     spec = parse_release_spec(json_body())
-    release = create_release(
-        db.session, current_store(), _product(shop_product_id), spec, actor="api"
-    )
-    return jsonify({"release": release_json(release)}), 201
+    store = current_store()
+    release = create_release(db.session, store, _product(shop_product_id), spec, actor="api")
+    # Published all the same (the file may be uploaded next), but the owner hears of a file
+    # update-check would offer and nobody could download.
+    warnings = storage_warnings(store, {release.id: [release.object_key]})[release.id]
+    return jsonify({"release": release_json(release), "warnings": warnings}), 201
 
 
 @bp.get("/products/<shop_product_id>/releases")

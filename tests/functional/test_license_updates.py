@@ -311,3 +311,19 @@ def test_perpetual_fallback_of_a_variation_key_knows_its_parents_releases(
     assert (old["valid"], old["code"]) == (True, "VALID")
     new = call(shop.client, "validate", {**asked, "version": "2.0.0"}).get_json()
     assert new["code"] == "EXPIRED"
+
+
+def test_publishing_a_release_whose_file_is_not_in_storage_warns_the_owner(
+    app: Flask, shop: WebhookSender
+) -> None:
+    issue_key(shop)
+    release = {"object_key": "releases/later.zip", "sha256": "a" * 64, "size": 3}
+    answer = shop.admin("POST", "/products/501/releases", {**release, "version": "1.0.0"})
+    assert answer.status_code == 201
+    assert answer.get_json()["warnings"] == ["releases/later.zip: not found in storage yet"]
+    with app.app_context():
+        target = get_settings().storage_dir / "releases" / "later.zip"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"zip")
+    answer = shop.admin("POST", "/products/501/releases", {**release, "version": "1.0.1"})
+    assert (answer.status_code, answer.get_json()["warnings"]) == (201, [])
