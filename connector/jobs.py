@@ -101,7 +101,11 @@ def enqueue(
         session.add(Job(**values))
     else:
         values["dedupe_key"] = dedupe_key
-        insert_ignoring_conflicts(session, Job.__table__, values, ["dedupe_key"])
+        if insert_ignoring_conflicts(session, Job.__table__, values, ["dedupe_key"]) is None:
+            # Already queued: nothing new for the worker. Waking it would make every pass of
+            # its loop (whose periodic jobs are such no-ops) wake the next at once: a busy
+            # loop holding a core and writing to the database without pause.
+            return
     session.info["keygate_jobs_added"] = True
 
 

@@ -196,3 +196,28 @@ def test_the_server_thread_mails_without_being_asked(app: Flask, shop: WebhookSe
         assert sent is not None
     finally:
         jobs.stop_worker_thread(app)
+
+
+def test_an_idle_worker_sleeps_between_polls(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to do: the worker looks once per poll interval. Re-queuing the periodic jobs
+    that are already queued wakes nobody (it once woke the loop at once, for ever: a core
+    and a database busy on an idle Keygate)."""
+    app.extensions["keygate.settings"] = app.extensions["keygate.settings"].__class__(
+        **{**app.extensions["keygate.settings"].__dict__, "worker_poll_seconds": 0.5}
+    )
+    jobs.schedule_periodic(app)
+    jobs._wakeup.clear()
+    jobs.schedule_periodic(app)  # the same slots: nothing new
+    assert not jobs._wakeup.is_set()
+
+    passes = []
+    scheduled = jobs.schedule_periodic
+    monkeypatch.setattr(
+        jobs, "schedule_periodic", lambda app: (passes.append(1), scheduled(app))[1]
+    )
+    jobs.start_worker_thread(app)
+    try:
+        time.sleep(1.6)
+    finally:
+        jobs.stop_worker_thread(app)
+    assert 1 <= len(passes) <= 5
