@@ -7,6 +7,7 @@ retries with backoff: a customer's mail is never lost because Brevo was briefly 
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -57,9 +58,24 @@ class BrevoConfig:
         )
 
 
-def _client(config: BrevoConfig, host: str) -> sib_api_v3_sdk.ApiClient:
+def _quiet_configuration() -> sib_api_v3_sdk.Configuration:
+    """The SDK's settings without the log handler it adds: each ``Configuration()`` adds a
+    stream handler to the ``urllib3`` and ``sib_api_v3_sdk`` loggers, so one per call
+    printed every warning once more each time, and the handlers piled up for ever. Made
+    once; each call copies it (Keygate's logging configuration decides what is shown)."""
     configuration = sib_api_v3_sdk.Configuration()
-    configuration.api_key["api-key"] = config.api_key
+    for logger in configuration.logger.values():
+        logger.removeHandler(configuration.logger_stream_handler)
+    configuration.logger_stream_handler = None
+    return configuration
+
+
+_CONFIGURATION = _quiet_configuration()
+
+
+def _client(config: BrevoConfig, host: str) -> sib_api_v3_sdk.ApiClient:
+    configuration = copy.copy(_CONFIGURATION)
+    configuration.api_key = {"api-key": config.api_key}  # its own: never another store's
     configuration.host = host
     return sib_api_v3_sdk.ApiClient(configuration)
 

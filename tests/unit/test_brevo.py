@@ -72,3 +72,16 @@ def test_contacts_are_created_then_updated_in_the_list(brevo: FakeBrevo) -> None
     assert contact["attributes"] == {"FIRSTNAME": "Zoë", "LASTNAME": "Ørsted-Yamada"}
     assert contact["listIds"] == [7]
     assert contact["updateEnabled"] is True
+
+
+def test_calls_leave_the_loggers_as_they_were(brevo: FakeBrevo) -> None:
+    """The SDK's Configuration() adds a stream handler to two loggers each time: made once
+    and copied, each retry no longer prints every warning once more."""
+    import logging
+
+    handlers = {
+        name: list(logging.getLogger(name).handlers) for name in ("urllib3", "sib_api_v3_sdk")
+    }
+    for _ in range(3):
+        BrevoMailer(CONFIG, brevo.host).send(MAIL)
+    assert {name: logging.getLogger(name).handlers for name in handlers} == handlers
