@@ -191,8 +191,10 @@ def admin_add(username: str, store_public_id: str | None) -> None:
                 raise click.ClickException(f"no store with store_id {store_public_id}")
             store_id = store_row.id
         username = username.strip()
-        if not username or len(username) > 100:
-            raise click.ClickException("the username must be 1 to 100 characters")
+        if not username or len(username) > 100 or not username.isprintable():
+            raise click.ClickException(
+                "the username must be 1 to 100 printable characters (no tabs or line breaks)"
+            )
         taken = session.execute(select(AdminUser.id).where(AdminUser.username == username))
         if taken.first() is not None:
             raise click.ClickException(f"admin user '{username}' exists")
@@ -206,7 +208,8 @@ def admin_add(username: str, store_public_id: str | None) -> None:
 @click.option("--username", required=True)
 def admin_password(username: str) -> None:
     """Give an admin a new password (KEYGATE_ADMIN_PASSWORD, or a new one printed once);
-    the admin's sessions end. For a forgotten password: signed in, use /admin/password."""
+    the admin's sessions end: this is the way in after a forgotten password. Knowing the
+    current one, an admin can also change it signed in, at /admin/password."""
     from connector.audit import record_audit
     from connector.db import db
     from connector.models import AdminUser
@@ -316,8 +319,8 @@ STOP_SECONDS = 40.0  # longer than a Brevo call may take (its timeout), so a mai
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--threads", default=8, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 1000))
 def run(host: str, port: int, threads: int) -> None:
     """Serve Keygate with waitress (jobs run in a thread of this process by default)."""
     import waitress

@@ -57,6 +57,12 @@ def normalize_store_url(url: str) -> str:
         raise ValidationFailed(problem) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValidationFailed(problem)
+    if parts.username is not None or parts.password is not None:
+        # Kept and shown in clear on the admin pages, and sent along in every link.
+        raise ValidationFailed("the store URL must not carry a user name or password")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        # The wc-auth and REST paths are appended to it: a query would swallow them.
+        raise ValidationFailed("the store URL must be the shop's address without ? or #")
     return url.rstrip("/")
 
 

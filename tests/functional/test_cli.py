@@ -184,3 +184,16 @@ def test_a_lost_api_token_is_replaced_from_the_server(tmp_path: Path) -> None:
     ).get_json()["events"]
     assert [e["actor"] for e in events] == ["cli"]
     app.extensions["keygate.db"].engine.dispose()
+
+
+def test_impossible_server_settings_and_names_are_refused(tmp_path: Path) -> None:
+    """A port past 65535 (the socket wrapped it round and mails named the wrong one), no
+    threads (a server that never answers), a user name with a line break: refused."""
+    assert keygate(tmp_path, "init").returncode == 0
+    for args in (("--port", "83073"), ("--port", "0"), ("--threads", "0")):
+        refused = keygate(tmp_path, "run", *args)
+        assert refused.returncode == 2, args
+        assert "is not in the range" in refused.stderr, refused.stderr
+    named = keygate(tmp_path, "admin", "add", "--username", "bad\nname")
+    assert named.returncode == 1
+    assert "printable" in named.stderr
