@@ -147,12 +147,10 @@ def resend_order_mail(shop_order_id: str) -> ResponseReturnValue:
     order = find_order(db.session, current_store(), _shop_id(shop_order_id))
     if order is None:
         raise NotFound("Keygate has not received this order.")
-    if not mail_order_again(db.session, order, actor="api", action="mail.resent"):
-        raise Conflict(NO_ADDRESS)
+    refused = mail_order_again(db.session, order, actor="api", action="mail.resent")
+    if refused is not None:
+        raise Conflict(refused)
     return jsonify({"queued": True}), 202
-
-
-NO_ADDRESS = "This order has no address to mail: none was given, or the customer was erased."
 
 
 def _limit() -> int:

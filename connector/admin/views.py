@@ -240,18 +240,26 @@ def order_detail(order_id: int) -> ResponseReturnValue:
     order = db.session.get(Order, order_id)
     if order is None or not _visible(order.store_id):
         abort(404)
+    return _order_page(order)
+
+
+def _order_page(
+    order: Order, *, resend_refused: str | None = None, status: int = 200
+) -> ResponseReturnValue:
     mails = (
         db.session.execute(select(Mail).where(Mail.order_id == order.id).order_by(Mail.id))
         .scalars()
         .all()
     )
-    return render_template(
+    page = render_template(
         "admin/order.html",
         order=order,
         mails=mails,
         form=ConfirmForm(),
+        resend_refused=resend_refused,
         **order_entitlements(db.session, order),
     )
+    return page, status
 
 
 @bp.get("/outbox")
@@ -329,8 +337,10 @@ def resend_order_mail(order_id: int) -> ResponseReturnValue:
     order = db.session.get(Order, order_id)
     if order is None or not _visible(order.store_id):
         abort(404)
-    queued = mail_order_again(db.session, order, actor=_admin_name(), action="mail.resent")
-    return redirect(url_for("admin_views.order_detail", order_id=order.id, resent=int(queued)))
+    refused = mail_order_again(db.session, order, actor=_admin_name(), action="mail.resent")
+    if refused is not None:
+        return _order_page(order, resend_refused=refused, status=409)
+    return redirect(url_for("admin_views.order_detail", order_id=order.id, resent=1))
 
 
 LICENSE_ACTIONS = ("revoke", "suspend", "reinstate")

@@ -82,14 +82,26 @@ def compose_order_mail(order: Order, store: Store) -> tuple[str, str, str]:
 ORDER_MAIL_JOB = "mail.order_issued"
 
 
-def mail_order_again(session: Session, order: Order, *, actor: str, action: str) -> bool:
+NO_ADDRESS = "This order has no address to mail: none was given, or the customer was erased."
+NOTHING_USABLE = (
+    "Nothing of this order can be used any more (refunded, cancelled, revoked or expired):"
+    " a mail would hold no key and no link."
+)
+
+
+def mail_order_again(
+    session: Session, order: Order, *, actor: str, action: str, portal_link_only: bool = False
+) -> str | None:
     """Queue the order's mail (its current keys and links, a fresh portal link) again.
 
-    False, and nothing queued, when the order has no address to mail: none was given, or the
-    customer was erased.
+    Returns None when queued, else why nothing was (:data:`NO_ADDRESS`, or
+    :data:`NOTHING_USABLE` unless ``portal_link_only``: the buyer asked for a fresh link to
+    their page, which says what happened).
     """
     if order.mail_address is None:
-        return False
+        return NO_ADDRESS
+    if not portal_link_only and not order_entitlements(session, order)["usable"]:
+        return NOTHING_USABLE
     enqueue(session, ORDER_MAIL_JOB, {"order_id": order.id, "resend": True})
     record_audit(
         session,
@@ -98,7 +110,7 @@ def mail_order_again(session: Session, order: Order, *, actor: str, action: str)
         action=action,
         subject=f"order:{order.shop_order_id}",
     )
-    return True
+    return None
 
 
 @handles(ORDER_MAIL_JOB)

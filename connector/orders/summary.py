@@ -151,9 +151,14 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
         )
         for grant, product_file, product_name in grant_rows
     ]
+    # Anything the buyer can still use: a mail or page about the order has something to say.
+    usable = any(lic.status == "active" for lic in licenses + renewed) or any(
+        d.ended is None for d in downloads
+    )
     return {
         "licenses": licenses,
         "renewed": renewed,
         "downloads": downloads,
+        "usable": usable,
         "portal_url": portal_url(order.id),
     }

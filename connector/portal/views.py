@@ -68,9 +68,9 @@ def resend(token: str) -> ResponseReturnValue:
     order = order_for(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    if not mail_order_again(db.session, order, actor="buyer", action="mail.resend_requested"):
-        # No address to mail (none given, or erased at the buyer's request): nothing is
-        # queued, and the page says why instead of claiming a mail is on its way.
+    if mail_order_again(db.session, order, actor="buyer", action="mail.resend_requested"):
+        # No address to mail (none given, or erased at the buyer's request), or nothing to
+        # put in it: nothing is queued, and the page says why instead of a mail on its way.
         return redirect(url_for("portal.portal", token=token))
     return redirect(url_for("portal.portal", token=token, sent=1))
 
@@ -84,6 +84,8 @@ def renew(token: str) -> ResponseReturnValue:
         abort(404)
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    mail_order_again(db.session, order, actor="buyer", action="mail.portal_link_renewed")
+    mail_order_again(
+        db.session, order, actor="buyer", action="mail.portal_link_renewed", portal_link_only=True
+    )
     page = render_template("portal/expired.html", token=token, form=ConfirmForm(), sent=True)
     return page, 200, PRIVATE

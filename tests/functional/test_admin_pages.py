@@ -9,7 +9,7 @@ import pytest
 from flask import Flask, session
 from flask.testing import FlaskClient
 from itsdangerous import TimestampSigner
-from sqlalchemy import select
+from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
 from connector.audit import record_audit
@@ -261,6 +261,32 @@ def test_admin_mails_the_buyer_again_from_the_order_page(
             )
         ]
     assert actors == ["admin:owner"]
+
+
+def test_a_resend_of_an_order_with_nothing_left_is_refused_with_why(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """Cancelled, the order's keys and links are gone: a resend would mail an empty "thank
+    you". The page and the API say why nothing was sent instead."""
+    shop.configure(501)
+    item = line_item(501, line_id=93)
+    shop.deliver(wc_order(9312, "processing", [item], modified=1))
+    shop.deliver(wc_order(9312, "cancelled", [item], modified=2))
+    run_pending(app)
+    assert sign_in(admin_client) == 302
+    with app.app_context():
+        order_id = db.session.execute(select(Order.id)).scalar_one()
+    page = f"/admin/orders/{order_id}"
+    refused = admin_client.post(
+        f"{page}/resend", data={"csrf_token": csrf_token(admin_client, page)}
+    )
+    assert refused.status_code == 409
+    assert "Nothing of this order can be used any more" in refused.get_data(as_text=True)
+    api = shop.admin("POST", "/orders/9312/resend")
+    assert api.status_code == 409 and "no key and no link" in api.get_json()["detail"]
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 1
 
 
 def test_credentials_page_keeps_secrets_write_only(
