@@ -35,11 +35,12 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from connector.audit import record_audit
 from connector.db import db
-from connector.downloads.storage import own_area
+from connector.downloads.storage import describe_storage, own_area
 from connector.errors import KeygateError, ServiceUnavailable, ValidationFailed
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
 from connector.licensing.keys import KeyFormat
+from connector.mail.service import mail_route
 from connector.models import (
     AdminUser,
     AuditEvent,
@@ -465,6 +466,8 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
         store=store,
         connection=shop_connection.connection_report(db.session, store),
         storage_area=own_area(store.id),
+        storage=describe_storage(store),
+        mail_route=mail_route(store),
         error=error,
         form=ConfirmForm(),
     )

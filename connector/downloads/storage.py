@@ -313,6 +313,17 @@ def store_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> O
     return SharedArea(backend, store if isinstance(store, int) else store.id)
 
 
+def describe_storage(store: Store) -> str:
+    """Which storage holds the store's files, for its owner (never a credential)."""
+    own = _own_credentials(store, _LOOK_UP)
+    if own is not None:
+        return f"its own R2 bucket {own.get('bucket')}"
+    shared = instance_r2_config()
+    if shared is not None:
+        return f"the instance's R2 bucket {shared.bucket} (KEYGATE_R2_*)"
+    return "the embedded folder on this server"
+
+
 def check_in_reach(store: Store, keys: list[str]) -> None:
     """Refuse (422) object keys in another store's area of the storage ``store`` uses."""
     if _own_credentials(store, _LOOK_UP) is not None:

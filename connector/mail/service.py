@@ -41,6 +41,18 @@ def mailer_for(store: Store) -> Mailer:
     return ConsoleMailer(echo=settings.mail_echo)
 
 
+def mail_route(store: Store) -> str:
+    """Where the store's buyer mail goes, for its owner: ``brevo``; ``console`` (printed on
+    the server's output: buyers receive nothing); ``waiting`` (held in the outbox until
+    the store has Brevo credentials)."""
+    from connector import get_settings
+
+    backend = get_settings().mail_backend
+    if backend != "console" and brevo_config_for(store) is not None:
+        return "brevo"
+    return "waiting" if backend == "brevo" else "console"
+
+
 def send_stored_mail(
     mail_row: Mail, mailer: Mailer, to_name: str | None, idempotency_key: str | None = None
 ) -> None:

@@ -209,6 +209,9 @@ def test_the_store_page_shows_where_things_are_and_how_to_connect(
         "disconnected",
         "KEYGATE_BASE_URL",  # the test app is on http: the wc-auth callback cannot work
         f'href="/admin/stores/{store.id}/credentials"',
+        "the embedded folder on this server",
+        "printed on the server's console only: buyers receive nothing",
+        "<em>Order restored</em>",  # how to add the webhooks by hand
     ):
         assert shown in html, shown
     assert "Disconnect</button>" not in html
@@ -436,3 +439,17 @@ def test_disconnecting_a_shop_that_refuses_the_key_tells_the_owner_what_is_left(
     html = owner.get(response.headers["Location"]).get_data(as_text=True)
     assert "Keygate's webhooks are still in it" in html
     assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
+
+
+def test_the_store_page_says_where_files_and_mail_go_once_credentials_are_saved(
+    owner: FlaskClient, shop: WebhookSender
+) -> None:
+    from tests.functional.test_vault_credentials import BREVO, R2
+
+    assert shop.admin("PUT", "/credentials/r2", R2).status_code == 200
+    assert shop.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+    html = owner.get(f"/admin/stores/{shop.store.store.id}").get_data(as_text=True)
+    assert "its own R2 bucket downloads" in html
+    assert "sent through Brevo" in html and "buyers receive nothing" not in html
+    for secret in (R2["secret_access_key"], R2["access_key_id"], BREVO["api_key"]):
+        assert secret not in html
