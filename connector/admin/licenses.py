@@ -18,7 +18,7 @@ from connector.admin.forms import ConfirmForm
 from connector.admin.views import PAGE, _admin_name, _scope, _visible_license, login_required
 from connector.db import db
 from connector.downloads.log import clicks, link_states
-from connector.errors import ValidationFailed
+from connector.errors import KeygateError, ValidationFailed
 from connector.licensing.admin import (
     ACTIONS,
     DAYS_MAX,
@@ -146,9 +146,9 @@ def change(license_id: int) -> ResponseReturnValue:
         if action == "extend":
             options["days"] = _days(request.form.get("days") or "")
         change_license(db.session, store, lic.key_encrypted, action, actor=_admin_name(), **options)
-    except ValidationFailed as exc:
+    except KeygateError as exc:  # 422 days out of range, 409 a key its order revoked
         db.session.rollback()
-        return _license_page(_visible_license(license_id)[0], error=exc.detail, status=422)
+        return _license_page(_visible_license(license_id)[0], error=exc.detail, status=exc.status)
     return redirect(url_for("admin_licenses.license_detail", license_id=lic.id, done=action))
 
 

@@ -245,7 +245,11 @@ def order_detail(order_id: int) -> ResponseReturnValue:
 
 
 def _order_page(
-    order: Order, *, resend_refused: str | None = None, status: int = 200
+    order: Order,
+    *,
+    resend_refused: str | None = None,
+    license_error: str | None = None,
+    status: int = 200,
 ) -> ResponseReturnValue:
     mails = (
         db.session.execute(select(Mail).where(Mail.order_id == order.id).order_by(Mail.id))
@@ -258,6 +262,7 @@ def _order_page(
         mails=mails,
         form=ConfirmForm(),
         resend_refused=resend_refused,
+        license_error=license_error,
         **order_entitlements(db.session, order),
     )
     return page, status
@@ -356,7 +361,14 @@ def license_action(license_id: int, action: str) -> ResponseReturnValue:
     if action not in LICENSE_ACTIONS or not ConfirmForm().validate_on_submit():
         abort(400)
     license_, store = _visible_license(license_id)
-    change_license(db.session, store, license_.key_encrypted, action, actor=_admin_name())
+    try:
+        change_license(db.session, store, license_.key_encrypted, action, actor=_admin_name())
+    except KeygateError as exc:  # 409: a key its order revoked comes back with the order
+        db.session.rollback()
+        order = db.session.get(Order, license_.order_id)
+        if order is None:  # pragma: no cover - a license always has its order
+            raise
+        return _order_page(order, license_error=exc.detail, status=exc.status)
     return redirect(url_for("admin_views.order_detail", order_id=license_.order_id))
 
 

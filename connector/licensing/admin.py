@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import utcnow
-from connector.errors import NotFound, ValidationFailed
+from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import LATEST_EXPIRY, add_days
 from connector.licensing.service import activations_used, iso
@@ -272,7 +272,8 @@ def change_license(
     """Apply an owner's action to a license and write an audit event.
 
     - revoke / suspend: status with reason "admin";
-    - reinstate: back to active (whatever the reason was);
+    - reinstate: back to active, after the owner's or the abuse signal's suspension or
+      revocation (409 for one the order's state made: see ``License.revoked_by_its_order``);
     - extend: ``days`` more, counted from the expiry if it is still ahead, else from now;
       an update window that ran with the license moves with it, and so do downloads that
       last while the license lasts. A lifetime license is 422.
@@ -290,6 +291,12 @@ def change_license(
         lic.status_reason = "admin"
         _set_downloads_blocked(session, lic, blocked=True)
     elif action == "reinstate":
+        if lic.revoked_by_its_order:
+            raise Conflict(
+                f"This key was revoked by its order ({lic.status_reason}): it comes back by"
+                " itself when the order is paid again in the shop. Reinstated here, it would"
+                " be a key nobody paid for, and the order's next update would revoke it again."
+            )
         lic.status = "active"
         lic.status_reason = None
         _set_downloads_blocked(session, lic, blocked=False)

@@ -22,6 +22,13 @@ LINE_CHANGED = "line-changed"
 AUTOMATIC_REASONS = ("order:", "refund", LINE_CHANGED)
 
 
+def by_the_order(status_reason: str | None) -> bool:
+    """Revoked by its order's own state (a refund, a cancellation, a swapped line): it comes
+    back when the order is paid again in the shop, and only then (not by the owner's
+    reinstate, which the order's next update would undo)."""
+    return (status_reason or "").startswith(AUTOMATIC_REASONS)
+
+
 class License(Base):
     """One license per (line item, product, unit): the unique key makes issuing exactly-once;
     a line whose product the owner swapped gets licenses of the new product.
@@ -44,6 +51,11 @@ class License(Base):
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     # Why it is revoked/suspended: one of AUTOMATIC_REASONS, "admin", "abuse".
     status_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    @property
+    def revoked_by_its_order(self) -> bool:
+        return self.status != "active" and by_the_order(self.status_reason)
+
     activation_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     updates_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)

@@ -44,7 +44,7 @@ from connector.models import (
     Product,
     Store,
 )
-from connector.models.licensing import AUTOMATIC_REASONS, LINE_CHANGED
+from connector.models.licensing import LINE_CHANGED, by_the_order
 from connector.orders import renewals
 from connector.vault.crypto import keyed_hash
 from plugin.shop import (
@@ -429,7 +429,7 @@ def _reinstate_units(session: Session, line: LineItem, entitled: int, result: Ap
         )
         .order_by(License.unit)
     ):
-        if (license_.status_reason or "").startswith(AUTOMATIC_REASONS):
+        if by_the_order(license_.status_reason):
             license_.status = "active"
             license_.status_reason = None
             result.reinstated_licenses.append(license_.id)
@@ -445,7 +445,7 @@ def _reinstate_units(session: Session, line: LineItem, entitled: int, result: Ap
             License.status == "active",
         )
     ):
-        if (grant.revoked_reason or "").startswith(AUTOMATIC_REASONS):
+        if by_the_order(grant.revoked_reason):
             grant.revoked_at = None
             grant.revoked_reason = None
 

@@ -18,7 +18,7 @@ from connector.models import (
     Product,
     ProductFile,
 )
-from connector.models.licensing import AUTOMATIC_REASONS, LINE_CHANGED
+from connector.models.licensing import AUTOMATIC_REASONS, LINE_CHANGED, by_the_order
 from connector.orders.renewals import renewed_by_query
 from connector.tokens import download_url, portal_url
 
@@ -34,6 +34,10 @@ class LicenseView:
     updates_until: dt.datetime | None
     activation_limit: int | None
     status_reason: str | None = None
+
+    @property
+    def revoked_by_its_order(self) -> bool:
+        return self.status != "active" and by_the_order(self.status_reason)
 
     @property
     def why_not_active(self) -> str | None:

@@ -230,6 +230,40 @@ def test_admin_revokes_and_reinstates_a_license_from_the_order_page(
     assert any(e["actor"] == "admin:owner" for e in actions)
 
 
+def test_a_key_its_order_revoked_is_not_reinstated_by_hand(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """Cancelled in the shop: a reinstate would give away an unpaid key that the order's next
+    update revokes again (its links stayed shut meanwhile). Refused with why, on the page
+    and in the API; paying the order again brings the key back."""
+    shop.configure(501)
+    item = line_item(501, line_id=94)
+    shop.deliver(wc_order(9313, "processing", [item], modified=1))
+    shop.deliver(wc_order(9313, "cancelled", [item], modified=2))
+    [lic] = shop.order(9313)["licenses"]
+    api = shop.admin("POST", f"/licenses/{lic['key']}/reinstate")
+    assert api.status_code == 409 and "paid again in the shop" in api.get_json()["detail"]
+    assert sign_in(admin_client) == 302
+    with app.app_context():
+        order_id = db.session.execute(select(Order.id)).scalar_one()
+        license_id = db.session.execute(select(License.id)).scalar_one()
+    page = f"/admin/orders/{order_id}"
+    html = admin_client.get(page).get_data(as_text=True)
+    assert "Reinstate</button>" not in html
+    assert "comes back when the order is paid again in the shop" in html
+    refused = admin_client.post(
+        f"/admin/licenses/{license_id}/reinstate",
+        data={"csrf_token": csrf_token(admin_client, page)},
+    )
+    assert refused.status_code == 409 and "order:cancelled" in refused.get_data(as_text=True)
+    assert "Reinstate</button>" not in admin_client.get(f"/admin/licenses/{license_id}").get_data(
+        as_text=True
+    )
+    assert [x["status"] for x in shop.order(9313)["licenses"]] == ["revoked"]
+    shop.deliver(wc_order(9313, "processing", [item], modified=3))
+    assert [x["status"] for x in shop.order(9313)["licenses"]] == ["active"]
+
+
 def test_admin_mails_the_buyer_again_from_the_order_page(
     app: Flask, admin_client: FlaskClient, shop: WebhookSender
 ) -> None:
