@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.db import db
@@ -114,10 +114,17 @@ def erase_downloads(session: Session, orders: list[Order]) -> None:
         .where(DownloadEvent.order_id.in_(order_ids))
         .values(ip_hash=None, user_agent=None)
     )
+    _delete_copies(session, DownloadGrant.order_id.in_(order_ids))
+
+
+def _delete_copies(session: Session, which: ColumnElement[bool]) -> int:
+    """Forget the stamped copies of the grants ``which`` selects, and delete them from
+    storage (a job, retried through an outage). A later click of a grant that gives the file
+    again stamps a new one. Returns how many."""
     copies = session.execute(
         select(WatermarkCopy, DownloadGrant)
         .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
-        .where(DownloadGrant.order_id.in_(order_ids))
+        .where(which)
     ).all()
     keys_by_store: dict[int, list[str]] = {}
     for copy, grant in copies:
@@ -127,14 +134,26 @@ def erase_downloads(session: Session, orders: list[Order]) -> None:
         session.delete(copy)
     for store_id, keys in keys_by_store.items():
         enqueue(session, DELETE_COPIES_JOB, {"store_id": store_id, "object_keys": keys})
+    return len(copies)
 
 
 def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
+    """The daily purge: click records past their retention, and the buyers' stamped copies
+    (names and addresses in them) of links that no longer give the file: withdrawn
+    (refunded, cancelled, revoked), expired or used up. Kept only while they can serve."""
     from connector import get_settings
 
     cutoff = now - dt.timedelta(days=get_settings().retention_download_log_days)
     result: Any = session.execute(delete(DownloadEvent).where(DownloadEvent.created_at < cutoff))
-    return {"download_events": result.rowcount}
+    ended = or_(
+        DownloadGrant.revoked_at.is_not(None),
+        DownloadGrant.expires_at <= now,
+        and_(
+            DownloadGrant.download_limit.is_not(None),
+            DownloadGrant.download_count >= DownloadGrant.download_limit,
+        ),
+    )
+    return {"download_events": result.rowcount, "watermark_copies": _delete_copies(session, ended)}
 
 
 @handles(DELETE_COPIES_JOB)

@@ -144,3 +144,29 @@ def test_an_erasure_while_a_copy_is_stamped_leaves_no_name_behind(
     assert again.status_code == 200
     text = PdfReader(io.BytesIO(again.data)).pages[0].extract_text()
     assert "Jürgen" not in text and EMAIL not in text
+
+
+def test_the_daily_purge_deletes_stamped_copies_of_links_that_no_longer_give_the_file(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A cancelled order's copy (the buyer's name and address stamped in) is not kept for
+    ever; a live link's copy stays. Paid again, a click stamps a new one."""
+    from tests.factories import line_item, wc_order
+
+    path, copy_file = stamped_order(app, shop, 7906)
+    item = line_item(501, line_id=int(shop.order(7906)["order"]["line_items"][0]["id"]))
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 0
+    run_pending(app)
+    assert copy_file.is_file()  # the link still gives the file
+    shop.deliver(wc_order(7906, "cancelled", [item], modified=5))
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 1
+    run_pending(app)  # the job deletes it from storage
+    assert not copy_file.exists()
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy)).scalar_one_or_none() is None
+    shop.deliver(wc_order(7906, "processing", [item], modified=6))
+    assert get(shop.client, path).status_code == 200
+    run_pending(app)
+    assert copy_file.is_file()
