@@ -54,6 +54,9 @@ def _write_secret_file(path: Path, value: str) -> None:
 @click.group()
 def main() -> None:
     """Keygate: licenses and watermarked downloads for your shop."""
+    # What Keygate writes (the SQLite database, buyers' stamped copies, uploaded files,
+    # the instance folder) holds buyers' names and addresses: readable by this user only.
+    os.umask(0o077)
 
 
 @main.command()

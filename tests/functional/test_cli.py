@@ -38,6 +38,10 @@ def keygate(
 def test_init_twice_without_a_terminal(tmp_path: Path) -> None:
     first = keygate(tmp_path, "init")
     assert first.returncode == 0, first.stderr
+    # Buyers' names and addresses: the database and its folder are this user's only.
+    instance = tmp_path / "instance"
+    assert oct(instance.stat().st_mode & 0o777) == "0o700"
+    assert oct((instance / "keygate.db").stat().st_mode & 0o777) == "0o600"
     assert "created admin user 'admin'" in first.stdout
     key_file = tmp_path / "instance" / "master.key"
     master = key_file.read_text()
