@@ -480,6 +480,12 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
         storage_area=own_area(store.id),
         storage=describe_storage(store),
         mail_route=mail_route(store),
+        last_delivery=db.session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.store_id == store.id)
+            .order_by(WebhookDelivery.id.desc())
+            .limit(1)
+        ).first(),
         error=error,
         form=ConfirmForm(),
     )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
 
-from connector.db import db, survives_a_dropped_connection
+from connector.db import db, survives_a_dropped_connection, utcnow
 from connector.errors import InvalidInput, NotFound, SignatureInvalid
 from connector.models import Store, WebhookDelivery
 from connector.orders.reconcile import enqueue_refresh
@@ -36,6 +38,36 @@ def _record(store: Store, body: bytes, outcome: str, detail: str | None = None) 
     return delivery
 
 
+BAD_SIGNATURE = "bad_signature"
+# At most one record of refused signatures per store in this time: anyone who knows a
+# webhook URL can post to it, and must not fill the table.
+BAD_SIGNATURE_EVERY = dt.timedelta(minutes=1)
+
+
+def _record_bad_signature(store: Store, body: bytes) -> None:
+    """Keep a trace the owner sees in the deliveries: a webhook secret pasted wrong into
+    WooCommerce is the likeliest setup mistake, and WooCommerce disables a webhook after a
+    few failures, so the owner would only see that no order ever arrives."""
+    recent = db.session.scalars(
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.store_id == store.id,
+            WebhookDelivery.outcome == BAD_SIGNATURE,
+            WebhookDelivery.received_at > utcnow() - BAD_SIGNATURE_EVERY,
+        )
+        .limit(1)
+    ).first()
+    if recent is None:
+        _record(
+            store,
+            body,
+            BAD_SIGNATURE,
+            "refused: the signature does not match this store's webhook secret"
+            " (the secret in WooCommerce is another one?)",
+        )
+        db.session.commit()
+
+
 @bp.post("/webhooks/woocommerce/<store_id>")
 @survives_a_dropped_connection
 def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
@@ -48,6 +80,7 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
         return jsonify({"ok": True, "ping": True})
     if not wc.signature_valid(body, request.headers.get(wc.SIGNATURE_HEADER), store.webhook_secret):
         log.warning("webhook for store %s with a missing or wrong signature", store.public_id)
+        _record_bad_signature(store, body)
         raise SignatureInvalid("X-WC-Webhook-Signature is missing or does not match.")
 
     topic = request.headers.get(wc.TOPIC_HEADER, "")

@@ -453,3 +453,19 @@ def test_the_store_page_says_where_files_and_mail_go_once_credentials_are_saved(
     assert "sent through Brevo" in html and "buyers receive nothing" not in html
     for secret in (R2["secret_access_key"], R2["access_key_id"], BREVO["api_key"]):
         assert secret not in html
+
+
+def test_the_store_page_says_when_deliveries_are_refused_for_their_signature(
+    owner: FlaskClient, shop: WebhookSender
+) -> None:
+    from tests.factories import wc_order
+
+    page = f"/admin/stores/{shop.store.store.id}"
+    assert "was refused" not in owner.get(page).get_data(as_text=True)
+    assert shop.deliver(wc_order(9050), secret="pasted-wrong").status_code == 401
+    html = owner.get(page).get_data(as_text=True)
+    assert "was refused: its signature does not match this store" in html
+    assert "bad_signature" in owner.get("/admin/").get_data(as_text=True)
+    shop.configure(501)
+    assert shop.deliver(wc_order(9051)).status_code == 200  # fixed: the warning goes
+    assert "was refused" not in owner.get(page).get_data(as_text=True)

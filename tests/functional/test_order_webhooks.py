@@ -388,9 +388,11 @@ def test_a_line_swapped_to_an_unlicensed_product_loses_its_license(shop: Webhook
     assert sorted(d["revoked"] for d in body["downloads"]) == [False, True]
 
 
-def test_wrong_or_missing_signature_is_401_and_stores_nothing(
+def test_wrong_or_missing_signature_is_401_and_stores_no_order(
     app: Flask, shop: WebhookSender
 ) -> None:
+    """Refused, and nothing of the order kept; one trace a minute for the owner (a wrong
+    secret pasted into WooCommerce), never one per request (anyone can post to the URL)."""
     shop.configure(501)
     response = shop.deliver(wc_order(9012), secret="not-the-secret")
     assert response.status_code == 401
@@ -403,7 +405,10 @@ def test_wrong_or_missing_signature_is_401_and_stores_nothing(
     )
     assert unsigned.status_code == 401
     assert count(app, Order) == 0
-    assert count(app, WebhookDelivery) == 0
+    with app.app_context():
+        [trace] = db.session.scalars(select(WebhookDelivery)).all()
+    assert (trace.outcome, trace.resource_id) == ("bad_signature", None)
+    assert "webhook secret" in (trace.detail or "")
 
 
 def test_creation_ping_answers_200_and_changes_nothing(app: Flask, shop: WebhookSender) -> None:
