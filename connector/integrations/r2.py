@@ -8,6 +8,7 @@ R2 and other non-AWS endpoints need ``when_required``). Presigned URLs work only
 from __future__ import annotations
 
 import functools
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,13 @@ def endpoint_problem(url: str) -> str | None:
         return "must not contain a user name or password"
     if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
         return "has a host name that is not valid"
+    try:
+        address = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        address = None
+    if (address is not None and address.is_link_local) or parts.hostname.endswith(".internal"):
+        # 169.254.169.254 and friends: a cloud's metadata service, never a bucket.
+        return "points at a link-local or internal address, not an S3 service"
     return None
 
 

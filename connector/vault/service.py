@@ -41,13 +41,30 @@ EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
 META_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
+# An R2 account id (32 hex digits), or another S3 service's account name: it becomes part
+# of the endpoint's host name when no endpoint_url is given.
+ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# S3's bucket naming rules (R2's are the same or stricter): 3-63 lower-case letters,
+# digits, dots and hyphens, starting and ending with a letter or digit.
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
 # The fields of each kind of credentials. Secrets are write-only.
 FIELDS: dict[str, dict[str, FieldSpec]] = {
     "r2": {
-        "account_id": FieldSpec(required=True, secret=False),
+        "account_id": FieldSpec(
+            required=True,
+            secret=False,
+            shape=ACCOUNT_ID,
+            shape_name="letters, digits, - and _ only (R2: the 32-character account id)",
+        ),
         "access_key_id": FieldSpec(required=True, secret=True),
         "secret_access_key": FieldSpec(required=True, secret=True),
-        "bucket": FieldSpec(required=True, secret=False),
+        "bucket": FieldSpec(
+            required=True,
+            secret=False,
+            shape=BUCKET,
+            shape_name="a bucket name: 3-63 lower-case letters, digits, dots and hyphens",
+        ),
         "endpoint_url": FieldSpec(required=False, secret=False),
     },
     "brevo": {

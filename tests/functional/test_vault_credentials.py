@@ -177,3 +177,25 @@ def test_credentials_read_by_other_domains_never_show_a_secret_in_a_repr(
         assert secret not in shown
     assert r2 == R2 and brevo == BREVO
     assert f"{r2['secret_access_key']}" == R2["secret_access_key"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("account_id", "a b", "letters, digits"),
+        ("bucket", "My_Bucket!", "a bucket name"),
+        ("bucket", "ab", "a bucket name"),
+        ("endpoint_url", "http://169.254.169.254/", "link-local"),
+        ("endpoint_url", "http://[fe80::1]:9000", "link-local"),
+        ("endpoint_url", "http://metadata.google.internal/", "internal"),
+    ],
+)
+def test_r2_settings_no_bucket_could_have_are_refused(
+    shop: WebhookSender, field: str, value: str, message: str
+) -> None:
+    """Saved, they made every download a 503 with no trace; an endpoint at a cloud's
+    metadata service would have Keygate send its requests there."""
+    answer = shop.admin("PUT", "/credentials/r2", {**R2, field: value})
+    assert answer.status_code == 422
+    assert message in answer.get_json()["detail"] and value not in answer.get_json()["detail"]
+    assert shop.admin("GET", "/credentials/r2").status_code == 404
