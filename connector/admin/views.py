@@ -44,11 +44,13 @@ from connector.mail.service import mail_route
 from connector.models import (
     AdminUser,
     AuditEvent,
+    DownloadGrant,
     Job,
     License,
     Mail,
     Order,
     Store,
+    WatermarkCopy,
     WebhookDelivery,
 )
 from connector.orders.summary import order_entitlements
@@ -256,6 +258,25 @@ def _order_page(
         .scalars()
         .all()
     )
+    # What went wrong that the buyer cannot tell the owner: copies that failed to stamp
+    # (every click of that link is refused), refunds Keygate could not apply.
+    watermark_errors = dict(
+        db.session.execute(
+            select(WatermarkCopy.grant_id, WatermarkCopy.error)
+            .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
+            .where(DownloadGrant.order_id == order.id, WatermarkCopy.status == "failed")
+        ).all()
+    )
+    refund_trouble = db.session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.store_id == order.store_id,
+            AuditEvent.action == "order.refund_not_applied",
+            AuditEvent.subject == f"order:{order.shop_order_id}",
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    ).first()
     page = render_template(
         "admin/order.html",
         order=order,
@@ -263,6 +284,8 @@ def _order_page(
         form=ConfirmForm(),
         resend_refused=resend_refused,
         license_error=license_error,
+        watermark_errors=watermark_errors,
+        refund_trouble=refund_trouble,
         **order_entitlements(db.session, order),
     )
     return page, status

@@ -515,3 +515,32 @@ def test_orders_and_the_audit_log_page_back_to_the_oldest(
     older = re.search(r'href="([^"]+)">Older</a>', audit)
     assert older is not None
     assert "<td>test.0</td>" in admin_client.get(older.group(1)).get_data(as_text=True)
+
+
+def test_the_order_page_shows_what_the_buyer_cannot_tell_the_owner(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """A copy that failed to stamp (each click refused) and refunds Keygate could not apply
+    (no REST key) are on the order page, not only in the audit log."""
+    from pathlib import Path
+
+    from tests.functional.test_downloads import make_pdf
+
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    make_pdf(storage / "books/guide.pdf", password="pw")
+    files = [{"object_key": "books/guide.pdf", "filename": "guide.pdf", "watermark": "pdf"}]
+    shop.configure(501, files=files)
+    order = wc_order(9314, "processing", [line_item(501, quantity=2, line_id=95)])
+    shop.deliver(order, "order.created")
+    run_pending(app)  # the watermark job fails: the PDF is encrypted
+    order["refunds"] = [{"id": 5003, "reason": "", "total": "-49.00"}]
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    shop.deliver(order)
+    run_pending(app)
+    assert sign_in(admin_client) == 302
+    with app.app_context():
+        order_id = db.session.execute(select(Order.id)).scalar_one()
+    html = admin_client.get(f"/admin/orders/{order_id}").get_data(as_text=True)
+    assert "Refunds of this order could not be applied" in html
+    assert "revoke the refunded keys below by hand" in html
+    assert html.count("watermark failed:") == 2 and "encrypted" in html
