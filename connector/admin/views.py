@@ -258,6 +258,15 @@ def _order_page(
         .scalars()
         .all()
     )
+    # Why a mail is not sent yet: its job's last failure (and when it tries again).
+    mail_jobs = {
+        job.id: job
+        for job in db.session.scalars(
+            select(Job).where(
+                Job.id.in_([m.job_id for m in mails if m.sent_at is None and m.job_id])
+            )
+        )
+    }
     # What went wrong that the buyer cannot tell the owner: copies that failed to stamp
     # (every click of that link is refused), refunds Keygate could not apply.
     watermark_errors = dict(
@@ -285,6 +294,7 @@ def _order_page(
         resend_refused=resend_refused,
         license_error=license_error,
         watermark_errors=watermark_errors,
+        mail_jobs=mail_jobs,
         refund_trouble=refund_trouble,
         **order_entitlements(db.session, order),
     )

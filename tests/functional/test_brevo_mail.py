@@ -262,3 +262,45 @@ def test_a_mail_that_dies_is_in_the_owners_audit_log(
         "attempts": max_attempts,
         "error": "RetryLater",
     }
+
+
+def test_the_order_page_says_why_its_mail_is_not_sent(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A store's own admin (who cannot see the instance's jobs) reads on the order page why
+    the buyer's mail waits, and when it is tried again; once dead, what to do."""
+    from werkzeug.security import generate_password_hash
+
+    from connector.models import AdminUser, Order
+    from tests.functional.test_admin_pages import PASSWORD, csrf_token
+
+    brevo.failures.extend([503])
+    brevo_shop.deliver(wc_order(9605, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    with brevo_app.app_context():
+        db.session.add(
+            AdminUser(
+                username="ana",
+                password_hash=generate_password_hash(PASSWORD),
+                store_id=brevo_shop.store.store.id,
+            )
+        )
+        db.session.commit()
+        order_id = db.session.execute(select(Order.id)).scalar_one()
+    ana = brevo_app.test_client()
+    ana.post(
+        "/admin/login",
+        data={
+            "username": "ana",
+            "password": PASSWORD,
+            "csrf_token": csrf_token(ana, "/admin/login"),
+        },
+    )
+    page = f"/admin/orders/{order_id}"
+    html = ana.get(page).get_data(as_text=True)
+    assert "not sent yet: attempt 1 failed (Brevo answered 503)" in html and "next try" in html
+    with brevo_app.app_context(), transaction() as session:
+        for job in session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalars():
+            job.status = "dead"
+    html = ana.get(page).get_data(as_text=True)
+    assert "not sent: gave up after 1 attempts (Brevo answered 503)" in html
