@@ -317,6 +317,29 @@ def store_token(store_id: str) -> None:
     click.echo("Shown once; the previous token no longer works.")
 
 
+@store.command("secret")
+@click.argument("store_id")
+def store_secret(store_id: str) -> None:
+    """Replace a store's webhook secret (lost or leaked). Connected, Keygate registers its
+    webhooks again; wired by hand, paste the new secret into the shop's webhooks."""
+    from connector.db import db
+    from connector.stores import find_store
+    from connector.vault.connection import replace_webhook_secret
+
+    app = make_app()
+    with app.app_context():
+        found = find_store(db.session, store_id)
+        if found is None:
+            raise click.ClickException(f"no store with id {store_id!r} (see `keygate store list`)")
+        secret = replace_webhook_secret(db.session, found, actor="cli")
+        db.session.commit()
+    if secret is None:
+        click.echo("Keygate registers its webhooks in the shop again, with a new secret.")
+        return
+    click.echo(f"webhook_secret: {secret}")
+    click.echo("Shown once: paste it into the store's webhooks in WooCommerce.")
+
+
 STOP_SECONDS = 40.0  # longer than a Brevo call may take (its timeout), so a mail ends cleanly
 
 

@@ -556,9 +556,40 @@ def replace_store_token(store_id: int) -> ResponseReturnValue:
         abort(400)
     store = _visible_store(store_id)
     token = replace_api_token(db.session, store, actor=_admin_name())
-    return _shown_once(
-        render_template("admin/store_token.html", store=store, api_token=token, form=form)
+    page = render_template(
+        "admin/store_token.html",
+        store=store,
+        shown={"api_token": token},
+        title="New admin API token",
+        note="The previous token no longer works.",
+        form=form,
     )
+    return _shown_once(page)
+
+
+@bp.post("/stores/<int:store_id>/webhook-secret")
+@login_required
+def replace_webhook_secret(store_id: int) -> ResponseReturnValue:
+    """A new webhook secret: Keygate registers its webhooks again when it can, else the new
+    secret is shown once, to paste into the shop's webhooks."""
+    form = ConfirmedForm()
+    if not form.validate_on_submit():
+        abort(400)
+    store = _visible_store(store_id)
+    secret = shop_connection.replace_webhook_secret(db.session, store, actor=_admin_name())
+    if secret is None:
+        return redirect(url_for("admin_views.store_detail", store_id=store.id, reregistering=1))
+    page = render_template(
+        "admin/store_token.html",
+        store=store,
+        shown={"webhook_secret": secret},
+        title="New webhook secret",
+        note="Paste it into each of the store's webhooks in WooCommerce (Settings → Advanced →"
+        " Webhooks, the four pointing at this store): deliveries signed with the previous"
+        " secret are refused from now on.",
+        form=form,
+    )
+    return _shown_once(page)
 
 
 @bp.route("/stores/<int:store_id>/credentials", methods=["GET", "POST"])

@@ -261,6 +261,33 @@ def start_connection_jobs(session: Session, store: Store) -> None:
     enqueue(session, "shop.reconcile", {"store_id": store.id, "periodic": True})
 
 
+def replace_webhook_secret(session: Session, store: Store, *, actor: str) -> str | None:
+    """A new webhook secret for the store (a lost or leaked one), audited.
+
+    Connected (Keygate holds the shop's REST key), Keygate registers its webhooks again:
+    the registration job makes a new secret and new webhooks and deletes the old ones;
+    returns None. Wired by hand, the new secret is returned to be pasted into the shop's
+    webhooks; deliveries signed with the old one are refused from now on.
+    """
+    lock_store(session, store)
+    connected = credentials_for(session, store, "woocommerce") is not None
+    secret = None
+    if connected:
+        session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
+        enqueue(session, REGISTER_JOB, {"store_id": store.id})
+    else:
+        secret = store.webhook_secret = random_alphanumeric(40)
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="store.webhook_secret_replaced",
+        subject=store.public_id,
+        detail={"webhooks_registered_again": connected},
+    )
+    return secret
+
+
 @dataclass(frozen=True)
 class RegistrationResult:
     created: list[str]

@@ -469,3 +469,45 @@ def test_the_store_page_says_when_deliveries_are_refused_for_their_signature(
     shop.configure(501)
     assert shop.deliver(wc_order(9051)).status_code == 200  # fixed: the warning goes
     assert "was refused" not in owner.get(page).get_data(as_text=True)
+
+
+def test_a_hand_wired_stores_webhook_secret_is_replaced_and_shown_once(
+    owner: FlaskClient, shop: WebhookSender
+) -> None:
+    from tests.factories import wc_order
+
+    page = f"/admin/stores/{shop.store.store.id}"
+    form_url = f"{page}/webhook-secret"
+    assert owner.post(form_url, data={"csrf_token": csrf_token(owner, page)}).status_code == 400
+    answer = owner.post(form_url, data=confirmed(owner, page))
+    assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
+    match = re.search(
+        r"<th>webhook_secret</th><td><code>([A-Za-z0-9]{40})</code>", answer.get_data(as_text=True)
+    )
+    assert match is not None
+    new_secret = match.group(1)
+    assert new_secret not in owner.get(page).get_data(as_text=True)  # shown once
+    shop.configure(501)
+    assert shop.deliver(wc_order(9060)).status_code == 401  # the old secret: refused
+    assert shop.deliver(wc_order(9060), secret=new_secret).status_code == 200
+    events = shop.admin("GET", "/audit").get_json()["events"]
+    assert "store.webhook_secret_replaced" in {e["action"] for e in events}
+
+
+def test_a_connected_stores_webhooks_are_registered_again_with_a_new_secret(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    from tests.factories import line_item, wc_order
+
+    connect_store(app, shop, fake_shop)
+    old_ids = set(fake_shop.webhooks)
+    old_secrets = set(fake_shop.webhook_secrets.values())
+    page = f"/admin/stores/{shop.store.store.id}"
+    answer = owner.post(f"{page}/webhook-secret", data=confirmed(owner, page))
+    assert answer.status_code == 302 and "reregistering=1" in answer.headers["Location"]
+    run_pending(app)
+    assert len(fake_shop.webhooks) == 4 and not old_ids & set(fake_shop.webhooks)
+    assert not old_secrets & set(fake_shop.webhook_secrets.values())
+    shop.configure(501)
+    order = wc_order(9061, "processing", [line_item(501)])
+    assert fake_shop.deliver(shop.client, "order.created", order).status_code == 200

@@ -201,3 +201,16 @@ def test_impossible_server_settings_and_names_are_refused(tmp_path: Path) -> Non
     named = keygate(tmp_path, "admin", "add", "--username", "bad\nname")
     assert named.returncode == 1
     assert "printable" in named.stderr
+
+
+def test_store_secret_replaces_a_hand_wired_stores_webhook_secret(tmp_path: Path) -> None:
+    assert keygate(tmp_path, "init").returncode == 0
+    added = keygate(
+        tmp_path, "store", "add", "--name", "Shop", "--url", "https://shop.example", "--json"
+    )
+    store = json.loads(added.stdout)
+    replaced = keygate(tmp_path, "store", "secret", store["store_id"])
+    assert replaced.returncode == 0, replaced.stderr
+    secret = re.search(r"webhook_secret: ([A-Za-z0-9]{40})", replaced.stdout)
+    assert secret is not None and secret.group(1) != store["webhook_secret"]
+    assert keygate(tmp_path, "store", "secret", "nope").returncode == 1
