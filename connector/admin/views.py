@@ -30,7 +30,7 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from connector.audit import record_audit
@@ -214,23 +214,33 @@ def dashboard() -> ResponseReturnValue:
     )
 
 
-@bp.get("/orders")
+@bp.route("/orders", methods=["GET", "POST"])
 @login_required
 def orders() -> ResponseReturnValue:
+    """Orders newest first; found by order number or buyer email from the form, which is
+    POSTed (with its paging) so that no buyer's address lands in a URL, a browser's history
+    or an access log."""
+    form = ConfirmForm()
+    if request.method == "POST" and not form.validate_on_submit():
+        abort(400)
+    values = request.form if request.method == "POST" else {}
     query = _scoped(select(Order), Order.store_id)
-    email = (request.args.get("email") or "").strip().lower()
-    if email:
-        query = query.where(Order.email == email)
-    rows, older = _newest_first(query, Order.id, PAGE)
-    return render_template(
-        "admin/orders.html", orders=rows, email=email, older=older, form=ConfirmForm()
-    )
+    wanted = (values.get("q") or "").strip()[:320]
+    if "@" in wanted:
+        query = query.where(Order.email == wanted.lower())
+    elif wanted:
+        number = wanted.removeprefix("#")
+        query = query.where(or_(Order.number == number, Order.shop_order_id == number))
+    rows, older = _newest_first(query, Order.id, PAGE, values.get("before"))
+    return render_template("admin/orders.html", orders=rows, wanted=wanted, older=older, form=form)
 
 
-def _newest_first(query: Any, id_column: Any, size: int) -> tuple[list[Any], int | None]:
-    """One page of rows, newest first, from ``?before=<id>`` on; and the id to pass as
-    ``before`` for the next older page (None on the last one)."""
-    before = row_id(request.args.get("before") or "")
+def _newest_first(
+    query: Any, id_column: Any, size: int, posted_before: str | None = None
+) -> tuple[list[Any], int | None]:
+    """One page of rows, newest first, from ``before`` (``?before=<id>``, or posted) on; and
+    the id to pass as ``before`` for the next older page (None on the last one)."""
+    before = row_id(posted_before or request.args.get("before") or "")
     if before is not None:
         query = query.where(id_column < before)
     rows = db.session.scalars(query.order_by(id_column.desc()).limit(size + 1)).all()

@@ -544,3 +544,26 @@ def test_the_order_page_shows_what_the_buyer_cannot_tell_the_owner(
     assert "Refunds of this order could not be applied" in html
     assert "revoke the refunded keys below by hand" in html
     assert html.count("watermark failed:") == 2 and "encrypted" in html
+
+
+def test_orders_are_found_by_number_or_email_without_the_email_in_a_url(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    shop.configure(501)
+    for order_id, email in ((9320, "ada@example.org"), (9321, "bob@example.org")):
+        shop.deliver(wc_order(order_id, "processing", [line_item(501)], email=email))
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, "/admin/orders")
+
+    def found(wanted: str) -> str:
+        answer = admin_client.post("/admin/orders", data={"csrf_token": token, "q": wanted})
+        assert answer.status_code == 200
+        return answer.get_data(as_text=True)
+
+    by_email = found(" Ada@Example.org ")
+    assert "ada@example.org" in by_email and "bob@example.org" not in by_email
+    by_number = found("#9321")
+    assert "bob@example.org" in by_number and "ada@example.org" not in by_number
+    assert "No orders." in found("9399")
+    assert "@" not in "".join(re.findall(r'href="([^"]*)"', by_email))  # no address in a link
+    assert admin_client.post("/admin/orders", data={"q": "9321"}).status_code == 400  # CSRF

@@ -82,7 +82,7 @@ def test_nul_in_an_api_address_is_a_400_problem(shop: WebhookSender, path: str) 
     assert "NUL" in response.get_json()["detail"]
 
 
-@pytest.mark.parametrize("path", ["/d/a%00b", "/my/a%00b", "/admin/orders?email=%00"])
+@pytest.mark.parametrize("path", ["/d/a%00b", "/my/a%00b", "/admin/orders?before=%00"])
 def test_nul_in_a_page_address_is_a_friendly_400_page(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 400
