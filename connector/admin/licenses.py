@@ -45,10 +45,11 @@ DONE = {
 
 
 def _filters() -> dict[str, str]:
-    """The list's filters from the query string, as the admin API reads them."""
-    args = request.args
+    """The list's filters, as the admin API reads them: posted by the filter form (a buyer's
+    address never goes into a URL), or status and product from the query string."""
+    args = request.form if request.method == "POST" else request.args
     raw = {
-        "email": (args.get("email") or "").strip().lower(),
+        "email": (args.get("email") or "").strip().lower() if request.method == "POST" else "",
         "status": (args.get("status") or "").strip(),
         "product": (args.get("product") or "").strip(),
     }
@@ -61,7 +62,9 @@ def _license_list(find_error: str | None = None, status: int = 200) -> ResponseR
         db.session,
         _scope(),
         **filters,
-        before=row_id(request.args.get("before") or ""),
+        before=row_id(
+            (request.form if request.method == "POST" else request.args).get("before") or ""
+        ),
         limit=PAGE + 1,
     )
     older = rows[PAGE - 1].license.id if len(rows) > PAGE else None
@@ -76,10 +79,12 @@ def _license_list(find_error: str | None = None, status: int = 200) -> ResponseR
     ), status
 
 
-@bp.get("/licenses")
+@bp.route("/licenses", methods=["GET", "POST"])
 @login_required
 def licenses() -> ResponseReturnValue:
     """Licenses newest first, by buyer email, status (``expired`` too) and shop product id."""
+    if request.method == "POST" and not ConfirmForm().validate_on_submit():
+        abort(400)
     return _license_list()
 
 

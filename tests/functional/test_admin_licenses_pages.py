@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pikepdf
 import pytest
@@ -100,31 +101,37 @@ def test_the_license_list_filters_as_the_api_does_and_pages_back(
     ids = {order: license_id(app, order) for order in keys}
     assert sign_in(admin_client) == 302
 
-    def shown(path: str) -> list[int]:
+    token = csrf_token(admin_client, "/admin/licenses")
+
+    def shown(query: str = "") -> list[int]:
+        """The ids listed for the filters in ``query``, page after page: posted (with the
+        CSRF token) as the filter form does, the older pages as its Older button posts them."""
+        form: dict[str, str] | None = dict(parse_qsl(query))
         found: list[int] = []
         for _ in range(len(keys) + 1):  # a page that never ends fails instead of looping
-            if not path:
+            if form is None:
                 return found
-            page = admin_client.get(path)
-            assert page.status_code == 200, path
+            page = admin_client.post("/admin/licenses", data={"csrf_token": token, **form})
+            assert page.status_code == 200, form
             html = page.get_data(as_text=True)
-            assert not any(
-                key in href for key in keys.values() for href in re.findall(r'href="([^"]+)"', html)
-            )
+            hrefs = re.findall(r'href="([^"]+)"', html)
+            assert not any(key in href for key in keys.values() for href in hrefs)
+            assert not any("@" in href for href in hrefs)  # no buyer address in a link
             found += [int(n) for n in re.findall(r'href="/admin/licenses/(\d+)"', html)]
-            older = re.search(r'href="([^"]+)">Older</a>', html)
-            path = older.group(1).replace("&amp;", "&") if older else ""
-        raise AssertionError(f"more pages than licenses from {path}")
+            older = re.search(r'name="before" value="(\d+)"', html)
+            form = {**form, "before": older.group(1)} if older else None
+        raise AssertionError(f"more pages than licenses for {query}")
 
-    assert shown("/admin/licenses") == [ids[9503], ids[9502], ids[9501]]
-    assert shown("/admin/licenses?email=BOB@example.org") == [ids[9503], ids[9502]]
-    assert shown("/admin/licenses?email=bob@example.org&status=active") == [ids[9502]]
-    assert shown("/admin/licenses?status=suspended") == [ids[9503]]
-    assert shown("/admin/licenses?product=501") == [ids[9503], ids[9501]]
+    assert shown() == [ids[9503], ids[9502], ids[9501]]
+    assert shown("email=BOB@example.org") == [ids[9503], ids[9502]]
+    assert shown("email=bob@example.org&status=active") == [ids[9502]]
+    assert shown("status=suspended") == [ids[9503]]
+    assert shown("product=501") == [ids[9503], ids[9501]]
     for query in ("email=bob@example.org", "status=suspended", "product=501"):
         api = [lic["key"] for lic in shop.admin("GET", f"/licenses?{query}").get_json()["licenses"]]
-        on_page = shown(f"/admin/licenses?{query}")
+        on_page = shown(query)
         assert [keys[order] for order in sorted(ids, reverse=True) if ids[order] in on_page] == api
+    assert admin_client.post("/admin/licenses", data={"status": "active"}).status_code == 400
     unknown = admin_client.get("/admin/licenses?status=lost")
     assert unknown.status_code == 422
     assert "text/html" in unknown.content_type
@@ -615,8 +622,8 @@ def test_pages_showing_keys_are_never_cached(
 def test_the_older_link_under_a_failed_key_search_pages_the_list(
     app: Flask, admin_client: FlaskClient, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A key search that finds nothing shows the list again; its "Older" link pages the
-    list (not the search, which is POST only)."""
+    """A key search that finds nothing shows the list again; its "Older" button pages the
+    list (not the search)."""
     monkeypatch.setattr("connector.admin.licenses.PAGE", 2)
     shop.configure(501)
     for order in (9801, 9802, 9803):
@@ -625,9 +632,12 @@ def test_the_older_link_under_a_failed_key_search_pages_the_list(
     token = csrf_token(admin_client, "/admin/licenses")
     answer = post(admin_client, "/admin/licenses/find", token, key="KG-AAAAA-BBBBB-CCCCC-DDDDD")
     assert answer.status_code == 404
-    older = re.search(r'<a href="([^"]+)">Older</a>', answer.get_data(as_text=True))
+    html = answer.get_data(as_text=True)
+    older = re.search(r'action="(/admin/licenses)">.*?name="before" value="(\d+)"', html, re.S)
     assert older is not None
-    assert admin_client.get(older.group(1).replace("&amp;", "&")).status_code == 200
+    page = post(admin_client, older.group(1), token, before=older.group(2))
+    assert page.status_code == 200
+    assert len(re.findall(r'href="/admin/licenses/\d+"', page.get_data(as_text=True))) == 1
 
 
 def test_ids_larger_than_any_row_find_nothing(
