@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import iso
+from connector.db import iso, utcnow
 from connector.errors import ValidationFailed
 from connector.models import WATERMARKS, Product, ProductFile, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
@@ -228,6 +228,25 @@ def products_warnings(store: Store, products: list[Product]) -> dict[int, list[s
     return storage_warnings(
         store, {p.id: [f.object_key for f in p.files if f.active] for p in products}
     )
+
+
+def retire_product(session: Session, store: Store, product: Product, *, actor: str) -> Product:
+    """Stop licensing new sales of the product (audited): its keys and links sold before
+    keep working and paid renewals still extend them, as for a product whose shop meta is
+    gone. Configured in Keygate from now on, so the shop's meta does not bring it back;
+    saving its settings again (a PUT) licenses new sales again."""
+    if product.retired_at is None:
+        product.retired_at = utcnow()
+    product.source = "keygate"
+    session.flush()
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="product.retired",
+        subject=f"product:{product.shop_product_id}",
+    )
+    return product
 
 
 def product_json(product: Product) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from connector.catalog import (
     parse_product_spec,
     product_json,
     product_warnings,
+    retire_product,
 )
 from connector.db import db, iso
 from connector.errors import Conflict, NotFound, ValidationFailed
@@ -47,6 +48,17 @@ def put_product(shop_product_id: str) -> ResponseReturnValue:
         db.session, current_store(), _shop_id(shop_product_id), spec, actor="api"
     )
     return _product_answer(product)
+
+
+@bp.delete("/products/<shop_product_id>")
+@require_store_token
+def retire(shop_product_id: str) -> ResponseReturnValue:
+    """Stop licensing new sales of the product; what was sold keeps working."""
+    store = current_store()
+    product = find_product(db.session, store, _shop_id(shop_product_id))
+    if product is None:
+        raise NotFound("No product with this id is configured.")
+    return _product_answer(retire_product(db.session, store, product, actor="api"))
 
 
 @bp.get("/products")

@@ -33,6 +33,7 @@ from connector.catalog import (
     product_json,
     product_warnings,
     products_warnings,
+    retire_product,
 )
 from connector.db import db
 from connector.errors import Conflict, KeygateError
@@ -46,7 +47,7 @@ from connector.models import WATERMARKS, Product, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
 from connector.validation import is_shop_id, row_id
 
-from .forms import ConfirmForm
+from .forms import ConfirmedForm, ConfirmForm
 from .views import (
     PAGE,
     _admin_name,
@@ -332,6 +333,19 @@ def _save(
             shop_product_id=shop_product_id,
             saved=1,
         )
+    )
+
+
+@bp.post("/products/<int:store_id>/<shop_product_id>/retire")
+@login_required
+def retire(store_id: int, shop_product_id: str) -> ResponseReturnValue:
+    """Stop licensing new sales of the product (``DELETE /api/v1/admin/products/<id>``)."""
+    if not ConfirmedForm().validate_on_submit():
+        abort(400)
+    store, found = _product_or_404(store_id, shop_product_id)
+    retire_product(db.session, store, found, actor=_admin_name())
+    return redirect(
+        url_for("admin_products.product", store_id=store.id, shop_product_id=shop_product_id)
     )
 
 

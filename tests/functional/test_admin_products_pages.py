@@ -21,7 +21,7 @@ from connector.catalog import POLICY_FIELDS
 from connector.db import db, utcnow
 from connector.models import AuditEvent, Product
 from connector.stores import create_store
-from tests.factories import WebhookSender
+from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import (
     admin_client,
     csrf_token,
@@ -627,3 +627,44 @@ def test_products_page_back_to_the_oldest(
         older = re.search(r'href="([^"]+)">Older</a>', html)
         page = older.group(1).replace("&amp;", "&") if older else ""
     assert shown == ["503", "502", "501"]
+
+
+def test_an_owner_stops_licensing_a_product_and_takes_it_up_again(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """Retired by the API or the page: a new sale is recorded without keys, a key sold
+    before keeps working and its paid renewal still extends it; saving the settings again
+    licenses new sales again."""
+    from tests.functional.test_renewals_and_payments import renewal_line
+    from tests.licensing_helpers import call
+
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9870, "completed", [line_item(501)]))
+    key = shop.order(9870)["licenses"][0]["key"]
+    assert shop.admin("DELETE", "/products/999").status_code == 404
+    retired = shop.admin("DELETE", "/products/501")
+    assert retired.status_code == 200 and retired.get_json()["retired_at"]
+    shop.deliver(wc_order(9871, "processing", [line_item(501)]))
+    assert shop.order(9871)["licenses"] == []
+    assert call(shop.client, "validate", {"key": key}).get_json()["valid"]
+    before = shop.order(9870)["licenses"][0]["expires_at"]
+    shop.deliver(wc_order(9872, "processing", [renewal_line(501, key, 396)], modified=5))
+    assert shop.order(9870)["licenses"][0]["expires_at"] > before
+
+    shop.configure(501, duration_days=30)  # saved again: licensed again
+    shop.deliver(wc_order(9873, "processing", [line_item(501)]))
+    assert len(shop.order(9873)["licenses"]) == 1
+    assert sign_in(admin_client) == 302
+    owner = admin_client
+    page = f"/admin/products/{shop.store.store.id}/501"
+    token = csrf_token(owner, page)
+    assert owner.post(f"{page}/retire", data={"csrf_token": token}).status_code == 400  # no box
+    answer = owner.post(f"{page}/retire", data={"csrf_token": token, "confirm": "y"})
+    assert answer.status_code == 302
+    html = owner.get(page).get_data(as_text=True)
+    assert "<strong>Retired</strong>" in html and "Stop licensing new sales</button>" not in html
+    events = shop.admin("GET", "/audit").get_json()["events"]
+    assert [e["actor"] for e in events if e["action"] == "product.retired"] == [
+        "admin:owner",
+        "api",
+    ]
