@@ -251,6 +251,7 @@ def test_a_key_its_order_revoked_is_not_reinstated_by_hand(
     html = admin_client.get(page).get_data(as_text=True)
     assert "Reinstate</button>" not in html
     assert "comes back when the order is paid again in the shop" in html
+    assert f'href="/admin/licenses/{license_id}"' in html  # the key opens its license page
     refused = admin_client.post(
         f"/admin/licenses/{license_id}/reinstate",
         data={"csrf_token": csrf_token(admin_client, page)},
