@@ -207,6 +207,59 @@ def admin_add(username: str, store_public_id: str | None) -> None:
     _show_password(password)
 
 
+@admin.command("list")
+def admin_list() -> None:
+    """The admin users: name, the store they may see (or every store), created."""
+    from connector.db import db
+    from connector.models import AdminUser, Store
+
+    app = make_app()
+    with app.app_context():
+        rows = db.session.execute(
+            select(AdminUser, Store.public_id)
+            .outerjoin(Store, AdminUser.store_id == Store.id)
+            .order_by(AdminUser.username)
+        ).all()
+        for user, store_public_id in rows:
+            scope = f"store {store_public_id}" if store_public_id else "every store"
+            click.echo(f"{user.username}\t{scope}\tsince {user.created_at:%Y-%m-%d}")
+
+
+@admin.command("remove")
+@click.option("--username", required=True)
+def admin_remove(username: str) -> None:
+    """Remove an admin user; their sessions end at once. The last admin of every store
+    cannot be removed (nobody could add another from the pages)."""
+    from sqlalchemy import func
+
+    from connector.audit import record_audit
+    from connector.db import db
+    from connector.models import AdminUser
+
+    app = make_app()
+    with app.app_context():
+        user = db.session.execute(
+            select(AdminUser).where(AdminUser.username == username.strip())
+        ).scalar_one_or_none()
+        if user is None:
+            raise click.ClickException(f"no admin user '{username}'")
+        full = select(func.count()).select_from(AdminUser).where(AdminUser.store_id.is_(None))
+        if user.store_id is None and db.session.execute(full).scalar_one() <= 1:
+            raise click.ClickException(
+                f"'{user.username}' is the last admin of every store: add another first"
+            )
+        db.session.delete(user)
+        record_audit(
+            db.session,
+            store_id=user.store_id,
+            actor="cli",
+            action="admin.removed",
+            subject=f"admin:{user.username}",
+        )
+        db.session.commit()
+    click.echo(f"removed admin user '{username.strip()}'; their sessions have ended")
+
+
 @admin.command("password")
 @click.option("--username", required=True)
 def admin_password(username: str) -> None:

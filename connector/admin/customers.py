@@ -13,16 +13,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, jsonify, render_template, request, session
+from flask import Blueprint, abort, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
 from connector import get_settings
 from connector.admin.forms import ConfirmForm
-from connector.admin.views import _admin_name, _scope, _visible_store, login_required
+from connector.admin.views import (
+    _admin_name,
+    _scope,
+    _visible_store,
+    login_required,
+    signed_in_admin,
+)
 from connector.db import db, utcnow
 from connector.downloads.leaks import identify_leaked_copy
 from connector.errors import InvalidInput, ValidationFailed
-from connector.models import AdminUser, Store
+from connector.models import Store
 from connector.privacy.lookup import look_up_customer
 from connector.privacy.service import erase_customer, export_customer, known_customer_orders
 from connector.validation import customer_email, row_id
@@ -35,9 +41,7 @@ LEAK_LOOKUP = "admin_customers.leak_lookup"
 def _signed_in() -> bool:
     """A signed-in admin's session (the check ``login_required`` makes), read before the
     request's form is."""
-    user_id = session.get("admin_user_id")
-    user = db.session.get(AdminUser, user_id) if isinstance(user_id, int) else None
-    return user is not None and session.get("generation") == user.session_generation
+    return signed_in_admin() is not None
 
 
 @bp.url_value_preprocessor

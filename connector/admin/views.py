@@ -74,12 +74,26 @@ def _dummy_hash() -> str:
     return generate_password_hash(secrets.token_urlsafe(16))
 
 
+def signed_in_admin() -> AdminUser | None:
+    """The admin this browser's session belongs to, or None: the user must still exist
+    under the name it signed in with (a removed admin's id may be given to a new one) and
+    its sessions must not have been ended since (a new password)."""
+    user_id = session.get("admin_user_id")
+    user = db.session.get(AdminUser, user_id) if isinstance(user_id, int) else None
+    if (
+        user is None
+        or session.get("admin_username") != user.username
+        or session.get("generation") != user.session_generation
+    ):
+        return None
+    return user
+
+
 def login_required(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        user_id = session.get("admin_user_id")
-        user = db.session.get(AdminUser, user_id) if isinstance(user_id, int) else None
-        if user is None or session.get("generation") != user.session_generation:
+        user = signed_in_admin()
+        if user is None:
             return redirect(url_for("admin_views.login", next=request.path))
         g.admin_user = user
         return view(*args, **kwargs)
@@ -149,6 +163,7 @@ def login() -> ResponseReturnValue:
         if user is not None and valid:
             session.clear()
             session["admin_user_id"] = user.id
+            session["admin_username"] = user.username
             session["generation"] = user.session_generation
             record_audit(db.session, store_id=None, actor=user.username, action="admin.login")
             return redirect(_safe_next(request.args.get("next")))

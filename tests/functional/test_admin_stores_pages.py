@@ -416,14 +416,15 @@ def test_disconnecting_and_replacing_the_token_need_the_box_ticked(
     connect_store(app, shop, fake_shop)
     page = f"/admin/stores/{shop.store.store.id}"
     html = owner.get(page).get_data(as_text=True)
-    assert html.count('name="confirm" value="y" required') == 2
+    assert html.count('name="confirm" value="y" required') == 3
     assert "onsubmit" not in html
-    for action in ("disconnect", "token"):
+    for action in ("disconnect", "token", "webhook-secret"):
         answer = owner.post(f"{page}/{action}", data={"csrf_token": csrf_token(owner, page)})
         assert answer.status_code == 400, action
     assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
     assert _audit(app, "shop.disconnected") == []
     assert _audit(app, "store.api_token_replaced") == []
+    assert _audit(app, "store.webhook_secret_replaced") == []
 
 
 def test_disconnecting_a_shop_that_refuses_the_key_tells_the_owner_what_is_left(

@@ -214,3 +214,19 @@ def test_store_secret_replaces_a_hand_wired_stores_webhook_secret(tmp_path: Path
     secret = re.search(r"webhook_secret: ([A-Za-z0-9]{40})", replaced.stdout)
     assert secret is not None and secret.group(1) != store["webhook_secret"]
     assert keygate(tmp_path, "store", "secret", "nope").returncode == 1
+
+
+def test_admins_are_listed_and_removed_but_never_the_last_of_every_store(tmp_path: Path) -> None:
+    assert keygate(tmp_path, "init").returncode == 0
+    assert keygate(tmp_path, "admin", "add", "--username", "ana").returncode == 0
+    listed = keygate(tmp_path, "admin", "list")
+    assert listed.returncode == 0
+    assert [line.split("\t")[:2] for line in listed.stdout.splitlines()] == [
+        ["admin", "every store"],
+        ["ana", "every store"],
+    ]
+    assert keygate(tmp_path, "admin", "remove", "--username", "ana").returncode == 0
+    last = keygate(tmp_path, "admin", "remove", "--username", "admin")
+    assert last.returncode == 1 and "last admin of every store" in last.stderr
+    assert keygate(tmp_path, "admin", "remove", "--username", "nobody").returncode == 1
+    assert "ana" not in keygate(tmp_path, "admin", "list").stdout
