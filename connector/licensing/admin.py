@@ -28,11 +28,13 @@ from connector.models import (
     License,
     LicenseFlag,
     LicenseRenewal,
+    LineItem,
     Order,
     Product,
     Store,
 )
 from connector.orders.service import hash_license_key
+from plugin.shop import PAID_STATUSES
 
 ACTIONS = ("revoke", "suspend", "reinstate", "extend")
 STATUS_FILTERS = (*LICENSE_STATUSES, "expired")
@@ -229,6 +231,27 @@ def license_record(session: Session, lic: License) -> LicenseRecord:
     )
 
 
+def _not_paid_for(session: Session, lic: License) -> str | None:
+    """Why the license's order does not pay for it now, or None when it does: the order is
+    refunded, cancelled, failed, deleted or not paid yet, the unit was refunded or removed,
+    or the line now names another product. Whatever revoked or suspended the key (the order
+    itself, or the owner before the order was cancelled), reinstating it then would hand
+    out a key nobody paid for."""
+    order = session.get(Order, lic.order_id) if lic.order_id is not None else None
+    line = session.get(LineItem, lic.line_item_id) if lic.line_item_id is not None else None
+    if order is None or line is None:
+        return None  # not sold through an order Keygate follows
+    if order.deleted:
+        return "the order was deleted in the shop"
+    if order.status not in PAID_STATUSES:
+        return f"the order is {order.status}"
+    if line.product_id != lic.product_id:
+        return "the order's line now names another product"
+    if lic.unit > max(0, line.quantity - line.refunded_quantity):
+        return "this unit was refunded or removed from the order"
+    return None
+
+
 def _set_downloads_blocked(session: Session, lic: License, *, blocked: bool) -> None:
     """The license's download links follow the owner's action.
 
@@ -291,11 +314,12 @@ def change_license(
         lic.status_reason = "admin"
         _set_downloads_blocked(session, lic, blocked=True)
     elif action == "reinstate":
-        if lic.revoked_by_its_order:
+        unpaid = _not_paid_for(session, lic)
+        if unpaid is not None:
             raise Conflict(
-                f"This key was revoked by its order ({lic.status_reason}): it comes back by"
-                " itself when the order is paid again in the shop. Reinstated here, it would"
-                " be a key nobody paid for, and the order's next update would revoke it again."
+                f"This key's order does not pay for it now ({unpaid}): it comes back when the"
+                " order is paid again in the shop. Reinstated here, it would be a key nobody"
+                " paid for, and the order's next update would revoke it again."
             )
         lic.status = "active"
         lic.status_reason = None

@@ -260,13 +260,36 @@ def test_a_key_its_order_revoked_is_not_reinstated_by_hand(
         f"/admin/licenses/{license_id}/reinstate",
         data={"csrf_token": csrf_token(admin_client, page)},
     )
-    assert refused.status_code == 409 and "order:cancelled" in refused.get_data(as_text=True)
+    assert refused.status_code == 409
+    assert "the order is cancelled" in refused.get_data(as_text=True)
     assert "Reinstate</button>" not in admin_client.get(f"/admin/licenses/{license_id}").get_data(
         as_text=True
     )
     assert [x["status"] for x in shop.order(9313)["licenses"]] == ["revoked"]
     shop.deliver(wc_order(9313, "processing", [item], modified=3))
     assert [x["status"] for x in shop.order(9313)["licenses"]] == ["active"]
+
+
+def test_a_key_the_owner_paused_is_not_reinstated_while_its_order_is_unpaid(
+    shop: WebhookSender,
+) -> None:
+    """Suspended by the owner, then the order cancelled (the owner's reason stays), or
+    revoked by the owner after the order revoked it: either way the order pays for nothing
+    now, so no reinstate; once paid again, the owner's pause can be lifted."""
+    shop.configure(501)
+    item = line_item(501, line_id=96)
+    shop.deliver(wc_order(9315, "processing", [item], modified=1))
+    [lic] = shop.order(9315)["licenses"]
+    assert shop.admin("POST", f"/licenses/{lic['key']}/suspend").status_code == 200
+    shop.deliver(wc_order(9315, "cancelled", [item], modified=2))
+    refused = shop.admin("POST", f"/licenses/{lic['key']}/reinstate")
+    assert refused.status_code == 409 and "the order is cancelled" in refused.get_json()["detail"]
+    assert shop.admin("POST", f"/licenses/{lic['key']}/revoke").status_code == 200
+    assert shop.admin("POST", f"/licenses/{lic['key']}/reinstate").status_code == 409
+    shop.deliver(wc_order(9315, "processing", [item], modified=3))
+    assert [x["status"] for x in shop.order(9315)["licenses"]] == ["revoked"]  # the owner's
+    assert shop.admin("POST", f"/licenses/{lic['key']}/reinstate").status_code == 200
+    assert [x["status"] for x in shop.order(9315)["licenses"]] == ["active"]
 
 
 def test_admin_mails_the_buyer_again_from_the_order_page(
