@@ -166,7 +166,19 @@ def delete_copies(payload: dict[str, Any]) -> None:
     if store is None:
         return
     backend = store_for(store)
+    # A copy's key is the same each time its grant is stamped: a link that works again (paid
+    # again, renewed) may have been stamped anew at that key since this job was queued, with
+    # what the order says now. That copy stays.
+    stamped_again = set(
+        db.session.scalars(
+            select(WatermarkCopy.object_key).where(
+                WatermarkCopy.object_key.in_(payload["object_keys"])
+            )
+        )
+    )
     for key in payload["object_keys"]:
+        if key in stamped_again:
+            continue
         try:
             backend.delete(key)
         except StorageUnavailable as exc:

@@ -170,3 +170,22 @@ def test_the_daily_purge_deletes_stamped_copies_of_links_that_no_longer_give_the
     assert get(shop.client, path).status_code == 200
     run_pending(app)
     assert copy_file.is_file()
+
+
+def test_a_copy_stamped_again_before_the_purges_delete_runs_is_kept(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The purge queues the storage delete; the order is paid again and the link clicked
+    (stamped anew at the same key) before the job runs: the job leaves that copy alone."""
+    from tests.factories import line_item, wc_order
+
+    path, copy_file = stamped_order(app, shop, 7907)
+    item = line_item(501, line_id=int(shop.order(7907)["order"]["line_items"][0]["id"]))
+    shop.deliver(wc_order(7907, "cancelled", [item], modified=5))
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 1
+    shop.deliver(wc_order(7907, "processing", [item], modified=6))
+    assert get(shop.client, path).status_code == 200  # stamped again, at the same key
+    run_pending(app)  # the purge's delete job
+    assert copy_file.is_file()
+    assert get(shop.client, path).status_code == 200
