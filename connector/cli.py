@@ -376,6 +376,7 @@ def store_secret(store_id: str) -> None:
     """Replace a store's webhook secret (lost or leaked). Connected, Keygate registers its
     webhooks again; wired by hand, paste the new secret into the shop's webhooks."""
     from connector.db import db
+    from connector.errors import ServiceUnavailable
     from connector.stores import find_store
     from connector.vault.connection import replace_webhook_secret
 
@@ -384,7 +385,10 @@ def store_secret(store_id: str) -> None:
         found = find_store(db.session, store_id)
         if found is None:
             raise click.ClickException(f"no store with id {store_id!r} (see `keygate store list`)")
-        secret = replace_webhook_secret(db.session, found, actor="cli")
+        try:
+            secret = replace_webhook_secret(db.session, found, actor="cli")
+        except ServiceUnavailable as exc:
+            raise click.ClickException(exc.detail) from None
         db.session.commit()
     if secret is None:
         click.echo("Keygate registers its webhooks in the shop again, with a new secret.")

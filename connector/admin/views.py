@@ -601,7 +601,11 @@ def replace_webhook_secret(store_id: int) -> ResponseReturnValue:
     if not form.validate_on_submit():
         abort(400)
     store = _visible_store(store_id)
-    secret = shop_connection.replace_webhook_secret(db.session, store, actor=_admin_name())
+    try:
+        secret = shop_connection.replace_webhook_secret(db.session, store, actor=_admin_name())
+    except ServiceUnavailable as exc:  # the shop refuses Keygate's key: nothing changed
+        db.session.rollback()
+        return _store_page(store, error=exc.detail, status=exc.status)
     if secret is None:
         return redirect(url_for("admin_views.store_detail", store_id=store.id, reregistering=1))
     page = render_template(

@@ -269,8 +269,23 @@ def replace_webhook_secret(session: Session, store: Store, *, actor: str) -> str
     returns None. Wired by hand, the new secret is returned to be pasted into the shop's
     webhooks; deliveries signed with the old one are refused from now on.
     """
+    client = shop_client_for(session, store)
+    connected = client is not None
+    if client is not None:
+        # Asked first, with nothing held: registering anew makes the new secret before it
+        # asks the shop for webhooks, so a shop that refuses Keygate's key (revoked in
+        # WooCommerce, a security plugin) would leave its working webhooks with a secret
+        # Keygate no longer takes, and nobody a secret to paste.
+        session.commit()
+        try:
+            client.list_webhooks()
+        except ShopError as exc:
+            raise ServiceUnavailable(
+                f"The shop did not let Keygate in to register its webhooks again ({exc}):"
+                " nothing was changed. Connect WooCommerce again, or disconnect and add the"
+                " webhooks by hand."
+            ) from None
     lock_store(session, store)
-    connected = credentials_for(session, store, "woocommerce") is not None
     secret = None
     if connected:
         session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))

@@ -512,3 +512,23 @@ def test_a_connected_stores_webhooks_are_registered_again_with_a_new_secret(
     shop.configure(501)
     order = wc_order(9061, "processing", [line_item(501)])
     assert fake_shop.deliver(shop.client, "order.created", order).status_code == 200
+
+
+def test_a_new_webhook_secret_is_not_made_when_the_shop_refuses_keygates_key(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Keygate's key revoked in WooCommerce: registering again would make a secret the
+    shop's working webhooks do not have. Nothing changes, and the page says what to do."""
+    from tests.factories import line_item, wc_order
+
+    connect_store(app, shop, fake_shop)
+    fake_shop.consumer_secret = "cs_" + "0" * 40
+    page = f"/admin/stores/{shop.store.store.id}"
+    answer = owner.post(f"{page}/webhook-secret", data=confirmed(owner, page))
+    assert answer.status_code == 503
+    assert "nothing was changed" in answer.get_data(as_text=True)
+    run_pending(app)
+    assert _audit(app, "store.webhook_secret_replaced") == []
+    shop.configure(501)
+    order = wc_order(9062, "processing", [line_item(501)])
+    assert fake_shop.deliver(shop.client, "order.created", order).status_code == 200
