@@ -35,7 +35,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from connector.audit import record_audit
 from connector.db import db
-from connector.downloads.storage import describe_storage, own_area
+from connector.downloads.storage import describe_storage, own_area, storage_is_shared
 from connector.errors import KeygateError, ServiceUnavailable, ValidationFailed
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
@@ -59,6 +59,7 @@ from connector.validation import is_control_character, row_id, whole_number
 from connector.vault import connection as shop_connection
 from connector.vault.crypto import keyed_hash
 from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
+from plugin.shop import PAID_STATUSES
 
 from .forms import ConfirmedForm, ConfirmForm, LoginForm, PasswordForm
 
@@ -301,16 +302,21 @@ def _order_page(
             .where(DownloadGrant.order_id == order.id, WatermarkCopy.status == "failed")
         ).all()
     )
-    refund_trouble = db.session.scalars(
-        select(AuditEvent)
-        .where(
-            AuditEvent.store_id == order.store_id,
-            AuditEvent.action == "order.refund_not_applied",
-            AuditEvent.subject == f"order:{order.shop_order_id}",
-        )
-        .order_by(AuditEvent.id.desc())
-        .limit(1)
-    ).first()
+    # Only while the order is paid: refunded or cancelled whole, every key is revoked anyway.
+    refund_trouble = (
+        None
+        if order.status not in PAID_STATUSES
+        else db.session.scalars(
+            select(AuditEvent)
+            .where(
+                AuditEvent.store_id == order.store_id,
+                AuditEvent.action == "order.refund_not_applied",
+                AuditEvent.subject == f"order:{order.shop_order_id}",
+            )
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
+        ).first()
+    )
     page = render_template(
         "admin/order.html",
         order=order,
@@ -537,10 +543,17 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
         connection=shop_connection.connection_report(db.session, store),
         storage_area=own_area(store.id),
         storage=describe_storage(store),
+        shared_storage=storage_is_shared(store),
         mail_route=mail_route(store),
         last_delivery=db.session.scalars(
             select(WebhookDelivery)
             .where(WebhookDelivery.store_id == store.id)
+            .order_by(WebhookDelivery.id.desc())
+            .limit(1)
+        ).first(),
+        last_accepted=db.session.scalars(
+            select(WebhookDelivery.received_at)
+            .where(WebhookDelivery.store_id == store.id, WebhookDelivery.outcome != "bad_signature")
             .order_by(WebhookDelivery.id.desc())
             .limit(1)
         ).first(),

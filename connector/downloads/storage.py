@@ -313,6 +313,12 @@ def store_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> O
     return SharedArea(backend, store if isinstance(store, int) else store.id)
 
 
+def storage_is_shared(store: Store) -> bool:
+    """The store's files are in an area of storage other stores share (no bucket of its
+    own): its object keys must start with its area, :func:`own_area`."""
+    return _own_credentials(store, _LOOK_UP) is None
+
+
 def describe_storage(store: Store) -> str:
     """Which storage holds the store's files, for its owner (never a credential)."""
     own = _own_credentials(store, _LOOK_UP)

@@ -95,6 +95,7 @@ ORDER_MAIL_JOB = "mail.order_issued"
 
 
 NO_ADDRESS = "This order has no address to mail: none was given, or the customer was erased."
+NOT_PAID_YET = "Nothing was issued for this order yet: its payment is not confirmed."
 NOTHING_USABLE = (
     "Nothing of this order can be used any more (refunded, cancelled, revoked or expired):"
     " a mail would hold no key and no link."
@@ -113,7 +114,7 @@ def mail_order_again(
     if order.mail_address is None:
         return NO_ADDRESS
     if not portal_link_only and not order_entitlements(session, order)["usable"]:
-        return NOTHING_USABLE
+        return NOT_PAID_YET if order.status in ("pending", "on-hold") else NOTHING_USABLE
     enqueue(session, ORDER_MAIL_JOB, {"order_id": order.id, "resend": True})
     record_audit(
         session,

@@ -346,6 +346,9 @@ def test_a_resend_of_an_order_with_nothing_left_is_refused_with_why(
     assert "Nothing of this order can be used any more" in refused.get_data(as_text=True)
     api = shop.admin("POST", "/orders/9312/resend")
     assert api.status_code == 409 and "no key and no link" in api.get_json()["detail"]
+    shop.deliver(wc_order(9316, "on-hold", [line_item(501)]))
+    waiting = shop.admin("POST", "/orders/9316/resend")
+    assert waiting.status_code == 409 and "payment is not confirmed" in waiting.get_json()["detail"]
     run_pending(app)
     with app.app_context():
         assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 1
@@ -572,6 +575,11 @@ def test_the_order_page_shows_what_the_buyer_cannot_tell_the_owner(
     assert "Refunds of this order could not be applied" in html
     assert "revoke the refunded keys below by hand" in html
     assert html.count("watermark failed:") == 2 and "encrypted" in html
+    order["status"] = "refunded"  # refunded whole later: every key revoked, nothing to warn
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:10:00"
+    shop.deliver(order)
+    html = admin_client.get(f"/admin/orders/{order_id}").get_data(as_text=True)
+    assert "could not be applied" not in html
 
 
 def test_orders_are_found_by_number_or_email_without_the_email_in_a_url(

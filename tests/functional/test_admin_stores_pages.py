@@ -3,6 +3,7 @@ disconnect, a new API token) and a WooCommerce key entered by hand on the creden
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from html import unescape
 from pathlib import Path
@@ -11,12 +12,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
-from connector.db import db
+from connector.db import db, utcnow
 from connector.jobs import run_pending
-from connector.models import AuditEvent, Store
+from connector.models import AuditEvent, Store, WebhookDelivery
 from connector.stores import NewStore, create_store
 from tests.factories import WebhookSender, wc_order
 from tests.functional.test_admin_pages import (
@@ -457,7 +458,7 @@ def test_the_store_page_says_where_files_and_mail_go_once_credentials_are_saved(
 
 
 def test_the_store_page_says_when_deliveries_are_refused_for_their_signature(
-    owner: FlaskClient, shop: WebhookSender
+    app: Flask, owner: FlaskClient, shop: WebhookSender
 ) -> None:
     from tests.factories import wc_order
 
@@ -470,6 +471,14 @@ def test_the_store_page_says_when_deliveries_are_refused_for_their_signature(
     shop.configure(501)
     assert shop.deliver(wc_order(9051)).status_code == 200  # fixed: the warning goes
     assert "was refused" not in owner.get(page).get_data(as_text=True)
+    with app.app_context():  # a minute later, someone posts garbage to the URL
+        db.session.execute(
+            update(WebhookDelivery).values(received_at=utcnow() - dt.timedelta(minutes=2))
+        )
+        db.session.commit()
+    assert shop.deliver(wc_order(9052), secret="someone-else").status_code == 401
+    html = owner.get(page).get_data(as_text=True)
+    assert "was refused" in html and "someone else is posting to the webhook URL" in html
 
 
 def test_a_hand_wired_stores_webhook_secret_is_replaced_and_shown_once(
