@@ -74,14 +74,37 @@ def endpoint_problem(url: str) -> str | None:
         return "must not contain a user name or password"
     if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
         return "has a host name that is not valid"
-    try:
-        address = ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        address = None
-    if (address is not None and address.is_link_local) or parts.hostname.endswith(".internal"):
+    if _metadata_service(parts.hostname):
         # 169.254.169.254 and friends: a cloud's metadata service, never a bucket.
         return "points at a link-local or internal address, not an S3 service"
     return None
+
+
+# Cloud metadata services outside the link-local range, and their usual names.
+METADATA_ADDRESSES = {
+    ipaddress.ip_address("fd00:ec2::254"),
+    ipaddress.ip_address("100.100.100.200"),
+}
+METADATA_NAMES = {"metadata", "instance-data", "metadata.google.internal"}
+
+
+def _metadata_service(host: str) -> bool:
+    """Does ``host`` name a cloud metadata service, however it is spelled (a trailing dot,
+    a decimal or hexadecimal IPv4 number, an IPv4-mapped IPv6 address)?"""
+    host = host.rstrip(".").lower()
+    if host in METADATA_NAMES or host.endswith(".internal"):
+        return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        try:  # 2852039166, 0xa9fea9fe: one number, as resolvers read it
+            address = ipaddress.ip_address(int(host, 0))
+        except ValueError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local or address in METADATA_ADDRESSES
 
 
 # Checked on every click; a store has one endpoint, so remember the answer.

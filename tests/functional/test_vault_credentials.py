@@ -188,6 +188,13 @@ def test_credentials_read_by_other_domains_never_show_a_secret_in_a_repr(
         ("endpoint_url", "http://169.254.169.254/", "link-local"),
         ("endpoint_url", "http://[fe80::1]:9000", "link-local"),
         ("endpoint_url", "http://metadata.google.internal/", "internal"),
+        ("endpoint_url", "http://metadata.google.internal./", "internal"),
+        ("endpoint_url", "http://2852039166/", "link-local"),
+        ("endpoint_url", "http://0xa9fea9fe/", "link-local"),
+        ("endpoint_url", "http://[::ffff:169.254.169.254]/", "link-local"),
+        ("endpoint_url", "http://169.254.169.254./", "link-local"),
+        ("endpoint_url", "http://[fd00:ec2::254]/", "link-local"),
+        ("endpoint_url", "http://100.100.100.200/", "link-local"),
     ],
 )
 def test_r2_settings_no_bucket_could_have_are_refused(
