@@ -207,6 +207,19 @@ def admin_add(username: str, store_public_id: str | None) -> None:
     _show_password(password)
 
 
+def _admin_named(username: str) -> Any:
+    """The admin user of this name (in an app context), or a clear error."""
+    from connector.db import db
+    from connector.models import AdminUser
+
+    user = db.session.execute(
+        select(AdminUser).where(AdminUser.username == username.strip())
+    ).scalar_one_or_none()
+    if user is None:
+        raise click.ClickException(f"no admin user '{username}'")
+    return user
+
+
 @admin.command("list")
 def admin_list() -> None:
     """The admin users: name, the store they may see (or every store), created."""
@@ -238,11 +251,7 @@ def admin_remove(username: str) -> None:
 
     app = make_app()
     with app.app_context():
-        user = db.session.execute(
-            select(AdminUser).where(AdminUser.username == username.strip())
-        ).scalar_one_or_none()
-        if user is None:
-            raise click.ClickException(f"no admin user '{username}'")
+        user = _admin_named(username)
         full = select(func.count()).select_from(AdminUser).where(AdminUser.store_id.is_(None))
         if user.store_id is None and db.session.execute(full).scalar_one() <= 1:
             raise click.ClickException(
@@ -268,15 +277,10 @@ def admin_password(username: str) -> None:
     current one, an admin can also change it signed in, at /admin/password."""
     from connector.audit import record_audit
     from connector.db import db
-    from connector.models import AdminUser
 
     app = make_app()
     with app.app_context():
-        user = db.session.execute(
-            select(AdminUser).where(AdminUser.username == username.strip())
-        ).scalar_one_or_none()
-        if user is None:
-            raise click.ClickException(f"no admin user '{username}'")
+        user = _admin_named(username)
         given = os.environ.get("KEYGATE_ADMIN_PASSWORD")
         password = given or secrets.token_urlsafe(12)
         user.set_password(password)
