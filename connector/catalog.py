@@ -235,8 +235,9 @@ def retire_product(session: Session, store: Store, product: Product, *, actor: s
     keep working and paid renewals still extend them, as for a product whose shop meta is
     gone. Configured in Keygate from now on, so the shop's meta does not bring it back;
     saving its settings again (a PUT) licenses new sales again."""
-    if product.retired_at is None:
-        product.retired_at = utcnow()
+    if product.retired_at is not None and product.source == "keygate":
+        return product  # already stopped: nothing more to record
+    product.retired_at = product.retired_at or utcnow()
     product.source = "keygate"
     session.flush()
     record_audit(

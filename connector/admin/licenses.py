@@ -26,6 +26,7 @@ from connector.licensing.admin import (
     change_license,
     find_license_by_key,
     license_record,
+    not_paid_for,
     remove_activation_as_owner,
     search_licenses,
 )
@@ -110,6 +111,7 @@ def _license_page(lic: License, error: str | None = None, status: int = 200) -> 
     return render_template(
         "admin/license.html",
         record=license_record(db.session, lic),
+        unpaid=not_paid_for(db.session, lic) if lic.status != "active" else None,
         links=link_states(db.session, license_id=lic.id),
         clicks=clicks(db.session, license_id=lic.id),
         days_max=DAYS_MAX,

@@ -272,6 +272,17 @@ def order_detail(order_id: int) -> ResponseReturnValue:
     return _order_page(order)
 
 
+def _unpaid_licenses(order: Order) -> dict[int, str]:
+    """Why each of the order's paused or revoked keys cannot be reinstated now (its order
+    does not pay for it), by license id: the page offers no Reinstate for those."""
+    from connector.licensing.admin import not_paid_for
+
+    paused = db.session.scalars(
+        select(License).where(License.order_id == order.id, License.status != "active")
+    )
+    return {lic.id: why for lic in paused if (why := not_paid_for(db.session, lic)) is not None}
+
+
 def _order_page(
     order: Order,
     *,
@@ -326,6 +337,7 @@ def _order_page(
         license_error=license_error,
         watermark_errors=watermark_errors,
         mail_jobs=mail_jobs,
+        unpaid=_unpaid_licenses(order),
         refund_trouble=refund_trouble,
         **order_entitlements(db.session, order),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,9 @@ def _metadata_service(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        try:  # 2852039166, 0xa9fea9fe: one number, as resolvers read it
-            address = ipaddress.ip_address(int(host, 0))
-        except ValueError:
+        try:  # 2852039166, 0xa9fea9fe, 0251.0376.0251.0376, 169.254.43518: as resolvers read them
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
             return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped

@@ -34,7 +34,7 @@ from connector.models import (
     Store,
 )
 from connector.orders.service import hash_license_key
-from plugin.shop import PAID_STATUSES
+from plugin.shop import REVOKING_STATUSES
 
 ACTIONS = ("revoke", "suspend", "reinstate", "extend")
 STATUS_FILTERS = (*LICENSE_STATUSES, "expired")
@@ -231,7 +231,7 @@ def license_record(session: Session, lic: License) -> LicenseRecord:
     )
 
 
-def _not_paid_for(session: Session, lic: License) -> str | None:
+def not_paid_for(session: Session, lic: License) -> str | None:
     """Why the license's order does not pay for it now, or None when it does: the order is
     refunded, cancelled, failed, deleted or not paid yet, the unit was refunded or removed,
     or the line now names another product. Whatever revoked or suspended the key (the order
@@ -243,8 +243,10 @@ def _not_paid_for(session: Session, lic: License) -> str | None:
         return None  # not sold through an order Keygate follows
     if order.deleted:
         return "the order was deleted in the shop"
-    if order.status not in PAID_STATUSES:
+    if order.status in REVOKING_STATUSES:
         return f"the order is {order.status}"
+    # pending or on-hold: a paid order waiting on something (a bank transfer checked): its
+    # keys stay as they are, and so may the owner's reinstate.
     if line.product_id != lic.product_id:
         return "the order's line now names another product"
     if lic.unit > max(0, line.quantity - line.refunded_quantity):
@@ -296,7 +298,7 @@ def change_license(
 
     - revoke / suspend: status with reason "admin";
     - reinstate: back to active, after the owner's or the abuse signal's suspension or
-      revocation (409 for one the order's state made: see ``License.revoked_by_its_order``);
+      revocation, or the order's; 409 while the order does not pay for it (:func:`not_paid_for`);
     - extend: ``days`` more, counted from the expiry if it is still ahead, else from now;
       an update window that ran with the license moves with it, and so do downloads that
       last while the license lasts. A lifetime license is 422.
@@ -314,12 +316,12 @@ def change_license(
         lic.status_reason = "admin"
         _set_downloads_blocked(session, lic, blocked=True)
     elif action == "reinstate":
-        unpaid = _not_paid_for(session, lic)
+        unpaid = not_paid_for(session, lic)
         if unpaid is not None:
             raise Conflict(
-                f"This key's order does not pay for it now ({unpaid}): it comes back when the"
-                " order is paid again in the shop. Reinstated here, it would be a key nobody"
-                " paid for, and the order's next update would revoke it again."
+                f"This key's order does not pay for it now ({unpaid}): reinstated, it would be a"
+                " key nobody paid for. Once the order is paid again in the shop, a key the order"
+                " revoked comes back by itself, and one you paused can be reinstated here."
             )
         lic.status = "active"
         lic.status_reason = None

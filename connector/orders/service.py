@@ -190,11 +190,14 @@ def _configured_product(
     A retired product (its shop meta is gone) matches no new sale, only a ``renewal`` (a
     paid subscription renewal or a line naming a key extends the key it renews), and only
     when no live one does: a variation retired to follow its parent again renews the
-    parent's key."""
+    parent's key. A product the owner stopped licensing in Keygate (``retire_product``)
+    is not passed over for its parent: its new sales get nothing."""
     found = _named_products(session, store, item.variation_id, item.product_id)
     for product, shop_id in found:
         if product.retired_at is None:
             return product, shop_id
+        if product.source == "keygate" and not renewal:
+            return None, None
     if renewal and found:
         return found[0]
     return None, None

@@ -290,6 +290,30 @@ def test_a_key_the_owner_paused_is_not_reinstated_while_its_order_is_unpaid(
     assert [x["status"] for x in shop.order(9315)["licenses"]] == ["revoked"]  # the owner's
     assert shop.admin("POST", f"/licenses/{lic['key']}/reinstate").status_code == 200
     assert [x["status"] for x in shop.order(9315)["licenses"]] == ["active"]
+    # On hold (a bank transfer checked), the keys stay: the owner's pause can be lifted.
+    assert shop.admin("POST", f"/licenses/{lic['key']}/suspend").status_code == 200
+    shop.deliver(wc_order(9315, "on-hold", [item], modified=4))
+    assert shop.admin("POST", f"/licenses/{lic['key']}/reinstate").status_code == 200
+
+
+def test_the_pages_offer_no_reinstate_the_order_would_refuse(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """Paused by the owner, then the order cancelled: neither page offers Reinstate."""
+    shop.configure(501)
+    item = line_item(501, line_id=97)
+    shop.deliver(wc_order(9317, "processing", [item], modified=1))
+    [lic] = shop.order(9317)["licenses"]
+    shop.admin("POST", f"/licenses/{lic['key']}/suspend")
+    shop.deliver(wc_order(9317, "cancelled", [item], modified=2))
+    assert sign_in(admin_client) == 302
+    with app.app_context():
+        order_id = db.session.execute(select(Order.id)).scalar_one()
+        license_id = db.session.execute(select(License.id)).scalar_one()
+    for page in (f"/admin/orders/{order_id}", f"/admin/licenses/{license_id}"):
+        html = admin_client.get(page).get_data(as_text=True)
+        assert "Reinstate</button>" not in html, page
+        assert "the order is cancelled" in html, page
 
 
 def test_admin_mails_the_buyer_again_from_the_order_page(

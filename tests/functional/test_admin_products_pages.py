@@ -663,8 +663,33 @@ def test_an_owner_stops_licensing_a_product_and_takes_it_up_again(
     assert answer.status_code == 302
     html = owner.get(page).get_data(as_text=True)
     assert "<strong>Retired</strong>" in html and "Stop licensing new sales</button>" not in html
+    assert (
+        owner.post(f"{page}/retire", data={"csrf_token": token, "confirm": "y"}).status_code == 302
+    )
     events = shop.admin("GET", "/audit").get_json()["events"]
     assert [e["actor"] for e in events if e["action"] == "product.retired"] == [
-        "admin:owner",
+        "admin:owner",  # retiring it again (another tab) records nothing more
         "api",
     ]
+
+
+def test_a_variation_the_owner_stopped_licensing_does_not_follow_its_parent(
+    shop: WebhookSender,
+) -> None:
+    """Unlike a variation whose shop meta is gone (it follows its parent again), one the
+    owner stopped licensing gets nothing for new sales; its renewals still extend."""
+    from tests.functional.test_renewals_and_payments import renewal_line
+
+    shop.configure(600, duration_days=30)
+    shop.configure(601, duration_days=365)
+    shop.deliver(wc_order(9901, "processing", [line_item(600, variation_id=601)]))
+    [sold] = shop.order(9901)["licenses"]
+    assert shop.admin("DELETE", "/products/601").status_code == 200
+    shop.deliver(wc_order(9902, "processing", [line_item(600, variation_id=601)]))
+    assert shop.order(9902)["licenses"] == []
+    shop.deliver(wc_order(9903, "processing", [line_item(600)]))
+    assert [lic["product_id"] for lic in shop.order(9903)["licenses"]] == ["600"]
+    renewal = renewal_line(600, sold["key"], 397)
+    renewal["variation_id"] = 601
+    shop.deliver(wc_order(9904, "processing", [renewal], modified=5))
+    assert shop.order(9901)["licenses"][0]["expires_at"] > sold["expires_at"]

@@ -120,12 +120,14 @@ def subscription_renewal(
 
 
 def retire(app: Flask, shop_product_id: str) -> None:
-    """The product's shop meta is gone: retired (sells no new keys)."""
+    """The product's shop meta is gone: retired by the product sync (sells no new keys; a
+    variation's lines follow its parent again), as only products configured from shop meta
+    are."""
     with app.app_context():
         db.session.execute(
             update(Product)
             .where(Product.shop_product_id == shop_product_id)
-            .values(retired_at=utcnow())
+            .values(retired_at=utcnow(), source="shop")
         )
         db.session.commit()
 

@@ -195,6 +195,9 @@ def test_credentials_read_by_other_domains_never_show_a_secret_in_a_repr(
         ("endpoint_url", "http://169.254.169.254./", "link-local"),
         ("endpoint_url", "http://[fd00:ec2::254]/", "link-local"),
         ("endpoint_url", "http://100.100.100.200/", "link-local"),
+        ("endpoint_url", "http://0251.0376.0251.0376/", "link-local"),
+        ("endpoint_url", "http://169.254.43518/", "link-local"),
+        ("endpoint_url", "http://0xa9.0xfe.0xa9.0xfe/", "link-local"),
     ],
 )
 def test_r2_settings_no_bucket_could_have_are_refused(
