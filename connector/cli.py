@@ -356,19 +356,27 @@ def store_list() -> None:
             click.echo(f"{row.public_id}  {row.name}  {row.url}  {own_area(row.id)}")
 
 
+def _store_with_id(store_id: str) -> Any:
+    """The store of this id (in an app context), or a clear error."""
+    from connector.db import db
+    from connector.stores import find_store
+
+    found = find_store(db.session, store_id)
+    if found is None:
+        raise click.ClickException(f"no store with id {store_id!r} (see `keygate store list`)")
+    return found
+
+
 @store.command("token")
 @click.argument("store_id")
 def store_token(store_id: str) -> None:
     """Replace a store's admin API token (lost or leaked); the old one stops working."""
     from connector.db import db
-    from connector.stores import find_store, replace_api_token
+    from connector.stores import replace_api_token
 
     app = make_app()
     with app.app_context():
-        found = find_store(db.session, store_id)
-        if found is None:
-            raise click.ClickException(f"no store with id {store_id!r} (see `keygate store list`)")
-        token = replace_api_token(db.session, found, actor="cli")
+        token = replace_api_token(db.session, _store_with_id(store_id), actor="cli")
         db.session.commit()
     click.echo(f"api_token: {token}")
     click.echo("Shown once; the previous token no longer works.")
@@ -381,16 +389,12 @@ def store_secret(store_id: str) -> None:
     webhooks again; wired by hand, paste the new secret into the shop's webhooks."""
     from connector.db import db
     from connector.errors import ServiceUnavailable
-    from connector.stores import find_store
     from connector.vault.connection import replace_webhook_secret
 
     app = make_app()
     with app.app_context():
-        found = find_store(db.session, store_id)
-        if found is None:
-            raise click.ClickException(f"no store with id {store_id!r} (see `keygate store list`)")
         try:
-            secret = replace_webhook_secret(db.session, found, actor="cli")
+            secret = replace_webhook_secret(db.session, _store_with_id(store_id), actor="cli")
         except ServiceUnavailable as exc:
             raise click.ClickException(exc.detail) from None
         db.session.commit()
