@@ -35,7 +35,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from connector.audit import record_audit
 from connector.db import db
-from connector.downloads.storage import describe_storage, own_area, storage_is_shared
+from connector.downloads.storage import own_area, storage_in_use
 from connector.errors import KeygateError, ServiceUnavailable, ValidationFailed
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
@@ -53,6 +53,7 @@ from connector.models import (
     WatermarkCopy,
     WebhookDelivery,
 )
+from connector.models.records import BAD_SIGNATURE
 from connector.orders.summary import order_entitlements
 from connector.stores import create_store, key_format, replace_api_token, setup_details
 from connector.validation import is_control_character, row_id, whole_number
@@ -554,8 +555,7 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
         store=store,
         connection=shop_connection.connection_report(db.session, store),
         storage_area=own_area(store.id),
-        storage=describe_storage(store),
-        shared_storage=storage_is_shared(store),
+        storage=storage_in_use(store),
         mail_route=mail_route(store),
         last_delivery=db.session.scalars(
             select(WebhookDelivery)
@@ -565,7 +565,7 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
         ).first(),
         last_accepted=db.session.scalars(
             select(WebhookDelivery.received_at)
-            .where(WebhookDelivery.store_id == store.id, WebhookDelivery.outcome != "bad_signature")
+            .where(WebhookDelivery.store_id == store.id, WebhookDelivery.outcome != BAD_SIGNATURE)
             .order_by(WebhookDelivery.id.desc())
             .limit(1)
         ).first(),

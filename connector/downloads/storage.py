@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from connector.errors import ValidationFailed
 from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable
@@ -313,21 +313,23 @@ def store_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> O
     return SharedArea(backend, store if isinstance(store, int) else store.id)
 
 
-def storage_is_shared(store: Store) -> bool:
-    """The store's files are in an area of storage other stores share (no bucket of its
-    own): its object keys must start with its area, :func:`own_area`."""
-    return _own_credentials(store, _LOOK_UP) is None
+class StorageInUse(NamedTuple):
+    """Which storage holds a store's files, for its owner (never a credential)."""
+
+    description: str
+    # In an area of storage other stores share (no bucket of its own): its object keys
+    # must start with its area, :func:`own_area`.
+    shared: bool
 
 
-def describe_storage(store: Store) -> str:
-    """Which storage holds the store's files, for its owner (never a credential)."""
+def storage_in_use(store: Store) -> StorageInUse:
     own = _own_credentials(store, _LOOK_UP)
     if own is not None:
-        return f"its own R2 bucket {own.get('bucket')}"
-    shared = instance_r2_config()
-    if shared is not None:
-        return f"the instance's R2 bucket {shared.bucket} (KEYGATE_R2_*)"
-    return "the embedded folder on this server"
+        return StorageInUse(f"its own R2 bucket {own.get('bucket')}", shared=False)
+    instance = instance_r2_config()
+    if instance is not None:
+        return StorageInUse(f"the instance's R2 bucket {instance.bucket} (KEYGATE_R2_*)", True)
+    return StorageInUse("the embedded folder on this server", shared=True)
 
 
 def check_in_reach(store: Store, keys: list[str]) -> None:

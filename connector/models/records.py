@@ -11,6 +11,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from connector.db import Base, UTCDateTime, utcnow
 from connector.vault.crypto import Encrypted
 
+# The outcome of a delivery refused for its signature (kept at most once a minute a store).
+BAD_SIGNATURE = "bad_signature"
+
 
 class WebhookDelivery(Base):
     """A webhook we received. The body is not kept (it holds addresses); its hash is."""
@@ -24,7 +27,7 @@ class WebhookDelivery(Base):
     shop_webhook_id: Mapped[str | None] = mapped_column(String(64), default=None)
     resource_id: Mapped[str | None] = mapped_column(String(64), default=None)
     body_sha256: Mapped[str] = mapped_column(String(64))
-    # applied | stale | ignored | ping | rejected
+    # applied | stale | ignored | rejected | BAD_SIGNATURE
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text, default=None)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

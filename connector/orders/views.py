@@ -14,6 +14,7 @@ from sqlalchemy import select
 from connector.db import db, survives_a_dropped_connection, utcnow
 from connector.errors import InvalidInput, NotFound, SignatureInvalid
 from connector.models import Store, WebhookDelivery
+from connector.models.records import BAD_SIGNATURE
 from connector.orders.reconcile import enqueue_refresh
 from connector.orders.service import apply_shop_order
 from connector.stores import find_store
@@ -38,7 +39,6 @@ def _record(store: Store, body: bytes, outcome: str, detail: str | None = None) 
     return delivery
 
 
-BAD_SIGNATURE = "bad_signature"
 # At most one record of refused signatures per store in this time: anyone who knows a
 # webhook URL can post to it, and must not fill the table.
 BAD_SIGNATURE_EVERY = dt.timedelta(minutes=1)
