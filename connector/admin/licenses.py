@@ -45,10 +45,15 @@ DONE = {
 }
 
 
+def _sent() -> Any:
+    """What the filter form (and its Older button) posted, else the query string."""
+    return request.form if request.method == "POST" else request.args
+
+
 def _filters() -> dict[str, str]:
     """The list's filters, as the admin API reads them: posted by the filter form (a buyer's
     address never goes into a URL), or status and product from the query string."""
-    args = request.form if request.method == "POST" else request.args
+    args = _sent()
     raw = {
         "email": (args.get("email") or "").strip().lower() if request.method == "POST" else "",
         "status": (args.get("status") or "").strip(),
@@ -63,9 +68,7 @@ def _license_list(find_error: str | None = None, status: int = 200) -> ResponseR
         db.session,
         _scope(),
         **filters,
-        before=row_id(
-            (request.form if request.method == "POST" else request.args).get("before") or ""
-        ),
+        before=row_id(_sent().get("before") or ""),
         limit=PAGE + 1,
     )
     older = rows[PAGE - 1].license.id if len(rows) > PAGE else None

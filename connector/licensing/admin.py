@@ -233,8 +233,8 @@ def license_record(session: Session, lic: License) -> LicenseRecord:
 
 def not_paid_for(session: Session, lic: License) -> str | None:
     """Why the license's order does not pay for it now, or None when it does: the order is
-    refunded, cancelled, failed, deleted or not paid yet, the unit was refunded or removed,
-    or the line now names another product. Whatever revoked or suspended the key (the order
+    refunded, cancelled, failed or deleted, the unit was refunded or removed, or the line
+    now names another product. Whatever revoked or suspended the key (the order
     itself, or the owner before the order was cancelled), reinstating it then would hand
     out a key nobody paid for."""
     order = session.get(Order, lic.order_id) if lic.order_id is not None else None

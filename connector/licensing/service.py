@@ -374,10 +374,20 @@ def validate_fast(
     )
     if row is None:
         return _not_found(malformed=False)
-    status, expires_at, updates_until, limit, shop_product_id, activation_id, seen, seats = row[:8]
+    (
+        status,
+        expires_at,
+        updates_until,
+        limit,
+        shop_product_id,
+        activation_id,
+        seen,
+        seats,
+        store_public_id_,
+    ) = row
     now = utcnow()
     if (product_id is not None and product_id != shop_product_id) or (
-        store is not None and store != row[8]
+        store is not None and store != store_public_id_
     ):
         return None
     if status in ("revoked", "suspended") or (expires_at is not None and expires_at <= now):

@@ -16,6 +16,7 @@ from connector.jobs import JOB_ID, RetryLater, enqueue, handles
 from connector.mail import contacts
 from connector.models import Mail, Order, Store
 from connector.orders.summary import order_entitlements
+from plugin.shop import WAITING_STATUSES
 
 
 def brevo_config_for(store: Store) -> BrevoConfig | None:
@@ -114,7 +115,7 @@ def mail_order_again(
     if order.mail_address is None:
         return NO_ADDRESS
     if not portal_link_only and not order_entitlements(session, order)["usable"]:
-        return NOT_PAID_YET if order.status in ("pending", "on-hold") else NOTHING_USABLE
+        return NOT_PAID_YET if order.status in WAITING_STATUSES else NOTHING_USABLE
     enqueue(session, ORDER_MAIL_JOB, {"order_id": order.id, "resend": True})
     record_audit(
         session,

@@ -18,7 +18,7 @@ from connector.models import (
     Product,
     ProductFile,
 )
-from connector.models.licensing import AUTOMATIC_REASONS, LINE_CHANGED, by_the_order
+from connector.models.licensing import LINE_CHANGED, by_the_order
 from connector.orders.renewals import renewed_by_query
 from connector.tokens import download_url, portal_url
 
@@ -54,7 +54,7 @@ class LicenseView:
             return "the payment of the order that bought it failed"
         if reason == "order:deleted":
             return "the order that bought it was deleted in the shop"
-        if reason.startswith(AUTOMATIC_REASONS):
+        if by_the_order(reason):
             return "the order that bought it was refunded or cancelled"
         if self.status == "suspended":
             return "paused by the shop; contact them to reinstate it"
