@@ -45,7 +45,7 @@ from connector.db import (
     raw_connection,
     utcnow,
 )
-from connector.downloads.storage import Delivery, ObjectStore, store_for
+from connector.downloads.storage import Delivery, ObjectStore, store_areas, store_for
 from connector.downloads.watermark import Stamp, WatermarkError, stamp_pdf, stamp_zip
 from connector.errors import ServiceUnavailable
 from connector.integrations.r2 import StorageUnavailable
@@ -602,7 +602,7 @@ def _original_changed_since(
 
 def watermarked_key(order: Order, grant: DownloadGrant, filename: str) -> str:
     """Per-order key of a buyer's copy, beside the originals in the same store."""
-    return f"watermarked/{order.store_id}/{order.id}/{grant.id}/{filename}"
+    return f"{store_areas(order.store_id)[1]}{order.id}/{grant.id}/{filename}"
 
 
 def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:

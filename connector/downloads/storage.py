@@ -56,6 +56,8 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def delete_prefix(self, prefix: str) -> int: ...
+
 
 class LocalStore:
     """Embedded storage: objects under ``<instance>/files/<object_key>``."""
@@ -106,6 +108,18 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove the folder ``prefix`` names (it must end with ``/``) and everything in it;
+        returns how many files."""
+        if not prefix.endswith("/"):
+            raise ValueError("a prefix of embedded storage is a folder, ending with /")
+        folder = self.path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for item in folder.rglob("*") if item.is_file())
+        shutil.rmtree(folder)
+        return count
 
 
 # How long a bucket's "the object is there, with this ETag" is believed without asking again.
@@ -198,6 +212,12 @@ def own_area(store_id: int) -> str:
     return f"{STORE_AREA}/{store_id}/"
 
 
+def store_areas(store_id: int) -> tuple[str, str]:
+    """Both folders of shared storage that belong to store ``store_id``: its own files and
+    its buyers' stamped copies."""
+    return own_area(store_id), f"{COPIES_AREA}/{store_id}/"
+
+
 def in_another_stores_area(store_id: int, key: str) -> bool:
     """Does ``key`` lie in another store's area of shared storage (``stores/<id>/``, or
     the stamped copies under ``watermarked/<id>/``)? Any other spelling of those folders
@@ -251,6 +271,13 @@ class SharedArea:
     def delete(self, key: str) -> None:
         self.backend.delete(self._writable(key))
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Empty one of the store's own areas (or a folder in one): nothing else of shared
+        storage is the store's to delete wholesale."""
+        if not prefix.startswith(store_areas(self.store_id)):
+            raise ValueError(f"store {self.store_id} may not delete the folder {prefix!r}")
+        return self.backend.delete_prefix(prefix)
+
 
 _LOOK_UP: Any = object()
 
@@ -301,16 +328,28 @@ def store_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> O
     """The object store that holds ``store``'s files: its own bucket when the vault holds
     its R2 credentials (``stored``: see ``_own_credentials``), else its :class:`SharedArea`
     of the shared storage (the instance-wide bucket, or the embedded folder)."""
-    from connector import get_settings
-
     own = _own_credentials(store, stored)
     if own is not None:
         return R2ObjectStore(_r2_config(own))
+    return shared_area(store if isinstance(store, int) else store.id)
+
+
+def own_bucket(store: Store) -> R2ObjectStore | None:
+    """The store's own R2 bucket, when the vault holds its credentials."""
+    own = _own_credentials(store, _LOOK_UP)
+    return R2ObjectStore(_r2_config(own)) if own is not None else None
+
+
+def shared_area(store_id: int) -> SharedArea:
+    """Store ``store_id``'s part of the shared storage (the instance-wide bucket, or the
+    embedded folder), whether or not it has a bucket of its own now."""
+    from connector import get_settings
+
     shared = instance_r2_config()
     backend: ObjectStore = (
         R2ObjectStore(shared) if shared is not None else LocalStore(get_settings().storage_dir)
     )
-    return SharedArea(backend, store if isinstance(store, int) else store.id)
+    return SharedArea(backend, store_id)
 
 
 class StorageInUse(NamedTuple):

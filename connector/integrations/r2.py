@@ -214,6 +214,33 @@ class R2Store:
         except (ClientError, BotoCoreError) as exc:
             raise StorageUnavailable(f"R2 delete failed ({type(exc).__name__})") from None
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with ``prefix``; returns how many.
+
+        Raises:
+            StorageUnavailable: the bucket did not answer or refused (what went before is gone).
+        """
+        removed = 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.config.bucket, Prefix=prefix
+            )
+            for page in pages:  # at most 1000 keys a page, as many as one DeleteObjects takes
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if not keys:
+                    continue
+                answer = self.client.delete_objects(
+                    Bucket=self.config.bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+                if answer.get("Errors"):
+                    raise StorageUnavailable(
+                        f"R2 refused to delete {len(answer['Errors'])} objects"
+                    )
+                removed += len(keys)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"R2 delete failed ({type(exc).__name__})") from None
+        return removed
+
     def presigned_url(self, key: str, filename: str, ttl: int = PRESIGN_DEFAULT_SECONDS) -> str:
         """A GET URL for ``key`` that saves as ``filename`` and expires after ``ttl`` s.
 

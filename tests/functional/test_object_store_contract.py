@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,44 @@ def test_the_version_of_an_object_changes_when_it_is_replaced(
     source.write_bytes(b"edition two")
     object_store.upload("books/guide.pdf", source)
     assert object_store.version("books/guide.pdf") not in (None, first)
+
+
+def test_deleting_a_folder_removes_everything_in_it_and_nothing_beside_it(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    """delete_prefix empties one folder, sub-folders included, on every backend; a folder
+    whose name merely starts the same ("stores/10/" beside "stores/1/") stays."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"content")
+    inside = ["stores/1/a.pdf", "stores/1/deep/er/b.zip", "stores/1/c d.txt"]
+    beside = ["stores/10/a.pdf", "stores/other.pdf", "watermarked/1/x.pdf"]
+    for key in inside + beside:
+        object_store.upload(key, source)
+    assert object_store.delete_prefix("stores/1/") == 3
+    assert [key for key in inside if object_store.exists(key)] == []
+    assert [key for key in beside if object_store.exists(key)] == beside
+    assert object_store.delete_prefix("stores/1/") == 0  # again, or never there: nothing
+
+
+def test_deleting_a_folder_in_a_bucket_goes_past_one_listing_page(
+    localstack_endpoint: str,
+) -> None:
+    """More objects than one S3 listing page and one DeleteObjects call take (1000)."""
+    bucket = f"prefix-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=localstack_endpoint,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        region_name="auto",
+    )
+    s3.create_bucket(Bucket=bucket)
+    keys = [f"watermarked/7/{n}/copy.pdf" for n in range(1003)] + ["watermarked/70/kept.pdf"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
+    store = R2ObjectStore(
+        R2Config("acct", ACCESS_KEY_ID, SECRET_ACCESS_KEY, bucket, localstack_endpoint)
+    )
+    assert store.delete_prefix("watermarked/7/") == 1003
+    left = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert [item["Key"] for item in left] == ["watermarked/70/kept.pdf"]

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 
 from connector import create_app
 from connector.db import db
-from connector.downloads.storage import check_in_reach
+from connector.downloads.storage import LocalStore, SharedArea, check_in_reach
 from connector.errors import ValidationFailed
 from connector.models import Product, ProductFile, Release, Store
 from connector.stores import create_store
@@ -213,3 +213,20 @@ def test_update_check_of_a_release_in_another_stores_area_of_the_shared_bucket(
         assert other.client.get(url.removeprefix("http://keygate.test")).status_code == 404
     finally:
         app.extensions["keygate.db"].engine.dispose()
+
+
+def test_a_store_may_empty_only_its_own_areas(tmp_path: Path) -> None:
+    """Deleting a folder wholesale is allowed in the store's two areas only: never another
+    store's, the common files, or the whole storage."""
+    backend = LocalStore(tmp_path)
+    for key in ("stores/5/a.pdf", "watermarked/5/1/2/a.pdf", "stores/6/b.pdf", "common.pdf"):
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(b"x")
+    area = SharedArea(backend, 5)
+    for refused in ("", "stores/", "stores/6/", "watermarked/", "watermarked/6/", "stores/5"):
+        with pytest.raises(ValueError):
+            area.delete_prefix(refused)
+    assert area.delete_prefix("stores/5/") == 1
+    assert area.delete_prefix("watermarked/5/") == 1
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["common.pdf", "stores/6/b.pdf"]
