@@ -180,19 +180,14 @@ def admin() -> None:
 def admin_add(username: str, store_public_id: str | None) -> None:
     """Add an admin; the password is KEYGATE_ADMIN_PASSWORD, or a new one printed once."""
     from connector.db import db
-    from connector.models import AdminUser, Store
+    from connector.models import AdminUser
 
     app = make_app()
     with app.app_context():
         session = db.session
         store_id = None
         if store_public_id is not None:
-            store_row = session.execute(
-                select(Store).where(Store.public_id == store_public_id)
-            ).scalar_one_or_none()
-            if store_row is None:
-                raise click.ClickException(f"no store with store_id {store_public_id}")
-            store_id = store_row.id
+            store_id = _store_with_id(store_public_id).id
         username = username.strip()
         if not username or len(username) > 100 or not username.isprintable():
             raise click.ClickException(
@@ -352,7 +347,9 @@ def store_list() -> None:
 
     app = make_app()
     with app.app_context():
-        for row in db.session.scalars(select(Store).order_by(Store.id)):
+        for row in db.session.scalars(
+            select(Store).where(Store.deleted_at.is_(None)).order_by(Store.id)
+        ):
             click.echo(f"{row.public_id}  {row.name}  {row.url}  {own_area(row.id)}")
 
 
@@ -403,6 +400,36 @@ def store_secret(store_id: str) -> None:
         return
     click.echo(f"webhook_secret: {secret}")
     click.echo("Shown once: paste it into the store's webhooks in WooCommerce.")
+
+
+@store.command("delete")
+@click.argument("store_id")
+@click.option("--yes", is_flag=True, help="Do not ask for the store id again.")
+def store_delete(store_id: str, yes: bool) -> None:
+    """Delete a store and everything Keygate keeps for it: orders, buyers, licenses (its
+    keys stop working), links, mails, products, credentials, its audit log. No undo."""
+    from connector.db import db
+    from connector.errors import KeygateError
+    from connector.privacy.store_deletion import delete_store
+
+    app = make_app()
+    with app.app_context():
+        found = _store_with_id(store_id)
+        if not yes:
+            click.echo(
+                f"This deletes store {found.public_id} ({found.name}) and everything Keygate"
+                " keeps for it; its license keys stop working. There is no undo."
+            )
+            again = click.prompt("Type the store id again to delete it", default="")
+            if again.strip() != found.public_id:
+                raise click.ClickException("not deleted: the store id typed did not match")
+        try:
+            done = delete_store(db.session, found, actor="cli")
+        except KeygateError as exc:  # buyers still to be taken out of its Brevo list
+            raise click.ClickException(exc.detail) from None
+    click.echo(f"Deleted store {store_id}: {done.orders} orders, {done.licenses} licenses.")
+    for line in done.left_to_do():
+        click.echo(line)
 
 
 STOP_SECONDS = 40.0  # longer than a Brevo call may take (its timeout), so a mail ends cleanly

@@ -48,6 +48,7 @@ HANDLER_MODULES = [
     "connector.privacy.service",
     "connector.downloads.jobs",
     "connector.downloads.privacy",
+    "connector.privacy.store_deletion",
 ]
 
 # Jobs the worker starts on a schedule: (kind, interval in seconds). One job per kind and

@@ -142,14 +142,18 @@ def setup_details(created: NewStore) -> dict[str, str]:
 def find_store(session: Session, public_id: str) -> Store | None:
     if len(public_id) > 32:
         return None
-    return session.execute(select(Store).where(Store.public_id == public_id)).scalar_one_or_none()
+    return session.execute(
+        select(Store).where(Store.public_id == public_id, Store.deleted_at.is_(None))
+    ).scalar_one_or_none()
 
 
 def store_for_api_token(session: Session, token: str) -> Store | None:
     if not token or len(token) > 200:
         return None
     return session.execute(
-        select(Store).where(Store.api_token_hash == keyed_hash(API_TOKEN_HASH, token))
+        select(Store).where(
+            Store.api_token_hash == keyed_hash(API_TOKEN_HASH, token), Store.deleted_at.is_(None)
+        )
     ).scalar_one_or_none()
 
 

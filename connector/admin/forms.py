@@ -26,6 +26,12 @@ class ConfirmedForm(FlaskForm):
     confirm = BooleanField("I understand", validators=[DataRequired()])
 
 
+class DeleteStoreForm(ConfirmedForm):
+    """Deleting a store: the box ticked and the store's id typed again."""
+
+    store_id = StringField("Store id", validators=[DataRequired(), Length(max=32)])
+
+
 class PasswordForm(FlaskForm):
     """Change the signed-in admin's password (the current one is asked again)."""
 

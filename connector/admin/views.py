@@ -55,6 +55,7 @@ from connector.models import (
 )
 from connector.models.records import BAD_SIGNATURE
 from connector.orders.summary import order_entitlements
+from connector.privacy import store_deletion
 from connector.stores import create_store, key_format, replace_api_token, setup_details
 from connector.validation import is_control_character, row_id, whole_number
 from connector.vault import connection as shop_connection
@@ -62,7 +63,7 @@ from connector.vault.crypto import keyed_hash
 from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
 from plugin.shop import PAID_STATUSES
 
-from .forms import ConfirmedForm, ConfirmForm, LoginForm, PasswordForm
+from .forms import ConfirmedForm, ConfirmForm, DeleteStoreForm, LoginForm, PasswordForm
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -456,13 +457,14 @@ def _admin_name() -> str:
 
 def _visible_stores() -> list[Store]:
     """The stores the signed-in admin may see, oldest first."""
-    return list(db.session.scalars(_scoped(select(Store), Store.id).order_by(Store.id)))
+    live = select(Store).where(Store.deleted_at.is_(None))
+    return list(db.session.scalars(_scoped(live, Store.id).order_by(Store.id)))
 
 
 def _visible_store(store_id: int | None) -> Store:
     """The store, if the signed-in admin may see it; else 404 (no such id included)."""
     store = db.session.get(Store, store_id) if store_id is not None else None
-    if store is None or not _visible(store.id):
+    if store is None or store.deleted_at is not None or not _visible(store.id):
         abort(404)
     return store
 
@@ -571,8 +573,32 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
         ).first(),
         error=error,
         form=ConfirmForm(),
+        may_delete=_scope() is None,
     )
     return page, status
+
+
+@bp.post("/stores/<int:store_id>/delete")
+@login_required
+def delete_store(store_id: int) -> ResponseReturnValue:
+    """Delete the store and everything kept for it (admins of every store only; the box
+    ticked and the store id typed again)."""
+    _global_only()
+    form = DeleteStoreForm()
+    if not form.validate_on_submit():
+        abort(400)
+    store = _visible_store(store_id)
+    if not secrets.compare_digest(str(form.store_id.data).strip(), store.public_id):
+        return _store_page(
+            store, error="Not deleted: the store id typed does not match this store's.", status=422
+        )
+    name = store.name
+    try:
+        done = store_deletion.delete_store(db.session, store, actor=_admin_name())
+    except KeygateError as exc:  # 409: buyers still to be taken out of its Brevo list
+        db.session.rollback()
+        return _store_page(store, error=exc.detail, status=exc.status)
+    return render_template("admin/store_deleted.html", name=name, done=done, form=ConfirmForm())
 
 
 @bp.post("/stores/<int:store_id>/disconnect")

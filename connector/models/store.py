@@ -29,6 +29,9 @@ class Store(Base):
     key_groups: Mapped[int] = mapped_column(Integer, default=4)
     key_group_length: Mapped[int] = mapped_column(Integer, default=5)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when the owner deleted the store: the row stays, emptied, so that its id (and
+    # with it its areas of shared storage) is never given to another store.
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class AdminUser(Base):

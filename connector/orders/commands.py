@@ -54,7 +54,7 @@ def _stores(store_id: str | None) -> list[int]:
     from connector.db import db
     from connector.models import Store
 
-    query = select(Store.id).order_by(Store.id)
+    query = select(Store.id).where(Store.deleted_at.is_(None)).order_by(Store.id)
     if store_id is not None:
         query = query.where(Store.public_id == store_id)
     ids = list(db.session.scalars(query))

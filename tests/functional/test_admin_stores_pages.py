@@ -417,9 +417,9 @@ def test_disconnecting_and_replacing_the_token_need_the_box_ticked(
     connect_store(app, shop, fake_shop)
     page = f"/admin/stores/{shop.store.store.id}"
     html = owner.get(page).get_data(as_text=True)
-    assert html.count('name="confirm" value="y" required') == 3
+    assert html.count('name="confirm" value="y" required') == 4
     assert "onsubmit" not in html
-    for action in ("disconnect", "token", "webhook-secret"):
+    for action in ("disconnect", "token", "webhook-secret", "delete"):
         answer = owner.post(f"{page}/{action}", data={"csrf_token": csrf_token(owner, page)})
         assert answer.status_code == 400, action
     assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
@@ -541,3 +541,36 @@ def test_a_new_webhook_secret_is_not_made_when_the_shop_refuses_keygates_key(
     shop.configure(501)
     order = wc_order(9062, "processing", [line_item(501)])
     assert fake_shop.deliver(shop.client, "order.created", order).status_code == 200
+
+
+def _delete_store(owner: FlaskClient, shop: WebhookSender) -> TestResponse:
+    page = f"/admin/stores/{shop.store.store.id}"
+    return owner.post(
+        f"{page}/delete", data={**confirmed(owner, page), "store_id": shop.store.store.public_id}
+    )
+
+
+def test_deleting_a_connected_store_deletes_its_webhooks_in_the_shop(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    connect_store(app, shop, fake_shop)
+    assert len(fake_shop.webhooks) == 4
+    response = _delete_store(owner, shop)
+    assert response.status_code == 200
+    assert fake_shop.webhooks == {}
+    assert "delete Keygate's webhooks" not in response.get_data(as_text=True)
+
+
+def test_deleting_a_store_whose_shop_is_down_names_the_webhooks_left(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The store is deleted all the same: its webhooks are refused from now on, and the
+    owner is told to delete them in WooCommerce."""
+    connect_store(app, shop, fake_shop)
+    fake_shop.down = True
+    response = _delete_store(owner, shop)
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert "The shop did not answer: delete Keygate&#39;s webhooks in WooCommerce" in html
+    assert len(fake_shop.webhooks) == 4
+    assert shop.deliver({"id": 1}).status_code == 404

@@ -352,3 +352,104 @@ def test_a_bucket_that_is_down_is_a_503_page_and_costs_no_download(
         assert downloads_left(shop, 8011) == [3, 3]
     finally:
         app.extensions["keygate.db"].engine.dispose()
+
+
+def _stamped_copy(app: Flask, shop: WebhookSender, client: Any, bucket: str, key: str) -> str:
+    """A paid order of a PDF at ``key`` in ``bucket``, stamped: the copy's key."""
+    pdf = pikepdf.new()
+    pdf.add_blank_page()
+    body = io.BytesIO()
+    pdf.save(body)
+    client.put_object(Bucket=bucket, Key=key, Body=body.getvalue())
+    paid_link(shop, 8500, [{"object_key": key, "filename": "book.pdf", "watermark": "pdf"}])
+    run_pending(app)
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.status == "ready" and copy.object_key is not None, copy.error
+        return copy.object_key
+
+
+def _keys(client: Any, bucket: str) -> list[str]:
+    return sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def test_deleting_a_store_deletes_its_buyers_copies_in_its_own_bucket(
+    app: Flask, shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """The stamped copies (buyers' names inside) go; the owner's own files in their bucket
+    stay, and so does the bucket: it is the owner's."""
+    from connector.models import Credential
+    from connector.privacy.store_deletion import delete_store
+
+    client = s3_client(localstack_endpoint)
+    credentials = {
+        "account_id": "0123456789abcdef",
+        "access_key_id": ACCESS_KEY_ID,
+        "secret_access_key": SECRET_ACCESS_KEY,
+        "bucket": bucket,
+        "endpoint_url": localstack_endpoint,
+    }
+    assert shop.admin("PUT", "/credentials/r2", credentials).status_code == 200
+    copy = _stamped_copy(app, shop, client, bucket, "books/book.pdf")
+    assert _keys(client, bucket) == sorted(["books/book.pdf", copy])
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        done = delete_store(db.session, store, actor="test")
+        assert done.copies_left_in is None and done.left_to_do() == []
+        assert db.session.scalars(select(Credential)).all() == []
+    assert _keys(client, bucket) == ["books/book.pdf"]
+
+
+def test_a_bucket_that_is_down_leaves_the_copies_named_for_the_owner(
+    app: Flask, shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """The store is deleted all the same; the owner is told which folder to empty."""
+    from connector.privacy.store_deletion import delete_store
+
+    client = s3_client(localstack_endpoint)
+    credentials = {
+        "account_id": "0123456789abcdef",
+        "access_key_id": ACCESS_KEY_ID,
+        "secret_access_key": SECRET_ACCESS_KEY,
+        "bucket": bucket,
+        "endpoint_url": localstack_endpoint,
+    }
+    assert shop.admin("PUT", "/credentials/r2", credentials).status_code == 200
+    copy = _stamped_copy(app, shop, client, bucket, "books/book.pdf")
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        dead = f"http://127.0.0.1:{free_port()}"
+        from connector.vault.service import put_credentials
+
+        put_credentials(db.session, store, "r2", {**credentials, "endpoint_url": dead}, actor="t")
+        db.session.commit()
+        done = delete_store(db.session, store, actor="test")
+        store_id = store.id
+        assert store.deleted_at is not None
+    assert done.copies_left_in == f"{bucket}/watermarked/{store_id}/"
+    assert any(done.copies_left_in in note for note in done.left_to_do())
+    assert copy in _keys(client, bucket)
+
+
+def test_deleting_a_store_empties_its_areas_of_the_instance_bucket(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """In the instance-wide bucket (KEYGATE_R2_*), the store's own files and its buyers'
+    copies go; another store's files and the common ones stay."""
+    from connector.privacy.store_deletion import delete_store
+
+    client = s3_client(localstack_endpoint)
+    store_id = r2_shop.store.store.id
+    original = f"stores/{store_id}/book.pdf"
+    copy = _stamped_copy(r2_app, r2_shop, client, bucket, original)
+    for kept in (f"stores/{store_id + 1}/other.pdf", "common/readme.txt"):
+        client.put_object(Bucket=bucket, Key=kept, Body=b"x")
+    assert copy.startswith(f"watermarked/{store_id}/")
+    with r2_app.app_context():
+        store = db.session.get(Store, store_id)
+        assert store is not None
+        delete_store(db.session, store, actor="test")
+    run_pending(r2_app)
+    assert _keys(client, bucket) == ["common/readme.txt", f"stores/{store_id + 1}/other.pdf"]
