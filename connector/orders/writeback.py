@@ -69,8 +69,12 @@ def write_order_note(session: Session, payload: dict[str, Any]) -> str:
     order = session.get(Order, payload["order_id"])
     if order is None or order.deleted:
         return "no-order"
+    if order.is_erased:
+        # A customer note is mailed to the buyer by WooCommerce: an erased order is never
+        # mailed again (the note job may still be retrying through a shop outage).
+        return "erased"
     store = session.get(Store, order.store_id)
-    if store is None:  # pragma: no cover - stores are never deleted
+    if store is None:  # pragma: no cover - a store's orders go with it
         return "no-order"
     marker = note_marker(payload)
     done = session.execute(

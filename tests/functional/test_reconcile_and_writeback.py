@@ -513,6 +513,21 @@ def test_no_note_for_an_order_refunded_before_the_job_ran(
     assert shop.order(9703)["licenses"][0]["status"] == "revoked"
 
 
+def test_no_note_for_an_order_whose_buyer_was_erased_before_the_job_ran(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """WooCommerce mails a customer note to the buyer: an erased order is never mailed
+    again, even by a note job still waiting through a shop outage."""
+    shop.configure(501)
+    order = wc_order(9704, "processing", [line_item(501)])
+    connected.orders[9704] = order
+    connected.deliver(shop.client, "order.created", order)
+    assert shop.admin("DELETE", "/customers/jurgen@example.org").status_code == 200
+    run_pending(app)
+    assert 9704 not in connected.notes
+    assert shop.order(9704)["licenses"][0]["status"] == "active"
+
+
 def test_reconcile_registers_webhooks_when_registration_gave_up(
     app: Flask, shop: WebhookSender, fake_shop: FakeShop
 ) -> None:
