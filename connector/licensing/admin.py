@@ -372,7 +372,9 @@ def remove_activation_as_owner(
     ).scalar_one_or_none()
     if activation is None:
         raise NotFound("This license has no such activation.")
-    detail = {"site": activation.site or None, "fingerprint": activation.fingerprint or None}
+    # Its id only, as the buyer portal's entry: the audit log outlives the activation and
+    # erasures, and a site or a device fingerprint is about the buyer.
+    detail = {"activation_id": activation.id}
     session.delete(activation)
     session.flush()
     record_audit(
