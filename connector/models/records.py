@@ -94,7 +94,7 @@ class BrevoRemoval(Base):
     """An address to take out of a store's Brevo list (customer erased, consent withdrawn),
     kept until job ``brevo.remove_contact`` has done it, then deleted.
 
-    The job carries this row's id; the address is here, encrypted like every stored address
+    The job carries this row's id; the address is here, encrypted like the stored mails
     (and re-encrypted by ``keygate rotate-keys``, which a token in a job payload would not be).
     """
 

@@ -241,7 +241,8 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
     )
     removed["jobs"] = deleted(
         delete(Job).where(
-            Job.status == "done",
+            # Dead ones too: their error text may name a customer.
+            Job.status.in_(("done", "dead")),
             Job.finished_at < older(settings.retention_jobs_days),
             Job.id.not_in(select(Mail.job_id).where(Mail.job_id.is_not(None))),
         )
