@@ -148,6 +148,11 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         RATELIMIT_STORAGE_URI=storage_uri(settings.ratelimit_storage_uri),
         RATELIMIT_ENABLED=settings.ratelimit_enabled,
         RATELIMIT_HEADERS_ENABLED=True,
+        # A rate-limit storage that cannot be reached (Redis down): sign-in and the portal's
+        # forms keep their limits in this process's memory until it is back, and any other
+        # storage error lets the request through (logged), never a 500.
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_SWALLOW_ERRORS=True,
         WTF_CSRF_TIME_LIMIT=None,
     )
     # Mails are plain text too: drop the blank lines block tags would leave.

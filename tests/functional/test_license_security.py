@@ -401,3 +401,23 @@ def test_limits_are_shared_through_redis(tmp_path: Path, database_url: str) -> N
             for i in range(6)
         ]
     assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+def test_an_unreachable_limit_store_keeps_sign_in_limited_in_memory(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Redis down: signing in is answered (never a 500), and its 10-a-minute limit holds in
+    the server's memory meanwhile."""
+    with apps_with(tmp_path, database_url, ratelimit_storage_uri="redis://127.0.0.1:1/0") as (
+        application,
+    ):
+        client = application.test_client()
+        statuses = []
+        for _ in range(11):
+            page = client.get("/admin/login").get_data(as_text=True)
+            token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+            answer = client.post(
+                "/admin/login", data={"username": "x", "password": "y", "csrf_token": token}
+            )
+            statuses.append(answer.status_code)
+    assert statuses == [401] * 10 + [429]
