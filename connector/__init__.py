@@ -126,12 +126,14 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         overrides: settings that win over the environment (field names of ``Settings``),
             plus ``start_worker`` (bool) to control the in-process job thread and
             ``check_database`` (bool, default True: refuse to start on a database that is
-            not migrated or was made with other keys; ``keygate init`` migrates first).
+            not migrated or was made with other keys; ``keygate init`` migrates first),
+            and ``defaults``: settings used only where neither the environment nor
+            ``keygate.toml`` sets them.
     """
     overrides = dict(overrides or {})
     start_worker = overrides.pop("start_worker", None)
     check_database = overrides.pop("check_database", True)
-    settings = load_settings(overrides)
+    settings = load_settings(overrides, defaults=overrides.pop("defaults", None))
     https = settings.base_url.startswith("https://")
 
     app = _Keygate("connector", template_folder=str(TEMPLATES))

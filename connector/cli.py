@@ -445,14 +445,21 @@ def run(host: str, port: int, threads: int) -> None:
 
     from connector import create_app
 
-    overrides: dict[str, Any] = {}
-    if not os.environ.get("KEYGATE_BASE_URL"):
-        # Links in mails must point at this server unless a public URL is configured.
-        overrides["base_url"] = f"http://{host}:{port}"
+    # Links in mails point at this server unless a public URL is configured (environment
+    # or keygate.toml). Listening on every address names none a buyer could use.
+    everywhere = host in {"0.0.0.0", "::", ""}  # noqa: S104 - compared, not bound
+    shown = "127.0.0.1" if everywhere else f"[{host}]" if ":" in host else host
+    own_url = f"http://{shown}:{port}"
     try:
-        app = create_app(overrides)
+        app = create_app({"defaults": {"base_url": own_url}})
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if everywhere and app.extensions["keygate.settings"].base_url == own_url:
+        click.echo(
+            f"Links in mails and webhook URLs say {own_url}: set KEYGATE_BASE_URL to the"
+            " address buyers and the shop reach this server at.",
+            err=True,
+        )
     from connector.jobs import stop_worker_thread
 
     click.echo(f"Keygate on http://{host}:{port}  (admin: http://{host}:{port}/admin)")

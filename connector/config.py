@@ -135,14 +135,76 @@ def _check_fernet_keys(keys: list[str]) -> tuple[str, ...]:
     return tuple(keys)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Settings that must be at least 1: 0 would spin the worker, give up on every job at once,
+# or purge records the day they are made.
+_AT_LEAST_ONE = (
+    "job_max_attempts",
+    "retention_webhook_days",
+    "retention_jobs_days",
+    "retention_mail_days",
+    "retention_security_days",
+    "retention_download_log_days",
+)
+
+
+def _check_values(values: dict[str, Any]) -> None:
+    """What a library would otherwise refuse later, with a traceback naming no setting."""
+    from limits import parse_many
+    from limits.errors import ConfigurationError
+    from limits.storage import storage_from_string
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from connector.ratelimit import storage_uri
+
+    level = str(values.get("log_level", Settings.log_level)).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"KEYGATE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    values["log_level"] = level
+    for name in _AT_LEAST_ONE:
+        if name in values and values[name] < 1:
+            raise ConfigError(f"KEYGATE_{name.upper()} must be at least 1")
+    if "worker_poll_seconds" in values and values["worker_poll_seconds"] < 0.1:
+        raise ConfigError("KEYGATE_WORKER_POLL_SECONDS must be at least 0.1")
+    for name in ("ratelimit_license_per_key", "ratelimit_license_per_ip"):
+        if name in values:
+            try:
+                parse_many(str(values[name]))
+            except ValueError:
+                raise ConfigError(
+                    f"KEYGATE_{name.upper()} must be a rate limit such as 60/minute"
+                ) from None
+    uri = str(values.get("ratelimit_storage_uri", Settings.ratelimit_storage_uri))
+    try:
+        storage_from_string(storage_uri(uri))  # builds a client; connects on first use
+    except (ConfigurationError, ValueError):
+        # Not the URI itself in the message: it may carry a Redis password.
+        raise ConfigError(
+            "KEYGATE_RATELIMIT_STORAGE_URI must be memory:// or a storage the limits library"
+            " knows and has its client installed for, such as redis://127.0.0.1:6379"
+        ) from None
+    if "database_url" in values:
+        try:
+            backend = make_url(str(values["database_url"])).get_backend_name()
+        except ArgumentError:
+            backend = None
+        if backend not in ("sqlite", "postgresql"):
+            raise ConfigError("KEYGATE_DATABASE_URL must be a sqlite:/// or postgresql:// URL")
+
+
 def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Read and validate settings.
 
     Args:
         overrides: values that win over everything (tests, embedding); keys are field names.
         environ: the environment to read (defaults to ``os.environ``).
+        defaults: values used only where neither the environment nor ``keygate.toml`` sets
+            one (``keygate run``'s own address as the base URL).
 
     Raises:
         ConfigError: a value is malformed or a required secret is missing.
@@ -173,6 +235,8 @@ def load_settings(
             raw = env[env_name]
         elif name in file_values:
             raw = file_values[name]
+        elif defaults and name in defaults:
+            raw = defaults[name]
         else:
             continue
         kind = type(spec.default) if not isinstance(spec.default, type(None)) else str
@@ -192,6 +256,7 @@ def load_settings(
         raise ConfigError("KEYGATE_DOWNLOAD_URL_TTL must be between 1 and 604800 seconds")
     if not 1 <= values.get("portal_link_days", 30) <= 3650:
         raise ConfigError("KEYGATE_PORTAL_LINK_DAYS must be between 1 and 3650")
+    _check_values(values)
     if values.get("r2_endpoint_url"):
         from connector.integrations.r2 import endpoint_problem  # boto3: only when configured
 
@@ -220,9 +285,11 @@ def load_settings(
     if not secret:
         secret_lines = _read_key_file(instance_dir / SECRET_KEY_FILE)
         secret = secret_lines[0] if secret_lines else None
-    if not secret or len(secret) < 32:
+    if secret and len(secret) < 32:
+        raise ConfigError("the secret key (KEYGATE_SECRET_KEY or secret.key) is shorter than 32")
+    if not secret:
         raise ConfigError(
-            f"no secret key (32+ characters) in {instance_dir / SECRET_KEY_FILE} or "
+            f"no secret key in {instance_dir / SECRET_KEY_FILE} or "
             "KEYGATE_SECRET_KEY: for a new instance, run `keygate init`; an existing database "
             "needs the key it was made with (restore the file)"
         )

@@ -46,7 +46,16 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_MAIL_ECHO": "maybe"}, "KEYGATE_MAIL_ECHO"),
         ({"KEYGATE_BASE_URL": "ftp://x"}, "KEYGATE_BASE_URL"),
         ({"KEYGATE_MASTER_KEY": "not-a-key"}, "master key #1"),
-        ({"KEYGATE_SECRET_KEY": "short"}, "secret key"),
+        ({"KEYGATE_SECRET_KEY": "short"}, "secret key .* is shorter than 32"),
+        ({"KEYGATE_LOG_LEVEL": "verbose"}, "KEYGATE_LOG_LEVEL must be one of DEBUG"),
+        ({"KEYGATE_RATELIMIT_LICENSE_PER_KEY": "lots"}, "KEYGATE_RATELIMIT_LICENSE_PER_KEY"),
+        ({"KEYGATE_RATELIMIT_LICENSE_PER_IP": "5/fortnight"}, "KEYGATE_RATELIMIT_LICENSE_PER_IP"),
+        ({"KEYGATE_RATELIMIT_STORAGE_URI": "bogus://x"}, "KEYGATE_RATELIMIT_STORAGE_URI"),
+        ({"KEYGATE_DATABASE_URL": "garbage"}, "KEYGATE_DATABASE_URL"),
+        ({"KEYGATE_DATABASE_URL": "mysql://db/keygate"}, "KEYGATE_DATABASE_URL"),
+        ({"KEYGATE_WORKER_POLL_SECONDS": "0"}, "KEYGATE_WORKER_POLL_SECONDS"),
+        ({"KEYGATE_JOB_MAX_ATTEMPTS": "0"}, "KEYGATE_JOB_MAX_ATTEMPTS"),
+        ({"KEYGATE_RETENTION_JOBS_DAYS": "0"}, "KEYGATE_RETENTION_JOBS_DAYS"),
     ],
 )
 def test_bad_values_fail_at_boot(tmp_path: Path, variables: dict[str, str], message: str) -> None:
@@ -70,6 +79,42 @@ def test_instance_file_is_read_and_env_wins(tmp_path: Path) -> None:
     )
     assert settings.base_url == "https://keys.example"
     assert settings.max_body_bytes == 4096
+
+
+def test_a_redis_password_is_never_in_the_message(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            environ=env(
+                KEYGATE_INSTANCE_DIR=str(tmp_path),
+                KEYGATE_RATELIMIT_STORAGE_URI="redix://:hunter2-secret@cache:6379",
+            )
+        )
+    assert "hunter2" not in str(caught.value)
+
+
+def test_good_values_pass_and_the_log_level_is_any_case(tmp_path: Path) -> None:
+    settings = load_settings(
+        environ=env(
+            KEYGATE_INSTANCE_DIR=str(tmp_path),
+            KEYGATE_LOG_LEVEL="warning",
+            KEYGATE_RATELIMIT_STORAGE_URI="redis://127.0.0.1:6379/0",
+            KEYGATE_RATELIMIT_LICENSE_PER_KEY="10/second;100/minute",
+            KEYGATE_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/keygate",
+        )
+    )
+    assert settings.log_level == "WARNING"
+
+
+def test_defaults_give_way_to_the_instance_file_and_the_environment(tmp_path: Path) -> None:
+    """`keygate run` passes its own address as a default base URL: a base_url in
+    keygate.toml or KEYGATE_BASE_URL wins over it."""
+    own = {"base_url": "http://127.0.0.1:18401"}
+    where = env(KEYGATE_INSTANCE_DIR=str(tmp_path))
+    assert load_settings(environ=where, defaults=own).base_url == "http://127.0.0.1:18401"
+    (tmp_path / "keygate.toml").write_text('base_url = "https://keys.example"\n')
+    assert load_settings(environ=where, defaults=own).base_url == "https://keys.example"
+    where["KEYGATE_BASE_URL"] = "https://env.example"
+    assert load_settings(environ=where, defaults=own).base_url == "https://env.example"
 
 
 def test_forwarded_for_is_trusted_only_behind_configured_proxies(tmp_path: Path) -> None:
