@@ -51,7 +51,35 @@ def _write_secret_file(path: Path, value: str) -> None:
         handle.write(value + "\n")
 
 
-@click.group()
+class _Keygate(click.Group):
+    """Commands that cannot reach the database say so in a line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return super().invoke(ctx)
+        except OperationalError as exc:
+            raise click.ClickException(_unreachable_database(exc)) from None
+
+
+def _unreachable_database(exc: Exception) -> str:
+    from sqlalchemy.engine import make_url
+
+    settings_url = os.environ.get("KEYGATE_DATABASE_URL")
+    where = (
+        make_url(settings_url).render_as_string(hide_password=True)
+        if settings_url
+        else "the instance's SQLite file"
+    )
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+    hint = ""
+    if "does not exist" in reason:
+        hint = " Create the database first (e.g. `createdb keygate`), then run `keygate init`."
+    return f"cannot use the database at {where}: {reason}.{hint}"
+
+
+@click.group(cls=_Keygate)
 def main() -> None:
     """Keygate: licenses and watermarked downloads for your shop."""
     # What Keygate writes (the SQLite database, buyers' stamped copies, uploaded files,

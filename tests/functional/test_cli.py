@@ -230,3 +230,24 @@ def test_admins_are_listed_and_removed_but_never_the_last_of_every_store(tmp_pat
     assert last.returncode == 1 and "last admin of every store" in last.stderr
     assert keygate(tmp_path, "admin", "remove", "--username", "nobody").returncode == 1
     assert "ana" not in keygate(tmp_path, "admin", "list").stdout
+
+
+def test_a_database_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A PostgreSQL database not created yet, or a server not listening: the command says
+    which database (no password) and why, and what to do when it does not exist yet."""
+    missing = keygate(
+        tmp_path,
+        "init",
+        database_url="postgresql://postgres:pw-secret@127.0.0.1:5432/keygate_never_created",
+    )
+    assert missing.returncode != 0
+    assert "Traceback" not in missing.stderr
+    assert "keygate_never_created" in missing.stderr and "does not exist" in missing.stderr
+    assert "createdb" in missing.stderr and "pw-secret" not in missing.stderr
+    assert keygate(tmp_path, "init").returncode == 0  # the keys it needs, for the next one
+    closed = keygate(
+        tmp_path, "store", "list", database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/k"
+    )
+    assert closed.returncode != 0
+    assert "Traceback" not in closed.stderr
+    assert "cannot use the database at postgresql://postgres@127.0.0.1" in closed.stderr
