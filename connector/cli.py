@@ -444,13 +444,16 @@ def store_delete(store_id: str, yes: bool) -> None:
     with app.app_context():
         found = _store_with_id(store_id)
         if not yes:
+            name = found.name
+            db.session.rollback()  # nothing held while the owner reads (SQLite's write lock)
             click.echo(
-                f"This deletes store {found.public_id} ({found.name}) and everything Keygate"
-                " keeps for it; its license keys stop working. There is no undo."
+                f"This deletes store {store_id} ({name}) and everything Keygate keeps for"
+                " it; its license keys stop working. There is no undo."
             )
             again = click.prompt("Type the store id again to delete it", default="")
-            if again.strip() != found.public_id:
+            if again.strip() != store_id:
                 raise click.ClickException("not deleted: the store id typed did not match")
+            found = _store_with_id(store_id)
         try:
             done = delete_store(db.session, found, actor="cli")
         except KeygateError as exc:  # buyers still to be taken out of its Brevo list

@@ -9,18 +9,20 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.errors import ValidationFailed
+from connector.errors import NotFound, ValidationFailed
 from connector.licensing.keys import KeyFormat
 from connector.models import Store
 from connector.validation import is_control_character
 from connector.vault.crypto import keyed_hash
 
+T = TypeVar("T")
 API_TOKEN_HASH = "store-api-token"  # noqa: S105 - a hash purpose label
 _ALPHANUMERIC = string.ascii_letters + string.digits
 MAX_URL_LENGTH = 500  # the columns' lengths
@@ -139,11 +141,20 @@ def setup_details(created: NewStore) -> dict[str, str]:
     }
 
 
+def _live(query: Select[T]) -> Select[T]:
+    """``query`` for stores not deleted, held against a deletion until the transaction ends:
+    on PostgreSQL a ``FOR KEY SHARE`` lock, which a deletion's ``FOR UPDATE`` waits for, and
+    which waits for a deletion under way and then finds its store gone. A request or job
+    that found its store this way never writes a row under a store deleted meanwhile (the
+    row would outlive the deletion). SQLite's writers take turns anyway."""
+    return query.where(Store.deleted_at.is_(None)).with_for_update(read=True, key_share=True)
+
+
 def find_store(session: Session, public_id: str) -> Store | None:
     if len(public_id) > 32:
         return None
     return session.execute(
-        select(Store).where(Store.public_id == public_id, Store.deleted_at.is_(None))
+        _live(select(Store).where(Store.public_id == public_id))
     ).scalar_one_or_none()
 
 
@@ -151,10 +162,24 @@ def store_for_api_token(session: Session, token: str) -> Store | None:
     if not token or len(token) > 200:
         return None
     return session.execute(
-        select(Store).where(
-            Store.api_token_hash == keyed_hash(API_TOKEN_HASH, token), Store.deleted_at.is_(None)
-        )
+        _live(select(Store).where(Store.api_token_hash == keyed_hash(API_TOKEN_HASH, token)))
     ).scalar_one_or_none()
+
+
+class StoreDeleted(NotFound):
+    """The store was deleted while this request or job was working for it."""
+
+
+def hold_live_store(session: Session, store: Store) -> None:
+    """Hold ``store`` against a deletion until the transaction ends (see :func:`_live`);
+    writers that got their store another way (a job's id) call this before writing.
+
+    Raises:
+        StoreDeleted: it was deleted meanwhile.
+    """
+    held = session.execute(_live(select(Store.id).where(Store.id == store.id))).scalar()
+    if held is None:
+        raise StoreDeleted("No store has this id.")
 
 
 def replace_api_token(session: Session, store: Store, *, actor: str) -> str:

@@ -36,7 +36,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from connector.audit import record_audit
 from connector.db import db
 from connector.downloads.storage import own_area, storage_in_use
-from connector.errors import KeygateError, ServiceUnavailable, ValidationFailed
+from connector.errors import KeygateError, NotFound, ServiceUnavailable, ValidationFailed
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
 from connector.licensing.keys import KeyFormat
@@ -588,13 +588,16 @@ def delete_store(store_id: int) -> ResponseReturnValue:
     if not form.validate_on_submit():
         abort(400)
     store = _visible_store(store_id)
-    if not secrets.compare_digest(str(form.store_id.data).strip(), store.public_id):
+    if str(form.store_id.data).strip() != store.public_id:  # a confirmation, not a secret
         return _store_page(
             store, error="Not deleted: the store id typed does not match this store's.", status=422
         )
     name = store.name
     try:
         done = store_deletion.delete_store(db.session, store, actor=_admin_name())
+    except NotFound:  # deleted by another request meanwhile
+        db.session.rollback()
+        abort(404)
     except KeygateError as exc:  # 409: buyers still to be taken out of its Brevo list
         db.session.rollback()
         return _store_page(store, error=exc.detail, status=exc.status)

@@ -112,8 +112,11 @@ class LocalStore:
     def delete_prefix(self, prefix: str) -> int:
         """Remove the folder ``prefix`` names (it must end with ``/``) and everything in it;
         returns how many files."""
-        if not prefix.endswith("/"):
-            raise ValueError("a prefix of embedded storage is a folder, ending with /")
+        parts = prefix.split("/")
+        if parts[-1] != "" or any(part in ("", ".", "..") for part in parts[:-1]):
+            raise ValueError("a prefix of embedded storage is a plain folder, ending with /")
+        if (self.root / prefix).is_symlink():
+            raise ValueError("a folder that is a link elsewhere is not emptied")
         folder = self.path(prefix.rstrip("/"))
         if not folder.is_dir():
             return 0
@@ -272,9 +275,9 @@ class SharedArea:
         self.backend.delete(self._writable(key))
 
     def delete_prefix(self, prefix: str) -> int:
-        """Empty one of the store's own areas (or a folder in one): nothing else of shared
-        storage is the store's to delete wholesale."""
-        if not prefix.startswith(store_areas(self.store_id)):
+        """Empty one of the store's two areas: nothing else of shared storage is the
+        store's to delete wholesale."""
+        if prefix not in store_areas(self.store_id):
             raise ValueError(f"store {self.store_id} may not delete the folder {prefix!r}")
         return self.backend.delete_prefix(prefix)
 

@@ -473,7 +473,9 @@ def activate(
     if state is not None:
         return state
     # The seat lock: every activation of this license queues here, on any host.
-    session.execute(select(License.id).where(License.id == lic.id).with_for_update()).scalar_one()
+    seat_lock = select(License.id).where(License.id == lic.id).with_for_update()
+    if session.execute(seat_lock).scalar() is None:  # its store was deleted meanwhile
+        return _not_found(malformed)
     existing = _find_activation(session, lic, identity)
     if existing is not None:
         existing.last_seen_at = utcnow()

@@ -45,6 +45,7 @@ from connector.errors import ValidationFailed
 from connector.jobs import RetryLater, handles
 from connector.models import LineItem, Order, Product, Store
 from connector.orders.reconcile import refresh_order, schedule_next
+from connector.stores import hold_live_store
 from connector.vault.connection import connection_of
 from plugin.shop import PAID_STATUSES, PayloadError
 from plugin.woocommerce.rest import ShopRejected, ShopUnavailable, WooCommerceClient
@@ -301,7 +302,11 @@ def apply_listing(
     shows with meta and that the shop confirmed without meta (``gone``, see
     :func:`confirm_meta_gone`) are retired; meta problems are recorded for the owner (audit
     ``product.meta_invalid``, once per problem, and the connection's ``products_invalid``).
+
+    Raises:
+        StoreDeleted: the store was deleted while the shop was read.
     """
+    hold_live_store(session, store)
     result = SyncResult()
     for item in listed:
         try:

@@ -46,6 +46,7 @@ from connector.models import (
 )
 from connector.models.licensing import LINE_CHANGED, by_the_order
 from connector.orders import renewals
+from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash
 from plugin.shop import (
     PAID_STATUSES,
@@ -626,7 +627,11 @@ def apply_shop_order(
             deleted one whatever its date.
         restored: delivered as ``order.restored``: the shop took the order out of the
             trash, so it restores a deleted one.
+
+    Raises:
+        StoreDeleted: the store was deleted meanwhile (a job's re-read).
     """
+    hold_live_store(session, store)
     order = _lock_order(session, store, shop_order.id, shop_order.status)
     if _is_stale(order, shop_order, reread, restored):
         unconfirmed = order.deleted and not shop_order.deleted

@@ -17,6 +17,7 @@ deleted store: its webhook URL and admin pages are 404, its API token was replac
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
@@ -78,9 +79,6 @@ class StoreDeletion:
     # Keygate's key (their ids) or could not be reached (``shop_unreachable``).
     webhooks_left: list[str]
     shop_unreachable: bool
-    # The folder of the store's own R2 bucket still holding buyers' stamped copies (the
-    # bucket did not answer), for the owner to delete; None when nothing was left there.
-    copies_left_in: str | None
     # Buyers still to be taken out of a Brevo list while the store had no Brevo credentials
     # to do it (a removal waits for them): Keygate can no longer pass that on.
     brevo_removals_dropped: int = 0
@@ -104,24 +102,16 @@ class StoreDeletion:
                 " out of the store's Brevo list, which had no Brevo credentials to do it: check"
                 " that list in Brevo for buyers who asked to be erased."
             )
-        if self.copies_left_in:
-            notes.append(
-                "The store's R2 bucket did not answer: delete the buyers' stamped copies in"
-                f" {self.copies_left_in} yourself."
-            )
         return notes
 
 
-def delete_store(session: Session, store: Store, *, actor: str) -> StoreDeletion:
-    """Delete ``store`` and everything kept for it (see the module's docstring). Commits.
+def _brevo_removals_left(session: Session, store: Store) -> int:
+    """Buyers still to be taken out of the store's Brevo list (erased, consent withdrawn).
 
     Raises:
-        Conflict: buyers are still to be taken out of the store's Brevo list (erased, or
-            consent withdrawn), and its Brevo credentials are there to do it: deleting them
-            now would drop that for good.
-        NotFound: the store was deleted meanwhile.
+        Conflict: there are, and the store's Brevo credentials are there to do it: deleting
+            them now would drop that for good.
     """
-    from connector.vault.connection import disconnect
     from connector.vault.service import credentials_for
 
     waiting = session.scalar(select(func.count()).where(BrevoRemoval.store_id == store.id)) or 0
@@ -131,6 +121,21 @@ def delete_store(session: Session, store: Store, *, actor: str) -> StoreDeletion
             " outbox, brevo.remove_contact): delete the store once that is done, or delete its"
             " Brevo credentials first and take them out in Brevo by hand."
         )
+    return waiting
+
+
+def delete_store(session: Session, store: Store, *, actor: str) -> StoreDeletion:
+    """Delete ``store`` and everything kept for it (see the module's docstring). Commits.
+
+    Raises:
+        Conflict: see :func:`_brevo_removals_left`.
+        NotFound: the store was deleted meanwhile.
+    """
+    from connector.vault.connection import disconnect
+
+    if lock_row(session, Store, store.id).deleted_at is not None:
+        raise NotFound("This store was deleted.")
+    _brevo_removals_left(session, store)
     shop_unreachable = False
     webhooks_left: list[str] = []
     try:
@@ -142,13 +147,17 @@ def delete_store(session: Session, store: Store, *, actor: str) -> StoreDeletion
         session.rollback()
         log.warning("store %s: shop not reached while deleting the store (%s)", store.id, exc)
         shop_unreachable = True
-    bucket = own_bucket(store)  # its credentials are read before they are deleted
-    lock_row(session, Store, store.id)
-    if store.deleted_at is not None:
+    if lock_row(session, Store, store.id).deleted_at is not None:
         raise NotFound("This store was deleted.")
+    # Again under the lock: one may have been queued while the shop answered.
+    waiting = _brevo_removals_left(session, store)
+    # Work under way on the store's rows finishes first (an activation holds its license,
+    # a click its grant): none adds a row that points at one deleted here.
+    for model in (Order, License, DownloadGrant):
+        session.execute(select(model.id).where(model.store_id == store.id).with_for_update()).all()
     orders = session.scalar(select(func.count()).where(Order.store_id == store.id)) or 0
     licenses = session.scalar(select(func.count()).where(License.store_id == store.id)) or 0
-    delete_store_rows(session, store.id)
+    delete_store_rows(session, store.id, keep_bucket=True)
     session.execute(delete(AuditEvent).where(AuditEvent.store_id == store.id))
     session.execute(delete(AdminUser).where(AdminUser.store_id == store.id))
     store.deleted_at = utcnow()
@@ -164,30 +173,21 @@ def delete_store(session: Session, store: Store, *, actor: str) -> StoreDeletion
         subject=store.public_id,
         detail={"orders": orders, "licenses": licenses, "shop_unreachable": shop_unreachable},
     )
-    enqueue(session, DELETE_FILES_JOB, {"store_id": store.id})
+    enqueue(session, DELETE_FILES_JOB, {"store_id": store.id, "since": utcnow().isoformat()})
     session.commit()
-    copies_left_in = None
-    if bucket is not None:
-        # After the commit: no link of the store can stamp a new copy any more.
-        copies = store_areas(store.id)[1]
-        try:
-            bucket.delete_prefix(copies)
-        except StorageUnavailable as exc:
-            log.warning("store %s: stamped copies left in its bucket (%s)", store.id, exc)
-            copies_left_in = f"{bucket.config.bucket}/{copies}"
     return StoreDeletion(
         orders=orders,
         licenses=licenses,
         webhooks_left=webhooks_left,
         shop_unreachable=shop_unreachable,
-        copies_left_in=copies_left_in,
         brevo_removals_dropped=waiting,
     )
 
 
-def delete_store_rows(session: Session, store_id: int) -> int:
+def delete_store_rows(session: Session, store_id: int, *, keep_bucket: bool) -> int:
     """Delete every row kept for store ``store_id`` but its audit log, its admins and the
-    store itself (children first); returns how many. Safe to run again."""
+    store itself (children first); returns how many. Safe to run again. ``keep_bucket``
+    keeps its R2 credentials, for the files job to reach its own bucket."""
     orders = select(Order.id).where(Order.store_id == store_id)
     licenses = select(License.id).where(License.store_id == store_id)
     grants = select(DownloadGrant.id).where(DownloadGrant.store_id == store_id)
@@ -220,7 +220,12 @@ def delete_store_rows(session: Session, store_id: int) -> int:
         (WebhookDelivery, WebhookDelivery.store_id == store_id),
         (WebhookRegistration, WebhookRegistration.store_id == store_id),
         (ShopConnection, ShopConnection.store_id == store_id),
-        (Credential, Credential.store_id == store_id),
+        (
+            Credential,
+            (Credential.store_id == store_id) & (Credential.kind != "r2")
+            if keep_bucket
+            else Credential.store_id == store_id,
+        ),
         (BrevoRemoval, BrevoRemoval.store_id == store_id),
     ]
     removed = 0
@@ -244,26 +249,46 @@ def _jobs_of(store_id: int, orders: Select[Any]) -> ColumnElement[bool]:
     ) & (Job.kind != DELETE_FILES_JOB)
 
 
+# How long the files job retries a store's own bucket before it gives up on the stamped
+# copies there (the owner revoked the key, deleted the bucket) and forgets its credentials.
+OWN_BUCKET_GIVE_UP = dt.timedelta(days=1)
+
+
 @handles(DELETE_FILES_JOB)
 def delete_store_files(payload: dict[str, Any]) -> None:
-    """Empty a deleted store's areas of shared storage (its own files, its buyers' stamped
-    copies), after deleting again whatever work still running added for it meanwhile."""
+    """Empty a deleted store's storage: the buyers' stamped copies in its own bucket (the
+    owner's own files there stay), then its areas of shared storage (its files, its buyers'
+    copies); and forget its R2 credentials. First, whatever work still running wrote for
+    the store meanwhile is deleted again. Retried while storage is down."""
     session = db.session
     store = session.get(Store, payload["store_id"])
     if store is None or store.deleted_at is None:
         return
-    delete_store_rows(session, store.id)
+    delete_store_rows(session, store.id, keep_bucket=True)
+    bucket = own_bucket(store)
     session.commit()  # nothing held while storage answers
-    area = shared_area(store.id)
+    copies = store_areas(store.id)[1]
+    removed = 0
+    given_up = None
     try:
-        removed = sum(area.delete_prefix(prefix) for prefix in store_areas(store.id))
+        if bucket is not None:
+            try:
+                removed += bucket.delete_prefix(copies)
+            except StorageUnavailable:
+                since = dt.datetime.fromisoformat(payload.get("since") or utcnow().isoformat())
+                if utcnow() - since < OWN_BUCKET_GIVE_UP:
+                    raise
+                given_up = f"{bucket.config.bucket}/{copies}"
+        area = shared_area(store.id)
+        removed += sum(area.delete_prefix(prefix) for prefix in store_areas(store.id))
     except StorageUnavailable as exc:
         raise RetryLater(str(exc)) from None
+    delete_store_rows(session, store.id, keep_bucket=False)
     record_audit(
         session,
         store_id=store.id,
         actor="system",
         action="store.files_deleted",
         subject=store.public_id,
-        detail={"files": removed},
+        detail={"files": removed, "copies_left_in": given_up},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import subprocess
@@ -396,16 +397,24 @@ def test_deleting_a_store_deletes_its_buyers_copies_in_its_own_bucket(
         store = db.session.get(Store, shop.store.store.id)
         assert store is not None
         done = delete_store(db.session, store, actor="test")
-        assert done.copies_left_in is None and done.left_to_do() == []
-        assert db.session.scalars(select(Credential)).all() == []
+        assert done.left_to_do() == []
+        # Until the job has reached the bucket, only its credentials are left.
+        assert db.session.scalars(select(Credential.kind)).all() == ["r2"]
+    run_pending(app)
     assert _keys(client, bucket) == ["books/book.pdf"]
+    with app.app_context():
+        assert db.session.scalars(select(Credential)).all() == []
 
 
-def test_a_bucket_that_is_down_leaves_the_copies_named_for_the_owner(
+def test_a_bucket_that_stays_down_is_retried_then_given_up_on_and_named(
     app: Flask, shop: WebhookSender, localstack_endpoint: str, bucket: str
 ) -> None:
-    """The store is deleted all the same; the owner is told which folder to empty."""
-    from connector.privacy.store_deletion import delete_store
+    """The job retries while the bucket does not answer; after a day it forgets the
+    credentials all the same and names the folder left in the audit log."""
+    from connector.jobs import RetryLater
+    from connector.models import AuditEvent, Credential
+    from connector.privacy.store_deletion import delete_store, delete_store_files
+    from connector.vault.service import put_credentials
 
     client = s3_client(localstack_endpoint)
     credentials = {
@@ -420,16 +429,23 @@ def test_a_bucket_that_is_down_leaves_the_copies_named_for_the_owner(
     with app.app_context():
         store = db.session.get(Store, shop.store.store.id)
         assert store is not None
-        dead = f"http://127.0.0.1:{free_port()}"
-        from connector.vault.service import put_credentials
-
-        put_credentials(db.session, store, "r2", {**credentials, "endpoint_url": dead}, actor="t")
+        dead = {**credentials, "endpoint_url": f"http://127.0.0.1:{free_port()}"}
+        put_credentials(db.session, store, "r2", dead, actor="t")
         db.session.commit()
-        done = delete_store(db.session, store, actor="test")
+        delete_store(db.session, store, actor="test")
         store_id = store.id
-        assert store.deleted_at is not None
-    assert done.copies_left_in == f"{bucket}/watermarked/{store_id}/"
-    assert any(done.copies_left_in in note for note in done.left_to_do())
+        payload = {"store_id": store_id, "since": "2026-01-01T00:00:00+00:00"}
+        with pytest.raises(RetryLater):
+            delete_store_files({**payload, "since": dt.datetime.now(dt.UTC).isoformat()})
+        db.session.rollback()
+        assert db.session.scalars(select(Credential.kind)).all() == ["r2"]
+        delete_store_files(payload)
+        db.session.commit()
+        assert db.session.scalars(select(Credential)).all() == []
+        entry = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "store.files_deleted")
+        ).one()
+        assert entry.detail["copies_left_in"] == f"{bucket}/watermarked/{store_id}/"
     assert copy in _keys(client, bucket)
 
 

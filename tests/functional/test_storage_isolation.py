@@ -223,9 +223,16 @@ def test_a_store_may_empty_only_its_own_areas(tmp_path: Path) -> None:
         (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / key).write_bytes(b"x")
     area = SharedArea(backend, 5)
-    for refused in ("", "stores/", "stores/6/", "watermarked/", "watermarked/6/", "stores/5"):
+    refused = ["", "stores/", "stores/6/", "watermarked/6/", "stores/5", "stores/5/../6/"]
+    for prefix in refused:
         with pytest.raises(ValueError):
-            area.delete_prefix(refused)
+            area.delete_prefix(prefix)
+    for prefix in ("stores/6/../6/", "stores//6/", "./stores/6/", "stores/6"):
+        with pytest.raises(ValueError):
+            backend.delete_prefix(prefix)
+    (tmp_path / "stores/7").symlink_to(tmp_path / "stores/6")
+    with pytest.raises(ValueError):
+        backend.delete_prefix("stores/7/")
     assert area.delete_prefix("stores/5/") == 1
     assert area.delete_prefix("watermarked/5/") == 1
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import delete, func, select
 
-from connector.db import Base, db
+from connector.db import Base, db, lock_row, utcnow
 from connector.errors import Conflict
 from connector.jobs import run_pending
 from connector.models import (
+    Activation,
     AdminUser,
     AuditEvent,
     BrevoRemoval,
@@ -31,7 +33,7 @@ from connector.models import (
     WebhookRegistration,
 )
 from connector.privacy.store_deletion import DELETE_FILES_JOB, delete_store
-from connector.stores import create_store
+from connector.stores import create_store, find_store
 from connector.vault.connection import connection_of
 from connector.vault.service import put_credentials
 from tests.factories import WebhookSender, line_item, wc_order
@@ -205,7 +207,7 @@ def test_the_files_job_empties_the_stores_areas_of_shared_storage(
         files = db.session.scalars(
             select(AuditEvent.detail).where(AuditEvent.action == "store.files_deleted")
         ).one()
-        assert files == {"files": 2}
+        assert files == {"files": 2, "copies_left_in": None}
 
 
 def test_work_that_adds_rows_meanwhile_is_deleted_again_by_the_files_job(
@@ -276,6 +278,10 @@ def test_the_admin_page_deletes_a_store_once_its_id_is_typed_again(
     )
     assert mistyped.status_code == 422
     assert "does not match" in mistyped.get_data(as_text=True)
+    accented = client.post(
+        f"{page}/delete", data={"csrf_token": token, "store_id": "é", "confirm": "y"}
+    )
+    assert accented.status_code == 422
     no_csrf = client.post(f"{page}/delete", data={"store_id": store.public_id, "confirm": "y"})
     assert no_csrf.status_code == 400
     with app.app_context():
@@ -386,3 +392,107 @@ def test_the_admin_page_says_why_a_store_cannot_be_deleted_yet(
     assert refused.status_code == 409
     assert "still to be taken out of the store&#39;s Brevo list" in refused.get_data(as_text=True)
     assert client.get(page).status_code == 200
+
+
+def _in_thread(app: Flask, work: Any) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``work`` in its own thread and app context (its own database session)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        with app.app_context():
+            try:
+                work()
+            except BaseException as exc:  # reported to the test
+                errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+def test_a_webhook_under_way_finishes_first_and_its_order_is_deleted_too(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A request that found its store holds it: the deletion waits for it, then deletes
+    what it wrote (no row outlives the store)."""
+    found, go_on = threading.Event(), threading.Event()
+
+    def webhook() -> None:
+        store = find_store(db.session, shop.store.store.public_id)
+        assert store is not None
+        found.set()
+        go_on.wait(10)
+        db.session.add(Order(store_id=store.id, shop_order_id="77", status="processing"))
+        db.session.commit()
+
+    def deletion() -> None:
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        delete_store(db.session, store, actor="test")
+
+    writer, writer_errors = _in_thread(app, webhook)
+    assert found.wait(10)
+    deleter, deleter_errors = _in_thread(app, deletion)
+    deleter.join(1.0)
+    assert deleter.is_alive(), "the deletion waits for the request that holds the store"
+    go_on.set()
+    writer.join(30)
+    deleter.join(30)
+    assert writer_errors == [] and deleter_errors == []
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Order)) == 0
+        assert db.session.scalars(select(Store.deleted_at)).one() is not None
+
+
+def test_a_webhook_arriving_during_a_deletion_finds_the_store_gone(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The deletion holds the store: a request looking for it waits, then sees it gone."""
+    answers: list[Store | None] = []
+    with app.app_context():
+        store = lock_row(db.session, Store, shop.store.store.id)  # as delete_store does
+        store.deleted_at = utcnow()
+        db.session.flush()
+        reader, errors = _in_thread(
+            app, lambda: answers.append(find_store(db.session, shop.store.store.public_id))
+        )
+        reader.join(1.0)
+        assert reader.is_alive(), "the request waits for the deletion"
+        db.session.commit()
+    reader.join(30)
+    assert errors == [] and answers == [None]
+
+
+def test_an_activation_under_way_finishes_first_and_is_deleted_too(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """An activation holds its license's seat lock: the deletion waits for it (never an
+    integrity error for a row added meanwhile), and its seat goes with the license."""
+    from tests.licensing_helpers import issue_key
+
+    issue_key(shop)
+    holding, go_on = threading.Event(), threading.Event()
+
+    def activation() -> None:
+        license_id = db.session.scalars(select(License.id).with_for_update()).one()
+        holding.set()
+        go_on.wait(10)
+        db.session.add(Activation(license_id=license_id, site="late.example.com"))
+        db.session.commit()
+
+    def deletion() -> None:
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        delete_store(db.session, store, actor="test")
+
+    seat, seat_errors = _in_thread(app, activation)
+    assert holding.wait(10)
+    deleter, deleter_errors = _in_thread(app, deletion)
+    deleter.join(1.0)
+    assert deleter.is_alive()
+    go_on.set()
+    seat.join(30)
+    deleter.join(30)
+    assert seat_errors == [] and deleter_errors == []
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Activation)) == 0
