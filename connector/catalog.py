@@ -177,7 +177,9 @@ def configure_product(
     Files no longer listed stop getting new grants; grants already issued keep working.
     """
     from connector.downloads.storage import check_in_reach
+    from connector.stores import hold_live_store
 
+    hold_live_store(session, store)
     check_in_reach(store, [f.object_key for f in spec.files])
     product = find_product(session, store, shop_product_id)
     if product is None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass
-from typing import TypeVar
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -22,7 +21,6 @@ from connector.models import Store
 from connector.validation import is_control_character
 from connector.vault.crypto import keyed_hash
 
-T = TypeVar("T")
 API_TOKEN_HASH = "store-api-token"  # noqa: S105 - a hash purpose label
 _ALPHANUMERIC = string.ascii_letters + string.digits
 MAX_URL_LENGTH = 500  # the columns' lengths
@@ -141,20 +139,11 @@ def setup_details(created: NewStore) -> dict[str, str]:
     }
 
 
-def _live(query: Select[T]) -> Select[T]:
-    """``query`` for stores not deleted, held against a deletion until the transaction ends:
-    on PostgreSQL a ``FOR KEY SHARE`` lock, which a deletion's ``FOR UPDATE`` waits for, and
-    which waits for a deletion under way and then finds its store gone. A request or job
-    that found its store this way never writes a row under a store deleted meanwhile (the
-    row would outlive the deletion). SQLite's writers take turns anyway."""
-    return query.where(Store.deleted_at.is_(None)).with_for_update(read=True, key_share=True)
-
-
 def find_store(session: Session, public_id: str) -> Store | None:
     if len(public_id) > 32:
         return None
     return session.execute(
-        _live(select(Store).where(Store.public_id == public_id))
+        select(Store).where(Store.public_id == public_id, Store.deleted_at.is_(None))
     ).scalar_one_or_none()
 
 
@@ -162,7 +151,9 @@ def store_for_api_token(session: Session, token: str) -> Store | None:
     if not token or len(token) > 200:
         return None
     return session.execute(
-        _live(select(Store).where(Store.api_token_hash == keyed_hash(API_TOKEN_HASH, token)))
+        select(Store).where(
+            Store.api_token_hash == keyed_hash(API_TOKEN_HASH, token), Store.deleted_at.is_(None)
+        )
     ).scalar_one_or_none()
 
 
@@ -170,15 +161,24 @@ class StoreDeleted(NotFound):
     """The store was deleted while this request or job was working for it."""
 
 
-def hold_live_store(session: Session, store: Store) -> None:
-    """Hold ``store`` against a deletion until the transaction ends (see :func:`_live`);
-    writers that got their store another way (a job's id) call this before writing.
+def hold_live_store(session: Session, store: Store, *, exclusive: bool = False) -> None:
+    """Hold ``store`` against a deletion until the transaction ends; every writer of rows
+    under a store calls this first, so none outlives a deletion.
+
+    PostgreSQL: ``FOR KEY SHARE``, which a deletion's ``FOR UPDATE`` waits for, and which
+    waits for a deletion under way and then finds the store gone (the lock re-reads the
+    row). ``exclusive``: ``FOR UPDATE`` instead, which also serialises the store's
+    connection changes; a transaction that takes both takes this one first (upgrading a
+    shared lock deadlocks with another doing the same). SQLite's writers take turns anyway.
 
     Raises:
         StoreDeleted: it was deleted meanwhile.
     """
-    held = session.execute(_live(select(Store.id).where(Store.id == store.id))).scalar()
-    if held is None:
+    query = select(Store.id).where(Store.id == store.id, Store.deleted_at.is_(None))
+    if (
+        session.execute(query.with_for_update(read=not exclusive, key_share=not exclusive)).scalar()
+        is None
+    ):
         raise StoreDeleted("No store has this id.")
 
 

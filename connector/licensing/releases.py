@@ -83,7 +83,9 @@ def create_release(
 ) -> Release:
     """Publish a release. A version is published once; a second POST of it is 409."""
     from connector.downloads.storage import check_in_reach
+    from connector.stores import hold_live_store
 
+    hold_live_store(session, store)
     check_in_reach(store, [spec.object_key])
     exists = session.execute(
         select(Release.id).where(Release.product_id == product.id, Release.version == spec.version)

@@ -24,7 +24,7 @@ from connector.db import insert_ignoring_conflicts, iso, lock_row, utcnow
 from connector.errors import Forbidden, KeygateError, ServiceUnavailable
 from connector.jobs import enqueue, trouble_json
 from connector.models import Job, ShopConnection, Store, WebhookRegistration
-from connector.stores import random_alphanumeric
+from connector.stores import hold_live_store, random_alphanumeric
 from connector.tokens import CONNECT_STATE, dumps_timed, loads_timed
 from connector.vault.service import credentials_for, delete_credentials, put_credentials
 from plugin.woocommerce.connect import AuthCallback, authorize_url
@@ -85,8 +85,12 @@ def connect_url(store: Store) -> str:
 
 
 def lock_store(session: Session, store: Store) -> None:
-    """Serialize connection changes of one store (PostgreSQL row lock; SQLite writers queue)."""
-    session.execute(select(Store.id).where(Store.id == store.id).with_for_update())
+    """Serialize connection changes of one store (PostgreSQL row lock; SQLite writers queue).
+
+    Raises:
+        StoreDeleted: the store was deleted meanwhile.
+    """
+    hold_live_store(session, store, exclusive=True)
 
 
 def connection_of(session: Session, store: Store) -> ShopConnection:

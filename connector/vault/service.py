@@ -171,7 +171,10 @@ def put_credentials(
     Raises:
         ValidationFailed: a required field is missing and none is stored.
     """
+    from connector.stores import hold_live_store
+
     spec = FIELDS[check_kind(kind)]
+    hold_live_store(session, store)
     row = _row(session, store, kind)
     previous = dict(row.data) if row is not None else {}
     merged: dict[str, Any] = {}

@@ -32,10 +32,12 @@ from connector.models import (
     Store,
     WebhookRegistration,
 )
+from connector.orders.service import apply_shop_order
 from connector.privacy.store_deletion import DELETE_FILES_JOB, delete_store
-from connector.stores import create_store, find_store
+from connector.stores import StoreDeleted, create_store, find_store, hold_live_store
 from connector.vault.connection import connection_of
 from connector.vault.service import put_credentials
+from plugin.woocommerce.webhooks import parse_order
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import csrf_token, sign_in
 from tests.functional.test_downloads import get, link_path, make_pdf
@@ -420,6 +422,7 @@ def test_a_webhook_under_way_finishes_first_and_its_order_is_deleted_too(
     def webhook() -> None:
         store = find_store(db.session, shop.store.store.public_id)
         assert store is not None
+        hold_live_store(db.session, store)  # as applying an order does first
         found.set()
         go_on.wait(10)
         db.session.add(Order(store_id=store.id, shop_order_id="77", status="processing"))
@@ -447,20 +450,34 @@ def test_a_webhook_under_way_finishes_first_and_its_order_is_deleted_too(
 def test_a_webhook_arriving_during_a_deletion_finds_the_store_gone(
     app: Flask, shop: WebhookSender
 ) -> None:
-    """The deletion holds the store: a request looking for it waits, then sees it gone."""
-    answers: list[Store | None] = []
+    """The deletion holds the store: a writer that found it just before waits, then sees
+    it gone, and writes nothing."""
+    found, deleting = threading.Event(), threading.Event()
+
+    def webhook() -> None:
+        # A job's store, read in a transaction of its own before (SQLite: a read begins
+        # one too, and would wait for the deletion's write lock right here).
+        store = find_store(db.session, shop.store.store.public_id)
+        assert store is not None
+        db.session.commit()
+        found.set()
+        deleting.wait(10)
+        apply_shop_order(db.session, store, parse_order(wc_order(78, "processing")))
+
+    writer, errors = _in_thread(app, webhook)
+    assert found.wait(10)
     with app.app_context():
         store = lock_row(db.session, Store, shop.store.store.id)  # as delete_store does
         store.deleted_at = utcnow()
         db.session.flush()
-        reader, errors = _in_thread(
-            app, lambda: answers.append(find_store(db.session, shop.store.store.public_id))
-        )
-        reader.join(1.0)
-        assert reader.is_alive(), "the request waits for the deletion"
+        deleting.set()
+        writer.join(1.0)
+        assert writer.is_alive(), "the writer waits for the deletion"
         db.session.commit()
-    reader.join(30)
-    assert errors == [] and answers == [None]
+    writer.join(30)
+    assert [type(e) for e in errors] == [StoreDeleted]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Order)) == 0
 
 
 def test_an_activation_under_way_finishes_first_and_is_deleted_too(
