@@ -96,6 +96,7 @@ def init(admin_user: str) -> None:
     from connector.models import AdminUser
     from connector.vault.keycheck import check_keys
 
+    admin_user = _checked_username(admin_user)
     instance = _instance_dir()
     instance.mkdir(parents=True, exist_ok=True)
     (instance / "files").mkdir(exist_ok=True)
@@ -176,8 +177,7 @@ def _create_admin(session: Any, username: str, store_id: int | None) -> str | No
     be shown once (on the terminal of the person who runs the command; never logged)."""
     from connector.models import AdminUser
 
-    given = os.environ.get("KEYGATE_ADMIN_PASSWORD")
-    password = given or secrets.token_urlsafe(12)
+    password, given = _password_to_set()
     session.add(
         AdminUser(
             username=username, password_hash=generate_password_hash(password), store_id=store_id
@@ -185,6 +185,30 @@ def _create_admin(session: Any, username: str, store_id: int | None) -> str | No
     )
     session.commit()
     return None if given else password
+
+
+def _password_to_set() -> tuple[str, bool]:
+    """KEYGATE_ADMIN_PASSWORD (held to the sign-in page's rules), else a new random one;
+    and whether it was given."""
+    from connector.admin.forms import MIN_PASSWORD
+
+    given = os.environ.get("KEYGATE_ADMIN_PASSWORD")
+    if given is None:
+        return secrets.token_urlsafe(12), False
+    if len(given) < MIN_PASSWORD or len(given) > 200:
+        raise click.ClickException(
+            f"KEYGATE_ADMIN_PASSWORD must be {MIN_PASSWORD} to 200 characters"
+        )
+    return given, True
+
+
+def _checked_username(username: str) -> str:
+    username = username.strip()
+    if not username or len(username) > 100 or not username.isprintable():
+        raise click.ClickException(
+            "the username must be 1 to 100 printable characters (no tabs or line breaks)"
+        )
+    return username
 
 
 def _show_password(password: str | None) -> None:
@@ -216,11 +240,7 @@ def admin_add(username: str, store_public_id: str | None) -> None:
         store_id = None
         if store_public_id is not None:
             store_id = _store_with_id(store_public_id).id
-        username = username.strip()
-        if not username or len(username) > 100 or not username.isprintable():
-            raise click.ClickException(
-                "the username must be 1 to 100 printable characters (no tabs or line breaks)"
-            )
+        username = _checked_username(username)
         taken = session.execute(select(AdminUser.id).where(AdminUser.username == username))
         if taken.first() is not None:
             raise click.ClickException(f"admin user '{username}' exists")
@@ -304,8 +324,7 @@ def admin_password(username: str) -> None:
     app = make_app()
     with app.app_context():
         user = _admin_named(username)
-        given = os.environ.get("KEYGATE_ADMIN_PASSWORD")
-        password = given or secrets.token_urlsafe(12)
+        password, given = _password_to_set()
         user.set_password(password)
         record_audit(db.session, store_id=None, actor="cli", action="admin.password")
         db.session.commit()

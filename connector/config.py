@@ -193,6 +193,25 @@ def _check_values(values: dict[str, Any]) -> None:
             raise ConfigError("KEYGATE_DATABASE_URL must be a sqlite:/// or postgresql:// URL")
 
 
+# Read from their own files or the environment, never from keygate.toml.
+_NOT_IN_FILE = {"master_key", "master_keys", "secret_key", "instance_dir", "extra"}
+
+
+def _check_file_keys(path: Path, given: set[str], known: set[str]) -> None:
+    """A key keygate.toml cannot set is an error at boot, not silently ignored (a typo
+    would otherwise leave the default in force)."""
+    secrets_given = sorted(given & _NOT_IN_FILE)
+    if secrets_given:
+        raise ConfigError(
+            f"{path}: {', '.join(secrets_given)} cannot be set here: the master and secret keys"
+            " are read from master.key and secret.key beside it, or KEYGATE_MASTER_KEY(S) and"
+            " KEYGATE_SECRET_KEY; the instance folder from KEYGATE_INSTANCE_DIR"
+        )
+    unknown = sorted(given - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -224,6 +243,7 @@ def load_settings(
             raise ConfigError(f"{config_path} is not valid TOML: {exc}") from None
 
     known = {f.name: f for f in fields(Settings)}
+    _check_file_keys(config_path, set(file_values), set(known))
     values: dict[str, Any] = {}
     for name, spec in known.items():
         if name in {"instance_dir", "extra", "master_keys", "secret_key"}:

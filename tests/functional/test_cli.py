@@ -251,3 +251,31 @@ def test_a_database_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Pa
     assert closed.returncode != 0
     assert "Traceback" not in closed.stderr
     assert "cannot use the database at postgresql://postgres@127.0.0.1" in closed.stderr
+
+
+def test_the_cli_holds_admin_passwords_and_names_to_the_pages_rules(tmp_path: Path) -> None:
+    """KEYGATE_ADMIN_PASSWORD shorter than the sign-in page allows, or an empty admin
+    name, is refused with the rule; nothing is created."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env |= {"KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"), "KEYGATE_WORKER": "off"}
+
+    def run(*args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = {"KEYGATE_ADMIN_PASSWORD": password} if password is not None else {}
+        return subprocess.run(
+            [sys.executable, "-m", "connector.cli", *args],
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    empty_name = run("init", "--admin-user", "  ")
+    assert empty_name.returncode != 0 and "username must be 1 to 100" in empty_name.stderr
+    short = run("init", password="x")
+    assert short.returncode != 0 and "KEYGATE_ADMIN_PASSWORD must be 12" in short.stderr
+    assert run("init", password="a long enough secret").returncode == 0
+    assert run("admin", "add", "--username", "ana", password="short").returncode != 0
+    assert "ana" not in run("admin", "list").stdout
+    refused = run("admin", "password", "--username", "admin", password="tiny")
+    assert refused.returncode != 0 and "must be 12" in refused.stderr

@@ -117,6 +117,24 @@ def test_defaults_give_way_to_the_instance_file_and_the_environment(tmp_path: Pa
     assert load_settings(environ=where, defaults=own).base_url == "https://env.example"
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('log_levl = "DEBUG"', "unknown setting.*log_levl"),
+        ('master_key = "x"', "master_key cannot be set here"),
+        ('secret_key = "x"', "secret_key cannot be set here"),
+    ],
+)
+def test_the_instance_file_refuses_keys_it_cannot_set(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    """A typo or a key there would be silently ignored: it stops Keygate with the reason."""
+    (tmp_path / "keygate.toml").write_text(line + "\n")
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path)))
+    assert '"x"' not in str(caught.value)
+
+
 def test_forwarded_for_is_trusted_only_behind_configured_proxies(tmp_path: Path) -> None:
     from connector import create_app
     from connector.extensions import client_ip
