@@ -307,8 +307,10 @@ def _zip_fingerprints(path: Path) -> list[str]:
 
 def _pdf_fingerprints(path: Path, max_pages: int = 20) -> list[str]:
     found: list[str] = []
+    opened = False
     try:
         with pikepdf.open(path) as pdf:
+            opened = True
             value = pdf.docinfo.get(FINGERPRINT_KEY)
             if value is not None:
                 found.append(str(value))
@@ -322,9 +324,10 @@ def _pdf_fingerprints(path: Path, max_pages: int = 20) -> list[str]:
                         found.append(str(mark))
     except (pikepdf.PdfError, OSError, ValueError):
         pass
-    if not found:
+    if not found and opened:
         # Metadata and XObject keys can be lost when a copy is rewritten by other tools;
-        # the invisible text on the pages usually survives.
+        # the invisible text on the pages usually survives. (A file qpdf cannot open at all
+        # is no PDF: pypdf would only log its complaints about it.)
         found += _pdf_text_markers(path, max_pages)
     return list(dict.fromkeys(found))
 

@@ -257,3 +257,17 @@ def test_the_stamp_reads_upright_along_the_foot_of_rotated_pages(
             assert along[0] - origin[0] >= STAMP_WIDTH - 0.5 and abs(along[1] - origin[1]) < 0.5
             assert up[1] - origin[1] >= STAMP_HEIGHT - 0.5 and abs(up[0] - origin[0]) < 0.5
             assert origin[0] >= 0 and along[0] <= seen_width + 0.5  # on the page
+
+
+def test_a_file_that_is_no_pdf_is_read_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leak lookup of something that is not a PDF finds nothing, without pypdf's
+    complaints about headers and EOF markers in the log."""
+    from connector.downloads.watermark import read_fingerprints
+
+    junk = tmp_path / "leak.pdf"
+    junk.write_bytes(b"this is not a pdf\n" * 50)
+    with caplog.at_level("DEBUG"):
+        assert read_fingerprints(junk) == []
+    assert [r.name for r in caplog.records if r.name.startswith("pypdf")] == []
