@@ -35,13 +35,13 @@ IN_USE_TABLES = ("key_checks", "stores", "signing_keys", "admin_users")
 
 MASTER_MISMATCH = (
     "the master key does not open this database's secrets: start with the key it was made "
-    "with (instance/master.key, or KEYGATE_MASTER_KEY / KEYGATE_MASTER_KEYS; after a rotation "
-    "the new key first, the old one after it)"
+    "with (master.key in the instance folder, one key per line, or KEYGATE_MASTER_KEY / "
+    "KEYGATE_MASTER_KEYS; after a rotation the new key first, the old one after it)"
 )
 HASH_KEY_MISMATCH = (
     "the secret key is not the one this database was made with: license lookups, API tokens "
-    "and mailed links would all fail; start with its own (instance/secret.key or "
-    "KEYGATE_SECRET_KEY)"
+    "and mailed links would all fail; start with its own (secret.key in the instance folder, "
+    "or KEYGATE_SECRET_KEY)"
 )
 
 
