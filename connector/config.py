@@ -212,6 +212,28 @@ def _check_file_keys(path: Path, given: set[str], known: set[str]) -> None:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
 
 
+def _check_r2(values: dict[str, Any]) -> None:
+    """The instance-wide bucket's settings, by the rules a store's R2 credentials follow."""
+    from connector.integrations.r2 import ACCOUNT_ID, BUCKET, endpoint_problem  # boto3: lazily
+
+    if values.get("r2_endpoint_url"):
+        problem = endpoint_problem(str(values["r2_endpoint_url"]))
+        if problem is not None:
+            raise ConfigError(f"KEYGATE_R2_ENDPOINT_URL {problem}")
+    if values.get("r2_bucket") and not BUCKET.fullmatch(str(values["r2_bucket"])):
+        raise ConfigError(
+            "KEYGATE_R2_BUCKET must be a bucket name: 3-63 lower-case letters, digits, dots"
+            " and hyphens"
+        )
+    account = str(values.get("r2_account_id") or "")
+    no_endpoint = values.get("r2_bucket") and not values.get("r2_endpoint_url")
+    if no_endpoint and not ACCOUNT_ID.fullmatch(account):
+        raise ConfigError(
+            "KEYGATE_R2_ACCOUNT_ID must be the R2 account id (letters, digits, _ and -),"
+            " or set KEYGATE_R2_ENDPOINT_URL"
+        )
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -277,12 +299,8 @@ def load_settings(
     if not 1 <= values.get("portal_link_days", 30) <= 3650:
         raise ConfigError("KEYGATE_PORTAL_LINK_DAYS must be between 1 and 3650")
     _check_values(values)
-    if values.get("r2_endpoint_url"):
-        from connector.integrations.r2 import endpoint_problem  # boto3: only when configured
-
-        problem = endpoint_problem(str(values["r2_endpoint_url"]))
-        if problem is not None:
-            raise ConfigError(f"KEYGATE_R2_ENDPOINT_URL {problem}")
+    if values.get("r2_bucket") or values.get("r2_endpoint_url"):
+        _check_r2(values)
 
     # Master keys: newest first. KEYGATE_MASTER_KEYS (comma separated) or KEYGATE_MASTER_KEY,
     # else the instance file written by `keygate init`.

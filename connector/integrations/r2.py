@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from connector.redact import AWS_PATTERNS, RedactingFilter, redact_loggers
+
+# An R2 account id (32 hex digits), or another S3 service's account name: it becomes part
+# of the endpoint's host name when no endpoint_url is given.
+ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# S3's bucket naming rules (R2's are the same or stricter): 3-63 lower-case letters,
+# digits, dots and hyphens, starting and ending with a letter or digit.
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 PRESIGN_MIN_SECONDS = 1
 PRESIGN_MAX_SECONDS = 604_800

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.errors import NotFound, ValidationFailed
-from connector.integrations.r2 import endpoint_problem
+from connector.integrations.r2 import ACCOUNT_ID, BUCKET, endpoint_problem
 from connector.models import CREDENTIAL_KINDS, Credential, Store
 from connector.validation import known_fields, optional_int, optional_str
 from connector.vault.crypto import Concealed, ConcealedDict, mask
@@ -41,12 +41,6 @@ EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
 META_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
-# An R2 account id (32 hex digits), or another S3 service's account name: it becomes part
-# of the endpoint's host name when no endpoint_url is given.
-ACCOUNT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# S3's bucket naming rules (R2's are the same or stricter): 3-63 lower-case letters,
-# digits, dots and hyphens, starting and ending with a letter or digit.
-BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 # The fields of each kind of credentials. Secrets are write-only.
 FIELDS: dict[str, dict[str, FieldSpec]] = {

@@ -56,6 +56,11 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_WORKER_POLL_SECONDS": "0"}, "KEYGATE_WORKER_POLL_SECONDS"),
         ({"KEYGATE_JOB_MAX_ATTEMPTS": "0"}, "KEYGATE_JOB_MAX_ATTEMPTS"),
         ({"KEYGATE_RETENTION_JOBS_DAYS": "0"}, "KEYGATE_RETENTION_JOBS_DAYS"),
+        ({"KEYGATE_R2_BUCKET": "Bad_Bucket"}, "KEYGATE_R2_BUCKET must be a bucket name"),
+        (
+            {"KEYGATE_R2_BUCKET": "files", "KEYGATE_R2_ACCOUNT_ID": "a b"},
+            "KEYGATE_R2_ACCOUNT_ID",
+        ),
     ],
 )
 def test_bad_values_fail_at_boot(tmp_path: Path, variables: dict[str, str], message: str) -> None:
