@@ -39,6 +39,7 @@ from connector.downloads.storage import own_area, storage_in_use
 from connector.errors import KeygateError, NotFound, ServiceUnavailable, ValidationFailed
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
+from connector.licensing.export import license_csv_response
 from connector.licensing.keys import KeyFormat
 from connector.mail.service import mail_route
 from connector.models import (
@@ -576,6 +577,14 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
         may_delete=_scope() is None,
     )
     return page, status
+
+
+@bp.get("/stores/<int:store_id>/licenses.csv")
+@login_required
+def store_licenses_csv(store_id: int) -> ResponseReturnValue:
+    """Every license of the store as CSV (the admin API's ``/licenses.csv``)."""
+    store = _visible_store(store_id)
+    return license_csv_response(db.session, store.id, f"licenses-{store.public_id}.csv")
 
 
 @bp.post("/stores/<int:store_id>/delete")

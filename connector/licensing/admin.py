@@ -9,6 +9,8 @@ never undoes those (only reasons the order's state caused are undone when it is 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import utcnow
+from connector.db import read_mostly, utcnow
 from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.licensing.keys import normalize_key
 from connector.licensing.policy import LATEST_EXPIRY, add_days
@@ -157,24 +159,60 @@ def list_licenses(
     """The store's licenses as JSON, newest first (at most ``LIST_LIMIT``), filtered as
     :func:`search_licenses` filters them."""
     rows = search_licenses(session, store.id, email=email, status=status, product=product)
-    return [
-        {
-            "key": row.license.key_encrypted,
-            "product_id": row.product.shop_product_id,
-            "status": row.license.status,
-            "status_reason": row.license.status_reason,
-            "expired": row.expired,
-            "expires_at": iso(row.license.expires_at),
-            "updates_until": iso(row.license.updates_until),
-            "activation_limit": row.license.activation_limit,
-            "activations_used": row.activations_used,
-            "flagged": row.flagged,
-            "order_id": row.order.shop_order_id if row.order is not None else None,
-            "email": row.order.email if row.order is not None else None,
-            "issued_at": iso(row.license.issued_at),
-        }
-        for row in rows
-    ]
+    return [license_row_json(row) for row in rows]
+
+
+def license_row_json(row: LicenseRow) -> dict[str, Any]:
+    """One license as the owner's list answers it (and the CSV export writes it)."""
+    return {
+        "key": row.license.key_encrypted,
+        "product_id": row.product.shop_product_id,
+        "product": row.product.name,
+        "status": row.license.status,
+        "status_reason": row.license.status_reason,
+        "expired": row.expired,
+        "expires_at": iso(row.license.expires_at),
+        "updates_until": iso(row.license.updates_until),
+        "activation_limit": row.license.activation_limit,
+        "activations_used": row.activations_used,
+        "flagged": row.flagged,
+        "order_id": row.order.shop_order_id if row.order is not None else None,
+        "email": row.order.email if row.order is not None else None,
+        "issued_at": iso(row.license.issued_at),
+    }
+
+
+def all_licenses(
+    session: Session,
+    store_id: int,
+    *,
+    email: str | None = None,
+    status: str | None = None,
+    product: str | None = None,
+    page: int = LIST_LIMIT,
+) -> Iterator[LicenseRow]:
+    """Every license of the store, newest first, filtered as :func:`search_licenses`
+    filters them: a page at a time, each read in a short read-only transaction of its own
+    (an export of any size in bounded memory, holding no lock while its reader is slow)."""
+    before = None
+    while True:
+        rows = read_mostly(
+            session,
+            functools.partial(
+                search_licenses,
+                session,
+                store_id,
+                email=email,
+                status=status,
+                product=product,
+                before=before,
+                limit=page,
+            ),
+        )
+        yield from rows
+        if len(rows) < page:
+            return
+        before = rows[-1].license.id
 
 
 def license_activations(session: Session, lic: License) -> list[Activation]:
