@@ -57,23 +57,48 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def customer_orders(session: Session, store: Store, email: str) -> list[Order]:
+def customer_orders(
+    session: Session, store: Store, email: str, *, erased: bool = False
+) -> list[Order]:
+    """The orders of ``email`` in ``store``; ``erased``: those kept after the customer was
+    erased instead (found by their pseudonym, which is made from the address)."""
+    address = erased_address(email) if erased else email.strip().lower()
     return list(
         session.execute(
             select(Order)
-            .where(Order.store_id == store.id, Order.email == email.strip().lower())
+            .where(Order.store_id == store.id, Order.email == address)
             .order_by(Order.id)
         ).scalars()
     )
 
 
-def known_customer_orders(session: Session, store: Store, email: str) -> list[Order]:
-    """The customer's orders in ``store``, or 404 when Keygate keeps nothing about them
-    there (an export or an erasure of nobody is an error the owner should see)."""
+def erasure_marker(email: str) -> str:
+    """The pseudonym an erasure gives the customer (the same for each of their orders)."""
+    return "erased-" + keyed_hash("erasure", email.strip().lower())[:16]
+
+
+def erased_address(email: str) -> str:
+    return f"{erasure_marker(email)}@erased.invalid"
+
+
+def known_customer_orders(
+    session: Session, store: Store, email: str, *, erased_too: bool = False
+) -> list[Order]:
+    """The customer's orders in ``store`` (``erased_too``: or, once erased, what was kept of
+    them), or 404 when Keygate keeps nothing about them there (an export or an erasure of
+    nobody is an error the owner should see)."""
     orders = customer_orders(session, store, email)
-    if not orders:
-        raise NotFound("Keygate keeps no data about this customer.")
-    return orders
+    if orders:
+        return orders
+    kept = customer_orders(session, store, email, erased=True)
+    if kept and erased_too:
+        return kept
+    if kept:
+        raise NotFound(
+            "This customer was erased already: Keygate keeps only the accounting and license"
+            " records of their orders, under a pseudonym (their export lists them)."
+        )
+    raise NotFound("Keygate keeps no data about this customer.")
 
 
 def _renewals(session: Session, order: Order) -> list[dict[str, Any]]:
@@ -97,10 +122,13 @@ def _renewals(session: Session, order: Order) -> list[dict[str, Any]]:
 
 
 def export_customer(session: Session, store: Store, email: str) -> dict[str, Any]:
-    """Everything Keygate keeps about ``email`` in ``store``, as JSON-ready data."""
-    orders = customer_orders(session, store, email)
+    """Everything Keygate keeps about ``email`` in ``store``, as JSON-ready data: once the
+    customer was erased, what was kept of their orders under the pseudonym."""
+    orders = known_customer_orders(session, store, email, erased_too=True)
+    erased = all(order.is_erased for order in orders)
     exported: dict[str, Any] = {
         "email": email.strip().lower(),
+        "erased": erased,
         "store": store.name,
         "exported_at": _iso(utcnow()),
         "orders": [],
@@ -112,6 +140,10 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                 "order": order.shop_order_id,
                 "number": order.number,
                 "status": order.status,
+                "deleted_in_shop": order.deleted,
+                "created_at": _iso(order.created_at),
+                "erased_at": _iso(order.erased_at),
+                "email": order.email,
                 "name": order.name,
                 "company": order.company,
                 "currency": order.currency,
@@ -123,6 +155,7 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                 "date_paid": _iso(order.date_paid),
                 # The Brevo list Keygate pushed the buyer into for this order (0: the store's).
                 "brevo_list": order.brevo_list_id,
+                "brevo_consent_withdrawn": order.brevo_consent_withdrawn,
                 "items": [
                     {
                         "name": line.name,
@@ -155,7 +188,12 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                     for d in entitlements["downloads"]
                 ],
                 "mails": [
-                    {"subject": m.subject, "sent_at": _iso(m.sent_at)}
+                    {
+                        "kind": m.kind,
+                        "to": m.to_email,
+                        "subject": m.subject,
+                        "sent_at": _iso(m.sent_at),
+                    }
                     for m in session.execute(
                         select(Mail).where(Mail.order_id == order.id)
                     ).scalars()
@@ -191,13 +229,13 @@ def erase_customer(session: Session, store: Store, email: str, *, actor: str) ->
     """Erase a customer's personal data, and have Brevo take them out of the lists Keygate
     pushed them into."""
     orders = customer_orders(session, store, email)
-    marker = "erased-" + keyed_hash("erasure", email.strip().lower())[:16]
+    marker = erasure_marker(email)
     for eraser in ERASERS:
         eraser(session, orders)
     brevo_removal = pass_erasure_on(session, store, orders, marker)
     for order in orders:
         session.execute(delete(Mail).where(Mail.order_id == order.id))
-        order.email = f"{marker}@erased.invalid"
+        order.email = erased_address(email)
         order.name = None
         order.company = None
         order.customer_id = None

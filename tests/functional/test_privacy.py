@@ -133,7 +133,7 @@ def test_erasure_keeps_accounting_and_licenses_but_not_the_person(
         assert db.session.execute(select(Order.name)).scalar_one() is None
     # The key still works for the product, and the owner still sees the order.
     assert shop.order(9501)["licenses"][0]["key"] == body["licenses"][0]["key"]
-    assert shop.admin("GET", f"/customers/{EMAIL}/export").status_code == 404
+    assert shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["erased"] is True
 
 
 def with_payment_note(payload: dict, note: str) -> dict:  # type: ignore[type-arg]
@@ -207,3 +207,34 @@ def test_the_daily_purge_is_scheduled_once_per_day(app: Flask) -> None:
     with app.app_context():
         job = db.session.execute(select(Job).where(Job.kind == "privacy.purge")).scalar_one()
         assert job.status == "done"
+
+
+def test_an_erased_customers_export_lists_what_was_kept_under_the_pseudonym(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Right of access after an erasure: the orders' accounting and license records kept
+    under the pseudonym, none of the erased fields; erasing again says it was done."""
+    body = paid_order(app, shop, 9520)
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+    exported = shop.admin("GET", f"/customers/{EMAIL}/export")
+    assert exported.status_code == 200
+    document = exported.get_json()
+    assert document["erased"] is True
+    (order,) = document["orders"]
+    assert order["order"] == "9520" and order["erased_at"] is not None
+    assert order["email"].endswith("@erased.invalid") and order["name"] is None
+    assert order["licenses"][0]["key"] == body["licenses"][0]["key"]
+    assert order["mails"] == []
+    assert EMAIL not in exported.get_data(as_text=True).replace(f'"email":"{EMAIL}"', "")
+    again = shop.admin("DELETE", f"/customers/{EMAIL}")
+    assert again.status_code == 404 and "erased already" in again.get_json()["detail"]
+    assert shop.admin("GET", "/customers/nobody@example.org/export").status_code == 404
+
+
+def test_export_names_each_mail_and_the_orders_own_dates(app: Flask, shop: WebhookSender) -> None:
+    paid_order(app, shop, 9521)
+    (order,) = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["orders"]
+    [mail] = order["mails"]
+    assert (mail["kind"], mail["to"]) == ("order_issued", EMAIL)
+    assert order["created_at"] is not None and order["deleted_in_shop"] is False
+    assert order["brevo_consent_withdrawn"] is False and order["email"] == EMAIL
