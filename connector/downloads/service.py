@@ -53,7 +53,6 @@ from connector.models import (
     Credential,
     DownloadEvent,
     DownloadGrant,
-    License,
     Order,
     Product,
     ProductFile,
@@ -613,7 +612,6 @@ def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:
     if order is None or product_file is None:  # pragma: no cover - foreign keys forbid it
         raise LookupError(f"grant {grant.id} has no order or file")
     product = session.get(Product, product_file.product_id)
-    license_ = session.get(License, grant.license_id) if grant.license_id is not None else None
     paid = order.date_paid or grant.created_at
     return Stamp(
         name=order.name or order.email or "",
@@ -621,7 +619,6 @@ def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:
         order=order.number or order.shop_order_id,
         date=paid.date().isoformat(),
         fingerprint=fingerprint_token(grant.id),
-        license_key=license_.key_encrypted if license_ is not None else None,
         product=product.name if product is not None else None,
         template=get_settings().watermark_template,
     )

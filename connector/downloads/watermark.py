@@ -47,7 +47,6 @@ class Stamp:
     order: str
     date: str
     fingerprint: str
-    license_key: str | None = None
     product: str | None = None
     template: str = DEFAULT_TEMPLATE
 
@@ -253,8 +252,8 @@ def license_text(stamp: Stamp) -> str:
     ]
     if stamp.product:
         lines.append(f"Product: {stamp.product}")
-    if stamp.license_key:
-        lines.append(f"License key: {stamp.license_key}")
+    # Not the license key: the copy is kept in storage, where nothing holds a key in the
+    # clear (the buyer has it in their mail and on their portal page).
     lines += ["", "This copy is for the buyer named above only.", "", stamp.marker, ""]
     return "\n".join(lines)
 

@@ -476,7 +476,8 @@ def test_fallback_original_serves_the_unstamped_file(app: Flask, shop: WebhookSe
 def test_zip_gets_license_txt_and_comment_without_recompression(
     app: Flask, shop: WebhookSender
 ) -> None:
-    """The buyer's ZIP opens with LICENSE.txt (key, buyer, order); other members are untouched."""
+    """The buyer's ZIP opens with LICENSE.txt (buyer, order, product; never the key, which
+    would then sit in storage in the clear); other members are untouched."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("plugin/plugin.php", "<?php // plugin " * 200)
@@ -493,7 +494,8 @@ def test_zip_gets_license_txt_and_comment_without_recompression(
     with zipfile.ZipFile(io.BytesIO(answer.data)) as archive:
         assert archive.testzip() is None
         license_txt = archive.read("LICENSE.txt").decode()
-        assert key in license_txt
+        assert key not in license_txt and key.replace("-", "") not in license_txt
+        assert "Product: Product 501" in license_txt
         assert BUYER in license_txt and "Order: 7012" in license_txt
         assert b"keygate-fp:" in archive.comment
         for info in zipfile.ZipFile(original).infolist():
