@@ -53,6 +53,9 @@ class DecoratorLimiter(Limiter):
     """
 
     def init_app(self, app: Flask) -> None:
+        # One limiter object serves every app of the process (tests build many): an app
+        # starts with its own storage reachable, not with an earlier app's fallback state.
+        self._storage_dead = False
         super().init_app(app)
         for hooks in (app.after_request_funcs[None], app.teardown_request_funcs[None]):
             hooks[:] = [_only_if_checked(h) if _bound_to(h, self) else h for h in hooks]
