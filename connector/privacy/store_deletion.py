@@ -17,7 +17,6 @@ deleted store: its webhook URL and admin pages are 404, its API token was replac
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import db, lock_row, utcnow
-from connector.downloads.storage import own_bucket, shared_area, store_areas
+from connector.downloads.storage import ObjectStore, own_bucket, shared_area, store_areas
 from connector.errors import Conflict, NotFound, ServiceUnavailable
 from connector.integrations.r2 import StorageUnavailable
-from connector.jobs import RetryLater, enqueue, handles
+from connector.jobs import JOB_ID, RetryLater, enqueue, handles
 from connector.models import (
     Activation,
     AdminUser,
@@ -173,7 +172,7 @@ def delete_store(session: Session, store: Store, *, actor: str) -> StoreDeletion
         subject=store.public_id,
         detail={"orders": orders, "licenses": licenses, "shop_unreachable": shop_unreachable},
     )
-    enqueue(session, DELETE_FILES_JOB, {"store_id": store.id, "since": utcnow().isoformat()})
+    enqueue(session, DELETE_FILES_JOB, {"store_id": store.id})
     session.commit()
     return StoreDeletion(
         orders=orders,
@@ -249,40 +248,43 @@ def _jobs_of(store_id: int, orders: Select[Any]) -> ColumnElement[bool]:
     ) & (Job.kind != DELETE_FILES_JOB)
 
 
-# How long the files job retries a store's own bucket before it gives up on the stamped
-# copies there (the owner revoked the key, deleted the bucket) and forgets its credentials.
-OWN_BUCKET_GIVE_UP = dt.timedelta(days=1)
-
-
 @handles(DELETE_FILES_JOB)
 def delete_store_files(payload: dict[str, Any]) -> None:
-    """Empty a deleted store's storage: the buyers' stamped copies in its own bucket (the
-    owner's own files there stay), then its areas of shared storage (its files, its buyers'
-    copies); and forget its R2 credentials. First, whatever work still running wrote for
-    the store meanwhile is deleted again. Retried while storage is down."""
+    """Empty a deleted store's storage: its areas of shared storage (its files, its buyers'
+    copies), then the buyers' stamped copies in its own bucket (the owner's own files there
+    stay); and forget its R2 credentials. First, whatever work still running wrote for the
+    store meanwhile is deleted again.
+
+    Retried while storage is down; on its last attempt (the owner revoked the bucket's key,
+    say) it gives up on what is left, forgets the credentials all the same and names the
+    folders left in its audit entry."""
+    from connector import get_settings
+
     session = db.session
     store = session.get(Store, payload["store_id"])
     if store is None or store.deleted_at is None:
         return
+    job = session.get(Job, payload.get(JOB_ID, 0))
+    last_attempt = job is None or job.attempts >= get_settings().job_max_attempts
     delete_store_rows(session, store.id, keep_bucket=True)
     bucket = own_bucket(store)
     session.commit()  # nothing held while storage answers
     copies = store_areas(store.id)[1]
     removed = 0
-    given_up = None
-    try:
-        if bucket is not None:
-            try:
-                removed += bucket.delete_prefix(copies)
-            except StorageUnavailable:
-                since = dt.datetime.fromisoformat(payload.get("since") or utcnow().isoformat())
-                if utcnow() - since < OWN_BUCKET_GIVE_UP:
-                    raise
-                given_up = f"{bucket.config.bucket}/{copies}"
-        area = shared_area(store.id)
-        removed += sum(area.delete_prefix(prefix) for prefix in store_areas(store.id))
-    except StorageUnavailable as exc:
-        raise RetryLater(str(exc)) from None
+    left: list[str] = []
+    folders: list[tuple[ObjectStore, str, str]] = [
+        (shared_area(store.id), prefix, f"shared storage {prefix}")
+        for prefix in store_areas(store.id)
+    ]
+    if bucket is not None:
+        folders.append((bucket, copies, f"{bucket.config.bucket}/{copies}"))
+    for storage, prefix, name in folders:
+        try:
+            removed += storage.delete_prefix(prefix)
+        except StorageUnavailable as exc:
+            if not last_attempt:
+                raise RetryLater(str(exc)) from None
+            left.append(name)
     delete_store_rows(session, store.id, keep_bucket=False)
     record_audit(
         session,
@@ -290,5 +292,5 @@ def delete_store_files(payload: dict[str, Any]) -> None:
         actor="system",
         action="store.files_deleted",
         subject=store.public_id,
-        detail={"files": removed, "copies_left_in": given_up},
+        detail={"files": removed, "left": left},
     )

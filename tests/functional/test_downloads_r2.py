@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import subprocess
@@ -409,10 +408,10 @@ def test_deleting_a_store_deletes_its_buyers_copies_in_its_own_bucket(
 def test_a_bucket_that_stays_down_is_retried_then_given_up_on_and_named(
     app: Flask, shop: WebhookSender, localstack_endpoint: str, bucket: str
 ) -> None:
-    """The job retries while the bucket does not answer; after a day it forgets the
-    credentials all the same and names the folder left in the audit log."""
-    from connector.jobs import RetryLater
-    from connector.models import AuditEvent, Credential
+    """The job retries while the bucket does not answer; on its last attempt it forgets
+    the credentials all the same and names the folder left in the audit log."""
+    from connector.jobs import JOB_ID, RetryLater
+    from connector.models import AuditEvent, Credential, Job
     from connector.privacy.store_deletion import delete_store, delete_store_files
     from connector.vault.service import put_credentials
 
@@ -434,18 +433,25 @@ def test_a_bucket_that_stays_down_is_retried_then_given_up_on_and_named(
         db.session.commit()
         delete_store(db.session, store, actor="test")
         store_id = store.id
-        payload = {"store_id": store_id, "since": "2026-01-01T00:00:00+00:00"}
+        job = db.session.scalars(select(Job).where(Job.kind == "store.delete_files")).one()
+        job.attempts = 1
+        db.session.commit()
+        payload = {"store_id": store_id, JOB_ID: job.id}
         with pytest.raises(RetryLater):
-            delete_store_files({**payload, "since": dt.datetime.now(dt.UTC).isoformat()})
+            delete_store_files(payload)
         db.session.rollback()
         assert db.session.scalars(select(Credential.kind)).all() == ["r2"]
+        job = db.session.get(Job, job.id)
+        assert job is not None
+        job.attempts = app.extensions["keygate.settings"].job_max_attempts  # the last one
+        db.session.commit()
         delete_store_files(payload)
         db.session.commit()
         assert db.session.scalars(select(Credential)).all() == []
         entry = db.session.scalars(
             select(AuditEvent).where(AuditEvent.action == "store.files_deleted")
         ).one()
-        assert entry.detail["copies_left_in"] == f"{bucket}/watermarked/{store_id}/"
+        assert entry.detail["left"] == [f"{bucket}/watermarked/{store_id}/"]
     assert copy in _keys(client, bucket)
 
 

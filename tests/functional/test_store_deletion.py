@@ -209,7 +209,7 @@ def test_the_files_job_empties_the_stores_areas_of_shared_storage(
         files = db.session.scalars(
             select(AuditEvent.detail).where(AuditEvent.action == "store.files_deleted")
         ).one()
-        assert files == {"files": 2, "copies_left_in": None}
+        assert files == {"files": 2, "left": []}
 
 
 def test_work_that_adds_rows_meanwhile_is_deleted_again_by_the_files_job(
