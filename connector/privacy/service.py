@@ -277,10 +277,22 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
     removed["mails"] = deleted(
         delete(Mail).where(Mail.created_at < older(settings.retention_mail_days))
     )
+    # A dead job stays (the outbox's Retry, and work like a Brevo removal that still has to
+    # happen, need it), but past the retention its error keeps only its type: the text may
+    # name a customer.
+    stale_dead = session.scalars(
+        select(Job).where(
+            Job.status == "dead",
+            Job.finished_at < older(settings.retention_jobs_days),
+            Job.last_error.contains(":"),
+        )
+    ).all()
+    for job in stale_dead:
+        job.last_error = (job.last_error or "").split(":", 1)[0]
+    removed["dead_job_errors"] = len(stale_dead)
     removed["jobs"] = deleted(
         delete(Job).where(
-            # Dead ones too: their error text may name a customer.
-            Job.status.in_(("done", "dead")),
+            Job.status == "done",
             Job.finished_at < older(settings.retention_jobs_days),
             Job.id.not_in(select(Mail.job_id).where(Mail.job_id.is_not(None))),
         )
