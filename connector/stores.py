@@ -161,7 +161,7 @@ class StoreDeleted(NotFound):
     """The store was deleted while this request or job was working for it."""
 
 
-def hold_live_store(session: Session, store: Store, *, exclusive: bool = False) -> None:
+def hold_live_store(session: Session, store: Store | int, *, exclusive: bool = False) -> None:
     """Hold ``store`` against a deletion until the transaction ends; every writer of rows
     under a store calls this first, so none outlives a deletion.
 
@@ -170,11 +170,14 @@ def hold_live_store(session: Session, store: Store, *, exclusive: bool = False) 
     row). ``exclusive``: ``FOR UPDATE`` instead, which also serialises the store's
     connection changes; a transaction that takes both takes this one first (upgrading a
     shared lock deadlocks with another doing the same). SQLite's writers take turns anyway.
+    Taken before any lock on one of the store's orders, licenses or grants (a deletion
+    takes the store first, then those).
 
     Raises:
         StoreDeleted: it was deleted meanwhile.
     """
-    query = select(Store.id).where(Store.id == store.id, Store.deleted_at.is_(None))
+    store_id = store if isinstance(store, int) else store.id
+    query = select(Store.id).where(Store.id == store_id, Store.deleted_at.is_(None))
     if (
         session.execute(query.with_for_update(read=not exclusive, key_share=not exclusive)).scalar()
         is None

@@ -59,6 +59,7 @@ from connector.models import (
     Store,
     WatermarkCopy,
 )
+from connector.stores import hold_live_store
 from connector.tokens import LinkInvalid, fingerprint_token
 from connector.vault.crypto import keyed_hash
 
@@ -675,6 +676,7 @@ def _stamp_still_current(session: Session, grant: DownloadGrant, stamp: Stamp) -
     """Does the stamp still say what the order says? Read under the order's row lock, which
     an erasure takes too (``erase_downloads``): an erasure that landed while the copy was
     being stamped is seen here, and one that comes later sees the copy this records."""
+    hold_live_store(session, grant.store_id)  # before the order's lock, as a deletion takes them
     lock_row(session, Order, grant.order_id)  # and the session's copy of it refreshed
     current = stamp_for(session, grant)
     # The fingerprint is signed anew each time; everything else must match.

@@ -51,6 +51,7 @@ from connector.models import (
     Store,
 )
 from connector.orders.service import hash_license_key
+from connector.stores import StoreDeleted, hold_live_store
 
 ABUSE_WINDOW = dt.timedelta(days=30)
 SEEN_RESOLUTION = dt.timedelta(hours=1)
@@ -472,8 +473,13 @@ def activate(
     state = _license_state(session, lic, product, store=store)
     if state is not None:
         return state
-    # The seat lock: every activation of this license queues here, on any host.
+    # The seat lock: every activation of this license queues here, on any host. The store
+    # is held first, as a deletion takes them (a flag's audit entry names the store).
     seat_lock = select(License.id).where(License.id == lic.id).with_for_update()
+    try:
+        hold_live_store(session, lic.store_id)
+    except StoreDeleted:
+        return _not_found(malformed)
     if session.execute(seat_lock).scalar() is None:  # its store was deleted meanwhile
         return _not_found(malformed)
     existing = _find_activation(session, lic, identity)

@@ -25,6 +25,7 @@ from connector.db import db, lock_row
 from connector.integrations.brevo import BrevoConfig, push_contact, remove_from_list
 from connector.jobs import RetryLater, enqueue, handles
 from connector.models import BrevoRemoval, Order, Store
+from connector.stores import hold_live_store
 from plugin.shop import ShopOrder
 
 PUSH_JOB = "brevo.push_contact"
@@ -180,6 +181,7 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
 def _record_push(session: Session, store: Store, order_id: int, list_id: int, email: str) -> None:
     """Remember the list on the order, under its row lock (which an erasure takes too): an
     erasure that landed while the push ran did not see it, so the removal is queued here."""
+    hold_live_store(session, store)  # before the order's lock, as a deletion takes them
     order = lock_row(session, Order, order_id)
     if order.is_erased:
         pseudonym = (order.email or "").partition("@")[0] or None

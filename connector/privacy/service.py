@@ -32,6 +32,7 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.orders.summary import order_entitlements
+from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash
 
 # Per-domain hooks: exporter(session, orders) -> {section: data}; eraser(session, orders) -> None.
@@ -228,6 +229,7 @@ class Erasure:
 def erase_customer(session: Session, store: Store, email: str, *, actor: str) -> Erasure:
     """Erase a customer's personal data, and have Brevo take them out of the lists Keygate
     pushed them into."""
+    hold_live_store(session, store)  # before the orders' locks, as a deletion takes them
     orders = customer_orders(session, store, email)
     marker = erasure_marker(email)
     for eraser in ERASERS:

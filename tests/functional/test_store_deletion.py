@@ -513,3 +513,49 @@ def test_an_activation_under_way_finishes_first_and_is_deleted_too(
     assert seat_errors == [] and deleter_errors == []
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Activation)) == 0
+
+
+def test_a_brevo_push_under_way_and_a_deletion_do_not_deadlock(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push that records its list under the order's lock writes a row under the store:
+    it holds the store first, as the deletion does, so the two queue instead of each
+    waiting for the other (PostgreSQL would abort one)."""
+    import connector.mail.contacts as contacts
+
+    shop.configure(501)
+    assert shop.deliver(wc_order(8900, "processing", [line_item(501)])).status_code == 200
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+    inside, go_on = threading.Event(), threading.Event()
+    queue_removal = contacts.queue_removal
+
+    def slow_queue_removal(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        go_on.wait(10)
+        return queue_removal(*args, **kwargs)
+
+    monkeypatch.setattr(contacts, "queue_removal", slow_queue_removal)
+
+    def push() -> None:
+        store = db.session.get(Store, shop.store.store.id)
+        order_id = db.session.scalars(select(Order.id)).one()
+        assert store is not None
+        contacts._record_push(db.session, store, order_id, 7, EMAIL)
+        db.session.commit()
+
+    def deletion() -> None:
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        delete_store(db.session, store, actor="test")
+
+    pusher, push_errors = _in_thread(app, push)
+    assert inside.wait(10)
+    deleter, deleter_errors = _in_thread(app, deletion)
+    deleter.join(1.0)
+    assert deleter.is_alive()
+    go_on.set()
+    pusher.join(30)
+    deleter.join(30)
+    assert push_errors == [] and deleter_errors == []
+    with app.app_context():
+        assert db.session.scalars(select(BrevoRemoval)).all() == []
