@@ -35,9 +35,18 @@ def make_app(**overrides: Any) -> Flask:
 
     overrides.setdefault("start_worker", False)
     try:
-        return create_app(overrides)
+        return _remembered(create_app(overrides))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# The database the command's app uses, named if it cannot be reached (after its context).
+_database: dict[str, str] = {}
+
+
+def _remembered(app: Flask) -> Flask:
+    _database["url"] = app.extensions["keygate.settings"].database_url
+    return app
 
 
 def _instance_dir() -> Path:
@@ -60,18 +69,21 @@ class _Keygate(click.Group):
         try:
             return super().invoke(ctx)
         except OperationalError as exc:
+            if exc.statement is not None:  # not connecting: a failure of its own, shown
+                raise
             raise click.ClickException(_unreachable_database(exc)) from None
 
 
 def _unreachable_database(exc: Exception) -> str:
+    """Which database could not be connected to (no password, no query) and why."""
     from sqlalchemy.engine import make_url
 
-    settings_url = os.environ.get("KEYGATE_DATABASE_URL")
-    where = (
-        make_url(settings_url).render_as_string(hide_password=True)
-        if settings_url
-        else "the instance's SQLite file"
-    )
+    where = "the configured database"
+    if "url" in _database:
+        url = make_url(_database["url"])
+        where = url.set(password="***" if url.password else None, query={}).render_as_string(
+            hide_password=False
+        )
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
     hint = ""
     if "does not exist" in reason:
@@ -192,7 +204,7 @@ def _password_to_set() -> tuple[str, bool]:
     and whether it was given."""
     from connector.admin.forms import MIN_PASSWORD
 
-    given = os.environ.get("KEYGATE_ADMIN_PASSWORD")
+    given = os.environ.get("KEYGATE_ADMIN_PASSWORD") or None  # set but empty: unset
     if given is None:
         return secrets.token_urlsafe(12), False
     if len(given) < MIN_PASSWORD or len(given) > 200:
@@ -501,7 +513,7 @@ def run(host: str, port: int, threads: int) -> None:
     shown = "127.0.0.1" if everywhere else f"[{host}]" if ":" in host else host
     own_url = f"http://{shown}:{port}"
     try:
-        app = create_app({"defaults": {"base_url": own_url}})
+        app = _remembered(create_app({"defaults": {"base_url": own_url}}))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if everywhere and app.extensions["keygate.settings"].base_url == own_url:

@@ -136,6 +136,8 @@ def _check_fernet_keys(keys: list[str]) -> tuple[str, ...]:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# What Python's logging also takes, to the level it means.
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}
 # Settings that must be at least 1: 0 would spin the worker, give up on every job at once,
 # or purge records the day they are made.
 _AT_LEAST_ONE = (
@@ -159,6 +161,7 @@ def _check_values(values: dict[str, Any]) -> None:
     from connector.ratelimit import storage_uri
 
     level = str(values.get("log_level", Settings.log_level)).upper()
+    level = _LEVEL_ALIASES.get(level, level)
     if level not in LOG_LEVELS:
         raise ConfigError(f"KEYGATE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     values["log_level"] = level
@@ -177,13 +180,15 @@ def _check_values(values: dict[str, Any]) -> None:
                 ) from None
     uri = str(values.get("ratelimit_storage_uri", Settings.ratelimit_storage_uri))
     try:
-        storage_from_string(storage_uri(uri))  # builds a client; connects on first use
-    except (ConfigurationError, ValueError):
+        storage_from_string(storage_uri(uri))  # builds a client; most connect on first use
+    except (ConfigurationError, ValueError):  # an unknown scheme, a client not installed
         # Not the URI itself in the message: it may carry a Redis password.
         raise ConfigError(
             "KEYGATE_RATELIMIT_STORAGE_URI must be memory:// or a storage the limits library"
             " knows and has its client installed for, such as redis://127.0.0.1:6379"
         ) from None
+    except Exception:  # noqa: S110 - a cluster that does not answer yet: limits wait for it
+        pass
     if "database_url" in values:
         try:
             backend = make_url(str(values["database_url"])).get_backend_name()
@@ -273,7 +278,7 @@ def load_settings(
         env_name = f"KEYGATE_{name.upper()}"
         if name in overrides:
             raw = overrides.pop(name)
-        elif env_name in env:
+        elif env.get(env_name, "") != "":  # set but empty (VAR= in a compose file): unset
             raw = env[env_name]
         elif name in file_values:
             raw = file_values[name]

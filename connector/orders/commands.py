@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.models import Store
+from connector.stores import StoreDeleted
 from connector.vault.commands import command_app
 from plugin.shop import parse_utc_datetime
 from plugin.woocommerce.rest import ShopError, WooCommerceClient
@@ -84,6 +85,10 @@ def reconcile(since: str | None, store_id: str | None) -> None:
                 schedule_next(
                     session, store, RECONCILE_JOB, get_settings().reconcile_interval_seconds
                 )
+            except StoreDeleted:
+                session.rollback()
+                click.echo(f"{store.public_id}: deleted meanwhile, skipped")
+                continue
             except ShopError as exc:
                 session.rollback()
                 click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)
@@ -116,6 +121,10 @@ def sync_products(store_id: str | None) -> None:
         for session, store, client in _connected_stores(store_id):
             try:
                 result = sync(session, store, client)
+            except StoreDeleted:
+                session.rollback()
+                click.echo(f"{store.public_id}: deleted meanwhile, skipped")
+                continue
             except ShopError as exc:
                 session.rollback()
                 click.echo(f"{store.public_id}: the shop could not be read: {exc}", err=True)

@@ -97,6 +97,20 @@ def test_a_redis_password_is_never_in_the_message(tmp_path: Path) -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize(("given", "level"), [("warn", "WARNING"), ("FATAL", "CRITICAL")])
+def test_logging_s_other_level_names_are_taken(tmp_path: Path, given: str, level: str) -> None:
+    where = env(KEYGATE_INSTANCE_DIR=str(tmp_path), KEYGATE_LOG_LEVEL=given)
+    assert load_settings(environ=where).log_level == level
+
+
+def test_a_variable_set_but_empty_is_unset(tmp_path: Path) -> None:
+    """VAR= in a compose file or a unit: the default (or keygate.toml) applies."""
+    (tmp_path / "keygate.toml").write_text('base_url = "https://keys.example"\n')
+    where = env(KEYGATE_INSTANCE_DIR=str(tmp_path), KEYGATE_BASE_URL="", KEYGATE_LOG_LEVEL="")
+    settings = load_settings(environ=where)
+    assert (settings.base_url, settings.log_level) == ("https://keys.example", "INFO")
+
+
 def test_good_values_pass_and_the_log_level_is_any_case(tmp_path: Path) -> None:
     settings = load_settings(
         environ=env(
