@@ -254,6 +254,17 @@ def test_redirect_from_a_short_lived_link_expires_at_the_server(
         app.extensions["keygate.db"].engine.dispose()
 
 
+def own_bucket(endpoint: str, bucket: str) -> dict[str, str]:
+    """A store's R2 credentials for ``bucket`` on LocalStack."""
+    return {
+        "account_id": "0123456789abcdef",
+        "access_key_id": ACCESS_KEY_ID,
+        "secret_access_key": SECRET_ACCESS_KEY,
+        "bucket": bucket,
+        "endpoint_url": endpoint,
+    }
+
+
 def test_a_stores_own_r2_credentials_from_the_vault_serve_its_files(
     app: Flask, shop: WebhookSender, localstack_endpoint: str, bucket: str
 ) -> None:
@@ -261,13 +272,7 @@ def test_a_stores_own_r2_credentials_from_the_vault_serve_its_files(
     s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="vault/tool.zip", Body=b"PK vault")
     path = paid_link(shop, 8101, [{"object_key": "vault/tool.zip", "filename": "tool.zip"}])
     assert shop.client.get(path).status_code == 503  # embedded storage has no such file
-    credentials = {
-        "account_id": "0123456789abcdef",
-        "access_key_id": ACCESS_KEY_ID,
-        "secret_access_key": SECRET_ACCESS_KEY,
-        "bucket": bucket,
-        "endpoint_url": localstack_endpoint,
-    }
+    credentials = own_bucket(localstack_endpoint, bucket)
     assert shop.admin("PUT", "/credentials/r2", credentials).status_code == 200
     response = shop.client.get(path)
     assert response.status_code == 302
@@ -382,13 +387,7 @@ def test_deleting_a_store_deletes_its_buyers_copies_in_its_own_bucket(
     from connector.privacy.store_deletion import delete_store
 
     client = s3_client(localstack_endpoint)
-    credentials = {
-        "account_id": "0123456789abcdef",
-        "access_key_id": ACCESS_KEY_ID,
-        "secret_access_key": SECRET_ACCESS_KEY,
-        "bucket": bucket,
-        "endpoint_url": localstack_endpoint,
-    }
+    credentials = own_bucket(localstack_endpoint, bucket)
     assert shop.admin("PUT", "/credentials/r2", credentials).status_code == 200
     copy = _stamped_copy(app, shop, client, bucket, "books/book.pdf")
     assert _keys(client, bucket) == sorted(["books/book.pdf", copy])
@@ -416,13 +415,7 @@ def test_a_bucket_that_stays_down_is_retried_then_given_up_on_and_named(
     from connector.vault.service import put_credentials
 
     client = s3_client(localstack_endpoint)
-    credentials = {
-        "account_id": "0123456789abcdef",
-        "access_key_id": ACCESS_KEY_ID,
-        "secret_access_key": SECRET_ACCESS_KEY,
-        "bucket": bucket,
-        "endpoint_url": localstack_endpoint,
-    }
+    credentials = own_bucket(localstack_endpoint, bucket)
     assert shop.admin("PUT", "/credentials/r2", credentials).status_code == 200
     copy = _stamped_copy(app, shop, client, bucket, "books/book.pdf")
     with app.app_context():

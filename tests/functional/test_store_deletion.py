@@ -412,6 +412,24 @@ def _in_thread(app: Flask, work: Any) -> tuple[threading.Thread, list[BaseExcept
     return thread, errors
 
 
+def _deletion_waiting_until(
+    app: Flask, shop: WebhookSender, go_on: threading.Event
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Start deleting the store in a thread of its own; check that it waits (for what the
+    test's other thread holds), then let that thread go on."""
+
+    def deletion() -> None:
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        delete_store(db.session, store, actor="test")
+
+    deleter, errors = _in_thread(app, deletion)
+    deleter.join(1.0)
+    assert deleter.is_alive(), "the deletion waits for the work that holds the store"
+    go_on.set()
+    return deleter, errors
+
+
 def test_a_webhook_under_way_finishes_first_and_its_order_is_deleted_too(
     app: Flask, shop: WebhookSender
 ) -> None:
@@ -428,17 +446,9 @@ def test_a_webhook_under_way_finishes_first_and_its_order_is_deleted_too(
         db.session.add(Order(store_id=store.id, shop_order_id="77", status="processing"))
         db.session.commit()
 
-    def deletion() -> None:
-        store = db.session.get(Store, shop.store.store.id)
-        assert store is not None
-        delete_store(db.session, store, actor="test")
-
     writer, writer_errors = _in_thread(app, webhook)
     assert found.wait(10)
-    deleter, deleter_errors = _in_thread(app, deletion)
-    deleter.join(1.0)
-    assert deleter.is_alive(), "the deletion waits for the request that holds the store"
-    go_on.set()
+    deleter, deleter_errors = _deletion_waiting_until(app, shop, go_on)
     writer.join(30)
     deleter.join(30)
     assert writer_errors == [] and deleter_errors == []
@@ -497,17 +507,9 @@ def test_an_activation_under_way_finishes_first_and_is_deleted_too(
         db.session.add(Activation(license_id=license_id, site="late.example.com"))
         db.session.commit()
 
-    def deletion() -> None:
-        store = db.session.get(Store, shop.store.store.id)
-        assert store is not None
-        delete_store(db.session, store, actor="test")
-
     seat, seat_errors = _in_thread(app, activation)
     assert holding.wait(10)
-    deleter, deleter_errors = _in_thread(app, deletion)
-    deleter.join(1.0)
-    assert deleter.is_alive()
-    go_on.set()
+    deleter, deleter_errors = _deletion_waiting_until(app, shop, go_on)
     seat.join(30)
     deleter.join(30)
     assert seat_errors == [] and deleter_errors == []
@@ -543,17 +545,9 @@ def test_a_brevo_push_under_way_and_a_deletion_do_not_deadlock(
         contacts._record_push(db.session, store, order_id, 7, EMAIL)
         db.session.commit()
 
-    def deletion() -> None:
-        store = db.session.get(Store, shop.store.store.id)
-        assert store is not None
-        delete_store(db.session, store, actor="test")
-
     pusher, push_errors = _in_thread(app, push)
     assert inside.wait(10)
-    deleter, deleter_errors = _in_thread(app, deletion)
-    deleter.join(1.0)
-    assert deleter.is_alive()
-    go_on.set()
+    deleter, deleter_errors = _deletion_waiting_until(app, shop, go_on)
     pusher.join(30)
     deleter.join(30)
     assert push_errors == [] and deleter_errors == []
