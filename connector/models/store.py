@@ -23,6 +23,11 @@ class Store(Base):
     url: Mapped[str] = mapped_column(String(500))
     platform: Mapped[str] = mapped_column(String(32), default="woocommerce")
     webhook_secret: Mapped[str] = mapped_column(Encrypted)
+    # The secret a re-registration replaced, still taken until Keygate has deleted the
+    # webhooks signed with it (``previous_secret_until`` at the latest): the shop's
+    # deliveries meanwhile are not refused. None once they are gone.
+    previous_webhook_secret: Mapped[str | None] = mapped_column(Encrypted, default=None)
+    previous_secret_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     api_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # License key format: PREFIX-XXXXX-XXXXX-XXXXX-XXXXC (the last character is a check).
     key_prefix: Mapped[str] = mapped_column(String(16), default="")
@@ -32,6 +37,15 @@ class Store(Base):
     # Set when the owner deleted the store: the row stays, emptied, so that its id (and
     # with it its areas of shared storage) is never given to another store.
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    def webhook_secrets(self, now: dt.datetime) -> list[str]:
+        """The secrets a delivery may be signed with now: the current one, and the one a
+        re-registration replaced while the webhooks signed with it are being deleted."""
+        taken = [self.webhook_secret]
+        until = self.previous_secret_until
+        if self.previous_webhook_secret and until is not None and now < until:
+            taken.append(self.previous_webhook_secret)
+        return taken
 
 
 class AdminUser(Base):

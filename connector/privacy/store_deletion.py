@@ -163,6 +163,7 @@ def delete_store(session: Session, store: Store, *, actor: str) -> StoreDeletion
     store.name = DELETED_NAME
     store.url = ""
     store.webhook_secret = random_alphanumeric(40)
+    store.previous_webhook_secret = store.previous_secret_until = None
     store.api_token_hash = keyed_hash(API_TOKEN_HASH, secrets.token_urlsafe(32))
     record_audit(
         session,

@@ -12,6 +12,7 @@ failed deliveries; :func:`disconnect` deletes them and forgets the key.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,9 @@ TOPICS = ("order.created", "order.updated", "order.deleted", "order.restored")
 APP_NAME = "Keygate"
 STATE_MAX_AGE = 24 * 3600  # the owner may approve the next day, not next month
 REGISTER_JOB = "vault.register_webhooks"
+# How long a secret replaced by a re-registration is still taken at most: the shop's webhooks
+# signed with it are deleted seconds later, unless the shop stops answering meanwhile.
+PREVIOUS_SECRET_GRACE = dt.timedelta(minutes=15)
 DISCONNECT_ROUNDS = 3
 KEY_REFUSED = (401, 403)  # WooCommerce's answer to a key revoked or without the right
 
@@ -296,6 +300,8 @@ def replace_webhook_secret(session: Session, store: Store, *, actor: str) -> str
         enqueue(session, REGISTER_JOB, {"store_id": store.id})
     else:
         secret = store.webhook_secret = random_alphanumeric(40)
+        # Lost or leaked: the old one is refused at once, even a replaced one still taken.
+        store.previous_webhook_secret = store.previous_secret_until = None
     record_audit(
         session,
         store_id=store.id,
@@ -320,7 +326,9 @@ def register_webhooks(
 
     Safe to run twice: webhooks pointing at this store's URL that Keygate does not remember
     (older connections, manual setups, a crashed earlier run) are deleted; each missing
-    topic is created. When no registration is left, a fresh secret is made first.
+    topic is created. When no registration is left, a fresh secret is made first; the one
+    it replaces is still taken (:data:`PREVIOUS_SECRET_GRACE` at most) until the webhooks
+    signed with it are deleted, so the shop's deliveries meanwhile are not refused.
 
     Commits (the caller's work first): the shop is asked outside any transaction, so a slow
     shop holds up none of the store's webhook deliveries, license calls or clicks (a
@@ -336,9 +344,15 @@ def register_webhooks(
         select(WebhookRegistration.id).where(WebhookRegistration.store_id == store.id).limit(1)
     )
     if registered is None:
+        store.previous_webhook_secret = store.webhook_secret
+        store.previous_secret_until = utcnow() + PREVIOUS_SECRET_GRACE
         store.webhook_secret = random_alphanumeric(40)
     created = _create_missing_webhooks(session, store, client)
     deleted = _delete_stray_webhooks(session, store, client)
+    # Every webhook to this store's URL is one Keygate registered, with the current secret.
+    lock_store(session, store)
+    store.previous_webhook_secret = store.previous_secret_until = None
+    session.commit()
     return RegistrationResult(created=created, deleted=deleted)
 
 
@@ -557,6 +571,7 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
         if webhook_id not in asked and client is not None
     )
     session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
+    store.previous_webhook_secret = store.previous_secret_until = None
     delete_credentials(session, store, "woocommerce", actor=actor)
     connection = connection_of(session, store)
     connection.status = "disconnected"

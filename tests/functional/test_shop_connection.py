@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import AuditEvent, ShopConnection, Store, WebhookRegistration
+from connector.models import AuditEvent, Job, ShopConnection, Store, WebhookRegistration
 from connector.vault.service import credentials_for
 from tests.factories import WebhookSender, wc_order
 from tests.wc_rest import (
@@ -389,3 +389,54 @@ def test_two_first_looks_at_a_connection_at_once_make_one_row(
     assert errors == []
     with app.app_context():
         assert len(db.session.scalars(select(ShopConnection)).all()) == 1
+
+
+def test_deliveries_signed_with_the_replaced_secret_are_taken_until_its_webhooks_are_gone(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-registering makes a new secret before the shop has new webhooks: the old ones
+    keep delivering (signed with the old secret) until Keygate deletes them. Meanwhile,
+    at most for the grace period, they are taken; once deleted, the old secret is not."""
+    import datetime as dt
+
+    import connector.vault.connection as connection
+    from plugin.woocommerce.rest import ShopUnavailable
+
+    connect_store(app, shop, fake_shop)
+    with app.app_context():
+        old_secret = _store(app, shop).webhook_secret
+    stray_deletion = connection._delete_stray_webhooks
+
+    def shop_down(*args: object, **kwargs: object) -> list[str]:
+        raise ShopUnavailable("the shop went down after creating the new webhooks")
+
+    monkeypatch.setattr(connection, "_delete_stray_webhooks", shop_down)
+    with app.app_context():
+        assert connection.replace_webhook_secret(db.session, _store(app, shop), actor="t") is None
+        db.session.commit()
+    run_pending(app)
+    with app.app_context():
+        store = _store(app, shop)
+        assert store.webhook_secret != old_secret
+        assert store.previous_webhook_secret == old_secret
+    assert len(fake_shop.webhooks) == 8  # the old four are still in the shop
+    order = wc_order(9900, "processing")
+    assert shop.deliver(order, secret=old_secret).status_code == 200
+    with app.app_context():
+        store = _store(app, shop)
+        store.previous_secret_until = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        db.session.commit()
+    assert shop.deliver(order, secret=old_secret).status_code == 401  # the grace is over
+
+    monkeypatch.setattr(connection, "_delete_stray_webhooks", stray_deletion)
+    with app.app_context():
+        store = _store(app, shop)
+        store.previous_secret_until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+        for job in db.session.scalars(select(Job).where(Job.kind == connection.REGISTER_JOB)):
+            job.run_after = dt.datetime.now(dt.UTC)  # its backoff, passed
+        db.session.commit()
+    run_pending(app)  # the registration is retried: the old webhooks are deleted now
+    assert len(fake_shop.webhooks) == 4
+    with app.app_context():
+        assert _store(app, shop).previous_webhook_secret is None
+    assert shop.deliver(order, secret=old_secret).status_code == 401
