@@ -356,9 +356,7 @@ def register_webhooks(
     return RegistrationResult(created=created, deleted=deleted)
 
 
-def _delete_stray_webhooks(
-    session: Session, store: Store, client: WooCommerceClient
-) -> list[str]:
+def _delete_stray_webhooks(session: Session, store: Store, client: WooCommerceClient) -> list[str]:
     """Delete the shop's webhooks to this store's URL that Keygate has not registered
     (commits; the shop is asked outside any transaction). One made by a run still waiting
     on the shop may go too: the periodic check re-creates a registered webhook that is gone."""

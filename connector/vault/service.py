@@ -41,7 +41,6 @@ EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
 META_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
-
 # The fields of each kind of credentials. Secrets are write-only.
 FIELDS: dict[str, dict[str, FieldSpec]] = {
     "r2": {
