@@ -23,7 +23,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check connector plugin tests $(wildcard bench)
-	$(BIN)/ruff format --check connector plugin || true
+	$(BIN)/ruff format --check connector plugin tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -32,6 +32,7 @@ typecheck: $(STAMP)
 test: $(STAMP)
 	@command -v qpdf >/dev/null || apt-get install -y qpdf || (apt-get update && apt-get install -y qpdf)
 	$(BIN)/ruff check connector plugin tests $(wildcard bench)
+	$(BIN)/ruff format --check connector plugin tests $(wildcard bench)
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2 --dist loadgroup -q
 
