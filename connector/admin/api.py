@@ -20,7 +20,7 @@ from connector.catalog import (
 from connector.db import db, iso
 from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.jobs import trouble_json
-from connector.mail.service import ORDER_MAIL_JOB, mail_order_again
+from connector.mail.service import mail_order_again, undelivered_mails
 from connector.models import AuditEvent, Job, Mail, Order, Product
 from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
@@ -215,16 +215,7 @@ def outbox() -> ResponseReturnValue:
         .limit(_limit())
     ).scalars()
     undelivered = db.session.execute(
-        select(Job, Order.shop_order_id)
-        .join(Order, Order.id == Job.payload["order_id"].as_integer())
-        .where(
-            Job.kind == ORDER_MAIL_JOB,
-            Job.status != "done",
-            Job.attempts > 0,
-            Order.store_id == current_store().id,
-            # A dead mail the buyer has had since (the owner resent it) is no longer news.
-            (Job.status != "dead") | ~select(Mail.id).where(*_sent_later).exists(),
-        )
+        undelivered_mails(select(Job, Order.shop_order_id), current_store().id)
         .order_by(Job.id.desc())
         .limit(_limit())
     ).all()
@@ -248,9 +239,6 @@ def outbox() -> ResponseReturnValue:
             ],
         }
     )
-
-
-_sent_later = (Mail.order_id == Order.id, Mail.sent_at.is_not(None), Mail.job_id > Job.id)
 
 
 def mask_email(email: str) -> str:

@@ -64,6 +64,7 @@ from connector.vault.crypto import keyed_hash
 from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
 from plugin.shop import PAID_STATUSES
 
+from . import attention
 from .forms import ConfirmedForm, ConfirmForm, DeleteStoreForm, LoginForm, PasswordForm
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
@@ -224,6 +225,7 @@ def dashboard() -> ResponseReturnValue:
     ).all()
     return render_template(
         "admin/dashboard.html",
+        notices=attention.notices(db.session, stores),
         stores=stores,
         order_counts=counts,
         jobs=job_stats() if _scope() is None else None,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from flask import render_template
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -14,9 +14,11 @@ from connector.integrations.brevo import BrevoConfig, BrevoMailer
 from connector.integrations.mail import ConsoleMailer, Mailer, OutgoingMail
 from connector.jobs import JOB_ID, RetryLater, enqueue, handles
 from connector.mail import contacts
-from connector.models import Mail, Order, Store
+from connector.models import Job, Mail, Order, Store
 from connector.orders.summary import order_entitlements
 from plugin.shop import WAITING_STATUSES
+
+Ts = TypeVarTuple("Ts")
 
 
 def brevo_config_for(store: Store) -> BrevoConfig | None:
@@ -158,3 +160,19 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
         # waiting, and every retry sends this same stored mail.
         session.commit()
     send_stored_mail(mail_row, mailer_for(store), order.name, f"keygate-{store.public_id}-{job_id}")
+
+
+def undelivered_mails(query: Select[*Ts], store_id: int) -> Select[*Ts]:
+    """``query`` (of jobs, with orders) narrowed to the store's order mails not delivered
+    yet: retrying through an outage, or dead after their last attempt until the buyer has
+    had a later mail (the owner resent it)."""
+    sent_later = select(Mail.id).where(
+        Mail.order_id == Order.id, Mail.sent_at.is_not(None), Mail.job_id > Job.id
+    )
+    return query.join(Order, Order.id == Job.payload["order_id"].as_integer()).where(
+        Job.kind == ORDER_MAIL_JOB,
+        Job.status != "done",
+        Job.attempts > 0,
+        Order.store_id == store_id,
+        (Job.status != "dead") | ~sent_later.exists(),
+    )

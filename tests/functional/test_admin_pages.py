@@ -45,19 +45,19 @@ def sign_in(client: FlaskClient, password: str = PASSWORD) -> int:
     return response.status_code
 
 
-def store_admin(app: Flask, store_id: int) -> FlaskClient:
+def store_admin(app: Flask, store_id: int, username: str = "ana") -> FlaskClient:
     """A signed-in admin of one store only (``keygate admin add --store``), named ana."""
     with app.app_context():
         db.session.add(
             AdminUser(
-                username="ana", password_hash=generate_password_hash(PASSWORD), store_id=store_id
+                username=username, password_hash=generate_password_hash(PASSWORD), store_id=store_id
             )
         )
         db.session.commit()
     client = app.test_client()
     token = csrf_token(client, "/admin/login")
     signed_in = client.post(
-        "/admin/login", data={"username": "ana", "password": PASSWORD, "csrf_token": token}
+        "/admin/login", data={"username": username, "password": PASSWORD, "csrf_token": token}
     )
     assert signed_in.status_code == 302
     return client

@@ -1,0 +1,141 @@
+"""What needs the owner's attention, store by store, for the top of the dashboard.
+
+Each notice is something a buyer cannot tell the owner and that does not mend itself: the
+shop cannot be read or refuses the webhooks' secret, buyers' mails are not getting out,
+keys flagged for too many binding changes, copies that failed to stamp (their links are
+refused), refunds Keygate could not apply. Read only; each notice links where the owner
+can act.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from flask import url_for
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from connector.db import utcnow
+from connector.downloads.service import MAX_WATERMARK_ATTEMPTS
+from connector.mail.service import undelivered_mails
+from connector.models import (
+    AuditEvent,
+    DownloadGrant,
+    Job,
+    License,
+    LicenseFlag,
+    ShopConnection,
+    Store,
+    WatermarkCopy,
+    WebhookDelivery,
+)
+from connector.models.records import BAD_SIGNATURE
+from connector.vault.connection import registration_trouble
+
+# Refunds Keygate could not apply are news for this long (the order page keeps them after).
+REFUND_NEWS = dt.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Notice:
+    store: Store
+    text: str
+    link: str
+
+
+def _count(session: Session, query: Select[Any]) -> int:
+    return int(session.scalar(query) or 0)
+
+
+def notices(session: Session, stores: list[Store]) -> list[Notice]:
+    """The notices of ``stores``, store by store (none when all is well)."""
+    found: list[Notice] = []
+    for store in stores:
+        page = url_for("admin_views.store_detail", store_id=store.id)
+        connection = session.scalar(
+            select(ShopConnection).where(ShopConnection.store_id == store.id)
+        )
+        if connection is not None and connection.status == "connected" and connection.last_error:
+            text = f"The shop could not be read: {connection.last_error}"
+            found.append(Notice(store, text, page))
+        if registration_trouble(session, store) is not None:
+            text = "Keygate could not register its webhooks in the shop."
+            found.append(Notice(store, text, page))
+        latest = session.scalar(
+            select(WebhookDelivery.outcome)
+            .where(WebhookDelivery.store_id == store.id)
+            .order_by(WebhookDelivery.id.desc())
+            .limit(1)
+        )
+        if latest == BAD_SIGNATURE:
+            found.append(
+                Notice(
+                    store,
+                    "The shop's latest webhook delivery was refused: its secret is not the"
+                    " store's.",
+                    page,
+                )
+            )
+        mails = _count(session, undelivered_mails(select(func.count(Job.id)), store.id))
+        if mails:
+            found.append(
+                Notice(
+                    store,
+                    f"{mails} order mail(s) to buyers not delivered yet.",
+                    url_for("admin_views.orders"),
+                )
+            )
+        flagged = _count(
+            session,
+            select(func.count(LicenseFlag.id))
+            .join(License, LicenseFlag.license_id == License.id)
+            .where(License.store_id == store.id),
+        )
+        if flagged:
+            found.append(
+                Notice(
+                    store,
+                    f"{flagged} license(s) flagged for too many binding changes.",
+                    url_for("admin_licenses.licenses"),
+                )
+            )
+        failed = _count(
+            session,
+            select(func.count(WatermarkCopy.id))
+            .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
+            .where(
+                DownloadGrant.store_id == store.id,
+                DownloadGrant.revoked_at.is_(None),
+                WatermarkCopy.status == "failed",
+                WatermarkCopy.attempts >= MAX_WATERMARK_ATTEMPTS,
+            ),
+        )
+        if failed:
+            found.append(
+                Notice(
+                    store,
+                    f"{failed} buyer copy(ies) could not be stamped: those links give the"
+                    " original or are refused, as the product says, until the file is"
+                    " replaced (the order pages say why).",
+                    url_for("admin_views.orders"),
+                )
+            )
+        refunds = _count(
+            session,
+            select(func.count(AuditEvent.id)).where(
+                AuditEvent.store_id == store.id,
+                AuditEvent.action == "order.refund_not_applied",
+                AuditEvent.created_at > utcnow() - REFUND_NEWS,
+            ),
+        )
+        if refunds:
+            found.append(
+                Notice(
+                    store,
+                    f"{refunds} refund(s) Keygate could not apply in the last 30 days.",
+                    url_for("admin_views.audit"),
+                )
+            )
+    return found

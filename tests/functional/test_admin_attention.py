@@ -1,0 +1,90 @@
+"""The dashboard's "Needs attention": what the owner must act on, store by store."""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy import select
+
+from connector.audit import record_audit
+from connector.db import db
+from connector.mail.service import ORDER_MAIL_JOB
+from connector.models import (
+    DownloadGrant,
+    Job,
+    License,
+    LicenseFlag,
+    Order,
+    ShopConnection,
+    WatermarkCopy,
+)
+from connector.stores import create_store
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_admin_pages import store_admin
+from tests.functional.test_store_deletion import full_admin
+
+
+def dashboard(client: object) -> str:
+    page = client.get("/admin/")  # type: ignore[attr-defined]
+    assert page.status_code == 200
+    text: str = page.get_data(as_text=True)
+    return text
+
+
+def test_all_is_well(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501)
+    assert shop.deliver(wc_order(9100, "processing", [line_item(501)])).status_code == 200
+    page = dashboard(full_admin(app))
+    assert "Nothing needs your attention." in page and "Needs attention" not in page
+
+
+def test_each_trouble_is_named_with_its_store(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501, files=[{"object_key": "a.pdf", "filename": "a.pdf", "watermark": "pdf"}])
+    assert shop.deliver(wc_order(9101, "processing", [line_item(501)])).status_code == 200
+    assert shop.deliver(wc_order(9102, "processing"), secret="not-the-secret").status_code == 401
+    store_id = shop.store.store.id
+    with app.app_context():
+        session = db.session
+        order_id = session.scalars(select(Order.id)).one()
+        license_id = session.scalars(select(License.id)).one()
+        grant_id = session.scalars(select(DownloadGrant.id)).one()
+        session.add_all(
+            [
+                ShopConnection(
+                    store_id=store_id, status="connected", last_error="<b>503 Maintenance</b>"
+                ),
+                Job(kind=ORDER_MAIL_JOB, payload={"order_id": order_id}, attempts=2),
+                LicenseFlag(license_id=license_id, reason="binding_changes", binding_changes=9),
+                WatermarkCopy(grant_id=grant_id, status="failed", kind="pdf", attempts=3),
+            ]
+        )
+        record_audit(
+            session,
+            store_id=store_id,
+            actor="system",
+            action="order.refund_not_applied",
+            subject="order:9101",
+        )
+        session.commit()
+    page = dashboard(full_admin(app))
+    assert "Needs attention" in page
+    for text in (
+        "The shop could not be read: &lt;b&gt;503 Maintenance&lt;/b&gt;",
+        "latest webhook delivery was refused",
+        "1 order mail(s) to buyers not delivered yet.",
+        "1 license(s) flagged for too many binding changes.",
+        "1 buyer copy(ies) could not be stamped",
+        "1 refund(s) Keygate could not apply",
+    ):
+        assert text in page, text
+    assert "<b>503" not in page
+
+
+def test_a_store_admin_sees_their_stores_notices_only(app: Flask, shop: WebhookSender) -> None:
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example").store
+        db.session.add(ShopConnection(store_id=other.id, status="connected", last_error="down"))
+        db.session.commit()
+        other_id = other.id
+    mine = dashboard(store_admin(app, shop.store.store.id))
+    assert "could not be read" not in mine and "Nothing needs your attention." in mine
+    assert "The shop could not be read: down" in dashboard(store_admin(app, other_id, "bo"))
