@@ -135,7 +135,7 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                 Notice(
                     store,
                     f"{refunds} refund(s) Keygate could not apply in the last 30 days.",
-                    url_for("admin_views.audit"),
+                    url_for("admin_views.audit", action="order.refund_not_applied"),
                 )
             )
     return found

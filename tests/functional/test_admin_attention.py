@@ -88,3 +88,29 @@ def test_a_store_admin_sees_their_stores_notices_only(app: Flask, shop: WebhookS
     mine = dashboard(store_admin(app, shop.store.store.id))
     assert "could not be read" not in mine and "Nothing needs your attention." in mine
     assert "The shop could not be read: down" in dashboard(store_admin(app, other_id, "bo"))
+
+
+def test_the_audit_log_shows_one_action_and_each_entrys_store(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The refunds notice leads to the audit log narrowed to them; paging keeps the action."""
+    store_id = shop.store.store.id
+    with app.app_context():
+        for n in range(3):
+            record_audit(
+                db.session,
+                store_id=store_id,
+                actor="system",
+                action="order.refund_not_applied",
+                subject=f"order:{n}",
+            )
+        record_audit(db.session, store_id=store_id, actor="t", action="license.revoke")
+        db.session.commit()
+    client = full_admin(app)
+    page = client.get("/admin/audit?action=order.refund_not_applied").get_data(as_text=True)
+    assert page.count("<td>order.refund_not_applied</td>") == 3
+    assert "<td>license.revoke</td>" not in page and "<td>Test Shop</td>" in page
+    assert '<option value="license.revoke">' in page
+    assert "/admin/audit?action=order.refund_not_applied" in dashboard(client)
+    nothing = client.get("/admin/audit?action=no.such").get_data(as_text=True)
+    assert "No entry of this action." in nothing
