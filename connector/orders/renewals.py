@@ -307,24 +307,30 @@ def _extend_grants(
     license_: License,
     policy: Policy,
     start: dt.datetime,
+    *,
+    grant_ids: list[int] | None = None,
 ) -> None:
+    """Move the license's links (only ``grant_ids``, when given) as ``renewal`` moves them:
+    by the product's own download window, or to the license's expiry after the renewal;
+    recorded per link, so that a refund of the renewal takes it back."""
     extensions = {
         extension.grant_id: extension
         for extension in session.scalars(
             select(GrantExtension).where(GrantExtension.renewal_id == renewal.id)
         )
     }
-    for grant in session.scalars(
-        select(DownloadGrant).where(
-            DownloadGrant.license_id == license_.id, DownloadGrant.expires_at.is_not(None)
-        )
-    ):
+    grants = select(DownloadGrant).where(
+        DownloadGrant.license_id == license_.id, DownloadGrant.expires_at.is_not(None)
+    )
+    if grant_ids is not None:
+        grants = grants.where(DownloadGrant.id.in_(grant_ids))
+    for grant in session.scalars(grants):
         previous = grant.expires_at
         assert previous is not None  # noqa: S101 - selected above
         if policy.download_days is not None:
             moved = add_days(_later(previous, start), policy.download_days)
-        elif license_.expires_at is not None:
-            moved = max(previous, license_.expires_at)
+        elif renewal.expires_at is not None:
+            moved = max(previous, renewal.expires_at)
         else:
             continue
         extension = extensions.get(grant.id)
@@ -462,6 +468,32 @@ def _revert(session: Session, renewal: LicenseRenewal, license_: License, now: d
             .execution_options(populate_existing=True)
         ).scalar_one()
         grant.expires_at = _taken_back(grant.expires_at, renewal.id, steps, counted)
+
+
+def extend_new_grants(session: Session, license_: License, grant_ids: list[int]) -> None:
+    """Links issued now to a license that renewals extended before (a file the owner added
+    since): each renewal still applied moves them, in the order the renewals were applied,
+    as it moved the license's other links, and records it (its refund takes it back)."""
+    if not grant_ids:
+        return
+    license_ = lock_license(session, license_.id)  # a renewal applied meanwhile waits, or is seen
+    product = session.get(Product, license_.product_id)
+    if product is None:  # pragma: no cover - products are never deleted
+        return
+    policy = Policy.of(product)
+    applied = session.execute(
+        select(LicenseRenewal, Order.date_paid)
+        .join(Order, LicenseRenewal.order_id == Order.id)
+        .where(
+            LicenseRenewal.license_id == license_.id,
+            LicenseRenewal.reverted_at.is_(None),
+            LicenseRenewal.applied_seq.is_not(None),
+        )
+        .order_by(LicenseRenewal.applied_seq, LicenseRenewal.id)
+    ).all()
+    for renewal, paid in applied:
+        start = counts_from(paid, renewal)
+        _extend_grants(session, renewal, license_, policy, start, grant_ids=grant_ids)
 
 
 def converge_renewal(

@@ -305,10 +305,12 @@ def _issue_unit(
     policy = Policy.of(product)
     start = order.date_paid or utcnow()
     now = utcnow()
+    existing = license_id
     if license_id is None:
         license_id = _insert_license(
             session, store, order, line, product, unit, policy, start, now, result
         )
+    new_grants: list[int] = []
     for product_file in product.files:
         if not product_file.active:
             continue
@@ -330,7 +332,12 @@ def _issue_unit(
             ["line_item_id", "unit", "product_file_id"],
         )
         if granted is not None:
-            result.issued_grants.append(granted)
+            new_grants.append(granted)
+    result.issued_grants.extend(new_grants)
+    license_ = session.get(License, existing) if existing is not None else None
+    if license_ is not None:
+        # Links for a file added since: as long as the renewals made the license's others.
+        renewals.extend_new_grants(session, license_, new_grants)
 
 
 def _insert_license(

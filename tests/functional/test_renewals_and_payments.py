@@ -182,6 +182,31 @@ def test_renewals_move_the_download_links_with_the_license(app: Flask, shop: Web
     assert shop.order(9210)["downloads"][0]["expires_at"] == renewed["downloads"][0]["expires_at"]
 
 
+@pytest.mark.parametrize("download_days", [None, 10])
+def test_a_file_added_after_renewals_gets_a_link_as_long_as_the_others(
+    app: Flask, shop: WebhookSender, download_days: int | None
+) -> None:
+    """The owner adds a file after two renewals: the next delivery gives it a link lasting
+    as long as the renewals made the license's other links, and a refund of the last
+    renewal takes that back for it too."""
+    first_file = {"object_key": "a.pdf", "filename": "a.pdf"}
+    shop.configure(501, duration_days=30, download_days=download_days, files=[first_file])
+    bought = [line_item(501)]
+    shop.deliver(wc_order(9215, "completed", bought))
+    key = shop.order(9215)["licenses"][0]["key"]
+    second = [renewal_line(501, key, 305)]
+    shop.deliver(wc_order(9216, "processing", [renewal_line(501, key, 304)], modified=5))
+    shop.deliver(wc_order(9217, "processing", second, modified=6))
+    added = {"object_key": "b.pdf", "filename": "b.pdf"}
+    shop.configure(501, duration_days=30, download_days=download_days, files=[first_file, added])
+    shop.deliver(wc_order(9215, "completed", bought, modified=7))
+    links = {d["filename"]: d["expires_at"] for d in shop.order(9215)["downloads"]}
+    assert links["b.pdf"] == links["a.pdf"]
+    shop.deliver(wc_order(9217, "refunded", second, modified=10))
+    after_refund = {d["filename"]: d["expires_at"] for d in shop.order(9215)["downloads"]}
+    assert after_refund["b.pdf"] == after_refund["a.pdf"] < links["a.pdf"]
+
+
 def test_a_renewal_reopens_a_lapsed_download_window(app: Flask, shop: WebhookSender) -> None:
     """A product with its own download window (download_days) gets a fresh one from the
     renewal's payment when the old one has passed; an expired link works again."""
