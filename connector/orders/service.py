@@ -533,10 +533,11 @@ def _converge_paid(
             result.reverted_renewals.extend(reverted)
             continue
         # One pass per line, not per unit: a redelivery of an order with many units is a
-        # few queries; only what is missing is inserted.
-        _reinstate_units(session, line, entitled, result)
-        # Before links for new files are issued: the key kept gets them.
+        # few queries; only what is missing is inserted. Keys in use are kept first (and
+        # before links for new files are issued: the key kept gets them), so that an order
+        # paid again for fewer units brings back the keys in use, not idle ones.
         _keep_keys_in_use(session, line, entitled)
+        _reinstate_units(session, line, entitled, result)
         issued = _issued_so_far(session, line)
         files = {f.id for f in product.files if f.active}
         for unit in range(1, entitled + 1):
@@ -553,11 +554,13 @@ def _converge_paid(
 
 
 def _keep_keys_in_use(session: Session, line: LineItem, entitled: int) -> None:
-    """Before units above ``entitled`` are revoked (a partial refund, a lower quantity): swap
-    each active one in use (activated somewhere, or extended by a renewal still paid for)
-    with an active one at or below ``entitled`` in no use, so the refund takes back a key
-    nobody uses rather than the site or machine that runs on the newest one, or a renewal
-    the buyer paid for. Its links go with it (their unit too).
+    """Before units above ``entitled`` are revoked (a partial refund, a lower quantity) or
+    units up to it reinstated: swap each one in use (activated somewhere, or extended by a
+    renewal still paid for) with one at or below ``entitled`` in no use, so the refund takes
+    back a key nobody uses rather than the site or machine that runs on the newest one, or a
+    renewal the buyer paid for. Its links go with it (their unit too). Swapped are keys that
+    are active, or that the whole order's state revoked (cancelled, then paid again for
+    fewer units): their units decide which come back.
 
     A redelivery finds nothing to swap: the units above ``entitled`` are revoked by then.
     """
@@ -571,7 +574,10 @@ def _keep_keys_in_use(session: Session, line: LineItem, entitled: int) -> None:
         select(License.id, License.unit, or_(activated, renewed)).where(
             License.line_item_id == line.id,
             License.product_id == line.product_id,
-            License.status == "active",
+            or_(
+                License.status == "active",
+                (License.status == "revoked") & License.status_reason.startswith("order:"),
+            ),
         )
     ).all()
     going = sorted(

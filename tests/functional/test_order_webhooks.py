@@ -611,3 +611,29 @@ def test_a_lower_quantity_keeps_renewed_keys_and_gives_the_kept_key_new_files(
     assert statuses == {first: "active", second: "revoked", third: "revoked", fourth: "active"}
     live = [d["filename"] for d in shop.order(9930)["downloads"] if not d["revoked"]]
     assert sorted(live) == ["manual.pdf", "manual.pdf", "plugin.zip", "plugin.zip"]
+
+
+def test_an_order_paid_again_for_fewer_units_brings_back_the_keys_in_use(
+    shop: WebhookSender,
+) -> None:
+    """Three keys, the third activated; the order is cancelled (all revoked), then the
+    owner lowers the quantity to 2 and it is paid again: the key in use comes back with
+    one idle key, not the two idle ones."""
+    from tests.licensing_helpers import call
+
+    shop.configure(501)
+    item = line_item(501, quantity=3, line_id=95)
+    shop.deliver(wc_order(9940, "processing", [item], modified=1))
+    *_, third = (lic["key"] for lic in shop.order(9940)["licenses"])
+    assert call(shop.client, "activate", {"key": third, "site": "third.com"}).get_json()["valid"]
+    shop.deliver(wc_order(9940, "cancelled", [item], modified=2))
+    assert {lic["status"] for lic in shop.order(9940)["licenses"]} == {"revoked"}
+    shop.deliver(wc_order(9940, "on-hold", [{**item, "quantity": 2}], modified=3))
+    shop.deliver(wc_order(9940, "processing", [{**item, "quantity": 2}], modified=4))
+    statuses = {lic["key"]: lic["status"] for lic in shop.order(9940)["licenses"]}
+    assert statuses[third] == "active"
+    assert sorted(statuses.values()) == ["active", "active", "revoked"]
+    validated = call(shop.client, "validate", {"key": third, "site": "third.com"}).get_json()
+    assert validated["valid"] is True
+    shop.deliver(wc_order(9940, "processing", [{**item, "quantity": 2}], modified=4))
+    assert {lic["key"]: lic["status"] for lic in shop.order(9940)["licenses"]} == statuses
