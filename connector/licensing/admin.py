@@ -35,6 +35,7 @@ from connector.models import (
     Product,
     Store,
 )
+from connector.models.licensing import by_the_order
 from connector.orders.service import hash_license_key
 from plugin.shop import REVOKING_STATUSES
 
@@ -296,14 +297,19 @@ def _set_downloads_blocked(session: Session, lic: License, *, blocked: bool) -> 
     """The license's download links follow the owner's action.
 
     Blocking marks every link the owner's, those an order status or refund had shut too:
-    otherwise paying that order again would reopen them. Unblocking opens only those.
+    otherwise paying that order again would reopen them. Unblocking (a reinstate, once
+    :func:`not_paid_for` found the order pays for the key) opens those, and those the order
+    shut while the key was paused otherwise (by the abuse signal: the order's next paid
+    delivery reopened only the links of active keys).
     """
     grants = select(DownloadGrant).where(DownloadGrant.license_id == lic.id)
     for grant in session.scalars(grants):
         if blocked and grant.revoked_reason != "admin":
             grant.revoked_at = grant.revoked_at or utcnow()
             grant.revoked_reason = "admin"
-        elif not blocked and grant.revoked_reason == "admin":
+        elif not blocked and (
+            grant.revoked_reason == "admin" or by_the_order(grant.revoked_reason)
+        ):
             grant.revoked_at = None
             grant.revoked_reason = None
 

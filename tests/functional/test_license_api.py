@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from connector.db import db
 from connector.models import Activation
-from tests.factories import WebhookSender
+from tests.factories import WebhookSender, line_item, wc_order
 from tests.licensing_helpers import call, issue_key
 
 
@@ -367,3 +367,26 @@ def test_binding_changes_under_the_threshold_do_nothing(shop: WebhookSender) -> 
     call(shop.client, "activate", {"key": key, "site": "b.com"})
     assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "VALID"
     assert shop.admin("GET", "/licenses").get_json()["licenses"][0]["flagged"] is False
+
+
+def test_reinstating_a_key_the_abuse_signal_paused_reopens_links_its_order_shut(
+    shop: WebhookSender,
+) -> None:
+    """Paused by the abuse signal, then the order is cancelled (its links shut) and paid
+    again (the paused key's links stay shut: it is not active): the owner's reinstate gives
+    the buyer the key and its links back."""
+    shop.configure(501, activation_limit=1, abuse_threshold=3, abuse_suspend=True)
+    item = line_item(501, line_id=97)
+    shop.deliver(wc_order(9950, "processing", [item], modified=1))
+    key = shop.order(9950)["licenses"][0]["key"]
+    for site in ["a.com", "b.com"]:
+        call(shop.client, "activate", {"key": key, "site": site})
+        call(shop.client, "deactivate", {"key": key, "site": site})
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "SUSPENDED"
+    shop.deliver(wc_order(9950, "cancelled", [item], modified=2))
+    shop.deliver(wc_order(9950, "processing", [item], modified=3))
+    assert shop.order(9950)["downloads"][0]["revoked"] is True
+    assert shop.admin("POST", f"/licenses/{key}/reinstate").status_code == 200
+    order = shop.order(9950)
+    assert order["licenses"][0]["status"] == "active"
+    assert order["downloads"][0]["revoked"] is False
