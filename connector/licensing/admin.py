@@ -37,7 +37,7 @@ from connector.models import (
 )
 from connector.models.licensing import by_the_order
 from connector.orders.service import hash_license_key
-from plugin.shop import REVOKING_STATUSES
+from plugin.shop import REVOKING_STATUSES, WAITING_STATUSES
 
 ACTIONS = ("revoke", "suspend", "reinstate", "extend")
 STATUS_FILTERS = (*LICENSE_STATUSES, "expired")
@@ -285,7 +285,10 @@ def not_paid_for(session: Session, lic: License) -> str | None:
     if order.status in REVOKING_STATUSES:
         return f"the order is {order.status}"
     # pending or on-hold: a paid order waiting on something (a bank transfer checked): its
-    # keys stay as they are, and so may the owner's reinstate.
+    # keys stay as they are, and so may the owner's reinstate; but a key the order itself
+    # revoked (cancelled, then back to pending for another payment) waits for the payment.
+    if order.status in WAITING_STATUSES and by_the_order(lic.status_reason):
+        return f"the order is {order.status}: not paid again yet"
     if line.product_id != lic.product_id:
         return "the order's line now names another product"
     if lic.unit > max(0, line.quantity - line.refunded_quantity):

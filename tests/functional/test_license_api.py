@@ -390,3 +390,22 @@ def test_reinstating_a_key_the_abuse_signal_paused_reopens_links_its_order_shut(
     order = shop.order(9950)
     assert order["licenses"][0]["status"] == "active"
     assert order["downloads"][0]["revoked"] is False
+
+
+def test_a_key_its_order_revoked_is_not_reinstated_while_the_order_waits_for_payment(
+    shop: WebhookSender,
+) -> None:
+    """Paid, cancelled (the key revoked), then pending again (the customer retries the
+    payment): reinstating would hand out a key nobody paid for yet (409); once paid, the
+    key comes back by itself."""
+    shop.configure(501)
+    item = line_item(501, line_id=98)
+    shop.deliver(wc_order(9951, "processing", [item], modified=1))
+    key = shop.order(9951)["licenses"][0]["key"]
+    shop.deliver(wc_order(9951, "cancelled", [item], modified=2))
+    shop.deliver(wc_order(9951, "pending", [item], modified=3))
+    refused = shop.admin("POST", f"/licenses/{key}/reinstate")
+    assert refused.status_code == 409 and "pending" in refused.get_json()["detail"]
+    assert shop.order(9951)["licenses"][0]["status"] == "revoked"
+    shop.deliver(wc_order(9951, "processing", [item], modified=4))
+    assert shop.order(9951)["licenses"][0]["status"] == "active"
