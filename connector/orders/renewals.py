@@ -252,6 +252,17 @@ def own_renewed_query(order: Order) -> Select[int]:
     )
 
 
+def renewed_by_line(session: Session, line: LineItem) -> list[int]:
+    """The licenses ``line``'s renewals extend now (not taken back)."""
+    return list(
+        session.scalars(
+            select(LicenseRenewal.license_id).where(
+                LicenseRenewal.line_item_id == line.id, LicenseRenewal.reverted_at.is_(None)
+            )
+        )
+    )
+
+
 def renewed_by(session: Session, order: Order) -> list[int]:
     """The licenses ``order``'s renewals extend now (not taken back)."""
     return list(session.scalars(renewed_by_query(order.id)))

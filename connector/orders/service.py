@@ -499,28 +499,41 @@ def _converge_paid(
     shop_items = {item.id: item for item in shop_order.line_items}
     subscription = renewals.subscription_of(shop_order.meta)
     licensed: list[tuple[LineItem, Product, License | None]] = []
+    # Lines whose renewal no longer stands: the owner changed the line to a product nobody
+    # configured, or to another one than the key it renewed.
+    unrenewed: list[LineItem] = []
     for line in order.line_items:
         _revoke_other_products(session, line, result)
         if line.product_id is None:
+            unrenewed.append(line)
             continue  # recorded, not licensed: nobody configured this product
         product = session.get(Product, line.product_id)
         if product is None:  # pragma: no cover - products are never deleted
             continue
         shop_item = shop_items.get(line.shop_line_item_id)
+        product_ids = _line_product_ids(session, store, line, product)
         renewed = renewals.renewal_target(
             session,
             store,
             order,
             line,
-            _line_product_ids(session, store, line, product),
+            product_ids,
             shop_item.meta if shop_item else {},
             subscription,
         )
+        if renewed is not None and renewed.product_id not in product_ids:
+            unrenewed.append(line)
+            renewed = None  # the line now buys another product: a purchase of it
         licensed.append((line, product, renewed))
-    # Every license the order renews is locked before any is extended (see lock_licenses).
+    # Every license the order renews, or renewed, is locked before any is changed (see
+    # lock_licenses).
     renewals.lock_licenses(
-        session, [renewed.id for _, _, renewed in licensed if renewed is not None]
+        session,
+        [renewed.id for _, _, renewed in licensed if renewed is not None]
+        + [i for line in unrenewed for i in renewals.renewed_by_line(session, line)],
     )
+    for line in unrenewed:
+        result.reverted_renewals.extend(renewals.revert_renewals(session, line))
     for line, product, renewed in licensed:
         entitled = max(0, line.quantity - line.refunded_quantity)
         if renewed is not None:

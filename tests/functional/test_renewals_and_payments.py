@@ -690,3 +690,27 @@ def test_a_renewal_through_a_retired_variation_extends_the_parents_key(
     assert shop.order(9501)["licenses"] == []
     assert shop.order(9500)["licenses"][0]["expires_at"] > first["expires_at"]
     assert licenses(app) == 1
+
+
+@pytest.mark.parametrize("now_names", [777, 502])
+def test_a_renewal_line_changed_to_another_product_takes_its_extension_back(
+    app: Flask, shop: WebhookSender, now_names: int
+) -> None:
+    """The owner edits a paid renewal line to a product nobody configured (777: nothing is
+    owed for it) or to another configured one (502: a purchase of that, with its own key):
+    the renewed key goes back to its expiry before the renewal."""
+    shop.configure(501, duration_days=30)
+    shop.configure(502, duration_days=30)
+    shop.deliver(wc_order(9960, "completed", [line_item(501)]))
+    before = shop.order(9960)["licenses"][0]
+    renewal = renewal_line(501, before["key"], 310)
+    shop.deliver(wc_order(9961, "processing", [renewal], modified=5))
+    assert shop.order(9960)["licenses"][0]["expires_at"] > before["expires_at"]
+    changed = {**renewal, "product_id": now_names}
+    shop.deliver(wc_order(9961, "processing", [changed], modified=6))
+    assert shop.order(9960)["licenses"][0]["expires_at"] == before["expires_at"]
+    bought = shop.order(9961)["licenses"]
+    assert len(bought) == (1 if now_names == 502 else 0)
+    shop.deliver(wc_order(9961, "processing", [changed], modified=7))  # again: settled
+    assert shop.order(9960)["licenses"][0]["expires_at"] == before["expires_at"]
+    assert shop.order(9961)["licenses"] == bought
