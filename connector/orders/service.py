@@ -521,7 +521,10 @@ def _converge_paid(
             shop_item.meta if shop_item else {},
             subscription,
         )
-        if renewed is not None and renewed.product_id not in product_ids:
+        names_products = bool(line.shop_product_id or line.shop_variation_id)
+        if renewed is not None and names_products and renewed.product_id not in product_ids:
+            # Changed to another product (not a product deleted in the shop: the line then
+            # names none, and what it was sold as stands).
             unrenewed.append(line)
             renewed = None  # the line now buys another product: a purchase of it
         licensed.append((line, product, renewed))

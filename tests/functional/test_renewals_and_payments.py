@@ -714,3 +714,24 @@ def test_a_renewal_line_changed_to_another_product_takes_its_extension_back(
     shop.deliver(wc_order(9961, "processing", [changed], modified=7))  # again: settled
     assert shop.order(9960)["licenses"][0]["expires_at"] == before["expires_at"]
     assert shop.order(9961)["licenses"] == bought
+
+
+def test_a_renewal_whose_product_was_deleted_in_the_shop_keeps_its_extension(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A key sold while the variation followed its parent (a key of the parent), renewed
+    after the variation got settings of its own; the product is then deleted in the shop,
+    so the renewal order's line names no product any more (ids 0): the renewal stands, and
+    no other key is issued."""
+    shop.configure(600, duration_days=30)
+    shop.deliver(wc_order(9970, "completed", [line_item(600, variation_id=601)]))
+    before = shop.order(9970)["licenses"][0]
+    shop.configure(601, duration_days=30)
+    renewal = {**renewal_line(600, before["key"], 311), "variation_id": 601}
+    shop.deliver(wc_order(9971, "processing", [renewal], modified=5))
+    extended = shop.order(9970)["licenses"][0]["expires_at"]
+    assert extended > before["expires_at"]
+    gone = {**renewal, "product_id": 0, "variation_id": 0}
+    shop.deliver(wc_order(9971, "completed", [gone], modified=6))
+    assert shop.order(9970)["licenses"][0]["expires_at"] == extended
+    assert shop.order(9971)["licenses"] == []
