@@ -567,6 +567,18 @@ def _converge_paid(
         # but a key in use was kept over an idle one above (WooCommerce does not say which).
         for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
             _set_unit_revoked(session, line, unit, "refund", result)
+        # Those the whole order's state revoked before (cancelled, paid again for fewer) are
+        # not paid for now either: no longer the order's to bring back on a redelivery.
+        session.execute(
+            update(License)
+            .where(
+                License.line_item_id == line.id,
+                License.unit > entitled,
+                License.status == "revoked",
+                License.status_reason.startswith("order:"),
+            )
+            .values(status_reason="refund")
+        )
 
 
 def _keep_keys_in_use(session: Session, line: LineItem, entitled: int) -> None:

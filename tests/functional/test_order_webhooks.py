@@ -637,3 +637,26 @@ def test_an_order_paid_again_for_fewer_units_brings_back_the_keys_in_use(
     assert validated["valid"] is True
     shop.deliver(wc_order(9940, "processing", [{**item, "quantity": 2}], modified=4))
     assert {lic["key"]: lic["status"] for lic in shop.order(9940)["licenses"]} == statuses
+
+
+def test_a_redelivery_after_paying_for_fewer_units_changes_no_key(shop: WebhookSender) -> None:
+    """Two keys in use, the order cancelled and paid again for one: the kept key stays
+    the buyer's even after they move it (deactivate, so it is in no use a moment), whatever
+    is delivered again."""
+    from tests.licensing_helpers import call
+
+    shop.configure(501)
+    item = line_item(501, quantity=2, line_id=96)
+    shop.deliver(wc_order(9941, "processing", [item], modified=1))
+    first, second = (lic["key"] for lic in shop.order(9941)["licenses"])
+    for key, site in ((first, "one.com"), (second, "two.com")):
+        assert call(shop.client, "activate", {"key": key, "site": site}).get_json()["valid"]
+    shop.deliver(wc_order(9941, "cancelled", [item], modified=2))
+    shop.deliver(wc_order(9941, "processing", [{**item, "quantity": 1}], modified=3))
+    kept = {lic["key"]: lic["status"] for lic in shop.order(9941)["licenses"]}
+    assert sorted(kept.values()) == ["active", "revoked"]
+    [live] = [key for key, status in kept.items() if status == "active"]
+    site = "one.com" if live == first else "two.com"
+    call(shop.client, "deactivate", {"key": live, "site": site})
+    shop.deliver(wc_order(9941, "completed", [{**item, "quantity": 1}], modified=4))
+    assert {lic["key"]: lic["status"] for lic in shop.order(9941)["licenses"]} == kept
