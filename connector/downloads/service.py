@@ -711,7 +711,9 @@ def _record_copy(
     error: str | None,
 ) -> WatermarkCopy:
     """Record the copy ready (with its fingerprint and the original's version it was made
-    from, ``made_from``) or failed, under the copy's row lock."""
+    from, ``made_from``) or failed, under the copy's row lock (the store held first: a
+    failure writes an audit entry under it)."""
+    hold_live_store(session, grant.store_id)
     insert_ignoring_conflicts(
         session,
         WatermarkCopy.__table__,

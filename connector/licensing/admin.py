@@ -37,6 +37,7 @@ from connector.models import (
 )
 from connector.models.licensing import by_the_order
 from connector.orders.service import hash_license_key
+from connector.stores import hold_live_store
 from plugin.shop import REVOKING_STATUSES, WAITING_STATUSES
 
 ACTIONS = ("revoke", "suspend", "reinstate", "extend")
@@ -356,7 +357,9 @@ def change_license(
 
     # Locked, like renewals lock it: an extension made while a renewal is applied must not
     # be lost to the other's write (PostgreSQL; SQLite writers take turns anyway).
-    lic = lock_license(session, find_store_license(session, store, raw_key).id)
+    found = find_store_license(session, store, raw_key)
+    hold_live_store(session, store)  # before the license's lock, as a deletion takes them
+    lic = lock_license(session, found.id)
     before = {"status": lic.status, "expires_at": iso(lic.expires_at)}
     if action in ("revoke", "suspend"):
         lic.status = "revoked" if action == "revoke" else "suspended"

@@ -553,3 +553,39 @@ def test_a_brevo_push_under_way_and_a_deletion_do_not_deadlock(
     assert push_errors == [] and deleter_errors == []
     with app.app_context():
         assert db.session.scalars(select(BrevoRemoval)).all() == []
+
+
+def test_an_owners_license_action_under_way_and_a_deletion_do_not_deadlock(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revoking a key locks it and then writes an audit entry under the store: it holds the
+    store first, as the deletion does."""
+    import connector.licensing.admin as licensing_admin
+    from connector.licensing.admin import change_license
+    from tests.licensing_helpers import issue_key
+
+    key = issue_key(shop)
+    inside, go_on = threading.Event(), threading.Event()
+    record_audit = licensing_admin.record_audit
+
+    def slow_record_audit(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        go_on.wait(10)
+        return record_audit(*args, **kwargs)
+
+    monkeypatch.setattr(licensing_admin, "record_audit", slow_record_audit)
+
+    def revoke() -> None:
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        change_license(db.session, store, key, "revoke", actor="test")
+        db.session.commit()
+
+    owner, owner_errors = _in_thread(app, revoke)
+    assert inside.wait(10)
+    deleter, deleter_errors = _deletion_waiting_until(app, shop, go_on)
+    owner.join(30)
+    deleter.join(30)
+    assert owner_errors == [] and deleter_errors == []
+    with app.app_context():
+        assert db.session.scalars(select(License)).all() == []
