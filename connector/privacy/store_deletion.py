@@ -256,9 +256,9 @@ def delete_store_files(payload: dict[str, Any]) -> None:
     stay); and forget its R2 credentials. First, whatever work still running wrote for the
     store meanwhile is deleted again.
 
-    Retried while storage is down; on its last attempt (the owner revoked the bucket's key,
-    say) it gives up on what is left, forgets the credentials all the same and names the
-    folders left in its audit entry."""
+    Retried while storage is down; on its last attempt, a store bucket that still does not
+    answer (the owner revoked its key, say) is given up on: the credentials are forgotten all
+    the same and the folder left is named in the audit entry."""
     from connector import get_settings
 
     session = db.session
@@ -273,19 +273,21 @@ def delete_store_files(payload: dict[str, Any]) -> None:
     copies = store_areas(store.id)[1]
     removed = 0
     left: list[str] = []
-    folders: list[tuple[ObjectStore, str, str]] = [
-        (shared_area(store.id), prefix, f"shared storage {prefix}")
-        for prefix in store_areas(store.id)
+    # Keygate's own storage is retried for as long as it takes (a job given up on is dead,
+    # named in the audit log, and retried from the outbox): buyers' names are in there. The
+    # store's own bucket is the owner's: its key revoked, the copies are left to them.
+    folders: list[tuple[ObjectStore, str, str | None]] = [
+        (shared_area(store.id), prefix, None) for prefix in store_areas(store.id)
     ]
     if bucket is not None:
         folders.append((bucket, copies, f"{bucket.config.bucket}/{copies}"))
-    for storage, prefix, name in folders:
+    for storage, prefix, owners in folders:
         try:
             removed += storage.delete_prefix(prefix)
         except StorageUnavailable as exc:
-            if not last_attempt:
+            if owners is None or not last_attempt:
                 raise RetryLater(str(exc)) from None
-            left.append(name)
+            left.append(owners)
     delete_store_rows(session, store.id, keep_bucket=False)
     record_audit(
         session,

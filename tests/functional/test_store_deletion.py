@@ -589,3 +589,34 @@ def test_an_owners_license_action_under_way_and_a_deletion_do_not_deadlock(
     assert owner_errors == [] and deleter_errors == []
     with app.app_context():
         assert db.session.scalars(select(License)).all() == []
+
+
+def test_keygates_own_storage_is_never_given_up_on(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buyers' names are in the shared storage's copies: even on its last attempt, the
+    files job retries (then it is dead, named in the audit log, and retried from the
+    outbox) rather than finishing with them left there."""
+    import connector.privacy.store_deletion as store_deletion
+    from connector.integrations.r2 import StorageUnavailable
+    from connector.jobs import JOB_ID, RetryLater
+
+    class Down:
+        def delete_prefix(self, prefix: str) -> int:
+            raise StorageUnavailable("the instance bucket does not answer")
+
+    monkeypatch.setattr(store_deletion, "shared_area", lambda store_id: Down())
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        delete_store(db.session, store, actor="test")
+        job = db.session.scalars(select(Job).where(Job.kind == DELETE_FILES_JOB)).one()
+        job.attempts = app.extensions["keygate.settings"].job_max_attempts
+        db.session.commit()
+        with pytest.raises(RetryLater):
+            store_deletion.delete_store_files({"store_id": store.id, JOB_ID: job.id})
+        db.session.rollback()
+        done = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "store.files_deleted")
+        ).all()
+        assert done == []
