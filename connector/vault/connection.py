@@ -297,7 +297,8 @@ def replace_webhook_secret(session: Session, store: Store, *, actor: str) -> str
     secret = None
     if connected:
         session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
-        enqueue(session, REGISTER_JOB, {"store_id": store.id})
+        # Lost or leaked: the old secret is not taken while the webhooks are made anew.
+        enqueue(session, REGISTER_JOB, {"store_id": store.id, "grace": False})
     else:
         secret = store.webhook_secret = random_alphanumeric(40)
         # Lost or leaked: the old one is refused at once, even a replaced one still taken.
@@ -320,7 +321,7 @@ class RegistrationResult:
 
 
 def register_webhooks(
-    session: Session, store: Store, client: WooCommerceClient
+    session: Session, store: Store, client: WooCommerceClient, *, grace: bool = True
 ) -> RegistrationResult:
     """Make the shop's webhooks for this store exactly Keygate's registrations.
 
@@ -328,7 +329,8 @@ def register_webhooks(
     (older connections, manual setups, a crashed earlier run) are deleted; each missing
     topic is created. When no registration is left, a fresh secret is made first; the one
     it replaces is still taken (:data:`PREVIOUS_SECRET_GRACE` at most) until the webhooks
-    signed with it are deleted, so the shop's deliveries meanwhile are not refused.
+    signed with it are deleted, so the shop's deliveries meanwhile are not refused; not
+    with ``grace`` False (the owner replaced a lost or leaked secret).
 
     Commits (the caller's work first): the shop is asked outside any transaction, so a slow
     shop holds up none of the store's webhook deliveries, license calls or clicks (a
@@ -344,8 +346,8 @@ def register_webhooks(
         select(WebhookRegistration.id).where(WebhookRegistration.store_id == store.id).limit(1)
     )
     if registered is None:
-        store.previous_webhook_secret = store.webhook_secret
-        store.previous_secret_until = utcnow() + PREVIOUS_SECRET_GRACE
+        store.previous_webhook_secret = store.webhook_secret if grace else None
+        store.previous_secret_until = utcnow() + PREVIOUS_SECRET_GRACE if grace else None
         store.webhook_secret = random_alphanumeric(40)
     created = _create_missing_webhooks(session, store, client)
     deleted = _delete_stray_webhooks(session, store, client)

@@ -412,7 +412,7 @@ def test_deliveries_signed_with_the_replaced_secret_are_taken_until_its_webhooks
 
     monkeypatch.setattr(connection, "_delete_stray_webhooks", shop_down)
     with app.app_context():
-        assert connection.replace_webhook_secret(db.session, _store(app, shop), actor="t") is None
+        connection.start_connection_jobs(db.session, _store(app, shop))  # as a reconnection
         db.session.commit()
     run_pending(app)
     with app.app_context():
@@ -440,3 +440,29 @@ def test_deliveries_signed_with_the_replaced_secret_are_taken_until_its_webhooks
     with app.app_context():
         assert _store(app, shop).previous_webhook_secret is None
     assert shop.deliver(order, secret=old_secret).status_code == 401
+
+
+def test_a_secret_replaced_as_leaked_is_refused_at_once_while_webhooks_are_made_anew(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner replaces a leaked secret: no grace for it, even while the old webhooks are
+    still in the shop."""
+    import connector.vault.connection as connection
+    from plugin.woocommerce.rest import ShopUnavailable
+
+    connect_store(app, shop, fake_shop)
+    with app.app_context():
+        old_secret = _store(app, shop).webhook_secret
+
+    def shop_down(*args: object, **kwargs: object) -> list[str]:
+        raise ShopUnavailable("the shop went down after creating the new webhooks")
+
+    monkeypatch.setattr(connection, "_delete_stray_webhooks", shop_down)
+    with app.app_context():
+        assert connection.replace_webhook_secret(db.session, _store(app, shop), actor="t") is None
+        db.session.commit()
+    run_pending(app)
+    assert len(fake_shop.webhooks) == 8  # the old ones are still there
+    with app.app_context():
+        assert _store(app, shop).previous_webhook_secret is None
+    assert shop.deliver(wc_order(9901, "processing"), secret=old_secret).status_code == 401
