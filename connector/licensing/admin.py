@@ -286,10 +286,11 @@ def not_paid_for(session: Session, lic: License) -> str | None:
     if order.status in REVOKING_STATUSES:
         return f"the order is {order.status}"
     # pending or on-hold: a paid order waiting on something (a bank transfer checked): its
-    # keys stay as they are, and so may the owner's reinstate; but a key the order itself
-    # revoked (cancelled, then back to pending for another payment) waits for the payment.
-    if order.status in WAITING_STATUSES and by_the_order(lic.status_reason):
-        return f"the order is {order.status}: not paid again yet"
+    # keys stay as they are, and so may the owner's reinstate; but not once the order took
+    # its keys back (cancelled, then pending again for another payment), whatever paused
+    # this one: it waits for the payment.
+    if order.status in WAITING_STATUSES and order.revoked_at is not None:
+        return f"the order is {order.status}: not paid again since it took its keys back"
     if line.product_id != lic.product_id:
         return "the order's line now names another product"
     if lic.unit > max(0, line.quantity - line.refunded_quantity):

@@ -58,6 +58,9 @@ class Order(Base):
     # The latest delivery of the order no longer carried the buyer's consent (a store that
     # asks for it): a push still waiting in the outbox must not add them to the list.
     brevo_consent_withdrawn: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Set when the order took its keys back (refunded, cancelled, failed, deleted), cleared
+    # when it is paid again: a key of an order waiting for payment since is not reinstated.
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

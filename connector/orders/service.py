@@ -496,6 +496,7 @@ def _issued_units(session: Session, line: LineItem) -> list[int]:
 def _converge_paid(
     session: Session, store: Store, order: Order, shop_order: ShopOrder, result: ApplyResult
 ) -> None:
+    order.revoked_at = None
     shop_items = {item.id: item for item in shop_order.line_items}
     subscription = renewals.subscription_of(shop_order.meta)
     licensed: list[tuple[LineItem, Product, License | None]] = []
@@ -628,6 +629,7 @@ def _keep_keys_in_use(session: Session, line: LineItem, entitled: int) -> None:
 
 
 def _converge_revoked(session: Session, order: Order, result: ApplyResult) -> None:
+    order.revoked_at = order.revoked_at or utcnow()
     reason = "order:deleted" if order.deleted else f"order:{order.status}"
     renewals.lock_licenses(session, renewals.renewed_by(session, order))
     for line in order.line_items:

@@ -230,3 +230,35 @@ def test_a_migration_leaving_a_dangling_reference_on_sqlite_changes_nothing(
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_0016_marks_orders_that_took_their_keys_back(tmp_path: Path) -> None:
+    """Upgrading: refunded, cancelled, failed and deleted orders count as having taken their
+    keys back (a pending one after that is not reinstated by hand); paid ones do not."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
+    upgrade(engine, "0015")
+    now = "2026-11-20 12:00:00.000000"
+    store = (
+        "INSERT INTO stores (id, public_id, name, url, platform, webhook_secret, api_token_hash,"
+        " key_prefix, key_groups, key_group_length, created_at) VALUES (1, 's1', 'Shop',"
+        " 'https://shop.example', 'woocommerce', 'x', 'h', '', 4, 5, :now)"
+    )
+    order = (
+        "INSERT INTO orders (store_id, shop_order_id, status, deleted, created_at, updated_at)"
+        " VALUES (1, :id, :status, :deleted, :now, :now)"
+    )
+    statuses = [("1", "completed", 0), ("2", "cancelled", 0), ("3", "processing", 1)]
+    with engine.begin() as connection:
+        connection.execute(text(store), {"now": now})
+        for shop_id, status, deleted in statuses:
+            values = {"id": shop_id, "status": status, "deleted": deleted, "now": now}
+            connection.execute(text(order), values)
+    upgrade(engine)
+    with engine.connect() as connection:
+        marked = dict(
+            connection.execute(
+                text("SELECT shop_order_id, revoked_at IS NOT NULL FROM orders")
+            ).all()
+        )
+    engine.dispose()
+    assert marked == {"1": 0, "2": 1, "3": 1}
