@@ -105,12 +105,14 @@ def search_licenses(
     ``before`` pages back: only licenses with a smaller id.
     """
     check_status_filter(status)
-    seats = (
-        select(Activation.license_id, func.count().label("used"))
-        .where(Activation.staging.is_(False))
-        .group_by(Activation.license_id)
-        .subquery()
+    seats_of = select(Activation.license_id, func.count().label("used")).where(
+        Activation.staging.is_(False)
     )
+    if store_id is not None:  # counted for this store's keys only, not every activation
+        seats_of = seats_of.where(
+            Activation.license_id.in_(select(License.id).where(License.store_id == store_id))
+        )
+    seats = seats_of.group_by(Activation.license_id).subquery()
     query = (
         select(License, Product, Order, seats.c.used, LicenseFlag.id)
         .join(Product, License.product_id == Product.id)
