@@ -517,6 +517,34 @@ def test_an_activation_under_way_finishes_first_and_is_deleted_too(
         assert db.session.scalar(select(func.count()).select_from(Activation)) == 0
 
 
+def _race_with_deletion(
+    app: Flask,
+    shop: WebhookSender,
+    monkeypatch: pytest.MonkeyPatch,
+    module: Any,
+    pause_at: str,
+    work: Any,
+) -> None:
+    """Run ``work`` in a thread, paused when it calls ``module.<pause_at>`` (after taking its
+    locks) until a deletion of the store has started and waits: both must finish, neither
+    aborted (PostgreSQL kills one of two transactions that wait for each other)."""
+    inside, go_on = threading.Event(), threading.Event()
+    original = getattr(module, pause_at)
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        go_on.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, pause_at, paused)
+    worker, work_errors = _in_thread(app, work)
+    assert inside.wait(10)
+    deleter, deleter_errors = _deletion_waiting_until(app, shop, go_on)
+    worker.join(30)
+    deleter.join(30)
+    assert work_errors == [] and deleter_errors == []
+
+
 def test_a_brevo_push_under_way_and_a_deletion_do_not_deadlock(
     app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -528,15 +556,6 @@ def test_a_brevo_push_under_way_and_a_deletion_do_not_deadlock(
     shop.configure(501)
     assert shop.deliver(wc_order(8900, "processing", [line_item(501)])).status_code == 200
     assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
-    inside, go_on = threading.Event(), threading.Event()
-    queue_removal = contacts.queue_removal
-
-    def slow_queue_removal(*args: Any, **kwargs: Any) -> Any:
-        inside.set()
-        go_on.wait(10)
-        return queue_removal(*args, **kwargs)
-
-    monkeypatch.setattr(contacts, "queue_removal", slow_queue_removal)
 
     def push() -> None:
         store = db.session.get(Store, shop.store.store.id)
@@ -545,12 +564,7 @@ def test_a_brevo_push_under_way_and_a_deletion_do_not_deadlock(
         contacts._record_push(db.session, store, order_id, 7, EMAIL)
         db.session.commit()
 
-    pusher, push_errors = _in_thread(app, push)
-    assert inside.wait(10)
-    deleter, deleter_errors = _deletion_waiting_until(app, shop, go_on)
-    pusher.join(30)
-    deleter.join(30)
-    assert push_errors == [] and deleter_errors == []
+    _race_with_deletion(app, shop, monkeypatch, contacts, "queue_removal", push)
     with app.app_context():
         assert db.session.scalars(select(BrevoRemoval)).all() == []
 
@@ -565,15 +579,6 @@ def test_an_owners_license_action_under_way_and_a_deletion_do_not_deadlock(
     from tests.licensing_helpers import issue_key
 
     key = issue_key(shop)
-    inside, go_on = threading.Event(), threading.Event()
-    record_audit = licensing_admin.record_audit
-
-    def slow_record_audit(*args: Any, **kwargs: Any) -> Any:
-        inside.set()
-        go_on.wait(10)
-        return record_audit(*args, **kwargs)
-
-    monkeypatch.setattr(licensing_admin, "record_audit", slow_record_audit)
 
     def revoke() -> None:
         store = db.session.get(Store, shop.store.store.id)
@@ -581,12 +586,7 @@ def test_an_owners_license_action_under_way_and_a_deletion_do_not_deadlock(
         change_license(db.session, store, key, "revoke", actor="test")
         db.session.commit()
 
-    owner, owner_errors = _in_thread(app, revoke)
-    assert inside.wait(10)
-    deleter, deleter_errors = _deletion_waiting_until(app, shop, go_on)
-    owner.join(30)
-    deleter.join(30)
-    assert owner_errors == [] and deleter_errors == []
+    _race_with_deletion(app, shop, monkeypatch, licensing_admin, "record_audit", revoke)
     with app.app_context():
         assert db.session.scalars(select(License)).all() == []
 
