@@ -153,7 +153,12 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
             DownloadGrant.download_count >= DownloadGrant.download_limit,
         ),
     )
-    return {"download_events": result.rowcount, "watermark_copies": _delete_copies(session, ended)}
+    # ZIP copies stamped when LICENSE.txt held the license key: deleted, a click stamps anew.
+    with_key = and_(WatermarkCopy.kind == "zip", WatermarkCopy.stamp_version == 1)
+    return {
+        "download_events": result.rowcount,
+        "watermark_copies": _delete_copies(session, or_(ended, with_key)),
+    }
 
 
 @handles(DELETE_COPIES_JOB)

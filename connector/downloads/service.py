@@ -46,7 +46,13 @@ from connector.db import (
     utcnow,
 )
 from connector.downloads.storage import Delivery, ObjectStore, store_areas, store_for
-from connector.downloads.watermark import Stamp, WatermarkError, stamp_pdf, stamp_zip
+from connector.downloads.watermark import (
+    STAMP_VERSION,
+    Stamp,
+    WatermarkError,
+    stamp_pdf,
+    stamp_zip,
+)
 from connector.errors import ServiceUnavailable
 from connector.integrations.r2 import StorageUnavailable
 from connector.models import (
@@ -722,6 +728,7 @@ def _record_copy(
             "status": "failed",
             "kind": product_file.watermark,
             "attempts": 0,
+            "stamp_version": STAMP_VERSION,
             "updated_at": utcnow(),
         },
         ["grant_id"],
@@ -734,6 +741,7 @@ def _record_copy(
     ).scalar_one()
     copy.attempts += 1
     copy.kind = product_file.watermark
+    copy.stamp_version = STAMP_VERSION
     copy.fingerprint, copy.source_version = made_from
     if error is None:
         copy.status, copy.object_key, copy.error = "ready", key, None

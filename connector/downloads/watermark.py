@@ -38,6 +38,11 @@ class WatermarkError(Exception):
     """The file cannot be stamped (encrypted, broken, not a PDF/ZIP). Retrying won't help."""
 
 
+# What a copy stamped now is (WatermarkCopy.stamp_version). 2: a ZIP's LICENSE.txt holds no
+# license key (copies are kept in storage, where nothing holds a key in the clear).
+STAMP_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Stamp:
     """What goes on a buyer's copy."""

@@ -51,4 +51,7 @@ class WatermarkCopy(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # How it was stamped (connector.downloads.watermark.STAMP_VERSION): 1, a ZIP copy whose
+    # LICENSE.txt holds the license key (before 2); the daily purge deletes those.
+    stamp_version: Mapped[int] = mapped_column(Integer, server_default="1")
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

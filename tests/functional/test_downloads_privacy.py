@@ -189,3 +189,35 @@ def test_a_copy_stamped_again_before_the_purges_delete_runs_is_kept(
     run_pending(app)  # the purge's delete job
     assert copy_file.is_file()
     assert get(shop.client, path).status_code == 200
+
+
+def test_zip_copies_stamped_with_the_key_are_purged_and_stamped_anew(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """ZIP copies made when LICENSE.txt still held the license key (stamp_version 1) are
+    deleted by the daily purge, row and file; the next click stamps one without the key."""
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("plugin.php", "<?php")
+    put_file(app, "zips/plugin.zip", archive.getvalue())
+    files = [{"object_key": "zips/plugin.zip", "filename": "plugin.zip", "watermark": "zip"}]
+    [download] = paid_order(shop, 7920, files)
+    run_pending(app)  # the issuance's jobs: the copy is stamped
+    with app.app_context(), transaction() as session:
+        copy = session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.stamp_version == 2
+        copy_file = Path(app.extensions["keygate.settings"].storage_dir) / str(copy.object_key)
+        session.execute(update(WatermarkCopy).values(stamp_version=1))  # as before 0017
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 1
+    run_pending(app)
+    assert not copy_file.exists()
+    answer = get(shop.client, link_path(download))
+    assert answer.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(answer.data)) as zipped:
+        license_txt = zipped.read("LICENSE.txt").decode()
+    assert shop.order(7920)["licenses"][0]["key"] not in license_txt
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy.stamp_version)).scalar_one() == 2
