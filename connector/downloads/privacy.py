@@ -174,15 +174,14 @@ def delete_copies(payload: dict[str, Any]) -> None:
     # A copy's key is the same each time its grant is stamped: a link that works again (paid
     # again, renewed) may have been stamped anew at that key since this job was queued, with
     # what the order says now. That copy stays.
-    stamped_again = set(
-        db.session.scalars(
-            select(WatermarkCopy.object_key).where(
-                WatermarkCopy.object_key.in_(payload["object_keys"])
-            )
-        )
-    )
     for key in payload["object_keys"]:
-        if key in stamped_again:
+        # Asked per key, right before it goes: a long list takes a while, and a click may
+        # stamp one of them anew meanwhile.
+        stamped_again = db.session.scalar(
+            select(WatermarkCopy.id).where(WatermarkCopy.object_key == key).limit(1)
+        )
+        db.session.commit()
+        if stamped_again is not None:
             continue
         try:
             backend.delete(key)

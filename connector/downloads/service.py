@@ -741,9 +741,11 @@ def _record_copy(
     ).scalar_one()
     copy.attempts += 1
     copy.kind = product_file.watermark
-    copy.stamp_version = STAMP_VERSION
     copy.fingerprint, copy.source_version = made_from
     if error is None:
+        # Only a copy stamped now is of this version: an older one kept after a failure
+        # (its file still in storage) stays what it was, for the purge to find.
+        copy.stamp_version = STAMP_VERSION
         copy.status, copy.object_key, copy.error = "ready", key, None
         grant.watermarked_key = key
     else:

@@ -38,7 +38,7 @@ from connector.models import (
 from connector.models.licensing import by_the_order
 from connector.orders.service import hash_license_key
 from connector.stores import hold_live_store
-from plugin.shop import REVOKING_STATUSES, WAITING_STATUSES
+from plugin.shop import REVOKING_STATUSES
 
 ACTIONS = ("revoke", "suspend", "reinstate", "extend")
 STATUS_FILTERS = (*LICENSE_STATUSES, "expired")
@@ -291,7 +291,7 @@ def not_paid_for(session: Session, lic: License) -> str | None:
     # keys stay as they are, and so may the owner's reinstate; but not once the order took
     # its keys back (cancelled, then pending again for another payment), whatever paused
     # this one: it waits for the payment.
-    if order.status in WAITING_STATUSES and order.revoked_at is not None:
+    if order.revoked_at is not None:  # paid since, it would be cleared
         return f"the order is {order.status}: not paid again since it took its keys back"
     if line.product_id != lic.product_id:
         return "the order's line now names another product"

@@ -294,15 +294,16 @@ def replace_webhook_secret(session: Session, store: Store, *, actor: str) -> str
                 " webhooks by hand."
             ) from None
     lock_store(session, store)
-    secret = None
+    # Lost or leaked: refused at once, and so is a secret a re-registration still takes.
+    # Connected, the registration then makes yet another one before the shop's new webhooks
+    # (what it keeps taking meanwhile is this new secret, which nobody was ever given).
+    new_secret = store.webhook_secret = random_alphanumeric(40)
+    store.previous_webhook_secret = store.previous_secret_until = None
+    secret: str | None = new_secret
     if connected:
         session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
-        # Lost or leaked: the old secret is not taken while the webhooks are made anew.
-        enqueue(session, REGISTER_JOB, {"store_id": store.id, "grace": False})
-    else:
-        secret = store.webhook_secret = random_alphanumeric(40)
-        # Lost or leaked: the old one is refused at once, even a replaced one still taken.
-        store.previous_webhook_secret = store.previous_secret_until = None
+        enqueue(session, REGISTER_JOB, {"store_id": store.id})
+        secret = None  # the shop gets the registration's own: none to paste
     record_audit(
         session,
         store_id=store.id,
@@ -321,7 +322,7 @@ class RegistrationResult:
 
 
 def register_webhooks(
-    session: Session, store: Store, client: WooCommerceClient, *, grace: bool = True
+    session: Session, store: Store, client: WooCommerceClient
 ) -> RegistrationResult:
     """Make the shop's webhooks for this store exactly Keygate's registrations.
 
@@ -329,8 +330,7 @@ def register_webhooks(
     (older connections, manual setups, a crashed earlier run) are deleted; each missing
     topic is created. When no registration is left, a fresh secret is made first; the one
     it replaces is still taken (:data:`PREVIOUS_SECRET_GRACE` at most) until the webhooks
-    signed with it are deleted, so the shop's deliveries meanwhile are not refused; not
-    with ``grace`` False (the owner replaced a lost or leaked secret).
+    signed with it are deleted, so the shop's deliveries meanwhile are not refused.
 
     Commits (the caller's work first): the shop is asked outside any transaction, so a slow
     shop holds up none of the store's webhook deliveries, license calls or clicks (a
@@ -346,8 +346,8 @@ def register_webhooks(
         select(WebhookRegistration.id).where(WebhookRegistration.store_id == store.id).limit(1)
     )
     if registered is None:
-        store.previous_webhook_secret = store.webhook_secret if grace else None
-        store.previous_secret_until = utcnow() + PREVIOUS_SECRET_GRACE if grace else None
+        store.previous_webhook_secret = store.webhook_secret
+        store.previous_secret_until = utcnow() + PREVIOUS_SECRET_GRACE
         store.webhook_secret = random_alphanumeric(40)
     created = _create_missing_webhooks(session, store, client)
     deleted = _delete_stray_webhooks(session, store, client)

@@ -32,4 +32,4 @@ def register_store_webhooks(payload: dict[str, Any]) -> None:
     if client is None:  # disconnected since: nothing to register
         return
     with shop_down_means_retry():
-        register_webhooks(db.session, store, client, grace=payload.get("grace", True))
+        register_webhooks(db.session, store, client)

@@ -221,3 +221,28 @@ def test_zip_copies_stamped_with_the_key_are_purged_and_stamped_anew(
     assert shop.order(7920)["licenses"][0]["key"] not in license_txt
     with app.app_context():
         assert db.session.execute(select(WatermarkCopy.stamp_version)).scalar_one() == 2
+
+
+def test_a_keyed_zip_copy_whose_restamp_fails_is_still_purged(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The owner replaced the original with a broken ZIP: stamping anew fails, and the old
+    copy (with the key) keeps its version, so the purge still deletes it."""
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("plugin.php", "<?php")
+    original = put_file(app, "zips/plugin.zip", archive.getvalue())
+    files = [{"object_key": "zips/plugin.zip", "filename": "plugin.zip", "watermark": "zip"}]
+    [download] = paid_order(shop, 7921, files)
+    run_pending(app)
+    with app.app_context(), transaction() as session:
+        session.execute(update(WatermarkCopy).values(stamp_version=1))
+    original.write_bytes(b"not a zip any more")  # a new version: the copy is stamped anew
+    get(shop.client, link_path(download))
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.status == "failed" and copy.stamp_version == 1
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 1

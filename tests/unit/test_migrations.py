@@ -247,12 +247,34 @@ def test_0016_marks_orders_that_took_their_keys_back(tmp_path: Path) -> None:
         "INSERT INTO orders (store_id, shop_order_id, status, deleted, created_at, updated_at)"
         " VALUES (1, :id, :status, :deleted, :now, :now)"
     )
-    statuses = [("1", "completed", 0), ("2", "cancelled", 0), ("3", "processing", 1)]
+    statuses = [
+        ("1", "completed", 0),
+        ("2", "cancelled", 0),
+        ("3", "processing", 1),
+        ("4", "pending", 0),  # cancelled before, its key revoked: pending again
+        ("5", "pending", 0),
+    ]
+    product = (
+        "INSERT INTO products (id, store_id, shop_product_id, name, watermark_fallback, source,"
+        " created_at, updated_at) VALUES (1, 1, '501', 'App', 'plain', 'meta', :now, :now)"
+    )
+    line = (
+        "INSERT INTO line_items (id, order_id, shop_line_item_id, quantity, refunded_quantity)"
+        " SELECT 1, id, '1', 1, 0 FROM orders WHERE shop_order_id = '4'"
+    )
+    revoked = (
+        "INSERT INTO licenses (store_id, product_id, order_id, line_item_id, unit, key_hash,"
+        " key_encrypted, status, status_reason, issued_at, updated_at) SELECT 1, 1, id, 1, 1,"
+        " 'h', 'k', 'revoked', 'order:cancelled', :now, :now FROM orders"
+        " WHERE shop_order_id = '4'"
+    )
     with engine.begin() as connection:
         connection.execute(text(store), {"now": now})
         for shop_id, status, deleted in statuses:
             values = {"id": shop_id, "status": status, "deleted": deleted, "now": now}
             connection.execute(text(order), values)
+        for statement in (product, line, revoked):
+            connection.execute(text(statement), {"now": now})
     upgrade(engine)
     with engine.connect() as connection:
         marked = dict(
@@ -261,4 +283,4 @@ def test_0016_marks_orders_that_took_their_keys_back(tmp_path: Path) -> None:
             ).all()
         )
     engine.dispose()
-    assert marked == {"1": 0, "2": 1, "3": 1}
+    assert marked == {"1": 0, "2": 1, "3": 1, "4": 1, "5": 0}

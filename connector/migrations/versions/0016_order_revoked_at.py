@@ -1,8 +1,9 @@
 """orders: revoked_at, when the order took its keys back (cleared when paid again), so a
 key of an order waiting for payment since is not reinstated by hand
 
-Orders whose state takes keys back now (refunded, cancelled, failed, deleted) get their
-last update as that moment.
+Orders whose state takes keys back now (refunded, cancelled, failed, deleted), and orders
+with keys their state took back (cancelled, then pending again), get their last update as
+that moment.
 
 Revision ID: 0016
 Revises: 0015
@@ -26,6 +27,8 @@ def upgrade() -> None:
     op.execute(
         "UPDATE orders SET revoked_at = updated_at"
         " WHERE status IN ('refunded', 'cancelled', 'failed') OR deleted"
+        " OR id IN (SELECT order_id FROM licenses WHERE status = 'revoked'"
+        " AND status_reason LIKE 'order:%' AND order_id IS NOT NULL)"
     )
 
 
