@@ -152,10 +152,15 @@ def delete_store(session: Session, store: Store, *, actor: str) -> StoreDeletion
     waiting = _brevo_removals_left(session, store)
     # Work under way on the store's rows finishes first (an activation holds its license,
     # a click its grant): none adds a row that points at one deleted here.
-    for model in (Order, License, DownloadGrant):
-        session.execute(select(model.id).where(model.store_id == store.id).with_for_update()).all()
-    orders = session.scalar(select(func.count()).where(Order.store_id == store.id)) or 0
-    licenses = session.scalar(select(func.count()).where(License.store_id == store.id)) or 0
+    locked = {
+        model: len(
+            session.execute(select(model.id).where(model.store_id == store.id).with_for_update())
+            .scalars()
+            .all()
+        )
+        for model in (Order, License, DownloadGrant)
+    }
+    orders, licenses = locked[Order], locked[License]
     delete_store_rows(session, store.id, keep_bucket=True)
     session.execute(delete(AuditEvent).where(AuditEvent.store_id == store.id))
     session.execute(delete(AdminUser).where(AdminUser.store_id == store.id))
