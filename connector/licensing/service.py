@@ -475,13 +475,12 @@ def activate(
         return state
     # The seat lock: every activation of this license queues here, on any host. The store
     # is held first, as a deletion takes them (a flag's audit entry names the store).
-    seat_lock = select(License.id).where(License.id == lic.id).with_for_update()
     try:
         hold_live_store(session, lic.store_id)
     except StoreDeleted:
         return _not_found(malformed)
-    if session.execute(seat_lock).scalar() is None:  # its store was deleted meanwhile
-        return _not_found(malformed)
+    # Held, the store (and so this license) cannot be deleted before the transaction ends.
+    session.execute(select(License.id).where(License.id == lic.id).with_for_update()).scalar_one()
     existing = _find_activation(session, lic, identity)
     if existing is not None:
         existing.last_seen_at = utcnow()
