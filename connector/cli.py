@@ -35,18 +35,9 @@ def make_app(**overrides: Any) -> Flask:
 
     overrides.setdefault("start_worker", False)
     try:
-        return _remembered(create_app(overrides))
+        return create_app(overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-# The database the command's app uses, named if it cannot be reached (after its context).
-_database: dict[str, str] = {}
-
-
-def _remembered(app: Flask) -> Flask:
-    _database["url"] = app.extensions["keygate.settings"].database_url
-    return app
 
 
 def _instance_dir() -> Path:
@@ -78,9 +69,13 @@ def _unreachable_database(exc: Exception) -> str:
     """Which database could not be connected to (no password, no query) and why."""
     from sqlalchemy.engine import make_url
 
-    where = "the configured database"
-    if "url" in _database:
-        url = make_url(_database["url"])
+    from connector.config import load_settings
+
+    try:  # the settings the command's app was built from (environment, keygate.toml)
+        url = make_url(load_settings().database_url)
+    except ConfigError:
+        where = "the configured database"
+    else:
         where = url.set(password="***" if url.password else None, query={}).render_as_string(
             hide_password=False
         )
@@ -513,7 +508,7 @@ def run(host: str, port: int, threads: int) -> None:
     shown = "127.0.0.1" if everywhere else f"[{host}]" if ":" in host else host
     own_url = f"http://{shown}:{port}"
     try:
-        app = _remembered(create_app({"defaults": {"base_url": own_url}}))
+        app = create_app({"defaults": {"base_url": own_url}})
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if everywhere and app.extensions["keygate.settings"].base_url == own_url:

@@ -198,7 +198,8 @@ def _check_values(values: dict[str, Any]) -> None:
             raise ConfigError("KEYGATE_DATABASE_URL must be a sqlite:/// or postgresql:// URL")
 
 
-# Read from their own files or the environment, never from keygate.toml.
+# Read from their own files or the environment, never from keygate.toml (nor as ordinary
+# settings: master_key is the one-key spelling of master_keys).
 _NOT_IN_FILE = {"master_key", "master_keys", "secret_key", "instance_dir", "extra"}
 
 
@@ -273,7 +274,7 @@ def load_settings(
     _check_file_keys(config_path, set(file_values), set(known))
     values: dict[str, Any] = {}
     for name, spec in known.items():
-        if name in {"instance_dir", "extra", "master_keys", "secret_key"}:
+        if name in _NOT_IN_FILE:  # read on their own, below (or not settings at all)
             continue
         env_name = f"KEYGATE_{name.upper()}"
         if name in overrides:
