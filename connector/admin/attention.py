@@ -45,6 +45,17 @@ class Notice:
     link: str
 
 
+def latest_delivery(session: Session, store: Store) -> WebhookDelivery | None:
+    """The store's latest webhook delivery (the store page shows it; refused for its
+    signature, it is a notice)."""
+    return session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.store_id == store.id)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(1)
+    ).first()
+
+
 def _count(session: Session, query: Select[Any]) -> int:
     return int(session.scalar(query) or 0)
 
@@ -63,13 +74,8 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
         if registration_trouble(session, store) is not None:
             text = "Keygate could not register its webhooks in the shop."
             found.append(Notice(store, text, page))
-        latest = session.scalar(
-            select(WebhookDelivery.outcome)
-            .where(WebhookDelivery.store_id == store.id)
-            .order_by(WebhookDelivery.id.desc())
-            .limit(1)
-        )
-        if latest == BAD_SIGNATURE:
+        latest = latest_delivery(session, store)
+        if latest is not None and latest.outcome == BAD_SIGNATURE:
             found.append(
                 Notice(
                     store,

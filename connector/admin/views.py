@@ -580,12 +580,7 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
         storage_area=own_area(store.id),
         storage=storage_in_use(store),
         mail_route=mail_route(store),
-        last_delivery=db.session.scalars(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.store_id == store.id)
-            .order_by(WebhookDelivery.id.desc())
-            .limit(1)
-        ).first(),
+        last_delivery=attention.latest_delivery(db.session, store),
         last_accepted=db.session.scalars(
             select(WebhookDelivery.received_at)
             .where(WebhookDelivery.store_id == store.id, WebhookDelivery.outcome != BAD_SIGNATURE)

@@ -272,10 +272,10 @@ def start_connection_jobs(session: Session, store: Store) -> None:
 def replace_webhook_secret(session: Session, store: Store, *, actor: str) -> str | None:
     """A new webhook secret for the store (a lost or leaked one), audited.
 
-    Connected (Keygate holds the shop's REST key), Keygate registers its webhooks again:
-    the registration job makes a new secret and new webhooks and deletes the old ones;
-    returns None. Wired by hand, the new secret is returned to be pasted into the shop's
-    webhooks; deliveries signed with the old one are refused from now on.
+    Deliveries signed with the old one are refused from now on. Connected (Keygate holds
+    the shop's REST key), Keygate registers its webhooks again (the registration job makes
+    the secret the shop gets, new webhooks, and deletes the old ones); returns None. Wired
+    by hand, the new secret is returned to be pasted into the shop's webhooks.
     """
     client = shop_client_for(session, store)
     connected = client is not None
