@@ -6,7 +6,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,13 +43,16 @@ class FakeBrevo:
     accepted_mails: list[RecordedRequest] = field(default_factory=list)
     # Like Brevo: a mail whose headers.idempotencyKey was seen is answered, not sent again.
     idempotency: dict[str, str] = field(default_factory=dict)
-    # Accept this many mails, then drop the connection instead of answering (a lost answer).
+    # Accept this many mails or contact pushes, then drop the connection instead of answering
+    # (a lost answer).
     lost_answers: int = 0
     # Seconds to wait before answering (a stalled Brevo).
     stall_seconds: float = 0.0
     # Answer 400 invalid_parameter when an address to take out of a list is not in it.
     refuses_non_members: bool = False
     lists: set[int] = field(default_factory=lambda: {7})
+    # Called with each request's path as it arrives, before it is answered.
+    on_request: Callable[[str], None] | None = None
 
     def in_list(self, email: str, list_id: int) -> bool:
         return list_id in (self.contacts.get(email, {}).get("listIds") or [])
@@ -86,6 +89,8 @@ def fake_brevo() -> Iterator[FakeBrevo]:
                 "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
             )
             state.requests.append(request)
+            if state.on_request is not None:
+                state.on_request(self.path)
             if self.headers.get("api-key") != "xkeysib-test-key":
                 self._answer(401, {"code": "unauthorized", "message": "Key not found"})
                 return
@@ -118,6 +123,10 @@ def fake_brevo() -> Iterator[FakeBrevo]:
                     )
                     return
                 state.contacts[email] = body
+                if state.lost_answers:
+                    state.lost_answers -= 1
+                    self.close_connection = True
+                    return
                 if existed:
                     self._answer(204)
                 else:

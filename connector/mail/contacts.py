@@ -6,7 +6,8 @@ webhook path reads it when it issues (:func:`consent_to_push`) and the job chain
 that boolean: no consent record, no meta, is stored. Without the key every buyer is pushed
 (the list must then be one the owner may use without consent, e.g. for service messages).
 
-**Passing it on.** Keygate records on the order which list it pushed the buyer into. When the
+**Passing it on.** Keygate records on the order which list it pushes the buyer into (before it
+asks Brevo: a push whose answer was lost counts as done). When the
 customer is erased, or a later delivery of the order no longer has the consent ticked, the
 address is taken out of that list: a :class:`~connector.models.BrevoRemoval` row holds it
 encrypted, and job ``brevo.remove_contact`` (its id only) removes it and deletes the row. A
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -159,7 +160,13 @@ def _host() -> str:
 @handles(PUSH_JOB)
 def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
     """Create or update the buyer as a Brevo contact in the store's list, when it has one
-    and, if it asks for consent, the order carried it (``brevo_consent`` in the payload)."""
+    and, if it asks for consent, the order carried it (``brevo_consent`` in the payload).
+
+    The list is recorded on the order before Brevo is asked, and committed: an erasure or a
+    withdrawal from then on takes the buyer out again, even when Brevo took the contact but
+    its answer was lost (one that finds the buyer not in the list is done all the same).
+    No transaction is open while Brevo answers (on SQLite it would hold the write lock).
+    """
     session = db.session
     order = session.get(Order, payload["order_id"])
     if order is None or order.mail_address is None:
@@ -168,30 +175,41 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
     config = brevo_config_for(session, store) if store is not None else None
     if store is None or config is None or config.list_id is None:
         return  # pushing contacts is optional: only for stores that chose a list
-    if config.consent_meta_key is not None and (
-        payload.get("brevo_consent") is not True or order.brevo_consent_withdrawn
-    ):
-        return  # no consent on the order (issued without it, or withdrawn since)
-    email = order.mail_address
-    first, _, last = (order.name or "").partition(" ")
-    push_contact(config, _host(), email, first or None, last or None)
-    _record_push(session, store, order.id, config.list_id, email)
-
-
-def _record_push(session: Session, store: Store, order_id: int, list_id: int, email: str) -> None:
-    """Remember the list on the order, under its row lock (which an erasure takes too): an
-    erasure that landed while the push ran did not see it, so the removal is queued here."""
+    if config.consent_meta_key is not None and payload.get("brevo_consent") is not True:
+        return  # no consent on the order when it was issued
     hold_live_store(session, store)  # before the order's lock, as a deletion takes them
+    order = lock_row(session, Order, order.id)
+    if order.is_erased or order.mail_address is None or order.brevo_consent_withdrawn:
+        return  # erased, or consent withdrawn, since
+    if order.is_revoking:
+        return  # refunded, cancelled or deleted before the push ran: no customer of the store
+    order_id, list_id, email = order.id, config.list_id, order.mail_address
+    first, _, last = (order.name or "").partition(" ")
+    order.brevo_list_id = list_id
+    host = _host()
+    session.commit()
+    push_contact(config, host, email, first or None, last or None)
+    _record_push(session, store.id, order_id, list_id, email)
+
+
+def _record_push(session: Session, store_id: int, order_id: int, list_id: int, email: str) -> None:
+    """After the push, under the order's row lock (which an erasure takes too). An erasure or
+    withdrawal that landed while Brevo answered queued a removal; should it have run before
+    the contact was added (another worker), another is queued here."""
+    hold_live_store(session, store_id)  # before the order's lock, as a deletion takes them
     order = lock_row(session, Order, order_id)
     if order.is_erased:
-        pseudonym = (order.email or "").partition("@")[0] or None
-        queue_removal(session, store.id, list_id, email, reason="erasure", subject=pseudonym)
+        reason, subject = "erasure", (order.email or "").partition("@")[0] or None
     elif order.brevo_consent_withdrawn:
-        # Withdrawn while the push ran: it did not see it, so it is undone here.
-        subject = f"order:{order.shop_order_id}"
-        queue_removal(session, store.id, list_id, email, reason="withdrawal", subject=subject)
+        reason, subject = "withdrawal", f"order:{order.shop_order_id}"
     else:
         order.brevo_list_id = list_id
+        return
+    waiting = select(BrevoRemoval.id).where(
+        BrevoRemoval.store_id == store_id, BrevoRemoval.subject == subject
+    )
+    if session.scalars(waiting.limit(1)).first() is None:
+        queue_removal(session, store_id, list_id, email, reason=reason, subject=subject)
 
 
 @handles(REMOVE_JOB)
@@ -210,13 +228,23 @@ def remove_contact_from_brevo_list(payload: dict[str, Any]) -> None:
     config = brevo_config_for(session, store) if store is not None else None
     if config is None:
         raise RetryLater("no Brevo credentials for this store")
-    outcome = remove_from_list(config, _host(), removal.list_id, removal.email)
+    store_id, list_id, email, reason, subject = (
+        removal.store_id,
+        removal.list_id,
+        removal.email,
+        removal.reason,
+        removal.subject,
+    )
+    host = _host()
+    session.commit()  # no transaction open while Brevo answers
+    outcome = remove_from_list(config, host, list_id, email)
+    hold_live_store(session, store_id)
     record_audit(
         session,
-        store_id=removal.store_id,
+        store_id=store_id,
         actor="keygate",
-        action=REMOVAL_ACTIONS.get(removal.reason, "customer.removed_in_brevo"),
-        subject=removal.subject,
-        detail={"list_id": removal.list_id, "outcome": outcome},
+        action=REMOVAL_ACTIONS.get(reason, "customer.removed_in_brevo"),
+        subject=subject,
+        detail={"list_id": list_id, "outcome": outcome},
     )
-    session.delete(removal)
+    session.execute(delete(BrevoRemoval).where(BrevoRemoval.id == payload["removal_id"]))

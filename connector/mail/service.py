@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, TypeVarTuple
 
 from flask import render_template
@@ -56,33 +57,11 @@ def mail_route(store: Store) -> str:
     return "waiting" if backend == "brevo" else "console"
 
 
-def send_stored_mail(
-    mail_row: Mail, mailer: Mailer, to_name: str | None, idempotency_key: str | None = None
-) -> None:
-    """Send a stored mail once; a second call after success does nothing.
-
-    ``idempotency_key`` is the same for every attempt of the job that sends it, so a
-    provider that got the mail but whose answer was lost does not send it again."""
-    if mail_row.sent_at is not None:
-        return
-    message_id = mailer.send(
-        OutgoingMail(
-            to_email=mail_row.to_email,
-            to_name=to_name,
-            subject=mail_row.subject,
-            text=mail_row.body_text,
-            html=mail_row.body_html,
-            idempotency_key=idempotency_key,
-        )
-    )
-    mail_row.backend = mailer.name
-    mail_row.provider_message_id = message_id
-    mail_row.sent_at = utcnow()
-
-
-def compose_order_mail(order: Order, store: Store) -> tuple[str, str, str]:
-    """Subject, text and HTML of the mail that gives a buyer their keys and links."""
-    entitlements = order_entitlements(db.session, order)
+def compose_order_mail(
+    order: Order, store: Store, entitlements: dict[str, Any]
+) -> tuple[str, str, str]:
+    """Subject, text and HTML of the mail that gives a buyer their keys and links
+    (``entitlements``: the order's :func:`order_entitlements`)."""
     context: dict[str, Any] = {"order": order, "store": store, **entitlements}
     number = order.number or order.shop_order_id
     if entitlements["renewed"] and not (entitlements["licenses"] or entitlements["downloads"]):
@@ -118,7 +97,10 @@ def mail_order_again(
         return NO_ADDRESS
     if not portal_link_only and not order_entitlements(session, order)["usable"]:
         return NOT_PAID_YET if order.status in WAITING_STATUSES else NOTHING_USABLE
-    enqueue(session, ORDER_MAIL_JOB, {"order_id": order.id, "resend": True})
+    payload: dict[str, Any] = {"order_id": order.id, "resend": True}
+    if portal_link_only:
+        payload["portal_link_only"] = True
+    enqueue(session, ORDER_MAIL_JOB, payload)
     record_audit(
         session,
         store_id=order.store_id,
@@ -131,35 +113,76 @@ def mail_order_again(
 
 @handles(ORDER_MAIL_JOB)
 def mail_order_issued(payload: dict[str, Any]) -> None:
-    """Mail the buyer every key and link of their order; a rerun of the job sends nothing new."""
+    """Mail the buyer every key and link of their order; a rerun of the job after the mail
+    went sends nothing new.
+
+    Each attempt writes the mail afresh from the order as it is then: a refund, a revocation
+    or a new address that lands while an outage holds the mail up is in what is sent (a key
+    taken back is never mailed). An order refunded, cancelled or deleted by then gets no
+    mail at all (``mail.not_sent`` in the audit log), unless the buyer asked for a fresh link
+    to their page, which says what happened.
+    """
     session = db.session
     order = session.get(Order, payload["order_id"])
     if order is None or order.mail_address is None:
         return  # nothing to mail to (no address, or the customer was erased)
-    to_email = order.mail_address
     store = session.get(Store, order.store_id)
     if store is None:
         return
     job_id = payload.get(JOB_ID)
     mail_row = session.execute(select(Mail).where(Mail.job_id == job_id)).scalar_one_or_none()
+    if mail_row is not None and mail_row.sent_at is not None:
+        return
+    if order.is_revoking and not payload.get("portal_link_only"):
+        if mail_row is not None:
+            session.delete(mail_row)
+        record_audit(
+            session,
+            store_id=store.id,
+            actor="keygate",
+            action="mail.not_sent",
+            subject=f"order:{order.shop_order_id}",
+            detail={"order_status": "deleted" if order.deleted else order.status},
+        )
+        return
+    subject, text, html = compose_order_mail(order, store, order_entitlements(session, order))
     if mail_row is None:
-        subject, text, html = compose_order_mail(order, store)
         mail_row = Mail(
             store_id=store.id,
             order_id=order.id,
             job_id=job_id,
             kind="order_issued",
-            to_email=to_email,
-            subject=subject,
-            body_text=text,
-            body_html=html,
             backend="pending",
         )
         session.add(mail_row)
-        # Kept whatever the send does: a mail held up by an outage shows in the outbox as
-        # waiting, and every retry sends this same stored mail.
+    mail_row.to_email = order.mail_address
+    mail_row.subject, mail_row.body_text, mail_row.body_html = subject, text, html
+    outgoing = OutgoingMail(
+        to_email=order.mail_address,
+        to_name=order.name,
+        subject=subject,
+        text=text,
+        html=html,
+        idempotency_key=idempotency_key(store, job_id),
+    )
+    # The mail is kept whatever comes next (one held up by an outage, or waiting for the
+    # store's Brevo credentials, shows in the outbox), and the transaction ends before the
+    # provider is called: on SQLite it would hold the one write lock, stalling every
+    # webhook and click, while Brevo answers. The mailer reads the vault, so comes first.
+    try:
+        mailer = mailer_for(store)
+    finally:
         session.commit()
-    send_stored_mail(mail_row, mailer_for(store), order.name, f"keygate-{store.public_id}-{job_id}")
+    message_id = mailer.send(outgoing)
+    mail_row.backend = mailer.name
+    mail_row.provider_message_id = message_id
+    mail_row.sent_at = utcnow()
+
+
+def idempotency_key(store: Store, job_id: Any) -> str:
+    """The same for every attempt of one mail job, so a provider that got the mail but whose
+    answer was lost does not send it again. A UUID, as Brevo asks."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"keygate:{store.public_id}:mail-job:{job_id}"))
 
 
 def undelivered_mails(query: Select[*Ts], store_id: int) -> Select[*Ts]:

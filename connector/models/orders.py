@@ -18,6 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from connector.db import Base, UTCDateTime, utcnow
+from plugin.shop import REVOKING_STATUSES
 
 
 class Order(Base):
@@ -79,6 +80,11 @@ class Order(Base):
         """Where the buyer may be mailed: None when the order has no address or was erased
         (its address is then only a placeholder). Every mail and contact push asks this."""
         return None if self.is_erased else self.email
+
+    @property
+    def is_revoking(self) -> bool:
+        """Refunded, cancelled, failed or deleted in the shop: what it sold is taken back."""
+        return self.deleted or self.status in REVOKING_STATUSES
 
 
 class LineItem(Base):

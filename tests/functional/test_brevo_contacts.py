@@ -341,8 +341,9 @@ def test_an_erasure_while_the_push_runs_still_reaches_brevo(
     brevo: FakeBrevo,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The customer is erased while Brevo takes the push: the erasure saw no push to pass
-    on, so the push, recording itself, queues the removal."""
+    """The customer is erased while Brevo takes the push: the push recorded its list before
+    it asked Brevo, so the erasure queues the removal, and the push, finding it waiting,
+    queues no second one."""
     from connector.mail import contacts
     from connector.models import Store
     from connector.privacy.service import erase_customer
@@ -354,7 +355,7 @@ def test_an_erasure_while_the_push_runs_still_reaches_brevo(
         session = db.session
         store = session.get(Store, brevo_shop.store.store.id)
         assert store is not None
-        assert erase_customer(session, store, EMAIL, actor="api").brevo_removal is None
+        assert erase_customer(session, store, EMAIL, actor="api").brevo_removal == "queued"
 
     monkeypatch.setattr(contacts, "push_contact", push_then_erase)
     brevo_shop.deliver(wc_order(9714, "processing", [line_item(501)]))
@@ -412,3 +413,57 @@ def test_an_address_waiting_long_after_its_job_gave_up_is_forgotten(
     assert event["subject"].startswith("erased-") and EMAIL not in repr(event)
     run_pending(brevo_app)  # the waiting job finds nothing left to do
     assert removals(brevo) == []
+
+
+@pytest.mark.parametrize("then", ["erasure", "withdrawal"])
+def test_a_push_brevo_took_whose_answer_was_lost_is_undone_later(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, then: str
+) -> None:
+    """Brevo adds the buyer but its answer never arrives (retried later). The push recorded
+    its list before it asked, so an erasure or a withdrawal that comes before the retry
+    still takes the buyer out; the retry then adds nobody."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=45)
+    brevo_shop.deliver(with_meta(wc_order(9715, "processing", [item]), CONSENT_KEY, "yes"))
+    brevo.lost_answers = 1
+    run_pending(brevo_app, kinds={"order.issued", "brevo.push_contact"})
+    assert brevo.in_list(EMAIL, 7)
+    with brevo_app.app_context():
+        push = db.session.execute(select(Job).where(Job.kind == "brevo.push_contact")).scalar_one()
+        assert push.status == "pending"
+    if then == "erasure":
+        assert erase(brevo_shop)["brevo_removal"] == "queued"
+    else:
+        later = wc_order(9715, "completed", [item], modified=5)
+        brevo_shop.deliver(with_meta(later, CONSENT_KEY, "no"))
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+    assert removals(brevo) == [{"emails": [EMAIL]}]
+    assert not brevo.in_list(EMAIL, 7)
+
+
+def test_a_removal_that_ran_before_the_push_landed_is_asked_again(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker takes the erased customer out while Brevo is still adding them (the
+    removal finds nothing to remove): the push, seeing the erasure and no removal waiting,
+    queues another."""
+    from connector.mail import contacts
+
+    real_push = contacts.push_contact
+
+    def erased_and_removed_meanwhile(*args: Any) -> None:
+        erase(brevo_shop)
+        run_pending(brevo_app, kinds={"brevo.remove_contact"})
+        real_push(*args)
+
+    monkeypatch.setattr(contacts, "push_contact", erased_and_removed_meanwhile)
+    brevo_shop.deliver(wc_order(9716, "processing", [line_item(501)]))
+    run_pending(brevo_app, kinds={"order.issued", "brevo.push_contact"})
+    assert brevo.in_list(EMAIL, 7)
+    run_pending(brevo_app)
+    assert len(removals(brevo)) == 2
+    assert not brevo.in_list(EMAIL, 7)
+    outcomes = [e["detail"]["outcome"] for e in audit(brevo_shop, "customer.erased_in_brevo")]
+    assert sorted(outcomes) == ["not_in_list", "removed"]

@@ -6,10 +6,13 @@ The real sib-api-v3-sdk talks to a local server that speaks Brevo's API.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import select
@@ -17,7 +20,7 @@ from sqlalchemy import select
 from connector import create_app
 from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending, stop_worker_thread
-from connector.models import Job, Mail
+from connector.models import AuditEvent, Job, Mail
 from connector.stores import create_store
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
@@ -128,6 +131,7 @@ def test_a_mail_brevo_took_whose_answer_was_lost_is_not_sent_twice(
     mail_requests = [r for r in brevo.requests if r.path == "/v3/smtp/email"]
     keys = {r.body["headers"]["idempotencyKey"] for r in mail_requests}
     assert len(mail_requests) == 2 and len(keys) == 1
+    uuid.UUID(keys.pop())  # Brevo asks for a UUID
     assert len(brevo.sent()) == 1
     with brevo_app.app_context():
         mail = db.session.execute(select(Mail)).scalar_one()
@@ -304,3 +308,92 @@ def test_the_order_page_says_why_its_mail_is_not_sent(
             job.status = "dead"
     html = ana.get(page).get_data(as_text=True)
     assert "not sent: gave up after 1 attempts (Brevo answered 503)" in html
+
+
+def transaction_open_elsewhere(database_url: str) -> bool:
+    """Whether another connection holds a transaction open now: SQLite's one write lock (every
+    Keygate transaction takes it), a PostgreSQL session idle in a transaction."""
+    if database_url.startswith("sqlite"):
+        check = sqlite3.connect(
+            database_url.removeprefix("sqlite:///"), timeout=0.2, isolation_level=None
+        )
+        try:
+            check.execute("BEGIN IMMEDIATE")
+            check.execute("ROLLBACK")
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            check.close()
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as check:
+        row = check.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
+def test_no_transaction_is_open_while_brevo_answers(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, database_url: str
+) -> None:
+    """Brevo may take up to its timeout to answer: the mail, the push and the removal each
+    end their transaction first. On SQLite one held open would stall every webhook, click
+    and activation (and fail them past busy_timeout)."""
+    seen: dict[str, bool] = {}
+    brevo.on_request = lambda path: seen.setdefault(
+        path.rsplit("/", 1)[-1], transaction_open_elsewhere(database_url)
+    )
+    brevo_shop.deliver(wc_order(9605, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    assert brevo_shop.admin("DELETE", "/customers/jurgen@example.org").status_code == 200
+    run_pending(brevo_app)
+    assert seen == {"email": False, "contacts": False, "remove": False}
+    assert len(brevo.sent()) == 1 and not brevo.in_list("jurgen@example.org", 7)
+
+
+def test_a_mail_held_up_by_an_outage_sends_what_the_buyer_has_when_it_goes(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """The first attempt fails; one of the two keys is revoked before the retry: the mail
+    that goes out is written again, without the key taken back."""
+    brevo.failures.extend([503])
+    brevo_shop.deliver(wc_order(9606, "processing", [line_item(501, quantity=2)]))
+    kept, revoked = (lic["key"] for lic in brevo_shop.order(9606)["licenses"])
+    run_pending(brevo_app)
+    assert brevo.sent() == []
+    assert brevo_shop.admin("POST", f"/licenses/{revoked}/revoke").status_code == 200
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    (sent,) = brevo.sent()
+    assert kept in sent.body["textContent"] and kept in sent.body["htmlContent"]
+    assert revoked not in sent.body["textContent"] + sent.body["htmlContent"]
+    with brevo_app.app_context():
+        stored = db.session.execute(select(Mail)).scalar_one()
+        assert stored.sent_at is not None and revoked not in stored.body_text
+
+
+@pytest.mark.parametrize("failed_first", [True, False])
+def test_an_order_refunded_before_its_mail_went_gets_none(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, failed_first: bool
+) -> None:
+    """Refunded while its mail waited (an outage, a busy worker): no mail goes, the copy written by a failed attempt is dropped, the owner reads why in
+    the audit log, and the buyer is not added to the store's list."""
+    brevo_shop.deliver(wc_order(9607, "processing", [line_item(501)]))
+    if failed_first:
+        brevo.failures.extend([503])
+        run_pending(brevo_app, kinds={"order.issued", "mail.order_issued"})
+        with brevo_app.app_context():
+            assert db.session.execute(select(Mail.sent_at)).scalar_one() is None
+    brevo_shop.deliver(wc_order(9607, "refunded", [line_item(501)], modified=60))
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    assert [r.path for r in brevo.requests if r.path != "/v3/smtp/email"] == []
+    assert brevo.sent() == [] and brevo.contacts == {}
+    with brevo_app.app_context():
+        assert db.session.execute(select(Mail)).scalars().all() == []
+        assert set(db.session.execute(select(Job.status)).scalars()) == {"done"}
+        event = db.session.execute(
+            select(AuditEvent).where(AuditEvent.action == "mail.not_sent")
+        ).scalar_one()
+        assert event.subject == "order:9607"
+        assert event.detail == {"order_status": "refunded"}

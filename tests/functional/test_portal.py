@@ -76,15 +76,19 @@ def csrf(html: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.parametrize("refunded", [False, True])
 def test_an_expired_portal_link_shows_nothing_and_mails_a_fresh_one(
-    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch, refunded: bool
 ) -> None:
     """Past KEYGATE_PORTAL_LINK_DAYS the page is 410 with no key or link on it, only a
-    button that mails a fresh link to the order's own address; the fresh link works."""
+    button that mails a fresh link to the order's own address; the fresh link works. It
+    is mailed even when nothing of the order works any more: the page says what happened."""
     shop.configure(501)
     shop.deliver(wc_order(9403, "processing", [line_item(501)]))
     body = shop.order(9403)
     run_pending(app)  # the first mail
+    if refunded:
+        shop.deliver(wc_order(9403, "refunded", [line_item(501)], modified=60))
     days = app.extensions["keygate.settings"].portal_link_days
     now = time.time()
     monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(now) - days * 86400 - 60)

@@ -561,7 +561,7 @@ def test_a_brevo_push_under_way_and_a_deletion_do_not_deadlock(
         store = db.session.get(Store, shop.store.store.id)
         order_id = db.session.scalars(select(Order.id)).one()
         assert store is not None
-        contacts._record_push(db.session, store, order_id, 7, EMAIL)
+        contacts._record_push(db.session, store.id, order_id, 7, EMAIL)
         db.session.commit()
 
     _race_with_deletion(app, shop, monkeypatch, contacts, "queue_removal", push)
