@@ -376,8 +376,9 @@ def test_a_mail_held_up_by_an_outage_sends_what_the_buyer_has_when_it_goes(
 def test_an_order_refunded_before_its_mail_went_gets_none(
     brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, failed_first: bool
 ) -> None:
-    """Refunded while its mail waited (an outage, a busy worker): no mail goes, the copy written by a failed attempt is dropped, the owner reads why in
-    the audit log, and the buyer is not added to the store's list."""
+    """Refunded while its mail waited (an outage, a busy worker): no mail goes, the copy
+    written by a failed attempt is dropped, the owner reads why in the audit log, and the
+    buyer is not added to the store's list."""
     brevo_shop.deliver(wc_order(9607, "processing", [line_item(501)]))
     if failed_first:
         brevo.failures.extend([503])
