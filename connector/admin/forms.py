@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from flask import request
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
@@ -9,16 +12,30 @@ from wtforms.validators import DataRequired, EqualTo, Length
 MIN_PASSWORD = 12
 
 
-class LoginForm(FlaskForm):
+class PageForm(FlaskForm):
+    """A form of Keygate's pages: filled from the posted form only. Flask-WTF would take a
+    JSON body as the form's data too, and any JSON but an object of strings (a number, a
+    list, a nested object) broke it with a 500; a page posts a form, so JSON fills nothing
+    and the form is refused like an empty one."""
+
+    class Meta:
+        def wrap_formdata(self, form: Any, formdata: Any) -> Any:
+            if request.is_json:
+                formdata = request.form
+            # WTForms joins this Meta with FlaskForm's, whose wrap_formdata super() finds.
+            return super().wrap_formdata(form, formdata)  # type: ignore[misc]
+
+
+class LoginForm(PageForm):
     username = StringField("User", validators=[DataRequired(), Length(max=100)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=200)])
 
 
-class ConfirmForm(FlaskForm):
+class ConfirmForm(PageForm):
     """A button that only posts a CSRF token (sign out, retry a job)."""
 
 
-class ConfirmedForm(FlaskForm):
+class ConfirmedForm(PageForm):
     """A button whose effect cannot be undone (disconnect the shop, replace the API token):
     a box ticked first. The pages run no script (CSP ``script-src 'none'``), so the
     browser's ``required`` asks, and the server checks the box too."""
@@ -32,7 +49,7 @@ class DeleteStoreForm(ConfirmedForm):
     store_id = StringField("Store id", validators=[DataRequired(), Length(max=32)])
 
 
-class PasswordForm(FlaskForm):
+class PasswordForm(PageForm):
     """Change the signed-in admin's password (the current one is asked again)."""
 
     current = PasswordField("Current password", validators=[DataRequired(), Length(max=200)])

@@ -100,6 +100,37 @@ def test_nul_in_a_page_form_is_a_friendly_400_page(admin_client: FlaskClient) ->
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        "1",
+        '"x"',
+        "[1]",
+        "[[1, 2]]",
+        "null",
+        '{"username": 5, "password": "x"}',
+        '{"username": {"a": 1}, "password": true}',
+        '{"username": "own\\u0000er", "password": "x"}',
+    ],
+)
+def test_json_posted_to_a_page_form_is_refused_like_an_empty_form(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender, body: str
+) -> None:
+    """Pages post forms: a JSON body (with the CSRF token in a header) fills no field, so the
+    sign-in is refused as a wrong password and a button's form as a bad request, never a
+    500 (Flask-WTF read JSON as form data, and a number or a list broke it)."""
+    token = csrf_token(admin_client, "/admin/login")
+    headers = {"X-CSRFToken": token, "Content-Type": "application/json"}
+    login = admin_client.post("/admin/login", data=body, headers=headers)
+    assert (login.status_code, login.mimetype) == (401, "text/html")
+    assert "Wrong user or password." in login.get_data(as_text=True)
+    assert sign_in(admin_client) == 302
+    for path in ("/admin/logout", f"/admin/stores/{shop.store.store.id}/token"):
+        refused = admin_client.post(path, data=body, headers=headers)
+        assert (refused.status_code, refused.mimetype) == (400, "text/html"), path
+    assert admin_client.get("/admin/").status_code == 200  # still signed in
+
+
+@pytest.mark.parametrize(
     "path",
     [
         "/api/v1/admin/products/501",
