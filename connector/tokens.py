@@ -44,7 +44,7 @@ def dumps(purpose: str, value: Any) -> str:
 def loads(purpose: str, token: str) -> Any:
     try:
         return URLSafeSerializer(_secret(), salt=purpose).loads(token)
-    except BadData:
+    except (BadData, UnicodeError):  # UnicodeError: half a surrogate pair, not a token
         raise LinkInvalid("This link is not valid. Check that it was copied whole.") from None
 
 
@@ -58,7 +58,7 @@ def loads_timed(purpose: str, token: str, max_age: int | None) -> Any:
         return URLSafeTimedSerializer(_secret(), salt=purpose).loads(token, max_age=max_age)
     except SignatureExpired:
         raise LinkExpired("This link has expired.") from None
-    except BadData:
+    except (BadData, UnicodeError):
         raise LinkInvalid("This link is not valid. Check that it was copied whole.") from None
 
 

@@ -72,8 +72,8 @@ def parse_callback(body: bytes) -> AuthCallback:
     ):
         raise PayloadError("key_id is missing or not a number")
     state = data.get("user_id")
-    if not isinstance(state, str | int) or not str(state):
-        raise PayloadError("user_id is missing")
+    if not isinstance(state, str | int) or not str(state) or not str(state).isascii():
+        raise PayloadError("user_id is missing or malformed")  # Keygate's own token, ASCII
     consumer_key = data.get("consumer_key")
     if not isinstance(consumer_key, str) or not CONSUMER_KEY.match(consumer_key):
         raise PayloadError("consumer_key is missing or malformed")
@@ -81,7 +81,7 @@ def parse_callback(body: bytes) -> AuthCallback:
     if not isinstance(consumer_secret, str) or not CONSUMER_SECRET.match(consumer_secret):
         raise PayloadError("consumer_secret is missing or malformed")
     permissions = data.get("key_permissions")
-    if permissions not in {"read", "write", "read_write"}:
+    if not isinstance(permissions, str) or permissions not in {"read", "write", "read_write"}:
         raise PayloadError("key_permissions must be read, write or read_write")
     return AuthCallback(
         key_id=str(key_id),

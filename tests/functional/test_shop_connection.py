@@ -133,6 +133,10 @@ def test_malformed_callback_is_400_without_echoing_secrets(shop: WebhookSender) 
     assert "consumer_key" in bad.get_json()["detail"]
     assert "nope-" not in bad.get_data(as_text=True)
     assert CONSUMER_SECRET not in bad.get_data(as_text=True)
+    for field, value in [("key_permissions", []), ("key_permissions", {}), ("user_id", "\ud800")]:
+        odd = shop.client.post(path, json=auth_callback_body("s", **{field: value}))
+        assert (odd.status_code, odd.mimetype) == (400, "application/problem+json"), value
+        assert field in odd.get_json()["detail"]
 
 
 def test_reconnect_replaces_the_webhooks(
@@ -466,3 +470,14 @@ def test_a_secret_replaced_as_leaked_is_refused_at_once_while_webhooks_are_made_
     with app.app_context():
         assert _store(app, shop).previous_webhook_secret != old_secret
     assert shop.deliver(wc_order(9901, "processing"), secret=old_secret).status_code == 401
+
+
+def test_a_token_with_half_a_surrogate_pair_is_an_invalid_link(app: Flask) -> None:
+    """Not text itsdangerous can encode: refused as any forged token, never a 500."""
+    from connector.tokens import CONNECT_STATE, DOWNLOAD, LinkInvalid, loads, loads_timed
+
+    with app.app_context():
+        with pytest.raises(LinkInvalid):
+            loads(DOWNLOAD, "\ud800.abc")
+        with pytest.raises(LinkInvalid):
+            loads_timed(CONNECT_STATE, "\ud800.abc", None)
