@@ -40,6 +40,7 @@ PRODUCT_FIELDS = ("name", "policy", "files", "watermark_fallback")
 # back) and ignored (a PUT configures the product in Keygate, which ends a retirement).
 READ_ONLY_PRODUCT_FIELDS = ("product_id", "retired_at", "warnings")
 FILE_FIELDS = ("object_key", "filename", "watermark")
+MAX_FILENAME_BYTES = 200
 DAYS_MAX = 100 * 366
 MAX_FILES = 100
 
@@ -80,15 +81,17 @@ def parse_file_spec(raw: Any, index: int) -> FileSpec:
     filename = _or_default(raw.get("filename"), key.rsplit("/", 1)[-1])
     # A leading dot ("." and ".." too) would make the name of the buyer's stamped copy, the
     # last part of its storage key, a folder of the key or a hidden file: a line's units
-    # would share one copy (and its license key).
+    # would share one copy (and its license key). That name, with the temporary name made
+    # while it is written, must also fit a file system's 255 bytes.
     if (
         not isinstance(filename, str)
-        or len(filename) > 300
+        or len(filename.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES
         or "/" in filename
         or filename.startswith(".")
     ):
         raise ValidationFailed(
-            f"files[{index}].filename must be a plain file name (not starting with '.')",
+            f"files[{index}].filename must be a plain file name of at most"
+            f" {MAX_FILENAME_BYTES} bytes in UTF-8 (not starting with '.')",
             field="files",
         )
     watermark = _or_default(raw.get("watermark"), "none")

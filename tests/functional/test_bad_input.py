@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from connector.models import (
 from connector.vault.service import put_credentials
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
-from tests.functional.test_downloads import get, link_path, paid_order, put_file
+from tests.functional.test_downloads import get, link_path, make_pdf, paid_order, put_file
 from tests.licensing_helpers import issue_key
 
 __all__ = ["admin_client"]
@@ -296,6 +297,30 @@ def test_a_product_file_name_or_key_no_header_or_database_takes_is_422(
     assert detail in response.get_json()["detail"]
     with app.app_context():
         assert db.session.scalars(select(ProductFile)).all() == []
+
+
+def test_a_file_name_too_long_for_a_file_system_is_422_and_the_longest_stamps(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The buyer's stamped copy is stored under the file's name (and written under a longer
+    temporary one): a name past 200 bytes in UTF-8 is refused, naming the field; one of 200
+    bytes (here 65 CJK letters and x.pdf) is stamped and downloaded."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "products/501/manual.pdf")
+    files = [{"object_key": "products/501/manual.pdf", "watermark": "pdf"}]
+    too_long = shop.admin(
+        "PUT",
+        "/products/501",
+        {"name": "Plugin", "files": [{**files[0], "filename": "山" * 66 + ".pdf"}]},
+    )
+    assert too_long.status_code == 422
+    assert too_long.get_json()["field"] == "files"
+    assert "at most 200 bytes" in too_long.get_json()["detail"]
+    longest = "山" * 65 + "x.pdf"
+    assert len(longest.encode()) == 200
+    [download] = paid_order(shop, 9404, [{**files[0], "filename": longest}])
+    response = get(shop.client, link_path(download))
+    assert response.status_code == 200
+    assert response.data.startswith(b"%PDF")
 
 
 def test_a_file_name_stored_before_the_check_still_downloads(
