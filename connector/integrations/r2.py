@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import boto3
+from boto3.exceptions import Boto3Error
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -202,7 +203,7 @@ class R2Store:
     def upload(self, key: str, source: Path) -> None:
         try:
             self.client.upload_file(str(source), self.config.bucket, key)
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, Boto3Error) as exc:  # boto3: S3UploadFailedError
             raise StorageUnavailable(f"R2 upload failed ({type(exc).__name__})") from None
 
     def download(self, key: str, target: Path) -> None:
@@ -212,7 +213,7 @@ class R2Store:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 raise FileNotFoundError(key) from None
             raise StorageUnavailable(f"R2 download failed ({_code(exc)})") from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, Boto3Error) as exc:  # boto3: RetriesExceededError (cut off)
             raise StorageUnavailable(f"R2 unreachable ({type(exc).__name__})") from None
 
     def delete(self, key: str) -> None:

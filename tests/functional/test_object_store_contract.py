@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import boto3
 import pytest
 
 from connector.downloads.storage import LocalStore, ObjectStore, R2ObjectStore
-from connector.integrations.r2 import R2Config
+from connector.integrations.r2 import R2Config, StorageUnavailable
 from tests.localstack import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localstack")]
@@ -126,3 +129,61 @@ def test_deleting_a_folder_in_a_bucket_goes_past_one_listing_page(
     assert store.delete_prefix("watermarked/7/") == 1003
     left = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
     assert [item["Key"] for item in left] == ["watermarked/70/kept.pdf"]
+
+
+@pytest.fixture
+def refusing_bucket() -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 that refuses uploads (403 AccessDenied: a key without
+    write permission) and cuts every download off partway."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            return
+
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+            self.send_response(403)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_HEAD(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.send_header("ETag", '"abc"')
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.send_header("ETag", '"abc"')
+            self.end_headers()
+            self.wfile.write(b"x" * 10)  # and the connection closes
+            self.close_connection = True
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_refused_upload_or_a_cut_download_is_storage_unavailable(
+    refusing_bucket: str, tmp_path: Path
+) -> None:
+    """boto3's transfers wrap these in errors of their own (S3UploadFailedError,
+    RetriesExceededError): they are an unavailable store (a 503, a job retried), never a
+    500 for the buyer whose copy was being stamped."""
+    store = R2ObjectStore(R2Config("acct", "key-id", "secret", "bucket", refusing_bucket))
+    source = tmp_path / "copy.pdf"
+    source.write_bytes(b"%PDF-1.4")
+    with pytest.raises(StorageUnavailable, match="upload failed"):
+        store.upload("watermarked/1/2/copy.pdf", source)
+    with pytest.raises(StorageUnavailable):
+        store.download("products/1/manual.pdf", tmp_path / "original")
