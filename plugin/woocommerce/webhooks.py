@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -118,6 +119,47 @@ def clean_text(value: Any, limit: int = 300) -> str | None:
     text = str(value).replace("\x00", "")
     text = text.encode("utf-8", "replace").decode("utf-8").strip()
     return text[:limit] or None
+
+
+def one_line(value: Any, limit: int = 300) -> str | None:
+    """Shop text shown on one line (a buyer's name, an order number), as :func:`clean_text`
+    keeps it, with control characters (CR, LF, tab) as spaces: it goes into a mail's
+    recipient and subject, and onto the stamp of the buyer's copy."""
+    text = clean_text(value, limit)
+    if text is None:
+        return None
+    return " ".join("".join(" " if _control(c) else c for c in text).split()) or None
+
+
+def _control(char: str) -> bool:
+    """A control character or a line or paragraph separator (not a zero-width joiner or
+    non-joiner: names in some scripts need those)."""
+    return unicodedata.category(char) in {"Cc", "Zl", "Zp"}
+
+
+# One mailbox: no spaces, controls, quotes or the characters that list or bracket addresses
+# (a comma would mail a second recipient), one "@", a dot in the domain (WooCommerce's own
+# checkout requires one).
+_NOT_IN_MAILBOX = r'\s@,;:<>()\[\]\\"'
+_MAILBOX = re.compile(rf"[^{_NOT_IN_MAILBOX}]+@[^{_NOT_IN_MAILBOX}.]+(\.[^{_NOT_IN_MAILBOX}.]+)+")
+
+
+MAX_ADDRESS = 320  # RFC 3696's 64 + 1 + 255, as stored
+
+
+def mailbox(value: Any) -> str | None:
+    """The buyer's address, lower-cased, or None when it is not one plain mailbox (an order
+    made over the REST API can carry anything): Keygate never mails it, and the order is
+    kept, without an address, like one given none."""
+    text = clean_text(value, MAX_ADDRESS + 1)  # cut short, a longer one could name another
+    if (
+        text is None
+        or len(text) > MAX_ADDRESS
+        or any(map(_control, text))
+        or not _MAILBOX.fullmatch(text)
+    ):
+        return None
+    return text.lower()
 
 
 # WooCommerce has no limit; more units than this in one line are not a real sale.
@@ -235,19 +277,18 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     raw_refunds = payload.get("refunds") or []
     if not isinstance(raw_refunds, list):
         raise PayloadError("refunds must be a list")
-    email = clean_text(billing.get("email"), 320)
     meta = _meta(payload.get("meta_data"))
     return ShopOrder(
         id=order_id,
         status=status,
-        number=clean_text(payload.get("number"), 64),
+        number=one_line(payload.get("number"), 64),
         currency=clean_text(payload.get("currency"), 8),
         total=_decimal(payload.get("total"), "total"),
         customer_id=parse_id(payload.get("customer_id")),
-        email=email.lower() if email else None,
-        first_name=clean_text(billing.get("first_name")),
-        last_name=clean_text(billing.get("last_name")),
-        company=clean_text(billing.get("company")),
+        email=mailbox(billing.get("email")),
+        first_name=one_line(billing.get("first_name")),
+        last_name=one_line(billing.get("last_name")),
+        company=one_line(billing.get("company")),
         payment_method=clean_text(payload.get("payment_method"), 100),
         payment_method_title=clean_text(payload.get("payment_method_title"), 200),
         transaction_id=clean_text(payload.get("transaction_id"), 200)

@@ -398,3 +398,16 @@ def test_an_order_refunded_before_its_mail_went_gets_none(
         ).scalar_one()
         assert event.subject == "order:9607"
         assert event.detail == {"order_status": "refunded"}
+
+
+def test_an_order_whose_address_is_not_one_mailbox_is_issued_and_mailed_nothing(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A CR/LF in the address would hand Brevo a second recipient: the buyer gets their keys
+    (the order page shows them), nothing goes to Brevo."""
+    bad = "jurgen@example.org\r\nBcc: attacker@evil.example"
+    brevo_shop.deliver(wc_order(9608, "processing", [line_item(501)], email=bad))
+    body = brevo_shop.order(9608)
+    assert body["order"]["email"] is None and len(body["licenses"]) == 1
+    run_pending(brevo_app)
+    assert brevo.requests == []

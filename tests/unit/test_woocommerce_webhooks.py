@@ -193,3 +193,47 @@ def test_a_meta_checkbox_is_ticked_only_by_the_usual_yes_values(
     order = wc.parse_order(payload)
     assert order.meta_flag("_ok") is ticked
     assert order.meta_flag("_missing") is False
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "jurgen@example.org\r\nBcc: attacker@evil.example",
+        "jurgen@example.org, attacker@evil.example",
+        "Jürgen <jurgen@example.org>",
+        "jurgen@example.org\x01",
+        "jurgen @example.org",
+        "jurgen@localhost",
+        "jurgen@@example.org",
+        "@example.org",
+        "jurgen@example..org",
+        "a" * 310 + "@example.org",  # cut at 320 it would be another address
+    ],
+)
+def test_an_address_that_is_not_one_plain_mailbox_is_no_address(address: str) -> None:
+    """An order made over the REST API can carry anything: such an address is never mailed
+    (a CR/LF or a comma could add a recipient); the order is read as one given none."""
+    payload = wc_order(7, "processing", [line_item(501)], email=address)
+    order = wc.parse_order(payload)
+    assert order.email is None
+    assert order.id == "7" and len(order.line_items) == 1
+
+
+@pytest.mark.parametrize(
+    "address", ["Jurgen.Orsted+shop@Example.ORG", "o'brien@mail.example.co.uk", "山田@例え.jp"]
+)
+def test_plain_mailboxes_are_kept_lower_cased(address: str) -> None:
+    order = wc.parse_order(wc_order(7, "processing", [line_item(501)], email=address))
+    assert order.email == address.lower()
+
+
+def test_names_and_the_order_number_are_read_on_one_line() -> None:
+    """They go into a mail's recipient and subject and onto the stamp: a CR, LF or tab is a
+    space there; a zero-width non-joiner (Persian names) stays."""
+    payload = wc_order(7, "processing", [line_item(501)], first_name="Jürgen\r\nBcc: x")
+    payload["billing"]["last_name"] = "\u0645\u06cc\u200c\u0631\u0632\u0627\u0626\u06cc\t"
+    payload["number"] = "A-7\n\nX"
+    order = wc.parse_order(payload)
+    assert order.first_name == "Jürgen Bcc: x"
+    assert order.last_name == "\u0645\u06cc\u200c\u0631\u0632\u0627\u0626\u06cc"
+    assert order.number == "A-7 X"
