@@ -14,7 +14,11 @@ class DownloadGrant(Base):
     """One grant per (line item, unit, product file); its link is ``/d/<token>``."""
 
     __tablename__ = "download_grants"
-    __table_args__ = (UniqueConstraint("line_item_id", "unit", "product_file_id"),)
+    # Never an id used before, on SQLite too (links name grants by id: migration 0018).
+    __table_args__ = (
+        UniqueConstraint("line_item_id", "unit", "product_file_id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)

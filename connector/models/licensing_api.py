@@ -85,7 +85,8 @@ class Release(Base):
     """A published version of a product, offered by update-check."""
 
     __tablename__ = "releases"
-    __table_args__ = (UniqueConstraint("product_id", "version"),)
+    # Never an id used before, on SQLite too (links name releases by id: migration 0018).
+    __table_args__ = (UniqueConstraint("product_id", "version"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id"), index=True)

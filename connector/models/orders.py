@@ -25,7 +25,8 @@ class Order(Base):
     """One shop order. Only what the privacy promises list is kept (no addresses, no cards)."""
 
     __tablename__ = "orders"
-    __table_args__ = (UniqueConstraint("store_id", "shop_order_id"),)
+    # Never an id used before, on SQLite too (links name orders by id: migration 0018).
+    __table_args__ = (UniqueConstraint("store_id", "shop_order_id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)

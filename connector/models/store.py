@@ -52,6 +52,8 @@ class AdminUser(Base):
     """A person who may sign in to /admin (created by `keygate init`)."""
 
     __tablename__ = "admin_users"
+    # Never an id used before, on SQLite too (a session names its admin by id: migration 0018).
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(100), unique=True)

@@ -620,3 +620,59 @@ def test_keygates_own_storage_is_never_given_up_on(
             select(AuditEvent).where(AuditEvent.action == "store.files_deleted")
         ).all()
         assert done == []
+
+
+def test_a_deleted_stores_buyer_links_never_open_a_later_order(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Links name orders and grants by id. A deleted store held the newest rows: on SQLite
+    without AUTOINCREMENT another store's next order took those ids, and the deleted
+    store's buyer's old portal and download links opened it (keys, the file, the stamp of
+    another buyer). Ids are never given twice, on either backend."""
+    from tests.functional.test_admin_licenses_pages import other_shop, sell
+    from tests.functional.test_downloads import put_file
+
+    put_file(app, "products/501/manual.pdf", b"%PDF-1.4 the other store's file")
+    put_file(app, "products/601/manual.pdf", b"%PDF-1.4 the deleted store's file")
+    theirs = other_shop(app)
+    theirs.configure(601)
+    bought = sell(theirs, 7001, 601)
+    old_portal = bought["portal_url"].removeprefix("http://keygate.test")
+    old_link = link_path(bought["downloads"][0])
+    with app.app_context():
+        store = db.session.get(Store, theirs.store.store.id)
+        assert store is not None
+        delete_store(db.session, store, actor="test")
+        db.session.commit()
+    shop.configure(501)
+    key = sell(shop, 7000, email="new.buyer@example.org")["licenses"][0]["key"]
+    page = get(app.test_client(), old_portal)
+    assert page.status_code == 404 and key not in page.get_data(as_text=True)
+    assert get(app.test_client(), old_link).status_code == 404
+
+
+def test_a_removed_admins_cookie_never_signs_in_as_a_later_admin(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A session names its admin by id: a removed admin's cookie must not sign in as the
+    next admin added, who (on SQLite without AUTOINCREMENT) took the same id."""
+    from werkzeug.security import generate_password_hash
+
+    from tests.functional.test_admin_licenses_pages import other_shop
+    from tests.functional.test_admin_pages import store_admin
+
+    theirs = other_shop(app)
+    old_cookie = store_admin(app, shop.store.store.id)
+    with app.app_context():
+        ana = db.session.execute(select(AdminUser).where(AdminUser.username == "ana")).scalar_one()
+        db.session.delete(ana)  # keygate admin remove
+        db.session.commit()
+        db.session.add(
+            AdminUser(
+                username="ana",
+                password_hash=generate_password_hash("x" * 20),
+                store_id=theirs.store.store.id,
+            )
+        )
+        db.session.commit()
+    assert old_cookie.get(f"/admin/stores/{theirs.store.store.id}").status_code == 302

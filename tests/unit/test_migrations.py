@@ -284,3 +284,40 @@ def test_0016_marks_orders_that_took_their_keys_back(tmp_path: Path) -> None:
         )
     engine.dispose()
     assert marked == {"1": 0, "2": 1, "3": 1, "4": 1, "5": 0}
+
+
+def test_0018_keeps_sqlite_ids_and_never_gives_one_twice_after(tmp_path: Path) -> None:
+    """Upgrading rebuilds the tables whose ids links and cookies name with AUTOINCREMENT:
+    the rows keep their ids, and an id deleted afterwards is never given again."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
+    upgrade(engine, "0017")
+    now = "2026-11-20 12:00:00.000000"
+    store = (
+        "INSERT INTO stores (id, public_id, name, url, platform, webhook_secret, api_token_hash,"
+        " key_prefix, key_groups, key_group_length, created_at) VALUES (1, 's1', 'Shop',"
+        " 'https://shop.example', 'woocommerce', 'x', 'h', '', 4, 5, :now)"
+    )
+    order = (
+        "INSERT INTO orders (store_id, shop_order_id, status, deleted, created_at, updated_at)"
+        " VALUES (1, :id, 'completed', 0, :now, :now)"
+    )
+    admin = (
+        "INSERT INTO admin_users (username, password_hash, created_at) VALUES (:name, 'h', :now)"
+    )
+    with engine.begin() as connection:
+        connection.execute(text(store), {"now": now})
+        for shop_id in ("100", "101"):
+            connection.execute(text(order), {"id": shop_id, "now": now})
+        connection.execute(text(admin), {"name": "owner", "now": now})
+    upgrade(engine)
+    with engine.begin() as connection:
+        kept = connection.execute(text("SELECT id, shop_order_id FROM orders ORDER BY id")).all()
+        assert [tuple(row) for row in kept] == [(1, "100"), (2, "101")]
+        connection.execute(text("DELETE FROM orders WHERE id = 2"))
+        connection.execute(text("DELETE FROM admin_users"))
+        connection.execute(text(order), {"id": "102", "now": now})
+        connection.execute(text(admin), {"name": "ana", "now": now})
+        new_order = connection.execute(text("SELECT max(id) FROM orders")).scalar_one()
+        new_admin = connection.execute(text("SELECT id FROM admin_users")).scalar_one()
+    engine.dispose()
+    assert (new_order, new_admin) == (3, 2)
