@@ -4,11 +4,12 @@ hidden fingerprint in both that leak lookup reads back.
 Pure file work (no database, no Flask): paths in, paths out, so the outbox job, the
 on-the-spot path of a click and the benchmarks all run the same code.
 
-PDF: the stamp is one small page drawn by fpdf2 with an embedded subset of Noto Sans CJK
-(Latin, Greek, Cyrillic and CJK, so "Jürgen Ø 山田" renders), turned into one Form XObject
-and placed on every page by pikepdf (libqpdf). Pages are touched one at a time and streams
-are copied, never decoded, so memory stays flat as the file grows. The fingerprint is in the
-document info, on the Form XObject, and as invisible text on every page.
+PDF: the stamp is one small page drawn by fpdf2 with embedded subsets of Noto Sans (Latin,
+Greek, Cyrillic) and, for what it lacks, Noto Sans CJK (so "Łukasz Dvořák 山田" renders),
+turned into one Form XObject and placed on every page by pikepdf (libqpdf). Pages are
+touched one at a time and streams are copied, never decoded, so memory stays flat as the
+file grows. The fingerprint is in the document info, on the Form XObject, and as invisible
+text on every page.
 
 ZIP: LICENSE.txt is appended and the archive comment set; the other members' bytes are left
 as they are (no recompression).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +71,27 @@ class Stamp:
         return FINGERPRINT_PREFIX + self.fingerprint
 
 
+# Drawn in place of a character that no embedded font has (Arabic, Hebrew, Thai, emoji):
+# the buyer sees that something stood there, and the rest of the line (email, order) and
+# the hidden fingerprint still name them. Noto Sans has this glyph.
+REPLACEMENT_CHARACTER = "\ufffd"
+
+FONT_SIZE = 7.0
+BASELINE = STAMP_HEIGHT - 5  # points from the top of the strip
+MARGIN = 12.0  # points left and right of the line
+
+
 @functools.lru_cache(maxsize=1)
-def stamp_font_path() -> Path:
-    """The embedded Unicode font (Noto Sans CJK JP: Latin and CJK), installed from PyPI."""
+def main_font_path() -> Path:
+    """Noto Sans (Latin, Greek, Cyrillic), from PyPI's fontpkg-noto-sans: the stamp's font."""
+    import fontpkg
+
+    return fontpkg.path("Noto Sans")
+
+
+@functools.lru_cache(maxsize=1)
+def cjk_font_path() -> Path:
+    """Noto Sans CJK JP, from PyPI: the fallback for what Noto Sans lacks (CJK, Hangul)."""
     import noto_cjk_sans_jp_regular
 
     folder = Path(noto_cjk_sans_jp_regular.__file__).parent
@@ -79,6 +99,43 @@ def stamp_font_path() -> Path:
     if not fonts:  # pragma: no cover - a broken install
         raise RuntimeError("the noto-cjk-sans-jp-regular package has no font file")
     return fonts[0]
+
+
+@functools.lru_cache(maxsize=2)
+def _characters_of(font: Path) -> frozenset[int]:
+    """The code points ``font`` has a glyph for, read once per process."""
+    from fontTools.ttLib import TTFont
+
+    with TTFont(font, lazy=True) as ttfont:
+        return frozenset(ttfont.getBestCmap())
+
+
+def _drawable_line(text: str) -> tuple[str, bool]:
+    """The stamp line as it is drawn, and whether it needs the CJK font.
+
+    Composed (NFC) so an accent typed as a separate mark sits on its letter; a control
+    character (a tab or line break in a name) becomes a space, as the line is one line;
+    invisible format characters (joiners, direction marks) are left out, as they draw
+    nothing; a character neither font has becomes REPLACEMENT_CHARACTER rather than
+    vanishing. Scripts that need shaping, like Devanagari (in Noto Sans), are drawn
+    letter by letter: readable, without their conjuncts.
+    """
+    main = _characters_of(main_font_path())
+    drawn: list[str] = []
+    needs_cjk = False
+    for char in unicodedata.normalize("NFC", text):
+        category = unicodedata.category(char)
+        if category == "Cf":
+            continue
+        if category == "Cc":
+            char = " "
+        if ord(char) not in main:
+            if ord(char) in _characters_of(cjk_font_path()):
+                needs_cjk = True
+            else:
+                char = REPLACEMENT_CHARACTER
+        drawn.append(char)
+    return "".join(drawn), needs_cjk
 
 
 def render_stamp(stamp: Stamp) -> bytes:
@@ -89,16 +146,25 @@ def render_stamp(stamp: Stamp) -> bytes:
     pdf = FPDF(unit="pt", format=(STAMP_WIDTH, STAMP_HEIGHT))
     pdf.set_auto_page_break(False)
     pdf.set_margin(0)
+    pdf.c_margin = 0
     pdf.add_page()
-    pdf.add_font("stamp", "", str(stamp_font_path()))
-    pdf.set_font("stamp", size=7)
+    text, needs_cjk = _drawable_line(stamp.text)
+    pdf.add_font("stamp", "", str(main_font_path()))
+    if needs_cjk:
+        # Only then: reading and subsetting the 16 MB CJK font is most of a stamp's time.
+        pdf.add_font("stamp-cjk", "", str(cjk_font_path()))
+        pdf.set_fallback_fonts(["stamp-cjk"])
+    pdf.set_font("stamp", size=FONT_SIZE)
     pdf.set_text_color(110, 110, 110)
-    text = stamp.text
-    # Long names must stay on the strip: shrink the type rather than cut the text.
+    # Long names must stay on the strip: shrink the type rather than cut the text. The
+    # width counts each character in the font it is drawn with.
     width = pdf.get_string_width(text)
-    if width > STAMP_WIDTH - 24:
-        pdf.set_font_size(max(3.0, 7 * (STAMP_WIDTH - 24) / width))
-    pdf.text(12, STAMP_HEIGHT - 5, text)
+    if width > STAMP_WIDTH - 2 * MARGIN:
+        pdf.set_font_size(max(3.0, FONT_SIZE * (STAMP_WIDTH - 2 * MARGIN) / width))
+    # cell(), not text(): only cell() and write() switch to the fallback font. fpdf2 sets
+    # a cell's baseline 0.5 h + 0.3 size below its top; with h = size that is 0.8 size.
+    pdf.set_xy(MARGIN, BASELINE - 0.8 * pdf.font_size)
+    pdf.cell(h=pdf.font_size, text=text)
     pdf.set_font("helvetica", size=1)
     pdf.text_mode = TextMode.INVISIBLE
     pdf.text(1, 1, stamp.marker)
@@ -114,6 +180,8 @@ def _with_identity_encoding(strip_bytes: bytes) -> bytes:
 
     fpdf2 gives CFF fonts an embedded code-to-CID CMap that several text extractors
     (pypdf among them) read as one-byte codes; with Identity-H every reader gets the text.
+    The strip's text objects name their font (Tf) before each run, Noto Sans and the CJK
+    font in turn, and are shown with Tj: that is all this reads.
     """
     import io
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 from urllib.parse import unquote
@@ -9,6 +10,7 @@ from urllib.parse import unquote
 import pikepdf
 import pytest
 from flask import Flask
+from pypdf import PdfReader
 from sqlalchemy import select
 
 from connector.db import db
@@ -22,6 +24,7 @@ from connector.downloads.storage import (
 )
 from connector.downloads.watermark import (
     DEFAULT_TEMPLATE,
+    MARGIN,
     STAMP_HEIGHT,
     STAMP_WIDTH,
     Stamp,
@@ -37,6 +40,7 @@ from connector.models import DownloadGrant, WatermarkCopy
 from connector.stores import NewStore
 from connector.tokens import fingerprint_token
 from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_downloads import make_pdf
 
 
 def stamp(**changes: str) -> Stamp:
@@ -271,3 +275,94 @@ def test_a_file_that_is_no_pdf_is_read_quietly(
     with caplog.at_level("DEBUG"):
         assert read_fingerprints(junk) == []
     assert [r.name for r in caplog.records if r.name.startswith("pypdf")] == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Łukasz Dvořák",
+        "Şükrü Oğuz",
+        "Ștefan Țurcanu",
+        "Σωκράτης Παπαδόπουλος",
+        "Олексій Їжак",
+        "Jürgen Ørsted 山田",
+    ],
+)
+def test_the_visible_stamp_keeps_every_letter_of_the_buyers_name(tmp_path: Path, name: str) -> None:
+    """Latin of every European language, Greek, Cyrillic and CJK: the line on the page names
+    the buyer as the order does, without a letter left out."""
+    source = make_pdf(tmp_path / "in.pdf", pages=1)
+    stamp_pdf(
+        source,
+        tmp_path / "out.pdf",
+        Stamp(name=name, email="b@example.org", order="1", date="2026-11-20", fingerprint="fp"),
+    )
+    text = PdfReader(tmp_path / "out.pdf").pages[0].extract_text()
+    assert f"Licensed to {name} <b@example.org>" in text
+
+
+def test_letters_no_stamp_font_has_are_marked_not_dropped() -> None:
+    """Arabic and Hebrew (no embedded font draws them) show as U+FFFD, one for each letter:
+    the buyer sees that their name stood there, and the email and order still name them."""
+    text = PdfReader(io.BytesIO(render_stamp(stamp(name="محمد Cohen שרה")))).pages[0].extract_text()
+    assert (
+        "Licensed to \ufffd\ufffd\ufffd\ufffd Cohen \ufffd\ufffd\ufffd <j@example.org> · Order 42"
+        in text
+    )
+
+
+def test_a_name_typed_with_a_line_break_or_a_separate_accent_reads_as_one_line() -> None:
+    """A line break or tab in a name is a space on the one-line stamp; an accent typed as its
+    own mark (e + U+0301) is drawn on its letter, as "é"."""
+    name = "Ana\nMaria\tJose\u0301"
+    text = PdfReader(io.BytesIO(render_stamp(stamp(name=name)))).pages[0].extract_text()
+    assert "Licensed to Ana Maria José <j@example.org>" in text
+
+
+def _drawn_line_extent(strip: bytes) -> tuple[float, float, float]:
+    """(start, end, font size) of the stamp line, read from the strip's content stream and
+    its fonts' own /W widths: what a viewer draws, not what fpdf2 meant to."""
+    with pikepdf.open(io.BytesIO(strip)) as pdf:
+        page = pdf.pages[0]
+        widths: dict[str, tuple[dict[int, float], float]] = {}
+        for font_name, font in page.resources.Font.items():
+            if font.Subtype != pikepdf.Name.Type0:
+                continue  # the invisible marker's Helvetica
+            cid_font = font.DescendantFonts[0]
+            table: dict[int, float] = {}
+            entries = list(cid_font.get("/W", pikepdf.Array()))
+            while entries:
+                first, following = int(entries[0]), entries[1]
+                if isinstance(following, pikepdf.Array):
+                    table.update({first + i: float(w) for i, w in enumerate(following)})
+                    entries = entries[2:]
+                else:
+                    table.update({c: float(entries[2]) for c in range(first, int(following) + 1)})
+                    entries = entries[3:]
+            widths[font_name] = (table, float(cid_font.get("/DW", 1000)))
+        start = advance = size = 0.0
+        current: tuple[dict[int, float], float] | None = None
+        for operands, operator in pikepdf.parse_content_stream(page):
+            if operator == pikepdf.Operator("Tf"):
+                current, size = widths.get(str(operands[0])), float(operands[1])
+            elif operator == pikepdf.Operator("Td") and current is not None:
+                start = float(operands[0])
+            elif operator == pikepdf.Operator("Tj") and current is not None:
+                table, default = current
+                raw = bytes(operands[0])
+                codes = [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+                advance += sum(table.get(code, default) for code in codes) * size / 1000
+        return start, start + advance, size
+
+
+def test_a_long_name_in_several_scripts_shrinks_to_fit_the_strip() -> None:
+    """The type gets smaller until the whole line fits between the strip's margins, with
+    each letter measured in the font that draws it, and no letter is left out."""
+    name = " ".join(["Łukasz Σωκράτης Олексій 山田太郎"] * 4)
+    strip = render_stamp(stamp(name=name))
+    start, end, size = _drawn_line_extent(strip)
+    assert size < 7
+    assert start == pytest.approx(MARGIN) and end <= STAMP_WIDTH - MARGIN + 0.5
+    assert end >= STAMP_WIDTH - MARGIN - 5  # shrunk to fit, not far below
+    text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    assert f"Licensed to {name} <j@example.org>" in text
