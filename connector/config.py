@@ -158,6 +158,7 @@ def _check_values(values: dict[str, Any]) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from connector.downloads.watermark import template_problem
     from connector.ratelimit import storage_uri
 
     level = str(values.get("log_level", Settings.log_level)).upper()
@@ -189,6 +190,10 @@ def _check_values(values: dict[str, Any]) -> None:
         ) from None
     except Exception:  # noqa: S110 - a cluster that does not answer yet: limits wait for it
         pass
+    if "watermark_template" in values:
+        problem = template_problem(str(values["watermark_template"]))
+        if problem is not None:  # else every click on a watermarked file would fail
+            raise ConfigError(f"KEYGATE_WATERMARK_TEMPLATE {problem}")
     if "database_url" in values:
         try:
             backend = make_url(str(values["database_url"])).get_backend_name()

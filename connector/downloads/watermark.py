@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+import string
 import unicodedata
 import zipfile
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ FINGERPRINT_PREFIX = "keygate-fp:"
 FINGERPRINT_KEY = "/KeygateFingerprint"
 FINGERPRINT_PATTERN = re.compile(r"keygate-fp:([A-Za-z0-9_\-.]+)")
 DEFAULT_TEMPLATE = "Licensed to {name} <{email}> · Order {order} · {date}"
+TEMPLATE_FIELDS = ("name", "email", "order", "date")
 
 STAMP_WIDTH = 595.0  # points: an A4 width; the strip is scaled to each page's width
 STAMP_HEIGHT = 16.0
@@ -62,13 +64,39 @@ class Stamp:
         values = {"name": self.name, "email": self.email, "order": self.order, "date": self.date}
         try:
             return self.template.format_map(values)
-        except (KeyError, IndexError, ValueError):
-            # A template with unknown fields must not stop deliveries: use the default.
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+            # A template that cannot be filled in ("{nmae}", "{name.first}") must not stop
+            # deliveries: use the default. Settings refuse such a template at boot; this is
+            # for a Stamp made with one all the same.
             return DEFAULT_TEMPLATE.format_map(values)
 
     @property
     def marker(self) -> str:
         return FINGERPRINT_PREFIX + self.fingerprint
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` cannot be the stamp line, or None if it can.
+
+    Its fields must be the plain names of TEMPLATE_FIELDS: the values are text, so an
+    attribute or index lookup ("{name.first}") has nothing to find, and a format that text
+    does not take ("{date:%Y}") fails; both are tried here on sample values.
+    """
+    try:
+        fields = [
+            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
+        ]
+    except ValueError as exc:
+        return f"is not a valid template ({exc})"
+    allowed = " ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
+    for field in fields:
+        if field not in TEMPLATE_FIELDS:
+            return f"has the field {{{field}}}; the fields are {allowed}"
+    try:
+        template.format_map(dict.fromkeys(TEMPLATE_FIELDS, "sample"))
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        return f"cannot be filled in ({type(exc).__name__}: {exc}); the fields are {allowed}"
+    return None
 
 
 # Drawn in place of a character that no embedded font has (Arabic, Hebrew, Thai, emoji):

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from connector import create_app
 from connector.config import ConfigError, load_settings
+from tests.conftest import app_overrides
 
 KEY = Fernet.generate_key().decode()
 SECRET = "s" * 40
@@ -57,6 +59,16 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_JOB_MAX_ATTEMPTS": "0"}, "KEYGATE_JOB_MAX_ATTEMPTS"),
         ({"KEYGATE_RETENTION_JOBS_DAYS": "0"}, "KEYGATE_RETENTION_JOBS_DAYS"),
         ({"KEYGATE_R2_BUCKET": "Bad_Bucket"}, "KEYGATE_R2_BUCKET must be a bucket name"),
+        (
+            {"KEYGATE_WATERMARK_TEMPLATE": "Licensed to {name.first}"},
+            r"KEYGATE_WATERMARK_TEMPLATE has the field \{name.first\}; the fields are \{name\}",
+        ),
+        ({"KEYGATE_WATERMARK_TEMPLATE": "For {nmae}"}, r"has the field \{nmae\}"),
+        (
+            {"KEYGATE_WATERMARK_TEMPLATE": "For {name"},
+            "KEYGATE_WATERMARK_TEMPLATE is not a valid template",
+        ),
+        ({"KEYGATE_WATERMARK_TEMPLATE": "On {date:%Y}"}, "KEYGATE_WATERMARK_TEMPLATE cannot be"),
         (
             {"KEYGATE_R2_BUCKET": "files", "KEYGATE_R2_ACCOUNT_ID": "a b"},
             "KEYGATE_R2_ACCOUNT_ID",
@@ -119,9 +131,11 @@ def test_good_values_pass_and_the_log_level_is_any_case(tmp_path: Path) -> None:
             KEYGATE_RATELIMIT_STORAGE_URI="redis://127.0.0.1:6379/0",
             KEYGATE_RATELIMIT_LICENSE_PER_KEY="10/second;100/minute",
             KEYGATE_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/keygate",
+            KEYGATE_WATERMARK_TEMPLATE="{name:.40} ({email}), order {order!s}",
         )
     )
     assert settings.log_level == "WARNING"
+    assert settings.watermark_template == "{name:.40} ({email}), order {order!s}"
 
 
 def test_defaults_give_way_to_the_instance_file_and_the_environment(tmp_path: Path) -> None:
@@ -178,3 +192,22 @@ def test_forwarded_for_is_trusted_only_behind_configured_proxies(tmp_path: Path)
         )
         assert answer.get_data(as_text=True) == expected
         app.extensions["keygate.db"].engine.dispose()
+
+
+def test_an_app_whose_watermark_template_cannot_be_filled_in_does_not_start(
+    tmp_path: Path,
+) -> None:
+    """Not a 500 on every click of a watermarked file: the app refuses to start, and the
+    one line it gives names the setting, the field and the fields there are."""
+    with pytest.raises(ConfigError) as caught:
+        create_app(
+            app_overrides(
+                tmp_path,
+                f"sqlite:///{tmp_path / 'keygate.db'}",
+                watermark_template="Licensed to {name.first}",
+            )
+        )
+    assert str(caught.value) == (
+        "KEYGATE_WATERMARK_TEMPLATE has the field {name.first}; the fields are {name} {email}"
+        " {order} {date}"
+    )

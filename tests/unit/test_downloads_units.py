@@ -79,6 +79,15 @@ def test_unknown_template_fields_fall_back_to_the_default_line() -> None:
     )
 
 
+@pytest.mark.parametrize("template", ["Licensed to {name.first}", "Licensed to {name.upper()}"])
+def test_a_template_with_a_lookup_the_values_do_not_have_falls_back_too(template: str) -> None:
+    """An attribute lookup on the text values fails like a typo does: the default line, not
+    an error that would fail every copy."""
+    assert stamp(template=template).text == DEFAULT_TEMPLATE.format(
+        name="Jürgen Ø 山田", email="j@example.org", order="42", date="2026-11-24"
+    )
+
+
 def test_broken_pdf_and_zip_raise_watermark_errors(tmp_path: Path) -> None:
     """Files that cannot be stamped say so; they never produce a half-stamped copy."""
     broken = tmp_path / "broken.pdf"
