@@ -18,6 +18,7 @@ as they are (no recompression).
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import shutil
 import string
@@ -372,8 +373,7 @@ def stamp_zip(source: Path, target: Path, stamp: Stamp) -> str:
     shutil.copyfile(source, target)
     try:
         with zipfile.ZipFile(target, "a") as archive:
-            names = set(archive.namelist())
-            member = "LICENSE.txt" if "LICENSE.txt" not in names else "LICENSE-buyer.txt"
+            member = _unused_license_name(archive.namelist())
             archive.writestr(member, license_text(stamp), compress_type=zipfile.ZIP_DEFLATED)
             comment = f"{stamp.text}\n{stamp.marker}".encode()
             archive.comment = comment[:65535]
@@ -381,6 +381,19 @@ def stamp_zip(source: Path, target: Path, stamp: Stamp) -> str:
         target.unlink(missing_ok=True)
         raise WatermarkError(f"the ZIP cannot be rewritten ({type(exc).__name__})") from None
     return member
+
+
+def _unused_license_name(names: list[str]) -> str:
+    """LICENSE.txt, else the first of LICENSE-buyer.txt, LICENSE-buyer-2.txt, ... that the
+    archive does not have. Compared without case: unpacked on Windows or macOS, License.txt
+    and LICENSE.txt are one file, and a name twice in one archive is one file anywhere
+    (unzip tools keep either). The leak lookup reads every member named LICENSE*."""
+    taken = {name.casefold() for name in names}
+    candidates = itertools.chain(
+        ["LICENSE.txt", "LICENSE-buyer.txt"],
+        (f"LICENSE-buyer-{number}.txt" for number in itertools.count(2)),
+    )
+    return next(name for name in candidates if name.casefold() not in taken)
 
 
 def read_fingerprints(path: Path) -> list[str]:

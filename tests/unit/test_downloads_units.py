@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from pathlib import Path
 from urllib.parse import unquote
@@ -108,6 +109,37 @@ def test_zip_with_its_own_license_keeps_it(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert archive.read("LICENSE.txt") == b"GPL"
         assert "Jürgen" in archive.read(member).decode()
+    assert read_fingerprints(tmp_path / "out.zip") == ["forged.fingerprint"]
+
+
+@pytest.mark.parametrize(
+    ("shipped", "added"),
+    [
+        (["LICENSE.txt", "LICENSE-buyer.txt"], "LICENSE-buyer-2.txt"),
+        (["LICENSE.txt", "license-buyer.txt", "LICENSE-buyer-2.txt"], "LICENSE-buyer-3.txt"),
+        (["License.txt"], "LICENSE-buyer.txt"),
+    ],
+)
+def test_the_buyers_license_never_takes_a_name_the_zip_has(
+    tmp_path: Path, shipped: list[str], added: str
+) -> None:
+    """Each name once (a second member of one name is one file once unpacked, and zipfile
+    warns), compared without case as Windows and macOS unpack; the archive's own files
+    are kept, and the leak lookup reads the fingerprint from the buyer's license."""
+    source = tmp_path / "in.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        for name in shipped:
+            archive.writestr(name, f"the author's {name}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        member = stamp_zip(source, tmp_path / "out.zip", stamp())
+    assert member == added
+    with zipfile.ZipFile(tmp_path / "out.zip", "a") as archive:
+        assert sorted(archive.namelist()) == sorted([*shipped, added])
+        for name in shipped:
+            assert archive.read(name) == f"the author's {name}".encode()
+        assert "Jürgen" in archive.read(added).decode()
+        archive.comment = b""  # as a copy repacked by another tool: the license alone
     assert read_fingerprints(tmp_path / "out.zip") == ["forged.fingerprint"]
 
 
