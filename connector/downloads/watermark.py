@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import lzma
 import re
 import shutil
 import string
 import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -403,6 +405,22 @@ def read_fingerprints(path: Path) -> list[str]:
     return _pdf_fingerprints(path)
 
 
+# What a damaged archive or member raises while it is read: zipfile's own error, its
+# decompressors' (zlib, lzma; bz2's is an OSError), data cut short (EOFError), a method
+# zipfile lacks (NotImplementedError), a member that needs a password (RuntimeError), a
+# name that is not UTF-8 (UnicodeDecodeError, a ValueError).
+_UNREADABLE_ZIP = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    ValueError,
+)
+
+
 def _zip_fingerprints(path: Path) -> list[str]:
     found: list[str] = []
     try:
@@ -410,10 +428,12 @@ def _zip_fingerprints(path: Path) -> list[str]:
             found += FINGERPRINT_PATTERN.findall(archive.comment.decode("utf-8", "replace"))
             for info in archive.infolist():
                 if info.filename.startswith("LICENSE") and info.file_size < 1_000_000:
-                    found += FINGERPRINT_PATTERN.findall(
-                        archive.read(info).decode("utf-8", "replace")
-                    )
-    except (zipfile.BadZipFile, OSError, RuntimeError):
+                    try:
+                        text = archive.read(info).decode("utf-8", "replace")
+                    except _UNREADABLE_ZIP:
+                        continue  # this member is damaged; the comment or another may tell
+                    found += FINGERPRINT_PATTERN.findall(text)
+    except _UNREADABLE_ZIP:
         pass
     return list(dict.fromkeys(found))
 
@@ -429,13 +449,17 @@ def _pdf_fingerprints(path: Path, max_pages: int = 20) -> list[str]:
                 found.append(str(value))
             for page in list(pdf.pages)[:max_pages]:
                 xobjects = page.resources.get("/XObject")
-                if xobjects is None:
+                # Ours is a dictionary of streams; a found file may hold anything there (an
+                # array, a number), which holds no stamp of ours.
+                if not isinstance(xobjects, pikepdf.Dictionary):
                     continue
                 for _, xobject in xobjects.items():
+                    if not isinstance(xobject, pikepdf.Stream):
+                        continue
                     mark = xobject.get(FINGERPRINT_KEY)
                     if mark is not None:
                         found.append(str(mark))
-    except (pikepdf.PdfError, OSError, ValueError):
+    except (pikepdf.PikepdfError, OSError, ValueError):  # PdfError, QpdfRuntimeError, ...
         pass
     if not found and opened:
         # Metadata and XObject keys can be lost when a copy is rewritten by other tools;
@@ -447,13 +471,15 @@ def _pdf_fingerprints(path: Path, max_pages: int = 20) -> list[str]:
 
 def _pdf_text_markers(path: Path, max_pages: int) -> list[str]:
     from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
 
     found: list[str] = []
     try:
         reader = PdfReader(path)
         for page in reader.pages[:max_pages]:
             found += FINGERPRINT_PATTERN.findall(page.extract_text() or "")
-    except (PyPdfError, OSError, ValueError, KeyError):
-        pass
+    except Exception:
+        # Not only PyPdfError: pypdf parses in Python, and what it raises on a malformed
+        # file is no closed list (KeyError, NotImplementedError for an unknown filter,
+        # AssertionError, ...). Whatever it is, this file shows no marker.
+        return found
     return found
