@@ -34,6 +34,10 @@ import pikepdf
 FINGERPRINT_PREFIX = "keygate-fp:"
 FINGERPRINT_KEY = "/KeygateFingerprint"
 FINGERPRINT_PATTERN = re.compile(r"keygate-fp:([A-Za-z0-9_\-.]+)")
+# What a fingerprint of ours can be: a signed token (URL-safe base64 and dots) no longer
+# than the column that records it (WatermarkCopy.fingerprint). Anything else read from a
+# found file names nobody, and is not looked up: PostgreSQL refuses a NUL in a query.
+FINGERPRINT_FORMAT = re.compile(r"[A-Za-z0-9_\-.]{1,200}")
 DEFAULT_TEMPLATE = "Licensed to {name} <{email}> · Order {order} · {date}"
 TEMPLATE_FIELDS = ("name", "email", "order", "date")
 
@@ -399,10 +403,10 @@ def _unused_license_name(names: list[str]) -> str:
 
 
 def read_fingerprints(path: Path) -> list[str]:
-    """Every fingerprint found in a PDF or ZIP (metadata first, then the hidden markers)."""
-    if zipfile.is_zipfile(path):
-        return _zip_fingerprints(path)
-    return _pdf_fingerprints(path)
+    """Every fingerprint found in a PDF or ZIP (metadata first, then the hidden markers),
+    of those that have FINGERPRINT_FORMAT."""
+    found = _zip_fingerprints(path) if zipfile.is_zipfile(path) else _pdf_fingerprints(path)
+    return [fingerprint for fingerprint in found if FINGERPRINT_FORMAT.fullmatch(fingerprint)]
 
 
 # What a damaged archive or member raises while it is read: zipfile's own error, its
@@ -461,6 +465,8 @@ def _pdf_fingerprints(path: Path, max_pages: int = 20) -> list[str]:
                         found.append(str(mark))
     except (pikepdf.PikepdfError, OSError, ValueError):  # PdfError, QpdfRuntimeError, ...
         pass
+    # Junk where the metadata should be (a NUL, a dictionary) must not hide the markers.
+    found = [fingerprint for fingerprint in found if FINGERPRINT_FORMAT.fullmatch(fingerprint)]
     if not found and opened:
         # Metadata and XObject keys can be lost when a copy is rewritten by other tools;
         # the invisible text on the pages usually survives. (A file qpdf cannot open at all

@@ -157,6 +157,19 @@ def test_a_pdf_whose_text_pypdf_cannot_decode_is_no_fingerprint_found(
     assert_nobody_found(every_route(shop, admin_client, out.getvalue()))
 
 
+def test_a_fingerprint_with_a_nul_is_no_fingerprint_found(
+    app: Flask, shop: WebhookSender, admin_client: FlaskClient, tmp_path: Path
+) -> None:
+    """PostgreSQL refuses a NUL in a query: such a fingerprint, which Keygate never makes,
+    is not looked up, and the answer is "no fingerprint found" on both databases."""
+    with pikepdf.open(make_pdf(tmp_path / "found.pdf", pages=1)) as pdf:
+        pdf.docinfo["/KeygateFingerprint"] = pikepdf.String("a\x00b")
+        out = io.BytesIO()
+        pdf.save(out)
+    assert sign_in(admin_client) == 302
+    assert_nobody_found(every_route(shop, admin_client, out.getvalue()))
+
+
 def zip_with_a_damaged_license() -> bytes:
     """A ZIP whose LICENSE.txt is deflated data that zlib refuses (a reserved block type)."""
     buffer = io.BytesIO()

@@ -407,3 +407,29 @@ def test_a_long_name_in_several_scripts_shrinks_to_fit_the_strip() -> None:
     assert end >= STAMP_WIDTH - MARGIN - 5  # shrunk to fit, not far below
     text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
     assert f"Licensed to {name} <j@example.org>" in text
+
+
+@pytest.mark.parametrize("fingerprint", ["a\x00b", "a" * 201, "keygaté.fp", "a b"])
+def test_only_what_a_fingerprint_of_ours_can_be_is_read_back(
+    tmp_path: Path, fingerprint: str
+) -> None:
+    """URL-safe base64 and dots, as long as the column that records them: anything else
+    found in a file was not made by Keygate and is never looked up."""
+    source = make_pdf(tmp_path / "found.pdf", pages=1)
+    with pikepdf.open(source, allow_overwriting_input=True) as pdf:
+        pdf.docinfo["/KeygateFingerprint"] = pikepdf.String(fingerprint)
+        pdf.save(source)
+    assert read_fingerprints(source) == []
+
+
+def test_junk_in_the_metadata_does_not_hide_the_marker_on_the_pages(tmp_path: Path) -> None:
+    """A copy whose document info fingerprint was replaced with something Keygate never
+    makes, and whose XObject keys were lost, is still read by its invisible text."""
+    stamped = tmp_path / "stamped.pdf"
+    stamp_pdf(make_pdf(tmp_path / "in.pdf", pages=1), stamped, stamp(fingerprint="fp.abc"))
+    with pikepdf.open(stamped, allow_overwriting_input=True) as pdf:
+        pdf.docinfo["/KeygateFingerprint"] = pikepdf.String("a\x00b")
+        for xobject in pdf.pages[0].Resources.XObject.values():
+            del xobject["/KeygateFingerprint"]
+        pdf.save(stamped)
+    assert read_fingerprints(stamped) == ["fp.abc"]
