@@ -288,7 +288,7 @@ def stamp_pdf(source: Path, target: Path, stamp: Stamp) -> None:
         pdf = pikepdf.open(source)
     except pikepdf.PasswordError:
         raise WatermarkError("the PDF is encrypted (it needs a password to open)") from None
-    except (pikepdf.PdfError, OSError, ValueError) as exc:
+    except (pikepdf.PikepdfError, OSError, ValueError) as exc:  # PdfError, QpdfRuntimeError
         raise WatermarkError(f"the PDF cannot be read ({type(exc).__name__})") from None
     with pdf:
         if pdf.is_encrypted:
@@ -301,7 +301,7 @@ def stamp_pdf(source: Path, target: Path, stamp: Stamp) -> None:
                 compress_streams=False,
                 stream_decode_level=pikepdf.StreamDecodeLevel.none,
             )
-        except (pikepdf.PdfError, OSError, ValueError) as exc:
+        except (pikepdf.PikepdfError, OSError, ValueError) as exc:
             raise WatermarkError(f"the PDF cannot be rewritten ({type(exc).__name__})") from None
 
 
@@ -321,7 +321,7 @@ def stamp_pdf_open(pdf: pikepdf.Pdf, stamp_pdf_bytes: bytes, fingerprint: str) -
             placement = page.calc_form_xobject_placement(
                 form, name, rect, invert_transformations=True
             )
-        except (pikepdf.PdfError, ValueError, TypeError, KeyError) as exc:
+        except (pikepdf.PikepdfError, ValueError, TypeError, KeyError) as exc:
             raise WatermarkError(f"a page cannot be stamped ({type(exc).__name__})") from None
         # Wrap the page's own content in q/Q so its graphics state cannot move the stamp;
         # add streams instead of rewriting (coalescing) the page's content.

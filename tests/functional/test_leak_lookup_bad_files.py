@@ -126,20 +126,25 @@ def test_a_stamped_copy_with_a_malformed_page_still_names_its_buyer(
     assert_buyer_found(every_route(shop, admin_client, found))
 
 
-def test_a_pdf_qpdf_cannot_repair_is_no_fingerprint_found(
-    app: Flask, shop: WebhookSender, admin_client: FlaskClient, tmp_path: Path
-) -> None:
+def pdf_qpdf_gives_up_on(path: Path) -> bytes:
     """A page tree without /Count and a page object whose header is garbled: qpdf rebuilds
     the file and then gives up with a QpdfRuntimeError, which is no PdfError."""
-    with pikepdf.open(make_pdf(tmp_path / "found.pdf", pages=2)) as pdf:
+    with pikepdf.open(make_pdf(path, pages=2)) as pdf:
         qdf = io.BytesIO()
         pdf.save(qdf, qdf=True, object_stream_mode=pikepdf.ObjectStreamMode.disable)
     page_two = re.search(rb"%% Page 2\n%% Original object ID: \d+ 0\n(\d+) 0 obj", qdf.getvalue())
     assert page_two is not None
-    found = qdf.getvalue().replace(b"/Count 2", b"")
-    found = found.replace(page_two.group(1) + b" 0 obj", page_two.group(1) + b" 0 #bj")
+    data = qdf.getvalue().replace(b"/Count 2", b"")
+    data = data.replace(page_two.group(1) + b" 0 obj", page_two.group(1) + b" 0 #bj")
     with pytest.raises(pikepdf.QpdfRuntimeError):
-        pikepdf.open(io.BytesIO(found))
+        pikepdf.open(io.BytesIO(data))
+    return data
+
+
+def test_a_pdf_qpdf_cannot_repair_is_no_fingerprint_found(
+    app: Flask, shop: WebhookSender, admin_client: FlaskClient, tmp_path: Path
+) -> None:
+    found = pdf_qpdf_gives_up_on(tmp_path / "found.pdf")
     assert sign_in(admin_client) == 302
     assert_nobody_found(every_route(shop, admin_client, found))
 

@@ -42,6 +42,7 @@ from connector.stores import NewStore
 from connector.tokens import fingerprint_token
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import make_pdf
+from tests.functional.test_leak_lookup_bad_files import pdf_qpdf_gives_up_on
 
 
 def stamp(**changes: str) -> Stamp:
@@ -98,6 +99,15 @@ def test_broken_pdf_and_zip_raise_watermark_errors(tmp_path: Path) -> None:
     with pytest.raises(WatermarkError):
         stamp_zip(broken, tmp_path / "out.zip", stamp())
     assert not (tmp_path / "out.zip").exists()
+
+
+def test_a_pdf_qpdf_gives_up_on_is_a_watermark_error(tmp_path: Path) -> None:
+    """qpdf's QpdfRuntimeError (no PdfError) says the file cannot be stamped, as a broken
+    file does: the owner sees why, and no click or job fails with an internal error."""
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(pdf_qpdf_gives_up_on(tmp_path / "source.pdf"))
+    with pytest.raises(WatermarkError, match="cannot be read"):
+        stamp_pdf(broken, tmp_path / "out.pdf", stamp())
 
 
 def test_zip_with_its_own_license_keeps_it(tmp_path: Path) -> None:
