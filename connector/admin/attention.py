@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session
 
 from connector.db import utcnow
 from connector.downloads.service import MAX_WATERMARK_ATTEMPTS
-from connector.mail.service import undelivered_mails
+from connector.mail.service import mail_route, undelivered_mails
 from connector.models import (
     AuditEvent,
     DownloadGrant,
     Job,
     License,
     LicenseFlag,
+    Mail,
     ShopConnection,
     Store,
     WatermarkCopy,
@@ -34,8 +35,9 @@ from connector.models import (
 from connector.models.records import BAD_SIGNATURE
 from connector.vault.connection import registration_trouble
 
-# Refunds Keygate could not apply are news for this long (the order page keeps them after).
-REFUND_NEWS = dt.timedelta(days=30)
+# Refunds Keygate could not apply, and mails printed on the console, are news for this long
+# (the order pages keep them after).
+NEWS = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ def _count(session: Session, query: Select[Any]) -> int:
 
 def notices(session: Session, stores: list[Store]) -> list[Notice]:
     """The notices of ``stores``, store by store (none when all is well)."""
+    from connector import get_settings
+
+    # Mail printed on the console is news only when Keygate chose it for want of Brevo
+    # credentials (``auto``), not when the operator set ``console`` (development).
+    console_by_default = get_settings().mail_backend == "auto"
     found: list[Notice] = []
     for store in stores:
         page = url_for("admin_views.store_detail", store_id=store.id)
@@ -91,6 +98,23 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                     store,
                     f"{mails} order mail(s) to buyers not delivered yet.",
                     url_for("admin_views.orders"),
+                )
+            )
+        console = _count(
+            session,
+            select(func.count(Mail.id)).where(
+                Mail.store_id == store.id,
+                Mail.backend == "console",
+                Mail.created_at > utcnow() - NEWS,
+            ),
+        )
+        if console and console_by_default and mail_route(store) == "console":
+            found.append(
+                Notice(
+                    store,
+                    f"{console} mail(s) to buyers in the last 30 days were printed on the"
+                    " server's console, not sent: the store has no Brevo credentials.",
+                    url_for("admin_views.store_credentials", store_id=store.id),
                 )
             )
         flagged = _count(
@@ -133,7 +157,7 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             select(func.count(AuditEvent.id)).where(
                 AuditEvent.store_id == store.id,
                 AuditEvent.action == "order.refund_not_applied",
-                AuditEvent.created_at > utcnow() - REFUND_NEWS,
+                AuditEvent.created_at > utcnow() - NEWS,
             ),
         )
         if refunds:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from connector.audit import record_audit
 from connector.db import db
+from connector.jobs import run_pending
 from connector.mail.service import ORDER_MAIL_JOB
 from connector.models import (
     DownloadGrant,
@@ -114,3 +118,27 @@ def test_the_audit_log_shows_one_action_and_each_entrys_store(
     assert "/admin/audit?action=order.refund_not_applied" in dashboard(client)
     nothing = client.get("/admin/audit?action=no.such").get_data(as_text=True)
     assert "No entry of this action." in nothing
+
+
+def test_mail_printed_on_the_console_for_want_of_brevo_is_news(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With KEYGATE_MAIL_BACKEND=auto a store without Brevo credentials has its buyers'
+    mails printed on the console: buyers receive nothing, and the owner is told where to
+    add the credentials. Not when the operator chose the console; not once Brevo is set."""
+    shop.configure(501)
+    assert shop.deliver(wc_order(9110, "processing", [line_item(501)])).status_code == 200
+    run_pending(app)
+    admin = full_admin(app)
+    page = dashboard(admin)
+    assert "1 mail(s) to buyers in the last 30 days were printed on the server" in page
+    assert f'href="/admin/stores/{shop.store.store.id}/credentials"' in page
+    settings = app.extensions["keygate.settings"]
+    monkeypatch.setitem(
+        app.extensions, "keygate.settings", dataclasses.replace(settings, mail_backend="console")
+    )
+    assert "Nothing needs your attention." in dashboard(admin)
+    monkeypatch.setitem(app.extensions, "keygate.settings", settings)
+    brevo = {"api_key": "xkeysib-test-key", "sender_email": "shop@example.org", "sender_name": "S"}
+    assert shop.admin("PUT", "/credentials/brevo", brevo).status_code == 200
+    assert "Nothing needs your attention." in dashboard(admin)
