@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,15 @@ class _ClickedGrant:
     expires_at: dt.datetime | None
     download_limit: int | None
     download_count: int
+
+
+def _url_ttl(ttl: int, expires_at: dt.datetime | None, now: dt.datetime) -> int:
+    """How long a presigned URL handed out now may live: ``ttl``, but never past the end of
+    the link itself (a link with a minute left hands out no URL that works for five), and at
+    least the second R2 accepts (the link is open, so some time is left)."""
+    if expires_at is None:
+        return ttl
+    return max(1, min(ttl, math.ceil((expires_at - now).total_seconds())))
 
 
 def _refusal_reason(grant: _GrantLimits, now: dt.datetime) -> str | None:
@@ -353,7 +363,8 @@ def start_download_fast(
             store_id, order_id, *limits = row[:6]
             object_key, filename, watermark, *copy_facts, r2_credentials = row[6:]
             now = utcnow()
-            if _refusal_reason(_ClickedGrant(*limits), now) is not None:
+            grant = _ClickedGrant(*limits)
+            if _refusal_reason(grant, now) is not None:
                 return None
             copy = _ClickedCopy(*copy_facts) if copy_facts[0] is not None else None
             backend = store_for(store_id, r2_credentials)
@@ -362,7 +373,9 @@ def start_download_fast(
                 if ready is None:
                     return None
                 object_key, served = ready
-                delivery = backend.delivery(object_key, filename, ttl)
+                delivery = backend.delivery(
+                    object_key, filename, _url_ttl(ttl, grant.expires_at, now)
+                )
             except (FileNotFoundError, StorageUnavailable):
                 return None
             writing = True
@@ -402,7 +415,7 @@ def start_download(
         grant_id: from the verified link token.
         ip: the client address; only its keyed hash is stored.
         user_agent: the client's User-Agent header.
-        ttl: lifetime of a presigned URL, in seconds.
+        ttl: lifetime of a presigned URL, in seconds (less when the link ends sooner).
         resume: the request continues a download (a Range not starting at byte 0): free,
             limit or not, when the same address was served this link within
             ``RESUME_WINDOW`` (a dropped connection, a download manager's parallel parts);
@@ -438,8 +451,10 @@ def start_download(
 
     # The delivery first (it has no side effects): a file that cannot be delivered is never
     # counted, and the count and its log row can then go together.
+    # The time the link has left now: making a copy on the spot may have taken seconds.
+    url_ttl = _url_ttl(ttl, grant.expires_at, utcnow())
     try:
-        delivery = backend.delivery(object_key, product_file.filename, ttl)
+        delivery = backend.delivery(object_key, product_file.filename, url_ttl)
     except FileNotFoundError:
         log.warning("grant %s: object missing from storage", grant.id)
         raise FileUnavailable(

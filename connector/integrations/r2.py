@@ -126,6 +126,11 @@ def clamp_ttl(seconds: int) -> int:
     return max(PRESIGN_MIN_SECONDS, min(PRESIGN_MAX_SECONDS, int(seconds)))
 
 
+# Each click hands out its own URL: neither the browser nor a proxy on the way may keep the
+# file it fetches (the same words as Keygate's own answers, plus private for shared caches).
+RESPONSE_CACHE_CONTROL = "private, no-store"
+
+
 def content_disposition(filename: str) -> str:
     """``attachment`` with an ASCII fallback and an RFC 6266 / 5987 ``filename*``."""
     fallback = "".join(
@@ -251,7 +256,8 @@ class R2Store:
         return removed
 
     def presigned_url(self, key: str, filename: str, ttl: int = PRESIGN_DEFAULT_SECONDS) -> str:
-        """A GET URL for ``key`` that saves as ``filename`` and expires after ``ttl`` s.
+        """A GET URL for ``key`` that saves as ``filename``, is not to be cached, and
+        expires after ``ttl`` s.
 
         Signed by botocore's SigV4 query signer directly: the same URL as the client's
         ``generate_presigned_url`` (a test holds them equal) without the client's request
@@ -262,7 +268,10 @@ class R2Store:
         request = AWSRequest(
             method="GET",
             url=url,
-            params={"response-content-disposition": content_disposition(filename)},
+            params={
+                "response-content-disposition": content_disposition(filename),
+                "response-cache-control": RESPONSE_CACHE_CONTROL,
+            },
         )
         S3SigV4QueryAuth(self._credentials, "s3", REGION, expires=clamp_ttl(ttl)).add_auth(request)
         signed: str = request.prepare().url
@@ -276,6 +285,7 @@ class R2Store:
                 "Bucket": self.config.bucket,
                 "Key": key,
                 "ResponseContentDisposition": content_disposition(filename),
+                "ResponseCacheControl": RESPONSE_CACHE_CONTROL,
             },
             ExpiresIn=clamp_ttl(ttl),
         )

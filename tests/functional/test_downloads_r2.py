@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import subprocess
@@ -20,14 +21,14 @@ import pytest
 from botocore.config import Config
 from flask import Flask
 from pypdf import PdfReader
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connector import create_app
-from connector.db import db
+from connector.db import db, utcnow
 from connector.downloads.storage import R2ObjectStore, SharedArea, store_for
 from connector.integrations.r2 import R2Config
 from connector.jobs import run_pending
-from connector.models import DownloadEvent, Store, WatermarkCopy
+from connector.models import DownloadEvent, DownloadGrant, Store, WatermarkCopy
 from connector.stores import create_store
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
@@ -151,6 +152,7 @@ def test_click_redirects_to_a_presigned_url_that_serves_the_file(
     status, body, headers = fetch(location)
     assert status == 200
     assert body == b"PK tool bytes"
+    assert headers["Cache-Control"] == "private, no-store"  # the bucket's answer is not kept
     disposition = headers["Content-Disposition"]
     assert "filename*=UTF-8''Werkzeug%20%C3%9F%20%E5%B7%A5%E5%85%B7.zip" in disposition
     with r2_app.app_context():
@@ -252,6 +254,30 @@ def test_redirect_from_a_short_lived_link_expires_at_the_server(
         assert fetch(location)[0] == 403
     finally:
         app.extensions["keygate.db"].engine.dispose()
+
+
+def test_a_link_about_to_end_redirects_to_a_url_that_ends_with_it(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """A link with seconds left hands out presigned URLs that live no longer than the link
+    (not the 300 s of KEYGATE_DOWNLOAD_URL_TTL): on the common click and on one the full path
+    answers (a resumed download). The bucket serves them meanwhile."""
+    s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="apps/late.zip", Body=b"PK late")
+    path = paid_link(r2_shop, 8020, [{"object_key": "apps/late.zip", "filename": "late.zip"}])
+    with r2_app.app_context():
+        ends = utcnow() + dt.timedelta(seconds=5)
+        db.session.execute(update(DownloadGrant).values(expires_at=ends))
+        db.session.commit()
+    first = r2_shop.client.get(path)
+    resumed = r2_shop.client.get(path, headers={"Range": "bytes=3-"})
+    for response in (first, resumed):
+        assert response.status_code == 302
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(response.headers["Location"]).query)
+        assert 1 <= int(query["X-Amz-Expires"][0]) <= 5, query["X-Amz-Expires"]
+    with r2_app.app_context():
+        outcomes = db.session.scalars(select(DownloadEvent.outcome).order_by(DownloadEvent.id))
+        assert list(outcomes) == ["served", "resumed"]
+    assert fetch(first.headers["Location"])[:2] == (200, b"PK late")
 
 
 def own_bucket(endpoint: str, bucket: str) -> dict[str, str]:
