@@ -1,9 +1,10 @@
 """Downloads: a buyer's click becomes a counted, logged delivery of their copy of a file.
 
-``start_download`` is the verb behind ``GET /d/<token>``. In the request's one transaction
-it checks the grant, counts the download with a conditional UPDATE (so concurrent clicks can
-never pass the limit), logs the click with the IP as a keyed hash, and answers how to deliver
-the file. Refusals are answers too (and logged), not exceptions, so their log rows commit.
+``start_download`` is the verb behind ``GET /d/<token>``. It checks the grant, asks the
+storage (with no transaction open: a slow bucket must hold no lock), then counts the download
+with a conditional UPDATE (so concurrent clicks can never pass the limit) and logs the click
+with the IP as a keyed hash in one short write, and answers how to deliver the file.
+Refusals are answers too (and logged), not exceptions, so their log rows commit.
 
 ``make_watermarked_copy`` stamps a buyer's copy (outbox job at payment, or on the spot when
 a click comes first) and stores it beside the original under a per-order key.
@@ -44,6 +45,7 @@ from connector.db import (
     insert_ignoring_conflicts,
     lock_row,
     raw_connection,
+    read_mostly,
     utcnow,
 )
 from connector.downloads.storage import Delivery, ObjectStore, store_areas, store_for
@@ -411,7 +413,8 @@ def start_download(
     """Check, count and log one click on a grant's link, and say how to deliver the file.
 
     Args:
-        session: the request's session; this flushes, the request commits.
+        session: the request's session. This commits before it asks the storage (only a
+            copy made on the spot is written before), the request commits the rest.
         grant_id: from the verified link token.
         ip: the client address; only its keyed hash is stored.
         user_agent: the client's User-Agent header.
@@ -425,21 +428,20 @@ def start_download(
         LinkInvalid: no such grant (404).
         FileUnavailable: storage is down or the file is missing (503; nothing is counted).
     """
-    if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
-        # A served click is one read and one self-contained write (the count and its log
-        # row in one statement): each runs as its own transaction, two round trips instead
-        # of four (no BEGIN, no COMMIT). Making a copy on the spot commits first and goes
-        # on in an ordinary transaction; the isolation level ends with this one.
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    row = session.execute(_CLICK, {"grant_id": grant_id}).one_or_none()
-    if row is None:
-        raise LinkInvalid("This link is not valid.")
-    grant, product_file, store, copy, r2_credentials = row[:5]
+    postgres = session.get_bind().dialect.name == "postgresql"
+    _no_transaction_open(session, postgres)
     now = utcnow()
-    reason = _refusal_reason(grant, now)
-    resumed = resume and reason in (None, "limit") and _served_lately(session, grant.id, ip, now)
+    read = read_mostly(session, lambda: _read_click(session, grant_id, ip, now, resume=resume))
+    if read is None:
+        raise LinkInvalid("This link is not valid.")
+    row, reason, resumed = read
+    grant, product_file, store, copy, r2_credentials = row[:5]
     if reason is not None and not resumed:
         return _refuse(session, grant, reason, ip, user_agent)
+    # From here on the file store is asked (a HEAD, a copy made on the spot) with no
+    # transaction open; the count and its log row come after, as one short write whose
+    # conditional UPDATE decides (as on the fast path).
+    _no_transaction_open(session, postgres)
     backend = store_for(store, r2_credentials)
     try:
         choice = _object_to_serve(session, backend, grant, product_file, copy)
@@ -448,6 +450,7 @@ def start_download(
     if choice is None:
         return _refuse(session, grant, "refused", ip, user_agent)
     object_key, served = choice
+    _no_transaction_open(session, postgres)  # a copy made on the spot is recorded: committed
 
     # The delivery first (it has no side effects): a file that cannot be delivered is never
     # counted, and the count and its log row can then go together.
@@ -463,11 +466,16 @@ def start_download(
     except StorageUnavailable:
         raise FileUnavailable("The file store is not answering; try again shortly.") from None
     if resumed:
+        # Read again, in the write: the link may have been withdrawn while the store answered.
+        session.refresh(grant)
+        reason = _refusal_reason(grant, now)
+        if reason not in (None, "limit"):
+            return _refuse(session, grant, reason, ip, user_agent)
         _log_click(session, grant, "resumed", ip=ip, user_agent=user_agent, served=served)
         return DownloadAnswer(status=200, outcome="resumed", delivery=delivery)
     counted = _count_and_log(
         SessionStatements(session),
-        session.get_bind().dialect.name == "postgresql",
+        postgres,
         grant.id,
         grant.store_id,
         grant.order_id,
@@ -481,6 +489,41 @@ def start_download(
         session.refresh(grant)
         return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
+
+
+def _no_transaction_open(session: Session, postgres: bool) -> None:
+    """End the session's transaction, if one is open, before the file store is asked
+    anything: a bucket that is slow or down keeps the click waiting through boto3's
+    timeouts and retries, and no lock may be held meanwhile (on SQLite every transaction
+    holds the database's one write lock: webhooks, activations and other clicks would fail
+    with "database is locked"; on PostgreSQL row locks, and a connection idle in a
+    transaction). What a click has written before is safe to commit: the record of a copy
+    made on the spot, nothing else.
+
+    On PostgreSQL the click goes on in autocommit: each statement its own transaction, no
+    BEGIN or COMMIT round trips (a served click is one read and one self-contained write,
+    the count and its log row in one statement). On SQLite the next statement that writes
+    begins a short transaction of its own.
+    """
+    if session.in_transaction():
+        session.commit()
+    if postgres:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+def _read_click(
+    session: Session, grant_id: int, ip: str | None, now: dt.datetime, *, resume: bool
+) -> tuple[Any, str | None, bool] | None:
+    """The click's row (grant, file, store, copy, R2 credentials), why it is refused (None:
+    it is not) and whether it resumes a download for free; None when there is no such
+    grant. Reads only (see :func:`connector.db.read_mostly`)."""
+    row = session.execute(_CLICK, {"grant_id": grant_id}).one_or_none()
+    if row is None:
+        return None
+    grant = row[0]
+    reason = _refusal_reason(grant, now)
+    resumed = resume and reason in (None, "limit") and _served_lately(session, grant.id, ip, now)
+    return row, reason, resumed
 
 
 # How long after a served (and counted) download the same address may resume it for free,
@@ -665,13 +708,14 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
     backend = store_for(store)
     key = watermarked_key(order, grant, product_file.filename)
     error: str | None = None
+    # The store may be slow and stamping a large file takes seconds: end the transaction
+    # before either, so no lock is held meanwhile (SQLite's BEGIN IMMEDIATE would stall
+    # every writer). Nothing of this click or job is lost: only reads came before, or
+    # finished copies that are safe to keep.
+    session.commit()
     # Read before the download: should the original change in between, the copy records
     # the older version and is stamped again, never the other way round.
     source = backend.version(product_file.object_key)
-    # Stamping a large file takes seconds: end the transaction first so no lock is held
-    # meanwhile (SQLite's BEGIN IMMEDIATE would stall every writer). Nothing of this click
-    # or job is lost: only reads came before, or finished copies that are safe to keep.
-    session.commit()
     with tempfile.TemporaryDirectory(prefix="keygate-wm-") as folder:
         original, stamped = Path(folder) / "original", Path(folder) / "stamped"
         try:
@@ -708,18 +752,23 @@ def _discard_copy(session: Session, grant: DownloadGrant, backend: ObjectStore, 
     """Throw away a copy stamped with details the order no longer has (the buyer's name
     must not stay in storage after an erasure), and any record of an earlier copy at the
     same key, which the upload replaced. Committed at once: the click then fails (503),
-    and its rollback must not bring the record back."""
+    and its rollback must not bring the record back.
+
+    The file is deleted after the commit, with no lock held while the store answers; the
+    deletion job is queued in the same commit, so the file goes even if this process stops
+    (or the store does not answer) before it is deleted here."""
     from connector.downloads.privacy import DELETE_COPIES_JOB
     from connector.jobs import enqueue
 
     log.info("grant %s: buyer's details changed while stamping; copy discarded", grant.id)
+    session.execute(delete(WatermarkCopy).where(WatermarkCopy.grant_id == grant.id))
+    grant.watermarked_key = None
+    enqueue(session, DELETE_COPIES_JOB, {"store_id": grant.store_id, "object_keys": [key]})
+    session.commit()
     try:
         backend.delete(key)
     except StorageUnavailable:
-        enqueue(session, DELETE_COPIES_JOB, {"store_id": grant.store_id, "object_keys": [key]})
-    session.execute(delete(WatermarkCopy).where(WatermarkCopy.grant_id == grant.id))
-    grant.watermarked_key = None
-    session.commit()
+        log.warning("grant %s: discarded copy left to the deletion job", grant.id)
 
 
 def _record_copy(

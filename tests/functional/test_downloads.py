@@ -6,10 +6,12 @@ import datetime as dt
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -681,3 +683,133 @@ def test_a_file_name_starting_with_a_dot_is_refused(shop: WebhookSender, filenam
         },
     )
     assert response.status_code == 422
+
+
+def held_elsewhere(database_url: str) -> Callable[[], bool]:
+    """Is a transaction of the app open in the database right now? SQLite: another
+    connection cannot take the write lock at once (``BEGIN IMMEDIATE`` with no wait).
+    PostgreSQL: a connection of the app is "idle in transaction" (it waits, inside a
+    transaction, for the app to go on: its locks are held meanwhile)."""
+    if database_url.startswith("sqlite"):
+        path = database_url.removeprefix("sqlite:///")
+
+        def sqlite_held() -> bool:
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                return False
+            except sqlite3.OperationalError:
+                return True
+            finally:
+                other.close()
+
+        return sqlite_held
+
+    def postgres_held() -> bool:
+        with psycopg.connect(database_url, autocommit=True) as other:
+            waiting = other.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%%'"
+            ).fetchone()
+        return waiting is not None and waiting[0] > 0
+
+    return postgres_held
+
+
+def test_a_click_holds_no_transaction_while_the_bucket_is_asked(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket that does not answer keeps a click waiting through boto3's timeouts and
+    retries: meanwhile the click holds no transaction (on SQLite the database's one write
+    lock: webhooks, activations and other clicks would fail with "database is locked").
+    The click is the 503 page and costs no download."""
+    from connector.downloads.storage import R2ObjectStore
+    from connector.integrations.r2 import StorageUnavailable
+    from connector.stores import create_store
+    from tests.functional.test_downloads_r2 import make_r2_app
+    from tests.licensing_helpers import free_port
+
+    app = make_r2_app(tmp_path, database_url, f"http://127.0.0.1:{free_port()}", "gone")
+    held = held_elsewhere(database_url)
+    seen: list[bool] = []
+
+    def bucket_is_slow(self: R2ObjectStore, key: str) -> str | None:
+        seen.append(held())
+        raise StorageUnavailable("R2 unreachable (ConnectTimeoutError)")
+
+    try:
+        with app.app_context():
+            created = create_store(db.session, "R2 Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        [download] = paid_order(
+            shop, 7030, [{"object_key": "a.zip", "filename": "a.zip"}], download_limit=2
+        )
+        monkeypatch.setattr(R2ObjectStore, "version", bucket_is_slow)
+        assert get(shop.client, link_path(download)).status_code == 503
+        assert seen and not any(seen), seen
+        assert shop.order(7030)["downloads"][0]["downloads_left"] == 2
+    finally:
+        app.extensions["keygate.db"].engine.dispose()
+
+
+def test_making_a_copy_holds_no_transaction_while_storage_works(
+    app: Flask, shop: WebhookSender, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stamping a buyer's copy on a click and in the job reads, downloads, uploads and
+    delivers with no transaction open: every storage call finds the database free."""
+    from connector.downloads.storage import LocalStore
+
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    held = held_elsewhere(database_url)
+    seen: dict[str, list[bool]] = {}
+
+    def checked(name: str) -> Callable[..., Any]:
+        real = getattr(LocalStore, name)
+
+        def call(self: LocalStore, *args: Any) -> Any:
+            seen.setdefault(name, []).append(held())
+            return real(self, *args)
+
+        return call
+
+    shop.configure(501, files=_pdf_files())
+    for name in ("exists", "version", "download", "upload", "delivery", "delete"):
+        monkeypatch.setattr(LocalStore, name, checked(name))
+    shop.deliver(wc_order(7031, "processing", [line_item(501)]))
+    [clicked_first] = shop.order(7031)["downloads"]
+    response = get(shop.client, link_path(clicked_first))  # stamped on the spot
+    assert response.status_code == 200
+    assert "Order 7031" in PdfReader(io.BytesIO(response.data)).pages[0].extract_text()
+    shop.deliver(wc_order(7032, "processing", [line_item(501, line_id=2)]))
+    run_pending(app)  # stamped by the job
+    [stamped_first] = shop.order(7032)["downloads"]
+    assert get(shop.client, link_path(stamped_first)).status_code == 200
+    assert {"version", "download", "upload", "delivery"} <= set(seen)
+    assert not any(any(checks) for checks in seen.values()), seen
+
+
+def test_a_refund_landing_while_a_resume_is_prepared_refuses_it(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full path asks the storage with no transaction open, so a refund can land
+    meanwhile: it is seen before a resumed download is let through for free (410)."""
+    from connector.db import transaction, utcnow
+    from connector.downloads.storage import LocalStore
+
+    put_file(app, "files/big.bin", bytes(range(256)) * 40)
+    [download] = paid_order(shop, 7033, [{"object_key": "files/big.bin", "filename": "big.bin"}])
+    path = link_path(download)
+    assert get(shop.client, path).status_code == 200
+    real_delivery = LocalStore.delivery
+
+    def refunded_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
+        with app.app_context(), transaction() as session:
+            revoked = {"revoked_at": utcnow(), "revoked_reason": "refund"}
+            session.execute(update(DownloadGrant).values(**revoked))
+        return real_delivery(self, key, filename, ttl)
+
+    monkeypatch.setattr(LocalStore, "delivery", refunded_meanwhile)
+    assert get(shop.client, path, headers={"Range": "bytes=100-"}).status_code == 410
+    assert [e.outcome for e in events(app)] == ["served", "revoked"]

@@ -106,10 +106,23 @@ def test_old_clicks_are_purged(app: Flask, shop: WebhookSender) -> None:
 
 
 def test_an_erasure_while_a_copy_is_stamped_leaves_no_name_behind(
-    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     """The owner erases the buyer while their copy is being stamped on the spot: the copy with
-    their name is thrown away (not recorded, not in storage); the next click stamps anew."""
+    their name is thrown away (not recorded, not in storage, deleted with no transaction
+    open); the next click stamps anew."""
+    from connector.downloads.storage import LocalStore
+    from tests.functional.test_downloads import held_elsewhere
+
+    held = held_elsewhere(database_url)
+    deletes: list[bool] = []
+    real_delete = LocalStore.delete
+
+    def delete(self: LocalStore, key: str) -> None:
+        deletes.append(held())
+        real_delete(self, key)
+
+    monkeypatch.setattr(LocalStore, "delete", delete)
     storage = Path(app.extensions["keygate.settings"].storage_dir)
     make_pdf(storage / "books/guide.pdf")
     downloads = paid_order(
@@ -135,6 +148,7 @@ def test_an_erasure_while_a_copy_is_stamped_leaves_no_name_behind(
     path = link_path(downloads[0])
     assert get(shop.client, path).status_code == 503
     assert erased == [200]
+    assert deletes == [False]
     monkeypatch.setattr(service, "stamp_pdf", stamp_pdf)
     with app.app_context():
         assert db.session.execute(select(WatermarkCopy)).scalar_one_or_none() is None
