@@ -443,28 +443,12 @@ def start_download(
     # conditional UPDATE decides (as on the fast path).
     _no_transaction_open(session, postgres)
     backend = store_for(store, r2_credentials)
-    try:
-        choice = _object_to_serve(session, backend, grant, product_file, copy)
-    except StorageUnavailable:
-        raise FileUnavailable("The file store is not answering; try again shortly.") from None
-    if choice is None:
-        return _refuse(session, grant, "refused", ip, user_agent)
-    object_key, served = choice
-    _no_transaction_open(session, postgres)  # a copy made on the spot is recorded: committed
-
     # The delivery first (it has no side effects): a file that cannot be delivered is never
     # counted, and the count and its log row can then go together.
-    # The time the link has left now: making a copy on the spot may have taken seconds.
-    url_ttl = _url_ttl(ttl, grant.expires_at, utcnow())
-    try:
-        delivery = backend.delivery(object_key, product_file.filename, url_ttl)
-    except FileNotFoundError:
-        log.warning("grant %s: object missing from storage", grant.id)
-        raise FileUnavailable(
-            "The file is missing from the shop's storage; please contact the shop."
-        ) from None
-    except StorageUnavailable:
-        raise FileUnavailable("The file store is not answering; try again shortly.") from None
+    chosen = _deliver(session, backend, grant, product_file, copy, ttl=ttl, postgres=postgres)
+    if chosen is None:
+        return _refuse(session, grant, "refused", ip, user_agent)
+    served, delivery = chosen
     if resumed:
         # Read again, in the write: the link may have been withdrawn while the store answered.
         session.refresh(grant)
@@ -489,6 +473,54 @@ def start_download(
         session.refresh(grant)
         return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
+
+
+UNREACHABLE = "The file store is not answering; try again shortly."
+
+
+def _deliver(
+    session: Session,
+    backend: ObjectStore,
+    grant: DownloadGrant,
+    product_file: ProductFile,
+    copy: WatermarkCopy | None,
+    *,
+    ttl: int,
+    postgres: bool,
+) -> tuple[str, Delivery] | None:
+    """What the click serves and how to deliver it (no transaction open while the storage
+    answers); None when the buyer's copy cannot be made and the product says to refuse.
+
+    A ready copy whose file is gone from storage (deleted behind Keygate's back, or by a
+    deletion that raced a new stamp at its key) is stale: it is stamped anew in this click,
+    once, instead of answering 503 for ever.
+
+    Raises:
+        FileUnavailable: storage is down, the file is missing, or the copy is being made.
+    """
+    for stale in (False, True):
+        try:
+            choice = _object_to_serve(session, backend, grant, product_file, copy, stale=stale)
+        except StorageUnavailable:
+            raise FileUnavailable(UNREACHABLE) from None
+        if choice is None:
+            return None
+        object_key, served = choice
+        _no_transaction_open(session, postgres)  # a copy made on the spot is recorded: committed
+        # The time the link has left now: making a copy on the spot may have taken seconds.
+        url_ttl = _url_ttl(ttl, grant.expires_at, utcnow())
+        try:
+            return served, backend.delivery(object_key, product_file.filename, url_ttl)
+        except FileNotFoundError:
+            if served != "watermarked" or stale:
+                break
+            log.warning(
+                "grant %s: the buyer's copy is missing from storage; stamping anew", grant.id
+            )
+        except StorageUnavailable:
+            raise FileUnavailable(UNREACHABLE) from None
+    log.warning("grant %s: object missing from storage", grant.id)
+    raise FileUnavailable("The file is missing from the shop's storage; please contact the shop.")
 
 
 def _no_transaction_open(session: Session, postgres: bool) -> None:
@@ -627,16 +659,21 @@ def _object_to_serve(
     grant: DownloadGrant,
     product_file: ProductFile,
     copy: WatermarkCopy | None,
+    *,
+    stale: bool = False,
 ) -> tuple[str, str] | None:
-    """(object key, what it is) for this grant, making the watermarked copy if need be.
+    """(object key, what it is) for this grant, making the watermarked copy if need be
+    (``stale``: the copy is made anew whatever its record says: its file is gone).
 
     None when the copy cannot be made and the product says to refuse rather than fall back.
     """
-    ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy)
-    if ready is not None:
-        return ready
+    if not stale:
+        ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy)
+        if ready is not None:
+            return ready
     if (
-        copy is None
+        stale
+        or copy is None
         or copy.status == "ready"
         or copy.attempts < MAX_WATERMARK_ATTEMPTS
         or _original_changed_since(backend, product_file, copy)

@@ -19,7 +19,14 @@ from connector.jobs import run_pending
 from connector.models import DownloadEvent, DownloadGrant, WatermarkCopy
 from connector.privacy.service import purge_expired_records
 from tests.factories import WebhookSender
-from tests.functional.test_downloads import get, link_path, make_pdf, paid_order, put_file
+from tests.functional.test_downloads import (
+    events,
+    get,
+    link_path,
+    make_pdf,
+    paid_order,
+    put_file,
+)
 
 EMAIL = "jurgen@example.org"
 
@@ -260,3 +267,24 @@ def test_a_keyed_zip_copy_whose_restamp_fails_is_still_purged(
         assert copy.status == "failed" and copy.stamp_version == 1
     with app.app_context(), transaction() as session:
         assert purge_expired_records(session)["watermark_copies"] == 1
+
+
+def test_a_stamped_copy_gone_from_storage_is_stamped_anew_on_the_click(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The buyer's copy is recorded as made, but its file is gone from storage (deleted by
+    hand, or lost to a deletion that raced a new stamp): the click stamps it anew and serves
+    it, instead of answering 503 for ever."""
+    path, copy_file = stamped_order(app, shop, 7908)
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    for stamped in (storage / "watermarked").rglob("*"):
+        if stamped.is_file():
+            stamped.unlink()
+    for _ in range(2):
+        again = get(shop.client, path)
+        assert again.status_code == 200
+        assert "Order 7908" in PdfReader(io.BytesIO(again.data)).pages[0].extract_text()
+    assert copy_file.is_file()
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy.attempts)).scalar_one() == 2
+    assert [e.outcome for e in events(app)] == ["served"] * 3
