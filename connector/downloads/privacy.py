@@ -163,7 +163,18 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
 
 @handles(DELETE_COPIES_JOB)
 def delete_copies(payload: dict[str, Any]) -> None:
-    """Delete erased buyers' stamped copies from storage (safe to run twice)."""
+    """Delete erased buyers' stamped copies from storage (safe to run twice).
+
+    A copy's key is the same each time its grant is stamped: a link that works again (paid
+    again, renewed, or simply clicked after an erasure) may be stamped anew at that key
+    since this job was queued, with what the order says now. That copy stays: a key is
+    skipped when a copy is recorded at it. A click can also stamp it between that check and
+    the delete (its upload replaced the file the delete then takes): so after each delete
+    the key is looked up again, and a copy recorded there meanwhile whose file is gone is
+    stamped again at once. (A click that records its copy later still finds the file gone
+    when it delivers it, and stamps it anew itself.)
+    """
+    from connector.downloads.service import make_watermarked_copy
     from connector.downloads.storage import StorageUnavailable, store_for
     from connector.jobs import RetryLater
 
@@ -171,22 +182,36 @@ def delete_copies(payload: dict[str, Any]) -> None:
     if store is None:
         return
     backend = store_for(store)
-    # A copy's key is the same each time its grant is stamped: a link that works again (paid
-    # again, renewed) may have been stamped anew at that key since this job was queued, with
-    # what the order says now. That copy stays.
     for key in payload["object_keys"]:
         # Asked per key, right before it goes: a long list takes a while, and a click may
-        # stamp one of them anew meanwhile.
-        stamped_again = db.session.scalar(
-            select(WatermarkCopy.id).where(WatermarkCopy.object_key == key).limit(1)
-        )
+        # stamp one of them anew meanwhile. No transaction stays open while storage works.
+        stamped_again = _copy_at(key, ready_only=False)
         db.session.commit()
         if stamped_again is not None:
             continue
         try:
             backend.delete(key)
+            restamp = _copy_at(key, ready_only=True)
+            db.session.commit()
+            if restamp is None or backend.exists(key):
+                continue
+            grant = db.session.get(DownloadGrant, restamp)
+            if grant is not None:
+                make_watermarked_copy(db.session, grant)
         except StorageUnavailable as exc:
             raise RetryLater(str(exc)) from None
+
+
+def _copy_at(key: str, *, ready_only: bool) -> int | None:
+    """The grant of a copy recorded at ``key`` (only a ready one: ``ready_only``), if any."""
+    recorded = select(DownloadGrant.id).join(
+        WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id
+    )
+    recorded = recorded.where(WatermarkCopy.object_key == key)
+    if ready_only:
+        recorded = recorded.where(WatermarkCopy.status == "ready")
+    grant_id: int | None = db.session.scalar(recorded.limit(1))
+    return grant_id
 
 
 def register() -> None:

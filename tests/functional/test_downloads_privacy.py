@@ -288,3 +288,43 @@ def test_a_stamped_copy_gone_from_storage_is_stamped_anew_on_the_click(
     with app.app_context():
         assert db.session.execute(select(WatermarkCopy.attempts)).scalar_one() == 2
     assert [e.outcome for e in events(app)] == ["served"] * 3
+
+
+def test_a_click_stamping_anew_while_the_erasures_delete_runs_keeps_its_copy(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erasure queues the deletion of the buyer's copy. The job finds no copy recorded
+    at its key, and before it deletes the file a click stamps the copy anew at that same key
+    (the link still works) and records it: the delete takes that new file. The job sees the
+    copy recorded meanwhile and stamps it again, so it is in storage and every click is
+    served."""
+    from connector.downloads.storage import LocalStore
+
+    path, copy_file = stamped_order(app, shop, 7909)
+    key = str(copy_file.relative_to(app.extensions["keygate.settings"].storage_dir))
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+    real_delete = LocalStore.delete
+    clicked: list[int] = []
+
+    def click_first(self: LocalStore, deleted: str) -> None:
+        if deleted == key and not clicked:  # checked, not yet deleted: a click comes in
+            clicker = threading.Thread(
+                target=lambda: clicked.append(get(app.test_client(), path).status_code)
+            )
+            clicker.start()
+            clicker.join()
+            assert copy_file.is_file()  # stamped anew at the same key, and recorded
+        real_delete(self, deleted)
+
+    monkeypatch.setattr(LocalStore, "delete", click_first)
+    run_pending(app)  # the erasure's deletion job
+    assert clicked == [200]
+    assert copy_file.is_file()
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert (copy.status, copy.object_key) == ("ready", key)
+    for _ in range(2):
+        again = get(shop.client, path)
+        assert again.status_code == 200
+        text = PdfReader(io.BytesIO(again.data)).pages[0].extract_text()
+        assert "Jürgen" not in text and EMAIL not in text
