@@ -140,7 +140,8 @@ def _delete_copies(session: Session, which: ColumnElement[bool]) -> int:
 def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
     """The daily purge: click records past their retention, and the buyers' stamped copies
     (names and addresses in them) of links that no longer give the file: withdrawn
-    (refunded, cancelled, revoked), expired or used up. Kept only while they can serve."""
+    (refunded, cancelled, revoked), expired or used up; and copies naming someone the order
+    no longer names. Kept only while they can serve."""
     from connector import get_settings
 
     cutoff = now - dt.timedelta(days=get_settings().retention_download_log_days)
@@ -157,8 +158,30 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
     with_key = and_(WatermarkCopy.kind == "zip", WatermarkCopy.stamp_version == 1)
     return {
         "download_events": result.rowcount,
-        "watermark_copies": _delete_copies(session, or_(ended, with_key)),
+        "watermark_copies": _delete_copies(
+            session, or_(ended, with_key, WatermarkCopy.id.in_(_naming_someone_else(session)))
+        ),
     }
+
+
+def _naming_someone_else(session: Session) -> list[int]:
+    """Copies stamped for a buyer their order no longer names (the shop corrected the name
+    or address since): never served again, they would keep the wrong person's details in
+    storage until the next click stamped over them. Copies made before whom they name was
+    recorded (no ``buyer_hash``) are left to their next click."""
+    from connector.downloads.service import buyer_hash, stamped_as
+
+    copies = session.execute(
+        select(WatermarkCopy.id, WatermarkCopy.buyer_hash, Order.name, Order.email)
+        .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
+        .join(Order, DownloadGrant.order_id == Order.id)
+        .where(WatermarkCopy.buyer_hash.is_not(None))
+    )
+    return [
+        copy_id
+        for copy_id, stamped_for, name, email in copies
+        if stamped_for != buyer_hash(*stamped_as(name, email))
+    ]
 
 
 @handles(DELETE_COPIES_JOB)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -145,6 +147,8 @@ class _CopyFacts(Protocol):
     def kind(self) -> str: ...
     @property
     def source_version(self) -> str | None: ...
+    @property
+    def buyer_hash(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,7 @@ class _ClickedCopy:
     object_key: str | None
     kind: str
     source_version: str | None
+    buyer_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -300,10 +305,11 @@ def _click_statement(
     statement: Select[*tuple[Any, ...]],
 ) -> Select[*tuple[Any, ...]]:
     """One round trip for everything a click needs, built once: the grant, its file, the
-    buyer's watermarked copy and the store's R2 credentials from the vault (None when it
-    has none)."""
+    buyer's watermarked copy, the store's R2 credentials from the vault (None when it has
+    none) and the buyer's name and address the order has now (a copy must name them)."""
     return (
         statement.join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+        .join(Order, DownloadGrant.order_id == Order.id)
         .outerjoin(WatermarkCopy, WatermarkCopy.grant_id == DownloadGrant.id)
         .outerjoin(
             Credential,
@@ -313,8 +319,9 @@ def _click_statement(
     )
 
 
+_BUYER = (Order.name, Order.email)
 _CLICK = _click_statement(
-    select(DownloadGrant, ProductFile, Store, WatermarkCopy, Credential.data)
+    select(DownloadGrant, ProductFile, Store, WatermarkCopy, Credential.data, *_BUYER)
     .select_from(DownloadGrant)
     .join(Store, DownloadGrant.store_id == Store.id)
     # A click needs only the store's id (its R2 credentials come in this row): no other
@@ -337,7 +344,9 @@ _CLICK_FAST = _click_statement(
         WatermarkCopy.object_key,
         WatermarkCopy.kind,
         WatermarkCopy.source_version,
+        WatermarkCopy.buyer_hash,
         Credential.data,
+        *_BUYER,
     ).select_from(DownloadGrant)
 )
 
@@ -363,7 +372,8 @@ def start_download_fast(
             if row is None:
                 return None
             store_id, order_id, *limits = row[:6]
-            object_key, filename, watermark, *copy_facts, r2_credentials = row[6:]
+            object_key, filename, watermark = row[6:9]
+            copy_facts, (r2_credentials, *buyer) = row[9:14], row[14:]
             now = utcnow()
             grant = _ClickedGrant(*limits)
             if _refusal_reason(grant, now) is not None:
@@ -371,7 +381,7 @@ def start_download_fast(
             copy = _ClickedCopy(*copy_facts) if copy_facts[0] is not None else None
             backend = store_for(store_id, r2_credentials)
             try:
-                ready = _ready_object(backend, watermark, object_key, copy)
+                ready = _ready_object(backend, watermark, object_key, copy, buyer)
                 if ready is None:
                     return None
                 object_key, served = ready
@@ -435,7 +445,7 @@ def start_download(
     if read is None:
         raise LinkInvalid("This link is not valid.")
     row, reason, resumed = read
-    grant, product_file, store, copy, r2_credentials = row[:5]
+    grant, product_file, store, copy, r2_credentials, *buyer = row
     if reason is not None and not resumed:
         return _refuse(session, grant, reason, ip, user_agent)
     # From here on the file store is asked (a HEAD, a copy made on the spot) with no
@@ -445,7 +455,9 @@ def start_download(
     backend = store_for(store, r2_credentials)
     # The delivery first (it has no side effects): a file that cannot be delivered is never
     # counted, and the count and its log row can then go together.
-    chosen = _deliver(session, backend, grant, product_file, copy, ttl=ttl, postgres=postgres)
+    chosen = _deliver(
+        session, backend, grant, product_file, copy, buyer, ttl=ttl, postgres=postgres
+    )
     if chosen is None:
         return _refuse(session, grant, "refused", ip, user_agent)
     served, delivery = chosen
@@ -484,6 +496,7 @@ def _deliver(
     grant: DownloadGrant,
     product_file: ProductFile,
     copy: WatermarkCopy | None,
+    buyer: Sequence[str | None],
     *,
     ttl: int,
     postgres: bool,
@@ -500,7 +513,9 @@ def _deliver(
     """
     for stale in (False, True):
         try:
-            choice = _object_to_serve(session, backend, grant, product_file, copy, stale=stale)
+            choice = _object_to_serve(
+                session, backend, grant, product_file, copy, buyer, stale=stale
+            )
         except StorageUnavailable:
             raise FileUnavailable(UNREACHABLE) from None
         if choice is None:
@@ -546,9 +561,10 @@ def _no_transaction_open(session: Session, postgres: bool) -> None:
 def _read_click(
     session: Session, grant_id: int, ip: str | None, now: dt.datetime, *, resume: bool
 ) -> tuple[Any, str | None, bool] | None:
-    """The click's row (grant, file, store, copy, R2 credentials), why it is refused (None:
-    it is not) and whether it resumes a download for free; None when there is no such
-    grant. Reads only (see :func:`connector.db.read_mostly`)."""
+    """The click's row (grant, file, store, copy, R2 credentials, the buyer's name and
+    address), why it is refused (None: it is not) and whether it resumes a download for
+    free; None when there is no such grant. Reads only (see
+    :func:`connector.db.read_mostly`)."""
     row = session.execute(_CLICK, {"grant_id": grant_id}).one_or_none()
     if row is None:
         return None
@@ -621,11 +637,15 @@ def _count_and_log(
 
 
 def _ready_object(
-    backend: ObjectStore, watermark: str, original_key: str, copy: _CopyFacts | None
+    backend: ObjectStore,
+    watermark: str,
+    original_key: str,
+    copy: _CopyFacts | None,
+    buyer: Sequence[str | None],
 ) -> tuple[str, str] | None:
     """(object key, what it is) when the file can be served as it stands: the original of an
-    unwatermarked file, or the buyer's copy once it is ready and current. None: a copy is
-    still to make (or to make anew).
+    unwatermarked file, or the buyer's copy once it is ready and current (``buyer``: the
+    name and address the order has now). None: a copy is still to make (or to make anew).
 
     Raises:
         StorageUnavailable: the store did not answer.
@@ -634,20 +654,26 @@ def _ready_object(
         return original_key, "original"
     if copy is None or copy.status != "ready" or copy.object_key is None:
         return None
-    if not _copy_is_current(backend, watermark, original_key, copy):
+    if not _copy_is_current(backend, watermark, original_key, copy, buyer):
         return None
     return copy.object_key, "watermarked"
 
 
 def _copy_is_current(
-    backend: ObjectStore, watermark: str, original_key: str, copy: _CopyFacts
+    backend: ObjectStore,
+    watermark: str,
+    original_key: str,
+    copy: _CopyFacts,
+    buyer: Sequence[str | None],
 ) -> bool:
     """Was the copy stamped from the original as it is now, with the file's kind of
-    watermark? The owner may replace the original under the same key or change the kind;
-    buyers must then get the new file. A copy with no recorded version (made before versions
-    were recorded) is stamped anew once. An original missing now keeps its copy: it is what
-    the buyer paid for, and the owner may be moving the file."""
-    if copy.kind != watermark:
+    watermark, for the buyer the order names now? The owner may replace the original under
+    the same key or change the kind; buyers must then get the new file. The shop may
+    correct the order's name or address: a copy naming someone else is not served (nor kept:
+    it is stamped anew over it). A copy with no recorded version or buyer (made before
+    those were recorded) is stamped anew once. An original missing now keeps its copy: it
+    is what the buyer paid for, and the owner may be moving the file."""
+    if copy.kind != watermark or copy.buyer_hash != buyer_hash(*stamped_as(*buyer)):
         return False
     now = backend.version(original_key)  # remembered briefly on R2: no HEAD on most clicks
     return now is None or now == copy.source_version
@@ -659,6 +685,7 @@ def _object_to_serve(
     grant: DownloadGrant,
     product_file: ProductFile,
     copy: WatermarkCopy | None,
+    buyer: Sequence[str | None],
     *,
     stale: bool = False,
 ) -> tuple[str, str] | None:
@@ -668,7 +695,7 @@ def _object_to_serve(
     None when the copy cannot be made and the product says to refuse rather than fall back.
     """
     if not stale:
-        ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy)
+        ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy, buyer)
         if ready is not None:
             return ready
     if (
@@ -706,6 +733,20 @@ def watermarked_key(order: Order, grant: DownloadGrant, filename: str) -> str:
     return f"{store_areas(order.store_id)[1]}{order.id}/{grant.id}/{filename}"
 
 
+BUYER_HASH_PURPOSE = "watermark-buyer"
+
+
+def stamped_as(name: str | None, email: str | None) -> tuple[str, str]:
+    """The name and address a stamp gives the buyer of an order with these details."""
+    return name or email or "", email or ""
+
+
+def buyer_hash(name: str, email: str) -> str:
+    """Whom a stamp names, as a keyed hash (``WatermarkCopy.buyer_hash``): the copy's record
+    can tell it names someone else now without keeping a name or address of its own."""
+    return keyed_hash(BUYER_HASH_PURPOSE, json.dumps([name, email]))
+
+
 def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:
     from connector import get_settings
 
@@ -715,9 +756,10 @@ def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:
         raise LookupError(f"grant {grant.id} has no order or file")
     product = session.get(Product, product_file.product_id)
     paid = order.date_paid or grant.created_at
+    name, email = stamped_as(order.name, order.email)
     return Stamp(
-        name=order.name or order.email or "",
-        email=order.email or "",
+        name=name,
+        email=email,
         order=order.number or order.shop_order_id,
         date=paid.date().isoformat(),
         fingerprint=fingerprint_token(grant.id),
@@ -769,9 +811,8 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
     if error is None and not _stamp_still_current(session, grant, stamp):
         _discard_copy(session, grant, backend, key)
         return None
-    return _record_copy(
-        session, grant, order, product_file, key, (stamp.fingerprint, source), error
-    )
+    made_from = (stamp.fingerprint, source, buyer_hash(stamp.name, stamp.email))
+    return _record_copy(session, grant, order, product_file, key, made_from, error)
 
 
 def _stamp_still_current(session: Session, grant: DownloadGrant, stamp: Stamp) -> bool:
@@ -814,11 +855,11 @@ def _record_copy(
     order: Order,
     product_file: ProductFile,
     key: str,
-    made_from: tuple[str, str | None],
+    made_from: tuple[str, str | None, str],
     error: str | None,
 ) -> WatermarkCopy:
-    """Record the copy ready (with its fingerprint and the original's version it was made
-    from, ``made_from``) or failed, under the copy's row lock (the store held first: a
+    """Record the copy ready (with its fingerprint, the original's version it was made from
+    and whom it names, ``made_from``) or failed, under the copy's row lock (the store held first: a
     failure writes an audit entry under it)."""
     hold_live_store(session, grant.store_id)
     insert_ignoring_conflicts(
@@ -842,11 +883,12 @@ def _record_copy(
     ).scalar_one()
     copy.attempts += 1
     copy.kind = product_file.watermark
-    copy.fingerprint, copy.source_version = made_from
+    copy.fingerprint, copy.source_version, stamped_for = made_from
     if error is None:
         # Only a copy stamped now is of this version: an older one kept after a failure
         # (its file still in storage) stays what it was, for the purge to find.
         copy.stamp_version = STAMP_VERSION
+        copy.buyer_hash = stamped_for
         copy.status, copy.object_key, copy.error = "ready", key, None
         grant.watermarked_key = key
     else:

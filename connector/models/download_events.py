@@ -54,4 +54,8 @@ class WatermarkCopy(Base):
     # How it was stamped (connector.downloads.watermark.STAMP_VERSION): 1, a ZIP copy whose
     # LICENSE.txt holds the license key (before 2); the daily purge deletes those.
     stamp_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    # Keyed hash of the buyer's name and address stamped in (connector.downloads.service.
+    # buyer_hash): a copy whose order now names someone else (the shop corrected it) is not
+    # served, it is stamped anew. None: made before this was recorded, stamped anew once.
+    buyer_hash: Mapped[str | None] = mapped_column(String(64), default=None)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -813,3 +813,37 @@ def test_a_refund_landing_while_a_resume_is_prepared_refuses_it(
     monkeypatch.setattr(LocalStore, "delivery", refunded_meanwhile)
     assert get(shop.client, path, headers={"Range": "bytes=100-"}).status_code == 410
     assert [e.outcome for e in events(app)] == ["served", "revoked"]
+
+
+def test_a_copy_is_stamped_anew_when_the_shop_corrects_the_buyer(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The order came in with the wrong person on it and the shop corrected it (a later
+    delivery with another name and address): the next click stamps the copy anew for the
+    right buyer, and the copy naming the wrong one is gone from storage."""
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    make_pdf(storage / "books/guide.pdf")
+    shop.configure(501, files=_pdf_files())
+    item = line_item(501, line_id=34)
+    wrong = {"first_name": "Wrong", "last_name": "Person", "email": "wrong@example.org"}
+    shop.deliver(wc_order(7034, "processing", [item], **wrong))
+    [download] = shop.order(7034)["downloads"]
+    first = get(shop.client, link_path(download))
+    assert (
+        "Wrong Person <wrong@example.org>"
+        in PdfReader(io.BytesIO(first.data)).pages[0].extract_text()
+    )
+
+    right = {"first_name": "Anna", "last_name": "Right", "email": "anna@example.org"}
+    shop.deliver(wc_order(7034, "processing", [item], modified=60, **right))
+    for _ in range(2):
+        again = get(shop.client, link_path(download))
+        assert again.status_code == 200
+        text = PdfReader(io.BytesIO(again.data)).pages[0].extract_text()
+        assert "Anna Right <anna@example.org>" in text
+        assert "Wrong" not in text and "wrong@example.org" not in text
+    [stored] = [path for path in (storage / "watermarked").rglob("*") if path.is_file()]
+    stored_text = "".join(page.extract_text() for page in PdfReader(stored).pages)
+    assert "Anna Right" in stored_text and "wrong@example.org" not in stored_text
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy.attempts)).scalar_one() == 2

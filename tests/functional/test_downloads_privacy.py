@@ -328,3 +328,27 @@ def test_a_click_stamping_anew_while_the_erasures_delete_runs_keeps_its_copy(
         assert again.status_code == 200
         text = PdfReader(io.BytesIO(again.data)).pages[0].extract_text()
         assert "Jürgen" not in text and EMAIL not in text
+
+
+def test_the_daily_purge_deletes_a_copy_naming_someone_the_order_no_longer_names(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The shop corrected the buyer's name and address on the order, and the buyer has not
+    clicked since: the daily purge deletes the copy naming the wrong person (row and file);
+    the next click stamps it for the right one."""
+    from tests.factories import line_item, wc_order
+
+    path, copy_file = stamped_order(app, shop, 7910)
+    item = line_item(501, line_id=int(shop.order(7910)["order"]["line_items"][0]["id"]))
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 0
+    right = {"first_name": "Anna", "last_name": "Right", "email": "anna@example.org"}
+    shop.deliver(wc_order(7910, "processing", [item], modified=60, **right))
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 1
+    run_pending(app)  # the job deletes it from storage
+    assert not copy_file.exists()
+    again = get(shop.client, path)
+    assert again.status_code == 200
+    text = PdfReader(io.BytesIO(again.data)).pages[0].extract_text()
+    assert "Anna Right <anna@example.org>" in text and EMAIL not in text

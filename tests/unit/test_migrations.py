@@ -199,7 +199,7 @@ def test_every_migration_goes_down_and_up_again_with_data(
     before = counts()
     assert before["license_renewals"] == 1
     try:
-        for target in ("0012", "0011", "0010", "0009", "0008", "0007", "0006", "0005"):
+        for target in ("0018", "0012", "0011", "0010", "0009", "0008", "0007", "0006", "0005"):
             downgrade(engine, target)
         upgrade(engine)
         assert counts() == before
@@ -321,3 +321,31 @@ def test_0018_keeps_sqlite_ids_and_never_gives_one_twice_after(tmp_path: Path) -
         new_admin = connection.execute(text("SELECT id FROM admin_users")).scalar_one()
     engine.dispose()
     assert (new_order, new_admin) == (3, 2)
+
+
+def test_0019_goes_down_and_up_again_with_watermarked_copies(
+    app: Flask, shop: WebhookSender, database_url: str
+) -> None:
+    """0019 records whom a watermarked copy names (buyer_hash); copies made before have
+    none (stamped anew once). Its downgrade drops the column and keeps every copy."""
+    from connector.jobs import run_pending
+    from tests.functional.test_downloads import _pdf_files, make_pdf, paid_order
+
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    paid_order(shop, 9101, _pdf_files())
+    run_pending(app)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT buyer_hash FROM watermark_copies")).scalar()
+        downgrade(engine, "0018")
+        with engine.connect() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("watermark_copies")}
+            copies = connection.execute(text("SELECT count(*) FROM watermark_copies")).scalar()
+        assert "buyer_hash" not in columns and copies == 1
+        upgrade(engine)
+        with engine.connect() as connection:
+            kept = connection.execute(text("SELECT status, buyer_hash FROM watermark_copies"))
+            assert [tuple(row) for row in kept] == [("ready", None)]
+    finally:
+        engine.dispose()
