@@ -21,6 +21,7 @@ from connector.audit import record_audit
 from connector.db import read_mostly, utcnow
 from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.licensing.keys import normalize_key
+from connector.licensing.links import set_downloads_blocked
 from connector.licensing.policy import LATEST_EXPIRY, add_days
 from connector.licensing.service import activations_used, iso
 from connector.models import (
@@ -35,7 +36,6 @@ from connector.models import (
     Product,
     Store,
 )
-from connector.models.licensing import by_the_order
 from connector.orders.service import hash_license_key
 from connector.stores import hold_live_store
 from plugin.shop import REVOKING_STATUSES
@@ -300,27 +300,6 @@ def not_paid_for(session: Session, lic: License) -> str | None:
     return None
 
 
-def _set_downloads_blocked(session: Session, lic: License, *, blocked: bool) -> None:
-    """The license's download links follow the owner's action.
-
-    Blocking marks every link the owner's, those an order status or refund had shut too:
-    otherwise paying that order again would reopen them. Unblocking (a reinstate, once
-    :func:`not_paid_for` found the order pays for the key) opens those, and those the order
-    shut while the key was paused otherwise (by the abuse signal: the order's next paid
-    delivery reopened only the links of active keys).
-    """
-    grants = select(DownloadGrant).where(DownloadGrant.license_id == lic.id)
-    for grant in session.scalars(grants):
-        if blocked and grant.revoked_reason != "admin":
-            grant.revoked_at = grant.revoked_at or utcnow()
-            grant.revoked_reason = "admin"
-        elif not blocked and (
-            grant.revoked_reason == "admin" or by_the_order(grant.revoked_reason)
-        ):
-            grant.revoked_at = None
-            grant.revoked_reason = None
-
-
 def _extend_downloads(session: Session, lic: License, until: dt.datetime) -> None:
     """Downloads that last while the license lasts (its product sets no ``download_days``)
     end with it again; downloads with a window of their own keep it."""
@@ -367,7 +346,7 @@ def change_license(
     if action in ("revoke", "suspend"):
         lic.status = "revoked" if action == "revoke" else "suspended"
         lic.status_reason = "admin"
-        _set_downloads_blocked(session, lic, blocked=True)
+        set_downloads_blocked(session, lic, blocked=True)
     elif action == "reinstate":
         unpaid = not_paid_for(session, lic)
         if unpaid is not None:
@@ -378,7 +357,7 @@ def change_license(
             )
         lic.status = "active"
         lic.status_reason = None
-        _set_downloads_blocked(session, lic, blocked=False)
+        set_downloads_blocked(session, lic, blocked=False)
     else:
         if days is None:
             raise ValidationFailed("days is required", field="days")

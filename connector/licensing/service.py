@@ -37,6 +37,7 @@ from connector.audit import record_audit
 from connector.db import insert_ignoring_conflicts, iso, read_one, utcnow
 from connector.errors import ValidationFailed
 from connector.licensing.keys import normalize_key
+from connector.licensing.links import set_downloads_blocked
 from connector.licensing.policy import Policy
 from connector.licensing.sites import is_staging_site, normalize_site
 from connector.licensing.versions import Version
@@ -601,6 +602,9 @@ def _record_binding_change(session: Session, lic: License, product: Product, kin
     if policy.abuse_suspend and lic.status == "active":
         lic.status = "suspended"
         lic.status_reason = "abuse"
+        # Paused means paused: its download links shut too, as an owner's pause shuts them,
+        # until the owner reinstates the key.
+        set_downloads_blocked(session, lic, blocked=True, reason="abuse")
         record_audit(
             session,
             store_id=lic.store_id,

@@ -359,6 +359,34 @@ def test_binding_changes_past_the_threshold_flag_and_suspend(
         assert {"license.flagged", "license.suspended"} <= actions
 
 
+def test_a_key_the_abuse_signal_paused_shuts_its_download_links_until_reinstated(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Paused by the abuse signal, the key's download links answer 410 ("the license was
+    paused or ended") as after the owner's pause, and the portal offers none; the owner's
+    reinstate opens them again."""
+    from tests.functional.test_downloads import get, link_path, put_file
+
+    put_file(app, "files/app.zip", b"PK app")
+    files = [{"object_key": "files/app.zip", "filename": "app.zip"}]
+    shop.configure(501, files=files, activation_limit=1, abuse_threshold=2, abuse_suspend=True)
+    shop.deliver(wc_order(9952, "processing", [line_item(501)]))
+    order = shop.order(9952)
+    key, path = order["licenses"][0]["key"], link_path(order["downloads"][0])
+    assert get(shop.client, path).status_code == 200
+    for site in ["a.com", "b.com"]:
+        call(shop.client, "activate", {"key": key, "site": site})
+        call(shop.client, "deactivate", {"key": key, "site": site})
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "SUSPENDED"
+    shut = get(shop.client, path)
+    assert shut.status_code == 410
+    assert "the license was paused or ended" in shut.get_data(as_text=True)
+    portal = shop.client.get(order["portal_url"].removeprefix("http://keygate.test"))
+    assert path not in portal.get_data(as_text=True)
+    assert shop.admin("POST", f"/licenses/{key}/reinstate").status_code == 200
+    assert get(shop.client, path).status_code == 200
+
+
 def test_binding_changes_under_the_threshold_do_nothing(shop: WebhookSender) -> None:
     """Three changes with a threshold of 3 is normal use."""
     key = issue_key(shop, activation_limit=1, abuse_threshold=3, abuse_suspend=True)
