@@ -11,6 +11,7 @@ from connector import get_settings
 from connector.db import db
 from connector.downloads.privacy import register as register_privacy_hooks
 from connector.downloads.service import peek_download, start_download, start_download_fast
+from connector.integrations.r2 import content_disposition
 from connector.tokens import grant_id_from_token
 from connector.validation import without_control_characters
 
@@ -64,6 +65,11 @@ def download(token: str) -> ResponseReturnValue:
             conditional=True,
             etag=True,
             max_age=0,
+        )
+        # The same header as R2's: werkzeug's ASCII fallback drops what is not ASCII ("山.pdf"
+        # became ".pdf", a hidden file for a client that reads only filename=).
+        response.headers["Content-Disposition"] = content_disposition(
+            without_control_characters(delivery.filename)
         )
     # Each click is counted: neither browsers nor proxies may keep or replay the answer.
     response.headers["Cache-Control"] = "no-store"
