@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from flask import Flask
-from sqlalchemy import event, or_, select
+from sqlalchemy import Select, event, or_, select
 from sqlalchemy.orm import Session
 
 from connector.db import db, insert_ignoring_conflicts, iso, transaction, utcnow
@@ -187,7 +187,7 @@ def _bury(session: Session, job: Job) -> None:
     log.error("job %s (%s) is dead after %s attempts", job.id, job.kind, job.attempts)
     record_audit(
         session,
-        store_id=_store_of(session, job.payload),
+        store_id=store_of(session, job.payload),
         actor="keygate",
         action="job.dead",
         subject=f"job:{job.id}",
@@ -201,8 +201,9 @@ def _error_type(job: Job) -> str | None:
     return job.last_error.split(":", 1)[0] if job.last_error else None
 
 
-def _store_of(session: Session, payload: dict[str, Any]) -> int | None:
-    """The store a job works for: named in its payload, or the store of its order."""
+def store_of(session: Session, payload: dict[str, Any]) -> int | None:
+    """The store a job works for: named in its payload, or the store of its order (None for
+    the instance's own work, like the daily purge)."""
     from connector.models import Order
 
     store_id = payload.get("store_id")
@@ -212,6 +213,20 @@ def _store_of(session: Session, payload: dict[str, Any]) -> int | None:
     if isinstance(order_id, int):
         return session.scalar(select(Order.store_id).where(Order.id == order_id))
     return None
+
+
+def store_jobs(store_id: int) -> Select[Job]:
+    """The jobs working for one store, as :func:`store_of` finds them, in SQL."""
+    from connector.models import Order
+
+    return select(Job).where(
+        or_(
+            Job.payload["store_id"].as_integer() == store_id,
+            Job.payload["order_id"]
+            .as_integer()
+            .in_(select(Order.id).where(Order.store_id == store_id)),
+        )
+    )
 
 
 def _finish(claim: Claim, error: BaseException | None) -> None:

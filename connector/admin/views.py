@@ -39,6 +39,7 @@ from connector.downloads.storage import own_area, storage_in_use
 from connector.errors import KeygateError, NotFound, ServiceUnavailable, ValidationFailed
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
+from connector.jobs import store_jobs, store_of
 from connector.licensing.export import license_csv_response
 from connector.licensing.keys import KeyFormat
 from connector.mail.service import mail_route
@@ -352,12 +353,12 @@ def _order_page(
 @bp.get("/outbox")
 @login_required
 def outbox() -> ResponseReturnValue:
-    everything = _scope() is None
-    job_rows = (
-        db.session.execute(select(Job).order_by(Job.id.desc()).limit(PAGE)).scalars().all()
-        if everything
-        else None
-    )
+    """Jobs (an admin of one store sees its store's, and may retry those given up on) and
+    mails, newest first."""
+    scope = _scope()
+    everything = scope is None
+    jobs = select(Job) if scope is None else store_jobs(scope)
+    job_rows = db.session.scalars(jobs.order_by(Job.id.desc()).limit(PAGE)).all()
     mails = db.session.scalars(
         _scoped(select(Mail), Mail.store_id).order_by(Mail.id.desc()).limit(PAGE)
     ).all()
@@ -382,12 +383,12 @@ def mail_detail(mail_id: int) -> ResponseReturnValue:
 @bp.post("/outbox/jobs/<int:job_id>/retry")
 @login_required
 def retry_job(job_id: int) -> ResponseReturnValue:
-    _global_only()
     if not ConfirmForm().validate_on_submit():
         abort(400)
     job = db.session.get(Job, job_id)
-    if job is None:
-        abort(404)
+    store_id = store_of(db.session, job.payload) if job is not None else None
+    if job is None or not _visible(store_id):
+        abort(404)  # an admin of one store retries that store's jobs only
     if job.status == "dead":
         from connector.db import utcnow
 
@@ -396,7 +397,7 @@ def retry_job(job_id: int) -> ResponseReturnValue:
         job.run_after = utcnow()
         record_audit(
             db.session,
-            store_id=None,
+            store_id=store_id,
             actor=_admin_name(),
             action="job.retried",
             subject=f"job:{job.id}",

@@ -15,7 +15,7 @@ from werkzeug.security import generate_password_hash
 from connector.audit import record_audit
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import AdminUser, AuditEvent, License, Mail, Order
+from connector.models import AdminUser, AuditEvent, Job, License, Mail, Order
 from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
 
@@ -465,8 +465,8 @@ def test_rate_limit_headers_only_where_a_limit_was_checked(admin_client: FlaskCl
 
 
 def test_a_store_admin_sees_only_their_store(app: Flask, shop: WebhookSender) -> None:
-    """Admins added for one store: its orders, licenses, mails, audit and credentials only;
-    the other store's pages are 404 and the shared job queue is not shown."""
+    """Admins added for one store: its orders, licenses, mails, audit, credentials and jobs
+    only (a job given up on may be retried); the other store's are 404 or not shown."""
     shop.configure(501)
     shop.deliver(wc_order(9700, "processing", [line_item(501)], email="mine@example.org"))
     with app.app_context():
@@ -485,6 +485,13 @@ def test_a_store_admin_sees_only_their_store(app: Flask, shop: WebhookSender) ->
             select(License).where(License.order_id == theirs.id)
         ).scalar_one()
         their_mail = db.session.execute(select(Mail).where(Mail.order_id == theirs.id)).scalar_one()
+        my_job, their_job = (
+            db.session.get(Job, mail.job_id)
+            for mail in db.session.scalars(select(Mail).order_by(Mail.order_id))
+        )
+        assert my_job is not None and their_job is not None
+        my_job.status = their_job.status = "dead"
+        my_job_id, their_job_id = my_job.id, their_job.id
         db.session.add(
             AdminUser(
                 username="ana",
@@ -509,18 +516,24 @@ def test_a_store_admin_sees_only_their_store(app: Flask, shop: WebhookSender) ->
     assert client.get(f"/admin/outbox/mails/{their_mail_id}").status_code == 404
     assert client.get(f"/admin/stores/{their_store}/credentials").status_code == 404
     outbox = client.get("/admin/outbox").get_data(as_text=True)
-    assert "<h2>Jobs</h2>" not in outbox and "theirs@example.org" not in outbox
+    assert "theirs@example.org" not in outbox
+    assert f"/admin/outbox/jobs/{my_job_id}/retry" in outbox
+    assert f"/admin/outbox/jobs/{their_job_id}/retry" not in outbox
     assert "Other shop" not in client.get("/admin/").get_data(as_text=True)
     form = {"csrf_token": csrf_token(client, f"/admin/orders/{mine_id}")}
     assert client.post(f"/admin/licenses/{their_license_id}/revoke", data=form).status_code == 404
-    assert client.post("/admin/outbox/jobs/1/retry", data=form).status_code == 404
+    assert client.post(f"/admin/outbox/jobs/{their_job_id}/retry", data=form).status_code == 404
+    assert client.post(f"/admin/outbox/jobs/{my_job_id}/retry", data=form).status_code == 302
     assert client.post(f"/admin/orders/{theirs_id}/resend", data=form).status_code == 404
     with app.app_context():
         assert db.session.get(License, their_license_id).status == "active"  # type: ignore[union-attr]
+        statuses = {j.id: j.status for j in db.session.scalars(select(Job))}
+        assert (statuses[my_job_id], statuses[their_job_id]) == ("pending", "dead")
         subjects = {e.subject for e in db.session.scalars(select(AuditEvent))}
     assert {"order:9700", "order:9701"} <= subjects  # both stores have audit entries
     audit_page = client.get("/admin/audit").get_data(as_text=True)
     assert "order:9700" in audit_page and "order:9701" not in audit_page
+    assert f"job:{my_job_id}" in audit_page  # the retry, in the store's own log
 
 
 def test_the_bare_address_leads_to_the_admin_sign_in(admin_client: FlaskClient) -> None:
