@@ -15,6 +15,13 @@ from connector.db import Base, db, make_engine
 from connector.migrate import downgrade, upgrade
 from tests.factories import WebhookSender, line_item, wc_order
 
+# Store 1, as the migrations' data tests insert it.
+STORE_ONE = (
+    "INSERT INTO stores (id, public_id, name, url, platform, webhook_secret, api_token_hash,"
+    " key_prefix, key_groups, key_group_length, created_at) VALUES (1, 's1', 'Shop',"
+    " 'https://shop.example', 'woocommerce', 'x', 'h', '', 4, 5, :now)"
+)
+
 
 def test_migrations_match_the_models(app: Flask) -> None:
     with app.app_context(), db.get_engine().connect() as connection:
@@ -238,11 +245,6 @@ def test_0016_marks_orders_that_took_their_keys_back(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
     upgrade(engine, "0015")
     now = "2026-11-20 12:00:00.000000"
-    store = (
-        "INSERT INTO stores (id, public_id, name, url, platform, webhook_secret, api_token_hash,"
-        " key_prefix, key_groups, key_group_length, created_at) VALUES (1, 's1', 'Shop',"
-        " 'https://shop.example', 'woocommerce', 'x', 'h', '', 4, 5, :now)"
-    )
     order = (
         "INSERT INTO orders (store_id, shop_order_id, status, deleted, created_at, updated_at)"
         " VALUES (1, :id, :status, :deleted, :now, :now)"
@@ -269,7 +271,7 @@ def test_0016_marks_orders_that_took_their_keys_back(tmp_path: Path) -> None:
         " WHERE shop_order_id = '4'"
     )
     with engine.begin() as connection:
-        connection.execute(text(store), {"now": now})
+        connection.execute(text(STORE_ONE), {"now": now})
         for shop_id, status, deleted in statuses:
             values = {"id": shop_id, "status": status, "deleted": deleted, "now": now}
             connection.execute(text(order), values)
@@ -292,11 +294,6 @@ def test_0018_keeps_sqlite_ids_and_never_gives_one_twice_after(tmp_path: Path) -
     engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
     upgrade(engine, "0017")
     now = "2026-11-20 12:00:00.000000"
-    store = (
-        "INSERT INTO stores (id, public_id, name, url, platform, webhook_secret, api_token_hash,"
-        " key_prefix, key_groups, key_group_length, created_at) VALUES (1, 's1', 'Shop',"
-        " 'https://shop.example', 'woocommerce', 'x', 'h', '', 4, 5, :now)"
-    )
     order = (
         "INSERT INTO orders (store_id, shop_order_id, status, deleted, created_at, updated_at)"
         " VALUES (1, :id, 'completed', 0, :now, :now)"
@@ -305,7 +302,7 @@ def test_0018_keeps_sqlite_ids_and_never_gives_one_twice_after(tmp_path: Path) -
         "INSERT INTO admin_users (username, password_hash, created_at) VALUES (:name, 'h', :now)"
     )
     with engine.begin() as connection:
-        connection.execute(text(store), {"now": now})
+        connection.execute(text(STORE_ONE), {"now": now})
         for shop_id in ("100", "101"):
             connection.execute(text(order), {"id": shop_id, "now": now})
         connection.execute(text(admin), {"name": "owner", "now": now})
