@@ -37,6 +37,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, load_only
 
 from connector.audit import record_audit
@@ -70,7 +71,7 @@ from connector.models import (
     Store,
     WatermarkCopy,
 )
-from connector.stores import hold_live_store
+from connector.stores import StoreDeleted, hold_live_store
 from connector.tokens import LinkInvalid, fingerprint_token
 from connector.vault.crypto import keyed_hash
 
@@ -461,30 +462,52 @@ def start_download(
     if chosen is None:
         return _refuse(session, grant, "refused", ip, user_agent)
     served, delivery = chosen
+    # The time of the write: a link that ended while a copy was stamped is not served.
+    now = utcnow()
     if resumed:
         # Read again, in the write: the link may have been withdrawn while the store answered.
-        session.refresh(grant)
+        grant = _read_again(session, grant)
         reason = _refusal_reason(grant, now)
         if reason not in (None, "limit"):
             return _refuse(session, grant, reason, ip, user_agent)
         _log_click(session, grant, "resumed", ip=ip, user_agent=user_agent, served=served)
         return DownloadAnswer(status=200, outcome="resumed", delivery=delivery)
-    counted = _count_and_log(
-        SessionStatements(session),
-        postgres,
-        grant.id,
-        grant.store_id,
-        grant.order_id,
-        now,
-        ip=ip,
-        user_agent=user_agent,
-        served=served,
-    )
+    try:
+        counted = _count_and_log(
+            SessionStatements(session),
+            postgres,
+            grant.id,
+            grant.store_id,
+            grant.order_id,
+            now,
+            ip=ip,
+            user_agent=user_agent,
+            served=served,
+        )
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            # The count may have been made (PostgreSQL commits it with its statement): the
+            # click is never run again (a 503; the buyer clicks again), as on the fast path.
+            raise Disconnected("the connection dropped while the click was counted") from exc
+        raise
     if not counted:
-        # Another click took the last download (or a refund landed) since we read the grant.
-        session.refresh(grant)
+        # Another click took the last download (or a refund landed, or the link ended)
+        # since we read the grant.
+        grant = _read_again(session, grant)
         return _refuse(session, grant, _refusal_reason(grant, now) or "limit", ip, user_agent)
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
+
+
+def _read_again(session: Session, grant: DownloadGrant) -> DownloadGrant:
+    """The grant as the database holds it now.
+
+    Raises:
+        LinkInvalid: it is gone: its store was deleted while the file store answered.
+    """
+    again = session.get(DownloadGrant, grant.id, populate_existing=True)
+    if again is None:
+        raise LinkInvalid("This link is not valid.")
+    return again
 
 
 UNREACHABLE = "The file store is not answering; try again shortly."
@@ -808,7 +831,15 @@ def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCo
             error = "the original file is not in storage"
         except WatermarkError as exc:
             error = str(exc)
-    if error is None and not _stamp_still_current(session, grant, stamp):
+    try:
+        current = error is not None or _stamp_still_current(session, grant, stamp)
+    except StoreDeleted:
+        # Deleted while stamping: its files job may have emptied the store's areas before
+        # this upload landed, and nothing would delete the copy (the buyer's name) after.
+        session.rollback()
+        backend.delete(key)
+        raise
+    if not current:
         _discard_copy(session, grant, backend, key)
         return None
     made_from = (stamp.fingerprint, source, buyer_hash(stamp.name, stamp.email))
