@@ -25,7 +25,7 @@ from connector.audit import record_audit
 from connector.db import db, lock_row
 from connector.integrations.brevo import BrevoConfig, push_contact, remove_from_list
 from connector.jobs import RetryLater, enqueue, handles
-from connector.models import BrevoRemoval, Order, Store
+from connector.models import BrevoRemoval, Job, Order, Store
 from connector.stores import hold_live_store
 from plugin.shop import ShopOrder
 
@@ -205,8 +205,18 @@ def _record_push(session: Session, store_id: int, order_id: int, list_id: int, e
     else:
         order.brevo_list_id = list_id
         return
-    waiting = select(BrevoRemoval.id).where(
-        BrevoRemoval.store_id == store_id, BrevoRemoval.subject == subject
+    # Waiting: its job not started yet (one running may have asked Brevo before the contact
+    # was added).
+    waiting = (
+        select(BrevoRemoval.id)
+        .join(Job, Job.payload["removal_id"].as_integer() == BrevoRemoval.id)
+        .where(
+            BrevoRemoval.store_id == store_id,
+            BrevoRemoval.list_id == list_id,
+            BrevoRemoval.subject == subject,
+            Job.kind == REMOVE_JOB,
+            Job.status == "pending",
+        )
     )
     if session.scalars(waiting.limit(1)).first() is None:
         queue_removal(session, store_id, list_id, email, reason=reason, subject=subject)

@@ -6,17 +6,18 @@ import uuid
 from typing import Any, TypeVarTuple
 
 from flask import render_template
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import db, utcnow
+from connector.db import db, lock_row, utcnow
 from connector.integrations.brevo import BrevoConfig, BrevoMailer
 from connector.integrations.mail import ConsoleMailer, Mailer, OutgoingMail
 from connector.jobs import JOB_ID, RetryLater, enqueue, handles
 from connector.mail import contacts
 from connector.models import Job, Mail, Order, Store
 from connector.orders.summary import order_entitlements
+from connector.stores import hold_live_store
 from plugin.shop import WAITING_STATUSES
 
 Ts = TypeVarTuple("Ts")
@@ -123,8 +124,14 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
     to their page, which says what happened.
     """
     session = db.session
-    order = session.get(Order, payload["order_id"])
-    if order is None or order.mail_address is None:
+    found = session.get(Order, payload["order_id"])
+    if found is None:
+        return
+    # Under the order's lock, which an erasure takes too: one that lands from now on sees
+    # (and deletes) this mail, one that landed before is seen here.
+    hold_live_store(session, found.store_id)  # before the order's lock, as a deletion takes them
+    order = lock_row(session, Order, found.id)
+    if order.mail_address is None:
         return  # nothing to mail to (no address, or the customer was erased)
     store = session.get(Store, order.store_id)
     if store is None:
@@ -174,9 +181,12 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
     finally:
         session.commit()
     message_id = mailer.send(outgoing)
-    mail_row.backend = mailer.name
-    mail_row.provider_message_id = message_id
-    mail_row.sent_at = utcnow()
+    # A statement, not the row: an erasure may have deleted the mail while it was sent.
+    session.execute(
+        update(Mail)
+        .where(Mail.id == mail_row.id)
+        .values(backend=mailer.name, provider_message_id=message_id, sent_at=utcnow())
+    )
 
 
 def idempotency_key(store: Store, job_id: Any) -> str:
