@@ -103,16 +103,29 @@ class WooCommerceClient:
     def _response(
         self, method: str, endpoint: str, data: Any = None, **params: Any
     ) -> requests.Response:
+        # Redirects are never followed: whoever answers for the shop's address could point
+        # Keygate's server at an internal one (a cloud metadata service, a database port).
         try:
             if method in {"POST", "PUT"}:
-                response = getattr(self._api, method.lower())(endpoint, data, params=params)
+                response = getattr(self._api, method.lower())(
+                    endpoint, data, params=params, allow_redirects=False
+                )
             else:
-                response = getattr(self._api, method.lower())(endpoint, params=params)
+                response = getattr(self._api, method.lower())(
+                    endpoint, params=params, allow_redirects=False
+                )
         except requests.RequestException as exc:
             # The exception text may hold the URL, and plain-HTTP shops put OAuth values in
             # it: name the type only.
             raise ShopUnavailable(f"{method} {endpoint}: {type(exc).__name__}") from None
         status = response.status_code
+        if 300 <= status < 400:
+            raise ShopRejected(
+                f"{method} {endpoint}: HTTP {status}, a redirect (the store's URL must be the"
+                " address the shop answers at)",
+                status,
+                "redirect",
+            )
         if status == 429 or status >= 500:
             raise ShopUnavailable(f"{method} {endpoint}: HTTP {status}")
         if status >= 400:

@@ -94,6 +94,26 @@ def test_client_errors_are_rejected_with_the_woocommerce_code(client: WooCommerc
     assert parse_qs(urlsplit(responses.calls[-1].request.url or "").query)["force"] == ["true"]
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@responses.activate
+def test_a_redirect_is_never_followed(client: WooCommerceClient, status: int) -> None:
+    """Whoever answers for the shop's address could send Keygate's server to an internal
+    one (a metadata service, a database port): a redirect is refused, naming the fix."""
+    internal = "http://169.254.169.254/latest/meta-data/iam/"
+    responses.get(f"{API}/webhooks", status=status, headers={"Location": internal})
+    responses.post(f"{API}/webhooks", status=status, headers={"Location": internal})
+    fetched = responses.get(internal, json=[])
+    posted = responses.post(internal, json={"id": 1})
+    with pytest.raises(ShopRejected) as caught:
+        client.list_webhooks()
+    assert caught.value.status == status and "store's URL" in str(caught.value)
+    with pytest.raises(ShopRejected):
+        client.create_webhook(
+            name="n", topic="order.updated", delivery_url="https://k.example/w", secret="s"
+        )
+    assert (fetched.call_count, posted.call_count) == (0, 0)
+
+
 @responses.activate
 def test_order_note_is_posted_as_a_customer_note(client: WooCommerceClient) -> None:
     """POST /orders/<id>/notes with customer_note true (WooCommerce mails those)."""
