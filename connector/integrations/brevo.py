@@ -112,6 +112,12 @@ def _call(fn: Any, *args: Any) -> Any:
         ) from None
     except (HTTPError, OSError) as exc:
         raise RetryLater(f"Brevo unreachable: {type(exc).__name__}") from None
+    except ValueError as exc:
+        # The HTTP library refusing a header (a key with a line break, saved before keys
+        # were checked): its message quotes the value, so only the type is kept.
+        raise BrevoRejected(
+            f"the request to Brevo could not be made ({type(exc).__name__})"
+        ) from None
 
 
 class BrevoMailer:

@@ -37,6 +37,12 @@ class FieldSpec:
 EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
 
 
+# An API key or secret as providers issue them: printable ASCII, no spaces. Such values go
+# into request headers, where a line break (a wrapped paste) made the HTTP library refuse
+# the request with an error that quoted the whole key.
+API_KEY = re.compile(r"[\x21-\x7e]{1,400}")
+API_KEY_SHAPE = "a key as the provider gives it: printable ASCII, no spaces or line breaks"
+
 # An order meta key as shops write them (WooCommerce: `_billing_newsletter`, `marketing-ok`).
 META_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -50,8 +56,12 @@ FIELDS: dict[str, dict[str, FieldSpec]] = {
             shape=ACCOUNT_ID,
             shape_name="letters, digits, - and _ only (R2: the 32-character account id)",
         ),
-        "access_key_id": FieldSpec(required=True, secret=True),
-        "secret_access_key": FieldSpec(required=True, secret=True),
+        "access_key_id": FieldSpec(
+            required=True, secret=True, shape=API_KEY, shape_name=API_KEY_SHAPE
+        ),
+        "secret_access_key": FieldSpec(
+            required=True, secret=True, shape=API_KEY, shape_name=API_KEY_SHAPE
+        ),
         "bucket": FieldSpec(
             required=True,
             secret=False,
@@ -61,7 +71,7 @@ FIELDS: dict[str, dict[str, FieldSpec]] = {
         "endpoint_url": FieldSpec(required=False, secret=False),
     },
     "brevo": {
-        "api_key": FieldSpec(required=True, secret=True),
+        "api_key": FieldSpec(required=True, secret=True, shape=API_KEY, shape_name=API_KEY_SHAPE),
         "sender_email": FieldSpec(
             required=True, secret=False, shape=EMAIL, shape_name="an email address"
         ),

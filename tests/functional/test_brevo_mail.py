@@ -411,3 +411,35 @@ def test_an_order_whose_address_is_not_one_mailbox_is_issued_and_mailed_nothing(
     assert body["order"]["email"] is None and len(body["licenses"]) == 1
     run_pending(brevo_app)
     assert brevo.requests == []
+
+
+def test_a_key_with_a_line_break_is_refused_and_one_stored_before_never_shows(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key goes into a request header: a line break inside (a wrapped paste) made the
+    HTTP library refuse the request with an error quoting the key, kept in the job's error,
+    the log and the outbox. It is refused when saved (422, naming the field, not the value);
+    one saved before is a refusal naming only the error's type."""
+    from connector.models import Store
+    from connector.vault.service import put_credentials
+
+    secret = "xkeysib-TOPSECRET\nabc"
+    refused = brevo_shop.admin("PUT", "/credentials/brevo", {**BREVO, "api_key": secret})
+    assert refused.status_code == 422 and refused.get_json()["field"] == "api_key"
+    assert "TOPSECRET" not in refused.get_data(as_text=True)
+    with brevo_app.app_context():
+        store = db.session.get(Store, brevo_shop.store.store.id)
+        assert store is not None
+        put_credentials(db.session, store, "brevo", {**BREVO, "api_key": secret}, actor="test")
+        db.session.commit()
+    brevo_shop.deliver(wc_order(9609, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    with brevo_app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalar_one()
+        assert job.last_error is not None and "could not be made (ValueError)" in job.last_error
+    shown = (
+        (job.last_error or "")
+        + caplog.text
+        + brevo_shop.admin("GET", "/outbox").get_data(as_text=True)
+    )
+    assert "TOPSECRET" not in shown
