@@ -30,9 +30,10 @@ class Settings:
     """Validated settings. Built by :func:`load_settings`; never mutated afterwards."""
 
     instance_dir: Path
-    database_url: str
-    master_keys: tuple[str, ...]
-    secret_key: str
+    # Secrets (and URLs that may hold a password) are left out of repr, so of tracebacks.
+    database_url: str = field(repr=False)
+    master_keys: tuple[str, ...] = field(repr=False)
+    secret_key: str = field(repr=False)
     base_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 1024 * 1024
     # Reverse proxies in front of Keygate whose X-Forwarded-For/-Proto to trust (0: none).
@@ -49,7 +50,7 @@ class Settings:
     mail_backend: str = "auto"
     brevo_api_host: str = "https://api.brevo.com/v3"
     mail_echo: bool = True
-    ratelimit_storage_uri: str = "memory://"
+    ratelimit_storage_uri: str = field(default="memory://", repr=False)
     ratelimit_license_per_key: str = "60/minute"
     ratelimit_license_per_ip: str = "600/minute"
     ratelimit_enabled: bool = True
@@ -63,8 +64,8 @@ class Settings:
     # Cloudflare R2 (or another S3-compatible endpoint) for every store, until the
     # per-store credential vault holds them. Empty bucket = embedded local storage.
     r2_account_id: str = ""
-    r2_access_key_id: str = ""
-    r2_secret_access_key: str = ""
+    r2_access_key_id: str = field(default="", repr=False)
+    r2_secret_access_key: str = field(default="", repr=False)
     r2_bucket: str = ""
     r2_endpoint_url: str = ""
     # The visible line on watermarked PDFs; fields {name} {email} {order} {date}.

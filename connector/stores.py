@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -32,8 +32,8 @@ class NewStore:
     """What `keygate store add` prints once: the token and secret are not shown again."""
 
     store: Store
-    api_token: str
-    webhook_secret: str
+    api_token: str = field(repr=False)
+    webhook_secret: str = field(repr=False)
 
 
 def random_alphanumeric(length: int) -> str:

@@ -481,3 +481,13 @@ def test_a_token_with_half_a_surrogate_pair_is_an_invalid_link(app: Flask) -> No
             loads(DOWNLOAD, "\ud800.abc")
         with pytest.raises(LinkInvalid):
             loads_timed(CONNECT_STATE, "\ud800.abc", None)
+
+
+def test_a_new_stores_repr_shows_neither_token_nor_secret(app: Flask) -> None:
+    """What `keygate store add` prints once must not reach a traceback's locals."""
+    from connector.stores import create_store
+
+    with app.app_context():
+        created = create_store(db.session, "Shop", "https://shop.example")
+        shown = repr(created)
+    assert created.api_token not in shown and created.webhook_secret not in shown

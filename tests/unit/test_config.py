@@ -211,3 +211,21 @@ def test_an_app_whose_watermark_template_cannot_be_filled_in_does_not_start(
         "KEYGATE_WATERMARK_TEMPLATE has the field {name.first}; the fields are {name} {email}"
         " {order} {date}"
     )
+
+
+def test_repr_shows_no_secret(tmp_path: Path) -> None:
+    """Settings end up in tracebacks (a frame's locals): keys, secrets and URLs that may hold
+    a password are left out of their repr."""
+    settings = load_settings(
+        environ=env(
+            KEYGATE_INSTANCE_DIR=str(tmp_path),
+            KEYGATE_DATABASE_URL="postgresql+psycopg://keygate:DBPASSWORD@127.0.0.1/keygate",
+            KEYGATE_RATELIMIT_STORAGE_URI="redis://:REDISPASSWORD@127.0.0.1:6379/0",
+            KEYGATE_R2_ACCESS_KEY_ID="R2KEYID",
+            KEYGATE_R2_SECRET_ACCESS_KEY="R2SECRETVALUE",
+        )
+    )
+    shown = repr(settings)
+    assert "instance_dir" in shown
+    for secret in (KEY, SECRET, "DBPASSWORD", "REDISPASSWORD", "R2KEYID", "R2SECRETVALUE"):
+        assert secret not in shown, secret
