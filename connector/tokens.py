@@ -6,6 +6,7 @@ one (for timed purposes) is ``LinkExpired`` (410).
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import current_app
@@ -54,8 +55,16 @@ def dumps_timed(purpose: str, value: Any) -> str:
 
 def loads_timed(purpose: str, token: str, max_age: int | None) -> Any:
     """The value of a timed token; ``max_age`` None: authentic, whatever its age."""
+    return loads_timed_with_time(purpose, token, max_age)[0]
+
+
+def loads_timed_with_time(purpose: str, token: str, max_age: int | None) -> tuple[Any, dt.datetime]:
+    """The value of a timed token and when it was signed (to the second, UTC)."""
     try:
-        return URLSafeTimedSerializer(_secret(), salt=purpose).loads(token, max_age=max_age)
+        value, signed = URLSafeTimedSerializer(_secret(), salt=purpose).loads(
+            token, max_age=max_age, return_timestamp=True
+        )
+        return value, signed
     except SignatureExpired:
         raise LinkExpired("This link has expired.") from None
     except (BadData, UnicodeError):

@@ -26,7 +26,7 @@ from connector.errors import Forbidden, KeygateError, ServiceUnavailable
 from connector.jobs import enqueue, trouble_json
 from connector.models import Job, ShopConnection, Store, WebhookRegistration
 from connector.stores import hold_live_store, random_alphanumeric
-from connector.tokens import CONNECT_STATE, dumps_timed, loads_timed
+from connector.tokens import CONNECT_STATE, dumps_timed, loads_timed_with_time
 from connector.vault.service import credentials_for, delete_credentials, put_credentials
 from plugin.woocommerce.connect import AuthCallback, authorize_url
 from plugin.woocommerce.rest import ShopError, ShopRejected, WooCommerceClient
@@ -77,8 +77,10 @@ def connect_warning() -> str | None:
 
 
 def connect_url(store: Store) -> str:
-    """The wc-auth link for this store; its state is signed and names the store."""
-    state = dumps_timed(CONNECT_STATE, {"s": store.public_id})
+    """The wc-auth link for this store; its state is signed, names the store and says when
+    it was made (it is good for one change of the connection)."""
+    # "t": when it was made, finer than the signature's second (accept_callback).
+    state = dumps_timed(CONNECT_STATE, {"s": store.public_id, "t": utcnow().timestamp()})
     return authorize_url(
         store.url,
         app_name=APP_NAME,
@@ -177,10 +179,10 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
         Forbidden: the state is not one Keygate signed for this store (or is too old).
     """
     try:
-        data = loads_timed(CONNECT_STATE, callback.state, max_age=STATE_MAX_AGE)
+        data, signed = loads_timed_with_time(CONNECT_STATE, callback.state, max_age=STATE_MAX_AGE)
     except KeygateError:  # tampered or expired: the same answer, nothing stored
-        data = None
-    if not isinstance(data, dict) or data.get("s") != store.public_id:
+        data, signed = None, None
+    if not isinstance(data, dict) or data.get("s") != store.public_id or signed is None:
         raise Forbidden("This authorization was not started for this store.")
     if callback.key_permissions != "read_write":
         raise Forbidden("Keygate needs read_write access to register webhooks.")
@@ -194,6 +196,19 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
         and current.get("consumer_secret") == callback.consumer_secret
     ):
         return False
+    # A state is good for one change: one signed before the connection last changed (its own
+    # use, a key given by hand, a disconnect) is refused. It stands in the return URL, the
+    # shop's logs and the browser's history, and a replay could replace the store's key or
+    # reconnect a store its owner disconnected.
+    made = data.get("t")
+    # A state made before states said when: the second its signature was made.
+    made_at = made if isinstance(made, float) else signed.timestamp()
+    changes = [t for t in (connection.connected_at, connection.disconnected_at) if t is not None]
+    if changes and made_at <= max(changes).timestamp():
+        raise Forbidden(
+            "This authorization link was used already, or the connection changed since it was"
+            " made: connect again from the store's page."
+        )
     put_credentials(
         session,
         store,

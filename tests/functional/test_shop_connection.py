@@ -149,7 +149,9 @@ def test_reconnect_replaces_the_webhooks(
         old_secret = _store(app, shop).webhook_secret
     fake_shop.consumer_key = "ck_" + "9" * 40
     fake_shop.consumer_secret = "cs_" + "8" * 40
-    query = parse_qs(urlsplit(first["connect_url"]).query)
+    # The owner approves again from a fresh link (a state is good for one change).
+    again = shop.admin("GET", "/connection").get_json()["connect_url"]
+    query = parse_qs(urlsplit(again).query)
     response = shop.client.post(
         urlsplit(query["callback_url"][0]).path,
         json=auth_callback_body(
@@ -491,3 +493,36 @@ def test_a_new_stores_repr_shows_neither_token_nor_secret(app: Flask) -> None:
         created = create_store(db.session, "Shop", "https://shop.example")
         shown = repr(created)
     assert created.api_token not in shown and created.webhook_secret not in shown
+
+
+def _state(shop: WebhookSender) -> tuple[str, str]:
+    """The callback path and the state of the store's wc-auth link, as the owner opens it."""
+    url = shop.admin("GET", "/connection").get_json()["connect_url"]
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+    return urlsplit(query["callback_url"]).path, query["user_id"]
+
+
+def test_a_used_state_takes_no_other_key_and_reconnects_nothing(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A state stands in the return URL, the shop's logs and the browser's history: once it
+    connected the store, it takes no other key (which would replace the store's), and after
+    a disconnect it does not connect the store again. The same key again changes nothing."""
+    path, state = _state(shop)
+    assert shop.client.post(path, json=auth_callback_body(state)).status_code == 200
+    run_pending(app)
+    again = shop.client.post(path, json=auth_callback_body(state))
+    assert (again.status_code, again.get_json()["changed"]) == (200, False)
+    other = {"consumer_key": "ck_" + "Z" * 40, "consumer_secret": "cs_" + "Y" * 40}
+    foreign = shop.client.post(path, json=auth_callback_body(state, key_id=99, **other))
+    assert foreign.status_code == 403 and "used already" in foreign.get_json()["detail"]
+    with app.app_context():
+        stored = credentials_for(db.session, _store(app, shop), "woocommerce")
+    assert stored is not None and stored["consumer_key"] == CONSUMER_KEY
+    assert shop.admin("DELETE", "/connection").status_code == 200
+    replay = shop.client.post(path, json=auth_callback_body(state))
+    assert replay.status_code == 403
+    assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
+    fresh_path, fresh = _state(shop)  # the owner connects again from a fresh link
+    assert shop.client.post(fresh_path, json=auth_callback_body(fresh)).status_code == 200
+    assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
