@@ -356,13 +356,23 @@ def register_webhooks(
     Raises:
         ShopError: the shop refused or could not be reached (what it made before is kept).
     """
+    # The key first, with nothing held: a shop that refuses it (a key mistyped by hand,
+    # revoked in WooCommerce) must leave the secret its working webhooks sign with alone.
+    session.commit()
+    client.list_webhooks()
     lock_store(session, store)
     registered = session.scalar(
         select(WebhookRegistration.id).where(WebhookRegistration.store_id == store.id).limit(1)
     )
-    if registered is None:
+    now = utcnow()
+    in_grace = store.previous_webhook_secret is not None and (
+        store.previous_secret_until is not None and store.previous_secret_until > now
+    )
+    # Not again while an earlier run's grace lasts: the secret it made is the one nobody
+    # was given yet, and the one before it is what the shop's webhooks still sign with.
+    if registered is None and not in_grace:
         store.previous_webhook_secret = store.webhook_secret
-        store.previous_secret_until = utcnow() + PREVIOUS_SECRET_GRACE
+        store.previous_secret_until = now + PREVIOUS_SECRET_GRACE
         store.webhook_secret = random_alphanumeric(40)
     created = _create_missing_webhooks(session, store, client)
     deleted = _delete_stray_webhooks(session, store, client)

@@ -526,3 +526,32 @@ def test_a_used_state_takes_no_other_key_and_reconnects_nothing(
     fresh_path, fresh = _state(shop)  # the owner connects again from a fresh link
     assert shop.client.post(fresh_path, json=auth_callback_body(fresh)).status_code == 200
     assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
+
+
+def test_a_key_the_shop_refuses_leaves_its_working_webhooks_taken(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A key given by hand that the shop refuses (mistyped, revoked): registering fails and
+    is retried, and meanwhile the shop's webhooks, signed with the secret they have, are
+    still taken, however often it retries."""
+    import datetime as dt
+
+    from connector.db import utcnow
+
+    path, state = _state(shop)
+    shop.client.post(path, json=auth_callback_body(state))
+    run_pending(app)
+    shop.configure(501)
+    assert fake_shop.deliver(shop.client, "order.created", wc_order(9301)).status_code == 200
+    wrong = {"consumer_key": "ck_" + "Z" * 40, "consumer_secret": "cs_" + "Y" * 40}
+    assert shop.admin("PUT", "/credentials/woocommerce", wrong).status_code == 200
+    for _ in range(3):
+        run_pending(app)
+        with app.app_context():
+            for job in db.session.scalars(select(Job).where(Job.status == "pending")):
+                job.run_after = utcnow() - dt.timedelta(seconds=1)
+            db.session.commit()
+    answer = fake_shop.deliver(shop.client, "order.created", wc_order(9302))
+    assert answer.status_code == 200
+    registration = shop.admin("GET", "/connection").get_json()["webhook_registration"]
+    assert registration is not None and registration["status"] == "retrying"
