@@ -494,8 +494,9 @@ def _create_missing_webhooks(
     """Create the webhook of each topic with no registration (commits): the shop is asked
     outside any transaction, what it created is recorded after, even when it fails
     half-way (then the error is raised). A topic another run registered meanwhile keeps its
-    webhook, and a secret another run replaced meanwhile (a reconnection) makes every
-    webhook made here stale: those are deleted again, never registered."""
+    webhook, and a secret another run replaced meanwhile (a reconnection), or a disconnect
+    meanwhile, makes every webhook made here stale: those are deleted again, never
+    registered."""
     registered = set(_registered(session, store, WebhookRegistration.topic))
     url, secret = webhook_url(store), store.webhook_secret
     session.commit()
@@ -514,8 +515,10 @@ def _create_missing_webhooks(
         made[topic] = str(webhook["id"])
     lock_row(session, Store, store.id)  # and the secret read again
     registered = set(_registered(session, store, WebhookRegistration.topic))
-    if store.webhook_secret != secret:
-        registered = set(made)  # signed with a secret no delivery is checked against now
+    if store.webhook_secret != secret or connection_of(session, store).status != "connected":
+        # Signed with a secret no delivery is checked against now, or the owner disconnected
+        # meanwhile (the disconnect saw no registration of these): none is kept.
+        registered = set(made)
     created = [webhook_id for topic, webhook_id in made.items() if topic not in registered]
     for topic, webhook_id in made.items():
         if topic not in registered:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -555,3 +556,39 @@ def test_a_key_the_shop_refuses_leaves_its_working_webhooks_taken(
     assert answer.status_code == 200
     registration = shop.admin("GET", "/connection").get_json()["webhook_registration"]
     assert registration is not None and registration["status"] == "retrying"
+
+
+def test_a_disconnect_while_webhooks_are_registered_leaves_none_in_the_shop(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The owner disconnects while a registration (a new webhook secret) waits on the shop:
+    what it makes after the disconnect is deleted again, never recorded."""
+    from connector.vault.connection import disconnect, replace_webhook_secret
+
+    path, state = _state(shop)
+    shop.client.post(path, json=auth_callback_body(state))
+    run_pending(app)
+    store_id = shop.store.store.id
+    with app.app_context():
+        replace_webhook_secret(db.session, _store(app, shop), actor="api")
+        db.session.commit()
+    original = fake_shop._webhooks
+    disconnected: list[object] = []
+
+    def disconnect_meanwhile(method: str, rest: list[str], query: dict[str, str], body: Any) -> Any:
+        if method == "POST" and not disconnected:
+            with app.app_context():  # another request: the owner disconnects
+                store = db.session.get(Store, store_id)
+                assert store is not None
+                disconnected.append(disconnect(db.session, store, actor="api"))
+                db.session.commit()
+        return original(method, rest, query, body)
+
+    fake_shop._webhooks = disconnect_meanwhile  # type: ignore[method-assign]
+    run_pending(app)
+    assert disconnected
+    url = f"http://keygate.test/webhooks/woocommerce/{shop.store.store.public_id}"
+    assert fake_shop.active_webhooks(url) == {}
+    with app.app_context():
+        assert db.session.scalars(select(WebhookRegistration)).all() == []
+    assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
