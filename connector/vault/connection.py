@@ -499,6 +499,7 @@ def _create_missing_webhooks(
     registered."""
     registered = set(_registered(session, store, WebhookRegistration.topic))
     url, secret = webhook_url(store), store.webhook_secret
+    disconnected_at = connection_of(session, store).disconnected_at
     session.commit()
     made: dict[str, str] = {}
     failure: ShopError | None = None
@@ -515,7 +516,8 @@ def _create_missing_webhooks(
         made[topic] = str(webhook["id"])
     lock_row(session, Store, store.id)  # and the secret read again
     registered = set(_registered(session, store, WebhookRegistration.topic))
-    if store.webhook_secret != secret or connection_of(session, store).status != "connected":
+    disconnected = connection_of(session, store).disconnected_at != disconnected_at
+    if store.webhook_secret != secret or disconnected:
         # Signed with a secret no delivery is checked against now, or the owner disconnected
         # meanwhile (the disconnect saw no registration of these): none is kept.
         registered = set(made)
