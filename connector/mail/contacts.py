@@ -238,23 +238,16 @@ def remove_contact_from_brevo_list(payload: dict[str, Any]) -> None:
     config = brevo_config_for(session, store) if store is not None else None
     if config is None:
         raise RetryLater("no Brevo credentials for this store")
-    store_id, list_id, email, reason, subject = (
-        removal.store_id,
-        removal.list_id,
-        removal.email,
-        removal.reason,
-        removal.subject,
-    )
     host = _host()
-    session.commit()  # no transaction open while Brevo answers
-    outcome = remove_from_list(config, host, list_id, email)
-    hold_live_store(session, store_id)
+    session.commit()  # no transaction open while Brevo answers (the row stays loaded)
+    outcome = remove_from_list(config, host, removal.list_id, removal.email)
+    hold_live_store(session, removal.store_id)
     record_audit(
         session,
-        store_id=store_id,
+        store_id=removal.store_id,
         actor="keygate",
-        action=REMOVAL_ACTIONS.get(reason, "customer.removed_in_brevo"),
-        subject=subject,
-        detail={"list_id": list_id, "outcome": outcome},
+        action=REMOVAL_ACTIONS.get(removal.reason, "customer.removed_in_brevo"),
+        subject=removal.subject,
+        detail={"list_id": removal.list_id, "outcome": outcome},
     )
-    session.execute(delete(BrevoRemoval).where(BrevoRemoval.id == payload["removal_id"]))
+    session.execute(delete(BrevoRemoval).where(BrevoRemoval.id == removal.id))

@@ -365,8 +365,10 @@ def register_webhooks(
         select(WebhookRegistration.id).where(WebhookRegistration.store_id == store.id).limit(1)
     )
     now = utcnow()
-    in_grace = store.previous_webhook_secret is not None and (
-        store.previous_secret_until is not None and store.previous_secret_until > now
+    in_grace = (
+        store.previous_webhook_secret is not None
+        and store.previous_secret_until is not None
+        and store.previous_secret_until > now
     )
     # Not again while an earlier run's grace lasts: the secret it made is the one nobody
     # was given yet, and the one before it is what the shop's webhooks still sign with.
