@@ -18,8 +18,8 @@ from connector.tokens import RELEASE, dumps_timed
 from connector.validation import known_fields, optional_int, optional_str, required_str
 from plugin.shop import parse_utc_datetime
 
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+\-_]{0,63}$")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+\-_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,10 @@ def parse_release_spec(data: dict[str, Any]) -> ReleaseSpec:
     """
     known_fields(data, RELEASE_FIELDS)
     version = required_str(data, "version", max_length=64)
-    if not VERSION.match(version):
+    if not VERSION.fullmatch(version):
         raise ValidationFailed("version has characters other than 0-9 A-Z . + - _", field="version")
     sha256 = required_str(data, "sha256", max_length=64).lower()
-    if not SHA256.match(sha256):
+    if not SHA256.fullmatch(sha256):
         raise ValidationFailed("sha256 must be 64 hex characters", field="sha256")
     size = optional_int(data, "size", minimum=0, maximum=2**62)
     if size is None:

@@ -13,6 +13,7 @@ failed deliveries; :func:`disconnect` deletes them and forgets the key.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -192,8 +193,8 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
     if (
         connection.status == "connected"
         and current is not None
-        and current.get("consumer_key") == callback.consumer_key
-        and current.get("consumer_secret") == callback.consumer_secret
+        and hmac.compare_digest(str(current.get("consumer_key")), callback.consumer_key)
+        and hmac.compare_digest(str(current.get("consumer_secret")), callback.consumer_secret)
     ):
         return False
     # A state is good for one change: one signed before the connection last changed (its own

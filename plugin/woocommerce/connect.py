@@ -20,8 +20,8 @@ from plugin.shop import PayloadError
 AUTHORIZE_PATH = "/wc-auth/v1/authorize"
 SCOPE = "read_write"
 # The shapes of the REST keys WooCommerce makes (by wc-auth or by hand in its settings).
-CONSUMER_KEY = re.compile(r"^ck_[A-Za-z0-9]{20,64}$")
-CONSUMER_SECRET = re.compile(r"^cs_[A-Za-z0-9]{20,64}$")
+CONSUMER_KEY = re.compile(r"ck_[A-Za-z0-9]{20,64}")
+CONSUMER_SECRET = re.compile(r"cs_[A-Za-z0-9]{20,64}")
 
 
 def authorize_url(
@@ -75,10 +75,10 @@ def parse_callback(body: bytes) -> AuthCallback:
     if not isinstance(state, str | int) or not str(state) or not str(state).isascii():
         raise PayloadError("user_id is missing or malformed")  # Keygate's own token, ASCII
     consumer_key = data.get("consumer_key")
-    if not isinstance(consumer_key, str) or not CONSUMER_KEY.match(consumer_key):
+    if not isinstance(consumer_key, str) or not CONSUMER_KEY.fullmatch(consumer_key):
         raise PayloadError("consumer_key is missing or malformed")
     consumer_secret = data.get("consumer_secret")
-    if not isinstance(consumer_secret, str) or not CONSUMER_SECRET.match(consumer_secret):
+    if not isinstance(consumer_secret, str) or not CONSUMER_SECRET.fullmatch(consumer_secret):
         raise PayloadError("consumer_secret is missing or malformed")
     permissions = data.get("key_permissions")
     if not isinstance(permissions, str) or permissions not in {"read", "write", "read_write"}:

@@ -30,7 +30,7 @@ ORDER_TOPICS = frozenset({"order.created", "order.updated", "order.deleted", "or
 PAYMENT_NOTE_META = "_keygate_payment_note"
 TRANSACTION_HASH_META = "_keygate_transaction_hash"
 
-_PING = re.compile(rb"^webhook_id=\d+$")
+_PING = re.compile(rb"webhook_id=\d+")
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -50,7 +50,7 @@ def signature_valid(body: bytes, header: str | None, secret: str) -> bool:
 
 def is_ping(body: bytes, headers: Mapping[str, str] | Any) -> bool:
     """The creation ping: form body ``webhook_id=N`` and no topic header."""
-    return TOPIC_HEADER not in headers and bool(_PING.match(body.strip()))
+    return TOPIC_HEADER not in headers and bool(_PING.fullmatch(body.strip()))
 
 
 def parse_id(value: Any) -> str | None:

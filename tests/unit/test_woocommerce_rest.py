@@ -185,7 +185,9 @@ def test_callback_parsing_checks_every_field_and_hides_secrets() -> None:
         ("key_id", "x"),
         ("user_id", ""),
         ("consumer_key", "ck_short"),
+        ("consumer_key", CONSUMER_KEY + "\n"),
         ("consumer_secret", None),
+        ("consumer_secret", CONSUMER_SECRET + "\n"),
         ("key_permissions", "admin"),
     ]:
         with pytest.raises(PayloadError, match=field):
