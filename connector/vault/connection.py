@@ -234,6 +234,9 @@ def save_credentials(
     Returns:
         The stored set, decrypted (show it :func:`~connector.vault.service.masked`).
     """
+    # One change of a store's credentials at a time: two first saves at once would both
+    # insert (the second a unique violation), and a key given by hand changes the connection.
+    lock_store(session, store)
     previous = credentials_for(session, store, kind)
     stored = put_credentials(session, store, kind, values, actor=actor)
     if kind == "woocommerce":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from typing import Any
+
 import pytest
 from flask import Flask
 from sqlalchemy import select, text
@@ -209,3 +213,42 @@ def test_r2_settings_no_bucket_could_have_are_refused(
     assert answer.status_code == 422
     assert message in answer.get_json()["detail"] and value not in answer.get_json()["detail"]
     assert shop.admin("GET", "/credentials/r2").status_code == 404
+
+
+def test_two_first_saves_at_once_both_succeed(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first PUTs of one kind at once (a double-clicked form, two owners): both answer
+    200 and one set is stored, never a 500 from the second insert. Each request, having read
+    "none stored", waits up to a second for the other to read too."""
+    import connector.vault.service as vault
+
+    meet = threading.Barrier(2, timeout=1)
+    read_row = vault._row
+
+    def read_then_meet(*args: Any, **kwargs: Any) -> Any:
+        row = read_row(*args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait()
+        return row
+
+    monkeypatch.setattr(vault, "_row", read_then_meet)
+    statuses: list[int] = []
+
+    def save(bucket: str) -> None:
+        sender = WebhookSender(app.test_client(), shop.store)
+        statuses.append(
+            sender.admin("PUT", "/credentials/r2", {**R2, "bucket": bucket}).status_code
+        )
+
+    threads = [threading.Thread(target=save, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200, 200]
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        stored = credentials_for(db.session, store, "r2")
+    assert stored is not None and stored["bucket"] in {"one", "two"}
