@@ -7,25 +7,27 @@ that boolean: no consent record, no meta, is stored. Without the key every buyer
 (the list must then be one the owner may use without consent, e.g. for service messages).
 
 **Passing it on.** Keygate records on the order which list it pushes the buyer into (before it
-asks Brevo: a push whose answer was lost counts as done). When the
-customer is erased, or a later delivery of the order no longer has the consent ticked, the
-address is taken out of that list: a :class:`~connector.models.BrevoRemoval` row holds it
-encrypted, and job ``brevo.remove_contact`` (its id only) removes it and deletes the row. A
-Brevo outage only delays it, like mail.
+asks Brevo: a push whose answer was lost counts as done). When the customer is erased, or a
+later delivery of the order no longer has the consent ticked, the address is taken out of
+that list: a :class:`~connector.models.BrevoRemoval` row holds it encrypted, and job
+``brevo.remove_contact`` (its id only) removes it and deletes the row. A Brevo outage only
+delays it, like mail. A later delivery with the consent ticked again, or ticked for the
+first time after the order was issued, pushes the buyer.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import db, lock_row
 from connector.integrations.brevo import BrevoConfig, push_contact, remove_from_list
 from connector.jobs import RetryLater, enqueue, handles
-from connector.models import BrevoRemoval, Job, Order, Store
+from connector.models import BrevoRemoval, DownloadGrant, Job, License, Order, Store
+from connector.orders.jobs import ISSUED_JOB  # its follow-ups include the push
 from connector.stores import hold_live_store
 from plugin.shop import ShopOrder
 
@@ -77,24 +79,40 @@ def queue_removal(
     enqueue(session, REMOVE_JOB, {"removal_id": removal.id, "store_id": store_id})
 
 
-def pass_withdrawal_on(session: Session, store: Store, order: Order, shop_order: ShopOrder) -> None:
-    """A delivery of an order without the consent ticked any more (the store asks for
-    consent): a push still waiting must not happen (the order remembers the withdrawal),
-    and a buyer Keygate pushed is taken out of the list again.
+def pass_consent_on(
+    session: Session, store: Store, order: Order, shop_order: ShopOrder, *, issuing: bool
+) -> None:
+    """A delivery of an order whose consent changed (the store asks for it). Withdrawn: a
+    push still waiting must not happen (the order remembers the withdrawal), and a buyer
+    Keygate pushed is taken out of the list again. Given on an order issued without it (the
+    owner ticked it on the buyer's word, or the buyer gave it again): the buyer is pushed.
 
-    A deletion is no withdrawal (its payload carries no meta at all). An order migration
-    0011 marked (its buyer perhaps pushed before lists were recorded, never known to have
-    consented on it) takes nobody out: they may be in the list by another order's consent;
-    only an erasure takes such a buyer out.
+    ``issuing``: this delivery issues keys or links, whose follow-ups push the buyer as it
+    says. A deletion is no withdrawal (its payload carries no meta at all). An order
+    migration 0011 marked (its buyer perhaps pushed before lists were recorded, never known
+    to have consented on it) takes nobody out: they may be in the list by another order's
+    consent; only an erasure takes such a buyer out.
     """
     if shop_order.deleted or order.mail_address is None:
         return
     config = brevo_config_for(session, store)
     if config is None or config.consent_meta_key is None:
         return
+    was_withdrawn = order.brevo_consent_withdrawn
     order.brevo_consent_withdrawn = not shop_order.meta_flag(config.consent_meta_key)
+    if not order.brevo_consent_withdrawn:
+        if (
+            was_withdrawn
+            and not issuing
+            and order.brevo_list_id is None
+            and not order.is_revoking
+            and _was_issued(session, order)
+            and not _push_waiting(session, order)
+        ):
+            enqueue(session, PUSH_JOB, {"order_id": order.id, "brevo_consent": True})
+        return
     list_id = order.brevo_list_id
-    if not order.brevo_consent_withdrawn or list_id in (None, LIST_NOT_RECORDED):
+    if list_id in (None, LIST_NOT_RECORDED):
         return
     queue_removal(
         session,
@@ -105,6 +123,28 @@ def pass_withdrawal_on(session: Session, store: Store, order: Order, shop_order:
         subject=f"order:{order.shop_order_id}",
     )
     order.brevo_list_id = None
+
+
+def _was_issued(session: Session, order: Order) -> bool:
+    """Keygate issued the order a license or a download link (its buyer is a customer)."""
+    for model in (License, DownloadGrant):
+        if session.scalars(select(model.id).where(model.order_id == order.id).limit(1)).first():
+            return True
+    return False
+
+
+def _push_waiting(session: Session, order: Order) -> bool:
+    """A push of the order's buyer is on its way: its job, or an issuance with the consent
+    whose follow-ups start one, waits or runs (the push reads the consent when it runs)."""
+    waiting = select(Job.id).where(
+        Job.status.in_(("pending", "running")),
+        Job.payload["order_id"].as_integer() == order.id,
+        or_(
+            Job.kind == PUSH_JOB,
+            and_(Job.kind == ISSUED_JOB, Job.payload["brevo_consent"].as_boolean()),
+        ),
+    )
+    return session.scalars(waiting.limit(1)).first() is not None
 
 
 def pass_erasure_on(

@@ -7,6 +7,7 @@ from typing import Any
 from connector.db import db
 from connector.jobs import JOB_ID, enqueue, handles
 
+ISSUED_JOB = "order.issued"
 # Kinds of job started for every issuance; domains add theirs (watermarks, shop write-back).
 ISSUED_FOLLOWUPS = [
     "downloads.watermark",
@@ -17,7 +18,7 @@ ISSUED_FOLLOWUPS = [
 REVOKED_FOLLOWUPS: list[str] = []
 
 
-@handles("order.issued")
+@handles(ISSUED_JOB)
 def fan_out_issued(payload: dict[str, Any]) -> None:
     """Start each follow-up once for this issuance (dedupe key: kind + this job's ids)."""
     marker = f"{payload['order_id']}:{','.join(map(str, payload.get('license_ids', [])))}"

@@ -46,6 +46,7 @@ from connector.models import (
 )
 from connector.models.licensing import LINE_CHANGED, by_the_order
 from connector.orders import renewals
+from connector.orders.jobs import ISSUED_JOB
 from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash
 from plugin.shop import (
@@ -690,7 +691,8 @@ def apply_shop_order(
         _converge_paid(session, store, order, shop_order, result)
     session.flush()
     if not shop_order.deleted:
-        contacts.pass_withdrawal_on(session, store, order, shop_order)
+        issuing = bool(result.issued_licenses or result.issued_grants)
+        contacts.pass_consent_on(session, store, order, shop_order, issuing=issuing)
     _record_changes(session, store, order, shop_order, result)
     return result
 
@@ -739,7 +741,7 @@ def _record_changes(
         # not stored anywhere else.
         enqueue(
             session,
-            "order.issued",
+            ISSUED_JOB,
             {
                 "order_id": order.id,
                 "license_ids": result.issued_licenses,

@@ -467,3 +467,54 @@ def test_a_removal_that_ran_before_the_push_landed_is_asked_again(
     assert not brevo.in_list(EMAIL, 7)
     outcomes = [e["detail"]["outcome"] for e in audit(brevo_shop, "customer.erased_in_brevo")]
     assert sorted(outcomes) == ["not_in_list", "removed"]
+
+
+def test_consent_ticked_after_the_order_was_issued_pushes_the_buyer_once(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """The buyer agrees later (the owner ticks it on their word): the next delivery pushes
+    them, once; deliveries after it, still ticked, push nobody again."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=45)
+    brevo_shop.deliver(with_meta(wc_order(9730, "processing", [item]), CONSENT_KEY, "no"))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == []
+    for modified in (5, 9):
+        later = wc_order(9730, "completed", [item], modified=modified)
+        brevo_shop.deliver(with_meta(later, CONSENT_KEY, "yes"))
+        run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+    assert brevo.in_list(EMAIL, 7)
+
+
+def test_consent_given_with_the_payment_pushes_the_buyer_once(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Unticked while the order waited for payment, ticked when it was paid: one push (the
+    issuance's), and none for an order never paid."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=46)
+    brevo_shop.deliver(with_meta(wc_order(9731, "pending", [item]), CONSENT_KEY, "no"))
+    brevo_shop.deliver(with_meta(wc_order(9732, "pending", [item]), CONSENT_KEY, "no"))
+    later = wc_order(9731, "processing", [item], modified=5)
+    brevo_shop.deliver(with_meta(later, CONSENT_KEY, "yes"))
+    unpaid = wc_order(9732, "pending", [item], email="unpaid@example.org", modified=5)
+    brevo_shop.deliver(with_meta(unpaid, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+
+
+def test_consent_withdrawn_and_given_again_before_the_push_ran_pushes_once(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Withdrawn and given again while the first push still waits: that push, which reads
+    the consent when it runs, is the only one."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=47)
+    brevo_shop.deliver(with_meta(wc_order(9733, "processing", [item]), CONSENT_KEY, "yes"))
+    for modified, ticked in ((5, "no"), (9, "yes")):
+        later = wc_order(9733, "completed", [item], modified=modified)
+        brevo_shop.deliver(with_meta(later, CONSENT_KEY, ticked))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL]
+    assert brevo.in_list(EMAIL, 7)
