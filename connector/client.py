@@ -671,8 +671,10 @@ class KeygateClient:
                 max_skew=None,
                 request_body=request_body,
             )
-            lowered = {k.lower(): v for k, v in record["headers"].items()}
-            signed_at = email.utils.parsedate_to_datetime(lowered["date"]).timestamp()
+            # Aged by the Date that was signed: a record (saved as one header per name) with
+            # a second Date in another case was edited, and its other Date is unsigned.
+            [date] = [v for k, v in record["headers"].items() if k.lower() == "date"]
+            signed_at = email.utils.parsedate_to_datetime(date).timestamp()
         except (SignatureError, KeyError, TypeError, ValueError, AttributeError, RecursionError):
             return None  # not a saved answer this client made, or a damaged one
         if (

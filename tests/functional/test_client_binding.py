@@ -7,6 +7,7 @@ Against the live server on loopback (``LiveServer``), with the real client."""
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import socket
 import threading
@@ -350,3 +351,25 @@ def test_a_keygate_older_than_the_client_is_unavailable_not_forged(
     assert client.validate(key).offline is True
     with pytest.raises(Unavailable, match="older than this client"):
         client.activate(key, site="a.com")
+
+
+def test_an_unsigned_date_written_beside_a_saved_answer_does_not_renew_it(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved answer is aged by the Date its signature covers: a second Date written into
+    the cache beside it (in another case, so the file keeps both) makes a month-old answer
+    no fresher, and the grace period can't be renewed by editing the file."""
+    key = issue_key(shop)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+    client = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+    assert client.validate(key).valid
+    live.stop()
+    month_later = time.time() + 30 * 24 * 3600
+    monkeypatch.setattr(time, "time", lambda: month_later)
+    [(slot, record)] = json.loads(cache.read_text()).items()
+    assert "Date" in record["headers"]
+    record["headers"]["date"] = email.utils.formatdate(month_later, usegmt=True)
+    cache.write_text(json.dumps({slot: record}))
+    offline = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+    with pytest.raises(Unavailable):
+        offline.validate(key)
