@@ -2,7 +2,7 @@
 
 A site is a host: lowercased, IDNA (UTS #46) to its ASCII form, a leading ``www.`` and a
 trailing dot dropped; scheme, user info, port, path and query are ignored. An IP literal is a
-host too (IPv6 in its compressed form, without brackets). So ``https://WWW.Bücher.example:443/shop/``
+host too (IPv6 in its compressed form, without brackets or zone). So ``https://WWW.Bücher.example:443/shop/``
 and ``bücher.example`` are both ``xn--bcher-kva.example``.
 """
 
@@ -36,6 +36,9 @@ def normalize_site(raw: str) -> str:
     if not text or len(text) > MAX_SITE_INPUT or any(ord(c) < 33 for c in text):
         raise _invalid("must be a host name or URL without spaces")
     if "://" not in text:
+        bare_ip = _ip_literal(text)  # "2001:db8::1" as Keygate answers it, without brackets
+        if bare_ip is not None:
+            return bare_ip
         text = "//" + text
     try:
         host = urlsplit(text).hostname
@@ -44,17 +47,17 @@ def normalize_site(raw: str) -> str:
     if not host:
         raise _invalid("has no host")
     host = host.rstrip(".")
-    try:
-        return ipaddress.ip_address(host).compressed
-    except ValueError:
-        pass
+    ip = _ip_literal(host)
+    if ip is not None:
+        return ip
     if all(label.isdigit() for label in host.split(".")):
         raise _invalid("is not a valid IP address")
     try:
         ascii_host = idna.encode(host, uts46=True, std3_rules=True).decode("ascii")
     except (idna.IDNAError, UnicodeError, ValueError):
         raise _invalid("is not a valid host name") from None
-    ascii_host = ascii_host.lower()
+    # Lowercase, and without a trailing dot the IDNA mapping made ("shop.com。").
+    ascii_host = ascii_host.lower().rstrip(".")
     # ``www.`` goes when what remains is a site itself: www.shop.com and www.localhost are
     # shop.com and localhost; www.com and www.example stay (com, example name no site).
     rest = ascii_host.removeprefix("www.")
@@ -63,6 +66,15 @@ def normalize_site(raw: str) -> str:
     if len(ascii_host) > 253 or ("." not in ascii_host and ascii_host != "localhost"):
         raise _invalid("must be a full host name such as example.com")
     return ascii_host
+
+
+def _ip_literal(host: str) -> str | None:
+    """The IP address ``host`` is, compressed, or None. An IPv6 zone (``%eth0``) is dropped:
+    it names an interface of the machine that sent it, not a site."""
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).compressed
+    except ValueError:
+        return None
 
 
 @functools.lru_cache(maxsize=4096)

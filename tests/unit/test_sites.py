@@ -27,6 +27,15 @@ from connector.licensing.sites import is_staging_site, normalize_site
         ("http://192.0.2.10:8080/", "192.0.2.10"),
         ("[2001:DB8::1]:443", "2001:db8::1"),
         ("localhost:3000", "localhost"),
+        # Bare IPv6, as Keygate answers it; a zone names the sender's interface, not a site.
+        ("2001:db8::1", "2001:db8::1"),
+        ("::1", "::1"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("http://[fe80::1%25" + "a" * 1000 + "]/", "fe80::1"),
+        # Dots IDNA maps to ".": a trailing one goes like an ASCII one.
+        ("shop.com\u3002", "shop.com"),
+        ("Shop.com\uff0e", "shop.com"),
+        ("shop.com\uff61", "shop.com"),
     ],
 )
 def test_site_forms_normalize_to_one_host(raw: str, canonical: str) -> None:
@@ -79,6 +88,8 @@ def test_garbage_is_refused(garbage: str) -> None:
 )
 def test_staging_sites(site: str) -> None:
     assert is_staging_site(site)
+    if not site[-1].isdigit() and ":" not in site:  # a name, however its trailing dot is written
+        assert is_staging_site(normalize_site(site + "\u3002"))
 
 
 @pytest.mark.parametrize(
