@@ -65,9 +65,12 @@ def normalize_key(raw: object) -> str | None:
     prefix made of alphabet characters is ambiguous with a first group, so both readings
     are tried; they share one lookup form, so the answer does not depend on the reading.
     """
-    if not isinstance(raw, str) or len(raw) > MAX_KEY_LENGTH:
+    if not isinstance(raw, str):
         return None
-    parts = [p for p in raw.strip().upper().replace(" ", "-").split("-") if p]
+    text = raw.strip()  # padding is forgiven whatever its length (the API strips it too)
+    if len(text) > MAX_KEY_LENGTH:
+        return None
+    parts = [p for p in text.upper().replace(" ", "-").split("-") if p]
     if len(parts) < 2 or not all(p.isascii() and p.isalnum() for p in parts):
         return None
     if _body_valid(parts) or _body_valid(parts[1:]):

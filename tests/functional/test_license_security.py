@@ -340,6 +340,20 @@ def test_per_key_limit_answers_signed_429_and_keeps_a_record(limited_app: Flask)
     assert call(shop.client, "validate", {"key": other}).status_code == 200
 
 
+def test_a_padded_key_spends_the_keys_budget(limited_app: Flask) -> None:
+    """A key with spaces around it is the key, answered VALID, so it spends the key's budget
+    too, however long the padding (within the field's 300 characters)."""
+    shop = _limited_shop(limited_app)
+    key = issue_key(shop)
+    forms = [key, " " * 150 + key, key + " " * 150, "\t" * 100 + key + " " * 100]
+    answers = [call(shop.client, "validate", {"key": form}) for form in forms]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert answers[1].get_json()["code"] == "VALID"
+    with limited_app.app_context():
+        (event,) = db.session.scalars(select(SecurityEvent)).all()
+        assert event.scope == "key"
+
+
 def test_per_ip_limit_covers_keyless_and_unknown_keys(limited_app: Flask) -> None:
     """Guessing keys from one address hits the per-IP limit."""
     shop = _limited_shop(limited_app)
