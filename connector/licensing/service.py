@@ -521,11 +521,12 @@ def activate(
     )
     activation = _find_activation(session, lic, identity)
     assert activation is not None  # noqa: S101 - inserted or already there
+    extra = {"activation": activation_json(activation)}
     if inserted is not None:
         _record_binding_change(session, lic, product, "activate")
-    return Answer(
-        True, "VALID", "Activated.", lic, product, {"activation": activation_json(activation)}
-    )
+        if lic.status == "suspended":  # this change was one too many: the abuse signal
+            return Answer(False, "SUSPENDED", "This license is suspended.", lic, product, extra)
+    return Answer(True, "VALID", "Activated.", lic, product, extra)
 
 
 def deactivate(

@@ -387,6 +387,23 @@ def test_a_key_the_abuse_signal_paused_shuts_its_download_links_until_reinstated
     assert get(shop.client, path).status_code == 200
 
 
+def test_the_activation_that_trips_the_suspension_is_answered_suspended(
+    shop: WebhookSender,
+) -> None:
+    """abuse_threshold=2 with abuse_suspend: the activation that is the 3rd change pauses
+    the key, and its own answer says so (the product must not record a good activation)."""
+    key = issue_key(shop, activation_limit=1, abuse_threshold=2, abuse_suspend=True)
+    call(shop.client, "activate", {"key": key, "site": "a.com"})
+    call(shop.client, "deactivate", {"key": key, "site": "a.com"})
+    body = call(shop.client, "activate", {"key": key, "site": "b.com"}).get_json()
+    assert (body["valid"], body["code"], body["license"]["status"]) == (
+        False,
+        "SUSPENDED",
+        "suspended",
+    )
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "SUSPENDED"
+
+
 def test_binding_changes_under_the_threshold_do_nothing(shop: WebhookSender) -> None:
     """Three changes with a threshold of 3 is normal use."""
     key = issue_key(shop, activation_limit=1, abuse_threshold=3, abuse_suspend=True)
