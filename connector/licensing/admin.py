@@ -8,7 +8,6 @@ never undoes those (only reasons the order's state caused are undone when it is 
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,13 +20,12 @@ from connector.audit import record_audit
 from connector.db import read_mostly, utcnow
 from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.licensing.keys import normalize_key
-from connector.licensing.links import set_downloads_blocked
+from connector.licensing.links import downloads_last_while, set_downloads_blocked
 from connector.licensing.policy import LATEST_EXPIRY, add_days
 from connector.licensing.service import activations_used, iso
 from connector.models import (
     LICENSE_STATUSES,
     Activation,
-    DownloadGrant,
     License,
     LicenseFlag,
     LicenseRenewal,
@@ -300,21 +298,6 @@ def not_paid_for(session: Session, lic: License) -> str | None:
     return None
 
 
-def _extend_downloads(session: Session, lic: License, until: dt.datetime) -> None:
-    """Downloads that last while the license lasts (its product sets no ``download_days``)
-    end with it again; downloads with a window of their own keep it."""
-    product = session.get(Product, lic.product_id)
-    if product is None or product.download_days is not None:
-        return
-    grants = select(DownloadGrant).where(
-        DownloadGrant.license_id == lic.id,
-        DownloadGrant.expires_at.is_not(None),
-        DownloadGrant.expires_at < until,
-    )
-    for grant in session.scalars(grants):
-        grant.expires_at = until
-
-
 def change_license(
     session: Session,
     store: Store,
@@ -377,7 +360,7 @@ def change_license(
         if lic.updates_until is not None and lic.updates_until == lic.expires_at:
             lic.updates_until = new_expiry
         lic.expires_at = new_expiry
-        _extend_downloads(session, lic, new_expiry)
+        downloads_last_while(session, lic, new_expiry)
     session.flush()
     record_audit(
         session,

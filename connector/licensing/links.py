@@ -1,4 +1,5 @@
-"""A license's download links follow a pause or an end the order did not cause.
+"""A license's download links follow a pause or an end the order did not cause, and an
+extension the owner gave.
 
 The owner's suspend or revoke (``connector.licensing.admin``) and the abuse signal's
 suspension (``connector.licensing.service``) shut the license's links; a reinstate opens
@@ -7,11 +8,13 @@ them again. The order's own revocations (refunds, cancellations) are the order s
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.db import utcnow
-from connector.models import DownloadGrant, License
+from connector.models import DownloadGrant, License, Product
 from connector.models.licensing import by_the_order
 
 # Why a license's links were shut besides the order: by its owner, or by the abuse signal
@@ -43,3 +46,23 @@ def set_downloads_blocked(
         ):
             grant.revoked_at = None
             grant.revoked_reason = None
+
+
+def downloads_last_while(
+    session: Session, lic: License, until: dt.datetime, grant_ids: list[int] | None = None
+) -> None:
+    """Links that last while the license lasts (its product sets no ``download_days``) end
+    with it again, at ``until`` (the owner extended it); links with a window of their own
+    keep it. ``grant_ids``: only these links (issued now, for a file added since)."""
+    product = session.get(Product, lic.product_id)
+    if product is None or product.download_days is not None:
+        return
+    grants = select(DownloadGrant).where(
+        DownloadGrant.license_id == lic.id,
+        DownloadGrant.expires_at.is_not(None),
+        DownloadGrant.expires_at < until,
+    )
+    if grant_ids is not None:
+        grants = grants.where(DownloadGrant.id.in_(grant_ids))
+    for grant in session.scalars(grants):
+        grant.expires_at = until

@@ -31,6 +31,7 @@ from connector.catalog import find_product
 from connector.db import insert_ignoring_conflicts, utcnow
 from connector.jobs import enqueue
 from connector.licensing.keys import KeyFormat, generate_key, lookup_form
+from connector.licensing.links import downloads_last_while
 from connector.licensing.policy import Policy
 from connector.mail import contacts
 from connector.mail.service import ORDER_MAIL_JOB
@@ -336,9 +337,12 @@ def _issue_unit(
             new_grants.append(granted)
     result.issued_grants.extend(new_grants)
     license_ = session.get(License, existing) if existing is not None else None
-    if license_ is not None:
-        # Links for a file added since: as long as the renewals made the license's others.
+    if license_ is not None and new_grants:
+        # Links for a file added since: as long as the renewals made the license's others,
+        # and as the owner's extensions did (the license's end, when links last while it does).
         renewals.extend_new_grants(session, license_, new_grants)
+        if license_.expires_at is not None:
+            downloads_last_while(session, license_, license_.expires_at, new_grants)
 
 
 def _insert_license(

@@ -175,6 +175,33 @@ def test_owner_extension_moves_downloads_that_last_with_the_license(shop: Webhoo
     assert downloads["two.pdf"] == before["two.pdf"]
 
 
+def test_a_file_added_after_an_owner_extension_is_linked_until_the_licenses_end(
+    shop: WebhookSender,
+) -> None:
+    """The owner extended a license whose downloads last while it lasts, then added a file:
+    the new file's link ends with the license, like the links the extension moved, instead
+    of from the payment (here: born expired)."""
+    from tests.factories import line_item, wc_order
+
+    shop.configure(501, duration_days=5)  # paid 2026-11-20: ran out on 2026-11-25
+    item = line_item(501, line_id=301)
+    shop.deliver(wc_order(9302, "processing", [item], modified=1))
+    key = shop.order(9302)["licenses"][0]["key"]
+    assert shop.admin("POST", f"/licenses/{key}/extend", {"days": 30}).status_code == 200
+    files = [
+        {"object_key": "a/manual.pdf", "filename": "manual.pdf"},
+        {"object_key": "a/v2.zip", "filename": "v2.zip"},
+    ]
+    shop.configure(501, duration_days=5, files=files)
+    shop.deliver(wc_order(9302, "completed", [item], modified=2))
+    order = shop.order(9302)
+    expiry = order["licenses"][0]["expires_at"]
+    assert {d["filename"]: d["expires_at"] for d in order["downloads"]} == {
+        "manual.pdf": expiry,
+        "v2.zip": expiry,
+    }
+
+
 def test_owner_revocation_survives_a_redelivered_paid_order(shop: WebhookSender) -> None:
     """The order service never undoes a revocation the owner made."""
     from tests.factories import line_item, wc_order
