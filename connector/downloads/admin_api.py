@@ -70,7 +70,7 @@ def order_downloads(shop_order_id: str) -> ResponseReturnValue:
     )
 
 
-@bp.get("/customers/<email>/downloads")
+@bp.get("/customers/<path:email>/downloads")
 @require_store_token
 def customer_downloads(email: str) -> ResponseReturnValue:
     """Every click on the links of this buyer's orders (matched by order email), newest first."""

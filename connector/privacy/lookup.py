@@ -1,8 +1,8 @@
 """One customer as the owner looks them up: their orders, licenses and downloads per store.
 
 A customer is the orders of one email address in one store, as export and erasure find
-them (:func:`connector.privacy.service.customer_orders`): the page shows exactly what an
-export would hold and an erasure would reach.
+them (:func:`connector.privacy.service.known_customer_orders`): the page shows exactly what
+an export would hold, and what an erasure would reach (the orders not erased yet).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from connector.downloads.log import Click, clicks
 from connector.models import Order, Store
 from connector.orders.summary import DownloadView, LicenseView, order_entitlements
-from connector.privacy.service import customer_orders
+from connector.privacy.service import erased_address, known_customer_orders
 
 
 @dataclass(frozen=True)
@@ -35,22 +35,27 @@ class CustomerInStore:
     orders: list[CustomerOrder]
     clicks: list[Click]
 
+    @property
+    def erasable(self) -> bool:
+        """Some order still names the customer (the rest an erasure reached already)."""
+        return any(not entry.order.is_erased for entry in self.orders)
+
 
 def look_up_customer(session: Session, email: str, store_id: int | None) -> list[CustomerInStore]:
-    """The stores that have orders of ``email`` (only ``store_id`` when given), by store id,
-    each with the customer's orders, licenses, download links and clicks."""
+    """The stores that keep orders of ``email`` (only ``store_id`` when given), by store id,
+    each with the customer's orders, licenses, download links and clicks; once erased, what
+    was kept of their orders under the pseudonym too (what their export lists)."""
+    addresses = (email.strip().lower(), erased_address(email))
     stores_query = (
         select(Store)
-        .where(Store.id.in_(select(Order.store_id).where(Order.email == email.strip().lower())))
+        .where(Store.id.in_(select(Order.store_id).where(Order.email.in_(addresses))))
         .order_by(Store.id)
     )
     if store_id is not None:
         stores_query = stores_query.where(Store.id == store_id)
     found = []
     for store in session.scalars(stores_query).all():
-        orders = customer_orders(session, store, email)
-        if not orders:  # pragma: no cover - the store was picked for its orders
-            continue
+        orders = known_customer_orders(session, store, email, erased_too=True)
         entitled = []
         for order in orders:
             entitlements = order_entitlements(session, order)

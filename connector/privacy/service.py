@@ -85,15 +85,16 @@ def erased_address(email: str) -> str:
 def known_customer_orders(
     session: Session, store: Store, email: str, *, erased_too: bool = False
 ) -> list[Order]:
-    """The customer's orders in ``store`` (``erased_too``: or, once erased, what was kept of
-    them), or 404 when Keygate keeps nothing about them there (an export or an erasure of
-    nobody is an error the owner should see)."""
+    """The customer's orders in ``store`` (``erased_too``: and what was kept of those an
+    erasure reached, a customer who came back after it having both), or 404 when Keygate
+    keeps nothing about them there (an export or an erasure of nobody is an error the owner
+    should see)."""
     orders = customer_orders(session, store, email)
+    kept = customer_orders(session, store, email, erased=True)
+    if erased_too and (orders or kept):
+        return sorted(orders + kept, key=lambda order: order.id)
     if orders:
         return orders
-    kept = customer_orders(session, store, email, erased=True)
-    if kept and erased_too:
-        return kept
     if kept:
         raise NotFound(
             "This customer was erased already: Keygate keeps only the accounting and license"

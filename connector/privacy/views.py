@@ -11,9 +11,10 @@ from connector.privacy.service import erase_customer, export_customer, known_cus
 from connector.validation import customer_email
 
 bp = Blueprint("privacy_views", __name__, url_prefix="/api/v1/admin/customers")
+# ``path:``: an address may hold a "/" (a mailbox Keygate stores and mails like any other).
 
 
-@bp.get("/<email>/export")
+@bp.get("/<path:email>/export")
 @require_store_token
 def export(email: str) -> ResponseReturnValue:
     email = customer_email(email)
@@ -22,7 +23,7 @@ def export(email: str) -> ResponseReturnValue:
     return response
 
 
-@bp.delete("/<email>")
+@bp.delete("/<path:email>")
 @require_store_token
 def erase(email: str) -> ResponseReturnValue:
     email = customer_email(email)

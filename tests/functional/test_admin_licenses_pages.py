@@ -384,6 +384,24 @@ def test_a_customer_is_looked_up_by_a_posted_email_with_orders_licenses_and_down
     assert XSS not in malformed_html
 
 
+def test_an_erased_customer_is_looked_up_with_what_was_kept_and_no_erase_button(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """After an erasure the page shows what is kept under the pseudonym, with its export,
+    never "keeps no data"; the Erase form comes back with a new order of theirs."""
+    shop.configure(501)
+    sold = sell(shop, 9572, email="carla@example.org")
+    assert shop.admin("DELETE", "/customers/carla@example.org").status_code == 200
+    assert sign_in(admin_client) == 302
+    html = look_up(admin_client, "carla@example.org").get_data(as_text=True)
+    assert "keeps no data" not in html and "Export (JSON)" in html
+    assert sold["licenses"][0]["key"] in html and "(customer erased)" in html
+    assert "This customer was erased" in html and 'name="confirm"' not in html
+    sell(shop, 9573, email="carla@example.org")
+    html = look_up(admin_client, "carla@example.org").get_data(as_text=True)
+    assert 'name="confirm"' in html and "This customer was erased" not in html
+
+
 def test_export_downloads_exactly_what_the_export_api_gives(
     app: Flask, admin_client: FlaskClient, shop: WebhookSender
 ) -> None:

@@ -239,6 +239,36 @@ def test_an_erased_customers_export_lists_what_was_kept_under_the_pseudonym(
     assert shop.admin("GET", "/customers/nobody@example.org/export").status_code == 404
 
 
+def test_a_customer_who_came_back_after_an_erasure_is_exported_whole(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Erased, then a buyer again: the export lists the new order and what was kept of the
+    erased one (each with its erasure state); erasing again reaches the new order only."""
+    first = paid_order(app, shop, 9521)
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+    paid_order(app, shop, 9522)
+    document = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()
+    assert document["erased"] is False
+    erased_at = {order["order"]: order["erased_at"] for order in document["orders"]}
+    assert list(erased_at) == ["9521", "9522"]
+    assert erased_at["9521"] is not None and erased_at["9522"] is None
+    assert document["orders"][0]["licenses"][0]["key"] == first["licenses"][0]["key"]
+    again = shop.admin("DELETE", f"/customers/{EMAIL}")
+    assert again.status_code == 200 and again.get_json()["erased_orders"] == 1
+
+
+def test_the_privacy_api_reaches_an_address_with_a_slash(app: Flask, shop: WebhookSender) -> None:
+    """ "a/b@example.org" is a mailbox Keygate stores and mails: its downloads, export and
+    erasure are reached over the API, the "/" written as is or as %2F."""
+    shop.configure(501)
+    shop.deliver(wc_order(9523, "completed", [line_item(501)], email="a/b@example.org"))
+    assert shop.admin("GET", "/customers/a/b@example.org/downloads").status_code == 200
+    exported = shop.admin("GET", "/customers/a%2Fb@example.org/export")
+    assert exported.status_code == 200
+    assert exported.get_json()["orders"][0]["email"] == "a/b@example.org"
+    assert shop.admin("DELETE", "/customers/a/b@example.org").status_code == 200
+
+
 def test_export_names_each_mail_and_the_orders_own_dates(app: Flask, shop: WebhookSender) -> None:
     paid_order(app, shop, 9521)
     (order,) = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["orders"]
