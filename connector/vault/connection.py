@@ -397,9 +397,8 @@ def _delete_stray_webhooks(session: Session, store: Store, client: WooCommerceCl
     keep = set(_registered(session, store, WebhookRegistration.shop_webhook_id))
     session.commit()
     deleted: list[str] = []
-    for webhook in client.list_webhooks():
-        webhook_id = str(webhook.get("id"))
-        if _same_url(webhook.get("delivery_url"), url) and webhook_id not in keep:
+    for webhook_id in _webhook_ids_to(client, url):
+        if webhook_id not in keep:
             client.delete_webhook(webhook_id)
             deleted.append(webhook_id)
     if deleted:
@@ -413,8 +412,14 @@ def _registered(session: Session, store: Store, column: InstrumentedAttribute[st
     return list(session.scalars(select(column).where(WebhookRegistration.store_id == store.id)))
 
 
-def _same_url(value: object, url: str) -> bool:
-    return isinstance(value, str) and value.rstrip("/") == url.rstrip("/")
+def _webhook_ids_to(client: WooCommerceClient, url: str) -> list[str]:
+    """The ids of the shop's webhooks that deliver to ``url``."""
+    wanted = url.rstrip("/")
+    return [
+        str(webhook.get("id"))
+        for webhook in client.list_webhooks()
+        if str(webhook.get("delivery_url") or "").rstrip("/") == wanted
+    ]
 
 
 def check_webhooks(session: Session, store: Store, client: WooCommerceClient) -> list[str]:
@@ -570,15 +575,15 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
     deleted: list[str] = []
     left: list[str] = []
     asked: set[str] = set()
+    # Keygate's webhooks the shop has that no registration remembers (a reconnection forgets
+    # them until its registration, still waiting, deletes them): deleted in the first round.
+    unregistered = _shop_webhooks_to(session, store, client) if client is not None else []
     for _ in range(DISCONNECT_ROUNDS):
         # A webhook check running meanwhile (the key is still here) may register a webhook
         # again: each round deletes what was registered since the last one.
         lock_store(session, store)
-        webhook_ids = [
-            webhook_id
-            for webhook_id in _registered(session, store, WebhookRegistration.shop_webhook_id)
-            if webhook_id not in asked
-        ]
+        registered = _registered(session, store, WebhookRegistration.shop_webhook_id)
+        webhook_ids = list(dict.fromkeys(w for w in registered + unregistered if w not in asked))
         if not webhook_ids or client is None:
             break
         session.commit()  # nothing held while the shop answers
@@ -623,6 +628,27 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
         detail={"webhooks_deleted": deleted, "webhooks_left": left},
     )
     return Disconnection(deleted=deleted, left=left)
+
+
+def _shop_webhooks_to(session: Session, store: Store, client: WooCommerceClient) -> list[str]:
+    """The ids of the shop's webhooks to this store's URL (commits: the shop is asked outside
+    any transaction); none when the shop refuses the key (nothing can be deleted then).
+
+    Raises:
+        ServiceUnavailable: the shop could not be reached, or refused otherwise.
+    """
+    url = webhook_url(store)
+    session.commit()
+    try:
+        return _webhook_ids_to(client, url)
+    except ShopRejected as exc:
+        if exc.status in KEY_REFUSED:
+            return []
+        raise ServiceUnavailable(f"The shop refused to list Keygate's webhooks ({exc}).") from None
+    except ShopError as exc:
+        raise ServiceUnavailable(
+            f"The shop could not be reached to delete its webhooks ({exc})."
+        ) from None
 
 
 def _audit_registered(

@@ -592,3 +592,26 @@ def test_a_disconnect_while_webhooks_are_registered_leaves_none_in_the_shop(
     with app.app_context():
         assert db.session.scalars(select(WebhookRegistration)).all() == []
     assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
+
+
+def test_a_disconnect_before_a_reregistration_ran_deletes_the_old_webhooks(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A new webhook secret forgets the registrations until the registration job runs; the
+    owner disconnects before it did: the shop's webhooks to this store are deleted all the
+    same, and the answer names them."""
+    from connector.vault.connection import replace_webhook_secret
+
+    connect_store(app, shop, fake_shop)
+    url = f"http://keygate.test/webhooks/woocommerce/{shop.store.store.public_id}"
+    in_shop = sorted(str(w) for w in fake_shop.active_webhooks(url).values())
+    assert len(in_shop) == 4
+    with app.app_context():
+        replace_webhook_secret(db.session, _store(app, shop), actor="api")
+        db.session.commit()
+    response = shop.admin("DELETE", "/connection")
+    assert response.status_code == 200
+    assert sorted(response.get_json()["webhooks_deleted"]) == in_shop
+    assert fake_shop.active_webhooks(url) == {}
+    run_pending(app)  # the registration, run after the disconnect, makes none
+    assert fake_shop.active_webhooks(url) == {}
