@@ -6,14 +6,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.pq import TransactionStatus
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.exc import OperationalError
 
 from connector.audit import record_audit
 from connector.db import db, read_mostly, read_one, utcnow
-from connector.models import Activation, AuditEvent
+from connector.models import Activation, AuditEvent, Product, Store
 from connector.stores import NewStore
 from tests.factories import WebhookSender
 from tests.licensing_helpers import issue_key
@@ -148,3 +150,38 @@ def test_license_calls_ride_out_a_database_restart(app: Flask, shop: WebhookSend
     gone = shop.client.post("/api/v1/licenses/deactivate", json=body)
     assert gone.status_code == 200, gone.get_data(as_text=True)
     assert shop.admin("GET", f"/licenses/{key}").get_json()["activations"] == []
+
+
+def test_a_saved_product_is_committed_before_its_files_are_looked_up(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PUT product: storage is asked whether the files are there (a warning for the owner)
+    with the change committed and no lock held, so a slow bucket holds up no other writer:
+    meanwhile another connection writes (SQLite: the one write lock) and locks the store's
+    row (PostgreSQL: the save holds it against a deletion) without waiting."""
+    from connector.downloads.storage import LocalStore
+
+    written: list[str] = []
+    exists = LocalStore.exists
+
+    def exists_while_another_writes(self: LocalStore, key: str) -> bool:
+        with db.engine.connect() as other:
+            if other.dialect.name == "sqlite":
+                other.exec_driver_sql("PRAGMA busy_timeout=300")
+            else:
+                other.exec_driver_sql("SET lock_timeout = '300ms'")
+            try:
+                other.execute(select(Store.id).with_for_update())
+                other.execute(update(Product).values(updated_at=utcnow()))
+                other.commit()
+                written.append("written")
+            except OperationalError as exc:
+                written.append(type(exc.orig).__name__)
+        return exists(self, key)
+
+    monkeypatch.setattr(LocalStore, "exists", exists_while_another_writes)
+    files = [{"object_key": "products/501/later.pdf", "filename": "later.pdf"}]
+    answer = shop.configure(501, files=files)
+    assert answer.status_code == 200
+    assert answer.get_json()["warnings"] == ["products/501/later.pdf: not found in storage yet"]
+    assert written == ["written"]
