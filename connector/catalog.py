@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import iso, utcnow
+from connector.db import iso, read_mostly, utcnow
 from connector.errors import ValidationFailed
 from connector.models import WATERMARKS, Product, ProductFile, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
@@ -220,19 +220,26 @@ def configure_product(
     return product
 
 
-def product_warnings(store: Store, product: Product) -> list[str]:
-    """Owner-facing warnings for the product's files not (yet) in storage; never an error."""
-    return products_warnings(store, [product])[product.id]
+def product_warnings(session: Session, store: Store, product: Product) -> list[str]:
+    """Owner-facing warnings for the product's files not (yet) in storage; never an error.
+    Commits, as :func:`products_warnings` does."""
+    return products_warnings(session, store, [product])[product.id]
 
 
-def products_warnings(store: Store, products: list[Product]) -> dict[int, list[str]]:
+def products_warnings(
+    session: Session, store: Store, products: list[Product]
+) -> dict[int, list[str]]:
     """:func:`product_warnings` of several products of ``store``, by product id: each file
-    is looked up once, and a storage that does not answer is waited for once."""
+    is looked up once, and a storage that does not answer is waited for once.
+
+    Commits (the caller's work first) and asks storage in a read-only unit: a slow bucket
+    must hold no lock meanwhile (SQLite's one write lock, PostgreSQL's row locks).
+    """
     from connector.downloads.storage import storage_warnings
 
-    return storage_warnings(
-        store, {p.id: [f.object_key for f in p.files if f.active] for p in products}
-    )
+    keys = {p.id: [f.object_key for f in p.files if f.active] for p in products}
+    session.commit()
+    return read_mostly(session, lambda: storage_warnings(store, keys))
 
 
 def retire_product(session: Session, store: Store, product: Product, *, actor: str) -> Product:

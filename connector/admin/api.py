@@ -17,7 +17,7 @@ from connector.catalog import (
     product_warnings,
     retire_product,
 )
-from connector.db import db, iso, read_mostly
+from connector.db import db, iso
 from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.jobs import trouble_json
 from connector.mail.service import mail_order_again, undelivered_mails
@@ -82,14 +82,10 @@ def get_product(shop_product_id: str) -> ResponseReturnValue:
 
 
 def _product_answer(product: Product) -> ResponseReturnValue:
-    """A product as configured, with owner-facing warnings for files not (yet) in storage.
-
-    The owner's change is committed before storage is asked: a slow bucket must not hold the
-    store's other writers meanwhile (SQLite's one write lock, PostgreSQL's row locks)."""
-    store, answer = current_store(), product_json(product)
-    db.session.commit()
-    warnings = read_mostly(db.session, lambda: product_warnings(store, product))
-    return jsonify({**answer, "warnings": warnings})
+    """A product as configured, with owner-facing warnings for files not (yet) in storage
+    (asked once the owner's change is committed)."""
+    answer = product_json(product)
+    return jsonify({**answer, "warnings": product_warnings(db.session, current_store(), product)})
 
 
 def order_json(order: Order) -> dict[str, Any]:

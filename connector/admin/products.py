@@ -223,7 +223,9 @@ def products() -> ResponseReturnValue:
     by_id = {store.id: store for store in stores}
     warnings: dict[int, list[str]] = {}
     for store_id in {p.store_id for p in rows}:
-        warnings |= products_warnings(by_id[store_id], [p for p in rows if p.store_id == store_id])
+        warnings |= products_warnings(
+            db.session, by_id[store_id], [p for p in rows if p.store_id == store_id]
+        )
     return render_template(
         "admin/products.html",
         products=rows,
@@ -252,7 +254,7 @@ def _render_product(
         stores=_visible_stores(),
         product=product,
         product_form=product_form,
-        warnings=product_warnings(store, product) if store and product else [],
+        warnings=product_warnings(db.session, store, product) if store and product else [],
         releases=product_releases(db.session, product) if product else [],
         release_values=release_values or {},
         error=error,
