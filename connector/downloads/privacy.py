@@ -186,16 +186,18 @@ def _naming_someone_else(session: Session) -> list[int]:
 
 @handles(DELETE_COPIES_JOB)
 def delete_copies(payload: dict[str, Any]) -> None:
-    """Delete erased buyers' stamped copies from storage (safe to run twice).
+    """Delete stamped copies from storage (safe to run twice): erased buyers', purged ones,
+    and those a copy stamped under a renamed file replaced.
 
-    A copy's key is the same each time its grant is stamped: a link that works again (paid
-    again, renewed, or simply clicked after an erasure) may be stamped anew at that key
-    since this job was queued, with what the order says now. That copy stays: a key is
-    skipped when a copy is recorded at it. A click can also stamp it between that check and
-    the delete (its upload replaced the file the delete then takes): so after each delete
-    the key is looked up again, and a copy recorded there meanwhile whose file is gone is
-    stamped again at once. (A click that records its copy later still finds the file gone
-    when it delivers it, and stamps it anew itself.)
+    A copy's key is the same each time its grant is stamped (while its file keeps its name,
+    or gets it back): a link that works again (paid again, renewed, or simply clicked after
+    an erasure) may be stamped anew at that key since this job was queued, with what the
+    order says now. That copy stays: a key is skipped when a copy is recorded at it. A click
+    can also stamp it between that check and the delete (its upload replaced the file the
+    delete then takes): so after each delete the key is looked up again, and a copy
+    recorded there meanwhile whose file is gone is stamped again at once. (A click that
+    records its copy later still finds the file gone when it delivers it, and stamps it
+    anew itself.)
     """
     from connector.downloads.service import make_watermarked_copy
     from connector.downloads.storage import StorageUnavailable, store_for

@@ -794,9 +794,10 @@ def stamp_for(session: Session, grant: DownloadGrant) -> Stamp:
 def make_watermarked_copy(session: Session, grant: DownloadGrant) -> WatermarkCopy | None:
     """Stamp the buyer's copy of the grant's file and store it; record success or why not.
 
-    Safe to run twice: the copy's key and content depend only on the grant. None when the
-    buyer's details changed while stamping (an erasure, a new name): that copy is thrown
-    away and the next click or job stamps again.
+    Safe to run twice: the copy's key and content depend only on the grant and its file (a
+    copy stamped under a renamed file replaces the old one, which is deleted). None when
+    the buyer's details changed while stamping (an erasure, a new name): that copy is
+    thrown away and the next click or job stamps again.
 
     Raises:
         StorageUnavailable: the store did not answer (the caller retries later).
@@ -859,9 +860,10 @@ def _stamp_still_current(session: Session, grant: DownloadGrant, stamp: Stamp) -
 
 def _discard_copy(session: Session, grant: DownloadGrant, backend: ObjectStore, key: str) -> None:
     """Throw away a copy stamped with details the order no longer has (the buyer's name
-    must not stay in storage after an erasure), and any record of an earlier copy at the
-    same key, which the upload replaced. Committed at once: the click then fails (503),
-    and its rollback must not bring the record back.
+    must not stay in storage after an erasure), and any record of an earlier copy: at the
+    same key the upload replaced it, and one at another key (the file was renamed since)
+    names the buyer as the order named them before, so its file goes too. Committed at
+    once: the click then fails (503), and its rollback must not bring the record back.
 
     The file is deleted after the commit, with no lock held while the store answers; the
     deletion job is queued in the same commit, so the file goes even if this process stops
@@ -870,9 +872,14 @@ def _discard_copy(session: Session, grant: DownloadGrant, backend: ObjectStore, 
     from connector.jobs import enqueue
 
     log.info("grant %s: buyer's details changed while stamping; copy discarded", grant.id)
-    session.execute(delete(WatermarkCopy).where(WatermarkCopy.grant_id == grant.id))
+    earlier = session.execute(
+        delete(WatermarkCopy)
+        .where(WatermarkCopy.grant_id == grant.id)
+        .returning(WatermarkCopy.object_key)
+    ).scalar_one_or_none()
     grant.watermarked_key = None
-    enqueue(session, DELETE_COPIES_JOB, {"store_id": grant.store_id, "object_keys": [key]})
+    keys = [key] if earlier in (None, key) else [key, earlier]
+    enqueue(session, DELETE_COPIES_JOB, {"store_id": grant.store_id, "object_keys": keys})
     session.commit()
     try:
         backend.delete(key)
@@ -916,6 +923,8 @@ def _record_copy(
     copy.kind = product_file.watermark
     copy.fingerprint, copy.source_version, stamped_for = made_from
     if error is None:
+        if copy.object_key is not None and copy.object_key != key:
+            _delete_replaced_copy(session, grant, copy.object_key)
         # Only a copy stamped now is of this version: an older one kept after a failure
         # (its file still in storage) stays what it was, for the purge to find.
         copy.stamp_version = STAMP_VERSION
@@ -935,3 +944,18 @@ def _record_copy(
         )
     session.flush()
     return copy
+
+
+def _delete_replaced_copy(session: Session, grant: DownloadGrant, old_key: str) -> None:
+    """Delete the file of the copy a new one replaces at another key (the owner renamed the
+    file: the key holds its name). Once the record points at the new key nothing points at
+    the old file, so no erasure or purge would ever reach it, and the buyer's name would
+    stay in storage. The deletion job is queued with the new record, in its transaction:
+    it goes exactly when the record moves. Should the grant be stamped at the old key again
+    before the job runs (the file renamed back), the job leaves that copy alone, as for
+    every copy it deletes."""
+    from connector.downloads.privacy import DELETE_COPIES_JOB
+    from connector.jobs import enqueue
+
+    log.info("grant %s: copy stamped at a new key; the old one is deleted", grant.id)
+    enqueue(session, DELETE_COPIES_JOB, {"store_id": grant.store_id, "object_keys": [old_key]})

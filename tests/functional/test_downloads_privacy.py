@@ -352,3 +352,72 @@ def test_the_daily_purge_deletes_a_copy_naming_someone_the_order_no_longer_names
     assert again.status_code == 200
     text = PdfReader(io.BytesIO(again.data)).pages[0].extract_text()
     assert "Anna Right <anna@example.org>" in text and EMAIL not in text
+
+
+def _copies_in_storage(app: Flask) -> list[str]:
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    return sorted(p.name for p in (storage / "watermarked").rglob("*") if p.is_file())
+
+
+def test_a_copy_stamped_under_a_renamed_file_deletes_the_old_one(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A copy's key holds the file's name. The owner renames the file and uploads a new
+    edition: the next click stamps a new copy under the new name, and the old copy (the
+    buyer's name in it, recorded nowhere any more) is deleted from storage with it, so the
+    erasure leaves no copy naming the buyer behind."""
+    path, first_copy = stamped_order(app, shop, 7911)
+    shop.configure(
+        501,
+        files=[{"object_key": "books/guide.pdf", "filename": "guide-2nd.pdf", "watermark": "pdf"}],
+    )
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    make_pdf(storage / "books/guide.pdf", pages=4)  # the owner uploads a new edition
+    assert get(shop.client, path).status_code == 200  # stamped anew, under the new name
+    run_pending(app)  # the old copy's deletion, queued with the new one's record
+    assert not first_copy.exists()
+    assert _copies_in_storage(app) == ["guide-2nd.pdf"]
+    assert get(shop.client, path).status_code == 200  # the new copy is kept and served
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+    run_pending(app)
+    assert _copies_in_storage(app) == []
+
+
+def test_a_copy_thrown_away_under_a_renamed_file_takes_the_old_one_too(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner renamed the file and the shop corrects the buyer's name while the copy is
+    being stamped under the new name: the new copy is thrown away, and so is the old one
+    (under the old name, naming the old buyer), whose record goes with it."""
+    from tests.factories import line_item, wc_order
+
+    path, first_copy = stamped_order(app, shop, 7912)
+    item = line_item(501, line_id=int(shop.order(7912)["order"]["line_items"][0]["id"]))
+    shop.configure(
+        501,
+        files=[{"object_key": "books/guide.pdf", "filename": "guide-2nd.pdf", "watermark": "pdf"}],
+    )
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=4)
+    stamp_pdf = service.stamp_pdf
+    corrected: list[int] = []
+
+    def stamp_while_the_shop_corrects(source: Path, target: Path, stamp: Any) -> None:
+        right = {"first_name": "Anna", "last_name": "Right", "email": "anna@example.org"}
+        corrector = threading.Thread(
+            target=lambda: corrected.append(
+                shop.deliver(wc_order(7912, "processing", [item], modified=60, **right)).status_code
+            )
+        )
+        corrector.start()
+        corrector.join()
+        stamp_pdf(source, target, stamp)
+
+    monkeypatch.setattr(service, "stamp_pdf", stamp_while_the_shop_corrects)
+    assert get(shop.client, path).status_code == 503
+    assert corrected == [200]
+    monkeypatch.setattr(service, "stamp_pdf", stamp_pdf)
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy)).scalar_one_or_none() is None
+    assert not first_copy.exists()
+    assert _copies_in_storage(app) == []
