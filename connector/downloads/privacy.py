@@ -7,7 +7,8 @@
   but lose the IP hash and user agent; watermarked copies carry the buyer's name, so they
   are forgotten and deleted from storage by a job (a later click stamps a new copy with the
   erased identity);
-- purge: clicks older than ``retention_download_log_days``.
+- purge: clicks older than ``retention_download_log_days``, and the stamped copies no link
+  serves any more.
 """
 
 from __future__ import annotations
@@ -140,8 +141,9 @@ def _delete_copies(session: Session, which: ColumnElement[bool]) -> int:
 def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
     """The daily purge: click records past their retention, and the buyers' stamped copies
     (names and addresses in them) of links that no longer give the file: withdrawn
-    (refunded, cancelled, revoked), expired or used up; and copies naming someone the order
-    no longer names. Kept only while they can serve."""
+    (refunded, cancelled, revoked), expired or used up; copies of a kind their file's
+    watermark no longer makes (the owner turned it off, or changed it); and copies naming
+    someone the order no longer names. Kept only while they can serve."""
     from connector import get_settings
 
     cutoff = now - dt.timedelta(days=get_settings().retention_download_log_days)
@@ -154,12 +156,24 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
             DownloadGrant.download_count >= DownloadGrant.download_limit,
         ),
     )
+    # A link serves the original of a file whose watermark is "none", and stamps a new copy
+    # over one of another kind: a copy its file's watermark no longer makes is never served
+    # again, yet its link may live for ever.
+    not_made_any_more = (
+        select(ProductFile.id)
+        .where(
+            ProductFile.id == DownloadGrant.product_file_id,
+            ProductFile.watermark != WatermarkCopy.kind,
+        )
+        .exists()
+    )
     # ZIP copies stamped when LICENSE.txt held the license key: deleted, a click stamps anew.
     with_key = and_(WatermarkCopy.kind == "zip", WatermarkCopy.stamp_version == 1)
+    naming_someone_else = WatermarkCopy.id.in_(_naming_someone_else(session))
     return {
         "download_events": result.rowcount,
         "watermark_copies": _delete_copies(
-            session, or_(ended, with_key, WatermarkCopy.id.in_(_naming_someone_else(session)))
+            session, or_(ended, not_made_any_more, with_key, naming_someone_else)
         ),
     }
 

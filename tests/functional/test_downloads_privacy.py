@@ -421,3 +421,47 @@ def test_a_copy_thrown_away_under_a_renamed_file_takes_the_old_one_too(
         assert db.session.execute(select(WatermarkCopy)).scalar_one_or_none() is None
     assert not first_copy.exists()
     assert _copies_in_storage(app) == []
+
+
+@pytest.mark.parametrize("watermark", ["none", "zip"])
+def test_the_daily_purge_deletes_a_copy_the_files_watermark_no_longer_makes(
+    app: Flask, shop: WebhookSender, watermark: str
+) -> None:
+    """The owner turns watermarking off for the file (its links serve the original) or
+    changes its kind (its links stamp a new copy on their next click): the copy made
+    before is never served again, so the daily purge deletes it (row and file), even while
+    the link lives on; a copy is kept only while it can be downloaded."""
+    path, copy_file = stamped_order(app, shop, 7913)
+    shop.configure(
+        501,
+        files=[{"object_key": "books/guide.pdf", "filename": "guide.pdf", "watermark": watermark}],
+    )
+    if watermark == "none":
+        original = Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf"
+        served = get(shop.client, path)
+        assert served.status_code == 200 and served.data == original.read_bytes()
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 1
+    run_pending(app)
+    assert not copy_file.exists()
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy)).scalar_one_or_none() is None
+        assert db.session.execute(select(DownloadGrant.watermarked_key)).scalar_one() is None
+
+
+def test_the_daily_purge_keeps_a_copy_its_file_still_serves(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The owner saves the product again with the same watermark (a new file name even): the
+    buyer's copy still serves the link, so the purge keeps it."""
+    path, copy_file = stamped_order(app, shop, 7914)
+    shop.configure(
+        501,
+        files=[{"object_key": "books/guide.pdf", "filename": "guide-2nd.pdf", "watermark": "pdf"}],
+    )
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["watermark_copies"] == 0
+    run_pending(app)
+    assert copy_file.is_file()
+    assert get(shop.client, path).status_code == 200
+    assert copy_file.is_file()  # served as it was: the original did not change
