@@ -1,16 +1,25 @@
-"""Renewals: a paid line item that renews an existing license extends it, once per unit.
+"""Renewals: a paid line item that renews existing licenses extends them, once per unit.
 
-A line renews a license when
+A line renews
 
-- its meta ``_keygate_renew_license`` holds the key (documented for shops and custom
-  checkouts), or
-- its order is a WooCommerce Subscriptions renewal (order meta ``_subscription_renewal``,
-  the subscription's id): the license an earlier renewal of the same subscription renewed;
-  for a subscription's first renewal, of the same customer's (customer id, else email)
-  licenses of the product from earlier orders that no other subscription renews, the one
-  that runs out first of those live when the renewal was paid (the renewal is due because
-  it runs out; a customer with two subscriptions of one product renews each on its own
-  date), else the one that lapsed last (:func:`_due_first`).
+- the key its meta ``_keygate_renew_license`` holds (documented for shops and custom
+  checkouts), once per unit: a quantity of 2 buys that key two periods; or
+- if its order is a WooCommerce Subscriptions renewal (order meta ``_subscription_renewal``,
+  the subscription's id), one license per seat: unit n a distinct license of the
+  subscription, each at most once per order. Those are the licenses the subscription's
+  earlier renewal orders renewed or issued (all of them, not only the latest); for its
+  first renewal, the same customer's (customer id, else email) licenses of the product from
+  earlier orders that no other subscription renews. Unit 1 takes the one that runs out first
+  of those live when the renewal was paid (the renewal is due because it runs out; a
+  customer with two subscriptions of one product renews each on its own date), the next
+  units the next ones, then those that lapsed, the one that lapsed last first
+  (:func:`_due_first`). Units beyond the licenses found are seats added to the
+  subscription: each is issued a new license, as a purchase (extending a key twice would
+  leave a paid seat without a key), which the subscription's next renewal renews.
+
+A unit keeps the license it renewed (paid again after a refund, it renews the same one),
+and a unit issued a license stays a purchase; the line's quantity raised later renews or
+issues the new units the same way.
 
 A revoked license is never extended: a subscription renews the customer's live license (or
 is issued a new one), and a ``_keygate_renew_license`` naming a revoked key is issued a new
@@ -24,7 +33,9 @@ renewals still paid for: the expiry is replayed from its value before the first 
 the order Keygate last applied them (a renewal cancelled and paid again extends from the
 expiry then, after those paid meanwhile), with and without it, and the difference is taken
 off (so days the owner added by hand stay, and a refunded renewal of a lapsed license does
-not cancel a later one: its jump included the lapsed time). The license's download grants
+not cancel a later one: its jump included the lapsed time). Part of a line's units refunded
+(or its quantity lowered) takes back its highest units' extensions: of a subscription's
+renewal, those of the seats that were due last, one period each. The license's download grants
 that expire move too (:class:`GrantExtension`, taken back the same way): grants that last
 while the license lasts get its new expiry, grants with a window of their own
 (``download_days``) a fresh window from their expiry, or from the payment if it has passed.
@@ -38,10 +49,10 @@ several licenses locks them all, in id order, before it changes any (:func:`lock
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, false, func, select
+from sqlalchemy import ColumnElement, Select, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -64,7 +75,7 @@ RENEW_META = "_keygate_renew_license"
 SUBSCRIPTION_RENEWAL_META = "_subscription_renewal"
 
 
-def renewal_target(
+def renewal_targets(
     session: Session,
     store: Store,
     order: Order,
@@ -72,30 +83,75 @@ def renewal_target(
     product_ids: list[int],
     line_meta: dict[str, Any],
     subscription: str | None,
-) -> License | None:
-    """The license this line renews, or None when it is an ordinary purchase.
+    units: int,
+    claimed: Collection[int] = (),
+) -> dict[int, License]:
+    """The license each unit of this line renews: unit -> license. Units up to ``units``
+    left out are issued licenses as a purchase; none renewing: an ordinary purchase.
 
-    ``product_ids``: the configured products the line names (its variation's and its
-    parent's): a key sold while the variation had its own settings, or while it followed
-    its parent, is renewed either way. ``subscription``: the order's :func:`subscription_of`.
+    A line naming a key extends that key once per unit (several periods bought at once). A
+    subscription's renewal renews one license per seat: each unit a distinct license of the
+    subscription (:func:`_subscription_seats`); units beyond the licenses found are seats
+    added to it, issued keys of their own (one key extended twice would leave a paid seat
+    without a key). A unit renewed before keeps its license, also when it was refunded
+    (paid again, it renews the same one); a unit issued a license stays a purchase.
+
+    Args:
+        product_ids: the configured products the line names (its variation's and its
+            parent's): a key sold while the variation had its own settings, or while it
+            followed its parent, is renewed either way.
+        subscription: the order's :func:`subscription_of`.
+        units: the units paid for now.
+        claimed: licenses the order's other lines renew: a seat is renewed once per order.
     """
-    known = session.scalars(
-        select(LicenseRenewal.license_id).where(LicenseRenewal.line_item_id == line.id).limit(1)
-    ).first()
-    if known is not None:
-        return session.get(License, known)
-    if session.scalars(select(License.id).where(License.line_item_id == line.id)).first():
-        return None  # already licensed as a new purchase: stays one
+    known = {
+        renewal.unit: renewal.license_id
+        for renewal in session.scalars(
+            select(LicenseRenewal).where(LicenseRenewal.line_item_id == line.id)
+        )
+    }
+    issued = set(session.scalars(select(License.unit).where(License.line_item_id == line.id)))
+    if not known and issued:
+        return {}  # already licensed as a new purchase: stays one
+    targets = {unit: _license(session, license_id) for unit, license_id in known.items()}
+    open_units = [unit for unit in range(1, units + 1) if unit not in known and unit not in issued]
+    if not open_units:
+        return targets
     raw_key = line_meta.get(RENEW_META)
-    if isinstance(raw_key, str) and raw_key.strip():
-        named = _license_by_key(session, store, product_ids, raw_key)
-        if named is not None and named.status == "revoked":
-            _record_revoked_renewal(session, store, order, line, named)
-            return None
-        return named
-    if subscription is not None:
-        return _subscriptions_license(session, store, order, product_ids, subscription)
-    return None
+    named_key = isinstance(raw_key, str) and bool(raw_key.strip())
+    if named_key or subscription is None:  # one license, extended once per unit
+        if targets:
+            license_: License | None = targets[min(targets)]
+        elif isinstance(raw_key, str) and named_key:
+            license_ = _license_by_key(session, store, product_ids, raw_key)
+            if license_ is not None and license_.status == "revoked":
+                _record_revoked_renewal(session, store, order, line, license_)
+                return {}
+        else:
+            return {}
+        if license_ is None:
+            return targets
+        return {**dict.fromkeys(open_units, license_), **targets}
+    taken = {*known.values(), *claimed, *_renewed_by_other_lines(session, line)}
+    seats = _subscription_seats(session, store, order, product_ids, subscription)
+    free = [license_ for license_ in seats if license_.id not in taken]
+    return {**dict(zip(open_units, free, strict=False)), **targets}
+
+
+def _license(session: Session, license_id: int) -> License:
+    found = session.get(License, license_id)
+    assert found is not None  # noqa: S101 - a renewal's license is never deleted alone
+    return found
+
+
+def _renewed_by_other_lines(session: Session, line: LineItem) -> list[int]:
+    return list(
+        session.scalars(
+            select(LicenseRenewal.license_id).where(
+                LicenseRenewal.order_id == line.order_id, LicenseRenewal.line_item_id != line.id
+            )
+        )
+    )
 
 
 def _record_revoked_renewal(
@@ -135,51 +191,62 @@ def _license_by_key(
     return found if found is not None and found.product_id in product_ids else None
 
 
-def _subscriptions_license(
-    session: Session, store: Store, order: Order, product_ids: list[int], subscription: str
-) -> License | None:
-    # Only a license that is not revoked is renewed: extending a revoked one (an earlier
-    # order cancelled, the owner's revocation) would leave the buyer's live key to run out.
-    renewed_before = session.scalars(
-        select(LicenseRenewal.license_id)
-        .join(License, LicenseRenewal.license_id == License.id)
-        .where(
-            LicenseRenewal.subscription_id == subscription,
-            License.store_id == store.id,
-            License.product_id.in_(product_ids),
-            License.status != "revoked",
-        )
-        .order_by(LicenseRenewal.id.desc())
-        .limit(1)
-    ).first()
-    if renewed_before is not None:
-        return session.get(License, renewed_before)
-    same_customer = same_customer_as(order)
-    if same_customer is None:
-        return None
-    other_subscriptions = (
-        select(LicenseRenewal.license_id)
-        .where(
-            LicenseRenewal.subscription_id.is_not(None),
-            LicenseRenewal.subscription_id != subscription,
-        )
-        .scalar_subquery()
+def _of_subscriptions(renewals: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Licenses of the subscriptions whose ``renewals`` match: those they renewed, and those
+    their renewal orders issued (seats added to a subscription)."""
+    return or_(
+        License.id.in_(select(LicenseRenewal.license_id).where(renewals)),
+        License.order_id.in_(select(LicenseRenewal.order_id).where(renewals)),
     )
-    candidates = session.scalars(
+
+
+def _subscription_seats(
+    session: Session, store: Store, order: Order, product_ids: list[int], subscription: str
+) -> list[License]:
+    """The licenses ``order``, a renewal of ``subscription``, may renew, the one due first
+    first (:func:`_due_first`): those the subscription's earlier renewal orders renewed or
+    issued (all of them: one per seat); for its first renewal, the same customer's licenses
+    of the product from earlier orders that no other subscription renews.
+
+    Only licenses that are not revoked: extending a revoked one (an earlier order cancelled,
+    the owner's revocation) would leave the buyer's live key to run out.
+    """
+    live = (
+        License.store_id == store.id,
+        License.product_id.in_(product_ids),
+        License.status != "revoked",
+    )
+    seats = session.scalars(
         select(License)
-        .join(Order, License.order_id == Order.id)
         .where(
-            License.store_id == store.id,
-            License.product_id.in_(product_ids),
-            Order.id != order.id,
-            same_customer,
-            License.status != "revoked",
-            License.id.not_in(other_subscriptions),
+            *live,
+            _of_subscriptions(
+                (LicenseRenewal.subscription_id == subscription)
+                & (LicenseRenewal.order_id != order.id)
+            ),
         )
         .order_by(License.id)
     ).all()
+    if not seats:
+        same_customer = same_customer_as(order)
+        if same_customer is None:
+            return []
+        other_subscriptions = LicenseRenewal.subscription_id.is_not(None) & (
+            LicenseRenewal.subscription_id != subscription
+        )
+        seats = session.scalars(
+            select(License)
+            .join(Order, License.order_id == Order.id)
+            .where(
+                *live,
+                Order.id != order.id,
+                same_customer,
+                ~_of_subscriptions(other_subscriptions),
+            )
+            .order_by(License.id)
+        ).all()
     paid = order.date_paid or utcnow()
-    return min(candidates, key=lambda license_: _due_first(license_, paid), default=None)
+    return sorted(seats, key=lambda license_: _due_first(license_, paid))
 
 
 def same_customer_as(order: Order) -> ColumnElement[bool] | None:
@@ -193,13 +260,14 @@ def same_customer_as(order: Order) -> ColumnElement[bool] | None:
 
 
 def _due_first(license_: License, paid: dt.datetime) -> tuple[int, float]:
-    """Which license a subscription's first renewal, paid at ``paid``, most likely renews:
-    of those live then, the one that runs out first (the renewal is due because it runs
-    out); else the one that lapsed last (a renewal paid late, after failed attempts), never
-    one that lapsed long ago while another is live (an old purchase of the same product);
-    lifetime licenses last (they need no renewal). The subscription's own license (of its
-    parent order) would be certain, but the renewal order does not name it: only the
-    subscription, whose parent order Keygate would have to ask the shop for."""
+    """Sort key: which licenses a subscription's renewal, paid at ``paid``, most likely
+    renews, its first unit the first: of those live then, the one that runs out first (the
+    renewal is due because it runs out); then those that lapsed, the one that lapsed last
+    first (a renewal paid late, after failed attempts), so a renewal for one seat never
+    takes one that lapsed long ago while another is live (an old purchase of the same
+    product); lifetime licenses last (they need no renewal). The subscription's own licenses
+    (of its parent order) would be certain, but the renewal order does not name them: only
+    the subscription, whose parent order Keygate would have to ask the shop for."""
     if license_.expires_at is None:
         return 2, 0.0
     if license_.expires_at > paid:
@@ -511,26 +579,36 @@ def converge_renewal(
     session: Session,
     order: Order,
     line: LineItem,
-    license_: License,
+    targets: dict[int, License],
     entitled: int,
     subscription: str | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Extend ``license_`` once for each paid unit of ``line``; take back refunded units.
+    """Extend the license of each paid unit of ``line`` once; take back refunded units.
 
-    ``subscription``: the WooCommerce Subscriptions subscription the order renews, kept so
-    its later renewals extend the same license.
+    Args:
+        targets: unit -> the license it renews (:func:`renewal_targets`).
+        entitled: the units paid for now; those above it are taken back.
+        subscription: the WooCommerce Subscriptions subscription the order renews, kept so
+            its later renewals extend the same licenses.
 
     Returns:
-        Ids of the renewals applied now and of those reverted now.
+        Ids of the licenses renewed now and of the renewals reverted now.
     """
-    license_ = lock_license(session, license_.id)
-    product = session.get(Product, license_.product_id)
-    if product is None:  # pragma: no cover - products are never deleted
-        return [], []
-    policy = Policy.of(product)
+    # In id order, before any is changed (see lock_licenses).
+    locked = {
+        license_id: lock_license(session, license_id)
+        for license_id in sorted({license_.id for license_ in targets.values()})
+    }
+    policies: dict[int, Policy] = {}
     now = utcnow()
-    applied: list[int] = []
-    for unit in range(1, entitled + 1):
+    renewed: list[int] = []
+    for unit in sorted(unit for unit in targets if unit <= entitled):
+        license_ = locked[targets[unit].id]
+        if license_.product_id not in policies:
+            product = session.get(Product, license_.product_id)
+            if product is None:  # pragma: no cover - products are never deleted
+                continue
+            policies[license_.product_id] = Policy.of(product)
         inserted = insert_ignoring_conflicts(
             session,
             LicenseRenewal.__table__,
@@ -551,11 +629,13 @@ def converge_renewal(
             .execution_options(populate_existing=True)
         ).scalar_one()
         if inserted is not None or renewal.reverted_at is not None:
-            _extend(session, renewal, license_, policy, counts_from(order.date_paid, renewal))
-            applied.append(renewal.id)
+            start = counts_from(order.date_paid, renewal)
+            _extend(session, renewal, license_, policies[license_.product_id], start)
+            if license_.id not in renewed:
+                renewed.append(license_.id)
     reverted = revert_renewals(session, line, above_unit=entitled)
     session.flush()
-    return applied, reverted
+    return renewed, reverted
 
 
 def revert_renewals(session: Session, line: LineItem, *, above_unit: int = 0) -> list[int]:

@@ -494,6 +494,11 @@ def _issued_so_far(session: Session, line: LineItem) -> dict[int, _IssuedUnit]:
     return issued
 
 
+def _entitled(line: LineItem) -> int:
+    """The units of ``line`` paid for now (its quantity less those refunded)."""
+    return max(0, line.quantity - line.refunded_quantity)
+
+
 def _issued_units(session: Session, line: LineItem) -> list[int]:
     return list(session.scalars(select(License.unit).where(License.line_item_id == line.id)))
 
@@ -504,10 +509,11 @@ def _converge_paid(
     order.revoked_at = None
     shop_items = {item.id: item for item in shop_order.line_items}
     subscription = renewals.subscription_of(shop_order.meta)
-    licensed: list[tuple[LineItem, Product, License | None]] = []
+    licensed: list[tuple[LineItem, Product, dict[int, License]]] = []
     # Lines whose renewal no longer stands: the owner changed the line to a product nobody
     # configured, or to another one than the key it renewed.
     unrenewed: list[LineItem] = []
+    claimed: set[int] = set()  # renewed by the order's lines so far: each seat once
     for line in order.line_items:
         _revoke_other_products(session, line, result)
         if line.product_id is None:
@@ -518,7 +524,7 @@ def _converge_paid(
             continue
         shop_item = shop_items.get(line.shop_line_item_id)
         product_ids = _line_product_ids(session, store, line, product)
-        renewed = renewals.renewal_target(
+        targets = renewals.renewal_targets(
             session,
             store,
             order,
@@ -526,34 +532,39 @@ def _converge_paid(
             product_ids,
             shop_item.meta if shop_item else {},
             subscription,
+            _entitled(line),
+            claimed,
         )
         names_products = bool(line.shop_product_id or line.shop_variation_id)
-        if renewed is not None and names_products and renewed.product_id not in product_ids:
+        if names_products and any(t.product_id not in product_ids for t in targets.values()):
             # Changed to another product (not a product deleted in the shop: the line then
             # names none, and what it was sold as stands).
             unrenewed.append(line)
-            renewed = None  # the line now buys another product: a purchase of it
-        licensed.append((line, product, renewed))
+            targets = {}  # the line now buys another product: a purchase of it
+        claimed.update(license_.id for license_ in targets.values())
+        licensed.append((line, product, targets))
     # Every license the order renews, or renewed, is locked before any is changed (see
     # lock_licenses).
     renewals.lock_licenses(
         session,
-        [renewed.id for _, _, renewed in licensed if renewed is not None]
+        [license_.id for _, _, targets in licensed for license_ in targets.values()]
         + [i for line in unrenewed for i in renewals.renewed_by_line(session, line)],
     )
     for line in unrenewed:
         result.reverted_renewals.extend(renewals.revert_renewals(session, line))
-    for line, product, renewed in licensed:
-        entitled = max(0, line.quantity - line.refunded_quantity)
-        if renewed is not None:
-            # Extends an existing license instead of issuing one (issue 7).
-            applied, reverted = renewals.converge_renewal(
-                session, order, line, renewed, entitled, subscription
+    for line, product, targets in licensed:
+        entitled = _entitled(line)
+        if targets:
+            # Extends existing licenses instead of issuing them (issue 7).
+            renewed, reverted = renewals.converge_renewal(
+                session, order, line, targets, entitled, subscription
             )
-            if applied:
-                result.renewed_licenses.append(renewed.id)
+            result.renewed_licenses.extend(renewed)
             result.reverted_renewals.extend(reverted)
-            continue
+            if not _issued_units(session, line) and all(
+                unit in targets for unit in range(1, entitled + 1)
+            ):
+                continue  # every unit renews: nothing to issue or take back
         # One pass per line, not per unit: a redelivery of an order with many units is a
         # few queries; only what is missing is inserted. Keys in use are kept first (and
         # before links for new files are issued: the key kept gets them), so that an order
@@ -563,6 +574,8 @@ def _converge_paid(
         issued = _issued_so_far(session, line)
         files = {f.id for f in product.files if f.active}
         for unit in range(1, entitled + 1):
+            if unit in targets:
+                continue  # renews a license (a seat of the subscription)
             known = issued.get(unit)
             if known is None:
                 _issue_unit(session, store, order, line, product, unit, None, result)

@@ -14,7 +14,7 @@ from connector.jobs import run_pending
 from connector.models import License, Mail, Order
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import admin_client, sign_in
-from tests.functional.test_renewals_and_payments import renewal_line
+from tests.functional.test_renewals_and_payments import renewal_line, subscription_renewal
 from tests.licensing_helpers import call
 
 __all__ = ["admin_client"]  # a fixture, used by name
@@ -177,3 +177,18 @@ def test_a_renewal_of_a_paused_license_says_so_in_its_mail(app: Flask, shop: Web
         renewal_mail.body_text
     )
     assert key not in renewal_mail.body_text
+
+
+def test_a_multi_seat_renewal_mails_every_renewed_key_and_its_new_end(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A 2-seat subscription's renewal mails the buyer both keys, each with its new end."""
+    shop.configure(501, duration_days=30)
+    parent = wc_order(9812, "completed", [line_item(501, quantity=2, line_id=387)], customer_id=42)
+    shop.deliver(parent)
+    shop.deliver(subscription_renewal(9813, 7201, 5, line_item(501, quantity=2, line_id=388)))
+    [renewal_mail] = [m for m in mails(app) if m.subject.endswith(" 9813")]
+    assert renewal_mail.subject == "Your license renewal for order 9813"
+    for license_ in shop.order(9812)["licenses"]:
+        assert license_["key"] in renewal_mail.body_text
+        assert f"now valid until {license_['expires_at'][:10]}" in renewal_mail.body_text

@@ -12,6 +12,7 @@ from flask import Flask
 from sqlalchemy import func, select, update
 
 from connector.db import db, transaction, utcnow
+from connector.jobs import run_pending
 from connector.models import (
     AuditEvent,
     DownloadGrant,
@@ -24,7 +25,10 @@ from connector.orders import renewals
 from connector.orders.renewals import SUBSCRIPTION_RENEWAL_META, subscription_of
 from connector.orders.service import apply_shop_order
 from plugin.woocommerce.webhooks import parse_order
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, wc_order, wc_time
+from tests.wc_rest import FakeShop, connect_store, fake_shop
+
+__all__ = ["fake_shop"]  # a fixture, used by name
 
 
 def renewal_line(product_id: int, key: str, line_id: int) -> dict[str, Any]:
@@ -735,3 +739,170 @@ def test_a_renewal_whose_product_was_deleted_in_the_shop_keeps_its_extension(
     shop.deliver(wc_order(9971, "completed", [gone], modified=6))
     assert shop.order(9970)["licenses"][0]["expires_at"] == extended
     assert shop.order(9971)["licenses"] == []
+
+
+def expiries(shop: WebhookSender, order_id: int) -> dict[str, dt.datetime]:
+    """key -> expiry of the licenses ``order_id`` issued."""
+    return {
+        license_["key"]: parse_iso(license_["expires_at"])
+        for license_ in shop.order(order_id)["licenses"]
+    }
+
+
+def added(before: dict[str, dt.datetime], after: dict[str, dt.datetime]) -> dict[str, int]:
+    """key -> days added since ``before``."""
+    return {key: (after[key] - moment).days for key, moment in before.items()}
+
+
+def test_a_multi_seat_subscription_renewal_extends_every_seat_once(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A subscription for 2 seats: its parent order issued two keys, and its renewal order
+    (quantity 2) extends each of them by one period, issues none, and stays so when
+    delivered again."""
+    shop.configure(501, duration_days=30)
+    parent = wc_order(9300, "completed", [line_item(501, quantity=2, line_id=340)], customer_id=42)
+    shop.deliver(parent)
+    before = expiries(shop, 9300)
+    assert len(before) == 2
+
+    renewal = subscription_renewal(9301, 7101, 5, line_item(501, quantity=2, line_id=341))
+    assert shop.deliver(renewal).status_code == 200
+    shop.deliver(renewal)  # redelivered
+    assert added(before, expiries(shop, 9300)) == dict.fromkeys(before, 30)
+    assert shop.order(9301)["licenses"] == []
+    assert licenses(app) == 2
+
+
+def test_a_multi_seat_renewal_lowered_and_raised_again_renews_the_same_seat(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The owner lowers a 2-seat renewal to 1 seat: one key gives its period back; raised
+    to 2 again, that key gets it again (not the other a second one), and no key is issued."""
+    shop.configure(501, duration_days=30)
+    parent = wc_order(9313, "completed", [line_item(501, quantity=2, line_id=351)], customer_id=42)
+    shop.deliver(parent)
+    before = expiries(shop, 9313)
+    for modified, quantity in ((5, 2), (6, 1), (7, 2)):
+        item = line_item(501, quantity=quantity, line_id=352)
+        shop.deliver(subscription_renewal(9314, 7105, modified, item))
+        if quantity == 1:
+            assert sorted(added(before, expiries(shop, 9313)).values()) == [0, 30]
+    assert added(before, expiries(shop, 9313)) == dict.fromkeys(before, 30)
+    assert licenses(app) == 2
+
+
+def test_a_renewal_order_listing_the_product_twice_renews_two_seats(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A 2-seat subscription whose renewal order lists the product on two lines of one unit
+    each: each line renews a seat of its own, each key once."""
+    shop.configure(501, duration_days=30)
+    parent = wc_order(9315, "completed", [line_item(501, quantity=2, line_id=353)], customer_id=42)
+    shop.deliver(parent)
+    before = expiries(shop, 9315)
+    renewal = subscription_renewal(9316, 7106, 5, line_item(501, line_id=354))
+    renewal["line_items"].append(line_item(501, line_id=355))
+    shop.deliver(renewal)
+    shop.deliver(renewal)  # redelivered
+    assert added(before, expiries(shop, 9315)) == dict.fromkeys(before, 30)
+    assert licenses(app) == 2
+
+
+def test_each_renewal_of_a_multi_seat_subscription_extends_every_seat_once(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Every renewal of a 2-seat subscription renews both of its keys, not only the one
+    its last renewal renewed, nor another of the customer's keys; the seat that runs out
+    later (bought a day later) is renewed each time too."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9302, "completed", [line_item(501)], customer_id=42))  # other key
+    parent = wc_order(9303, "completed", [line_item(501, quantity=2, line_id=342)], customer_id=42)
+    shop.deliver(parent)
+    with app.app_context():  # the other key runs out much later, the second seat a day later
+        seats = db.session.scalars(select(License).order_by(License.id)).all()
+        for license_, days in zip(seats, (300, 0, 1), strict=True):
+            assert license_.expires_at is not None
+            license_.expires_at += dt.timedelta(days=days)
+        db.session.commit()
+    other, before = expiries(shop, 9302), expiries(shop, 9303)
+
+    item = line_item(501, quantity=2, line_id=343)
+    shop.deliver(subscription_renewal(9304, 7102, 5, item))
+    assert added(before, expiries(shop, 9303)) == dict.fromkeys(before, 30)
+    shop.deliver(subscription_renewal(9305, 7102, 6, line_item(501, quantity=2, line_id=344)))
+    assert added(before, expiries(shop, 9303)) == dict.fromkeys(before, 60)
+    assert expiries(shop, 9302) == other
+    assert licenses(app) == 3
+
+
+def test_a_renewal_for_more_seats_than_the_subscription_has_keys_issues_the_new_seats(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A 2-seat subscription renewed for 3 seats: each key is extended once and the third
+    seat is issued a key of its own (a key extended twice would leave a paid seat without
+    one); the next renewal extends all three keys once and issues none."""
+    shop.configure(501, duration_days=30)
+    parent = wc_order(9306, "completed", [line_item(501, quantity=2, line_id=345)], customer_id=42)
+    shop.deliver(parent)
+    before = expiries(shop, 9306)
+
+    shop.deliver(subscription_renewal(9307, 7103, 5, line_item(501, quantity=3, line_id=346)))
+    assert added(before, expiries(shop, 9306)) == dict.fromkeys(before, 30)
+    new_seat = expiries(shop, 9307)
+    assert len(new_seat) == 1
+    shop.deliver(subscription_renewal(9307, 7103, 6, line_item(501, quantity=3, line_id=346)))
+    assert expiries(shop, 9307) == new_seat  # redelivered: no second new key
+
+    shop.deliver(subscription_renewal(9308, 7103, 7, line_item(501, quantity=3, line_id=347)))
+    assert added(before, expiries(shop, 9306)) == dict.fromkeys(before, 60)
+    assert added(new_seat, expiries(shop, 9307)) == dict.fromkeys(new_seat, 30)
+    assert shop.order(9308)["licenses"] == []
+    assert licenses(app) == 3
+
+
+def test_a_renewal_naming_a_key_for_two_units_extends_it_by_two_periods(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A line naming a key buys that key several periods at once: quantity 2, two periods;
+    the customer's other keys are left alone."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9309, "completed", [line_item(501, quantity=2)], customer_id=42))
+    before = expiries(shop, 9309)
+    key, other = before
+    line = {**renewal_line(501, key, 348), "quantity": 2}
+    shop.deliver(wc_order(9310, "processing", [line], customer_id=42, modified=5))
+    assert added(before, expiries(shop, 9309)) == {key: 60, other: 0}
+
+
+@pytest.fixture
+def connected(app: Flask, shop: WebhookSender, fake_shop: FakeShop) -> FakeShop:
+    connect_store(app, shop, fake_shop)
+    return fake_shop
+
+
+def test_refunding_one_seat_of_a_multi_seat_renewal_takes_back_one_keys_period(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A 2-seat subscription's renewal extended both keys; 1 of its 2 units refunded (read
+    from the shop's refunds), exactly one key goes back to its expiry before the renewal and
+    the other keeps its period; a redelivery changes nothing."""
+    shop.configure(501, duration_days=30)
+    parent = wc_order(9311, "completed", [line_item(501, quantity=2, line_id=349)], customer_id=42)
+    connected.orders[9311] = parent
+    connected.deliver(shop.client, "order.updated", parent)
+    before = expiries(shop, 9311)
+    renewal = subscription_renewal(9312, 7104, 5, line_item(501, quantity=2, line_id=350))
+    connected.orders[9312] = renewal
+    connected.deliver(shop.client, "order.updated", renewal)
+    assert added(before, expiries(shop, 9311)) == dict.fromkeys(before, 30)
+
+    connected.add_refund(9312, line_id=350, quantity=1, amount="49.00")
+    renewal["date_modified_gmt"] = renewal["date_modified"] = wc_time(10)
+    assert connected.deliver(shop.client, "order.updated", renewal).status_code == 200
+    run_pending(app)  # the refunds are read from the shop
+    assert sorted(added(before, expiries(shop, 9311)).values()) == [0, 30]
+    kept = expiries(shop, 9311)
+    connected.deliver(shop.client, "order.updated", renewal)
+    run_pending(app)
+    assert expiries(shop, 9311) == kept
