@@ -41,6 +41,7 @@ PRODUCT_FIELDS = ("name", "policy", "files", "watermark_fallback")
 READ_ONLY_PRODUCT_FIELDS = ("product_id", "retired_at", "warnings")
 FILE_FIELDS = ("object_key", "filename", "watermark")
 MAX_FILENAME_BYTES = 200
+MAX_KEY_PART_BYTES = 255
 DAYS_MAX = 100 * 366
 MAX_FILES = 100
 
@@ -61,8 +62,15 @@ class ProductSpec:
 
 
 def _check_object_key(key: str, name: str = "object_key") -> str:
-    if key.startswith("/") or "\\" in key or any(part in {"..", "."} for part in key.split("/")):
+    parts = key.split("/")
+    if key.startswith("/") or "\\" in key or any(part in {"..", "."} for part in parts):
         raise ValidationFailed(f"{name} must be a relative path without '..'", field=name)
+    # A file system's limit for one name: embedded storage keeps each part as one.
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_KEY_PART_BYTES for part in parts):
+        raise ValidationFailed(
+            f"{name} has a part (between slashes) longer than {MAX_KEY_PART_BYTES} bytes",
+            field=name,
+        )
     return plain_text(key, name)
 
 

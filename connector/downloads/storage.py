@@ -59,6 +59,15 @@ class ObjectStore(Protocol):
     def delete_prefix(self, prefix: str) -> int: ...
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name the file system cannot hold (a part over 255
+    bytes, stored before keys were checked for it) is no file, never an error."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 class LocalStore:
     """Embedded storage: objects under ``<instance>/files/<object_key>``."""
 
@@ -75,7 +84,7 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         try:
-            return self.path(key).is_file()
+            return _is_file(self.path(key))
         except ValueError:
             return False
 
@@ -96,13 +105,13 @@ class LocalStore:
 
     def download(self, key: str, target: Path) -> None:
         source = self.path(key)
-        if not source.is_file():
+        if not _is_file(source):
             raise FileNotFoundError(key)
         shutil.copyfile(source, target)
 
     def delivery(self, key: str, filename: str, ttl: int) -> Delivery:
         path = self.path(key)
-        if not path.is_file():
+        if not _is_file(path):
             raise FileNotFoundError(key)
         return Delivery(filename=filename, path=path)
 

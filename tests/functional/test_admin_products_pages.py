@@ -693,3 +693,38 @@ def test_a_variation_the_owner_stopped_licensing_does_not_follow_its_parent(
     renewal["variation_id"] = 601
     shop.deliver(wc_order(9904, "processing", [renewal], modified=5))
     assert shop.order(9901)["licenses"][0]["expires_at"] > sold["expires_at"]
+
+
+LONG_PART_KEY = "products/501/" + "a" * 300 + ".zip"
+
+
+def test_an_object_key_part_no_file_system_holds_is_refused(shop: WebhookSender) -> None:
+    """A part of an object key longer than 255 bytes (one name on a file system) is a 422
+    naming the field, for a product's files and a release alike."""
+    files = [{"object_key": LONG_PART_KEY, "filename": "a.zip"}]
+    answer = shop.admin("PUT", "/products/501", {"name": "x", "files": files})
+    assert answer.status_code == 422 and "255 bytes" in answer.get_json()["detail"]
+    shop.configure(501)
+    release = {"version": "1.0", "object_key": LONG_PART_KEY, "sha256": "ab" * 32, "size": 1}
+    answer = shop.admin("POST", "/products/501/releases", release)
+    assert answer.status_code == 422 and answer.get_json()["field"] == "object_key"
+
+
+def test_a_product_stored_with_such_a_key_still_opens(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """Stored before keys were checked for it: its file is reported missing, and the API's
+    read, the products list and its page answer (the owner can open it to fix it)."""
+    from connector.models import ProductFile
+
+    put_file(app, "products/501/a.zip", b"PK")  # its folder is there: the name is looked up
+    shop.configure(501, files=[{"object_key": "products/501/a.zip", "filename": "a.zip"}])
+    with app.app_context():
+        db.session.execute(update(ProductFile).values(object_key=LONG_PART_KEY))
+        db.session.commit()
+    answer = shop.admin("GET", "/products/501")
+    assert answer.status_code == 200
+    assert answer.get_json()["warnings"] == [f"{LONG_PART_KEY}: not found in storage yet"]
+    assert sign_in(admin_client) == 302
+    assert admin_client.get("/admin/products").status_code == 200
+    assert admin_client.get(f"/admin/products/{shop.store.store.id}/501").status_code == 200
