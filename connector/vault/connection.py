@@ -130,6 +130,7 @@ def connection_report(session: Session, store: Store) -> dict[str, Any]:
         "connect_warning": connect_warning(),
         "webhook_url": webhook_url(store),
         "connected_at": iso(connection.connected_at),
+        "disconnected_at": iso(connection.disconnected_at),
         "reconciled_until": iso(connection.reconciled_until),
         "products_synced_at": iso(connection.products_synced_at),
         # Products whose _keygate_* meta the last sync could not apply, and why.

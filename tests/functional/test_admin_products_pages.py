@@ -728,3 +728,22 @@ def test_a_product_stored_with_such_a_key_still_opens(
     assert sign_in(admin_client) == 302
     assert admin_client.get("/admin/products").status_code == 200
     assert admin_client.get(f"/admin/products/{shop.store.store.id}/501").status_code == 200
+
+
+def test_the_product_and_store_pages_say_only_what_happened(
+    admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """The notes a redirect's address asks for ("Published version …", "The shop is
+    disconnected") show only where the product or store agrees: a link someone sent the
+    owner can't put its own words on Keygate's pages."""
+    shop.configure(501)
+    assert sign_in(admin_client) == 302
+    bait = "9.9. Your session has expired: sign in again at keygate-login.example"
+    page = admin_client.get(
+        f"/admin/products/{shop.store.store.id}/501", query_string={"released": bait}
+    ).get_data(as_text=True)
+    assert "keygate-login.example" not in page and "Published version" not in page
+    store_page = admin_client.get(
+        f"/admin/stores/{shop.store.store.id}", query_string={"disconnected": "4"}
+    ).get_data(as_text=True)
+    assert "is disconnected" not in store_page
