@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.pq import TransactionStatus
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from connector.audit import record_audit
@@ -185,3 +185,16 @@ def test_a_saved_product_is_committed_before_its_files_are_looked_up(
     assert answer.status_code == 200
     assert answer.get_json()["warnings"] == ["products/501/later.pdf: not found in storage yet"]
     assert written == ["written"]
+
+
+def test_a_commit_on_sqlite_is_on_disk_when_it_returns(app: Flask) -> None:
+    """A paid order's webhook is answered 200 once its commit returns, and WooCommerce never
+    sends it again: SQLite syncs every commit (synchronous FULL), not only at checkpoints."""
+    with app.app_context():
+        if db.engine.dialect.name != "sqlite":
+            pytest.skip("SQLite's own durability setting")
+        modes = {db.session.execute(text("PRAGMA synchronous")).scalar_one()}
+        db.session.commit()
+        with db.engine.connect() as other:
+            modes.add(other.exec_driver_sql("PRAGMA synchronous").scalar_one())
+    assert modes == {2}  # FULL
