@@ -6,6 +6,7 @@ the error handlers. There is no module-level app (``connector.wsgi`` builds one 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import logging
@@ -13,16 +14,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from flask import Flask, Request, Response, g, redirect, request, url_for
+from flask import Flask, Request, Response, current_app, g, redirect, request, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from itsdangerous import URLSafeTimedSerializer
+from sqlalchemy.exc import DBAPIError
 from werkzeug.routing import IntegerConverter, Map
 
 from connector.config import Settings, load_settings
+from connector.db import Disconnected, reads_survive_a_dropped_connection
 from connector.db import db as database
-from connector.db import reads_survive_a_dropped_connection
-from connector.errors import JSON_PREFIXES, register_error_handlers, route_for_log
+from connector.errors import (
+    JSON_PREFIXES,
+    database_unavailable,
+    register_error_handlers,
+    route_for_log,
+)
 from connector.extensions import csrf, limiter
 from connector.ratelimit import Budgets, storage_uri
 from connector.security_headers import security_headers
@@ -228,8 +235,24 @@ def _home() -> ResponseReturnValue:
 
 
 def _commit_at_boundary(response: Response) -> Response:
-    """The one commit of a request (Indico's pattern): services only flush."""
+    """The one commit of a request (Indico's pattern): services only flush.
+
+    Runs first of the after-request hooks, so an answer it replaces is still signed and
+    given the security headers. The database lost at the commit (the view's answer made,
+    nothing stored) is answered as any outage is: 503 with Retry-After, never the view's
+    answer, nor a bare 500 from outside every error handler.
+    """
     session = g.get("_keygate_session")
-    if session is not None and response.status_code < 500:
+    if session is None or response.status_code >= 500:
+        return response
+    try:
         session.commit()
+    except (DBAPIError, Disconnected) as exc:
+        unavailable = database_unavailable(exc)
+        if unavailable is None:
+            raise
+        with contextlib.suppress(DBAPIError):
+            session.rollback()
+        g.pop("_license_echoed", None)  # the answer made now echoes the request too
+        return current_app.make_response(current_app.handle_user_exception(unavailable))
     return response

@@ -5,9 +5,12 @@ stored, and it goes through when sent again."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
@@ -101,3 +104,45 @@ def test_an_unreachable_database_is_503_everywhere(
     # Back: the delivery that was refused goes through when WooCommerce sends it again.
     assert shop.deliver(wc_order(9503, "processing", [line_item(501)])).status_code == 200
     assert len(shop.order(9503)["licenses"]) == 1
+
+
+def test_the_database_lost_at_the_requests_commit_is_503_and_nothing_is_lost(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database restarts after a delivery was applied and an activation made, before
+    the request's one commit: each is answered as an outage (503, Retry-After; the license
+    API's signed, echoing the request), never a bare 500; sent again, each goes through."""
+    from connector.licensing import service
+    from connector.orders import views
+
+    if app.extensions["keygate.db"].engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to end the request's own connection")
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production
+    shop.configure(501)
+    applied, activated = views.apply_shop_order, service.activate
+
+    def then_lose_the_database(done: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = done(*args, **kwargs)
+            drop_database_connections(app)
+            return result
+
+        return call
+
+    monkeypatch.setattr(views, "apply_shop_order", then_lose_the_database(applied))
+    payload = wc_order(9504, "processing", [line_item(501)])
+    delivery = shop.deliver(payload)
+    assert delivery.status_code == 503 and delivery.headers["Retry-After"] == "5"
+    monkeypatch.setattr(views, "apply_shop_order", applied)
+    assert shop.deliver(payload).status_code == 200
+    key = shop.order(9504)["licenses"][0]["key"]
+    assert len(shop.order(9504)["licenses"]) == 1
+
+    monkeypatch.setattr(service, "activate", then_lose_the_database(activated))
+    body = {"key": key, "site": "a.example.com", "nonce": "n3"}
+    answer = shop.client.post("/api/v1/licenses/activate", json=body)
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+    assert "Keygate-Signature" in answer.headers and answer.get_json()["nonce"] == "n3"
+    monkeypatch.setattr(service, "activate", activated)
+    again = shop.client.post("/api/v1/licenses/activate", json=body).get_json()
+    assert again["code"] == "VALID" and again["license"]["activations_used"] == 1
