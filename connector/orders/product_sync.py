@@ -1,13 +1,18 @@
 """Product settings from the shop admin: read ``_keygate_*`` product meta over REST.
 
-Documented meta keys (on a product or a variation):
+Documented meta keys (on a product or a variation), each the policy field or ``files`` of
+a product PUT (``PUT /api/v1/admin/products/<id>``):
 
 - ``_keygate_activation_limit``, ``_keygate_duration_days``, ``_keygate_update_days``,
-  ``_keygate_download_limit``, ``_keygate_download_days``: whole numbers ("" = default);
-- ``_keygate_staging_free``: yes/no;
+  ``_keygate_download_limit``, ``_keygate_download_days``, ``_keygate_abuse_threshold``:
+  whole numbers ("" = default);
+- ``_keygate_staging_free``, ``_keygate_perpetual_fallback``, ``_keygate_abuse_suspend``:
+  yes/no;
 - ``_keygate_files``: JSON list of ``{object_key, filename?, watermark?}`` (or of plain
   object keys), each object key once.
 
+The body they make is checked by the PUT's own rules (its ranges, at most ``MAX_FILES``
+files, no unknown field in a file): what a sync stores, a PUT of its read takes back.
 A product with any of these keys set (not empty) is licensed; a variation with meta of its
 own is licensed with its parent's meta overridden by its own, one without follows its
 parent. Settings made in Keygate (admin API/UI) win: products whose settings came from
@@ -37,7 +42,7 @@ from connector.catalog import (
     ProductSpec,
     configure_product,
     find_product,
-    parse_file_spec,
+    parse_product_spec,
     product_json,
 )
 from connector.db import db, utcnow
@@ -57,7 +62,6 @@ META_PREFIX = "_keygate_"
 SYNC_JOB = "shop.sync_products"
 _BOOL_FIELDS = BOOL_POLICY_FIELDS
 _INT_FIELDS = tuple(f for f in POLICY_FIELDS if f not in _BOOL_FIELDS)
-_MINIMUM = {"activation_limit": 0, "update_days": 0, "download_limit": 0}
 # Products a sync asks the shop about, one by one, before retiring them (the rest next sync).
 RECHECK_LIMIT = 50
 NO_SUCH_PRODUCT = "woocommerce_rest_product_invalid_id"
@@ -116,15 +120,14 @@ def _sets_anything(meta: dict[str, Any]) -> bool:
 
 
 def _int(name: str, value: Any) -> int | None:
+    """A whole number as meta holds it (text, or a number the shop decoded); its range is
+    the API's, checked with the rest."""
     if value is None or value == "":
         return None
     try:
-        number = int(str(value).strip())
-    except ValueError:
+        return int(str(value).strip())
+    except ValueError:  # not a number (or more digits than ``int`` reads)
         raise MetaError(f"{META_PREFIX}{name} must be a whole number") from None
-    if number < _MINIMUM.get(name, 1) or number > 10**6:
-        raise MetaError(f"{META_PREFIX}{name} is out of range")
-    return number
 
 
 def _bool(name: str, value: Any) -> bool | None:
@@ -140,34 +143,56 @@ def _bool(name: str, value: Any) -> bool | None:
     raise MetaError(f"{META_PREFIX}{name} must be yes or no")
 
 
-def spec_from_meta(name: str, meta: dict[str, Any]) -> ProductSpec:
-    """A product's Keygate settings from its ``_keygate_*`` meta.
-
-    Raises:
-        MetaError: a value cannot be read (the product is then left unchanged).
-    """
-    policy: dict[str, Any] = {f: _int(f, meta.get(META_PREFIX + f)) for f in _INT_FIELDS}
-    policy.update({f: _bool(f, meta.get(META_PREFIX + f)) for f in _BOOL_FIELDS})
-    raw_files = meta.get(META_PREFIX + "files") or []
-    if isinstance(raw_files, str):
+def _files(value: Any) -> list[Any]:
+    """``_keygate_files`` as the API's ``files``: a JSON list (text, or a list the shop
+    decoded), where a plain object key stands for ``{"object_key": key}``."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
         try:
-            raw_files = json.loads(raw_files)
+            value = json.loads(value)
         except (ValueError, RecursionError):
             raise MetaError(f"{META_PREFIX}files must be a JSON list") from None
-    if not isinstance(raw_files, list):
+    if not isinstance(value, list):
         raise MetaError(f"{META_PREFIX}files must be a JSON list")
+    return [{"object_key": f} if isinstance(f, str) else f for f in value]
+
+
+def _meta_problem(exc: ValidationFailed) -> str:
+    """The API's message about the body made from meta, naming the meta key where it names
+    the body's field (``files[2].watermark must be ...``: ``_keygate_files[2]...``). Like
+    every 422 message of the API it names the field, never its value."""
+    name = exc.extra.get("field")
+    if isinstance(name, str) and name and name in exc.detail:
+        return exc.detail.replace(name, META_PREFIX + name, 1)
+    return f"{META_PREFIX}* meta: {exc.detail}"
+
+
+def spec_from_meta(name: str, meta: dict[str, Any]) -> ProductSpec:
+    """A product's Keygate settings from its ``_keygate_*`` meta, by the admin API's rules.
+
+    The meta's text is read into the body of a product PUT (whole numbers, yes/no, the
+    files) and that body is checked by :func:`~connector.catalog.parse_product_spec`, as
+    a PUT's is: the same ranges, at most :data:`~connector.catalog.MAX_FILES` files, each
+    object key once, no unknown field in a file. What a sync stores is then what a PUT
+    would take: a synced product's read can be sent back, and its admin page saved.
+
+    Raises:
+        MetaError: a value cannot be read or the API's rules refuse it (the product is then
+            left unchanged); the message names the meta key, never its value.
+    """
+    body = {
+        "name": (name or "Product")[:300],
+        "policy": {
+            **{f: _int(f, meta.get(META_PREFIX + f)) for f in _INT_FIELDS},
+            **{f: _bool(f, meta.get(META_PREFIX + f)) for f in _BOOL_FIELDS},
+        },
+        "files": _files(meta.get(META_PREFIX + "files")),
+    }
     try:
-        files = [
-            parse_file_spec({"object_key": f} if isinstance(f, str) else f, i)
-            for i, f in enumerate(raw_files)
-        ]
+        return parse_product_spec(body)
     except ValidationFailed as exc:
-        raise MetaError(f"{META_PREFIX}files: {exc.detail}") from None
-    # A product holds each object once (as the admin API requires).
-    keys = [f.object_key for f in files]
-    if len(set(keys)) != len(keys):
-        raise MetaError(f"{META_PREFIX}files lists the same object_key twice")
-    return ProductSpec(name=(name or "Product")[:300], policy=policy, files=files)
+        raise MetaError(_meta_problem(exc)) from None
 
 
 def _same(product: Product, spec: ProductSpec) -> bool:

@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from connector.catalog import MAX_FILES
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
 from connector.models import AuditEvent, Job, Order, Product, Store
@@ -490,3 +491,73 @@ def test_a_product_read_that_is_no_json_object_retires_nothing_and_breaks_no_syn
     assert sync(app, shop).retired == []
     assert retired_products(app) == []
     assert shop.admin("GET", "/products/811").get_json()["policy"]["activation_limit"] == 4
+
+
+def test_meta_takes_what_the_api_takes_so_a_synced_product_can_be_sent_back(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Product meta is checked by the admin API's rules: a number beyond the range a PUT
+    takes (activation_limit and abuse_threshold up to 100,000, days up to 36,600) is
+    reported and the product left unconfigured; a product synced at those limits reads back
+    as a body that a PUT takes as it is."""
+    fake_shop.products[501] = wc_product(501, "Too many", {"_keygate_activation_limit": "500000"})
+    fake_shop.products[502] = wc_product(502, "Too long", {"_keygate_duration_days": "999999"})
+    fake_shop.products[503] = wc_product(
+        503,
+        "At the limits",
+        {
+            "_keygate_activation_limit": "100000",
+            "_keygate_abuse_threshold": "100000",
+            "_keygate_duration_days": "36600",
+            "_keygate_update_days": "0",
+            "_keygate_download_limit": "1000000",
+        },
+    )
+    connect_store(app, shop, fake_shop)
+    result = sync(app, shop)
+    assert result.invalid == {
+        "501": "_keygate_activation_limit must be between 0 and 100000",
+        "502": "_keygate_duration_days must be between 1 and 36600",
+    }
+    assert shop.admin("GET", "/products/501").status_code == 404
+    body = shop.admin("GET", "/products/503").get_json()
+    assert body["policy"]["activation_limit"] == 100000
+    back = shop.admin("PUT", "/products/503", body)
+    assert back.status_code == 200, back.get_json()
+
+
+def test_meta_lists_no_more_files_than_the_api_takes(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """``_keygate_files`` holds at most as many files as a PUT does (100): more are
+    reported and the product left unconfigured; 100 are stored and can be sent back."""
+    too_many = [f"plugin/f{i}.zip" for i in range(MAX_FILES + 1)]
+    fake_shop.products[501] = wc_product(501, "Many", {"_keygate_files": json.dumps(too_many)})
+    fake_shop.products[502] = wc_product(
+        502, "Enough", {"_keygate_files": json.dumps(too_many[:MAX_FILES])}
+    )
+    connect_store(app, shop, fake_shop)
+    result = sync(app, shop)
+    assert result.invalid == {"501": "_keygate_files must be a list of at most 100 files"}
+    assert shop.admin("GET", "/products/501").status_code == 404
+    body = shop.admin("GET", "/products/502").get_json()
+    assert len(body["files"]) == MAX_FILES
+    back = shop.admin("PUT", "/products/502", body)
+    assert back.status_code == 200, back.get_json()
+
+
+def test_a_misspelt_file_field_in_meta_is_reported_not_served_unstamped(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A file in ``_keygate_files`` with a field the API does not know (``"watermak":
+    "pdf"``) is reported and the product not licensed, as a PUT refuses it: a typo never
+    serves a file without the buyer's stamp."""
+    files = [{"object_key": "books/book.pdf", "watermak": "pdf"}]
+    fake_shop.products[501] = wc_product(
+        501, "Book", {"_keygate_activation_limit": "1", "_keygate_files": json.dumps(files)}
+    )
+    connect_store(app, shop, fake_shop)
+    result = sync(app, shop)
+    assert result.invalid == {"501": "unknown field _keygate_files[0].watermak"}
+    fake_shop.deliver(shop.client, "order.created", wc_order(9840, "processing", [line_item(501)]))
+    assert shop.order(9840)["licenses"] == []
