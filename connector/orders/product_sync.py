@@ -11,8 +11,11 @@ a product PUT (``PUT /api/v1/admin/products/<id>``):
 - ``_keygate_files``: JSON list of ``{object_key, filename?, watermark?}`` (or of plain
   object keys), each object key once.
 
-The body they make is checked by the PUT's own rules (its ranges, at most ``MAX_FILES``
-files, no unknown field in a file): what a sync stores, a PUT of its read takes back.
+Another ``_keygate_*`` key with a value makes the meta invalid, as an unknown field makes
+a PUT: a typo never quietly removes a limit. The body the keys make is checked by the PUT's
+own rules (its ranges, at most ``MAX_FILES`` files, no unknown field in a file): what a sync
+stores, a PUT of its read takes back.
+
 A product with any of these keys set (not empty) is licensed; a variation with meta of its
 own is licensed with its parent's meta overridden by its own, one without follows its
 parent. Settings made in Keygate (admin API/UI) win: products whose settings came from
@@ -62,6 +65,10 @@ META_PREFIX = "_keygate_"
 SYNC_JOB = "shop.sync_products"
 _BOOL_FIELDS = BOOL_POLICY_FIELDS
 _INT_FIELDS = tuple(f for f in POLICY_FIELDS if f not in _BOOL_FIELDS)
+# A product's meta keys: each is the product PUT's policy field, or ``files``, of its name.
+# Keygate's other ``_keygate_*`` meta is a line's (``_keygate_renew_license``) or an
+# order's (``_keygate_payment_note``, ``_keygate_transaction_hash``), never a product's.
+META_KEYS = frozenset(META_PREFIX + f for f in (*POLICY_FIELDS, "files"))
 # Products a sync asks the shop about, one by one, before retiring them (the rest next sync).
 RECHECK_LIMIT = 50
 NO_SUCH_PRODUCT = "woocommerce_rest_product_invalid_id"
@@ -113,10 +120,16 @@ def _meta(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _is_set(value: Any) -> bool:
+    """A meta value that says something: WooCommerce keeps a field cleared in the shop
+    admin as ""."""
+    return value is not None and value != ""
+
+
 def _sets_anything(meta: dict[str, Any]) -> bool:
     """Some ``_keygate_*`` key has a value: a product whose fields were all cleared in the
-    shop admin (WooCommerce keeps them as "") is not configured by its meta."""
-    return any(value is not None and value != "" for value in meta.values())
+    shop admin is not configured by its meta."""
+    return any(_is_set(value) for value in meta.values())
 
 
 def _int(name: str, value: Any) -> int | None:
@@ -177,10 +190,18 @@ def spec_from_meta(name: str, meta: dict[str, Any]) -> ProductSpec:
     object key once, no unknown field in a file. What a sync stores is then what a PUT
     would take: a synced product's read can be sent back, and its admin page saved.
 
+    A ``_keygate_*`` key that is none of :data:`META_KEYS` and holds a value is refused,
+    as the API refuses an unknown field: a misspelt ``_keygate_activation_limt`` would
+    otherwise license the product with no seat limit. (One left empty sets nothing.)
+
     Raises:
-        MetaError: a value cannot be read or the API's rules refuse it (the product is then
-            left unchanged); the message names the meta key, never its value.
+        MetaError: an unknown key holds a value, or a value cannot be read or the API's
+            rules refuse it (the product is then left unchanged); the message names the
+            meta key, never its value.
     """
+    unknown = sorted(key for key, value in meta.items() if key not in META_KEYS and _is_set(value))
+    if unknown:
+        raise MetaError(f"unknown meta key {unknown[0]}")
     body = {
         "name": (name or "Product")[:300],
         "policy": {

@@ -561,3 +561,31 @@ def test_a_misspelt_file_field_in_meta_is_reported_not_served_unstamped(
     assert result.invalid == {"501": "unknown field _keygate_files[0].watermak"}
     fake_shop.deliver(shop.client, "order.created", wc_order(9840, "processing", [line_item(501)]))
     assert shop.order(9840)["licenses"] == []
+
+
+def test_a_misspelt_meta_key_is_reported_not_licensed_with_defaults(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A ``_keygate_*`` key that is no product meta key, holding a value, is reported and
+    the product not licensed from that meta, as a PUT refuses an unknown field: a typo
+    never quietly removes a limit (alone, or beside keys spelt right). A line's meta key on
+    a product is no product meta either. One left empty sets nothing and is ignored."""
+    fake_shop.products[501] = wc_product(501, "Alone", {"_keygate_activation_limt": "1"})
+    fake_shop.products[502] = wc_product(
+        502, "Beside", {"_keygate_duration_days": "365", "_keygate_activaton_limit": "1"}
+    )
+    fake_shop.products[503] = wc_product(503, "Line meta", {"_keygate_renew_license": "KG-1"})
+    fake_shop.products[504] = wc_product(
+        504, "Cleared", {"_keygate_activation_limit": "2", "_keygate_activation_limt": ""}
+    )
+    connect_store(app, shop, fake_shop)
+    result = sync(app, shop)
+    assert result.invalid == {
+        "501": "unknown meta key _keygate_activation_limt",
+        "502": "unknown meta key _keygate_activaton_limit",
+        "503": "unknown meta key _keygate_renew_license",
+    }
+    assert result.unchanged == ["504"]
+    lines = [line_item(501), line_item(502), line_item(503)]
+    fake_shop.deliver(shop.client, "order.created", wc_order(9841, "processing", lines))
+    assert shop.order(9841)["licenses"] == []
