@@ -5,7 +5,7 @@ a product PUT (``PUT /api/v1/admin/products/<id>``):
 
 - ``_keygate_activation_limit``, ``_keygate_duration_days``, ``_keygate_update_days``,
   ``_keygate_download_limit``, ``_keygate_download_days``, ``_keygate_abuse_threshold``:
-  whole numbers ("" = default);
+  whole numbers;
 - ``_keygate_staging_free``, ``_keygate_perpetual_fallback``, ``_keygate_abuse_suspend``:
   yes/no;
 - ``_keygate_files``: JSON list of ``{object_key, filename?, watermark?}`` (or of plain
@@ -16,14 +16,16 @@ a PUT: a typo never quietly removes a limit. The body the keys make is checked b
 own rules (its ranges, at most ``MAX_FILES`` files, no unknown field in a file): what a sync
 stores, a PUT of its read takes back.
 
-A product with any of these keys set (not empty) is licensed; a variation with meta of its
-own is licensed with its parent's meta overridden by its own, one without follows its
-parent. Settings made in Keygate (admin API/UI) win: products whose settings came from
-Keygate are left as they are. A product configured from meta whose meta is gone from a
-complete listing (cleared, removed, or the product deleted) is retired: new sales no longer
-match it, what it licensed keeps working. Paid orders that named a product before a sync
-configured it are read again and licensed. Job ``shop.sync_products`` runs it periodically
-per connected store.
+A product with any of these keys set (not empty) is licensed; a key left empty ("", as
+WooCommerce keeps a cleared field) is not set: on a product it takes the default, on a
+variation it follows the parent. A variation with meta of its own is licensed with its
+parent's meta overridden by the values it sets, one without follows its parent. Settings
+made in Keygate (admin API/UI) win: products whose settings came from Keygate are left as
+they are. A product configured from meta whose meta is gone from a complete listing
+(cleared, removed, or the product deleted) is retired: new sales no longer match it, what
+it licensed keeps working. Paid orders that named a product before a sync configured it
+are read again and licensed. Job ``shop.sync_products`` runs it periodically per
+connected store.
 """
 
 from __future__ import annotations
@@ -265,7 +267,9 @@ def read_shop_products(client: WooCommerceClient) -> tuple[list[ListedProduct], 
     how many products the shop listed (with meta or not).
 
     A variation is listed when it has meta of its own, with its parent's meta overridden by
-    its own; one without follows its parent (a line matches the parent product).
+    the values it sets: one it leaves empty ("", a field cleared in the shop admin) follows
+    the parent's, as a variation without meta follows its parent (a line matches the parent
+    product). On a product itself, "" is the default.
 
     Raises:
         ShopError: the shop could not be read (nothing is listed, nothing is applied).
@@ -284,12 +288,11 @@ def read_shop_products(client: WooCommerceClient) -> tuple[list[ListedProduct], 
             continue
         for variation in client.list_variations(shop_id):
             variation_id = _shop_id(variation)
-            variation_meta = _meta(variation)
-            if variation_id is not None and _sets_anything(variation_meta):
+            # Only what the variation sets overrides its parent: an empty field is not set.
+            own = {key: value for key, value in _meta(variation).items() if _is_set(value)}
+            if variation_id is not None and own:
                 listed.append(
-                    ListedProduct(
-                        variation_id, f"{name} ({variation_id})", {**meta, **variation_meta}
-                    )
+                    ListedProduct(variation_id, f"{name} ({variation_id})", {**meta, **own})
                 )
     return listed, len(products)
 

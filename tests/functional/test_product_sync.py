@@ -589,3 +589,40 @@ def test_a_misspelt_meta_key_is_reported_not_licensed_with_defaults(
     lines = [line_item(501), line_item(502), line_item(503)]
     fake_shop.deliver(shop.client, "order.created", wc_order(9841, "processing", lines))
     assert shop.order(9841)["licenses"] == []
+
+
+def test_a_variations_cleared_field_follows_its_parent(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """WooCommerce keeps a field cleared in the shop admin as "": a variation's "" is not
+    set and follows its parent's value (here the parent's seat limit of 2 stays, never
+    unlimited), while the values it sets override the parent's; a variation whose fields
+    are all "" follows its parent (its sales match the parent product)."""
+    fake_shop.products[600] = wc_product(
+        600,
+        "Suite",
+        {"_keygate_activation_limit": "2", "_keygate_duration_days": "365"},
+        type="variable",
+        variations=[601, 602],
+    )
+    fake_shop.variations[600] = [
+        {
+            "id": 601,
+            "meta_data": [
+                {"id": 1, "key": "_keygate_duration_days", "value": "730"},
+                {"id": 2, "key": "_keygate_activation_limit", "value": ""},
+            ],
+        },
+        {"id": 602, "meta_data": [{"id": 3, "key": "_keygate_activation_limit", "value": ""}]},
+    ]
+    connect_store(app, shop, fake_shop)
+    policy = shop.admin("GET", "/products/601").get_json()["policy"]
+    assert (policy["activation_limit"], policy["duration_days"]) == (2, 730)
+    assert shop.admin("GET", "/products/602").status_code == 404
+    fake_shop.deliver(
+        shop.client,
+        "order.created",
+        wc_order(9842, "processing", [line_item(600, variation_id=602)]),
+    )
+    licenses = shop.order(9842)["licenses"]
+    assert [(lic["product_id"], lic["activation_limit"]) for lic in licenses] == [("600", 2)]
