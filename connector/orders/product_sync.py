@@ -137,7 +137,7 @@ def _sets_anything(meta: dict[str, Any]) -> bool:
 def _int(name: str, value: Any) -> int | None:
     """A whole number as meta holds it (text, or a number the shop decoded); its range is
     the API's, checked with the rest."""
-    if value is None or value == "":
+    if not _is_set(value):
         return None
     try:
         return int(str(value).strip())
@@ -146,7 +146,7 @@ def _int(name: str, value: Any) -> int | None:
 
 
 def _bool(name: str, value: Any) -> bool | None:
-    if value is None or value == "":
+    if not _is_set(value):
         return None
     if isinstance(value, bool):
         return value
@@ -161,7 +161,7 @@ def _bool(name: str, value: Any) -> bool | None:
 def _files(value: Any) -> list[Any]:
     """``_keygate_files`` as the API's ``files``: a JSON list (text, or a list the shop
     decoded), where a plain object key stands for ``{"object_key": key}``."""
-    if value is None or value == "":
+    if not _is_set(value):
         return []
     if isinstance(value, str):
         try:
@@ -205,7 +205,7 @@ def spec_from_meta(name: str, meta: dict[str, Any]) -> ProductSpec:
     if unknown:
         raise MetaError(f"unknown meta key {unknown[0]}")
     body = {
-        "name": (name or "Product")[:300],
+        "name": (name.strip() or "Product")[:300],
         "policy": {
             **{f: _int(f, meta.get(META_PREFIX + f)) for f in _INT_FIELDS},
             **{f: _bool(f, meta.get(META_PREFIX + f)) for f in _BOOL_FIELDS},
