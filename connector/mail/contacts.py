@@ -6,13 +6,13 @@ webhook path reads it when it issues (:func:`consent_to_push`) and the job chain
 that boolean: no consent record, no meta, is stored. Without the key every buyer is pushed
 (the list must then be one the owner may use without consent, e.g. for service messages).
 
-**Passing it on.** Keygate records on the order which list it pushes the buyer into (before it
-asks Brevo: a push whose answer was lost counts as done). When the customer is erased, or a
-later delivery of the order no longer has the consent ticked, the address is taken out of
-that list: a :class:`~connector.models.BrevoRemoval` row holds it encrypted, and job
-``brevo.remove_contact`` (its id only) removes it and deletes the row. A Brevo outage only
-delays it, like mail. A later delivery with the consent ticked again, or ticked for the
-first time after the order was issued, pushes the buyer.
+**Passing it on.** Keygate records on the order which list it pushes the buyer into, and
+which address (encrypted), before it asks Brevo: a push whose answer was lost counts as done.
+When the customer is erased, or a later delivery of the order no longer has the consent
+ticked, that address is taken out of that list: a :class:`~connector.models.BrevoRemoval` row
+holds it encrypted, and job ``brevo.remove_contact`` (its id only) removes it and deletes the
+row. A Brevo outage only delays it, like mail. A later delivery with the consent ticked
+again, or ticked for the first time after the order was issued, pushes the buyer.
 """
 
 from __future__ import annotations
@@ -66,6 +66,25 @@ def _list_to_leave(config: BrevoConfig | None, recorded: int) -> int | None:
     return config.list_id if config is not None else None
 
 
+def _pushed_address(order: Order) -> str | None:
+    """The address Keygate pushed the order's buyer with: the one recorded, or the order's
+    own for an order pushed before addresses were recorded (migration 0020)."""
+    return order.brevo_email if order.brevo_email is not None else order.email
+
+
+def _forget_push(order: Order) -> None:
+    order.brevo_list_id = None
+    order.brevo_email = None
+
+
+def remember_pushed_address(order: Order) -> None:
+    """Before a delivery may change the order's address: an order pushed before addresses
+    were recorded (migration 0020) takes the address it has as the one pushed, so that the
+    erasure or withdrawal after it reaches that address, not the new one."""
+    if order.brevo_list_id is not None and order.brevo_email is None and not order.is_erased:
+        order.brevo_email = order.email
+
+
 def queue_removal(
     session: Session, store_id: int, list_id: int, email: str, *, reason: str, subject: str | None
 ) -> None:
@@ -111,18 +130,18 @@ def pass_consent_on(
         ):
             enqueue(session, PUSH_JOB, {"order_id": order.id, "brevo_consent": True})
         return
-    list_id = order.brevo_list_id
-    if list_id in (None, LIST_NOT_RECORDED):
+    list_id, pushed = order.brevo_list_id, _pushed_address(order)
+    if list_id in (None, LIST_NOT_RECORDED) or pushed is None:
         return
     queue_removal(
         session,
         store.id,
         list_id,
-        order.mail_address,
+        pushed,
         reason="withdrawal",
         subject=f"order:{order.shop_order_id}",
     )
-    order.brevo_list_id = None
+    _forget_push(order)
 
 
 def _was_issued(session: Session, order: Order) -> bool:
@@ -172,21 +191,24 @@ def pass_erasure_on(
             .execution_options(populate_existing=True)
         )
     )
-    pushed = [o for o in pushed if o.brevo_list_id is not None and o.email is not None]
+    pushed = [o for o in pushed if o.brevo_list_id is not None and _pushed_address(o) is not None]
     if not pushed:
         return None
     config = brevo_config_for(session, store)
-    lists: dict[int, str] = {}
+    # The address each order pushed (the shop may have corrected the order's since): one
+    # removal per list and address, however many orders pushed it.
+    to_remove: set[tuple[int, str]] = set()
     for order in pushed:
         list_id = _list_to_leave(config, order.brevo_list_id or LIST_NOT_RECORDED)
-        if list_id is not None and order.email is not None:
-            lists.setdefault(list_id, order.email)
-        order.brevo_list_id = None  # the removal (or the owner, told so) takes over
+        address = _pushed_address(order)
+        if list_id is not None and address is not None:
+            to_remove.add((list_id, address))
+        _forget_push(order)  # the removal (or the owner, told so) takes over
     if config is None:
         return "no_brevo_credentials"
-    if not lists:
+    if not to_remove:
         return "list_unknown"  # pushed before lists were recorded, and the store has none now
-    for list_id, email in sorted(lists.items()):
+    for list_id, email in sorted(to_remove):
         queue_removal(session, store.id, list_id, email, reason="erasure", subject=subject)
     return "queued"
 
@@ -202,9 +224,10 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
     """Create or update the buyer as a Brevo contact in the store's list, when it has one
     and, if it asks for consent, the order carried it (``brevo_consent`` in the payload).
 
-    The list is recorded on the order before Brevo is asked, and committed: an erasure or a
-    withdrawal from then on takes the buyer out again, even when Brevo took the contact but
-    its answer was lost (one that finds the buyer not in the list is done all the same).
+    The list and the address sent are recorded on the order before Brevo is asked, and
+    committed: an erasure or a withdrawal from then on takes that address out again, even
+    when Brevo took the contact but its answer was lost (one that finds the buyer not in the
+    list is done all the same).
     No transaction is open while Brevo answers (on SQLite it would hold the write lock).
     """
     session = db.session
@@ -225,7 +248,7 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
         return  # refunded, cancelled or deleted before the push ran: no customer of the store
     order_id, list_id, email = order.id, config.list_id, order.mail_address
     first, _, last = (order.name or "").partition(" ")
-    order.brevo_list_id = list_id
+    order.brevo_list_id, order.brevo_email = list_id, email
     host = _host()
     session.commit()
     push_contact(config, host, email, first or None, last or None)
@@ -234,8 +257,8 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
 
 def _record_push(session: Session, store_id: int, order_id: int, list_id: int, email: str) -> None:
     """After the push, under the order's row lock (which an erasure takes too). An erasure or
-    withdrawal that landed while Brevo answered queued a removal; should it have run before
-    the contact was added (another worker), another is queued here."""
+    withdrawal that landed while Brevo answered queued a removal of the address sent; should
+    it have run before the contact was added (another worker), another is queued here."""
     hold_live_store(session, store_id)  # before the order's lock, as a deletion takes them
     order = lock_row(session, Order, order_id)
     if order.is_erased:
@@ -243,7 +266,7 @@ def _record_push(session: Session, store_id: int, order_id: int, list_id: int, e
     elif order.brevo_consent_withdrawn:
         reason, subject = "withdrawal", f"order:{order.shop_order_id}"
     else:
-        order.brevo_list_id = list_id
+        order.brevo_list_id, order.brevo_email = list_id, email
         return
     # Waiting: its job not started yet (one running may have asked Brevo before the contact
     # was added).

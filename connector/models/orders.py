@@ -18,6 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from connector.db import Base, UTCDateTime, utcnow
+from connector.vault.crypto import Encrypted
 from plugin.shop import REVOKING_STATUSES
 
 
@@ -57,6 +58,10 @@ class Order(Base):
     # erasure, or the buyer's consent withdrawn, takes them out of it again. 0: pushed before
     # Keygate recorded the list (migration 0011), the store's list is meant.
     brevo_list_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The address Keygate pushed into that list (the order's address may be corrected since),
+    # encrypted like every stored address; set and cleared with brevo_list_id. None on orders
+    # pushed before it was recorded (migration 0020): their address then stands for it.
+    brevo_email: Mapped[str | None] = mapped_column(Encrypted, default=None)
     # The latest delivery of the order no longer carried the buyer's consent (a store that
     # asks for it): a push still waiting in the outbox must not add them to the list.
     brevo_consent_withdrawn: Mapped[bool] = mapped_column(default=False, server_default=false())

@@ -698,6 +698,7 @@ def apply_shop_order(
         unconfirmed = order.deleted and not shop_order.deleted
         return ApplyResult(outcome="stale", order_id=order.id, restore_unconfirmed=unconfirmed)
     result = ApplyResult(outcome="applied", order_id=order.id)
+    contacts.remember_pushed_address(order)  # before the delivery may correct the address
     _copy_order_fields(order, shop_order)
     if not shop_order.deleted:
         _sync_line_items(session, store, order, shop_order, reread)

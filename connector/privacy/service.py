@@ -157,6 +157,7 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                 "date_paid": _iso(order.date_paid),
                 # The Brevo list Keygate pushed the buyer into for this order (0: the store's).
                 "brevo_list": order.brevo_list_id,
+                "brevo_address": order.brevo_email,  # the address pushed into it
                 "brevo_consent_withdrawn": order.brevo_consent_withdrawn,
                 "items": [
                     {

@@ -518,3 +518,101 @@ def test_consent_withdrawn_and_given_again_before_the_push_ran_pushes_once(
     run_pending(brevo_app)
     assert contact_pushes(brevo) == [EMAIL]
     assert brevo.in_list(EMAIL, 7)
+
+
+OLD = "old@example.org"
+
+
+def pushed_address(app: Flask, shop_order_id: str) -> tuple[int | None, str | None]:
+    """The list and the address Keygate recorded it pushed the order's buyer into."""
+    with app.app_context():
+        order = db.session.execute(
+            select(Order).where(Order.shop_order_id == shop_order_id)
+        ).scalar_one()
+        return order.brevo_list_id, order.brevo_email
+
+
+def test_erasure_takes_the_pushed_address_out_after_the_shop_corrected_it(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A customer Keygate pushed into a Brevo list is taken out of that list, even when the
+    shop corrected the order's address since: the address Keygate pushed (with the buyer's
+    name) does not stay in the list, and nothing of it is kept after (erasing it is a 404)."""
+    brevo_shop.deliver(wc_order(9810, "processing", [line_item(501, line_id=60)], email=OLD))
+    run_pending(brevo_app)
+    assert brevo.in_list(OLD, 7)
+    brevo_shop.deliver(
+        wc_order(9810, "processing", [line_item(501, line_id=60)], email=EMAIL, modified=5)
+    )
+    run_pending(brevo_app)
+    assert erase(brevo_shop)["brevo_removal"] == "queued"
+    run_pending(brevo_app)
+    assert not brevo.in_list(OLD, 7)
+    assert not brevo.in_list(EMAIL, 7)
+    assert brevo_shop.admin("DELETE", f"/customers/{OLD}").status_code == 404
+    assert pushed_address(brevo_app, "9810") == (None, None)
+
+
+def test_a_withdrawal_with_a_corrected_address_takes_the_pushed_address_out(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A delivery with the consent no longer ticked takes the buyer out of the list: when
+    it also corrects the order's address, the address Keygate pushed is the one taken out,
+    and the new one is not pushed."""
+    ask_for_consent(brevo_shop)
+    first = wc_order(9811, "processing", [line_item(501, line_id=51)], email=OLD)
+    brevo_shop.deliver(with_meta(first, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert brevo.in_list(OLD, 7)
+    later = wc_order(9811, "processing", [line_item(501, line_id=51)], email=EMAIL, modified=5)
+    brevo_shop.deliver(with_meta(later, CONSENT_KEY, "no"))
+    run_pending(brevo_app)
+    assert removals(brevo) == [{"emails": [OLD]}]
+    assert contact_pushes(brevo) == [OLD]
+    assert not brevo.in_list(OLD, 7)
+    assert len(audit(brevo_shop, "customer.consent_withdrawn_in_brevo")) == 1
+    assert pushed_address(brevo_app, "9811") == (None, None)
+
+
+def test_a_corrected_order_marked_by_migration_0011_keeps_its_old_address_for_erasure(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """An order 0011 marked as pushed (its buyer may be in the list by another order's
+    consent) takes nobody out when its address is corrected, as with a withdrawal; it keeps
+    the address it had as the one pushed, so the customer's erasure takes that one out of
+    the store's list."""
+    brevo_shop.deliver(wc_order(9816, "processing", [line_item(501, line_id=60)], email=OLD))
+    run_pending(brevo_app)
+    with brevo_app.app_context(), transaction() as session:
+        session.execute(update(Order).values(brevo_list_id=0, brevo_email=None))
+    brevo_shop.deliver(
+        wc_order(9816, "completed", [line_item(501, line_id=60)], email=EMAIL, modified=5)
+    )
+    run_pending(brevo_app)
+    assert removals(brevo) == [] and contact_pushes(brevo) == [OLD]
+    assert pushed_address(brevo_app, "9816") == (0, OLD)
+    assert erase(brevo_shop)["brevo_removal"] == "queued"
+    run_pending(brevo_app)
+    assert removals(brevo) == [{"emails": [OLD]}]
+    assert not brevo.in_list(OLD, 7)
+
+
+def test_the_pushed_address_is_kept_encrypted_exported_and_erased(
+    brevo_app: Flask, brevo_shop: WebhookSender
+) -> None:
+    """The address Keygate pushed is kept like every other stored address: encrypted (so
+    key rotation re-encrypts it), in the customer's export, and gone with the erasure."""
+    from connector.vault.rotation import encrypted_tables
+
+    brevo_shop.deliver(wc_order(9817, "processing", [line_item(501, line_id=60)]))
+    run_pending(brevo_app)
+    [order] = brevo_shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["orders"]
+    assert (order["brevo_list"], order["brevo_address"]) == (7, EMAIL)
+    with brevo_app.app_context():
+        raw = db.session.execute(text("SELECT brevo_email FROM orders")).scalar_one()
+        rotated = {(t.table.name, c.name) for t in encrypted_tables() for c in t.columns}
+    assert raw.startswith("gAAAA") and EMAIL not in raw
+    assert ("orders", "brevo_email") in rotated
+    erase(brevo_shop)
+    with brevo_app.app_context():
+        assert db.session.execute(text("SELECT brevo_email FROM orders")).scalar_one() is None

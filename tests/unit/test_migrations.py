@@ -346,3 +346,27 @@ def test_0019_goes_down_and_up_again_with_watermarked_copies(
             assert [tuple(row) for row in kept] == [("ready", None)]
     finally:
         engine.dispose()
+
+
+def test_0020_goes_down_and_up_again_with_pushed_orders(
+    app: Flask, shop: WebhookSender, database_url: str
+) -> None:
+    """0020 records the address a buyer was pushed into Brevo with (brevo_email, encrypted);
+    orders pushed before have none (their address stands for it). Its downgrade drops the
+    column and keeps every order and its list."""
+    engine = make_engine(database_url)
+    shop.deliver(wc_order(9102, "processing", [line_item(501)]), "order.created")
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE orders SET brevo_list_id = 7, brevo_email = 'gAAAA-x'"))
+        downgrade(engine, "0019")
+        with engine.connect() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("orders")}
+            lists = connection.execute(text("SELECT brevo_list_id FROM orders")).scalars().all()
+        assert "brevo_email" not in columns and lists == [7]
+        upgrade(engine)
+        with engine.connect() as connection:
+            kept = connection.execute(text("SELECT brevo_list_id, brevo_email FROM orders"))
+            assert [tuple(row) for row in kept] == [(7, None)]
+    finally:
+        engine.dispose()
