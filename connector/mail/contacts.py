@@ -13,6 +13,11 @@ ticked, that address is taken out of that list: a :class:`~connector.models.Brev
 holds it encrypted, and job ``brevo.remove_contact`` (its id only) removes it and deletes the
 row. A Brevo outage only delays it, like mail. A later delivery with the consent ticked
 again, or ticked for the first time after the order was issued, pushes the buyer.
+
+**Corrected addresses.** The list follows the order: when the shop corrects the address of an
+order whose buyer was pushed, the address pushed is taken out (it may be a typo, someone
+else's, and keeping it would keep an address the order no longer names) and, while the order
+stands with the consent, the corrected one is pushed (:func:`pass_correction_on`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ LIST_NOT_RECORDED = 0
 REMOVAL_ACTIONS = {
     "erasure": "customer.erased_in_brevo",
     "withdrawal": "customer.consent_withdrawn_in_brevo",
+    "correction": "customer.address_corrected_in_brevo",
 }
 
 
@@ -80,7 +86,7 @@ def _forget_push(order: Order) -> None:
 def remember_pushed_address(order: Order) -> None:
     """Before a delivery may change the order's address: an order pushed before addresses
     were recorded (migration 0020) takes the address it has as the one pushed, so that the
-    erasure or withdrawal after it reaches that address, not the new one."""
+    erasure, withdrawal or correction after it reaches that address, not the new one."""
     if order.brevo_list_id is not None and order.brevo_email is None and not order.is_erased:
         order.brevo_email = order.email
 
@@ -144,6 +150,38 @@ def pass_consent_on(
     _forget_push(order)
 
 
+def pass_correction_on(
+    session: Session, store: Store, order: Order, shop_order: ShopOrder, *, issuing: bool
+) -> None:
+    """A delivery that changed the address of an order whose buyer Keygate pushed (after
+    :func:`pass_consent_on`, which takes a withdrawing buyer out). The list follows the
+    order: the address pushed is taken out (audited ``customer.address_corrected_in_brevo``
+    under the order) and, while the order stands and its consent does, the corrected one is
+    pushed, once: not when this delivery's issuance pushes it, nor when a push waits (it
+    reads the address when it runs).
+
+    An order migration 0011 marked (pushed before lists were recorded, perhaps in the list
+    by another order's consent) takes nobody out, as with a withdrawal: it keeps the address
+    it had as the one pushed (:func:`remember_pushed_address`), which its erasure takes out.
+    """
+    list_id, pushed = order.brevo_list_id, order.brevo_email
+    if list_id in (None, LIST_NOT_RECORDED) or pushed is None or pushed == order.mail_address:
+        return
+    subject = f"order:{order.shop_order_id}"
+    queue_removal(session, store.id, list_id, pushed, reason="correction", subject=subject)
+    _forget_push(order)
+    if (
+        order.mail_address is None
+        or order.brevo_consent_withdrawn
+        or order.is_revoking
+        or issuing
+        or _push_waiting(session, order, running_push_counts=False)
+    ):
+        return
+    consent = consent_to_push(session, store, shop_order)
+    enqueue(session, PUSH_JOB, {"order_id": order.id, "brevo_consent": consent})
+
+
 def _was_issued(session: Session, order: Order) -> bool:
     """Keygate issued the order a license or a download link (its buyer is a customer)."""
     for model in (License, DownloadGrant):
@@ -152,15 +190,22 @@ def _was_issued(session: Session, order: Order) -> bool:
     return False
 
 
-def _push_waiting(session: Session, order: Order) -> bool:
+def _push_waiting(session: Session, order: Order, *, running_push_counts: bool = True) -> bool:
     """A push of the order's buyer is on its way: its job, or an issuance with the consent
-    whose follow-ups start one, waits or runs (the push reads the consent when it runs)."""
+    whose follow-ups start one, waits or runs (the push reads the consent when it runs).
+
+    ``running_push_counts``: False when a push already running has read the address it
+    sends (a correction needs another push, unless one waits)."""
+    push_statuses = ("pending", "running") if running_push_counts else ("pending",)
     waiting = select(Job.id).where(
-        Job.status.in_(("pending", "running")),
         Job.payload["order_id"].as_integer() == order.id,
         or_(
-            Job.kind == PUSH_JOB,
-            and_(Job.kind == ISSUED_JOB, Job.payload["brevo_consent"].as_boolean()),
+            and_(Job.kind == PUSH_JOB, Job.status.in_(push_statuses)),
+            and_(
+                Job.kind == ISSUED_JOB,
+                Job.status.in_(("pending", "running")),
+                Job.payload["brevo_consent"].as_boolean(),
+            ),
         ),
     )
     return session.scalars(waiting.limit(1)).first() is not None
@@ -225,9 +270,9 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
     and, if it asks for consent, the order carried it (``brevo_consent`` in the payload).
 
     The list and the address sent are recorded on the order before Brevo is asked, and
-    committed: an erasure or a withdrawal from then on takes that address out again, even
-    when Brevo took the contact but its answer was lost (one that finds the buyer not in the
-    list is done all the same).
+    committed: an erasure, a withdrawal or a correction of the address from then on takes
+    that address out again, even when Brevo took the contact but its answer was lost (one
+    that finds the buyer not in the list is done all the same).
     No transaction is open while Brevo answers (on SQLite it would hold the write lock).
     """
     session = db.session
@@ -256,15 +301,18 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
 
 
 def _record_push(session: Session, store_id: int, order_id: int, list_id: int, email: str) -> None:
-    """After the push, under the order's row lock (which an erasure takes too). An erasure or
-    withdrawal that landed while Brevo answered queued a removal of the address sent; should
-    it have run before the contact was added (another worker), another is queued here."""
+    """After the push, under the order's row lock (which an erasure takes too). An erasure,
+    withdrawal or correction of the address that landed while Brevo answered queued a
+    removal of the address sent; should it have run before the contact was added (another
+    worker), another is queued here. A correction's push of the new address records itself."""
     hold_live_store(session, store_id)  # before the order's lock, as a deletion takes them
     order = lock_row(session, Order, order_id)
     if order.is_erased:
         reason, subject = "erasure", (order.email or "").partition("@")[0] or None
     elif order.brevo_consent_withdrawn:
         reason, subject = "withdrawal", f"order:{order.shop_order_id}"
+    elif order.email != email:
+        reason, subject = "correction", f"order:{order.shop_order_id}"
     else:
         order.brevo_list_id, order.brevo_email = list_id, email
         return

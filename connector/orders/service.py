@@ -711,6 +711,7 @@ def apply_shop_order(
     if not shop_order.deleted:
         issuing = bool(result.issued_licenses or result.issued_grants)
         contacts.pass_consent_on(session, store, order, shop_order, issuing=issuing)
+        contacts.pass_correction_on(session, store, order, shop_order, issuing=issuing)
     _record_changes(session, store, order, shop_order, result)
     return result
 

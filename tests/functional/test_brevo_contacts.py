@@ -574,6 +574,95 @@ def test_a_withdrawal_with_a_corrected_address_takes_the_pushed_address_out(
     assert pushed_address(brevo_app, "9811") == (None, None)
 
 
+@pytest.mark.parametrize("consent", [False, True])
+def test_a_corrected_address_takes_the_pushed_one_out_and_pushes_the_new_one(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, consent: bool
+) -> None:
+    """The shop corrects the address of an order whose buyer Keygate pushed (consent still
+    ticked, or none asked for): the list follows the order. The address pushed (perhaps a
+    typo, someone else's) is taken out, audited under the order, never the address; the
+    corrected one is pushed, once."""
+    item = line_item(501, line_id=52)
+    first = wc_order(9812, "processing", [item], email=OLD)
+    later = wc_order(9812, "completed", [item], email=EMAIL, modified=5)
+    if consent:
+        ask_for_consent(brevo_shop)
+        first, later = (with_meta(p, CONSENT_KEY, "yes") for p in (first, later))
+    brevo_shop.deliver(first)
+    run_pending(brevo_app)
+    brevo_shop.deliver(later)
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [OLD, EMAIL]
+    assert removals(brevo) == [{"emails": [OLD]}]
+    assert not brevo.in_list(OLD, 7) and brevo.in_list(EMAIL, 7)
+    [event] = audit(brevo_shop, "customer.address_corrected_in_brevo")
+    assert event["subject"] == "order:9812"
+    assert event["detail"] == {"list_id": 7, "outcome": "removed"}
+    assert pushed_address(brevo_app, "9812") == (7, EMAIL)
+    brevo_shop.deliver(wc_order(9812, "completed", [item], email=EMAIL, modified=9))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [OLD, EMAIL]  # a later delivery pushes nobody again
+
+
+def test_a_refunded_order_corrected_takes_the_pushed_address_out_and_pushes_nobody(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """An order no longer standing (refunded) whose address is corrected: the address
+    pushed leaves the list, and its buyer, no customer any more, is not pushed again."""
+    brevo_shop.deliver(wc_order(9813, "processing", [line_item(501, line_id=60)], email=OLD))
+    run_pending(brevo_app)
+    brevo_shop.deliver(
+        wc_order(9813, "refunded", [line_item(501, line_id=60)], email=EMAIL, modified=5)
+    )
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [OLD]
+    assert not brevo.in_list(OLD, 7)
+    assert pushed_address(brevo_app, "9813") == (None, None)
+
+
+def test_an_address_corrected_while_the_push_ran_is_taken_out_again(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The correction lands while Brevo adds the address it replaces: that address is taken
+    out again (even when the removal ran before Brevo added it), the corrected one pushed,
+    and the order records the corrected one."""
+    from connector.mail import contacts
+
+    real_push = contacts.push_contact
+
+    def corrected_and_removed_meanwhile(*args: Any) -> None:
+        monkeypatch.setattr(contacts, "push_contact", real_push)  # once
+        later = wc_order(9814, "completed", [line_item(501, line_id=60)], email=EMAIL, modified=5)
+        brevo_shop.deliver(later)
+        run_pending(brevo_app, kinds={"brevo.remove_contact"})
+        real_push(*args)
+
+    monkeypatch.setattr(contacts, "push_contact", corrected_and_removed_meanwhile)
+    brevo_shop.deliver(wc_order(9814, "processing", [line_item(501, line_id=60)], email=OLD))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [OLD, EMAIL]
+    assert not brevo.in_list(OLD, 7) and brevo.in_list(EMAIL, 7)
+    assert pushed_address(brevo_app, "9814") == (7, EMAIL)
+
+
+def test_an_order_pushed_before_addresses_were_recorded_leaves_with_its_old_address(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Orders pushed before migration 0020 have no address recorded: the order's address
+    is taken as the one pushed until the shop corrects it, so the correction takes that one
+    out."""
+    brevo_shop.deliver(wc_order(9815, "processing", [line_item(501, line_id=60)], email=OLD))
+    run_pending(brevo_app)
+    with brevo_app.app_context(), transaction() as session:
+        session.execute(update(Order).values(brevo_email=None))
+    brevo_shop.deliver(
+        wc_order(9815, "completed", [line_item(501, line_id=60)], email=EMAIL, modified=5)
+    )
+    run_pending(brevo_app)
+    assert removals(brevo) == [{"emails": [OLD]}]
+    assert not brevo.in_list(OLD, 7) and brevo.in_list(EMAIL, 7)
+
+
 def test_a_corrected_order_marked_by_migration_0011_keeps_its_old_address_for_erasure(
     brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
 ) -> None:
