@@ -98,8 +98,10 @@ def main() -> None:
 @click.option("--admin-user", default="admin", show_default=True, help="Name of the first admin.")
 def init(admin_user: str) -> None:
     """Create instance/ (database, master key, secret key) and the first admin. Idempotent."""
+    from alembic.util import CommandError
+
     from connector.db import db
-    from connector.migrate import upgrade
+    from connector.migrate import NewerDatabase, upgrade
     from connector.models import AdminUser
     from connector.vault.keycheck import check_keys
 
@@ -126,7 +128,10 @@ def init(admin_user: str) -> None:
 
     app = make_app(check_database=False)
     with app.app_context():
-        upgrade(db.get_engine())
+        try:
+            upgrade(db.get_engine())
+        except (NewerDatabase, CommandError) as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo("database is up to date")
         session = db.session
         try:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -18,6 +20,25 @@ def alembic_config(engine: Engine) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
     return config
+
+
+class NewerDatabase(Exception):
+    """The database is at a migration this code does not have: a newer Keygate made it."""
+
+
+def newer_database_problem(engine: Engine, current: str | None) -> str | None:
+    """What to do when the database's migration ``current`` is unknown to this code, else None.
+
+    After a deploy is rolled back, the database is ahead of the code: no migration of this
+    Keygate leads anywhere from there (Alembic only says it "can't locate revision").
+    """
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    if current is None or current in {rev.revision for rev in script.walk_revisions()}:
+        return None
+    return (
+        f"the database is at migration {current}, which this Keygate does not have (its "
+        f"newest is {script.get_current_head()}): a newer Keygate migrated it; run that version"
+    )
 
 
 @contextmanager
@@ -51,9 +72,17 @@ def _migrating(engine: Engine) -> Iterator[Connection]:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database to ``revision`` (idempotent)."""
+    """Bring the database to ``revision`` (idempotent).
+
+    Raises:
+        NewerDatabase: a newer Keygate migrated the database (nothing was changed).
+    """
     config = alembic_config(engine)
     with _migrating(engine) as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+        problem = newer_database_problem(engine, current)
+        if problem is not None:
+            raise NewerDatabase(problem)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

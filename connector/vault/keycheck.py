@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from connector.config import ConfigError
 from connector.db import Base, insert_ignoring_conflicts
-from connector.migrate import alembic_config
+from connector.migrate import alembic_config, newer_database_problem
 from connector.models import KeyCheck
 from connector.vault.crypto import DecryptionError, Keyring
 
@@ -53,7 +53,8 @@ def schema_problem(engine: Engine) -> str | None:
     if current is None:
         return "the database has no Keygate tables: run `keygate init` (or check the URL)"
     if current != head:
-        return (
+        # Ahead of this code (a rolled-back deploy), `keygate init` cannot help.
+        return newer_database_problem(engine, current) or (
             f"the database is at migration {current}, this Keygate needs {head}: "
             "run `keygate init` (it migrates)"
         )

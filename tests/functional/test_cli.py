@@ -283,3 +283,21 @@ def test_the_cli_holds_admin_passwords_and_names_to_the_pages_rules(tmp_path: Pa
     assert "ana" not in run("admin", "list").stdout
     refused = run("admin", "password", "--username", "admin", password="tiny")
     assert refused.returncode != 0 and "must be 12" in refused.stderr
+
+
+def test_a_database_migrated_by_a_newer_keygate_says_so_in_a_line(tmp_path: Path) -> None:
+    """After a deploy is rolled back, the database is at a migration this Keygate does not
+    have: every command, `keygate init` included, says a newer Keygate migrated it and to run
+    that version (not "run `keygate init`", which cannot help), in a line, not a traceback."""
+    assert keygate(tmp_path, "init").returncode == 0
+    database = sqlite3.connect(tmp_path / "instance" / "keygate.db")
+    database.execute("UPDATE alembic_version SET version_num = '9999'")
+    database.commit()
+    database.close()
+    for args in (("store", "list"), ("init",)):
+        result = keygate(tmp_path, *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr[-600:]
+        assert "migration 9999" in result.stderr and "a newer Keygate" in result.stderr
+        assert "run `keygate init`" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
