@@ -51,6 +51,18 @@ def _write_secret_file(path: Path, value: str) -> None:
         handle.write(value + "\n")
 
 
+def _make_folder(path: Path) -> None:
+    """Create a folder of the instance (and its parents), or say in a line why it can't be."""
+    where = "the instance folder is KEYGATE_INSTANCE_DIR, ./instance by default"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # KEYGATE_INSTANCE_DIR mistyped: keygate.toml, the database
+        raise click.ClickException(f"{path} is a file, not a folder ({where})") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise click.ClickException(f"cannot make the folder {path}: {reason} ({where})") from None
+
+
 class _Keygate(click.Group):
     """Commands that cannot reach the database say so in a line, not a traceback."""
 
@@ -107,8 +119,8 @@ def init(admin_user: str) -> None:
 
     admin_user = _checked_username(admin_user)
     instance = _instance_dir()
-    instance.mkdir(parents=True, exist_ok=True)
-    (instance / "files").mkdir(exist_ok=True)
+    _make_folder(instance)
+    _make_folder(instance / "files")
     has_env_key = bool(
         os.environ.get("KEYGATE_MASTER_KEY") or os.environ.get("KEYGATE_MASTER_KEYS")
     )

@@ -301,3 +301,30 @@ def test_a_database_migrated_by_a_newer_keygate_says_so_in_a_line(tmp_path: Path
         assert "migration 9999" in result.stderr and "a newer Keygate" in result.stderr
         assert "run `keygate init`" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_instance_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    """KEYGATE_INSTANCE_DIR mistyped to name a file (keygate.toml, the database itself), or
+    a path under one: `keygate init` names the path in a line, not a traceback from mkdir;
+    the file is left as it was."""
+    (tmp_path / "instance").write_text("not a folder\n")
+    for given in ("instance", "instance/sub"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+        env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / given)
+        result = subprocess.run(
+            [sys.executable, "-m", "connector.cli", "init"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr[-600:]
+        assert result.stderr.startswith(f"Error: {tmp_path / given} is a file, not a folder") or (
+            result.stderr.startswith(f"Error: cannot make the folder {tmp_path / given}:")
+        ), result.stderr
+        assert "KEYGATE_INSTANCE_DIR" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (tmp_path / "instance").read_text() == "not a folder\n"
