@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -515,6 +516,8 @@ STOP_SECONDS = 40.0  # longer than a Brevo call may take (its timeout), so a mai
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 1000))
 def run(host: str, port: int, threads: int) -> None:
     """Serve Keygate with waitress (jobs run in a thread of this process by default)."""
+    import logging
+
     import waitress
 
     from connector import create_app
@@ -525,17 +528,25 @@ def run(host: str, port: int, threads: int) -> None:
     shown = "127.0.0.1" if everywhere else f"[{host}]" if ":" in host else host
     own_url = f"http://{shown}:{port}"
     try:
-        app = create_app({"defaults": {"base_url": own_url}})
+        # The job worker starts once the port is ours: a second `keygate run` on it (a
+        # second `make run`) stops with a line, without having taken a job.
+        app = create_app({"defaults": {"base_url": own_url}, "start_worker": False})
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if everywhere and app.extensions["keygate.settings"].base_url == own_url:
+    settings = app.extensions["keygate.settings"]
+    if everywhere and settings.base_url == own_url:
         click.echo(
             f"Links in mails and webhook URLs say {own_url}: set KEYGATE_BASE_URL to the"
             " address buyers and the shop reach this server at.",
             err=True,
         )
-    from connector.jobs import stop_worker_thread
+    from connector.jobs import start_worker_thread, stop_worker_thread
 
+    logging.basicConfig()  # as waitress.serve does: its log lines, and Keygate's
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=threads, ident="keygate")
+    except (OSError, ValueError) as exc:  # ValueError: a host name that does not resolve
+        raise click.ClickException(_cannot_listen(host, port, exc)) from None
     click.echo(f"Keygate on http://{host}:{port}  (admin: http://{host}:{port}/admin)")
     click.echo(f"Add a store:  {_command()} store add --name 'My shop' --url https://shop.example")
 
@@ -544,10 +555,26 @@ def run(host: str, port: int, threads: int) -> None:
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        waitress.serve(app, host=host, port=port, threads=threads, ident="keygate")
+        if settings.worker == "thread":
+            start_worker_thread(app)
+        server.print_listen("Serving on http://{}:{}")
+        server.run()
     finally:
         # The job in hand finishes (and is marked done) instead of waiting out its lease.
         stop_worker_thread(app, timeout=STOP_SECONDS)
+
+
+def _cannot_listen(host: str, port: int, exc: Exception) -> str:
+    """Why ``keygate run`` cannot listen at host:port, in a line."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot listen on {where}: the port is in use (another Keygate, or another"
+            " server): stop it, or choose another --port"
+        )
+    if isinstance(exc, OSError):
+        return f"cannot listen on {where}: {exc.strerror or type(exc).__name__}"
+    return f"cannot listen on {where}: not an address of this machine (--host)"
 
 
 @main.command()

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -328,3 +329,20 @@ def test_an_instance_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
         assert "KEYGATE_INSTANCE_DIR" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert (tmp_path / "instance").read_text() == "not a folder\n"
+
+
+def test_run_on_a_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """`keygate run` on a port another process holds (a second `make run`, a server left
+    running) says so in a line naming the address, without first claiming to serve there,
+    and exits: no traceback from waitress's bind."""
+    assert keygate(tmp_path, "init").returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = keygate(tmp_path, "run", "--port", str(port))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-600:]
+    assert result.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}: the port is in use")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Keygate on" not in result.stdout
