@@ -156,9 +156,8 @@ def _check_values(values: dict[str, Any]) -> None:
     from limits import parse_many
     from limits.errors import ConfigurationError
     from limits.storage import storage_from_string
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
 
+    from connector.db import url_problem
     from connector.downloads.watermark import template_problem
     from connector.ratelimit import storage_uri
 
@@ -196,12 +195,11 @@ def _check_values(values: dict[str, Any]) -> None:
         if problem is not None:  # else every click on a watermarked file would fail
             raise ConfigError(f"KEYGATE_WATERMARK_TEMPLATE {problem}")
     if "database_url" in values:
-        try:
-            backend = make_url(str(values["database_url"])).get_backend_name()
-        except ArgumentError:
-            backend = None
-        if backend not in ("sqlite", "postgresql"):
-            raise ConfigError("KEYGATE_DATABASE_URL must be a sqlite:/// or postgresql:// URL")
+        # Checked as the engine will use it (else a traceback from every command, at the
+        # first connection), in words that never hold the password.
+        problem = url_problem(str(values["database_url"]))
+        if problem is not None:
+            raise ConfigError(f"KEYGATE_DATABASE_URL {problem}")
 
 
 # Read from their own files or the environment, never from keygate.toml (nor as ordinary

@@ -163,6 +163,70 @@ def make_engine(url: str) -> Engine:
 
 POOL_RECYCLE_SECONDS = 300
 
+# Keywords of psycopg's connect that are not connection parameters (SQLAlchemy passes some).
+_PSYCOPG_OWN_ARGUMENTS = {
+    "autocommit",
+    "prepare_threshold",
+    "context",
+    "row_factory",
+    "cursor_factory",
+}
+
+
+def url_problem(url: str) -> str | None:
+    """Why no engine can be made for ``url``, or its driver would refuse the URL at every
+    connection; None if neither. Nothing is connected to.
+
+    The message never holds the URL, nor the password (a driver's reason that does is
+    left out).
+    """
+    import warnings
+
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError, SAWarning
+
+    parsed: URL | None
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        parsed = None
+    if parsed is None or parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        return (
+            "must be a sqlite:/// or postgresql:// URL (a bracket left open? a port that is"
+            " not a number? @ : / and % in a user name or password are written %-encoded)"
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        return "must name the SQLite database's file: sqlite:///path/to/keygate.db"
+    try:
+        with warnings.catch_warnings():  # options it ignores: the app's own engine says so
+            warnings.simplefilter("ignore", SAWarning)
+            engine = make_engine(url)  # what the app does at start: parses the URL's options
+            _, options = engine.dialect.create_connect_args(engine.url)
+        engine.dispose()
+        if engine.dialect.driver == "psycopg":
+            _check_psycopg_options(options)
+    except (ArgumentError, ValueError, TypeError, ImportError) as exc:  # ImportError: driver
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        given = parsed.query.get("password", ())
+        passwords = [parsed.password, *((given,) if isinstance(given, str) else given)]
+        if not reason or any(p and p in reason for p in passwords):
+            return "has options the database driver refuses"
+        return f"has options the database driver refuses ({reason})"
+    return None
+
+
+def _check_psycopg_options(options: Mapping[str, Any]) -> None:
+    """What psycopg checks of a connection's options before it connects (their names,
+    connect_timeout), raising ValueError for what it would refuse."""
+    from psycopg import Error
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo, timeout_from_conninfo
+
+    parameters = {k: v for k, v in options.items() if k not in _PSYCOPG_OWN_ARGUMENTS}
+    try:
+        timeout_from_conninfo(conninfo_to_dict(make_conninfo("", **parameters)))
+    except Error as exc:
+        raise ValueError(str(exc)) from None
+
 
 def read_mostly(session: Session, unit: Callable[[], T]) -> T:
     """Run ``unit`` (reads, rarely a write) as cheaply as a read, and correctly if it writes.

@@ -346,3 +346,20 @@ def test_run_on_a_port_in_use_is_one_line_not_a_traceback(tmp_path: Path) -> Non
     assert result.stderr.startswith(f"Error: cannot listen on 127.0.0.1:{port}: the port is in use")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Keygate on" not in result.stdout
+
+
+def test_a_mistyped_database_url_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A KEYGATE_DATABASE_URL that SQLAlchemy cannot parse (a bracket left open) or whose
+    options the driver refuses (a connect_timeout that is no number): every command says
+    so in a line naming the setting, without the password."""
+    assert keygate(tmp_path, "init").returncode == 0  # keys in instance/: the URL is next
+    for url in (
+        "postgresql://keygate:pw-secret@[::1/keygate",
+        "postgresql://keygate:pw-secret@127.0.0.1:5432/keygate?connect_timeout=abc",
+    ):
+        result = keygate(tmp_path, "store", "list", database_url=url)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr[-600:]
+        assert result.stderr.startswith("Error: KEYGATE_DATABASE_URL "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "pw-secret" not in result.stderr + result.stdout

@@ -229,3 +229,50 @@ def test_repr_shows_no_secret(tmp_path: Path) -> None:
     assert "instance_dir" in shown
     for secret in (KEY, SECRET, "DBPASSWORD", "REDISPASSWORD", "R2KEYID", "R2SECRETVALUE"):
         assert secret not in shown, secret
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://keygate:pw-secret@[::1/keygate", "must be a sqlite:/// or postgresql://"),
+        ("postgresql://keygate:pw-secret@db:54x2/keygate", "a port that is not a number"),
+        (
+            "postgresql://keygate:pw-secret@db/keygate?connect_timeout=abc",
+            r"the database driver refuses \(bad value for connect_timeout: 'abc'\)$",
+        ),
+        (
+            "postgresql://keygate:pw-secret@db/keygate?conect_timeout=5",
+            r'refuses \(invalid connection option "conect_timeout"\)$',
+        ),
+        (
+            "postgresql://keygate:pw-secret@db1,db2/keygate?port=5432,5433,5434",
+            "refuses .number of hosts and ports",
+        ),
+        # The driver's reason would show the password: it is left out.
+        (
+            "postgresql://keygate@db/keygate?password=pw-secret&connect_timeout=pw-secret",
+            "the database driver refuses$",
+        ),
+        ("sqlite:///keygate.db?timeout=soon", r"refuses \(could not convert"),
+        ("sqlite://", "must name the SQLite database's file"),
+    ],
+)
+def test_a_database_url_the_engine_or_driver_would_refuse_fails_at_boot(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    """A KEYGATE_DATABASE_URL that SQLAlchemy cannot parse (a bracket left open), or whose
+    options the driver refuses before it connects (a connect_timeout that is no number, a
+    misspelt option), stops Keygate at boot with a line naming the setting and never its
+    password, not a traceback from every command at the first connection."""
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path), KEYGATE_DATABASE_URL=url))
+    assert str(caught.value).startswith("KEYGATE_DATABASE_URL ")
+    assert "pw-secret" not in str(caught.value)
+
+
+def test_a_database_url_is_checked_without_connecting(tmp_path: Path) -> None:
+    """The check reads the URL as the engine and the driver will: a server that is not
+    there (port 1) is no reason to refuse the settings (it may come up after Keygate)."""
+    url = "postgresql://keygate:pw@127.0.0.1:1/keygate?connect_timeout=5&sslmode=require"
+    where = env(KEYGATE_INSTANCE_DIR=str(tmp_path), KEYGATE_DATABASE_URL=url)
+    assert load_settings(environ=where).database_url == url
