@@ -286,10 +286,20 @@ def run_one(kinds: set[str] | None = None) -> bool:
     return True
 
 
-def run_pending(app: Flask, *, limit: int = 1000, kinds: set[str] | None = None) -> int:
-    """Run due jobs until none is left (or ``limit``); returns how many ran."""
+def run_pending(
+    app: Flask,
+    *,
+    limit: int = 1000,
+    kinds: set[str] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run due jobs until none is left (or ``limit``); returns how many ran.
+
+    Once ``stop`` is set, no new job is started (the one in hand finishes): a worker told
+    to stop with a backlog would otherwise go on taking jobs until it is killed mid-job.
+    """
     ran = 0
-    while ran < limit:
+    while ran < limit and not (stop is not None and stop.is_set()):
         with app.app_context():
             if not run_one(kinds):
                 break
@@ -306,19 +316,36 @@ def schedule_periodic(app: Flask) -> None:
 
 
 def work_forever(app: Flask, stop: threading.Event) -> None:
-    """The worker loop: run what is due, then sleep until woken or the poll interval passes."""
+    """The worker loop: run what is due, then sleep until woken or the poll interval passes.
+
+    Setting ``stop`` (from any thread, or a signal handler) ends it: the job in hand
+    finishes, no new one starts, and a sleeping loop wakes at once.
+    """
     from connector.config import Settings
 
     settings: Settings = app.extensions["keygate.settings"]
+    threading.Thread(
+        target=_wake_when_set, args=(stop,), name="keygate-worker-stop", daemon=True
+    ).start()
     while not stop.is_set():
         try:
             schedule_periodic(app)
-            run_pending(app)
+            run_pending(app, stop=stop)
         except Exception:
             # The database may be briefly away; never let the worker die of it.
             log.exception("worker loop error; retrying")
         _wakeup.wait(settings.worker_poll_seconds)
         _wakeup.clear()
+
+
+def _wake_when_set(stop: threading.Event) -> None:
+    # This thread wakes the loop, not whoever sets ``stop``: `keygate worker` sets it in a
+    # signal handler, which Python runs in the loop's own thread between two of its steps.
+    # Had the loop just taken ``_wakeup``'s lock there (to wait on it, to clear it),
+    # setting ``_wakeup`` in the handler would wait for that lock for ever. The loop only
+    # reads ``stop`` (``is_set`` takes no lock), so setting ``stop`` is safe anywhere.
+    stop.wait()
+    _wakeup.set()
 
 
 def start_worker_thread(app: Flask) -> threading.Event:
@@ -339,7 +366,6 @@ def stop_worker_thread(app: Flask, timeout: float = 10.0) -> None:
         return
     thread, stop = worker
     stop.set()
-    _wakeup.set()
     thread.join(timeout)
 
 

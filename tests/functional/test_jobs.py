@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -221,3 +227,89 @@ def test_an_idle_worker_sleeps_between_polls(app: Flask, monkeypatch: pytest.Mon
     finally:
         jobs.stop_worker_thread(app)
     assert 1 <= len(passes) <= 5
+
+
+def with_settings(app: Flask, **values: Any) -> None:
+    settings = app.extensions["keygate.settings"]
+    app.extensions["keygate.settings"] = settings.__class__(**{**settings.__dict__, **values})
+
+
+def test_a_stopped_worker_finishes_the_job_in_hand_and_starts_no_other(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told to stop (SIGTERM, Ctrl-C) with a backlog, the worker finishes the job in hand
+    and takes no new one: the others stay pending for the next worker, instead of being
+    started until the supervisor's kill cuts one off (which then sits "running" for its
+    lease and counts as a failed attempt)."""
+    stop = threading.Event()
+
+    def stopped_meanwhile(payload: dict[str, Any]) -> None:
+        CALLS.append(payload)
+        stop.set()  # SIGTERM arrives while the first job runs
+
+    monkeypatch.setitem(jobs.HANDLERS, "test.stopped_meanwhile", stopped_meanwhile)
+    with app.app_context(), transaction() as session:
+        for n in range(5):
+            jobs.enqueue(session, "test.stopped_meanwhile", {"n": n})
+    with_settings(app, worker_poll_seconds=0.1)
+    worker = threading.Thread(target=jobs.work_forever, args=(app, stop))
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive()
+    assert [c["n"] for c in CALLS] == [0]
+    with app.app_context():
+        statuses = db.session.scalars(
+            select(Job.status).where(Job.kind == "test.stopped_meanwhile").order_by(Job.id)
+        ).all()
+    assert statuses == ["done", "pending", "pending", "pending", "pending"]
+
+
+def test_a_sleeping_worker_stops_at_once(app: Flask) -> None:
+    """A worker waiting for work stops as soon as it is told to, not at its next poll."""
+    with_settings(app, worker_poll_seconds=60)
+    stop = threading.Event()
+    worker = threading.Thread(target=jobs.work_forever, args=(app, stop))
+    worker.start()
+    time.sleep(1)  # the periodic jobs are run, the worker sleeps
+    stop.set()
+    worker.join(10)
+    assert not worker.is_alive()
+
+
+def test_keygate_worker_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    """`keygate worker` stopped by SIGTERM (a service manager, a container) while it waits
+    for work exits at once and cleanly, instead of sitting out its poll interval."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / "instance")
+    env["KEYGATE_WORKER_POLL_SECONDS"] = "60"
+    command = [sys.executable, "-m", "connector.cli"]
+    init = subprocess.run(
+        [*command, "init"], env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=60
+    )
+    assert init.returncode == 0, init.stderr
+    worker = subprocess.Popen(
+        [*command, "worker"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Its first pass runs the periodic jobs; then it sleeps.
+        database = sqlite3.connect(tmp_path / "instance" / "keygate.db")
+        deadline = time.monotonic() + 30
+        done = 0
+        while done < len(jobs.PERIODIC) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            done = database.execute("SELECT count(*) FROM jobs WHERE status = 'done'").fetchone()[0]
+        database.close()
+        assert done == len(jobs.PERIODIC)
+        time.sleep(0.5)
+        started = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
