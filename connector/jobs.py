@@ -4,9 +4,11 @@ A job carries ids, never secrets. Handlers must be safe to run twice (a crash be
 work and the commit runs them again). Failures retry with exponential backoff; after
 ``job_max_attempts`` a job is ``dead`` and shows in the admin outbox.
 
-A claim holds the job for ``LEASE``; a job whose worker stopped is taken again when the lease
-ends (that attempt counts as failed, so a job that stops its worker every time ends ``dead``),
-and a worker that outlived its lease does not overwrite the new owner's outcome.
+A claim holds the job for ``LEASE``, renewed while its handler runs (however long it takes);
+a job whose worker stopped renews nothing and is taken again when the lease ends (that
+attempt counts as failed, so a job that stops its worker every time ends ``dead``), and a
+worker that outlived its lease (its renewals failed) does not overwrite the new owner's
+outcome.
 
 Claiming uses ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so any number of ``keygate worker``
 processes can share the table; on SQLite ``BEGIN IMMEDIATE`` serializes claims.
@@ -18,11 +20,12 @@ import datetime as dt
 import importlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from flask import Flask
-from sqlalchemy import Select, event, or_, select
+from sqlalchemy import Engine, Select, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.db import db, insert_ignoring_conflicts, iso, transaction, utcnow
@@ -261,6 +264,65 @@ def _finish(claim: Claim, error: BaseException | None) -> None:
             job.run_after = utcnow() + backoff(job.attempts)
 
 
+@contextmanager
+def _lease_kept(claim: Claim, engine: Engine) -> Iterator[None]:
+    """Renew ``claim``'s lease while the block runs, so that no other worker takes over a job
+    still running here, however long it runs (a first reconciliation of a big shop, emptying
+    a store's bucket, the daily purge). A worker that stops renews nothing: its job is taken
+    again when the lease ends, as before.
+
+    A thread of its own renews, each time in a short transaction on a connection of its own:
+    never in the handler's session, whose transaction is the handler's (it may commit as it
+    goes, or roll back). Waiting for that thread at the end, the block must have ended the
+    handler's transaction first: a renewal may be waiting for it (on SQLite for the write
+    lock, ``busy_timeout``; on PostgreSQL for the job's row, if the handler wrote to it).
+    On SQLite, a handler that kept a write open for a whole lease would leave no turn to
+    renew in; but no other worker could claim meanwhile either (claims write too).
+    """
+    done = threading.Event()
+    renewer = threading.Thread(
+        target=_renew_lease,
+        args=(claim, engine, done),
+        name=f"keygate-lease-{claim.job_id}",
+        daemon=True,
+    )
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+
+
+def _renew_lease(claim: Claim, engine: Engine, done: threading.Event) -> None:
+    # Four times a lease: a renewal held up (waiting its turn to write) or failed (the
+    # database briefly away) leaves time for the next ones before the lease would end.
+    while not done.wait(LEASE.total_seconds() / 4):
+        try:
+            with engine.begin() as connection:
+                renewed = connection.execute(
+                    update(Job)
+                    # Only this attempt's claim: once the job is finished, or its lease ran
+                    # out and another worker has it, it is not ours to extend.
+                    .where(
+                        Job.id == claim.job_id,
+                        Job.status == "running",
+                        Job.attempts == claim.attempt,
+                    )
+                    .values(locked_until=utcnow() + LEASE)
+                ).rowcount
+        except Exception as exc:
+            log.warning(
+                "job %s (%s): lease not renewed (%s); trying again",
+                claim.job_id,
+                claim.kind,
+                type(exc).__name__,
+            )
+            continue
+        if not renewed:
+            return  # finished, or taken over: nothing of ours left to renew
+
+
 def run_one(kinds: set[str] | None = None) -> bool:
     """Claim and run one due job. Returns False when none was due."""
     load_handlers()
@@ -274,7 +336,8 @@ def run_one(kinds: set[str] | None = None) -> bool:
         error = LookupError(f"no handler for job kind {kind!r}")
     else:
         try:
-            with transaction():
+            # The lease's renewals end after the handler's transaction (see _lease_kept).
+            with _lease_kept(claimed, db.engine), transaction():
                 handler(payload)
         except RetryLater as exc:
             error = exc

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connector import jobs
 from connector.db import db, transaction, utcnow
@@ -313,3 +313,126 @@ def test_keygate_worker_stops_at_once_on_sigterm(tmp_path: Path) -> None:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def test_a_job_longer_than_its_lease_runs_once_and_is_done(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that runs longer than its lease (a first reconciliation of a big shop, a store's
+    bucket being emptied, the daily purge) keeps it while it runs: another worker never takes
+    it over, so it runs once, is done, and is not buried as interrupted. Scaled down: a
+    0.4 s lease, a 1 s job, two workers, 3 attempts."""
+    monkeypatch.setattr(jobs, "LEASE", dt.timedelta(seconds=0.4))
+    with_settings(app, job_max_attempts=3)
+
+    def long_but_fine(payload: dict[str, Any]) -> None:
+        CALLS.append(payload)
+        time.sleep(1)
+
+    monkeypatch.setitem(jobs.HANDLERS, "test.long", long_but_fine)
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.long", {})
+    deadline = time.monotonic() + 2.5
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            jobs.run_pending(app)
+            time.sleep(0.02)
+
+    workers = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    row = job(app, "test.long")
+    assert (row.status, row.attempts, row.last_error, len(CALLS)) == ("done", 1, None, 1)
+
+
+def test_a_job_that_commits_as_it_goes_keeps_its_lease(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that commits its work in steps (as the store deletion and the purge do)
+    keeps its lease across them: the renewals are not made in its session."""
+    monkeypatch.setattr(jobs, "LEASE", dt.timedelta(seconds=0.3))
+
+    def in_steps(payload: dict[str, Any]) -> None:
+        CALLS.append(payload)
+        for step in range(3):
+            db.session.execute(
+                update(Job).where(Job.id == payload[jobs.JOB_ID]).values(last_error=f"{step}")
+            )
+            db.session.commit()
+            time.sleep(0.3)
+
+    monkeypatch.setitem(jobs.HANDLERS, "test.in_steps", in_steps)
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.in_steps", {})
+    deadline = time.monotonic() + 2
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            jobs.run_pending(app)
+            time.sleep(0.02)
+
+    workers = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    row = job(app, "test.in_steps")
+    assert (row.status, row.attempts, len(CALLS)) == ("done", 1, 1)
+
+
+def test_a_job_holding_its_write_open_is_not_held_up_by_its_lease(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that keeps a write open past a renewal (on SQLite the database's one write
+    lock; on PostgreSQL its own job's row) finishes as soon as it is done: the renewal
+    waiting for that write never makes the handler wait in turn."""
+    monkeypatch.setattr(jobs, "LEASE", dt.timedelta(seconds=0.2))
+
+    def holding(payload: dict[str, Any]) -> None:
+        CALLS.append(payload)
+        db.session.execute(
+            update(Job).where(Job.id == payload[jobs.JOB_ID]).values(last_error="working")
+        )
+        time.sleep(0.5)  # renewals are due meanwhile, and wait for this write
+
+    monkeypatch.setitem(jobs.HANDLERS, "test.holding", holding)
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.holding", {})
+    worker = threading.Thread(target=jobs.run_pending, args=(app,), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert time.monotonic() - started < 5
+    row = job(app, "test.holding")
+    assert (row.status, row.attempts, len(CALLS)) == ("done", 1, 1)
+
+
+def test_a_lease_is_renewed_only_for_its_own_attempt(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose lease ran out (its renewals failed: the database away from it) and
+    whose job another worker took over never extends the new owner's lease."""
+    monkeypatch.setattr(jobs, "LEASE", dt.timedelta(seconds=0.2))
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.ok", {})
+    with app.app_context():
+        first = jobs._claim_one(None)
+        assert first is not None
+        with transaction() as session:
+            row = session.get(Job, first.job_id)
+            assert row is not None
+            row.locked_until = utcnow() - dt.timedelta(seconds=1)
+        second = jobs._claim_one(None)
+        assert second is not None and second.attempt == first.attempt + 1
+        granted = job(app, "test.ok").locked_until
+        with jobs._lease_kept(first, db.engine):
+            time.sleep(0.3)  # a few renewals of the first claim would be due
+        assert job(app, "test.ok").locked_until == granted
+        with jobs._lease_kept(second, db.engine):
+            time.sleep(0.3)
+        renewed = job(app, "test.ok").locked_until
+        assert granted is not None and renewed is not None and renewed > granted
