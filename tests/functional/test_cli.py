@@ -18,10 +18,10 @@ from tests.licensing_helpers import free_port, wait_until_serving
 
 
 def keygate(
-    tmp_path: Path, *args: str, database_url: str | None = None
+    tmp_path: Path, *args: str, database_url: str | None = None, instance: str = "instance"
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / "instance")
+    env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / instance)
     env["KEYGATE_WORKER"] = "off"
     if database_url:
         env["KEYGATE_DATABASE_URL"] = database_url
@@ -310,17 +310,7 @@ def test_an_instance_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     the file is left as it was."""
     (tmp_path / "instance").write_text("not a folder\n")
     for given in ("instance", "instance/sub"):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-        env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / given)
-        result = subprocess.run(
-            [sys.executable, "-m", "connector.cli", "init"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = keygate(tmp_path, "init", instance=given)
         assert result.returncode == 1, result.stderr
         assert "Traceback" not in result.stderr, result.stderr[-600:]
         assert result.stderr.startswith(f"Error: {tmp_path / given} is a file, not a folder") or (

@@ -315,6 +315,22 @@ def test_keygate_worker_stops_at_once_on_sigterm(tmp_path: Path) -> None:
             worker.wait()
 
 
+def two_workers_for(app: Flask, seconds: float) -> None:
+    """Two workers (threads) run the due jobs, again and again, for ``seconds``."""
+    deadline = time.monotonic() + seconds
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            jobs.run_pending(app)
+            time.sleep(0.02)
+
+    workers = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+
+
 def test_a_job_longer_than_its_lease_runs_once_and_is_done(
     app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -332,18 +348,7 @@ def test_a_job_longer_than_its_lease_runs_once_and_is_done(
     monkeypatch.setitem(jobs.HANDLERS, "test.long", long_but_fine)
     with app.app_context(), transaction() as session:
         jobs.enqueue(session, "test.long", {})
-    deadline = time.monotonic() + 2.5
-
-    def worker() -> None:
-        while time.monotonic() < deadline:
-            jobs.run_pending(app)
-            time.sleep(0.02)
-
-    workers = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
+    two_workers_for(app, 2.5)
     row = job(app, "test.long")
     assert (row.status, row.attempts, row.last_error, len(CALLS)) == ("done", 1, None, 1)
 
@@ -367,18 +372,7 @@ def test_a_job_that_commits_as_it_goes_keeps_its_lease(
     monkeypatch.setitem(jobs.HANDLERS, "test.in_steps", in_steps)
     with app.app_context(), transaction() as session:
         jobs.enqueue(session, "test.in_steps", {})
-    deadline = time.monotonic() + 2
-
-    def worker() -> None:
-        while time.monotonic() < deadline:
-            jobs.run_pending(app)
-            time.sleep(0.02)
-
-    workers = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
+    two_workers_for(app, 2)
     row = job(app, "test.in_steps")
     assert (row.status, row.attempts, len(CALLS)) == ("done", 1, 1)
 
