@@ -160,15 +160,19 @@ def pass_correction_on(
     pushed, once: not when this delivery's issuance pushes it, nor when a push waits (it
     reads the address when it runs).
 
-    An order migration 0011 marked (pushed before lists were recorded, perhaps in the list
-    by another order's consent) takes nobody out, as with a withdrawal: it keeps the address
-    it had as the one pushed (:func:`remember_pushed_address`), which its erasure takes out.
+    An order migration 0011 marked (pushed into the store's list before lists were
+    recorded) has its old address taken out of the store's list too: kept, it would sit on
+    an order that no longer names it, out of reach of its owner's export and erasure. Should
+    another order still have that address in the list, the removal leaves it there
+    (:func:`_still_pushed`).
     """
     list_id, pushed = order.brevo_list_id, order.brevo_email
-    if list_id in (None, LIST_NOT_RECORDED) or pushed is None or pushed == order.mail_address:
+    if list_id is None or pushed is None or pushed == order.mail_address:
         return
-    subject = f"order:{order.shop_order_id}"
-    queue_removal(session, store.id, list_id, pushed, reason="correction", subject=subject)
+    leave = _list_to_leave(brevo_config_for(session, store), list_id)
+    if leave is not None:  # else no list is known to take it out of: the owner's, in Brevo
+        subject = f"order:{order.shop_order_id}"
+        queue_removal(session, store.id, leave, pushed, reason="correction", subject=subject)
     _forget_push(order)
     if (
         order.mail_address is None
@@ -333,9 +337,26 @@ def _record_push(session: Session, store_id: int, order_id: int, list_id: int, e
         queue_removal(session, store_id, list_id, email, reason=reason, subject=subject)
 
 
+def _still_pushed(session: Session, removal: BrevoRemoval) -> bool:
+    """Whether an order of the store, not erased, has the removal's address in its list now:
+    the buyer gave the consent again since the withdrawal (or the shop put the address back)
+    and was pushed while the removal waited, or another order of theirs with the consent
+    pushed them. Taking the address out then would undo a push the buyer asked for."""
+    orders = session.scalars(
+        select(Order).where(
+            Order.store_id == removal.store_id,
+            Order.email == removal.email,
+            Order.brevo_list_id == removal.list_id,
+            Order.erased_at.is_(None),
+        )
+    )
+    return any(_pushed_address(order) == removal.email for order in orders)
+
+
 @handles(REMOVE_JOB)
 def remove_contact_from_brevo_list(payload: dict[str, Any]) -> None:
-    """Take an address out of a store's Brevo list, audit it, forget the address.
+    """Take an address out of a store's Brevo list, audit it, forget the address. An address
+    an order has put in the list again since is left there (outcome ``kept``).
 
     Raises:
         RetryLater: Brevo is down, or the store has no Brevo credentials now (the removal
@@ -350,8 +371,9 @@ def remove_contact_from_brevo_list(payload: dict[str, Any]) -> None:
     if config is None:
         raise RetryLater("no Brevo credentials for this store")
     host = _host()
+    kept = _still_pushed(session, removal)
     session.commit()  # no transaction open while Brevo answers (the row stays loaded)
-    outcome = remove_from_list(config, host, removal.list_id, removal.email)
+    outcome = "kept" if kept else remove_from_list(config, host, removal.list_id, removal.email)
     hold_live_store(session, removal.store_id)
     record_audit(
         session,

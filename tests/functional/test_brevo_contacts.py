@@ -663,13 +663,13 @@ def test_an_order_pushed_before_addresses_were_recorded_leaves_with_its_old_addr
     assert not brevo.in_list(OLD, 7) and brevo.in_list(EMAIL, 7)
 
 
-def test_a_corrected_order_marked_by_migration_0011_keeps_its_old_address_for_erasure(
+def test_a_corrected_order_marked_by_migration_0011_takes_its_old_address_out(
     brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
 ) -> None:
-    """An order 0011 marked as pushed (its buyer may be in the list by another order's
-    consent) takes nobody out when its address is corrected, as with a withdrawal; it keeps
-    the address it had as the one pushed, so the customer's erasure takes that one out of
-    the store's list."""
+    """An order 0011 marked as pushed (into the store's list, before lists were recorded)
+    whose address the shop corrects: the old address is taken out of the store's list and
+    kept nowhere (on an order that no longer names it, its owner could neither export nor
+    erase it), and the corrected one is pushed."""
     brevo_shop.deliver(wc_order(9816, "processing", [line_item(501, line_id=60)], email=OLD))
     run_pending(brevo_app)
     with brevo_app.app_context(), transaction() as session:
@@ -678,12 +678,55 @@ def test_a_corrected_order_marked_by_migration_0011_keeps_its_old_address_for_er
         wc_order(9816, "completed", [line_item(501, line_id=60)], email=EMAIL, modified=5)
     )
     run_pending(brevo_app)
-    assert removals(brevo) == [] and contact_pushes(brevo) == [OLD]
-    assert pushed_address(brevo_app, "9816") == (0, OLD)
-    assert erase(brevo_shop)["brevo_removal"] == "queued"
+    assert removals(brevo) == [{"emails": [OLD]}] and not brevo.in_list(OLD, 7)
+    assert contact_pushes(brevo) == [OLD, EMAIL] and brevo.in_list(EMAIL, 7)
+    assert pushed_address(brevo_app, "9816") == (7, EMAIL)
+    [exported] = brevo_shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["orders"]
+    assert exported["brevo_address"] == EMAIL
+    assert brevo_shop.admin("GET", f"/customers/{OLD}/export").status_code == 404
+
+
+def test_consent_given_again_while_the_withdrawals_removal_waits_keeps_the_buyer_listed(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Consent withdrawn (its removal held up by a Brevo outage), then given again and the
+    buyer pushed: the withdrawal's removal, run at last, leaves them in the list (audited
+    as kept), since the order has them there by the consent given since."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=41)
+    brevo_shop.deliver(with_meta(wc_order(9760, "processing", [item]), CONSENT_KEY, "yes"))
     run_pending(brevo_app)
-    assert removals(brevo) == [{"emails": [OLD]}]
-    assert not brevo.in_list(OLD, 7)
+    brevo.failures.append(503)  # the withdrawal's removal meets an outage: retried later
+    later = wc_order(9760, "completed", [item], modified=5)
+    brevo_shop.deliver(with_meta(later, CONSENT_KEY, "no"))
+    run_pending(brevo_app)
+    again = wc_order(9760, "completed", [item], modified=9)
+    brevo_shop.deliver(with_meta(again, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)  # the push runs (the removal is not due yet)
+    make_due(brevo_app)
+    run_pending(brevo_app)  # the withdrawal's removal runs
+    assert pushed_address(brevo_app, "9760") == (7, EMAIL)
+    assert brevo.in_list(EMAIL, 7)
+    [event] = audit(brevo_shop, "customer.consent_withdrawn_in_brevo")
+    assert event["detail"] == {"list_id": 7, "outcome": "kept"}
+
+
+def test_a_withdrawal_leaves_a_buyer_another_order_of_theirs_consented_for(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Two orders of one buyer, each with the consent: withdrawing it on one leaves them in
+    the list by the other's."""
+    ask_for_consent(brevo_shop)
+    first, second = line_item(501, line_id=42), line_item(501, line_id=43)
+    brevo_shop.deliver(with_meta(wc_order(9762, "processing", [first]), CONSENT_KEY, "yes"))
+    brevo_shop.deliver(with_meta(wc_order(9763, "processing", [second]), CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    later = wc_order(9762, "completed", [first], modified=5)
+    brevo_shop.deliver(with_meta(later, CONSENT_KEY, "no"))
+    run_pending(brevo_app)
+    assert removals(brevo) == [] and brevo.in_list(EMAIL, 7)
+    assert pushed_address(brevo_app, "9762") == (None, None)
+    assert pushed_address(brevo_app, "9763") == (7, EMAIL)
 
 
 def test_the_pushed_address_is_kept_encrypted_exported_and_erased(
