@@ -73,7 +73,7 @@ def _secret_carrying_calls(sold: Sold) -> list[tuple[str, str, str]]:
         (
             "GET",
             f"/api/v1/admin/customers/{sold.email}/export",
-            "/api/v1/admin/customers/<email>/export",
+            "/api/v1/admin/customers/<path:email>/export",
         ),
         ("GET", sold.portal_path, "/my/<token>"),
         ("GET", sold.download_path, "/d/<token>"),
