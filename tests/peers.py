@@ -122,7 +122,11 @@ def fake_brevo() -> Iterator[FakeBrevo]:
                         400, {"code": "duplicate_parameter", "message": "Contact already exist"}
                     )
                     return
-                state.contacts[email] = body
+                # An update adds the contact to the lists named, as Brevo does; it leaves it
+                # in the others.
+                kept = state.contacts.get(email, {}).get("listIds") or []
+                listed = sorted({*kept, *(body.get("listIds") or [])})
+                state.contacts[email] = {**body, "listIds": listed}
                 if state.lost_answers:
                     state.lost_answers -= 1
                     self.close_connection = True

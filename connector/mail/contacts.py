@@ -45,6 +45,7 @@ REMOVAL_ACTIONS = {
     "erasure": "customer.erased_in_brevo",
     "withdrawal": "customer.consent_withdrawn_in_brevo",
     "correction": "customer.address_corrected_in_brevo",
+    "list_changed": "customer.moved_to_another_brevo_list",
 }
 
 
@@ -78,6 +79,17 @@ def _pushed_address(order: Order) -> str | None:
     return order.brevo_email if order.brevo_email is not None else order.email
 
 
+def _leave_list(session: Session, order: Order, *, reason: str) -> None:
+    """Queue taking the address the order pushed out of the list it recorded."""
+    pushed = _pushed_address(order)
+    if order.brevo_list_id is not None and pushed is not None:
+        subject = f"order:{order.shop_order_id}"
+        queue_removal(
+            session, order.store_id, order.brevo_list_id, pushed, reason=reason, subject=subject
+        )
+    _forget_push(order)
+
+
 def _forget_push(order: Order) -> None:
     order.brevo_list_id = None
     order.brevo_email = None
@@ -105,36 +117,48 @@ def queue_removal(
 
 
 def pass_consent_on(
-    session: Session, store: Store, order: Order, shop_order: ShopOrder, *, issuing: bool
+    session: Session,
+    store: Store,
+    order: Order,
+    shop_order: ShopOrder,
+    *,
+    issuing: bool,
+    paid_again: bool = False,
 ) -> None:
-    """A delivery of an order whose consent changed (the store asks for it). Withdrawn: a
-    push still waiting must not happen (the order remembers the withdrawal), and a buyer
-    Keygate pushed is taken out of the list again. Given on an order issued without it (the
-    owner ticked it on the buyer's word, or the buyer gave it again): the buyer is pushed.
+    """A delivery of an order, as its consent and standing go. Consent withdrawn (a store
+    that asks for it): a push still waiting must not happen (the order remembers the
+    withdrawal), and a buyer Keygate pushed is taken out of the list again. The buyer is
+    pushed when the order has them in no list and the consent was given on an order issued
+    without it (the owner ticked it on the buyer's word, or the buyer gave it again), or the
+    order is paid again after a refund or cancellation (the issuance's push skipped it
+    meanwhile, or its consent came while it was refunded).
 
     ``issuing``: this delivery issues keys or links, whose follow-ups push the buyer as it
-    says. A deletion is no withdrawal (its payload carries no meta at all). An order
-    migration 0011 marked (its buyer perhaps pushed before lists were recorded, never known
-    to have consented on it) takes nobody out: they may be in the list by another order's
-    consent; only an erasure takes such a buyer out.
+    says. ``paid_again``: this delivery took the order from revoked back to paid. A deletion
+    is no withdrawal (its payload carries no meta at all). An order migration 0011 marked
+    (its buyer perhaps pushed before lists were recorded, never known to have consented on
+    it) takes nobody out: they may be in the list by another order's consent; only an
+    erasure takes such a buyer out.
     """
     if shop_order.deleted or order.mail_address is None:
         return
     config = brevo_config_for(session, store)
-    if config is None or config.consent_meta_key is None:
+    if config is None:
         return
+    asks_consent = config.consent_meta_key is not None
     was_withdrawn = order.brevo_consent_withdrawn
-    order.brevo_consent_withdrawn = not shop_order.meta_flag(config.consent_meta_key)
+    if config.consent_meta_key is not None:
+        order.brevo_consent_withdrawn = not shop_order.meta_flag(config.consent_meta_key)
     if not order.brevo_consent_withdrawn:
         if (
-            was_withdrawn
+            ((asks_consent and was_withdrawn) or paid_again)
             and not issuing
             and order.brevo_list_id is None
             and not order.is_revoking
             and _was_issued(session, order)
-            and not _push_waiting(session, order)
+            and not _push_waiting(session, order, consented=asks_consent)
         ):
-            enqueue(session, PUSH_JOB, {"order_id": order.id, "brevo_consent": True})
+            enqueue(session, PUSH_JOB, {"order_id": order.id, "brevo_consent": asks_consent})
         return
     list_id, pushed = order.brevo_list_id, _pushed_address(order)
     if list_id in (None, LIST_NOT_RECORDED) or pushed is None:
@@ -194,17 +218,24 @@ def _was_issued(session: Session, order: Order) -> bool:
     return False
 
 
-def _push_waiting(session: Session, order: Order, *, running_push_counts: bool = True) -> bool:
+def _push_waiting(
+    session: Session, order: Order, *, running_push_counts: bool = True, consented: bool = False
+) -> bool:
     """A push of the order's buyer is on its way: its job, or an issuance with the consent
     whose follow-ups start one, waits or runs (the push reads the consent when it runs).
 
     ``running_push_counts``: False when a push already running has read the address it
-    sends (a correction needs another push, unless one waits)."""
+    sends (a correction needs another push, unless one waits). ``consented``: only a push
+    carrying the consent counts (a store that asks for it: one made without it pushes
+    nobody)."""
     push_statuses = ("pending", "running") if running_push_counts else ("pending",)
+    push = and_(Job.kind == PUSH_JOB, Job.status.in_(push_statuses))
+    if consented:
+        push = and_(push, Job.payload["brevo_consent"].as_boolean())
     waiting = select(Job.id).where(
         Job.payload["order_id"].as_integer() == order.id,
         or_(
-            and_(Job.kind == PUSH_JOB, Job.status.in_(push_statuses)),
+            push,
             and_(
                 Job.kind == ISSUED_JOB,
                 Job.status.in_(("pending", "running")),
@@ -297,6 +328,10 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
         return  # refunded, cancelled or deleted before the push ran: no customer of the store
     order_id, list_id, email = order.id, config.list_id, order.mail_address
     first, _, last = (order.name or "").partition(" ")
+    if order.brevo_list_id not in (None, LIST_NOT_RECORDED, list_id):
+        # The owner chose another list since: the order keeps one, so that its erasure or
+        # withdrawal reaches every list Keygate put the buyer in.
+        _leave_list(session, order, reason="list_changed")
     order.brevo_list_id, order.brevo_email = list_id, email
     host = _host()
     session.commit()
@@ -337,16 +372,19 @@ def _record_push(session: Session, store_id: int, order_id: int, list_id: int, e
         queue_removal(session, store_id, list_id, email, reason=reason, subject=subject)
 
 
-def _still_pushed(session: Session, removal: BrevoRemoval) -> bool:
+def _still_pushed(session: Session, removal: BrevoRemoval, store_list: int | None) -> bool:
     """Whether an order of the store, not erased, has the removal's address in its list now:
     the buyer gave the consent again since the withdrawal (or the shop put the address back)
     and was pushed while the removal waited, or another order of theirs with the consent
     pushed them. Taking the address out then would undo a push the buyer asked for."""
+    lists = [removal.list_id]
+    if store_list == removal.list_id:
+        lists.append(LIST_NOT_RECORDED)  # migration 0011's mark: the store's list
     orders = session.scalars(
         select(Order).where(
             Order.store_id == removal.store_id,
             Order.email == removal.email,
-            Order.brevo_list_id == removal.list_id,
+            Order.brevo_list_id.in_(lists),
             Order.erased_at.is_(None),
         )
     )
@@ -371,7 +409,7 @@ def remove_contact_from_brevo_list(payload: dict[str, Any]) -> None:
     if config is None:
         raise RetryLater("no Brevo credentials for this store")
     host = _host()
-    kept = _still_pushed(session, removal)
+    kept = _still_pushed(session, removal, config.list_id)
     session.commit()  # no transaction open while Brevo answers (the row stays loaded)
     outcome = "kept" if kept else remove_from_list(config, host, removal.list_id, removal.email)
     hold_live_store(session, removal.store_id)

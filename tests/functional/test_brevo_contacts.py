@@ -748,3 +748,103 @@ def test_the_pushed_address_is_kept_encrypted_exported_and_erased(
     erase(brevo_shop)
     with brevo_app.app_context():
         assert db.session.execute(text("SELECT brevo_email FROM orders")).scalar_one() is None
+
+
+def test_cancelled_before_the_push_ran_then_paid_again_pushes_the_buyer(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """The issuance's push runs while the order is cancelled (a fraud check in the same
+    minute) and skips it; paid again (keys reinstated, nothing issued), the buyer, who
+    consented, is pushed."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=70)
+    for status, modified in (("processing", 0), ("cancelled", 5)):
+        order = wc_order(9900, status, [item], modified=modified)
+        brevo_shop.deliver(with_meta(order, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)  # the push finds the order cancelled
+    again = wc_order(9900, "processing", [item], modified=9)
+    brevo_shop.deliver(with_meta(again, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert brevo_shop.order(9900)["licenses"][0]["status"] == "active"
+    assert contact_pushes(brevo) == [EMAIL] and brevo.in_list(EMAIL, 7)
+
+
+def test_consent_given_while_refunded_is_passed_on_when_paid_again(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Issued without the consent; ticked while the order is refunded (no push: no customer
+    then); paid again with it still ticked: the buyer is pushed, once."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=71)
+    for status, modified, ticked in (("processing", 0, "no"), ("refunded", 5, "yes")):
+        order = wc_order(9901, status, [item], modified=modified)
+        brevo_shop.deliver(with_meta(order, CONSENT_KEY, ticked))
+        run_pending(brevo_app)
+    assert contact_pushes(brevo) == []
+    for modified in (9, 12):
+        again = wc_order(9901, "processing", [item], modified=modified)
+        brevo_shop.deliver(with_meta(again, CONSENT_KEY, "yes"))
+        run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL] and brevo.in_list(EMAIL, 7)
+
+
+def test_consent_ticked_while_a_push_without_it_waits_pushes_the_buyer(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Issued unticked, its push (carrying no consent) waiting: the consent ticked meanwhile
+    is passed on by a push of its own (the waiting one pushes nobody)."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=73)
+    brevo_shop.deliver(with_meta(wc_order(9903, "processing", [item]), CONSENT_KEY, "no"))
+    run_pending(brevo_app, kinds={"order.issued"})  # the push (no consent) now waits
+    later = wc_order(9903, "completed", [item], modified=5)
+    brevo_shop.deliver(with_meta(later, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert contact_pushes(brevo) == [EMAIL] and brevo.in_list(EMAIL, 7)
+
+
+def test_a_push_into_the_stores_new_list_takes_the_buyer_out_of_the_old_one(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """The owner moves the store to list 8; an order pushed into 7 issues another unit: its
+    buyer leaves list 7 (audited) as they join 8, so the order records the one list they
+    are in, and the erasure then takes them out of every list Keygate put them in."""
+    brevo.lists = {7, 8}
+    brevo_shop.deliver(wc_order(9904, "processing", [line_item(501, line_id=74)]))
+    run_pending(brevo_app)
+    assert brevo.in_list(EMAIL, 7)
+    answer = brevo_shop.admin("PUT", "/credentials/brevo", {**BREVO, "list_id": 8})
+    assert answer.status_code == 200
+    more = wc_order(9904, "completed", [line_item(501, quantity=2, line_id=74)], modified=5)
+    brevo_shop.deliver(more)
+    run_pending(brevo_app)
+    assert len(brevo_shop.order(9904)["licenses"]) == 2
+    assert brevo.in_list(EMAIL, 8) and not brevo.in_list(EMAIL, 7)
+    assert pushed_address(brevo_app, "9904") == (8, EMAIL)
+    [event] = audit(brevo_shop, "customer.moved_to_another_brevo_list")
+    assert event["detail"] == {"list_id": 7, "outcome": "removed"}
+    assert erase(brevo_shop)["brevo_removal"] == "queued"
+    run_pending(brevo_app)
+    assert not brevo.in_list(EMAIL, 8) and not brevo.in_list(EMAIL, 7)
+
+
+def test_a_correction_leaves_a_buyer_an_order_marked_by_0011_still_holds(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A store without a consent key (every buyer in the list): order A was pushed before
+    lists were recorded (0011's mark), order B of the same buyer since. B's address is
+    corrected: the buyer stays in the store's list, which A still holds them in."""
+    brevo_shop.deliver(wc_order(9905, "processing", [line_item(501, line_id=75)]))
+    run_pending(brevo_app)
+    with brevo_app.app_context(), transaction() as session:
+        session.execute(
+            update(Order)
+            .where(Order.shop_order_id == "9905")
+            .values(brevo_list_id=0, brevo_email=None)
+        )
+    brevo_shop.deliver(wc_order(9906, "processing", [line_item(501, line_id=76)]))
+    run_pending(brevo_app)
+    corrected = wc_order(9906, "completed", [line_item(501, line_id=76)], email=OLD, modified=5)
+    brevo_shop.deliver(corrected)
+    run_pending(brevo_app)
+    assert brevo.in_list(OLD, 7) and brevo.in_list(EMAIL, 7)
