@@ -123,18 +123,20 @@ def pass_consent_on(
     shop_order: ShopOrder,
     *,
     issuing: bool,
-    paid_again: bool = False,
+    came_back: bool = False,
 ) -> None:
     """A delivery of an order, as its consent and standing go. Consent withdrawn (a store
     that asks for it): a push still waiting must not happen (the order remembers the
     withdrawal), and a buyer Keygate pushed is taken out of the list again. The buyer is
     pushed when the order has them in no list and the consent was given on an order issued
     without it (the owner ticked it on the buyer's word, or the buyer gave it again), or the
-    order is paid again after a refund or cancellation (the issuance's push skipped it
-    meanwhile, or its consent came while it was refunded).
+    order came back: paid again after a refund or cancellation (the issuance's push skipped
+    it meanwhile, or its consent came while it was refunded), or with an address again after
+    the shop had left it none (which took the buyer out).
 
     ``issuing``: this delivery issues keys or links, whose follow-ups push the buyer as it
-    says. ``paid_again``: this delivery took the order from revoked back to paid. A deletion
+    says. ``came_back``: this delivery paid the order again or gave it an address again. A
+    deletion
     is no withdrawal (its payload carries no meta at all). An order migration 0011 marked
     (its buyer perhaps pushed before lists were recorded, never known to have consented on
     it) takes nobody out: they may be in the list by another order's consent; only an
@@ -151,7 +153,7 @@ def pass_consent_on(
         order.brevo_consent_withdrawn = not shop_order.meta_flag(config.consent_meta_key)
     if not order.brevo_consent_withdrawn:
         if (
-            ((asks_consent and was_withdrawn) or paid_again)
+            ((asks_consent and was_withdrawn) or came_back)
             and not issuing
             and order.brevo_list_id is None
             and not order.is_revoking
@@ -188,7 +190,7 @@ def pass_correction_on(
     recorded) has its old address taken out of the store's list too: kept, it would sit on
     an order that no longer names it, out of reach of its owner's export and erasure. Should
     another order still have that address in the list, the removal leaves it there
-    (:func:`_still_pushed`).
+    (:func:`_holding_order`).
     """
     list_id, pushed = order.brevo_list_id, order.brevo_email
     if list_id is None or pushed is None or pushed == order.mail_address:
@@ -372,8 +374,8 @@ def _record_push(session: Session, store_id: int, order_id: int, list_id: int, e
         queue_removal(session, store_id, list_id, email, reason=reason, subject=subject)
 
 
-def _still_pushed(session: Session, removal: BrevoRemoval, store_list: int | None) -> bool:
-    """Whether an order of the store, not erased, has the removal's address in its list now:
+def _holding_order(session: Session, removal: BrevoRemoval, store_list: int | None) -> Order | None:
+    """An order of the store, not erased, that has the removal's address in its list now:
     the buyer gave the consent again since the withdrawal (or the shop put the address back)
     and was pushed while the removal waited, or another order of theirs with the consent
     pushed them. Taking the address out then would undo a push the buyer asked for."""
@@ -388,7 +390,7 @@ def _still_pushed(session: Session, removal: BrevoRemoval, store_list: int | Non
             Order.erased_at.is_(None),
         )
     )
-    return any(_pushed_address(order) == removal.email for order in orders)
+    return next((order for order in orders if _pushed_address(order) == removal.email), None)
 
 
 @handles(REMOVE_JOB)
@@ -409,10 +411,15 @@ def remove_contact_from_brevo_list(payload: dict[str, Any]) -> None:
     if config is None:
         raise RetryLater("no Brevo credentials for this store")
     host = _host()
-    kept = _still_pushed(session, removal, config.list_id)
+    kept = _holding_order(session, removal, config.list_id) is not None
     session.commit()  # no transaction open while Brevo answers (the row stays loaded)
     outcome = "kept" if kept else remove_from_list(config, host, removal.list_id, removal.email)
     hold_live_store(session, removal.store_id)
+    holder = None if kept else _holding_order(session, removal, config.list_id)
+    if holder is not None:
+        # Pushed while Brevo took the address out (the consent given again just then): that
+        # push was undone, so it is made again.
+        enqueue(session, PUSH_JOB, {"order_id": holder.id, "brevo_consent": True})
     record_audit(
         session,
         store_id=removal.store_id,

@@ -698,7 +698,7 @@ def apply_shop_order(
         unconfirmed = order.deleted and not shop_order.deleted
         return ApplyResult(outcome="stale", order_id=order.id, restore_unconfirmed=unconfirmed)
     result = ApplyResult(outcome="applied", order_id=order.id)
-    was_revoked = order.revoked_at is not None
+    was_revoked, had_address = order.revoked_at is not None, order.mail_address is not None
     contacts.remember_pushed_address(order)  # before the delivery may correct the address
     _copy_order_fields(order, shop_order)
     if not shop_order.deleted:
@@ -711,9 +711,11 @@ def apply_shop_order(
     session.flush()
     if not shop_order.deleted:
         issuing = bool(result.issued_licenses or result.issued_grants)
-        paid_again = was_revoked and order.revoked_at is None
+        came_back = (was_revoked and order.revoked_at is None) or (
+            not had_address and order.mail_address is not None
+        )
         contacts.pass_consent_on(
-            session, store, order, shop_order, issuing=issuing, paid_again=paid_again
+            session, store, order, shop_order, issuing=issuing, came_back=came_back
         )
         contacts.pass_correction_on(session, store, order, shop_order, issuing=issuing)
     _record_changes(session, store, order, shop_order, result)

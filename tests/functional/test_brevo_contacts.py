@@ -848,3 +848,55 @@ def test_a_correction_leaves_a_buyer_an_order_marked_by_0011_still_holds(
     brevo_shop.deliver(corrected)
     run_pending(brevo_app)
     assert brevo.in_list(OLD, 7) and brevo.in_list(EMAIL, 7)
+
+
+def test_an_address_left_out_then_given_back_pushes_the_buyer_again(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """An edit in the shop leaves the order without a usable address (the buyer is taken
+    out, as for a correction), then gives it back, the consent ticked all along: the buyer
+    is pushed again."""
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=72)
+    brevo_shop.deliver(with_meta(wc_order(9902, "processing", [item]), CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    cleared = wc_order(9902, "completed", [item], email="not an address", modified=5)
+    brevo_shop.deliver(with_meta(cleared, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert not brevo.in_list(EMAIL, 7)
+    back = wc_order(9902, "completed", [item], modified=9)
+    brevo_shop.deliver(with_meta(back, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert brevo.in_list(EMAIL, 7) and pushed_address(brevo_app, "9902") == (7, EMAIL)
+
+
+def test_a_push_undone_by_a_removal_at_brevo_that_instant_is_made_again(
+    brevo_app: Flask,
+    brevo_shop: WebhookSender,
+    brevo: FakeBrevo,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The withdrawal's removal is at Brevo when the consent is given again and that push
+    lands first: the removal takes the buyer out, finds an order that has them in the list
+    now, and pushes them again."""
+    from connector.mail import contacts
+
+    ask_for_consent(brevo_shop)
+    item = line_item(501, line_id=77)
+    brevo_shop.deliver(with_meta(wc_order(9907, "processing", [item]), CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    remove = contacts.remove_from_list
+
+    def consent_again_meanwhile(*args: Any) -> str:
+        monkeypatch.setattr(contacts, "remove_from_list", remove)  # once
+        again = wc_order(9907, "completed", [item], modified=9)
+        brevo_shop.deliver(with_meta(again, CONSENT_KEY, "yes"))
+        run_pending(brevo_app, kinds={"brevo.push_contact"})
+        return remove(*args)
+
+    monkeypatch.setattr(contacts, "remove_from_list", consent_again_meanwhile)
+    withdrawn = wc_order(9907, "completed", [item], modified=5)
+    brevo_shop.deliver(with_meta(withdrawn, CONSENT_KEY, "no"))
+    run_pending(brevo_app)
+    assert pushed_address(brevo_app, "9907") == (7, EMAIL)
+    assert brevo.in_list(EMAIL, 7)
