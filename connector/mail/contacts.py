@@ -79,14 +79,15 @@ def _pushed_address(order: Order) -> str | None:
     return order.brevo_email if order.brevo_email is not None else order.email
 
 
-def _leave_list(session: Session, order: Order, *, reason: str) -> None:
-    """Queue taking the address the order pushed out of the list it recorded."""
+def _leave_list(session: Session, store: Store, order: Order, *, reason: str) -> None:
+    """Queue taking the address the order pushed out of the list it recorded (the store's,
+    for migration 0011's mark), and forget the push."""
     pushed = _pushed_address(order)
     if order.brevo_list_id is not None and pushed is not None:
-        subject = f"order:{order.shop_order_id}"
-        queue_removal(
-            session, order.store_id, order.brevo_list_id, pushed, reason=reason, subject=subject
-        )
+        leave = _list_to_leave(brevo_config_for(session, store), order.brevo_list_id)
+        if leave is not None:  # else no list is known to take it out of: the owner's, in Brevo
+            subject = f"order:{order.shop_order_id}"
+            queue_removal(session, store.id, leave, pushed, reason=reason, subject=subject)
     _forget_push(order)
 
 
@@ -136,21 +137,21 @@ def pass_consent_on(
 
     ``issuing``: this delivery issues keys or links, whose follow-ups push the buyer as it
     says. ``came_back``: this delivery paid the order again or gave it an address again. A
-    deletion
-    is no withdrawal (its payload carries no meta at all). An order migration 0011 marked
-    (its buyer perhaps pushed before lists were recorded, never known to have consented on
-    it) takes nobody out: they may be in the list by another order's consent; only an
-    erasure takes such a buyer out.
+    deletion is no withdrawal (its payload carries no meta at all). An order migration 0011
+    marked (its buyer perhaps pushed before lists were recorded, never known to have
+    consented on it) takes nobody out: they may be in the list by another order's consent;
+    only an erasure takes such a buyer out.
     """
     if shop_order.deleted or order.mail_address is None:
         return
     config = brevo_config_for(session, store)
     if config is None:
         return
-    asks_consent = config.consent_meta_key is not None
+    consent_key = config.consent_meta_key
+    asks_consent = consent_key is not None
     was_withdrawn = order.brevo_consent_withdrawn
-    if config.consent_meta_key is not None:
-        order.brevo_consent_withdrawn = not shop_order.meta_flag(config.consent_meta_key)
+    if consent_key is not None:
+        order.brevo_consent_withdrawn = not shop_order.meta_flag(consent_key)
     if not order.brevo_consent_withdrawn:
         if (
             ((asks_consent and was_withdrawn) or came_back)
@@ -162,18 +163,8 @@ def pass_consent_on(
         ):
             enqueue(session, PUSH_JOB, {"order_id": order.id, "brevo_consent": asks_consent})
         return
-    list_id, pushed = order.brevo_list_id, _pushed_address(order)
-    if list_id in (None, LIST_NOT_RECORDED) or pushed is None:
-        return
-    queue_removal(
-        session,
-        store.id,
-        list_id,
-        pushed,
-        reason="withdrawal",
-        subject=f"order:{order.shop_order_id}",
-    )
-    _forget_push(order)
+    if order.brevo_list_id not in (None, LIST_NOT_RECORDED):
+        _leave_list(session, store, order, reason="withdrawal")
 
 
 def pass_correction_on(
@@ -192,14 +183,9 @@ def pass_correction_on(
     another order still have that address in the list, the removal leaves it there
     (:func:`_holding_order`).
     """
-    list_id, pushed = order.brevo_list_id, order.brevo_email
-    if list_id is None or pushed is None or pushed == order.mail_address:
+    if order.brevo_list_id is None or order.brevo_email in (None, order.mail_address):
         return
-    leave = _list_to_leave(brevo_config_for(session, store), list_id)
-    if leave is not None:  # else no list is known to take it out of: the owner's, in Brevo
-        subject = f"order:{order.shop_order_id}"
-        queue_removal(session, store.id, leave, pushed, reason="correction", subject=subject)
-    _forget_push(order)
+    _leave_list(session, store, order, reason="correction")
     if (
         order.mail_address is None
         or order.brevo_consent_withdrawn
@@ -333,7 +319,7 @@ def push_buyer_to_brevo(payload: dict[str, Any]) -> None:
     if order.brevo_list_id not in (None, LIST_NOT_RECORDED, list_id):
         # The owner chose another list since: the order keeps one, so that its erasure or
         # withdrawal reaches every list Keygate put the buyer in.
-        _leave_list(session, order, reason="list_changed")
+        _leave_list(session, store, order, reason="list_changed")
     order.brevo_list_id, order.brevo_email = list_id, email
     host = _host()
     session.commit()
