@@ -146,20 +146,26 @@ def test_a_job_that_stops_its_worker_every_time_dies_after_its_last_attempt(app:
         assert (event.subject, event.detail["error"]) == (f"job:{dead.id}", "Interrupted")
 
 
+def taken_over() -> tuple[jobs.Claim, jobs.Claim]:
+    """A "test.ok" job claimed, its lease run out, and claimed again: the two claims."""
+    with transaction() as session:
+        jobs.enqueue(session, "test.ok", {"n": 1})
+    first = jobs._claim_one(None)
+    assert first is not None
+    with transaction() as session:
+        row = session.get(Job, first.job_id)
+        assert row is not None
+        row.locked_until = utcnow() - dt.timedelta(seconds=1)
+    second = jobs._claim_one(None)
+    assert second is not None and second.attempt == first.attempt + 1
+    return first, second
+
+
 def test_a_worker_whose_lease_ran_out_does_not_overwrite_the_new_owner(app: Flask) -> None:
     """Worker A runs past its lease; worker B takes the job over. A's late result must not
     mark B's running job pending (to run a third time) or done while B still works."""
-    with app.app_context(), transaction() as session:
-        jobs.enqueue(session, "test.ok", {"n": 1})
     with app.app_context():
-        first = jobs._claim_one(None)
-        assert first is not None
-        with transaction() as session:
-            row = session.get(Job, first.job_id)
-            assert row is not None
-            row.locked_until = utcnow() - dt.timedelta(seconds=1)
-        second = jobs._claim_one(None)
-        assert second is not None and second.attempt == first.attempt + 1
+        first, second = taken_over()
         jobs._finish(first, RuntimeError("late failure"))
         taken = job(app, "test.ok")
         assert (taken.status, taken.attempts) == ("running", 2)
@@ -411,17 +417,8 @@ def test_a_lease_is_renewed_only_for_its_own_attempt(
     """A worker whose lease ran out (its renewals failed: the database away from it) and
     whose job another worker took over never extends the new owner's lease."""
     monkeypatch.setattr(jobs, "LEASE", dt.timedelta(seconds=0.2))
-    with app.app_context(), transaction() as session:
-        jobs.enqueue(session, "test.ok", {})
     with app.app_context():
-        first = jobs._claim_one(None)
-        assert first is not None
-        with transaction() as session:
-            row = session.get(Job, first.job_id)
-            assert row is not None
-            row.locked_until = utcnow() - dt.timedelta(seconds=1)
-        second = jobs._claim_one(None)
-        assert second is not None and second.attempt == first.attempt + 1
+        first, second = taken_over()
         granted = job(app, "test.ok").locked_until
         with jobs._lease_kept(first, db.engine):
             time.sleep(0.3)  # a few renewals of the first claim would be due
