@@ -293,7 +293,7 @@ def not_paid_for(session: Session, lic: License) -> str | None:
         return f"the order is {order.status}: not paid again since it took its keys back"
     if line.product_id != lic.product_id:
         return "the order's line now names another product"
-    if lic.unit > max(0, line.quantity - line.refunded_quantity):
+    if lic.unit > line.paid_units:
         return "this unit was refunded or removed from the order"
     return None
 

@@ -115,6 +115,11 @@ class LineItem(Base):
 
     order: Mapped[Order] = relationship(back_populates="line_items")
 
+    @property
+    def paid_units(self) -> int:
+        """The units paid for now: the quantity less those refunded."""
+        return max(0, self.quantity - self.refunded_quantity)
+
 
 class LicenseRenewal(Base):
     """A paid unit of a renewal line item that extended an existing license.

@@ -494,11 +494,6 @@ def _issued_so_far(session: Session, line: LineItem) -> dict[int, _IssuedUnit]:
     return issued
 
 
-def _entitled(line: LineItem) -> int:
-    """The units of ``line`` paid for now (its quantity less those refunded)."""
-    return max(0, line.quantity - line.refunded_quantity)
-
-
 def _issued_units(session: Session, line: LineItem) -> list[int]:
     return list(session.scalars(select(License.unit).where(License.line_item_id == line.id)))
 
@@ -532,7 +527,7 @@ def _converge_paid(
             product_ids,
             shop_item.meta if shop_item else {},
             subscription,
-            _entitled(line),
+            line.paid_units,
             claimed,
         )
         names_products = bool(line.shop_product_id or line.shop_variation_id)
@@ -553,7 +548,7 @@ def _converge_paid(
     for line in unrenewed:
         result.reverted_renewals.extend(renewals.revert_renewals(session, line))
     for line, product, targets in licensed:
-        entitled = _entitled(line)
+        entitled = line.paid_units
         if targets:
             # Extends existing licenses instead of issuing them (issue 7).
             renewed, reverted = renewals.converge_renewal(
