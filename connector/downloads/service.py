@@ -78,7 +78,8 @@ from connector.vault.crypto import keyed_hash
 log = logging.getLogger(__name__)
 
 IP_HASH_PURPOSE = "download-ip"
-# A copy that failed this many times is not tried again on clicks (the fallback applies).
+# A copy that failed this many times in a row is not tried again on clicks or by the job
+# (the fallback applies) until the original changes.
 MAX_WATERMARK_ATTEMPTS = 3
 
 
@@ -919,7 +920,6 @@ def _record_copy(
         .with_for_update()
         .execution_options(populate_existing=True)
     ).scalar_one()
-    copy.attempts += 1
     copy.kind = product_file.watermark
     copy.fingerprint, copy.source_version, stamped_for = made_from
     if error is None:
@@ -930,9 +930,11 @@ def _record_copy(
         copy.stamp_version = STAMP_VERSION
         copy.buyer_hash = stamped_for
         copy.status, copy.object_key, copy.error = "ready", key, None
+        copy.attempts = 0
         grant.watermarked_key = key
     else:
         copy.status, copy.error = "failed", error
+        copy.attempts += 1
         log.warning("watermark for grant %s failed: %s", grant.id, error)
         record_audit(
             session,

@@ -50,6 +50,8 @@ class WatermarkCopy(Base):
     # The signed fingerprint hidden in the copy; leak lookup verifies it and finds the grant.
     fingerprint: Mapped[str | None] = mapped_column(String(200), default=None, index=True)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # Failed attempts since the copy was last made: past MAX_WATERMARK_ATTEMPTS clicks and
+    # jobs stop trying until the original changes (a copy made since starts again at 0).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # How it was stamped (connector.downloads.watermark.STAMP_VERSION): 1, a ZIP copy whose
     # LICENSE.txt holds the license key (before 2); the daily purge deletes those.

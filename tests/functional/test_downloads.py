@@ -22,8 +22,10 @@ from flask import Flask
 from pypdf import PdfReader
 from sqlalchemy import event, select, update
 
+import connector.downloads.service as service
 from connector.db import db
 from connector.downloads.service import MAX_WATERMARK_ATTEMPTS
+from connector.downloads.watermark import Stamp, WatermarkError
 from connector.jobs import run_pending
 from connector.models import DownloadEvent, DownloadGrant, Job, WatermarkCopy
 from connector.vault.crypto import keyed_hash
@@ -400,9 +402,12 @@ def test_unwatermarked_file_names_nobody_in_leak_lookup(
     assert answer.mimetype == "application/problem+json"
 
 
-def test_first_click_makes_the_missing_copy_on_the_spot(app: Flask, shop: WebhookSender) -> None:
+def test_first_click_makes_the_missing_copy_on_the_spot(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A watermarked file whose copy is not made yet is made on the spot, not refused."""
     make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    made = stamps_counted(monkeypatch)
     downloads = paid_order(shop, 7009, _pdf_files())
     response = get(shop.client, link_path(downloads[0]))  # no job has run
     assert response.status_code == 200
@@ -410,8 +415,8 @@ def test_first_click_makes_the_missing_copy_on_the_spot(app: Flask, shop: Webhoo
     assert [e.served for e in events(app)] == ["watermarked"]
     # The job then finds the copy made and does not stamp again.
     run_pending(app)
+    assert len(made) == 1
     with app.app_context():
-        assert db.session.execute(select(WatermarkCopy.attempts)).scalar_one() == 1
         assert (
             db.session.execute(
                 select(Job.status).where(Job.kind == "downloads.watermark")
@@ -457,6 +462,45 @@ def test_a_copy_that_failed_is_made_once_the_owner_replaces_the_original(
     fixed = get(shop.client, link_path(downloads[0]))
     assert fixed.status_code == 200
     assert "Order 7012" in PdfReader(io.BytesIO(fixed.data)).pages[0].extract_text()
+
+
+def stamps_counted(monkeypatch: pytest.MonkeyPatch, *, failing: int = 0) -> list[str]:
+    """Count the PDF stamps made from now on (each the stamp's name); the first ``failing``
+    of them fail as a broken original would."""
+    real_stamp = service.stamp_pdf
+    made: list[str] = []
+
+    def counted(source: Path, target: Path, stamp: Stamp) -> None:
+        made.append(stamp.name)
+        if len(made) <= failing:
+            raise WatermarkError("the PDF could not be read")
+        real_stamp(source, target, stamp)
+
+    monkeypatch.setattr(service, "stamp_pdf", counted)
+    return made
+
+
+def test_a_copy_made_again_and_again_still_gets_its_retries_after_one_failure(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failures counted are those since the copy was last made: after more restamps
+    than MAX_WATERMARK_ATTEMPTS (the owner replaced the original), one failure does not
+    stop the next click from trying again."""
+    path = Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf"
+    make_pdf(path)
+    downloads = paid_order(shop, 7013, _pdf_files())
+    for pages in range(2, MAX_WATERMARK_ATTEMPTS + 3):
+        make_pdf(path, pages=pages)  # a new version each time: the copy is made anew
+        assert get(shop.client, link_path(downloads[0])).status_code == 200
+    make_pdf(path, pages=1)
+    made = stamps_counted(monkeypatch, failing=1)
+    assert get(shop.client, link_path(downloads[0])).status_code == 409
+    retried = get(shop.client, link_path(downloads[0]))
+    assert retried.status_code == 200
+    assert len(PdfReader(io.BytesIO(retried.data)).pages) == 1
+    assert len(made) == 2
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy.attempts)).scalar_one() == 0
 
 
 def test_fallback_original_serves_the_unstamped_file(app: Flask, shop: WebhookSender) -> None:
@@ -819,7 +863,7 @@ def test_a_refund_landing_while_a_resume_is_prepared_refuses_it(
 
 
 def test_a_copy_is_stamped_anew_when_the_shop_corrects_the_buyer(
-    app: Flask, shop: WebhookSender
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The order came in with the wrong person on it and the shop corrected it (a later
     delivery with another name and address): the next click stamps the copy anew for the
@@ -828,6 +872,7 @@ def test_a_copy_is_stamped_anew_when_the_shop_corrects_the_buyer(
     make_pdf(storage / "books/guide.pdf")
     shop.configure(501, files=_pdf_files())
     item = line_item(501, line_id=34)
+    made = stamps_counted(monkeypatch)
     wrong = {"first_name": "Wrong", "last_name": "Person", "email": "wrong@example.org"}
     shop.deliver(wc_order(7034, "processing", [item], **wrong))
     [download] = shop.order(7034)["downloads"]
@@ -848,5 +893,4 @@ def test_a_copy_is_stamped_anew_when_the_shop_corrects_the_buyer(
     [stored] = [path for path in (storage / "watermarked").rglob("*") if path.is_file()]
     stored_text = "".join(page.extract_text() for page in PdfReader(stored).pages)
     assert "Anna Right" in stored_text and "wrong@example.org" not in stored_text
-    with app.app_context():
-        assert db.session.execute(select(WatermarkCopy.attempts)).scalar_one() == 2
+    assert made == ["Wrong Person", "Anna Right"]  # stamped anew once, not on every click
