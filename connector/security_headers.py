@@ -2,8 +2,9 @@
 
 Every response: ``X-Content-Type-Options: nosniff`` (a download or a JSON body is never
 sniffed into a page). Pages (``text/html``): no framing (``X-Frame-Options`` and CSP
-``frame-ancestors``), no ``<base>`` or plugins, and no ``Referer``: portal and download
-pages carry their bearer token in the URL. No script runs on a page (``script-src
+``frame-ancestors``), no ``<base>`` or plugins, and a ``Referer`` only to Keygate itself
+(``same-origin``): portal and download pages carry their bearer token in the URL, and
+Flask-WTF refuses a form posted over https without a same-origin ``Referer``. No script runs on a page (``script-src
 'none'``: an injected one would not either) and forms post to Keygate only
 (``form-action 'self'``); no ``default-src``, as the templates use inline styles.
 Pages are ``Cache-Control: no-store`` (they show keys, addresses, orders).
@@ -29,7 +30,7 @@ PAGE_HEADERS = (
         "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; script-src 'none'; "
         "form-action 'self'",
     ),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),
 )
 
 
