@@ -1,12 +1,24 @@
-"""The audit log: who did what, to what, when. Never holds a secret or a license key."""
+"""The audit log (who did what, to what, when) and the security records (rate-limit
+breaches: the IP as a keyed hash). Neither ever holds a secret or a license key."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from flask import request
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from connector.models import AuditEvent
+from connector.db import utcnow
+from connector.extensions import client_ip
+from connector.models import AuditEvent, SecurityEvent
+from connector.vault.crypto import keyed_hash
+
+SECURITY_IP_HASH = "security-ip"
+# At most one security record of a kind per address, scope and license in this time:
+# anyone can call the license API, and a caller who keeps sending must not fill the table.
+SECURITY_RECORD_EVERY = dt.timedelta(minutes=1)
 
 
 def record_audit(
@@ -24,3 +36,36 @@ def record_audit(
     )
     session.add(event)
     return event
+
+
+def record_security_event(
+    session: Session, *, kind: str, scope: str, license_id: int | None = None
+) -> None:
+    """Keep a security record of this request (the IP as a keyed hash, the path, the user
+    agent) in the current transaction, unless one like it was kept within
+    :data:`SECURITY_RECORD_EVERY`."""
+    ip_hash = keyed_hash(SECURITY_IP_HASH, client_ip())
+    recent = session.scalars(
+        select(SecurityEvent.id)
+        .where(
+            SecurityEvent.kind == kind,
+            SecurityEvent.scope == scope,
+            SecurityEvent.ip_hash == ip_hash,
+            SecurityEvent.license_id == license_id,
+            SecurityEvent.created_at > utcnow() - SECURITY_RECORD_EVERY,
+        )
+        .limit(1)
+    ).first()
+    if recent is not None:
+        return
+    agent = request.user_agent.string
+    session.add(
+        SecurityEvent(
+            kind=kind,
+            scope=scope,
+            ip_hash=ip_hash,
+            path=request.path[:200],
+            license_id=license_id,
+            user_agent=agent[:300] if agent else None,
+        )
+    )

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from connector import get_settings
+from connector.audit import record_security_event
 from connector.db import Disconnected, db, read_mostly, survives_a_dropped_connection, utcnow
 from connector.errors import (
     PROBLEM_BASE,
@@ -36,7 +37,7 @@ from connector.errors import (
     rollback_request,
     route_for_log,
 )
-from connector.extensions import client_ip, client_ip_key
+from connector.extensions import client_ip_key
 from connector.licensing import service
 from connector.licensing.files import (
     DEFAULT_TTL,
@@ -48,7 +49,7 @@ from connector.licensing.files import (
 )
 from connector.licensing.privacy import register as register_privacy_hooks
 from connector.licensing.releases import release_download_url
-from connector.models import Product, Release, SecurityEvent, Store
+from connector.models import Product, Release, Store
 from connector.ratelimit import Breach, Budgets
 from connector.signing import (
     current_signer,
@@ -61,7 +62,6 @@ from connector.signing import (
 )
 from connector.tokens import RELEASE, loads_timed
 from connector.validation import optional_bool, optional_int, optional_str, required_str
-from connector.vault.crypto import keyed_hash
 
 bp = Blueprint("licensing_views", __name__, url_prefix="/api/v1")
 log = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ register_privacy_hooks()
 MAX_LICENSE_BODY = 16 * 1024
 LICENSE_PREFIX = "/api/v1/licenses/"
 SIGNED_PREFIXES = (LICENSE_PREFIX, "/api/v1/signing-keys")
-SECURITY_IP_HASH = "security-ip"
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -186,15 +185,11 @@ def _record_breach(breach: Breach) -> None:
     if isinstance(key, str):
         lic, _product, _malformed = service.find_license(db.session, key)
         license_id = lic.id if lic is not None else None
-    db.session.add(
-        SecurityEvent(
-            kind="rate_limited",
-            scope=breach.scope.removeprefix("license-"),
-            ip_hash=keyed_hash(SECURITY_IP_HASH, client_ip()),
-            path=request.path[:200],
-            license_id=license_id,
-            user_agent=(request.user_agent.string or None) and request.user_agent.string[:300],
-        )
+    record_security_event(
+        db.session,
+        kind="rate_limited",
+        scope=breach.scope.removeprefix("license-"),
+        license_id=license_id,
     )
 
 

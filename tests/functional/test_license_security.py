@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,12 +16,12 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from flask import Flask
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from connector import create_app
 from connector.client import SignatureError, verify_response
-from connector.db import db
+from connector.db import db, utcnow
 from connector.models import SecurityEvent, SigningKey
 from connector.stores import create_store
 from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
@@ -364,6 +365,40 @@ def test_per_ip_limit_covers_keyless_and_unknown_keys(limited_app: Flask) -> Non
     with limited_app.app_context():
         (event,) = db.session.scalars(select(SecurityEvent)).all()
         assert event.scope == "ip"
+
+
+def test_a_burst_past_the_limit_keeps_one_record_a_minute_per_address(limited_app: Flask) -> None:
+    """Anyone can call the license API: a caller who keeps sending past the limit gets a
+    429 each time but one security record a minute per address and scope, not one per
+    call (the table would fill as fast as they send). Another address gets its own."""
+    shop = _limited_shop(limited_app)
+    agent = {"User-Agent": "KeyGuesser/1.0"}
+    statuses = [
+        call(shop.client, "validate", {"key": f"KG-GUESS-{n}"}, check=False, headers=agent)
+        for n in range(30)
+    ]
+    assert [s.status_code for s in statuses] == [200] * 5 + [429] * 25
+    other = {"REMOTE_ADDR": "198.51.100.20"}
+    elsewhere = [
+        shop.client.post(
+            "/api/v1/licenses/validate", json={"key": f"KG-OTHER-{n}"}, environ_base=other
+        ).status_code
+        for n in range(7)
+    ]
+    assert elsewhere == [200] * 5 + [429] * 2
+    with limited_app.app_context():
+        records = db.session.scalars(select(SecurityEvent).order_by(SecurityEvent.id)).all()
+        assert [r.scope for r in records] == ["ip", "ip"]
+        assert records[0].user_agent == "KeyGuesser/1.0"
+        assert records[0].ip_hash != records[1].ip_hash
+        db.session.execute(
+            update(SecurityEvent).values(created_at=utcnow() - dt.timedelta(minutes=2))
+        )
+        db.session.commit()
+    # A minute on, the same caller still refused is recorded again.
+    call(shop.client, "validate", {"key": "KG-GUESS-LATER"}, check=False, headers=agent)
+    with limited_app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(SecurityEvent)) == 3
 
 
 def test_only_a_breach_carries_retry_after(limited_app: Flask) -> None:
