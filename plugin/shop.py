@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -32,6 +33,51 @@ def meta_flag(value: Any) -> bool:
     if isinstance(value, int):
         return value == 1
     return isinstance(value, str) and value.strip().lower() in TRUTHY_META
+
+
+# Digits as staff type a card number into a note or a manual reference: groups of digits
+# joined by single spaces or dashes, not part of a word (a crypto transaction hash has
+# letters around its digits). A card number is 13 to 19 of them in a row of groups.
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])\d+(?:[ -]\d+)*(?![0-9A-Za-z])")
+_SEPARATOR = re.compile(r"([ -])")
+CARD_DIGITS = range(13, 20)
+
+
+def without_card_numbers(text: str | None) -> str | None:
+    """``text`` with every payment card number in it masked but its last four digits
+    (``**** **** **** 1111``): Keygate keeps payment references and notes, never card
+    numbers. Digits in a row of groups (a date may come before the card's) are a card
+    number when there are 13 to 19 of them and the Luhn check passes."""
+    if text is None:
+        return None
+    return _DIGIT_RUN.sub(_cards_masked, text)
+
+
+def _cards_masked(match: re.Match[str]) -> str:
+    parts = _SEPARATOR.split(match.group())  # digits, separator, digits, ...
+    groups = parts[0::2]
+    shown = [list(group) for group in groups]
+    for first in range(len(groups)):
+        for last in range(first, len(groups)):
+            window = "".join(groups[first : last + 1])
+            if len(window) > CARD_DIGITS.stop - 1:
+                break
+            if len(window) in CARD_DIGITS and _luhn_valid(window):
+                hidden = len(window) - 4
+                for index in range(first, last + 1):
+                    for at in range(min(hidden, len(groups[index]))):
+                        shown[index][at] = "*"
+                    hidden -= len(groups[index])
+    parts[0::2] = ["".join(group) for group in shown]
+    return "".join(parts)
+
+
+def _luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        digit = int(char) * (2 if position % 2 else 1)
+        total += digit - 9 if digit > 9 else digit
+    return total % 10 == 0
 
 
 class PayloadError(ValueError):

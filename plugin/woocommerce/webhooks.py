@@ -17,7 +17,14 @@ from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from plugin.shop import PayloadError, ShopLineItem, ShopOrder, ShopRefund, parse_utc_datetime
+from plugin.shop import (
+    PayloadError,
+    ShopLineItem,
+    ShopOrder,
+    ShopRefund,
+    parse_utc_datetime,
+    without_card_numbers,
+)
 
 SIGNATURE_HEADER = "X-WC-Webhook-Signature"
 TOPIC_HEADER = "X-WC-Webhook-Topic"
@@ -291,9 +298,11 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
         company=one_line(billing.get("company")),
         payment_method=clean_text(payload.get("payment_method"), 100),
         payment_method_title=clean_text(payload.get("payment_method_title"), 200),
-        transaction_id=clean_text(payload.get("transaction_id"), 200)
-        or clean_text(meta.get(TRANSACTION_HASH_META), 200),
-        payment_note=clean_text(meta.get(PAYMENT_NOTE_META), 2000),
+        transaction_id=without_card_numbers(
+            clean_text(payload.get("transaction_id"), 200)
+            or clean_text(meta.get(TRANSACTION_HASH_META), 200)
+        ),
+        payment_note=without_card_numbers(clean_text(meta.get(PAYMENT_NOTE_META), 2000)),
         date_paid=_datetime_gmt(payload.get("date_paid_gmt"), "date_paid_gmt"),
         date_modified=_datetime_gmt(payload.get("date_modified_gmt"), "date_modified_gmt"),
         line_items=_line_items(raw_items),

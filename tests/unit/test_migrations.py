@@ -370,3 +370,38 @@ def test_0020_goes_down_and_up_again_with_pushed_orders(
             assert [tuple(row) for row in kept] == [(7, None)]
     finally:
         engine.dispose()
+
+
+def test_0021_masks_card_numbers_kept_before(tmp_path: Path) -> None:
+    """Orders stored before card numbers were masked on arrival: a card number in the
+    payment note or the reference is masked but its last four digits; other references and
+    notes (a charge id, a date, an order number) stay as they were."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
+    upgrade(engine, "0020")
+    now = "2026-11-20 12:00:00.000000"
+    order = (
+        "INSERT INTO orders (store_id, shop_order_id, status, deleted, transaction_id,"
+        " payment_note, created_at, updated_at)"
+        " VALUES (1, :id, 'completed', 0, :reference, :note, :now, :now)"
+    )
+    kept = [
+        ("1", "4111111111111111", "Phone order 2026-01-01, card 5555 5555 5555 4444 exp 12/29"),
+        ("2", "ch_3PrivCharge", "Paid by bank transfer, order 12345"),
+        ("3", None, None),
+    ]
+    with engine.begin() as connection:
+        connection.execute(text(STORE_ONE), {"now": now})
+        for shop_id, reference, note in kept:
+            values = {"id": shop_id, "reference": reference, "note": note, "now": now}
+            connection.execute(text(order), values)
+    upgrade(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT shop_order_id, transaction_id, payment_note FROM orders ORDER BY id")
+        ).all()
+    engine.dispose()
+    assert [tuple(row) for row in rows] == [
+        ("1", "************1111", "Phone order 2026-01-01, card **** **** **** 4444 exp 12/29"),
+        ("2", "ch_3PrivCharge", "Paid by bank transfer, order 12345"),
+        ("3", None, None),
+    ]

@@ -237,3 +237,31 @@ def test_names_and_the_order_number_are_read_on_one_line() -> None:
     assert order.first_name == "Jürgen Bcc: x"
     assert order.last_name == "\u0645\u06cc\u200c\u0631\u0632\u0627\u0626\u06cc"
     assert order.number == "A-7 X"
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        (
+            "Phone order, card 4111 1111 1111 1111 exp 12/29",
+            "Phone order, card **** **** **** 1111 exp 12/29",
+        ),
+        ("4111-1111-1111-1111", "****-****-****-1111"),
+        ("378282246310005", "***********0005"),  # 15 digits (American Express)
+        ("paid 2026-01-01 4111 1111 1111 1111", "paid 2026-01-01 **** **** **** 1111"),
+        ("4111111111111111 and 5555555555554444", "************1111 and ************4444"),
+        ("4111 1111 1111 1112", "4111 1111 1111 1112"),  # fails the Luhn check
+        ("12345678901234567890", "12345678901234567890"),  # 20 digits: no card number
+        ("0xab4111111111111111cd", "0xab4111111111111111cd"),  # inside a hash
+        ("ch_3PrivCharge", "ch_3PrivCharge"),
+        ("Bank transfer for order 12345", "Bank transfer for order 12345"),
+    ],
+)
+def test_card_numbers_in_payment_text_are_masked_but_their_last_four(text: str, kept: str) -> None:
+    """ "Payment status and reference (never card numbers)": what staff typed into the
+    payment note or a manual gateway's reference keeps everything but a card number's
+    digits before its last four."""
+    payload = wc_order(1, "completed", [line_item(501)], transaction_id=text)
+    payload["meta_data"].append({"id": 2, "key": wc.PAYMENT_NOTE_META, "value": text})
+    order = wc.parse_order(payload)
+    assert (order.transaction_id, order.payment_note) == (kept, kept)
