@@ -4,10 +4,10 @@ Every response: ``X-Content-Type-Options: nosniff`` (a download or a JSON body i
 sniffed into a page). Pages (``text/html``): no framing (``X-Frame-Options`` and CSP
 ``frame-ancestors``), no ``<base>`` or plugins, and a ``Referer`` only to Keygate itself
 (``same-origin``): portal and download pages carry their bearer token in the URL, and
-Flask-WTF refuses a form posted over https without a same-origin ``Referer``. No script
-runs on a page (``script-src 'none'``: an injected one would not either) and forms post to
-Keygate only (``form-action 'self'``); no ``default-src``, as the templates use inline
-styles.
+Flask-WTF refuses a form posted over https without a same-origin ``Referer``. Nothing but
+Keygate's own images and the pages' inline styles loads (``default-src 'none'``): no
+script runs on a page (an injected one would not either), injected markup fetches nothing
+from elsewhere, and forms post to Keygate only (``form-action 'self'``).
 Pages are ``Cache-Control: no-store`` (they show keys, addresses, orders).
 ``Strict-Transport-Security`` when the public base URL is https (then every browser-facing
 answer carries it, pages or not).
@@ -28,8 +28,8 @@ PAGE_HEADERS = (
     ("X-Frame-Options", "DENY"),
     (
         "Content-Security-Policy",
-        "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; script-src 'none'; "
-        "form-action 'self'",
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
     ("Referrer-Policy", "same-origin"),
 )

@@ -20,8 +20,8 @@ from tests.licensing_helpers import call, issue_key
 
 BASE = "http://keygate.test"
 CSP = (
-    "frame-ancestors 'none'; base-uri 'none'; object-src 'none'; script-src 'none'; "
-    "form-action 'self'"
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 PAGE_ONLY = ("X-Frame-Options", "Content-Security-Policy", "Referrer-Policy")
 
