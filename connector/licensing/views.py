@@ -20,7 +20,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request, send_file
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from connector import get_settings
 from connector.audit import record_security_event
@@ -88,13 +88,28 @@ def _read_payload() -> dict[str, Any]:
     return payload
 
 
+def _body_limit() -> int:
+    """The largest body a license call takes: 16 KiB, or ``KEYGATE_MAX_BODY_BYTES`` if
+    that is lower (werkzeug refuses a larger body before the view reads it)."""
+    configured = request.max_content_length
+    return MAX_LICENSE_BODY if configured is None else min(MAX_LICENSE_BODY, configured)
+
+
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(f"The body must be at most {_body_limit()} bytes.")
+
+
 def _parse_body() -> dict[str, Any]:
+    limit = _body_limit()
     length = request.content_length
-    if length is not None and length > MAX_LICENSE_BODY:
-        raise PayloadTooLarge(f"The body must be at most {MAX_LICENSE_BODY} bytes.")
-    raw = request.stream.read(MAX_LICENSE_BODY + 1)
-    if len(raw) > MAX_LICENSE_BODY:
-        raise PayloadTooLarge(f"The body must be at most {MAX_LICENSE_BODY} bytes.")
+    if length is not None and length > limit:
+        raise _too_large()
+    try:
+        raw = request.stream.read(limit + 1)
+    except RequestEntityTooLarge:  # a body with no length, past KEYGATE_MAX_BODY_BYTES
+        raise _too_large() from None
+    if len(raw) > limit:
+        raise _too_large()
     g._license_request_digest = digest_header(raw)
     try:
         data = json.loads(raw)
@@ -285,7 +300,7 @@ def _http_error(exc: HTTPException) -> Response:
     title = exc.name or "Error"
     detail = exc.description or title
     if status == 413:
-        detail = f"The body must be at most {MAX_LICENSE_BODY} bytes."
+        detail = _too_large().detail
     return _problem(status, title.lower().replace(" ", "-"), title, detail)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
+from connector import create_app
 from connector.db import db
 from connector.models import Activation
+from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.licensing_helpers import call, issue_key
 
@@ -97,6 +101,23 @@ def test_bad_input_is_a_signed_problem(
     problem = response.get_json()
     assert problem["status"] == status
     assert "ts" in problem
+
+
+def test_a_body_over_a_lower_body_limit_is_a_signed_413(tmp_path: Path, database_url: str) -> None:
+    """With ``KEYGATE_MAX_BODY_BYTES`` under the API's 16 KiB, a body between the two is
+    a signed 413 naming the lower limit (werkzeug's own refusal, raised again while the
+    answer echoed the nonce, was a bare 500); a body within it is answered."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(app_overrides(tmp_path, database_url, max_body_bytes=4096))
+    try:
+        client = application.test_client()
+        response = call(client, "validate", {"key": "AAAAA-BBBBB", "label": "x" * 5000})
+        assert response.status_code == 413
+        assert response.mimetype == "application/problem+json"
+        assert "at most 4096 bytes" in response.get_json()["detail"]
+        assert call(client, "validate", {"key": "AAAAA-BBBBB"}).get_json()["code"] == "NOT_FOUND"
+    finally:
+        application.extensions["keygate.db"].engine.dispose()
 
 
 def test_missing_key_problem_echoes_the_nonce(shop: WebhookSender) -> None:
