@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
@@ -139,16 +140,20 @@ def _check_fernet_keys(keys: list[str]) -> tuple[str, ...]:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # What Python's logging also takes, to the level it means.
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}
-# Settings that must be at least 1: 0 would spin the worker, give up on every job at once,
-# or purge records the day they are made.
-_AT_LEAST_ONE = (
-    "job_max_attempts",
-    "retention_webhook_days",
-    "retention_jobs_days",
-    "retention_mail_days",
-    "retention_security_days",
-    "retention_download_log_days",
-)
+# The least value of settings that would otherwise break Keygate: 0 would spin the worker,
+# give up on every job at once, purge records the day they are made, or ask the shop again
+# every second; a body limit under a kilobyte would refuse every webhook and form.
+_FLOORS = {
+    "job_max_attempts": 1,
+    "retention_webhook_days": 1,
+    "retention_jobs_days": 1,
+    "retention_mail_days": 1,
+    "retention_security_days": 1,
+    "retention_download_log_days": 1,
+    "reconcile_interval_seconds": 60,
+    "product_sync_interval_seconds": 60,
+    "max_body_bytes": 1024,
+}
 
 
 def _check_values(values: dict[str, Any]) -> None:
@@ -166,11 +171,15 @@ def _check_values(values: dict[str, Any]) -> None:
     if level not in LOG_LEVELS:
         raise ConfigError(f"KEYGATE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     values["log_level"] = level
-    for name in _AT_LEAST_ONE:
-        if name in values and values[name] < 1:
-            raise ConfigError(f"KEYGATE_{name.upper()} must be at least 1")
     if "worker_poll_seconds" in values and values["worker_poll_seconds"] < 0.1:
         raise ConfigError("KEYGATE_WORKER_POLL_SECONDS must be at least 0.1")
+    for name, least in _FLOORS.items():
+        if name in values and values[name] < least:
+            raise ConfigError(f"KEYGATE_{name.upper()} must be at least {least}")
+    if "brevo_api_host" in values:
+        host = urlsplit(str(values["brevo_api_host"]))
+        if host.scheme not in ("http", "https") or not host.hostname:
+            raise ConfigError("KEYGATE_BREVO_API_HOST must be an http(s) URL")
     for name in ("ratelimit_license_per_key", "ratelimit_license_per_ip"):
         if name in values:
             try:

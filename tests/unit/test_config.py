@@ -58,6 +58,17 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_WORKER_POLL_SECONDS": "0"}, "KEYGATE_WORKER_POLL_SECONDS"),
         ({"KEYGATE_JOB_MAX_ATTEMPTS": "0"}, "KEYGATE_JOB_MAX_ATTEMPTS"),
         ({"KEYGATE_RETENTION_JOBS_DAYS": "0"}, "KEYGATE_RETENTION_JOBS_DAYS"),
+        (
+            {"KEYGATE_RECONCILE_INTERVAL_SECONDS": "0"},
+            "RECONCILE_INTERVAL_SECONDS must be at least 60",
+        ),
+        (
+            {"KEYGATE_PRODUCT_SYNC_INTERVAL_SECONDS": "5"},
+            "PRODUCT_SYNC_INTERVAL_SECONDS .* at least 60",
+        ),
+        ({"KEYGATE_MAX_BODY_BYTES": "0"}, "KEYGATE_MAX_BODY_BYTES must be at least 1024"),
+        ({"KEYGATE_BREVO_API_HOST": "notaurl"}, "KEYGATE_BREVO_API_HOST must be an http"),
+        ({"KEYGATE_BREVO_API_HOST": "ftp://brevo.example"}, "KEYGATE_BREVO_API_HOST"),
         ({"KEYGATE_R2_BUCKET": "Bad_Bucket"}, "KEYGATE_R2_BUCKET must be a bucket name"),
         (
             {"KEYGATE_WATERMARK_TEMPLATE": "Licensed to {name.first}"},
