@@ -353,3 +353,33 @@ def test_a_mistyped_database_url_is_one_line_not_a_traceback(tmp_path: Path) -> 
         assert result.stderr.startswith("Error: KEYGATE_DATABASE_URL "), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "pw-secret" not in result.stderr + result.stdout
+
+
+def test_gunicorn_with_a_malformed_setting_stops_with_a_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Served as "At scale" says (`gunicorn 'connector.wsgi:app'`), a malformed setting
+    stops gunicorn with the line the keygate command gives, not a worker's traceback, and
+    gunicorn does not fork worker after worker."""
+    assert keygate(tmp_path, "init").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env.update(
+        KEYGATE_INSTANCE_DIR=str(tmp_path / "instance"),
+        KEYGATE_WORKER="off",
+        KEYGATE_MAX_BODY_BYTES="lots",
+    )
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    result = subprocess.run(
+        [str(gunicorn), "--workers", "1", "-b", f"127.0.0.1:{free_port()}", "connector.wsgi:app"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "keygate: KEYGATE_MAX_BODY_BYTES must be a number" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("Booting worker") == 1
