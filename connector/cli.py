@@ -247,7 +247,7 @@ def admin() -> None:
 
 
 @admin.command("add")
-@click.option("--username", required=True)
+@click.option("--username", required=True, help="The name the new admin signs in with.")
 @click.option(
     "--store",
     "store_public_id",
@@ -264,7 +264,7 @@ def admin_add(username: str, store_public_id: str | None) -> None:
         session = db.session
         store_id = None
         if store_public_id is not None:
-            store_id = _store_with_id(store_public_id).id
+            store_id = store_with_id(store_public_id).id
         username = _checked_username(username)
         taken = session.execute(select(AdminUser.id).where(AdminUser.username == username))
         if taken.first() is not None:
@@ -307,7 +307,7 @@ def admin_list() -> None:
 
 
 @admin.command("remove")
-@click.option("--username", required=True)
+@click.option("--username", required=True, help="The admin to remove.")
 def admin_remove(username: str) -> None:
     """Remove an admin user; their sessions end at once. The last admin of every store
     cannot be removed (nobody could add another from the pages)."""
@@ -338,7 +338,7 @@ def admin_remove(username: str) -> None:
 
 
 @admin.command("password")
-@click.option("--username", required=True)
+@click.option("--username", required=True, help="The admin who gets the new password.")
 def admin_password(username: str) -> None:
     """Give an admin a new password (KEYGATE_ADMIN_PASSWORD, or a new one printed once);
     the admin's sessions end: this is the way in after a forgotten password. Knowing the
@@ -425,7 +425,7 @@ def store_list() -> None:
             click.echo(f"{row.public_id}  {row.name}  {row.url}  {own_area(row.id)}")
 
 
-def _store_with_id(store_id: str) -> Any:
+def store_with_id(store_id: str) -> Any:
     """The store of this id (in an app context), or a clear error."""
     from connector.db import db
     from connector.stores import find_store
@@ -445,7 +445,7 @@ def store_token(store_id: str) -> None:
 
     app = make_app()
     with app.app_context():
-        token = replace_api_token(db.session, _store_with_id(store_id), actor="cli")
+        token = replace_api_token(db.session, store_with_id(store_id), actor="cli")
         db.session.commit()
     click.echo(f"api_token: {token}")
     click.echo("Shown once; the previous token no longer works.")
@@ -463,7 +463,7 @@ def store_secret(store_id: str) -> None:
     app = make_app()
     with app.app_context():
         try:
-            secret = replace_webhook_secret(db.session, _store_with_id(store_id), actor="cli")
+            secret = replace_webhook_secret(db.session, store_with_id(store_id), actor="cli")
         except ServiceUnavailable as exc:
             raise click.ClickException(exc.detail) from None
         db.session.commit()
@@ -486,7 +486,7 @@ def store_delete(store_id: str, yes: bool) -> None:
 
     app = make_app()
     with app.app_context():
-        found = _store_with_id(store_id)
+        found = store_with_id(store_id)
         if not yes:
             name = found.name
             db.session.rollback()  # nothing held while the owner reads (SQLite's write lock)
@@ -497,7 +497,7 @@ def store_delete(store_id: str, yes: bool) -> None:
             again = click.prompt("Type the store id again to delete it", default="")
             if again.strip() != store_id:
                 raise click.ClickException("not deleted: the store id typed did not match")
-            found = _store_with_id(store_id)
+            found = store_with_id(store_id)
         try:
             done = delete_store(db.session, found, actor="cli")
         except KeygateError as exc:  # buyers still to be taken out of its Brevo list
@@ -511,9 +511,26 @@ STOP_SECONDS = 40.0  # longer than a Brevo call may take (its timeout), so a mai
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address to listen on (0.0.0.0: every address of this machine).",
+)
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="The port to listen on.",
+)
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Requests served at once (waitress threads).",
+)
 def run(host: str, port: int, threads: int) -> None:
     """Serve Keygate with waitress (jobs run in a thread of this process by default)."""
     import logging

@@ -55,13 +55,12 @@ def _stores(store_id: str | None) -> list[int]:
     from connector.db import db
     from connector.models import Store
 
-    query = select(Store.id).where(Store.deleted_at.is_(None)).order_by(Store.id)
     if store_id is not None:
-        query = query.where(Store.public_id == store_id)
-    ids = list(db.session.scalars(query))
-    if store_id is not None and not ids:
-        raise click.ClickException(f"no store has the id {store_id}")
-    return ids
+        from connector.cli import store_with_id
+
+        return [store_with_id(store_id).id]
+    query = select(Store.id).where(Store.deleted_at.is_(None)).order_by(Store.id)
+    return list(db.session.scalars(query))
 
 
 @click.command()

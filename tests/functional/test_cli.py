@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 from werkzeug.security import check_password_hash
 
+from connector.cli import main
 from tests.licensing_helpers import free_port, wait_until_serving
 
 
@@ -383,3 +385,19 @@ def test_gunicorn_with_a_malformed_setting_stops_with_a_line_not_a_traceback(
     assert "keygate: KEYGATE_MAX_BODY_BYTES must be a number" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stderr.count("Booting worker") == 1
+
+
+def _options(group: click.Group, prefix: str = "keygate") -> list[tuple[str, click.Option]]:
+    found: list[tuple[str, click.Option]] = []
+    for name, command in sorted(group.commands.items()):
+        path = f"{prefix} {name}"
+        if isinstance(command, click.Group):
+            found += _options(command, path)
+        found += [(path, p) for p in command.params if isinstance(p, click.Option)]
+    return found
+
+
+def test_every_cli_option_says_what_it_does_in_its_help() -> None:
+    """`keygate <command> --help` describes each option, not only its type and default."""
+    bare = [f"{path} {option.opts[0]}" for path, option in _options(main) if not option.help]
+    assert bare == []
