@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "connector.downloads.commands",
     "connector.vault.commands",
     "connector.orders.commands",
+    "connector.backup",
 ]
 
 

@@ -1,0 +1,110 @@
+"""``keygate backup DEST``: a copy of the instance another Keygate can start from.
+
+The embedded database is copied with SQLite's online backup (one consistent snapshot,
+taken while the server keeps answering: copying the file of a database in WAL mode could
+give a torn copy). The key files, ``keygate.toml`` and the embedded file storage go with it:
+a database without its master and secret keys cannot be read. Keys given in the environment
+are never written to disk here; the command says to keep them with the copy. PostgreSQL is
+backed up with its own tools (``pg_dump``): the command copies the rest and says so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from sqlalchemy.engine import make_url
+
+from connector.config import CONFIG_FILE, MASTER_KEY_FILE, SECRET_KEY_FILE, Settings
+
+
+@dataclass
+class Backup:
+    """What a backup holds, and what the operator must keep beside it."""
+
+    copied: list[str] = field(default_factory=list)
+    keep_beside: list[str] = field(default_factory=list)
+
+
+def back_up(settings: Settings, destination: Path) -> Backup:
+    """Copy the instance of ``settings`` into ``destination`` (made, readable by this user
+    only; it must not hold anything yet, nor be inside the instance folder).
+
+    Raises:
+        click.ClickException: the destination is inside the instance, or exists and is not
+            empty, or a copy failed.
+    """
+    destination = destination.resolve()
+    if destination.is_relative_to(settings.instance_dir.resolve()):
+        raise click.ClickException(f"{destination}: choose a folder outside the instance folder")
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise click.ClickException(f"{destination} is not an empty folder: choose a new one")
+    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+    done = Backup()
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database:
+        _copy_sqlite(Path(url.database), destination / "keygate.db")
+        done.copied.append("keygate.db (the database)")
+    else:
+        done.keep_beside.append(
+            "the PostgreSQL database: back it up with pg_dump (e.g. `pg_dump -Fc keygate`)"
+        )
+    instance = settings.instance_dir
+    for name, what in (
+        (MASTER_KEY_FILE, "the master key"),
+        (SECRET_KEY_FILE, "the secret key"),
+        (CONFIG_FILE, "the settings file"),
+    ):
+        if (instance / name).is_file():
+            shutil.copy2(instance / name, destination / name)
+            done.copied.append(f"{name} ({what})")
+    if not (instance / MASTER_KEY_FILE).is_file():
+        done.keep_beside.append("KEYGATE_MASTER_KEY(S) from the environment")
+    if not (instance / SECRET_KEY_FILE).is_file():
+        done.keep_beside.append("KEYGATE_SECRET_KEY from the environment")
+    if settings.storage_dir.is_dir():
+        shutil.copytree(settings.storage_dir, destination / "files")
+        done.copied.append("files/ (the embedded file storage)")
+    return done
+
+
+def _copy_sqlite(source: Path, target: Path) -> None:
+    if not source.is_file():
+        raise click.ClickException(f"there is no database at {source}: run `keygate init` first")
+    # Read-only, so the copy never creates a database or changes the one it reads.
+    reading = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
+    writing = sqlite3.connect(target)
+    try:
+        with writing:
+            reading.backup(writing)  # every page in one step: one consistent snapshot
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot copy the database {source}: {exc}") from None
+    finally:
+        writing.close()
+        reading.close()
+
+
+@click.command()
+@click.argument("destination", type=click.Path(path_type=Path))
+def backup(destination: Path) -> None:
+    """Copy the instance (database, keys, settings, embedded files) into DESTINATION, a
+    new folder, while Keygate keeps running. To restore, stop Keygate, put the folder's
+    contents in the instance folder (or point KEYGATE_INSTANCE_DIR at it) and run
+    `keygate init`."""
+    from connector.config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    done = back_up(settings, destination)
+    click.echo(f"backed up into {destination.resolve()}: " + ", ".join(done.copied))
+    for what in done.keep_beside:
+        click.echo(f"not in the folder, keep it with the backup: {what}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(backup)

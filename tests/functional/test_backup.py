@@ -1,0 +1,94 @@
+"""`keygate backup`: a copy of the instance, taken while Keygate runs, that starts again."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import click
+import pytest
+from flask import Flask
+
+from connector import create_app
+from connector.backup import back_up
+from connector.config import MASTER_KEY_FILE, SECRET_KEY_FILE
+from tests.conftest import MASTER_KEY, SECRET_KEY
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.licensing_helpers import call
+
+
+def _sold(app: Flask, shop: WebhookSender) -> str:
+    """An order with a key and a file in the embedded storage; the instance keeps its keys
+    in files, as `keygate init` writes them."""
+    instance = app.extensions["keygate.settings"].instance_dir
+    (instance / MASTER_KEY_FILE).write_text(MASTER_KEY + "\n")
+    (instance / SECRET_KEY_FILE).write_text(SECRET_KEY + "\n")
+    (instance / "files" / "books").mkdir(parents=True)
+    (instance / "files" / "books" / "guide.pdf").write_bytes(b"%PDF-1.4 guide")
+    shop.configure(501, files=[{"object_key": "books/guide.pdf", "filename": "guide.pdf"}])
+    assert shop.deliver(wc_order(9601, "processing", [line_item(501)])).status_code == 200
+    key: str = shop.order(9601)["licenses"][0]["key"]
+    return key
+
+
+def test_a_backup_taken_while_orders_arrive_starts_again_with_every_key(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """SQLite: the copy is one consistent snapshot though orders keep arriving while it is
+    taken; an app started on the copy alone (its keys from the copied files) answers the
+    key VALID and serves the file. PostgreSQL: the rest is copied and pg_dump named."""
+    key = _sold(app, shop)
+    arriving = threading.Event()
+
+    def orders_keep_arriving() -> None:
+        for number in range(9602, 9612):
+            shop.deliver(wc_order(number, "processing", [line_item(501)]))
+        arriving.set()
+
+    writer = threading.Thread(target=orders_keep_arriving)
+    writer.start()
+    done = back_up(app.extensions["keygate.settings"], tmp_path / "backup")
+    writer.join()
+    assert arriving.is_set()
+    copy = tmp_path / "backup"
+    assert (copy / "files" / "books" / "guide.pdf").read_bytes() == b"%PDF-1.4 guide"
+    assert (copy / MASTER_KEY_FILE).read_text().strip() == MASTER_KEY
+    assert copy.stat().st_mode & 0o077 == 0  # buyers' names: this user's only
+    if not database_url.startswith("sqlite"):
+        assert not (copy / "keygate.db").exists()
+        assert any("pg_dump" in what for what in done.keep_beside)
+        return
+    assert done.keep_beside == []
+    with sqlite3.connect(copy / "keygate.db") as check:
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    restored = create_app(
+        {
+            "instance_dir": copy,
+            "database_url": f"sqlite:///{copy / 'keygate.db'}",
+            "worker": "off",
+            "mail_echo": False,
+        }
+    )
+    try:
+        client = restored.test_client()
+        assert call(client, "validate", {"key": key}).get_json()["code"] == "VALID"
+    finally:
+        restored.extensions["keygate.db"].engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_backup_never_writes_into_a_folder_that_holds_something(
+    app: Flask, tmp_path: Path
+) -> None:
+    """An earlier backup (or anything else) in the folder is never overwritten or mixed in;
+    nor is a folder inside the instance, which the copy of its files would copy again."""
+    taken = tmp_path / "earlier"
+    taken.mkdir()
+    (taken / "keygate.db").write_bytes(b"an earlier backup")
+    settings = app.extensions["keygate.settings"]
+    with pytest.raises(click.ClickException, match="not an empty folder"):
+        back_up(settings, taken)
+    assert (taken / "keygate.db").read_bytes() == b"an earlier backup"
+    with pytest.raises(click.ClickException, match="outside the instance folder"):
+        back_up(settings, settings.instance_dir / "files" / "backup")
