@@ -92,3 +92,16 @@ def test_a_backup_never_writes_into_a_folder_that_holds_something(
     assert (taken / "keygate.db").read_bytes() == b"an earlier backup"
     with pytest.raises(click.ClickException, match="outside the instance folder"):
         back_up(settings, settings.instance_dir / "files" / "backup")
+
+
+def test_keygate_backup_copies_a_fresh_instance(tmp_path: Path) -> None:
+    """The command on an instance `keygate init` made: a line naming what was copied."""
+    from tests.functional.test_cli import keygate
+
+    assert keygate(tmp_path, "init").returncode == 0
+    result = keygate(tmp_path, "backup", str(tmp_path / "copy"))
+    assert result.returncode == 0, result.stderr
+    assert "keygate.db (the database), master.key (the master key)" in result.stdout
+    assert "not in the folder" not in result.stdout
+    names = sorted(path.name for path in (tmp_path / "copy").iterdir())
+    assert names == ["files", "keygate.db", "master.key", "secret.key"]
