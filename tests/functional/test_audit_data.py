@@ -9,6 +9,7 @@ each a test here.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +17,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from connector.db import db
+from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending
-from connector.models import SecurityEvent
-from tests.factories import line_item, wc_order
+from connector.models import AuditEvent, SecurityEvent
+from connector.privacy.service import purge_expired_records
+from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import get, link_path, make_pdf
 from tests.functional.test_license_security import _limited_shop, apps_with
 from tests.functional.test_no_plaintext_secrets import dump_database
@@ -30,6 +32,8 @@ from tests.licensing_helpers import call
 EMAIL = "greta.buyer@example.org"
 # What identifies the buyer in the rows of one of their orders.
 PERSONAL = ("greta.buyer@example.org", "Greta", "Lindqvist", "Bücher GmbH")
+# Past every retention Keygate has (the longest, mail and download log, is 365 days).
+A_YEAR_AND_MORE = dt.timedelta(days=400)
 
 
 def rich_order(
@@ -167,3 +171,87 @@ def test_a_rich_checkout_leaves_only_what_the_promises_list(
     for label, needle in never.items():
         assert needle.lower() not in database.lower(), f"{label} is stored"
         assert needle.lower() not in logs.lower(), f"{label} is logged"
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "product_id"),
+    [
+        ("completed", 777),  # a sale of a product Keygate does not license (a T-shirt)
+        ("failed", 501),  # a checkout whose payment failed: nothing was ever issued
+        ("cancelled", 501),  # cancelled before it was paid: nothing was ever issued
+    ],
+)
+def test_an_order_that_never_licensed_anything_keeps_no_buyer_past_retention(
+    app: Flask, shop: WebhookSender, status: str, product_id: int
+) -> None:
+    """WooCommerce sends Keygate every order of the shop. One that never issued a key or a
+    link serves no license enforcement and is not Keygate's accounting (the shop keeps
+    that), yet its buyer's address, name and company are kept for ever: no purge reaches
+    them. (Product sync re-reads unlicensed sales from the shop, for 30 days only, and needs
+    only the order id for it.)"""
+    shop.configure(501)
+    assert shop.deliver(rich_order(8810, status, product_id), "order.created").status_code == 200
+    run_pending(app)
+    body = shop.order(8810)
+    assert body["licenses"] == [] and body["downloads"] == []
+
+    with app.app_context(), transaction() as session:
+        purge_expired_records(session, now=utcnow() + A_YEAR_AND_MORE)
+    assert personal_data_in(dump_database(app)) == []
+
+
+def test_the_audit_log_has_a_retention_period(app: Flask, shop: WebhookSender) -> None:
+    """ "Logs and attachments have retention periods and a purge job": the audit log is the
+    one log the daily purge never touches. Entries naming a buyer's order and license (and
+    the admins who signed in) stay for ever; only deleting the whole store removes them."""
+    shop.configure(501)
+    shop.deliver(rich_order(8820), "order.created")
+    key = shop.order(8820)["licenses"][0]["key"]
+    assert shop.admin("POST", f"/licenses/{key}/suspend").status_code == 200
+    assert shop.admin("POST", f"/licenses/{key}/reinstate").status_code == 200
+    eleven_years_ago = utcnow() - dt.timedelta(days=11 * 366)
+    with app.app_context(), transaction() as session:
+        session.execute(update(AuditEvent).values(created_at=eleven_years_ago))
+        aged = session.scalar(select(func.count()).select_from(AuditEvent))
+        assert aged is not None and aged >= 4  # configured, fulfilled, suspend, reinstate
+
+    with app.app_context(), transaction() as session:
+        purge_expired_records(session)
+    with app.app_context():
+        left = db.session.scalars(
+            select(AuditEvent.action).where(
+                AuditEvent.created_at < utcnow() - A_YEAR_AND_MORE,
+                AuditEvent.subject.startswith("order:") | AuditEvent.subject.startswith("license:"),
+            )
+        ).all()
+    assert left == [], f"audit entries 11 years old survive the daily purge: {left}"
+
+
+def test_a_burst_past_the_limit_does_not_write_a_security_record_per_refused_call(
+    limited_app: Flask,
+) -> None:
+    """Anyone can call the license API. Past the per-IP budget each refused call still
+    writes a security record (IP hash, user agent, path): a caller who keeps sending fills
+    the table, and the disk, as fast as it sends, for the 180 days these records are kept.
+    Keygate holds refused webhook signatures to one record a minute for this reason; the
+    rate-limit events need the same bound (one per address and window, say)."""
+    shop = _limited_shop(limited_app)
+    statuses = [
+        call(
+            shop.client,
+            "validate",
+            {"key": f"KG-GUESS-{n}"},
+            check=False,
+            headers={"User-Agent": "KeyGuesser/1.0"},
+        ).status_code
+        for n in range(60)
+    ]
+    assert statuses.count(429) == 55
+    with limited_app.app_context():
+        records = db.session.scalar(select(func.count()).select_from(SecurityEvent))
+    assert records is not None and records <= 2, (
+        f"{records} security records for one address's refused calls in one minute"
+    )
