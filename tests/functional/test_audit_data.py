@@ -10,6 +10,7 @@ each a test here.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import get, link_path, make_pdf
 from tests.functional.test_license_security import _limited_shop, apps_with
 from tests.functional.test_no_plaintext_secrets import dump_database
+from tests.functional.test_portal import csrf
 from tests.licensing_helpers import call
 
 EMAIL = "greta.buyer@example.org"
@@ -255,3 +257,67 @@ def test_a_burst_past_the_limit_does_not_write_a_security_record_per_refused_cal
     assert records is not None and records <= 2, (
         f"{records} security records for one address's refused calls in one minute"
     )
+
+
+# --- what is stored ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"payment_note": "Phone order, paid by card 4111 1111 1111 1111 exp 12/29"},
+        {"payment_method": "cod", "transaction_id": "4111111111111111"},
+    ],
+    ids=["payment-note", "transaction-id"],
+)
+def test_a_card_number_the_shop_sends_is_not_kept(
+    app: Flask, shop: WebhookSender, fields: dict[str, Any]
+) -> None:
+    """ "Payment status and reference (never card numbers)": Keygate keeps the payment
+    note and the transaction id exactly as the shop sends them. A phone order's note, or a
+    manual gateway's reference typed by staff, holding a card number (a Luhn-valid 13-19
+    digit run) is stored in the clear, shown and exported."""
+    shop.configure(501)
+    assert shop.deliver(rich_order(8830, **fields), "order.created").status_code == 200
+    holding = [
+        row.split(":", 1)[0]
+        for row in dump_database(app).splitlines()
+        if "4111 1111 1111 1111" in row or "4111111111111111" in row
+    ]
+    assert holding == [], f"a card number is stored in the clear in: {holding}"
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+def test_the_export_lists_the_audit_entries_about_the_customer(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The audit log keeps entries about the buyer's order and license, their own actions
+    on the portal among them (actor "buyer"), and keeps them with no retention; the
+    customer's export (everything kept about them) lists none of them."""
+    shop.configure(501)
+    shop.deliver(rich_order(8840), "order.created")
+    body = shop.order(8840)
+    run_pending(app)
+    portal = body["portal_url"].removeprefix("http://keygate.test")
+    token = csrf(shop.client.get(portal).get_data(as_text=True))
+    assert shop.client.post(portal + "/resend", data={"csrf_token": token}).status_code == 302
+    assert shop.admin("POST", f"/licenses/{body['licenses'][0]['key']}/suspend").status_code == 200
+    with app.app_context():
+        kept = set(
+            db.session.scalars(
+                select(AuditEvent.action).where(
+                    (AuditEvent.subject == "order:8840")
+                    | AuditEvent.subject.startswith("license:")  # this buyer's only
+                    | (AuditEvent.actor == "buyer")
+                )
+            )
+        )
+    assert {"order.fulfilled", "mail.resend_requested", "license.suspend"} <= kept
+
+    exported = shop.admin("GET", f"/customers/{EMAIL}/export")
+    assert exported.status_code == 200
+    document = json.dumps(exported.get_json())
+    missing = sorted(action for action in kept if action not in document)
+    assert missing == [], f"audit entries about the customer not in their export: {missing}"
