@@ -80,6 +80,11 @@ class Settings:
     retention_mail_days: int = 365
     retention_security_days: int = 180
     retention_download_log_days: int = 365
+    # An order that never issued a license or a download link (a product Keygate does not
+    # license, a failed or cancelled checkout) keeps its buyer this long after its last
+    # change, then only what identifies the sale: longer than product sync re-reads
+    # unlicensed sales (30 days) and than a bank transfer waits on hold.
+    retention_unlicensed_order_days: int = 90
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -150,6 +155,7 @@ _FLOORS = {
     "retention_mail_days": 1,
     "retention_security_days": 1,
     "retention_download_log_days": 1,
+    "retention_unlicensed_order_days": 1,
     "reconcile_interval_seconds": 60,
     "product_sync_interval_seconds": 60,
     "max_body_bytes": 1024,

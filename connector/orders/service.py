@@ -137,8 +137,22 @@ def _decisiveness(status: str) -> int:
     return 2 if status in REVOKING_STATUSES else 1
 
 
+# The buyer's personal fields of an order: those _copy_personal_fields copies from the shop
+# and clear_personal_fields clears (an erasure, the purge of orders that issued nothing).
+PERSONAL_FIELDS = ("email", "name", "company", "customer_id", "payment_note")
+
+
+def clear_personal_fields(order: Order, email: str | None = None) -> None:
+    """Clear the buyer's personal fields (:data:`PERSONAL_FIELDS`); ``email``: what the
+    address becomes (an erasure's pseudonym), else none."""
+    for name in PERSONAL_FIELDS:
+        setattr(order, name, None)
+    order.email = email
+
+
 def _copy_personal_fields(order: Order, shop_order: ShopOrder) -> None:
-    """The buyer's personal fields: every one that erasure clears, and only those.
+    """The buyer's personal fields (:data:`PERSONAL_FIELDS`): every one that erasure clears,
+    and only those.
 
     Never called once the order is erased, so a later delivery cannot bring any of them back.
     """

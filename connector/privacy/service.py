@@ -13,17 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CursorResult, delete, select
+from sqlalchemy import CursorResult, delete, or_, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.errors import NotFound
 from connector.jobs import handles
-from connector.mail.contacts import pass_erasure_on
+from connector.mail.contacts import LIST_NOT_RECORDED, pass_erasure_on
 from connector.models import (
     BrevoRemoval,
+    DownloadGrant,
     Job,
+    License,
     LicenseRenewal,
     Mail,
     Order,
@@ -31,6 +33,7 @@ from connector.models import (
     Store,
     WebhookDelivery,
 )
+from connector.orders.service import PERSONAL_FIELDS, clear_personal_fields
 from connector.orders.summary import order_entitlements
 from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash
@@ -239,11 +242,7 @@ def erase_customer(session: Session, store: Store, email: str, *, actor: str) ->
     brevo_removal = pass_erasure_on(session, store, orders, marker)
     for order in orders:
         session.execute(delete(Mail).where(Mail.order_id == order.id))
-        order.email = erased_address(email)
-        order.name = None
-        order.company = None
-        order.customer_id = None
-        order.payment_note = None
+        clear_personal_fields(order, erased_address(email))
         order.erased_at = utcnow()
     # The audit entry names the pseudonym, not the address.
     record_audit(
@@ -304,9 +303,60 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
     removed["brevo_removals"] = _give_up_brevo_removals(
         session, older(settings.retention_jobs_days)
     )
+    removed["unlicensed_order_buyers"] = _forget_unlicensed_buyers(
+        session, older(settings.retention_unlicensed_order_days)
+    )
     for purger in PURGERS:
         removed.update(purger(session, now))
     return removed
+
+
+UNLICENSED_BATCH = 500
+
+
+def _forget_unlicensed_buyers(session: Session, before: dt.datetime) -> int:
+    """Clear the buyer's personal fields of orders that never issued a license or a download
+    link (nor renewed one) and that the shop has not changed since ``before``: a product
+    Keygate does not license, a failed or cancelled checkout. Keygate needs only the order
+    itself (product sync re-reads unlicensed sales by id); the shop keeps the buyer. A later
+    delivery or re-read of the order brings the fields back, so one paid or licensed after
+    this is issued and mailed as any other. Not erased (nothing stops that): nobody's.
+
+    An order whose buyer Keygate recorded pushing into a Brevo list keeps the address an
+    erasure takes out of the list (only an order that issued something is pushed).
+    Orders locked by a delivery are left for the next purge; the others are read again once
+    locked, so that an issuance committed meanwhile keeps its buyer.
+    """
+    issued = or_(
+        *(
+            select(model.id).where(model.order_id == Order.id).exists()
+            for model in (License, DownloadGrant, LicenseRenewal)
+        )
+    )
+    expired = (
+        Order.updated_at < before,
+        Order.erased_at.is_(None),
+        or_(*(getattr(Order, field).is_not(None) for field in PERSONAL_FIELDS)),
+        Order.brevo_email.is_(None),
+        or_(Order.brevo_list_id.is_(None), Order.brevo_list_id == LIST_NOT_RECORDED),
+        ~issued,
+    )
+    forgotten, after = 0, 0
+    while True:
+        locked = session.scalars(
+            select(Order.id)
+            .where(Order.id > after, *expired)
+            .order_by(Order.id)
+            .limit(UNLICENSED_BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not locked:
+            return forgotten
+        after = locked[-1]
+        for order in session.scalars(select(Order).where(Order.id.in_(locked), *expired)):
+            clear_personal_fields(order)
+            forgotten += 1
+        session.flush()
 
 
 def _give_up_brevo_removals(session: Session, before: dt.datetime) -> int:

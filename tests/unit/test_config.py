@@ -26,6 +26,8 @@ def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
     assert settings.mail_backend == "auto"
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.ratelimit_license_per_key == "60/minute"
+    # Longer than product sync's 30-day re-read of unlicensed sales.
+    assert settings.retention_unlicensed_order_days == 90
 
 
 def test_master_keys_newest_first(tmp_path: Path) -> None:
@@ -69,6 +71,10 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_MAX_BODY_BYTES": "0"}, "KEYGATE_MAX_BODY_BYTES must be at least 1024"),
         ({"KEYGATE_BREVO_API_HOST": "notaurl"}, "KEYGATE_BREVO_API_HOST must be an http"),
         ({"KEYGATE_BREVO_API_HOST": "ftp://brevo.example"}, "KEYGATE_BREVO_API_HOST"),
+        (
+            {"KEYGATE_RETENTION_UNLICENSED_ORDER_DAYS": "0"},
+            "KEYGATE_RETENTION_UNLICENSED_ORDER_DAYS must be at least 1",
+        ),
         ({"KEYGATE_R2_BUCKET": "Bad_Bucket"}, "KEYGATE_R2_BUCKET must be a bucket name"),
         (
             {"KEYGATE_WATERMARK_TEMPLATE": "Licensed to {name.first}"},

@@ -1,0 +1,104 @@
+"""Retention of what Keygate keeps about buyers of orders that issued nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flask import Flask
+from sqlalchemy import select
+
+from connector.db import db, transaction, utcnow
+from connector.jobs import run_pending
+from connector.models import Mail, Order
+from connector.privacy.service import purge_expired_records
+from tests.factories import WebhookSender, line_item, wc_order
+
+EMAIL = "jurgen@example.org"
+
+
+def buyer_of(app: Flask, shop_order_id: str) -> tuple[str | None, str | None, str | None]:
+    with app.app_context():
+        order = db.session.scalars(select(Order).where(Order.shop_order_id == shop_order_id)).one()
+        assert order.erased_at is None
+        return order.email, order.name, order.company
+
+
+def purge_in(app: Flask, days: int) -> dict[str, int]:
+    with app.app_context(), transaction() as session:
+        return purge_expired_records(session, now=utcnow() + dt.timedelta(days=days))
+
+
+def mailed_to(app: Flask) -> list[str]:
+    with app.app_context():
+        return [mail.to_email for mail in db.session.scalars(select(Mail).order_by(Mail.id))]
+
+
+def test_an_unlicensed_order_keeps_its_buyer_for_the_retention_period(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """90 days by default after the order last changed: longer than product sync re-reads
+    unlicensed sales (30 days) and a bank transfer waits on hold; a licensed order keeps its
+    buyer (accounting, enforcement)."""
+    shop.configure(501)
+    shop.deliver(wc_order(9701, "on-hold", [line_item(501)], email=EMAIL))
+    shop.deliver(wc_order(9702, "completed", [line_item(501)], email=EMAIL))
+    run_pending(app)
+    assert purge_in(app, 89)["unlicensed_order_buyers"] == 0
+    assert buyer_of(app, "9701") == (EMAIL, "Jürgen Ørsted 山田", "Bücher GmbH")
+    assert purge_in(app, 91)["unlicensed_order_buyers"] == 1
+    assert buyer_of(app, "9701") == (None, None, None)
+    assert buyer_of(app, "9702") == (EMAIL, "Jürgen Ørsted 山田", "Bücher GmbH")
+    assert purge_in(app, 91)["unlicensed_order_buyers"] == 0  # nothing left to clear
+
+
+def test_an_order_paid_after_its_buyer_was_forgotten_is_issued_and_mailed(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A bank transfer paid after 100 days: the delivery brings the buyer back from the
+    shop, the keys are issued and mailed to them."""
+    shop.configure(501)
+    shop.deliver(wc_order(9703, "on-hold", [line_item(501)], email=EMAIL))
+    purge_in(app, 100)
+    assert buyer_of(app, "9703") == (None, None, None)
+
+    shop.deliver(wc_order(9703, "processing", [line_item(501)], email=EMAIL, modified=5))
+    run_pending(app)
+    assert len(shop.order(9703)["licenses"]) == 1
+    assert buyer_of(app, "9703") == (EMAIL, "Jürgen Ørsted 山田", "Bücher GmbH")
+    assert mailed_to(app) == [EMAIL]
+
+
+def test_a_sale_licensed_after_its_buyer_was_forgotten_is_issued_and_mailed(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A product configured months after it was sold: the order's next delivery licenses
+    it, to the buyer the shop names again."""
+    shop.deliver(wc_order(9704, "completed", [line_item(777)], email=EMAIL))
+    purge_in(app, 100)
+    assert buyer_of(app, "9704") == (None, None, None)
+
+    shop.configure(777)
+    shop.deliver(wc_order(9704, "completed", [line_item(777)], email=EMAIL, modified=5))
+    run_pending(app)
+    assert len(shop.order(9704)["licenses"]) == 1
+    assert buyer_of(app, "9704")[0] == EMAIL
+    assert mailed_to(app) == [EMAIL]
+
+
+def test_an_order_whose_buyer_was_forgotten_is_nobodys_not_an_erased_customers(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The order names no customer any more: their export lists their licensed orders only
+    and does not call them erased; a buyer of nothing else is unknown, not "erased already"."""
+    shop.configure(501)
+    shop.deliver(wc_order(9705, "failed", [line_item(501)], email=EMAIL))
+    shop.deliver(wc_order(9706, "completed", [line_item(501)], email=EMAIL))
+    shop.deliver(wc_order(9707, "cancelled", [line_item(501)], email="other@example.org"))
+    purge_in(app, 100)
+
+    exported = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()
+    assert [order["order"] for order in exported["orders"]] == ["9706"]
+    assert exported["erased"] is False
+    unknown = shop.admin("GET", "/customers/other@example.org/export")
+    assert unknown.status_code == 404
+    assert "keeps no data" in unknown.get_json()["detail"]
