@@ -85,6 +85,8 @@ class Settings:
     # change, then only what identifies the sale: longer than product sync re-reads
     # unlicensed sales (30 days) and than a bank transfer waits on hold.
     retention_unlicensed_order_days: int = 90
+    # The audit log, but for the order page's warning of a refund not applied (see purge).
+    retention_audit_days: int = 730
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -156,6 +158,7 @@ _FLOORS = {
     "retention_security_days": 1,
     "retention_download_log_days": 1,
     "retention_unlicensed_order_days": 1,
+    "retention_audit_days": 1,
     "reconcile_interval_seconds": 60,
     "product_sync_interval_seconds": 60,
     "max_body_bytes": 1024,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CursorResult, delete, or_, select
+from sqlalchemy import CursorResult, and_, delete, literal, or_, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -22,6 +22,7 @@ from connector.errors import NotFound
 from connector.jobs import handles
 from connector.mail.contacts import LIST_NOT_RECORDED, pass_erasure_on
 from connector.models import (
+    AuditEvent,
     BrevoRemoval,
     DownloadGrant,
     Job,
@@ -37,6 +38,7 @@ from connector.orders.service import PERSONAL_FIELDS, clear_personal_fields
 from connector.orders.summary import order_entitlements
 from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash
+from plugin.shop import PAID_STATUSES
 
 # Per-domain hooks: exporter(session, orders) -> {section: data}; eraser(session, orders) -> None.
 Exporter = Callable[[Session, list[Order]], dict[str, Any]]
@@ -308,7 +310,30 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
     )
     for purger in PURGERS:
         removed.update(purger(session, now))
+    removed["audit_events"] = deleted(
+        delete(AuditEvent).where(
+            AuditEvent.created_at < older(settings.retention_audit_days),
+            ~and_(AuditEvent.action == REFUND_NOT_APPLIED, _refund_trouble_shown()),
+        )
+    )
     return removed
+
+
+REFUND_NOT_APPLIED = "order.refund_not_applied"
+
+
+def _refund_trouble_shown() -> Any:
+    """An ``order.refund_not_applied`` entry is the order page's only word that a refund's
+    keys were not taken back (shown while the order is paid): kept as long as that."""
+    return (
+        select(Order.id)
+        .where(
+            Order.store_id == AuditEvent.store_id,
+            literal("order:").concat(Order.shop_order_id) == AuditEvent.subject,
+            Order.status.in_(PAID_STATUSES),
+        )
+        .exists()
+    )
 
 
 UNLICENSED_BATCH = 500

@@ -1,15 +1,17 @@
-"""Retention of what Keygate keeps about buyers of orders that issued nothing."""
+"""Retention of what Keygate keeps about buyers of orders that issued nothing, and of the
+audit log."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from connector.audit import record_audit
 from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending
-from connector.models import Mail, Order
+from connector.models import AuditEvent, Mail, Order
 from connector.privacy.service import purge_expired_records
 from tests.factories import WebhookSender, line_item, wc_order
 
@@ -102,3 +104,33 @@ def test_an_order_whose_buyer_was_forgotten_is_nobodys_not_an_erased_customers(
     unknown = shop.admin("GET", "/customers/other@example.org/export")
     assert unknown.status_code == 404
     assert "keeps no data" in unknown.get_json()["detail"]
+
+
+def test_the_audit_purge_keeps_a_refund_the_order_page_still_warns_about(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The order page says a refund's keys were not taken back for as long as the order is
+    paid: that entry outlives the audit retention; once the order is refunded whole it goes."""
+    shop.configure(501)
+    shop.deliver(wc_order(9708, "completed", [line_item(501)]))
+    shop.deliver(wc_order(9709, "completed", [line_item(501)]))
+    store_id = shop.store.store.id
+    with app.app_context(), transaction() as session:
+        for shop_order_id in ("9708", "9709"):
+            record_audit(
+                session,
+                store_id=store_id,
+                actor="system",
+                action="order.refund_not_applied",
+                subject=f"order:{shop_order_id}",
+                detail={"reason": "no REST key"},
+            )
+    shop.deliver(wc_order(9709, "refunded", [line_item(501)], modified=5))
+    with app.app_context(), transaction() as session:
+        session.execute(update(AuditEvent).values(created_at=utcnow() - dt.timedelta(days=731)))
+    with app.app_context(), transaction() as session:
+        removed = purge_expired_records(session)
+    with app.app_context():
+        left = db.session.execute(select(AuditEvent.action, AuditEvent.subject)).all()
+    assert [tuple(row) for row in left] == [("order.refund_not_applied", "order:9708")]
+    assert removed["audit_events"] >= 4

@@ -28,6 +28,7 @@ def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
     assert settings.ratelimit_license_per_key == "60/minute"
     # Longer than product sync's 30-day re-read of unlicensed sales.
     assert settings.retention_unlicensed_order_days == 90
+    assert settings.retention_audit_days == 730
 
 
 def test_master_keys_newest_first(tmp_path: Path) -> None:
@@ -60,6 +61,7 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_WORKER_POLL_SECONDS": "0"}, "KEYGATE_WORKER_POLL_SECONDS"),
         ({"KEYGATE_JOB_MAX_ATTEMPTS": "0"}, "KEYGATE_JOB_MAX_ATTEMPTS"),
         ({"KEYGATE_RETENTION_JOBS_DAYS": "0"}, "KEYGATE_RETENTION_JOBS_DAYS"),
+        ({"KEYGATE_RETENTION_AUDIT_DAYS": "0"}, "KEYGATE_RETENTION_AUDIT_DAYS must be at least 1"),
         (
             {"KEYGATE_RECONCILE_INTERVAL_SECONDS": "0"},
             "RECONCILE_INTERVAL_SECONDS must be at least 60",
