@@ -218,9 +218,40 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                 ],
             }
         )
+    exported["audit"] = _audit_entries(session, store, email, orders)
     for exporter in EXPORTERS:
         exported.update(exporter(session, orders))
     return exported
+
+
+def _audit_entries(
+    session: Session, store: Store, email: str, orders: list[Order]
+) -> list[dict[str, Any]]:
+    """The store's audit entries about the customer: those naming one of their orders, a
+    license of those orders (or one they renewed), or their erasure's pseudonym."""
+    order_ids = [order.id for order in orders]
+    license_ids = session.scalars(
+        select(License.id)
+        .where(License.order_id.in_(order_ids))
+        .union(select(LicenseRenewal.license_id).where(LicenseRenewal.order_id.in_(order_ids)))
+    ).all()
+    subjects = {f"order:{order.shop_order_id}" for order in orders}
+    subjects.update(f"license:{license_id}" for license_id in license_ids)
+    subjects.add(erasure_marker(email))
+    return [
+        {
+            "at": _iso(event.created_at),
+            "actor": event.actor,
+            "action": event.action,
+            "subject": event.subject,
+            "detail": event.detail,
+        }
+        for event in session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.store_id == store.id, AuditEvent.subject.in_(sorted(subjects)))
+            .order_by(AuditEvent.id)
+        )
+    ]
 
 
 @dataclass(frozen=True)

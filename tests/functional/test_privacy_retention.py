@@ -1,5 +1,5 @@
 """Retention of what Keygate keeps about buyers of orders that issued nothing, and of the
-audit log."""
+audit log; the audit entries in a customer's export."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending
 from connector.models import AuditEvent, Mail, Order
 from connector.privacy.service import purge_expired_records
+from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
 
 EMAIL = "jurgen@example.org"
@@ -134,3 +135,29 @@ def test_the_audit_purge_keeps_a_refund_the_order_page_still_warns_about(
         left = db.session.execute(select(AuditEvent.action, AuditEvent.subject)).all()
     assert [tuple(row) for row in left] == [("order.refund_not_applied", "order:9708")]
     assert removed["audit_events"] >= 4
+
+
+def test_the_export_lists_audit_entries_of_the_customers_store_only(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Another store's order of the same number is another customer's."""
+    shop.configure(501)
+    shop.deliver(wc_order(9710, "completed", [line_item(501)], email=EMAIL))
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example").store
+        record_audit(
+            db.session, store_id=other.id, actor="shop", action="other.store", subject="order:9710"
+        )
+        db.session.commit()
+    audit = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["audit"]
+    assert [entry["action"] for entry in audit] == ["order.fulfilled"]
+    assert audit[0]["subject"] == "order:9710" and audit[0]["actor"] == "shop"
+
+
+def test_an_erased_customers_export_lists_their_erasure(app: Flask, shop: WebhookSender) -> None:
+    shop.configure(501)
+    shop.deliver(wc_order(9711, "completed", [line_item(501)], email=EMAIL))
+    assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+    audit = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["audit"]
+    assert [entry["action"] for entry in audit] == ["order.fulfilled", "customer.erased"]
+    assert EMAIL not in str(audit)
