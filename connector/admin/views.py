@@ -12,6 +12,7 @@ made them (``Cache-Control: no-store``), never kept in the session or shown agai
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Callable
 from functools import cache, wraps
@@ -61,17 +62,15 @@ from connector.privacy import store_deletion
 from connector.stores import create_store, key_format, replace_api_token, setup_details
 from connector.validation import is_control_character, row_id, whole_number
 from connector.vault import connection as shop_connection
-from connector.vault.crypto import keyed_hash
 from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
 from plugin.shop import PAID_STATUSES
 
-from . import attention
+from . import attention, sign_in
 from .forms import ConfirmedForm, ConfirmForm, DeleteStoreForm, LoginForm, PasswordForm
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
 PAGE = 50
-ACCOUNT_HASH = "admin-login-account"
 
 
 @cache
@@ -142,24 +141,18 @@ def _safe_next(target: str | None) -> str:
     return url_for("admin_views.dashboard")
 
 
-def _account_bucket() -> str:
-    """The rate-limit bucket of the account a sign-in names (a keyed hash, not the name)."""
-    username = str(request.form.get("username", ""))[:200]  # as the sign-in matches it
-    return "admin-login:" + keyed_hash(ACCOUNT_HASH, username)
-
-
-def _failed(response: Response) -> bool:
-    return response.status_code == 401
-
-
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit("10/minute", methods=["POST"])
-# Per account too, whatever the address: guesses spread over many IPs still stop. Only
-# failed sign-ins count, so the owner is never locked out by signing in often.
-@limiter.limit("20/hour", methods=["POST"], key_func=_account_bucket, deduct_when=_failed)
 def login() -> ResponseReturnValue:
+    """Sign in. Besides the per-address limit above, each sign-in spends its account's
+    budget before the password is checked (:mod:`connector.admin.sign_in`)."""
     form = LoginForm()
-    error = None
+    if request.method != "POST":
+        return render_template("admin/login.html", form=form, error=None)
+    # As the sign-in matches it; an empty or overlong name spends a budget too.
+    spent = sign_in.spend_account(str(request.form.get("username", ""))[:200])
+    if spent.refused:
+        return _sign_in_refused(form, spent)
     if form.validate_on_submit():
         user = db.session.execute(
             select(AdminUser).where(AdminUser.username == form.username.data)
@@ -167,17 +160,27 @@ def login() -> ResponseReturnValue:
         password = form.password.data or ""
         valid = check_password_hash(user.password_hash if user else _dummy_hash(), password)
         if user is not None and valid:
+            sign_in.give_back(spent)
             session.clear()
             session["admin_user_id"] = user.id
             session["admin_username"] = user.username
             session["generation"] = user.session_generation
             record_audit(db.session, store_id=None, actor=user.username, action="admin.login")
             return redirect(_safe_next(request.args.get("next")))
-        error = "Wrong user or password."
-    elif request.method == "POST":
-        # An empty or overlong field: no account could match, and it counts as a failure.
-        error = "Wrong user or password."
-    return render_template("admin/login.html", form=form, error=error), 401 if error else 200
+    # A wrong password, no such user, or an empty or overlong field: all alike.
+    return render_template("admin/login.html", form=form, error="Wrong user or password."), 401
+
+
+def _sign_in_refused(form: LoginForm, spent: sign_in.Spent) -> ResponseReturnValue:
+    """429 on the sign-in page itself: the password was not checked."""
+    retry_after = spent.retry_after()
+    minutes = max(1, math.ceil(retry_after / 60))
+    error = (
+        f"Too many failed sign-ins for this user. Try again in {minutes} minute(s); the"
+        " password was not checked."
+    )
+    page = render_template("admin/login.html", form=form, error=error)
+    return page, 429, {"Retry-After": str(retry_after)}
 
 
 @bp.post("/logout")

@@ -4,18 +4,45 @@ is checked, and the record a lockout leaves for the owner."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
+from werkzeug.security import generate_password_hash
 
+from connector import create_app
 from connector.db import db
-from connector.models import AuditEvent, SecurityEvent
+from connector.jobs import stop_worker_thread
+from connector.models import AdminUser, AuditEvent, SecurityEvent
+from tests.conftest import app_overrides
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token
 
 __all__ = ["admin_client"]  # a fixture the tests below use
 
 ACCOUNT_LIMIT = 20  # sign-ins an hour per account that do not succeed (connector.admin)
+
+
+def attempt(
+    client: FlaskClient, password: str, n: int, username: str = "owner", **headers: str
+) -> int:
+    """A sign-in from address number ``n`` (each address has its own 10 a minute)."""
+    form = {
+        "username": username,
+        "password": password,
+        "csrf_token": csrf_token(client, "/admin/login"),
+    }
+    environ = {"REMOTE_ADDR": f"198.51.{100 + n // 250}.{n % 250 + 1}"}
+    answer = client.post("/admin/login", data=form, environ_base=environ, headers=headers)
+    return answer.status_code
+
+
+def lock(client: FlaskClient, username: str = "owner", first: int = 0) -> None:
+    """Guess ``username``'s password until the account is locked, from many addresses."""
+    guesses = [attempt(client, "wrong", first + n, username) for n in range(ACCOUNT_LIMIT)]
+    assert guesses == [401] * ACCOUNT_LIMIT
 
 
 def test_concurrent_guesses_stop_at_the_account_limit(
@@ -75,3 +102,39 @@ def test_a_sign_in_lockout_leaves_a_record_for_the_owner(
             .where(AuditEvent.action.like("admin.login%"), AuditEvent.action != "admin.login")
         )
     assert (security or 0) + (audited or 0) > 0, "no record of 20 failed sign-ins and a lockout"
+
+
+def test_signing_in_often_never_uses_the_account_budget(admin_client: FlaskClient) -> None:
+    """Only sign-ins that fail count: the owner signing in more than 20 times an hour is
+    never held back, and 20 failures after that still lock the account."""
+    assert [attempt(admin_client, PASSWORD, n) for n in range(ACCOUNT_LIMIT + 5)] == [302] * (
+        ACCOUNT_LIMIT + 5
+    )
+    lock(admin_client, first=100)
+    assert attempt(admin_client, PASSWORD, 200) == 429
+
+
+@pytest.fixture
+def app_without_redis(tmp_path: Path, database_url: str) -> Iterator[Flask]:
+    """Keygate told to keep its limits in a Redis that does not answer (nothing listens)."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(
+        app_overrides(tmp_path, database_url, ratelimit_storage_uri="redis://127.0.0.1:1/0")
+    )
+    application.config["TESTING"] = True
+    with application.app_context():
+        db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
+        db.session.commit()
+    yield application
+    stop_worker_thread(application)
+    application.extensions["keygate.db"].engine.dispose()
+
+
+def test_the_account_limit_holds_in_memory_while_the_limit_storage_is_down(
+    app_without_redis: Flask,
+) -> None:
+    """Redis down: sign-ins are answered (never a 500) and the account still locks, its
+    count kept in the server's memory meanwhile."""
+    client = app_without_redis.test_client()
+    lock(client)
+    assert attempt(client, PASSWORD, 200) == 429
