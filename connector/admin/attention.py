@@ -4,7 +4,8 @@ Each notice is something a buyer cannot tell the owner and that does not mend it
 shop cannot be read or refuses the webhooks' secret, buyers' mails are not getting out,
 keys flagged for too many binding changes, copies that failed to stamp (their links are
 refused), refunds Keygate could not apply. Read only; each notice links where the owner
-can act.
+can act. Admins who see every store are also told of sign-ins locked in the last hour
+(``admin.login_locked``, not a store's: no store is named).
 """
 
 from __future__ import annotations
@@ -40,9 +41,13 @@ from connector.vault.connection import registration_trouble
 NEWS = dt.timedelta(days=30)
 
 
+# A sign-in lockout is news while it lasts (the account budget's window).
+LOCKOUT_NEWS = dt.timedelta(hours=1)
+
+
 @dataclass(frozen=True)
 class Notice:
-    store: Store
+    store: Store | None  # None: the admin's own, not a store's
     text: str
     link: str
 
@@ -168,4 +173,25 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                     url_for("admin_views.audit", action="order.refund_not_applied"),
                 )
             )
+    return found
+
+
+def sign_in_lockouts(session: Session) -> list[Notice]:
+    """A notice for each account whose sign-in was locked in the last hour, by name."""
+    locked = session.execute(
+        select(AuditEvent.subject, func.max(AuditEvent.id))
+        .where(
+            AuditEvent.action == "admin.login_locked",
+            AuditEvent.created_at > utcnow() - LOCKOUT_NEWS,
+        )
+        .group_by(AuditEvent.subject)
+        .order_by(AuditEvent.subject)
+    ).all()
+    link = url_for("admin_views.audit", action="admin.login_locked")
+    found: list[Notice] = []
+    for subject, event_id in locked:
+        event = session.get(AuditEvent, event_id)
+        failed = event.detail.get("failed") if event is not None else None
+        text = f"Sign-in for {subject} locked after {failed} failed attempts in the last hour."
+        found.append(Notice(None, text, link))
     return found

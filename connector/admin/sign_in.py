@@ -8,6 +8,12 @@ moment therefore cannot all be checked before any of them is counted (Flask-Limi
 ``deduct_when`` tests the count before the view and adds to it after), and an owner who
 signs in often never uses the budget up.
 
+A refusal leaves a security record (``rate_limited``, scope ``ip`` or ``account``: at most one
+a minute per address and scope, :func:`connector.audit.record_security_event`), and an
+existing account's lockout (its first refusal in the window) an ``admin.login_locked`` audit
+entry, which the dashboard shows for an hour. Never the password, and no entry for names no
+account has (guessing names must not fill the audit log).
+
 The counters live where Flask-Limiter keeps its own (``KEYGATE_RATELIMIT_STORAGE_URI``,
 under keyed hashes only), and in its in-memory fallback while that storage cannot be reached.
 """
@@ -19,15 +25,21 @@ import math
 import time
 from dataclasses import dataclass
 
+from flask_limiter import RequestLimit
 from limits import RateLimitItem, parse
+from sqlalchemy.orm import Session
 
+from connector.audit import record_audit, record_security_event
+from connector.db import db
 from connector.extensions import limiter
+from connector.models import AdminUser
 from connector.vault.crypto import keyed_hash
 
 log = logging.getLogger(__name__)
 
 ACCOUNT_BUDGET = parse("20/hour")
 ACCOUNT_HASH = "admin-login-account"
+LOCKED = "admin.login_locked"
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,11 @@ class Spent:
     @property
     def refused(self) -> bool:
         return self.count is not None and self.count > self.budget.amount
+
+    @property
+    def locks(self) -> bool:
+        """This sign-in is the budget's first refusal in its window: the lockout."""
+        return self.count == self.budget.amount + 1
 
     def retry_after(self) -> int:
         """Seconds until the budget's window ends and it is whole again."""
@@ -86,3 +103,23 @@ def give_back(spent: Spent) -> None:
     if left is not None and left < 0:
         # The window ended between spending and giving back: no debt into the next one.
         _incr(spent.key, spent.budget.get_expiry(), 1)
+
+
+def record_refusal(session: Session, spent: Spent, user: AdminUser | None) -> None:
+    """Keep the record of a sign-in a budget refused (see the module's docstring)."""
+    record_security_event(session, kind="rate_limited", scope=spent.scope)
+    if spent.locks and user is not None:
+        record_audit(
+            session,
+            store_id=None,
+            actor="keygate",
+            action=LOCKED,
+            subject=user.username,
+            detail={"scope": spent.scope, "failed": spent.budget.amount},
+        )
+
+
+def record_address_refusal(_limit: RequestLimit) -> None:
+    """Flask-Limiter's ``on_breach`` for the per-address limit: a security record (the
+    error page it answers with commits the request's session, so the record is kept)."""
+    record_security_event(db.session, kind="rate_limited", scope="ip")

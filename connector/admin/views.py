@@ -142,21 +142,25 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit("10/minute", methods=["POST"])
+@limiter.limit("10/minute", methods=["POST"], on_breach=sign_in.record_address_refusal)
 def login() -> ResponseReturnValue:
     """Sign in. Besides the per-address limit above, each sign-in spends its account's
     budget before the password is checked (:mod:`connector.admin.sign_in`)."""
     form = LoginForm()
     if request.method != "POST":
         return render_template("admin/login.html", form=form, error=None)
-    # As the sign-in matches it; an empty or overlong name spends a budget too.
-    spent = sign_in.spend_account(str(request.form.get("username", ""))[:200])
-    if spent.refused:
-        return _sign_in_refused(form, spent)
-    if form.validate_on_submit():
+    user = None
+    submitted = form.validate_on_submit()
+    if submitted:
         user = db.session.execute(
             select(AdminUser).where(AdminUser.username == form.username.data)
         ).scalar_one_or_none()
+    # As the sign-in matches it; an empty or overlong name spends a budget too.
+    spent = sign_in.spend_account(str(request.form.get("username", ""))[:200])
+    if spent.refused:
+        sign_in.record_refusal(db.session, spent, user)
+        return _sign_in_refused(form, spent)
+    if submitted:
         password = form.password.data or ""
         valid = check_password_hash(user.password_hash if user else _dummy_hash(), password)
         if user is not None and valid:
@@ -229,7 +233,8 @@ def dashboard() -> ResponseReturnValue:
     ).all()
     return render_template(
         "admin/dashboard.html",
-        notices=attention.notices(db.session, stores),
+        notices=attention.notices(db.session, stores)
+        + (attention.sign_in_lockouts(db.session) if _scope() is None else []),
         stores=stores,
         order_counts=counts,
         jobs=job_stats() if _scope() is None else None,

@@ -17,8 +17,10 @@ from connector import create_app
 from connector.db import db
 from connector.jobs import stop_worker_thread
 from connector.models import AdminUser, AuditEvent, SecurityEvent
+from connector.stores import create_store
+from connector.vault.crypto import keyed_hash
 from tests.conftest import app_overrides
-from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token
+from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, store_admin
 
 __all__ = ["admin_client"]  # a fixture the tests below use
 
@@ -26,7 +28,11 @@ ACCOUNT_LIMIT = 20  # sign-ins an hour per account that do not succeed (connecto
 
 
 def attempt(
-    client: FlaskClient, password: str, n: int, username: str = "owner", **headers: str
+    client: FlaskClient,
+    password: str,
+    n: int,
+    username: str = "owner",
+    user_agent: str | None = None,
 ) -> int:
     """A sign-in from address number ``n`` (each address has its own 10 a minute)."""
     form = {
@@ -35,7 +41,9 @@ def attempt(
         "csrf_token": csrf_token(client, "/admin/login"),
     }
     environ = {"REMOTE_ADDR": f"198.51.{100 + n // 250}.{n % 250 + 1}"}
-    answer = client.post("/admin/login", data=form, environ_base=environ, headers=headers)
+    if user_agent is not None:
+        environ["HTTP_USER_AGENT"] = user_agent
+    answer = client.post("/admin/login", data=form, environ_base=environ)
     return answer.status_code
 
 
@@ -138,3 +146,80 @@ def test_the_account_limit_holds_in_memory_while_the_limit_storage_is_down(
     client = app_without_redis.test_client()
     lock(client)
     assert attempt(client, PASSWORD, 200) == 429
+
+
+def _records(app: Flask) -> list[tuple[str | None, str | None, str, str | None]]:
+    with app.app_context():
+        events = db.session.scalars(select(SecurityEvent).order_by(SecurityEvent.id)).all()
+        return [(e.scope, e.ip_hash, e.path, e.user_agent) for e in events]
+
+
+def _lockouts(app: Flask) -> list[tuple[str, str | None, dict[str, object]]]:
+    with app.app_context():
+        events = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "admin.login_locked")
+        ).all()
+        return [(e.actor, e.subject, dict(e.detail)) for e in events]
+
+
+def _ip_hash(app: Flask, n: int) -> str:
+    with app.app_context():
+        return keyed_hash("security-ip", f"198.51.{100 + n // 250}.{n % 250 + 1}")
+
+
+def test_a_lockout_is_audited_once_and_refusals_recorded_once_a_minute_per_address(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """The lockout (the account's first refusal in its hour) is audited by user name, once,
+    never with a password; each refused sign-in leaves a security record of scope
+    "account" (address hashed, user agent), at most one a minute per address."""
+    lock(admin_client)
+    refused = [attempt(admin_client, PASSWORD, 200, user_agent="Guesser/1") for _ in range(3)]
+    assert refused == [429] * 3
+    assert attempt(admin_client, "wrong", 201, user_agent="Other/2") == 429
+    assert _records(app) == [
+        ("account", _ip_hash(app, 200), "/admin/login", "Guesser/1"),
+        ("account", _ip_hash(app, 201), "/admin/login", "Other/2"),
+    ]
+    assert _lockouts(app) == [("keygate", "owner", {"scope": "account", "failed": ACCOUNT_LIMIT})]
+    with app.app_context():
+        audit_text = repr(db.session.scalars(select(AuditEvent.detail)).all())
+    assert PASSWORD not in audit_text and "wrong" not in audit_text
+
+
+def test_a_name_no_account_has_is_recorded_but_not_audited(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """Guessing names must not fill the audit log: a locked name no account has leaves a
+    security record only."""
+    lock(admin_client, "nobody")
+    assert attempt(admin_client, "wrong", 200, "nobody") == 429
+    assert [scope for scope, *_ in _records(app)] == ["account"]
+    assert _lockouts(app) == []
+    assert attempt(admin_client, PASSWORD, 201) == 302  # another account is not locked
+
+
+def test_the_per_address_limit_leaves_a_record_too(app: Flask, admin_client: FlaskClient) -> None:
+    """Past 10 sign-ins a minute from one address: 429, and a record of scope "ip"."""
+    statuses = [attempt(admin_client, "wrong", 7, user_agent="Guesser/1") for _ in range(12)]
+    assert statuses == [401] * 10 + [429] * 2
+    assert _records(app) == [("ip", _ip_hash(app, 7), "/admin/login", "Guesser/1")]
+
+
+def test_the_dashboard_names_a_locked_sign_in(app: Flask, admin_client: FlaskClient) -> None:
+    """Admins of every store see "Sign-in for owner locked ..." for an hour, linked to the
+    audit log; an admin of one store does not."""
+    with app.app_context():
+        db.session.add(AdminUser(username="boss", password_hash=generate_password_hash(PASSWORD)))
+        store = create_store(db.session, "Shop", "https://shop.example")
+        db.session.commit()
+        store_id = store.store.id
+    lock(admin_client)
+    assert attempt(admin_client, PASSWORD, 200) == 429
+    boss = app.test_client()
+    assert attempt(boss, PASSWORD, 201, "boss") == 302
+    page = boss.get("/admin/").get_data(as_text=True)
+    notice = f"Sign-in for owner locked after {ACCOUNT_LIMIT} failed attempts in the last hour."
+    assert notice in page
+    assert "/admin/audit?action=admin.login_locked" in page
+    assert notice not in store_admin(app, store_id).get("/admin/").get_data(as_text=True)
