@@ -20,6 +20,7 @@ CONNECT_STATE = "keygate.wc-connect-state"
 ADMIN_ACTION = "keygate.admin-action"
 FINGERPRINT = "keygate.fingerprint"
 RELEASE = "keygate.release-download"
+ADMIN_DEVICE = "keygate.admin-device"
 
 
 class LinkInvalid(NotFound):

@@ -191,7 +191,11 @@ def sign_in_lockouts(session: Session) -> list[Notice]:
     found: list[Notice] = []
     for subject, event_id in locked:
         event = session.get(AuditEvent, event_id)
-        failed = event.detail.get("failed") if event is not None else None
-        text = f"Sign-in for {subject} locked after {failed} failed attempts in the last hour."
+        detail = event.detail if event is not None else {}
+        where = " from one of their browsers" if detail.get("scope") == "device" else ""
+        text = (
+            f"Sign-in for {subject}{where} locked after {detail.get('failed')} failed attempts"
+            " in the last hour."
+        )
         found.append(Notice(None, text, link))
     return found

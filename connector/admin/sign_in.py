@@ -8,11 +8,19 @@ moment therefore cannot all be checked before any of them is counted (Flask-Limi
 ``deduct_when`` tests the count before the view and adds to it after), and an owner who
 signs in often never uses the budget up.
 
-A refusal leaves a security record (``rate_limited``, scope ``ip`` or ``account``: at most one
-a minute per address and scope, :func:`connector.audit.record_security_event`), and an
-existing account's lockout (its first refusal in the window) an ``admin.login_locked`` audit
-entry, which the dashboard shows for an hour. Never the password, and no entry for names no
-account has (guessing names must not fill the audit log).
+Per device (OWASP's defence against lockout as a denial of service): a browser that signed
+in carries a signed device cookie naming the user (HttpOnly, SameSite=Lax, Secure over https,
+path /admin, 180 days, renewed by each sign-in). Its sign-ins as that user spend the device's
+own budget (10 an hour that do not succeed) instead of the account's, and the account's
+lockout does not refuse them: 20 guesses by a stranger at the default name ``admin`` do not
+lock the owner out of their own browser. A cookie that is forged, altered, expired or names
+another user (or a removed one) is no cookie; a stolen one gives 10 guesses an hour.
+
+A refusal leaves a security record (``rate_limited``, scope ``ip``, ``account`` or
+``device``; at most one a minute per address and scope: ``record_security_event``), and the
+lockout of an existing account or device (the budget's first refusal in its window) an
+``admin.login_locked`` audit entry, which the dashboard shows for an hour. Never the
+password, and no entry for names no account has (guessing names must not fill the log).
 
 The counters live where Flask-Limiter keeps its own (``KEYGATE_RATELIMIT_STORAGE_URI``,
 under keyed hashes only), and in its in-memory fallback while that storage cannot be reached.
@@ -22,17 +30,22 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass
 
+from flask import current_app, request
 from flask_limiter import RequestLimit
 from limits import RateLimitItem, parse
 from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response
 
 from connector.audit import record_audit, record_security_event
 from connector.db import db
+from connector.errors import KeygateError
 from connector.extensions import limiter
 from connector.models import AdminUser
+from connector.tokens import ADMIN_DEVICE, dumps_timed, loads_timed
 from connector.vault.crypto import keyed_hash
 
 log = logging.getLogger(__name__)
@@ -40,6 +53,10 @@ log = logging.getLogger(__name__)
 ACCOUNT_BUDGET = parse("20/hour")
 ACCOUNT_HASH = "admin-login-account"
 LOCKED = "admin.login_locked"
+DEVICE_BUDGET = parse("10/hour")
+DEVICE_COOKIE = "keygate_device"
+DEVICE_MAX_AGE = 180 * 24 * 3600
+DEVICE_HASH = "admin-login-device"
 
 
 @dataclass(frozen=True)
@@ -47,10 +64,11 @@ class Spent:
     """One sign-in's unit of a budget: refused once the budget is spent, given back when the
     sign-in succeeds."""
 
-    scope: str  # "account"
+    scope: str  # "account" or "device"
     key: str  # the counter in the limit storage
     budget: RateLimitItem
     count: int | None  # this window's count with this sign-in; None: not counted
+    device: str | None = None  # the device cookie's id, for scope "device"
 
     @property
     def refused(self) -> bool:
@@ -84,15 +102,55 @@ def _incr(key: str, expiry: int, amount: int) -> int | None:
         return None
 
 
-def _spend(scope: str, budget: RateLimitItem, identifier: str) -> Spent:
-    key = budget.key_for("admin-login", scope, identifier)
-    return Spent(scope, key, budget, _incr(key, budget.get_expiry(), 1))
+def _spend(scope: str, budget: RateLimitItem, hashed: str, device: str | None = None) -> Spent:
+    key = budget.key_for("admin-login", scope, hashed)
+    return Spent(scope, key, budget, _incr(key, budget.get_expiry(), 1), device)
 
 
-def spend_account(username: str) -> Spent:
-    """Spend a unit of the budget of the account ``username`` names (counted under a keyed
-    hash of the name, whether or not such an account exists)."""
+def spend(username: str, user: AdminUser | None) -> Spent:
+    """Spend a unit of this sign-in's budget: its device's, if the browser carries a device
+    cookie naming ``user`` (the account ``username`` names, if any), else the account's
+    (counted under a keyed hash of the name, whether or not such an account exists)."""
+    device = _device_of(user)
+    if device is not None:
+        return _spend("device", DEVICE_BUDGET, keyed_hash(DEVICE_HASH, device), device)
     return _spend("account", ACCOUNT_BUDGET, keyed_hash(ACCOUNT_HASH, username))
+
+
+def _device_of(user: AdminUser | None) -> str | None:
+    """The id of the browser's device cookie if it is authentic, unexpired and names
+    ``user`` (by id and name: a removed admin's id given to a new one is not them)."""
+    token = request.cookies.get(DEVICE_COOKIE)
+    if user is None or not token:
+        return None
+    try:
+        value = loads_timed(ADMIN_DEVICE, token, DEVICE_MAX_AGE)
+    except KeygateError:  # forged, altered or expired
+        return None
+    if (
+        isinstance(value, dict)
+        and value.get("u") == user.id
+        and value.get("n") == user.username
+        and isinstance(value.get("d"), str)
+    ):
+        device: str = value["d"]
+        return device
+    return None
+
+
+def remember_device(response: Response, user: AdminUser, spent: Spent) -> None:
+    """Give the browser ``user`` just signed in from its device cookie (the same device,
+    if it had one for them: its budget stays its own), valid for another 180 days."""
+    device = spent.device or secrets.token_urlsafe(16)
+    response.set_cookie(
+        DEVICE_COOKIE,
+        dumps_timed(ADMIN_DEVICE, {"u": user.id, "n": user.username, "d": device}),
+        max_age=DEVICE_MAX_AGE,
+        path="/admin",
+        secure=bool(current_app.config["SESSION_COOKIE_SECURE"]),
+        httponly=True,
+        samesite="Lax",
+    )
 
 
 def give_back(spent: Spent) -> None:

@@ -145,7 +145,7 @@ def _safe_next(target: str | None) -> str:
 @limiter.limit("10/minute", methods=["POST"], on_breach=sign_in.record_address_refusal)
 def login() -> ResponseReturnValue:
     """Sign in. Besides the per-address limit above, each sign-in spends its account's
-    budget before the password is checked (:mod:`connector.admin.sign_in`)."""
+    budget, or its device's, before the password is checked (:mod:`connector.admin.sign_in`)."""
     form = LoginForm()
     if request.method != "POST":
         return render_template("admin/login.html", form=form, error=None)
@@ -156,7 +156,7 @@ def login() -> ResponseReturnValue:
             select(AdminUser).where(AdminUser.username == form.username.data)
         ).scalar_one_or_none()
     # As the sign-in matches it; an empty or overlong name spends a budget too.
-    spent = sign_in.spend_account(str(request.form.get("username", ""))[:200])
+    spent = sign_in.spend(str(request.form.get("username", ""))[:200], user)
     if spent.refused:
         sign_in.record_refusal(db.session, spent, user)
         return _sign_in_refused(form, spent)
@@ -170,7 +170,9 @@ def login() -> ResponseReturnValue:
             session["admin_username"] = user.username
             session["generation"] = user.session_generation
             record_audit(db.session, store_id=None, actor=user.username, action="admin.login")
-            return redirect(_safe_next(request.args.get("next")))
+            response = redirect(_safe_next(request.args.get("next")))
+            sign_in.remember_device(response, user, spent)
+            return response
     # A wrong password, no such user, or an empty or overlong field: all alike.
     return render_template("admin/login.html", form=form, error="Wrong user or password."), 401
 
@@ -179,9 +181,10 @@ def _sign_in_refused(form: LoginForm, spent: sign_in.Spent) -> ResponseReturnVal
     """429 on the sign-in page itself: the password was not checked."""
     retry_after = spent.retry_after()
     minutes = max(1, math.ceil(retry_after / 60))
+    where = "from this browser" if spent.scope == "device" else "for this user"
     error = (
-        f"Too many failed sign-ins for this user. Try again in {minutes} minute(s); the"
-        " password was not checked."
+        f"Too many failed sign-ins {where}. Try again in {minutes} minute(s); the password"
+        " was not checked."
     )
     page = render_template("admin/login.html", form=form, error=error)
     return page, 429, {"Retry-After": str(retry_after)}

@@ -1,5 +1,6 @@
 """The owner's sign-in limits: per account whatever the address, counted before any password
-is checked, and the record a lockout leaves for the owner."""
+is checked; the record a lockout leaves for the owner; and the device cookie that lets the
+owner's own browser past a lockout strangers caused, and nobody else's."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
@@ -20,11 +22,14 @@ from connector.models import AdminUser, AuditEvent, SecurityEvent
 from connector.stores import create_store
 from connector.vault.crypto import keyed_hash
 from tests.conftest import app_overrides
+from tests.functional.test_admin_https import FORWARDED, PUBLIC, _browser_get, proxied_app
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, store_admin
 
-__all__ = ["admin_client"]  # a fixture the tests below use
+__all__ = ["admin_client", "proxied_app"]  # fixtures the tests below use
 
 ACCOUNT_LIMIT = 20  # sign-ins an hour per account that do not succeed (connector.admin)
+DEVICE_LIMIT = 10  # the same per device cookie
+DEVICE_COOKIE = "keygate_device"
 
 
 def attempt(
@@ -112,12 +117,14 @@ def test_a_sign_in_lockout_leaves_a_record_for_the_owner(
     assert (security or 0) + (audited or 0) > 0, "no record of 20 failed sign-ins and a lockout"
 
 
-def test_signing_in_often_never_uses_the_account_budget(admin_client: FlaskClient) -> None:
-    """Only sign-ins that fail count: the owner signing in more than 20 times an hour is
-    never held back, and 20 failures after that still lock the account."""
-    assert [attempt(admin_client, PASSWORD, n) for n in range(ACCOUNT_LIMIT + 5)] == [302] * (
-        ACCOUNT_LIMIT + 5
-    )
+def test_signing_in_often_never_uses_the_account_budget(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """Only sign-ins that fail count: the owner signing in more than 20 times an hour (from
+    browsers with no device cookie yet) is never held back, and 20 failures after that still
+    lock the account."""
+    signed_in = [attempt(app.test_client(), PASSWORD, n) for n in range(ACCOUNT_LIMIT + 5)]
+    assert signed_in == [302] * (ACCOUNT_LIMIT + 5)
     lock(admin_client, first=100)
     assert attempt(admin_client, PASSWORD, 200) == 429
 
@@ -223,3 +230,125 @@ def test_the_dashboard_names_a_locked_sign_in(app: Flask, admin_client: FlaskCli
     assert notice in page
     assert "/admin/audit?action=admin.login_locked" in page
     assert notice not in store_admin(app, store_id).get("/admin/").get_data(as_text=True)
+
+
+def _device_cookie(client: FlaskClient) -> str:
+    cookie = client.get_cookie(DEVICE_COOKIE, path="/admin")
+    assert cookie is not None, "no device cookie"
+    return cookie.value
+
+
+def _browser_with(app: Flask, device_cookie: str) -> FlaskClient:
+    client = app.test_client()
+    client.set_cookie(DEVICE_COOKIE, device_cookie, path="/admin")
+    return client
+
+
+def _add_admin(app: Flask, username: str) -> int:
+    with app.app_context():
+        user = AdminUser(username=username, password_hash=generate_password_hash(PASSWORD))
+        db.session.add(user)
+        db.session.commit()
+        return user.id
+
+
+def test_the_owner_signs_in_from_their_own_browser_while_strangers_locked_the_account(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """20 wrong guesses by a stranger lock the account for everyone without a device cookie,
+    the right password included; the browser the owner signed in from before still signs in."""
+    assert attempt(admin_client, PASSWORD, 0) == 302  # this browser is given its cookie
+    admin_client.post("/admin/logout", data={"csrf_token": csrf_token(admin_client, "/admin/")})
+    assert admin_client.get("/admin/").status_code == 302
+    stranger = app.test_client()
+    lock(stranger, first=1)
+    assert attempt(stranger, PASSWORD, 100) == 429  # no cookie: locked out
+    assert attempt(admin_client, PASSWORD, 101) == 302  # the owner's browser: signed in
+    assert admin_client.get("/admin/").status_code == 200
+
+
+def test_a_forged_altered_expired_or_other_users_device_cookie_is_no_way_past_a_lockout(
+    app: Flask, admin_client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only an authentic, unexpired cookie naming the user signing in counts."""
+    _add_admin(app, "ana")  # ana signs in from her own browser
+    ana = app.test_client()
+    assert attempt(ana, PASSWORD, 0, "ana") == 302
+    assert attempt(admin_client, PASSWORD, 1) == 302
+    owners = _device_cookie(admin_client)
+    with app.app_context():
+        owner_id = db.session.scalars(
+            select(AdminUser.id).where(AdminUser.username == "owner")
+        ).one()
+        secret = app.config["SECRET_KEY"]
+    claim = {"u": owner_id, "n": "owner", "d": "a-device"}
+    forged = URLSafeTimedSerializer("not-the-secret", salt="keygate.admin-device").dumps(claim)
+    other_purpose = URLSafeTimedSerializer(secret, salt="keygate.portal").dumps(claim)
+    altered = ("A" if owners[0] != "A" else "B") + owners[1:]
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: 1_000_000_000)
+    expired = URLSafeTimedSerializer(secret, salt="keygate.admin-device").dumps(claim)
+    monkeypatch.undo()
+    lock(app.test_client(), first=2)
+    for n, cookie in enumerate([forged, other_purpose, altered, expired, _device_cookie(ana)]):
+        assert attempt(_browser_with(app, cookie), PASSWORD, 100 + n) == 429, n
+    assert attempt(_browser_with(app, owners), PASSWORD, 110) == 302  # the authentic one
+
+
+def test_guesses_with_a_stolen_device_cookie_stop_at_the_devices_own_budget(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """A copy of the owner's cookie spends that device's budget (10 failures an hour), not
+    the account's; then it is refused, the right password included, and that lockout is
+    audited and shown as the browser's."""
+    assert attempt(admin_client, PASSWORD, 0) == 302
+    thief = _browser_with(app, _device_cookie(admin_client))
+    guesses = [attempt(thief, "wrong", 1 + n) for n in range(DEVICE_LIMIT)]
+    assert guesses == [401] * DEVICE_LIMIT
+    assert attempt(thief, PASSWORD, 50) == 429
+    assert _lockouts(app) == [("keygate", "owner", {"scope": "device", "failed": DEVICE_LIMIT})]
+    assert [scope for scope, *_ in _records(app)] == ["device"]
+    assert attempt(app.test_client(), PASSWORD, 51) == 302  # the account's budget is whole
+    _add_admin(app, "boss")
+    boss = app.test_client()
+    assert attempt(boss, PASSWORD, 52, "boss") == 302
+    page = boss.get("/admin/").get_data(as_text=True)
+    assert (
+        f"Sign-in for owner from one of their browsers locked after {DEVICE_LIMIT} failed"
+        " attempts in the last hour." in page
+    )
+
+
+def test_signing_in_often_from_a_device_never_uses_its_budget(admin_client: FlaskClient) -> None:
+    assert attempt(admin_client, PASSWORD, 0) == 302
+    signed_in = [attempt(admin_client, PASSWORD, 1 + n) for n in range(DEVICE_LIMIT + 3)]
+    assert signed_in == [302] * (DEVICE_LIMIT + 3)
+
+
+def test_the_device_cookie_is_http_only_lax_and_for_the_admin_only(
+    admin_client: FlaskClient,
+) -> None:
+    form = {"username": "owner", "password": PASSWORD}
+    form["csrf_token"] = csrf_token(admin_client, "/admin/login")
+    answer = admin_client.post("/admin/login", data=form)
+    (cookie,) = [c for c in answer.headers.getlist("Set-Cookie") if c.startswith(DEVICE_COOKIE)]
+    attributes = {a.strip().split("=")[0]: a.strip() for a in cookie.split(";")[1:]}
+    assert attributes["Path"] == "Path=/admin"
+    assert attributes["SameSite"] == "SameSite=Lax"
+    assert attributes["Max-Age"] == f"Max-Age={180 * 24 * 3600}"
+    assert "HttpOnly" in attributes and "Secure" not in attributes  # plain http here
+
+
+def test_the_device_cookie_is_secure_over_https(proxied_app: Flask) -> None:
+    """Behind the README's proxy (https): the cookie is only ever sent over https."""
+    client = proxied_app.test_client()
+    page, sent = _browser_get(client, "/admin/login")
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    answer = client.post(
+        "/admin/login",
+        base_url=f"http://{PUBLIC}",
+        headers={**FORWARDED, **sent},
+        data={"username": "owner", "password": PASSWORD, "csrf_token": token},
+    )
+    assert answer.status_code == 302
+    (cookie,) = [c for c in answer.headers.getlist("Set-Cookie") if c.startswith(DEVICE_COOKIE)]
+    assert "Secure" in [a.strip() for a in cookie.split(";")]
