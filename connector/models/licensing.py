@@ -38,7 +38,10 @@ class License(Base):
     """
 
     __tablename__ = "licenses"
-    __table_args__ = (UniqueConstraint("line_item_id", "product_id", "unit"),)
+    __table_args__ = (
+        UniqueConstraint("line_item_id", "product_id", "unit"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)

@@ -19,7 +19,11 @@ class Activation(Base):
     """
 
     __tablename__ = "activations"
-    __table_args__ = (UniqueConstraint("license_id", "site", "fingerprint"),)
+    # The portal's and the admin's Deactivate name a seat by id: never given to another.
+    __table_args__ = (
+        UniqueConstraint("license_id", "site", "fingerprint"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     license_id: Mapped[int] = mapped_column(ForeignKey("licenses.id"), index=True)

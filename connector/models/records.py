@@ -41,6 +41,7 @@ class Job(Base):
     """
 
     __tablename__ = "jobs"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(64), index=True)
@@ -74,6 +75,7 @@ class Mail(Base):
     """A mail Keygate sent (or will send). Recipient and body are stored encrypted."""
 
     __tablename__ = "mails"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     store_id: Mapped[int | None] = mapped_column(ForeignKey("stores.id"), index=True)

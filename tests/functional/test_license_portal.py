@@ -8,7 +8,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from connector.db import db
-from connector.models import AuditEvent
+from connector.models import Activation, AuditEvent
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.licensing_helpers import call
 
@@ -40,6 +40,36 @@ def test_portal_lists_activations_and_deactivates_one(app: Flask, shop: WebhookS
     with app.app_context():
         actions = db.session.scalars(select(AuditEvent.action)).all()
         assert "license.deactivated" in actions
+
+
+def test_a_stale_deactivate_button_never_frees_another_sites_seat(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A portal page opened before its seat was freed, its "Deactivate on site-a.com" used
+    again after the license moved to site-b.com: site-b keeps its seat. On SQLite the new
+    activation took the freed one's id (activations were not AUTOINCREMENT), and the old
+    button removed site-b's activation."""
+    shop.configure(501, activation_limit=3)
+    shop.deliver(wc_order(9703, "processing", [line_item(501)]))
+    body = shop.order(9703)
+    key = body["licenses"][0]["key"]
+    portal_path = body["portal_url"].removeprefix("http://keygate.test")
+    assert (
+        call(shop.client, "activate", {"key": key, "site": "https://site-a.com"}).status_code == 200
+    )
+    html = shop.client.get(portal_path).get_data(as_text=True)
+    action = re.search(r'action="([^"]+/deactivate)"', html)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert action and token
+    form = {"csrf_token": token.group(1)}
+    assert shop.client.post(action.group(1), data=form).status_code == 302
+    assert (
+        call(shop.client, "activate", {"key": key, "site": "https://site-b.com"}).status_code == 200
+    )
+
+    assert shop.client.post(action.group(1), data=form).status_code == 404  # the other tab's
+    with app.app_context():
+        assert db.session.scalars(select(Activation.site)).all() == ["site-b.com"]
 
 
 def test_another_orders_token_cannot_deactivate(shop: WebhookSender) -> None:

@@ -405,3 +405,42 @@ def test_0021_masks_card_numbers_kept_before(tmp_path: Path) -> None:
         ("2", "ch_3PrivCharge", "Paid by bank transfer, order 12345"),
         ("3", None, None),
     ]
+
+
+def test_0022_keeps_sqlite_ids_and_never_gives_an_activation_id_twice_after(
+    tmp_path: Path,
+) -> None:
+    """Upgrading rebuilds activations (and licenses, mails, jobs) with AUTOINCREMENT: rows
+    keep their ids, and the id of a seat freed afterwards is never given to the next one."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'keygate.db'}")
+    upgrade(engine, "0021")
+    now = "2026-11-20 12:00:00.000000"
+    rows = (
+        "INSERT INTO orders (id, store_id, shop_order_id, status, deleted, created_at,"
+        " updated_at) VALUES (1, 1, '100', 'completed', 0, :now, :now)",
+        "INSERT INTO products (id, store_id, shop_product_id, name, watermark_fallback, source,"
+        " created_at, updated_at) VALUES (1, 1, '501', 'App', 'plain', 'meta', :now, :now)",
+        "INSERT INTO line_items (id, order_id, shop_line_item_id, quantity, refunded_quantity)"
+        " VALUES (1, 1, '1', 1, 0)",
+        "INSERT INTO licenses (id, store_id, product_id, order_id, line_item_id, unit, key_hash,"
+        " key_encrypted, status, issued_at, updated_at)"
+        " VALUES (1, 1, 1, 1, 1, 1, 'h', 'k', 'active', :now, :now)",
+    )
+    activation = (
+        "INSERT INTO activations (license_id, site, fingerprint, staging, created_at, last_seen_at)"
+        " VALUES (1, :site, '', 0, :now, :now)"
+    )
+    with engine.begin() as connection:
+        connection.execute(text(STORE_ONE), {"now": now})
+        for statement in rows:
+            connection.execute(text(statement), {"now": now})
+        connection.execute(text(activation), {"site": "site-a.com", "now": now})
+    upgrade(engine)
+    with engine.begin() as connection:
+        kept = connection.execute(text("SELECT id, site FROM activations")).all()
+        assert [tuple(row) for row in kept] == [(1, "site-a.com")]
+        connection.execute(text("DELETE FROM activations"))
+        connection.execute(text(activation), {"site": "site-b.com", "now": now})
+        new_id = connection.execute(text("SELECT id FROM activations")).scalar_one()
+    engine.dispose()
+    assert new_id == 2
