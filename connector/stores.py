@@ -11,11 +11,11 @@ import string
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.errors import NotFound, ValidationFailed
+from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.licensing.keys import KeyFormat
 from connector.models import Store
 from connector.validation import is_control_character
@@ -99,17 +99,30 @@ def create_store(
 
     Raises:
         ValidationFailed: an empty name, or a URL that is not http(s).
+        Conflict: a store for this shop's URL exists (a form sent again by a reload would
+            otherwise add the shop twice, with two webhook secrets).
     """
     key_format = key_format or KeyFormat()
     name = name.strip()
     if not name:
         raise ValidationFailed("a store needs a name")
+    url = normalize_store_url(url)
+    existing = session.scalars(
+        select(Store.public_id).where(
+            func.lower(Store.url) == url.lower(), Store.deleted_at.is_(None)
+        )
+    ).first()
+    if existing is not None:
+        raise Conflict(
+            f"the shop at {url.lower()} is a store already (store_id {existing}); a second store"
+            " for it would have its own webhook secret and keys: delete that one first"
+        )
     api_token = _api_token()
     webhook_secret = random_alphanumeric(40)
     store = Store(
         public_id=secrets.token_hex(8),
         name=name[:200],
-        url=normalize_store_url(url),
+        url=url,
         webhook_secret=webhook_secret,
         api_token_hash=keyed_hash(API_TOKEN_HASH, api_token),
         key_prefix=key_format.prefix,

@@ -158,6 +158,30 @@ def test_bad_store_input_shows_the_form_again_with_why(
     assert _audit(app, "store.created") == []
 
 
+def test_a_reload_of_the_new_store_answer_adds_no_second_store(
+    app: Flask, owner: FlaskClient, tmp_path: Path
+) -> None:
+    """The page showing a new store's secrets is the form's answer: a reload sends the form
+    again. The shop's URL is a store already, so it is said, and no twin store (with its own
+    webhook secret and keys) is made; `keygate store add` refuses it the same way."""
+    token = csrf_token(owner, "/admin/stores/new")
+    form = {**NEW_STORE, "csrf_token": token}
+    assert owner.post("/admin/stores/new", data=form).status_code == 200
+    again = owner.post("/admin/stores/new", data=form)  # F5
+    assert again.status_code == 422
+    assert "is a store already" in unescape(again.get_data(as_text=True))
+    assert "api_token" not in again.get_data(as_text=True)
+    with app.app_context():
+        assert len(db.session.scalars(select(Store)).all()) == 1
+    assert keygate(tmp_path, "init").returncode == 0
+    added = ["store", "add", "--name", "Shop", "--url", "https://s.example"]
+    assert keygate(tmp_path, *added).returncode == 0
+    twice = keygate(tmp_path, *added[:-1], "https://S.example/")
+    assert twice.returncode != 0
+    assert "https://s.example is a store already" in twice.stderr
+    assert "Traceback" not in twice.stderr
+
+
 def test_too_few_random_characters_are_refused(owner: FlaskClient) -> None:
     response = _add_store(owner, key_groups="2", key_group_length="3")
     assert response.status_code == 422
