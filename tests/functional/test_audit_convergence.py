@@ -383,3 +383,25 @@ def test_a_refund_undone_by_a_late_delivery_is_read_again(
     deliver(shop, connected, 9705, Delivery("order.updated", completed))
     run_pending(app, kinds=REFRESH)
     assert live_units(app, 9705) == {1: "active", 2: "active", 3: "revoked"}
+
+
+def test_a_variation_configured_while_the_order_waits_is_what_the_paid_order_licenses(
+    shop: WebhookSender,
+) -> None:
+    """The order arrives pending while only the parent product is configured; the owner then
+    configures the variation; the order is paid. No key was issued yet, so none would change
+    under the buyer, but the line keeps the parent's match it got while waiting: the buyer
+    gets the parent's key (its policy), where the same order delivered only paid gets the
+    variation's. Which deliveries arrived before the configuration decides the product."""
+    shop.configure(500, activation_limit=1)
+    item = line_item(500, variation_id=601, line_id=11)
+    shop.deliver(wc_order(9706, "pending", [item], modified=1), "order.created")
+    shop.configure(601, activation_limit=5)
+    shop.deliver(wc_order(9706, "processing", [item], modified=2))
+    shop.deliver(wc_order(9707, "processing", [{**item, "id": 12}], modified=2), "order.created")
+    only_paid = [
+        (lic["product_id"], lic["activation_limit"]) for lic in shop.order(9707)["licenses"]
+    ]
+    assert only_paid == [("601", 5)]
+    waited = [(lic["product_id"], lic["activation_limit"]) for lic in shop.order(9706)["licenses"]]
+    assert waited == only_paid
