@@ -240,6 +240,10 @@ def _line_match(
     product it matched): the buyer's key must not change under them. A line that names no
     product any more (WooCommerce reports product_id 0 once the product is deleted from the
     shop) keeps its match too: the buyer still bought it.
+
+    Only a line that issued something (a license, a renewal) has a key to keep: one that
+    waited (pending, on-hold) or matched nothing is matched again, as the same order
+    delivered only now would be.
     """
     if item.product_id is None and item.variation_id is None:
         return line.product_id, line.matched_shop_product_id
@@ -247,10 +251,19 @@ def _line_match(
         item.product_id,
         item.variation_id,
     )
-    if same_product and line.product_id is not None:
+    if same_product and line.product_id is not None and _has_issued(session, line):
         return line.product_id, line.matched_shop_product_id
     product, matched = _configured_product(session, store, item, renewal)
     return (product.id if product is not None else None), matched
+
+
+def _has_issued(session: Session, line: LineItem) -> bool:
+    """The line has a license or a renewal (whatever its state now): a key the buyer had."""
+    if line.id is None:
+        return False
+    licensed = select(License.id).where(License.line_item_id == line.id).exists()
+    renewed = select(LicenseRenewal.id).where(LicenseRenewal.line_item_id == line.id).exists()
+    return bool(session.scalar(select(or_(licensed, renewed))))
 
 
 def _refund_ids(shop_order: ShopOrder) -> str:
