@@ -113,6 +113,16 @@ def enqueue(
     session.info["keygate_jobs_added"] = True
 
 
+def release_dedupe_key(session: Session, payload: dict[str, Any]) -> None:
+    """For a handler whose job answers a question as of when it runs (a read of the shop):
+    its ``dedupe_key`` is freed, so that the same question asked from now on queues a job
+    again, while a job still queued answers every ask of it once. Other jobs keep their key
+    for good (a slot, a marker: once ever). In the handler's transaction."""
+    job_id = payload.get(JOB_ID)
+    if isinstance(job_id, int):
+        session.execute(update(Job).where(Job.id == job_id).values(dedupe_key=None))
+
+
 @event.listens_for(Session, "after_commit")
 def _wake_worker_after_commit(session: Session) -> None:
     # Dispatch only after commit: a job must never run against data that may roll back.

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import db, utcnow
-from connector.jobs import RetryLater, enqueue, handles
+from connector.jobs import RetryLater, enqueue, handles, release_dedupe_key
 from connector.models import Order, Store
 from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
@@ -210,9 +210,11 @@ def enqueue_refresh(session: Session, store: Store, shop_order_id: str, reason: 
     """Ask for a REST re-read of an order: its delivery lists refunds not read yet, or it
     is a live payload of an order Keygate has as deleted (``restore@<date>``).
 
-    ``reason`` makes each question asked once: for refunds (:attr:`ApplyResult.unread_refunds`)
-    it names both the refunds listed and those last read, so even a refund set that comes
-    back to one read before (a refund deleted) is asked about.
+    ``reason`` makes each question asked once while a read of it is queued (the read, when
+    it runs, frees it: see :func:`refresh_order_job`): for refunds
+    (:attr:`ApplyResult.unread_refunds`) it names both the refunds listed and those last
+    read, so even a refund set that comes back to one read before (a refund deleted) is
+    asked about.
     """
     enqueue(
         session,
@@ -295,7 +297,10 @@ def refresh_order_job(payload: dict[str, Any]) -> None:
     if client is None:
         if payload.get("refunds", True):
             _refund_left_unapplied(session, store, str(payload["shop_order_id"]), NO_KEY)
-        return
+        return  # asked once per question, as ever: the owner is told once
+    # What this read answers is the order as it is from now on: a delivery that asks
+    # again later (a refund listed again after a delivery undid it) gets a read of its own.
+    release_dedupe_key(session, payload)
     try:
         refresh_order(session, store, client, str(payload["shop_order_id"]))
     except ShopUnavailable as exc:

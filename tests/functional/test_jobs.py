@@ -76,6 +76,30 @@ def test_dedupe_key_makes_a_second_enqueue_a_no_op(app: Flask) -> None:
     assert [c["n"] for c in CALLS] == [1]
 
 
+def test_a_job_that_released_its_dedupe_key_is_queued_again_once_it_ran(app: Flask) -> None:
+    """A question answered as of when the job runs (a read of the shop): asked again while
+    the job is queued, it is the same job; asked after the job ran, it is another. A job
+    that keeps its key is queued once ever."""
+    ran: list[tuple[str, int]] = []
+
+    def reads(payload: dict[str, Any]) -> None:
+        ran.append(("reads", payload["n"]))
+        jobs.release_dedupe_key(db.session, payload)
+
+    jobs.HANDLERS.update({"test.reads": reads, "test.once": lambda p: ran.append(("once", p["n"]))})
+    try:
+        for n, then_run in ((1, True), (2, False), (3, True)):
+            with app.app_context(), transaction() as session:
+                jobs.enqueue(session, "test.reads", {"n": n}, dedupe_key="asked")
+                jobs.enqueue(session, "test.once", {"n": n}, dedupe_key="once")
+            if then_run:
+                jobs.run_pending(app)
+    finally:
+        for kind in ("test.reads", "test.once"):
+            jobs.HANDLERS.pop(kind)
+    assert ran == [("reads", 1), ("once", 1), ("reads", 2)]
+
+
 def test_failures_retry_with_backoff_then_die(app: Flask) -> None:
     with app.app_context(), transaction() as session:
         jobs.enqueue(session, "test.flaky", {})
