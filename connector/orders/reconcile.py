@@ -206,9 +206,12 @@ def refresh_order(
     return apply_shop_order(session, store, read_shop_order(client, raw), reread=True).outcome
 
 
-def enqueue_refresh(session: Session, store: Store, shop_order_id: str, reason: str) -> None:
-    """Ask for a REST re-read of an order: its delivery lists refunds not read yet, or it
-    is a live payload of an order Keygate has as deleted (``restore@<date>``).
+def enqueue_refresh(
+    session: Session, store: Store, shop_order_id: str, reason: str, *, refunds: bool = True
+) -> None:
+    """Ask for a REST re-read of an order: its delivery lists refunds not read yet
+    (``refunds``: a store without a REST key tells the owner they are not applied), or may
+    not be the order as it is now (:attr:`ApplyResult.unconfirmed`).
 
     ``reason`` makes each question asked once while a read of it is queued (the read, when
     it runs, frees it: see :func:`refresh_order_job`): for refunds
@@ -222,7 +225,7 @@ def enqueue_refresh(session: Session, store: Store, shop_order_id: str, reason: 
         {
             "store_id": store.id,
             "shop_order_id": shop_order_id,
-            "refunds": not reason.startswith("restore@"),
+            "refunds": refunds,
         },
         dedupe_key=f"{REFRESH_JOB}:{store.id}:{shop_order_id}:{_digest(reason)}",
     )

@@ -76,9 +76,12 @@ class ApplyResult:
     # The delivery lists refunds whose lines were not read from the shop yet: "<listed ids>|
     # <ids last read>", for the caller to ask for a read (once per such difference).
     unread_refunds: str | None = None
-    # A live payload of an order Keygate has as deleted, without the shop's word that it was
-    # restored: a read of the order now settles it (the caller asks for one).
-    restore_unconfirmed: bool = False
+    # The delivery may not be the order as it is now, and a read of the order settles it
+    # (the caller asks for one, when the store has a WooCommerce REST key): the question,
+    # "restore@<date>" (a live payload of an order Keygate has as deleted, without the
+    # shop's word that it was restored) or "delete@<date applied>" (a deletion of an order
+    # Keygate has as live: it carries no date, and may have been sent before a restore).
+    unconfirmed: str | None = None
 
 
 def hash_license_key(canonical_key: str) -> str:
@@ -126,6 +129,10 @@ def _is_stale(order: Order, shop_order: ShopOrder, reread: bool, restored: bool)
     # Same second (WooCommerce dates have one-second resolution): which came first is
     # unknown, so the more decided state stands.
     return _decisiveness(shop_order.status) < _decisiveness(order.status)
+
+
+def _iso(date: dt.datetime | None) -> str:
+    return date.isoformat() if date is not None else ""
 
 
 def _decisiveness(status: str) -> int:
@@ -717,9 +724,15 @@ def apply_shop_order(
     hold_live_store(session, store)
     order = _lock_order(session, store, shop_order.id, shop_order.status)
     if _is_stale(order, shop_order, reread, restored):
-        unconfirmed = order.deleted and not shop_order.deleted
-        return ApplyResult(outcome="stale", order_id=order.id, restore_unconfirmed=unconfirmed)
+        stale = ApplyResult(outcome="stale", order_id=order.id)
+        if order.deleted and not shop_order.deleted:
+            stale.unconfirmed = f"restore@{_iso(shop_order.date_modified)}"
+        return stale
     result = ApplyResult(outcome="applied", order_id=order.id)
+    if shop_order.deleted and not order.deleted and not reread:
+        # Applied at once: a real deletion (a fraudulent order trashed) revokes now, whatever
+        # becomes of the read; a deletion sent before a restore is undone by the read.
+        result.unconfirmed = f"delete@{_iso(order.shop_modified_at)}"
     was_revoked, had_address = order.revoked_at is not None, order.mail_address is not None
     contacts.remember_pushed_address(order)  # before the delivery may correct the address
     _copy_order_fields(order, shop_order)

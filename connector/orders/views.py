@@ -18,6 +18,7 @@ from connector.models.records import BAD_SIGNATURE
 from connector.orders.reconcile import enqueue_refresh
 from connector.orders.service import apply_shop_order
 from connector.stores import find_store
+from connector.vault.service import has_credentials
 from plugin.shop import PayloadError
 from plugin.woocommerce import webhooks as wc
 
@@ -105,12 +106,11 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
     if result.unread_refunds is not None:
         # Payloads list refunds without their lines: re-read /refunds in a job, answer now.
         enqueue_refresh(db.session, store, shop_order.id, result.unread_refunds)
-    elif result.restore_unconfirmed and shop_order.date_modified is not None:
-        # A live order Keygate has as deleted: restored, or an old update delivered late?
-        # A read of the order now tells (when the store has a REST key).
-        enqueue_refresh(
-            db.session, store, shop_order.id, f"restore@{shop_order.date_modified.isoformat()}"
-        )
+    elif result.unconfirmed is not None and has_credentials(db.session, store, "woocommerce"):
+        # Restored, or an old update delivered late? Trashed, or a deletion sent before a
+        # restore? A read of the order now tells (a store without a REST key cannot ask:
+        # the delivery's word stands).
+        enqueue_refresh(db.session, store, shop_order.id, result.unconfirmed, refunds=False)
     delivery = _record(store, body, result.outcome)
     delivery.resource_id = shop_order.id
     return jsonify({"ok": True, "outcome": result.outcome})

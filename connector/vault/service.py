@@ -114,6 +114,11 @@ def _row(session: Session, store: Store, kind: str) -> Credential | None:
     ).scalar_one_or_none()
 
 
+def has_credentials(session: Session, store: Store, kind: str) -> bool:
+    """Whether credentials of ``kind`` are stored for ``store`` (none are decrypted)."""
+    return _row(session, store, check_kind(kind)) is not None
+
+
 def credentials_for(session: Session, store: Store, kind: str) -> ConcealedDict | None:
     """The decrypted credentials of ``kind`` for ``store``, or None when none are stored.
 
