@@ -111,12 +111,19 @@ def _lock_order(session: Session, store: Store, shop_order_id: str, status: str)
     ).scalar_one()
 
 
-def _is_stale(order: Order, shop_order: ShopOrder, reread: bool, restored: bool) -> bool:
+def _is_stale(
+    order: Order, shop_order: ShopOrder, reread: bool, restored: bool, readable: bool
+) -> bool:
     if order.deleted and not shop_order.deleted:
         # A deletion carries no date of its own: only the shop's word that the order was
         # restored (order.restored) or a read of it now brings it back. A plain update may
-        # be one sent before the trash and delivered after it.
-        return not (reread or restored)
+        # be one sent before the trash and delivered after it; and so may a restore dated
+        # before a change applied (a refund): where the order can be read, the read decides.
+        if reread:
+            return False
+        if not restored:
+            return True
+        return readable and _older_than_applied(order, shop_order)
     if order.shop_modified_at is None:
         return False
     if shop_order.date_modified is None:
@@ -129,6 +136,11 @@ def _is_stale(order: Order, shop_order: ShopOrder, reread: bool, restored: bool)
     # Same second (WooCommerce dates have one-second resolution): which came first is
     # unknown, so the more decided state stands.
     return _decisiveness(shop_order.status) < _decisiveness(order.status)
+
+
+def _older_than_applied(order: Order, shop_order: ShopOrder) -> bool:
+    applied, modified = order.shop_modified_at, shop_order.date_modified
+    return applied is not None and modified is not None and modified < applied
 
 
 def _iso(date: dt.datetime | None) -> str:
@@ -176,9 +188,10 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
     if shop_order.deleted:
         order.deleted = True
         # A deletion has no shop date: the last one applied stays (an order never seen
-        # before takes ours). What brings the order back is the shop's word, not a date
-        # (see _is_stale).
-        order.shop_modified_at = order.shop_modified_at or utcnow()
+        # before has none: Keygate's clock is no shop date). What brings the order back is
+        # the shop's word, not a date (see _is_stale).
+        if shop_order.date_modified is not None:  # read over REST: trashed at that date
+            order.shop_modified_at = shop_order.date_modified
         return
     order.deleted = False
     order.number = shop_order.number
@@ -703,6 +716,7 @@ def apply_shop_order(
     *,
     reread: bool = False,
     restored: bool = False,
+    readable: bool = False,
 ) -> ApplyResult:
     """Make Keygate's records of an order match the state the shop reports.
 
@@ -716,14 +730,17 @@ def apply_shop_order(
             by a webhook: its refunds carry their lines, and a live order restores a
             deleted one whatever its date.
         restored: delivered as ``order.restored``: the shop took the order out of the
-            trash, so it restores a deleted one.
+            trash, so it restores a deleted one (unless ``readable`` and dated before a
+            change applied: it may be older than the deletion, the read decides).
+        readable: the caller can read the order from the shop (the store has a REST key)
+            when the result is :attr:`ApplyResult.unconfirmed`.
 
     Raises:
         StoreDeleted: the store was deleted meanwhile (a job's re-read).
     """
     hold_live_store(session, store)
     order = _lock_order(session, store, shop_order.id, shop_order.status)
-    if _is_stale(order, shop_order, reread, restored):
+    if _is_stale(order, shop_order, reread, restored, readable):
         stale = ApplyResult(outcome="stale", order_id=order.id)
         if order.deleted and not shop_order.deleted:
             stale.unconfirmed = f"restore@{_iso(shop_order.date_modified)}"

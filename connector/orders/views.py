@@ -102,11 +102,14 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
         db.session.commit()
         raise InvalidInput(f"The order payload is not valid: {exc}") from None
 
-    result = apply_shop_order(db.session, store, shop_order, restored=topic == "order.restored")
+    readable = has_credentials(db.session, store, "woocommerce")
+    result = apply_shop_order(
+        db.session, store, shop_order, restored=topic == "order.restored", readable=readable
+    )
     if result.unread_refunds is not None:
         # Payloads list refunds without their lines: re-read /refunds in a job, answer now.
         enqueue_refresh(db.session, store, shop_order.id, result.unread_refunds)
-    elif result.unconfirmed is not None and has_credentials(db.session, store, "woocommerce"):
+    elif result.unconfirmed is not None and readable:
         # Restored, or an old update delivered late? Trashed, or a deletion sent before a
         # restore? A read of the order now tells (a store without a REST key cannot ask:
         # the delivery's word stands).

@@ -343,6 +343,29 @@ def test_a_restore_delivered_after_a_later_refund_gives_the_refunded_order_its_k
     assert all(d["revoked"] for d in body["downloads"])
 
 
+def test_a_restore_dated_before_a_change_applied_waits_for_the_read(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """As above, delivered before the worker reads the order: the restore, dated before the
+    refund applied, does not give the keys back meanwhile (nor mail the buyer that they
+    work again); the read the deletion asked for settles the order."""
+    lines = {1: Line(501, 2)}
+    paid = State("processing", copy.deepcopy(lines), modified=10)
+    restored = State("processing", copy.deepcopy(lines), modified=20)
+    refunded = State("refunded", copy.deepcopy(lines), refunds=[Refund(903, 1, 2)], modified=30)
+    put_in_shop(connected, 9708, refunded)
+    deliver(shop, connected, 9708, Delivery("order.updated", paid))
+    deliver(shop, connected, 9708, Delivery("order.updated", refunded))
+    run_pending(app, kinds=REFRESH)
+    for delivery in (Delivery("order.deleted", paid), Delivery("order.restored", restored)):
+        deliver(shop, connected, 9708, delivery)
+    assert live_units(app, 9708) == {1: "revoked", 2: "revoked"}
+    run_pending(app, kinds=REFRESH)
+    body = shop.order(9708)
+    assert (body["order"]["status"], body["order"]["deleted"]) == ("refunded", False)
+    assert live_units(app, 9708) == {1: "revoked", 2: "revoked"}
+
+
 def test_a_same_second_update_with_other_content_converges_on_the_shops_order(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
