@@ -51,6 +51,9 @@ class Order(Base):
     date_paid: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     # The shop's date_modified_gmt of the newest payload applied; older payloads change nothing.
     shop_modified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # What the newest payload applied says of the order (status, address, lines, refunds
+    # listed), hashed: a payload of the same second that says otherwise asks for a read.
+    shop_digest: Mapped[str | None] = mapped_column(String(64), default=None)
     # The refund ids (sorted, comma separated) whose line quantities were last read from the
     # shop: a delivery listing other refunds needs another read before they count.
     refund_ids_read: Mapped[str | None] = mapped_column(Text, default=None)

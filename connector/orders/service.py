@@ -21,6 +21,8 @@ again.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, and_, or_, select, true, update
@@ -79,8 +81,9 @@ class ApplyResult:
     # The delivery may not be the order as it is now, and a read of the order settles it
     # (the caller asks for one, when the store has a WooCommerce REST key): the question,
     # "restore@<date>" (a live payload of an order Keygate has as deleted, without the
-    # shop's word that it was restored) or "delete@<date applied>" (a deletion of an order
-    # Keygate has as live: it carries no date, and may have been sent before a restore).
+    # shop's word that it was restored), "delete@<date applied>" (a deletion of an order
+    # Keygate has as live: it carries no date, and may have been sent before a restore) or
+    # "same-second@<date>" (a payload of the second applied that says otherwise).
     unconfirmed: str | None = None
 
 
@@ -143,6 +146,40 @@ def _older_than_applied(order: Order, shop_order: ShopOrder) -> bool:
     return applied is not None and modified is not None and modified < applied
 
 
+def _content_digest(shop_order: ShopOrder) -> str:
+    """What a live payload says of the order, as a webhook and a read of the same state
+    both say it (refunds by id: a webhook does not list their lines)."""
+    content = {
+        "status": shop_order.status,
+        "email": shop_order.email,
+        "subscription": renewals.subscription_of(shop_order.meta),
+        "lines": sorted(
+            [
+                item.id,
+                item.product_id,
+                item.variation_id,
+                item.quantity,
+                str(item.meta.get(renewals.RENEW_META) or ""),
+            ]
+            for item in shop_order.line_items
+        ),
+        "refunds": _refund_ids(shop_order),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _same_second_other_content(order: Order, shop_order: ShopOrder, reread: bool) -> bool:
+    """A delivery of the second already applied that says otherwise: which of the two the
+    shop has now is unknown (dates have one-second resolution); a read tells."""
+    return (
+        not reread
+        and not shop_order.deleted
+        and shop_order.date_modified is not None
+        and shop_order.date_modified == order.shop_modified_at
+        and _content_digest(shop_order) != order.shop_digest
+    )
+
+
 def _iso(date: dt.datetime | None) -> str:
     return date.isoformat() if date is not None else ""
 
@@ -194,6 +231,7 @@ def _copy_order_fields(order: Order, shop_order: ShopOrder) -> None:
             order.shop_modified_at = shop_order.date_modified
         return
     order.deleted = False
+    order.shop_digest = _content_digest(shop_order)
     order.number = shop_order.number
     if not order.is_erased:
         _copy_personal_fields(order, shop_order)
@@ -740,16 +778,22 @@ def apply_shop_order(
     """
     hold_live_store(session, store)
     order = _lock_order(session, store, shop_order.id, shop_order.status)
+    tie = _same_second_other_content(order, shop_order, reread)
     if _is_stale(order, shop_order, reread, restored, readable):
         stale = ApplyResult(outcome="stale", order_id=order.id)
         if order.deleted and not shop_order.deleted:
             stale.unconfirmed = f"restore@{_iso(shop_order.date_modified)}"
+        elif tie:
+            stale.unconfirmed = f"same-second@{_iso(shop_order.date_modified)}"
         return stale
     result = ApplyResult(outcome="applied", order_id=order.id)
     if shop_order.deleted and not order.deleted and not reread:
         # Applied at once: a real deletion (a fraudulent order trashed) revokes now, whatever
         # becomes of the read; a deletion sent before a restore is undone by the read.
         result.unconfirmed = f"delete@{_iso(order.shop_modified_at)}"
+    elif tie:
+        # Applied as the tie rule says (_is_stale); the read puts the shop's order in place.
+        result.unconfirmed = f"same-second@{_iso(shop_order.date_modified)}"
     was_revoked, had_address = order.revoked_at is not None, order.mail_address is not None
     contacts.remember_pushed_address(order)  # before the delivery may correct the address
     _copy_order_fields(order, shop_order)

@@ -111,8 +111,8 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
         enqueue_refresh(db.session, store, shop_order.id, result.unread_refunds)
     elif result.unconfirmed is not None and readable:
         # Restored, or an old update delivered late? Trashed, or a deletion sent before a
-        # restore? A read of the order now tells (a store without a REST key cannot ask:
-        # the delivery's word stands).
+        # restore? Which of two payloads of one second is the order now? A read of the order
+        # tells (a store without a REST key cannot ask: the delivery's word stands).
         enqueue_refresh(db.session, store, shop_order.id, result.unconfirmed, refunds=False)
     delivery = _record(store, body, result.outcome)
     delivery.resource_id = shop_order.id
