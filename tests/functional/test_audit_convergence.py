@@ -34,6 +34,9 @@ __all__ = ["fake_shop"]  # a fixture, used by name
 CONFIGURED = (501, 502)  # 501: one file; 502: two files
 UNCONFIGURED = 503
 REFRESH = {REFRESH_JOB}
+# Seeds of the shuffle harness: a few, and every one that found a bug (13, 14, 17, 18, 20,
+# 26 of the first 30), so that the run stays short.
+CASES = (0, 1, 2, 3, 13, 14, 17, 18, 20, 26)
 
 
 @pytest.fixture
@@ -258,11 +261,11 @@ def converge(
 def test_shuffled_and_repeated_deliveries_converge_on_the_final_state(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
-    """30 seeded histories, each delivered shuffled with duplicates: every order ends as the
+    """Seeded histories, each delivered shuffled with duplicates: every order ends as the
     same order delivered only its final state."""
     refund_ids = itertools.count(800)
     failures = []
-    for case in range(30):
+    for case in CASES:
         rng = random.Random(case)  # noqa: S311 - a reproducible shuffle, not a secret
         history = build_history(rng, refund_ids)
         final = history[-1]
