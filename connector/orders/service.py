@@ -76,7 +76,8 @@ class ApplyResult:
     renewed_licenses: list[int] = field(default_factory=list)
     reverted_renewals: list[int] = field(default_factory=list)
     # The delivery lists refunds whose lines were not read from the shop yet: "<listed ids>|
-    # <ids last read>", for the caller to ask for a read (once per such difference).
+    # <ids last read>", for the caller to ask for a read (one per such difference while
+    # it waits: see enqueue_refresh).
     unread_refunds: str | None = None
     # The delivery may not be the order as it is now, and a read of the order settles it
     # (the caller asks for one, when the store has a WooCommerce REST key): the question,
