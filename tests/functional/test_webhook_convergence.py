@@ -1,4 +1,4 @@
-"""Audit: shop webhooks delivered late, out of order and more than once converge on the
+"""Shop webhooks delivered late, out of order and more than once converge on the
 order's true state (DESIGN.md, "Shop webhooks").
 
 Each case builds a short seeded history of one order in a connected shop (pending, paid,

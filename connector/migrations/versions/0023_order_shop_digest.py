@@ -3,16 +3,16 @@ payload of the same second that says otherwise is settled by reading the order.
 
 Orders applied before have none: their next same-second payload asks for one read.
 
-Revision ID: 0022
-Revises: 0021
+Revision ID: 0023
+Revises: 0022
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0022'
-down_revision = '0021'
+revision = '0023'
+down_revision = '0022'
 branch_labels = None
 depends_on = None
 
