@@ -36,10 +36,12 @@ def meta_flag(value: Any) -> bool:
 
 
 # Digits as staff type a card number into a note or a manual reference: groups of digits
-# joined by single spaces or dashes, not part of a word (a crypto transaction hash has
-# letters around its digits). A card number is 13 to 19 of them in a row of groups.
-_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z])\d+(?:[ -]\d+)*(?![0-9A-Za-z])")
-_SEPARATOR = re.compile(r"([ -])")
+# joined by spaces (no-break ones too, pasted from a page), or by a dash, dot or slash with
+# spaces around it or not; not part of a word (a crypto transaction hash has letters around
+# its digits). A card number is 13 to 19 of them in a row of groups.
+_JOIN = r"(?:[ \t\u00a0]*[./-][ \t\u00a0]*|[ \t\u00a0]+)"
+_DIGIT_RUN = re.compile(rf"(?<![0-9A-Za-z])\d+(?:{_JOIN}\d+)*(?![0-9A-Za-z])")
+_SEPARATOR = re.compile(rf"({_JOIN})")
 CARD_DIGITS = range(13, 20)
 
 
