@@ -186,8 +186,12 @@ def _check_values(values: dict[str, Any]) -> None:
         if name in values and values[name] < least:
             raise ConfigError(f"KEYGATE_{name.upper()} must be at least {least}")
     if "brevo_api_host" in values:
-        host = urlsplit(str(values["brevo_api_host"]))
-        if host.scheme not in ("http", "https") or not host.hostname:
+        try:
+            host = urlsplit(str(values["brevo_api_host"]))
+            host.port  # noqa: B018 - raises for a port that is no number or past 65535
+        except ValueError:  # an unclosed [ of an IPv6 host, a port out of range
+            host = None
+        if host is None or host.scheme not in ("http", "https") or not host.hostname:
             raise ConfigError("KEYGATE_BREVO_API_HOST must be an http(s) URL")
     for name in ("ratelimit_license_per_key", "ratelimit_license_per_ip"):
         if name in values:

@@ -73,6 +73,8 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_MAX_BODY_BYTES": "0"}, "KEYGATE_MAX_BODY_BYTES must be at least 1024"),
         ({"KEYGATE_BREVO_API_HOST": "notaurl"}, "KEYGATE_BREVO_API_HOST must be an http"),
         ({"KEYGATE_BREVO_API_HOST": "ftp://brevo.example"}, "KEYGATE_BREVO_API_HOST"),
+        ({"KEYGATE_BREVO_API_HOST": "http://[::1"}, "KEYGATE_BREVO_API_HOST"),
+        ({"KEYGATE_BREVO_API_HOST": "https://api.brevo.com:99999/v3"}, "KEYGATE_BREVO_API_HOST"),
         (
             {"KEYGATE_RETENTION_UNLICENSED_ORDER_DAYS": "0"},
             "KEYGATE_RETENTION_UNLICENSED_ORDER_DAYS must be at least 1",
