@@ -31,18 +31,42 @@ class Backup:
 
 def back_up(settings: Settings, destination: Path) -> Backup:
     """Copy the instance of ``settings`` into ``destination`` (made, readable by this user
-    only; it must not hold anything yet, nor be inside the instance folder).
+    only; it must not hold anything yet, nor lie inside the instance or its file storage).
+    Files the storage links to are copied as files. A copy that fails leaves no folder
+    behind (the next try would refuse it as not empty).
 
     Raises:
         click.ClickException: the destination is inside the instance, or exists and is not
-            empty, or a copy failed.
+            empty, or a copy failed (a link to a file that is gone, a full disk).
     """
     destination = destination.resolve()
-    if destination.is_relative_to(settings.instance_dir.resolve()):
+    inside = (settings.instance_dir.resolve(), settings.storage_dir.resolve())
+    if any(destination.is_relative_to(folder) for folder in inside):
         raise click.ClickException(f"{destination}: choose a folder outside the instance folder")
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise click.ClickException(f"{destination} is not an empty folder: choose a new one")
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        return _copy_instance(settings, destination)
+    except (OSError, shutil.Error) as exc:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise click.ClickException(f"nothing backed up: {_why(exc)}") from None
+    except click.ClickException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+
+
+def _why(exc: OSError | shutil.Error) -> str:
+    """What went wrong in a line: copytree gathers (source, target, why) for each file."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        failed = exc.args[0]
+        source, _target, reason = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return f"cannot copy {source}: {reason}{more}"
+    return f"cannot copy {exc.filename or 'a file'}: {exc.strerror or exc}"
+
+
+def _copy_instance(settings: Settings, destination: Path) -> Backup:
     done = Backup()
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and url.database:

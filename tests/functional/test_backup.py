@@ -105,3 +105,28 @@ def test_keygate_backup_copies_a_fresh_instance(tmp_path: Path) -> None:
     assert "not in the folder" not in result.stdout
     names = sorted(path.name for path in (tmp_path / "copy").iterdir())
     assert names == ["files", "keygate.db", "master.key", "secret.key"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_file_that_cannot_be_copied_is_said_and_leaves_no_half_backup(
+    app: Flask, tmp_path: Path
+) -> None:
+    """The owner moved a big file to another disk and left a link; the disk is gone. The
+    backup stops with a line naming the file (not a traceback) and leaves no half-made
+    folder, which a second try would refuse; with the link gone it is taken. A link to a
+    file that is there is copied as the file."""
+    settings = app.extensions["keygate.settings"]
+    (settings.storage_dir / "books").mkdir(parents=True)
+    elsewhere = tmp_path / "other-disk"
+    elsewhere.mkdir()
+    (elsewhere / "manual.pdf").write_bytes(b"%PDF-1.4 manual")
+    (settings.storage_dir / "books" / "manual.pdf").symlink_to(elsewhere / "manual.pdf")
+    gone = settings.storage_dir / "books" / "video.mp4"
+    gone.symlink_to(tmp_path / "unmounted" / "video.mp4")
+    with pytest.raises(click.ClickException, match=r"nothing backed up: cannot copy .*video\.mp4"):
+        back_up(settings, tmp_path / "backup")
+    assert not (tmp_path / "backup").exists()
+    gone.unlink()
+    back_up(settings, tmp_path / "backup")
+    copied = tmp_path / "backup" / "files" / "books" / "manual.pdf"
+    assert not copied.is_symlink() and copied.read_bytes() == b"%PDF-1.4 manual"
