@@ -444,3 +444,36 @@ def test_0022_keeps_sqlite_ids_and_never_gives_an_activation_id_twice_after(
         new_id = connection.execute(text("SELECT id FROM activations")).scalar_one()
     engine.dispose()
     assert new_id == 2
+
+
+def test_0024_gives_ready_copies_their_retries_back(
+    app: Flask, shop: WebhookSender, database_url: str
+) -> None:
+    """A ready copy stamped several times before counted each stamp; after 0024 it has failed
+    none since it was made. A failed copy keeps its count."""
+    from connector.jobs import run_pending
+    from tests.functional.test_downloads import _pdf_files, make_pdf, paid_order
+
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    paid_order(shop, 9103, _pdf_files())
+    paid_order(shop, 9104, _pdf_files())
+    run_pending(app)
+    engine = make_engine(database_url)
+    try:
+        downgrade(engine, "0023")
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE watermark_copies SET attempts = 3"))
+            connection.execute(
+                text(
+                    "UPDATE watermark_copies SET status = 'failed' WHERE id ="
+                    " (SELECT max(id) FROM watermark_copies)"
+                )
+            )
+        upgrade(engine)
+        with engine.connect() as connection:
+            counts = connection.execute(
+                text("SELECT status, attempts FROM watermark_copies ORDER BY id")
+            ).all()
+        assert [tuple(row) for row in counts] == [("ready", 0), ("failed", 3)]
+    finally:
+        engine.dispose()
