@@ -13,8 +13,9 @@ in carries a signed device cookie naming the user (HttpOnly, SameSite=Lax, Secur
 path /admin, 180 days, renewed by each sign-in). Its sign-ins as that user spend the device's
 own budget (10 an hour that do not succeed) instead of the account's, and the account's
 lockout does not refuse them: 20 guesses by a stranger at the default name ``admin`` do not
-lock the owner out of their own browser. A cookie that is forged, altered, expired or names
-another user (or a removed one) is no cookie; a stolen one gives 10 guesses an hour.
+lock the owner out of their own browser. A cookie that is forged, altered, expired, names
+another user (or a removed one) or was given before the user's password changed is no
+cookie; a stolen one gives 10 guesses an hour.
 
 A refusal leaves a security record (``rate_limited``, scope ``ip``, ``account`` or
 ``device``; at most one a minute per address and scope: ``record_security_event``), and the
@@ -57,6 +58,7 @@ DEVICE_BUDGET = parse("10/hour")
 DEVICE_COOKIE = "keygate_device"
 DEVICE_MAX_AGE = 180 * 24 * 3600
 DEVICE_HASH = "admin-login-device"
+DEVICE_PASSWORD_HASH = "admin-device-password"  # noqa: S105 - a keyed-hash purpose
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,19 @@ def _device_of(user: AdminUser | None) -> str | None:
         isinstance(value, dict)
         and value.get("u") == user.id
         and value.get("n") == user.username
+        and value.get("p") == _password_mark(user)
         and isinstance(value.get("d"), str)
     ):
         device: str = value["d"]
         return device
     return None
+
+
+def _password_mark(user: AdminUser) -> str:
+    """Which password the device signed in with (a keyed hash of its hash, cut short): a
+    new password (`keygate admin password`, the password page) ends every device's way past
+    the account's lockout, as it ends every session."""
+    return keyed_hash(DEVICE_PASSWORD_HASH, user.password_hash)[:16]
 
 
 def remember_device(response: Response, user: AdminUser, spent: Spent) -> None:
@@ -144,7 +154,10 @@ def remember_device(response: Response, user: AdminUser, spent: Spent) -> None:
     device = spent.device or secrets.token_urlsafe(16)
     response.set_cookie(
         DEVICE_COOKIE,
-        dumps_timed(ADMIN_DEVICE, {"u": user.id, "n": user.username, "d": device}),
+        dumps_timed(
+            ADMIN_DEVICE,
+            {"u": user.id, "n": user.username, "p": _password_mark(user), "d": device},
+        ),
         max_age=DEVICE_MAX_AGE,
         path="/admin",
         secure=bool(current_app.config["SESSION_COOKIE_SECURE"]),

@@ -294,6 +294,22 @@ def test_a_forged_altered_expired_or_other_users_device_cookie_is_no_way_past_a_
     assert attempt(_browser_with(app, owners), PASSWORD, 110) == 302  # the authentic one
 
 
+def test_a_new_password_ends_every_devices_way_past_a_lockout(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """A device cookie given before the password changed (the owner suspects someone knows
+    it, or `keygate admin password` after a loss) no longer gets past the account's lockout;
+    signing in again gives the browser a cookie for the new password."""
+    assert attempt(admin_client, PASSWORD, 0) == 302
+    before = _device_cookie(admin_client)
+    with app.app_context():
+        owner = db.session.scalars(select(AdminUser).where(AdminUser.username == "owner")).one()
+        owner.set_password(PASSWORD)  # the same words: a new hash all the same
+        db.session.commit()
+    lock(app.test_client(), first=1)
+    assert attempt(_browser_with(app, before), PASSWORD, 100) == 429
+
+
 def test_guesses_with_a_stolen_device_cookie_stop_at_the_devices_own_budget(
     app: Flask, admin_client: FlaskClient
 ) -> None:
