@@ -161,3 +161,25 @@ def test_an_erased_customers_export_lists_their_erasure(app: Flask, shop: Webhoo
     audit = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["audit"]
     assert [entry["action"] for entry in audit] == ["order.fulfilled", "customer.erased"]
     assert EMAIL not in str(audit)
+
+
+def test_the_export_names_no_admin_of_the_store(app: Flask, shop: WebhookSender) -> None:
+    """An admin's action on the customer's order is exported as an admin's, without the
+    name they sign in with (half of their credentials)."""
+    shop.configure(501)
+    shop.deliver(wc_order(9712, "completed", [line_item(501)], email=EMAIL))
+    with app.app_context():
+        record_audit(
+            db.session,
+            store_id=shop.store.store.id,
+            actor="admin:owner-jane",
+            action="license.suspend",
+            subject="order:9712",
+        )
+        db.session.commit()
+    audit = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["audit"]
+    assert [(entry["actor"], entry["action"]) for entry in audit] == [
+        ("shop", "order.fulfilled"),
+        ("admin", "license.suspend"),
+    ]
+    assert "owner-jane" not in str(audit)
