@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -27,20 +29,27 @@ PUBLIC = "keygate.example"
 FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
 
 
-@pytest.fixture
-def proxied_app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
-    """Keygate as the README deploys it: an https public address, behind one proxy."""
+@contextmanager
+def owner_app(tmp_path: Path, database_url: str, **overrides: Any) -> Iterator[Flask]:
+    """Keygate with these settings and one admin, ``owner`` (password PASSWORD)."""
     (tmp_path / "instance" / "files").mkdir(parents=True)
-    application = create_app(
-        app_overrides(tmp_path, database_url, base_url=f"https://{PUBLIC}", proxy_hops=1)
-    )
+    application = create_app(app_overrides(tmp_path, database_url, **overrides))
     application.config["TESTING"] = True
     with application.app_context():
         db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
         db.session.commit()
-    yield application
-    stop_worker_thread(application)
-    application.extensions["keygate.db"].engine.dispose()
+    try:
+        yield application
+    finally:
+        stop_worker_thread(application)
+        application.extensions["keygate.db"].engine.dispose()
+
+
+@pytest.fixture
+def proxied_app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
+    """Keygate as the README deploys it: an https public address, behind one proxy."""
+    with owner_app(tmp_path, database_url, base_url=f"https://{PUBLIC}", proxy_hops=1) as app:
+        yield app
 
 
 def _form_token(page: str) -> str:

@@ -15,14 +15,17 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
-from connector import create_app
 from connector.db import db
-from connector.jobs import stop_worker_thread
 from connector.models import AdminUser, AuditEvent, SecurityEvent
 from connector.stores import create_store
 from connector.vault.crypto import keyed_hash
-from tests.conftest import app_overrides
-from tests.functional.test_admin_https import FORWARDED, PUBLIC, _browser_get, proxied_app
+from tests.functional.test_admin_https import (
+    FORWARDED,
+    PUBLIC,
+    _browser_get,
+    owner_app,
+    proxied_app,
+)
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, store_admin
 
 __all__ = ["admin_client", "proxied_app"]  # fixtures the tests below use
@@ -132,17 +135,8 @@ def test_signing_in_often_never_uses_the_account_budget(
 @pytest.fixture
 def app_without_redis(tmp_path: Path, database_url: str) -> Iterator[Flask]:
     """Keygate told to keep its limits in a Redis that does not answer (nothing listens)."""
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    application = create_app(
-        app_overrides(tmp_path, database_url, ratelimit_storage_uri="redis://127.0.0.1:1/0")
-    )
-    application.config["TESTING"] = True
-    with application.app_context():
-        db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
-        db.session.commit()
-    yield application
-    stop_worker_thread(application)
-    application.extensions["keygate.db"].engine.dispose()
+    with owner_app(tmp_path, database_url, ratelimit_storage_uri="redis://127.0.0.1:1/0") as app:
+        yield app
 
 
 def test_the_account_limit_holds_in_memory_while_the_limit_storage_is_down(

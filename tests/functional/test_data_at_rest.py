@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,12 @@ from connector.models import AuditEvent, SecurityEvent
 from connector.privacy.service import purge_expired_records
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import get, link_path, make_pdf
-from tests.functional.test_license_security import _limited_shop, apps_with
+from tests.functional.test_license_security import _limited_shop, limited_app
 from tests.functional.test_no_plaintext_secrets import dump_database
 from tests.functional.test_portal import csrf
 from tests.licensing_helpers import call
+
+__all__ = ["limited_app"]  # a fixture the tests below use
 
 EMAIL = "greta.buyer@example.org"
 # What identifies the buyer in the rows of one of their orders.
@@ -91,17 +92,6 @@ def personal_data_in(database: str) -> list[str]:
             if needle.lower() in row.lower()
         }
     )
-
-
-@pytest.fixture
-def limited_app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
-    with apps_with(
-        tmp_path,
-        database_url,
-        ratelimit_license_per_key="3/minute",
-        ratelimit_license_per_ip="5/minute",
-    ) as (application,):
-        yield application
 
 
 # --- the whole flow: what the promises allow, and nothing else ---------------------------
