@@ -13,7 +13,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from flask import Flask, Response, g, jsonify, render_template, request
+from flask import Flask, Response, g, jsonify, render_template, request, url_for
+from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -191,13 +192,49 @@ def problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> t
     return response, status
 
 
-def _page(status: int, title: str, detail: str) -> tuple[str, int]:
+def _page(status: int, title: str, detail: str, **context: Any) -> tuple[str, int]:
+    """An error page; ``back`` (a URL) and ``back_label`` in ``context`` add a link back."""
     try:
-        return render_template(f"errors/{status}.html", title=title, detail=detail), status
+        page = render_template(f"errors/{status}.html", title=title, detail=detail, **context)
     except Exception:  # a missing template must not turn a 404 into a 500
-        return render_template(
-            "errors/generic.html", status=status, title=title, detail=detail
-        ), status
+        page = render_template(
+            "errors/generic.html", status=status, title=title, detail=detail, **context
+        )
+    return page, status
+
+
+def portal_page() -> str | None:
+    """The buyer's order page a ``/my/<token>/...`` request came from, built from the token
+    the route matched (never from the Referer): the page its forms live on, the expired
+    page's included. None off the portal's routes."""
+    token = (request.view_args or {}).get("token")
+    if not request.path.startswith("/my/") or not isinstance(token, str):
+        return None
+    return url_for("portal.portal", token=token)
+
+
+def stale_form_page() -> tuple[str, int, dict[str, str]]:
+    """A form refused by its CSRF check, said in words: on the buyer's pages, the way back
+    to the order page; elsewhere, reload and try again. Admin pages answer their own
+    (:func:`connector.admin.views.stale_form`)."""
+    back = portal_page()
+    if back is not None:
+        page = _page(
+            400,
+            "Please try again",
+            "This page was open too long or your browser did not keep its cookie. Go back"
+            " to your order page and try again.",
+            back=back,
+            back_label="Back to your order page",
+        )
+        return (*page, {"X-Robots-Tag": "noindex"})
+    page = _page(
+        400,
+        "Please try again",
+        "This form was open too long or your browser did not keep its cookie. Reload the"
+        " page and try again.",
+    )
+    return (*page, {})
 
 
 def rollback_request() -> None:
@@ -234,6 +271,12 @@ def register_error_handlers(app: Flask) -> None:
         else:
             answer = _page(status, title, detail)
         return (*answer, _http_headers(exc))
+
+    @app.errorhandler(CSRFError)
+    def handle_csrf_error(exc: CSRFError) -> Any:
+        if wants_json():
+            return handle_http_exception(exc)
+        return stale_form_page()
 
     @app.errorhandler(DBAPIError)
     @app.errorhandler(Disconnected)

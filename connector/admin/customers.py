@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Blueprint, abort, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError
 
 from connector import get_settings
 from connector.admin.forms import ConfirmForm
@@ -24,6 +25,7 @@ from connector.admin.views import (
     _visible_store,
     login_required,
     signed_in_admin,
+    stale_form,
 )
 from connector.db import db, utcnow
 from connector.downloads.leaks import identify_leaked_copy
@@ -34,6 +36,7 @@ from connector.privacy.service import erase_customer, export_customer, known_cus
 from connector.validation import customer_email, row_id
 
 bp = Blueprint("admin_customers", __name__, url_prefix="/admin")
+bp.register_error_handler(CSRFError, stale_form)  # see connector.admin.views
 
 LEAK_LOOKUP = "admin_customers.leak_lookup"
 

@@ -13,9 +13,17 @@ from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError
 
 from connector.admin.forms import ConfirmForm
-from connector.admin.views import PAGE, _admin_name, _scope, _visible_license, login_required
+from connector.admin.views import (
+    PAGE,
+    _admin_name,
+    _scope,
+    _visible_license,
+    login_required,
+    stale_form,
+)
 from connector.db import db
 from connector.downloads.log import clicks, link_states
 from connector.errors import KeygateError, ValidationFailed
@@ -34,6 +42,7 @@ from connector.models import License
 from connector.validation import row_id, whole_number
 
 bp = Blueprint("admin_licenses", __name__, url_prefix="/admin")
+bp.register_error_handler(CSRFError, stale_form)  # see connector.admin.views
 
 MAX_KEY_LENGTH = 200  # far longer than any key format; a longer text is no key
 DONE = {

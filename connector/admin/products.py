@@ -20,6 +20,7 @@ from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 from werkzeug.datastructures import MultiDict
@@ -57,9 +58,11 @@ from .views import (
     _visible_store,
     _visible_stores,
     login_required,
+    stale_form,
 )
 
 bp = Blueprint("admin_products", __name__, url_prefix="/admin")
+bp.register_error_handler(CSRFError, stale_form)  # see connector.admin.views
 
 # Labels and help of the policy fields, in the contract's order (POLICY_FIELDS).
 POLICY_LABELS: dict[str, tuple[str, str]] = {

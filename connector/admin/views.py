@@ -22,6 +22,7 @@ from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     g,
     make_response,
     redirect,
@@ -31,7 +32,10 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from flask_wtf.csrf import CSRFError
 from sqlalchemy import func, or_, select
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RoutingException
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from connector.audit import record_audit
@@ -139,6 +143,46 @@ def _safe_next(target: str | None) -> str:
     ):
         return target
     return url_for("admin_views.dashboard")
+
+
+def _form_page(path: str) -> str:
+    """The admin page a form posted to ``path`` lives on: the path itself if it is a page
+    (a GET route), else its nearest parent that is (``/admin/licenses/5/revoke`` is posted
+    from ``/admin/licenses/5``); the dashboard for none. Same-site paths only."""
+    adapter = current_app.create_url_adapter(request)
+    candidate = path.rstrip("/") or "/"
+    while adapter is not None and candidate.startswith("/admin"):
+        try:
+            adapter.match(candidate, method="GET")
+        except (HTTPException, RoutingException):
+            candidate = candidate.rsplit("/", 1)[0]
+            continue
+        return _safe_next(candidate)
+    return url_for("admin_views.dashboard")
+
+
+def stale_form(_exc: CSRFError) -> ResponseReturnValue:
+    """A form refused by its CSRF check. The sign-in form: shown again, to be sent again.
+    Signed out meanwhile (in another tab, or the session ended): to the sign-in, and back to
+    the form's page after it. Still signed in (a form left open across a sign-out and back
+    in): say so, and lead back to the page."""
+    if request.endpoint == "admin_views.login":  # the sign-in form, posted to where it was
+        error = "This sign-in page was open too long. Please sign in again."
+        return render_template("admin/login.html", form=LoginForm(), error=error), 400
+    if signed_in_admin() is None:
+        return redirect(url_for("admin_views.login", next=_form_page(request.path)))
+    page = render_template(
+        "errors/generic.html",
+        status=400,
+        title="This form was open too long",
+        detail="This form was open too long; reload the page and try again.",
+        back=_form_page(request.path),
+        back_label="Back to the page",
+    )
+    return page, 400
+
+
+bp.register_error_handler(CSRFError, stale_form)
 
 
 @bp.route("/login", methods=["GET", "POST"])

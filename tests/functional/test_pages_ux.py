@@ -1,0 +1,158 @@
+"""The admin and buyer pages as a person meets them in a browser (found by clicking through
+them in Chromium): a form left open too long, a dropped cookie, a limit reached, a refused
+form, a button on a stale page."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from connector.db import db
+from connector.models import License
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
+
+__all__ = ["admin_client"]
+
+BASE = "http://keygate.test"
+
+
+def _csrf(html: str) -> str:
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert token, html
+    return token.group(1)
+
+
+def _portal(shop: WebhookSender, order_id: int) -> tuple[str, str]:
+    """A paid order's portal path and its first license key."""
+    shop.configure(501, activation_limit=3)
+    shop.deliver(wc_order(order_id, "processing", [line_item(501)]))
+    body = shop.order(order_id)
+    return body["portal_url"].removeprefix(BASE), body["licenses"][0]["key"]
+
+
+def _license_id(app: Flask) -> int:
+    with app.app_context():
+        return db.session.scalars(select(License.id)).one()
+
+
+def test_a_form_sent_after_signing_out_in_another_tab_leads_to_the_sign_in(
+    admin_client: FlaskClient,
+) -> None:
+    """Signed out in one tab, a form still open in another is sent: the admin is asked to
+    sign in again, and comes back to the form's page, not shown "Bad Request: The CSRF
+    tokens do not match"."""
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, "/admin/password")
+    assert admin_client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    csrf_token(admin_client, "/admin/login")  # the sign-in page the other tab now shows
+
+    answer = admin_client.post(
+        "/admin/password",
+        data={"csrf_token": token, "current": PASSWORD, "new": "x" * 12, "repeat": "x" * 12},
+    )
+
+    assert "CSRF" not in answer.get_data(as_text=True)
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == "/admin/login?next=/admin/password"
+    login = _csrf(admin_client.get("/admin/login").get_data(as_text=True))
+    signed_in = admin_client.post(
+        "/admin/login?next=/admin/password",
+        data={"username": "owner", "password": PASSWORD, "csrf_token": login},
+    )
+    assert signed_in.headers["Location"] == "/admin/password"
+
+
+def test_a_button_sent_after_signing_out_comes_back_to_its_page_after_the_sign_in(
+    app: Flask, shop: WebhookSender, admin_client: FlaskClient
+) -> None:
+    """A button posts to an address that is no page (``.../revoke``): the sign-in leads
+    back to the page the button was on."""
+    _portal(shop, 9960)
+    license_id = _license_id(app)
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, f"/admin/licenses/{license_id}")
+    admin_client.post("/admin/logout", data={"csrf_token": token})
+    csrf_token(admin_client, "/admin/login")
+
+    answer = admin_client.post(f"/admin/licenses/{license_id}/revoke", data={"csrf_token": token})
+
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == f"/admin/login?next=/admin/licenses/{license_id}"
+
+
+def test_a_stale_form_of_a_signed_in_admin_says_to_reload(admin_client: FlaskClient) -> None:
+    """Signed out and back in while a form stayed open: its token is stale, the admin is
+    signed in. The page says to reload and leads back to the form's page."""
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, "/admin/password")
+    admin_client.post("/admin/logout", data={"csrf_token": token})
+    assert sign_in(admin_client) == 302
+
+    answer = admin_client.post("/admin/password", data={"csrf_token": token, "current": "x"})
+
+    assert answer.status_code == 400
+    html = answer.get_data(as_text=True)
+    assert "CSRF" not in html and "Bad Request" not in html
+    assert "reload the page and try again" in html
+    assert 'href="/admin/password"' in html
+
+
+def test_a_sign_in_form_left_open_is_shown_again(admin_client: FlaskClient) -> None:
+    """The sign-in page itself, its cookie gone: shown again with a word on why, the name
+    as typed, and still leading where it was to lead once sent again."""
+    token = csrf_token(admin_client, "/admin/login")
+    admin_client.delete_cookie("session")
+    typed = {"username": "owner", "password": PASSWORD}
+
+    answer = admin_client.post(
+        "/admin/login?next=/admin/orders", data={**typed, "csrf_token": token}
+    )
+
+    assert answer.status_code == 400
+    html = answer.get_data(as_text=True)
+    assert "CSRF" not in html and "open too long" in html
+    assert 'value="owner"' in html and PASSWORD not in html
+    again = admin_client.post(
+        "/admin/login?next=/admin/orders", data={**typed, "csrf_token": _csrf(html)}
+    )
+    assert again.headers["Location"] == "/admin/orders"
+
+
+def test_a_buyer_whose_browser_dropped_its_cookie_is_told_what_to_do(
+    shop: WebhookSender,
+) -> None:
+    """A phone's browser drops the session cookie of a page left open (the app closed and
+    the tab restored): "Email me my keys and links again" then says to reload the order
+    page and leads back to it, not "Bad Request: The CSRF session token is missing"."""
+    portal, _ = _portal(shop, 9951)
+    token = _csrf(shop.client.get(portal).get_data(as_text=True))
+    shop.client.delete_cookie("session")
+
+    answer = shop.client.post(portal + "/resend", data={"csrf_token": token})
+
+    assert answer.status_code == 400
+    html = answer.get_data(as_text=True)
+    assert "CSRF" not in html and "Bad Request" not in html
+    assert "did not keep its cookie" in html
+    assert f'href="{portal}"' in html
+
+
+def test_the_expired_pages_button_without_its_cookie_leads_back_to_that_page(
+    shop: WebhookSender,
+) -> None:
+    """ "Email me a fresh link" on the expired page, and the deactivate button, sent
+    without the cookie (or with a wrong token) lead back to the page they were on, whatever
+    the Referer says."""
+    portal, _ = _portal(shop, 9952)
+    for path in (f"{portal}/renew", f"{portal}/activations/1/deactivate"):
+        answer = shop.client.post(
+            path, data={"csrf_token": "stale"}, headers={"Referer": "https://evil.example/"}
+        )
+        assert answer.status_code == 400
+        html = answer.get_data(as_text=True)
+        assert f'href="{portal}"' in html
+        assert "evil.example" not in html
