@@ -10,10 +10,13 @@ is 503 with ``Retry-After``: the request can be sent again.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from flask import Flask, Response, g, jsonify, render_template, request, url_for
+from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
@@ -119,6 +122,44 @@ DATABASE_RETRY_AFTER = 5
 UNMATCHED_ROUTE = "<no matching route>"
 
 
+def wait_in_words(seconds: int) -> str:
+    """How long until ``Retry-After`` (seconds) has passed, as a person says it: "about a
+    minute", "about 40 minutes", "about an hour", "about 3 hours". Rounded up, never down:
+    the page must not invite a try that would be refused again."""
+    minutes = max(1, math.ceil(seconds / 60))
+    if minutes == 1:
+        return "about a minute"
+    if minutes == 60:
+        return "about an hour"
+    if minutes < 120:
+        return f"about {minutes} minutes"
+    hours = math.ceil(minutes / 60)
+    if hours < 48:
+        return f"about {hours} hours"
+    return f"about {math.ceil(hours / 24)} days"
+
+
+def _seconds(retry_after: str | None) -> int | None:
+    """A ``Retry-After`` in seconds (Keygate and Flask-Limiter send seconds), or None."""
+    try:
+        return max(0, int(retry_after)) if retry_after is not None else None
+    except ValueError:
+        return None
+
+
+def _limit_reset_in() -> int | None:
+    """Seconds until the Flask-Limiter limit this request breached refills (the
+    ``Retry-After`` it adds to the answer after the error handler), or None."""
+    from connector.extensions import limiter
+
+    try:
+        current = limiter.current_limit
+        return None if current is None else max(1, int(current.reset_at - time.time()))
+    except Exception:  # its storage unreachable: the page says "later" instead
+        log.warning("rate-limit storage unreachable on a 429 page", exc_info=True)
+        return None
+
+
 def route_for_log() -> str:
     """The request's route pattern (``/my/<token>``) for log lines, never its path.
 
@@ -213,6 +254,21 @@ def portal_page() -> str | None:
     return url_for("portal.portal", token=token)
 
 
+def _too_many_page(
+    status: int, title: str, detail: str, retry_after: int | None, headers: dict[str, str]
+) -> tuple[str, int, dict[str, str]]:
+    """A 429 page: when to try again in words matching ``Retry-After``, and on the buyer's
+    pages the way back to the order page (its keys and links still work)."""
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    context: dict[str, Any] = {
+        "wait": None if retry_after is None else wait_in_words(retry_after),
+        "back": portal_page(),
+        "back_label": "Back to your order page",
+    }
+    return (*_page(status, title, detail, **context), headers)
+
+
 def stale_form_page() -> tuple[str, int, dict[str, str]]:
     """A form refused by its CSRF check, said in words: on the buyer's pages, the way back
     to the order page; elsewhere, reload and try again. Admin pages answer their own
@@ -254,6 +310,10 @@ def register_error_handlers(app: Flask) -> None:
         answer: tuple[Response | str, int]
         if wants_json():
             answer = problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
+        elif exc.status == 429:
+            headers = _keygate_headers(exc)
+            wait = _seconds(headers.get("Retry-After"))
+            return _too_many_page(exc.status, exc.title, exc.detail, wait, headers)
         else:
             answer = _page(exc.status, exc.title, exc.detail)
         return (*answer, _keygate_headers(exc))
@@ -268,6 +328,18 @@ def register_error_handlers(app: Flask) -> None:
         answer: tuple[Response | str, int]
         if wants_json():
             answer = problem(status, title.lower().replace(" ", "-"), title, detail)
+        elif status == 429:  # not the limiter's "3 per 1 hour"
+            headers = _http_headers(exc)
+            wait = _seconds(headers.get("Retry-After"))
+            if wait is None and isinstance(exc, RateLimitExceeded):
+                wait = _limit_reset_in()
+            return _too_many_page(
+                429,
+                "Too many tries",
+                "This was asked for too often in a short while.",
+                wait,
+                headers,
+            )
         else:
             answer = _page(status, title, detail)
         return (*answer, _http_headers(exc))

@@ -12,7 +12,6 @@ made them (``Cache-Control: no-store``), never kept in the session or shown agai
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Callable
 from functools import cache, wraps
@@ -41,7 +40,13 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from connector.audit import record_audit
 from connector.db import db
 from connector.downloads.storage import own_area, storage_in_use
-from connector.errors import KeygateError, NotFound, ServiceUnavailable, ValidationFailed
+from connector.errors import (
+    KeygateError,
+    NotFound,
+    ServiceUnavailable,
+    ValidationFailed,
+    wait_in_words,
+)
 from connector.extensions import limiter
 from connector.jobs import stats as job_stats
 from connector.jobs import store_jobs, store_of
@@ -224,11 +229,10 @@ def login() -> ResponseReturnValue:
 def _sign_in_refused(form: LoginForm, spent: sign_in.Spent) -> ResponseReturnValue:
     """429 on the sign-in page itself: the password was not checked."""
     retry_after = spent.retry_after()
-    minutes = max(1, math.ceil(retry_after / 60))
     where = "from this browser" if spent.scope == "device" else "for this user"
     error = (
-        f"Too many failed sign-ins {where}. Try again in {minutes} minute(s); the password"
-        " was not checked."
+        f"Too many failed sign-ins {where}. You can try again in {wait_in_words(retry_after)};"
+        " the password was not checked."
     )
     page = render_template("admin/login.html", form=form, error=error)
     return page, 429, {"Retry-After": str(retry_after)}

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from connector.db import db
+from connector.errors import wait_in_words
 from connector.models import License
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
@@ -156,3 +158,61 @@ def test_the_expired_pages_button_without_its_cookie_leads_back_to_that_page(
         html = answer.get_data(as_text=True)
         assert f'href="{portal}"' in html
         assert "evil.example" not in html
+
+
+def test_the_resend_limit_page_says_how_long_and_leads_back_to_the_order(
+    shop: WebhookSender,
+) -> None:
+    """The fourth "mail me again" in an hour: the buyer reads when to try again in words
+    matching Retry-After (not the limiter's "3 per 1 hour" followed by "wait a moment") and
+    finds the way back to the order page, whose keys and links still work."""
+    portal, _ = _portal(shop, 9953)
+    token = _csrf(shop.client.get(portal).get_data(as_text=True))
+    for _ in range(3):
+        assert shop.client.post(portal + "/resend", data={"csrf_token": token}).status_code == 302
+
+    answer = shop.client.post(portal + "/resend", data={"csrf_token": token})
+
+    assert answer.status_code == 429
+    html = answer.get_data(as_text=True)
+    assert "per 1 hour" not in html and "a moment" not in html
+    assert f"You can ask again in {wait_in_words(int(answer.headers['Retry-After']))}." in html
+    assert f'href="{portal}"' in html
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (1, "about a minute"),
+        (60, "about a minute"),
+        (61, "about 2 minutes"),
+        (2400, "about 40 minutes"),
+        (3599, "about an hour"),
+        (3600, "about an hour"),
+        (5000, "about 84 minutes"),
+        (7200, "about 2 hours"),
+        (3 * 3600, "about 3 hours"),
+        (3 * 86400, "about 3 days"),
+    ],
+)
+def test_a_wait_is_said_in_words_never_shorter_than_it_is(seconds: int, words: str) -> None:
+    assert wait_in_words(seconds) == words
+
+
+def test_the_sign_in_limit_says_how_long_in_the_same_words(admin_client: FlaskClient) -> None:
+    """The sign-in's own 429 (an account's budget spent) and the per-address limit say
+    when to try again in the words the portal uses, matching Retry-After."""
+    for _ in range(10):
+        assert sign_in(admin_client, "wrong") == 401
+    answer = admin_client.post(
+        "/admin/login",
+        data={
+            "username": "owner",
+            "password": "x",
+            "csrf_token": csrf_token(admin_client, "/admin/login"),
+        },
+    )
+    assert answer.status_code == 429
+    html = answer.get_data(as_text=True)
+    assert f"try again in {wait_in_words(int(answer.headers['Retry-After']))}" in html
+    assert "minute(s)" not in html and "per 1 minute" not in html
