@@ -73,8 +73,8 @@ def test_an_expired_license_reads_expired_on_the_portal_and_in_mail(
         db.session.commit()
     portal = body["portal_url"].removeprefix(BASE)
     html = shop.client.get(portal).get_data(as_text=True)
-    assert "<td>expired</td>" in html
-    assert "<td>active</td>" not in html
+    assert '<td data-label="Status">expired</td>' in html
+    assert '<td data-label="Status">active</td>' not in html
     assert shop.client.post(portal + "/resend", data={"csrf_token": _csrf(html)}).status_code == 302
     text = _last_mail(app)
     assert "expired on" in text

@@ -16,6 +16,7 @@ from connector.errors import wait_in_words
 from connector.models import License
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
+from tests.licensing_helpers import call
 
 __all__ = ["admin_client"]
 
@@ -216,3 +217,28 @@ def test_the_sign_in_limit_says_how_long_in_the_same_words(admin_client: FlaskCl
     html = answer.get_data(as_text=True)
     assert f"try again in {wait_in_words(int(answer.headers['Retry-After']))}" in html
     assert "minute(s)" not in html and "per 1 minute" not in html
+
+
+def test_the_order_page_fits_a_phone(shop: WebhookSender) -> None:
+    """At 375px the order page's tables become one card per row (each cell on its own
+    line, named), inside a box that scrolls sideways rather than the page; a key breaks
+    inside its box. Checked in Chromium at 375px: nothing wider than the screen."""
+    portal, key = _portal(shop, 9954)
+    assert (
+        call(shop.client, "activate", {"key": key, "site": "https://site-a.com"}).status_code == 200
+    )
+
+    html = shop.client.get(portal).get_data(as_text=True)
+
+    assert f'<code class="key">{key}</code>' in html
+    assert html.count('<div class="table-wrap"><table class="stack">') == 3  # keys, seats, files
+    assert '<td data-label="Site">' not in html  # every long cell may break
+    assert 'data-label="Since"' in html and 'data-label="Downloads left"' in html
+    css = re.search(r"<style>(.*?)</style>", html, re.S)
+    assert css
+    rules = re.sub(r"\s+", " ", css.group(1))
+    assert ".table-wrap { overflow-x: auto;" in rules
+    assert "code.key { overflow-wrap: anywhere; }" in rules
+    assert (
+        "@media (max-width: 30rem)" in rules and "table.stack tr.head { display: none; }" in rules
+    )
