@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from connector.db import db
 from connector.errors import wait_in_words
-from connector.models import License
+from connector.models import License, Order
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.licensing_helpers import call
@@ -242,3 +242,34 @@ def test_the_order_page_fits_a_phone(shop: WebhookSender) -> None:
     assert (
         "@media (max-width: 30rem)" in rules and "table.stack tr.head { display: none; }" in rules
     )
+
+
+def test_a_paused_license_can_be_revoked_from_its_page(
+    app: Flask, shop: WebhookSender, admin_client: FlaskClient
+) -> None:
+    """The API revokes a suspended key; the license page (and the order page) offered only
+    "Reinstate", so an owner had to open the key again (links and checks working
+    meanwhile) to revoke it. A revoked key offers no Revoke."""
+    _, key = _portal(shop, 9955)
+    assert shop.admin("POST", f"/licenses/{key}/suspend").status_code == 200
+    license_id = _license_id(app)
+    assert sign_in(admin_client) == 302
+    page = f"/admin/licenses/{license_id}"
+    with app.app_context():
+        order_page = f"/admin/orders/{db.session.scalars(select(Order.id)).one()}"
+
+    html = admin_client.get(page).get_data(as_text=True)
+    assert 'value="revoke"' in html and 'value="reinstate"' in html
+    assert 'value="suspend"' not in html
+    order_html = admin_client.get(order_page).get_data(as_text=True)
+    assert f"/admin/licenses/{license_id}/revoke" in order_html
+    assert f"/admin/licenses/{license_id}/suspend" not in order_html
+
+    answer = admin_client.post(
+        f"{page}/change", data={"csrf_token": _csrf(html), "action": "revoke"}
+    )
+    assert answer.status_code in (302, 303), answer.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(License, license_id).status == "revoked"  # type: ignore[union-attr]
+    revoked = admin_client.get(page).get_data(as_text=True)
+    assert 'value="revoke"' not in revoked and 'value="reinstate"' in revoked
