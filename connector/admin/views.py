@@ -769,6 +769,8 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
     form = ConfirmForm()
     error = None
     saved = None
+    # A refused form's fields as typed, secrets left out (never echoed into a page).
+    typed: dict[str, dict[str, str]] = {}
     if request.method == "POST":
         kind = request.form.get("kind", "")
         if not form.validate_on_submit() or kind not in FIELDS:
@@ -789,6 +791,11 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
         except KeygateError as exc:
             db.session.rollback()
             error = exc.detail
+            typed[kind] = {
+                name: str(request.form.get(name) or "").strip()
+                for name, spec in FIELDS[kind].items()
+                if not spec.secret
+            }
     current = {
         kind: masked(kind, credentials_for(db.session, store, kind) or {}) for kind in FIELDS
     }
@@ -801,4 +808,5 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
         form=form,
         error=error,
         saved=saved,
+        typed=typed,
     ), (422 if error else 200)

@@ -273,3 +273,30 @@ def test_a_paused_license_can_be_revoked_from_its_page(
         assert db.session.get(License, license_id).status == "revoked"  # type: ignore[union-attr]
     revoked = admin_client.get(page).get_data(as_text=True)
     assert 'value="revoke"' not in revoked and 'value="reinstate"' in revoked
+
+
+def test_a_refused_credentials_form_shows_what_was_typed(
+    shop: WebhookSender, admin_client: FlaskClient
+) -> None:
+    """A Brevo form refused for one field (a sender address without @) comes back with
+    the other fields as typed, not silently reset to the stored values: the owner would
+    otherwise retype them, or save the old ones believing they are the new. A secret typed
+    is never echoed into the page."""
+    assert sign_in(admin_client) == 302
+    path = f"/admin/stores/{shop.store.store.id}/credentials"
+    stored = {"api_key": "xkeysib-old", "sender_email": "old@shop.example", "sender_name": "Old"}
+    token = csrf_token(admin_client, path)
+    saved = admin_client.post(path, data={"csrf_token": token, "kind": "brevo", **stored})
+    assert saved.status_code == 200, saved.get_data(as_text=True)
+
+    typed = {"sender_email": "new-shop.example", "sender_name": "New name", "list_id": "12"}
+    answer = admin_client.post(
+        path, data={"csrf_token": token, "kind": "brevo", "api_key": "xkeysib-new", **typed}
+    )
+
+    assert answer.status_code == 422
+    html = answer.get_data(as_text=True)
+    for value in typed.values():
+        assert f'value="{value}"' in html
+    assert "xkeysib-new" not in html and 'value="old@shop.example"' not in html
+    assert admin_client.get(path).get_data(as_text=True).count('value="old@shop.example"') == 1
