@@ -20,6 +20,7 @@ from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from connector.db import Disconnected
 
@@ -118,6 +119,9 @@ class ServiceUnavailable(KeygateError):
     retry_after = 30
 
 
+NOTHING_HERE = (
+    "There is nothing at this address: it may be incomplete, or what was here was removed."
+)
 DATABASE_RETRY_AFTER = 5
 UNMATCHED_ROUTE = "<no matching route>"
 
@@ -244,6 +248,13 @@ def _page(status: int, title: str, detail: str, **context: Any) -> tuple[str, in
     return page, status
 
 
+def error_page(
+    status: int, title: str, detail: str, *, back: str | None = None, back_label: str = ""
+) -> tuple[str, int]:
+    """An error page a view answers itself, with a link back when ``back`` is given."""
+    return _page(status, title, detail, back=back, back_label=back_label)
+
+
 def portal_page() -> str | None:
     """The buyer's order page a ``/my/<token>/...`` request came from, built from the token
     the route matched (never from the Referer): the page its forms live on, the expired
@@ -328,6 +339,9 @@ def register_error_handlers(app: Flask) -> None:
         answer: tuple[Response | str, int]
         if wants_json():
             answer = problem(status, title.lower().replace(" ", "-"), title, detail)
+        elif status == 404 and detail == WerkzeugNotFound.description:
+            # Not werkzeug's "If you entered the URL manually…" to a person.
+            answer = _page(404, "Not found", NOTHING_HERE)
         elif status == 429:  # not the limiter's "3 per 1 hour"
             headers = _http_headers(exc)
             wait = _seconds(headers.get("Retry-After"))

@@ -546,7 +546,7 @@ def _visible_store(store_id: int | None) -> Store:
     """The store, if the signed-in admin may see it; else 404 (no such id included)."""
     store = db.session.get(Store, store_id) if store_id is not None else None
     if store is None or store.deleted_at is not None or not _visible(store.id):
-        abort(404)
+        abort(404, "There is no such store: it may have been deleted.")
     return store
 
 

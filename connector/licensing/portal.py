@@ -14,11 +14,12 @@ from sqlalchemy import or_, select
 from connector.admin.forms import ConfirmForm
 from connector.audit import record_audit
 from connector.db import db
+from connector.errors import error_page
 from connector.extensions import limiter
 from connector.licensing.service import remove_activation
 from connector.models import Activation, License
 from connector.orders.renewals import own_renewed_query
-from connector.portal.views import expired_page, order_for
+from connector.portal.views import PRIVATE, expired_page, order_for
 from connector.tokens import LinkExpired
 
 bp = Blueprint("licensing_portal", __name__)
@@ -59,7 +60,16 @@ def deactivate(token: str, activation_id: int) -> ResponseReturnValue:
         )
     ).scalar_one_or_none()
     if lic is None or not remove_activation(db.session, lic, activation_id):
-        abort(404)
+        # A page open from before: freed already (in another tab, by the site or the owner).
+        page = error_page(
+            404,
+            "This activation was already removed",
+            "This activation was already removed: its seat is free. Your order page shows"
+            " where your licenses are activated now.",
+            back=url_for("portal.portal", token=token),
+            back_label="Back to your order page",
+        )
+        return (*page, PRIVATE)
     record_audit(
         db.session,
         store_id=order.store_id,

@@ -22,6 +22,9 @@ from connector.tokens import LinkExpired, order_id_from_portal_token
 
 bp = Blueprint("portal", __name__)
 PRIVATE = {"X-Robots-Tag": "noindex", "Cache-Control": "private, no-store"}
+NO_ORDER = (
+    "There is no order page at this address: the link is incomplete, or the order was removed."
+)
 
 
 def order_for(token: str) -> Order:
@@ -29,7 +32,7 @@ def order_for(token: str) -> Order:
     page, :func:`expired_page`) for a token past its days."""
     order = db.session.get(Order, order_id_from_portal_token(token))
     if order is None:
-        abort(404)
+        abort(404, NO_ORDER)
     return order
 
 
@@ -81,7 +84,7 @@ def renew(token: str) -> ResponseReturnValue:
     """Mail a fresh portal link (with the order's keys and links) to the order's address."""
     order = db.session.get(Order, order_id_from_portal_token(token, expired_too=True))
     if order is None:
-        abort(404)
+        abort(404, NO_ORDER)
     if not ConfirmForm().validate_on_submit():
         abort(400)
     mail_order_again(

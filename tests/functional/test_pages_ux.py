@@ -11,9 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from connector.db import db
+from connector.db import db, utcnow
 from connector.errors import wait_in_words
-from connector.models import License, Order
+from connector.models import License, Order, Store
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.licensing_helpers import call
@@ -300,3 +300,49 @@ def test_a_refused_credentials_form_shows_what_was_typed(
         assert f'value="{value}"' in html
     assert "xkeysib-new" not in html and 'value="old@shop.example"' not in html
     assert admin_client.get(path).get_data(as_text=True).count('value="old@shop.example"') == 1
+
+
+def test_a_stale_deactivate_button_says_the_seat_is_already_free(shop: WebhookSender) -> None:
+    """A Deactivate button on a page open from before the seat was freed (another tab, the
+    site itself): a word on what happened and the way back, not the framework's "The
+    requested URL was not found on the server"."""
+    portal, key = _portal(shop, 9956)
+    assert (
+        call(shop.client, "activate", {"key": key, "site": "https://site-a.com"}).status_code == 200
+    )
+    html = shop.client.get(portal).get_data(as_text=True)
+    button = re.search(r'action="([^"]+/deactivate)"', html)
+    assert button, html
+    assert shop.client.post(button.group(1), data={"csrf_token": _csrf(html)}).status_code == 302
+
+    answer = shop.client.post(button.group(1), data={"csrf_token": _csrf(html)})
+
+    assert answer.status_code == 404
+    page = answer.get_data(as_text=True)
+    assert "This activation was already removed" in page
+    assert f'href="{portal}"' in page
+    assert "requested URL" not in page and "entered the URL" not in page
+    assert answer.headers["X-Robots-Tag"] == "noindex"
+
+
+def test_a_deleted_stores_page_and_an_unknown_page_say_so_in_words(
+    app: Flask, shop: WebhookSender, admin_client: FlaskClient
+) -> None:
+    assert sign_in(admin_client) == 302
+    store_id = shop.store.store.id
+    with app.app_context():
+        store = db.session.get(Store, store_id)
+        assert store is not None
+        store.deleted_at = utcnow()
+        db.session.commit()
+
+    for path, words in (
+        (f"/admin/stores/{store_id}", "There is no such store: it may have been deleted."),
+        ("/admin/no-such-page", "There is nothing at this address"),
+        ("/my/not-a-token/nothing", "There is nothing at this address"),
+    ):
+        answer = admin_client.get(path)
+        assert answer.status_code == 404, path
+        page = answer.get_data(as_text=True)
+        assert words in page, path
+        assert "requested URL" not in page and "entered the URL" not in page
