@@ -209,7 +209,7 @@ def wants_json() -> bool:
     )
 
 
-def _keygate_headers(exc: KeygateError) -> dict[str, str]:
+def keygate_headers(exc: KeygateError) -> dict[str, str]:
     headers = dict(exc.headers)
     retry_after = exc.extra.get("retry_after", exc.retry_after)
     if retry_after is not None:
@@ -322,12 +322,12 @@ def register_error_handlers(app: Flask) -> None:
         if wants_json():
             answer = problem(exc.status, exc.type, exc.title, exc.detail, **exc.extra)
         elif exc.status == 429:
-            headers = _keygate_headers(exc)
+            headers = keygate_headers(exc)
             wait = _seconds(headers.get("Retry-After"))
             return _too_many_page(exc.status, exc.title, exc.detail, wait, headers)
         else:
             answer = _page(exc.status, exc.title, exc.detail)
-        return (*answer, _keygate_headers(exc))
+        return (*answer, keygate_headers(exc))
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException) -> Any:

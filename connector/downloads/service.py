@@ -119,8 +119,7 @@ REFUSALS = {
     "refused": (
         409,
         "This file cannot be delivered yet",
-        "Your personal copy of this file could not be prepared. The shop can see the "
-        "problem; please contact them if it is not solved soon.",
+        "Your personal copy of this file could not be prepared. The shop can see the problem.",
     ),
 }
 
@@ -559,7 +558,7 @@ def _deliver(
         except StorageUnavailable:
             raise FileUnavailable(UNREACHABLE) from None
     log.warning("grant %s: object missing from storage", grant.id)
-    raise FileUnavailable("The file is missing from the shop's storage; please contact the shop.")
+    raise FileUnavailable("The file is missing from the shop's storage.")
 
 
 def _no_transaction_open(session: Session, postgres: bool) -> None:

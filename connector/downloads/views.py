@@ -5,13 +5,21 @@ from __future__ import annotations
 from flask import Blueprint, Response, redirect, render_template, request, send_file
 from flask.typing import ResponseReturnValue
 from jinja2 import TemplateNotFound
+from sqlalchemy import Row, select
 from werkzeug.wrappers import Response as BaseResponse
 
 from connector import get_settings
 from connector.db import db
 from connector.downloads.privacy import register as register_privacy_hooks
-from connector.downloads.service import peek_download, start_download, start_download_fast
+from connector.downloads.service import (
+    FileUnavailable,
+    peek_download,
+    start_download,
+    start_download_fast,
+)
+from connector.errors import keygate_headers, rollback_request
 from connector.integrations.r2 import content_disposition
+from connector.models import DownloadGrant, Store
 from connector.tokens import grant_id_from_token
 from connector.validation import without_control_characters
 
@@ -19,11 +27,24 @@ bp = Blueprint("downloads_views", __name__)
 register_privacy_hooks()
 
 
-def _page(status: int, title: str, detail: str) -> Response:
+def _shop_of(grant_id: int) -> Row[str, str] | None:
+    """The name and URL of the shop a link belongs to, for its refusal pages to name (a
+    deleted store's links are not valid)."""
+    return db.session.execute(
+        select(Store.name, Store.url)
+        .join(DownloadGrant, DownloadGrant.store_id == Store.id)
+        .where(DownloadGrant.id == grant_id, Store.deleted_at.is_(None))
+    ).first()
+
+
+def _page(status: int, title: str, detail: str, grant_id: int) -> Response:
+    """A refusal page naming the shop to contact, linked to its site."""
+    shop = _shop_of(grant_id)
+    context = {"title": title, "detail": detail, "shop": shop}
     try:
-        body = render_template(f"errors/{status}.html", title=title, detail=detail)
+        body = render_template(f"errors/{status}.html", **context)
     except TemplateNotFound:
-        body = render_template("errors/generic.html", status=status, title=title, detail=detail)
+        body = render_template("errors/generic.html", status=status, **context)
     return Response(body, status=status, mimetype="text/html")
 
 
@@ -43,15 +64,25 @@ def download(token: str) -> ResponseReturnValue:
     # download manager's parts): the full path decides whether it is free.
     resume = request.range is not None and any(start > 0 for start, _ in request.range.ranges)
     # The common click without a session; every other case (and its words) from the full path.
-    answer = (
-        None
-        if resume
-        else start_download_fast(db.engine, grant_id, ip=ip, user_agent=user_agent, ttl=ttl)
-    ) or start_download(db.session, grant_id, ip=ip, user_agent=user_agent, ttl=ttl, resume=resume)
+    try:
+        answer = (
+            None
+            if resume
+            else start_download_fast(db.engine, grant_id, ip=ip, user_agent=user_agent, ttl=ttl)
+        ) or start_download(
+            db.session, grant_id, ip=ip, user_agent=user_agent, ttl=ttl, resume=resume
+        )
+    except FileUnavailable as exc:  # answered here, to name the shop: nothing was counted
+        rollback_request()
+        unavailable = _page(exc.status, exc.title, exc.detail, grant_id)
+        unavailable.headers.update(keygate_headers(exc))
+        unavailable.headers["Cache-Control"] = "no-store"
+        unavailable.headers["Referrer-Policy"] = "no-referrer"
+        return unavailable
     delivery = answer.delivery
     response: BaseResponse
     if delivery is None:
-        response = _page(answer.status, answer.title, answer.detail)
+        response = _page(answer.status, answer.title, answer.detail, grant_id)
     elif delivery.url is not None:
         response = redirect(delivery.url, code=302)
     else:

@@ -56,7 +56,9 @@ def test_the_download_limit_page_does_not_say_to_wait(shop: WebhookSender) -> No
     page = shop.client.get(link)
     assert page.status_code == 429
     html = page.get_data(as_text=True)
-    assert "Contact the shop if you need more downloads." in html
+    assert (
+        'Contact <a href="https://shop.example">Test Shop</a> if you need more downloads.' in html
+    )
     assert "wait" not in html
 
 

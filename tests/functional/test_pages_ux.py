@@ -9,11 +9,11 @@ import re
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connector.db import db, utcnow
 from connector.errors import wait_in_words
-from connector.models import License, Order, Store
+from connector.models import DownloadGrant, License, Order, Store
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.licensing_helpers import call
@@ -346,3 +346,53 @@ def test_a_deleted_stores_page_and_an_unknown_page_say_so_in_words(
         page = answer.get_data(as_text=True)
         assert words in page, path
         assert "requested URL" not in page and "entered the URL" not in page
+
+
+def _rename_store(app: Flask, store_id: int, name: str) -> None:
+    with app.app_context():
+        store = db.session.get(Store, store_id)
+        assert store is not None
+        store.name = name
+        db.session.commit()
+
+
+def test_a_refused_download_names_the_shop_to_contact(app: Flask, shop: WebhookSender) -> None:
+    """ "Contact the shop" said which shop: a buyer with links from several shops (or a
+    mail read months later) did not know whom to ask. The page names the store and links
+    its site, escaped."""
+    _rename_store(app, shop.store.store.id, "Ana's <b>Shop</b>")
+    shop.configure(501, download_limit=1)
+    shop.deliver(wc_order(9957, "processing", [line_item(501)]))
+    body = shop.order(9957)
+    link = body["downloads"][0]["link"].removeprefix(BASE)
+    shop_link = '<a href="https://shop.example">Ana&#39;s &lt;b&gt;Shop&lt;/b&gt;</a>'
+    with app.app_context():
+        db.session.execute(update(DownloadGrant).values(download_count=1))
+        db.session.commit()
+
+    limited = shop.client.get(link)
+    assert limited.status_code == 429
+    assert f"Contact {shop_link} if you need more downloads." in limited.get_data(as_text=True)
+
+    assert shop.admin("POST", f"/licenses/{body['licenses'][0]['key']}/revoke").status_code == 200
+    withdrawn = shop.client.get(link)
+    assert withdrawn.status_code == 410
+    assert f"contact {shop_link}." in withdrawn.get_data(as_text=True)
+    assert "<b>Shop</b>" not in withdrawn.get_data(as_text=True)
+
+
+def test_a_file_missing_from_storage_names_the_shop_and_when_to_retry(
+    shop: WebhookSender,
+) -> None:
+    shop.configure(501, files=[{"object_key": "files/gone.pdf", "filename": "gone.pdf"}])
+    shop.deliver(wc_order(9958, "processing", [line_item(501)]))
+    link = shop.order(9958)["downloads"][0]["link"].removeprefix(BASE)
+
+    answer = shop.client.get(link)
+
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "30"
+    assert answer.headers["Cache-Control"] == "no-store"
+    html = answer.get_data(as_text=True)
+    assert "The file is missing from the shop&#39;s storage." in html
+    assert 'contact <a href="https://shop.example">Test Shop</a>.' in html
