@@ -63,6 +63,11 @@ def latest_delivery(session: Session, store: Store) -> WebhookDelivery | None:
     ).first()
 
 
+def counted(number: int, singular: str, plural: str | None = None) -> str:
+    """Say "1 refund", "3 refunds", "1 buyer copy", "2 buyer copies", not "refund(s)"."""
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
+
+
 def _count(session: Session, query: Select[Any]) -> int:
     return int(session.scalar(query) or 0)
 
@@ -101,7 +106,7 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             found.append(
                 Notice(
                     store,
-                    f"{mails} order mail(s) to buyers not delivered yet.",
+                    f"{counted(mails, 'order mail')} to buyers not delivered yet.",
                     url_for("admin_views.orders"),
                 )
             )
@@ -117,8 +122,9 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             found.append(
                 Notice(
                     store,
-                    f"{console} mail(s) to buyers in the last 30 days were printed on the"
-                    " server's console, not sent: the store has no Brevo credentials.",
+                    f"{counted(console, 'mail')} to buyers in the last 30 days"
+                    f" {'was' if console == 1 else 'were'} printed on the server's console,"
+                    " not sent: the store has no Brevo credentials.",
                     url_for("admin_views.store_credentials", store_id=store.id),
                 )
             )
@@ -132,7 +138,7 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             found.append(
                 Notice(
                     store,
-                    f"{flagged} license(s) flagged for too many binding changes.",
+                    f"{counted(flagged, 'license')} flagged for too many binding changes.",
                     url_for("admin_licenses.licenses"),
                 )
             )
@@ -151,9 +157,14 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             found.append(
                 Notice(
                     store,
-                    f"{failed} buyer copy(ies) could not be stamped: those links give the"
-                    " original or are refused, as the product says, until the file is"
-                    " replaced (the order pages say why).",
+                    f"{counted(failed, 'buyer copy', 'buyer copies')} could not be stamped: "
+                    + (
+                        "its link gives the original or is refused"
+                        if failed == 1
+                        else "those links give the original or are refused"
+                    )
+                    + ", as the product says, until the file is replaced (the order pages"
+                    " say why).",
                     url_for("admin_views.orders"),
                 )
             )
@@ -169,7 +180,7 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             found.append(
                 Notice(
                     store,
-                    f"{refunds} refund(s) Keygate could not apply in the last 30 days.",
+                    f"{counted(refunds, 'refund')} Keygate could not apply in the last 30 days.",
                     url_for("admin_views.audit", action="order.refund_not_applied"),
                 )
             )

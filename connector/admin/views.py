@@ -479,16 +479,44 @@ def audit() -> ResponseReturnValue:
             AuditEvent.action
         )
     ).all()
-    store_names = {s.id: s.name for s in db.session.scalars(_scoped(select(Store), Store.id))}
+    stores = list(db.session.scalars(_scoped(select(Store), Store.id)))
     return render_template(
         "admin/audit.html",
         events=events,
         older=older,
         action=action,
         actions=actions,
-        store_names=store_names,
+        store_names={s.id: s.name for s in stores},
+        subject_links=_subject_links(events, stores),
         form=ConfirmForm(),
     )
+
+
+def _subject_links(events: list[AuditEvent], stores: list[Store]) -> dict[int, str]:
+    """Admin pages of the entries' subjects, by entry id: ``license:<id>``, ``order:<the
+    shop's order id>`` (of the entry's store) and ``store:<public id>``, when still there."""
+    live = {s.public_id: s.id for s in stores if s.deleted_at is None}
+    wanted: dict[tuple[int, str], list[int]] = {}
+    links: dict[int, str] = {}
+    for event in events:
+        kind, _, ref = (event.subject or "").partition(":")
+        if kind == "license" and row_id(ref) is not None:
+            links[event.id] = url_for("admin_licenses.license_detail", license_id=int(ref))
+        elif kind == "store" and ref in live:
+            links[event.id] = url_for("admin_views.store_detail", store_id=live[ref])
+        elif kind == "order" and ref and event.store_id is not None:
+            wanted.setdefault((event.store_id, ref), []).append(event.id)
+    if wanted:
+        found = db.session.execute(
+            select(Order.id, Order.store_id, Order.shop_order_id).where(
+                Order.store_id.in_({store_id for store_id, _ in wanted}),
+                Order.shop_order_id.in_({ref for _, ref in wanted}),
+            )
+        )
+        for order_id, store_id, shop_order_id in found:
+            for event_id in wanted.get((store_id, shop_order_id), []):
+                links[event_id] = url_for("admin_views.order_detail", order_id=order_id)
+    return links
 
 
 @bp.post("/orders/<int:order_id>/resend")

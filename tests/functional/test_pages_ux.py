@@ -11,9 +11,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
+from connector.admin.attention import counted
+from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.errors import wait_in_words
-from connector.models import DownloadGrant, License, Order, Store
+from connector.models import DownloadGrant, License, Mail, Order, Store
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.licensing_helpers import call
@@ -396,3 +398,66 @@ def test_a_file_missing_from_storage_names_the_shop_and_when_to_retry(
     html = answer.get_data(as_text=True)
     assert "The file is missing from the shop&#39;s storage." in html
     assert 'contact <a href="https://shop.example">Test Shop</a>.' in html
+
+
+@pytest.mark.parametrize(
+    ("number", "words"),
+    [(1, "1 buyer copy"), (2, "2 buyer copies"), (0, "0 buyer copies")],
+)
+def test_counts_are_said_in_the_singular_or_the_plural(number: int, words: str) -> None:
+    assert counted(number, "buyer copy", "buyer copies") == words
+    assert counted(number, "refund") == words.replace("buyer copy", "refund").replace(
+        "buyer copies", "refunds"
+    )
+
+
+def test_audit_subjects_and_a_mail_lead_to_their_pages(
+    app: Flask, shop: WebhookSender, admin_client: FlaskClient
+) -> None:
+    """An audit entry's subject links to its order, license or store page (the order by the
+    shop's order id within the entry's store); a mail links to its order; an order without
+    a total or payment method has no dangling "· ·" in its header."""
+    _portal(shop, 9959)
+    store = shop.store.store
+    with app.app_context():
+        order_id = db.session.scalars(select(Order.id)).one()
+        license_id = db.session.scalars(select(License.id)).one()
+        for subject in (
+            "order:9959",
+            f"license:{license_id}",
+            f"store:{store.public_id}",
+            "order:404",
+            "license:x",
+        ):
+            record_audit(db.session, store_id=store.id, actor="t", action="test.x", subject=subject)
+        order = db.session.get(Order, order_id)
+        assert order is not None
+        order.total = order.currency = order.payment_method = order.payment_method_title = None
+        db.session.add(
+            Mail(
+                store_id=store.id,
+                order_id=order_id,
+                to_email="a@b.example",
+                subject="Hi",
+                body_text="x",
+                backend="console",
+                kind="order_issued",
+            )
+        )
+        db.session.commit()
+        mail_id = db.session.scalars(select(Mail.id)).all()[-1]
+    assert sign_in(admin_client) == 302
+
+    audit = admin_client.get("/admin/audit?action=test.x").get_data(as_text=True)
+    assert f'<a href="/admin/orders/{order_id}">order:9959</a>' in audit
+    assert f'<a href="/admin/licenses/{license_id}">license:{license_id}</a>' in audit
+    assert f'<a href="/admin/stores/{store.id}">store:{store.public_id}</a>' in audit
+    assert "<td>order:404</td>" in audit and "<td>license:x</td>" in audit
+
+    mail = admin_client.get(f"/admin/outbox/mails/{mail_id}").get_data(as_text=True)
+    assert f'href="/admin/orders/{order_id}"' in mail
+
+    header = admin_client.get(f"/admin/orders/{order_id}").get_data(as_text=True)
+    line = re.search(r"<h1>Order [^<]*</h1>\s*<p>(.*?)</p>", header, re.S)
+    assert line, header
+    assert not re.search(r"·\s*·", line.group(1)) and not line.group(1).rstrip().endswith("·")
