@@ -249,10 +249,17 @@ def _page(status: int, title: str, detail: str, **context: Any) -> tuple[str, in
 
 
 def error_page(
-    status: int, title: str, detail: str, *, back: str | None = None, back_label: str = ""
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    back: str | None = None,
+    back_label: str = "",
+    shop: Any = None,
 ) -> tuple[str, int]:
-    """An error page a view answers itself, with a link back when ``back`` is given."""
-    return _page(status, title, detail, back=back, back_label=back_label)
+    """An error page a view answers itself, with a link back when ``back`` is given and the
+    shop to contact (a row with ``name`` and ``url``) when ``shop`` is."""
+    return _page(status, title, detail, back=back, back_label=back_label, shop=shop)
 
 
 def portal_page() -> str | None:

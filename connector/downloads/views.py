@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, redirect, render_template, request, send_file
+from flask import Blueprint, Response, redirect, request, send_file
 from flask.typing import ResponseReturnValue
-from jinja2 import TemplateNotFound
 from sqlalchemy import Row, select
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -17,7 +16,7 @@ from connector.downloads.service import (
     start_download,
     start_download_fast,
 )
-from connector.errors import keygate_headers, rollback_request
+from connector.errors import error_page, keygate_headers, rollback_request
 from connector.integrations.r2 import content_disposition
 from connector.models import DownloadGrant, Store
 from connector.tokens import grant_id_from_token
@@ -39,12 +38,7 @@ def _shop_of(grant_id: int) -> Row[str, str] | None:
 
 def _page(status: int, title: str, detail: str, grant_id: int) -> Response:
     """A refusal page naming the shop to contact, linked to its site."""
-    shop = _shop_of(grant_id)
-    context = {"title": title, "detail": detail, "shop": shop}
-    try:
-        body = render_template(f"errors/{status}.html", **context)
-    except TemplateNotFound:
-        body = render_template("errors/generic.html", status=status, **context)
+    body, _ = error_page(status, title, detail, shop=_shop_of(grant_id))
     return Response(body, status=status, mimetype="text/html")
 
 
