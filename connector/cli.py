@@ -83,16 +83,14 @@ def _unreachable_database(exc: Exception) -> str:
     """Which database could not be connected to (no password, no query) and why."""
     from sqlalchemy.engine import make_url
 
-    from connector.config import load_settings
+    from connector.config import configured_database_url
 
     try:  # the settings the command's app was built from (environment, keygate.toml)
-        url = make_url(load_settings().database_url)
+        url = make_url(configured_database_url())
     except ConfigError:
         where = "the configured database"
     else:
-        where = url.set(password="***" if url.password else None, query={}).render_as_string(
-            hide_password=False
-        )
+        where = url.set(query={}).render_as_string(hide_password=True)
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
     hint = ""
     if "does not exist" in reason:

@@ -266,24 +266,11 @@ def _check_r2(values: dict[str, Any]) -> None:
         )
 
 
-def load_settings(
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-    defaults: Mapping[str, Any] | None = None,
-) -> Settings:
-    """Read and validate settings.
-
-    Args:
-        overrides: values that win over everything (tests, embedding); keys are field names.
-        environ: the environment to read (defaults to ``os.environ``).
-        defaults: values used only where neither the environment nor ``keygate.toml`` sets
-            one (``keygate run``'s own address as the base URL).
-
-    Raises:
-        ConfigError: a value is malformed or a required secret is missing.
-    """
-    env = os.environ if environ is None else environ
-    overrides = dict(overrides or {})
+def _plain_settings(
+    overrides: dict[str, Any], env: Mapping[str, str], defaults: Mapping[str, Any] | None
+) -> tuple[Path, dict[str, Any]]:
+    """The instance folder and every setting but the keys, checked; what is read from
+    ``overrides`` is popped from it."""
     instance_dir = Path(
         overrides.pop("instance_dir", None) or env.get("KEYGATE_INSTANCE_DIR") or "instance"
     ).resolve()
@@ -333,6 +320,39 @@ def load_settings(
     _check_values(values)
     if values.get("r2_bucket") or values.get("r2_endpoint_url"):
         _check_r2(values)
+    return instance_dir, values
+
+
+def configured_database_url(environ: Mapping[str, str] | None = None) -> str:
+    """The database the settings name, read without the keys (which a new instance does
+    not have yet): for saying which database could not be reached.
+
+    Raises:
+        ConfigError: a setting is malformed.
+    """
+    env = os.environ if environ is None else environ
+    return str(_plain_settings({}, env, None)[1]["database_url"])
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read and validate settings.
+
+    Args:
+        overrides: values that win over everything (tests, embedding); keys are field names.
+        environ: the environment to read (defaults to ``os.environ``).
+        defaults: values used only where neither the environment nor ``keygate.toml`` sets
+            one (``keygate run``'s own address as the base URL).
+
+    Raises:
+        ConfigError: a value is malformed or a required secret is missing.
+    """
+    env = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    instance_dir, values = _plain_settings(overrides, env, defaults)
 
     # Master keys: newest first. KEYGATE_MASTER_KEYS (comma separated) or KEYGATE_MASTER_KEY,
     # else the instance file written by `keygate init`.

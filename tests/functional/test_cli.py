@@ -245,7 +245,12 @@ def test_a_database_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Pa
     )
     assert missing.returncode != 0
     assert "Traceback" not in missing.stderr
-    assert "keygate_never_created" in missing.stderr and "does not exist" in missing.stderr
+    # A new instance has no keys yet: the database is named all the same (password hidden).
+    assert (
+        "cannot use the database at postgresql://postgres:***@127.0.0.1:5432/keygate_never_created:"
+        in missing.stderr
+    )
+    assert "does not exist" in missing.stderr
     assert "createdb" in missing.stderr and "pw-secret" not in missing.stderr
     assert keygate(tmp_path, "init").returncode == 0  # the keys it needs, for the next one
     port = free_port()
