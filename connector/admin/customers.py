@@ -21,6 +21,7 @@ from connector import get_settings
 from connector.admin.forms import ConfirmForm
 from connector.admin.views import (
     _admin_name,
+    _order_page,
     _scope,
     _visible_store,
     login_required,
@@ -29,10 +30,16 @@ from connector.admin.views import (
 )
 from connector.db import db, utcnow
 from connector.downloads.leaks import identify_leaked_copy
-from connector.errors import InvalidInput, ValidationFailed
-from connector.models import Store
+from connector.errors import Conflict, InvalidInput, ValidationFailed
+from connector.models import Order, Store
 from connector.privacy.lookup import look_up_customer
-from connector.privacy.service import erase_customer, export_customer, known_customer_orders
+from connector.privacy.service import (
+    erase_customer,
+    erase_order_buyer,
+    export_customer,
+    export_order_buyer,
+    known_customer_orders,
+)
 from connector.validation import customer_email, row_id
 
 bp = Blueprint("admin_customers", __name__, url_prefix="/admin")
@@ -103,7 +110,11 @@ def _posted_customer() -> tuple[Store, str]:
 def export() -> ResponseReturnValue:
     """The privacy API's export of the customer in one store, as a file to download."""
     store, email = _posted_customer()
-    response = jsonify(export_customer(db.session, store, email))
+    return _export_file(export_customer(db.session, store, email), store)
+
+
+def _export_file(exported: dict[str, Any], store: Store) -> ResponseReturnValue:
+    response = jsonify(exported)
     filename = f"keygate-export-{store.public_id}-{utcnow():%Y%m%d-%H%M%S}.json"
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "no-store"
@@ -126,6 +137,53 @@ def erase() -> ResponseReturnValue:
     erased = erase_customer(db.session, store, email, actor=_admin_name())
     return render_template(
         "admin/customer_erased.html", store=store, erased=erased, form=ConfirmForm()
+    )
+
+
+def _posted_order(order_id: int) -> tuple[Order, Store]:
+    """The order a privacy form on its page names, and its store: 404 for one the admin may
+    not see."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    order = db.session.get(Order, order_id)
+    if order is None:
+        abort(404)
+    return order, _visible_store(order.store_id)
+
+
+@bp.post("/orders/<int:order_id>/buyer/export")
+@login_required
+def export_buyer(order_id: int) -> ResponseReturnValue:
+    """The export of an order's buyer who has no email address (the Customers page finds
+    buyers by address)."""
+    order, store = _posted_order(order_id)
+    try:
+        exported = export_order_buyer(db.session, store, order)
+    except Conflict as exc:
+        return _order_page(order, privacy_error=exc.detail, status=exc.status)
+    return _export_file(exported, store)
+
+
+@bp.post("/orders/<int:order_id>/buyer/erase")
+@login_required
+def erase_buyer(order_id: int) -> ResponseReturnValue:
+    """The erasure of an order's buyer who has no email address, once the owner typed the
+    order's number again."""
+    order, store = _posted_order(order_id)
+    number = order.number or order.shop_order_id
+    if (request.form.get("confirm") or "").strip().lstrip("#") != number:
+        return _order_page(
+            order,
+            privacy_error="Nothing was erased: type the order's number again to confirm.",
+            status=422,
+        )
+    try:
+        erased = erase_order_buyer(db.session, store, order, actor=_admin_name())
+    except Conflict as exc:
+        db.session.rollback()
+        return _order_page(order, privacy_error=exc.detail, status=exc.status)
+    return render_template(
+        "admin/customer_erased.html", store=store, erased=erased, order=order, form=ConfirmForm()
     )
 
 

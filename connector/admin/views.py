@@ -353,8 +353,11 @@ def _order_page(
     *,
     resend_refused: str | None = None,
     license_error: str | None = None,
+    privacy_error: str | None = None,
     status: int = 200,
 ) -> ResponseReturnValue:
+    from connector.privacy.service import is_buyer_without_address
+
     mails = (
         db.session.execute(select(Mail).where(Mail.order_id == order.id).order_by(Mail.id))
         .scalars()
@@ -404,6 +407,8 @@ def _order_page(
         mail_jobs=mail_jobs,
         unpaid=_unpaid_licenses(order),
         refund_trouble=refund_trouble,
+        buyer_by_order=is_buyer_without_address(order),
+        privacy_error=privacy_error,
         **order_entitlements(db.session, order),
     )
     return page, status

@@ -17,8 +17,8 @@ from sqlalchemy import CursorResult, and_, delete, literal, or_, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import db, utcnow
-from connector.errors import NotFound
+from connector.db import db, lock_row, utcnow
+from connector.errors import Conflict, NotFound
 from connector.jobs import handles
 from connector.mail.contacts import LIST_NOT_RECORDED, pass_erasure_on
 from connector.models import (
@@ -83,8 +83,26 @@ def erasure_marker(email: str) -> str:
     return "erased-" + keyed_hash("erasure", email.strip().lower())[:16]
 
 
+def order_erasure_marker(order: Order) -> str:
+    """The pseudonym erasing the buyer of an order without an email address gives them
+    (their only record is the order: see :func:`erase_order_buyer`)."""
+    return "erased-" + keyed_hash("erasure", f"order:{order.store_id}:{order.shop_order_id}")[:16]
+
+
+def _pseudonymous_address(marker: str) -> str:
+    return f"{marker}@erased.invalid"
+
+
 def erased_address(email: str) -> str:
-    return f"{erasure_marker(email)}@erased.invalid"
+    return _pseudonymous_address(erasure_marker(email))
+
+
+def is_buyer_without_address(order: Order) -> bool:
+    """The order's buyer has no email address (an order entered by hand in the shop), or
+    had none when they were erased: the order alone names them, for export and erasure."""
+    if order.is_erased:
+        return order.email == _pseudonymous_address(order_erasure_marker(order))
+    return order.email is None
 
 
 def known_customer_orders(
@@ -132,10 +150,33 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
     """Everything Keygate keeps about ``email`` in ``store``, as JSON-ready data: once the
     customer was erased, what was kept of their orders under the pseudonym."""
     orders = known_customer_orders(session, store, email, erased_too=True)
-    erased = all(order.is_erased for order in orders)
+    return _export(session, store, orders, erasure_marker(email), email=email.strip().lower())
+
+
+def export_order_buyer(session: Session, store: Store, order: Order) -> dict[str, Any]:
+    """Everything Keygate keeps about the buyer of an order without an email address (the
+    order alone names them), as :func:`export_customer` answers for a customer.
+
+    Raises:
+        Conflict: the buyer has an address: their export is the customer's, every order.
+    """
+    if not is_buyer_without_address(order):
+        raise Conflict(HAS_ADDRESS)
+    return _export(session, store, [order], order_erasure_marker(order), email=None)
+
+
+HAS_ADDRESS = (
+    "This order's buyer has an email address: look them up on the Customers page, which"
+    " exports or erases every order of theirs at once."
+)
+
+
+def _export(
+    session: Session, store: Store, orders: list[Order], marker: str, *, email: str | None
+) -> dict[str, Any]:
     exported: dict[str, Any] = {
-        "email": email.strip().lower(),
-        "erased": erased,
+        "email": email,
+        "erased": all(order.is_erased for order in orders),
         "store": store.name,
         "exported_at": _iso(utcnow()),
         "orders": [],
@@ -218,14 +259,14 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
                 ],
             }
         )
-    exported["audit"] = _audit_entries(session, store, email, orders)
+    exported["audit"] = _audit_entries(session, store, marker, orders)
     for exporter in EXPORTERS:
         exported.update(exporter(session, orders))
     return exported
 
 
 def _audit_entries(
-    session: Session, store: Store, email: str, orders: list[Order]
+    session: Session, store: Store, marker: str, orders: list[Order]
 ) -> list[dict[str, Any]]:
     """The store's audit entries about the customer: those naming one of their orders, a
     license of those orders (or one they renewed), or their erasure's pseudonym."""
@@ -237,7 +278,7 @@ def _audit_entries(
     ).all()
     subjects = {f"order:{order.shop_order_id}" for order in orders}
     subjects.update(f"license:{license_id}" for license_id in license_ids)
-    subjects.add(erasure_marker(email))
+    subjects.add(marker)
     return [
         {
             "at": _iso(event.created_at),
@@ -270,13 +311,36 @@ def erase_customer(session: Session, store: Store, email: str, *, actor: str) ->
     pushed them into."""
     hold_live_store(session, store)  # before the orders' locks, as a deletion takes them
     orders = customer_orders(session, store, email)
-    marker = erasure_marker(email)
+    return _erase(session, store, orders, erasure_marker(email), actor=actor)
+
+
+def erase_order_buyer(session: Session, store: Store, order: Order, *, actor: str) -> Erasure:
+    """Erase the personal data of the buyer of an order without an email address (an order
+    the owner entered by hand): the Customers page, which finds buyers by address, cannot
+    reach them. What is kept, and how, is what :func:`erase_customer` keeps.
+
+    Raises:
+        Conflict: the buyer has an address (their erasure is the customer's, every order),
+            or was erased already.
+    """
+    hold_live_store(session, store)
+    order = lock_row(session, Order, order.id)  # a delivery copying an address waits
+    if order.is_erased:
+        raise Conflict("This order's buyer was erased already.")
+    if not is_buyer_without_address(order):
+        raise Conflict(HAS_ADDRESS)
+    return _erase(session, store, [order], order_erasure_marker(order), actor=actor)
+
+
+def _erase(
+    session: Session, store: Store, orders: list[Order], marker: str, *, actor: str
+) -> Erasure:
     for eraser in ERASERS:
         eraser(session, orders)
     brevo_removal = pass_erasure_on(session, store, orders, marker)
     for order in orders:
         session.execute(delete(Mail).where(Mail.order_id == order.id))
-        clear_personal_fields(order, erased_address(email))
+        clear_personal_fields(order, _pseudonymous_address(marker))
         order.erased_at = utcnow()
     # The audit entry names the pseudonym, not the address.
     record_audit(

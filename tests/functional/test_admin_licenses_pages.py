@@ -523,6 +523,89 @@ def test_a_store_admin_finds_exports_and_erases_only_in_their_store(
     assert theirs_shop.order(9602)["order"]["email"] == "mine@example.org"  # the other store's
 
 
+def test_the_buyer_of_an_order_without_an_email_address_is_exported_and_erased_from_its_page(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """An order entered by hand with no address: the Customers page cannot find its buyer,
+    so the order's page exports their data and erases it once the number is typed again;
+    the key and amounts stay, the name, company and mails go, audited under a pseudonym."""
+    shop.configure(501)
+    sold = sell(shop, 9700, email="", first_name="Nora", last_name="Phone")
+    sell(shop, 9701, email="kept@example.org", first_name="Kept", last_name="Buyer")
+    assert sold["order"]["email"] is None
+    assert sign_in(admin_client) == 302
+    page = f"/admin/orders/{order_pk(app, 9700)}"
+    html = admin_client.get(page).get_data(as_text=True)
+    assert "cannot find its buyer" in html and "/buyer/erase" in html
+    # An order whose buyer has an address is the Customers page's: no form here, 409 posted.
+    with_address = f"/admin/orders/{order_pk(app, 9701)}"
+    assert "/buyer/erase" not in admin_client.get(with_address).get_data(as_text=True)
+    token = csrf_token(admin_client, page)
+    refused = post(admin_client, f"{with_address}/buyer/erase", token, confirm="9701")
+    assert refused.status_code == 409 and "Customers page" in refused.get_data(as_text=True)
+    assert post(admin_client, f"{with_address}/buyer/export", token).status_code == 409
+
+    exported = post(admin_client, f"{page}/buyer/export", token)
+    assert exported.status_code == 200 and exported.headers["Cache-Control"] == "no-store"
+    assert exported.headers["Content-Disposition"].startswith("attachment; filename=")
+    data = json.loads(exported.get_data(as_text=True))
+    [order] = data["orders"]
+    assert (data["email"], data["erased"], order["order"]) == (None, False, "9700")
+    assert order["name"] == "Nora Phone" and order["licenses"][0]["key"]
+
+    assert admin_client.post(f"{page}/buyer/erase", data={"confirm": "9700"}).status_code == 400
+    for typed in ("", "9701", "erase"):
+        wrong = post(admin_client, f"{page}/buyer/erase", token, confirm=typed)
+        assert wrong.status_code == 422 and "Nothing was erased" in wrong.get_data(as_text=True)
+    assert shop.order(9700)["order"]["name"] == "Nora Phone"
+    assert audit(app, "customer.erased") == []
+
+    erased = post(admin_client, f"{page}/buyer/erase", token, confirm=" #9700 ")
+    assert erased.status_code == 200
+    assert "1 order in Test Shop" in erased.get_data(as_text=True)
+    after = shop.order(9700)["order"]
+    assert after["name"] is None and after["company"] is None
+    assert shop.order(9701)["order"]["name"] == "Kept Buyer"
+    [event] = audit(app, "customer.erased")
+    assert event.actor == "admin:owner" and event.subject.startswith("erased-")
+    assert event.detail == {"orders": 1, "brevo_removal": None}
+    with app.app_context():
+        kept = db.session.execute(select(Order).where(Order.shop_order_id == "9700")).scalar_one()
+        assert kept.is_erased and kept.email == f"{event.subject}@erased.invalid"
+        assert db.session.scalar(select(License.status).where(License.order_id == kept.id)) == (
+            "active"
+        )
+    # Erased: the page says so, offers the export of what is kept, and no second erasure.
+    html = admin_client.get(page).get_data(as_text=True)
+    assert "buyer was erased" in html and "/buyer/erase" not in html
+    again = post(admin_client, f"{page}/buyer/erase", token, confirm="9700")
+    assert again.status_code == 409 and "erased already" in again.get_data(as_text=True)
+    data = json.loads(post(admin_client, f"{page}/buyer/export", token).get_data(as_text=True))
+    assert data["erased"] is True and data["orders"][0]["name"] is None
+    assert [entry["action"] for entry in data["audit"]][-1] == "customer.erased"
+    # A later delivery of the order does not bring the name back.
+    shop.deliver(wc_order(9700, "completed", email="", first_name="Nora", modified=5))
+    assert shop.order(9700)["order"]["name"] is None
+
+
+def test_a_store_admin_erases_no_buyer_of_another_stores_order(
+    app: Flask, shop: WebhookSender
+) -> None:
+    shop.configure(501)
+    theirs_shop = other_shop(app)
+    theirs_shop.configure(601)
+    sell(theirs_shop, 9710, 601, email="", first_name="Other")
+    client = store_admin(app, shop.store.store.id)
+    token = csrf_token(client, "/admin/customers")
+    page = f"/admin/orders/{order_pk(app, 9710)}"
+    assert client.get(page).status_code == 404
+    for action in ("erase", "export"):
+        answer = post(client, f"{page}/buyer/{action}", token, confirm="9710")
+        assert answer.status_code == 404, action
+    assert post(client, "/admin/orders/999999/buyer/export", token).status_code == 404
+    assert theirs_shop.order(9710)["order"]["name"] == "Other Ørsted 山田"
+
+
 def _watermarked_copy(app: Flask, shop: WebhookSender, order_id: int, **order: Any) -> bytes:
     make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
     shop.configure(
