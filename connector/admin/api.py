@@ -24,6 +24,7 @@ from connector.mail.service import mail_order_again, undelivered_mails
 from connector.models import AuditEvent, Job, Mail, Order, Product
 from connector.orders.service import find_order
 from connector.orders.summary import order_entitlements
+from connector.privacy import service as privacy
 from connector.validation import is_shop_id, json_body, whole_number
 
 bp = Blueprint("admin_api", __name__, url_prefix="/api/v1/admin")
@@ -146,19 +147,41 @@ def order_json(order: Order) -> dict[str, Any]:
 @bp.get("/orders/<shop_order_id>")
 @require_store_token
 def get_order(shop_order_id: str) -> ResponseReturnValue:
+    return jsonify(order_json(_found_order(shop_order_id)))
+
+
+def _found_order(shop_order_id: str) -> Order:
     order = find_order(db.session, current_store(), _shop_id(shop_order_id))
     if order is None:
         raise NotFound("Keygate has not received this order.")
-    return jsonify(order_json(order))
+    return order
+
+
+@bp.get("/orders/<shop_order_id>/buyer/export")
+@require_store_token
+def export_order_buyer(shop_order_id: str) -> ResponseReturnValue:
+    """The export of an order's buyer who has no email address (409 for one who has:
+    ``/customers/<email>/export`` is theirs)."""
+    exported = privacy.export_order_buyer(db.session, current_store(), _found_order(shop_order_id))
+    response = jsonify(exported)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.delete("/orders/<shop_order_id>/buyer")
+@require_store_token
+def erase_order_buyer(shop_order_id: str) -> ResponseReturnValue:
+    """Erase an order's buyer who has no email address (409 for one who has, or was erased)."""
+    store = current_store()
+    erased = privacy.erase_order_buyer(db.session, store, _found_order(shop_order_id), actor="api")
+    return jsonify({"erased_orders": erased.orders, "brevo_removal": erased.brevo_removal})
 
 
 @bp.post("/orders/<shop_order_id>/resend")
 @require_store_token
 def resend_order_mail(shop_order_id: str) -> ResponseReturnValue:
     """Mail the buyer their order's keys and links again (202: queued in the outbox)."""
-    order = find_order(db.session, current_store(), _shop_id(shop_order_id))
-    if order is None:
-        raise NotFound("Keygate has not received this order.")
+    order = _found_order(shop_order_id)
     refused = mail_order_again(db.session, order, actor="api", action="mail.resent")
     if refused is not None:
         raise Conflict(refused)

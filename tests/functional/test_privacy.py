@@ -35,6 +35,39 @@ def test_export_has_the_orders_keys_and_mails(app: Flask, shop: WebhookSender) -
     assert shop.admin("GET", "/customers/nobody@example.org/export").status_code == 404
 
 
+def test_the_api_exports_and_erases_the_buyer_of_an_order_without_an_address(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """No address to name them by: ``/orders/<id>/buyer`` exports and erases the buyer of
+    that order; a buyer with an address is the customer API's (409), an unknown order 404."""
+    shop.configure(501)
+    shop.deliver(wc_order(9530, "completed", [line_item(501)], email="", first_name="Nora"))
+    paid_order(app, shop, 9531)
+    exported = shop.admin("GET", "/orders/9530/buyer/export")
+    assert exported.status_code == 200 and exported.headers["Cache-Control"] == "no-store"
+    body = exported.get_json()
+    assert body["email"] is None and body["erased"] is False
+    assert [o["order"] for o in body["orders"]] == ["9530"]
+    assert body["orders"][0]["name"] == "Nora Ørsted 山田"
+    for path in ("/orders/9531/buyer/export", "/orders/9531/buyer"):
+        method = "GET" if path.endswith("export") else "DELETE"
+        refused = shop.admin(method, path)
+        assert refused.status_code == 409, path
+        assert refused.mimetype == "application/problem+json"
+    assert shop.admin("DELETE", "/orders/424242/buyer").status_code == 404
+
+    erased = shop.admin("DELETE", "/orders/9530/buyer")
+    assert erased.status_code == 200
+    assert erased.get_json() == {"erased_orders": 1, "brevo_removal": None}
+    assert shop.order(9530)["order"]["name"] is None
+    assert shop.order(9531)["order"]["name"] == "Jürgen Ørsted 山田"
+    assert shop.admin("DELETE", "/orders/9530/buyer").status_code == 409
+    kept = shop.admin("GET", "/orders/9530/buyer/export").get_json()
+    assert kept["erased"] is True and kept["orders"][0]["licenses"][0]["key"]
+    assert kept["audit"][-1]["action"] == "customer.erased"
+    assert kept["audit"][-1]["actor"] == "api"
+
+
 def test_export_has_every_order_field_kept_about_the_customer(
     app: Flask, shop: WebhookSender
 ) -> None:
