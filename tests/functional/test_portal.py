@@ -248,3 +248,37 @@ def test_links_that_no_longer_give_the_file_are_not_offered(
         latest = db.session.scalars(select(Mail).order_by(Mail.id.desc())).first()
         assert latest is not None and "/d/" not in latest.body_text
         assert "Your downloads" not in latest.body_text
+
+
+def test_mails_one_order_page_asks_for_are_limited_whoever_asks(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The portal link is the only credential, and an expired one still asks for a fresh
+    link: someone holding a forwarded or leaked link, asking from many addresses, must not
+    fill the buyer's inbox (nor spend the shop's mail quota). "Mail me again" and "mail me
+    a fresh link" share a budget per order, whichever addresses ask."""
+    shop.configure(501)
+    shop.deliver(wc_order(9409, "processing", [line_item(501)]))
+    run_pending(app)  # the first mail
+    path = shop.order(9409)["portal_url"].removeprefix("http://keygate.test")
+    token = {"csrf_token": csrf(shop.client.get(path).get_data(as_text=True))}
+    answers = [
+        shop.client.post(
+            path + button, data=token, environ_base={"REMOTE_ADDR": f"198.51.100.{n}"}
+        ).status_code
+        for n in range(8)
+        for button in ("/resend", "/renew")
+    ]
+    run_pending(app)
+    with app.app_context():
+        mails = db.session.execute(select(func.count()).select_from(Mail)).scalar_one()
+    assert answers[:6] == [302, 200] * 3
+    assert set(answers[6:]) == {429}
+    assert mails == 1 + 6
+    # Another order's page is not held back by this one's budget.
+    shop.deliver(wc_order(9410, "processing", [line_item(501)]))
+    other = shop.order(9410)["portal_url"].removeprefix("http://keygate.test")
+    answer = shop.client.post(
+        other + "/resend", data=token, environ_base={"REMOTE_ADDR": "198.51.100.99"}
+    )
+    assert answer.status_code == 302
