@@ -13,17 +13,37 @@ from flask.typing import ResponseReturnValue
 
 from connector.admin.forms import ConfirmForm
 from connector.db import db
-from connector.extensions import limiter
+from connector.extensions import client_ip_key, limiter
 from connector.mail.service import mail_order_again
 from connector.models import Order, Store
 from connector.orders.renewals import own_renewed_query
 from connector.orders.summary import order_entitlements
-from connector.tokens import LinkExpired, order_id_from_portal_token
+from connector.tokens import LinkExpired, LinkInvalid, order_id_from_portal_token
 
 bp = Blueprint("portal", __name__)
 PRIVATE = {"X-Robots-Tag": "noindex", "Cache-Control": "private, no-store"}
 NO_ORDER = (
     "There is no order page at this address: the link is incomplete, or the order was removed."
+)
+# Mails an order's page may ask for, whichever addresses ask: besides each address's own
+# limit, one budget per order for "mail me again" and "mail me a fresh link" together.
+ORDER_MAILS_LIMIT = "6/day"
+
+
+def _order_of_link() -> str:
+    """The rate-limit key of the order a portal link names, expired links too (an expired
+    link still asks for a fresh one). The link is the only credential, so a forwarded or
+    leaked one, used from many addresses, must not fill the buyer's inbox or spend the
+    shop's mail quota."""
+    token = str((request.view_args or {}).get("token", ""))
+    try:
+        return f"portal-order:{order_id_from_portal_token(token, expired_too=True)}"
+    except (LinkInvalid, LinkExpired):
+        return client_ip_key()  # no order: the view answers 404
+
+
+order_mails = limiter.shared_limit(
+    ORDER_MAILS_LIMIT, scope="portal-order-mails", key_func=_order_of_link
 )
 
 
@@ -67,6 +87,7 @@ def portal(token: str) -> ResponseReturnValue:
 
 @bp.post("/my/<token>/resend")
 @limiter.limit("3/hour")
+@order_mails
 def resend(token: str) -> ResponseReturnValue:
     order = order_for(token)
     if not ConfirmForm().validate_on_submit():
@@ -80,6 +101,7 @@ def resend(token: str) -> ResponseReturnValue:
 
 @bp.post("/my/<token>/renew")
 @limiter.limit("3/hour")
+@order_mails
 def renew(token: str) -> ResponseReturnValue:
     """Mail a fresh portal link (with the order's keys and links) to the order's address."""
     order = db.session.get(Order, order_id_from_portal_token(token, expired_too=True))
