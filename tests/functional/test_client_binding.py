@@ -309,6 +309,29 @@ def test_a_license_file_is_checked_for_its_product_machine_and_issue_time(
         verify_license_file(file, keys, key=key, now=a_year_ago)
 
 
+def test_a_free_staging_sites_license_file_is_no_machines_license(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """A product bound to machines (fingerprint only) has its one seat taken. Anyone with
+    the key can check out a file for a free staging site with another machine's
+    fingerprint (no activation, no seat, up to a year): that file must not verify as that
+    machine's license, or one key licenses every machine offline."""
+    from connector.client import LicenseFileError, verify_license_file
+
+    keys = _pinned(live)
+    key = issue_key(shop, product_id=777, activation_limit=1)
+    client = KeygateClient(live.url, keys, product="777")
+    assert client.activate(key, fingerprint="machine-1").valid
+    assert not client.checkout(key, fingerprint="machine-2").valid
+
+    staged = client.checkout(key, site="localhost", fingerprint="machine-2", ttl=31536000)
+    if staged.valid:  # Keygate may refuse it; a file it gives must not pass as machine-2's
+        with pytest.raises(LicenseFileError):
+            verify_license_file(
+                staged.data["license_file"], keys, key=key, product="777", fingerprint="machine-2"
+            )
+
+
 def test_a_variation_keys_license_file_verifies_for_the_parent_it_was_asked_for(
     shop: WebhookSender, live: LiveServer
 ) -> None:
