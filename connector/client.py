@@ -21,7 +21,7 @@ or asks the client to wait (429), for ``grace_period`` seconds after it was sign
         print(result.code, result.detail)
 
 Offline files: ``client.checkout(key, ...)`` returns one; ``verify_license_file(text,
-public_keys, key=key)`` checks it later without the network.
+public_keys, key=key, site=..., fingerprint=...)`` checks it later without the network.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import email.utils
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -279,6 +280,7 @@ def verify_license_file(
     key: str | None = None,
     product: str | None = None,
     store: str | None = None,
+    site: str | None = None,
     fingerprint: str | None = None,
     now: dt.datetime | None = None,
     max_skew: float = DEFAULT_SKEW,
@@ -286,15 +288,16 @@ def verify_license_file(
     """Check an offline license file; return its content (license, site, expiry...).
 
     Pass ``key`` to decrypt an encrypted file and to check that a plain one names this key,
-    ``product`` and ``store`` (as given to the client) and ``fingerprint`` (as sent to
-    checkout) to check the file is for this store's product and this machine. A file for
-    a site names it in ``content["site"]`` as Keygate normalizes sites (lower case, no
-    scheme, ``www.``, port or path, IDNA as ``xn--``): compare it to yours normalized the
-    same way.
+    ``product`` and ``store`` (as given to the client) to check the file is for this
+    store's product, and the identity it must be for: ``site`` (as sent to checkout, or
+    as Keygate answers it) and ``fingerprint`` (as sent to checkout). An identity is the
+    pair: a file naming a site is no machine's license unless ``site`` is checked too (a
+    free staging site takes no seat, so anyone with the key can check one out for any
+    fingerprint).
 
     Raises:
-        LicenseFileError: malformed, forged, encrypted for another key, for another product
-            or machine, issued in the future (a clock set back), or past its expiry.
+        LicenseFileError: malformed, forged, encrypted for another key, for another product,
+            site or machine, issued in the future (a clock set back), or past its expiry.
     """
     body = text.strip()
     if not body.startswith(FILE_BEGIN) or not body.endswith(FILE_END):
@@ -356,7 +359,39 @@ def verify_license_file(
         raise LicenseFileError("this license file is for another store's product")
     if fingerprint is not None and content.get("fingerprint") != fingerprint.strip():
         raise LicenseFileError("this license file is for another machine")
+    named_site = content.get("site")
+    if site is not None and named_site not in (site.strip(), site_host(site)):
+        raise LicenseFileError("this license file is for another site")
+    if site is None and fingerprint is not None and named_site is not None:
+        raise LicenseFileError(
+            "this license file is for a site, not this machine alone: pass site= to check it"
+        )
     return dict(content)
+
+
+def site_host(site: str) -> str | None:
+    """``site`` as Keygate names sites (lower case; no scheme, user, port, path, trailing
+    dot or ``www.``; IP literals compressed; other hosts in IDNA ``xn--`` form), or None
+    when it names no host. The standard library's IDNA is the 2003 one: for the few hosts
+    it spells otherwise (``ß``), pass the site as Keygate answered it."""
+    text = site.strip()
+    try:
+        host = urlsplit(text if "://" in text else "//" + text).hostname or ""
+    except ValueError:
+        return None
+    host = host.partition("%")[0].rstrip(".")
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    try:
+        host = host.encode("idna").decode("ascii").lower().rstrip(".")
+    except UnicodeError:
+        return None
+    rest = host.removeprefix("www.")
+    if rest != host and ("." in rest or rest == "localhost"):
+        host = rest
+    return host or None
 
 
 class _Deadline:

@@ -326,10 +326,44 @@ def test_a_free_staging_sites_license_file_is_no_machines_license(
 
     staged = client.checkout(key, site="localhost", fingerprint="machine-2", ttl=31536000)
     if staged.valid:  # Keygate may refuse it; a file it gives must not pass as machine-2's
-        with pytest.raises(LicenseFileError):
+        with pytest.raises(LicenseFileError, match="pass site="):
             verify_license_file(
                 staged.data["license_file"], keys, key=key, product="777", fingerprint="machine-2"
             )
+        # On the staging site it was checked out for, it is that site's license.
+        for site in ("localhost", "http://LOCALHOST:8080/wp/", " localhost. "):
+            assert (
+                verify_license_file(
+                    staged.data["license_file"], keys, key=key, site=site, fingerprint="machine-2"
+                )["site"]
+                == "localhost"
+            )
+        with pytest.raises(LicenseFileError, match="another site"):
+            verify_license_file(
+                staged.data["license_file"], keys, key=key, site="shop.com", fingerprint="machine-2"
+            )
+
+
+def test_a_license_file_is_checked_for_its_site_as_keygate_names_it(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """A site passed as the product sent it to checkout, or as Keygate answered it, is the
+    file's site (scheme, case, www., port, path and IDNA forgiven); another site is not."""
+    from connector.client import LicenseFileError, verify_license_file
+
+    keys = _pinned(live)
+    key = issue_key(shop, product_id=778, activation_limit=1)
+    client = KeygateClient(live.url, keys, product="778")
+    sent = "https://WWW.Bücher.example:443/shop/"
+    assert client.activate(key, site=sent).valid
+    file = client.checkout(key, site=sent).data["license_file"]
+    for site in (sent, "bücher.example", "xn--bcher-kva.example", "http://www.bücher.example."):
+        assert verify_license_file(file, keys, key=key, site=site)["site"] == (
+            "xn--bcher-kva.example"
+        )
+    for other in ("bucher.example", "shop.bücher.example", "localhost", "", "http://[::1]/"):
+        with pytest.raises(LicenseFileError, match="another site"):
+            verify_license_file(file, keys, key=key, site=other)
 
 
 def test_a_variation_keys_license_file_verifies_for_the_parent_it_was_asked_for(
