@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from connector.client import KeygateClient, LicenseFileError, verify_license_file
 from tests.factories import WebhookSender
 from tests.functional.test_license_live import LiveServer, _pinned, live
 from tests.licensing_helpers import issue_key
@@ -48,3 +49,23 @@ def test_the_readmes_client_snippet_runs_as_written(
     content = names["content"]
     assert isinstance(content, dict) and content["site"] == "shop.example.com"
     assert (tmp_path / ".myapp" / "keygate-cache.json").exists()
+
+
+def test_a_refused_checkout_is_a_license_file_error_not_a_crash(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """A refused checkout answers ``license_file: null``: handed to ``verify_license_file`` as
+    the README's snippet does, it is a LicenseFileError the product can catch (not an
+    AttributeError); a file read from disk as bytes verifies like its text."""
+    keys = _pinned(live)
+    key = issue_key(shop, activation_limit=1)
+    client = KeygateClient(live.url, keys, product="501")
+    refused = client.checkout(key, site="never-activated.com")
+    assert (refused.code, refused.data["license_file"]) == ("NO_ACTIVATION", None)
+    for missing in (None, 42):
+        with pytest.raises(LicenseFileError, match="not a Keygate license file"):
+            verify_license_file(missing, keys, key=key)  # type: ignore[arg-type]
+    file = client.checkout(key).data["license_file"]
+    assert verify_license_file(file.encode(), keys, key=key)["license"]["status"] == "active"  # type: ignore[arg-type]
+    with pytest.raises(LicenseFileError, match="not a Keygate license file"):
+        verify_license_file(b"\xff" + file.encode(), keys, key=key)  # type: ignore[arg-type]
