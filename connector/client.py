@@ -274,7 +274,7 @@ def _file_key(license_key: str) -> bytes:
 
 
 def verify_license_file(
-    text: str,
+    text: str | bytes,
     public_keys: Mapping[str, str | bytes],
     *,
     key: str | None = None,
@@ -296,9 +296,17 @@ def verify_license_file(
     fingerprint).
 
     Raises:
-        LicenseFileError: malformed, forged, encrypted for another key, for another product,
-            site or machine, issued in the future (a clock set back), or past its expiry.
+        LicenseFileError: not a license file (``None`` too: what a refused checkout gives),
+            malformed, forged, encrypted for another key, for another product, site or
+            machine, issued in the future (a clock set back), or past its expiry.
     """
+    if isinstance(text, bytes):  # read from disk as bytes: the file is ASCII
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise LicenseFileError("not a Keygate license file") from None
+    if not isinstance(text, str):
+        raise LicenseFileError("not a Keygate license file")
     body = text.strip()
     if not body.startswith(FILE_BEGIN) or not body.endswith(FILE_END):
         raise LicenseFileError("not a Keygate license file")
