@@ -436,3 +436,31 @@ def test_a_key_of_another_store_sharing_the_instance_is_refused_when_the_store_i
     assert verify_license_file(file, keys, key=key_b, store=store_b)["store"] == store_b
     with pytest.raises(LicenseFileError, match="another store"):
         verify_license_file(file, keys, key=key_b, store=store_a)
+
+
+def test_a_saved_answer_serves_offline_when_a_proxy_added_its_own_later_date(
+    shop: WebhookSender, app: Flask, tmp_path: Path
+) -> None:
+    """A server in front of Keygate whose clock is a few seconds ahead adds its own Date
+    after Keygate's: the answer verifies (by the Date that was signed), and the saved copy
+    still serves offline once Keygate is down (it keeps the Date that was signed, not the
+    last one received)."""
+    key = issue_key(shop)
+    server = LiveServer(app)
+    wait_until_serving(server.port)
+    keys = _pinned(server)
+
+    def add_a_later_date(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        signed = next(v for k, v in headers if k.lower() == "date")
+        later = email.utils.parsedate_to_datetime(signed).timestamp() + 3
+        return [*headers, ("Date", email.utils.formatdate(later, usegmt=True))]
+
+    url, thread = _rewriting_proxy(server.port, add_a_later_date)
+    cache = tmp_path / "cache.json"
+    client = KeygateClient(url, keys, product="501", cache_path=cache, timeout=2)
+    assert client.validate(key).offline is False
+    thread.join(timeout=10)
+    server.stop()
+    for offline in (client, KeygateClient(url, keys, product="501", cache_path=cache, timeout=2)):
+        result = offline.validate(key)
+        assert (result.valid, result.offline) == (True, True)
