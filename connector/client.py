@@ -182,6 +182,36 @@ def verify_response(
     Raises:
         SignatureError: anything does not check out.
     """
+    data, _ = _verify(
+        method=method,
+        url=url,
+        headers=headers,
+        body=body,
+        public_keys=public_keys,
+        nonce=nonce,
+        max_skew=max_skew,
+        now=now,
+        host=host,
+        request_body=request_body,
+    )
+    return data
+
+
+def _verify(
+    *,
+    method: str,
+    url: str,
+    headers: Mapping[str, str] | email.message.Message,
+    body: bytes,
+    public_keys: Mapping[str, str | bytes],
+    nonce: str | None = None,
+    max_skew: float | None = 300.0,
+    now: float | None = None,
+    host: str | None = None,
+    request_body: bytes | None = None,
+) -> tuple[dict[str, Any], str]:
+    """:func:`verify_response`, which also gives the Date that was signed (one received, or
+    a second before one): what a saved answer keeps to be checked again offline."""
     received = [(k.lower(), v) for k, v in headers.items()]
     for name in SINGLE_HEADERS:
         if sum(1 for k, _ in received if k == name) > 1:
@@ -222,8 +252,10 @@ def verify_response(
             return False
         return True
 
-    signed_at = next((at for date, at in dates if signed_with(date)), None)
-    if signed_at is None:
+    signed_date, signed_at = next(
+        ((date, at) for date, at in dates if signed_with(date)), (None, 0.0)
+    )
+    if signed_date is None:
         raise SignatureError("the signature does not verify")
     if max_skew is not None and abs((time.time() if now is None else now) - signed_at) > max_skew:
         raise SignatureError("the answer's Date is too far from this machine's clock")
@@ -234,7 +266,7 @@ def verify_response(
     if not isinstance(data, dict):
         raise SignatureError("the signed body is not a JSON object")
     _check_echo(data, nonce, request_body, required=True)
-    return data
+    return data, signed_date
 
 
 def _check_echo(
@@ -602,7 +634,7 @@ class KeygateClient:
             # out of reach, which whoever sits in between could cause anyway.
             where = f" (redirected to {lowered.get('location')})" if 300 <= status < 400 else ""
             raise Unavailable(f"an answer {status} not from Keygate{where}")
-        data = verify_response(
+        data, signed_date = _verify(
             method="POST",
             url=url,
             headers=message,  # every header as received, repeated ones included
@@ -622,9 +654,12 @@ class KeygateClient:
             # read (this file stands alone, so it cannot use connector.validation).
             readable = retry.isascii() and retry.isdigit() and len(retry) <= 9
             raise RequestRejected(status, data, int(retry) if readable else None)
+        # Saved with the Date that was signed: another one (a server in front of Keygate
+        # may add its own) would not verify offline, where the record holds one per name.
+        saved = {k: v for k, v in headers.items() if k.lower() != "date"}
         record = {
             "url": url,
-            "headers": headers,
+            "headers": {**saved, "Date": signed_date},
             "body": raw.decode("utf-8"),
             "request": body.decode("utf-8"),
         }
