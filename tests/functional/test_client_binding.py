@@ -430,3 +430,31 @@ def test_an_unsigned_date_written_beside_a_saved_answer_does_not_renew_it(
     offline = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
     with pytest.raises(Unavailable):
         offline.validate(key)
+
+
+def test_a_signed_429_holds_the_clients_calls_for_that_key_until_retry_after(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keygate asked the client to wait: until Retry-After has passed it sends nothing more
+    for that key (Keygate is stopped here, so a call that went out would be Unavailable):
+    validate serves its saved answer, other calls raise the 429 again with the seconds
+    left. Another key is not held, and once the time is up the key's calls go out again."""
+    key, other = issue_key(shop), issue_key(shop)
+    client = KeygateClient(live.url, _pinned(live), product="501", cache_path=tmp_path / "c")
+    for _ in range(PER_KEY):
+        assert client.validate(key).offline is False
+    assert client.validate(key).offline is True  # the 429, answered from the saved answer
+    live.stop()
+    with pytest.raises(RequestRejected) as held:
+        client.activate(key, site="a.com")
+    assert held.value.status == 429
+    assert held.value.retry_after is not None and 0 < held.value.retry_after <= 60
+    with pytest.raises(RequestRejected):
+        client.validate(key, site="never-saved.com")
+    assert client.validate(key).offline is True
+    with pytest.raises(Unavailable):
+        client.validate(other)
+    real = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: real() + 61)
+    with pytest.raises(Unavailable):
+        client.activate(key, site="a.com")
