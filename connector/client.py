@@ -37,6 +37,7 @@ import hmac
 import http.client
 import ipaddress
 import json
+import math
 import os
 import re
 import secrets
@@ -531,6 +532,8 @@ class KeygateClient:
         self.max_skew = max_skew
         self.timeout = timeout
         self._cache: dict[str, dict[str, Any]] = self._load_cache()
+        # Keys Keygate asked to wait (a signed 429): until when (monotonic), and its answer.
+        self._held: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # --- the API ---------------------------------------------------------------------------
 
@@ -618,6 +621,14 @@ class KeygateClient:
         return {**self._question(key, **fields), "nonce": secrets.token_urlsafe(16)}
 
     def _call(self, path: str, payload: dict[str, Any]) -> tuple[Result, dict[str, Any]]:
+        # A signed 429 asked this client to wait: nothing more goes out for the key until its
+        # Retry-After has passed (validate serves its saved answer meanwhile).
+        held_as = _compact(str(payload.get("key", "")))
+        until, answer = self._held.get(held_as, (0.0, {}))
+        left = until - time.monotonic()
+        if left > 0:
+            raise RequestRejected(429, answer, math.ceil(left))
+        self._held.pop(held_as, None)
         url = self.base_url + path
         body = json.dumps({k: v for k, v in payload.items() if v is not None}).encode()
         request = urllib.request.Request(  # noqa: S310 - the product's own Keygate URL
@@ -653,6 +664,8 @@ class KeygateClient:
             # ASCII digits, a few of them: isdigit() is also true for "²", which int() cannot
             # read (this file stands alone, so it cannot use connector.validation).
             readable = retry.isascii() and retry.isdigit() and len(retry) <= 9
+            if status == 429 and readable and int(retry) > 0:
+                self._held[held_as] = (time.monotonic() + int(retry), data)
             raise RequestRejected(status, data, int(retry) if readable else None)
         # Saved with the Date that was signed: another one (a server in front of Keygate
         # may add its own) would not verify offline, where the record holds one per name.
