@@ -8,11 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
-from connector.client import KeygateClient, LicenseFileError, verify_license_file
+from connector.client import KeygateClient, LicenseFileError, SignatureError, verify_license_file
+from connector.db import db
 from tests.factories import WebhookSender
 from tests.functional.test_license_live import LiveServer, _pinned, live
-from tests.licensing_helpers import issue_key
+from tests.licensing_helpers import issue_key, wait_until_serving
 
 __all__ = ["live"]  # a fixture, used by name
 
@@ -69,3 +71,39 @@ def test_a_refused_checkout_is_a_license_file_error_not_a_crash(
     assert verify_license_file(file.encode(), keys, key=key)["license"]["status"] == "active"  # type: ignore[arg-type]
     with pytest.raises(LicenseFileError, match="not a Keygate license file"):
         verify_license_file(b"\xff" + file.encode(), keys, key=key)  # type: ignore[arg-type]
+
+
+def test_after_a_rotation_what_the_retired_key_signed_still_verifies(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """The README's rotation, as a product lives it: it pinned the active and the next key
+    (``--prepare``); after the rotation new answers verify, and the saved answer and the
+    license file the retired key signed still do (its key stays pinned). A product that
+    pinned only the old key refuses the new key's answers (it must ship the next key)."""
+    from connector.signing import forget_cached_signer, prepare_signing_key, rotate_signing_key
+
+    key = issue_key(shop)
+    server = LiveServer(app)
+    wait_until_serving(server.port)
+    old = _pinned(server)
+    with app.app_context():
+        prepare_signing_key(db.session)
+        db.session.commit()
+    forget_cached_signer(app)
+    pinned = _pinned(server)  # the active and the next key
+    assert len(pinned) == 2
+    cache = tmp_path / "cache.json"
+    client = KeygateClient(server.url, pinned, product="501", cache_path=cache, timeout=2)
+    assert client.validate(key).valid
+    file = client.checkout(key).data["license_file"]
+    with app.app_context():
+        rotate_signing_key(db.session)
+        db.session.commit()
+    forget_cached_signer(app)
+    assert client.activate(key, site="a.com").valid  # signed by the new key
+    with pytest.raises(SignatureError, match="unknown signing key"):
+        KeygateClient(server.url, old, product="501").activate(key, site="a.com")
+    server.stop()
+    assert verify_license_file(file, pinned, key=key)["license"]["status"] == "active"
+    offline = KeygateClient(server.url, pinned, product="501", cache_path=cache, timeout=2)
+    assert offline.validate(key).offline is True  # the answer the retired key signed
