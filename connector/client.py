@@ -311,7 +311,7 @@ def verify_license_file(
     public_keys: Mapping[str, str | bytes],
     *,
     key: str | None = None,
-    product: str | None = None,
+    product: str | int | None = None,
     store: str | None = None,
     site: str | None = None,
     fingerprint: str | None = None,
@@ -394,7 +394,11 @@ def verify_license_file(
     licensed = content.get("license")
     licensed = licensed if isinstance(licensed, dict) else {}
     # The product checkout was asked for (a variation's parent), or the license's own.
-    if product is not None and product not in (content.get("product"), licensed.get("product")):
+    # Shop ids are strings in the file: 501 and "501" name one product.
+    if product is not None and str(product) not in (
+        content.get("product"),
+        licensed.get("product"),
+    ):
         raise LicenseFileError("this license file is for another product")
     if store is not None and content.get("store") != store:
         raise LicenseFileError("this license file is for another store's product")

@@ -300,8 +300,11 @@ def test_a_license_file_is_checked_for_its_product_machine_and_issue_time(
     file = client.checkout(key, fingerprint="machine-1").data["license_file"]
     content = verify_license_file(file, keys, key=key, product="777", fingerprint=" machine-1 ")
     assert content["fingerprint"] == "machine-1"
+    assert verify_license_file(file, keys, key=key, product=777)["product"] == "777"
     with pytest.raises(LicenseFileError, match="another product"):
         verify_license_file(file, keys, key=key, product="501")
+    with pytest.raises(LicenseFileError, match="another product"):
+        verify_license_file(file, keys, key=key, product=501)
     with pytest.raises(LicenseFileError, match="another machine"):
         verify_license_file(file, keys, key=key, fingerprint="machine-2")
     a_year_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=365)
