@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import iso, read_mostly, utcnow
 from connector.errors import ValidationFailed
+from connector.licensing.files import OFFLINE_DAYS_MAX
 from connector.models import WATERMARKS, Product, ProductFile, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
 from connector.validation import (
@@ -31,6 +32,7 @@ POLICY_FIELDS = (
     "perpetual_fallback",
     "abuse_threshold",
     "abuse_suspend",
+    "offline_days",
 )
 # The yes/no policy fields (the columns are booleans); the others are whole numbers.
 BOOL_POLICY_FIELDS = ("staging_free", "perpetual_fallback", "abuse_suspend")
@@ -153,6 +155,9 @@ def parse_product_spec(data: dict[str, Any]) -> ProductSpec:
         "perpetual_fallback": optional_bool(raw_policy, "perpetual_fallback"),
         "abuse_threshold": optional_int(raw_policy, "abuse_threshold", minimum=1, maximum=100_000),
         "abuse_suspend": optional_bool(raw_policy, "abuse_suspend"),
+        "offline_days": optional_int(
+            raw_policy, "offline_days", minimum=1, maximum=OFFLINE_DAYS_MAX
+        ),
     }
     raw_files = [] if data.get("files") is None else data["files"]
     if not isinstance(raw_files, list) or len(raw_files) > MAX_FILES:

@@ -81,6 +81,10 @@ POLICY_LABELS: dict[str, tuple[str, str]] = {
         "activations + deactivations in 30 days past which the license is flagged; empty: off",
     ),
     "abuse_suspend": ("Suspend on abuse", "past the threshold, also suspend it; default no"),
+    "offline_days": (
+        "Offline file days",
+        "longest an offline license file lasts (1-365); empty: as checkout asks, up to 365",
+    ),
 }
 BOOL_DEFAULTS = {"staging_free": "yes", "perpetual_fallback": "no", "abuse_suspend": "no"}
 # File rows read from a form (more non-blank ones than the API takes are its own 422).

@@ -32,9 +32,12 @@ from connector.signing import Signer
 BEGIN = "-----BEGIN KEYGATE LICENSE FILE-----"
 END = "-----END KEYGATE LICENSE FILE-----"
 HKDF_INFO = b"keygate license file v1"
-DEFAULT_TTL = 7 * 24 * 3600
+DAY = 24 * 3600
+DEFAULT_TTL = 7 * DAY
 MIN_TTL = 3600
-MAX_TTL = 365 * 24 * 3600
+MAX_TTL = 365 * DAY
+# A product's ``offline_days`` (the longest its files last) goes up to the API's own maximum.
+OFFLINE_DAYS_MAX = MAX_TTL // DAY
 
 
 def compact_key(raw_key: str) -> str:
@@ -72,6 +75,12 @@ def build_license_file(
     encoded = base64.b64encode(envelope.encode()).decode("ascii")
     lines = [encoded[i : i + 64] for i in range(0, len(encoded), 64)]
     return "\n".join([BEGIN, *lines, END]) + "\n"
+
+
+def granted_ttl(requested: int, offline_days: int | None) -> int:
+    """The seconds a file lasts: what the caller asked for, shortened to the product's
+    ``offline_days`` (None: no cap below the API's maximum). A longer request is no error."""
+    return requested if offline_days is None else min(requested, offline_days * DAY)
 
 
 def file_expiry(issued: dt.datetime, ttl: int, license_expires: dt.datetime | None) -> dt.datetime:

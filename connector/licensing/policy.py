@@ -3,7 +3,7 @@
 Stored policy fields are ``None`` when the owner left them out; these are the defaults:
 unlimited activations, a lifetime license, updates while the license lasts, staging sites
 free, unlimited downloads, downloads while the license lasts, no perpetual fallback, no
-abuse signal.
+abuse signal, offline license files as long as the caller asks (up to the API's 365 days).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Policy:
     perpetual_fallback: bool = False  # expired licenses keep working for older releases
     abuse_threshold: int | None = None  # binding changes in 30 days; None: no abuse signal
     abuse_suspend: bool = False  # suspend (not only flag) past the threshold
+    offline_days: int | None = None  # longest an offline license file lasts; None: as asked
 
     @classmethod
     def of(cls, product: Product) -> Policy:
@@ -51,6 +52,7 @@ class Policy:
             perpetual_fallback=bool(product.perpetual_fallback),
             abuse_threshold=product.abuse_threshold,
             abuse_suspend=bool(product.abuse_suspend),
+            offline_days=product.offline_days,
         )
 
     def expires_at(self, start: dt.datetime) -> dt.datetime | None:

@@ -45,8 +45,10 @@ from connector.licensing.files import (
     MIN_TTL,
     build_license_file,
     file_expiry,
+    granted_ttl,
     key_digest,
 )
+from connector.licensing.policy import Policy
 from connector.licensing.privacy import register as register_privacy_hooks
 from connector.licensing.releases import release_download_url
 from connector.models import Product, Release, Store
@@ -451,6 +453,9 @@ def checkout() -> ResponseReturnValue:
     if not result.valid or result.license is None or result.product is None:
         return _answer(result, license_file=None)
     identity = service.make_identity(data.get("site"), data.get("fingerprint"))
+    # The owner bounds how long a file verifies offline after a refund or a seat moved
+    # elsewhere: a longer request is shortened to the product's offline_days, not refused.
+    ttl = granted_ttl(ttl, Policy.of(result.product).offline_days)
     issued = utcnow()
     expiry = file_expiry(issued, ttl, result.license.expires_at)
     content = {

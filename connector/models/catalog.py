@@ -35,6 +35,8 @@ class Product(Base):
     # Binding changes (activations + deactivations) in 30 days past which a license is flagged.
     abuse_threshold: Mapped[int | None] = mapped_column(Integer, default=None)
     abuse_suspend: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    # The longest an offline license file of its keys lasts (days); None: as the caller asks.
+    offline_days: Mapped[int | None] = mapped_column(Integer, default=None)
     # Where the settings came from: "keygate" (admin API/UI) wins over "shop" (product meta).
     watermark_fallback: Mapped[str] = mapped_column(String(16), default="refuse")
     source: Mapped[str] = mapped_column(String(16), default="keygate")

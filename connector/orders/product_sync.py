@@ -4,8 +4,8 @@ Documented meta keys (on a product or a variation), each the policy field or ``f
 a product PUT (``PUT /api/v1/admin/products/<id>``):
 
 - ``_keygate_activation_limit``, ``_keygate_duration_days``, ``_keygate_update_days``,
-  ``_keygate_download_limit``, ``_keygate_download_days``, ``_keygate_abuse_threshold``:
-  whole numbers;
+  ``_keygate_download_limit``, ``_keygate_download_days``, ``_keygate_abuse_threshold``,
+  ``_keygate_offline_days``: whole numbers;
 - ``_keygate_staging_free``, ``_keygate_perpetual_fallback``, ``_keygate_abuse_suspend``:
   yes/no;
 - ``_keygate_files``: JSON list of ``{object_key, filename?, watermark?}`` (or of plain

@@ -43,6 +43,7 @@ FULL_POLICY = {
     "perpetual_fallback": True,
     "abuse_threshold": 12,
     "abuse_suspend": True,
+    "offline_days": 14,
 }
 
 
@@ -135,6 +136,7 @@ def test_products_page_lists_policy_files_state_and_storage_warnings(
         duration_days=365,
         download_limit=5,
         download_days=30,
+        offline_days=1,
         files=[
             {"object_key": "products/501/plugin.zip", "filename": "plugin.zip"},
             {"object_key": "products/501/guide.pdf", "filename": "guide.pdf", "watermark": "pdf"},
@@ -158,6 +160,7 @@ def test_products_page_lists_policy_files_state_and_storage_warnings(
     assert "Product 501" in row_501 and "Test Shop" in row_501
     assert "3 seats" in row_501 and "365 days" in row_501
     assert "downloads 5" in row_501 and "for 30 days" in row_501
+    assert "offline files at most 1 day<" in row_501
     assert "staging free" in " ".join(row_501.split())
     assert "guide.pdf (pdf watermark)" in row_501 and "plugin.zip" in row_501
     assert "products/501/guide.pdf: not found in storage yet" in row_501
@@ -166,6 +169,7 @@ def test_products_page_lists_policy_files_state_and_storage_warnings(
     row_502 = html[html.index(">502</a>") : html.index(">501</a>")]
     assert "unlimited seats" in row_502 and "lifetime" in row_502
     assert "staging counts" in " ".join(row_502.split())
+    assert "offline files" not in row_502
     assert "retired" in row_502 and "from shop meta" in row_502
 
 
@@ -196,6 +200,7 @@ def test_a_new_product_saved_from_the_form_is_what_the_api_answers(
         download_limit="10",
         download_days="14",
         abuse_threshold="20",
+        offline_days=" 3 ",
         watermark_fallback="original",
         **{
             "files-0-object_key": " products/501/plugin.zip ",
@@ -223,6 +228,7 @@ def test_a_new_product_saved_from_the_form_is_what_the_api_answers(
             "perpetual_fallback": None,
             "abuse_threshold": 20,
             "abuse_suspend": None,
+            "offline_days": 3,
         },
         "watermark_fallback": "original",
         "retired_at": None,
@@ -269,6 +275,7 @@ def test_a_product_read_in_the_form_and_saved_unchanged_stays_as_it_was(
     page = admin_client.get(page_of(shop, 501)).get_data(as_text=True)
     fields = product_form(page)
     assert fields["abuse_threshold"] == "12" and fields["staging_free"] == "no"
+    assert fields["offline_days"] == "14"
     response = admin_client.post(page_of(shop, 501), data={**fields, "action": "save"})
     assert response.status_code == 302, response.get_data(as_text=True)
     assert api_product(shop, 501) == before
@@ -295,6 +302,9 @@ def _api_error(shop: WebhookSender, body: dict[str, Any]) -> str:
         ({"activation_limit": "-1"}, {"policy": {"activation_limit": -1}}),
         ({"duration_days": "0"}, {"policy": {"duration_days": 0}}),
         ({"download_days": "99999999"}, {"policy": {"download_days": 99999999}}),
+        ({"offline_days": "366"}, {"policy": {"offline_days": 366}}),
+        ({"offline_days": "0"}, {"policy": {"offline_days": 0}}),
+        ({"offline_days": "a week"}, {"policy": {"offline_days": "a week"}}),
         ({"staging_free": "maybe"}, {"policy": {"staging_free": "maybe"}}),
         ({"name": "  "}, {"name": "  "}),
         ({"watermark_fallback": "stamp"}, {"watermark_fallback": "stamp"}),

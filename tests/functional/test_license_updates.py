@@ -258,6 +258,148 @@ def test_plain_license_file_and_invalid_checkout(shop: WebhookSender) -> None:
     assert (refused["code"], refused["license_file"]) == ("NO_ACTIVATION", None)
 
 
+DAY = dt.timedelta(days=1)
+
+
+def _lifetime(content: dict[str, Any]) -> dt.timedelta:
+    """How long a file lasts, from its own issue time to its own expiry."""
+    issued = dt.datetime.fromisoformat(content["issued"].replace("Z", "+00:00"))
+    expiry = dt.datetime.fromisoformat(content["expiry"].replace("Z", "+00:00"))
+    return expiry - issued
+
+
+def checkout_file(shop: WebhookSender, key: str, **body: Any) -> dict[str, Any]:
+    """A checkout's file content, checked offline, with the answer's stated expiry."""
+    answer = call(shop.client, "checkout", {"key": key, "encrypt": False, **body}).get_json()
+    assert answer["code"] == "VALID", answer
+    content = verify_license_file(answer["license_file"], public_keys(shop.client), key=key)
+    assert answer["license_file_expiry"] == content["expiry"]
+    return content
+
+
+@pytest.mark.parametrize(
+    ("asked", "granted"),
+    [
+        ({"ttl": 365 * 24 * 3600}, 2 * DAY),  # a year asked: the product's two days
+        ({}, 2 * DAY),  # the 7 days a checkout gets by default are longer too
+        ({"ttl": 7200}, dt.timedelta(seconds=7200)),  # shorter than the cap: as asked
+        ({"ttl": 2 * 24 * 3600}, 2 * DAY),
+    ],
+)
+def test_an_offline_file_lasts_no_longer_than_the_products_offline_days(
+    shop: WebhookSender, asked: dict[str, int], granted: dt.timedelta
+) -> None:
+    """The owner's offline_days caps what a caller asks for: a longer request is not refused,
+    its file is shortened, and the file's ttl and the answer's expiry say what was given."""
+    key = issue_key(shop, offline_days=2)
+    content = checkout_file(shop, key, **asked)
+    assert _lifetime(content) == granted
+    assert content["ttl"] == granted.total_seconds()
+
+
+def test_without_offline_days_a_file_lasts_as_long_as_asked_up_to_a_year(
+    shop: WebhookSender,
+) -> None:
+    """A product that sets no offline_days keeps the API's own bounds: 7 days by default,
+    what is asked up to 365 days, beyond that a 422."""
+    key = issue_key(shop)
+    assert _lifetime(checkout_file(shop, key)) == 7 * DAY
+    assert _lifetime(checkout_file(shop, key, ttl=365 * 24 * 3600)) == 365 * DAY
+    too_long = call(shop.client, "checkout", {"key": key, "ttl": 365 * 24 * 3600 + 1})
+    assert too_long.status_code == 422
+
+
+def test_a_refunded_orders_file_stops_verifying_after_the_offline_days(
+    shop: WebhookSender,
+) -> None:
+    """Keys a refund revoked get no new file, and one checked out before verifies offline
+    (it cannot know) only until the product's offline_days are over, not the year asked."""
+    from tests.factories import line_item, wc_order
+
+    shop.configure(501, activation_limit=1, offline_days=1)
+    shop.deliver(wc_order(6101, "processing", [line_item(501)]))
+    key = shop.order(6101)["licenses"][0]["key"]
+    call(shop.client, "activate", {"key": key, "site": "one.com"})
+    answer = call(
+        shop.client, "checkout", {"key": key, "site": "one.com", "ttl": 365 * 24 * 3600}
+    ).get_json()
+    text = answer["license_file"]
+    keys = public_keys(shop.client)
+    content = verify_license_file(text, keys, key=key, site="one.com")
+    issued = dt.datetime.fromisoformat(content["issued"].replace("Z", "+00:00"))
+
+    shop.deliver(wc_order(6101, "refunded", [line_item(501)], modified=5))
+    refused = call(shop.client, "checkout", {"key": key, "site": "one.com"}).get_json()
+    assert (refused["code"], refused["license_file"]) == ("REVOKED", None)
+    assert verify_license_file(text, keys, key=key, site="one.com", now=issued + DAY / 2)
+    with pytest.raises(LicenseFileError, match="expired"):
+        verify_license_file(text, keys, key=key, site="one.com", now=issued + DAY)
+
+
+def test_a_seat_moved_elsewhere_leaves_no_file_that_outlives_the_offline_days(
+    shop: WebhookSender,
+) -> None:
+    """A 1-seat key checked out on one site, moved to another and checked out again: each
+    file verifies for the product's offline_days only, however long each asked for."""
+    key = issue_key(shop, activation_limit=1, offline_days=1)
+    year = 365 * 24 * 3600
+    files = []
+    for site in ("one.com", "two.com"):
+        assert call(shop.client, "activate", {"key": key, "site": site}).get_json()["valid"]
+        answer = call(shop.client, "checkout", {"key": key, "site": site, "ttl": year})
+        files.append((site, answer.get_json()["license_file"]))
+        call(shop.client, "deactivate", {"key": key, "site": site})
+    keys = public_keys(shop.client)
+    for site, text in files:
+        content = verify_license_file(text, keys, key=key, site=site)
+        issued = dt.datetime.fromisoformat(content["issued"].replace("Z", "+00:00"))
+        with pytest.raises(LicenseFileError, match="expired"):
+            verify_license_file(text, keys, key=key, site=site, now=issued + DAY)
+
+
+def test_a_variation_keys_file_follows_the_variations_offline_days(
+    shop: WebhookSender,
+) -> None:
+    """Sold as variation 777 (1 offline day) of 501 (none): a file asked for as 501 or as
+    777 lasts the variation's day, the product the key was sold as."""
+    from tests.factories import line_item, wc_order
+
+    shop.configure(501)
+    shop.configure(777, offline_days=1)
+    shop.deliver(wc_order(6102, "processing", [line_item(501, variation_id=777)]))
+    key = shop.order(6102)["licenses"][0]["key"]
+    for named in ("501", "777"):
+        content = checkout_file(shop, key, product=named, ttl=30 * 24 * 3600)
+        assert _lifetime(content) == DAY, named
+
+
+@pytest.mark.parametrize("bad", [0, -1, 366, 100_000, "7", 1.5, True])
+def test_offline_days_outside_one_to_365_is_a_422_naming_it(
+    shop: WebhookSender, bad: object
+) -> None:
+    """offline_days is a whole number of days from 1 to 365 (the longest file checkout
+    gives); anything else is refused, naming the field, and changes nothing."""
+    shop.configure(501, offline_days=5)
+    response = shop.admin(
+        "PUT", "/products/501", {"name": "Plugin Pro", "policy": {"offline_days": bad}}
+    )
+    assert response.status_code == 422, bad
+    assert response.content_type == "application/problem+json"
+    assert "offline_days" in response.get_json()["detail"]
+    assert shop.admin("GET", "/products/501").get_json()["policy"]["offline_days"] == 5
+
+
+def test_offline_days_reads_back_as_set_and_null_clears_it(shop: WebhookSender) -> None:
+    """The policy round-trips through the API: set, read back, sent back, cleared."""
+    shop.configure(501, offline_days=365)
+    read = shop.admin("GET", "/products/501").get_json()
+    assert read["policy"]["offline_days"] == 365
+    assert shop.admin("PUT", "/products/501", read).status_code == 200
+    assert shop.admin("GET", "/products/501").get_json()["policy"]["offline_days"] == 365
+    shop.configure(501, offline_days=None)
+    assert shop.admin("GET", "/products/501").get_json()["policy"]["offline_days"] is None
+
+
 def test_release_download_of_a_missing_file_is_404(shop: WebhookSender, tmp_path: Path) -> None:
     """A release whose file is not in storage yet: the link answers 404, not 500."""
     key = issue_key(shop)

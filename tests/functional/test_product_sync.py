@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from connector.catalog import MAX_FILES
+from connector.client import verify_license_file
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
 from connector.models import AuditEvent, Job, Order, Product, Store
@@ -626,3 +627,23 @@ def test_a_variations_cleared_field_follows_its_parent(
     )
     licenses = shop.order(9842)["licenses"]
     assert [(lic["product_id"], lic["activation_limit"]) for lic in licenses] == [("600", 2)]
+
+
+def test_offline_days_meta_caps_the_products_offline_files(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """``_keygate_offline_days`` configures how long the product's offline license files
+    last, 1 to 365 days as a PUT takes: more is reported and the product left unconfigured."""
+    from tests.licensing_helpers import call, public_keys
+
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_offline_days": "2"})
+    fake_shop.products[502] = wc_product(502, "Too long", {"_keygate_offline_days": "366"})
+    connect_store(app, shop, fake_shop)
+    result = sync(app, shop)
+    assert result.invalid == {"502": "_keygate_offline_days must be between 1 and 365"}
+    assert shop.admin("GET", "/products/501").get_json()["policy"]["offline_days"] == 2
+    fake_shop.deliver(shop.client, "order.created", wc_order(9842, "processing", [line_item(501)]))
+    key = shop.order(9842)["licenses"][0]["key"]
+    answer = call(shop.client, "checkout", {"key": key, "ttl": 365 * 24 * 3600}).get_json()
+    content = verify_license_file(answer["license_file"], public_keys(shop.client), key=key)
+    assert content["ttl"] == 2 * 24 * 3600

@@ -477,3 +477,28 @@ def test_0024_gives_ready_copies_their_retries_back(
         assert [tuple(row) for row in counts] == [("ready", 0), ("failed", 3)]
     finally:
         engine.dispose()
+
+
+def test_0025_goes_down_and_up_again_with_products_and_their_licenses(
+    shop: WebhookSender, database_url: str
+) -> None:
+    """0025 adds a product's offline_days; products configured before have none (files as
+    long as checkout asks, as before). Its downgrade drops the column and keeps every
+    product, with the licenses and files that refer to it."""
+    shop.configure(501, activation_limit=1, offline_days=3)
+    shop.deliver(wc_order(9105, "processing", [line_item(501)]), "order.created")
+    engine = make_engine(database_url)
+    try:
+        downgrade(engine, "0024")
+        with engine.connect() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("products")}
+        assert "offline_days" not in columns
+        upgrade(engine)
+        with engine.connect() as connection:
+            kept = connection.execute(text("SELECT activation_limit, offline_days FROM products"))
+            assert [tuple(row) for row in kept] == [(1, None)]
+            licenses = connection.execute(text("SELECT count(*) FROM licenses")).scalar()
+            files = connection.execute(text("SELECT count(*) FROM product_files")).scalar()
+        assert (licenses, files) == (1, 1)
+    finally:
+        engine.dispose()
