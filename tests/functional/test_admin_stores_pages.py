@@ -268,7 +268,10 @@ def test_the_store_page_shows_the_registered_webhooks_and_disconnects(
     html = owner.get(page).get_data(as_text=True)
     assert "<strong>connected</strong>" in html
     for webhook in connection["webhooks"]:
-        assert f"<td>{webhook['topic']}</td><td>{webhook['id']}</td><td>active</td>" in html
+        assert (
+            f'<td>{webhook["topic"]}</td><td data-label="Shop\'s id">{webhook["id"]}</td>'
+            '<td data-label="Status">active</td>'
+        ) in html
     assert "Disconnect</button>" in html
 
     assert owner.post(f"{page}/disconnect").status_code == 400

@@ -452,12 +452,15 @@ def test_audit_subjects_and_a_mail_lead_to_their_pages(
     assert f'<a href="/admin/orders/{order_id}">order:9959</a>' in audit
     assert f'<a href="/admin/licenses/{license_id}">license:{license_id}</a>' in audit
     assert f'<a href="/admin/stores/{store.id}">store:{store.public_id}</a>' in audit
-    assert "<td>order:404</td>" in audit and "<td>license:x</td>" in audit
+    assert (
+        '<td class="long" data-label="Subject">order:404</td>' in audit
+        and '<td class="long" data-label="Subject">license:x</td>' in audit
+    )
 
     mail = admin_client.get(f"/admin/outbox/mails/{mail_id}").get_data(as_text=True)
     assert f'href="/admin/orders/{order_id}"' in mail
 
     header = admin_client.get(f"/admin/orders/{order_id}").get_data(as_text=True)
-    line = re.search(r"<h1>Order [^<]*</h1>\s*<p>(.*?)</p>", header, re.S)
+    line = re.search(r"<h1>Order [^<]*</h1>\s*<p class=\"wrap\">(.*?)</p>", header, re.S)
     assert line, header
     assert not re.search(r"·\s*·", line.group(1)) and not line.group(1).rstrip().endswith("·")
