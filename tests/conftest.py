@@ -139,6 +139,8 @@ def app_overrides(tmp_path: Path, database_url: str, **extra: Any) -> dict[str, 
         "mail_echo": False,
         "base_url": "http://keygate.test",
         "start_worker": False,
+        # Never Brevo itself: saving Brevo settings tries them (a closed port answers at once).
+        "brevo_api_host": "http://127.0.0.1:9/v3",
     }
     values.update(extra)
     return values

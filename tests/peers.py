@@ -30,7 +30,8 @@ class RecordedRequest:
 @dataclass
 class FakeBrevo:
     """Brevo's v3 API as far as Keygate uses it: /smtp/email, /contacts and
-    /contacts/lists/<id>/contacts/remove.
+    /contacts/lists/<id>/contacts/remove; GET /account and /contacts/lists/<id> (the
+    credentials check).
 
     ``failures`` is a list of HTTP statuses to answer (in order) before answering normally.
     ``lists`` are the account's list ids: removing from another list is a 404, as in Brevo.
@@ -63,6 +64,20 @@ class FakeBrevo:
 
 
 REMOVE_FROM_LIST = re.compile(r"/v3/contacts/lists/(\d+)/contacts/remove")
+LIST = re.compile(r"/v3/contacts/lists/(\d+)")
+# GET /account as Brevo answers it (the fields the SDK's GetAccount requires).
+ACCOUNT = {
+    "email": "owner@shop.test",
+    "firstName": "Shop",
+    "lastName": "Owner",
+    "companyName": "Shop",
+    "address": {"street": "1 Main St", "city": "Town", "zipCode": "12345", "country": "FR"},
+    "plan": [{"type": "free", "credits": 300, "creditsType": "sendLimit"}],
+    "relay": {
+        "enabled": True,
+        "data": {"userName": "owner@shop.test", "relay": "smtp-relay.brevo.com", "port": 587},
+    },
+}
 
 
 @contextmanager
@@ -80,6 +95,48 @@ def fake_brevo() -> Iterator[FakeBrevo]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            state.requests.append(
+                RecordedRequest(
+                    "GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None
+                )
+            )
+            if state.on_request is not None:
+                state.on_request(self.path)
+            if self.headers.get("api-key") != "xkeysib-test-key":
+                self._answer(401, {"code": "unauthorized", "message": "Key not found"})
+                return
+            if state.failures:
+                status = state.failures.pop(0)
+                self._answer(status, {"code": "error", "message": "try later"})
+                return
+            if state.stall_seconds:
+                time.sleep(state.stall_seconds)
+            listed = LIST.fullmatch(self.path)
+            if self.path == "/v3/account":
+                self._answer(200, ACCOUNT)
+            elif listed is not None and int(listed.group(1)) in state.lists:
+                list_id = int(listed.group(1))
+                members = sum(state.in_list(e, list_id) for e in state.contacts)
+                self._answer(
+                    200,
+                    {
+                        "id": list_id,
+                        "name": f"List {list_id}",
+                        "totalBlacklisted": 0,
+                        "totalSubscribers": members,
+                        "uniqueSubscribers": members,
+                        "folderId": 1,
+                        "createdAt": "2026-01-01T00:00:00.000+00:00",
+                    },
+                )
+            elif listed is not None:
+                self._answer(
+                    404, {"code": "document_not_found", "message": "List ID does not exist"}
+                )
+            else:
+                self._answer(404, {"code": "not_found", "message": "no such endpoint"})
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -71,7 +71,9 @@ from connector.privacy import store_deletion
 from connector.stores import create_store, key_format, replace_api_token, setup_details
 from connector.validation import is_control_character, row_id, whole_number
 from connector.vault import connection as shop_connection
+from connector.vault.checks import CHECKED_KINDS, CheckResult, check_credentials, checkable
 from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
+from connector.vault.views import credential_checks
 from plugin.shop import PAID_STATUSES
 
 from . import attention, sign_in
@@ -794,41 +796,37 @@ def replace_webhook_secret(store_id: int) -> ResponseReturnValue:
 
 @bp.route("/stores/<int:store_id>/credentials", methods=["GET", "POST"])
 @login_required
+@credential_checks
 def store_credentials(store_id: int) -> ResponseReturnValue:
     """R2, Brevo and WooCommerce settings of a store: secrets write-only (blank keeps the
     stored one). Saved as PUT /api/v1/admin/credentials/<kind> saves them: a WooCommerce
-    key given by hand connects the store."""
+    key given by hand connects the store; R2 and Brevo settings are tried once saved, and
+    again with the form's Check button (``action=check``)."""
     store = _visible_store(store_id)
     form = ConfirmForm()
     error = None
+    status = 200
     saved = None
+    checks: dict[str, CheckResult] = {}
     # A refused form's fields as typed, secrets left out (never echoed into a page).
     typed: dict[str, dict[str, str]] = {}
     if request.method == "POST":
         kind = request.form.get("kind", "")
         if not form.validate_on_submit() or kind not in FIELDS:
             abort(400)
-        raw: dict[str, Any] = {}
-        for name, spec in FIELDS[kind].items():
-            value = (request.form.get(name) or "").strip()
-            if value and spec.kind is int:
-                # Not a number: passed on as text, for parse_credentials' own 422.
-                number = whole_number(value)
-                raw[name] = number if number is not None else value
-            elif value:
-                raw[name] = value
-        try:
-            values = parse_credentials(kind, raw)
-            shop_connection.save_credentials(db.session, store, kind, values, actor=_admin_name())
-            saved = kind
-        except KeygateError as exc:
-            db.session.rollback()
-            error = exc.detail
-            typed[kind] = {
-                name: str(request.form.get(name) or "").strip()
-                for name, spec in FIELDS[kind].items()
-                if not spec.secret
-            }
+        if request.form.get("action") == "check":
+            if not checkable(kind):
+                abort(400)
+            try:
+                checks[kind] = check_credentials(db.session, store, kind)
+            except NotFound as exc:
+                error, status = exc.detail, 404
+        else:
+            saved, error = _save_credentials(store, kind, typed)
+            if error is not None:
+                status = 422
+            elif checkable(kind):
+                checks[kind] = check_credentials(db.session, store, kind)
     current = {
         kind: masked(kind, credentials_for(db.session, store, kind) or {}) for kind in FIELDS
     }
@@ -842,4 +840,34 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
         error=error,
         saved=saved,
         typed=typed,
-    ), (422 if error else 200)
+        checks=checks,
+        checkable=CHECKED_KINDS,
+    ), status
+
+
+def _save_credentials(
+    store: Store, kind: str, typed: dict[str, dict[str, str]]
+) -> tuple[str | None, str | None]:
+    """Save the form's ``kind`` settings: (the kind saved, None), or (None, why not) with
+    what was typed put in ``typed`` (secrets left out)."""
+    raw: dict[str, Any] = {}
+    for name, spec in FIELDS[kind].items():
+        value = (request.form.get(name) or "").strip()
+        if value and spec.kind is int:
+            # Not a number: passed on as text, for parse_credentials' own 422.
+            number = whole_number(value)
+            raw[name] = number if number is not None else value
+        elif value:
+            raw[name] = value
+    try:
+        values = parse_credentials(kind, raw)
+        shop_connection.save_credentials(db.session, store, kind, values, actor=_admin_name())
+    except KeygateError as exc:
+        db.session.rollback()
+        typed[kind] = {
+            name: str(request.form.get(name) or "").strip()
+            for name, spec in FIELDS[kind].items()
+            if not spec.secret
+        }
+        return None, exc.detail
+    return kind, None

@@ -94,9 +94,9 @@ def _error_code(body: Any) -> str:
     return code if isinstance(code, str) and code.isidentifier() else ""
 
 
-def _call(fn: Any, *args: Any) -> Any:
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
-        return fn(*args, _request_timeout=TIMEOUT)
+        return fn(*args, _request_timeout=TIMEOUT, **kwargs)
     except ApiException as exc:
         status = exc.status or 0
         if status == 429 or status >= 500:
@@ -194,3 +194,47 @@ def remove_from_list(config: BrevoConfig, host: str, list_id: int, email: str) -
     contacts = getattr(result, "contacts", None)
     removed = [str(e).lower() for e in (getattr(contacts, "success", None) or [])]
     return "removed" if email.lower() in removed else "not_in_list"
+
+
+# What a credentials check found wrong (connector.vault.checks words it for the owner).
+KEY_REFUSED = "refused"  # 401/403: a wrong or deleted key, or this server's IP not allowed
+UNREACHABLE = "unreachable"  # no answer, or 429/5xx: Brevo down, busy or not this host
+NO_LIST = "no_list"  # the list_id set is not a list of the account
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class AccessProblem:
+    """What a check found: ``kind`` (one of the names above) and Brevo's status and error
+    code when it answered (never its message, which may echo what was sent)."""
+
+    kind: str
+    status: int = 0
+    code: str = ""
+
+
+def check_access(config: BrevoConfig, host: str) -> AccessProblem | None:
+    """Whether Brevo takes the store's key (GET /account) and knows its list_id, when one is
+    set (GET /contacts/lists/<id>): None when both work. With the mail's timeout.
+
+    The answers are not read into the SDK's models: only the status counts (a field the
+    2023 SDK does not know must not make a working key look refused).
+    """
+    client = _client(config, host)
+    calls: list[tuple[Any, tuple[Any, ...]]] = [(sib_api_v3_sdk.AccountApi(client).get_account, ())]
+    if config.list_id is not None:
+        calls.append((sib_api_v3_sdk.ContactsApi(client).get_list, (config.list_id,)))
+    for fn, args in calls:
+        try:
+            answer = _call(fn, *args, _preload_content=False)
+        except RetryLater:
+            return AccessProblem(UNREACHABLE)
+        except BrevoNotFound as exc:
+            return AccessProblem(NO_LIST if args else OTHER, exc.status, exc.code)
+        except BrevoRejected as exc:
+            if exc.status == 0:  # the SDK's word for a failed TLS handshake
+                return AccessProblem(UNREACHABLE)
+            kind = KEY_REFUSED if exc.status in (401, 403) else OTHER
+            return AccessProblem(kind, exc.status, exc.code)
+        answer.release_conn()
+    return None

@@ -11,12 +11,14 @@ import functools
 import ipaddress
 import re
 import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import boto3
+import urllib3
 from boto3.exceptions import Boto3Error
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
@@ -142,9 +144,13 @@ def content_disposition(filename: str) -> str:
 _AWS_REDACTOR = RedactingFilter(AWS_PATTERNS)
 
 
-@functools.lru_cache(maxsize=32)
-def _client(config: R2Config) -> Any:
-    # Building a client costs tens of milliseconds; clients are thread-safe, so keep one.
+CONNECT_TIMEOUT = 5
+# A credentials check waits for an owner's page: one try, and a bucket that stalls is
+# "not answering" after this many seconds, not after three tries of a minute each.
+CHECK_READ_TIMEOUT = 10
+
+
+def _new_client(config: R2Config, *, attempts: int, read_timeout: float) -> Any:
     client = boto3.session.Session().client(
         "s3",
         endpoint_url=config.endpoint,
@@ -156,14 +162,75 @@ def _client(config: R2Config) -> Any:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path"},
-            retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=60,
+            retries={"max_attempts": attempts, "mode": "standard"},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=read_timeout,
         ),
     )
     # botocore logs whole signed requests at DEBUG; its loggers exist once a client does.
     redact_loggers(("botocore", "boto3", "s3transfer", "urllib3"), _AWS_REDACTOR)
     return client
+
+
+@functools.lru_cache(maxsize=32)
+def _client(config: R2Config) -> Any:
+    # Building a client costs tens of milliseconds; clients are thread-safe, so keep one.
+    return _new_client(config, attempts=3, read_timeout=60)
+
+
+@functools.lru_cache(maxsize=8)
+def _check_client(config: R2Config) -> Any:
+    return _new_client(config, attempts=1, read_timeout=CHECK_READ_TIMEOUT)
+
+
+# What a credentials check found wrong (connector.vault.checks words it for the owner).
+UNREACHABLE = "unreachable"  # no answer: the endpoint is wrong, or the service is down
+REFUSED = "refused"  # the access key id or the secret is not taken
+NO_BUCKET = "no_bucket"
+NO_READ = "no_read"  # the key may not read objects in the bucket
+NO_WRITE = "no_write"  # ... or may not write them (an "Object Read only" token)
+NOT_S3 = "not_s3"  # something answered, not as an S3 service does
+SERVER_ERROR = "server_error"  # the service answered 5xx
+OTHER = "other"
+# S3's error codes for a key or a signature it does not take (R2 answers the same ones).
+REFUSED_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+    "AuthorizationQueryParametersError",
+    "InvalidArgument",  # R2: an access key id of the wrong length
+    "Unauthorized",
+}
+CHECK_PREFIX = "keygate-check/"
+_ERROR_CODE = re.compile(rb"<Code>([A-Za-z0-9.]{1,64})</Code>")
+
+
+@dataclass(frozen=True)
+class AccessProblem:
+    """What a check of the credentials found: ``kind`` (one of the names above) and, when
+    the service answered, its status and S3 error code (never its message or the URL)."""
+
+    kind: str
+    status: int = 0
+    code: str = ""
+
+
+def _problem_of(status: int, code: str, *, writing: bool) -> AccessProblem:
+    if code in REFUSED_CODES:
+        kind = REFUSED
+    elif code == "NoSuchBucket":
+        kind = NO_BUCKET
+    elif code == "AccessDenied" or status == 403:
+        kind = NO_WRITE if writing else NO_READ
+    elif status >= 500:
+        kind = SERVER_ERROR
+    elif not code:
+        kind = NOT_S3
+    else:
+        kind = OTHER
+    return AccessProblem(kind, status, code)
 
 
 class R2Store:
@@ -189,6 +256,47 @@ class R2Store:
         """The boto3 client, built on first use (and cached per config)."""
         self._check_endpoint()
         return _client(self.config)
+
+    def check_access(self) -> AccessProblem | None:
+        """Try the credentials the way Keygate uses them: None when they work.
+
+        A presigned GET of a key that cannot exist (a buyer's click is a presigned GET; a
+        "no such key" answer means the key, the secret and the bucket are right and reading
+        is allowed), then writing and deleting an empty object under ``keygate-check/``
+        (Keygate stores buyers' stamped copies in the bucket). Both are allowed by an R2
+        "Object Read & Write" token scoped to the bucket; no bucket-level right is needed.
+        One try each, and nothing waits longer than :data:`CHECK_READ_TIMEOUT` for an answer.
+        """
+        self._check_endpoint()
+        # The signed URL is logged by urllib3 at DEBUG: its signature is hidden there.
+        redact_loggers(("urllib3",), _AWS_REDACTOR)
+        key = f"{CHECK_PREFIX}{uuid.uuid4().hex}"
+        http = urllib3.PoolManager(
+            retries=False,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=CHECK_READ_TIMEOUT),
+        )
+        try:
+            answer = http.request("GET", self.presigned_url(key, "check", 60), redirect=False)
+        except (urllib3.exceptions.HTTPError, OSError):
+            return AccessProblem(UNREACHABLE)
+        finally:
+            http.clear()
+        if answer.status == 200:
+            return AccessProblem(NOT_S3, 200)  # an object under a new random name: not S3
+        found = _ERROR_CODE.search(answer.data[:8192])
+        code = found.group(1).decode() if found else ""
+        if code != "NoSuchKey":
+            return _problem_of(answer.status, code, writing=False)
+        client = _check_client(self.config)
+        try:
+            client.put_object(Bucket=self.config.bucket, Key=key, Body=b"")
+            client.delete_object(Bucket=self.config.bucket, Key=key)
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return _problem_of(status, _code(exc), writing=True)
+        except BotoCoreError:
+            return AccessProblem(UNREACHABLE)
+        return None
 
     def exists(self, key: str) -> bool:
         return self.etag(key) is not None

@@ -1,6 +1,8 @@
 """Vault routes: credentials API, the shop connection API, the wc-auth callback.
 
-``PUT|GET|DELETE /api/v1/admin/credentials/<kind>`` (Bearer token): secrets are write-only.
+``PUT|GET|DELETE /api/v1/admin/credentials/<kind>`` (Bearer token): secrets are write-only;
+a PUT of R2 or Brevo credentials answers whether they work (``check``), and
+``POST /api/v1/admin/credentials/<kind>/check`` asks again.
 ``GET|DELETE /api/v1/admin/connection`` (Bearer token): status, the wc-auth link, disconnect.
 ``POST /webhooks/woocommerce/<store_id>/auth-callback``: WooCommerce posts the REST key here.
 """
@@ -9,15 +11,17 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, g, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
 from connector.admin.auth import current_store, require_store_token
 from connector.db import db
 from connector.errors import Conflict, InvalidInput, NotFound
+from connector.extensions import limiter
 from connector.stores import find_store
 from connector.validation import json_body
 from connector.vault import connection as shop_connection
+from connector.vault.checks import check_credentials, checkable
 from connector.vault.service import (
     check_kind,
     credentials_for,
@@ -31,16 +35,49 @@ from plugin.woocommerce.connect import parse_callback
 log = logging.getLogger(__name__)
 bp = Blueprint("vault_views", __name__)
 
+# Saving and checking credentials asks R2 or Brevo each time: a few a minute per store (and,
+# on the admin pages, per admin) is plenty for an owner correcting a typo.
+CHECK_LIMIT = "10/minute;60/hour"
+
+
+def _checks_key() -> str:
+    """Whose checks these are: the store of the API token, or the signed-in admin and the
+    store of the page."""
+    store = g.get("store")
+    if store is not None:
+        return f"credentials-check:store:{store.id}"
+    user = g.get("admin_user")
+    store_id = (request.view_args or {}).get("store_id")
+    return f"credentials-check:admin:{getattr(user, 'id', None)}:{store_id}"
+
+
+credential_checks = limiter.shared_limit(
+    CHECK_LIMIT, scope="credentials-check", key_func=_checks_key, methods=["POST", "PUT"]
+)
+
 
 @bp.put("/api/v1/admin/credentials/<kind>")
 @require_store_token
+@credential_checks
 def put_store_credentials(kind: str) -> ResponseReturnValue:
+    """Save; then, for R2 and Brevo, try them (saved whatever the check finds: the owner
+    may save before making the bucket)."""
     kind = check_kind(kind)
     values = parse_credentials(kind, json_body())
-    stored = shop_connection.save_credentials(
-        db.session, current_store(), kind, values, actor="api"
-    )
-    return jsonify({"kind": kind, "credentials": masked(kind, stored)})
+    store = current_store()
+    stored = shop_connection.save_credentials(db.session, store, kind, values, actor="api")
+    shown = masked(kind, stored)
+    check = check_credentials(db.session, store, kind).as_json() if checkable(kind) else None
+    return jsonify({"kind": kind, "credentials": shown, "check": check})
+
+
+@bp.post("/api/v1/admin/credentials/<kind>/check")
+@require_store_token
+@credential_checks
+def check_store_credentials(kind: str) -> ResponseReturnValue:
+    """Try the saved credentials of ``kind`` against R2 or Brevo (404: none saved)."""
+    result = check_credentials(db.session, current_store(), kind)
+    return jsonify({"kind": result.kind, "check": result.as_json()})
 
 
 @bp.get("/api/v1/admin/credentials/<kind>")

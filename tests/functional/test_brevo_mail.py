@@ -50,12 +50,15 @@ def brevo_app(tmp_path: Path, database_url: str, brevo: FakeBrevo) -> Iterator[F
 
 
 @pytest.fixture
-def brevo_shop(brevo_app: Flask) -> WebhookSender:
+def brevo_shop(brevo_app: Flask, brevo: FakeBrevo) -> WebhookSender:
     with brevo_app.app_context():
         created = create_store(db.session, "Bücher Shop", "https://shop.example")
         db.session.commit()
     sender = WebhookSender(brevo_app.test_client(), created)
-    assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+    saved = sender.admin("PUT", "/credentials/brevo", BREVO)
+    assert saved.status_code == 200
+    assert saved.get_json()["check"]["ok"] is True
+    brevo.requests.clear()  # the save's check (GET /account, /contacts/lists/7): not the tests'
     sender.configure(501)
     return sender
 
