@@ -111,6 +111,36 @@ def test_a_brevo_outage_delays_the_mail_but_never_loses_it(
     assert statuses == {"done"}
 
 
+def test_a_failed_tls_handshake_with_brevo_is_an_outage_not_a_refusal(
+    tmp_path: Path, database_url: str, brevo: FakeBrevo
+) -> None:
+    """Brevo's TLS not coming up (here: https to a server speaking plain HTTP) is "try
+    later", as a refused connection is: the buyer's mail waits, it is not given up on."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    host = brevo.host.replace("http://", "https://")
+    application = create_app(app_overrides(tmp_path, database_url, brevo_api_host=host))
+    try:
+        with application.app_context():
+            created = create_store(db.session, "Bücher Shop", "https://shop.example")
+            db.session.commit()
+        sender = WebhookSender(application.test_client(), created)
+        saved = sender.admin("PUT", "/credentials/brevo", BREVO)
+        assert saved.get_json()["check"]["problem"] == "unreachable"
+        sender.configure(501)
+        sender.deliver(wc_order(9604, "processing", [line_item(501)]))
+        run_pending(application)
+        with application.app_context():
+            job = db.session.execute(
+                select(Job).where(Job.kind == "mail.order_issued")
+            ).scalar_one()
+            assert job.status == "pending", job.last_error
+            assert "Brevo unreachable" in (job.last_error or "")
+            assert db.session.execute(select(Mail.sent_at)).scalar_one() is None
+    finally:
+        stop_worker_thread(application)
+        application.extensions["keygate.db"].engine.dispose()
+
+
 def test_stores_without_brevo_use_the_console(app: Flask, shop: WebhookSender) -> None:
     shop.configure(501)
     shop.deliver(wc_order(9602, "processing", [line_item(501)]))
