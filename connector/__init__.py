@@ -55,6 +55,7 @@ BLUEPRINTS: list[tuple[str, str, bool]] = [
     ("connector.portal.views", "bp", False),
     ("connector.vault.views", "bp", True),
     ("connector.privacy.views", "bp", True),
+    ("connector.health", "bp", True),
 ]
 
 

@@ -27,7 +27,7 @@ from connector.db import Disconnected
 log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://keygate.dev/problems/"
-JSON_PREFIXES = ("/api/", "/webhooks/")
+JSON_PREFIXES = ("/api/", "/webhooks/", "/healthz")
 # Pages people open from a mail: always a page, whatever the client asks for.
 PAGE_PREFIXES = ("/d/", "/my/")
 
