@@ -563,7 +563,9 @@ def run(host: str, port: int, threads: int) -> None:
         server = waitress.create_server(app, host=host, port=port, threads=threads, ident="keygate")
     except (OSError, ValueError) as exc:  # ValueError: a host name that does not resolve
         raise click.ClickException(_cannot_listen(host, port, exc)) from None
-    click.echo(f"Keygate on http://{host}:{port}  (admin: http://{host}:{port}/admin)")
+    # An address a browser can open ("http://0.0.0.0:8000" is not one everywhere).
+    where = f"{own_url}  (listening on every address)" if everywhere else own_url
+    click.echo(f"Keygate on {where}  (admin: {own_url}/admin)")
     click.echo(f"Add a store:  {_command()} store add --name 'My shop' --url https://shop.example")
 
     def _interrupt(*_: Any) -> None:

@@ -140,22 +140,29 @@ def test_admin_password_sets_a_new_password_once_shown(tmp_path: Path) -> None:
 
 def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     """`keygate run` stopped by SIGTERM (a service manager, a container) stops serving and
-    lets its job worker finish the job in hand, exiting 0 instead of being killed."""
+    lets its job worker finish the job in hand, exiting 0 instead of being killed. Listening
+    on every address, it names one a browser can open."""
     assert keygate(tmp_path, "init").returncode == 0
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
     env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / "instance")
     server = subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", "--port", str(port)],
+        [sys.executable, "-m", "connector.cli", "run", "--host", "0.0.0.0", "--port", str(port)],  # noqa: S104
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         wait_until_serving(port)
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
+        out, _ = server.communicate(timeout=30)
+        assert server.returncode == 0
+        assert (
+            f"Keygate on http://127.0.0.1:{port}  (listening on every address)"
+            f"  (admin: http://127.0.0.1:{port}/admin)"
+        ) in out, out
     finally:
         if server.poll() is None:
             server.kill()
