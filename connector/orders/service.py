@@ -8,7 +8,10 @@ reported it:
   every line item whose product is configured (variation first, then parent product);
   refunded units are revoked, newest unit first;
 - refunded, cancelled, failed, deleted: everything of the order is revoked;
-- pending, on-hold: wait; nothing is issued and nothing already issued is taken away.
+- pending, on-hold and any other status (a plugin's: shipped, delivered, partially-paid):
+  nothing is issued, and nothing already issued is taken away because of the status; what
+  the order no longer pays for (refunded or removed units, a line changed to another
+  product) is, as from a paid order.
 
 Exactly-once comes from the unique keys (line item, unit) and (line item, unit, file) with
 ``ON CONFLICT DO NOTHING``, under a lock on the order row (PostgreSQL ``FOR UPDATE``; SQLite
@@ -663,22 +666,48 @@ def _converge_paid(
             elif known.license_active and not files <= known.file_ids:
                 # A file added since; a license the owner shut gets no new link.
                 _issue_unit(session, store, order, line, product, unit, known.license_id, result)
-        # Refunded or removed units: newest first, so the first keys bought stay valid;
-        # but a key in use was kept over an idle one above (WooCommerce does not say which).
-        for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
-            _set_unit_revoked(session, line, unit, "refund", result)
-        # Those the whole order's state revoked before (cancelled, paid again for fewer) are
-        # not paid for now either: no longer the order's to bring back on a redelivery.
-        session.execute(
-            update(License)
-            .where(
-                License.line_item_id == line.id,
-                License.unit > entitled,
-                License.status == "revoked",
-                License.status_reason.startswith("order:"),
-            )
-            .values(status_reason="refund")
+        _take_back_units_above(session, line, entitled, result)
+
+
+def _take_back_units_above(
+    session: Session, line: LineItem, entitled: int, result: ApplyResult
+) -> None:
+    """The line's units above ``entitled`` (refunded, or removed by a lower quantity)."""
+    # Newest first, so the first keys bought stay valid; but a key in use was kept over an
+    # idle one before (_keep_keys_in_use: WooCommerce does not say which unit was refunded).
+    for unit in sorted((u for u in _issued_units(session, line) if u > entitled), reverse=True):
+        _set_unit_revoked(session, line, unit, "refund", result)
+    # Those the whole order's state revoked before (cancelled, paid again for fewer) are
+    # not paid for now either: no longer the order's to bring back on a redelivery.
+    session.execute(
+        update(License)
+        .where(
+            License.line_item_id == line.id,
+            License.unit > entitled,
+            License.status == "revoked",
+            License.status_reason.startswith("order:"),
         )
+        .values(status_reason="refund")
+    )
+
+
+def _converge_unpaid(session: Session, order: Order, result: ApplyResult) -> None:
+    """An order neither paid nor revoked now: waiting (pending, on-hold: put on hold after
+    payment, as a payment dispute does) or in a status a plugin added (shipped, delivered,
+    partially-paid). Nothing is issued, nor taken back because of the status; but what the
+    order no longer pays for goes, as from a paid order: units refunded (WooCommerce keeps
+    the status on a partial refund) or removed, a line changed to another product."""
+    renewals.lock_licenses(session, renewals.renewed_by(session, order))
+    for line in order.line_items:
+        _revoke_other_products(session, line, result)
+        entitled = line.paid_units if line.product_id is not None else 0
+        result.reverted_renewals.extend(
+            renewals.revert_renewals(session, line, above_unit=entitled)
+        )
+        if line.product_id is None:
+            continue
+        _keep_keys_in_use(session, line, entitled)
+        _take_back_units_above(session, line, entitled, result)
 
 
 def _keep_keys_in_use(session: Session, line: LineItem, entitled: int) -> None:
@@ -805,6 +834,8 @@ def apply_shop_order(
         _converge_revoked(session, order, result)
     elif shop_order.status in PAID_STATUSES:
         _converge_paid(session, store, order, shop_order, result)
+    else:
+        _converge_unpaid(session, order, result)
     session.flush()
     if not shop_order.deleted:
         issuing = bool(result.issued_licenses or result.issued_grants)
