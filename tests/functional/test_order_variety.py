@@ -66,3 +66,53 @@ def test_a_refund_takes_its_unit_back_whatever_status_the_order_is_in(
 
     assert statuses(shop, 9601) == [("501", "active"), ("501", "revoked")]
     assert sorted(d["revoked"] for d in shop.order(9601)["downloads"]) == [False, True]
+
+
+def test_an_order_with_nothing_to_pay_is_paid_like_any_other(shop: WebhookSender) -> None:
+    """A 100% coupon, store credit or a free trial: total 0.00 and no payment date, but
+    completed. Fee and coupon lines issue nothing, nor does a line of quantity 0."""
+    shop.configure(501)
+    free = wc_order(9621, "completed", [line_item(501), line_item(501, quantity=0)])
+    free.update(total="0.00", date_paid_gmt=None, payment_method="", transaction_id="")
+    free["line_items"][0]["total"] = "0.00"
+    free["fee_lines"] = [{"id": 5, "name": "Handling", "total": "2.00"}]
+    free["coupon_lines"] = [{"id": 6, "code": "free100", "discount": "49.00"}]
+    assert shop.deliver(free).status_code == 200
+    assert statuses(shop, 9621) == [("501", "active")]
+
+
+def test_a_status_a_plugin_adds_issues_nothing_until_the_order_is_paid(
+    shop: WebhookSender,
+) -> None:
+    """partially-paid (a deposit) issues nothing; completed then issues once; moved on to a
+    plugin's "delivered", the keys stay."""
+    shop.configure(501)
+    item = line_item(501, line_id=62)
+    shop.deliver(wc_order(9622, "partially-paid", [item], modified=1))
+    assert statuses(shop, 9622) == []
+    shop.deliver(wc_order(9622, "completed", [item], modified=2))
+    shop.deliver(wc_order(9622, "delivered", [item], modified=3))
+    assert statuses(shop, 9622) == [("501", "active")]
+
+
+def test_a_bundle_and_its_bundled_items_are_each_licensed_for_their_own_product(
+    shop: WebhookSender,
+) -> None:
+    """Product Bundles: the bundle's line (meta ``_bundled_items``) and each bundled item's
+    line (meta ``_bundled_by``, often at 0.00) are lines like any other: each configured
+    product on them gets its key, once; a product nobody configured gets none."""
+    shop.configure(600)  # the bundle itself, configured with a key of its own
+    shop.configure(501)
+    bundle = line_item(600, line_id=71, name="Suite")
+    bundle["meta_data"] = [
+        {"id": 1, "key": "_bundled_items", "value": ["c1", "c2"]},
+        {"id": 2, "key": "_bundle_cart_key", "value": "c0"},
+    ]
+    children = [line_item(501, line_id=72), line_item(503, line_id=73)]
+    for child in children:
+        child["total"] = "0.00"
+        child["meta_data"] = [{"id": 3, "key": "_bundled_by", "value": "c0"}]
+    order = wc_order(9623, "completed", [bundle, *children])
+    shop.deliver(order)
+    shop.deliver(order)
+    assert statuses(shop, 9623) == [("501", "active"), ("600", "active")]
