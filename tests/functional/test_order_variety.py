@@ -116,3 +116,18 @@ def test_a_bundle_and_its_bundled_items_are_each_licensed_for_their_own_product(
     shop.deliver(order)
     shop.deliver(order)
     assert statuses(shop, 9623) == [("501", "active"), ("600", "active")]
+
+
+def test_a_decimal_quantity_beside_a_licensed_line_does_not_refuse_the_order(
+    shop: WebhookSender,
+) -> None:
+    """A decimal-quantity plugin (``woocommerce_stock_amount`` filtered to floatval: coffee
+    sold by the kilo) makes WooCommerce send ``"quantity": 2.5``, as it sends a refund of
+    half a kilo: the order is real and paid, and the licensed plugin on it gets its key; a
+    400 would lose it (and count toward WooCommerce disabling the webhook)."""
+    shop.configure(501)
+    coffee = line_item(999, line_id=81, name="Coffee (kg)")
+    coffee["quantity"] = 2.5
+    order = wc_order(9631, "processing", [coffee, line_item(501, line_id=82)])
+    assert shop.deliver(order).status_code == 200
+    assert statuses(shop, 9631) == [("501", "active")]
