@@ -14,7 +14,7 @@ import hmac
 import re
 import unicodedata
 from collections.abc import Mapping
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
 from typing import Any
 
 from plugin.shop import (
@@ -173,19 +173,27 @@ def mailbox(value: Any) -> str | None:
 MAX_QUANTITY = 10_000
 
 
-def _quantity(value: Any, name: str) -> int:
-    """A whole number of units, sign kept, at most :data:`MAX_QUANTITY` either way."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON has one number type: -1.0 is -1
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise PayloadError(f"{name} must be a whole number")
-    try:
-        quantity = int(value)
-    except ValueError:  # "x", "1.5", or more digits than int() reads
-        raise PayloadError(f"{name} must be a whole number") from None
-    if abs(quantity) > MAX_QUANTITY:
+def _quantity(value: Any, name: str, rounding: str = ROUND_DOWN) -> int:
+    """A number of whole units, sign kept, at most :data:`MAX_QUANTITY` either way.
+
+    A decimal-quantity plugin (``woocommerce_stock_amount`` filtered to floatval: goods sold
+    by the kilo or metre) makes WooCommerce send ``2.5``: a real order, read as whole units
+    (``rounding``, either way from zero: down for what was bought, up for what was refunded,
+    so that a unit is licensed only while it is wholly paid for) rather than refused with
+    its other lines.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise PayloadError(f"{name} must be a number")
+    if isinstance(value, int):
+        quantity = Decimal(value)
+    else:
+        try:
+            quantity = Decimal(value.strip() if isinstance(value, str) else repr(value))
+        except InvalidOperation:  # "x", "²"
+            raise PayloadError(f"{name} must be a number") from None
+    if not quantity.is_finite() or abs(quantity) > MAX_QUANTITY:
         raise PayloadError(f"{name} is out of range")
-    return quantity
+    return int(quantity.to_integral_value(rounding=rounding))
 
 
 def parse_line_item(raw: Any) -> ShopLineItem:
@@ -226,7 +234,8 @@ def parse_refund(raw: Any) -> ShopRefund:
             continue
         meta = _meta(line.get("meta_data"))
         refunded_item = parse_id(meta.get("_refunded_item_id"))
-        quantity = abs(_quantity(line.get("quantity") or 0, "refund line quantity"))
+        # Part of a unit refunded takes the unit.
+        quantity = abs(_quantity(line.get("quantity") or 0, "refund line quantity", ROUND_UP))
         if refunded_item and quantity:
             line_quantities[refunded_item] = line_quantities.get(refunded_item, 0) + quantity
     return ShopRefund(

@@ -126,9 +126,9 @@ def test_refund_lines_that_are_not_a_list_are_a_payload_error(line_items: object
 
 
 @pytest.mark.parametrize(
-    "quantity", [float("inf"), float("-inf"), float("nan"), 1.5, "9" * 5000, -10_001, "²"]
+    "quantity", [float("inf"), float("-inf"), float("nan"), "9" * 5000, -10_001, "²", True]
 )
-def test_refund_line_quantities_that_are_not_whole_numbers_are_a_payload_error(
+def test_refund_line_quantities_that_are_not_numbers_in_range_are_a_payload_error(
     quantity: object,
 ) -> None:
     line = {"quantity": quantity, "meta_data": [{"key": "_refunded_item_id", "value": "71"}]}
@@ -139,6 +139,31 @@ def test_refund_line_quantities_that_are_not_whole_numbers_are_a_payload_error(
 def test_a_whole_float_refund_quantity_is_read() -> None:
     line = {"quantity": -2.0, "meta_data": [{"key": "_refunded_item_id", "value": "71"}]}
     assert wc.parse_refund({"id": 1, "line_items": [line]}).line_quantities == {"71": 2}
+
+
+@pytest.mark.parametrize(
+    ("bought", "refunded", "units", "units_refunded"),
+    [(2.5, -0.5, 2, 1), ("2.5", "-1.5", 2, 2), (3, -0.25, 3, 1), (0.5, None, 0, 0)],
+)
+def test_decimal_quantities_are_read_as_whole_units_wholly_paid_for(
+    bought: object, refunded: object, units: int, units_refunded: int
+) -> None:
+    """A decimal-quantity plugin sends 2.5 (kilos, metres): a unit is bought when wholly
+    bought, refunded when any part of it is."""
+    refunds = []
+    if refunded is not None:
+        meta = [{"key": "_refunded_item_id", "value": "71"}]
+        refunds = [{"id": 5, "line_items": [{"quantity": refunded, "meta_data": meta}]}]
+    order = wc.parse_order(
+        {
+            "id": 1,
+            "status": "processing",
+            "line_items": [{"id": 71, "product_id": 501, "quantity": bought}],
+            "refunds": refunds,
+        }
+    )
+    assert order.line_items[0].quantity == units
+    assert sum(r.line_quantities.get("71", 0) for r in order.refunds) == units_refunded
 
 
 @pytest.mark.parametrize(
