@@ -1,5 +1,5 @@
 """Real WooCommerce orders come in many shapes: statuses added by plugins, orders put on hold
-after payment, WooCommerce Subscriptions switch orders. Each is judged by what the store owner
+after payment, free orders, bundles, decimal quantities. Each is judged by what the store owner
 expects: a paid order's keys exactly once, and access taken back with the money."""
 
 from __future__ import annotations
