@@ -121,3 +121,53 @@ def test_an_unreadable_key_file_is_a_clear_error(tmp_path: Path, database_url: s
     key_file.write_bytes(b"\xff\xfe not a key")
     with pytest.raises(ConfigError, match=r"cannot read .*master\.key: not text"):
         create_app(dict(overrides))
+
+
+def test_init_with_another_instances_keys_leaves_its_database_as_it_was(tmp_path: Path) -> None:
+    """A second host set up with its own `keygate init`, then pointed at the first one's
+    database (KEYGATE_DATABASE_URL copied over): init refuses its keys before it changes
+    anything. It used to migrate the other instance's database first (its servers, still
+    running the older code, then refused to start again), and only then refuse."""
+    from sqlalchemy import text
+
+    from connector.migrate import downgrade
+
+    url = f"sqlite:///{tmp_path / 'first.db'}"
+    assert keygate(tmp_path / "one", "init", database_url=url).returncode == 0
+    engine = create_engine(url)
+    downgrade(engine, "0020")  # the first instance runs an older Keygate
+    assert keygate(tmp_path / "two", "init").returncode == 0  # its own keys, its own database
+
+    refused = keygate(tmp_path / "two", "init", database_url=url)
+    assert refused.returncode == 1, refused.stdout
+    assert "the master key does not open this database" in refused.stderr
+    assert "database is up to date" not in refused.stdout
+    with engine.connect() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    engine.dispose()
+    assert version == "0020"
+
+
+def test_a_database_keygate_cannot_write_stops_it_with_a_line(tmp_path: Path) -> None:
+    """A SQLite database Keygate's user can read and not write (restored as root, a
+    read-only mount: here opened read-only): `keygate init` says so instead of "up to date",
+    a server refuses to start instead of answering 503 to every webhook and form, and a
+    command that writes says it in a line, not a traceback."""
+    assert keygate(tmp_path, "init").returncode == 0
+    database = tmp_path / "instance" / "keygate.db"
+    read_only = f"sqlite:///file:{database}?mode=ro&uri=true"
+    for args in (("init",), ("store", "add", "--name", "Shop", "--url", "https://x.example")):
+        result = keygate(tmp_path, *args, database_url=read_only)
+        assert result.returncode == 1, (args, result.stdout)
+        assert "Traceback" not in result.stderr, result.stderr[-600:]
+        assert result.stderr.startswith("Error: cannot write the database at ")
+        assert f"{database}: attempt to write a readonly database" in result.stderr
+        assert "writable by the user Keygate runs as" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    own_keys = {
+        "master_keys": [(tmp_path / "instance" / "master.key").read_text().strip()],
+        "secret_key": (tmp_path / "instance" / "secret.key").read_text().strip(),
+    }
+    with pytest.raises(ConfigError, match="cannot write the database"):
+        start(tmp_path, read_only, **own_keys)
+    start(tmp_path, f"sqlite:///{database}", **own_keys)  # writable, it starts
