@@ -115,7 +115,7 @@ def init(admin_user: str) -> None:
     from connector.db import db
     from connector.migrate import NewerDatabase, upgrade
     from connector.models import AdminUser
-    from connector.vault.keycheck import check_keys
+    from connector.vault.keycheck import check_keys, has_proof, write_problem
 
     admin_user = _checked_username(admin_user)
     instance = _instance_dir()
@@ -140,8 +140,20 @@ def init(admin_user: str) -> None:
 
     app = make_app(check_database=False)
     with app.app_context():
+        engine = db.get_engine()
+        problem = write_problem(engine)
+        if problem is not None:
+            raise click.ClickException(problem)
+        # Another instance's database (its URL given with this instance's keys) is refused
+        # before it is migrated: its own servers may still run the code it was made for.
+        if has_proof(engine):
+            try:
+                check_keys(db.session, app.extensions["keygate.keyring"])
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+            db.session.rollback()
         try:
-            upgrade(db.get_engine())
+            upgrade(engine)
         except (NewerDatabase, CommandError) as exc:
             raise click.ClickException(str(exc)) from None
         click.echo("database is up to date")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sqlite3
+from typing import Any
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -72,6 +74,54 @@ def database_in_use(engine: Engine) -> bool:
             if connection.execute(select(literal(1)).select_from(table).limit(1)).first():
                 return True
     return False
+
+
+def has_proof(engine: Engine) -> bool:
+    """Whether the database holds a proof of its keys (written since migration 0010)."""
+    if "key_checks" not in inspect(engine).get_table_names():
+        return False
+    with engine.connect() as connection:
+        found = connection.execute(select(literal(1)).select_from(KeyCheck.__table__).limit(1))
+        return found.first() is not None
+
+
+# SQLite's words for a database this process can read and not write (a file or folder of
+# another owner, a read-only mount): nothing that waiting would mend.
+_CANNOT_WRITE = ("readonly database", "unable to open database file")
+
+
+def write_problem(engine: Engine) -> str | None:
+    """Why Keygate cannot write its SQLite database, or None (PostgreSQL: None).
+
+    Started on a database it can only read, Keygate would answer every webhook, form and
+    activation 503 and every command that writes with a traceback. The check writes (a
+    table made and rolled back), so it sees what SQLite sees: modes, owners, mounts.
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    try:
+        with engine.connect() as connection:
+            raw: Any = connection.connection.driver_connection  # sqlite3, in autocommit
+            # A writer holding the lock (a server, a worker) is not waited for: no check then.
+            waits = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+            raw.execute("PRAGMA busy_timeout=0")
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                raw.execute("CREATE TABLE keygate_write_check (x INTEGER)")
+            finally:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raw.execute(f"PRAGMA busy_timeout={int(waits)}")
+    except (OperationalError, sqlite3.OperationalError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip()
+        if not any(words in reason for words in _CANNOT_WRITE):
+            return None  # busy, locked: a moment's matter, not a reason to refuse to start
+        return (
+            f"cannot write the database at {engine.url.database}: {reason} (the database file, "
+            "its -wal and -shm files and their folder must be writable by the user Keygate "
+            "runs as)"
+        )
+    return None
 
 
 def check_keys(session: Session, keyring: Keyring) -> None:
@@ -150,6 +200,9 @@ def check_database(engine: Engine, session: Session, keyring: Keyring) -> None:
     Raises:
         ConfigError: what is wrong, and what to do.
     """
+    problem = write_problem(engine)
+    if problem is not None:
+        raise ConfigError(problem)
     try:
         problem = schema_problem(engine)
         if problem is not None:
