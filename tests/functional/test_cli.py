@@ -138,6 +138,36 @@ def test_admin_password_sets_a_new_password_once_shown(tmp_path: Path) -> None:
     assert unknown.returncode != 0 and "no admin user 'nobody'" in unknown.stderr
 
 
+def test_who_may_sign_in_is_audited_by_name(tmp_path: Path) -> None:
+    """Each admin made from the server (the first one by `keygate init`, more with `keygate
+    admin add`) and each password set there leaves an audit entry naming the admin, in the
+    log of the store they see (none: every store's). An admin of every store added from a
+    shell used to leave no trace, and a password set there did not say whose."""
+    assert keygate(tmp_path, "init").returncode == 0
+    added = keygate(
+        tmp_path, "store", "add", "--name", "Shop", "--url", "https://s.example", "--json"
+    )
+    store_id = json.loads(added.stdout)["store_id"]
+    assert (
+        keygate(tmp_path, "admin", "add", "--username", "ana", "--store", store_id).returncode == 0
+    )
+    assert keygate(tmp_path, "admin", "add", "--username", "bo").returncode == 0
+    assert keygate(tmp_path, "admin", "password", "--username", "ana").returncode == 0
+    database = sqlite3.connect(tmp_path / "instance" / "keygate.db")
+    entries = database.execute(
+        "SELECT s.public_id, a.actor, a.action, a.subject FROM audit_events a"
+        " LEFT JOIN stores s ON s.id = a.store_id"
+        " WHERE a.action LIKE 'admin.%' ORDER BY a.id"
+    ).fetchall()
+    database.close()
+    assert entries == [
+        (None, "cli", "admin.added", "admin:admin"),
+        (store_id, "cli", "admin.added", "admin:ana"),
+        (None, "cli", "admin.added", "admin:bo"),
+        (store_id, "cli", "admin.password", "admin:ana"),
+    ]
+
+
 def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     """`keygate run` stopped by SIGTERM (a service manager, a container) stops serving and
     lets its job worker finish the job in hand, exiting 0 instead of being killed. Listening
