@@ -210,7 +210,9 @@ def _command() -> str:
 
 def _create_admin(session: Any, username: str, store_id: int | None) -> str | None:
     """Add an admin with KEYGATE_ADMIN_PASSWORD, else a new password, which is returned to
-    be shown once (on the terminal of the person who runs the command; never logged)."""
+    be shown once (on the terminal of the person who runs the command; never logged).
+    Audited ``admin.added`` in the log of the store the admin sees (every store's: none)."""
+    from connector.audit import record_audit
     from connector.models import AdminUser
 
     password, given = _password_to_set()
@@ -218,6 +220,9 @@ def _create_admin(session: Any, username: str, store_id: int | None) -> str | No
         AdminUser(
             username=username, password_hash=generate_password_hash(password), store_id=store_id
         )
+    )
+    record_audit(
+        session, store_id=store_id, actor="cli", action="admin.added", subject=f"admin:{username}"
     )
     session.commit()
     return None if given else password
@@ -362,7 +367,13 @@ def admin_password(username: str) -> None:
         user = _admin_named(username)
         password, given = _password_to_set()
         user.set_password(password)
-        record_audit(db.session, store_id=None, actor="cli", action="admin.password")
+        record_audit(
+            db.session,
+            store_id=user.store_id,
+            actor="cli",
+            action="admin.password",
+            subject=f"admin:{user.username}",
+        )
         db.session.commit()
     click.echo(f"new password set for '{username}'; their sessions have ended")
     if not given:
