@@ -130,3 +130,44 @@ def test_a_file_that_cannot_be_copied_is_said_and_leaves_no_half_backup(
     back_up(settings, tmp_path / "backup")
     copied = tmp_path / "backup" / "files" / "books" / "manual.pdf"
     assert not copied.is_symlink() and copied.read_bytes() == b"%PDF-1.4 manual"
+
+
+def test_a_restore_whose_settings_name_another_database_is_refused_not_started_empty(
+    tmp_path: Path,
+) -> None:
+    """keygate.toml names the database elsewhere (`database_url`), the disk holding it dies,
+    and the owner restores as the README says (the backup's contents into the instance
+    folder, then `keygate init`): init used to make a new empty database there and a new
+    admin, leaving the restored keygate.db unused, while every webhook found no store. It
+    now stops with a line naming both places; with the copy put where the settings say, the
+    instance comes back with its stores and admin."""
+    from tests.functional.test_cli import keygate
+
+    instance, data = tmp_path / "instance", tmp_path / "data"
+    instance.mkdir()
+    data.mkdir()
+    (instance / "keygate.toml").write_text(f'database_url = "sqlite:///{data / "keygate.db"}"\n')
+    assert keygate(tmp_path, "init").returncode == 0
+    added = keygate(tmp_path, "store", "add", "--name", "Shop", "--url", "https://s.example")
+    assert added.returncode == 0, added.stderr
+    assert keygate(tmp_path, "backup", str(tmp_path / "copy")).returncode == 0
+
+    (data / "keygate.db").unlink()  # the disk is replaced
+    for path in instance.iterdir():
+        if path.is_file():
+            path.unlink()
+    for path in (tmp_path / "copy").iterdir():
+        path.rename(instance / path.name)
+    refused = keygate(tmp_path, "init")
+    assert refused.returncode == 1, refused.stdout
+    assert "created admin user" not in refused.stdout
+    assert "Traceback" not in refused.stderr, refused.stderr[-600:]
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert str(instance / "keygate.db") in refused.stderr
+    assert str(data / "keygate.db") in refused.stderr
+
+    (instance / "keygate.db").rename(data / "keygate.db")
+    restored = keygate(tmp_path, "init")
+    assert restored.returncode == 0, restored.stderr
+    assert "admin user exists" in restored.stdout
+    assert "https://s.example" in keygate(tmp_path, "store", "list").stdout
