@@ -144,6 +144,7 @@ def init(admin_user: str) -> None:
         problem = write_problem(engine)
         if problem is not None:
             raise click.ClickException(problem)
+        _refuse_to_start_anew_beside_a_restored_database(instance, engine)
         # Another instance's database (its URL given with this instance's keys) is refused
         # before it is migrated: its own servers may still run the code it was made for.
         if has_proof(engine):
@@ -195,6 +196,38 @@ def _refuse_new_keys_for_a_database_in_use(instance: Path, new_keys: dict[Path, 
             f"from {instance}: restore it from the machine or backup it was made on (or set "
             "KEYGATE_MASTER_KEY / KEYGATE_SECRET_KEY). New keys would make every stored secret, "
             "license key and token unreadable."
+        )
+
+
+def _refuse_to_start_anew_beside_a_restored_database(instance: Path, engine: Any) -> None:
+    """A database in the instance folder that is not the one configured (a backup restored
+    there while keygate.toml or KEYGATE_DATABASE_URL names another place) would be left
+    unused, and the configured one, new and empty, given a new admin: every store gone."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from connector.vault.keycheck import database_in_use
+
+    here = instance / "keygate.db"
+    configured = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not here.is_file() or (configured and Path(configured).resolve() == here.resolve()):
+        return
+    if database_in_use(engine):
+        return
+    copy = create_engine(f"sqlite:///{here.as_uri()}?mode=ro&uri=true")  # never written
+    try:
+        holds_data = database_in_use(copy)
+    except SQLAlchemyError:  # not a database, or not Keygate's: not ours to judge
+        holds_data = False
+    finally:
+        copy.dispose()
+    if holds_data:
+        where = engine.url.render_as_string(hide_password=True)
+        raise click.ClickException(
+            f"{here} holds a Keygate database (a restored backup?), but the settings "
+            f"(KEYGATE_DATABASE_URL or database_url in keygate.toml) name {where}, which holds "
+            "nothing: put the copy there (for PostgreSQL, pg_restore its dump), or remove the "
+            f"setting; to start anew instead, move {here} away"
         )
 
 
