@@ -222,7 +222,7 @@ def _refuse_to_start_anew_beside_a_restored_database(instance: Path, engine: Any
     finally:
         copy.dispose()
     if holds_data:
-        where = engine.url.render_as_string(hide_password=True)
+        where = engine.url.set(query={}).render_as_string(hide_password=True)  # no secret
         raise click.ClickException(
             f"{here} holds a Keygate database (a restored backup?), but the settings "
             f"(KEYGATE_DATABASE_URL or database_url in keygate.toml) name {where}, which holds "

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import pytest
 from flask import Flask
+from sqlalchemy import create_engine, text
 
 from connector import create_app
 from connector.backup import back_up
@@ -171,3 +172,25 @@ def test_a_restore_whose_settings_name_another_database_is_refused_not_started_e
     assert restored.returncode == 0, restored.stderr
     assert "admin user exists" in restored.stdout
     assert "https://s.example" in keygate(tmp_path, "store", "list").stdout
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_restored_copy_beside_an_empty_postgresql_database_is_named_without_secrets(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The instance folder holds the SQLite database of a backup, the settings name an
+    empty PostgreSQL database: init refuses to start anew there, naming it without its
+    password, in the URL or in its query, and writes nothing to it."""
+    from tests.functional.test_cli import keygate
+
+    assert keygate(tmp_path, "init").returncode == 0
+    given = database_url.replace("postgresql://postgres@", "postgresql://postgres:pw-secret@")
+    refused = keygate(tmp_path, "init", database_url=f"{given}?password=q-secret")
+    assert refused.returncode == 1, refused.stdout
+    assert "holds a Keygate database" in refused.stderr, refused.stderr[-600:]
+    assert "***@" in refused.stderr
+    assert "pw-secret" not in refused.stderr and "q-secret" not in refused.stderr
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM key_checks")).scalar() == 0
+    engine.dispose()
