@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import pytest
@@ -194,3 +195,45 @@ def test_a_restored_copy_beside_an_empty_postgresql_database_is_named_without_se
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM key_checks")).scalar() == 0
     engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_links_mailed_after_a_backup_never_open_a_later_buyers_order_once_it_is_restored(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """Links name their row (order, download link) and are signed with the secret key, which
+    a restore brings back. A buyer who was mailed links after the backup was taken still has
+    them after the restore; the orders the restored instance issues next must not take those
+    rows' ids, or that buyer's portal link shows another buyer's keys, name and address and
+    their download link serves another buyer's stamped copy. Restored as the README says
+    (the copy's contents into an instance folder, then `keygate init`)."""
+    from tests.functional.test_cli import keygate
+
+    _sold(app, shop)
+    back_up(app.extensions["keygate.settings"], tmp_path / "copy")
+    late = wc_order(9602, "processing", [line_item(501)], email="bea@example.org")
+    assert shop.deliver(late).status_code == 200
+    mailed = shop.order(9602)  # mailed to Bea; then the disk dies
+    portal = urlsplit(mailed["portal_url"]).path
+    download = urlsplit(mailed["downloads"][0]["link"]).path
+    assert shop.client.get(portal).status_code == 200
+
+    restored_instance = tmp_path / "restored" / "instance"
+    restored_instance.mkdir(parents=True)
+    for path in (tmp_path / "copy").iterdir():
+        path.rename(restored_instance / path.name)
+    init = keygate(tmp_path / "restored", "init")
+    assert init.returncode == 0, init.stderr
+    restored = create_app({"instance_dir": restored_instance, "worker": "off", "mail_echo": False})
+    try:
+        again = WebhookSender(restored.test_client(), shop.store)
+        later = wc_order(9700, "processing", [line_item(501)], email="carl@example.org")
+        assert again.deliver(later).status_code == 200
+        assert again.order(9700)["order"]["email"] == "carl@example.org"
+        carls_key = again.order(9700)["licenses"][0]["key"].encode()
+        page = again.client.get(portal)
+        assert carls_key not in page.get_data()
+        assert page.status_code == 404
+        assert again.client.get(download).status_code == 404
+    finally:
+        restored.extensions["keygate.db"].engine.dispose()
