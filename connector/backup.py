@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 from connector.config import CONFIG_FILE, MASTER_KEY_FILE, SECRET_KEY_FILE, Settings
@@ -104,11 +105,52 @@ def _copy_sqlite(source: Path, target: Path) -> None:
     try:
         with writing:
             reading.backup(writing)  # every page in one step: one consistent snapshot
+        writing.execute(f"PRAGMA user_version = {COPY_MARK}")  # see settle_restored_copy
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot copy the database {source}: {exc}") from None
     finally:
         writing.close()
         reading.close()
+
+
+# A database copied by `keygate backup` says so (SQLite's user_version, which Keygate does
+# not use otherwise) until its first start.
+COPY_MARK = 0x4B474250
+# How far ids move on when a copy first starts: more rows than an instance makes between a
+# backup and its restore.
+IDS_AHEAD = 1_000_000_000
+
+
+def settle_restored_copy(engine: Engine) -> bool:
+    """On the first start of a database `keygate backup` copied (a restore), move every
+    AUTOINCREMENT id IDS_AHEAD past the copy's; whether it did.
+
+    Links name their rows (orders, download links) and stay valid with the secret key a
+    restore brings back. Rows made after the backup were lost with the database, but their
+    links were mailed: the restored instance must not give their ids to other buyers' rows.
+    Done once, under SQLite's write lock (servers starting at once: one moves them).
+    """
+    if engine.dialect.name != "sqlite":
+        return False
+    with engine.begin() as connection:  # BEGIN IMMEDIATE: the write lock, then the read
+        if connection.exec_driver_sql("PRAGMA user_version").scalar() != COPY_MARK:
+            return False
+        tables = connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%AUTOINCREMENT%'"
+        ).scalars()
+        for table in list(tables):
+            given = connection.exec_driver_sql(
+                "SELECT max(seq) FROM sqlite_sequence WHERE name = ?", (table,)
+            ).scalar()
+            read = f'SELECT max(rowid) FROM "{table}"'  # noqa: S608 - a name from sqlite_master
+            highest = connection.exec_driver_sql(read).scalar()
+            ahead = max(given or 0, highest or 0) + IDS_AHEAD
+            connection.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+            connection.exec_driver_sql(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, ahead)
+            )
+        connection.exec_driver_sql("PRAGMA user_version = 0")
+    return True
 
 
 @click.command()

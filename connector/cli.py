@@ -112,6 +112,7 @@ def init(admin_user: str) -> None:
     """Create instance/ (database, master key, secret key) and the first admin. Idempotent."""
     from alembic.util import CommandError
 
+    from connector.backup import settle_restored_copy
     from connector.db import db
     from connector.migrate import NewerDatabase, upgrade
     from connector.models import AdminUser
@@ -163,6 +164,12 @@ def init(admin_user: str) -> None:
             check_keys(session, app.extensions["keygate.keyring"])
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
+        session.commit()
+        if settle_restored_copy(engine):
+            click.echo(
+                "a restored backup: ids of new orders, links and licenses start past those "
+                "made after the backup (their mailed links never open another buyer's)"
+            )
         if session.execute(select(AdminUser).limit(1)).scalar_one_or_none() is None:
             password = _create_admin(session, admin_user, None)
             click.echo(f"created admin user '{admin_user}'")

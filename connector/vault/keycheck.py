@@ -22,6 +22,7 @@ from sqlalchemy import Engine, Text, inspect, literal, select, type_coerce
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from connector.backup import settle_restored_copy
 from connector.config import ConfigError
 from connector.db import Base, insert_ignoring_conflicts
 from connector.migrate import alembic_config, newer_database_problem
@@ -208,6 +209,8 @@ def check_database(engine: Engine, session: Session, keyring: Keyring) -> None:
         if problem is not None:
             raise ConfigError(problem)
         check_keys(session, keyring)
+        session.commit()  # SQLite: its write lock, which the next step takes
+        settle_restored_copy(engine)  # a backup's first start: ids move past its links
     except OperationalError as exc:
         log.warning("could not check the database at start (%s)", type(exc.orig).__name__)
         session.rollback()

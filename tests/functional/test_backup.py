@@ -75,6 +75,11 @@ def test_a_backup_taken_while_orders_arrive_starts_again_with_every_key(
     try:
         client = restored.test_client()
         assert call(client, "validate", {"key": key}).get_json()["code"] == "VALID"
+        # Started without `keygate init`, the copy's ids move on all the same (once).
+        with sqlite3.connect(copy / "keygate.db") as check:
+            assert check.execute("PRAGMA user_version").fetchone() == (0,)
+            (orders,) = check.execute("SELECT seq FROM sqlite_sequence WHERE name = 'orders'")
+            assert orders[0] > 1_000_000_000
     finally:
         restored.extensions["keygate.db"].engine.dispose()
 
