@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
 from connector.config import CONFIG_FILE, MASTER_KEY_FILE, SECRET_KEY_FILE, Settings
+from connector.db import Base
 
 
 @dataclass
@@ -121,36 +122,72 @@ COPY_MARK = 0x4B474250
 IDS_AHEAD = 1_000_000_000
 
 
+# PostgreSQL's ids are 32-bit (2.1 billion): a smaller step, still more rows than an
+# instance makes between a backup and its restore.
+PG_IDS_AHEAD = 10_000_000
+
+
 def settle_restored_copy(engine: Engine) -> bool:
     """On the first start of a database `keygate backup` copied (a restore), move every
-    AUTOINCREMENT id IDS_AHEAD past the copy's; whether it did.
-
-    Links name their rows (orders, download links) and stay valid with the secret key a
-    restore brings back. Rows made after the backup were lost with the database, but their
-    links were mailed: the restored instance must not give their ids to other buyers' rows.
-    Done once, under SQLite's write lock (servers starting at once: one moves them).
-    """
+    id ahead (:func:`move_ids_ahead`); whether it did. Done once, under SQLite's write lock
+    (servers starting at once: one moves them)."""
     if engine.dialect.name != "sqlite":
         return False
     with engine.begin() as connection:  # BEGIN IMMEDIATE: the write lock, then the read
         if connection.exec_driver_sql("PRAGMA user_version").scalar() != COPY_MARK:
             return False
-        tables = connection.exec_driver_sql(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%AUTOINCREMENT%'"
-        ).scalars()
-        for table in list(tables):
-            given = connection.exec_driver_sql(
-                "SELECT max(seq) FROM sqlite_sequence WHERE name = ?", (table,)
-            ).scalar()
-            read = f'SELECT max(rowid) FROM "{table}"'  # noqa: S608 - a name from sqlite_master
-            highest = connection.exec_driver_sql(read).scalar()
-            ahead = max(given or 0, highest or 0) + IDS_AHEAD
-            connection.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
-            connection.exec_driver_sql(
-                "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, ahead)
-            )
-        connection.exec_driver_sql("PRAGMA user_version = 0")
+        _move_sqlite_ids(connection)
     return True
+
+
+def move_ids_ahead(engine: Engine) -> None:
+    """Move every id the database gives from now on far past those it gave: for a database
+    restored from a backup (`keygate init --restored`; a copy `keygate backup` made does it
+    by itself on its first start).
+
+    Links name their rows (orders, download links) and stay valid with the secret key a
+    restore brings back. Rows made after the backup were lost with the database, but their
+    links were mailed: the restored instance must not give their ids to other buyers' rows.
+    """
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            _move_sqlite_ids(connection)
+            return
+        for table in Base.metadata.sorted_tables:
+            if "id" not in table.c:
+                continue
+            sequence = connection.execute(
+                text("SELECT pg_get_serial_sequence(:table, 'id')"), {"table": table.name}
+            ).scalar()
+            if sequence is None:
+                continue
+            # Names from the catalog and the models, not from input.
+            connection.exec_driver_sql(
+                f"SELECT setval(%(sequence)s, GREATEST("  # noqa: S608
+                f'(SELECT COALESCE(max(id), 0) FROM "{table.name}"),'
+                f" (SELECT last_value FROM {sequence})) + %(ahead)s)",
+                {"sequence": sequence, "ahead": PG_IDS_AHEAD},
+            )
+
+
+def _move_sqlite_ids(connection: Connection) -> None:
+    """Every AUTOINCREMENT table's next id :data:`IDS_AHEAD` past the highest given, and
+    the copy's mark cleared."""
+    tables = connection.exec_driver_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%AUTOINCREMENT%'"
+    ).scalars()
+    for table in list(tables):
+        given = connection.exec_driver_sql(
+            "SELECT max(seq) FROM sqlite_sequence WHERE name = ?", (table,)
+        ).scalar()
+        read = f'SELECT max(rowid) FROM "{table}"'  # noqa: S608 - a name from sqlite_master
+        highest = connection.exec_driver_sql(read).scalar()
+        ahead = max(given or 0, highest or 0) + IDS_AHEAD
+        connection.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+        connection.exec_driver_sql(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, ahead)
+        )
+    connection.exec_driver_sql("PRAGMA user_version = 0")
 
 
 @click.command()

@@ -108,11 +108,18 @@ def main() -> None:
 
 @main.command()
 @click.option("--admin-user", default="admin", show_default=True, help="Name of the first admin.")
-def init(admin_user: str) -> None:
+@click.option(
+    "--restored",
+    is_flag=True,
+    help="The database was just restored from a backup (a PostgreSQL dump, a file copy):"
+    " new ids start far past the old ones, so links mailed after the backup never open"
+    " another buyer's order.",
+)
+def init(admin_user: str, restored: bool) -> None:
     """Create instance/ (database, master key, secret key) and the first admin. Idempotent."""
     from alembic.util import CommandError
 
-    from connector.backup import settle_restored_copy
+    from connector.backup import move_ids_ahead, settle_restored_copy
     from connector.db import db
     from connector.migrate import NewerDatabase, upgrade
     from connector.models import AdminUser
@@ -165,7 +172,13 @@ def init(admin_user: str) -> None:
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         session.commit()
-        if settle_restored_copy(engine):
+        if restored:
+            move_ids_ahead(engine)
+            click.echo(
+                "restored: ids of new orders, links and licenses start far past those made"
+                " before (links mailed after the backup never open another buyer's)"
+            )
+        elif settle_restored_copy(engine):
             click.echo(
                 "a restored backup: ids of new orders, links and licenses start past those "
                 "made after the backup (their mailed links never open another buyer's)"

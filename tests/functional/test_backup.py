@@ -242,3 +242,38 @@ def test_links_mailed_after_a_backup_never_open_a_later_buyers_order_once_it_is_
         assert again.client.get(download).status_code == 404
     finally:
         restored.extensions["keygate.db"].engine.dispose()
+
+
+def test_init_restored_moves_every_id_past_those_given_before(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A PostgreSQL dump restored (or a SQLite file copied back by hand) carries no mark:
+    `keygate init --restored` moves the ids ahead, so rows made after the backup (lost, but
+    their links mailed) never have their ids given to other buyers' rows; without it, ids
+    follow on."""
+    from connector.backup import IDS_AHEAD, PG_IDS_AHEAD
+    from connector.db import make_engine
+    from tests.functional.test_cli import keygate
+
+    assert keygate(tmp_path, "init", database_url=database_url).returncode == 0
+    engine = make_engine(database_url)
+
+    def add_admin(name: str) -> int:
+        """An admin (a session names its admin by id, as links name orders)."""
+        added = keygate(tmp_path, "admin", "add", "--username", name, database_url=database_url)
+        assert added.returncode == 0, added.stderr
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT max(id) FROM admin_users")).scalar_one())
+
+    try:
+        first = add_admin("ana")
+        assert add_admin("bea") == first + 1
+        again = keygate(tmp_path, "init", database_url=database_url)
+        assert again.returncode == 0 and "restored" not in again.stdout
+        restored = keygate(tmp_path, "init", "--restored", database_url=database_url)
+        assert restored.returncode == 0, restored.stderr
+        assert "restored: ids of new orders" in restored.stdout
+        ahead = IDS_AHEAD if database_url.startswith("sqlite") else PG_IDS_AHEAD
+        assert add_admin("carl") >= first + 1 + ahead
+    finally:
+        engine.dispose()
