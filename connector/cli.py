@@ -212,7 +212,8 @@ def _refuse_new_keys_for_a_database_in_use(instance: Path, new_keys: dict[Path, 
     if used:
         missing = " and ".join(path.name for path in new_keys)
         raise click.ClickException(
-            f"this database already holds a Keygate instance's data, and {missing} is missing "
+            f"this database already holds a Keygate instance's data, and {missing}"
+            f" {'are' if len(new_keys) > 1 else 'is'} missing "
             f"from {instance}: restore it from the machine or backup it was made on (or set "
             "KEYGATE_MASTER_KEY / KEYGATE_SECRET_KEY). New keys would make every stored secret, "
             "license key and token unreadable."
@@ -569,7 +570,12 @@ def store_delete(store_id: str, yes: bool) -> None:
                 f"This deletes store {store_id} ({name}) and everything Keygate keeps for"
                 " it; its license keys stop working. There is no undo."
             )
-            again = click.prompt("Type the store id again to delete it", default="")
+            try:
+                again = click.prompt("Type the store id again to delete it", default="")
+            except click.Abort:  # no input at all (a script, cron): not click's "Aborted!"
+                raise click.ClickException(
+                    "not deleted: nothing was typed; type the store id again, or pass --yes"
+                ) from None
             if again.strip() != store_id:
                 raise click.ClickException("not deleted: the store id typed did not match")
             found = store_with_id(store_id)

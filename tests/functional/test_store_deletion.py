@@ -342,6 +342,17 @@ def test_the_cli_asks_for_the_store_id_again(tmp_path: Path) -> None:
             check=False,
         )
 
+    unanswered = subprocess.run(
+        [sys.executable, "-m", "connector.cli", "store", "delete", public_id],
+        env=env,
+        stdin=subprocess.DEVNULL,  # a script or cron: nobody to type
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unanswered.returncode == 1 and "Aborted" not in unanswered.stderr
+    assert "not deleted: nothing was typed" in unanswered.stderr
     refused = delete(typed="wrong\n")
     assert refused.returncode != 0 and "did not match" in refused.stderr
     assert public_id in keygate(tmp_path, "store", "list").stdout
