@@ -334,6 +334,20 @@ def configured_database_url(environ: Mapping[str, str] | None = None) -> str:
     return str(_plain_settings({}, env, None)[1]["database_url"])
 
 
+def _missing_key(path: Path, kind: str, variable: str) -> str:
+    """Why there is no master or secret key, and what to do: a file that is there but empty
+    (a copy cut short) is not one `keygate init` may make anew."""
+    if path.exists():
+        return (
+            f"{path} holds no {kind} key (an empty or cut-short copy?): restore it from the"
+            " machine or backup the database was made on, or set KEYGATE_" + variable
+        )
+    return (
+        f"no {kind} key in {path} or KEYGATE_{variable}: for a new instance, run `keygate"
+        " init`; an existing database needs the key it was made with (restore the file)"
+    )
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -365,11 +379,7 @@ def load_settings(
     else:
         master = _read_key_file(instance_dir / MASTER_KEY_FILE)
     if not master:
-        raise ConfigError(
-            f"no master key in {instance_dir / MASTER_KEY_FILE} or KEYGATE_MASTER_KEY: for a "
-            "new instance, run `keygate init`; an existing database needs the key it was made "
-            "with (restore the file)"
-        )
+        raise ConfigError(_missing_key(instance_dir / MASTER_KEY_FILE, "master", "MASTER_KEY"))
 
     secret = overrides.pop("secret_key", None) or env.get("KEYGATE_SECRET_KEY")
     if not secret:
@@ -378,11 +388,7 @@ def load_settings(
     if secret and len(secret) < 32:
         raise ConfigError("the secret key (KEYGATE_SECRET_KEY or secret.key) is shorter than 32")
     if not secret:
-        raise ConfigError(
-            f"no secret key in {instance_dir / SECRET_KEY_FILE} or "
-            "KEYGATE_SECRET_KEY: for a new instance, run `keygate init`; an existing database "
-            "needs the key it was made with (restore the file)"
-        )
+        raise ConfigError(_missing_key(instance_dir / SECRET_KEY_FILE, "secret", "SECRET_KEY"))
 
     return Settings(
         instance_dir=instance_dir,

@@ -123,6 +123,24 @@ def test_an_unreadable_key_file_is_a_clear_error(tmp_path: Path, database_url: s
         create_app(dict(overrides))
 
 
+def test_an_empty_key_file_is_named_not_answered_with_run_init(tmp_path: Path) -> None:
+    """An empty master.key or secret.key (a copy cut short) is never replaced by init, so
+    "run keygate init" would send the owner round in a circle: the file is named."""
+    assert keygate(tmp_path, "init").returncode == 0
+    for name, kind in (("master.key", "master"), ("secret.key", "secret")):
+        key_file = tmp_path / "instance" / name
+        kept = key_file.read_text()
+        key_file.write_text("\n")
+        for command in ("init", "store"):
+            refused = keygate(tmp_path, command, *(["list"] if command == "store" else []))
+            assert refused.returncode == 1, refused.stdout
+            assert f"{key_file} holds no {kind} key" in refused.stderr
+            assert "run `keygate init`" not in refused.stderr
+        key_file.write_text(kept)
+    key_file.unlink()  # no file at all: a new instance's first step
+    assert "run `keygate init`" in keygate(tmp_path, "store", "list").stderr
+
+
 def test_init_with_another_instances_keys_leaves_its_database_as_it_was(tmp_path: Path) -> None:
     """A second host set up with its own `keygate init`, then pointed at the first one's
     database (KEYGATE_DATABASE_URL copied over): init refuses its keys before it changes
