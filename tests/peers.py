@@ -96,23 +96,28 @@ def fake_brevo() -> Iterator[FakeBrevo]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:
-            state.requests.append(
-                RecordedRequest(
-                    "GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None
-                )
-            )
+        def _admitted(self, method: str, body: Any) -> RecordedRequest | None:
+            """Record the request, then answer as Brevo does before its endpoint would: 401
+            for another key, a failure queued by the test; or stall. The request: go on."""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            request = RecordedRequest(method, self.path, headers, body)
+            state.requests.append(request)
             if state.on_request is not None:
                 state.on_request(self.path)
             if self.headers.get("api-key") != "xkeysib-test-key":
                 self._answer(401, {"code": "unauthorized", "message": "Key not found"})
-                return
+                return None
             if state.failures:
                 status = state.failures.pop(0)
                 self._answer(status, {"code": "error", "message": "try later"})
-                return
+                return None
             if state.stall_seconds:
                 time.sleep(state.stall_seconds)
+            return request
+
+        def do_GET(self) -> None:
+            if self._admitted("GET", None) is None:
+                return
             listed = LIST.fullmatch(self.path)
             if self.path == "/v3/account":
                 self._answer(200, ACCOUNT)
@@ -142,21 +147,9 @@ def fake_brevo() -> Iterator[FakeBrevo]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             body = json.loads(raw) if raw else None
-            request = RecordedRequest(
-                "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
-            )
-            state.requests.append(request)
-            if state.on_request is not None:
-                state.on_request(self.path)
-            if self.headers.get("api-key") != "xkeysib-test-key":
-                self._answer(401, {"code": "unauthorized", "message": "Key not found"})
+            request = self._admitted("POST", body)
+            if request is None:
                 return
-            if state.failures:
-                status = state.failures.pop(0)
-                self._answer(status, {"code": "error", "message": "try later"})
-                return
-            if state.stall_seconds:
-                time.sleep(state.stall_seconds)
             if self.path == "/v3/smtp/email":
                 key = (body.get("headers") or {}).get("idempotencyKey")
                 if key in state.idempotency:
