@@ -29,6 +29,7 @@ from connector.migrate import upgrade
 from connector.stores import NewStore, create_store
 from tests.factories import WebhookSender
 from tests.localstack import localstack_endpoint  # noqa: F401 - a session fixture
+from tests.peers import FakeBrevo, fake_brevo
 
 MASTER_KEY = Fernet.generate_key().decode()
 SECRET_KEY = "test-secret-" + "x" * 40
@@ -174,3 +175,10 @@ def new_store(app: Flask) -> NewStore:
 def shop(client: FlaskClient, new_store: NewStore) -> WebhookSender:
     """Posts WooCommerce-signed webhooks and calls the admin API for ``new_store``."""
     return WebhookSender(client, new_store)
+
+
+@pytest.fixture
+def brevo() -> Iterator[FakeBrevo]:
+    """A local HTTP server standing in for Brevo's API, which the real SDK talks to."""
+    with fake_brevo() as server:
+        yield server

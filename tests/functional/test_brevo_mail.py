@@ -24,7 +24,7 @@ from connector.models import AuditEvent, Job, Mail
 from connector.stores import create_store
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.peers import FakeBrevo, fake_brevo
+from tests.peers import FakeBrevo
 
 BREVO = {
     "api_key": "xkeysib-test-key",
@@ -32,12 +32,6 @@ BREVO = {
     "sender_name": "Bücher Shop",
     "list_id": 7,
 }
-
-
-@pytest.fixture
-def brevo() -> Iterator[FakeBrevo]:
-    with fake_brevo() as server:
-        yield server
 
 
 @pytest.fixture

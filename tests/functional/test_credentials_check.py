@@ -27,18 +27,12 @@ from tests.factories import WebhookSender
 from tests.functional.test_admin_pages import PASSWORD, csrf_token, sign_in
 from tests.functional.test_downloads_r2 import own_bucket, s3_client
 from tests.licensing_helpers import free_port
-from tests.peers import FakeBrevo, fake_brevo
+from tests.peers import FakeBrevo
 
 BREVO_KEY = "xkeysib-test-key"  # the key the fake Brevo takes
 WRONG_BREVO_KEY = "xkeysib-wrong-Zq8mW3vN5bT7yU1pK9dF"
 WRONG_SECRET = "r2-wrong-secret-Hq2Lx9Vb4Nc7Rt1Ws5Ke"
 BREVO = {"api_key": BREVO_KEY, "sender_email": "shop@example.org", "sender_name": "Shop"}
-
-
-@pytest.fixture
-def brevo() -> Iterator[FakeBrevo]:
-    with fake_brevo() as server:
-        yield server
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from connector.integrations.brevo import BrevoConfig, BrevoMailer, BrevoRejected, push_contact
@@ -21,12 +19,6 @@ MAIL = OutgoingMail(
     text="KEY",
     html="<b>KEY</b>",
 )
-
-
-@pytest.fixture
-def brevo() -> Iterator[FakeBrevo]:
-    with fake_brevo() as server:
-        yield server
 
 
 def test_mail_is_sent_with_sender_recipient_and_both_bodies(brevo: FakeBrevo) -> None:
