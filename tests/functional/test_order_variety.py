@@ -131,3 +131,24 @@ def test_a_decimal_quantity_beside_a_licensed_line_does_not_refuse_the_order(
     order = wc_order(9631, "processing", [coffee, line_item(501, line_id=82)])
     assert shop.deliver(order).status_code == 200
     assert statuses(shop, 9631) == [("501", "active")]
+
+
+def test_a_unit_refunded_in_parts_over_two_refunds_takes_one_seat_not_two(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """With a decimal-quantity plugin a seat can be refunded in parts: half of it, then the
+    other half. One unit is then refunded (and one key taken back), as one refund of the
+    whole unit would take it; rounding each refund up on its own took a second seat that
+    was fully paid for."""
+    shop.configure(501)
+    item = line_item(501, quantity=3, line_id=91)
+    shop.deliver(wc_order(9641, "completed", [item], modified=1))
+    halves = []
+    for refund_id in (841, 842):
+        half = refund_of(91, 1, refund_id=refund_id)
+        half["total"] = "-24.50"
+        half["line_items"][0]["quantity"] = -0.5
+        halves.append(half)
+    read_from_shop(app, shop, wc_order(9641, "completed", [item], modified=2, refunds=halves))
+
+    assert statuses(shop, 9641) == [("501", "active"), ("501", "active"), ("501", "revoked")]
