@@ -129,8 +129,9 @@ class ShopRefund:
     id: str
     reason: str | None
     total: Decimal | None
-    # line item id -> quantity refunded (positive), when known.
-    line_quantities: dict[str, int] = field(default_factory=dict)
+    # line item id -> quantity refunded (positive), when known; exact (a decimal-quantity
+    # plugin refunds half a unit): the refunds' sum, rounded up, is the units refunded.
+    line_quantities: dict[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from sqlalchemy import ColumnElement, and_, or_, select, true, update
@@ -342,7 +343,8 @@ def _refunds_itemized(shop_order: ShopOrder, reread: bool) -> bool:
 
 
 def _refunded_units(shop_order: ShopOrder, item: ShopLineItem, line: LineItem, reread: bool) -> int:
-    from_refunds = sum(r.line_quantities.get(item.id, 0) for r in shop_order.refunds)
+    # A unit partly refunded is refunded: the parts are added up first, across refunds.
+    from_refunds = math.ceil(sum(r.line_quantities.get(item.id, 0) for r in shop_order.refunds))
     refunded = max(item.refunded_quantity, from_refunds)
     if _refunds_itemized(shop_order, reread):
         return refunded

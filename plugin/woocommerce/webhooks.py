@@ -14,7 +14,7 @@ import hmac
 import re
 import unicodedata
 from collections.abc import Mapping
-from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from plugin.shop import (
@@ -173,15 +173,21 @@ def mailbox(value: Any) -> str | None:
 MAX_QUANTITY = 10_000
 
 
-def _quantity(value: Any, name: str, rounding: str = ROUND_DOWN) -> int:
+def _quantity(value: Any, name: str) -> int:
     """A number of whole units, sign kept, at most :data:`MAX_QUANTITY` either way.
 
     A decimal-quantity plugin (``woocommerce_stock_amount`` filtered to floatval: goods sold
-    by the kilo or metre) makes WooCommerce send ``2.5``: a real order, read as whole units
-    (``rounding``, either way from zero: down for what was bought, up for what was refunded,
-    so that a unit is licensed only while it is wholly paid for) rather than refused with
-    its other lines.
+    by the kilo or metre) makes WooCommerce send ``2.5``: a real order, read as the units
+    wholly bought (rounded toward zero) rather than refused with its other lines. Refunds
+    are kept exact (:func:`_exact_quantity`) and rounded up once added together, so that a
+    unit is licensed only while it is wholly paid for.
     """
+    return int(_exact_quantity(value, name).to_integral_value(rounding=ROUND_DOWN))
+
+
+def _exact_quantity(value: Any, name: str) -> Decimal:
+    """A quantity as sent (2.5 from a decimal-quantity plugin), sign kept, at most
+    :data:`MAX_QUANTITY` either way."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise PayloadError(f"{name} must be a number")
     if isinstance(value, int):
@@ -193,7 +199,7 @@ def _quantity(value: Any, name: str, rounding: str = ROUND_DOWN) -> int:
             raise PayloadError(f"{name} must be a number") from None
     if not quantity.is_finite() or abs(quantity) > MAX_QUANTITY:
         raise PayloadError(f"{name} is out of range")
-    return int(quantity.to_integral_value(rounding=rounding))
+    return quantity
 
 
 def parse_line_item(raw: Any) -> ShopLineItem:
@@ -227,15 +233,16 @@ def parse_refund(raw: Any) -> ShopRefund:
     raw_lines = raw.get("line_items") or []
     if not isinstance(raw_lines, list):
         raise PayloadError("refund line_items must be a list")
-    line_quantities: dict[str, int] = {}
+    line_quantities: dict[str, Decimal] = {}
     # The refunds endpoint lists line_items with negative quantities and refunded_item_id meta.
     for line in raw_lines:
         if not isinstance(line, dict):
             continue
         meta = _meta(line.get("meta_data"))
         refunded_item = parse_id(meta.get("_refunded_item_id"))
-        # Part of a unit refunded takes the unit.
-        quantity = abs(_quantity(line.get("quantity") or 0, "refund line quantity", ROUND_UP))
+        # Kept exact: part of a unit refunded takes the unit, once the parts refunded so far
+        # are added up (half a unit refunded twice is one unit, not two).
+        quantity = abs(_exact_quantity(line.get("quantity") or 0, "refund line quantity"))
         if refunded_item and quantity:
             line_quantities[refunded_item] = line_quantities.get(refunded_item, 0) + quantity
     return ShopRefund(
