@@ -99,6 +99,8 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, _request_timeout=TIMEOUT, **kwargs)
     except ApiException as exc:
         status = exc.status or 0
+        if status == 0:  # the SDK's word for a failed TLS handshake: no answer at all
+            raise RetryLater("Brevo unreachable: TLS") from None
         if status == 429 or status >= 500:
             raise RetryLater(f"Brevo answered {status}") from None
         # Only the status and reason: the body may echo the address we sent.
@@ -232,9 +234,9 @@ def check_access(config: BrevoConfig, host: str) -> AccessProblem | None:
         except BrevoNotFound as exc:
             return AccessProblem(NO_LIST if args else OTHER, exc.status, exc.code)
         except BrevoRejected as exc:
-            if exc.status == 0:  # the SDK's word for a failed TLS handshake
-                return AccessProblem(UNREACHABLE)
-            kind = KEY_REFUSED if exc.status in (401, 403) else OTHER
+            # No status: the request could not be made, its only variable header being the
+            # key (one saved before keys were checked, with a line break): type it again.
+            kind = KEY_REFUSED if exc.status in (0, 401, 403) else OTHER
             return AccessProblem(kind, exc.status, exc.code)
         answer.release_conn()
     return None

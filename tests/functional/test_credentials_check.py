@@ -199,6 +199,28 @@ def test_brevo_key_and_list_are_tried_when_saved_and_on_demand(
     assert "brevo credentials check: refused" in caplog.text
 
 
+def test_a_brevo_key_saved_before_keys_were_checked_is_said_to_be_wrong(
+    checking_app: Flask, owner: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """A key with a line break (a wrapped paste saved before keys were checked) cannot go into
+    a request header: the check says to type api_key again, not that Brevo is down."""
+    from connector.vault.service import put_credentials
+
+    secret = "xkeysib-TOPSECRET\nabc"
+    with checking_app.app_context():
+        store = db.session.get(Store, owner.store.store.id)
+        assert store is not None
+        put_credentials(db.session, store, "brevo", {**BREVO, "api_key": secret}, actor="test")
+        db.session.commit()
+    answer = owner.admin("POST", "/credentials/brevo/check")
+    assert answer.status_code == 200
+    result = answer.get_json()["check"]
+    assert result["ok"] is False and result["problem"] == "refused"
+    assert "api_key" in result["reason"] and "type it again" in result["reason"]
+    assert "TOPSECRET" not in answer.get_data(as_text=True)
+    assert brevo.requests == []
+
+
 def test_brevo_that_cannot_be_reached_is_said_quickly(
     tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from connector.integrations.brevo import BrevoConfig, BrevoMailer, BrevoRejected, push_contact
+from connector.integrations.brevo import (
+    BrevoConfig,
+    BrevoMailer,
+    BrevoRejected,
+    _call,
+    push_contact,
+)
 from connector.integrations.mail import OutgoingMail
 from connector.jobs import RetryLater
 from tests.peers import FakeBrevo, fake_brevo
@@ -55,6 +61,18 @@ def test_an_unreachable_brevo_retries_later() -> None:
         host = server.host
     with pytest.raises(RetryLater):
         BrevoMailer(CONFIG, host).send(MAIL)
+
+
+def test_a_failed_tls_handshake_retries_later() -> None:
+    """The SDK turns urllib3's SSLError into an ApiException with status 0 (its rest.py):
+    no answer came, so it is an outage to retry, not a refusal for good."""
+    from sib_api_v3_sdk.rest import ApiException
+
+    def handshake_fails(*args: object, **kwargs: object) -> None:
+        raise ApiException(status=0, reason="SSLError\nwrong version number")
+
+    with pytest.raises(RetryLater):
+        _call(handshake_fails)
 
 
 def test_contacts_are_created_then_updated_in_the_list(brevo: FakeBrevo) -> None:
