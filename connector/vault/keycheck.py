@@ -18,8 +18,8 @@ from typing import Any
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Text, inspect, literal, select, type_coerce
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, Text, inspect, literal, select, text, type_coerce
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from connector.backup import settle_restored_copy
@@ -92,12 +92,15 @@ _CANNOT_WRITE = ("readonly database", "unable to open database file")
 
 
 def write_problem(engine: Engine) -> str | None:
-    """Why Keygate cannot write its SQLite database, or None (PostgreSQL: None).
+    """Why Keygate cannot write its database, or None.
 
     Started on a database it can only read, Keygate would answer every webhook, form and
-    activation 503 and every command that writes with a traceback. The check writes (a
-    table made and rolled back), so it sees what SQLite sees: modes, owners, mounts.
+    activation 503 and every command that writes with a traceback. The check writes (rolled
+    back), so it sees what the database sees: SQLite's modes, owners and mounts; a PostgreSQL
+    standby, read-only sessions or a role without the right to write.
     """
+    if engine.dialect.name == "postgresql":
+        return _postgres_write_problem(engine)
     if engine.dialect.name != "sqlite":
         return None
     try:
@@ -121,6 +124,37 @@ def write_problem(engine: Engine) -> str | None:
             f"cannot write the database at {engine.url.database}: {reason} (the database file, "
             "its -wal and -shm files and their folder must be writable by the user Keygate "
             "runs as)"
+        )
+    return None
+
+
+# PostgreSQL's codes for a write refused for good: a read-only transaction (a standby,
+# default_transaction_read_only) and a role without the privilege.
+_PG_CANNOT_WRITE = {"25006": "read_only_sql_transaction", "42501": "insufficient_privilege"}
+
+
+def _postgres_write_problem(engine: Engine) -> str | None:
+    url = engine.url.set(drivername=engine.url.get_backend_name(), query={})
+    where = url.render_as_string(hide_password=True)  # as the owner wrote it, no secret
+    try:
+        with engine.connect() as connection:
+            # A migration holding the table is not waited for: no check then.
+            connection.execute(text("SET LOCAL lock_timeout = '2s'"))
+            if "alembic_version" in inspect(connection).get_table_names():
+                statement = "UPDATE alembic_version SET version_num = version_num"
+            else:  # a new database: init is about to make the tables
+                statement = "CREATE TABLE keygate_write_check (x integer)"
+            connection.execute(text(statement))
+            connection.rollback()
+    except DBAPIError as exc:
+        code = getattr(exc.orig, "sqlstate", None)
+        if code not in _PG_CANNOT_WRITE:
+            return None  # a lock, a dropped connection: a moment's matter, found elsewhere
+        reason = str(exc.orig).strip().splitlines()[0]
+        return (
+            f"cannot write the database at {where}: {reason} (KEYGATE_DATABASE_URL must name "
+            "the primary server, with a role that owns Keygate's tables, in sessions that are "
+            "not read-only)"
         )
     return None
 

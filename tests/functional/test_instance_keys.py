@@ -189,3 +189,48 @@ def test_a_database_keygate_cannot_write_stops_it_with_a_line(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="cannot write the database"):
         start(tmp_path, read_only, **own_keys)
     start(tmp_path, f"sqlite:///{database}", **own_keys)  # writable, it starts
+
+
+def test_a_postgresql_database_keygate_cannot_write_stops_it_with_a_line(
+    tmp_path: Path, database_url: str
+) -> None:
+    """PostgreSQL that takes reads and refuses writes (a standby, sessions made read-only by
+    default_transaction_read_only, a role granted SELECT only): `keygate init` and a server
+    refuse to start in a line naming the database, instead of "up to date" then 503 to every
+    webhook, form and activation."""
+    import uuid
+
+    from sqlalchemy import make_url, text
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's standby, read-only sessions and roles")
+    start(tmp_path, database_url)  # its keys' proof written, as a first start does
+    (tmp_path / "instance").mkdir(mode=0o700, exist_ok=True)
+    (tmp_path / "instance" / "master.key").write_text(MASTER_KEY)
+    (tmp_path / "instance" / "secret.key").write_text(SECRET_KEY)
+    read_only = database_url + "?options=-c%20default_transaction_read_only%3Don"
+    result = keygate(tmp_path, "init", database_url=read_only)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-600:]
+    assert "database is up to date" not in result.stdout
+    assert result.stderr.startswith(f"Error: cannot write the database at {database_url}: ")
+    assert "read-only transaction" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with pytest.raises(ConfigError, match="read-only transaction"):
+        start(tmp_path, read_only)
+
+    role = f"kg_reader_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE ROLE {role} LOGIN"))
+        connection.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+    try:
+        as_reader = make_url(database_url).set(username=role).render_as_string()
+        with pytest.raises(ConfigError, match="permission denied for table alembic_version"):
+            start(tmp_path, as_reader)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP OWNED BY {role}"))
+            connection.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
+    start(tmp_path, database_url)  # writable, it starts
