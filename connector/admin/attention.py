@@ -170,7 +170,7 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             )
         refunds = _count(
             session,
-            select(func.count(AuditEvent.id)).where(
+            select(func.count(AuditEvent.subject.distinct())).where(
                 AuditEvent.store_id == store.id,
                 AuditEvent.action == "order.refund_not_applied",
                 AuditEvent.created_at > utcnow() - NEWS,
@@ -180,7 +180,8 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             found.append(
                 Notice(
                     store,
-                    f"{counted(refunds, 'refund')} Keygate could not apply in the last 30 days.",
+                    f"Refunds of {counted(refunds, 'order')} Keygate could not apply in the"
+                    " last 30 days.",
                     url_for("admin_views.audit", action="order.refund_not_applied"),
                 )
             )

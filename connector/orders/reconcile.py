@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.jobs import RetryLater, enqueue, handles, release_dedupe_key
-from connector.models import Order, Store
+from connector.models import AuditEvent, Order, Store
 from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
 from plugin.shop import PAID_STATUSES, PayloadError, ShopOrder, parse_utc_datetime
@@ -226,6 +226,8 @@ def enqueue_refresh(
             "store_id": store.id,
             "shop_order_id": shop_order_id,
             "refunds": refunds,
+            # The refunds listed (shop ids): what the owner is told of if none can be read.
+            "listed": reason.split("|", 1)[0] if refunds else "",
         },
         dedupe_key=f"{REFRESH_JOB}:{store.id}:{shop_order_id}:{_digest(reason)}",
     )
@@ -299,7 +301,7 @@ def refresh_order_job(payload: dict[str, Any]) -> None:
     store, client = found
     if client is None:
         if payload.get("refunds", True):
-            _refund_left_unapplied(session, store, str(payload["shop_order_id"]), NO_KEY)
+            _refund_left_unapplied(session, store, payload, NO_KEY)
         return  # asked once per question, as ever: the owner is told once
     # What this read answers is the order as it is from now on: a delivery that asks
     # again later (a refund listed again after a delivery undid it) gets a read of its own.
@@ -315,7 +317,7 @@ def refresh_order_job(payload: dict[str, Any]) -> None:
         log.warning("store %s: the shop refused to read an order (%s)", store.public_id, answer)
         if payload.get("refunds", True):
             reason = f"the shop refused to read the order ({answer}): {BY_HAND}"
-            _refund_left_unapplied(session, store, str(payload["shop_order_id"]), reason)
+            _refund_left_unapplied(session, store, payload, reason)
 
 
 BY_HAND = "revoke the refunded licenses by hand"
@@ -325,14 +327,33 @@ NO_KEY = (
 )
 
 
-def _refund_left_unapplied(session: Session, store: Store, shop_order_id: str, reason: str) -> None:
+TOLD_AGAIN_AFTER = dt.timedelta(days=30)  # the dashboard's news: older entries are not shown
+
+
+def _refund_left_unapplied(
+    session: Session, store: Store, payload: dict[str, Any], reason: str
+) -> None:
     """A delivery lists refunds but not which items they cover, and without a WooCommerce
     REST key Keygate cannot ask: tell the owner (audit log), unless the order is paid no
     more (a refunded or cancelled order is revoked whole anyway)."""
+    shop_order_id = str(payload["shop_order_id"])
+    detail = {"reason": reason, "refunds": payload.get("listed", "")}
     order = session.execute(
         select(Order).where(Order.store_id == store.id, Order.shop_order_id == shop_order_id)
     ).scalar_one_or_none()
     if order is None or order.status not in PAID_STATUSES:
+        return
+    # Each later delivery asks again (a note added, a status changed): while the shop keeps
+    # refusing, the owner was told of these refunds once, not once per delivery.
+    told = session.scalars(
+        select(AuditEvent.detail).where(
+            AuditEvent.store_id == store.id,
+            AuditEvent.action == "order.refund_not_applied",
+            AuditEvent.subject == f"order:{shop_order_id}",
+            AuditEvent.created_at > utcnow() - TOLD_AGAIN_AFTER,
+        )
+    ).all()
+    if detail in told:
         return
     log.warning("store %s: refunds of order %s not applied", store.public_id, shop_order_id)
     record_audit(
@@ -341,7 +362,7 @@ def _refund_left_unapplied(session: Session, store: Store, shop_order_id: str, r
         actor="system",
         action="order.refund_not_applied",
         subject=f"order:{shop_order_id}",
-        detail={"reason": reason},
+        detail=detail,
     )
 
 

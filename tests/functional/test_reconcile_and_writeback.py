@@ -366,6 +366,24 @@ def test_a_shop_whose_rest_api_is_blocked_is_not_taken_for_a_deleted_order(
     assert shop.order(9605)["order"]["deleted"] is False
     [entry] = shop.admin("GET", "/audit?action=order.refund_not_applied").get_json()["events"]
     assert "rest_no_route" in entry["detail"]["reason"]
+    assert entry["detail"]["refunds"] == str(connected.orders[9605]["refunds"][0]["id"])
+
+    # Later deliveries ask again while the shop still refuses: the owner was told of this
+    # refund once (the dashboard counts the order once); a second refund is news.
+    for minute in (10, 15):
+        order["date_modified_gmt"] = order["date_modified"] = f"2026-11-20T12:{minute}:00"
+        order["customer_note"] = f"note {minute}"
+        connected.deliver(shop.client, "order.updated", order)
+        run_pending(app)
+    assert (
+        len(shop.admin("GET", "/audit?action=order.refund_not_applied").get_json()["events"]) == 1
+    )
+    connected.add_refund(9605, line_id=87, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:20:00"
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    events = shop.admin("GET", "/audit?action=order.refund_not_applied").get_json()["events"]
+    assert len(events) == 2 and events[0]["detail"]["refunds"].count(",") == 1
 
 
 def test_a_partial_refund_a_store_without_rest_key_cannot_read_is_shown_to_the_owner(
