@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.routing import IntegerConverter, Map
 
 from connector.config import Settings, load_settings
-from connector.db import Disconnected, reads_survive_a_dropped_connection
+from connector.db import Disconnected, reads_survive_a_dropped_connection, shown_utc
 from connector.db import db as database
 from connector.errors import (
     JSON_PREFIXES,
@@ -168,6 +168,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     # Mails are plain text too: drop the blank lines block tags would leave.
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
+    app.jinja_env.filters["utc"] = shown_utc
     app.extensions["keygate.settings"] = settings
     app.extensions["keygate.keyring"] = Keyring(settings.master_keys, settings.secret_key)
     logging.getLogger("connector").setLevel(settings.log_level.upper())

@@ -69,6 +69,13 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
+def shown_utc(value: dt.datetime) -> str:
+    """A UTC time as pages and mails show it (the ``utc`` template filter): to the minute,
+    the zone said. A date alone would promise a buyer west of UTC a day their license or
+    link does not last (one ending at 03:00 UTC ends the evening before in Honolulu)."""
+    return f"{value.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
 

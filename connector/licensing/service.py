@@ -34,7 +34,7 @@ from sqlalchemy import Engine, Select, and_, bindparam, delete, func, select
 from sqlalchemy.orm import Session, defer
 
 from connector.audit import record_audit
-from connector.db import insert_ignoring_conflicts, iso, read_one, utcnow
+from connector.db import insert_ignoring_conflicts, iso, read_one, shown_utc, utcnow
 from connector.errors import ValidationFailed
 from connector.licensing.keys import normalize_key
 from connector.licensing.links import set_downloads_blocked
@@ -669,7 +669,7 @@ def check_update(
         return Answer(
             False,
             "UPDATES_EXPIRED",
-            f"Updates ended on {lic.updates_until:%Y-%m-%d}; renew to get newer versions.",
+            f"Updates ended on {shown_utc(lic.updates_until)}; renew to get newer versions.",
             lic,
             product,
         )

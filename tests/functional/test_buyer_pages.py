@@ -146,3 +146,30 @@ def test_a_refunded_orders_portal_offers_no_empty_mail(shop: WebhookSender) -> N
     html = shop.client.get(portal).get_data(as_text=True)
     assert "Email me my keys and links again" not in html
     assert "nothing to email" in html
+
+
+def test_the_mail_and_portal_say_the_hour_and_zone_of_an_end(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A license paid at 03:00 UTC ends at 03:00 UTC: in Honolulu (UTC-10) the evening
+    before. "Valid until 2027-11-20" alone promises a day the buyer west of UTC does not
+    get; the mail and the portal give the moment the API gives, hour and zone said, and
+    the mail says until when each link works too."""
+    shop.configure(501, duration_days=365, download_days=30)
+    order = wc_order(9905, "processing", [line_item(501)])
+    order["date_paid"] = "2026-11-19T17:00:00"  # the shop's own time, Pacific/Honolulu
+    order["date_paid_gmt"] = "2026-11-20T03:00:00"
+    shop.deliver(order)
+    body = shop.order(9905)
+    assert body["licenses"][0]["expires_at"] == "2027-11-20T03:00:00Z"
+    assert body["downloads"][0]["expires_at"] == "2026-12-20T03:00:00Z"
+    text = _last_mail(app)
+    assert "(valid until 2027-11-20 03:00 UTC)" in text
+    assert "available until 2026-12-20 03:00 UTC" in text
+    with app.app_context():
+        html_mail = db.session.scalars(select(Mail.body_html)).one()
+    assert "(valid until 2027-11-20 03:00 UTC)" in html_mail
+    assert "available until 2026-12-20 03:00 UTC" in html_mail
+    page = shop.client.get(body["portal_url"].removeprefix(BASE)).get_data(as_text=True)
+    assert '<td data-label="Valid until">2027-11-20 03:00 UTC</td>' in page
+    assert '<td data-label="Available until">2026-12-20 03:00 UTC</td>' in page

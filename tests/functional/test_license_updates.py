@@ -469,3 +469,27 @@ def test_publishing_a_release_whose_file_is_not_in_storage_warns_the_owner(
     target.write_bytes(b"zip")
     answer = shop.admin("POST", "/products/501/releases", {**release, "version": "1.0.1"})
     assert (answer.status_code, answer.get_json()["warnings"]) == (201, [])
+
+
+def test_release_dates_with_offsets_meet_updates_until_in_utc(shop: WebhookSender) -> None:
+    """A release dated in the owner's zone counts at its UTC moment: one published at the
+    second updates end is covered, one a second later is not. UPDATES_EXPIRED says when
+    updates ended to the minute, zone said, as the license block's ``updates_until``."""
+    key = issue_key(shop, update_days=5)  # updates until 2026-11-25T11:59:30Z
+    publish_at = {"1.1.0": "2026-11-25T22:59:30+11:00", "1.2.0": "2026-11-25T01:59:31-10:00"}
+    for version, published in publish_at.items():
+        body = {
+            "version": version,
+            "object_key": f"releases/plugin-{version}.zip",
+            "sha256": "a" * 64,
+            "size": 1,
+            "published_at": published,
+        }
+        assert shop.admin("POST", "/products/501/releases", body).status_code == 201
+    listed = shop.admin("GET", "/products/501/releases").get_json()["releases"]
+    assert [r["published_at"] for r in listed] == ["2026-11-25T11:59:30Z", "2026-11-25T11:59:31Z"]
+    assert update_check(shop, key, "1.0.0")["update"]["version"] == "1.1.0"
+    ended = update_check(shop, key, "1.1.0")
+    assert ended["code"] == "UPDATES_EXPIRED"
+    assert ended["license"]["updates_until"] == "2026-11-25T11:59:30Z"
+    assert ended["detail"].startswith("Updates ended on 2026-11-25 11:59 UTC;")

@@ -499,7 +499,9 @@ def test_the_plain_text_mail_puts_every_key_and_link_on_a_line_of_its_own(
     keys = [lic["key"] for lic in shop.order(9014)["licenses"]]
     for key in keys:
         [line] = [line for line in lines if key in line]
-        assert re.fullmatch(rf"  Product 501: {key} \(valid until \d{{4}}-\d\d-\d\d\)", line)
+        assert re.fullmatch(
+            rf"  Product 501: {key} \(valid until \d{{4}}-\d\d-\d\d \d\d:\d\d UTC\)", line
+        )
     links = re.findall(r"http://keygate\.test(/d/\S+)", text_body)
     assert len(links) == 2
     for link in links:
