@@ -164,6 +164,15 @@ _FLOORS = {
     "max_body_bytes": 1024,
 }
 
+# The greatest value of settings that count time: past them a date computed from one (the
+# purge's cutoff, a periodic job's next run) is outside the years a datetime can hold, and
+# the job that needs it fails every time (nothing would ever be purged again).
+_CEILINGS = {
+    **{name: 36_600 for name in _FLOORS if name.startswith("retention_")},  # 100 years
+    "reconcile_interval_seconds": 366 * 86_400,
+    "product_sync_interval_seconds": 366 * 86_400,
+}
+
 
 def _check_values(values: dict[str, Any]) -> None:
     """What a library would otherwise refuse later, with a traceback naming no setting."""
@@ -185,6 +194,9 @@ def _check_values(values: dict[str, Any]) -> None:
     for name, least in _FLOORS.items():
         if name in values and values[name] < least:
             raise ConfigError(f"KEYGATE_{name.upper()} must be at least {least}")
+    for name, most in _CEILINGS.items():
+        if name in values and values[name] > most:
+            raise ConfigError(f"KEYGATE_{name.upper()} must be at most {most}")
     if "brevo_api_host" in values:
         try:
             host = urlsplit(str(values["brevo_api_host"]))

@@ -4,19 +4,26 @@ audit log; the audit entries in a customer's export."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
+import pytest
 from flask import Flask
 from sqlalchemy import select, update
 
+from connector import create_app
 from connector.audit import record_audit
+from connector.config import ConfigError
 from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending
-from connector.models import AuditEvent, Mail, Order
+from connector.models import AuditEvent, Job, Mail, Order
+from connector.orders.reconcile import RECONCILE_JOB, schedule_next
 from connector.privacy.service import purge_expired_records
 from connector.stores import create_store
+from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
 
 EMAIL = "jurgen@example.org"
+RETENTIONS = ("webhook", "jobs", "mail", "security", "download_log", "unlicensed_order", "audit")
 
 
 def buyer_of(app: Flask, shop_order_id: str) -> tuple[str | None, str | None, str | None]:
@@ -183,3 +190,34 @@ def test_the_export_names_no_admin_of_the_store(app: Flask, shop: WebhookSender)
         ("admin", "license.suspend"),
     ]
     assert "owner-jane" not in str(audit)
+
+
+def test_retention_and_intervals_past_what_a_date_can_hold_are_refused_at_boot(
+    app: Flask, tmp_path: Path, database_url: str
+) -> None:
+    """A retention of a million days (meant as "keep for ever") has no cutoff date: the
+    daily purge would fail every day and purge nothing again, mails and click records
+    included; a reconcile interval of 10**12 seconds has no next run. Boot refuses both,
+    naming the setting and its ceiling; at the ceiling the purge and the schedule work, on
+    either database."""
+    for name, value in (
+        ("retention_mail_days", 1_000_000),
+        ("retention_download_log_days", 740_000),
+        ("reconcile_interval_seconds", 10**12),
+    ):
+        with pytest.raises(ConfigError, match=f"KEYGATE_{name.upper()} must be at most"):
+            create_app(app_overrides(tmp_path / name, database_url, **{name: value}))
+    ceilings = {
+        **{f"retention_{kind}_days": 36_600 for kind in RETENTIONS},
+        "reconcile_interval_seconds": 366 * 86_400,
+    }
+    longest = create_app(app_overrides(tmp_path / "longest", database_url, **ceilings))
+    try:
+        with longest.app_context(), transaction() as session:
+            store = create_store(session, "Shop", "https://shop.example").store
+            assert set(purge_expired_records(session).values()) == {0}
+            schedule_next(session, store, RECONCILE_JOB, 366 * 86_400)
+            job = session.scalars(select(Job).where(Job.kind == RECONCILE_JOB)).one()
+            assert job.run_after <= utcnow() + dt.timedelta(days=366)
+    finally:
+        longest.extensions["keygate.db"].engine.dispose()
