@@ -396,8 +396,11 @@ def _issue_unit(
     """The unit's license (unless ``license_id`` names it) and its grants, each inserted
     unless it exists: the unique keys make this exactly-once across processes."""
     policy = Policy.of(product)
-    start = order.date_paid or utcnow()
     now = utcnow()
+    # From the payment (a webhook lost and the order read hours later still counts from
+    # it), never later than now: a shop whose clock runs ahead would lengthen every key and
+    # link by its error (renewals count the same way: renewals.counts_from).
+    start = now if order.date_paid is None else min(order.date_paid, now)
     existing = license_id
     if license_id is None:
         license_id = _insert_license(

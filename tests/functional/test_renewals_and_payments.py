@@ -375,6 +375,24 @@ def test_a_renewal_applied_late_counts_from_its_payment(app: Flask, shop: Webhoo
     assert renewed["downloads"][0]["expires_at"] == renewed["licenses"][0]["expires_at"]
 
 
+def test_a_purchase_dated_ahead_of_keygates_clock_counts_from_its_issue(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A shop whose clock runs ten days ahead (a server clock set wrong) dates the payment
+    ten days from now: the key and its links are not ten days longer for it. A purchase
+    counts from the payment, never later than Keygate issued it, as a renewal does."""
+    shop.configure(501, duration_days=30, download_days=7)
+    before = utcnow()
+    ahead = before.replace(microsecond=0) + dt.timedelta(days=10)
+    shop.deliver(paid_at(wc_order(9252, "processing", [line_item(501)]), ahead))
+    after = utcnow()
+    body = shop.order(9252)
+    expires = parse_iso(body["licenses"][0]["expires_at"])
+    assert before + dt.timedelta(days=30) <= expires <= after + dt.timedelta(days=30)
+    link_ends = parse_iso(body["downloads"][0]["expires_at"])
+    assert before + dt.timedelta(days=7) <= link_ends <= after + dt.timedelta(days=7)
+
+
 def test_refunding_one_of_two_renewals_of_a_lapsed_license_keeps_the_other(
     app: Flask, shop: WebhookSender
 ) -> None:
