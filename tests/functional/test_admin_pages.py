@@ -671,3 +671,32 @@ def test_a_removed_admins_session_never_becomes_another_admins(
     assert bo_id != removed_id  # never given again, on either backend
     answer = ana.get("/admin/")
     assert answer.status_code == 302 and "/admin/login" in answer.headers["Location"]
+
+
+def test_the_owners_pages_give_ends_as_the_api_does_with_the_zone_said(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """A key paid at 03:00 UTC ends at 03:00 UTC: the order page, the license list and the
+    license's page show that moment, hour and zone said, as the admin API's ``expires_at``
+    and the buyer's mail do (a bare date reads as a day the owner's buyer west of UTC does
+    not get); times of day elsewhere say UTC too."""
+    shop.configure(501, duration_days=365, download_days=30)
+    order = wc_order(9320, "processing", [line_item(501)])
+    order["date_paid_gmt"] = "2026-11-20T03:00:00"
+    shop.deliver(order)
+    body = shop.order(9320)
+    assert body["licenses"][0]["expires_at"] == "2027-11-20T03:00:00Z"
+    assert body["downloads"][0]["expires_at"] == "2026-12-20T03:00:00Z"
+    assert sign_in(admin_client) == 302
+    with app.app_context():
+        order_id = db.session.execute(select(Order.id)).scalar_one()
+        license_id = db.session.execute(select(License.id)).scalar_one()
+    order_page = admin_client.get(f"/admin/orders/{order_id}").get_data(as_text=True)
+    assert '<td data-label="Expires">2027-11-20 03:00 UTC</td>' in order_page
+    assert '<td data-label="Expires">2026-12-20 03:00 UTC</td>' in order_page
+    listed = admin_client.get("/admin/licenses").get_data(as_text=True)
+    assert '<td data-label="Expires">2027-11-20 03:00 UTC</td>' in listed
+    license_page = admin_client.get(f"/admin/licenses/{license_id}").get_data(as_text=True)
+    assert '<td data-label="Expires">2026-12-20 03:00 UTC</td>' in license_page
+    audit = admin_client.get("/admin/audit").get_data(as_text=True)
+    assert re.search(r"<tr><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</td>", audit)
