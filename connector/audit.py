@@ -4,6 +4,7 @@ breaches: the IP as a keyed hash). Neither ever holds a secret or a license key.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from typing import Any
 
 from flask import request
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from connector.db import utcnow
 from connector.extensions import client_ip
-from connector.models import AuditEvent, SecurityEvent
+from connector.models import AdminUser, AuditEvent, SecurityEvent
 from connector.vault.crypto import keyed_hash
 
 SECURITY_IP_HASH = "security-ip"
@@ -36,6 +37,23 @@ def record_audit(
     )
     session.add(event)
     return event
+
+
+def store_admin_names(session: Session, store_id: int) -> set[str]:
+    """The names the admins of store ``store_id`` only sign in with."""
+    return set(session.scalars(select(AdminUser.username).where(AdminUser.store_id == store_id)))
+
+
+def shown_actor(actor: str, own_admins: Collection[str] | None) -> str:
+    """Who did it, as an audit log shows it: as recorded to an admin of every store
+    (``own_admins`` None). To one store's admins and its API token (``own_admins``: the
+    store's admins, :func:`store_admin_names`), an admin who is not one of them (an admin of
+    every store, or one removed since) is ``admin``: the name an admin signs in with is half
+    of their credentials, and not the store's to know."""
+    name = actor.removeprefix("admin:")
+    if own_admins is None or name == actor or name in own_admins:
+        return actor
+    return "admin"
 
 
 def record_security_event(

@@ -9,6 +9,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
+from connector.audit import shown_actor, store_admin_names
 from connector.catalog import (
     configure_product,
     find_product,
@@ -198,7 +199,8 @@ def _limit() -> int:
 @bp.get("/audit")
 @require_store_token
 def audit_log() -> ResponseReturnValue:
-    """The store's audit log, newest first (``?action=`` filters, ``?limit=`` caps)."""
+    """The store's audit log, newest first (``?action=`` filters, ``?limit=`` caps); an admin
+    who is not one of the store's own is named ``admin`` (:func:`connector.audit.shown_actor`)."""
     query = (
         select(AuditEvent)
         .where(AuditEvent.store_id == current_store().id)
@@ -209,12 +211,13 @@ def audit_log() -> ResponseReturnValue:
     if action:
         query = query.where(AuditEvent.action == action)
     events = db.session.execute(query).scalars()
+    own_admins = store_admin_names(db.session, current_store().id)
     return jsonify(
         {
             "events": [
                 {
                     "at": iso(e.created_at),
-                    "actor": e.actor,
+                    "actor": shown_actor(e.actor, own_admins),
                     "action": e.action,
                     "subject": e.subject,
                     "detail": e.detail,

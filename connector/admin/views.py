@@ -37,7 +37,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RoutingException
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from connector.audit import record_audit
+from connector.audit import record_audit, shown_actor, store_admin_names
 from connector.db import db
 from connector.downloads.storage import own_area, storage_in_use
 from connector.errors import (
@@ -475,7 +475,9 @@ def retry_job(job_id: int) -> ResponseReturnValue:
 @login_required
 def audit() -> ResponseReturnValue:
     """The audit log newest first, of one kind of entry when ``?action=`` names it (an
-    action, never personal data, so it may stand in the address)."""
+    action, never personal data, so it may stand in the address). An admin of one store
+    sees the admins who are not the store's own as ``admin`` (see
+    :func:`connector.audit.shown_actor`)."""
     action = (request.args.get("action") or "").strip()[:64]
     query = _scoped(select(AuditEvent), AuditEvent.store_id)
     if action:
@@ -487,9 +489,12 @@ def audit() -> ResponseReturnValue:
         )
     ).all()
     stores = list(db.session.scalars(_scoped(select(Store), Store.id)))
+    scope = _scope()
+    own_admins = None if scope is None else store_admin_names(db.session, scope)
     return render_template(
         "admin/audit.html",
         events=events,
+        actors={e.id: shown_actor(e.actor, own_admins) for e in events},
         older=older,
         action=action,
         actions=actions,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
+from werkzeug.security import generate_password_hash
 
 from connector.db import db
 from connector.jobs import run_pending
@@ -30,7 +31,7 @@ from connector.models import (
 )
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_licenses_pages import other_shop, post, sell
-from tests.functional.test_admin_pages import csrf_token, store_admin
+from tests.functional.test_admin_pages import PASSWORD, csrf_token, store_admin
 from tests.functional.test_downloads import get, link_path, put_file
 from tests.licensing_helpers import call
 
@@ -287,3 +288,40 @@ def test_a_store_admin_is_no_admin_of_every_store(app: Flask, two: Two) -> None:
         user = db.session.execute(select(AdminUser).where(AdminUser.username == "ana")).scalar_one()
         assert user.store_id == two.mine.store.store.id
         assert db.session.scalar(select(func.count()).select_from(Store)) == 2
+
+
+def test_a_store_learns_no_name_of_an_admin_of_every_store(app: Flask, two: Two) -> None:
+    """What an admin of every store did to a store is in its log as an admin's, not under
+    the name they sign in with (half of their credentials, which the store's admins and
+    token holders could then guess at and lock out); the store's own admins stay named."""
+    with app.app_context():
+        db.session.add(
+            AdminUser(username="root-olga", password_hash=generate_password_hash(PASSWORD))
+        )
+        db.session.commit()
+    owner = app.test_client()
+    token = csrf_token(owner, "/admin/login")
+    login = {"username": "root-olga", "password": PASSWORD}
+    assert post(owner, "/admin/login", token, **login).status_code == 302
+    my_license = _ids(app, 7100)[1]
+    token = csrf_token(owner, f"/admin/licenses/{my_license}")
+    changed = post(owner, f"/admin/licenses/{my_license}/change", token, action="suspend")
+    assert changed.status_code == 302
+    ana = store_admin(app, two.mine.store.store.id)
+    token = csrf_token(ana, f"/admin/licenses/{my_license}")
+    changed = post(ana, f"/admin/licenses/{my_license}/change", token, action="reinstate")
+    assert changed.status_code == 302
+
+    entries = two.mine.admin("GET", "/audit?action=license.suspend").get_json()["events"]
+    assert [e["actor"] for e in entries] == ["admin"]
+    entries = two.mine.admin("GET", "/audit?action=license.reinstate").get_json()["events"]
+    assert [e["actor"] for e in entries] == ["admin:ana"]
+    assert "root-olga" not in two.mine.admin("GET", "/audit").get_data(as_text=True)
+    page = ana.get("/admin/audit").get_data(as_text=True)
+    assert "root-olga" not in page
+    assert '<td data-label="Who">admin</td><td data-label="What">license.suspend' in page
+    assert '<td data-label="Who">admin:ana</td><td data-label="What">license.reinstate' in page
+    everything = owner.get("/admin/audit").get_data(as_text=True)
+    assert '<td data-label="Who">admin:root-olga</td><td data-label="What">license.suspend' in (
+        everything
+    )
