@@ -8,7 +8,9 @@ must never show up in an answer to "mine"'s admin or token.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
@@ -23,6 +25,7 @@ from connector.models import (
     AuditEvent,
     Job,
     License,
+    LicenseRenewal,
     Mail,
     Order,
     Product,
@@ -33,6 +36,7 @@ from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_licenses_pages import other_shop, post, sell
 from tests.functional.test_admin_pages import PASSWORD, csrf_token, store_admin
 from tests.functional.test_downloads import get, link_path, put_file
+from tests.functional.test_renewals_and_payments import renewal_line
 from tests.licensing_helpers import call
 
 THEIR_EMAIL = "theirbuyer@example.org"
@@ -325,3 +329,40 @@ def test_a_store_learns_no_name_of_an_admin_of_every_store(app: Flask, two: Two)
     assert '<td data-label="Who">admin:root-olga</td><td data-label="What">license.suspend' in (
         everything
     )
+
+
+def test_another_stores_order_renews_no_key_of_this_store(app: Flask, two: Two) -> None:
+    """A shop can send any order it likes: one naming a key of another store to renew
+    extends nothing there (the line is a new sale in its own store)."""
+    two.mine.configure(502, duration_days=30)
+    two.theirs.configure(502, duration_days=30)
+    mine = sell(two.mine, 7300, 502)["licenses"][0]
+    renewal = wc_order(7301, "processing", [renewal_line(502, mine["key"], 730101)])
+    assert two.theirs.deliver(renewal).status_code == 200
+    after = two.mine.admin("GET", f"/licenses/{mine['key']}").get_json()["license"]
+    assert after["expires_at"] == mine["expires_at"]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LicenseRenewal)) == 0
+    assert two.theirs.order(7301)["licenses"][0]["key"] != mine["key"]
+
+
+def test_a_buyers_links_reach_nothing_of_another_store(app: Flask, two: Two) -> None:
+    """A portal link frees no seat of another store's key, and a link of one kind is no
+    link of another (portal, download)."""
+    mine = two.mine.order(7100)
+    portal = urlsplit(mine["portal_url"]).path
+    page = two.mine.client.get(portal).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert token is not None
+    freed = post(
+        two.mine.client,
+        f"{portal}/activations/{two.their_activation}/deactivate",
+        token.group(1),
+    )
+    assert freed.status_code == 404
+    with app.app_context():
+        assert db.session.get(Activation, two.their_activation) is not None
+    portal_token = portal.rsplit("/", 1)[1]
+    download_token = link_path(mine["downloads"][0]).rsplit("/", 1)[1]
+    assert two.mine.client.get(f"/d/{portal_token}").status_code == 404
+    assert two.mine.client.get(f"/my/{download_token}").status_code == 404
