@@ -272,7 +272,11 @@ def test_a_webhook_signed_with_one_stores_secret_is_refused_by_another(
         assert db.session.scalar(select(Order).where(Order.shop_order_id == "7201")) is None
 
 
-def test_a_key_of_another_store_is_a_mismatch_for_a_product_naming_its_store(two: Two) -> None:
+def test_a_key_of_another_store_is_a_mismatch_for_a_product_naming_its_store(
+    app: Flask, two: Two
+) -> None:
+    """A product that names its store (the client's ``store=``) takes no key of another
+    store: no activation, no update, no offline file."""
     mine = two.mine.store.store.public_id
     answer = call(
         two.mine.client, "validate", {"key": two.their_key, "product": "501", "store": mine}
@@ -280,6 +284,18 @@ def test_a_key_of_another_store_is_a_mismatch_for_a_product_naming_its_store(two
     assert answer.get_json()["code"] == "PRODUCT_MISMATCH"
     same = call(two.mine.client, "validate", {"key": two.my_key, "product": "501", "store": mine})
     assert same.get_json()["code"] == "VALID"
+    for endpoint, body in (
+        ("activate", {"site": "mine.example.com"}),
+        ("update-check", {"product": "501", "version": "1.0.0"}),
+        ("checkout", {"product": "501", "site": "mine.example.com"}),
+    ):
+        answer = call(two.mine.client, endpoint, {"key": two.their_key, "store": mine, **body})
+        assert answer.get_json()["code"] == "PRODUCT_MISMATCH", endpoint
+        assert "their-9.9.9" not in answer.get_data(as_text=True)
+        assert not answer.get_json().get("license_file")
+    with app.app_context():
+        seats = select(func.count()).where(Activation.license_id == two.their_license)
+        assert db.session.scalar(seats) == 1  # theirs only
 
 
 def test_a_store_admin_is_no_admin_of_every_store(app: Flask, two: Two) -> None:
