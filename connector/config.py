@@ -69,6 +69,11 @@ class Settings:
     r2_secret_access_key: str = field(default="", repr=False)
     r2_bucket: str = ""
     r2_endpoint_url: str = ""
+    # Whether a store's R2 endpoint_url may be (or resolve to) a loopback, private,
+    # link-local or other non-public address: off, an owner or a store's API token could
+    # point Keygate's requests at the instance's own network. Cloud metadata services are
+    # refused either way; the instance-wide KEYGATE_R2_ENDPOINT_URL is the operator's own.
+    allow_private_endpoints: bool = False
     # The visible line on watermarked PDFs; fields {name} {email} {order} {date}.
     watermark_template: str = "Licensed to {name} <{email}> · Order {order} · {date}"
     # Largest file the admin leak lookup accepts (the whole file is needed to read a PDF).

@@ -148,9 +148,15 @@ def app_overrides(tmp_path: Path, database_url: str, **extra: Any) -> dict[str, 
 
 
 @pytest.fixture
-def app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
+def app_settings() -> dict[str, Any]:
+    """Settings of ``app`` beyond the test ones (a test module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def app(tmp_path: Path, database_url: str, app_settings: dict[str, Any]) -> Iterator[Flask]:
     (tmp_path / "instance" / "files").mkdir(parents=True)
-    application = create_app(app_overrides(tmp_path, database_url))
+    application = create_app(app_overrides(tmp_path, database_url, **app_settings))
     application.config["TESTING"] = True
     yield application
     stop_worker_thread(application)

@@ -308,13 +308,18 @@ def _own_credentials(store: Store | int, stored: dict[str, Any] | None) -> dict[
     return credentials_for(db.session, store, "r2")
 
 
-def _r2_config(stored: dict[str, Any]) -> R2Config:
+def store_r2_config(stored: dict[str, Any]) -> R2Config:
+    """A store's own R2 credentials as an :class:`R2Config`: its endpoint_url must be
+    public unless the instance allows private endpoints (KEYGATE_ALLOW_PRIVATE_ENDPOINTS)."""
+    from connector import get_settings
+
     return R2Config(
         account_id=stored["account_id"],
         access_key_id=stored["access_key_id"],
         secret_access_key=stored["secret_access_key"],
         bucket=stored["bucket"],
         endpoint_url=stored.get("endpoint_url") or None,
+        private_ok=get_settings().allow_private_endpoints,
     )
 
 
@@ -333,6 +338,7 @@ def instance_r2_config() -> R2Config | None:
         secret_access_key=settings.r2_secret_access_key,
         bucket=settings.r2_bucket,
         endpoint_url=settings.r2_endpoint_url or None,
+        private_ok=True,  # the operator's own setting, not a store's
     )
 
 
@@ -342,14 +348,14 @@ def store_for(store: Store | int, stored: dict[str, Any] | None = _LOOK_UP) -> O
     of the shared storage (the instance-wide bucket, or the embedded folder)."""
     own = _own_credentials(store, stored)
     if own is not None:
-        return R2ObjectStore(_r2_config(own))
+        return R2ObjectStore(store_r2_config(own))
     return shared_area(store if isinstance(store, int) else store.id)
 
 
 def own_bucket(store: Store) -> R2ObjectStore | None:
     """The store's own R2 bucket, when the vault holds its credentials."""
     own = _own_credentials(store, _LOOK_UP)
-    return R2ObjectStore(_r2_config(own)) if own is not None else None
+    return R2ObjectStore(store_r2_config(own)) if own is not None else None
 
 
 def shared_area(store_id: int) -> SharedArea:

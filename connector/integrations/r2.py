@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import socket
 import uuid
@@ -25,8 +26,14 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ClientError
-from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+from botocore.utils import get_environ_proxies, is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
+from connector.integrations.addresses import (
+    PUBLIC_POOLS,
+    PrivateAddress,
+    PublicOnlySession,
+    public_addresses,
+)
 from connector.redact import AWS_PATTERNS, RedactingFilter, redact_loggers
 
 # An R2 account id (32 hex digits), or another S3 service's account name: it becomes part
@@ -46,19 +53,35 @@ class StorageUnavailable(RuntimeError):
     """The object store did not answer (network, credentials, server error)."""
 
 
+# The setting that lets a store's endpoint_url be on a private network.
+ALLOW_PRIVATE_SETTING = "KEYGATE_ALLOW_PRIVATE_ENDPOINTS"
+
+
+class PrivateEndpoint(StorageUnavailable):
+    """The endpoint_url is, or resolves to, a private address, and the instance does not
+    allow those (:data:`ALLOW_PRIVATE_SETTING`)."""
+
+
 @dataclass(frozen=True)
 class R2Config:
-    """Where a store's files live in R2. ``endpoint_url`` overrides the account endpoint."""
+    """Where a store's files live in R2. ``endpoint_url`` overrides the account endpoint;
+    unless ``private_ok``, it must be, and resolve to, public addresses only."""
 
     account_id: str
     access_key_id: str
     secret_access_key: str
     bucket: str
     endpoint_url: str | None = None
+    private_ok: bool = False
 
     @property
     def endpoint(self) -> str:
         return self.endpoint_url or f"https://{self.account_id}.r2.cloudflarestorage.com"
+
+    @property
+    def public_only(self) -> bool:
+        """Must every connection go to a public address? (R2's own endpoint: no check.)"""
+        return self.endpoint_url is not None and not self.private_ok
 
     def __repr__(self) -> str:  # never show the secret in logs or tracebacks
         return f"R2Config(account_id={self.account_id!r}, bucket={self.bucket!r})"
@@ -119,6 +142,38 @@ def _metadata_service(host: str) -> bool:
     return address.is_link_local or address in METADATA_ADDRESSES
 
 
+def private_endpoint_problem(url: str) -> str | None:
+    """Why ``url`` (one :func:`endpoint_problem` accepts) may not be a store's endpoint
+    while private endpoints are not allowed, or None.
+
+    Its host is resolved now: a name that does not resolve (yet) is not refused here, as
+    every connection checks the addresses it goes to again.
+    """
+    try:
+        _check_public(url)
+    except PrivateEndpoint:
+        return (
+            "is, or resolves to, a private or local network address; Keygate connects to"
+            f" those only when the instance sets {ALLOW_PRIVATE_SETTING}=true"
+        )
+    return None
+
+
+def _check_public(url: str) -> None:
+    """Raises :class:`PrivateEndpoint` when ``url``'s host is, or resolves to, a private
+    address; a name that does not resolve passes (a connection to it fails on its own)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        public_addresses(parts.hostname or "", port)
+    except PrivateAddress:
+        raise PrivateEndpoint(
+            f"the R2 endpoint_url is a private address ({ALLOW_PRIVATE_SETTING} is off)"
+        ) from None
+    except (OSError, UnicodeError):  # no such name, no DNS answer (now)
+        pass
+
+
 # Checked on every click; a store has one endpoint, so remember the answer.
 _endpoint_problem_of = functools.lru_cache(maxsize=256)(endpoint_problem)
 
@@ -167,9 +222,34 @@ def _new_client(config: R2Config, *, attempts: int, read_timeout: float) -> Any:
             read_timeout=read_timeout,
         ),
     )
+    if config.public_only:
+        _send_to_public_addresses(client, config, read_timeout)
     # botocore logs whole signed requests at DEBUG; its loggers exist once a client does.
     redact_loggers(("botocore", "boto3", "s3transfer", "urllib3"), _AWS_REDACTOR)
     return client
+
+
+def _send_to_public_addresses(client: Any, config: R2Config, read_timeout: float) -> None:
+    """Make every request of ``client`` go to public addresses of its endpoint only.
+
+    botocore's ``before-send`` event may answer a request itself: here by sending it through
+    a session whose connections check the addresses they go to (so a name that resolves to
+    a private address after it was saved is refused too). First the name is checked on its
+    own, so that a refusal is :class:`PrivateEndpoint`, said at once and never retried (and
+    checked even when an environment proxy makes the connection).
+    """
+    session = PublicOnlySession(
+        # What botocore gives its own session: the environment's proxies and CA bundle.
+        proxies=get_environ_proxies(config.endpoint),
+        verify=os.environ.get("AWS_CA_BUNDLE") or os.environ.get("REQUESTS_CA_BUNDLE") or True,
+        timeout=(CONNECT_TIMEOUT, read_timeout),
+    )
+
+    def send(request: Any, **_: Any) -> Any:
+        _check_public(request.url)
+        return session.send(request)
+
+    client.meta.events.register("before-send.s3", send)
 
 
 @functools.lru_cache(maxsize=32)
@@ -190,6 +270,7 @@ NO_BUCKET = "no_bucket"
 NO_READ = "no_read"  # the key may not read objects in the bucket
 NO_WRITE = "no_write"  # ... or may not write them (an "Object Read only" token)
 NOT_S3 = "not_s3"  # something answered, not as an S3 service does
+PRIVATE = "private_address"  # the endpoint is on a private network, which is not allowed
 SERVER_ERROR = "server_error"  # the service answered 5xx
 OTHER = "other"
 # S3's error codes for a key or a signature it does not take (R2 answers the same ones).
@@ -268,6 +349,11 @@ class R2Store:
         One try each, and nothing waits longer than :data:`CHECK_READ_TIMEOUT` for an answer.
         """
         self._check_endpoint()
+        if self.config.public_only:
+            try:
+                _check_public(self.config.endpoint)
+            except PrivateEndpoint:
+                return AccessProblem(PRIVATE)
         # The signed URL is logged by urllib3 at DEBUG: its signature is hidden there.
         redact_loggers(("urllib3",), _AWS_REDACTOR)
         key = f"{CHECK_PREFIX}{uuid.uuid4().hex}"
@@ -275,10 +361,13 @@ class R2Store:
             retries=False,
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=CHECK_READ_TIMEOUT),
         )
+        if self.config.public_only:
+            http.pool_classes_by_scheme = PUBLIC_POOLS
         try:
             answer = http.request("GET", self.presigned_url(key, "check", 60), redirect=False)
-        except (urllib3.exceptions.HTTPError, OSError):
-            return AccessProblem(UNREACHABLE)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # The name may answer a private address now, having answered a public one a moment ago.
+            return AccessProblem(PRIVATE if _refused_as_private(exc) else UNREACHABLE)
         finally:
             http.clear()
         if answer.status == 200:
@@ -296,6 +385,8 @@ class R2Store:
             return _problem_of(status, _code(exc), writing=True)
         except BotoCoreError:
             return AccessProblem(UNREACHABLE)
+        except PrivateEndpoint:  # the name resolves to a private address now
+            return AccessProblem(PRIVATE)
         return None
 
     def exists(self, key: str) -> bool:
@@ -398,6 +489,13 @@ class R2Store:
             ExpiresIn=clamp_ttl(ttl),
         )
         return url
+
+
+def _refused_as_private(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, PrivateAddress):
+        cause = cause.__cause__
+    return cause is not None
 
 
 def _path(segment: str) -> str:

@@ -19,9 +19,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from connector.downloads.storage import store_r2_config
 from connector.errors import NotFound
 from connector.integrations import brevo, r2
-from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable
+from connector.integrations.r2 import R2Store, StorageUnavailable
 from connector.models import Store
 from connector.vault.service import check_kind, credentials_for
 
@@ -86,13 +87,7 @@ def _answered(status: int, code: str) -> str:
 
 
 def _check_r2(stored: dict[str, Any]) -> CheckResult:
-    config = R2Config(
-        account_id=stored["account_id"],
-        access_key_id=stored["access_key_id"],
-        secret_access_key=stored["secret_access_key"],
-        bucket=stored["bucket"],
-        endpoint_url=stored.get("endpoint_url") or None,
-    )
+    config = store_r2_config(stored)
     try:
         problem = R2Store(config).check_access()
     except StorageUnavailable:  # an endpoint URL saved before endpoints were checked
@@ -122,6 +117,9 @@ def _check_r2(stored: dict[str, Any]) -> CheckResult:
         r2.NOT_S3: f"Something answered at {where}, but not as an S3 service does"
         f"{answered}: check the endpoint.",
         r2.SERVER_ERROR: f"The storage answered with an error{answered}: try again later.",
+        r2.PRIVATE: "The endpoint_url is, or resolves to, a private or local network address,"
+        " which this Keygate does not connect to: give the storage's public address, or"
+        f" have the instance's operator set {r2.ALLOW_PRIVATE_SETTING}=true.",
     }
     reason = reasons.get(problem.kind) or f"The storage refused the check{answered}."
     return CheckResult("r2", False, problem.kind, " ".join(reason.split()))

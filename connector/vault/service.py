@@ -16,7 +16,12 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.errors import NotFound, ValidationFailed
-from connector.integrations.r2 import ACCOUNT_ID, BUCKET, endpoint_problem
+from connector.integrations.r2 import (
+    ACCOUNT_ID,
+    BUCKET,
+    endpoint_problem,
+    private_endpoint_problem,
+)
 from connector.models import CREDENTIAL_KINDS, Credential, Store
 from connector.validation import known_fields, optional_int, optional_str
 from connector.vault.crypto import Concealed, ConcealedDict, mask
@@ -157,9 +162,17 @@ def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
                 raise ValidationFailed(f"{name} must be {field_spec.shape_name}", field=name)
     endpoint = values.get("endpoint_url")
     problem = endpoint_problem(endpoint) if endpoint is not None else None
+    if problem is None and endpoint is not None and not _private_endpoints_allowed():
+        problem = private_endpoint_problem(endpoint)
     if problem is not None:
         raise ValidationFailed(f"endpoint_url {problem}", field="endpoint_url")
     return values
+
+
+def _private_endpoints_allowed() -> bool:
+    from connector import get_settings
+
+    return get_settings().allow_private_endpoints
 
 
 def put_credentials(

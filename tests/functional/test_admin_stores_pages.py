@@ -470,6 +470,7 @@ def test_disconnecting_a_shop_that_refuses_the_key_tells_the_owner_what_is_left(
     assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
 
 
+@pytest.mark.parametrize("app_settings", [{"allow_private_endpoints": True}])  # R2 on 127.0.0.1
 def test_the_store_page_says_where_files_and_mail_go_once_credentials_are_saved(
     owner: FlaskClient, shop: WebhookSender
 ) -> None:

@@ -38,7 +38,14 @@ BREVO = {"api_key": BREVO_KEY, "sender_email": "shop@example.org", "sender_name"
 @pytest.fixture
 def checking_app(tmp_path: Path, database_url: str, brevo: FakeBrevo) -> Iterator[Flask]:
     (tmp_path / "instance" / "files").mkdir(parents=True)
-    application = create_app(app_overrides(tmp_path, database_url, brevo_api_host=brevo.host))
+    application = create_app(
+        app_overrides(
+            tmp_path,
+            database_url,
+            brevo_api_host=brevo.host,
+            allow_private_endpoints=True,  # LocalStack's S3 is on 127.0.0.1
+        )
+    )
     application.config["TESTING"] = True
     yield application
     stop_worker_thread(application)

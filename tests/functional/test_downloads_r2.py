@@ -38,6 +38,12 @@ from tests.localstack import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localstack")]
 
 
+@pytest.fixture
+def app_settings() -> dict[str, Any]:
+    """Stores' own buckets here are on LocalStack, at 127.0.0.1: a private endpoint."""
+    return {"allow_private_endpoints": True}
+
+
 def s3_client(endpoint: str) -> Any:
     return boto3.client(
         "s3",

@@ -26,10 +26,10 @@ from connector.vault.rotation import encrypted_tables, rotate_all
 from connector.vault.service import credentials_for
 from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.functional.test_vault_credentials import R2
+from tests.functional.test_vault_credentials import R2, app_settings
 from tests.wc_rest import FakeShop, connect_store, fake_shop
 
-__all__ = ["fake_shop"]
+__all__ = ["app_settings", "fake_shop"]  # app_settings: R2's endpoint is on 127.0.0.1
 
 
 @contextmanager

@@ -14,10 +14,10 @@ from connector.models import Store
 from connector.orders.reconcile import reconcile_store
 from connector.vault.connection import shop_client_for
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.functional.test_vault_credentials import BREVO, R2
+from tests.functional.test_vault_credentials import BREVO, R2, app_settings
 from tests.wc_rest import CONSUMER_KEY, CONSUMER_SECRET, FakeShop, connect_store, fake_shop
 
-__all__ = ["fake_shop"]
+__all__ = ["app_settings", "fake_shop"]  # app_settings: R2's endpoint is on 127.0.0.1
 
 
 def dump_database(app: Flask) -> str:

@@ -21,6 +21,11 @@ from tests.localstack import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("localstack")]
 
 
+def local_config(bucket: str, endpoint: str) -> R2Config:
+    """A bucket on LocalStack (127.0.0.1): an instance that allows private endpoints."""
+    return R2Config("acct", ACCESS_KEY_ID, SECRET_ACCESS_KEY, bucket, endpoint, private_ok=True)
+
+
 @pytest.fixture(params=["local", "r2"])
 def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "local":
@@ -34,7 +39,7 @@ def object_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
         aws_secret_access_key=SECRET_ACCESS_KEY,
         region_name="auto",
     ).create_bucket(Bucket=bucket)
-    return R2ObjectStore(R2Config("acct", ACCESS_KEY_ID, SECRET_ACCESS_KEY, bucket, endpoint))
+    return R2ObjectStore(local_config(bucket, endpoint))
 
 
 def fetch(delivery: Any) -> bytes:
@@ -123,9 +128,7 @@ def test_deleting_a_folder_in_a_bucket_goes_past_one_listing_page(
     keys = [f"watermarked/7/{n}/copy.pdf" for n in range(1003)] + ["watermarked/70/kept.pdf"]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
-    store = R2ObjectStore(
-        R2Config("acct", ACCESS_KEY_ID, SECRET_ACCESS_KEY, bucket, localstack_endpoint)
-    )
+    store = R2ObjectStore(local_config(bucket, localstack_endpoint))
     assert store.delete_prefix("watermarked/7/") == 1003
     left = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
     assert [item["Key"] for item in left] == ["watermarked/70/kept.pdf"]
@@ -180,7 +183,9 @@ def test_a_refused_upload_or_a_cut_download_is_storage_unavailable(
     """boto3's transfers wrap these in errors of their own (S3UploadFailedError,
     RetriesExceededError): they are an unavailable store (a 503, a job retried), never a
     500 for the buyer whose copy was being stamped."""
-    store = R2ObjectStore(R2Config("acct", "key-id", "secret", "bucket", refusing_bucket))
+    store = R2ObjectStore(
+        R2Config("acct", "key-id", "secret", "bucket", refusing_bucket, private_ok=True)
+    )
     source = tmp_path / "copy.pdf"
     source.write_bytes(b"%PDF-1.4")
     with pytest.raises(StorageUnavailable, match="upload failed"):

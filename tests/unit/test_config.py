@@ -29,6 +29,15 @@ def test_defaults_are_the_embedded_ones(tmp_path: Path) -> None:
     # Longer than product sync's 30-day re-read of unlicensed sales.
     assert settings.retention_unlicensed_order_days == 90
     assert settings.retention_audit_days == 730
+    # A store's R2 endpoint_url may not point into the instance's own network.
+    assert settings.allow_private_endpoints is False
+
+
+def test_private_endpoints_are_allowed_by_the_setting(tmp_path: Path) -> None:
+    settings = load_settings(
+        environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path), KEYGATE_ALLOW_PRIVATE_ENDPOINTS="true")
+    )
+    assert settings.allow_private_endpoints is True
 
 
 def test_master_keys_newest_first(tmp_path: Path) -> None:
@@ -49,6 +58,7 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_MAX_BODY_BYTES": "lots"}, "KEYGATE_MAX_BODY_BYTES"),
         ({"KEYGATE_WORKER": "sometimes"}, "KEYGATE_WORKER"),
         ({"KEYGATE_MAIL_ECHO": "maybe"}, "KEYGATE_MAIL_ECHO"),
+        ({"KEYGATE_ALLOW_PRIVATE_ENDPOINTS": "sometimes"}, "KEYGATE_ALLOW_PRIVATE_ENDPOINTS"),
         ({"KEYGATE_BASE_URL": "ftp://x"}, "KEYGATE_BASE_URL"),
         ({"KEYGATE_MASTER_KEY": "not-a-key"}, "master key #1"),
         ({"KEYGATE_SECRET_KEY": "short"}, "secret key .* is shorter than 32"),
