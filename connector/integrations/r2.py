@@ -354,8 +354,10 @@ class R2Store:
                 _check_public(self.config.endpoint)
             except PrivateEndpoint:
                 return AccessProblem(PRIVATE)
-        # The signed URL is logged by urllib3 at DEBUG: its signature is hidden there.
-        redact_loggers(("urllib3",), _AWS_REDACTOR)
+        # What is signed is logged by botocore.auth at DEBUG (the key id, the signature), the
+        # signed URL by urllib3: both hidden there, though no client (which hides them too)
+        # may have been made yet in this process.
+        redact_loggers(("botocore", "urllib3"), _AWS_REDACTOR)
         key = f"{CHECK_PREFIX}{uuid.uuid4().hex}"
         http = urllib3.PoolManager(
             retries=False,
