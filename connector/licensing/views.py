@@ -469,7 +469,7 @@ def checkout() -> ResponseReturnValue:
         "fingerprint": identity.fingerprint or None,
         "issued": service.iso(issued),
         "expiry": service.iso(expiry),
-        "ttl": ttl,
+        "ttl": int((expiry - issued).total_seconds()),  # what it lasts (a license may end it)
     }
     signer = g.get("keygate_signer") or current_signer()
     license_file = build_license_file(content, signer, encrypt_with=key if encrypt else None)

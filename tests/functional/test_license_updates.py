@@ -297,6 +297,16 @@ def test_an_offline_file_lasts_no_longer_than_the_products_offline_days(
     assert content["ttl"] == granted.total_seconds()
 
 
+def test_a_file_ended_by_its_license_says_so_in_its_ttl(shop: WebhookSender) -> None:
+    """A week asked of a license ending sooner: the file ends with the license, and its ttl
+    is the seconds it lasts, not the week asked (a product reading ttl would trust the file
+    for days after the license ended)."""
+    key = issue_key(shop, duration_days=13)  # paid 2026-11-20: about a day left
+    content = checkout_file(shop, key, ttl=7 * 24 * 3600)
+    assert _lifetime(content) < 2 * DAY
+    assert content["ttl"] == int(_lifetime(content).total_seconds())
+
+
 def test_without_offline_days_a_file_lasts_as_long_as_asked_up_to_a_year(
     shop: WebhookSender,
 ) -> None:
