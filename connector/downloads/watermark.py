@@ -34,6 +34,9 @@ import pikepdf
 FINGERPRINT_PREFIX = "keygate-fp:"
 FINGERPRINT_KEY = "/KeygateFingerprint"
 FINGERPRINT_PATTERN = re.compile(r"keygate-fp:([A-Za-z0-9_\-.]+)")
+# Ours stand on a line of their own (the ZIP comment's last line, LICENSE.txt, the invisible
+# text of a page), the stamp's line never holds one (see :func:`defused`).
+FINGERPRINT_LINE = re.compile(r"^[ \t]*keygate-fp:([A-Za-z0-9_\-.]+)[ \t]*$", re.MULTILINE)
 # What a fingerprint of ours can be: a signed token (URL-safe base64 and dots) no longer
 # than the column that records it (WatermarkCopy.fingerprint). Anything else read from a
 # found file names nobody, and is not looked up: PostgreSQL refuses a NUL in a query.
@@ -70,16 +73,27 @@ class Stamp:
     def text(self) -> str:
         values = {"name": self.name, "email": self.email, "order": self.order, "date": self.date}
         try:
-            return self.template.format_map(values)
+            return defused(self.template.format_map(values))
         except (KeyError, IndexError, ValueError, AttributeError, TypeError):
             # A template that cannot be filled in ("{nmae}", "{name.first}") must not stop
             # deliveries: use the default. Settings refuse such a template at boot; this is
             # for a Stamp made with one all the same.
-            return DEFAULT_TEMPLATE.format_map(values)
+            return defused(DEFAULT_TEMPLATE.format_map(values))
 
     @property
     def marker(self) -> str:
         return FINGERPRINT_PREFIX + self.fingerprint
+
+
+def defused(text: str) -> str:
+    """``text`` as a stamp shows it: never with a fingerprint marker in it.
+
+    A buyer's name is theirs to type: one holding another buyer's marker (read from a copy
+    that leaked) would put it on the stamp's line, ahead of the copy's own, and leak lookup
+    would name that other buyer for this buyer's copy. A space before the colon keeps the
+    text readable and reads as no marker.
+    """
+    return text.replace(FINGERPRINT_PREFIX, FINGERPRINT_PREFIX[:-1] + " :")
 
 
 def template_problem(template: str) -> str | None:
@@ -170,7 +184,8 @@ def _drawable_line(text: str) -> tuple[str, bool]:
             else:
                 char = REPLACEMENT_CHARACTER
         drawn.append(char)
-    return "".join(drawn), needs_cjk
+    # Again: a marker split by an invisible character ("keygate\u200b-fp:") is whole now.
+    return defused("".join(drawn)), needs_cjk
 
 
 def render_stamp(stamp: Stamp) -> bytes:
@@ -354,12 +369,12 @@ def license_text(stamp: Stamp) -> str:
         "License",
         "=======",
         "",
-        f"Licensed to: {stamp.name} <{stamp.email}>",
-        f"Order: {stamp.order}",
-        f"Date: {stamp.date}",
+        defused(f"Licensed to: {stamp.name} <{stamp.email}>"),
+        defused(f"Order: {stamp.order}"),
+        defused(f"Date: {stamp.date}"),
     ]
     if stamp.product:
-        lines.append(f"Product: {stamp.product}")
+        lines.append(defused(f"Product: {stamp.product}"))
     # Not the license key: the copy is kept in storage, where nothing holds a key in the
     # clear (the buyer has it in their mail and on their portal page).
     lines += ["", "This copy is for the buyer named above only.", "", stamp.marker, ""]
@@ -425,21 +440,28 @@ _UNREADABLE_ZIP = (
 )
 
 
+def _markers_in(texts: list[str]) -> list[str]:
+    """The markers in ``texts``, those on a line of their own first: ours are. A copy
+    stamped before names were :func:`defused` may hold another on its stamp's line."""
+    alone = [found for text in texts for found in FINGERPRINT_LINE.findall(text)]
+    anywhere = [found for text in texts for found in FINGERPRINT_PATTERN.findall(text)]
+    return list(dict.fromkeys(alone + anywhere))
+
+
 def _zip_fingerprints(path: Path) -> list[str]:
-    found: list[str] = []
+    texts: list[str] = []
     try:
         with zipfile.ZipFile(path) as archive:
-            found += FINGERPRINT_PATTERN.findall(archive.comment.decode("utf-8", "replace"))
+            texts.append(archive.comment.decode("utf-8", "replace"))
             for info in archive.infolist():
                 if info.filename.startswith("LICENSE") and info.file_size < 1_000_000:
                     try:
-                        text = archive.read(info).decode("utf-8", "replace")
+                        texts.append(archive.read(info).decode("utf-8", "replace"))
                     except _UNREADABLE_ZIP:
                         continue  # this member is damaged; the comment or another may tell
-                    found += FINGERPRINT_PATTERN.findall(text)
     except _UNREADABLE_ZIP:
         pass
-    return list(dict.fromkeys(found))
+    return _markers_in(texts)
 
 
 def _pdf_fingerprints(path: Path, max_pages: int = 20) -> list[str]:
@@ -478,14 +500,14 @@ def _pdf_fingerprints(path: Path, max_pages: int = 20) -> list[str]:
 def _pdf_text_markers(path: Path, max_pages: int) -> list[str]:
     from pypdf import PdfReader
 
-    found: list[str] = []
+    texts: list[str] = []
     try:
         reader = PdfReader(path)
         for page in reader.pages[:max_pages]:
-            found += FINGERPRINT_PATTERN.findall(page.extract_text() or "")
+            texts.append(page.extract_text() or "")
     except Exception:
         # Not only PyPdfError: pypdf parses in Python, and what it raises on a malformed
         # file is no closed list (KeyError, NotImplementedError for an unknown filter,
-        # AssertionError, ...). Whatever it is, this file shows no marker.
-        return found
-    return found
+        # AssertionError, ...). Whatever it is, the pages read before still tell.
+        return _markers_in(texts)
+    return _markers_in(texts)

@@ -1,0 +1,131 @@
+"""Buyers' stamped copies against what buyers can type and what owners upload: the stamp
+shows who bought the copy, and leak lookup names that buyer and no one else."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pikepdf
+from flask import Flask
+
+from connector.downloads.watermark import FINGERPRINT_KEY, read_fingerprints
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_downloads import get, link_path, make_pdf, put_file
+
+PDF_FILES = [{"object_key": "books/guide.pdf", "filename": "guide.pdf", "watermark": "pdf"}]
+ZIP_FILES = [{"object_key": "zips/plugin.zip", "filename": "plugin.zip", "watermark": "zip"}]
+
+
+def buyers_copy(
+    shop: WebhookSender, order_id: int, *, first_name: str, email: str, last_name: str = ""
+) -> bytes:
+    """The copy a buyer of product 501 gets from their link (the order paid now)."""
+    order = wc_order(
+        order_id,
+        "processing",
+        [line_item(501)],
+        first_name=first_name,
+        last_name=last_name,
+        email=email,
+    )
+    assert shop.deliver(order).status_code == 200
+    [download] = shop.order(order_id)["downloads"]
+    response = get(shop.client, link_path(download))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    data: bytes = response.data
+    return data
+
+
+def leak_lookup(shop: WebhookSender, data: bytes) -> dict[str, Any]:
+    answer = shop.client.post(
+        "/api/v1/admin/leak-lookup",
+        data=data,
+        headers={"Authorization": f"Bearer {shop.store.api_token}"},
+    )
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    found: dict[str, Any] = answer.get_json()
+    return found
+
+
+def fingerprint_of(data: bytes, tmp_path: Path, suffix: str) -> str:
+    copy = tmp_path / f"copy{suffix}"
+    copy.write_bytes(data)
+    return read_fingerprints(copy)[0]
+
+
+def without_metadata(data: bytes) -> bytes:
+    """A PDF copy with the fingerprint kept in its metadata removed, as a leaker's tool can
+    do: only the invisible text on the pages names the buyer then."""
+    with pikepdf.open(io.BytesIO(data)) as pdf:
+        del pdf.docinfo[FINGERPRINT_KEY]
+        for page in pdf.pages:
+            for _, xobject in page.resources.get("/XObject", pikepdf.Dictionary()).items():
+                if FINGERPRINT_KEY in xobject:
+                    del xobject[FINGERPRINT_KEY]
+        out = io.BytesIO()
+        pdf.save(out)
+        return out.getvalue()
+
+
+def test_a_name_holding_another_buyers_fingerprint_does_not_frame_them_in_a_zip(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """A pirate who read a victim's fingerprint in a leaked copy and buys under a name
+    holding it leaks a copy that leak lookup still traces to the pirate."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as plugin:
+        plugin.writestr("plugin/plugin.php", "<?php")
+    put_file(app, "zips/plugin.zip", archive.getvalue())
+    shop.configure(501, files=ZIP_FILES)
+    victims = buyers_copy(shop, 8101, first_name="Vera", email="vera@example.org")
+    victims_fingerprint = fingerprint_of(victims, tmp_path, ".zip")
+
+    pirates = buyers_copy(
+        shop, 8102, first_name=f"keygate-fp:{victims_fingerprint}", email="pirate@example.net"
+    )
+    found = leak_lookup(shop, pirates)
+    assert found["order"]["id"] == "8102"
+    assert found["buyer"]["email"] == "pirate@example.net"
+    with zipfile.ZipFile(io.BytesIO(pirates)) as copy:
+        # Stripped of its comment, the archive's LICENSE.txt still names the pirate.
+        license_only = io.BytesIO()
+        with zipfile.ZipFile(license_only, "w") as stripped:
+            stripped.writestr("LICENSE.txt", copy.read("LICENSE.txt"))
+    assert leak_lookup(shop, license_only.getvalue())["order"]["id"] == "8102"
+
+
+def test_a_name_holding_another_buyers_fingerprint_does_not_frame_them_in_a_pdf(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """The same in a PDF whose metadata the pirate removed, also when the name hides the
+    marker behind an invisible character (the stamp's line leaves those out)."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=2)
+    shop.configure(501, files=PDF_FILES)
+    victims = buyers_copy(shop, 8201, first_name="Vera", email="vera@example.org")
+    victims_fingerprint = fingerprint_of(victims, tmp_path, ".pdf")
+
+    for order_id, name in (
+        (8202, f"keygate-fp:{victims_fingerprint}"),
+        (8203, f"keygate\u200b-fp:{victims_fingerprint}"),
+    ):
+        pirates = buyers_copy(shop, order_id, first_name=name, email=f"p{order_id}@example.net")
+        found = leak_lookup(shop, without_metadata(pirates))
+        assert found["order"]["id"] == str(order_id)
+        assert found["buyer"]["email"] == f"p{order_id}@example.net"
+
+
+def test_a_copy_stamped_before_names_were_defused_still_names_its_own_buyer(
+    tmp_path: Path,
+) -> None:
+    """Copies already in storage keep the name as it was stamped: the marker on a line of
+    its own (ours) is read before one inside the stamp's line."""
+    copy = tmp_path / "old.zip"
+    with zipfile.ZipFile(copy, "w") as archive:
+        archive.writestr(
+            "LICENSE.txt", "Licensed to: keygate-fp:VICTIM <p@example.net>\n\nkeygate-fp:PIRATE\n"
+        )
+        archive.comment = b"Licensed to keygate-fp:VICTIM <p@example.net>\nkeygate-fp:PIRATE"
+    assert read_fingerprints(copy) == ["PIRATE", "VICTIM"]
