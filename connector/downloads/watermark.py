@@ -17,6 +17,7 @@ as they are (no recompression).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import lzma
@@ -28,8 +29,12 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pikepdf
+
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 FINGERPRINT_PREFIX = "keygate-fp:"
 FINGERPRINT_KEY = "/KeygateFingerprint"
@@ -126,8 +131,10 @@ def template_problem(template: str) -> str | None:
 REPLACEMENT_CHARACTER = "\ufffd"
 
 FONT_SIZE = 7.0
+MIN_FONT_SIZE = 3.0  # a longer line is shrunk to this, then its name is cut short
 BASELINE = STAMP_HEIGHT - 5  # points from the top of the strip
 MARGIN = 12.0  # points left and right of the line
+LINE_WIDTH = STAMP_WIDTH - 2 * MARGIN
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,8 +216,10 @@ def render_stamp(stamp: Stamp) -> bytes:
     # Long names must stay on the strip: shrink the type rather than cut the text. The
     # width counts each character in the font it is drawn with.
     width = pdf.get_string_width(text)
-    if width > STAMP_WIDTH - 2 * MARGIN:
-        pdf.set_font_size(max(3.0, FONT_SIZE * (STAMP_WIDTH - 2 * MARGIN) / width))
+    if width > LINE_WIDTH:
+        pdf.set_font_size(max(MIN_FONT_SIZE, FONT_SIZE * LINE_WIDTH / width))
+        if width * MIN_FONT_SIZE / FONT_SIZE > LINE_WIDTH:
+            text = _shortened_line(pdf, stamp)
     # cell(), not text(): only cell() and write() switch to the fallback font. fpdf2 sets
     # a cell's baseline 0.5 h + 0.3 size below its top; with h = size that is 0.8 size.
     pdf.set_xy(MARGIN, BASELINE - 0.8 * pdf.font_size)
@@ -219,6 +228,29 @@ def render_stamp(stamp: Stamp) -> bytes:
     pdf.text_mode = TextMode.INVISIBLE
     pdf.text(1, 1, stamp.marker)
     return _with_identity_encoding(bytes(pdf.output()))
+
+
+def _shortened_line(pdf: FPDF, stamp: Stamp) -> str:
+    """The stamp's line with the buyer's name cut short (and "…" after it) as far as the
+    line must be to fit the strip at ``pdf``'s font size.
+
+    Without this, text past the strip's end is cut off where it is drawn: a name of a few
+    hundred letters (a buyer may type one on purpose) pushed their address, the order and
+    the date off every page. The fingerprint names them all the same.
+    """
+
+    def line(length: int) -> str:
+        name = stamp.name if length == len(stamp.name) else stamp.name[:length].rstrip() + "…"
+        return _drawable_line(dataclasses.replace(stamp, name=name).text)[0]
+
+    shortest, longest = 0, len(stamp.name)
+    while shortest < longest:  # the longest name whose line fits (0: "…" alone)
+        middle = (shortest + longest + 1) // 2
+        if pdf.get_string_width(line(middle)) <= LINE_WIDTH:
+            shortest = middle
+        else:
+            longest = middle - 1
+    return line(shortest)
 
 
 _CIDCHAR = re.compile(rb"<([0-9A-Fa-f]{4})>\s+(\d+)")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pikepdf
 from flask import Flask
+from pypdf import PdfReader
 
 from connector.downloads.watermark import FINGERPRINT_KEY, read_fingerprints
 from tests.factories import WebhookSender, line_item, wc_order
@@ -129,3 +130,74 @@ def test_a_copy_stamped_before_names_were_defused_still_names_its_own_buyer(
         )
         archive.comment = b"Licensed to keygate-fp:VICTIM <p@example.net>\nkeygate-fp:PIRATE"
     assert read_fingerprints(copy) == ["PIRATE", "VICTIM"]
+
+
+def _widths(font: pikepdf.Dictionary) -> tuple[dict[int, float], float]:
+    """A Type0 font's glyph widths by CID (thousandths of the size), and its default."""
+    descendant = font.DescendantFonts[0]
+    widths: dict[int, float] = {}
+    entries = list(descendant.get("/W", pikepdf.Array()))
+    index = 0
+    while index < len(entries):
+        first = int(entries[index])
+        if isinstance(entries[index + 1], pikepdf.Array):
+            for offset, width in enumerate(entries[index + 1]):
+                widths[first + offset] = float(width)
+            index += 2
+        else:
+            for cid in range(first, int(entries[index + 1]) + 1):
+                widths[cid] = float(entries[index + 2])
+            index += 3
+    return widths, float(descendant.get("/DW", 1000))
+
+
+def stamp_line_width(data: bytes) -> float:
+    """How wide the visible line of the stamp on the first page is drawn, in points of the
+    strip, from the widths the PDF gives its glyphs (what a viewer draws with)."""
+    with pikepdf.open(io.BytesIO(data)) as pdf:
+        [strip] = [
+            xobject
+            for _, xobject in pdf.pages[0].resources.XObject.items()
+            if FINGERPRINT_KEY in xobject
+        ]
+        fonts = strip.Resources.Font
+        width, size, font = 0.0, 0.0, None
+        for operands, operator in pikepdf.parse_content_stream(strip):
+            if operator == pikepdf.Operator("Tf"):
+                font, size = fonts[operands[0]], float(operands[1])
+            elif operator == pikepdf.Operator("Tj") and font is not None:
+                if font.Subtype != pikepdf.Name.Type0:
+                    continue  # the invisible marker, in Helvetica
+                glyphs, default = _widths(font)
+                raw = bytes(operands[0])
+                for at in range(0, len(raw), 2):
+                    cid = int.from_bytes(raw[at : at + 2], "big")
+                    width += glyphs.get(cid, default) * size / 1000
+        return width
+
+
+def test_a_very_long_name_leaves_the_address_and_order_on_the_stamp(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A name of hundreds of letters (Latin or CJK) is cut short on the stamp, so the line
+    fits its strip: the buyer's address and the order stay visible on every page."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=1)
+    shop.configure(501, files=PDF_FILES)
+    strip_room = 595 - 2 * 12
+    for order_id, first, last in (
+        (8301, "W" * 150, "Ł" * 150),
+        (8302, "山" * 150, "田" * 150),
+    ):
+        email = f"long{order_id}@example.org"
+        copy = buyers_copy(shop, order_id, first_name=first, last_name=last, email=email)
+        assert stamp_line_width(copy) <= strip_room
+        line = read_stamp_line(copy)
+        assert line.startswith(f"Licensed to {first[:5]}")
+        assert f"… <{email}> · Order {order_id} · " in line
+        assert leak_lookup(shop, copy)["order"]["id"] == str(order_id)
+
+
+def read_stamp_line(data: bytes) -> str:
+    text = PdfReader(io.BytesIO(data)).pages[0].extract_text()
+    [line] = [line for line in text.splitlines() if line.startswith("Licensed to")]
+    return line
