@@ -570,14 +570,19 @@ def transaction() -> Iterator[Session]:
         raise
 
 
-def lock_row(session: Session, model: type[T], row_id: int) -> T:
+def lock_row(session: Session, model: type[T], row_id: int, *, keep_key: bool = False) -> T:
     """The row, locked until the transaction ends (``FOR UPDATE`` on PostgreSQL; SQLite
     writers take turns anyway) and read again under the lock, so the session's copy is what
-    the database holds now, not what was read before another writer committed."""
+    the database holds now, not what was read before another writer committed.
+
+    ``keep_key``: ``FOR NO KEY UPDATE`` (the row will not be deleted nor its id changed),
+    which other writers of the row wait for as for ``FOR UPDATE``, but not a foreign-key
+    check of a row that refers to it (``FOR KEY SHARE``): a writer holding a lock that this
+    transaction will want next, and writing such a row, is not kept waiting (a deadlock)."""
     return session.execute(
         select(model)
         .where(model.id == row_id)  # type: ignore[attr-defined]
-        .with_for_update()
+        .with_for_update(key_share=keep_key)
         .execution_options(populate_existing=True)
     ).scalar_one()
 

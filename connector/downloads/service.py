@@ -852,7 +852,10 @@ def _stamp_still_current(session: Session, grant: DownloadGrant, stamp: Stamp) -
     an erasure takes too (``erase_downloads``): an erasure that landed while the copy was
     being stamped is seen here, and one that comes later sees the copy this records."""
     hold_live_store(session, grant.store_id)  # before the order's lock, as a deletion takes them
-    lock_row(session, Order, grant.order_id)  # and the session's copy of it refreshed
+    # The session's copy of the order refreshed. NO KEY UPDATE: a click counting this grant
+    # (its row locked) logs the click under the order (a foreign-key check): it must not
+    # wait for this lock while the record below waits for the grant's (two first clicks).
+    lock_row(session, Order, grant.order_id, keep_key=True)
     current = stamp_for(session, grant)
     # The fingerprint is signed anew each time; everything else must match.
     return dataclasses.replace(current, fingerprint=stamp.fingerprint) == stamp

@@ -111,10 +111,13 @@ def _lock_order(session: Session, store: Store, shop_order_id: str, status: str)
         },
         ["store_id", "shop_order_id"],
     )
+    # NO KEY UPDATE: other deliveries of the order still wait for it, but a click counting
+    # one of the order's links (its grant's row locked) still logs under the order (a
+    # foreign-key check) while this delivery waits to withdraw that link (a deadlock).
     return session.execute(
         select(Order)
         .where(Order.store_id == store.id, Order.shop_order_id == shop_order_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     ).scalar_one()
 

@@ -4,15 +4,24 @@ shows who bought the copy, and leak lookup names that buyer and no one else."""
 from __future__ import annotations
 
 import io
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pikepdf
+import psycopg
+import pytest
 from flask import Flask
 from pypdf import PdfReader
+from sqlalchemy import select
 
+import connector.downloads.service as service
+import connector.orders.service as order_service
+from connector.db import db
 from connector.downloads.watermark import FINGERPRINT_KEY, read_fingerprints
+from connector.models import DownloadGrant, WatermarkCopy
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import get, link_path, make_pdf, put_file
 
@@ -201,3 +210,121 @@ def read_stamp_line(data: bytes) -> str:
     text = PdfReader(io.BytesIO(data)).pages[0].extract_text()
     [line] = [line for line in text.splitlines() if line.startswith("Licensed to")]
     return line
+
+
+def _waiting_on_a_lock(app: Flask) -> bool:
+    """Is a connection to the test's PostgreSQL database waiting for a row lock now?"""
+    with app.app_context():
+        database = db.engine.url.database
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as pg:
+        row = pg.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+            (database,),
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
+def _hold_until(app: Flask, done: threading.Event) -> None:
+    """Go on once ``done`` is set or (PostgreSQL) another connection waits for a lock this
+    one holds. SQLite's writers take turns: nothing can wait there, so go on at once."""
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            return
+    deadline = time.monotonic() + 15
+    while not done.is_set() and not _waiting_on_a_lock(app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _click(app: Flask, path: str, answers: list[Any], done: threading.Event) -> None:
+    try:
+        answers.append(get(app.test_client(), path))
+    finally:
+        done.set()
+
+
+def test_two_first_clicks_at_once_are_both_served(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two first clicks of one link at once (no copy made yet) both get the buyer's copy:
+    the second records the same copy while the first counts its click, and neither waits
+    for the other (PostgreSQL broke that deadlock with a 503 for one of them)."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=2)
+    shop.configure(501, files=PDF_FILES)
+    order = wc_order(8401, "processing", [line_item(501)], email="twice@example.org")
+    assert shop.deliver(order).status_code == 200
+    [download] = shop.order(8401)["downloads"]
+
+    # Both stamp; the first records its copy and goes on to count its click, the second
+    # records once the first's count has begun (or is done).
+    stamped = threading.Barrier(2)
+    first_done, second_done = threading.Event(), threading.Event()
+    recorders: list[str] = []
+    record = service._record_copy
+
+    def record_in_turn(*args: Any, **kwargs: Any) -> Any:
+        recorders.append(threading.current_thread().name)
+        if len(recorders) == 2:
+            _hold_until(app, first_done if recorders[0] == "first" else second_done)
+        return record(*args, **kwargs)
+
+    make = service.make_watermarked_copy
+
+    def make_together(*args: Any, **kwargs: Any) -> Any:
+        stamped.wait(timeout=30)
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_record_copy", record_in_turn)
+    monkeypatch.setattr(service, "make_watermarked_copy", make_together)
+    answers: list[Any] = []
+    path = link_path(download)
+    threads = [
+        threading.Thread(target=_click, args=(app, path, answers, first_done), name="first"),
+        threading.Thread(target=_click, args=(app, path, answers, second_done), name="second"),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [200, 200]
+    for answer in answers:
+        assert "twice@example.org" in PdfReader(io.BytesIO(answer.data)).pages[0].extract_text()
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.status == "ready"
+        assert db.session.execute(select(DownloadGrant.download_count)).scalar_one() == 2
+
+
+def test_a_click_while_the_order_is_being_refunded_is_answered(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A click counted while the refund's delivery holds the order (and is about to
+    withdraw the link) is served, and the refund is applied: neither waits for the other
+    (PostgreSQL broke that deadlock with a 503 for one of them)."""
+    put_file(app, "files/a.zip", b"PK plain file")
+    shop.configure(501, files=[{"object_key": "files/a.zip", "filename": "a.zip"}])
+    assert shop.deliver(wc_order(8501, "processing", [line_item(501)])).status_code == 200
+    [download] = shop.order(8501)["downloads"]
+
+    locked, clicked = threading.Event(), threading.Event()
+    lock_order = order_service._lock_order
+
+    def lock_then_hold(*args: Any, **kwargs: Any) -> Any:
+        order = lock_order(*args, **kwargs)
+        locked.set()
+        _hold_until(app, clicked)
+        return order
+
+    monkeypatch.setattr(order_service, "_lock_order", lock_then_hold)
+    answers: list[Any] = []
+
+    def click_once_locked() -> None:
+        locked.wait(timeout=30)
+        _click(app, link_path(download), answers, clicked)
+
+    clicker = threading.Thread(target=click_once_locked)
+    clicker.start()
+    refund = shop.deliver(wc_order(8501, "refunded", [line_item(501)], modified=5))
+    clicker.join()
+    assert refund.status_code == 200, refund.get_data(as_text=True)
+    assert [a.status_code for a in answers] in ([200], [410])
+    assert get(shop.client, link_path(download)).status_code == 410
