@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, redirect, request, send_file
+from typing import Any
+
+from flask import Blueprint, Response, current_app, redirect, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import Row, select
+from werkzeug.utils import send_file
 from werkzeug.wrappers import Response as BaseResponse
 
 from connector import get_settings
@@ -40,6 +43,21 @@ def _page(status: int, title: str, detail: str, grant_id: int) -> Response:
     """A refusal page naming the shop to contact, linked to its site."""
     body, _ = error_page(status, title, detail, shop=_shop_of(grant_id))
     return Response(body, status=status, mimetype="text/html")
+
+
+# What asks for an answer without the file (304 Not Modified, 412 Precondition Failed).
+# The click is counted by then, and nothing of it may be kept (no-store): such an answer
+# would cost the buyer a download and give them nothing. Range and If-Range stay.
+VALIDATORS = (
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_MATCH",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
+
+
+def _without_validators(environ: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in environ.items() if name not in VALIDATORS}
 
 
 @bp.get("/d/<token>")
@@ -84,12 +102,15 @@ def download(token: str) -> ResponseReturnValue:
         # conditional=True answers Range requests (resumed downloads) with 206.
         response = send_file(
             delivery.path,
+            _without_validators(request.environ),
             as_attachment=True,
             # Names stored before control characters were refused must not split a header.
             download_name=without_control_characters(delivery.filename),
             conditional=True,
             etag=True,
             max_age=0,
+            use_x_sendfile=current_app.config["USE_X_SENDFILE"],
+            response_class=current_app.response_class,
         )
         # The same header as R2's: werkzeug's ASCII fallback drops what is not ASCII ("山.pdf"
         # became ".pdf", a hidden file for a client that reads only filename=).
