@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import mimetypes
 import os
 import re
 import socket
@@ -194,6 +195,15 @@ def content_disposition(filename: str) -> str:
         c if c.isascii() and c.isprintable() and c not in '"\\%;' else "_" for c in filename
     )
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@functools.lru_cache(maxsize=1024)
+def content_type(filename: str) -> str | None:
+    """The media type a file of this name is served as (what embedded storage sends for it),
+    None when its extension names none. An object uploaded without one (Keygate's own
+    uploads of stamped copies, many tools') is otherwise sent as binary/octet-stream."""
+    guessed, _ = mimetypes.guess_type(filename)
+    return guessed
 
 
 _AWS_REDACTOR = RedactingFilter(AWS_PATTERNS)
@@ -457,8 +467,8 @@ class R2Store:
         return removed
 
     def presigned_url(self, key: str, filename: str, ttl: int = PRESIGN_DEFAULT_SECONDS) -> str:
-        """A GET URL for ``key`` that saves as ``filename``, is not to be cached, and
-        expires after ``ttl`` s.
+        """A GET URL for ``key`` that saves as ``filename`` (of the media type its name
+        says), is not to be cached, and expires after ``ttl`` s.
 
         Signed by botocore's SigV4 query signer directly: the same URL as the client's
         ``generate_presigned_url`` (a test holds them equal) without the client's request
@@ -466,29 +476,31 @@ class R2Store:
         """
         self._check_endpoint()
         url = f"{self.config.endpoint.rstrip('/')}/{_path(self.config.bucket)}/{_path(key)}"
-        request = AWSRequest(
-            method="GET",
-            url=url,
-            params={
-                "response-content-disposition": content_disposition(filename),
-                "response-cache-control": RESPONSE_CACHE_CONTROL,
-            },
-        )
+        params = {
+            "response-content-disposition": content_disposition(filename),
+            "response-cache-control": RESPONSE_CACHE_CONTROL,
+        }
+        media_type = content_type(filename)
+        if media_type is not None:
+            params["response-content-type"] = media_type
+        request = AWSRequest(method="GET", url=url, params=params)
         S3SigV4QueryAuth(self._credentials, "s3", REGION, expires=clamp_ttl(ttl)).add_auth(request)
         signed: str = request.prepare().url
         return signed
 
     def presigned_url_botocore(self, key: str, filename: str, ttl: int) -> str:
         """The client's presigned URL for the same object (what ``presigned_url`` must match)."""
+        params = {
+            "Bucket": self.config.bucket,
+            "Key": key,
+            "ResponseContentDisposition": content_disposition(filename),
+            "ResponseCacheControl": RESPONSE_CACHE_CONTROL,
+        }
+        media_type = content_type(filename)
+        if media_type is not None:
+            params["ResponseContentType"] = media_type
         url: str = self.client.generate_presigned_url(
-            "get_object",
-            Params={
-                "Bucket": self.config.bucket,
-                "Key": key,
-                "ResponseContentDisposition": content_disposition(filename),
-                "ResponseCacheControl": RESPONSE_CACHE_CONTROL,
-            },
-            ExpiresIn=clamp_ttl(ttl),
+            "get_object", Params=params, ExpiresIn=clamp_ttl(ttl)
         )
         return url
 

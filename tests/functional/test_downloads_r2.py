@@ -500,3 +500,38 @@ def test_deleting_a_store_empties_its_areas_of_the_instance_bucket(
         delete_store(db.session, store, actor="test")
     run_pending(r2_app)
     assert _keys(client, bucket) == ["common/readme.txt", f"stores/{store_id + 1}/other.pdf"]
+
+
+def test_a_copy_served_from_r2_has_the_media_type_of_its_name(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str, tmp_path: Path
+) -> None:
+    """The buyer's stamped copy in the bucket (uploaded by Keygate with no media type) is
+    sent as application/pdf, as embedded storage sends it, not binary/octet-stream; the
+    owner's file with a name that says nothing keeps the type it was uploaded with."""
+    pdf = pikepdf.new()
+    pdf.add_blank_page()
+    source = tmp_path / "book.pdf"
+    pdf.save(source)
+    client = s3_client(localstack_endpoint)
+    client.upload_file(str(source), bucket, "books/book.pdf")
+    client.put_object(Bucket=bucket, Key="books/notes", Body=b"n", ContentType="text/plain")
+    r2_shop.configure(
+        501,
+        files=[
+            {"object_key": "books/book.pdf", "filename": 'Büch "1".pdf', "watermark": "pdf"},
+            {"object_key": "books/notes", "filename": "NOTES"},
+        ],
+    )
+    order = wc_order(8701, "processing", [line_item(501)])
+    assert r2_shop.deliver(order).status_code == 200
+    book, notes = sorted(r2_shop.order(8701)["downloads"], key=lambda d: d["filename"])
+    answer = r2_shop.client.get(book["link"].removeprefix("http://keygate.test"))
+    assert answer.status_code == 302
+    status, body, headers = fetch(answer.headers["Location"])
+    assert status == 200 and body.startswith(b"%PDF")
+    assert headers["Content-Type"] == "application/pdf"
+    assert headers["Cache-Control"] == "private, no-store"
+    assert "filename*=UTF-8''B%C3%BCch%20%221%22.pdf" in headers["Content-Disposition"]
+    answer = r2_shop.client.get(notes["link"].removeprefix("http://keygate.test"))
+    status, body, headers = fetch(answer.headers["Location"])
+    assert (status, body, headers["Content-Type"]) == (200, b"n", "text/plain")
