@@ -90,14 +90,26 @@ class Stamp:
         return FINGERPRINT_PREFIX + self.fingerprint
 
 
+# What reorders the text after it where the text is shown (bidi embeddings, overrides and
+# isolates): in a buyer's name, it could make LICENSE.txt show the buyer's own address
+# backwards after another that reads right. Plain text in any script needs none of them.
+BIDI_CONTROLS = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
+
+
 def defused(text: str) -> str:
-    """``text`` as a stamp shows it: never with a fingerprint marker in it.
+    """``text`` as a stamp shows it: one line, in the order it was typed, and never with a
+    fingerprint marker in it.
 
     A buyer's name is theirs to type: one holding another buyer's marker (read from a copy
     that leaked) would put it on the stamp's line, ahead of the copy's own, and leak lookup
     would name that other buyer for this buyer's copy. A space before the colon keeps the
-    text readable and reads as no marker.
+    text readable and reads as no marker. A line break (in a name stored before they were
+    refused) would start a line of its own in LICENSE.txt ("Order: ..."): it is a space.
     """
+    text = "".join(
+        " " if unicodedata.category(char) == "Cc" else char
+        for char in text.translate(BIDI_CONTROLS)
+    )
     return text.replace(FINGERPRINT_PREFIX, FINGERPRINT_PREFIX[:-1] + " :")
 
 

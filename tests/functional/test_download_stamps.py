@@ -15,13 +15,13 @@ import psycopg
 import pytest
 from flask import Flask
 from pypdf import PdfReader
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import connector.downloads.service as service
 import connector.orders.service as order_service
 from connector.db import db
 from connector.downloads.watermark import FINGERPRINT_KEY, read_fingerprints
-from connector.models import DownloadGrant, WatermarkCopy
+from connector.models import DownloadGrant, Order, WatermarkCopy
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import get, link_path, make_pdf, put_file
 
@@ -328,3 +328,40 @@ def test_a_click_while_the_order_is_being_refunded_is_answered(
     assert refund.status_code == 200, refund.get_data(as_text=True)
     assert [a.status_code for a in answers] in ([200], [410])
     assert get(shop.client, link_path(download)).status_code == 410
+
+
+def test_a_name_cannot_reorder_or_add_lines_to_the_license_in_a_zip(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A name with a right-to-left override shows the buyer's address as typed in the
+    ZIP's LICENSE.txt and comment, not backwards; a name stored with a line break (before
+    they were refused) adds no line of its own ("Order: ...") to LICENSE.txt."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as plugin:
+        plugin.writestr("plugin/plugin.php", "<?php")
+    put_file(app, "zips/plugin.zip", archive.getvalue())
+    shop.configure(501, files=ZIP_FILES)
+    name = "\u202emoc.elpmaxe@mit"  # reads "tim@example.com" where the override works
+    copy = buyers_copy(shop, 8801, first_name=name, email="pirate@example.net")
+    with zipfile.ZipFile(io.BytesIO(copy)) as stamped:
+        license_txt = stamped.read("LICENSE.txt").decode()
+        comment = stamped.comment.decode()
+    assert "Licensed to: moc.elpmaxe@mit <pirate@example.net>" in license_txt
+    assert comment.startswith("Licensed to moc.elpmaxe@mit <pirate@example.net>")
+    for text in (license_txt, comment):
+        assert not any(char in text for char in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2069")
+
+    order = wc_order(8802, "processing", [line_item(501)], email="lines@example.net")
+    assert shop.deliver(order).status_code == 200
+    with app.app_context():
+        db.session.execute(
+            update(Order).where(Order.shop_order_id == "8802").values(name="Ann\nOrder: 1")
+        )
+        db.session.commit()
+    [download] = shop.order(8802)["downloads"]
+    answer = get(shop.client, link_path(download))
+    assert answer.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(answer.data)) as stamped:
+        lines = stamped.read("LICENSE.txt").decode().splitlines()
+    assert [line for line in lines if line.startswith("Order:")] == ["Order: 8802"]
+    assert "Licensed to: Ann Order: 1 <lines@example.net>" in lines
