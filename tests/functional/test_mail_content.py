@@ -1,0 +1,206 @@
+"""What Keygate mails a buyer, read as an attacker and as the buyer would: links point at
+Keygate's configured address whatever a request's headers said, names from the shop or the
+buyer cannot forge a header or turn a line around, and each mail says all that was bought
+and until when it works (found by an adversarial audit of the mails)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+from werkzeug.security import generate_password_hash
+
+from connector import create_app
+from connector.db import db
+from connector.jobs import run_pending, stop_worker_thread
+from connector.models import AdminUser, Mail
+from connector.stores import create_store
+from tests.conftest import app_overrides
+from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_admin_pages import PASSWORD, sign_in
+from tests.peers import FakeBrevo
+
+BASE = "http://keygate.test"
+BREVO = {
+    "api_key": "xkeysib-test-key",
+    "sender_email": "shop@example.org",
+    "sender_name": "Bücher Shop",
+}
+# Bidirectional embeddings, overrides and isolates.
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+@pytest.fixture
+def brevo_app(tmp_path: Path, database_url: str, brevo: FakeBrevo) -> Iterator[Flask]:
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(app_overrides(tmp_path, database_url, brevo_api_host=brevo.host))
+    yield application
+    stop_worker_thread(application)
+    application.extensions["keygate.db"].engine.dispose()
+
+
+def brevo_store(app: Flask, name: str, url: str, sender: dict[str, str]) -> WebhookSender:
+    with app.app_context():
+        created = create_store(db.session, name, url)
+        db.session.commit()
+    store = WebhookSender(app.test_client(), created)
+    assert store.admin("PUT", "/credentials/brevo", {**BREVO, **sender}).status_code == 200
+    return store
+
+
+def stored_mails(app: Flask) -> list[Mail]:
+    with app.app_context():
+        mails = list(db.session.scalars(select(Mail).order_by(Mail.id)))
+        db.session.expunge_all()
+    return mails
+
+
+def test_mailed_links_use_the_configured_address_whatever_the_request_said(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A webhook or a portal button posted with a forged Host and X-Forwarded-Host (behind a
+    proxy Keygate trusts) mails links to KEYGATE_BASE_URL, never to the forged host."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    app = create_app(app_overrides(tmp_path, database_url, proxy_hops=1))
+    forged = {
+        "Host": "evil.example",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    try:
+        with app.app_context():
+            created = create_store(db.session, "Test Shop", "https://shop.example")
+            db.session.commit()
+        client = app.test_client()
+        client.environ_base.update(
+            {"HTTP_" + k.upper().replace("-", "_"): v for k, v in forged.items()}
+        )
+        shop = WebhookSender(client, created)
+        shop.configure(501)
+        assert shop.deliver(wc_order(9800, "processing", [line_item(501)])).status_code == 200
+        order = shop.order(9800)
+        assert order["portal_url"].startswith(BASE + "/my/")
+        assert order["downloads"][0]["link"].startswith(BASE + "/d/")
+        portal = order["portal_url"].removeprefix(BASE)
+        page = client.get(portal)
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)
+        assert token is not None
+        resent = client.post(
+            portal + "/resend",
+            data={"csrf_token": token.group(1)},
+        )
+        assert resent.status_code == 302, resent.text
+        assert "evil" not in resent.headers["Location"]
+        run_pending(app)
+        mails = stored_mails(app)
+        assert len(mails) == 2
+        for mail in mails:
+            for body in (mail.body_text, mail.body_html or ""):
+                assert "evil" not in body
+                urls = re.findall(r"https?://[^\s\"<)]+", body)
+                assert urls and all(url.startswith(BASE + "/") for url in urls), urls
+    finally:
+        stop_worker_thread(app)
+        app.extensions["keygate.db"].engine.dispose()
+
+
+def test_every_product_key_and_link_of_a_large_order_is_mailed_once(
+    brevo_app: Flask, brevo: FakeBrevo
+) -> None:
+    """An order of three lines, two of them several units: one mail, through Brevo, with
+    every key and every link in both parts; a redelivery and the order's completion mail
+    nothing more."""
+    shop = brevo_store(brevo_app, "Bücher Shop", "https://shop.example", {})
+    brevo.requests.clear()
+    for product_id in (501, 502, 503):
+        shop.configure(product_id, duration_days=365)
+    items = [
+        line_item(501, quantity=3, line_id=1),
+        line_item(502, quantity=1, line_id=2),
+        line_item(503, quantity=2, line_id=3),
+    ]
+    shop.deliver(wc_order(9801, "processing", items), "order.created")
+    shop.deliver(wc_order(9801, "processing", items))
+    run_pending(brevo_app)
+    shop.deliver(wc_order(9801, "completed", items, modified=60))
+    run_pending(brevo_app)
+    (sent,) = brevo.sent()
+    order = shop.order(9801)
+    assert len(order["licenses"]) == 6 and len(order["downloads"]) == 6
+    text, html = sent.body["textContent"], sent.body["htmlContent"]
+    for lic in order["licenses"]:
+        assert f"Product {lic['product_id']}: {lic['key']} (valid until" in text
+        assert lic["key"] in html
+    for download in order["downloads"]:
+        assert text.count(download["link"]) == 1
+        assert html.count(f'href="{download["link"]}"') == 1
+    assert "Product 501 (copy 3), manual.pdf: " in text
+    assert "Product 503 (copy 2), manual.pdf: " in text
+    assert sent.body["subject"] == "Your licenses and downloads for order 9801"
+
+
+def test_each_store_mails_under_its_own_name_and_sender(brevo_app: Flask, brevo: FakeBrevo) -> None:
+    """Two shops on one Keygate: each buyer's mail names the shop they bought from and comes
+    from that shop's Brevo sender (replies go to it), never the other's."""
+    books = brevo_store(brevo_app, "Bücher Shop", "https://books.example", {})
+    tools = brevo_store(
+        brevo_app,
+        "Tool Shop",
+        "https://tools.example",
+        {"sender_email": "help@tools.example", "sender_name": "Tool Shop Support"},
+    )
+    brevo.requests.clear()
+    books.configure(501)
+    tools.configure(501)
+    books.deliver(wc_order(1, "processing", [line_item(501)], email="a@example.org"))
+    tools.deliver(wc_order(1, "processing", [line_item(501)], email="b@example.org"))
+    run_pending(brevo_app)
+    sent = {mail.body["to"][0]["email"]: mail.body for mail in brevo.sent()}
+    assert sent["a@example.org"]["sender"] == {"email": "shop@example.org", "name": "Bücher Shop"}
+    assert sent["b@example.org"]["sender"] == {
+        "email": "help@tools.example",
+        "name": "Tool Shop Support",
+    }
+    assert "at Bücher Shop." in sent["a@example.org"]["textContent"]
+    assert "Tool Shop" not in sent["a@example.org"]["textContent"]
+    assert "at Tool Shop." in sent["b@example.org"]["textContent"]
+    assert books.order(1)["licenses"][0]["key"] in sent["a@example.org"]["textContent"]
+    assert books.order(1)["licenses"][0]["key"] not in sent["b@example.org"]["textContent"]
+
+
+def test_markup_in_names_is_shown_as_text_in_the_mail_and_the_admin_viewer(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A buyer's name and a product's name with markup are text in the HTML part and on the
+    admin's mail page, never markup."""
+    shop.admin(
+        "PUT",
+        "/products/501",
+        {
+            "name": 'Plugin <script>alert(1)</script> & "Pro"',
+            "policy": {},
+            "files": [{"object_key": "f/m.pdf", "filename": "m<img src=x>.pdf"}],
+        },
+    )
+    shop.deliver(
+        wc_order(9802, "processing", [line_item(501)], first_name="<b>Eve</b>", last_name="O'Hara")
+    )
+    run_pending(app)
+    (mail,) = stored_mails(app)
+    assert mail.body_html is not None
+    assert "<script>" not in mail.body_html and "<b>Eve" not in mail.body_html
+    assert "<img" not in mail.body_html
+    assert "Plugin &lt;script&gt;alert(1)&lt;/script&gt; &amp; &#34;Pro&#34;" in mail.body_html
+    assert "Hello <b>Eve</b> O'Hara," in mail.body_text  # the text part is text: as typed
+    admin = app.test_client()
+    with app.app_context():
+        db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
+        db.session.commit()
+    assert sign_in(admin) == 302
+    page = admin.get(f"/admin/outbox/mails/{mail.id}").get_data(as_text=True)
+    assert "<script>" not in page and "<b>Eve</b>" not in page
+    assert "&lt;b&gt;Eve&lt;/b&gt;" in page
