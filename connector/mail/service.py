@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any, TypeVarTuple
 
@@ -63,7 +64,16 @@ def compose_order_mail(
 ) -> tuple[str, str, str]:
     """Subject, text and HTML of the mail that gives a buyer their keys and links
     (``entitlements``: the order's :func:`order_entitlements`)."""
-    context: dict[str, Any] = {"order": order, "store": store, **entitlements}
+    from connector import get_settings
+
+    # The portal link is made now (``entitlements``), and works this long from now.
+    portal_until = utcnow() + dt.timedelta(days=get_settings().portal_link_days)
+    context: dict[str, Any] = {
+        "order": order,
+        "store": store,
+        "portal_until": portal_until,
+        **entitlements,
+    }
     number = order.number or order.shop_order_id
     if entitlements["renewed"] and not (entitlements["licenses"] or entitlements["downloads"]):
         subject = f"Your license renewal for order {number}"

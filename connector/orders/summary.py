@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from connector.db import utcnow
+from connector.db import shown_utc, utcnow
 from connector.models import (
     DownloadGrant,
     License,
@@ -93,6 +93,18 @@ class DownloadView:
         if self.downloads_left == 0:
             return "used up"
         return None
+
+    @property
+    def terms(self) -> str:
+        """How much longer the link works, as a mail tells its buyer: the downloads it has
+        left and its end ("2 downloads left, available until 2026-12-09 03:00 UTC")."""
+        left = self.downloads_left
+        count = [] if left is None else [f"{left} download{'' if left == 1 else 's'} left"]
+        if self.expires_at is None:
+            # Without a window of its own a link ends with its license (a key with an end
+            # gives its links that end): it is a lifetime key's.
+            return ", ".join([*count, "available while your license lasts"])
+        return ", ".join([*count, f"available until {shown_utc(self.expires_at)}"])
 
 
 def license_view(lic: License, product: Product) -> LicenseView:

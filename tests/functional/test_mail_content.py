@@ -5,6 +5,7 @@ and until when it works (found by an adversarial audit of the mails)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,42 @@ def test_markup_in_names_is_shown_as_text_in_the_mail_and_the_admin_viewer(
     page = admin.get(f"/admin/outbox/mails/{mail.id}").get_data(as_text=True)
     assert "<script>" not in page and "<b>Eve</b>" not in page
     assert "&lt;b&gt;Eve&lt;/b&gt;" in page
+
+
+def test_a_mail_says_until_when_each_key_and_link_works(app: Flask, shop: WebhookSender) -> None:
+    """The buyer reads in the mail when each key ends (or that it does not), when each
+    download link stops working and how many downloads it has left, and until when the
+    link to their page works: not first from a page that answers "expired"."""
+    shop.configure(501, duration_days=365, download_days=7, download_limit=3)
+    shop.configure(502)  # a lifetime key, whose links last while it does
+    before = dt.datetime.now(dt.UTC).date()
+    order = wc_order(9803, "processing", [line_item(501, line_id=1), line_item(502, line_id=2)])
+    order["date_paid_gmt"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    shop.deliver(order)
+    run_pending(app)
+    after = dt.datetime.now(dt.UTC).date()
+    (mail,) = stored_mails(app)
+    issued = shop.order(9803)
+    lifetime, yearly = sorted(issued["licenses"], key=lambda lic: lic["expires_at"] or "")
+    windowed, lasting = issued["downloads"]
+    assert windowed["expires_at"] is not None and lasting["expires_at"] is None
+    link_end = windowed["expires_at"][:10]
+    lines = mail.body_text.splitlines()
+    assert f"  Product 501: {yearly['key']} (valid until {yearly['expires_at'][:10]})" in lines
+    assert f"  Product 502: {lifetime['key']} (lifetime)" in lines
+    assert (
+        f"  Product 501, manual.pdf: {windowed['link']}"
+        f" (3 downloads left, available until {link_end})"
+    ) in lines
+    lasts = "available while your license lasts"
+    assert f"  Product 502, manual.pdf: {lasting['link']} ({lasts})" in lines
+    # KEYGATE_PORTAL_LINK_DAYS (30) from when the mail was written.
+    portal_ends = {str(day + dt.timedelta(days=30)) for day in (before, after)}
+    last = lines[-1]
+    assert last.startswith("Manage your licenses and activations: http://keygate.test/my/")
+    match = re.search(r"/my/\S+ \(this link works until (\d{4}-\d\d-\d\d)\)$", last)
+    assert match is not None and match.group(1) in portal_ends, last
+    html = mail.body_html or ""
+    assert f"(3 downloads left, available until {link_end})" in html
+    assert "(lifetime)" in html and "(available while your license lasts)" in html
+    assert f"this link works until {match.group(1)}" in html
