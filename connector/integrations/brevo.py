@@ -16,7 +16,7 @@ import sib_api_v3_sdk
 from sib_api_v3_sdk.rest import ApiException
 from urllib3.exceptions import HTTPError
 
-from connector.integrations.mail import OutgoingMail
+from connector.integrations.mail import OutgoingMail, header_text
 from connector.jobs import RetryLater
 
 
@@ -133,12 +133,14 @@ class BrevoMailer:
 
     def send(self, mail: OutgoingMail) -> str | None:
         recipient: dict[str, str] = {"email": mail.to_email}
-        if mail.to_name:
-            recipient["name"] = mail.to_name
+        if mail.to_name and (to_name := header_text(mail.to_name)):
+            recipient["name"] = to_name
+        # A sender name saved before names were checked may hold a line break.
+        sender_name = header_text(self.config.sender_name) or self.config.sender_email
         message = sib_api_v3_sdk.SendSmtpEmail(
             to=[recipient],
-            sender={"email": self.config.sender_email, "name": self.config.sender_name},
-            subject=mail.subject,
+            sender={"email": self.config.sender_email, "name": sender_name},
+            subject=header_text(mail.subject),
             html_content=mail.html or None,
             text_content=mail.text,
             # Brevo sends a mail once per key (for 15-30 minutes): a retry after a lost

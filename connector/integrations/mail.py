@@ -4,8 +4,30 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
+
+# Bidirectional embeddings, overrides and isolates. A name in any script shows right without
+# them (the Unicode bidi algorithm orders right-to-left letters by itself), but one left
+# open turns the rest of its line around: a product named "Plugin \u202eorP" read "Plugin
+# Pro" and the key after it backwards, a file "manual\u202efdp.exe" read "manualexe.pdf".
+BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_DROPPED = dict.fromkeys(map(ord, BIDI_CONTROLS))
+
+
+def mail_text(text: str) -> str:
+    """A mail's body as it is sent: without bidirectional controls, and other control
+    characters (a bare CR, a terminal's escape sequence) as spaces; line breaks kept."""
+    text = text.translate(_DROPPED)
+    return "".join(" " if c != "\n" and unicodedata.category(c) == "Cc" else c for c in text)
+
+
+def header_text(text: str) -> str:
+    """A subject or a display name as it is sent: :func:`mail_text` on one line (a line
+    break would start another header), runs of spaces as one."""
+    flat = "".join(" " if unicodedata.category(c) in {"Zl", "Zp"} else c for c in text)
+    return " ".join(mail_text(flat).split())
 
 
 @dataclass(frozen=True)

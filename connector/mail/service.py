@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import db, lock_row, utcnow
 from connector.integrations.brevo import BrevoConfig, BrevoMailer
-from connector.integrations.mail import ConsoleMailer, Mailer, OutgoingMail
+from connector.integrations.mail import (
+    ConsoleMailer,
+    Mailer,
+    OutgoingMail,
+    header_text,
+    mail_text,
+)
 from connector.jobs import JOB_ID, RetryLater, enqueue, handles
 from connector.mail import contacts
 from connector.models import Job, Mail, Order, Store
@@ -79,9 +85,11 @@ def compose_order_mail(
         subject = f"Your license renewal for order {number}"
     else:
         subject = f"Your licenses and downloads for order {number}"
-    text = render_template("emails/order_issued.txt", **context)
-    html = render_template("emails/order_issued.html", **context)
-    return subject, text, html
+    # Names come from the buyer, the shop and its owner: what they hold must not forge a
+    # header nor turn a line around (see header_text and mail_text).
+    text = mail_text(render_template("emails/order_issued.txt", **context))
+    html = mail_text(render_template("emails/order_issued.html", **context))
+    return header_text(subject), text, html
 
 
 ORDER_MAIL_JOB = "mail.order_issued"
@@ -176,7 +184,7 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
     mail_row.subject, mail_row.body_text, mail_row.body_html = subject, text, html
     outgoing = OutgoingMail(
         to_email=order.mail_address,
-        to_name=order.name,
+        to_name=header_text(order.name) if order.name else None,
         subject=subject,
         text=text,
         html=html,

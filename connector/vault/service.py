@@ -48,6 +48,11 @@ EMAIL = re.compile(r"[^@\s<>\"]+@[^@\s<>\".]+(\.[^@\s<>\".]+)+")
 API_KEY = re.compile(r"[\x21-\x7e]{1,400}")
 API_KEY_SHAPE = "a key as the provider gives it: printable ASCII, no spaces or line breaks"
 
+# Text that goes into a mail header (a sender's name): a line break would start another
+# header, and a bidirectional control would turn the name around in the buyer's inbox.
+ONE_LINE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+ONE_LINE_SHAPE = "one line of text, without control or bidirectional formatting characters"
+
 # An order meta key as shops write them (WooCommerce: `_billing_newsletter`, `marketing-ok`).
 META_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -80,7 +85,9 @@ FIELDS: dict[str, dict[str, FieldSpec]] = {
         "sender_email": FieldSpec(
             required=True, secret=False, shape=EMAIL, shape_name="an email address"
         ),
-        "sender_name": FieldSpec(required=True, secret=False),
+        "sender_name": FieldSpec(
+            required=True, secret=False, shape=ONE_LINE, shape_name=ONE_LINE_SHAPE
+        ),
         "list_id": FieldSpec(required=False, secret=False, kind=int),
         "template_id": FieldSpec(required=False, secret=False, kind=int),
         # The order meta key of the buyer's consent: when set, only buyers whose order has it

@@ -18,8 +18,9 @@ from werkzeug.security import generate_password_hash
 from connector import create_app
 from connector.db import db
 from connector.jobs import run_pending, stop_worker_thread
-from connector.models import AdminUser, Mail
+from connector.models import AdminUser, Mail, Store
 from connector.stores import create_store
+from connector.vault.service import put_credentials
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, sign_in
@@ -244,3 +245,52 @@ def test_a_mail_says_until_when_each_key_and_link_works(app: Flask, shop: Webhoo
     assert f"(3 downloads left, available until {link_end})" in html
     assert "(lifetime)" in html and "(available while your license lasts)" in html
     assert f"this link works until {match.group(1)}" in html
+
+
+def test_names_can_neither_forge_a_header_nor_turn_a_line_around(
+    brevo_app: Flask, brevo: FakeBrevo
+) -> None:
+    """A sender name with a line break is refused when saved, and one saved before that
+    check is sent on one line. Bidirectional overrides in a buyer's name, an order number or
+    a product name are dropped from the subject, the display names and both parts: one left
+    open turned the rest of its line around, so a key after a product name read backwards."""
+    shop = brevo_store(brevo_app, "Bücher Shop", "https://shop.example", {})
+    forged = "Bücher Shop\r\nBcc: everyone@example.org"
+    refused = shop.admin("PUT", "/credentials/brevo", {**BREVO, "sender_name": forged})
+    assert refused.status_code == 422
+    assert refused.get_json()["field"] == "sender_name"
+    assert "everyone" not in refused.get_data(as_text=True)
+    with brevo_app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        saved_before = {**BREVO, "sender_name": forged + "\u202e"}
+        put_credentials(db.session, store, "brevo", saved_before, actor="test")
+        db.session.commit()
+    brevo.requests.clear()
+    shop.admin(
+        "PUT",
+        "/products/501",
+        {
+            "name": "Plugin \u202eorP",
+            "policy": {},
+            "files": [{"object_key": "f/m.pdf", "filename": "manual\u202efdp.exe"}],
+        },
+    )
+    order = wc_order(9804, "processing", [line_item(501)], first_name="Eve\u202e", last_name="X")
+    order["number"] = "98\u202e04"
+    shop.deliver(order)
+    run_pending(brevo_app)
+    (sent,) = brevo.sent()
+    key = shop.order(9804)["licenses"][0]["key"]
+    body = sent.body
+    assert body["sender"]["name"] == "Bücher Shop Bcc: everyone@example.org"
+    assert body["to"][0]["name"] == "Eve X"
+    assert body["subject"] == "Your licenses and downloads for order 9804"
+    fields = [body["sender"]["name"], body["to"][0]["name"], body["subject"]]
+    for value in [*fields, body["textContent"], body["htmlContent"]]:
+        assert not set(value) & set(BIDI_CONTROLS + "\r"), ascii(value)
+    assert f"  Plugin orP: {key} (lifetime)" in body["textContent"].splitlines()
+    assert f"Plugin orP: <code>{key}</code>" in body["htmlContent"]
+    assert "manualfdp.exe" in body["textContent"]
+    (mail,) = stored_mails(brevo_app)  # the owner's copy is what was sent
+    assert (mail.subject, mail.body_text) == (body["subject"], body["textContent"])
