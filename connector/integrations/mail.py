@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 # Bidirectional embeddings, overrides and isolates. A name in any script shows right without
 # them (the Unicode bidi algorithm orders right-to-left letters by itself), but one left
@@ -65,9 +68,15 @@ class ConsoleMailer:
     def send(self, mail: OutgoingMail) -> str | None:
         if self.echo:
             rule = "-" * 72
-            print(
-                f"{rule}\nTo: {mail.to_email}\nSubject: {mail.subject}\n\n{mail.text}\n{rule}",
-                file=sys.stdout,
-                flush=True,
-            )
+            printed = f"{rule}\nTo: {mail.to_email}\nSubject: {mail.subject}\n\n{mail.text}\n{rule}"
+            # An output that is not UTF-8 (a latin-1 or ASCII locale, a Windows code page)
+            # gets what it cannot encode escaped: a buyer's name must not fail the mail.
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            printed = printed.encode(encoding, "backslashreplace").decode(encoding)
+            try:
+                print(printed, file=sys.stdout, flush=True)
+            except (OSError, ValueError) as exc:
+                # A closed output or a broken pipe (the program reading it ended): the mail
+                # is kept in the outbox all the same, and retrying would not print it.
+                log.warning("console mail not printed: %s", type(exc).__name__)
         return None

@@ -6,7 +6,9 @@ and until when it works (found by an adversarial audit of the mails)."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from werkzeug.security import generate_password_hash
 from connector import create_app
 from connector.db import db
 from connector.jobs import run_pending, stop_worker_thread
-from connector.models import AdminUser, Mail, Store
+from connector.models import AdminUser, Job, Mail, Store
 from connector.stores import create_store
 from connector.vault.service import put_credentials
 from tests.conftest import app_overrides
@@ -294,3 +296,61 @@ def test_names_can_neither_forge_a_header_nor_turn_a_line_around(
     assert "manualfdp.exe" in body["textContent"]
     (mail,) = stored_mails(brevo_app)  # the owner's copy is what was sent
     assert (mail.subject, mail.body_text) == (body["subject"], body["textContent"])
+
+
+def test_console_mail_reaches_an_output_that_is_not_utf8(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose standard output is not UTF-8 (a latin-1 or ASCII locale, a Windows
+    code page) still prints the console mail, what it cannot encode escaped, and the mail
+    counts as sent: a buyer named 山田 made the job fail on every attempt until it died."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    app = create_app(app_overrides(tmp_path, database_url, mail_echo=True))
+    output = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(output, encoding="ascii", newline="\n"))
+    try:
+        with app.app_context():
+            created = create_store(db.session, "Bücher Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        shop.configure(501)
+        shop.deliver(wc_order(9805, "processing", [line_item(501)], last_name="山田 🎉"))
+        run_pending(app)
+        sys.stdout.flush()
+        (mail,) = stored_mails(app)
+        assert mail.sent_at is not None and mail.backend == "console"
+        printed = output.getvalue().decode("ascii")
+        assert shop.order(9805)["licenses"][0]["key"] in printed
+        assert "Hello J\\xfcrgen \\u5c71\\u7530 \\U0001f389," in printed
+        with app.app_context():
+            mail_job = db.session.scalars(select(Job).where(Job.kind == "mail.order_issued")).one()
+            assert (mail_job.status, mail_job.attempts) == ("done", 1)
+    finally:
+        stop_worker_thread(app)
+        app.extensions["keygate.db"].engine.dispose()
+
+
+def test_console_mail_with_its_output_gone_is_kept_in_the_outbox(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closed standard output (a broken pipe: the program reading it ended) does not fail
+    the mail for ever: it is kept in the outbox, sent, as any console mail."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    app = create_app(app_overrides(tmp_path, database_url, mail_echo=True))
+    gone = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    gone.close()
+    monkeypatch.setattr(sys, "stdout", gone)
+    try:
+        with app.app_context():
+            created = create_store(db.session, "Test Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        shop.configure(501)
+        shop.deliver(wc_order(9806, "processing", [line_item(501)]))
+        run_pending(app)
+        (mail,) = stored_mails(app)
+        assert mail.sent_at is not None
+        assert shop.order(9806)["licenses"][0]["key"] in mail.body_text
+    finally:
+        stop_worker_thread(app)
+        app.extensions["keygate.db"].engine.dispose()
