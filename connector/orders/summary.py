@@ -66,6 +66,13 @@ class LicenseView:
         return self.expires_at is not None and self.expires_at <= utcnow()
 
     @property
+    def term(self) -> str:
+        """Its end as a mail tells its buyer: "valid until …", "expired on …", "lifetime"."""
+        if self.expires_at is None:
+            return "lifetime"
+        return f"{'expired on' if self.expired else 'valid until'} {shown_utc(self.expires_at)}"
+
+    @property
     def shown_status(self) -> str:
         """The status as a buyer reads it: "expired" once past the end."""
         return "expired" if self.status == "active" and self.expired else self.status
@@ -93,6 +100,12 @@ class DownloadView:
         if self.downloads_left == 0:
             return "used up"
         return None
+
+    @property
+    def named(self) -> str:
+        """Its product and file, and which copy past the first: "Plugin (copy 2), a.pdf"."""
+        copy = f" (copy {self.copy})" if self.copy > 1 else ""
+        return f"{self.product_name}{copy}, {self.filename}"
 
     @property
     def terms(self) -> str:

@@ -46,20 +46,24 @@ def compose_note(
         for lic in entitlements["licenses"]
         if lic.id in set(license_ids) and lic.status == "active"
     ]
+    # A link that gives no file (one whose download period had ended before the order was
+    # licensed) is not offered: it would answer 410.
     downloads = [
-        d for d in entitlements["downloads"] if d.grant_id in set(grant_ids) and not d.revoked
+        d for d in entitlements["downloads"] if d.grant_id in set(grant_ids) and d.ended is None
     ]
     if not licenses and not downloads:
         return None
+    # Worded as Keygate's own mail (templates/emails/order_issued.txt): links of two
+    # products with a file of the same name, or two copies of one, are told apart.
     lines: list[str] = []
     if licenses:
         lines.append("Your license keys:")
-        lines.extend(f"{lic.product_name}: {lic.key}" for lic in licenses)
+        lines.extend(f"{lic.product_name}: {lic.key} ({lic.term})" for lic in licenses)
     if downloads:
         if lines:
             lines.append("")
         lines.append("Your downloads:")
-        lines.extend(f"{d.filename}: {d.link}" for d in downloads)
+        lines.extend(f"{d.named}: {d.link} ({d.terms})" for d in downloads)
     lines += ["", f"Manage your licenses: {entitlements['portal_url']}", f"(ref {marker})"]
     return "\n".join(lines)
 

@@ -27,6 +27,9 @@ from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, sign_in
 from tests.peers import FakeBrevo
+from tests.wc_rest import FakeShop, connect_store, fake_shop
+
+__all__ = ["fake_shop"]
 
 BASE = "http://keygate.test"
 BREVO = {
@@ -354,3 +357,40 @@ def test_console_mail_with_its_output_gone_is_kept_in_the_outbox(
     finally:
         stop_worker_thread(app)
         app.extensions["keygate.db"].engine.dispose()
+
+
+def test_the_shops_customer_note_tells_links_apart_and_offers_only_working_ones(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """WooCommerce mails the customer note Keygate writes back: like Keygate's own mail,
+    each link names its product and copy and says until when it works, each key its end,
+    and a link whose download period had already ended (an order licensed late) is not
+    offered as a link that answers 410."""
+    connect_store(app, shop, fake_shop)
+    shop.configure(501, duration_days=365)
+    shop.configure(502)
+    shop.configure(503, download_days=7)  # paid 12 days before it is licensed (wc_time)
+    items = [
+        line_item(501, quantity=2, line_id=1),
+        line_item(502, line_id=2),
+        line_item(503, line_id=3),
+    ]
+    order = wc_order(9807, "processing", items)
+    fake_shop.orders[9807] = order
+    fake_shop.deliver(shop.client, "order.created", order)
+    run_pending(app)
+    (note,) = fake_shop.notes[9807]
+    lines = note["note"].splitlines()
+    issued = shop.order(9807)
+    first, second, lifetime, late = issued["licenses"]
+    for lic in (first, second):
+        assert f"Product 501: {lic['key']} (valid until {lic['expires_at'][:10]})" in lines
+    assert f"Product 502: {lifetime['key']} (lifetime)" in lines
+    links = [d["link"] for d in issued["downloads"]]
+    lasts = "available until " + first["expires_at"][:10]
+    assert f"Product 501, manual.pdf: {links[0]} ({lasts})" in lines
+    assert f"Product 501 (copy 2), manual.pdf: {links[1]} ({lasts})" in lines
+    assert f"Product 502, manual.pdf: {links[2]} (available while your license lasts)" in lines
+    assert shop.client.get(links[3].removeprefix(BASE)).status_code == 410
+    assert links[3] not in note["note"]
+    assert late["key"] in note["note"]
