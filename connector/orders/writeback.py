@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.db import db, insert_ignoring_conflicts, utcnow
+from connector.integrations.mail import mail_text
 from connector.jobs import RetryLater, handles
 from connector.models import Order, ShopNote, Store
 from connector.orders.summary import order_entitlements
@@ -65,7 +66,7 @@ def compose_note(
         lines.append("Your downloads:")
         lines.extend(f"{d.named}: {d.link} ({d.terms})" for d in downloads)
     lines += ["", f"Manage your licenses: {entitlements['portal_url']}", f"(ref {marker})"]
-    return "\n".join(lines)
+    return mail_text("\n".join(lines))  # WooCommerce mails it: cleaned as Keygate's mail
 
 
 def write_order_note(session: Session, payload: dict[str, Any]) -> str:

@@ -365,10 +365,13 @@ def test_the_shops_customer_note_tells_links_apart_and_offers_only_working_ones(
     """WooCommerce mails the customer note Keygate writes back: like Keygate's own mail,
     each link names its product and copy and says until when it works, each key its end,
     and a link whose download period had already ended (an order licensed late) is not
-    offered as a link that answers 410."""
+    offered as a link that answers 410. A bidirectional override in a name is dropped, as
+    from Keygate's mail."""
     connect_store(app, shop, fake_shop)
     shop.configure(501, duration_days=365)
-    shop.configure(502)
+    files = [{"object_key": "products/502/manual.pdf", "filename": "manual.pdf"}]
+    named = {"name": "Product \u202e502", "policy": {}, "files": files}
+    assert shop.admin("PUT", "/products/502", named).status_code == 200
     shop.configure(503, download_days=7)  # paid 12 days before it is licensed (wc_time)
     items = [
         line_item(501, quantity=2, line_id=1),
@@ -394,3 +397,4 @@ def test_the_shops_customer_note_tells_links_apart_and_offers_only_working_ones(
     assert shop.client.get(links[3].removeprefix(BASE)).status_code == 410
     assert links[3] not in note["note"]
     assert late["key"] in note["note"]
+    assert "\u202e" not in note["note"]
