@@ -213,6 +213,11 @@ def test_markup_in_names_is_shown_as_text_in_the_mail_and_the_admin_viewer(
     assert "&lt;b&gt;Eve&lt;/b&gt;" in page
 
 
+def shown(iso: str) -> str:
+    """An API time ("2027-11-20T03:00:00Z") as mails show it: "2027-11-20 03:00 UTC"."""
+    return f"{iso[:10]} {iso[11:16]} UTC"
+
+
 def test_a_mail_says_until_when_each_key_and_link_works(app: Flask, shop: WebhookSender) -> None:
     """The buyer reads in the mail when each key ends (or that it does not), when each
     download link stops working and how many downloads it has left, and until when the
@@ -230,9 +235,9 @@ def test_a_mail_says_until_when_each_key_and_link_works(app: Flask, shop: Webhoo
     lifetime, yearly = sorted(issued["licenses"], key=lambda lic: lic["expires_at"] or "")
     windowed, lasting = issued["downloads"]
     assert windowed["expires_at"] is not None and lasting["expires_at"] is None
-    link_end = windowed["expires_at"][:10]
+    link_end = shown(windowed["expires_at"])
     lines = mail.body_text.splitlines()
-    assert f"  Product 501: {yearly['key']} (valid until {yearly['expires_at'][:10]})" in lines
+    assert f"  Product 501: {yearly['key']} (valid until {shown(yearly['expires_at'])})" in lines
     assert f"  Product 502: {lifetime['key']} (lifetime)" in lines
     assert (
         f"  Product 501, manual.pdf: {windowed['link']}"
@@ -244,8 +249,8 @@ def test_a_mail_says_until_when_each_key_and_link_works(app: Flask, shop: Webhoo
     portal_ends = {str(day + dt.timedelta(days=30)) for day in (before, after)}
     last = lines[-1]
     assert last.startswith("Manage your licenses and activations: http://keygate.test/my/")
-    match = re.search(r"/my/\S+ \(this link works until (\d{4}-\d\d-\d\d)\)$", last)
-    assert match is not None and match.group(1) in portal_ends, last
+    match = re.search(r"/my/\S+ \(this link works until ((\d{4}-\d\d-\d\d) \d\d:\d\d UTC)\)$", last)
+    assert match is not None and match.group(2) in portal_ends, last
     html = mail.body_html or ""
     assert f"(3 downloads left, available until {link_end})" in html
     assert "(lifetime)" in html and "(available while your license lasts)" in html
@@ -387,10 +392,10 @@ def test_the_shops_customer_note_tells_links_apart_and_offers_only_working_ones(
     issued = shop.order(9807)
     first, second, lifetime, late = issued["licenses"]
     for lic in (first, second):
-        assert f"Product 501: {lic['key']} (valid until {lic['expires_at'][:10]})" in lines
+        assert f"Product 501: {lic['key']} (valid until {shown(lic['expires_at'])})" in lines
     assert f"Product 502: {lifetime['key']} (lifetime)" in lines
     links = [d["link"] for d in issued["downloads"]]
-    lasts = "available until " + first["expires_at"][:10]
+    lasts = "available until " + shown(first["expires_at"])
     assert f"Product 501, manual.pdf: {links[0]} ({lasts})" in lines
     assert f"Product 501 (copy 2), manual.pdf: {links[1]} ({lasts})" in lines
     assert f"Product 502, manual.pdf: {links[2]} (available while your license lasts)" in lines
