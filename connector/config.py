@@ -7,6 +7,7 @@ with a message that names the setting, never later in the middle of a request.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -114,10 +115,18 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
             return False
         raise ConfigError(f"KEYGATE_{name.upper()} must be true or false, not {raw!r}")
     if kind in (int, float):
+        # keygate.toml gives typed values: a boolean is no number, and a float for a whole
+        # number (1.5, inf, nan) is refused, not cut down or a traceback.
+        whole_float = isinstance(raw, float) and math.isfinite(raw) and raw.is_integer()
+        if isinstance(raw, bool) or (kind is int and isinstance(raw, float) and not whole_float):
+            noun = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"KEYGATE_{name.upper()} must be {noun}, not {raw!r}")
         try:
             value = kind(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"KEYGATE_{name.upper()} must be a number, not {raw!r}") from None
+        if not math.isfinite(value):  # "nan", "inf": the worker would spin or stop
+            raise ConfigError(f"KEYGATE_{name.upper()} must be a finite number, not {raw!r}")
         if value < 0:
             raise ConfigError(f"KEYGATE_{name.upper()} must not be negative")
         return value

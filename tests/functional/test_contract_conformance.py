@@ -1,0 +1,55 @@
+"""Keygate against its public contract (DESIGN.md) and what the README promises owners and
+product developers: each test is one place where the code had drifted from the text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector import create_app
+from connector.config import ConfigError
+from tests.conftest import app_overrides
+from tests.functional.test_cli import keygate
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("worker_poll_seconds", "nan"),
+        ("worker_poll_seconds", "inf"),
+        ("worker_poll_seconds", "1e999"),
+    ],
+)
+def test_a_number_that_is_none_stops_keygate_at_boot(
+    tmp_path: Path, database_url: str, setting: str, value: str
+) -> None:
+    """README, Settings: a malformed value (a number that is none) stops Keygate with a
+    message naming the setting. "nan" passed every floor (nan < 0.1 is false), and the
+    worker then waited nan seconds: no wait at all, a busy loop on the database."""
+    with pytest.raises(ConfigError, match=f"KEYGATE_{setting.upper()} must be a"):
+        create_app(app_overrides(tmp_path, database_url, **{setting: value}))
+
+
+@pytest.mark.parametrize(
+    ("line", "setting"),
+    [
+        ("job_max_attempts = inf", "KEYGATE_JOB_MAX_ATTEMPTS"),
+        ("job_max_attempts = 2.5", "KEYGATE_JOB_MAX_ATTEMPTS"),
+        ("retention_jobs_days = true", "KEYGATE_RETENTION_JOBS_DAYS"),
+        ("worker_poll_seconds = nan", "KEYGATE_WORKER_POLL_SECONDS"),
+    ],
+)
+def test_keygate_toml_numbers_are_checked_as_the_environments_are(
+    tmp_path: Path, database_url: str, line: str, setting: str
+) -> None:
+    """A whole-number setting in keygate.toml given a float or a boolean is refused in a line
+    naming it (as "2.5" in the environment is), not cut down to 2 or 1, nor a traceback
+    (``inf`` raised OverflowError from ``int()``)."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "keygate.toml").write_text(line + "\n")
+    result = keygate(tmp_path, "init", database_url=database_url)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"{setting} must be a" in result.stderr, result.stderr
