@@ -383,7 +383,9 @@ def activate() -> ResponseReturnValue:
         label=optional_str(data, "label", max_length=200),
         store=_store_field(data),
     )
-    return _answer(result)
+    # Every activate answer names its activation, null when none was made (as checkout's
+    # license_file): a product reads one shape whatever the code.
+    return _answer(result, activation=result.extra.get("activation"))
 
 
 @bp.post("/licenses/deactivate")
@@ -451,7 +453,7 @@ def checkout() -> ResponseReturnValue:
         store=_store_field(data),
     )
     if not result.valid or result.license is None or result.product is None:
-        return _answer(result, license_file=None)
+        return _answer(result, license_file=None, license_file_expiry=None)
     identity = service.make_identity(data.get("site"), data.get("fingerprint"))
     # The owner bounds how long a file verifies offline after a refund or a seat moved
     # elsewhere: a longer request is shortened to the product's offline_days, not refused.

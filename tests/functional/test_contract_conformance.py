@@ -10,7 +10,9 @@ import pytest
 from connector import create_app
 from connector.config import ConfigError
 from tests.conftest import app_overrides
+from tests.factories import WebhookSender
 from tests.functional.test_cli import keygate
+from tests.licensing_helpers import call, issue_key
 
 
 @pytest.mark.parametrize(
@@ -53,3 +55,34 @@ def test_keygate_toml_numbers_are_checked_as_the_environments_are(
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     assert f"{setting} must be a" in result.stderr, result.stderr
+
+
+def test_every_activate_and_checkout_answer_carries_its_documented_fields(
+    shop: WebhookSender,
+) -> None:
+    """README, License API: answers carry ``activation`` (activate) and ``license_file``
+    (checkout, whose ``license_file_expiry`` is its expiry). A refused activation left
+    ``activation`` out altogether and a refused checkout ``license_file_expiry``, while
+    ``license_file`` and update-check's ``update`` are there, null: a product reading
+    ``body["activation"]`` after a refusal failed on a KeyError."""
+    key = issue_key(shop, activation_limit=1)
+    taken = call(shop.client, "activate", {"key": key, "site": "first.example.com"}).get_json()
+    assert taken["code"] == "VALID"
+    assert taken["activation"]["site"] == "first.example.com"
+
+    refused = call(shop.client, "activate", {"key": key, "site": "second.example.com"})
+    body = refused.get_json()
+    assert body["code"] == "TOO_MANY_ACTIVATIONS"
+    assert "activation" in body and body["activation"] is None
+    unknown = call(shop.client, "activate", {"key": "AAAAA-BBBBB", "site": "x.example.com"})
+    assert unknown.get_json()["code"] == "NOT_FOUND"
+    assert unknown.get_json()["activation"] is None
+
+    not_here = call(shop.client, "checkout", {"key": key, "site": "second.example.com"})
+    body = not_here.get_json()
+    assert body["valid"] is False
+    assert body["license_file"] is None
+    assert "license_file_expiry" in body and body["license_file_expiry"] is None
+    granted = call(shop.client, "checkout", {"key": key, "site": "first.example.com"}).get_json()
+    assert granted["license_file"] is not None
+    assert granted["license_file_expiry"].endswith("Z")
