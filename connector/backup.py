@@ -48,6 +48,9 @@ def back_up(settings: Settings, destination: Path) -> Backup:
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise click.ClickException(f"{destination} is not an empty folder: choose a new one")
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # An empty folder made beforehand (mkdir's mode applies to new folders only) is this
+    # user's alone too: the backup's names and files are nobody else's business.
+    destination.chmod(0o700)
     try:
         return _copy_instance(settings, destination)
     except (OSError, shutil.Error) as exc:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
 from connector import create_app
+from connector.backup import back_up
 from connector.config import ConfigError
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender
@@ -86,3 +88,16 @@ def test_every_activate_and_checkout_answer_carries_its_documented_fields(
     granted = call(shop.client, "checkout", {"key": key, "site": "first.example.com"}).get_json()
     assert granted["license_file"] is not None
     assert granted["license_file_expiry"].endswith("Z")
+
+
+def test_a_backup_into_an_empty_folder_made_beforehand_is_this_users_only(
+    app: Flask, tmp_path: Path
+) -> None:
+    """README, Backups: `keygate backup DEST` copies the instance into a new folder
+    readable by this user only. An empty folder the operator made first (mode 0755 under
+    the usual umask) was taken as it was, listing the backup to every user."""
+    folder = tmp_path / "made-first"
+    folder.mkdir()
+    folder.chmod(0o755)
+    back_up(app.extensions["keygate.settings"], folder)
+    assert folder.stat().st_mode & 0o777 == 0o700
