@@ -9,14 +9,16 @@ from flask.typing import ResponseReturnValue
 
 from connector.admin.auth import current_store, require_store_token
 from connector.catalog import find_product
-from connector.db import db
+from connector.db import db, utcnow
 from connector.downloads.storage import storage_warnings
 from connector.errors import NotFound, ValidationFailed
 from connector.licensing.admin import (
     DAYS_MAX,
+    LicenseRow,
     change_license,
     find_store_license,
-    license_activations,
+    license_record,
+    license_row_json,
     list_licenses,
     remove_activation_as_owner,
 )
@@ -80,12 +82,22 @@ def get_licenses_csv() -> ResponseReturnValue:
 @bp.get("/licenses/<key>")
 @require_store_token
 def get_license(key: str) -> ResponseReturnValue:
-    """One license with its activations (the owner sees where a key is used)."""
+    """One license as the list answers it (product, order, seats taken, ...), with its
+    activations (the owner sees where a key is used)."""
     lic = find_store_license(db.session, current_store(), key)
+    record = license_record(db.session, lic)
+    row = LicenseRow(
+        license=lic,
+        product=record.product,
+        order=record.order,
+        activations_used=record.activations_used,
+        flagged=record.flag is not None,
+        expired=lic.expires_at is not None and lic.expires_at <= utcnow(),
+    )
     return jsonify(
         {
-            "license": _license_summary(lic),
-            "activations": [activation_json(a) for a in license_activations(db.session, lic)],
+            "license": license_row_json(row),
+            "activations": [activation_json(a) for a in record.activations],
         }
     )
 

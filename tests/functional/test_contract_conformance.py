@@ -101,3 +101,16 @@ def test_a_backup_into_an_empty_folder_made_beforehand_is_this_users_only(
     folder.chmod(0o755)
     back_up(app.extensions["keygate.settings"], folder)
     assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_one_license_read_by_key_answers_what_the_list_says_of_it(shop: WebhookSender) -> None:
+    """README, Owner endpoints: `GET /api/v1/admin/licenses/<key>` is the license "with
+    activations". It answered only key, status and dates, so an owner looking a key up could
+    not see its product, order, buyer or seats taken, which the list shows."""
+    key = issue_key(shop, activation_limit=3, duration_days=30)
+    call(shop.client, "activate", {"key": key, "site": "shop.example.org"})
+    [listed] = shop.admin("GET", "/licenses").get_json()["licenses"]
+    read = shop.admin("GET", f"/licenses/{key}").get_json()
+    assert read["license"] == listed
+    assert (listed["product_id"], listed["activations_used"]) == ("501", 1)
+    assert [a["site"] for a in read["activations"]] == ["shop.example.org"]
