@@ -57,7 +57,9 @@ def _shown(response: TestResponse) -> dict[str, str]:
     html = response.get_data(as_text=True)
     return {
         name: unescape(value)
-        for name, value in re.findall(r"<tr><th>(\w+)</th><td><code>([^<]*)</code></td></tr>", html)
+        for name, value in re.findall(
+            r'<tr><th scope="row">(\w+)</th><td><code>([^<]*)</code></td></tr>', html
+        )
     }
 
 
@@ -520,7 +522,8 @@ def test_a_hand_wired_stores_webhook_secret_is_replaced_and_shown_once(
     answer = owner.post(form_url, data=confirmed(owner, page))
     assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
     match = re.search(
-        r"<th>webhook_secret</th><td><code>([A-Za-z0-9]{40})</code>", answer.get_data(as_text=True)
+        r'<th scope="row">webhook_secret</th><td><code>([A-Za-z0-9]{40})</code>',
+        answer.get_data(as_text=True),
     )
     assert match is not None
     new_secret = match.group(1)
