@@ -316,6 +316,31 @@ def _name(node: Node, root: Node) -> str:
     return node.text()
 
 
+def test_every_page_says_its_language_and_has_one_main_part(pages: Pages) -> None:
+    """A screen reader reads the page in English and jumps straight to its main part."""
+    assert len(pages.html) >= 45
+    for name, root in _trees(pages):
+        (html,) = root.all("html")
+        assert html.attrs.get("lang") == "en", name
+        assert len(root.all("main")) == 1, name
+
+
+def test_the_admin_menu_is_a_named_nav_that_a_keyboard_can_skip(pages: Pages) -> None:
+    """On a page with the menu, the first thing the Tab key reaches is a link past it to
+    the page's main part, and the menu is a nav landmark named as the admin's."""
+    navs = 0
+    for name, root in _trees(pages):
+        if not root.all("nav"):
+            continue
+        navs += 1
+        (main,) = root.all("main")
+        first = next(n for n in root.all("a", "button", "input", "select", "textarea"))
+        assert first.tag == "a" and first.attrs.get("href") == "#" + main.attrs.get("id", "?"), name
+        assert first.text(), name
+        assert [nav.attrs.get("aria-label") for nav in root.all("nav")] == ["Admin"], name
+    assert navs >= 30
+
+
 def test_table_headers_are_scoped_and_named_and_each_table_has_a_heading(pages: Pages) -> None:
     """A header cell says whether it heads a column or a row, and says something (a column
     of buttons too); every table of data comes under a heading or has a caption. A table
