@@ -8,6 +8,7 @@ everything and skip the admin menu, and its colours read (4.5:1)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -323,6 +324,16 @@ def test_every_page_says_its_language_and_has_one_main_part(pages: Pages) -> Non
         (html,) = root.all("html")
         assert html.attrs.get("lang") == "en", name
         assert len(root.all("main")) == 1, name
+
+
+def test_every_page_has_one_h1_and_skips_no_heading_level(pages: Pages) -> None:
+    """A page's outline starts at its one h1 and goes down one level at a time (an h3 is
+    never under an h1 without an h2): a screen reader's list of headings is the page's plan."""
+    for name, root in _trees(pages):
+        headings = [int(h.tag[1]) for h in root.all("h1", "h2", "h3", "h4", "h5", "h6")]
+        assert headings.count(1) == 1 and headings[0] == 1, (name, headings)
+        for before, after in itertools.pairwise(headings):
+            assert after <= before + 1, (name, headings)
 
 
 def test_the_admin_menu_is_a_named_nav_that_a_keyboard_can_skip(pages: Pages) -> None:
