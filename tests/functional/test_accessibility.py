@@ -352,6 +352,18 @@ def test_the_admin_menu_is_a_named_nav_that_a_keyboard_can_skip(pages: Pages) ->
     assert navs >= 30
 
 
+def test_every_field_and_button_has_a_name(pages: Pages) -> None:
+    """Each field is named by its label (or an aria-label where a table's column names it);
+    a placeholder is no name: it is gone once the owner types."""
+    for name, root in _trees(pages):
+        for control in root.all("input", "select", "textarea", "button"):
+            if control.attrs.get("type") == "hidden":
+                continue
+            assert _name(control, root), (name, control.attrs)
+        for link in root.all("a"):
+            assert _name(link, root), (name, link.attrs)
+
+
 def test_table_headers_are_scoped_and_named_and_each_table_has_a_heading(pages: Pages) -> None:
     """A header cell says whether it heads a column or a row, and says something (a column
     of buttons too); every table of data comes under a heading or has a caption. A table
