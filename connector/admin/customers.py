@@ -67,8 +67,14 @@ def _leaked_copies_may_be_large(endpoint: str | None, _values: dict[str, Any] | 
 
 
 def _customer_page(
-    email: str | None, *, typed: str = "", error: str | None = None, status: int = 200
+    email: str | None,
+    *,
+    typed: str = "",
+    error: str | None = None,
+    erase_refused: int | None = None,
+    status: int = 200,
 ) -> ResponseReturnValue:
+    """The Customers page; ``erase_refused``: the store whose erase form was refused."""
     found = look_up_customer(db.session, email, _scope()) if email is not None else None
     return render_template(
         "admin/customers.html",
@@ -76,6 +82,7 @@ def _customer_page(
         typed=email or typed,
         found=found,
         error=error,
+        erase_refused=erase_refused,
         form=ConfirmForm(),
     ), status
 
@@ -132,6 +139,7 @@ def erase() -> ResponseReturnValue:
         return _customer_page(
             email,
             error="Nothing was erased: type the customer's email address again to confirm.",
+            erase_refused=store.id,
             status=422,
         )
     erased = erase_customer(db.session, store, email, actor=_admin_name())
@@ -175,6 +183,7 @@ def erase_buyer(order_id: int) -> ResponseReturnValue:
         return _order_page(
             order,
             privacy_error="Nothing was erased: type the order's number again to confirm.",
+            erase_refused=True,
             status=422,
         )
     try:

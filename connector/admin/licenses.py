@@ -118,7 +118,13 @@ def find_license() -> ResponseReturnValue:
     return redirect(url_for("admin_licenses.license_detail", license_id=lic.id))
 
 
-def _license_page(lic: License, error: str | None = None, status: int = 200) -> ResponseReturnValue:
+def _license_page(
+    lic: License,
+    error: str | None = None,
+    status: int = 200,
+    refused_field: str | None = None,
+) -> ResponseReturnValue:
+    """The license's page; ``refused_field``: the field a refused form's ``error`` is about."""
     done = request.args.get("done", "")
     return render_template(
         "admin/license.html",
@@ -129,6 +135,7 @@ def _license_page(lic: License, error: str | None = None, status: int = 200) -> 
         days_max=DAYS_MAX,
         done=DONE.get(done),
         error=error,
+        refused_field=refused_field,
         form=ConfirmForm(),
     ), status
 
@@ -167,7 +174,12 @@ def change(license_id: int) -> ResponseReturnValue:
         change_license(db.session, store, lic.key_encrypted, action, actor=_admin_name(), **options)
     except KeygateError as exc:  # 422 days out of range, 409 a key its order revoked
         db.session.rollback()
-        return _license_page(_visible_license(license_id)[0], error=exc.detail, status=exc.status)
+        return _license_page(
+            _visible_license(license_id)[0],
+            error=exc.detail,
+            status=exc.status,
+            refused_field=exc.extra.get("field"),
+        )
     return redirect(url_for("admin_licenses.license_detail", license_id=lic.id, done=action))
 
 

@@ -37,7 +37,7 @@ from connector.catalog import (
     retire_product,
 )
 from connector.db import db
-from connector.errors import Conflict, KeygateError
+from connector.errors import Conflict, KeygateError, ValidationFailed
 from connector.licensing.releases import (
     RELEASE_FIELDS,
     create_release,
@@ -253,8 +253,13 @@ def _render_product(
     error: str | None = None,
     release_error: str | None = None,
     release_values: dict[str, str] | None = None,
+    refused: KeygateError | None = None,
     status: int = 200,
 ) -> ResponseReturnValue:
+    """The product's page (or the new product's); ``refused``: the refusal of its form
+    (``error``) or of the release form (``release_error``), whose field gets marked."""
+    # The API's field names ("policy.activation_limit") end with the form's ("activation_limit").
+    field = str((refused.extra.get("field") if refused else None) or "").rsplit(".", 1)[-1]
     return render_template(
         "admin/product.html",
         store=store,
@@ -266,6 +271,8 @@ def _render_product(
         release_values=release_values or {},
         error=error,
         release_error=release_error,
+        refused_field=field if error else None,
+        release_field=field if release_error else None,
         policy_fields=POLICY_FIELDS,
         policy_labels=POLICY_LABELS,
         bool_fields=BOOL_POLICY_FIELDS,
@@ -296,7 +303,10 @@ def new_product() -> ResponseReturnValue:
         product_form.blank_rows += MORE_ROWS
         return _render_product(None, None, product_form)
     if not is_shop_id(shop_product_id):
-        return _render_product(None, None, product_form, error=NOT_A_SHOP_ID, status=422)
+        refused = ValidationFailed(NOT_A_SHOP_ID, field="shop_product_id")
+        return _render_product(
+            None, None, product_form, error=refused.detail, refused=refused, status=422
+        )
     if find_product(db.session, store, shop_product_id) is not None:
         error = (
             f"Product {shop_product_id} is already configured in {store.name}: edit it on its page."
@@ -333,7 +343,12 @@ def _save(
     except KeygateError as exc:
         db.session.rollback()
         return _render_product(
-            store if existing else None, existing, product_form, error=exc.detail, status=exc.status
+            store if existing else None,
+            existing,
+            product_form,
+            error=exc.detail,
+            refused=exc,
+            status=exc.status,
         )
     return redirect(
         url_for(
@@ -386,6 +401,7 @@ def add_release(store_id: int, shop_product_id: str) -> ResponseReturnValue:
             ProductForm.of(found),
             release_error=exc.detail,
             release_values=values,
+            refused=exc,
             status=exc.status,
         )
     return redirect(

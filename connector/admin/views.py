@@ -225,7 +225,10 @@ def login() -> ResponseReturnValue:
             sign_in.remember_device(response, user, spent)
             return response
     # A wrong password, no such user, or an empty or overlong field: all alike.
-    return render_template("admin/login.html", form=form, error="Wrong user or password."), 401
+    page = render_template(
+        "admin/login.html", form=form, error="Wrong user or password.", wrong=True
+    )
+    return page, 401
 
 
 def _sign_in_refused(form: LoginForm, spent: sign_in.Spent) -> ResponseReturnValue:
@@ -356,6 +359,7 @@ def _order_page(
     resend_refused: str | None = None,
     license_error: str | None = None,
     privacy_error: str | None = None,
+    erase_refused: bool = False,
     status: int = 200,
 ) -> ResponseReturnValue:
     from connector.privacy.service import is_buyer_without_address
@@ -411,6 +415,7 @@ def _order_page(
         refund_trouble=refund_trouble,
         buyer_by_order=is_buyer_without_address(order),
         privacy_error=privacy_error,
+        erase_refused=erase_refused,
         **order_entitlements(db.session, order),
     )
     return page, status
@@ -672,7 +677,13 @@ def store_detail(store_id: int) -> ResponseReturnValue:
     return _store_page(_visible_store(store_id))
 
 
-def _store_page(store: Store, error: str | None = None, status: int = 200) -> ResponseReturnValue:
+def _store_page(
+    store: Store,
+    error: str | None = None,
+    status: int = 200,
+    refused_field: str | None = None,
+) -> ResponseReturnValue:
+    """The store's page; ``refused_field``: the field a refused form's ``error`` is about."""
     page = render_template(
         "admin/store.html",
         store=store,
@@ -688,6 +699,7 @@ def _store_page(store: Store, error: str | None = None, status: int = 200) -> Re
             .limit(1)
         ).first(),
         error=error,
+        refused_field=refused_field,
         form=ConfirmForm(),
         may_delete=_scope() is None,
     )
@@ -714,7 +726,10 @@ def delete_store(store_id: int) -> ResponseReturnValue:
     store = _visible_store(store_id)
     if str(form.store_id.data).strip() != store.public_id:  # a confirmation, not a secret
         return _store_page(
-            store, error="Not deleted: the store id typed does not match this store's.", status=422
+            store,
+            error="Not deleted: the store id typed does not match this store's.",
+            status=422,
+            refused_field="store_id",
         )
     name = store.name
     try:
@@ -810,6 +825,7 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
     store = _visible_store(store_id)
     form = ConfirmForm()
     error = None
+    refused_field = None
     status = 200
     saved = None
     checks: dict[str, CheckResult] = {}
@@ -827,7 +843,7 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
             except NotFound as exc:
                 error, status = exc.detail, 404
         else:
-            saved, error = _save_credentials(store, kind, typed)
+            saved, error, refused_field = _save_credentials(store, kind, typed)
             if error is not None:
                 status = 422
             elif checkable(kind):
@@ -845,6 +861,7 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
         error=error,
         saved=saved,
         typed=typed,
+        refused_field=refused_field,
         checks=checks,
         checkable=CHECKED_KINDS,
     ), status
@@ -852,9 +869,10 @@ def store_credentials(store_id: int) -> ResponseReturnValue:
 
 def _save_credentials(
     store: Store, kind: str, typed: dict[str, dict[str, str]]
-) -> tuple[str | None, str | None]:
-    """Save the form's ``kind`` settings: (the kind saved, None), or (None, why not) with
-    what was typed put in ``typed`` (secrets left out)."""
+) -> tuple[str | None, str | None, str | None]:
+    """Save the form's ``kind`` settings: (the kind saved, None, None), or (None, why not,
+    the field it is about when one is named) with what was typed put in ``typed`` (secrets
+    left out)."""
     raw: dict[str, Any] = {}
     for name, spec in FIELDS[kind].items():
         value = (request.form.get(name) or "").strip()
@@ -874,5 +892,5 @@ def _save_credentials(
             for name, spec in FIELDS[kind].items()
             if not spec.secret
         }
-        return None, exc.detail
-    return kind, None
+        return None, exc.detail, exc.extra.get("field")
+    return kind, None, None

@@ -364,6 +364,30 @@ def test_every_field_and_button_has_a_name(pages: Pages) -> None:
             assert _name(link, root), (name, link.attrs)
 
 
+def test_a_refused_forms_message_is_announced_and_tied_to_its_field(pages: Pages) -> None:
+    """The message of a refused form is announced when the page comes (role=alert), and the
+    field it is about is marked invalid and described by it, wherever the field is."""
+    assert len(pages.refused) >= 13
+    for name, fields in pages.refused.items():
+        root = parse(pages.html[name])
+        alerts = [n for n in root.walk() if n.attrs.get("role") == "alert"]
+        assert alerts and all(alert.text() for alert in alerts), name
+        ids = {alert.attrs.get("id") for alert in alerts}
+        for wanted in fields:
+            found = [
+                n
+                for n in root.all("input", "select", "textarea")
+                if n.attrs.get("name") == wanted and n.attrs.get("type") != "hidden"
+            ]
+            assert found, (name, wanted)
+            for control in found:
+                assert control.attrs.get("aria-invalid") == "true", (name, wanted)
+                described = set(control.attrs.get("aria-describedby", "").split())
+                assert described & ids, (name, wanted)
+    for name in set(pages.html) - set(pages.refused):  # nothing is invalid on a page unrefused
+        assert 'aria-invalid="true"' not in pages.html[name], name
+
+
 def test_table_headers_are_scoped_and_named_and_each_table_has_a_heading(pages: Pages) -> None:
     """A header cell says whether it heads a column or a row, and says something (a column
     of buttons too); every table of data comes under a heading or has a caption. A table

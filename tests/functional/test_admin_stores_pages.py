@@ -418,7 +418,10 @@ def test_a_woocommerce_key_by_hand_must_look_like_woocommerces(
     response = owner.post(page, data=form)
     assert response.status_code == 422
     html = response.get_data(as_text=True)
-    assert re.search(r'<p class="error">consumer_(key|secret) (must be|is required)', html)
+    assert re.search(
+        r'<p class="error" id="refusal" role="alert">consumer_(key|secret) (must be|is required)',
+        html,
+    )
     assert not any(len(value) > 4 and value in html for value in credentials.values())
     assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
     assert shop.admin("GET", "/credentials/woocommerce").status_code == 404
