@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -118,10 +119,11 @@ def buyer_pages(app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
     """The order page with a seat taken, its expired link and the fresh link sent, and a
     download refused as unknown, used up and withdrawn."""
     shop.configure(501, activation_limit=3)
-    shop.deliver(wc_order(9705, "processing", [line_item(501)]))
+    shop.deliver(wc_order(9705, "processing", [line_item(501, quantity=2)]))
     body = shop.order(9705)
-    activated = call(shop.client, "activate", {"key": body["licenses"][0]["key"], "site": SITE})
-    assert activated.status_code == 200
+    for site in (SITE, "https://second-site.example"):  # two seats of one key: two rows
+        activated = call(shop.client, "activate", {"key": body["licenses"][0]["key"], "site": site})
+        assert activated.status_code == 200
     portal = body["portal_url"].removeprefix(BASE)
     pages = {"order page": shop.client.get(portal).get_data(as_text=True)}
     assert "Where your licenses are activated" in pages["order page"]
@@ -163,7 +165,8 @@ def buyer_pages(app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 def refused_forms(
     app: Flask, shop: WebhookSender, client: FlaskClient
 ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
-    """Each admin form sent wrong, and the fields (by name) its message is about."""
+    """The order and license pages with several rows of buttons, then each admin form sent
+    wrong, and the fields (by name) its message is about."""
     store_id = shop.store.store.id
     license_id = _id_of(app, License, order_id=_id_of(app, Order, shop_order_id="9706"))
     shop.deliver(wc_order(9704, "processing", [line_item(502)], email=""))
@@ -229,6 +232,14 @@ def refused_forms(
         "new store refused": ("/admin/stores/new", {"name": "", "url": "nothing"}, ()),
     }
     pages: dict[str, str] = {}
+    two_keys = _id_of(app, Order, shop_order_id="9705")
+    for name, path in {
+        "order with two keys": f"/admin/orders/{two_keys}",
+        "license with two seats": f"/admin/licenses/{_id_of(app, License, order_id=two_keys)}",
+    }.items():
+        answer = client.get(path)
+        assert answer.status_code == 200, name
+        pages[name] = answer.get_data(as_text=True)
     refused: dict[str, tuple[str, ...]] = {}
     for name, (path, data, fields) in sent.items():
         answer = client.post(path, data={"csrf_token": token, **data})
@@ -424,6 +435,18 @@ def _target(control: Node) -> str:
         if n.attrs.get("type") == "hidden" and n.attrs.get("name") != "csrf_token"
     )
     return f"{form.attrs.get('action')} {hidden} {control.attrs.get('value', '')}"
+
+
+def test_alike_links_and_buttons_in_one_table_or_list_lead_to_one_place(pages: Pages) -> None:
+    """Several "credentials" links, "Revoke" or "Deactivate" buttons in one table (or "Look"
+    in one list) each say which row they act on, for a screen reader listing them."""
+    for name, root in _trees(pages):
+        for group in root.all("table", "ul"):
+            targets: dict[str, set[str]] = defaultdict(set)
+            for control in group.all("a", "button"):
+                targets[_name(control, root).lower()].add(_target(control))
+            for said, where in targets.items():
+                assert len(where) == 1, (name, said, where)
 
 
 def _luminance(colour: str) -> float:
