@@ -486,6 +486,47 @@ def test_text_reads_against_every_background_and_focus_stays_visible(pages: Page
     assert "::before" not in css or "content: attr(data-label)" in css
 
 
+def test_titles_are_unique_and_say_what_the_page_is(pages: Pages) -> None:
+    """Each page's title is its own (a browser's tab list, a screen reader's first words)
+    and says what the h1 says, not the title of another state of the page."""
+    titles: dict[str, str] = {}
+    for name, root in _trees(pages):
+        (title,) = root.all("title")
+        (h1,) = root.all("h1")
+        assert title.text(), name
+        titles[name] = title.text()
+        if not root.all("nav") and not name.startswith("sign-in"):  # buyer's, error pages
+            first_words = " ".join(h1.text().split()[:2])
+            assert title.text().startswith(first_words), (name, title.text(), h1.text())
+    admin = [
+        titles[name]
+        for name in (
+            "dashboard",
+            "orders",
+            "order",
+            "licenses",
+            "license",
+            "products",
+            "product",
+            "new product",
+            "store",
+            "credentials",
+            "new store",
+            "outbox",
+            "mail",
+            "audit",
+            "customers",
+            "leak lookup",
+            "password",
+            "store added",
+            "token replaced",
+            "customer erased",
+        )
+    ]
+    assert len(set(admin)) == len(admin), admin
+    assert titles["sign-in"] == titles["sign-in refused"] == "Sign in · Keygate"
+
+
 def test_sign_in_fields_say_what_a_password_manager_fills_in(pages: Pages) -> None:
     root = parse(pages.html["sign-in"])
     fields = {n.attrs["name"]: n.attrs for n in root.all("input") if n.attrs.get("name")}
