@@ -546,6 +546,34 @@ URL_FIELDS = {"url", "endpoint_url"}
 NUMBER_FIELDS = {"days", "size", "key_groups", "key_group_length", "list_id", "template_id"}
 
 
+def test_fields_ask_a_phone_for_the_keyboard_they_need(pages: Pages) -> None:
+    """An email address gets the @ keyboard, a URL the URL keyboard, a number the digits."""
+    checked = 0
+    for name, root in _trees(pages):
+        for control in root.all("input"):
+            field_name = control.attrs.get("name", "")
+            kind = control.attrs.get("type", "text")
+            if kind == "hidden":
+                continue
+            wanted = (
+                "email"
+                if field_name in EMAIL_FIELDS
+                else "url"
+                if field_name in URL_FIELDS
+                else "numeric"
+                if field_name in NUMBER_FIELDS
+                else None
+            )
+            if wanted is not None:
+                checked += 1
+                said = control.attrs.get("inputmode") or kind
+                assert said in (wanted, "number" if wanted == "numeric" else wanted), (
+                    name,
+                    field_name,
+                )
+    assert checked >= 10
+
+
 DESTRUCTIVE = re.compile(r"^(Delete|Erase|Revoke|Disconnect|Replace|Stop|Deactivate)\b")
 
 
