@@ -124,6 +124,9 @@ def buyer_pages(app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
     for site in (SITE, "https://second-site.example"):  # two seats of one key: two rows
         activated = call(shop.client, "activate", {"key": body["licenses"][0]["key"], "site": site})
         assert activated.status_code == 200
+    for machine in ("machine-1", "machine-2"):  # two machines, no site, no label
+        seat = {"key": body["licenses"][1]["key"], "fingerprint": machine}
+        assert call(shop.client, "activate", seat).status_code == 200
     portal = body["portal_url"].removeprefix(BASE)
     pages = {"order page": shop.client.get(portal).get_data(as_text=True)}
     assert "Where your licenses are activated" in pages["order page"]
