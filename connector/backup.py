@@ -39,7 +39,8 @@ def back_up(settings: Settings, destination: Path) -> Backup:
 
     Raises:
         click.ClickException: the destination is inside the instance, or exists and is not
-            empty, or a copy failed (a link to a file that is gone, a full disk).
+            empty, or cannot be made this user's only, or a copy failed (a link to a file
+            that is gone, a full disk).
     """
     destination = destination.resolve()
     inside = (settings.instance_dir.resolve(), settings.storage_dir.resolve())
@@ -47,10 +48,16 @@ def back_up(settings: Settings, destination: Path) -> Backup:
         raise click.ClickException(f"{destination}: choose a folder outside the instance folder")
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise click.ClickException(f"{destination} is not an empty folder: choose a new one")
-    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # An empty folder made beforehand (mkdir's mode applies to new folders only) is this
-    # user's alone too: the backup's names and files are nobody else's business.
-    destination.chmod(0o700)
+    try:
+        destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # An empty folder made beforehand (mkdir's mode applies to new folders only) is this
+        # user's alone too: the backup's names and files are nobody else's business.
+        destination.chmod(0o700)
+    except OSError as exc:  # another user's folder, a disk without modes (FAT), read-only
+        raise click.ClickException(
+            f"cannot make {destination} a folder readable by this user only"
+            f" ({exc.strerror or type(exc).__name__}): choose a folder of this user's own"
+        ) from None
     try:
         return _copy_instance(settings, destination)
     except (OSError, shutil.Error) as exc:

@@ -277,3 +277,25 @@ def test_init_restored_moves_every_id_past_those_given_before(
         assert add_admin("carl") >= first + 1 + ahead
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_folder_that_cannot_be_made_this_users_only_is_said_not_a_traceback(
+    app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty folder made beforehand by another user, or on a disk that keeps no modes
+    (a FAT USB stick), refuses the change of its mode: the backup stops with a line naming
+    the folder, not a PermissionError traceback, and writes nothing into it."""
+    folder = tmp_path / "usb-stick"
+    folder.mkdir()
+    real_chmod = Path.chmod
+
+    def refusing_chmod(path: Path, mode: int) -> None:
+        if path == folder:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        real_chmod(path, mode)
+
+    monkeypatch.setattr(Path, "chmod", refusing_chmod)
+    with pytest.raises(click.ClickException, match=r"usb-stick .*this user only .*not permitted"):
+        back_up(app.extensions["keygate.settings"], folder)
+    assert list(folder.iterdir()) == []
