@@ -3,7 +3,7 @@
 A store's owner (or its API token) chooses the R2 endpoint_url; unless the instance allows
 private endpoints, Keygate must not become their way into the instance's own network. An
 address is private when it is not globally reachable (loopback, RFC 1918, unique-local,
-link-local, CGNAT, unspecified, reserved, documentation) or multicast, including an IPv4
+link-local, site-local, CGNAT, unspecified, reserved, documentation) or multicast, including an IPv4
 address carried inside an IPv6 one (IPv4-mapped, 6to4, NAT64).
 
 A name is checked by what it resolves to, and a connection goes to the very addresses that
@@ -42,6 +42,8 @@ def private_address(address: Address) -> bool:
             address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         else:
             address = address.ipv4_mapped or address.sixtofour or address
+    if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        return True  # fec0::/10: deprecated, still routed inside some networks, never global
     return (
         not address.is_global
         or address.is_multicast

@@ -50,6 +50,7 @@ PRIVATE_ENDPOINTS = [
     "http://0.0.0.0:9000",
     "http://224.0.0.1",
     "http://[fd00::5]:9000",
+    "http://[fec0::5]:9000",  # site-local: Python calls it global
     "http://[::ffff:10.0.0.1]",
     "http://2130706433:9000",  # 127.0.0.1 as a resolver reads a number
 ]
