@@ -30,9 +30,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import get_environ_proxies, is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from connector.integrations.addresses import (
-    PUBLIC_POOLS,
+    METADATA_ADDRESSES,
+    MetadataAddress,
     PrivateAddress,
     PublicOnlySession,
+    checked_pools,
     public_addresses,
 )
 from connector.redact import AWS_PATTERNS, RedactingFilter, redact_loggers
@@ -63,6 +65,11 @@ class PrivateEndpoint(StorageUnavailable):
     allow those (:data:`ALLOW_PRIVATE_SETTING`)."""
 
 
+class MetadataEndpoint(PrivateEndpoint):
+    """The endpoint_url resolves to a link-local address or a cloud's metadata service,
+    which no setting allows."""
+
+
 @dataclass(frozen=True)
 class R2Config:
     """Where a store's files live in R2. ``endpoint_url`` overrides the account endpoint;
@@ -83,6 +90,12 @@ class R2Config:
     def public_only(self) -> bool:
         """Must every connection go to a public address? (R2's own endpoint: no check.)"""
         return self.endpoint_url is not None and not self.private_ok
+
+    @property
+    def checked(self) -> bool:
+        """Is every connection's address checked: public only, or (``private_ok``) neither
+        link-local nor a metadata service's? (R2's own endpoint: no check.)"""
+        return self.endpoint_url is not None
 
     def __repr__(self) -> str:  # never show the secret in logs or tracebacks
         return f"R2Config(account_id={self.account_id!r}, bucket={self.bucket!r})"
@@ -116,11 +129,7 @@ def endpoint_problem(url: str) -> str | None:
     return None
 
 
-# Cloud metadata services outside the link-local range, and their usual names.
-METADATA_ADDRESSES = {
-    ipaddress.ip_address("fd00:ec2::254"),
-    ipaddress.ip_address("100.100.100.200"),
-}
+# Cloud metadata services' usual names (their addresses: METADATA_ADDRESSES, link-local).
 METADATA_NAMES = {"metadata", "instance-data", "metadata.google.internal"}
 
 
@@ -143,15 +152,17 @@ def _metadata_service(host: str) -> bool:
     return address.is_link_local or address in METADATA_ADDRESSES
 
 
-def private_endpoint_problem(url: str) -> str | None:
+def private_endpoint_problem(url: str, *, private_ok: bool = False) -> str | None:
     """Why ``url`` (one :func:`endpoint_problem` accepts) may not be a store's endpoint
-    while private endpoints are not allowed, or None.
+    while private endpoints are not allowed (``private_ok``: while they are), or None.
 
     Its host is resolved now: a name that does not resolve (yet) is not refused here, as
     every connection checks the addresses it goes to again.
     """
     try:
-        _check_public(url)
+        _check_public(url, private_ok=private_ok)
+    except MetadataEndpoint:
+        return "resolves to a link-local or internal address, not an S3 service"
     except PrivateEndpoint:
         return (
             "is, or resolves to, a private or local network address; Keygate connects to"
@@ -160,13 +171,18 @@ def private_endpoint_problem(url: str) -> str | None:
     return None
 
 
-def _check_public(url: str) -> None:
+def _check_public(url: str, *, private_ok: bool = False) -> None:
     """Raises :class:`PrivateEndpoint` when ``url``'s host is, or resolves to, a private
-    address; a name that does not resolve passes (a connection to it fails on its own)."""
+    address (``private_ok``: :class:`MetadataEndpoint`, a link-local or metadata one only);
+    a name that does not resolve passes (a connection to it fails on its own)."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        public_addresses(parts.hostname or "", port)
+        public_addresses(parts.hostname or "", port, private_ok=private_ok)
+    except MetadataAddress:
+        raise MetadataEndpoint(
+            "the R2 endpoint_url resolves to a link-local or cloud metadata address"
+        ) from None
     except PrivateAddress:
         raise PrivateEndpoint(
             f"the R2 endpoint_url is a private address ({ALLOW_PRIVATE_SETTING} is off)"
@@ -232,7 +248,7 @@ def _new_client(config: R2Config, *, attempts: int, read_timeout: float) -> Any:
             read_timeout=read_timeout,
         ),
     )
-    if config.public_only:
+    if config.checked:
         _send_to_public_addresses(client, config, read_timeout)
     # botocore logs whole signed requests at DEBUG; its loggers exist once a client does.
     redact_loggers(("botocore", "boto3", "s3transfer", "urllib3"), _AWS_REDACTOR)
@@ -240,7 +256,8 @@ def _new_client(config: R2Config, *, attempts: int, read_timeout: float) -> Any:
 
 
 def _send_to_public_addresses(client: Any, config: R2Config, read_timeout: float) -> None:
-    """Make every request of ``client`` go to public addresses of its endpoint only.
+    """Make every request of ``client`` go to public addresses of its endpoint only (where
+    private endpoints are allowed: to none link-local nor a metadata service's).
 
     botocore's ``before-send`` event may answer a request itself: here by sending it through
     a session whose connections check the addresses they go to (so a name that resolves to
@@ -249,6 +266,7 @@ def _send_to_public_addresses(client: Any, config: R2Config, read_timeout: float
     checked even when an environment proxy makes the connection).
     """
     session = PublicOnlySession(
+        private_ok=config.private_ok,
         # What botocore gives its own session: the environment's proxies and CA bundle.
         proxies=get_environ_proxies(config.endpoint),
         verify=os.environ.get("AWS_CA_BUNDLE") or os.environ.get("REQUESTS_CA_BUNDLE") or True,
@@ -256,7 +274,7 @@ def _send_to_public_addresses(client: Any, config: R2Config, read_timeout: float
     )
 
     def send(request: Any, **_: Any) -> Any:
-        _check_public(request.url)
+        _check_public(request.url, private_ok=config.private_ok)
         return session.send(request)
 
     client.meta.events.register("before-send.s3", send)
@@ -281,6 +299,7 @@ NO_READ = "no_read"  # the key may not read objects in the bucket
 NO_WRITE = "no_write"  # ... or may not write them (an "Object Read only" token)
 NOT_S3 = "not_s3"  # something answered, not as an S3 service does
 PRIVATE = "private_address"  # the endpoint is on a private network, which is not allowed
+METADATA = "metadata_address"  # ... is link-local or a cloud metadata service: never allowed
 SERVER_ERROR = "server_error"  # the service answered 5xx
 OTHER = "other"
 # S3's error codes for a key or a signature it does not take (R2 answers the same ones).
@@ -359,9 +378,11 @@ class R2Store:
         One try each, and nothing waits longer than :data:`CHECK_READ_TIMEOUT` for an answer.
         """
         self._check_endpoint()
-        if self.config.public_only:
+        if self.config.checked:
             try:
-                _check_public(self.config.endpoint)
+                _check_public(self.config.endpoint, private_ok=self.config.private_ok)
+            except MetadataEndpoint:
+                return AccessProblem(METADATA)
             except PrivateEndpoint:
                 return AccessProblem(PRIVATE)
         # What is signed is logged by botocore.auth at DEBUG (the key id, the signature), the
@@ -373,13 +394,13 @@ class R2Store:
             retries=False,
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=CHECK_READ_TIMEOUT),
         )
-        if self.config.public_only:
-            http.pool_classes_by_scheme = PUBLIC_POOLS
+        if self.config.checked:
+            http.pool_classes_by_scheme = checked_pools(self.config.private_ok)
         try:
             answer = http.request("GET", self.presigned_url(key, "check", 60), redirect=False)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # The name may answer a private address now, having answered a public one a moment ago.
-            return AccessProblem(PRIVATE if _refused_as_private(exc) else UNREACHABLE)
+            return AccessProblem(_refused_as_private(exc) or UNREACHABLE)
         finally:
             http.clear()
         if answer.status == 200:
@@ -397,6 +418,8 @@ class R2Store:
             return _problem_of(status, _code(exc), writing=True)
         except BotoCoreError:
             return AccessProblem(UNREACHABLE)
+        except MetadataEndpoint:  # the name resolves to a metadata address now
+            return AccessProblem(METADATA)
         except PrivateEndpoint:  # the name resolves to a private address now
             return AccessProblem(PRIVATE)
         return None
@@ -505,11 +528,15 @@ class R2Store:
         return url
 
 
-def _refused_as_private(exc: BaseException) -> bool:
+def _refused_as_private(exc: BaseException) -> str | None:
+    """The problem (:data:`PRIVATE`, :data:`METADATA`) when a connection was refused for its
+    address, or None."""
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, PrivateAddress):
         cause = cause.__cause__
-    return cause is not None
+    if cause is None:
+        return None
+    return METADATA if isinstance(cause, MetadataAddress) else PRIVATE
 
 
 def _path(segment: str) -> str:

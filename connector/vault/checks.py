@@ -120,6 +120,9 @@ def _check_r2(stored: dict[str, Any]) -> CheckResult:
         r2.PRIVATE: "The endpoint_url is, or resolves to, a private or local network address,"
         " which this Keygate does not connect to: give the storage's public address, or"
         f" have the instance's operator set {r2.ALLOW_PRIVATE_SETTING}=true.",
+        r2.METADATA: "The endpoint_url resolves to a link-local address, where clouds keep"
+        " their metadata service, which Keygate never connects to: give the storage's own"
+        " address.",
     }
     reason = reasons.get(problem.kind) or f"The storage refused the check{answered}."
     return CheckResult("r2", False, problem.kind, " ".join(reason.split()))

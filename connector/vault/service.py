@@ -169,8 +169,8 @@ def parse_credentials(kind: str, data: dict[str, Any]) -> dict[str, Any]:
                 raise ValidationFailed(f"{name} must be {field_spec.shape_name}", field=name)
     endpoint = values.get("endpoint_url")
     problem = endpoint_problem(endpoint) if endpoint is not None else None
-    if problem is None and endpoint is not None and not _private_endpoints_allowed():
-        problem = private_endpoint_problem(endpoint)
+    if problem is None and endpoint is not None:
+        problem = private_endpoint_problem(endpoint, private_ok=_private_endpoints_allowed())
     if problem is not None:
         raise ValidationFailed(f"endpoint_url {problem}", field="endpoint_url")
     return values

@@ -287,3 +287,59 @@ def test_through_a_proxy_the_endpoints_name_is_checked_and_the_proxy_is_used(
     with pytest.raises(StorageUnavailable, match=SETTING):
         private.exists("a.bin")
     assert len(reached) == 1
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hosts sockets were asked to connect to (the loopback guard still applies)."""
+    tried: list[str] = []
+    guarded = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            tried.append(str(address[0]))
+        return guarded(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return tried
+
+
+@pytest.mark.parametrize("app_settings", [ALLOWED])
+def test_where_private_endpoints_are_allowed_a_name_of_the_metadata_service_is_still_refused(
+    shop: WebhookSender, dns: dict[str, Iterator[str]]
+) -> None:
+    """README: cloud metadata services are refused either way. A name the owner controls
+    that resolves to 169.254.169.254 was saved, as only the spelling was checked."""
+    dns["meta.example.net"] = itertools.repeat("169.254.169.254")
+    dns["minio.example.net"] = itertools.repeat("10.0.0.9")
+    refused = shop.admin(
+        "PUT", "/credentials/r2", {**R2, "endpoint_url": "http://meta.example.net"}
+    )
+    assert refused.status_code == 422, refused.get_data(as_text=True)
+    assert refused.get_json()["field"] == "endpoint_url"
+    assert "link-local" in refused.get_json()["detail"]
+    assert shop.admin("GET", "/credentials/r2").status_code == 404
+    saved = shop.admin(
+        "PUT", "/credentials/r2", {**R2, "endpoint_url": "http://minio.example.net:9000"}
+    )
+    assert saved.status_code == 200, saved.get_data(as_text=True)
+
+
+def test_where_private_endpoints_are_allowed_no_connection_goes_to_the_metadata_service(
+    dns: dict[str, Iterator[str]], connections: list[str]
+) -> None:
+    """Credentials saved while the name answered otherwise (or rebinding it): boto3's
+    requests and the check's GET never connect to the metadata address; the check says why."""
+    dns["files.example.net"] = itertools.repeat("169.254.169.254")
+    config = R2Config(
+        "acct", "key-id", "secret", "bucket", "http://files.example.net", private_ok=True
+    )
+    store = R2ObjectStore(config)
+    with pytest.raises(StorageUnavailable, match="metadata"):
+        store.exists("a.bin")
+    problem = store.check_access()
+    assert problem is not None and problem.kind == "metadata_address"
+    dns["files.example.net"] = itertools.cycle(["10.0.0.9", "169.254.169.254"])
+    problem = store.check_access()
+    assert problem is not None and problem.kind == "metadata_address"
+    assert "169.254.169.254" not in connections
