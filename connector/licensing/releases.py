@@ -14,7 +14,7 @@ from connector.audit import record_audit
 from connector.catalog import _check_object_key
 from connector.errors import Conflict, ValidationFailed
 from connector.models import Product, Release, Store
-from connector.tokens import RELEASE, dumps_timed
+from connector.tokens import release_token
 from connector.validation import known_fields, optional_int, optional_str, required_str
 from plugin.shop import parse_utc_datetime
 
@@ -143,5 +143,5 @@ def release_download_url(store: Store, release: Release, ttl: int) -> str:
             url = None  # Keygate's own link then says why when it is fetched (404 / 503)
         if url is not None:
             return url
-    token = dumps_timed(RELEASE, {"r": release.id})
+    token = release_token(release.id)
     return f"{get_settings().base_url}/api/v1/releases/download/{token}"

@@ -62,7 +62,7 @@ from connector.signing import (
     signature_header,
     signing_string,
 )
-from connector.tokens import RELEASE, loads_timed
+from connector.tokens import release_id_from_token
 from connector.validation import optional_bool, optional_int, optional_str, required_str
 
 bp = Blueprint("licensing_views", __name__, url_prefix="/api/v1")
@@ -500,9 +500,8 @@ def download_release(token: str) -> ResponseReturnValue:
     from connector.downloads.storage import StorageUnavailable, store_for
 
     ttl = get_settings().download_url_ttl
-    data = loads_timed(RELEASE, token, max_age=ttl)
-    release_id = data.get("r") if isinstance(data, dict) else None
-    release = db.session.get(Release, release_id) if isinstance(release_id, int) else None
+    release_id = release_id_from_token(token, max_age=ttl)
+    release = db.session.get(Release, release_id) if release_id is not None else None
     product = db.session.get(Product, release.product_id) if release is not None else None
     store = db.session.get(Store, product.store_id) if product is not None else None
     if release is None or store is None:

@@ -1,9 +1,9 @@
 """The buyer's private page ``/my/<token>``: licenses, downloads, a resend button.
 
-The token is signed (salt ``keygate.portal``), names the order and expires after
-``KEYGATE_PORTAL_LINK_DAYS``; it is the buyer's only credential, so the page shows nothing
-another buyer could use and is not indexed. An expired link shows nothing of the order but
-a button that mails a fresh link to the order's own address.
+The token is signed, names the order without showing its id (``connector.tokens``) and
+expires after ``KEYGATE_PORTAL_LINK_DAYS``; it is the buyer's only credential, so the page
+shows nothing another buyer could use and is not indexed. An expired link shows nothing of
+the order but a button that mails a fresh link to the order's own address.
 """
 
 from __future__ import annotations

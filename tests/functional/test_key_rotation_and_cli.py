@@ -115,6 +115,12 @@ def check_rotated_app(rotated: Flask, shop: WebhookSender, before: dict[str, Any
         assert [lic["key"] for lic in after["licenses"]] == [
             lic["key"] for lic in before["licenses"]
         ]
+        # Links depend on the secret key alone: download links are the same, and the portal
+        # link mailed before the rotation still opens the order's page.
+        assert [d["link"] for d in after["downloads"]] == [d["link"] for d in before["downloads"]]
+        page = client.get(before["portal_url"].removeprefix("http://keygate.test"))
+        assert page.status_code == 200
+        assert before["licenses"][0]["key"] in page.get_data(as_text=True)
     finally:
         rotated.extensions["keygate.db"].engine.dispose()
 

@@ -143,7 +143,7 @@ def test_a_database_error_on_the_license_blueprint_is_logged_with_the_route(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise IntegrityError("SELECT 1", {}, Exception("a bug"))
 
-    monkeypatch.setattr("connector.licensing.views.loads_timed", broken)
+    monkeypatch.setattr("connector.licensing.views.release_id_from_token", broken)
     with caplog.at_level(logging.ERROR, logger="connector"):
         answer = shop.client.get(f"/api/v1/releases/download/{token}")
     assert answer.status_code == 500
