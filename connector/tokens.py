@@ -42,6 +42,7 @@ ADMIN_ACTION = "keygate.admin-action"
 FINGERPRINT = "keygate.fingerprint"
 RELEASE = "keygate.release-download"
 ADMIN_DEVICE = "keygate.admin-device"
+COPY_KEY = "keygate.copy-key"  # the folder of a buyer's stamped copy in storage
 
 
 class LinkInvalid(NotFound):
@@ -114,14 +115,23 @@ def _timed_id_signer(purpose: str) -> TimestampSigner:
     return TimestampSigner(_secret(), salt=f"{purpose}.sealed")
 
 
-def sealed_id_token(purpose: str, row_id: int, *, timed: bool = False) -> str:
-    """A signed token naming ``row_id`` that shows nothing of it (see the module's doc)."""
+def _sealed(purpose: str, row_id: int) -> bytes:
     if not 0 < row_id <= MAX_ROW_ID:
         raise ValueError(f"not a row id: {row_id}")
     encryptor = _id_cipher(_secret(), purpose).encryptor()
-    block = encryptor.update(row_id.to_bytes(16, "big")) + encryptor.finalize()
+    return encryptor.update(row_id.to_bytes(16, "big")) + encryptor.finalize()
+
+
+def sealed_id(purpose: str, row_id: int) -> str:
+    """``row_id`` sealed, unsigned, as 32 hex digits: a name that shows nothing of the id
+    (a storage folder: lowercase, one case, for file systems that ignore it)."""
+    return _sealed(purpose, row_id).hex()
+
+
+def sealed_id_token(purpose: str, row_id: int, *, timed: bool = False) -> str:
+    """A signed token naming ``row_id`` that shows nothing of it (see the module's doc)."""
     signer = _timed_id_signer(purpose) if timed else _id_signer(purpose)
-    return signer.sign(base64_encode(block)).decode("ascii")
+    return signer.sign(base64_encode(_sealed(purpose, row_id))).decode("ascii")
 
 
 def id_from_sealed_token(

@@ -72,7 +72,7 @@ from connector.models import (
     WatermarkCopy,
 )
 from connector.stores import StoreDeleted, hold_live_store
-from connector.tokens import LinkInvalid, fingerprint_token
+from connector.tokens import COPY_KEY, LinkInvalid, fingerprint_token, sealed_id
 from connector.vault.crypto import keyed_hash
 
 log = logging.getLogger(__name__)
@@ -752,8 +752,13 @@ def _original_changed_since(
 
 
 def watermarked_key(order: Order, grant: DownloadGrant, filename: str) -> str:
-    """Per-order key of a buyer's copy, beside the originals in the same store."""
-    return f"{store_areas(order.store_id)[1]}{order.id}/{grant.id}/{filename}"
+    """Per-grant key of a buyer's copy, in its store's area of copies.
+
+    On R2 the buyer's presigned URL shows the key: its folder is the grant's id sealed, so
+    it shows nothing of how many orders or downloads the store has (copies stamped before
+    were under ``<order id>/<grant id>/`` and move when they are next stamped).
+    """
+    return f"{store_areas(order.store_id)[1]}{sealed_id(COPY_KEY, grant.id)}/{filename}"
 
 
 BUYER_HASH_PURPOSE = "watermark-buyer"

@@ -217,6 +217,14 @@ def test_watermarked_pdf_is_made_in_the_bucket_and_served_from_there(
     response = r2_shop.client.get(path)
     assert response.status_code == 302
     assert f"/{bucket}/watermarked/" in response.headers["Location"]
+    # The buyer sees the key in the URL: it holds neither the order's nor the grant's id.
+    with r2_app.app_context():
+        grant = db.session.execute(select(DownloadGrant)).scalar_one()
+        ids = {str(grant.id), str(grant.order_id)}
+    location = urllib.parse.urlsplit(response.headers["Location"]).path
+    _, _, copy_folders = location.partition(f"/{bucket}/watermarked/{r2_shop.store.store.id}/")
+    assert copy_folders.endswith("/book.pdf")
+    assert not set(copy_folders.split("/")) & ids, location
     status, body, _ = fetch(response.headers["Location"])
     assert status == 200
     stamped = tmp_path / "stamped.pdf"

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from connector.db import db
 from connector.downloads.watermark import read_fingerprints
-from connector.models import DownloadGrant, Order, Release
+from connector.models import DownloadGrant, Order, Release, WatermarkCopy
 from connector.tokens import (
     DOWNLOAD,
     FINGERPRINT,
@@ -246,3 +246,38 @@ def test_a_stamped_copys_fingerprint_shows_no_grant_id(
     assert_shows_no_id(fingerprint, grant_id, "g")
     with app.app_context():
         assert grant_id_from_fingerprint(fingerprint) == grant_id
+
+
+def test_a_copy_stamped_before_under_readable_ids_is_still_served(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A copy stored under ``<order id>/<grant id>/`` (stamped before its folder was sealed)
+    is served from there, not stamped again for nothing."""
+    archive = BytesIO()
+    with zipfile.ZipFile(archive, "w") as plugin:
+        plugin.writestr("plugin/plugin.php", "<?php")
+    put_file(app, "zips/plugin.zip", archive.getvalue())
+    files = [{"object_key": "zips/plugin.zip", "filename": "plugin.zip", "watermark": "zip"}]
+    shop.configure(501, files=files)
+    shop.deliver(wc_order(7307, "processing", [line_item(501)]))
+    [download] = shop.order(7307)["downloads"]
+    first = get(shop.client, download["link"].removeprefix(BASE))
+    assert first.status_code == 200
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        grant = db.session.get(DownloadGrant, copy.grant_id)
+        assert grant is not None and copy.object_key is not None
+        store_id, order_id = grant.store_id, grant.order_id
+        folders = copy.object_key.removeprefix(f"watermarked/{store_id}/").split("/")
+        assert len(folders) == 2 and not {str(grant.id), str(order_id)} & set(folders)
+        old_key = f"watermarked/{store_id}/{order_id}/{grant.id}/plugin.zip"
+        storage = Path(app.extensions["keygate.settings"].storage_dir)
+        (storage / old_key).parent.mkdir(parents=True)
+        (storage / copy.object_key).rename(storage / old_key)
+        copy.object_key = grant.watermarked_key = old_key
+        db.session.commit()
+    again = get(shop.client, download["link"].removeprefix(BASE))
+    assert again.status_code == 200
+    assert again.data == first.data
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy.object_key)).scalar_one() == old_key
