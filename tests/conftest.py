@@ -188,3 +188,13 @@ def brevo() -> Iterator[FakeBrevo]:
     """A local HTTP server standing in for Brevo's API, which the real SDK talks to."""
     with fake_brevo() as server:
         yield server
+
+
+@pytest.fixture
+def brevo_app(tmp_path: Path, database_url: str, brevo: FakeBrevo) -> Iterator[Flask]:
+    """An app whose stores mail through the fake Brevo (once given Brevo credentials)."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(app_overrides(tmp_path, database_url, brevo_api_host=brevo.host))
+    yield application
+    stop_worker_thread(application)
+    application.extensions["keygate.db"].engine.dispose()

@@ -9,7 +9,6 @@ import datetime as dt
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -32,15 +31,6 @@ BREVO = {
     "sender_name": "Bücher Shop",
     "list_id": 7,
 }
-
-
-@pytest.fixture
-def brevo_app(tmp_path: Path, database_url: str, brevo: FakeBrevo) -> Iterator[Flask]:
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    application = create_app(app_overrides(tmp_path, database_url, brevo_api_host=brevo.host))
-    yield application
-    stop_worker_thread(application)
-    application.extensions["keygate.db"].engine.dispose()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import datetime as dt
 import io
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,15 +38,6 @@ BREVO = {
 }
 # Bidirectional embeddings, overrides and isolates.
 BIDI_CONTROLS = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-
-
-@pytest.fixture
-def brevo_app(tmp_path: Path, database_url: str, brevo: FakeBrevo) -> Iterator[Flask]:
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    application = create_app(app_overrides(tmp_path, database_url, brevo_api_host=brevo.host))
-    yield application
-    stop_worker_thread(application)
-    application.extensions["keygate.db"].engine.dispose()
 
 
 def brevo_store(app: Flask, name: str, url: str, sender: dict[str, str]) -> WebhookSender:
