@@ -47,22 +47,26 @@ def normalize_store_url(url: str) -> str:
     # No spaces or control characters inside: the wc-auth link and webhook checks are
     # built from it. Too long would not fit the column (a 500 on PostgreSQL).
     if len(url) > MAX_URL_LENGTH:
-        raise ValidationFailed(f"the store URL is longer than {MAX_URL_LENGTH} characters")
+        raise ValidationFailed(
+            f"the store URL is longer than {MAX_URL_LENGTH} characters", field="url"
+        )
     if any(c.isspace() or is_control_character(c) for c in url):
-        raise ValidationFailed(problem)
+        raise ValidationFailed(problem, field="url")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises for a port that is no number or past 65535
     except ValueError:  # an unbalanced [ of an IPv6 host, a port out of range
-        raise ValidationFailed(problem) from None
+        raise ValidationFailed(problem, field="url") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValidationFailed(problem)
+        raise ValidationFailed(problem, field="url")
     if parts.username is not None or parts.password is not None:
         # Kept and shown in clear on the admin pages, and sent along in every link.
-        raise ValidationFailed("the store URL must not carry a user name or password")
+        raise ValidationFailed("the store URL must not carry a user name or password", field="url")
     if parts.query or parts.fragment or "?" in url or "#" in url:
         # The wc-auth and REST paths are appended to it: a query would swallow them.
-        raise ValidationFailed("the store URL must be the shop's address without ? or #")
+        raise ValidationFailed(
+            "the store URL must be the shop's address without ? or #", field="url"
+        )
     return url.rstrip("/")
 
 
@@ -75,11 +79,15 @@ def key_format(prefix: str = "", groups: int = 4, group_length: int = 5) -> KeyF
     """
     prefix = prefix.strip().upper()
     if len(prefix) > MAX_PREFIX_LENGTH:
-        raise ValidationFailed(f"a key prefix is at most {MAX_PREFIX_LENGTH} characters")
+        raise ValidationFailed(
+            f"a key prefix is at most {MAX_PREFIX_LENGTH} characters", field="key_prefix"
+        )
     try:
         return KeyFormat(prefix, groups, group_length)
     except ValueError as exc:  # KeyFormat's messages name the rule, never a secret
-        raise ValidationFailed(str(exc)) from None
+        # The prefix's own rule names its field; the groups and their length go together.
+        field = "key_prefix" if "prefix" in str(exc) else "key_groups"
+        raise ValidationFailed(str(exc), field=field) from None
 
 
 def _api_token() -> str:
@@ -105,7 +113,7 @@ def create_store(
     key_format = key_format or KeyFormat()
     name = name.strip()
     if not name:
-        raise ValidationFailed("a store needs a name")
+        raise ValidationFailed("a store needs a name", field="name")
     url = normalize_store_url(url)
     existing = session.scalars(
         select(Store.public_id).where(
@@ -115,7 +123,8 @@ def create_store(
     if existing is not None:
         raise Conflict(
             f"the shop at {url.lower()} is a store already (store_id {existing}); a second store"
-            " for it would have its own webhook secret and keys: delete that one first"
+            " for it would have its own webhook secret and keys: delete that one first",
+            field="url",
         )
     api_token = _api_token()
     webhook_secret = random_alphanumeric(40)

@@ -636,7 +636,7 @@ def add_store() -> ResponseReturnValue:
     _global_only()
     form = ConfirmForm()
     values = dict(STORE_FORM)
-    error = None
+    error = refused_field = None
     if request.method == "POST":
         if not form.validate_on_submit():
             abort(400)
@@ -655,7 +655,7 @@ def add_store() -> ResponseReturnValue:
             )
         except KeygateError as exc:
             db.session.rollback()
-            error = exc.detail
+            error, refused_field = exc.detail, exc.extra.get("field")
         else:
             # Rendered here, not redirected to: the secret and token exist only in this answer.
             page = render_template(
@@ -666,7 +666,13 @@ def add_store() -> ResponseReturnValue:
                 form=form,
             )
             return _shown_once(page)
-    page = render_template("admin/store_new.html", values=values, error=error, form=form)
+    page = render_template(
+        "admin/store_new.html",
+        values=values,
+        error=error,
+        refused_field=refused_field,
+        form=form,
+    )
     return page, (422 if error else 200)
 
 

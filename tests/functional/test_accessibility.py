@@ -232,7 +232,28 @@ def refused_forms(
             {"kind": "brevo", "api_key": "k", "sender_email": "nobody", "sender_name": "Shop"},
             ("sender_email",),
         ),
-        "new store refused": ("/admin/stores/new", {"name": "", "url": "nothing"}, ()),
+        "new store refused": (
+            "/admin/stores/new",
+            {"name": "Shop", "url": "nothing", "key_groups": "4", "key_group_length": "5"},
+            ("url",),
+        ),
+        "new store key groups": ("/admin/stores/new", {"name": "Shop"}, ("key_groups",)),
+        "new store unnamed": (
+            "/admin/stores/new",
+            {"name": "", "url": "https://new.example", "key_groups": "4", "key_group_length": "5"},
+            ("name",),
+        ),
+        "new store key prefix": (
+            "/admin/stores/new",
+            {
+                "name": "Shop",
+                "url": "https://new.example",
+                "key_prefix": "A-B",
+                "key_groups": "4",
+                "key_group_length": "5",
+            },
+            ("key_prefix",),
+        ),
     }
     pages: dict[str, str] = {}
     two_keys = _id_of(app, Order, shop_order_id="9705")
