@@ -16,10 +16,10 @@ from connector.db import db, transaction
 from connector.jobs import run_pending
 from connector.models import AuditEvent, BrevoRemoval, Job, Order
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.functional.test_brevo_mail import BREVO, brevo_app, brevo_shop, make_due
+from tests.functional.test_brevo_mail import BREVO, brevo_shop, make_due
 from tests.peers import FakeBrevo
 
-__all__ = ["brevo_app", "brevo_shop"]
+__all__ = ["brevo_shop"]
 
 EMAIL = "jurgen@example.org"
 CONSENT_KEY = "_keygate_newsletter"

@@ -18,7 +18,7 @@ from connector.jobs import run_pending
 from connector.models import BrevoRemoval, DownloadGrant, Job, Mail, Store
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_brevo_contacts import EMAIL, erase
-from tests.functional.test_brevo_mail import brevo_app, brevo_shop  # noqa: F401
+from tests.functional.test_brevo_mail import brevo_shop  # noqa: F401
 from tests.functional.test_downloads import (
     _pdf_files,
     events,
@@ -129,7 +129,7 @@ def test_a_link_that_expires_while_its_copy_is_stamped_is_not_served(
 
 
 def test_a_removal_in_flight_when_the_push_lands_does_not_leave_the_buyer_in_the_list(
-    brevo_app: Flask,  # noqa: F811
+    brevo_app: Flask,
     brevo_shop: WebhookSender,  # noqa: F811
     brevo: FakeBrevo,
     monkeypatch: pytest.MonkeyPatch,
@@ -193,7 +193,7 @@ def test_a_removal_in_flight_when_the_push_lands_does_not_leave_the_buyer_in_the
 
 
 def test_an_erasure_while_the_mail_is_written_leaves_no_mail_naming_the_buyer(
-    brevo_app: Flask,  # noqa: F811
+    brevo_app: Flask,
     brevo_shop: WebhookSender,  # noqa: F811
     brevo: FakeBrevo,
     monkeypatch: pytest.MonkeyPatch,
@@ -264,7 +264,7 @@ def test_a_count_whose_answer_was_lost_is_not_counted_again(
 
 
 def test_an_erasure_while_brevo_sends_the_mail_does_not_fail_the_job(
-    brevo_app: Flask,  # noqa: F811
+    brevo_app: Flask,
     brevo_shop: WebhookSender,  # noqa: F811
     brevo: FakeBrevo,
 ) -> None:
