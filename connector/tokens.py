@@ -168,18 +168,23 @@ def _readable_id(data: Any, field: str) -> int | None:
     return row_id
 
 
+def _grant_id(purpose: str, token: str, invalid: str) -> int:
+    """The grant an untimed ``purpose`` token names, sealed or made before ids were."""
+    grant_id = id_from_sealed_token(purpose, token)
+    if grant_id is None:
+        grant_id = _readable_id(loads(purpose, token), "g")
+    if grant_id is None:
+        raise LinkInvalid(invalid)
+    return grant_id
+
+
 def download_token(grant_id: int) -> str:
     return sealed_id_token(DOWNLOAD, grant_id)
 
 
 def grant_id_from_token(token: str) -> int:
     """The grant a download link names (links made before ids were sealed too)."""
-    grant_id = id_from_sealed_token(DOWNLOAD, token)
-    if grant_id is None:
-        grant_id = _readable_id(loads(DOWNLOAD, token), "g")
-    if grant_id is None:
-        raise LinkInvalid("This link is not valid.")
-    return grant_id
+    return _grant_id(DOWNLOAD, token, "This link is not valid.")
 
 
 def fingerprint_token(grant_id: int) -> str:
@@ -189,12 +194,7 @@ def fingerprint_token(grant_id: int) -> str:
 
 def grant_id_from_fingerprint(token: str) -> int:
     """The grant a fingerprint names (those stamped before ids were sealed too)."""
-    grant_id = id_from_sealed_token(FINGERPRINT, token)
-    if grant_id is None:
-        grant_id = _readable_id(loads(FINGERPRINT, token), "g")
-    if grant_id is None:
-        raise LinkInvalid("This fingerprint is not valid.")
-    return grant_id
+    return _grant_id(FINGERPRINT, token, "This fingerprint is not valid.")
 
 
 def release_token(release_id: int) -> str:
