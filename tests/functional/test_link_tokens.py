@@ -225,17 +225,22 @@ def test_release_links_show_no_ids_and_older_ones_work_while_they_last(
         assert get(shop.client, f"/api/v1/releases/download/{stale}").status_code == 410
 
 
-def test_a_stamped_copys_fingerprint_shows_no_grant_id(
-    app: Flask, shop: WebhookSender, tmp_path: Path
-) -> None:
-    """The fingerprint hidden in a buyer's copy is as unreadable as their link, and still
-    names the buyer when the copy leaks."""
+def _sell_a_stamped_zip(app: Flask, shop: WebhookSender) -> None:
+    """Product 501 sells a ZIP stamped for each buyer."""
     archive = BytesIO()
     with zipfile.ZipFile(archive, "w") as plugin:
         plugin.writestr("plugin/plugin.php", "<?php")
     put_file(app, "zips/plugin.zip", archive.getvalue())
     files = [{"object_key": "zips/plugin.zip", "filename": "plugin.zip", "watermark": "zip"}]
     shop.configure(501, files=files)
+
+
+def test_a_stamped_copys_fingerprint_shows_no_grant_id(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """The fingerprint hidden in a buyer's copy is as unreadable as their link, and still
+    names the buyer when the copy leaks."""
+    _sell_a_stamped_zip(app, shop)
     shop.deliver(wc_order(7306, "processing", [line_item(501)]))
     [download] = shop.order(7306)["downloads"]
     copy = get(shop.client, download["link"].removeprefix(BASE))
@@ -253,12 +258,7 @@ def test_a_copy_stamped_before_under_readable_ids_is_still_served(
 ) -> None:
     """A copy stored under ``<order id>/<grant id>/`` (stamped before its folder was sealed)
     is served from there, not stamped again for nothing."""
-    archive = BytesIO()
-    with zipfile.ZipFile(archive, "w") as plugin:
-        plugin.writestr("plugin/plugin.php", "<?php")
-    put_file(app, "zips/plugin.zip", archive.getvalue())
-    files = [{"object_key": "zips/plugin.zip", "filename": "plugin.zip", "watermark": "zip"}]
-    shop.configure(501, files=files)
+    _sell_a_stamped_zip(app, shop)
     shop.deliver(wc_order(7307, "processing", [line_item(501)]))
     [download] = shop.order(7307)["downloads"]
     first = get(shop.client, download["link"].removeprefix(BASE))
