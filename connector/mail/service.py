@@ -78,6 +78,7 @@ def compose_order_mail(
         "order": order,
         "store": store,
         "portal_until": portal_until,
+        "left_out": left_out(entitlements),
         **entitlements,
     }
     number = order.number or order.shop_order_id
@@ -90,6 +91,27 @@ def compose_order_mail(
     text = mail_text(render_template("emails/order_issued.txt", **context))
     html = mail_text(render_template("emails/order_issued.html", **context))
     return header_text(subject), text, html
+
+
+def left_out(entitlements: dict[str, Any]) -> str | None:
+    """What the mail does not list because it no longer works (keys revoked, refunded or
+    suspended, links ended), said in one sentence so that a buyer reading a later or
+    resent mail does not take a missing key or link for a mistake; None when nothing is."""
+    keys = sum(lic.status != "active" for lic in entitlements["licenses"])
+    links = sum(d.ended is not None for d in entitlements["downloads"])
+    if not keys and not links:
+        return None
+    parts = [
+        f"{count} {noun}{'' if count == 1 else 's'}"
+        for count, noun in ((keys, "license key"), (links, "download link"))
+        if count
+    ]
+    verb = "is" if keys + links == 1 else "are"
+    return (
+        f"{' and '.join(parts)} of this order can no longer be used (refunded, revoked,"
+        f" suspended, expired or used up) and {verb} not listed here; the page linked below"
+        " shows the order as it is now."
+    )
 
 
 ORDER_MAIL_JOB = "mail.order_issued"

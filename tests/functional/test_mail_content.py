@@ -393,3 +393,34 @@ def test_the_shops_customer_note_tells_links_apart_and_offers_only_working_ones(
     assert links[3] not in note["note"]
     assert late["key"] in note["note"]
     assert "\u202e" not in note["note"]
+
+
+def test_a_resent_mail_says_what_it_leaves_out_because_it_no_longer_works(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A mail lists only keys and links that still work; when some of the order's no longer
+    do (a line removed from the order here), the mail says how many it leaves out, so the
+    buyer does not take a missing key or link for a mistake. The first mail, with
+    everything working, says nothing of the kind."""
+    shop.configure(501)
+    shop.configure(502)
+    items = [line_item(501, line_id=1), line_item(502, line_id=2)]
+    shop.deliver(wc_order(9804, "processing", items))
+    run_pending(app)
+    shop.deliver(wc_order(9804, "processing", [line_item(501, line_id=1)], modified=5))
+    run_pending(app)
+    assert shop.admin("POST", "/orders/9804/resend").status_code == 202
+    run_pending(app)
+    first, resent = stored_mails(app)
+    said = "of this order can no longer be used"
+    assert said not in first.body_text and said not in (first.body_html or "")
+    kept = next(lic for lic in shop.order(9804)["licenses"] if lic["status"] == "active")
+    assert f"  Product 501: {kept['key']} (lifetime)" in resent.body_text.splitlines()
+    assert "Product 502" not in resent.body_text
+    sentence = (
+        "1 license key and 1 download link of this order can no longer be used (refunded,"
+        " revoked, suspended, expired or used up) and are not listed here; the page linked"
+        " below shows the order as it is now."
+    )
+    assert sentence in resent.body_text.splitlines()
+    assert f"<p>{sentence}</p>" in (resent.body_html or "")
