@@ -399,6 +399,25 @@ def test_every_field_and_button_has_a_name(pages: Pages) -> None:
             assert _name(link, root), (name, link.attrs)
 
 
+def test_a_field_outside_a_table_has_a_label_one_can_see(pages: Pages) -> None:
+    """A field is named by a label on the page (wrapping it, or ``for`` its id), not only by
+    an aria-label or a placeholder a sighted owner stops seeing once they type; only a
+    field in a table's cell may rely on the column's header and an aria-label."""
+    unlabelled = []
+    for name, root in _trees(pages):
+        for control in root.all("input", "select", "textarea"):
+            if control.attrs.get("type") in ("hidden", "submit") or control.enclosing("td"):
+                continue
+            wrapping = control.enclosing("label")
+            labels = [wrapping] if wrapping is not None else []
+            if control.attrs.get("id"):
+                field_id = control.attrs["id"]
+                labels += [n for n in root.all("label") if n.attrs.get("for") == field_id]
+            if not any(label.text().strip() for label in labels):
+                unlabelled.append((name, control.attrs.get("name")))
+    assert not unlabelled, "; ".join(f"{page}: {field}" for page, field in unlabelled)
+
+
 def test_a_refused_forms_message_is_announced_and_tied_to_its_field(pages: Pages) -> None:
     """The message of a refused form is announced when the page comes (role=alert), and the
     field it is about is marked invalid and described by it, wherever the field is."""
