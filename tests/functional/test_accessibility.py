@@ -127,6 +127,9 @@ def buyer_pages(app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
     for machine in ("machine-1", "machine-2"):  # two machines, no site, no label
         seat = {"key": body["licenses"][1]["key"], "fingerprint": machine}
         assert call(shop.client, "activate", seat).status_code == 200
+    # A third seat on the first site, told apart from it by its machine alone.
+    seat = {"key": body["licenses"][0]["key"], "site": SITE, "fingerprint": "machine-3"}
+    assert call(shop.client, "activate", seat).status_code == 200
     portal = body["portal_url"].removeprefix(BASE)
     pages = {"order page": shop.client.get(portal).get_data(as_text=True)}
     assert "Where your licenses are activated" in pages["order page"]
