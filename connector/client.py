@@ -3,9 +3,11 @@
 Needs only the standard library and ``cryptography``. It checks every answer before trusting
 it: the Ed25519 signature (against public keys you pin), the body's ``Digest``, the ``Date``
 (clock skew), and that it answers the request sent (it echoes the nonce and the request
-body's digest). The last good ``validate`` answer is kept with its request (in memory, and
-in ``cache_path`` if given) and used for the same question while Keygate cannot be reached
-or asks the client to wait (429), for ``grace_period`` seconds after it was signed.
+body's digest). An answer that fails a check is never trusted and counts as Keygate out of
+reach (:class:`UnverifiedAnswer`, logged). The last good ``validate`` answer is kept with its
+request (in memory, and in ``cache_path`` if given) and used for the same question while
+Keygate cannot be reached or asks the client to wait (429), for ``grace_period`` seconds
+after it was signed (``result.offline_reason`` says why).
 
     from keygate_client import KeygateClient   # this file, renamed as you like
 
@@ -37,6 +39,7 @@ import hmac
 import http.client
 import ipaddress
 import json
+import logging
 import math
 import os
 import re
@@ -67,6 +70,7 @@ __all__ = [
     "Result",
     "SignatureError",
     "Unavailable",
+    "UnverifiedAnswer",
     "verify_license_file",
     "verify_response",
 ]
@@ -80,6 +84,12 @@ VALIDATE_PATH = "/api/v1/licenses/validate"
 DEFAULT_SKEW = 300.0
 # The largest answer read: a license answer or file is a few KiB.
 MAX_ANSWER_BYTES = 1024 * 1024
+# Result.offline_reason: why a saved answer served instead of a fresh one.
+UNREACHABLE = "unreachable"
+RATE_LIMITED = "rate_limited"
+UNVERIFIED = "unverified"
+
+_log = logging.getLogger(__name__)
 
 
 class KeygateClientError(Exception):
@@ -91,7 +101,17 @@ class SignatureError(KeygateClientError):
 
 
 class Unavailable(KeygateClientError):
-    """Keygate could not be reached and no cached answer is within the grace period."""
+    """Keygate could not be reached (or its answer could not be trusted:
+    :class:`UnverifiedAnswer`) and no cached answer is within the grace period."""
+
+
+class UnverifiedAnswer(SignatureError, Unavailable):
+    """An answer came to a call but did not verify: altered on the way, signed by a key not
+    pinned, dated too far from this machine's clock, or not to the request sent. It is never
+    trusted, and it counts as Keygate out of reach (whoever can alter answers can block them
+    too, so an altered answer must not do more harm than none): ``validate`` serves its
+    saved answer meanwhile, with ``offline_reason == "unverified"``. A warning is logged
+    each time. Both ``except Unavailable`` and ``except SignatureError`` catch it."""
 
 
 class RequestRejected(KeygateClientError):
@@ -110,7 +130,10 @@ class LicenseFileError(KeygateClientError):
 
 @dataclass
 class Result:
-    """A verified answer. ``offline`` is True when it came from the cache."""
+    """A verified answer. ``offline`` is True when it came from the cache, and
+    ``offline_reason`` then says why: ``"unreachable"`` (no connection, no whole answer in
+    time, a 5xx, a page not from Keygate), ``"rate_limited"`` (a signed 429) or
+    ``"unverified"`` (an answer came that did not verify: see :class:`UnverifiedAnswer`)."""
 
     valid: bool
     code: str
@@ -118,6 +141,7 @@ class Result:
     license: dict[str, Any] | None
     data: dict[str, Any] = field(default_factory=dict)
     offline: bool = False
+    offline_reason: str | None = None
 
 
 def _public_key(value: str | bytes) -> Ed25519PublicKey:
@@ -559,12 +583,19 @@ class KeygateClient:
         cache_key = self._cache_key(key, site, fingerprint)
         try:
             result, record = self._call(VALIDATE_PATH, self._payload(**question))
-        except (Unavailable, RequestRejected) as exc:
+        except (Unavailable, RequestRejected) as exc:  # UnverifiedAnswer is Unavailable too
             if isinstance(exc, RequestRejected) and exc.status != 429:
                 raise
             cached = self._cached(cache_key, question)
             if cached is None:
                 raise
+            cached.offline_reason = (
+                RATE_LIMITED
+                if isinstance(exc, RequestRejected)
+                else UNVERIFIED
+                if isinstance(exc, UnverifiedAnswer)
+                else UNREACHABLE
+            )
             return cached
         if result.valid:
             self._remember(cache_key, record)
@@ -649,20 +680,34 @@ class KeygateClient:
             # out of reach, which whoever sits in between could cause anyway.
             where = f" (redirected to {lowered.get('location')})" if 300 <= status < 400 else ""
             raise Unavailable(f"an answer {status} not from Keygate{where}")
-        data, signed_date = _verify(
-            method="POST",
-            url=url,
-            headers=message,  # every header as received, repeated ones included
-            body=raw,
-            public_keys=self.public_keys,  # type: ignore[arg-type]
-            max_skew=self.max_skew,
-        )
-        if status < 400 and "request_digest" not in data:
-            # Signed, but by a Keygate older than this client (or a fleet half upgraded):
-            # its answers cannot be bound to the request, so none is trusted; the product
-            # keeps its grace period meanwhile.
-            raise Unavailable("Keygate is older than this client (no request_digest): upgrade it")
-        _check_echo(data, payload["nonce"], body, required=status < 400)
+        try:
+            data, signed_date = _verify(
+                method="POST",
+                url=url,
+                headers=message,  # every header as received, repeated ones included
+                body=raw,
+                public_keys=self.public_keys,  # type: ignore[arg-type]
+                max_skew=self.max_skew,
+            )
+            if status < 400 and "request_digest" not in data:
+                # Signed, but by a Keygate older than this client (or a fleet half
+                # upgraded): its answers cannot be bound to the request, so none is
+                # trusted; the product keeps its grace period meanwhile.
+                raise Unavailable(
+                    "Keygate is older than this client (no request_digest): upgrade it"
+                )
+            _check_echo(data, payload["nonce"], body, required=status < 400)
+        except SignatureError as exc:
+            # Never trusted, and no worse than no answer: whoever can alter answers can
+            # block them. Logged, as it may also be this product's own mistake (a key not
+            # pinned, a clock far off); the reason names no secret (never the key).
+            _log.warning(
+                "Keygate's answer to %s did not verify (%s): not trusted, handled as "
+                "Keygate out of reach",
+                path,
+                exc,
+            )
+            raise UnverifiedAnswer(str(exc)) from None
         if status >= 400:
             retry = str(lowered.get("retry-after") or "")
             # ASCII digits, a few of them: isdigit() is also true for "²", which int() cannot

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from connector.client import (
     RequestRejected,
     SignatureError,
     Unavailable,
+    UnverifiedAnswer,
     verify_response,
 )
 from connector.db import db, utcnow
@@ -174,7 +175,7 @@ def test_a_rate_limited_client_serves_its_fresh_answer(
     for _ in range(PER_KEY):
         assert client.validate(key).offline is False
     waited = client.validate(key)
-    assert (waited.valid, waited.offline) == (True, True)
+    assert (waited.valid, waited.offline, waited.offline_reason) == (True, True, "rate_limited")
     with pytest.raises(RequestRejected) as rejected:
         client.activate(key, site="a.com")
     assert rejected.value.status == 429 and rejected.value.retry_after
@@ -461,3 +462,56 @@ def test_a_signed_429_holds_the_clients_calls_for_that_key_until_retry_after(
     monkeypatch.setattr(time, "monotonic", lambda: real() + 61)
     with pytest.raises(Unavailable):
         client.activate(key, site="a.com")
+
+
+def _flipped(old: bytes, new: bytes) -> Callable[[bytes], bytes]:
+    """An answer body edited on its way, as someone in the middle would edit it."""
+
+    def edit(body: bytes) -> bytes:
+        assert old in body
+        return body.replace(old, new)
+
+    return edit
+
+
+def test_an_altered_answer_is_never_trusted_and_counts_as_keygate_out_of_reach(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone in the middle edits answers. A NOT_FOUND made VALID is never accepted; an
+    answer altered either way is no worse than no answer (they could block the network as
+    well): validate serves the saved answer, saying why, or raises what an unreachable
+    Keygate raises (still a SignatureError for code that catches that). A warning is
+    logged, naming no key."""
+    key = issue_key(shop)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+    assert KeygateClient(live.url, keys, product="501", cache_path=cache).validate(key).valid
+
+    forged = "KG-NOT-A-REAL-KEY"
+    url, thread = _rewriting_proxy(
+        live.port,
+        lambda headers: headers,
+        rewrite_answer=_flipped(b'"valid":false', b'"valid":true'),
+    )
+    with caplog.at_level("WARNING"), pytest.raises(Unavailable) as raised:
+        KeygateClient(url, keys, product="501", cache_path=cache).validate(forged)
+    thread.join(timeout=10)
+    assert isinstance(raised.value, SignatureError)
+    assert isinstance(raised.value, UnverifiedAnswer)
+    assert "Digest" in str(raised.value)
+    assert "did not verify" in caplog.text and forged not in caplog.text
+
+    caplog.clear()
+    url, thread = _rewriting_proxy(
+        live.port,
+        lambda headers: headers,
+        rewrite_answer=_flipped(b'"valid":true', b'"valid":false'),
+    )
+    client = KeygateClient(url, keys, product="501", cache_path=cache)
+    with caplog.at_level("WARNING"):
+        served = client.validate(key)
+    thread.join(timeout=10)
+    assert (served.valid, served.offline, served.offline_reason) == (True, True, "unverified")
+    assert "did not verify" in caplog.text and key not in caplog.text
+    live.stop()  # the saved answer was kept: it serves while Keygate is down too
+    again = client.validate(key)
+    assert (again.valid, again.offline, again.offline_reason) == (True, True, "unreachable")

@@ -241,11 +241,15 @@ Rewrite = Callable[[list[tuple[str, str]]], list[tuple[str, str]]]
 
 
 def _rewriting_proxy(
-    target_port: int, rewrite: Rewrite, rewrite_request: Callable[[bytes], bytes] | None = None
+    target_port: int,
+    rewrite: Rewrite,
+    rewrite_request: Callable[[bytes], bytes] | None = None,
+    rewrite_answer: Callable[[bytes], bytes] | None = None,
 ) -> tuple[str, threading.Thread]:
     """A one-request proxy to the live server that passes the answer's headers through
     ``rewrite``, as a server or proxy in front of Keygate might (and the request's body
-    through ``rewrite_request``, as one in the middle might)."""
+    through ``rewrite_request``, the answer's through ``rewrite_answer``, as one in the
+    middle might)."""
     import http.client
     import socket
 
@@ -269,8 +273,15 @@ def _rewriting_proxy(
         upstream.request(method, target, body=body, headers=headers)
         answer = upstream.getresponse()
         content = answer.read()
+        answer_headers = answer.getheaders()
+        if rewrite_answer is not None:
+            content = rewrite_answer(content)
+            answer_headers = [
+                (k, str(len(content)) if k.lower() == "content-length" else v)
+                for k, v in answer_headers
+            ]
         lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
-        lines += [f"{name}: {value}" for name, value in rewrite(answer.getheaders())]
+        lines += [f"{name}: {value}" for name, value in rewrite(answer_headers)]
         connection.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + content)
         connection.close()
         listener.close()
