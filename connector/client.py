@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import secrets
 import socket
@@ -50,7 +51,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,12 +468,52 @@ class _Deadline:
     """Ends a call's connection ``seconds`` after it started: urllib's timeout applies to
     each read, so a server trickling its status line, headers or body a byte at a time
     would hold the product for as long as it likes. The socket is shut, which ends the read
-    waiting on it."""
+    waiting on it. Connecting, name resolution included, is bounded too (:meth:`connect`)."""
 
     def __init__(self, seconds: float) -> None:
         self.ends = time.monotonic() + seconds
         self.expired = False
         self._timer: threading.Timer | None = None
+
+    def connect(self, connect: Callable[..., socket.socket], *args: Any) -> socket.socket:
+        """``connect(*args)`` within the time left. Neither name resolution (the system's
+        resolver has no timeout of ours: a hanging DNS server holds it for as long as the
+        resolver retries) nor a host's addresses tried one after another keep to urllib's
+        timeout, which bounds each attempt. So the connection is made in a daemon thread;
+        one still at work when the time is up is left to end by itself (nothing can cut a
+        resolver short), and closes the connection it makes then, unused: the request is
+        never sent after the call gave up."""
+        made: queue.SimpleQueue[socket.socket | Exception] = queue.SimpleQueue()
+        lock = threading.Lock()
+        abandoned = False
+
+        def attempt() -> None:
+            try:
+                sock = connect(*args)
+            except Exception as exc:  # raised again in the caller's thread
+                made.put(exc)
+                return
+            with lock:
+                if abandoned:
+                    sock.close()
+                else:
+                    made.put(sock)
+
+        threading.Thread(target=attempt, name="keygate-connect", daemon=True).start()
+        try:
+            outcome = made.get(timeout=max(0.0, self.ends - time.monotonic()))
+        except queue.Empty:
+            with lock:
+                abandoned = True
+            with contextlib.suppress(queue.Empty):  # made just as the time was up
+                late = made.get_nowait()
+                if isinstance(late, socket.socket):
+                    late.close()
+            self.expired = True
+            raise TimeoutError("no connection to Keygate in time") from None
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def arm(self, sock: socket.socket) -> None:
         def cut() -> None:
@@ -490,15 +531,16 @@ class _Deadline:
 
 
 def _within(base: type[http.client.HTTPConnection], deadline: _Deadline) -> Any:
-    """``base`` whose socket, once connected, is ended at ``deadline``."""
+    """``base`` connecting (name resolution included) within ``deadline``, whose socket,
+    once connected, is ended at ``deadline``."""
 
     class Connection(base):  # type: ignore[valid-type,misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             connect = self._create_connection  # type: ignore[has-type]
 
-            def connect_and_arm(*args: Any, **kwargs: Any) -> socket.socket:
-                sock: socket.socket = connect(*args, **kwargs)
+            def connect_and_arm(*args: Any) -> socket.socket:
+                sock = deadline.connect(connect, *args)
                 deadline.arm(sock)
                 return sock
 

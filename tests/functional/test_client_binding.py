@@ -515,3 +515,35 @@ def test_an_altered_answer_is_never_trusted_and_counts_as_keygate_out_of_reach(
     live.stop()  # the saved answer was kept: it serves while Keygate is down too
     again = client.validate(key)
     assert (again.valid, again.offline, again.offline_reason) == (True, True, "unreachable")
+
+
+def test_a_hanging_resolver_holds_a_call_no_longer_than_its_timeout(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``timeout`` bounds the whole call, name resolution included: a DNS server that does
+    not answer (the system resolver retries for as long as it likes) is Keygate out of
+    reach once the time is up, and validate serves its saved answer."""
+    key = issue_key(shop)
+    url, keys = f"http://localhost:{live.port}", _pinned(live)  # a name to resolve
+    client = KeygateClient(url, keys, product="501", cache_path=tmp_path / "c")
+    assert client.validate(key).offline is False
+    released = threading.Event()
+
+    def hanging_resolver(*args: object, **kwargs: object) -> object:
+        released.wait(timeout=10)
+        raise socket.gaierror("the resolver gave up")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_resolver)
+    client.timeout = 0.5
+    never_answered = KeygateClient(url, keys, product="501", timeout=0.5)
+    try:
+        started = time.monotonic()
+        served = client.validate(key)
+        assert time.monotonic() - started < 1.5
+        assert (served.valid, served.offline, served.offline_reason) == (True, True, "unreachable")
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="in time"):
+            never_answered.activate(key, site="a.com")
+        assert time.monotonic() - started < 1.5
+    finally:
+        released.set()
