@@ -357,7 +357,9 @@ def verify_license_file(
         LicenseFileError: not a license file (``None`` too: what a refused checkout gives),
             malformed, forged, encrypted for another key, for another product, site or
             machine, issued in the future (a clock set back), or past its expiry.
+        ValueError: ``site`` is empty or blank (None is no site).
     """
+    _refuse_empty_site(site)
     if isinstance(text, bytes):  # read from disk as bytes: the file is ASCII
         try:
             text = text.decode("ascii")
@@ -437,6 +439,13 @@ def verify_license_file(
             "this license file is for a site, not this machine alone: pass site= to check it"
         )
     return dict(content)
+
+
+def _refuse_empty_site(site: str | None) -> None:
+    """An empty or blank ``site`` is a mistake (a setting not filled in), never "no site":
+    that is None. Keygate refuses it too (422)."""
+    if isinstance(site, str) and not site.strip():
+        raise ValueError("site is empty: pass site=None for no site")
 
 
 def site_host(site: str) -> str | None:
@@ -659,8 +668,8 @@ class KeygateClient:
     def deactivate(
         self, key: str, *, site: str | None = None, fingerprint: str | None = None
     ) -> Result:
-        self._forget(self._cache_key(key, site, fingerprint))
         payload = self._payload(key, site=site, fingerprint=fingerprint)
+        self._forget(self._cache_key(key, site, fingerprint))
         return self._call("/api/v1/licenses/deactivate", payload)[0]
 
     def check_update(
@@ -691,6 +700,7 @@ class KeygateClient:
 
     def _question(self, key: str, **fields: Any) -> dict[str, Any]:
         """What a call asks: the key, the fields given (None: left out) and the store."""
+        _refuse_empty_site(fields.get("site"))
         fields = {"key": key, **fields, "store": self.store}
         return {k: v for k, v in fields.items() if v is not None}
 

@@ -88,8 +88,9 @@ class Answer:
 
 
 def make_identity(site: str | None, fingerprint: str | None) -> Identity:
-    """Canonical identity from raw input; a site that is not a host is 422."""
-    canonical_site = normalize_site(site) if site else ""
+    """Canonical identity from raw input; a site that is not a host is 422, an empty or
+    blank one too (left out, it is no site: "" sent by mistake must not activate none)."""
+    canonical_site = normalize_site(site) if site is not None else ""
     fp = (fingerprint or "").strip()
     if len(fp) > MAX_FINGERPRINT or any(ord(c) < 32 for c in fp):
         raise ValidationFailed(

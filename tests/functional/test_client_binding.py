@@ -365,7 +365,7 @@ def test_a_license_file_is_checked_for_its_site_as_keygate_names_it(
         assert verify_license_file(file, keys, key=key, site=site)["site"] == (
             "xn--bcher-kva.example"
         )
-    for other in ("bucher.example", "shop.bücher.example", "localhost", "", "http://[::1]/"):
+    for other in ("bucher.example", "shop.bücher.example", "localhost", "http://[::1]/"):
         with pytest.raises(LicenseFileError, match="another site"):
             verify_license_file(file, keys, key=key, site=other)
 
@@ -547,3 +547,33 @@ def test_a_hanging_resolver_holds_a_call_no_longer_than_its_timeout(
         assert time.monotonic() - started < 1.5
     finally:
         released.set()
+
+
+def test_an_empty_site_is_a_mistake_the_client_names_not_no_site(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """site="" (a setting never filled in) is refused before anything is sent, naming the
+    argument, by every call and by verify_license_file (whose site-less file it passed):
+    a product never gets a site-less activation or license by mistake. None is no site."""
+    from connector.client import verify_license_file
+
+    keys = _pinned(live)
+    key = issue_key(shop, product_id=779)
+    client = KeygateClient(live.url, keys, product="779")
+    calls = [
+        (client.activate, (key,), {"fingerprint": "machine-1"}),
+        (client.validate, (key,), {}),
+        (client.deactivate, (key,), {"fingerprint": "machine-1"}),
+        (client.check_update, (key, "1.0"), {}),
+        (client.checkout, (key,), {}),
+    ]
+    for empty in ("", "  "):
+        for method, args, kwargs in calls:
+            with pytest.raises(ValueError, match="site is empty"):
+                method(*args, site=empty, **kwargs)  # type: ignore[operator]
+    assert client.validate(key).data["license"]["activations_used"] == 0
+    assert client.activate(key, fingerprint="machine-1").valid
+    file = client.checkout(key, fingerprint="machine-1").data["license_file"]
+    assert verify_license_file(file, keys, key=key, fingerprint="machine-1")
+    with pytest.raises(ValueError, match="site is empty"):
+        verify_license_file(file, keys, key=key, site="", fingerprint="machine-1")

@@ -357,6 +357,25 @@ def test_garbage_sites_are_422(shop: WebhookSender, garbage: str) -> None:
     assert response.get_json()["field"] == "site"
 
 
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_an_empty_site_is_422_not_no_site(app: Flask, shop: WebhookSender, empty: str) -> None:
+    """A site sent empty (a setting never filled in) is refused by every call, naming the
+    field: it does not quietly activate the fingerprint alone. No site is a site left out."""
+    key = issue_key(shop)
+    for endpoint in ("activate", "validate", "deactivate", "checkout"):
+        body = {"key": key, "site": empty, "fingerprint": "machine-1", "nonce": "n"}
+        response = call(shop.client, endpoint, body)
+        assert response.status_code == 422, endpoint
+        problem = response.get_json()
+        assert (problem["field"], problem["nonce"]) == ("site", "n")
+        assert "empty" in problem["detail"]
+    update = {"key": key, "product": "501", "version": "1.0", "site": empty}
+    assert call(shop.client, "update-check", update).status_code == 422
+    assert _count_activations(app) == 0
+    activated = call(shop.client, "activate", {"key": key, "fingerprint": "machine-1"})
+    assert activated.get_json()["valid"] is True
+
+
 def test_identity_codes(shop: WebhookSender) -> None:
     """NO_ACTIVATION, SITE_MISMATCH and FINGERPRINT_MISMATCH say what is wrong."""
     key = issue_key(shop, activation_limit=3)
