@@ -635,16 +635,19 @@ class KeygateClient:
         try:
             result, record = self._call(VALIDATE_PATH, self._payload(**question))
         except (Unavailable, RequestRejected) as exc:  # UnverifiedAnswer is Unavailable too
-            if isinstance(exc, RequestRejected) and exc.status != 429:
+            # A rejection naming no request (a 413: its body was never read) may be one
+            # kept from another call and played back: no more harm than no answer.
+            unbound = isinstance(exc, RequestRejected) and exc.body.get("request_digest") is None
+            if isinstance(exc, RequestRejected) and exc.status != 429 and not unbound:
                 raise
             cached = self._cached(cache_key, question)
             if cached is None:
                 raise
             cached.offline_reason = (
                 RATE_LIMITED
-                if isinstance(exc, RequestRejected)
+                if isinstance(exc, RequestRejected) and exc.status == 429
                 else UNVERIFIED
-                if isinstance(exc, UnverifiedAnswer)
+                if isinstance(exc, UnverifiedAnswer) or unbound
                 else UNREACHABLE
             )
             return cached

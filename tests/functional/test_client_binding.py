@@ -182,13 +182,17 @@ def test_a_rate_limited_client_serves_its_fresh_answer(
 
 
 def _one_answer(
-    answer: bytes, pause: float = 0.0, *, from_byte: int = 0
+    answer: bytes | Callable[[str], bytes], pause: float = 0.0, *, from_byte: int = 0
 ) -> tuple[str, threading.Thread]:
-    """A server that answers one request with ``answer``: at once, or with ``pause`` set,
-    its bytes from ``from_byte`` on one every ``pause`` seconds."""
+    """A server that answers one request with ``answer`` (or what it makes of the server's
+    URL): at once, or with ``pause`` set, its bytes from ``from_byte`` on one every
+    ``pause`` seconds."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    if callable(answer):
+        answer = answer(url)
 
     def reply() -> None:
         connection, _ = listener.accept()
@@ -205,7 +209,7 @@ def _one_answer(
 
     thread = threading.Thread(target=reply, daemon=True)
     thread.start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}", thread
+    return url, thread
 
 
 def test_pages_not_from_keygate_are_unavailable_and_the_saved_answer_serves(
@@ -577,3 +581,46 @@ def test_an_empty_site_is_a_mistake_the_client_names_not_no_site(
     assert verify_license_file(file, keys, key=key, fingerprint="machine-1")
     with pytest.raises(ValueError, match="site is empty"):
         verify_license_file(file, keys, key=key, site="", fingerprint="machine-1")
+
+
+def test_a_replayed_rejection_of_another_request_does_not_cost_the_grace_period(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """A 413 is the one answer that names no request (its body was never read). Someone in
+    the middle keeps a genuine one, signed for Keygate's host, and plays it back as the
+    answer to any call: validate serves its saved answer, as when the network is blocked;
+    without one the 413 is raised as before."""
+    key = issue_key(shop)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+
+    def replayed_413(url: str) -> bytes:
+        request = urllib.request.Request(
+            live.url + "/api/v1/licenses/validate",
+            data=b"x" * 17000,
+            method="POST",
+            headers={"Host": url.removeprefix("http://")},  # the host the client calls
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        body = refused.value.read()
+        assert refused.value.code == 413 and json.loads(body)["request_digest"] is None
+        headers = "".join(
+            f"{k}: {v}\r\n"
+            for k, v in refused.value.headers.items()
+            if k.lower() not in ("connection", "content-length")
+        )
+        return (
+            f"HTTP/1.1 413 Payload Too Large\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+    url, thread = _one_answer(replayed_413)
+    with pytest.raises(RequestRejected) as rejected:
+        KeygateClient(url, keys, product="501", cache_path=cache).validate(key)
+    assert rejected.value.status == 413
+    thread.join(timeout=10)
+
+    assert KeygateClient(live.url, keys, product="501", cache_path=cache).validate(key).valid
+    url, thread = _one_answer(replayed_413)
+    served = KeygateClient(url, keys, product="501", cache_path=cache).validate(key)
+    assert (served.valid, served.offline, served.offline_reason) == (True, True, "unverified")
+    thread.join(timeout=10)
