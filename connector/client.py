@@ -905,8 +905,12 @@ class KeygateClient:
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".keygate-cache")
+        except OSError:
+            return
+        try:
             with os.fdopen(fd, "w") as handle:
                 json.dump(self._cache, handle)
             os.replace(tmp, self.cache_path)
-        except OSError:
-            return
+        except OSError:  # a full disk, a folder in the cache's place: no copy left behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

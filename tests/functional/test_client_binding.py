@@ -624,3 +624,18 @@ def test_a_replayed_rejection_of_another_request_does_not_cost_the_grace_period(
     served = KeygateClient(url, keys, product="501", cache_path=cache).validate(key)
     assert (served.valid, served.offline, served.offline_reason) == (True, True, "unverified")
     thread.join(timeout=10)
+
+
+def test_a_cache_that_cannot_be_written_leaves_no_copies_behind(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """Writing the cache is best effort, and a failed write (here a folder stands where the
+    file goes) removes its temporary copy: a product validating every hour must not fill
+    the folder with them."""
+    key = issue_key(shop)
+    folder = tmp_path / "app-data"
+    (folder / "cache.json").mkdir(parents=True)
+    client = KeygateClient(live.url, _pinned(live), product="501", cache_path=folder / "cache.json")
+    for _ in range(2):  # each valid answer is saved (it was kept in memory)
+        assert client.validate(key).offline is False
+    assert [path.name for path in folder.iterdir()] == ["cache.json"]
