@@ -84,10 +84,12 @@ def _or_default(value: Any, default: str) -> Any:
 
 def parse_file_spec(raw: Any, index: int) -> FileSpec:
     if not isinstance(raw, dict):
-        raise ValidationFailed(f"files[{index}] must be an object", field="files")
+        raise ValidationFailed(f"files[{index}] must be an object", field=f"files[{index}]")
     key = raw.get("object_key")
     if not isinstance(key, str) or not key.strip() or len(key) > 1024:
-        raise ValidationFailed(f"files[{index}].object_key is required text", field="files")
+        raise ValidationFailed(
+            f"files[{index}].object_key is required text", field=f"files[{index}].object_key"
+        )
     filename = _or_default(raw.get("filename"), key.rsplit("/", 1)[-1])
     # A leading dot ("." and ".." too) would make the name of the buyer's stamped copy, the
     # last part of its storage key, a folder of the key or a hidden file: a line's units
@@ -102,12 +104,13 @@ def parse_file_spec(raw: Any, index: int) -> FileSpec:
         raise ValidationFailed(
             f"files[{index}].filename must be a plain file name of at most"
             f" {MAX_FILENAME_BYTES} bytes in UTF-8 (not starting with '.')",
-            field="files",
+            field=f"files[{index}].filename",
         )
     watermark = _or_default(raw.get("watermark"), "none")
     if not isinstance(watermark, str) or watermark not in WATERMARKS:
         raise ValidationFailed(
-            f"files[{index}].watermark must be one of {', '.join(WATERMARKS)}", field="files"
+            f"files[{index}].watermark must be one of {', '.join(WATERMARKS)}",
+            field=f"files[{index}].watermark",
         )
     return FileSpec(
         object_key=_check_object_key(key.strip(), f"files[{index}].object_key"),
@@ -166,8 +169,13 @@ def parse_product_spec(data: dict[str, Any]) -> ProductSpec:
         if isinstance(raw, dict):
             known_fields(raw, FILE_FIELDS, f"files[{i}]")
     files = [parse_file_spec(raw, i) for i, raw in enumerate(raw_files)]
-    if len({f.object_key for f in files}) != len(files):
-        raise ValidationFailed("files lists the same object_key twice", field="files")
+    keys = [f.object_key for f in files]
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise ValidationFailed(
+                f"files[{i}].object_key is files[{keys.index(key)}]'s again: each file once",
+                field=f"files[{i}].object_key",
+            )
     return ProductSpec(
         name=required_str(data, "name"),
         policy=policy,

@@ -91,6 +91,8 @@ BOOL_DEFAULTS = {"staging_free": "yes", "perpetual_fallback": "no", "abuse_suspe
 FILE_ROWS_MAX = 200
 BLANK_ROWS = 3
 MORE_ROWS = 5
+# A refusal's field naming a file row (the rows shown again are numbered as ``files`` is).
+FILE_FIELD = re.compile(r"files\[(?P<index>[0-9]+)\](?:\.(?P<part>[a-z_]+))?")
 SIGNED_NUMBER = re.compile(r"-?[0-9]{1,18}")
 NOT_A_SHOP_ID = (
     "The product id is the shop's id of the product or variation: letters and digits, at most 64."
@@ -258,8 +260,11 @@ def _render_product(
 ) -> ResponseReturnValue:
     """The product's page (or the new product's); ``refused``: the refusal of its form
     (``error``) or of the release form (``release_error``), whose field gets marked."""
-    # The API's field names ("policy.activation_limit") end with the form's ("activation_limit").
-    field = str((refused.extra.get("field") if refused else None) or "").rsplit(".", 1)[-1]
+    # The API's field names ("policy.activation_limit") end with the form's ("activation_limit");
+    # a file's ("files[2].filename", "files[2]" for the whole row) name its row too.
+    named = str((refused.extra.get("field") if refused else None) or "")
+    row = FILE_FIELD.fullmatch(named)
+    field = (row["part"] or "object_key") if row else named.rsplit(".", 1)[-1]
     return render_template(
         "admin/product.html",
         store=store,
@@ -272,6 +277,7 @@ def _render_product(
         error=error,
         release_error=release_error,
         refused_field=field if error else None,
+        refused_row=int(row["index"]) if row and error else None,
         release_field=field if release_error else None,
         policy_fields=POLICY_FIELDS,
         policy_labels=POLICY_LABELS,

@@ -220,6 +220,17 @@ def refused_forms(
             {"name": "A product", "activation_limit": "many", "action": "save"},
             ("activation_limit",),
         ),
+        "product file refused": (
+            f"/admin/products/{store_id}/502",
+            {
+                "name": "A product",
+                "action": "save",
+                "files-0-object_key": "a.pdf",
+                "files-1-object_key": "b.pdf",
+                "files-1-filename": ".hidden",
+            },
+            ("files-1-filename",),
+        ),
         "new product refused": (
             "/admin/products/new",
             {"store": str(store_id), "shop_product_id": "no/such", "name": "x", "action": "save"},
@@ -441,6 +452,12 @@ def test_a_refused_forms_message_is_announced_and_tied_to_its_field(pages: Pages
                 assert control.attrs.get("aria-invalid") == "true", (name, wanted)
                 described = set(control.attrs.get("aria-describedby", "").split())
                 assert described & ids, (name, wanted)
+        marked = {
+            n.attrs.get("name")
+            for n in root.all("input", "select", "textarea")
+            if n.attrs.get("aria-invalid") == "true"
+        }
+        assert marked <= set(fields), (name, marked)  # the field refused, not its neighbours
     for name in set(pages.html) - set(pages.refused):  # nothing is invalid on a page unrefused
         assert 'aria-invalid="true"' not in pages.html[name], name
 

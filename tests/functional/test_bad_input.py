@@ -313,7 +313,7 @@ def test_a_file_name_too_long_for_a_file_system_is_422_and_the_longest_stamps(
         {"name": "Plugin", "files": [{**files[0], "filename": "山" * 66 + ".pdf"}]},
     )
     assert too_long.status_code == 422
-    assert too_long.get_json()["field"] == "files"
+    assert too_long.get_json()["field"] == "files[0].filename"
     assert "at most 200 bytes" in too_long.get_json()["detail"]
     longest = "山" * 65 + "x.pdf"
     assert len(longest.encode()) == 200
@@ -460,9 +460,18 @@ def test_an_r2_endpoint_stored_before_the_check_makes_storage_unavailable(
         ({"name": "n", "policy": ""}, "policy"),
         ({"name": "n", "files": {}}, "files"),
         ({"name": "n", "files": ""}, "files"),
-        ({"name": "n", "files": [{"object_key": "a.pdf", "filename": []}]}, "files"),
-        ({"name": "n", "files": [{"object_key": "a.pdf", "filename": {}}]}, "files"),
-        ({"name": "n", "files": [{"object_key": "a.pdf", "watermark": {}}]}, "files"),
+        ({"name": "n", "files": [{"object_key": "a.pdf", "filename": []}]}, "files[0].filename"),
+        ({"name": "n", "files": [{"object_key": "a.pdf", "filename": {}}]}, "files[0].filename"),
+        ({"name": "n", "files": [{"object_key": "a.pdf", "watermark": {}}]}, "files[0].watermark"),
+        ({"name": "n", "files": [{"object_key": "a.pdf"}, "b.pdf"]}, "files[1]"),
+        (
+            {"name": "n", "files": [{"object_key": "a.pdf"}, {"object_key": ""}]},
+            "files[1].object_key",
+        ),
+        (
+            {"name": "n", "files": [{"object_key": "a.pdf"}, {"object_key": "a.pdf"}]},
+            "files[1].object_key",
+        ),
         ({"name": "n", "watermark_fallback": []}, "watermark_fallback"),
     ],
 )

@@ -223,7 +223,7 @@ def test_yes_no_meta_and_a_file_listed_twice(
     result = sync(app, shop)
     assert result.invalid == {
         "501": "_keygate_abuse_suspend must be yes or no",
-        "502": "_keygate_files lists the same object_key twice",
+        "502": "_keygate_files[1].object_key is files[0]'s again: each file once",
     }
     assert result.unchanged == ["503"]
 
