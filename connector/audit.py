@@ -1,5 +1,6 @@
 """The audit log (who did what, to what, when) and the security records (rate-limit
-breaches: the IP as a keyed hash). Neither ever holds a secret or a license key."""
+breaches: the IP as a keyed hash, the license's store's when the record is about a
+license). Neither ever holds a secret or a license key."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from connector.db import utcnow
 from connector.extensions import client_ip
-from connector.models import AdminUser, AuditEvent, SecurityEvent
-from connector.vault.crypto import keyed_hash
+from connector.models import AdminUser, AuditEvent, License, SecurityEvent
+from connector.vault.crypto import keyed_hash, store_keyed_hash
 
 SECURITY_IP_HASH = "security-ip"
 # At most one security record of a kind per address, scope and license in this time:
@@ -61,14 +62,26 @@ def record_security_event(
 ) -> None:
     """Keep a security record of this request (the IP as a keyed hash, the path, the user
     agent) in the current transaction, unless one like it was kept within
-    :data:`SECURITY_RECORD_EVERY`."""
-    ip_hash = keyed_hash(SECURITY_IP_HASH, client_ip())
+    :data:`SECURITY_RECORD_EVERY`.
+
+    A record about a license is in its buyer's export: its IP is hashed for the license's
+    store (another hash in every store, so two owners' exports do not link one address).
+    One like it kept before that, under the hash every store shared, counts all the same.
+    """
+    ip = client_ip()
+    ip_hash = keyed_hash(SECURITY_IP_HASH, ip)
+    same_ip = [ip_hash]
+    if license_id is not None:
+        lic = session.get(License, license_id)  # the caller's, already in the session
+        if lic is not None:
+            ip_hash = store_keyed_hash(SECURITY_IP_HASH, lic.store_id, ip)
+            same_ip.insert(0, ip_hash)
     recent = session.scalars(
         select(SecurityEvent.id)
         .where(
             SecurityEvent.kind == kind,
             SecurityEvent.scope == scope,
-            SecurityEvent.ip_hash == ip_hash,
+            SecurityEvent.ip_hash.in_(same_ip),
             SecurityEvent.license_id == license_id,
             SecurityEvent.created_at > utcnow() - SECURITY_RECORD_EVERY,
         )

@@ -73,11 +73,27 @@ from connector.models import (
 )
 from connector.stores import StoreDeleted, hold_live_store
 from connector.tokens import COPY_KEY, LinkInvalid, fingerprint_token, sealed_id
-from connector.vault.crypto import keyed_hash
+from connector.vault.crypto import keyed_hash, store_keyed_hash
 
 log = logging.getLogger(__name__)
 
 IP_HASH_PURPOSE = "download-ip"
+
+
+def ip_hash(store_id: int, ip: str) -> str:
+    """The keyed hash a click's IP is kept as in store ``store_id`` (never the IP itself):
+    another in every store, so that two owners' download logs and exports do not show that
+    one address downloaded from both."""
+    return store_keyed_hash(IP_HASH_PURPOSE, store_id, ip)
+
+
+def ip_hashes(store_id: int, ip: str) -> tuple[str, str]:
+    """The hashes a click from ``ip`` in store ``store_id`` may have been logged under: the
+    store's (:func:`ip_hash`), and the one every store shared before (clicks logged then,
+    still in the log until its retention ends, are still this address's)."""
+    return ip_hash(store_id, ip), keyed_hash(IP_HASH_PURPOSE, ip)
+
+
 # A copy that failed this many times in a row is not tried again on clicks or by the job
 # (the fallback applies) until the original changes.
 MAX_WATERMARK_ATTEMPTS = 3
@@ -276,7 +292,7 @@ def _event(
         "grant_id": grant_id,
         "outcome": outcome,
         "served": served,
-        "ip_hash": keyed_hash(IP_HASH_PURPOSE, ip) if ip else None,
+        "ip_hash": ip_hash(store_id, ip) if ip else None,
         "user_agent": (user_agent or None) and user_agent[:400],
         "created_at": utcnow(),
     }
@@ -593,7 +609,7 @@ def _read_click(
         return None
     grant = row[0]
     reason = _refusal_reason(grant, now)
-    resumed = resume and reason in (None, "limit") and _served_lately(session, grant.id, ip, now)
+    resumed = resume and reason in (None, "limit") and _served_lately(session, grant, ip, now)
     return row, reason, resumed
 
 
@@ -605,14 +621,16 @@ RESUME_WINDOW = dt.timedelta(hours=1)
 RESUMES_PER_DOWNLOAD = 32
 
 
-def _served_lately(session: Session, grant_id: int, ip: str | None, now: dt.datetime) -> bool:
-    """Was this link served to this address (its keyed hash) within ``RESUME_WINDOW``, with
-    fewer than ``RESUMES_PER_DOWNLOAD`` resumes since?"""
+def _served_lately(
+    session: Session, grant: DownloadGrant, ip: str | None, now: dt.datetime
+) -> bool:
+    """Was this link served to this address (its keyed hash, either kind: :func:`ip_hashes`)
+    within ``RESUME_WINDOW``, with fewer than ``RESUMES_PER_DOWNLOAD`` resumes since?"""
     if not ip:
         return False
     mine = (
-        DownloadEvent.grant_id == grant_id,
-        DownloadEvent.ip_hash == keyed_hash(IP_HASH_PURPOSE, ip),
+        DownloadEvent.grant_id == grant.id,
+        DownloadEvent.ip_hash.in_(ip_hashes(grant.store_id, ip)),
     )
     served_at = session.execute(
         select(func.max(DownloadEvent.created_at)).where(

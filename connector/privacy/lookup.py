@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from connector.downloads.log import Click, clicks
 from connector.models import Order, Store
 from connector.orders.summary import DownloadView, LicenseView, order_entitlements
-from connector.privacy.service import erased_address, known_customer_orders
+from connector.privacy.service import erased_addresses, known_customer_orders
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,26 @@ def look_up_customer(session: Session, email: str, store_id: int | None) -> list
     """The stores that keep orders of ``email`` (only ``store_id`` when given), by store id,
     each with the customer's orders, licenses, download links and clicks; once erased, what
     was kept of their orders under the pseudonym too (what their export lists)."""
-    addresses = (email.strip().lower(), erased_address(email))
-    stores_query = (
-        select(Store)
-        .where(Store.id.in_(select(Order.store_id).where(Order.email.in_(addresses))))
-        .order_by(Store.id)
-    )
+    stores_query = select(Store).order_by(Store.id)
     if store_id is not None:
         stores_query = stores_query.where(Store.id == store_id)
+    stores = session.scalars(stores_query).all()
+    # Each store knows them by the address, or once erased by its pseudonym (the store's,
+    # or the one every store shared before: erased_addresses).
+    addresses = {
+        store.id: {email.strip().lower(), *erased_addresses(store.id, email)} for store in stores
+    }
+    holding = session.execute(
+        select(Order.store_id, Order.email)
+        .where(
+            Order.store_id.in_(addresses),
+            Order.email.in_(set().union(*addresses.values())),
+        )
+        .distinct()
+    ).all()
+    keeping = {held_in for held_in, address in holding if address in addresses[held_in]}
     found = []
-    for store in session.scalars(stores_query).all():
+    for store in (store for store in stores if store.id in keeping):
         orders = known_customer_orders(session, store, email, erased_too=True)
         entitled = []
         for order in orders:

@@ -9,7 +9,7 @@ deleted. Domains with records of their own add them through ``EXPORTERS`` and ``
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from connector.models import (
 from connector.orders.service import PERSONAL_FIELDS, clear_personal_fields
 from connector.orders.summary import order_entitlements
 from connector.stores import hold_live_store
-from connector.vault.crypto import keyed_hash
+from connector.vault.crypto import keyed_hash, store_keyed_hash
 from plugin.shop import PAID_STATUSES
 
 # Per-domain hooks: exporter(session, orders) -> {section: data}; eraser(session, orders) -> None.
@@ -67,20 +67,37 @@ def customer_orders(
     session: Session, store: Store, email: str, *, erased: bool = False
 ) -> list[Order]:
     """The orders of ``email`` in ``store``; ``erased``: those kept after the customer was
-    erased instead (found by their pseudonym, which is made from the address)."""
-    address = erased_address(email) if erased else email.strip().lower()
+    erased instead (found by their pseudonym, which is made from the address: either kind,
+    :func:`erased_addresses`)."""
+    addresses = erased_addresses(store.id, email) if erased else (email.strip().lower(),)
     return list(
         session.execute(
             select(Order)
-            .where(Order.store_id == store.id, Order.email == address)
+            .where(Order.store_id == store.id, Order.email.in_(addresses))
             .order_by(Order.id)
         ).scalars()
     )
 
 
-def erasure_marker(email: str) -> str:
-    """The pseudonym an erasure gives the customer (the same for each of their orders)."""
+def _shared_erasure_marker(email: str) -> str:
+    """The pseudonym erasures gave the customer before pseudonyms were per store: the same
+    in every store. Orders and audit entries erased then keep it."""
     return "erased-" + keyed_hash("erasure", email.strip().lower())[:16]
+
+
+def erasure_marker(store_id: int, email: str) -> str:
+    """The pseudonym an erasure in store ``store_id`` gives the customer (the same for each
+    of their orders there, another in every store: two owners' exports do not show that
+    one person bought from both). Made from the pseudonym every store shared before, not
+    from the address again: one kept under that can be turned into this one without the
+    address, which the erasure took."""
+    return "erased-" + store_keyed_hash("erasure", store_id, _shared_erasure_marker(email))[:16]
+
+
+def erasure_markers(store_id: int, email: str) -> tuple[str, str]:
+    """The pseudonyms the customer may be kept under in the store: the store's, and the one
+    erasures gave in every store before (:func:`_shared_erasure_marker`)."""
+    return erasure_marker(store_id, email), _shared_erasure_marker(email)
 
 
 def order_erasure_marker(order: Order) -> str:
@@ -93,8 +110,11 @@ def _pseudonymous_address(marker: str) -> str:
     return f"{marker}@erased.invalid"
 
 
-def erased_address(email: str) -> str:
-    return _pseudonymous_address(erasure_marker(email))
+def erased_addresses(store_id: int, email: str) -> tuple[str, str]:
+    """The addresses the customer's erased orders in the store may have (see
+    :func:`erasure_markers`)."""
+    stores, shared = erasure_markers(store_id, email)
+    return _pseudonymous_address(stores), _pseudonymous_address(shared)
 
 
 def is_buyer_without_address(order: Order) -> bool:
@@ -150,7 +170,8 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
     """Everything Keygate keeps about ``email`` in ``store``, as JSON-ready data: once the
     customer was erased, what was kept of their orders under the pseudonym."""
     orders = known_customer_orders(session, store, email, erased_too=True)
-    return _export(session, store, orders, erasure_marker(email), email=email.strip().lower())
+    markers = erasure_markers(store.id, email)
+    return _export(session, store, orders, markers, email=email.strip().lower())
 
 
 def export_order_buyer(session: Session, store: Store, order: Order) -> dict[str, Any]:
@@ -162,7 +183,7 @@ def export_order_buyer(session: Session, store: Store, order: Order) -> dict[str
     """
     if not is_buyer_without_address(order):
         raise Conflict(HAS_ADDRESS)
-    return _export(session, store, [order], order_erasure_marker(order), email=None)
+    return _export(session, store, [order], [order_erasure_marker(order)], email=None)
 
 
 HAS_ADDRESS = (
@@ -172,7 +193,12 @@ HAS_ADDRESS = (
 
 
 def _export(
-    session: Session, store: Store, orders: list[Order], marker: str, *, email: str | None
+    session: Session,
+    store: Store,
+    orders: list[Order],
+    markers: Collection[str],
+    *,
+    email: str | None,
 ) -> dict[str, Any]:
     exported: dict[str, Any] = {
         "email": email,
@@ -259,17 +285,18 @@ def _export(
                 ],
             }
         )
-    exported["audit"] = _audit_entries(session, store, marker, orders)
+    exported["audit"] = _audit_entries(session, store, markers, orders)
     for exporter in EXPORTERS:
         exported.update(exporter(session, orders))
     return exported
 
 
 def _audit_entries(
-    session: Session, store: Store, marker: str, orders: list[Order]
+    session: Session, store: Store, markers: Collection[str], orders: list[Order]
 ) -> list[dict[str, Any]]:
     """The store's audit entries about the customer: those naming one of their orders, a
-    license of those orders (or one they renewed), or their erasure's pseudonym."""
+    license of those orders (or one they renewed), or their erasure's pseudonym (``markers``:
+    either kind)."""
     order_ids = [order.id for order in orders]
     license_ids = session.scalars(
         select(License.id)
@@ -278,7 +305,7 @@ def _audit_entries(
     ).all()
     subjects = {f"order:{order.shop_order_id}" for order in orders}
     subjects.update(f"license:{license_id}" for license_id in license_ids)
-    subjects.add(marker)
+    subjects.update(markers)
     return [
         {
             "at": _iso(event.created_at),
@@ -311,7 +338,7 @@ def erase_customer(session: Session, store: Store, email: str, *, actor: str) ->
     pushed them into."""
     hold_live_store(session, store)  # before the orders' locks, as a deletion takes them
     orders = customer_orders(session, store, email)
-    return _erase(session, store, orders, erasure_marker(email), actor=actor)
+    return _erase(session, store, orders, erasure_marker(store.id, email), actor=actor)
 
 
 def erase_order_buyer(session: Session, store: Store, order: Order, *, actor: str) -> Erasure:

@@ -6,6 +6,9 @@ keys (newest first): new writes use the newest key, every listed key still decry
 
 Lookups (license keys, API tokens, IP addresses) use HMAC-SHA256 with a key derived from the
 app's secret key and a purpose label, so a hash made for one purpose is useless for another.
+What a store's owner sees about a buyer (the IP hashes and the erasure pseudonym in an
+export) is hashed per store too (:meth:`Keyring.store_keyed_hash`): two owners comparing
+their exports cannot tell they sold to the same person.
 """
 
 from __future__ import annotations
@@ -67,6 +70,12 @@ class Keyring:
         state.update(value.encode())
         return state.hexdigest()
 
+    def store_keyed_hash(self, purpose: str, store_id: int, value: str) -> str:
+        """:meth:`keyed_hash` of ``value`` in store ``store_id``: the same value hashes to
+        another value in every store. Its own purpose key (``<purpose>@store``), so it is
+        never the store-independent hash of any value either."""
+        return self.keyed_hash(f"{purpose}@store", f"{store_id}:{value}")
+
 
 def key_fingerprint(key: str) -> str:
     """A master key's name for people: the first 8 hex digits of its SHA-256.
@@ -87,6 +96,10 @@ def current_keyring() -> Keyring:
 
 def keyed_hash(purpose: str, value: str) -> str:
     return current_keyring().keyed_hash(purpose, value)
+
+
+def store_keyed_hash(purpose: str, store_id: int, value: str) -> str:
+    return current_keyring().store_keyed_hash(purpose, store_id, value)
 
 
 class Concealed(str):
