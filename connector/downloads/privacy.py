@@ -108,8 +108,11 @@ def erase_downloads(session: Session, orders: list[Order]) -> None:
         return
     # The orders' row locks first: a copy being recorded right now (it takes the same lock,
     # ``_stamp_still_current``) is either seen below and deleted, or sees the erasure and
-    # throws itself away. Never a buyer's name left behind in storage.
-    session.execute(select(Order.id).where(Order.id.in_(order_ids)).with_for_update())
+    # throws itself away. Never a buyer's name left behind in storage. NO KEY UPDATE (the
+    # erasure changes no key of the order): a click holding its grant's row while it logs
+    # under the order (a foreign-key check, FOR KEY SHARE) is not kept waiting for this
+    # lock while this erasure waits for the grant's (a deadlock).
+    session.execute(select(Order.id).where(Order.id.in_(order_ids)).with_for_update(key_share=True))
     session.execute(
         update(DownloadEvent)
         .where(DownloadEvent.order_id.in_(order_ids))

@@ -241,7 +241,8 @@ def pass_erasure_on(
 
     Call before the orders' addresses are pseudonymised. Takes the orders' row locks, as a
     push recording itself does: a push finishing now is either seen here or sees the erasure
-    (and queues the removal itself).
+    (and queues the removal itself). ``FOR NO KEY UPDATE``, as the erasure's other locks of
+    the orders (see :func:`connector.downloads.privacy.erase_downloads`).
 
     Returns:
         ``queued``; ``no_brevo_credentials`` when Keygate pushed the customer but the store
@@ -255,7 +256,7 @@ def pass_erasure_on(
         session.scalars(
             select(Order)
             .where(Order.id.in_([o.id for o in orders]))
-            .with_for_update()
+            .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
     )

@@ -351,7 +351,9 @@ def erase_order_buyer(session: Session, store: Store, order: Order, *, actor: st
             or was erased already.
     """
     hold_live_store(session, store)
-    order = lock_row(session, Order, order.id)  # a delivery copying an address waits
+    # A delivery copying an address waits; a click logging under the order does not (NO
+    # KEY UPDATE: see connector.downloads.privacy.erase_downloads).
+    order = lock_row(session, Order, order.id, keep_key=True)
     if order.is_erased:
         raise Conflict("This order's buyer was erased already.")
     if not is_buyer_without_address(order):

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from pypdf import PdfReader
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, text, update
 
 import connector.downloads.service as service
 from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending
-from connector.models import DownloadEvent, DownloadGrant, WatermarkCopy
-from connector.privacy.service import purge_expired_records
-from tests.factories import WebhookSender
+from connector.models import DownloadEvent, DownloadGrant, Order, Store, WatermarkCopy
+from connector.privacy.service import erase_customer, erase_order_buyer, purge_expired_records
+from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import (
     events,
     get,
@@ -466,3 +466,54 @@ def test_the_daily_purge_keeps_a_copy_its_file_still_serves(
     assert copy_file.is_file()
     assert get(shop.client, path).status_code == 200
     assert copy_file.is_file()  # served as it was: the original did not change
+
+
+@pytest.mark.parametrize("erasure", ["customer", "order_buyer"])
+def test_an_erasure_does_not_wait_for_a_click_logged_under_its_order(
+    app: Flask, shop: WebhookSender, database_url: str, erasure: str
+) -> None:
+    """PostgreSQL: a click counts its grant (the grant's row locked) and logs under the
+    order, a foreign-key check that holds ``FOR KEY SHARE`` on the order's row until the
+    click commits. An erasure changes no key of the order and locks it ``FOR NO KEY
+    UPDATE``, which that does not block: were it ``FOR UPDATE``, the erasure would wait for
+    the click, and the click for the erasure wherever the erasure holds the grant (a
+    deadlock). Here a click holds both locks, uncommitted; the erasure must not wait."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row lock modes are PostgreSQL's")
+    email = EMAIL if erasure == "customer" else ""
+    shop.configure(501)
+    put_file(app, "products/501/manual.pdf", b"%PDF-1.4 manual")
+    delivered = shop.deliver(wc_order(7950, "processing", [line_item(501)], email=email))
+    assert delivered.status_code == 200
+    with app.app_context():
+        order = db.session.execute(select(Order).where(Order.shop_order_id == "7950")).scalar_one()
+        store = db.session.get(Store, order.store_id)
+        grant = db.session.execute(select(DownloadGrant)).scalar_one()
+        order_id, grant_id, store_id = order.id, grant.id, order.store_id
+        db.session.commit()
+        with db.engine.connect() as clicking:
+            clicking.execute(
+                update(DownloadGrant)
+                .where(DownloadGrant.id == grant_id)
+                .values(download_count=DownloadGrant.download_count + 1)
+            )
+            clicking.execute(
+                insert(DownloadEvent).values(
+                    store_id=store_id,
+                    order_id=order_id,
+                    grant_id=grant_id,
+                    outcome="served",
+                    created_at=utcnow(),
+                )
+            )
+            db.session.execute(text("SET LOCAL lock_timeout = '1s'"))
+            assert store is not None
+            if erasure == "customer":
+                erase_customer(db.session, store, EMAIL, actor="api")
+            else:
+                erase_order_buyer(
+                    db.session, store, db.session.get_one(Order, order_id), actor="api"
+                )
+            db.session.commit()
+            clicking.commit()
+        assert db.session.get_one(Order, order_id).is_erased
