@@ -3,20 +3,22 @@
 Library errors become ours: a tampered or unknown token is ``LinkInvalid`` (404); an expired
 one (for timed purposes) is ``LinkExpired`` (410).
 
-Tokens that reach buyers and products (download links, portal links, release downloads, the
-fingerprint in a stamped copy) name their row by a *sealed id*: the id, as one 16-byte block,
-encrypted with AES-256 under a key derived (HKDF-SHA256) from the secret key and the
-purpose, then signed as every token is (its own salt, ``<purpose>.sealed``). A single AES
-block is a keyed permutation: the same row always gets the same token (links are stable,
-their validity decided by the row), and without the secret key a token says nothing of the
-id, so a buyer cannot count the store's orders or downloads from their own links. Tokens
-made before carried the id in readable JSON (``{"g": 1234}``); they are still accepted.
+Tokens that reach buyers and products (download links, portal links and the portal's
+deactivate buttons, release downloads, the fingerprint in a stamped copy) name their row by
+a *sealed id*: the id, as one 16-byte block, encrypted with AES-256 under a key derived
+(HKDF-SHA256) from the secret key and the purpose, then signed as every token is (its own
+salt, ``<purpose>.sealed``). A single AES block is a keyed permutation: the same row always
+gets the same token (links are stable, their validity decided by the row), and without the
+secret key a token says nothing of the id, so a buyer cannot count the store's orders,
+downloads or activations from their own links. Tokens made before carried the id in
+readable JSON (``{"g": 1234}``), deactivate buttons the plain id; they are still accepted.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -43,6 +45,7 @@ FINGERPRINT = "keygate.fingerprint"
 RELEASE = "keygate.release-download"
 ADMIN_DEVICE = "keygate.admin-device"
 COPY_KEY = "keygate.copy-key"  # the folder of a buyer's stamped copy in storage
+ACTIVATION = "keygate.portal-activation"  # the seat a portal page's deactivate button frees
 
 
 class LinkInvalid(NotFound):
@@ -250,6 +253,32 @@ def order_id_from_portal_token(token: str, *, expired_too: bool = False) -> int:
     if order_id is None:
         raise LinkInvalid("This link is not valid.")
     return order_id
+
+
+def activation_token(activation_id: int) -> str:
+    """How the portal page names a seat in its deactivate button's URL (the API's
+    ``activation.id`` stays the plain id: a product's own)."""
+    return sealed_id_token(ACTIVATION, activation_id)
+
+
+# A plain row id as portal pages opened before seats were sealed name it (at most 19
+# digits: MAX_ROW_ID's length; longer is no id, and int() of thousands of digits is slow).
+_PLAIN_ID = re.compile(r"[0-9]{1,19}")
+
+
+def activation_id_from_token(token: str) -> int:
+    """The seat a deactivate button names: sealed, or its plain id (a portal page opened
+    before seats were sealed, still open in the buyer's browser).
+
+    Raises:
+        LinkInvalid: neither (tampered with, or another purpose's token).
+    """
+    activation_id = id_from_sealed_token(ACTIVATION, token)
+    if activation_id is None and _PLAIN_ID.fullmatch(token):
+        activation_id = int(token) if 0 < int(token) <= MAX_ROW_ID else None
+    if activation_id is None:
+        raise LinkInvalid("This button is not valid. Reload your order page and try again.")
+    return activation_id
 
 
 def download_url(grant_id: int) -> str:

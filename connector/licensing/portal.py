@@ -20,7 +20,7 @@ from connector.licensing.service import remove_activation
 from connector.models import Activation, License
 from connector.orders.renewals import own_renewed_query
 from connector.portal.views import PRIVATE, expired_page, order_for
-from connector.tokens import LinkExpired
+from connector.tokens import LinkExpired, activation_id_from_token, activation_token
 
 bp = Blueprint("licensing_portal", __name__)
 
@@ -38,16 +38,22 @@ bp.register_error_handler(LinkExpired, expired_page)  # its buttons live on the 
 
 @bp.app_context_processor
 def _portal_helpers() -> dict[str, object]:
-    return {"license_activations": license_activations}
+    return {"license_activations": license_activations, "activation_token": activation_token}
 
 
-@bp.post("/my/<token>/activations/<int:activation_id>/deactivate")
+@bp.post("/my/<token>/activations/<activation>/deactivate")
 @limiter.limit("30/hour")
-def deactivate(token: str, activation_id: int) -> ResponseReturnValue:
-    """The buyer frees a seat (counted as a binding change, like the API's deactivate)."""
+def deactivate(token: str, activation: str) -> ResponseReturnValue:
+    """The buyer frees a seat (counted as a binding change, like the API's deactivate).
+
+    ``activation`` is the seat's id sealed (:func:`activation_token`): a page's buttons say
+    nothing of how many activations the instance has. A plain id is still accepted from
+    pages opened before; either way only a seat of this order's licenses is freed.
+    """
     order = order_for(token)
     if not ConfirmForm().validate_on_submit():
         abort(400)
+    activation_id = activation_id_from_token(activation)  # the 404 page when tampered with
     # The order's own licenses, and those it renews for its own customer (a subscription's
     # renewal order is the buyer's latest mail and page), never a key a stranger's renewal
     # named (see own_renewed_query).

@@ -9,8 +9,12 @@ from sqlalchemy import select
 
 from connector.db import db
 from connector.models import Activation, AuditEvent
+from connector.tokens import ACTIVATION, DOWNLOAD, PORTAL, sealed_id_token
 from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_link_tokens import assert_shows_no_id
 from tests.licensing_helpers import call
+
+CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 
 
 def test_portal_lists_activations_and_deactivates_one(app: Flask, shop: WebhookSender) -> None:
@@ -82,14 +86,14 @@ def test_another_orders_token_cannot_deactivate(shop: WebhookSender) -> None:
     html_a = shop.client.get(a["portal_url"].removeprefix("http://keygate.test")).get_data(
         as_text=True
     )
-    activation_id = re.search(r"/activations/(\d+)/deactivate", html_a)
-    assert activation_id
+    activation = re.search(r"/activations/([^/\"]+)/deactivate", html_a)
+    assert activation
     path_b = b["portal_url"].removeprefix("http://keygate.test")
     html_b = shop.client.get(path_b).get_data(as_text=True)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html_b)
     assert token
     response = shop.client.post(
-        f"{path_b}/activations/{activation_id.group(1)}/deactivate",
+        f"{path_b}/activations/{activation.group(1)}/deactivate",
         data={"csrf_token": token.group(1)},
     )
     assert response.status_code == 404
@@ -134,3 +138,83 @@ def test_the_portal_says_why_a_license_stopped_working(shop: WebhookSender) -> N
     assert "the order that bought it was refunded or cancelled" in shop.client.get(
         refunded
     ).get_data(as_text=True)
+
+
+def _seated_page(shop: WebhookSender, order_id: int, sites: list[str]) -> tuple[str, str, str]:
+    """An order whose key is activated on ``sites``: its page path, the page, its CSRF token."""
+    shop.configure(501, activation_limit=len(sites))
+    shop.deliver(wc_order(order_id, "processing", [line_item(501)]))
+    body = shop.order(order_id)
+    for site in sites:
+        answer = call(shop.client, "activate", {"key": body["licenses"][0]["key"], "site": site})
+        assert answer.get_json()["valid"]
+    path = body["portal_url"].removeprefix("http://keygate.test")
+    html = shop.client.get(path).get_data(as_text=True)
+    token = CSRF.search(html)
+    assert token
+    return path, html, token.group(1)
+
+
+def test_deactivate_buttons_show_no_activation_id_and_older_pages_still_work(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A seat's deactivate button names it sealed: the buyer's page says nothing of how many
+    activations the instance has (the API's activation ids are the products' own). A page
+    opened before seats were sealed, its button naming the plain id, still frees its seat."""
+    path, html, csrf = _seated_page(shop, 9720, ["one.example.com", "two.example.com"])
+    with app.app_context():
+        seats = dict(db.session.execute(select(Activation.site, Activation.id)).all())
+    buttons = re.findall(r"/activations/([^/\"]+)/deactivate", html)
+    assert len(buttons) == 2
+    for button, seat in zip(
+        buttons, (seats["one.example.com"], seats["two.example.com"]), strict=True
+    ):
+        assert str(seat) not in button.split(".")
+        assert_shows_no_id(button, seat, "a")
+
+    sealed = shop.client.post(
+        f"{path}/activations/{buttons[0]}/deactivate", data={"csrf_token": csrf}
+    )
+    assert sealed.status_code == 302
+    older = f"{path}/activations/{seats['two.example.com']}/deactivate"
+    assert shop.client.post(older, data={"csrf_token": csrf}).status_code == 302
+    with app.app_context():
+        assert db.session.scalars(select(Activation.site)).all() == []
+        details = db.session.scalars(
+            select(AuditEvent.detail).where(AuditEvent.action == "license.deactivated")
+        ).all()
+        assert sorted(d["activation_id"] for d in details) == sorted(seats.values())
+
+
+def test_a_deactivate_button_tampered_with_is_the_404_page_and_frees_nothing(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A seat named by anything but its own sealed name or plain id (tampered with, sealed
+    for another purpose, no row id at all) gets the friendly 404 page, never a 500."""
+    path, html, csrf = _seated_page(shop, 9721, ["seat.example.com"])
+    button = re.search(r"/activations/([^/\"]+)/deactivate", html)
+    assert button
+    sealed = button.group(1)
+    with app.app_context():
+        seat = db.session.scalars(select(Activation.id)).one()
+        other_kinds = [sealed_id_token(purpose, seat) for purpose in (PORTAL, DOWNLOAD)]
+        other_seat = sealed_id_token(ACTIVATION, seat + 1)
+    flipped = ("A" if sealed[0] != "A" else "B") + sealed[1:]
+    for activation in (
+        flipped,
+        sealed.split(".")[0],
+        *other_kinds,
+        other_seat,
+        "0",
+        "-1",
+        "99999999999999999999",
+        "9" * 5000,
+        "\u0661\u0662",  # Arabic-Indic digits: no plain id
+    ):
+        answer = shop.client.post(
+            f"{path}/activations/{activation}/deactivate", data={"csrf_token": csrf}
+        )
+        assert answer.status_code == 404, activation
+        assert answer.mimetype == "text/html", activation
+    with app.app_context():
+        assert db.session.scalars(select(Activation.site)).all() == ["seat.example.com"]

@@ -4,6 +4,7 @@ license keys and emails, portal and download paths carry the buyer's bearer toke
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,14 @@ BASE = "http://keygate.test"
 
 @dataclass(frozen=True)
 class Sold:
-    """What one sold order puts into URLs: its key, its buyer's email, its two tokens."""
+    """What one sold order puts into URLs: its key, its buyer's email, its two tokens (and
+    the CSRF token of its portal page's forms, in the shop client's session)."""
 
     key: str
     email: str
     portal_path: str
     download_path: str
+    csrf_token: str
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -42,11 +45,18 @@ def _sell(shop: WebhookSender, order_id: int) -> Sold:
     )
     assert delivered.status_code == 200
     body = shop.order(order_id)
+    portal_path = body["portal_url"].removeprefix(BASE)
+    csrf = re.search(
+        r'name="csrf_token" type="hidden" value="([^"]+)"',
+        shop.client.get(portal_path).get_data(as_text=True),
+    )
+    assert csrf
     return Sold(
         key=body["licenses"][0]["key"],
         email=body["order"]["email"],
-        portal_path=body["portal_url"].removeprefix(BASE),
+        portal_path=portal_path,
         download_path=body["downloads"][0]["link"].removeprefix(BASE),
+        csrf_token=csrf.group(1),
     )
 
 
@@ -62,21 +72,29 @@ def _assert_names_route_only(caplog: pytest.LogCaptureFixture, sold: Sold, rule:
     assert rule in logged, logged
 
 
-def _secret_carrying_calls(sold: Sold) -> list[tuple[str, str, str]]:
-    """(method, path, route) of requests whose path carries a key, an email or a token."""
+def _secret_carrying_calls(sold: Sold) -> list[tuple[str, str, str, dict[str, str] | None]]:
+    """(method, path, route, form) of requests whose path carries a key, an email or a token."""
     return [
         (
             "POST",
             f"/api/v1/admin/licenses/{sold.key}/revoke",
             "/api/v1/admin/licenses/<key>/<action>",
+            None,
         ),
         (
             "GET",
             f"/api/v1/admin/customers/{sold.email}/export",
             "/api/v1/admin/customers/<path:email>/export",
+            None,
         ),
-        ("GET", sold.portal_path, "/my/<token>"),
-        ("GET", sold.download_path, "/d/<token>"),
+        ("GET", sold.portal_path, "/my/<token>", None),
+        (
+            "POST",
+            f"{sold.portal_path}/activations/1/deactivate",
+            "/my/<token>/activations/<activation>/deactivate",
+            {"csrf_token": sold.csrf_token},
+        ),
+        ("GET", sold.download_path, "/d/<token>", None),
     ]
 
 
@@ -91,11 +109,14 @@ def test_an_unreachable_database_is_logged_with_the_route_not_the_path(
     sold = _sell(shop, 9600)
     calls = _secret_carrying_calls(sold)
     with unreachable_database(app, database_url, tmp_path):
-        for method, path, rule in calls:
+        for method, path, rule, form in calls:
             caplog.clear()
             with caplog.at_level(logging.WARNING, logger="connector"):
                 answer = shop.client.open(
-                    path, method=method, headers={"Authorization": f"Bearer {shop.store.api_token}"}
+                    path,
+                    method=method,
+                    data=form,
+                    headers={"Authorization": f"Bearer {shop.store.api_token}"},
                 )
             assert answer.status_code == 503, (path, answer.get_data(as_text=True))
             assert "database unavailable on " + method in caplog.text
@@ -117,13 +138,17 @@ def test_an_unhandled_error_is_logged_with_the_route_not_the_path(
     monkeypatch.setattr("connector.licensing.admin_api.change_license", broken)
     monkeypatch.setattr("connector.privacy.views.export_customer", broken)
     monkeypatch.setattr("connector.portal.views.order_entitlements", broken)
+    monkeypatch.setattr("connector.licensing.portal.order_for", broken)
     monkeypatch.setattr("connector.downloads.views.start_download_fast", broken)
     calls = _secret_carrying_calls(sold)
-    for method, path, rule in calls:
+    for method, path, rule, form in calls:
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="connector"):
             answer = shop.client.open(
-                path, method=method, headers={"Authorization": f"Bearer {shop.store.api_token}"}
+                path,
+                method=method,
+                data=form,
+                headers={"Authorization": f"Bearer {shop.store.api_token}"},
             )
         assert answer.status_code == 500, (path, answer.get_data(as_text=True))
         assert "unhandled error on " + method in caplog.text
