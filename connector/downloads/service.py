@@ -105,14 +105,25 @@ class FileUnavailable(ServiceUnavailable):
 
 
 @dataclass(frozen=True)
+class FileFacts:
+    """What a served click's answer says of its file, known without serving it (HEAD)."""
+
+    filename: str
+    size: int | None = None  # None: not known before the buyer's copy is stamped
+    media_type: str | None = None  # as stored (R2); None: none, or embedded storage
+
+
+@dataclass(frozen=True)
 class DownloadAnswer:
-    """What to answer a click: a delivery, or a refusal with its status and words."""
+    """What to answer a click: a delivery, or a refusal with its status and words (a HEAD
+    probe: ``file`` instead of a delivery)."""
 
     status: int
     outcome: str
     title: str = ""
     detail: str = ""
     delivery: Delivery | None = None
+    file: FileFacts | None = None
 
 
 REFUSALS = {
@@ -307,15 +318,49 @@ def _refuse(
 
 
 def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
-    """What a click would get now, without counting or logging (HEAD requests, previews)."""
-    grant = session.get(DownloadGrant, grant_id)
-    if grant is None:
+    """What a click would get now, without counting, logging or stamping (HEAD requests:
+    download managers and browsers ask before they download, link checkers probe).
+
+    The same read and the same choice of file as :func:`start_download` (no transaction
+    open while the storage answers): a refusal's status and words, or ``file``, the facts
+    of the file a click would be served: its size when the storage has it as it would be
+    served (an original, or the buyer's copy already stamped), none when the copy is still
+    to be stamped (the click would stamp it). Nothing is written and no copy is made.
+
+    Raises:
+        LinkInvalid: no such grant (404).
+        FileUnavailable: storage is down or the file is missing (503), as for a click.
+    """
+    postgres = session.get_bind().dialect.name == "postgresql"
+    _no_transaction_open(session, postgres)
+    now = utcnow()
+    read = read_mostly(session, lambda: _read_click(session, grant_id, None, now, resume=False))
+    if read is None:
         raise LinkInvalid("This link is not valid.")
-    reason = _refusal_reason(grant, utcnow())
-    if reason is None:
-        return DownloadAnswer(status=200, outcome="available")
-    status, title, detail = REFUSALS[reason]
-    return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
+    row, reason, _ = read
+    _grant, product_file, store, copy, r2_credentials, *buyer = row
+    if reason is not None:
+        status, title, detail = REFUSALS[reason]
+        return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
+    _no_transaction_open(session, postgres)
+    backend = store_for(store, r2_credentials)
+    try:
+        chosen = _object_without_stamping(session, backend, product_file, copy, buyer)
+        if chosen is None:
+            status, title, detail = REFUSALS["refused"]
+            return DownloadAnswer(status=status, outcome="refused", title=title, detail=detail)
+        object_key, served = chosen
+        _no_transaction_open(session, postgres)  # the product's fallback may have been read
+        info = backend.info(object_key) if object_key is not None else None
+    except StorageUnavailable:
+        raise FileUnavailable(UNREACHABLE) from None
+    if object_key is not None and info is None and served != "watermarked":
+        raise FileUnavailable("The file is missing from the shop's storage.")
+    # A buyer's copy gone from storage is stamped anew by the click (see _deliver).
+    facts = FileFacts(product_file.filename)
+    if info is not None:
+        facts = dataclasses.replace(facts, size=info.size, media_type=info.media_type)
+    return DownloadAnswer(status=200, outcome="available", file=facts)
 
 
 def _click_statement(
@@ -739,18 +784,45 @@ def _object_to_serve(
         ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy, buyer)
         if ready is not None:
             return ready
-    if (
-        stale
-        or copy is None
-        or copy.status == "ready"
-        or copy.attempts < MAX_WATERMARK_ATTEMPTS
-        or _original_changed_since(backend, product_file, copy)
-    ):
+    if stale or copy is None or _copy_to_make(backend, product_file, copy):
         copy = make_watermarked_copy(session, grant)
         if copy is None:
             raise FileUnavailable("Your copy of this file is being prepared; try again shortly.")
     if copy.status == "ready" and copy.object_key is not None:
         return copy.object_key, "watermarked"
+    return _fallback(session, product_file)
+
+
+def _object_without_stamping(
+    session: Session,
+    backend: ObjectStore,
+    product_file: ProductFile,
+    copy: WatermarkCopy | None,
+    buyer: Sequence[str | None],
+) -> tuple[str | None, str] | None:
+    """What :func:`_object_to_serve` would choose, without making the buyer's copy: the
+    object key is None for a copy the click would stamp (none ready, or not current)."""
+    ready = _ready_object(backend, product_file.watermark, product_file.object_key, copy, buyer)
+    if ready is not None:
+        return ready
+    if copy is None or _copy_to_make(backend, product_file, copy):
+        return None, "watermarked"
+    return _fallback(session, product_file)
+
+
+def _copy_to_make(backend: ObjectStore, product_file: ProductFile, copy: WatermarkCopy) -> bool:
+    """Is the buyer's copy, not ready to serve as it stands, to be stamped anew now? Not
+    once it failed its attempts, until the owner changes the original or its watermark."""
+    return (
+        copy.status == "ready"
+        or copy.attempts < MAX_WATERMARK_ATTEMPTS
+        or _original_changed_since(backend, product_file, copy)
+    )
+
+
+def _fallback(session: Session, product_file: ProductFile) -> tuple[str, str] | None:
+    """The original, when the buyer's copy cannot be made and the product says to serve it
+    instead; None when it says to refuse."""
     product = session.get(Product, product_file.product_id)
     if product is not None and product.watermark_fallback == "original":
         return product_file.object_key, "original-fallback"

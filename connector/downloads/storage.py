@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -41,12 +42,22 @@ class Delivery:
     path: Path | None = None
 
 
+class ObjectInfo(NamedTuple):
+    """What the storage says of an object, as a download's answer would: its size in bytes
+    and the media type it was stored with (None: none, or embedded storage, which has none)."""
+
+    size: int
+    media_type: str | None = None
+
+
 class ObjectStore(Protocol):
     name: str
 
     def exists(self, key: str) -> bool: ...
 
     def version(self, key: str) -> str | None: ...
+
+    def info(self, key: str) -> ObjectInfo | None: ...
 
     def upload(self, key: str, source: Path) -> None: ...
 
@@ -95,6 +106,14 @@ class LocalStore:
         except (ValueError, OSError):
             return None
         return f"{status.st_size}:{status.st_mtime_ns}"
+
+    def info(self, key: str) -> ObjectInfo | None:
+        """The file's size (None when there is no such file)."""
+        try:
+            status = self.path(key).stat()
+        except (ValueError, OSError):
+            return None
+        return ObjectInfo(status.st_size) if stat.S_ISREG(status.st_mode) else None
 
     def upload(self, key: str, source: Path) -> None:
         target = self.path(key)
@@ -199,6 +218,20 @@ class R2ObjectStore(R2Store):
             SEEN_OBJECTS.remember(where, etag)
         return etag
 
+    def info(self, key: str) -> ObjectInfo | None:
+        """The object's size and stored media type from the bucket (asked each time: a
+        download's answer must give the size of the object as it is now), None when missing.
+
+        Raises:
+            StorageUnavailable: the bucket did not answer.
+        """
+        answer = self.head(key)
+        if answer is None:
+            SEEN_OBJECTS.forget(self._where(key))
+            return None
+        SEEN_OBJECTS.remember(self._where(key), str(answer.get("ETag") or ""))
+        return ObjectInfo(int(answer.get("ContentLength") or 0), answer.get("ContentType") or None)
+
     def delivery(self, key: str, filename: str, ttl: int) -> Delivery:
         if self.version(key) is None:
             raise FileNotFoundError(key)
@@ -270,6 +303,11 @@ class SharedArea:
         if in_another_stores_area(self.store_id, key):
             return None
         return self.backend.version(key)
+
+    def info(self, key: str) -> ObjectInfo | None:
+        if in_another_stores_area(self.store_id, key):
+            return None
+        return self.backend.info(key)
 
     def upload(self, key: str, source: Path) -> None:
         self.backend.upload(self._writable(key), source)

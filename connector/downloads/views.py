@@ -1,4 +1,6 @@
-"""The buyer's stable link, ``GET /d/<token>``: a friendly page for people, never JSON."""
+"""The buyer's stable link, ``GET /d/<token>``: a friendly page for people, never JSON.
+
+``HEAD`` answers as ``GET`` would, without the body, and counts, logs and stamps nothing."""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ from connector import get_settings
 from connector.db import db
 from connector.downloads.privacy import register as register_privacy_hooks
 from connector.downloads.service import (
+    FileFacts,
     FileUnavailable,
     peek_download,
     start_download,
     start_download_fast,
 )
 from connector.errors import error_page, keygate_headers, rollback_request
-from connector.integrations.r2 import content_disposition
+from connector.integrations.r2 import content_disposition, content_type
 from connector.models import DownloadGrant, Store
 from connector.tokens import grant_id_from_token
 from connector.validation import without_control_characters
@@ -60,13 +63,56 @@ def _without_validators(environ: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in environ.items() if name not in VALIDATORS}
 
 
+def _unavailable(exc: FileUnavailable, grant_id: int) -> Response:
+    """The 503 page (with Retry-After) of a file the storage cannot give: nothing counted."""
+    rollback_request()
+    unavailable = _page(exc.status, exc.title, exc.detail, grant_id)
+    unavailable.headers.update(keygate_headers(exc))
+    return unavailable
+
+
+def _uncached(response: BaseResponse) -> BaseResponse:
+    """Each click is counted: neither browsers nor proxies may keep or replay the answer,
+    and the file's host learns nothing of the page the link was on."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _file_headers(file: FileFacts) -> Response:
+    """What a served click's answer says of its file (HEAD), as the local file's answer
+    (send_file) and the bucket's (the presigned URL's response-* parameters) say it."""
+    filename = without_control_characters(file.filename)
+    response = current_app.response_class(
+        status=200,
+        mimetype=content_type(filename) or file.media_type or "application/octet-stream",
+    )
+    response.headers["Content-Disposition"] = content_disposition(filename)
+    response.accept_ranges = "bytes"
+    if file.size is not None:
+        response.content_length = file.size
+    else:  # a copy still to stamp: no length, rather than werkzeug's 0 for an empty body
+        response.automatically_set_content_length = False
+    return response
+
+
+def _head(grant_id: int) -> BaseResponse:
+    """A HEAD (download managers and browsers before they download, link checkers): the
+    status and headers a click would get, counting, logging and stamping nothing."""
+    try:
+        peek = peek_download(db.session, grant_id)
+    except FileUnavailable as exc:
+        return _uncached(_unavailable(exc, grant_id))
+    if peek.file is None:
+        return _uncached(_page(peek.status, peek.title, peek.detail, grant_id))
+    return _uncached(_file_headers(peek.file))
+
+
 @bp.get("/d/<token>")
 def download(token: str) -> ResponseReturnValue:
     grant_id = grant_id_from_token(token)  # 404 page when tampered with
     if request.method == "HEAD":
-        # Link checkers and mail scanners probe with HEAD: answer, but count nothing.
-        peek = peek_download(db.session, grant_id)
-        return Response(status=peek.status, headers={"Cache-Control": "no-store"})
+        return _head(grant_id)
     ip, user_agent, ttl = (
         request.remote_addr,
         request.user_agent.string,
@@ -85,12 +131,7 @@ def download(token: str) -> ResponseReturnValue:
             db.session, grant_id, ip=ip, user_agent=user_agent, ttl=ttl, resume=resume
         )
     except FileUnavailable as exc:  # answered here, to name the shop: nothing was counted
-        rollback_request()
-        unavailable = _page(exc.status, exc.title, exc.detail, grant_id)
-        unavailable.headers.update(keygate_headers(exc))
-        unavailable.headers["Cache-Control"] = "no-store"
-        unavailable.headers["Referrer-Policy"] = "no-referrer"
-        return unavailable
+        return _uncached(_unavailable(exc, grant_id))
     delivery = answer.delivery
     response: BaseResponse
     if delivery is None:
@@ -117,7 +158,4 @@ def download(token: str) -> ResponseReturnValue:
         response.headers["Content-Disposition"] = content_disposition(
             without_control_characters(delivery.filename)
         )
-    # Each click is counted: neither browsers nor proxies may keep or replay the answer.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return _uncached(response)

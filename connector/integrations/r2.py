@@ -427,17 +427,27 @@ class R2Store:
     def exists(self, key: str) -> bool:
         return self.etag(key) is not None
 
-    def etag(self, key: str) -> str | None:
-        """The object's ETag (it changes whenever the object is replaced), None when missing."""
+    def head(self, key: str) -> dict[str, Any] | None:
+        """The bucket's answer to a HEAD of the object (ETag, ContentLength, ContentType…),
+        None when it is missing.
+
+        Raises:
+            StorageUnavailable: the bucket did not answer, or refused.
+        """
         try:
-            answer = self.client.head_object(Bucket=self.config.bucket, Key=key)
+            answer: dict[str, Any] = self.client.head_object(Bucket=self.config.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise StorageUnavailable(f"R2 HEAD failed ({_code(exc)})") from None
         except BotoCoreError as exc:
             raise StorageUnavailable(f"R2 unreachable ({type(exc).__name__})") from None
-        return str(answer.get("ETag") or "")
+        return answer
+
+    def etag(self, key: str) -> str | None:
+        """The object's ETag (it changes whenever the object is replaced), None when missing."""
+        answer = self.head(key)
+        return None if answer is None else str(answer.get("ETag") or "")
 
     def upload(self, key: str, source: Path) -> None:
         try:

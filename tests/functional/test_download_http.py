@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 import pytest
 from flask import Flask
+from sqlalchemy import select, update
 
+from connector.db import db
+from connector.jobs import run_pending
+from connector.models import DownloadGrant, WatermarkCopy
 from tests.factories import WebhookSender
-from tests.functional.test_downloads import events, get, link_path, paid_order, put_file
+from tests.functional.test_downloads import (
+    events,
+    get,
+    link_path,
+    make_pdf,
+    paid_order,
+    put_file,
+)
 
 
 @pytest.mark.parametrize("validator", ["If-None-Match", "If-Modified-Since", "If-Match"])
@@ -40,3 +54,93 @@ def test_a_conditional_click_gets_the_file_not_an_empty_answer(
     )
     assert ranged.status_code == 206
     assert ranged.data == content[10:20]
+
+
+# What a download's answer says of its file, and HEAD must say the same.
+FILE_HEADERS = ("Content-Type", "Content-Disposition", "Accept-Ranges", "Content-Length")
+
+
+def test_head_answers_as_a_click_would_and_counts_nothing(app: Flask, shop: WebhookSender) -> None:
+    """Download managers and browsers ask with HEAD before they download: the answer has
+    the file's type, name, size and Accept-Ranges, as the download's has, and no body; it
+    counts, logs and spends nothing of the link's limit."""
+    content = b"%PDF-1.4 " + b"y" * 5000
+    put_file(app, "files/guide.pdf", content)
+    files = [{"object_key": "files/guide.pdf", "filename": "Führer 山.pdf"}]
+    path = link_path(paid_order(shop, 8602, files, download_limit=1)[0])
+    for _ in range(3):
+        head = shop.client.head(path)
+        assert head.status_code == 200
+        assert head.data == b""
+    assert events(app) == []
+    assert shop.order(8602)["downloads"][0]["downloads_left"] == 1
+
+    click = get(shop.client, path)
+    assert (click.status_code, click.data) == (200, content)
+    for name in FILE_HEADERS:
+        assert head.headers[name] == click.headers[name], name
+    assert head.headers["Content-Length"] == str(len(content))
+    assert head.headers["Accept-Ranges"] == "bytes"
+    assert head.mimetype == "application/pdf"
+    assert head.headers["Cache-Control"] == "no-store"
+    assert head.headers["Referrer-Policy"] == "no-referrer"
+
+    spent = shop.client.head(path)  # the limit reached: what a click gets now
+    assert (spent.status_code, spent.mimetype, spent.data) == (429, "text/html", b"")
+    assert get(shop.client, path).status_code == 429
+    assert [e.outcome for e in events(app)] == ["served", "limit"]
+
+
+def test_head_before_the_buyers_copy_is_stamped_stamps_nothing(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A watermarked file whose copy is not made yet: HEAD answers 200 with its type and
+    name, without a length (only the stamped copy has one), and stamps nothing; once the
+    copy is made, HEAD gives its length."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf")
+    files = [{"object_key": "books/guide.pdf", "filename": "guide.pdf", "watermark": "pdf"}]
+    path = link_path(paid_order(shop, 8603, files)[0])
+    early = shop.client.head(path)
+    assert early.status_code == 200
+    assert early.mimetype == "application/pdf"
+    assert early.headers["Accept-Ranges"] == "bytes"
+    assert "Content-Length" not in early.headers
+    with app.app_context():
+        assert db.session.scalars(select(WatermarkCopy)).all() == []
+
+    run_pending(app)  # the payment's job stamps the copy
+    head = shop.client.head(path)
+    click = get(shop.client, path)
+    assert click.status_code == 200 and click.data.startswith(b"%PDF")
+    for name in FILE_HEADERS:
+        assert head.headers[name] == click.headers[name], name
+    assert head.headers["Content-Length"] == str(len(click.data))
+    assert early.headers["Content-Disposition"] == click.headers["Content-Disposition"]
+    assert [e.outcome for e in events(app)] == ["served"]
+
+
+@pytest.mark.parametrize("case", ["revoked", "expired", "missing"])
+def test_head_on_a_link_a_click_would_be_refused_gets_the_same_status(
+    app: Flask, shop: WebhookSender, case: str
+) -> None:
+    """An ended or withdrawn link answers HEAD as it answers a click (410), and a file the
+    storage does not have as a click's 503 with its Retry-After; HEAD logs nothing."""
+    if case != "missing":
+        put_file(app, "files/a.zip", b"PK")
+    path = link_path(
+        paid_order(shop, 8604, [{"object_key": "files/a.zip", "filename": "a.zip"}])[0]
+    )
+    with app.app_context():
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        ended = {"revoked": {"revoked_at": past}, "expired": {"expires_at": past}}
+        if case in ended:
+            db.session.execute(update(DownloadGrant).values(**ended[case]))
+            db.session.commit()
+    head = shop.client.head(path)
+    assert events(app) == []
+    click = get(shop.client, path)
+    assert head.status_code == click.status_code == (503 if case == "missing" else 410)
+    assert (head.mimetype, head.data) == ("text/html", b"")
+    assert head.headers.get("Retry-After") == click.headers.get("Retry-After")
+    assert head.headers["Cache-Control"] == "no-store"
+    assert len(events(app)) == (0 if case == "missing" else 1)  # the click's refusal only

@@ -206,6 +206,11 @@ def test_watermarked_pdf_is_made_in_the_bucket_and_served_from_there(
         8002,
         [{"object_key": "books/book.pdf", "filename": "book.pdf", "watermark": "pdf"}],
     )
+    early = r2_shop.client.head(path)  # before the job: no copy, and HEAD stamps none
+    assert (early.status_code, early.mimetype) == (200, "application/pdf")
+    assert "Content-Length" not in early.headers
+    with r2_app.app_context():
+        assert db.session.scalars(select(WatermarkCopy)).all() == []
     run_pending(r2_app)
     with r2_app.app_context():
         copy = db.session.execute(select(WatermarkCopy)).scalar_one()
@@ -227,6 +232,7 @@ def test_watermarked_pdf_is_made_in_the_bucket_and_served_from_there(
     assert not set(copy_folders.split("/")) & ids, location
     status, body, _ = fetch(response.headers["Location"])
     assert status == 200
+    assert r2_shop.client.head(path).headers["Content-Length"] == str(len(body))
     stamped = tmp_path / "stamped.pdf"
     stamped.write_bytes(body)
     check = subprocess.run(["qpdf", "--check", str(stamped)], capture_output=True, text=True)
@@ -364,9 +370,13 @@ def test_an_object_missing_from_the_bucket_is_a_503_page_and_costs_no_download(
     response = r2_shop.client.get(path)
     assert response.status_code == 503
     assert response.mimetype == "text/html"
+    head = r2_shop.client.head(path)
+    assert (head.status_code, head.headers["Retry-After"]) == (503, response.headers["Retry-After"])
     assert downloads_left(r2_shop, 8010) == [1]
 
     s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="apps/later.zip", Body=b"PK")
+    head = r2_shop.client.head(path)
+    assert (head.status_code, head.headers["Content-Length"]) == (200, "2")
     again = r2_shop.client.get(path)
     assert again.status_code == 302
     assert fetch(again.headers["Location"])[:2] == (200, b"PK")
@@ -543,3 +553,52 @@ def test_a_copy_served_from_r2_has_the_media_type_of_its_name(
     answer = r2_shop.client.get(notes["link"].removeprefix("http://keygate.test"))
     status, body, headers = fetch(answer.headers["Location"])
     assert (status, body, headers["Content-Type"]) == (200, b"n", "text/plain")
+
+
+def test_head_answers_what_the_buckets_answer_will_say_and_counts_nothing(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """A click on R2 is a redirect to a presigned URL; HEAD hands none out (it would be a
+    download nobody counted) but answers 200 with what the bucket's answer to the click
+    says of the file: type, name, size, Accept-Ranges. Nothing is counted; a withdrawn
+    link answers HEAD as it answers a click."""
+    client = s3_client(localstack_endpoint)
+    client.put_object(Bucket=bucket, Key="apps/tool.zip", Body=b"PK" + b"z" * 3000)
+    client.put_object(Bucket=bucket, Key="apps/notes", Body=b"n", ContentType="text/plain")
+    files = [
+        {"object_key": "apps/tool.zip", "filename": "Werkzeug ß 工具.zip"},
+        {"object_key": "apps/notes", "filename": "NOTES"},
+    ]
+    r2_shop.configure(501, files=files, download_limit=1)
+    assert r2_shop.deliver(wc_order(8802, "processing", [line_item(501)])).status_code == 200
+    paths = [
+        d["link"].removeprefix("http://keygate.test")
+        for d in sorted(r2_shop.order(8802)["downloads"], key=lambda d: d["filename"])
+    ]
+    heads = [r2_shop.client.head(path) for path in paths]
+    assert [r2_shop.client.head(path).status_code for path in paths] == [200, 200]  # again
+    assert downloads_left(r2_shop, 8802) == [1, 1]
+    with r2_app.app_context():
+        assert db.session.scalars(select(DownloadEvent)).all() == []
+
+    for path, head in zip(paths, heads, strict=True):
+        assert (head.status_code, head.data) == (200, b"")
+        assert "Location" not in head.headers
+        assert head.headers["Cache-Control"] == "no-store"
+        click = r2_shop.client.get(path)
+        assert click.status_code == 302
+        status, body, served = fetch(click.headers["Location"])
+        assert status == 200
+        assert head.headers["Content-Length"] == served["Content-Length"] == str(len(body))
+        assert head.headers["Content-Disposition"] == served["Content-Disposition"]
+        assert head.mimetype == served["Content-Type"].partition(";")[0]
+        assert head.headers["Accept-Ranges"] == served.get("Accept-Ranges", "bytes") == "bytes"
+    assert [h.mimetype for h in heads] == ["text/plain", "application/zip"]
+
+    with r2_app.app_context():
+        db.session.execute(update(DownloadGrant).values(revoked_at=utcnow()))
+        db.session.commit()
+    for path in paths:
+        head = r2_shop.client.head(path)
+        assert (head.status_code, head.mimetype) == (410, "text/html")
+        assert r2_shop.client.get(path).status_code == 410

@@ -95,6 +95,25 @@ def test_the_version_of_an_object_changes_when_it_is_replaced(
     assert object_store.version("books/guide.pdf") not in (None, first)
 
 
+def test_info_gives_the_size_of_an_object_as_it_is_now(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    """info() is None for a missing object and gives the size of the object stored now (what
+    a HEAD on a download link answers as its Content-Length)."""
+    source = tmp_path / "source.bin"
+    assert object_store.info("books/guide.pdf") is None
+    source.write_bytes(b"edition one")
+    object_store.upload("books/guide.pdf", source)
+    first = object_store.info("books/guide.pdf")
+    assert first is not None and first.size == len(b"edition one")
+    source.write_bytes(b"the second edition")
+    object_store.upload("books/guide.pdf", source)
+    second = object_store.info("books/guide.pdf")
+    assert second is not None and second.size == len(b"the second edition")
+    object_store.delete("books/guide.pdf")
+    assert object_store.info("books/guide.pdf") is None
+
+
 def test_deleting_a_folder_removes_everything_in_it_and_nothing_beside_it(
     object_store: ObjectStore, tmp_path: Path
 ) -> None:
