@@ -47,10 +47,28 @@ def _instance_dir() -> Path:
 
 
 def _write_secret_file(path: Path, value: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+    """Write a new key file, readable by this user only, or say in a line why it can't be
+    (leaving no empty or cut-short file behind, which the next start would take for a key
+    lost)."""
+    made = False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        made = True
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+    except FileExistsError:  # a link to a file that is not there: exists() said no
+        raise click.ClickException(
+            f"{path} is a link to {os.readlink(path)}, which is not there: mount or restore"
+            " what it links to (or remove the link to make a new key)"
+        ) from None
+    except OSError as exc:  # another user's folder, a read-only or full disk
+        if made:
+            path.unlink(missing_ok=True)
+        reason = exc.strerror or type(exc).__name__
+        raise click.ClickException(
+            f"cannot write {path}: {reason} (the instance folder must be writable by the user"
+            " Keygate runs as, on a disk with room)"
+        ) from None
 
 
 def _make_folder(path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import sqlite3
@@ -16,6 +17,7 @@ import click
 from werkzeug.security import check_password_hash
 
 from connector.cli import main
+from tests.conftest import BACKENDS, PG_ADMIN_URL
 from tests.licensing_helpers import free_port, wait_until_serving
 
 
@@ -443,3 +445,45 @@ def test_every_cli_option_says_what_it_does_in_its_help() -> None:
     """`keygate <command> --help` describes each option, not only its type and default."""
     bare = [f"{path} {option.opts[0]}" for path, option in _options(main) if not option.help]
     assert bare == []
+
+
+def test_a_key_file_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """`keygate init` that cannot write a new key file (a link to a secrets volume not
+    mounted, a disk that takes no more) says which file and why in a line, not a traceback
+    from os.open; a key file cut short is not left behind for the next start to read."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "master.key").symlink_to(tmp_path / "secrets" / "master.key")
+    linked = keygate(tmp_path, "init")
+    assert linked.returncode == 1, linked.stderr
+    assert "Traceback" not in linked.stderr, linked.stderr[-600:]
+    assert linked.stderr.startswith(
+        f"Error: {instance / 'master.key'} is a link to {tmp_path / 'secrets' / 'master.key'},"
+        " which is not there"
+    ), linked.stderr
+    assert len(linked.stderr.strip().splitlines()) == 1, linked.stderr
+
+    if "postgresql" not in BACKENDS:  # SQLite would need the disk first; PostgreSQL does not
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env |= {
+        "KEYGATE_INSTANCE_DIR": str(tmp_path / "full"),
+        "KEYGATE_DATABASE_URL": PG_ADMIN_URL,  # no Keygate tables: new keys are welcome
+    }
+    full = subprocess.run(
+        [sys.executable, "-m", "connector.cli", "init"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        # A disk that takes no more (Python ignores SIGXFSZ: the write fails with EFBIG).
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)),
+    )
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr, full.stderr[-600:]
+    assert full.stderr.startswith(f"Error: cannot write {tmp_path / 'full' / 'master.key'}: ")
+    assert len(full.stderr.strip().splitlines()) == 1, full.stderr
+    assert not (tmp_path / "full" / "master.key").exists()  # not an empty key file
+
