@@ -6,6 +6,7 @@ import errno
 import importlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -89,15 +90,18 @@ class _Keygate(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from sqlalchemy.exc import OperationalError
 
+        from connector.db import connection_failure
+
         try:
             return super().invoke(ctx)
         except OperationalError as exc:
-            if exc.statement is not None:  # not connecting: a failure of its own, shown
+            reason = connection_failure(exc)
+            if reason is None:  # not connecting: a failure of its own, shown
                 raise
-            raise click.ClickException(_unreachable_database(exc)) from None
+            raise click.ClickException(_unreachable_database(reason)) from None
 
 
-def _unreachable_database(exc: Exception) -> str:
+def _unreachable_database(reason: str) -> str:
     """Which database could not be connected to (no password, no query) and why."""
     from sqlalchemy.engine import make_url
 
@@ -109,9 +113,8 @@ def _unreachable_database(exc: Exception) -> str:
         where = "the configured database"
     else:
         where = url.set(query={}).render_as_string(hide_password=True)
-    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
     hint = ""
-    if "does not exist" in reason:
+    if re.search(r'database "[^"]*" does not exist', reason):  # not a role that does not
         hint = " Create the database first (e.g. `createdb keygate`), then run `keygate init`."
     return f"cannot use the database at {where}: {reason}.{hint}"
 

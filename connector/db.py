@@ -41,7 +41,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
@@ -135,6 +135,16 @@ def _guard_read_only(
 ) -> None:
     if conn.info.get(_READ_ONLY) and not statement.lstrip()[:6].upper() == "SELECT":
         raise NeedsWrite(statement.split(None, 1)[0] if statement.strip() else "?")
+
+
+def connection_failure(exc: BaseException) -> str | None:
+    """Why connecting to the database failed, in a line: the driver's first (it names the
+    server, never a password or a query); None when ``exc`` is no failure to connect (a
+    statement's own error, which says more with its traceback)."""
+    if not isinstance(exc, OperationalError) or exc.statement is not None:
+        return None
+    lines = str(exc.orig).strip().splitlines()
+    return lines[0][:300] if lines else type(exc.orig).__name__
 
 
 def make_engine(url: str) -> Engine:

@@ -28,7 +28,14 @@ from flask import Flask
 from sqlalchemy import Engine, Select, event, or_, select, update
 from sqlalchemy.orm import Session
 
-from connector.db import db, insert_ignoring_conflicts, iso, transaction, utcnow
+from connector.db import (
+    connection_failure,
+    db,
+    insert_ignoring_conflicts,
+    iso,
+    transaction,
+    utcnow,
+)
 from connector.models import Job
 
 log = logging.getLogger(__name__)
@@ -404,9 +411,13 @@ def work_forever(app: Flask, stop: threading.Event) -> None:
         try:
             schedule_periodic(app)
             run_pending(app, stop=stop)
-        except Exception:
+        except Exception as exc:
             # The database may be briefly away; never let the worker die of it.
-            log.exception("worker loop error; retrying")
+            unreachable = connection_failure(exc)
+            if unreachable is None:
+                log.exception("worker loop error; retrying")
+            else:  # a line each time, not the same traceback every poll
+                log.warning("the database cannot be reached (%s); retrying", unreachable)
         _wakeup.wait(settings.worker_poll_seconds)
         _wakeup.clear()
 

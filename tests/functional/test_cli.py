@@ -487,3 +487,53 @@ def test_a_key_file_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_pa
     assert len(full.stderr.strip().splitlines()) == 1, full.stderr
     assert not (tmp_path / "full" / "master.key").exists()  # not an empty key file
 
+
+def test_a_worker_without_its_database_says_so_in_a_line_each_try(tmp_path: Path) -> None:
+    """`keygate worker` started while its database cannot be reached keeps trying (it may
+    come back), saying why in a line each time: not the same traceback every poll, and not
+    the URL's password."""
+    assert keygate(tmp_path, "init").returncode == 0  # the keys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env |= {
+        "KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"),
+        "KEYGATE_DATABASE_URL": f"postgresql://keygate:pw-secret@127.0.0.1:{free_port()}/k",
+        "KEYGATE_WORKER_POLL_SECONDS": "0.1",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "worker"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stderr is not None
+        tries = []
+        for line in worker.stderr:
+            assert "Traceback" not in line and "pw-secret" not in line, line
+            if "cannot be reached" in line or "worker loop error" in line:
+                tries.append(line)
+            if len(tries) == 2:
+                break
+        worker.send_signal(signal.SIGTERM)
+        rest = worker.communicate(timeout=30)[1]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert all(line.startswith("the database cannot be reached (") for line in tries), tries
+    assert "Connection refused" in tries[0] and tries[0].endswith("; retrying\n")
+    assert "Traceback" not in rest and worker.returncode == 0
+
+
+def test_a_role_that_does_not_exist_is_not_told_to_create_the_database(tmp_path: Path) -> None:
+    """A role that does not exist is no missing database: `createdb` would not help."""
+    assert keygate(tmp_path, "init").returncode == 0
+    server = PG_ADMIN_URL.rsplit("/", 1)[0].split("@", 1)[1]
+    result = keygate(
+        tmp_path, "store", "list", database_url=f"postgresql://no_such_role@{server}/postgres"
+    )
+    assert result.returncode == 1, result.stderr
+    assert 'role "no_such_role" does not exist' in result.stderr
+    assert "createdb" not in result.stderr
