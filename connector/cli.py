@@ -87,6 +87,20 @@ def _make_folder(path: Path) -> None:
 class _Keygate(click.Group):
     """Commands that cannot reach the database say so in a line, not a traceback."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Bytes that are not UTF-8 (a terminal or script in Latin-1) reach Python as lone
+        # surrogates, which no database stores: refused here, once for every command.
+        for arg in args:
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+                raise click.UsageError(
+                    f"'{shown}' is not UTF-8 text: set the terminal (or the script) to UTF-8",
+                    ctx,
+                ) from None
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         from sqlalchemy.exc import OperationalError
 
@@ -315,6 +329,12 @@ def _password_to_set() -> tuple[str, bool]:
         raise click.ClickException(
             f"KEYGATE_ADMIN_PASSWORD must be {MIN_PASSWORD} to 200 characters"
         )
+    try:
+        given.encode("utf-8")  # as the sign-in page reads what is typed into it
+    except UnicodeEncodeError:  # bytes that are not UTF-8: never shown, nor a traceback
+        raise click.ClickException(
+            "KEYGATE_ADMIN_PASSWORD is not UTF-8 text: set it from a UTF-8 terminal or file"
+        ) from None
     return given, True
 
 

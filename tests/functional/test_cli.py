@@ -537,3 +537,41 @@ def test_a_role_that_does_not_exist_is_not_told_to_create_the_database(tmp_path:
     assert result.returncode == 1, result.stderr
     assert 'role "no_such_role" does not exist' in result.stderr
     assert "createdb" not in result.stderr
+
+
+def test_arguments_that_are_not_utf8_are_refused_in_a_line(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 (a Latin-1 terminal or script) in a store's name or id, an
+    admin's name or KEYGATE_ADMIN_PASSWORD: refused in a line naming them (the password
+    never shown), not a traceback from the database driver; nothing is created."""
+    assert keygate(tmp_path, "init").returncode == 0
+    latin1 = os.fsdecode("Café".encode("latin-1"))  # as Python reads b"Caf\xe9" from argv
+    for args in (
+        ("store", "add", "--name", latin1, "--url", "https://s.example"),
+        ("store", "token", latin1),
+        ("admin", "remove", f"--username={latin1}"),
+    ):
+        result = keygate(tmp_path, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr[-600:]
+        assert result.stderr.strip().splitlines()[-1].startswith("Error: '"), result.stderr
+        assert "Caf\\xe9' is not UTF-8 text" in result.stderr
+    assert keygate(tmp_path, "store", "list").stdout == ""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env |= {
+        "KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"),
+        "KEYGATE_ADMIN_PASSWORD": os.fsdecode("très secret, oui".encode("latin-1")),
+    }
+    password = subprocess.run(
+        [sys.executable, "-m", "connector.cli", "admin", "add", "--username", "ana"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert password.returncode == 1, password.stderr
+    assert password.stderr == (
+        "Error: KEYGATE_ADMIN_PASSWORD is not UTF-8 text: set it from a UTF-8 terminal or file\n"
+    )
+    assert "ana" not in keygate(tmp_path, "admin", "list").stdout
