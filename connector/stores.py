@@ -24,6 +24,7 @@ from connector.vault.crypto import keyed_hash
 API_TOKEN_HASH = "store-api-token"  # noqa: S105 - a hash purpose label
 _ALPHANUMERIC = string.ascii_letters + string.digits
 MAX_URL_LENGTH = 500  # the columns' lengths
+MAX_NAME_LENGTH = 200
 MAX_PREFIX_LENGTH = 16
 
 
@@ -106,7 +107,8 @@ def create_store(
     secret.
 
     Raises:
-        ValidationFailed: an empty name, or a URL that is not http(s).
+        ValidationFailed: an empty name, one too long or not on one line, or a URL that is
+            not http(s).
         Conflict: a store for this shop's URL exists (a form sent again by a reload would
             otherwise add the shop twice, with two webhook secrets).
     """
@@ -114,6 +116,13 @@ def create_store(
     name = name.strip()
     if not name:
         raise ValidationFailed("a store needs a name", field="name")
+    # Buyers read it in mails: never cut short unsaid, nor broken over lines.
+    if len(name) > MAX_NAME_LENGTH or any(is_control_character(c) for c in name):
+        raise ValidationFailed(
+            f"a store name is at most {MAX_NAME_LENGTH} characters, on one line (no tabs or"
+            " control characters)",
+            field="name",
+        )
     url = normalize_store_url(url)
     existing = session.scalars(
         select(Store.public_id).where(
@@ -130,7 +139,7 @@ def create_store(
     webhook_secret = random_alphanumeric(40)
     store = Store(
         public_id=secrets.token_hex(8),
-        name=name[:200],
+        name=name,
         url=url,
         webhook_secret=webhook_secret,
         api_token_hash=keyed_hash(API_TOKEN_HASH, api_token),

@@ -123,6 +123,9 @@ def test_an_owner_adds_a_store_and_sees_its_secrets_once(app: Flask, owner: Flas
     ("field", "value", "message"),
     [
         ("name", "   ", "a store needs a name"),
+        ("name", "N" * 201, "a store name is at most 200 characters"),
+        ("name", "Bücher\nShop", "a store name is at most 200 characters, on one line"),
+        ("name", "Bücher\tShop", "no tabs or control characters"),
         ("url", "shop", "http(s) URL"),
         ("url", "ftp://shop.example", "http(s) URL"),
         ("url", "http://[::1", "http(s) URL"),
