@@ -400,6 +400,10 @@ def load_settings(
         master = list(overrides.pop("master_keys"))
     elif env.get("KEYGATE_MASTER_KEYS"):
         master = [k.strip() for k in env["KEYGATE_MASTER_KEYS"].split(",") if k.strip()]
+        if not master:  # set, to commas or spaces: not the key file's fault
+            raise ConfigError(
+                "KEYGATE_MASTER_KEYS names no key: Fernet keys, comma separated, newest first"
+            )
     elif env.get("KEYGATE_MASTER_KEY"):
         master = [env["KEYGATE_MASTER_KEY"].strip()]
     else:

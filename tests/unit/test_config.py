@@ -61,6 +61,7 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_ALLOW_PRIVATE_ENDPOINTS": "sometimes"}, "KEYGATE_ALLOW_PRIVATE_ENDPOINTS"),
         ({"KEYGATE_BASE_URL": "ftp://x"}, "KEYGATE_BASE_URL"),
         ({"KEYGATE_MASTER_KEY": "not-a-key"}, "master key #1"),
+        ({"KEYGATE_MASTER_KEYS": " , "}, "^KEYGATE_MASTER_KEYS names no key: Fernet keys"),
         ({"KEYGATE_SECRET_KEY": "short"}, "secret key .* is shorter than 32"),
         ({"KEYGATE_LOG_LEVEL": "verbose"}, "KEYGATE_LOG_LEVEL must be one of DEBUG"),
         ({"KEYGATE_RATELIMIT_LICENSE_PER_KEY": "lots"}, "KEYGATE_RATELIMIT_LICENSE_PER_KEY"),
