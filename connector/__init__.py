@@ -135,12 +135,16 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
             plus ``start_worker`` (bool) to control the in-process job thread and
             ``check_database`` (bool, default True: refuse to start on a database that is
             not migrated or was made with other keys; ``keygate init`` migrates first),
-            and ``defaults``: settings used only where neither the environment nor
-            ``keygate.toml`` sets them.
+            ``database_may_be_away`` (bool, default True: a database that cannot be
+            reached skips that check with a warning, as a server or worker may start
+            before it; False lets the connection error through, for a command that is
+            about to fail on it anyway), and ``defaults``: settings used only where
+            neither the environment nor ``keygate.toml`` sets them.
     """
     overrides = dict(overrides or {})
     start_worker = overrides.pop("start_worker", None)
     check_database = overrides.pop("check_database", True)
+    may_be_away = overrides.pop("database_may_be_away", True)
     settings = load_settings(overrides, defaults=overrides.pop("defaults", None))
     https = settings.base_url.startswith("https://")
 
@@ -182,7 +186,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         )
     database.init_app(app, settings.database_url)
     if check_database:
-        _check_database(app)
+        _check_database(app, may_be_away=may_be_away)
     app.before_request(refuse_nul_in_address)
     limiter.init_app(app)
     app.extensions["keygate.license_budgets"] = Budgets(
@@ -216,14 +220,19 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def _check_database(app: Flask) -> None:
+def _check_database(app: Flask, *, may_be_away: bool) -> None:
     """Refuse to start on a database not migrated for this code or made with other keys
     (:mod:`connector.vault.keycheck`)."""
     from connector.vault.keycheck import check_database
 
     with app.app_context():
         try:
-            check_database(database.engine, database.session, app.extensions["keygate.keyring"])
+            check_database(
+                database.engine,
+                database.session,
+                app.extensions["keygate.keyring"],
+                may_be_away=may_be_away,
+            )
         finally:
             database.session.close()
             # No connection opened at start stays pooled: a server that forks workers after

@@ -34,9 +34,12 @@ COMMAND_MODULES: list[str] = [
 
 
 def make_app(**overrides: Any) -> Flask:
+    """The app of a command; one whose database cannot be reached stops it with a line
+    (:class:`_Keygate`), unless ``database_may_be_away`` (``keygate worker``)."""
     from connector import create_app
 
     overrides.setdefault("start_worker", False)
+    overrides.setdefault("database_may_be_away", False)
     try:
         return create_app(overrides)
     except ConfigError as exc:
@@ -723,7 +726,7 @@ def worker() -> None:
     """Run outbox jobs until stopped (any number of workers may share the database)."""
     from connector.jobs import work_forever
 
-    app = make_app()
+    app = make_app(database_may_be_away=True)  # it keeps trying until the database answers
     stop = threading.Event()
 
     def _stop(*_: Any) -> None:

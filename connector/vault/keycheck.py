@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from connector.backup import settle_restored_copy
 from connector.config import ConfigError
-from connector.db import Base, insert_ignoring_conflicts
+from connector.db import Base, connection_failure, insert_ignoring_conflicts
 from connector.migrate import alembic_config, newer_database_problem
 from connector.models import KeyCheck
 from connector.vault.crypto import DecryptionError, Keyring
@@ -226,14 +226,18 @@ def _decrypt_or_refuse(keyring: Keyring, token: str) -> str:
         raise ConfigError(MASTER_MISMATCH) from None
 
 
-def check_database(engine: Engine, session: Session, keyring: Keyring) -> None:
+def check_database(
+    engine: Engine, session: Session, keyring: Keyring, *, may_be_away: bool = True
+) -> None:
     """The start-up check: an up-to-date database and its own keys.
 
     A database that cannot be reached is not a reason to refuse to start (it may come back
-    before the first request): the check is skipped, with a warning.
+    before the first request): the check is skipped, with a warning, unless not
+    ``may_be_away`` (a one-off command, which says why it cannot run in a line).
 
     Raises:
         ConfigError: what is wrong, and what to do.
+        OperationalError: the database cannot be connected to, and not ``may_be_away``.
     """
     problem = write_problem(engine)
     if problem is not None:
@@ -246,5 +250,7 @@ def check_database(engine: Engine, session: Session, keyring: Keyring) -> None:
         session.commit()  # SQLite: its write lock, which the next step takes
         settle_restored_copy(engine)  # a backup's first start: ids move past its links
     except OperationalError as exc:
+        if not may_be_away and connection_failure(exc) is not None:
+            raise
         log.warning("could not check the database at start (%s)", type(exc.orig).__name__)
         session.rollback()
