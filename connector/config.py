@@ -305,9 +305,14 @@ def _plain_settings(
     config_path = instance_dir / CONFIG_FILE
     if config_path.exists():
         try:
-            file_values = tomllib.loads(config_path.read_text())
+            file_values = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{config_path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:  # an editor's Latin-1: TOML is UTF-8, whatever the locale
+            raise ConfigError(f"{config_path} is not UTF-8 text: save it as UTF-8") from None
+        except OSError as exc:  # a folder of that name, a file of another user's
+            reason = exc.strerror or type(exc).__name__
+            raise ConfigError(f"cannot read {config_path}: {reason}") from None
 
     known = {f.name: f for f in fields(Settings)}
     _check_file_keys(config_path, set(file_values), set(known))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -198,6 +199,20 @@ def test_the_instance_file_refuses_keys_it_cannot_set(
     with pytest.raises(ConfigError, match=message) as caught:
         load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path)))
     assert '"x"' not in str(caught.value)
+
+
+def test_an_instance_file_that_cannot_be_read_says_why(tmp_path: Path) -> None:
+    """keygate.toml saved in Latin-1 by an editor, or a folder of that name: a line naming
+    the file and why, not a traceback (UnicodeDecodeError, IsADirectoryError)."""
+    config = tmp_path / "keygate.toml"
+    named = re.escape(str(config))
+    config.write_bytes('base_url = "https://bücher.example"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"^{named} is not UTF-8"):
+        load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path)))
+    config.unlink()
+    config.mkdir()
+    with pytest.raises(ConfigError, match=f"^cannot read {named}: Is a directory$"):
+        load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path)))
 
 
 def test_forwarded_for_is_trusted_only_behind_configured_proxies(tmp_path: Path) -> None:
