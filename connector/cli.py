@@ -724,8 +724,13 @@ def _cannot_listen(host: str, port: int, exc: Exception) -> str:
 @main.command()
 def worker() -> None:
     """Run outbox jobs until stopped (any number of workers may share the database)."""
+    import logging
+
     from connector.jobs import work_forever
 
+    # As `keygate run` does: Keygate's lines at KEYGATE_LOG_LEVEL (INFO: what jobs did), not
+    # only the warnings Python prints when nothing is set up.
+    logging.basicConfig()
     app = make_app(database_may_be_away=True)  # it keeps trying until the database answers
     stop = threading.Event()
 
