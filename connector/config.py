@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from cryptography.fernet import Fernet
 
@@ -211,14 +211,16 @@ def _check_values(values: dict[str, Any]) -> None:
     for name, most in _CEILINGS.items():
         if name in values and values[name] > most:
             raise ConfigError(f"KEYGATE_{name.upper()} must be at most {most}")
-    if "brevo_api_host" in values:
-        try:
-            host = urlsplit(str(values["brevo_api_host"]))
-            host.port  # noqa: B018 - raises for a port that is no number or past 65535
-        except ValueError:  # an unclosed [ of an IPv6 host, a port out of range
-            host = None
-        if host is None or host.scheme not in ("http", "https") or not host.hostname:
-            raise ConfigError("KEYGATE_BREVO_API_HOST must be an http(s) URL")
+    if "brevo_api_host" in values and _http_url(str(values["brevo_api_host"])) is None:
+        raise ConfigError("KEYGATE_BREVO_API_HOST must be an http(s) URL")
+    base = _http_url(str(values.get("base_url", Settings.base_url)))
+    # Every link in a mail and every webhook address starts with it: a user and password
+    # would be mailed to every buyer, a query or fragment would swallow the links' paths.
+    if base is None or base.username is not None or base.query or base.fragment:
+        raise ConfigError(
+            "KEYGATE_BASE_URL must be an http(s) address (scheme, host, optional port and"
+            " path) without a user, password, query or fragment"
+        )
     for name in ("ratelimit_license_per_key", "ratelimit_license_per_ip"):
         if name in values:
             try:
@@ -342,8 +344,6 @@ def _plain_settings(
 
     values.setdefault("database_url", f"sqlite:///{instance_dir / 'keygate.db'}")
     values["base_url"] = str(values.get("base_url", Settings.base_url)).rstrip("/")
-    if not values["base_url"].startswith(("http://", "https://")):
-        raise ConfigError("KEYGATE_BASE_URL must start with http:// or https://")
     if values.get("download_url_ttl", 300) < 1 or values.get("download_url_ttl", 300) > 604800:
         raise ConfigError("KEYGATE_DOWNLOAD_URL_TTL must be between 1 and 604800 seconds")
     if not 1 <= values.get("portal_link_days", 30) <= 3650:
@@ -352,6 +352,18 @@ def _plain_settings(
     if values.get("r2_bucket") or values.get("r2_endpoint_url"):
         _check_r2(values)
     return instance_dir, values
+
+
+def _http_url(value: str) -> SplitResult | None:
+    """``value`` split, when it is an http(s) URL with a host and a valid port, else None."""
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        return None
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises for a port that is no number or past 65535
+    except ValueError:  # an unclosed [ of an IPv6 host, a port out of range
+        return None
+    return url if url.scheme in ("http", "https") and url.hostname else None
 
 
 def configured_database_url(environ: Mapping[str, str] | None = None) -> str:

@@ -61,6 +61,12 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_MAIL_ECHO": "maybe"}, "KEYGATE_MAIL_ECHO"),
         ({"KEYGATE_ALLOW_PRIVATE_ENDPOINTS": "sometimes"}, "KEYGATE_ALLOW_PRIVATE_ENDPOINTS"),
         ({"KEYGATE_BASE_URL": "ftp://x"}, "KEYGATE_BASE_URL"),
+        ({"KEYGATE_BASE_URL": "https://owner:pw@keys.example"}, "without a user, password"),
+        ({"KEYGATE_BASE_URL": "https://keys.example/?via=mail"}, "KEYGATE_BASE_URL"),
+        ({"KEYGATE_BASE_URL": "https://keys.example/#top"}, "KEYGATE_BASE_URL"),
+        ({"KEYGATE_BASE_URL": "https://"}, "KEYGATE_BASE_URL"),
+        ({"KEYGATE_BASE_URL": "https://keys.example:99999"}, "KEYGATE_BASE_URL"),
+        ({"KEYGATE_BASE_URL": "https://keys example"}, "KEYGATE_BASE_URL"),
         ({"KEYGATE_MASTER_KEY": "not-a-key"}, "master key #1"),
         ({"KEYGATE_MASTER_KEYS": " , "}, "^KEYGATE_MASTER_KEYS names no key: Fernet keys"),
         ({"KEYGATE_SECRET_KEY": "short"}, "secret key .* is shorter than 32"),
@@ -323,3 +329,12 @@ def test_a_database_url_is_checked_without_connecting(tmp_path: Path) -> None:
     url = "postgresql://keygate:pw@127.0.0.1:1/keygate?connect_timeout=5&sslmode=require"
     where = env(KEYGATE_INSTANCE_DIR=str(tmp_path), KEYGATE_DATABASE_URL=url)
     assert load_settings(environ=where).database_url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["https://keys.example:8443/keygate/", "http://[::1]:8000", "http://127.0.0.1:8000"]
+)
+def test_a_base_url_with_a_port_and_path_is_taken(tmp_path: Path, url: str) -> None:
+    """Behind a proxy Keygate may live under a path and a port of its own."""
+    settings = load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path), KEYGATE_BASE_URL=url))
+    assert settings.base_url == url.rstrip("/")
