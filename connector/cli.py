@@ -552,7 +552,9 @@ def store_with_id(store_id: str) -> Any:
 
     found = find_store(db.session, store_id)
     if found is None:
-        raise click.ClickException(f"no store with id {store_id!r} (see `keygate store list`)")
+        # A long mistake (a pasted file) is named by its start, not printed whole.
+        shown = store_id if len(store_id) <= 64 else store_id[:64] + "…"
+        raise click.ClickException(f"no store with id {shown!r} (see `keygate store list`)")
     return found
 
 
@@ -615,7 +617,9 @@ def store_delete(store_id: str, yes: bool) -> None:
                 " it; its license keys stop working. There is no undo."
             )
             try:
-                again = click.prompt("Type the store id again to delete it", default="")
+                again = click.prompt(
+                    "Type the store id again to delete it", default="", show_default=False
+                )
             except click.Abort:  # no input at all (a script, cron): not click's "Aborted!"
                 raise click.ClickException(
                     "not deleted: nothing was typed; type the store id again, or pass --yes"

@@ -355,6 +355,9 @@ def test_the_cli_asks_for_the_store_id_again(tmp_path: Path) -> None:
     assert "not deleted: nothing was typed" in unanswered.stderr
     refused = delete(typed="wrong\n")
     assert refused.returncode != 0 and "did not match" in refused.stderr
+    # The question shows no empty default ("[]") to take.
+    assert "Type the store id again to delete it: " in refused.stdout
+    assert "[]" not in refused.stdout
     assert public_id in keygate(tmp_path, "store", "list").stdout
     done = delete(typed=f"{public_id}\n")
     assert done.returncode == 0, done.stderr
@@ -362,6 +365,11 @@ def test_the_cli_asks_for_the_store_id_again(tmp_path: Path) -> None:
     assert public_id not in keygate(tmp_path, "store", "list").stdout
     again = delete("--yes")
     assert again.returncode != 0 and "no store with id" in again.stderr
+    # An id far too long (a file pasted) is named by its start, in a line of its own size.
+    pasted = keygate(tmp_path, "store", "token", "x" * 5000)
+    assert pasted.returncode == 1
+    assert f"no store with id '{'x' * 64}…'" in pasted.stderr
+    assert len(pasted.stderr) < 200
 
 
 def test_a_removal_with_no_brevo_credentials_to_do_it_does_not_hold_the_deletion(
