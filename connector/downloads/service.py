@@ -325,7 +325,8 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
     open while the storage answers): a refusal's status and words, or ``file``, the facts
     of the file a click would be served: its size when the storage has it as it would be
     served (an original, or the buyer's copy already stamped), none when the copy is still
-    to be stamped (the click would stamp it). Nothing is written and no copy is made.
+    to be stamped (the click would stamp it; without the original to stamp it from, what
+    the product's fallback gives). Nothing is written and no copy is made.
 
     Raises:
         LinkInvalid: no such grant (404).
@@ -352,11 +353,20 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
         object_key, served = chosen
         _no_transaction_open(session, postgres)  # the product's fallback may have been read
         info = backend.info(object_key) if object_key is not None else None
+        # A buyer's copy still to stamp, or gone from storage, is stamped by the click (see
+        # _deliver) from the original: without one the stamp fails and the click gets what
+        # the product's fallback gives (a refusal, or the missing original's 503).
+        if info is None and served == "watermarked" and not backend.info(product_file.object_key):
+            fallback = _fallback(session, product_file)
+            _no_transaction_open(session, postgres)
+            if fallback is None:
+                status, title, detail = REFUSALS["refused"]
+                return DownloadAnswer(status=status, outcome="refused", title=title, detail=detail)
+            object_key, served = fallback
     except StorageUnavailable:
         raise FileUnavailable(UNREACHABLE) from None
     if object_key is not None and info is None and served != "watermarked":
         raise FileUnavailable("The file is missing from the shop's storage.")
-    # A buyer's copy gone from storage is stamped anew by the click (see _deliver).
     facts = FileFacts(product_file.filename)
     if info is not None:
         facts = dataclasses.replace(facts, size=info.size, media_type=info.media_type)

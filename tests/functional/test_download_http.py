@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from connector.db import db
 from connector.jobs import run_pending
-from connector.models import DownloadGrant, WatermarkCopy
+from connector.models import DownloadGrant, Product, WatermarkCopy
 from tests.factories import WebhookSender
 from tests.functional.test_downloads import (
     events,
@@ -144,3 +144,27 @@ def test_head_on_a_link_a_click_would_be_refused_gets_the_same_status(
     assert head.headers.get("Retry-After") == click.headers.get("Retry-After")
     assert head.headers["Cache-Control"] == "no-store"
     assert len(events(app)) == (0 if case == "missing" else 1)  # the click's refusal only
+
+
+@pytest.mark.parametrize(("fallback", "status"), [("refuse", 409), ("original", 503)])
+def test_head_before_a_copy_that_cannot_be_stamped_gets_what_the_click_gets(
+    app: Flask, shop: WebhookSender, fallback: str, status: int
+) -> None:
+    """A watermarked file whose original is missing from storage: the click cannot stamp
+    the buyer's copy and gets what the product's fallback gives (a refusal, or the missing
+    original's 503), each time. HEAD says the same before and after, not a 200 for a file
+    no click gets, and stamps nothing."""
+    files = [{"object_key": "books/gone.pdf", "filename": "gone.pdf", "watermark": "pdf"}]
+    path = link_path(paid_order(shop, 8605, files)[0])
+    with app.app_context():
+        db.session.execute(update(Product).values(watermark_fallback=fallback))
+        db.session.commit()
+    before = shop.client.head(path)
+    with app.app_context():
+        assert db.session.scalars(select(WatermarkCopy)).all() == []
+    click = get(shop.client, path)
+    after = shop.client.head(path)
+    assert before.status_code == click.status_code == after.status_code == status
+    assert before.headers.get("Retry-After") == click.headers.get("Retry-After")
+    assert "Content-Disposition" not in before.headers
+    assert len(events(app)) == (1 if fallback == "refuse" else 0)  # the click's refusal only
