@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import re
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -36,6 +35,7 @@ from itsdangerous import (
 from itsdangerous.encoding import base64_decode, base64_encode
 
 from connector.errors import Gone, NotFound
+from connector.validation import row_id
 
 DOWNLOAD = "keygate.download"
 PORTAL = "keygate.portal"
@@ -261,11 +261,6 @@ def activation_token(activation_id: int) -> str:
     return sealed_id_token(ACTIVATION, activation_id)
 
 
-# A plain row id as portal pages opened before seats were sealed name it (at most 19
-# digits: MAX_ROW_ID's length; longer is no id, and int() of thousands of digits is slow).
-_PLAIN_ID = re.compile(r"[0-9]{1,19}")
-
-
 def activation_id_from_token(token: str) -> int:
     """The seat a deactivate button names: sealed, or its plain id (a portal page opened
     before seats were sealed, still open in the buyer's browser).
@@ -274,8 +269,10 @@ def activation_id_from_token(token: str) -> int:
         LinkInvalid: neither (tampered with, or another purpose's token).
     """
     activation_id = id_from_sealed_token(ACTIVATION, token)
-    if activation_id is None and _PLAIN_ID.fullmatch(token):
-        activation_id = int(token) if 0 < int(token) <= MAX_ROW_ID else None
+    if activation_id is None:
+        # The plain id as the route took it before (<int:...>): one a row can have, never
+        # one past the column's type (PostgreSQL refuses to compare it: a 500).
+        activation_id = row_id(token) or None
     if activation_id is None:
         raise LinkInvalid("This button is not valid. Reload your order page and try again.")
     return activation_id

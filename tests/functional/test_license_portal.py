@@ -208,6 +208,8 @@ def test_a_deactivate_button_tampered_with_is_the_404_page_and_frees_nothing(
         "0",
         "-1",
         "99999999999999999999",
+        "2147483648",  # past the id column's type (PostgreSQL's integer): no row id
+        "9223372036854775807",
         "9" * 5000,
         "\u0661\u0662",  # Arabic-Indic digits: no plain id
     ):
