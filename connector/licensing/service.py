@@ -88,9 +88,10 @@ class Answer:
 
 
 def make_identity(site: str | None, fingerprint: str | None) -> Identity:
-    """Canonical identity from raw input; a site that is not a host is 422, an empty or
-    blank one too (left out, it is no site: "" sent by mistake must not activate none)."""
-    canonical_site = normalize_site(site) if site is not None else ""
+    """Canonical identity from raw input; a site that is not a host is 422. An empty or
+    blank site is no site, in every call: products built with earlier clients send a site
+    setting never filled in that way (today's client refuses it before sending)."""
+    canonical_site = normalize_site(site) if site and site.strip() else ""
     fp = (fingerprint or "").strip()
     if len(fp) > MAX_FINGERPRINT or any(ord(c) < 32 for c in fp):
         raise ValidationFailed(

@@ -33,9 +33,7 @@ def normalize_site(raw: str) -> str:
         ValidationFailed: ``raw`` does not name a host (422).
     """
     text = raw.strip()
-    if not text:
-        raise _invalid("is empty: leave it out for no site")
-    if len(text) > MAX_SITE_INPUT or any(ord(c) < 33 for c in text):
+    if not text or len(text) > MAX_SITE_INPUT or any(ord(c) < 33 for c in text):
         raise _invalid("must be a host name or URL without spaces")
     if "://" not in text:
         bare_ip = _ip_literal(text)  # "2001:db8::1" as Keygate answers it, without brackets
