@@ -78,8 +78,8 @@ def compose_order_mail(
         "order": order,
         "store": store,
         "portal_until": portal_until,
-        "left_out": left_out(entitlements),
         **entitlements,
+        **mailed(entitlements),
     }
     number = order.number or order.shop_order_id
     if entitlements["renewed"] and not (entitlements["licenses"] or entitlements["downloads"]):
@@ -93,25 +93,27 @@ def compose_order_mail(
     return header_text(subject), text, html
 
 
-def left_out(entitlements: dict[str, Any]) -> str | None:
-    """What the mail does not list because it no longer works (keys revoked, refunded or
-    suspended, links ended), said in one sentence so that a buyer reading a later or
-    resent mail does not take a missing key or link for a mistake; None when nothing is."""
-    keys = sum(lic.status != "active" for lic in entitlements["licenses"])
-    links = sum(d.ended is not None for d in entitlements["downloads"])
-    if not keys and not links:
-        return None
-    parts = [
-        f"{count} {noun}{'' if count == 1 else 's'}"
-        for count, noun in ((keys, "license key"), (links, "download link"))
-        if count
-    ]
-    verb = "is" if keys + links == 1 else "are"
-    return (
-        f"{' and '.join(parts)} of this order can no longer be used (refunded, revoked,"
-        f" suspended, expired or used up) and {verb} not listed here; the page linked below"
-        " shows the order as it is now."
+def mailed(entitlements: dict[str, Any]) -> dict[str, Any]:
+    """What an order's mail lists: ``keys`` and ``links`` that still work; and ``left_out``,
+    what it leaves out because it no longer does (keys revoked, refunded or suspended, links
+    ended) said in a sentence, so that a buyer reading a later or resent mail does not take a
+    missing key or link for a mistake (None when nothing is)."""
+    keys = [lic for lic in entitlements["licenses"] if lic.status == "active"]
+    links = [d for d in entitlements["downloads"] if d.ended is None]
+    counts = (
+        (len(entitlements["licenses"]) - len(keys), "license key"),
+        (len(entitlements["downloads"]) - len(links), "download link"),
     )
+    parts = [f"{count} {noun}{'' if count == 1 else 's'}" for count, noun in counts if count]
+    sentence = None
+    if parts:
+        verb = "is" if sum(count for count, _ in counts) == 1 else "are"
+        sentence = (
+            f"{' and '.join(parts)} of this order can no longer be used (refunded, revoked,"
+            f" suspended, expired or used up) and {verb} not listed here; the page linked"
+            " below shows the order as it is now."
+        )
+    return {"keys": keys, "links": links, "left_out": sentence}
 
 
 ORDER_MAIL_JOB = "mail.order_issued"
