@@ -147,7 +147,39 @@ def settle_restored_copy(engine: Engine) -> bool:
         if connection.exec_driver_sql("PRAGMA user_version").scalar() != COPY_MARK:
             return False
         _move_sqlite_ids(connection)
+    # The cleared mark into the file itself at once, not only into the write-ahead log: a
+    # marked file beside a log is then a log left by another database (see foreign_log).
+    # Outside a transaction (the driver's own connection: no BEGIN), and PASSIVE: servers
+    # starting at once may be reading, and none waits for the others.
+    raw = engine.raw_connection()
+    try:
+        raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+    finally:
+        raw.close()
     return True
+
+
+def foreign_log(database_url: str) -> Path | None:
+    """The write-ahead log (``keygate.db-wal``) beside a SQLite copy `keygate backup` made
+    and Keygate never started, if there is one: it is not the copy's but that of the
+    database the copy was put over (left by a crash or a kill), and SQLite would replay its
+    pages into the copy on the first open (the copy silently becoming that database, or a
+    corrupt mix of both). A copy's first start clears its mark in the file itself
+    (:func:`settle_restored_copy`), so its own log never sits beside a marked file."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.query.get("uri"):
+        return None
+    database = Path(url.database)
+    log = database.with_name(database.name + "-wal")
+    try:
+        with database.open("rb") as file:
+            header = file.read(64)  # user_version: 4 bytes big-endian at offset 60
+        logged = log.stat().st_size
+    except OSError:  # no copy, or no log: nothing to replay
+        return None
+    if len(header) < 64 or int.from_bytes(header[60:64], "big") != COPY_MARK or not logged:
+        return None
+    return log
 
 
 def move_ids_ahead(engine: Engine) -> None:
@@ -204,9 +236,9 @@ def _move_sqlite_ids(connection: Connection) -> None:
 @click.argument("destination", type=click.Path(path_type=Path))
 def backup(destination: Path) -> None:
     """Copy the instance (database, keys, settings, embedded files) into DESTINATION, a
-    new folder, while Keygate keeps running. To restore, stop Keygate, put the folder's
-    contents in the instance folder (or point KEYGATE_INSTANCE_DIR at it) and run
-    `keygate init`."""
+    new folder, while Keygate keeps running. To restore, stop Keygate, move the instance
+    folder aside, copy DESTINATION as the instance folder (or point KEYGATE_INSTANCE_DIR at
+    it) and run `keygate init`."""
     from connector.config import ConfigError, load_settings
 
     try:

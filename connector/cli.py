@@ -165,6 +165,7 @@ def init(admin_user: str, restored: bool) -> None:
 
     admin_user = _checked_username(admin_user)
     instance = _instance_dir()
+    _refuse_a_copy_beside_another_databases_log()
     _make_folder(instance)
     _make_folder(instance / "files")
     has_env_key = bool(
@@ -230,6 +231,28 @@ def init(admin_user: str, restored: bool) -> None:
                 f"admin user exists (forgot the password? {_command()} admin password "
                 "--username NAME)"
             )
+
+
+def _refuse_a_copy_beside_another_databases_log() -> None:
+    """A backup put over an instance folder whose database left a write-ahead log (a server
+    killed, a crash) would, on its first open, take that database's pages instead of its
+    own: said before anything opens it, so the copy stays as it was taken."""
+    from connector.backup import foreign_log
+    from connector.config import configured_database_url
+
+    try:
+        log = foreign_log(configured_database_url())
+    except ConfigError:
+        return  # a malformed setting: the start below says which, in its own line
+    if log is not None:
+        shm = log.with_name(log.name.removesuffix("-wal") + "-shm")
+        raise click.ClickException(
+            f"{log.parent / log.name.removesuffix('-wal')} is a backup's copy Keygate has "
+            f"not started yet, and {log.name} beside it holds the unfinished writes of the "
+            "database it was put over (left by a server stopped mid-write): opened, the copy "
+            f"would take that database's pages instead of its own. Move {log} and {shm} "
+            "away (with Keygate stopped), then run `keygate init` again."
+        )
 
 
 def _refuse_new_keys_for_a_database_in_use(instance: Path, new_keys: dict[Path, str]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,7 +16,7 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 
 from connector import create_app
-from connector.backup import back_up
+from connector.backup import COPY_MARK, back_up
 from connector.config import MASTER_KEY_FILE, SECRET_KEY_FILE
 from tests.conftest import MASTER_KEY, SECRET_KEY
 from tests.factories import WebhookSender, line_item, wc_order
@@ -299,3 +302,60 @@ def test_a_folder_that_cannot_be_made_this_users_only_is_said_not_a_traceback(
     with pytest.raises(click.ClickException, match=r"usb-stick .*this user only .*not permitted"):
         back_up(app.extensions["keygate.settings"], folder)
     assert list(folder.iterdir()) == []
+
+
+def _write_and_die(database: Path) -> None:
+    """A Keygate process that wrote to ``database`` and was killed before closing it (a
+    crash, `kill -9`, a stop that timed out): its write-ahead log stays beside the file."""
+    dying = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1])\n"
+        "db.execute('PRAGMA wal_autocheckpoint = 0')\n"
+        "db.execute(\"UPDATE admin_users SET username = 'from-the-log'\")\n"
+        "db.commit()\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", dying, str(database)], check=True, timeout=60)
+    assert Path(f"{database}-wal").stat().st_size > 0
+
+
+def test_a_backup_put_over_a_database_that_left_its_log_is_refused_not_mixed(
+    tmp_path: Path,
+) -> None:
+    """The owner puts a backup over an instance folder whose server was killed mid-write:
+    its keygate.db-wal stays, and SQLite replays a log into whatever file lies beside it,
+    so the restored copy would silently become the database it replaced (or a corrupt mix
+    of both). `keygate init` names the stray log before anything opens the copy; with it
+    moved away the copy starts as it was taken; the copy's own log after that (a later
+    kill) is its own and refused no more."""
+    from tests.functional.test_cli import keygate
+
+    assert keygate(tmp_path, "init", "--admin-user", "ana", instance="old").returncode == 0
+    assert keygate(tmp_path, "backup", str(tmp_path / "copy"), instance="old").returncode == 0
+    instance = tmp_path / "instance"
+    assert keygate(tmp_path, "init", "--admin-user", "bea").returncode == 0
+    _write_and_die(instance / "keygate.db")
+    for path in (tmp_path / "copy").iterdir():  # the copy's contents over the folder
+        if path.is_dir():
+            shutil.copytree(path, instance / path.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, instance / path.name)
+
+    refused = keygate(tmp_path, "init")
+    assert refused.returncode == 1, refused.stdout
+    assert "Traceback" not in refused.stderr, refused.stderr[-600:]
+    assert f"Move {instance / 'keygate.db-wal'} and {instance / 'keygate.db-shm'}" in (
+        refused.stderr
+    )
+    with (instance / "keygate.db").open("rb") as copy:
+        assert int.from_bytes(copy.read(64)[60:64], "big") == COPY_MARK  # never opened
+
+    for name in ("keygate.db-wal", "keygate.db-shm"):
+        (instance / name).rename(tmp_path / name)
+    restored = keygate(tmp_path, "init")
+    assert restored.returncode == 0, restored.stderr
+    assert "a restored backup" in restored.stdout
+    with sqlite3.connect(instance / "keygate.db") as check:
+        assert check.execute("SELECT username FROM admin_users").fetchall() == [("ana",)]
+    _write_and_die(instance / "keygate.db")
+    assert keygate(tmp_path, "init").returncode == 0
