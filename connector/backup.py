@@ -10,6 +10,7 @@ backed up with its own tools (``pg_dump``): the command copies the rest and says
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sqlite3
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import click
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from connector.config import CONFIG_FILE, MASTER_KEY_FILE, SECRET_KEY_FILE, Settings
 from connector.db import Base
@@ -85,8 +86,19 @@ def _copy_instance(settings: Settings, destination: Path) -> Backup:
         _copy_sqlite(Path(url.database), destination / "keygate.db")
         done.copied.append("keygate.db (the database)")
     else:
+        # Into the folder, which is this user's only: a dump made elsewhere is written with
+        # the shell's umask (often readable by all), and it holds every buyer's name. The
+        # URL is the configured one without its password (pg_dump asks, or reads ~/.pgpass),
+        # in its user part or in its query.
+        query = {name: value for name, value in url.query.items() if name != "password"}
+        plain = URL.create(
+            "postgresql", url.username, None, url.host, url.port, url.database, query
+        )
+        dump = shlex.quote(str(destination / "keygate.dump"))
+        where = shlex.quote(plain.render_as_string(hide_password=False))
         done.keep_beside.append(
-            "the PostgreSQL database: back it up with pg_dump (e.g. `pg_dump -Fc keygate`)"
+            f"the PostgreSQL database: dump it into the folder now, with `pg_dump -Fc -f {dump}"
+            f" {where}`"
         )
     instance = settings.instance_dir
     for name, what in (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -14,6 +16,7 @@ import click
 import pytest
 from flask import Flask
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from connector import create_app
 from connector.backup import COPY_MARK, back_up
@@ -359,3 +362,33 @@ def test_a_backup_put_over_a_database_that_left_its_log_is_refused_not_mixed(
         assert check.execute("SELECT username FROM admin_users").fetchall() == [("ana",)]
     _write_and_die(instance / "keygate.db")
     assert keygate(tmp_path, "init").returncode == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_pg_dump_line_writes_the_dump_into_the_backup_folder_without_the_password(
+    app: Flask, tmp_path: Path, database_url: str
+) -> None:
+    """On PostgreSQL the backup names the pg_dump command to run: for the configured
+    database (not a guessed name), writing into the backup's folder, which is this user's
+    only (a dump redirected elsewhere is written with the shell's umask, often readable by
+    all, and holds every buyer's name), and never showing the password, in the URL or its
+    query. Run as shown, it makes a dump pg_restore reads."""
+    settings = app.extensions["keygate.settings"]
+    given = database_url.replace("postgresql://postgres@", "postgresql://postgres:pw-secret@")
+    with_password = dataclasses.replace(settings, database_url=f"{given}?password=q-secret")
+    done = back_up(with_password, tmp_path / "copy")
+    (line,) = [what for what in done.keep_beside if "pg_dump" in what]
+    assert "pw-secret" not in line and "q-secret" not in line
+    command = line.split("`")[1]
+    assert command.startswith(f"pg_dump -Fc -f {tmp_path / 'copy' / 'keygate.dump'} ")
+    assert make_url(database_url).database in command
+    if shutil.which("pg_dump") is None:
+        pytest.skip("pg_dump is not installed")
+    subprocess.run(shlex.split(command), check=True, timeout=120, capture_output=True)
+    listed = subprocess.run(
+        ["pg_restore", "--list", str(tmp_path / "copy" / "keygate.dump")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "TABLE public signing_keys" in listed.stdout
