@@ -10,6 +10,7 @@ backed up with its own tools (``pg_dump``): the command copies the rest and says
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sqlite3
@@ -114,9 +115,21 @@ def _copy_instance(settings: Settings, destination: Path) -> Backup:
     if not (instance / SECRET_KEY_FILE).is_file():
         done.keep_beside.append("KEYGATE_SECRET_KEY from the environment")
     if settings.storage_dir.is_dir():
-        shutil.copytree(settings.storage_dir, destination / "files")
+        shutil.copytree(settings.storage_dir, destination / "files", copy_function=_copy_file)
         done.copied.append("files/ (the embedded file storage)")
     return done
+
+
+def _copy_file(source: str, target: str) -> None:
+    """Copy a file of the storage, unless it went while the backup ran: the purge or an
+    erasure deleting a buyer's stamped copy (made again on the next click), a file the
+    owner removed. A link to a file that is not there is still an error (a disk not
+    mounted: the file is not gone, only out of reach)."""
+    try:
+        shutil.copy2(source, target)
+    except FileNotFoundError:
+        if os.path.lexists(source):
+            raise
 
 
 def _copy_sqlite(source: Path, target: Path) -> None:

@@ -392,3 +392,30 @@ def test_the_pg_dump_line_writes_the_dump_into_the_backup_folder_without_the_pas
         text=True,
     )
     assert "TABLE public signing_keys" in listed.stdout
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_stamped_copy_deleted_while_the_backup_runs_is_left_out_not_a_failed_backup(
+    app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daily purge (or an erasure) deletes a buyer's stamped copy while the backup
+    copies the files: the backup is taken without it (a click stamps it again), not
+    thrown away whole with "nothing backed up" for that night."""
+    storage = app.extensions["keygate.settings"].storage_dir
+    (storage / "books").mkdir(parents=True)
+    (storage / "books" / "guide.pdf").write_bytes(b"%PDF-1.4 guide")
+    (storage / "watermarked" / "7").mkdir(parents=True)
+    stamped = storage / "watermarked" / "7" / "guide.pdf"
+    stamped.write_bytes(b"%PDF-1.4 stamped for Ana")
+    real_copyfile = shutil.copyfile
+
+    def purged_just_then(source: str, target: str, **kwargs: bool) -> str:
+        if Path(source) == stamped:
+            stamped.unlink()
+        return real_copyfile(source, target, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", purged_just_then)
+    back_up(app.extensions["keygate.settings"], tmp_path / "copy")
+    assert (tmp_path / "copy" / "files" / "books" / "guide.pdf").read_bytes() == b"%PDF-1.4 guide"
+    assert not (tmp_path / "copy" / "files" / "watermarked" / "7" / "guide.pdf").exists()
+    assert (tmp_path / "copy" / "keygate.db").is_file()
