@@ -102,22 +102,37 @@ def _copy_instance(settings: Settings, destination: Path) -> Backup:
             f" {where}`"
         )
     instance = settings.instance_dir
-    for name, what in (
-        (MASTER_KEY_FILE, "the master key"),
-        (SECRET_KEY_FILE, "the secret key"),
-        (CONFIG_FILE, "the settings file"),
+    # Keys given in the environment win over the files: a key file beside them (an older
+    # key, one left from before the move to the environment) is not the key in use, and a
+    # backup holding only it could never be read.
+    for name, what, in_use, variable in (
+        (MASTER_KEY_FILE, "the master key", list(settings.master_keys), "KEYGATE_MASTER_KEY(S)"),
+        (SECRET_KEY_FILE, "the secret key", [settings.secret_key], "KEYGATE_SECRET_KEY"),
     ):
-        if (instance / name).is_file():
+        if _key_lines(instance / name)[: len(in_use)] == in_use:
             shutil.copy2(instance / name, destination / name)
             done.copied.append(f"{name} ({what})")
-    if not (instance / MASTER_KEY_FILE).is_file():
-        done.keep_beside.append("KEYGATE_MASTER_KEY(S) from the environment")
-    if not (instance / SECRET_KEY_FILE).is_file():
-        done.keep_beside.append("KEYGATE_SECRET_KEY from the environment")
+        else:
+            stray = f" ({name} in the instance folder is not it: left out)"
+            done.keep_beside.append(
+                f"{variable} from the environment" + (stray if (instance / name).exists() else "")
+            )
+    if (instance / CONFIG_FILE).is_file():
+        shutil.copy2(instance / CONFIG_FILE, destination / CONFIG_FILE)
+        done.copied.append(f"{CONFIG_FILE} (the settings file)")
     if settings.storage_dir.is_dir():
         shutil.copytree(settings.storage_dir, destination / "files", copy_function=_copy_file)
         done.copied.append("files/ (the embedded file storage)")
     return done
+
+
+def _key_lines(path: Path) -> list[str]:
+    """The keys a key file holds, one a line as Keygate reads them; none when it cannot be
+    read (it is then not the file the keys in use came from)."""
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return []
 
 
 def _copy_file(source: str, target: str) -> None:

@@ -419,3 +419,30 @@ def test_a_stamped_copy_deleted_while_the_backup_runs_is_left_out_not_a_failed_b
     assert (tmp_path / "copy" / "files" / "books" / "guide.pdf").read_bytes() == b"%PDF-1.4 guide"
     assert not (tmp_path / "copy" / "files" / "watermarked" / "7" / "guide.pdf").exists()
     assert (tmp_path / "copy" / "keygate.db").is_file()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_keys_given_in_the_environment_beside_an_older_key_file_are_named_to_keep(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """The owner moved the keys to the environment (KEYGATE_MASTER_KEYS, KEYGATE_SECRET_KEY,
+    which win over the files) and left the old files in the instance folder. The backup
+    must not take those files for the keys in use and say nothing: restored with them
+    alone, the database could never be read. It names the variables to keep, and leaves
+    the stray files out."""
+    from cryptography.fernet import Fernet
+
+    _sold(app, shop)  # the files hold MASTER_KEY and SECRET_KEY, the keys in use
+    settings = app.extensions["keygate.settings"]
+    (settings.instance_dir / MASTER_KEY_FILE).write_text(Fernet.generate_key().decode() + "\n")
+    (settings.instance_dir / SECRET_KEY_FILE).write_text("an-older-secret-key-" * 3 + "\n")
+    done = back_up(settings, tmp_path / "copy")
+    assert not (tmp_path / "copy" / MASTER_KEY_FILE).exists()
+    assert not (tmp_path / "copy" / SECRET_KEY_FILE).exists()
+    assert done.keep_beside == [
+        "KEYGATE_MASTER_KEY(S) from the environment (master.key in the instance folder is"
+        " not it: left out)",
+        "KEYGATE_SECRET_KEY from the environment (secret.key in the instance folder is not"
+        " it: left out)",
+    ]
+    assert not any(what.startswith(("master.key", "secret.key")) for what in done.copied)
