@@ -543,12 +543,13 @@ def test_a_hanging_resolver_holds_a_call_no_longer_than_its_timeout(
     try:
         started = time.monotonic()
         served = client.validate(key)
-        assert time.monotonic() - started < 1.5
+        # 0.5 s and what a busy machine adds, far from the resolver's 10 s.
+        assert time.monotonic() - started < 4
         assert (served.valid, served.offline, served.offline_reason) == (True, True, "unreachable")
         started = time.monotonic()
         with pytest.raises(Unavailable, match="in time"):
             never_answered.activate(key, site="a.com")
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 4
     finally:
         released.set()
 
