@@ -21,12 +21,18 @@ from tests.conftest import BACKENDS, PG_ADMIN_URL
 from tests.licensing_helpers import free_port, wait_until_serving
 
 
+def cli_env(instance: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without its KEYGATE_* settings, for a keygate command on
+    ``instance`` with ``settings`` (``WORKER="off"``: KEYGATE_WORKER)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    env["KEYGATE_INSTANCE_DIR"] = str(instance)
+    return env | {f"KEYGATE_{name}": value for name, value in settings.items()}
+
+
 def keygate(
     tmp_path: Path, *args: str, database_url: str | None = None, instance: str = "instance"
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / instance)
-    env["KEYGATE_WORKER"] = "off"
+    env = cli_env(tmp_path / instance, WORKER="off")
     if database_url:
         env["KEYGATE_DATABASE_URL"] = database_url
     return subprocess.run(
@@ -176,8 +182,7 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     on every address, it names one a browser can open."""
     assert keygate(tmp_path, "init").returncode == 0
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / "instance")
+    env = cli_env(tmp_path / "instance")
     server = subprocess.Popen(
         [sys.executable, "-m", "connector.cli", "run", "--host", "0.0.0.0", "--port", str(port)],  # noqa: S104
         env=env,
@@ -310,8 +315,7 @@ def test_a_database_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path: Pa
 def test_the_cli_holds_admin_passwords_and_names_to_the_pages_rules(tmp_path: Path) -> None:
     """KEYGATE_ADMIN_PASSWORD shorter than the sign-in page allows, or an empty admin
     name, is refused with the rule; nothing is created."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env |= {"KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"), "KEYGATE_WORKER": "off"}
+    env = cli_env(tmp_path / "instance", WORKER="off")
 
     def run(*args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
         extra = {"KEYGATE_ADMIN_PASSWORD": password} if password is not None else {}
@@ -411,12 +415,7 @@ def test_gunicorn_with_a_malformed_setting_stops_with_a_line_not_a_traceback(
     stops gunicorn with the line the keygate command gives, not a worker's traceback, and
     gunicorn does not fork worker after worker."""
     assert keygate(tmp_path, "init").returncode == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env.update(
-        KEYGATE_INSTANCE_DIR=str(tmp_path / "instance"),
-        KEYGATE_WORKER="off",
-        KEYGATE_MAX_BODY_BYTES="lots",
-    )
+    env = cli_env(tmp_path / "instance", WORKER="off", MAX_BODY_BYTES="lots")
     gunicorn = Path(sys.executable).parent / "gunicorn"
     result = subprocess.run(
         [str(gunicorn), "--workers", "1", "-b", f"127.0.0.1:{free_port()}", "connector.wsgi:app"],
@@ -468,11 +467,8 @@ def test_a_key_file_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_pa
 
     if "postgresql" not in BACKENDS:  # SQLite would need the disk first; PostgreSQL does not
         return
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env |= {
-        "KEYGATE_INSTANCE_DIR": str(tmp_path / "full"),
-        "KEYGATE_DATABASE_URL": PG_ADMIN_URL,  # no Keygate tables: new keys are welcome
-    }
+    # No Keygate tables in that database: new keys are welcome.
+    env = cli_env(tmp_path / "full", DATABASE_URL=PG_ADMIN_URL)
     full = subprocess.run(
         [sys.executable, "-m", "connector.cli", "init"],
         env=env,
@@ -496,12 +492,11 @@ def test_a_worker_without_its_database_says_so_in_a_line_each_try(tmp_path: Path
     come back), saying why in a line each time: not the same traceback every poll, and not
     the URL's password."""
     assert keygate(tmp_path, "init").returncode == 0  # the keys
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env |= {
-        "KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"),
-        "KEYGATE_DATABASE_URL": f"postgresql://keygate:pw-secret@127.0.0.1:{free_port()}/k",
-        "KEYGATE_WORKER_POLL_SECONDS": "0.1",
-    }
+    env = cli_env(
+        tmp_path / "instance",
+        DATABASE_URL=f"postgresql://keygate:pw-secret@127.0.0.1:{free_port()}/k",
+        WORKER_POLL_SECONDS="0.1",
+    )
     worker = subprocess.Popen(
         [sys.executable, "-m", "connector.cli", "worker"],
         env=env,
@@ -559,11 +554,9 @@ def test_arguments_that_are_not_utf8_are_refused_in_a_line(tmp_path: Path) -> No
         assert result.stderr.strip().splitlines()[-1].startswith("Error: '"), result.stderr
         assert "Caf\\xe9' is not UTF-8 text" in result.stderr
     assert keygate(tmp_path, "store", "list").stdout == ""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env |= {
-        "KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"),
-        "KEYGATE_ADMIN_PASSWORD": os.fsdecode("très secret, oui".encode("latin-1")),
-    }
+    env = cli_env(
+        tmp_path / "instance", ADMIN_PASSWORD=os.fsdecode("très secret, oui".encode("latin-1"))
+    )
     password = subprocess.run(
         [sys.executable, "-m", "connector.cli", "admin", "add", "--username", "ana"],
         env=env,
@@ -584,8 +577,7 @@ def test_a_worker_shows_what_jobs_log_at_info(tmp_path: Path) -> None:
     """`keygate worker` shows Keygate's INFO lines (a shop note written, a copy restamped),
     as `keygate run` does: without a handler, Python prints warnings alone."""
     assert keygate(tmp_path, "init").returncode == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
-    env["KEYGATE_INSTANCE_DIR"] = str(tmp_path / "instance")
+    env = cli_env(tmp_path / "instance")
     script = (
         "import logging, sys\n"
         "import connector.jobs\n"
