@@ -313,6 +313,11 @@ def _refuse(
     session: Session, grant: DownloadGrant, reason: str, ip: str | None, user_agent: str | None
 ) -> DownloadAnswer:
     _log_click(session, grant, reason, ip=ip, user_agent=user_agent)
+    return _refusal(reason)
+
+
+def _refusal(reason: str) -> DownloadAnswer:
+    """The answer refusing a click for ``reason`` (a key of :data:`REFUSALS`)."""
     status, title, detail = REFUSALS[reason]
     return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
 
@@ -341,15 +346,13 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
     row, reason, _ = read
     _grant, product_file, store, copy, r2_credentials, *buyer = row
     if reason is not None:
-        status, title, detail = REFUSALS[reason]
-        return DownloadAnswer(status=status, outcome=reason, title=title, detail=detail)
+        return _refusal(reason)
     _no_transaction_open(session, postgres)
     backend = store_for(store, r2_credentials)
     try:
         chosen = _object_without_stamping(session, backend, product_file, copy, buyer)
         if chosen is None:
-            status, title, detail = REFUSALS["refused"]
-            return DownloadAnswer(status=status, outcome="refused", title=title, detail=detail)
+            return _refusal("refused")
         object_key, served = chosen
         _no_transaction_open(session, postgres)  # the product's fallback may have been read
         info = backend.info(object_key) if object_key is not None else None
@@ -360,8 +363,7 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
             fallback = _fallback(session, product_file)
             _no_transaction_open(session, postgres)
             if fallback is None:
-                status, title, detail = REFUSALS["refused"]
-                return DownloadAnswer(status=status, outcome="refused", title=title, detail=detail)
+                return _refusal("refused")
             object_key, served = fallback
     except StorageUnavailable:
         raise FileUnavailable(UNREACHABLE) from None
