@@ -365,7 +365,9 @@ def _password_to_set() -> tuple[str, bool]:
 
 
 def _checked_username(username: str) -> str:
-    username = username.strip()
+    from connector.admin.forms import admin_username
+
+    username = admin_username(username)
     if not username or len(username) > 100 or not username.isprintable():
         raise click.ClickException(
             "the username must be 1 to 100 printable characters (no tabs or line breaks)"
@@ -414,11 +416,12 @@ def admin_add(username: str, store_public_id: str | None) -> None:
 
 def _admin_named(username: str) -> Any:
     """The admin user of this name (in an app context), or a clear error."""
+    from connector.admin.forms import admin_username
     from connector.db import db
     from connector.models import AdminUser
 
     user = db.session.execute(
-        select(AdminUser).where(AdminUser.username == username.strip())
+        select(AdminUser).where(AdminUser.username == admin_username(username))
     ).scalar_one_or_none()
     if user is None:
         raise click.ClickException(f"no admin user '{username}'")
@@ -471,7 +474,7 @@ def admin_remove(username: str) -> None:
             subject=f"admin:{user.username}",
         )
         db.session.commit()
-    click.echo(f"removed admin user '{username.strip()}'; their sessions have ended")
+    click.echo(f"removed admin user '{user.username}'; their sessions have ended")
 
 
 @admin.command("password")
@@ -496,7 +499,7 @@ def admin_password(username: str) -> None:
             subject=f"admin:{user.username}",
         )
         db.session.commit()
-    click.echo(f"new password set for '{username}'; their sessions have ended")
+    click.echo(f"new password set for '{user.username}'; their sessions have ended")
     if not given:
         click.echo(f"  password: {password}  (shown once)")
 

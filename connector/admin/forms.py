@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from flask import request
@@ -10,6 +11,14 @@ from wtforms import BooleanField, PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
 
 MIN_PASSWORD = 12
+
+
+def admin_username(typed: str) -> str:
+    """An admin's name as stored and looked up: without the spaces around it (a phone's
+    keyboard adds one after a suggested word) and in Unicode NFC, so that an "é" typed as
+    one character or as "e" and an accent is the same name on the sign-in page and in
+    ``keygate admin``."""
+    return unicodedata.normalize("NFC", typed.strip())
 
 
 class PageForm(FlaskForm):
@@ -27,7 +36,11 @@ class PageForm(FlaskForm):
 
 
 class LoginForm(PageForm):
-    username = StringField("User", validators=[DataRequired(), Length(max=100)])
+    username = StringField(
+        "User",
+        validators=[DataRequired(), Length(max=100)],
+        filters=[lambda typed: admin_username(typed) if isinstance(typed, str) else typed],
+    )
     password = PasswordField("Password", validators=[DataRequired(), Length(max=200)])
 
 

@@ -77,7 +77,14 @@ from connector.vault.views import credential_checks
 from plugin.shop import PAID_STATUSES
 
 from . import attention, sign_in
-from .forms import ConfirmedForm, ConfirmForm, DeleteStoreForm, LoginForm, PasswordForm
+from .forms import (
+    ConfirmedForm,
+    ConfirmForm,
+    DeleteStoreForm,
+    LoginForm,
+    PasswordForm,
+    admin_username,
+)
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -206,8 +213,9 @@ def login() -> ResponseReturnValue:
         user = db.session.execute(
             select(AdminUser).where(AdminUser.username == form.username.data)
         ).scalar_one_or_none()
-    # As the sign-in matches it; an empty or overlong name spends a budget too.
-    spent = sign_in.spend(str(request.form.get("username", ""))[:200], user)
+    # As the sign-in matches it (" admin" is admin's budget); an empty or overlong name
+    # spends a budget too.
+    spent = sign_in.spend(admin_username(str(request.form.get("username", ""))[:200]), user)
     if spent.refused:
         sign_in.record_refusal(db.session, spent, user)
         return _sign_in_refused(form, spent)

@@ -120,6 +120,35 @@ def test_a_sign_in_lockout_leaves_a_record_for_the_owner(
     assert (security or 0) + (audited or 0) > 0, "no record of 20 failed sign-ins and a lockout"
 
 
+def test_a_name_typed_with_spaces_or_decomposed_accents_signs_in_as_the_account(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """A phone's keyboard adds a space after a suggested word, and an "é" may come as "e"
+    and an accent: the sign-in finds the account all the same."""
+    with app.app_context():
+        db.session.add(
+            AdminUser(username="Ren\u00e9", password_hash=generate_password_hash(PASSWORD))
+        )
+        db.session.commit()
+    assert attempt(admin_client, PASSWORD, 1, username="owner ") == 302
+    assert attempt(app.test_client(), PASSWORD, 2, username=" Rene\u0301") == 302
+    assert attempt(app.test_client(), PASSWORD, 3, username="Ren\u00e9s") == 401
+
+
+def test_spaces_around_a_name_spend_the_same_account_budget(
+    admin_client: FlaskClient,
+) -> None:
+    """Were " owner" and "owner " budgets of their own, each spelling would buy another 20
+    guesses at the same account."""
+    spellings = ["owner", " owner", "owner ", "  owner  "]
+    guesses = [
+        attempt(admin_client, "wrong", n, username=spellings[n % len(spellings)])
+        for n in range(ACCOUNT_LIMIT)
+    ]
+    assert guesses == [401] * ACCOUNT_LIMIT
+    assert attempt(admin_client, PASSWORD, 100, username=" owner") == 429
+
+
 def test_signing_in_often_never_uses_the_account_budget(
     app: Flask, admin_client: FlaskClient
 ) -> None:

@@ -130,8 +130,9 @@ def test_admin_password_sets_a_new_password_once_shown(tmp_path: Path) -> None:
     old = re.search(r"initial password: (\S+)", created.stdout)
     assert old, created.stdout
     assert "/admin/password" in created.stdout
-    reset = keygate(tmp_path, "admin", "password", "--username", "admin")
+    reset = keygate(tmp_path, "admin", "password", "--username", " admin ")
     assert reset.returncode == 0, reset.stderr
+    assert "new password set for 'admin'" in reset.stdout  # the name as kept
     new = re.search(r"password: (\S+)", reset.stdout.split("\n", 1)[1])
     assert new and new.group(1) != old.group(1)
     database = sqlite3.connect(tmp_path / "instance" / "keygate.db")

@@ -502,3 +502,25 @@ def test_0025_goes_down_and_up_again_with_products_and_their_licenses(
         assert (licenses, files) == (1, 1)
     finally:
         engine.dispose()
+
+
+def test_0026_keeps_admin_names_in_nfc_unless_the_name_is_taken(database_url: str) -> None:
+    """A name kept as "e" and a combining accent is made one "é", as the sign-in page now
+    reads it; one whose NFC form another admin has is left alone; NFC names are untouched."""
+    engine = make_engine(database_url)
+    admin = (
+        "INSERT INTO admin_users (username, password_hash, session_generation, created_at)"
+        " VALUES (:name, 'h', 0, CURRENT_TIMESTAMP)"
+    )
+    names = ["Rene\u0301", "Zoe\u0308", "Zo\u00eb", "ana"]
+    try:
+        downgrade(engine, "0025")
+        with engine.begin() as connection:
+            for name in names:
+                connection.execute(text(admin), {"name": name})
+        upgrade(engine)
+        with engine.connect() as connection:
+            kept = connection.execute(text("SELECT username FROM admin_users ORDER BY id"))
+            assert [row[0] for row in kept] == ["Ren\u00e9", "Zoe\u0308", "Zo\u00eb", "ana"]
+    finally:
+        engine.dispose()
