@@ -178,13 +178,16 @@ _FLOORS = {
     "max_body_bytes": 1024,
 }
 
-# The greatest value of settings that count time: past them a date computed from one (the
+# The greatest value of settings: past those that count time a date computed from one (the
 # purge's cutoff, a periodic job's next run) is outside the years a datetime can hold, and
 # the job that needs it fails every time (nothing would ever be purged again).
 _CEILINGS = {
     **{name: 36_600 for name in _FLOORS if name.startswith("retention_")},  # 100 years
     "reconcile_interval_seconds": 366 * 86_400,
     "product_sync_interval_seconds": 366 * 86_400,
+    # Every body up to it is read into memory (a webhook's before its signature is checked):
+    # past 64 MiB one sender could fill the server's memory with a few requests.
+    "max_body_bytes": 64 * 1024 * 1024,
 }
 
 

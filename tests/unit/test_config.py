@@ -89,6 +89,10 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
             "PRODUCT_SYNC_INTERVAL_SECONDS .* at least 60",
         ),
         ({"KEYGATE_MAX_BODY_BYTES": "0"}, "KEYGATE_MAX_BODY_BYTES must be at least 1024"),
+        (
+            {"KEYGATE_MAX_BODY_BYTES": str(64 * 1024 * 1024 + 1)},
+            "KEYGATE_MAX_BODY_BYTES must be at most 67108864",
+        ),
         ({"KEYGATE_BREVO_API_HOST": "notaurl"}, "KEYGATE_BREVO_API_HOST must be an http"),
         ({"KEYGATE_BREVO_API_HOST": "ftp://brevo.example"}, "KEYGATE_BREVO_API_HOST"),
         ({"KEYGATE_BREVO_API_HOST": "http://[::1"}, "KEYGATE_BREVO_API_HOST"),
