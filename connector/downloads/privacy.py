@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from connector.db import db
+from connector.db import db, iso
 from connector.jobs import enqueue, handles
 from connector.models import (
     DownloadEvent,
@@ -33,10 +33,6 @@ from connector.models import (
 from connector.privacy.service import register_hooks
 
 DELETE_COPIES_JOB = "downloads.delete_copies"
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def _with_filenames(session: Session, model: Any, order_ids: list[int]) -> list[Any]:
@@ -72,7 +68,7 @@ def export_downloads(session: Session, orders: list[Order]) -> dict[str, Any]:
     return {
         "download_log": [
             {
-                "at": _iso(e.created_at),
+                "at": iso(e.created_at),
                 "outcome": e.outcome,
                 "served": e.served,
                 "ip_hash": e.ip_hash,
@@ -87,15 +83,15 @@ def export_downloads(session: Session, orders: list[Order]) -> dict[str, Any]:
                 "kind": copy.kind,
                 "fingerprint": copy.fingerprint,
                 "error": copy.error,
-                "updated_at": _iso(copy.updated_at),
+                "updated_at": iso(copy.updated_at),
             }
             for copy, filename in copies
         ],
         "download_extensions": [
             {
                 "filename": filename,
-                "previous_expires_at": _iso(extension.previous_expires_at),
-                "expires_at": _iso(extension.expires_at),
+                "previous_expires_at": iso(extension.previous_expires_at),
+                "expires_at": iso(extension.expires_at),
             }
             for extension, filename in extensions
         ],

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.catalog import _check_object_key
+from connector.db import iso
 from connector.errors import Conflict, ValidationFailed
 from connector.models import Product, Release, Store
 from connector.tokens import release_token
@@ -120,7 +121,7 @@ def release_json(release: Release) -> dict[str, Any]:
         "object_key": release.object_key,
         "sha256": release.sha256,
         "size": release.size,
-        "published_at": release.published_at.isoformat().replace("+00:00", "Z"),
+        "published_at": iso(release.published_at),
         "changelog": release.changelog,
     }
 

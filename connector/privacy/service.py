@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, and_, delete, literal, or_, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import db, lock_row, utcnow
+from connector.db import db, iso, lock_row, utcnow
 from connector.errors import Conflict, NotFound
 from connector.jobs import handles
 from connector.mail.contacts import LIST_NOT_RECORDED, pass_erasure_on
@@ -57,10 +57,6 @@ def register_hooks(
     for hooks, hook in ((EXPORTERS, exporter), (ERASERS, eraser), (PURGERS, purger)):
         if hook is not None and hook not in hooks:
             hooks.append(hook)  # type: ignore[arg-type]
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def customer_orders(
@@ -150,13 +146,13 @@ def _renewals(session: Session, order: Order) -> list[dict[str, Any]]:
     """The licenses this order renewed, with the dates before and after."""
     return [
         {
-            "previous_expires_at": _iso(r.previous_expires_at),
-            "expires_at": _iso(r.expires_at),
-            "previous_updates_until": _iso(r.previous_updates_until),
-            "updates_until": _iso(r.updates_until),
+            "previous_expires_at": iso(r.previous_expires_at),
+            "expires_at": iso(r.expires_at),
+            "previous_updates_until": iso(r.previous_updates_until),
+            "updates_until": iso(r.updates_until),
             "subscription": r.subscription_id,
-            "reverted_at": _iso(r.reverted_at),
-            "created_at": _iso(r.created_at),
+            "reverted_at": iso(r.reverted_at),
+            "created_at": iso(r.created_at),
         }
         for r in session.scalars(
             select(LicenseRenewal)
@@ -204,7 +200,7 @@ def _export(
         "email": email,
         "erased": all(order.is_erased for order in orders),
         "store": store.name,
-        "exported_at": _iso(utcnow()),
+        "exported_at": iso(utcnow()),
         "orders": [],
     }
     for order in orders:
@@ -215,8 +211,8 @@ def _export(
                 "number": order.number,
                 "status": order.status,
                 "deleted_in_shop": order.deleted,
-                "created_at": _iso(order.created_at),
-                "erased_at": _iso(order.erased_at),
+                "created_at": iso(order.created_at),
+                "erased_at": iso(order.erased_at),
                 "email": order.email,
                 "name": order.name,
                 "company": order.company,
@@ -226,7 +222,7 @@ def _export(
                 "payment_method": order.payment_method_title or order.payment_method,
                 "payment_reference": order.transaction_id,
                 "payment_note": order.payment_note,
-                "date_paid": _iso(order.date_paid),
+                "date_paid": iso(order.date_paid),
                 # The Brevo list Keygate pushed the buyer into for this order (0: the store's).
                 "brevo_list": order.brevo_list_id,
                 "brevo_address": order.brevo_email,  # the address pushed into it
@@ -247,8 +243,8 @@ def _export(
                         "product": lic.product_name,
                         "status": lic.status,
                         "activation_limit": lic.activation_limit,
-                        "expires_at": _iso(lic.expires_at),
-                        "updates_until": _iso(lic.updates_until),
+                        "expires_at": iso(lic.expires_at),
+                        "updates_until": iso(lic.updates_until),
                     }
                     for lic in entitlements["licenses"]
                 ],
@@ -257,7 +253,7 @@ def _export(
                     {
                         "filename": d.filename,
                         "downloads_left": d.downloads_left,
-                        "expires_at": _iso(d.expires_at),
+                        "expires_at": iso(d.expires_at),
                         "revoked": d.revoked,
                     }
                     for d in entitlements["downloads"]
@@ -267,7 +263,7 @@ def _export(
                         "kind": m.kind,
                         "to": m.to_email,
                         "subject": m.subject,
-                        "sent_at": _iso(m.sent_at),
+                        "sent_at": iso(m.sent_at),
                     }
                     for m in session.execute(
                         select(Mail).where(Mail.order_id == order.id)
@@ -277,7 +273,7 @@ def _export(
                     {
                         "marker": note.marker,
                         "shop_note_id": note.shop_note_id,
-                        "created_at": _iso(note.created_at),
+                        "created_at": iso(note.created_at),
                     }
                     for note in session.scalars(
                         select(ShopNote).where(ShopNote.order_id == order.id).order_by(ShopNote.id)
@@ -308,7 +304,7 @@ def _audit_entries(
     subjects.update(markers)
     return [
         {
-            "at": _iso(event.created_at),
+            "at": iso(event.created_at),
             # An admin as such: the name they sign in with is half of their credentials.
             "actor": "admin" if event.actor.startswith("admin:") else event.actor,
             "action": event.action,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Iterator
 
 from flask import Flask
 from sqlalchemy import func, select, text
@@ -106,6 +108,21 @@ def test_export_has_the_renewals_and_the_download_windows_they_moved(
     [moved] = exported["download_extensions"]
     assert moved["filename"] == "manual.pdf"
     assert moved["expires_at"] == renewed["expires_at"]
+    # Each time as every JSON answer of Keygate gives it: ISO 8601 in UTC with a Z.
+    times = list(_times(exported))
+    assert len(times) > 10 and renewed["expires_at"] in times and moved["expires_at"] in times
+    assert [t for t in times if not re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", t)] == []
+
+
+def _times(value: object) -> Iterator[str]:
+    """Every string in a JSON document that is a date with a time of day."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            yield from _times(item)
+    elif isinstance(value, str) and re.match(r"\d{4}-\d\d-\d\dT\d", value):
+        yield value
 
 
 # Export sections of the tables that point at a customer's order, line, license or grant.
