@@ -229,6 +229,18 @@ def _http_headers(exc: HTTPException) -> dict[str, str]:
     return headers
 
 
+def http_problem(exc: HTTPException) -> tuple[int, str, str, str]:
+    """Status, problem type, title and detail of an error werkzeug or a library raised. A
+    body over the limit is ``payload-too-large`` whoever refused it (werkzeug before the
+    view, or a view reading it), as Keygate's own refusals name it."""
+    status = exc.code or 500
+    if status == PayloadTooLarge.status:
+        detail = "The request body is larger than this server accepts."
+        return status, PayloadTooLarge.type, PayloadTooLarge.title, detail
+    title = exc.name or "Error"
+    return status, title.lower().replace(" ", "-"), title, exc.description or title
+
+
 def problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> tuple[Response, int]:
     body = {"type": PROBLEM_BASE + type_, "title": title, "status": status, "detail": detail}
     body.update(extra)
@@ -338,14 +350,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(exc: HTTPException) -> Any:
-        status = exc.code or 500
-        title = exc.name or "Error"
-        detail = exc.description or title
-        if status == 413:
-            detail = "The request body is larger than this server accepts."
+        status, type_, title, detail = http_problem(exc)
         answer: tuple[Response | str, int]
         if wants_json():
-            answer = problem(status, title.lower().replace(" ", "-"), title, detail)
+            answer = problem(status, type_, title, detail)
         elif status == 404 and detail == WerkzeugNotFound.description:
             # Not werkzeug's "If you entered the URL manually…" to a person.
             answer = _page(404, "Not found", NOTHING_HERE)

@@ -34,6 +34,7 @@ from connector.errors import (
     ServiceUnavailable,
     TooManyRequests,
     database_unavailable,
+    http_problem,
     rollback_request,
     route_for_log,
 )
@@ -298,12 +299,10 @@ def _database_error(exc: Exception) -> Response:
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     rollback_request()
-    status = exc.code or 500
-    title = exc.name or "Error"
-    detail = exc.description or title
+    status, type_, title, detail = http_problem(exc)
     if status == 413:
         detail = _too_large().detail
-    return _problem(status, title.lower().replace(" ", "-"), title, detail)
+    return _problem(status, type_, title, detail)
 
 
 # --- answers -------------------------------------------------------------------------------

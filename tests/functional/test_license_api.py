@@ -101,6 +101,8 @@ def test_bad_input_is_a_signed_problem(
     problem = response.get_json()
     assert problem["status"] == status
     assert "ts" in problem
+    if status == 413:
+        assert problem["type"].endswith("/payload-too-large")
 
 
 def test_a_body_over_a_lower_body_limit_is_a_signed_413(tmp_path: Path, database_url: str) -> None:
@@ -115,6 +117,8 @@ def test_a_body_over_a_lower_body_limit_is_a_signed_413(tmp_path: Path, database
         assert response.status_code == 413
         assert response.mimetype == "application/problem+json"
         assert "at most 4096 bytes" in response.get_json()["detail"]
+        # The type of the API's own refusal, though werkzeug refused this one.
+        assert response.get_json()["type"].endswith("/payload-too-large")
         assert call(client, "validate", {"key": "AAAAA-BBBBB"}).get_json()["code"] == "NOT_FOUND"
     finally:
         application.extensions["keygate.db"].engine.dispose()

@@ -480,6 +480,7 @@ def test_body_over_the_limit_is_413(shop: WebhookSender) -> None:
     )
     assert response.status_code == 413
     assert response.mimetype == "application/problem+json"
+    assert response.get_json()["type"].endswith("/payload-too-large")  # as the API's own
 
 
 def test_the_plain_text_mail_puts_every_key_and_link_on_a_line_of_its_own(
