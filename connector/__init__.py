@@ -31,6 +31,7 @@ from connector.errors import (
     route_for_log,
 )
 from connector.extensions import csrf, limiter
+from connector.licensing.sites import shown_site
 from connector.ratelimit import Budgets, storage_uri
 from connector.security_headers import security_headers
 from connector.validation import MAX_ROW_ID, refuse_nul_in_address
@@ -173,6 +174,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
     app.jinja_env.filters["utc"] = shown_utc
+    app.jinja_env.filters["site"] = shown_site
     app.extensions["keygate.settings"] = settings
     app.extensions["keygate.keyring"] = Keyring(settings.master_keys, settings.secret_key)
     logging.getLogger("connector").setLevel(settings.log_level.upper())

@@ -68,6 +68,20 @@ def normalize_site(raw: str) -> str:
     return ascii_host
 
 
+def shown_site(site: str) -> str:
+    """A site as people read it: a host with IDNA labels in its own script first, then the
+    ``xn--`` form it is kept and answered in (``bücher.example (xn--bcher-kva.example)``).
+    Both, so that a look-alike host (a Cyrillic letter for a Latin one) cannot pass for another;
+    any other site, or one that does not decode, as kept."""
+    if not any(label.startswith("xn--") for label in site.split(".")):
+        return site
+    try:
+        unicode_host = idna.decode(site)
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return site
+    return f"{unicode_host} ({site})"
+
+
 def _ip_literal(host: str) -> str | None:
     """The IP address ``host`` is, compressed, or None. An IPv6 zone (``%eth0``) is dropped:
     it names an interface of the machine that sent it, not a site."""

@@ -186,6 +186,11 @@ def test_the_license_page_shows_the_license_its_activations_and_downloads_escape
     assert f"<code>{key}</code>" in html
     assert XSS not in html and ESCAPED in html
     assert "shop.example.com" in html and "1 used of 3" in html
+    # An IDNA site in its own script, beside the xn-- form it is kept in (no look-alike).
+    assert call(shop.client, "activate", {"key": key, "site": "https://www.Bücher.example/"})
+    html = admin_client.get(f"/admin/licenses/{license_id(app, 9520)}").get_data(as_text=True)
+    assert "bücher.example (xn--bcher-kva.example)" in html
+    assert 'aria-label="Deactivate on bücher.example (xn--bcher-kva.example)"' in html
     assert "Product 501" in html
     assert sold["licenses"][0]["expires_at"][:10] in html
     assert f'href="/admin/orders/{order_pk(app, 9520)}"' in html

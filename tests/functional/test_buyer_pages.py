@@ -109,6 +109,21 @@ def test_downloads_of_several_products_and_copies_are_told_apart(
     assert "Product 502, manual.pdf: " in text
 
 
+def test_a_site_with_an_idna_name_is_shown_as_the_buyer_knows_it(shop: WebhookSender) -> None:
+    """A buyer knows their site as bücher.example, not as the xn--bcher-kva.example it is
+    kept in: both are shown (the ASCII form tells a look-alike host apart)."""
+    shop.configure(501)
+    shop.deliver(wc_order(9905, "processing", [line_item(501)]))
+    body = shop.order(9905)
+    key, portal = body["licenses"][0]["key"], body["portal_url"].removeprefix(BASE)
+    call(shop.client, "activate", {"key": key, "site": "https://www.Bücher.example/shop"})
+    call(shop.client, "activate", {"key": key, "site": "shop.example.org"})
+    html = shop.client.get(portal).get_data(as_text=True)
+    assert 'data-label="Site">bücher.example (xn--bcher-kva.example) <span' in html
+    assert 'aria-label="Deactivate on bücher.example (xn--bcher-kva.example)"' in html
+    assert 'data-label="Site">shop.example.org</td>' in html  # an ASCII host as it is
+
+
 def test_the_last_deactivation_is_confirmed_and_deactivation_is_rate_limited(
     shop: WebhookSender,
 ) -> None:

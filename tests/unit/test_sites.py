@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from connector.errors import ValidationFailed
-from connector.licensing.sites import is_staging_site, normalize_site
+from connector.licensing.sites import is_staging_site, normalize_site, shown_site
 
 
 @pytest.mark.parametrize(
@@ -111,3 +111,20 @@ def test_production_sites(site: str) -> None:
     """Substrings never count: devices.com is production; staging must be a whole label
     before the registrable domain (the last two labels)."""
     assert not is_staging_site(site)
+
+
+@pytest.mark.parametrize(
+    ("site", "shown"),
+    [
+        ("xn--bcher-kva.example", "bücher.example (xn--bcher-kva.example)"),
+        # A Cyrillic a (U+0430) in paypal.com: both forms, so it cannot pass for the real one.
+        ("xn--pypal-4ve.com", "p\u0430ypal.com (xn--pypal-4ve.com)"),
+        ("shop.example.com", "shop.example.com"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("xn--a.example", "xn--a.example"),  # not valid punycode: as kept
+    ],
+)
+def test_a_site_is_shown_in_its_own_script_beside_its_ascii_form(site: str, shown: str) -> None:
+    assert shown_site(site) == shown
+    if shown != site:  # what is shown first is the same site again
+        assert normalize_site(shown.partition(" (")[0]) == site
