@@ -246,6 +246,23 @@ def test_the_order_page_fits_a_phone(shop: WebhookSender) -> None:
     )
 
 
+def test_the_admin_pages_use_a_desktops_width_and_the_buyers_pages_a_readable_one(
+    shop: WebhookSender, admin_client: FlaskClient
+) -> None:
+    """An owner reads the audit log's details, the clicks and the activations on a desktop:
+    46rem folded every time into four lines. A buyer's page keeps its reading width."""
+    shop.configure(501)
+    shop.deliver(wc_order(9930, "processing", [line_item(501)]))
+    portal = shop.order(9930)["portal_url"].removeprefix(BASE)
+    assert sign_in(admin_client) == 302
+    for path in ("/admin/", "/admin/audit", "/admin/licenses"):
+        assert '<body class="wide">' in admin_client.get(path).get_data(as_text=True), path
+    buyer = shop.client.get(portal).get_data(as_text=True)
+    assert "<body>" in buyer
+    rules = re.sub(r"\s+", " ", buyer)
+    assert "body.wide { max-width: 76rem; }" in rules and "max-width: 46rem;" in rules
+
+
 def test_a_paused_license_can_be_revoked_from_its_page(
     app: Flask, shop: WebhookSender, admin_client: FlaskClient
 ) -> None:
