@@ -24,7 +24,6 @@ again.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -154,9 +153,18 @@ def _older_than_applied(order: Order, shop_order: ShopOrder) -> bool:
     return applied is not None and modified is not None and modified < applied
 
 
+# The purpose of an order's content digest (Order.shop_digest).
+CONTENT_DIGEST = "order-content"
+
+
 def _content_digest(shop_order: ShopOrder) -> str:
     """What a live payload says of the order, as a webhook and a read of the same state
-    both say it (refunds by id: a webhook does not list their lines)."""
+    both say it (refunds by id: a webhook does not list their lines).
+
+    Keyed with the secret key: the digest holds the buyer's address, and outlives it on an
+    erased order (or one whose buyer the purge forgot), where a plain hash would let anyone
+    with the database confirm a guessed address, as a keyed one, like the erasure's
+    pseudonym, does not."""
     content = {
         "status": shop_order.status,
         "email": shop_order.email,
@@ -173,7 +181,7 @@ def _content_digest(shop_order: ShopOrder) -> str:
         ),
         "refunds": _refund_ids(shop_order),
     }
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return keyed_hash(CONTENT_DIGEST, json.dumps(content, sort_keys=True))
 
 
 def _same_second_other_content(order: Order, shop_order: ShopOrder, reread: bool) -> bool:

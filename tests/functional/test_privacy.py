@@ -6,6 +6,7 @@ import datetime as dt
 import re
 from collections.abc import Iterator
 
+import pytest
 from flask import Flask
 from sqlalchemy import func, select, text
 
@@ -326,3 +327,48 @@ def test_export_names_each_mail_and_the_orders_own_dates(app: Flask, shop: Webho
     assert (mail["kind"], mail["to"]) == ("order_issued", EMAIL)
     assert order["created_at"] is not None and order["deleted_in_shop"] is False
     assert order["brevo_consent_withdrawn"] is False and order["email"] == EMAIL
+
+
+def digest_without_our_keys(app: Flask, payload: dict) -> str:  # type: ignore[type-arg]
+    """What Keygate's own code makes of a shop payload in an instance with other keys: all
+    that someone holding only the database (a leaked dump, a backup without its keys) can
+    compute for an address they guess."""
+    from cryptography.fernet import Fernet
+
+    from connector.orders.service import _content_digest
+    from connector.vault.crypto import Keyring
+    from plugin.woocommerce.webhooks import parse_order
+
+    with app.app_context():
+        ours = app.extensions["keygate.keyring"]
+        app.extensions["keygate.keyring"] = Keyring((Fernet.generate_key().decode(),), "x" * 43)
+        try:
+            return _content_digest(parse_order(payload))
+        finally:
+            app.extensions["keygate.keyring"] = ours
+
+
+@pytest.mark.parametrize("forgotten_by", ["erasure", "unlicensed order purge"])
+def test_a_forgotten_buyers_address_cannot_be_checked_against_their_order(
+    app: Flask, shop: WebhookSender, forgotten_by: str
+) -> None:
+    """An order keeps a digest of what the shop said of it, the buyer's address included:
+    once the buyer is erased (or an order that issued nothing lost its buyer), that digest
+    must not let someone with the database alone confirm a guessed address, as an unkeyed
+    hash of it would. It is keyed with the secret key, as the erasure's pseudonym is."""
+    product = 501 if forgotten_by == "erasure" else 502
+    shop.configure(501)
+    payload = wc_order(9509, "completed", [line_item(product)], email=EMAIL)
+    shop.deliver(payload)
+    run_pending(app)
+    if forgotten_by == "erasure":
+        assert shop.admin("DELETE", f"/customers/{EMAIL}").status_code == 200
+    else:
+        with app.app_context(), transaction() as session:
+            later = utcnow() + dt.timedelta(days=91)
+            assert purge_expired_records(session, now=later)["unlicensed_order_buyers"] == 1
+    with app.app_context():
+        kept = db.session.execute(select(Order.email, Order.shop_digest)).one()
+    assert kept.email != EMAIL
+    assert kept.shop_digest is not None
+    assert digest_without_our_keys(app, payload) != kept.shop_digest

@@ -524,3 +524,22 @@ def test_0026_keeps_admin_names_in_nfc_unless_the_name_is_taken(database_url: st
             assert [row[0] for row in kept] == ["Ren\u00e9", "Zoe\u0308", "Zo\u00eb", "ana"]
     finally:
         engine.dispose()
+
+
+def test_0027_forgets_the_plain_digests_of_orders(shop: WebhookSender, database_url: str) -> None:
+    """Digests made before they were keyed (a plain hash holding the buyer's address) are
+    forgotten; the orders keep everything else."""
+    shop.configure(501)
+    shop.deliver(wc_order(9003, "processing", [line_item(501)]))
+    engine = make_engine(database_url)
+    plain = "a" * 64
+    try:
+        downgrade(engine, "0026")
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE orders SET shop_digest = :plain"), {"plain": plain})
+        upgrade(engine)
+        with engine.connect() as connection:
+            kept = connection.execute(text("SELECT shop_order_id, shop_digest FROM orders")).all()
+        assert [tuple(row) for row in kept] == [("9003", None)]
+    finally:
+        engine.dispose()
