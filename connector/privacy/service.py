@@ -281,18 +281,19 @@ def _export(
                 ],
             }
         )
-    exported["audit"] = _audit_entries(session, store, markers, orders)
+    subjects = _customer_subjects(session, markers, orders)
+    exported["audit"] = _audit_entries(session, store, subjects)
+    exported["brevo_removals"] = _brevo_removals(session, store, subjects)
     for exporter in EXPORTERS:
         exported.update(exporter(session, orders))
     return exported
 
 
-def _audit_entries(
-    session: Session, store: Store, markers: Collection[str], orders: list[Order]
-) -> list[dict[str, Any]]:
-    """The store's audit entries about the customer: those naming one of their orders, a
-    license of those orders (or one they renewed), or their erasure's pseudonym (``markers``:
-    either kind)."""
+def _customer_subjects(
+    session: Session, markers: Collection[str], orders: list[Order]
+) -> list[str]:
+    """How records name the customer: by one of their orders, a license of those orders (or
+    one they renewed), or their erasure's pseudonym (``markers``: either kind)."""
     order_ids = [order.id for order in orders]
     license_ids = session.scalars(
         select(License.id)
@@ -302,6 +303,11 @@ def _audit_entries(
     subjects = {f"order:{order.shop_order_id}" for order in orders}
     subjects.update(f"license:{license_id}" for license_id in license_ids)
     subjects.update(markers)
+    return sorted(subjects)
+
+
+def _audit_entries(session: Session, store: Store, subjects: list[str]) -> list[dict[str, Any]]:
+    """The store's audit entries naming the customer (``subjects``)."""
     return [
         {
             "at": iso(event.created_at),
@@ -313,8 +319,26 @@ def _audit_entries(
         }
         for event in session.scalars(
             select(AuditEvent)
-            .where(AuditEvent.store_id == store.id, AuditEvent.subject.in_(sorted(subjects)))
+            .where(AuditEvent.store_id == store.id, AuditEvent.subject.in_(subjects))
             .order_by(AuditEvent.id)
+        )
+    ]
+
+
+def _brevo_removals(session: Session, store: Store, subjects: list[str]) -> list[dict[str, Any]]:
+    """The customer's addresses still to be taken out of the store's Brevo list (an erasure,
+    a withdrawn consent or a corrected address waits for Brevo): kept until it is done."""
+    return [
+        {
+            "list": removal.list_id,
+            "address": removal.email,
+            "reason": removal.reason,
+            "since": iso(removal.created_at),
+        }
+        for removal in session.scalars(
+            select(BrevoRemoval)
+            .where(BrevoRemoval.store_id == store.id, BrevoRemoval.subject.in_(subjects))
+            .order_by(BrevoRemoval.id)
         )
     ]
 

@@ -318,6 +318,35 @@ def test_the_export_says_which_list_the_buyer_was_pushed_into(
     assert order["brevo_list"] == 7
 
 
+def test_the_export_lists_an_address_still_to_be_taken_out_of_the_brevo_list(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Until Brevo has taken the customer out (an erasure, a withdrawn consent), Keygate
+    keeps the address to remove: the export shows it, then no longer once it is done."""
+    ask_for_consent(brevo_shop)
+    consented = wc_order(9714, "processing", [line_item(501, line_id=42)])
+    brevo_shop.deliver(with_meta(consented, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert brevo_shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["brevo_removals"] == []
+    withdrawn = wc_order(9714, "processing", [line_item(501, line_id=42)], modified=5)
+    brevo_shop.deliver(with_meta(withdrawn, CONSENT_KEY, "no"))
+    [waiting] = brevo_shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["brevo_removals"]
+    assert (waiting["list"], waiting["address"], waiting["reason"]) == (7, EMAIL, "withdrawal")
+    assert waiting["since"].endswith("Z")
+    run_pending(brevo_app)
+    assert not brevo.in_list(EMAIL, 7)
+    assert brevo_shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["brevo_removals"] == []
+    # An erasure's removal is found by the pseudonym, the order no longer naming the buyer.
+    again = wc_order(9715, "processing", [line_item(501, line_id=43)])
+    brevo_shop.deliver(with_meta(again, CONSENT_KEY, "yes"))
+    run_pending(brevo_app)
+    assert brevo.in_list(EMAIL, 7)
+    erase(brevo_shop)
+    exported = brevo_shop.admin("GET", f"/customers/{EMAIL}/export").get_json()
+    assert exported["erased"] is True
+    assert [(r["address"], r["reason"]) for r in exported["brevo_removals"]] == [(EMAIL, "erasure")]
+
+
 def test_removal_rows_hold_the_address_encrypted(
     brevo_app: Flask, brevo_shop: WebhookSender
 ) -> None:
