@@ -380,6 +380,9 @@ def test_more_rows_and_removing_a_file(admin_client: FlaskClient, shop: WebhookS
     fields = product_form(admin_client.get(page).get_data(as_text=True))
     rows = {k for k in fields if k.endswith("-object_key")}
     assert len(rows) == 5  # two files, three spare rows
+    # Wide enough for a key such as stores/1/plugin/plugin-pro.zip (the default 20 cut it).
+    html = admin_client.get(page).get_data(as_text=True)
+    assert len(re.findall(r'name="files-\d-object_key" value="[^"]*" size="36"', html)) == 5
     more = admin_client.post(page, data={**fields, "action": "more", "name": "Edited"})
     assert more.status_code == 200
     more_fields = product_form(more.get_data(as_text=True))
