@@ -5,8 +5,9 @@ Pure file work (no database, no Flask): paths in, paths out, so the outbox job, 
 on-the-spot path of a click and the benchmarks all run the same code.
 
 PDF: the stamp is one small page drawn by fpdf2 with embedded subsets of Noto Sans (Latin,
-Greek, Cyrillic) and, for what it lacks, Noto Sans CJK (so "Łukasz Dvořák 山田" renders),
-turned into one Form XObject and placed on every page by pikepdf (libqpdf). Pages are
+Greek, Cyrillic) and, for what it lacks, Noto Sans CJK, Noto Sans Arabic and Arimo's Hebrew
+(so "Łukasz Dvořák 山田" and "محمد" render; Arabic and Hebrew shaped by HarfBuzz, right to
+left), turned into one Form XObject and placed on every page by pikepdf (libqpdf). Pages are
 touched one at a time and streams are copied, never decoded, so memory stays flat as the
 file grows. The fingerprint is in the document info, on the Form XObject, and as invisible
 text on every page.
@@ -34,6 +35,8 @@ from typing import TYPE_CHECKING
 import pikepdf
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fpdf import FPDF
 
 FINGERPRINT_PREFIX = "keygate-fp:"
@@ -137,7 +140,7 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-# Drawn in place of a character that no embedded font has (Arabic, Hebrew, Thai, emoji):
+# Drawn in place of a character that no embedded font has (Thai, Syriac, emoji):
 # the buyer sees that something stood there, and the rest of the line (email, order) and
 # the hidden fingerprint still name them. Noto Sans has this glyph.
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -169,7 +172,43 @@ def cjk_font_path() -> Path:
     return fonts[0]
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)
+def arabic_font_path() -> Path:
+    """Noto Sans Arabic, from PyPI's fontpkg-noto-sans-arabic: Arabic, Persian and Urdu."""
+    import fontpkg
+
+    return fontpkg.path("Noto Sans Arabic")
+
+
+@functools.lru_cache(maxsize=1)
+def hebrew_font_path() -> Path:
+    """Arimo, from PyPI's fontpkg-arimo, for its Hebrew (letters and points): PyPI has no
+    Noto Sans Hebrew, and of the fonts it has, Arimo covers Hebrew the most fully."""
+    import fontpkg
+
+    return fontpkg.path("Arimo")
+
+
+@dataclass(frozen=True)
+class FallbackFont:
+    """A font for letters Noto Sans lacks. ``shaped``: its scripts need text shaping (Arabic
+    letters joined, right-to-left runs laid out right to left, marks placed on letters)."""
+
+    name: str
+    path: Callable[[], Path]
+    shaped: bool
+
+
+# In the order they are tried for a letter Noto Sans lacks. Each is read and embedded only
+# in a stamp whose line needs it: subsetting a big font is most of a stamp's time.
+FALLBACK_FONTS = (
+    FallbackFont("stamp-cjk", cjk_font_path, shaped=False),
+    FallbackFont("stamp-arabic", arabic_font_path, shaped=True),
+    FallbackFont("stamp-hebrew", hebrew_font_path, shaped=True),
+)
+
+
+@functools.lru_cache(maxsize=len(FALLBACK_FONTS) + 1)
 def _characters_of(font: Path) -> frozenset[int]:
     """The code points ``font`` has a glyph for, read once per process."""
     from fontTools.ttLib import TTFont
@@ -178,19 +217,20 @@ def _characters_of(font: Path) -> frozenset[int]:
         return frozenset(ttfont.getBestCmap())
 
 
-def _drawable_line(text: str) -> tuple[str, bool]:
-    """The stamp line as it is drawn, and whether it needs the CJK font.
+def _drawable_line(text: str) -> tuple[str, tuple[FallbackFont, ...]]:
+    """The stamp line as it is drawn, and the fallback fonts it needs (in FALLBACK_FONTS
+    order, which is the order fpdf2 tries them in).
 
     Composed (NFC) so an accent typed as a separate mark sits on its letter; a control
     character (a tab or line break in a name) becomes a space, as the line is one line;
     invisible format characters (joiners, direction marks) are left out, as they draw
-    nothing; a character neither font has becomes REPLACEMENT_CHARACTER rather than
-    vanishing. Scripts that need shaping, like Devanagari (in Noto Sans), are drawn
-    letter by letter: readable, without their conjuncts.
+    nothing; a character no font has becomes REPLACEMENT_CHARACTER rather than vanishing.
+    Devanagari (in Noto Sans, unshaped) is drawn letter by letter: readable, without its
+    conjuncts.
     """
     main = _characters_of(main_font_path())
     drawn: list[str] = []
-    needs_cjk = False
+    needed: set[FallbackFont] = set()
     for char in unicodedata.normalize("NFC", text):
         category = unicodedata.category(char)
         if category == "Cf":
@@ -198,13 +238,32 @@ def _drawable_line(text: str) -> tuple[str, bool]:
         if category == "Cc":
             char = " "
         if ord(char) not in main:
-            if ord(char) in _characters_of(cjk_font_path()):
-                needs_cjk = True
-            else:
+            font = next(
+                (font for font in FALLBACK_FONTS if ord(char) in _characters_of(font.path())),
+                None,
+            )
+            if font is None:
                 char = REPLACEMENT_CHARACTER
+            else:
+                needed.add(font)
         drawn.append(char)
     # Again: a marker split by an invisible character ("keygate\u200b-fp:") is whole now.
-    return defused("".join(drawn)), needs_cjk
+    fonts = tuple(font for font in FALLBACK_FONTS if font in needed)
+    return defused("".join(drawn)), fonts
+
+
+def _paragraph_direction(stamp: Stamp) -> str | None:
+    """The line's direction, "ltr" or "rtl": that of the first letter of the template's own
+    words (the owner's language), or None when they have none ("{name} <{email}>"): then
+    the line's first letter decides, as in any text (Unicode bidi, rules P2 and P3)."""
+    blank = dataclasses.replace(stamp, name="", email="", order="", date="")
+    for char in blank.text:
+        direction = unicodedata.bidirectional(char)
+        if direction == "L":
+            return "ltr"
+        if direction in ("R", "AL"):
+            return "rtl"
+    return None
 
 
 def render_stamp(stamp: Stamp) -> bytes:
@@ -217,12 +276,21 @@ def render_stamp(stamp: Stamp) -> bytes:
     pdf.set_margin(0)
     pdf.c_margin = 0
     pdf.add_page()
-    text, needs_cjk = _drawable_line(stamp.text)
+    text, fallbacks = _drawable_line(stamp.text)
     pdf.add_font("stamp", "", str(main_font_path()))
-    if needs_cjk:
-        # Only then: reading and subsetting the 16 MB CJK font is most of a stamp's time.
-        pdf.add_font("stamp-cjk", "", str(cjk_font_path()))
-        pdf.set_fallback_fonts(["stamp-cjk"])
+    # Only the fonts the line needs: reading and subsetting the 16 MB CJK font is most of a
+    # stamp's time.
+    for font in fallbacks:
+        pdf.add_font(font.name, "", str(font.path()))
+    if fallbacks:
+        pdf.set_fallback_fonts([font.name for font in fallbacks])
+    shaped = any(font.shaped for font in fallbacks)
+    if shaped:
+        # HarfBuzz joins Arabic letters and places marks; fpdf2 splits the line into runs by
+        # the Unicode bidi algorithm, each shaped in its own direction, and orders the runs
+        # (an Arabic name reads right to left, the email after it left to right). Widths
+        # below are the shaped ones. Lines without those scripts are drawn as before.
+        pdf.set_text_shaping(True, direction=_paragraph_direction(stamp))
     pdf.set_font("stamp", size=FONT_SIZE)
     pdf.set_text_color(110, 110, 110)
     # Long names must stay on the strip: shrink the type rather than cut the text. The
@@ -236,10 +304,12 @@ def render_stamp(stamp: Stamp) -> bytes:
     # a cell's baseline 0.5 h + 0.3 size below its top; with h = size that is 0.8 size.
     pdf.set_xy(MARGIN, BASELINE - 0.8 * pdf.font_size)
     pdf.cell(h=pdf.font_size, text=text)
+    pdf.set_text_shaping(False)  # the marker: plain text in a core font
     pdf.set_font("helvetica", size=1)
     pdf.text_mode = TextMode.INVISIBLE
     pdf.text(1, 1, stamp.marker)
-    return _with_identity_encoding(bytes(pdf.output()))
+    strip = _with_identity_encoding(bytes(pdf.output()))
+    return _with_unmapped_glyphs_read_as_nothing(strip) if shaped else strip
 
 
 def _shortened_line(pdf: FPDF, stamp: Stamp) -> str:
@@ -319,6 +389,48 @@ def _with_identity_encoding(strip_bytes: bytes) -> bytes:
                 ]
             instructions.append(pikepdf.ContentStreamInstruction(operands, operator))
         page.Contents = pdf.make_stream(pikepdf.unparse_content_stream(instructions))
+        out = io.BytesIO()
+        pdf.save(out)
+        return out.getvalue()
+
+
+def _with_unmapped_glyphs_read_as_nothing(strip_bytes: bytes) -> bytes:
+    """Give each glyph drawn without a ToUnicode entry an empty one.
+
+    Shaping can draw one letter as two glyphs (Noto Sans Arabic draws "ب" as its dotless
+    form and a dot): fpdf2 maps the letter to the first and nothing to the second, and text
+    extractors then read that glyph's code as a character of its own (pypdf gives "\x07").
+    Mapped to nothing, the name is read as typed.
+    """
+    import io
+
+    with pikepdf.open(io.BytesIO(strip_bytes)) as pdf:
+        page = pdf.pages[0]
+        fonts = page.resources.get("/Font") or pikepdf.Dictionary()
+        drawn: dict[str, set[int]] = {}
+        current: set[int] | None = None
+        for instruction in pikepdf.parse_content_stream(page):
+            if isinstance(instruction, pikepdf.ContentStreamInlineImage):
+                continue
+            operands, operator = instruction.operands, instruction.operator
+            if operator == pikepdf.Operator("Tf"):
+                font = fonts.get(str(operands[0]))
+                is_type0 = font is not None and font.get("/Subtype") == pikepdf.Name.Type0
+                current = drawn.setdefault(str(operands[0]), set()) if is_type0 else None
+            elif operator == pikepdf.Operator("Tj") and current is not None:
+                raw = bytes(operands[0])
+                current.update(int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2))
+        for font_name, codes in drawn.items():
+            to_unicode = fonts[font_name].get("/ToUnicode")
+            if not isinstance(to_unicode, pikepdf.Stream):
+                continue
+            pairs = _BFCHAR.findall(to_unicode.read_bytes())
+            mapped = {int(code, 16) for code, _ in pairs}
+            if codes <= mapped:
+                continue
+            lines = [b"<%s> <%s>" % (code, uni) for code, uni in pairs]
+            lines += [b"<%04X> <>" % code for code in sorted(codes - mapped)]
+            to_unicode.write(_to_unicode_cmap(lines))
         out = io.BytesIO()
         pdf.save(out)
         return out.getvalue()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+import unicodedata
 import warnings
 import zipfile
 from pathlib import Path
@@ -353,13 +355,149 @@ def test_the_visible_stamp_keeps_every_letter_of_the_buyers_name(tmp_path: Path,
 
 
 def test_letters_no_stamp_font_has_are_marked_not_dropped() -> None:
-    """Arabic and Hebrew (no embedded font draws them) show as U+FFFD, one for each letter:
-    the buyer sees that their name stood there, and the email and order still name them."""
-    text = PdfReader(io.BytesIO(render_stamp(stamp(name="محمد Cohen שרה")))).pages[0].extract_text()
+    """Thai and emoji (no embedded font draws them) show as U+FFFD, one for each letter: the
+    buyer sees that their name stood there, and the email and order still name them."""
+    text = PdfReader(io.BytesIO(render_stamp(stamp(name="สมชาย Cohen 🎉")))).pages[0].extract_text()
     assert (
-        "Licensed to \ufffd\ufffd\ufffd\ufffd Cohen \ufffd\ufffd\ufffd <j@example.org> · Order 42"
-        in text
+        "Licensed to \ufffd\ufffd\ufffd\ufffd\ufffd Cohen \ufffd <j@example.org> · Order 42" in text
     )
+
+
+_BFCHAR = re.compile(r"<([0-9A-Fa-f]{4})>\s*<([0-9A-Fa-f]*)>")
+
+
+def _glyphs_drawn(strip: bytes) -> list[tuple[str, str, float, float]]:
+    """Each glyph of the strip's visible line in the order drawn (left to right), as (font
+    name, the text its ToUnicode gives, start and end on the strip), read from the content
+    stream, the fonts' ToUnicode maps and /W widths: what a viewer draws."""
+    glyphs: list[tuple[str, str, float, float]] = []
+    with pikepdf.open(io.BytesIO(strip)) as pdf:
+        page = pdf.pages[0]
+        fonts = {}
+        for key, font in page.resources.Font.items():
+            if font.Subtype != pikepdf.Name.Type0:
+                continue  # the invisible marker's Helvetica
+            texts = {
+                int(code, 16): bytes.fromhex(uni).decode("utf-16-be")
+                for code, uni in _BFCHAR.findall(font.ToUnicode.read_bytes().decode("latin-1"))
+            }
+            widths: dict[int, float] = {}
+            entries = list(font.DescendantFonts[0].get("/W", pikepdf.Array()))
+            while entries:
+                first, following = int(entries[0]), entries[1]
+                if isinstance(following, pikepdf.Array):
+                    widths.update({first + i: float(w) for i, w in enumerate(following)})
+                    entries = entries[2:]
+                else:
+                    widths.update({c: float(entries[2]) for c in range(first, int(following) + 1)})
+                    entries = entries[3:]
+            name = str(font.BaseFont).split("+")[-1]
+            fonts[key] = (name, texts, widths, float(font.DescendantFonts[0].get("/DW", 1000)))
+        x = line_x = size = 0.0
+        current = None
+        for operands, operator in pikepdf.parse_content_stream(page):
+            if operator == pikepdf.Operator("Tf"):
+                current, size = fonts.get(str(operands[0])), float(operands[1])
+            elif operator == pikepdf.Operator("Td"):
+                x = line_x = line_x + float(operands[0])
+            elif operator == pikepdf.Operator("Tm"):
+                x = line_x = float(operands[4])
+            elif operator == pikepdf.Operator("Tj") and current is not None:
+                name, texts, widths, default = current
+                raw = bytes(operands[0])
+                for at in range(0, len(raw), 2):
+                    code = int.from_bytes(raw[at : at + 2], "big")
+                    advance = widths.get(code, default) * size / 1000
+                    glyphs.append((name, texts.get(code, "\ufffd"), x, x + advance))
+                    x += advance
+    return glyphs
+
+
+def _drawn_in(glyphs: list[tuple[str, str, float, float]], font: str) -> str:
+    return "".join(text for name, text, _, _ in glyphs if name.startswith(font))
+
+
+def test_an_arabic_name_is_drawn_joined_and_right_to_left_in_noto_sans_arabic() -> None:
+    """A buyer in Cairo sees their name, not a row of U+FFFD: its letters drawn in Noto Sans
+    Arabic from right to left (the first letter rightmost), joined (the two meems of محمد
+    are two forms: initial and medial), and the line reads back as typed."""
+    strip = render_stamp(stamp(name="محمد"))
+    glyphs = _glyphs_drawn(strip)
+    assert "\ufffd" not in "".join(text for _, text, _, _ in glyphs)
+    assert _drawn_in(glyphs, "NotoSansArabic") == "محمد"[::-1]
+    meems = {(start, end) for name, text, start, end in glyphs if text == "م"}
+    assert len(meems) == 2
+    with pikepdf.open(io.BytesIO(strip)) as pdf:
+        [arabic] = [f for f in pdf.pages[0].resources.Font.values() if "Arabic" in str(f.BaseFont)]
+        to_unicode = arabic.ToUnicode.read_bytes().decode("latin-1")
+    meem_glyphs = [code for code, uni in _BFCHAR.findall(to_unicode) if uni.upper() == "0645"]
+    assert len(meem_glyphs) == 2  # not the isolated form twice
+    text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    assert "Licensed to محمد" in text
+
+
+def test_an_arabic_letter_drawn_as_two_glyphs_reads_back_as_one() -> None:
+    """Noto Sans Arabic draws a dotted letter (the beh of عبد) as its dotless form and a
+    dot: the line reads back "عبد", with no stray character for the dot."""
+    strip = render_stamp(stamp(name="عبد"))
+    assert len(_glyphs_drawn(strip)) > len(stamp(name="عبد").text)  # the dot is a glyph
+    [line, _marker] = PdfReader(io.BytesIO(strip)).pages[0].extract_text().splitlines()
+    # (pypdf moves the space after a right-to-left run: "عبد< j@"; viewers draw "عبد <j@".)
+    assert line.startswith("Licensed to عبد")
+    assert all(char.isprintable() for char in line)
+
+
+def test_a_hebrew_name_is_drawn_right_to_left_in_a_hebrew_font() -> None:
+    """A buyer in Tel Aviv sees their name: each word's letters drawn from right to left,
+    the first word rightmost, in Arimo's Hebrew, points (niqqud) too."""
+    strip = render_stamp(stamp(name="שרה כהן"))
+    glyphs = _glyphs_drawn(strip)
+    assert "\ufffd" not in "".join(text for _, text, _, _ in glyphs)
+    assert _drawn_in(glyphs, "Arimo") == "שרהכהן"[::-1]
+    assert "כהן" in PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+
+    pointed = _glyphs_drawn(render_stamp(stamp(name="שָׂרָה")))
+    assert sorted(_drawn_in(pointed, "Arimo")) == sorted(unicodedata.normalize("NFC", "שָׂרָה"))
+    assert "\ufffd" not in "".join(text for _, text, _, _ in pointed)
+
+
+def test_the_email_and_order_after_an_arabic_name_read_left_to_right() -> None:
+    """In a line that also holds Latin text, only the name runs right to left: "Licensed
+    to" before it, the email, order and date after it, in Noto Sans, in their order."""
+    strip = render_stamp(stamp(name="محمد علي"))
+    glyphs = _glyphs_drawn(strip)
+    latin = "".join(text for name, text, _, _ in glyphs if name == "NotoSans")
+    assert latin.startswith("Licensed to ")
+    assert "<j@example.org> · Order 42 · 2026-11-24" in latin
+    texts = [text for _, text, _, _ in glyphs]
+    arabic = [i for i, (name, *_) in enumerate(glyphs) if name == "NotoSansArabic"]
+    assert "".join(texts[: min(arabic)]) == "Licensed to "
+    assert max(arabic) < texts.index("<")
+    text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    assert "j@example.org> · Order 42 · 2026-11-24" in text
+
+
+def test_a_template_in_english_reads_left_to_right_when_the_name_comes_first() -> None:
+    """The owner's words set the line's direction: "{name} · Order {order}" with an Arabic
+    name draws the name first (leftmost), then "· Order 42", not the other way round."""
+    glyphs = _glyphs_drawn(render_stamp(stamp(name="محمد", template="{name} · Order {order}")))
+    line = "".join(text for _, text, _, _ in glyphs)
+    assert line.startswith("محمد"[::-1])
+    assert line.endswith(" · Order 42")
+
+
+def test_a_long_arabic_name_is_cut_short_to_leave_the_address_on_the_strip() -> None:
+    """Shaped text is measured as drawn: a name of hundreds of Arabic letters is cut short
+    ("…") so the joined letters, the address and the order fit between the margins."""
+    strip = render_stamp(stamp(name="محمد " * 80))
+    glyphs = _glyphs_drawn(strip)
+    start = min(start for *_, start, _ in glyphs)
+    end = max(end for *_, end in glyphs)
+    assert start == pytest.approx(MARGIN) and end <= STAMP_WIDTH - MARGIN + 0.5
+    line = "".join(text for _, text, _, _ in glyphs)
+    assert "…" in line and line.endswith("<j@example.org> · Order 42 · 2026-11-24")
+    assert "\ufffd" not in line
+    assert set(_drawn_in(glyphs, "NotoSansArabic")) == set("محمد")
 
 
 def test_a_name_typed_with_a_line_break_or_a_separate_accent_reads_as_one_line() -> None:
