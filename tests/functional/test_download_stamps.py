@@ -206,6 +206,31 @@ def test_a_very_long_name_leaves_the_address_and_order_on_the_stamp(
         assert leak_lookup(shop, copy)["order"]["id"] == str(order_id)
 
 
+def test_a_buyer_with_an_arabic_or_hebrew_name_sees_it_on_their_copy(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Buyers in Cairo and Tel Aviv get a copy whose stamp has their name (no U+FFFD) in
+    a font that draws it, their address and order after it, and leak lookup still names
+    them from the pages alone."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=2)
+    shop.configure(501, files=PDF_FILES)
+    for order_id, first, last, font in (
+        (8401, "محمد", "", "NotoSansArabic"),
+        (8402, "שרה", "Cohen", "Arimo"),
+    ):
+        email = f"buyer{order_id}@example.org"
+        copy = buyers_copy(shop, order_id, first_name=first, last_name=last, email=email)
+        line = read_stamp_line(copy)
+        assert "\ufffd" not in line
+        assert first in line
+        assert f"{email}> · Order {order_id} · " in line
+        with pikepdf.open(io.BytesIO(copy)) as pdf:
+            [strip] = [x for _, x in pdf.pages[0].resources.XObject.items() if FINGERPRINT_KEY in x]
+            fonts = [str(f.BaseFont) for f in strip.Resources.Font.values()]
+        assert any(name.endswith(f"+{font}") for name in fonts), fonts
+        assert leak_lookup(shop, without_metadata(copy))["order"]["id"] == str(order_id)
+
+
 def read_stamp_line(data: bytes) -> str:
     text = PdfReader(io.BytesIO(data)).pages[0].extract_text()
     [line] = [line for line in text.splitlines() if line.startswith("Licensed to")]
