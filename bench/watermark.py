@@ -8,7 +8,8 @@ Run from the repository root:  .venv/bin/python bench/watermark.py
    (``qpdf --overlay``), both copying streams as they are. Median of several runs; the
    ratio pikepdf / qpdf is printed (target <= 1.0). The full job (strip rendering with the
    fonts included) is printed too, for a name with CJK letters (Noto Sans and Noto Sans CJK
-   embedded) and for a Latin-only one (Noto Sans alone).
+   embedded), for a Latin-only one (Noto Sans alone) and for an Arabic one (Noto Sans and
+   Noto Sans Arabic, shaped by HarfBuzz).
 2. Memory: peak RSS of a fresh process stamping a ~5 MB and a ~200 MB PDF (target: flat).
 """
 
@@ -46,6 +47,8 @@ STAMP = Stamp(
 )
 # Most buyers: a name Noto Sans draws alone, so the CJK font is not embedded at all.
 LATIN_STAMP = dataclasses.replace(STAMP, name="Łukasz Dvořák")
+# A name Noto Sans lacks and that needs shaping: Noto Sans Arabic embedded, the line shaped.
+ARABIC_STAMP = dataclasses.replace(STAMP, name="محمد عبد الله")
 
 
 def text_pdf(path: Path, pages: int) -> Path:
@@ -172,7 +175,8 @@ def main() -> None:
         theirs = timed(lambda: qpdf_overlay(source, root / "b.pdf", strip_path), args.runs)
         full = timed(lambda: stamp_pdf(source, root / "c.pdf", STAMP), args.runs)
         latin = timed(lambda: stamp_pdf(source, root / "d.pdf", LATIN_STAMP), args.runs)
-        for produced in ("a.pdf", "b.pdf", "c.pdf", "d.pdf"):
+        arabic = timed(lambda: stamp_pdf(source, root / "e.pdf", ARABIC_STAMP), args.runs)
+        for produced in ("a.pdf", "b.pdf", "c.pdf", "d.pdf", "e.pdf"):
             subprocess.run(
                 ["qpdf", "--check", str(root / produced)], check=True, capture_output=True
             )
@@ -185,6 +189,7 @@ def main() -> None:
         print(f"  ratio pikepdf / qpdf:            {ours / theirs:8.2f}  (target <= 1.0)")
         print(f"  full job incl. font + strip:     {full * 1000:8.1f} ms  ({STAMP.name})")
         print(f"  the same, a Latin-only name:     {latin * 1000:8.1f} ms  ({LATIN_STAMP.name})")
+        print(f"  the same, an Arabic name:        {arabic * 1000:8.1f} ms  ({ARABIC_STAMP.name})")
 
         small = image_pdf(root / "small.pdf", 25, 200_000)
         big = image_pdf(root / "big.pdf", 500, args.big_mb * 1_000_000 // 500)
