@@ -137,6 +137,7 @@ def _unreachable_database(reason: str) -> str:
 
 
 @click.group(cls=_Keygate)
+@click.version_option(package_name="keygate", prog_name="keygate", message="%(prog)s %(version)s")
 def main() -> None:
     """Keygate: licenses and watermarked downloads for your shop."""
     # What Keygate writes (the SQLite database, buyers' stamped copies, uploaded files,

@@ -598,3 +598,14 @@ def test_a_worker_shows_what_jobs_log_at_info(tmp_path: Path) -> None:
     )
     assert ran.returncode == 0, ran.stderr
     assert "INFO:connector.orders.writeback:order 7: shop note written" in ran.stderr, ran.stderr
+
+
+def test_keygate_version_names_the_installed_release(tmp_path: Path) -> None:
+    """What an owner quotes when asking for help: the release installed, nothing touched
+    (no instance folder made, no database opened)."""
+    from importlib.metadata import version
+
+    shown = keygate(tmp_path, "--version")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == f"keygate {version('keygate')}\n"
+    assert not (tmp_path / "instance").exists()
