@@ -5,12 +5,12 @@ Pure file work (no database, no Flask): paths in, paths out, so the outbox job, 
 on-the-spot path of a click and the benchmarks all run the same code.
 
 PDF: the stamp is one small page drawn by fpdf2 with embedded subsets of Noto Sans (Latin,
-Greek, Cyrillic) and, for what it lacks, Noto Sans CJK, Noto Sans Arabic and Arimo's Hebrew
-(so "Łukasz Dvořák 山田" and "محمد" render; Arabic and Hebrew shaped by HarfBuzz, right to
-left), turned into one Form XObject and placed on every page by pikepdf (libqpdf). Pages are
-touched one at a time and streams are copied, never decoded, so memory stays flat as the
-file grows. The fingerprint is in the document info, on the Form XObject, and as invisible
-text on every page.
+Greek, Cyrillic, Devanagari) and, for what it lacks, Noto Sans CJK, Noto Sans Arabic and
+Arimo's Hebrew (so "Łukasz Dvořák 山田", "محمد" and "क्षितिज" render; a line in a script
+that needs it is shaped by HarfBuzz: see SHAPED_SCRIPTS), turned into one Form XObject and
+placed on every page by pikepdf (libqpdf). Pages are touched one at a time and streams are
+copied, never decoded, so memory stays flat as the file grows. The fingerprint is in the
+document info, on the Form XObject, and as invisible text on every page.
 
 ZIP: LICENSE.txt is appended and the archive comment set; the other members' bytes are left
 as they are (no recompression).
@@ -30,7 +30,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pikepdf
 
@@ -191,20 +191,35 @@ def hebrew_font_path() -> Path:
 
 @dataclass(frozen=True)
 class FallbackFont:
-    """A font for letters Noto Sans lacks. ``shaped``: its scripts need text shaping (Arabic
-    letters joined, right-to-left runs laid out right to left, marks placed on letters)."""
+    """A font for letters Noto Sans lacks."""
 
     name: str
     path: Callable[[], Path]
-    shaped: bool
 
 
 # In the order they are tried for a letter Noto Sans lacks. Each is read and embedded only
 # in a stamp whose line needs it: subsetting a big font is most of a stamp's time.
 FALLBACK_FONTS = (
-    FallbackFont("stamp-cjk", cjk_font_path, shaped=False),
-    FallbackFont("stamp-arabic", arabic_font_path, shaped=True),
-    FallbackFont("stamp-hebrew", hebrew_font_path, shaped=True),
+    FallbackFont("stamp-cjk", cjk_font_path),
+    FallbackFont("stamp-arabic", arabic_font_path),
+    FallbackFont("stamp-hebrew", hebrew_font_path),
+)
+
+# The scripts (Unicode Script property, UAX #24, as ISO 15924 codes) whose text is not drawn
+# one glyph per character from left to right: letters joined (Arabic), lines right to left
+# (Arabic, Hebrew), conjuncts and vowel signs placed before, above or around their consonant
+# (the Indic scripts: "क्षि" is two glyphs, the vowel sign first), marks stacked on letters
+# (Thai, Lao, Tibetan). A stamp line that draws a character of one of them is shaped by
+# HarfBuzz, whichever font draws it, Noto Sans (Devanagari) or a fallback; a line without
+# (Latin, Greek, Cyrillic, CJK, Hangul, and U+FFFD for a script no font has) is drawn glyph
+# for glyph, as it always was and at no extra cost. Characters of no script of their own
+# (digits, punctuation: Common; combining marks, joiners: Inherited) decide nothing.
+SHAPED_SCRIPTS = frozenset(
+    {
+        *("Arab", "Syrc", "Nkoo", "Hebr", "Thaa"),
+        *("Deva", "Beng", "Guru", "Gujr", "Orya", "Taml", "Telu", "Knda", "Mlym", "Sinh"),
+        *("Thai", "Lao", "Khmr", "Mymr", "Tibt"),
+    }
 )
 
 
@@ -217,20 +232,29 @@ def _characters_of(font: Path) -> frozenset[int]:
         return frozenset(ttfont.getBestCmap())
 
 
-def _drawable_line(text: str) -> tuple[str, tuple[FallbackFont, ...]]:
-    """The stamp line as it is drawn, and the fallback fonts it needs (in FALLBACK_FONTS
-    order, which is the order fpdf2 tries them in).
+class DrawableLine(NamedTuple):
+    """The stamp line as it is drawn, the fallback fonts it needs (in FALLBACK_FONTS order,
+    which is the order fpdf2 tries them in), and whether it is shaped (see SHAPED_SCRIPTS)."""
+
+    text: str
+    fallbacks: tuple[FallbackFont, ...]
+    shaped: bool
+
+
+def _drawable_line(text: str) -> DrawableLine:
+    """The stamp line as it is drawn, the fonts it needs and whether it is shaped.
 
     Composed (NFC) so an accent typed as a separate mark sits on its letter; a control
     character (a tab or line break in a name) becomes a space, as the line is one line;
     invisible format characters (joiners, direction marks) are left out, as they draw
     nothing; a character no font has becomes REPLACEMENT_CHARACTER rather than vanishing.
-    Devanagari (in Noto Sans, unshaped) is drawn letter by letter: readable, without its
-    conjuncts.
     """
+    from fontTools.unicodedata import script
+
     main = _characters_of(main_font_path())
     drawn: list[str] = []
     needed: set[FallbackFont] = set()
+    shaped = False
     for char in unicodedata.normalize("NFC", text):
         category = unicodedata.category(char)
         if category == "Cf":
@@ -246,10 +270,12 @@ def _drawable_line(text: str) -> tuple[str, tuple[FallbackFont, ...]]:
                 char = REPLACEMENT_CHARACTER
             else:
                 needed.add(font)
+        # ASCII is Latin or Common: most lines are looked up no further.
+        shaped = shaped or (not char.isascii() and script(char) in SHAPED_SCRIPTS)
         drawn.append(char)
     # Again: a marker split by an invisible character ("keygate\u200b-fp:") is whole now.
     fonts = tuple(font for font in FALLBACK_FONTS if font in needed)
-    return defused("".join(drawn)), fonts
+    return DrawableLine(defused("".join(drawn)), fonts, shaped)
 
 
 def _paragraph_direction(stamp: Stamp) -> str | None:
@@ -276,7 +302,7 @@ def render_stamp(stamp: Stamp) -> bytes:
     pdf.set_margin(0)
     pdf.c_margin = 0
     pdf.add_page()
-    text, fallbacks = _drawable_line(stamp.text)
+    text, fallbacks, shaped = _drawable_line(stamp.text)
     pdf.add_font("stamp", "", str(main_font_path()))
     # Only the fonts the line needs: reading and subsetting the 16 MB CJK font is most of a
     # stamp's time.
@@ -284,12 +310,12 @@ def render_stamp(stamp: Stamp) -> bytes:
         pdf.add_font(font.name, "", str(font.path()))
     if fallbacks:
         pdf.set_fallback_fonts([font.name for font in fallbacks])
-    shaped = any(font.shaped for font in fallbacks)
     if shaped:
-        # HarfBuzz joins Arabic letters and places marks; fpdf2 splits the line into runs by
-        # the Unicode bidi algorithm, each shaped in its own direction, and orders the runs
-        # (an Arabic name reads right to left, the email after it left to right). Widths
-        # below are the shaped ones. Lines without those scripts are drawn as before.
+        # HarfBuzz joins Arabic letters, forms Devanagari conjuncts and places marks; fpdf2
+        # splits the line into runs by the Unicode bidi algorithm, each shaped in its own
+        # direction, and orders the runs (an Arabic name reads right to left, the email
+        # after it left to right). Widths below are the shaped ones. Lines without those
+        # scripts (SHAPED_SCRIPTS) are drawn as before.
         pdf.set_text_shaping(True, direction=_paragraph_direction(stamp))
     pdf.set_font("stamp", size=FONT_SIZE)
     pdf.set_text_color(110, 110, 110)
@@ -323,7 +349,7 @@ def _shortened_line(pdf: FPDF, stamp: Stamp) -> str:
 
     def line(length: int) -> str:
         name = stamp.name if length == len(stamp.name) else stamp.name[:length].rstrip() + "…"
-        return _drawable_line(dataclasses.replace(stamp, name=name).text)[0]
+        return _drawable_line(dataclasses.replace(stamp, name=name).text).text
 
     shortest, longest = 0, len(stamp.name)
     while shortest < longest:  # the longest name whose line fits (0: "…" alone)

@@ -32,6 +32,7 @@ from connector.downloads.watermark import (
     STAMP_WIDTH,
     Stamp,
     WatermarkError,
+    main_font_path,
     read_fingerprints,
     render_stamp,
     stamp_pdf,
@@ -484,6 +485,64 @@ def test_a_template_in_english_reads_left_to_right_when_the_name_comes_first() -
     line = "".join(text for _, text, _, _ in glyphs)
     assert line.startswith("محمد"[::-1])
     assert line.endswith(" · Order 42")
+
+
+def _harfbuzz_glyph_widths(text: str, font: Path) -> list[int]:
+    """The glyphs HarfBuzz shapes ``text`` into with ``font``, in the order drawn, each as
+    its advance in thousandths of the type size (its /W width in a PDF)."""
+    import uharfbuzz
+    from fontTools.ttLib import TTFont
+
+    face = uharfbuzz.Face(uharfbuzz.Blob.from_file_path(str(font)))
+    buffer = uharfbuzz.Buffer()
+    buffer.add_str(text)
+    buffer.guess_segment_properties()
+    uharfbuzz.shape(uharfbuzz.Font(face), buffer, {})
+    with TTFont(font, lazy=True) as ttfont:
+        advance = {name: width for name, (width, _) in ttfont["hmtx"].metrics.items()}
+        return [
+            round(advance[ttfont.getGlyphName(info.codepoint)] * 1000 / face.upem)
+            for info in buffer.glyph_infos
+        ]
+
+
+def _name_glyphs(strip: bytes) -> list[tuple[str, str, float, float]]:
+    """The glyphs drawn between "Licensed to " and " <" on a left-to-right stamp line."""
+    glyphs = _glyphs_drawn(strip)
+    texts = [text for _, text, _, _ in glyphs]
+    assert "".join(texts[:12]) == "Licensed to "
+    return glyphs[12 : texts.index(" ", texts.index("<") - 1)]
+
+
+@pytest.mark.parametrize("name", ["क्षितिज शर्मा", "प्रिया", "श्रेया"])
+def test_a_devanagari_name_is_drawn_with_its_conjuncts_and_vowel_signs_in_place(
+    name: str,
+) -> None:
+    """A buyer in Pune or Kathmandu sees their name as they write it: क्ष, प्र and श्र
+    each one conjunct glyph, not a letter, a virama and a letter, and the vowel sign ि
+    drawn before the consonant it follows in typing: the glyphs HarfBuzz shapes the name
+    into with Noto Sans, not one per character. The line reads back as typed."""
+    strip = render_stamp(stamp(name=name))
+    drawn = _name_glyphs(strip)
+    assert {font for font, *_ in drawn} == {"NotoSans"}
+    widths = [round((end - start) * 1000 / 7) for _, _, start, end in drawn]
+    assert widths == _harfbuzz_glyph_widths(name, main_font_path())
+    assert len(drawn) < len(name)  # unshaped, it was one glyph per character
+    text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    assert f"Licensed to {name} <j@example.org>" in text
+
+
+def test_the_vowel_sign_i_is_drawn_before_its_consonant_and_reads_after_it() -> None:
+    """In "ति" the sign ि is drawn first (leftmost) and the consonant त after it; the
+    sign's glyph reads back as the whole syllable and the consonant's as nothing, so text
+    copied from the stamp is "ति", in the order typed."""
+    drawn = _name_glyphs(render_stamp(stamp(name="ति")))
+    assert [text for _, text, _, _ in drawn] == ["ति", ""]
+    [sign_width, consonant_width] = [end - start for _, _, start, end in drawn]
+    alone = _name_glyphs(render_stamp(stamp(name="त")))
+    assert [text for _, text, _, _ in alone] == ["त"]
+    assert consonant_width == pytest.approx(alone[0][3] - alone[0][2])
+    assert sign_width < consonant_width
 
 
 def test_a_long_arabic_name_is_cut_short_to_leave_the_address_on_the_strip() -> None:
