@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import pikepdf
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Iterator
 
     from fpdf import FPDF
+    from fpdf.line_break import Fragment
 
 FINGERPRINT_PREFIX = "keygate-fp:"
 FINGERPRINT_KEY = "/KeygateFingerprint"
@@ -292,12 +293,75 @@ def _paragraph_direction(stamp: Stamp) -> str | None:
     return None
 
 
+@functools.cache
+def _stamp_pdf_class() -> type[FPDF]:
+    """fpdf2's FPDF, with a combining mark or joiner kept in the run of the letter before it.
+
+    (A class made on first use: fpdf2 is imported only by what draws a stamp.)
+    """
+    from fpdf import FPDF
+
+    class StampPDF(FPDF):
+        def _parse_chars(
+            self,
+            text: str,
+            markdown: bool,
+            *,
+            _initial_emphasis: tuple[bool, bool, bool, bool] | None = None,
+        ) -> Iterator[Fragment]:
+            runs = super()._parse_chars(text, markdown, _initial_emphasis=_initial_emphasis)
+            return _marks_kept_with_their_letters(runs)
+
+    return StampPDF
+
+
+def _marks_kept_with_their_letters(runs: Iterable[Fragment]) -> Iterator[Fragment]:
+    """Undo fpdf2's split of a run at each combining mark or joiner.
+
+    fpdf2 starts a new run (shaped by HarfBuzz on its own) wherever the Unicode script
+    changes, and counts the script of marks and joiners (Inherited) as a change: "مُحَمَّد"
+    with its vowel marks became seven runs, no two letters joined, no mark placed on its
+    letter; a joiner between two Devanagari letters, or between two Arabic ones (drawn in
+    Noto Sans, which has it, while the letters are in Noto Sans Arabic), stood alone and
+    did not join or part them. As Unicode has it (UAX #24), a mark or joiner belongs to the
+    letter before it: a run of them joins the run before, when that run's font has them,
+    and the run after them joins too when it is in the same font and script.
+    """
+    from fontTools.unicodedata import script
+    from fpdf.fonts import TTFFont
+
+    def scripts(run: Fragment) -> set[str]:
+        return {script(char) for char in run.characters} - {"Zyyy", "Zinh"}
+
+    merged: Fragment | None = None
+    for run in runs:
+        if merged is not None and type(run) is type(merged) and run.link == merged.link:
+            font = merged.font
+            marks_only = all(script(char) == "Zinh" for char in run.characters)
+            drawable = isinstance(font, TTFFont) and all(
+                ord(char) in font.cmap for char in run.characters
+            )
+            continues = (
+                merged.characters
+                and script(merged.characters[-1]) == "Zinh"
+                and run.graphics_state == merged.graphics_state
+                and scripts(run) == scripts(merged)
+            )
+            if (marks_only and drawable) or continues:
+                merged = merged.clone(characters=merged.characters + run.characters)
+                continue
+        if merged is not None:
+            yield merged
+        merged = run
+    if merged is not None:
+        yield merged
+
+
 def render_stamp(stamp: Stamp) -> bytes:
     """A one-page PDF strip with the buyer's line and the invisible fingerprint marker."""
-    from fpdf import FPDF
     from fpdf.enums import TextMode
 
-    pdf = FPDF(unit="pt", format=(STAMP_WIDTH, STAMP_HEIGHT))
+    pdf = _stamp_pdf_class()(unit="pt", format=(STAMP_WIDTH, STAMP_HEIGHT))
     pdf.set_auto_page_break(False)
     pdf.set_margin(0)
     pdf.c_margin = 0

@@ -32,6 +32,7 @@ from connector.downloads.watermark import (
     STAMP_WIDTH,
     Stamp,
     WatermarkError,
+    arabic_font_path,
     main_font_path,
     read_fingerprints,
     render_stamp,
@@ -543,6 +544,18 @@ def test_the_vowel_sign_i_is_drawn_before_its_consonant_and_reads_after_it() -> 
     assert [text for _, text, _, _ in alone] == ["त"]
     assert consonant_width == pytest.approx(alone[0][3] - alone[0][2])
     assert sign_width < consonant_width
+
+
+def test_an_arabic_name_typed_with_its_vowel_marks_is_drawn_joined() -> None:
+    """A name typed with its vowel marks ("مُحَمَّد": damma, fatha, shadda) is drawn as
+    HarfBuzz shapes it in Noto Sans Arabic, the letters joined and each mark with its
+    letter, not each letter alone in its isolated form, and reads back as typed."""
+    name = unicodedata.normalize("NFC", "مُحَمَّد")
+    strip = render_stamp(stamp(name=name))
+    drawn = [glyph for glyph in _glyphs_drawn(strip) if glyph[0] == "NotoSansArabic"]
+    widths = [round((end - start) * 1000 / 7) for _, _, start, end in drawn]
+    assert widths == _harfbuzz_glyph_widths(name, arabic_font_path())
+    assert f"Licensed to {name}" in PdfReader(io.BytesIO(strip)).pages[0].extract_text()
 
 
 def test_a_long_arabic_name_is_cut_short_to_leave_the_address_on_the_strip() -> None:
