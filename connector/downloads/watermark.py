@@ -5,10 +5,11 @@ Pure file work (no database, no Flask): paths in, paths out, so the outbox job, 
 on-the-spot path of a click and the benchmarks all run the same code.
 
 PDF: the stamp is one small page drawn by fpdf2 with embedded subsets of Noto Sans (Latin,
-Greek, Cyrillic, Devanagari) and, for what it lacks, Noto Sans CJK, Noto Sans Arabic and
-Arimo's Hebrew (so "Łukasz Dvořák 山田", "محمد" and "क्षितिज" render; a line in a script
-that needs it is shaped by HarfBuzz: see SHAPED_SCRIPTS), turned into one Form XObject and
-placed on every page by pikepdf (libqpdf). Pages are touched one at a time and streams are
+Greek, Cyrillic, Devanagari) and, for what it lacks, the FALLBACK_FONTS: Noto Sans CJK,
+Noto Sans Arabic, Arimo's Hebrew, Noto Sans Thai and Hind Siliguri's Bengali (so "Łukasz
+Dvořák 山田", "محمد", "क्षितिज" and "สมชาย" render; a line in a script that needs it is
+shaped by HarfBuzz: see SHAPED_SCRIPTS), turned into one Form XObject and placed on every
+page by pikepdf (libqpdf). Pages are touched one at a time and streams are
 copied, never decoded, so memory stays flat as the file grows. The fingerprint is in the
 document info, on the Form XObject, and as invisible text on every page.
 
@@ -141,7 +142,7 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-# Drawn in place of a character that no embedded font has (Thai, Syriac, emoji):
+# Drawn in place of a character that no embedded font has (Syriac, Tamil, emoji):
 # the buyer sees that something stood there, and the rest of the line (email, order) and
 # the hidden fingerprint still name them. Noto Sans has this glyph.
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -190,6 +191,23 @@ def hebrew_font_path() -> Path:
     return fontpkg.path("Arimo")
 
 
+@functools.lru_cache(maxsize=1)
+def thai_font_path() -> Path:
+    """Noto Sans Thai, from PyPI's fontpkg-noto-sans-thai."""
+    import fontpkg
+
+    return fontpkg.path("Noto Sans Thai")
+
+
+@functools.lru_cache(maxsize=1)
+def bengali_font_path() -> Path:
+    """Hind Siliguri (regular), from PyPI's fontpkg-hind-siliguri, for Bengali: PyPI has no
+    Noto Sans Bengali, and Hind Siliguri is a sans serif with Bengali's conjuncts."""
+    import fontpkg
+
+    return fontpkg.path("Hind Siliguri")
+
+
 @dataclass(frozen=True)
 class FallbackFont:
     """A font for letters Noto Sans lacks."""
@@ -204,6 +222,8 @@ FALLBACK_FONTS = (
     FallbackFont("stamp-cjk", cjk_font_path),
     FallbackFont("stamp-arabic", arabic_font_path),
     FallbackFont("stamp-hebrew", hebrew_font_path),
+    FallbackFont("stamp-thai", thai_font_path),
+    FallbackFont("stamp-bengali", bengali_font_path),
 )
 
 # The scripts (Unicode Script property, UAX #24, as ISO 15924 codes) whose text is not drawn

@@ -7,6 +7,7 @@ import re
 import unicodedata
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -33,12 +34,14 @@ from connector.downloads.watermark import (
     Stamp,
     WatermarkError,
     arabic_font_path,
+    bengali_font_path,
     main_font_path,
     read_fingerprints,
     render_stamp,
     stamp_pdf,
     stamp_pdf_open,
     stamp_zip,
+    thai_font_path,
 )
 from connector.integrations.r2 import clamp_ttl, content_disposition
 from connector.models import DownloadGrant, WatermarkCopy
@@ -357,12 +360,10 @@ def test_the_visible_stamp_keeps_every_letter_of_the_buyers_name(tmp_path: Path,
 
 
 def test_letters_no_stamp_font_has_are_marked_not_dropped() -> None:
-    """Thai and emoji (no embedded font draws them) show as U+FFFD, one for each letter: the
-    buyer sees that their name stood there, and the email and order still name them."""
-    text = PdfReader(io.BytesIO(render_stamp(stamp(name="สมชาย Cohen 🎉")))).pages[0].extract_text()
-    assert (
-        "Licensed to \ufffd\ufffd\ufffd\ufffd\ufffd Cohen \ufffd <j@example.org> · Order 42" in text
-    )
+    """Syriac and emoji (no embedded font draws them) show as U+FFFD, one for each letter:
+    the buyer sees that their name stood there, and the email and order still name them."""
+    text = PdfReader(io.BytesIO(render_stamp(stamp(name="ܫܠܡܐ Cohen 🎉")))).pages[0].extract_text()
+    assert "Licensed to \ufffd\ufffd\ufffd\ufffd Cohen \ufffd <j@example.org> · Order 42" in text
 
 
 _BFCHAR = re.compile(r"<([0-9A-Fa-f]{4})>\s*<([0-9A-Fa-f]*)>")
@@ -556,6 +557,34 @@ def test_an_arabic_name_typed_with_its_vowel_marks_is_drawn_joined() -> None:
     widths = [round((end - start) * 1000 / 7) for _, _, start, end in drawn]
     assert widths == _harfbuzz_glyph_widths(name, arabic_font_path())
     assert f"Licensed to {name}" in PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "font", "font_path"),
+    [
+        ("สมชาย ใจดี", "NotoSansThai", thai_font_path),
+        ("น้ำฝน", "NotoSansThai", thai_font_path),
+        ("সৌমিত্র দাস", "HindSiliguri", bengali_font_path),
+    ],
+)
+def test_a_thai_or_bengali_name_is_drawn_shaped_in_a_font_that_has_it(
+    name: str, font: str, font_path: Callable[[], Path]
+) -> None:
+    """Buyers in Bangkok and Dhaka see their name, not a row of U+FFFD: in Noto Sans Thai or
+    Hind Siliguri, each word the glyphs HarfBuzz shapes it into (น้ำ: the ring of ำ drawn
+    apart, before the tone mark, so the mark stands above it; সৌ: the vowel drawn on both
+    sides of স; ত্র one conjunct), and the line reads back as typed."""
+    strip = render_stamp(stamp(name=name))
+    drawn = _name_glyphs(strip)
+    assert "\ufffd" not in "".join(text for _, text, _, _ in drawn)
+    widths = [round((end - start) * 1000 / 7) for name_, _, start, end in drawn if name_ == font]
+    assert widths == [
+        width for word in name.split() for width in _harfbuzz_glyph_widths(word, font_path())
+    ]
+    assert (
+        f"Licensed to {name} <j@example.org>"
+        in PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    )
 
 
 def test_a_long_arabic_name_is_cut_short_to_leave_the_address_on_the_strip() -> None:
