@@ -9,9 +9,9 @@ Greek, Cyrillic, Devanagari) and, for what it lacks, the FALLBACK_FONTS: Noto Sa
 Noto Sans Arabic, Arimo's Hebrew, Noto Sans Thai and Hind Siliguri's Bengali (so "Łukasz
 Dvořák 山田", "محمد", "क्षितिज" and "สมชาย" render; a line in a script that needs it is
 shaped by HarfBuzz: see SHAPED_SCRIPTS), turned into one Form XObject and placed on every
-page by pikepdf (libqpdf). Pages are touched one at a time and streams are
-copied, never decoded, so memory stays flat as the file grows. The fingerprint is in the
-document info, on the Form XObject, and as invisible text on every page.
+page by pikepdf (libqpdf). Pages are touched one at a time and streams are copied, never
+decoded, so memory stays flat as the file grows. The fingerprint is in the document info,
+on the Form XObject, and as invisible text on every page.
 
 ZIP: LICENSE.txt is appended and the archive comment set; the other members' bytes are left
 as they are (no recompression).
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import pikepdf
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from fpdf import FPDF
     from fpdf.line_break import Fragment
@@ -262,37 +262,69 @@ class DrawableLine(NamedTuple):
     shaped: bool
 
 
+# Zero width non-joiner and joiner: between two letters of a script that joins them or
+# makes conjuncts of them, they decide how the letters are drawn (Persian "نازنین‌زهرا":
+# the ن before the ZWNJ ends a word's shape and the ز starts one; Hindi "क्‍ष" with a ZWJ:
+# a half क, not the conjunct क्ष). Only there are they kept.
+JOINERS = frozenset("\u200c\u200d")
+
+
 def _drawable_line(text: str) -> DrawableLine:
     """The stamp line as it is drawn, the fonts it needs and whether it is shaped.
 
     Composed (NFC) so an accent typed as a separate mark sits on its letter; a control
     character (a tab or line break in a name) becomes a space, as the line is one line;
-    invisible format characters (joiners, direction marks) are left out, as they draw
-    nothing; a character no font has becomes REPLACEMENT_CHARACTER rather than vanishing.
+    invisible format characters (direction marks, zero width space) are left out, as they
+    draw nothing, and so are JOINERS unless they stand between two letters of one of the
+    SHAPED_SCRIPTS that a font draws; a character no font has becomes
+    REPLACEMENT_CHARACTER rather than vanishing. No invisible character is left in or
+    around a fingerprint marker (ASCII, no script of SHAPED_SCRIPTS): one typed in it to
+    hide it is dropped, and the marker, whole again, is :func:`defused`.
     """
     from fontTools.unicodedata import script
 
     main = _characters_of(main_font_path())
+
+    def font_for(char: str) -> FallbackFont | None:
+        return next(
+            (font for font in FALLBACK_FONTS if ord(char) in _characters_of(font.path())), None
+        )
+
+    def joins(before: str | None, after: str) -> bool:
+        """Does a joiner stand between letters of one shaped script (``before`` the script
+        of the letter before it), the letter ``after`` it drawn by a font?"""
+        return (
+            before in SHAPED_SCRIPTS
+            and script(after) == before
+            and (ord(after) in main or font_for(after) is not None)
+        )
+
+    composed = unicodedata.normalize("NFC", text)
     drawn: list[str] = []
     needed: set[FallbackFont] = set()
     shaped = False
-    for char in unicodedata.normalize("NFC", text):
+    letter_script: str | None = None  # of the last character drawn, marks and joiners aside
+    for at, char in enumerate(composed):
         category = unicodedata.category(char)
         if category == "Cf":
+            if char in JOINERS and joins(letter_script, composed[at + 1 : at + 2] or " "):
+                drawn.append(char)  # Noto Sans and the shaped fallback fonts all have both
             continue
         if category == "Cc":
             char = " "
         if ord(char) not in main:
-            font = next(
-                (font for font in FALLBACK_FONTS if ord(char) in _characters_of(font.path())),
-                None,
-            )
+            font = font_for(char)
             if font is None:
                 char = REPLACEMENT_CHARACTER
             else:
                 needed.add(font)
-        # ASCII is Latin or Common: most lines are looked up no further.
-        shaped = shaped or (not char.isascii() and script(char) in SHAPED_SCRIPTS)
+        if char.isascii():  # Latin or Common: most lines are looked up no further
+            letter_script = None
+        else:
+            char_script = script(char)
+            shaped = shaped or char_script in SHAPED_SCRIPTS
+            if char_script != "Zinh":
+                letter_script = char_script
         drawn.append(char)
     # Again: a marker split by an invisible character ("keygate\u200b-fp:") is whole now.
     fonts = tuple(font for font in FALLBACK_FONTS if font in needed)
@@ -322,15 +354,10 @@ def _stamp_pdf_class() -> type[FPDF]:
     from fpdf import FPDF
 
     class StampPDF(FPDF):
-        def _parse_chars(
-            self,
-            text: str,
-            markdown: bool,
-            *,
-            _initial_emphasis: tuple[bool, bool, bool, bool] | None = None,
-        ) -> Iterator[Fragment]:
-            runs = super()._parse_chars(text, markdown, _initial_emphasis=_initial_emphasis)
-            return _marks_kept_with_their_letters(runs)
+        # The runs a line is drawn (and measured) as: split by direction, font and script.
+        def _preload_bidirectional_text(self, text: str, markdown: bool) -> Sequence[Fragment]:
+            runs = super()._preload_bidirectional_text(text, markdown)
+            return tuple(_marks_kept_with_their_letters(runs))
 
     return StampPDF
 
@@ -341,11 +368,12 @@ def _marks_kept_with_their_letters(runs: Iterable[Fragment]) -> Iterator[Fragmen
     fpdf2 starts a new run (shaped by HarfBuzz on its own) wherever the Unicode script
     changes, and counts the script of marks and joiners (Inherited) as a change: "مُحَمَّد"
     with its vowel marks became seven runs, no two letters joined, no mark placed on its
-    letter; a joiner between two Devanagari letters, or between two Arabic ones (drawn in
-    Noto Sans, which has it, while the letters are in Noto Sans Arabic), stood alone and
-    did not join or part them. As Unicode has it (UAX #24), a mark or joiner belongs to the
-    letter before it: a run of them joins the run before, when that run's font has them,
-    and the run after them joins too when it is in the same font and script.
+    letter. A joiner also gets a run of its own in the line's direction (its bidi class,
+    BN, is given the paragraph's level), which put "زهرا" of "نازنین‌زهرا" to the right
+    of "نازنین", and in Noto Sans, which has it, while the letters are in Noto Sans Arabic.
+    As Unicode has it (UAX #24), a mark or joiner belongs to the letter before it: a run of
+    them joins the run before (font, direction) when that run's font has them, and the run
+    after them joins too when it has the same font, direction and script.
     """
     from fontTools.unicodedata import script
     from fpdf.fonts import TTFFont

@@ -28,6 +28,7 @@ from connector.downloads.storage import (
 )
 from connector.downloads.watermark import (
     DEFAULT_TEMPLATE,
+    FINGERPRINT_PATTERN,
     MARGIN,
     STAMP_HEIGHT,
     STAMP_WIDTH,
@@ -585,6 +586,56 @@ def test_a_thai_or_bengali_name_is_drawn_shaped_in_a_font_that_has_it(
         f"Licensed to {name} <j@example.org>"
         in PdfReader(io.BytesIO(strip)).pages[0].extract_text()
     )
+
+
+def test_a_persian_name_typed_with_a_zwnj_is_drawn_apart_there_and_in_order() -> None:
+    """ "نازنین‌زهرا" holds a zero width non-joiner: the ن before it ends the first part's
+    shape (final, not joined to the ز) and the ز starts the second's, as HarfBuzz shapes
+    the name, and the whole name reads right to left ("زهرا" leftmost), one run with the
+    joiner in it. The line reads back as typed."""
+    name = "نازنین\u200cزهرا"  # noqa: RUF001 (Arabic letters, not look-alikes of o and l)
+    strip = render_stamp(stamp(name=name))
+    glyphs = _glyphs_drawn(strip)
+    assert _drawn_in(glyphs, "NotoSansArabic") == name[::-1]
+    drawn = [glyph for glyph in glyphs if glyph[0] == "NotoSansArabic"]
+    widths = [round((end - start) * 1000 / 7) for _, _, start, end in drawn]
+    assert widths == _harfbuzz_glyph_widths(name, arabic_font_path())
+    assert widths != _harfbuzz_glyph_widths(name.replace("\u200c", ""), arabic_font_path())
+    assert f"Licensed to {name}" in PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+
+
+@pytest.mark.parametrize("name", ["क्\u200dष", "क्\u200cष"])
+def test_a_joiner_in_a_devanagari_name_chooses_the_form_of_its_conjunct(name: str) -> None:
+    """Typed after a virama, a ZWJ asks for a half letter (क्‍ष) and a ZWNJ for the virama
+    shown (क्‌ष), not the conjunct क्ष: drawn as HarfBuzz shapes each, and read back."""
+    strip = render_stamp(stamp(name=name))
+    widths = [round((end - start) * 1000 / 7) for _, _, start, end in _name_glyphs(strip)]
+    assert widths == _harfbuzz_glyph_widths(name, main_font_path())
+    assert widths != _harfbuzz_glyph_widths("क्ष", main_font_path())
+    # pypdf reads a space after a virama that is shown ("क् \u200cष"), where none is drawn.
+    text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    assert f"Licensed to {name} <" in text.replace("् \u200c", "्\u200c")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "keygate\u200c-fp:victim",
+        "keygate-fp\u200d:victim",
+        "ن\u200ckeygate-fp:victim",
+        "keygate-fp:\u200dن victim",
+        "क्\u200dkeygate\u200c-fp:victim",
+    ],
+)
+def test_joiners_are_kept_only_between_letters_never_in_a_fingerprint_marker(name: str) -> None:
+    """Joiners are drawn only between two letters of a script that needs them: typed in or
+    beside a marker they are left out, so no reader that skips them (or shows them) finds
+    another buyer's fingerprint on the stamp's line; only the copy's own hidden one."""
+    text = PdfReader(io.BytesIO(render_stamp(stamp(name=name)))).pages[0].extract_text()
+    [line, _marker] = text.splitlines()
+    assert "\u200c" not in line and "\u200d" not in line
+    assert "keygate-fp :" in line
+    assert FINGERPRINT_PATTERN.findall(text) == ["forged.fingerprint"]
 
 
 def test_a_long_arabic_name_is_cut_short_to_leave_the_address_on_the_strip() -> None:
