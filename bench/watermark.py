@@ -8,8 +8,8 @@ Run from the repository root:  .venv/bin/python bench/watermark.py
    (``qpdf --overlay``), both copying streams as they are. Median of several runs; the
    ratio pikepdf / qpdf is printed (target <= 1.0). The full job (strip rendering with the
    fonts included) is printed too, for a name with CJK letters (Noto Sans and Noto Sans CJK
-   embedded), for a Latin-only one (Noto Sans alone) and for an Arabic one (Noto Sans and
-   Noto Sans Arabic, shaped by HarfBuzz).
+   embedded), for a Latin-only one (Noto Sans alone), for an Arabic one (Noto Sans and
+   Noto Sans Arabic, shaped by HarfBuzz) and for a Devanagari one (Noto Sans alone, shaped).
 2. Memory: peak RSS of a fresh process stamping a ~5 MB and a ~200 MB PDF (target: flat).
 """
 
@@ -49,6 +49,8 @@ STAMP = Stamp(
 LATIN_STAMP = dataclasses.replace(STAMP, name="Łukasz Dvořák")
 # A name Noto Sans lacks and that needs shaping: Noto Sans Arabic embedded, the line shaped.
 ARABIC_STAMP = dataclasses.replace(STAMP, name="محمد عبد الله")
+# A name Noto Sans has that needs shaping: no other font embedded, the line shaped.
+DEVANAGARI_STAMP = dataclasses.replace(STAMP, name="क्षितिज शर्मा")
 
 
 def text_pdf(path: Path, pages: int) -> Path:
@@ -176,7 +178,8 @@ def main() -> None:
         full = timed(lambda: stamp_pdf(source, root / "c.pdf", STAMP), args.runs)
         latin = timed(lambda: stamp_pdf(source, root / "d.pdf", LATIN_STAMP), args.runs)
         arabic = timed(lambda: stamp_pdf(source, root / "e.pdf", ARABIC_STAMP), args.runs)
-        for produced in ("a.pdf", "b.pdf", "c.pdf", "d.pdf", "e.pdf"):
+        devanagari = timed(lambda: stamp_pdf(source, root / "f.pdf", DEVANAGARI_STAMP), args.runs)
+        for produced in ("a.pdf", "b.pdf", "c.pdf", "d.pdf", "e.pdf", "f.pdf"):
             subprocess.run(
                 ["qpdf", "--check", str(root / produced)], check=True, capture_output=True
             )
@@ -190,6 +193,10 @@ def main() -> None:
         print(f"  full job incl. font + strip:     {full * 1000:8.1f} ms  ({STAMP.name})")
         print(f"  the same, a Latin-only name:     {latin * 1000:8.1f} ms  ({LATIN_STAMP.name})")
         print(f"  the same, an Arabic name:        {arabic * 1000:8.1f} ms  ({ARABIC_STAMP.name})")
+        print(
+            f"  the same, a Devanagari name:     {devanagari * 1000:8.1f} ms  "
+            f"({DEVANAGARI_STAMP.name})"
+        )
 
         small = image_pdf(root / "small.pdf", 25, 200_000)
         big = image_pdf(root / "big.pdf", 500, args.big_mb * 1_000_000 // 500)
