@@ -234,12 +234,13 @@ FALLBACK_FONTS = (
 # HarfBuzz, whichever font draws it, Noto Sans (Devanagari) or a fallback; a line without
 # (Latin, Greek, Cyrillic, CJK, Hangul, and U+FFFD for a script no font has) is drawn glyph
 # for glyph, as it always was and at no extra cost. Characters of no script of their own
-# (digits, punctuation: Common; combining marks, joiners: Inherited) decide nothing.
+# (digits, punctuation: Common; combining marks, joiners: Inherited) decide nothing. The
+# codes are those fontTools' script() gives a letter: Lao is "Laoo", not "Lao".
 SHAPED_SCRIPTS = frozenset(
     {
         *("Arab", "Syrc", "Nkoo", "Hebr", "Thaa"),
         *("Deva", "Beng", "Guru", "Gujr", "Orya", "Taml", "Telu", "Knda", "Mlym", "Sinh"),
-        *("Thai", "Lao", "Khmr", "Mymr", "Tibt"),
+        *("Thai", "Laoo", "Khmr", "Mymr", "Tibt"),
     }
 )
 

@@ -30,6 +30,7 @@ from connector.downloads.watermark import (
     DEFAULT_TEMPLATE,
     FINGERPRINT_PATTERN,
     MARGIN,
+    SHAPED_SCRIPTS,
     STAMP_HEIGHT,
     STAMP_WIDTH,
     Stamp,
@@ -358,6 +359,16 @@ def test_the_visible_stamp_keeps_every_letter_of_the_buyers_name(tmp_path: Path,
     )
     text = PdfReader(tmp_path / "out.pdf").pages[0].extract_text()
     assert f"Licensed to {name} <b@example.org>" in text
+
+
+def test_every_shaped_script_is_named_by_the_code_a_letter_of_it_has() -> None:
+    """SHAPED_SCRIPTS holds ISO 15924 codes, compared with the script of each letter drawn:
+    a code misspelt ("Lao" for "Laoo") matches no letter, and a line in that script would
+    be drawn unshaped (Lao's ຳ left whole, its marks unplaced)."""
+    from fontTools.unicodedata import script, script_name
+
+    assert {code for code in SHAPED_SCRIPTS if script_name(code, default=None) is None} == set()
+    assert {script("ຄ"), script("ক"), script("ក"), script("ம")} <= SHAPED_SCRIPTS
 
 
 def test_letters_no_stamp_font_has_are_marked_not_dropped() -> None:
