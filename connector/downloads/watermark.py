@@ -6,8 +6,9 @@ on-the-spot path of a click and the benchmarks all run the same code.
 
 PDF: the stamp is one small page drawn by fpdf2 with embedded subsets of Noto Sans (Latin,
 Greek, Cyrillic, Devanagari) and, for what it lacks, the FALLBACK_FONTS: Noto Sans CJK,
-Noto Sans Arabic, Arimo's Hebrew, Noto Sans Thai and Hind Siliguri's Bengali (so "Łukasz
-Dvořák 山田", "محمد", "क्षितिज" and "สมชาย" render; a line in a script that needs it is
+Noto Sans Arabic, Arimo's Hebrew, Noto Sans Thai, Hind Siliguri's Bengali and the Noto Sans
+of each of NOTO_SCRIPTS (Tamil to Ethiopic) (so "Łukasz Dvořák 山田", "محمد", "क्षितिज",
+"สมชาย", "முருகன்" and "გიორგი" render; a line in a script that needs it is
 shaped by HarfBuzz: see SHAPED_SCRIPTS), turned into one Form XObject and placed on every
 page by pikepdf (libqpdf). Pages are touched one at a time and streams are copied, never
 decoded, so memory stays flat as the file grows. The fingerprint is in the document info,
@@ -142,7 +143,7 @@ def template_problem(template: str) -> str | None:
     return None
 
 
-# Drawn in place of a character that no embedded font has (Syriac, Tamil, emoji):
+# Drawn in place of a character that no embedded font has (Syriac, Tibetan, emoji):
 # the buyer sees that something stood there, and the rest of the line (email, order) and
 # the hidden fingerprint still name them. Noto Sans has this glyph.
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -208,6 +209,34 @@ def bengali_font_path() -> Path:
     return fontpkg.path("Hind Siliguri")
 
 
+# The scripts drawn in a Noto Sans font of their own from PyPI's manimgx-fonts (Noto as the
+# Noto project publishes it, OFL, one 3.4 MB wheel; each file holds one script's letters
+# and marks, no Latin): most spoken first, as the family's file names spell them. PyPI has
+# no package of Noto Sans Kannada, Malayalam, Gujarati, Gurmukhi, Sinhala, Georgian or
+# Armenian on its own, and one package for them all is one pin, not thirteen.
+NOTO_SCRIPTS = (
+    *("Tamil", "Telugu", "Kannada", "Malayalam", "Gujarati", "Gurmukhi", "Sinhala"),
+    *("Khmer", "Lao", "Myanmar", "Georgian", "Armenian", "Ethiopic"),
+)
+
+
+@functools.cache
+def script_font_path(script: str) -> Path:
+    """Noto Sans ``script`` (one of NOTO_SCRIPTS: "Tamil" is Noto Sans Tamil), from PyPI's
+    manimgx-fonts."""
+    import manimgx_fonts
+
+    family = f"NotoSans{script}"
+    folder = Path(manimgx_fonts.__file__).parent
+    # "NotoSansTamil[wght].ttf" (a variable font: fpdf2 draws its default, regular, instance)
+    fonts = sorted(
+        path for path in folder.glob("*.ttf") if re.fullmatch(rf"{family}(\[.*\])?\.ttf", path.name)
+    )
+    if not fonts:  # pragma: no cover - a broken install, or a release without the script
+        raise RuntimeError(f"the manimgx-fonts package has no {family} font file")
+    return fonts[0]
+
+
 @dataclass(frozen=True)
 class FallbackFont:
     """A font for letters Noto Sans lacks."""
@@ -224,6 +253,10 @@ FALLBACK_FONTS = (
     FallbackFont("stamp-hebrew", hebrew_font_path),
     FallbackFont("stamp-thai", thai_font_path),
     FallbackFont("stamp-bengali", bengali_font_path),
+    *(
+        FallbackFont(f"stamp-{script.lower()}", functools.partial(script_font_path, script))
+        for script in NOTO_SCRIPTS
+    ),
 )
 
 # The scripts (Unicode Script property, UAX #24, as ISO 15924 codes) whose text is not drawn

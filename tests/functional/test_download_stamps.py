@@ -211,9 +211,10 @@ def test_a_very_long_name_leaves_the_address_and_order_on_the_stamp(
 def test_a_buyer_named_in_a_script_that_needs_shaping_sees_it_on_their_copy(
     app: Flask, shop: WebhookSender
 ) -> None:
-    """Buyers in Cairo, Tel Aviv, Pune, Bangkok and Dhaka get a copy whose stamp has their
-    name (no U+FFFD, read back as typed) in a font that draws it, their address and order
-    after it, and leak lookup still names them from the pages alone."""
+    """Buyers in Cairo, Tel Aviv, Pune, Bangkok, Dhaka, Chennai, Hyderabad, Phnom Penh and
+    Yangon get a copy whose stamp has their name (no U+FFFD, read back as typed) in a font
+    that draws it, their address and order after it, and leak lookup still names them from
+    the pages alone."""
     make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=2)
     shop.configure(501, files=PDF_FILES)
     for order_id, first, last, font in (
@@ -222,6 +223,10 @@ def test_a_buyer_named_in_a_script_that_needs_shaping_sees_it_on_their_copy(
         (8403, "क्षितिज", "शर्मा", "NotoSans"),
         (8404, "สมชาย", "ใจดี", "NotoSansThai"),
         (8405, "সৌমিত্র", "দাস", "HindSiliguri"),
+        (8406, "கோபால்", "முருகன்", "NotoSansTamil"),
+        (8407, "లక్ష్మి", "ప్రసాద్", "NotoSansTelugu"),
+        (8408, "ស្រីមុំ", "", "NotoSansKhmer"),
+        (8409, "အောင်", "ကျော်", "NotoSansMyanmar"),
     ):
         email = f"buyer{order_id}@example.org"
         copy = buyers_copy(shop, order_id, first_name=first, last_name=last, email=email)

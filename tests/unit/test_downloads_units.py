@@ -30,16 +30,19 @@ from connector.downloads.watermark import (
     DEFAULT_TEMPLATE,
     FINGERPRINT_PATTERN,
     MARGIN,
+    NOTO_SCRIPTS,
     SHAPED_SCRIPTS,
     STAMP_HEIGHT,
     STAMP_WIDTH,
     Stamp,
     WatermarkError,
+    _drawable_line,
     arabic_font_path,
     bengali_font_path,
     main_font_path,
     read_fingerprints,
     render_stamp,
+    script_font_path,
     stamp_pdf,
     stamp_pdf_open,
     stamp_zip,
@@ -647,6 +650,86 @@ def test_joiners_are_kept_only_between_letters_never_in_a_fingerprint_marker(nam
     assert "\u200c" not in line and "\u200d" not in line
     assert "keygate-fp :" in line
     assert FINGERPRINT_PATTERN.findall(text) == ["forged.fingerprint"]
+
+
+# A buyer's name in each script drawn in a Noto Sans font of its own (NOTO_SCRIPTS), most
+# spoken first; each shaped one has a conjunct, a vowel sign drawn before or around its
+# consonant, or a vowel split into a mark and a letter (Lao ຳ), so HarfBuzz's glyphs are
+# not one per character.
+NAMES_IN_NOTO_SCRIPTS = {
+    "Tamil": "கோபால் முருகன்",
+    "Telugu": "లక్ష్మి ప్రసాద్",
+    "Kannada": "ಶ್ರೀನಿವಾಸ",
+    "Malayalam": "ലക്ഷ്മി മേനോൻ",
+    "Gujarati": "પ્રિયંકા પટેલ",
+    "Gurmukhi": "ਗੁਰਪ੍ਰੀਤ ਸਿੰਘ",
+    "Sinhala": "සුනිල් පෙරේරා",
+    "Khmer": "ស្រីមុំ",
+    "Lao": "ບຸນຄຳ ສີສະຫວາດ",
+    "Myanmar": "အောင် ကျော်",
+    "Georgian": "გიორგი ბერიძე",
+    "Armenian": "Արամ Հովհաննիսյան",
+    "Ethiopic": "አበበ በቀለ",
+}
+# Drawn one glyph per character, left to right: no shaping needed.
+UNSHAPED_NOTO_SCRIPTS = {"Georgian", "Armenian", "Ethiopic"}
+# pypdf reads a space into these lines where a mark stands above or below a letter (its
+# layout guess, not a character in the stamp): their letters are compared without spaces.
+READ_WITH_SPACES_BY_PYPDF = {"Sinhala", "Lao"}
+
+
+def test_every_noto_script_has_a_name_to_test() -> None:
+    assert set(NAMES_IN_NOTO_SCRIPTS) == set(NOTO_SCRIPTS)
+
+
+@pytest.mark.parametrize("script", list(NAMES_IN_NOTO_SCRIPTS))
+def test_a_name_in_a_script_of_its_own_noto_font_is_drawn_in_it_shaped_where_needed(
+    script: str,
+) -> None:
+    """Buyers in Chennai, Hyderabad, Bengaluru, Kochi, Ahmedabad, Amritsar, Colombo, Phnom
+    Penh, Vientiane, Yangon, Tbilisi, Yerevan and Addis Ababa see their name, not a row of
+    U+FFFD: in Noto Sans Tamil, Telugu, ..., each word the glyphs HarfBuzz shapes it into
+    with that font (the Indic scripts, Sinhala, Khmer, Lao and Myanmar shaped; Georgian,
+    Armenian and Ethiopic one glyph per letter, the line not shaped), and the line reads
+    back as typed."""
+    name = NAMES_IN_NOTO_SCRIPTS[script]
+    font = f"NotoSans{script}"
+    strip = render_stamp(stamp(name=name))
+    drawn = _name_glyphs(strip)
+    assert "\ufffd" not in "".join(text for _, text, _, _ in drawn)
+    assert {name_ for name_, text, _, _ in drawn if text != " "} == {font}
+    widths = [round((end - start) * 1000 / 7) for name_, _, start, end in drawn if name_ == font]
+    shaped = [
+        width
+        for word in name.split()
+        for width in _harfbuzz_glyph_widths(word, script_font_path(script))
+    ]
+    assert widths == shaped
+    letters = name.replace(" ", "")
+    if script in UNSHAPED_NOTO_SCRIPTS:
+        assert len(widths) == len(letters)
+        assert not _drawable_line(stamp(name=name).text).shaped
+    else:
+        assert _drawable_line(stamp(name=name).text).shaped
+    text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    line = f"Licensed to {name} <j@example.org>"
+    if script in READ_WITH_SPACES_BY_PYPDF:
+        assert re.sub(r"\s", "", line) in re.sub(r"\s", "", text)
+    else:
+        assert line in text
+
+
+def test_a_name_in_a_noto_script_embeds_that_font_alone() -> None:
+    """Each of those fonts is read and embedded only in a stamp whose line needs it: a
+    Tamil name embeds Noto Sans and Noto Sans Tamil, a Latin one Noto Sans alone."""
+
+    def fonts(name: str) -> set[str]:
+        with pikepdf.open(io.BytesIO(render_stamp(stamp(name=name)))) as pdf:
+            resources = pdf.pages[0].resources.Font.values()
+            return {str(f.BaseFont).split("+")[-1] for f in resources if f.Subtype == "/Type0"}
+
+    assert fonts("முருகன் Cohen") == {"NotoSans", "NotoSansTamil"}
+    assert fonts("Łukasz Dvořák") == {"NotoSans"}
 
 
 def test_a_long_arabic_name_is_cut_short_to_leave_the_address_on_the_strip() -> None:
