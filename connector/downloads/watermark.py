@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import logging
 import lzma
 import re
 import shutil
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
     from fpdf import FPDF
     from fpdf.line_break import Fragment
+
+log = logging.getLogger(__name__)
 
 FINGERPRINT_PREFIX = "keygate-fp:"
 FINGERPRINT_KEY = "/KeygateFingerprint"
@@ -259,6 +262,20 @@ FALLBACK_FONTS = (
     ),
 )
 
+
+@functools.cache
+def _letters_of(font: FallbackFont) -> frozenset[int]:
+    """The code points fallback ``font`` draws; none when its file cannot be found or read
+    (a font package missing, or a release without the file): that script's letters are then
+    drawn as REPLACEMENT_CHARACTER, logged once per process, and the paid download that
+    needs the stamp is still served."""
+    try:
+        return _characters_of(font.path())
+    except Exception:  # ImportError, RuntimeError, OSError, fontTools' own: any of them
+        log.warning("stamp font %s cannot be read: its letters are drawn as U+FFFD", font.name)
+        return frozenset()
+
+
 # The scripts (Unicode Script property, UAX #24, as ISO 15924 codes) whose text is not drawn
 # one glyph per character from left to right: letters joined (Arabic), lines right to left
 # (Arabic, Hebrew), conjuncts and vowel signs placed before, above or around their consonant
@@ -320,9 +337,7 @@ def _drawable_line(text: str) -> DrawableLine:
     main = _characters_of(main_font_path())
 
     def font_for(char: str) -> FallbackFont | None:
-        return next(
-            (font for font in FALLBACK_FONTS if ord(char) in _characters_of(font.path())), None
-        )
+        return next((font for font in FALLBACK_FONTS if ord(char) in _letters_of(font)), None)
 
     def joins(before: str | None, after: str) -> bool:
         """Does a joiner stand between letters of one shaped script (``before`` the script

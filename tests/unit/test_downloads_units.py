@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import unicodedata
@@ -379,6 +380,29 @@ def test_letters_no_stamp_font_has_are_marked_not_dropped() -> None:
     the buyer sees that their name stood there, and the email and order still name them."""
     text = PdfReader(io.BytesIO(render_stamp(stamp(name="ܫܠܡܐ Cohen 🎉")))).pages[0].extract_text()
     assert "Licensed to \ufffd\ufffd\ufffd\ufffd Cohen \ufffd <j@example.org> · Order 42" in text
+
+
+def test_a_fallback_font_that_cannot_be_read_marks_its_letters_and_the_stamp_is_made(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A font package missing or without its file (a release that renamed it) must not fail
+    the paid download the stamp is for: that script's letters show as U+FFFD, logged, and
+    every other script still draws."""
+    from connector.downloads import watermark
+
+    def gone() -> Path:
+        raise RuntimeError("the font package has no NotoSansTamil font file")
+
+    broken = tuple(
+        dataclasses.replace(font, path=gone) if font.name == "stamp-tamil" else font
+        for font in watermark.FALLBACK_FONTS
+    )
+    monkeypatch.setattr(watermark, "FALLBACK_FONTS", broken)
+    with caplog.at_level("WARNING", logger="connector.downloads.watermark"):
+        strip = render_stamp(stamp(name="முருகன் محمد"))
+    text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    assert "\ufffd" * 6 in text and "محمد" in text and "j@example.org> · Order 42" in text
+    assert "stamp font stamp-tamil cannot be read" in caplog.text
 
 
 _BFCHAR = re.compile(r"<([0-9A-Fa-f]{4})>\s*<([0-9A-Fa-f]*)>")
