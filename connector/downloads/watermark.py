@@ -189,7 +189,8 @@ def arabic_font_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def hebrew_font_path() -> Path:
     """Arimo, from PyPI's fontpkg-arimo, for its Hebrew (letters and points): PyPI has no
-    Noto Sans Hebrew, and of the fonts it has, Arimo covers Hebrew the most fully."""
+    Noto Sans Hebrew package of its own, and of the fonts compared (Heebo, Assistant, Rubik,
+    Open Sans) Arimo covers Hebrew the most fully."""
     import fontpkg
 
     return fontpkg.path("Arimo")
@@ -206,7 +207,8 @@ def thai_font_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def bengali_font_path() -> Path:
     """Hind Siliguri (regular), from PyPI's fontpkg-hind-siliguri, for Bengali: PyPI has no
-    Noto Sans Bengali, and Hind Siliguri is a sans serif with Bengali's conjuncts."""
+    Noto Sans Bengali package of its own, and Hind Siliguri is a sans serif with Bengali's
+    conjuncts."""
     import fontpkg
 
     return fontpkg.path("Hind Siliguri")
