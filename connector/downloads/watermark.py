@@ -492,7 +492,8 @@ def render_stamp(stamp: Stamp) -> bytes:
     # cell(), not text(): only cell() and write() switch to the fallback font. fpdf2 sets
     # a cell's baseline 0.5 h + 0.3 size below its top; with h = size that is 0.8 size.
     pdf.set_xy(MARGIN, BASELINE - 0.8 * pdf.font_size)
-    pdf.cell(h=pdf.font_size, text=text)
+    if text:  # fpdf2 refuses an empty cell: a template without words, a name of joiners
+        pdf.cell(h=pdf.font_size, text=text)
     pdf.set_text_shaping(False)  # the marker: plain text in a core font
     pdf.set_font("helvetica", size=1)
     pdf.text_mode = TextMode.INVISIBLE

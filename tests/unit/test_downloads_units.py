@@ -103,6 +103,19 @@ def test_a_template_with_a_lookup_the_values_do_not_have_falls_back_too(template
     )
 
 
+@pytest.mark.parametrize(
+    ("template", "name"),
+    [("", "Jürgen"), ("{name}", "\u200d"), ("{name}", "\u0600\u200b"), ("{name}", "")],
+)
+def test_a_line_with_nothing_to_draw_still_stamps_the_copy(template: str, name: str) -> None:
+    """A template without words (the settings take an empty one), or one of the name alone
+    for a buyer whose name is only invisible characters: the strip draws no line, and the
+    copy is stamped with its hidden fingerprint all the same, not a failed download."""
+    strip = render_stamp(stamp(template=template, name=name))
+    text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+    assert FINGERPRINT_PATTERN.findall(text) == ["forged.fingerprint"]
+
+
 def test_broken_pdf_and_zip_raise_watermark_errors(tmp_path: Path) -> None:
     """Files that cannot be stamped say so; they never produce a half-stamped copy."""
     broken = tmp_path / "broken.pdf"
