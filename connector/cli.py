@@ -421,9 +421,15 @@ def _admin_named(username: str) -> Any:
     from connector.db import db
     from connector.models import AdminUser
 
-    user = db.session.execute(
-        select(AdminUser).where(AdminUser.username == admin_username(username))
-    ).scalar_one_or_none()
+    # The name as kept first: an admin whose name differs from another's only in Unicode
+    # form (kept before migration 0026, which left it) is still reached by its own spelling.
+    user = None
+    for name in dict.fromkeys((username, admin_username(username))):
+        user = db.session.execute(
+            select(AdminUser).where(AdminUser.username == name)
+        ).scalar_one_or_none()
+        if user is not None:
+            break
     if user is None:
         raise click.ClickException(f"no admin user '{username}'")
     return user

@@ -609,3 +609,24 @@ def test_keygate_version_names_the_installed_release(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == f"keygate {version('keygate')}\n"
     assert not (tmp_path / "instance").exists()
+
+
+def test_an_admin_kept_in_another_unicode_form_is_reached_by_its_own_spelling(
+    tmp_path: Path,
+) -> None:
+    """Migration 0026 leaves "Zoe" + combining diaeresis when "Zoë" is taken: the commands
+    still reach each by the spelling it is kept in (NFC alone would always find "Zoë")."""
+    assert keygate(tmp_path, "init").returncode == 0
+    database = sqlite3.connect(tmp_path / "instance" / "keygate.db")
+    for name in ("Zoe\u0308", "Zo\u00eb"):
+        database.execute(
+            "INSERT INTO admin_users (username, password_hash, session_generation, created_at)"
+            " VALUES (?, 'h', 0, CURRENT_TIMESTAMP)",
+            (name,),
+        )
+    database.commit()
+    removed = keygate(tmp_path, "admin", "remove", "--username", "Zoe\u0308")
+    assert removed.returncode == 0, removed.stderr
+    kept = [row[0] for row in database.execute("SELECT username FROM admin_users")]
+    database.close()
+    assert "Zo\u00eb" in kept and "Zoe\u0308" not in kept
