@@ -270,6 +270,22 @@ def test_an_app_whose_watermark_template_cannot_be_filled_in_does_not_start(
     )
 
 
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+def test_a_blank_watermark_template_in_the_instance_file_stops_the_app(
+    tmp_path: Path, blank: str
+) -> None:
+    """An empty variable is unset (the default line applies), but keygate.toml can say
+    watermark_template = "": every stamp would then carry the hidden fingerprint alone and
+    show the buyer nothing, so Keygate refuses to start, saying what to do."""
+    (tmp_path / "keygate.toml").write_text(f'watermark_template = "{blank}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path)))
+    assert str(caught.value) == (
+        "KEYGATE_WATERMARK_TEMPLATE is blank; leave it unset for the default line or give one,"
+        " such as Licensed to {name}"
+    )
+
+
 def test_repr_shows_no_secret(tmp_path: Path) -> None:
     """Settings end up in tracebacks (a frame's locals): keys, secrets and URLs that may hold
     a password are left out of their repr."""

@@ -108,7 +108,8 @@ def test_a_template_with_a_lookup_the_values_do_not_have_falls_back_too(template
     [("", "Jürgen"), ("{name}", "\u200d"), ("{name}", "\u0600\u200b"), ("{name}", "")],
 )
 def test_a_line_with_nothing_to_draw_still_stamps_the_copy(template: str, name: str) -> None:
-    """A template without words (the settings take an empty one), or one of the name alone
+    """A template without words (the settings refuse a blank one; render_stamp is not
+    theirs alone), or one of the name alone
     for a buyer whose name is only invisible characters: the strip draws no line, and the
     copy is stamped with its hidden fingerprint all the same, not a failed download."""
     strip = render_stamp(stamp(template=template, name=name))
