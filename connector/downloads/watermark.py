@@ -282,6 +282,21 @@ def _letters_of(font: FallbackFont) -> frozenset[int]:
         return frozenset()
 
 
+@functools.cache
+def _can_shape() -> bool:
+    """Whether HarfBuzz (uharfbuzz, which fpdf2 shapes with) can be imported. It is a
+    dependency, but an update installed without it would otherwise fail every stamp with
+    an Arabic or Devanagari name, and the paid downloads they are for: such a line is then
+    drawn glyph for glyph (letters unjoined, marks beside their letter), logged once per
+    process."""
+    try:
+        import uharfbuzz  # noqa: F401
+    except ImportError:
+        log.warning("uharfbuzz cannot be imported: stamp lines are drawn without shaping")
+        return False
+    return True
+
+
 # The scripts (Unicode Script property, UAX #24, as ISO 15924 codes) whose text is not drawn
 # one glyph per character from left to right: letters joined (Arabic), lines right to left
 # (Arabic, Hebrew), conjuncts and vowel signs placed before, above or around their consonant
@@ -477,7 +492,7 @@ def render_stamp(stamp: Stamp) -> bytes:
         pdf.add_font(font.name, "", str(font.path()))
     if fallbacks:
         pdf.set_fallback_fonts([font.name for font in fallbacks])
-    if shaped:
+    if shaped and _can_shape():
         # HarfBuzz joins Arabic letters, forms Devanagari conjuncts and places marks; fpdf2
         # splits the line into runs by the Unicode bidi algorithm, each shaped in its own
         # direction, and orders the runs (an Arabic name reads right to left, the email

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import sys
 import unicodedata
 import warnings
 import zipfile
@@ -417,6 +418,29 @@ def test_a_fallback_font_that_cannot_be_read_marks_its_letters_and_the_stamp_is_
     text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
     assert "\ufffd" * 6 in text and "محمد" in text and "j@example.org> · Order 42" in text
     assert "stamp font stamp-tamil cannot be read" in caplog.text
+
+
+def test_a_stamp_is_made_unshaped_when_harfbuzz_cannot_be_imported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uharfbuzz missing (an update installed without its new dependencies): an Arabic or
+    Devanagari name is drawn glyph for glyph, logged once, rather than fpdf2 refusing to
+    shape and the buyer's paid download failing."""
+    from connector.downloads import watermark
+
+    monkeypatch.setitem(sys.modules, "uharfbuzz", None)  # import uharfbuzz: ImportError
+    watermark._can_shape.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="connector.downloads.watermark"):
+            strips = [render_stamp(stamp(name=name)) for name in ("محمد", "अनुष्का")]
+    finally:
+        watermark._can_shape.cache_clear()
+    for strip, name in zip(strips, ("محمد", "अनुष्का"), strict=True):
+        assert _drawn_in(_glyphs_drawn(strip), "Noto") != ""
+        text = PdfReader(io.BytesIO(strip)).pages[0].extract_text()
+        assert FINGERPRINT_PATTERN.findall(text) == ["forged.fingerprint"]
+        assert "j@example.org> · Order 42" in text, name
+    assert caplog.text.count("uharfbuzz cannot be imported") == 1
 
 
 _BFCHAR = re.compile(r"<([0-9A-Fa-f]{4})>\s*<([0-9A-Fa-f]*)>")
