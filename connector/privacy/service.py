@@ -165,9 +165,17 @@ def _renewals(session: Session, order: Order) -> list[dict[str, Any]]:
 def export_customer(session: Session, store: Store, email: str) -> dict[str, Any]:
     """Everything Keygate keeps about ``email`` in ``store``, as JSON-ready data: once the
     customer was erased, what was kept of their orders under the pseudonym."""
-    orders = known_customer_orders(session, store, email, erased_too=True)
+    address = email.strip().lower()
+    try:
+        orders = known_customer_orders(session, store, email, erased_too=True)
+    except NotFound:
+        # An address the shop corrected on an order: no order names it any more, but it
+        # waits to leave the Brevo list the order pushed it into, and that is kept.
+        if not _brevo_removals(session, store, address=address):
+            raise
+        orders = []
     markers = erasure_markers(store.id, email)
-    return _export(session, store, orders, markers, email=email.strip().lower())
+    return _export(session, store, orders, markers, email=address)
 
 
 def export_order_buyer(session: Session, store: Store, order: Order) -> dict[str, Any]:
@@ -198,7 +206,7 @@ def _export(
 ) -> dict[str, Any]:
     exported: dict[str, Any] = {
         "email": email,
-        "erased": all(order.is_erased for order in orders),
+        "erased": bool(orders) and all(order.is_erased for order in orders),
         "store": store.name,
         "exported_at": iso(utcnow()),
         "orders": [],
@@ -283,7 +291,11 @@ def _export(
         )
     subjects = _customer_subjects(session, markers, orders)
     exported["audit"] = _audit_entries(session, store, subjects)
-    exported["brevo_removals"] = _brevo_removals(session, store, subjects)
+    exported["brevo_removals"] = (
+        _brevo_removals(session, store, subjects=subjects)
+        if email is None
+        else _brevo_removals(session, store, address=email)
+    )
     for exporter in EXPORTERS:
         exported.update(exporter(session, orders))
     return exported
@@ -325,9 +337,22 @@ def _audit_entries(session: Session, store: Store, subjects: list[str]) -> list[
     ]
 
 
-def _brevo_removals(session: Session, store: Store, subjects: list[str]) -> list[dict[str, Any]]:
-    """The customer's addresses still to be taken out of the store's Brevo list (an erasure,
-    a withdrawn consent or a corrected address waits for Brevo): kept until it is done."""
+def _brevo_removals(
+    session: Session,
+    store: Store,
+    *,
+    address: str | None = None,
+    subjects: Collection[str] = (),
+) -> list[dict[str, Any]]:
+    """The addresses still to be taken out of the store's Brevo list (an erasure, a withdrawn
+    consent or a corrected address waits for Brevo), kept until it is done: those that are
+    ``address`` (a customer's export: not an address the shop corrected away from on one of
+    their orders, which is another person's or a typo's), or else those the records
+    ``subjects`` name (the export of an order's buyer without an address). The addresses
+    are encrypted, so they are compared here; few wait at any time."""
+    waiting = session.scalars(
+        select(BrevoRemoval).where(BrevoRemoval.store_id == store.id).order_by(BrevoRemoval.id)
+    )
     return [
         {
             "list": removal.list_id,
@@ -335,10 +360,11 @@ def _brevo_removals(session: Session, store: Store, subjects: list[str]) -> list
             "reason": removal.reason,
             "since": iso(removal.created_at),
         }
-        for removal in session.scalars(
-            select(BrevoRemoval)
-            .where(BrevoRemoval.store_id == store.id, BrevoRemoval.subject.in_(subjects))
-            .order_by(BrevoRemoval.id)
+        for removal in waiting
+        if (
+            removal.email.strip().lower() == address
+            if address is not None
+            else removal.subject in subjects
         )
     ]
 

@@ -633,6 +633,32 @@ def test_a_corrected_address_takes_the_pushed_one_out_and_pushes_the_new_one(
     assert contact_pushes(brevo) == [OLD, EMAIL]  # a later delivery pushes nobody again
 
 
+def test_an_address_corrected_away_is_in_its_own_export_while_it_waits_to_leave_the_list(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Until Brevo has taken out the address the shop corrected away from (perhaps a typo,
+    someone else's), Keygate keeps it: the export of that address shows it, though no order
+    names it any more, and the export of the corrected address does not (it is not theirs).
+    Once Brevo has taken it out, Keygate keeps nothing of it."""
+    item = line_item(501, line_id=53)
+    brevo_shop.deliver(wc_order(9816, "processing", [item], email=OLD))
+    run_pending(brevo_app)
+    brevo_shop.deliver(wc_order(9816, "processing", [item], email=EMAIL, modified=5))
+    corrected = brevo_shop.admin("GET", f"/customers/{EMAIL}/export").get_json()
+    assert [order["order"] for order in corrected["orders"]] == ["9816"]
+    assert corrected["brevo_removals"] == []
+    answer = brevo_shop.admin("GET", f"/customers/{OLD}/export")
+    assert answer.status_code == 200
+    exported = answer.get_json()
+    assert (exported["email"], exported["orders"], exported["erased"]) == (OLD, [], False)
+    assert [(r["address"], r["reason"]) for r in exported["brevo_removals"]] == [
+        (OLD, "correction")
+    ]
+    run_pending(brevo_app)
+    assert not brevo.in_list(OLD, 7)
+    assert brevo_shop.admin("GET", f"/customers/{OLD}/export").status_code == 404
+
+
 def test_a_refunded_order_corrected_takes_the_pushed_address_out_and_pushes_nobody(
     brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
 ) -> None:
