@@ -26,7 +26,10 @@ class KeyFormat:
         if not 2 <= self.groups <= 8 or not 3 <= self.group_length <= 10:
             raise ValueError("a key has 2-8 groups of 3-10 characters")
         if self.groups * self.group_length - 1 < 16:
-            raise ValueError("a key needs at least 16 random characters (about 78 bits)")
+            raise ValueError(
+                "a key needs at least 16 random characters (about 78 bits) and its last,"
+                " a check character: groups times characters per group must be 17 or more"
+            )
         if self.prefix and not (self.prefix.isascii() and self.prefix.isalnum()):
             raise ValueError("a key prefix is letters and digits only")
 

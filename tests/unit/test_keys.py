@@ -69,3 +69,11 @@ def test_garbage_is_not_a_key(garbage: object) -> None:
 def test_formats_with_too_little_entropy_are_refused() -> None:
     with pytest.raises(ValueError, match="random characters"):
         KeyFormat(groups=2, group_length=5)
+
+
+def test_a_refused_format_says_the_check_character_is_not_random() -> None:
+    """4 groups of 4 hold 16 characters but only 15 random ones: the owner, told "at least
+    16 random characters", hears why 16 is not enough."""
+    with pytest.raises(ValueError, match="check character") as refused:
+        KeyFormat(groups=4, group_length=4)
+    assert "17 or more" in str(refused.value)
