@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -34,7 +35,25 @@ def leak_lookup(file: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(body, indent=2, ensure_ascii=False))
         return
-    click.echo(f"store:  {body['store_id']}")
-    click.echo(f"order:  {body['order']['id']} (number {body['order']['number']})")
-    click.echo(f"buyer:  {body['buyer']['name']} <{body['buyer']['email']}>")
-    click.echo(f"grant:  {body['grant_id']} ({body['filename']})")
+    for line in describe_leak(body):
+        click.echo(line)
+
+
+def describe_leak(body: dict[str, Any]) -> list[str]:
+    """The lines ``keygate leak-lookup`` prints for a match (``LeakMatch.as_json``).
+
+    An order without a number of its own, a buyer without a name (erased, or never given)
+    or without an address says nothing of them: never a Python ``None`` to the owner.
+    """
+    order, buyer = body["order"], body["buyer"]
+    number = order["number"]
+    shown_order = str(order["id"])
+    if number is not None and number != order["id"]:
+        shown_order += f" (number {number})"
+    who = [part for part in (buyer["name"], buyer["email"] and f"<{buyer['email']}>") if part]
+    return [
+        f"store:  {body['store_id']}",
+        f"order:  {shown_order}",
+        f"buyer:  {' '.join(who) or '(no name or address kept)'}",
+        f"grant:  {body['grant_id']} ({body['filename']})",
+    ]

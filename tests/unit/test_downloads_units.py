@@ -889,3 +889,72 @@ def test_junk_in_the_metadata_does_not_hide_the_marker_on_the_pages(tmp_path: Pa
             del xobject["/KeygateFingerprint"]
         pdf.save(stamped)
     assert read_fingerprints(stamped) == ["fp.abc"]
+
+
+class _FoundLeak:
+    def __init__(self, body: dict[str, object]) -> None:
+        self.body = body
+
+    def as_json(self) -> dict[str, object]:
+        return self.body
+
+
+@pytest.mark.parametrize(
+    ("number", "name", "email", "order_line", "buyer_line"),
+    [
+        ("1043", "Ada L", "ada@example.org", "43 (number 1043)", "Ada L <ada@example.org>"),
+        (None, "Ada L", "ada@example.org", "43", "Ada L <ada@example.org>"),
+        ("43", None, "erased-2b2f@erased.invalid", "43", "<erased-2b2f@erased.invalid>"),
+        (None, "Ada L", None, "43", "Ada L"),
+        (None, None, None, "43", "(no name or address kept)"),
+    ],
+)
+def test_leak_lookup_prints_no_python_none(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    number: str | None,
+    name: str | None,
+    email: str | None,
+    order_line: str,
+    buyer_line: str,
+) -> None:
+    """`keygate leak-lookup FILE` names the order and buyer it knows; an order the shop gave
+    no number, or a buyer erased or given no address, is said so, never "None"."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    import connector.cli
+    import connector.db
+    import connector.downloads.leaks
+    from connector.downloads.commands import leak_lookup
+
+    body = {
+        "grant_id": 2,
+        "store_id": "0dfdc145b8943e3f",
+        "order": {"id": "43", "number": number},
+        "buyer": {"name": name, "email": email},
+        "filename": "book.pdf",
+        "license_id": 2,
+    }
+    # The lookup itself is tested end to end in tests/functional/test_downloads.py; here
+    # only what the command prints of its match.
+    app = SimpleNamespace(app_context=contextlib.nullcontext)
+    engine = SimpleNamespace(dispose=lambda: None)
+    fake_db = SimpleNamespace(
+        session=SimpleNamespace(close=lambda: None), get_engine=lambda: engine
+    )
+    monkeypatch.setattr(connector.cli, "make_app", lambda: app)
+    monkeypatch.setattr(connector.db, "db", fake_db)
+    monkeypatch.setattr(connector.downloads.leaks, "identify_leak", lambda *_: _FoundLeak(body))
+    leaked = tmp_path / "leaked.pdf"
+    leaked.write_bytes(b"%PDF-1.4")
+    result = CliRunner().invoke(leak_lookup, [str(leaked)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "store:  0dfdc145b8943e3f",
+        f"order:  {order_line}",
+        f"buyer:  {buyer_line}",
+        "grant:  2 (book.pdf)",
+    ]
