@@ -82,6 +82,18 @@ def optional_int(
     return value
 
 
+def required_int(data: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int:
+    """A whole number the call cannot do without (``null`` is no value: it is missing)."""
+    value = data.get(name)
+    if value is None:
+        raise ValidationFailed(f"{name} is required", field=name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationFailed(f"{name} must be a whole number", field=name)
+    if not minimum <= value <= maximum:
+        raise ValidationFailed(f"{name} must be between {minimum} and {maximum}", field=name)
+    return value
+
+
 # Row ids are INTEGER columns (32 bits on PostgreSQL): a larger id in a path, query or
 # form must find nothing, not overflow the driver (a 500).
 MAX_ROW_ID = 2**31 - 1

@@ -11,7 +11,7 @@ from connector.admin.auth import current_store, require_store_token
 from connector.catalog import find_product
 from connector.db import db, utcnow
 from connector.downloads.storage import storage_warnings
-from connector.errors import NotFound, ValidationFailed
+from connector.errors import NotFound
 from connector.licensing.admin import (
     DAYS_MAX,
     LicenseRow,
@@ -33,7 +33,7 @@ from connector.licensing.service import activation_json, iso
 from connector.models import Product
 from connector.validation import (
     json_body,
-    optional_int,
+    required_int,
 )
 
 bp = Blueprint("licensing_admin_api", __name__, url_prefix="/api/v1/admin")
@@ -114,9 +114,7 @@ def delete_activation(key: str, activation_id: int) -> ResponseReturnValue:
 def post_license_action(key: str, action: str) -> ResponseReturnValue:
     days = None
     if action == "extend":
-        days = optional_int(json_body(), "days", minimum=1, maximum=DAYS_MAX)
-        if days is None:
-            raise ValidationFailed("days is required", field="days")
+        days = required_int(json_body(), "days", minimum=1, maximum=DAYS_MAX)
     lic = change_license(db.session, current_store(), key, action, days=days, actor="api")
     return jsonify({"license": _license_summary(lic)})
 

@@ -147,6 +147,20 @@ def test_expired_license(shop: WebhookSender) -> None:
     assert body["license"]["status"] == "expired"
 
 
+def test_extend_without_a_number_of_days_says_a_number_is_needed(shop: WebhookSender) -> None:
+    """`extend` needs `{"days": N}`: a wrong type is told to be a whole number, never "or
+    null", which the same call refuses as missing."""
+    key = issue_key(shop, duration_days=1)
+    wrong = shop.admin("POST", f"/licenses/{key}/extend", {"days": "30"})
+    assert wrong.status_code == 422
+    assert wrong.get_json()["field"] == "days"
+    assert wrong.get_json()["detail"] == "days must be a whole number"
+    for missing in ({"days": None}, {}):
+        refused = shop.admin("POST", f"/licenses/{key}/extend", missing)
+        assert refused.status_code == 422
+        assert refused.get_json()["detail"] == "days is required"
+
+
 def test_owner_revokes_suspends_reinstates_and_extends(app: Flask, shop: WebhookSender) -> None:
     """Owner actions change what products hear, carry reason "admin" and are audited."""
     from connector.models import AuditEvent, License
