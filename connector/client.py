@@ -196,7 +196,8 @@ def verify_response(
     """Check a Keygate answer and return its JSON body.
 
     Args:
-        method, url: the request as sent (the URL's path and query are signed).
+        method, url: the request as sent (the URL's path and query are signed). Keygate
+            served under a path prefix signs the path it routes: pass the URL without it.
         headers, body: the answer as received.
         public_keys: pinned keys, key id -> standard base64 of the raw 32 bytes (or bytes).
         nonce: the nonce sent; the body must echo it.
@@ -208,7 +209,7 @@ def verify_response(
     Raises:
         SignatureError: anything does not check out.
     """
-    data, _ = _verify(
+    data, _, _ = _verify(
         method=method,
         url=url,
         headers=headers,
@@ -235,9 +236,12 @@ def _verify(
     now: float | None = None,
     host: str | None = None,
     request_body: bytes | None = None,
-) -> tuple[dict[str, Any], str]:
+    routed_url: str | None = None,
+) -> tuple[dict[str, Any], str, str]:
     """:func:`verify_response`, which also gives the Date that was signed (one received, or
-    a second before one): what a saved answer keeps to be checked again offline."""
+    a second before one) and the URL whose path was signed: what a saved answer keeps to be
+    checked again offline. ``routed_url``: the URL as Keygate may have routed it, tried
+    after ``url`` (behind a path prefix, Keygate signs the path it routes, without it)."""
     received = [(k.lower(), v) for k, v in headers.items()]
     for name in SINGLE_HEADERS:
         if sum(1 for k, _ in received if k == name) > 1:
@@ -261,13 +265,14 @@ def _verify(
     if not dates:
         raise SignatureError("the answer has no valid Date")
     parts = urlsplit(url)
-    target = f"{method.lower()} {parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
     try:
         signature = base64.b64decode(params.get("signature", ""), validate=True)
     except (binascii.Error, ValueError):
         raise SignatureError("the signature does not verify") from None
 
-    def signed_with(date: str) -> bool:
+    def signed_with(signed_url: str, date: str) -> bool:
+        path = urlsplit(signed_url)
+        target = f"{method.lower()} {path.path or '/'}" + (f"?{path.query}" if path.query else "")
         signed = (
             f"(request-target): {target}\nhost: {host or parts.netloc}\n"
             f"date: {date}\ndigest: {digest}"
@@ -278,8 +283,15 @@ def _verify(
             return False
         return True
 
-    signed_date, signed_at = next(
-        ((date, at) for date, at in dates if signed_with(date)), (None, 0.0)
+    signed_urls = [url] if routed_url in (None, url) else [url, str(routed_url)]
+    signed_url, signed_date, signed_at = next(
+        (
+            (signed_url, date, at)
+            for signed_url in signed_urls
+            for date, at in dates
+            if signed_with(signed_url, date)
+        ),
+        (url, None, 0.0),
     )
     if signed_date is None:
         raise SignatureError("the signature does not verify")
@@ -292,7 +304,7 @@ def _verify(
     if not isinstance(data, dict):
         raise SignatureError("the signed body is not a JSON object")
     _check_echo(data, nonce, request_body, required=True)
-    return data, signed_date
+    return data, signed_date, signed_url
 
 
 def _check_echo(
@@ -720,6 +732,10 @@ class KeygateClient:
             raise RequestRejected(429, answer, math.ceil(left))
         self._held.pop(held_as, None)
         url = self.base_url + path
+        # Keygate served under a path prefix (https://example.com/keygate: a proxy passing
+        # /keygate/... on, or SCRIPT_NAME) signs the path it routes, without the prefix.
+        origin = urlsplit(self.base_url)
+        routed_url = f"{origin.scheme}://{origin.netloc}{path}"
         body = json.dumps({k: v for k, v in payload.items() if v is not None}).encode()
         request = urllib.request.Request(  # noqa: S310 - the product's own Keygate URL
             url, data=body, method="POST", headers={"Content-Type": "application/json"}
@@ -736,9 +752,10 @@ class KeygateClient:
             where = f" (redirected to {lowered.get('location')})" if 300 <= status < 400 else ""
             raise Unavailable(f"an answer {status} not from Keygate{where}")
         try:
-            data, signed_date = _verify(
+            data, signed_date, signed_url = _verify(
                 method="POST",
                 url=url,
+                routed_url=routed_url,
                 headers=message,  # every header as received, repeated ones included
                 body=raw,
                 public_keys=self.public_keys,  # type: ignore[arg-type]
@@ -775,7 +792,7 @@ class KeygateClient:
         # may add its own) would not verify offline, where the record holds one per name.
         saved = {k: v for k, v in headers.items() if k.lower() != "date"}
         record = {
-            "url": url,
+            "url": signed_url,  # the URL as signed: offline, the check reads no prefix
             "headers": {**saved, "Date": signed_date},
             "body": raw.decode("utf-8"),
             "request": body.decode("utf-8"),

@@ -1,0 +1,79 @@
+"""The client library as products use it in the field: Keygate behind a path prefix, one
+client shared by threads, cache files it cannot read. Against the live server on loopback
+(``LiveServer``), with the real client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from connector.client import KeygateClient
+from tests.factories import WebhookSender
+from tests.functional.test_license_live import LiveServer, _pinned, live
+from tests.licensing_helpers import issue_key
+
+__all__ = ["live"]  # a fixture, used by name
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _under_prefix(app: WSGIApp, prefix: str) -> WSGIApp:
+    """``app`` served under ``prefix``, as gunicorn's SCRIPT_NAME or a proxy's location
+    block serves it: the request for /keygate/api/... reaches Keygate as /api/..."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(prefix + "/"):
+            environ["SCRIPT_NAME"], environ["PATH_INFO"] = prefix, path[len(prefix) :]
+        return app(environ, start_response)
+
+    return serve
+
+
+class Prefixed(LiveServer):
+    """The live app served under /keygate: ``url`` is the product's base URL."""
+
+    def __init__(self, app: Flask) -> None:
+        self.server = make_server(
+            "127.0.0.1", 0, _under_prefix(app.wsgi_app, "/keygate"), threaded=True
+        )
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}/keygate"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+
+@pytest.fixture
+def prefixed(app: Flask) -> Iterator[Prefixed]:
+    server = Prefixed(app)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+def test_keygate_under_a_path_prefix_answers_and_its_saved_answer_serves_offline(
+    shop: WebhookSender, live: LiveServer, prefixed: Prefixed, tmp_path: Path, slash: str
+) -> None:
+    """A product configured with https://example.com/keygate (or .../keygate/): Keygate signs
+    the path it routes, /api/v1/licenses/..., and the client accepts it (every answer was
+    an UnverifiedAnswer); the answer it saved serves while Keygate is down."""
+    key = issue_key(shop)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+    client = KeygateClient(prefixed.url + slash, keys, product="501", cache_path=cache, timeout=2)
+    assert client.activate(key, site="shop.example.com").valid
+    fresh = client.validate(key, site="shop.example.com")
+    assert (fresh.valid, fresh.offline) == (True, False)
+    prefixed.stop()
+    for offline in (client, KeygateClient(prefixed.url, keys, product="501", cache_path=cache)):
+        served = offline.validate(key, site="shop.example.com")
+        assert (served.valid, served.offline, served.offline_reason) == (
+            True,
+            True,
+            "unreachable",
+        )
