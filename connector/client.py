@@ -597,7 +597,9 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 class KeygateClient:
-    """Talks to Keygate's license API and trusts only verified answers."""
+    """Talks to Keygate's license API and trusts only verified answers. One client may be
+    shared by threads: its calls may run at once (each on its own connection), and the
+    saved answers are changed and written one call at a time."""
 
     def __init__(
         self,
@@ -622,6 +624,9 @@ class KeygateClient:
         self.grace_period = grace_period
         self.max_skew = max_skew
         self.timeout = timeout
+        # Held while the saved answers change and are written: threads sharing this client
+        # would otherwise write the cache while another adds to it (a RuntimeError).
+        self._cache_lock = threading.Lock()
         self._cache: dict[str, dict[str, Any]] = self._load_cache()
         # Keys Keygate asked to wait (a signed 429): until when (monotonic), and its answer.
         self._held: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -856,12 +861,14 @@ class KeygateClient:
         return hashlib.sha256(material.encode()).hexdigest()
 
     def _remember(self, cache_key: str, record: dict[str, Any]) -> None:
-        self._cache[cache_key] = record
-        self._save_cache()
+        with self._cache_lock:
+            self._cache[cache_key] = record
+            self._save_cache()
 
     def _forget(self, cache_key: str) -> None:
-        if self._cache.pop(cache_key, None) is not None:
-            self._save_cache()
+        with self._cache_lock:
+            if self._cache.pop(cache_key, None) is not None:
+                self._save_cache()
 
     def _cached(self, cache_key: str, question: dict[str, Any]) -> Result | None:
         """The answer kept for ``question``, verified again: signed by a pinned key, to a

@@ -1,11 +1,13 @@
 """The client library as products use it in the field: Keygate behind a path prefix, one
-client shared by threads, cache files it cannot read. Against the live server on loopback
-(``LiveServer``), with the real client."""
+client shared by threads. Against the live server on loopback (``LiveServer``), with the
+real client."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,25 @@ def test_keygate_under_a_path_prefix_answers_and_its_saved_answer_serves_offline
             True,
             "unreachable",
         )
+
+
+def test_one_client_shared_by_threads_saves_every_answer(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """A server product validating many installations from a thread pool, with one client:
+    no call fails because another thread saved an answer while it was writing the cache
+    (json.dump iterating the answers while one was added raised RuntimeError), and every
+    valid answer ends up in the file."""
+    keys = [issue_key(shop) for _ in range(12)]
+    cache = tmp_path / "cache.json"
+    # Answers saved by an earlier client (no request kept): never served, kept in the file,
+    # and enough of them that writing the file takes a while.
+    earlier = {"url": live.url + "/api/v1/licenses/validate", "headers": {}, "body": "{}"}
+    cache.write_text(json.dumps({f"{slot:064x}": earlier for slot in range(3000)}))
+    client = KeygateClient(live.url, _pinned(live), product="501", cache_path=cache)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda index: client.validate(keys[index % 12]), range(24)))
+    assert all(result.valid and not result.offline for result in results)
+    saved = json.loads(cache.read_text())
+    assert len(saved) == 3000 + len(keys)
+    assert all(client._cache_key(key, None, None) in saved for key in keys)
