@@ -913,7 +913,10 @@ class KeygateClient:
         return self._result(data, offline=True)
 
     def _load_cache(self) -> dict[str, dict[str, Any]]:
-        if self.cache_path is None or not self.cache_path.exists():
+        """The saved answers, or none: a cache missing, unreadable (its folder closed to this
+        user, a name too long: errors Path.exists raises on Python 3.11) or damaged never
+        fails the product."""
+        if self.cache_path is None:
             return {}
         try:
             loaded = json.loads(self.cache_path.read_text())

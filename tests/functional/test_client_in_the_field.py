@@ -101,3 +101,19 @@ def test_one_client_shared_by_threads_saves_every_answer(
     saved = json.loads(cache.read_text())
     assert len(saved) == 3000 + len(keys)
     assert all(client._cache_key(key, None, None) in saved for key in keys)
+
+
+def test_a_cache_path_that_cannot_be_looked_at_never_fails_the_product(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """A cache path the system refuses to look at (here a name too long; a folder closed to
+    the product's user is the same error, which root running these tests cannot meet):
+    the client starts and answers, keeping its answers in memory (the product crashed in
+    the constructor, on Python 3.11)."""
+    key = issue_key(shop)
+    unlookable = tmp_path / ("x" * 300) / "cache.json"
+    client = KeygateClient(live.url, _pinned(live), product="501", cache_path=unlookable)
+    assert client.validate(key).offline is False
+    live.stop()
+    served = client.validate(key)
+    assert (served.valid, served.offline, served.offline_reason) == (True, True, "unreachable")
