@@ -863,12 +863,12 @@ class KeygateClient:
     def _remember(self, cache_key: str, record: dict[str, Any]) -> None:
         with self._cache_lock:
             self._cache[cache_key] = record
-            self._save_cache()
+            self._save_cache(cache_key)
 
     def _forget(self, cache_key: str) -> None:
         with self._cache_lock:
             if self._cache.pop(cache_key, None) is not None:
-                self._save_cache()
+                self._save_cache(cache_key)
 
     def _cached(self, cache_key: str, question: dict[str, Any]) -> Result | None:
         """The answer kept for ``question``, verified again: signed by a pinned key, to a
@@ -924,11 +924,18 @@ class KeygateClient:
             return {}
         return loaded if isinstance(loaded, dict) else {}
 
-    def _save_cache(self) -> None:
+    def _save_cache(self, changed: str) -> None:
         """Write the saved answers (best effort: an unwritable cache never fails a call;
-        the answers stay in memory for this process)."""
+        the answers stay in memory for this process), with ``changed`` as this client has
+        it and the others as the file has them now: a client of another product or process
+        sharing the file may have saved its own since this one read it, which a copy of
+        this client's memory would have erased (two writing at the same moment may still
+        lose one answer, saved again at its next validate)."""
         if self.cache_path is None:
             return
+        on_disk = self._load_cache()
+        on_disk.pop(changed, None)
+        self._cache = {**self._cache, **on_disk}
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".keygate-cache")

@@ -117,3 +117,26 @@ def test_a_cache_path_that_cannot_be_looked_at_never_fails_the_product(
     live.stop()
     served = client.validate(key)
     assert (served.valid, served.offline, served.offline_reason) == (True, True, "unreachable")
+
+
+def test_clients_sharing_a_cache_file_keep_each_others_saved_answers(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """A vendor's two products (or two processes of one) with one cache file, both started
+    before either saved an answer: each validate writes its own answer without erasing the
+    other's (it wrote its whole memory over the file), so after a restart without Keygate
+    both are served from the file."""
+    cache = tmp_path / "cache.json"
+    keys = _pinned(live)
+    first, second = issue_key(shop, product_id=501), issue_key(shop, product_id=777)
+    suite = {
+        "501": KeygateClient(live.url, keys, product="501", cache_path=cache),
+        "777": KeygateClient(live.url, keys, product="777", cache_path=cache),
+    }
+    assert suite["501"].validate(first).valid
+    assert suite["777"].validate(second).valid
+    live.stop()
+    for product, key in (("501", first), ("777", second)):
+        restarted = KeygateClient(live.url, keys, product=product, cache_path=cache, timeout=2)
+        served = restarted.validate(key)
+        assert (served.valid, served.offline) == (True, True), product
