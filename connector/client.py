@@ -337,9 +337,16 @@ def _compact(license_key: str) -> str:
     return "".join(p for p in license_key.strip().upper().replace(" ", "-").split("-") if p)
 
 
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8, a lone surrogate too: what Python makes of bytes that are not
+    UTF-8 read from argv, the environment or a file (``surrogateescape``). Such text is
+    never a key or site Keygate knows: it says so (422), and the product hears it, not a crash."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _file_key(license_key: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(
-        _compact(license_key).encode()
+        _utf8(_compact(license_key))
     )
 
 
@@ -413,7 +420,7 @@ def verify_license_file(
     if not isinstance(content, dict):
         raise LicenseFileError("the license file is damaged")
     if key is not None and "key_sha256" in content:
-        expected = hashlib.sha256(_compact(key).encode()).hexdigest()
+        expected = hashlib.sha256(_utf8(_compact(key))).hexdigest()
         if not hmac.compare_digest(str(content["key_sha256"]), expected):
             raise LicenseFileError("this license file was made for another key")
     if now is not None and now.tzinfo is None:
@@ -858,7 +865,7 @@ class KeygateClient:
         material = "\n".join(
             [key.strip().upper(), site or "", fingerprint or "", self.product or ""]
         )
-        return hashlib.sha256(material.encode()).hexdigest()
+        return hashlib.sha256(_utf8(material)).hexdigest()
 
     def _remember(self, cache_key: str, record: dict[str, Any]) -> None:
         with self._cache_lock:

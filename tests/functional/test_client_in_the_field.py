@@ -5,6 +5,7 @@ real client."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from connector.client import KeygateClient
+from connector.client import KeygateClient, LicenseFileError, RequestRejected, verify_license_file
 from tests.factories import WebhookSender
 from tests.functional.test_license_live import LiveServer, _pinned, live
 from tests.licensing_helpers import issue_key
@@ -140,3 +141,27 @@ def test_clients_sharing_a_cache_file_keep_each_others_saved_answers(
         restarted = KeygateClient(live.url, keys, product=product, cache_path=cache, timeout=2)
         served = restarted.validate(key)
         assert (served.valid, served.offline) == (True, True), product
+
+
+def test_a_key_or_site_read_from_bytes_that_are_not_utf8_is_refused_not_a_crash(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """A key or site the product read from argv, the environment or a file holding bytes that
+    are not UTF-8 (Python makes them lone surrogates): validate and deactivate send it and
+    raise Keygate's 422 as activate does, which the product can catch (they raised
+    UnicodeEncodeError before sending), and a license file checked with such a key is one
+    for another key (it said "damaged")."""
+    key = issue_key(shop)
+    keys = _pinned(live)
+    client = KeygateClient(live.url, keys, product="501")
+    typed = key + os.fsdecode(b"\xff")
+    assert "\udcff" in typed
+    bad_site = os.fsdecode(b"b\xfcd.example.com")
+    for call in (client.validate, client.deactivate, client.activate):
+        for asked in ({"key": typed, "site": "shop.example.com"}, {"key": key, "site": bad_site}):
+            with pytest.raises(RequestRejected) as refused:
+                call(**asked)
+            assert refused.value.status == 422
+    file = client.checkout(key).data["license_file"]
+    with pytest.raises(LicenseFileError, match="another key"):
+        verify_license_file(file, keys, key=typed)
