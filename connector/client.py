@@ -145,13 +145,40 @@ class Result:
     offline_reason: str | None = None
 
 
-def _public_key(value: str | bytes) -> Ed25519PublicKey:
-    raw = value if isinstance(value, bytes) else base64.b64decode(value, validate=True)
-    return Ed25519PublicKey.from_public_bytes(raw)
+# Key id -> the public key as /api/v1/signing-keys lists it (standard base64 of its 32
+# bytes), its raw bytes, or a checked key (a client's ``public_keys``).
+PublicKeys = Mapping[str, str | bytes] | Mapping[str, Ed25519PublicKey]
 
 
-def _pinned(public_keys: Mapping[str, str | bytes]) -> dict[str, Ed25519PublicKey]:
-    return {kid: _public_key(value) for kid, value in public_keys.items()}
+def _public_key(kid: str, value: str | bytes | Ed25519PublicKey) -> Ed25519PublicKey:
+    if isinstance(value, Ed25519PublicKey):  # a client's public_keys, passed on
+        return value
+    try:
+        raw = value if isinstance(value, bytes) else base64.b64decode(value, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (TypeError, ValueError, binascii.Error):
+        raise ValueError(
+            f"the public key pinned as {kid!r} is not one Keygate publishes: pin its "
+            "public_key as GET /api/v1/signing-keys lists it (the standard base64 of 32 "
+            "bytes, nothing added)"
+        ) from None
+
+
+def _pinned(
+    public_keys: PublicKeys,
+) -> dict[str, Ed25519PublicKey]:
+    """The pinned keys, checked.
+
+    Raises:
+        TypeError: not a mapping of key id to key (the signing-keys answer's list, say).
+        ValueError: a key that is not an Ed25519 public key in standard base64, naming it.
+    """
+    if not isinstance(public_keys, Mapping):
+        raise TypeError(
+            "public_keys maps each key id (kid) to its public_key, as GET "
+            "/api/v1/signing-keys lists them: {kid: public_key}"
+        )
+    return {kid: _public_key(kid, value) for kid, value in public_keys.items()}
 
 
 def _digest(body: bytes) -> str:
@@ -186,7 +213,7 @@ def verify_response(
     url: str,
     headers: Mapping[str, str] | email.message.Message,
     body: bytes,
-    public_keys: Mapping[str, str | bytes],
+    public_keys: PublicKeys,
     nonce: str | None = None,
     max_skew: float | None = 300.0,
     now: float | None = None,
@@ -199,7 +226,8 @@ def verify_response(
         method, url: the request as sent (the URL's path and query are signed). Keygate
             served under a path prefix signs the path it routes: pass the URL without it.
         headers, body: the answer as received.
-        public_keys: pinned keys, key id -> standard base64 of the raw 32 bytes (or bytes).
+        public_keys: pinned keys, key id -> standard base64 of the raw 32 bytes (or bytes, or
+            a client's ``public_keys``).
         nonce: the nonce sent; the body must echo it.
         max_skew: how far the answer's Date may be from ``now`` (None: not checked).
         host: the Host header sent, when it differs from the URL's host[:port].
@@ -230,7 +258,7 @@ def _verify(
     url: str,
     headers: Mapping[str, str] | email.message.Message,
     body: bytes,
-    public_keys: Mapping[str, str | bytes],
+    public_keys: PublicKeys,
     nonce: str | None = None,
     max_skew: float | None = 300.0,
     now: float | None = None,
@@ -250,11 +278,7 @@ def _verify(
     params = dict(_PARAM.findall(lowered.get("keygate-signature", "")))
     if params.get("algorithm") != "ed25519" or params.get("headers") != SIGNED_HEADERS:
         raise SignatureError("the answer is not signed the way Keygate signs")
-    keys = (
-        public_keys
-        if all(isinstance(v, Ed25519PublicKey) for v in public_keys.values())
-        else (_pinned(public_keys))
-    )
+    keys = _pinned(public_keys)
     key = keys.get(params.get("keyid", ""))
     if key is None:
         raise SignatureError(f"unknown signing key id {params.get('keyid')!r}")
@@ -278,7 +302,7 @@ def _verify(
             f"date: {date}\ndigest: {digest}"
         ).encode()
         try:
-            key.verify(signature, signed)  # type: ignore[union-attr]
+            key.verify(signature, signed)
         except InvalidSignature:
             return False
         return True
@@ -352,7 +376,7 @@ def _file_key(license_key: str) -> bytes:
 
 def verify_license_file(
     text: str | bytes,
-    public_keys: Mapping[str, str | bytes],
+    public_keys: PublicKeys,
     *,
     key: str | None = None,
     product: str | int | None = None,
@@ -611,7 +635,7 @@ class KeygateClient:
     def __init__(
         self,
         base_url: str,
-        public_keys: Mapping[str, str | bytes],
+        public_keys: PublicKeys,
         *,
         product: str | None = None,
         store: str | None = None,
@@ -770,7 +794,7 @@ class KeygateClient:
                 routed_url=routed_url,
                 headers=message,  # every header as received, repeated ones included
                 body=raw,
-                public_keys=self.public_keys,  # type: ignore[arg-type]
+                public_keys=self.public_keys,
                 max_skew=self.max_skew,
             )
             if status < 400 and "request_digest" not in data:
@@ -893,7 +917,7 @@ class KeygateClient:
                 url=record["url"],
                 headers=record["headers"],
                 body=record["body"].encode("utf-8"),
-                public_keys=self.public_keys,  # type: ignore[arg-type]
+                public_keys=self.public_keys,
                 max_skew=None,
                 request_body=request_body,
             )

@@ -4,6 +4,7 @@ real client."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -165,3 +166,26 @@ def test_a_key_or_site_read_from_bytes_that_are_not_utf8_is_refused_not_a_crash(
     file = client.checkout(key).data["license_file"]
     with pytest.raises(LicenseFileError, match="another key"):
         verify_license_file(file, keys, key=typed)
+
+
+def test_pinned_keys_given_wrong_are_named_and_a_clients_keys_check_a_file(
+    shop: WebhookSender, live: LiveServer
+) -> None:
+    """A developer pinning a key wrong (its hex, a line break pasted with it, the signing-keys
+    list itself) hears which key and what Keygate publishes, when the client is made (it
+    was binascii's "Incorrect padding" or an AttributeError); and the client's own checked
+    keys, passed to verify_license_file, check a file (a TypeError)."""
+    keys = _pinned(live)
+    [(kid, public_key)] = keys.items()
+    as_hex = base64.b64decode(public_key).hex()
+    for wrong in (as_hex, public_key + "\n", public_key[:-4]):
+        with pytest.raises(ValueError, match=f"pinned as '{kid}'.*signing-keys") as raised:
+            KeygateClient(live.url, {kid: wrong}, product="501")
+        assert public_key not in str(raised.value)
+    listed = [{"kid": kid, "public_key": public_key}]
+    with pytest.raises(TypeError, match=r"\{kid: public_key\}"):
+        KeygateClient(live.url, listed, product="501")  # type: ignore[arg-type]
+    key = issue_key(shop)
+    client = KeygateClient(live.url, keys, product="501")
+    file = client.checkout(key).data["license_file"]
+    assert verify_license_file(file, client.public_keys, key=key)["license"]
