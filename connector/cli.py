@@ -564,18 +564,31 @@ def store_add(
 @store.command("list")
 def store_list() -> None:
     """The stores Keygate serves: id, name, shop address, storage area."""
-    from sqlalchemy import select
-
-    from connector.db import db
     from connector.downloads.storage import own_area
-    from connector.models import Store
 
     app = make_app()
     with app.app_context():
-        for row in db.session.scalars(
-            select(Store).where(Store.deleted_at.is_(None)).order_by(Store.id)
-        ):
+        rows = _live_stores()
+        for row in rows:
             click.echo(f"{row.public_id}  {row.name}  {row.url}  {own_area(row.id)}")
+    if not rows:  # said on stderr: a script reading the list reads none
+        click.echo(f"No stores yet. {_add_store_hint()}", err=True)
+
+
+def _live_stores() -> list[Any]:
+    """The stores served (not deleted), oldest first; in an app context."""
+    from sqlalchemy import select
+
+    from connector.db import db
+    from connector.models import Store
+
+    return list(
+        db.session.scalars(select(Store).where(Store.deleted_at.is_(None)).order_by(Store.id))
+    )
+
+
+def _add_store_hint() -> str:
+    return f"Add a store:  {_command()} store add --name 'My shop' --url https://shop.example"
 
 
 def store_with_id(store_id: str) -> Any:
@@ -729,7 +742,11 @@ def run(host: str, port: int, threads: int) -> None:
     # An address a browser can open ("http://0.0.0.0:8000" is not one everywhere).
     where = f"{own_url}  (listening on every address)" if everywhere else own_url
     click.echo(f"Keygate on {where}  (admin: {own_url}/admin)")
-    click.echo(f"Add a store:  {_command()} store add --name 'My shop' --url https://shop.example")
+    with app.app_context():
+        stores = len(_live_stores())
+    click.echo(
+        f"Serving {stores} store{'s' if stores != 1 else ''}" if stores else _add_store_hint()
+    )
 
     def _interrupt(*_: Any) -> None:
         raise KeyboardInterrupt  # waitress stops serving on it, as on Ctrl-C

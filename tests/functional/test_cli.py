@@ -201,6 +201,34 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             f"Keygate on http://127.0.0.1:{port}  (listening on every address)"
             f"  (admin: http://127.0.0.1:{port}/admin)"
         ) in out, out
+        assert "Add a store:" in out and "store add --name" in out  # none yet
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_run_with_stores_counts_them_instead_of_asking_for_one(tmp_path: Path) -> None:
+    """Once a store exists the banner says how many are served, not "Add a store"."""
+    assert keygate(tmp_path, "init").returncode == 0
+    for name in ("One", "Two"):
+        url = f"https://{name.lower()}.example"
+        assert keygate(tmp_path, "store", "add", "--name", name, "--url", url).returncode == 0
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "run", "--port", str(port)],
+        env=cli_env(tmp_path / "instance"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_until_serving(port)
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=30)
+        assert "Serving 2 stores" in out, out
+        assert "Add a store" not in out, out
     finally:
         if server.poll() is None:
             server.kill()
@@ -554,7 +582,9 @@ def test_arguments_that_are_not_utf8_are_refused_in_a_line(tmp_path: Path) -> No
         assert "Traceback" not in result.stderr, result.stderr[-600:]
         assert result.stderr.strip().splitlines()[-1].startswith("Error: '"), result.stderr
         assert "Caf\\xe9' is not UTF-8 text" in result.stderr
-    assert keygate(tmp_path, "store", "list").stdout == ""
+    empty = keygate(tmp_path, "store", "list")
+    assert empty.stdout == ""  # a script reading the list reads none; a person is told why
+    assert "No stores yet. Add a store:" in empty.stderr, empty.stderr
     env = cli_env(
         tmp_path / "instance", ADMIN_PASSWORD=os.fsdecode("très secret, oui".encode("latin-1"))
     )
