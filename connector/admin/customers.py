@@ -32,7 +32,7 @@ from connector.db import db, utcnow
 from connector.downloads.leaks import identify_leaked_copy
 from connector.errors import Conflict, InvalidInput, ValidationFailed
 from connector.models import Order, Store
-from connector.privacy.lookup import look_up_customer
+from connector.privacy.lookup import REMOVAL_REASONS, look_up_customer
 from connector.privacy.service import (
     erase_customer,
     erase_order_buyer,
@@ -84,6 +84,7 @@ def _customer_page(
         error=error,
         erase_refused=erase_refused,
         form=ConfirmForm(),
+        removal_reasons=REMOVAL_REASONS,
     ), status
 
 
@@ -205,6 +206,7 @@ def _leak_page(
         error=error,
         limit=get_settings().leak_lookup_max_bytes,
         form=ConfirmForm(),
+        removal_reasons=REMOVAL_REASONS,
     ), status
 
 

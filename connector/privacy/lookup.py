@@ -7,7 +7,9 @@ an export would hold, and what an erasure would reach (the orders not erased yet
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,7 +17,15 @@ from sqlalchemy.orm import Session
 from connector.downloads.log import Click, clicks
 from connector.models import Order, Store
 from connector.orders.summary import DownloadView, LicenseView, order_entitlements
-from connector.privacy.service import erased_addresses, known_customer_orders
+from connector.privacy.service import brevo_removals, erased_addresses, known_customer_orders
+
+# Why an address waits to leave a store's Brevo list, as the Customers page says it.
+REMOVAL_REASONS = {
+    "erasure": "erased",
+    "withdrawal": "consent withdrawn",
+    "correction": "address corrected on the order",
+    "list_changed": "the store's list changed",
+}
 
 
 @dataclass(frozen=True)
@@ -29,11 +39,14 @@ class CustomerOrder:
 
 @dataclass(frozen=True)
 class CustomerInStore:
-    """What one store keeps about the customer: orders, and clicks on their links."""
+    """What one store keeps about the customer: orders, clicks on their links, and the
+    removals from the store's Brevo list still waiting for Brevo (what an export lists; an
+    address the shop corrected away from may be kept for that alone)."""
 
     store: Store
     orders: list[CustomerOrder]
     clicks: list[Click]
+    brevo_removals: list[dict[str, Any]]
 
     @property
     def erasable(self) -> bool:
@@ -64,7 +77,15 @@ def look_up_customer(session: Session, email: str, store_id: int | None) -> list
     ).all()
     keeping = {held_in for held_in, address in holding if address in addresses[held_in]}
     found = []
-    for store in (store for store in stores if store.id in keeping):
+    for store in stores:
+        waiting = [
+            {**removal, "since": dt.datetime.fromisoformat(removal["since"])}
+            for removal in brevo_removals(session, store, address=email.strip().lower())
+        ]
+        if store.id not in keeping:
+            if waiting:
+                found.append(CustomerInStore(store, [], [], waiting))
+            continue
         orders = known_customer_orders(session, store, email, erased_too=True)
         entitled = []
         for order in orders:
@@ -72,5 +93,5 @@ def look_up_customer(session: Session, email: str, store_id: int | None) -> list
             entitled.append(
                 CustomerOrder(order, entitlements["licenses"], entitlements["downloads"])
             )
-        found.append(CustomerInStore(store, entitled, clicks(session, orders=orders)))
+        found.append(CustomerInStore(store, entitled, clicks(session, orders=orders), waiting))
     return found

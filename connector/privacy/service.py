@@ -171,7 +171,7 @@ def export_customer(session: Session, store: Store, email: str) -> dict[str, Any
     except NotFound:
         # An address the shop corrected on an order: no order names it any more, but it
         # waits to leave the Brevo list the order pushed it into, and that is kept.
-        if not _brevo_removals(session, store, address=address):
+        if not brevo_removals(session, store, address=address):
             raise
         orders = []
     markers = erasure_markers(store.id, email)
@@ -292,9 +292,9 @@ def _export(
     subjects = _customer_subjects(session, markers, orders)
     exported["audit"] = _audit_entries(session, store, subjects)
     exported["brevo_removals"] = (
-        _brevo_removals(session, store, subjects=subjects)
+        brevo_removals(session, store, subjects=subjects)
         if email is None
-        else _brevo_removals(session, store, address=email)
+        else brevo_removals(session, store, address=email)
     )
     for exporter in EXPORTERS:
         exported.update(exporter(session, orders))
@@ -337,7 +337,7 @@ def _audit_entries(session: Session, store: Store, subjects: list[str]) -> list[
     ]
 
 
-def _brevo_removals(
+def brevo_removals(
     session: Session,
     store: Store,
     *,

@@ -10,12 +10,16 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select, text, update
+from werkzeug.security import generate_password_hash
 
 from connector.db import db, transaction
 from connector.jobs import run_pending
-from connector.models import AuditEvent, BrevoRemoval, Job, Order
+from connector.models import AdminUser, AuditEvent, BrevoRemoval, Job, Order
 from tests.factories import WebhookSender, line_item, wc_order
+from tests.functional.test_admin_licenses_pages import look_up
+from tests.functional.test_admin_pages import PASSWORD, sign_in
 from tests.functional.test_brevo_mail import BREVO, brevo_shop, make_due
 from tests.peers import FakeBrevo
 
@@ -238,10 +242,16 @@ def test_a_brevo_outage_only_delays_the_removal(
         job = db.session.execute(select(Job).where(Job.kind == "brevo.remove_contact")).scalar_one()
         assert job.status == "pending" and "Brevo answered 503" in (job.last_error or "")
     assert brevo.in_list(EMAIL, 7)
+    # The owner who looks the customer up sees the erasure done here and waiting on Brevo.
+    owner = owner_client(brevo_app)
+    page = look_up(owner, EMAIL).get_data(as_text=True)
+    assert "This customer was erased" in page
+    assert "Waiting to leave Brevo" in page and '<td>7</td><td data-label="Why">erased' in page
     for _ in range(2):
         make_due(brevo_app)
         run_pending(brevo_app)
     assert not brevo.in_list(EMAIL, 7)
+    assert "Waiting to leave Brevo" not in look_up(owner, EMAIL).get_data(as_text=True)
     with brevo_app.app_context():
         job = db.session.execute(select(Job).where(Job.kind == "brevo.remove_contact")).scalar_one()
         assert (job.status, job.attempts) == ("done", 3)
@@ -654,9 +664,32 @@ def test_an_address_corrected_away_is_in_its_own_export_while_it_waits_to_leave_
     assert [(r["address"], r["reason"]) for r in exported["brevo_removals"]] == [
         (OLD, "correction")
     ]
+    # The Customers page finds it as the export does: waiting to leave the list, nothing
+    # to erase (an erasure would have nothing of theirs to reach).
+    owner = owner_client(brevo_app)
+    page = look_up(owner, OLD).get_data(as_text=True)
+    assert "Waiting to leave Brevo" in page and "address corrected on the order" in page
+    assert "No order names this address any more" in page
+    assert "Keygate keeps no data about this customer" not in page
+    assert 'action="/admin/customers/erase"' not in page
+    assert "9816" not in page  # the order is the corrected address's, not theirs
+    assert "Waiting to leave Brevo" not in look_up(owner, EMAIL).get_data(as_text=True)
     run_pending(brevo_app)
     assert not brevo.in_list(OLD, 7)
     assert brevo_shop.admin("GET", f"/customers/{OLD}/export").status_code == 404
+    page = look_up(owner, OLD).get_data(as_text=True)
+    assert "Keygate keeps no data about this customer" in page
+    assert "Waiting to leave Brevo" not in page
+
+
+def owner_client(app: Flask) -> FlaskClient:
+    """A signed-in admin of every store."""
+    with app.app_context():
+        db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
+        db.session.commit()
+    client = app.test_client()
+    assert sign_in(client) == 302
+    return client
 
 
 def test_a_refunded_order_corrected_takes_the_pushed_address_out_and_pushes_nobody(
