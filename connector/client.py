@@ -164,6 +164,34 @@ def _public_key(kid: str, value: str | bytes | Ed25519PublicKey) -> Ed25519Publi
         ) from None
 
 
+def _base_url(value: str) -> str:
+    """The address Keygate is served at, without a trailing slash.
+
+    Raises:
+        ValueError: not the http(s) address of a host (a bare host name, a query, a user
+            name), naming it.
+    """
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
+    except (TypeError, ValueError, AttributeError):
+        parts = None
+    if (
+        parts is None
+        or parts.scheme.lower() not in {"http", "https"}
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        shown = "" if "@" in str(value) else f" {value!r}"  # a password is never shown
+        raise ValueError(
+            f"base_url{shown} is not the address Keygate is served at: give its http(s)"
+            " address, such as https://keygate.example.com (no query, no user name)"
+        )
+    return value.rstrip("/")
+
+
 def _pinned(
     public_keys: PublicKeys,
 ) -> dict[str, Ed25519PublicKey]:
@@ -647,7 +675,7 @@ class KeygateClient:
         """``product``: the shop product id the product is sold as; ``store``: the store id
         it is sold in (sent with every call; needed on a Keygate several stores share,
         whose shops may number products alike)."""
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _base_url(base_url)
         self.public_keys = _pinned(public_keys)
         self.product = product
         self.store = store

@@ -1,0 +1,55 @@
+"""Making a client: the address of Keygate given wrong is named when the client is made,
+not at the first call (urllib's "unknown url type", or a call gone to the wrong place)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from connector.client import KeygateClient
+
+PUBLIC_KEY = base64.b64encode(
+    Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+).decode()
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "keygate.example.com",  # no scheme
+        "keygate.example.com/api",
+        "ftp://keygate.example.com",
+        "https://",
+        "https://keygate.example.com:99999",
+        "https://keygate.example.com/?store=1",
+        "https://keygate.example.com/#top",
+        "",
+    ],
+)
+def test_an_address_that_is_not_keygates_is_refused_naming_it(base_url: str) -> None:
+    with pytest.raises(ValueError, match="is not the address Keygate is served at") as refused:
+        KeygateClient(base_url, {"k1": PUBLIC_KEY})
+    assert repr(base_url) in str(refused.value)
+
+
+def test_an_address_with_a_password_is_refused_without_showing_it() -> None:
+    with pytest.raises(ValueError, match="no user name") as refused:
+        KeygateClient("https://vendor:hunter2@keygate.example.com", {"k1": PUBLIC_KEY})
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "kept"),
+    [
+        ("https://keygate.example.com/", "https://keygate.example.com"),
+        ("HTTPS://Keygate.Example.com", "HTTPS://Keygate.Example.com"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+        ("https://example.com/keygate/", "https://example.com/keygate"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_an_http_address_with_or_without_a_path_prefix_is_taken(base_url: str, kept: str) -> None:
+    assert KeygateClient(base_url, {"k1": PUBLIC_KEY}).base_url == kept
