@@ -30,6 +30,16 @@ def admin_client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
+def signed_in_owner(app: Flask) -> FlaskClient:
+    """A signed-in admin of every store (``keygate init``'s), named owner."""
+    with app.app_context():
+        db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
+        db.session.commit()
+    client = app.test_client()
+    assert sign_in(client) == 302
+    return client
+
+
 def csrf_token(client: FlaskClient, path: str) -> str:
     page = client.get(path).get_data(as_text=True)
     match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)

@@ -10,16 +10,14 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from sqlalchemy import select, text, update
-from werkzeug.security import generate_password_hash
 
 from connector.db import db, transaction
 from connector.jobs import run_pending
-from connector.models import AdminUser, AuditEvent, BrevoRemoval, Job, Order
+from connector.models import AuditEvent, BrevoRemoval, Job, Order
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_licenses_pages import look_up
-from tests.functional.test_admin_pages import PASSWORD, sign_in
+from tests.functional.test_admin_pages import signed_in_owner
 from tests.functional.test_brevo_mail import BREVO, brevo_shop, make_due
 from tests.peers import FakeBrevo
 
@@ -243,7 +241,7 @@ def test_a_brevo_outage_only_delays_the_removal(
         assert job.status == "pending" and "Brevo answered 503" in (job.last_error or "")
     assert brevo.in_list(EMAIL, 7)
     # The owner who looks the customer up sees the erasure done here and waiting on Brevo.
-    owner = owner_client(brevo_app)
+    owner = signed_in_owner(brevo_app)
     page = look_up(owner, EMAIL).get_data(as_text=True)
     assert "This customer was erased" in page
     assert "Waiting to leave Brevo" in page and '<td>7</td><td data-label="Why">erased' in page
@@ -666,7 +664,7 @@ def test_an_address_corrected_away_is_in_its_own_export_while_it_waits_to_leave_
     ]
     # The Customers page finds it as the export does: waiting to leave the list, nothing
     # to erase (an erasure would have nothing of theirs to reach).
-    owner = owner_client(brevo_app)
+    owner = signed_in_owner(brevo_app)
     page = look_up(owner, OLD).get_data(as_text=True)
     assert "Waiting to leave Brevo" in page and "address corrected on the order" in page
     assert "No order names this address any more" in page
@@ -680,16 +678,6 @@ def test_an_address_corrected_away_is_in_its_own_export_while_it_waits_to_leave_
     page = look_up(owner, OLD).get_data(as_text=True)
     assert "Keygate keeps no data about this customer" in page
     assert "Waiting to leave Brevo" not in page
-
-
-def owner_client(app: Flask) -> FlaskClient:
-    """A signed-in admin of every store."""
-    with app.app_context():
-        db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
-        db.session.commit()
-    client = app.test_client()
-    assert sign_in(client) == 302
-    return client
 
 
 def test_a_refunded_order_corrected_takes_the_pushed_address_out_and_pushes_nobody(

@@ -183,10 +183,22 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     on every address, it names one a browser can open."""
     assert keygate(tmp_path, "init").returncode == 0
     port = free_port()
-    env = cli_env(tmp_path / "instance")
+    returncode, out = run_until_sigterm(tmp_path, "--host", "0.0.0.0", "--port", str(port))  # noqa: S104
+    assert returncode == 0
+    assert (
+        f"Keygate on http://127.0.0.1:{port}  (listening on every address)"
+        f"  (admin: http://127.0.0.1:{port}/admin)"
+    ) in out, out
+    assert "Add a store:" in out and "store add --name" in out  # none yet
+
+
+def run_until_sigterm(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """``keygate run`` with ``args`` (``--port`` among them) once it serves, stopped by
+    SIGTERM: its exit status and what it printed."""
+    port = int(args[args.index("--port") + 1])
     server = subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", "--host", "0.0.0.0", "--port", str(port)],  # noqa: S104
-        env=env,
+        [sys.executable, "-m", "connector.cli", "run", *args],
+        env=cli_env(tmp_path / "instance"),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -196,12 +208,7 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         wait_until_serving(port)
         server.send_signal(signal.SIGTERM)
         out, _ = server.communicate(timeout=30)
-        assert server.returncode == 0
-        assert (
-            f"Keygate on http://127.0.0.1:{port}  (listening on every address)"
-            f"  (admin: http://127.0.0.1:{port}/admin)"
-        ) in out, out
-        assert "Add a store:" in out and "store add --name" in out  # none yet
+        return server.returncode, out
     finally:
         if server.poll() is None:
             server.kill()
@@ -214,25 +221,9 @@ def test_run_with_stores_counts_them_instead_of_asking_for_one(tmp_path: Path) -
     for name in ("One", "Two"):
         url = f"https://{name.lower()}.example"
         assert keygate(tmp_path, "store", "add", "--name", name, "--url", url).returncode == 0
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", "--port", str(port)],
-        env=cli_env(tmp_path / "instance"),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        wait_until_serving(port)
-        server.send_signal(signal.SIGTERM)
-        out, _ = server.communicate(timeout=30)
-        assert "Serving 2 stores" in out, out
-        assert "Add a store" not in out, out
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+    _, out = run_until_sigterm(tmp_path, "--port", str(free_port()))
+    assert "Serving 2 stores" in out, out
+    assert "Add a store" not in out, out
 
 
 def test_a_lost_api_token_is_replaced_from_the_server(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 from sqlalchemy import delete, func, select
 
 from connector.db import Base, db, lock_row, utcnow
@@ -39,7 +38,7 @@ from connector.vault.connection import connection_of
 from connector.vault.service import put_credentials
 from plugin.woocommerce.webhooks import parse_order
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.functional.test_admin_pages import csrf_token, sign_in
+from tests.functional.test_admin_pages import csrf_token, signed_in_owner
 from tests.functional.test_downloads import get, link_path, make_pdf
 from tests.licensing_helpers import call
 
@@ -250,23 +249,10 @@ def test_deleting_a_deleted_store_again_is_not_found(app: Flask, shop: WebhookSe
             delete_store(db.session, store, actor="test")
 
 
-def full_admin(app: Flask) -> FlaskClient:
-    from werkzeug.security import generate_password_hash
-
-    from tests.functional.test_admin_pages import PASSWORD
-
-    with app.app_context():
-        db.session.add(AdminUser(username="owner", password_hash=generate_password_hash(PASSWORD)))
-        db.session.commit()
-    client = app.test_client()
-    assert sign_in(client) == 302
-    return client
-
-
 def test_the_admin_page_deletes_a_store_once_its_id_is_typed_again(
     app: Flask, shop: WebhookSender
 ) -> None:
-    client = full_admin(app)
+    client = signed_in_owner(app)
     store = shop.store.store
     page = f"/admin/stores/{store.id}"
     token = csrf_token(client, page)
@@ -391,7 +377,7 @@ def test_a_removal_with_no_brevo_credentials_to_do_it_does_not_hold_the_deletion
 def test_the_admin_page_says_why_a_store_cannot_be_deleted_yet(
     app: Flask, shop: WebhookSender
 ) -> None:
-    client = full_admin(app)
+    client = signed_in_owner(app)
     store = shop.store.store
     with app.app_context():
         row = db.session.get(Store, store.id)
