@@ -686,7 +686,10 @@ class KeygateClient:
         # Held while the saved answers change and are written: threads sharing this client
         # would otherwise write the cache while another adds to it (a RuntimeError).
         self._cache_lock = threading.Lock()
-        self._cache: dict[str, dict[str, Any]] = self._load_cache()
+        self._cache: dict[str, dict[str, Any]] = self._read_cache() or {}
+        # Slots changed in memory whose write failed (an unwritable cache): the file does not
+        # have them as this client does, so they are kept over it.
+        self._unsaved: set[str] = set()
         # Keys Keygate asked to wait (a signed 429): until when (monotonic), and its answer.
         self._held: dict[str, tuple[float, dict[str, Any]]] = {}
 
@@ -971,30 +974,35 @@ class KeygateClient:
             return None  # valid when signed; the license has ended since
         return self._result(data, offline=True)
 
-    def _load_cache(self) -> dict[str, dict[str, Any]]:
-        """The saved answers, or none: a cache missing, unreadable (its folder closed to this
+    def _read_cache(self) -> dict[str, dict[str, Any]] | None:
+        """The saved answers, or None: a cache missing, unreadable (its folder closed to this
         user, a name too long: errors Path.exists raises on Python 3.11) or damaged never
         fails the product."""
         if self.cache_path is None:
-            return {}
+            return None
         try:
             loaded = json.loads(self.cache_path.read_text())
         except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested
-            return {}
-        return loaded if isinstance(loaded, dict) else {}
+            return None
+        return loaded if isinstance(loaded, dict) else None
 
     def _save_cache(self, changed: str) -> None:
         """Write the saved answers (best effort: an unwritable cache never fails a call;
         the answers stay in memory for this process), with ``changed`` as this client has
         it and the others as the file has them now: a client of another product or process
-        sharing the file may have saved its own since this one read it, which a copy of
-        this client's memory would have erased (two writing at the same moment may still
-        lose one answer, saved again at its next validate)."""
+        sharing the file may have saved answers since this one read it, which a copy of
+        this client's memory would erase, or forgotten one (a license revoked, a site
+        deactivated), which it would bring back to be served offline. Two writing at the
+        same moment may still lose one answer, saved again at its next validate."""
         if self.cache_path is None:
             return
-        on_disk = self._load_cache()
-        on_disk.pop(changed, None)
-        self._cache = {**self._cache, **on_disk}
+        self._unsaved.add(changed)
+        on_disk = self._read_cache()
+        if on_disk is not None:
+            for slot in self._unsaved:
+                on_disk.pop(slot, None)
+            mine = {slot: self._cache[slot] for slot in self._unsaved if slot in self._cache}
+            self._cache = {**on_disk, **mine}
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".keygate-cache")
@@ -1007,3 +1015,5 @@ class KeygateClient:
         except OSError:  # a full disk, a folder in the cache's place: no copy left behind
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            return
+        self._unsaved.clear()

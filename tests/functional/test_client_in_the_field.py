@@ -17,7 +17,13 @@ import pytest
 from flask import Flask
 from werkzeug.serving import make_server
 
-from connector.client import KeygateClient, LicenseFileError, RequestRejected, verify_license_file
+from connector.client import (
+    KeygateClient,
+    LicenseFileError,
+    RequestRejected,
+    Unavailable,
+    verify_license_file,
+)
 from tests.factories import WebhookSender
 from tests.functional.test_license_live import LiveServer, _pinned, live
 from tests.licensing_helpers import issue_key
@@ -142,6 +148,28 @@ def test_clients_sharing_a_cache_file_keep_each_others_saved_answers(
         restarted = KeygateClient(live.url, keys, product=product, cache_path=cache, timeout=2)
         served = restarted.validate(key)
         assert (served.valid, served.offline) == (True, True), product
+
+
+def test_an_answer_one_client_forgot_is_not_brought_back_by_another_sharing_the_file(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """Two processes of a product share the cache file and both saved the key's good answer.
+    Keygate revokes the key: the one that hears it forgets the answer; the other, saving an
+    answer of its own later, must not write the revoked key's good answer back (it wrote
+    every slot it had in memory), to be served offline after a restart."""
+    cache = tmp_path / "cache.json"
+    keys = _pinned(live)
+    revoked, other = issue_key(shop), issue_key(shop)
+    hears, saves = (KeygateClient(live.url, keys, product="501", cache_path=cache) for _ in "ab")
+    assert hears.validate(revoked).valid and saves.validate(revoked).valid
+    assert shop.admin("POST", f"/licenses/{revoked}/revoke").status_code == 200
+    assert hears.validate(revoked).code == "REVOKED"
+    assert saves.validate(other).valid
+    live.stop()
+    restarted = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+    assert restarted.validate(other).offline
+    with pytest.raises(Unavailable):
+        restarted.validate(revoked)
 
 
 def test_a_key_or_site_read_from_bytes_that_are_not_utf8_is_refused_not_a_crash(
