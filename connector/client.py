@@ -192,6 +192,17 @@ def _base_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _cache_path(value: str | os.PathLike[str]) -> Path | None:
+    """Where the saved answers go, ``~`` expanded; None (answers kept in memory only) when
+    there is no home to expand it to (a container's user without HOME or passwd entry):
+    a cache never fails the product."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        _log.warning("no home folder to keep the saved answers in (%s): kept in memory", value)
+        return None
+
+
 def _pinned(
     public_keys: PublicKeys,
 ) -> dict[str, Ed25519PublicKey]:
@@ -679,7 +690,7 @@ class KeygateClient:
         self.public_keys = _pinned(public_keys)
         self.product = product
         self.store = store
-        self.cache_path = Path(cache_path).expanduser() if cache_path else None
+        self.cache_path = _cache_path(cache_path) if cache_path else None
         self.grace_period = grace_period
         self.max_skew = max_skew
         self.timeout = timeout

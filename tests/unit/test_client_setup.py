@@ -53,3 +53,16 @@ def test_an_address_with_a_password_is_refused_without_showing_it() -> None:
 )
 def test_an_http_address_with_or_without_a_path_prefix_is_taken(base_url: str, kept: str) -> None:
     assert KeygateClient(base_url, {"k1": PUBLIC_KEY}).base_url == kept
+
+
+def test_a_cache_under_a_home_that_cannot_be_found_keeps_answers_in_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``~`` with no home to expand to (a container's user without HOME or passwd entry;
+    here a user that does not exist) is a client without a cache file, not a RuntimeError
+    from the product's start."""
+    client = KeygateClient(
+        "https://keygate.example.com", {"k1": PUBLIC_KEY}, cache_path="~nosuchuser-kg/cache.json"
+    )
+    assert client.cache_path is None
+    assert "kept in memory" in caplog.text
