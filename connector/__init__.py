@@ -176,7 +176,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.jinja_env.filters["utc"] = shown_utc
     app.jinja_env.filters["site"] = shown_site
     app.extensions["keygate.settings"] = settings
-    app.extensions["keygate.keyring"] = Keyring(settings.master_keys, settings.secret_key)
+    app.extensions["keygate.keyring"] = Keyring(
+        settings.master_keys, settings.secret_key, key_file=settings.master_key_file
+    )
     logging.getLogger("connector").setLevel(settings.log_level.upper())
 
     if settings.proxy_hops:

@@ -36,6 +36,9 @@ class Settings:
     database_url: str = field(repr=False)
     master_keys: tuple[str, ...] = field(repr=False)
     secret_key: str = field(repr=False)
+    # The file the master keys were read from (None: the environment or an override), which
+    # a running process follows (connector.vault.crypto.Keyring).
+    master_key_file: Path | None = field(default=None, repr=False)
     base_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 1024 * 1024
     # Reverse proxies in front of Keygate whose X-Forwarded-For/-Proto to trust (0: none).
@@ -142,6 +145,18 @@ def _read_key_file(path: Path) -> list[str]:
         reason = exc.strerror if isinstance(exc, OSError) else "not text"
         raise ConfigError(f"cannot read {path}: {reason}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_master_key_file(path: Path) -> tuple[str, ...]:
+    """The master keys in ``path``, newest first, checked.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, empty or holds a key that is not one.
+    """
+    keys = _read_key_file(path)
+    if not keys:
+        raise ConfigError(f"{path} holds no master key")
+    return _check_fernet_keys(keys)
 
 
 def _check_fernet_keys(keys: list[str]) -> tuple[str, ...]:
@@ -257,7 +272,14 @@ def _check_values(values: dict[str, Any]) -> None:
 
 # Read from their own files or the environment, never from keygate.toml (nor as ordinary
 # settings: master_key is the one-key spelling of master_keys).
-_NOT_IN_FILE = {"master_key", "master_keys", "secret_key", "instance_dir", "extra"}
+_NOT_IN_FILE = {
+    "master_key",
+    "master_keys",
+    "master_key_file",
+    "secret_key",
+    "instance_dir",
+    "extra",
+}
 
 
 def _check_file_keys(path: Path, given: set[str], known: set[str]) -> None:
@@ -416,6 +438,7 @@ def load_settings(
 
     # Master keys: newest first. KEYGATE_MASTER_KEYS (comma separated) or KEYGATE_MASTER_KEY,
     # else the instance file written by `keygate init`.
+    master_key_file = None
     if "master_keys" in overrides:
         master = list(overrides.pop("master_keys"))
     elif env.get("KEYGATE_MASTER_KEYS"):
@@ -427,7 +450,8 @@ def load_settings(
     elif env.get("KEYGATE_MASTER_KEY"):
         master = [env["KEYGATE_MASTER_KEY"].strip()]
     else:
-        master = _read_key_file(instance_dir / MASTER_KEY_FILE)
+        master_key_file = instance_dir / MASTER_KEY_FILE
+        master = _read_key_file(master_key_file)
     if not master:
         raise ConfigError(_missing_key(instance_dir / MASTER_KEY_FILE, "master", "MASTER_KEY"))
 
@@ -443,6 +467,7 @@ def load_settings(
     return Settings(
         instance_dir=instance_dir,
         master_keys=_check_fernet_keys(master),
+        master_key_file=master_key_file,
         secret_key=secret,
         extra=overrides,
         **values,

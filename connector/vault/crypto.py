@@ -13,9 +13,15 @@ their exports cannot tell they sold to the same person.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -23,41 +29,121 @@ from flask import current_app
 from sqlalchemy import Text
 from sqlalchemy.types import TypeDecorator
 
+_log = logging.getLogger(__name__)
+
+
+# How often a process looks at its master key file for a change, at most (seconds).
+KEY_FILE_CHECK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """Master keys in use, newest first, ready to use; replaced whole, never changed."""
+
+    keys: tuple[str, ...]
+    fernet: MultiFernet
+    newest: Fernet
+
+    @classmethod
+    def of(cls, keys: tuple[str, ...]) -> _Keys:
+        return cls(keys, MultiFernet([Fernet(k) for k in keys]), Fernet(keys[0]))
+
 
 class Keyring:
-    """The master keys of one app and the keyed-hash secret."""
+    """The master keys of one app and the keyed-hash secret.
 
-    def __init__(self, master_keys: tuple[str, ...], secret_key: str) -> None:
-        self._fernet = MultiFernet([Fernet(k) for k in master_keys])
-        self._newest = Fernet(master_keys[0])
-        #: The master keys' fingerprints, newest first (:func:`key_fingerprint`).
-        self.fingerprints = tuple(key_fingerprint(k) for k in master_keys)
+    Keys read from a file (``master.key``: ``key_file``) are followed while the process
+    runs: a new key put first there is used to encrypt, and to read what ``keygate
+    rotate-keys`` re-encrypts with it, without a restart (a server left running through a
+    rotation answered webhooks 500 until restarted). A key the process read once still
+    decrypts after it left the file; a file being edited (unreadable, a key cut short) is
+    ignored until it holds keys again.
+    """
+
+    def __init__(
+        self, master_keys: tuple[str, ...], secret_key: str, *, key_file: Path | None = None
+    ) -> None:
+        self._keys = _Keys.of(master_keys)
+        self._key_file = key_file
+        self._file_seen = _file_stamp(key_file) if key_file is not None else None
+        self._file_checked = time.monotonic()
+        self._file_lock = threading.Lock()
         self._secret = secret_key.encode()
         # Per-purpose HMAC states, keyed once; each hash copies one (license calls make one
         # or two per request).
         self._purposes: dict[str, hmac.HMAC] = {}
 
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        """The master keys' fingerprints, newest first (:func:`key_fingerprint`)."""
+        return tuple(key_fingerprint(k) for k in self._keys.keys)
+
     def encrypt(self, plaintext: str) -> str:
-        return self._fernet.encrypt(plaintext.encode()).decode("ascii")
+        return self._current().fernet.encrypt(plaintext.encode()).decode("ascii")
 
     def decrypt(self, token: str) -> str:
+        raw = token.encode("ascii")
         try:
-            return self._fernet.decrypt(token.encode("ascii")).decode()
+            return self._current().fernet.decrypt(raw).decode()
         except InvalidToken:
-            raise DecryptionError(
-                "stored secret cannot be decrypted with the master keys"
-            ) from None
+            pass
+        # Made with a key put in the file since it was last looked at (another process
+        # encrypts with it, or rotated): look now.
+        if self._follow_file(at_once=True):
+            with contextlib.suppress(InvalidToken):
+                return self._keys.fernet.decrypt(raw).decode()
+        raise DecryptionError("stored secret cannot be decrypted with the master keys")
 
     def rotate(self, token: str) -> str:
         """Re-encrypt a token with the newest master key."""
-        return self._fernet.rotate(token.encode("ascii")).decode("ascii")
+        return self._current().fernet.rotate(token.encode("ascii")).decode("ascii")
 
     def newest_key_reads(self, token: str) -> bool:
         """Whether the newest master key alone decrypts ``token``."""
         try:
-            self._newest.decrypt(token.encode("ascii"))
+            self._current().newest.decrypt(token.encode("ascii"))
         except InvalidToken:
             return False
+        return True
+
+    def _current(self) -> _Keys:
+        self._follow_file()
+        return self._keys
+
+    def _follow_file(self, *, at_once: bool = False) -> bool:
+        """Take the key file's keys if it changed since it was read (looked at once a
+        second at most, unless ``at_once``); whether the keys in use changed."""
+        path = self._key_file
+        if path is None:
+            return False
+        now = time.monotonic()
+        if not at_once and now - self._file_checked < KEY_FILE_CHECK_SECONDS:
+            return False
+        with self._file_lock:
+            self._file_checked = now
+            stamp = _file_stamp(path)
+            if stamp is None or stamp == self._file_seen:
+                return False
+            from connector.config import ConfigError, read_master_key_file
+
+            try:
+                keys = read_master_key_file(path)
+            except ConfigError as exc:  # mid-edit: the keys in use stay
+                _log.warning("master keys not re-read: %s", exc)
+                return False
+            self._file_seen = stamp
+            # Keys read before and gone from the file still decrypt (what this process
+            # wrote with one before it saw the file change).
+            in_use = keys + tuple(k for k in self._keys.keys if k not in keys)
+            if in_use == self._keys.keys:
+                return False
+            self._keys = _Keys.of(in_use)
+        _log.info(
+            "master keys re-read from %s: encrypting with %s (%d keys)",
+            path,
+            key_fingerprint(keys[0]),
+            len(in_use),
+        )
         return True
 
     def keyed_hash(self, purpose: str, value: str) -> str:
@@ -75,6 +161,15 @@ class Keyring:
         another value in every store. Its own purpose key (``<purpose>@store``), so it is
         never the store-independent hash of any value either."""
         return self.keyed_hash(f"{purpose}@store", f"{store_id}:{value}")
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file changed (inode, size, modification time), or None if unreadable."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def key_fingerprint(key: str) -> str:

@@ -21,7 +21,7 @@ from connector.cli import main
 from connector.db import db
 from connector.jobs import run_pending
 from connector.models import Job, Mail, Store
-from connector.vault.crypto import Keyring
+from connector.vault.crypto import Keyring, current_keyring
 from connector.vault.rotation import encrypted_tables, rotate_all
 from connector.vault.service import credentials_for
 from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
@@ -96,6 +96,54 @@ def test_rotation_leaves_everything_readable_under_the_new_key_alone(
     with another_app_in_this_process():
         rotated = create_app(app_overrides(tmp_path, database_url, master_keys=[new_key]))
         check_rotated_app(rotated, shop, before)
+
+
+def test_a_server_left_running_follows_its_key_file_through_a_rotation(
+    app: Flask,
+    shop: WebhookSender,
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`make run` (its keys in instance/master.key) left running while the owner puts a new
+    key first there and runs `keygate rotate-keys`: it reads what the rotation re-encrypted
+    and encrypts with the new key, without a restart (it answered webhooks and jobs 500
+    until restarted). A key gone from the file still reads what it wrote; a file being
+    edited (not keys yet) changes nothing."""
+    for name in ("KEYGATE_MASTER_KEY", "KEYGATE_MASTER_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    key_file = tmp_path / "instance" / "master.key"
+    key_file.write_text(MASTER_KEY + "\n")
+    from_file = app_overrides(tmp_path, database_url)
+    del from_file["master_keys"]
+    running = create_app(from_file)
+    try:
+        shop.admin("PUT", "/credentials/r2", R2)
+        with running.app_context():
+            written_before = current_keyring().encrypt("written before")
+        new_key = Fernet.generate_key().decode()
+        key_file.write_text(f"{new_key}\n{MASTER_KEY}\n")
+        rotated = keygate(
+            tmp_path, database_url, "rotate-keys", master_keys=f"{new_key},{MASTER_KEY}"
+        )
+        assert rotated.exit_code == 0, rotated.output
+        with running.app_context():
+            store = db.session.get(Store, shop.store.store.id)
+            assert store is not None
+            assert store.webhook_secret == shop.store.webhook_secret
+            assert credentials_for(db.session, store, "r2") == R2
+            made_now = current_keyring().encrypt("made now")
+        assert Fernet(new_key).decrypt(made_now.encode()) == b"made now"
+        monkeypatch.setattr("connector.vault.crypto.KEY_FILE_CHECK_SECONDS", 0.0)
+        for edited in (f"{new_key}\n", "not a key yet\n"):  # the old key dropped; half-saved
+            key_file.write_text(edited)
+            with running.app_context():
+                keyring = current_keyring()
+                assert keyring.decrypt(written_before) == "written before"
+                assert keyring.decrypt(made_now) == "made now"
+                assert keyring.fingerprints == (fingerprint(new_key), fingerprint(MASTER_KEY))
+    finally:
+        running.extensions["keygate.db"].engine.dispose()
 
 
 def check_rotated_app(rotated: Flask, shop: WebhookSender, before: dict[str, Any]) -> None:
