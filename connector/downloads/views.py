@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, request
@@ -63,6 +64,16 @@ def _without_validators(environ: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in environ.items() if name not in VALIDATORS}
 
 
+def _answerable_range(path: Path) -> bool:
+    """Can the request's Range (if any) be answered with a 206 for the file at ``path``?
+    Not one that cannot be parsed, in a unit other than bytes, in several parts (werkzeug
+    answers only one) or past the file's end: werkzeug answers those 416, with no file."""
+    if "HTTP_RANGE" not in request.environ:
+        return True
+    asked = request.range
+    return asked is not None and asked.range_for_length(path.stat().st_size) is not None
+
+
 def _unavailable(exc: FileUnavailable, grant_id: int) -> Response:
     """The 503 page (with Retry-After) of a file the storage cannot give: nothing counted."""
     rollback_request()
@@ -120,7 +131,8 @@ def download(token: str) -> ResponseReturnValue:
     )
     # A Range that does not start at byte 0 continues a download (a dropped connection, a
     # download manager's parts): the full path decides whether it is free.
-    resume = request.range is not None and any(start > 0 for start, _ in request.range.ranges)
+    # A suffix range (bytes=-N, the file's last N bytes) does not start at byte 0 either.
+    resume = request.range is not None and any(start != 0 for start, _ in request.range.ranges)
     # The common click without a session; every other case (and its words) from the full path.
     try:
         answer = (
@@ -140,10 +152,17 @@ def download(token: str) -> ResponseReturnValue:
         response = redirect(delivery.url, code=302)
     else:
         assert delivery.path is not None  # noqa: S101 - a local delivery always has a path
+        environ = _without_validators(request.environ)
+        if answer.outcome == "served" and not _answerable_range(delivery.path):
+            # A download was spent on this click: it gets the whole file (HTTP lets a
+            # server ignore a Range), never a 416 with nothing. A free resume keeps its 416
+            # (a download manager's "you have it all").
+            environ.pop("HTTP_RANGE", None)
+            environ.pop("HTTP_IF_RANGE", None)
         # conditional=True answers Range requests (resumed downloads) with 206.
         response = send_file(
             delivery.path,
-            _without_validators(request.environ),
+            environ,
             as_attachment=True,
             # Names stored before control characters were refused must not split a header.
             download_name=without_control_characters(delivery.filename),

@@ -168,3 +168,40 @@ def test_head_before_a_copy_that_cannot_be_stamped_gets_what_the_click_gets(
     assert before.headers.get("Retry-After") == click.headers.get("Retry-After")
     assert "Content-Disposition" not in before.headers
     assert len(events(app)) == (1 if fallback == "refuse" else 0)  # the click's refusal only
+
+
+@pytest.mark.parametrize(
+    "asked",
+    ["bytes=abc", "items=0-5", "bytes=0-0,-1", "bytes=99999-"],
+    ids=["malformed", "another-unit", "several-ranges", "past-the-end"],
+)
+def test_a_counted_click_with_a_range_it_cannot_answer_gets_the_whole_file(
+    app: Flask, shop: WebhookSender, asked: str
+) -> None:
+    """A click that is counted gets the file, whatever its Range says: a Range that cannot
+    be parsed, in another unit, in several parts or past the file's end (a download
+    manager's stale state, from an address not served before) is ignored, as HTTP allows,
+    rather than answered 416 with nothing after a download was spent on it."""
+    content = b"%PDF-1.4 " + b"r" * 4000
+    put_file(app, "files/range.pdf", content)
+    files = [{"object_key": "files/range.pdf", "filename": "range.pdf"}]
+    path = link_path(paid_order(shop, 8610, files, download_limit=2)[0])
+    click = get(shop.client, path, headers={"Range": asked})
+    assert (click.status_code, click.data) == (200, content)
+    assert [e.outcome for e in events(app)] == ["served"]
+    assert shop.order(8610)["downloads"][0]["downloads_left"] == 1
+
+
+def test_a_suffix_range_after_a_download_is_a_free_resume(app: Flask, shop: WebhookSender) -> None:
+    """A Range for the file's last bytes (``bytes=-N``) does not start at byte 0: from the
+    address served within the hour it continues that download for free, as ``bytes=N-``
+    does, instead of spending another download (the last one: a 429)."""
+    content = bytes(range(256)) * 20
+    put_file(app, "files/tail.bin", content)
+    files = [{"object_key": "files/tail.bin", "filename": "tail.bin"}]
+    path = link_path(paid_order(shop, 8611, files, download_limit=1)[0])
+    buyer = {"REMOTE_ADDR": "203.0.113.70"}
+    assert get(shop.client, path, environ_base=buyer).status_code == 200
+    tail = get(shop.client, path, headers={"Range": "bytes=-100"}, environ_base=buyer)
+    assert (tail.status_code, tail.data) == (206, content[-100:])
+    assert [e.outcome for e in events(app)] == ["served", "resumed"]
