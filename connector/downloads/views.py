@@ -1,6 +1,7 @@
 """The buyer's stable link, ``GET /d/<token>``: a friendly page for people, never JSON.
 
-``HEAD`` answers as ``GET`` would, without the body, and counts, logs and stamps nothing."""
+``HEAD`` answers as ``GET`` would, without the body, and counts, logs and stamps nothing; so
+does a browser's prefetch or prerender (a ``GET`` made ahead of a click), answered 503."""
 
 from __future__ import annotations
 
@@ -119,11 +120,43 @@ def _head(grant_id: int) -> BaseResponse:
     return _uncached(_file_headers(peek.file))
 
 
+# Request headers by which browsers say a request is made ahead of a possible click (a
+# prefetch or prerender: a bookmark under the pointer, an address Chrome expects to be
+# typed, Safari's previews), and the words in them that say so.
+SPECULATIVE_HEADERS = ("Sec-Purpose", "Purpose", "X-Purpose", "X-Moz")
+SPECULATIVE_WORDS = frozenset({"prefetch", "prerender", "preview"})
+
+
+def _speculative() -> bool:
+    """Is this request a browser's fetch ahead of a click, not the buyer's click?"""
+    for name in SPECULATIVE_HEADERS:
+        words = request.headers.get(name, "").lower().replace(",", ";").split(";")
+        if SPECULATIVE_WORDS.intersection(word.strip() for word in words):
+            return True
+    return False
+
+
+def _not_ahead_of_the_click() -> Response:
+    """What a prefetch or prerender gets: no file and nothing counted. A non-2xx answer is
+    how a browser is told not to use it: the buyer's own click is then served as usual."""
+    body, _ = error_page(
+        503,
+        "Open this link to download",
+        "Your browser asked for this file before the link was opened. Nothing was used up:"
+        " the download starts when you open the link.",
+        back=request.path,
+        back_label="Download the file",
+    )
+    return Response(body, status=503, mimetype="text/html")
+
+
 @bp.get("/d/<token>")
 def download(token: str) -> ResponseReturnValue:
     grant_id = grant_id_from_token(token)  # 404 page when tampered with
     if request.method == "HEAD":
         return _head(grant_id)
+    if _speculative():
+        return _uncached(_not_ahead_of_the_click())
     ip, user_agent, ttl = (
         request.remote_addr,
         request.user_agent.string,

@@ -205,3 +205,38 @@ def test_a_suffix_range_after_a_download_is_a_free_resume(app: Flask, shop: Webh
     tail = get(shop.client, path, headers={"Range": "bytes=-100"}, environ_base=buyer)
     assert (tail.status_code, tail.data) == (206, content[-100:])
     assert [e.outcome for e in events(app)] == ["served", "resumed"]
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Sec-Purpose", "prefetch;prerender"),  # Chrome: a bookmark hovered, the address bar
+        ("Sec-Purpose", "prefetch"),
+        ("Purpose", "prefetch"),  # Chrome's <link rel=prefetch>
+        ("X-Purpose", "preview"),  # Safari
+        ("X-Moz", "prefetch"),  # older Firefox
+    ],
+)
+def test_a_browser_fetching_ahead_of_a_click_spends_no_download(
+    app: Flask, shop: WebhookSender, header: str, value: str
+) -> None:
+    """Browsers fetch a link before the buyer opens it (Chrome prerenders a bookmark under
+    the pointer, or an address it expects to be typed): such a request is not the buyer's
+    click. It gets no file and a non-2xx answer (the browser then loads the link for real
+    when it is opened) and counts and logs nothing; the click that follows is served."""
+    content = b"%PDF-1.4 " + b"p" * 2000
+    put_file(app, "files/ahead.pdf", content)
+    files = [{"object_key": "files/ahead.pdf", "filename": "ahead.pdf"}]
+    path = link_path(paid_order(shop, 8612, files, download_limit=1)[0])
+    ahead = get(shop.client, path, headers={header: value})
+    assert not 200 <= ahead.status_code < 300
+    assert ahead.status_code != 302 and "Content-Disposition" not in ahead.headers
+    assert ahead.headers["Cache-Control"] == "no-store"
+    assert events(app) == []
+    click = get(shop.client, path)
+    assert (click.status_code, click.data) == (200, content)
+    assert [e.outcome for e in events(app)] == ["served"]
+    if header == "Sec-Purpose":
+        # Should a person ever see that answer, it leads to the download, not to the shop.
+        page = ahead.get_data(as_text=True)
+        assert f'href="{path}"' in page and "contact" not in page
