@@ -99,6 +99,20 @@ def ip_hashes(store_id: int, ip: str) -> tuple[str, str]:
 MAX_WATERMARK_ATTEMPTS = 3
 
 
+class LinkRemoved(LinkInvalid):
+    """An authentic link (only Keygate can sign one) whose download is gone: the owner
+    deleted the store, its orders and links with it. Its buyer is told so, not that the
+    link is not valid (they would copy it again, and again)."""
+
+    title = "This download no longer exists"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This link is whole, but the shop no longer offers this download here. Contact"
+            " the shop you bought from."
+        )
+
+
 class FileUnavailable(ServiceUnavailable):
     type = "file-unavailable"
     title = "This file is not available right now"
@@ -334,7 +348,7 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
     the product's fallback gives). Nothing is written and no copy is made.
 
     Raises:
-        LinkInvalid: no such grant (404).
+        LinkRemoved: no such grant (404).
         FileUnavailable: storage is down or the file is missing (503), as for a click.
     """
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -342,7 +356,7 @@ def peek_download(session: Session, grant_id: int) -> DownloadAnswer:
     now = utcnow()
     read = read_mostly(session, lambda: _read_click(session, grant_id, None, now, resume=False))
     if read is None:
-        raise LinkInvalid("This link is not valid.")
+        raise LinkRemoved()
     row, reason, _ = read
     _grant, product_file, store, copy, r2_credentials, *buyer = row
     if reason is not None:
@@ -509,7 +523,7 @@ def start_download(
             counted like any click otherwise. A revoked or expired link is refused anyway.
 
     Raises:
-        LinkInvalid: no such grant (404).
+        LinkRemoved: no such grant (404).
         FileUnavailable: storage is down or the file is missing (503; nothing is counted).
     """
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -517,7 +531,7 @@ def start_download(
     now = utcnow()
     read = read_mostly(session, lambda: _read_click(session, grant_id, ip, now, resume=resume))
     if read is None:
-        raise LinkInvalid("This link is not valid.")
+        raise LinkRemoved()
     row, reason, resumed = read
     grant, product_file, store, copy, r2_credentials, *buyer = row
     if reason is not None and not resumed:
@@ -575,11 +589,11 @@ def _read_again(session: Session, grant: DownloadGrant) -> DownloadGrant:
     """The grant as the database holds it now.
 
     Raises:
-        LinkInvalid: it is gone: its store was deleted while the file store answered.
+        LinkRemoved: it is gone: its store was deleted while the file store answered.
     """
     again = session.get(DownloadGrant, grant.id, populate_existing=True)
     if again is None:
-        raise LinkInvalid("This link is not valid.")
+        raise LinkRemoved()
     return again
 
 

@@ -189,3 +189,32 @@ def test_the_mail_and_portal_say_the_hour_and_zone_of_an_end(
     page = shop.client.get(body["portal_url"].removeprefix(BASE)).get_data(as_text=True)
     assert '<td data-label="Valid until">2027-11-20 03:00 UTC</td>' in page
     assert '<td data-label="Available until">2026-12-20 03:00 UTC</td>' in page
+
+
+def test_a_link_whose_download_was_removed_is_not_called_invalid(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The shop deleted its store in Keygate (its orders and links with it): the buyer's
+    link is authentic and whole, so its page says the download was removed and to ask the
+    shop, not that the link is not valid (the buyer would copy it again, and again)."""
+    from connector.models import Store
+    from connector.privacy.store_deletion import delete_store
+    from tests.functional.test_downloads import get, link_path, put_file
+
+    put_file(app, "files/removed.pdf", b"%PDF-1.4 removed")
+    shop.configure(501, files=[{"object_key": "files/removed.pdf", "filename": "removed.pdf"}])
+    shop.deliver(wc_order(9906, "processing", [line_item(501)]))
+    path = link_path(shop.order(9906)["downloads"][0])
+    assert get(shop.client, path).status_code == 200
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        delete_store(db.session, store, actor="test")
+        db.session.commit()
+    for answer in (get(shop.client, path), shop.client.head(path)):
+        assert (answer.status_code, answer.mimetype) == (404, "text/html")
+    page = get(shop.client, path).get_data(as_text=True)
+    assert "This download no longer exists" in page
+    assert "Contact the shop" in page and "not valid" not in page
+    tampered = get(shop.client, path[:-2] + ("xx" if not path.endswith("xx") else "yy"))
+    assert "not valid" in tampered.get_data(as_text=True)  # a link that is not whole still is
