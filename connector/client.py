@@ -129,6 +129,11 @@ class LicenseFileError(KeygateClientError):
     """An offline license file is malformed, forged, expired or for another key."""
 
 
+class UpdateRejected(KeygateClientError):
+    """What was fetched for an update is not the release Keygate's signed answer describes
+    (its sha256 or size differ): a file swapped in storage or on the way. Nothing is kept."""
+
+
 @dataclass
 class Result:
     """A verified answer. ``offline`` is True when it came from the cache, and
@@ -659,6 +664,52 @@ class _HTTPSWithin(urllib.request.HTTPSHandler):
         return self.do_open(connection, req, context=self._context)  # type: ignore[attr-defined]
 
 
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _fetch_release(url: str, out: Any, size: Any, timeout: float) -> tuple[str, int]:
+    """Stream ``url`` into ``out`` over http(s) only (a redirect to the bucket followed);
+    the hex sha256 and the bytes received. More bytes than ``size`` stop it at once.
+
+    Raises:
+        Unavailable: no connection, an error status, a read timed out.
+        UpdateRejected: more bytes than the release has.
+    """
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPRedirectHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    digest, received = hashlib.sha256(), 0
+    unwritten: OSError | None = None  # the product's disk, not the network
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            while chunk := response.read(1 << 16):
+                received += len(chunk)
+                if isinstance(size, int) and received > size:
+                    raise UpdateRejected(f"the file is larger than the release's {size} bytes")
+                digest.update(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:
+                    unwritten = exc
+                    break
+    except urllib.error.HTTPError as exc:
+        raise Unavailable(
+            f"the release could not be fetched (HTTP {exc.code}): its download_url may have"
+            " expired; ask check_update again"
+        ) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unavailable(f"the release could not be fetched: {exc}") from None
+    if unwritten is not None:
+        raise unwritten
+    return digest.hexdigest(), received
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect is answered as it is (urllib would follow it as a GET)."""
 
@@ -788,6 +839,49 @@ class KeygateClient:
             key, site=site, fingerprint=fingerprint, ttl=ttl, encrypt=encrypt, product=self.product
         )
         return self._call("/api/v1/licenses/checkout", payload)[0]
+
+    def download_update(
+        self, update: Mapping[str, Any] | None, destination: str | os.PathLike[str]
+    ) -> Path:
+        """Fetch the release an update-check offers (``check_update(...).data["update"]``,
+        from an answer this client verified) to ``destination``, and keep it only if it is
+        that release: the sha256 and size Keygate signed. ``timeout`` bounds each read, not
+        the whole download. Returns the file's path.
+
+        Raises:
+            ValueError: ``update`` is not an update-check's offer (None: no update offered).
+            Unavailable: the file could not be fetched: no connection, an error status (its
+                ``download_url`` lasts ``download_expires_in`` seconds: ask again).
+            UpdateRejected: what came is not the release; nothing is left at ``destination``.
+            OSError: ``destination``'s folder cannot be written.
+        """
+        try:
+            url, sha256 = str(update["download_url"]), str(update["sha256"]).lower()  # type: ignore[index]
+            size = update.get("size")  # type: ignore[union-attr]
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError(
+                "update is an update-check's offer, check_update(...).data['update'] (None when"
+                " no update is offered)"
+            ) from None
+        if urlsplit(url).scheme.lower() not in {"http", "https"} or not SHA256_HEX.fullmatch(
+            sha256
+        ):
+            raise ValueError("update is not an update-check's offer: no http(s) URL or sha256")
+        target = Path(destination).expanduser()
+        fd, part = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest, received = _fetch_release(url, out, size, self.timeout)
+            if isinstance(size, int) and received != size:
+                raise UpdateRejected(f"the file has {received} bytes, the release {size}")
+            if not hmac.compare_digest(digest, sha256):
+                raise UpdateRejected("the file's sha256 is not the release's")
+            os.replace(part, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise
+        return target
 
     # --- transport -------------------------------------------------------------------------
 

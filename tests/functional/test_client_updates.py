@@ -1,0 +1,125 @@
+"""The client fetching the update an update-check offers, against the live server: it keeps
+the file only if it is the release Keygate's signed answer describes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from connector import get_settings
+from connector.client import KeygateClient, Unavailable, UpdateRejected
+from tests.factories import WebhookSender
+from tests.licensing_helpers import free_port, issue_key, public_keys, wait_until_serving
+
+RELEASE = b"PK zip bytes of release 1.4.0 " * 1000
+PORT = free_port()  # the app's base URL must be where it is served: download URLs use it
+
+
+@pytest.fixture
+def app_settings() -> dict[str, Any]:
+    return {"base_url": f"http://127.0.0.1:{PORT}"}
+
+
+@pytest.fixture
+def served(app: Flask) -> Iterator[str]:
+    server = make_server("127.0.0.1", PORT, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    wait_until_serving(PORT)
+    yield f"http://127.0.0.1:{PORT}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def release(app: Flask, shop: WebhookSender, stored: bytes, **published: Any) -> None:
+    """Release 1.4.0 of product 501, published as RELEASE, with ``stored`` in storage."""
+    with app.app_context():
+        target = get_settings().storage_dir / "releases" / "plugin-1.4.0.zip"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(stored)
+    body = {
+        "version": "1.4.0",
+        "object_key": "releases/plugin-1.4.0.zip",
+        "sha256": hashlib.sha256(RELEASE).hexdigest(),
+        "size": len(RELEASE),
+        "published_at": (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(),
+        **published,
+    }
+    assert shop.admin("POST", "/products/501/releases", body).status_code == 201
+
+
+def client_for(shop: WebhookSender, url: str) -> KeygateClient:
+    return KeygateClient(url, public_keys(shop.client), product="501")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """The product's own folder, where it installs the update."""
+    made = tmp_path / "product"
+    made.mkdir()
+    return made
+
+
+def test_the_offered_release_is_fetched_and_checked(
+    app: Flask, shop: WebhookSender, served: str, folder: Path
+) -> None:
+    key = issue_key(shop)
+    release(app, shop, RELEASE)
+    client = client_for(shop, served)
+    update = client.check_update(key, "1.0.0").data["update"]
+    saved = client.download_update(update, folder / "plugin.zip")
+    assert saved == folder / "plugin.zip"
+    assert saved.read_bytes() == RELEASE
+    assert sorted(p.name for p in folder.iterdir()) == ["plugin.zip"]  # no part left
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        RELEASE[:-1] + b"!",  # same size, other bytes: a file swapped in storage
+        RELEASE + b"more",  # longer than the release
+        RELEASE[:100],  # shorter
+    ],
+    ids=["swapped", "longer", "shorter"],
+)
+def test_a_file_that_is_not_the_release_is_refused_and_nothing_kept(
+    app: Flask, shop: WebhookSender, served: str, folder: Path, stored: bytes
+) -> None:
+    key = issue_key(shop)
+    release(app, shop, stored)
+    client = client_for(shop, served)
+    update = client.check_update(key, "1.0.0").data["update"]
+    destination = folder / "plugin.zip"
+    destination.write_bytes(b"the version installed now")
+    with pytest.raises(UpdateRejected):
+        client.download_update(update, destination)
+    assert destination.read_bytes() == b"the version installed now"
+    assert sorted(p.name for p in folder.iterdir()) == ["plugin.zip"]
+
+
+def test_a_url_that_no_longer_works_or_no_offer_is_said_so(
+    app: Flask, shop: WebhookSender, served: str, folder: Path
+) -> None:
+    key = issue_key(shop)
+    release(app, shop, RELEASE)
+    client = client_for(shop, served)
+    update = dict(client.check_update(key, "1.0.0").data["update"])
+    update["download_url"] = update["download_url"][:-4] + "abcd"  # expired or tampered
+    with pytest.raises(Unavailable, match="ask check_update again"):
+        client.download_update(update, folder / "plugin.zip")
+    none_offered = client.check_update(key, "1.4.0").data["update"]
+    assert none_offered is None
+    with pytest.raises(ValueError, match="None when no update is offered"):
+        client.download_update(none_offered, folder / "plugin.zip")
+    with pytest.raises(ValueError, match="no http"):
+        client.download_update({**update, "download_url": "file:///etc/passwd"}, folder / "x")
+    assert list(folder.iterdir()) == []
