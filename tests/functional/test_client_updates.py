@@ -20,21 +20,23 @@ from tests.factories import WebhookSender
 from tests.licensing_helpers import free_port, issue_key, public_keys, wait_until_serving
 
 RELEASE = b"PK zip bytes of release 1.4.0 " * 1000
-PORT = free_port()  # the app's base URL must be where it is served: download URLs use it
 
 
 @pytest.fixture
 def app_settings() -> dict[str, Any]:
-    return {"base_url": f"http://127.0.0.1:{PORT}"}
+    """The app's base URL is where it is served: download URLs are made with it."""
+    return {"base_url": f"http://127.0.0.1:{free_port()}"}
 
 
 @pytest.fixture
 def served(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", PORT, app, threaded=True)
+    url = app.extensions["keygate.settings"].base_url
+    port = int(url.rsplit(":", 1)[1])
+    server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    wait_until_serving(PORT)
-    yield f"http://127.0.0.1:{PORT}"
+    wait_until_serving(port)
+    yield url
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
