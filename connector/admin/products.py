@@ -37,12 +37,14 @@ from connector.catalog import (
     retire_product,
 )
 from connector.db import db
-from connector.errors import Conflict, KeygateError, ValidationFailed
+from connector.errors import Conflict, KeygateError, NotFound, ValidationFailed
 from connector.licensing.releases import (
     RELEASE_FIELDS,
+    VERSION,
     create_release,
     parse_release_spec,
     product_releases,
+    withdraw_release,
 )
 from connector.models import WATERMARKS, Product, Store
 from connector.models.catalog import WATERMARK_FALLBACKS
@@ -260,6 +262,7 @@ def _render_product(
 ) -> ResponseReturnValue:
     """The product's page (or the new product's); ``refused``: the refusal of its form
     (``error``) or of the release form (``release_error``), whose field gets marked."""
+    withdrawn = request.args.get("withdrawn")
     # The API's field names ("policy.activation_limit") end with the form's ("activation_limit");
     # a file's ("files[2].filename", "files[2]" for the whole row) name its row too.
     named = str((refused.extra.get("field") if refused else None) or "")
@@ -273,6 +276,8 @@ def _render_product(
         product_form=product_form,
         warnings=product_warnings(db.session, store, product) if store and product else [],
         releases=product_releases(db.session, product) if product else [],
+        # Said only of a version-like value: a link sent to the owner can't put words here.
+        withdrawn=withdrawn if withdrawn and VERSION.fullmatch(withdrawn) else None,
         release_values=release_values or {},
         error=error,
         release_error=release_error,
@@ -416,5 +421,26 @@ def add_release(store_id: int, shop_product_id: str) -> ResponseReturnValue:
             store_id=store.id,
             shop_product_id=found.shop_product_id,
             released=release.version,
+        )
+    )
+
+
+@bp.post("/products/<int:store_id>/<shop_product_id>/releases/<version>/withdraw")
+@login_required
+def withdraw(store_id: int, shop_product_id: str, version: str) -> ResponseReturnValue:
+    """Take back a release published by mistake (``DELETE .../releases/<version>``)."""
+    store, found = _product_or_404(store_id, shop_product_id)
+    if not ConfirmedForm().validate_on_submit():
+        abort(400)
+    try:
+        withdraw_release(db.session, store, found, version, actor=_admin_name())
+    except NotFound:  # withdrawn meanwhile (a second click, another tab)
+        db.session.rollback()
+    return redirect(
+        url_for(
+            "admin_products.product",
+            store_id=store.id,
+            shop_product_id=found.shop_product_id,
+            withdrawn=version,
         )
     )

@@ -28,6 +28,7 @@ from connector.licensing.releases import (
     parse_release_spec,
     product_releases,
     release_json,
+    withdraw_release,
 )
 from connector.licensing.service import activation_json, iso
 from connector.models import Product
@@ -136,6 +137,16 @@ def post_release(shop_product_id: str) -> ResponseReturnValue:
     # update-check would offer and nobody could download.
     warnings = storage_warnings(store, {release.id: [release.object_key]})[release.id]
     return jsonify({"release": release_json(release), "warnings": warnings}), 201
+
+
+@bp.delete("/products/<shop_product_id>/releases/<version>")
+@require_store_token
+def delete_release(shop_product_id: str, version: str) -> ResponseReturnValue:
+    """Withdraw a release published by mistake (404: the product has no such version)."""
+    release = withdraw_release(
+        db.session, current_store(), _product(shop_product_id), version, actor="api"
+    )
+    return jsonify({"withdrawn": release_json(release)})
 
 
 @bp.get("/products/<shop_product_id>/releases")

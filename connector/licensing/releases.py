@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.catalog import _check_object_key
 from connector.db import iso
-from connector.errors import Conflict, ValidationFailed
+from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.models import Product, Release, Store
 from connector.tokens import release_token
 from connector.validation import known_fields, optional_int, optional_str, required_str
@@ -92,7 +92,10 @@ def create_release(
         select(Release.id).where(Release.product_id == product.id, Release.version == spec.version)
     ).scalar_one_or_none()
     if exists is not None:
-        raise Conflict(f"version {spec.version} is already published for this product")
+        raise Conflict(
+            f"version {spec.version} is already published for this product: to publish it"
+            " again (another file, hash or date), withdraw the published one first"
+        )
     release = Release(
         product_id=product.id,
         version=spec.version,
@@ -112,6 +115,42 @@ def create_release(
         subject=f"product:{product.shop_product_id}",
         detail={"version": spec.version, "object_key": spec.object_key},
     )
+    return release
+
+
+def withdraw_release(
+    session: Session, store: Store, product: Product, version: str, *, actor: str
+) -> Release:
+    """Take back a published release (a wrong file, hash, date or version number): update-check
+    no longer offers it, nor counts it for ``UPDATES_EXPIRED`` or the perpetual fallback. The
+    file in storage is left as it is. The audit log keeps what it was.
+
+    Raises:
+        NotFound: the product has no release of exactly this version.
+    """
+    from connector.stores import hold_live_store
+
+    hold_live_store(session, store)
+    release = session.execute(
+        select(Release).where(Release.product_id == product.id, Release.version == version)
+    ).scalar_one_or_none()
+    if release is None:
+        raise NotFound(f"No release {version} is published for this product.")
+    record_audit(
+        session,
+        store_id=store.id,
+        actor=actor,
+        action="release.withdrawn",
+        subject=f"product:{product.shop_product_id}",
+        detail={
+            "version": release.version,
+            "object_key": release.object_key,
+            "sha256": release.sha256,
+            "published_at": iso(release.published_at),
+        },
+    )
+    session.delete(release)
+    session.flush()
     return release
 
 

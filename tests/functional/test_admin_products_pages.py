@@ -761,3 +761,57 @@ def test_the_product_and_store_pages_say_only_what_happened(
         f"/admin/stores/{shop.store.store.id}", query_string={"disconnected": "4"}
     ).get_data(as_text=True)
     assert "is disconnected" not in store_page
+
+
+def test_a_release_published_by_mistake_is_withdrawn_from_its_page(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """Each release has a Withdraw button (box ticked first): the release is gone from
+    update-check and the page, which says so; the version can be published again. A store
+    admin of another store withdraws nothing here."""
+    shop.configure(501)
+    release = {"object_key": "products/501/p.zip", "sha256": SHA, "size": 1}
+    for version in ("1.0.0", "11.0"):
+        answer = shop.admin("POST", "/products/501/releases", {**release, "version": version})
+        assert answer.status_code == 201
+    page = page_of(shop, 501)
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+    outsider = store_admin(app, other.store.id)
+    token = csrf_token(outsider, "/admin/products")
+    refused = outsider.post(
+        page + "/releases/11.0/withdraw", data={"csrf_token": token, "confirm": "y"}
+    )
+    assert refused.status_code == 404
+
+    assert sign_in(admin_client) == 302
+    html = admin_client.get(page).get_data(as_text=True)
+    assert 'action="' + page + '/releases/11.0/withdraw"' in html
+    token = csrf_token(admin_client, page)
+    unticked = admin_client.post(page + "/releases/11.0/withdraw", data={"csrf_token": token})
+    assert unticked.status_code == 400
+    done = admin_client.post(
+        page + "/releases/11.0/withdraw", data={"csrf_token": token, "confirm": "y"}
+    )
+    assert done.status_code == 302
+    shown = admin_client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "Withdrew version 11.0" in shown
+    listed = shop.admin("GET", "/products/501/releases").get_json()["releases"]
+    assert [r["version"] for r in listed] == ["1.0.0"]
+    # A second click (another tab) lands on the same page, nothing more to do.
+    twice = admin_client.post(
+        page + "/releases/11.0/withdraw", data={"csrf_token": token, "confirm": "y"}
+    )
+    assert twice.status_code == 302
+    # A link can't make the page say a version was withdrawn that is still published.
+    assert "Withdrew" not in admin_client.get(page + "?withdrawn=1.0.0").get_data(as_text=True)
+    assert (
+        shop.admin("POST", "/products/501/releases", {**release, "version": "11.0"}).status_code
+        == 201
+    )
+    with app.app_context():
+        actors = db.session.scalars(
+            select(AuditEvent.actor).where(AuditEvent.action == "release.withdrawn")
+        ).all()
+    assert actors == ["admin:owner"]

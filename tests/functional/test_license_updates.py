@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import select
 
 from connector import get_settings
 from connector.client import LicenseFileError, verify_license_file
+from connector.db import db
+from connector.models import AuditEvent
+from connector.stores import create_store
 from tests.factories import WebhookSender
 from tests.licensing_helpers import call, issue_key, public_keys
 
@@ -503,3 +507,56 @@ def test_release_dates_with_offsets_meet_updates_until_in_utc(shop: WebhookSende
     assert ended["code"] == "UPDATES_EXPIRED"
     assert ended["license"]["updates_until"] == "2026-11-25T11:59:30Z"
     assert ended["detail"].startswith("Updates ended on 2026-11-25 11:59 UTC;")
+
+
+def test_a_release_published_by_mistake_is_withdrawn_and_published_again(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A typo in a version ("11.0" for "1.1.0") would be offered to every buyer, and hide
+    every real release after it, for good: the owner withdraws it (DELETE), update-check
+    stops offering it, the right one is published, and the audit log keeps what was taken
+    back. Another store's token withdraws nothing of this store's."""
+    key = issue_key(shop)
+    publish(shop, "1.0.0", PAID)
+    publish(shop, "11.0", PAID)
+    assert update_check(shop, key, "1.0.0")["update"]["version"] == "11.0"
+    refused = shop.admin(
+        "POST",
+        "/products/501/releases",
+        {
+            "version": "11.0",
+            "object_key": "r/x.zip",
+            "sha256": "b" * 64,
+            "size": 1,
+        },
+    )
+    assert refused.status_code == 409
+    assert "withdraw the published one first" in refused.get_json()["detail"]
+
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+    theirs = WebhookSender(app.test_client(), other)
+    theirs.configure(501)
+    assert theirs.admin("DELETE", "/products/501/releases/11.0").status_code == 404
+
+    withdrawn = shop.admin("DELETE", "/products/501/releases/11.0")
+    assert withdrawn.status_code == 200, withdrawn.get_data(as_text=True)
+    assert withdrawn.get_json()["withdrawn"]["version"] == "11.0"
+    assert update_check(shop, key, "1.0.0")["update"] is None
+    listed = shop.admin("GET", "/products/501/releases").get_json()["releases"]
+    assert [r["version"] for r in listed] == ["1.0.0"]
+    again = shop.admin("DELETE", "/products/501/releases/11.0")
+    assert again.status_code == 404
+    assert again.headers["Content-Type"] == "application/problem+json"
+    assert shop.admin("DELETE", "/products/999/releases/1.0.0").status_code == 404
+
+    publish(shop, "1.1.0", PAID)
+    assert update_check(shop, key, "1.0.0")["update"]["version"] == "1.1.0"
+    with app.app_context():
+        events = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "release.withdrawn")
+        ).all()
+        assert [(e.actor, e.subject, e.detail["version"]) for e in events] == [
+            ("api", "product:501", "11.0")
+        ]
