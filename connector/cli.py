@@ -604,6 +604,42 @@ def store_with_id(store_id: str) -> Any:
     return found
 
 
+@store.command("change")
+@click.argument("store_id")
+@click.option("--name", default=None, help="A new name, shown to buyers in mails.")
+@click.option(
+    "--url", default=None, help="The address the shop answers at, e.g. https://www.shop.example"
+)
+def store_change(store_id: str, name: str | None, url: str | None) -> None:
+    """Correct a store's name or its shop's URL (a typo, the www. or https address the shop
+    redirects to, a move to another domain); its id, secret, token and keys stay."""
+    from connector.db import db
+    from connector.errors import KeygateError
+    from connector.stores import change_store
+    from connector.vault.connection import retry_registration_now
+
+    if name is None and url is None:
+        raise click.UsageError("give --name, --url or both")
+    app = make_app()
+    with app.app_context():
+        found = store_with_id(store_id)
+        try:
+            moved = change_store(
+                db.session,
+                found,
+                found.name if name is None else name,
+                found.url if url is None else url,
+                actor="cli",
+            )
+        except KeygateError as exc:  # an empty name, a bad URL, another store's URL
+            raise click.ClickException(exc.detail) from None
+        retried = moved and retry_registration_now(db.session, found)
+        db.session.commit()
+        click.echo(f"{found.public_id}  {found.name}  {found.url}")
+    if retried:
+        click.echo("Keygate registers its webhooks in the shop again, at the new URL.")
+
+
 @store.command("token")
 @click.argument("store_id")
 def store_token(store_id: str) -> None:

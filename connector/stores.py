@@ -91,6 +91,30 @@ def key_format(prefix: str = "", groups: int = 4, group_length: int = 5) -> KeyF
         raise ValidationFailed(str(exc), field=field) from None
 
 
+def _store_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("a store needs a name", field="name")
+    # Buyers read it in mails: never cut short unsaid, nor broken over lines.
+    if len(name) > MAX_NAME_LENGTH or any(is_control_character(c) for c in name):
+        raise ValidationFailed(
+            f"a store name is at most {MAX_NAME_LENGTH} characters, on one line (no tabs or"
+            " control characters)",
+            field="name",
+        )
+    return name
+
+
+def _store_at(session: Session, url: str, *, besides: int | None = None) -> str | None:
+    """The store_id of the live store for the shop at ``url`` (other than ``besides``)."""
+    query = select(Store.public_id).where(
+        func.lower(Store.url) == url.lower(), Store.deleted_at.is_(None)
+    )
+    if besides is not None:
+        query = query.where(Store.id != besides)
+    return session.scalars(query).first()
+
+
 def _api_token() -> str:
     return "kg_" + secrets.token_urlsafe(32)
 
@@ -113,22 +137,9 @@ def create_store(
             otherwise add the shop twice, with two webhook secrets).
     """
     key_format = key_format or KeyFormat()
-    name = name.strip()
-    if not name:
-        raise ValidationFailed("a store needs a name", field="name")
-    # Buyers read it in mails: never cut short unsaid, nor broken over lines.
-    if len(name) > MAX_NAME_LENGTH or any(is_control_character(c) for c in name):
-        raise ValidationFailed(
-            f"a store name is at most {MAX_NAME_LENGTH} characters, on one line (no tabs or"
-            " control characters)",
-            field="name",
-        )
+    name = _store_name(name)
     url = normalize_store_url(url)
-    existing = session.scalars(
-        select(Store.public_id).where(
-            func.lower(Store.url) == url.lower(), Store.deleted_at.is_(None)
-        )
-    ).first()
+    existing = _store_at(session, url)
     if existing is not None:
         raise Conflict(
             f"the shop at {url.lower()} is a store already (store_id {existing}); a second store"
@@ -153,6 +164,44 @@ def create_store(
         session, store_id=store.id, actor=actor, action="store.created", subject=store.public_id
     )
     return NewStore(store=store, api_token=api_token, webhook_secret=webhook_secret)
+
+
+def change_store(session: Session, store: Store, name: str, url: str, *, actor: str) -> bool:
+    """Correct the store's name (buyers read it in mails) or the shop's address (a typo, a
+    ``www.`` or https the shop redirects to, a move to another domain), audited.
+
+    Returns whether the address changed. Keys, tokens, secrets and the store id stay.
+
+    Raises:
+        ValidationFailed: as :func:`create_store` would refuse the name or the URL.
+        Conflict: another store is for the shop at this URL.
+    """
+    name = _store_name(name)
+    url = normalize_store_url(url)
+    hold_live_store(session, store)
+    existing = _store_at(session, url, besides=store.id)
+    if existing is not None:
+        raise Conflict(
+            f"the shop at {url.lower()} is another store already (store_id {existing}):"
+            " delete that one first, or keep this store's URL",
+            field="url",
+        )
+    changed = {
+        field: [before, after]
+        for field, before, after in (("name", store.name, name), ("url", store.url, url))
+        if before != after
+    }
+    if changed:
+        store.name, store.url = name, url
+        record_audit(
+            session,
+            store_id=store.id,
+            actor=actor,
+            action="store.changed",
+            subject=store.public_id,
+            detail=changed,
+        )
+    return "url" in changed
 
 
 def setup_details(created: NewStore) -> dict[str, str]:

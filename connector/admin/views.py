@@ -68,7 +68,13 @@ from connector.models import (
 from connector.models.records import BAD_SIGNATURE
 from connector.orders.summary import order_entitlements
 from connector.privacy import store_deletion
-from connector.stores import create_store, key_format, replace_api_token, setup_details
+from connector.stores import (
+    change_store,
+    create_store,
+    key_format,
+    replace_api_token,
+    setup_details,
+)
 from connector.validation import is_control_character, row_id, whole_number
 from connector.vault import connection as shop_connection
 from connector.vault.checks import CHECKED_KINDS, CheckResult, check_credentials, checkable
@@ -696,11 +702,14 @@ def _store_page(
     error: str | None = None,
     status: int = 200,
     refused_field: str | None = None,
+    typed: dict[str, str] | None = None,
 ) -> ResponseReturnValue:
-    """The store's page; ``refused_field``: the field a refused form's ``error`` is about."""
+    """The store's page; ``refused_field``: the field a refused form's ``error`` is about;
+    ``typed``: the name and URL as the refused form sent them, to correct."""
     page = render_template(
         "admin/store.html",
         store=store,
+        typed=typed or {"name": store.name, "url": store.url},
         connection=shop_connection.connection_report(db.session, store),
         storage_area=own_area(store.id),
         storage=storage_in_use(store),
@@ -718,6 +727,30 @@ def _store_page(
         may_delete=_scope() is None,
     )
     return page, status
+
+
+@bp.post("/stores/<int:store_id>/change")
+@login_required
+def change_store_details(store_id: int) -> ResponseReturnValue:
+    """Correct the store's name or its shop's URL (a typo, the address the shop redirects
+    to); a registration of the webhooks that failed is tried again at the new address."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    store = _visible_store(store_id)
+    typed = {name: str(request.form.get(name) or "").strip() for name in ("name", "url")}
+    try:
+        if change_store(db.session, store, typed["name"], typed["url"], actor=_admin_name()):
+            shop_connection.retry_registration_now(db.session, store)
+    except KeygateError as exc:
+        db.session.rollback()
+        return _store_page(
+            store,
+            error=f"Not changed: {exc.detail}.",
+            status=exc.status,
+            refused_field=exc.extra.get("field"),
+            typed=typed,
+        )
+    return redirect(url_for("admin_views.store_detail", store_id=store.id, changed=1))
 
 
 @bp.get("/stores/<int:store_id>/licenses.csv")

@@ -161,6 +161,26 @@ def registration_trouble(session: Session, store: Store) -> dict[str, Any] | Non
     return trouble_json(job)
 
 
+def retry_registration_now(session: Session, store: Store) -> bool:
+    """After the shop's address was corrected: a registration of the webhooks that failed
+    (a redirect, a shop not found at the old address) is queued again, to run at once
+    rather than at its next backoff, or at all when it gave up. True when one was."""
+    if credentials_for(session, store, "woocommerce") is None:
+        return False
+    job = session.scalars(
+        select(Job)
+        .where(Job.kind == REGISTER_JOB, Job.payload["store_id"].as_integer() == store.id)
+        .order_by(Job.id.desc())
+        .limit(1)
+    ).first()
+    if job is None or job.attempts == 0 or job.status not in ("pending", "dead"):
+        return False
+    # A second registration beside one still retrying is safe: they leave one webhook per
+    # topic (see register_webhooks), and the newest says how things stand.
+    enqueue(session, REGISTER_JOB, {"store_id": store.id})
+    return True
+
+
 def shop_client_for(session: Session, store: Store) -> WooCommerceClient | None:
     """A REST client with the store's WooCommerce key, or None when it has none."""
     credentials = credentials_for(session, store, "woocommerce")

@@ -4,12 +4,14 @@ disconnect, a new API token) and a WooCommerce key entered by hand on the creden
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from html import unescape
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import responses
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
@@ -611,3 +613,115 @@ def test_deleting_a_store_whose_shop_is_down_names_the_webhooks_left(
     assert "The shop did not answer: delete Keygate&#39;s webhooks in WooCommerce" in html
     assert len(fake_shop.webhooks) == 4
     assert shop.deliver({"id": 1}).status_code == 404
+
+
+def test_a_shop_url_with_a_typo_is_corrected_and_the_webhooks_then_registered(
+    app: Flask, owner: FlaskClient
+) -> None:
+    """Added as https://www.shop.example, a shop answering at https://shop.example redirects
+    Keygate's registration, which is refused ("the store's URL must be the address the shop
+    answers at"). The owner corrects the URL on the store page: the registration runs again
+    at once, at the new address; the store keeps its id, secret and token."""
+    with app.app_context():
+        created = create_store(db.session, "Typo Shop", "https://www.shop.example")
+        db.session.commit()
+    typo = WebhookSender(app.test_client(), created)
+    page = f"/admin/stores/{created.store.id}"
+    shop_api = FakeShop()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        shop_api.install(mock)
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            mock.add(
+                method,
+                re.compile(r"https://www\.shop\.example/.*"),
+                status=301,
+                headers={"Location": "https://shop.example/wp-json/wc/v3/webhooks"},
+            )
+        connect_store(app, typo, shop_api)
+        html = unescape(owner.get(page).get_data(as_text=True))
+        assert "Registering the webhooks failed 1 time" in html
+        assert "the store's URL must be the address the shop answers at" in html
+        assert 'value="https://www.shop.example"' in html  # the form to correct it
+
+        form = {"csrf_token": csrf_token(owner, page), "name": "Typo Shop"}
+        assert (
+            owner.post(f"{page}/change", data={**form, "url": "https://shop.example/"}).status_code
+            == 302
+        )
+        run_pending(app)
+        webhook_url = typo.admin("GET", "/connection").get_json()["webhook_url"]
+        assert set(shop_api.active_webhooks(webhook_url)) == TOPICS
+        html = unescape(owner.get(f"{page}?changed=1").get_data(as_text=True))
+    assert "Saved the store's name and shop URL." in html
+    assert "Registering the webhooks failed" not in html
+    with app.app_context():
+        store = db.session.get(Store, created.store.id)
+        assert store is not None
+        assert (store.url, store.public_id) == ("https://shop.example", created.store.public_id)
+        events = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "store.changed")
+        ).all()
+        assert [(e.actor, e.detail) for e in events] == [
+            ("admin:owner", {"url": ["https://www.shop.example", "https://shop.example"]})
+        ]
+    assert typo.admin("GET", "/connection").status_code == 200  # the token still works
+
+
+def test_a_refused_store_change_keeps_what_was_typed_and_says_why(
+    app: Flask, owner: FlaskClient, shop: WebhookSender
+) -> None:
+    """A blank name, a URL that is not one, another store's shop: nothing changes, the form
+    shows what was typed, marked; a store admin changes their own store only."""
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+    page = f"/admin/stores/{shop.store.store.id}"
+    token = csrf_token(owner, page)
+    for sent, status, said in (
+        ({"name": " ", "url": "https://typed.example"}, 422, "Not changed: a store needs a name."),
+        ({"name": "Renamed", "url": "shop dot example"}, 422, "must be an http(s) URL"),
+        ({"name": "Renamed", "url": "https://OTHER.example"}, 409, "is another store already"),
+    ):
+        refused = owner.post(f"{page}/change", data={**sent, "csrf_token": token})
+        assert refused.status_code == status, sent
+        html = unescape(refused.get_data(as_text=True))
+        assert said in html, sent
+        assert f'value="{sent["url"]}"' in html and 'aria-invalid="true"' in html
+    renamed = owner.post(
+        f"{page}/change",
+        data={"name": "Renamed", "url": "https://shop.example", "csrf_token": token},
+    )
+    assert renamed.status_code == 302
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None and (store.name, store.url) == ("Renamed", "https://shop.example")
+    outsider = store_admin(app, other.store.id)
+    theirs = {
+        "name": "Mine",
+        "url": "https://mine.example",
+        "csrf_token": csrf_token(outsider, "/admin/"),
+    }
+    assert outsider.post(f"{page}/change", data=theirs).status_code == 404
+    assert (
+        owner.post(f"{page}/change", data={"name": "X", "url": "https://x.example"}).status_code
+        == 400
+    )
+
+
+def test_the_cli_corrects_a_stores_name_and_url(tmp_path: Path) -> None:
+    assert keygate(tmp_path, "init").returncode == 0
+    added = keygate(
+        tmp_path, "store", "add", "--name", "Shpo", "--url", "http://shop.example", "--json"
+    )
+    assert added.returncode == 0, added.stderr
+    store_id = json.loads(added.stdout)["store_id"]
+    assert keygate(tmp_path, "store", "change", store_id).returncode != 0
+    bad = keygate(tmp_path, "store", "change", store_id, "--url", "ftp://shop.example")
+    assert bad.returncode != 0 and "http(s) URL" in bad.stderr and "Traceback" not in bad.stderr
+    changed = keygate(
+        tmp_path, "store", "change", store_id, "--name", "Shop", "--url", "https://shop.example/"
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.strip() == f"{store_id}  Shop  https://shop.example"
+    listed = keygate(tmp_path, "store", "list").stdout
+    assert f"{store_id}  Shop  https://shop.example" in listed
