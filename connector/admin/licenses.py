@@ -123,8 +123,10 @@ def _license_page(
     error: str | None = None,
     status: int = 200,
     refused_field: str | None = None,
+    typed_days: str = "",
 ) -> ResponseReturnValue:
-    """The license's page; ``refused_field``: the field a refused form's ``error`` is about."""
+    """The license's page; ``refused_field``: the field a refused form's ``error`` is about;
+    ``typed_days``: the days a refused extension was sent with, shown again to correct."""
     done = request.args.get("done", "")
     return render_template(
         "admin/license.html",
@@ -136,6 +138,7 @@ def _license_page(
         done=DONE.get(done),
         error=error,
         refused_field=refused_field,
+        typed_days=typed_days,
         form=ConfirmForm(),
     ), status
 
@@ -179,6 +182,7 @@ def change(license_id: int) -> ResponseReturnValue:
             error=exc.detail,
             status=exc.status,
             refused_field=exc.extra.get("field"),
+            typed_days=(request.form.get("days") or "")[:40] if action == "extend" else "",
         )
     return redirect(url_for("admin_licenses.license_detail", license_id=lic.id, done=action))
 

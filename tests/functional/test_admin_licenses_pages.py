@@ -16,6 +16,7 @@ import pikepdf
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from markupsafe import escape
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
@@ -281,6 +282,8 @@ def test_a_bad_extension_is_a_form_message_not_a_500(
     assert "text/html" in answer.content_type
     html = answer.get_data(as_text=True)
     assert message in html and "<h2>Activations</h2>" in html  # the license page, with the message
+    # What was typed is in the field again, to correct rather than type anew.
+    assert f'name="days" inputmode="numeric" size="6" value="{escape(days)}"' in html
     assert shop.order(9540)["licenses"][0]["expires_at"] == before
     assert audit(app, "license.extend") == []
 
