@@ -703,9 +703,12 @@ def _store_page(
     status: int = 200,
     refused_field: str | None = None,
     typed: dict[str, str] | None = None,
+    offer_shop_gone: bool = False,
 ) -> ResponseReturnValue:
     """The store's page; ``refused_field``: the field a refused form's ``error`` is about;
-    ``typed``: the name and URL as the refused form sent them, to correct."""
+    ``typed``: the name and URL as the refused form sent them, to correct;
+    ``offer_shop_gone``: a disconnect failed, the shop not answering: offer to forget its
+    key anyway."""
     page = render_template(
         "admin/store.html",
         store=store,
@@ -725,6 +728,7 @@ def _store_page(
         refused_field=refused_field,
         form=ConfirmForm(),
         may_delete=_scope() is None,
+        offer_shop_gone=offer_shop_gone,
     )
     return page, status
 
@@ -797,11 +801,15 @@ def disconnect_store(store_id: int) -> ResponseReturnValue:
     if not ConfirmedForm().validate_on_submit():
         abort(400)
     store = _visible_store(store_id)
+    # Asked for after a disconnect failed: the owner says the shop is gone for good.
+    shop_gone = request.form.get("shop_gone") == "1"
     try:
-        done = shop_connection.disconnect(db.session, store, actor=_admin_name())
+        done = shop_connection.disconnect(
+            db.session, store, actor=_admin_name(), shop_gone=shop_gone
+        )
     except ServiceUnavailable as exc:  # the shop is down: nothing changed
         db.session.rollback()
-        return _store_page(store, error=exc.detail, status=exc.status)
+        return _store_page(store, error=exc.detail, status=exc.status, offer_shop_gone=True)
     return redirect(
         url_for(
             "admin_views.store_detail",

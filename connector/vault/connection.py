@@ -44,7 +44,11 @@ REGISTER_JOB = "vault.register_webhooks"
 # signed with it are deleted seconds later, unless the shop stops answering meanwhile.
 PREVIOUS_SECRET_GRACE = dt.timedelta(minutes=15)
 DISCONNECT_ROUNDS = 3
-KEY_REFUSED = (401, 403)  # WooCommerce's answer to a key revoked or without the right
+KEY_REFUSED = (401, 403)
+TRY_AGAIN_OR_FORGET = (
+    "Try again once the shop answers; if it is gone for good, forget its key anyway (the"
+    " store page offers it; the API: DELETE /api/v1/admin/connection?shop_gone=true)."
+)  # WooCommerce's answer to a key revoked or without the right
 
 
 def webhook_url(store: Store) -> str:
@@ -581,16 +585,21 @@ class Disconnection:
     left: list[str]  # ... and of those left there: the shop no longer takes Keygate's key
 
 
-def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
+def disconnect(
+    session: Session, store: Store, *, actor: str, shop_gone: bool = False
+) -> Disconnection:
     """Delete Keygate's webhooks in the shop and forget the shop's key.
 
     Commits (the caller's work first): the shop is asked outside any transaction. A shop
     that refuses the key (401/403: the owner revoked it in WooCommerce) cannot be asked to
     delete anything: the key is forgotten all the same, and the webhooks left in the shop
-    are named for the owner to delete there.
+    are named for the owner to delete there. ``shop_gone`` (the owner says the shop is
+    gone for good: a closed site, a lapsed domain): a shop that cannot be reached, or
+    refuses, is treated the same way.
 
     Raises:
-        ServiceUnavailable: the shop could not be reached; nothing changed here.
+        ServiceUnavailable: the shop could not be reached (and not ``shop_gone``); nothing
+            changed here.
     """
     client = shop_client_for(session, store)
     deleted: list[str] = []
@@ -598,7 +607,13 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
     asked: set[str] = set()
     # Keygate's webhooks the shop has that no registration remembers (a reconnection forgets
     # them until its registration, still waiting, deletes them): deleted in the first round.
-    unregistered = _shop_webhooks_to(session, store, client) if client is not None else []
+    try:
+        unregistered = _shop_webhooks_to(session, store, client) if client is not None else []
+    except ServiceUnavailable:
+        if not shop_gone:
+            raise
+        unregistered, left = [], [*_registered(session, store, WebhookRegistration.shop_webhook_id)]
+        asked.update(left)
     for _ in range(DISCONNECT_ROUNDS):
         # A webhook check running meanwhile (the key is still here) may register a webhook
         # again: each round deletes what was registered since the last one.
@@ -617,15 +632,19 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
                 client.delete_webhook(webhook_id)
                 deleted.append(webhook_id)
         except ShopRejected as exc:
-            if exc.status not in KEY_REFUSED:
+            if exc.status not in KEY_REFUSED and not shop_gone:
                 raise ServiceUnavailable(
-                    f"The shop refused to delete Keygate's webhooks ({exc})."
+                    f"The shop refused to delete Keygate's webhooks ({exc}): nothing changed."
+                    f" {TRY_AGAIN_OR_FORGET}"
                 ) from None
             left.extend(w for w in webhook_ids if w not in deleted)
         except ShopError as exc:
-            raise ServiceUnavailable(
-                f"The shop could not be reached to delete its webhooks ({exc})."
-            ) from None
+            if not shop_gone:
+                raise ServiceUnavailable(
+                    f"The shop could not be reached to delete its webhooks ({exc}): nothing"
+                    f" changed. {TRY_AGAIN_OR_FORGET}"
+                ) from None
+            left.extend(w for w in webhook_ids if w not in deleted)
     lock_store(session, store)  # held from here to the caller's commit
     left.extend(
         webhook_id
@@ -646,7 +665,7 @@ def disconnect(session: Session, store: Store, *, actor: str) -> Disconnection:
         actor=actor,
         action="shop.disconnected",
         subject=f"store:{store.public_id}",
-        detail={"webhooks_deleted": deleted, "webhooks_left": left},
+        detail={"webhooks_deleted": deleted, "webhooks_left": left, "shop_gone": shop_gone},
     )
     return Disconnection(deleted=deleted, left=left)
 
@@ -665,10 +684,14 @@ def _shop_webhooks_to(session: Session, store: Store, client: WooCommerceClient)
     except ShopRejected as exc:
         if exc.status in KEY_REFUSED:
             return []
-        raise ServiceUnavailable(f"The shop refused to list Keygate's webhooks ({exc}).") from None
+        raise ServiceUnavailable(
+            f"The shop refused to list Keygate's webhooks ({exc}): nothing changed."
+            f" {TRY_AGAIN_OR_FORGET}"
+        ) from None
     except ShopError as exc:
         raise ServiceUnavailable(
-            f"The shop could not be reached to delete its webhooks ({exc})."
+            f"The shop could not be reached to delete its webhooks ({exc}): nothing changed."
+            f" {TRY_AGAIN_OR_FORGET}"
         ) from None
 
 

@@ -110,7 +110,9 @@ def get_connection() -> ResponseReturnValue:
 @bp.delete("/api/v1/admin/connection")
 @require_store_token
 def delete_connection() -> ResponseReturnValue:
-    done = shop_connection.disconnect(db.session, current_store(), actor="api")
+    """Disconnect; ``?shop_gone=true``: forget the key even if the shop cannot be reached."""
+    shop_gone = request.args.get("shop_gone", "").lower() in ("1", "true")
+    done = shop_connection.disconnect(db.session, current_store(), actor="api", shop_gone=shop_gone)
     return jsonify(
         {"status": "disconnected", "webhooks_deleted": done.deleted, "webhooks_left": done.left}
     )

@@ -305,6 +305,16 @@ def test_disconnecting_while_the_shop_is_down_says_so_and_changes_nothing(
     assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
     assert len(fake_shop.webhooks) == 4
     assert _audit(app, "shop.disconnected") == []
+    # Gone for good (it never answers again): the page offers to forget the key anyway.
+    html = unescape(response.get_data(as_text=True))
+    assert "Forget the shop's key anyway" in html
+    gone = owner.post(f"{page}/disconnect", data={**confirmed(owner, page), "shop_gone": "1"})
+    assert gone.status_code == 302
+    shown = unescape(owner.get(gone.headers["Location"]).get_data(as_text=True))
+    assert "Keygate could not delete its webhooks in the shop" in shown
+    assert "Forget the shop's key anyway" not in shown
+    assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
+    assert [actor for actor, _ in _audit(app, "shop.disconnected")] == ["admin:owner"]
 
 
 def test_a_failing_webhook_registration_shows_on_the_store_page(

@@ -248,7 +248,31 @@ def test_disconnect_while_the_shop_is_down_changes_nothing(
     fake_shop.down = True
     response = shop.admin("DELETE", "/connection")
     assert response.status_code == 503
+    assert "shop_gone=true" in response.get_json()["detail"]  # what to do if it never answers
     assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
+
+
+def test_a_shop_gone_for_good_is_disconnected_when_the_owner_says_so(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A shop that will never answer again (a closed site, a lapsed domain) would keep its
+    store connected for good, every disconnect a 503: with ?shop_gone=true the key is
+    forgotten all the same and the webhooks Keygate knew of are named as left there."""
+    connect_store(app, shop, fake_shop)
+    in_shop = sorted(str(w) for w in fake_shop.webhooks)
+    fake_shop.down = True
+    response = shop.admin("DELETE", "/connection?shop_gone=true")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["webhooks_deleted"] == []
+    assert sorted(response.get_json()["webhooks_left"]) == in_shop
+    body = shop.admin("GET", "/connection").get_json()
+    assert (body["status"], body["webhooks"]) == ("disconnected", [])
+    with app.app_context():
+        assert credentials_for(db.session, _store(app, shop), "woocommerce") is None
+        entry = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "shop.disconnected")
+        ).one()
+        assert entry.detail["shop_gone"] is True
 
 
 def test_disconnect_after_the_owner_revoked_the_key_in_the_shop_forgets_it(
