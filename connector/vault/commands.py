@@ -26,6 +26,11 @@ def command_app() -> Iterator[Flask]:
         app.extensions["keygate.db"].get_engine().dispose()
 
 
+NEW_KEY_COMMAND = (
+    "python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
+
+
 @click.command("rotate-keys")
 @click.option(
     "--check",
@@ -62,6 +67,18 @@ def rotate_keys(check: bool) -> None:
                 )
             older = ", ".join(keyring.fingerprints[1:]) or "none configured"
             click.echo(f"{report}: the older keys ({older}) can be dropped")
+            return
+        if len(keyring.fingerprints) == 1:
+            # Re-encrypting under the one key there is would change nothing an owner could
+            # want: say how to rotate instead of reporting rows "re-encrypted".
+            click.echo(
+                f"Only one master key is configured (fingerprint {newest}): there is no older"
+                " key to rotate from, and nothing was re-encrypted. To rotate, make a new key"
+                f" ({NEW_KEY_COMMAND}), put it first (the first line of master.key in the"
+                " instance folder, or first in KEYGATE_MASTER_KEYS=new,old) keeping the old"
+                " one, restart every server and keygate worker, then run keygate rotate-keys"
+                " again."
+            )
             return
         total = count_rows(session)
         session.commit()

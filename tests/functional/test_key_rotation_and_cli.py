@@ -210,6 +210,25 @@ def test_rotation_names_its_key_and_check_says_when_old_keys_can_go(
     assert MASTER_KEY not in done.output and new_key not in done.output
 
 
+def test_rotation_with_one_key_says_how_to_rotate_and_changes_nothing(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """An owner running rotate-keys with no new key configured is not told rows were
+    "re-encrypted" (as if rotated): they are told there is nothing to rotate from, and how
+    to make and place a new key."""
+    shop.admin("PUT", "/credentials/r2", R2)
+    before = raw_tokens(app)
+    result = keygate(tmp_path, database_url, "rotate-keys", master_keys=MASTER_KEY)
+    assert result.exit_code == 0, result.output
+    assert f"Only one master key is configured (fingerprint {fingerprint(MASTER_KEY)})" in (
+        result.output
+    )
+    assert "Fernet.generate_key()" in result.output and "put it first" in result.output
+    assert "re-encrypted" not in result.output.replace("nothing was re-encrypted", "")
+    assert MASTER_KEY not in result.output
+    assert raw_tokens(app) == before
+
+
 def test_rotation_never_undoes_a_secret_saved_while_it_runs(
     app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
 ) -> None:
