@@ -122,6 +122,26 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         ) from None
 
 
+def _mail_refusal(exc: BrevoRejected) -> str:
+    """Why Brevo refused a mail and what the owner checks, short enough for the outbox's
+    last error (200 characters): its status and code, never its message (which may echo the
+    addresses)."""
+    answered = f"{exc.status} {exc.code}".strip()
+    if exc.status in (401, 403):
+        hint = (
+            "check the store's Brevo api_key (its credentials page's Check tries it), or an IP"
+            " restriction on the key in Brevo"
+        )
+    elif exc.status == 400:
+        hint = (
+            "is sender_email a sender or domain verified in Brevo (Senders & IPs)? Else the"
+            " buyer's address"
+        )
+    else:
+        hint = "check the store's Brevo settings"
+    return f"Brevo refused the mail ({answered}): {hint}; then retry the job"
+
+
 class BrevoMailer:
     """Sends through Brevo's transactional API; returns Brevo's messageId."""
 
@@ -148,7 +168,12 @@ class BrevoMailer:
             headers={"idempotencyKey": mail.idempotency_key} if mail.idempotency_key else None,
         )
         api = sib_api_v3_sdk.TransactionalEmailsApi(_client(self.config, self.host))
-        result = _call(api.send_transac_email, message)
+        try:
+            result = _call(api.send_transac_email, message)
+        except BrevoRejected as exc:
+            if not exc.status:  # the request could not be made: its message says why
+                raise
+            raise BrevoRejected(_mail_refusal(exc), exc.status, exc.code) from None
         message_id = getattr(result, "message_id", None)
         return str(message_id) if message_id else None
 

@@ -460,3 +460,31 @@ def test_a_key_with_a_line_break_is_refused_and_one_stored_before_never_shows(
         + brevo_shop.admin("GET", "/outbox").get_data(as_text=True)
     )
     assert "TOPSECRET" not in shown
+
+
+@pytest.mark.parametrize(
+    ("status", "said"),
+    [
+        (400, "is sender_email a sender or domain verified in Brevo"),
+        (401, "check the store's Brevo api_key"),
+    ],
+)
+def test_a_mail_brevo_refuses_says_in_the_outbox_what_to_check(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, status: int, said: str
+) -> None:
+    """A mail Brevo refuses for good (an unverified sender, a key deleted in Brevo) tells
+    the owner, in the outbox's last error, what to check, not only "400 Bad Request"; never
+    the addresses Brevo's message may echo."""
+    brevo_shop.deliver(wc_order(9620, "processing", [line_item(501)]))
+    brevo.failures.append(status)
+    run_pending(brevo_app)
+    assert brevo.sent() == []
+    with brevo_app.app_context():
+        errors = [
+            job.last_error
+            for job in db.session.scalars(select(Job).where(Job.last_error.is_not(None)))
+        ]
+    (error,) = errors
+    assert error.startswith(f"BrevoRejected: Brevo refused the mail ({status} error): "), error
+    assert said in error and error.endswith("then retry the job")
+    assert "@" not in error
