@@ -737,11 +737,16 @@ def _store_page(
 @login_required
 def change_store_details(store_id: int) -> ResponseReturnValue:
     """Correct the store's name or its shop's URL (a typo, the address the shop redirects
-    to); a registration of the webhooks that failed is tried again at the new address."""
+    to); a registration of the webhooks that failed is tried again at the new address. An
+    admin of one store changes the name only."""
     if not ConfirmForm().validate_on_submit():
         abort(400)
     store = _visible_store(store_id)
     typed = {name: str(request.form.get(name) or "").strip() for name in ("name", "url")}
+    if _scope() is not None:
+        # Where Keygate's server sends the shop's key and requests: set by the admins who
+        # add stores, never by an admin of one store (it could point them anywhere).
+        typed["url"] = store.url
     try:
         if change_store(db.session, store, typed["name"], typed["url"], actor=_admin_name()):
             shop_connection.retry_registration_now(db.session, store)

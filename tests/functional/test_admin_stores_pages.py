@@ -735,3 +735,23 @@ def test_the_cli_corrects_a_stores_name_and_url(tmp_path: Path) -> None:
     assert changed.stdout.strip() == f"{store_id}  Shop  https://shop.example"
     listed = keygate(tmp_path, "store", "list").stdout
     assert f"{store_id}  Shop  https://shop.example" in listed
+
+
+def test_an_admin_of_one_store_renames_it_but_does_not_move_its_url(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The shop URL is where Keygate's server sends the shop's key and its requests: an
+    admin of one store may not point it elsewhere (an internal address), only rename."""
+    client = store_admin(app, shop.store.store.id)
+    page = f"/admin/stores/{shop.store.store.id}"
+    html = unescape(client.get(page).get_data(as_text=True))
+    assert 'name="url"' not in html and "changed by an admin of every store" in html
+    sent = {
+        "name": "Renamed",
+        "url": "http://169.254.169.254",
+        "csrf_token": csrf_token(client, page),
+    }
+    assert client.post(f"{page}/change", data=sent).status_code == 302
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None and (store.name, store.url) == ("Renamed", "https://shop.example")
