@@ -186,6 +186,13 @@ def change_store(session: Session, store: Store, name: str, url: str, *, actor: 
             " delete that one first, or keep this store's URL",
             field="url",
         )
+    if url != store.url and not _same_shop(store.url, url) and _connected(session, store):
+        raise Conflict(
+            f"the shop is connected: Keygate sends its key only to the address it was given"
+            f" at ({store.url}), with or without www. To move the store to another address,"
+            " disconnect the shop, change the URL, then connect again",
+            field="url",
+        )
     changed = {
         field: [before, after]
         for field, before, after in (("name", store.name, name), ("url", store.url, url))
@@ -202,6 +209,29 @@ def change_store(session: Session, store: Store, name: str, url: str, *, actor: 
             detail=changed,
         )
     return "url" in changed
+
+
+def _same_shop(before: str, after: str) -> bool:
+    """Whether two URLs reach the same shop's server as far as its key is concerned: the
+    host with or without ``www.``, the same port, never https given up for http."""
+
+    def where(url: str) -> tuple[str, int | None, str]:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().removeprefix("www.")
+        return host, parts.port or (443 if parts.scheme == "https" else 80), parts.scheme
+
+    old_host, old_port, old_scheme = where(before)
+    new_host, new_port, new_scheme = where(after)
+    if (old_scheme, new_scheme) == ("http", "https"):  # the shop moved to https
+        return old_host == new_host and {old_port, new_port} <= {80, 443}
+    return (old_host, old_port, old_scheme) == (new_host, new_port, new_scheme)
+
+
+def _connected(session: Session, store: Store) -> bool:
+    """Whether Keygate holds the shop's WooCommerce key (sent with every request to it)."""
+    from connector.vault.service import credentials_for
+
+    return credentials_for(session, store, "woocommerce") is not None
 
 
 def setup_details(created: NewStore) -> dict[str, str]:

@@ -44,11 +44,11 @@ REGISTER_JOB = "vault.register_webhooks"
 # signed with it are deleted seconds later, unless the shop stops answering meanwhile.
 PREVIOUS_SECRET_GRACE = dt.timedelta(minutes=15)
 DISCONNECT_ROUNDS = 3
-KEY_REFUSED = (401, 403)
+KEY_REFUSED = (401, 403)  # WooCommerce's answer to a key revoked or without the right
 TRY_AGAIN_OR_FORGET = (
     "Try again once the shop answers; if it is gone for good, forget its key anyway (the"
     " store page offers it; the API: DELETE /api/v1/admin/connection?shop_gone=true)."
-)  # WooCommerce's answer to a key revoked or without the right
+)
 
 
 def webhook_url(store: Store) -> str:

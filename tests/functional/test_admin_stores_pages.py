@@ -677,6 +677,52 @@ def test_a_shop_url_with_a_typo_is_corrected_and_the_webhooks_then_registered(
     assert typo.admin("GET", "/connection").status_code == 200  # the token still works
 
 
+def test_a_connected_shop_is_not_moved_to_another_host(app: Flask, owner: FlaskClient) -> None:
+    """Keygate sends the shop's key with every request to the store's URL: while connected,
+    the URL may change only as the same shop's (www. or not, a path, http to https); a
+    typo'd domain, another port or a step down to http is refused, saying to disconnect,
+    change, connect again. Disconnected, the store moves anywhere."""
+    with app.app_context():
+        created = create_store(db.session, "Moving Shop", "https://www.shop.example")
+        db.session.commit()
+    shop = WebhookSender(app.test_client(), created)
+    page = f"/admin/stores/{created.store.id}"
+    shop_api = FakeShop()
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        shop_api.install(mock)
+        connect_store(app, shop, shop_api)
+    token = csrf_token(owner, page)
+
+    def change(url: str) -> int:
+        sent = {"name": "Moving Shop", "url": url, "csrf_token": token}
+        status: int = owner.post(f"{page}/change", data=sent).status_code
+        return status
+
+    for elsewhere in (
+        "https://shop.exarnple",
+        "https://shop.example.evil.test",
+        "https://shop.example:8443",
+        "http://shop.example",
+    ):
+        assert change(elsewhere) == 409, elsewhere
+    refused = owner.post(
+        f"{page}/change",
+        data={"name": "Moving Shop", "url": "https://shop.exarnple", "csrf_token": token},
+    )
+    assert "disconnect the shop, change the URL, then connect again" in unescape(
+        refused.get_data(as_text=True)
+    )
+    for same_shop in ("https://shop.example", "https://SHOP.example/store", "https://shop.example"):
+        assert change(same_shop) == 302, same_shop
+    with app.app_context():
+        store = db.session.get(Store, created.store.id)
+        assert store is not None and store.url == "https://shop.example"
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        shop_api.install(mock)
+        assert shop.admin("DELETE", "/connection").status_code == 200
+    assert change("https://new-domain.example") == 302
+
+
 def test_a_refused_store_change_keeps_what_was_typed_and_says_why(
     app: Flask, owner: FlaskClient, shop: WebhookSender
 ) -> None:
