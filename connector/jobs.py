@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from flask import Flask
 from sqlalchemy import Engine, Select, event, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from connector.db import (
@@ -414,7 +415,11 @@ def work_forever(app: Flask, stop: threading.Event) -> None:
         except Exception as exc:
             # The database may be briefly away; never let the worker die of it.
             unreachable = connection_failure(exc)
-            if unreachable is None:
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                # It restarted: the pooled connections it dropped are replaced by new ones
+                # at the next poll. An outage, said in a line like one, not a traceback.
+                log.warning("the database dropped its connections (restarted?); retrying")
+            elif unreachable is None:
                 log.exception("worker loop error; retrying")
             else:  # a line each time, not the same traceback every poll
                 log.warning("the database cannot be reached (%s); retrying", unreachable)

@@ -4,7 +4,10 @@ stored, and it goes through when sent again."""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +18,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from connector.db import db
-from connector.jobs import run_pending
+from connector.jobs import run_pending, work_forever
 from connector.models import Mail
 from connector.signing import CACHE_SECONDS, digest_header, forget_cached_signer
 from tests.factories import WebhookSender, line_item, wc_order
@@ -146,3 +149,36 @@ def test_the_database_lost_at_the_requests_commit_is_503_and_nothing_is_lost(
     monkeypatch.setattr(service, "activate", activated)
     again = shop.client.post("/api/v1/licenses/activate", json=body).get_json()
     assert again["code"] == "VALID" and again["license"]["activations_used"] == 1
+
+
+def test_a_worker_rides_out_a_database_restart_with_a_line_not_a_traceback(
+    app: Flask, shop: WebhookSender, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`keygate worker` whose pooled connections a database restart dropped says so in one
+    warning line (no ERROR with a traceback for a monitor to page someone about) and goes
+    on: the next paid order's mail goes out."""
+    settings = app.extensions["keygate.settings"]
+    app.extensions["keygate.settings"] = replace(settings, worker_poll_seconds=0.2)
+    shop.configure(501)
+    stop = threading.Event()
+    worker = threading.Thread(target=work_forever, args=(app, stop))
+    with caplog.at_level("WARNING", logger="connector"):
+        worker.start()
+        try:
+            time.sleep(1)  # the periodic jobs are run; the worker polls
+            drop_database_connections(app)
+            time.sleep(1)  # a few polls over the dropped connections
+            shop.deliver(wc_order(9505, "processing", [line_item(501)]))
+            deadline = time.monotonic() + 20
+            sent = None
+            while sent is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+                with app.app_context():
+                    sent = db.session.execute(select(Mail.sent_at)).scalar_one_or_none()
+        finally:
+            stop.set()
+            worker.join(30)
+    assert sent is not None
+    worker_records = [r for r in caplog.records if r.name == "connector.jobs"]
+    assert not [r for r in worker_records if r.levelno >= logging.ERROR or r.exc_info]
+    assert any("connection" in r.getMessage() for r in worker_records)
