@@ -113,7 +113,14 @@ def enqueue(
         session.add(Job(**values))
     else:
         values["dedupe_key"] = dedupe_key
-        if insert_ignoring_conflicts(session, Job.__table__, values, ["dedupe_key"]) is None:
+        # Looked for first: an INSERT that conflicts still draws an id (PostgreSQL's
+        # sequence), and every poll of every worker asks for the periodic jobs queued
+        # already: many workers polling often would run the 4-byte ids out within months.
+        queued = session.scalar(select(Job.id).where(Job.dedupe_key == dedupe_key))
+        if (
+            queued is not None
+            or insert_ignoring_conflicts(session, Job.__table__, values, ["dedupe_key"]) is None
+        ):
             # Already queued: nothing new for the worker. Waking it would make every pass of
             # its loop (whose periodic jobs are such no-ops) wake the next at once: a busy
             # loop holding a core and writing to the database without pause.

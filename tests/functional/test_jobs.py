@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from connector import jobs
 from connector.db import db, transaction, utcnow
@@ -257,6 +257,23 @@ def test_an_idle_worker_sleeps_between_polls(app: Flask, monkeypatch: pytest.Mon
     finally:
         jobs.stop_worker_thread(app)
     assert 1 <= len(passes) <= 5
+
+
+def test_polling_workers_spend_no_job_ids(app: Flask) -> None:
+    """Every poll of every worker asks for the periodic jobs of the current slot, which are
+    queued already: that takes no job id (on PostgreSQL a conflicting INSERT still draws
+    one from the sequence, and many workers polling often would run 4-byte ids out within
+    months, after which no order could queue its mail)."""
+    jobs.schedule_periodic(app)
+    with app.app_context():
+        before = db.session.scalar(select(func.max(Job.id)))
+    for _ in range(50):
+        jobs.schedule_periodic(app)
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.ok", {"n": 1})
+    with app.app_context():
+        after = db.session.scalar(select(func.max(Job.id)))
+    assert before is not None and after == before + 1
 
 
 def with_settings(app: Flask, **values: Any) -> None:
