@@ -816,12 +816,17 @@ def worker() -> None:
     """Run outbox jobs until stopped (any number of workers may share the database)."""
     import logging
 
+    from connector.config import unset_base_url_warning
     from connector.jobs import work_forever
 
     # As `keygate run` does: Keygate's lines at KEYGATE_LOG_LEVEL (INFO: what jobs did), not
     # only the warnings Python prints when nothing is set up.
     logging.basicConfig()
     app = make_app(database_may_be_away=True)  # it keeps trying until the database answers
+    # The worker writes the buyers' mails: links without a public address lead nowhere.
+    unset = unset_base_url_warning(app.extensions["keygate.settings"])
+    if unset is not None:
+        click.echo(f"Warning: {unset}", err=True)
     stop = threading.Event()
 
     def _stop(*_: Any) -> None:

@@ -391,6 +391,26 @@ def _http_url(value: str) -> SplitResult | None:
     return url if url.scheme in ("http", "https") and url.hostname else None
 
 
+def unset_base_url_warning(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """What to tell the operator of a server or worker given no address (neither
+    ``KEYGATE_BASE_URL`` nor ``base_url`` in keygate.toml): its links (buyers' mails, the
+    portal, webhook URLs) would name the embedded default, which no buyer can open. None
+    when an address is given."""
+    env = os.environ if environ is None else environ
+    probe = "http://base-url-not-given.invalid"
+    if settings.base_url != Settings.base_url:
+        return None
+    if _plain_settings({}, env, {"base_url": probe})[1]["base_url"] != probe:
+        return None  # given, as the embedded default itself
+    return (
+        f"no KEYGATE_BASE_URL: links in mails and pages say {Settings.base_url}, which"
+        " buyers cannot open; set it to the address buyers and the shop reach Keygate at,"
+        " the same on every server and worker"
+    )
+
+
 def configured_database_url(environ: Mapping[str, str] | None = None) -> str:
     """The database the settings name, read without the keys (which a new instance does
     not have yet): for saying which database could not be reached.

@@ -651,3 +651,72 @@ def test_an_admin_kept_in_another_unicode_form_is_reached_by_its_own_spelling(
     kept = [row[0] for row in database.execute("SELECT username FROM admin_users")]
     database.close()
     assert "Zo\u00eb" in kept and "Zoe\u0308" not in kept
+
+
+def _first_lines_of_a_worker(env: dict[str, str]) -> str:
+    """What `keygate worker` says up to its "running" line, then stopped by SIGTERM."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "worker"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    said = []
+    try:
+        assert worker.stdout is not None
+        for line in worker.stdout:
+            said.append(line)
+            if "keygate worker running" in line:
+                break
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    return "".join(said)
+
+
+def test_a_worker_without_a_base_url_says_its_mails_link_nowhere(tmp_path: Path) -> None:
+    """At scale the workers write the buyers' mails: one started without KEYGATE_BASE_URL
+    (a service unit given only the database) would mail every buyer links to
+    http://127.0.0.1:8000. It says so when it starts; one given the address (environment
+    or keygate.toml) does not."""
+    assert keygate(tmp_path, "init").returncode == 0
+    instance = tmp_path / "instance"
+    bare = _first_lines_of_a_worker(cli_env(instance, WORKER_POLL_SECONDS="60"))
+    assert "KEYGATE_BASE_URL" in bare and "http://127.0.0.1:8000" in bare, bare
+    given = cli_env(instance, WORKER_POLL_SECONDS="60", BASE_URL="https://keys.example.com")
+    assert "KEYGATE_BASE_URL" not in _first_lines_of_a_worker(given)
+    (instance / "keygate.toml").write_text('base_url = "https://keys.example.com"\n')
+    in_file = _first_lines_of_a_worker(cli_env(instance, WORKER_POLL_SECONDS="60"))
+    assert "KEYGATE_BASE_URL" not in in_file, in_file
+
+
+def test_gunicorn_without_a_base_url_says_its_links_lead_nowhere(tmp_path: Path) -> None:
+    """Served as "At scale" says, without KEYGATE_BASE_URL the servers' pages and admin
+    answers (portal links, webhook URLs) would name http://127.0.0.1:8000: gunicorn's log
+    says so."""
+    assert keygate(tmp_path, "init").returncode == 0
+    port = free_port()
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    server = subprocess.Popen(
+        [str(gunicorn), "--workers", "1", "-b", f"127.0.0.1:{port}", "connector.wsgi:app"],
+        env=cli_env(tmp_path / "instance", WORKER="off"),
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until_serving(port)
+        server.send_signal(signal.SIGTERM)
+        said = server.communicate(timeout=30)[1]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert "KEYGATE_BASE_URL" in said and "http://127.0.0.1:8000" in said, said
