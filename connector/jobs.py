@@ -367,6 +367,14 @@ def run_one(kinds: set[str] | None = None) -> bool:
         except RetryLater as exc:
             error = exc
             log.warning("job %s (%s) will retry: %s", job_id, kind, exc)
+        except DBAPIError as exc:
+            error = exc
+            if not exc.connection_invalidated:
+                log.exception("job %s (%s) failed", job_id, kind)
+            else:  # the database restarted under it: an outage, retried with the backoff
+                log.warning(
+                    "job %s (%s) will retry: the database dropped its connection", job_id, kind
+                )
         except Exception as exc:
             error = exc
             log.exception("job %s (%s) failed", job_id, kind)

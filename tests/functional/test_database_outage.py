@@ -17,9 +17,10 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from connector.db import db
+from connector import jobs
+from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending, work_forever
-from connector.models import Mail
+from connector.models import Job, Mail
 from connector.signing import CACHE_SECONDS, digest_header, forget_cached_signer
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.peers import drop_database_connections, unreachable_database
@@ -182,3 +183,41 @@ def test_a_worker_rides_out_a_database_restart_with_a_line_not_a_traceback(
     worker_records = [r for r in caplog.records if r.name == "connector.jobs"]
     assert not [r for r in worker_records if r.levelno >= logging.ERROR or r.exc_info]
     assert any("connection" in r.getMessage() for r in worker_records)
+
+
+def test_a_job_whose_connection_the_database_dropped_is_retried_without_a_traceback(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database restarts while a worker runs a job (a stamped copy takes seconds): the
+    job is tried again after its backoff, as for a peer that is down, and the log says so
+    in a line, not an ERROR with a traceback."""
+    if app.extensions["keygate.db"].engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no server to end the job's own connection")
+    runs: list[int] = []
+
+    def restarted_meanwhile(payload: dict[str, Any]) -> None:
+        db.session.execute(select(func.count()).select_from(Mail))
+        if not runs:
+            runs.append(1)
+            drop_database_connections(app)
+        db.session.execute(select(func.count()).select_from(Mail))
+        runs.append(2)
+
+    jobs.HANDLERS["test.restarted_meanwhile"] = restarted_meanwhile
+    try:
+        with app.app_context(), transaction() as session:
+            jobs.enqueue(session, "test.restarted_meanwhile", {})
+        with caplog.at_level("WARNING", logger="connector"):
+            assert run_pending(app) == 1
+        with app.app_context():
+            job = db.session.execute(select(Job)).scalar_one()
+            assert (job.status, job.attempts) == ("pending", 1)
+            job.run_after = utcnow()
+            db.session.commit()
+        assert run_pending(app) == 1
+        with app.app_context():
+            assert db.session.execute(select(Job.status)).scalar_one() == "done"
+    finally:
+        jobs.HANDLERS.pop("test.restarted_meanwhile", None)
+    records = [r for r in caplog.records if r.name == "connector.jobs"]
+    assert records and not [r for r in records if r.levelno >= logging.ERROR or r.exc_info]
