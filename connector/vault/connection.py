@@ -149,15 +149,20 @@ def connection_report(session: Session, store: Store) -> dict[str, Any]:
     }
 
 
-def registration_trouble(session: Session, store: Store) -> dict[str, Any] | None:
-    """Registering the shop's webhooks, when it has failed at least once and not succeeded
-    since: the shop may be down, or the key wrong. None when nothing is wrong."""
-    job = session.scalars(
+def _latest_registration(session: Session, store: Store) -> Job | None:
+    """The store's newest registration of its webhooks: it says how things stand."""
+    return session.scalars(
         select(Job)
         .where(Job.kind == REGISTER_JOB, Job.payload["store_id"].as_integer() == store.id)
         .order_by(Job.id.desc())
         .limit(1)
     ).first()
+
+
+def registration_trouble(session: Session, store: Store) -> dict[str, Any] | None:
+    """Registering the shop's webhooks, when it has failed at least once and not succeeded
+    since: the shop may be down, or the key wrong. None when nothing is wrong."""
+    job = _latest_registration(session, store)
     # The newest registration says how things stand: one that succeeded after an older one
     # died means nothing is wrong.
     if job is None or job.status == "done" or job.attempts == 0:
@@ -171,12 +176,7 @@ def retry_registration_now(session: Session, store: Store) -> bool:
     rather than at its next backoff, or at all when it gave up. True when one was."""
     if credentials_for(session, store, "woocommerce") is None:
         return False
-    job = session.scalars(
-        select(Job)
-        .where(Job.kind == REGISTER_JOB, Job.payload["store_id"].as_integer() == store.id)
-        .order_by(Job.id.desc())
-        .limit(1)
-    ).first()
+    job = _latest_registration(session, store)
     if job is None or job.attempts == 0 or job.status not in ("pending", "dead"):
         return False
     # A second registration beside one still retrying is safe: they leave one webhook per

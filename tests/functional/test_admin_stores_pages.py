@@ -625,6 +625,14 @@ def test_deleting_a_store_whose_shop_is_down_names_the_webhooks_left(
     assert shop.deliver({"id": 1}).status_code == 404
 
 
+def store_at_www(app: Flask, name: str) -> WebhookSender:
+    """A store added for https://www.shop.example (the shop itself answers without www.)."""
+    with app.app_context():
+        created = create_store(db.session, name, "https://www.shop.example")
+        db.session.commit()
+    return WebhookSender(app.test_client(), created)
+
+
 def test_a_shop_url_with_a_typo_is_corrected_and_the_webhooks_then_registered(
     app: Flask, owner: FlaskClient
 ) -> None:
@@ -632,10 +640,8 @@ def test_a_shop_url_with_a_typo_is_corrected_and_the_webhooks_then_registered(
     Keygate's registration, which is refused ("the store's URL must be the address the shop
     answers at"). The owner corrects the URL on the store page: the registration runs again
     at once, at the new address; the store keeps its id, secret and token."""
-    with app.app_context():
-        created = create_store(db.session, "Typo Shop", "https://www.shop.example")
-        db.session.commit()
-    typo = WebhookSender(app.test_client(), created)
+    typo = store_at_www(app, "Typo Shop")
+    created = typo.store
     page = f"/admin/stores/{created.store.id}"
     shop_api = FakeShop()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
@@ -682,10 +688,8 @@ def test_a_connected_shop_is_not_moved_to_another_host(app: Flask, owner: FlaskC
     the URL may change only as the same shop's (www. or not, a path, http to https); a
     typo'd domain, another port or a step down to http is refused, saying to disconnect,
     change, connect again. Disconnected, the store moves anywhere."""
-    with app.app_context():
-        created = create_store(db.session, "Moving Shop", "https://www.shop.example")
-        db.session.commit()
-    shop = WebhookSender(app.test_client(), created)
+    shop = store_at_www(app, "Moving Shop")
+    created = shop.store
     page = f"/admin/stores/{created.store.id}"
     shop_api = FakeShop()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from werkzeug.security import check_password_hash
@@ -196,19 +197,30 @@ def run_until_sigterm(tmp_path: Path, *args: str) -> tuple[int, str]:
     """``keygate run`` with ``args`` (``--port`` among them) once it serves, stopped by
     SIGTERM: its exit status and what it printed."""
     port = int(args[args.index("--port") + 1])
+    command = [sys.executable, "-m", "connector.cli", "run", *args]
+    returncode, out, _ = serve_until_sigterm(command, cli_env(tmp_path / "instance"), port)
+    return returncode, out
+
+
+def serve_until_sigterm(
+    command: list[str], env: dict[str, str], port: int, **popen: Any
+) -> tuple[int, str, str]:
+    """A server started by ``command``, stopped by SIGTERM once it serves on ``port``: its
+    exit status, what it printed and what it logged."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "connector.cli", "run", *args],
-        env=cli_env(tmp_path / "instance"),
+        command,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
     try:
         wait_until_serving(port)
         server.send_signal(signal.SIGTERM)
-        out, _ = server.communicate(timeout=30)
-        return server.returncode, out
+        out, err = server.communicate(timeout=30)
+        return server.returncode, out, err
     finally:
         if server.poll() is None:
             server.kill()
@@ -702,21 +714,10 @@ def test_gunicorn_without_a_base_url_says_its_links_lead_nowhere(tmp_path: Path)
     assert keygate(tmp_path, "init").returncode == 0
     port = free_port()
     gunicorn = Path(sys.executable).parent / "gunicorn"
-    server = subprocess.Popen(
+    _, _, said = serve_until_sigterm(
         [str(gunicorn), "--workers", "1", "-b", f"127.0.0.1:{port}", "connector.wsgi:app"],
-        env=cli_env(tmp_path / "instance", WORKER="off"),
+        cli_env(tmp_path / "instance", WORKER="off"),
+        port,
         cwd=Path(__file__).resolve().parents[2],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-    try:
-        wait_until_serving(port)
-        server.send_signal(signal.SIGTERM)
-        said = server.communicate(timeout=30)[1]
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
     assert "KEYGATE_BASE_URL" in said and "http://127.0.0.1:8000" in said, said
