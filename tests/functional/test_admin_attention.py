@@ -23,8 +23,7 @@ from connector.models import (
 )
 from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.functional.test_admin_pages import store_admin
-from tests.functional.test_store_deletion import full_admin
+from tests.functional.test_admin_pages import signed_in_owner, store_admin
 
 
 def dashboard(client: object) -> str:
@@ -37,7 +36,7 @@ def dashboard(client: object) -> str:
 def test_all_is_well(app: Flask, shop: WebhookSender) -> None:
     shop.configure(501)
     assert shop.deliver(wc_order(9100, "processing", [line_item(501)])).status_code == 200
-    page = dashboard(full_admin(app))
+    page = dashboard(signed_in_owner(app))
     assert "Nothing needs your attention." in page and "Needs attention" not in page
 
 
@@ -70,7 +69,7 @@ def test_each_trouble_is_named_with_its_store(app: Flask, shop: WebhookSender) -
                 subject=subject,
             )
         session.commit()
-    page = dashboard(full_admin(app))
+    page = dashboard(signed_in_owner(app))
     assert "Needs attention" in page
     for text in (
         "The shop could not be read: &lt;b&gt;503 Maintenance&lt;/b&gt;",
@@ -112,7 +111,7 @@ def test_the_audit_log_shows_one_action_and_each_entrys_store(
             )
         record_audit(db.session, store_id=store_id, actor="t", action="license.revoke")
         db.session.commit()
-    client = full_admin(app)
+    client = signed_in_owner(app)
     page = client.get("/admin/audit?action=order.refund_not_applied").get_data(as_text=True)
     assert page.count('<td data-label="What">order.refund_not_applied</td>') == 4
     assert '<td data-label="What">license.revoke</td>' not in page
@@ -133,7 +132,7 @@ def test_mail_printed_on_the_console_for_want_of_brevo_is_news(
     shop.configure(501)
     assert shop.deliver(wc_order(9110, "processing", [line_item(501)])).status_code == 200
     run_pending(app)
-    admin = full_admin(app)
+    admin = signed_in_owner(app)
     page = dashboard(admin)
     assert "1 mail to buyers in the last 30 days was printed on the server" in page
     assert f'href="/admin/stores/{shop.store.store.id}/credentials"' in page

@@ -12,8 +12,7 @@ from connector.db import db
 from connector.licensing.admin import all_licenses
 from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.functional.test_admin_pages import store_admin
-from tests.functional.test_store_deletion import full_admin
+from tests.functional.test_admin_pages import signed_in_owner, store_admin
 
 
 def sell(shop: WebhookSender, orders: range, quantity: int = 1) -> None:
@@ -111,7 +110,7 @@ def test_the_admin_page_exports_a_store_it_may_see(app: Flask, shop: WebhookSend
     shop.configure(501)
     sell(shop, range(8150, 8151))
     store = shop.store.store
-    client = full_admin(app)
+    client = signed_in_owner(app)
     page = client.get(f"/admin/stores/{store.id}")
     assert f"/admin/stores/{store.id}/licenses.csv" in page.get_data(as_text=True)
     exported = client.get(f"/admin/stores/{store.id}/licenses.csv")
