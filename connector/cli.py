@@ -202,10 +202,15 @@ def init(admin_user: str, restored: bool) -> None:
                 raise click.ClickException(str(exc)) from None
             db.session.rollback()
         try:
-            upgrade(engine)
+            before, after = upgrade(engine)
         except (NewerDatabase, CommandError) as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo("database is up to date")
+        if before == after:
+            click.echo("database is up to date")
+        elif before is None:
+            click.echo(f"created the database's tables (migration {after})")
+        else:
+            click.echo(f"migrated the database from {before} to {after}")
         session = db.session
         try:
             check_keys(session, app.extensions["keygate.keyring"])

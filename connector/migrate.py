@@ -71,8 +71,9 @@ def _migrating(engine: Engine) -> Iterator[Connection]:
                 raw.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database to ``revision`` (idempotent).
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Bring the database to ``revision`` (idempotent); its revision before and after
+    (None before: a new database).
 
     Raises:
         NewerDatabase: a newer Keygate migrated the database (nothing was changed).
@@ -85,6 +86,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             raise NewerDatabase(problem)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+        return current, MigrationContext.configure(connection).get_current_revision()
 
 
 def downgrade(engine: Engine, revision: str) -> None:

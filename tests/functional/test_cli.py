@@ -47,6 +47,9 @@ def keygate(
     )
 
 
+MIGRATIONS = Path(__file__).resolve().parents[2] / "connector" / "migrations" / "versions"
+
+
 def test_init_twice_without_a_terminal(tmp_path: Path) -> None:
     first = keygate(tmp_path, "init")
     assert first.returncode == 0, first.stderr
@@ -55,12 +58,15 @@ def test_init_twice_without_a_terminal(tmp_path: Path) -> None:
     assert oct(instance.stat().st_mode & 0o777) == "0o700"
     assert oct((instance / "keygate.db").stat().st_mode & 0o777) == "0o600"
     assert "created admin user 'admin'" in first.stdout
+    head = sorted(p.name[:4] for p in MIGRATIONS.glob("[0-9]*.py"))[-1]
+    assert f"created the database's tables (migration {head})" in first.stdout, first.stdout
     key_file = tmp_path / "instance" / "master.key"
     master = key_file.read_text()
     assert oct(key_file.stat().st_mode & 0o777) == "0o600"
     second = keygate(tmp_path, "init")
     assert second.returncode == 0, second.stderr
     assert "admin user exists" in second.stdout
+    assert "database is up to date" in second.stdout
     assert "keygate admin password --username" in second.stdout  # the way back in
     assert key_file.read_text() == master
 

@@ -88,6 +88,10 @@ def test_a_database_not_migrated_for_this_code_is_refused(tmp_path: Path) -> Non
     engine.dispose()
     with pytest.raises(ConfigError, match=r"at migration 0006, .* run `keygate init`"):
         start(tmp_path, url)
+    migrated = keygate(tmp_path, "init", database_url=url)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "migrated the database from 0006 to 00" in migrated.stdout, migrated.stdout
+    assert "up to date" not in migrated.stdout
 
 
 def test_init_never_makes_new_keys_for_a_database_in_use(tmp_path: Path) -> None:
