@@ -211,15 +211,33 @@ def delete_copies(payload: dict[str, Any]) -> None:
     recorded there meanwhile whose file is gone is stamped again at once. (A click that
     records its copy later still finds the file gone when it delivers it, and stamps it
     anew itself.)
+
+    A store with a bucket of its own may still have copies in Keygate's shared storage,
+    stamped there before the owner saved its R2 credentials and never served since: each
+    key is deleted there too.
     """
     from connector.downloads.service import make_watermarked_copy
-    from connector.downloads.storage import StorageUnavailable, store_for
+    from connector.downloads.storage import (
+        SharedArea,
+        StorageUnavailable,
+        shared_area,
+        store_areas,
+        store_for,
+    )
     from connector.jobs import RetryLater
 
     store = db.session.get(Store, payload["store_id"])
     if store is None:
         return
     backend = store_for(store)
+    if not isinstance(backend, SharedArea):
+        shared, copies_area = shared_area(store.id), store_areas(store.id)[1]
+        try:
+            for key in payload["object_keys"]:
+                if key.startswith(copies_area):
+                    shared.delete(key)
+        except StorageUnavailable as exc:
+            raise RetryLater(str(exc)) from None
     for key in payload["object_keys"]:
         # Asked per key, right before it goes: a long list takes a while, and a click may
         # stamp one of them anew meanwhile. No transaction stays open while storage works.

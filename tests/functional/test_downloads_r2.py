@@ -602,3 +602,49 @@ def test_head_answers_what_the_buckets_answer_will_say_and_counts_nothing(
         head = r2_shop.client.head(path)
         assert (head.status_code, head.mimetype) == (410, "text/html")
         assert r2_shop.client.get(path).status_code == 410
+
+
+def _erase_and_check_the_bucket(app: Flask, shop: WebhookSender, client: Any, bucket: str) -> None:
+    copy = _stamped_copy(app, shop, client, bucket, "books/book.pdf")
+    assert _keys(client, bucket) == sorted(["books/book.pdf", copy])
+    erased = shop.admin("DELETE", "/customers/jurgen@example.org")
+    assert erased.status_code == 200, erased.get_json()
+    run_pending(app)
+    assert _keys(client, bucket) == ["books/book.pdf"]
+    with app.app_context():
+        assert db.session.scalars(select(WatermarkCopy)).all() == []
+
+
+def test_an_erased_buyers_stamped_copy_is_deleted_from_keygates_bucket(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """Guard: an erasure deletes the buyer's stamped copy (their name and address in it)
+    from Keygate's R2 bucket, and leaves the original."""
+    _erase_and_check_the_bucket(r2_app, r2_shop, s3_client(localstack_endpoint), bucket)
+
+
+def test_an_erased_buyers_stamped_copy_is_deleted_from_the_stores_own_bucket(
+    app: Flask, shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """Guard: the same in the store's own bucket (its R2 credentials in the vault)."""
+    credentials = own_bucket(localstack_endpoint, bucket)
+    assert shop.admin("PUT", "/credentials/r2", credentials).status_code == 200
+    _erase_and_check_the_bucket(app, shop, s3_client(localstack_endpoint), bucket)
+
+
+def test_a_copy_stamped_before_the_store_had_its_own_bucket_is_deleted_on_erasure(
+    app: Flask, shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """A copy stamped in Keygate's own storage (the embedded folder) while the store had no
+    bucket of its own stays there when the owner then saves R2 credentials (its file now
+    comes from the bucket): the erasure deletes it from Keygate's storage too, not only
+    from the bucket the store uses now."""
+    from tests.functional.test_downloads_privacy import stamped_order
+
+    _path, copy_file = stamped_order(app, shop, 8600)
+    assert copy_file.is_file()
+    credentials = own_bucket(localstack_endpoint, bucket)
+    assert shop.admin("PUT", "/credentials/r2", credentials).status_code == 200
+    assert shop.admin("DELETE", "/customers/jurgen@example.org").status_code == 200
+    run_pending(app)
+    assert not copy_file.exists()
