@@ -119,8 +119,14 @@ class LocalStore:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        shutil.copyfile(source, partial)
-        partial.replace(target)  # readers never see half a file
+        try:
+            shutil.copyfile(source, partial)
+            partial.replace(target)  # readers never see half a file
+        except BaseException:
+            # Half a stamped copy (a buyer's name inside) that no row records would never
+            # be deleted, by an erasure or the purge.
+            partial.unlink(missing_ok=True)
+            raise
 
     def download(self, key: str, target: Path) -> None:
         source = self.path(key)

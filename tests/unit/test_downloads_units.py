@@ -264,6 +264,29 @@ def test_local_store_refuses_keys_that_escape_its_folder(tmp_path: Path) -> None
     assert store.exists("../secret.key") is False
 
 
+def test_an_upload_that_fails_midway_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A stamped copy (a buyer's name inside) whose write fails halfway (the disk full: here
+    the file-size limit the kernel enforces) leaves nothing behind: a partial file nobody
+    records would never be deleted, by an erasure or the purge."""
+    import resource
+    import signal
+
+    store = LocalStore(tmp_path / "files")
+    source = tmp_path / "stamped.pdf"
+    source.write_bytes(b"Jurgen Orsted, jurgen@example.org " * 200)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
+    try:
+        with pytest.raises(OSError):
+            store.upload("watermarked/1/abc/book.pdf", source)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    folder = tmp_path / "files" / "watermarked" / "1" / "abc"
+    assert sorted(path.name for path in folder.iterdir()) == []
+
+
 def test_fingerprint_recorded_for_a_copy_still_names_it_after_a_key_change(
     app: Flask, shop: WebhookSender, tmp_path: Path
 ) -> None:
