@@ -30,7 +30,7 @@ from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
 from plugin.shop import PAID_STATUSES, PayloadError, ShopOrder, parse_utc_datetime
 from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
-from plugin.woocommerce.webhooks import parse_order, parse_refund
+from plugin.woocommerce.webhooks import NO_SUCH_ORDER, parse_order, parse_refund
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,6 @@ def reconcile_store(
             },
         )
     return result
-
-
-NO_SUCH_ORDER = "woocommerce_rest_shop_order_invalid_id"
 
 
 def refresh_order(

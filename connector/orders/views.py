@@ -95,6 +95,12 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
     if topic not in wc.ORDER_TOPICS:
         _record(store, body, "ignored", f"topic {topic[:40]!r} is not handled")
         return jsonify({"ok": True, "outcome": "ignored"})
+    shop_error = wc.rest_error(payload)
+    if shop_error is not None:
+        # Nothing to apply, and WooCommerce sends nothing again: a refusal would only count
+        # towards disabling the webhook. Kept for the owner, with what the shop said.
+        _record(store, body, "rejected", shop_error)
+        return jsonify({"ok": True, "outcome": "rejected"})
     try:
         shop_order = wc.parse_order(payload, deleted=topic == "order.deleted")
     except PayloadError as exc:

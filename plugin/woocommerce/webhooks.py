@@ -60,6 +60,38 @@ def is_ping(body: bytes, headers: Mapping[str, str] | Any) -> bool:
     return TOPIC_HEADER not in headers and bool(_PING.fullmatch(body.strip()))
 
 
+NO_SUCH_ORDER = "woocommerce_rest_shop_order_invalid_id"
+
+
+def rest_error(payload: Any) -> str | None:
+    """Why the body is WooCommerce's REST error instead of an order, or None when it is not
+    one.
+
+    WooCommerce builds a delivery's payload when it sends it, by reading the order over its
+    own REST API as the webhook's user; when that read fails the body is the error,
+    ``{"code", "message", "data": {"status"}}``, and names no order.
+    """
+    if not isinstance(payload, dict) or "id" in payload:
+        return None
+    code, data = payload.get("code"), payload.get("data")
+    if not isinstance(code, str) or not isinstance(payload.get("message"), str):
+        return None
+    status = data.get("status") if isinstance(data, dict) else None
+    said = f"WooCommerce sent its error {one_line(code, 80) or ''!r}"
+    if isinstance(status, int) and not isinstance(status, bool):
+        said += f" (HTTP {status})"
+    said += " instead of the order: "
+    if code == NO_SUCH_ORDER:
+        return said + "the order was deleted for good before it was sent; nothing to apply"
+    if status in (401, 403):
+        return said + (
+            "the WordPress user who owns this webhook in WooCommerce may not read orders"
+            " (deleted, or its role changed): make the webhooks again as an administrator or"
+            " shop manager"
+        )
+    return said + "WooCommerce could not read the order when it sent it; nothing to apply"
+
+
 def parse_id(value: Any) -> str | None:
     if value is None or value == "" or value == 0 or value == "0":
         return None

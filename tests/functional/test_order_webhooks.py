@@ -465,6 +465,50 @@ def test_malformed_body_is_400_and_recorded_as_rejected(
     assert count(app, Order) == 0
 
 
+@pytest.mark.parametrize(
+    ("error", "explained"),
+    [
+        (
+            {
+                "code": "woocommerce_rest_shop_order_invalid_id",
+                "message": "Invalid ID.",
+                "data": {"status": 404},
+            },
+            "deleted for good",
+        ),
+        (
+            {
+                "code": "woocommerce_rest_cannot_view",
+                "message": "Sorry, you cannot view this resource.",
+                "data": {"status": 401},
+            },
+            "may not read orders",
+        ),
+        (
+            {"code": "internal_server_error", "message": "Error.", "data": {"status": 500}},
+            "could not read the order",
+        ),
+    ],
+)
+def test_a_delivery_of_the_shops_rest_error_is_200_and_says_why(
+    app: Flask, shop: WebhookSender, error: dict[str, object], explained: str
+) -> None:
+    """WooCommerce builds the payload when it sends, by reading the order over its REST API
+    as the webhook's user: an order deleted for good meanwhile, or a user who may no longer
+    read orders, makes the body WooCommerce's error instead of an order. Nothing can be
+    applied and a refusal would only count towards disabling the webhook (nothing is sent
+    again): it is answered 200 and kept as rejected, saying what the shop said and why."""
+    response = shop.deliver(error, "order.updated")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["outcome"] == "rejected"
+    with app.app_context():
+        delivery = db.session.execute(select(WebhookDelivery)).scalar_one()
+    assert delivery.outcome == "rejected"
+    assert str(error["code"]) in (delivery.detail or "")
+    assert explained in (delivery.detail or "")
+    assert count(app, Order) == 0
+
+
 def test_unknown_store_is_404(client) -> None:  # type: ignore[no-untyped-def]
     response = client.post("/webhooks/woocommerce/nope", data=b"{}")
     assert response.status_code == 404
