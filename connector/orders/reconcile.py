@@ -30,7 +30,12 @@ from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
 from plugin.shop import PAID_STATUSES, PayloadError, ShopOrder, parse_utc_datetime
 from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
-from plugin.woocommerce.webhooks import NO_SUCH_ORDER, parse_order, parse_refund
+from plugin.woocommerce.webhooks import (
+    NO_SUCH_ORDER,
+    is_checkout_draft,
+    parse_order,
+    parse_refund,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +135,8 @@ def reconcile_store(
             modified = started
         if modified is not None and (newest is None or modified > newest):
             newest = modified
+        if is_checkout_draft(raw):
+            continue  # a checkout in progress: no order yet, and nothing of it is kept
         try:
             shop_order = read_shop_order(client, raw)
         except PayloadError as exc:

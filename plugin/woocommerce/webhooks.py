@@ -32,6 +32,17 @@ DELIVERY_HEADER = "X-WC-Webhook-Delivery-ID"
 WEBHOOK_ID_HEADER = "X-WC-Webhook-ID"
 ORDER_TOPICS = frozenset({"order.created", "order.updated", "order.deleted", "order.restored"})
 
+# The block checkout's cart saved as an order while the buyer fills in the form: never
+# delivered by a webhook, deleted for good a day later if abandoned, but listed over REST.
+DRAFT_STATUSES = frozenset({"checkout-draft"})
+
+
+def is_checkout_draft(raw: Any) -> bool:
+    """Whether a REST order is a checkout still in progress (or abandoned), not an order."""
+    status = raw.get("status") if isinstance(raw, dict) else None
+    return isinstance(status, str) and status.removeprefix("wc-") in DRAFT_STATUSES
+
+
 # Documented order meta for manual and crypto payments: the owner's note on a manual payment,
 # and a transaction hash (e.g. USDT) when the gateway does not fill transaction_id.
 PAYMENT_NOTE_META = "_keygate_payment_note"

@@ -64,6 +64,24 @@ def test_a_missed_webhook_is_fulfilled_by_reconcile(
     assert len(shop.order(9401)["licenses"]) == 1
 
 
+def test_a_checkout_in_progress_is_not_taken_for_an_order_by_reconcile(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """The block checkout saves the cart as an order of status checkout-draft while the buyer
+    fills in the form; WooCommerce sends no webhook for it, deletes it for good a day later
+    if it is abandoned, yet lists it among "any" orders. Reconciliation keeps nothing of it
+    (not the buyer's name and address, for an order never placed); once placed, the same id
+    is an order like any other."""
+    shop.configure(501)
+    draft = touched_now(wc_order(9409, "checkout-draft", [line_item(501)]))
+    connected.orders[9409] = draft
+    result = reconcile(app, shop)
+    assert result.applied == 0
+    assert shop.admin("GET", "/orders/9409").status_code == 404
+    connected.orders[9409] = touched_now(wc_order(9409, "processing", [line_item(501)]))
+    assert reconcile(app, shop).issued_licenses == 1
+
+
 def test_an_order_trashed_while_its_webhook_was_missed_is_revoked_by_reconcile(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
