@@ -334,6 +334,13 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
         raise PayloadError("the order status is longer than 32 characters")
     # A trashed order (read back over REST) is a deleted one, whatever the topic said.
     deleted = deleted or status == "trash"
+    if not deleted and "date_modified" in payload and "date_modified_gmt" not in payload:
+        # API v1 (a webhook made by hand can be set to it): no *_gmt dates to order the
+        # deliveries by, and no order meta. Refused, saying what to change.
+        raise PayloadError(
+            "it is a REST API v1 order (no date_modified_gmt): set the webhook's API version"
+            " to WP REST API Integration v3 in WooCommerce (Settings → Advanced → Webhooks)"
+        )
     billing = payload.get("billing")
     if not isinstance(billing, dict):
         billing = {}

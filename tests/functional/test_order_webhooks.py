@@ -509,6 +509,36 @@ def test_a_delivery_of_the_shops_rest_error_is_200_and_says_why(
     assert count(app, Order) == 0
 
 
+def v1_order(order_id: int, status: str) -> dict[str, object]:
+    """The order as a webhook set to API version "WP REST API Integration v1" sends it: no
+    ``*_gmt`` dates (``date_modified`` in UTC, ``date_paid`` in the shop's time), no order
+    ``meta_data``, line item ``meta`` without the keys that start with an underscore."""
+    order = wc_order(order_id, status, [line_item(501)])
+    for name in [key for key in order if key.endswith("_gmt")] + ["meta_data"]:
+        del order[name]
+    for item in order["line_items"]:
+        item["meta"] = item.pop("meta_data")
+    return order
+
+
+def test_an_order_from_a_webhook_set_to_api_v1_is_refused_saying_to_set_v3(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A v1 payload has no date_modified_gmt to order deliveries by, and none of the order
+    meta renewals, payment notes and consent are read from: applied, its first delivery
+    would stand for good (every later one taken for an older one: a refund or cancellation
+    never revoking). It is refused, and the owner is told which setting to change."""
+    shop.configure(501)
+    response = shop.deliver(v1_order(9031, "processing"), "order.created")
+    assert response.status_code == 400
+    assert "WP REST API Integration v3" in response.get_json()["detail"]
+    with app.app_context():
+        delivery = db.session.execute(select(WebhookDelivery)).scalar_one()
+    assert delivery.outcome == "rejected"
+    assert "WP REST API Integration v3" in (delivery.detail or "")
+    assert count(app, License) == 0
+
+
 def test_unknown_store_is_404(client) -> None:  # type: ignore[no-untyped-def]
     response = client.post("/webhooks/woocommerce/nope", data=b"{}")
     assert response.status_code == 404
