@@ -308,6 +308,13 @@ def _line_items(raw_items: list[Any]) -> tuple[ShopLineItem, ...]:
     return items
 
 
+# What to do about a webhook set to an API version whose orders Keygate does not read.
+SET_V3 = (
+    "set the webhook's API version to WP REST API Integration v3 in WooCommerce"
+    " (Settings → Advanced → Webhooks)"
+)
+
+
 def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     """Turn a REST v3 order (webhook payload) into a :class:`ShopOrder`.
 
@@ -319,6 +326,9 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     """
     if not isinstance(payload, dict):
         raise PayloadError("the body must be a JSON object")
+    if "id" not in payload and isinstance(payload.get("order"), dict):
+        # The Legacy REST API's webhook payload, {"order": {...}}, in another shape.
+        raise PayloadError(f"it is a Legacy REST API order: {SET_V3}")
     order_id = parse_id(payload.get("id"))
     if order_id is None:
         raise PayloadError("the order has no id")
@@ -337,10 +347,7 @@ def parse_order(payload: Any, *, deleted: bool = False) -> ShopOrder:
     if not deleted and "date_modified" in payload and "date_modified_gmt" not in payload:
         # API v1 (a webhook made by hand can be set to it): no *_gmt dates to order the
         # deliveries by, and no order meta. Refused, saying what to change.
-        raise PayloadError(
-            "it is a REST API v1 order (no date_modified_gmt): set the webhook's API version"
-            " to WP REST API Integration v3 in WooCommerce (Settings → Advanced → Webhooks)"
-        )
+        raise PayloadError(f"it is a REST API v1 order (no date_modified_gmt): {SET_V3}")
     billing = payload.get("billing")
     if not isinstance(billing, dict):
         billing = {}

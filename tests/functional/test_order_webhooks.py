@@ -539,6 +539,20 @@ def test_an_order_from_a_webhook_set_to_api_v1_is_refused_saying_to_set_v3(
     assert count(app, License) == 0
 
 
+def test_an_order_from_a_webhook_set_to_the_legacy_api_is_refused_saying_to_set_v3(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The Legacy REST API (an old shop, or its add-on plugin) wraps the order in
+    ``{"order": {...}}``, in another shape (``updated_at``, item ``meta``): refused, saying
+    which setting to change rather than that the order has no id."""
+    shop.configure(501)
+    legacy = {"order": {"id": 9032, "status": "processing", "updated_at": "2026-11-20T12:00:00Z"}}
+    response = shop.deliver(legacy, "order.created")
+    assert response.status_code == 400
+    assert "WP REST API Integration v3" in response.get_json()["detail"]
+    assert count(app, Order) == 0
+
+
 def test_unknown_store_is_404(client) -> None:  # type: ignore[no-untyped-def]
     response = client.post("/webhooks/woocommerce/nope", data=b"{}")
     assert response.status_code == 404
