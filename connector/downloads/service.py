@@ -585,6 +585,27 @@ def start_download(
     return DownloadAnswer(status=200, outcome="served", delivery=delivery)
 
 
+_GIVE_BACK = (
+    update(GRANTS)
+    .where(GRANTS.c.id == bindparam("grant_id"), GRANTS.c.download_count > 0)
+    .values(download_count=GRANTS.c.download_count - 1)
+)
+
+
+def give_back_download(
+    session: Session, grant_id: int, *, ip: str | None, user_agent: str | None
+) -> None:
+    """A counted click whose file was deleted from embedded storage before it could be sent
+    (an erasure, a copy discarded or made anew, a store deleted, at that very moment): the
+    download is given back and the click logged as ``not_sent``. Committed."""
+    session.commit()  # the count, when the click's own transaction still holds it
+    if SessionStatements(session).run(_GIVE_BACK, {"grant_id": grant_id}):
+        grant = session.get(DownloadGrant, grant_id)
+        if grant is not None:
+            _log_click(session, grant, "not_sent", ip=ip, user_agent=user_agent)
+    session.commit()
+
+
 def _read_again(session: Session, grant: DownloadGrant) -> DownloadGrant:
     """The grant as the database holds it now.
 

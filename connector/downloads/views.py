@@ -20,10 +20,12 @@ from connector.downloads.privacy import register as register_privacy_hooks
 from connector.downloads.service import (
     FileFacts,
     FileUnavailable,
+    give_back_download,
     peek_download,
     start_download,
     start_download_fast,
 )
+from connector.downloads.storage import Delivery
 from connector.errors import error_page, keygate_headers, rollback_request
 from connector.integrations.r2 import content_disposition, content_type
 from connector.models import DownloadGrant, Store
@@ -185,29 +187,46 @@ def download(token: str) -> ResponseReturnValue:
         response = redirect(delivery.url, code=302)
     else:
         assert delivery.path is not None  # noqa: S101 - a local delivery always has a path
-        environ = _without_validators(request.environ)
-        if answer.outcome == "served" and not _answerable_range(delivery.path):
-            # A download was spent on this click: it gets the whole file (HTTP lets a
-            # server ignore a Range), never a 416 with nothing. A free resume keeps its 416
-            # (a download manager's "you have it all").
-            environ.pop("HTTP_RANGE", None)
-            environ.pop("HTTP_IF_RANGE", None)
-        # conditional=True answers Range requests (resumed downloads) with 206.
-        response = send_file(
-            delivery.path,
-            environ,
-            as_attachment=True,
-            # Names stored before control characters were refused must not split a header.
-            download_name=without_control_characters(delivery.filename),
-            conditional=True,
-            etag=True,
-            max_age=0,
-            use_x_sendfile=current_app.config["USE_X_SENDFILE"],
-            response_class=current_app.response_class,
-        )
-        # The same header as R2's: werkzeug's ASCII fallback drops what is not ASCII ("山.pdf"
-        # became ".pdf", a hidden file for a client that reads only filename=).
-        response.headers["Content-Disposition"] = content_disposition(
-            without_control_characters(delivery.filename)
-        )
+        try:
+            response = _send_local(delivery, served=answer.outcome == "served")
+        except FileNotFoundError:
+            # Deleted between the choice and the send (an erasure, a copy discarded or
+            # stamped anew, a store deleted): the buyer gets the download back.
+            if answer.outcome == "served":
+                give_back_download(db.session, grant_id, ip=ip, user_agent=user_agent)
+            return _uncached(_unavailable(FileUnavailable(CHANGED_AS_YOU_CLICKED), grant_id))
     return _uncached(response)
+
+
+CHANGED_AS_YOU_CLICKED = "The file changed just as you clicked: try the link again in a moment."
+
+
+def _send_local(delivery: Delivery, *, served: bool) -> BaseResponse:
+    """Stream a file from embedded storage. Raises FileNotFoundError when it is gone."""
+    assert delivery.path is not None  # noqa: S101 - a local delivery always has a path
+    environ = _without_validators(request.environ)
+    if served and not _answerable_range(delivery.path):
+        # A download was spent on this click: it gets the whole file (HTTP lets a
+        # server ignore a Range), never a 416 with nothing. A free resume keeps its 416
+        # (a download manager's "you have it all").
+        environ.pop("HTTP_RANGE", None)
+        environ.pop("HTTP_IF_RANGE", None)
+    # conditional=True answers Range requests (resumed downloads) with 206.
+    response = send_file(
+        delivery.path,
+        environ,
+        as_attachment=True,
+        # Names stored before control characters were refused must not split a header.
+        download_name=without_control_characters(delivery.filename),
+        conditional=True,
+        etag=True,
+        max_age=0,
+        use_x_sendfile=current_app.config["USE_X_SENDFILE"],
+        response_class=current_app.response_class,
+    )
+    # The same header as R2's: werkzeug's ASCII fallback drops what is not ASCII ("山.pdf"
+    # became ".pdf", a hidden file for a client that reads only filename=).
+    response.headers["Content-Disposition"] = content_disposition(
+        without_control_characters(delivery.filename)
+    )
+    return response

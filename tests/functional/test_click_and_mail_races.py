@@ -26,6 +26,7 @@ from tests.functional.test_downloads import (
     link_path,
     make_pdf,
     paid_order,
+    put_file,
 )
 from tests.peers import FakeBrevo
 
@@ -285,3 +286,48 @@ def test_an_erasure_while_brevo_sends_the_mail_does_not_fail_the_job(
     with brevo_app.app_context():
         job = db.session.scalars(select(Job).where(Job.kind == "mail.order_issued")).one()
         assert (job.status, job.last_error) == ("done", None)
+
+
+# A file deleted from embedded storage between the click's choice and the send.
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_file_deleted_as_it_is_sent_is_a_503_and_the_download_is_given_back(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """The storage said the file was there; it is deleted (an erasure, a copy stamped anew)
+    before it is opened: a 503 page saying to try again, never a 500, and the counted
+    download is given back. The next click is served."""
+    import connector.downloads.views as views
+    from connector.downloads.storage import LocalStore
+
+    original = put_file(app, "files/manual.bin", b"manual " * 100)
+    [download] = paid_order(
+        shop,
+        7811,
+        [{"object_key": "files/manual.bin", "filename": "manual.bin"}],
+        download_limit=1,
+    )
+    real = LocalStore.delivery
+    moved = original.with_name("aside")
+
+    def deleted_after_the_choice(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
+        delivery = real(self, key, filename, ttl)
+        original.rename(moved)
+        return delivery
+
+    monkeypatch.setattr(LocalStore, "delivery", deleted_after_the_choice)
+    if not fast:
+        monkeypatch.setattr(views, "start_download_fast", lambda *args, **kwargs: None)
+    response = get(shop.client, link_path(download))
+    assert (response.status_code, response.mimetype) == (503, "text/html")
+    assert "try the link again" in response.get_data(as_text=True)
+    assert shop.order(7811)["downloads"][0]["downloads_left"] == 1
+    assert [event.outcome for event in events(app)] == ["served", "not_sent"]
+
+    monkeypatch.setattr(LocalStore, "delivery", real)
+    moved.rename(original)
+    response = get(shop.client, link_path(download))
+    assert response.status_code == 200
+    assert response.get_data() == b"manual " * 100
+    assert shop.order(7811)["downloads"][0]["downloads_left"] == 0
