@@ -105,9 +105,9 @@ class _Keygate(click.Group):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DatabaseError, OperationalError
 
-        from connector.db import connection_failure
+        from connector.db import connection_failure, damaged_database
 
         try:
             return super().invoke(ctx)
@@ -116,6 +116,23 @@ class _Keygate(click.Group):
             if reason is None:  # not connecting: a failure of its own, shown
                 raise
             raise click.ClickException(_unreachable_database(reason)) from None
+        except DatabaseError as exc:
+            damaged = damaged_database(exc, _configured_database_file())
+            if damaged is None:
+                raise
+            raise click.ClickException(damaged) from None
+
+
+def _configured_database_file() -> str | None:
+    """The configured SQLite database's file (None for another database)."""
+    from sqlalchemy.engine import make_url
+
+    from connector.config import configured_database_url
+
+    try:
+        return make_url(configured_database_url()).database
+    except ConfigError:
+        return None
 
 
 def _unreachable_database(reason: str) -> str:

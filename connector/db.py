@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -145,6 +146,28 @@ def connection_failure(exc: BaseException) -> str | None:
         return None
     lines = str(exc.orig).strip().splitlines()
     return lines[0][:300] if lines else type(exc.orig).__name__
+
+
+# SQLite's (primary) result codes for a file it cannot read as a database: damaged pages
+# (SQLITE_CORRUPT) or no database at all (SQLITE_NOTADB).
+_SQLITE_DAMAGED = (11, 26)
+
+
+def damaged_database(exc: BaseException, database: str | None) -> str | None:
+    """What to do about the SQLite file ``database`` that cannot be read as a database (a
+    backup's copy cut short on its way, another file put in its place, damaged pages), in a
+    line; None when ``exc`` says no such thing."""
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    if not isinstance(orig, sqlite3.DatabaseError) or code is None:
+        return None
+    if code & 0xFF not in _SQLITE_DAMAGED:  # extended codes keep the primary in the low byte
+        return None
+    return (
+        f"the database at {database} is damaged ({orig}): keep it aside and put an intact "
+        "copy in its place (the keygate.db of a `keygate backup` folder), then run "
+        "`keygate init`"
+    )
 
 
 def make_engine(url: str) -> Engine:

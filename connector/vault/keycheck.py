@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from connector.backup import settle_restored_copy
 from connector.config import ConfigError
-from connector.db import Base, connection_failure, insert_ignoring_conflicts
+from connector.db import Base, connection_failure, damaged_database, insert_ignoring_conflicts
 from connector.migrate import alembic_config, newer_database_problem
 from connector.models import KeyCheck
 from connector.vault.crypto import DecryptionError, Keyring
@@ -92,7 +92,7 @@ _CANNOT_WRITE = ("readonly database", "unable to open database file")
 
 
 def write_problem(engine: Engine) -> str | None:
-    """Why Keygate cannot write its database, or None.
+    """Why Keygate cannot write its database (nor read it: a damaged SQLite file), or None.
 
     Started on a database it can only read, Keygate would answer every webhook, form and
     activation 503 and every command that writes with a traceback. The check writes (rolled
@@ -116,7 +116,12 @@ def write_problem(engine: Engine) -> str | None:
                 if raw.in_transaction:
                     raw.execute("ROLLBACK")
                 raw.execute(f"PRAGMA busy_timeout={int(waits)}")
-    except (OperationalError, sqlite3.OperationalError) as exc:
+    except (DBAPIError, sqlite3.DatabaseError) as exc:
+        damaged = damaged_database(exc, engine.url.database)
+        if damaged is not None:  # the first read, which the pragmas of a connection make
+            return damaged
+        if not isinstance(exc, (OperationalError, sqlite3.OperationalError)):
+            raise
         reason = str(getattr(exc, "orig", None) or exc).strip()
         if not any(words in reason for words in _CANNOT_WRITE):
             return None  # busy, locked: a moment's matter, not a reason to refuse to start

@@ -446,3 +446,36 @@ def test_keys_given_in_the_environment_beside_an_older_key_file_are_named_to_kee
         " it: left out)",
     ]
     assert not any(what.startswith(("master.key", "secret.key")) for what in done.copied)
+
+
+def test_a_copy_cut_short_is_refused_in_a_line_by_every_command_and_the_server(
+    tmp_path: Path,
+) -> None:
+    """A backup's keygate.db damaged on its way (a transfer that died halfway, a full disk,
+    a bad USB stick) or any file that is not a database put in its place: `keygate init`,
+    the other commands and the server (gunicorn loads the app) said so with a
+    DatabaseError traceback. Each now says in a line that the database is damaged and to put
+    back an intact copy; nothing is written to it."""
+    from connector.config import ConfigError
+    from tests.functional.test_cli import cli_env, keygate
+
+    assert keygate(tmp_path, "init", instance="old").returncode == 0
+    assert keygate(tmp_path, "backup", str(tmp_path / "instance"), instance="old").returncode == 0
+    database = tmp_path / "instance" / "keygate.db"
+    whole = database.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"not a database, a saved web page" * 100):
+        database.write_bytes(damaged)
+        for command in (("init",), ("admin", "list")):
+            refused = keygate(tmp_path, *command)
+            assert refused.returncode == 1, refused.stdout
+            assert "Traceback" not in refused.stderr, refused.stderr[-600:]
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+            assert f"the database at {database} is damaged" in refused.stderr
+            assert "intact copy" in refused.stderr
+        assert database.read_bytes() == damaged
+        environment = cli_env(tmp_path / "instance", WORKER="off")
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            with pytest.raises(ConfigError, match="is damaged"):
+                create_app()
