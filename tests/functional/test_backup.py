@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 import shlex
 import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -479,3 +483,106 @@ def test_a_copy_cut_short_is_refused_in_a_line_by_every_command_and_the_server(
                 patch.setenv(name, value)
             with pytest.raises(ConfigError, match="is damaged"):
                 create_app()
+
+
+def _readme_pg_restore(dump: Path, database: str) -> list[str]:
+    """The README's pg_restore line, for ``dump`` into the database ``database`` (a URL)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (line,) = set(re.findall(r"`(pg_restore [^`]*)`", readme))
+    named = {"keygate_restored": database, "instance/keygate.dump": str(dump)}
+    words = [named.get(word, word) for word in shlex.split(line)]
+    assert database in words and str(dump) in words, line
+    return words
+
+
+@contextlib.contextmanager
+def _new_postgresql_database(database_url: str, name: str) -> Iterator[str]:
+    """A new, empty database beside ``database_url``'s (`createdb`), dropped after."""
+    from tests.conftest import PG_ADMIN_URL
+
+    admin = create_engine(
+        PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield str(make_url(database_url).set(database=name).render_as_string(False))
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_damaged_dump_restored_as_the_readme_says_restores_nothing_not_half(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """A dump damaged on its way (here one table's definition unreadable) restored with the
+    README's pg_restore line used to restore every other table, say "errors ignored" and
+    exit, leaving a database `keygate init --restored` called up to date: every license call
+    then failed on the table left out (the signing keys). The README's line now restores all
+    or nothing. The intact dump, restored the same way, gives an instance that answers the
+    key VALID, signed with a key products pinned before."""
+    from connector.client import verify_response
+    from tests.functional.test_cli import keygate
+    from tests.licensing_helpers import public_keys
+
+    if shutil.which("pg_restore") is None:
+        pytest.skip("pg_restore is not installed")
+    key = _sold(app, shop)
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "VALID"
+    pinned = public_keys(shop.client)
+    done = back_up(app.extensions["keygate.settings"], tmp_path / "instance-copy")
+    (line,) = [what for what in done.keep_beside if "pg_dump" in what]
+    subprocess.run(shlex.split(line.split("`")[1]), check=True, timeout=120)
+    dump = tmp_path / "instance-copy" / "keygate.dump"
+    damaged = tmp_path / "damaged.dump"
+    whole = dump.read_bytes()
+    assert whole.count(b"CREATE TABLE public.signing_keys ") == 1
+    damaged.write_bytes(
+        whole.replace(b"CREATE TABLE public.signing", b"CREATE TABLE public.s\xffgning")
+    )
+
+    unique = uuid.uuid4().hex[:8]
+    with _new_postgresql_database(database_url, f"keygate_damaged_{unique}") as target:
+        restore = _readme_pg_restore(damaged, target)
+        refused = subprocess.run(restore, capture_output=True, timeout=120)
+        assert refused.returncode != 0
+        engine = create_engine(target)
+        with engine.connect() as connection:
+            tables = connection.execute(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            ).scalar()
+        engine.dispose()
+        assert tables == 0, "a damaged dump left a half-restored database"
+
+    with _new_postgresql_database(database_url, f"keygate_restored_{unique}") as target:
+        restore = _readme_pg_restore(dump, target)
+        restored_run = subprocess.run(restore, capture_output=True, timeout=120)
+        assert restored_run.returncode == 0, restored_run.stderr
+        init = keygate(
+            tmp_path, "init", "--restored", database_url=target, instance="instance-copy"
+        )
+        assert init.returncode == 0, init.stderr
+        restored = create_app(
+            {
+                "instance_dir": tmp_path / "instance-copy",
+                "database_url": target,
+                "worker": "off",
+                "mail_echo": False,
+            }
+        )
+        try:
+            client = restored.test_client()
+            path = "/api/v1/licenses/validate"
+            answer = client.post(path, json={"key": key})
+            assert answer.get_json()["code"] == "VALID"
+            verify_response(
+                method="POST",
+                url="http://localhost" + path,
+                headers=dict(answer.headers.items()),
+                body=answer.get_data(),
+                public_keys=pinned,
+            )
+        finally:
+            restored.extensions["keygate.db"].engine.dispose()
