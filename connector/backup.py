@@ -156,6 +156,15 @@ def _copy_sqlite(source: Path, target: Path) -> None:
     try:
         with writing:
             reading.backup(writing)  # every page in one step: one consistent snapshot
+        # Pages are copied as they are: damaged ones (a disk going bad) would be found only
+        # on the day the copy is restored, once the earlier backups may be gone.
+        damage = writing.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if damage != "ok":
+            found = " ".join(damage.replace("*** in database main ***", "").split())
+            raise click.ClickException(
+                f"the database {source} is damaged ({found}): a copy would be too, nothing "
+                "backed up; keep the earlier backups, the newest one may be what to restore"
+            )
         writing.execute(f"PRAGMA user_version = {COPY_MARK}")  # see settle_restored_copy
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot copy the database {source}: {exc}") from None

@@ -586,3 +586,30 @@ def test_a_damaged_dump_restored_as_the_readme_says_restores_nothing_not_half(
             )
         finally:
             restored.extensions["keygate.db"].engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_database_with_damaged_pages_is_said_at_backup_not_at_restore(
+    app: Flask, shop: WebhookSender, tmp_path: Path, database_url: str
+) -> None:
+    """SQLite's online backup copies pages as they are: a database whose pages are damaged
+    (a disk going bad) while the server still answers used to give a backup that said
+    "backed up", found damaged only on the day it was restored, when every earlier backup
+    may have been deleted. The backup now checks its copy, names the damage and leaves no
+    folder behind."""
+    _sold(app, shop)
+    app.extensions["keygate.db"].engine.dispose()
+    database = Path(make_url(database_url).database or "")
+    with sqlite3.connect(database) as live:
+        live.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = live.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = live.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'orders'"
+        ).fetchone()
+    with database.open("r+b") as file:  # the table's page no longer a b-tree page
+        file.seek((root - 1) * page_size)
+        file.write(b"\x00" * 16)
+    with pytest.raises(click.ClickException, match=f"{database} is damaged") as refused:
+        back_up(app.extensions["keygate.settings"], tmp_path / "copy")
+    assert "keep the earlier backups" in refused.value.message
+    assert not (tmp_path / "copy").exists()
