@@ -179,7 +179,7 @@ def init(admin_user: str, restored: bool) -> None:
     from connector.db import db
     from connector.migrate import NewerDatabase, upgrade
     from connector.models import AdminUser
-    from connector.vault.keycheck import check_keys, has_proof, write_problem
+    from connector.vault.keycheck import check_keys, has_proof, missing_schema, write_problem
 
     admin_user = _checked_username(admin_user)
     instance = _instance_dir()
@@ -228,6 +228,14 @@ def init(admin_user: str, restored: bool) -> None:
             click.echo(f"created the database's tables (migration {after})")
         else:
             click.echo(f"migrated the database from {before} to {after}")
+        missing = missing_schema(engine)
+        if missing:
+            raise click.ClickException(
+                f"the database is at migration {after} but lacks {', '.join(missing)}: it "
+                "was restored only in part (a dump restored without --single-transaction goes "
+                "on past what it cannot read); restore the backup again into a new, empty "
+                "database, as the README's Backups says"
+            )
         session = db.session
         try:
             check_keys(session, app.extensions["keygate.keyring"])

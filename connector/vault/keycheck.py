@@ -16,6 +16,7 @@ import logging
 import sqlite3
 from typing import Any
 
+from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, Text, inspect, literal, select, text, type_coerce
@@ -62,6 +63,27 @@ def schema_problem(engine: Engine) -> str | None:
             "run `keygate init` (it migrates)"
         )
     return None
+
+
+def missing_schema(engine: Engine) -> list[str]:
+    """The tables, columns, indexes and constraints of this code's models that the database
+    lacks ("table signing_keys", "index ix_licenses_order_id"), for a database at the newest
+    migration: a restore that stopped halfway leaves them out, while its migration says
+    nothing is."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        differences = compare_metadata(context, Base.metadata)
+    missing = []
+    for difference in differences:
+        if not isinstance(difference, tuple) or not difference[0].startswith("add_"):
+            continue  # something the database has more of, or has otherwise: not lost
+        kind = difference[0].removeprefix("add_")
+        if kind == "column":
+            missing.append(f"column {difference[2]}.{difference[3].name}")
+        else:
+            what = {"fk": "foreign key", "constraint": "constraint"}.get(kind, kind)
+            missing.append(f"{what} {difference[1].name or difference[1]}")
+    return missing
 
 
 def database_in_use(engine: Engine) -> bool:

@@ -613,3 +613,43 @@ def test_a_database_with_damaged_pages_is_said_at_backup_not_at_restore(
         back_up(app.extensions["keygate.settings"], tmp_path / "copy")
     assert "keep the earlier backups" in refused.value.message
     assert not (tmp_path / "copy").exists()
+
+
+def test_init_refuses_a_database_missing_tables_or_indexes_of_its_migration(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A restore that stopped halfway (a damaged dump restored without
+    `--single-transaction`, which restores every table but the ones it cannot read and only
+    warns) leaves a database at the newest migration without some of its tables or
+    indexes: `keygate init` called it up to date, and every license call then failed on the
+    signing keys' table left out (a unique index left out lets two rows take one key). It
+    now names what is missing and says to restore again; a whole database passes."""
+
+    with contextlib.ExitStack() as stack:
+        if database_url.startswith("sqlite"):
+            restored = f"sqlite:///{tmp_path / 'restored.db'}"
+        else:  # not the tests' own database: its tables are dropped
+            name = f"keygate_half_{uuid.uuid4().hex[:8]}"
+            restored = stack.enter_context(_new_postgresql_database(database_url, name))
+        _init_then_lose_a_table_and_an_index(tmp_path, restored)
+
+
+def _init_then_lose_a_table_and_an_index(tmp_path: Path, database_url: str) -> None:
+    from tests.functional.test_cli import keygate
+
+    assert keygate(tmp_path, "init", database_url=database_url).returncode == 0
+    assert keygate(tmp_path, "init", database_url=database_url).returncode == 0  # a whole one
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE signing_keys"))
+            connection.execute(text("DROP INDEX ix_licenses_order_id"))
+    finally:
+        engine.dispose()
+    refused = keygate(tmp_path, "init", database_url=database_url)
+    assert refused.returncode == 1, refused.stdout
+    assert "Traceback" not in refused.stderr, refused.stderr[-600:]
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "table signing_keys" in refused.stderr
+    assert "index ix_licenses_order_id" in refused.stderr
+    assert "restore" in refused.stderr
