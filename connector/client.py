@@ -806,7 +806,11 @@ class KeygateClient:
         fingerprint: str | None = None,
         label: str | None = None,
     ) -> Result:
-        payload = self._payload(key, site=site, fingerprint=fingerprint, label=label)
+        """Take a seat for (site, fingerprint); a key of another product than the client's
+        takes none (``PRODUCT_MISMATCH``)."""
+        payload = self._payload(
+            key, site=site, fingerprint=fingerprint, label=label, product=self.product
+        )
         return self._call("/api/v1/licenses/activate", payload)[0]
 
     def deactivate(

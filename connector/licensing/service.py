@@ -462,10 +462,13 @@ def activate(
     fingerprint: str | None = None,
     label: str | None = None,
     store: str | None = None,
+    product_id: str | None = None,
 ) -> Answer:
     """Bind the license to (site, fingerprint), taking a seat unless it is a free staging site.
 
-    Activating an identity that is already activated returns the same activation.
+    Activating an identity that is already activated returns the same activation. A key of
+    another product than ``product_id`` (the shop id the caller is sold as) takes no seat:
+    validate would refuse it there anyway.
     """
     identity = make_identity(site, fingerprint)
     if not identity.given:
@@ -473,7 +476,7 @@ def activate(
     lic, product, malformed = find_license(session, raw_key)
     if lic is None or product is None:
         return _not_found(malformed)
-    state = _license_state(session, lic, product, store=store)
+    state = _license_state(session, lic, product, product_id=product_id, store=store)
     if state is not None:
         return state
     # The seat lock: every activation of this license queues here, on any host. The store

@@ -381,6 +381,7 @@ def activate() -> ResponseReturnValue:
         fingerprint=optional_str(data, "fingerprint"),
         label=optional_str(data, "label", max_length=200),
         store=_store_field(data),
+        product_id=_shop_id_field(data, "product"),
     )
     # Every activate answer names its activation, null when none was made (as checkout's
     # license_file): a product reads one shape whatever the code.

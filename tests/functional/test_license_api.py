@@ -139,6 +139,21 @@ def test_product_mismatch(shop: WebhookSender) -> None:
     assert call(shop.client, "validate", {"key": key, "product": 501}).get_json()["valid"]
 
 
+def test_a_key_for_another_product_takes_no_seat(app: Flask, shop: WebhookSender) -> None:
+    """A buyer pastes product 501's key into product 777: activate naming 777 answers
+    PRODUCT_MISMATCH and takes none of 501's seats (it activated, and every validate of 777
+    then failed while a seat stayed taken); naming 501, or no product, activates."""
+    key = issue_key(shop, activation_limit=1)
+    body = call(shop.client, "activate", {"key": key, "site": "a.com", "product": "777"})
+    assert (body.get_json()["valid"], body.get_json()["code"]) == (False, "PRODUCT_MISMATCH")
+    assert body.get_json()["activation"] is None
+    assert _count_activations(app) == 0
+    named = call(shop.client, "activate", {"key": key, "site": "a.com", "product": 501})
+    assert named.get_json()["code"] == "VALID"
+    assert call(shop.client, "activate", {"key": key, "site": "a.com"}).get_json()["valid"]
+    assert _count_activations(app) == 1
+
+
 def test_expired_license(shop: WebhookSender) -> None:
     """A one-day license paid days ago is EXPIRED, and its status reads expired."""
     key = issue_key(shop, duration_days=1)

@@ -416,6 +416,21 @@ def test_fifty_parallel_activations_of_three_seats_from_two_processes(
         assert db.session.execute(select(func.count()).select_from(Activation)).scalar_one() == 3
 
 
+def test_the_client_activates_only_a_key_of_its_own_product(
+    app: Flask, shop: WebhookSender, live: LiveServer
+) -> None:
+    """The client sends its product with activate: another product's key is refused
+    (PRODUCT_MISMATCH, no seat taken), as validate would refuse it afterwards."""
+    key = issue_key(shop, activation_limit=1)
+    keys = _pinned(live)
+    other = KeygateClient(live.url, keys, product="777")
+    refused = other.activate(key, site="a.com")
+    assert (refused.valid, refused.code) == (False, "PRODUCT_MISMATCH")
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Activation)).scalar_one() == 0
+    assert KeygateClient(live.url, keys, product="501").activate(key, site="b.com").valid
+
+
 def test_a_key_of_another_store_sharing_the_instance_is_refused_when_the_store_is_named(
     app: Flask, shop: WebhookSender, live: LiveServer
 ) -> None:
