@@ -727,19 +727,20 @@ class KeygateClient:
         base_url: str,
         public_keys: PublicKeys,
         *,
-        product: str | None = None,
+        product: str | int | None = None,
         store: str | None = None,
         cache_path: str | os.PathLike[str] | None = None,
         grace_period: float = 7 * 24 * 3600,
         max_skew: float = 300.0,
         timeout: float = 10.0,
     ) -> None:
-        """``product``: the shop product id the product is sold as; ``store``: the store id
-        it is sold in (sent with every call; needed on a Keygate several stores share,
-        whose shops may number products alike)."""
+        """``product``: the shop product id the product is sold as (``501`` or ``"501"``:
+        shop ids are text in Keygate's answers); ``store``: the store id it is sold in
+        (sent with every call; needed on a Keygate several stores share, whose shops may
+        number products alike)."""
         self.base_url = _base_url(base_url)
         self.public_keys = _pinned(public_keys)
-        self.product = product
+        self.product = None if product is None else str(product)
         self.store = store
         self.cache_path = _cache_path(cache_path) if cache_path else None
         self.grace_period = grace_period

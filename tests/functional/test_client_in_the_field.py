@@ -217,3 +217,23 @@ def test_pinned_keys_given_wrong_are_named_and_a_clients_keys_check_a_file(
     client = KeygateClient(live.url, keys, product="501")
     file = client.checkout(key).data["license_file"]
     assert verify_license_file(file, client.public_keys, key=key)["license"]
+
+
+def test_a_product_id_given_as_a_number_works_as_its_text(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """``product=501`` (an id as WooCommerce's REST API gives it) works in every call as
+    ``"501"`` does, its saved answer serving offline too: validate was a TypeError while
+    the client named the answer's slot in the cache (the other calls took the number)."""
+    key = issue_key(shop)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+    client = KeygateClient(live.url, keys, product=501, cache_path=cache, timeout=2)
+    assert client.activate(key, site="shop.com").valid
+    assert client.validate(key, site="shop.com").valid
+    assert client.check_update(key, "1.0").code == "VALID"
+    file = client.checkout(key, site="shop.com").data["license_file"]
+    assert verify_license_file(file, keys, key=key, product=501, site="shop.com")
+    live.stop()
+    for offline in (client, KeygateClient(live.url, keys, product="501", cache_path=cache)):
+        served = offline.validate(key, site="shop.com")
+        assert (served.valid, served.offline) == (True, True)
