@@ -274,7 +274,9 @@ def verify_response(
             a client's ``public_keys``).
         nonce: the nonce sent; the body must echo it.
         max_skew: how far the answer's Date may be from ``now`` (None: not checked).
-        host: the Host header sent, when it differs from the URL's host[:port].
+        host: the Host header sent, when it differs from the URL's host[:port] (without
+            it, that or the host name alone, as a proxy passing on nginx's ``$host``
+            makes it, is taken).
         request_body: the body sent; the answer's ``request_digest`` must be its digest
             (the answer is to this question: key, site, fingerprint, product, version).
 
@@ -338,18 +340,21 @@ def _verify(
     except (binascii.Error, ValueError):
         raise SignatureError("the signature does not verify") from None
 
+    hosts = [host] if host is not None else _hosts_received(parts.netloc)
+
     def signed_with(signed_url: str, date: str) -> bool:
         path = urlsplit(signed_url)
         target = f"{method.lower()} {path.path or '/'}" + (f"?{path.query}" if path.query else "")
-        signed = (
-            f"(request-target): {target}\nhost: {host or parts.netloc}\n"
-            f"date: {date}\ndigest: {digest}"
-        ).encode()
-        try:
-            key.verify(signature, signed)
-        except InvalidSignature:
-            return False
-        return True
+        for signed_host in hosts:
+            signed = (
+                f"(request-target): {target}\nhost: {signed_host}\ndate: {date}\ndigest: {digest}"
+            ).encode()
+            try:
+                key.verify(signature, signed)
+            except InvalidSignature:
+                continue
+            return True
+        return False
 
     signed_urls = [url] if routed_url in (None, url) else [url, str(routed_url)]
     signed_url, signed_date, signed_at = next(
@@ -373,6 +378,15 @@ def _verify(
         raise SignatureError("the signed body is not a JSON object")
     _check_echo(data, nonce, request_body, required=True)
     return data, signed_date, signed_url
+
+
+def _hosts_received(netloc: str) -> list[str]:
+    """The Host headers Keygate may have received for a request to ``netloc``: the one
+    sent, then the name alone in lower case, without the port, which a reverse proxy
+    passes on as nginx's ``proxy_set_header Host $host;`` does (IPv6 in brackets)."""
+    name = urlsplit("//" + netloc).hostname or ""
+    alone = f"[{name}]" if ":" in name else name
+    return [netloc] if alone in ("", netloc) else [netloc, alone]
 
 
 def _check_echo(

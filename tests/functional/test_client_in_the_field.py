@@ -237,3 +237,42 @@ def test_a_product_id_given_as_a_number_works_as_its_text(
     for offline in (client, KeygateClient(live.url, keys, product="501", cache_path=cache)):
         served = offline.validate(key, site="shop.com")
         assert (served.valid, served.offline) == (True, True)
+
+
+class BehindNginx(LiveServer):
+    """The live app behind nginx with ``proxy_set_header Host $host;``, as "At scale"
+    advises: Keygate receives the host name alone, in lower case, without the port the
+    product's base URL names."""
+
+    def __init__(self, app: Flask) -> None:
+        def host_only(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            environ["HTTP_HOST"] = environ["HTTP_HOST"].rpartition(":")[0].lower()
+            return app.wsgi_app(environ, start_response)
+
+        self.server = make_server("127.0.0.1", 0, host_only, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+
+def test_answers_verify_behind_a_proxy_passing_the_host_without_its_port(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """Keygate on a port of its own behind nginx's ``$host`` signs the host name without
+    the port (and in lower case): the client accepts that name too (every answer was an
+    UnverifiedAnswer, for every customer), online and for its saved answer offline."""
+    key = issue_key(shop)
+    server = BehindNginx(app)
+    keys, cache = _pinned(server), tmp_path / "cache.json"
+    try:
+        client = KeygateClient(server.url, keys, product="501", cache_path=cache, timeout=2)
+        assert client.activate(key, site="shop.com").valid
+        fresh = client.validate(key, site="shop.com")
+        assert (fresh.valid, fresh.offline) == (True, False)
+    finally:
+        server.stop()
+    served = KeygateClient(server.url, keys, product="501", cache_path=cache).validate(
+        key, site="shop.com"
+    )
+    assert (served.valid, served.offline, served.offline_reason) == (True, True, "unreachable")

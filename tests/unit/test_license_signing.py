@@ -13,9 +13,16 @@ import pytest
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from connector.client import LicenseFileError, verify_license_file
+from connector.client import LicenseFileError, SignatureError, verify_license_file, verify_response
 from connector.licensing.files import build_license_file, file_expiry
-from connector.signing import Signer, digest_header, http_date, request_target, signing_string
+from connector.signing import (
+    Signer,
+    digest_header,
+    http_date,
+    request_target,
+    signature_header,
+    signing_string,
+)
 from connector.vault.crypto import Keyring
 
 
@@ -40,6 +47,39 @@ def _signer() -> tuple[Signer, dict[str, bytes]]:
     return Signer("kg-test", private, time.monotonic()), {
         "kg-test": private.public_key().public_bytes_raw()
     }
+
+
+@pytest.mark.parametrize(
+    ("signed_host", "url", "verifies"),
+    [
+        ("keygate.test:8443", "https://keygate.test:8443", True),
+        ("keygate.test", "https://Keygate.Test:8443", True),  # nginx's $host
+        ("[::1]", "http://[::1]:8000", True),
+        ("other.test", "https://keygate.test:8443", False),
+        ("keygate.test:9443", "https://keygate.test:8443", False),
+    ],
+)
+def test_an_answer_verifies_for_the_host_sent_or_its_name_alone(
+    signed_host: str, url: str, verifies: bool
+) -> None:
+    """The host signed is the Host Keygate received: the one sent, or the name alone as a
+    proxy passing nginx's ``$host`` makes it; never another host or port."""
+    signer, keys = _signer()
+    body, date = b'{"valid": true}', http_date()
+    path = "/api/v1/licenses/validate"
+    digest = digest_header(body)
+    signed = signing_string(request_target("POST", path), signed_host, date, digest)
+    headers = {
+        "Date": date,
+        "Digest": digest,
+        "Keygate-Signature": signature_header(signer.kid, signer.sign(signed)),
+    }
+    check = {"method": "POST", "url": url + path, "headers": headers, "body": body}
+    if verifies:
+        assert verify_response(**check, public_keys=keys)["valid"] is True
+    else:
+        with pytest.raises(SignatureError, match="does not verify"):
+            verify_response(**check, public_keys=keys)
 
 
 def test_license_file_round_trip_plain_and_encrypted() -> None:
