@@ -751,7 +751,12 @@ class KeygateClient:
         """``product``: the shop product id the product is sold as (``501`` or ``"501"``:
         shop ids are text in Keygate's answers); ``store``: the store id it is sold in
         (sent with every call; needed on a Keygate several stores share, whose shops may
-        number products alike)."""
+        number products alike). An empty or blank one is a ``ValueError`` naming it (a
+        setting not filled in: Keygate reads it as a product and store no key is for);
+        None is none."""
+        for name, value in (("product", product), ("store", store)):
+            if value is not None and not str(value).strip():
+                raise ValueError(f"{name} is empty: pass {name}=None for none")
         self.base_url = _base_url(base_url)
         self.public_keys = _pinned(public_keys)
         self.product = None if product is None else str(product)

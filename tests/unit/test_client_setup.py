@@ -66,3 +66,13 @@ def test_a_cache_under_a_home_that_cannot_be_found_keeps_answers_in_memory(
     )
     assert client.cache_path is None
     assert "kept in memory" in caplog.text
+
+
+@pytest.mark.parametrize(("name", "value"), [("product", ""), ("product", "  "), ("store", "")])
+def test_an_empty_product_or_store_is_named_when_the_client_is_made(name: str, value: str) -> None:
+    """A product or store setting never filled in (``os.environ.get(..., "")``) is a
+    ValueError naming it, as an empty site is: Keygate reads ``""`` as a product and store
+    no key is for, so every buyer's key was ``PRODUCT_MISMATCH``. None is none."""
+    with pytest.raises(ValueError, match=f"{name} is empty"):
+        KeygateClient("https://keygate.example.com", {"k1": PUBLIC_KEY}, **{name: value})
+    assert getattr(KeygateClient("https://k.example.com", {"k1": PUBLIC_KEY}), name) is None
