@@ -159,6 +159,11 @@ def _shop_id_field(data: dict[str, Any], name: str, *, required: bool = False) -
     return optional_str(data, name, max_length=64)
 
 
+def _fingerprint_field(data: dict[str, Any]) -> str | None:
+    """The machine's fingerprint (optional), at most ``MAX_FINGERPRINT`` characters."""
+    return optional_str(data, "fingerprint", max_length=service.MAX_FINGERPRINT)
+
+
 def _store_field(data: dict[str, Any]) -> str | None:
     """The store id the caller's product is sold in (optional; see service._license_state)."""
     return optional_str(data, "store", max_length=64)
@@ -334,7 +339,7 @@ def validate() -> ResponseReturnValue:
     key = required_str(data, "key")
     product_id = _shop_id_field(data, "product")
     site = optional_str(data, "site", max_length=2048)
-    fingerprint = optional_str(data, "fingerprint")
+    fingerprint = _fingerprint_field(data)
     version = optional_str(data, "version", max_length=64)
     store = _store_field(data)
     # Almost always one read outside any transaction; the rest (an activation's hourly
@@ -378,7 +383,7 @@ def activate() -> ResponseReturnValue:
         db.session,
         required_str(data, "key"),
         site=optional_str(data, "site", max_length=2048),
-        fingerprint=optional_str(data, "fingerprint"),
+        fingerprint=_fingerprint_field(data),
         label=optional_str(data, "label", max_length=200),
         store=_store_field(data),
         product_id=_shop_id_field(data, "product"),
@@ -397,7 +402,7 @@ def deactivate() -> ResponseReturnValue:
         db.session,
         required_str(data, "key"),
         site=optional_str(data, "site", max_length=2048),
-        fingerprint=optional_str(data, "fingerprint"),
+        fingerprint=_fingerprint_field(data),
     )
     return _answer(result)
 
@@ -413,7 +418,7 @@ def update_check() -> ResponseReturnValue:
         product_id=_shop_id_field(data, "product", required=True) or "",
         version=required_str(data, "version", max_length=64),
         site=optional_str(data, "site", max_length=2048),
-        fingerprint=optional_str(data, "fingerprint"),
+        fingerprint=_fingerprint_field(data),
         store=_store_field(data),
     )
     release: Release | None = result.extra.get("release")
@@ -449,7 +454,7 @@ def checkout() -> ResponseReturnValue:
         key,
         product_id=product_id,
         site=optional_str(data, "site", max_length=2048),
-        fingerprint=optional_str(data, "fingerprint"),
+        fingerprint=_fingerprint_field(data),
         store=_store_field(data),
     )
     if not result.valid or result.license is None or result.product is None:

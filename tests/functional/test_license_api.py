@@ -390,6 +390,21 @@ def test_garbage_sites_are_422(shop: WebhookSender, garbage: str) -> None:
     assert response.get_json()["field"] == "site"
 
 
+@pytest.mark.parametrize("call_name", ["validate", "activate", "deactivate", "checkout"])
+@pytest.mark.parametrize("length", [201, 301])
+def test_a_fingerprint_over_its_limit_is_422_naming_the_limit(
+    shop: WebhookSender, call_name: str, length: int
+) -> None:
+    """A fingerprint is at most 200 characters, and the refusal says 200 whatever the
+    length sent (one over 300 said "longer than 300 characters")."""
+    key = issue_key(shop)
+    response = call(shop.client, call_name, {"key": key, "fingerprint": "f" * length})
+    assert response.status_code == 422
+    problem = response.get_json()
+    assert problem["field"] == "fingerprint"
+    assert "200" in problem["detail"] and "300" not in problem["detail"]
+
+
 @pytest.mark.parametrize("empty", ["", "   "])
 def test_an_empty_site_from_a_shipped_product_is_no_site(
     app: Flask, shop: WebhookSender, empty: str
