@@ -92,7 +92,7 @@ def _customer_page(
 @login_required
 def customers() -> ResponseReturnValue:
     """The lookup form; posted, the customer's orders, licenses and downloads per store."""
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD as GET
         return _customer_page(None)
     if not ConfirmForm().validate_on_submit():
         abort(400)
@@ -214,7 +214,7 @@ def _leak_page(
 @login_required
 def leak_lookup() -> ResponseReturnValue:
     """Upload a PDF or ZIP found in the wild; its fingerprint names the order and buyer."""
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD as GET
         return _leak_page()
     if not ConfirmForm().validate_on_submit():
         abort(400)

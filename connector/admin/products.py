@@ -299,7 +299,7 @@ def _render_product(
 def new_product() -> ResponseReturnValue:
     """Configure a product Keygate does not license yet (its shop id and store given here);
     one already configured is edited on its own page instead (409)."""
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD as GET
         product_form = ProductForm.of(None)
         product_form.values["store"] = request.args.get("store") or ""
         return _render_product(None, None, product_form)
@@ -332,7 +332,7 @@ def product(store_id: int, shop_product_id: str) -> ResponseReturnValue:
     """A product's settings (the form saves them as a PUT of the API would), its storage
     warnings and its releases."""
     store, found = _product_or_404(store_id, shop_product_id)
-    if request.method == "GET":
+    if request.method != "POST":  # GET, and HEAD as GET
         return _render_product(store, found, ProductForm.of(found))
     if not ConfirmForm().validate_on_submit():
         abort(400)
