@@ -336,11 +336,17 @@ def orders() -> ResponseReturnValue:
 
 
 def _newest_first(
-    query: Any, id_column: Any, size: int, posted_before: str | None = None
+    query: Any,
+    id_column: Any,
+    size: int,
+    posted_before: str | None = None,
+    *,
+    param: str = "before",
 ) -> tuple[list[Any], int | None]:
     """One page of rows, newest first, from ``before`` (``?before=<id>``, or posted) on; and
-    the id to pass as ``before`` for the next older page (None on the last one)."""
-    before = row_id(posted_before or request.args.get("before") or "")
+    the id to pass as ``before`` for the next older page (None on the last one). ``param``
+    names the query's argument, for a page with two lists paged apart."""
+    before = row_id(posted_before or request.args.get(param) or "")
     if before is not None:
         query = query.where(id_column < before)
     rows = db.session.scalars(query.order_by(id_column.desc()).limit(size + 1)).all()
@@ -435,22 +441,35 @@ def _order_page(
     return page, status
 
 
+JOB_STATUSES = ("pending", "running", "done", "dead")
+
+
 @bp.get("/outbox")
 @login_required
 def outbox() -> ResponseReturnValue:
     """Jobs (an admin of one store sees its store's, and may retry those given up on) and
-    mails, newest first."""
+    mails, newest first, each list paged on its own (``?before=``, ``?mails_before=``);
+    ``?status=dead`` finds the jobs given up on however many came after them."""
     scope = _scope()
     everything = scope is None
     jobs = select(Job) if scope is None else store_jobs(scope)
-    job_rows = db.session.scalars(jobs.order_by(Job.id.desc()).limit(PAGE)).all()
-    mails = db.session.scalars(
-        _scoped(select(Mail), Mail.store_id).order_by(Mail.id.desc()).limit(PAGE)
-    ).all()
+    status = request.args.get("status") or ""
+    if status in JOB_STATUSES:
+        jobs = jobs.where(Job.status == status)
+    else:
+        status = ""
+    job_rows, older_jobs = _newest_first(jobs, Job.id, PAGE)
+    mails, older_mails = _newest_first(
+        _scoped(select(Mail), Mail.store_id), Mail.id, PAGE, param="mails_before"
+    )
     return render_template(
         "admin/outbox.html",
         jobs=job_rows,
         mails=mails,
+        status=status,
+        statuses=JOB_STATUSES,
+        older_jobs=older_jobs,
+        older_mails=older_mails,
         stats=job_stats() if everything else None,
         form=ConfirmForm(),
     )

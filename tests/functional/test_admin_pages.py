@@ -110,6 +110,58 @@ def test_signed_in_admin_sees_orders_escaped_and_the_outbox(
     assert "order.fulfilled" in audit
 
 
+def _outbox_ids(client: FlaskClient, path: str, row: str, older: str) -> list[int]:
+    """The ids of one outbox list (``row``: the pattern of a row's id), following its
+    ``older`` link to the end."""
+    ids: list[int] = []
+    while path:
+        page = client.get(path)
+        assert page.status_code == 200, path
+        html = page.get_data(as_text=True)
+        ids += [int(i) for i in re.findall(row, html)]
+        link = re.search(rf'<a href="([^"]+)">{older}</a>', html)
+        path = link.group(1).replace("&amp;", "&") if link else ""
+    return ids
+
+
+def test_the_outbox_pages_back_and_finds_the_jobs_given_up_on(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More jobs and mails than a page: the older ones are a page away, each list on its
+    own; a job given up on long ago, under pages of newer ones, is found by its status and
+    can be retried."""
+    monkeypatch.setattr("connector.admin.views.PAGE", 3)
+    shop.configure(501)
+    for order_id in range(9500, 9505):
+        shop.deliver(wc_order(order_id, "processing", [line_item(501)]))
+    run_pending(app)
+    with app.app_context():
+        job_ids = sorted(db.session.scalars(select(Job.id)), reverse=True)
+        mail_ids = sorted(db.session.scalars(select(Mail.id)), reverse=True)
+        oldest = db.session.get(Job, job_ids[-1])
+        assert oldest is not None
+        oldest.status = "dead"
+        db.session.commit()
+    assert len(job_ids) > 6 and len(mail_ids) == 5
+    assert sign_in(admin_client) == 302
+    retry = f"/admin/outbox/jobs/{job_ids[-1]}/retry"
+    assert retry not in admin_client.get("/admin/outbox").get_data(as_text=True)
+
+    jobs = _outbox_ids(
+        admin_client, "/admin/outbox", r"<tr><td>(\d+)</td><td data-label=\"Kind\">", "Older jobs"
+    )
+    assert jobs == job_ids
+    mails = _outbox_ids(admin_client, "/admin/outbox", r"\(mail (\d+)\)", "Older mails")
+    assert mails == mail_ids
+    dead = admin_client.get("/admin/outbox?status=dead").get_data(as_text=True)
+    assert retry in dead
+    assert dead.count('data-label="Kind"') == 1
+    assert "No running jobs." in admin_client.get("/admin/outbox?status=running").get_data(
+        as_text=True
+    )
+    assert admin_client.get("/admin/outbox?status=zzz&before=x").status_code == 200
+
+
 def test_logout_needs_the_csrf_token(admin_client: FlaskClient) -> None:
     assert sign_in(admin_client) == 302
     assert admin_client.post("/admin/logout").status_code == 400
