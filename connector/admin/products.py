@@ -284,6 +284,7 @@ def _render_product(
         refused_field=field if error else None,
         refused_row=int(row["index"]) if row and error else None,
         release_field=field if release_error else None,
+        may_add_stores=_scope() is None,
         policy_fields=POLICY_FIELDS,
         policy_labels=POLICY_LABELS,
         bool_fields=BOOL_POLICY_FIELDS,

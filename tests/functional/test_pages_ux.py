@@ -16,6 +16,7 @@ from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.errors import wait_in_words
 from connector.models import DownloadGrant, License, Mail, Order, Store
+from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.licensing_helpers import call
@@ -481,3 +482,25 @@ def test_audit_subjects_and_a_mail_lead_to_their_pages(
     line = re.search(r"<h1>Order [^<]*</h1>\s*<p class=\"wrap\">(.*?)</p>", header, re.S)
     assert line, header
     assert not re.search(r"·\s*·", line.group(1)) and not line.group(1).rstrip().endswith("·")
+
+
+def test_a_new_instance_says_what_to_do_first_instead_of_offering_forms_that_fail(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """No store yet: configuring a product leads to adding a store (its form could only be
+    refused, with no store to choose); the dashboard says no webhook came yet, not an empty
+    table. Once there is a store, the form is there."""
+    assert sign_in(admin_client) == 302
+    new_product = admin_client.get("/admin/products/new").get_data(as_text=True)
+    assert "There is no store yet" in new_product
+    assert 'href="/admin/stores/new"' in new_product
+    assert 'name="shop_product_id"' not in new_product
+    assert "No webhook delivery yet." in admin_client.get("/admin/").get_data(as_text=True)
+    with app.app_context():
+        create_store(db.session, "First shop", "https://first.example")
+        db.session.commit()
+    dashboard = admin_client.get("/admin/").get_data(as_text=True)
+    assert "No webhook delivery yet: the shop's orders show up here" in dashboard
+    new_product = admin_client.get("/admin/products/new").get_data(as_text=True)
+    assert "There is no store yet" not in new_product
+    assert 'name="shop_product_id"' in new_product
