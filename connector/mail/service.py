@@ -94,16 +94,19 @@ def compose_order_mail(
 
 
 def mailed(entitlements: dict[str, Any]) -> dict[str, Any]:
-    """What an order's mail lists: ``keys`` and ``links`` that still work; and ``left_out``,
-    what it leaves out because it no longer does (keys revoked, refunded or suspended, links
-    ended) said in a sentence, so that a buyer reading a later or resent mail does not take a
-    missing key or link for a mistake (None when nothing is)."""
+    """What an order's mail lists: ``keys`` and ``links`` that still work (``links`` with
+    those of the licenses it renews for their own buyer); and ``left_out``, what it leaves
+    out because it no longer does (keys revoked, refunded or suspended, links ended) said in
+    a sentence, so that a buyer reading a later or resent mail does not take a missing key
+    or link for a mistake (None when nothing is)."""
     keys = [lic for lic in entitlements["licenses"] if lic.status == "active"]
     links = [d for d in entitlements["downloads"] if d.ended is None]
     counts = (
         (len(entitlements["licenses"]) - len(keys), "license key"),
         (len(entitlements["downloads"]) - len(links), "download link"),
     )
+    # The renewed licenses' links that work follow the order's own: a renewal extended them.
+    links += [d for d in entitlements["renewed_downloads"] if d.ended is None]
     parts = [f"{count} {noun}{'' if count == 1 else 's'}" for count, noun in counts if count]
     sentence = None
     if parts:

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from connector.db import shown_utc, utcnow
@@ -19,7 +19,7 @@ from connector.models import (
     ProductFile,
 )
 from connector.models.licensing import LINE_CHANGED, by_the_order
-from connector.orders.renewals import renewed_by_query
+from connector.orders.renewals import own_renewed_query, renewed_by_query
 from connector.tokens import download_url, portal_url
 
 
@@ -136,9 +136,44 @@ def license_view(lic: License, product: Product) -> LicenseView:
     )
 
 
+def download_views(session: Session, which: ColumnElement[bool]) -> list[DownloadView]:
+    """The download links of the grants ``which`` picks, in their order's order: by line,
+    unit and file."""
+    grant_rows = session.execute(
+        select(DownloadGrant, ProductFile, Product.name)
+        .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
+        .join(Product, ProductFile.product_id == Product.id)
+        .where(which)
+        .order_by(
+            DownloadGrant.order_id,
+            DownloadGrant.line_item_id,
+            DownloadGrant.unit,
+            ProductFile.position,
+        )
+    ).all()
+    return [
+        DownloadView(
+            grant_id=grant.id,
+            filename=product_file.filename,
+            product_name=product_name,
+            copy=grant.unit,
+            link=download_url(grant.id),
+            downloads_left=(
+                None
+                if grant.download_limit is None
+                else max(0, grant.download_limit - grant.download_count)
+            ),
+            expires_at=grant.expires_at,
+            revoked=grant.revoked_at is not None,
+        )
+        for grant, product_file, product_name in grant_rows
+    ]
+
+
 def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
     """Licenses and downloads of an order (revoked ones included, marked), the licenses it
-    renews, and the portal."""
+    renews and, of those its own customer bought, their downloads (``renewed_downloads``),
+    and the portal."""
     license_rows = session.execute(
         select(License, LineItem, Product)
         .join(LineItem, License.line_item_id == LineItem.id)
@@ -156,30 +191,13 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
         .order_by(License.id)
     ).all()
     renewed = [license_view(lic, product) for lic, product in renewed_rows]
-    grant_rows = session.execute(
-        select(DownloadGrant, ProductFile, Product.name)
-        .join(ProductFile, DownloadGrant.product_file_id == ProductFile.id)
-        .join(Product, ProductFile.product_id == Product.id)
-        .where(DownloadGrant.order_id == order.id)
-        .order_by(DownloadGrant.line_item_id, DownloadGrant.unit, ProductFile.position)
-    ).all()
-    downloads = [
-        DownloadView(
-            grant_id=grant.id,
-            filename=product_file.filename,
-            product_name=product_name,
-            copy=grant.unit,
-            link=download_url(grant.id),
-            downloads_left=(
-                None
-                if grant.download_limit is None
-                else max(0, grant.download_limit - grant.download_count)
-            ),
-            expires_at=grant.expires_at,
-            revoked=grant.revoked_at is not None,
-        )
-        for grant, product_file, product_name in grant_rows
-    ]
+    downloads = download_views(session, DownloadGrant.order_id == order.id)
+    # The links of the licenses it renews for their own buyer: a renewal extends them, and
+    # its buyer looks for them in its mail and on its page. Not those of a stranger's key
+    # (their copies are stamped with its buyer's name; see own_renewed_query).
+    renewed_downloads = download_views(
+        session, DownloadGrant.license_id.in_(own_renewed_query(order))
+    )
     # Anything the buyer can still use: a mail or page about the order has something to say.
     usable = any(lic.status == "active" for lic in licenses + renewed) or any(
         d.ended is None for d in downloads
@@ -188,6 +206,7 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
         "licenses": licenses,
         "renewed": renewed,
         "downloads": downloads,
+        "renewed_downloads": renewed_downloads,
         "usable": usable,
         "portal_url": portal_url(order.id),
     }

@@ -192,3 +192,41 @@ def test_a_multi_seat_renewal_mails_every_renewed_key_and_its_new_end(
     for license_ in shop.order(9812)["licenses"]:
         assert license_["key"] in renewal_mail.body_text
         assert f"now valid until {license_['expires_at'][:10]}" in renewal_mail.body_text
+
+
+def test_a_renewal_gives_its_buyer_the_renewed_licenses_downloads(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A renewal extends the license's download links too: its mail and page give them, with
+    their new end, instead of a page saying "No downloads." to the buyer who just paid for
+    another period. A stranger paying the renewal of someone's key gets none of them (the
+    copies are stamped with the key's buyer's name)."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9830, "completed", [line_item(501)], customer_id=11))
+    key = shop.order(9830)["licenses"][0]["key"]
+    link = shop.order(9830)["downloads"][0]["link"]
+    run_pending(app)
+
+    shop.deliver(wc_order(9831, "processing", [renewal_line(501, key, 391)], customer_id=11))
+    [renewal_mail] = [m for m in mails(app) if m.subject.endswith(" 9831")]
+    new_end = shop.order(9830)["downloads"][0]["expires_at"]
+    shown_end = f"{new_end[:10]} {new_end[11:16]} UTC"
+    assert f"  Product 501, manual.pdf: {link} (available until {shown_end})" in (
+        renewal_mail.body_text.splitlines()
+    )
+    assert f'<a href="{link}">manual.pdf</a> (available until {shown_end})' in (
+        renewal_mail.body_html or ""
+    )
+    html = shop.client.get(portal_path(shop, 9831)).get_data(as_text=True)
+    assert f'href="{link}"' in html
+    assert "No downloads." not in html
+
+    stranger = wc_order(
+        9832, "processing", [renewal_line(501, key, 392)], customer_id=22, email="x@example.net"
+    )
+    shop.deliver(stranger)
+    [stranger_mail] = [m for m in mails(app) if m.subject.endswith(" 9832")]
+    assert key in stranger_mail.body_text
+    assert link not in stranger_mail.body_text and link not in (stranger_mail.body_html or "")
+    html = shop.client.get(portal_path(shop, 9832)).get_data(as_text=True)
+    assert key in html and link not in html
