@@ -218,3 +218,27 @@ def test_a_link_whose_download_was_removed_is_not_called_invalid(
     assert "Contact the shop" in page and "not valid" not in page
     tampered = get(shop.client, path[:-2] + ("xx" if not path.endswith("xx") else "yy"))
     assert "not valid" in tampered.get_data(as_text=True)  # a link that is not whole still is
+
+
+def test_a_revoked_key_is_not_said_to_be_valid_for_life(shop: WebhookSender) -> None:
+    """A refunded order's keys read "revoked": their row no longer says "lifetime" or
+    "valid until" a date they will never see; a paused key keeps its end (the shop may
+    reinstate it)."""
+    shop.configure(501)  # lifetime
+    shop.configure(502, duration_days=365)
+    shop.configure(503, duration_days=365)
+    items = [line_item(501, line_id=1), line_item(502, line_id=2)]
+    shop.deliver(wc_order(9907, "processing", items, modified=1))
+    shop.deliver(wc_order(9908, "processing", [line_item(503, line_id=3)], modified=1))
+    paused = shop.order(9908)["licenses"][0]
+    assert shop.admin("POST", f"/licenses/{paused['key']}/suspend").status_code == 200
+    shop.deliver(wc_order(9907, "refunded", items, modified=2))
+
+    def ends(order_id: int) -> list[str]:
+        portal = shop.order(order_id)["portal_url"].removeprefix(BASE)
+        html = shop.client.get(portal).get_data(as_text=True)
+        return re.findall(r'data-label="Valid until">([^<]*)<', html)
+
+    assert ends(9907) == ["—", "—"]
+    end = paused["expires_at"]
+    assert ends(9908) == [f"{end[:10]} {end[11:16]} UTC"]
