@@ -54,6 +54,10 @@ class LicenseView:
             return "the payment of the order that bought it failed"
         if reason == "order:deleted":
             return "the order that bought it was deleted in the shop"
+        if reason == "refund":
+            # A unit past what the order pays for now (a partial refund, a lower quantity):
+            # the order itself stands, and its other keys work.
+            return "this one was refunded or removed from the order"
         if by_the_order(reason):
             return "the order that bought it was refunded or cancelled"
         if self.status == "suspended":

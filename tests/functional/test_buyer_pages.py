@@ -242,3 +242,19 @@ def test_a_revoked_key_is_not_said_to_be_valid_for_life(shop: WebhookSender) -> 
     assert ends(9907) == ["—", "—"]
     end = paused["expires_at"]
     assert ends(9908) == [f"{end[:10]} {end[11:16]} UTC"]
+
+
+def test_a_key_refunded_from_an_order_that_stands_is_not_said_to_be_of_a_refunded_order(
+    shop: WebhookSender,
+) -> None:
+    """Two seats bought, one refunded (WooCommerce keeps the order processing): the buyer's
+    page says that one was refunded or removed from the order, not that "the order that
+    bought it was refunded or cancelled" while the other key of that same order works."""
+    shop.configure(501)
+    shop.deliver(wc_order(9909, "processing", [line_item(501, quantity=2, line_id=1)]))
+    shop.deliver(wc_order(9909, "processing", [line_item(501, quantity=1, line_id=1)], modified=5))
+    body = shop.order(9909)
+    assert [lic["status"] for lic in body["licenses"]] == ["active", "revoked"]
+    html = shop.client.get(body["portal_url"].removeprefix(BASE)).get_data(as_text=True)
+    assert "this one was refunded or removed from the order" in html
+    assert "the order that bought it was refunded or cancelled" not in html
