@@ -1,11 +1,13 @@
 """The buyer's activations on the portal page ``/my/<token>``: see them, free a seat.
 
 The portal template includes ``portal/activations.html`` in its ``activations`` block; this
-blueprint gives that template ``license_activations(license_id)`` and the deactivate button's
-POST (CSRF-protected like every portal form; the signed portal token is the credential).
+blueprint gives that template ``activations_by_license(license_ids)`` and the deactivate
+button's POST (CSRF-protected like every portal form; the signed portal token is the credential).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from flask import Blueprint, abort, redirect, url_for
 from flask.typing import ResponseReturnValue
@@ -25,12 +27,17 @@ from connector.tokens import LinkExpired, activation_id_from_token, activation_t
 bp = Blueprint("licensing_portal", __name__)
 
 
-def license_activations(license_id: int) -> list[Activation]:
-    return list(
-        db.session.scalars(
-            select(Activation).where(Activation.license_id == license_id).order_by(Activation.id)
-        )
-    )
+def activations_by_license(license_ids: Iterable[int]) -> dict[int, list[Activation]]:
+    """The activations of the licenses ``license_ids``, by license, oldest first: in one
+    query, so that an order of thousands of seats opens its page as fast as one of two."""
+    found: dict[int, list[Activation]] = {}
+    ids = sorted(set(license_ids))
+    for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+        for activation in db.session.scalars(
+            select(Activation).where(Activation.license_id.in_(chunk)).order_by(Activation.id)
+        ):
+            found.setdefault(activation.license_id, []).append(activation)
+    return found
 
 
 bp.register_error_handler(LinkExpired, expired_page)  # its buttons live on the portal page
@@ -38,7 +45,7 @@ bp.register_error_handler(LinkExpired, expired_page)  # its buttons live on the 
 
 @bp.app_context_processor
 def _portal_helpers() -> dict[str, object]:
-    return {"license_activations": license_activations, "activation_token": activation_token}
+    return {"activations_by_license": activations_by_license, "activation_token": activation_token}
 
 
 @bp.post("/my/<token>/activations/<activation>/deactivate")

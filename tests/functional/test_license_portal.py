@@ -220,3 +220,37 @@ def test_a_deactivate_button_tampered_with_is_the_404_page_and_frees_nothing(
         assert answer.mimetype == "text/html", activation
     with app.app_context():
         assert db.session.scalars(select(Activation.site)).all() == ["seat.example.com"]
+
+
+def test_the_page_of_an_order_of_many_seats_asks_the_database_a_few_times(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """An order of 40 seats (a quantity may be 10,000) opens its page with the same few
+    queries as an order of 2, not two per license: a large buyer's page must not time out.
+    Every seat's activation is still listed."""
+    from sqlalchemy import event
+
+    shop.configure(501, activation_limit=1)
+    engine = app.extensions["keygate.db"].engine
+
+    def page_queries(order_id: int, quantity: int) -> tuple[int, str]:
+        shop.deliver(wc_order(order_id, "processing", [line_item(501, quantity=quantity)]))
+        body = shop.order(order_id)
+        for n, lic in enumerate(body["licenses"]):
+            call(shop.client, "activate", {"key": lic["key"], "site": f"s{order_id}-{n}.com"})
+        queries: list[str] = []
+
+        def note(*args: object) -> None:
+            queries.append(str(args[2]))
+
+        event.listen(engine, "before_cursor_execute", note)
+        try:
+            html = shop.client.get(body["portal_url"].removeprefix("http://keygate.test")).text
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
+        return len(queries), html
+
+    few, _ = page_queries(9720, 2)
+    many, html = page_queries(9721, 40)
+    assert many == few
+    assert all(f"s9721-{n}.com" in html for n in range(40))
