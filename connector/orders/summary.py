@@ -200,7 +200,9 @@ def order_entitlements(session: Session, order: Order) -> dict[str, Any]:
     # its buyer looks for them in its mail and on its page. Not those of a stranger's key
     # (their copies are stamped with its buyer's name; see own_renewed_query).
     renewed_downloads = download_views(
-        session, DownloadGrant.license_id.in_(own_renewed_query(order))
+        session,
+        DownloadGrant.license_id.in_(own_renewed_query(order))
+        & (DownloadGrant.order_id != order.id),  # listed already
     )
     # Anything the buyer can still use: a mail or page about the order has something to say.
     usable = any(lic.status == "active" for lic in licenses + renewed) or any(

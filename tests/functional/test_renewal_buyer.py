@@ -230,3 +230,22 @@ def test_a_renewal_gives_its_buyer_the_renewed_licenses_downloads(
     assert link not in stranger_mail.body_text and link not in (stranger_mail.body_html or "")
     html = shop.client.get(portal_path(shop, 9832)).get_data(as_text=True)
     assert key in html and link not in html
+
+
+def test_a_line_renewing_a_key_of_its_own_order_lists_each_link_once(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A line added to an order to renew the key the order bought (two periods in one
+    order): the key's download link is the order's own, listed once on its page and in its
+    mail, not again among the renewed license's."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9835, "processing", [line_item(501, line_id=1)]))
+    key = shop.order(9835)["licenses"][0]["key"]
+    link = shop.order(9835)["downloads"][0]["link"]
+    items = [line_item(501, line_id=1), renewal_line(501, key, 393)]
+    shop.deliver(wc_order(9835, "processing", items, modified=5))
+    assert shop.admin("POST", "/orders/9835/resend").status_code == 202
+    resent = mails(app)[-1]
+    assert resent.body_text.count(link) == 1
+    assert (resent.body_html or "").count(f'href="{link}"') == 1
+    assert shop.client.get(portal_path(shop, 9835)).text.count(f'href="{link}"') == 1
