@@ -43,9 +43,11 @@ from connector.mail.service import ORDER_MAIL_JOB
 from connector.models import (
     Activation,
     DownloadGrant,
+    Job,
     License,
     LicenseRenewal,
     LineItem,
+    Mail,
     Order,
     Product,
     Store,
@@ -53,6 +55,7 @@ from connector.models import (
 from connector.models.licensing import LINE_CHANGED, by_the_order
 from connector.orders import renewals
 from connector.orders.jobs import ISSUED_JOB
+from connector.orders.summary import order_entitlements
 from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash
 from plugin.shop import (
@@ -862,8 +865,35 @@ def apply_shop_order(
             session, store, order, shop_order, issuing=issuing, came_back=came_back
         )
         contacts.pass_correction_on(session, store, order, shop_order, issuing=issuing)
+        if not issuing and not had_address and order.mail_address is not None:
+            _mail_first_address(session, order)
     _record_changes(session, store, order, shop_order, result)
     return result
+
+
+def _mail_first_address(session: Session, order: Order) -> None:
+    """An order issued while it had no address (none given, or not a plain mailbox) that the
+    shop now gives one: its keys and links are mailed there once, as they would have been
+    when issued. Not when a mail is on its way (it reads the new address when it goes), when
+    one was sent before (a correction: the owner's resend), or when nothing is usable."""
+    if order.is_revoking or not order_entitlements(session, order)["usable"]:
+        return
+    sent = select(Mail.id).where(Mail.order_id == order.id, Mail.sent_at.is_not(None))
+    on_its_way = select(Job.id).where(
+        Job.kind.in_((ORDER_MAIL_JOB, ISSUED_JOB)),
+        Job.status.in_(("pending", "running")),
+        Job.payload["order_id"].as_integer() == order.id,
+    )
+    if session.scalar(sent.exists().select()) or session.scalar(on_its_way.exists().select()):
+        return
+    enqueue(session, ORDER_MAIL_JOB, {"order_id": order.id})
+    record_audit(
+        session,
+        store_id=order.store_id,
+        actor="shop",
+        action="order.mailed_first_address",
+        subject=f"order:{order.shop_order_id}",
+    )
 
 
 def _record_changes(

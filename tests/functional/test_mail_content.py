@@ -424,3 +424,42 @@ def test_a_resent_mail_says_what_it_leaves_out_because_it_no_longer_works(
     )
     assert sentence in resent.body_text.splitlines()
     assert f"<p>{sentence}</p>" in (resent.body_html or "")
+
+
+@pytest.mark.parametrize("given", ["", "jurgen at example.org"])
+def test_an_order_issued_with_no_address_is_mailed_once_the_shop_gives_one(
+    app: Flask, shop: WebhookSender, given: str
+) -> None:
+    """Issued with no address (none given, or not a plain mailbox): nothing could be
+    mailed. The shop corrects it: the buyer gets their keys and links at the new address,
+    once (a replay of that delivery mails nothing more), without the owner's resend."""
+    shop.configure(501)
+    items = [line_item(501)]
+    shop.deliver(wc_order(9811, "processing", items, email=given))
+    run_pending(app)
+    assert stored_mails(app) == []
+    corrected = wc_order(9811, "processing", items, modified=5)
+    for _ in range(2):
+        assert shop.deliver(corrected).status_code == 200
+        run_pending(app)
+    (mail,) = stored_mails(app)
+    [key] = [lic["key"] for lic in shop.order(9811)["licenses"]]
+    assert mail.to_email == "jurgen@example.org" and key in mail.body_text
+    # A later correction of an address already mailed is the owner's resend, as before.
+    shop.deliver(wc_order(9811, "processing", items, modified=9, email="j@example.org"))
+    run_pending(app)
+    assert len(stored_mails(app)) == 1
+
+
+def test_an_order_given_its_address_while_its_mail_waits_is_mailed_once(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The address comes before the issued order's mail went: that mail reads it, and no
+    second one is queued."""
+    shop.configure(501)
+    items = [line_item(501)]
+    shop.deliver(wc_order(9812, "processing", items, email=""))
+    shop.deliver(wc_order(9812, "processing", items, modified=5))
+    run_pending(app)
+    (mail,) = stored_mails(app)
+    assert mail.to_email == "jurgen@example.org"
