@@ -1,9 +1,9 @@
 """What needs the owner's attention, store by store, for the top of the dashboard.
 
 Each notice is something a buyer cannot tell the owner and that does not mend itself: the
-shop cannot be read or refuses the webhooks' secret, buyers' mails are not getting out,
-keys flagged for too many binding changes, copies that failed to stamp (their links are
-refused), refunds Keygate could not apply. Read only; each notice links where the owner
+shop cannot be read or refuses the webhooks' secret, buyers' mails are not getting out (or
+cannot: orders issued with no address), keys flagged for too many binding changes, copies
+that failed to stamp (their links are refused), refunds Keygate could not apply. Read only; each notice links where the owner
 can act. Admins who see every store are also told of sign-ins locked in the last hour
 (``admin.login_locked``, not a store's: no store is named).
 """
@@ -28,6 +28,7 @@ from connector.models import (
     License,
     LicenseFlag,
     Mail,
+    Order,
     ShopConnection,
     Store,
     WatermarkCopy,
@@ -35,6 +36,7 @@ from connector.models import (
 )
 from connector.models.records import BAD_SIGNATURE
 from connector.vault.connection import registration_trouble
+from plugin.shop import REVOKING_STATUSES
 
 # Refunds Keygate could not apply, and mails printed on the console, are news for this long
 # (the order pages keep them after).
@@ -128,6 +130,27 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                     url_for("admin_views.store_credentials", store_id=store.id),
                 )
             )
+        unmailed = _count(session, _issued_with_no_address(store.id, func.count(Order.id)))
+        if unmailed:
+            newest = session.scalars(
+                _issued_with_no_address(store.id, Order).order_by(Order.id.desc()).limit(1)
+            ).one()
+            which = (
+                f"Order {newest.number or newest.shop_order_id} was"
+                if unmailed == 1
+                else f"{counted(unmailed, 'order')} were"
+            )
+            found.append(
+                Notice(
+                    store,
+                    f"{which} issued in the last 30 days with no buyer address (none given,"
+                    " or not one mailbox): nothing was mailed. Once the shop gives the order"
+                    " an address, Keygate mails the keys and links there.",
+                    url_for("admin_views.order_detail", order_id=newest.id)
+                    if unmailed == 1
+                    else url_for("admin_views.orders"),
+                )
+            )
         flagged = _count(
             session,
             select(func.count(LicenseFlag.id))
@@ -186,6 +209,23 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                 )
             )
     return found
+
+
+def _issued_with_no_address(store_id: int, column: Any) -> Select[Any]:
+    """``column`` of the store's orders of the last 30 days that issued keys or links their
+    buyer could not be mailed: no address (an erased order's is a pseudonym, not none), and
+    still paid for."""
+    issued = select(License.id).where(License.order_id == Order.id).exists() | (
+        select(DownloadGrant.id).where(DownloadGrant.order_id == Order.id).exists()
+    )
+    return select(column).where(
+        Order.store_id == store_id,
+        Order.email.is_(None),
+        Order.deleted.is_(False),
+        Order.status.not_in(REVOKING_STATUSES),
+        Order.created_at > utcnow() - NEWS,
+        issued,
+    )
 
 
 def sign_in_lockouts(session: Session) -> list[Notice]:

@@ -145,3 +145,27 @@ def test_mail_printed_on_the_console_for_want_of_brevo_is_news(
     brevo = {"api_key": "xkeysib-test-key", "sender_email": "shop@example.org", "sender_name": "S"}
     assert shop.admin("PUT", "/credentials/brevo", brevo).status_code == 200
     assert "Nothing needs your attention." in dashboard(admin)
+
+
+def test_orders_issued_with_no_address_are_news_until_the_shop_gives_one(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A buyer whose order had no address (or not one mailbox) got nothing and cannot say
+    so: the owner is told, with the order's page; once the shop gives an address (the
+    keys are mailed then) or the order is refunded, the notice goes."""
+    shop.configure(501)
+    items = [line_item(501)]
+    assert shop.deliver(wc_order(9110, "processing", items, email="")).status_code == 200
+    owner = signed_in_owner(app)
+    with app.app_context():
+        order_id = db.session.scalars(select(Order.id)).one()
+    page = dashboard(owner)
+    assert "Order 9110 was issued in the last 30 days with no buyer address" in page
+    assert f"/admin/orders/{order_id}" in page
+    later = [line_item(501, line_id=2)]
+    shop.deliver(wc_order(9111, "processing", later, email="not a mailbox"))
+    assert "2 orders were issued in the last 30 days with no buyer address" in dashboard(owner)
+    shop.deliver(wc_order(9111, "refunded", later, modified=5, email="not a mailbox"))
+    shop.deliver(wc_order(9110, "processing", items, modified=5))
+    run_pending(app)
+    assert "no buyer address" not in dashboard(owner)
