@@ -844,6 +844,7 @@ def apply_shop_order(
         # Applied as the tie rule says (_is_stale); the read puts the shop's order in place.
         result.unconfirmed = f"same-second@{_iso(shop_order.date_modified)}"
     was_revoked, had_address = order.revoked_at is not None, order.mail_address is not None
+    seen_before = order.shop_digest is not None  # applied as a live order before
     contacts.remember_pushed_address(order)  # before the delivery may correct the address
     _copy_order_fields(order, shop_order)
     if not shop_order.deleted:
@@ -865,9 +866,14 @@ def apply_shop_order(
             session, store, order, shop_order, issuing=issuing, came_back=came_back
         )
         contacts.pass_correction_on(session, store, order, shop_order, issuing=issuing)
-        if not issuing and not had_address and order.mail_address is not None:
-            _mail_first_address(session, order)
     _record_changes(session, store, order, shop_order, result)
+    if (
+        seen_before
+        and not had_address
+        and order.mail_address is not None
+        and not (shop_order.deleted or result.issued_licenses or result.issued_grants)
+    ):
+        _mail_first_address(session, order)  # after _record_changes: a mail it queued counts
     return result
 
 
