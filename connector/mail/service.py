@@ -74,15 +74,20 @@ def compose_order_mail(
 
     # The portal link is made now (``entitlements``), and works this long from now.
     portal_until = utcnow() + dt.timedelta(days=get_settings().portal_link_days)
+    listed = mailed(entitlements)
     context: dict[str, Any] = {
         "order": order,
         "store": store,
         "portal_until": portal_until,
         **entitlements,
-        **mailed(entitlements),
+        **listed,
     }
     number = order.number or order.shop_order_id
-    if entitlements["renewed"] and not (entitlements["licenses"] or entitlements["downloads"]):
+    if not (listed["keys"] or listed["links"] or entitlements["renewed"]):
+        # A fresh link to the page of an order whose keys and links no longer work: the
+        # mail holds that link and why nothing else is listed, not "your licenses".
+        subject = f"The page of your order {number}"
+    elif entitlements["renewed"] and not (entitlements["licenses"] or entitlements["downloads"]):
         subject = f"Your license renewal for order {number}"
     else:
         subject = f"Your licenses and downloads for order {number}"

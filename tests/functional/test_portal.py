@@ -111,6 +111,9 @@ def test_an_expired_portal_link_shows_nothing_and_mails_a_fresh_one(
         mails = db.session.scalars(select(Mail).order_by(Mail.id)).all()
         assert len(mails) == 2
         assert mails[-1].to_email == "jurgen@example.org"
+        # Nothing of a refunded order is listed: the mail is about its page.
+        subject = "The page of your order" if refunded else "Your licenses and downloads"
+        assert mails[-1].subject.startswith(subject)
         fresh = re.search(r"http://keygate\.test(/my/[^\s\"<]+)", mails[-1].body_text)
     assert fresh is not None
     assert shop.client.get(fresh.group(1)).status_code == 200
