@@ -14,19 +14,21 @@ license keys are inside). Objects outside those two areas are the instance's com
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import shutil
 import stat
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from connector.errors import ValidationFailed
-from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable
+from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable, StoredObject
 from connector.models import Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def delete_prefix(self, prefix: str) -> int: ...
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]: ...
 
 
 def _is_file(path: Path) -> bool:
@@ -143,20 +147,43 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def delete_prefix(self, prefix: str) -> int:
-        """Remove the folder ``prefix`` names (it must end with ``/``) and everything in it;
-        returns how many files."""
+    def _folder(self, prefix: str) -> Path:
+        """The folder ``prefix`` names: a plain folder inside the storage, ending with ``/``,
+        that is no link elsewhere."""
         parts = prefix.split("/")
         if parts[-1] != "" or any(part in ("", ".", "..") for part in parts[:-1]):
             raise ValueError("a prefix of embedded storage is a plain folder, ending with /")
         if (self.root / prefix).is_symlink():
-            raise ValueError("a folder that is a link elsewhere is not emptied")
-        folder = self.path(prefix.rstrip("/"))
+            raise ValueError("a folder that is a link elsewhere is neither emptied nor listed")
+        return self.path(prefix.rstrip("/"))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove the folder ``prefix`` names (it must end with ``/``) and everything in it;
+        returns how many files."""
+        folder = self._folder(prefix)
         if not folder.is_dir():
             return 0
         count = sum(1 for item in folder.rglob("*") if item.is_file())
         shutil.rmtree(folder)
         return count
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """The files in the folder ``prefix`` names (it must end with ``/``), sub-folders
+        included, with their modification times; links are neither followed nor listed.
+        Half-written uploads (``.<name>.<id>.partial``, left by a process that was killed)
+        are files like any other."""
+        folder = self._folder(prefix)
+        root = self.root.resolve()
+        for parent, _folders, names in os.walk(folder):
+            for name in names:
+                path = Path(parent, name)
+                try:
+                    status = path.lstat()
+                except OSError:
+                    continue  # gone since the folder was read
+                if stat.S_ISREG(status.st_mode):
+                    modified = dt.datetime.fromtimestamp(status.st_mtime, dt.UTC)
+                    yield StoredObject(path.relative_to(root).as_posix(), modified)
 
 
 # How long a bucket's "the object is there, with this ETag" is believed without asking again.
@@ -333,6 +360,12 @@ class SharedArea:
         if prefix not in store_areas(self.store_id):
             raise ValueError(f"store {self.store_id} may not delete the folder {prefix!r}")
         return self.backend.delete_prefix(prefix)
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """List in one of the store's two areas only."""
+        if not any(prefix.startswith(area) for area in store_areas(self.store_id)):
+            raise ValueError(f"store {self.store_id} may not list {prefix!r}")
+        return self.backend.list_objects(prefix)
 
 
 _LOOK_UP: Any = object()

@@ -7,6 +7,7 @@ R2 and other non-AWS endpoints need ``when_required``). Presigned URLs work only
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import ipaddress
 import mimetypes
@@ -14,9 +15,10 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import boto3
@@ -54,6 +56,13 @@ REGION = "auto"
 
 class StorageUnavailable(RuntimeError):
     """The object store did not answer (network, credentials, server error)."""
+
+
+class StoredObject(NamedTuple):
+    """An object a listing found: its key, and when it was last written (aware, UTC)."""
+
+    key: str
+    modified: dt.datetime
 
 
 # The setting that lets a store's endpoint_url be on a private network.
@@ -498,6 +507,24 @@ class R2Store:
         except (ClientError, BotoCoreError) as exc:
             raise StorageUnavailable(f"R2 delete failed ({type(exc).__name__})") from None
         return removed
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object whose key starts with ``prefix``, listed a page (1000) at a time as
+        it is read.
+
+        Raises:
+            StorageUnavailable: the bucket did not answer or refused (what went before was
+                listed).
+        """
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.config.bucket, Prefix=prefix
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield StoredObject(item["Key"], item["LastModified"].astimezone(dt.UTC))
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"R2 listing failed ({type(exc).__name__})") from None
 
     def presigned_url(self, key: str, filename: str, ttl: int = PRESIGN_DEFAULT_SECONDS) -> str:
         """A GET URL for ``key`` that saves as ``filename`` (of the media type its name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import urllib.request
 import uuid
@@ -134,7 +135,8 @@ def test_deleting_a_folder_removes_everything_in_it_and_nothing_beside_it(
 def test_deleting_a_folder_in_a_bucket_goes_past_one_listing_page(
     localstack_endpoint: str,
 ) -> None:
-    """More objects than one S3 listing page and one DeleteObjects call take (1000)."""
+    """More objects than one S3 listing page and one DeleteObjects call take (1000): all
+    are listed, and all go."""
     bucket = f"prefix-{uuid.uuid4().hex[:12]}"
     s3 = boto3.client(
         "s3",
@@ -148,9 +150,30 @@ def test_deleting_a_folder_in_a_bucket_goes_past_one_listing_page(
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
     store = R2ObjectStore(local_config(bucket, localstack_endpoint))
+    assert len({item.key for item in store.list_objects("watermarked/7/")}) == 1003
     assert store.delete_prefix("watermarked/7/") == 1003
     left = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
     assert [item["Key"] for item in left] == ["watermarked/70/kept.pdf"]
+
+
+def test_listing_a_folder_gives_everything_in_it_with_when_it_was_written(
+    object_store: ObjectStore, tmp_path: Path
+) -> None:
+    """list_objects gives every object under a prefix, sub-folders included, and nothing
+    beside it, each with an aware UTC time of its last write (the sweep of unrecorded
+    copies keeps those written lately)."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"content")
+    inside = ["watermarked/1/a.pdf", "watermarked/1/deep/er/b.zip", "watermarked/1/c d.txt"]
+    beside = ["watermarked/10/a.pdf", "watermarked/other.pdf", "stores/1/x.pdf"]
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    for key in inside + beside:
+        object_store.upload(key, source)
+    listed = list(object_store.list_objects("watermarked/1/"))
+    assert sorted(item.key for item in listed) == sorted(inside)
+    after = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    assert all(before < item.modified < after for item in listed), listed
+    assert list(object_store.list_objects("watermarked/2/")) == []  # never there: nothing
 
 
 @pytest.fixture

@@ -238,3 +238,23 @@ def test_a_store_may_empty_only_its_own_areas(tmp_path: Path) -> None:
     assert area.delete_prefix("watermarked/5/") == 1
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["common.pdf", "stores/6/b.pdf"]
+
+
+def test_a_store_may_list_only_its_own_areas(tmp_path: Path) -> None:
+    """Listing (the sweep of unrecorded copies) reaches the store's two areas only, and
+    embedded storage lists files: not links, nor a folder that is a link elsewhere."""
+    backend = LocalStore(tmp_path)
+    for key in ("watermarked/5/a/b.pdf", "watermarked/6/c.pdf", "stores/5/d.pdf", "common.pdf"):
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(b"x")
+    (tmp_path / "watermarked/5/link.pdf").symlink_to(tmp_path / "watermarked/6/c.pdf")
+    (tmp_path / "watermarked/5/folder").symlink_to(tmp_path / "watermarked/6")
+    area = SharedArea(backend, 5)
+    for prefix in ("", "watermarked/", "watermarked/6/", "stores/6/", "stores/"):
+        with pytest.raises(ValueError):
+            area.list_objects(prefix)
+    (tmp_path / "watermarked/7").symlink_to(tmp_path / "watermarked/6")
+    with pytest.raises(ValueError):
+        list(backend.list_objects("watermarked/7/"))
+    assert [item.key for item in area.list_objects("watermarked/5/")] == ["watermarked/5/a/b.pdf"]
+    assert [item.key for item in area.list_objects("stores/5/")] == ["stores/5/d.pdf"]
