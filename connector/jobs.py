@@ -59,6 +59,7 @@ HANDLER_MODULES = [
     "connector.privacy.service",
     "connector.downloads.jobs",
     "connector.downloads.privacy",
+    "connector.downloads.sweep",
     "connector.privacy.store_deletion",
 ]
 
@@ -66,6 +67,8 @@ HANDLER_MODULES = [
 # interval slot, whatever the number of workers (the slot is the dedupe key).
 PERIODIC: list[tuple[str, int]] = [
     ("privacy.purge", 24 * 3600),
+    # Stamped copies in storage that no record refers to (connector.downloads.sweep).
+    ("downloads.sweep_copies", 24 * 3600),
     ("shop.keep_schedules", 3600),
 ]
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import logging
+import os
+import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,8 @@ from sqlalchemy import insert, select, text, update
 
 import connector.downloads.service as service
 from connector.db import db, transaction, utcnow
-from connector.jobs import run_pending
-from connector.models import DownloadEvent, DownloadGrant, Order, Store, WatermarkCopy
+from connector.jobs import run_pending, schedule_periodic
+from connector.models import DownloadEvent, DownloadGrant, Job, Order, Store, WatermarkCopy
 from connector.privacy.service import erase_customer, erase_order_buyer, purge_expired_records
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import (
@@ -517,3 +521,41 @@ def test_an_erasure_does_not_wait_for_a_click_logged_under_its_order(
             db.session.commit()
             clicking.commit()
         assert db.session.get_one(Order, order_id).is_erased
+
+
+def test_the_daily_sweep_deletes_stamped_copies_no_record_refers_to(
+    app: Flask, shop: WebhookSender, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stamped copy in storage with no row (a restored backup's files copied after its
+    database, a process killed between upload and record, a half-written upload) is
+    reached by no erasure, refund or purge: the daily sweep deletes it once a day old, and
+    logs how many, never a key or a name. A copy its row records stays, however old, and so
+    does a young one (its row may be about to be committed), and the owner's files."""
+    path, copy_file = stamped_order(app, shop, 7960)
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    area = storage / f"watermarked/{shop.store.store.id}"
+    restored, partial, young = (
+        area / "restored/guide.pdf",
+        area / "killed/.guide.pdf.0123abcd.partial",
+        area / "young/guide.pdf",
+    )
+    owners = storage / f"stores/{shop.store.store.id}/old.pdf"
+    for unrecorded in (restored, partial, young, owners):
+        unrecorded.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(copy_file, unrecorded)
+    two_days_ago = time.time() - 2 * 86400
+    for old in (restored, partial, copy_file, owners, storage / "books/guide.pdf"):
+        os.utime(old, (two_days_ago, two_days_ago))
+    caplog.set_level(logging.INFO, logger="connector.downloads.sweep")
+    schedule_periodic(app)
+    run_pending(app)
+    assert not restored.exists() and not partial.exists()
+    assert copy_file.is_file() and young.is_file() and owners.is_file()
+    assert (storage / "books/guide.pdf").is_file()
+    assert "2 unrecorded stamped copies queued for deletion" in caplog.text
+    for secret in ("guide", "restored", "Jürgen", EMAIL, "watermarked/"):
+        assert secret not in caplog.text
+    with app.app_context():
+        jobs = db.session.scalars(select(Job).where(Job.kind == "downloads.sweep_copies")).all()
+        assert [job.status for job in jobs] == ["done"]
+    assert get(shop.client, path).status_code == 200  # the recorded copy, still served

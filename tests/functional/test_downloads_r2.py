@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import logging
 import subprocess
 import time
 import urllib.error
@@ -648,3 +649,76 @@ def test_a_copy_stamped_before_the_store_had_its_own_bucket_is_deleted_on_erasur
     assert shop.admin("DELETE", "/customers/jurgen@example.org").status_code == 200
     run_pending(app)
     assert not copy_file.exists()
+
+
+def test_the_daily_sweep_deletes_unrecorded_copies_from_keygates_bucket(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """In the instance-wide bucket, a stamped copy no row records (a restored backup's, an
+    upload whose record was lost) is deleted by the sweep once older than its margin; the
+    recorded copy, the owner's files and other stores' areas stay."""
+    from connector.downloads.sweep import sweep_unrecorded_copies
+
+    client = s3_client(localstack_endpoint)
+    store_id = r2_shop.store.store.id
+    copy = _stamped_copy(r2_app, r2_shop, client, bucket, f"stores/{store_id}/book.pdf")
+    unrecorded = [f"watermarked/{store_id}/restored/book.pdf", f"watermarked/{store_id}/x.pdf"]
+    beside = [f"watermarked/{store_id + 1}/theirs.pdf", "common/readme.txt"]
+    for key in unrecorded + beside:
+        client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": copy})
+    everything = _keys(client, bucket)
+    with r2_app.app_context():
+        assert sweep_unrecorded_copies(db.session, utcnow()) == 0  # all just written
+        assert sweep_unrecorded_copies(db.session, utcnow() + dt.timedelta(days=2)) == 2
+    run_pending(r2_app)
+    assert _keys(client, bucket) == sorted(set(everything) - set(unrecorded))
+
+
+def test_the_sweep_warns_of_a_bucket_that_is_down_and_sweeps_it_the_next_time(
+    app: Flask,
+    shop: WebhookSender,
+    localstack_endpoint: str,
+    bucket: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store with its own bucket: unrecorded copies there and in Keygate's storage (from
+    before the bucket) are swept. While the bucket does not answer, the sweep says so in a
+    warning, still sweeps Keygate's storage and ends; the next sweep reaches the bucket."""
+    from connector.downloads.sweep import sweep_job, sweep_unrecorded_copies
+    from connector.jobs import JOB_ID
+    from connector.vault.service import put_credentials
+
+    client = s3_client(localstack_endpoint)
+    store_id = shop.store.store.id
+    in_bucket = f"watermarked/{store_id}/restored/book.pdf"
+    client.put_object(Bucket=bucket, Key=in_bucket, Body=b"%PDF stamped for a buyer")
+    in_keygates = app.extensions["keygate.settings"].storage_dir / f"watermarked/{store_id}/a.pdf"
+    in_keygates.parent.mkdir(parents=True)
+    in_keygates.write_bytes(b"%PDF stamped for a buyer")
+    credentials = own_bucket(localstack_endpoint, bucket)
+    later = utcnow() + dt.timedelta(days=2)
+    with app.app_context():
+        store = db.session.get(Store, store_id)
+        assert store is not None
+        dead = {**credentials, "endpoint_url": f"http://127.0.0.1:{free_port()}"}
+        put_credentials(db.session, store, "r2", dead, actor="t")
+        db.session.commit()
+        caplog.set_level(logging.INFO, logger="connector.downloads.sweep")
+        sweep_job({JOB_ID: 0})  # the job's handler: no error, the next run tries again
+        db.session.commit()
+    assert f"store {store_id}, its own bucket not listed" in caplog.text
+    assert "1 storages not listed" in caplog.text
+    assert "secret" not in caplog.text.lower()
+    with app.app_context():
+        assert sweep_unrecorded_copies(db.session, later) == 1  # Keygate's storage
+        store = db.session.get(Store, store_id)
+        assert store is not None
+        put_credentials(db.session, store, "r2", credentials, actor="t")
+        db.session.commit()
+    run_pending(app)
+    assert not in_keygates.exists()
+    assert in_bucket in _keys(client, bucket)
+    with app.app_context():
+        assert sweep_unrecorded_copies(db.session, later) == 1  # the bucket, answering now
+    run_pending(app)
+    assert in_bucket not in _keys(client, bucket)
