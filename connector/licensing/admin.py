@@ -34,11 +34,14 @@ from connector.models import (
     Product,
     Store,
 )
+from connector.models.licensing import LINE_CHANGED
 from connector.orders.service import hash_license_key
 from connector.stores import hold_live_store
 from plugin.shop import REVOKING_STATUSES
 
 ACTIONS = ("revoke", "suspend", "reinstate", "extend")
+# The status each action leaves: asked of a license already so, it changes nothing.
+STATUS_AFTER = {"revoke": "revoked", "suspend": "suspended", "reinstate": "active"}
 STATUS_FILTERS = (*LICENSE_STATUSES, "expired")
 LIST_LIMIT = 500
 DAYS_MAX = 100 * 366  # what one extension may add
@@ -298,6 +301,20 @@ def not_paid_for(session: Session, lic: License) -> str | None:
     return None
 
 
+def why_revoked(status_reason: str | None) -> str:
+    """Who or what revoked a license, as its owner reads it (``License.status_reason``)."""
+    reason = status_reason or ""
+    if reason == "admin":
+        return "by the owner, on an admin page or with the admin API"
+    if reason == "refund":
+        return "by a refund: this unit was refunded or removed from its order"
+    if reason == LINE_CHANGED:
+        return "by its order: the line was changed to another product"
+    if reason.startswith("order:"):
+        return f"by its order, {reason.removeprefix('order:')}"
+    return f"reason: {reason or 'none recorded'}"
+
+
 def change_license(
     session: Session,
     store: Store,
@@ -312,6 +329,10 @@ def change_license(
     - revoke / suspend: status with reason "admin";
     - reinstate: back to active, after the owner's or the abuse signal's suspension or
       revocation, or the order's; 409 while the order does not pay for it (:func:`not_paid_for`);
+    - revoke, suspend or reinstate of a license already so: nothing changes, nothing is
+      audited (the answer is the license as it is); suspend of a revoked license is 409: a
+      suspension would hide why it was revoked (a refund's would no longer come back with
+      its order);
     - extend: ``days`` more, counted from the expiry if it is still ahead, else from now;
       an update window that ran with the license moves with it, and so do downloads that
       last while the license lasts. A lifetime license is 422.
@@ -326,18 +347,21 @@ def change_license(
     hold_live_store(session, store)  # before the license's lock, as a deletion takes them
     lic = lock_license(session, found.id)
     before = {"status": lic.status, "expires_at": iso(lic.expires_at)}
+    if action == "suspend" and lic.status == "revoked":
+        raise Conflict(
+            f"This license is revoked ({why_revoked(lic.status_reason)}); suspending it would"
+            " hide why. It stays revoked.",
+            status_reason=lic.status_reason,
+        )
+    if action == "reinstate":
+        _refuse_unpaid_reinstate(session, lic)
+    if lic.status == STATUS_AFTER.get(action):
+        return lic  # already so: its reason, links and audit log stay as they are
     if action in ("revoke", "suspend"):
         lic.status = "revoked" if action == "revoke" else "suspended"
         lic.status_reason = "admin"
         set_downloads_blocked(session, lic, blocked=True)
     elif action == "reinstate":
-        unpaid = not_paid_for(session, lic)
-        if unpaid is not None:
-            raise Conflict(
-                f"This key's order does not pay for it now ({unpaid}): reinstated, it would be a"
-                " key nobody paid for. Once the order is paid again in the shop, a key the order"
-                " revoked comes back by itself, and one you paused can be reinstated here."
-            )
         lic.status = "active"
         lic.status_reason = None
         set_downloads_blocked(session, lic, blocked=False)
@@ -375,6 +399,17 @@ def change_license(
         },
     )
     return lic
+
+
+def _refuse_unpaid_reinstate(session: Session, lic: License) -> None:
+    """409 while the license's order does not pay for it (:func:`not_paid_for`)."""
+    unpaid = not_paid_for(session, lic)
+    if unpaid is not None:
+        raise Conflict(
+            f"This key's order does not pay for it now ({unpaid}): reinstated, it would be a"
+            " key nobody paid for. Once the order is paid again in the shop, a key the order"
+            " revoked comes back by itself, and one you paused can be reinstated here."
+        )
 
 
 def remove_activation_as_owner(

@@ -254,6 +254,41 @@ def test_license_actions_are_the_api_verbs_audited_as_the_admin(
     assert removed.detail == {"activation_id": activation["id"]}
 
 
+def test_a_stale_suspend_button_on_a_revoked_key_is_refused_with_the_reason(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """A Suspend button left open on a page (license or order) while the key was revoked by
+    its refund: a 409 page saying it is revoked and why; the key stays revoked by the refund.
+    A second revoke from a stale page changes nothing and writes no second audit entry."""
+    shop.configure(501)
+    sell(shop, 9535)
+    lic = license_id(app, 9535)
+    page = f"/admin/licenses/{lic}"
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, page)
+    shop.deliver(wc_order(9535, "refunded", [line_item(501)], modified=60))
+    for path, form in (
+        (f"{page}/change", {"action": "suspend"}),
+        (f"/admin/licenses/{lic}/suspend", {}),  # the order page's button
+    ):
+        refused = post(admin_client, path, token, **form)
+        assert refused.status_code == 409, path
+        assert "text/html" in refused.content_type
+        html = refused.get_data(as_text=True)
+        assert "This license is revoked" in html and "refunded" in html, path
+    assert shop.order(9535)["licenses"][0]["status"] == "revoked"
+    with app.app_context():
+        revoked = db.session.get(License, lic)
+        assert revoked is not None and revoked.status_reason == "order:refunded"
+    assert audit(app, "license.suspend") == []
+
+    sell(shop, 9536)
+    other = f"/admin/licenses/{license_id(app, 9536)}"
+    for _ in range(2):
+        assert post(admin_client, f"{other}/change", token, action="revoke").status_code == 302
+    assert len(audit(app, "license.revoke")) == 1
+
+
 @pytest.mark.parametrize(
     ("days", "message"),
     [

@@ -208,6 +208,64 @@ def test_owner_revokes_suspends_reinstates_and_extends(app: Flask, shop: Webhook
         assert lic.status == "active"
 
 
+def _license_audit(app: Flask) -> list[str]:
+    from connector.models import AuditEvent
+
+    with app.app_context():
+        return list(
+            db.session.scalars(
+                select(AuditEvent.action)
+                .where(AuditEvent.action.like("license.%"))
+                .order_by(AuditEvent.id)
+            )
+        )
+
+
+def test_a_revoked_key_is_not_suspended_and_says_why_it_is_revoked(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Suspending a key its refund revoked is a 409 naming the revocation and its reason: the
+    key stays revoked by the refund (it comes back if the order is paid again)."""
+    shop.configure(501)
+    shop.deliver(wc_order(8811, "processing", [line_item(501, line_id=1)]))
+    key = shop.order(8811)["licenses"][0]["key"]
+    shop.deliver(wc_order(8811, "refunded", [line_item(501, line_id=1)], modified=60))
+    refused = shop.admin("POST", f"/licenses/{key}/suspend")
+    assert refused.status_code == 409
+    assert refused.content_type == "application/problem+json"
+    problem = refused.get_json()
+    assert problem["status_reason"] == "order:refunded"
+    assert "revoked" in problem["detail"] and "refunded" in problem["detail"]
+    license_ = shop.admin("GET", f"/licenses/{key}").get_json()["license"]
+    assert (license_["status"], license_["status_reason"]) == ("revoked", "order:refunded")
+    assert _license_audit(app) == []
+    shop.deliver(wc_order(8811, "completed", [line_item(501, line_id=1)], modified=120))
+    assert call(shop.client, "validate", {"key": key}).get_json()["code"] == "VALID"
+
+
+def test_an_action_repeated_answers_as_before_and_is_audited_once(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Revoking a revoked key, suspending a suspended one or reinstating an active one is a
+    200 with the license as it is, and no second audit entry; a refund's revocation keeps its
+    reason (an owner's revoke does not make it the owner's)."""
+    key = issue_key(shop)
+    assert shop.admin("POST", f"/licenses/{key}/reinstate").status_code == 200
+    for action in ("suspend", "suspend", "revoke", "revoke", "reinstate", "reinstate"):
+        answer = shop.admin("POST", f"/licenses/{key}/{action}")
+        assert answer.status_code == 200, action
+        assert set(answer.get_json()["license"]) >= {"key", "status", "status_reason"}
+    assert _license_audit(app) == ["license.suspend", "license.revoke", "license.reinstate"]
+
+    shop.deliver(wc_order(8812, "processing", [line_item(501, line_id=1)]))
+    refunded = shop.order(8812)["licenses"][0]["key"]
+    shop.deliver(wc_order(8812, "refunded", [line_item(501, line_id=1)], modified=60))
+    again = shop.admin("POST", f"/licenses/{refunded}/revoke")
+    assert again.status_code == 200
+    assert again.get_json()["license"]["status_reason"] == "order:refunded"
+    assert _license_audit(app) == ["license.suspend", "license.revoke", "license.reinstate"]
+
+
 def test_owner_extension_moves_downloads_that_last_with_the_license(shop: WebhookSender) -> None:
     """Extending a license extends its downloads too when they last while the license lasts
     (no download_days); downloads with a window of their own keep it."""
