@@ -32,6 +32,7 @@ from connector.licensing.admin import (
     DAYS_MAX,
     STATUS_FILTERS,
     change_license,
+    check_status_filter,
     find_license_by_key,
     license_record,
     not_paid_for,
@@ -59,20 +60,28 @@ def _sent() -> Any:
     return request.form if request.method == "POST" else request.args
 
 
-def _filters() -> dict[str, str]:
+def _filters() -> tuple[dict[str, str], str | None]:
     """The list's filters, as the admin API reads them: posted by the filter form (a buyer's
-    address never goes into a URL), or status and product from the query string."""
+    address never goes into a URL), or status and product from the query string; and a
+    notice when a status that is none (a stale or mistyped address) was left out."""
     args = _sent()
     raw = {
         "email": (args.get("email") or "").strip().lower() if request.method == "POST" else "",
         "status": (args.get("status") or "").strip(),
         "product": (args.get("product") or "").strip(),
     }
-    return {name: value for name, value in raw.items() if value}
+    notice = None
+    try:
+        check_status_filter(raw["status"] or None)
+    except ValidationFailed:
+        shown = raw["status"] if len(raw["status"]) <= 40 else raw["status"][:40] + "…"
+        notice = f"“{shown}” is not a status: the list shows every status."
+        raw["status"] = ""
+    return {name: value for name, value in raw.items() if value}, notice
 
 
 def _license_list(find_error: str | None = None, status: int = 200) -> ResponseReturnValue:
-    filters = _filters()
+    filters, notice = _filters()
     rows = search_licenses(
         db.session,
         _scope(),
@@ -88,6 +97,7 @@ def _license_list(find_error: str | None = None, status: int = 200) -> ResponseR
         statuses=STATUS_FILTERS,
         older=older,
         find_error=find_error,
+        notice=notice,
         form=ConfirmForm(),
     ), status
 
