@@ -9,6 +9,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from connector.admin.auth import current_store, require_store_token
+from connector.admin.paging import asked_before, link_next, newest_first
 from connector.audit import shown_actor, store_admin_names
 from connector.catalog import (
     configure_product,
@@ -199,20 +200,16 @@ def _limit() -> int:
 @bp.get("/audit")
 @require_store_token
 def audit_log() -> ResponseReturnValue:
-    """The store's audit log, newest first (``?action=`` filters, ``?limit=`` caps); an admin
-    who is not one of the store's own is named ``admin`` (:func:`connector.audit.shown_actor`)."""
-    query = (
-        select(AuditEvent)
-        .where(AuditEvent.store_id == current_store().id)
-        .order_by(AuditEvent.id.desc())
-        .limit(_limit())
-    )
+    """The store's audit log, newest first (``?action=`` filters, ``?limit=`` caps,
+    ``?before=`` pages on, as the ``Link`` header's ``rel="next"`` gives it); an admin who is
+    not one of the store's own is named ``admin`` (:func:`connector.audit.shown_actor`)."""
+    query = select(AuditEvent).where(AuditEvent.store_id == current_store().id)
     action = request.args.get("action")
     if action:
         query = query.where(AuditEvent.action == action)
-    events = db.session.execute(query).scalars()
+    events, older = newest_first(query, AuditEvent.id, _limit(), asked_before())
     own_admins = store_admin_names(db.session, current_store().id)
-    return jsonify(
+    answer = jsonify(
         {
             "events": [
                 {
@@ -226,26 +223,29 @@ def audit_log() -> ResponseReturnValue:
             ]
         }
     )
+    return link_next(answer, older)
 
 
 @bp.get("/outbox")
 @require_store_token
 def outbox() -> ResponseReturnValue:
-    """The store's mails, sent or waiting (``sent_at`` null), newest first; and its order
-    mails not delivered yet: retrying through an outage, or dead after their last attempt
-    (``undelivered``, until the buyer has had a later one: ``POST .../orders/<id>/resend``)."""
-    mails = db.session.execute(
-        select(Mail)
-        .where(Mail.store_id == current_store().id)
-        .order_by(Mail.id.desc())
-        .limit(_limit())
-    ).scalars()
+    """The store's mails, sent or waiting (``sent_at`` null), newest first (``?before=``
+    pages on, as the ``Link`` header's ``rel="next"`` gives it); and its order mails not
+    delivered yet, on every page: retrying through an outage, or dead after their last
+    attempt (``undelivered``, until the buyer has had a later one: ``POST
+    .../orders/<id>/resend``)."""
+    mails, older = newest_first(
+        select(Mail).where(Mail.store_id == current_store().id),
+        Mail.id,
+        _limit(),
+        asked_before(),
+    )
     undelivered = db.session.execute(
         undelivered_mails(select(Job, Order.shop_order_id), current_store().id)
         .order_by(Job.id.desc())
         .limit(_limit())
     ).all()
-    return jsonify(
+    answer = jsonify(
         {
             "undelivered": [
                 {"order_id": shop_order_id, **trouble_json(job)}
@@ -265,6 +265,7 @@ def outbox() -> ResponseReturnValue:
             ],
         }
     )
+    return link_next(answer, older)
 
 
 def mask_email(email: str) -> str:

@@ -16,6 +16,7 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
 
 from connector.admin.forms import ConfirmForm
+from connector.admin.paging import one_page
 from connector.admin.views import (
     PAGE,
     _admin_name,
@@ -89,10 +90,10 @@ def _license_list(find_error: str | None = None, status: int = 200) -> ResponseR
         before=row_id(_sent().get("before") or ""),
         limit=PAGE + 1,
     )
-    older = rows[PAGE - 1].license.id if len(rows) > PAGE else None
+    shown, older = one_page(rows, PAGE, lambda row: row.license.id)
     return render_template(
         "admin/licenses.html",
-        rows=rows[:PAGE],
+        rows=shown,
         filters=filters,
         statuses=STATUS_FILTERS,
         older=older,

@@ -91,6 +91,7 @@ from .forms import (
     PasswordForm,
     admin_username,
 )
+from .paging import newest_first
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -345,12 +346,10 @@ def _newest_first(
 ) -> tuple[list[Any], int | None]:
     """One page of rows, newest first, from ``before`` (``?before=<id>``, or posted) on; and
     the id to pass as ``before`` for the next older page (None on the last one). ``param``
-    names the query's argument, for a page with two lists paged apart."""
+    names the query's argument, for a page with two lists paged apart. A ``before`` that is
+    no row id (a stale or typed address) is ignored: the newest page."""
     before = row_id(posted_before or request.args.get(param) or "")
-    if before is not None:
-        query = query.where(id_column < before)
-    rows = db.session.scalars(query.order_by(id_column.desc()).limit(size + 1)).all()
-    return list(rows[:size]), (rows[size - 1].id if len(rows) > size else None)
+    return newest_first(query, id_column, size, before)
 
 
 @bp.get("/orders/<int:order_id>")

@@ -153,20 +153,6 @@ def search_licenses(
     ]
 
 
-def list_licenses(
-    session: Session,
-    store: Store,
-    *,
-    email: str | None = None,
-    status: str | None = None,
-    product: str | None = None,
-) -> list[dict[str, Any]]:
-    """The store's licenses as JSON, newest first (at most ``LIST_LIMIT``), filtered as
-    :func:`search_licenses` filters them."""
-    rows = search_licenses(session, store.id, email=email, status=status, product=product)
-    return [license_row_json(row) for row in rows]
-
-
 def license_row_json(row: LicenseRow) -> dict[str, Any]:
     """One license as the owner's list answers it (and the CSV export writes it)."""
     return {

@@ -8,19 +8,21 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from connector.admin.auth import current_store, require_store_token
+from connector.admin.paging import asked_before, link_next, one_page
 from connector.catalog import find_product
 from connector.db import db, utcnow
 from connector.downloads.storage import storage_warnings
 from connector.errors import NotFound
 from connector.licensing.admin import (
     DAYS_MAX,
+    LIST_LIMIT,
     LicenseRow,
     change_license,
     find_store_license,
     license_record,
     license_row_json,
-    list_licenses,
     remove_activation_as_owner,
+    search_licenses,
 )
 from connector.licensing.export import license_csv_response
 from connector.licensing.releases import (
@@ -54,15 +56,20 @@ def _license_summary(lic: Any) -> dict[str, Any]:
 @bp.get("/licenses")
 @require_store_token
 def get_licenses() -> ResponseReturnValue:
+    """The store's licenses, newest first, ``LIST_LIMIT`` a page (``?before=`` pages on, as
+    the ``Link`` header's ``rel="next"`` gives it), filtered by email, status and product."""
     args = request.args
-    licenses = list_licenses(
+    rows = search_licenses(
         db.session,
-        current_store(),
+        current_store().id,
         email=args.get("email") or None,
         status=args.get("status") or None,
         product=args.get("product") or None,
+        before=asked_before(),
+        limit=LIST_LIMIT + 1,
     )
-    return jsonify({"licenses": licenses})
+    shown, older = one_page(rows, LIST_LIMIT, lambda row: row.license.id)
+    return link_next(jsonify({"licenses": [license_row_json(row) for row in shown]}), older)
 
 
 @bp.get("/licenses.csv")

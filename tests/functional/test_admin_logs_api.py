@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from flask import Flask
 
 from connector.db import db
 from connector.jobs import run_pending
 from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
+
+API = "/api/v1/admin"
+
+
+def follow_pages(shop: WebhookSender, path: str, field: str) -> list[list[Any]]:
+    """The ``field`` list of ``path`` and of each page its ``Link: <...>; rel="next"`` leads
+    to, page by page (a next link on the last page fails: more pages than rows)."""
+    pages: list[list[Any]] = []
+    target: str | None = path
+    while target is not None:
+        answer = shop.admin("GET", target)
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        pages.append(answer.get_json()[field])
+        assert len(pages) <= 50, "more pages than rows"
+        links = answer.headers.get_all("Link")
+        assert len(links) <= 1
+        found = re.fullmatch(r'<([^>]+)>; rel="next"', links[0]) if links else None
+        assert found is not None or not links, links
+        target = found.group(1).removeprefix(API) if found else None
+        assert target is None or target.startswith("/"), target
+    return pages
 
 
 def test_audit_log_and_outbox_show_only_this_store(app: Flask, shop: WebhookSender) -> None:
@@ -71,3 +95,54 @@ def test_the_owner_reads_back_what_a_product_is_configured_as(
     other_shop = WebhookSender(app.test_client(), other)
     assert other_shop.admin("GET", "/products/501").status_code == 404
     assert other_shop.admin("GET", "/products").get_json()["products"] == []
+
+
+def test_the_audit_log_and_outbox_page_on_past_their_limit_through_link_headers(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """``?limit=`` rows a page, and a ``Link: <...>; rel="next"`` while older rows exist:
+    followed, the pages are the whole log, newest first, each row once, the filter kept; a
+    ``before`` that is no row id is a 422 naming it; another store's token pages only its
+    own rows."""
+    shop.configure(501)
+    for order_id in range(9710, 9713):
+        shop.deliver(wc_order(order_id, "processing", [line_item(501)]))
+    run_pending(app)
+    whole = shop.admin("GET", "/audit?limit=1000")
+    assert "Link" not in whole.headers
+    events = whole.get_json()["events"]
+    assert len(events) == 5  # created, configured, three orders fulfilled
+    pages = follow_pages(shop, "/audit?limit=2", "events")
+    assert [len(page) for page in pages[:-1]] == [2] * (len(pages) - 1)
+    assert [e for page in pages for e in page] == events
+    fulfilled = follow_pages(shop, "/audit?limit=1&action=order.fulfilled", "events")
+    assert [[e["subject"] for e in page] for page in fulfilled] == [
+        ["order:9712"],
+        ["order:9711"],
+        ["order:9710"],
+    ]
+
+    mails = shop.admin("GET", "/outbox").get_json()["mails"]
+    assert len(mails) == 3
+    mail_pages = follow_pages(shop, "/outbox?limit=2", "mails")
+    assert [[m["id"] for m in page] for page in mail_pages] == [
+        [mails[0]["id"], mails[1]["id"]],
+        [mails[2]["id"]],
+    ]
+
+    for path in ("/audit", "/outbox"):
+        for garbage in ("", "abc", "-1", "1.5", "²", "9" * 20):
+            refused = shop.admin("GET", f"{path}?before={garbage}")
+            assert refused.status_code == 422, (path, garbage)
+            assert refused.mimetype == "application/problem+json"
+            assert refused.get_json()["field"] == "before"
+
+    with app.app_context():
+        other = create_store(db.session, "Other", "https://other.example")
+        db.session.commit()
+    other_shop = WebhookSender(app.test_client(), other)
+    newest = events[0]
+    assert other_shop.admin("GET", "/outbox?before=2147483647").get_json()["mails"] == []
+    theirs = follow_pages(other_shop, "/audit?limit=1&before=2147483647", "events")
+    assert all(e["subject"] != newest["subject"] for page in theirs for e in page)
+    assert all(e["action"] != "order.fulfilled" for page in theirs for e in page)

@@ -351,6 +351,47 @@ def test_admin_license_list_filters(shop: WebhookSender) -> None:
     assert shop.client.get("/api/v1/admin/licenses").status_code == 401
 
 
+def test_the_license_list_pages_on_past_its_limit_and_the_csv_has_every_one(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the list's limit, ``Link: <...>; rel="next"`` leads to the older licenses, the
+    filters kept, each once; a bad ``before`` is a 422 naming it; another store's token
+    pages only its own licenses; the CSV still has every license."""
+    from connector.stores import create_store
+    from tests.functional.test_admin_logs_api import follow_pages
+    from tests.functional.test_license_export import rows
+
+    monkeypatch.setattr("connector.licensing.admin_api.LIST_LIMIT", 2)
+    shop.configure(501)
+    shop.configure(502)
+    for order_id in range(9001, 9006):
+        shop.deliver(wc_order(order_id, "processing", [line_item(501)]))
+    shop.deliver(wc_order(9006, "processing", [line_item(502)]))
+    first = shop.admin("GET", "/licenses")
+    assert len(first.get_json()["licenses"]) == 2 and 'rel="next"' in first.headers["Link"]
+    pages = follow_pages(shop, "/licenses", "licenses")
+    assert [len(page) for page in pages] == [2, 2, 2]
+    listed = [lic["order_id"] for page in pages for lic in page]
+    assert listed == ["9006", "9005", "9004", "9003", "9002", "9001"]
+    of_501 = follow_pages(shop, "/licenses?product=501&status=active", "licenses")
+    assert [lic["order_id"] for page in of_501 for lic in page] == listed[1:]
+    csv_orders = [row["order_id"] for row in rows(shop.admin("GET", "/licenses.csv").data)]
+    assert csv_orders == listed
+    assert "Link" not in shop.admin("GET", "/licenses.csv").headers
+    for garbage in ("", "x", "-3", "9" * 20):
+        refused = shop.admin("GET", f"/licenses?before={garbage}")
+        assert refused.status_code == 422 and refused.get_json()["field"] == "before"
+
+    with app.app_context():
+        other = create_store(db.session, "Other", "https://other.example")
+        db.session.commit()
+    other_shop = WebhookSender(app.test_client(), other)
+    other_shop.configure(501)
+    other_shop.deliver(wc_order(9001, "processing", [line_item(501)], email="o@example.org"))
+    theirs = follow_pages(other_shop, "/licenses?before=2147483647", "licenses")
+    assert [lic["email"] for page in theirs for lic in page] == ["o@example.org"]
+
+
 def test_activation_limit_and_same_identity_twice(app: Flask, shop: WebhookSender) -> None:
     """Two seats: the same identity twice is one activation; a third site is refused."""
     key = issue_key(shop, activation_limit=2)

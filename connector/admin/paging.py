@@ -1,0 +1,62 @@
+"""Newest-first lists paged by id, for the admin pages and the admin JSON API.
+
+A page asks for one row more than it shows: that row says an older page exists, and the
+last row shown gives its ``before`` (only rows with a smaller id). The pages pass it on in
+their Older buttons and ignore a ``before`` that is no row id (a stale or typed address);
+the API answers it in a ``Link: <...>; rel="next"`` header (RFC 8288) and refuses one (422).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from flask import Response, request, url_for
+
+from connector.db import db
+from connector.errors import ValidationFailed
+from connector.validation import MAX_ROW_ID, row_id
+
+T = TypeVar("T")
+
+
+def one_page(rows: Sequence[T], size: int, id_of: Callable[[T], int]) -> tuple[list[T], int | None]:
+    """The first ``size`` of ``rows`` (read ``size + 1`` of them) and the ``before`` of the
+    next older page, None when they were all."""
+    return list(rows[:size]), (id_of(rows[size - 1]) if len(rows) > size else None)
+
+
+def newest_first(
+    query: Any, id_column: Any, size: int, before: int | None
+) -> tuple[list[Any], int | None]:
+    """One page of the ``query``'s rows (objects with an ``id``), newest first, older than
+    ``before`` when given; and the ``before`` of the next older page (None on the last)."""
+    if before is not None:
+        query = query.where(id_column < before)
+    rows = db.session.scalars(query.order_by(id_column.desc()).limit(size + 1)).all()
+    return one_page(rows, size, lambda row: row.id)
+
+
+def asked_before() -> int | None:
+    """The API's ``?before=``: None when not given, else the row id it names (422 if none)."""
+    raw = request.args.get("before")
+    if raw is None:
+        return None
+    before = row_id(raw)
+    if before is None:
+        raise ValidationFailed(
+            f"before must be a row id (a whole number up to {MAX_ROW_ID}), as the Link header"
+            " of the previous page gives it",
+            field="before",
+        )
+    return before
+
+
+def link_next(response: Response, before: int | None) -> Response:
+    """Add ``Link: <this address, from before on>; rel="next"`` when an older page exists;
+    the request's other arguments (filters, limit) are kept."""
+    if before is not None and request.endpoint is not None:
+        args: dict[str, Any] = {**request.args.to_dict(), "before": str(before)}
+        target = url_for(request.endpoint, **(request.view_args or {}), **args)
+        response.headers.add("Link", f'<{target}>; rel="next"')
+    return response
