@@ -3,9 +3,9 @@
 Each notice is something a buyer cannot tell the owner and that does not mend itself: the
 shop cannot be read or refuses the webhooks' secret, buyers' mails are not getting out (or
 cannot: orders issued with no address), keys flagged for too many binding changes, copies
-that failed to stamp (their links are refused), refunds Keygate could not apply. Read only; each notice links where the owner
-can act. Admins who see every store are also told of sign-ins locked in the last hour
-(``admin.login_locked``, not a store's: no store is named).
+that failed to stamp (their links are refused), refunds Keygate could not apply. Read only;
+each notice links where the owner can act. Admins who see every store are also told of
+sign-ins locked in the last hour (``admin.login_locked``, not a store's: no store is named).
 """
 
 from __future__ import annotations
