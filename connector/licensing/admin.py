@@ -316,7 +316,8 @@ def change_license(
     - reinstate: back to active, after the owner's or the abuse signal's suspension or
       revocation, or the order's; 409 while the order does not pay for it (:func:`not_paid_for`);
     - revoke, suspend or reinstate of a license already so: nothing changes, nothing is
-      audited (the answer is the license as it is); suspend of a revoked license is 409: a
+      audited (the answer is the license as it is), except that revoking a key its order
+      revoked makes the revocation the owner's; suspend of a revoked license is 409: a
       suspension would hide why it was revoked (a refund's would no longer come back with
       its order);
     - extend: ``days`` more, counted from the expiry if it is still ahead, else from now;
@@ -341,8 +342,13 @@ def change_license(
         )
     if action == "reinstate":
         _refuse_unpaid_reinstate(session, lic)
-    if lic.status == STATUS_AFTER.get(action):
-        return lic  # already so: its reason, links and audit log stay as they are
+    # Already so: its reason, links and audit log stay as they are. But the owner's revoke
+    # of a key its order revoked makes it the owner's: paid again, the order does not bring
+    # it back (a refunded fraud's key stays revoked whatever becomes of the order).
+    if lic.status == STATUS_AFTER.get(action) and (
+        action != "revoke" or lic.status_reason == "admin"
+    ):
+        return lic
     if action in ("revoke", "suspend"):
         lic.status = "revoked" if action == "revoke" else "suspended"
         lic.status_reason = "admin"
