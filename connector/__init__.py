@@ -21,7 +21,7 @@ from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy.exc import DBAPIError
 from werkzeug.routing import IntegerConverter, Map
 
-from connector.config import Settings, load_settings
+from connector.config import ConfigError, Settings, load_settings
 from connector.db import Disconnected, reads_survive_a_dropped_connection, shown_utc
 from connector.db import db as database
 from connector.errors import (
@@ -225,9 +225,17 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 
 def _check_database(app: Flask, *, may_be_away: bool) -> None:
-    """Refuse to start on a database not migrated for this code or made with other keys
+    """Refuse to start on a restored backup `keygate init` has not settled, or on a
+    database not migrated for this code or made with other keys
     (:mod:`connector.vault.keycheck`)."""
+    from connector.backup import unsettled_restore
     from connector.vault.keycheck import check_database
+
+    # A file in the instance folder: said whether the database answers or not (a worker
+    # started before it would wait for it, then give away ids of links already mailed).
+    unsettled = unsettled_restore(app.extensions["keygate.settings"].instance_dir)
+    if unsettled is not None:
+        raise ConfigError(unsettled)
 
     with app.app_context():
         try:

@@ -5,7 +5,8 @@ taken while the server keeps answering: copying the file of a database in WAL mo
 give a torn copy). The key files, ``keygate.toml`` and the embedded file storage go with it:
 a database without its master and secret keys cannot be read. Keys given in the environment
 are never written to disk here; the command says to keep them with the copy. PostgreSQL is
-backed up with its own tools (``pg_dump``): the command copies the rest and says so.
+backed up with its own tools (``pg_dump``): the command copies the rest and says so, and
+marks the folder (:data:`RESTORE_MARK_FILE`): its dump carries no mark of its own.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def _copy_instance(settings: Settings, destination: Path) -> Backup:
         )
         dump = shlex.quote(str(destination / "keygate.dump"))
         where = shlex.quote(plain.render_as_string(hide_password=False))
+        (destination / RESTORE_MARK_FILE).write_text(RESTORE_MARK_TEXT)
         done.keep_beside.append(
             f"the PostgreSQL database: dump it into the folder now, with `pg_dump -Fc -f {dump}"
             f" {where}`"
@@ -181,6 +183,40 @@ COPY_MARK = 0x4B474250
 IDS_AHEAD = 1_000_000_000
 
 
+# A PostgreSQL dump comes back with its sequences as they were dumped: the backup folder
+# holds this file instead, never an instance folder in use (a backup's folder lies outside
+# it). Once the folder is the instance folder, `keygate init` moves the ids ahead and then
+# removes the file; until then every other start refuses (see unsettled_restore).
+RESTORE_MARK_FILE = "restore.pending"
+RESTORE_MARK_TEXT = (
+    "This folder is a Keygate backup. Once it is the instance folder and its dump is restored,\n"
+    "`keygate init` moves the database's ids past those given after the backup (links mailed\n"
+    "since then never open another buyer's order) and removes this file; Keygate does not\n"
+    "start before.\n"
+)
+
+
+def restore_mark(instance_dir: Path) -> Path | None:
+    """The mark of a backup's folder (:data:`RESTORE_MARK_FILE`) in ``instance_dir``, if
+    it is there: a restore `keygate init` has not settled yet."""
+    mark = instance_dir / RESTORE_MARK_FILE
+    return mark if os.path.lexists(mark) else None
+
+
+def unsettled_restore(instance_dir: Path) -> str | None:
+    """Why Keygate must not start on ``instance_dir`` yet (a restored backup whose ids
+    `keygate init` has not moved ahead), or None. A server, a worker or a command started
+    before would give ids of rows made after the backup (their links mailed) to new rows."""
+    mark = restore_mark(instance_dir)
+    if mark is None:
+        return None
+    return (
+        f"{instance_dir} is a restored backup ({mark.name} in it): run `keygate init` before"
+        " starting Keygate (it moves the ids of new orders and links past those mailed after"
+        " the backup, then removes the file)"
+    )
+
+
 # PostgreSQL's ids are 32-bit (2.1 billion): a smaller step, still more rows than an
 # instance makes between a backup and its restore.
 PG_IDS_AHEAD = 10_000_000
@@ -233,8 +269,8 @@ def foreign_log(database_url: str) -> Path | None:
 
 def move_ids_ahead(engine: Engine) -> None:
     """Move every id the database gives from now on far past those it gave: for a database
-    restored from a backup (`keygate init --restored`; a copy `keygate backup` made does it
-    by itself on its first start).
+    restored from a backup (`keygate init --restored`, or `keygate init` in a PostgreSQL
+    backup's folder; a SQLite copy `keygate backup` made does it on its first start).
 
     Links name their rows (orders, download links) and stay valid with the secret key a
     restore brings back. Rows made after the backup were lost with the database, but their

@@ -169,13 +169,13 @@ def main() -> None:
     is_flag=True,
     help="The database was just restored from a backup (a PostgreSQL dump, a file copy):"
     " new ids start far past the old ones, so links mailed after the backup never open"
-    " another buyer's order.",
+    " another buyer's order. Implied in a backup's folder (it holds restore.pending).",
 )
 def init(admin_user: str, restored: bool) -> None:
     """Create instance/ (database, master key, secret key) and the first admin. Idempotent."""
     from alembic.util import CommandError
 
-    from connector.backup import move_ids_ahead, settle_restored_copy
+    from connector.backup import move_ids_ahead, restore_mark, settle_restored_copy
     from connector.db import db
     from connector.migrate import NewerDatabase, upgrade
     from connector.models import AdminUser
@@ -210,6 +210,9 @@ def init(admin_user: str, restored: bool) -> None:
         if problem is not None:
             raise click.ClickException(problem)
         _refuse_to_start_anew_beside_a_restored_database(instance, engine)
+        mark = restore_mark(instance)
+        if mark is not None:
+            _refuse_a_backups_folder_without_its_database(mark, engine)
         # Another instance's database (its URL given with this instance's keys) is refused
         # before it is migrated: its own servers may still run the code it was made for.
         if has_proof(engine):
@@ -242,12 +245,14 @@ def init(admin_user: str, restored: bool) -> None:
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         session.commit()
-        if restored:
+        if restored or mark is not None:
             move_ids_ahead(engine)
             click.echo(
                 "restored: ids of new orders, links and licenses start far past those made"
                 " before (links mailed after the backup never open another buyer's)"
             )
+            if mark is not None:  # once the ids have moved: a start before would not wait
+                _remove_restore_mark(mark)
         elif settle_restored_copy(engine):
             click.echo(
                 "a restored backup: ids of new orders, links and licenses start past those "
@@ -284,6 +289,33 @@ def _refuse_a_copy_beside_another_databases_log() -> None:
             f"would take that database's pages instead of its own. Move {log} and {shm} "
             "away (with Keygate stopped), then run `keygate init` again."
         )
+
+
+def _refuse_a_backups_folder_without_its_database(mark: Path, engine: Any) -> None:
+    """A backup's folder made the instance folder before its dump is restored (the settings
+    naming a new, empty database): init would start anew there and drop the mark, and the
+    dump, restored later, would never have its ids moved."""
+    from connector.vault.keycheck import database_in_use
+
+    if database_in_use(engine):
+        return
+    where = engine.url.set(query={}).render_as_string(hide_password=True)  # no secret
+    raise click.ClickException(
+        f"{mark.parent} is a backup's folder ({mark.name} in it), but the database at {where}"
+        " holds nothing: restore the backup's dump into it first, as the README's Backups"
+        f" says, then run `keygate init`; to start anew instead, remove {mark}"
+    )
+
+
+def _remove_restore_mark(mark: Path) -> None:
+    """The restore settled: servers and commands start from now on."""
+    try:
+        mark.unlink(missing_ok=True)  # two inits at once: the other may have removed it
+    except OSError as exc:
+        raise click.ClickException(
+            f"the ids have moved, but {mark} cannot be removed"
+            f" ({exc.strerror or type(exc).__name__}): remove it, then start Keygate"
+        ) from None
 
 
 def _refuse_new_keys_for_a_database_in_use(instance: Path, new_keys: dict[Path, str]) -> None:

@@ -653,3 +653,86 @@ def _init_then_lose_a_table_and_an_index(tmp_path: Path, database_url: str) -> N
     assert "table signing_keys" in refused.stderr
     assert "index ix_licenses_order_id" in refused.stderr
     assert "restore" in refused.stderr
+
+
+def test_a_backup_restored_as_the_readme_says_never_gives_away_ids_of_links_mailed_after_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Restored as the README says (the backup's folder as the instance folder, on
+    PostgreSQL its dump restored into a new database, then `keygate init`), rows made after
+    the backup (lost, their links mailed) never have their ids given to new rows. On
+    PostgreSQL the dump carries no mark, and init moved nothing unless the owner remembered
+    `--restored`: the folder is marked instead, init moves the ids and drops the mark, and
+    until then the server, the worker and the other commands refuse in a line. The mark is
+    never in the instance in use; SQLite's copy marks itself and its folder holds none."""
+    from connector.backup import IDS_AHEAD, PG_IDS_AHEAD, RESTORE_MARK_FILE
+    from connector.config import ConfigError
+    from connector.db import make_engine
+    from tests.functional.test_cli import keygate
+
+    on_sqlite = database_url.startswith("sqlite")
+    live_url = None if on_sqlite else database_url  # SQLite: the instance folder's own
+
+    def add_admin(url: str | None, name: str) -> int:
+        """An admin's id (a session names its admin by id, as links name orders)."""
+        added = keygate(tmp_path, "admin", "add", "--username", name, database_url=url)
+        assert added.returncode == 0, added.stderr
+        engine = make_engine(url or f"sqlite:///{tmp_path / 'instance' / 'keygate.db'}")
+        with engine.connect() as connection:
+            highest = connection.execute(text("SELECT max(id) FROM admin_users")).scalar_one()
+        engine.dispose()
+        return int(highest)
+
+    assert keygate(tmp_path, "init", database_url=live_url).returncode == 0
+    ana = add_admin(live_url, "ana")
+    backed = keygate(tmp_path, "backup", str(tmp_path / "copy"), database_url=live_url)
+    assert backed.returncode == 0, backed.stderr
+    assert not (tmp_path / "instance" / RESTORE_MARK_FILE).exists()
+    mark = tmp_path / "copy" / RESTORE_MARK_FILE
+    assert mark.exists() != on_sqlite
+    if not on_sqlite:
+        (line,) = [row for row in backed.stdout.splitlines() if "pg_dump" in row]
+        subprocess.run(shlex.split(line.split("`")[1]), check=True, timeout=120)
+    bea = add_admin(live_url, "bea")  # after the backup: lost with the disk, link mailed
+
+    (tmp_path / "instance").rename(tmp_path / "aside")
+    shutil.copytree(tmp_path / "copy", tmp_path / "instance")
+    with contextlib.ExitStack() as stack:
+        target = None
+        if not on_sqlite:
+            name = f"keygate_restored_{uuid.uuid4().hex[:8]}"
+            target = stack.enter_context(_new_postgresql_database(database_url, name))
+            # The dump not restored yet: init makes nothing in the empty database.
+            refused = keygate(tmp_path, "init", database_url=target)
+            assert refused.returncode == 1, refused.stdout
+            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+            assert f"{RESTORE_MARK_FILE} in it" in refused.stderr
+            assert "holds nothing" in refused.stderr
+            empty = create_engine(target)
+            with empty.connect() as connection:
+                tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+                assert connection.execute(text(tables)).scalar() == 0
+            empty.dispose()
+            assert (tmp_path / "instance" / RESTORE_MARK_FILE).exists()
+            dump = tmp_path / "instance" / "keygate.dump"
+            subprocess.run(_readme_pg_restore(dump, target), check=True, timeout=120)
+            # Restored, not settled: nothing but init starts (gunicorn loads the app).
+            for command in (("admin", "list"), ("worker",)):
+                refused = keygate(tmp_path, *command, database_url=target)
+                assert refused.returncode == 1, refused.stdout
+                assert "Traceback" not in refused.stderr, refused.stderr[-600:]
+                assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+                assert f"{RESTORE_MARK_FILE} in it): run `keygate init`" in refused.stderr
+            with pytest.raises(ConfigError, match="run `keygate init` before starting"):
+                create_app({"instance_dir": tmp_path / "instance", "database_url": target})
+        init = keygate(tmp_path, "init", database_url=target)
+        assert init.returncode == 0, init.stderr
+        ahead = IDS_AHEAD if on_sqlite else PG_IDS_AHEAD
+        carl = add_admin(target, "carl")
+        assert carl > bea
+        assert carl >= ana + 1 + ahead
+        assert "restored" in init.stdout
+        assert not (tmp_path / "instance" / RESTORE_MARK_FILE).exists()
+        listed = keygate(tmp_path, "admin", "list", database_url=target)
+        assert listed.returncode == 0, listed.stderr
+        assert "carl" in listed.stdout and "bea" not in listed.stdout
