@@ -33,6 +33,7 @@ from connector.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
     TooManyRequests,
+    ValidationFailed,
     database_unavailable,
     http_problem,
     rollback_request,
@@ -120,6 +121,12 @@ def _parse_body() -> dict[str, Any]:
         raise InvalidInput("The body must be a JSON object.") from None
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object.")
+    if not isinstance(data.get("nonce"), str | None):
+        # Echoed as it came, a number would be 12345 in one JSON library and 12345.0 in
+        # another; echoed as null it fails the product's own check with no word of why.
+        raise ValidationFailed(
+            "nonce must be text (a JSON string), as the answer echoes it", field="nonce"
+        )
     return data
 
 

@@ -13,7 +13,7 @@ from connector.db import db
 from connector.models import Activation
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
-from tests.licensing_helpers import call, issue_key
+from tests.licensing_helpers import call, issue_key, verify_signed
 
 
 def test_valid_key_answers_valid_with_license_block(shop: WebhookSender) -> None:
@@ -129,6 +129,31 @@ def test_missing_key_problem_echoes_the_nonce(shop: WebhookSender) -> None:
     response = call(shop.client, "activate", {"nonce": "abc", "site": "shop.com"})
     assert response.status_code == 422
     assert response.get_json()["nonce"] == "abc"
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["validate", "activate", "deactivate", "update-check", "checkout"]
+)
+def test_a_nonce_that_is_not_text_is_a_signed_422_naming_it(
+    app: Flask, shop: WebhookSender, endpoint: str
+) -> None:
+    """A nonce sent as a number (PHP's ``mt_rand()``) or any other non-string is refused with
+    a problem naming ``nonce``, signed like every answer: echoed back as null it would fail the
+    product's own nonce check with no word of why."""
+    key = issue_key(shop)
+    for nonce in (12345, 1.5, True, ["n"], {"n": 1}):
+        body = {"key": key, "site": "shop.com", "product": "501", "version": "1.0", "nonce": nonce}
+        response = call(shop.client, endpoint, body, check=False)
+        assert response.status_code == 422, nonce
+        assert response.mimetype == "application/problem+json"
+        problem = verify_signed(shop.client, "POST", f"/api/v1/licenses/{endpoint}", response)
+        assert problem["field"] == "nonce"
+        assert "nonce" in problem["detail"]
+        assert problem["nonce"] is None
+    assert _count_activations(app) == 0  # refused before anything was done
+    # A nonce that is text, or null (none), is answered as before.
+    body = {"key": key, "site": "shop.com", "product": "501", "version": "1.0", "nonce": None}
+    assert call(shop.client, endpoint, body).status_code == 200
 
 
 def test_product_mismatch(shop: WebhookSender) -> None:
