@@ -14,6 +14,7 @@ from connector.audit import record_audit
 from connector.catalog import _check_object_key
 from connector.db import iso
 from connector.errors import Conflict, NotFound, ValidationFailed
+from connector.licensing.versions import comparable_version
 from connector.models import Product, Release, Store
 from connector.tokens import release_token
 from connector.validation import known_fields, optional_int, optional_str, required_str
@@ -47,6 +48,7 @@ def parse_release_spec(data: dict[str, Any]) -> ReleaseSpec:
     version = required_str(data, "version", max_length=64)
     if not VERSION.fullmatch(version):
         raise ValidationFailed("version has characters other than 0-9 A-Z . + - _", field="version")
+    comparable_version(version)
     sha256 = required_str(data, "sha256", max_length=64).lower()
     if not SHA256.fullmatch(sha256):
         raise ValidationFailed("sha256 must be 64 hex characters", field="sha256")

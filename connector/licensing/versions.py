@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from connector.errors import ValidationFailed
+
 _NUMBER = re.compile(r"[0-9]+")
 
 # One pre-release identifier as it sorts: numeric (0, value, "") before alphanumeric (1, 0, text).
@@ -28,6 +30,34 @@ Identifier = tuple[int, int, str]
 
 def _identifier(text: str) -> Identifier:
     return (0, int(text), "") if _NUMBER.fullmatch(text) else (1, 0, text)
+
+
+def _release_part(text: str) -> tuple[str, str]:
+    """The release part of a version and its pre-release (empty for a stable version)."""
+    version = text.strip().partition("+")[0]
+    if version[:1] in ("v", "V"):
+        version = version[1:]
+    release_part, _, pre = version.partition("-")
+    return release_part, pre
+
+
+def comparable_version(text: str) -> str:
+    """``text`` if it is a version update-check can compare: one with a number in its release
+    part (``1.2``, ``v1.2.3-beta.1``, ``2024.05.01``). Without one (``!!!``, ``latest``,
+    ``-1.0``) it would compare as 0, older than every release: a caller sending it is told
+    "up to date", and a release published as it is never offered. Versions already stored are
+    compared as they are (:meth:`Version.parse` takes any text).
+
+    Raises:
+        ValidationFailed: (422) naming ``version``.
+    """
+    if not _NUMBER.search(_release_part(text)[0]):
+        raise ValidationFailed(
+            "version cannot be compared: it needs a number before any '-' "
+            "(1.2, 1.2.3, v1.2.3, 1.2.3-beta.1, 2024.05.01)",
+            field="version",
+        )
+    return text
 
 
 @dataclass(frozen=True, order=True)
@@ -42,10 +72,7 @@ class Version:
     def parse(cls, text: str) -> Version:
         """Any text a caller or owner sends; the numbers of the release part are what count
         there (``latest`` is 0)."""
-        version = text.strip().partition("+")[0]
-        if version[:1] in ("v", "V"):
-            version = version[1:]
-        release_part, _, pre = version.partition("-")
+        release_part, pre = _release_part(text)
         numbers = [int(n) for n in _NUMBER.findall(release_part)]
         while numbers and numbers[-1] == 0:
             numbers.pop()

@@ -53,6 +53,7 @@ from connector.licensing.files import (
 from connector.licensing.policy import Policy
 from connector.licensing.privacy import register as register_privacy_hooks
 from connector.licensing.releases import release_download_url
+from connector.licensing.versions import comparable_version
 from connector.models import Product, Release, Store
 from connector.ratelimit import Breach, Budgets
 from connector.signing import (
@@ -423,7 +424,7 @@ def update_check() -> ResponseReturnValue:
         db.session,
         required_str(data, "key"),
         product_id=_shop_id_field(data, "product", required=True) or "",
-        version=required_str(data, "version", max_length=64),
+        version=comparable_version(required_str(data, "version", max_length=64)),
         site=optional_str(data, "site", max_length=2048),
         fingerprint=_fingerprint_field(data),
         store=_store_field(data),

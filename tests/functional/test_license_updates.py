@@ -59,6 +59,41 @@ def test_release_input_is_checked(shop: WebhookSender) -> None:
     assert [r["version"] for r in listed] == ["1.0.0"]
 
 
+UNCOMPARABLE = ["!!!", "latest", "beta", "v", "V.", "-1.0", "x-1.2"]
+REAL_VERSIONS = ["1.2", "1.2.3", "1.2.3-beta.1", "v1.2.3", "2024.05.01", "1.2.3+build.7", "7"]
+
+
+def test_a_version_that_cannot_be_compared_is_a_422_naming_it(shop: WebhookSender) -> None:
+    """update-check with a version that has no number to compare (``!!!``) is a signed 422
+    naming ``version``, not "up to date"; the version formats products use are answered."""
+    key = issue_key(shop)
+    publish(shop, "1.0.0", PAID)
+    for version in UNCOMPARABLE:
+        body = {"key": key, "product": "501", "version": version}
+        response = call(shop.client, "update-check", body)  # signature checked
+        assert response.status_code == 422, version
+        assert response.mimetype == "application/problem+json"
+        assert response.get_json()["field"] == "version"
+        assert "version" in response.get_json()["detail"]
+    for version in REAL_VERSIONS:
+        answer = update_check(shop, key, version)
+        assert answer["code"] == "VALID", version
+
+
+def test_releases_are_held_to_the_same_version_rule(shop: WebhookSender) -> None:
+    """Release creation refuses the versions update-check cannot compare (a release
+    ``latest`` would be 0, older than every other) and takes the formats products use."""
+    issue_key(shop)
+    good = {"object_key": "r/x.zip", "sha256": "a" * 64, "size": 1}
+    for version in UNCOMPARABLE:
+        response = shop.admin("POST", "/products/501/releases", {**good, "version": version})
+        assert response.status_code == 422, version
+        assert response.get_json()["field"] == "version"
+    for version in REAL_VERSIONS:
+        response = shop.admin("POST", "/products/501/releases", {**good, "version": version})
+        assert response.status_code == 201, (version, response.get_data(as_text=True))
+
+
 def test_update_offered_within_the_update_window(app: Flask, shop: WebhookSender) -> None:
     """The newest release published before updates_until is offered with a working URL."""
     key = issue_key(shop, update_days=5)
