@@ -49,6 +49,7 @@ import socket
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -416,7 +417,14 @@ def _moment(value: Any) -> float | None:
 
 
 def _compact(license_key: str) -> str:
-    return "".join(p for p in license_key.strip().upper().replace(" ", "-").split("-") if p)
+    """The key without its separators, upper case: whitespace and dashes forgiven, the Unicode
+    ones a mail, PDF or chat slips in too (no-break and zero-width spaces, byte order mark,
+    non-breaking hyphen, en dash: whitespace, format characters and dashes), as Keygate
+    forgives them (connector.licensing.keys.key_groups; this file stands alone)."""
+    text = "-".join(license_key.split())
+    if not text.isascii():
+        text = "".join("-" if unicodedata.category(c) in ("Cf", "Pd") else c for c in text)
+    return "".join(p for p in text.upper().split("-") if p)
 
 
 def _utf8(text: str) -> bytes:

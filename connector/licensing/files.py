@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from connector.licensing.keys import key_groups
 from connector.signing import Signer
 
 BEGIN = "-----BEGIN KEYGATE LICENSE FILE-----"
@@ -42,7 +43,7 @@ OFFLINE_DAYS_MAX = MAX_TTL // DAY
 
 def compact_key(raw_key: str) -> str:
     """The key as typed, with case, spaces and dashes forgiven (as connector/client.py)."""
-    return "".join(p for p in raw_key.strip().upper().replace(" ", "-").split("-") if p)
+    return "".join(key_groups(raw_key))
 
 
 def file_key(raw_key: str) -> bytes:

@@ -8,6 +8,7 @@ catches every single mistyped character and every swap of two neighbours.
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from dataclasses import dataclass
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -61,6 +62,18 @@ def _body_valid(parts: list[str]) -> bool:
     return check_character(chars[:-1]) == chars[-1]
 
 
+def key_groups(raw: str) -> list[str]:
+    """The groups of a key as typed, upper case: case, whitespace and dashes forgiven, and
+    the Unicode ones a mail, PDF or chat slips in too: any whitespace (no-break, thin,
+    ideographic spaces), invisible format characters (zero-width space, byte order mark,
+    word joiner, soft hyphen) and dashes (non-breaking hyphen, en dash). None of them is
+    ever part of a key. connector/client.py forgives the same characters."""
+    text = "-".join(raw.split())  # str.split(): every Unicode whitespace
+    if not text.isascii():
+        text = "".join("-" if unicodedata.category(c) in ("Cf", "Pd") else c for c in text)
+    return [p for p in text.upper().split("-") if p]
+
+
 def normalize_key(raw: object) -> str | None:
     """Canonical form of a key as typed (case, spaces, dashes forgiven), or None if malformed.
 
@@ -70,10 +83,9 @@ def normalize_key(raw: object) -> str | None:
     """
     if not isinstance(raw, str):
         return None
-    text = raw.strip()  # padding is forgiven whatever its length (the API strips it too)
-    if len(text) > MAX_KEY_LENGTH:
+    if len(raw.strip()) > MAX_KEY_LENGTH:  # padding is forgiven whatever its length
         return None
-    parts = [p for p in text.upper().replace(" ", "-").split("-") if p]
+    parts = key_groups(raw)
     if len(parts) < 2 or not all(p.isascii() and p.isalnum() for p in parts):
         return None
     if _body_valid(parts) or _body_valid(parts[1:]):

@@ -75,6 +75,26 @@ def test_key_is_forgiving_about_case_and_spaces(shop: WebhookSender) -> None:
     assert body["code"] == "VALID"
 
 
+def test_a_key_pasted_with_unicode_spaces_is_found(shop: WebhookSender) -> None:
+    """A key copied out of a mail or PDF with a zero-width space, no-break spaces or a
+    non-breaking hyphen validates, checks out, and its offline file verifies with the key as
+    pasted or as typed (the client library forgives the same characters)."""
+    from connector.client import verify_license_file
+    from tests.licensing_helpers import public_keys
+
+    key = issue_key(shop)
+    pasted = "\u00a0" + key.replace("-", "\u2011", 1).replace("-", "\u200b") + "\u200b\u3000"
+    body = call(shop.client, "validate", {"key": pasted}).get_json()
+    assert (body["valid"], body["code"]) == (True, "VALID")
+    checked_out = call(shop.client, "checkout", {"key": pasted, "encrypt": True}).get_json()
+    assert checked_out["code"] == "VALID"
+    keys = public_keys(shop.client)
+    assert verify_license_file(checked_out["license_file"], keys, key=key)["product"] is None
+    verify_license_file(checked_out["license_file"], keys, key=pasted)
+    plain = call(shop.client, "checkout", {"key": key, "encrypt": False}).get_json()
+    verify_license_file(plain["license_file"], keys, key=pasted)  # key_sha256 matches
+
+
 @pytest.mark.parametrize(
     ("raw", "body", "status"),
     [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from connector.client import _compact as client_compact
+from connector.licensing.files import compact_key
 from connector.licensing.keys import ALPHABET, KeyFormat, generate_key, lookup_form, normalize_key
 
 
@@ -59,6 +61,43 @@ def test_typing_is_forgiven_case_spaces_and_dashes() -> None:
     normalized = normalize_key(sloppy)
     assert normalized is not None
     assert lookup_form(normalized) == lookup_form(key)
+
+
+# What a key picks up on its way through a mail, a PDF, a chat or a word processor.
+PASTED_SEPARATORS = [
+    "\u200b",  # zero-width space
+    "\u00a0",  # no-break space
+    "\u202f",  # narrow no-break space
+    "\u2009",  # thin space
+    "\u3000",  # ideographic space
+    "\ufeff",  # byte order mark / zero-width no-break space
+    "\u2060",  # word joiner
+    "\u00ad",  # soft hyphen
+    "\u2010",  # hyphen
+    "\u2011",  # non-breaking hyphen
+    "\u2013",  # en dash
+    "\u2014",  # em dash
+    "\t",
+    "\n",
+]
+
+
+@pytest.mark.parametrize("separator", PASTED_SEPARATORS)
+def test_unicode_whitespace_and_dashes_pasted_with_a_key_are_forgiven(separator: str) -> None:
+    """Invisible or look-alike characters inside or around a pasted key are separators, as
+    ASCII spaces and dashes are: the key is found, not read as a typo."""
+    key = generate_key(KeyFormat(prefix="KG"))
+    for pasted in (
+        separator + key + separator,
+        key.replace("-", separator),
+        key.replace("-", "-" + separator),
+        key[:5] + separator + key[5:],
+    ):
+        normalized = normalize_key(pasted)
+        assert normalized is not None, repr(pasted)
+        assert lookup_form(normalized) == lookup_form(key)
+        assert compact_key(pasted) == compact_key(key)  # offline files name the same key
+        assert client_compact(pasted) == compact_key(key)  # and the client library agrees
 
 
 @pytest.mark.parametrize("garbage", ["", "-", "ABC", "x" * 500, "KG-!!!!-AAAA", 12345, None])
