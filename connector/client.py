@@ -467,8 +467,11 @@ def verify_license_file(
             malformed, forged, encrypted for another key, for another product, site or
             machine, issued in the future (a clock set back), or past its expiry.
         ValueError: ``site`` is empty or blank (None is no site).
+        TypeError: ``key`` is given but is not text.
     """
     _refuse_empty_site(site)
+    if key is not None:
+        _refuse_key_not_text(key)
     if isinstance(text, bytes):  # read from disk as bytes: the file is ASCII
         try:
             text = text.decode("ascii")
@@ -555,6 +558,13 @@ def _refuse_empty_site(site: str | None) -> None:
     that is None. Keygate refuses it too (422)."""
     if isinstance(site, str) and not site.strip():
         raise ValueError("site is empty: pass site=None for no site")
+
+
+def _refuse_key_not_text(key: object) -> None:
+    """A key that is not text (None: a setting never filled in; bytes read from a file) is
+    the product's mistake, named before anything is sent, not an AttributeError."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be the license key as text (str), not {type(key).__name__}")
 
 
 def site_host(site: str) -> str | None:
@@ -918,7 +928,13 @@ class KeygateClient:
     # --- transport -------------------------------------------------------------------------
 
     def _question(self, key: str, **fields: Any) -> dict[str, Any]:
-        """What a call asks: the key, the fields given (None: left out) and the store."""
+        """What a call asks: the key, the fields given (None: left out) and the store.
+
+        Raises:
+            TypeError: ``key`` is not text (None included), naming it; nothing is sent.
+            ValueError: ``site`` is empty or blank.
+        """
+        _refuse_key_not_text(key)
         _refuse_empty_site(fields.get("site"))
         fields = {"key": key, **fields, "store": self.store}
         return {k: v for k, v in fields.items() if v is not None}

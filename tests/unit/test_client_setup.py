@@ -4,12 +4,13 @@ not at the first call (urllib's "unknown url type", or a call gone to the wrong 
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from connector.client import KeygateClient
+from connector.client import KeygateClient, verify_license_file
 
 PUBLIC_KEY = base64.b64encode(
     Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -76,3 +77,32 @@ def test_an_empty_product_or_store_is_named_when_the_client_is_made(name: str, v
     with pytest.raises(ValueError, match=f"{name} is empty"):
         KeygateClient("https://keygate.example.com", {"k1": PUBLIC_KEY}, **{name: value})
     assert getattr(KeygateClient("https://k.example.com", {"k1": PUBLIC_KEY}), name) is None
+
+
+CALLS_TAKING_A_KEY: dict[str, Any] = {
+    "validate": lambda client, key: client.validate(key, site="shop.com"),
+    "activate": lambda client, key: client.activate(key, site="shop.com"),
+    "deactivate": lambda client, key: client.deactivate(key, site="shop.com"),
+    "check_update": lambda client, key: client.check_update(key, "1.0.0"),
+    "checkout": lambda client, key: client.checkout(key, site="shop.com"),
+    # key=None is no key there (a plain file checked without one): not a mistake.
+    "verify_license_file": lambda client, key: verify_license_file(
+        "not a file", {"k1": PUBLIC_KEY}, key=key
+    ),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CALLS_TAKING_A_KEY))
+@pytest.mark.parametrize("key", [None, 12345, b"KG-AAAAA-BBBBB", ["KG-AAAAA-BBBBB"]])
+def test_a_key_that_is_not_text_is_a_type_error_naming_it_before_anything_is_sent(
+    call: str, key: object
+) -> None:
+    """``client.validate(None)`` (a setting never filled in) says the key must be text, in
+    every call taking a key and in ``verify_license_file``, not an AttributeError from deep
+    inside, nor a request sent without a key. Port 9 on loopback answers nothing: a call
+    that went out would be ``Unavailable``."""
+    if call == "verify_license_file" and key is None:
+        pytest.skip("verify_license_file(key=None) checks a file without a key")
+    client = KeygateClient("http://127.0.0.1:9", {"k1": PUBLIC_KEY}, timeout=2)
+    with pytest.raises(TypeError, match=r"key must be the license key as text \(str\)"):
+        CALLS_TAKING_A_KEY[call](client, key)
