@@ -1,7 +1,8 @@
 """The buyer's activations on the portal page ``/my/<token>``: see them, free a seat.
 
 The portal template includes ``portal/activations.html`` in its ``activations`` block; this
-blueprint gives that template ``activations_by_license(license_ids)`` and the deactivate
+blueprint gives that template ``activations_by_license(license_ids)``, ``seats_taken_by``
+(each active key's "N of M activations used", counted as the API counts seats) and the deactivate
 button's POST (CSRF-protected like every portal form; the signed portal token is the credential).
 """
 
@@ -18,7 +19,7 @@ from connector.audit import record_audit
 from connector.db import db
 from connector.errors import error_page
 from connector.extensions import limiter
-from connector.licensing.service import remove_activation
+from connector.licensing.service import remove_activation, seats_taken_by
 from connector.models import Activation, License
 from connector.orders.renewals import own_renewed_query
 from connector.portal.views import PRIVATE, expired_page, order_for
@@ -45,7 +46,11 @@ bp.register_error_handler(LinkExpired, expired_page)  # its buttons live on the 
 
 @bp.app_context_processor
 def _portal_helpers() -> dict[str, object]:
-    return {"activations_by_license": activations_by_license, "activation_token": activation_token}
+    return {
+        "activations_by_license": activations_by_license,
+        "activation_token": activation_token,
+        "seats_taken_by": seats_taken_by,
+    }
 
 
 @bp.post("/my/<token>/activations/<activation>/deactivate")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,13 @@ def activations_used(session: Session, license_id: int) -> int:
         .where(Activation.license_id == license_id, Activation.staging.is_(False))
     ).scalar_one()
     return count
+
+
+def seats_taken_by(activations: Iterable[Activation]) -> int:
+    """Seats ``activations`` (already loaded) take, counted as :func:`activations_used`
+    counts them: a site free under the policy's ``staging_free`` when it was activated
+    (``Activation.staging``) takes none."""
+    return sum(1 for activation in activations if not activation.staging)
 
 
 def _not_found(malformed: bool) -> Answer:

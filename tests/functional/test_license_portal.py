@@ -254,3 +254,48 @@ def test_the_page_of_an_order_of_many_seats_asks_the_database_a_few_times(
     many, html = page_queries(9721, 40)
     assert many == few
     assert all(f"s9721-{n}.com" in html for n in range(40))
+
+
+def _page_text(html: str) -> str:
+    """The page as read: tags dropped, whitespace collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split()).replace(" :", ":").replace(" .", ".")
+
+
+def test_the_portal_says_how_many_activations_each_key_uses_of_its_limit(
+    shop: WebhookSender,
+) -> None:
+    """A buyer told TOO_MANY_ACTIVATIONS sees, beside where each active key is activated,
+    "N of M activations used" (or unlimited), counted as the server counts seats: a staging
+    site is free while the policy says so, and takes a seat when it does not."""
+    shop.configure(501, activation_limit=2)  # staging_free by default
+    shop.configure(502)  # no limit
+    shop.configure(503, activation_limit=3, staging_free=False)
+    shop.deliver(wc_order(9790, "processing", [line_item(501), line_item(502), line_item(503)]))
+    body = shop.order(9790)
+    keys = {lic["product_id"]: lic["key"] for lic in body["licenses"]}
+    portal_path = body["portal_url"].removeprefix("http://keygate.test")
+    for site in ("site-a.com", "site-b.com", "localhost"):
+        assert call(shop.client, "activate", {"key": keys["501"], "site": site}).get_json()["valid"]
+    refused = call(shop.client, "activate", {"key": keys["501"], "site": "site-c.com"}).get_json()
+    assert refused["code"] == "TOO_MANY_ACTIVATIONS"
+    assert call(shop.client, "activate", {"key": keys["502"], "site": "a.com"}).get_json()["valid"]
+    assert call(shop.client, "activate", {"key": keys["503"], "site": "dev.shop.com"}).get_json()[
+        "valid"
+    ]
+
+    html = shop.client.get(portal_path).get_data(as_text=True)
+    text = _page_text(html)
+    assert f"Product 501 {keys['501']}: 2 of 2 activations used." in text, text
+    assert "All in use: deactivate one below to use this key elsewhere." in text
+    assert f"Product 502 {keys['502']}: 1 activation used, no limit." in text
+    assert f"Product 503 {keys['503']}: 1 of 3 activations used." in text  # staging counted
+    assert text.count("All in use") == 1
+
+    # The seat freed on the page is counted free at once, as the API counts it.
+    action = re.search(r'action="([^"]+/deactivate)"[^>]*>\s*<input[^>]*value="([^"]+)"', html)
+    assert action
+    freed = shop.client.post(action.group(1), data={"csrf_token": action.group(2)})
+    assert freed.status_code == 302
+    text = _page_text(shop.client.get(portal_path).get_data(as_text=True))
+    assert f"Product 501 {keys['501']}: 1 of 2 activations used." in text, text
+    assert "All in use" not in text
