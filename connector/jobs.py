@@ -141,6 +141,33 @@ def release_dedupe_key(session: Session, payload: dict[str, Any]) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(dedupe_key=None))
 
 
+def run_held_now(session: Session, jobs: Select[Job], reason: str) -> list[int]:
+    """Jobs that were held for something the owner has just given (credentials): those
+    waiting out their backoff run now, and those that gave up waiting (``dead``) are taken
+    up again from their first attempt, as the owner's retry does (audited ``job.retried``).
+    ``jobs``: the held jobs, narrowed to their store. Returns their ids."""
+    from connector.audit import record_audit
+
+    now = utcnow()
+    held = list(session.scalars(jobs.where(Job.status.in_(("pending", "dead")))))
+    for job in held:
+        if job.status == "dead":
+            job.status = "pending"
+            job.attempts = 0
+            record_audit(
+                session,
+                store_id=store_of(session, job.payload),
+                actor="keygate",
+                action="job.retried",
+                subject=f"job:{job.id}",
+                detail={"kind": job.kind, "reason": reason},
+            )
+        job.run_after = min(job.run_after, now)
+    if held:
+        session.info["keygate_jobs_added"] = True
+    return [job.id for job in held]
+
+
 @event.listens_for(Session, "after_commit")
 def _wake_worker_after_commit(session: Session) -> None:
     # Dispatch only after commit: a job must never run against data that may roll back.

@@ -38,6 +38,9 @@ from plugin.shop import ShopOrder
 
 PUSH_JOB = "brevo.push_contact"
 REMOVE_JOB = "brevo.remove_contact"
+# Why a job of a store's Brevo mail or list waits (the text of its RetryLater): saving the
+# credentials sends what waits (connector.mail.service.send_held_mail).
+NO_CREDENTIALS = "no Brevo credentials for this store"
 # Order.brevo_list_id of buyers pushed before the list was recorded: the store's list.
 LIST_NOT_RECORDED = 0
 # The audit action of a removal, by its reason.
@@ -396,7 +399,7 @@ def remove_contact_from_brevo_list(payload: dict[str, Any]) -> None:
     store = session.get(Store, removal.store_id)
     config = brevo_config_for(session, store) if store is not None else None
     if config is None:
-        raise RetryLater("no Brevo credentials for this store")
+        raise RetryLater(NO_CREDENTIALS)
     host = _host()
     kept = _holding_order(session, removal, config.list_id) is not None
     session.commit()  # no transaction open while Brevo answers (the row stays loaded)

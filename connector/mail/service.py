@@ -49,7 +49,7 @@ def mailer_for(store: Store) -> Mailer:
         if config is not None:
             return BrevoMailer(config, settings.brevo_api_host)
         if settings.mail_backend == "brevo":
-            raise RetryLater("no Brevo credentials for this store yet")
+            raise RetryLater(f"{contacts.NO_CREDENTIALS} yet")
     return ConsoleMailer(echo=settings.mail_echo)
 
 
@@ -237,6 +237,24 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
         .where(Mail.id == mail_row.id)
         .values(backend=mailer.name, provider_message_id=message_id, sent_at=utcnow())
     )
+
+
+def send_held_mail(session: Session, store: Store) -> list[int]:
+    """The store's Brevo credentials were just saved: its buyers' mails held for want of them
+    (``KEYGATE_MAIL_BACKEND=brevo``), and removals from its Brevo list, go now, not at
+    their next backoff, and those that gave up waiting (dead after their last attempt: the
+    credentials came a day later) too. The store page promised they were held until then.
+    Returns the jobs' ids."""
+    from connector.jobs import run_held_now, store_jobs
+
+    held = store_jobs(store.id).where(
+        Job.kind.in_((ORDER_MAIL_JOB, contacts.REMOVE_JOB)),
+        Job.attempts > 0,
+        Job.last_error.startswith(
+            f"{RetryLater.__name__}: {contacts.NO_CREDENTIALS}", autoescape=True
+        ),
+    )
+    return run_held_now(session, held, "brevo credentials saved")
 
 
 def idempotency_key(store: Store, job_id: Any) -> str:

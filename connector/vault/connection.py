@@ -267,6 +267,10 @@ def save_credentials(
     if kind == "woocommerce":
         # Keys given by hand count as a connection: register the webhooks with them.
         accept_manual_key(session, store, changed=stored != previous, actor=actor)
+    elif kind == "brevo":
+        from connector.mail.service import send_held_mail
+
+        send_held_mail(session, store)
     return stored
 
 

@@ -488,3 +488,56 @@ def test_a_mail_brevo_refuses_says_in_the_outbox_what_to_check(
     assert error.startswith(f"BrevoRejected: Brevo refused the mail ({status} error): "), error
     assert said in error and error.endswith("then retry the job")
     assert "@" not in error
+
+
+def test_mail_held_for_brevo_credentials_goes_once_they_are_saved(
+    tmp_path: Path, database_url: str, brevo: FakeBrevo
+) -> None:
+    """``KEYGATE_MAIL_BACKEND=brevo``: the store page says a buyer's mail is held in the
+    outbox until the store has Brevo credentials. Mails held past their last attempt (the
+    owner gave the credentials a day later) and mails waiting out their backoff both go as
+    soon as the credentials are saved, once each, without the owner retrying each job."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    settings = app_overrides(
+        tmp_path, database_url, brevo_api_host=brevo.host, mail_backend="brevo"
+    )
+    application = create_app({**settings, "job_max_attempts": 2})
+    try:
+        with application.app_context():
+            created = create_store(db.session, "Bücher Shop", "https://shop.example")
+            db.session.commit()
+        sender = WebhookSender(application.test_client(), created)
+        sender.configure(501)
+        sender.deliver(wc_order(9700, "processing", [line_item(501)]))
+        for _ in range(3):  # held past its last attempt: dead
+            run_pending(application)
+            make_due(application)
+        sender.deliver(wc_order(9701, "processing", [line_item(501)]))
+        run_pending(application)  # held, waiting out its backoff
+        with application.app_context():
+            held = dict(
+                db.session.execute(
+                    select(Job.payload["order_id"].as_integer(), Job.status).where(
+                        Job.kind == "mail.order_issued"
+                    )
+                ).all()
+            )
+        assert sorted(held.values()) == ["dead", "pending"]
+        assert brevo.sent() == []
+        saved = sender.admin("PUT", "/credentials/brevo", BREVO)
+        assert saved.status_code == 200
+        run_pending(application)
+        assert len(brevo.sent()) == 2
+        assert {s.body["to"][0]["email"] for s in brevo.sent()} == {"jurgen@example.org"}
+        make_due(application)
+        run_pending(application)
+        assert len(brevo.sent()) == 2
+        with application.app_context():
+            statuses = db.session.execute(
+                select(Job.status).where(Job.kind == "mail.order_issued")
+            ).scalars()
+            assert set(statuses) == {"done"}
+            assert all(m.sent_at is not None for m in db.session.scalars(select(Mail)))
+    finally:
+        stop_worker_thread(application)
+        application.extensions["keygate.db"].engine.dispose()
