@@ -49,6 +49,7 @@ several licenses locks them all, in id order, before it changes any (:func:`lock
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
@@ -257,6 +258,28 @@ def same_customer_as(order: Order) -> ColumnElement[bool] | None:
     if order.email is not None:
         return Order.email == order.email
     return None
+
+
+def hold_seat_choice(session: Session, order: Order) -> None:
+    """Until the transaction ends, hold off the other renewals of ``order``'s customer
+    (:func:`same_customer_as`) from choosing the licenses they renew.
+
+    A subscription's first renewal takes the customer's licenses that no other subscription
+    renews (:func:`_subscription_seats`): two subscriptions of the customer renewing at once
+    (WooCommerce Subscriptions renews those due in one batch) would both read the same
+    licenses as free, before either's renewal is written, and take the same one, leaving the
+    other key, paid for, to lapse. Taken before any license is read: the second then reads
+    the first's renewals. PostgreSQL: a transaction-scoped advisory lock per store and
+    customer (locking the licenses themselves, line by line, could deadlock two orders).
+    SQLite: already so, its writers take turns.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    customer = order.customer_id if order.customer_id is not None else (order.email or "")
+    digest = hashlib.sha256(f"keygate:seats:{order.store_id}:{customer}".encode()).digest()
+    session.execute(
+        select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True)))
+    )
 
 
 def _due_first(license_: License, paid: dt.datetime) -> tuple[int, float]:

@@ -612,6 +612,8 @@ def _converge_paid(
     order.revoked_at = None
     shop_items = {item.id: item for item in shop_order.line_items}
     subscription = renewals.subscription_of(shop_order.meta)
+    if subscription is not None:
+        renewals.hold_seat_choice(session, order)  # before any license is read
     licensed: list[tuple[LineItem, Product, dict[int, License]]] = []
     # Lines whose renewal no longer stands: the owner changed the line to a product nobody
     # configured, or to another one than the key it renewed.

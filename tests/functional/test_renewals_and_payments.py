@@ -924,3 +924,53 @@ def test_refunding_one_seat_of_a_multi_seat_renewal_takes_back_one_keys_period(
     connected.deliver(shop.client, "order.updated", renewal)
     run_pending(app)
     assert expiries(shop, 9311) == kept
+
+
+def test_two_subscriptions_first_renewals_at_once_each_renew_their_own_license(
+    app: Flask, shop: WebhookSender, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer bought two subscriptions of one product; both renew for the first time at
+    the same moment (WooCommerce Subscriptions renews the subscriptions due in one batch,
+    and their webhooks arrive side by side). Each renewal extends one of the two keys: not
+    the one due first twice, leaving the other key, paid for, to lapse. On PostgreSQL each
+    worker, once it has chosen the license it renews, waits up to three seconds for the
+    other to have chosen too (chosen side by side, both would take the one due first);
+    SQLite runs one writer at a time, so it runs without the wait."""
+    side_by_side = database_url.startswith("postgresql")
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9320, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9321, "completed", [line_item(501)], customer_id=42, modified=2))
+    before = {**expiries(shop, 9320), **expiries(shop, 9321)}
+    chosen = threading.Barrier(2, timeout=3)
+    real_lock = renewals.lock_licenses
+
+    def lock_once_both_chose(*args: Any, **kwargs: Any) -> None:
+        if side_by_side:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                chosen.wait()  # timed out: the other waits for this one to finish
+        real_lock(*args, **kwargs)
+
+    monkeypatch.setattr(renewals, "lock_licenses", lock_once_both_chose)
+    errors: list[BaseException] = []
+
+    def worker(order_id: int, subscription: int) -> None:
+        payload = subscription_renewal(order_id, subscription, 5, line_item(501, line_id=order_id))
+        try:
+            with app.app_context(), transaction() as session:
+                store = session.get(Store, shop.store.store.id)
+                assert store is not None
+                apply_shop_order(session, store, parse_order(payload))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(9322 + i, 7201 + i)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    after = {**expiries(shop, 9320), **expiries(shop, 9321)}
+    assert {key: after[key] - before[key] for key in before} == dict.fromkeys(
+        before, dt.timedelta(days=30)
+    )
+    assert licenses(app) == 2
