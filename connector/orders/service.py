@@ -606,21 +606,21 @@ def _issued_units(session: Session, line: LineItem) -> list[int]:
     return list(session.scalars(select(License.unit).where(License.line_item_id == line.id)))
 
 
-def _converge_paid(
-    session: Session, store: Store, order: Order, shop_order: ShopOrder, result: ApplyResult
-) -> None:
-    order.revoked_at = None
+_Chosen = tuple[list[tuple[LineItem, Product, dict[int, License]]], list[LineItem]]
+
+
+def _choose_renewals(
+    session: Session, store: Store, order: Order, shop_order: ShopOrder, subscription: str | None
+) -> _Chosen:
+    """The order's licensed lines, each with the licenses its units renew
+    (:func:`renewals.renewal_targets`), and the lines whose renewal no longer stands: the
+    owner changed the line to a product nobody configured, or to another one than the key
+    it renewed."""
     shop_items = {item.id: item for item in shop_order.line_items}
-    subscription = renewals.subscription_of(shop_order.meta)
-    if subscription is not None:
-        renewals.hold_seat_choice(session, order)  # before any license is read
     licensed: list[tuple[LineItem, Product, dict[int, License]]] = []
-    # Lines whose renewal no longer stands: the owner changed the line to a product nobody
-    # configured, or to another one than the key it renewed.
     unrenewed: list[LineItem] = []
     claimed: set[int] = set()  # renewed by the order's lines so far: each seat once
     for line in order.line_items:
-        _revoke_other_products(session, line, result)
         if line.product_id is None:
             unrenewed.append(line)
             continue  # recorded, not licensed: nobody configured this product
@@ -648,13 +648,39 @@ def _converge_paid(
             targets = {}  # the line now buys another product: a purchase of it
         claimed.update(license_.id for license_ in targets.values())
         licensed.append((line, product, targets))
-    # Every license the order renews, or renewed, is locked before any is changed (see
-    # lock_licenses).
+    return licensed, unrenewed
+
+
+def _lock_renewed(session: Session, chosen: _Chosen) -> None:
+    """Every license the order renews, or renewed, locked before any is changed (see
+    :func:`renewals.lock_licenses`)."""
+    licensed, unrenewed = chosen
     renewals.lock_licenses(
         session,
         [license_.id for _, _, targets in licensed for license_ in targets.values()]
         + [i for line in unrenewed for i in renewals.renewed_by_line(session, line)],
     )
+
+
+def _converge_paid(
+    session: Session, store: Store, order: Order, shop_order: ShopOrder, result: ApplyResult
+) -> None:
+    order.revoked_at = None
+    subscription = renewals.subscription_of(shop_order.meta)
+    if subscription is not None:
+        renewals.hold_seat_choice(session, order)  # before any license is read
+    for line in order.line_items:
+        _revoke_other_products(session, line, result)
+    chosen = _choose_renewals(session, store, order, shop_order, subscription)
+    _lock_renewed(session, chosen)
+    if any(t.status == "revoked" for _, _, targets in chosen[0] for t in targets.values()):
+        # Chosen before their locks, read again under them: one revoked meanwhile (its order
+        # refunded or cancelled, the owner's revocation, at the same moment) is chosen again
+        # as a delivery after the revocation would choose (a key named: a new license is
+        # issued; a subscription: another seat). A unit renewed before keeps its license.
+        chosen = _choose_renewals(session, store, order, shop_order, subscription)
+        _lock_renewed(session, chosen)
+    licensed, unrenewed = chosen
     for line in unrenewed:
         result.reverted_renewals.extend(renewals.revert_renewals(session, line))
     for line, product, targets in licensed:

@@ -974,3 +974,57 @@ def test_two_subscriptions_first_renewals_at_once_each_renew_their_own_license(
         before, dt.timedelta(days=30)
     )
     assert licenses(app) == 2
+
+
+def test_a_renewal_of_a_key_revoked_as_it_is_applied_issues_a_new_key(
+    app: Flask, shop: WebhookSender, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal order naming a key is applied while the key's own order is refunded: the
+    renewal had chosen the key while it was active, and the refund revokes it before the
+    renewal locks it. The renewal is applied as it is after the refund (a revoked key is
+    never extended: the buyer who paid for it gets a new key), not as an extension of a key
+    that no longer works. On PostgreSQL the refund lands between the two; SQLite runs one
+    writer at a time, so there the refund is applied first."""
+    side_by_side = database_url.startswith("postgresql")
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9330, "completed", [line_item(501, line_id=350)]))
+    [bought] = shop.order(9330)["licenses"]
+    chose, refunded = threading.Event(), threading.Event()
+    real_lock = renewals.lock_licenses
+
+    def lock_after_the_refund(*args: Any, **kwargs: Any) -> None:
+        chose.set()
+        refunded.wait(10)
+        real_lock(*args, **kwargs)
+
+    errors: list[BaseException] = []
+
+    def renew() -> None:
+        payload = wc_order(9331, "processing", [renewal_line(501, bought["key"], 351)], modified=5)
+        try:
+            with app.app_context(), transaction() as session:
+                store = session.get(Store, shop.store.store.id)
+                assert store is not None
+                apply_shop_order(session, store, parse_order(payload))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    refund = wc_order(9330, "refunded", [line_item(501, line_id=350)], modified=3)
+    if side_by_side:
+        monkeypatch.setattr(renewals, "lock_licenses", lock_after_the_refund)
+        worker = threading.Thread(target=renew)
+        worker.start()
+        assert chose.wait(10)
+        monkeypatch.setattr(renewals, "lock_licenses", real_lock)
+        shop.deliver(refund)
+        refunded.set()
+        worker.join(30)
+    else:
+        shop.deliver(refund)
+        renew()
+    assert errors == []
+    [revoked] = shop.order(9330)["licenses"]
+    assert revoked["status"] == "revoked"
+    assert revoked["expires_at"] == bought["expires_at"]  # not extended
+    [new_key] = shop.order(9331)["licenses"]
+    assert new_key["status"] == "active" and new_key["key"] != bought["key"]
