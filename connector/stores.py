@@ -68,7 +68,9 @@ def normalize_store_url(url: str) -> str:
         raise ValidationFailed(
             "the store URL must be the shop's address without ? or #", field="url"
         )
-    return url.rstrip("/")
+    # A scheme typed "Https" (a phone's keyboard) is https: kept lower-case, as the REST
+    # client and every comparison of addresses take it.
+    return parts.scheme + url[len(parts.scheme) :].rstrip("/")
 
 
 def key_format(prefix: str = "", groups: int = 4, group_length: int = 5) -> KeyFormat:

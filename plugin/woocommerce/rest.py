@@ -70,8 +70,12 @@ class WooCommerceClient:
         *,
         timeout: int = DEFAULT_TIMEOUT,
     ) -> None:
+        # The package takes HTTPS only as a lower-case "https" (an owner may type "Https://",
+        # as a phone's keyboard capitalises it): otherwise it signs with OAuth 1.0a in the
+        # query string, which the shop refuses over HTTPS and which puts the key in URLs.
+        scheme, sep, rest = store_url.partition("://")
         self._api = API(
-            url=store_url,
+            url=scheme.lower() + sep + rest if sep else store_url,
             consumer_key=consumer_key,
             consumer_secret=consumer_secret,
             version="wc/v3",

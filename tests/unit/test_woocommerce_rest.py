@@ -217,3 +217,31 @@ def test_plain_http_oauth_values_are_redacted_from_urllib3_logs(
     assert CONSUMER_KEY not in caplog.text
     assert "abc%3D" not in caplog.text
     assert "oauth_consumer_key=<hidden>&oauth_signature=<hidden>&x=1" in caplog.text
+
+
+@responses.activate
+@pytest.mark.parametrize("typed", ["Https://shop.example", "HTTPS://shop.example/"])
+def test_a_capitalised_https_scheme_still_sends_the_key_in_a_header(typed: str) -> None:
+    """An owner who typed ``Https://`` (a phone capitalises it) has an HTTPS shop: the key
+    goes in the Authorization header, not as OAuth 1.0a values in the URL (which the shop
+    refuses over HTTPS, and which URL logs keep)."""
+    responses.get(f"{API}/orders/5", json={"id": 5, "status": "processing"})
+    client = WooCommerceClient(typed, CONSUMER_KEY, CONSUMER_SECRET)
+    assert client.get_order("5")["id"] == 5
+    sent = responses.calls[0].request
+    assert sent.headers["Authorization"].startswith("Basic ")
+    assert "oauth_" not in (sent.url or "")
+
+
+@pytest.mark.parametrize(
+    ("typed", "kept"),
+    [
+        ("Https://shop.example/", "https://shop.example"),
+        ("HTTP://shop.example/Shop", "http://shop.example/Shop"),
+        ("https://shop.example/", "https://shop.example"),
+    ],
+)
+def test_a_store_url_keeps_its_scheme_lower_case(typed: str, kept: str) -> None:
+    from connector.stores import normalize_store_url
+
+    assert normalize_store_url(typed) == kept
