@@ -58,7 +58,7 @@ from connector.orders.reconcile import refresh_order, schedule_next
 from connector.stores import hold_live_store
 from connector.vault.connection import connection_of
 from plugin.shop import PAID_STATUSES, PayloadError
-from plugin.woocommerce.rest import ShopRejected, ShopUnavailable, WooCommerceClient
+from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
 from plugin.woocommerce.webhooks import clean_text, parse_id
 
 log = logging.getLogger(__name__)
@@ -526,7 +526,9 @@ def sync_products(session: Session, store: Store, client: WooCommerceClient) -> 
 
 @handles(SYNC_JOB)
 def sync_products_job(payload: dict[str, Any]) -> None:
-    """Sync product meta for one store; a periodic run schedules the next."""
+    """Sync product meta for one store; a periodic run schedules the next, also when the
+    shop is down or refuses (a key revoked in WooCommerce, a redirect): retrying a refusal
+    only ends in a dead job, and reconciliation tells the owner why the shop refuses."""
     from connector import get_settings
     from connector.orders.reconcile import store_and_client
 
@@ -539,7 +541,7 @@ def sync_products_job(payload: dict[str, Any]) -> None:
         return
     try:
         sync_products(session, store, client)
-    except ShopUnavailable as exc:
+    except ShopError as exc:
         session.rollback()
         if not payload.get("periodic"):
             raise RetryLater(str(exc)) from None

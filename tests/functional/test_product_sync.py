@@ -647,3 +647,26 @@ def test_offline_days_meta_caps_the_products_offline_files(
     answer = call(shop.client, "checkout", {"key": key, "ttl": 365 * 24 * 3600}).get_json()
     content = verify_license_file(answer["license_file"], public_keys(shop.client), key=key)
     assert content["ttl"] == 2 * 24 * 3600
+
+
+def test_a_periodic_sync_the_shop_refuses_keeps_its_chain_and_does_not_retry_in_vain(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A key revoked in WooCommerce (401), or a shop that now redirects, refuses every sync
+    alike: the run is logged and the next one queued, as when the shop is down, rather than
+    retried all day and then reported dead (and another such job started every hour)."""
+    connect_store(app, shop, fake_shop)
+    with app.app_context(), transaction() as session:
+        for job in session.scalars(select(Job).where(Job.kind == "shop.sync_products")):
+            session.delete(job)
+    fake_shop.consumer_secret = "cs_" + "revoked" * 4  # Keygate's key no longer works
+    with app.app_context(), transaction() as session:
+        enqueue(session, "shop.sync_products", {"store_id": shop.store.store.id, "periodic": True})
+    run_pending(app, kinds={"shop.sync_products"})
+    with app.app_context():
+        jobs = db.session.scalars(
+            select(Job).where(Job.kind == "shop.sync_products").order_by(Job.id)
+        ).all()
+        assert [j.status for j in jobs] == ["done", "pending"]
+        assert jobs[1].run_after > dt.datetime.now(dt.UTC)
+        assert jobs[1].attempts == 0
