@@ -142,7 +142,7 @@ class WooCommerceClient:
         page = 1
         while True:
             response = self._response("GET", endpoint, page=page, per_page=PER_PAGE, **params)
-            items = _list_of_objects(response, endpoint)
+            items = _whole_page(response, endpoint, page)
             yield from items
             if _last_page(response, page, len(items)):
                 return
@@ -218,7 +218,7 @@ class WooCommerceClient:
                 modified_after=_isoformat_gmt(after),
                 **query,
             )
-            items = _list_of_objects(response, "orders")
+            items = _whole_page(response, "orders", page)
             moved = False
             for item in items:
                 modified = _gmt_date(item.get("date_modified_gmt"))
@@ -298,6 +298,16 @@ def _list_of_objects(response: requests.Response, endpoint: str) -> list[dict[st
     if not isinstance(items, list):
         raise ShopUnavailable(f"GET {endpoint}: expected a list")
     return [item for item in items if isinstance(item, dict)]
+
+
+def _whole_page(response: requests.Response, endpoint: str, page: int) -> list[dict[str, Any]]:
+    """A page's items; an empty page that X-WP-TotalPages says is not the last (a caching
+    or security plugin's ``[]``) is the shop not answering: read on, the items that page
+    holds would never be read (and a reconciliation would move past them)."""
+    items = _list_of_objects(response, endpoint)
+    if not items and not _last_page(response, page, 0):
+        raise ShopUnavailable(f"GET {endpoint}: an empty page {page} before the last")
+    return items
 
 
 def _last_page(response: requests.Response, page: int, count: int) -> bool:

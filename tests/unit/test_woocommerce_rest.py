@@ -245,3 +245,32 @@ def test_a_store_url_keeps_its_scheme_lower_case(typed: str, kept: str) -> None:
     from connector.stores import normalize_store_url
 
     assert normalize_store_url(typed) == kept
+
+
+@responses.activate
+def test_an_empty_page_before_the_last_is_no_end_of_the_orders(client: WooCommerceClient) -> None:
+    """A caching or security plugin answering ``[]`` for one page while X-WP-TotalPages
+    says more follow: the orders of that page are not skipped (the run would then move its
+    watermark past them), the listing is refused as incomplete."""
+    start = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+    orders = [
+        {"id": n + 1, "date_modified_gmt": (start + dt.timedelta(seconds=n + 1)).isoformat()[:19]}
+        for n in range(250)
+    ]
+    answers = iter(range(100))
+
+    def listing(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(request.url or "").query).items()}
+        after = query["modified_after"]
+        matching = [o for o in orders if o["date_modified_gmt"] > after]
+        page = int(query["page"])
+        chunk = matching[(page - 1) * 100 : page * 100]
+        if next(answers) == 1:
+            chunk = []  # the plugin's answer to this one request
+        pages = str(max(1, -(-len(matching) // 100)))
+        headers = {"X-WP-Total": str(len(matching)), "X-WP-TotalPages": pages}
+        return 200, headers, json.dumps(chunk)
+
+    responses.add_callback(responses.GET, f"{API}/orders", callback=listing)
+    with pytest.raises(ShopUnavailable, match="empty page"):
+        list(client.orders_modified_after(start))
