@@ -21,7 +21,8 @@ from connector.jobs import RetryLater, handles
 from connector.models import Order, ShopNote, Store
 from connector.orders.summary import order_entitlements
 from connector.vault.connection import shop_client_for
-from plugin.woocommerce.rest import ShopUnavailable
+from plugin.woocommerce.rest import ShopRejected, ShopUnavailable
+from plugin.woocommerce.webhooks import NO_SUCH_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -125,4 +126,11 @@ def order_note_job(payload: dict[str, Any]) -> None:
         outcome = write_order_note(db.session, payload)
     except ShopUnavailable as exc:
         raise RetryLater(str(exc)) from None
+    except ShopRejected as exc:
+        if exc.code != NO_SUCH_ORDER:
+            raise
+        # Deleted for good in the shop (its order.deleted may not be here yet): no order to
+        # take the note, now or later.
+        db.session.rollback()
+        outcome = "no-order-in-the-shop"
     log.info("order %s: shop note %s", payload.get("order_id"), outcome)

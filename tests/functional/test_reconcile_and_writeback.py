@@ -775,3 +775,22 @@ def test_repairing_webhooks_waits_on_the_shop_outside_any_transaction(
     assert [open_transactions for _, open_transactions, *_ in seen] == [0, 0]
     assert sorted(w["topic"] for w in connected.webhooks.values()) == sorted(TOPICS)
     assert all(w["status"] == "active" for w in connected.webhooks.values())
+
+
+def test_no_note_and_no_dead_job_for_an_order_the_shop_deleted_for_good(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """An order deleted for good in the shop before its note was written (a test order
+    removed at once) has nowhere to take a note: the job ends, rather than asking again for
+    hours and then telling the owner of a dead job."""
+    shop.configure(501)
+    order = wc_order(9703, "processing", [line_item(501)])
+    connected.deliver(shop.client, "order.created", order)  # the shop no longer has it
+    run_pending(app)
+    assert connected.notes.get(9703) is None
+    with app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "shop.order_note")).scalar_one()
+        assert (job.status, job.last_error) == ("done", None)
+        assert not db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "job.dead")
+        ).all()
