@@ -20,6 +20,11 @@ from woocommerce import API
 
 PER_PAGE = 100
 DEFAULT_TIMEOUT = 20
+NO_REST_API = (
+    "no WordPress REST API at the store's URL + /wp-json/ (the store URL must be WordPress's"
+    " own address, with its folder if WordPress is in one, and the shop's permalinks must not"
+    " be set to Plain: WooCommerce's REST API needs pretty permalinks)"
+)
 _OAUTH_VALUE = re.compile(r"(oauth_(?:consumer_key|signature)=)[^&\s\"']+")
 
 
@@ -134,6 +139,10 @@ class WooCommerceClient:
             raise ShopUnavailable(f"{method} {endpoint}: HTTP {status}")
         if status >= 400:
             code = _error_code(response)
+            if status == 404 and not code:
+                # WordPress's REST API names what it cannot find: a plain 404 page is no REST
+                # API at all at <store URL>/wp-json/.
+                raise ShopRejected(f"{method} {endpoint}: HTTP 404, {NO_REST_API}", status)
             raise ShopRejected(f"{method} {endpoint}: HTTP {status} {code}".rstrip(), status, code)
         return response
 

@@ -274,3 +274,15 @@ def test_an_empty_page_before_the_last_is_no_end_of_the_orders(client: WooCommer
     responses.add_callback(responses.GET, f"{API}/orders", callback=listing)
     with pytest.raises(ShopUnavailable, match="empty page"):
         list(client.orders_modified_after(start))
+
+
+@responses.activate
+def test_a_404_page_that_is_no_rest_answer_says_what_to_check(client: WooCommerceClient) -> None:
+    """A shop URL without WordPress's folder, or a shop on Plain permalinks, answers the
+    theme's 404 page for /wp-json/: the owner is told what to check, not only "HTTP 404"."""
+    responses.get(f"{API}/webhooks", status=404, body="<html>Page not found</html>")
+    with pytest.raises(ShopRejected) as caught:
+        client.list_webhooks()
+    assert caught.value.status == 404
+    assert caught.value.code == ""
+    assert "permalinks" in str(caught.value) and "folder" in str(caught.value)
