@@ -10,6 +10,7 @@ the consumer key or secret.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -95,7 +96,7 @@ class WooCommerceClient:
     def _call(self, method: str, endpoint: str, data: Any = None, **params: Any) -> Any:
         response = self._response(method, endpoint, data, **params)
         try:
-            return response.json()
+            return _json(response)
         except ValueError:
             raise ShopUnavailable(f"{method} {endpoint}: the shop answered no JSON") from None
 
@@ -299,9 +300,24 @@ class WooCommerceClient:
         return items
 
 
+def _json(response: requests.Response) -> Any:
+    """The body as JSON, read as UTF-8 past a byte order mark: a theme or plugin file saved
+    with one makes WordPress print it before every REST answer (WooCommerce's webhooks,
+    built inside PHP, still arrive clean), and ``requests`` then finds no JSON at all.
+
+    Raises:
+        ValueError: the body is no JSON.
+    """
+    text = response.content.decode("utf-8-sig", "replace")
+    try:
+        return json.loads(text)
+    except RecursionError:  # absurdly nested: no answer Keygate reads
+        raise ValueError("the body is nested too deeply") from None
+
+
 def _list_of_objects(response: requests.Response, endpoint: str) -> list[dict[str, Any]]:
     try:
-        items = response.json()
+        items = _json(response)
     except ValueError:
         raise ShopUnavailable(f"GET {endpoint}: the shop answered no JSON") from None
     if not isinstance(items, list):
@@ -348,7 +364,7 @@ def _int_header(response: requests.Response, name: str) -> int | None:
 def _error_code(response: requests.Response) -> str:
     """WooCommerce's error ``code`` (e.g. woocommerce_rest_cannot_view), never the body."""
     try:
-        body = response.json()
+        body = _json(response)
     except ValueError:
         return ""
     code = body.get("code") if isinstance(body, dict) else None

@@ -286,3 +286,37 @@ def test_a_404_page_that_is_no_rest_answer_says_what_to_check(client: WooCommerc
     assert caught.value.status == 404
     assert caught.value.code == ""
     assert "permalinks" in str(caught.value) and "folder" in str(caught.value)
+
+
+@responses.activate
+def test_a_byte_order_mark_a_wordpress_file_prints_before_the_json_is_read_past(
+    client: WooCommerceClient,
+) -> None:
+    """A functions.php saved with a UTF-8 BOM makes WordPress send it before every REST
+    answer (as application/json; charset=UTF-8): the orders and errors are read all the
+    same, not taken for a shop answering no JSON on every run."""
+    bom = b"\xef\xbb\xbf"
+    headers = {"Content-Type": "application/json; charset=UTF-8"}
+    responses.get(
+        f"{API}/orders/5",
+        body=bom + json.dumps({"id": 5, "status": "processing", "billing": {}}).encode(),
+        headers=headers,
+    )
+    responses.get(
+        f"{API}/orders",
+        body=bom + json.dumps([{"id": 6, "date_modified_gmt": "2026-11-20T12:00:01"}]).encode(),
+        headers={**headers, "X-WP-TotalPages": "1"},
+    )
+    responses.get(
+        f"{API}/orders/7",
+        status=404,
+        body=bom + json.dumps({"code": "woocommerce_rest_shop_order_invalid_id"}).encode(),
+        headers=headers,
+    )
+    assert client.get_order("5")["id"] == 5
+    assert [
+        o["id"] for o in client.orders_modified_after(dt.datetime(2026, 11, 20, tzinfo=dt.UTC))
+    ] == [6]
+    with pytest.raises(ShopRejected) as caught:
+        client.get_order("7")
+    assert caught.value.code == "woocommerce_rest_shop_order_invalid_id"
