@@ -269,11 +269,23 @@ def logout() -> ResponseReturnValue:
     return redirect(url_for("admin_views.login"))
 
 
+def _signed_in_admin_key() -> str:
+    """The rate-limit key of the signed-in admin, whatever the address they post from."""
+    user: AdminUser = g.admin_user
+    return f"admin-password:{user.id}"
+
+
 @bp.route("/password", methods=["GET", "POST"])
 @login_required
 @limiter.limit("10/hour", methods=["POST"])
+@limiter.limit("10/hour", methods=["POST"], key_func=_signed_in_admin_key)
 def password() -> ResponseReturnValue:
-    """The signed-in admin changes their password; every other session of theirs ends."""
+    """The signed-in admin changes their password; every other session of theirs ends.
+
+    The current password is asked again, and checked at most 10 times an hour per address
+    and 10 times an hour per admin: someone holding a copy of the session cookie must not
+    guess it from many addresses (it outlives the session, which a sign-out or 12 hours
+    end)."""
     user: AdminUser = g.admin_user
     form = PasswordForm()
     error = None

@@ -391,3 +391,29 @@ def test_the_device_cookie_is_secure_over_https(proxied_app: Flask) -> None:
     assert answer.status_code == 302
     (cookie,) = [c for c in answer.headers.getlist("Set-Cookie") if c.startswith(DEVICE_COOKIE)]
     assert "Secure" in [a.strip() for a in cookie.split(";")]
+
+
+def _change_password(client: FlaskClient, current: str, n: int) -> int:
+    """A change of the signed-in admin's password from address number ``n``."""
+    new = "a much longer new passphrase"
+    form = {"current": current, "new": new, "repeat": new}
+    form["csrf_token"] = csrf_token(client, "/admin/password")
+    environ = {"REMOTE_ADDR": f"203.0.{113 + n // 250}.{n % 250 + 1}"}
+    return client.post("/admin/password", data=form, environ_base=environ).status_code
+
+
+def test_the_current_password_is_not_guessed_from_many_addresses(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """A copy of a signed-in session cookie gives 10 guesses an hour at the admin's current
+    password on the password page, whatever the addresses they come from (the right one
+    included after that); the password stays, and another admin's budget is whole."""
+    assert attempt(admin_client, PASSWORD, 0) == 302
+    guesses = [_change_password(admin_client, "wrong", n) for n in range(10)]
+    assert guesses == [400] * 10
+    assert _change_password(admin_client, PASSWORD, 50) == 429
+    assert attempt(app.test_client(), PASSWORD, 1) == 302  # the password did not change
+    _add_admin(app, "boss")
+    boss = app.test_client()
+    assert attempt(boss, PASSWORD, 2, "boss") == 302
+    assert _change_password(boss, PASSWORD, 60) == 302
