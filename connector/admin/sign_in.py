@@ -144,14 +144,32 @@ def _device_of(user: AdminUser | None) -> str | None:
 def _password_mark(user: AdminUser) -> str:
     """Which password the device signed in with (a keyed hash of its hash, cut short): a
     new password (`keygate admin password`, the password page) ends every device's way past
-    the account's lockout, as it ends every session."""
+    the account's lockout, as it ends every session (but the session and the device of the
+    browser that changed it on the password page: :func:`keep_device`)."""
     return keyed_hash(DEVICE_PASSWORD_HASH, user.password_hash)[:16]
 
 
 def remember_device(response: Response, user: AdminUser, spent: Spent) -> None:
     """Give the browser ``user`` just signed in from its device cookie (the same device,
     if it had one for them: its budget stays its own), valid for another 180 days."""
-    device = spent.device or secrets.token_urlsafe(16)
+    _set_device_cookie(response, user, spent.device)
+
+
+def device_before_new_password(user: AdminUser) -> str | None:
+    """The id of this browser's device cookie for ``user``, read before their password
+    changes (the cookie names the password it was given with)."""
+    return _device_of(user)
+
+
+def keep_device(response: Response, user: AdminUser, device: str | None) -> None:
+    """The device cookie of the browser that just changed ``user``'s password, for the new
+    one: that browser stays signed in, and keeps its way past the account's lockout (its own
+    device, if it had one: its budget stays its own). Every other device's ends."""
+    _set_device_cookie(response, user, device)
+
+
+def _set_device_cookie(response: Response, user: AdminUser, device: str | None) -> None:
+    device = device or secrets.token_urlsafe(16)
     response.set_cookie(
         DEVICE_COOKIE,
         dumps_timed(

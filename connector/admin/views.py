@@ -291,10 +291,13 @@ def password() -> ResponseReturnValue:
     error = None
     if form.validate_on_submit():
         if check_password_hash(user.password_hash, form.current.data or ""):
+            device = sign_in.device_before_new_password(user)
             user.set_password(form.new.data or "")
             session["generation"] = user.session_generation  # this browser stays signed in
             record_audit(db.session, store_id=None, actor=user.username, action="admin.password")
-            return redirect(url_for("admin_views.password", changed=1))
+            response = redirect(url_for("admin_views.password", changed=1))
+            sign_in.keep_device(response, user, device)  # and keeps its way past a lockout
+            return response
         error = "The current password is not right."
     status = 400 if error or form.errors else 200
     return render_template("admin/password.html", form=form, error=error), status

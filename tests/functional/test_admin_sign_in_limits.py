@@ -393,10 +393,12 @@ def test_the_device_cookie_is_secure_over_https(proxied_app: Flask) -> None:
     assert "Secure" in [a.strip() for a in cookie.split(";")]
 
 
+NEW_PASSWORD = "a much longer new passphrase"
+
+
 def _change_password(client: FlaskClient, current: str, n: int) -> int:
-    """A change of the signed-in admin's password from address number ``n``."""
-    new = "a much longer new passphrase"
-    form = {"current": current, "new": new, "repeat": new}
+    """A change of the signed-in admin's password to NEW_PASSWORD from address number ``n``."""
+    form = {"current": current, "new": NEW_PASSWORD, "repeat": NEW_PASSWORD}
     form["csrf_token"] = csrf_token(client, "/admin/password")
     environ = {"REMOTE_ADDR": f"203.0.{113 + n // 250}.{n % 250 + 1}"}
     return client.post("/admin/password", data=form, environ_base=environ).status_code
@@ -417,3 +419,23 @@ def test_the_current_password_is_not_guessed_from_many_addresses(
     boss = app.test_client()
     assert attempt(boss, PASSWORD, 2, "boss") == 302
     assert _change_password(boss, PASSWORD, 60) == 302
+
+
+def test_the_browser_that_changed_the_password_keeps_its_way_past_a_lockout(
+    app: Flask, admin_client: FlaskClient
+) -> None:
+    """The owner changes their password on the password page (strangers may know it): the
+    browser they did it from stays signed in and keeps its device, so strangers locking the
+    account do not lock the owner out of it once that session ends; a copy of its device
+    cookie from before the change gets no way past, nor another browser's."""
+    assert attempt(admin_client, PASSWORD, 0) == 302
+    before = _device_cookie(admin_client)
+    other = app.test_client()
+    assert attempt(other, PASSWORD, 1) == 302
+    assert _change_password(admin_client, PASSWORD, 2) == 302
+    lock(app.test_client(), first=3)
+    token = csrf_token(admin_client, "/admin/")
+    assert admin_client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    assert attempt(admin_client, NEW_PASSWORD, 100) == 302
+    assert attempt(_browser_with(app, before), NEW_PASSWORD, 101) == 429
+    assert attempt(other, NEW_PASSWORD, 102) == 429
