@@ -8,7 +8,8 @@ Flask-WTF refuses a form posted over https without a same-origin ``Referer``. No
 Keygate's own images and the pages' inline styles loads (``default-src 'none'``): no
 script runs on a page (an injected one would not either), injected markup fetches nothing
 from elsewhere, and forms post to Keygate only (``form-action 'self'``).
-Pages are ``Cache-Control: no-store`` (they show keys, addresses, orders).
+Pages are ``Cache-Control: no-store`` (they show keys, addresses, orders), and so are the
+owner's JSON answers (``/api/v1/admin/``: license keys, download and portal links, emails).
 ``Strict-Transport-Security`` when the public base URL is https (then every browser-facing
 answer carries it, pages or not).
 
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from flask import Response, request
 
 LICENSE_PREFIX = "/api/v1/licenses/"
+ADMIN_API_PREFIX = "/api/v1/admin/"
 HSTS = ("Strict-Transport-Security", "max-age=31536000")
 PAGE_HEADERS = (
     ("X-Frame-Options", "DENY"),
@@ -54,7 +56,11 @@ def security_headers(*, https: bool) -> Callable[[Response], Response]:
             # Pages show keys, addresses and orders: never kept in a browser's or proxy's
             # cache (a page that says more keeps its own).
             headers.setdefault("Cache-Control", "no-store")
-        elif https and not request.path.startswith(LICENSE_PREFIX):
+            return response
+        if request.path.startswith(ADMIN_API_PREFIX):
+            # Keys, links and addresses: no browser or proxy keeps a copy either.
+            headers.setdefault("Cache-Control", "no-store")
+        if https and not request.path.startswith(LICENSE_PREFIX):
             headers[HSTS[0]] = HSTS[1]
         return response
 

@@ -116,6 +116,18 @@ def test_admin_api_answer_is_nosniff_without_page_headers(app: Flask, shop: Webh
     _assert_no_page_headers(response)
 
 
+def test_admin_api_answers_are_never_cached(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """The owner's JSON answers carry license keys, download and portal links and buyers'
+    addresses: no browser or proxy may keep a copy (no-store), refusals included."""
+    _sold(shop, 9710, tmp_path)
+    for path in ("/orders/9710", "/licenses", "/orders/9710/downloads", "/orders/0"):
+        response = shop.admin("GET", path)
+        assert response.status_code in (200, 404), path
+        assert response.headers.get("Cache-Control") == "no-store", path
+
+
 @pytest.fixture
 def https_app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
     (tmp_path / "instance" / "files").mkdir(parents=True)
