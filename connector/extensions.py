@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from functools import partial, wraps
 from typing import Any, TypeVar
@@ -37,6 +38,21 @@ def client_ip_key() -> str:
         key = keyed_hash(RATELIMIT_IP_HASH, client_ip())
         setattr(g, _IP_KEY, key)
     return key
+
+
+def client_network_key() -> str:
+    """The caller's network as a rate-limit key, for the owner's sign-in and password page:
+    an IPv6 address counts as its /64 (one subscriber's network, whose 2^64 addresses a
+    guesser would otherwise rotate through, each with a limit of its own), any other
+    address as itself (:func:`client_ip_key`). A keyed hash, never the address."""
+    try:
+        address = ipaddress.ip_address(client_ip())
+    except ValueError:
+        return client_ip_key()
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        network = ipaddress.IPv6Network((int(address) >> 64 << 64, 64))
+        return keyed_hash(RATELIMIT_IP_HASH, str(network))
+    return client_ip_key()
 
 
 _CHECKED = "_keygate_limits_checked"

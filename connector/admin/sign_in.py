@@ -1,5 +1,6 @@
 """Sign-in limits of the owner's admin (/admin/login), beside the per-address limit
-Flask-Limiter's decorator keeps on the view (10 POSTs a minute).
+Flask-Limiter's decorator keeps on the view (10 POSTs a minute; an IPv6 address counts as
+its /64, which its holder can rotate through: ``client_network_key``).
 
 Per account, whatever the address: 20 sign-ins an hour that do not succeed. A sign-in spends
 one unit of its account's budget *before* its password is checked (one atomic increment in

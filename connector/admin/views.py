@@ -47,7 +47,7 @@ from connector.errors import (
     ValidationFailed,
     wait_in_words,
 )
-from connector.extensions import limiter
+from connector.extensions import client_network_key, limiter
 from connector.jobs import stats as job_stats
 from connector.jobs import store_jobs, store_of
 from connector.licensing.export import license_csv_response
@@ -207,7 +207,12 @@ bp.register_error_handler(CSRFError, stale_form)
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit("10/minute", methods=["POST"], on_breach=sign_in.record_address_refusal)
+@limiter.limit(
+    "10/minute",
+    methods=["POST"],
+    on_breach=sign_in.record_address_refusal,
+    key_func=client_network_key,
+)
 def login() -> ResponseReturnValue:
     """Sign in. Besides the per-address limit above, each sign-in spends its account's
     budget, or its device's, before the password is checked (:mod:`connector.admin.sign_in`)."""
@@ -277,7 +282,7 @@ def _signed_in_admin_key() -> str:
 
 @bp.route("/password", methods=["GET", "POST"])
 @login_required
-@limiter.limit("10/hour", methods=["POST"])
+@limiter.limit("10/hour", methods=["POST"], key_func=client_network_key)
 @limiter.limit("10/hour", methods=["POST"], key_func=_signed_in_admin_key)
 def password() -> ResponseReturnValue:
     """The signed-in admin changes their password; every other session of theirs ends.

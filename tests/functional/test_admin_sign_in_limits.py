@@ -439,3 +439,23 @@ def test_the_browser_that_changed_the_password_keeps_its_way_past_a_lockout(
     assert attempt(admin_client, NEW_PASSWORD, 100) == 302
     assert attempt(_browser_with(app, before), NEW_PASSWORD, 101) == 429
     assert attempt(other, NEW_PASSWORD, 102) == 429
+
+
+def test_an_ipv6_network_is_one_address_for_the_sign_in_limit(admin_client: FlaskClient) -> None:
+    """The 10 sign-ins a minute per address count an IPv6 address as its /64: a guesser
+    rotating through their network's addresses (and through names, each with a budget of
+    its own) is held to them, each a password hash the server computes; another network,
+    and IPv4 addresses, are not."""
+
+    def from_address(address: str, n: int) -> int:
+        form = {"username": f"guess{n}", "password": "wrong"}
+        form["csrf_token"] = csrf_token(admin_client, "/admin/login")
+        environ = {"REMOTE_ADDR": address}
+        return admin_client.post("/admin/login", data=form, environ_base=environ).status_code
+
+    network = [from_address(f"2001:db8:1:2::{n + 1:x}", n) for n in range(10)]
+    assert network == [401] * 10
+    assert from_address("2001:db8:1:2:ffff:ffff:ffff:fffe", 10) == 429
+    assert from_address("2001:db8:1:3::1", 11) == 401
+    assert from_address("198.51.100.1", 12) == 401
+    assert from_address("198.51.100.2", 13) == 401
