@@ -250,8 +250,17 @@ class WooCommerceClient:
         return list(self._pages(f"orders/{order_id}/refunds"))
 
     def list_order_notes(self, order_id: str) -> list[dict[str, Any]]:
+        """Every note of the order (WooCommerce does not page them).
+
+        Raises:
+            ShopUnavailable: also for an answer that is no list (a caching or security
+                plugin's ``{}``, ``null`` or text): taken for "no notes", a crashed note
+                job's re-run would post its note a second time.
+        """
         notes = self._call("GET", f"orders/{order_id}/notes", type="any")
-        return [n for n in notes if isinstance(n, dict)] if isinstance(notes, list) else []
+        if not isinstance(notes, list):
+            raise ShopUnavailable(f"GET orders/{order_id}/notes: expected a list")
+        return [n for n in notes if isinstance(n, dict)]
 
     def create_order_note(
         self, order_id: str, note: str, *, customer_note: bool = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import queue
 import re
 import threading
@@ -794,3 +795,39 @@ def test_no_note_and_no_dead_job_for_an_order_the_shop_deleted_for_good(
         assert not db.session.scalars(
             select(AuditEvent).where(AuditEvent.action == "job.dead")
         ).all()
+
+
+@pytest.mark.parametrize("answer", [{}, None, "<html>cached</html>"])
+def test_a_notes_listing_that_is_no_list_posts_no_second_note(
+    app: Flask, shop: WebhookSender, connected: FakeShop, answer: Any
+) -> None:
+    """A run that crashed after posting its note is re-run while a caching or security
+    plugin answers the notes listing with no list (``{}``, ``null``, a page): that is the
+    shop not answering, so the job tries again later, not "no notes" (a second note mailed
+    to the buyer)."""
+    shop.configure(501)
+    order = wc_order(9705, "processing", [line_item(501)])
+    connected.orders[9705] = order
+    connected.deliver(shop.client, "order.created", order)
+    run_pending(app)
+    assert len(connected.notes[9705]) == 1
+    orders = connected._orders
+
+    def notes_not_listed(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
+        if method == "GET" and rest_[1:] == ["notes"]:
+            return 200, {"Content-Type": "application/json"}, json.dumps(answer)
+        return orders(method, rest_, query, body)
+
+    connected._orders = notes_not_listed  # type: ignore[method-assign]
+    with app.app_context():
+        db.session.execute(ShopNote.__table__.delete())
+        job = db.session.execute(select(Job).where(Job.kind == "shop.order_note")).scalar_one()
+        enqueue(db.session, "shop.order_note", dict(job.payload))
+        db.session.commit()
+    run_pending(app)
+    assert len(connected.notes[9705]) == 1
+    with app.app_context():
+        retried = db.session.scalars(
+            select(Job).where(Job.kind == "shop.order_note", Job.id != job.id)
+        ).one()
+        assert retried.attempts >= 1 and retried.status == "pending"
