@@ -368,7 +368,10 @@ def _plain_settings(
             )
 
     values.setdefault("database_url", f"sqlite:///{instance_dir / 'keygate.db'}")
-    values["base_url"] = str(values.get("base_url", Settings.base_url)).rstrip("/")
+    # "HTTPS://" (typed so, or capitalised by a phone's keyboard) is https: every check of
+    # the scheme (secure cookies, the wc-auth link's warning) and every link reads it lower.
+    scheme, sep, rest = str(values.get("base_url", Settings.base_url)).partition("://")
+    values["base_url"] = (scheme.lower() + sep + rest if sep else scheme).rstrip("/")
     if values.get("download_url_ttl", 300) < 1 or values.get("download_url_ttl", 300) > 604800:
         raise ConfigError("KEYGATE_DOWNLOAD_URL_TTL must be between 1 and 604800 seconds")
     if not 1 <= values.get("portal_link_days", 30) <= 3650:

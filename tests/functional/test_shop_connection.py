@@ -639,3 +639,15 @@ def test_a_disconnect_before_a_reregistration_ran_deletes_the_old_webhooks(
     assert fake_shop.active_webhooks(url) == {}
     run_pending(app)  # the registration, run after the disconnect, makes none
     assert fake_shop.active_webhooks(url) == {}
+
+
+@pytest.mark.parametrize("app_settings", [{"base_url": "HTTPS://Keygate.example/"}])
+def test_an_https_address_typed_in_capitals_is_https(app: Flask) -> None:
+    """KEYGATE_BASE_URL=HTTPS://… (typed so, or a phone's keyboard capitalised it) is an
+    https address: the connect link is offered without the "needs https" warning, and the
+    sign-in cookie is sent over https only."""
+    from connector.vault.connection import connect_warning
+
+    with app.app_context():
+        assert connect_warning() is None
+    assert app.config["SESSION_COOKIE_SECURE"] is True
