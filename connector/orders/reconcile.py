@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.jobs import RetryLater, enqueue, handles, release_dedupe_key
-from connector.models import AuditEvent, Order, Store
+from connector.models import AuditEvent, Order, ShopConnection, Store
 from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
 from plugin.shop import PAID_STATUSES, PayloadError, ShopOrder, parse_utc_datetime
@@ -88,6 +88,122 @@ def _shop_date(raw: dict[str, Any]) -> dt.datetime | None:
         return None
 
 
+class _Walks:
+    """How far the listings of a run (trashed orders, then the rest) are known to have read,
+    in the shop's clock (``date_modified_gmt``, which ``modified_after`` compares with).
+
+    A listing read to its end read every change the shop saved before its last request,
+    so at least up to the shop's clock when the listing began. That clock is known from the
+    dates listed only: an order listed at a moment was changed by then, and the shop's clock
+    runs as Keygate's does, so each date listed says how far the shop's clock was, at the
+    least, at any moment of the run.
+
+    ``reconciled_until`` moves to the least of what both read. The newest date of both
+    would pass over a change made, after the first listing ended, to an order it had read,
+    once the second ran longer than the overlap.
+    """
+
+    COUNT = 2
+
+    def __init__(self, started: dt.datetime) -> None:
+        self.started = started
+        self.ahead = 0
+        # The shop's clock, at the least, less Keygate's monotonic clock: their difference.
+        self._offset: dt.datetime | None = None
+        self._finished: list[tuple[float, dt.datetime | None]] = []  # (began, newest)
+        self._began: float | None = None
+        self._newest: dt.datetime | None = None
+
+    def begin(self) -> None:
+        self._began, self._newest = time.monotonic(), None
+
+    def listed(self, modified: dt.datetime | None) -> dt.datetime | None:
+        """Note an order's date as listed; returns it, never past the run's start."""
+        if modified is None:
+            return None
+        if modified > self.started:
+            self.ahead += 1
+            modified = self.started
+        offset = modified - dt.timedelta(seconds=time.monotonic())
+        if self._offset is None or offset > self._offset:
+            self._offset = offset
+        return modified
+
+    def applied(self, modified: dt.datetime | None) -> None:
+        if modified is not None and (self._newest is None or modified > self._newest):
+            self._newest = modified
+
+    def end(self) -> None:
+        if self._began is not None:
+            self._finished.append((self._began, self._newest))
+        self._began = None
+
+    def reached(self) -> dt.datetime | None:
+        """How far every listing read (None: one read nothing known to have been read)."""
+        reaches: list[dt.datetime | None] = []
+        for began, newest in self._finished:
+            clock = None
+            if self._offset is not None:
+                # Whole seconds, as the shop's dates: the next run reads the overlap again.
+                clock = _ceil_second(self._offset + dt.timedelta(seconds=began))
+            reaches.append(max((c for c in (newest, clock) if c is not None), default=None))
+        if len(reaches) < self.COUNT or None in reaches:
+            return None
+        return min(r for r in reaches if r is not None)
+
+
+def _ceil_second(moment: dt.datetime) -> dt.datetime:
+    whole = moment.replace(microsecond=0)
+    return whole + dt.timedelta(seconds=1) if whole < moment else whole
+
+
+def _apply_listed(
+    session: Session,
+    store: Store,
+    client: WooCommerceClient,
+    raw: dict[str, Any],
+    result: ReconcileResult,
+) -> None:
+    """Apply one listed order (its refunds read first) and commit it."""
+    if is_checkout_draft(raw):
+        return  # a checkout in progress: no order yet, and nothing of it is kept
+    try:
+        shop_order = read_shop_order(client, raw)
+    except PayloadError as exc:
+        result.unreadable.append(str(raw.get("id")))
+        log.warning("store %s: order %s unreadable: %s", store.public_id, raw.get("id"), exc)
+        return
+    applied = apply_shop_order(session, store, shop_order, reread=True)
+    session.commit()
+    if applied.outcome == "stale":
+        result.stale += 1
+        return
+    result.applied += 1
+    result.issued_licenses += len(applied.issued_licenses)
+    result.revoked_licenses += len(applied.revoked_licenses)
+
+
+def _move_watermark(
+    session: Session,
+    store: Store,
+    covered: dt.datetime | None,
+    since: dt.datetime,
+    reached: dt.datetime | None,
+    *,
+    started: dt.datetime,
+    complete: bool,
+) -> ShopConnection:
+    """Move ``reconciled_until`` to what a run read, if it read on without a gap from what
+    was covered (the first run, complete with nothing listed: from where it began)."""
+    connection = connection_of(session, store)
+    if covered is None or since <= covered:
+        first = since if covered is None and complete else None
+        candidates = [c for c in (connection.reconciled_until, reached, first) if c is not None]
+        if candidates:
+            connection.reconciled_until = min(max(candidates), started)
+    return connection
+
+
 def reconcile_store(
     session: Session,
     store: Store,
@@ -102,12 +218,13 @@ def reconcile_store(
     The shop is never waited on inside a transaction (on SQLite one holds the database's
     write lock: every webhook and license call would wait on the shop).
 
-    ``reconciled_until`` moves, only at the end of a run that read everything, to the
-    newest ``date_modified_gmt`` the shop listed (its clock, which ``modified_after`` is
-    compared with: Keygate's own could be ahead of it), never past Keygate's clock at the
-    run's start (one order dated in the future, by a shop clock that jumped once or an
-    import, would otherwise hide every later change until that date), and only when the
-    run started at or before it (a ``--since`` later than it leaves the gap before unread).
+    ``reconciled_until`` moves to how far both listings (trashed orders, the rest) are
+    known to have read (see :class:`_Walks`), in the shop's clock (``date_modified_gmt``,
+    which ``modified_after`` is compared with: Keygate's own could be ahead of it), never
+    past Keygate's clock at the run's start (one order dated in the future, by a shop clock
+    that jumped once or an import, would otherwise hide every later change until that
+    date), and only when the run started at or before it (a ``--since`` later than it
+    leaves the gap before unread). A run the shop cuts off does not move it.
 
     Raises:
         ShopError: the shop could not be read; the orders applied so far stay applied,
@@ -121,50 +238,27 @@ def reconcile_store(
     if check_hooks:
         result.webhooks_repaired = check_webhooks(session, store, client)
         session.commit()
-    newest: dt.datetime | None = None
-    ahead = 0
+    walks = _Walks(started)
     # Trashed orders are listed only when asked for: a missed order.deleted is caught too.
-    changed = itertools.chain(
-        client.orders_modified_after(since), client.orders_modified_after(since, status="trash")
-    )
-    for raw in changed:  # each page is read between two transactions
-        result.seen += 1
-        modified = _shop_date(raw)
-        if modified is not None and modified > started:
-            ahead += 1
-            modified = started
-        if modified is not None and (newest is None or modified > newest):
-            newest = modified
-        if is_checkout_draft(raw):
-            continue  # a checkout in progress: no order yet, and nothing of it is kept
-        try:
-            shop_order = read_shop_order(client, raw)
-        except PayloadError as exc:
-            result.unreadable.append(str(raw.get("id")))
-            log.warning("store %s: order %s unreadable: %s", store.public_id, raw.get("id"), exc)
-            continue
-        applied = apply_shop_order(session, store, shop_order, reread=True)
-        session.commit()
-        if applied.outcome == "stale":
-            result.stale += 1
-            continue
-        result.applied += 1
-        result.issued_licenses += len(applied.issued_licenses)
-        result.revoked_licenses += len(applied.revoked_licenses)
-    if ahead:
+    for status in ("trash", None):
+        walks.begin()
+        for raw in client.orders_modified_after(since, status=status):  # read between
+            result.seen += 1  # two transactions, page after page
+            modified = walks.listed(_shop_date(raw))
+            _apply_listed(session, store, client, raw, result)
+            walks.applied(modified)
+        walks.end()
+    if walks.ahead:
         log.warning(
             "store %s: %d order(s) listed with a date_modified_gmt ahead of Keygate's clock;"
             " reconciled_until stops at %s (check the shop's clock)",
             store.public_id,
-            ahead,
+            walks.ahead,
             started.isoformat(timespec="seconds"),
         )
-    connection = connection_of(session, store)
-    if covered is None or since <= covered:
-        # Read without a gap from what was covered: covered now up to the newest change
-        # listed (the first run, with nothing listed: from where it started reading).
-        candidates = [connection.reconciled_until, newest, since if covered is None else None]
-        connection.reconciled_until = min(max(c for c in candidates if c is not None), started)
+    connection = _move_watermark(
+        session, store, covered, since, walks.reached(), started=started, complete=True
+    )
     connection.last_error = None
     session.flush()
     if result.issued_licenses or result.revoked_licenses or result.unreadable:

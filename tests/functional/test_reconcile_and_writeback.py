@@ -831,3 +831,57 @@ def test_a_notes_listing_that_is_no_list_posts_no_second_note(
             select(Job).where(Job.kind == "shop.order_note", Job.id != job.id)
         ).one()
         assert retried.attempts >= 1 and retried.status == "pending"
+
+
+class _Monotonic:
+    """Keygate's monotonic clock, moved on by hand (a run that takes its time)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_an_order_trashed_between_the_two_listings_is_read_by_the_next_run(
+    app: Flask,
+    shop: WebhookSender,
+    connected: FakeShop,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run lists trashed orders, then the rest. An order trashed after the first listing
+    ended is in neither; while the second took 20 minutes it listed changes up to then. The
+    next run starts 10 minutes before reconciled_until: were that the newest change of
+    both listings, the trashing would never be read (its licenses left active)."""
+    from connector.orders import reconcile as reconcile_module
+
+    clock = _Monotonic()
+    monkeypatch.setattr(reconcile_module, "time", clock, raising=False)
+    shop.configure(501)
+    stamp = lambda moment: moment.replace(tzinfo=None).isoformat(timespec="seconds")  # noqa: E731
+    shop_now = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    _set_reconciled_until(app, shop, shop_now - dt.timedelta(minutes=5))
+    paid = dict(wc_order(9640, "processing", [line_item(501)]), date_modified_gmt=stamp(shop_now))
+    connected.orders[9640] = paid
+    connected.deliver(shop.client, "order.created", paid)
+    assert [lic["status"] for lic in shop.order(9640)["licenses"]] == ["active"]
+    orders = connected._orders
+    gap: list[int] = []
+
+    def trashed_between_the_listings(
+        method: str, rest_: list[str], query: dict[str, str], body: Any
+    ) -> Any:
+        if not rest_ and query.get("status") != "trash" and not gap:
+            gap.append(1)
+            trashed_at = shop_now + dt.timedelta(minutes=1)
+            connected.orders[9640] = dict(paid, status="trash", date_modified_gmt=stamp(trashed_at))
+            clock.now += 20 * 60
+            later = shop_now + dt.timedelta(minutes=20)
+            connected.orders[9641] = dict(wc_order(9641), date_modified_gmt=stamp(later))
+        return orders(method, rest_, query, body)
+
+    connected._orders = trashed_between_the_listings  # type: ignore[method-assign]
+    reconcile(app, shop)
+    assert gap and [lic["status"] for lic in shop.order(9640)["licenses"]] == ["active"]
+    reconcile(app, shop)
+    assert [lic["status"] for lic in shop.order(9640)["licenses"]] == ["revoked"]
