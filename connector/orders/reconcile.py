@@ -96,7 +96,8 @@ class _Walks:
     so at least up to the shop's clock when the listing began. That clock is known from the
     dates listed only: an order listed at a moment was changed by then, and the shop's clock
     runs as Keygate's does, so each date listed says how far the shop's clock was, at the
-    least, at any moment of the run.
+    least, at any moment of the run. A listing cut off (a timeout, a 503) read every change
+    up to the last one it applied (oldest first); one not begun read nothing.
 
     ``reconciled_until`` moves to the least of what both read. The newest date of both
     would pass over a change made, after the first listing ended, to an order it had read,
@@ -147,6 +148,8 @@ class _Walks:
                 # Whole seconds, as the shop's dates: the next run reads the overlap again.
                 clock = _ceil_second(self._offset + dt.timedelta(seconds=began))
             reaches.append(max((c for c in (newest, clock) if c is not None), default=None))
+        if self._began is not None:  # cut off: read up to the last change it applied
+            reaches.append(self._newest)
         if len(reaches) < self.COUNT or None in reaches:
             return None
         return min(r for r in reaches if r is not None)
@@ -224,11 +227,11 @@ def reconcile_store(
     past Keygate's clock at the run's start (one order dated in the future, by a shop clock
     that jumped once or an import, would otherwise hide every later change until that
     date), and only when the run started at or before it (a ``--since`` later than it
-    leaves the gap before unread). A run the shop cuts off does not move it.
+    leaves the gap before unread). A run the shop cuts off moves it too, as far as the
+    orders it applied (oldest change first) reach.
 
     Raises:
-        ShopError: the shop could not be read; the orders applied so far stay applied,
-            ``reconciled_until`` does not move.
+        ShopError: the shop could not be read; the orders applied so far stay applied.
     """
     started = utcnow()
     covered = connection_of(session, store).reconciled_until
@@ -239,15 +242,26 @@ def reconcile_store(
         result.webhooks_repaired = check_webhooks(session, store, client)
         session.commit()
     walks = _Walks(started)
-    # Trashed orders are listed only when asked for: a missed order.deleted is caught too.
-    for status in ("trash", None):
-        walks.begin()
-        for raw in client.orders_modified_after(since, status=status):  # read between
-            result.seen += 1  # two transactions, page after page
-            modified = walks.listed(_shop_date(raw))
-            _apply_listed(session, store, client, raw, result)
-            walks.applied(modified)
-        walks.end()
+    try:
+        # Trashed orders are listed only when asked for: a missed order.deleted is caught
+        # too. That listing (short) first: a long listing of the rest cut off by the shop
+        # still moves reconciled_until (see _Walks).
+        for status in ("trash", None):
+            walks.begin()
+            for raw in client.orders_modified_after(since, status=status):
+                result.seen += 1
+                modified = walks.listed(_shop_date(raw))
+                _apply_listed(session, store, client, raw, result)
+                walks.applied(modified)
+            walks.end()
+    except ShopError:
+        # What was applied stays applied, and what was read in full need not be read again:
+        # a shop that keeps cutting a long run off still moves forward.
+        _move_watermark(
+            session, store, covered, since, walks.reached(), started=started, complete=False
+        )
+        session.commit()
+        raise
     if walks.ahead:
         log.warning(
             "store %s: %d order(s) listed with a date_modified_gmt ahead of Keygate's clock;"

@@ -885,3 +885,33 @@ def test_an_order_trashed_between_the_two_listings_is_read_by_the_next_run(
     assert gap and [lic["status"] for lic in shop.order(9640)["licenses"]] == ["active"]
     reconcile(app, shop)
     assert [lic["status"] for lic in shop.order(9640)["licenses"]] == ["revoked"]
+
+
+def test_a_run_the_shop_cuts_off_keeps_what_it_read(
+    app: Flask, shop: WebhookSender, connected: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large or slow shop times out on a later page of a run: the orders read before (in
+    order of change) are not read again by each following run, which would time out at the
+    same place for ever as its window grows; reconciled_until moves up to the last one."""
+    monkeypatch.setattr(rest, "PER_PAGE", 2)
+    shop.configure(501)
+    for n in range(6):
+        connected.orders[9650 + n] = wc_order(9650 + n, "completed", modified=100 + n)
+    _set_reconciled_until(app, shop, dt.datetime(2026, 11, 20, 11, 50, tzinfo=dt.UTC))
+    orders = connected._orders
+    cut_at = wc_time(103 - 1)  # the page after the fourth order
+
+    def times_out_late(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
+        late = query.get("modified_after", "") >= cut_at
+        if not rest_ and query.get("status") != "trash" and late:
+            return 504, {"Content-Type": "text/html"}, "<h1>Gateway Timeout</h1>"
+        return orders(method, rest_, query, body)
+
+    connected._orders = times_out_late  # type: ignore[method-assign]
+    with pytest.raises(rest.ShopUnavailable):
+        reconcile(app, shop)
+    assert [len(shop.order(9650 + n)["licenses"]) for n in range(4)] == [1, 1, 1, 1]
+    assert _reconciled_until(app, shop) == dt.datetime(2026, 11, 20, 12, 1, 43, tzinfo=dt.UTC)
+    connected._orders = orders  # type: ignore[method-assign]
+    reconcile(app, shop)
+    assert all(len(shop.order(9650 + n)["licenses"]) == 1 for n in range(6))
