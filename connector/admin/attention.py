@@ -1,7 +1,8 @@
 """What needs the owner's attention, store by store, for the top of the dashboard.
 
 Each notice is something a buyer cannot tell the owner and that does not mend itself: the
-shop cannot be read or refuses the webhooks' secret, buyers' mails are not getting out (or
+shop cannot be read or refuses the webhooks' secret, or delivers them to another address
+than Keygate's, buyers' mails are not getting out (or
 cannot: orders issued with no address), keys flagged for too many binding changes, copies
 that failed to stamp (their links are refused), refunds Keygate could not apply. Read only;
 each notice links where the owner can act. Admins who see every store are also told of
@@ -35,7 +36,7 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.models.records import BAD_SIGNATURE
-from connector.vault.connection import registration_trouble
+from connector.vault.connection import registration_trouble, webhook_url, webhooks_elsewhere
 from plugin.shop import REVOKING_STATUSES
 
 # Refunds Keygate could not apply, and mails printed on the console, are news for this long
@@ -92,6 +93,14 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             found.append(Notice(store, text, page))
         if registration_trouble(session, store) is not None:
             text = "Keygate could not register its webhooks in the shop."
+            found.append(Notice(store, text, page))
+        elsewhere = webhooks_elsewhere(session, store)
+        if elsewhere is not None:
+            text = (
+                f"The shop's webhooks deliver to {elsewhere}, while Keygate is at"
+                f" {webhook_url(store)}: connect WooCommerce again from the store page, then"
+                " delete the old webhooks in WooCommerce."
+            )
             found.append(Notice(store, text, page))
         latest = latest_delivery(session, store)
         if latest is not None and latest.outcome == BAD_SIGNATURE:

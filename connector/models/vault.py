@@ -77,6 +77,9 @@ class WebhookRegistration(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Where the shop delivers it, as last seen (None: not seen since this was recorded): a
+    # webhook registered while KEYGATE_BASE_URL named another address keeps delivering there.
+    delivery_url: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class ShopNote(Base):

@@ -17,6 +17,7 @@ import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -55,6 +56,40 @@ def webhook_url(store: Store) -> str:
     from connector import get_settings
 
     return f"{get_settings().base_url}/webhooks/woocommerce/{store.public_id}"
+
+
+def same_address(one: str, other: str) -> bool:
+    """Two URLs that name one address (scheme and host in any case, a trailing slash)."""
+    a, b = urlsplit(one.strip()), urlsplit(other.strip())
+    try:
+        return (a.scheme.lower(), a.hostname, a.port, a.path.rstrip("/")) == (
+            b.scheme.lower(),
+            b.hostname,
+            b.port,
+            b.path.rstrip("/"),
+        )
+    except ValueError:  # a port that is no number
+        return False
+
+
+def webhooks_elsewhere(session: Session, store: Store) -> str | None:
+    """Where the shop delivers Keygate's registered webhooks, when that is not the store's
+    webhook URL (registered while KEYGATE_BASE_URL named another address): None when all
+    deliver here, or none was seen yet.
+
+    Keygate does not point them here itself: a copy of its database restored on another
+    server (a test, a migration) would take the production shop's webhooks. The owner is
+    told, and reconnects (which registers them at the current address)."""
+    here = webhook_url(store)
+    seen = session.scalars(
+        select(WebhookRegistration.delivery_url)
+        .where(
+            WebhookRegistration.store_id == store.id,
+            WebhookRegistration.delivery_url.is_not(None),
+        )
+        .order_by(WebhookRegistration.topic)
+    )
+    return next((url for url in seen if url and not same_address(url, here)), None)
 
 
 def callback_url(store: Store) -> str:
@@ -143,8 +178,16 @@ def connection_report(session: Session, store: Store) -> dict[str, Any]:
             for shop_id, problem in sorted((connection.products_invalid or {}).items())
         ],
         "webhooks": [
-            {"topic": r.topic, "id": r.shop_webhook_id, "status": r.status} for r in registrations
+            {
+                "topic": r.topic,
+                "id": r.shop_webhook_id,
+                "status": r.status,
+                "delivery_url": r.delivery_url,
+            }
+            for r in registrations
         ],
+        # The address the shop's webhooks deliver to, when it is not webhook_url.
+        "webhooks_elsewhere": webhooks_elsewhere(session, store),
         "webhook_registration": registration_trouble(session, store),
     }
 
@@ -505,6 +548,22 @@ def check_webhooks(session: Session, store: Store, client: WooCommerceClient) ->
             session.delete(registration)  # re-created below
             continue
         registration.status = str(webhook.get("status") or "") or registration.status
+        delivery_url = webhook.get("delivery_url")
+        if isinstance(delivery_url, str) and delivery_url:
+            if not same_address(delivery_url, webhook_url(store)) and (
+                registration.delivery_url is None
+                or not same_address(delivery_url, registration.delivery_url)
+            ):
+                log.warning(
+                    "store %s: webhook %s (%s) delivers to %s, not to %s (KEYGATE_BASE_URL):"
+                    " connect the shop again to register it at this address",
+                    store.public_id,
+                    registration.shop_webhook_id,
+                    registration.topic,
+                    delivery_url,
+                    webhook_url(store),
+                )
+            registration.delivery_url = delivery_url[:2000]
         if registration.shop_webhook_id in disabled:
             repaired.append(registration.shop_webhook_id)
             record_audit(
@@ -571,6 +630,7 @@ def _create_missing_webhooks(
                     shop_webhook_id=webhook_id,
                     status="active",
                     checked_at=utcnow(),
+                    delivery_url=url,
                 )
             )
     if created:

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask import Flask
@@ -22,7 +23,7 @@ from connector.vault.connection import TOPICS, connection_of, shop_client_for
 from plugin.woocommerce import rest
 from tests.factories import WebhookSender, line_item, wc_order, wc_time
 from tests.licensing_helpers import call
-from tests.wc_rest import FakeShop, connect_store, fake_shop
+from tests.wc_rest import FakeShop, auth_callback_body, connect_store, fake_shop
 
 __all__ = ["fake_shop"]
 
@@ -915,3 +916,48 @@ def test_a_run_the_shop_cuts_off_keeps_what_it_read(
     connected._orders = orders  # type: ignore[method-assign]
     reconcile(app, shop)
     assert all(len(shop.order(9650 + n)["licenses"]) == 1 for n in range(6))
+
+
+def test_webhooks_delivering_to_an_old_address_are_shown_not_moved(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """Webhooks registered while KEYGATE_BASE_URL named another address keep delivering
+    there. The check sees it and tells the owner (store page, dashboard, API), naming both
+    addresses, but leaves them be (a database copy restored elsewhere would take the shop's
+    webhooks); connecting again registers them at the current address."""
+    from tests.functional.test_admin_pages import signed_in_owner
+
+    public_id = shop.store.store.public_id
+    here = f"http://keygate.test/webhooks/woocommerce/{public_id}"
+    old = f"https://old-keygate.example/webhooks/woocommerce/{public_id}"
+    reconcile(app, shop)
+    assert shop.admin("GET", "/connection").get_json()["webhooks_elsewhere"] is None
+    owner = signed_in_owner(app)
+    assert "deliver to" not in owner.get("/admin/").get_data(as_text=True)
+    for webhook in connected.webhooks.values():
+        webhook["delivery_url"] = old
+    reconcile(app, shop)
+    assert shop.admin("GET", "/connection").get_json()["webhooks_elsewhere"] == old
+    dashboard = owner.get("/admin/").get_data(as_text=True)
+    assert f"The shop&#39;s webhooks deliver to {old}, while Keygate is at {here}" in dashboard
+    page = owner.get(f"/admin/stores/{shop.store.store.id}").get_data(as_text=True)
+    assert f"deliver to <code>{old}</code>, while Keygate is at <code>{here}</code>" in page
+    assert "Connect WooCommerce again" in page
+    assert {w["delivery_url"] for w in connected.webhooks.values()} == {old}
+    # Connecting again: WooCommerce makes Keygate a new key, and the webhooks are registered
+    # at Keygate's address.
+    connected.consumer_key, connected.consumer_secret = "ck_" + "1" * 40, "cs_" + "2" * 40
+    connect_url = shop.admin("GET", "/connection").get_json()["connect_url"]
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(connect_url).query).items()}
+    body = auth_callback_body(
+        query["user_id"],
+        key_id=18,
+        consumer_key=connected.consumer_key,
+        consumer_secret=connected.consumer_secret,
+    )
+    assert shop.client.post(urlsplit(query["callback_url"]).path, json=body).status_code == 200
+    run_pending(app)
+    assert shop.admin("GET", "/connection").get_json()["webhooks_elsewhere"] is None
+    reconcile(app, shop)
+    assert "deliver to" not in owner.get("/admin/").get_data(as_text=True)
+    assert set(connected.active_webhooks(here)) == set(TOPICS)
