@@ -110,7 +110,8 @@ NOT_PERSONAL: dict[str, set[str]] = {
         "outcome",
         "detail",
     },
-    "webhook_registrations": {"topic", "shop_webhook_id", "status"},
+    # delivery_url: the address the shop delivers a webhook to (a Keygate's, old or new).
+    "webhook_registrations": {"topic", "shop_webhook_id", "status", "delivery_url"},
 }
 
 # Rows for what is kept outside the database, by the start of their first cell.
