@@ -494,7 +494,18 @@ def activate(
     except StoreDeleted:
         return _not_found(malformed)
     # Held, the store (and so this license) cannot be deleted before the transaction ends.
-    session.execute(select(License.id).where(License.id == lic.id).with_for_update()).scalar_one()
+    # Read again under the lock: a revocation, a pause or another activation's abuse
+    # suspension may have been committed while this one waited for it (PostgreSQL reads
+    # each statement afresh; SQLite's BEGIN IMMEDIATE already read it under the lock).
+    session.execute(
+        select(License)
+        .where(License.id == lic.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    state = _license_state(session, lic, product, product_id=product_id, store=store)
+    if state is not None:
+        return state
     existing = _find_activation(session, lic, identity)
     if existing is not None:
         existing.last_seen_at = utcnow()
