@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, bindparam, delete, func, select
+from sqlalchemy import Engine, Select, and_, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from connector.audit import record_audit
@@ -252,12 +252,21 @@ def _is_free_staging(product: Product, identity: Identity) -> bool:
     )
 
 
-def _touch(activation: Activation) -> None:
+def _touch(session: Session, activation: Activation, *, always: bool = False) -> bool:
     """Record that the activation was seen, at most once per SEEN_RESOLUTION (no write
-    per validate)."""
+    per validate) unless ``always``. False when its row is gone: the seat was freed (the
+    portal, the owner, the product's deactivate) after it was read, which an ORM change
+    would only find at the commit, as a 500."""
     now = utcnow()
-    if now - activation.last_seen_at > SEEN_RESOLUTION:
-        activation.last_seen_at = now
+    if not always and now - activation.last_seen_at <= SEEN_RESOLUTION:
+        return True
+    stamped = session.execute(
+        update(Activation)
+        .where(Activation.id == activation.id)
+        .values(last_seen_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return getattr(stamped, "rowcount", 1) != 0
 
 
 def _identity_answer(
@@ -265,8 +274,7 @@ def _identity_answer(
 ) -> Answer:
     """VALID when ``identity`` is activated (or a free staging site), else why not."""
     activation = _find_activation(session, lic, identity)
-    if activation is not None:
-        _touch(activation)
+    if activation is not None and _touch(session, activation):
         return Answer(True, "VALID", "The license is valid here.", lic, product)
     if _is_free_staging(product, identity):
         return Answer(True, "VALID", "Staging site: free, no activation needed.", lic, product)
@@ -443,8 +451,7 @@ def validate(
         return state
     if not identity.given:
         return Answer(True, "VALID", "The license is valid.", lic, product, seats=seats)
-    if activation is not None:
-        _touch(activation)
+    if activation is not None and _touch(session, activation):
         return Answer(True, "VALID", "The license is valid here.", lic, product, seats=seats)
     answer = _identity_answer(session, lic, product, identity)
     answer.seats = seats
@@ -507,8 +514,8 @@ def activate(
     if state is not None:
         return state
     existing = _find_activation(session, lic, identity)
-    if existing is not None:
-        existing.last_seen_at = utcnow()
+    # Freed after it was read (deactivate takes no seat lock): activated anew below.
+    if existing is not None and _touch(session, existing, always=True):
         return Answer(
             True,
             "VALID",

@@ -141,3 +141,85 @@ def test_an_activation_waiting_while_the_owner_pauses_the_key_keeps_the_owners_r
         assert lic is not None
         assert (lic.status, lic.status_reason) == ("suspended", "admin")
         assert db.session.scalar(select(func.count()).select_from(LicenseFlag)) == 0
+
+
+def _while_a_seat_is_freed(
+    app: Flask, shop: WebhookSender, activation_id: int, endpoint: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any] | None]:
+    """POST ``endpoint`` while another transaction deletes the activation (a deactivation
+    by the portal, the owner or another of the product's calls), committed once the call
+    waits on that row (PostgreSQL) or on the write lock (SQLite). Its status and body."""
+    engine = app.extensions["keygate.db"].engine
+    postgres = engine.dialect.name == "postgresql"
+    answers: list[tuple[int, dict[str, Any] | None]] = []
+    with engine.connect() as connection:
+        connection.execute(text("DELETE FROM activations WHERE id = :id"), {"id": activation_id})
+
+        def call() -> None:
+            response = shop.client.post(f"/api/v1/licenses/{endpoint}", json=body)
+            answers.append((response.status_code, response.get_json(silent=True)))
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        deadline = time.monotonic() + (10 if postgres else 0.5)
+        while thread.is_alive() and time.monotonic() < deadline:
+            if postgres and _someone_waits_on_a_lock(app):
+                break
+            time.sleep(0.01)
+        connection.commit()
+    thread.join(timeout=30)
+    assert answers, "the call did not answer"
+    return answers[0]
+
+
+def _activated(app: Flask, shop: WebhookSender, key: str, site: str) -> int:
+    answer = shop.client.post("/api/v1/licenses/activate", json={"key": key, "site": site})
+    activation_id: int = answer.get_json()["activation"]["id"]
+    # Last seen two hours ago: the next check stamps it again.
+    with app.app_context():
+        db.session.execute(
+            text("UPDATE activations SET last_seen_at = last_seen_at - interval '2 hours'")
+            if db.engine.dialect.name == "postgresql"
+            else text("UPDATE activations SET last_seen_at = datetime(last_seen_at, '-2 hours')")
+        )
+        db.session.commit()
+    return activation_id
+
+
+def test_a_validate_stamping_a_seat_the_buyer_frees_meanwhile_answers(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A product validates (and its hourly last-seen stamp is due) just as the buyer frees
+    that seat on the portal: the product gets a signed answer, not a 500 from the stamp
+    finding its row gone; the answer is that the site is no longer activated."""
+    key = issue_key(shop, activation_limit=3)
+    activation_id = _activated(app, shop, key, "shop-one.com")
+    status, answer = _while_a_seat_is_freed(
+        app, shop, activation_id, "validate", {"key": key, "site": "shop-one.com"}
+    )
+    assert status == 200, answer
+    assert answer is not None
+    assert (answer["valid"], answer["code"]) == (False, "NO_ACTIVATION")
+
+
+def test_activating_again_a_seat_freed_meanwhile_activates_it_anew(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A product activates its site again (as at every start) just as the buyer frees that
+    seat: the site is activated anew, a seat it holds, rather than a 500 or "Already
+    activated here." about a seat that no longer exists."""
+    key = issue_key(shop, activation_limit=3)
+    license_id = _license_id(app, key)
+    activation_id = _activated(app, shop, key, "shop-one.com")
+    status, answer = _while_a_seat_is_freed(
+        app, shop, activation_id, "activate", {"key": key, "site": "shop-one.com"}
+    )
+    assert status == 200, answer
+    assert answer is not None
+    assert (answer["valid"], answer["code"]) == (True, "VALID"), answer
+    assert answer["activation"]["id"] != activation_id
+    assert _seats(app, license_id) == 1
+    check = shop.client.post(
+        "/api/v1/licenses/validate", json={"key": key, "site": "shop-one.com"}
+    ).get_json()
+    assert check["code"] == "VALID"
