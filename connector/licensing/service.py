@@ -5,9 +5,10 @@ answer with ``valid=False`` and a code, never an exception. Bad input (a site th
 host, a missing identity) raises ``ValidationFailed`` (422).
 
 Seats are atomic: activating locks the license row (``FOR UPDATE`` on PostgreSQL; SQLite
-writers are serialized by ``BEGIN IMMEDIATE``), counts the seats taken, and inserts under the
-unique key (license, site, fingerprint), so the limit holds across processes and hosts and
-activating one identity twice returns the same activation.
+writers are serialized by ``BEGIN IMMEDIATE``), as every binding change does, reads the
+license again, counts the seats taken, and inserts under the unique key (license, site,
+fingerprint), so the limit holds across processes and hosts and activating one identity
+twice returns the same activation.
 
 Codes:
     VALID: the license (and identity, when one is given) is good.
@@ -469,6 +470,27 @@ def activation_json(activation: Activation) -> dict[str, Any]:
     }
 
 
+def _take_seat_lock(session: Session, lic: License) -> None:
+    """The seat lock: every binding change of this license (activate, deactivate, the
+    portal's button) queues here, on any host, and ``lic`` is read again under it: a
+    revocation, a pause or another change's abuse suspension may have been committed while
+    this one waited (PostgreSQL reads each statement afresh; SQLite's BEGIN IMMEDIATE
+    already read it under the lock). The store is held first, as a deletion takes them (a
+    flag's audit entry names the store); held, the store (and so this license) cannot be
+    deleted before the transaction ends.
+
+    Raises:
+        StoreDeleted: the store was deleted meanwhile.
+    """
+    hold_live_store(session, lic.store_id)
+    session.execute(
+        select(License)
+        .where(License.id == lic.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
 def activate(
     session: Session,
     raw_key: str,
@@ -494,22 +516,10 @@ def activate(
     state = _license_state(session, lic, product, product_id=product_id, store=store)
     if state is not None:
         return state
-    # The seat lock: every activation of this license queues here, on any host. The store
-    # is held first, as a deletion takes them (a flag's audit entry names the store).
     try:
-        hold_live_store(session, lic.store_id)
+        _take_seat_lock(session, lic)
     except StoreDeleted:
         return _not_found(malformed)
-    # Held, the store (and so this license) cannot be deleted before the transaction ends.
-    # Read again under the lock: a revocation, a pause or another activation's abuse
-    # suspension may have been committed while this one waited for it (PostgreSQL reads
-    # each statement afresh; SQLite's BEGIN IMMEDIATE already read it under the lock).
-    session.execute(
-        select(License)
-        .where(License.id == lic.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
     state = _license_state(session, lic, product, product_id=product_id, store=store)
     if state is not None:
         return state
@@ -570,6 +580,10 @@ def deactivate(
     lic, product, malformed = find_license(session, raw_key)
     if lic is None or product is None:
         return _not_found(malformed)
+    try:
+        _take_seat_lock(session, lic)
+    except StoreDeleted:
+        return _not_found(malformed)
     removed = session.execute(
         delete(Activation).where(
             Activation.license_id == lic.id,
@@ -586,6 +600,7 @@ def deactivate(
 def remove_activation(session: Session, lic: License, activation_id: int) -> bool:
     """Deactivate by id (buyer portal, owner). Returns whether there was such an activation."""
     product = session.get(Product, lic.product_id)
+    _take_seat_lock(session, lic)
     removed = session.execute(
         delete(Activation).where(Activation.license_id == lic.id, Activation.id == activation_id)
     )

@@ -50,10 +50,11 @@ def _while_the_license_is_locked(
     license_id: int,
     change: Callable[[Connection], None],
     body: dict[str, Any],
+    endpoint: str = "activate",
 ) -> dict[str, Any]:
-    """POST an activation while another transaction holds the license row locked and makes
-    ``change`` (committed once the activation waits on the lock: PostgreSQL; on SQLite the
-    activation's BEGIN IMMEDIATE waits on that transaction's write lock). Its answer."""
+    """POST an activation (or ``endpoint``) while another transaction holds the license row
+    locked and makes ``change`` (committed once the call waits on a lock: PostgreSQL; on
+    SQLite the call's BEGIN IMMEDIATE waits on that transaction's write lock). Its answer."""
     engine = app.extensions["keygate.db"].engine
     postgres = engine.dialect.name == "postgresql"
     answers: list[dict[str, Any]] = []
@@ -65,7 +66,7 @@ def _while_the_license_is_locked(
         change(connection)
 
         def activate() -> None:
-            answers.append(shop.client.post("/api/v1/licenses/activate", json=body).get_json())
+            answers.append(shop.client.post(f"/api/v1/licenses/{endpoint}", json=body).get_json())
 
         thread = threading.Thread(target=activate)
         thread.start()
@@ -223,3 +224,35 @@ def test_activating_again_a_seat_freed_meanwhile_activates_it_anew(
         "/api/v1/licenses/validate", json={"key": key, "site": "shop-one.com"}
     ).get_json()
     assert check["code"] == "VALID"
+
+
+def test_a_deactivation_past_the_abuse_threshold_keeps_a_revocation_made_meanwhile(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The key's order is refunded (its key revoked) just as the product deactivates a seat,
+    the change past the abuse threshold: the key stays revoked by its refund, not turned
+    into one paused by the abuse signal (which the owner could reinstate, and which would
+    no longer come back with its order)."""
+    key = issue_key(shop, activation_limit=3, abuse_threshold=1, abuse_suspend=True)
+    license_id = _license_id(app, key)
+    first = shop.client.post("/api/v1/licenses/activate", json={"key": key, "site": "a.com"})
+    assert first.get_json()["code"] == "VALID"
+
+    def refund(connection: Connection) -> None:
+        connection.execute(
+            text(
+                "UPDATE licenses SET status = 'revoked', status_reason = 'order:refunded'"
+                " WHERE id = :id"
+            ),
+            {"id": license_id},
+        )
+
+    answer = _while_the_license_is_locked(
+        app, shop, license_id, refund, {"key": key, "site": "a.com"}, endpoint="deactivate"
+    )
+    assert answer["code"] == "DEACTIVATED", answer
+    assert _seats(app, license_id) == 0
+    with app.app_context():
+        lic = db.session.get(License, license_id)
+        assert lic is not None
+        assert (lic.status, lic.status_reason) == ("revoked", "order:refunded")
