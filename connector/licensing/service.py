@@ -524,7 +524,7 @@ def activate(
     if state is not None:
         return state
     existing = _find_activation(session, lic, identity)
-    # Freed after it was read (deactivate takes no seat lock): activated anew below.
+    # Freed after it was read (the owner's removal takes no seat lock): activated anew below.
     if existing is not None and _touch(session, existing, always=True):
         return Answer(
             True,
