@@ -701,12 +701,13 @@ def stamp_pdf_open(pdf: pikepdf.Pdf, stamp_pdf_bytes: bytes, fingerprint: str) -
             placement = page.calc_form_xobject_placement(
                 form, name, rect, invert_transformations=True
             )
+            # Wrap the page's own content in q/Q so its graphics state cannot move the
+            # stamp; add streams instead of rewriting (coalescing) the page's content. A
+            # content list naming an object the file lacks (read as null) is refused here.
+            page.contents_add(pikepdf.Stream(pdf, b"q\n"), prepend=True)
+            page.contents_add(pikepdf.Stream(pdf, b"Q\n" + placement), prepend=False)
         except (pikepdf.PikepdfError, ValueError, TypeError, KeyError) as exc:
             raise WatermarkError(f"a page cannot be stamped ({type(exc).__name__})") from None
-        # Wrap the page's own content in q/Q so its graphics state cannot move the stamp;
-        # add streams instead of rewriting (coalescing) the page's content.
-        page.contents_add(pikepdf.Stream(pdf, b"q\n"), prepend=True)
-        page.contents_add(pikepdf.Stream(pdf, b"Q\n" + placement), prepend=False)
     pdf.docinfo[FINGERPRINT_KEY] = pikepdf.String(fingerprint)
 
 

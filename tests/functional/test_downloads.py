@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -442,6 +443,38 @@ def test_encrypted_pdf_is_refused_by_default_and_the_owner_sees_why(
     assert log["grants"][0]["watermark_status"] == "failed"
     assert "encrypted" in log["grants"][0]["watermark_error"]
     assert [e["outcome"] for e in log["events"]] == ["refused"]
+
+
+def test_a_pdf_whose_page_names_a_missing_content_stream_is_refused_with_a_reason(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A damaged PDF whose page lists a content stream the file does not have (a dangling
+    reference, read as null) cannot be stamped: the buyer gets the clear page and keeps their
+    download, the owner sees why; not a 500 on every click and a job that never ends."""
+    pdf = pikepdf.new()
+    pdf.add_blank_page(page_size=(595, 842))
+    pdf.pages[0].Contents = pikepdf.Array([pdf.make_stream(b"BT ET"), pdf.make_stream(b"BT ET")])
+    saved = io.BytesIO()
+    pdf.save(saved, object_stream_mode=pikepdf.ObjectStreamMode.disable)
+    damaged, found = re.subn(rb"(/Contents \[ \d+ 0 R )\d+ 0 R", rb"\g<1>99 0 R", saved.getvalue())
+    assert found == 1
+    put_file(app, "books/guide.pdf", damaged)
+    downloads = paid_order(shop, 7014, _pdf_files())
+    run_pending(app)
+    response = get(shop.client, link_path(downloads[0]))
+    assert response.status_code == 409
+    assert "could not be prepared" in response.get_data(as_text=True)
+    assert shop.order(7014)["downloads"][0]["downloads_left"] is None
+    log = shop.admin("GET", "/orders/7014/downloads").get_json()
+    assert log["grants"][0]["watermark_status"] == "failed"
+    assert "cannot be stamped" in log["grants"][0]["watermark_error"]
+    with app.app_context():
+        assert (
+            db.session.execute(
+                select(Job.status).where(Job.kind == "downloads.watermark")
+            ).scalar_one()
+            == "done"
+        )
 
 
 def test_a_copy_that_failed_is_made_once_the_owner_replaces_the_original(
