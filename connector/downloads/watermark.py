@@ -28,6 +28,7 @@ import lzma
 import re
 import shutil
 import string
+import struct
 import unicodedata
 import zipfile
 import zlib
@@ -764,7 +765,10 @@ def stamp_zip(source: Path, target: Path, stamp: Stamp) -> str:
             archive.writestr(member, license_text(stamp), compress_type=zipfile.ZIP_DEFLATED)
             comment = f"{stamp.text}\n{stamp.marker}".encode()
             archive.comment = comment[:65535]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    # NotImplementedError: a member needing a version of the format zipfile does not know;
+    # struct.error: a central directory whose offsets cannot be written back (it says it
+    # starts past the end of the archive). Both are damaged archives, as BadZipFile is.
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, struct.error) as exc:
         target.unlink(missing_ok=True)
         raise WatermarkError(f"the ZIP cannot be rewritten ({type(exc).__name__})") from None
     return member

@@ -587,6 +587,50 @@ def test_zip_gets_license_txt_and_comment_without_recompression(
     assert answer.data[:members_end] == original.read_bytes()[:members_end]
 
 
+def _damaged_zips() -> dict[str, bytes]:
+    """ZIPs that zipfile finds (an end record) but cannot rewrite."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("plugin/plugin.php", "<?php // plugin " * 200)
+    whole = buffer.getvalue()
+    end, entry = whole.rindex(b"PK\x05\x06"), whole.index(b"PK\x01\x02")
+    # The central directory said to start far past the end of the file.
+    past_the_end = whole[: end + 16] + (2**30).to_bytes(4, "little") + whole[end + 20 :]
+    # A member that needs a version of the format (25.5) no tool knows.
+    unknown_version = whole[: entry + 6] + b"\xff\x00" + whole[entry + 8 :]
+    return {"past_the_end": past_the_end, "unknown_version": unknown_version}
+
+
+@pytest.mark.parametrize("damage", sorted(_damaged_zips()))
+def test_a_damaged_zip_is_refused_with_a_reason_not_a_500(
+    app: Flask, shop: WebhookSender, damage: str
+) -> None:
+    """A ZIP damaged so that zipfile raises something else than BadZipFile while it is
+    rewritten: the buyer gets the clear page and keeps the download, the owner sees why
+    and the job ends (it was a 500 on every click, and a job failing for nothing)."""
+    put_file(app, "zips/plugin.zip", _damaged_zips()[damage])
+    files = [{"object_key": "zips/plugin.zip", "filename": "plugin.zip", "watermark": "zip"}]
+    downloads = paid_order(shop, 7016, files, download_limit=2)
+    run_pending(app)
+    response = get(shop.client, link_path(downloads[0]))
+    assert response.status_code == 409
+    assert "could not be prepared" in response.get_data(as_text=True)
+    assert shop.order(7016)["downloads"][0]["downloads_left"] == 2
+    log = shop.admin("GET", "/orders/7016/downloads").get_json()
+    assert log["grants"][0]["watermark_status"] == "failed"
+    assert "cannot be rewritten" in log["grants"][0]["watermark_error"]
+    with app.app_context():
+        assert (
+            db.session.execute(
+                select(Job.status).where(Job.kind == "downloads.watermark")
+            ).scalar_one()
+            == "done"
+        )
+        assert not list(
+            Path(app.extensions["keygate.settings"].storage_dir).glob("watermarked/**/*.zip")
+        )
+
+
 def test_downloads_log_per_order_and_per_buyer(app: Flask, shop: WebhookSender) -> None:
     """The owner sees each click with outcome, hashed IP and user agent, by order and buyer."""
     put_file(app, "files/a.pdf", b"x")
