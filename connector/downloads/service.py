@@ -451,6 +451,9 @@ def start_download_fast(
     answer (no such grant, a refusal to log, a copy to make, a storage error, the last
     download taken meanwhile, a connection the database dropped before anything was
     written): the caller then asks :func:`start_download`, which decides every case.
+
+    Raises:
+        FileUnavailable: the storage did not answer (503; nothing is counted).
     """
     postgres = engine.dialect.name == "postgresql"
     writing = False
@@ -476,8 +479,12 @@ def start_download_fast(
                 delivery = backend.delivery(
                     object_key, filename, _url_ttl(ttl, grant.expires_at, now)
                 )
-            except (FileNotFoundError, StorageUnavailable):
+            except FileNotFoundError:
                 return None
+            except StorageUnavailable:
+                # Not asked again by the full path: a bucket that stalls would keep the
+                # buyer waiting twice as long for the same 503 page (nothing is counted).
+                raise FileUnavailable(UNREACHABLE) from None
             writing = True
             counted = raw.write(
                 lambda statements: _count_and_log(

@@ -252,7 +252,9 @@ def _new_client(config: R2Config, *, attempts: int, read_timeout: float) -> Any:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path"},
-            retries={"max_attempts": attempts, "mode": "standard"},
+            # Tries in all, the first included (botocore's max_attempts counts retries only:
+            # 1 there would be two tries, and a check that stalls twice as long as it says).
+            retries={"total_max_attempts": attempts, "mode": "standard"},
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=read_timeout,
         ),
@@ -293,6 +295,20 @@ def _send_to_public_addresses(client: Any, config: R2Config, read_timeout: float
 def _client(config: R2Config) -> Any:
     # Building a client costs tens of milliseconds; clients are thread-safe, so keep one.
     return _new_client(config, attempts=3, read_timeout=60)
+
+
+# A HEAD (is the object there, its ETag and size) answers in well under a second: it is
+# asked while a buyer's click, a HEAD of a link or an owner's page waits, and a bucket that
+# stalls must give the 503 page within seconds, not after three reads of a minute each
+# (gunicorn kills a sync worker at 30 s: the buyer would get the proxy's 502, and every
+# click meanwhile would hold a worker). Two tries of at most (5 + 5) s each.
+PROBE_READ_TIMEOUT = 5
+PROBE_ATTEMPTS = 2
+
+
+@functools.lru_cache(maxsize=32)
+def _probe_client(config: R2Config) -> Any:
+    return _new_client(config, attempts=PROBE_ATTEMPTS, read_timeout=PROBE_READ_TIMEOUT)
 
 
 @functools.lru_cache(maxsize=8)
@@ -438,13 +454,17 @@ class R2Store:
 
     def head(self, key: str) -> dict[str, Any] | None:
         """The bucket's answer to a HEAD of the object (ETag, ContentLength, ContentType…),
-        None when it is missing.
+        None when it is missing. Waits for a bucket that stalls seconds, not minutes
+        (:data:`PROBE_READ_TIMEOUT`).
 
         Raises:
             StorageUnavailable: the bucket did not answer, or refused.
         """
+        self._check_endpoint()
         try:
-            answer: dict[str, Any] = self.client.head_object(Bucket=self.config.bucket, Key=key)
+            answer: dict[str, Any] = _probe_client(self.config).head_object(
+                Bucket=self.config.bucket, Key=key
+            )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None

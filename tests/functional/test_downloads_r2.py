@@ -6,7 +6,9 @@ import datetime as dt
 import hashlib
 import io
 import logging
+import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -406,6 +408,63 @@ def test_a_bucket_that_is_down_is_a_503_page_and_costs_no_download(
             response = shop.client.get(download["link"].removeprefix("http://keygate.test"))
             assert (response.status_code, response.mimetype) == (503, "text/html")
         assert downloads_left(shop, 8011) == [3, 3]
+    finally:
+        app.extensions["keygate.db"].engine.dispose()
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """A bucket endpoint that accepts connections and never answers (an overloaded or
+    stalled service): every connection is held open until the test ends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    acceptor.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+def test_a_bucket_that_does_not_answer_is_a_503_page_before_a_worker_is_killed(
+    tmp_path: Path, database_url: str, silent_endpoint: str
+) -> None:
+    """A click's check that the object is there (HEAD) waits for a stalled bucket a few
+    seconds, not boto3's 60 s a read three times over: the buyer gets the 503 page, nothing
+    counted, well within gunicorn's 30 s worker timeout (past it the worker is killed and
+    the buyer gets the proxy's 502, and every click meanwhile holds a worker)."""
+    app = make_r2_app(tmp_path, database_url, silent_endpoint, "stalled")
+    try:
+        with app.app_context():
+            created = create_store(db.session, "R2 Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        shop.configure(501, files=[{"object_key": "a.zip", "filename": "a.zip"}], download_limit=2)
+        assert shop.deliver(wc_order(8012, "processing", [line_item(501)])).status_code == 200
+        path = shop.order(8012)["downloads"][0]["link"].removeprefix("http://keygate.test")
+        answers: list[Any] = []
+        click = threading.Thread(target=lambda: answers.append(shop.client.get(path)), daemon=True)
+        started = time.monotonic()
+        click.start()
+        click.join(timeout=25)
+        assert answers, f"no answer after {time.monotonic() - started:.0f} s"
+        assert (answers[0].status_code, answers[0].mimetype) == (503, "text/html")
+        assert "Retry-After" in answers[0].headers
+        assert downloads_left(shop, 8012) == [2]
     finally:
         app.extensions["keygate.db"].engine.dispose()
 
