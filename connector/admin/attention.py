@@ -4,7 +4,9 @@ Each notice is something a buyer cannot tell the owner and that does not mend it
 shop cannot be read or refuses the webhooks' secret, or delivers them to another address
 than Keygate's, buyers' mails are not getting out (or
 cannot: orders issued with no address), keys flagged for too many binding changes, copies
-that failed to stamp (their links are refused), refunds Keygate could not apply. Read only;
+that failed to stamp (their links are refused), buyers' clicks the storage failed (a bucket
+that refused Keygate's credentials or did not answer) until one is served again, refunds
+Keygate could not apply. Read only;
 each notice links where the owner can act. Admins who see every store are also told of
 sign-ins locked in the last hour (``admin.login_locked``, not a store's: no store is named).
 """
@@ -19,11 +21,13 @@ from flask import url_for
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from connector.db import utcnow
+from connector.db import shown_utc, utcnow
+from connector.downloads.outage import REFUSED, open_failure
 from connector.downloads.service import MAX_WATERMARK_ATTEMPTS
 from connector.mail.service import mail_route, undelivered_mails
 from connector.models import (
     AuditEvent,
+    Credential,
     DownloadGrant,
     Job,
     License,
@@ -200,6 +204,16 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                     url_for("admin_views.orders"),
                 )
             )
+        failure = open_failure(session, store.id)
+        if failure is not None:
+            found.append(
+                Notice(
+                    store,
+                    f"Buyers' downloads failed at {shown_utc(failure.created_at)}: "
+                    + _storage_failure_words(session, store, failure.detail),
+                    url_for("admin_views.store_credentials", store_id=store.id),
+                )
+            )
         refunds = _count(
             session,
             select(func.count(AuditEvent.subject.distinct())).where(
@@ -218,6 +232,31 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                 )
             )
     return found
+
+
+def _storage_failure_words(session: Session, store: Store, detail: dict[str, Any]) -> str:
+    """Why a click failed (a ``downloads.storage_failed`` entry's detail), and what to check:
+    the store's own R2 credentials, or the instance's bucket (its operator's settings)."""
+    own = (
+        session.scalar(
+            select(Credential.id).where(Credential.store_id == store.id, Credential.kind == "r2")
+        )
+        is not None
+    )
+    check = (
+        "check the store's R2 credentials"
+        if own
+        else "the instance's bucket: check its KEYGATE_R2_* settings"
+    )
+    status = detail.get("status")
+    if detail.get("kind") == REFUSED:
+        if status == 404:
+            return f"the bucket was not found (HTTP 404; {check})."
+        shown = f"HTTP {status}; " if status else ""
+        return f"the bucket refused Keygate's credentials ({shown}{check})."
+    if status:
+        return f"the bucket answered with an error (HTTP {status}; {check})."
+    return f"the bucket did not answer ({check})."
 
 
 def _issued_with_no_address(store_id: int, column: Any) -> Select[Any]:

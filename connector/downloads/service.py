@@ -51,6 +51,7 @@ from connector.db import (
     read_mostly,
     utcnow,
 )
+from connector.downloads.outage import StorageFailure
 from connector.downloads.storage import Delivery, ObjectStore, store_areas, store_for
 from connector.downloads.watermark import (
     STAMP_VERSION,
@@ -116,6 +117,15 @@ class LinkRemoved(LinkInvalid):
 class FileUnavailable(ServiceUnavailable):
     type = "file-unavailable"
     title = "This file is not available right now"
+
+
+class StorageFailed(FileUnavailable):
+    """A click the store's storage failed: it did not answer, or refused (``failure``
+    says which, for the owner: :func:`connector.downloads.outage.record_storage_failure`)."""
+
+    def __init__(self, store_id: int, exc: StorageUnavailable) -> None:
+        super().__init__(UNREACHABLE)
+        self.failure = StorageFailure.of(store_id, exc)
 
 
 @dataclass(frozen=True)
@@ -453,7 +463,7 @@ def start_download_fast(
     written): the caller then asks :func:`start_download`, which decides every case.
 
     Raises:
-        FileUnavailable: the storage did not answer (503; nothing is counted).
+        StorageFailed: the storage did not answer, or refused (503; nothing is counted).
     """
     postgres = engine.dialect.name == "postgresql"
     writing = False
@@ -481,10 +491,10 @@ def start_download_fast(
                 )
             except FileNotFoundError:
                 return None
-            except StorageUnavailable:
+            except StorageUnavailable as exc:
                 # Not asked again by the full path: a bucket that stalls would keep the
                 # buyer waiting twice as long for the same 503 page (nothing is counted).
-                raise FileUnavailable(UNREACHABLE) from None
+                raise StorageFailed(store_id, exc) from None
             writing = True
             counted = raw.write(
                 lambda statements: _count_and_log(
@@ -654,8 +664,8 @@ def _deliver(
             choice = _object_to_serve(
                 session, backend, grant, product_file, copy, buyer, stale=stale
             )
-        except StorageUnavailable:
-            raise FileUnavailable(UNREACHABLE) from None
+        except StorageUnavailable as exc:
+            raise StorageFailed(grant.store_id, exc) from None
         if choice is None:
             return None
         object_key, served = choice
@@ -670,8 +680,8 @@ def _deliver(
             log.warning(
                 "grant %s: the buyer's copy is missing from storage; stamping anew", grant.id
             )
-        except StorageUnavailable:
-            raise FileUnavailable(UNREACHABLE) from None
+        except StorageUnavailable as exc:
+            raise StorageFailed(grant.store_id, exc) from None
     log.warning("grant %s: object missing from storage", grant.id)
     raise FileUnavailable("The file is missing from the shop's storage.")
 

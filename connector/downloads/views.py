@@ -16,10 +16,12 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from connector import get_settings
 from connector.db import db
+from connector.downloads.outage import record_storage_failure
 from connector.downloads.privacy import register as register_privacy_hooks
 from connector.downloads.service import (
     FileFacts,
     FileUnavailable,
+    StorageFailed,
     give_back_download,
     peek_download,
     start_download,
@@ -178,6 +180,10 @@ def download(token: str) -> ResponseReturnValue:
             db.session, grant_id, ip=ip, user_agent=user_agent, ttl=ttl, resume=resume
         )
     except FileUnavailable as exc:  # answered here, to name the shop: nothing was counted
+        if isinstance(exc, StorageFailed):
+            # The owner is told, in a transaction of its own: the click's is rolled back.
+            rollback_request()
+            record_storage_failure(db.engine, exc.failure)
         return _uncached(_unavailable(exc, grant_id))
     delivery = answer.delivery
     response: BaseResponse

@@ -55,7 +55,25 @@ REGION = "auto"
 
 
 class StorageUnavailable(RuntimeError):
-    """The object store did not answer (network, credentials, server error)."""
+    """The object store did not answer (network, credentials, server error).
+
+    ``status`` and ``code``: the service's HTTP status and S3 error code when it answered
+    and refused (0 and "" when it did not answer at all); never its message or the URL."""
+
+    def __init__(self, message: str = "", *, status: int = 0, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+    @property
+    def refused(self) -> bool:
+        """Did the bucket answer and refuse Keygate's credentials or request (a key revoked
+        or rotated, a bucket renamed or deleted), rather than not answer (or fail, 5xx)?"""
+        return (
+            self.code in REFUSED_CODES
+            or self.code in ("AccessDenied", "NoSuchBucket")
+            or self.status in (400, 401, 403, 404)
+        )
 
 
 class StoredObject(NamedTuple):
@@ -468,7 +486,9 @@ class R2Store:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
-            raise StorageUnavailable(f"R2 HEAD failed ({_code(exc)})") from None
+            raise StorageUnavailable(
+                f"R2 HEAD failed ({_code(exc)})", status=_status(exc), code=_code(exc)
+            ) from None
         except BotoCoreError as exc:
             raise StorageUnavailable(f"R2 unreachable ({type(exc).__name__})") from None
         return answer
@@ -482,6 +502,14 @@ class R2Store:
         try:
             self.client.upload_file(str(source), self.config.bucket, key)
         except (ClientError, BotoCoreError, Boto3Error) as exc:  # boto3: S3UploadFailedError
+            # boto3's S3UploadFailedError is raised while handling the service's ClientError.
+            answered = exc if isinstance(exc, ClientError) else exc.__context__
+            if isinstance(answered, ClientError):
+                raise StorageUnavailable(
+                    f"R2 upload failed ({type(exc).__name__})",
+                    status=_status(answered),
+                    code=_code(answered),
+                ) from None
             raise StorageUnavailable(f"R2 upload failed ({type(exc).__name__})") from None
 
     def download(self, key: str, target: Path) -> None:
@@ -490,7 +518,9 @@ class R2Store:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 raise FileNotFoundError(key) from None
-            raise StorageUnavailable(f"R2 download failed ({_code(exc)})") from None
+            raise StorageUnavailable(
+                f"R2 download failed ({_code(exc)})", status=_status(exc), code=_code(exc)
+            ) from None
         except (BotoCoreError, Boto3Error) as exc:  # boto3: RetriesExceededError (cut off)
             raise StorageUnavailable(f"R2 unreachable ({type(exc).__name__})") from None
 
@@ -603,3 +633,7 @@ def _path(segment: str) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", "error"))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
