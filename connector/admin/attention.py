@@ -204,13 +204,12 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                     url_for("admin_views.orders"),
                 )
             )
-        failure = open_failure(session, store.id)
-        if failure is not None:
+        failed_downloads = storage_failure(session, store)
+        if failed_downloads is not None:
             found.append(
                 Notice(
                     store,
-                    f"Buyers' downloads failed at {shown_utc(failure.created_at)}: "
-                    + _storage_failure_words(session, store, failure.detail),
+                    failed_downloads,
                     url_for("admin_views.store_credentials", store_id=store.id),
                 )
             )
@@ -232,6 +231,17 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                 )
             )
     return found
+
+
+def storage_failure(session: Session, store: Store) -> str | None:
+    """What the dashboard and the store page say of buyers' clicks the storage failed in
+    the last 24 h with none served since (:func:`connector.downloads.outage.open_failure`)."""
+    failure = open_failure(session, store.id)
+    if failure is None:
+        return None
+    return f"Buyers' downloads failed at {shown_utc(failure.created_at)}: " + (
+        _storage_failure_words(session, store, failure.detail)
+    )
 
 
 def _storage_failure_words(session: Session, store: Store, detail: dict[str, Any]) -> str:

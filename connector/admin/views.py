@@ -756,6 +756,7 @@ def _store_page(
         storage=storage_in_use(store),
         mail_route=mail_route(store),
         last_delivery=attention.latest_delivery(db.session, store),
+        storage_failure=attention.storage_failure(db.session, store),
         last_accepted=db.session.scalars(
             select(WebhookDelivery.received_at)
             .where(WebhookDelivery.store_id == store.id, WebhookDelivery.outcome != BAD_SIGNATURE)

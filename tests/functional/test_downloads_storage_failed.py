@@ -137,9 +137,13 @@ def test_clicks_a_bucket_refuses_are_one_entry_and_a_notice_for_the_owner(
         f"store {shop.store.store.id}: buyers' downloads failed: the storage refused"
         " Keygate's request (HTTP 403)"
     ]
-    page = dashboard(signed_in_owner(app))
+    owner = signed_in_owner(app)
+    page = dashboard(owner)
     assert "Buyers&#39; downloads failed at " in page and REFUSED_TEXT in page
-    assert f'href="/admin/stores/{shop.store.store.id}/credentials"' in page
+    credentials = f'href="/admin/stores/{shop.store.store.id}/credentials"'
+    assert credentials in page
+    store_page = owner.get(f"/admin/stores/{shop.store.store.id}").get_data(as_text=True)
+    assert REFUSED_TEXT in store_page and credentials in store_page
 
 
 def test_a_bucket_that_does_not_answer_is_news_until_a_click_is_served(
@@ -166,6 +170,8 @@ def test_a_bucket_that_does_not_answer_is_news_until_a_click_is_served(
     assert shop.client.get(path).status_code == 302
     page = dashboard(owner)
     assert "downloads failed" not in page and "Nothing needs your attention." in page
+    store_page = owner.get(f"/admin/stores/{shop.store.store.id}").get_data(as_text=True)
+    assert "downloads failed" not in store_page
 
     _own_bucket_at(shop, dead)
     assert shop.client.get(path).status_code == 503
