@@ -168,13 +168,16 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
     )
     # ZIP copies stamped when LICENSE.txt held the license key: deleted, a click stamps anew.
     with_key = and_(WatermarkCopy.kind == "zip", WatermarkCopy.stamp_version == 1)
-    naming_someone_else = WatermarkCopy.id.in_(_naming_someone_else(session))
-    return {
-        "download_events": result.rowcount,
-        "watermark_copies": _delete_copies(
-            session, or_(ended, not_made_any_more, with_key, naming_someone_else)
-        ),
-    }
+    removed = _delete_copies(session, or_(ended, not_made_any_more, with_key))
+    # Named by id, a batch at a time: however many there are (every copy, once how a buyer
+    # is hashed changes), never more than a statement may carry (65535 on PostgreSQL).
+    stale = _naming_someone_else(session)
+    for start in range(0, len(stale), COPY_BATCH):
+        removed += _delete_copies(session, WatermarkCopy.id.in_(stale[start : start + COPY_BATCH]))
+    return {"download_events": result.rowcount, "watermark_copies": removed}
+
+
+COPY_BATCH = 500
 
 
 def _naming_someone_else(session: Session) -> list[int]:

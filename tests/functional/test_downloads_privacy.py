@@ -559,3 +559,50 @@ def test_the_daily_sweep_deletes_stamped_copies_no_record_refers_to(
         jobs = db.session.scalars(select(Job).where(Job.kind == "downloads.sweep_copies")).all()
         assert [job.status for job in jobs] == ["done"]
     assert get(shop.client, path).status_code == 200  # the recorded copy, still served
+
+
+def test_the_daily_purge_names_stale_copies_a_batch_at_a_time(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many copies name someone their order no longer names (all of them, once how a
+    buyer is hashed changes), the purge deletes them in statements of a bounded size: one
+    statement naming them all is refused past 65535 values by PostgreSQL, and the whole
+    daily purge with it, every day."""
+    import connector.downloads.privacy as downloads_privacy
+
+    monkeypatch.setattr(downloads_privacy, "COPY_BATCH", 4, raising=False)
+    stamped_order(app, shop, 7930)
+    with app.app_context():
+        grant = db.session.execute(select(DownloadGrant)).scalar_one()
+        fields = {
+            c.key: getattr(grant, c.key)
+            for c in DownloadGrant.__table__.columns
+            if c.key not in ("id", "unit")
+        }
+        for unit in range(2, 14):
+            extra = DownloadGrant(**fields, unit=unit)
+            db.session.add(extra)
+            db.session.flush()
+            db.session.add(
+                WatermarkCopy(grant_id=extra.id, status="ready", kind="pdf", buyer_hash="x")
+            )
+        db.session.execute(update(WatermarkCopy).values(buyer_hash="stamped for someone else"))
+        db.session.commit()
+        engine = db.engine
+    largest: list[int] = []
+
+    def note(_conn: Any, _cursor: Any, _sql: str, params: Any, _ctx: Any, many: bool) -> None:
+        if not many and params:
+            largest.append(len(params))
+
+    from sqlalchemy import event
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        with app.app_context(), transaction() as session:
+            assert purge_expired_records(session)["watermark_copies"] == 13
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert max(largest) < 13, largest  # 13 copies, never all named in one statement
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy)).first() is None
