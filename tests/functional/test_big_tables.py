@@ -1,0 +1,104 @@
+"""A big, old shop: what the owner's lists read grows with the page, not with the store.
+
+Plans are read with EXPLAIN ANALYZE on PostgreSQL (the rows a plan reads, not a timing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import event, select
+
+from connector.db import db
+from connector.licensing.admin import search_licenses
+from connector.models import Activation, License
+from tests.factories import WebhookSender
+from tests.functional.test_license_export import sell
+
+
+@pytest.fixture
+def postgresql(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("plans are PostgreSQL's")
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def plan_of(app: Flask, run: Any, *, index_scans: bool = False) -> list[dict[str, Any]]:
+    """The nodes of the plan of the (last) query ``run`` makes, as executed."""
+    seen: list[tuple[str, Any]] = []
+
+    def note(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        seen.append((sql, params))
+
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", note)
+        try:
+            run(db.session)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", note)
+        sql, params = seen[-1]
+        connection = db.session.connection()
+        if index_scans:  # as on a big table, where reading it all is what costs
+            connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        explained = connection.exec_driver_sql(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params
+        ).scalar_one()
+        db.session.rollback()
+    plan = explained if isinstance(explained, list) else json.loads(explained)
+    return list(_nodes(plan[0]["Plan"]))
+
+
+def rows_read(nodes: list[dict[str, Any]], table: str) -> int:
+    return sum(
+        n["Actual Rows"] * n["Actual Loops"] for n in nodes if n.get("Relation Name") == table
+    )
+
+
+def test_a_page_of_licenses_counts_the_seats_of_its_licenses_only(
+    app: Flask, shop: WebhookSender, postgresql: None
+) -> None:
+    """Each page of the list (and of the CSV export, a page at a time) counted the seats of
+    every license of the store: a big store's export took a minute, a page a fifth of a
+    second; now it counts those of the page's licenses."""
+    shop.configure(501)
+    sell(shop, range(8300, 8312))
+    with app.app_context():
+        for lic in db.session.scalars(select(License)):
+            db.session.add(Activation(license_id=lic.id, site=f"{lic.id}.example"))
+        db.session.commit()
+        store_id = db.session.scalars(select(License.store_id)).first()
+
+    page = plan_of(app, lambda session: search_licenses(session, store_id, limit=3))
+    assert rows_read(page, "activations") <= 3
+
+    with app.app_context():
+        rows = search_licenses(db.session, store_id, limit=3)
+        assert [row.activations_used for row in rows] == [1, 1, 1]
+
+
+def test_licenses_of_a_buyer_are_found_by_the_address_index(
+    app: Flask, shop: WebhookSender, postgresql: None
+) -> None:
+    """Orders keep the address lower-cased: the list filtered by a buyer finds their orders
+    through the address's index, not by reading every order of every store."""
+    shop.configure(501)
+    sell(shop, range(8320, 8323))
+    nodes = plan_of(
+        app,
+        lambda session: search_licenses(session, None, email=" Jurgen@Example.org "),
+        index_scans=True,
+    )
+    orders = [n for n in nodes if n.get("Relation Name") == "orders"]
+    assert [n.get("Index Name") for n in orders] == ["ix_orders_email"], orders
+    with app.app_context():
+        found = search_licenses(db.session, None, email=" Jurgen@Example.org ")
+        assert len(found) == 3
