@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.db import db, iso
@@ -30,7 +30,7 @@ from connector.models import (
     Store,
     WatermarkCopy,
 )
-from connector.privacy.service import register_hooks
+from connector.privacy.service import delete_in_batches, register_hooks
 
 DELETE_COPIES_JOB = "downloads.delete_copies"
 
@@ -146,7 +146,7 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
     from connector import get_settings
 
     cutoff = now - dt.timedelta(days=get_settings().retention_download_log_days)
-    result: Any = session.execute(delete(DownloadEvent).where(DownloadEvent.created_at < cutoff))
+    clicks = delete_in_batches(session, DownloadEvent, DownloadEvent.created_at < cutoff)
     ended = or_(
         DownloadGrant.revoked_at.is_not(None),
         DownloadGrant.expires_at <= now,
@@ -174,7 +174,7 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
     stale = _naming_someone_else(session)
     for start in range(0, len(stale), COPY_BATCH):
         removed += _delete_copies(session, WatermarkCopy.id.in_(stale[start : start + COPY_BATCH]))
-    return {"download_events": result.rowcount, "watermark_copies": removed}
+    return {"download_events": clicks, "watermark_copies": removed}
 
 
 COPY_BATCH = 500

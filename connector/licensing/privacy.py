@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from connector.licensing.service import ABUSE_WINDOW, iso
@@ -25,7 +25,7 @@ from connector.models import (
     Order,
     SecurityEvent,
 )
-from connector.privacy.service import register_hooks
+from connector.privacy.service import delete_in_batches, register_hooks
 
 
 def _activations(session: Session, orders: list[Order]) -> list[Activation]:
@@ -128,11 +128,14 @@ def purge_license_records(session: Session, now: dt.datetime) -> dict[str, int]:
 
     days = get_settings().retention_security_days
     cutoff = now - dt.timedelta(days=days)
-    events: Any = session.execute(delete(SecurityEvent).where(SecurityEvent.created_at < cutoff))
-    changes: Any = session.execute(
-        delete(BindingChange).where(BindingChange.created_at < min(cutoff, now - ABUSE_WINDOW))
-    )
-    return {"security_events": events.rowcount, "binding_changes": changes.rowcount}
+    return {
+        "security_events": delete_in_batches(
+            session, SecurityEvent, SecurityEvent.created_at < cutoff
+        ),
+        "binding_changes": delete_in_batches(
+            session, BindingChange, BindingChange.created_at < min(cutoff, now - ABUSE_WINDOW)
+        ),
+    }
 
 
 def register() -> None:

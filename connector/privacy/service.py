@@ -441,17 +441,13 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
     def older(days: int) -> dt.datetime:
         return now - dt.timedelta(days=days)
 
-    def deleted(statement: Any) -> int:
-        result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
-        return result.rowcount
-
-    removed["webhook_deliveries"] = deleted(
-        delete(WebhookDelivery).where(
-            WebhookDelivery.received_at < older(settings.retention_webhook_days)
-        )
+    removed["webhook_deliveries"] = delete_in_batches(
+        session,
+        WebhookDelivery,
+        WebhookDelivery.received_at < older(settings.retention_webhook_days),
     )
-    removed["mails"] = deleted(
-        delete(Mail).where(Mail.created_at < older(settings.retention_mail_days))
+    removed["mails"] = delete_in_batches(
+        session, Mail, Mail.created_at < older(settings.retention_mail_days)
     )
     # A dead job stays (the outbox's Retry, and work like a Brevo removal that still has to
     # happen, need it), but past the retention its error keeps only its type: the text may
@@ -466,12 +462,12 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
     for job in stale_dead:
         job.last_error = (job.last_error or "").split(":", 1)[0]
     removed["dead_job_errors"] = len(stale_dead)
-    removed["jobs"] = deleted(
-        delete(Job).where(
-            Job.status == "done",
-            Job.finished_at < older(settings.retention_jobs_days),
-            Job.id.not_in(select(Mail.job_id).where(Mail.job_id.is_not(None))),
-        )
+    removed["jobs"] = delete_in_batches(
+        session,
+        Job,
+        Job.status == "done",
+        Job.finished_at < older(settings.retention_jobs_days),
+        Job.id.not_in(select(Mail.job_id).where(Mail.job_id.is_not(None))),
     )
     removed["brevo_removals"] = _give_up_brevo_removals(
         session, older(settings.retention_jobs_days)
@@ -481,13 +477,36 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
     )
     for purger in PURGERS:
         removed.update(purger(session, now))
-    removed["audit_events"] = deleted(
-        delete(AuditEvent).where(
-            AuditEvent.created_at < older(settings.retention_audit_days),
-            ~and_(AuditEvent.action == REFUND_NOT_APPLIED, _refund_trouble_shown()),
-        )
+    removed["audit_events"] = delete_in_batches(
+        session,
+        AuditEvent,
+        AuditEvent.created_at < older(settings.retention_audit_days),
+        ~and_(AuditEvent.action == REFUND_NOT_APPLIED, _refund_trouble_shown()),
     )
     return removed
+
+
+# Rows a retention purge deletes per transaction.
+PURGE_BATCH = 5000
+
+
+def delete_in_batches(session: Session, model: Any, *where: Any) -> int:
+    """Delete the rows of ``model`` that ``where`` selects, :data:`PURGE_BATCH` at a time,
+    each batch committed; returns how many. The first purge of an old shop's records (or
+    after the owner shortens a retention) deletes millions of rows: in one transaction it
+    held SQLite's only write lock for longer than a webhook or an activation waits for it
+    (``busy_timeout``), and they failed. Records past their retention stay deletable, so a
+    purge stopped half-way simply goes on the next day."""
+    total = 0
+    while True:
+        batch = select(model.id).where(*where).limit(PURGE_BATCH).scalar_subquery()
+        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+            delete(model).where(model.id.in_(batch)).execution_options(synchronize_session=False)
+        )
+        session.commit()
+        total += result.rowcount
+        if result.rowcount < PURGE_BATCH:
+            return total
 
 
 REFUND_NOT_APPLIED = "order.refund_not_applied"

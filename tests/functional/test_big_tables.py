@@ -5,6 +5,7 @@ Plans are read with EXPLAIN ANALYZE on PostgreSQL (the rows a plan reads, not a 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -13,9 +14,11 @@ import pytest
 from flask import Flask
 from sqlalchemy import event, select
 
-from connector.db import db
+import connector.privacy.service as privacy
+from connector.db import db, transaction, utcnow
 from connector.licensing.admin import search_licenses
-from connector.models import Activation, License
+from connector.models import Activation, License, WebhookDelivery
+from connector.stores import NewStore
 from tests.factories import WebhookSender
 from tests.functional.test_license_export import sell
 
@@ -102,3 +105,51 @@ def test_licenses_of_a_buyer_are_found_by_the_address_index(
     with app.app_context():
         found = search_licenses(db.session, None, email=" Jurgen@Example.org ")
         assert len(found) == 3
+
+
+def test_the_purge_deletes_an_old_shops_records_a_committed_batch_at_a_time(
+    app: Flask, new_store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first purge of an old shop's records (or after the owner shortens a retention)
+    deletes millions of rows: in one transaction it held SQLite's only write lock past the
+    time a webhook or an activation waits for it. Each batch is committed: writers get their
+    turn in between."""
+    monkeypatch.setattr(privacy, "PURGE_BATCH", 2, raising=False)
+    old = utcnow() - dt.timedelta(days=400)
+    with app.app_context(), transaction() as session:
+        for n in range(7):
+            session.add(
+                WebhookDelivery(
+                    store_id=new_store.store.id,
+                    topic="order.updated",
+                    body_sha256=f"{n:064d}",
+                    outcome="applied",
+                    received_at=old,
+                )
+            )
+    steps: list[Any] = []
+
+    def deleted(_conn: Any, cursor: Any, sql: str, _params: Any, _ctx: Any, _many: bool) -> None:
+        if sql.startswith("DELETE FROM webhook_deliveries"):
+            steps.append(cursor.rowcount)
+
+    def committed(_conn: Any) -> None:
+        steps.append("commit")
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "after_cursor_execute", deleted)
+    event.listen(engine, "commit", committed)
+    try:
+        with app.app_context(), transaction() as session:
+            assert privacy.purge_expired_records(session)["webhook_deliveries"] == 7
+    finally:
+        event.remove(engine, "after_cursor_execute", deleted)
+        event.remove(engine, "commit", committed)
+    batches = [step for step in steps if step != "commit"]
+    assert batches[:4] == [2, 2, 2, 1], steps
+    for at, step in enumerate(steps):
+        if step != "commit":
+            assert steps[at + 1] == "commit", steps  # each batch committed before the next
+    with app.app_context():
+        assert db.session.execute(select(WebhookDelivery)).first() is None
