@@ -26,7 +26,9 @@ class DownloadGrant(Base):
     line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
     unit: Mapped[int] = mapped_column(Integer, default=1)
     product_file_id: Mapped[int] = mapped_column(ForeignKey("product_files.id"))
-    license_id: Mapped[int | None] = mapped_column(ForeignKey("licenses.id"), default=None)
+    license_id: Mapped[int | None] = mapped_column(
+        ForeignKey("licenses.id"), default=None, index=True
+    )
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     download_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     download_count: Mapped[int] = mapped_column(Integer, default=0)

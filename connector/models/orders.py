@@ -31,8 +31,9 @@ class Order(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     store_id: Mapped[int] = mapped_column(ForeignKey("stores.id"), index=True)
-    shop_order_id: Mapped[str] = mapped_column(String(64))
-    number: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Indexed each: the owner finds an order by either, in every store.
+    shop_order_id: Mapped[str] = mapped_column(String(64), index=True)
+    number: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     status: Mapped[str] = mapped_column(String(32))
     deleted: Mapped[bool] = mapped_column(default=False)
     email: Mapped[str | None] = mapped_column(String(320), index=True, default=None)

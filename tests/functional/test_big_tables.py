@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, select
+from sqlalchemy import event, insert, select
 
 import connector.privacy.service as privacy
 from connector.db import db, transaction, utcnow
 from connector.licensing.admin import search_licenses
-from connector.models import Activation, License, WebhookDelivery
+from connector.models import Activation, AuditEvent, License, WebhookDelivery
 from connector.stores import NewStore
 from tests.factories import WebhookSender
 from tests.functional.test_license_export import sell
@@ -35,12 +35,16 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
-def plan_of(app: Flask, run: Any, *, index_scans: bool = False) -> list[dict[str, Any]]:
-    """The nodes of the plan of the (last) query ``run`` makes, as executed."""
+def plan_of(
+    app: Flask, run: Any, *, index_scans: bool = False, last_on: str | None = None
+) -> list[dict[str, Any]]:
+    """The nodes of the plan of the last query ``run`` makes (of those reading the table
+    ``last_on``, when given), as executed."""
     seen: list[tuple[str, Any]] = []
 
     def note(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
-        seen.append((sql, params))
+        if last_on is None or f"FROM {last_on}" in sql:
+            seen.append((sql, params))
 
     with app.app_context():
         event.listen(db.engine, "before_cursor_execute", note)
@@ -153,3 +157,136 @@ def test_the_purge_deletes_an_old_shops_records_a_committed_batch_at_a_time(
             assert steps[at + 1] == "commit", steps  # each batch committed before the next
     with app.app_context():
         assert db.session.execute(select(WebhookDelivery)).first() is None
+
+
+def test_a_licenses_links_are_found_by_its_index(
+    app: Flask, shop: WebhookSender, postgresql: None
+) -> None:
+    """A license's page (its links, their clicks), a refund or swap of its line, a renewal:
+    each looked its grants up by reading every grant of every store."""
+    from connector.downloads.log import clicks, link_states
+
+    shop.configure(501)
+    sell(shop, range(8330, 8332))
+    with app.app_context():
+        license_id = db.session.scalars(select(License.id)).first()
+    for read in (link_states, clicks):
+        nodes = plan_of(
+            app, lambda session, read=read: read(session, license_id=license_id), index_scans=True
+        )
+        grants = [n for n in nodes if n.get("Relation Name") == "download_grants"]
+        assert [n.get("Index Name") for n in grants] == ["ix_download_grants_license_id"], read
+
+
+def test_an_order_is_found_by_its_number_through_an_index(
+    app: Flask, shop: WebhookSender, postgresql: None
+) -> None:
+    """The Orders page's search by number (or the shop's order id), in every store."""
+    from tests.functional.test_admin_pages import signed_in_owner
+
+    sell(shop, range(8340, 8342))
+    owner = signed_in_owner(app)
+    seen: list[tuple[str, Any]] = []
+
+    def note(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        if sql.startswith("SELECT orders.id"):
+            seen.append((sql, params))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        page = owner.get("/admin/orders").get_data(as_text=True)
+        token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+        found = owner.post("/admin/orders", data={"q": "#8341", "csrf_token": token})
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert found.status_code == 200 and "8341" in found.get_data(as_text=True)
+    sql, params = seen[-1]
+    with app.app_context():
+        connection = db.session.connection()
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = connection.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()
+        db.session.rollback()
+    used = {n.get("Index Name") for n in _nodes(plan[0]["Plan"])}
+    assert {"ix_orders_number", "ix_orders_shop_order_id"} <= used, used
+
+
+def test_a_customers_audit_entries_are_found_by_their_subject(
+    app: Flask, shop: WebhookSender, postgresql: None
+) -> None:
+    """A customer's export (and erasure) reads the audit entries about their orders and
+    licenses by subject, not every entry of the store."""
+    from connector.models import Store
+    from connector.privacy.service import export_customer
+
+    sell(shop, range(8350, 8351))
+    with app.app_context():
+        store = db.session.scalars(select(Store)).one()
+        # An old store's log: entries about everything else.
+        db.session.execute(
+            insert(AuditEvent),
+            [
+                {
+                    "store_id": store.id,
+                    "actor": "system",
+                    "action": "order.updated",
+                    "subject": f"order:{n}",
+                    "detail": {},
+                }
+                for n in range(3000)
+            ],
+        )
+        db.session.commit()
+        db.session.connection().exec_driver_sql("ANALYZE audit_events")
+        db.session.commit()
+    nodes = plan_of(
+        app,
+        lambda session: export_customer(session, store, "jurgen@example.org"),
+        index_scans=True,
+        last_on="audit_events",
+    )
+    assert "ix_audit_events_store_id_subject" in {n.get("Index Name") for n in nodes}, nodes
+
+
+def test_the_dashboards_lockouts_are_not_read_through_the_whole_log(
+    app: Flask, database_url: str
+) -> None:
+    """The dashboard's sign-in lockouts (of the last hour, grouped by subject): SQLite would
+    rather read the whole audit log in the order of an index on the subject than sort a
+    handful of rows; the log's subjects are indexed after the store only."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's query plan")
+    from tests.functional.test_admin_pages import signed_in_owner
+
+    owner = signed_in_owner(app)
+    with app.app_context():  # an old shop's log, its statistics gathered
+        db.session.execute(
+            insert(AuditEvent),
+            [
+                {"actor": "system", "action": f"order.{n % 2}", "subject": f"order:{n}"}
+                for n in range(3000)
+            ],
+        )
+        db.session.commit()
+        db.session.connection().exec_driver_sql("ANALYZE")
+        db.session.commit()
+    seen: list[tuple[str, Any]] = []
+
+    def note(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, _many: bool) -> None:
+        if "GROUP BY audit_events.subject" in sql:
+            seen.append((sql, params))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        assert owner.get("/admin/").status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    [(sql, params)] = seen
+    with app.app_context():
+        plan = db.session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)
+        steps = [row[-1] for row in plan]
+        db.session.rollback()
+    assert not any(step.startswith("SCAN audit_events") for step in steps), steps
