@@ -168,12 +168,28 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
     )
     # ZIP copies stamped when LICENSE.txt held the license key: deleted, a click stamps anew.
     with_key = and_(WatermarkCopy.kind == "zip", WatermarkCopy.stamp_version == 1)
-    removed = _delete_copies(session, or_(ended, not_made_any_more, with_key))
+    # A batch at a time, each committed (as the records, see delete_in_batches): the first
+    # purge of an old shop's copies, all of whose links have long expired, is not one
+    # transaction holding SQLite's write lock.
+    removed = 0
+    while True:
+        batch = session.scalars(
+            select(WatermarkCopy.id)
+            .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
+            .where(or_(ended, not_made_any_more, with_key))
+            .limit(COPY_BATCH)
+        ).all()
+        if batch:
+            removed += _delete_copies(session, WatermarkCopy.id.in_(batch))
+            session.commit()
+        if len(batch) < COPY_BATCH:
+            break
     # Named by id, a batch at a time: however many there are (every copy, once how a buyer
     # is hashed changes), never more than a statement may carry (65535 on PostgreSQL).
     stale = _naming_someone_else(session)
     for start in range(0, len(stale), COPY_BATCH):
         removed += _delete_copies(session, WatermarkCopy.id.in_(stale[start : start + COPY_BATCH]))
+        session.commit()
     return {"download_events": clicks, "watermark_copies": removed}
 
 

@@ -571,21 +571,8 @@ def test_the_daily_purge_names_stale_copies_a_batch_at_a_time(
     import connector.downloads.privacy as downloads_privacy
 
     monkeypatch.setattr(downloads_privacy, "COPY_BATCH", 4, raising=False)
-    stamped_order(app, shop, 7930)
+    _thirteen_copies(app, shop, 7930)
     with app.app_context():
-        grant = db.session.execute(select(DownloadGrant)).scalar_one()
-        fields = {
-            c.key: getattr(grant, c.key)
-            for c in DownloadGrant.__table__.columns
-            if c.key not in ("id", "unit")
-        }
-        for unit in range(2, 14):
-            extra = DownloadGrant(**fields, unit=unit)
-            db.session.add(extra)
-            db.session.flush()
-            db.session.add(
-                WatermarkCopy(grant_id=extra.id, status="ready", kind="pdf", buyer_hash="x")
-            )
         db.session.execute(update(WatermarkCopy).values(buyer_hash="stamped for someone else"))
         db.session.commit()
         engine = db.engine
@@ -604,5 +591,66 @@ def test_the_daily_purge_names_stale_copies_a_batch_at_a_time(
     finally:
         event.remove(engine, "before_cursor_execute", note)
     assert max(largest) < 13, largest  # 13 copies, never all named in one statement
+    with app.app_context():
+        assert db.session.execute(select(WatermarkCopy)).first() is None
+
+
+def _thirteen_copies(app: Flask, shop: WebhookSender, order_id: int) -> None:
+    """One stamped copy, and twelve more of other units of its line."""
+    stamped_order(app, shop, order_id)
+    with app.app_context():
+        grant = db.session.execute(select(DownloadGrant)).scalar_one()
+        fields = {
+            c.key: getattr(grant, c.key)
+            for c in DownloadGrant.__table__.columns
+            if c.key not in ("id", "unit")
+        }
+        for unit in range(2, 14):
+            extra = DownloadGrant(**fields, unit=unit)
+            db.session.add(extra)
+            db.session.flush()
+            copy = WatermarkCopy(grant_id=extra.id, status="ready", kind="pdf")
+            db.session.add(copy)
+        db.session.commit()
+
+
+def test_the_daily_purge_deletes_an_old_shops_copies_a_committed_batch_at_a_time(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first purge of an old shop's copies (every link of theirs long expired: 100k
+    copies took 10 s on SQLite) deletes them a batch at a time, each committed: not one
+    transaction holding SQLite's write lock while webhooks and activations wait."""
+    import connector.downloads.privacy as downloads_privacy
+
+    monkeypatch.setattr(downloads_privacy, "COPY_BATCH", 4, raising=False)
+    _thirteen_copies(app, shop, 7940)
+    with app.app_context():
+        db.session.execute(update(DownloadGrant).values(expires_at=utcnow() - dt.timedelta(days=1)))
+        db.session.commit()
+        engine = db.engine
+    steps: list[Any] = []
+
+    def deleted(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+        if sql.startswith("DELETE FROM watermark_copies"):
+            steps.append(len(params) if many else 1)
+
+    def committed(_conn: Any) -> None:
+        steps.append("commit")
+
+    from sqlalchemy import event
+
+    event.listen(engine, "before_cursor_execute", deleted)
+    event.listen(engine, "commit", committed)
+    try:
+        with app.app_context(), transaction() as session:
+            assert purge_expired_records(session)["watermark_copies"] == 13
+    finally:
+        event.remove(engine, "before_cursor_execute", deleted)
+        event.remove(engine, "commit", committed)
+    batches = [step for step in steps if step != "commit"]
+    assert batches == [4, 4, 4, 1], steps
+    for at, step in enumerate(steps):
+        if step != "commit":
+            assert steps[at + 1] == "commit", steps  # each batch committed before the next
     with app.app_context():
         assert db.session.execute(select(WatermarkCopy)).first() is None
