@@ -23,7 +23,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import os
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -183,6 +185,7 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         event.listen(engine, "before_cursor_execute", _guard_read_only)
+        _fresh_pool_after_fork(engine)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -198,7 +201,25 @@ def make_engine(url: str) -> Engine:
         hide_parameters=True,
     )
     event.listen(engine, "before_cursor_execute", _guard_read_only)
+    _fresh_pool_after_fork(engine)
     return engine
+
+
+def _fresh_pool_after_fork(engine: Engine) -> None:
+    """A process forked from this one (gunicorn's workers under ``--preload``, which load
+    the app once, job thread and all, then fork) starts with a pool of its own. Each would
+    otherwise take the parent's pooled connections, the same sockets as the parent and its
+    siblings at once: answers read by the wrong process ("prepared statement already
+    exists"), 500s, even a crash of gunicorn's master. The child leaves the parent's
+    connections open (they are the parent's), as SQLAlchemy's guide to forking says."""
+    ref = weakref.ref(engine)
+
+    def forget_the_parents_connections() -> None:
+        forked = ref()
+        if forked is not None:
+            forked.dispose(close=False)
+
+    os.register_at_fork(after_in_child=forget_the_parents_connections)
 
 
 POOL_RECYCLE_SECONDS = 300

@@ -19,7 +19,9 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -490,7 +492,29 @@ def start_worker_thread(app: Flask) -> threading.Event:
     )
     thread.start()
     app.extensions["keygate.worker"] = (thread, stop)
+    _apps_with_a_worker.add(app)
     return stop
+
+
+# Apps whose job thread runs in this process (see _worker_threads_after_fork).
+_apps_with_a_worker: weakref.WeakSet[Flask] = weakref.WeakSet()
+
+
+def _worker_threads_after_fork() -> None:
+    """A forked process has none of its parent's threads: gunicorn's workers under
+    ``--preload`` (the app, its job thread started, loaded once in the master) would run no
+    job, and only the master would, woken by none of the webhooks its workers take in. Each
+    forked process starts a job thread of its own, as each does without ``--preload``.
+    ``_wakeup`` is new too: the parent's thread may have held its lock at the fork."""
+    global _wakeup
+    _wakeup = threading.Event()
+    for app in list(_apps_with_a_worker):
+        worker = app.extensions.get("keygate.worker")
+        if worker is not None and not worker[1].is_set():
+            start_worker_thread(app)
+
+
+os.register_at_fork(after_in_child=_worker_threads_after_fork)
 
 
 def stop_worker_thread(app: Flask, timeout: float = 10.0) -> None:

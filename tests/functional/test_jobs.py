@@ -468,3 +468,92 @@ def test_a_lease_is_renewed_only_for_its_own_attempt(
             time.sleep(0.3)
         renewed = job(app, "test.ok").locked_until
         assert granted is not None and renewed is not None and renewed > granted
+
+
+def test_a_forked_process_never_takes_its_parents_pooled_connections(app: Flask) -> None:
+    """gunicorn --preload forks its workers from a master whose job thread has connections
+    pooled: a worker handed one of them would talk over the master's socket (on PostgreSQL:
+    answers read by the wrong process, "prepared statement already exists", 500s)."""
+    with app.app_context():
+        pooled = db.engine.raw_connection()
+        parents = pooled.driver_connection  # kept: its id stays its own in the child
+        pooled.close()  # back in the pool, as between two polls of the job thread
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            with app.app_context():
+                taken = db.engine.raw_connection()
+                os.write(write, b"shared" if taken.driver_connection is parents else b"own")
+        finally:
+            os._exit(0)
+    os.close(write)
+    said = os.read(read, 16)
+    os.close(read)
+    os.waitpid(child, 0)
+    assert said == b"own"
+
+
+def test_gunicorn_preload_workers_each_get_their_own_connections_and_job_thread(
+    tmp_path: Path, database_url: str
+) -> None:
+    """`gunicorn --preload` loads the app (its job thread started, polling) once in the
+    master, then forks: every worker answers from connections of its own (not the master's
+    pooled sockets, which answered for the wrong process: 500s, a crashed master), and each
+    runs jobs as it does without --preload. (PostgreSQL: SQLite is one file, served by one
+    process: its locks do not survive a fork made while a thread writes.)"""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("several server processes share PostgreSQL, not SQLite")
+    from tests.conftest import MASTER_KEY, SECRET_KEY
+    from tests.licensing_helpers import free_port, wait_until_serving
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}
+    (tmp_path / "instance").mkdir()
+    env |= {
+        "KEYGATE_INSTANCE_DIR": str(tmp_path / "instance"),
+        "KEYGATE_DATABASE_URL": database_url,
+        "KEYGATE_MASTER_KEYS": MASTER_KEY,
+        "KEYGATE_SECRET_KEY": SECRET_KEY,
+        "KEYGATE_BASE_URL": "http://keygate.test",
+        "KEYGATE_WORKER_POLL_SECONDS": "0.1",  # the master's thread polls all along
+    }
+    port = free_port()
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    server = subprocess.Popen(
+        [str(gunicorn), "--preload", "-w", "3", "-b", f"127.0.0.1:{port}", "connector.wsgi:app"],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    import http.client
+
+    answers: list[int] = []
+    try:
+        wait_until_serving(port)
+        for _ in range(300):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                connection.request("GET", "/healthz")
+                answers.append(connection.getresponse().status)
+            except OSError:
+                answers.append(0)
+            finally:
+                connection.close()
+        workers = subprocess.run(
+            ["pgrep", "-P", str(server.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        # A sync worker serves in its main thread alone: more are the job thread's.
+        threads = [len(list((Path("/proc") / pid / "task").iterdir())) for pid in workers]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            _, said = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, said = server.communicate()
+    assert answers == [200] * 300, (answers.count(200), said[-3000:])
+    assert "Traceback" not in said, said[-3000:]
+    assert len(threads) == 3 and min(threads) > 1, threads
