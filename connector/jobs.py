@@ -218,6 +218,17 @@ def _claim_one(kinds: set[str] | None) -> Claim | None:
         if kinds is not None:
             query = query.where(Job.kind.in_(kinds))
         while (job := session.execute(query).scalar_one_or_none()) is not None:
+            if not isinstance(job.payload, dict):
+                # No handler can be given it (a row edited by hand, written by another
+                # version): dead at once, in the owner's outbox. Taken up again and failing
+                # before any handler runs, it would stand first in line at every poll, and
+                # no job behind it would ever run.
+                job.last_error = (
+                    f"ValueError: the payload is {type(job.payload).__name__}, not an object"
+                )
+                _bury(session, job)
+                session.flush()
+                continue
             if job.status == "pending":
                 break
             # Its worker stopped (crash, kill, lost host) before finishing: that attempt failed.
@@ -266,6 +277,8 @@ def store_of(session: Session, payload: dict[str, Any]) -> int | None:
     the instance's own work, like the daily purge)."""
     from connector.models import Order
 
+    if not isinstance(payload, dict):
+        return None
     store_id = payload.get("store_id")
     if isinstance(store_id, int):
         return store_id

@@ -557,3 +557,27 @@ def test_gunicorn_preload_workers_each_get_their_own_connections_and_job_thread(
     assert answers == [200] * 300, (answers.count(200), said[-3000:])
     assert "Traceback" not in said, said[-3000:]
     assert len(threads) == 3 and min(threads) > 1, threads
+
+
+def test_a_job_whose_payload_is_no_object_is_dead_and_holds_up_no_other(app: Flask) -> None:
+    """A job row whose payload is not a JSON object (edited by hand, written by another
+    version) cannot be given to any handler: it is dead at once, told in the audit log,
+    and the jobs queued behind it run (it used to fail every poll before any handler ran,
+    first in line, with a traceback each time)."""
+    earlier = utcnow() - dt.timedelta(minutes=1)
+    with app.app_context(), transaction() as session:
+        session.add(Job(kind="test.ok", payload=None, run_after=earlier, created_at=earlier))
+        session.add(Job(kind="test.ok", payload=[1], run_after=earlier, created_at=earlier))
+        jobs.enqueue(session, "test.ok", {"n": 1})
+    assert jobs.run_pending(app) == 1
+    assert [call["n"] for call in CALLS] == [1]
+    with app.app_context():
+        rows = db.session.execute(
+            select(Job.status, Job.last_error).where(Job.kind == "test.ok").order_by(Job.id)
+        ).all()
+        dead = db.session.scalars(
+            select(AuditEvent.detail).where(AuditEvent.action == "job.dead")
+        ).all()
+    assert [status for status, _ in rows] == ["dead", "dead", "done"]
+    assert "not an object" in (rows[0][1] or "")
+    assert [detail["error"] for detail in dead] == ["ValueError", "ValueError"]
