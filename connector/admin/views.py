@@ -32,7 +32,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RoutingException
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -512,12 +512,20 @@ def retry_job(job_id: int) -> ResponseReturnValue:
     store_id = store_of(db.session, job.payload) if job is not None else None
     if job is None or not _visible(store_id):
         abort(404)  # an admin of one store retries that store's jobs only
-    if job.status == "dead":
-        from connector.db import utcnow
+    from connector.db import utcnow
 
-        job.status = "pending"
-        job.attempts = 0
-        job.run_after = utcnow()
+    # Only a job still dead is taken up again, in one statement: two clicks of the button
+    # (or two admins) at once would otherwise both write "pending, attempt 0", the second
+    # over a worker that had claimed the job meanwhile, and a second worker would run it
+    # again beside the first.
+    retried = db.session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "dead")
+        .values(status="pending", attempts=0, run_after=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(retried, "rowcount", 0):
+        db.session.info["keygate_jobs_added"] = True  # the server's job thread takes it now
         record_audit(
             db.session,
             store_id=store_id,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import pytest
 from flask import Flask, session
 from flask.testing import FlaskClient
 from itsdangerous import TimestampSigner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from werkzeug.security import generate_password_hash
 
 from connector.audit import record_audit
@@ -764,3 +765,44 @@ def test_the_owners_pages_give_ends_as_the_api_does_with_the_zone_said(
     assert '<td data-label="Expires">2026-12-20 03:00 UTC</td>' in license_page
     audit = admin_client.get("/admin/audit").get_data(as_text=True)
     assert re.search(r"<tr><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</td>", audit)
+
+
+def test_retrying_a_dead_job_a_worker_took_meanwhile_leaves_it_to_that_worker(
+    app: Flask, admin_client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clicks of "retry" at once (or two admins): the first's job is claimed by a worker
+    before the second commits. The second no longer puts it back to pending (attempt 0)
+    under that worker, for a second worker to run it again beside it; it is audited once."""
+    from connector import jobs
+    from connector.admin import views
+    from connector.db import transaction, utcnow
+
+    if app.extensions["keygate.db"].engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serializes the two requests (BEGIN IMMEDIATE)")
+    with app.app_context(), transaction() as session:
+        dead = Job(kind="test.unknown", payload={}, status="dead", attempts=20)
+        dead.run_after = dead.created_at = utcnow()
+        session.add(dead)
+        session.flush()
+        job_id = dead.id
+    assert sign_in(admin_client) == 302
+    form = {"csrf_token": csrf_token(admin_client, "/admin/outbox")}
+    path = f"/admin/outbox/jobs/{job_id}/retry"
+    read = views.store_of
+
+    def the_first_click_lands_and_a_worker_claims(session: Any, payload: Any) -> Any:
+        found = read(session, payload)
+        with app.app_context(), transaction() as other:
+            other.execute(update(Job).where(Job.id == job_id).values(status="pending", attempts=0))
+        with app.app_context():
+            assert jobs._claim_one({"test.unknown"}) is not None
+        return found
+
+    monkeypatch.setattr(views, "store_of", the_first_click_lands_and_a_worker_claims)
+    assert admin_client.post(path, data=form).status_code == 302
+    with app.app_context():
+        job = db.session.get(Job, job_id)
+        assert job is not None and (job.status, job.attempts) == ("running", 1)
+        assert (
+            db.session.scalar(select(func.count()).where(AuditEvent.action == "job.retried")) == 0
+        )
