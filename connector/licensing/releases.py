@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.catalog import _check_object_key
-from connector.db import iso
+from connector.db import insert_ignoring_conflicts, iso, utcnow
 from connector.errors import Conflict, NotFound, ValidationFailed
 from connector.licensing.versions import comparable_version
 from connector.models import Product, Release, Store
@@ -90,25 +90,31 @@ def create_release(
 
     hold_live_store(session, store)
     check_in_reach(store, [spec.object_key])
-    exists = session.execute(
-        select(Release.id).where(Release.product_id == product.id, Release.version == spec.version)
-    ).scalar_one_or_none()
-    if exists is not None:
+    object_key = _check_object_key(spec.object_key)
+    # Inserted unless the version is there, committed or still being written by another
+    # publish of it (a pipeline's retry): that one is waited for, and this one is the 409.
+    inserted = insert_ignoring_conflicts(
+        session,
+        Release.__table__,
+        {
+            "product_id": product.id,
+            "version": spec.version,
+            "object_key": object_key,
+            "sha256": spec.sha256,
+            "size": spec.size,
+            "published_at": spec.published_at,
+            "changelog": spec.changelog,
+            "created_at": utcnow(),
+        },
+        ["product_id", "version"],
+    )
+    if inserted is None:
         raise Conflict(
             f"version {spec.version} is already published for this product: to publish it"
             " again (another file, hash or date), withdraw the published one first"
         )
-    release = Release(
-        product_id=product.id,
-        version=spec.version,
-        object_key=_check_object_key(spec.object_key),
-        sha256=spec.sha256,
-        size=spec.size,
-        published_at=spec.published_at,
-        changelog=spec.changelog,
-    )
-    session.add(release)
-    session.flush()
+    release = session.get(Release, inserted)
+    assert release is not None  # noqa: S101 - inserted just now
     record_audit(
         session,
         store_id=store.id,
@@ -133,8 +139,13 @@ def withdraw_release(
     from connector.stores import hold_live_store
 
     hold_live_store(session, store)
+    # Locked: a withdrawal of it under way elsewhere (a retry, a second tab) is waited for,
+    # and then it is gone here too (404), not deleted twice.
     release = session.execute(
-        select(Release).where(Release.product_id == product.id, Release.version == version)
+        select(Release)
+        .where(Release.product_id == product.id, Release.version == version)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).scalar_one_or_none()
     if release is None:
         raise NotFound(f"No release {version} is published for this product.")

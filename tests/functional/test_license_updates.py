@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import Connection, select
+from sqlalchemy import text as sql
+from werkzeug.test import TestResponse
 
 from connector import get_settings
 from connector.client import LicenseFileError, verify_license_file
 from connector.db import db
-from connector.models import AuditEvent
+from connector.models import AuditEvent, Product
 from connector.stores import create_store
 from tests.factories import WebhookSender
 from tests.licensing_helpers import call, issue_key, public_keys
@@ -595,3 +600,99 @@ def test_a_release_published_by_mistake_is_withdrawn_and_published_again(
         assert [(e.actor, e.subject, e.detail["version"]) for e in events] == [
             ("api", "product:501", "11.0")
         ]
+
+
+def _product_row_id(app: Flask, shop_product_id: str = "501") -> int:
+    with app.app_context():
+        found: int = db.session.execute(
+            select(Product.id).where(Product.shop_product_id == shop_product_id)
+        ).scalar_one()
+        return found
+
+
+def _while_another_transaction(
+    app: Flask, change: Callable[[Connection], None], request: Callable[[], TestResponse]
+) -> TestResponse:
+    """Make ``request`` while another transaction has made ``change`` and not yet committed
+    it; that one commits once the request waits on its lock (PostgreSQL), or after half a
+    second (SQLite, where the request's BEGIN IMMEDIATE waits for it). The request's answer."""
+    engine = app.extensions["keygate.db"].engine
+    postgres = engine.dialect.name == "postgresql"
+    answers: list[TestResponse] = []
+    with engine.connect() as connection:
+        change(connection)
+        thread = threading.Thread(target=lambda: answers.append(request()))
+        thread.start()
+        deadline = time.monotonic() + (10 if postgres else 0.5)
+        while thread.is_alive() and time.monotonic() < deadline:
+            if postgres:
+                waiting = connection.scalar(
+                    sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+                )
+                if waiting:
+                    break
+            time.sleep(0.01)
+        connection.commit()
+    thread.join(timeout=30)
+    assert answers, "the request did not answer"
+    return answers[0]
+
+
+def test_a_version_published_twice_at_once_is_one_release_and_a_409(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A release pipeline retrying its publish (a timeout, a second runner) sends the same
+    version while the first POST is still being written: the second is told 409, as any
+    second publish, not a 500, and one release of it is kept."""
+    issue_key(shop)
+    product_id = _product_row_id(app)
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+    def publish_first(connection: Connection) -> None:
+        connection.execute(
+            sql(
+                "INSERT INTO releases (product_id, version, object_key, sha256, size,"
+                " published_at, created_at) VALUES (:p, '2.0.0', 'r/a.zip', :h, 1, :t, :t)"
+            ),
+            {"p": product_id, "h": "a" * 64, "t": now},
+        )
+
+    body = {"version": "2.0.0", "object_key": "r/a.zip", "sha256": "a" * 64, "size": 1}
+    answer = _while_another_transaction(
+        app, publish_first, lambda: shop.admin("POST", "/products/501/releases", body)
+    )
+    assert answer.status_code == 409, answer.get_data(as_text=True)
+    assert answer.mimetype == "application/problem+json"
+    listed = shop.admin("GET", "/products/501/releases").get_json()["releases"]
+    assert [r["version"] for r in listed] == ["2.0.0"]
+
+
+def test_a_release_withdrawn_twice_at_once_is_a_404_not_a_500(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Two withdrawals of one release at once (the API retried, a second tab): the one that
+    finds it already gone is told 404, as a withdrawal of a version not published, and the
+    audit log has one entry."""
+    issue_key(shop)
+    publish(shop, "11.0", PAID)
+    product_id = _product_row_id(app)
+
+    def withdraw_first(connection: Connection) -> None:
+        connection.execute(
+            sql("DELETE FROM releases WHERE product_id = :p AND version = '11.0'"),
+            {"p": product_id},
+        )
+
+    answer = _while_another_transaction(
+        app, withdraw_first, lambda: shop.admin("DELETE", "/products/501/releases/11.0")
+    )
+    assert answer.status_code == 404, answer.get_data(as_text=True)
+    assert answer.mimetype == "application/problem+json"
+    with app.app_context():
+        withdrawn = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "release.withdrawn")
+        ).all()
+        assert withdrawn == []
