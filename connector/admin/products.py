@@ -36,7 +36,7 @@ from connector.catalog import (
     products_warnings,
     retire_product,
 )
-from connector.db import db
+from connector.db import db, read_mostly
 from connector.errors import Conflict, KeygateError, NotFound, ValidationFailed
 from connector.licensing.releases import (
     RELEASE_FIELDS,
@@ -44,6 +44,7 @@ from connector.licensing.releases import (
     create_release,
     parse_release_spec,
     product_releases,
+    release_file_warnings,
     withdraw_release,
 )
 from connector.models import WATERMARKS, Product, Store
@@ -263,6 +264,15 @@ def _render_product(
     """The product's page (or the new product's); ``refused``: the refusal of its form
     (``error``) or of the release form (``release_error``), whose field gets marked."""
     withdrawn = request.args.get("withdrawn")
+    releases = product_releases(db.session, product) if product else []
+    released = next((r for r in releases if r.version == request.args.get("released")), None)
+    # Just published from this page: the owner hears of a file nobody could download, as
+    # the API's answer says it.
+    release_warnings = (
+        _release_warnings(store, released.object_key, released.size)
+        if store is not None and released is not None
+        else []
+    )
     # The API's field names ("policy.activation_limit") end with the form's ("activation_limit");
     # a file's ("files[2].filename", "files[2]" for the whole row) name its row too.
     named = str((refused.extra.get("field") if refused else None) or "")
@@ -275,7 +285,8 @@ def _render_product(
         product=product,
         product_form=product_form,
         warnings=product_warnings(db.session, store, product) if store and product else [],
-        releases=product_releases(db.session, product) if product else [],
+        releases=releases,
+        release_warnings=release_warnings,
         # Said only of a version-like value: a link sent to the owner can't put words here.
         withdrawn=withdrawn if withdrawn and VERSION.fullmatch(withdrawn) else None,
         release_values=release_values or {},
@@ -293,6 +304,13 @@ def _render_product(
         watermark_fallbacks=WATERMARK_FALLBACKS,
         form=ConfirmForm(),
     ), status
+
+
+def _release_warnings(store: Store, object_key: str, size: int) -> list[str]:
+    """:func:`release_file_warnings`, asked with no transaction open (a slow bucket holds
+    no lock)."""
+    db.session.commit()
+    return read_mostly(db.session, lambda: release_file_warnings(store, object_key, size))
 
 
 @bp.route("/products/new", methods=["GET", "POST"])

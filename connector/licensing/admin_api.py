@@ -10,8 +10,7 @@ from flask.typing import ResponseReturnValue
 from connector.admin.auth import current_store, require_store_token
 from connector.admin.paging import asked_before, link_next, one_page
 from connector.catalog import find_product
-from connector.db import db, utcnow
-from connector.downloads.storage import storage_warnings
+from connector.db import db, read_mostly, utcnow
 from connector.errors import NotFound
 from connector.licensing.admin import (
     DAYS_MAX,
@@ -29,6 +28,7 @@ from connector.licensing.releases import (
     create_release,
     parse_release_spec,
     product_releases,
+    release_file_warnings,
     release_json,
     withdraw_release,
 )
@@ -140,10 +140,15 @@ def post_release(shop_product_id: str) -> ResponseReturnValue:
     spec = parse_release_spec(json_body())
     store = current_store()
     release = create_release(db.session, store, _product(shop_product_id), spec, actor="api")
+    published = release_json(release)
     # Published all the same (the file may be uploaded next), but the owner hears of a file
-    # update-check would offer and nobody could download.
-    warnings = storage_warnings(store, {release.id: [release.object_key]})[release.id]
-    return jsonify({"release": release_json(release), "warnings": warnings}), 201
+    # update-check would offer and nobody could download. Committed first: a slow bucket
+    # holds no lock meanwhile (SQLite's one write lock).
+    db.session.commit()
+    warnings = read_mostly(
+        db.session, lambda: release_file_warnings(store, published["object_key"], published["size"])
+    )
+    return jsonify({"release": published, "warnings": warnings}), 201
 
 
 @bp.delete("/products/<shop_product_id>/releases/<version>")

@@ -167,6 +167,29 @@ def withdraw_release(
     return release
 
 
+def release_file_warnings(store: Store, object_key: str, size: int) -> list[str]:
+    """Owner-facing warnings about a release's file, never an error: not (yet) in storage,
+    or not the size the release says. Products check the size and SHA-256 update-check
+    signs (the client library refuses any other file), so a size typed wrong means every
+    buyer's update is refused; the hash is not checked here (the whole file would be read).
+    """
+    from connector.downloads.storage import UNCHECKED, StorageUnavailable, store_for
+
+    try:
+        found = store_for(store).info(object_key)
+    except StorageUnavailable:
+        return [UNCHECKED]
+    if found is None:
+        return [f"{object_key}: not found in storage yet"]
+    if found.size != size:
+        return [
+            f"{object_key}: the file in storage has {found.size} bytes, the release says"
+            f" {size}: products refuse a download of another size (withdraw the release and"
+            " publish it with the file's size and SHA-256)"
+        ]
+    return []
+
+
 def release_json(release: Release) -> dict[str, Any]:
     return {
         "version": release.version,

@@ -471,6 +471,41 @@ def test_saving_a_product_from_shop_meta_or_retired_configures_it_in_keygate(
     assert "Set in Keygate" in admin_client.get(page).get_data(as_text=True)
 
 
+def test_a_release_published_on_the_page_warns_of_its_file_as_the_api_does(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """Published from the page, a release whose file is missing, or not the size typed,
+    is said on the page the owner lands on (products would refuse its download), as the
+    API's answer says it; a release whose file is right gets no warning."""
+    shop.configure(501)
+    put_file(app, "products/501/plugin-2.0.zip", b"PK 2.0")  # 6 bytes
+    assert sign_in(admin_client) == 302
+    page = page_of(shop, 501)
+    form = {
+        "csrf_token": csrf_token(admin_client, page),
+        "version": "2.0",
+        "object_key": "products/501/plugin-2.0.zip",
+        "sha256": SHA,
+        "size": "60",
+    }
+    said = {}
+    for version, changes in (
+        ("2.0", {}),
+        ("2.1", {"object_key": "products/501/plugin-2.1.zip"}),
+        ("2.2", {"size": "6"}),
+    ):
+        response = admin_client.post(
+            page + "/releases", data={**form, **changes, "version": version}
+        )
+        assert response.status_code == 302, response.get_data(as_text=True)
+        said[version] = admin_client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "the file in storage has 6 bytes, the release says 60" in said["2.0"]
+    assert "products/501/plugin-2.1.zip: not found in storage yet" in said["2.1"]
+    assert "Published version 2.2" in said["2.2"]
+    assert "plugin-2.0.zip: not found" not in said["2.2"]
+    assert "bytes, the release says" not in said["2.2"]
+
+
 def test_releases_are_listed_and_published_as_the_api_does(
     app: Flask, admin_client: FlaskClient, shop: WebhookSender
 ) -> None:

@@ -781,3 +781,32 @@ def test_the_sweep_warns_of_a_bucket_that_is_down_and_sweeps_it_the_next_time(
         assert sweep_unrecorded_copies(db.session, later) == 1  # the bucket, answering now
     run_pending(app)
     assert in_bucket not in _keys(client, bucket)
+
+
+def test_a_release_whose_size_is_not_the_objects_warns_the_owner(
+    r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """The bucket's object is the size the owner must publish: another size is a warning
+    (products would refuse the download), a missing object another."""
+    s3_client(localstack_endpoint).put_object(
+        Bucket=bucket, Key="releases/plugin-2.0.zip", Body=b"PK release 2.0"
+    )
+    r2_shop.configure(501)
+    release = {"object_key": "releases/plugin-2.0.zip", "sha256": "a" * 64}
+    wrong = r2_shop.admin(
+        "POST", "/products/501/releases", {**release, "version": "2.0", "size": 15}
+    )
+    assert wrong.status_code == 201
+    assert wrong.get_json()["warnings"][0].startswith(
+        "releases/plugin-2.0.zip: the file in storage has 14 bytes, the release says 15:"
+    )
+    right = r2_shop.admin(
+        "POST", "/products/501/releases", {**release, "version": "2.1", "size": 14}
+    )
+    assert right.get_json()["warnings"] == []
+    missing = r2_shop.admin(
+        "POST",
+        "/products/501/releases",
+        {**release, "version": "2.2", "size": 14, "object_key": "releases/none.zip"},
+    )
+    assert missing.get_json()["warnings"] == ["releases/none.zip: not found in storage yet"]

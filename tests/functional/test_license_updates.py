@@ -696,3 +696,28 @@ def test_a_release_withdrawn_twice_at_once_is_a_404_not_a_500(
             select(AuditEvent).where(AuditEvent.action == "release.withdrawn")
         ).all()
         assert withdrawn == []
+
+
+def test_a_release_whose_size_is_not_its_files_warns_the_owner(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The client library refuses a download of another size than the release says, so a
+    size typed wrong would have every buyer's update refused with no word to the owner:
+    the publish answer says so (published all the same: the file may be replaced next)."""
+    issue_key(shop)
+    with app.app_context():
+        target = get_settings().storage_dir / "releases" / "plugin.zip"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"PK twelve by")  # 12 bytes
+    release = {"object_key": "releases/plugin.zip", "sha256": "a" * 64, "size": 1200}
+    answer = shop.admin("POST", "/products/501/releases", {**release, "version": "1.0.0"})
+    assert answer.status_code == 201
+    assert answer.get_json()["warnings"] == [
+        "releases/plugin.zip: the file in storage has 12 bytes, the release says 1200: products"
+        " refuse a download of another size (withdraw the release and publish it with the"
+        " file's size and SHA-256)"
+    ]
+    right = shop.admin(
+        "POST", "/products/501/releases", {**release, "version": "1.0.1", "size": 12}
+    )
+    assert (right.status_code, right.get_json()["warnings"]) == (201, [])
