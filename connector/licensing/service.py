@@ -683,8 +683,10 @@ def check_update(
     """The newest release after ``version`` that the license's update window covers.
 
     A release is offered only when it was published before ``updates_until`` (no limit when
-    that is None), and a pre-release only to a caller running one: stable versions get
-    stable releases. A release dated after now is not out yet: it is not considered at all.
+    that is None) and, for a license past its expiry (only the perpetual fallback answers
+    one), before that expiry: a release published later would not validate. A pre-release is
+    offered only to a caller running one: stable versions get stable releases. A release
+    dated after now is not out yet: it is not considered at all.
     The answer's ``release`` (in ``extra``) is the one offered, if any; the caller adds the
     download URL.
     """
@@ -709,13 +711,18 @@ def check_update(
     newer = [r for r in session.scalars(published) if _is_update(Version.parse(r.version), current)]
     if not newer:
         return Answer(True, "VALID", "Up to date.", lic, product)
-    covered = [r for r in newer if lic.updates_until is None or r.published_at <= lic.updates_until]
+    until = lic.updates_until
+    if lic.expires_at is not None and _is_expired(lic, utcnow()):
+        # Here by the perpetual fallback: a release published after the expiry would not
+        # validate, so installing it would stop the product (even with updates paid longer).
+        until = lic.expires_at if until is None else min(until, lic.expires_at)
+    covered = [r for r in newer if until is None or r.published_at <= until]
     if not covered:
-        assert lic.updates_until is not None  # noqa: S101 - else every release is covered
+        assert until is not None  # noqa: S101 - else every release is covered
         return Answer(
             False,
             "UPDATES_EXPIRED",
-            f"Updates ended on {shown_utc(lic.updates_until)}; renew to get newer versions.",
+            f"Updates ended on {shown_utc(until)}; renew to get newer versions.",
             lic,
             product,
         )

@@ -721,3 +721,23 @@ def test_a_release_whose_size_is_not_its_files_warns_the_owner(
         "POST", "/products/501/releases", {**release, "version": "1.0.1", "size": 12}
     )
     assert (right.status_code, right.get_json()["warnings"]) == (201, [])
+
+
+def test_an_expired_key_on_the_fallback_is_offered_no_release_it_could_not_run(
+    shop: WebhookSender,
+) -> None:
+    """Perpetual fallback with updates paid past the license (``update_days`` longer than
+    ``duration_days``): an expired key running an old release is offered the newest
+    release published before it expired, never a later one, which validate would answer
+    EXPIRED (installing it would stop the product)."""
+    key = issue_key(shop, duration_days=2, update_days=6, perpetual_fallback=True)
+    publish(shop, "1.0.0", PAID + dt.timedelta(days=1))
+    publish(shop, "1.5.0", PAID + dt.timedelta(days=1, hours=12))
+    publish(shop, "2.0.0", PAID + dt.timedelta(days=4))
+    offered = update_check(shop, key, "1.0.0")
+    assert (offered["code"], offered["update"]["version"]) == ("VALID", "1.5.0")
+    runs = call(shop.client, "validate", {"key": key, "version": "1.5.0"}).get_json()
+    assert runs["code"] == "VALID"
+    latest = update_check(shop, key, "1.5.0")
+    assert (latest["valid"], latest["code"], latest["update"]) == (False, "UPDATES_EXPIRED", None)
+    assert latest["detail"].startswith("Updates ended on 2026-11-22 11:59 UTC;")
