@@ -434,14 +434,20 @@ def update_check() -> ResponseReturnValue:
         return _answer(result, update=None)
     store = db.session.get(Store, result.license.store_id) if result.license else None
     assert store is not None  # noqa: S101 - a license always has a store
+    # Ended before the bucket is asked whether the file is there (up to its timeout when it
+    # stalls), which is asked in a read-only unit: on SQLite every ordinary transaction
+    # holds the one write lock, which would stall every webhook, click and activation
+    # meanwhile (this call may have written an activation's last-seen stamp).
+    db.session.commit()
     ttl = get_settings().download_url_ttl
+    download_url = read_mostly(db.session, lambda: release_download_url(store, release, ttl))
     update = {
         "version": release.version,
         "sha256": release.sha256,
         "size": release.size,
         "changelog": release.changelog,
         "published_at": service.iso(release.published_at),
-        "download_url": release_download_url(store, release, ttl),
+        "download_url": download_url,
         "download_expires_in": ttl,
     }
     return _answer(result, update=update)

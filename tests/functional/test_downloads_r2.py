@@ -31,7 +31,7 @@ from connector.db import db, utcnow
 from connector.downloads.storage import R2ObjectStore, SharedArea, store_for
 from connector.integrations.r2 import R2Config
 from connector.jobs import run_pending
-from connector.models import DownloadEvent, DownloadGrant, Store, WatermarkCopy
+from connector.models import Activation, DownloadEvent, DownloadGrant, Store, WatermarkCopy
 from connector.stores import create_store
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
@@ -810,3 +810,64 @@ def test_a_release_whose_size_is_not_the_objects_warns_the_owner(
         {**release, "version": "2.2", "size": 14, "object_key": "releases/none.zip"},
     )
     assert missing.get_json()["warnings"] == ["releases/none.zip: not found in storage yet"]
+
+
+def test_no_transaction_is_open_while_update_check_asks_the_bucket(
+    tmp_path: Path, database_url: str, silent_endpoint: str
+) -> None:
+    """Update-check asks the bucket whether the release's file is there before presigning
+    its URL; a stalled bucket takes seconds to give up. Meanwhile no transaction of the
+    call is open (on SQLite it would hold the one write lock: every webhook, click and
+    activation would wait, and fail past busy_timeout). The answer still offers the
+    release, by Keygate's own link."""
+    from connector.models import Product, Release
+    from tests.functional.test_brevo_mail import transaction_open_elsewhere
+
+    app = make_r2_app(tmp_path, database_url, silent_endpoint, "stalled")
+    try:
+        with app.app_context():
+            created = create_store(db.session, "R2 Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        key = issue_key(shop, files=[])
+        with app.app_context():
+            product = db.session.execute(
+                select(Product).where(Product.store_id == created.store.id)
+            ).scalar_one()
+            db.session.add(
+                Release(
+                    product_id=product.id,
+                    version="2.0",
+                    object_key="releases/plugin-2.0.zip",
+                    sha256="a" * 64,
+                    size=1,
+                    published_at=utcnow() - dt.timedelta(days=1),
+                )
+            )
+            db.session.commit()
+        body = {"key": key, "product": "501", "version": "1.0", "site": "shop-one.com"}
+        activated = shop.client.post("/api/v1/licenses/activate", json=body).get_json()
+        assert activated["code"] == "VALID"
+        with app.app_context():  # seen over an hour ago: this call writes its stamp
+            db.session.execute(
+                update(Activation).values(last_seen_at=utcnow() - dt.timedelta(hours=2))
+            )
+            db.session.commit()
+        answers: list[Any] = []
+        check = threading.Thread(
+            target=lambda: answers.append(
+                shop.client.post("/api/v1/licenses/update-check", json=body)
+            ),
+            daemon=True,
+        )
+        check.start()
+        time.sleep(1.5)  # the bucket is being asked now
+        assert check.is_alive(), "the bucket was not waited for"
+        assert not transaction_open_elsewhere(database_url)
+        check.join(timeout=25)
+        assert answers, "no answer"
+        update_offered = answers[0].get_json()["update"]
+        assert update_offered["version"] == "2.0"
+        assert "/api/v1/releases/download/" in update_offered["download_url"]
+    finally:
+        app.extensions["keygate.db"].engine.dispose()
