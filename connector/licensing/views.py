@@ -516,22 +516,30 @@ def signing_keys() -> ResponseReturnValue:
 @bp.get("/releases/download/<token>")
 def download_release(token: str) -> ResponseReturnValue:
     """The embedded-storage file behind an update-check download URL (short-lived token)."""
-    from connector.downloads.storage import StorageUnavailable, store_for
+    from connector.downloads.storage import Delivery, StorageUnavailable, store_for
 
     ttl = get_settings().download_url_ttl
     release_id = release_id_from_token(token, max_age=ttl)
-    release = db.session.get(Release, release_id) if release_id is not None else None
-    product = db.session.get(Product, release.product_id) if release is not None else None
-    store = db.session.get(Store, product.store_id) if product is not None else None
-    if release is None or store is None:
-        raise NotFound("No such release.")
-    filename = release.object_key.rsplit("/", 1)[-1]
-    try:
-        delivery = store_for(store).delivery(release.object_key, filename, ttl)
-    except (FileNotFoundError, ValueError):  # ValueError: a key outside the storage folder
-        raise NotFound("The release file is not in storage.") from None
-    except StorageUnavailable:
-        raise ServiceUnavailable("The file store is not answering; try again shortly.") from None
+
+    def delivered() -> tuple[Release, Delivery]:
+        release = db.session.get(Release, release_id) if release_id is not None else None
+        product = db.session.get(Product, release.product_id) if release is not None else None
+        store = db.session.get(Store, product.store_id) if product is not None else None
+        if release is None or store is None:
+            raise NotFound("No such release.")
+        filename = release.object_key.rsplit("/", 1)[-1]
+        try:
+            return release, store_for(store).delivery(release.object_key, filename, ttl)
+        except (FileNotFoundError, ValueError):  # ValueError: a key outside the storage folder
+            raise NotFound("The release file is not in storage.") from None
+        except StorageUnavailable:
+            raise ServiceUnavailable(
+                "The file store is not answering; try again shortly."
+            ) from None
+
+    # Read-only: a bucket asked whether the file is there (a store moved to R2, a link
+    # handed out while it was down) may stall for seconds, with no write lock held.
+    release, delivery = read_mostly(db.session, delivered)
     current_app.logger.debug("release %s downloaded", release.id)
     if delivery.path is None:  # the store has moved to R2 since the link was made
         return redirect(delivery.url or "/", code=302)

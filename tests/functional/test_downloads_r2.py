@@ -871,3 +871,50 @@ def test_no_transaction_is_open_while_update_check_asks_the_bucket(
         assert "/api/v1/releases/download/" in update_offered["download_url"]
     finally:
         app.extensions["keygate.db"].engine.dispose()
+
+
+def test_no_transaction_is_open_while_a_release_link_asks_the_bucket(
+    tmp_path: Path, database_url: str, silent_endpoint: str
+) -> None:
+    """Keygate's own release link (handed out while the bucket was down, or before the
+    store moved to R2) asks the bucket too: a stalled one is a 503 in seconds, and no
+    transaction is open meanwhile (SQLite's one write lock)."""
+    from connector.models import Product, Release
+    from connector.tokens import release_token
+    from tests.functional.test_brevo_mail import transaction_open_elsewhere
+
+    app = make_r2_app(tmp_path, database_url, silent_endpoint, "stalled")
+    try:
+        with app.app_context():
+            created = create_store(db.session, "R2 Shop", "https://shop.example")
+            db.session.commit()
+        shop = WebhookSender(app.test_client(), created)
+        shop.configure(501, files=[])
+        with app.test_request_context():
+            product = db.session.execute(
+                select(Product).where(Product.store_id == created.store.id)
+            ).scalar_one()
+            release = Release(
+                product_id=product.id,
+                version="2.0",
+                object_key="releases/plugin-2.0.zip",
+                sha256="a" * 64,
+                size=1,
+                published_at=utcnow() - dt.timedelta(days=1),
+            )
+            db.session.add(release)
+            db.session.commit()
+            path = f"/api/v1/releases/download/{release_token(release.id)}"
+        answers: list[Any] = []
+        fetch_it = threading.Thread(
+            target=lambda: answers.append(shop.client.get(path)), daemon=True
+        )
+        fetch_it.start()
+        time.sleep(1.5)  # the bucket is being asked now
+        assert fetch_it.is_alive(), "the bucket was not waited for"
+        assert not transaction_open_elsewhere(database_url)
+        fetch_it.join(timeout=25)
+        assert answers, "no answer"
+        assert answers[0].status_code == 503
+    finally:
+        app.extensions["keygate.db"].engine.dispose()
