@@ -7,8 +7,6 @@ then, not as it was read before.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +19,7 @@ from connector.models import Activation, License, LicenseFlag
 from connector.orders.service import hash_license_key
 from tests.factories import WebhookSender
 from tests.licensing_helpers import issue_key
+from tests.transactions import while_another_transaction
 
 
 def _license_id(app: Flask, key: str) -> int:
@@ -31,17 +30,6 @@ def _license_id(app: Flask, key: str) -> int:
             select(License.id).where(License.key_hash == hash_license_key(canonical))
         ).scalar_one()
         return found
-
-
-def _someone_waits_on_a_lock(app: Flask) -> bool:
-    with app.extensions["keygate.db"].engine.connect() as connection:
-        waiting = connection.scalar(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND datname = current_database()"
-            )
-        )
-    return bool(waiting)
 
 
 def _while_the_license_is_locked(
@@ -55,30 +43,21 @@ def _while_the_license_is_locked(
     """POST an activation (or ``endpoint``) while another transaction holds the license row
     locked and makes ``change`` (committed once the call waits on a lock: PostgreSQL; on
     SQLite the call's BEGIN IMMEDIATE waits on that transaction's write lock). Its answer."""
-    engine = app.extensions["keygate.db"].engine
-    postgres = engine.dialect.name == "postgresql"
-    answers: list[dict[str, Any]] = []
-    with engine.connect() as connection:
+    postgres = app.extensions["keygate.db"].engine.dialect.name == "postgresql"
+
+    def lock_and_change(connection: Connection) -> None:
         connection.execute(
             text("SELECT id FROM licenses WHERE id = :id FOR UPDATE" if postgres else "SELECT 1"),
             {"id": license_id},
         )
         change(connection)
 
-        def activate() -> None:
-            answers.append(shop.client.post(f"/api/v1/licenses/{endpoint}", json=body).get_json())
-
-        thread = threading.Thread(target=activate)
-        thread.start()
-        deadline = time.monotonic() + (10 if postgres else 0.5)
-        while thread.is_alive() and time.monotonic() < deadline:
-            if postgres and _someone_waits_on_a_lock(app):
-                break
-            time.sleep(0.01)
-        connection.commit()
-    thread.join(timeout=30)
-    assert answers, "the activation did not answer"
-    return answers[0]
+    answer: dict[str, Any] = while_another_transaction(
+        app,
+        lock_and_change,
+        lambda: shop.client.post(f"/api/v1/licenses/{endpoint}", json=body).get_json(),
+    )
+    return answer
 
 
 def _seats(app: Flask, license_id: int) -> int:
@@ -150,27 +129,15 @@ def _while_a_seat_is_freed(
     """POST ``endpoint`` while another transaction deletes the activation (a deactivation
     by the portal, the owner or another of the product's calls), committed once the call
     waits on that row (PostgreSQL) or on the write lock (SQLite). Its status and body."""
-    engine = app.extensions["keygate.db"].engine
-    postgres = engine.dialect.name == "postgresql"
-    answers: list[tuple[int, dict[str, Any] | None]] = []
-    with engine.connect() as connection:
+
+    def free(connection: Connection) -> None:
         connection.execute(text("DELETE FROM activations WHERE id = :id"), {"id": activation_id})
 
-        def call() -> None:
-            response = shop.client.post(f"/api/v1/licenses/{endpoint}", json=body)
-            answers.append((response.status_code, response.get_json(silent=True)))
+    def call() -> tuple[int, dict[str, Any] | None]:
+        response = shop.client.post(f"/api/v1/licenses/{endpoint}", json=body)
+        return response.status_code, response.get_json(silent=True)
 
-        thread = threading.Thread(target=call)
-        thread.start()
-        deadline = time.monotonic() + (10 if postgres else 0.5)
-        while thread.is_alive() and time.monotonic() < deadline:
-            if postgres and _someone_waits_on_a_lock(app):
-                break
-            time.sleep(0.01)
-        connection.commit()
-    thread.join(timeout=30)
-    assert answers, "the call did not answer"
-    return answers[0]
+    return while_another_transaction(app, free, call)
 
 
 def _activated(app: Flask, shop: WebhookSender, key: str, site: str) -> int:

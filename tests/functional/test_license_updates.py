@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +11,6 @@ import pytest
 from flask import Flask
 from sqlalchemy import Connection, select
 from sqlalchemy import text as sql
-from werkzeug.test import TestResponse
 
 from connector import get_settings
 from connector.client import LicenseFileError, verify_license_file
@@ -23,6 +19,7 @@ from connector.models import AuditEvent, Product
 from connector.stores import create_store
 from tests.factories import WebhookSender
 from tests.licensing_helpers import call, issue_key, public_keys
+from tests.transactions import while_another_transaction
 
 # wc_order's date_paid is 2026-11-20T11:59:30Z; policies count from there.
 PAID = dt.datetime(2026, 11, 20, 11, 59, 30, tzinfo=dt.UTC)
@@ -610,37 +607,6 @@ def _product_row_id(app: Flask, shop_product_id: str = "501") -> int:
         return found
 
 
-def _while_another_transaction(
-    app: Flask, change: Callable[[Connection], None], request: Callable[[], TestResponse]
-) -> TestResponse:
-    """Make ``request`` while another transaction has made ``change`` and not yet committed
-    it; that one commits once the request waits on its lock (PostgreSQL), or after half a
-    second (SQLite, where the request's BEGIN IMMEDIATE waits for it). The request's answer."""
-    engine = app.extensions["keygate.db"].engine
-    postgres = engine.dialect.name == "postgresql"
-    answers: list[TestResponse] = []
-    with engine.connect() as connection:
-        change(connection)
-        thread = threading.Thread(target=lambda: answers.append(request()))
-        thread.start()
-        deadline = time.monotonic() + (10 if postgres else 0.5)
-        while thread.is_alive() and time.monotonic() < deadline:
-            if postgres:
-                waiting = connection.scalar(
-                    sql(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                        " AND datname = current_database()"
-                    )
-                )
-                if waiting:
-                    break
-            time.sleep(0.01)
-        connection.commit()
-    thread.join(timeout=30)
-    assert answers, "the request did not answer"
-    return answers[0]
-
-
 def test_a_version_published_twice_at_once_is_one_release_and_a_409(
     app: Flask, shop: WebhookSender
 ) -> None:
@@ -661,7 +627,7 @@ def test_a_version_published_twice_at_once_is_one_release_and_a_409(
         )
 
     body = {"version": "2.0.0", "object_key": "r/a.zip", "sha256": "a" * 64, "size": 1}
-    answer = _while_another_transaction(
+    answer = while_another_transaction(
         app, publish_first, lambda: shop.admin("POST", "/products/501/releases", body)
     )
     assert answer.status_code == 409, answer.get_data(as_text=True)
@@ -686,7 +652,7 @@ def test_a_release_withdrawn_twice_at_once_is_a_404_not_a_500(
             {"p": product_id},
         )
 
-    answer = _while_another_transaction(
+    answer = while_another_transaction(
         app, withdraw_first, lambda: shop.admin("DELETE", "/products/501/releases/11.0")
     )
     assert answer.status_code == 404, answer.get_data(as_text=True)
