@@ -143,30 +143,56 @@ def release_dedupe_key(session: Session, payload: dict[str, Any]) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(dedupe_key=None))
 
 
+def retry_dead(
+    session: Session, job: Job, *, store_id: int | None, actor: str, reason: str | None = None
+) -> bool:
+    """Take a dead job up again from its first attempt, now, audited ``job.retried``.
+
+    Only a job still dead is changed, in one statement: two clicks of the owner's button (or
+    two admins, or the owner and saved credentials) at once would otherwise both write
+    "pending, attempt 0", the second over a worker that had claimed the job meanwhile, and a
+    second worker would run it again beside the first. Returns whether this call did it."""
+    from connector.audit import record_audit
+
+    retried = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "dead")
+        .values(status="pending", attempts=0, run_after=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if not getattr(retried, "rowcount", 0):
+        return False
+    session.info["keygate_jobs_added"] = True  # the server's job thread takes it now
+    record_audit(
+        session,
+        store_id=store_id,
+        actor=actor,
+        action="job.retried",
+        subject=f"job:{job.id}",
+        detail={"kind": job.kind, "reason": reason} if reason else None,
+    )
+    return True
+
+
 def run_held_now(session: Session, jobs: Select[Job], reason: str) -> list[int]:
     """Jobs that were held for something the owner has just given (credentials): those
     waiting out their backoff run now, and those that gave up waiting (``dead``) are taken
-    up again from their first attempt, as the owner's retry does (audited ``job.retried``).
+    up again from their first attempt, as the owner's retry does (:func:`retry_dead`).
     ``jobs``: the held jobs, narrowed to their store. Returns their ids."""
-    from connector.audit import record_audit
-
     now = utcnow()
     held = list(session.scalars(jobs.where(Job.status.in_(("pending", "dead")))))
     for job in held:
         if job.status == "dead":
-            job.status = "pending"
-            job.attempts = 0
-            record_audit(
+            retry_dead(
                 session,
+                job,
                 store_id=store_of(session, job.payload),
                 actor="keygate",
-                action="job.retried",
-                subject=f"job:{job.id}",
-                detail={"kind": job.kind, "reason": reason},
+                reason=reason,
             )
-        job.run_after = min(job.run_after, now)
-    if held:
-        session.info["keygate_jobs_added"] = True
+        else:
+            job.run_after = min(job.run_after, now)
+            session.info["keygate_jobs_added"] = True
     return [job.id for job in held]
 
 

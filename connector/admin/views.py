@@ -32,7 +32,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RoutingException
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -48,8 +48,8 @@ from connector.errors import (
     wait_in_words,
 )
 from connector.extensions import client_network_key, limiter
+from connector.jobs import retry_dead, store_jobs, store_of
 from connector.jobs import stats as job_stats
-from connector.jobs import store_jobs, store_of
 from connector.licensing.export import license_csv_response
 from connector.licensing.keys import KeyFormat
 from connector.mail.service import mail_route
@@ -512,27 +512,7 @@ def retry_job(job_id: int) -> ResponseReturnValue:
     store_id = store_of(db.session, job.payload) if job is not None else None
     if job is None or not _visible(store_id):
         abort(404)  # an admin of one store retries that store's jobs only
-    from connector.db import utcnow
-
-    # Only a job still dead is taken up again, in one statement: two clicks of the button
-    # (or two admins) at once would otherwise both write "pending, attempt 0", the second
-    # over a worker that had claimed the job meanwhile, and a second worker would run it
-    # again beside the first.
-    retried = db.session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "dead")
-        .values(status="pending", attempts=0, run_after=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(retried, "rowcount", 0):
-        db.session.info["keygate_jobs_added"] = True  # the server's job thread takes it now
-        record_audit(
-            db.session,
-            store_id=store_id,
-            actor=_admin_name(),
-            action="job.retried",
-            subject=f"job:{job.id}",
-        )
+    retry_dead(db.session, job, store_id=store_id, actor=_admin_name())
     return redirect(url_for("admin_views.outbox"))
 
 

@@ -538,6 +538,12 @@ def test_mail_held_for_brevo_credentials_goes_once_they_are_saved(
             ).scalars()
             assert set(statuses) == {"done"}
             assert all(m.sent_at is not None for m in db.session.scalars(select(Mail)))
+            retried = db.session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "job.retried")
+            ).all()
+            assert [(e.actor, e.detail) for e in retried] == [
+                ("keygate", {"kind": "mail.order_issued", "reason": "brevo credentials saved"})
+            ]
     finally:
         stop_worker_thread(application)
         application.extensions["keygate.db"].engine.dispose()
