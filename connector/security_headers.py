@@ -4,7 +4,8 @@ Every response: ``X-Content-Type-Options: nosniff`` (a download or a JSON body i
 sniffed into a page). Pages (``text/html``): no framing (``X-Frame-Options`` and CSP
 ``frame-ancestors``), no ``<base>`` or plugins, and a ``Referer`` only to Keygate itself
 (``same-origin``): portal and download pages carry their bearer token in the URL, and
-Flask-WTF refuses a form posted over https without a same-origin ``Referer``. Nothing but
+Flask-WTF refuses a form posted over https without a same-origin ``Referer``; a view that
+sends none keeps its ``no-referrer`` (a download link's answers). Nothing but
 Keygate's own images and the pages' inline styles loads (``default-src 'none'``): no
 script runs on a page (an injected one would not either), injected markup fetches nothing
 from elsewhere, and forms post to Keygate only (``form-action 'self'``).
@@ -33,8 +34,8 @@ PAGE_HEADERS = (
         "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
-    ("Referrer-Policy", "same-origin"),
 )
+REFERRER_POLICY = ("Referrer-Policy", "same-origin")
 
 
 def security_headers(*, https: bool) -> Callable[[Response], Response]:
@@ -53,6 +54,10 @@ def security_headers(*, https: bool) -> Callable[[Response], Response]:
         if response.mimetype == "text/html":
             for name, value in page_headers:
                 headers[name] = value
+            # A view's own policy stays: a download link's answers send no Referer at all
+            # (its redirect to the bucket is a page too, and same-origin would send the
+            # buyer's order page, its token in it, to a bucket at Keygate's own origin).
+            headers.setdefault(*REFERRER_POLICY)
             # Pages show keys, addresses and orders: never kept in a browser's or proxy's
             # cache (a page that says more keeps its own).
             headers.setdefault("Cache-Control", "no-store")

@@ -169,6 +169,21 @@ def test_click_redirects_to_a_presigned_url_that_serves_the_file(
         assert (event.outcome, event.served) == ("served", "original")
 
 
+def test_the_redirect_to_the_bucket_sends_no_referer(
+    r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
+) -> None:
+    """The click's redirect says no-referrer: the bucket's request carries no Referer, not
+    even the address of the page the buyer clicked on (their order page, its token in it),
+    wherever the bucket is. The page headers gave it Keygate's same-origin, which sends
+    that address to a bucket reached at Keygate's own origin (behind its proxy)."""
+    s3_client(localstack_endpoint).put_object(Bucket=bucket, Key="apps/a.zip", Body=b"PK a")
+    path = paid_link(r2_shop, 8011, [{"object_key": "apps/a.zip", "filename": "a.zip"}])
+    response = r2_shop.client.get(path)
+    assert response.status_code == 302
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
 def test_presigned_url_is_refused_when_expired_or_tampered(
     r2_app: Flask, r2_shop: WebhookSender, localstack_endpoint: str, bucket: str
 ) -> None:
