@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 from flask import Response, request, url_for
 
@@ -56,7 +57,10 @@ def link_next(response: Response, before: int | None) -> Response:
     """Add ``Link: <this address, from before on>; rel="next"`` when an older page exists;
     the request's other arguments (filters, limit) are kept."""
     if before is not None and request.endpoint is not None:
-        args: dict[str, Any] = {**request.args.to_dict(), "before": str(before)}
-        target = url_for(request.endpoint, **(request.view_args or {}), **args)
+        # The arguments as sent, not as url_for's keywords: one named like its own
+        # (endpoint, _method, _anchor, _external) broke the link or the answer (a 500).
+        args = [(name, value) for name, value in request.args.items(multi=True) if name != "before"]
+        query = urlencode([*args, ("before", str(before))])
+        target = f"{url_for(request.endpoint, **(request.view_args or {}))}?{query}"
         response.headers.add("Link", f'<{target}>; rel="next"')
     return response

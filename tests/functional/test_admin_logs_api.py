@@ -146,3 +146,21 @@ def test_the_audit_log_and_outbox_page_on_past_their_limit_through_link_headers(
     theirs = follow_pages(other_shop, "/audit?limit=1&before=2147483647", "events")
     assert all(e["subject"] != newest["subject"] for page in theirs for e in page)
     assert all(e["action"] != "order.fulfilled" for page in theirs for e in page)
+
+
+def test_a_query_argument_named_like_a_link_builders_own_keeps_the_next_link_plain(
+    shop: WebhookSender,
+) -> None:
+    """The next page's link keeps the request's arguments as they were sent; one named like
+    an option of Flask's ``url_for`` (``endpoint``, ``_method``, ``_anchor``, ``_external``)
+    is just an argument: never a 500, nor a link made absolute or given a fragment."""
+    shop.configure(501)
+    shop.configure(502)
+    for argument in ("endpoint=x", "_method=POST", "_anchor=x", "_external=1"):
+        answer = shop.admin("GET", f"/audit?limit=1&{argument}")
+        assert answer.status_code == 200, (argument, answer.get_data(as_text=True))
+        found = re.fullmatch(r'<([^>]+)>; rel="next"', answer.headers["Link"])
+        assert found is not None, answer.headers["Link"]
+        path, _, query = found.group(1).partition("?")
+        assert path == f"{API}/audit" and "#" not in query, found.group(1)
+        assert argument in query.split("&"), found.group(1)
