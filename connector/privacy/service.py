@@ -60,19 +60,21 @@ def register_hooks(
 
 
 def customer_orders(
-    session: Session, store: Store, email: str, *, erased: bool = False
+    session: Session, store: Store, email: str, *, erased: bool = False, lock: bool = False
 ) -> list[Order]:
     """The orders of ``email`` in ``store``; ``erased``: those kept after the customer was
     erased instead (found by their pseudonym, which is made from the address: either kind,
-    :func:`erased_addresses`)."""
+    :func:`erased_addresses`). ``lock``: locked (NO KEY UPDATE) and read again once a
+    transaction that held them committed."""
     addresses = erased_addresses(store.id, email) if erased else (email.strip().lower(),)
-    return list(
-        session.execute(
-            select(Order)
-            .where(Order.store_id == store.id, Order.email.in_(addresses))
-            .order_by(Order.id)
-        ).scalars()
+    query = (
+        select(Order)
+        .where(Order.store_id == store.id, Order.email.in_(addresses))
+        .order_by(Order.id)
     )
+    if lock:
+        query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
+    return list(session.execute(query).scalars())
 
 
 def _shared_erasure_marker(email: str) -> str:
@@ -383,7 +385,12 @@ def erase_customer(session: Session, store: Store, email: str, *, actor: str) ->
     """Erase a customer's personal data, and have Brevo take them out of the lists Keygate
     pushed them into."""
     hold_live_store(session, store)  # before the orders' locks, as a deletion takes them
-    orders = customer_orders(session, store, email)
+    # Locked, and so read again once an erasure committed meanwhile (a double click of
+    # Erase): it leaves none of their orders to this one, which is the 404 of one erased
+    # already, not a second erasure. NO KEY UPDATE, as the erasure's other locks.
+    orders = customer_orders(session, store, email, lock=True)
+    if not orders:
+        known_customer_orders(session, store, email)  # raises its 404
     return _erase(session, store, orders, erasure_marker(store.id, email), actor=actor)
 
 

@@ -17,11 +17,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from markupsafe import escape
-from sqlalchemy import select
+from sqlalchemy import Connection, select, text
 from werkzeug.test import TestResponse
 
 from connector.db import db
 from connector.models import Activation, AuditEvent, DownloadEvent, License, Order
+from connector.privacy.service import erased_addresses
 from connector.stores import create_store
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import (
@@ -33,6 +34,7 @@ from tests.functional.test_admin_pages import (
 from tests.functional.test_downloads import get, link_path, make_pdf, put_file
 from tests.functional.test_renewals_and_payments import renewal_line
 from tests.licensing_helpers import call
+from tests.transactions import while_another_transaction
 
 __all__ = ["admin_client"]
 
@@ -542,6 +544,48 @@ def test_erasure_needs_the_address_typed_again_and_answers_as_the_api(
     assert event.detail == {"orders": 2, "brevo_removal": None}
     again = post(admin_client, "/admin/customers/erase", token, **form, confirm="erin@example.org")
     assert again.status_code == 404
+
+
+def test_an_erasure_clicked_twice_at_once_erases_once(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender
+) -> None:
+    """A second click of Erase while the first one's erasure is being committed (a double
+    click) is the 404 of a customer erased already, not a second erasure: one
+    ``customer.erased`` entry, the orders' ``erased_at`` the first one's."""
+    shop.configure(501)
+    sell(shop, 9595, email="dora@example.org")
+    assert sign_in(admin_client) == 302
+    token = csrf_token(admin_client, "/admin/customers")
+    order = order_pk(app, 9595)
+    with app.app_context():
+        pseudonym = erased_addresses(shop.store.store.id, "dora@example.org")[0]
+    first_erased_at = dt.datetime(2026, 1, 2, 3, 4, 5)
+
+    def first_erasure(connection: Connection) -> None:  # its fields, not yet committed
+        connection.execute(
+            text("UPDATE orders SET email = :email, erased_at = :at WHERE id = :id"),
+            {"email": pseudonym, "at": first_erased_at, "id": order},
+        )
+
+    second = while_another_transaction(
+        app,
+        first_erasure,
+        lambda: post(
+            admin_client,
+            "/admin/customers/erase",
+            token,
+            store_id=shop.store.store.id,
+            email="dora@example.org",
+            confirm="dora@example.org",
+        ),
+    )
+    assert second.status_code == 404, second.get_data(as_text=True)
+    assert "erased already" in second.get_data(as_text=True)
+    assert audit(app, "customer.erased") == []  # the first one's is not in this sketch of it
+    with app.app_context():
+        kept = db.session.get(Order, order)
+        assert kept is not None and kept.erased_at is not None
+        assert kept.erased_at.replace(tzinfo=None) == first_erased_at
 
 
 def test_a_store_admin_finds_exports_and_erases_only_in_their_store(
