@@ -31,6 +31,7 @@ from connector.errors import (
     route_for_log,
 )
 from connector.extensions import csrf, limiter
+from connector.integrations.mail import header_text
 from connector.licensing.sites import shown_site
 from connector.ratelimit import Budgets, storage_uri
 from connector.security_headers import security_headers
@@ -175,6 +176,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.jinja_env.lstrip_blocks = True
     app.jinja_env.filters["utc"] = shown_utc
     app.jinja_env.filters["site"] = shown_site
+    # A name a plain-text mail writes before a key or a link: product names may hold line
+    # breaks, which would start that key's line elsewhere.
+    app.jinja_env.filters["one_line"] = header_text
     app.extensions["keygate.settings"] = settings
     app.extensions["keygate.keyring"] = Keyring(
         settings.master_keys, settings.secret_key, key_file=settings.master_key_file

@@ -463,3 +463,24 @@ def test_an_order_given_its_address_while_its_mail_waits_is_mailed_once(
     run_pending(app)
     (mail,) = stored_mails(app)
     assert mail.to_email == "jurgen@example.org"
+
+
+def test_a_product_name_on_several_lines_keeps_each_key_and_link_on_its_line(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A product name with line breaks (the owner API and the shop's product names take
+    them) is one line in the plain-text mail: broken, its key and link started a line of
+    their own after a line reading like another product's ("Pro: <key>")."""
+    files = [{"object_key": "products/501/manual.pdf", "filename": "manual.pdf"}]
+    named = {"name": "Plugin\r\nPro\n\nEdition", "policy": {}, "files": files}
+    assert shop.admin("PUT", "/products/501", named).status_code == 200
+    shop.deliver(wc_order(9813, "processing", [line_item(501)]))
+    run_pending(app)
+    (mail,) = stored_mails(app)
+    issued = shop.order(9813)
+    key, link = issued["licenses"][0]["key"], issued["downloads"][0]["link"]
+    lines = mail.body_text.splitlines()
+    assert f"  Plugin Pro Edition: {key} (lifetime)" in lines, mail.body_text
+    assert f"  Plugin Pro Edition, manual.pdf: {link} (available while your license lasts)" in (
+        lines
+    )
