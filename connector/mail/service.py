@@ -252,7 +252,10 @@ def send_held_mail(session: Session, store: Store) -> list[int]:
         Job.attempts > 0,
         Job.last_error.startswith(
             f"{RetryLater.__name__}: {contacts.NO_CREDENTIALS}", autoescape=True
-        ),
+        )
+        # Dead past the jobs' retention, the daily purge kept its error's type only: one
+        # held for the credentials a month and more (taken up again, any other waits again).
+        | ((Job.status == "dead") & (Job.last_error == RetryLater.__name__)),
     )
     return run_held_now(session, held, "brevo credentials saved")
 

@@ -547,3 +547,37 @@ def test_mail_held_for_brevo_credentials_goes_once_they_are_saved(
     finally:
         stop_worker_thread(application)
         application.extensions["keygate.db"].engine.dispose()
+
+
+def test_mail_held_for_brevo_credentials_past_the_jobs_retention_goes_once_they_are_saved(
+    tmp_path: Path, database_url: str, brevo: FakeBrevo
+) -> None:
+    """A mail held past its last attempt keeps its error's type only once the jobs'
+    retention has passed (the daily purge): the credentials saved after that still send it,
+    as the store page promised, rather than leave the buyer without their keys."""
+    from connector.privacy.service import purge_expired_records
+
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    settings = app_overrides(
+        tmp_path, database_url, brevo_api_host=brevo.host, mail_backend="brevo"
+    )
+    application = create_app({**settings, "job_max_attempts": 1})
+    try:
+        with application.app_context():
+            created = create_store(db.session, "Bücher Shop", "https://shop.example")
+            db.session.commit()
+        sender = WebhookSender(application.test_client(), created)
+        sender.configure(501)
+        sender.deliver(wc_order(9702, "processing", [line_item(501)]))
+        run_pending(application)
+        with application.app_context(), transaction() as session:
+            purge_expired_records(session, utcnow() + dt.timedelta(days=31))
+            job = session.execute(select(Job).where(Job.kind == "mail.order_issued")).scalar_one()
+            assert (job.status, job.last_error) == ("dead", "RetryLater")
+        assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+        run_pending(application)
+        (sent,) = brevo.sent()
+        assert sent.body["to"][0]["email"] == "jurgen@example.org"
+    finally:
+        stop_worker_thread(application)
+        application.extensions["keygate.db"].engine.dispose()
