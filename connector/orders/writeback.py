@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.db import db, insert_ignoring_conflicts, utcnow
-from connector.integrations.mail import mail_text
+from connector.integrations.mail import header_text, mail_text
 from connector.jobs import RetryLater, handles
 from connector.models import Order, ShopNote, Store
 from connector.orders.summary import order_entitlements
@@ -56,16 +56,17 @@ def compose_note(
     if not licenses and not downloads:
         return None
     # Worded as Keygate's own mail (templates/emails/order_issued.txt): links of two
-    # products with a file of the same name, or two copies of one, are told apart.
+    # products with a file of the same name, or two copies of one, are told apart, and a
+    # product name with line breaks is one line before its key or link.
     lines: list[str] = []
     if licenses:
         lines.append("Your license keys:")
-        lines.extend(f"{lic.product_name}: {lic.key} ({lic.term})" for lic in licenses)
+        lines.extend(f"{header_text(lic.product_name)}: {lic.key} ({lic.term})" for lic in licenses)
     if downloads:
         if lines:
             lines.append("")
         lines.append("Your downloads:")
-        lines.extend(f"{d.named}: {d.link} ({d.terms})" for d in downloads)
+        lines.extend(f"{header_text(d.named)}: {d.link} ({d.terms})" for d in downloads)
     lines += ["", f"Manage your licenses: {entitlements['portal_url']}", f"(ref {marker})"]
     return mail_text("\n".join(lines))  # WooCommerce mails it: cleaned as Keygate's mail
 

@@ -484,3 +484,24 @@ def test_a_product_name_on_several_lines_keeps_each_key_and_link_on_its_line(
     assert f"  Plugin Pro Edition, manual.pdf: {link} (available while your license lasts)" in (
         lines
     )
+
+
+def test_the_shops_customer_note_keeps_a_product_name_on_several_lines_on_its_key_and_link(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """WooCommerce mails the note Keygate writes back: a product name with line breaks is one
+    line there too, each key and link on the line of its product."""
+    connect_store(app, shop, fake_shop)
+    files = [{"object_key": "products/501/manual.pdf", "filename": "manual.pdf"}]
+    named = {"name": "Plugin\r\nPro\n\nEdition", "policy": {}, "files": files}
+    assert shop.admin("PUT", "/products/501", named).status_code == 200
+    order = wc_order(9814, "processing", [line_item(501)])
+    fake_shop.orders[9814] = order
+    fake_shop.deliver(shop.client, "order.created", order)
+    run_pending(app)
+    (note,) = fake_shop.notes[9814]
+    lines = note["note"].splitlines()
+    issued = shop.order(9814)
+    key, link = issued["licenses"][0]["key"], issued["downloads"][0]["link"]
+    assert f"Plugin Pro Edition: {key} (lifetime)" in lines, note["note"]
+    assert f"Plugin Pro Edition, manual.pdf: {link} (available while your license lasts)" in lines
