@@ -247,15 +247,24 @@ def send_held_mail(session: Session, store: Store) -> list[int]:
     Returns the jobs' ids."""
     from connector.jobs import run_held_now, store_jobs
 
+    # Dead past the jobs' retention, the daily purge kept its error's type only: one held for
+    # the credentials a month and more (taken up again, any other waits again), unless the
+    # buyer has had a later mail of the order (the owner resent it).
+    sent_later = select(Mail.id).where(
+        Mail.order_id == Job.payload["order_id"].as_integer(),
+        Mail.sent_at.is_not(None),
+        Mail.job_id > Job.id,
+    )
+    cut_short = (
+        (Job.status == "dead") & (Job.last_error == RetryLater.__name__) & ~sent_later.exists()
+    )
     held = store_jobs(store.id).where(
         Job.kind.in_((ORDER_MAIL_JOB, contacts.REMOVE_JOB)),
         Job.attempts > 0,
         Job.last_error.startswith(
             f"{RetryLater.__name__}: {contacts.NO_CREDENTIALS}", autoescape=True
         )
-        # Dead past the jobs' retention, the daily purge kept its error's type only: one
-        # held for the credentials a month and more (taken up again, any other waits again).
-        | ((Job.status == "dead") & (Job.last_error == RetryLater.__name__)),
+        | cut_short,
     )
     return run_held_now(session, held, "brevo credentials saved")
 

@@ -578,6 +578,19 @@ def test_mail_held_for_brevo_credentials_past_the_jobs_retention_goes_once_they_
         run_pending(application)
         (sent,) = brevo.sent()
         assert sent.body["to"][0]["email"] == "jurgen@example.org"
+        # A mail that died in a Brevo outage, whose buyer the owner's resend reached since,
+        # is not sent again when the credentials are saved again.
+        brevo.failures.append(503)
+        sender.deliver(wc_order(9703, "processing", [line_item(501)]))
+        run_pending(application)
+        assert sender.admin("POST", "/orders/9703/resend").status_code == 202
+        run_pending(application)
+        assert len(brevo.sent()) == 2
+        with application.app_context(), transaction() as session:
+            purge_expired_records(session, utcnow() + dt.timedelta(days=31))
+        assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+        run_pending(application)
+        assert len(brevo.sent()) == 2
     finally:
         stop_worker_thread(application)
         application.extensions["keygate.db"].engine.dispose()
