@@ -94,6 +94,13 @@ def _error_code(body: Any) -> str:
     return code if isinstance(code, str) and code.isidentifier() else ""
 
 
+# The starts of BrevoRejected's messages (see key_refusals).
+REQUEST_REFUSED = "Brevo refused the request"
+MAIL_REFUSED = "Brevo refused the mail"
+NOT_MADE = "the request to Brevo could not be made"
+KEY_STATUSES = (401, 403)  # a wrong or deleted key, or this server's address not allowed
+
+
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, _request_timeout=TIMEOUT, **kwargs)
@@ -109,17 +116,13 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
             raise BrevoNotFound(
                 f"Brevo found nothing to act on: {status} {exc.reason}", status, code
             ) from None
-        raise BrevoRejected(
-            f"Brevo refused the request: {status} {exc.reason}", status, code
-        ) from None
+        raise BrevoRejected(f"{REQUEST_REFUSED}: {status} {exc.reason}", status, code) from None
     except (HTTPError, OSError) as exc:
         raise RetryLater(f"Brevo unreachable: {type(exc).__name__}") from None
     except ValueError as exc:
         # The HTTP library refusing a header (a key with a line break, saved before keys
         # were checked): its message quotes the value, so only the type is kept.
-        raise BrevoRejected(
-            f"the request to Brevo could not be made ({type(exc).__name__})"
-        ) from None
+        raise BrevoRejected(f"{NOT_MADE} ({type(exc).__name__})") from None
 
 
 def _mail_refusal(exc: BrevoRejected) -> str:
@@ -127,7 +130,7 @@ def _mail_refusal(exc: BrevoRejected) -> str:
     last error (200 characters): its status and code, never its message (which may echo the
     addresses)."""
     answered = f"{exc.status} {exc.code}".strip()
-    if exc.status in (401, 403):
+    if exc.status in KEY_STATUSES:
         hint = (
             "check the store's Brevo api_key (its credentials page's Check tries it), or an IP"
             " restriction on the key in Brevo"
@@ -139,7 +142,19 @@ def _mail_refusal(exc: BrevoRejected) -> str:
         )
     else:
         hint = "check the store's Brevo settings"
-    return f"Brevo refused the mail ({answered}): {hint}; then retry the job"
+    return f"{MAIL_REFUSED} ({answered}): {hint}; then retry the job"
+
+
+def key_refusals() -> list[str]:
+    """How the last error of a mail or removal job starts when Brevo refused the store's
+    key (401, 403), or a key it could not send (a line break in it): new credentials may
+    cure those, as they do a job held for want of any."""
+    rejected = BrevoRejected.__name__
+    return [
+        f"{rejected}: {NOT_MADE}",
+        *(f"{rejected}: {MAIL_REFUSED} ({status}" for status in KEY_STATUSES),
+        *(f"{rejected}: {REQUEST_REFUSED}: {status} " for status in KEY_STATUSES),
+    ]
 
 
 class BrevoMailer:
@@ -263,7 +278,7 @@ def check_access(config: BrevoConfig, host: str) -> AccessProblem | None:
         except BrevoRejected as exc:
             # No status: the request could not be made, its only variable header being the
             # key (one saved before keys were checked, with a line break): type it again.
-            kind = KEY_REFUSED if exc.status in (0, 401, 403) else OTHER
+            kind = KEY_REFUSED if exc.status in (0, *KEY_STATUSES) else OTHER
             return AccessProblem(kind, exc.status, exc.code)
         answer.release_conn()
     return None

@@ -7,12 +7,12 @@ import uuid
 from typing import Any, TypeVarTuple
 
 from flask import render_template
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import db, lock_row, utcnow
-from connector.integrations.brevo import BrevoConfig, BrevoMailer
+from connector.integrations.brevo import BrevoConfig, BrevoMailer, key_refusals
 from connector.integrations.mail import (
     ConsoleMailer,
     Mailer,
@@ -241,10 +241,11 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
 
 def send_held_mail(session: Session, store: Store) -> list[int]:
     """The store's Brevo credentials were just saved: its buyers' mails held for want of them
-    (``KEYGATE_MAIL_BACKEND=brevo``), and removals from its Brevo list, go now, not at
-    their next backoff, and those that gave up waiting (dead after their last attempt: the
-    credentials came a day later) too. The store page promised they were held until then.
-    Returns the jobs' ids."""
+    (``KEYGATE_MAIL_BACKEND=brevo``) or refused for the key saved before (401, 403: revoked
+    in Brevo, say), and removals from its Brevo list, go now, not at their next backoff,
+    and those that gave up waiting (dead after their last attempt: the credentials came a
+    day later) too. The store page promised they were held until then. Returns the jobs'
+    ids."""
     from connector.jobs import run_held_now, store_jobs
 
     # Dead past the jobs' retention, the daily purge kept its error's type only: one held for
@@ -258,12 +259,11 @@ def send_held_mail(session: Session, store: Store) -> list[int]:
     cut_short = (
         (Job.status == "dead") & (Job.last_error == RetryLater.__name__) & ~sent_later.exists()
     )
+    waited_for = [f"{RetryLater.__name__}: {contacts.NO_CREDENTIALS}", *key_refusals()]
     held = store_jobs(store.id).where(
         Job.kind.in_((ORDER_MAIL_JOB, contacts.REMOVE_JOB)),
         Job.attempts > 0,
-        Job.last_error.startswith(
-            f"{RetryLater.__name__}: {contacts.NO_CREDENTIALS}", autoescape=True
-        )
+        or_(*(Job.last_error.startswith(start, autoescape=True) for start in waited_for))
         | cut_short,
     )
     return run_held_now(session, held, "brevo credentials saved")

@@ -594,3 +594,61 @@ def test_mail_held_for_brevo_credentials_past_the_jobs_retention_goes_once_they_
     finally:
         stop_worker_thread(application)
         application.extensions["keygate.db"].engine.dispose()
+
+
+def test_mails_brevo_refused_for_the_key_go_once_a_new_key_is_saved(
+    tmp_path: Path, database_url: str, brevo: FakeBrevo
+) -> None:
+    """A key revoked in Brevo: every mail is refused (401) until the owner saves a new one.
+    Saving it sends those mails at once, the ones past their last attempt too, as it does
+    mails held for want of any key; a mail refused for something a key does not cure (a
+    400: the sender not verified) stays dead for the owner's Retry."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    settings = app_overrides(tmp_path, database_url, brevo_api_host=brevo.host)
+    application = create_app({**settings, "job_max_attempts": 2})
+    try:
+        with application.app_context():
+            created = create_store(db.session, "Bücher Shop", "https://shop.example")
+            db.session.commit()
+        sender = WebhookSender(application.test_client(), created)
+        sender.configure(501)
+        revoked = sender.admin("PUT", "/credentials/brevo", {**BREVO, "api_key": "xkeysib-old"})
+        assert revoked.status_code == 200
+        sender.deliver(wc_order(9720, "processing", [line_item(501)]))
+        for _ in range(3):  # refused past its last attempt: dead
+            run_pending(application)
+            make_due(application)
+        sender.deliver(wc_order(9721, "processing", [line_item(501)]))
+        run_pending(application)  # refused, waiting out its backoff
+
+        def statuses() -> dict[int, str]:
+            with application.app_context():
+                return dict(
+                    db.session.execute(
+                        select(Job.payload["order_id"].as_integer(), Job.status).where(
+                            Job.kind == "mail.order_issued"
+                        )
+                    ).all()
+                )
+
+        assert sorted(statuses().values()) == ["dead", "pending"]
+        assert brevo.sent() == []
+        assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+        run_pending(application)
+        assert len(brevo.sent()) == 2
+        assert set(statuses().values()) == {"done"}
+
+        brevo.failures = [400] * 10  # the sender no longer verified in Brevo
+        sender.deliver(wc_order(9722, "processing", [line_item(501)]))
+        for _ in range(3):
+            run_pending(application)
+            make_due(application)
+        brevo.failures = []
+        assert sorted(statuses().values()) == ["dead", "done", "done"]
+        assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+        run_pending(application)
+        assert len(brevo.sent()) == 2
+        assert sorted(statuses().values()) == ["dead", "done", "done"]
+    finally:
+        stop_worker_thread(application)
+        application.extensions["keygate.db"].engine.dispose()
