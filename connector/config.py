@@ -7,6 +7,7 @@ with a message that names the setting, never later in the middle of a request.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import tomllib
@@ -133,7 +134,27 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
         if value < 0:
             raise ConfigError(f"KEYGATE_{name.upper()} must not be negative")
         return value
-    return str(raw)
+    if not isinstance(raw, str):
+        # keygate.toml's quotes forgotten or brackets added: its Python spelling ("['…']",
+        # "True") would be taken as the text. Named by its type only: it may be a secret.
+        raise ConfigError(
+            f"KEYGATE_{name.upper()} must be text (in quotes in keygate.toml), not"
+            f" {_toml_type(raw)}"
+        )
+    return raw
+
+
+def _toml_type(value: Any) -> str:
+    """What a value read from keygate.toml is, in TOML's words."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date" if isinstance(value, dt.date | dt.time) else type(value).__name__
 
 
 def _read_key_file(path: Path) -> list[str]:

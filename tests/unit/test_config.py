@@ -211,6 +211,30 @@ def test_the_instance_file_refuses_keys_it_cannot_set(
     assert '"x"' not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ('watermark_template = ["Licensed to {name}"]', "a list"),
+        ("r2_account_id = true", "a boolean"),
+        ("r2_secret_access_key = 12345", "a number"),
+        ("brevo_api_host = { url = 'https://api.brevo.com/v3' }", "a table"),
+        ("r2_bucket = 2026-11-01", "a date"),
+    ],
+)
+def test_a_text_setting_given_another_type_in_the_instance_file_stops_keygate(
+    tmp_path: Path, line: str, shown: str
+) -> None:
+    """TOML says what type a value is: a list, a table, a boolean, a number or a date where
+    text is meant (quotes forgotten, brackets added) is refused, not made into its Python
+    spelling (a watermark reading "['Licensed to …']" on every PDF)."""
+    (tmp_path / "keygate.toml").write_text(line + "\n")
+    name = line.split(" ", 1)[0]
+    with pytest.raises(ConfigError, match=f"^KEYGATE_{name.upper()} must be text") as caught:
+        load_settings(environ=env(KEYGATE_INSTANCE_DIR=str(tmp_path)))
+    assert shown in str(caught.value)
+    assert "12345" not in str(caught.value)  # a secret's value is never shown
+
+
 def test_an_instance_file_that_cannot_be_read_says_why(tmp_path: Path) -> None:
     """keygate.toml saved in Latin-1 by an editor, or a folder of that name: a line naming
     the file and why, not a traceback (UnicodeDecodeError, IsADirectoryError)."""
