@@ -221,6 +221,10 @@ _CEILINGS = {
     **{name: 36_600 for name in _FLOORS if name.startswith("retention_")},  # 100 years
     "reconcile_interval_seconds": 366 * 86_400,
     "product_sync_interval_seconds": 366 * 86_400,
+    # An idle worker finds due jobs (retries, periodic runs, those other processes queued)
+    # only when it looks: an hour at most, the longest wait between a job's tries. Past
+    # about 300 years no thread can wait that long, and the worker died at its first poll.
+    "worker_poll_seconds": 3600,
     # Every body up to it is read into memory (a webhook's before its signature is checked):
     # past 64 MiB one sender could fill the server's memory with a few requests.
     "max_body_bytes": 64 * 1024 * 1024,

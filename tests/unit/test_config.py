@@ -77,6 +77,9 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ({"KEYGATE_DATABASE_URL": "garbage"}, "KEYGATE_DATABASE_URL"),
         ({"KEYGATE_DATABASE_URL": "mysql://db/keygate"}, "KEYGATE_DATABASE_URL"),
         ({"KEYGATE_WORKER_POLL_SECONDS": "0"}, "KEYGATE_WORKER_POLL_SECONDS"),
+        # Past the longest wait a thread can be given, the worker died of an OverflowError
+        # at its first idle poll (the job thread of `keygate run` silently).
+        ({"KEYGATE_WORKER_POLL_SECONDS": "1e10"}, "KEYGATE_WORKER_POLL_SECONDS must be at most"),
         ({"KEYGATE_JOB_MAX_ATTEMPTS": "0"}, "KEYGATE_JOB_MAX_ATTEMPTS"),
         ({"KEYGATE_RETENTION_JOBS_DAYS": "0"}, "KEYGATE_RETENTION_JOBS_DAYS"),
         ({"KEYGATE_RETENTION_AUDIT_DAYS": "0"}, "KEYGATE_RETENTION_AUDIT_DAYS must be at least 1"),
