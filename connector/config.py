@@ -342,6 +342,16 @@ def _check_r2(values: dict[str, Any]) -> None:
             "KEYGATE_R2_ACCOUNT_ID must be the R2 account id (letters, digits, _ and -),"
             " or set KEYGATE_R2_ENDPOINT_URL"
         )
+    missing = [
+        f"KEYGATE_{name.upper()}"
+        for name in ("r2_access_key_id", "r2_secret_access_key")
+        if not values.get(name)
+    ]
+    if values.get("r2_bucket") and missing:  # else every file went to the embedded folder
+        raise ConfigError(
+            f"KEYGATE_R2_BUCKET is set, but not {' and '.join(missing)}: give the bucket's"
+            " keys, or leave KEYGATE_R2_BUCKET empty to keep files in the embedded folder"
+        )
 
 
 def _plain_settings(

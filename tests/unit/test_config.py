@@ -313,6 +313,31 @@ def test_a_blank_watermark_template_in_the_instance_file_stops_the_app(
     )
 
 
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({"KEYGATE_R2_ACCESS_KEY_ID": "R2KEYID"}, "KEYGATE_R2_SECRET_ACCESS_KEY"),
+        ({"KEYGATE_R2_SECRET_ACCESS_KEY": "R2SECRETVALUE"}, "KEYGATE_R2_ACCESS_KEY_ID"),
+        ({}, "KEYGATE_R2_ACCESS_KEY_ID and KEYGATE_R2_SECRET_ACCESS_KEY"),
+    ],
+)
+def test_a_bucket_without_its_keys_stops_keygate_instead_of_the_embedded_folder(
+    tmp_path: Path, given: dict[str, str], missing: str
+) -> None:
+    """KEYGATE_R2_BUCKET set with a key left out (or its variable misspelt): Keygate kept
+    every file in the embedded folder, silently, and lost them all from sight on the day
+    the key was given."""
+    where = env(
+        KEYGATE_INSTANCE_DIR=str(tmp_path),
+        KEYGATE_R2_BUCKET="files",
+        KEYGATE_R2_ACCOUNT_ID="0123456789abcdef",
+        **given,
+    )
+    with pytest.raises(ConfigError, match=f"^KEYGATE_R2_BUCKET is set, but not {missing}:") as e:
+        load_settings(environ=where)
+    assert "R2KEYID" not in str(e.value) and "R2SECRETVALUE" not in str(e.value)
+
+
 def test_repr_shows_no_secret(tmp_path: Path) -> None:
     """Settings end up in tracebacks (a frame's locals): keys, secrets and URLs that may hold
     a password are left out of their repr."""
