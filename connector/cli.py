@@ -50,17 +50,20 @@ def _instance_dir() -> Path:
     return Path(os.environ.get("KEYGATE_INSTANCE_DIR") or "instance").resolve()
 
 
-def _write_secret_file(path: Path, value: str) -> None:
+def _write_secret_file(path: Path, value: str) -> bool:
     """Write a new key file, readable by this user only, or say in a line why it can't be
     (leaving no empty or cut-short file behind, which the next start would take for a key
-    lost)."""
+    lost). False when another `keygate init` (two started at once) made it meanwhile:
+    its key stands."""
     made = False
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         made = True
         with os.fdopen(fd, "w") as handle:
             handle.write(value + "\n")
-    except FileExistsError:  # a link to a file that is not there: exists() said no
+    except FileExistsError:  # a link to a file that is not there (exists() said no)
+        if not os.path.islink(path):  # or a file made since exists() was asked
+            return False
         raise click.ClickException(
             f"{path} is a link to {os.readlink(path)}, which is not there: mount or restore"
             " what it links to (or remove the link to make a new key)"
@@ -73,6 +76,7 @@ def _write_secret_file(path: Path, value: str) -> None:
             f"cannot write {path}: {reason} (the instance folder must be writable by the user"
             " Keygate runs as, on a disk with room)"
         ) from None
+    return True
 
 
 def _make_folder(path: Path) -> None:
@@ -174,6 +178,7 @@ def main() -> None:
 def init(admin_user: str, restored: bool) -> None:
     """Create instance/ (database, master key, secret key) and the first admin. Idempotent."""
     from alembic.util import CommandError
+    from sqlalchemy.exc import IntegrityError
 
     from connector.backup import move_ids_ahead, restore_mark, settle_restored_copy
     from connector.db import db
@@ -195,9 +200,10 @@ def init(admin_user: str, restored: bool) -> None:
     if not os.environ.get("KEYGATE_SECRET_KEY") and not (instance / SECRET_KEY_FILE).exists():
         new_keys[instance / SECRET_KEY_FILE] = secrets.token_urlsafe(48)
     if new_keys:
-        _refuse_new_keys_for_a_database_in_use(instance, new_keys)
+        new_keys = _refuse_new_keys_for_a_database_in_use(instance, new_keys)
     for path, value in new_keys.items():
-        _write_secret_file(path, value)
+        if not _write_secret_file(path, value):
+            continue  # another `keygate init` wrote it meanwhile: its key is the one
         click.echo(
             f"wrote {path}"
             + (" (keep it safe: it decrypts every secret)" if path.name == MASTER_KEY_FILE else "")
@@ -259,14 +265,17 @@ def init(admin_user: str, restored: bool) -> None:
                 "made after the backup (their mailed links never open another buyer's)"
             )
         if session.execute(select(AdminUser).limit(1)).scalar_one_or_none() is None:
-            password = _create_admin(session, admin_user, None)
-            click.echo(f"created admin user '{admin_user}'")
-            _show_password(password)
-        else:
-            click.echo(
-                f"admin user exists (forgot the password? {_command()} admin password "
-                "--username NAME)"
-            )
+            try:
+                password = _create_admin(session, admin_user, None)
+            except IntegrityError:  # another `keygate init` (two at once) made it first
+                session.rollback()
+            else:
+                click.echo(f"created admin user '{admin_user}'")
+                _show_password(password)
+                return
+        click.echo(
+            f"admin user exists (forgot the password? {_command()} admin password --username NAME)"
+        )
 
 
 def _refuse_a_copy_beside_another_databases_log() -> None:
@@ -318,9 +327,12 @@ def _remove_restore_mark(mark: Path) -> None:
         ) from None
 
 
-def _refuse_new_keys_for_a_database_in_use(instance: Path, new_keys: dict[Path, str]) -> None:
+def _refuse_new_keys_for_a_database_in_use(
+    instance: Path, new_keys: dict[Path, str]
+) -> dict[Path, str]:
     """New keys for a database that already holds data would lock that data away for good
-    (its secrets unreadable, its license keys and tokens never found again)."""
+    (its secrets unreadable, its license keys and tokens never found again); the keys
+    still to write."""
     from connector.vault.keycheck import database_in_use
 
     overrides: dict[str, Any] = {"check_database": False}
@@ -333,7 +345,9 @@ def _refuse_new_keys_for_a_database_in_use(instance: Path, new_keys: dict[Path, 
         used = database_in_use(app.extensions["keygate.db"].engine)
     finally:
         app.extensions["keygate.db"].engine.dispose()
-    if used:
+    if used:  # those another `keygate init` wrote meanwhile (two at once) are its own
+        new_keys = {path: value for path, value in new_keys.items() if not path.exists()}
+    if used and new_keys:
         missing = " and ".join(path.name for path in new_keys)
         raise click.ClickException(
             f"this database already holds a Keygate instance's data, and {missing}"
@@ -342,6 +356,7 @@ def _refuse_new_keys_for_a_database_in_use(instance: Path, new_keys: dict[Path, 
             "KEYGATE_MASTER_KEY / KEYGATE_SECRET_KEY). New keys would make every stored secret, "
             "license key and token unreadable."
         )
+    return new_keys
 
 
 def _refuse_to_start_anew_beside_a_restored_database(instance: Path, engine: Any) -> None:

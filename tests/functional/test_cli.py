@@ -18,7 +18,7 @@ import click
 from werkzeug.security import check_password_hash
 
 from connector.cli import main
-from tests.conftest import BACKENDS, PG_ADMIN_URL
+from tests.conftest import BACKENDS, PG_ADMIN_URL, _truncate_postgres
 from tests.licensing_helpers import free_port, wait_until_serving
 
 
@@ -523,6 +523,49 @@ def test_a_key_file_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_pa
     assert full.stderr.startswith(f"Error: cannot write {tmp_path / 'full' / 'master.key'}: ")
     assert len(full.stderr.strip().splitlines()) == 1, full.stderr
     assert not (tmp_path / "full" / "master.key").exists()  # not an empty key file
+
+
+def test_two_inits_at_once_both_finish_with_one_pair_of_keys_and_one_admin(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A server and a worker that each run `keygate init` as they start, on a new instance:
+    the one that finds a key file the other made meanwhile uses it. It said instead that
+    the keys were missing from a database in use, or died of a traceback from readlink."""
+    for attempt in range(3):
+        instance = tmp_path / f"instance{attempt}"
+        env = cli_env(instance, WORKER="off")
+        if database_url.startswith("postgresql"):  # SQLite: a new one in each instance
+            env["KEYGATE_DATABASE_URL"] = database_url
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "connector.cli", "init"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [run.communicate(timeout=60) for run in runs]
+        for run, (_out, err) in zip(runs, outputs, strict=True):
+            assert run.returncode == 0, err[-800:]
+        said = "".join(out for out, _err in outputs)
+        assert said.count("created admin user 'admin'") <= 1, said
+        assert said.count(f"wrote {instance / 'master.key'}") == 1, said
+        again = subprocess.run(
+            [sys.executable, "-m", "connector.cli", "admin", "list"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith("admin\tevery store"), again.stdout
+        if database_url.startswith("postgresql"):  # one database for every attempt
+            _truncate_postgres(database_url)
 
 
 def test_a_worker_without_its_database_says_so_in_a_line_each_try(tmp_path: Path) -> None:
