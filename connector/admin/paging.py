@@ -53,14 +53,19 @@ def asked_before() -> int | None:
     return before
 
 
+def older_address(before: int, param: str = "before") -> str:
+    """This page's address from ``before`` on in the list that ``param`` pages; the
+    request's other arguments (filters, limit, another list's ``before``) are kept."""
+    # The arguments as sent, not as url_for's keywords: one named like its own
+    # (endpoint, _method, _anchor, _external) broke the link or the answer (a 500).
+    args = [(name, value) for name, value in request.args.items(multi=True) if name != param]
+    query = urlencode([*args, (param, str(before))])
+    return f"{url_for(request.endpoint or '', **(request.view_args or {}))}?{query}"
+
+
 def link_next(response: Response, before: int | None) -> Response:
     """Add ``Link: <this address, from before on>; rel="next"`` when an older page exists;
     the request's other arguments (filters, limit) are kept."""
     if before is not None and request.endpoint is not None:
-        # The arguments as sent, not as url_for's keywords: one named like its own
-        # (endpoint, _method, _anchor, _external) broke the link or the answer (a 500).
-        args = [(name, value) for name, value in request.args.items(multi=True) if name != "before"]
-        query = urlencode([*args, ("before", str(before))])
-        target = f"{url_for(request.endpoint, **(request.view_args or {}))}?{query}"
-        response.headers.add("Link", f'<{target}>; rel="next"')
+        response.headers.add("Link", f'<{older_address(before)}>; rel="next"')
     return response

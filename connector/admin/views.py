@@ -91,7 +91,7 @@ from .forms import (
     PasswordForm,
     admin_username,
 )
-from .paging import newest_first
+from .paging import newest_first, older_address
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -467,8 +467,9 @@ JOB_STATUSES = ("pending", "running", "done", "dead")
 @login_required
 def outbox() -> ResponseReturnValue:
     """Jobs (an admin of one store sees its store's, and may retry those given up on) and
-    mails, newest first, each list paged on its own (``?before=``, ``?mails_before=``);
-    ``?status=dead`` finds the jobs given up on however many came after them."""
+    mails, newest first, each list paged on its own (``?before=``, ``?mails_before=``: an
+    Older link keeps the other list's page and the filter); ``?status=dead`` finds the jobs
+    given up on however many came after them."""
     scope = _scope()
     everything = scope is None
     jobs = select(Job) if scope is None else store_jobs(scope)
@@ -487,8 +488,8 @@ def outbox() -> ResponseReturnValue:
         mails=mails,
         status=status,
         statuses=JOB_STATUSES,
-        older_jobs=older_jobs,
-        older_mails=older_mails,
+        older_jobs=None if older_jobs is None else older_address(older_jobs),
+        older_mails=None if older_mails is None else older_address(older_mails, "mails_before"),
         stats=job_stats() if everything else None,
         form=ConfirmForm(),
     )

@@ -163,6 +163,45 @@ def test_the_outbox_pages_back_and_finds_the_jobs_given_up_on(
     assert admin_client.get("/admin/outbox?status=zzz&before=x").status_code == 200
 
 
+def _older(html: str, label: str) -> str:
+    link = re.search(rf'<a href="([^"]+)">{label}</a>', html)
+    assert link, html
+    return link.group(1).replace("&amp;", "&")
+
+
+def test_paging_one_outbox_list_keeps_the_filter_and_the_other_lists_page(
+    app: Flask, admin_client: FlaskClient, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older mails under a status filter, with the jobs on their second page: the jobs stay
+    filtered and on that page; Older jobs then keeps the mails' page and the filter."""
+    monkeypatch.setattr("connector.admin.views.PAGE", 3)
+    shop.configure(502)
+    for order_id in range(9600, 9605):
+        shop.deliver(wc_order(order_id, "processing", [line_item(502)]))
+    run_pending(app)
+    with app.app_context():
+        job_ids = sorted(db.session.scalars(select(Job.id)), reverse=True)
+        mail_ids = sorted(db.session.scalars(select(Mail.id)), reverse=True)
+        db.session.execute(update(Job).where(Job.id.in_(job_ids[1::2])).values(status="dead"))
+        db.session.commit()
+    dead_ids = job_ids[1::2]
+    assert len(dead_ids) > 6 and len(mail_ids) == 5
+    assert sign_in(admin_client) == 302
+    job_row = r"<tr><td>(\d+)</td><td data-label=\"Kind\">"
+    mail_row = r"\(mail (\d+)\)"
+
+    first = admin_client.get("/admin/outbox?status=dead").get_data(as_text=True)
+    second_jobs = admin_client.get(_older(first, "Older jobs")).get_data(as_text=True)
+    assert [int(i) for i in re.findall(job_row, second_jobs)] == dead_ids[3:6]
+    both_second = admin_client.get(_older(second_jobs, "Older mails")).get_data(as_text=True)
+    assert [int(i) for i in re.findall(job_row, both_second)] == dead_ids[3:6]
+    assert [int(i) for i in re.findall(mail_row, both_second)] == mail_ids[3:]
+    third_jobs = admin_client.get(_older(both_second, "Older jobs")).get_data(as_text=True)
+    assert [int(i) for i in re.findall(job_row, third_jobs)] == dead_ids[6:9]
+    assert [int(i) for i in re.findall(mail_row, third_jobs)] == mail_ids[3:]
+    assert "<option selected>dead</option>" in third_jobs
+
+
 def test_logout_needs_the_csrf_token(admin_client: FlaskClient) -> None:
     assert sign_in(admin_client) == 302
     assert admin_client.post("/admin/logout").status_code == 400
