@@ -112,5 +112,17 @@ def renew(token: str) -> ResponseReturnValue:
     mail_order_again(
         db.session, order, actor="buyer", action="mail.portal_link_renewed", portal_link_only=True
     )
+    # Its page is a GET of its own: a reload of it, or a visit later, mails nothing again.
+    return redirect(url_for("portal.renew_sent", token=token, sent=1), 303)
+
+
+@bp.get("/my/<token>/renew")
+def renew_sent(token: str) -> ResponseReturnValue:
+    """ "Check your email" after a fresh link was asked for; opened otherwise, the page of
+    the link (the order page, or the expired page and its button)."""
+    if not request.args.get("sent"):
+        return redirect(url_for("portal.portal", token=token))
+    if db.session.get(Order, order_id_from_portal_token(token, expired_too=True)) is None:
+        abort(404, NO_ORDER)
     page = render_template("portal/expired.html", token=token, form=ConfirmForm(), sent=True)
     return page, 200, PRIVATE

@@ -142,7 +142,11 @@ def buyer_pages(app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
     expired = shop.client.get(old)
     assert expired.status_code == 410
     pages["expired order page"] = expired.get_data(as_text=True)
-    sent = shop.client.post(old + "/renew", data={"csrf_token": _csrf(pages["expired order page"])})
+    sent = shop.client.post(
+        old + "/renew",
+        data={"csrf_token": _csrf(pages["expired order page"])},
+        follow_redirects=True,
+    )
     pages["fresh link sent"] = sent.get_data(as_text=True)
     assert "Check your email" in pages["fresh link sent"]
 

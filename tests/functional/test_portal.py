@@ -103,7 +103,9 @@ def test_an_expired_portal_link_shows_nothing_and_mails_a_fresh_one(
     assert body["licenses"][0]["key"] not in html
     assert body["downloads"][0]["link"] not in html
     assert "Email me a fresh link" in html
-    sent = shop.client.post(old_path + "/renew", data={"csrf_token": csrf(html)})
+    sent = shop.client.post(
+        old_path + "/renew", data={"csrf_token": csrf(html)}, follow_redirects=True
+    )
     assert sent.status_code == 200
     assert "Check your email" in sent.get_data(as_text=True)
     run_pending(app)
@@ -158,7 +160,7 @@ def test_a_link_from_before_portal_links_expired_counts_as_expired(
         shop.client.post(
             legacy + "/renew", data={"csrf_token": csrf(page.get_data(as_text=True))}
         ).status_code
-        == 200
+        == 303
     )
     forged = "/my/" + URLSafeSerializer("not the key", salt=PORTAL).dumps({"o": order_id})
     assert shop.client.get(forged).status_code == 404
@@ -201,7 +203,9 @@ def test_an_erased_order_is_never_mailed_again(app: Flask, shop: WebhookSender) 
     shop.deliver(wc_order(9403, "processing", [more], email="ada@example.org", modified=2))
     assert len(shop.order(9403)["licenses"]) == 2
     # Asking for a fresh portal link queues nothing either (and does not say it is erased).
-    renewed = shop.client.post(portal_path + "/renew", data={"csrf_token": token.group(1)})
+    renewed = shop.client.post(
+        portal_path + "/renew", data={"csrf_token": token.group(1)}, follow_redirects=True
+    )
     assert renewed.status_code == 200
     assert "erased" not in renewed.get_data(as_text=True)
     run_pending(app)
@@ -275,7 +279,7 @@ def test_mails_one_order_page_asks_for_are_limited_whoever_asks(
     run_pending(app)
     with app.app_context():
         mails = db.session.execute(select(func.count()).select_from(Mail)).scalar_one()
-    assert answers[:6] == [302, 200] * 3
+    assert answers[:6] == [302, 303] * 3
     assert set(answers[6:]) == {429}
     assert mails == 1 + 6
     # Another order's page is not held back by this one's budget.
@@ -285,3 +289,43 @@ def test_mails_one_order_page_asks_for_are_limited_whoever_asks(
         other + "/resend", data=token, environ_base={"REMOTE_ADDR": "198.51.100.99"}
     )
     assert answer.status_code == 302
+
+
+def _expired_path(app: Flask, monkeypatch: pytest.MonkeyPatch, shop_order_id: str) -> str:
+    days = app.extensions["keygate.settings"].portal_link_days
+    now = time.time()
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(now) - days * 86400 - 60)
+    with app.test_request_context():
+        path = portal_url(_order_row_id(app, shop_order_id)).removeprefix("http://keygate.test")
+    monkeypatch.undo()
+    return path
+
+
+def test_a_fresh_link_asked_for_is_said_on_a_page_a_reload_does_not_post_again(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "Email me a fresh link" answers a redirect to its "Check your email" page: reloading
+    that page (or opening it again later) shows it again and mails nothing more, and its
+    address holds nothing but the link's own token."""
+    shop.configure(501)
+    shop.deliver(wc_order(9411, "processing", [line_item(501)]))
+    run_pending(app)  # the first mail
+    old = _expired_path(app, monkeypatch, "9411")
+    token = csrf(shop.client.get(old).get_data(as_text=True))
+
+    sent = shop.client.post(old + "/renew", data={"csrf_token": token})
+
+    assert sent.status_code == 303
+    assert sent.headers["Location"] == old + "/renew?sent=1"
+    for _ in range(2):  # the page, then a reload of it
+        page = shop.client.get(sent.headers["Location"])
+        assert page.status_code == 200
+        assert page.headers["Cache-Control"] == "private, no-store"
+        assert page.headers["X-Robots-Tag"] == "noindex"
+        assert page.headers["Referrer-Policy"] == "same-origin"
+        assert "Check your email" in page.get_data(as_text=True)
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 2
+    forged = "/my/" + URLSafeSerializer("not the key", salt=PORTAL).dumps({"o": 1})
+    assert shop.client.get(forged + "/renew?sent=1").status_code == 404
