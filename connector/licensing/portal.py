@@ -97,3 +97,9 @@ def deactivate(token: str, activation: str) -> ResponseReturnValue:
         detail={"activation_id": activation_id},
     )
     return redirect(url_for("portal.portal", token=token, deactivated=1))
+
+
+@bp.get("/my/<token>/activations/<activation>/deactivate")
+def deactivate_opened(token: str, activation: str) -> ResponseReturnValue:
+    """The Deactivate button's address opened (a bookmark, the history): the order page."""
+    return redirect(url_for("portal.portal", token=token))

@@ -126,3 +126,9 @@ def renew_sent(token: str) -> ResponseReturnValue:
         abort(404, NO_ORDER)
     page = render_template("portal/expired.html", token=token, form=ConfirmForm(), sent=True)
     return page, 200, PRIVATE
+
+
+@bp.get("/my/<token>/resend")
+def resend_opened(token: str) -> ResponseReturnValue:
+    """The "mail me again" button's address opened (a bookmark, the history): its page."""
+    return redirect(url_for("portal.portal", token=token))

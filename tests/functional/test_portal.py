@@ -329,3 +329,24 @@ def test_a_fresh_link_asked_for_is_said_on_a_page_a_reload_does_not_post_again(
         assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 2
     forged = "/my/" + URLSafeSerializer("not the key", salt=PORTAL).dumps({"o": 1})
     assert shop.client.get(forged + "/renew?sent=1").status_code == 404
+
+
+def test_a_buttons_address_opened_leads_to_the_page_of_the_link(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A button's address opened in the browser (a bookmark, the address bar, a history
+    entry) leads to the order page, or to the expired page when the link has expired, not
+    to a bare "Method Not Allowed"."""
+    shop.configure(501)
+    shop.deliver(wc_order(9412, "processing", [line_item(501)]))
+    path = shop.order(9412)["portal_url"].removeprefix("http://keygate.test")
+    old = _expired_path(app, monkeypatch, "9412")
+    for page, status in ((path, 200), (old, 410)):
+        for button in ("/resend", "/renew", "/activations/1/deactivate"):
+            answer = shop.client.get(page + button)
+            assert answer.status_code == 302, button
+            assert answer.headers["Location"] == page, button
+            assert shop.client.get(answer.headers["Location"]).status_code == status
+    run_pending(app)
+    with app.app_context():
+        assert db.session.execute(select(func.count()).select_from(Mail)).scalar_one() == 1
