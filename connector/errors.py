@@ -284,17 +284,36 @@ def portal_page() -> str | None:
     return url_for("portal.portal", token=token)
 
 
+def portal_link_expired() -> bool:
+    """Whether the ``/my/<token>/...`` request's link has expired: its page is the expired
+    page, which shows none of the order's keys and links."""
+    # connector.tokens raises this module's errors: imported here, not at the top.
+    from connector.tokens import LinkExpired, LinkInvalid, order_id_from_portal_token
+
+    try:
+        order_id_from_portal_token(str((request.view_args or {}).get("token", "")))
+    except LinkExpired:
+        return True
+    except LinkInvalid:
+        return False
+    return False
+
+
 def _too_many_page(
     status: int, title: str, detail: str, retry_after: int | None, headers: dict[str, str]
 ) -> tuple[str, int, dict[str, str]]:
     """A 429 page: when to try again in words matching ``Retry-After``, and on the buyer's
-    pages the way back to the order page (its keys and links still work)."""
+    pages the way back to the order page (its keys and links still work), or to the
+    expired page when the link has expired (a fresh link may be in the buyer's mail)."""
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
+    back = portal_page()
+    expired = back is not None and portal_link_expired()
     context: dict[str, Any] = {
         "wait": None if retry_after is None else wait_in_words(retry_after),
-        "back": portal_page(),
-        "back_label": "Back to your order page",
+        "back": back,
+        "back_label": "Back to this link's page" if expired else "Back to your order page",
+        "link_expired": expired,
     }
     return (*_page(status, title, detail, **context), headers)
 

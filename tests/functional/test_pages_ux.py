@@ -5,10 +5,12 @@ form, a button on a stale page."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from itsdangerous import TimestampSigner
 from sqlalchemy import select, update
 
 from connector.admin.attention import counted
@@ -17,6 +19,7 @@ from connector.db import db, utcnow
 from connector.errors import wait_in_words
 from connector.models import DownloadGrant, License, Mail, Order, Store
 from connector.stores import create_store
+from connector.tokens import portal_url
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.licensing_helpers import call
@@ -181,6 +184,7 @@ def test_the_resend_limit_page_says_how_long_and_leads_back_to_the_order(
     html = answer.get_data(as_text=True)
     assert "per 1 hour" not in html and "a moment" not in html
     assert f"You can ask again in {wait_in_words(int(answer.headers['Retry-After']))}." in html
+    assert "The keys and links on your order page still work." in html
     assert f'href="{portal}"' in html
 
 
@@ -504,3 +508,31 @@ def test_a_new_instance_says_what_to_do_first_instead_of_offering_forms_that_fai
     new_product = admin_client.get("/admin/products/new").get_data(as_text=True)
     assert "There is no store yet" not in new_product
     assert 'name="shop_product_id"' in new_product
+
+
+def test_the_fresh_link_limit_page_of_an_expired_link_promises_no_keys_or_links(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fourth "Email me a fresh link" in an hour, on an expired link: the page says when
+    to ask again and leads back to the expired page, and does not say the keys and links on
+    the order page still work (that page shows none of them at this link)."""
+    _portal(shop, 9954)
+    with app.app_context():
+        order_id = db.session.scalars(select(Order.id).where(Order.shop_order_id == "9954")).one()
+    days = app.extensions["keygate.settings"].portal_link_days
+    now = time.time()
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(now) - days * 86400 - 60)
+    with app.test_request_context():
+        old = portal_url(order_id).removeprefix(BASE)
+    monkeypatch.undo()
+    token = _csrf(shop.client.get(old).get_data(as_text=True))
+    for _ in range(3):
+        assert shop.client.post(old + "/renew", data={"csrf_token": token}).status_code == 303
+
+    answer = shop.client.post(old + "/renew", data={"csrf_token": token})
+
+    assert answer.status_code == 429
+    html = answer.get_data(as_text=True)
+    assert f"You can ask again in {wait_in_words(int(answer.headers['Retry-After']))}." in html
+    assert "still work" not in html and "order page" not in html
+    assert f'href="{old}"' in html
