@@ -56,11 +56,20 @@ def asked_before() -> int | None:
 def older_address(before: int, param: str = "before") -> str:
     """This page's address from ``before`` on in the list that ``param`` pages; the
     request's other arguments (filters, limit, another list's ``before``) are kept."""
+    return with_arguments(
+        url_for(request.endpoint or "", **(request.view_args or {})), drop=param, add=before
+    )
+
+
+def with_arguments(address: str, drop: str = "", add: int | None = None) -> str:
+    """``address`` with the request's arguments as sent (a form posting to it, a page it
+    leads back to keeps the filters and pages), less ``drop``, plus ``drop=add`` if given."""
     # The arguments as sent, not as url_for's keywords: one named like its own
     # (endpoint, _method, _anchor, _external) broke the link or the answer (a 500).
-    args = [(name, value) for name, value in request.args.items(multi=True) if name != param]
-    query = urlencode([*args, (param, str(before))])
-    return f"{url_for(request.endpoint or '', **(request.view_args or {}))}?{query}"
+    args = [(name, value) for name, value in request.args.items(multi=True) if name != drop]
+    if add is not None:
+        args.append((drop, str(add)))
+    return f"{address}?{urlencode(args)}" if args else address
 
 
 def link_next(response: Response, before: int | None) -> Response:

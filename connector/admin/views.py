@@ -91,7 +91,7 @@ from .forms import (
     PasswordForm,
     admin_username,
 )
-from .paging import newest_first, older_address
+from .paging import newest_first, older_address, with_arguments
 
 bp = Blueprint("admin_views", __name__, url_prefix="/admin")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -492,6 +492,9 @@ def outbox() -> ResponseReturnValue:
         older_mails=None if older_mails is None else older_address(older_mails, "mails_before"),
         stats=job_stats() if everything else None,
         form=ConfirmForm(),
+        retry_address=lambda job_id: with_arguments(
+            url_for("admin_views.retry_job", job_id=job_id)
+        ),
     )
 
 
@@ -514,7 +517,9 @@ def retry_job(job_id: int) -> ResponseReturnValue:
     if job is None or not _visible(store_id):
         abort(404)  # an admin of one store retries that store's jobs only
     retry_dead(db.session, job, store_id=store_id, actor=_admin_name())
-    return redirect(url_for("admin_views.outbox"))
+    # Back to the outbox as it was (the form posts its filter and pages): the next dead job
+    # of a filtered list is a click away.
+    return redirect(with_arguments(url_for("admin_views.outbox")))
 
 
 @bp.get("/audit")

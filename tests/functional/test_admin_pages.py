@@ -161,6 +161,15 @@ def test_the_outbox_pages_back_and_finds_the_jobs_given_up_on(
         as_text=True
     )
     assert admin_client.get("/admin/outbox?status=zzz&before=x").status_code == 200
+    # Retried from the filtered list, the owner is back on it, not on the whole outbox.
+    action = re.search(rf'action="({re.escape(retry)}[^"]*)"', dead)
+    assert action is not None
+    retried = admin_client.post(
+        action.group(1).replace("&amp;", "&"),
+        data={"csrf_token": csrf_token(admin_client, "/admin/outbox?status=dead")},
+    )
+    assert retried.status_code == 302
+    assert retried.headers["Location"] == "/admin/outbox?status=dead"
 
 
 def _older(html: str, label: str) -> str:
