@@ -9,7 +9,10 @@ import datetime as dt
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -51,6 +54,39 @@ def make_due(app: Flask) -> None:
     with app.app_context(), transaction() as session:
         for job in session.execute(select(Job).where(Job.status == "pending")).scalars():
             job.run_after = utcnow() - dt.timedelta(seconds=1)
+
+
+@contextmanager
+def shop_without_brevo_yet(
+    tmp_path: Path, database_url: str, brevo: FakeBrevo, attempts: int, **settings: Any
+) -> Iterator[tuple[Flask, WebhookSender]]:
+    """A store whose Brevo credentials come later (or wrong), mail jobs giving up after
+    ``attempts``: the app, its job thread stopped at the end, and the shop's sender."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    overrides = app_overrides(tmp_path, database_url, brevo_api_host=brevo.host, **settings)
+    application = create_app({**overrides, "job_max_attempts": attempts})
+    try:
+        with application.app_context():
+            created = create_store(db.session, "Bücher Shop", "https://shop.example")
+            db.session.commit()
+        sender = WebhookSender(application.test_client(), created)
+        sender.configure(501)
+        yield application, sender
+    finally:
+        stop_worker_thread(application)
+        application.extensions["keygate.db"].engine.dispose()
+
+
+def mail_jobs(app: Flask) -> dict[int, str]:
+    """Each order's mail job's status, by the order's id."""
+    with app.app_context():
+        return dict(
+            db.session.execute(
+                select(Job.payload["order_id"].as_integer(), Job.status).where(
+                    Job.kind == "mail.order_issued"
+                )
+            ).all()
+        )
 
 
 def test_buyer_is_mailed_through_brevo_and_pushed_to_the_list(
@@ -497,32 +533,17 @@ def test_mail_held_for_brevo_credentials_goes_once_they_are_saved(
     outbox until the store has Brevo credentials. Mails held past their last attempt (the
     owner gave the credentials a day later) and mails waiting out their backoff both go as
     soon as the credentials are saved, once each, without the owner retrying each job."""
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    settings = app_overrides(
-        tmp_path, database_url, brevo_api_host=brevo.host, mail_backend="brevo"
-    )
-    application = create_app({**settings, "job_max_attempts": 2})
-    try:
-        with application.app_context():
-            created = create_store(db.session, "Bücher Shop", "https://shop.example")
-            db.session.commit()
-        sender = WebhookSender(application.test_client(), created)
-        sender.configure(501)
+    with shop_without_brevo_yet(tmp_path, database_url, brevo, 2, mail_backend="brevo") as (
+        application,
+        sender,
+    ):
         sender.deliver(wc_order(9700, "processing", [line_item(501)]))
         for _ in range(3):  # held past its last attempt: dead
             run_pending(application)
             make_due(application)
         sender.deliver(wc_order(9701, "processing", [line_item(501)]))
         run_pending(application)  # held, waiting out its backoff
-        with application.app_context():
-            held = dict(
-                db.session.execute(
-                    select(Job.payload["order_id"].as_integer(), Job.status).where(
-                        Job.kind == "mail.order_issued"
-                    )
-                ).all()
-            )
-        assert sorted(held.values()) == ["dead", "pending"]
+        assert sorted(mail_jobs(application).values()) == ["dead", "pending"]
         assert brevo.sent() == []
         saved = sender.admin("PUT", "/credentials/brevo", BREVO)
         assert saved.status_code == 200
@@ -532,11 +553,8 @@ def test_mail_held_for_brevo_credentials_goes_once_they_are_saved(
         make_due(application)
         run_pending(application)
         assert len(brevo.sent()) == 2
+        assert set(mail_jobs(application).values()) == {"done"}
         with application.app_context():
-            statuses = db.session.execute(
-                select(Job.status).where(Job.kind == "mail.order_issued")
-            ).scalars()
-            assert set(statuses) == {"done"}
             assert all(m.sent_at is not None for m in db.session.scalars(select(Mail)))
             retried = db.session.scalars(
                 select(AuditEvent).where(AuditEvent.action == "job.retried")
@@ -544,9 +562,6 @@ def test_mail_held_for_brevo_credentials_goes_once_they_are_saved(
             assert [(e.actor, e.detail) for e in retried] == [
                 ("keygate", {"kind": "mail.order_issued", "reason": "brevo credentials saved"})
             ]
-    finally:
-        stop_worker_thread(application)
-        application.extensions["keygate.db"].engine.dispose()
 
 
 def test_mail_held_for_brevo_credentials_past_the_jobs_retention_goes_once_they_are_saved(
@@ -557,17 +572,10 @@ def test_mail_held_for_brevo_credentials_past_the_jobs_retention_goes_once_they_
     as the store page promised, rather than leave the buyer without their keys."""
     from connector.privacy.service import purge_expired_records
 
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    settings = app_overrides(
-        tmp_path, database_url, brevo_api_host=brevo.host, mail_backend="brevo"
-    )
-    application = create_app({**settings, "job_max_attempts": 1})
-    try:
-        with application.app_context():
-            created = create_store(db.session, "Bücher Shop", "https://shop.example")
-            db.session.commit()
-        sender = WebhookSender(application.test_client(), created)
-        sender.configure(501)
+    with shop_without_brevo_yet(tmp_path, database_url, brevo, 1, mail_backend="brevo") as (
+        application,
+        sender,
+    ):
         sender.deliver(wc_order(9702, "processing", [line_item(501)]))
         run_pending(application)
         with application.app_context(), transaction() as session:
@@ -591,9 +599,6 @@ def test_mail_held_for_brevo_credentials_past_the_jobs_retention_goes_once_they_
         assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
         run_pending(application)
         assert len(brevo.sent()) == 2
-    finally:
-        stop_worker_thread(application)
-        application.extensions["keygate.db"].engine.dispose()
 
 
 def test_mails_brevo_refused_for_the_key_go_once_a_new_key_is_saved(
@@ -603,15 +608,7 @@ def test_mails_brevo_refused_for_the_key_go_once_a_new_key_is_saved(
     Saving it sends those mails at once, the ones past their last attempt too, as it does
     mails held for want of any key; a mail refused for something a key does not cure (a
     400: the sender not verified) stays dead for the owner's Retry."""
-    (tmp_path / "instance" / "files").mkdir(parents=True)
-    settings = app_overrides(tmp_path, database_url, brevo_api_host=brevo.host)
-    application = create_app({**settings, "job_max_attempts": 2})
-    try:
-        with application.app_context():
-            created = create_store(db.session, "Bücher Shop", "https://shop.example")
-            db.session.commit()
-        sender = WebhookSender(application.test_client(), created)
-        sender.configure(501)
+    with shop_without_brevo_yet(tmp_path, database_url, brevo, 2) as (application, sender):
         revoked = sender.admin("PUT", "/credentials/brevo", {**BREVO, "api_key": "xkeysib-old"})
         assert revoked.status_code == 200
         sender.deliver(wc_order(9720, "processing", [line_item(501)]))
@@ -620,23 +617,12 @@ def test_mails_brevo_refused_for_the_key_go_once_a_new_key_is_saved(
             make_due(application)
         sender.deliver(wc_order(9721, "processing", [line_item(501)]))
         run_pending(application)  # refused, waiting out its backoff
-
-        def statuses() -> dict[int, str]:
-            with application.app_context():
-                return dict(
-                    db.session.execute(
-                        select(Job.payload["order_id"].as_integer(), Job.status).where(
-                            Job.kind == "mail.order_issued"
-                        )
-                    ).all()
-                )
-
-        assert sorted(statuses().values()) == ["dead", "pending"]
+        assert sorted(mail_jobs(application).values()) == ["dead", "pending"]
         assert brevo.sent() == []
         assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
         run_pending(application)
         assert len(brevo.sent()) == 2
-        assert set(statuses().values()) == {"done"}
+        assert set(mail_jobs(application).values()) == {"done"}
 
         brevo.failures = [400] * 10  # the sender no longer verified in Brevo
         sender.deliver(wc_order(9722, "processing", [line_item(501)]))
@@ -644,11 +630,8 @@ def test_mails_brevo_refused_for_the_key_go_once_a_new_key_is_saved(
             run_pending(application)
             make_due(application)
         brevo.failures = []
-        assert sorted(statuses().values()) == ["dead", "done", "done"]
+        assert sorted(mail_jobs(application).values()) == ["dead", "done", "done"]
         assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
         run_pending(application)
         assert len(brevo.sent()) == 2
-        assert sorted(statuses().values()) == ["dead", "done", "done"]
-    finally:
-        stop_worker_thread(application)
-        application.extensions["keygate.db"].engine.dispose()
+        assert sorted(mail_jobs(application).values()) == ["dead", "done", "done"]
