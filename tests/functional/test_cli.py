@@ -553,14 +553,12 @@ def test_two_inits_at_once_both_finish_with_one_pair_of_keys_and_one_admin(
         said = "".join(out for out, _err in outputs)
         assert said.count("created admin user 'admin'") <= 1, said
         assert said.count(f"wrote {instance / 'master.key'}") == 1, said
-        again = subprocess.run(
-            [sys.executable, "-m", "connector.cli", "admin", "list"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        again = keygate(
+            tmp_path,
+            "admin",
+            "list",
+            database_url=env.get("KEYGATE_DATABASE_URL"),
+            instance=instance.name,
         )
         assert again.returncode == 0, again.stderr
         assert again.stdout.startswith("admin\tevery store"), again.stdout
