@@ -573,6 +573,11 @@ def site_host(site: str) -> str | None:
     when it names no host. The standard library's IDNA is the 2003 one: for the few hosts
     it spells otherwise (``ß``), pass the site as Keygate answered it."""
     text = site.strip()
+    if "://" not in text:  # "2001:DB8::1", as Keygate takes it: not a host and a port
+        try:
+            return ipaddress.ip_address(text.partition("%")[0]).compressed
+        except ValueError:
+            pass
     try:
         host = urlsplit(text if "://" in text else "//" + text).hostname or ""
     except ValueError:

@@ -299,6 +299,35 @@ def test_plain_license_file_and_invalid_checkout(shop: WebhookSender) -> None:
     assert (refused["code"], refused["license_file"]) == ("NO_ACTIVATION", None)
 
 
+@pytest.mark.parametrize(
+    ("sent", "site"),
+    [
+        ("2001:DB8::1", "2001:db8::1"),
+        ("2001:0db8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("::ffff:1.2.3.4", "::ffff:102:304"),
+    ],
+)
+def test_a_license_file_for_a_bare_ipv6_site_verifies_for_that_site_as_sent(
+    shop: WebhookSender, sent: str, site: str
+) -> None:
+    """A server known by its IPv6 address, written without brackets as the product sends it
+    to checkout (upper case, not compressed, with a zone), is the file's site offline too,
+    as Keygate took it; the client read only the address's first group as the host."""
+    key = issue_key(shop)
+    assert call(shop.client, "activate", {"key": key, "site": sent}).get_json()["valid"]
+    answer = call(shop.client, "checkout", {"key": key, "site": sent}).get_json()
+    assert answer["code"] == "VALID", answer
+    content = verify_license_file(
+        answer["license_file"], public_keys(shop.client), key=key, site=sent
+    )
+    assert content["site"] == site
+    with pytest.raises(LicenseFileError, match="another site"):
+        verify_license_file(
+            answer["license_file"], public_keys(shop.client), key=key, site="2001:db8::2"
+        )
+
+
 DAY = dt.timedelta(days=1)
 
 
