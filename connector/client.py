@@ -90,6 +90,18 @@ MAX_ANSWER_BYTES = 1024 * 1024
 UNREACHABLE = "unreachable"
 RATE_LIMITED = "rate_limited"
 UNVERIFIED = "unverified"
+# Codes of a signed answer to any call saying the license is no good for its key, site and
+# fingerprint whatever the version asked about (not EXPIRED: a release from before the
+# expiry may still run; not UPDATES_EXPIRED): the answer saved for validate is forgotten;
+# for the license's own end (LICENSE_ENDED), every site's and machine's answer for the key.
+LICENSE_ENDED = frozenset({"NOT_FOUND", "REVOKED", "SUSPENDED"})
+NO_LONGER_VALID = LICENSE_ENDED | {
+    "PRODUCT_MISMATCH",
+    "NO_ACTIVATION",
+    "SITE_MISMATCH",
+    "FINGERPRINT_MISMATCH",
+    "TOO_MANY_ACTIVATIONS",
+}
 
 _log = logging.getLogger(__name__)
 
@@ -405,6 +417,15 @@ def _check_echo(
             continue
         if not isinstance(echoed, str) or not hmac.compare_digest(echoed.encode(), sent.encode()):
             raise SignatureError(f"the answer is not to this request: its {name} differs")
+
+
+def _asked_key(record: Any) -> str | None:
+    """The key (compacted) a saved answer's request asked about, or None: not one."""
+    try:
+        key = json.loads(record["request"])["key"]
+    except (KeyError, TypeError, ValueError, RecursionError):
+        return None
+    return _compact(key) if isinstance(key, str) else None
 
 
 def _moment(value: Any) -> float | None:
@@ -838,7 +859,7 @@ class KeygateClient:
         if result.valid:
             self._remember(cache_key, record)
         else:
-            self._forget(cache_key)
+            self._forget(cache_key, *self._license_ended(result, key))
         return result
 
     def activate(
@@ -854,7 +875,8 @@ class KeygateClient:
         payload = self._payload(
             key, site=site, fingerprint=fingerprint, label=label, product=self.product
         )
-        return self._call("/api/v1/licenses/activate", payload)[0]
+        result = self._call("/api/v1/licenses/activate", payload)[0]
+        return self._heard(result, key, site, fingerprint)
 
     def deactivate(
         self, key: str, *, site: str | None = None, fingerprint: str | None = None
@@ -870,7 +892,8 @@ class KeygateClient:
         payload = self._payload(
             key, site=site, fingerprint=fingerprint, version=version, product=self.product
         )
-        return self._call("/api/v1/licenses/update-check", payload)[0]
+        result = self._call("/api/v1/licenses/update-check", payload)[0]
+        return self._heard(result, key, site, fingerprint)
 
     def checkout(
         self,
@@ -885,7 +908,8 @@ class KeygateClient:
         payload = self._payload(
             key, site=site, fingerprint=fingerprint, ttl=ttl, encrypt=encrypt, product=self.product
         )
-        return self._call("/api/v1/licenses/checkout", payload)[0]
+        result = self._call("/api/v1/licenses/checkout", payload)[0]
+        return self._heard(result, key, site, fingerprint)
 
     def download_update(
         self, update: Mapping[str, Any] | None, destination: str | os.PathLike[str]
@@ -1085,10 +1109,32 @@ class KeygateClient:
             self._cache[cache_key] = record
             self._save_cache(cache_key)
 
-    def _forget(self, cache_key: str) -> None:
+    def _heard(self, result: Result, key: str, site: str | None, fingerprint: str | None) -> Result:
+        """``result``, an answer to another call than validate; one saying the license is no
+        longer valid for this key, site and fingerprint (revoked, say) ends the grace of the
+        answer saved for validate, as validate's own answer would."""
+        if not result.valid and result.code in NO_LONGER_VALID:
+            self._forget(self._cache_key(key, site, fingerprint), *self._license_ended(result, key))
+        return result
+
+    def _license_ended(self, result: Result, key: str) -> set[str]:
+        """The slots of the answers saved for ``key`` (any site, machine or version, in
+        memory or in the cache file) when ``result`` says the license itself has ended."""
+        if result.valid or result.code not in LICENSE_ENDED:
+            return set()
         with self._cache_lock:
-            if self._cache.pop(cache_key, None) is not None:
-                self._save_cache(cache_key)
+            kept = {**(self._read_cache() or {}), **self._cache}
+        return {slot for slot, record in kept.items() if _asked_key(record) == _compact(key)}
+
+    def _forget(self, *cache_keys: str) -> None:
+        """Forget the answers saved in these slots, in memory and in the cache file (where
+        another process sharing it may have saved one this client never had)."""
+        with self._cache_lock:
+            on_disk = self._read_cache() or {}
+            gone = [k for k in cache_keys if self._cache.pop(k, None) is not None or k in on_disk]
+            if gone:
+                self._unsaved.update(gone)
+                self._save_cache(gone[0])
 
     def _cached(self, cache_key: str, question: dict[str, Any]) -> Result | None:
         """The answer kept for ``question``, verified again: signed by a pinned key, to a

@@ -640,3 +640,41 @@ def test_a_cache_that_cannot_be_written_leaves_no_copies_behind(
     for _ in range(2):  # each valid answer is saved (it was kept in memory)
         assert client.validate(key).offline is False
     assert [path.name for path in folder.iterdir()] == ["cache.json"]
+
+
+@pytest.mark.parametrize(
+    ("call", "asked"),
+    [
+        ("activate", {"site": "shop.example.com"}),
+        ("check_update", {"version": "1.0"}),  # as the README calls it: no site
+        ("checkout", {}),
+        ("validate", {"fingerprint": "another-machine"}),
+    ],
+)
+def test_a_revocation_heard_by_any_call_ends_the_offline_grace(
+    app: Flask,
+    shop: WebhookSender,
+    live: LiveServer,
+    tmp_path: Path,
+    call: str,
+    asked: dict[str, str],
+) -> None:
+    """The product's other calls (activating at each start, a daily update check, a license
+    file, a check for another site or machine) hear that the license was revoked: the
+    answer saved for validate no longer serves while Keygate is out of reach, in this
+    process or the next (it served for the rest of the grace period, as if the revocation
+    had never come)."""
+    key = issue_key(shop)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+    client = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+    assert client.activate(key, site="shop.example.com").valid
+    assert client.validate(key, site="shop.example.com").valid
+    with app.app_context():
+        db.session.execute(update(License).values(status="revoked"))
+        db.session.commit()
+    heard = getattr(client, call)(key, **asked)
+    assert (heard.valid, heard.code) == (False, "REVOKED")
+    live.stop()
+    for offline in (client, KeygateClient(live.url, keys, product="501", cache_path=cache)):
+        with pytest.raises(Unavailable):
+            offline.validate(key, site="shop.example.com")
