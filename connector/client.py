@@ -1141,7 +1141,7 @@ class KeygateClient:
         validate request that asked exactly this (its ``request_digest`` is the digest of
         the request kept with it), valid; its age (from its signed Date, not the file) within
         the grace period, and the license not past an end it reached since."""
-        record = self._cache.get(cache_key)
+        record = self._kept(cache_key)
         if record is None:
             return None
         try:
@@ -1177,6 +1177,21 @@ class KeygateClient:
         if ends is not None and signed_at < ends <= now:
             return None  # valid when signed; the license has ended since
         return self._result(data, offline=True)
+
+    def _kept(self, cache_key: str) -> Any:
+        """The answer saved in ``cache_key``, as the cache file has it now: another process
+        sharing it may have saved one since this client read it, or forgotten this one (the
+        key revoked). This client's own, when the file could not be written or read."""
+        with self._cache_lock:
+            on_disk = None if cache_key in self._unsaved else self._read_cache()
+            if on_disk is None:
+                return self._cache.get(cache_key)
+            record = on_disk.get(cache_key)
+            if record is None:
+                self._cache.pop(cache_key, None)
+            else:
+                self._cache[cache_key] = record
+            return record
 
     def _read_cache(self) -> dict[str, dict[str, Any]] | None:
         """The saved answers, or None: a cache missing, unreadable (its folder closed to this

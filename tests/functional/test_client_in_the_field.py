@@ -172,6 +172,28 @@ def test_an_answer_one_client_forgot_is_not_brought_back_by_another_sharing_the_
         restarted.validate(revoked)
 
 
+def test_processes_sharing_a_cache_file_serve_offline_what_it_holds_now(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """Workers of a product share the cache file, each with its own client, and one cannot
+    reach Keygate. It serves the answer another worker saved since it started (it had none
+    in memory: Unavailable), and once that worker has heard the key revoked and forgotten
+    the answer, no longer the one it kept in memory (it served it for the rest of the grace
+    period)."""
+    cache = tmp_path / "cache.json"
+    keys = _pinned(live)
+    key = issue_key(shop)
+    online = KeygateClient(live.url, keys, product="501", cache_path=cache)
+    cut_off = KeygateClient("http://127.0.0.1:9", keys, product="501", cache_path=cache)
+    assert online.validate(key).valid
+    served = cut_off.validate(key)
+    assert (served.valid, served.offline) == (True, True)
+    assert shop.admin("POST", f"/licenses/{key}/revoke").status_code == 200
+    assert online.validate(key).code == "REVOKED"
+    with pytest.raises(Unavailable):
+        cut_off.validate(key)
+
+
 def test_a_key_or_site_read_from_bytes_that_are_not_utf8_is_refused_not_a_crash(
     shop: WebhookSender, live: LiveServer
 ) -> None:
