@@ -192,6 +192,9 @@ def _base_url(value: str) -> str:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a port that is not one
+        # A host name no resolver takes (an empty label: a doubled dot; one over 63
+        # characters) raised UnicodeError (a ValueError) from every call.
+        (parts.hostname or "").encode("idna")
     except (TypeError, ValueError, AttributeError):
         parts = None
     if (

@@ -28,6 +28,9 @@ PUBLIC_KEY = base64.b64encode(
         "https://keygate.example.com/?store=1",
         "https://keygate.example.com/#top",
         "",
+        # Host names no resolver takes: every call raised UnicodeError, not Unavailable.
+        "https://licenses..example.com",
+        "https://" + "a" * 64 + ".example.com",
     ],
 )
 def test_an_address_that_is_not_keygates_is_refused_naming_it(base_url: str) -> None:
