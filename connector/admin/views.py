@@ -80,7 +80,6 @@ from connector.vault import connection as shop_connection
 from connector.vault.checks import CHECKED_KINDS, CheckResult, check_credentials, checkable
 from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
 from connector.vault.views import credential_checks
-from plugin.shop import PAID_STATUSES
 
 from . import attention, sign_in
 from .forms import (
@@ -426,10 +425,10 @@ def _order_page(
             .where(DownloadGrant.order_id == order.id, WatermarkCopy.status == "failed")
         ).all()
     )
-    # Only while the order is paid: refunded or cancelled whole, every key is revoked anyway.
+    # Only while the order stands: refunded or cancelled whole, every key is revoked anyway.
     refund_trouble = (
         None
-        if order.status not in PAID_STATUSES
+        if order.is_revoking
         else db.session.scalars(
             select(AuditEvent)
             .where(

@@ -28,7 +28,7 @@ from connector.jobs import RetryLater, enqueue, handles, release_dedupe_key
 from connector.models import AuditEvent, Order, ShopConnection, Store
 from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
-from plugin.shop import PAID_STATUSES, PayloadError, ShopOrder, parse_utc_datetime
+from plugin.shop import PayloadError, ShopOrder, parse_utc_datetime
 from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
 from plugin.woocommerce.webhooks import (
     NO_SUCH_ORDER,
@@ -446,14 +446,16 @@ def _refund_left_unapplied(
     session: Session, store: Store, payload: dict[str, Any], reason: str
 ) -> None:
     """A delivery lists refunds but not which items they cover, and without a WooCommerce
-    REST key Keygate cannot ask: tell the owner (audit log), unless the order is paid no
-    more (a refunded or cancelled order is revoked whole anyway)."""
+    REST key Keygate cannot ask: tell the owner (audit log), unless the order is revoked
+    whole anyway (refunded, cancelled, failed, deleted). An order put on hold after payment
+    (a payment dispute), or moved on to a plugin's status, keeps its keys: a refund of one of
+    its seats would take that seat back, as from a paid one."""
     shop_order_id = str(payload["shop_order_id"])
     detail = {"reason": reason, "refunds": payload.get("listed", "")}
     order = session.execute(
         select(Order).where(Order.store_id == store.id, Order.shop_order_id == shop_order_id)
     ).scalar_one_or_none()
-    if order is None or order.status not in PAID_STATUSES:
+    if order is None or order.is_revoking:
         return
     # Each later delivery asks again (a note added, a status changed): while the shop keeps
     # refusing, the owner was told of these refunds once, not once per delivery.

@@ -38,7 +38,7 @@ from connector.orders.service import PERSONAL_FIELDS, clear_personal_fields
 from connector.orders.summary import order_entitlements
 from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash, store_keyed_hash
-from plugin.shop import PAID_STATUSES
+from plugin.shop import REVOKING_STATUSES
 
 # Per-domain hooks: exporter(session, orders) -> {section: data}; eraser(session, orders) -> None.
 Exporter = Callable[[Session, list[Order]], dict[str, Any]]
@@ -521,13 +521,15 @@ REFUND_NOT_APPLIED = "order.refund_not_applied"
 
 def _refund_trouble_shown() -> Any:
     """An ``order.refund_not_applied`` entry is the order page's only word that a refund's
-    keys were not taken back (shown while the order is paid): kept as long as that."""
+    keys were not taken back (shown while the order stands: not refunded, cancelled, failed
+    or deleted): kept as long as that."""
     return (
         select(Order.id)
         .where(
             Order.store_id == AuditEvent.store_id,
             literal("order:").concat(Order.shop_order_id) == AuditEvent.subject,
-            Order.status.in_(PAID_STATUSES),
+            Order.deleted.is_(False),
+            Order.status.not_in(REVOKING_STATUSES),
         )
         .exists()
     )

@@ -117,14 +117,15 @@ def test_an_order_whose_buyer_was_forgotten_is_nobodys_not_an_erased_customers(
 def test_the_audit_purge_keeps_a_refund_the_order_page_still_warns_about(
     app: Flask, shop: WebhookSender
 ) -> None:
-    """The order page says a refund's keys were not taken back for as long as the order is
-    paid: that entry outlives the audit retention; once the order is refunded whole it goes."""
+    """The order page says a refund's keys were not taken back for as long as the order
+    stands (paid, or put on hold after payment: it keeps its keys): that entry outlives the
+    audit retention; once the order is refunded whole (or deleted) it goes."""
     shop.configure(501)
-    shop.deliver(wc_order(9708, "completed", [line_item(501)]))
-    shop.deliver(wc_order(9709, "completed", [line_item(501)]))
+    for shop_order_id in (9708, 9709, 9710, 9711):
+        shop.deliver(wc_order(shop_order_id, "completed", [line_item(501)]))
     store_id = shop.store.store.id
     with app.app_context(), transaction() as session:
-        for shop_order_id in ("9708", "9709"):
+        for shop_order_id in ("9708", "9709", "9710", "9711"):
             record_audit(
                 session,
                 store_id=store_id,
@@ -134,13 +135,18 @@ def test_the_audit_purge_keeps_a_refund_the_order_page_still_warns_about(
                 detail={"reason": "no REST key"},
             )
     shop.deliver(wc_order(9709, "refunded", [line_item(501)], modified=5))
+    shop.deliver(wc_order(9710, "on-hold", [line_item(501)], modified=5))
+    shop.deliver({"id": 9711}, "order.deleted")
     with app.app_context(), transaction() as session:
         session.execute(update(AuditEvent).values(created_at=utcnow() - dt.timedelta(days=731)))
     with app.app_context(), transaction() as session:
         removed = purge_expired_records(session)
     with app.app_context():
         left = db.session.execute(select(AuditEvent.action, AuditEvent.subject)).all()
-    assert [tuple(row) for row in left] == [("order.refund_not_applied", "order:9708")]
+    assert sorted(tuple(row) for row in left) == [
+        ("order.refund_not_applied", "order:9708"),
+        ("order.refund_not_applied", "order:9710"),
+    ]
     assert removed["audit_events"] >= 4
 
 

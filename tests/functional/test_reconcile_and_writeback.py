@@ -17,7 +17,15 @@ from sqlalchemy import delete, select, text
 
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
-from connector.models import AuditEvent, Job, License, ShopNote, Store, WebhookRegistration
+from connector.models import (
+    AuditEvent,
+    Job,
+    License,
+    Order,
+    ShopNote,
+    Store,
+    WebhookRegistration,
+)
 from connector.orders.reconcile import reconcile_store
 from connector.vault.connection import TOPICS, connection_of, shop_client_for
 from plugin.woocommerce import rest
@@ -430,6 +438,37 @@ def test_a_partial_refund_a_store_without_rest_key_cannot_read_is_shown_to_the_o
     assert sorted(statuses) == ["active", "active", "active"]
     assert [e.subject for e in entries] == ["order:9611"]
     assert "REST key" in entries[0].detail["reason"]
+
+
+@pytest.mark.parametrize("status", ["on-hold", "delivered"])
+def test_a_partial_refund_of_an_order_held_after_payment_is_shown_to_the_owner_too(
+    app: Flask, shop: WebhookSender, status: str
+) -> None:
+    """An order put on hold after payment (a payment dispute) or moved on to a plugin's
+    status keeps its keys, and a refund of one of its seats takes that seat back as from a
+    processing order: a store without a WooCommerce key, which cannot read the refund, tells
+    the owner as it does for a processing order, on the order's page too. Said only of a
+    paid status, both keys stayed and nobody was told."""
+    from tests.functional.test_admin_pages import signed_in_owner
+
+    shop.configure(501)
+    order = wc_order(9613, "completed", [line_item(501, quantity=2, line_id=76)])
+    assert shop.deliver(order, "order.created").status_code == 200
+    order["status"] = status
+    order["refunds"] = [{"id": 5003, "reason": "", "total": "-49.00"}]
+    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    assert shop.deliver(order).status_code == 200
+    run_pending(app)
+    with app.app_context():
+        statuses = db.session.scalars(select(License.status)).all()
+        entries = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "order.refund_not_applied")
+        ).all()
+        order_pk = db.session.scalars(select(Order.id)).one()
+    assert sorted(statuses) == ["active", "active"]
+    assert [e.subject for e in entries] == ["order:9613"]
+    page = signed_in_owner(app).get(f"/admin/orders/{order_pk}").get_data(as_text=True)
+    assert "Refunds of this order could not be applied" in page
 
 
 def test_write_back_posts_one_customer_note_with_keys_and_links(
