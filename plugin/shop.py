@@ -122,6 +122,9 @@ class ShopLineItem:
     meta: dict[str, Any] = field(default_factory=dict)
     # Units refunded so far, when the platform tells (WooCommerce: from the refunds endpoint).
     refunded_quantity: int = 0
+    # The quantity as sent when it is not whole (a decimal-quantity plugin's 2.5): the units
+    # still wholly paid for are counted from it, less the parts refunded.
+    bought: Decimal | None = None
 
 
 @dataclass(frozen=True)

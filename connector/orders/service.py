@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from sqlalchemy import ColumnElement, and_, or_, select, true, update
 from sqlalchemy.orm import Session
@@ -357,8 +358,14 @@ def _refunds_itemized(shop_order: ShopOrder, reread: bool) -> bool:
 
 
 def _refunded_units(shop_order: ShopOrder, item: ShopLineItem, line: LineItem, reread: bool) -> int:
-    # A unit partly refunded is refunded: the parts are added up first, across refunds.
-    from_refunds = math.ceil(sum(r.line_quantities.get(item.id, 0) for r in shop_order.refunds))
+    # A unit is licensed while it is wholly paid for: the parts refunded are added up first,
+    # across refunds, and taken from the quantity bought as sent, rounded down once (2.5
+    # bought, 0.5 refunded: 2 units, where 2 less 0.5 rounded up took a paid one).
+    parts = sum(
+        (r.line_quantities.get(item.id, Decimal(0)) for r in shop_order.refunds), Decimal(0)
+    )
+    bought = item.bought if item.bought is not None else item.quantity
+    from_refunds = item.quantity - math.floor(bought - parts)
     refunded = max(item.refunded_quantity, from_refunds)
     if _refunds_itemized(shop_order, reread):
         return refunded

@@ -216,16 +216,16 @@ def mailbox(value: Any) -> str | None:
 MAX_QUANTITY = 10_000
 
 
-def _quantity(value: Any, name: str) -> int:
-    """A number of whole units, sign kept, at most :data:`MAX_QUANTITY` either way.
+def _quantity(exact: Decimal) -> int:
+    """The whole units of a quantity (:func:`_exact_quantity`), sign kept.
 
     A decimal-quantity plugin (``woocommerce_stock_amount`` filtered to floatval: goods sold
     by the kilo or metre) makes WooCommerce send ``2.5``: a real order, read as the units
     wholly bought (rounded toward zero) rather than refused with its other lines. Refunds
-    are kept exact (:func:`_exact_quantity`) and rounded up once added together, so that a
-    unit is licensed only while it is wholly paid for.
+    are kept exact, and taken from the exact quantity bought before it is rounded down, so
+    that a unit is licensed only while it is wholly paid for (2.5 bought, 0.5 refunded: 2).
     """
-    return int(_exact_quantity(value, name).to_integral_value(rounding=ROUND_DOWN))
+    return int(exact.to_integral_value(rounding=ROUND_DOWN))
 
 
 def _exact_quantity(value: Any, name: str) -> Decimal:
@@ -251,7 +251,8 @@ def parse_line_item(raw: Any) -> ShopLineItem:
     line_id = parse_id(raw.get("id"))
     if line_id is None:
         raise PayloadError("a line item has no id")
-    quantity = _quantity(raw.get("quantity", 1), "line item quantity")
+    bought = _exact_quantity(raw.get("quantity", 1), "line item quantity")
+    quantity = _quantity(bought)
     if quantity < 0:
         raise PayloadError("line item quantity is out of range")
     return ShopLineItem(
@@ -259,6 +260,7 @@ def parse_line_item(raw: Any) -> ShopLineItem:
         product_id=parse_id(raw.get("product_id")),
         variation_id=parse_id(raw.get("variation_id")),
         quantity=quantity,
+        bought=bought if bought != quantity else None,
         name=clean_text(raw.get("name")),
         sku=clean_text(raw.get("sku"), 100),
         total=_decimal(raw.get("total"), "line item total"),

@@ -152,3 +152,29 @@ def test_a_unit_refunded_in_parts_over_two_refunds_takes_one_seat_not_two(
     read_from_shop(app, shop, wc_order(9641, "completed", [item], modified=2, refunds=halves))
 
     assert statuses(shop, 9641) == [("501", "active"), ("501", "active"), ("501", "revoked")]
+
+
+def test_a_part_of_a_unit_refunded_keeps_every_unit_still_wholly_paid_for(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """With a decimal-quantity plugin, 2.5 seats bought and the half seat refunded leave 2.0
+    wholly paid for: both keys stay. Rounding what was bought down (2) and what was refunded
+    up (1) each on its own took a paid seat back. One more seat refunded (1.5 in all) leaves
+    one."""
+    shop.configure(501)
+    item = line_item(501, line_id=95)
+    item["quantity"] = 2.5
+    shop.deliver(wc_order(9651, "completed", [item], modified=1))
+    assert statuses(shop, 9651) == [("501", "active"), ("501", "active")]
+
+    half = refund_of(95, 1, refund_id=851)
+    half["total"] = "-24.50"
+    half["line_items"][0]["quantity"] = -0.5
+    read_from_shop(app, shop, wc_order(9651, "completed", [item], modified=2, refunds=[half]))
+    assert statuses(shop, 9651) == [("501", "active"), ("501", "active")]
+
+    whole = refund_of(95, 1, refund_id=852)
+    read_from_shop(
+        app, shop, wc_order(9651, "completed", [item], modified=3, refunds=[half, whole])
+    )
+    assert statuses(shop, 9651) == [("501", "active"), ("501", "revoked")]
