@@ -696,7 +696,7 @@ def stamp_pdf_open(pdf: pikepdf.Pdf, stamp_pdf_bytes: bytes, fingerprint: str) -
     for page in pdf.pages:
         try:
             # pikepdf reads /Rotate as set on the page or inherited from its page tree.
-            rect = _foot_strip(page.cropbox, page.rotation)
+            rect = _foot_strip(_shown_box(page), page.rotation)
             name = page.add_resource(form, pikepdf.Name.XObject, prefix="Kg")
             # qpdf turns the strip against the page's /Rotate, so it reads upright.
             placement = page.calc_form_xobject_placement(
@@ -712,13 +712,33 @@ def stamp_pdf_open(pdf: pikepdf.Pdf, stamp_pdf_bytes: bytes, fingerprint: str) -
     pdf.docinfo[FINGERPRINT_KEY] = pikepdf.String(fingerprint)
 
 
-def _foot_strip(box: pikepdf.Array, rotation: int) -> pikepdf.Rectangle:
-    """The strip, in the page's own coordinates, along the edge a reader sees at the foot
-    of the page once the viewer has applied /Rotate (clockwise; an angle that is not a
-    quarter turn counts as none)."""
+def _shown_box(page: pikepdf.Page) -> tuple[float, float, float, float]:
+    """The part of the page a viewer shows, as its lower left and upper right corners: the
+    CropBox within the MediaBox (PDF 32000-1, 14.11.2: a CropBox reaching past the MediaBox
+    counts as the two's intersection; one with nothing in common, as the MediaBox). Along
+    the CropBox's own edge the stamp would be off the page, in part or whole, where the
+    CropBox is larger (a bleed) or the MediaBox was cut down and the CropBox left as it was.
+    """
+    crop = _corners(page.cropbox)
+    if page.mediabox is None:  # none on the page or its tree: the CropBox alone
+        return crop
+    media = _corners(page.mediabox)
+    llx, lly = max(crop[0], media[0]), max(crop[1], media[1])
+    urx, ury = min(crop[2], media[2]), min(crop[3], media[3])
+    return (llx, lly, urx, ury) if llx < urx and lly < ury else media
+
+
+def _corners(box: pikepdf.Array) -> tuple[float, float, float, float]:
+    """A rectangle's lower left and upper right corners, whichever corners it names."""
     llx, lly, urx, ury = (float(v) for v in box)
-    llx, urx = min(llx, urx), max(llx, urx)
-    lly, ury = min(lly, ury), max(lly, ury)
+    return min(llx, urx), min(lly, ury), max(llx, urx), max(lly, ury)
+
+
+def _foot_strip(box: tuple[float, float, float, float], rotation: int) -> pikepdf.Rectangle:
+    """The strip, in the page's own coordinates, along the edge a reader sees at the foot
+    of the page (``box``, :func:`_shown_box`) once the viewer has applied /Rotate
+    (clockwise; an angle that is not a quarter turn counts as none)."""
+    llx, lly, urx, ury = box
     # The strip is shrunk to fit a narrow page but never enlarged: as deep as it is drawn.
     if rotation in (90, 270):  # the page's height is the width a reader sees
         depth = min(ury - lly, STAMP_WIDTH) * STAMP_HEIGHT / STAMP_WIDTH

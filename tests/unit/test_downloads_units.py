@@ -365,6 +365,49 @@ def test_the_stamp_reads_upright_along_the_foot_of_rotated_pages(
             assert origin[0] >= 0 and along[0] <= seen_width + 0.5  # on the page
 
 
+@pytest.mark.parametrize(
+    ("media", "crop", "rotation"),
+    [
+        # A CropBox a bleed larger than the page (as some layout tools and scanners write).
+        ((0, 0, 612, 792), (-9, -9, 621, 801), 0),
+        # A page cut down by its MediaBox, its old CropBox left in place.
+        ((0, 100, 612, 892), (0, 0, 612, 792), 0),
+        ((36, 36, 576, 756), (0, 0, 612, 792), 90),
+        ((0, 0, 500, 700), (-50, -50, 600, 800), 270),
+    ],
+)
+def test_the_stamp_is_on_the_part_of_the_page_a_viewer_shows(
+    tmp_path: Path,
+    media: tuple[float, float, float, float],
+    crop: tuple[float, float, float, float],
+    rotation: int,
+) -> None:
+    """A viewer shows the part of the CropBox inside the MediaBox (PDF 32000-1, 14.11.2):
+    where the CropBox reaches past the MediaBox, the stamp lies inside both, whole, not
+    along the CropBox's edge, partly or wholly off what the buyer sees."""
+    stamp = Stamp("Jürgen", "j@example.org", "7", "2026-11-24", "fp-box")
+    with pikepdf.new() as pdf:
+        pdf.add_blank_page(page_size=(595, 842))
+        page = pdf.pages[0]
+        page.obj.MediaBox = pikepdf.Array(media)
+        page.obj.CropBox = pikepdf.Array(crop)
+        page.obj.Rotate = rotation
+        stamp_pdf_open(pdf, render_stamp(stamp), stamp.fingerprint)
+        placement = page.obj.Contents[-1].read_bytes().decode()
+    a, b, c, d, e, f = (float(v) for v in placement.split("cm")[0].split()[-6:])
+    corners = [(0.0, 0.0), (STAMP_WIDTH, 0.0), (0.0, STAMP_HEIGHT), (STAMP_WIDTH, STAMP_HEIGHT)]
+    placed = [(a * x + c * y + e, b * x + d * y + f) for x, y in corners]
+    shown = (
+        max(media[0], crop[0]),
+        max(media[1], crop[1]),
+        min(media[2], crop[2]),
+        min(media[3], crop[3]),
+    )
+    for x, y in placed:
+        assert shown[0] - 0.5 <= x <= shown[2] + 0.5, (placed, shown)
+        assert shown[1] - 0.5 <= y <= shown[3] + 0.5, (placed, shown)
+
+
 def test_a_file_that_is_no_pdf_is_read_quietly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
