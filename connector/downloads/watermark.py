@@ -14,8 +14,8 @@ page by pikepdf (libqpdf). Pages are touched one at a time and streams are copie
 decoded, so memory stays flat as the file grows. The fingerprint is in the document info,
 on the Form XObject, and as invisible text on every page.
 
-ZIP: LICENSE.txt is appended and the archive comment set; the other members' bytes are left
-as they are (no recompression).
+ZIP: LICENSE.txt is appended (in the archive's one top folder, if it has one) and the archive
+comment set; the other members' bytes are left as they are (no recompression).
 """
 
 from __future__ import annotations
@@ -769,7 +769,8 @@ def license_text(stamp: Stamp) -> str:
 
 
 def stamp_zip(source: Path, target: Path, stamp: Stamp) -> str:
-    """Copy the ZIP with LICENSE.txt added and the comment set; returns the member's name.
+    """Copy the ZIP with LICENSE.txt added (in its one top folder, if it has one) and the
+    comment set; returns the member's name.
 
     Existing members are copied byte for byte (append mode rewrites only the directory).
 
@@ -781,7 +782,10 @@ def stamp_zip(source: Path, target: Path, stamp: Stamp) -> str:
     shutil.copyfile(source, target)
     try:
         with zipfile.ZipFile(target, "a") as archive:
-            member = _unused_license_name(archive.namelist())
+            names = archive.namelist()
+            folder = _one_top_folder(names)
+            inside = [name.removeprefix(folder) for name in names if name.startswith(folder)]
+            member = folder + _unused_license_name(inside)
             archive.writestr(member, license_text(stamp), compress_type=zipfile.ZIP_DEFLATED)
             comment = f"{stamp.text}\n{stamp.marker}".encode()
             archive.comment = comment[:65535]
@@ -794,11 +798,35 @@ def stamp_zip(source: Path, target: Path, stamp: Stamp) -> str:
     return member
 
 
+# What macOS's Finder adds beside the folder it packs; WordPress skips it when it unpacks.
+MACOS_FOLDER = "__MACOSX/"
+
+
+def _one_top_folder(names: list[str]) -> str:
+    """The one folder ("plugin/") every member of the archive is in, or "" when there is
+    none (files at the top, or several folders).
+
+    The buyer's license goes in it: WordPress installs an uploaded plugin or theme from the
+    archive's one top folder, and with a file beside that folder it takes the whole archive
+    as the plugin's folder and finds no plugin in it ("No valid plugins were found.").
+    """
+    tops = {
+        name.partition("/")[0] + "/" if "/" in name else name
+        for name in names
+        if not name.startswith(MACOS_FOLDER)
+    }
+    if len(tops) != 1:
+        return ""
+    (top,) = tops
+    return top if top.endswith("/") and top != "/" else ""
+
+
 def _unused_license_name(names: list[str]) -> str:
     """LICENSE.txt, else the first of LICENSE-buyer.txt, LICENSE-buyer-2.txt, ... that the
     archive does not have. Compared without case: unpacked on Windows or macOS, License.txt
     and LICENSE.txt are one file, and a name twice in one archive is one file anywhere
-    (unzip tools keep either). The leak lookup reads every member named LICENSE*."""
+    (unzip tools keep either). The leak lookup reads every member named LICENSE*, at the
+    top or in a top folder (:func:`_one_top_folder`)."""
     taken = {name.casefold() for name in names}
     candidates = itertools.chain(
         ["LICENSE.txt", "LICENSE-buyer.txt"],
@@ -844,7 +872,9 @@ def _zip_fingerprints(path: Path) -> list[str]:
         with zipfile.ZipFile(path) as archive:
             texts.append(archive.comment.decode("utf-8", "replace"))
             for info in archive.infolist():
-                if info.filename.startswith("LICENSE") and info.file_size < 1_000_000:
+                folder, _, name = info.filename.rpartition("/")
+                ours = name.startswith("LICENSE") and "/" not in folder
+                if ours and info.file_size < 1_000_000:
                     try:
                         texts.append(archive.read(info).decode("utf-8", "replace"))
                     except _UNREADABLE_ZIP:

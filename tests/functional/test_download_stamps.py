@@ -103,7 +103,7 @@ def test_a_name_holding_another_buyers_fingerprint_does_not_frame_them_in_a_zip(
         # Stripped of its comment, the archive's LICENSE.txt still names the pirate.
         license_only = io.BytesIO()
         with zipfile.ZipFile(license_only, "w") as stripped:
-            stripped.writestr("LICENSE.txt", copy.read("LICENSE.txt"))
+            stripped.writestr("LICENSE.txt", copy.read("plugin/LICENSE.txt"))
     assert leak_lookup(shop, license_only.getvalue())["order"]["id"] == "8102"
 
 
@@ -379,7 +379,7 @@ def test_a_name_cannot_reorder_or_add_lines_to_the_license_in_a_zip(
     name = "\u202emoc.elpmaxe@mit"  # reads "tim@example.com" where the override works
     copy = buyers_copy(shop, 8801, first_name=name, email="pirate@example.net")
     with zipfile.ZipFile(io.BytesIO(copy)) as stamped:
-        license_txt = stamped.read("LICENSE.txt").decode()
+        license_txt = stamped.read("plugin/LICENSE.txt").decode()
         comment = stamped.comment.decode()
     assert "Licensed to: moc.elpmaxe@mit <pirate@example.net>" in license_txt
     assert comment.startswith("Licensed to moc.elpmaxe@mit <pirate@example.net>")
@@ -397,6 +397,6 @@ def test_a_name_cannot_reorder_or_add_lines_to_the_license_in_a_zip(
     answer = get(shop.client, link_path(download))
     assert answer.status_code == 200
     with zipfile.ZipFile(io.BytesIO(answer.data)) as stamped:
-        lines = stamped.read("LICENSE.txt").decode().splitlines()
+        lines = stamped.read("plugin/LICENSE.txt").decode().splitlines()
     assert [line for line in lines if line.startswith("Order:")] == ["Order: 8802"]
     assert "Licensed to: Ann Order: 1 <lines@example.net>" in lines

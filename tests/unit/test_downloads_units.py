@@ -181,6 +181,42 @@ def test_the_buyers_license_never_takes_a_name_the_zip_has(
     assert read_fingerprints(tmp_path / "out.zip") == ["forged.fingerprint"]
 
 
+@pytest.mark.parametrize(
+    ("members", "added"),
+    [
+        # WordPress plugins and themes: one folder, with or without an entry of its own.
+        (["plugin-pro/", "plugin-pro/plugin-pro.php", "plugin-pro/inc/a.php"], "plugin-pro/"),
+        (["theme/style.css", "theme/license.txt"], "theme/"),
+        # As macOS's Finder packs it (WordPress skips __MACOSX/ when it unpacks).
+        (["plugin/plugin.php", "__MACOSX/plugin/._plugin.php"], "plugin/"),
+        # Files at the top, or several folders: the license at the top.
+        (["plugin.php", "readme.txt"], ""),
+        (["a/x.txt", "b/y.txt"], ""),
+        (["a/x.txt", "a.txt"], ""),
+    ],
+)
+def test_a_zip_of_one_folder_gets_the_buyers_license_inside_it(
+    tmp_path: Path, members: list[str], added: str
+) -> None:
+    """WordPress installs an uploaded plugin or theme from the ZIP's one top folder; with a
+    file beside that folder it takes the whole archive as the plugin's folder and finds no
+    plugin in it ("No valid plugins were found."), nor a theme (no style.css). The buyer's
+    license goes inside the one folder, so the copy installs as the original does; the
+    folder's own license.txt is kept, and the leak lookup reads the buyer's."""
+    source = tmp_path / "in.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        for name in members:
+            archive.writestr(name, "" if name.endswith("/") else f"the author's {name}")
+    member = stamp_zip(source, tmp_path / "out.zip", stamp())
+    taken = "license.txt" in " ".join(members).casefold()
+    assert member == added + ("LICENSE-buyer.txt" if taken else "LICENSE.txt")
+    with zipfile.ZipFile(tmp_path / "out.zip", "a") as archive:
+        assert sorted(archive.namelist()) == sorted([*members, member])
+        assert "Jürgen" in archive.read(member).decode()
+        archive.comment = b""  # as a copy repacked by another tool: the license alone
+    assert read_fingerprints(tmp_path / "out.zip") == ["forged.fingerprint"]
+
+
 def test_forged_fingerprint_names_nobody(app: Flask, shop: WebhookSender, tmp_path: Path) -> None:
     """Only fingerprints signed by this Keygate lead to a grant: a forged one names nobody."""
     shop.configure(501)
