@@ -55,6 +55,7 @@ from connector.downloads.outage import StorageFailure
 from connector.downloads.storage import Delivery, ObjectStore, store_areas, store_for
 from connector.downloads.watermark import (
     STAMP_VERSION,
+    ZIP_LICENSE_IN_ITS_FOLDER,
     Stamp,
     WatermarkError,
     stamp_pdf,
@@ -201,6 +202,8 @@ class _CopyFacts(Protocol):
     def source_version(self) -> str | None: ...
     @property
     def buyer_hash(self) -> str | None: ...
+    @property
+    def stamp_version(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,7 @@ class _ClickedCopy:
     kind: str
     source_version: str | None
     buyer_hash: str | None
+    stamp_version: int
 
 
 @dataclass(frozen=True)
@@ -443,6 +447,7 @@ _CLICK_FAST = _click_statement(
         WatermarkCopy.kind,
         WatermarkCopy.source_version,
         WatermarkCopy.buyer_hash,
+        WatermarkCopy.stamp_version,
         Credential.data,
         *_BUYER,
     ).select_from(DownloadGrant)
@@ -474,7 +479,7 @@ def start_download_fast(
                 return None
             store_id, order_id, *limits = row[:6]
             object_key, filename, watermark = row[6:9]
-            copy_facts, (r2_credentials, *buyer) = row[9:14], row[14:]
+            copy_facts, (r2_credentials, *buyer) = row[9:15], row[15:]
             now = utcnow()
             grant = _ClickedGrant(*limits)
             if _refusal_reason(grant, now) is not None:
@@ -821,9 +826,12 @@ def _copy_is_current(
     the same key or change the kind; buyers must then get the new file. The shop may
     correct the order's name or address: a copy naming someone else is not served (nor kept:
     it is stamped anew over it). A copy with no recorded version or buyer (made before
-    those were recorded) is stamped anew once. An original missing now keeps its copy: it
-    is what the buyer paid for, and the owner may be moving the file."""
+    those were recorded), or a ZIP stamped before its license went into its one folder
+    (WordPress found no plugin in it), is stamped anew once. An original missing now keeps
+    its copy: it is what the buyer paid for, and the owner may be moving the file."""
     if copy.kind != watermark or copy.buyer_hash != buyer_hash(*stamped_as(*buyer)):
+        return False
+    if copy.kind == "zip" and copy.stamp_version < ZIP_LICENSE_IN_ITS_FOLDER:
         return False
     now = backend.version(original_key)  # remembered briefly on R2: no HEAD on most clicks
     return now is None or now == copy.source_version

@@ -68,8 +68,11 @@ class WatermarkError(Exception):
 
 
 # What a copy stamped now is (WatermarkCopy.stamp_version). 2: a ZIP's LICENSE.txt holds no
-# license key (copies are kept in storage, where nothing holds a key in the clear).
-STAMP_VERSION = 2
+# license key (copies are kept in storage, where nothing holds a key in the clear). 3: a ZIP
+# of one folder (a WordPress plugin or theme) has its LICENSE.txt in that folder; a ZIP copy
+# from before is stamped anew at its next click.
+ZIP_LICENSE_IN_ITS_FOLDER = 3
+STAMP_VERSION = ZIP_LICENSE_IN_ITS_FOLDER
 
 
 @dataclass(frozen=True)

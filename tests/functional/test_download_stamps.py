@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 import connector.downloads.service as service
 import connector.orders.service as order_service
 from connector.db import db
-from connector.downloads.watermark import FINGERPRINT_KEY, read_fingerprints
+from connector.downloads.watermark import FINGERPRINT_KEY, STAMP_VERSION, read_fingerprints
 from connector.models import DownloadGrant, Order, WatermarkCopy
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import get, link_path, make_pdf, put_file
@@ -400,3 +400,34 @@ def test_a_name_cannot_reorder_or_add_lines_to_the_license_in_a_zip(
         lines = stamped.read("plugin/LICENSE.txt").decode().splitlines()
     assert [line for line in lines if line.startswith("Order:")] == ["Order: 8802"]
     assert "Licensed to: Ann Order: 1 <lines@example.net>" in lines
+
+
+def test_a_zip_copy_from_before_its_license_went_into_its_folder_is_stamped_anew(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A plugin's copy stamped with LICENSE.txt beside its folder (WordPress found no plugin
+    in it) is not served again: the buyer's next click gets one with it inside the folder."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as plugin:
+        plugin.writestr("plugin/plugin.php", "<?php")
+    put_file(app, "zips/plugin.zip", archive.getvalue())
+    shop.configure(501, files=ZIP_FILES)
+    first = buyers_copy(shop, 8901, first_name="Ann", email="ann@example.net")
+    old_layout = io.BytesIO()  # the copy as stamped before: LICENSE.txt beside the folder
+    with zipfile.ZipFile(io.BytesIO(first)) as copy, zipfile.ZipFile(old_layout, "w") as old:
+        for name in copy.namelist():
+            old.writestr(name.removeprefix("plugin/") if "LICENSE" in name else name, b"x")
+    with app.app_context():
+        made = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert made.object_key is not None
+        put_file(app, made.object_key, old_layout.getvalue())
+        made.stamp_version = 2
+        db.session.commit()
+    [download] = shop.order(8901)["downloads"]
+    again = get(shop.client, link_path(download))
+    assert again.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(again.data)) as stamped:
+        assert "plugin/LICENSE.txt" in stamped.namelist()
+    with app.app_context():
+        copy = db.session.execute(select(WatermarkCopy)).scalar_one()
+        assert copy.stamp_version == STAMP_VERSION

@@ -19,6 +19,7 @@ from sqlalchemy import insert, select, text, update
 
 import connector.downloads.service as service
 from connector.db import db, transaction, utcnow
+from connector.downloads.watermark import STAMP_VERSION
 from connector.jobs import run_pending, schedule_periodic
 from connector.models import DownloadEvent, DownloadGrant, Job, Order, Store, WatermarkCopy
 from connector.privacy.service import erase_customer, erase_order_buyer, purge_expired_records
@@ -233,7 +234,7 @@ def test_zip_copies_stamped_with_the_key_are_purged_and_stamped_anew(
     run_pending(app)  # the issuance's jobs: the copy is stamped
     with app.app_context(), transaction() as session:
         copy = session.execute(select(WatermarkCopy)).scalar_one()
-        assert copy.stamp_version == 2
+        assert copy.stamp_version == STAMP_VERSION
         copy_file = Path(app.extensions["keygate.settings"].storage_dir) / str(copy.object_key)
         session.execute(update(WatermarkCopy).values(stamp_version=1))  # as before 0017
     with app.app_context(), transaction() as session:
@@ -246,7 +247,7 @@ def test_zip_copies_stamped_with_the_key_are_purged_and_stamped_anew(
         license_txt = zipped.read("LICENSE.txt").decode()
     assert shop.order(7920)["licenses"][0]["key"] not in license_txt
     with app.app_context():
-        assert db.session.execute(select(WatermarkCopy.stamp_version)).scalar_one() == 2
+        assert db.session.execute(select(WatermarkCopy.stamp_version)).scalar_one() == STAMP_VERSION
 
 
 def test_a_keyed_zip_copy_whose_restamp_fails_is_still_purged(
