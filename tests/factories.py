@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,28 @@ from connector.stores import NewStore
 
 _ids = itertools.count(1000)
 
+# The tests' orders are dated 2026-11-20 12:00 UTC moved by SHIFT: the days from 2026-12-03
+# (when their licenses, links and update windows were last set against the clock: 13 days
+# after the orders) to the day the tests run. Licenses and links are counted from an order's
+# date and checked against the real clock, so with fixed dates a 30-day license would run
+# out under the tests on 2026-12-20. Dates a test writes are moved the same way (shifted).
+SHIFT = dt.timedelta(days=(dt.datetime.now(dt.UTC).date() - dt.date(2026, 12, 3)).days)
+ORDERED = dt.datetime(2026, 11, 20, 12, 0, 0) + SHIFT
+
+
+def shifted(text: str) -> str:
+    """``text`` with each date in it (YYYY-MM-DD, alone, in a timestamp or a sentence)
+    moved by :data:`SHIFT`, as the orders' dates are."""
+    return re.sub(
+        r"\d{4}-\d{2}-\d{2}",
+        lambda day: (dt.date.fromisoformat(day.group()) + SHIFT).isoformat(),
+        text,
+    )
+
 
 def wc_time(offset_seconds: int = 0) -> str:
     """A WooCommerce *_gmt timestamp (no zone, seconds resolution)."""
-    moment = dt.datetime(2026, 11, 20, 12, 0, 0) + dt.timedelta(seconds=offset_seconds)
+    moment = ORDERED + dt.timedelta(seconds=offset_seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
 

@@ -18,7 +18,7 @@ from connector.db import db
 from connector.jobs import run_pending
 from connector.models import AdminUser, AuditEvent, Job, License, Mail, Order
 from connector.stores import create_store
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, shifted, wc_order
 
 PASSWORD = "correct horse battery staple"
 
@@ -722,7 +722,7 @@ def test_the_order_page_shows_what_the_buyer_cannot_tell_the_owner(
     shop.deliver(order, "order.created")
     run_pending(app)  # the watermark job fails: the PDF is encrypted
     order["refunds"] = [{"id": 5003, "reason": "", "total": "-49.00"}]
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     shop.deliver(order)
     run_pending(app)
     assert sign_in(admin_client) == 302
@@ -733,7 +733,7 @@ def test_the_order_page_shows_what_the_buyer_cannot_tell_the_owner(
     assert "revoke the refunded keys below by hand" in html
     assert html.count("watermark failed:") == 2 and "encrypted" in html
     order["status"] = "refunded"  # refunded whole later: every key revoked, nothing to warn
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:10:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:10:00")
     shop.deliver(order)
     html = admin_client.get(f"/admin/orders/{order_id}").get_data(as_text=True)
     assert "could not be applied" not in html
@@ -795,22 +795,22 @@ def test_the_owners_pages_give_ends_as_the_api_does_with_the_zone_said(
     not get); times of day elsewhere say UTC too."""
     shop.configure(501, duration_days=365, download_days=30)
     order = wc_order(9320, "processing", [line_item(501)])
-    order["date_paid_gmt"] = "2026-11-20T03:00:00"
+    order["date_paid_gmt"] = shifted("2026-11-20T03:00:00")
     shop.deliver(order)
     body = shop.order(9320)
-    assert body["licenses"][0]["expires_at"] == "2027-11-20T03:00:00Z"
-    assert body["downloads"][0]["expires_at"] == "2026-12-20T03:00:00Z"
+    assert body["licenses"][0]["expires_at"] == shifted("2027-11-20T03:00:00Z")
+    assert body["downloads"][0]["expires_at"] == shifted("2026-12-20T03:00:00Z")
     assert sign_in(admin_client) == 302
     with app.app_context():
         order_id = db.session.execute(select(Order.id)).scalar_one()
         license_id = db.session.execute(select(License.id)).scalar_one()
     order_page = admin_client.get(f"/admin/orders/{order_id}").get_data(as_text=True)
-    assert '<td data-label="Expires">2027-11-20 03:00 UTC</td>' in order_page
-    assert '<td data-label="Expires">2026-12-20 03:00 UTC</td>' in order_page
+    assert shifted('<td data-label="Expires">2027-11-20 03:00 UTC</td>') in order_page
+    assert shifted('<td data-label="Expires">2026-12-20 03:00 UTC</td>') in order_page
     listed = admin_client.get("/admin/licenses").get_data(as_text=True)
-    assert '<td data-label="Expires">2027-11-20 03:00 UTC</td>' in listed
+    assert shifted('<td data-label="Expires">2027-11-20 03:00 UTC</td>') in listed
     license_page = admin_client.get(f"/admin/licenses/{license_id}").get_data(as_text=True)
-    assert '<td data-label="Expires">2026-12-20 03:00 UTC</td>' in license_page
+    assert shifted('<td data-label="Expires">2026-12-20 03:00 UTC</td>') in license_page
     audit = admin_client.get("/admin/audit").get_data(as_text=True)
     assert re.search(r"<tr><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</td>", audit)
 

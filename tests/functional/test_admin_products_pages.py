@@ -21,7 +21,7 @@ from connector.catalog import POLICY_FIELDS
 from connector.db import db, utcnow
 from connector.models import AuditEvent, Product
 from connector.stores import create_store
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, shifted, wc_order
 from tests.functional.test_admin_pages import (
     admin_client,
     csrf_token,
@@ -515,7 +515,7 @@ def test_releases_are_listed_and_published_as_the_api_does(
         "object_key": "products/501/plugin-1.0.0.zip",
         "sha256": SHA,
         "size": 1234,
-        "published_at": "2026-11-01T10:00:00Z",
+        "published_at": shifted("2026-11-01T10:00:00Z"),
         "changelog": "<b>First</b>",
     }
     assert shop.admin("POST", "/products/501/releases", api_release).status_code == 201
@@ -530,7 +530,7 @@ def test_releases_are_listed_and_published_as_the_api_does(
         "object_key": "products/501/plugin-1.1.0.zip",
         "sha256": SHA.upper(),
         "size": "2048",
-        "published_at": "2026-11-20T10:00:00Z",
+        "published_at": shifted("2026-11-20T10:00:00Z"),
         "changelog": "Fixes",
     }
     response = admin_client.post(page + "/releases", data=form)
@@ -544,7 +544,7 @@ def test_releases_are_listed_and_published_as_the_api_does(
         "object_key": "products/501/plugin-1.1.0.zip",
         "sha256": SHA,
         "size": 2048,
-        "published_at": "2026-11-20T10:00:00Z",
+        "published_at": shifted("2026-11-20T10:00:00Z"),
         "changelog": "Fixes",
     }
     again = admin_client.post(page + "/releases", data=form)

@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from connector.db import db, utcnow
 from connector.jobs import run_pending
 from connector.models import DownloadGrant, License, Mail
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, shifted, wc_order
 from tests.licensing_helpers import call
 
 BASE = "http://keygate.test"
@@ -173,22 +173,22 @@ def test_the_mail_and_portal_say_the_hour_and_zone_of_an_end(
     the mail says until when each link works too."""
     shop.configure(501, duration_days=365, download_days=30)
     order = wc_order(9905, "processing", [line_item(501)])
-    order["date_paid"] = "2026-11-19T17:00:00"  # the shop's own time, Pacific/Honolulu
-    order["date_paid_gmt"] = "2026-11-20T03:00:00"
+    order["date_paid"] = shifted("2026-11-19T17:00:00")  # the shop's own time, Pacific/Honolulu
+    order["date_paid_gmt"] = shifted("2026-11-20T03:00:00")
     shop.deliver(order)
     body = shop.order(9905)
-    assert body["licenses"][0]["expires_at"] == "2027-11-20T03:00:00Z"
-    assert body["downloads"][0]["expires_at"] == "2026-12-20T03:00:00Z"
+    assert body["licenses"][0]["expires_at"] == shifted("2027-11-20T03:00:00Z")
+    assert body["downloads"][0]["expires_at"] == shifted("2026-12-20T03:00:00Z")
     text = _last_mail(app)
-    assert "(valid until 2027-11-20 03:00 UTC)" in text
-    assert "available until 2026-12-20 03:00 UTC" in text
+    assert shifted("(valid until 2027-11-20 03:00 UTC)") in text
+    assert shifted("available until 2026-12-20 03:00 UTC") in text
     with app.app_context():
         html_mail = db.session.scalars(select(Mail.body_html)).one()
-    assert "(valid until 2027-11-20 03:00 UTC)" in html_mail
-    assert "available until 2026-12-20 03:00 UTC" in html_mail
+    assert shifted("(valid until 2027-11-20 03:00 UTC)") in html_mail
+    assert shifted("available until 2026-12-20 03:00 UTC") in html_mail
     page = shop.client.get(body["portal_url"].removeprefix(BASE)).get_data(as_text=True)
-    assert '<td data-label="Valid until">2027-11-20 03:00 UTC</td>' in page
-    assert '<td data-label="Available until">2026-12-20 03:00 UTC</td>' in page
+    assert shifted('<td data-label="Valid until">2027-11-20 03:00 UTC</td>') in page
+    assert shifted('<td data-label="Available until">2026-12-20 03:00 UTC</td>') in page
 
 
 def test_a_link_whose_download_was_removed_is_not_called_invalid(

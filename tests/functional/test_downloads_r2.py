@@ -34,7 +34,7 @@ from connector.jobs import run_pending
 from connector.models import Activation, DownloadEvent, DownloadGrant, Store, WatermarkCopy
 from connector.stores import create_store
 from tests.conftest import app_overrides
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, shifted, wc_order
 from tests.licensing_helpers import call, free_port, issue_key
 from tests.localstack import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
@@ -358,7 +358,7 @@ def test_update_check_hands_out_a_presigned_r2_url_for_the_release(
         "object_key": "releases/plugin-1.1.0.zip",
         "sha256": hashlib.sha256(b"PK release 1.1.0").hexdigest(),
         "size": 16,
-        "published_at": "2026-11-21T00:00:00Z",
+        "published_at": shifted("2026-11-21T00:00:00Z"),
     }
     assert r2_shop.admin("POST", "/products/501/releases", release).status_code == 201
     body = call(

@@ -25,7 +25,7 @@ from connector.vault.crypto import Keyring, current_keyring
 from connector.vault.rotation import encrypted_tables, rotate_all
 from connector.vault.service import credentials_for
 from tests.conftest import MASTER_KEY, SECRET_KEY, app_overrides
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, shifted, wc_order
 from tests.functional.test_vault_credentials import R2, app_settings
 from tests.wc_rest import FakeShop, connect_store, fake_shop
 
@@ -321,9 +321,9 @@ def test_reconcile_command_fulfils_a_missed_order(
     connect_store(app, shop, fake_shop)
     shop.configure(501)
     fake_shop.orders[9902] = wc_order(9902, "completed", [line_item(501)])
-    result = keygate(tmp_path, database_url, "reconcile", "--since", "2026-11-20T11:00:00")
+    result = keygate(tmp_path, database_url, "reconcile", "--since", shifted("2026-11-20T11:00:00"))
     assert result.exit_code == 0, result.output
-    assert "1 orders since 2026-11-20T11:00:00+00:00: 1 applied" in result.output
+    assert shifted("1 orders since 2026-11-20T11:00:00+00:00: 1 applied") in result.output
     assert "1 licenses issued" in result.output
     assert len(shop.order(9902)["licenses"]) == 1
     with app.app_context():

@@ -12,7 +12,7 @@ from connector import create_app
 from connector.db import db
 from connector.models import Activation
 from tests.conftest import app_overrides
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, shifted, wc_order
 from tests.licensing_helpers import call, issue_key, verify_signed
 
 
@@ -29,8 +29,8 @@ def test_valid_key_answers_valid_with_license_block(shop: WebhookSender) -> None
     assert body["license"] == {
         "status": "active",
         "product": "501",
-        "expires_at": "2027-11-20T11:59:30Z",
-        "updates_until": "2027-11-20T11:59:30Z",
+        "expires_at": shifted("2027-11-20T11:59:30Z"),
+        "updates_until": shifted("2027-11-20T11:59:30Z"),
         "activation_limit": 3,
         "activations_used": 0,
     }

@@ -17,12 +17,12 @@ from connector.client import LicenseFileError, verify_license_file
 from connector.db import db
 from connector.models import AuditEvent, Product
 from connector.stores import create_store
-from tests.factories import WebhookSender
+from tests.factories import SHIFT, WebhookSender, shifted
 from tests.licensing_helpers import call, issue_key, public_keys
 from tests.transactions import while_another_transaction
 
-# wc_order's date_paid is 2026-11-20T11:59:30Z; policies count from there.
-PAID = dt.datetime(2026, 11, 20, 11, 59, 30, tzinfo=dt.UTC)
+# wc_order's date_paid (2026-11-20T11:59:30Z, moved by SHIFT); policies count from there.
+PAID = dt.datetime(2026, 11, 20, 11, 59, 30, tzinfo=dt.UTC) + SHIFT
 
 
 def publish(shop: WebhookSender, version: str, published: dt.datetime, **extra: object) -> None:
@@ -557,7 +557,10 @@ def test_release_dates_with_offsets_meet_updates_until_in_utc(shop: WebhookSende
     second updates end is covered, one a second later is not. UPDATES_EXPIRED says when
     updates ended to the minute, zone said, as the license block's ``updates_until``."""
     key = issue_key(shop, update_days=5)  # updates until 2026-11-25T11:59:30Z
-    publish_at = {"1.1.0": "2026-11-25T22:59:30+11:00", "1.2.0": "2026-11-25T01:59:31-10:00"}
+    publish_at = {
+        "1.1.0": shifted("2026-11-25T22:59:30+11:00"),
+        "1.2.0": shifted("2026-11-25T01:59:31-10:00"),
+    }
     for version, published in publish_at.items():
         body = {
             "version": version,
@@ -568,12 +571,15 @@ def test_release_dates_with_offsets_meet_updates_until_in_utc(shop: WebhookSende
         }
         assert shop.admin("POST", "/products/501/releases", body).status_code == 201
     listed = shop.admin("GET", "/products/501/releases").get_json()["releases"]
-    assert [r["published_at"] for r in listed] == ["2026-11-25T11:59:30Z", "2026-11-25T11:59:31Z"]
+    assert [r["published_at"] for r in listed] == [
+        shifted("2026-11-25T11:59:30Z"),
+        shifted("2026-11-25T11:59:31Z"),
+    ]
     assert update_check(shop, key, "1.0.0")["update"]["version"] == "1.1.0"
     ended = update_check(shop, key, "1.1.0")
     assert ended["code"] == "UPDATES_EXPIRED"
-    assert ended["license"]["updates_until"] == "2026-11-25T11:59:30Z"
-    assert ended["detail"].startswith("Updates ended on 2026-11-25 11:59 UTC;")
+    assert ended["license"]["updates_until"] == shifted("2026-11-25T11:59:30Z")
+    assert ended["detail"].startswith(shifted("Updates ended on 2026-11-25 11:59 UTC;"))
 
 
 def test_a_release_published_by_mistake_is_withdrawn_and_published_again(
@@ -736,4 +742,4 @@ def test_an_expired_key_on_the_fallback_is_offered_no_release_it_could_not_run(
     assert runs["code"] == "VALID"
     latest = update_check(shop, key, "1.5.0")
     assert (latest["valid"], latest["code"], latest["update"]) == (False, "UPDATES_EXPIRED", None)
-    assert latest["detail"].startswith("Updates ended on 2026-11-22 11:59 UTC;")
+    assert latest["detail"].startswith(shifted("Updates ended on 2026-11-22 11:59 UTC;"))

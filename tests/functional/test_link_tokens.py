@@ -30,11 +30,11 @@ from connector.tokens import (
     sealed_id_token,
 )
 from tests.conftest import SECRET_KEY
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import SHIFT, WebhookSender, line_item, wc_order
 from tests.functional.test_downloads import get, put_file
 from tests.licensing_helpers import call, issue_key
 
-PAID = dt.datetime(2026, 11, 20, 11, 59, 30, tzinfo=dt.UTC)  # wc_order's date_paid
+PAID = dt.datetime(2026, 11, 20, 11, 59, 30, tzinfo=dt.UTC) + SHIFT  # wc_order's date_paid
 BASE = "http://keygate.test"
 
 

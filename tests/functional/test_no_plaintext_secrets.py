@@ -13,7 +13,7 @@ from connector.jobs import run_pending
 from connector.models import Store
 from connector.orders.reconcile import reconcile_store
 from connector.vault.connection import shop_client_for
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import WebhookSender, line_item, shifted, wc_order
 from tests.functional.test_vault_credentials import BREVO, R2, app_settings
 from tests.wc_rest import CONSUMER_KEY, CONSUMER_SECRET, FakeShop, connect_store, fake_shop
 
@@ -47,7 +47,7 @@ def test_full_flow_leaves_no_secret_in_logs_or_tables(
     assert fake_shop.deliver(shop.client, "order.created", order).status_code == 200
     run_pending(app)
     fake_shop.add_refund(9990, line_id=88, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = "2026-11-20T12:10:00"
+    order["date_modified_gmt"] = shifted("2026-11-20T12:10:00")
     assert fake_shop.deliver(shop.client, "order.updated", order).status_code == 200
     run_pending(app)
     with app.app_context(), transaction() as session:

@@ -29,7 +29,7 @@ from connector.models import (
 from connector.orders.reconcile import reconcile_store
 from connector.vault.connection import TOPICS, connection_of, shop_client_for
 from plugin.woocommerce import rest
-from tests.factories import WebhookSender, line_item, wc_order, wc_time
+from tests.factories import SHIFT, WebhookSender, line_item, shifted, wc_order, wc_time
 from tests.licensing_helpers import call
 from tests.wc_rest import FakeShop, auth_callback_body, connect_store, fake_shop
 
@@ -196,7 +196,7 @@ def test_reconcile_pages_through_orders_modified_after(
     for n in range(5):
         connected.orders[9500 + n] = wc_order(9500 + n, "completed", modified=100 + n)
     connected.orders[9499] = wc_order(9499, "completed", modified=-3600)
-    since = dt.datetime(2026, 11, 20, 11, 30, tzinfo=dt.UTC)
+    since = dt.datetime(2026, 11, 20, 11, 30, tzinfo=dt.UTC) + SHIFT
     connected.requests.clear()
     result = reconcile(app, shop, since=since)
     assert result.seen == 5
@@ -256,7 +256,7 @@ def test_partial_refund_revokes_only_the_refunded_unit(
     connected.orders[9601] = order
     assert connected.deliver(shop.client, "order.created", order).status_code == 200
     connected.add_refund(9601, line_id=77, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     response = connected.deliver(shop.client, "order.updated", order)
     assert response.status_code == 200
     # The webhook answered without reading the shop; the job reads the refunds.
@@ -289,7 +289,7 @@ def test_a_partial_refund_takes_back_a_key_nobody_uses(
     call(shop.client, "activate", {"key": first, "site": "first-site.com"})
     call(shop.client, "activate", {"key": newest, "site": "newest-site.com"})
     connected.add_refund(9604, line_id=80, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     connected.deliver(shop.client, "order.updated", order)
     run_pending(app)
     connected.deliver(shop.client, "order.updated", order)
@@ -321,11 +321,11 @@ def test_a_later_delivery_keeps_a_partial_refund(
     connected.orders[9602] = order
     connected.deliver(shop.client, "order.created", order)
     connected.add_refund(9602, line_id=78, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     connected.deliver(shop.client, "order.updated", order)
     run_pending(app)
     order["status"] = "completed"
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:10:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:10:00")
     connected.deliver(shop.client, "order.updated", order)
     assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
     run_pending(app)
@@ -343,11 +343,11 @@ def test_a_deleted_refund_gives_back_its_unit_and_only_its_unit(
     connected.orders[9603] = order
     connected.deliver(shop.client, "order.created", order)
     connected.add_refund(9603, line_id=79, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     connected.deliver(shop.client, "order.updated", order)
     run_pending(app)
     refund_b = connected.add_refund(9603, line_id=79, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:06:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:06:00")
     connected.deliver(shop.client, "order.updated", order)
     run_pending(app)
     assert unit_statuses(app) == {1: "active", 2: "revoked", 3: "revoked"}
@@ -368,7 +368,7 @@ def test_an_order_the_shop_deleted_for_good_is_revoked_by_its_re_read(
     connected.orders[9604] = order
     connected.deliver(shop.client, "order.created", order)
     connected.add_refund(9604, line_id=80, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     connected.deliver(shop.client, "order.updated", order)
     del connected.orders[9604]
     run_pending(app)
@@ -386,7 +386,7 @@ def test_a_shop_whose_rest_api_is_blocked_is_not_taken_for_a_deleted_order(
     connected.orders[9605] = order
     connected.deliver(shop.client, "order.created", order)
     connected.add_refund(9605, line_id=87, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     connected.deliver(shop.client, "order.updated", order)
     connected.rest_blocked = True
     run_pending(app)
@@ -399,7 +399,7 @@ def test_a_shop_whose_rest_api_is_blocked_is_not_taken_for_a_deleted_order(
     # Later deliveries ask again while the shop still refuses: the owner was told of this
     # refund once (the dashboard counts the order once); a second refund is news.
     for minute in (10, 15):
-        order["date_modified_gmt"] = order["date_modified"] = f"2026-11-20T12:{minute}:00"
+        order["date_modified_gmt"] = order["date_modified"] = shifted(f"2026-11-20T12:{minute}:00")
         order["customer_note"] = f"note {minute}"
         connected.deliver(shop.client, "order.updated", order)
         run_pending(app)
@@ -407,7 +407,7 @@ def test_a_shop_whose_rest_api_is_blocked_is_not_taken_for_a_deleted_order(
         len(shop.admin("GET", "/audit?action=order.refund_not_applied").get_json()["events"]) == 1
     )
     connected.add_refund(9605, line_id=87, quantity=1, amount="49.00")
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:20:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:20:00")
     connected.deliver(shop.client, "order.updated", order)
     run_pending(app)
     events = shop.admin("GET", "/audit?action=order.refund_not_applied").get_json()["events"]
@@ -424,7 +424,7 @@ def test_a_partial_refund_a_store_without_rest_key_cannot_read_is_shown_to_the_o
     order = wc_order(9611, "processing", [line_item(501, quantity=3, line_id=77)])
     assert shop.deliver(order, "order.created").status_code == 200
     order["refunds"] = [{"id": 5001, "reason": "", "total": "-49.00"}]
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     assert shop.deliver(order).status_code == 200
     refunded = wc_order(9612, "refunded", [line_item(501)], modified=30)
     refunded["refunds"] = [{"id": 5002, "reason": "", "total": "-49.00"}]
@@ -456,7 +456,7 @@ def test_a_partial_refund_of_an_order_held_after_payment_is_shown_to_the_owner_t
     assert shop.deliver(order, "order.created").status_code == 200
     order["status"] = status
     order["refunds"] = [{"id": 5003, "reason": "", "total": "-49.00"}]
-    order["date_modified_gmt"] = order["date_modified"] = "2026-11-20T12:05:00"
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
     assert shop.deliver(order).status_code == 200
     run_pending(app)
     with app.app_context():
@@ -693,7 +693,7 @@ def test_an_order_changed_during_a_run_hides_no_other_order(
         return answer
 
     connected._orders = owner_edits_during_page_one  # type: ignore[method-assign]
-    reconcile(app, shop, since=dt.datetime(2026, 11, 20, 11, 30, tzinfo=dt.UTC))
+    reconcile(app, shop, since=(dt.datetime(2026, 11, 20, 11, 30, tzinfo=dt.UTC) + SHIFT))
     assert all(len(shop.order(9600 + n)["licenses"]) == 1 for n in range(4))
 
 
@@ -722,11 +722,11 @@ def test_a_run_from_a_later_date_leaves_the_unread_gap_to_the_next_run(
     """`keygate reconcile --since <later than reconciled_until>` does not move
     reconciled_until over the orders before it, which the next periodic run reads."""
     shop.configure(501)
-    behind = dt.datetime(2026, 11, 19, 12, 0, tzinfo=dt.UTC)
+    behind = dt.datetime(2026, 11, 19, 12, 0, tzinfo=dt.UTC) + SHIFT
     _set_reconciled_until(app, shop, behind)
     connected.orders[9620] = wc_order(9620, modified=-5 * 3600)
     connected.orders[9621] = wc_order(9621, modified=60)
-    reconcile(app, shop, since=dt.datetime(2026, 11, 20, 11, 0, tzinfo=dt.UTC))
+    reconcile(app, shop, since=(dt.datetime(2026, 11, 20, 11, 0, tzinfo=dt.UTC) + SHIFT))
     assert _reconciled_until(app, shop) == behind
     assert len(shop.order(9621)["licenses"]) == 1
     reconcile(app, shop)
@@ -937,7 +937,7 @@ def test_a_run_the_shop_cuts_off_keeps_what_it_read(
     shop.configure(501)
     for n in range(6):
         connected.orders[9650 + n] = wc_order(9650 + n, "completed", modified=100 + n)
-    _set_reconciled_until(app, shop, dt.datetime(2026, 11, 20, 11, 50, tzinfo=dt.UTC))
+    _set_reconciled_until(app, shop, (dt.datetime(2026, 11, 20, 11, 50, tzinfo=dt.UTC) + SHIFT))
     orders = connected._orders
     cut_at = wc_time(103 - 1)  # the page after the fourth order
 
@@ -951,7 +951,9 @@ def test_a_run_the_shop_cuts_off_keeps_what_it_read(
     with pytest.raises(rest.ShopUnavailable):
         reconcile(app, shop)
     assert [len(shop.order(9650 + n)["licenses"]) for n in range(4)] == [1, 1, 1, 1]
-    assert _reconciled_until(app, shop) == dt.datetime(2026, 11, 20, 12, 1, 43, tzinfo=dt.UTC)
+    assert _reconciled_until(app, shop) == (
+        dt.datetime(2026, 11, 20, 12, 1, 43, tzinfo=dt.UTC) + SHIFT
+    )
     connected._orders = orders  # type: ignore[method-assign]
     reconcile(app, shop)
     assert all(len(shop.order(9650 + n)["licenses"]) == 1 for n in range(6))

@@ -23,7 +23,7 @@ from connector.models import Product, ProductFile, Release, Store
 from connector.stores import create_store
 from connector.vault.service import put_credentials
 from tests.conftest import app_overrides
-from tests.factories import WebhookSender, line_item, wc_order
+from tests.factories import SHIFT, WebhookSender, line_item, wc_order
 from tests.licensing_helpers import call, issue_key
 
 
@@ -129,7 +129,7 @@ def test_releases_cannot_name_or_reach_another_stores_area(app: Flask, shop: Web
         "object_key": f"stores/{owner}/plugin-2.0.zip",
         "sha256": hashlib.sha256(b"x").hexdigest(),
         "size": 10,
-        "published_at": dt.datetime(2026, 11, 1, tzinfo=dt.UTC).isoformat(),
+        "published_at": (dt.datetime(2026, 11, 1, tzinfo=dt.UTC) + SHIFT).isoformat(),
     }
     refused = other.admin("POST", "/products/501/releases", release)
     assert refused.status_code == 422
@@ -198,7 +198,7 @@ def test_update_check_of_a_release_in_another_stores_area_of_the_shared_bucket(
             "object_key": "common/plugin-2.0.zip",
             "sha256": hashlib.sha256(b"x").hexdigest(),
             "size": 10,
-            "published_at": dt.datetime(2026, 11, 1, tzinfo=dt.UTC).isoformat(),
+            "published_at": (dt.datetime(2026, 11, 1, tzinfo=dt.UTC) + SHIFT).isoformat(),
         }
         assert other.admin("POST", "/products/501/releases", release).status_code == 201
         with app.app_context():
