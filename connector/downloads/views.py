@@ -89,9 +89,12 @@ def _unavailable(exc: FileUnavailable, grant_id: int) -> Response:
 
 def _uncached(response: BaseResponse) -> BaseResponse:
     """Each click is counted: neither browsers nor proxies may keep or replay the answer,
-    and the file's host learns nothing of the page the link was on."""
+    the file's host learns nothing of the page the link was on, and a search engine that
+    finds a buyer's link (a forwarded mail, a public page) indexes neither the file nor
+    the link's pages."""
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Robots-Tag"] = "noindex"
     return response
 
 

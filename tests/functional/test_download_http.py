@@ -84,9 +84,11 @@ def test_head_answers_as_a_click_would_and_counts_nothing(app: Flask, shop: Webh
     assert head.mimetype == "application/pdf"
     assert head.headers["Cache-Control"] == "no-store"
     assert head.headers["Referrer-Policy"] == "no-referrer"
+    assert head.headers["X-Robots-Tag"] == "noindex"
 
     spent = shop.client.head(path)  # the limit reached: what a click gets now
     assert (spent.status_code, spent.mimetype, spent.data) == (429, "text/html", b"")
+    assert spent.headers["X-Robots-Tag"] == "noindex"
     assert get(shop.client, path).status_code == 429
     assert [e.outcome for e in events(app)] == ["served", "limit"]
 

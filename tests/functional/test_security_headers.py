@@ -93,6 +93,7 @@ def test_a_streamed_download_still_resumes_and_is_nosniff(
     assert body == (bytes(range(256)) * 40)[100:200]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Robots-Tag"] == "noindex"  # nor the file indexed
     assert "X-Frame-Options" not in response.headers
     assert "Content-Security-Policy" not in response.headers
 
