@@ -371,7 +371,7 @@ def test_a_file_ended_by_its_license_says_so_in_its_ttl(shop: WebhookSender) -> 
     """A week asked of a license ending sooner: the file ends with the license, and its ttl
     is the seconds it lasts, not the week asked (a product reading ttl would trust the file
     for days after the license ended)."""
-    # Paid on PAID (a fixed day): one to two days left, whatever day the test runs.
+    # Paid on PAID: one to two days left, whatever day the test runs.
     key = issue_key(shop, duration_days=(dt.datetime.now(dt.UTC) - PAID).days + 2)
     content = checkout_file(shop, key, ttl=7 * 24 * 3600)
     assert _lifetime(content) < 2 * DAY
