@@ -43,7 +43,7 @@ class WatermarkCopy(Base):
     # ready | failed
     status: Mapped[str] = mapped_column(String(16))
     kind: Mapped[str] = mapped_column(String(8))
-    object_key: Mapped[str | None] = mapped_column(String(1024), default=None)
+    object_key: Mapped[str | None] = mapped_column(String(1024), default=None, index=True)
     # The original's version (ObjectStore.version: ETag, or size and mtime) when it was
     # stamped: a click restamps once the owner has replaced the original.
     source_version: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -35,5 +35,5 @@ class DownloadGrant(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     # Object key of the buyer's watermarked copy, once made (None for unwatermarked files).
-    watermarked_key: Mapped[str | None] = mapped_column(String(1024), default=None)
+    watermarked_key: Mapped[str | None] = mapped_column(String(1024), default=None, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -178,6 +178,36 @@ def test_a_licenses_links_are_found_by_its_index(
         assert [n.get("Index Name") for n in grants] == ["ix_download_grants_license_id"], read
 
 
+def test_stamped_copies_are_found_by_their_keys_through_indexes(
+    app: Flask, shop: WebhookSender, postgresql: None
+) -> None:
+    """The job deleting copies asks, per copy, whether a click stamped it again, and the
+    sweep of a bucket asks which listed copies a row records: each read every copy (or
+    every grant of the store) once per key or batch."""
+    from connector.downloads.privacy import _copy_at
+    from connector.downloads.sweep import _queue_unrecorded
+
+    shop.configure(501)
+    key = "watermarked/1/abc/guide.pdf"
+    asked = plan_of(
+        app,
+        lambda _session: _copy_at(key, ready_only=True),
+        index_scans=True,
+        last_on="download_grants",
+    )
+    copies = [n for n in asked if n.get("Relation Name") == "watermark_copies"]
+    assert [n.get("Index Name") for n in copies] == ["ix_watermark_copies_object_key"]
+
+    swept = plan_of(
+        app,
+        lambda session: _queue_unrecorded(session, 1, [key]),
+        index_scans=True,
+        last_on="watermark_copies",
+    )
+    used = {n.get("Index Name") for n in swept if n.get("Relation Name")}
+    assert {"ix_watermark_copies_object_key", "ix_download_grants_watermarked_key"} <= used, used
+
+
 def test_an_order_is_found_by_its_number_through_an_index(
     app: Flask, shop: WebhookSender, postgresql: None
 ) -> None:
