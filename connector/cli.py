@@ -905,14 +905,26 @@ def worker() -> None:
     if unset is not None:
         click.echo(f"Warning: {unset}", err=True)
     stop = threading.Event()
+    stop_on_signals(stop)
+    click.echo("keygate worker running; Ctrl-C to stop")
+    work_forever(app, stop)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM or Ctrl-C sets ``stop``: the worker finishes the job in hand and starts no
+    other. A second one stops it at once (a job stuck on a peer that does not answer): the
+    job in hand is cut off and goes back to the queue, its attempt spent."""
 
     def _stop(*_: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
         stop.set()
+        # Not click.echo: a handler may run while the worker's own line is being written to
+        # stderr, and a buffered stream refuses a reentrant write.
+        os.write(2, b"stopping after the job in hand (Ctrl-C again to stop at once)\n")
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    click.echo("keygate worker running; Ctrl-C to stop")
-    work_forever(app, stop)
 
 
 for _module in COMMAND_MODULES:

@@ -449,6 +449,11 @@ def run_one(kinds: set[str] | None = None) -> bool:
         except Exception as exc:
             error = exc
             log.exception("job %s (%s) failed", job_id, kind)
+        except KeyboardInterrupt:
+            # The worker stopped at once (told twice): the job goes back to the queue, rather
+            # than sit "running" until its lease runs out.
+            _finish(claimed, RetryLater("the worker was stopped during the job"))
+            raise
     _finish(claimed, error)
     return True
 

@@ -323,6 +323,48 @@ def test_a_sleeping_worker_stops_at_once(app: Flask) -> None:
     assert not worker.is_alive()
 
 
+def test_a_worker_told_twice_to_stop_cuts_its_job_off_and_queues_it_again(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The first Ctrl-C (or SIGTERM) lets the job in hand finish; a second, for a job stuck
+    on a peer that does not answer, stops the worker at once. The job goes back to the
+    queue (its attempt spent), instead of sitting "running" until its lease runs out."""
+    from connector.cli import stop_on_signals
+
+    stop = threading.Event()
+
+    def stuck(payload: dict[str, Any]) -> None:
+        CALLS.append(payload)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler runs: the job may finish
+        CALLS.append({"told": stop.is_set()})
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # a peer that does not answer
+        CALLS.append({"not": "cut off"})
+
+    monkeypatch.setitem(jobs.HANDLERS, "test.stuck", stuck)
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.stuck", {"n": 1})
+    with_settings(app, worker_poll_seconds=0.1)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_signals(stop)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            jobs.work_forever(app, stop)
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert time.monotonic() - started < 8
+    assert [call.get("n", call) for call in CALLS] == [1, {"told": True}]
+    assert "Ctrl-C again to stop at once" in capfd.readouterr().err
+    with app.app_context():
+        job = db.session.scalars(select(Job).where(Job.kind == "test.stuck")).one()
+        assert (job.status, job.attempts, job.locked_until) == ("pending", 1, None)
+        assert job.last_error == "RetryLater: the worker was stopped during the job"
+        assert job.run_after > utcnow()
+
+
 def test_keygate_worker_stops_at_once_on_sigterm(tmp_path: Path) -> None:
     """`keygate worker` stopped by SIGTERM (a service manager, a container) while it waits
     for work exits at once and cleanly, instead of sitting out its poll interval."""
