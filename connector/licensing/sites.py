@@ -96,8 +96,10 @@ def is_staging_site(site: str) -> bool:
     """Whether a canonical site is a staging site. Whole labels only, never substrings.
 
     ``localhost``; a TLD of test, local, localhost, example or invalid; a first label of
-    staging, stage, dev, test or local; or a ``staging`` label before the registrable domain
-    (``shop.staging.example.com``). Loopback IP addresses count as ``localhost``.
+    staging, stage, dev, test or local in front of a domain (``dev.shop.com``; not the
+    domain itself: ``test.de`` and ``local.ch`` are real shops); or a ``staging`` label
+    before the registrable domain (``shop.staging.example.com``). Loopback IP addresses
+    count as ``localhost``.
     """
     try:
         return ipaddress.ip_address(site).is_loopback
@@ -106,6 +108,6 @@ def is_staging_site(site: str) -> bool:
     labels = site.split(".")
     if site == "localhost" or labels[-1] in STAGING_TLDS:
         return True
-    if len(labels) > 1 and labels[0] in STAGING_FIRST_LABELS:
+    if len(labels) > 2 and labels[0] in STAGING_FIRST_LABELS:
         return True
     return "staging" in labels[:-2]

@@ -105,11 +105,16 @@ def test_staging_sites(site: str) -> None:
         "shop.localdomain.com",
         "shop.com.staging",
         "192.0.2.10",
+        "test.de",
+        "local.ch",
+        "dev.to",
+        "staging.io",
     ],
 )
 def test_production_sites(site: str) -> None:
     """Substrings never count: devices.com is production; staging must be a whole label
-    before the registrable domain (the last two labels)."""
+    before the registrable domain (the last two labels), and a staging first label that is
+    the domain itself (test.de, a real shop) is production."""
     assert not is_staging_site(site)
 
 
