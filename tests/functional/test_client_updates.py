@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +127,35 @@ def test_a_url_that_no_longer_works_or_no_offer_is_said_so(
     with pytest.raises(ValueError, match="no http"):
         client.download_update({**update, "download_url": "file:///etc/passwd"}, folder / "x")
     assert list(folder.iterdir()) == []
+
+
+def test_the_readmes_snippet_installs_an_offered_update(
+    app: Flask,
+    shop: WebhookSender,
+    served: str,
+    folder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's client snippet with a release out: its ``if update:`` branch runs as
+    written (test_client_readme runs it with none offered), and the release lands where
+    the snippet puts it."""
+    from tests.functional.test_client_readme import ROOT, _readme_snippet
+
+    shutil.copy(ROOT / "connector" / "client.py", tmp_path / "keygate_client.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    key = issue_key(shop)
+    release(app, shop, RELEASE)
+    snippet = _readme_snippet()
+    for placeholder in ('"https://licenses.example.com"', '"/opt/myapp/updates/myapp.zip"'):
+        assert placeholder in snippet
+    code = snippet.replace('"https://licenses.example.com"', repr(served))
+    code = code.replace('"/opt/myapp/updates/myapp.zip"', repr(str(folder / "myapp.zip")))
+    code = code.replace('"1b607c89daa6a50f"', repr(shop.store.store.public_id))
+    code = re.sub(r"PINNED = \{.*\}", f"PINNED = {public_keys(shop.client)!r}", code)
+    names: dict[str, object] = {"key": key}
+    exec(compile(code, "README.md", "exec"), names)  # noqa: S102 - the README's own snippet
+    assert names["update"]["version"] == "1.4.0"  # type: ignore[index]
+    assert (folder / "myapp.zip").read_bytes() == RELEASE
+    assert sorted(p.name for p in folder.iterdir()) == ["myapp.zip"]
