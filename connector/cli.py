@@ -605,6 +605,7 @@ def store_add(
 ) -> None:
     """Register a shop; prints its webhook URL, webhook secret and admin API token once."""
     from connector import get_settings
+    from connector.config import unset_base_url_warning
     from connector.db import db
     from connector.errors import KeygateError
     from connector.stores import create_store, key_format, setup_details
@@ -623,8 +624,8 @@ def store_add(
             raise click.ClickException(exc.detail) from None
         db.session.commit()
         info = setup_details(created)
-        base_url = get_settings().base_url
-    if base_url == Settings.base_url and not os.environ.get("KEYGATE_BASE_URL"):
+        unset = unset_base_url_warning(get_settings())
+    if unset is not None:
         click.echo(
             f"Note: webhook_url assumes Keygate is reached at {Settings.base_url}; set "
             "KEYGATE_BASE_URL to the address the shop can reach it at.",

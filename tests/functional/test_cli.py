@@ -97,6 +97,20 @@ def test_store_add_prints_json_and_keys_follow_its_format(tmp_path: Path) -> Non
     assert info["api_token"].encode() not in db_bytes
 
 
+def test_store_add_notes_the_assumed_address_only_when_none_is_given(tmp_path: Path) -> None:
+    """The webhook URL `store add` prints names KEYGATE_BASE_URL: without one it says the
+    URL assumes the embedded default; given in keygate.toml (even as that very address, a
+    Keygate that really is served there), it says nothing."""
+    assert keygate(tmp_path, "init").returncode == 0
+    bare = keygate(tmp_path, "store", "add", "--name", "A", "--url", "https://a.example")
+    assert bare.returncode == 0, bare.stderr
+    assert "webhook_url assumes Keygate is reached at http://127.0.0.1:8000" in bare.stderr
+    (tmp_path / "instance" / "keygate.toml").write_text('base_url = "http://127.0.0.1:8000"\n')
+    given = keygate(tmp_path, "store", "add", "--name", "B", "--url", "https://b.example")
+    assert given.returncode == 0, given.stderr
+    assert "webhook_url assumes" not in given.stderr, given.stderr
+
+
 def test_store_add_refuses_a_bad_url(tmp_path: Path) -> None:
     assert keygate(tmp_path, "init").returncode == 0
     result = keygate(tmp_path, "store", "add", "--name", "Shop", "--url", "shop")
