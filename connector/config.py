@@ -199,7 +199,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "NOTSET": "DEBUG"}
 # The least value of settings that would otherwise break Keygate: 0 would spin the worker,
 # give up on every job at once, purge records the day they are made, or ask the shop again
-# every second; a body limit under a kilobyte would refuse every webhook and form.
+# every second; a body limit under a kilobyte would refuse every webhook and form (and a
+# leak lookup limit, every found file).
 _FLOORS = {
     "job_max_attempts": 1,
     "retention_webhook_days": 1,
@@ -212,6 +213,7 @@ _FLOORS = {
     "reconcile_interval_seconds": 60,
     "product_sync_interval_seconds": 60,
     "max_body_bytes": 1024,
+    "leak_lookup_max_bytes": 1024,
 }
 
 # The greatest value of settings: past those that count time a date computed from one (the

@@ -93,6 +93,10 @@ def test_master_keys_newest_first(tmp_path: Path) -> None:
         ),
         ({"KEYGATE_MAX_BODY_BYTES": "0"}, "KEYGATE_MAX_BODY_BYTES must be at least 1024"),
         (
+            {"KEYGATE_LEAK_LOOKUP_MAX_BYTES": "0"},
+            "KEYGATE_LEAK_LOOKUP_MAX_BYTES must be at least 1024",
+        ),
+        (
             {"KEYGATE_MAX_BODY_BYTES": str(64 * 1024 * 1024 + 1)},
             "KEYGATE_MAX_BODY_BYTES must be at most 67108864",
         ),
