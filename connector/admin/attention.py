@@ -1,8 +1,8 @@
 """What needs the owner's attention, store by store, for the top of the dashboard.
 
 Each notice is something a buyer cannot tell the owner and that does not mend itself: the
-shop cannot be read or refuses the webhooks' secret, or delivers them to another address
-than Keygate's, buyers' mails are not getting out (or
+shop cannot be read, refuses the webhooks' secret, sends bodies over the size limit, or
+delivers them to another address than Keygate's, buyers' mails are not getting out (or
 cannot: orders issued with no address), keys flagged for too many binding changes, copies
 that failed to stamp (their links are refused), buyers' clicks the storage failed (a bucket
 that refused Keygate's credentials or did not answer) until one is served again, refunds
@@ -39,8 +39,9 @@ from connector.models import (
     WatermarkCopy,
     WebhookDelivery,
 )
-from connector.models.records import BAD_SIGNATURE
+from connector.models.records import BAD_SIGNATURE, TOO_LARGE
 from connector.vault.connection import registration_trouble, webhook_url, webhooks_elsewhere
+from connector.vault.service import has_credentials
 from plugin.shop import REVOKING_STATUSES
 
 # Refunds Keygate could not apply, and mails printed on the console, are news for this long
@@ -113,6 +114,20 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                     store,
                     "The shop's latest webhook delivery was refused: its secret is not the"
                     " store's.",
+                    page,
+                )
+            )
+        if latest is not None and latest.outcome == TOO_LARGE:
+            found.append(
+                Notice(
+                    store,
+                    "The shop's latest webhook delivery was refused unread: its body is over"
+                    " KEYGATE_MAX_BODY_BYTES. Raise that setting"
+                    + (
+                        "; the shop's REST key reads the order meanwhile."
+                        if has_credentials(session, store, "woocommerce")
+                        else ": the store has no REST key to read the order instead."
+                    ),
                     page,
                 )
             )

@@ -78,7 +78,13 @@ from connector.stores import (
 from connector.validation import is_control_character, row_id, whole_number
 from connector.vault import connection as shop_connection
 from connector.vault.checks import CHECKED_KINDS, CheckResult, check_credentials, checkable
-from connector.vault.service import FIELDS, credentials_for, masked, parse_credentials
+from connector.vault.service import (
+    FIELDS,
+    credentials_for,
+    has_credentials,
+    masked,
+    parse_credentials,
+)
 from connector.vault.views import credential_checks
 
 from . import attention, sign_in
@@ -749,6 +755,7 @@ def _store_page(
         storage=storage_in_use(store),
         mail_route=mail_route(store),
         last_delivery=attention.latest_delivery(db.session, store),
+        rest_key=has_credentials(db.session, store, "woocommerce"),
         storage_failure=attention.storage_failure(db.session, store),
         last_accepted=db.session.scalars(
             select(WebhookDelivery.received_at)

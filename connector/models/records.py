@@ -13,6 +13,8 @@ from connector.vault.crypto import Encrypted
 
 # The outcome of a delivery refused for its signature (kept at most once a minute a store).
 BAD_SIGNATURE = "bad_signature"
+# The outcome of a delivery whose body is over KEYGATE_MAX_BODY_BYTES (not read; kept as often).
+TOO_LARGE = "too_large"
 
 
 class WebhookDelivery(Base):
@@ -27,7 +29,8 @@ class WebhookDelivery(Base):
     shop_webhook_id: Mapped[str | None] = mapped_column(String(64), default=None)
     resource_id: Mapped[str | None] = mapped_column(String(64), default=None)
     body_sha256: Mapped[str] = mapped_column(String(64))
-    # applied | stale | ignored | rejected | BAD_SIGNATURE
+    # applied | stale | ignored | rejected | BAD_SIGNATURE | TOO_LARGE
+    # (body_sha256 is empty for TOO_LARGE: the body was not read)
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text, default=None)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

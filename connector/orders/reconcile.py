@@ -6,8 +6,9 @@ an overlap) and applies each exactly as a webhook would, reading ``/orders/<id>/
 for orders with refunds so partial refunds revoke only the refunded units. It also
 re-activates webhooks the shop disabled.
 
-Jobs: ``shop.reconcile`` (periodic per store, re-enqueues itself) and ``shop.refresh_order``
-(one order, enqueued by the webhook view when a delivery lists refunds).
+Jobs: ``shop.reconcile`` (periodic per store, re-enqueues itself; or once, soon, when a
+delivery's body was over the limit) and ``shop.refresh_order`` (one order, enqueued by the
+webhook view when a delivery lists refunds).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.jobs import RetryLater, enqueue, handles, release_dedupe_key
-from connector.models import AuditEvent, Order, ShopConnection, Store
+from connector.models import AuditEvent, Job, Order, ShopConnection, Store
 from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
 from plugin.shop import PayloadError, ShopOrder, parse_utc_datetime
@@ -356,6 +357,27 @@ def schedule_next(session: Session, store: Store, kind: str, interval: int) -> N
         dedupe_key=f"{kind}:{store.id}:{slot}",
         run_after=run_after,
     )
+
+
+# A delivery refused unread (its body over KEYGATE_MAX_BODY_BYTES) queues a reconciliation
+# at most once in this many seconds a store: anyone can post such a body to the URL.
+SOON_EVERY = 60
+
+
+def enqueue_reconcile_soon(session: Session, store: Store) -> None:
+    """Queue one reconciliation of ``store`` to run now, or at the start of the next minute
+    when this minute's is queued already (it may have read the shop before the order at
+    hand was saved). Each minute has one, however often asked: a flood of deliveries costs
+    at most one reconciliation a minute, and each delivery is followed by one that starts
+    after it."""
+    slot = int(utcnow().timestamp() // SOON_EVERY)
+    for at in (slot, slot + 1):
+        key = f"{RECONCILE_JOB}:{store.id}:soon:{at}"
+        if session.scalar(select(Job.id).where(Job.dedupe_key == key)) is not None:
+            continue
+        run_after = None if at == slot else dt.datetime.fromtimestamp(at * SOON_EVERY, dt.UTC)
+        enqueue(session, RECONCILE_JOB, {"store_id": store.id}, dedupe_key=key, run_after=run_after)
+        return
 
 
 def _digest(text: str) -> str:

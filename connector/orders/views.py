@@ -10,12 +10,13 @@ import logging
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from connector.db import db, survives_a_dropped_connection, utcnow
-from connector.errors import InvalidInput, NotFound, SignatureInvalid
+from connector.errors import InvalidInput, NotFound, PayloadTooLarge, SignatureInvalid
 from connector.models import Store, WebhookDelivery
-from connector.models.records import BAD_SIGNATURE
-from connector.orders.reconcile import enqueue_refresh
+from connector.models.records import BAD_SIGNATURE, TOO_LARGE
+from connector.orders.reconcile import enqueue_reconcile_soon, enqueue_refresh
 from connector.orders.service import apply_shop_order
 from connector.stores import find_store
 from connector.vault.service import has_credentials
@@ -26,13 +27,17 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
 
-def _record(store: Store, body: bytes, outcome: str, detail: str | None = None) -> WebhookDelivery:
+def _record(
+    store: Store, body: bytes | None, outcome: str, detail: str | None = None
+) -> WebhookDelivery:
+    """Record a delivery: its headers' ids and the hash of its body, never the body (it holds
+    buyers' addresses). ``body`` None: not read (over the limit), no hash."""
     delivery = WebhookDelivery(
         store_id=store.id,
         topic=(request.headers.get(wc.TOPIC_HEADER) or "")[:64] or None,
         shop_delivery_id=(request.headers.get(wc.DELIVERY_HEADER) or "")[:64] or None,
         shop_webhook_id=(request.headers.get(wc.WEBHOOK_ID_HEADER) or "")[:64] or None,
-        body_sha256=hashlib.sha256(body).hexdigest(),
+        body_sha256="" if body is None else hashlib.sha256(body).hexdigest(),
         outcome=outcome,
         detail=detail,
     )
@@ -40,33 +45,80 @@ def _record(store: Store, body: bytes, outcome: str, detail: str | None = None) 
     return delivery
 
 
-# At most one record of refused signatures per store in this time: anyone who knows a
-# webhook URL can post to it, and must not fill the table.
-BAD_SIGNATURE_EVERY = dt.timedelta(minutes=1)
+# At most one record of a refused kind of delivery (a signature, a body over the limit) per
+# store in this time: anyone who knows a webhook URL can post to it, and must not fill the
+# table.
+REFUSED_RECORD_EVERY = dt.timedelta(minutes=1)
+
+
+def _record_throttled(store: Store, body: bytes | None, outcome: str, detail: str) -> None:
+    """Record a refused delivery of ``outcome`` unless one was recorded for the store in the
+    last :data:`REFUSED_RECORD_EVERY`; commits."""
+    recent = db.session.scalars(
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.store_id == store.id,
+            WebhookDelivery.outcome == outcome,
+            WebhookDelivery.received_at > utcnow() - REFUSED_RECORD_EVERY,
+        )
+        .limit(1)
+    ).first()
+    if recent is None:
+        _record(store, body, outcome, detail)
+        db.session.commit()
 
 
 def _record_bad_signature(store: Store, body: bytes) -> None:
     """Keep a trace the owner sees in the deliveries: a webhook secret pasted wrong into
     WooCommerce is the likeliest setup mistake, and WooCommerce disables a webhook after a
     few failures, so the owner would only see that no order ever arrives."""
-    recent = db.session.scalars(
-        select(WebhookDelivery.id)
-        .where(
-            WebhookDelivery.store_id == store.id,
-            WebhookDelivery.outcome == BAD_SIGNATURE,
-            WebhookDelivery.received_at > utcnow() - BAD_SIGNATURE_EVERY,
+    _record_throttled(
+        store,
+        body,
+        BAD_SIGNATURE,
+        "refused: the signature does not match this store's webhook secret"
+        " (the secret in WooCommerce is another one?)",
+    )
+
+
+def _refuse_too_large(store: Store) -> PayloadTooLarge:
+    """A body over ``KEYGATE_MAX_BODY_BYTES`` (an order of very many lines, a plugin's blobs
+    in its meta_data): refused unread, so its signature is unknown and anyone may have sent
+    it. WooCommerce does not send it again, so the owner is told (one record a minute, as
+    for a bad signature) and, with a REST key, the shop's changed orders are read now (one
+    reconciliation a minute at most, however many such bodies come)."""
+    limit = request.max_content_length
+    readable = has_credentials(db.session, store, "woocommerce")
+    if readable:
+        enqueue_reconcile_soon(db.session, store)
+        then = "the store's REST key reads it from the shop within a minute"
+    else:
+        then = (
+            "the store has no WooCommerce REST key, so the order is not applied:"
+            " connect the shop (reconciliation then reads it), or raise the limit and"
+            " change the order in WooCommerce (mark it completed), which sends it again"
         )
-        .limit(1)
-    ).first()
-    if recent is None:
-        _record(
-            store,
-            body,
-            BAD_SIGNATURE,
-            "refused: the signature does not match this store's webhook secret"
-            " (the secret in WooCommerce is another one?)",
-        )
-        db.session.commit()
+    log.warning("webhook for store %s with a body over %s bytes", store.public_id, limit)
+    _record_throttled(
+        store,
+        None,
+        TOO_LARGE,
+        f"refused: the body is over KEYGATE_MAX_BODY_BYTES ({limit} bytes), so it was not"
+        f" read; raise KEYGATE_MAX_BODY_BYTES. If it was an order, {then}",
+    )
+    db.session.commit()  # the reconciliation, when no record was due
+    return PayloadTooLarge(f"The body must be at most {limit} bytes.")
+
+
+def _cut_at_the_limit(body: bytes) -> bool:
+    """Whether a body sent with no length (chunked) went on past ``KEYGATE_MAX_BODY_BYTES``.
+    werkzeug reads such a body up to the limit and stops there without a word: the first
+    megabyte would be taken for the body, and refused for its signature (the owner told the
+    secret is wrong). One byte more is read from the server's stream to tell."""
+    limit = request.max_content_length
+    if request.content_length is not None or limit is None or len(body) < limit:
+        return False
+    return bool(request.environ["wsgi.input"].read(1))
 
 
 @bp.post("/webhooks/woocommerce/<store_id>")
@@ -75,7 +127,12 @@ def woocommerce_webhook(store_id: str) -> ResponseReturnValue:
     store = find_store(db.session, store_id)
     if store is None:
         raise NotFound("No store has this id.")
-    body = request.get_data(cache=True)
+    try:
+        body = request.get_data(cache=True)
+    except RequestEntityTooLarge:  # a Content-Length over the limit
+        raise _refuse_too_large(store) from None
+    if _cut_at_the_limit(body):
+        raise _refuse_too_large(store)
     if wc.is_ping(body, request.headers):
         # WooCommerce's creation ping is unsigned: answer 200, change nothing.
         return jsonify({"ok": True, "ping": True})

@@ -529,6 +529,38 @@ def test_the_store_page_says_when_deliveries_are_refused_for_their_signature(
     assert "was refused" in html and "someone else is posting to the webhook URL" in html
 
 
+def test_the_store_page_and_dashboard_say_when_a_delivery_was_over_the_size_limit(
+    app: Flask, owner: FlaskClient, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """An order too large for KEYGATE_MAX_BODY_BYTES is refused unread: the owner is told
+    to raise it, and whether the order still comes (a REST key reads it) or needs them."""
+    from tests.functional.test_order_webhooks import deliver_huge
+
+    page = f"/admin/stores/{shop.store.store.id}"
+    assert deliver_huge(shop).status_code == 413
+    html = unescape(owner.get(page).get_data(as_text=True))
+    assert "was refused unread: its body is over KEYGATE_MAX_BODY_BYTES" in html
+    assert "has no WooCommerce REST key, so the order was not applied" in html
+    dashboard = unescape(owner.get("/admin/").get_data(as_text=True))
+    assert "too_large" in dashboard
+    assert "no REST key to read the order instead" in dashboard
+    shop.configure(501)
+    assert shop.deliver(wc_order(9053)).status_code == 200  # the limit raised: the notice goes
+    assert "refused unread" not in owner.get(page).get_data(as_text=True)
+    assert "refused unread" not in owner.get("/admin/").get_data(as_text=True)
+    connect_store(app, shop, fake_shop)
+    with app.app_context():  # a minute later, another
+        db.session.execute(
+            update(WebhookDelivery).values(received_at=utcnow() - dt.timedelta(minutes=2))
+        )
+        db.session.commit()
+    assert deliver_huge(shop).status_code == 413
+    html = unescape(owner.get(page).get_data(as_text=True))
+    assert "the shop's REST key reads such an order" in html
+    dashboard = unescape(owner.get("/admin/").get_data(as_text=True))
+    assert "REST key reads the order meanwhile" in dashboard
+
+
 def test_a_hand_wired_stores_webhook_secret_is_replaced_and_shown_once(
     owner: FlaskClient, shop: WebhookSender
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import itertools
 import json
 import re
@@ -10,17 +12,22 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select, text, update
+from werkzeug.test import TestResponse
 
-from connector.db import db
+from connector.db import db, utcnow
 from connector.jobs import run_pending
 from connector.licensing.keys import KeyFormat, normalize_key
 from connector.models import DownloadGrant, Job, License, Mail, Order, Store, WebhookDelivery
+from connector.orders.reconcile import RECONCILE_JOB
 from connector.orders.service import apply_shop_order
 from connector.stores import create_store
 from plugin.woocommerce.webhooks import parse_order
 from tests.factories import WebhookSender, line_item, shifted, sign, wc_order
 from tests.peers import drop_database_connections
+from tests.wc_rest import FakeShop, connect_store, fake_shop
+
+__all__ = ["fake_shop"]  # a fixture, used by name
 
 
 def count(app: Flask, model: type) -> int:
@@ -561,16 +568,97 @@ def test_unknown_store_is_404(client) -> None:  # type: ignore[no-untyped-def]
     assert response.mimetype == "application/problem+json"
 
 
-def test_body_over_the_limit_is_413(shop: WebhookSender) -> None:
-    huge = b'{"id": 1, "pad": "' + b"x" * (1024 * 1024 + 10) + b'"}'
-    response = shop.client.post(
+LIMIT = 1024 * 1024  # KEYGATE_MAX_BODY_BYTES by default
+HUGE = b'{"id": 1, "pad": "' + b"x" * (LIMIT + 10) + b'"}'
+
+
+def deliver_huge(shop: WebhookSender, *, chunked: bool = False) -> TestResponse:
+    """An order.created over the limit, with its Content-Length or (``chunked``) none, read
+    from a stream the server ends (as gunicorn's wsgi.input_terminated says)."""
+    headers = {
+        "X-WC-Webhook-Topic": "order.created",
+        "X-WC-Webhook-Delivery-ID": "d-huge",
+        "X-WC-Webhook-Signature": sign(HUGE, shop.store.webhook_secret),
+    }
+    if not chunked:
+        return shop.client.post(shop.url, data=HUGE, headers=headers)
+    return shop.client.post(
         shop.url,
-        data=huge,
-        headers={"X-WC-Webhook-Signature": sign(huge, shop.store.webhook_secret)},
+        input_stream=io.BytesIO(HUGE),
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
     )
-    assert response.status_code == 413
-    assert response.mimetype == "application/problem+json"
-    assert response.get_json()["type"].endswith("/payload-too-large")  # as the API's own
+
+
+def too_large_jobs(app: Flask) -> list[Job]:
+    with app.app_context():
+        return list(
+            db.session.scalars(
+                select(Job).where(Job.kind == RECONCILE_JOB, Job.dedupe_key.contains(":soon:"))
+            )
+        )
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_over_the_limit_is_413_and_recorded_once_a_minute_without_the_body(
+    app: Flask, shop: WebhookSender, chunked: bool
+) -> None:
+    """A delivery over KEYGATE_MAX_BODY_BYTES (an order of many lines, a plugin's blobs in
+    meta_data) is refused unread, and WooCommerce does not send it again: the owner finds it
+    in the latest deliveries, saying what to do; without a REST key nothing else can read the
+    order, so nothing is queued. Unread, it may come from anyone: one record a minute."""
+    for _ in range(3):
+        response = deliver_huge(shop, chunked=chunked)
+        assert response.status_code == 413
+        assert response.mimetype == "application/problem+json"
+        assert response.get_json()["type"].endswith("/payload-too-large")  # as the API's own
+        assert str(LIMIT) in response.get_json()["detail"]
+    with app.app_context():
+        [trace] = db.session.scalars(select(WebhookDelivery)).all()
+    assert (trace.outcome, trace.topic, trace.shop_delivery_id) == (
+        "too_large",
+        "order.created",
+        "d-huge",
+    )
+    assert trace.body_sha256 == ""  # nothing of the body was read, nor kept
+    assert "KEYGATE_MAX_BODY_BYTES" in (trace.detail or "")
+    assert "no WooCommerce REST key" in (trace.detail or "")
+    assert too_large_jobs(app) == []
+    assert count(app, Order) == 0
+    with app.app_context():  # a minute later, another
+        db.session.execute(
+            update(WebhookDelivery).values(received_at=utcnow() - dt.timedelta(minutes=2))
+        )
+        db.session.commit()
+    assert deliver_huge(shop, chunked=chunked).status_code == 413
+    assert count(app, WebhookDelivery) == 2
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_order_over_the_limit_is_read_over_rest_at_once(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, chunked: bool
+) -> None:
+    """With a REST key, the order refused for its size is read by a reconciliation queued
+    now, not 15 minutes later; a flood of such bodies (anyone may send them) queues one a
+    minute."""
+    connect_store(app, shop, fake_shop)
+    shop.configure(501)
+    paid = wc_order(9090, "processing", [line_item(501)])
+    paid["date_modified_gmt"] = utcnow().isoformat(timespec="seconds")  # after the last run
+    fake_shop.orders[9090] = paid
+    for _ in range(5):
+        assert deliver_huge(shop, chunked=chunked).status_code == 413
+    queued = too_large_jobs(app)
+    # This minute's, run now, and the next minute's, run at its start (the first may read
+    # the shop before a later delivery's order was saved); a third if a minute began meanwhile.
+    assert 2 <= len(queued) <= 3
+    assert queued[0].run_after <= utcnow() < queued[-1].run_after
+    with app.app_context():
+        [trace] = db.session.scalars(select(WebhookDelivery)).all()
+    assert "REST key reads it" in (trace.detail or "")
+    run_pending(app)
+    [license_] = shop.order(9090)["licenses"]
+    assert license_["status"] == "active"
 
 
 def test_the_plain_text_mail_puts_every_key_and_link_on_a_line_of_its_own(
