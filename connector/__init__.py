@@ -35,7 +35,7 @@ from connector.integrations.mail import header_text
 from connector.licensing.sites import shown_site
 from connector.ratelimit import Budgets, storage_uri
 from connector.security_headers import security_headers
-from connector.validation import MAX_ROW_ID, refuse_nul_in_address
+from connector.validation import MAX_ROW_ID, KeygateRequest, refuse_nul_in_address
 from connector.vault.crypto import Keyring
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -151,6 +151,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     https = settings.base_url.startswith("https://")
 
     app = _Keygate("connector", template_folder=str(TEMPLATES))
+    app.request_class = KeygateRequest
     app.url_map.converters["int"] = _RowIdConverter
     app.session_interface = _SessionInterface()
     app.config.update(

@@ -10,14 +10,52 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
-from typing import Any
+from typing import IO, Any, cast
 
-from flask import request
-from werkzeug.exceptions import BadRequest
+from flask import Request, request
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream, get_input_stream
 
 from connector.errors import JSON_PREFIXES, InvalidInput, ValidationFailed
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class _WholeBodyOrTooLarge(LimitedStream):
+    """A body the server ends itself (``wsgi.input_terminated``: gunicorn's chunked
+    requests), read up to the request's limit. werkzeug's stream stops at the limit without
+    a word when such a body goes on past it: a webhook's first megabyte was taken for its
+    body (and refused for its signature), an API's JSON cut short refused as not JSON. One
+    byte more is asked of the server's stream: a body past the limit is 413, as one whose
+    Content-Length is over it."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        super().__init__(stream, limit, is_max=True)
+        self._source = stream
+
+    def read(self, size: int = -1) -> bytes:
+        was_exhausted = self.is_exhausted
+        data = super().read(size)
+        if not was_exhausted and self.is_exhausted and self._source.read(1):
+            raise RequestEntityTooLarge()
+        return data
+
+
+class KeygateRequest(Request):
+    """Flask's request, whose body sent without a length is refused past the limit (413)
+    instead of cut at it."""
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        limit = self.max_content_length
+        # Raises 413 for a Content-Length over the limit, before anything is read.
+        stream = get_input_stream(self.environ, max_content_length=limit)
+        # Only from a server that ends the body itself: from another, a read past the body
+        # would wait for the next request on the connection.
+        if limit is not None and "wsgi.input_terminated" in self.environ:
+            return cast(IO[bytes], _WholeBodyOrTooLarge(self.environ["wsgi.input"], limit))
+        return stream
 
 
 def refuse_nul_in_address() -> None:

@@ -8,6 +8,7 @@ page's form (400), the body (400). Every case runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from decimal import Decimal
@@ -19,6 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
+from connector import create_app
 from connector.db import db
 from connector.models import (
     DownloadGrant,
@@ -30,6 +32,7 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.vault.service import put_credentials
+from tests.conftest import app_overrides
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_admin_pages import PASSWORD, admin_client, csrf_token, sign_in
 from tests.functional.test_downloads import get, link_path, make_pdf, paid_order, put_file
@@ -152,6 +155,58 @@ def test_json_nested_past_the_stack_is_a_400(shop: WebhookSender, app: Flask, pa
     )
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
+
+
+def _chunked(
+    client: FlaskClient, path: str, body: bytes, method: str = "POST", **headers: str
+) -> Any:
+    """``body`` sent without a Content-Length (chunked), from a server that ends it itself
+    (gunicorn's ``wsgi.input_terminated``)."""
+    return client.open(
+        path,
+        method=method,
+        input_stream=io.BytesIO(body),
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json", **headers},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_a_body_sent_without_a_length_past_the_limit_is_a_413_not_cut_short(
+    shop: WebhookSender,
+) -> None:
+    """A body sent without a length that goes on past KEYGATE_MAX_BODY_BYTES: werkzeug
+    stopped reading at the limit, and the part read was refused as broken JSON (400); it
+    is too large, as with a length (413). One within the limit is read whole."""
+    token = {"Authorization": f"Bearer {shop.store.api_token}"}
+    pad = 1024 * 1024  # KEYGATE_MAX_BODY_BYTES by default
+    past = _chunked(
+        shop.client, "/api/v1/admin/products/501", b'{"x": "' + b" " * pad + b'"}', "PUT", **token
+    )
+    assert past.status_code == 413, past.get_data(as_text=True)
+    assert past.mimetype == "application/problem+json"
+    body = json.dumps({"name": "Pro", "pad": "x" * (pad - 100)}).encode()
+    within = _chunked(shop.client, "/api/v1/admin/products/501", body, "PUT", **token)
+    assert within.status_code == 422, within.get_data(as_text=True)  # read whole: "pad" named
+    assert within.get_json()["field"] == "pad"
+
+
+def test_a_license_call_without_a_length_past_a_low_limit_is_a_signed_413(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The same under a KEYGATE_MAX_BODY_BYTES below the license API's own 16 KiB."""
+    (tmp_path / "instance" / "files").mkdir(parents=True)
+    application = create_app(app_overrides(tmp_path, database_url, max_body_bytes=4096))
+    try:
+        client = application.test_client()
+        body = json.dumps({"key": "AAAAA-BBBBB", "label": "x" * 5000}).encode()
+        past = _chunked(client, "/api/v1/licenses/validate", body)
+        assert past.status_code == 413, past.get_data(as_text=True)
+        assert past.mimetype == "application/problem+json"
+        assert "Keygate-Signature" in past.headers
+        within = _chunked(client, "/api/v1/licenses/validate", body.replace(b"x" * 1000, b""))
+        assert within.get_json()["code"] == "NOT_FOUND"  # read whole, answered
+    finally:
+        application.extensions["keygate.db"].engine.dispose()
 
 
 # --- Values a parser let through that broke later (an audit's findings) ---------------------
