@@ -73,8 +73,9 @@ log = logging.getLogger(__name__)
 register_privacy_hooks()
 
 MAX_LICENSE_BODY = 16 * 1024
-LICENSE_PREFIX = "/api/v1/licenses/"
-SIGNED_PREFIXES = (LICENSE_PREFIX, "/api/v1/signing-keys")
+# Every answer at these paths, or below them, is signed (``/api/v1/licenses`` itself too: a
+# product's client posting to it by mistake must not read an unsigned answer as tampered).
+SIGNED_PATHS = ("/api/v1/licenses", "/api/v1/signing-keys")
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -228,7 +229,8 @@ def _record_breach(breach: Breach) -> None:
 
 
 def _is_signed_path() -> bool:
-    return request.path.startswith(SIGNED_PREFIXES)
+    path = request.path
+    return any(path == base or path.startswith(base + "/") for base in SIGNED_PATHS)
 
 
 @bp.before_app_request
@@ -254,9 +256,9 @@ def _sign_answer(response: Response) -> Response:
             if response.status_code < 500:
                 raise
             return response
-    if request.path.startswith(LICENSE_PREFIX) and not g.get("_license_echoed"):
-        # An answer made outside this blueprint's views (a path or method no route has):
-        # it echoes the request too.
+    if response.status_code >= 400 and not g.get("_license_echoed"):
+        # An error made outside this blueprint's views (a path or method no route has):
+        # it echoes the request too, as every signed error does.
         made = response.get_json(silent=True)
         if isinstance(made, dict):
             response.set_data(json.dumps(_echo(made)))

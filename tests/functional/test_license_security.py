@@ -289,6 +289,33 @@ def test_unknown_path_under_the_api_is_signed_too(shop: WebhookSender) -> None:
     verify_signed(shop.client, "GET", "/api/v1/licenses/validate", response)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/api/v1/licenses", 404),  # the API's base, no endpoint named
+        ("GET", "/api/v1/licenses", 404),
+        ("POST", "/api/v1/licenses/", 404),
+        ("POST", "/api/v1/licenses/renew", 404),  # no such endpoint
+        ("POST", "/api/v1/licenses/validate/extra", 404),
+        ("POST", "/api/v1/signing-keys", 405),  # GET only
+        ("GET", "/api/v1/signing-keys/extra", 404),
+    ],
+)
+def test_a_path_or_method_no_route_has_is_a_signed_problem_echoing_the_request(
+    shop: WebhookSender, method: str, path: str, status: int
+) -> None:
+    """A product's client posting to a wrong license API address reads a signed
+    problem+json with ``ts`` and its nonce echoed, as for every other error: not an
+    unsigned answer it would have to treat as tampered with."""
+    response = shop.client.open(path, method=method, json={"key": "KG-NOPE", "nonce": "w1"})
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    body = verify_signed(shop.client, method, path, response, nonce="w1")
+    assert body["nonce"] == "w1"
+    assert body["ts"].endswith("Z")
+    assert body["status"] == status
+
+
 @contextmanager
 def apps_with(
     tmp_path: Path, database_url: str, count: int = 1, **settings: Any
