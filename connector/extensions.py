@@ -16,6 +16,7 @@ from connector.vault.crypto import keyed_hash
 T = TypeVar("T")
 RATELIMIT_IP_HASH = "ratelimit-ip"
 _IP_KEY = "_keygate_ratelimit_ip"
+_NETWORK_KEY = "_keygate_ratelimit_network"
 
 
 def client_ip() -> str:
@@ -40,19 +41,34 @@ def client_ip_key() -> str:
     return key
 
 
-def client_network_key() -> str:
-    """The caller's network as a rate-limit key, for the owner's sign-in and password page:
-    an IPv6 address counts as its /64 (one subscriber's network, whose 2^64 addresses a
-    guesser would otherwise rotate through, each with a limit of its own), any other
-    address as itself (:func:`client_ip_key`). A keyed hash, never the address."""
+def client_network() -> str:
+    """The caller as one holder of addresses: an IPv6 address is its /64 (one subscriber's
+    network, whose 2^64 addresses its holder can rotate through), an IPv4-mapped IPv6
+    address (``::ffff:192.0.2.1``, as a dual-stack socket sees an IPv4 caller) the IPv4
+    address itself, any other address (or none) as :func:`client_ip` gives it."""
+    ip = client_ip()
     try:
-        address = ipaddress.ip_address(client_ip())
+        address = ipaddress.ip_address(ip)
     except ValueError:
-        return client_ip_key()
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
-        network = ipaddress.IPv6Network((int(address) >> 64 << 64, 64))
-        return keyed_hash(RATELIMIT_IP_HASH, str(network))
-    return client_ip_key()
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(address) >> 64 << 64, 64)))
+    return ip
+
+
+def client_network_key() -> str:
+    """The caller's network (:func:`client_network`) as a rate-limit key, for the license
+    API's per-IP budget and the owner's sign-in and password page: a guesser cannot rotate
+    through a /64 with a limit for each address. A keyed hash, never the address; an IPv4
+    caller's is :func:`client_ip_key`. Made once per request."""
+    key: str | None = g.get(_NETWORK_KEY)
+    if key is None:
+        network = client_network()
+        key = client_ip_key() if network == client_ip() else keyed_hash(RATELIMIT_IP_HASH, network)
+        setattr(g, _NETWORK_KEY, key)
+    return key
 
 
 _CHECKED = "_keygate_limits_checked"

@@ -4,8 +4,9 @@ Every answer on these paths, errors and 429s included, is signed (connector.sign
 headers ``Date``, ``Digest`` and ``Keygate-Signature`` cover the request target, the Host
 header as received, the date and the body's digest. Bodies carry the caller's ``nonce`` and
 a ``ts``. Rate limits apply per IP and per key (``connector.ratelimit.Budgets``, in the
-storage Flask-Limiter uses); a breach is answered 429 with ``Retry-After`` and kept as a
-security record with the IP hashed.
+storage Flask-Limiter uses; an IPv6 caller's IP budget is its /64's, an IPv4-mapped address
+counts as its IPv4 one: ``client_network_key``); a breach is answered 429 with
+``Retry-After`` and kept as a security record with the IP hashed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from connector.errors import (
     rollback_request,
     route_for_log,
 )
-from connector.extensions import client_ip_key
+from connector.extensions import client_network_key
 from connector.licensing import service
 from connector.licensing.files import (
     DEFAULT_TTL,
@@ -196,7 +197,7 @@ def rate_limited(view: Callable[[], ResponseReturnValue]) -> Callable[[], Respon
     @wraps(view)
     def limited() -> ResponseReturnValue:
         budgets: Budgets = current_app.extensions["keygate.license_budgets"]
-        breach = budgets.spend("license-ip", client_ip_key())
+        breach = budgets.spend("license-ip", client_network_key())
         key_hash = _key_hash()
         if breach is None and key_hash is not None:
             breach = budgets.spend("license-key", service.key_fingerprint(key_hash))

@@ -142,3 +142,29 @@ def test_the_ip_key_is_hashed_once_per_request(app: Flask, monkeypatch: pytest.M
             app.extensions["keygate.keyring"], RATELIMIT_IP_HASH, "198.51.100.5"
         )
     assert purposes.count(RATELIMIT_IP_HASH) == 1
+
+
+def test_an_ipv6_network_shares_one_license_budget(tmp_path: Path, database_url: str) -> None:
+    """One host's /64 (what an IPv6 customer is given) is one caller: rotating through its
+    addresses spends one per-IP budget; the next /64 has its own."""
+    with _app(tmp_path, database_url) as app:
+        client = app.test_client()
+        statuses = [_validate(client, f"2001:db8:1:2::{n:x}") for n in range(1, 5)]
+        assert statuses == [200, 200, 200, 429]
+        assert _validate(client, "2001:db8:1:2:ffff:ffff:ffff:ffff") == 429
+        assert _validate(client, "2001:db8:1:3::1") == 200
+
+
+def test_an_ipv4_mapped_address_spends_its_ipv4_budget(tmp_path: Path, database_url: str) -> None:
+    """``::ffff:198.51.100.7`` (an IPv4 caller as a dual-stack socket sees it) is the IPv4
+    address: one budget for both forms, not one per form nor one for all mapped addresses
+    (which would share the /64 ``::ffff:0:0/64``)."""
+    with _app(tmp_path, database_url) as app:
+        client = app.test_client()
+        ip = "198.51.100.7"
+        statuses = [_validate(client, f) for f in (ip, f"::ffff:{ip}", ip, f"::ffff:{ip}")]
+        assert statuses == [200, 200, 200, 429]
+        assert _validate(client, "::ffff:198.51.100.8") == 200
+        with app.app_context():
+            hashed = keyed_hash(RATELIMIT_IP_HASH, ip)
+        assert any(hashed in k and "license-ip" in k for k in _memory_keys(app))
