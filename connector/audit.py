@@ -1,6 +1,7 @@
 """The audit log (who did what, to what, when) and the security records (rate-limit
 breaches: the IP as a keyed hash, the license's store's when the record is about a
-license). Neither ever holds a secret or a license key."""
+license; an IPv6 caller's /64, as the limits count it). Neither ever holds a secret or a
+license key."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.db import utcnow
-from connector.extensions import client_ip
+from connector.extensions import client_network
 from connector.models import AdminUser, AuditEvent, License, SecurityEvent
 from connector.vault.crypto import keyed_hash, store_keyed_hash
 
@@ -67,8 +68,11 @@ def record_security_event(
     A record about a license is in its buyer's export: its IP is hashed for the license's
     store (another hash in every store, so two owners' exports do not link one address).
     One like it kept before that, under the hash every store shared, counts all the same.
+    The IP is the caller's network as the limits count it (an IPv6 address's /64,
+    :func:`connector.extensions.client_network`): one holder of a /64 sending from address
+    after address, refused by the one budget they share, keeps one record a minute too.
     """
-    ip = client_ip()
+    ip = client_network()
     ip_hash = keyed_hash(SECURITY_IP_HASH, ip)
     same_ip = [ip_hash]
     if license_id is not None:

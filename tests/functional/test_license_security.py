@@ -428,6 +428,27 @@ def test_a_burst_past_the_limit_keeps_one_record_a_minute_per_address(limited_ap
         assert db.session.scalar(select(func.count()).select_from(SecurityEvent)) == 3
 
 
+def test_a_network_sending_from_address_after_address_keeps_one_record_a_minute(
+    limited_app: Flask,
+) -> None:
+    """An IPv6 host rotating through its /64 spends one per-IP budget, and its refusals
+    keep one security record a minute as one address's do, not one per address it
+    sent from (each a new address, the table would fill as fast as it sends)."""
+    shop = _limited_shop(limited_app)
+    statuses = [
+        shop.client.post(
+            "/api/v1/licenses/validate",
+            json={"key": f"KG-GUESS-{n}"},
+            environ_base={"REMOTE_ADDR": f"2001:db8:7:7::{n + 1:x}"},
+        ).status_code
+        for n in range(20)
+    ]
+    assert statuses == [200] * 5 + [429] * 15
+    with limited_app.app_context():
+        records = db.session.scalars(select(SecurityEvent)).all()
+        assert [(r.kind, r.scope) for r in records] == [("rate_limited", "ip")]
+
+
 def test_only_a_breach_carries_retry_after(limited_app: Flask) -> None:
     shop = _limited_shop(limited_app)
     key = issue_key(shop)
