@@ -99,12 +99,17 @@ def is_staging_site(site: str) -> bool:
     staging, stage, dev, test or local in front of a domain (``dev.shop.com``; not the
     domain itself: ``test.de`` and ``local.ch`` are real shops); or a ``staging`` label
     before the registrable domain (``shop.staging.example.com``). Loopback IP addresses
-    count as ``localhost``.
+    count as ``localhost``, an IPv4-mapped one (``::ffff:127.0.0.1``, kept as
+    ``::ffff:7f00:1``) as its IPv4 address.
     """
     try:
-        return ipaddress.ip_address(site).is_loopback
+        address = ipaddress.ip_address(site)
     except ValueError:
         pass
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return address.ipv4_mapped.is_loopback
+        return address.is_loopback
     labels = site.split(".")
     if site == "localhost" or labels[-1] in STAGING_TLDS:
         return True

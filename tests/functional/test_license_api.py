@@ -474,6 +474,9 @@ def test_activate_needs_a_site_or_fingerprint(shop: WebhookSender) -> None:
         "localhost",
         "http://localhost:8080",
         "127.0.0.1",
+        "[::1]",
+        "::ffff:127.0.0.1",  # 127.0.0.1 as a dual-stack host names it
+        "http://[::ffff:127.0.0.1]:8080/",
         "shop.test",
         "dev.shop.com",
         "staging.shop.com",

@@ -72,6 +72,7 @@ def test_garbage_is_refused(garbage: str) -> None:
         "localhost",
         "127.0.0.1",
         "::1",
+        "::ffff:7f00:1",  # ::ffff:127.0.0.1 as normalize_site keeps it
         "shop.test",
         "shop.local",
         "app.localhost",
@@ -109,6 +110,7 @@ def test_staging_sites(site: str) -> None:
         "local.ch",
         "dev.to",
         "staging.io",
+        "::ffff:c000:20a",  # ::ffff:192.0.2.10
     ],
 )
 def test_production_sites(site: str) -> None:
