@@ -114,5 +114,6 @@ def _only_if_checked(hook: Callable[[T], T]) -> Callable[[T], T]:
     return run
 
 
-limiter = DecoratorLimiter(key_func=client_ip_key, default_limits=[], headers_enabled=True)
+# Each caller's network (an IPv6 /64, an IPv4 address): the buyer's portal forms too.
+limiter = DecoratorLimiter(key_func=client_network_key, default_limits=[], headers_enabled=True)
 csrf = CSRFProtect()

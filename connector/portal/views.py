@@ -13,7 +13,7 @@ from flask.typing import ResponseReturnValue
 
 from connector.admin.forms import ConfirmForm
 from connector.db import db
-from connector.extensions import client_ip_key, limiter
+from connector.extensions import client_network_key, limiter
 from connector.mail.service import mail_order_again
 from connector.models import Order, Store
 from connector.orders.renewals import own_renewed_query
@@ -39,7 +39,7 @@ def _order_of_link() -> str:
     try:
         return f"portal-order:{order_id_from_portal_token(token, expired_too=True)}"
     except (LinkInvalid, LinkExpired):
-        return client_ip_key()  # no order: the view answers 404
+        return client_network_key()  # no order: the view answers 404
 
 
 order_mails = limiter.shared_limit(

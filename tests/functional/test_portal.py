@@ -47,6 +47,24 @@ def test_portal_shows_keys_and_links_and_resends(app: Flask, shop: WebhookSender
     assert "Retry-After" in limited.headers
 
 
+def test_a_resend_budget_is_one_ipv6_networks_not_each_addresss(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The 3 resends an hour a caller has count an IPv6 caller's /64, whose 2^64 addresses
+    its holder can send from one after another (as the license API and sign-in count)."""
+    shop.configure(501)
+    shop.deliver(wc_order(9408, "processing", [line_item(501)]))
+    path = shop.order(9408)["portal_url"].removeprefix("http://keygate.test")
+    token = {"csrf_token": csrf(shop.client.get(path).get_data(as_text=True))}
+    answers = [
+        shop.client.post(
+            path + "/resend", data=token, environ_base={"REMOTE_ADDR": f"2001:db8:5:6::{n:x}"}
+        ).status_code
+        for n in range(1, 5)
+    ]
+    assert answers == [302, 302, 302, 429]
+
+
 def test_revoked_keys_are_not_shown(shop: WebhookSender) -> None:
     shop.configure(501)
     item = line_item(501, line_id=81)
