@@ -516,7 +516,7 @@ def _revoke(session: Session, which: ColumnElement[bool], reason: str, result: A
     """
     now = utcnow()
     license_ids = []
-    for license_ in session.scalars(select(License).where(which)):
+    for license_ in _locked_licenses(session, which):
         license_ids.append(license_.id)
         if license_.status == "active":
             license_.status = "revoked"
@@ -531,6 +531,29 @@ def _revoke(session: Session, which: ColumnElement[bool], reason: str, result: A
     ):
         grant.revoked_at = now
         grant.revoked_reason = reason
+
+
+def _locked_licenses(session: Session, which: ColumnElement[bool]) -> list[License]:
+    """The licenses ``which`` selects, locked in id order (as :func:`renewals.lock_licenses`
+    takes them) until the transaction ends and read again under the lock.
+
+    The owner's suspend, reinstate or revoke holds the license's lock while it decides
+    (:func:`connector.licensing.admin.change_license`), and so does the abuse signal's
+    suspension: read without it, a refund saw a license suspended that the owner was
+    reinstating and left it be (the owner's reinstate then handed out a refunded key), and a
+    payment brought back a license the owner was revoking. Under the lock, one waits for
+    the other and decides on what it committed (PostgreSQL ``FOR NO KEY UPDATE``, which the
+    owner's and the seat's ``FOR UPDATE`` wait for, but not a row's foreign-key check of the
+    license, as a rate-limit record's; SQLite writers take turns anyway)."""
+    return list(
+        session.scalars(
+            select(License)
+            .where(which)
+            .order_by(License.id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
+    )
 
 
 def _set_unit_revoked(
@@ -550,15 +573,14 @@ def _revoke_other_products(session: Session, line: LineItem, result: ApplyResult
 def _reinstate_units(session: Session, line: LineItem, entitled: int, result: ApplyResult) -> None:
     """Undo automatic revocations (a refund, an order status, a product swapped back) of the
     line's units 1..``entitled`` of its product; an owner's revocation stays."""
-    for license_ in session.scalars(
-        select(License)
-        .where(
+    for license_ in _locked_licenses(
+        session,
+        and_(
             License.line_item_id == line.id,
             License.product_id == line.product_id,
             License.unit <= entitled,
             License.status == "revoked",
-        )
-        .order_by(License.unit)
+        ),
     ):
         if by_the_order(license_.status_reason):
             license_.status = "active"
