@@ -9,7 +9,8 @@ anyway: the same tests check that the outcome is the one of that order.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Flask
 from sqlalchemy import Connection
@@ -21,6 +22,8 @@ from connector.orders.service import apply_shop_order
 from plugin.woocommerce.webhooks import parse_order
 from tests.factories import WebhookSender, line_item, wc_order
 from tests.transactions import while_another_transaction
+
+T = TypeVar("T")
 
 
 def _while_the_owner(
@@ -39,6 +42,22 @@ def _while_the_owner(
 
     answer = while_another_transaction(app, owner, lambda: shop.deliver(delivery))
     assert answer.status_code == 200, answer.get_data(as_text=True)
+
+
+def _while_the_order(
+    app: Flask, shop: WebhookSender, delivery: dict[str, Any], owner: Callable[[], T]
+) -> T:
+    """The owner's request ``owner`` made while ``delivery`` is applied, not committed
+    (committed once the request waits on a lock: PostgreSQL). Its answer."""
+
+    def apply(connection: Connection) -> None:
+        with app.app_context():
+            session = Session(bind=connection)
+            store = session.get(Store, shop.store.store.id)
+            assert store is not None
+            apply_shop_order(session, store, parse_order(delivery))
+
+    return while_another_transaction(app, apply, owner)
 
 
 def test_a_refund_during_the_owners_reinstate_revokes_the_key(
@@ -114,21 +133,32 @@ def test_the_owners_reinstate_during_a_refund_is_refused_and_says_why(
     shop.deliver(wc_order(9304, "processing", [item], modified=1))
     key = shop.order(9304)["licenses"][0]["key"]
     assert shop.admin("POST", f"/licenses/{key}/suspend").status_code == 200
-
-    def refund(connection: Connection) -> None:
-        with app.app_context():
-            session = Session(bind=connection)
-            store = session.get(Store, shop.store.store.id)
-            assert store is not None
-            apply_shop_order(
-                session, store, parse_order(wc_order(9304, "refunded", [item], modified=2))
-            )
-
-    answer = while_another_transaction(
-        app, refund, lambda: shop.admin("POST", f"/licenses/{key}/reinstate")
+    refund = wc_order(9304, "refunded", [item], modified=2)
+    answer = _while_the_order(
+        app, shop, refund, lambda: shop.admin("POST", f"/licenses/{key}/reinstate")
     )
     assert answer.status_code == 409
     assert "does not pay for it now (the order is refunded)" in answer.get_json()["detail"]
     body = shop.order(9304)
     assert [lic["status"] for lic in body["licenses"]] == ["suspended"]
+    assert body["downloads"] and all(d["revoked"] for d in body["downloads"])
+
+
+def test_the_owners_suspend_during_a_refund_is_refused_and_says_why(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The refund is revoking the key when the owner pauses it: the pause waits for it and
+    is a 409 naming the refund (not a 500, nor a pause over the revocation)."""
+    shop.configure(501)
+    item = line_item(501, line_id=305)
+    shop.deliver(wc_order(9305, "processing", [item], modified=1))
+    key = shop.order(9305)["licenses"][0]["key"]
+    refund = wc_order(9305, "refunded", [item], modified=2)
+    answer = _while_the_order(
+        app, shop, refund, lambda: shop.admin("POST", f"/licenses/{key}/suspend")
+    )
+    assert answer.status_code == 409
+    assert "revoked (by its order, refunded)" in answer.get_json()["detail"]
+    body = shop.order(9305)
+    assert [lic["status"] for lic in body["licenses"]] == ["revoked"]
     assert body["downloads"] and all(d["revoked"] for d in body["downloads"])
