@@ -42,7 +42,11 @@ class FakeBrevo:
     failures: list[int] = field(default_factory=list)
     contacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     accepted_mails: list[RecordedRequest] = field(default_factory=list)
-    # Like Brevo: a mail whose headers.idempotencyKey was seen is answered, not sent again.
+    # Like Brevo: a mail whose headers.idempotencyKey was used in the last 30 minutes is not
+    # sent again, and is answered 400 ``duplicate_parameter`` (Brevo's "Idempotency for batch
+    # emails": "the API returns a duplicate_parameter error and does not process the
+    # request"). Keys seen, with the messageId of the mail each sent; :meth:`keys_expire`
+    # ends their 30 minutes.
     idempotency: dict[str, str] = field(default_factory=dict)
     # Accept this many mails or contact pushes, then drop the connection instead of answering
     # (a lost answer).
@@ -59,8 +63,12 @@ class FakeBrevo:
         return list_id in (self.contacts.get(email, {}).get("listIds") or [])
 
     def sent(self) -> list[RecordedRequest]:
-        """Mails Brevo accepted (answered 201)."""
+        """Mails Brevo sent (whether or not its answer arrived)."""
         return list(self.accepted_mails)
+
+    def keys_expire(self) -> None:
+        """The idempotency keys' 30 minutes are over: a key used again sends a mail again."""
+        self.idempotency.clear()
 
 
 REMOVE_FROM_LIST = re.compile(r"/v3/contacts/lists/(\d+)/contacts/remove")
@@ -153,7 +161,8 @@ def fake_brevo() -> Iterator[FakeBrevo]:
             if self.path == "/v3/smtp/email":
                 key = (body.get("headers") or {}).get("idempotencyKey")
                 if key in state.idempotency:
-                    self._answer(201, {"messageId": state.idempotency[key]})
+                    message = "Request with this idempotency key was already processed"
+                    self._answer(400, {"code": "duplicate_parameter", "message": message})
                     return
                 state.accepted_mails.append(request)
                 message_id = f"<{len(state.accepted_mails)}@smtp-relay.brevo.test>"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from urllib3.exceptions import HTTPError
 
 from connector.integrations.mail import OutgoingMail, header_text
 from connector.jobs import RetryLater
+
+log = logging.getLogger(__name__)
 
 
 class BrevoRejected(RuntimeError):
@@ -99,6 +102,10 @@ REQUEST_REFUSED = "Brevo refused the request"
 MAIL_REFUSED = "Brevo refused the mail"
 NOT_MADE = "the request to Brevo could not be made"
 KEY_STATUSES = (401, 403)  # a wrong or deleted key, or this server's address not allowed
+# Brevo's answer to a mail whose idempotency key was used in the last 30 minutes: not sent
+# again (developers.brevo.com, "Idempotency for batch emails"). A Keygate mail names one
+# recipient, so nothing else in it can be a duplicate.
+ALREADY_SENT = "duplicate_parameter"
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -188,6 +195,12 @@ class BrevoMailer:
         except BrevoRejected as exc:
             if not exc.status:  # the request could not be made: its message says why
                 raise
+            if mail.idempotency_key and exc.code == ALREADY_SENT:
+                # Brevo sent this mail for an earlier attempt whose answer was lost: it is
+                # sent (its messageId went with that answer). Taken for a refusal, the job
+                # would retry until the key's 30 minutes are over, and then mail it again.
+                log.info("Brevo had sent this mail already (its idempotency key was used)")
+                return None
             raise BrevoRejected(_mail_refusal(exc), exc.status, exc.code) from None
         message_id = getattr(result, "message_id", None)
         return str(message_id) if message_id else None

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from connector import create_app
 from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending, stop_worker_thread
+from connector.mail.service import ORDER_MAIL_JOB
 from connector.models import AuditEvent, Job, Mail
 from connector.stores import create_store
 from tests.conftest import app_overrides
@@ -173,7 +174,10 @@ def test_a_mail_brevo_took_whose_answer_was_lost_is_not_sent_twice(
     brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
 ) -> None:
     """Every attempt of one mail carries the same idempotency key: when Brevo accepted the
-    mail but its answer never arrived, the retry is answered without a second mail."""
+    mail but its answer never arrived, the retry is refused as a duplicate (Brevo's 400
+    ``duplicate_parameter``), and that means the mail went: it is sent, the job done. Taken
+    for a refusal, the job retried until the key's 30 minutes were over, and then mailed
+    the buyer a second time (meanwhile the outbox blamed the sender address)."""
     brevo.lost_answers = 1
     brevo_shop.deliver(wc_order(9602, "processing", [line_item(501)]))
     run_pending(brevo_app)
@@ -188,8 +192,15 @@ def test_a_mail_brevo_took_whose_answer_was_lost_is_not_sent_twice(
     assert len(brevo.sent()) == 1
     with brevo_app.app_context():
         mail = db.session.execute(select(Mail)).scalar_one()
-        assert mail.sent_at is not None
-        assert mail.provider_message_id == "<1@smtp-relay.brevo.test>"
+        assert mail.sent_at is not None and mail.backend == "brevo"
+        assert mail.provider_message_id is None  # it came with the answer that was lost
+        job = db.session.execute(select(Job).where(Job.kind == ORDER_MAIL_JOB)).scalar_one()
+        assert (job.status, job.last_error) == ("done", None)
+    # Half an hour later Brevo has forgotten the key: nothing is left to send it again.
+    brevo.keys_expire()
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    assert len(brevo.sent()) == 1
 
 
 def test_a_stalled_brevo_is_an_outage_not_a_hung_worker(
