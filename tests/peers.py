@@ -53,6 +53,9 @@ class FakeBrevo:
     lost_answers: int = 0
     # Seconds to wait before answering (a stalled Brevo).
     stall_seconds: float = 0.0
+    # A mail refused by one of ``failures`` keeps its idempotency key all the same (Brevo
+    # does not say whether it does).
+    keeps_refused_keys: bool = False
     # Answer 400 invalid_parameter when an address to take out of a list is not in it.
     refuses_non_members: bool = False
     lists: set[int] = field(default_factory=lambda: {7})
@@ -117,6 +120,9 @@ def fake_brevo() -> Iterator[FakeBrevo]:
                 return None
             if state.failures:
                 status = state.failures.pop(0)
+                key = ((body or {}).get("headers") or {}).get("idempotencyKey")
+                if key and state.keeps_refused_keys and 400 <= status < 500 and status != 429:
+                    state.idempotency[key] = ""
                 self._answer(status, {"code": "error", "message": "try later"})
                 return None
             if state.stall_seconds:

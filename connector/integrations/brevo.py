@@ -106,6 +106,15 @@ KEY_STATUSES = (401, 403)  # a wrong or deleted key, or this server's address no
 # again (developers.brevo.com, "Idempotency for batch emails"). A Keygate mail names one
 # recipient, so nothing else in it can be a duplicate.
 ALREADY_SENT = "duplicate_parameter"
+KEY_KEPT = "Brevo keeps the key of the attempt it refused"
+
+
+def refused_before(last_error: str | None) -> bool:
+    """Whether a mail job's last attempt (``last_error``) ended with nothing sent for sure:
+    Brevo refused it, or kept the key of one it refused (see :meth:`BrevoMailer.send`)."""
+    return (last_error or "").startswith(
+        (f"{BrevoRejected.__name__}:", f"{RetryLater.__name__}: {KEY_KEPT}")
+    )
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -196,6 +205,10 @@ class BrevoMailer:
             if not exc.status:  # the request could not be made: its message says why
                 raise
             if mail.idempotency_key and exc.code == ALREADY_SENT:
+                if mail.refused_before:
+                    # Brevo may keep the key of the attempt it refused, which sent nothing:
+                    # the mail goes once the key's 30 minutes are over, never lost.
+                    raise RetryLater(KEY_KEPT) from None
                 # Brevo sent this mail for an earlier attempt whose answer was lost: it is
                 # sent (its messageId went with that answer). Taken for a refusal, the job
                 # would retry until the key's 30 minutes are over, and then mail it again.

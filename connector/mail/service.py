@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
 from connector.db import db, lock_row, utcnow
-from connector.integrations.brevo import BrevoConfig, BrevoMailer, key_refusals
+from connector.integrations.brevo import BrevoConfig, BrevoMailer, key_refusals, refused_before
 from connector.integrations.mail import (
     ConsoleMailer,
     Mailer,
@@ -221,6 +221,10 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
         text=text,
         html=html,
         idempotency_key=idempotency_key(store, job_id),
+        # What the last attempt of this job ended with (kept while the job is retried).
+        refused_before=refused_before(
+            session.scalar(select(Job.last_error).where(Job.id == job_id))
+        ),
     )
     # The mail is kept whatever comes next (one held up by an outage, or waiting for the
     # store's Brevo credentials, shows in the outbox), and the transaction ends before the

@@ -203,6 +203,31 @@ def test_a_mail_brevo_took_whose_answer_was_lost_is_not_sent_twice(
     assert len(brevo.sent()) == 1
 
 
+def test_a_mail_brevo_refused_is_not_taken_for_sent_when_brevo_kept_its_key(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Brevo does not say whether a mail it refused (an unverified sender, fixed since) keeps
+    its idempotency key. If it does, the retry's "key used" answer means nothing went: the
+    mail waits for the key's 30 minutes to end, then goes; it is never recorded as sent
+    unsent."""
+    brevo.keeps_refused_keys = True
+    brevo.failures.append(400)
+    brevo_shop.deliver(wc_order(9603, "processing", [line_item(501)]))
+    run_pending(brevo_app)
+    for _ in range(2):  # "key used", and again, within the key's 30 minutes
+        make_due(brevo_app)
+        run_pending(brevo_app)
+    assert brevo.sent() == []
+    with brevo_app.app_context():
+        assert db.session.execute(select(Mail.sent_at)).scalar_one() is None
+    brevo.keys_expire()
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    assert len(brevo.sent()) == 1
+    with brevo_app.app_context():
+        assert db.session.execute(select(Mail.sent_at)).scalar_one() is not None
+
+
 def test_a_stalled_brevo_is_an_outage_not_a_hung_worker(
     brevo_app: Flask,
     brevo_shop: WebhookSender,
