@@ -34,6 +34,7 @@ from connector.extensions import csrf, limiter
 from connector.integrations.mail import header_text
 from connector.licensing.sites import shown_site
 from connector.ratelimit import Budgets, storage_uri
+from connector.redact import DATABASE_REDACTOR, redact_loggers
 from connector.security_headers import security_headers
 from connector.validation import MAX_ROW_ID, KeygateRequest, refuse_nul_in_address
 from connector.vault.crypto import Keyring
@@ -217,6 +218,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.add_url_rule("/", "home", _home)
     reads_survive_a_dropped_connection(app)
     register_error_handlers(app)
+    # Unexpected errors are logged with their traceback, where a database error's detail
+    # would name the values of the row it refused (a buyer's address and name).
+    redact_loggers(("connector", "plugin"), DATABASE_REDACTOR)
     # Runs before the blueprints' hooks (the license API's signing): the signed headers are
     # Date, Digest, Host and the request target only, so these stay out of the signature.
     app.after_request(security_headers(https=https))

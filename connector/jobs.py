@@ -40,8 +40,11 @@ from connector.db import (
     utcnow,
 )
 from connector.models import Job
+from connector.redact import DATABASE_PATTERNS, DATABASE_REDACTOR, redact
 
 log = logging.getLogger(__name__)
+# A failed job's traceback may quote a database error that names a buyer.
+log.addFilter(DATABASE_REDACTOR)
 
 # Key under which a handler finds its own job id in the payload it is given.
 JOB_ID = "_job_id"
@@ -351,8 +354,9 @@ def _finish(claim: Claim, error: BaseException | None) -> None:
             job.finished_at = utcnow()
             job.last_error = None
             return
-        # Only the type and a short text: library messages can be long, never echo secrets.
-        job.last_error = f"{type(error).__name__}: {str(error)[:200]}"
+        # Only the type and a short text: library messages can be long, never echo secrets,
+        # and a database's name no values of the row it refused.
+        job.last_error = f"{type(error).__name__}: {redact(str(error), DATABASE_PATTERNS)[:200]}"
         if job.attempts >= get_settings().job_max_attempts:
             _bury(session, job)
         else:

@@ -1,7 +1,11 @@
-"""Keep credentials out of outside libraries' log lines.
+"""Keep credentials out of outside libraries' log lines, and buyers' details out of
+database errors.
 
 Libraries such as botocore log whole requests at DEBUG, Authorization header included. A
 ``RedactingFilter`` on their loggers rewrites each record with the secret parts replaced.
+PostgreSQL's error messages quote the values of the row or key they refused, which the
+engines' ``hide_parameters`` does not hide: :data:`DATABASE_PATTERNS` cover those, in
+Keygate's own log lines (tracebacks included) and in a job's last error.
 """
 
 from __future__ import annotations
@@ -20,19 +24,46 @@ AWS_PATTERNS = [
 ]
 
 
+# PostgreSQL's details name the values of what it refused: the whole row of a NOT NULL or
+# CHECK violation (a buyer's address and name in an order's), the key of a unique or
+# foreign key violation, the text a type could not read.
+DATABASE_PATTERNS = [
+    re.compile(r"(Failing row contains ).+?(?=\.?(?:\n\[SQL: |\n\n|\n?\Z))", re.DOTALL),
+    re.compile(
+        r"(Key \([^)]*\)=)\(.+?\)(?= already exists| is not present| is still referenced"
+        r"| conflicts with)",
+        re.DOTALL,
+    ),
+    re.compile(r"(invalid input (?:syntax|value) for [\w ]+: ).+?(?=\n|\Z)"),
+]
+
+
+def redact(text: str, patterns: list[re.Pattern[str]]) -> str:
+    """``text`` with what the patterns' second part matches replaced by ``<hidden>``."""
+    for pattern in patterns:
+        text = pattern.sub(r"\1<hidden>", text)
+    return text
+
+
 class RedactingFilter(logging.Filter):
-    """Replaces what the patterns' second part matches with ``<hidden>``."""
+    """Replaces what the patterns' second part matches with ``<hidden>``, in the message and
+    in the traceback of a record that has one."""
 
     def __init__(self, patterns: list[re.Pattern[str]]) -> None:
         super().__init__()
         self.patterns = patterns
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        for pattern in self.patterns:
-            message = pattern.sub(r"\1<hidden>", message)
-        record.msg, record.args = message, None
+        record.msg, record.args = redact(record.getMessage(), self.patterns), None
+        if record.exc_info and not record.exc_text:
+            # Formatters show exc_text when it is set, rather than formatting exc_info again.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.patterns)
         return True
+
+
+DATABASE_REDACTOR = RedactingFilter(DATABASE_PATTERNS)
 
 
 def redact_loggers(prefixes: tuple[str, ...], redactor: RedactingFilter) -> None:

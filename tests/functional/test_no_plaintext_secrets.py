@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 
 from connector.db import Base, db, transaction
 from connector.jobs import run_pending
@@ -107,3 +108,81 @@ def test_client_repr_and_errors_hide_credentials(app: Flask, shop: WebhookSender
     assert CONSUMER_SECRET not in str(caught.value)
     with app.app_context():
         assert db.session.execute(select(Store)).scalars().first() is not None
+
+
+BUYER_EMAIL = "ada.leaked@example.com"
+BUYER_NAME = "Ada Leakedname"
+
+
+def test_a_database_error_in_a_job_names_no_buyer(
+    app: Flask, shop: WebhookSender, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's error detail quotes the row it refused ("Failing row contains (…)"),
+    which ``hide_parameters`` does not hide: neither the job's last error (the outbox) nor
+    the failure's traceback in the log may show the buyer's address or name."""
+    from connector import jobs
+    from connector.models import Job, Order
+
+    store_id = shop.store.store.id
+
+    def broken_insert(payload: dict[str, Any]) -> None:
+        # A bug: an order written without its status (NOT NULL), the buyer's details in it.
+        db.session.execute(
+            insert(Order).values(
+                store_id=store_id,
+                shop_order_id="7001",
+                number="7001",
+                status=None,
+                email=BUYER_EMAIL,
+                name=BUYER_NAME,
+            )
+        )
+
+    jobs.HANDLERS["test.broken_insert"] = broken_insert
+    try:
+        with app.app_context(), transaction() as session:
+            jobs.enqueue(session, "test.broken_insert", {})
+        with caplog.at_level(logging.INFO, logger="connector"):
+            assert run_pending(app) == 1
+    finally:
+        jobs.HANDLERS.pop("test.broken_insert", None)
+    with app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "test.broken_insert")).scalar_one()
+        last_error = job.last_error or ""
+    assert last_error.startswith("IntegrityError: "), last_error
+    failures = [r for r in caplog.records if r.name == "connector.jobs" and r.exc_info]
+    assert failures, "the failure is logged with its traceback"
+    logs = caplog.text + "\n".join(r.exc_text or "" for r in failures)
+    assert "Traceback" in logs and "IntegrityError" in logs
+    for shown in (last_error, logs):
+        assert BUYER_EMAIL not in shown
+        assert BUYER_NAME not in shown
+
+
+def test_a_database_error_in_a_request_names_no_buyer(
+    app: Flask, shop: WebhookSender, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for the traceback of a request's unexpected database error (the catch-all
+    answers "internal error" and logs it)."""
+    from connector.models import Order
+
+    store_id = shop.store.store.id
+
+    def broken_insert() -> str:
+        db.session.execute(
+            insert(Order).values(
+                store_id=store_id, shop_order_id="7002", status=None, email=BUYER_EMAIL
+            )
+        )
+        return "written"
+
+    app.add_url_rule("/api/v1/test-broken-insert", "test_broken_insert", broken_insert)
+    with caplog.at_level(logging.INFO, logger="connector"):
+        answer = shop.client.get("/api/v1/test-broken-insert")
+    assert answer.status_code == 500
+    assert BUYER_EMAIL not in answer.get_data(as_text=True)
+    failures = [r for r in caplog.records if r.name.startswith("connector") and r.exc_info]
+    assert failures, "the failure is logged with its traceback"
+    logs = caplog.text + "\n".join(r.exc_text or "" for r in failures)
+    assert "Traceback" in logs and "IntegrityError" in logs
+    assert BUYER_EMAIL not in logs
