@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connector.db import utcnow
+from connector.errors import route_for_log
 from connector.extensions import client_network
 from connector.models import AdminUser, AuditEvent, License, SecurityEvent
 from connector.vault.crypto import keyed_hash, store_keyed_hash
@@ -61,9 +62,10 @@ def shown_actor(actor: str, own_admins: Collection[str] | None) -> str:
 def record_security_event(
     session: Session, *, kind: str, scope: str, license_id: int | None = None
 ) -> None:
-    """Keep a security record of this request (the IP as a keyed hash, the path, the user
+    """Keep a security record of this request (the IP as a keyed hash, the route, the user
     agent) in the current transaction, unless one like it was kept within
-    :data:`SECURITY_RECORD_EVERY`.
+    :data:`SECURITY_RECORD_EVERY`. The route's pattern, not its path: a path may carry a
+    token (``/my/<token>``) or a key.
 
     A record about a license is in its buyer's export: its IP is hashed for the license's
     store (another hash in every store, so two owners' exports do not link one address).
@@ -99,7 +101,7 @@ def record_security_event(
             kind=kind,
             scope=scope,
             ip_hash=ip_hash,
-            path=request.path[:200],
+            path=route_for_log()[:200],
             license_id=license_id,
             user_agent=agent[:300] if agent else None,
         )

@@ -368,6 +368,19 @@ def test_per_key_limit_answers_signed_429_and_keeps_a_record(limited_app: Flask)
     assert call(shop.client, "validate", {"key": other}).status_code == 200
 
 
+def test_a_security_record_keeps_the_route_not_a_path_with_a_token(app: Flask) -> None:
+    """A record names the route (``/my/<token>/resend``), never the path a caller sent: a
+    path may carry a buyer's token or a license key, which the records must not keep."""
+    from connector.audit import record_security_event
+
+    path = "/my/SECRET-TOKEN-abc/resend"
+    with app.test_request_context(path, method="POST"):
+        record_security_event(db.session, kind="rate_limited", scope="ip")
+        db.session.commit()
+        (event,) = db.session.scalars(select(SecurityEvent)).all()
+        assert event.path == "/my/<token>/resend"
+
+
 def test_a_padded_key_spends_the_keys_budget(limited_app: Flask) -> None:
     """A key with spaces around it is the key, answered VALID, so it spends the key's budget
     too, however long the padding (within the field's 300 characters)."""
