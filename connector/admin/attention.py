@@ -6,7 +6,8 @@ delivers them to another address than Keygate's, buyers' mails are not getting o
 cannot: orders issued with no address), keys flagged for too many binding changes, copies
 that failed to stamp (their links are refused), buyers' clicks the storage failed (a bucket
 that refused Keygate's credentials or did not answer) until one is served again, refunds
-Keygate could not apply. Read only;
+Keygate could not apply, and jobs given up on after their last attempt whose work a buyer or
+the shop is missing (:data:`DEAD_NEEDS_OWNER`). Read only;
 each notice links where the owner can act. Admins who see every store are also told of
 sign-ins locked in the last hour (``admin.login_locked``, not a store's: no store is named).
 """
@@ -24,6 +25,8 @@ from sqlalchemy.orm import Session
 from connector.db import shown_utc, utcnow
 from connector.downloads.outage import REFUSED, open_failure
 from connector.downloads.service import MAX_WATERMARK_ATTEMPTS
+from connector.jobs import store_jobs
+from connector.mail.contacts import PUSH_JOB, REMOVE_JOB
 from connector.mail.service import mail_route, undelivered_mails
 from connector.models import (
     AuditEvent,
@@ -40,6 +43,9 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.models.records import BAD_SIGNATURE, TOO_LARGE
+from connector.orders.jobs import ISSUED_JOB
+from connector.orders.reconcile import REFRESH_JOB
+from connector.orders.writeback import NOTE_JOB
 from connector.vault.connection import registration_trouble, webhook_url, webhooks_elsewhere
 from connector.vault.service import has_credentials
 from plugin.shop import REVOKING_STATUSES
@@ -47,6 +53,39 @@ from plugin.shop import REVOKING_STATUSES
 # Refunds Keygate could not apply, and mails printed on the console, are news for this long
 # (the order pages keep them after).
 NEWS = dt.timedelta(days=30)
+
+
+# Jobs whose death leaves a buyer or the shop without something, as the owner reads them
+# (one, several). Not here: the buyer's mail (its own notice, "not delivered yet"), the
+# webhooks' registration (its own notice), the stamping of copies (a click stamps its copy
+# on the spot; copies that cannot be are their own notice), and work that runs again by
+# itself: the periodic reconciliation and product sync (restarted hourly by
+# shop.keep_schedules, their failures the shop's "could not be read"), the daily purge and
+# sweep (a copy whose deletion died is swept the next day), a deleted store's files (given
+# up on and audited on the last attempt, no store left to show it).
+DEAD_NEEDS_OWNER: dict[str, tuple[str, str]] = {
+    ISSUED_JOB: (
+        "issued order's follow-up (its mail, shop note, stamped copies, Brevo contact)",
+        "issued orders' follow-ups (their mails, shop notes, stamped copies, Brevo contacts)",
+    ),
+    "order.revoked": ("revoked order's follow-up", "revoked orders' follow-ups"),
+    NOTE_JOB: (
+        "note with the buyer's keys and links not written to the shop order",
+        "notes with the buyers' keys and links not written to the shop orders",
+    ),
+    REFRESH_JOB: (
+        "order not read again from the shop (its refunds may not be applied)",
+        "orders not read again from the shop (their refunds may not be applied)",
+    ),
+    PUSH_JOB: (
+        "buyer not added to the store's Brevo list",
+        "buyers not added to the store's Brevo list",
+    ),
+    REMOVE_JOB: (
+        "address not taken out of the store's Brevo list (an erasure, a withdrawn consent)",
+        "addresses not taken out of the store's Brevo list (erasures, withdrawn consents)",
+    ),
+}
 
 
 # A sign-in lockout is news while it lasts (the account budget's window).
@@ -228,6 +267,9 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                     url_for("admin_views.store_credentials", store_id=store.id),
                 )
             )
+        dead = dead_jobs(session, store)
+        if dead is not None:
+            found.append(Notice(store, dead, dead_jobs_link(store)))
         refunds = _count(
             session,
             select(func.count(AuditEvent.subject.distinct())).where(
@@ -246,6 +288,37 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
                 )
             )
     return found
+
+
+def dead_jobs(session: Session, store: Store) -> str | None:
+    """What the dashboard and the store page say of the store's jobs of
+    :data:`DEAD_NEEDS_OWNER` given up on (dead) and not retried since; None when none is."""
+    counts = dict(
+        session.execute(
+            store_jobs(store.id)
+            .with_only_columns(Job.kind, func.count())
+            .where(Job.status == "dead", Job.kind.in_(DEAD_NEEDS_OWNER))
+            .group_by(Job.kind)
+        ).all()
+    )
+    if not counts:
+        return None
+    total = sum(counts.values())
+    which = ", ".join(
+        counted(counts[kind], *DEAD_NEEDS_OWNER[kind])
+        for kind in DEAD_NEEDS_OWNER
+        if kind in counts
+    )
+    return (
+        f"Keygate gave up on {counted(total, 'job')} after {'its' if total == 1 else 'their'}"
+        f" last attempt: {which}. The outbox says why: retry {'it' if total == 1 else 'them'}"
+        " there once that is mended."
+    )
+
+
+def dead_jobs_link(store: Store) -> str:
+    """The outbox, showing the store's jobs that :func:`dead_jobs` counts."""
+    return url_for("admin_views.outbox", status="dead", store=store.id, kind=list(DEAD_NEEDS_OWNER))
 
 
 def storage_failure(session: Session, store: Store) -> str | None:

@@ -474,15 +474,30 @@ def outbox() -> ResponseReturnValue:
     """Jobs (an admin of one store sees its store's, and may retry those given up on) and
     mails, newest first, each list paged on its own (``?before=``, ``?mails_before=``: an
     Older link keeps the other list's page and the filter); ``?status=dead`` finds the jobs
-    given up on however many came after them."""
+    given up on however many came after them; ``?kind=`` (repeated) keeps the jobs of those
+    kinds, and ``?store=<id>`` one store's (the dashboard's notice of dead jobs links so)."""
     scope = _scope()
     everything = scope is None
-    jobs = select(Job) if scope is None else store_jobs(scope)
+    store_id = row_id(request.args.get("store") or "")
+    if scope is not None or store_id is None:
+        store_id = None  # an admin of one store sees its own anyway
+        jobs = select(Job) if scope is None else store_jobs(scope)
+    else:
+        jobs = store_jobs(store_id)
     status = request.args.get("status") or ""
     if status in JOB_STATUSES:
         jobs = jobs.where(Job.status == status)
     else:
         status = ""
+    kinds = sorted(
+        {
+            kind[:64]
+            for kind in request.args.getlist("kind")
+            if kind and not any(is_control_character(c) for c in kind)  # PostgreSQL: no NUL
+        }
+    )
+    if kinds:
+        jobs = jobs.where(Job.kind.in_(kinds))
     job_rows, older_jobs = _newest_first(jobs, Job.id, PAGE)
     mails, older_mails = _newest_first(
         _scoped(select(Mail), Mail.store_id), Mail.id, PAGE, param="mails_before"
@@ -493,6 +508,8 @@ def outbox() -> ResponseReturnValue:
         mails=mails,
         status=status,
         statuses=JOB_STATUSES,
+        kinds=kinds,
+        store=db.session.get(Store, store_id) if store_id is not None else None,
         older_jobs=None if older_jobs is None else older_address(older_jobs),
         older_mails=None if older_mails is None else older_address(older_mails, "mails_before"),
         stats=job_stats() if everything else None,
@@ -757,6 +774,8 @@ def _store_page(
         last_delivery=attention.latest_delivery(db.session, store),
         rest_key=has_credentials(db.session, store, "woocommerce"),
         storage_failure=attention.storage_failure(db.session, store),
+        dead_jobs=attention.dead_jobs(db.session, store),
+        dead_jobs_link=attention.dead_jobs_link(store),
         last_accepted=db.session.scalars(
             select(WebhookDelivery.received_at)
             .where(WebhookDelivery.store_id == store.id, WebhookDelivery.outcome != BAD_SIGNATURE)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import html
+import re
 
 import pytest
 from flask import Flask
@@ -10,7 +12,7 @@ from sqlalchemy import select
 
 from connector.audit import record_audit
 from connector.db import db
-from connector.jobs import run_pending
+from connector.jobs import retry_dead, run_pending
 from connector.mail.service import ORDER_MAIL_JOB
 from connector.models import (
     DownloadGrant,
@@ -169,3 +171,69 @@ def test_orders_issued_with_no_address_are_news_until_the_shop_gives_one(
     shop.deliver(wc_order(9110, "processing", items, modified=5))
     run_pending(app)
     assert "no buyer address" not in dashboard(owner)
+
+
+def test_jobs_given_up_on_whose_work_a_buyer_misses_are_news_with_the_outbox_narrowed_to_them(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """An order's follow-up or its buyer's shop note given up on after its last attempt is
+    a notice, on the dashboard and the store page, leading to the outbox showing those jobs
+    only; jobs with a notice of their own (a mail) or that run again by themselves (the
+    purge, a reconciliation) are not counted, nor another store's. A retried job is no news."""
+    shop.configure(501)
+    assert shop.deliver(wc_order(9190, "processing", [line_item(501)])).status_code == 200
+    store_id = shop.store.store.id
+    with app.app_context():
+        session = db.session
+        other = create_store(session, "Other shop", "https://other.example").store
+        order_id = session.scalars(select(Order.id)).one()
+        dead = {"status": "dead", "attempts": 8, "last_error": "ShopUnavailable: HTTP 503"}
+        jobs = [
+            Job(kind="order.issued", payload={"order_id": order_id}, **dead),
+            Job(kind="shop.order_note", payload={"order_id": order_id, "license_ids": [1]}, **dead),
+            Job(kind="shop.order_note", payload={"order_id": order_id, "license_ids": [2]}, **dead),
+            Job(kind="shop.order_note", payload={"order_id": order_id, "license_ids": [3]}),
+            Job(kind=ORDER_MAIL_JOB, payload={"order_id": order_id}, **dead),
+            Job(kind="shop.reconcile", payload={"store_id": store_id}, **dead),
+            Job(kind="privacy.purge", payload={}, **dead),
+            Job(kind="shop.order_note", payload={"store_id": other.id}, **dead),
+        ]
+        session.add_all(jobs)
+        session.commit()
+        ids = [job.id for job in jobs]
+        other_id = other.id
+    owner = signed_in_owner(app)
+    said = (
+        "Keygate gave up on 3 jobs after their last attempt: 1 issued order's follow-up (its"
+        " mail, shop note, stamped copies, Brevo contact), 2 notes with the buyers' keys and"
+        " links not written to the shop orders. The outbox says why: retry them there once"
+        " that is mended."
+    )
+    page = html.unescape(dashboard(owner))
+    assert said in page
+    assert "1 order mail to buyers not delivered yet." in page  # its own notice, as ever
+    link = re.search(r'<a href="(/admin/outbox\?[^"]+)" aria-label="Look: Keygate gave up', page)
+    assert link is not None, page
+    outbox = owner.get(link.group(1)).get_data(as_text=True)
+    shown = {int(n) for n in re.findall(r"<tr><td>(\d+)</td>", outbox)}
+    assert shown == set(ids[:3])
+    assert "Only the jobs of Test Shop of kinds" in outbox
+    store_page = html.unescape(owner.get(f"/admin/stores/{store_id}").get_data(as_text=True))
+    assert said in store_page and html.unescape(link.group(1)) in store_page
+    # The other store's is its own notice, for its admin; not this store's admin's.
+    assert "gave up on 1 job after its last attempt: 1 note with the buyer's" in html.unescape(
+        dashboard(store_admin(app, other_id, "bo"))
+    )
+    mine = store_admin(app, store_id)
+    assert said in html.unescape(dashboard(mine))
+    # A store admin's outbox stays their store's, whatever store the address names.
+    theirs = mine.get(f"/admin/outbox?status=dead&store={other_id}").get_data(as_text=True)
+    assert f"<tr><td>{ids[7]}</td>" not in theirs and f"<tr><td>{ids[0]}</td>" in theirs
+    with app.app_context():
+        for job_id in ids[:3]:
+            job = db.session.get(Job, job_id)
+            assert job is not None
+            retry_dead(db.session, job, store_id=store_id, actor="owner")
+        db.session.commit()
+    assert "gave up on 3" not in dashboard(owner)  # the other store's stays
+    assert "Keygate gave up" not in owner.get(f"/admin/stores/{store_id}").get_data(as_text=True)
