@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from connector.audit import record_audit
@@ -287,7 +287,27 @@ def accept_callback(session: Session, store: Store, callback: AuthCallback) -> b
     )
     connection.key_permissions = callback.key_permissions
     _mark_connected(session, store, connection, key_id=callback.key_id, actor="shop")
+    retry_refused_shop_jobs(session, store)
     return True
+
+
+def retry_refused_shop_jobs(session: Session, store: Store) -> list[int]:
+    """The store's shop key was just given (reconnected, saved by hand): its write-backs to
+    the shop (the buyers' order notes) that the shop refused for the key before (401, 403:
+    revoked in WooCommerce, read-only) run now, not at their next backoff, and those that
+    gave up (dead after their last attempt) are taken up again, as Brevo credentials do for
+    the mails held for them (:func:`connector.mail.service.send_held_mail`). The shop's
+    reads (reconciliation, product sync, webhooks) are started anew by the connection
+    itself. Returns the jobs' ids."""
+    from connector.jobs import run_held_now, store_jobs
+    from connector.orders.writeback import NOTE_JOB
+
+    # As ShopRejected says it: "<method> <endpoint>: HTTP <status> <code>".
+    refused = [
+        Job.last_error.like(f"{ShopRejected.__name__}: %: HTTP {status}%") for status in KEY_REFUSED
+    ]
+    held = store_jobs(store.id).where(Job.kind.in_((NOTE_JOB,)), Job.attempts > 0, or_(*refused))
+    return run_held_now(session, held, "shop key saved")
 
 
 def save_credentials(
@@ -310,6 +330,8 @@ def save_credentials(
     if kind == "woocommerce":
         # Keys given by hand count as a connection: register the webhooks with them.
         accept_manual_key(session, store, changed=stored != previous, actor=actor)
+        # The same key saved again too: the owner may have given it the rights it lacked.
+        retry_refused_shop_jobs(session, store)
     elif kind == "brevo":
         from connector.mail.service import send_held_mail
 

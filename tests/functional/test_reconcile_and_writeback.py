@@ -1002,3 +1002,78 @@ def test_webhooks_delivering_to_an_old_address_are_shown_not_moved(
     reconcile(app, shop)
     assert "deliver to" not in owner.get("/admin/").get_data(as_text=True)
     assert set(connected.active_webhooks(here)) == set(TOPICS)
+
+
+NEW_KEY = "ck_" + "0123456789" * 4
+NEW_SECRET = "cs_" + "9876543210" * 4
+
+
+def _note_job_dies(app: Flask, shop: WebhookSender, fake: FakeShop, shop_order_id: int) -> None:
+    """Deliver a paid order whose note the shop refuses, and run its note job to its end."""
+    order = wc_order(shop_order_id, "processing", [line_item(501)])
+    fake.orders[shop_order_id] = order
+    fake.deliver(shop.client, "order.created", order)
+    run_pending(app)
+    with app.app_context(), transaction() as session:
+        job = session.scalars(
+            select(Job).where(Job.kind == "shop.order_note", Job.status == "pending")
+        ).one()
+        job.attempts = app.extensions["keygate.settings"].job_max_attempts - 1
+        job.run_after = job.run_after - dt.timedelta(days=1)
+    run_pending(app)
+
+
+def _note_jobs(app: Flask) -> list[tuple[str, str | None]]:
+    with app.app_context():
+        return [
+            (job.status, job.last_error)
+            for job in db.session.scalars(
+                select(Job).where(Job.kind == "shop.order_note").order_by(Job.id)
+            )
+        ]
+
+
+@pytest.mark.parametrize("how", ["by hand", "wc-auth"])
+def test_a_note_the_shop_refused_for_its_key_is_written_once_the_owner_gives_a_new_one(
+    app: Flask, shop: WebhookSender, connected: FakeShop, how: str
+) -> None:
+    """A buyer's note the shop refused for the store's REST key (revoked in WooCommerce: 401)
+    and given up on is written as soon as the owner saves a new key or reconnects, as Brevo
+    credentials revive the mails refused for theirs; a note that died of something else
+    (the shop's REST API blocked) waits for the owner's Retry."""
+    shop.configure(501)
+    connected.rest_blocked = True
+    _note_job_dies(app, shop, connected, 9801)
+    connected.rest_blocked = False
+    connected.consumer_key, connected.consumer_secret = NEW_KEY, NEW_SECRET  # old key revoked
+    _note_job_dies(app, shop, connected, 9802)
+    (blocked, refused) = _note_jobs(app)
+    assert blocked[0] == "dead" and "HTTP 404 rest_no_route" in str(blocked[1])
+    assert refused[0] == "dead" and "HTTP 401 woocommerce_rest_cannot_view" in str(refused[1])
+    if how == "by hand":
+        saved = shop.admin(
+            "PUT",
+            "/credentials/woocommerce",
+            {"consumer_key": NEW_KEY, "consumer_secret": NEW_SECRET},
+        )
+        assert saved.status_code == 200
+    else:
+        connect_url = shop.admin("GET", "/connection").get_json()["connect_url"]
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(connect_url).query).items()}
+        body = auth_callback_body(
+            query["user_id"], key_id=18, consumer_key=NEW_KEY, consumer_secret=NEW_SECRET
+        )
+        approved = shop.client.post(urlsplit(query["callback_url"]).path, json=body)
+        assert approved.status_code == 200, approved.get_data(as_text=True)
+    run_pending(app)
+    assert 9801 not in connected.notes
+    (note,) = connected.notes[9802]
+    assert note["customer_note"] is True
+    assert [status for status, _ in _note_jobs(app)] == ["dead", "done"]
+    with app.app_context():
+        retried = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "job.retried")
+        ).all()
+        assert [(e.actor, e.detail) for e in retried] == [
+            ("keygate", {"kind": "shop.order_note", "reason": "shop key saved"})
+        ]
