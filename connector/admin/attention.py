@@ -45,6 +45,7 @@ from connector.models import (
 from connector.models.records import BAD_SIGNATURE, TOO_LARGE
 from connector.orders.jobs import ISSUED_JOB
 from connector.orders.reconcile import REFRESH_JOB
+from connector.orders.refund_notices import open_refund_notices
 from connector.orders.writeback import NOTE_JOB
 from connector.vault.connection import registration_trouble, webhook_url, webhooks_elsewhere
 from connector.vault.service import has_credentials
@@ -274,7 +275,7 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
             session,
             select(func.count(AuditEvent.subject.distinct())).where(
                 AuditEvent.store_id == store.id,
-                AuditEvent.action == "order.refund_not_applied",
+                open_refund_notices(),
                 AuditEvent.created_at > utcnow() - NEWS,
             ),
         )

@@ -66,6 +66,7 @@ from connector.models import (
     WebhookDelivery,
 )
 from connector.models.records import BAD_SIGNATURE
+from connector.orders.refund_notices import open_refund_notices
 from connector.orders.summary import order_entitlements
 from connector.privacy import store_deletion
 from connector.stores import (
@@ -439,8 +440,8 @@ def _order_page(
             select(AuditEvent)
             .where(
                 AuditEvent.store_id == order.store_id,
-                AuditEvent.action == "order.refund_not_applied",
                 AuditEvent.subject == f"order:{order.shop_order_id}",
+                open_refund_notices(),
             )
             .order_by(AuditEvent.id.desc())
             .limit(1)

@@ -27,6 +27,7 @@ from connector.audit import record_audit
 from connector.db import db, utcnow
 from connector.jobs import RetryLater, enqueue, handles, release_dedupe_key
 from connector.models import AuditEvent, Job, Order, ShopConnection, Store
+from connector.orders.refund_notices import open_refund_notices
 from connector.orders.service import apply_shop_order
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
 from plugin.shop import PayloadError, ShopOrder, parse_utc_datetime
@@ -344,6 +345,26 @@ def enqueue_refresh(
         },
         dedupe_key=f"{REFRESH_JOB}:{store.id}:{shop_order_id}:{_digest(reason)}",
     )
+
+
+def reread_unapplied_refunds(session: Session, store: Store) -> None:
+    """Queue a read of each of the store's orders whose refunds Keygate told the owner it
+    could not apply (an open ``order.refund_not_applied``: no REST key, or the key refused),
+    once the store has a key: the read applies them and ends the notice. Reconciliation
+    would not: it reads the orders changed since its last run (a first run, the last
+    week's), and such an order may not change again."""
+    notices = session.execute(
+        select(AuditEvent.id, AuditEvent.subject, AuditEvent.detail)
+        .where(AuditEvent.store_id == store.id, open_refund_notices())
+        .order_by(AuditEvent.id)
+    ).all()
+    newest = {subject: (notice_id, detail) for notice_id, subject, detail in notices if subject}
+    for subject, (notice_id, detail) in newest.items():
+        listed = str(detail.get("refunds", "")) if isinstance(detail, dict) else ""
+        # One read queued per notice, however often the key is saved meanwhile.
+        enqueue_refresh(
+            session, store, subject.removeprefix("order:"), f"{listed}|notice:{notice_id}"
+        )
 
 
 def schedule_next(session: Session, store: Store, kind: str, interval: int) -> None:

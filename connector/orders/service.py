@@ -56,6 +56,7 @@ from connector.models import (
 from connector.models.licensing import LINE_CHANGED, by_the_order
 from connector.orders import renewals
 from connector.orders.jobs import ISSUED_JOB
+from connector.orders.refund_notices import note_refunds_read
 from connector.orders.summary import order_entitlements
 from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash
@@ -915,6 +916,8 @@ def apply_shop_order(
         _converge_unpaid(session, order, result)
     session.flush()
     if not shop_order.deleted:
+        if reread:
+            note_refunds_read(session, order)  # the owner's notice of unread refunds ends
         issuing = bool(result.issued_licenses or result.issued_grants)
         came_back = (was_revoked and order.revoked_at is None) or (
             not had_address and order.mail_address is not None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, delete, literal, or_, select
+from sqlalchemy import CursorResult, and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
@@ -34,11 +34,11 @@ from connector.models import (
     Store,
     WebhookDelivery,
 )
+from connector.orders.refund_notices import REFUNDS_READ, answers_a_notice, open_refund_notices
 from connector.orders.service import PERSONAL_FIELDS, clear_personal_fields
 from connector.orders.summary import order_entitlements
 from connector.stores import hold_live_store
 from connector.vault.crypto import keyed_hash, store_keyed_hash
-from plugin.shop import REVOKING_STATUSES
 
 # Per-domain hooks: exporter(session, orders) -> {section: data}; eraser(session, orders) -> None.
 Exporter = Callable[[Session, list[Order]], dict[str, Any]]
@@ -488,7 +488,10 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
         session,
         AuditEvent,
         AuditEvent.created_at < older(settings.retention_audit_days),
-        ~and_(AuditEvent.action == REFUND_NOT_APPLIED, _refund_trouble_shown()),
+        # An open notice is the order page's only word that a refund's keys were not taken
+        # back: kept while open; the read that answered it, while the notice is kept.
+        ~open_refund_notices(),
+        ~and_(AuditEvent.action == REFUNDS_READ, answers_a_notice()),
     )
     return removed
 
@@ -514,25 +517,6 @@ def delete_in_batches(session: Session, model: Any, *where: Any) -> int:
         total += result.rowcount
         if result.rowcount < PURGE_BATCH:
             return total
-
-
-REFUND_NOT_APPLIED = "order.refund_not_applied"
-
-
-def _refund_trouble_shown() -> Any:
-    """An ``order.refund_not_applied`` entry is the order page's only word that a refund's
-    keys were not taken back (shown while the order stands: not refunded, cancelled, failed
-    or deleted): kept as long as that."""
-    return (
-        select(Order.id)
-        .where(
-            Order.store_id == AuditEvent.store_id,
-            literal("order:").concat(Order.shop_order_id) == AuditEvent.subject,
-            Order.deleted.is_(False),
-            Order.status.not_in(REVOKING_STATUSES),
-        )
-        .exists()
-    )
 
 
 UNLICENSED_BATCH = 500

@@ -298,9 +298,14 @@ def retry_refused_shop_jobs(session: Session, store: Store) -> list[int]:
     gave up (dead after their last attempt) are taken up again, as Brevo credentials do for
     the mails held for them (:func:`connector.mail.service.send_held_mail`). The shop's
     reads (reconciliation, product sync, webhooks) are started anew by the connection
-    itself. Returns the jobs' ids."""
+    itself, and the orders whose refunds Keygate could not read (no key, or the key refused)
+    are read again (:func:`connector.orders.reconcile.reread_unapplied_refunds`):
+    reconciliation reads only the orders changed lately. Returns the jobs' ids."""
     from connector.jobs import run_held_now, store_jobs
+    from connector.orders.reconcile import reread_unapplied_refunds
     from connector.orders.writeback import NOTE_JOB
+
+    reread_unapplied_refunds(session, store)
 
     # As ShopRejected says it: "<method> <endpoint>: HTTP <status> <code>".
     refused = [

@@ -45,11 +45,12 @@ def test_all_is_well(app: Flask, shop: WebhookSender) -> None:
 def test_each_trouble_is_named_with_its_store(app: Flask, shop: WebhookSender) -> None:
     shop.configure(501, files=[{"object_key": "a.pdf", "filename": "a.pdf", "watermark": "pdf"}])
     assert shop.deliver(wc_order(9101, "processing", [line_item(501)])).status_code == 200
+    assert shop.deliver(wc_order(9103, "processing", [])).status_code == 200
     assert shop.deliver(wc_order(9102, "processing"), secret="not-the-secret").status_code == 401
     store_id = shop.store.store.id
     with app.app_context():
         session = db.session
-        order_id = session.scalars(select(Order.id)).one()
+        order_id = session.scalars(select(Order.id).where(Order.shop_order_id == "9101")).one()
         license_id = session.scalars(select(License.id)).one()
         grant_id = session.scalars(select(DownloadGrant.id)).one()
         session.add_all(
@@ -62,7 +63,7 @@ def test_each_trouble_is_named_with_its_store(app: Flask, shop: WebhookSender) -
                 WatermarkCopy(grant_id=grant_id, status="failed", kind="pdf", attempts=3),
             ]
         )
-        for subject in ("order:9101", "order:9102"):
+        for subject in ("order:9101", "order:9103"):
             record_audit(
                 session,
                 store_id=store_id,
@@ -100,22 +101,26 @@ def test_a_store_admin_sees_their_stores_notices_only(app: Flask, shop: WebhookS
 def test_the_audit_log_shows_one_action_and_each_entrys_store(
     app: Flask, shop: WebhookSender
 ) -> None:
-    """The refunds notice leads to the audit log narrowed to them; paging keeps the action."""
+    """The refunds notice leads to the audit log narrowed to them; paging keeps the action.
+    The dashboard counts the orders that stand: one refunded whole took every key back."""
     store_id = shop.store.store.id
+    for n in (0, 1, 2):
+        assert shop.deliver(wc_order(9120 + n, "processing", [])).status_code == 200
+    assert shop.deliver(wc_order(9123, "refunded", [])).status_code == 200
     with app.app_context():
-        for n in (0, 1, 2, 2):  # two entries of one order (two refunds) count it once
+        for n in (0, 1, 2, 2, 3):  # two entries of one order (two refunds) count it once
             record_audit(
                 db.session,
                 store_id=store_id,
                 actor="system",
                 action="order.refund_not_applied",
-                subject=f"order:{n}",
+                subject=f"order:{9120 + n}",
             )
         record_audit(db.session, store_id=store_id, actor="t", action="license.revoke")
         db.session.commit()
     client = signed_in_owner(app)
     page = client.get("/admin/audit?action=order.refund_not_applied").get_data(as_text=True)
-    assert page.count('<td data-label="What">order.refund_not_applied</td>') == 4
+    assert page.count('<td data-label="What">order.refund_not_applied</td>') == 5
     assert '<td data-label="What">license.revoke</td>' not in page
     assert '<td data-label="Store">Test Shop</td>' in page
     assert '<option value="license.revoke">' in page

@@ -150,6 +150,32 @@ def test_the_audit_purge_keeps_a_refund_the_order_page_still_warns_about(
     assert removed["audit_events"] >= 4
 
 
+def test_the_audit_purge_lets_a_refund_notice_a_read_answered_go_and_its_answer_after(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A notice a later read of the order's refunds answered warns nobody any more: it goes
+    at the end of the audit retention; the read's entry is kept while the notice is (purged
+    first, it would open the notice again), and goes at the next purge."""
+    shop.configure(501)
+    shop.deliver(wc_order(9712, "completed", [line_item(501)]))
+    store_id = shop.store.store.id
+    with app.app_context(), transaction() as session:
+        for action in ("order.refund_not_applied", "order.refunds_read"):
+            record_audit(
+                session, store_id=store_id, actor="system", action=action, subject="order:9712"
+            )
+            session.flush()
+        session.execute(update(AuditEvent).values(created_at=utcnow() - dt.timedelta(days=731)))
+    left = []
+    for _ in range(2):
+        with app.app_context(), transaction() as session:
+            purge_expired_records(session)
+        with app.app_context():
+            left.append(db.session.execute(select(AuditEvent.action, AuditEvent.subject)).all())
+    assert [tuple(row) for row in left[0]] == [("order.refunds_read", "order:9712")]
+    assert left[1] == []
+
+
 def test_the_export_lists_audit_entries_of_the_customers_store_only(
     app: Flask, shop: WebhookSender
 ) -> None:

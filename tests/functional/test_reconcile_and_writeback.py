@@ -1077,3 +1077,41 @@ def test_a_note_the_shop_refused_for_its_key_is_written_once_the_owner_gives_a_n
         assert [(e.actor, e.detail) for e in retried] == [
             ("keygate", {"kind": "shop.order_note", "reason": "shop key saved"})
         ]
+
+
+def test_a_refund_left_unapplied_without_a_key_is_applied_once_the_shop_is_connected(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A partial refund delivered while the store had no REST key is told to the owner; the
+    owner then connects the shop: that order is read again (reconciliation would not: it
+    reads the last week's changes, and the order changed 13 days ago), the refunded unit is
+    revoked, and the dashboard and the order page stop warning of it."""
+    from tests.functional.test_admin_attention import dashboard
+    from tests.functional.test_admin_pages import signed_in_owner
+
+    shop.configure(501)
+    order = wc_order(9614, "processing", [line_item(501, quantity=3, line_id=75)])
+    fake_shop.orders[9614] = order
+    assert shop.deliver(order, "order.created").status_code == 200
+    fake_shop.add_refund(9614, line_id=75, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
+    assert shop.deliver(order).status_code == 200
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "active", 3: "active"}
+    with app.app_context():
+        order_pk = db.session.scalars(select(Order.id)).one()
+    owner = signed_in_owner(app)
+    assert "Refunds of 1 order Keygate could not apply" in dashboard(owner)
+    page = owner.get(f"/admin/orders/{order_pk}").get_data(as_text=True)
+    assert "Refunds of this order could not be applied" in page
+
+    connect_store(app, shop, fake_shop)
+    assert unit_statuses(app) == {1: "active", 2: "active", 3: "revoked"}
+    assert "Refunds of 1 order Keygate could not apply" not in dashboard(owner)
+    page = owner.get(f"/admin/orders/{order_pk}").get_data(as_text=True)
+    assert "Refunds of this order could not be applied" not in page
+    with app.app_context():
+        read = db.session.scalars(
+            select(AuditEvent.subject).where(AuditEvent.action == "order.refunds_read")
+        ).all()
+    assert read == ["order:9614"]
