@@ -1115,3 +1115,33 @@ def test_a_refund_left_unapplied_without_a_key_is_applied_once_the_shop_is_conne
             select(AuditEvent.subject).where(AuditEvent.action == "order.refunds_read")
         ).all()
     assert read == ["order:9614"]
+
+
+def test_a_refund_the_shop_refused_to_read_is_applied_once_a_new_key_is_saved(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """The store's key was revoked in WooCommerce (401): the partial refund is left for the
+    owner; the owner saves the new key by hand, and the order is read again with it."""
+    shop.configure(501)
+    order = wc_order(9615, "processing", [line_item(501, quantity=2, line_id=74)])
+    connected.orders[9615] = order
+    connected.deliver(shop.client, "order.created", order)
+    connected.add_refund(9615, line_id=74, quantity=1, amount="49.00")
+    order["date_modified_gmt"] = order["date_modified"] = shifted("2026-11-20T12:05:00")
+    connected.consumer_key = "ck_" + "b" * 40
+    connected.deliver(shop.client, "order.updated", order)
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "active"}
+    [entry] = shop.admin("GET", "/audit?action=order.refund_not_applied").get_json()["events"]
+    assert "HTTP 401" in entry["detail"]["reason"]
+
+    saved = shop.admin(
+        "PUT",
+        "/credentials/woocommerce",
+        {"consumer_key": connected.consumer_key, "consumer_secret": connected.consumer_secret},
+    )
+    assert saved.status_code == 200
+    run_pending(app)
+    assert unit_statuses(app) == {1: "active", 2: "revoked"}
+    [read] = shop.admin("GET", "/audit?action=order.refunds_read").get_json()["events"]
+    assert read["subject"] == "order:9615"
