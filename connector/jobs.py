@@ -331,7 +331,10 @@ def store_jobs(store_id: int) -> Select[Job]:
     )
 
 
-def _finish(claim: Claim, error: BaseException | None) -> None:
+def _finish(claim: Claim, error: BaseException | None, *, cut_off: bool = False) -> None:
+    """Record how the claimed attempt ended. ``cut_off``: the worker was stopped during it
+    (told twice): the job goes back to the queue even after its last attempt, since the job
+    itself did not fail."""
     from connector import get_settings
 
     with transaction() as session:
@@ -357,7 +360,7 @@ def _finish(claim: Claim, error: BaseException | None) -> None:
         # Only the type and a short text: library messages can be long, never echo secrets,
         # and a database's name no values of the row it refused.
         job.last_error = f"{type(error).__name__}: {redact(str(error), DATABASE_PATTERNS)[:200]}"
-        if job.attempts >= get_settings().job_max_attempts:
+        if job.attempts >= get_settings().job_max_attempts and not cut_off:
             _bury(session, job)
         else:
             job.status = "pending"
@@ -456,7 +459,7 @@ def run_one(kinds: set[str] | None = None) -> bool:
         except KeyboardInterrupt:
             # The worker stopped at once (told twice): the job goes back to the queue, rather
             # than sit "running" until its lease runs out.
-            _finish(claimed, RetryLater("the worker was stopped during the job"))
+            _finish(claimed, RetryLater("the worker was stopped during the job"), cut_off=True)
             raise
     _finish(claimed, error)
     return True

@@ -323,12 +323,17 @@ def test_a_sleeping_worker_stops_at_once(app: Flask) -> None:
     assert not worker.is_alive()
 
 
+@pytest.mark.parametrize("max_attempts", [20, 1])
 def test_a_worker_told_twice_to_stop_cuts_its_job_off_and_queues_it_again(
-    app: Flask, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    app: Flask,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    max_attempts: int,
 ) -> None:
     """The first Ctrl-C (or SIGTERM) lets the job in hand finish; a second, for a job stuck
     on a peer that does not answer, stops the worker at once. The job goes back to the
-    queue (its attempt spent), instead of sitting "running" until its lease runs out."""
+    queue (its attempt spent), instead of sitting "running" until its lease runs out; on its
+    last attempt too, not given up on (dead) for the worker's stop."""
     from connector.cli import stop_on_signals
 
     stop = threading.Event()
@@ -345,7 +350,7 @@ def test_a_worker_told_twice_to_stop_cuts_its_job_off_and_queues_it_again(
     monkeypatch.setitem(jobs.HANDLERS, "test.stuck", stuck)
     with app.app_context(), transaction() as session:
         jobs.enqueue(session, "test.stuck", {"n": 1})
-    with_settings(app, worker_poll_seconds=0.1)
+    with_settings(app, worker_poll_seconds=0.1, job_max_attempts=max_attempts)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         stop_on_signals(stop)
