@@ -27,14 +27,22 @@ AWS_PATTERNS = [
 # PostgreSQL's details name the values of what it refused: the whole row of a NOT NULL or
 # CHECK violation (a buyer's address and name in an order's), the key of a unique or
 # foreign key violation, the text a type could not read.
+# Where a quoted value ends at the latest: what psycopg, SQLAlchemy and a traceback write
+# after the detail (never a blank line alone: a value may hold one, an address's lines).
+_DETAIL_ENDS = (
+    r"\n\[SQL: |\n(?:HINT|CONTEXT|LINE \d+):|\n\n(?:The above exception|During handling)"
+    r"|\nTraceback \(most recent|\n\(Background on|\n?\Z"
+)
 DATABASE_PATTERNS = [
-    re.compile(r"(Failing row contains ).+?(?=\.?(?:\n\[SQL: |\n\n|\n?\Z))", re.DOTALL),
+    re.compile(rf"(Failing row contains ).+?(?=\.?(?:{_DETAIL_ENDS}))", re.DOTALL),
+    # The key's values up to PostgreSQL's words after them; else, all up to the detail's end
+    # (each try then ends at the latest there: no long text is read again from each "Key (").
     re.compile(
-        r"(Key \([^)]*\)=)\(.+?\)(?= already exists| is not present| is still referenced"
-        r"| conflicts with)",
+        r"(Key \([^)\n]*\)=)(?:\(.+?\)(?= already exists| is not present| is still referenced"
+        rf"| conflicts with)|.+?(?={_DETAIL_ENDS}))",
         re.DOTALL,
     ),
-    re.compile(r"(invalid input (?:syntax|value) for [\w ]+: ).+?(?=\n|\Z)"),
+    re.compile(rf"(invalid input (?:syntax|value) for [\w ]+: ).+?(?={_DETAIL_ENDS})", re.DOTALL),
 ]
 
 

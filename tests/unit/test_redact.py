@@ -44,3 +44,28 @@ def test_the_filter_redacts_a_records_traceback_too() -> None:
     assert record.getMessage() == "job 7 failed"
     assert record.exc_text and "ValueError" in record.exc_text
     assert "ada@example.com" not in logging.Formatter().format(record)
+
+
+def test_a_value_holding_a_blank_line_is_hidden_whole() -> None:
+    """A quoted row ends where psycopg or a traceback goes on, not at a blank line: an
+    address's lines may hold one."""
+    detail = (
+        'null value in column "status" of relation "orders" violates not-null constraint\n'
+        "DETAIL:  Failing row contains (1, Jane\n\nDoe, jane@example.com, 7 Rue X).\n"
+        "[SQL: INSERT INTO orders …]"
+    )
+    hidden = redact(detail, DATABASE_PATTERNS)
+    assert "jane@example.com" not in hidden and "Doe" not in hidden
+    assert hidden.endswith("Failing row contains <hidden>.\n[SQL: INSERT INTO orders …]")
+
+
+def test_long_text_of_many_keys_is_read_once() -> None:
+    """Text of many "Key (a)=(" and no end (a long log line) took seconds per 100 KB, read
+    again from each: it is hidden in one pass."""
+    import time
+
+    text = "Key (a)=(x " * 40_000
+    started = time.perf_counter()
+    hidden = redact(text, DATABASE_PATTERNS)
+    assert hidden == "Key (a)=<hidden>"
+    assert time.perf_counter() - started < 2  # quadratic: about 20 s
