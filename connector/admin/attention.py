@@ -293,12 +293,18 @@ def notices(session: Session, stores: list[Store]) -> list[Notice]:
 
 def dead_jobs(session: Session, store: Store) -> str | None:
     """What the dashboard and the store page say of the store's jobs of
-    :data:`DEAD_NEEDS_OWNER` given up on (dead) and not retried since; None when none is."""
+    :data:`DEAD_NEEDS_OWNER` given up on (dead) in the last :data:`NEWS` and not retried
+    since; None when none is. Older ones stay in the outbox's dead filter: one that cannot
+    be mended (a Brevo list deleted since) is not news for ever."""
     counts = dict(
         session.execute(
             store_jobs(store.id)
             .with_only_columns(Job.kind, func.count())
-            .where(Job.status == "dead", Job.kind.in_(DEAD_NEEDS_OWNER))
+            .where(
+                Job.status == "dead",
+                Job.kind.in_(DEAD_NEEDS_OWNER),
+                Job.finished_at > utcnow() - NEWS,
+            )
             .group_by(Job.kind)
         ).all()
     )

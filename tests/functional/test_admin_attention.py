@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import html
 import re
 
@@ -11,7 +12,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from connector.audit import record_audit
-from connector.db import db
+from connector.db import db, utcnow
 from connector.jobs import retry_dead, run_pending
 from connector.mail.service import ORDER_MAIL_JOB
 from connector.models import (
@@ -192,7 +193,13 @@ def test_jobs_given_up_on_whose_work_a_buyer_misses_are_news_with_the_outbox_nar
         session = db.session
         other = create_store(session, "Other shop", "https://other.example").store
         order_id = session.scalars(select(Order.id)).one()
-        dead = {"status": "dead", "attempts": 8, "last_error": "ShopUnavailable: HTTP 503"}
+        dead = {
+            "status": "dead",
+            "attempts": 8,
+            "last_error": "ShopUnavailable: HTTP 503",
+            "finished_at": utcnow() - dt.timedelta(days=29),
+        }
+        long_dead = {**dead, "finished_at": utcnow() - dt.timedelta(days=31)}
         jobs = [
             Job(kind="order.issued", payload={"order_id": order_id}, **dead),
             Job(kind="shop.order_note", payload={"order_id": order_id, "license_ids": [1]}, **dead),
@@ -202,6 +209,12 @@ def test_jobs_given_up_on_whose_work_a_buyer_misses_are_news_with_the_outbox_nar
             Job(kind="shop.reconcile", payload={"store_id": store_id}, **dead),
             Job(kind="privacy.purge", payload={}, **dead),
             Job(kind="shop.order_note", payload={"store_id": other.id}, **dead),
+            # Given up on over 30 days ago: in the outbox, no longer news.
+            Job(
+                kind="shop.order_note",
+                payload={"order_id": order_id, "license_ids": [4]},
+                **long_dead,
+            ),
         ]
         session.add_all(jobs)
         session.commit()
@@ -221,7 +234,7 @@ def test_jobs_given_up_on_whose_work_a_buyer_misses_are_news_with_the_outbox_nar
     assert link is not None, page
     outbox = owner.get(link.group(1)).get_data(as_text=True)
     shown = {int(n) for n in re.findall(r"<tr><td>(\d+)</td>", outbox)}
-    assert shown == set(ids[:3])
+    assert shown == {*ids[:3], ids[8]}  # the outbox keeps the older one, no longer news
     assert "Only the jobs of Test Shop of kinds" in outbox
     store_page = html.unescape(owner.get(f"/admin/stores/{store_id}").get_data(as_text=True))
     assert said in store_page and html.unescape(link.group(1)) in store_page
