@@ -19,6 +19,9 @@ from connector.errors import ValidationFailed
 MAX_SITE_INPUT = 2048
 STAGING_TLDS = frozenset({"test", "local", "localhost", "example", "invalid"})
 STAGING_FIRST_LABELS = frozenset({"staging", "stage", "dev", "test", "local"})
+# Second-level labels under which a country's domains are registered (``shop.co.uk``,
+# ``shop.com.au``): there the registrable domain is three labels, not two.
+COUNTRY_SECOND_LEVELS = frozenset({"co", "com", "net", "org", "ac", "gov", "edu", "ne", "or"})
 
 
 def _invalid(detail: str) -> ValidationFailed:
@@ -97,8 +100,10 @@ def is_staging_site(site: str) -> bool:
 
     ``localhost``; a TLD of test, local, localhost, example or invalid; a first label of
     staging, stage, dev, test or local in front of a domain (``dev.shop.com``; not the
-    domain itself: ``test.de`` and ``local.ch`` are real shops); or a ``staging`` label
-    before the registrable domain (``shop.staging.example.com``). Loopback IP addresses
+    domain itself: ``test.de``, ``local.ch`` and ``test.co.uk`` are real shops); or a
+    ``staging`` label before the registrable domain (``shop.staging.example.com``): its
+    last two labels, or three under a country's second level (``co.uk``, ``com.au``: see
+    :data:`COUNTRY_SECOND_LEVELS`). Loopback IP addresses
     count as ``localhost``, an IPv4-mapped one (``::ffff:127.0.0.1``, kept as
     ``::ffff:7f00:1``) as its IPv4 address.
     """
@@ -113,6 +118,7 @@ def is_staging_site(site: str) -> bool:
     labels = site.split(".")
     if site == "localhost" or labels[-1] in STAGING_TLDS:
         return True
-    if len(labels) > 2 and labels[0] in STAGING_FIRST_LABELS:
+    domain = 3 if len(labels[-1]) == 2 and labels[-2] in COUNTRY_SECOND_LEVELS else 2
+    if len(labels) > domain and labels[0] in STAGING_FIRST_LABELS:
         return True
-    return "staging" in labels[:-2]
+    return "staging" in labels[:-domain]

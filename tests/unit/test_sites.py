@@ -85,6 +85,8 @@ def test_garbage_is_refused(garbage: str) -> None:
         "local.shop.com",
         "shop.staging.example.com",
         "a.b.staging.shop.co",
+        "dev.shop.co.uk",
+        "a.staging.shop.com.au",
     ],
 )
 def test_staging_sites(site: str) -> None:
@@ -107,6 +109,9 @@ def test_staging_sites(site: str) -> None:
         "shop.com.staging",
         "192.0.2.10",
         "test.de",
+        "test.co.uk",
+        "dev.com.au",
+        "shop.staging.co.uk",
         "local.ch",
         "dev.to",
         "staging.io",
