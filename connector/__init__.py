@@ -218,8 +218,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.add_url_rule("/", "home", _home)
     reads_survive_a_dropped_connection(app)
     register_error_handlers(app)
-    # Unexpected errors are logged with their traceback, where a database error's detail
-    # would name the values of the row it refused (a buyer's address and name).
+    # Unexpected errors are logged with their traceback (by app.logger, "connector"), where a
+    # database error's detail would name the values of the row it refused (a buyer's address
+    # and name). Modules' own loggers have the redactor from keygate_logger.
     redact_loggers(("connector", "plugin"), DATABASE_REDACTOR)
     # Runs before the blueprints' hooks (the license API's signing): the signed headers are
     # Date, Digest, Host and the request target only, so these stay out of the signature.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import logging
 import os
 import sqlite3
 import weakref
@@ -49,6 +48,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 from sqlalchemy.types import TypeDecorator
+
+from connector.redact import keygate_logger
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -114,7 +115,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 T = TypeVar("T")
 P = ParamSpec("P")
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 # Set while a read_mostly unit opens its transaction (per thread / task).
 _READ_ONLY_BEGIN: ContextVar[bool] = ContextVar("keygate_read_only_begin", default=False)

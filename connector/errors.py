@@ -9,7 +9,6 @@ is 503 with ``Retry-After``: the request can be sent again.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Mapping
@@ -23,8 +22,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from connector.db import Disconnected
+from connector.redact import keygate_logger
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 PROBLEM_BASE = "https://keygate.dev/problems/"
 JSON_PREFIXES = ("/api/", "/webhooks/", "/healthz")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib
-import logging
 import os
 import threading
 import weakref
@@ -40,11 +39,10 @@ from connector.db import (
     utcnow,
 )
 from connector.models import Job
-from connector.redact import DATABASE_PATTERNS, DATABASE_REDACTOR, redact
+from connector.redact import DATABASE_PATTERNS, keygate_logger, redact
 
-log = logging.getLogger(__name__)
 # A failed job's traceback may quote a database error that names a buyer.
-log.addFilter(DATABASE_REDACTOR)
+log = keygate_logger(__name__)
 
 # Key under which a handler finds its own job id in the payload it is given.
 JOB_ID = "_job_id"

@@ -18,7 +18,6 @@ other URIs (Redis, memcached) go to ``limits`` as given.
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -28,7 +27,9 @@ from limits import parse_many
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-log = logging.getLogger(__name__)
+from connector.redact import keygate_logger
+
+log = keygate_logger(__name__)
 
 SCHEME = "keygate-memory"
 SWEEP_SECONDS = 1.0

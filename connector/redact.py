@@ -74,6 +74,18 @@ class RedactingFilter(logging.Filter):
 DATABASE_REDACTOR = RedactingFilter(DATABASE_PATTERNS)
 
 
+def keygate_logger(name: str) -> logging.Logger:
+    """The logger of a Keygate module, with database details hidden in its lines.
+
+    Filters are not inherited, and a module imported only when its job first runs (the
+    copies sweep, the product sync) makes its logger after :func:`redact_loggers` went over
+    the existing ones: each module takes its logger from here instead."""
+    logger = logging.getLogger(name)
+    if DATABASE_REDACTOR not in logger.filters:
+        logger.addFilter(DATABASE_REDACTOR)
+    return logger
+
+
 def redact_loggers(prefixes: tuple[str, ...], redactor: RedactingFilter) -> None:
     """Put ``redactor`` on every existing logger under ``prefixes`` (filters don't inherit)."""
     names = [n for n in logging.root.manager.loggerDict if n.startswith(prefixes)]

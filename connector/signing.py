@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import logging
 import secrets
 import threading
 import time
@@ -39,8 +38,9 @@ from sqlalchemy.orm import Session, defer
 
 from connector.db import Database, utcnow
 from connector.models import SigningKey
+from connector.redact import keygate_logger
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 ALGORITHM = "ed25519"
 SIGNED_HEADERS = "(request-target) host date digest"

@@ -30,7 +30,6 @@ under keyed hashes only), and in its in-memory fallback while that storage canno
 
 from __future__ import annotations
 
-import logging
 import math
 import secrets
 import time
@@ -47,10 +46,11 @@ from connector.db import db
 from connector.errors import KeygateError
 from connector.extensions import limiter
 from connector.models import AdminUser
+from connector.redact import keygate_logger
 from connector.tokens import ADMIN_DEVICE, dumps_timed, loads_timed
 from connector.vault.crypto import keyed_hash
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 ACCOUNT_BUDGET = parse("20/hour")
 ACCOUNT_HASH = "admin-login-account"

@@ -16,7 +16,6 @@ served after it (:func:`open_failure`).
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, text
@@ -27,8 +26,9 @@ from connector.audit import record_audit
 from connector.db import read_mostly, utcnow
 from connector.integrations.r2 import StorageUnavailable
 from connector.models import AuditEvent, DownloadEvent
+from connector.redact import keygate_logger
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 STORAGE_FAILED = "downloads.storage_failed"
 REFUSED = "refused"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import logging
 import math
 import tempfile
 from collections.abc import Sequence
@@ -73,11 +72,12 @@ from connector.models import (
     Store,
     WatermarkCopy,
 )
+from connector.redact import keygate_logger
 from connector.stores import StoreDeleted, hold_live_store
 from connector.tokens import COPY_KEY, LinkInvalid, fingerprint_token, sealed_id
 from connector.vault.crypto import keyed_hash, store_keyed_hash
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 IP_HASH_PURPOSE = "download-ip"
 

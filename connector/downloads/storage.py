@@ -15,7 +15,6 @@ license keys are inside). Objects outside those two areas are the instance's com
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import shutil
 import stat
@@ -30,8 +29,9 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from connector.errors import ValidationFailed
 from connector.integrations.r2 import R2Config, R2Store, StorageUnavailable, StoredObject
 from connector.models import Store
+from connector.redact import keygate_logger
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 K = TypeVar("K")
 
 

@@ -18,7 +18,6 @@ a warning and listed again by the next sweep.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Any
 
 from sqlalchemy import select, union
@@ -36,8 +35,9 @@ from connector.downloads.storage import (
 )
 from connector.jobs import enqueue, handles
 from connector.models import DownloadGrant, Store, WatermarkCopy
+from connector.redact import keygate_logger
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 SWEEP_COPIES_JOB = "downloads.sweep_copies"
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import logging
 import lzma
 import re
 import shutil
@@ -38,13 +37,15 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import pikepdf
 
+from connector.redact import keygate_logger
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from fpdf import FPDF
     from fpdf.line_break import Fragment
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 FINGERPRINT_PREFIX = "keygate-fp:"
 FINGERPRINT_KEY = "/KeygateFingerprint"

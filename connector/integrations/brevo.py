@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +18,9 @@ from urllib3.exceptions import HTTPError
 
 from connector.integrations.mail import OutgoingMail, header_text
 from connector.jobs import RetryLater
+from connector.redact import keygate_logger
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 
 class BrevoRejected(RuntimeError):

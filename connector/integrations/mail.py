@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
-log = logging.getLogger(__name__)
+from connector.redact import keygate_logger
+
+log = keygate_logger(__name__)
 
 # Bidirectional embeddings, overrides and isolates. A name in any script shows right without
 # them (the Unicode bidi algorithm orders right-to-left letters by itself), but one left

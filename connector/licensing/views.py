@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -57,6 +56,7 @@ from connector.licensing.releases import release_download_url
 from connector.licensing.versions import comparable_version
 from connector.models import Product, Release, Store
 from connector.ratelimit import Breach, Budgets
+from connector.redact import keygate_logger
 from connector.signing import (
     current_signer,
     digest_header,
@@ -70,7 +70,7 @@ from connector.tokens import release_id_from_token
 from connector.validation import optional_bool, optional_int, optional_str, required_str
 
 bp = Blueprint("licensing_views", __name__, url_prefix="/api/v1")
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 register_privacy_hooks()
 
 MAX_LICENSE_BODY = 16 * 1024

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,13 +54,14 @@ from connector.errors import ValidationFailed
 from connector.jobs import RetryLater, handles
 from connector.models import LineItem, Order, Product, Store
 from connector.orders.reconcile import refresh_order, schedule_next
+from connector.redact import keygate_logger
 from connector.stores import hold_live_store
 from connector.vault.connection import connection_of
 from plugin.shop import PAID_STATUSES, PayloadError
 from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
 from plugin.woocommerce.webhooks import clean_text, parse_id
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 META_PREFIX = "_keygate_"
 SYNC_JOB = "shop.sync_products"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from connector.jobs import RetryLater, enqueue, handles, release_dedupe_key
 from connector.models import AuditEvent, Job, Order, ShopConnection, Store
 from connector.orders.refund_notices import open_refund_notices
 from connector.orders.service import apply_shop_order
+from connector.redact import keygate_logger
 from connector.vault.connection import check_webhooks, connection_of, shop_client_for
 from plugin.shop import PayloadError, ShopOrder, parse_utc_datetime
 from plugin.woocommerce.rest import ShopError, ShopRejected, ShopUnavailable, WooCommerceClient
@@ -39,7 +39,7 @@ from plugin.woocommerce.webhooks import (
     parse_refund,
 )
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 RECONCILE_JOB = "shop.reconcile"
 REFRESH_JOB = "shop.refresh_order"

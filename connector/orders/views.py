@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import logging
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -18,12 +17,13 @@ from connector.models import Store, WebhookDelivery
 from connector.models.records import BAD_SIGNATURE, TOO_LARGE
 from connector.orders.reconcile import enqueue_reconcile_soon, enqueue_refresh
 from connector.orders.service import apply_shop_order
+from connector.redact import keygate_logger
 from connector.stores import find_store
 from connector.vault.service import has_credentials
 from plugin.shop import PayloadError
 from plugin.woocommerce import webhooks as wc
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 bp = Blueprint("webhooks", __name__)
 
 

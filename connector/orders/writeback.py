@@ -9,7 +9,6 @@ order's notes, in case an earlier run posted it and crashed before committing.
 from __future__ import annotations
 
 import hashlib
-import logging
 from typing import Any
 
 from sqlalchemy import select
@@ -20,11 +19,12 @@ from connector.integrations.mail import header_text, mail_text
 from connector.jobs import RetryLater, handles
 from connector.models import Order, ShopNote, Store
 from connector.orders.summary import order_entitlements
+from connector.redact import keygate_logger
 from connector.vault.connection import shop_client_for
 from plugin.woocommerce.rest import ShopRejected, ShopUnavailable
 from plugin.woocommerce.webhooks import NO_SUCH_ORDER
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 NOTE_JOB = "shop.order_note"
 

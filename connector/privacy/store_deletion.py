@@ -17,7 +17,6 @@ deleted store: its webhook URL and admin pages are 404, its API token was replac
 
 from __future__ import annotations
 
-import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -59,10 +58,11 @@ from connector.models import (
     WebhookDelivery,
     WebhookRegistration,
 )
+from connector.redact import keygate_logger
 from connector.stores import API_TOKEN_HASH, random_alphanumeric
 from connector.vault.crypto import keyed_hash
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 DELETE_FILES_JOB = "store.delete_files"
 DELETED_NAME = "(deleted store)"

@@ -12,7 +12,6 @@ reasons name the field to correct, and at most the status and error code the ser
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +23,10 @@ from connector.errors import NotFound
 from connector.integrations import brevo, r2
 from connector.integrations.r2 import R2Store, StorageUnavailable
 from connector.models import Store
+from connector.redact import keygate_logger
 from connector.vault.service import check_kind, credentials_for
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 CHECKED_KINDS = ("r2", "brevo")
 _SAFE_CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-import logging
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,13 +26,14 @@ from connector.db import insert_ignoring_conflicts, iso, lock_row, utcnow
 from connector.errors import Forbidden, KeygateError, ServiceUnavailable
 from connector.jobs import enqueue, trouble_json
 from connector.models import Job, ShopConnection, Store, WebhookRegistration
+from connector.redact import keygate_logger
 from connector.stores import hold_live_store, random_alphanumeric
 from connector.tokens import CONNECT_STATE, dumps_timed, loads_timed_with_time
 from connector.vault.service import credentials_for, delete_credentials, put_credentials
 from plugin.woocommerce.connect import AuthCallback, authorize_url
 from plugin.woocommerce.rest import ShopError, ShopRejected, WooCommerceClient
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 # order.restored: an order taken out of the trash (applied like order.updated); without it
 # a restore is only seen at the order's next update or reconciliation.

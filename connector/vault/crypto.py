@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ from flask import current_app
 from sqlalchemy import Text
 from sqlalchemy.types import TypeDecorator
 
-_log = logging.getLogger(__name__)
+from connector.redact import keygate_logger
+
+_log = keygate_logger(__name__)
 
 
 # How often a process looks at its master key file for a change, at most (seconds).

@@ -12,7 +12,6 @@ on every one after.
 from __future__ import annotations
 
 import hmac
-import logging
 import sqlite3
 from typing import Any
 
@@ -28,9 +27,10 @@ from connector.config import ConfigError
 from connector.db import Base, connection_failure, damaged_database, insert_ignoring_conflicts
 from connector.migrate import alembic_config, newer_database_problem
 from connector.models import KeyCheck
+from connector.redact import keygate_logger
 from connector.vault.crypto import DecryptionError, Keyring
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 
 KNOWN_TEXT = "keygate key check"
 HASH_PURPOSE = "key-check"

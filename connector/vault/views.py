@@ -9,8 +9,6 @@ a PUT of R2 or Brevo credentials answers whether they work (``check``), and
 
 from __future__ import annotations
 
-import logging
-
 from flask import Blueprint, g, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
@@ -18,6 +16,7 @@ from connector.admin.auth import current_store, require_store_token
 from connector.db import db
 from connector.errors import Conflict, InvalidInput, NotFound
 from connector.extensions import limiter
+from connector.redact import keygate_logger
 from connector.stores import find_store
 from connector.validation import json_body
 from connector.vault import connection as shop_connection
@@ -32,7 +31,7 @@ from connector.vault.service import (
 from plugin.shop import PayloadError
 from plugin.woocommerce.connect import parse_callback
 
-log = logging.getLogger(__name__)
+log = keygate_logger(__name__)
 bp = Blueprint("vault_views", __name__)
 
 # Saving and checking credentials asks R2 or Brevo each time: a few a minute per store (and,

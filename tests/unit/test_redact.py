@@ -69,3 +69,39 @@ def test_long_text_of_many_keys_is_read_once() -> None:
     hidden = redact(text, DATABASE_PATTERNS)
     assert hidden == "Key (a)=<hidden>"
     assert time.perf_counter() - started < 2  # quadratic: about 20 s
+
+
+# Run in a fresh interpreter: in the test process, earlier apps' redact_loggers went over
+# every logger that existed then, lazily imported modules' too.
+_EVERY_MODULE_LOGS_REDACTED = """
+import importlib, logging, pkgutil, sys
+import connector, plugin
+from connector.redact import DATABASE_REDACTOR
+for package in (connector, plugin):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        # Not the migrations, nor connector.wsgi: it builds the app when imported.
+        if ".migrations." not in module.name and module.name != "connector.wsgi":
+            importlib.import_module(module.name)
+missing = sorted(
+    name
+    for name, logger in logging.root.manager.loggerDict.items()
+    if name.startswith(("connector.", "plugin."))
+    and name != "connector.client"  # the client library runs in the product, not in Keygate
+    and isinstance(logger, logging.Logger)
+    and DATABASE_REDACTOR not in logger.filters
+)
+print(" ".join(missing))
+sys.exit(1 if missing else 0)
+"""
+
+
+def test_every_keygate_module_logs_with_database_details_hidden() -> None:
+    """A module imported when its job first runs (the copies sweep, the product sync) made
+    its logger after the app put the redactor on the loggers there were: a database error
+    it logged would have named the buyer in the row."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", _EVERY_MODULE_LOGS_REDACTED], capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"loggers without the redactor: {done.stdout}{done.stderr}"
