@@ -459,16 +459,14 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
     # A dead job stays (the outbox's Retry, and work like a Brevo removal that still has to
     # happen, need it), but past the retention its error keeps only its type: the text may
     # name a customer.
-    stale_dead = session.scalars(
-        select(Job).where(
-            Job.status == "dead",
-            Job.finished_at < older(settings.retention_jobs_days),
-            Job.last_error.contains(":"),
-        )
-    ).all()
-    for job in stale_dead:
-        job.last_error = (job.last_error or "").split(":", 1)[0]
-    removed["dead_job_errors"] = len(stale_dead)
+    removed["dead_job_errors"] = change_in_batches(
+        session,
+        Job,
+        Job.status == "dead",
+        Job.finished_at < older(settings.retention_jobs_days),
+        Job.last_error.contains(":"),
+        change=_keep_error_type,
+    )
     removed["jobs"] = delete_in_batches(
         session,
         Job,
@@ -519,7 +517,49 @@ def delete_in_batches(session: Session, model: Any, *where: Any) -> int:
             return total
 
 
-UNLICENSED_BATCH = 500
+# Rows a retention purge reads, changes and commits at a time: whole rows, into memory.
+CHANGE_BATCH = 500
+
+
+def change_in_batches(
+    session: Session,
+    model: Any,
+    *where: Any,
+    change: Callable[[Any], None],
+    lock: bool = False,
+) -> int:
+    """Apply ``change`` to each row of ``model`` that ``where`` selects, in the order of
+    their ids, :data:`CHANGE_BATCH` rows at a time, each batch committed; returns how many.
+
+    What :func:`delete_in_batches` is to a deletion, for what the purge changes (or deletes
+    row by row) in Python: the first purge of an old shop read every such row into memory at
+    once, and held its locks until the purge's next commit (SQLite's only write lock; on
+    PostgreSQL, the locked orders a delivery waits for). A purge stopped half-way keeps the
+    batches it committed, and the next one goes on with the rest, which still match.
+
+    Each batch is read again with ``where``, so that a row changed since its id was chosen
+    is judged on what it is now. With ``lock``, rows another transaction holds are skipped:
+    the next purge finds them.
+    """
+    changed, after = 0, 0
+    while True:
+        chosen = select(model.id).where(model.id > after, *where).order_by(model.id)
+        if lock:
+            chosen = chosen.with_for_update(skip_locked=True)
+        ids = session.scalars(chosen.limit(CHANGE_BATCH)).all()
+        if not ids:
+            return changed
+        after = ids[-1]
+        rows = session.scalars(select(model).where(model.id.in_(ids), *where)).all()
+        for row in rows:
+            change(row)
+        session.commit()
+        changed += len(rows)
+
+
+def _keep_error_type(job: Job) -> None:
+    """A dead job's error past the retention: its type stays, the text (a customer?) goes."""
+    job.last_error = (job.last_error or "").split(":", 1)[0]
 
 
 def _forget_unlicensed_buyers(session: Session, before: dt.datetime) -> int:
@@ -549,30 +589,15 @@ def _forget_unlicensed_buyers(session: Session, before: dt.datetime) -> int:
         or_(Order.brevo_list_id.is_(None), Order.brevo_list_id == LIST_NOT_RECORDED),
         ~issued,
     )
-    forgotten, after = 0, 0
-    while True:
-        locked = session.scalars(
-            select(Order.id)
-            .where(Order.id > after, *expired)
-            .order_by(Order.id)
-            .limit(UNLICENSED_BATCH)
-            .with_for_update(skip_locked=True)
-        ).all()
-        if not locked:
-            return forgotten
-        after = locked[-1]
-        for order in session.scalars(select(Order).where(Order.id.in_(locked), *expired)):
-            clear_personal_fields(order)
-            forgotten += 1
-        session.flush()
+    return change_in_batches(session, Order, *expired, change=clear_personal_fields, lock=True)
 
 
 def _give_up_brevo_removals(session: Session, before: dt.datetime) -> int:
     """Forget addresses still waiting to leave a Brevo list long after their job gave up
     (credentials removed, Brevo refusing): the owner is told to take them out by hand,
     under the pseudonym, and the address is not kept for ever."""
-    stale = session.scalars(select(BrevoRemoval).where(BrevoRemoval.created_at < before)).all()
-    for removal in stale:
+
+    def give_up(removal: BrevoRemoval) -> None:
         record_audit(
             session,
             store_id=removal.store_id,
@@ -582,7 +607,10 @@ def _give_up_brevo_removals(session: Session, before: dt.datetime) -> int:
             detail={"list_id": removal.list_id, "reason": removal.reason},
         )
         session.delete(removal)
-    return len(stale)
+
+    return change_in_batches(
+        session, BrevoRemoval, BrevoRemoval.created_at < before, change=give_up
+    )
 
 
 @handles("privacy.purge")

@@ -8,19 +8,32 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert, select, update
 
 import connector.privacy.service as privacy
 from connector.db import db, transaction, utcnow
+from connector.jobs import run_pending
 from connector.licensing.admin import search_licenses
-from connector.models import Activation, AuditEvent, License, WebhookDelivery
+from connector.models import (
+    Activation,
+    AuditEvent,
+    BrevoRemoval,
+    Job,
+    License,
+    Order,
+    WebhookDelivery,
+)
+from connector.privacy.service import purge_expired_records
 from connector.stores import NewStore
-from tests.factories import WebhookSender
+from tests.factories import WebhookSender, line_item, wc_order
 from tests.functional.test_license_export import sell
+
+EMAIL = "jurgen@example.org"
 
 
 @pytest.fixture
@@ -351,3 +364,156 @@ def test_each_stores_refund_trouble_is_counted_through_an_index(
         steps = [row[-1] for row in plan]
         db.session.rollback()
     assert any("ix_audit_events_store_id_action" in step for step in steps), steps
+
+
+@contextmanager
+def crash_at(model: Any, moment: str, nth: int) -> Iterator[None]:
+    """The ``nth`` row of ``model`` the session writes (``moment``: before_update,
+    before_delete) fails: a purge stopped half-way (the worker killed, the database gone)."""
+    seen: list[int] = []
+
+    def fail(_mapper: Any, _connection: Any, row: Any) -> None:
+        seen.append(row.id)
+        if len(seen) == nth:
+            raise RuntimeError("stopped half-way")
+
+    event.listen(model, moment, fail)
+    try:
+        yield
+    finally:
+        event.remove(model, moment, fail)
+
+
+def test_the_purge_forgets_unlicensed_buyers_a_committed_batch_at_a_time(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first purge of an old shop's orders that issued nothing locked every one of them
+    (a delivery of any waited) and kept their buyers in one transaction until the purge's
+    next commit: stopped half-way, it had forgotten nobody. Each batch is committed, and the
+    next purge goes on with the rest; what is forgotten is what was due."""
+    monkeypatch.setattr(privacy, "CHANGE_BATCH", 2, raising=False)
+    shop.configure(501)
+    for n in range(8401, 8406):
+        shop.deliver(wc_order(n, "on-hold", [line_item(501)], email=EMAIL))
+    shop.deliver(wc_order(8406, "completed", [line_item(501)], email=EMAIL))
+    run_pending(app)
+    purge_day = utcnow() + dt.timedelta(days=91)
+    with app.app_context(), transaction() as session:
+        # Changed by the shop since: not due.
+        session.execute(
+            update(Order)
+            .where(Order.shop_order_id == "8405")
+            .values(updated_at=purge_day - dt.timedelta(days=10))
+        )
+
+    def buyers() -> dict[str, str | None]:
+        with app.app_context():
+            rows = db.session.execute(select(Order.shop_order_id, Order.email))
+            return {order: email for order, email in rows}
+
+    with (
+        crash_at(Order, "before_update", 3),
+        pytest.raises(RuntimeError),
+        app.app_context(),
+        transaction() as session,
+    ):
+        purge_expired_records(session, now=purge_day)
+    assert buyers() == {
+        "8401": None,
+        "8402": None,  # the first batch, committed
+        "8403": EMAIL,
+        "8404": EMAIL,
+        "8405": EMAIL,
+        "8406": EMAIL,
+    }
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session, now=purge_day)["unlicensed_order_buyers"] == 2
+    assert buyers() == {
+        "8401": None,
+        "8402": None,
+        "8403": None,
+        "8404": None,
+        "8405": EMAIL,  # changed since
+        "8406": EMAIL,  # licensed
+    }
+
+
+def test_the_purge_cuts_dead_jobs_errors_a_committed_batch_at_a_time(
+    app: Flask, new_store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every dead job past the retention was read into memory at once (payload and all) and
+    its error cut in one transaction: stopped half-way, none was. A batch at a time, each
+    committed; a dead job within the retention keeps its error."""
+    monkeypatch.setattr(privacy, "CHANGE_BATCH", 2, raising=False)
+    error = "BrevoError: jurgen@example.org refused"
+    with app.app_context(), transaction() as session:
+        for days in (40, 40, 40, 40, 40, 3):
+            session.add(
+                Job(
+                    kind="mail.order_issued",
+                    status="dead",
+                    last_error=error,
+                    finished_at=utcnow() - dt.timedelta(days=days),
+                )
+            )
+
+    def errors() -> list[str | None]:
+        with app.app_context():
+            return list(db.session.scalars(select(Job.last_error).order_by(Job.id)))
+
+    with (
+        crash_at(Job, "before_update", 3),
+        pytest.raises(RuntimeError),
+        app.app_context(),
+        transaction() as session,
+    ):
+        purge_expired_records(session)
+    assert errors() == ["BrevoError", "BrevoError", error, error, error, error]
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["dead_job_errors"] == 3
+    assert errors() == ["BrevoError"] * 5 + [error]
+
+
+def test_the_purge_gives_up_brevo_removals_a_committed_batch_at_a_time(
+    app: Flask, new_store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Addresses waiting to leave a Brevo list past the retention are forgotten (and the
+    owner told) a committed batch at a time; one waiting within it stays."""
+    monkeypatch.setattr(privacy, "CHANGE_BATCH", 2, raising=False)
+    with app.app_context(), transaction() as session:
+        for n, days in enumerate((60, 60, 60, 60, 60, 3)):
+            session.add(
+                BrevoRemoval(
+                    store_id=new_store.store.id,
+                    list_id=7,
+                    email=f"buyer{n}@example.org",
+                    reason="erasure",
+                    subject=f"erased-{n}",
+                    created_at=utcnow() - dt.timedelta(days=days),
+                )
+            )
+
+    def state() -> tuple[list[str | None], list[str | None]]:
+        with app.app_context():
+            waiting = db.session.scalars(select(BrevoRemoval.subject).order_by(BrevoRemoval.id))
+            told = db.session.scalars(
+                select(AuditEvent.subject)
+                .where(AuditEvent.action == "customer.brevo_removal_given_up")
+                .order_by(AuditEvent.id)
+            )
+            return list(waiting), list(told)
+
+    with (
+        crash_at(BrevoRemoval, "before_delete", 3),
+        pytest.raises(RuntimeError),
+        app.app_context(),
+        transaction() as session,
+    ):
+        purge_expired_records(session)
+    assert state() == (
+        ["erased-2", "erased-3", "erased-4", "erased-5"],
+        ["erased-0", "erased-1"],
+    )
+    with app.app_context(), transaction() as session:
+        assert purge_expired_records(session)["brevo_removals"] == 3
+    assert state() == (["erased-5"], [f"erased-{n}" for n in range(5)])
