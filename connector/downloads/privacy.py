@@ -184,36 +184,44 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
             session.commit()
         if len(batch) < COPY_BATCH:
             break
-    # Named by id, a batch at a time: however many there are (every copy, once how a buyer
-    # is hashed changes), never more than a statement may carry (65535 on PostgreSQL).
-    stale = _naming_someone_else(session)
-    for start in range(0, len(stale), COPY_BATCH):
-        removed += _delete_copies(session, WatermarkCopy.id.in_(stale[start : start + COPY_BATCH]))
-        session.commit()
+    # Copies are read (and those found stale named by id, never more than a statement may
+    # carry: 65535 on PostgreSQL) a batch at a time: however many there are, every copy once
+    # how a buyer is hashed changes, only a batch's buyers are in memory.
+    after: int | None = 0
+    while after is not None:
+        after, stale = _naming_someone_else(session, after)
+        if stale:
+            removed += _delete_copies(session, WatermarkCopy.id.in_(stale))
+            session.commit()
     return {"download_events": clicks, "watermark_copies": removed}
 
 
 COPY_BATCH = 500
 
 
-def _naming_someone_else(session: Session) -> list[int]:
-    """Copies stamped for a buyer their order no longer names (the shop corrected the name
-    or address since): never served again, they would keep the wrong person's details in
-    storage until the next click stamped over them. Copies made before whom they name was
-    recorded (no ``buyer_hash``) are left to their next click."""
+def _naming_someone_else(session: Session, after: int) -> tuple[int | None, list[int]]:
+    """Of the :data:`COPY_BATCH` copies next after id ``after``, those stamped for a buyer
+    their order no longer names (the shop corrected the name or address since): never
+    served again, they would keep the wrong person's details in storage until the next
+    click stamped over them. Returns the last copy read (None once all were) and those ids.
+    Copies made before whom they name was recorded (no ``buyer_hash``) are left to their
+    next click."""
     from connector.downloads.service import buyer_hash, stamped_as
 
     copies = session.execute(
         select(WatermarkCopy.id, WatermarkCopy.buyer_hash, Order.name, Order.email)
         .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
         .join(Order, DownloadGrant.order_id == Order.id)
-        .where(WatermarkCopy.buyer_hash.is_not(None))
-    )
-    return [
+        .where(WatermarkCopy.id > after, WatermarkCopy.buyer_hash.is_not(None))
+        .order_by(WatermarkCopy.id)
+        .limit(COPY_BATCH)
+    ).all()
+    stale = [
         copy_id
         for copy_id, stamped_for, name, email in copies
         if stamped_for != buyer_hash(*stamped_as(name, email))
     ]
+    return (copies[-1][0] if len(copies) == COPY_BATCH else None), stale
 
 
 @handles(DELETE_COPIES_JOB)

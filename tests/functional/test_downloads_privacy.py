@@ -596,6 +596,56 @@ def test_the_daily_purge_names_stale_copies_a_batch_at_a_time(
         assert db.session.execute(select(WatermarkCopy)).first() is None
 
 
+def test_the_daily_purge_reads_the_copies_buyers_a_batch_at_a_time(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whom each copy names was read for every copy at once (its order's name and address
+    with it), before any was deleted: an old shop's copies all in memory. A batch at a time,
+    each batch's stale copies deleted and committed before the next is read; copies naming
+    their buyer, and those made before whom they name was recorded, stay."""
+    import connector.downloads.privacy as downloads_privacy
+
+    monkeypatch.setattr(downloads_privacy, "COPY_BATCH", 4, raising=False)
+    _thirteen_copies(app, shop, 7935)
+    with app.app_context():
+        ids = list(db.session.scalars(select(WatermarkCopy.id).order_by(WatermarkCopy.id)))
+        stale, unrecorded = ids[1:10], ids[10:]
+        db.session.execute(
+            update(WatermarkCopy)
+            .where(WatermarkCopy.id.in_(stale))
+            .values(buyer_hash="stamped for someone else")
+        )
+        db.session.execute(
+            update(WatermarkCopy).where(WatermarkCopy.id.in_(unrecorded)).values(buyer_hash=None)
+        )
+        db.session.commit()
+        engine = db.engine
+    steps: list[str] = []
+    real_hash = service.buyer_hash
+
+    def hashed(*args: Any) -> str:
+        steps.append("read")
+        return real_hash(*args)
+
+    def committed(_conn: Any) -> None:
+        steps.append("commit")
+
+    from sqlalchemy import event
+
+    monkeypatch.setattr(service, "buyer_hash", hashed)
+    event.listen(engine, "commit", committed)
+    try:
+        with app.app_context(), transaction() as session:
+            assert purge_expired_records(session)["watermark_copies"] == len(stale)
+    finally:
+        event.remove(engine, "commit", committed)
+    reads = "".join("r" if step == "read" else "," for step in steps).split(",")
+    assert max(len(run) for run in reads) <= 4, steps  # never more than a batch at once
+    with app.app_context():
+        left = list(db.session.scalars(select(WatermarkCopy.id).order_by(WatermarkCopy.id)))
+    assert left == [ids[0], *unrecorded]
+
+
 def _thirteen_copies(app: Flask, shop: WebhookSender, order_id: int) -> None:
     """One stamped copy, and twelve more of other units of its line."""
     stamped_order(app, shop, order_id)
