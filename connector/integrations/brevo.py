@@ -8,6 +8,7 @@ retries with backoff: a customer's mail is never lost because Brevo was briefly 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -107,14 +108,29 @@ KEY_STATUSES = (401, 403)  # a wrong or deleted key, or this server's address no
 # recipient, so nothing else in it can be a duplicate.
 ALREADY_SENT = "duplicate_parameter"
 KEY_KEPT = "Brevo keeps the key of the attempt it refused"
+# How long Brevo keeps an idempotency key: 30 minutes at most ("15-30 minutes"), from when it
+# took the request, which is before Keygate reads its answer: measured from that reading, it
+# is over by then.
+KEY_LIFETIME = dt.timedelta(minutes=30)
 
 
-def refused_before(last_error: str | None) -> bool:
-    """Whether a mail job's last attempt (``last_error``) ended with nothing sent for sure:
-    Brevo refused it, or kept the key of one it refused (see :meth:`BrevoMailer.send`)."""
-    return (last_error or "").startswith(
+def refused_before(
+    last_error: str | None, refused_at: dt.datetime | None, now: dt.datetime
+) -> bool:
+    """Whether Brevo's "key used" answer to an attempt of a mail job may be about an attempt
+    it refused, which sent nothing, rather than one it took: the last attempt (its
+    ``last_error``) ended with nothing sent for sure (Brevo refused it, or kept the key of
+    one it refused, see :meth:`BrevoMailer.send`), or Brevo refused one at ``refused_at``,
+    less than the key's lifetime ago. The last attempt alone is not enough: one between
+    that never reached Brevo (a connection refused, a 503) would hide the refusal, and the
+    mail be recorded as sent while nothing went. One between that Brevo took, its answer
+    lost, is taken for one it did not: waiting out the key may mail the buyer twice, never
+    leave them without their keys."""
+    if (last_error or "").startswith(
         (f"{BrevoRejected.__name__}:", f"{RetryLater.__name__}: {KEY_KEPT}")
-    )
+    ):
+        return True
+    return refused_at is not None and now - refused_at < KEY_LIFETIME
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:

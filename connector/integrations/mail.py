@@ -44,8 +44,9 @@ class OutgoingMail:
     # The same for every attempt to send one mail: a provider that supports it sends a
     # mail once even when its answer to an earlier attempt was lost.
     idempotency_key: str | None = None
-    # The provider refused the last attempt with this key (a definite answer, nothing sent):
-    # its saying the key was used now does not mean the mail went.
+    # The provider refused an attempt with this key (a definite answer, nothing sent) that
+    # it may still hold the key of: its saying the key was used now does not mean the mail
+    # went.
     refused_before: bool = False
 
 

@@ -11,8 +11,14 @@ from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.audit import record_audit
-from connector.db import db, lock_row, utcnow
-from connector.integrations.brevo import BrevoConfig, BrevoMailer, key_refusals, refused_before
+from connector.db import db, iso, lock_row, utcnow
+from connector.integrations.brevo import (
+    BrevoConfig,
+    BrevoMailer,
+    BrevoRejected,
+    key_refusals,
+    refused_before,
+)
 from connector.integrations.mail import (
     ConsoleMailer,
     Mailer,
@@ -125,6 +131,8 @@ def mailed(entitlements: dict[str, Any]) -> dict[str, Any]:
 
 
 ORDER_MAIL_JOB = "mail.order_issued"
+# In a mail job's payload: when Brevo last refused an attempt of it (see remember_refusal).
+REFUSED_AT = "brevo_refused_at"
 
 
 NO_ADDRESS = "This order has no address to mail: none was given, or the customer was erased."
@@ -221,9 +229,12 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
         text=text,
         html=html,
         idempotency_key=idempotency_key(store, job_id),
-        # What the last attempt of this job ended with (kept while the job is retried).
+        # What the last attempt of this job ended with (kept while the job is retried), and
+        # when Brevo last refused one (kept in its payload, the owner's retry too).
         refused_before=refused_before(
-            session.scalar(select(Job.last_error).where(Job.id == job_id))
+            session.scalar(select(Job.last_error).where(Job.id == job_id)),
+            dt.datetime.fromisoformat(payload[REFUSED_AT]) if REFUSED_AT in payload else None,
+            utcnow(),
         ),
     )
     # The mail is kept whatever comes next (one held up by an outage, or waiting for the
@@ -234,13 +245,34 @@ def mail_order_issued(payload: dict[str, Any]) -> None:
         mailer = mailer_for(store)
     finally:
         session.commit()
-    message_id = mailer.send(outgoing)
+    try:
+        message_id = mailer.send(outgoing)
+    except BrevoRejected as exc:
+        if exc.status:  # Brevo's answer, not a request that could not be made
+            remember_refusal(session, job_id)
+        raise
     # A statement, not the row: an erasure may have deleted the mail while it was sent.
     session.execute(
         update(Mail)
         .where(Mail.id == mail_row.id)
         .values(backend=mailer.name, provider_message_id=message_id, sent_at=utcnow())
     )
+
+
+def remember_refusal(session: Session, job_id: Any) -> None:
+    """Brevo refused an attempt of this mail job, and may keep its idempotency key though it
+    sent nothing: when is noted in the job's payload, which every later attempt and the
+    owner's retry keep (its last error is the last attempt's only), so that a "key used"
+    answer within the key's lifetime is not taken for the mail sent (see refused_before).
+    Committed here: the attempt fails, and its transaction is rolled back."""
+    stored = session.scalar(select(Job.payload).where(Job.id == job_id))
+    if isinstance(stored, dict):
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(payload={**stored, REFUSED_AT: iso(utcnow())})
+        )
+        session.commit()
 
 
 def send_held_mail(session: Session, store: Store) -> list[int]:

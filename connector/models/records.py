@@ -39,8 +39,9 @@ class WebhookDelivery(Base):
 class Job(Base):
     """An outbox row, written in the same transaction as the data it follows.
 
-    Payloads carry ids only, never secrets or keys. ``dedupe_key`` (unique) makes enqueueing
-    the same work twice a no-op.
+    Payloads carry ids only (and flags, and when Brevo last refused a mail job's attempt),
+    never secrets or keys. ``dedupe_key`` (unique) makes enqueueing the same work twice a
+    no-op.
     """
 
     __tablename__ = "jobs"

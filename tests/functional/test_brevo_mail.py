@@ -20,9 +20,10 @@ from flask import Flask
 from sqlalchemy import select
 
 from connector import create_app
-from connector.db import db, transaction, utcnow
-from connector.jobs import run_pending, stop_worker_thread
-from connector.mail.service import ORDER_MAIL_JOB
+from connector.db import db, iso, transaction, utcnow
+from connector.integrations.brevo import KEY_KEPT, KEY_LIFETIME
+from connector.jobs import retry_dead, run_pending, stop_worker_thread
+from connector.mail.service import ORDER_MAIL_JOB, REFUSED_AT
 from connector.models import AuditEvent, Job, Mail
 from connector.stores import create_store
 from tests.conftest import app_overrides
@@ -226,6 +227,106 @@ def test_a_mail_brevo_refused_is_not_taken_for_sent_when_brevo_kept_its_key(
     assert len(brevo.sent()) == 1
     with brevo_app.app_context():
         assert db.session.execute(select(Mail.sent_at)).scalar_one() is not None
+
+
+def mail_job(app: Flask) -> Job:
+    with app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == ORDER_MAIL_JOB)).scalar_one()
+        db.session.expunge(job)
+        return job
+
+
+def mail_sent_at(app: Flask) -> dt.datetime | None:
+    with app.app_context():
+        sent_at: dt.datetime | None = db.session.execute(select(Mail.sent_at)).scalar_one()
+        return sent_at
+
+
+@pytest.mark.parametrize("between", [503, 429])
+def test_a_refused_mail_is_not_taken_for_sent_after_an_attempt_brevo_did_not_take(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo, between: int
+) -> None:
+    """Brevo refused the first attempt and kept its key; the second got no say on the mail
+    (Brevo down, busy); the third is answered "key used". Nothing went: the mail waits for
+    the key's 30 minutes to end, then goes. Only the last attempt was looked at, so the
+    answer was taken for the mail sent: the outbox said delivered, the buyer had no keys."""
+    brevo.keeps_refused_keys = True
+    brevo_shop.deliver(wc_order(9610, "processing", [line_item(501)]))
+    brevo.failures.append(400)
+    run_pending(brevo_app)
+    brevo.failures.append(between)
+    for _ in range(3):  # the failure between, then "key used" twice
+        make_due(brevo_app)
+        run_pending(brevo_app)
+    assert brevo.sent() == [] and mail_sent_at(brevo_app) is None
+    assert [r.path for r in brevo.requests].count("/v3/smtp/email") == 4
+    job = mail_job(brevo_app)
+    assert job.status == "pending" and KEY_KEPT in (job.last_error or ""), job.last_error
+    brevo.keys_expire()
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    assert len(brevo.sent()) == 1 and mail_sent_at(brevo_app) is not None
+    assert mail_job(brevo_app).status == "done"
+
+
+def test_a_refused_mail_the_owner_retries_is_not_taken_for_sent(
+    tmp_path: Path, database_url: str, brevo: FakeBrevo
+) -> None:
+    """A mail dead after Brevo refused it (the sender not verified, fixed since): the
+    owner's Retry starts its attempts again, and must not forget the refusal. Brevo kept
+    the refused attempt's key; the retried attempt gets no say (a 503), the next "key
+    used": the mail is not recorded as sent, and goes once the key's 30 minutes are over."""
+    with shop_without_brevo_yet(tmp_path, database_url, brevo, 1) as (application, sender):
+        assert sender.admin("PUT", "/credentials/brevo", BREVO).status_code == 200
+        brevo.keeps_refused_keys = True
+        sender.deliver(wc_order(9611, "processing", [line_item(501)]))
+        brevo.failures.append(400)
+        run_pending(application)
+
+        def owner_retries() -> None:
+            with application.app_context(), transaction() as session:
+                job = session.execute(select(Job).where(Job.kind == ORDER_MAIL_JOB)).scalar_one()
+                assert job.status == "dead", job.last_error
+                assert retry_dead(session, job, store_id=sender.store.store.id, actor="owner")
+            run_pending(application)
+
+        brevo.failures.append(503)
+        owner_retries()
+        owner_retries()  # "key used"
+        assert brevo.sent() == [] and mail_sent_at(application) is None
+        assert KEY_KEPT in (mail_job(application).last_error or "")
+        brevo.keys_expire()
+        owner_retries()
+        assert len(brevo.sent()) == 1 and mail_sent_at(application) is not None
+
+
+def test_a_refusal_older_than_the_key_does_not_hold_a_mail_brevo_took(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Brevo refused the first attempt; more than the key's 30 minutes later it took one
+    whose answer was lost. Its "key used" answer to the next attempt means the mail went
+    (the refusal's key is gone): recorded as sent, not waited out and mailed twice."""
+    brevo.keeps_refused_keys = True
+    brevo_shop.deliver(wc_order(9612, "processing", [line_item(501)]))
+    brevo.failures.append(400)
+    run_pending(brevo_app)
+    with brevo_app.app_context(), transaction() as session:
+        job = session.execute(select(Job).where(Job.kind == ORDER_MAIL_JOB)).scalar_one()
+        refused_at = job.payload[REFUSED_AT]
+        long_ago = utcnow() - KEY_LIFETIME - dt.timedelta(minutes=1)
+        job.payload = {**job.payload, REFUSED_AT: iso(long_ago)}
+    assert dt.datetime.fromisoformat(refused_at) <= utcnow()
+    brevo.keys_expire()
+    brevo.lost_answers = 1
+    for _ in range(2):  # taken, its answer lost; then "key used"
+        make_due(brevo_app)
+        run_pending(brevo_app)
+    assert len(brevo.sent()) == 1 and mail_sent_at(brevo_app) is not None
+    assert mail_job(brevo_app).status == "done"
+    brevo.keys_expire()
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    assert len(brevo.sent()) == 1
 
 
 def test_a_stalled_brevo_is_an_outage_not_a_hung_worker(

@@ -45,7 +45,8 @@ NOT_PERSONAL: dict[str, set[str]] = {
     # The copy's object key: watermarked/<store>/<sealed grant>/<file name>.
     "download_grants": {"revoked_reason", "watermarked_key"},
     "grant_extensions": set(),
-    # Payloads carry ids (and a consent flag) only; dedupe keys are made of ids.
+    # Payloads carry ids (and a consent flag, when Brevo refused a mail) only; dedupe keys
+    # are made of ids.
     "jobs": {"kind", "payload", "dedupe_key", "status"},
     # Proof of the keys: a known text, encrypted and hashed.
     "key_checks": {"master_check", "secret_check"},
