@@ -472,7 +472,9 @@ def purge_expired_records(session: Session, now: dt.datetime | None = None) -> d
         Job,
         Job.status == "done",
         Job.finished_at < older(settings.retention_jobs_days),
-        Job.id.not_in(select(Mail.job_id).where(Mail.job_id.is_not(None))),
+        # Not NOT IN (a list of every mail's job): PostgreSQL hashes that list only while it
+        # fits in work_mem, and past that reads it again for each job (a year of mails).
+        ~select(Mail.id).where(Mail.job_id == Job.id).exists(),
     )
     removed["brevo_removals"] = _give_up_brevo_removals(
         session, older(settings.retention_jobs_days)

@@ -517,3 +517,20 @@ def test_the_purge_gives_up_brevo_removals_a_committed_batch_at_a_time(
     with app.app_context(), transaction() as session:
         assert purge_expired_records(session)["brevo_removals"] == 3
     assert state() == (["erased-5"], [f"erased-{n}" for n in range(5)])
+
+
+def test_the_purge_of_old_jobs_reads_the_mails_once(
+    app: Flask, new_store: NewStore, postgresql: None
+) -> None:
+    """A job a mail refers to is kept with the mail. Asked as "not in the list of every mail's
+    job", PostgreSQL hashes the list only while it fits in work_mem: past that (a year of a
+    busy shop's mails) it went through the list once for each old job. An anti-join reads
+    the mails once, whatever their number."""
+    old = utcnow() - dt.timedelta(days=400)
+    with app.app_context(), transaction() as session:
+        for _ in range(3):
+            session.add(Job(kind="housekeeping", payload={}, status="done", finished_at=old))
+
+    nodes = plan_of(app, purge_expired_records, last_on="jobs")
+    assert not [n for n in nodes if n.get("Parent Relationship") == "SubPlan"], nodes
+    assert any(n.get("Join Type") == "Anti" for n in nodes), nodes

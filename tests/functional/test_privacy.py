@@ -14,6 +14,7 @@ from connector.db import Base, db, transaction, utcnow
 from connector.jobs import run_pending, schedule_periodic
 from connector.models import Job, License, Mail, Order, WebhookDelivery
 from connector.privacy.service import purge_expired_records
+from connector.stores import NewStore
 from tests.factories import WebhookSender, line_item, wc_order
 
 EMAIL = "jurgen@example.org"
@@ -254,6 +255,31 @@ def test_purge_removes_only_records_past_retention(app: Flask, shop: WebhookSend
     shop.deliver(wc_order(9503, "completed", [line_item(501)]))
     with app.app_context(), transaction() as session:
         assert purge_expired_records(session)["webhook_deliveries"] == 0
+
+
+def test_purge_keeps_an_old_job_a_kept_mail_refers_to(app: Flask, new_store: NewStore) -> None:
+    """A mail is kept for its own retention, with the job that sends it (its outbox row)."""
+    old = utcnow() - dt.timedelta(days=400)
+    with app.app_context(), transaction() as session:
+        jobs = [Job(kind="mail.order_issued", status="done", finished_at=old) for _ in range(2)]
+        session.add_all(jobs)
+        session.flush()
+        session.add(
+            Mail(
+                store_id=new_store.store.id,
+                job_id=jobs[0].id,
+                kind="order_issued",
+                to_email=EMAIL,
+                subject="Your keys",
+                body_text="…",
+                backend="console",
+            )
+        )
+        kept, gone = jobs[0].id, jobs[1].id
+    with app.app_context(), transaction() as session:
+        purge_expired_records(session)
+        left = set(session.scalars(select(Job.id).where(Job.id.in_((kept, gone)))))
+    assert left == {kept}
 
 
 def test_the_daily_purge_is_scheduled_once_per_day(app: Flask) -> None:
