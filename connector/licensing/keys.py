@@ -15,6 +15,8 @@ ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 _INDEX = {c: i for i, c in enumerate(ALPHABET)}
 _N = len(ALPHABET)
 MAX_KEY_LENGTH = 128
+# 16 random characters (about 78 bits) and the check character: the shortest key a store makes.
+MIN_KEY_CHARACTERS = 17
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class KeyFormat:
     def __post_init__(self) -> None:
         if not 2 <= self.groups <= 8 or not 3 <= self.group_length <= 10:
             raise ValueError("a key has 2-8 groups of 3-10 characters")
-        if self.groups * self.group_length - 1 < 16:
+        if self.groups * self.group_length < MIN_KEY_CHARACTERS:
             raise ValueError(
                 "a key needs at least 16 random characters (about 78 bits) and its last,"
                 " a check character: groups times characters per group must be 17 or more"
@@ -80,14 +82,20 @@ def normalize_key(raw: object) -> str | None:
     The first group may be a prefix (letters and digits); the check covers the rest. A
     prefix made of alphabet characters is ambiguous with a first group, so both readings
     are tried; they share one lookup form, so the answer does not depend on the reading.
+    A key typed in one piece, without its dashes (a buyer retyping it, a form that strips
+    them), is read without a prefix: trying every prefix length would pass a typo now and
+    then, which the check character is there to catch.
     """
     if not isinstance(raw, str):
         return None
     if len(raw.strip()) > MAX_KEY_LENGTH:  # padding is forgiven whatever its length
         return None
     parts = key_groups(raw)
-    if len(parts) < 2 or not all(p.isascii() and p.isalnum() for p in parts):
+    if not parts or not all(p.isascii() and p.isalnum() for p in parts):
         return None
+    if len(parts) == 1:
+        whole = len(parts[0]) >= MIN_KEY_CHARACTERS and _body_valid(parts)
+        return parts[0] if whole else None
     if _body_valid(parts) or _body_valid(parts[1:]):
         return "-".join(parts)
     return None

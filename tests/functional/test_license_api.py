@@ -75,6 +75,19 @@ def test_key_is_forgiving_about_case_and_spaces(shop: WebhookSender) -> None:
     assert body["code"] == "VALID"
 
 
+def test_a_key_typed_without_its_dashes_is_found(shop: WebhookSender) -> None:
+    """A key with no dashes at all is forgiven too: a buyer retyping the key in one piece, or a
+    settings field that strips them, is answered for the key, not told to look for a typo;
+    and the owner's API finds it the same way."""
+    key = issue_key(shop)
+    typed = key.replace("-", "").lower()
+    body = call(shop.client, "validate", {"key": typed}).get_json()
+    assert (body["valid"], body["code"]) == (True, "VALID")
+    found = shop.admin("GET", f"/licenses/{typed}")
+    assert found.status_code == 200
+    assert found.get_json()["license"]["key"] == key
+
+
 def test_a_key_pasted_with_unicode_spaces_is_found(shop: WebhookSender) -> None:
     """A key copied out of a mail or PDF with a zero-width space, no-break spaces or a
     non-breaking hyphen validates, checks out, and its offline file verifies with the key as

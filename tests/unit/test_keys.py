@@ -6,7 +6,14 @@ import pytest
 
 from connector.client import _compact as client_compact
 from connector.licensing.files import compact_key
-from connector.licensing.keys import ALPHABET, KeyFormat, generate_key, lookup_form, normalize_key
+from connector.licensing.keys import (
+    ALPHABET,
+    KeyFormat,
+    check_character,
+    generate_key,
+    lookup_form,
+    normalize_key,
+)
 
 
 def test_generated_keys_have_the_configured_shape_and_validate() -> None:
@@ -98,6 +105,21 @@ def test_unicode_whitespace_and_dashes_pasted_with_a_key_are_forgiven(separator:
         assert lookup_form(normalized) == lookup_form(key)
         assert compact_key(pasted) == compact_key(key)  # offline files name the same key
         assert client_compact(pasted) == compact_key(key)  # and the client library agrees
+
+
+def test_a_key_typed_in_one_piece_is_read_without_a_prefix() -> None:
+    """Without its dashes a key is one piece: read whole (no prefix), its check character
+    still catches a typo, and a piece too short to be any store's key is no key."""
+    key = generate_key(KeyFormat())
+    normalized = normalize_key(key.replace("-", "").lower())
+    assert normalized is not None
+    assert lookup_form(normalized) == lookup_form(key)
+    prefixed = generate_key(KeyFormat(prefix="KG"))
+    apart = "KG " + prefixed.removeprefix("KG-").replace("-", "")
+    assert lookup_form(normalize_key(apart) or "") == lookup_form(prefixed)
+    body = "23456789ABCDEFG"  # 15 characters and its check: valid, but shorter than any key
+    assert normalize_key(body + check_character(body)) is None
+    assert normalize_key(key.replace("-", "")[:-1] + ("2" if key[-1] != "2" else "3")) is None
 
 
 @pytest.mark.parametrize("garbage", ["", "-", "ABC", "x" * 500, "KG-!!!!-AAAA", 12345, None])
