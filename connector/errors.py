@@ -18,7 +18,7 @@ from flask import Flask, Response, g, jsonify, render_template, request, url_for
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from connector.db import Disconnected
@@ -121,6 +121,10 @@ class ServiceUnavailable(KeygateError):
 
 NOTHING_HERE = (
     "There is nothing at this address: it may be incomplete, or what was here was removed."
+)
+NOT_UNDERSTOOD = (
+    "Nothing was changed: what was sent was incomplete (a box to tick, a field left out)."
+    " Go back, check the form and send it again."
 )
 DATABASE_RETRY_AFTER = 5
 UNMATCHED_ROUTE = "<no matching route>"
@@ -376,6 +380,10 @@ def register_error_handlers(app: Flask) -> None:
         elif status == 404 and detail == WerkzeugNotFound.description:
             # Not werkzeug's "If you entered the URL manually…" to a person.
             answer = _page(404, "Not found", NOTHING_HERE)
+        elif status == 400 and detail == BadRequest.description:
+            # A form sent incomplete (a confirmation box not ticked by a browser that does
+            # not ask for it): not werkzeug's "The browser (or proxy) sent a request…".
+            answer = _page(400, "Not done", NOT_UNDERSTOOD)
         elif status == 429:  # not the limiter's "3 per 1 hour"
             headers = _http_headers(exc)
             wait = _seconds(headers.get("Retry-After"))

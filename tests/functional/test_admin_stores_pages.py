@@ -469,6 +469,9 @@ def test_disconnecting_and_replacing_the_token_need_the_box_ticked(
     for action in ("disconnect", "token", "webhook-secret", "delete"):
         answer = owner.post(f"{page}/{action}", data={"csrf_token": csrf_token(owner, page)})
         assert answer.status_code == 400, action
+        # Said in words, not werkzeug's "The browser (or proxy) sent a request…".
+        said = answer.get_data(as_text=True)
+        assert "Nothing was changed" in said and "browser (or proxy)" not in said, action
     assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
     assert _audit(app, "shop.disconnected") == []
     assert _audit(app, "store.api_token_replaced") == []
