@@ -37,6 +37,8 @@ def test_portal_lists_activations_and_deactivates_one(app: Flask, shop: WebhookS
     response = shop.client.post(action.group(1), data={"csrf_token": token.group(1)})
     assert response.status_code == 302
     assert "deactivated=1" in response.headers["Location"]
+    back = shop.client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "that seat is free again" in back
     again = shop.client.post(action.group(1), data={"csrf_token": token.group(1)})
     assert again.status_code == 404
 
