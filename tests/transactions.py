@@ -27,17 +27,24 @@ def while_another_transaction(
         change(connection)
         thread = threading.Thread(target=lambda: answers.append(request()))
         thread.start()
-        deadline = time.monotonic() + (10 if postgres else 0.5)
-        while thread.is_alive() and time.monotonic() < deadline:
-            if postgres and connection.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"
-                )
-            ):
-                break
-            time.sleep(0.01)
+        wait_for_a_lock_wait(connection, thread, 10 if postgres else 0.5)
         connection.commit()
     thread.join(timeout=30)
     assert answers, "the request did not answer"
     return answers[0]
+
+
+def wait_for_a_lock_wait(connection: Connection, thread: threading.Thread, seconds: float) -> None:
+    """Return once another transaction waits on a lock (PostgreSQL), ``thread`` has ended,
+    or ``seconds`` have passed (SQLite, where nothing waits on a row lock)."""
+    postgres = connection.dialect.name == "postgresql"
+    deadline = time.monotonic() + seconds
+    while thread.is_alive() and time.monotonic() < deadline:
+        if postgres and connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+        ):
+            return
+        time.sleep(0.01)

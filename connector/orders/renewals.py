@@ -42,8 +42,9 @@ while the license lasts get its new expiry, grants with a window of their own
 Counts and download limits stay as they are. A line that renews nothing found is issued a
 new license as usual.
 Renewals of one license are applied and taken back one at a time, under a lock on its row
-(:func:`lock_license`), whichever orders and workers they come from; an order renewing
-several licenses locks them all, in id order, before it changes any (:func:`lock_licenses`).
+(:func:`lock_license`), whichever orders and workers they come from; an order locks every
+license it renews, and its own, at once in id order before it changes any
+(:func:`lock_licenses`).
 """
 
 from __future__ import annotations
@@ -303,21 +304,46 @@ def lock_license(session: Session, license_id: int) -> License:
 
     Every renewal applied or taken back computes the new expiry from the one stored: two
     workers renewing one license at once (two orders, a renewal and a refund) must take
-    turns, or one extension is lost (PostgreSQL ``FOR UPDATE``; SQLite writers are
-    serialized anyway).
+    turns, or one extension is lost (PostgreSQL ``FOR NO KEY UPDATE``, as
+    :func:`locked_licenses` takes it; SQLite writers are serialized anyway).
     """
-    return lock_row(session, License, license_id)
+    return lock_row(session, License, license_id, keep_key=True)
+
+
+def locked_licenses(session: Session, which: ColumnElement[bool]) -> list[License]:
+    """The licenses ``which`` selects, locked in one statement in id order until the
+    transaction ends, and read again under the lock.
+
+    Every writer that locks more than one license takes them so (ascending ids), before it
+    changes any: taken as an order's lines and units come (a unit issued later for line 1
+    has a higher id than line 2's), one order's revocation holding L1 and L3 would wait for
+    L2 while a renewal holding L2 waits for L3, and PostgreSQL aborts one of them (a
+    deadlock; WooCommerce never sends a failed webhook again). In one order, the second
+    waits. The owner's change, a seat's activation and the abuse signal's suspension lock
+    one license only.
+
+    PostgreSQL ``FOR NO KEY UPDATE``: the owner's and the seat's ``FOR UPDATE`` wait for it,
+    but not a row's foreign-key check of the license (a click's or a rate-limit record's):
+    one that holds a download link this transaction changes next must not wait for it. SQLite
+    writers take turns anyway.
+    """
+    return list(
+        session.scalars(
+            select(License)
+            .where(which)
+            .order_by(License.id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        )
+    )
 
 
 def lock_licenses(session: Session, license_ids: Iterable[int]) -> None:
-    """Lock the licenses an order renews, in id order, before any is changed.
-
-    Locked as its lines come, an order renewing L1 then L2 and another renewing L2 then L1
-    would each hold one and wait for the other: PostgreSQL aborts one of them (a deadlock),
-    and WooCommerce never sends a failed webhook again. In one order, the second waits.
-    """
-    for license_id in sorted(set(license_ids)):
-        lock_license(session, license_id)
+    """Lock the licenses ``license_ids`` (an order's own and those it renews) at once, in id
+    order, before any is changed (:func:`locked_licenses`)."""
+    ids = sorted(set(license_ids))
+    if ids:
+        locked_licenses(session, License.id.in_(ids))
 
 
 def renewed_by_query(order_id: int) -> Select[int]:
@@ -340,17 +366,6 @@ def own_renewed_query(order: Order) -> Select[int]:
         select(License.id)
         .join(Order, License.order_id == Order.id)
         .where(License.id.in_(renewed_by_query(order.id)), same_customer)
-    )
-
-
-def renewed_by_line(session: Session, line: LineItem) -> list[int]:
-    """The licenses ``line``'s renewals extend now (not taken back)."""
-    return list(
-        session.scalars(
-            select(LicenseRenewal.license_id).where(
-                LicenseRenewal.line_item_id == line.id, LicenseRenewal.reverted_at.is_(None)
-            )
-        )
     )
 
 

@@ -514,10 +514,14 @@ def _revoke(session: Session, which: ColumnElement[bool], reason: str, result: A
 
     A license the owner (or abuse detection) suspended or revoked keeps that state and
     reason: overwritten by the order's, paying the order again would make it active.
+    Read under the licenses' lock, which the owner's suspend, reinstate or revoke and the
+    abuse signal's suspension hold while they decide: one waits for the other and decides
+    on what it committed (a refund that saw a key paused that the owner was reinstating
+    left it be, and the reinstate handed out a refunded key).
     """
     now = utcnow()
     license_ids = []
-    for license_ in _locked_licenses(session, which):
+    for license_ in renewals.locked_licenses(session, which):
         license_ids.append(license_.id)
         if license_.status == "active":
             license_.status = "revoked"
@@ -532,29 +536,6 @@ def _revoke(session: Session, which: ColumnElement[bool], reason: str, result: A
     ):
         grant.revoked_at = now
         grant.revoked_reason = reason
-
-
-def _locked_licenses(session: Session, which: ColumnElement[bool]) -> list[License]:
-    """The licenses ``which`` selects, locked in id order (as :func:`renewals.lock_licenses`
-    takes them) until the transaction ends and read again under the lock.
-
-    The owner's suspend, reinstate or revoke holds the license's lock while it decides
-    (:func:`connector.licensing.admin.change_license`), and so does the abuse signal's
-    suspension: read without it, a refund saw a license suspended that the owner was
-    reinstating and left it be (the owner's reinstate then handed out a refunded key), and a
-    payment brought back a license the owner was revoking. Under the lock, one waits for
-    the other and decides on what it committed (PostgreSQL ``FOR NO KEY UPDATE``, which the
-    owner's and the seat's ``FOR UPDATE`` wait for, but not a row's foreign-key check of the
-    license, as a rate-limit record's; SQLite writers take turns anyway)."""
-    return list(
-        session.scalars(
-            select(License)
-            .where(which)
-            .order_by(License.id)
-            .with_for_update(key_share=True)
-            .execution_options(populate_existing=True)
-        )
-    )
 
 
 def _set_unit_revoked(
@@ -573,8 +554,10 @@ def _revoke_other_products(session: Session, line: LineItem, result: ApplyResult
 
 def _reinstate_units(session: Session, line: LineItem, entitled: int, result: ApplyResult) -> None:
     """Undo automatic revocations (a refund, an order status, a product swapped back) of the
-    line's units 1..``entitled`` of its product; an owner's revocation stays."""
-    for license_ in _locked_licenses(
+    line's units 1..``entitled`` of its product; an owner's revocation stays. Read under
+    the licenses' lock (as :func:`_revoke`): a payment does not bring back a license the
+    owner is revoking."""
+    for license_ in renewals.locked_licenses(
         session,
         and_(
             License.line_item_id == line.id,
@@ -681,15 +664,19 @@ def _choose_renewals(
     return licensed, unrenewed
 
 
-def _lock_renewed(session: Session, chosen: _Chosen) -> None:
-    """Every license the order renews, or renewed, locked before any is changed (see
-    :func:`renewals.lock_licenses`)."""
-    licensed, unrenewed = chosen
-    renewals.lock_licenses(
-        session,
-        [license_.id for _, _, targets in licensed for license_ in targets.values()]
-        + [i for line in unrenewed for i in renewals.renewed_by_line(session, line)],
-    )
+def _lock_order_licenses(session: Session, order: Order, chosen: _Chosen | None = None) -> None:
+    """Every license the convergence of ``order`` may change, locked at once in id order
+    before any is changed (:func:`renewals.locked_licenses`): the order's own (revoked,
+    reinstated, swapped, given new links: line by line and unit by unit, which is not id
+    order), those it renewed, and those it renews now (``chosen``)."""
+    targets = [] if chosen is None else _chosen_targets(chosen)
+    own = session.scalars(select(License.id).where(License.order_id == order.id))
+    renewals.lock_licenses(session, [*own, *renewals.renewed_by(session, order), *targets])
+
+
+def _chosen_targets(chosen: _Chosen) -> list[int]:
+    licensed, _ = chosen
+    return [license_.id for _, _, targets in licensed for license_ in targets.values()]
 
 
 def _converge_paid(
@@ -699,17 +686,19 @@ def _converge_paid(
     subscription = renewals.subscription_of(shop_order.meta)
     if subscription is not None:
         renewals.hold_seat_choice(session, order)  # before any license is read
+    chosen = _choose_renewals(session, store, order, shop_order, subscription)
+    _lock_order_licenses(session, order, chosen)
     for line in order.line_items:
         _revoke_other_products(session, line, result)
-    chosen = _choose_renewals(session, store, order, shop_order, subscription)
-    _lock_renewed(session, chosen)
     if any(t.status == "revoked" for _, _, targets in chosen[0] for t in targets.values()):
         # Chosen before their locks, read again under them: one revoked meanwhile (its order
-        # refunded or cancelled, the owner's revocation, at the same moment) is chosen again
-        # as a delivery after the revocation would choose (a key named: a new license is
-        # issued; a subscription: another seat). A unit renewed before keeps its license.
+        # refunded or cancelled, the owner's revocation, at the same moment; a line of this
+        # order changed to another product) is chosen again as a delivery after the
+        # revocation would choose (a key named: a new license is issued; a subscription:
+        # another seat). A unit renewed before keeps its license. A license chosen only now
+        # is locked after those held (rare: the one chosen first was revoked meanwhile).
         chosen = _choose_renewals(session, store, order, shop_order, subscription)
-        _lock_renewed(session, chosen)
+        renewals.lock_licenses(session, _chosen_targets(chosen))
     licensed, unrenewed = chosen
     for line in unrenewed:
         result.reverted_renewals.extend(renewals.revert_renewals(session, line))
@@ -774,7 +763,7 @@ def _converge_unpaid(session: Session, order: Order, result: ApplyResult) -> Non
     partially-paid). Nothing is issued, nor taken back because of the status; but what the
     order no longer pays for goes, as from a paid order: units refunded (WooCommerce keeps
     the status on a partial refund) or removed, a line changed to another product."""
-    renewals.lock_licenses(session, renewals.renewed_by(session, order))
+    _lock_order_licenses(session, order)
     for line in order.line_items:
         _revoke_other_products(session, line, result)
         entitled = line.paid_units if line.product_id is not None else 0
@@ -836,7 +825,7 @@ def _keep_keys_in_use(session: Session, line: LineItem, entitled: int) -> None:
 def _converge_revoked(session: Session, order: Order, result: ApplyResult) -> None:
     order.revoked_at = order.revoked_at or utcnow()
     reason = "order:deleted" if order.deleted else f"order:{order.status}"
-    renewals.lock_licenses(session, renewals.renewed_by(session, order))
+    _lock_order_licenses(session, order)
     for line in order.line_items:
         result.reverted_renewals.extend(renewals.revert_renewals(session, line))
         for unit in _issued_units(session, line):
