@@ -87,6 +87,10 @@ def test_garbage_is_refused(garbage: str) -> None:
         "a.b.staging.shop.co",
         "dev.shop.co.uk",
         "a.staging.shop.com.au",
+        # co.com and net.com are domains: only under a country's two-letter TLD is "co" or
+        # "net" a second level that domains are registered under.
+        "dev.co.com",
+        "shop.staging.net.com",
     ],
 )
 def test_staging_sites(site: str) -> None:
