@@ -29,3 +29,30 @@ def test_a_policy_never_computes_a_date_python_cannot_hold() -> None:
     assert policy.expires_at(start) == LATEST_EXPIRY
     assert policy.updates_until(start) == LATEST_EXPIRY
     assert policy.downloads_until(start) == LATEST_EXPIRY
+
+
+def test_each_window_counts_its_own_days_from_the_start() -> None:
+    """A 30-day license with 10 days of updates and 5 of downloads: each window is its own
+    number of days from the start, to the second; a window left out lasts the license."""
+    start = dt.datetime(2026, 11, 20, 11, 59, 30, tzinfo=dt.UTC)
+    policy = Policy(
+        activation_limit=1,
+        duration_days=30,
+        update_days=10,
+        staging_free=True,
+        download_limit=None,
+        download_days=5,
+    )
+    assert policy.expires_at(start) == start + dt.timedelta(days=30)
+    assert policy.updates_until(start) == start + dt.timedelta(days=10)
+    assert policy.downloads_until(start) == start + dt.timedelta(days=5)
+    open_windows = Policy(
+        activation_limit=1,
+        duration_days=30,
+        update_days=None,
+        staging_free=True,
+        download_limit=None,
+        download_days=None,
+    )
+    assert open_windows.updates_until(start) == start + dt.timedelta(days=30)
+    assert open_windows.downloads_until(start) == start + dt.timedelta(days=30)
