@@ -387,6 +387,16 @@ def start_connection_jobs(session: Session, store: Store) -> None:
     enqueue(session, "shop.reconcile", {"store_id": store.id, "periodic": True})
 
 
+def refuse_current_secret(store: Store) -> str:
+    """Lost or leaked: the store's secret is refused at once, and so is a secret a
+    re-registration still takes. Returns the new one. Connected, the registration then makes
+    yet another one before the shop's new webhooks (what it keeps taking meanwhile is this
+    new secret, which nobody was ever given). The caller holds :func:`lock_store`."""
+    new_secret = store.webhook_secret = random_alphanumeric(40)
+    store.previous_webhook_secret = store.previous_secret_until = None
+    return new_secret
+
+
 def replace_webhook_secret(session: Session, store: Store, *, actor: str) -> str | None:
     """A new webhook secret for the store (a lost or leaked one), audited.
 
@@ -412,12 +422,7 @@ def replace_webhook_secret(session: Session, store: Store, *, actor: str) -> str
                 " webhooks by hand."
             ) from None
     lock_store(session, store)
-    # Lost or leaked: refused at once, and so is a secret a re-registration still takes.
-    # Connected, the registration then makes yet another one before the shop's new webhooks
-    # (what it keeps taking meanwhile is this new secret, which nobody was ever given).
-    new_secret = store.webhook_secret = random_alphanumeric(40)
-    store.previous_webhook_secret = store.previous_secret_until = None
-    secret: str | None = new_secret
+    secret: str | None = refuse_current_secret(store)
     if connected:
         session.execute(delete(WebhookRegistration).where(WebhookRegistration.store_id == store.id))
         enqueue(session, REGISTER_JOB, {"store_id": store.id})

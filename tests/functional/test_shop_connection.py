@@ -499,6 +499,60 @@ def test_a_secret_replaced_as_leaked_is_refused_at_once_while_webhooks_are_made_
     assert shop.deliver(wc_order(9901, "processing"), secret=old_secret).status_code == 401
 
 
+def test_a_leaked_secret_replaced_before_an_upgrade_gets_no_grace_from_its_queued_job(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older Keygate replaced a leaked secret by forgetting the registrations and queuing
+    their job with ``"grace": False`` (the secret left as it was until then); the shop was
+    down, and the job is still queued after the upgrade. When it runs, the leaked secret is
+    refused, though the shop fails half-way, and its retry finishes the webhooks."""
+    import connector.vault.connection as connection
+    from connector.db import utcnow
+    from plugin.woocommerce.rest import ShopUnavailable
+
+    connect_store(app, shop, fake_shop)
+    with app.app_context():
+        store = _store(app, shop)
+        leaked = store.webhook_secret
+        db.session.execute(
+            WebhookRegistration.__table__.delete().where(WebhookRegistration.store_id == store.id)
+        )
+        db.session.add(
+            Job(
+                kind=connection.REGISTER_JOB,
+                payload={"store_id": store.id, "grace": False},
+                run_after=utcnow(),
+                created_at=utcnow(),
+            )
+        )
+        db.session.commit()
+    stray_deletion = connection._delete_stray_webhooks
+
+    def shop_down(*args: object, **kwargs: object) -> list[str]:
+        raise ShopUnavailable("the shop went down after creating the new webhooks")
+
+    monkeypatch.setattr(connection, "_delete_stray_webhooks", shop_down)
+    run_pending(app)
+    assert len(fake_shop.webhooks) == 8  # the old ones are still there, signing with it
+    assert shop.deliver(wc_order(9902, "processing"), secret=leaked).status_code == 401
+
+    monkeypatch.setattr(connection, "_delete_stray_webhooks", stray_deletion)
+    with app.app_context():
+        for job in db.session.scalars(select(Job).where(Job.kind == connection.REGISTER_JOB)):
+            job.run_after = utcnow()  # its backoff, passed
+        db.session.commit()
+    run_pending(app)
+    assert len(fake_shop.webhooks) == 4
+    with app.app_context():
+        store = _store(app, shop)
+        # The retry made no other secret: the webhooks made by the first run sign with it.
+        assert set(fake_shop.webhook_secrets.values()) == {store.webhook_secret}
+        assert store.previous_webhook_secret is None
+        current = store.webhook_secret
+    assert shop.deliver(wc_order(9903, "processing"), secret=leaked).status_code == 401
+    assert shop.deliver(wc_order(9903, "processing"), secret=current).status_code == 200
+
+
 def test_a_token_with_half_a_surrogate_pair_is_an_invalid_link(app: Flask) -> None:
     """Not text itsdangerous can encode: refused as any forged token, never a 500."""
     from connector.tokens import CONNECT_STATE, DOWNLOAD, LinkInvalid, loads, loads_timed
