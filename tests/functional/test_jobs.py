@@ -628,3 +628,31 @@ def test_a_job_whose_payload_is_no_object_is_dead_and_holds_up_no_other(app: Fla
     assert [status for status, _ in rows] == ["dead", "dead", "done"]
     assert "not an object" in (rows[0][1] or "")
     assert [detail["error"] for detail in dead] == ["ValueError", "ValueError"]
+
+
+def test_a_job_of_a_kind_this_version_has_no_handler_for_is_retried_then_dead_and_told(
+    app: Flask,
+) -> None:
+    """A kind queued by another version (renamed since, or newer than this worker: a
+    mixed-version upgrade) stops no worker and holds up no job: it is retried with the
+    backoff (a worker that knows it may take it meanwhile), then dead, named in its error
+    and told to the owner (``job.dead``)."""
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.renamed_since", {})
+        jobs.enqueue(session, "test.ok", {"n": 1})
+    assert jobs.run_pending(app) == 2
+    assert [call["n"] for call in CALLS] == [1]
+    unknown = job(app, "test.renamed_since")
+    assert (unknown.status, unknown.attempts) == ("pending", 1)
+    assert unknown.last_error == "LookupError: no handler for job kind 'test.renamed_since'"
+    assert unknown.run_after > utcnow()
+    for _ in range(app.extensions["keygate.settings"].job_max_attempts - 1):
+        with app.app_context(), transaction() as session:
+            session.execute(update(Job).where(Job.id == unknown.id).values(run_after=utcnow()))
+        assert jobs.run_pending(app) == 1
+    assert job(app, "test.renamed_since").status == "dead"
+    with app.app_context():
+        told = db.session.scalars(
+            select(AuditEvent.detail).where(AuditEvent.action == "job.dead")
+        ).all()
+    assert [(d["kind"], d["error"]) for d in told] == [("test.renamed_since", "LookupError")]
