@@ -553,6 +553,42 @@ def test_a_leaked_secret_replaced_before_an_upgrade_gets_no_grace_from_its_queue
     assert shop.deliver(wc_order(9903, "processing"), secret=current).status_code == 200
 
 
+def test_a_leaked_secret_replaced_before_an_upgrade_is_not_kept_when_a_grace_lasts(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The same queued job while an earlier registration's grace still lasts (it failed
+    half-way minutes before): today's registration makes no new secret then, and the
+    webhooks it makes anew would sign with the leaked one, taken for good."""
+    import datetime as dt
+
+    import connector.vault.connection as connection
+    from connector.db import utcnow
+
+    connect_store(app, shop, fake_shop)
+    with app.app_context():
+        store = _store(app, shop)
+        leaked = store.webhook_secret
+        store.previous_webhook_secret = "p" * 40
+        store.previous_secret_until = utcnow() + dt.timedelta(minutes=5)
+        db.session.execute(
+            WebhookRegistration.__table__.delete().where(WebhookRegistration.store_id == store.id)
+        )
+        db.session.add(
+            Job(
+                kind=connection.REGISTER_JOB,
+                payload={"store_id": store.id, "grace": False},
+                run_after=utcnow(),
+                created_at=utcnow(),
+            )
+        )
+        db.session.commit()
+    run_pending(app)
+    assert len(fake_shop.webhooks) == 4
+    with app.app_context():
+        assert set(fake_shop.webhook_secrets.values()) == {_store(app, shop).webhook_secret}
+    assert shop.deliver(wc_order(9904, "processing"), secret=leaked).status_code == 401
+
+
 def test_a_token_with_half_a_surrogate_pair_is_an_invalid_link(app: Flask) -> None:
     """Not text itsdangerous can encode: refused as any forged token, never a 500."""
     from connector.tokens import CONNECT_STATE, DOWNLOAD, LinkInvalid, loads, loads_timed
