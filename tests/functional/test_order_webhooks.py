@@ -291,6 +291,18 @@ def test_in_a_same_second_tie_the_revocation_stands(shop: WebhookSender) -> None
     assert [lic["status"] for lic in shop.order(9016)["licenses"]] == ["revoked"]
 
 
+def test_an_undated_update_after_a_dated_one_is_stale(shop: WebhookSender) -> None:
+    """A payload with no modification date (a plugin's or a hand-made webhook's) cannot be
+    placed after the dated one applied: it is taken as older and changes nothing."""
+    shop.configure(501)
+    item = line_item(501, line_id=78)
+    shop.deliver(wc_order(9017, "processing", [item], modified=1))
+    undated = wc_order(9017, "cancelled", [item])
+    del undated["date_modified"], undated["date_modified_gmt"]
+    assert shop.deliver(undated).get_json()["outcome"] == "stale"
+    assert [lic["status"] for lic in shop.order(9017)["licenses"]] == ["active"]
+
+
 def test_order_deleted_revokes_and_older_updates_stay_stale(shop: WebhookSender) -> None:
     shop.configure(501)
     item = line_item(501, line_id=75)
@@ -371,6 +383,8 @@ def test_a_line_swapped_to_another_variation_is_licensed_for_it(shop: WebhookSen
         ("501", "revoked"),
         ("502", "active"),
     ]
+    # The old key's link stays shut with it; only the new variation's is open.
+    assert sorted(d["revoked"] for d in shop.order(9014)["downloads"]) == [False, True]
     shop.deliver(
         wc_order(9014, "processing", [line_item(500, variation_id=501, line_id=86)], modified=90)
     )
@@ -818,6 +832,30 @@ def test_an_order_paid_again_for_fewer_units_brings_back_the_keys_in_use(
     assert validated["valid"] is True
     shop.deliver(wc_order(9940, "processing", [{**item, "quantity": 2}], modified=4))
     assert {lic["key"]: lic["status"] for lic in shop.order(9940)["licenses"]} == statuses
+
+
+def test_a_key_in_use_kept_on_a_lower_quantity_gets_its_links_back_when_paid_again(
+    shop: WebhookSender,
+) -> None:
+    """Three keys, the third activated; the quantity drops to 2 (the key in use takes the
+    idle second's place, its link with it), the order is cancelled and paid again: both
+    keys it pays for work again, and so do their links, the one in use included."""
+    from tests.licensing_helpers import call
+
+    shop.configure(501)
+    item = line_item(501, quantity=3, line_id=97)
+    shop.deliver(wc_order(9942, "processing", [item], modified=1))
+    *_, third = (lic["key"] for lic in shop.order(9942)["licenses"])
+    assert call(shop.client, "activate", {"key": third, "site": "third.com"}).get_json()["valid"]
+    fewer = {**item, "quantity": 2}
+    shop.deliver(wc_order(9942, "processing", [fewer], modified=2))
+    shop.deliver(wc_order(9942, "cancelled", [fewer], modified=3))
+    shop.deliver(wc_order(9942, "processing", [fewer], modified=4))
+    body = shop.order(9942)
+    statuses = {lic["key"]: lic["status"] for lic in body["licenses"]}
+    assert statuses[third] == "active"
+    assert sorted(statuses.values()) == ["active", "active", "revoked"]
+    assert sorted(d["revoked"] for d in body["downloads"]) == [False, False, True]
 
 
 def test_a_redelivery_after_paying_for_fewer_units_changes_no_key(shop: WebhookSender) -> None:
