@@ -262,6 +262,17 @@ def test_a_license_the_owner_revoked_gets_no_link_to_a_file_added_later(
     assert count(app, DownloadGrant) == 1
 
 
+def test_a_file_removed_from_the_product_gets_no_link_in_later_sales(shop: WebhookSender) -> None:
+    """The owner takes a file off the product: orders paid after that get links only to
+    the files it has now."""
+    manual = {"object_key": "products/501/manual.pdf", "filename": "manual.pdf"}
+    plugin = {"object_key": "products/501/v2.zip", "filename": "v2.zip"}
+    shop.configure(501, files=[manual, plugin])
+    shop.configure(501, files=[plugin])
+    shop.deliver(wc_order(9019, "processing", [line_item(501, line_id=84)], modified=1))
+    assert [d["filename"] for d in shop.order(9019)["downloads"]] == ["v2.zip"]
+
+
 def test_links_stay_shut_when_the_owner_revoked_a_cancelled_orders_license(
     shop: WebhookSender,
 ) -> None:
@@ -301,6 +312,19 @@ def test_an_undated_update_after_a_dated_one_is_stale(shop: WebhookSender) -> No
     del undated["date_modified"], undated["date_modified_gmt"]
     assert shop.deliver(undated).get_json()["outcome"] == "stale"
     assert [lic["status"] for lic in shop.order(9017)["licenses"]] == ["active"]
+
+
+def test_in_a_same_second_tie_of_two_paid_payloads_the_last_delivered_stands(
+    shop: WebhookSender,
+) -> None:
+    """Two paid payloads of one second (the owner adds a seat right after payment), equally
+    decided: the one delivered last is applied (a store without a REST key cannot read
+    which is the order now), not dropped as stale."""
+    shop.configure(501)
+    shop.deliver(wc_order(9018, "processing", [line_item(501, line_id=79)], modified=1))
+    more = wc_order(9018, "processing", [line_item(501, quantity=2, line_id=79)], modified=1)
+    assert shop.deliver(more).get_json()["outcome"] == "applied"
+    assert [lic["status"] for lic in shop.order(9018)["licenses"]] == ["active", "active"]
 
 
 def test_order_deleted_revokes_and_older_updates_stay_stale(shop: WebhookSender) -> None:
