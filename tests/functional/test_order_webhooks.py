@@ -858,6 +858,27 @@ def test_an_order_paid_again_for_fewer_units_brings_back_the_keys_in_use(
     assert {lic["key"]: lic["status"] for lic in shop.order(9940)["licenses"]} == statuses
 
 
+def test_the_key_in_use_comes_back_after_the_quantity_is_lowered_twice_while_waiting(
+    shop: WebhookSender,
+) -> None:
+    """Three keys, the third activated; the order is cancelled, then put on hold while the
+    owner lowers the quantity to 2 and then to 1, and paid again: the one key it pays for
+    is the one in use, however many steps the quantity took down."""
+    from tests.licensing_helpers import call
+
+    shop.configure(501)
+    item = line_item(501, quantity=3, line_id=98)
+    shop.deliver(wc_order(9943, "processing", [item], modified=1))
+    *_, third = (lic["key"] for lic in shop.order(9943)["licenses"])
+    assert call(shop.client, "activate", {"key": third, "site": "third.com"}).get_json()["valid"]
+    shop.deliver(wc_order(9943, "cancelled", [item], modified=2))
+    shop.deliver(wc_order(9943, "on-hold", [{**item, "quantity": 2}], modified=3))
+    shop.deliver(wc_order(9943, "on-hold", [{**item, "quantity": 1}], modified=4))
+    shop.deliver(wc_order(9943, "processing", [{**item, "quantity": 1}], modified=5))
+    statuses = {lic["key"]: lic["status"] for lic in shop.order(9943)["licenses"]}
+    assert [key for key, status in statuses.items() if status == "active"] == [third]
+
+
 def test_a_key_in_use_kept_on_a_lower_quantity_gets_its_links_back_when_paid_again(
     shop: WebhookSender,
 ) -> None:
