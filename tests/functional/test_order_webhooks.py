@@ -229,7 +229,8 @@ def test_order_paid_again_after_cancellation_gets_its_licenses_back(shop: Webhoo
 
 
 def test_the_owners_suspension_outlives_a_cancellation_and_payment(shop: WebhookSender) -> None:
-    """Cancelled, then paid again: a license the owner suspended stays suspended, links too."""
+    """Cancelled, then paid again: a license the owner suspended stays suspended, links too,
+    until the owner reinstates it."""
     shop.configure(501)
     item = line_item(501, line_id=81)
     shop.deliver(wc_order(9011, "processing", [item], modified=1))
@@ -240,6 +241,11 @@ def test_the_owners_suspension_outlives_a_cancellation_and_payment(shop: Webhook
     body = shop.order(9011)
     assert [lic["status"] for lic in body["licenses"]] == ["suspended"]
     assert all(d["revoked"] for d in body["downloads"])
+    # Paid again, the order pays for the key: the owner may reinstate it, links and all.
+    assert shop.admin("POST", f"/licenses/{key}/reinstate").status_code == 200
+    body = shop.order(9011)
+    assert [lic["status"] for lic in body["licenses"]] == ["active"]
+    assert not any(d["revoked"] for d in body["downloads"])
 
 
 def test_a_license_the_owner_revoked_gets_no_link_to_a_file_added_later(
