@@ -938,6 +938,49 @@ def test_a_refund_landing_while_a_resume_is_prepared_refuses_it(
     assert [e.outcome for e in events(app)] == ["served", "revoked"]
 
 
+def test_a_refund_landing_while_a_click_is_prepared_refuses_it(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refund that lands while the storage answers a plain click (no transaction open):
+    the count sees it, and the click is refused (410), not served and counted."""
+    from connector.db import transaction, utcnow
+    from connector.downloads.storage import LocalStore
+
+    put_file(app, "files/small.bin", b"paid for")
+    [download] = paid_order(shop, 7036, [{"object_key": "files/small.bin", "filename": "s.bin"}])
+    real_delivery = LocalStore.delivery
+
+    def refunded_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
+        with app.app_context(), transaction() as session:
+            revoked = {"revoked_at": utcnow(), "revoked_reason": "refund"}
+            session.execute(update(DownloadGrant).values(**revoked))
+        return real_delivery(self, key, filename, ttl)
+
+    monkeypatch.setattr(LocalStore, "delivery", refunded_meanwhile)
+    assert get(shop.client, link_path(download)).status_code == 410
+    assert [e.outcome for e in events(app)] == ["revoked"]
+    with app.app_context():
+        assert db.session.scalars(select(DownloadGrant.download_count)).all() == [0]
+
+
+def test_a_link_has_ended_at_the_very_moment_it_expires(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A click at the exact second a link ends finds it expired (410), as the count does;
+    not let through by the check and then refused by the count as over its limit."""
+    from connector.db import utcnow
+
+    put_file(app, "files/small.bin", b"paid for")
+    [download] = paid_order(shop, 7037, [{"object_key": "files/small.bin", "filename": "s.bin"}])
+    end = utcnow().replace(microsecond=0) + dt.timedelta(hours=1)
+    with app.app_context():
+        db.session.execute(update(DownloadGrant).values(expires_at=end))
+        db.session.commit()
+    monkeypatch.setattr(service, "utcnow", lambda: end)
+    assert get(shop.client, link_path(download)).status_code == 410
+    assert [e.outcome for e in events(app)] == ["expired"]
+
+
 def test_a_copy_is_stamped_anew_when_the_shop_corrects_the_buyer(
     app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
