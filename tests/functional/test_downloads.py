@@ -963,6 +963,31 @@ def test_a_refund_landing_while_a_click_is_prepared_refuses_it(
         assert db.session.scalars(select(DownloadGrant.download_count)).all() == [0]
 
 
+def test_a_link_that_ends_while_a_click_is_prepared_is_not_served(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link's download period ends while the storage answers a click: the count, made
+    at the time of the write, refuses it (410 expired), and nothing is counted."""
+    from connector.db import transaction, utcnow
+    from connector.downloads.storage import LocalStore
+
+    put_file(app, "files/small.bin", b"paid for")
+    [download] = paid_order(shop, 7038, [{"object_key": "files/small.bin", "filename": "s.bin"}])
+    real_delivery = LocalStore.delivery
+
+    def ended_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
+        with app.app_context(), transaction() as session:
+            ended = utcnow() - dt.timedelta(seconds=1)
+            session.execute(update(DownloadGrant).values(expires_at=ended))
+        return real_delivery(self, key, filename, ttl)
+
+    monkeypatch.setattr(LocalStore, "delivery", ended_meanwhile)
+    assert get(shop.client, link_path(download)).status_code == 410
+    assert [e.outcome for e in events(app)] == ["expired"]
+    with app.app_context():
+        assert db.session.scalars(select(DownloadGrant.download_count)).all() == [0]
+
+
 def test_a_link_has_ended_at_the_very_moment_it_expires(
     app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
