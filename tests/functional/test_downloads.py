@@ -938,6 +938,21 @@ def test_a_refund_landing_while_a_resume_is_prepared_refuses_it(
     assert [e.outcome for e in events(app)] == ["served", "revoked"]
 
 
+def test_a_copy_for_an_order_without_a_name_names_its_address(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A buyer who gave no name is named on their copy by their address, not left blank."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=1)
+    shop.configure(501, files=_pdf_files())
+    nameless = wc_order(7039, "processing", [line_item(501)], first_name="", last_name="")
+    shop.deliver(nameless)
+    [download] = shop.order(7039)["downloads"]
+    response = get(shop.client, link_path(download))
+    assert response.status_code == 200
+    text = PdfReader(io.BytesIO(response.data)).pages[0].extract_text()
+    assert "Licensed to jurgen@example.org <jurgen@example.org> · Order 7039" in text
+
+
 def test_a_refund_landing_while_a_click_is_prepared_refuses_it(
     app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
