@@ -978,6 +978,29 @@ def test_a_refund_landing_while_a_click_is_prepared_refuses_it(
         assert db.session.scalars(select(DownloadGrant.download_count)).all() == [0]
 
 
+def test_a_refund_landing_while_the_buyers_copy_is_stamped_says_the_link_is_withdrawn(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first click on a watermarked file stamps the buyer's copy on the spot; a refund
+    landing meanwhile refuses the click as withdrawn (410), not as over its limit (429)."""
+    from connector.db import transaction, utcnow
+    from connector.downloads.storage import LocalStore
+
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=1)
+    [download] = paid_order(shop, 7040, _pdf_files())
+    real_delivery = LocalStore.delivery
+
+    def refunded_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
+        with app.app_context(), transaction() as session:
+            revoked = {"revoked_at": utcnow(), "revoked_reason": "refund"}
+            session.execute(update(DownloadGrant).values(**revoked))
+        return real_delivery(self, key, filename, ttl)
+
+    monkeypatch.setattr(LocalStore, "delivery", refunded_meanwhile)
+    assert get(shop.client, link_path(download)).status_code == 410
+    assert [e.outcome for e in events(app)] == ["revoked"]
+
+
 def test_a_link_that_ends_while_a_click_is_prepared_is_not_served(
     app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
