@@ -1044,6 +1044,31 @@ def test_a_link_has_ended_at_the_very_moment_it_expires(
     assert [e.outcome for e in events(app)] == ["expired"]
 
 
+def test_a_resume_of_a_withdrawn_link_is_refused_without_asking_the_storage(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download served, then the order refunded: the buyer's download manager resuming
+    it is told the link is withdrawn (410) at once; the storage is not asked (down, it
+    would have made the answer a 503 "try again shortly")."""
+    from connector.db import transaction, utcnow
+    from connector.downloads.storage import LocalStore
+    from connector.integrations.r2 import StorageUnavailable
+
+    put_file(app, "files/big.bin", bytes(range(256)) * 40)
+    [download] = paid_order(shop, 7041, [{"object_key": "files/big.bin", "filename": "big.bin"}])
+    path = link_path(download)
+    assert get(shop.client, path).status_code == 200
+    with app.app_context(), transaction() as session:
+        session.execute(update(DownloadGrant).values(revoked_at=utcnow(), revoked_reason="refund"))
+
+    def storage_down(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
+        raise StorageUnavailable("the storage is down")
+
+    monkeypatch.setattr(LocalStore, "delivery", storage_down)
+    assert get(shop.client, path, headers={"Range": "bytes=100-"}).status_code == 410
+    assert [e.outcome for e in events(app)] == ["served", "revoked"]
+
+
 def test_a_copy_is_stamped_anew_when_the_shop_corrects_the_buyer(
     app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,6 +27,8 @@ def test_ping_is_only_the_unsigned_form_body() -> None:
     assert wc.is_ping(b"webhook_id=15", {})
     assert not wc.is_ping(b"webhook_id=15", {wc.TOPIC_HEADER: "order.created"})
     assert not wc.is_ping(b'{"webhook_id": 15}', {})
+    # Only the whole body: anything after the id is a delivery to check, not a ping.
+    assert not wc.is_ping(b"webhook_id=15&status=completed", {})
 
 
 def test_a_full_rest_v3_order_parses() -> None:
@@ -71,6 +73,24 @@ def test_refund_lines_give_refunded_quantities() -> None:
     )
     assert refund.line_quantities == {"71": 1}
     assert refund.total == Decimal("49.00")
+
+
+def test_refund_lines_of_one_item_add_up_and_totals_are_amounts_returned() -> None:
+    """A refund may list one item on two lines (a partial unit twice): their quantities add
+    up; its total, negative as the refunds endpoint lists it, is the amount returned."""
+    refunded_item = [{"key": "_refunded_item_id", "value": "71"}]
+    refund = wc.parse_refund(
+        {
+            "id": 89,
+            "total": "-73.50",
+            "line_items": [
+                {"id": 5, "quantity": -1, "meta_data": refunded_item},
+                {"id": 6, "quantity": "-0.5", "meta_data": refunded_item},
+            ],
+        }
+    )
+    assert refund.line_quantities == {"71": Decimal("1.5")}
+    assert refund.total == Decimal("73.50")
 
 
 @pytest.mark.parametrize(
