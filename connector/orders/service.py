@@ -397,7 +397,10 @@ def _sync_line_items(
         line.sku = item.sku
         line.quantity = item.quantity
         line.total = item.total
-        line.refunded_quantity = min(item.quantity, _refunded_units(shop_order, item, line, reread))
+        # Not capped at the quantity (paid_units is never below 0): the units refunded
+        # stand when the owner lowers the quantity under them and raises it again, and a
+        # delivery that does not itemize refunds keeps the count it stored.
+        line.refunded_quantity = _refunded_units(shop_order, item, line, reread)
     for shop_line_id, line in existing.items():
         if shop_line_id not in seen:
             # Removed from the order in the shop: nothing of it is owed any more.

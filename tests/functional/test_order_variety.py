@@ -46,6 +46,24 @@ def statuses(shop: WebhookSender, order_id: int) -> list[tuple[str, str]]:
     return sorted((lic["product_id"], lic["status"]) for lic in shop.order(order_id)["licenses"])
 
 
+def test_units_refunded_stay_refunded_when_the_quantity_goes_under_them_and_back(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Three seats, two refunded (read from the shop); the owner lowers the quantity to 1
+    and raises it to 3 again, each change delivered listing the same refund without its
+    lines: one seat is paid for throughout, never two."""
+    shop.configure(501)
+    item = line_item(501, quantity=3, line_id=62)
+    shop.deliver(wc_order(9602, "completed", [item], modified=1))
+    read_from_shop(
+        app, shop, wc_order(9602, "completed", [item], modified=2, refunds=[refund_of(62, 2)])
+    )
+    listed = [{"id": 801, "total": "-98.00"}]  # as a webhook lists it: no lines
+    shop.deliver(wc_order(9602, "completed", [{**item, "quantity": 1}], modified=3, refunds=listed))
+    shop.deliver(wc_order(9602, "completed", [item], modified=4, refunds=listed))
+    assert statuses(shop, 9602) == [("501", "active"), ("501", "revoked"), ("501", "revoked")]
+
+
 @pytest.mark.parametrize("status", ["on-hold", "delivered"])
 def test_a_refund_takes_its_unit_back_whatever_status_the_order_is_in(
     app: Flask, shop: WebhookSender, status: str
