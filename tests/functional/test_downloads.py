@@ -918,22 +918,13 @@ def test_a_refund_landing_while_a_resume_is_prepared_refuses_it(
 ) -> None:
     """The full path asks the storage with no transaction open, so a refund can land
     meanwhile: it is seen before a resumed download is let through for free (410)."""
-    from connector.db import transaction, utcnow
-    from connector.downloads.storage import LocalStore
+    from connector.db import utcnow
 
     put_file(app, "files/big.bin", bytes(range(256)) * 40)
     [download] = paid_order(shop, 7033, [{"object_key": "files/big.bin", "filename": "big.bin"}])
     path = link_path(download)
     assert get(shop.client, path).status_code == 200
-    real_delivery = LocalStore.delivery
-
-    def refunded_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
-        with app.app_context(), transaction() as session:
-            revoked = {"revoked_at": utcnow(), "revoked_reason": "refund"}
-            session.execute(update(DownloadGrant).values(**revoked))
-        return real_delivery(self, key, filename, ttl)
-
-    monkeypatch.setattr(LocalStore, "delivery", refunded_meanwhile)
+    while_the_storage_answers(app, monkeypatch, revoked_at=utcnow(), revoked_reason="refund")
     assert get(shop.client, path, headers={"Range": "bytes=100-"}).status_code == 410
     assert [e.outcome for e in events(app)] == ["served", "revoked"]
 
@@ -958,20 +949,11 @@ def test_a_refund_landing_while_a_click_is_prepared_refuses_it(
 ) -> None:
     """A refund that lands while the storage answers a plain click (no transaction open):
     the count sees it, and the click is refused (410), not served and counted."""
-    from connector.db import transaction, utcnow
-    from connector.downloads.storage import LocalStore
+    from connector.db import utcnow
 
     put_file(app, "files/small.bin", b"paid for")
     [download] = paid_order(shop, 7036, [{"object_key": "files/small.bin", "filename": "s.bin"}])
-    real_delivery = LocalStore.delivery
-
-    def refunded_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
-        with app.app_context(), transaction() as session:
-            revoked = {"revoked_at": utcnow(), "revoked_reason": "refund"}
-            session.execute(update(DownloadGrant).values(**revoked))
-        return real_delivery(self, key, filename, ttl)
-
-    monkeypatch.setattr(LocalStore, "delivery", refunded_meanwhile)
+    while_the_storage_answers(app, monkeypatch, revoked_at=utcnow(), revoked_reason="refund")
     assert get(shop.client, link_path(download)).status_code == 410
     assert [e.outcome for e in events(app)] == ["revoked"]
     with app.app_context():
@@ -983,20 +965,11 @@ def test_a_refund_landing_while_the_buyers_copy_is_stamped_says_the_link_is_with
 ) -> None:
     """The first click on a watermarked file stamps the buyer's copy on the spot; a refund
     landing meanwhile refuses the click as withdrawn (410), not as over its limit (429)."""
-    from connector.db import transaction, utcnow
-    from connector.downloads.storage import LocalStore
+    from connector.db import utcnow
 
     make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=1)
     [download] = paid_order(shop, 7040, _pdf_files())
-    real_delivery = LocalStore.delivery
-
-    def refunded_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
-        with app.app_context(), transaction() as session:
-            revoked = {"revoked_at": utcnow(), "revoked_reason": "refund"}
-            session.execute(update(DownloadGrant).values(**revoked))
-        return real_delivery(self, key, filename, ttl)
-
-    monkeypatch.setattr(LocalStore, "delivery", refunded_meanwhile)
+    while_the_storage_answers(app, monkeypatch, revoked_at=utcnow(), revoked_reason="refund")
     assert get(shop.client, link_path(download)).status_code == 410
     assert [e.outcome for e in events(app)] == ["revoked"]
 
@@ -1006,20 +979,11 @@ def test_a_link_that_ends_while_a_click_is_prepared_is_not_served(
 ) -> None:
     """The link's download period ends while the storage answers a click: the count, made
     at the time of the write, refuses it (410 expired), and nothing is counted."""
-    from connector.db import transaction, utcnow
-    from connector.downloads.storage import LocalStore
+    from connector.db import utcnow
 
     put_file(app, "files/small.bin", b"paid for")
     [download] = paid_order(shop, 7038, [{"object_key": "files/small.bin", "filename": "s.bin"}])
-    real_delivery = LocalStore.delivery
-
-    def ended_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
-        with app.app_context(), transaction() as session:
-            ended = utcnow() - dt.timedelta(seconds=1)
-            session.execute(update(DownloadGrant).values(expires_at=ended))
-        return real_delivery(self, key, filename, ttl)
-
-    monkeypatch.setattr(LocalStore, "delivery", ended_meanwhile)
+    while_the_storage_answers(app, monkeypatch, expires_at=utcnow() - dt.timedelta(seconds=1))
     assert get(shop.client, link_path(download)).status_code == 410
     assert [e.outcome for e in events(app)] == ["expired"]
     with app.app_context():
@@ -1101,3 +1065,19 @@ def test_a_copy_is_stamped_anew_when_the_shop_corrects_the_buyer(
     stored_text = "".join(page.extract_text() for page in PdfReader(stored).pages)
     assert "Anna Right" in stored_text and "wrong@example.org" not in stored_text
     assert made == ["Wrong Person", "Anna Right"]  # stamped anew once, not on every click
+
+
+def while_the_storage_answers(app: Flask, monkeypatch: pytest.MonkeyPatch, **grant: Any) -> None:
+    """The links change to ``grant`` (a refund, their end) while Keygate's storage prepares
+    a click's answer, committed by another transaction."""
+    from connector.db import transaction
+    from connector.downloads.storage import LocalStore
+
+    real_delivery = LocalStore.delivery
+
+    def changed_meanwhile(self: LocalStore, key: str, filename: str, ttl: int) -> Any:
+        with app.app_context(), transaction() as session:
+            session.execute(update(DownloadGrant).values(**grant))
+        return real_delivery(self, key, filename, ttl)
+
+    monkeypatch.setattr(LocalStore, "delivery", changed_meanwhile)
