@@ -511,21 +511,7 @@ def test_a_leaked_secret_replaced_before_an_upgrade_gets_no_grace_from_its_queue
     from plugin.woocommerce.rest import ShopUnavailable
 
     connect_store(app, shop, fake_shop)
-    with app.app_context():
-        store = _store(app, shop)
-        leaked = store.webhook_secret
-        db.session.execute(
-            WebhookRegistration.__table__.delete().where(WebhookRegistration.store_id == store.id)
-        )
-        db.session.add(
-            Job(
-                kind=connection.REGISTER_JOB,
-                payload={"store_id": store.id, "grace": False},
-                run_after=utcnow(),
-                created_at=utcnow(),
-            )
-        )
-        db.session.commit()
+    leaked = _an_older_keygates_secret_replacement(app, shop)
     stray_deletion = connection._delete_stray_webhooks
 
     def shop_down(*args: object, **kwargs: object) -> list[str]:
@@ -553,23 +539,15 @@ def test_a_leaked_secret_replaced_before_an_upgrade_gets_no_grace_from_its_queue
     assert shop.deliver(wc_order(9903, "processing"), secret=current).status_code == 200
 
 
-def test_a_leaked_secret_replaced_before_an_upgrade_is_not_kept_when_a_grace_lasts(
-    app: Flask, shop: WebhookSender, fake_shop: FakeShop
-) -> None:
-    """The same queued job while an earlier registration's grace still lasts (it failed
-    half-way minutes before): today's registration makes no new secret then, and the
-    webhooks it makes anew would sign with the leaked one, taken for good."""
-    import datetime as dt
-
+def _an_older_keygates_secret_replacement(app: Flask, shop: WebhookSender) -> str:
+    """What an older Keygate did when the owner replaced a leaked secret: the store's
+    registrations forgotten, their job queued with ``"grace": False``, the secret left as it
+    was until then. Returns that (leaked) secret."""
     import connector.vault.connection as connection
     from connector.db import utcnow
 
-    connect_store(app, shop, fake_shop)
     with app.app_context():
         store = _store(app, shop)
-        leaked = store.webhook_secret
-        store.previous_webhook_secret = "p" * 40
-        store.previous_secret_until = utcnow() + dt.timedelta(minutes=5)
         db.session.execute(
             WebhookRegistration.__table__.delete().where(WebhookRegistration.store_id == store.id)
         )
@@ -582,6 +560,26 @@ def test_a_leaked_secret_replaced_before_an_upgrade_is_not_kept_when_a_grace_las
             )
         )
         db.session.commit()
+        return store.webhook_secret
+
+
+def test_a_leaked_secret_replaced_before_an_upgrade_is_not_kept_when_a_grace_lasts(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """The same queued job while an earlier registration's grace still lasts (it failed
+    half-way minutes before): today's registration makes no new secret then, and the
+    webhooks it makes anew would sign with the leaked one, taken for good."""
+    import datetime as dt
+
+    from connector.db import utcnow
+
+    connect_store(app, shop, fake_shop)
+    with app.app_context():
+        store = _store(app, shop)
+        store.previous_webhook_secret = "p" * 40
+        store.previous_secret_until = utcnow() + dt.timedelta(minutes=5)
+        db.session.commit()
+    leaked = _an_older_keygates_secret_replacement(app, shop)
     run_pending(app)
     assert len(fake_shop.webhooks) == 4
     with app.app_context():
