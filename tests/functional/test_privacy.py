@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 
 from connector.db import Base, db, transaction, utcnow
 from connector.jobs import run_pending, schedule_periodic
-from connector.models import Job, License, Mail, Order, WebhookDelivery
+from connector.models import Job, License, Mail, Order, ShopNote, WebhookDelivery
 from connector.privacy.service import purge_expired_records
 from connector.stores import NewStore
 from tests.factories import WebhookSender, line_item, wc_order
@@ -398,3 +398,21 @@ def test_a_forgotten_buyers_address_cannot_be_checked_against_their_order(
     assert kept.email != EMAIL
     assert kept.shop_digest is not None
     assert digest_without_our_keys(app, payload) != kept.shop_digest
+
+
+def test_export_has_the_notes_keygate_wrote_on_the_customers_order_in_the_shop(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A note written back to the shop (the buyer's keys and links, for them to see in their
+    account) is a record about the customer's order: the export lists each, by its marker
+    and the shop's id of the note."""
+    paid_order(app, shop, 9508)
+    with app.app_context(), transaction() as session:
+        order = session.scalars(select(Order).where(Order.shop_order_id == "9508")).one()
+        session.add(
+            ShopNote(store_id=order.store_id, order_id=order.id, marker="keys", shop_note_id="41")
+        )
+    (order,) = shop.admin("GET", f"/customers/{EMAIL}/export").get_json()["orders"]
+    [note] = order["shop_notes"]
+    assert (note["marker"], note["shop_note_id"]) == ("keys", "41")
+    assert note["created_at"].endswith("Z")

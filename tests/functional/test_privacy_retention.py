@@ -15,7 +15,7 @@ from connector.audit import record_audit
 from connector.config import ConfigError
 from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending
-from connector.models import AuditEvent, Job, Mail, Order
+from connector.models import AuditEvent, Job, Mail, Order, WebhookDelivery
 from connector.orders.reconcile import RECONCILE_JOB, schedule_next
 from connector.privacy.service import purge_expired_records
 from connector.stores import create_store
@@ -253,3 +253,50 @@ def test_retention_and_intervals_past_what_a_date_can_hold_are_refused_at_boot(
             assert job.run_after <= utcnow() + dt.timedelta(days=366)
     finally:
         longest.extensions["keygate.db"].engine.dispose()
+
+
+def test_each_kind_of_record_is_kept_for_its_own_retention_and_no_longer(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """README's defaults: finished jobs 30 days, webhook deliveries 90, stored mails 365. A
+    record goes once it is past its own retention (a mail, the buyer's copy of their keys,
+    is not purged at the deliveries' 90 days), and one exactly that old is not past it."""
+    shop.configure(501)
+    shop.deliver(wc_order(9720, "completed", [line_item(501)], email=EMAIL))
+    run_pending(app)
+    then = utcnow().replace(microsecond=0)
+    with app.app_context(), transaction() as session:
+        session.execute(update(WebhookDelivery).values(received_at=then))
+        session.execute(update(Mail).values(created_at=then))
+        session.execute(update(Job).where(Job.status == "done").values(finished_at=then))
+
+    def purged(days: int, seconds: int = 0) -> dict[str, int]:
+        later = then + dt.timedelta(days=days, seconds=seconds)
+        with app.app_context(), transaction() as session:
+            removed = purge_expired_records(session, now=later)
+        return {kind: removed[kind] for kind in ("jobs", "webhook_deliveries", "mails")}
+
+    assert purged(30) == {"jobs": 0, "webhook_deliveries": 0, "mails": 0}
+    assert purged(30, 1)["jobs"] >= 1  # the issuance's; the mail's job stays with its mail
+    assert purged(90) == {"jobs": 0, "webhook_deliveries": 0, "mails": 0}
+    assert purged(90, 1) == {"jobs": 0, "webhook_deliveries": 1, "mails": 0}
+    assert purged(365) == {"jobs": 0, "webhook_deliveries": 0, "mails": 0}
+    assert purged(365, 1) == {"jobs": 1, "webhook_deliveries": 0, "mails": 1}
+    assert mailed_to(app) == []
+
+
+def test_an_order_that_only_renewed_a_license_keeps_its_buyer(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A renewal order issues no key or link of its own, but it extended a license: Keygate
+    acted on it as on a licensed order, whose buyer is kept, not forgotten as an unlicensed
+    sale's after its retention."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9721, "completed", [line_item(501)], email=EMAIL))
+    key = shop.order(9721)["licenses"][0]["key"]
+    renewal = line_item(501, line_id=306)
+    renewal["meta_data"] = [{"id": 1, "key": "_keygate_renew_license", "value": key}]
+    shop.deliver(wc_order(9722, "processing", [renewal], email=EMAIL, modified=5))
+    assert shop.order(9722)["licenses"] == []
+    assert purge_in(app, 91)["unlicensed_order_buyers"] == 0
+    assert buyer_of(app, "9722") == (EMAIL, "Jürgen Ørsted 山田", "Bücher GmbH")
