@@ -772,3 +772,22 @@ def test_mails_brevo_refused_for_the_key_go_once_a_new_key_is_saved(
         run_pending(application)
         assert len(brevo.sent()) == 2
         assert sorted(mail_jobs(application).values()) == ["dead", "done", "done"]
+
+
+def test_a_customer_erased_before_their_mail_went_is_mailed_nothing(
+    brevo_app: Flask, brevo_shop: WebhookSender, brevo: FakeBrevo
+) -> None:
+    """Erased while the mail waited (an outage, a busy worker): the order's address is a
+    pseudonym now, never an address to mail, so the job ends with nothing sent and no copy
+    of the mail naming them kept."""
+    brevo_shop.deliver(wc_order(9620, "processing", [line_item(501)]))
+    brevo.failures.extend([503])
+    run_pending(brevo_app, kinds={"order.issued", "mail.order_issued"})
+    assert brevo_shop.admin("DELETE", "/customers/jurgen@example.org").status_code == 200
+    make_due(brevo_app)
+    run_pending(brevo_app)
+    assert brevo.sent() == []
+    with brevo_app.app_context():
+        assert db.session.execute(select(Mail)).scalars().all() == []
+        # Done, not failing and retried: the outbox shows no mail still owed to them.
+        assert set(db.session.execute(select(Job.status)).scalars()) == {"done"}

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, update
 from werkzeug.security import generate_password_hash
 
 from connector import create_app
-from connector.db import db
+from connector.db import db, transaction, utcnow
 from connector.jobs import run_pending, stop_worker_thread
 from connector.models import AdminUser, Job, Mail, Store
 from connector.stores import create_store
@@ -505,3 +505,63 @@ def test_the_shops_customer_note_keeps_a_product_name_on_several_lines_on_its_ke
     key, link = issued["licenses"][0]["key"], issued["downloads"][0]["link"]
     assert f"Plugin Pro Edition: {key} (lifetime)" in lines, note["note"]
     assert f"Plugin Pro Edition, manual.pdf: {link} (available while your license lasts)" in lines
+
+
+def test_a_resent_mail_leaves_out_a_key_the_owner_suspended(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Only a key that works (active) is mailed: one the owner suspended is left out of a
+    resent mail, which says so, while the order's other key is listed."""
+    shop.configure(501)
+    shop.configure(502)
+    items = [line_item(501, line_id=1), line_item(502, line_id=2)]
+    shop.deliver(wc_order(9806, "processing", items))
+    run_pending(app)
+    suspended, kept = (lic["key"] for lic in shop.order(9806)["licenses"])
+    assert shop.admin("POST", f"/licenses/{suspended}/suspend").status_code == 200
+    assert shop.admin("POST", "/orders/9806/resend").status_code == 202
+    run_pending(app)
+    resent = stored_mails(app)[-1]
+    assert suspended not in resent.body_text and suspended not in (resent.body_html or "")
+    assert kept in resent.body_text
+    said = " ".join(resent.body_text.split())
+    assert "1 license key" in said and "can no longer be used" in said
+
+
+def test_a_renewal_mail_gives_the_renewed_licenses_download_link(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A renewal order issues nothing of its own: its mail is the buyer's way back to the
+    download the renewal extended, so it lists that link."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9807, "completed", [line_item(501)]))
+    run_pending(app)
+    key = shop.order(9807)["licenses"][0]["key"]
+    renewal = line_item(501, line_id=306)
+    renewal["meta_data"] = [{"id": 1, "key": "_keygate_renew_license", "value": key}]
+    shop.deliver(wc_order(9808, "processing", [renewal], modified=5))
+    run_pending(app)
+    renewed = stored_mails(app)[-1]
+    assert renewed.subject == "Your license renewal for order 9808"
+    assert "Your downloads" in renewed.body_text
+    assert len(re.findall(r"/d/\S+", renewed.body_text)) == 1
+
+
+def test_a_mail_job_run_again_after_its_mail_went_sends_nothing(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A worker stopped after the mail went but before its job was marked done runs the job
+    again: the buyer gets no second mail (the stored one keeps when it was sent)."""
+    shop.configure(501)
+    shop.deliver(wc_order(9809, "processing", [line_item(501)]))
+    run_pending(app)
+    [mail] = stored_mails(app)
+    with app.app_context(), transaction() as session:
+        session.execute(
+            update(Job)
+            .where(Job.kind == "mail.order_issued")
+            .values(status="pending", run_after=utcnow() - dt.timedelta(seconds=1))
+        )
+    run_pending(app)
+    [again] = stored_mails(app)
+    assert again.sent_at == mail.sent_at and again.body_text == mail.body_text
