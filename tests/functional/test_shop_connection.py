@@ -307,7 +307,13 @@ def test_keys_given_by_hand_also_register_webhooks(
         {"consumer_key": CONSUMER_KEY, "consumer_secret": CONSUMER_SECRET},
     )
     assert response.status_code == 200
-    assert response.get_json()["credentials"]["consumer_secret"] == "****" + CONSUMER_SECRET[-4:]
+    # Both halves of the key are secrets (README: read back masked): the consumer key alone
+    # is half of what signs into the shop's REST API.
+    shown = response.get_json()["credentials"]
+    assert shown["consumer_secret"] == "****" + CONSUMER_SECRET[-4:]
+    assert shown["consumer_key"] == "****" + CONSUMER_KEY[-4:]
+    read_back = shop.admin("GET", "/credentials/woocommerce").get_data(as_text=True)
+    assert CONSUMER_KEY not in read_back and CONSUMER_SECRET not in read_back
     run_pending(app)
     assert {w["topic"] for w in fake_shop.webhooks.values()} == TOPICS
     before = dict(fake_shop.webhooks)
