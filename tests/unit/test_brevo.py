@@ -95,3 +95,15 @@ def test_calls_leave_the_loggers_as_they_were(brevo: FakeBrevo) -> None:
     for _ in range(3):
         BrevoMailer(CONFIG, brevo.host).send(MAIL)
     assert {name: logging.getLogger(name).handlers for name in handlers} == handlers
+
+
+def test_a_mail_jobs_idempotency_key_is_its_own_in_every_store() -> None:
+    """Stores (of one instance or several) may send through one Brevo account: a key made
+    of the job id alone would make Brevo drop another store's mail as a duplicate of this."""
+    from connector.mail.service import idempotency_key
+    from connector.models import Store
+
+    shop, other = Store(public_id="st_shop"), Store(public_id="st_other")
+    assert idempotency_key(shop, 7) == idempotency_key(shop, 7)  # every attempt alike
+    keys = {idempotency_key(shop, 7), idempotency_key(other, 7), idempotency_key(shop, 8)}
+    assert len(keys) == 3
