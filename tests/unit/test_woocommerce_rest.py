@@ -320,3 +320,82 @@ def test_a_byte_order_mark_a_wordpress_file_prints_before_the_json_is_read_past(
     with pytest.raises(ShopRejected) as caught:
         client.get_order("7")
     assert caught.value.code == "woocommerce_rest_shop_order_invalid_id"
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+@responses.activate
+def test_every_busy_or_broken_shop_answer_is_unavailable(
+    client: WooCommerceClient, status: int
+) -> None:
+    """Rate limits and every 5xx (a plain 500, a 503 during maintenance) are "try again
+    later": taken for a refusal, an order note or a refund read would never be retried."""
+    responses.get(f"{API}/orders/1", status=status, json={"code": "busy"})
+    with pytest.raises(ShopUnavailable):
+        client.get_order("1")
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 409, 410, 499])
+@responses.activate
+def test_every_other_client_error_is_rejected(client: WooCommerceClient, status: int) -> None:
+    """The 4xx other than 429 are the shop's answer, the same on every attempt: a refusal,
+    with its status and code, not an outage to retry for ever."""
+    responses.get(f"{API}/orders/1", status=status, json={"code": "woocommerce_rest_no"})
+    with pytest.raises(ShopRejected) as caught:
+        client.get_order("1")
+    assert (caught.value.status, caught.value.code) == (status, "woocommerce_rest_no")
+
+
+@responses.activate
+def test_full_pages_without_total_pages_are_read_on(
+    client: WooCommerceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy or plugin that drops X-WP-TotalPages: a full page is no sign of the end (only
+    a short one is), so the orders past the first page are still read."""
+    monkeypatch.setattr("plugin.woocommerce.rest.PER_PAGE", 2)
+    start = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+    orders = [
+        {"id": n, "date_modified_gmt": (start + dt.timedelta(seconds=n)).isoformat()[:19]}
+        for n in range(1, 6)
+    ]
+
+    def listing(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(request.url or "").query).items()}
+        matching = [o for o in orders if o["date_modified_gmt"] > query["modified_after"]]
+        page = int(query["page"])
+        return 200, {}, json.dumps(matching[(page - 1) * 2 : page * 2])
+
+    responses.add_callback(responses.GET, f"{API}/orders", callback=listing)
+    assert [o["id"] for o in client.orders_modified_after(start)] == [1, 2, 3, 4, 5]
+
+
+@responses.activate
+def test_an_order_changed_again_during_the_listing_is_listed_again(
+    client: WooCommerceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order read on one page and changed before a later one is read (refunded, say) is
+    listed again with its new date: each change once, not each order once, or that change
+    would wait for another run."""
+    monkeypatch.setattr("plugin.woocommerce.rest.PER_PAGE", 2)
+    start = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+
+    def at(seconds: int) -> str:
+        return (start + dt.timedelta(seconds=seconds)).isoformat()[:19]
+
+    orders = {n: {"id": n, "date_modified_gmt": at(n)} for n in range(1, 5)}
+    requests_seen = iter(range(100))
+
+    def listing(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        if next(requests_seen) == 1:  # order 1 changes after the first page was read
+            orders[1] = {"id": 1, "date_modified_gmt": at(30), "status": "refunded"}
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(request.url or "").query).items()}
+        matching = sorted(
+            (o for o in orders.values() if o["date_modified_gmt"] > query["modified_after"]),
+            key=lambda o: o["date_modified_gmt"],
+        )
+        page = int(query["page"])
+        pages = str(max(1, -(-len(matching) // 2)))
+        return 200, {"X-WP-TotalPages": pages}, json.dumps(matching[(page - 1) * 2 : page * 2])
+
+    responses.add_callback(responses.GET, f"{API}/orders", callback=listing)
+    listed = [(o["id"], o.get("status")) for o in client.orders_modified_after(start)]
+    assert listed == [(1, None), (2, None), (3, None), (4, None), (1, "refunded")]
