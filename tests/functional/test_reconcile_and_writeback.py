@@ -525,6 +525,47 @@ def test_write_back_finds_a_note_posted_before_a_crash(
         )
 
 
+def test_a_note_written_before_needs_no_shop_to_be_done_again(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A re-run of a note job whose note Keygate recorded as written asks the shop nothing:
+    while the shop is down it is done at once, not retried until it dies in the outbox,
+    and the note the owner may have deleted in the shop since is not posted again."""
+    shop.configure(501)
+    order = wc_order(9703, "processing", [line_item(501)])
+    connected.orders[9703] = order
+    connected.deliver(shop.client, "order.created", order)
+    run_pending(app)
+    assert len(connected.notes[9703]) == 1
+    connected.notes[9703] = []  # deleted by the owner in the shop
+    connected.down = True
+    with app.app_context():
+        job = db.session.execute(select(Job).where(Job.kind == "shop.order_note")).scalar_one()
+        enqueue(db.session, "shop.order_note", dict(job.payload))
+        db.session.commit()
+    run_pending(app)
+    connected.down = False
+    run_pending(app)
+    with app.app_context():
+        jobs = db.session.execute(
+            select(Job.status, Job.attempts).where(Job.kind == "shop.order_note").order_by(Job.id)
+        ).all()
+        assert [tuple(j) for j in jobs] == [("done", 1), ("done", 1)]
+    assert connected.notes[9703] == []
+
+
+def test_each_issuance_of_an_order_has_a_note_reference_of_its_own() -> None:
+    """The note's reference names the issuance's licenses and download grants alike: a
+    download added to an order later (no license either time) gets a note of its own, not
+    taken for the first one's."""
+    from connector.orders.writeback import note_marker
+
+    first = {"order_id": 7, "license_ids": [], "grant_ids": [1]}
+    assert note_marker(first) != note_marker({**first, "grant_ids": [2]})
+    assert note_marker(first) != note_marker({**first, "license_ids": [3]})
+    assert note_marker(first) == note_marker({"order_id": 7, "grant_ids": [1]})
+
+
 def test_periodic_reconcile_schedules_its_next_run_even_when_the_shop_is_down(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
