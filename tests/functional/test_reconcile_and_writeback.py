@@ -678,6 +678,29 @@ def _reconciled_until(app: Flask, shop: WebhookSender) -> dt.datetime | None:
         return connection_of(db.session, store).reconciled_until
 
 
+def test_a_first_run_reads_the_last_week(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """The first reconciliation of a store (nothing read before) fulfils the orders changed
+    in the week before it connected: an order paid days before the key was given is not
+    lost for want of a webhook Keygate had not registered yet."""
+    shop.configure(501)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    days_ago = (now - dt.timedelta(days=6)).replace(tzinfo=None).isoformat()
+    connected.orders[9660] = dict(
+        wc_order(9660, "processing", [line_item(501)]),
+        date_modified_gmt=days_ago,
+        date_modified=days_ago,
+    )
+    with app.app_context(), transaction() as session:
+        store = session.get(Store, shop.store.store.id)
+        assert store is not None
+        connection_of(session, store).reconciled_until = None
+    result = reconcile(app, shop)
+    assert abs(result.since - (now - dt.timedelta(days=7))) < dt.timedelta(minutes=1)
+    assert len(shop.order(9660)["licenses"]) == 1
+
+
 def test_a_reconcile_waiting_on_the_shop_holds_no_database_lock(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
