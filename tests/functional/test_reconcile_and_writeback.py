@@ -589,6 +589,33 @@ def test_periodic_reconcile_schedules_its_next_run_even_when_the_shop_is_down(
         assert "503" in (connection.last_error or "")
 
 
+def test_a_one_off_reconcile_the_shop_was_down_for_is_retried(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A reconciliation queued once (for a delivery refused unread: its body over the
+    limit) has no next periodic run to stand in for it: a shop down then retries it, and
+    the order that delivery carried is fulfilled once the shop answers."""
+    shop.configure(501)
+    connected.orders[9704] = touched_now(wc_order(9704, "processing", [line_item(501)]))
+    connected.down = True
+    with app.app_context():
+        enqueue(db.session, "shop.reconcile", {"store_id": shop.store.store.id})
+        db.session.commit()
+    run_pending(app)
+    with app.app_context():
+        job = db.session.scalars(
+            select(Job).where(Job.kind == "shop.reconcile").order_by(Job.id.desc())
+        ).first()
+        assert job is not None
+        assert (job.status, job.attempts) == ("pending", 1)
+        assert "503" in (job.last_error or "")
+        job.run_after = dt.datetime.now(dt.UTC)
+        db.session.commit()
+    connected.down = False
+    run_pending(app)
+    assert len(shop.order(9704)["licenses"]) == 1
+
+
 def test_an_ended_chain_of_periodic_runs_is_restarted_once(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
