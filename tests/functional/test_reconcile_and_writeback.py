@@ -1050,6 +1050,39 @@ def test_a_run_the_shop_cuts_off_keeps_what_it_read(
     assert all(len(shop.order(9650 + n)["licenses"]) == 1 for n in range(6))
 
 
+def test_a_run_cut_off_before_it_lists_the_paid_orders_moves_nothing(
+    app: Flask, shop: WebhookSender, connected: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trashed orders are listed first: a shop that cuts the run off during that
+    listing has not been asked for the other orders at all, so how far the trashed ones
+    were read says nothing of them. reconciled_until stays, and an order paid before the
+    trashed ones were changed is fulfilled by the next run."""
+    monkeypatch.setattr(rest, "PER_PAGE", 2)
+    shop.configure(501)
+    connected.orders[9680] = wc_order(9680, "processing", [line_item(501)], modified=100)
+    for n in range(3):
+        connected.orders[9681 + n] = wc_order(9681 + n, "trash", modified=2000 + n)
+    watermark = dt.datetime(2026, 11, 20, 11, 50, tzinfo=dt.UTC) + SHIFT
+    _set_reconciled_until(app, shop, watermark)
+    orders = connected._orders
+
+    def times_out_in_the_trash(
+        method: str, rest_: list[str], query: dict[str, str], body: Any
+    ) -> Any:
+        late = query.get("modified_after", "") >= wc_time(2000)
+        if not rest_ and query.get("status") == "trash" and late:
+            return 504, {"Content-Type": "text/html"}, "<h1>Gateway Timeout</h1>"
+        return orders(method, rest_, query, body)
+
+    connected._orders = times_out_in_the_trash  # type: ignore[method-assign]
+    with pytest.raises(rest.ShopUnavailable):
+        reconcile(app, shop)
+    assert _reconciled_until(app, shop) == watermark
+    connected._orders = orders  # type: ignore[method-assign]
+    reconcile(app, shop)
+    assert len(shop.order(9680)["licenses"]) == 1
+
+
 def test_webhooks_delivering_to_an_old_address_are_shown_not_moved(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
