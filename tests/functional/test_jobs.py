@@ -125,6 +125,25 @@ def test_failures_retry_with_backoff_then_die(app: Flask) -> None:
     assert len(CALLS) == max_attempts
 
 
+def test_retrying_a_job_no_longer_dead_changes_nothing(app: Flask) -> None:
+    """The owner's second click (or a second admin's), landing after the first retry's
+    job was claimed by a worker, neither resets that running attempt (a second worker would
+    run it beside the first) nor says it retried it."""
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.ok", {})
+        session.flush()
+        row = session.execute(select(Job)).scalar_one()
+        row.status, row.attempts, row.locked_until = "running", 1, utcnow() + jobs.LEASE
+    with app.app_context(), transaction() as session:
+        row = session.execute(select(Job)).scalar_one()
+        assert not jobs.retry_dead(session, row, store_id=None, actor="owner")
+    with app.app_context():
+        row = db.session.execute(select(Job)).scalar_one()
+        assert (row.status, row.attempts) == ("running", 1)
+        retried = select(AuditEvent).where(AuditEvent.action == "job.retried")
+        assert db.session.scalars(retried).all() == []
+
+
 def test_backoff_grows_and_is_capped() -> None:
     assert [jobs.backoff(n).total_seconds() for n in (1, 2, 3)] == [5, 10, 20]
     assert jobs.backoff(30).total_seconds() == 3600
