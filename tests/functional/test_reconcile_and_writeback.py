@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask import Flask
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select, text, update
 
 from connector.db import db, transaction
 from connector.jobs import enqueue, run_pending
@@ -1201,6 +1201,35 @@ def test_a_note_the_shop_refused_for_its_key_is_written_once_the_owner_gives_a_n
         assert [(e.actor, e.detail) for e in retried] == [
             ("keygate", {"kind": "shop.order_note", "reason": "shop key saved"})
         ]
+
+
+def test_a_note_waiting_out_its_backoff_for_a_refused_key_is_written_at_once_with_a_new_one(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A note the shop refused for the store's key, not given up on yet but waiting for its
+    next attempt (up to an hour later), is written as soon as the owner saves a new key:
+    the buyer does not wait on the backoff of a key that is fixed."""
+    shop.configure(501)
+    connected.consumer_key, connected.consumer_secret = NEW_KEY, NEW_SECRET  # old key revoked
+    order = wc_order(9803, "processing", [line_item(501)])
+    connected.orders[9803] = order
+    connected.deliver(shop.client, "order.created", order)
+    run_pending(app)
+    ((status, error),) = _note_jobs(app)
+    assert status == "pending" and "HTTP 401" in str(error)
+    with app.app_context(), transaction() as session:
+        session.execute(
+            update(Job)
+            .where(Job.kind == "shop.order_note")
+            .values(run_after=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+        )
+    saved = shop.admin(
+        "PUT", "/credentials/woocommerce", {"consumer_key": NEW_KEY, "consumer_secret": NEW_SECRET}
+    )
+    assert saved.status_code == 200
+    run_pending(app)
+    assert [status for status, _ in _note_jobs(app)] == ["done"]
+    assert len(connected.notes[9803]) == 1
 
 
 def test_a_refund_left_unapplied_without_a_key_is_applied_once_the_shop_is_connected(
