@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -477,6 +478,40 @@ def test_deliveries_signed_with_the_replaced_secret_are_taken_until_its_webhooks
     with app.app_context():
         assert _store(app, shop).previous_webhook_secret is None
     assert shop.deliver(order, secret=old_secret).status_code == 401
+
+
+def test_a_registration_retried_within_the_grace_keeps_the_secret_the_shop_signs_with(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-registration the shop cuts off before any new webhook is recorded is retried
+    while the old secret's grace lasts: it makes no newer secret (which would push out the
+    one the shop's webhooks still sign with), so the shop's deliveries are still taken."""
+    import connector.vault.connection as connection
+    from plugin.woocommerce.rest import ShopUnavailable, WooCommerceClient
+
+    connect_store(app, shop, fake_shop)
+    with app.app_context():
+        old_secret = _store(app, shop).webhook_secret
+
+    def shop_down(*args: object, **kwargs: object) -> dict[str, Any]:
+        raise ShopUnavailable("the shop went down before creating the new webhooks")
+
+    monkeypatch.setattr(WooCommerceClient, "create_webhook", shop_down)
+    with app.app_context():
+        connection.start_connection_jobs(db.session, _store(app, shop))  # as a reconnection
+        db.session.commit()
+    run_pending(app)
+    with app.app_context():
+        made = _store(app, shop).webhook_secret
+        assert made != old_secret
+        for job in db.session.scalars(select(Job).where(Job.kind == connection.REGISTER_JOB)):
+            job.run_after = dt.datetime.now(dt.UTC)  # its backoff, passed
+        db.session.commit()
+    run_pending(app)  # retried, the shop still down
+    with app.app_context():
+        store = _store(app, shop)
+        assert (store.webhook_secret, store.previous_webhook_secret) == (made, old_secret)
+    assert shop.deliver(wc_order(9901, "processing"), secret=old_secret).status_code == 200
 
 
 def test_a_secret_replaced_as_leaked_is_refused_at_once_while_webhooks_are_made_anew(
