@@ -31,7 +31,7 @@ from connector.vault.connection import TOPICS, connection_of, shop_client_for
 from plugin.woocommerce import rest
 from tests.factories import SHIFT, WebhookSender, line_item, shifted, wc_order, wc_time
 from tests.licensing_helpers import call
-from tests.wc_rest import FakeShop, auth_callback_body, connect_store, fake_shop
+from tests.wc_rest import FakeShop, auth_callback_body, connect_store, error, fake_shop
 
 __all__ = ["fake_shop"]
 
@@ -1203,30 +1203,41 @@ def test_a_note_the_shop_refused_for_its_key_is_written_once_the_owner_gives_a_n
         ]
 
 
+@pytest.mark.parametrize("refusal", [401, 403])
 def test_a_note_waiting_out_its_backoff_for_a_refused_key_is_written_at_once_with_a_new_one(
-    app: Flask, shop: WebhookSender, connected: FakeShop
+    app: Flask, shop: WebhookSender, connected: FakeShop, refusal: int
 ) -> None:
-    """A note the shop refused for the store's key, not given up on yet but waiting for its
-    next attempt (up to an hour later), is written as soon as the owner saves a new key:
-    the buyer does not wait on the backoff of a key that is fixed."""
+    """A note the shop refused for the store's key (revoked: 401; read-only: 403), not
+    given up on yet but waiting for its next attempt (up to an hour later), is written as
+    soon as the owner saves a key that may write: the buyer does not wait on the backoff of
+    a key that is fixed."""
     shop.configure(501)
-    connected.consumer_key, connected.consumer_secret = NEW_KEY, NEW_SECRET  # old key revoked
+    orders = connected._orders
+    read_only = [refusal == 403]
+
+    def refuses_writes(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
+        if read_only[0] and method == "POST":
+            return error(403, "woocommerce_rest_cannot_create", "Sorry, you cannot create.")
+        return orders(method, rest_, query, body)
+
+    connected._orders = refuses_writes  # type: ignore[method-assign]
+    if refusal == 401:
+        connected.consumer_key, connected.consumer_secret = NEW_KEY, NEW_SECRET  # revoked
     order = wc_order(9803, "processing", [line_item(501)])
     connected.orders[9803] = order
     connected.deliver(shop.client, "order.created", order)
     run_pending(app)
-    ((status, error),) = _note_jobs(app)
-    assert status == "pending" and "HTTP 401" in str(error)
+    ((status, last_error),) = _note_jobs(app)
+    assert status == "pending" and f"HTTP {refusal}" in str(last_error)
     with app.app_context(), transaction() as session:
         session.execute(
             update(Job)
             .where(Job.kind == "shop.order_note")
             .values(run_after=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
         )
-    saved = shop.admin(
-        "PUT", "/credentials/woocommerce", {"consumer_key": NEW_KEY, "consumer_secret": NEW_SECRET}
-    )
-    assert saved.status_code == 200
+    read_only[0] = False  # the owner gave the key the right to write, or a new key
+    key = {"consumer_key": connected.consumer_key, "consumer_secret": connected.consumer_secret}
+    assert shop.admin("PUT", "/credentials/woocommerce", key).status_code == 200
     run_pending(app)
     assert [status for status, _ in _note_jobs(app)] == ["done"]
     assert len(connected.notes[9803]) == 1
