@@ -824,6 +824,21 @@ def test_a_run_from_a_later_date_leaves_the_unread_gap_to_the_next_run(
     assert len(shop.order(9620)["licenses"]) == 1
 
 
+def test_a_run_from_an_earlier_date_never_moves_reconciled_until_back(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """`keygate reconcile --since <earlier than reconciled_until>` reads the old orders
+    again; what the periodic runs had read stays read (the next one does not start over
+    from the old orders' dates)."""
+    shop.configure(501)
+    ahead = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
+    _set_reconciled_until(app, shop, ahead)
+    connected.orders[9622] = wc_order(9622, modified=60)
+    reconcile(app, shop, since=(dt.datetime(2026, 11, 20, 11, 0, tzinfo=dt.UTC) + SHIFT))
+    assert len(shop.order(9622)["licenses"]) == 1
+    assert _reconciled_until(app, shop) == ahead
+
+
 def test_one_order_dated_in_the_future_hides_no_later_order(
     app: Flask, shop: WebhookSender, connected: FakeShop, caplog: pytest.LogCaptureFixture
 ) -> None:
