@@ -21,6 +21,7 @@ from tests.wc_rest import (
     FakeShop,
     auth_callback_body,
     connect_store,
+    error,
     fake_shop,
 )
 
@@ -274,6 +275,32 @@ def test_a_shop_gone_for_good_is_disconnected_when_the_owner_says_so(
             select(AuditEvent).where(AuditEvent.action == "shop.disconnected")
         ).one()
         assert entry.detail["shop_gone"] is True
+
+
+def test_a_shop_gone_for_good_that_refuses_deletions_is_disconnected_all_the_same(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A shop that lists its webhooks but refuses to delete them (a security plugin's 405):
+    a plain disconnect changes nothing and says so; with ?shop_gone=true the key is
+    forgotten and the webhooks are named as left there."""
+    connect_store(app, shop, fake_shop)
+    in_shop = sorted(str(w) for w in fake_shop.webhooks)
+    webhooks = fake_shop._webhooks
+
+    def no_deletions(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
+        if method == "DELETE":
+            return error(405, "rest_no_route", "No route was found matching the URL.")
+        return webhooks(method, rest_, query, body)
+
+    fake_shop._webhooks = no_deletions  # type: ignore[method-assign]
+    refused = shop.admin("DELETE", "/connection")
+    assert refused.status_code == 503
+    assert shop.admin("GET", "/connection").get_json()["status"] == "connected"
+    response = shop.admin("DELETE", "/connection?shop_gone=true")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["webhooks_deleted"] == []
+    assert sorted(response.get_json()["webhooks_left"]) == in_shop
+    assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
 
 
 def test_disconnect_after_the_owner_revoked_the_key_in_the_shop_forgets_it(
@@ -637,6 +664,20 @@ def test_a_token_with_half_a_surrogate_pair_is_an_invalid_link(app: Flask) -> No
             loads(DOWNLOAD, "\ud800.abc")
         with pytest.raises(LinkInvalid):
             loads_timed(CONNECT_STATE, "\ud800.abc", None)
+
+
+def test_a_link_made_while_connected_does_not_reconnect_after_a_disconnect(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A wc-auth link opened while the store was connected (never used) is no good after
+    the owner disconnects: replayed from a browser's history, it would connect the store
+    again with whatever key it carries."""
+    connect_store(app, shop, fake_shop)
+    path, state = _state(shop)
+    assert shop.admin("DELETE", "/connection").status_code == 200
+    replay = shop.client.post(path, json=auth_callback_body(state))
+    assert replay.status_code == 403
+    assert shop.admin("GET", "/connection").get_json()["status"] == "disconnected"
 
 
 def test_a_new_stores_repr_shows_neither_token_nor_secret(app: Flask) -> None:
