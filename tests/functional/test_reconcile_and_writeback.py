@@ -824,6 +824,23 @@ def test_a_run_from_a_later_date_leaves_the_unread_gap_to_the_next_run(
     assert len(shop.order(9620)["licenses"]) == 1
 
 
+def test_a_first_run_the_shop_cuts_off_leaves_nothing_read(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A store's first run (`keygate reconcile --since` a day ago) that the shop cuts off
+    before listing anything has read nothing: reconciled_until stays unset, and the next
+    run looks back the whole week, not only from that day."""
+    with app.app_context(), transaction() as session:
+        store = session.get(Store, shop.store.store.id)
+        assert store is not None
+        connection_of(session, store).reconciled_until = None
+    connected.down = True
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    with pytest.raises(rest.ShopUnavailable):
+        reconcile(app, shop, since=since, check_hooks=False)
+    assert _reconciled_until(app, shop) is None
+
+
 def test_a_run_from_an_earlier_date_never_moves_reconciled_until_back(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
