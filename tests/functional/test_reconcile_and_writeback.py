@@ -616,6 +616,24 @@ def test_a_one_off_reconcile_the_shop_was_down_for_is_retried(
     assert len(shop.order(9704)["licenses"]) == 1
 
 
+def test_the_only_periodic_run_queues_the_next_though_the_shop_is_down(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """The chain of periodic runs is carried by each run: the one run queued, failing on a
+    shop that is down, still queues the next (none other is queued to stand in for it)."""
+    with app.app_context(), transaction() as session:
+        session.execute(delete(Job).where(Job.kind == "shop.reconcile"))
+        enqueue(session, "shop.reconcile", {"store_id": shop.store.store.id, "periodic": True})
+    connected.down = True
+    run_pending(app)
+    with app.app_context():
+        jobs = db.session.execute(
+            select(Job.status, Job.run_after).where(Job.kind == "shop.reconcile")
+        ).all()
+    assert sorted(status for status, _ in jobs) == ["done", "pending"]
+    assert max(run_after for _, run_after in jobs) > dt.datetime.now(dt.UTC)
+
+
 def test_an_ended_chain_of_periodic_runs_is_restarted_once(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
@@ -1113,6 +1131,33 @@ def test_a_run_cut_off_before_it_lists_the_paid_orders_moves_nothing(
     connected._orders = orders  # type: ignore[method-assign]
     reconcile(app, shop)
     assert len(shop.order(9680)["licenses"]) == 1
+
+
+def test_an_order_whose_refunds_the_shop_cut_off_is_not_counted_as_read(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A run cut off while it reads an order's refunds has not applied that order:
+    reconciled_until moves up to the order before it, not past it."""
+    shop.configure(501)
+    connected.orders[9690] = wc_order(9690, "completed", [line_item(501)], modified=100)
+    refunded = wc_order(9691, "completed", [line_item(501, quantity=2, line_id=78)])
+    connected.orders[9691] = refunded
+    connected.add_refund(9691, line_id=78, quantity=1, amount="49.00")
+    refunded["date_modified_gmt"] = refunded["date_modified"] = wc_time(101)
+    _set_reconciled_until(app, shop, (dt.datetime(2026, 11, 20, 11, 50, tzinfo=dt.UTC) + SHIFT))
+    orders = connected._orders
+
+    def refunds_time_out(method: str, rest_: list[str], query: dict[str, str], body: Any) -> Any:
+        if rest_ == ["9691", "refunds"]:
+            return 504, {"Content-Type": "text/html"}, "<h1>Gateway Timeout</h1>"
+        return orders(method, rest_, query, body)
+
+    connected._orders = refunds_time_out  # type: ignore[method-assign]
+    with pytest.raises(rest.ShopUnavailable):
+        reconcile(app, shop)
+    assert _reconciled_until(app, shop) == (
+        dt.datetime(2026, 11, 20, 12, 1, 40, tzinfo=dt.UTC) + SHIFT
+    )
 
 
 def test_webhooks_delivering_to_an_old_address_are_shown_not_moved(
