@@ -634,6 +634,25 @@ def test_the_only_periodic_run_queues_the_next_though_the_shop_is_down(
     assert max(run_after for _, run_after in jobs) > dt.datetime.now(dt.UTC)
 
 
+def test_two_orders_asked_about_for_the_same_reason_are_each_read(
+    app: Flask, shop: WebhookSender, connected: FakeShop
+) -> None:
+    """A re-read is asked once per order and question: two orders changed in the same
+    second (each a delivery Keygate cannot be sure is the order as it is now) are both
+    read, not one taken for the other's."""
+    from connector.orders.reconcile import REFRESH_JOB, enqueue_refresh
+
+    reason = f"same-second@{wc_time(100)}"
+    with app.app_context(), transaction() as session:
+        store = session.get(Store, shop.store.store.id)
+        assert store is not None
+        for shop_order_id in ("9705", "9706", "9705"):
+            enqueue_refresh(session, store, shop_order_id, reason, refunds=False)
+    with app.app_context():
+        queued = db.session.scalars(select(Job.payload).where(Job.kind == REFRESH_JOB)).all()
+    assert sorted(p["shop_order_id"] for p in queued) == ["9705", "9706"]
+
+
 def test_an_ended_chain_of_periodic_runs_is_restarted_once(
     app: Flask, shop: WebhookSender, connected: FakeShop
 ) -> None:
