@@ -73,3 +73,17 @@ def test_a_store_admin_cannot_open_another_stores_jobs_by_filter(app: Flask, two
     page = store_admin(app, two.mine.store.store.id).get(f"/admin/outbox?store={theirs}")
     assert page.status_code == 200
     assert retry not in page.get_data(as_text=True)
+
+
+def test_a_store_admins_audit_filter_offers_only_its_own_stores_actions(
+    app: Flask, two: Two
+) -> None:
+    """The audit page's list of actions to filter by is of the entries the admin may see:
+    not another store's (a release it published) nor every store's sign-ins."""
+    owner = signed_in_owner(app).get("/admin/audit").get_data(as_text=True)
+    for action in ("release.published", "admin.login"):
+        assert f'<option value="{action}"' in owner
+    page = store_admin(app, two.mine.store.store.id).get("/admin/audit")
+    assert page.status_code == 200
+    for action in ("release.published", "admin.login"):
+        assert f'<option value="{action}"' not in page.get_data(as_text=True), action
