@@ -9,7 +9,8 @@ from flask import Flask
 
 from connector.db import db
 from connector.models import Activation
-from tests.functional.test_admin_licenses_pages import post
+from tests.factories import WebhookSender
+from tests.functional.test_admin_licenses_pages import _watermarked_copy, order_pk, post, upload
 from tests.functional.test_admin_pages import csrf_token, signed_in_owner, store_admin
 from tests.functional.test_store_isolation import Two, _ids, two
 
@@ -87,3 +88,13 @@ def test_a_store_admins_audit_filter_offers_only_its_own_stores_actions(
     assert page.status_code == 200
     for action in ("release.published", "admin.login"):
         assert f'<option value="{action}"' not in page.get_data(as_text=True), action
+
+
+def test_a_store_admin_identifies_a_copy_of_its_own_store(app: Flask, shop: WebhookSender) -> None:
+    """The leak lookup of an admin of one store looks in that store (another store's copy
+    is 404: ``test_a_store_admin_learns_nothing_from_another_stores_copy``), and finds it."""
+    copy = _watermarked_copy(app, shop, 9640)
+    client = store_admin(app, shop.store.store.id)
+    found = upload(client, csrf_token(client, "/admin/leaks"), copy)
+    assert found.status_code == 200, found.get_data(as_text=True)
+    assert f'href="/admin/orders/{order_pk(app, 9640)}"' in found.get_data(as_text=True)
