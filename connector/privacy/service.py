@@ -501,22 +501,34 @@ PURGE_BATCH = 5000
 
 
 def delete_in_batches(session: Session, model: Any, *where: Any) -> int:
-    """Delete the rows of ``model`` that ``where`` selects, :data:`PURGE_BATCH` at a time,
-    each batch committed; returns how many. The first purge of an old shop's records (or
-    after the owner shortens a retention) deletes millions of rows: in one transaction it
-    held SQLite's only write lock for longer than a webhook or an activation waits for it
-    (``busy_timeout``), and they failed. Records past their retention stay deletable, so a
-    purge stopped half-way simply goes on the next day."""
-    total = 0
+    """Delete the rows of ``model`` that ``where`` selects, in the order of their ids,
+    :data:`PURGE_BATCH` at a time, each batch committed; returns how many. The first purge
+    of an old shop's records (or after the owner shortens a retention) deletes millions of
+    rows: in one transaction it held SQLite's only write lock for longer than a webhook or an
+    activation waits for it (``busy_timeout``), and they failed. Records past their retention
+    stay deletable, so a purge stopped half-way simply goes on the next day.
+
+    Each batch starts after the last id of the one before: rows that are kept (done jobs a
+    mail still refers to, open refund notices) are read once, not once per batch."""
+    total, after = 0, 0
     while True:
-        batch = select(model.id).where(*where).limit(PURGE_BATCH).scalar_subquery()
+        # The id that ends this batch: none when fewer than a batch are left.
+        last = session.scalar(
+            select(model.id)
+            .where(model.id > after, *where)
+            .order_by(model.id)
+            .offset(PURGE_BATCH - 1)
+            .limit(1)
+        )
+        batch = [model.id > after] if last is None else [model.id > after, model.id <= last]
         result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
-            delete(model).where(model.id.in_(batch)).execution_options(synchronize_session=False)
+            delete(model).where(*batch, *where).execution_options(synchronize_session=False)
         )
         session.commit()
         total += result.rowcount
-        if result.rowcount < PURGE_BATCH:
+        if last is None:
             return total
+        after = last
 
 
 # Rows a retention purge reads, changes and commits at a time: whole rows, into memory.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import event, func, insert, select, text, update
 
 import connector.privacy.service as privacy
 from connector.db import db, transaction, utcnow
@@ -170,6 +170,32 @@ def test_the_purge_deletes_an_old_shops_records_a_committed_batch_at_a_time(
             assert steps[at + 1] == "commit", steps  # each batch committed before the next
     with app.app_context():
         assert db.session.execute(select(WebhookDelivery)).first() is None
+
+
+def test_the_purge_reads_the_rows_it_keeps_once_not_once_per_batch(
+    app: Flask, new_store: NewStore, monkeypatch: pytest.MonkeyPatch, postgresql: None
+) -> None:
+    """Jobs the purge keeps (done within the retention, or long ago but a mail refers to
+    them) lie among those it deletes. Each batch looked for the next rows to delete from the
+    first job on, reading the kept ones again: a purge of many batches read each kept job
+    once per batch. Each batch now starts where the one before ended."""
+    monkeypatch.setattr(privacy, "PURGE_BATCH", 2, raising=False)
+    old, recent = utcnow() - dt.timedelta(days=400), utcnow()
+    done = {"kind": "housekeeping", "payload": {}, "status": "done"}
+    with app.app_context(), transaction() as session:
+        session.execute(insert(Job), [{**done, "finished_at": recent}] * 3000)
+        session.execute(insert(Job), [{**done, "finished_at": old}] * 5)
+        session.execute(text("ANALYZE jobs"))
+
+    nodes = plan_of(app, purge_expired_records, last_on="jobs")
+    read = sum(
+        n["Actual Loops"] * (n["Actual Rows"] + n.get("Rows Removed by Filter", 0))
+        for n in nodes
+        if n.get("Relation Name") == "jobs"
+    )
+    assert read < 100, nodes
+    with app.app_context():
+        assert db.session.scalars(select(func.count(Job.id))).one() == 3000
 
 
 def test_a_licenses_links_are_found_by_its_index(
