@@ -170,13 +170,15 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
     with_key = and_(WatermarkCopy.kind == "zip", WatermarkCopy.stamp_version == 1)
     # A batch at a time, each committed (as the records, see delete_in_batches): the first
     # purge of an old shop's copies, all of whose links have long expired, is not one
-    # transaction holding SQLite's write lock.
-    removed = 0
+    # transaction holding SQLite's write lock. Each batch starts after the last copy of the
+    # one before: copies of live links are read once, not once per batch.
+    removed, after = 0, 0
     while True:
         batch = session.scalars(
             select(WatermarkCopy.id)
             .join(DownloadGrant, WatermarkCopy.grant_id == DownloadGrant.id)
-            .where(or_(ended, not_made_any_more, with_key))
+            .where(WatermarkCopy.id > after, or_(ended, not_made_any_more, with_key))
+            .order_by(WatermarkCopy.id)
             .limit(COPY_BATCH)
         ).all()
         if batch:
@@ -184,12 +186,13 @@ def purge_download_log(session: Session, now: dt.datetime) -> dict[str, int]:
             session.commit()
         if len(batch) < COPY_BATCH:
             break
+        after = batch[-1]
     # Copies are read (and those found stale named by id, never more than a statement may
     # carry: 65535 on PostgreSQL) a batch at a time: however many there are, every copy once
     # how a buyer is hashed changes, only a batch's buyers are in memory.
-    after: int | None = 0
-    while after is not None:
-        after, stale = _naming_someone_else(session, after)
+    next_after: int | None = 0
+    while next_after is not None:
+        next_after, stale = _naming_someone_else(session, next_after)
         if stale:
             removed += _delete_copies(session, WatermarkCopy.id.in_(stale))
             session.commit()

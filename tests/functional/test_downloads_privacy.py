@@ -705,3 +705,45 @@ def test_the_daily_purge_deletes_an_old_shops_copies_a_committed_batch_at_a_time
             assert steps[at + 1] == "commit", steps  # each batch committed before the next
     with app.app_context():
         assert db.session.execute(select(WatermarkCopy)).first() is None
+
+
+def test_the_daily_purge_reads_the_copies_it_keeps_once_not_once_per_batch(
+    app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """Copies of live links (kept) lie among those of ended ones. Each batch looked for the
+    next copies to delete from the first copy on, reading the kept ones again: once per
+    batch. Each batch now starts after the last copy of the one before."""
+    import connector.downloads.privacy as downloads_privacy
+    from tests.functional.test_big_tables import plan_of
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("plans are PostgreSQL's")
+    monkeypatch.setattr(downloads_privacy, "COPY_BATCH", 2, raising=False)
+    _thirteen_copies(app, shop, 7945)
+    with app.app_context():
+        ids = list(db.session.scalars(select(WatermarkCopy.id).order_by(WatermarkCopy.id)))
+        ended = select(WatermarkCopy.grant_id).where(WatermarkCopy.id.in_(ids[9:]))
+        db.session.execute(
+            update(DownloadGrant)
+            .where(DownloadGrant.id.in_(ended))
+            .values(expires_at=utcnow() - dt.timedelta(days=1))
+        )
+        db.session.commit()
+    # The copies naming someone else are read after: not this walk's.
+    monkeypatch.setattr(downloads_privacy, "_naming_someone_else", lambda *_: (None, []))
+
+    nodes = plan_of(
+        app,
+        lambda session: downloads_privacy.purge_download_log(session, utcnow()),
+        index_scans=True,
+        last_on="watermark_copies JOIN",
+    )
+    read = sum(
+        n["Actual Loops"] * (n["Actual Rows"] + n.get("Rows Removed by Filter", 0))
+        for n in nodes
+        if n.get("Relation Name") == "watermark_copies"
+    )
+    assert read == 0, nodes
+    with app.app_context():
+        left = list(db.session.scalars(select(WatermarkCopy.id).order_by(WatermarkCopy.id)))
+    assert left == ids[:9]
