@@ -690,10 +690,17 @@ STORE_FORM = {
 }
 
 
+# The store form's number fields, as its labels name them (and the range the page shows).
+NUMBER_FIELDS = {
+    "key_groups": "Key groups must be a whole number, 2 to 8",
+    "key_group_length": "Characters per group must be a whole number, 3 to 10",
+}
+
+
 def _form_number(values: dict[str, str], name: str) -> int:
     number = whole_number(values[name])
     if number is None:
-        raise ValidationFailed(f"{name} must be a whole number", field=name)
+        raise ValidationFailed(NUMBER_FIELDS[name], field=name)
     return number
 
 
