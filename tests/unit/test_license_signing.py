@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import json
 import time
 from email.utils import parsedate_to_datetime
 
@@ -14,7 +15,7 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.client import LicenseFileError, SignatureError, verify_license_file, verify_response
-from connector.licensing.files import build_license_file, file_expiry
+from connector.licensing.files import BEGIN, END, build_license_file, file_expiry
 from connector.signing import (
     Signer,
     digest_header,
@@ -92,6 +93,29 @@ def test_license_file_round_trip_plain_and_encrypted() -> None:
     sealed = build_license_file(content, signer, encrypt_with="KG-ABCDE-FGHJK")
     assert "active" not in base64.b64decode("".join(sealed.splitlines()[1:-1])).decode()
     assert verify_license_file(sealed, keys, key="kg abcde fghjk")["license"]["status"] == "active"
+
+
+def test_a_license_file_altered_or_signed_by_a_key_not_pinned_does_not_verify() -> None:
+    """Only what a pinned key signed verifies: a file whose content was changed after
+    signing (a later expiry), one signed by another key under the pinned kid, or one naming a
+    kid not pinned is refused, though each is well formed."""
+    signer, keys = _signer()
+    now = dt.datetime.now(dt.UTC)
+    content = {"license": {"status": "active"}, "expiry": (now + dt.timedelta(hours=1)).isoformat()}
+    longer = dict(content, expiry=(now + dt.timedelta(days=3650)).isoformat())
+    genuine = build_license_file(content, signer)
+    envelope = json.loads(base64.b64decode("".join(genuine.splitlines()[1:-1])))
+    envelope["enc"] = base64.b64encode(json.dumps(longer).encode()).decode()
+    altered = "\n".join([BEGIN, base64.b64encode(json.dumps(envelope).encode()).decode(), END])
+    with pytest.raises(LicenseFileError, match="signature does not verify"):
+        verify_license_file(altered, keys)
+    forger = Signer(signer.kid, Ed25519PrivateKey.generate(), time.monotonic())
+    with pytest.raises(LicenseFileError, match="signature does not verify"):
+        verify_license_file(build_license_file(longer, forger), keys)
+    unpinned = Signer("kg-other", Ed25519PrivateKey.generate(), time.monotonic())
+    with pytest.raises(LicenseFileError, match="unknown key"):
+        verify_license_file(build_license_file(longer, unpinned), keys)
+    assert verify_license_file(genuine, keys)["expiry"] == content["expiry"]
 
 
 def test_a_license_file_never_outlives_its_license() -> None:
