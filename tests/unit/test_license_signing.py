@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from connector.client import LicenseFileError, SignatureError, verify_license_file, verify_response
-from connector.licensing.files import BEGIN, END, build_license_file, file_expiry
+from connector.licensing.files import BEGIN, END, build_license_file, file_expiry, key_digest
 from connector.signing import (
     Signer,
     digest_header,
@@ -116,6 +116,60 @@ def test_a_license_file_altered_or_signed_by_a_key_not_pinned_does_not_verify() 
     with pytest.raises(LicenseFileError, match="unknown key"):
         verify_license_file(build_license_file(longer, unpinned), keys)
     assert verify_license_file(genuine, keys)["expiry"] == content["expiry"]
+
+
+def test_a_plain_license_file_checked_with_a_key_must_name_that_key() -> None:
+    """An unencrypted file is readable by anyone: given ``key``, the file must name that
+    key (its ``key_sha256``), separators and case forgiven; another key's file is refused."""
+    signer, keys = _signer()
+    expiry = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    content = {"license": {"status": "active"}, "expiry": expiry}
+    plain = build_license_file({**content, "key_sha256": key_digest("KG-ABCDE-FGHJK")}, signer)
+    assert verify_license_file(plain, keys, key="kg abcde fghjk")["expiry"] == expiry
+    with pytest.raises(LicenseFileError, match="another key"):
+        verify_license_file(plain, keys, key="KG-ZZZZZ-FGHJK")
+
+
+def _answer(signer: Signer, data: dict[str, object]) -> tuple[dict[str, str], bytes]:
+    """The headers and body of a signed validate answer carrying ``data``."""
+    body, date = json.dumps(data).encode(), http_date()
+    digest = digest_header(body)
+    signed = signing_string(request_target("POST", VALIDATE), "keygate.test", date, digest)
+    headers = {
+        "Date": date,
+        "Digest": digest,
+        "Keygate-Signature": signature_header(signer.kid, signer.sign(signed)),
+    }
+    return headers, body
+
+
+VALIDATE = "/api/v1/licenses/validate"
+
+
+def test_an_answer_that_echoes_no_nonce_or_request_is_not_to_the_request_sent() -> None:
+    """Given the nonce and body sent, a signed answer must echo both: one echoing neither
+    (a reply to no particular request, playable again) is refused, naming what is missing."""
+    signer, keys = _signer()
+    sent = b'{"key": "KG-ABCDE-FGHJK", "nonce": "n1"}'
+    echoed = {"valid": True, "nonce": "n1", "request_digest": digest_header(sent)}
+
+    def verify(data: dict[str, object]) -> dict[str, object]:
+        headers, body = _answer(signer, data)
+        url = "https://keygate.test" + VALIDATE
+        return verify_response(
+            method="POST",
+            url=url,
+            headers=headers,
+            body=body,
+            public_keys=keys,
+            nonce="n1",
+            request_body=sent,
+        )
+
+    assert verify(echoed)["valid"] is True
+    for missing in ("nonce", "request_digest"):
+        with pytest.raises(SignatureError, match=f"its {missing} differs"):
+            verify({k: v for k, v in echoed.items() if k != missing})
 
 
 def test_a_license_file_never_outlives_its_license() -> None:
