@@ -172,6 +172,33 @@ def test_an_answer_that_echoes_no_nonce_or_request_is_not_to_the_request_sent() 
             verify({k: v for k, v in echoed.items() if k != missing})
 
 
+@pytest.mark.parametrize("max_skew", [300.0, 30.0])
+def test_an_answer_dated_further_than_max_skew_either_way_is_refused(max_skew: float) -> None:
+    """The Date must be within ``max_skew`` seconds of this machine's clock, before or after
+    it: an answer a few seconds past the limit (a replay, or dated ahead) is refused."""
+    signer, keys = _signer()
+    headers, body = _answer(signer, {"valid": True})
+    signed_at = parsedate_to_datetime(headers["Date"]).timestamp()
+    url = "https://keygate.test" + VALIDATE
+
+    def verify_at(now: float) -> dict[str, object]:
+        return verify_response(
+            method="POST",
+            url=url,
+            headers=headers,
+            body=body,
+            public_keys=keys,
+            max_skew=max_skew,
+            now=now,
+        )
+
+    for within in (max_skew - 2, -(max_skew - 2)):
+        assert verify_at(signed_at + within)["valid"] is True
+    for beyond in (max_skew + 2, -(max_skew + 2)):
+        with pytest.raises(SignatureError, match="too far from this machine's clock"):
+            verify_at(signed_at + beyond)
+
+
 def test_a_license_file_never_outlives_its_license() -> None:
     issued = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     ends = issued + dt.timedelta(hours=2)
