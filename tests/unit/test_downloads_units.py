@@ -1060,3 +1060,61 @@ def test_leak_lookup_prints_no_python_none(
         f"buyer:  {buyer_line}",
         "grant:  2 (book.pdf)",
     ]
+
+
+def test_a_pdf_with_an_owner_password_only_is_not_stamped(tmp_path: Path) -> None:
+    """A PDF that opens without a password but is encrypted (an owner password restricting
+    printing or copying) is refused: saved stamped, it would lose the owner's protection."""
+    source = tmp_path / "restricted.pdf"
+    with pikepdf.open(make_pdf(tmp_path / "plain.pdf")) as pdf:
+        restrict = pikepdf.Permissions(extract=False, print_highres=False)
+        pdf.save(source, encryption=pikepdf.Encryption(user="", owner="pw", allow=restrict))
+    with pikepdf.open(source) as check:  # opens without a password: the case at hand
+        assert check.is_encrypted
+    with pytest.raises(WatermarkError, match="encrypted"):
+        stamp_pdf(source, tmp_path / "out.pdf", stamp())
+    assert not (tmp_path / "out.pdf").exists()
+
+
+def _matrix_product(
+    m: tuple[float, ...], n: tuple[float, ...]
+) -> tuple[float, float, float, float, float, float]:
+    """``m`` then ``n``, as PDF's cm operator composes them (m x n)."""
+    a, b, c, d, e, f = m
+    p, q, r, s, t, u = n
+    return (
+        a * p + b * r,
+        a * q + b * s,
+        c * p + d * r,
+        c * q + d * s,
+        e * p + f * r + t,
+        e * q + f * s + u,
+    )
+
+
+def test_a_page_that_leaves_its_graphics_state_changed_cannot_move_the_stamp(
+    tmp_path: Path,
+) -> None:
+    """A page whose content ends with a transformation still in force (a ``cm`` never undone:
+    viewers accept it) gets the stamp where it would be on any page: the page's own content
+    is drawn in a saved graphics state, so it cannot scale the stamp off the page."""
+    with pikepdf.new() as pdf:
+        pdf.add_blank_page(page_size=(595, 842))
+        page = pdf.pages[0]
+        page.obj.Contents = pdf.make_stream(b"4 0 0 4 300 500 cm 0 0 10 10 re f")
+        stamp_pdf_open(pdf, render_stamp(stamp()), "fp-state")
+        placement = page.obj.Contents[-1].read_bytes().decode()
+        placed = tuple(float(v) for v in placement.split("cm")[0].split()[-6:])
+        stack: list[tuple[float, ...]] = []
+        ctm: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+        drawn_at: list[tuple[float, ...]] = []
+        for operands, operator in pikepdf.parse_content_stream(page):
+            if str(operator) == "q":
+                stack.append(ctm)
+            elif str(operator) == "Q":
+                ctm = stack.pop()
+            elif str(operator) == "cm":
+                ctm = _matrix_product(tuple(float(v) for v in operands), ctm)
+            elif str(operator) == "Do" and str(operands[0]).startswith("/Kg"):
+                drawn_at.append(ctm)
+    assert drawn_at == [pytest.approx(placed)]
