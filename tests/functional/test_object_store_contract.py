@@ -264,3 +264,32 @@ def test_a_refused_upload_or_a_cut_download_is_storage_unavailable(
         store.upload("watermarked/1/2/copy.pdf", source)
     with pytest.raises(StorageUnavailable):
         store.download("products/1/manual.pdf", tmp_path / "original")
+
+
+def test_an_object_in_one_bucket_is_not_taken_to_be_in_another_at_its_endpoint(
+    localstack_endpoint: str, tmp_path: Path
+) -> None:
+    """Two stores' own buckets at one endpoint (one R2 account holds both): an object just
+    found in the first, and remembered briefly, is not taken to be in the second. There the
+    same key is missing (no presigned URL to nothing, no download counted), and its
+    version is none."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=localstack_endpoint,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        region_name="auto",
+    )
+    first, second = (f"store-{uuid.uuid4().hex[:12]}" for _ in range(2))
+    for bucket in (first, second):
+        s3.create_bucket(Bucket=bucket)
+    source = tmp_path / "guide.pdf"
+    source.write_bytes(b"%PDF-1.7 the first store's file")
+    mine = R2ObjectStore(local_config(first, localstack_endpoint))
+    theirs = R2ObjectStore(local_config(second, localstack_endpoint))
+    mine.upload("books/guide.pdf", source)
+    assert fetch(mine.delivery("books/guide.pdf", "guide.pdf", 60)) == source.read_bytes()
+    assert mine.version("books/guide.pdf") is not None
+    with pytest.raises(FileNotFoundError):
+        theirs.delivery("books/guide.pdf", "guide.pdf", 60)
+    assert theirs.version("books/guide.pdf") is None
