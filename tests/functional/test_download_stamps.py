@@ -431,3 +431,23 @@ def test_a_zip_copy_from_before_its_license_went_into_its_folder_is_stamped_anew
     with app.app_context():
         copy = db.session.execute(select(WatermarkCopy)).scalar_one()
         assert copy.stamp_version == STAMP_VERSION
+
+
+def test_each_buyer_keeps_a_copy_of_their_own_when_another_buyer_clicks(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """Buyers of one file each have their own stamped copy in storage: a second buyer's
+    first click (which stamps theirs) never replaces the first buyer's, whose next download
+    still names them, and leak lookup traces it to their order, not the other's."""
+    make_pdf(Path(app.extensions["keygate.settings"].storage_dir) / "books/guide.pdf", pages=2)
+    shop.configure(501, files=PDF_FILES)
+    anns = buyers_copy(shop, 8301, first_name="Ann", email="ann@example.org")
+    bens = buyers_copy(shop, 8302, first_name="Ben", email="ben@example.org")
+    assert fingerprint_of(bens, tmp_path, ".pdf") != fingerprint_of(anns, tmp_path, ".pdf")
+    [download] = shop.order(8301)["downloads"]
+    again = get(shop.client, link_path(download))
+    assert again.status_code == 200, again.get_data(as_text=True)
+    assert fingerprint_of(again.data, tmp_path, ".pdf") == fingerprint_of(anns, tmp_path, ".pdf")
+    found = leak_lookup(shop, again.data)
+    assert found["order"]["id"] == "8301"
+    assert found["buyer"]["email"] == "ann@example.org"
