@@ -451,3 +451,29 @@ def test_each_buyer_keeps_a_copy_of_their_own_when_another_buyer_clicks(
     found = leak_lookup(shop, again.data)
     assert found["order"]["id"] == "8301"
     assert found["buyer"]["email"] == "ann@example.org"
+
+
+def test_leak_lookup_names_the_buyer_when_orders_and_downloads_are_numbered_apart(
+    app: Flask, shop: WebhookSender, tmp_path: Path
+) -> None:
+    """The fingerprint names the buyer's download (grant), not their order: after an order
+    of two files, order and download numbers differ, and a later buyer's leaked copy is
+    still traced to that buyer, never to the first order's."""
+    storage = Path(app.extensions["keygate.settings"].storage_dir)
+    make_pdf(storage / "books/guide.pdf", pages=2)
+    make_pdf(storage / "books/extra.pdf", pages=1)
+    shop.configure(501, files=PDF_FILES)
+    extra = [{"object_key": "books/extra.pdf", "filename": "extra.pdf", "watermark": "pdf"}]
+    shop.configure(502, files=extra)
+    both = wc_order(
+        8401,
+        "processing",
+        [line_item(501, line_id=1), line_item(502, line_id=2)],
+        first_name="Ann",
+        email="ann@example.org",
+    )
+    assert shop.deliver(both).status_code == 200
+    bens = buyers_copy(shop, 8402, first_name="Ben", email="ben@example.org")
+    found = leak_lookup(shop, bens)
+    assert found["order"]["id"] == "8402"
+    assert found["buyer"]["email"] == "ben@example.org"
