@@ -265,6 +265,9 @@ def test_without_r2_settings_stores_use_embedded_files(app: Flask, new_store: Ne
         ("Stores/8/pro.zip", True),
         ("WATERMARKED/8/1/2/pro.zip", True),
         ("Stores/7/pro.zip", False),
+        # A store whose id starts with another's: store 7 never reaches store 70's area.
+        ("stores/70/pro.zip", True),
+        ("watermarked/71/1/2/pro.zip", True),
     ],
 )
 def test_a_stores_area_of_shared_storage_is_its_own(key: str, foreign: bool) -> None:
@@ -280,6 +283,9 @@ def test_shared_area_hides_other_stores_objects(tmp_path: Path) -> None:
     (tmp_path / "files" / "stores" / "8" / "pro.zip").write_bytes(b"store 8's")
     area = SharedArea(local, 7)
     assert local.exists("stores/8/pro.zip") and not area.exists("stores/8/pro.zip")
+    # Not even whether it is there, or its size, or a version that changes when it does.
+    assert local.version("stores/8/pro.zip") is not None and local.info("stores/8/pro.zip")
+    assert area.version("stores/8/pro.zip") is None and area.info("stores/8/pro.zip") is None
     with pytest.raises(FileNotFoundError):
         area.delivery("stores/8/pro.zip", "pro.zip", 60)
     with pytest.raises(FileNotFoundError):
@@ -1118,3 +1124,41 @@ def test_a_page_that_leaves_its_graphics_state_changed_cannot_move_the_stamp(
             elif str(operator) == "Do" and str(operands[0]).startswith("/Kg"):
                 drawn_at.append(ctm)
     assert drawn_at == [pytest.approx(placed)]
+
+
+def test_a_zip_copy_stripped_of_its_license_is_traced_by_its_comment(tmp_path: Path) -> None:
+    """The archive comment ends with the fingerprint on a line of its own: a copy repacked
+    without the buyer's LICENSE.txt (the comment kept, as zip tools keep it) still names
+    them."""
+    source = tmp_path / "plugin.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("plugin/plugin.php", "<?php")
+    stamped = tmp_path / "stamped.zip"
+    member = stamp_zip(source, stamped, stamp(fingerprint="fp.comment"))
+    stripped = tmp_path / "stripped.zip"
+    with zipfile.ZipFile(stamped) as copy, zipfile.ZipFile(stripped, "w") as out:
+        for info in copy.infolist():
+            if info.filename != member:
+                out.writestr(info, copy.read(info))
+        out.comment = copy.comment
+    assert read_fingerprints(stripped) == ["fp.comment"]
+
+
+@pytest.mark.parametrize("where", ["docinfo", "xobject"])
+def test_either_hidden_mark_alone_names_the_copy(tmp_path: Path, where: str) -> None:
+    """The document info and the stamp's Form XObject each hold the fingerprint: a copy
+    that kept only one of them (its pages redrawn by another tool, the invisible text
+    lost) is still traced by it."""
+    found = tmp_path / "found.pdf"
+    with pikepdf.new() as pdf:
+        pdf.add_blank_page(page_size=(595, 842))
+        if where == "docinfo":
+            pdf.docinfo["/KeygateFingerprint"] = pikepdf.String("fp.alone")
+        else:
+            form = pdf.make_stream(b"")
+            form.Type, form.Subtype = pikepdf.Name.XObject, pikepdf.Name.Form
+            form.BBox = pikepdf.Array([0, 0, 1, 1])
+            form["/KeygateFingerprint"] = pikepdf.String("fp.alone")
+            pdf.pages[0].add_resource(form, pikepdf.Name.XObject, prefix="Kg")
+        pdf.save(found)
+    assert read_fingerprints(found) == ["fp.alone"]
