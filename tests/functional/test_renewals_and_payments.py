@@ -18,6 +18,7 @@ from connector.models import (
     DownloadGrant,
     License,
     LicenseRenewal,
+    Order,
     Product,
     Store,
 )
@@ -1028,3 +1029,130 @@ def test_a_renewal_of_a_key_revoked_as_it_is_applied_issues_a_new_key(
     assert revoked["expires_at"] == bought["expires_at"]  # not extended
     [new_key] = shop.order(9331)["licenses"]
     assert new_key["status"] == "active" and new_key["key"] != bought["key"]
+
+
+def run_later(app: Flask, order_id: int, days: int) -> None:
+    """The licenses ``order_id`` issued run out ``days`` later than issued."""
+    with app.app_context():
+        for license_ in db.session.scalars(
+            select(License)
+            .join(Order, License.order_id == Order.id)
+            .where(Order.shop_order_id == str(order_id))
+        ):
+            assert license_.expires_at is not None
+            license_.expires_at += dt.timedelta(days=days)
+        db.session.commit()
+
+
+def test_a_subscriptions_first_renewal_renews_its_own_customers_key(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A subscription's first renewal extends its customer's key, although another
+    customer's key of the product runs out first; the other buyer's key stays as it was."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9400, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9401, "completed", [line_item(501)], customer_id=43, email="x@y.z"))
+    run_later(app, 9400, 1)
+    own, other = expiries(shop, 9400), expiries(shop, 9401)
+    shop.deliver(subscription_renewal(9402, 7300, 5))
+    assert added(own, expiries(shop, 9400)) == dict.fromkeys(own, 30)
+    assert expiries(shop, 9401) == other
+    assert shop.order(9402)["licenses"] == []
+
+
+def test_a_subscriptions_first_renewal_renews_a_key_of_its_product(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A customer with keys of two products: a subscription renewal of one extends that
+    product's key, although the other product's key runs out first, and issues none."""
+    shop.configure(501, duration_days=30)
+    shop.configure(502, duration_days=30)
+    shop.deliver(wc_order(9403, "completed", [line_item(502)], customer_id=42))
+    shop.deliver(wc_order(9404, "completed", [line_item(501)], customer_id=42, modified=2))
+    run_later(app, 9404, 1)
+    other_product, own = expiries(shop, 9403), expiries(shop, 9404)
+    shop.deliver(subscription_renewal(9405, 7301, 5))
+    assert added(own, expiries(shop, 9404)) == dict.fromkeys(own, 30)
+    assert expiries(shop, 9403) == other_product
+    assert shop.order(9405)["licenses"] == []
+
+
+def test_a_first_renewal_passes_over_a_key_another_subscription_renews(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Subscription A renewed the customer's key that runs out first, and it still runs out
+    first; subscription B's first renewal extends the customer's other key, not A's."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9406, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9407, "completed", [line_item(501)], customer_id=42, modified=2))
+    run_later(app, 9407, 40)
+    shop.deliver(subscription_renewal(9408, 7302, 5))  # A: renews 9406's key, due first
+    a_key, b_key = expiries(shop, 9406), expiries(shop, 9407)
+    assert min(a_key.values()) < min(b_key.values())
+    shop.deliver(subscription_renewal(9409, 7303, 6))  # B's first renewal
+    assert added(b_key, expiries(shop, 9407)) == dict.fromkeys(b_key, 30)
+    assert expiries(shop, 9406) == a_key
+
+
+def test_a_subscription_renewal_naming_a_key_renews_that_key(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A subscription's renewal order whose line names a key (``_keygate_renew_license``)
+    extends that key, not the customer's key that runs out first."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9410, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9411, "completed", [line_item(501)], customer_id=42, modified=2))
+    run_later(app, 9411, 1)
+    due_first, named = expiries(shop, 9410), expiries(shop, 9411)
+    [key] = named
+    shop.deliver(subscription_renewal(9412, 7304, 5, renewal_line(501, key, 400)))
+    assert added(named, expiries(shop, 9411)) == {key: 30}
+    assert expiries(shop, 9410) == due_first
+    assert shop.order(9412)["licenses"] == []
+
+
+def test_a_renewal_lines_quantity_raised_renews_a_seat_no_line_renewed(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A 3-seat subscription whose renewal order lists the product on two lines of one unit
+    each; the first line's quantity raised to 2 later renews the third key: not the key the
+    other line renewed (extended twice while the third lapses), although that one now runs
+    out first, nor a new key."""
+    shop.configure(501, duration_days=30)
+    parent = wc_order(9413, "completed", [line_item(501, quantity=3, line_id=401)], customer_id=42)
+    shop.deliver(parent)
+    with app.app_context():  # the third key runs out last, even after the others' renewal
+        third = db.session.scalars(select(License).order_by(License.id.desc())).first()
+        assert third is not None and third.expires_at is not None
+        third.expires_at += dt.timedelta(days=40)
+        db.session.commit()
+    before = expiries(shop, 9413)
+    for modified, quantity in ((5, 1), (6, 2)):
+        item = line_item(501, quantity=quantity, line_id=402)
+        renewal = subscription_renewal(9414, 7305, modified, item)
+        renewal["line_items"].append(line_item(501, line_id=403))
+        shop.deliver(renewal)
+    assert added(before, expiries(shop, 9413)) == dict.fromkeys(before, 30)
+    assert shop.order(9414)["licenses"] == []
+
+
+def test_a_redelivered_renewal_leaves_a_key_bought_since_alone(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A 1-seat subscription renewed for 2 seats extends its key and issues the new seat a
+    key; the customer buys another key, and the renewal delivered again changes nothing:
+    the new seat keeps its key, the key bought since is not extended by it."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9415, "completed", [line_item(501)], customer_id=42))
+    before = expiries(shop, 9415)
+    item = line_item(501, quantity=2, line_id=404)
+    shop.deliver(subscription_renewal(9416, 7306, 5, item))
+    assert added(before, expiries(shop, 9415)) == dict.fromkeys(before, 30)
+    new_seat = expiries(shop, 9416)
+    assert len(new_seat) == 1
+    shop.deliver(wc_order(9417, "completed", [line_item(501)], customer_id=42, modified=6))
+    bought = expiries(shop, 9417)
+    shop.deliver(subscription_renewal(9416, 7306, 7, item))
+    assert expiries(shop, 9417) == bought
+    assert expiries(shop, 9416) == new_seat
+    assert added(before, expiries(shop, 9415)) == dict.fromkeys(before, 30)
