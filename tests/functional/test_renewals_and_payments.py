@@ -1156,3 +1156,60 @@ def test_a_redelivered_renewal_leaves_a_key_bought_since_alone(
     assert expiries(shop, 9417) == bought
     assert expiries(shop, 9416) == new_seat
     assert added(before, expiries(shop, 9415)) == dict.fromkeys(before, 30)
+
+
+def test_a_renewal_of_a_lapsed_update_window_counts_it_from_the_payment(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A product with an update window of its own: a renewal paid after the window (and the
+    license) ran out gives a fresh window from the payment, not from the day it ran out."""
+    shop.configure(501, duration_days=30, update_days=365)
+    shop.deliver(wc_order(9420, "completed", [line_item(501)]))
+    key = shop.order(9420)["licenses"][0]["key"]
+    lapse(app, 100)
+    paid = utcnow().replace(microsecond=0) - dt.timedelta(hours=5)
+    shop.deliver(paid_at(wc_order(9421, "processing", [renewal_line(501, key, 410)]), paid))
+    renewed = shop.order(9420)["licenses"][0]
+    assert parse_iso(renewed["updates_until"]) == paid + dt.timedelta(days=365)
+    assert parse_iso(renewed["expires_at"]) == paid + dt.timedelta(days=30)
+
+
+def test_a_subscriptions_first_renewal_passes_over_a_lifetime_key(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """A customer with a lifetime key of the product and one that runs out: the renewal
+    extends the one that runs out (a lifetime key needs none)."""
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9422, "completed", [line_item(501)], customer_id=42))
+    shop.deliver(wc_order(9423, "completed", [line_item(501)], customer_id=42, modified=2))
+    with app.app_context():  # the first key was made a lifetime key
+        lifetime = db.session.scalars(select(License).order_by(License.id)).first()
+        assert lifetime is not None
+        lifetime.expires_at = None
+        db.session.commit()
+    before = expiries(shop, 9423)
+    shop.deliver(subscription_renewal(9424, 7307, 5))
+    assert added(before, expiries(shop, 9423)) == dict.fromkeys(before, 30)
+    assert shop.order(9422)["licenses"][0]["expires_at"] is None
+    assert shop.order(9424)["licenses"] == []
+
+
+def test_a_file_added_after_a_refunded_renewal_gets_no_refunded_time(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The owner adds a file after a renewal of the key was refunded: its new link lasts as
+    long as the key's other link, not as long as the refunded renewal would have made it."""
+    first_file = {"object_key": "a.pdf", "filename": "a.pdf"}
+    shop.configure(501, duration_days=30, files=[first_file])
+    bought = [line_item(501)]
+    shop.deliver(wc_order(9425, "completed", bought))
+    key = shop.order(9425)["licenses"][0]["key"]
+    renewal = [renewal_line(501, key, 411)]
+    shop.deliver(wc_order(9426, "processing", renewal, modified=5))
+    shop.deliver(wc_order(9426, "refunded", renewal, modified=6))
+    added_file = {"object_key": "b.pdf", "filename": "b.pdf"}
+    shop.configure(501, duration_days=30, files=[first_file, added_file])
+    shop.deliver(wc_order(9425, "completed", bought, modified=7))
+    body = shop.order(9425)
+    links = {d["filename"]: d["expires_at"] for d in body["downloads"]}
+    assert links["b.pdf"] == links["a.pdf"] == body["licenses"][0]["expires_at"]
