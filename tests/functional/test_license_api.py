@@ -739,3 +739,32 @@ def test_a_key_its_order_revoked_is_not_reinstated_while_the_order_waits_for_pay
     if paused_first:  # the owner's pause stays; now it may be lifted
         assert shop.admin("POST", f"/licenses/{key}/reinstate").status_code == 200
     assert shop.order(9951)["licenses"][0]["status"] == "active"
+
+
+def test_a_key_of_a_unit_removed_from_its_order_is_not_reinstated(shop: WebhookSender) -> None:
+    """An order for 2 keys lowered to 1 revokes the second unit's key: the owner's reinstate
+    is refused (409: a key nobody pays for) and the key stays revoked."""
+    shop.configure(501)
+    shop.deliver(wc_order(9960, "processing", [line_item(501, quantity=2, line_id=96)]))
+    shop.deliver(wc_order(9960, "processing", [line_item(501, line_id=96)], modified=2))
+    [removed] = [lic for lic in shop.order(9960)["licenses"] if lic["status"] == "revoked"]
+    refused = shop.admin("POST", f"/licenses/{removed['key']}/reinstate")
+    assert refused.status_code == 409 and "refunded or removed" in refused.get_json()["detail"]
+    statuses = sorted(lic["status"] for lic in shop.order(9960)["licenses"])
+    assert statuses == ["active", "revoked"]
+
+
+def test_a_key_of_a_line_changed_to_another_product_is_not_reinstated(
+    shop: WebhookSender,
+) -> None:
+    """The owner changes an order's line to another product: the first product's key is
+    revoked, and reinstating it is refused (409): the order no longer pays for it."""
+    shop.configure(501)
+    shop.configure(502)
+    shop.deliver(wc_order(9961, "processing", [line_item(501, line_id=97)]))
+    key = shop.order(9961)["licenses"][0]["key"]
+    shop.deliver(wc_order(9961, "processing", [line_item(502, line_id=97)], modified=2))
+    refused = shop.admin("POST", f"/licenses/{key}/reinstate")
+    assert refused.status_code == 409 and "another product" in refused.get_json()["detail"]
+    [old] = [lic for lic in shop.order(9961)["licenses"] if lic["key"] == key]
+    assert old["status"] == "revoked"
