@@ -768,3 +768,38 @@ def test_a_key_of_a_line_changed_to_another_product_is_not_reinstated(
     assert refused.status_code == 409 and "another product" in refused.get_json()["detail"]
     [old] = [lic for lic in shop.order(9961)["licenses"] if lic["key"] == key]
     assert old["status"] == "revoked"
+
+
+def test_an_extension_of_a_lapsed_license_counts_from_now_and_moves_its_updates(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """The owner extends a license that ran out 100 days ago by 30 days: it runs 30 days
+    from now (not from the day it ran out); an update window that ran with the license moves
+    with it, one of its own stays as it was."""
+    import datetime as dt
+
+    from connector.db import utcnow
+    from connector.models import License
+
+    shop.configure(501, duration_days=30)
+    shop.deliver(wc_order(9962, "processing", [line_item(501)]))
+    shop.deliver(wc_order(9963, "processing", [line_item(501)]))
+    lapsed = utcnow().replace(microsecond=0) - dt.timedelta(days=100)
+    own_window = lapsed + dt.timedelta(days=10)
+    with app.app_context():
+        first, second = db.session.scalars(select(License).order_by(License.id)).all()
+        first.expires_at = first.updates_until = lapsed
+        second.expires_at, second.updates_until = lapsed, own_window
+        db.session.commit()
+    start = utcnow().replace(microsecond=0)
+    for order_id in (9962, 9963):
+        key = shop.order(order_id)["licenses"][0]["key"]
+        assert shop.admin("POST", f"/licenses/{key}/extend", {"days": 30}).status_code == 200
+    end = utcnow()
+    with app.app_context():
+        first, second = db.session.scalars(select(License).order_by(License.id)).all()
+        for lic in (first, second):
+            assert lic.expires_at is not None
+            assert start + dt.timedelta(days=30) <= lic.expires_at <= end + dt.timedelta(days=30)
+        assert first.updates_until == first.expires_at
+        assert second.updates_until == own_window
