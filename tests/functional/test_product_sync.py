@@ -670,3 +670,114 @@ def test_a_periodic_sync_the_shop_refuses_keeps_its_chain_and_does_not_retry_in_
         assert [j.status for j in jobs] == ["done", "pending"]
         assert jobs[1].run_after > dt.datetime.now(dt.UTC)
         assert jobs[1].attempts == 0
+
+
+def test_a_product_read_the_shop_refuses_retires_nothing(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A product a listing misses is retired only on WooCommerce's own "no such product":
+    another refusal of its read (a security plugin's 403, a REST route blocked) says nothing
+    of its meta, and the product stays licensed."""
+    for pid in (803, 804):
+        fake_shop.products[pid] = wc_product(pid, f"P{pid}", {"_keygate_activation_limit": "1"})
+    connect_store(app, shop, fake_shop)
+    dispatch = fake_shop._dispatch
+    refusal = [error(403, "woocommerce_rest_cannot_view", "Sorry, you cannot view this.")]
+
+    def missing_803(method: str, path: str, query: dict[str, str], body: Any) -> Any:
+        if path == "products":  # no totals, and 804 only
+            return fake_shop._json([fake_shop.products[804]] if query["page"] == "1" else [])
+        if path == "products/803":
+            return refusal[0]
+        return dispatch(method, path, query, body)
+
+    fake_shop._dispatch = missing_803  # type: ignore[method-assign]
+    assert sync(app, shop).retired == []
+    refusal[0] = error(404, "rest_no_route", "No route was found matching the URL.")
+    assert sync(app, shop).retired == []
+    assert retired_products(app) == []
+    fake_shop.deliver(shop.client, "order.created", wc_order(9960, "processing", [line_item(803)]))
+    assert len(shop.order(9960)["licenses"]) == 1
+    refusal[0] = error(404, "woocommerce_rest_product_invalid_id", "Invalid ID.")
+    assert sync(app, shop).retired == ["803"]
+
+
+def test_a_sync_asks_of_and_retires_only_its_own_stores_products_and_sales(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Another store's products (configured from its meta, one of the same shop id) and its
+    sales are no concern of this store's sync: none is asked of this shop, retired or read
+    again; this store's sale of a product only the other store configured is not read."""
+    from connector.catalog import configure_product
+    from connector.orders.product_sync import spec_from_meta
+    from connector.stores import create_store
+
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+    theirs = WebhookSender(app.test_client(), other)
+    sale = wc_order(9950, "completed", [line_item(510)])
+    assert theirs.deliver(sale, "order.created").status_code == 200
+    with app.app_context(), transaction() as session:
+        store = session.get(Store, other.store.id)
+        assert store is not None
+        spec = spec_from_meta("Theirs", {"_keygate_activation_limit": "1"})
+        for pid in ("805", "806", "512"):
+            configure_product(session, store, pid, spec, actor="shop")
+    fake_shop.products[805] = wc_product(805, "Ours", {"_keygate_activation_limit": "1"})
+    connect_store(app, shop, fake_shop)
+    fake_shop.orders[9951] = wc_order(9951, "completed", [line_item(512)], modified=-3000)
+    fake_shop.deliver(shop.client, "order.created", fake_shop.orders[9951])
+    fake_shop.products[805] = wc_product(805, "Ours", {"_keygate_activation_limit": ""})
+    fake_shop.products[510] = wc_product(510, "New Plugin", {"_keygate_activation_limit": "1"})
+    fake_shop.requests.clear()
+    result = sync(app, shop)
+    assert (result.configured, result.retired, result.reapplied) == (["510"], ["805"], [])
+    asked = {path for _, path in fake_shop.requests}
+    assert not asked & {"products/806", "products/512", "orders/9950", "orders/9951"}
+    with app.app_context():
+        theirs_retired = db.session.scalars(
+            select(Product.shop_product_id).where(
+                Product.store_id == other.store.id, Product.retired_at.is_not(None)
+            )
+        ).all()
+    assert theirs_retired == []
+    assert theirs.order(9950)["licenses"] == []
+
+
+def test_a_change_of_the_files_or_the_name_alone_is_applied(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Meta whose files alone changed configures the product again (new sales get the new
+    file), as does a product renamed in the shop."""
+    meta = {"_keygate_activation_limit": "2", "_keygate_files": json.dumps(["a/one.zip"])}
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", meta)
+    connect_store(app, shop, fake_shop)
+    meta["_keygate_files"] = json.dumps(["a/one.zip", "a/two.zip"])
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", meta)
+    assert sync(app, shop).configured == ["501"]
+    fake_shop.products[501] = wc_product(501, "Plugin Pro 2", meta)
+    assert sync(app, shop).configured == ["501"]
+    assert shop.admin("GET", "/products/501").get_json()["name"] == "Plugin Pro 2"
+    fake_shop.deliver(shop.client, "order.created", wc_order(9961, "processing", [line_item(501)]))
+    assert [d["filename"] for d in shop.order(9961)["downloads"]] == ["one.zip", "two.zip"]
+
+
+def test_a_variation_sold_before_a_sync_configured_it_is_licensed_by_the_sync(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A variation given meta of its own (its parent has none) after it was sold: the sync
+    reads the paid order again and licenses the line as the variation."""
+    fake_shop.products[600] = wc_product(600, "Suite", {}, type="variable", variations=[601])
+    fake_shop.variations[600] = [{"id": 601, "meta_data": []}]
+    connect_store(app, shop, fake_shop)
+    order = wc_order(9962, "completed", [line_item(600, variation_id=601)], modified=-3000)
+    fake_shop.orders[9962] = order
+    fake_shop.deliver(shop.client, "order.created", order)
+    assert shop.order(9962)["licenses"] == []
+    fake_shop.variations[600] = [
+        {"id": 601, "meta_data": [{"id": 1, "key": "_keygate_activation_limit", "value": "5"}]}
+    ]
+    assert sync(app, shop).reapplied == ["9962"]
+    licenses = shop.order(9962)["licenses"]
+    assert [(lic["product_id"], lic["activation_limit"]) for lic in licenses] == [("601", 5)]
