@@ -255,3 +255,64 @@ def test_jobs_given_up_on_whose_work_a_buyer_misses_are_news_with_the_outbox_nar
         db.session.commit()
     assert "gave up on 3" not in dashboard(owner)  # the other store's stays
     assert "Keygate gave up" not in owner.get(f"/admin/stores/{store_id}").get_data(as_text=True)
+
+
+def test_another_stores_troubles_are_not_a_store_admins_notices(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Each trouble of one store (a refused delivery, an undelivered mail, an order issued
+    with no address, a flagged license, a copy that failed to stamp, an unapplied refund, a
+    job given up on) is a notice of that store alone: the other store's admin is told
+    nothing needs attention."""
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example")
+        db.session.commit()
+    theirs = WebhookSender(app.test_client(), other)
+    theirs.configure(501, files=[{"object_key": "a.pdf", "filename": "a.pdf", "watermark": "pdf"}])
+    assert theirs.deliver(wc_order(9130, "processing", [line_item(501)])).status_code == 200
+    assert (
+        theirs.deliver(wc_order(9131, "processing", [line_item(501)], email="")).status_code == 200
+    )
+    assert theirs.deliver(wc_order(9132, "processing"), secret="not-theirs").status_code == 401
+    with app.app_context():
+        session = db.session
+        order = session.scalars(select(Order).where(Order.shop_order_id == "9130")).one()
+        license_id = session.scalars(select(License.id).where(License.order_id == order.id)).one()
+        grant_id = session.scalars(
+            select(DownloadGrant.id).where(DownloadGrant.order_id == order.id)
+        ).one()
+        session.add_all(
+            [
+                Job(kind=ORDER_MAIL_JOB, payload={"order_id": order.id}, attempts=2),
+                Job(
+                    kind="shop.order_note",
+                    payload={"order_id": order.id},
+                    status="dead",
+                    attempts=8,
+                    finished_at=utcnow(),
+                ),
+                LicenseFlag(license_id=license_id, reason="binding_changes", binding_changes=9),
+                WatermarkCopy(grant_id=grant_id, status="failed", kind="pdf", attempts=3),
+            ]
+        )
+        record_audit(
+            session,
+            store_id=other.store.id,
+            actor="system",
+            action="order.refund_not_applied",
+            subject="order:9130",
+        )
+        session.commit()
+    page = dashboard(store_admin(app, other.store.id, "bo"))
+    for text in (
+        "latest webhook delivery was refused",
+        "1 order mail to buyers not delivered yet.",
+        "Order 9131 was issued in the last 30 days with no buyer address",
+        "1 license flagged for too many binding changes.",
+        "1 buyer copy could not be stamped",
+        "Refunds of 1 order Keygate could not apply",
+        "Keygate gave up on 1 job",
+    ):
+        assert text in page, text
+    mine = dashboard(store_admin(app, shop.store.store.id))
+    assert "Nothing needs your attention." in mine and "Needs attention" not in mine
