@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import urllib.request
@@ -264,6 +265,57 @@ def test_a_refused_upload_or_a_cut_download_is_storage_unavailable(
         store.upload("watermarked/1/2/copy.pdf", source)
     with pytest.raises(StorageUnavailable):
         store.download("products/1/manual.pdf", tmp_path / "original")
+
+
+@contextlib.contextmanager
+def bucket_failing_reads(status: int, code: str) -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 that has every object (HEAD: 200) but answers every
+    GET with ``status`` and the S3 error ``code``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            return
+
+        def do_HEAD(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.send_header("ETag", '"abc"')
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            body = f"<Error><Code>{code}</Code><Message>no</Message></Error>".encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, "AccessDenied"), (500, "InternalError")])
+def test_a_download_the_bucket_refuses_or_fails_is_no_missing_file(
+    status: int, code: str, tmp_path: Path
+) -> None:
+    """A bucket that answers a download with an error other than "no such key" (a token
+    without read permission, a server error) is an unavailable store, with its answer: the
+    buyer's copy is stamped on a later try (a 503 meanwhile, the link not used up), never
+    recorded as made from an original that is not in storage."""
+    with bucket_failing_reads(status, code) as endpoint:
+        store = R2ObjectStore(
+            R2Config("acct", "key-id", "secret", "bucket", endpoint, private_ok=True)
+        )
+        with pytest.raises(StorageUnavailable) as raised:
+            store.download("products/1/manual.pdf", tmp_path / "original")
+    assert (raised.value.status, raised.value.code) == (status, code)
 
 
 def test_an_object_in_one_bucket_is_not_taken_to_be_in_another_at_its_endpoint(
