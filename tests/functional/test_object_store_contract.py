@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import socket
 import threading
 import urllib.request
 import uuid
@@ -345,3 +346,77 @@ def test_an_object_in_one_bucket_is_not_taken_to_be_in_another_at_its_endpoint(
     with pytest.raises(FileNotFoundError):
         theirs.delivery("books/guide.pdf", "guide.pdf", 60)
     assert theirs.version("books/guide.pdf") is None
+
+
+@pytest.fixture
+def bucket_keeping_deleted_objects() -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 that lists one object under any prefix and answers a
+    request to delete it with a per-object error (a key without delete permission)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            return
+
+        def answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self.answer(
+                b"<ListBucketResult><Name>bucket</Name><KeyCount>1</KeyCount>"
+                b"<IsTruncated>false</IsTruncated><Contents><Key>watermarked/1/a.pdf</Key>"
+                b"<LastModified>2025-01-01T00:00:00.000Z</LastModified><Size>3</Size>"
+                b"</Contents></ListBucketResult>"
+            )
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.answer(
+                b"<DeleteResult><Error><Key>watermarked/1/a.pdf</Key><Code>AccessDenied"
+                b"</Code><Message>Access Denied</Message></Error></DeleteResult>"
+            )
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_objects_the_bucket_would_not_delete_are_no_folder_emptied(
+    bucket_keeping_deleted_objects: str,
+) -> None:
+    """A bucket that answers a deletion of a folder but keeps some of its objects (DeleteObjects
+    lists them as errors) has not emptied it: an erasure or a store's deletion retries
+    rather than report the buyers' copies gone."""
+    store = R2ObjectStore(
+        R2Config(
+            "acct", "key-id", "secret", "bucket", bucket_keeping_deleted_objects, private_ok=True
+        )
+    )
+    with pytest.raises(StorageUnavailable, match="refused to delete 1 objects"):
+        store.delete_prefix("watermarked/1/")
+
+
+def test_an_upload_to_a_bucket_that_does_not_answer_is_storage_unavailable(
+    tmp_path: Path,
+) -> None:
+    """An upload that reaches no bucket (nothing listens at the endpoint) fails: a buyer's
+    copy is never recorded as stored when it is not."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = R2ObjectStore(
+        R2Config("acct", "key-id", "secret", "bucket", f"http://127.0.0.1:{port}", private_ok=True)
+    )
+    source = tmp_path / "copy.pdf"
+    source.write_bytes(b"%PDF-1.4")
+    with pytest.raises(StorageUnavailable, match="upload failed"):
+        store.upload("watermarked/1/2/copy.pdf", source)
