@@ -144,6 +144,24 @@ def test_retrying_a_job_no_longer_dead_changes_nothing(app: Flask) -> None:
         assert db.session.scalars(retried).all() == []
 
 
+def test_a_dead_job_retried_by_the_owner_gets_all_its_attempts_again(app: Flask) -> None:
+    """The owner's retry takes a dead job up from its first attempt: a failure then is
+    retried with backoff, as at first, not given up on again at once."""
+    with app.app_context(), transaction() as session:
+        jobs.enqueue(session, "test.flaky", {})
+        session.flush()
+        row = session.execute(select(Job)).scalar_one()
+        row.status = "dead"
+        row.attempts = app.extensions["keygate.settings"].job_max_attempts
+    with app.app_context(), transaction() as session:
+        row = session.execute(select(Job)).scalar_one()
+        assert jobs.retry_dead(session, row, store_id=None, actor="owner")
+    assert jobs.run_pending(app) == 1
+    retried = job(app, "test.flaky")
+    assert (retried.status, retried.attempts) == ("pending", 1)
+    assert len(CALLS) == 1
+
+
 def test_backoff_grows_and_is_capped() -> None:
     assert [jobs.backoff(n).total_seconds() for n in (1, 2, 3)] == [5, 10, 20]
     assert jobs.backoff(30).total_seconds() == 3600
@@ -298,6 +316,41 @@ def test_polling_workers_spend_no_job_ids(app: Flask) -> None:
 def with_settings(app: Flask, **values: Any) -> None:
     settings = app.extensions["keygate.settings"]
     app.extensions["keygate.settings"] = settings.__class__(**{**settings.__dict__, **values})
+
+
+def test_periodic_jobs_are_queued_once_per_slot(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every poll asks for the periodic jobs, but each runs once per interval: polls
+    within an hour queue the hourly one once, the next hour queues it again."""
+    hour = utcnow().replace(minute=0, second=0, microsecond=0)
+    for moment in (hour, hour + dt.timedelta(minutes=30), hour + dt.timedelta(minutes=59)):
+        monkeypatch.setattr(jobs, "utcnow", lambda moment=moment: moment)
+        jobs.schedule_periodic(app)
+    hourly = select(func.count()).where(Job.kind == "shop.keep_schedules")
+    with app.app_context():
+        assert db.session.scalar(hourly) == 1
+    monkeypatch.setattr(jobs, "utcnow", lambda: hour + dt.timedelta(minutes=61))
+    jobs.schedule_periodic(app)
+    with app.app_context():
+        assert db.session.scalar(hourly) == 2
+
+
+def test_a_committed_job_wakes_the_sleeping_worker_at_once(app: Flask) -> None:
+    """A job runs as soon as the transaction that queued it commits, not at the worker's
+    next poll."""
+    with_settings(app, worker_poll_seconds=60)
+    jobs.start_worker_thread(app)
+    try:
+        time.sleep(1)  # the periodic jobs are run, the worker sleeps
+        with app.app_context(), transaction() as session:
+            jobs.enqueue(session, "test.ok", {"n": 3})
+        deadline = time.monotonic() + 10
+        while not CALLS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [c["n"] for c in CALLS] == [3]
+    finally:
+        jobs.stop_worker_thread(app)
 
 
 def test_a_stopped_worker_finishes_the_job_in_hand_and_starts_no_other(
