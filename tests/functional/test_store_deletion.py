@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -238,6 +239,24 @@ def test_a_deleted_stores_id_is_never_given_to_a_new_store(app: Flask, shop: Web
         created = create_store(db.session, "Next shop", "https://next.example")
         db.session.commit()
         assert created.store.id > store.id
+
+
+def test_a_deleted_store_keeps_none_of_its_secrets(app: Flask, shop: WebhookSender) -> None:
+    """The row left of a deleted store holds neither its webhook secret, nor one replaced
+    and still in its grace, nor its API token: none of them opens anything again."""
+    with app.app_context():
+        store = db.session.get(Store, shop.store.store.id)
+        assert store is not None
+        store.previous_webhook_secret = "p" * 40
+        store.previous_secret_until = utcnow() + dt.timedelta(minutes=5)
+        db.session.commit()
+        secret, token_hash = store.webhook_secret, store.api_token_hash
+        delete_store(db.session, store, actor="test")
+        row = db.session.get(Store, store.id)
+        assert row is not None
+        assert row.webhook_secret not in (secret, "p" * 40)
+        assert (row.previous_webhook_secret, row.previous_secret_until) == (None, None)
+        assert row.api_token_hash != token_hash
 
 
 def test_deleting_a_deleted_store_again_is_not_found(app: Flask, shop: WebhookSender) -> None:
