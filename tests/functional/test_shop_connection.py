@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from connector.db import db
+from connector.db import db, utcnow
 from connector.jobs import run_pending
 from connector.models import AuditEvent, Job, ShopConnection, Store, WebhookRegistration
 from connector.vault.service import credentials_for
@@ -507,6 +507,50 @@ def test_deliveries_signed_with_the_replaced_secret_are_taken_until_its_webhooks
     assert shop.deliver(order, secret=old_secret).status_code == 401
 
 
+def test_the_replaced_secret_is_taken_a_quarter_of_an_hour_at_most(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-registration the shop cuts off before the old webhooks are deleted leaves the
+    old secret taken for a quarter of an hour at most, not until the shop answers again."""
+    import connector.vault.connection as connection
+    from plugin.woocommerce.rest import ShopUnavailable
+
+    connect_store(app, shop, fake_shop)
+
+    def shop_down(*args: object, **kwargs: object) -> list[str]:
+        raise ShopUnavailable("the shop went down after creating the new webhooks")
+
+    monkeypatch.setattr(connection, "_delete_stray_webhooks", shop_down)
+    with app.app_context():
+        connection.start_connection_jobs(db.session, _store(app, shop))  # as a reconnection
+        db.session.commit()
+    run_pending(app)
+    with app.app_context():
+        until = _store(app, shop).previous_secret_until
+        assert until is not None
+        assert until <= utcnow() + dt.timedelta(minutes=15)
+
+
+def test_a_secret_replaced_as_leaked_refuses_the_one_still_in_its_grace_too(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Replacing a leaked secret by hand also ends the grace of the secret it had replaced:
+    only the new secret is taken from then on."""
+    import connector.vault.connection as connection
+
+    with app.app_context():
+        store = _store(app, shop)
+        store.previous_webhook_secret = "p" * 40
+        store.previous_secret_until = utcnow() + dt.timedelta(minutes=5)
+        db.session.commit()
+        new_secret = connection.replace_webhook_secret(db.session, store, actor="t")
+        db.session.commit()
+    assert new_secret is not None
+    order = wc_order(9902, "processing")
+    assert shop.deliver(order, secret="p" * 40).status_code == 401
+    assert shop.deliver(order, secret=new_secret).status_code == 200
+
+
 def test_a_registration_retried_within_the_grace_keeps_the_secret_the_shop_signs_with(
     app: Flask, shop: WebhookSender, fake_shop: FakeShop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -821,3 +865,29 @@ def test_an_https_address_typed_in_capitals_is_https(app: Flask) -> None:
     with app.app_context():
         assert connect_warning() is None
     assert app.config["SESSION_COOKIE_SECURE"] is True
+
+
+def test_another_stores_failed_registration_is_not_this_stores_trouble(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """How registering a store's webhooks stands is read from that store's own jobs: a
+    newer failing registration of another store is not shown as this one's."""
+    import connector.vault.connection as connection
+    from connector.jobs import enqueue
+    from connector.stores import create_store
+
+    with app.app_context():
+        store = _store(app, shop)
+        enqueue(db.session, connection.REGISTER_JOB, {"store_id": store.id})
+        db.session.commit()
+    run_pending(app, kinds={connection.REGISTER_JOB})  # no key: done, nothing to register
+    with app.app_context():
+        other = create_store(db.session, "Other shop", "https://other.example").store
+        enqueue(db.session, connection.REGISTER_JOB, {"store_id": other.id})
+        db.session.flush()
+        failing = db.session.scalars(select(Job).order_by(Job.id.desc())).first()
+        assert failing is not None
+        failing.attempts, failing.last_error = 1, "ShopUnavailable: down"
+        db.session.commit()
+        assert connection.registration_trouble(db.session, other) is not None
+        assert connection.registration_trouble(db.session, _store(app, shop)) is None
