@@ -236,6 +236,27 @@ def test_a_worker_whose_lease_ran_out_does_not_overwrite_the_new_owner(app: Flas
     assert (finished.status, finished.last_error) == ("done", None)
 
 
+def test_a_late_result_of_a_last_attempt_given_up_on_is_not_recorded(app: Flask) -> None:
+    """Worker A runs the job's last attempt past its lease; worker B finds it abandoned and
+    buries it (dead, the owner told). A's late result does not turn it into done behind the
+    owner's back: the outbox shows what the owner was told, and its Retry stays offered."""
+    with_settings(app, job_max_attempts=1)
+    with app.app_context():
+        with transaction() as session:
+            jobs.enqueue(session, "test.ok", {"n": 1})
+        claim = jobs._claim_one(None)
+        assert claim is not None
+        with transaction() as session:
+            row = session.get(Job, claim.job_id)
+            assert row is not None
+            row.locked_until = utcnow() - dt.timedelta(seconds=1)
+        assert jobs._claim_one(None) is None  # buried: its last attempt was interrupted
+        jobs._finish(claim, None)
+    buried = job(app, "test.ok")
+    assert (buried.status, buried.attempts) == ("dead", 1)
+    assert buried.last_error == "Interrupted: the worker stopped during attempt 1"
+
+
 def test_two_workers_never_run_the_same_job(app: Flask) -> None:
     """Claims are exclusive: 40 jobs, two threads, 40 calls."""
     with app.app_context(), transaction() as session:
