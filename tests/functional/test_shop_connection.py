@@ -242,6 +242,26 @@ def test_disconnect_deletes_the_webhooks_and_forgets_the_key(
         assert connection.disconnected_at is not None
 
 
+def test_a_disconnect_ends_the_grace_of_a_replaced_secret(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A secret replaced minutes before is still taken for its grace, while the shop's old
+    webhooks may sign with it; a disconnect deletes those webhooks, and the old secret is
+    refused from then on. The current secret is kept (a reconnection registers with it)."""
+    connect_store(app, shop, fake_shop)
+    with app.app_context():
+        store = _store(app, shop)
+        store.previous_webhook_secret = "p" * 40
+        store.previous_secret_until = utcnow() + dt.timedelta(minutes=10)
+        db.session.commit()
+    assert shop.deliver(wc_order(9903, "processing"), secret="p" * 40).status_code == 200
+    assert shop.admin("DELETE", "/connection").status_code == 200
+    assert shop.deliver(wc_order(9904, "processing"), secret="p" * 40).status_code == 401
+    with app.app_context():
+        current = _store(app, shop).webhook_secret
+    assert shop.deliver(wc_order(9904, "processing"), secret=current).status_code == 200
+
+
 def test_disconnect_while_the_shop_is_down_changes_nothing(
     app: Flask, shop: WebhookSender, fake_shop: FakeShop
 ) -> None:
