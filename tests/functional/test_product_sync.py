@@ -781,3 +781,18 @@ def test_a_variation_sold_before_a_sync_configured_it_is_licensed_by_the_sync(
     assert sync(app, shop).reapplied == ["9962"]
     licenses = shop.order(9962)["licenses"]
     assert [(lic["product_id"], lic["activation_limit"]) for lic in licenses] == [("601", 5)]
+
+
+def test_a_product_the_owner_retired_stays_retired_whatever_the_shop_meta_says(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A product configured from shop meta that the owner stopped licensing in Keygate is
+    not brought back by the next sync while its meta stays: new sales get no key."""
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
+    connect_store(app, shop, fake_shop)
+    assert shop.admin("DELETE", "/products/501").status_code == 200
+    result = sync(app, shop)
+    assert result.kept_keygate == ["501"] and result.configured == []
+    assert retired_products(app) == ["501"]
+    fake_shop.deliver(shop.client, "order.created", wc_order(9830, "processing", [line_item(501)]))
+    assert shop.order(9830)["licenses"] == []
