@@ -401,6 +401,34 @@ def test_more_rows_and_removing_a_file(admin_client: FlaskClient, shop: WebhookS
     ]
 
 
+def test_a_file_removed_and_listed_again_is_served_again(shop: WebhookSender) -> None:
+    """A file taken off a product and listed again later is the product's again: a new
+    sale gets its link, a sale made while it was off gets it when its order is applied
+    again, and the product answers it."""
+    manual = {"object_key": "products/501/manual.pdf", "filename": "manual.pdf"}
+    plugin = {"object_key": "products/501/plugin.zip", "filename": "plugin.zip"}
+    shop.configure(501, files=[manual, plugin])
+    shop.configure(501, files=[manual])
+    item = line_item(501, line_id=81)
+    shop.deliver(wc_order(9960, "processing", [item], modified=1))
+    assert [d["filename"] for d in shop.order(9960)["downloads"]] == ["manual.pdf"]
+    shop.configure(501, files=[manual, plugin])
+    assert [f["object_key"] for f in api_product(shop, 501)["files"]] == [
+        manual["object_key"],
+        plugin["object_key"],
+    ]
+    shop.deliver(wc_order(9961, "processing", [line_item(501)]))
+    assert sorted(d["filename"] for d in shop.order(9961)["downloads"]) == [
+        "manual.pdf",
+        "plugin.zip",
+    ]
+    shop.deliver(wc_order(9960, "processing", [item], modified=2))
+    assert sorted(d["filename"] for d in shop.order(9960)["downloads"]) == [
+        "manual.pdf",
+        "plugin.zip",
+    ]
+
+
 def test_every_form_refuses_a_post_without_its_csrf_token(
     app: Flask, admin_client: FlaskClient, shop: WebhookSender
 ) -> None:
