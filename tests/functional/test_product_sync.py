@@ -796,3 +796,39 @@ def test_a_product_the_owner_retired_stays_retired_whatever_the_shop_meta_says(
     assert retired_products(app) == ["501"]
     fake_shop.deliver(shop.client, "order.created", wc_order(9830, "processing", [line_item(501)]))
     assert shop.order(9830)["licenses"] == []
+
+
+def test_a_sync_reads_again_only_paid_sales_still_in_the_shop_of_a_product_it_licenses(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """Sales recorded before a sync configured their product are read again from the shop
+    only when they are paid, not deleted in the shop, their buyer not erased (an erased
+    buyer is never brought back from the shop's copy) and their product not retired."""
+    fake_shop.products[511] = wc_product(511, "Old Plugin", {"_keygate_activation_limit": "1"})
+    connect_store(app, shop, fake_shop)
+    fake_shop.products[511] = wc_product(511, "Old Plugin", {})
+    assert sync(app, shop).retired == ["511"]
+    orders = {
+        9040: wc_order(9040, "completed", [line_item(510)], modified=-3000),
+        9041: wc_order(9041, "pending", [line_item(510)], modified=-3000),
+        9042: wc_order(9042, "completed", [line_item(510)], modified=-3000),
+        9043: wc_order(
+            9043, "completed", [line_item(510)], modified=-3000, email="erased@example.org"
+        ),
+        9044: wc_order(9044, "completed", [line_item(511)], modified=-3000),
+    }
+    for oid, order in orders.items():
+        fake_shop.orders[oid] = order
+        fake_shop.deliver(shop.client, "order.created", order)
+    # Deleted for good with its status as it was (a delivery that carries the whole order).
+    deleted = fake_shop.deliver(shop.client, "order.deleted", orders[9042])
+    assert deleted.status_code == 200
+    assert shop.admin("DELETE", "/customers/erased@example.org").status_code == 200
+    fake_shop.products[510] = wc_product(510, "New Plugin", {"_keygate_activation_limit": "1"})
+    fake_shop.requests.clear()
+    assert sync(app, shop).reapplied == ["9040"]
+    read = sorted(path for _, path in fake_shop.requests if path.startswith("orders/"))
+    assert read == ["orders/9040"]
+    for oid in (9041, 9042, 9043, 9044):
+        assert shop.order(oid)["licenses"] == []
+    assert "erased@example.org" not in json.dumps(shop.order(9043))
