@@ -832,3 +832,44 @@ def test_a_sync_reads_again_only_paid_sales_still_in_the_shop_of_a_product_it_li
     for oid in (9041, 9042, 9043, 9044):
         assert shop.order(oid)["licenses"] == []
     assert "erased@example.org" not in json.dumps(shop.order(9043))
+
+
+def test_the_owner_reads_each_retirement_and_each_new_meta_problem_in_the_audit_log(
+    app: Flask, shop: WebhookSender, fake_shop: FakeShop
+) -> None:
+    """A product the sync retires (its meta gone) is one product.retired entry by the shop;
+    a product whose meta problem changes gets an entry for the new problem, and none again
+    while that problem stays."""
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {"_keygate_activation_limit": "3"})
+    fake_shop.products[502] = wc_product(502, "Theme", {"_keygate_activation_limit": "three"})
+    connect_store(app, shop, fake_shop)
+    fake_shop.products[501] = wc_product(501, "Plugin Pro", {})
+    fake_shop.products[502] = wc_product(502, "Theme", {"_keygate_duration_days": "year"})
+    sync(app, shop)
+    sync(app, shop)
+    with app.app_context():
+        entries = db.session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action.in_(["product.retired", "product.meta_invalid"]))
+            .order_by(AuditEvent.id)
+        ).all()
+        assert [(e.action, e.actor, e.subject, e.detail) for e in entries] == [
+            (
+                "product.meta_invalid",
+                "shop",
+                "product:502",
+                {"problem": "_keygate_activation_limit must be a whole number"},
+            ),
+            (
+                "product.retired",
+                "shop",
+                "product:501",
+                {"reason": "no _keygate_* meta in the shop any more"},
+            ),
+            (
+                "product.meta_invalid",
+                "shop",
+                "product:502",
+                {"problem": "_keygate_duration_days must be a whole number"},
+            ),
+        ]
