@@ -266,6 +266,36 @@ def test_owner_revokes_suspends_reinstates_and_extends(app: Flask, shop: Webhook
         assert lic.status == "active"
 
 
+def test_a_reinstated_key_shows_no_reason_and_an_extension_records_its_days_and_expiry(
+    app: Flask, shop: WebhookSender
+) -> None:
+    """Reinstated by the owner, a key is active with no revocation reason left in what the
+    owner reads; an extension's audit entry records the days added and the expiry before
+    and after."""
+    from connector.models import AuditEvent
+
+    key = issue_key(shop, duration_days=30)
+    assert shop.admin("POST", f"/licenses/{key}/revoke").status_code == 200
+    reinstated = shop.admin("POST", f"/licenses/{key}/reinstate").get_json()["license"]
+    assert (reinstated["status"], reinstated["status_reason"]) == ("active", None)
+    read = shop.admin("GET", f"/licenses/{key}").get_json()["license"]
+    assert (read["status"], read["status_reason"]) == ("active", None)
+    (listed,) = shop.admin("GET", "/licenses").get_json()["licenses"]
+    assert (listed["status"], listed["status_reason"]) == ("active", None)
+    before = read["expires_at"]
+    after = shop.admin("POST", f"/licenses/{key}/extend", {"days": 10}).get_json()["license"]
+    assert after["expires_at"] > before
+    with app.app_context():
+        (entry,) = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "license.extend")
+        ).all()
+        assert entry.detail == {
+            "before": {"status": "active", "expires_at": before},
+            "after": {"status": "active", "expires_at": after["expires_at"]},
+            "days": 10,
+        }
+
+
 def _license_audit(app: Flask) -> list[str]:
     from connector.models import AuditEvent
 
