@@ -538,6 +538,19 @@ def test_staging_sites_take_no_seat(shop: WebhookSender, staging: str) -> None:
     assert body["license"]["activations_used"] == 1
 
 
+def test_the_owners_license_list_counts_no_free_staging_site_as_a_seat(
+    shop: WebhookSender,
+) -> None:
+    """The owner's license list says the seats a key uses as the product hears
+    them: its production sites, not the free staging sites beside them."""
+    key = issue_key(shop, activation_limit=2)
+    call(shop.client, "activate", {"key": key, "site": "production.com"})
+    body = call(shop.client, "activate", {"key": key, "site": "staging.production.com"})
+    assert body.get_json()["license"]["activations_used"] == 1
+    (listed,) = shop.admin("GET", "/licenses").get_json()["licenses"]
+    assert listed["activations_used"] == 1
+
+
 @pytest.mark.parametrize(
     "production",
     ["devices.com", "mystaging.com", "mydev.com", "testing.com", "shop.localdomain.com"],
