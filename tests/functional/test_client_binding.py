@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from connector import create_app
 from connector.client import (
@@ -31,7 +31,7 @@ from connector.client import (
 )
 from connector.db import db, utcnow
 from connector.jobs import stop_worker_thread
-from connector.models import License
+from connector.models import Activation, License
 from tests.conftest import app_overrides
 from tests.factories import WebhookSender
 from tests.functional.test_license_live import LiveServer, _pinned, _rewriting_proxy, live
@@ -674,6 +674,66 @@ def test_a_revocation_heard_by_any_call_ends_the_offline_grace(
         db.session.commit()
     heard = getattr(client, call)(key, **asked)
     assert (heard.valid, heard.code) == (False, "REVOKED")
+    live.stop()
+    for offline in (client, KeygateClient(live.url, keys, product="501", cache_path=cache)):
+        with pytest.raises(Unavailable):
+            offline.validate(key, site="shop.example.com")
+
+
+def test_a_seat_the_product_freed_itself_has_no_offline_grace(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path
+) -> None:
+    """Deactivating forgets the answer saved for that key, site and machine, in memory and
+    in the cache file: a product that gave its seat back cannot go on validating from the
+    cache once Keygate is out of reach (another machine may hold the seat by then)."""
+    key = issue_key(shop)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+    client = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+    assert client.activate(key, site="shop.example.com").valid
+    assert client.validate(key, site="shop.example.com").valid
+    freed = client.deactivate(key, site="shop.example.com")
+    assert (freed.valid, freed.code) == (True, "DEACTIVATED")
+    live.stop()
+    for offline in (client, KeygateClient(live.url, keys, product="501", cache_path=cache)):
+        with pytest.raises(Unavailable):
+            offline.validate(key, site="shop.example.com")
+
+
+@pytest.mark.parametrize(
+    ("taken_by", "call", "code"),
+    [
+        (None, "check_update", "NO_ACTIVATION"),
+        ("other.example.com", "check_update", "SITE_MISMATCH"),
+        ("other.example.com", "activate", "TOO_MANY_ACTIVATIONS"),
+    ],
+)
+def test_a_seat_freed_on_keygate_ends_the_offline_grace_when_heard(
+    app: Flask,
+    shop: WebhookSender,
+    live: LiveServer,
+    tmp_path: Path,
+    taken_by: str | None,
+    call: str,
+    code: str,
+) -> None:
+    """The owner frees the product's seat on Keygate (and another site may take it): the
+    next call the product makes for its site (the daily update check, activating at start)
+    hears that the license is not activated there, and the answer saved for validate no
+    longer serves while Keygate is out of reach, in this process or the next."""
+    key = issue_key(shop, activation_limit=1)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+    client = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+    assert client.activate(key, site="shop.example.com").valid
+    assert client.validate(key, site="shop.example.com").valid
+    with app.app_context():  # freed; or freed and taken by another site
+        if taken_by is None:
+            db.session.execute(delete(Activation))
+        else:
+            db.session.execute(update(Activation).values(site=taken_by))
+        db.session.commit()
+    asked = {"version": "1.0"} if call == "check_update" else {}
+    heard = getattr(client, call)(key, site="shop.example.com", **asked)
+    assert (heard.valid, heard.code) == (False, code)
     live.stop()
     for offline in (client, KeygateClient(live.url, keys, product="501", cache_path=cache)):
         with pytest.raises(Unavailable):
