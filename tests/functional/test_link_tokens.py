@@ -21,12 +21,17 @@ from connector.db import db
 from connector.downloads.watermark import read_fingerprints
 from connector.models import DownloadGrant, Order, Release, WatermarkCopy
 from connector.tokens import (
+    ACTIVATION,
+    COPY_KEY,
     DOWNLOAD,
     FINGERPRINT,
     PORTAL,
     RELEASE,
+    download_token,
+    fingerprint_token,
     grant_id_from_fingerprint,
     portal_url,
+    sealed_id,
     sealed_id_token,
 )
 from tests.conftest import SECRET_KEY
@@ -117,6 +122,25 @@ def test_two_grants_links_differ_unpredictably_and_each_stays_the_same(
     assert parts(portal_again)[0] == parts(portal)[0]
 
 
+def test_each_purpose_seals_ids_under_its_own_key(app: Flask) -> None:
+    """The same row id sealed for two purposes gives two unrelated blocks: a buyer's
+    download link and the fingerprint in their copy (one grant) share nothing, neither
+    names the folder of that copy in storage, and an order's portal link says nothing of
+    which seat has the same id."""
+    with app.test_request_context():
+        for row_id in (1, 7306):
+            blocks = [
+                parts(download_token(row_id))[0],
+                parts(fingerprint_token(row_id))[0],
+                bytes.fromhex(sealed_id(COPY_KEY, row_id)),
+                parts(sealed_id_token(PORTAL, row_id, timed=True))[0],
+                parts(sealed_id_token(ACTIVATION, row_id))[0],
+                parts(sealed_id_token(RELEASE, row_id, timed=True))[0],
+            ]
+            assert all(len(block) == 16 for block in blocks)
+            assert len(set(blocks)) == len(blocks), row_id
+
+
 def test_links_mailed_before_ids_were_sealed_keep_working(app: Flask, shop: WebhookSender) -> None:
     """A download link and a portal link made the old way (the id readable) still work."""
     sold(app, shop, 7303, quantity=1)
@@ -173,7 +197,8 @@ def test_tampered_or_foreign_tokens_are_404(app: Flask, shop: WebhookSender) -> 
 def test_timed_tokens_still_expire(
     app: Flask, shop: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A portal link past its days answers the expired page (410), not the order."""
+    """A portal link past its days answers the expired page (410), not the order; so does
+    one made the old way (the id readable) past its days."""
     sold(app, shop, 7305, quantity=1)
     order_id, _ = rows(app, 7305)
     days = app.extensions["keygate.settings"].portal_link_days
@@ -181,10 +206,12 @@ def test_timed_tokens_still_expire(
     monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(now) - days * 86400 - 60)
     with app.test_request_context():
         old = portal_url(order_id).removeprefix(BASE)
+    old_readable = URLSafeTimedSerializer(SECRET_KEY, salt=PORTAL).dumps({"o": order_id})
     monkeypatch.undo()
-    page = shop.client.get(old)
-    assert page.status_code == 410
-    assert "Email me a fresh link" in page.get_data(as_text=True)
+    for stale in (old, f"/my/{old_readable}"):
+        page = shop.client.get(stale)
+        assert page.status_code == 410, stale
+        assert "Email me a fresh link" in page.get_data(as_text=True)
 
 
 def publish(shop: WebhookSender, version: str) -> None:
