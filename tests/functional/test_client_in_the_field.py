@@ -150,6 +150,31 @@ def test_clients_sharing_a_cache_file_keep_each_others_saved_answers(
         assert (served.valid, served.offline) == (True, True), product
 
 
+@pytest.mark.parametrize("bound_to", ["fingerprint", "site"])
+def test_each_machine_or_site_keeps_its_own_saved_answer(
+    shop: WebhookSender, live: LiveServer, tmp_path: Path, bound_to: str
+) -> None:
+    """A product validating several machines (or sites) with one key keeps one saved answer
+    for each: a newer answer for one does not replace another's, and one refused (not
+    activated there) does not end the others' offline grace: only the license's own end
+    (revoked, suspended, gone) does."""
+    key = issue_key(shop, activation_limit=2)
+    keys, cache = _pinned(live), tmp_path / "cache.json"
+    client = KeygateClient(live.url, keys, product="501", cache_path=cache, timeout=2)
+    seats = [{bound_to: f"seat-{n}.example.com"} for n in (1, 2)]
+    for seat in seats:
+        assert client.activate(key, **seat).valid
+    for seat in seats:
+        assert client.validate(key, **seat).valid
+    refused = client.validate(key, **{bound_to: "seat-3.example.com"})
+    assert (refused.valid, refused.code) == (False, f"{bound_to.upper()}_MISMATCH")
+    live.stop()
+    for offline in (client, KeygateClient(live.url, keys, product="501", cache_path=cache)):
+        for seat in seats:
+            served = offline.validate(key, **seat)
+            assert (served.valid, served.offline) == (True, True), seat
+
+
 def test_an_answer_one_client_forgot_is_not_brought_back_by_another_sharing_the_file(
     shop: WebhookSender, live: LiveServer, tmp_path: Path
 ) -> None:
