@@ -130,6 +130,30 @@ def test_a_plain_license_file_checked_with_a_key_must_name_that_key() -> None:
         verify_license_file(plain, keys, key="KG-ZZZZZ-FGHJK")
 
 
+def test_a_license_file_ends_at_its_expiry_and_is_not_from_the_future() -> None:
+    """A file serves until its expiry, not at it or a minute past it; one issued later than
+    this machine's time plus max_skew (a file made on a clock set forward, or a machine set
+    back to before it) is refused, one within max_skew is not; an expiry without a time
+    zone is no file Keygate made."""
+    signer, keys = _signer()
+    issued = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.UTC)
+    expiry = issued + dt.timedelta(days=7)
+    content = {"license": {"status": "active"}, "issued": issued.isoformat(), "expiry": ""}
+    file = build_license_file({**content, "expiry": expiry.isoformat()}, signer)
+    second = dt.timedelta(seconds=1)
+    assert verify_license_file(file, keys, now=expiry - second)["license"]["status"] == "active"
+    for moment in (expiry, expiry + dt.timedelta(minutes=1)):
+        with pytest.raises(LicenseFileError, match="expired"):
+            verify_license_file(file, keys, now=moment)
+    early = dt.timedelta(seconds=300)
+    assert verify_license_file(file, keys, now=issued - early + second, max_skew=300)
+    with pytest.raises(LicenseFileError, match="issued after"):
+        verify_license_file(file, keys, now=issued - early - second, max_skew=300)
+    naive = build_license_file({**content, "expiry": "2099-01-01T00:00:00"}, signer)
+    with pytest.raises(LicenseFileError, match="no valid expiry"):
+        verify_license_file(naive, keys, now=issued)
+
+
 def _answer(signer: Signer, data: dict[str, object]) -> tuple[dict[str, str], bytes]:
     """The headers and body of a signed validate answer carrying ``data``."""
     body, date = json.dumps(data).encode(), http_date()
